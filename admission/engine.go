@@ -1,0 +1,513 @@
+package admission
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Config tunes the engine. Zero values are replaced by DefaultConfig's.
+type Config struct {
+	// Burst is the depth of each CAPS bucket as time at the licensed rate:
+	// 100 ms lets a SIP proxy's natural jitter through (at 1000 CAPS, 100
+	// attempts at once) while keeping any 1 s window within 10 % of the
+	// licence.
+	Burst time.Duration
+	// SessionTTL ends a session that was never released (a lost BYE). Three
+	// hours outlasts nearly every real call; RELEASE is the normal end.
+	SessionTTL time.Duration
+	// SubscriberTTL is the registration lifetime when REGISTER names none:
+	// one hour, SIP's customary Expires.
+	SubscriberTTL time.Duration
+	// IdempotencyWindow is how long a CONSUME ID is remembered: 10 minutes
+	// covers every client retry policy seen while keeping memory bounded.
+	IdempotencyWindow time.Duration
+	// HighHeadroomPercent is what PRIORITY high may use above the licence.
+	HighHeadroomPercent int
+	// MaxCAPS is the node's own attempt limit across all services
+	// (overload protection, reason OVERLOAD); 0 means none.
+	MaxCAPS float64
+	// MaxServices bounds how many services the engine tracks, so that
+	// emergency attempts naming made-up services cannot exhaust memory.
+	MaxServices int
+}
+
+// DefaultConfig returns the defaults, each explained on its Config field.
+func DefaultConfig() Config {
+	return Config{
+		Burst:               100 * time.Millisecond,
+		SessionTTL:          3 * time.Hour,
+		SubscriberTTL:       time.Hour,
+		IdempotencyWindow:   10 * time.Minute,
+		HighHeadroomPercent: 10,
+		MaxServices:         4096,
+	}
+}
+
+// MaxTTL bounds a REGISTER TTL: a week, far beyond any SIP Expires in use.
+const MaxTTL = 7 * 24 * 3600
+
+// ErrTooManyServices is returned when Config.MaxServices would be exceeded.
+var ErrTooManyServices = errors.New("too many services")
+
+// Engine decides. See the package doc for its concurrency rules.
+type Engine struct {
+	cfg Config
+
+	services atomic.Pointer[map[string]*Service]
+	mu       sync.Mutex // serialises changes to services (never held while deciding)
+
+	node    gcra // node.max_caps bucket
+	nodeTAT atomic.Int64
+
+	// unknown counts ADMIT decisions for services the engine has never
+	// heard of (no licence ever loaded): UNLICENSED or OVERLOAD.
+	unknown [NumReasons]atomic.Uint64
+}
+
+// NewEngine returns an engine with no services: everything is UNLICENSED
+// until SetLimits says otherwise.
+func NewEngine(cfg Config) *Engine {
+	def := DefaultConfig()
+	if cfg.Burst <= 0 {
+		cfg.Burst = def.Burst
+	}
+	if cfg.SessionTTL <= 0 {
+		cfg.SessionTTL = def.SessionTTL
+	}
+	if cfg.SubscriberTTL <= 0 {
+		cfg.SubscriberTTL = def.SubscriberTTL
+	}
+	if cfg.IdempotencyWindow <= 0 {
+		cfg.IdempotencyWindow = def.IdempotencyWindow
+	}
+	if cfg.MaxServices <= 0 {
+		cfg.MaxServices = def.MaxServices
+	}
+	cfg.HighHeadroomPercent = min(max(cfg.HighHeadroomPercent, 0), 100)
+	e := &Engine{cfg: cfg}
+	m := map[string]*Service{}
+	e.services.Store(&m)
+	if cfg.MaxCAPS > 0 {
+		e.node = newGCRA(cfg.MaxCAPS, cfg.Burst.Seconds())
+	} else {
+		e.node = gcra{mode: gcraUnlimited}
+	}
+	return e
+}
+
+// Config returns the engine's effective configuration.
+func (e *Engine) Config() Config { return e.cfg }
+
+// service returns the named service or nil. It does not allocate.
+func (e *Engine) service(name []byte) *Service {
+	return (*e.services.Load())[string(name)]
+}
+
+// Service returns the named service, or nil if the engine has none.
+func (e *Engine) Service(name string) *Service { return (*e.services.Load())[name] }
+
+// Services returns every service, sorted by name.
+func (e *Engine) Services() []*Service {
+	m := *e.services.Load()
+	out := make([]*Service, 0, len(m))
+	for _, s := range m {
+		out = append(out, s)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].name < out[j].name })
+	return out
+}
+
+// ensure returns the named service, creating it unlicensed if need be.
+func (e *Engine) ensure(name string) (*Service, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	old := *e.services.Load()
+	if s, ok := old[name]; ok {
+		return s, nil
+	}
+	if len(old) >= e.cfg.MaxServices {
+		return nil, fmt.Errorf("cannot add service %q: %w (limit %d)", name, ErrTooManyServices, e.cfg.MaxServices)
+	}
+	s := newService(name, derive(Limits{Sessions: Unlimited, Subscribers: Unlimited, Tokens: 0, State: "unlicensed"}, &e.cfg))
+	m := make(map[string]*Service, len(old)+1)
+	for k, v := range old {
+		m[k] = v
+	}
+	m[name] = s
+	e.services.Store(&m)
+	return s, nil
+}
+
+// SetLimits installs a service's limits on this node, creating the service
+// if it is new. Counters, buckets, sessions and subscribers carry over: a
+// licence loaded under load raises the limits without resetting anything.
+// Called by the licensing and cluster layers; safe at any time.
+func (e *Engine) SetLimits(service string, l Limits) error {
+	s, err := e.ensure(service)
+	if err != nil {
+		return err
+	}
+	d := derive(l, &e.cfg)
+	s.mu.Lock()
+	s.lim.Store(d)
+	s.applyPool(d)
+	s.mu.Unlock()
+	return nil
+}
+
+// overload takes a token from the node bucket.
+func (e *Engine) overload(now int64) (Decision, bool) {
+	ok, wait := e.node.take(&e.nodeTAT, now)
+	if ok {
+		return Decision{}, true
+	}
+	return Decision{Reason: OVERLOAD, RetryAfterMS: retryMS(wait), Remaining: 0}, false
+}
+
+// Admit decides one call attempt (ADMIT service [CALL call] [ACCOUNT acct]
+// [PRIORITY prio]). call and acct may be nil. The byte slices are only read
+// during the call.
+func (e *Engine) Admit(now int64, service, call, acct []byte, prio Priority) Decision {
+	s := e.service(service)
+	if s == nil {
+		if prio != Emergency {
+			if d, ok := e.overload(now); !ok {
+				e.unknown[OVERLOAD].Add(1)
+				return d
+			}
+			e.unknown[UNLICENSED].Add(1)
+			return Decision{Reason: UNLICENSED, RetryAfterMS: retryUnlicensedMS, Remaining: 0}
+		}
+		// An emergency call is never refused for want of a licence: track
+		// it under the name it gave (once; bounded by MaxServices).
+		var err error
+		if s, err = e.ensure(string(service)); err != nil {
+			if d, ok := e.overload(now); !ok {
+				e.unknown[OVERLOAD].Add(1)
+				return d
+			}
+			return Decision{Reason: OK, Remaining: -1}
+		}
+	}
+	if call == nil && prio != Emergency {
+		if l := s.lim.Load(); l.TokensPerAttempt == 0 || !l.Licensed {
+			return e.admitRate(now, s, l, prio)
+		}
+	}
+	return e.admitLocked(now, s, call, acct, prio)
+}
+
+// admitRate is the lock-free path: an attempt that needs only the CAPS bucket.
+func (e *Engine) admitRate(now int64, s *Service, l *derived, prio Priority) Decision {
+	if d, ok := e.overload(now); !ok {
+		s.counts[OVERLOAD].Add(1)
+		return d
+	}
+	if !l.Licensed {
+		s.counts[UNLICENSED].Add(1)
+		return Decision{Reason: UNLICENSED, RetryAfterMS: retryUnlicensedMS, Remaining: 0}
+	}
+	left, d, ok := e.takeCAPS(now, s, l, prio)
+	if !ok {
+		return d
+	}
+	s.counts[OK].Add(1)
+	return Decision{Reason: OK, Remaining: clampRemaining(left)}
+}
+
+// takeCAPS takes a CAPS token (and, for PRIORITY high, a headroom token when
+// the licence is used up). On failure it counts the rejection.
+func (e *Engine) takeCAPS(now int64, s *Service, l *derived, prio Priority) (left int64, d Decision, ok bool) {
+	ok, left = l.caps.take(&s.capsTAT, now)
+	if !ok && prio == High {
+		var hl int64
+		if ok, hl = l.headroom.take(&s.headroomTAT, now); ok {
+			left = hl
+		}
+	}
+	if !ok {
+		s.counts[CAPS].Add(1)
+		return 0, Decision{Reason: CAPS, RetryAfterMS: retryMS(left), Remaining: 0}, false
+	}
+	if prio == High {
+		s.high.Add(1)
+	}
+	return left, Decision{}, true
+}
+
+// admitLocked is the path for attempts that open a session or charge tokens.
+func (e *Engine) admitLocked(now int64, s *Service, call, acct []byte, prio Priority) Decision {
+	var key Key
+	if call != nil {
+		key = KeyOf(call)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if call != nil {
+		if x, ok := s.sessions.get(key, now); ok {
+			return x.v.first // a retransmission: same answer, not counted again
+		}
+	}
+	if d, ok := e.overload(now); !ok {
+		s.counts[OVERLOAD].Add(1)
+		return d
+	}
+	l := s.lim.Load()
+	if prio == Emergency {
+		s.emergency.Add(1)
+		d := Decision{Reason: OK, Remaining: -1}
+		if call != nil {
+			s.sessions.put(key, session{first: d, prio: Emergency}, now+int64(e.cfg.SessionTTL))
+			s.emergN.Add(1)
+		}
+		return d
+	}
+	if !l.Licensed {
+		s.counts[UNLICENSED].Add(1)
+		return Decision{Reason: UNLICENSED, RetryAfterMS: retryUnlicensedMS, Remaining: 0}
+	}
+	remaining := int64(-1)
+	if call != nil && l.Sessions != Unlimited {
+		limit := l.Sessions
+		if prio == High {
+			limit = l.highSessions
+		}
+		if s.licensedSessions >= limit {
+			s.sessions.expire(now) // exact count before refusing
+		}
+		if s.licensedSessions >= limit {
+			s.counts[SESSIONS].Add(1)
+			return Decision{Reason: SESSIONS, RetryAfterMS: retryCountedMS, Remaining: 0}
+		}
+		remaining = limit - s.licensedSessions - 1
+	}
+	p, a := s.poolFor(acct)
+	cost := l.TokensPerAttempt
+	if cost > 0 && !p.fits(cost) {
+		s.counts[TOKENS].Add(1)
+		return Decision{Reason: TOKENS, RetryAfterMS: retryUnlicensedMS, Remaining: clampRemaining(p.left())}
+	}
+	left, d, ok := e.takeCAPS(now, s, l, prio)
+	if !ok {
+		return d
+	}
+	remaining = minRemaining(remaining, left)
+	if cost > 0 {
+		s.charge(p, cost)
+		remaining = minRemaining(remaining, p.left())
+	}
+	d = Decision{Reason: OK, Remaining: clampRemaining(remaining)}
+	if call != nil {
+		s.sessions.put(key, session{first: d, prio: prio, account: a, licensed: true}, now+int64(e.cfg.SessionTTL))
+		s.licensedSessions++
+		s.sessionsN.Add(1)
+	}
+	s.counts[OK].Add(1)
+	return d
+}
+
+// minRemaining is min where -1 means "no limit".
+func minRemaining(a, b int64) int64 {
+	switch {
+	case a < 0:
+		return b
+	case b < 0:
+		return a
+	}
+	return min(a, b)
+}
+
+// Release ends a call's session (RELEASE service call [SECONDS n]). With
+// seconds > 0, the licence's tokens per minute are charged for each started
+// minute, to the account the call was admitted for. It reports whether the
+// call was open; releasing twice is harmless.
+func (e *Engine) Release(now int64, service, call []byte, seconds int64) bool {
+	s := e.service(service)
+	if s == nil {
+		return false
+	}
+	key := KeyOf(call)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	x, live := s.sessions.del(key, now)
+	if !live {
+		return false
+	}
+	if x.licensed {
+		s.licensedSessions--
+		s.sessionsN.Add(-1)
+	} else {
+		s.emergN.Add(-1)
+	}
+	if l := s.lim.Load(); seconds > 0 && x.licensed && l.TokensPerMinute > 0 {
+		p := &s.tokens
+		if x.account != nil {
+			p = &x.account.pool
+		}
+		minutes := (min(seconds, math.MaxInt64-59) + 59) / 60
+		s.charge(p, satMul(minutes, l.TokensPerMinute))
+	}
+	return true
+}
+
+func satMul(a, b int64) int64 {
+	if a > 0 && b > math.MaxInt64/a {
+		return math.MaxInt64
+	}
+	return a * b
+}
+
+// Register adds or refreshes a subscriber (REGISTER service sub [TTL s]).
+// ttl <= 0 means Config.SubscriberTTL. A subscriber already registered is
+// refreshed and never counted twice.
+func (e *Engine) Register(now int64, service, sub []byte, ttl int64) Decision {
+	s := e.service(service)
+	if s == nil {
+		return Decision{Reason: UNLICENSED, RetryAfterMS: retryUnlicensedMS, Remaining: 0}
+	}
+	l := s.lim.Load()
+	if !l.Licensed {
+		return Decision{Reason: UNLICENSED, RetryAfterMS: retryUnlicensedMS, Remaining: 0}
+	}
+	exp := now + int64(e.cfg.SubscriberTTL)
+	if ttl > 0 {
+		exp = now + min(ttl, MaxTTL)*int64(time.Second)
+	}
+	key := KeyOf(sub)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	left := func() int64 {
+		if l.Subscribers == Unlimited {
+			return -1
+		}
+		return clampRemaining(l.Subscribers - int64(s.subscribers.len()))
+	}
+	if x, ok := s.subscribers.get(key, now); ok {
+		s.subscribers.refresh(x, exp)
+		return Decision{Reason: OK, Remaining: left()}
+	}
+	if l.Subscribers != Unlimited && int64(s.subscribers.len()) >= l.Subscribers {
+		s.subscribers.expire(now)
+		if int64(s.subscribers.len()) >= l.Subscribers {
+			return Decision{Reason: SUBSCRIBERS, RetryAfterMS: retryCountedMS, Remaining: 0}
+		}
+	}
+	s.subscribers.put(key, struct{}{}, exp)
+	s.subsN.Add(1)
+	return Decision{Reason: OK, Remaining: left()}
+}
+
+// Deregister removes a subscriber; it reports whether one was registered.
+func (e *Engine) Deregister(now int64, service, sub []byte) bool {
+	s := e.service(service)
+	if s == nil {
+		return false
+	}
+	key := KeyOf(sub)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, live := s.subscribers.del(key, now)
+	if live {
+		s.subsN.Add(-1)
+	}
+	return live
+}
+
+// Consume charges units tokens to acct's pool (CONSUME service acct units
+// [ID key]). With an id, a repeat within Config.IdempotencyWindow gets the
+// first decision and is not charged again. Only an admitted charge records
+// its id: a refused one leaves the id free, so a retry is charged.
+func (e *Engine) Consume(now int64, service, acct []byte, units int64, id []byte) Decision {
+	s := e.service(service)
+	if s == nil || !s.lim.Load().Licensed {
+		return Decision{Reason: UNLICENSED, RetryAfterMS: retryUnlicensedMS, Remaining: 0}
+	}
+	var key Key
+	if id != nil {
+		key = KeyOf(id).mix(KeyOf(acct))
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if id != nil {
+		if x, ok := s.consumed.get(key, now); ok {
+			return x.v
+		}
+	}
+	p, _ := s.poolFor(acct)
+	if !p.fits(units) {
+		return Decision{Reason: TOKENS, RetryAfterMS: retryUnlicensedMS, Remaining: clampRemaining(p.left())}
+	}
+	s.charge(p, units)
+	d := Decision{Reason: OK, Remaining: clampRemaining(p.left())}
+	if id != nil {
+		s.consumed.put(key, d, now+int64(e.cfg.IdempotencyWindow))
+	}
+	return d
+}
+
+// SetAccount allocates tokens of the service's pool to an account, with its
+// own overage policy. Allocations may not exceed the service's pool.
+func (e *Engine) SetAccount(service, acct string, tokens int64, ov Overage) error {
+	s := e.Service(service)
+	if s == nil {
+		return fmt.Errorf("cannot allocate to account %q: service %q has no licence", acct, service)
+	}
+	if tokens < 0 {
+		return fmt.Errorf("cannot allocate %d tokens to account %q: must be >= 0", tokens, acct)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	l := s.lim.Load()
+	a := s.accounts[acct]
+	old := int64(0)
+	if a != nil {
+		old = a.limit
+	}
+	total := s.allocated - old + tokens
+	if l.Tokens != Unlimited && total > l.Tokens {
+		return fmt.Errorf("cannot allocate %d tokens to account %q: the service's pool has %d, %d already allocated to other accounts",
+			tokens, acct, l.Tokens, s.allocated-old)
+	}
+	if a == nil {
+		a = &account{name: acct}
+		s.accounts[acct] = a
+	}
+	a.limit, a.policy = tokens, ov
+	s.allocated = total
+	s.applyPool(l)
+	return nil
+}
+
+// Tick does the engine's housekeeping: it expires sessions, subscribers and
+// idempotency keys that are due and updates each service's used-CAPS
+// figure. Call it every 100 ms to 1 s from one goroutine, off the event loops.
+func (e *Engine) Tick(now int64) {
+	for _, s := range *e.services.Load() {
+		s.mu.Lock()
+		s.sessions.expire(now)
+		s.subscribers.expire(now)
+		s.consumed.expire(now)
+		if el := now - s.rateMark; el >= int64(time.Second) || s.rateMark == 0 {
+			n := s.counts[OK].Load() + s.emergency.Load()
+			if s.rateMark != 0 {
+				s.usedCAPS.Store(math.Float64bits(float64(n-s.rateCount) * 1e9 / float64(el)))
+			}
+			s.rateMark, s.rateCount = now, n
+		}
+		s.mu.Unlock()
+	}
+}
+
+// UnknownServiceAdmissions counts ADMIT decisions for service names the
+// engine has never had limits for, by reason (UNLICENSED or OVERLOAD).
+func (e *Engine) UnknownServiceAdmissions() (out [NumReasons]uint64) {
+	for i := range out {
+		out[i] = e.unknown[i].Load()
+	}
+	return out
+}

@@ -1,0 +1,386 @@
+package admission
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"testing/quick"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+var (
+	svc  = []byte("voice")
+	acct = []byte("acme")
+)
+
+func newTestEngine(t testing.TB, l Limits, mod ...func(*Config)) (*Engine, *FakeClock) {
+	t.Helper()
+	cfg := DefaultConfig()
+	for _, m := range mod {
+		m(&cfg)
+	}
+	e := NewEngine(cfg)
+	require.NoError(t, e.SetLimits("voice", l))
+	return e, NewFakeClock()
+}
+
+func capsOnly(caps float64) Limits {
+	return Limits{Licensed: true, CAPS: caps, Sessions: Unlimited, Subscribers: Unlimited, Tokens: Unlimited}
+}
+
+// admitted counts the admitted decisions of n attempts made by f.
+func admitted(n int, f func(i int) Decision) (ok int, reasons map[Reason]int) {
+	reasons = map[Reason]int{}
+	for i := 0; i < n; i++ {
+		d := f(i)
+		reasons[d.Reason]++
+		if d.Admitted() {
+			ok++
+		}
+	}
+	return ok, reasons
+}
+
+func TestBurstAtOneInstant(t *testing.T) {
+	e, clk := newTestEngine(t, capsOnly(1000))
+	now := clk.Now()
+	ok, reasons := admitted(5000, func(int) Decision { return e.Admit(now, svc, nil, nil, Normal) })
+	require.Equal(t, 100, ok)
+	require.Equal(t, 4900, reasons[CAPS])
+	d := e.Admit(now, svc, nil, nil, Normal)
+	require.Equal(t, CAPS, d.Reason)
+	require.Equal(t, int64(1), d.RetryAfterMS, "one token refills in 1 ms at 1000 CAPS")
+	require.Equal(t, int64(0), d.Remaining)
+}
+
+func TestSteadyTenSeconds(t *testing.T) {
+	e, clk := newTestEngine(t, capsOnly(1000))
+	start := clk.Now()
+	// 2000/s over the closed interval [0 s, 10 s]: one attempt every 0.5 ms.
+	ok, reasons := admitted(20001, func(i int) Decision {
+		return e.Admit(start+int64(i)*int64(500*time.Microsecond), svc, nil, nil, Normal)
+	})
+	require.Equal(t, 10000+100, ok, "10 s at 1000 CAPS plus the 100-attempt burst")
+	require.Equal(t, 20001-10100, reasons[CAPS])
+	require.Equal(t, uint64(10100), e.Service("voice").Stats().Admissions[OK])
+}
+
+func TestFirstAdmitRemaining(t *testing.T) {
+	e, clk := newTestEngine(t, capsOnly(1000))
+	d := e.Admit(clk.Now(), svc, nil, nil, Normal)
+	require.Equal(t, Decision{Reason: OK, RetryAfterMS: 0, Remaining: 99}, d)
+}
+
+// TestGCRAMatchesReference checks the lock-free bucket against a naive token
+// bucket kept in nanoseconds of credit, on random rates, bursts and arrivals.
+func TestGCRAMatchesReference(t *testing.T) {
+	rates := []float64{1, 10, 100, 250, 1000, 2000, 5000, 1e6}
+	f := func(seed uint64, ri uint8, burstTokens uint8, steps []uint16) bool {
+		rate := rates[int(ri)%len(rates)]
+		burst := int64(burstTokens%50) + 1
+		g := newGCRA(rate, float64(burst)/rate)
+		var tat atomic.Int64
+		interval := int64(1e9 / rate)
+		credit, now := burst*interval, int64(1e12)
+		tat.Store(now)
+		rng := rand.New(rand.NewPCG(seed, 1))
+		for _, st := range steps {
+			dt := int64(st) * int64(rng.IntN(4)) * interval / 64
+			now += dt
+			credit = min(burst*interval, credit+dt)
+			want := credit >= interval
+			if want {
+				credit -= interval
+			}
+			if got, _ := g.take(&tat, now); got != want {
+				return false
+			}
+		}
+		return true
+	}
+	require.NoError(t, quick.Check(f, &quick.Config{MaxCount: 2000}))
+}
+
+func TestConcurrentAdmitsAreExact(t *testing.T) {
+	e, clk := newTestEngine(t, capsOnly(1000))
+	now := clk.Now()
+	var wg sync.WaitGroup
+	var ok atomic.Int64
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 1000; i++ {
+				if e.Admit(now, svc, nil, nil, Normal).Admitted() {
+					ok.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	require.Equal(t, int64(100), ok.Load())
+}
+
+func TestUnlicensedAndEmergency(t *testing.T) {
+	e := NewEngine(DefaultConfig())
+	now := NewFakeClock().Now()
+	require.Equal(t, UNLICENSED, e.Admit(now, []byte("nosuch"), nil, nil, Normal).Reason)
+	require.Equal(t, UNLICENSED, e.Admit(now, []byte("nosuch"), nil, nil, High).Reason)
+	require.Equal(t, uint64(2), e.UnknownServiceAdmissions()[UNLICENSED])
+	d := e.Admit(now, []byte("nosuch"), []byte("sos-1"), nil, Emergency)
+	require.Equal(t, Decision{Reason: OK, Remaining: -1}, d)
+	require.Equal(t, int64(1), e.Service("nosuch").Stats().EmergencySessions)
+	require.True(t, e.Release(now, []byte("nosuch"), []byte("sos-1"), 30))
+	require.Equal(t, int64(0), e.Service("nosuch").Stats().EmergencySessions)
+	require.Equal(t, UNLICENSED, e.Admit(now, []byte("nosuch"), nil, nil, Normal).Reason, "emergency does not license the service")
+}
+
+func TestEmergencyIgnoresEveryLicenceLimit(t *testing.T) {
+	l := Limits{Licensed: true, CAPS: 10, Sessions: 1, Subscribers: Unlimited, Tokens: 0, TokensPerAttempt: 5}
+	e, clk := newTestEngine(t, l)
+	now := clk.Now()
+	ok, _ := admitted(1000, func(i int) Decision {
+		return e.Admit(now, svc, []byte(fmt.Sprintf("sos-%d", i)), nil, Emergency)
+	})
+	require.Equal(t, 1000, ok)
+	st := e.Service("voice").Stats()
+	require.Equal(t, uint64(1000), st.Emergency)
+	require.Equal(t, uint64(0), st.Admissions[OK], "emergency is counted on its own")
+	require.Equal(t, int64(1000), st.EmergencySessions)
+	require.Equal(t, int64(0), st.Sessions)
+	require.Equal(t, int64(0), st.TokensUsed)
+	// A normal call still has its licensed session free.
+	require.Equal(t, TOKENS, e.Admit(now, svc, []byte("n1"), nil, Normal).Reason)
+}
+
+func TestOverloadStopsEvenEmergency(t *testing.T) {
+	e, clk := newTestEngine(t, capsOnly(Unlimited), func(c *Config) { c.MaxCAPS = 500 })
+	now := clk.Now()
+	ok, reasons := admitted(200, func(int) Decision { return e.Admit(now, svc, nil, nil, Normal) })
+	require.Equal(t, 50, ok, "node burst: 100 ms of 500 CAPS")
+	require.Equal(t, 150, reasons[OVERLOAD])
+	d := e.Admit(now, svc, []byte("sos"), nil, Emergency)
+	require.Equal(t, OVERLOAD, d.Reason)
+	require.Equal(t, int64(2), d.RetryAfterMS)
+	// Unlimited licence: only the node limit, over 10 s.
+	start := now + int64(time.Second)
+	ok, _ = admitted(20001, func(i int) Decision {
+		return e.Admit(start+int64(i)*int64(500*time.Microsecond), svc, nil, nil, Normal)
+	})
+	require.Equal(t, 5000+50, ok)
+}
+
+func TestHighPriorityHeadroom(t *testing.T) {
+	e, clk := newTestEngine(t, capsOnly(1000))
+	now := clk.Now()
+	ok, _ := admitted(500, func(int) Decision { return e.Admit(now, svc, nil, nil, Normal) })
+	require.Equal(t, 100, ok)
+	ok, _ = admitted(500, func(int) Decision { return e.Admit(now, svc, nil, nil, High) })
+	require.Equal(t, 10, ok, "10 % headroom: burst of 100 ms at 100 CAPS")
+	// Steady: 10 s of high-priority attempts at 2000/s get licence + headroom.
+	start := now + int64(time.Second)
+	ok, _ = admitted(20001, func(i int) Decision {
+		return e.Admit(start+int64(i)*int64(500*time.Microsecond), svc, nil, nil, High)
+	})
+	// The licence's 10000 + 100 burst; the headroom bucket, full at the
+	// start, is drawn on from the moment the main one runs dry (at 0.1 s):
+	// 10 + 100/s × 9.9 s.
+	require.Equal(t, 10000+100+10+990, ok)
+	require.Equal(t, uint64(10+11100), e.Service("voice").Stats().High)
+}
+
+func TestSessionsAndIdempotentCall(t *testing.T) {
+	l := Limits{Licensed: true, CAPS: Unlimited, Sessions: 500, Subscribers: Unlimited, Tokens: Unlimited}
+	e, clk := newTestEngine(t, l)
+	now := clk.Now()
+	call := func(i int) []byte { return []byte(fmt.Sprintf("call-%d@pbx", i)) }
+	ok, reasons := admitted(600, func(i int) Decision { return e.Admit(now, svc, call(i), nil, Normal) })
+	require.Equal(t, 500, ok)
+	require.Equal(t, 100, reasons[SESSIONS])
+	// A retransmission of an open call gets its first answer, uncounted.
+	first := e.Admit(now, svc, call(7), nil, Normal)
+	require.Equal(t, Decision{Reason: OK, Remaining: 500 - 7 - 1}, first)
+	require.Equal(t, uint64(500), e.Service("voice").Stats().Admissions[OK])
+	// High priority may use 10 % more sessions.
+	ok, _ = admitted(100, func(i int) Decision { return e.Admit(now, svc, call(1000+i), nil, High) })
+	require.Equal(t, 50, ok)
+	require.Equal(t, SESSIONS, e.Admit(now, svc, call(2000), nil, High).Reason)
+	require.True(t, e.Release(now, svc, call(3), 0))
+	require.False(t, e.Release(now, svc, call(3), 0), "release is idempotent")
+	require.False(t, e.Release(now, svc, []byte("never"), 0))
+	require.Equal(t, SESSIONS, e.Admit(now, svc, call(3000), nil, Normal).Reason, "549 open: above the normal limit")
+	require.Equal(t, OK, e.Admit(now, svc, call(3000), nil, High).Reason, "a released slot is free again")
+	require.Equal(t, SESSIONS, e.Admit(now, svc, call(3001), nil, High).Reason)
+	// Sessions not released end after the TTL.
+	later := now + int64(3*time.Hour) + 1
+	e.Tick(later)
+	require.Equal(t, int64(0), e.Service("voice").Stats().Sessions)
+	require.Equal(t, OK, e.Admit(later, svc, call(7), nil, Normal).Reason)
+	require.Equal(t, int64(1), e.Service("voice").Stats().Sessions)
+}
+
+func TestSessionExpiryWithoutTick(t *testing.T) {
+	l := Limits{Licensed: true, CAPS: Unlimited, Sessions: 2, Subscribers: Unlimited, Tokens: Unlimited}
+	e, clk := newTestEngine(t, l, func(c *Config) { c.SessionTTL = 1500 * time.Millisecond })
+	now := clk.Now()
+	require.True(t, e.Admit(now, svc, []byte("a"), nil, Normal).Admitted())
+	require.True(t, e.Admit(now, svc, []byte("b"), nil, Normal).Admitted())
+	require.Equal(t, SESSIONS, e.Admit(now+int64(time.Second), svc, []byte("c"), nil, Normal).Reason)
+	// At the limit the engine sweeps what is due before refusing.
+	require.True(t, e.Admit(now+int64(1500*time.Millisecond), svc, []byte("c"), nil, Normal).Admitted())
+	require.Equal(t, int64(1), e.Service("voice").Stats().Sessions)
+}
+
+func TestSubscribers(t *testing.T) {
+	l := Limits{Licensed: true, CAPS: 1, Sessions: Unlimited, Subscribers: 3, Tokens: Unlimited}
+	e, clk := newTestEngine(t, l)
+	now := clk.Now()
+	sub := func(i int) []byte { return []byte(fmt.Sprintf("sip:+1555000%d@example.net", i)) }
+	require.Equal(t, Decision{Reason: OK, Remaining: 2}, e.Register(now, svc, sub(1), 60))
+	require.Equal(t, Decision{Reason: OK, Remaining: 2}, e.Register(now, svc, sub(1), 60), "re-register refreshes, never counts twice")
+	require.True(t, e.Register(now, svc, sub(2), 60).Admitted())
+	require.True(t, e.Register(now, svc, sub(3), 3600).Admitted())
+	d := e.Register(now, svc, sub(4), 60)
+	require.Equal(t, SUBSCRIBERS, d.Reason)
+	require.Greater(t, d.RetryAfterMS, int64(0))
+	// sub 1 refreshed at +50 s lives until +110 s; sub 2 ends at +60 s.
+	require.True(t, e.Register(now+50e9, svc, sub(1), 60).Admitted())
+	require.True(t, e.Register(now+61e9, svc, sub(4), 60).Admitted())
+	require.Equal(t, SUBSCRIBERS, e.Register(now+61e9, svc, sub(5), 60).Reason)
+	require.True(t, e.Deregister(now+61e9, svc, sub(4)))
+	require.False(t, e.Deregister(now+61e9, svc, sub(4)))
+	require.True(t, e.Register(now+61e9, svc, sub(5), 0).Admitted())
+	e.Tick(now + 200e9)
+	require.Equal(t, int64(2), e.Service("voice").Stats().Subscribers, "subs 3 (1 h) and 5 (default 1 h) remain")
+}
+
+func TestTokenPoolExact(t *testing.T) {
+	f := func(ov Overage, want int) {
+		t.Helper()
+		l := Limits{Licensed: true, CAPS: Unlimited, Sessions: Unlimited, Subscribers: Unlimited, Tokens: 1000, TokensPerAttempt: 1, Overage: ov}
+		e, clk := newTestEngine(t, l)
+		ok, reasons := admitted(2000, func(int) Decision { return e.Admit(clk.Now(), svc, nil, nil, Normal) })
+		require.Equal(t, want, ok, ov.String())
+		require.Equal(t, 2000-want, reasons[TOKENS])
+		st := e.Service("voice").Stats()
+		require.Equal(t, int64(want), st.TokensUsed)
+		require.Equal(t, int64(max(want-1000, 0)), st.Overage)
+	}
+	f(Overage{}, 1000)
+	f(Overage{Kind: OveragePercent, Percent: 10}, 1100)
+	f(Overage{Kind: OverageUnlimited}, 2000)
+}
+
+func TestConsumeIdempotentAndAccounts(t *testing.T) {
+	l := Limits{Licensed: true, CAPS: Unlimited, Sessions: Unlimited, Subscribers: Unlimited, Tokens: 1000, TokensPerMinute: 2}
+	e, clk := newTestEngine(t, l)
+	now := clk.Now()
+	require.NoError(t, e.SetAccount("voice", "acme", 300, Overage{}))
+	require.ErrorContains(t, e.SetAccount("voice", "big", 701, Overage{}), "already allocated")
+	require.Equal(t, Decision{Reason: OK, Remaining: 200}, e.Consume(now, svc, acct, 100, []byte("tx-1")))
+	require.Equal(t, Decision{Reason: OK, Remaining: 200}, e.Consume(now, svc, acct, 100, []byte("tx-1")), "same ID, same answer")
+	require.Equal(t, Decision{Reason: OK, Remaining: 600}, e.Consume(now, svc, []byte("walk-in"), 100, []byte("tx-1")), "IDs are per account")
+	d := e.Consume(now, svc, acct, 250, []byte("tx-2"))
+	require.Equal(t, TOKENS, d.Reason)
+	require.Equal(t, int64(200), d.Remaining)
+	require.NoError(t, e.SetAccount("voice", "acme", 500, Overage{}))
+	require.Equal(t, Decision{Reason: OK, Remaining: 150}, e.Consume(now, svc, acct, 250, []byte("tx-2")), "a refused charge left its ID free")
+	// Per-minute charging on release goes to the call's account.
+	require.True(t, e.Admit(now, svc, []byte("c1"), acct, Normal).Admitted())
+	require.True(t, e.Release(now, svc, []byte("c1"), 61))
+	require.Equal(t, Decision{Reason: OK, Remaining: 145}, e.Consume(now, svc, acct, 1, nil), "2 minutes × 2 tokens charged")
+	// IDs are forgotten after the window.
+	later := now + int64(10*time.Minute) + 1
+	require.Equal(t, Decision{Reason: OK, Remaining: 45}, e.Consume(later, svc, acct, 100, []byte("tx-1")))
+}
+
+func TestSetLimitsLiveKeepsState(t *testing.T) {
+	e, clk := newTestEngine(t, capsOnly(500))
+	now := clk.Now()
+	ok, _ := admitted(200, func(int) Decision { return e.Admit(now, svc, nil, nil, Normal) })
+	require.Equal(t, 50, ok)
+	require.NoError(t, e.SetLimits("voice", capsOnly(1000)))
+	// The bucket keeps its level: the new rate refills it, it is not reset.
+	ok, _ = admitted(200, func(int) Decision { return e.Admit(now, svc, nil, nil, Normal) })
+	require.Equal(t, 0, ok)
+	start := now + int64(time.Second)
+	ok, _ = admitted(10000, func(i int) Decision {
+		return e.Admit(start+int64(i)*int64(100*time.Microsecond), svc, nil, nil, Normal)
+	})
+	require.InDelta(t, 1000+100, ok, 1)
+	require.Equal(t, uint64(50+ok), e.Service("voice").Stats().Admissions[OK])
+}
+
+func TestNoAllocations(t *testing.T) {
+	l := Limits{Licensed: true, CAPS: Unlimited, Sessions: Unlimited, Subscribers: Unlimited, Tokens: Unlimited, TokensPerMinute: 1}
+	e, clk := newTestEngine(t, l)
+	now := clk.Now()
+	call, sub := []byte("a84b4c76e66710@pc33.atlanta.example.com"), []byte("sip:alice@atlanta.example.com")
+	// Warm up the tables to their working size.
+	for i := 0; i < 10; i++ {
+		e.Admit(now, svc, call, acct, Normal)
+		e.Release(now, svc, call, 60)
+	}
+	f := func(name string, fn func()) {
+		t.Helper()
+		require.Zero(t, testing.AllocsPerRun(1000, fn), name)
+	}
+	f("admit", func() { e.Admit(now, svc, nil, nil, Normal) })
+	f("admit call + release", func() { e.Admit(now, svc, call, acct, High); e.Release(now, svc, call, 61) })
+	f("register", func() { e.Register(now, svc, sub, 3600) })
+	f("consume", func() { e.Consume(now, svc, acct, 1, nil) })
+	f("unknown", func() { e.Admit(now, []byte("other"), nil, nil, Normal) })
+}
+
+func BenchmarkAdmit(b *testing.B) {
+	e, clk := newTestEngine(b, capsOnly(1e9))
+	now := clk.Now()
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		e.Admit(now+int64(i), svc, nil, nil, Normal)
+	}
+}
+
+func BenchmarkAdmitParallel(b *testing.B) {
+	e, clk := newTestEngine(b, capsOnly(1e9))
+	now := clk.Now()
+	var i atomic.Int64
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			e.Admit(now+i.Add(1), svc, nil, nil, Normal)
+		}
+	})
+}
+
+func BenchmarkAdmitCallRelease(b *testing.B) {
+	e, clk := newTestEngine(b, Limits{Licensed: true, CAPS: 1e9, Sessions: 1 << 30, Subscribers: Unlimited, Tokens: Unlimited})
+	now := clk.Now()
+	calls := make([][]byte, 1024)
+	for i := range calls {
+		calls[i] = []byte(fmt.Sprintf("%08x-4b1c-11ef-9c3a-0242ac120002@10.0.0.1", i))
+	}
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		c := calls[i%len(calls)]
+		e.Admit(now, svc, c, nil, Normal)
+		e.Release(now, svc, c, 0)
+	}
+}
+
+func BenchmarkRegister(b *testing.B) {
+	e, clk := newTestEngine(b, Limits{Licensed: true, CAPS: 1, Sessions: 1, Subscribers: Unlimited, Tokens: Unlimited})
+	now := clk.Now()
+	subs := make([][]byte, 1024)
+	for i := range subs {
+		subs[i] = []byte(fmt.Sprintf("sip:+1555%07d@example.net", i))
+	}
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		e.Register(now, svc, subs[i%len(subs)], 3600)
+	}
+}

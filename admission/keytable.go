@@ -1,0 +1,191 @@
+package admission
+
+import "github.com/zeebo/xxh3"
+
+// Key identifies a call-id, subscriber or idempotency key by a 128-bit hash
+// of its bytes. Storing the hash instead of the bytes keeps insertion free of
+// allocation (a string key would be copied to the heap) and every entry the
+// same size; 128 bits make an accidental collision among even billions of
+// live keys vanishingly unlikely (birthday bound ~2^64). The hash is
+// unseeded, so every node of a cluster computes the same key.
+type Key struct{ hi, lo uint64 }
+
+// KeyOf hashes b.
+func KeyOf(b []byte) Key {
+	h := xxh3.Hash128(b)
+	return Key{h.Hi, h.Lo}
+}
+
+// mix combines two keys into one that differs from both (for keys scoped by
+// an account).
+func (k Key) mix(o Key) Key {
+	return Key{k.hi ^ (o.lo*0x9E3779B97F4A7C15 + 1), k.lo ^ (o.hi*0xC2B2AE3D27D4EB4F + 3)}
+}
+
+// wheelSlots is the number of one-second slots of a table's expiry wheel.
+// An entry lives in slot (expiry second mod wheelSlots); one that expires
+// further out than the wheel is visited once per turn and left in place
+// until due, so any TTL works and a turn costs one look per such entry.
+const wheelSlots = 1024
+
+const none = -1
+
+type entry[V any] struct {
+	key        Key
+	exp        int64 // instant (engine clock) at which the entry expires
+	prev, next int32 // neighbours in the wheel slot's list, or in the free list
+	slot       int32 // wheel slot, or none while free
+	v          V
+}
+
+// table maps keys to values that expire. Entries live in one slab reused
+// through a free list, linked into the slot of a timing wheel for their
+// expiry second, so insertion, refresh and deletion are O(1) and allocate
+// nothing once the slab has grown to the working set, and expiry visits only
+// what is due. It is not safe for concurrent use: the owning service's mutex
+// guards it.
+type table[V any] struct {
+	idx   map[Key]int32
+	ents  []entry[V]
+	free  int32
+	heads [wheelSlots]int32
+	swept int64 // last whole second swept
+	// gone is called with the value of every entry that leaves the table by
+	// expiring (not by del of a live entry), so owners can keep counts.
+	gone func(V)
+}
+
+func (t *table[V]) init(gone func(V)) {
+	t.gone = gone
+	t.idx = make(map[Key]int32)
+	t.free = none
+	for i := range t.heads {
+		t.heads[i] = none
+	}
+	t.swept = -1
+}
+
+// len returns the number of entries, expired ones not yet swept included.
+func (t *table[V]) len() int { return len(t.idx) }
+
+// get returns the live entry for k. An expired entry is removed on sight.
+func (t *table[V]) get(k Key, now int64) (*entry[V], bool) {
+	i, ok := t.idx[k]
+	if !ok {
+		return nil, false
+	}
+	e := &t.ents[i]
+	if e.exp <= now {
+		return nil, false
+	}
+	return e, true
+}
+
+// put inserts k (which must not be live) with value v until exp.
+func (t *table[V]) put(k Key, v V, exp int64) {
+	if i, ok := t.idx[k]; ok { // an expired leftover: reuse its place
+		t.unlink(i)
+		e := &t.ents[i]
+		if t.gone != nil {
+			t.gone(e.v)
+		}
+		e.v, e.exp = v, exp
+		t.link(i)
+		return
+	}
+	var i int32
+	if t.free != none {
+		i = t.free
+		t.free = t.ents[i].next
+	} else {
+		t.ents = append(t.ents, entry[V]{})
+		i = int32(len(t.ents) - 1)
+	}
+	e := &t.ents[i]
+	e.key, e.v, e.exp = k, v, exp
+	t.idx[k] = i
+	t.link(i)
+}
+
+// refresh moves e's expiry to exp.
+func (t *table[V]) refresh(e *entry[V], exp int64) {
+	i := t.idx[e.key]
+	t.unlink(i)
+	e.exp = exp
+	t.link(i)
+}
+
+// del removes k and returns its value if it was live at now.
+func (t *table[V]) del(k Key, now int64) (v V, live bool) {
+	i, ok := t.idx[k]
+	if !ok {
+		return v, false
+	}
+	e := &t.ents[i]
+	v, live = e.v, e.exp > now
+	t.remove(i)
+	if !live && t.gone != nil {
+		t.gone(v)
+	}
+	return v, live
+}
+
+// expire removes every entry due at now, calling gone for each value. It
+// visits the slots of the seconds since the last sweep (all of them at most
+// once) and the current second's slot, which it will visit again next time.
+func (t *table[V]) expire(now int64) {
+	sec := now / 1e9
+	from := t.swept + 1
+	if t.swept < 0 || sec-from >= wheelSlots {
+		from = sec - wheelSlots + 1
+	}
+	for s := from; s <= sec; s++ {
+		slot := int32(((s % wheelSlots) + wheelSlots) % wheelSlots)
+		for i := t.heads[slot]; i != none; {
+			e := &t.ents[i]
+			next := e.next
+			if e.exp <= now {
+				v := e.v
+				t.remove(i)
+				if t.gone != nil {
+					t.gone(v)
+				}
+			}
+			i = next
+		}
+	}
+	t.swept = sec - 1
+}
+
+func (t *table[V]) remove(i int32) {
+	e := &t.ents[i]
+	t.unlink(i)
+	delete(t.idx, e.key)
+	var zero V
+	e.v = zero
+	e.next = t.free
+	t.free = i
+}
+
+func (t *table[V]) link(i int32) {
+	e := &t.ents[i]
+	slot := int32(((e.exp / 1e9 % wheelSlots) + wheelSlots) % wheelSlots)
+	e.slot, e.prev, e.next = slot, none, t.heads[slot]
+	if e.next != none {
+		t.ents[e.next].prev = i
+	}
+	t.heads[slot] = i
+}
+
+func (t *table[V]) unlink(i int32) {
+	e := &t.ents[i]
+	if e.prev != none {
+		t.ents[e.prev].next = e.next
+	} else {
+		t.heads[e.slot] = e.next
+	}
+	if e.next != none {
+		t.ents[e.next].prev = e.prev
+	}
+	e.slot, e.prev, e.next = none, none, none
+}

@@ -1,0 +1,125 @@
+package admission
+
+import (
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+)
+
+// Unlimited marks a limit that the licence does not bound.
+const Unlimited = -1
+
+// Limits are what one service may use on this node: the sum of its valid
+// licences, cut down to this node's share by the cluster. They are the only
+// thing the engine knows about licences; see Engine.SetLimits.
+type Limits struct {
+	// Licensed is false when no valid licence covers the service: every
+	// attempt but an emergency one is rejected with UNLICENSED.
+	Licensed bool
+	// CAPS is this node's call attempts per second, or Unlimited (an
+	// unlimited licence; node.max_caps still holds). 0 admits no attempt.
+	CAPS float64
+	// Sessions, Subscribers: concurrent sessions and registered
+	// subscribers this node may hold, or Unlimited.
+	Sessions    int64
+	Subscribers int64
+	// Tokens is the service's prepaid token pool, or Unlimited (usage is
+	// metered, never refused).
+	Tokens int64
+	// TokensPerAttempt is charged for each admitted attempt;
+	// TokensPerMinute for each started minute a released call lasted.
+	TokensPerAttempt int64
+	TokensPerMinute  int64
+	// Overage decides what happens when the pool is empty.
+	Overage Overage
+	// State is the licence state shown by QUOTA ("active", "grace", ...).
+	State string
+}
+
+// OverageKind says what happens when a token pool is empty.
+type OverageKind uint8
+
+// Overage policies.
+const (
+	OverageNone      OverageKind = iota // reject with TOKENS
+	OveragePercent                      // allow Percent % more than the pool
+	OverageUnlimited                    // always allow; metered as overage
+)
+
+// Overage is a pool's overage policy.
+type Overage struct {
+	Kind    OverageKind
+	Percent int64
+}
+
+// ParseOverage reads "none", "percent:N" or "unlimited".
+func ParseOverage(s string) (Overage, error) {
+	switch {
+	case s == "none" || s == "":
+		return Overage{}, nil
+	case s == "unlimited":
+		return Overage{Kind: OverageUnlimited}, nil
+	case strings.HasPrefix(s, "percent:"):
+		n, err := strconv.ParseInt(s[len("percent:"):], 10, 64)
+		if err != nil || n < 0 || n > 1000 {
+			return Overage{}, fmt.Errorf("invalid overage %q: percent must be an integer 0..1000", s)
+		}
+		return Overage{Kind: OveragePercent, Percent: n}, nil
+	}
+	return Overage{}, fmt.Errorf("invalid overage %q: want none, percent:N or unlimited", s)
+}
+
+// String returns the policy in the form ParseOverage reads.
+func (o Overage) String() string {
+	switch o.Kind {
+	case OveragePercent:
+		return "percent:" + strconv.FormatInt(o.Percent, 10)
+	case OverageUnlimited:
+		return "unlimited"
+	}
+	return "none"
+}
+
+// ceiling returns how many tokens a pool of size limit may hand out in all.
+func (o Overage) ceiling(limit int64) int64 {
+	switch o.Kind {
+	case OveragePercent:
+		return limit + limit*o.Percent/100
+	case OverageUnlimited:
+		return math.MaxInt64
+	}
+	return limit
+}
+
+// DevLimits are the SPEC's --dev limits for service "demo".
+func DevLimits() Limits {
+	return Limits{Licensed: true, CAPS: 1000, Sessions: 500, Subscribers: 10000, Tokens: 1000000, State: "active"}
+}
+
+// derived is a service's Limits plus the numbers the hot path needs,
+// computed once when the limits change.
+type derived struct {
+	Limits
+	caps     gcra // normal priority
+	headroom gcra // extra for PRIORITY high
+	// highSessions is the session limit for PRIORITY high.
+	highSessions int64
+}
+
+func derive(l Limits, cfg *Config) *derived {
+	d := &derived{Limits: l, highSessions: l.Sessions}
+	d.caps = newGCRA(l.CAPS, cfg.Burst.Seconds())
+	if l.CAPS > 0 && cfg.HighHeadroomPercent > 0 {
+		d.headroom = newGCRA(l.CAPS*float64(cfg.HighHeadroomPercent)/100, cfg.Burst.Seconds())
+	} else {
+		d.headroom = newGCRA(0, 0)
+	}
+	if l.Sessions > 0 {
+		d.highSessions = l.Sessions + l.Sessions*int64(cfg.HighHeadroomPercent)/100
+	}
+	if !l.Licensed {
+		d.caps = newGCRA(0, 0)
+	}
+	return d
+}

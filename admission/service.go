@@ -1,0 +1,152 @@
+package admission
+
+import (
+	"math"
+	"sync"
+	"sync/atomic"
+)
+
+// session is an open call.
+type session struct {
+	first    Decision // the answer a repeated ADMIT gets again
+	prio     Priority
+	account  *account // charged for RELEASE ... SECONDS; nil: the service pool
+	licensed bool     // counts against the licensed sessions (not emergency)
+}
+
+// Service is the state of one service on this node.
+type Service struct {
+	name string
+	lim  atomic.Pointer[derived]
+
+	// CAPS buckets (GCRA theoretical arrival times); lock-free.
+	capsTAT     atomic.Int64
+	headroomTAT atomic.Int64
+
+	// Counters, read by metrics and the meter without a lock.
+	counts    [NumReasons]atomic.Uint64 // decisions of ADMIT (normal and high) by reason
+	emergency atomic.Uint64             // emergency attempts admitted
+	high      atomic.Uint64             // PRIORITY high attempts admitted
+	sessionsN atomic.Int64              // open licensed sessions (mirror of licensedSessions)
+	emergN    atomic.Int64              // open emergency sessions
+	subsN     atomic.Int64              // registered subscribers
+	tokensUse atomic.Int64              // tokens charged in all
+	overUse   atomic.Int64              // tokens charged beyond a pool
+	usedCAPS  atomic.Uint64             // admitted attempts per second over the last second (float64 bits)
+
+	mu sync.Mutex // guards the fields below
+	// sessions by call-id key.
+	sessions table[session]
+	// licensedSessions counts the open sessions that count against the licence.
+	licensedSessions int64
+	// subscribers by subscriber key.
+	subscribers table[struct{}]
+	// consumed remembers CONSUME ID keys with the decision they got.
+	consumed table[Decision]
+	// tokens is the service's unallocated pool (licensed tokens less the
+	// accounts' allocations).
+	tokens    pool
+	allocated int64
+	accounts  map[string]*account
+	// rate tracking for usedCAPS
+	rateMark  int64
+	rateCount uint64
+}
+
+func newService(name string, l *derived) *Service {
+	s := &Service{name: name, accounts: make(map[string]*account)}
+	s.lim.Store(l)
+	s.sessions.init(s.sessionGone)
+	s.subscribers.init(func(struct{}) { s.subsN.Add(-1) })
+	s.consumed.init(nil)
+	s.applyPool(l)
+	return s
+}
+
+// sessionGone keeps the counts when a session leaves the table. Called with mu held.
+func (s *Service) sessionGone(x session) {
+	if x.licensed {
+		s.licensedSessions--
+		s.sessionsN.Add(-1)
+	} else {
+		s.emergN.Add(-1)
+	}
+}
+
+// applyPool sizes the unallocated pool from the limits. Called with mu held
+// or before the service is shared.
+func (s *Service) applyPool(l *derived) {
+	s.tokens.policy = l.Overage
+	if l.Tokens == Unlimited {
+		s.tokens.limit = Unlimited
+		return
+	}
+	s.tokens.limit = max(l.Tokens-s.allocated, 0)
+}
+
+// poolFor returns the pool that acct draws on. Called with mu held.
+func (s *Service) poolFor(acct []byte) (*pool, *account) {
+	if len(acct) > 0 {
+		if a, ok := s.accounts[string(acct)]; ok {
+			return &a.pool, a
+		}
+	}
+	return &s.tokens, nil
+}
+
+// charge records n tokens taken from p. Called with mu held.
+func (s *Service) charge(p *pool, n int64) {
+	over := p.overage
+	p.charge(n)
+	s.tokensUse.Add(n)
+	s.overUse.Add(p.overage - over)
+}
+
+// Stats is a snapshot of a service's limits and counters on this node.
+type Stats struct {
+	Name   string
+	Limits Limits
+	// Burst is the CAPS bucket depth in attempts (0 when not rate-limited).
+	Burst int64
+	// Admissions counts ADMIT decisions of normal and high priority by reason.
+	Admissions [NumReasons]uint64
+	// Emergency counts emergency attempts admitted; High the PRIORITY high
+	// attempts admitted (also in Admissions[OK]).
+	Emergency, High uint64
+	// Open sessions counting against the licence, emergency sessions apart.
+	Sessions, EmergencySessions int64
+	Subscribers                 int64
+	// Tokens charged in all, the part beyond a pool, and what is left in
+	// the service's unallocated pool (-1: unlimited).
+	TokensUsed, Overage, TokensLeft int64
+	// UsedCAPS is the admitted attempts per second over the last second.
+	UsedCAPS float64
+}
+
+// Name returns the service name.
+func (s *Service) Name() string { return s.name }
+
+// Stats returns a snapshot. It takes the service's mutex briefly.
+func (s *Service) Stats() Stats {
+	l := s.lim.Load()
+	st := Stats{
+		Name:              s.name,
+		Limits:            l.Limits,
+		Burst:             l.caps.burst,
+		Emergency:         s.emergency.Load(),
+		High:              s.high.Load(),
+		Sessions:          s.sessionsN.Load(),
+		EmergencySessions: s.emergN.Load(),
+		Subscribers:       s.subsN.Load(),
+		TokensUsed:        s.tokensUse.Load(),
+		Overage:           s.overUse.Load(),
+		UsedCAPS:          math.Float64frombits(s.usedCAPS.Load()),
+	}
+	for i := range st.Admissions {
+		st.Admissions[i] = s.counts[i].Load()
+	}
+	s.mu.Lock()
+	st.TokensLeft = s.tokens.left()
+	s.mu.Unlock()
+	return st
+}
