@@ -33,6 +33,9 @@ type Limits struct {
 	TokensPerMinute  int64
 	// Overage decides what happens when the pool is empty.
 	Overage Overage
+	// LicensedCAPS is the whole cluster's licensed CAPS, for reports; 0
+	// means the same as CAPS (a single node).
+	LicensedCAPS float64
 	// State is the licence state shown by QUOTA ("active", "grace", ...).
 	State string
 }

@@ -1,0 +1,255 @@
+// Package ctl is capsctl: a command-line client of a capsgate node's admin
+// HTTP API. Every failure ends in one line on stderr and a non-zero exit.
+package ctl
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// DefaultAddr is the admin API of a node on this host.
+const DefaultAddr = "http://127.0.0.1:8390"
+
+const usage = `usage: capsctl [--addr URL] [--token-file FILE] [--json] COMMAND [ARGS]
+
+commands:
+  status [SERVICE]                 effective limits and usage (all services, or one)
+  license add FILE                 load a licence file into the cluster
+  license list                     every licence with its state
+  cluster                          members, their state and shares
+  accounts set SERVICE ACCOUNT --tokens N [--overage none|percent:N|unlimited]
+  usage --service S --from T --to T [--step 1h] [--format table|csv|json]
+
+--addr defaults to $CAPSGATE_ADDR or ` + DefaultAddr + `; --token-file to $CAPSGATE_TOKEN_FILE.
+`
+
+// Main runs capsctl with args (without the program name) and returns the
+// exit code.
+func Main(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("capsctl", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	addr := fs.String("addr", envOr("CAPSGATE_ADDR", DefaultAddr), "admin API base URL")
+	tokenFile := fs.String("token-file", os.Getenv("CAPSGATE_TOKEN_FILE"), "file holding the admin bearer token")
+	asJSON := fs.Bool("json", false, "print JSON for scripts")
+	timeout := fs.Duration("timeout", 10*time.Second, "request timeout")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(stdout, usage)
+			return 0
+		}
+		fmt.Fprintln(stderr, "capsctl:", err)
+		return 2
+	}
+	c := &client{base: strings.TrimRight(*addr, "/"), http: &http.Client{Timeout: *timeout}, json: *asJSON, out: stdout}
+	if *tokenFile != "" {
+		b, err := os.ReadFile(*tokenFile)
+		if err != nil {
+			fmt.Fprintf(stderr, "capsctl: cannot read token file: %v\n", err)
+			return 2
+		}
+		c.token = strings.TrimSpace(string(b))
+	}
+	if err := c.run(fs.Args()); err != nil {
+		fmt.Fprintln(stderr, "capsctl:", oneLine(err.Error()))
+		var ue usageError
+		if errors.As(err, &ue) {
+			return 2
+		}
+		return 1
+	}
+	return 0
+}
+
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg + " (capsctl --help)" }
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
+
+type client struct {
+	base  string
+	token string
+	http  *http.Client
+	json  bool
+	out   io.Writer
+}
+
+func (c *client) run(args []string) error {
+	if len(args) == 0 {
+		return usageError{"no command given"}
+	}
+	switch args[0] {
+	case "status":
+		switch len(args) {
+		case 1:
+			return c.show("GET", "/v1/services", nil)
+		case 2:
+			return c.show("GET", "/v1/services/"+url.PathEscape(args[1]), nil)
+		}
+		return usageError{"status takes at most one service"}
+	case "license":
+		if len(args) >= 2 {
+			switch {
+			case args[1] == "add" && len(args) == 3:
+				body, err := os.ReadFile(args[2])
+				if err != nil {
+					return fmt.Errorf("cannot read licence file: %w", err)
+				}
+				return c.show("POST", "/v1/licenses", body)
+			case args[1] == "list" && len(args) == 2:
+				return c.show("GET", "/v1/licenses", nil)
+			case args[1] == "show" && len(args) == 3:
+				return c.show("GET", "/v1/licenses/"+url.PathEscape(args[2]), nil)
+			}
+		}
+		return usageError{"want: license add FILE | license list | license show ID"}
+	case "cluster":
+		return c.show("GET", "/v1/cluster", nil)
+	case "accounts":
+		return c.accounts(args[1:])
+	case "usage":
+		return c.usage(args[1:])
+	}
+	return usageError{fmt.Sprintf("unknown command %q", args[0])}
+}
+
+func (c *client) accounts(args []string) error {
+	if len(args) < 3 || args[0] != "set" {
+		return usageError{"want: accounts set SERVICE ACCOUNT --tokens N [--overage P]"}
+	}
+	fs := flag.NewFlagSet("accounts set", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	tokens := fs.Int64("tokens", -1, "tokens allocated")
+	overage := fs.String("overage", "none", "overage policy")
+	if err := fs.Parse(args[3:]); err != nil || *tokens < 0 {
+		return usageError{"accounts set needs --tokens N (N >= 0)"}
+	}
+	body, _ := json.Marshal(map[string]any{"tokens": *tokens, "overage": *overage})
+	return c.show("PUT", "/v1/services/"+url.PathEscape(args[1])+"/accounts/"+url.PathEscape(args[2]), body)
+}
+
+func (c *client) usage(args []string) error {
+	fs := flag.NewFlagSet("usage", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	service := fs.String("service", "", "service")
+	from := fs.String("from", "", "start (RFC 3339)")
+	to := fs.String("to", "", "end (RFC 3339)")
+	step := fs.String("step", "", "window")
+	format := fs.String("format", "table", "table|csv|json")
+	if err := fs.Parse(args); err != nil {
+		return usageError{err.Error()}
+	}
+	q := url.Values{}
+	for k, v := range map[string]string{"service": *service, "from": *from, "to": *to, "step": *step, "format": *format} {
+		if v != "" {
+			q.Set(k, v)
+		}
+	}
+	return c.show("GET", "/v1/usage?"+q.Encode(), nil)
+}
+
+// do sends a request and returns the body of a 2xx answer, or the server's
+// error reason as an error.
+func (c *client) do(method, path string, body []byte) ([]byte, error) {
+	req, err := http.NewRequest(method, c.base+path, bytes.NewReader(body))
+	if err != nil {
+		return nil, fmt.Errorf("bad --addr %q: %w", c.base, err)
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("cannot reach %s: %w", c.base, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return nil, fmt.Errorf("cannot read the answer of %s: %w", c.base, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		var e struct{ Error, Reason string }
+		if json.Unmarshal(b, &e) == nil && e.Error != "" {
+			return nil, fmt.Errorf("%s %s: %d %s: %s", method, path, resp.StatusCode, e.Reason, e.Error)
+		}
+		return nil, fmt.Errorf("%s %s: %s", method, path, resp.Status)
+	}
+	return b, nil
+}
+
+// show prints the answer: JSON as is with --json, else as a table.
+func (c *client) show(method, path string, body []byte) error {
+	b, err := c.do(method, path, body)
+	if err != nil {
+		return err
+	}
+	if c.json {
+		_, err = c.out.Write(b)
+		return err
+	}
+	var v any
+	if err := json.Unmarshal(b, &v); err != nil {
+		_, err = c.out.Write(b) // not JSON (e.g. CSV): as is
+		return err
+	}
+	tw := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
+	printTable(tw, "", v)
+	return tw.Flush()
+}
+
+// printTable flattens JSON into aligned key/value lines, lists of objects
+// into one row each.
+func printTable(w io.Writer, prefix string, v any) {
+	switch x := v.(type) {
+	case map[string]any:
+		keys := make([]string, 0, len(x))
+		for k := range x {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			printTable(w, join(prefix, k), x[k])
+		}
+	case []any:
+		if len(x) == 0 {
+			fmt.Fprintf(w, "%s\t(none)\n", prefix)
+		}
+		for i, e := range x {
+			printTable(w, join(prefix, fmt.Sprint(i)), e)
+		}
+	default:
+		fmt.Fprintf(w, "%s\t%v\n", prefix, formatValue(x))
+	}
+}
+
+func join(a, b string) string {
+	if a == "" {
+		return b
+	}
+	return a + "." + b
+}
+
+func formatValue(v any) string {
+	if f, ok := v.(float64); ok && f == float64(int64(f)) {
+		return fmt.Sprint(int64(f))
+	}
+	return fmt.Sprint(v)
+}

@@ -1,0 +1,561 @@
+package resp
+
+import (
+	"bytes"
+	"crypto/subtle"
+	"fmt"
+	"math"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/capsgate/capsgate/admission"
+)
+
+// Version is reported by INFO and HELLO.
+const Version = "0.1.0"
+
+// ConnState is what the command layer remembers about one client
+// connection. It is owned by the connection's event loop.
+type ConnState struct {
+	id     int64
+	authed bool
+	name   string // CLIENT SETNAME
+	args   [][]byte
+	loop   *loopStats
+	// commands counts the commands of the current read, for the histogram.
+	commands int
+	// lastActive is the engine-clock instant of the last request, read by
+	// the idle sweeper from another goroutine.
+	lastActive atomic.Int64
+}
+
+// NewConnState returns the state of a fresh connection.
+func NewConnState(id int64) *ConnState {
+	return &ConnState{id: id, args: make([][]byte, 0, 16)}
+}
+
+// Handler executes commands against an engine. It holds no per-connection
+// state and is safe for concurrent use by every event loop.
+type Handler struct {
+	eng      *admission.Engine
+	password []byte // nil: AUTH is not required
+	started  time.Time
+	stats    func() (conns int64) // for INFO; may be nil
+}
+
+// NewHandler returns a handler deciding with eng. A non-empty password makes
+// clients AUTH first.
+func NewHandler(eng *admission.Engine, password string) *Handler {
+	h := &Handler{eng: eng, started: time.Now()}
+	if password != "" {
+		h.password = []byte(password)
+	}
+	return h
+}
+
+// Handle runs every complete command at the front of in, appending the
+// replies to out in request order. It returns the bytes consumed, the grown
+// out and whether the connection must now be closed (QUIT or a protocol
+// error; the replies in out are sent first). Bytes of an incomplete last
+// command are left unconsumed for the next call.
+func (h *Handler) Handle(now int64, cs *ConnState, in, out []byte) (n int, _ []byte, closeConn bool) {
+	for n < len(in) {
+		args, used, err := Parse(in[n:], cs.args)
+		if err != nil {
+			out = append(out, "-ERR Protocol error: "...)
+			out = append(out, err.Error()...)
+			out = append(out, "\r\n"...)
+			return len(in), out, true
+		}
+		if used == 0 {
+			break
+		}
+		cs.args = args[:0]
+		n += used
+		if len(args) == 0 {
+			continue // an empty inline line
+		}
+		var quit bool
+		cs.commands++
+		out, quit = h.exec(now, cs, args, out)
+		if quit {
+			return len(in), out, true
+		}
+	}
+	return n, out, false
+}
+
+// lower copies an ASCII command name, lower-cased, into buf. Names longer
+// than buf are not commands.
+func lower(buf *[16]byte, b []byte) []byte {
+	if len(b) > len(buf) {
+		return nil
+	}
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		buf[i] = c
+	}
+	return buf[:len(b)]
+}
+
+// exec runs one command. It reports whether the connection must close.
+func (h *Handler) exec(now int64, cs *ConnState, args [][]byte, out []byte) ([]byte, bool) {
+	var nb [16]byte
+	name := lower(&nb, args[0])
+	if h.password != nil && !cs.authed {
+		switch string(name) {
+		case "auth", "hello", "quit":
+		default:
+			return AppendError(out, "NOAUTH Authentication required."), false
+		}
+	}
+	switch string(name) {
+	case "admit":
+		return h.admit(now, args, out), false
+	case "release":
+		return h.release(now, args, out), false
+	case "register":
+		return h.register(now, args, out), false
+	case "deregister":
+		return h.deregister(now, args, out), false
+	case "consume":
+		return h.consume(now, args, out), false
+	case "quota":
+		return h.quota(args, out), false
+	case "ping":
+		switch len(args) {
+		case 1:
+			return AppendSimple(out, "PONG"), false
+		case 2:
+			return AppendBulk(out, args[1]), false
+		}
+		return wrongArgs(out, "ping"), false
+	case "echo":
+		if len(args) != 2 {
+			return wrongArgs(out, "echo"), false
+		}
+		return AppendBulk(out, args[1]), false
+	case "quit":
+		return AppendSimple(out, "OK"), true
+	case "auth":
+		return h.auth(cs, args, out), false
+	case "hello":
+		return h.hello(cs, args, out), false
+	case "select":
+		if len(args) != 2 {
+			return wrongArgs(out, "select"), false
+		}
+		if v, ok := parseInt(args[1]); !ok || v != 0 {
+			return AppendError(out, "ERR DB index is out of range"), false
+		}
+		return AppendSimple(out, "OK"), false
+	case "info":
+		return AppendBulkString(out, h.info()), false
+	case "command":
+		return AppendArrayHeader(out, 0), false
+	case "client":
+		return h.client(cs, args, out), false
+	}
+	return AppendError(out, "ERR unknown command '"+printable(args[0], 64)+"'"), false
+}
+
+func wrongArgs(out []byte, cmd string) []byte {
+	return AppendError(out, "ERR wrong number of arguments for '"+cmd+"' command")
+}
+
+// Error replies of the command table.
+const (
+	errSyntax      = "ERR syntax error"
+	errService     = "ERR invalid service name"
+	errAccount     = "ERR invalid account name"
+	errCall        = "ERR invalid call-id"
+	errSubscriber  = "ERR invalid subscriber id"
+	errID          = "ERR invalid idempotency key"
+	errNotInt      = "ERR value is not an integer or out of range"
+	errPriority    = "ERR invalid priority: want normal, high or emergency"
+	errUnits       = "ERR units must be a positive integer"
+	errTTL         = "ERR TTL must be a positive integer of seconds"
+	errSeconds     = "ERR SECONDS must be a non-negative integer"
+	errNoSuchQuota = "ERR no such service"
+)
+
+func decision(out []byte, d admission.Decision) []byte {
+	return AppendDecision(out, d.Admitted(), d.Reason.String(), d.RetryAfterMS, d.Remaining)
+}
+
+// ADMIT service [CALL call-id] [ACCOUNT account] [PRIORITY normal|high|emergency]
+func (h *Handler) admit(now int64, args [][]byte, out []byte) []byte {
+	if len(args) < 2 || len(args)%2 != 0 {
+		return wrongArgs(out, "admit")
+	}
+	if !admission.ValidName(args[1]) {
+		return AppendError(out, errService)
+	}
+	var call, acct []byte
+	prio := admission.Normal
+	seenPrio := false
+	for i := 2; i < len(args); i += 2 {
+		opt, v := args[i], args[i+1]
+		switch {
+		case bytes.EqualFold(opt, []byte("CALL")) && call == nil:
+			if !admission.ValidKey(v) {
+				return AppendError(out, errCall)
+			}
+			call = v
+		case bytes.EqualFold(opt, []byte("ACCOUNT")) && acct == nil:
+			if !admission.ValidName(v) {
+				return AppendError(out, errAccount)
+			}
+			acct = v
+		case bytes.EqualFold(opt, []byte("PRIORITY")) && !seenPrio:
+			seenPrio = true
+			switch {
+			case bytes.EqualFold(v, []byte("normal")):
+			case bytes.EqualFold(v, []byte("high")):
+				prio = admission.High
+			case bytes.EqualFold(v, []byte("emergency")):
+				prio = admission.Emergency
+			default:
+				return AppendError(out, errPriority)
+			}
+		default:
+			return AppendError(out, errSyntax)
+		}
+	}
+	return decision(out, h.eng.Admit(now, args[1], call, acct, prio))
+}
+
+// RELEASE service call-id [SECONDS n]
+func (h *Handler) release(now int64, args [][]byte, out []byte) []byte {
+	if len(args) != 3 && len(args) != 5 {
+		return wrongArgs(out, "release")
+	}
+	if !admission.ValidName(args[1]) {
+		return AppendError(out, errService)
+	}
+	if !admission.ValidKey(args[2]) {
+		return AppendError(out, errCall)
+	}
+	var secs int64
+	if len(args) == 5 {
+		if !bytes.EqualFold(args[3], []byte("SECONDS")) {
+			return AppendError(out, errSyntax)
+		}
+		v, ok := parseInt(args[4])
+		if !ok || v < 0 {
+			return AppendError(out, errSeconds)
+		}
+		secs = v
+	}
+	return AppendInt(out, b2i(h.eng.Release(now, args[1], args[2], secs)))
+}
+
+// REGISTER service subscriber [TTL seconds]
+func (h *Handler) register(now int64, args [][]byte, out []byte) []byte {
+	if len(args) != 3 && len(args) != 5 {
+		return wrongArgs(out, "register")
+	}
+	if !admission.ValidName(args[1]) {
+		return AppendError(out, errService)
+	}
+	if !admission.ValidKey(args[2]) {
+		return AppendError(out, errSubscriber)
+	}
+	var ttl int64
+	if len(args) == 5 {
+		if !bytes.EqualFold(args[3], []byte("TTL")) {
+			return AppendError(out, errSyntax)
+		}
+		v, ok := parseInt(args[4])
+		if !ok || v <= 0 {
+			return AppendError(out, errTTL)
+		}
+		ttl = v
+	}
+	return decision(out, h.eng.Register(now, args[1], args[2], ttl))
+}
+
+// DEREGISTER service subscriber
+func (h *Handler) deregister(now int64, args [][]byte, out []byte) []byte {
+	if len(args) != 3 {
+		return wrongArgs(out, "deregister")
+	}
+	if !admission.ValidName(args[1]) {
+		return AppendError(out, errService)
+	}
+	if !admission.ValidKey(args[2]) {
+		return AppendError(out, errSubscriber)
+	}
+	return AppendInt(out, b2i(h.eng.Deregister(now, args[1], args[2])))
+}
+
+// CONSUME service account units [ID key]
+func (h *Handler) consume(now int64, args [][]byte, out []byte) []byte {
+	if len(args) != 4 && len(args) != 6 {
+		return wrongArgs(out, "consume")
+	}
+	if !admission.ValidName(args[1]) {
+		return AppendError(out, errService)
+	}
+	if !admission.ValidName(args[2]) {
+		return AppendError(out, errAccount)
+	}
+	units, ok := parseInt(args[3])
+	if !ok || units <= 0 {
+		return AppendError(out, errUnits)
+	}
+	var id []byte
+	if len(args) == 6 {
+		if !bytes.EqualFold(args[4], []byte("ID")) {
+			return AppendError(out, errSyntax)
+		}
+		if !admission.ValidKey(args[5]) {
+			return AppendError(out, errID)
+		}
+		id = args[5]
+	}
+	return decision(out, h.eng.Consume(now, args[1], args[2], units, id))
+}
+
+// QUOTA service: flat field/value pairs.
+func (h *Handler) quota(args [][]byte, out []byte) []byte {
+	if len(args) != 2 {
+		return wrongArgs(out, "quota")
+	}
+	if !admission.ValidName(args[1]) {
+		return AppendError(out, errService)
+	}
+	s := h.eng.Service(string(args[1]))
+	if s == nil {
+		out = AppendArrayHeader(out, 2)
+		out = AppendBulkString(out, "license_state")
+		return AppendBulkString(out, "unlicensed")
+	}
+	st := s.Stats()
+	l := st.Limits
+	state := l.State
+	if !l.Licensed {
+		state = "unlicensed"
+	} else if state == "" {
+		state = "active"
+	}
+	licensed := l.LicensedCAPS
+	if licensed == 0 {
+		licensed = l.CAPS
+	}
+	fields := 17
+	out = AppendArrayHeader(out, 2*fields)
+	out = kvFloat(out, "caps_licensed", licensed)
+	out = kvFloat(out, "caps_share", l.CAPS)
+	out = kvFloat(out, "caps_used", st.UsedCAPS)
+	out = kvInt(out, "caps_burst", st.Burst)
+	out = kvInt(out, "sessions_licensed", l.Sessions)
+	out = kvInt(out, "sessions_used", st.Sessions)
+	out = kvInt(out, "sessions_emergency", st.EmergencySessions)
+	out = kvInt(out, "subscribers_licensed", l.Subscribers)
+	out = kvInt(out, "subscribers_used", st.Subscribers)
+	out = kvInt(out, "tokens_licensed", l.Tokens)
+	out = kvInt(out, "tokens_used", st.TokensUsed)
+	out = kvInt(out, "tokens_left", st.TokensLeft)
+	out = kvInt(out, "tokens_overage", st.Overage)
+	out = kvInt(out, "tokens_per_attempt", l.TokensPerAttempt)
+	out = kvInt(out, "tokens_per_minute", l.TokensPerMinute)
+	out = AppendBulkString(out, "overage")
+	out = AppendBulkString(out, l.Overage.String())
+	out = AppendBulkString(out, "license_state")
+	return AppendBulkString(out, state)
+}
+
+func kvInt(out []byte, k string, v int64) []byte {
+	out = AppendBulkString(out, k)
+	return AppendInt(out, v)
+}
+
+// kvFloat writes a rate; -1 (unlimited) and whole numbers print as integers.
+func kvFloat(out []byte, k string, v float64) []byte {
+	out = AppendBulkString(out, k)
+	var nb [32]byte
+	var num []byte
+	if v == math.Trunc(v) && math.Abs(v) < 1e15 {
+		num = strconv.AppendInt(nb[:0], int64(v), 10)
+	} else {
+		num = strconv.AppendFloat(nb[:0], v, 'f', 2, 64)
+	}
+	return AppendBulk(out, num)
+}
+
+// AUTH [user] password
+func (h *Handler) auth(cs *ConnState, args [][]byte, out []byte) []byte {
+	if len(args) != 2 && len(args) != 3 {
+		return wrongArgs(out, "auth")
+	}
+	if h.password == nil {
+		return AppendError(out, "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?")
+	}
+	if !h.checkAuth(args[1:]) {
+		return AppendError(out, "WRONGPASS invalid username-password pair or user is disabled.")
+	}
+	cs.authed = true
+	return AppendSimple(out, "OK")
+}
+
+// checkAuth checks [user] password in constant time; the only user is "default".
+func (h *Handler) checkAuth(up [][]byte) bool {
+	pass := up[len(up)-1]
+	userOK := len(up) == 1 || string(up[0]) == "default"
+	passOK := subtle.ConstantTimeCompare(pass, h.password) == 1
+	return userOK && passOK
+}
+
+// HELLO [protover [AUTH user pass] [SETNAME name]]: RESP2 only.
+func (h *Handler) hello(cs *ConnState, args [][]byte, out []byte) []byte {
+	i := 1
+	if len(args) > 1 {
+		v, ok := parseInt(args[1])
+		if !ok {
+			return AppendError(out, "ERR Protocol version is not an integer or out of range")
+		}
+		if v != 2 {
+			return AppendError(out, "NOPROTO sorry, this protocol version is not supported.")
+		}
+		i = 2
+	}
+	for i < len(args) {
+		switch {
+		case bytes.EqualFold(args[i], []byte("AUTH")) && i+2 < len(args):
+			if h.password == nil || !h.checkAuth(args[i+1:i+3]) {
+				if h.password == nil {
+					return AppendError(out, "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?")
+				}
+				return AppendError(out, "WRONGPASS invalid username-password pair or user is disabled.")
+			}
+			cs.authed = true
+			i += 3
+		case bytes.EqualFold(args[i], []byte("SETNAME")) && i+1 < len(args):
+			cs.name = string(args[i+1])
+			i += 2
+		default:
+			return AppendError(out, "ERR Syntax error in HELLO option '"+printable(args[i], 32)+"'")
+		}
+	}
+	if h.password != nil && !cs.authed {
+		return AppendError(out, "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time")
+	}
+	out = AppendArrayHeader(out, 14)
+	out = AppendBulkString(out, "server")
+	out = AppendBulkString(out, "capsgate")
+	out = AppendBulkString(out, "version")
+	out = AppendBulkString(out, Version)
+	out = AppendBulkString(out, "proto")
+	out = AppendInt(out, 2)
+	out = AppendBulkString(out, "id")
+	out = AppendInt(out, cs.id)
+	out = AppendBulkString(out, "mode")
+	out = AppendBulkString(out, "standalone")
+	out = AppendBulkString(out, "role")
+	out = AppendBulkString(out, "master")
+	out = AppendBulkString(out, "modules")
+	return AppendArrayHeader(out, 0)
+}
+
+// CLIENT SETNAME|GETNAME|ID|SETINFO|INFO ...: what client libraries send on connect.
+func (h *Handler) client(cs *ConnState, args [][]byte, out []byte) []byte {
+	if len(args) < 2 {
+		return wrongArgs(out, "client")
+	}
+	sub := args[1]
+	switch {
+	case bytes.EqualFold(sub, []byte("SETNAME")) && len(args) == 3:
+		cs.name = string(args[2])
+		return AppendSimple(out, "OK")
+	case bytes.EqualFold(sub, []byte("GETNAME")) && len(args) == 2:
+		if cs.name == "" {
+			return AppendNull(out)
+		}
+		return AppendBulkString(out, cs.name)
+	case bytes.EqualFold(sub, []byte("ID")) && len(args) == 2:
+		return AppendInt(out, cs.id)
+	case bytes.EqualFold(sub, []byte("SETINFO")) && len(args) == 4:
+		return AppendSimple(out, "OK")
+	}
+	return AppendError(out, "ERR unknown subcommand '"+printable(sub, 32)+"'. Try CLIENT HELP.")
+}
+
+// SetConnCounter lets INFO report the number of client connections.
+func (h *Handler) SetConnCounter(f func() int64) { h.stats = f }
+
+// info renders INFO: Redis-style sections, then one line per service.
+func (h *Handler) info() string {
+	var b strings.Builder
+	b.WriteString("# Server\r\nredis_version:7.2.0\r\ncapsgate_version:" + Version + "\r\n")
+	fmt.Fprintf(&b, "redis_mode:standalone\r\nos:%s %s\r\narch_bits:64\r\nprocess_id:%d\r\nuptime_in_seconds:%d\r\n",
+		runtime.GOOS, runtime.GOARCH, pid, int64(time.Since(h.started).Seconds()))
+	if h.stats != nil {
+		fmt.Fprintf(&b, "\r\n# Clients\r\nconnected_clients:%d\r\n", h.stats())
+	}
+	b.WriteString("\r\n# Services\r\n")
+	for _, s := range h.eng.Services() {
+		st := s.Stats()
+		fmt.Fprintf(&b, "service:%s,licensed=%t,caps=%g,caps_used=%.1f,sessions=%d,subscribers=%d,tokens_used=%d,admitted=%d\r\n",
+			st.Name, st.Limits.Licensed, st.Limits.CAPS, st.UsedCAPS, st.Sessions, st.Subscribers, st.TokensUsed, st.Admissions[admission.OK])
+	}
+	return b.String()
+}
+
+var pid = os.Getpid()
+
+// parseInt reads a decimal int64 without allocating.
+func parseInt(b []byte) (int64, bool) {
+	neg := len(b) > 0 && b[0] == '-'
+	if neg {
+		b = b[1:]
+	}
+	if len(b) == 0 || len(b) > 19 { // 19 digits cannot overflow uint64
+		return 0, false
+	}
+	var v uint64
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		v = v*10 + uint64(c-'0')
+		if v > math.MaxInt64 {
+			return 0, false
+		}
+	}
+	if neg {
+		return -int64(v), true
+	}
+	return int64(v), true
+}
+
+func b2i(b bool) int64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// printable renders client bytes for an error message: at most max bytes,
+// control and non-ASCII bytes as \xNN.
+func printable(b []byte, max int) string {
+	var s strings.Builder
+	for i, c := range b {
+		if i == max {
+			s.WriteString("...")
+			break
+		}
+		if c < 0x20 || c >= 0x7f || c == '\'' {
+			fmt.Fprintf(&s, "\\x%02x", c)
+			continue
+		}
+		s.WriteByte(c)
+	}
+	return s.String()
+}

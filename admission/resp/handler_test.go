@@ -1,0 +1,215 @@
+package resp
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/capsgate/capsgate/admission"
+)
+
+// cmd encodes a command as a RESP multibulk frame.
+func cmd(args ...string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "*%d\r\n", len(args))
+	for _, a := range args {
+		fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
+	}
+	return b.String()
+}
+
+func dec(admitted int, reason string, retry, remaining int64) string {
+	return fmt.Sprintf("*4\r\n:%d\r\n+%s\r\n:%d\r\n:%d\r\n", admitted, reason, retry, remaining)
+}
+
+type testConn struct {
+	h   *Handler
+	cs  *ConnState
+	clk *admission.FakeClock
+}
+
+func newTestConn(t testing.TB, password string) *testConn {
+	t.Helper()
+	e := admission.NewEngine(admission.DefaultConfig())
+	require.NoError(t, e.SetLimits("demo", admission.DevLimits()))
+	return &testConn{h: NewHandler(e, password), cs: NewConnState(1), clk: admission.NewFakeClock()}
+}
+
+// send runs in through the handler and returns the replies, the bytes left
+// unconsumed and whether the connection closes.
+func (c *testConn) send(in string) (out string, rest int, closed bool) {
+	buf := []byte(in)
+	n, o, cl := c.h.Handle(c.clk.Now(), c.cs, buf, nil)
+	return string(o), len(buf) - n, cl
+}
+
+func TestCommandTable(t *testing.T) {
+	c := newTestConn(t, "")
+	f := func(in, want string) {
+		t.Helper()
+		got, rest, closed := c.send(in)
+		require.Equal(t, want, got, "request %q", in)
+		require.Zero(t, rest)
+		require.False(t, closed)
+	}
+	f(cmd("PING"), "+PONG\r\n")
+	f(cmd("ping", "hi"), "$2\r\nhi\r\n")
+	f(cmd("ECHO", "x y"), "$3\r\nx y\r\n")
+	f(cmd("SELECT", "0"), "+OK\r\n")
+	f(cmd("SELECT", "1"), "-ERR DB index is out of range\r\n")
+	f(cmd("COMMAND"), "*0\r\n")
+	f(cmd("COMMAND", "DOCS"), "*0\r\n")
+	f(cmd("CLIENT", "SETINFO", "LIB-NAME", "go-redis"), "+OK\r\n")
+	f(cmd("CLIENT", "SETNAME", "kamailio"), "+OK\r\n")
+	f(cmd("CLIENT", "GETNAME"), "$8\r\nkamailio\r\n")
+	f(cmd("HELLO", "3"), "-NOPROTO sorry, this protocol version is not supported.\r\n")
+	f(cmd("AUTH", "x"), "-ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?\r\n")
+	f(cmd("ADMIT", "demo"), dec(1, "OK", 0, 99))
+	f("ADMIT demo\r\n", dec(1, "OK", 0, 98))
+	f(cmd("admit", "demo", "CALL", "c1@host", "ACCOUNT", "acme", "PRIORITY", "high"), dec(1, "OK", 0, 97))
+	f(cmd("ADMIT", "demo", "CALL", "c1@host"), dec(1, "OK", 0, 97)) // a retransmission: first answer
+	f(cmd("RELEASE", "demo", "c1@host", "SECONDS", "95"), ":1\r\n")
+	f(cmd("RELEASE", "demo", "c1@host"), ":0\r\n")
+	f(cmd("ADMIT", "nosuch"), dec(0, "UNLICENSED", 60000, 0))
+	f(cmd("ADMIT", "nosuch", "PRIORITY", "EMERGENCY"), dec(1, "OK", 0, -1))
+	f(cmd("REGISTER", "demo", "sip:alice@example.net", "TTL", "3600"), dec(1, "OK", 0, 9999))
+	f(cmd("REGISTER", "demo", "sip:alice@example.net"), dec(1, "OK", 0, 9999))
+	f(cmd("DEREGISTER", "demo", "sip:alice@example.net"), ":1\r\n")
+	f(cmd("DEREGISTER", "demo", "sip:alice@example.net"), ":0\r\n")
+	f(cmd("CONSUME", "demo", "acme", "10", "ID", "tx-1"), dec(1, "OK", 0, 999990))
+	f(cmd("CONSUME", "demo", "acme", "10", "ID", "tx-1"), dec(1, "OK", 0, 999990))
+	f(cmd("CONSUME", "demo", "acme", "2000000"), dec(0, "TOKENS", 60000, 999990))
+	// errors
+	f(cmd("NOSUCH", "x"), "-ERR unknown command 'NOSUCH'\r\n")
+	f(cmd("ADMIT"), "-ERR wrong number of arguments for 'admit' command\r\n")
+	f(cmd("ADMIT", "demo", "CALL"), "-ERR wrong number of arguments for 'admit' command\r\n")
+	f(cmd("ADMIT", "de mo"), "-ERR invalid service name\r\n")
+	f(cmd("ADMIT", strings.Repeat("s", 65)), "-ERR invalid service name\r\n")
+	f(cmd("ADMIT", "demo", "ACCOUNT", "a/b"), "-ERR invalid account name\r\n")
+	f(cmd("ADMIT", "demo", "CALL", "a\x00b"), "-ERR invalid call-id\r\n")
+	f(cmd("ADMIT", "demo", "PRIORITY", "urgent"), "-ERR invalid priority: want normal, high or emergency\r\n")
+	f(cmd("ADMIT", "demo", "CALL", "a", "CALL", "b"), "-ERR syntax error\r\n")
+	f(cmd("ADMIT", "demo", "COLOR", "red"), "-ERR syntax error\r\n")
+	f(cmd("RELEASE", "demo", "c", "SECONDS", "-1"), "-ERR SECONDS must be a non-negative integer\r\n")
+	f(cmd("REGISTER", "demo", "s", "TTL", "0"), "-ERR TTL must be a positive integer of seconds\r\n")
+	f(cmd("REGISTER", "demo", "s", "TTL", "99999999999999999999"), "-ERR TTL must be a positive integer of seconds\r\n")
+	f(cmd("CONSUME", "demo", "acme", "0"), "-ERR units must be a positive integer\r\n")
+	f(cmd("CONSUME", "demo", "acme", "1", "KEY", "x"), "-ERR syntax error\r\n")
+	f(cmd("QUOTA"), "-ERR wrong number of arguments for 'quota' command\r\n")
+	f(cmd("QUOTA", "other"), "*2\r\n$13\r\nlicense_state\r\n$10\r\nunlicensed\r\n")
+}
+
+func TestQuota(t *testing.T) {
+	c := newTestConn(t, "")
+	got, _, _ := c.send(cmd("QUOTA", "demo"))
+	for _, want := range []string{
+		"$13\r\ncaps_licensed\r\n$4\r\n1000\r\n",
+		"$10\r\ncaps_burst\r\n:100\r\n",
+		"$17\r\nsessions_licensed\r\n:500\r\n",
+		"$20\r\nsubscribers_licensed\r\n:10000\r\n",
+		"$15\r\ntokens_licensed\r\n:1000000\r\n",
+		"$13\r\nlicense_state\r\n$6\r\nactive\r\n",
+	} {
+		require.Contains(t, got, want)
+	}
+	require.True(t, strings.HasPrefix(got, "*34\r\n"))
+}
+
+func TestAuth(t *testing.T) {
+	c := newTestConn(t, "s3cret")
+	f := func(in, want string) {
+		t.Helper()
+		got, _, _ := c.send(in)
+		require.Equal(t, want, got)
+	}
+	f(cmd("PING"), "-NOAUTH Authentication required.\r\n")
+	f(cmd("ADMIT", "demo"), "-NOAUTH Authentication required.\r\n")
+	f(cmd("AUTH", "wrong"), "-WRONGPASS invalid username-password pair or user is disabled.\r\n")
+	f(cmd("AUTH", "admin", "s3cret"), "-WRONGPASS invalid username-password pair or user is disabled.\r\n")
+	f(cmd("AUTH", "default", "s3cret"), "+OK\r\n")
+	f(cmd("ADMIT", "demo"), dec(1, "OK", 0, 99))
+	c2 := newTestConn(t, "s3cret")
+	got, _, _ := c2.send(cmd("HELLO", "2", "AUTH", "default", "s3cret"))
+	require.Contains(t, got, "$5\r\nproto\r\n:2\r\n")
+	require.True(t, c2.cs.authed)
+}
+
+func TestPipelineSplitAndQuit(t *testing.T) {
+	c := newTestConn(t, "")
+	stream := cmd("PING") + cmd("ADMIT", "demo") + "PING\r\n" + cmd("ECHO", "tail")
+	// Everything but the last byte: the last command waits for its rest.
+	got, rest, closed := c.send(stream[:len(stream)-1])
+	require.Equal(t, "+PONG\r\n"+dec(1, "OK", 0, 99)+"+PONG\r\n", got)
+	require.Equal(t, len(cmd("ECHO", "tail"))-1, rest)
+	require.False(t, closed)
+	got, _, closed = c.send(cmd("QUIT") + cmd("PING"))
+	require.Equal(t, "+OK\r\n", got, "nothing after QUIT is answered")
+	require.True(t, closed)
+}
+
+func TestProtocolErrorCloses(t *testing.T) {
+	c := newTestConn(t, "")
+	got, _, closed := c.send(cmd("PING") + "*2\r\n$4\r\nPING\r\n$abc\r\n")
+	require.True(t, strings.HasPrefix(got, "+PONG\r\n-ERR Protocol error: "), got)
+	require.True(t, closed)
+}
+
+// TestHandleAllocatesNothing covers the decision path from bytes in to
+// bytes out.
+func TestHandleAllocatesNothing(t *testing.T) {
+	c := newTestConn(t, "")
+	out := make([]byte, 0, 4096)
+	f := func(name, in string) {
+		t.Helper()
+		buf := []byte(in)
+		c.h.Handle(c.clk.Now(), c.cs, buf, out[:0]) // warm up tables
+		allocs := testing.AllocsPerRun(1000, func() {
+			c.clk.Advance(time.Millisecond)
+			c.h.Handle(c.clk.Now(), c.cs, buf, out[:0])
+		})
+		require.Zero(t, allocs, name)
+	}
+	f("admit", cmd("ADMIT", "demo"))
+	f("admit inline", "ADMIT demo PRIORITY high\r\n")
+	f("admit call + release", cmd("ADMIT", "demo", "CALL", "a84b4c76e66710@pc33.atlanta.example.com", "ACCOUNT", "acme")+
+		cmd("RELEASE", "demo", "a84b4c76e66710@pc33.atlanta.example.com", "SECONDS", "61"))
+	f("register", cmd("REGISTER", "demo", "sip:alice@atlanta.example.com", "TTL", "3600"))
+	f("consume", cmd("CONSUME", "demo", "acme", "1"))
+	f("ping", cmd("PING"))
+}
+
+func benchHandle(b *testing.B, in string) {
+	c := newTestConn(b, "")
+	require.NoError(b, c.h.eng.SetLimits("demo", admission.Limits{Licensed: true, CAPS: 1e9, Sessions: 1 << 30,
+		Subscribers: admission.Unlimited, Tokens: admission.Unlimited}))
+	buf := []byte(in)
+	out := make([]byte, 0, 64<<10)
+	b.SetBytes(int64(len(buf)))
+	b.ReportAllocs()
+	for b.Loop() {
+		c.clk.Advance(time.Microsecond)
+		c.h.Handle(c.clk.Now(), c.cs, buf, out[:0])
+	}
+}
+
+// BenchmarkHandleAdmit is one ADMIT from request bytes to reply bytes.
+func BenchmarkHandleAdmit(b *testing.B) { benchHandle(b, cmd("ADMIT", "demo")) }
+
+// BenchmarkHandleAdmitCallRelease is an ADMIT with CALL and its RELEASE.
+func BenchmarkHandleAdmitCallRelease(b *testing.B) {
+	benchHandle(b, cmd("ADMIT", "demo", "CALL", "a84b4c76e66710@pc33.atlanta.example.com")+
+		cmd("RELEASE", "demo", "a84b4c76e66710@pc33.atlanta.example.com"))
+}
+
+// BenchmarkHandleRegister is one REGISTER refresh.
+func BenchmarkHandleRegister(b *testing.B) {
+	benchHandle(b, cmd("REGISTER", "demo", "sip:alice@atlanta.example.com", "TTL", "3600"))
+}
+
+// BenchmarkHandlePipeline100 is 100 pipelined ADMITs in one read.
+func BenchmarkHandlePipeline100(b *testing.B) {
+	benchHandle(b, strings.Repeat(cmd("ADMIT", "demo"), 100))
+}

@@ -1,0 +1,297 @@
+package resp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/panjf2000/gnet/v2"
+
+	"github.com/capsgate/capsgate/admission"
+)
+
+// Config is the RESP front end's configuration.
+type Config struct {
+	// Addr is host:port to listen on (RESP default port 6390).
+	Addr string
+	// MaxConns bounds client connections; one more is told
+	// "-ERR max number of clients reached" and closed.
+	MaxConns int
+	// IdleTimeout closes a connection that sent nothing for so long; 0
+	// never does (like Redis's `timeout 0`).
+	IdleTimeout time.Duration
+	// EventLoops is the number of gnet event loops; 0 means one per core.
+	EventLoops int
+	// Logger receives gnet's warnings and errors; nil discards them.
+	Logger *slog.Logger
+	// MaxOutbound bounds the replies queued for a client that does not read
+	// them; past it the client is disconnected so it cannot hold the
+	// node's memory. 0 means 4 MiB.
+	MaxOutbound int
+}
+
+// openConns counts client connections across the process, for metrics.
+var openConns atomic.Int64
+
+var _ = metrics.NewGauge("capsgate_resp_connections", func() float64 { return float64(openConns.Load()) })
+
+// maxClientsReply is what a connection beyond Config.MaxConns gets.
+var maxClientsReply = []byte("-ERR max number of clients reached\r\n")
+
+// loopStats is owned by one event loop: its reply buffer and its decision
+// latency histogram (one per loop, so observing takes no shared lock).
+type loopStats struct {
+	loop gnet.EventLoop
+	out  []byte
+	hist *latencyHist
+}
+
+// Server is the RESP front end: gnet event loops feeding a Handler.
+type Server struct {
+	gnet.BuiltinEventEngine
+	cfg Config
+	h   *Handler
+	clk admission.Clock
+
+	eng    gnet.Engine
+	booted chan struct{}
+	done   chan error
+	addr   string
+	nextID atomic.Int64
+	conns  atomic.Int64
+	stop   chan struct{}
+	wg     sync.WaitGroup
+	once   sync.Once
+
+	mu    sync.Mutex // guards open and loops
+	open  map[*ConnState]gnet.Conn
+	loops []*loopStats
+}
+
+// NewServer returns a server; Start makes it listen.
+func NewServer(cfg Config, h *Handler, clk admission.Clock) *Server {
+	if cfg.MaxOutbound <= 0 {
+		cfg.MaxOutbound = 4 << 20
+	}
+	if cfg.MaxConns <= 0 {
+		cfg.MaxConns = 10000
+	}
+	s := &Server{cfg: cfg, h: h, clk: clk, booted: make(chan struct{}), done: make(chan error, 1),
+		stop: make(chan struct{}), open: make(map[*ConnState]gnet.Conn)}
+	h.SetConnCounter(s.conns.Load)
+	return s
+}
+
+// Start listens and serves in the background. It returns once the server
+// accepts connections, or with the reason it cannot.
+func (s *Server) Start() error {
+	opts := []gnet.Option{
+		gnet.WithTCPNoDelay(gnet.TCPNoDelay),
+		gnet.WithTCPKeepAlive(time.Minute), // find dead peers behind silent firewalls
+		gnet.WithLogger(gnetLogger{s.cfg.Logger}),
+		gnet.WithReuseAddr(true),
+	}
+	if s.cfg.EventLoops > 0 {
+		opts = append(opts, gnet.WithNumEventLoop(s.cfg.EventLoops))
+	} else {
+		opts = append(opts, gnet.WithMulticore(true))
+	}
+	go func() { s.done <- gnet.Run(s, "tcp://"+s.cfg.Addr, opts...) }()
+	select {
+	case <-s.booted:
+	case err := <-s.done:
+		if err == nil {
+			err = errors.New("stopped before it started")
+		}
+		return fmt.Errorf("cannot listen for RESP on %s (resp.addr, --resp-addr): %w", s.cfg.Addr, err)
+	}
+	s.wg.Add(1)
+	go s.sweepIdle()
+	return nil
+}
+
+// Addr returns the address the server listens on (with the real port when
+// the configured one was 0).
+func (s *Server) Addr() string { return s.addr }
+
+// Conns returns the number of open client connections.
+func (s *Server) Conns() int64 { return s.conns.Load() }
+
+// Stop stops accepting, closes every connection after sending the replies
+// to what it had received, and waits for the event loops to end. It is safe
+// to call more than once.
+func (s *Server) Stop(ctx context.Context) error {
+	var err error
+	s.once.Do(func() {
+		close(s.stop)
+		s.wg.Wait()
+		if err = s.eng.Stop(ctx); err != nil {
+			return
+		}
+		select {
+		case err = <-s.done:
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
+	})
+	return err
+}
+
+// OnBoot records the engine and the bound address.
+func (s *Server) OnBoot(eng gnet.Engine) gnet.Action {
+	s.eng = eng
+	s.addr = s.cfg.Addr
+	if fd, err := eng.Dup(); err == nil {
+		if sa, err := syscall.Getsockname(fd); err == nil {
+			switch a := sa.(type) {
+			case *syscall.SockaddrInet4:
+				s.addr = net.JoinHostPort(net.IP(a.Addr[:]).String(), strconv.Itoa(a.Port))
+			case *syscall.SockaddrInet6:
+				s.addr = net.JoinHostPort(net.IP(a.Addr[:]).String(), strconv.Itoa(a.Port))
+			}
+		}
+		syscall.Close(fd)
+	}
+	close(s.booted)
+	return gnet.None
+}
+
+// OnOpen admits a connection unless the server is full.
+func (s *Server) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
+	if s.conns.Add(1) > int64(s.cfg.MaxConns) {
+		s.conns.Add(-1)
+		return maxClientsReply, gnet.Close
+	}
+	openConns.Add(1)
+	cs := NewConnState(s.nextID.Add(1))
+	cs.lastActive.Store(s.clk.Now())
+	s.mu.Lock()
+	cs.loop = s.loopOf(c.EventLoop())
+	s.open[cs] = c
+	s.mu.Unlock()
+	c.SetContext(cs)
+	return nil, gnet.None
+}
+
+// loopOf returns the stats of an event loop, creating them on first sight.
+// Called with mu held.
+func (s *Server) loopOf(el gnet.EventLoop) *loopStats {
+	for _, l := range s.loops {
+		if l.loop == el {
+			return l
+		}
+	}
+	l := &loopStats{loop: el, out: make([]byte, 0, 64<<10), hist: newLatencyHist()}
+	s.loops = append(s.loops, l)
+	return l
+}
+
+// OnClose forgets a connection.
+func (s *Server) OnClose(c gnet.Conn, _ error) gnet.Action {
+	cs, ok := c.Context().(*ConnState)
+	if !ok {
+		return gnet.None
+	}
+	c.SetContext(nil)
+	s.conns.Add(-1)
+	openConns.Add(-1)
+	s.mu.Lock()
+	delete(s.open, cs)
+	s.mu.Unlock()
+	return gnet.None
+}
+
+// OnTraffic answers every complete command buffered for c. This is the
+// decision path: it parses in place, decides and encodes into the loop's
+// reply buffer without allocating.
+func (s *Server) OnTraffic(c gnet.Conn) gnet.Action {
+	cs, ok := c.Context().(*ConnState)
+	if !ok {
+		return gnet.Close
+	}
+	in, _ := c.Peek(-1)
+	if len(in) == 0 {
+		return gnet.None
+	}
+	now := s.clk.Now()
+	cs.lastActive.Store(now)
+	ls := cs.loop
+	cs.commands = 0
+	n, out, closeConn := s.h.Handle(now, cs, in, ls.out[:0])
+	if n > 0 {
+		_, _ = c.Discard(n)
+	}
+	if len(out) > 0 {
+		_, _ = c.Write(out)
+		// Every command of this read is recorded with the read's time per
+		// command: exact for unpipelined clients, an average for pipelines.
+		if k := cs.commands; k > 0 {
+			ls.hist.observe((s.clk.Now()-now)/int64(k), uint64(k))
+		}
+	}
+	if cap(out) > 1<<20 { // a huge pipeline once: do not keep its buffer
+		out = make([]byte, 0, 64<<10)
+	}
+	ls.out = out[:0]
+	if closeConn || c.OutboundBuffered() > s.cfg.MaxOutbound {
+		return gnet.Close
+	}
+	return gnet.None
+}
+
+// sweepIdle closes connections idle for longer than IdleTimeout.
+func (s *Server) sweepIdle() {
+	defer s.wg.Done()
+	if s.cfg.IdleTimeout <= 0 {
+		<-s.stop
+		return
+	}
+	t := time.NewTicker(min(s.cfg.IdleTimeout/4, time.Second))
+	defer t.Stop()
+	var idle []gnet.Conn
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+		}
+		limit := s.clk.Now() - int64(s.cfg.IdleTimeout)
+		idle = idle[:0]
+		s.mu.Lock()
+		for cs, c := range s.open {
+			if cs.lastActive.Load() < limit {
+				idle = append(idle, c)
+			}
+		}
+		s.mu.Unlock()
+		for _, c := range idle {
+			_ = c.Close()
+		}
+	}
+}
+
+// gnetLogger passes gnet's warnings and errors to slog; its chatter (the
+// start-up banner, debug) is dropped.
+type gnetLogger struct{ l *slog.Logger }
+
+func (g gnetLogger) Debugf(string, ...any) {}
+func (g gnetLogger) Infof(string, ...any)  {}
+func (g gnetLogger) Warnf(format string, args ...any) {
+	if g.l != nil {
+		g.l.Warn("gnet: " + fmt.Sprintf(format, args...))
+	}
+}
+func (g gnetLogger) Errorf(format string, args ...any) {
+	if g.l != nil {
+		g.l.Error("gnet: " + fmt.Sprintf(format, args...))
+	}
+}
+func (g gnetLogger) Fatalf(format string, args ...any) { g.Errorf(format, args...) }
