@@ -267,6 +267,10 @@ func isSpace(c byte) bool {
 	return c == ' ' || (c >= '\t' && c <= '\r') // \t \n \v \f \r
 }
 
+// inlineSpecial marks the bytes that end an unquoted run in an inline
+// token: the token separators and the quotes.
+var inlineSpecial = [256]bool{' ': true, '\t': true, '\r': true, '\n': true, '"': true, '\'': true}
+
 // isHex reports whether c is a hexadecimal digit.
 func isHex(c byte) bool {
 	return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')
@@ -316,9 +320,15 @@ func splitInline(line []byte, args [][]byte, final bool) ([][]byte, error) {
 		if tokens++; tokens > MaxArgs {
 			return args, errProtoTooManyArgs
 		}
-		// One token: the output is line[start:w]. Each pass of the loop
-		// consumes the input from in to i and produces at most the byte c.
-		start, w := i, i
+		// One token: the output is line[start:w]. Its unquoted start is
+		// its own output; skip it in one go (most tokens end there).
+		start := i
+		for i < len(line) && !inlineSpecial[line[i]] {
+			i++
+		}
+		// The rest, byte by byte: each pass of the loop consumes the input
+		// from in to i and produces at most the byte c.
+		w := i
 		var quote byte // 0, '"' or '\''
 	token:
 		for {

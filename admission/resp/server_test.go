@@ -350,3 +350,37 @@ func TestStopAnswersWhatWasReceived(t *testing.T) {
 	rest, _ := io.ReadAll(r)
 	require.Equal(t, 99, strings.Count(string(rest), "*4\r\n"), "all 100 decisions arrive before the close")
 }
+
+// benchLoopback sends ADMITs over one loopback connection, depth at a time,
+// and reads every reply: the whole path through the kernel and gnet.
+func benchLoopback(b *testing.B, depth int) {
+	e := admission.NewEngine(admission.DefaultConfig())
+	// A bucket so deep it never runs dry: every reply is the same.
+	require.NoError(b, e.SetLimits("demo", admission.Limits{Licensed: true, CAPS: 1e11, Sessions: admission.Unlimited,
+		Subscribers: admission.Unlimited, Tokens: admission.Unlimited}))
+	s := NewServer(Config{Addr: "127.0.0.1:0"}, NewHandler(e, ""), admission.NewSystemClock())
+	require.NoError(b, s.Start())
+	defer s.Stop(context.Background())
+	c, err := net.Dial("tcp", s.Addr())
+	require.NoError(b, err)
+	defer c.Close()
+	req := []byte(strings.Repeat(cmd("ADMIT", "demo"), depth))
+	reply := []byte(strings.Repeat(dec(1, "OK", 0, 2147483647), depth))
+	buf := make([]byte, len(reply))
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i += depth {
+		if _, err := c.Write(req); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkLoopbackAdmit is one ADMIT per round trip (how ndb_redis asks).
+func BenchmarkLoopbackAdmit(b *testing.B) { benchLoopback(b, 1) }
+
+// BenchmarkLoopbackAdmitPipelined64 is 64 ADMITs per round trip.
+func BenchmarkLoopbackAdmitPipelined64(b *testing.B) { benchLoopback(b, 64) }
