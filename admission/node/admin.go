@@ -1,0 +1,164 @@
+package node
+
+import (
+	"crypto/subtle"
+	"encoding/json"
+	"net/http"
+	"strings"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/capsgate/capsgate/admission"
+)
+
+// adminHandler routes the admin HTTP API. token == "" (--dev) needs none;
+// /metrics, /healthz and /readyz never do.
+func (n *Node) adminHandler(token string) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if !n.ready.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write([]byte("not ready\n"))
+			return
+		}
+		_, _ = w.Write([]byte("ready\n"))
+	})
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+		metrics.WritePrometheus(w, true)
+		n.writeServiceMetrics(w)
+	})
+	api := http.NewServeMux()
+	api.HandleFunc("GET /v1/services", n.listServices)
+	api.HandleFunc("GET /v1/services/{service}", n.getService)
+	api.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "not_found", "no such endpoint: "+r.Method+" "+r.URL.Path)
+	})
+	mux.Handle("/v1/", requireToken(token, api))
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "not_found", "no such endpoint: "+r.Method+" "+r.URL.Path)
+	})
+	return mux
+}
+
+// requireToken checks the bearer token in constant time.
+func requireToken(token string, next http.Handler) http.Handler {
+	if token == "" {
+		return next
+	}
+	want := []byte("Bearer " + token)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got := []byte(r.Header.Get("Authorization"))
+		if subtle.ConstantTimeCompare(got, want) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="capsgate"`)
+			writeError(w, http.StatusUnauthorized, "unauthorized", "a valid bearer token is required (admin.token_file)")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// apiError is the JSON body of every admin API error.
+type apiError struct {
+	Error  string `json:"error"`
+	Reason string `json:"reason"`
+}
+
+func writeError(w http.ResponseWriter, status int, reason, msg string) {
+	writeJSON(w, status, apiError{Error: msg, Reason: reason})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+// ServiceView is the JSON of GET /v1/services/{service}.
+type ServiceView struct {
+	Service  string     `json:"service"`
+	Licensed bool       `json:"licensed"`
+	State    string     `json:"state"`
+	Limits   LimitsView `json:"limits"`
+	Node     UsageView  `json:"node"`
+}
+
+// LimitsView shows a service's effective limits; -1 means unlimited.
+type LimitsView struct {
+	CAPS             float64 `json:"caps"`
+	CAPSShare        float64 `json:"caps_share"`
+	Burst            int64   `json:"burst"`
+	Sessions         int64   `json:"sessions"`
+	Subscribers      int64   `json:"subscribers"`
+	Tokens           int64   `json:"tokens"`
+	TokensPerAttempt int64   `json:"tokens_per_attempt"`
+	TokensPerMinute  int64   `json:"tokens_per_minute"`
+	Overage          string  `json:"overage"`
+}
+
+// UsageView is this node's usage of a service.
+type UsageView struct {
+	UsedCAPS          float64           `json:"used_caps"`
+	Sessions          int64             `json:"sessions"`
+	EmergencySessions int64             `json:"emergency_sessions"`
+	Subscribers       int64             `json:"subscribers"`
+	TokensUsed        int64             `json:"tokens_used"`
+	TokensLeft        int64             `json:"tokens_left"`
+	Overage           int64             `json:"tokens_overage"`
+	Admissions        map[string]uint64 `json:"admissions"`
+	Emergency         uint64            `json:"emergency_admitted"`
+}
+
+func (n *Node) getService(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("service")
+	if !admission.ValidName([]byte(name)) {
+		writeError(w, http.StatusBadRequest, "invalid_service", "invalid service name: want [A-Za-z0-9._:-]{1,64}")
+		return
+	}
+	s := n.eng.Service(name)
+	if s == nil {
+		writeError(w, http.StatusNotFound, "unlicensed", "no licence covers service "+name)
+		return
+	}
+	writeJSON(w, http.StatusOK, serviceView(s.Stats()))
+}
+
+func (n *Node) listServices(w http.ResponseWriter, _ *http.Request) {
+	out := []ServiceView{}
+	for _, s := range n.eng.Services() {
+		out = append(out, serviceView(s.Stats()))
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"services": out})
+}
+
+func serviceView(st admission.Stats) ServiceView {
+	l := st.Limits
+	state := l.State
+	if !l.Licensed {
+		state = "unlicensed"
+	}
+	licensed := l.LicensedCAPS
+	if licensed == 0 {
+		licensed = l.CAPS
+	}
+	v := ServiceView{
+		Service: st.Name, Licensed: l.Licensed, State: state,
+		Limits: LimitsView{CAPS: licensed, CAPSShare: l.CAPS, Burst: st.Burst, Sessions: l.Sessions,
+			Subscribers: l.Subscribers, Tokens: l.Tokens, TokensPerAttempt: l.TokensPerAttempt,
+			TokensPerMinute: l.TokensPerMinute, Overage: l.Overage.String()},
+		Node: UsageView{UsedCAPS: st.UsedCAPS, Sessions: st.Sessions, EmergencySessions: st.EmergencySessions,
+			Subscribers: st.Subscribers, TokensUsed: st.TokensUsed, TokensLeft: st.TokensLeft, Overage: st.Overage,
+			Admissions: map[string]uint64{}, Emergency: st.Emergency},
+	}
+	for i, c := range st.Admissions {
+		v.Node.Admissions[strings.ToUpper(admission.Reason(i).String())] = c
+	}
+	return v
+}

@@ -1,0 +1,38 @@
+package node
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+)
+
+// PrintDevBanner tells a --dev user what is running and how to query it.
+func PrintDevBanner(w io.Writer, cfg Config, n *Node) {
+	host, port, _ := net.SplitHostPort(n.RESPAddr())
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		host = "127.0.0.1"
+	}
+	fmt.Fprintf(w, `capsgate --dev: node %q, data in %s
+  service %q licensed for 1000 CAPS, 500 sessions, 10000 subscribers, 1000000 tokens
+  RESP   %s      admin %s (no token needed in --dev)
+try:
+  redis-cli -h %s -p %s ADMIT %s
+  redis-cli -h %s -p %s QUOTA %s
+  curl -s http://%s/metrics | grep capsgate_admissions_total
+`, cfg.NodeName, cfg.DataDir, DevService, n.RESPAddr(), n.AdminAddr(),
+		host, port, DevService, host, port, DevService, n.AdminAddr())
+}
+
+// LogLevel returns the configured log level for slog.
+func (c Config) LogLevel() slog.Level {
+	switch c.Log.Level {
+	case "debug":
+		return slog.LevelDebug
+	case "warn":
+		return slog.LevelWarn
+	case "error":
+		return slog.LevelError
+	}
+	return slog.LevelInfo
+}

@@ -1,0 +1,165 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/capsgate/capsgate/admission"
+	"github.com/capsgate/capsgate/admission/resp"
+)
+
+// tickInterval is how often the engine's housekeeping runs (expiring
+// sessions and registrations, the used-CAPS figure).
+const tickInterval = 100 * time.Millisecond
+
+// DevService is the service that --dev licenses.
+const DevService = "demo"
+
+// Node is one running capsgate: engine, RESP front end, admin API.
+type Node struct {
+	cfg Config
+	log *slog.Logger
+	clk *admission.SystemClock
+	eng *admission.Engine
+
+	resp    *resp.Server
+	admin   *http.Server
+	adminLn net.Listener
+
+	ready atomic.Bool
+	stop  chan struct{}
+	wg    sync.WaitGroup
+	once  sync.Once
+}
+
+// New builds a node from a validated configuration. It listens on nothing
+// until Start.
+func New(cfg Config, log *slog.Logger) (*Node, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	clk := admission.NewSystemClock()
+	eng := admission.NewEngine(admission.Config{
+		Burst:               cfg.Admission.Burst.Duration,
+		SessionTTL:          cfg.Admission.SessionTTL.Duration,
+		SubscriberTTL:       cfg.Admission.SubscriberTTL.Duration,
+		IdempotencyWindow:   cfg.Admission.IdempotencyWindow.Duration,
+		HighHeadroomPercent: cfg.Priority.HighHeadroomPercent,
+		MaxCAPS:             cfg.Node.MaxCAPS,
+	})
+	var password string
+	if cfg.RESP.PasswordFile != "" {
+		p, err := ReadSecretFile("resp.password_file", cfg.RESP.PasswordFile)
+		if err != nil {
+			return nil, err
+		}
+		password = p
+	}
+	n := &Node{cfg: cfg, log: log, clk: clk, eng: eng, stop: make(chan struct{})}
+	n.resp = resp.NewServer(resp.Config{
+		Addr:        cfg.RESP.Addr,
+		MaxConns:    cfg.RESP.MaxConns,
+		IdleTimeout: cfg.RESP.IdleTimeout.Duration,
+		EventLoops:  cfg.RESP.EventLoops,
+		Logger:      log,
+	}, resp.NewHandler(eng, password), clk)
+	if cfg.Dev {
+		if err := eng.SetLimits(DevService, admission.DevLimits()); err != nil {
+			return nil, err
+		}
+	}
+	return n, nil
+}
+
+// Engine returns the node's admission engine.
+func (n *Node) Engine() *admission.Engine { return n.eng }
+
+// RESPAddr returns the address the RESP front end listens on.
+func (n *Node) RESPAddr() string { return n.resp.Addr() }
+
+// AdminAddr returns the address the admin HTTP API listens on.
+func (n *Node) AdminAddr() string { return n.adminLn.Addr().String() }
+
+// Start opens the admin API and the RESP front end and starts housekeeping.
+func (n *Node) Start() error {
+	ln, err := net.Listen("tcp", n.cfg.Admin.Addr)
+	if err != nil {
+		return fmt.Errorf("cannot listen for the admin API on %s (admin.addr, --admin-addr): %w", n.cfg.Admin.Addr, err)
+	}
+	n.adminLn = ln
+	if err := n.resp.Start(); err != nil {
+		ln.Close()
+		return err
+	}
+	token := ""
+	if !n.cfg.Dev && n.cfg.Admin.TokenFile != "" {
+		if token, err = ReadSecretFile("admin.token_file", n.cfg.Admin.TokenFile); err != nil {
+			ln.Close()
+			_ = n.resp.Stop(context.Background())
+			return err
+		}
+	}
+	n.admin = &http.Server{
+		Handler:           n.adminHandler(token),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(n.log.Handler(), slog.LevelWarn),
+	}
+	n.wg.Add(2)
+	go func() {
+		defer n.wg.Done()
+		if err := n.admin.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			n.log.Error("admin API stopped", "err", err)
+		}
+	}()
+	go n.housekeeping()
+	n.ready.Store(true)
+	n.log.Info("capsgate started", "node", n.cfg.NodeName, "cluster", n.cfg.ClusterID,
+		"resp", n.RESPAddr(), "admin", n.AdminAddr(), "data_dir", n.cfg.DataDir, "dev", n.cfg.Dev)
+	return nil
+}
+
+func (n *Node) housekeeping() {
+	defer n.wg.Done()
+	t := time.NewTicker(tickInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-t.C:
+			n.eng.Tick(n.clk.Now())
+		}
+	}
+}
+
+// Stop drains the node: it reports not ready, stops accepting, answers
+// what it had received, closes the admin API and stops housekeeping. Safe to
+// call more than once.
+func (n *Node) Stop(ctx context.Context) error {
+	var errs []error
+	n.once.Do(func() {
+		n.ready.Store(false)
+		if err := n.resp.Stop(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("cannot stop the RESP front end: %w", err))
+		}
+		if n.admin != nil {
+			if err := n.admin.Shutdown(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("cannot stop the admin API: %w", err))
+			}
+		}
+		close(n.stop)
+		n.wg.Wait()
+		n.log.Info("capsgate stopped", "node", n.cfg.NodeName)
+	})
+	return errors.Join(errs...)
+}

@@ -1,0 +1,190 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/capsgate/capsgate/admission/ctl"
+)
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// startNode loads a config from flags and runs a node until the test ends.
+func startNode(t *testing.T, args ...string) *Node {
+	t.Helper()
+	args = append(args, "--resp-addr", freeAddr(t), "--admin-addr", freeAddr(t),
+		"--gossip-addr", freeAddr(t), "--data-dir", t.TempDir())
+	cfg, err := Load(args, io.Discard)
+	require.NoError(t, err)
+	n, err := New(cfg, nil)
+	require.NoError(t, err)
+	require.NoError(t, n.Start())
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		require.NoError(t, n.Stop(ctx))
+		require.NoError(t, n.Stop(ctx), "Stop twice is harmless")
+	})
+	return n
+}
+
+func get(t *testing.T, url, token string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest("GET", url, nil)
+	require.NoError(t, err)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func admit(t *testing.T, addr string, n int) string {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	defer c.Close()
+	_, _ = c.Write([]byte(strings.Repeat("ADMIT demo\r\n", n)))
+	var got []byte
+	buf := make([]byte, 4096)
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for bytes.Count(got, []byte("*4\r\n")) < n {
+		k, err := c.Read(buf)
+		require.NoError(t, err)
+		got = append(got, buf[:k]...)
+	}
+	return string(got)
+}
+
+func TestDevNodeAdminAPI(t *testing.T) {
+	n := startNode(t, "--dev")
+	base := "http://" + n.AdminAddr()
+	code, body := get(t, base+"/healthz", "")
+	require.Equal(t, 200, code)
+	require.Equal(t, "ok\n", body)
+	code, _ = get(t, base+"/readyz", "")
+	require.Equal(t, 200, code)
+
+	// 150 at once: the burst of 100 passes (plus a token per ms the
+	// pipeline took, on a slow machine).
+	replies := admit(t, n.RESPAddr(), 150)
+	ok, caps := strings.Count(replies, "+OK\r\n"), strings.Count(replies, "+CAPS\r\n")
+	require.Equal(t, 150, ok+caps)
+	require.GreaterOrEqual(t, ok, 100)
+	require.LessOrEqual(t, ok, 105)
+	code, body = get(t, base+"/metrics", "")
+	require.Equal(t, 200, code)
+	for _, want := range []string{
+		fmt.Sprintf(`capsgate_admissions_total{service="demo",reason="OK"} %d`, ok),
+		fmt.Sprintf(`capsgate_admissions_total{service="demo",reason="CAPS"} %d`, caps),
+		`capsgate_licensed_caps{service="demo"} 1000`,
+		`capsgate_licensed_sessions{service="demo"} 500`,
+		`capsgate_tokens_left{service="demo"} 1000000`,
+		`capsgate_decision_seconds_bucket{le="+Inf"}`,
+		"# TYPE capsgate_admissions_total counter",
+		"# TYPE capsgate_decision_seconds histogram",
+	} {
+		require.Contains(t, body, want)
+	}
+
+	code, body = get(t, base+"/v1/services/demo", "")
+	require.Equal(t, 200, code, body)
+	var v ServiceView
+	require.NoError(t, json.Unmarshal([]byte(body), &v))
+	require.Equal(t, "demo", v.Service)
+	require.Equal(t, 1000.0, v.Limits.CAPS)
+	require.Equal(t, int64(100), v.Limits.Burst)
+	require.Equal(t, uint64(ok), v.Node.Admissions["OK"])
+	code, body = get(t, base+"/v1/services/nosuch", "")
+	require.Equal(t, 404, code)
+	require.Contains(t, body, `"reason": "unlicensed"`)
+	code, _ = get(t, base+"/v1/services/bad%20name", "")
+	require.Equal(t, 400, code)
+	code, body = get(t, base+"/v1/nowhere", "")
+	require.Equal(t, 404, code)
+	require.Contains(t, body, `"reason": "not_found"`)
+
+	// capsctl against the same node.
+	var out, errb bytes.Buffer
+	require.Equal(t, 0, ctl.Main([]string{"--addr", base, "status", "demo"}, &out, &errb), errb.String())
+	require.Regexp(t, `(?m)^limits\.caps\s+1000$`, out.String())
+	require.Regexp(t, fmt.Sprintf(`(?m)^node\.admissions\.OK\s+%d$`, ok), out.String())
+	out.Reset()
+	require.Equal(t, 0, ctl.Main([]string{"--addr", base, "--json", "status"}, &out, &errb))
+	require.Contains(t, out.String(), `"service": "demo"`)
+	errb.Reset()
+	require.Equal(t, 1, ctl.Main([]string{"--addr", base, "status", "nosuch"}, &out, &errb))
+	require.Equal(t, "capsctl: GET /v1/services/nosuch: 404 unlicensed: no licence covers service nosuch\n", errb.String())
+	errb.Reset()
+	require.Equal(t, 1, ctl.Main([]string{"--addr", "http://" + freeAddr(t), "status"}, &out, &errb))
+	require.Contains(t, errb.String(), "capsctl: cannot reach")
+	require.Equal(t, 1, strings.Count(errb.String(), "\n"))
+	errb.Reset()
+	require.Equal(t, 2, ctl.Main([]string{"--addr", base, "frobnicate"}, &out, &errb))
+	require.Contains(t, errb.String(), `unknown command "frobnicate"`)
+}
+
+func TestAdminTokenRequired(t *testing.T) {
+	dir := t.TempDir()
+	token := filepath.Join(dir, "admin.token")
+	require.NoError(t, os.WriteFile(token, []byte("t0ken-123\n"), 0o600))
+	n := startNode(t, "--admin-token-file", token, "--gossip-insecure")
+	base := "http://" + n.AdminAddr()
+	code, body := get(t, base+"/v1/services", "")
+	require.Equal(t, 401, code)
+	require.Contains(t, body, `"reason": "unauthorized"`)
+	code, _ = get(t, base+"/v1/services", "wrong")
+	require.Equal(t, 401, code)
+	code, body = get(t, base+"/v1/services", "t0ken-123")
+	require.Equal(t, 200, code)
+	require.Contains(t, body, `"services": []`, "outside --dev nothing is licensed yet")
+	code, _ = get(t, base+"/metrics", "")
+	require.Equal(t, 200, code, "/metrics needs no token")
+	code, _ = get(t, base+"/healthz", "")
+	require.Equal(t, 200, code)
+
+	var out, errb bytes.Buffer
+	require.Equal(t, 1, ctl.Main([]string{"--addr", base, "status"}, &out, &errb))
+	require.Contains(t, errb.String(), "401 unauthorized")
+	require.Equal(t, 0, ctl.Main([]string{"--addr", base, "--token-file", token, "status"}, &out, &errb))
+	// An unlicensed service is refused, but an emergency call passes.
+	require.Contains(t, admitUnlicensed(t, n.RESPAddr()), "+UNLICENSED")
+}
+
+func admitUnlicensed(t *testing.T, addr string) string {
+	c, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	defer c.Close()
+	_, _ = c.Write([]byte("ADMIT voice\r\nADMIT voice PRIORITY emergency\r\n"))
+	buf := make([]byte, 4096)
+	var got []byte
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for bytes.Count(got, []byte("*4\r\n")) < 2 {
+		k, err := c.Read(buf)
+		require.NoError(t, err)
+		got = append(got, buf[:k]...)
+	}
+	require.Equal(t, "*4\r\n:0\r\n+UNLICENSED\r\n:60000\r\n:0\r\n*4\r\n:1\r\n+OK\r\n:0\r\n:-1\r\n", string(got))
+	return string(got)
+}
