@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -48,14 +49,14 @@ type proc struct {
 	cmd   *exec.Cmd
 	resp  string
 	admin string
-	out   *strings.Builder
+	out   *syncBuffer
 	done  chan error
 }
 
 // startDev runs `capsgate --dev` as a real process on free loopback ports.
 func startDev(t *testing.T, extra ...string) *proc {
 	t.Helper()
-	p := &proc{resp: freePort(t), admin: freePort(t), out: &strings.Builder{}, done: make(chan error, 1)}
+	p := &proc{resp: freePort(t), admin: freePort(t), out: &syncBuffer{}, done: make(chan error, 1)}
 	args := append([]string{"--dev", "--resp-addr", p.resp, "--admin-addr", p.admin,
 		"--gossip-addr", freePort(t), "--data-dir", t.TempDir()}, extra...)
 	p.cmd = exec.Command(binary, args...)
@@ -71,6 +72,24 @@ func startDev(t *testing.T, extra ...string) *proc {
 		return err == nil
 	}, 15*time.Second, 20*time.Millisecond, "capsgate --dev did not listen")
 	return p
+}
+
+// syncBuffer collects a process's output; exec writes it from another goroutine.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // client is a minimal RESP client reading decision replies.
