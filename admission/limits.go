@@ -126,3 +126,14 @@ func derive(l Limits, cfg *Config) *derived {
 	}
 	return d
 }
+
+// LimitSetter is the one door through which what the engine enforces
+// changes: --dev, the licensing layer (the sum of a service's valid
+// licences) and the cluster layer (this node's share of them) call it.
+// Implementations must be safe to call at any time from any goroutine and
+// must keep counters, buckets and open sessions across a change.
+type LimitSetter interface {
+	SetLimits(service string, l Limits) error
+}
+
+var _ LimitSetter = (*Engine)(nil)
