@@ -231,66 +231,53 @@ func (h *Handler) admit(now int64, args [][]byte, out []byte) []byte {
 	return decision(out, h.eng.Admit(now, args[1], call, acct, prio))
 }
 
+// keyed validates the commands of the form "service key [OPTION n]"
+// (RELEASE, REGISTER, DEREGISTER; opt "" for none): the arity, the service,
+// the key and the option, whose value must be at least min (def when it is
+// absent). It returns the value, or the error reply.
+func keyed(args [][]byte, cmd, errKey, opt string, min, def int64, errOpt string) (int64, string) {
+	if len(args) != 3 && (opt == "" || len(args) != 5) {
+		return 0, "ERR wrong number of arguments for '" + cmd + "' command"
+	}
+	switch {
+	case !admission.ValidName(args[1]):
+		return 0, errService
+	case !admission.ValidKey(args[2]):
+		return 0, errKey
+	case len(args) == 3:
+		return def, ""
+	case !bytes.EqualFold(args[3], []byte(opt)):
+		return 0, errSyntax
+	}
+	v, ok := parseInt(args[4])
+	if !ok || v < min {
+		return 0, errOpt
+	}
+	return v, ""
+}
+
 // RELEASE service call-id [SECONDS n]
 func (h *Handler) release(now int64, args [][]byte, out []byte) []byte {
-	if len(args) != 3 && len(args) != 5 {
-		return wrongArgs(out, "release")
-	}
-	if !admission.ValidName(args[1]) {
-		return AppendError(out, errService)
-	}
-	if !admission.ValidKey(args[2]) {
-		return AppendError(out, errCall)
-	}
-	var secs int64
-	if len(args) == 5 {
-		if !bytes.EqualFold(args[3], []byte("SECONDS")) {
-			return AppendError(out, errSyntax)
-		}
-		v, ok := parseInt(args[4])
-		if !ok || v < 0 {
-			return AppendError(out, errSeconds)
-		}
-		secs = v
+	secs, e := keyed(args, "release", errCall, "SECONDS", 0, 0, errSeconds)
+	if e != "" {
+		return AppendError(out, e)
 	}
 	return AppendInt(out, b2i(h.eng.Release(now, args[1], args[2], secs)))
 }
 
 // REGISTER service subscriber [TTL seconds]
 func (h *Handler) register(now int64, args [][]byte, out []byte) []byte {
-	if len(args) != 3 && len(args) != 5 {
-		return wrongArgs(out, "register")
-	}
-	if !admission.ValidName(args[1]) {
-		return AppendError(out, errService)
-	}
-	if !admission.ValidKey(args[2]) {
-		return AppendError(out, errSubscriber)
-	}
-	var ttl int64
-	if len(args) == 5 {
-		if !bytes.EqualFold(args[3], []byte("TTL")) {
-			return AppendError(out, errSyntax)
-		}
-		v, ok := parseInt(args[4])
-		if !ok || v <= 0 {
-			return AppendError(out, errTTL)
-		}
-		ttl = v
+	ttl, e := keyed(args, "register", errSubscriber, "TTL", 1, 0, errTTL)
+	if e != "" {
+		return AppendError(out, e)
 	}
 	return decision(out, h.eng.Register(now, args[1], args[2], ttl))
 }
 
 // DEREGISTER service subscriber
 func (h *Handler) deregister(now int64, args [][]byte, out []byte) []byte {
-	if len(args) != 3 {
-		return wrongArgs(out, "deregister")
-	}
-	if !admission.ValidName(args[1]) {
-		return AppendError(out, errService)
-	}
-	if !admission.ValidKey(args[2]) {
-		return AppendError(out, errSubscriber)
+	if _, e := keyed(args, "deregister", errSubscriber, "", 0, 0, ""); e != "" {
+		return AppendError(out, e)
 	}
 	return AppendInt(out, b2i(h.eng.Deregister(now, args[1], args[2])))
 }
