@@ -1,13 +1,16 @@
 package node
 
 import (
+	"bytes"
 	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"os"
+	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
@@ -16,121 +19,302 @@ import (
 	"gopkg.in/yaml.v3"
 )
 
-// Duration is a time.Duration that YAML writes as "10s", "100ms", "3h".
-type Duration struct{ time.Duration }
+// Default ports of the three listeners.
+const (
+	DefaultRESPPort   = 6390
+	DefaultAdminPort  = 8390
+	DefaultGossipPort = 7946
+)
 
-// UnmarshalYAML reads a Go duration string (a bare 0 is also accepted).
+// Config is the configuration of one capsgate node. It is read from a YAML
+// file (configs/capsgate.yaml is a commented example of every key) and the
+// command line, where every key has a flag and flags win. Build one with
+// DefaultConfig or Load, change what you need and call Validate.
+type Config struct {
+	// Dev is set by --dev: a single node with no config file, listening on
+	// loopback, with an unauthenticated admin API and a demo licence. It
+	// has no key in the file so a production file can never turn it on.
+	Dev bool `yaml:"-"`
+
+	// NodeName names this node in the cluster, in logs and in metrics. It
+	// must be unique within the cluster and match [A-Za-z0-9._:-]{1,64}.
+	//
+	// Default: os.Hostname(), because one node per host is the normal
+	// deployment and the host name is then unique for free ("dev" in --dev).
+	// An empty value (in the file or --node-name "") also means the default,
+	// so one file can be shared by every node.
+	NodeName string `yaml:"node_name"`
+
+	// ClusterID names the cluster this node belongs to; a licence issued
+	// for a cluster is valid only on it. Same alphabet as NodeName.
+	//
+	// Default: "default", enough for a site with one cluster ("dev" in --dev).
+	ClusterID string `yaml:"cluster_id"`
+
+	// DataDir holds the node's durable state (licences, the usage ledger,
+	// the node key). Keep it on local disk.
+	//
+	// Default: /var/lib/capsgate, the FHS place for a daemon's state. In
+	// --dev, unless set, a fresh directory from os.MkdirTemp, so a dev
+	// node never touches (or needs) a system directory; DataDirIsTemp then
+	// tells the caller to remove it on exit.
+	DataDir string `yaml:"data_dir"`
+
+	// DataDirIsTemp reports that Load created DataDir as a temporary
+	// directory (--dev without --data-dir).
+	DataDirIsTemp bool `yaml:"-"`
+
+	// RESP configures the Redis-protocol front end that SBCs and proxies
+	// send ADMIT/RELEASE/... to.
+	RESP RESPConfig `yaml:"resp"`
+
+	// Admin configures the admin HTTP API (health, metrics, service views).
+	Admin AdminConfig `yaml:"admin"`
+
+	// Gossip configures cluster membership (memberlist).
+	Gossip GossipConfig `yaml:"gossip"`
+
+	// Join lists host:port gossip addresses of nodes to join at start-up.
+	// Any one reachable member is enough; listing a few survives one being
+	// down.
+	//
+	// Default: empty, a cluster of one.
+	Join []string `yaml:"join"`
+
+	// VendorKeys lists files holding the public keys that licences must be
+	// signed with. They must be readable at start-up.
+	//
+	// Default: empty. Start-up is allowed, but then no licence can be loaded
+	// and every service is UNLICENSED (emergency calls still pass).
+	VendorKeys []string `yaml:"vendor_keys"`
+
+	// Node holds limits of this node alone.
+	Node NodeConfig `yaml:"node"`
+
+	// Ledger configures the durable licence-usage ledger.
+	Ledger LedgerConfig `yaml:"ledger"`
+
+	// Admission tunes the admission engine.
+	Admission AdmissionConfig `yaml:"admission"`
+
+	// Priority tunes PRIORITY high.
+	Priority PriorityConfig `yaml:"priority"`
+
+	// Log configures logging.
+	Log LogConfig `yaml:"log"`
+}
+
+// RESPConfig is the `resp` section.
+type RESPConfig struct {
+	// Addr is the host:port the RESP front end listens on.
+	//
+	// Default: ":6390" (every interface), next to Redis's 6379 so that it is
+	// easy to remember but cannot clash with a local Redis. "127.0.0.1:6390"
+	// in --dev, which must not be reachable from the network.
+	Addr string `yaml:"addr"`
+
+	// PasswordFile names a file holding the password clients must AUTH
+	// with (one line).
+	//
+	// Default: none, no AUTH, like a stock Redis: the front end is meant to
+	// sit on a private signalling network.
+	PasswordFile string `yaml:"password_file"`
+
+	// MaxConns is the most client connections open at once (1..1000000); one
+	// more is told "-ERR max number of clients reached", as Redis does.
+	//
+	// Default: 10000, Redis's maxclients: far above what a fleet of SBCs
+	// opens, low enough to stop a runaway client from exhausting descriptors.
+	MaxConns int `yaml:"max_conns"`
+
+	// IdleTimeout closes a client connection idle for this long (0 or ≥ 1s).
+	//
+	// Default: 0, never, like Redis's `timeout 0`: SBCs keep long-lived
+	// pooled connections and reconnecting on the call path costs latency.
+	IdleTimeout Duration `yaml:"idle_timeout"`
+
+	// EventLoops is the number of network event loops (0..256).
+	//
+	// Default: 0, one per CPU core, which is what saturates the cores
+	// without contention.
+	EventLoops int `yaml:"event_loops"`
+}
+
+// AdminConfig is the `admin` section.
+type AdminConfig struct {
+	// Addr is the host:port of the admin HTTP API.
+	//
+	// Default: ":8390" (every interface, so Prometheus can scrape it);
+	// "127.0.0.1:8390" in --dev.
+	Addr string `yaml:"addr"`
+
+	// TokenFile names a file holding the bearer token of the admin API (one
+	// line). /healthz, /readyz and /metrics need no token.
+	//
+	// Default: none, and required outside --dev: the admin API must not run
+	// unauthenticated. In --dev the admin API needs no token.
+	TokenFile string `yaml:"token_file"`
+}
+
+// GossipConfig is the `gossip` section.
+type GossipConfig struct {
+	// Addr is the host:port gossip binds (TCP and UDP).
+	//
+	// Default: ":7946", memberlist's (and Serf's) well-known port;
+	// "127.0.0.1:7946" in --dev.
+	Addr string `yaml:"addr"`
+
+	// KeyFile names a file holding the base64-encoded 16, 24 or 32-byte key
+	// that encrypts and authenticates gossip (AES-128/192/256). Make one with
+	// `head -c 32 /dev/urandom | base64`.
+	//
+	// Default: none, and required outside --dev unless Insecure is set, so
+	// that gossip never runs in clear text by accident.
+	KeyFile string `yaml:"key_file"`
+
+	// Insecure allows gossip without a key, for lab networks. It cannot be
+	// combined with KeyFile.
+	//
+	// Default: false.
+	Insecure bool `yaml:"insecure"`
+}
+
+// NodeConfig is the `node` section.
+type NodeConfig struct {
+	// MaxCAPS is this node's own hardware limit, in call attempts per
+	// second across every service (≥ 0). Attempts above it are refused with
+	// reason OVERLOAD, the only thing that can refuse an emergency call, so
+	// it protects the node when a licence is unlimited or an upstream storm
+	// arrives. Set it to what the box sustains.
+	//
+	// Default: 0, no node limit: a node cannot know what its hardware
+	// sustains, and a guessed limit would refuse licensed traffic.
+	MaxCAPS float64 `yaml:"max_caps"`
+}
+
+// LedgerConfig is the `ledger` section.
+type LedgerConfig struct {
+	// Interval is the length of one usage-ledger interval (≥ 1s): usage is
+	// recorded in DataDir per interval.
+	//
+	// Default: 10s, the product spec's: fine-grained enough for billing and
+	// for a crash to lose little, few enough records to keep the ledger small.
+	Interval Duration `yaml:"interval"`
+}
+
+// AdmissionConfig is the `admission` section.
+type AdmissionConfig struct {
+	// Burst is the depth of each service's CAPS token bucket, expressed as
+	// that much time at the licensed rate (1ms..10s): 100ms at 1000 CAPS
+	// lets 100 attempts through at once.
+	//
+	// Default: 100ms, which lets a SIP proxy's natural jitter through while
+	// keeping any 1 s window within 10% of the licence.
+	Burst Duration `yaml:"burst"`
+
+	// SessionTTL is how long an admitted call's session (ADMIT ... CALL) is
+	// held without a RELEASE before it is freed (≥ 1s).
+	//
+	// Default: 3h, longer than nearly every real call, so a lost BYE leaks
+	// session capacity for a bounded time only; RELEASE is the normal end.
+	SessionTTL Duration `yaml:"session_ttl"`
+
+	// SubscriberTTL is the REGISTER TTL when the client gives none (≥ 1s).
+	//
+	// Default: 1h, SIP's customary Expires (RFC 3261 suggests 3600 s).
+	SubscriberTTL Duration `yaml:"subscriber_ttl"`
+
+	// IdempotencyWindow is how long a CONSUME ID key is remembered, so a
+	// retried CONSUME is not counted twice (≥ 1s).
+	//
+	// Default: 10m, which covers every client retry policy seen while
+	// keeping memory bounded.
+	IdempotencyWindow Duration `yaml:"idempotency_window"`
+}
+
+// PriorityConfig is the `priority` section.
+type PriorityConfig struct {
+	// HighHeadroomPercent is what PRIORITY high may use above the licence,
+	// in percent (0..100): a second CAPS bucket at that share of the
+	// licensed rate once the licensed one is dry, and that many more
+	// sessions. 0 turns the headroom off.
+	//
+	// Default: 10, enough for high-priority calls to get through a busy
+	// hour while bounding how far a licence can be exceeded.
+	HighHeadroomPercent int `yaml:"high_headroom_percent"`
+}
+
+// LogConfig is the `log` section.
+type LogConfig struct {
+	// Level is the least severe level logged: debug, info, warn or error.
+	//
+	// Default: info, which logs start-up, shutdown and problems but nothing
+	// per call.
+	Level string `yaml:"level"`
+}
+
+// Duration is a time.Duration that reads from YAML as a string such as
+// "10s", "100ms" or "3h" (time.ParseDuration), and writes back the same
+// way. A bare number is refused, except 0, because its unit would be a
+// guess.
+type Duration struct {
+	time.Duration
+}
+
+// UnmarshalYAML implements yaml.Unmarshaler.
 func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	if n.Kind != yaml.ScalarNode {
-		return fmt.Errorf("line %d: want a duration such as 10s", n.Line)
+		return errors.New(`must be a duration such as "10s" or "100ms", got ` + describeNode(n))
 	}
-	if n.Value == "0" {
-		d.Duration = 0
-		return nil
+	if n.ShortTag() != "!!str" {
+		if v, err := strconv.ParseFloat(n.Value, 64); err == nil && v == 0 {
+			d.Duration = 0
+			return nil
+		}
+		if _, err := strconv.ParseFloat(n.Value, 64); err == nil {
+			return fmt.Errorf(`must be a duration with a unit such as "%ss", got the bare number %s`, n.Value, n.Value)
+		}
 	}
 	v, err := time.ParseDuration(n.Value)
 	if err != nil {
-		return fmt.Errorf("line %d: invalid duration %q: want a number with a unit, such as 100ms, 10s or 3h", n.Line, n.Value)
+		return fmt.Errorf(`must be a duration such as "10s" or "100ms", got %q`, n.Value)
 	}
 	d.Duration = v
 	return nil
 }
 
-// MarshalYAML writes the duration as a string.
+// MarshalYAML implements yaml.Marshaler.
 func (d Duration) MarshalYAML() (any, error) { return d.String(), nil }
 
-// Config is a node's configuration: the YAML file's keys, each also a flag.
-type Config struct {
-	// Dev is --dev: an ephemeral licence for service demo, loopback
-	// addresses, a temp data dir and no admin token.
-	Dev bool `yaml:"-"`
-	// DataDirIsTemp is set when --dev made the data dir (removed on exit).
-	DataDirIsTemp bool `yaml:"-"`
-
-	NodeName   string          `yaml:"node_name"`   // default: the host name ("dev" in --dev)
-	ClusterID  string          `yaml:"cluster_id"`  // default "default" ("dev" in --dev)
-	DataDir    string          `yaml:"data_dir"`    // default /var/lib/capsgate
-	RESP       RESPConfig      `yaml:"resp"`        // the RESP front end
-	Admin      AdminConfig     `yaml:"admin"`       // the admin HTTP API
-	Gossip     GossipConfig    `yaml:"gossip"`      // cluster gossip
-	Join       []string        `yaml:"join"`        // host:port of nodes to join
-	VendorKeys []string        `yaml:"vendor_keys"` // trusted vendor public key files
-	Node       NodeConfig      `yaml:"node"`
-	Ledger     LedgerConfig    `yaml:"ledger"`
-	Admission  AdmissionConfig `yaml:"admission"`
-	Priority   PriorityConfig  `yaml:"priority"`
-	Log        LogConfig       `yaml:"log"`
+// String formats d like time.Duration.String without zero trailing units:
+// "3h", "1h30m", "10s", "100ms", "0s".
+func (d Duration) String() string {
+	s := d.Duration.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = s[:len(s)-2]
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = s[:len(s)-2]
+	}
+	return s
 }
 
-// RESPConfig configures the RESP front end.
-type RESPConfig struct {
-	Addr         string `yaml:"addr"`          // default ":6390", the SPEC's port
-	PasswordFile string `yaml:"password_file"` // one line; empty: no AUTH
-	// MaxConns: 10000 covers a farm of SIP proxies with pools of
-	// connections each while bounding memory.
-	MaxConns int `yaml:"max_conns"`
-	// IdleTimeout: 0 never closes idle connections, like Redis: SIP proxies
-	// keep pooled connections idle at night and must not find them gone.
-	IdleTimeout Duration `yaml:"idle_timeout"`
-	EventLoops  int      `yaml:"event_loops"` // 0: one per core
-}
-
-// AdminConfig configures the admin HTTP API.
-type AdminConfig struct {
-	Addr      string `yaml:"addr"`       // default ":8390"
-	TokenFile string `yaml:"token_file"` // bearer token; required outside --dev
-}
-
-// GossipConfig configures cluster gossip.
-type GossipConfig struct {
-	Addr     string `yaml:"addr"`     // default ":7946", memberlist's port
-	KeyFile  string `yaml:"key_file"` // base64 16/24/32-byte key
-	Insecure bool   `yaml:"insecure"` // allow a cluster without a gossip key
-}
-
-// NodeConfig is this node's own limit.
-type NodeConfig struct {
-	// MaxCAPS is the node's hardware limit across services (OVERLOAD); 0: none.
-	MaxCAPS float64 `yaml:"max_caps"`
-}
-
-// LedgerConfig configures usage metering.
-type LedgerConfig struct {
-	Interval Duration `yaml:"interval"` // default 10s, the SPEC's
-}
-
-// AdmissionConfig tunes the decision core; see admission.Config.
-type AdmissionConfig struct {
-	Burst             Duration `yaml:"burst"`              // 100ms
-	SessionTTL        Duration `yaml:"session_ttl"`        // 3h
-	SubscriberTTL     Duration `yaml:"subscriber_ttl"`     // 1h
-	IdempotencyWindow Duration `yaml:"idempotency_window"` // 10m
-}
-
-// PriorityConfig configures PRIORITY high.
-type PriorityConfig struct {
-	HighHeadroomPercent int `yaml:"high_headroom_percent"` // 10
-}
-
-// LogConfig configures logging.
-type LogConfig struct {
-	Level string `yaml:"level"` // debug, info, warn, error
-}
-
-// DefaultConfig returns the defaults (outside --dev).
+// DefaultConfig returns the configuration of a production node with nothing
+// configured. It does not pass Validate on its own: admin.token_file and
+// gossip.key_file (or gossip.insecure) must be set.
 func DefaultConfig() Config {
 	host, _ := os.Hostname()
-	if !nameRE.MatchString(host) {
-		host = "capsgate"
-	}
 	return Config{
 		NodeName:  host,
 		ClusterID: "default",
 		DataDir:   "/var/lib/capsgate",
-		RESP:      RESPConfig{Addr: ":6390", MaxConns: 10000},
-		Admin:     AdminConfig{Addr: ":8390"},
-		Gossip:    GossipConfig{Addr: ":7946"},
-		Ledger:    LedgerConfig{Interval: Duration{10 * time.Second}},
+		RESP: RESPConfig{
+			Addr:     ":" + strconv.Itoa(DefaultRESPPort),
+			MaxConns: 10000,
+		},
+		Admin:  AdminConfig{Addr: ":" + strconv.Itoa(DefaultAdminPort)},
+		Gossip: GossipConfig{Addr: ":" + strconv.Itoa(DefaultGossipPort)},
+		Ledger: LedgerConfig{Interval: Duration{10 * time.Second}},
 		Admission: AdmissionConfig{
 			Burst:             Duration{100 * time.Millisecond},
 			SessionTTL:        Duration{3 * time.Hour},
@@ -142,303 +326,765 @@ func DefaultConfig() Config {
 	}
 }
 
-var nameRE = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,64}$`)
-
-// listFlag is a repeatable, comma-separated flag.
-type listFlag struct{ v *[]string }
-
-func (l listFlag) String() string {
-	if l.v == nil {
-		return ""
-	}
-	return strings.Join(*l.v, ",")
+// devConfig is DefaultConfig changed for --dev: loopback listeners, names
+// "dev", and an empty DataDir that Load turns into a temporary directory.
+func devConfig() Config {
+	c := DefaultConfig()
+	c.Dev = true
+	c.NodeName = "dev"
+	c.ClusterID = "dev"
+	c.DataDir = ""
+	c.RESP.Addr = "127.0.0.1:" + strconv.Itoa(DefaultRESPPort)
+	c.Admin.Addr = "127.0.0.1:" + strconv.Itoa(DefaultAdminPort)
+	c.Gossip.Addr = "127.0.0.1:" + strconv.Itoa(DefaultGossipPort)
+	return c
 }
 
-func (l listFlag) Set(s string) error {
+// option is one config key and its flag.
+type option struct {
+	key   string // dotted YAML key
+	flag  string // flag name without dashes
+	arg   string // the flag's argument in the usage text
+	usage string
+	def   string // default shown in the usage text when not derived from DefaultConfig
+}
+
+// options lists every config key, in the order of the example file. The
+// flag name is the key with '.' and '_' turned into '-', except where the
+// product spec names the flag otherwise (--vendor-key, --max-caps).
+var options = []option{
+	{key: "node_name", flag: "node-name", arg: "NAME", usage: "this node's name in the cluster, [A-Za-z0-9._:-]{1,64}", def: `the host name; "dev" in --dev`},
+	{key: "cluster_id", flag: "cluster-id", arg: "ID", usage: "the cluster's id; a licence issued for a cluster is valid only on it", def: `"default"; "dev" in --dev`},
+	{key: "data_dir", flag: "data-dir", arg: "DIR", usage: "directory of the node's state (licences, ledger, node key)", def: "/var/lib/capsgate; a temporary directory in --dev"},
+	{key: "resp.addr", flag: "resp-addr", arg: "HOST:PORT", usage: "address of the RESP front end", def: `":6390"; "127.0.0.1:6390" in --dev`},
+	{key: "resp.password_file", flag: "resp-password-file", arg: "FILE", usage: "file holding the password clients must AUTH with (one line)", def: "none: no AUTH"},
+	{key: "resp.max_conns", flag: "resp-max-conns", arg: "N", usage: "most client connections at once, 1..1000000"},
+	{key: "resp.idle_timeout", flag: "resp-idle-timeout", arg: "DURATION", usage: "close client connections idle this long; 0 = never, else at least 1s"},
+	{key: "resp.event_loops", flag: "resp-event-loops", arg: "N", usage: "network event loops, 0..256; 0 = one per CPU core"},
+	{key: "admin.addr", flag: "admin-addr", arg: "HOST:PORT", usage: "address of the admin HTTP API", def: `":8390"; "127.0.0.1:8390" in --dev`},
+	{key: "admin.token_file", flag: "admin-token-file", arg: "FILE", usage: "file holding the admin API's bearer token (one line)", def: "none; required outside --dev"},
+	{key: "gossip.addr", flag: "gossip-addr", arg: "HOST:PORT", usage: "address gossip binds (TCP and UDP)", def: `":7946"; "127.0.0.1:7946" in --dev`},
+	{key: "gossip.key_file", flag: "gossip-key-file", arg: "FILE", usage: "file holding the base64 16, 24 or 32-byte gossip key (head -c 32 /dev/urandom | base64)", def: "none; required outside --dev unless --gossip-insecure"},
+	{key: "gossip.insecure", flag: "gossip-insecure", usage: "allow gossip without a key (lab networks only)"},
+	{key: "join", flag: "join", arg: "HOST:PORT", usage: "gossip address of a node to join; repeatable or comma-separated, replaces the file's list", def: "none"},
+	{key: "vendor_keys", flag: "vendor-key", arg: "FILE", usage: "public key file licences must be signed with; repeatable or comma-separated, replaces the file's list", def: "none: no licence can be loaded"},
+	{key: "node.max_caps", flag: "max-caps", arg: "CAPS", usage: "this node's hardware limit in call attempts per second across every service (reason OVERLOAD); 0 = none"},
+	{key: "ledger.interval", flag: "ledger-interval", arg: "DURATION", usage: "length of a usage-ledger interval, at least 1s"},
+	{key: "admission.burst", flag: "admission-burst", arg: "DURATION", usage: "CAPS bucket depth as time at the licensed rate, 1ms..10s"},
+	{key: "admission.session_ttl", flag: "admission-session-ttl", arg: "DURATION", usage: "how long an admitted call's session is held without RELEASE, at least 1s"},
+	{key: "admission.subscriber_ttl", flag: "admission-subscriber-ttl", arg: "DURATION", usage: "REGISTER TTL when none is given, at least 1s"},
+	{key: "admission.idempotency_window", flag: "admission-idempotency-window", arg: "DURATION", usage: "how long a CONSUME ID key is remembered, at least 1s"},
+	{key: "priority.high_headroom_percent", flag: "priority-high-headroom-percent", arg: "PERCENT", usage: "what PRIORITY high may use above the licence (CAPS and sessions), in percent, 0..100"},
+	{key: "log.level", flag: "log-level", arg: "LEVEL", usage: "least severe level logged: debug, info, warn or error"},
+}
+
+// flagOf returns the flag of a config key, for error messages.
+func flagOf(key string) string {
+	for _, o := range options {
+		if o.key == key {
+			return "--" + o.flag
+		}
+	}
+	return ""
+}
+
+// name is how errors name a key: `resp.max_conns (--resp-max-conns)`.
+func name(key string) string {
+	if f := flagOf(key); f != "" {
+		return key + " (" + f + ")"
+	}
+	return key
+}
+
+var durationType = reflect.TypeOf(Duration{})
+
+// isSection reports whether t is a YAML mapping of further keys.
+func isSection(t reflect.Type) bool { return t.Kind() == reflect.Struct && t != durationType }
+
+// yamlName returns the YAML key of a struct field, or "" if it has none.
+func yamlName(f reflect.StructField) string {
+	tag, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+	if tag == "-" || !f.IsExported() {
+		return ""
+	}
+	if tag == "" {
+		return strings.ToLower(f.Name)
+	}
+	return tag
+}
+
+// fieldByName finds the field of struct type t with the YAML key name.
+func fieldByName(t reflect.Type, name string) (reflect.StructField, bool) {
+	for i := 0; i < t.NumField(); i++ {
+		if f := t.Field(i); yamlName(f) == name {
+			return f, true
+		}
+	}
+	return reflect.StructField{}, false
+}
+
+// configKeys returns every dotted key of Config, in struct order.
+func configKeys() []string {
+	var keys []string
+	var walk func(t reflect.Type, prefix string)
+	walk = func(t reflect.Type, prefix string) {
+		for i := 0; i < t.NumField(); i++ {
+			f := t.Field(i)
+			n := yamlName(f)
+			if n == "" {
+				continue
+			}
+			if isSection(f.Type) {
+				walk(f.Type, prefix+n+".")
+			} else {
+				keys = append(keys, prefix+n)
+			}
+		}
+	}
+	walk(reflect.TypeOf(Config{}), "")
+	return keys
+}
+
+// field returns the settable field of c named by a dotted key.
+func (c *Config) field(key string) reflect.Value {
+	v := reflect.ValueOf(c).Elem()
+	for _, part := range strings.Split(key, ".") {
+		f, ok := fieldByName(v.Type(), part)
+		if !ok {
+			panic("capsgate: no config key " + key)
+		}
+		v = v.FieldByIndex(f.Index)
+	}
+	return v
+}
+
+// setFromString parses s into v according to v's type; the error says what
+// was wanted.
+func setFromString(v reflect.Value, s string) error {
+	switch {
+	case v.Type() == durationType:
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			return fmt.Errorf(`must be a duration such as "10s" or "100ms", got %q`, s)
+		}
+		v.Set(reflect.ValueOf(Duration{d}))
+	case v.Kind() == reflect.String:
+		v.SetString(s)
+	case v.Kind() == reflect.Int:
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil || v.OverflowInt(n) {
+			return fmt.Errorf("must be an integer, got %q", s)
+		}
+		v.SetInt(n)
+	case v.Kind() == reflect.Float64:
+		f, err := strconv.ParseFloat(s, 64)
+		if err != nil {
+			return fmt.Errorf("must be a number, got %q", s)
+		}
+		v.SetFloat(f)
+	case v.Kind() == reflect.Bool:
+		b, err := strconv.ParseBool(s)
+		if err != nil {
+			return fmt.Errorf("must be true or false, got %q", s)
+		}
+		v.SetBool(b)
+	case v.Kind() == reflect.Slice && v.Type().Elem().Kind() == reflect.String:
+		v.Set(reflect.ValueOf(splitList(s)))
+	default:
+		panic("capsgate: unsupported config type " + v.Type().String())
+	}
+	return nil
+}
+
+// splitList splits a comma-separated flag value, dropping blanks.
+func splitList(s string) []string {
+	var out []string
 	for _, p := range strings.Split(s, ",") {
 		if p = strings.TrimSpace(p); p != "" {
-			*l.v = append(*l.v, p)
+			out = append(out, p)
 		}
 	}
-	return nil
+	return out
 }
 
-// durationFlag sets a Duration.
-type durationFlag struct{ d *Duration }
+// flagValue is the flag.Value of one option. It checks each value when the
+// flag is parsed and keeps them all, so that lists can repeat; Load then
+// applies them over the file.
+type flagValue struct {
+	opt    *option
+	typ    reflect.Type
+	vals   []string
+	failed *error // the first Set error, in our words rather than package flag's
+}
 
-func (f durationFlag) String() string {
-	if f.d == nil {
+func (f *flagValue) isList() bool { return f.typ.Kind() == reflect.Slice }
+
+func (f *flagValue) String() string {
+	if f == nil || len(f.vals) == 0 {
 		return ""
 	}
-	return f.d.String()
-}
-func (f durationFlag) Set(s string) error {
-	v, err := time.ParseDuration(s)
-	if err != nil {
-		return errors.New("want a duration such as 100ms, 10s or 3h")
+	if f.isList() {
+		return strings.Join(f.vals, ",")
 	}
-	f.d.Duration = v
+	return f.vals[len(f.vals)-1]
+}
+
+func (f *flagValue) IsBoolFlag() bool { return f.typ.Kind() == reflect.Bool }
+
+func (f *flagValue) Set(s string) error {
+	if !f.isList() {
+		if err := setFromString(reflect.New(f.typ).Elem(), s); err != nil {
+			err = fmt.Errorf("invalid flag: --%s (%s) %v", f.opt.flag, f.opt.key, err)
+			if *f.failed == nil {
+				*f.failed = err
+			}
+			return err
+		}
+	}
+	f.vals = append(f.vals, s)
 	return nil
 }
 
-// flagKeys maps each config key to its flag, for error messages.
-var flagKeys = map[string]string{
-	"node_name": "node-name", "cluster_id": "cluster-id", "data_dir": "data-dir",
-	"resp.addr": "resp-addr", "resp.password_file": "resp-password-file", "resp.max_conns": "resp-max-conns",
-	"resp.idle_timeout": "resp-idle-timeout", "resp.event_loops": "resp-event-loops",
-	"admin.addr": "admin-addr", "admin.token_file": "admin-token-file",
-	"gossip.addr": "gossip-addr", "gossip.key_file": "gossip-key-file", "gossip.insecure": "gossip-insecure",
-	"join": "join", "vendor_keys": "vendor-key", "node.max_caps": "max-caps", "ledger.interval": "ledger-interval",
-	"admission.burst": "admission-burst", "admission.session_ttl": "admission-session-ttl",
-	"admission.subscriber_ttl": "admission-subscriber-ttl", "admission.idempotency_window": "admission-idempotency-window",
-	"priority.high_headroom_percent": "priority-high-headroom-percent", "log.level": "log-level",
+// apply sets the option's key in c: a list flag replaces the list with all
+// its values, a scalar flag sets its last value.
+func (f *flagValue) apply(c *Config) {
+	v := c.field(f.opt.key)
+	if f.isList() {
+		list := []string{}
+		for _, s := range f.vals {
+			list = append(list, splitList(s)...)
+		}
+		v.Set(reflect.ValueOf(list))
+		return
+	}
+	_ = setFromString(v, f.vals[len(f.vals)-1]) // checked by Set
 }
 
-// flags binds every key to its flag on fs, writing into c.
-func flags(fs *flag.FlagSet, c *Config, configFile *string, dev *bool, join, vendor *[]string) {
-	str := func(p *string, name, _, usage string) { fs.StringVar(p, name, *p, usage) }
-	fs.StringVar(configFile, "config", "", "YAML config file")
-	fs.BoolVar(dev, "dev", false, "single dev node: ephemeral licence for service demo, temp data dir, no admin token")
-	str(&c.NodeName, "node-name", "node_name", "node name, unique in the cluster")
-	str(&c.ClusterID, "cluster-id", "cluster_id", "cluster id (licences may be bound to it)")
-	str(&c.DataDir, "data-dir", "data_dir", "data directory")
-	str(&c.RESP.Addr, "resp-addr", "resp.addr", "RESP listen address")
-	str(&c.RESP.PasswordFile, "resp-password-file", "resp.password_file", "file holding the RESP AUTH password")
-	fs.IntVar(&c.RESP.MaxConns, "resp-max-conns", c.RESP.MaxConns, "maximum RESP client connections")
-	fs.Var(durationFlag{&c.RESP.IdleTimeout}, "resp-idle-timeout", "close RESP connections idle this long (0: never)")
-	fs.IntVar(&c.RESP.EventLoops, "resp-event-loops", c.RESP.EventLoops, "RESP event loops (0: one per core)")
-	str(&c.Admin.Addr, "admin-addr", "admin.addr", "admin HTTP listen address")
-	str(&c.Admin.TokenFile, "admin-token-file", "admin.token_file", "file holding the admin bearer token")
-	str(&c.Gossip.Addr, "gossip-addr", "gossip.addr", "gossip listen address (TCP+UDP)")
-	str(&c.Gossip.KeyFile, "gossip-key-file", "gossip.key_file", "file holding the base64 gossip key")
-	fs.BoolVar(&c.Gossip.Insecure, "gossip-insecure", c.Gossip.Insecure, "allow a cluster without a gossip key")
-	fs.Var(listFlag{join}, "join", "host:port of a node to join (repeatable, comma-separated)")
-	fs.Var(listFlag{vendor}, "vendor-key", "trusted vendor public key file (repeatable)")
-	fs.Float64Var(&c.Node.MaxCAPS, "max-caps", c.Node.MaxCAPS, "node hardware limit in call attempts per second (0: none)")
-	fs.Var(durationFlag{&c.Ledger.Interval}, "ledger-interval", "usage ledger interval")
-	fs.Var(durationFlag{&c.Admission.Burst}, "admission-burst", "CAPS bucket depth as time at the licensed rate")
-	fs.Var(durationFlag{&c.Admission.SessionTTL}, "admission-session-ttl", "how long an unreleased session is held")
-	fs.Var(durationFlag{&c.Admission.SubscriberTTL}, "admission-subscriber-ttl", "REGISTER TTL when none is given")
-	fs.Var(durationFlag{&c.Admission.IdempotencyWindow}, "admission-idempotency-window", "how long a CONSUME ID is remembered")
-	fs.IntVar(&c.Priority.HighHeadroomPercent, "priority-high-headroom-percent", c.Priority.HighHeadroomPercent, "headroom above the licence for PRIORITY high")
-	str(&c.Log.Level, "log-level", "log.level", "debug, info, warn or error")
-}
-
-// Load reads the flags in args, the --config file if any (flags win), applies
-// --dev defaults and validates. -h prints usage to usage and returns
-// flag.ErrHelp.
+// Load builds the configuration from the command line: args are the
+// arguments without the program name. It parses the flags (package flag,
+// so -x and --x both work), reads the --config file over the defaults
+// (--dev's defaults with --dev), applies every flag given on the command
+// line over the file, creates --dev's temporary data directory if needed,
+// and validates. Every error is one line naming the key, flag or file at
+// fault. -h or --help writes the usage to usage and returns flag.ErrHelp.
 func Load(args []string, usage io.Writer) (Config, error) {
-	// First pass: find --config and --dev, so the file is read before the
-	// flags that override it.
-	var file string
-	var dev bool
-	probe := flag.NewFlagSet("capsgate", flag.ContinueOnError)
-	probe.SetOutput(io.Discard)
-	var scratch Config
-	var sj, sv []string
-	flags(probe, &scratch, &file, &dev, &sj, &sv)
-	if err := probe.Parse(args); err != nil {
+	if usage == nil {
+		usage = io.Discard
+	}
+	fs := flag.NewFlagSet("capsgate", flag.ContinueOnError)
+	// Package flag prints a parse error and the whole usage; start-up
+	// errors are one line, so it prints nothing and Load returns the error.
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	configPath := fs.String("config", "", "")
+	dev := fs.Bool("dev", false, "")
+	var failed error
+	values := map[string]*flagValue{}
+	for i := range options {
+		o := &options[i]
+		fv := &flagValue{opt: o, typ: new(Config).field(o.key).Type(), failed: &failed}
+		values[o.flag] = fv
+		fs.Var(fv, o.flag, o.usage)
+	}
+	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			fs := flag.NewFlagSet("capsgate", flag.ContinueOnError)
-			fs.SetOutput(usage)
-			flags(fs, &scratch, &file, &dev, &sj, &sv)
-			fs.Usage()
+			printUsage(usage)
 			return Config{}, flag.ErrHelp
 		}
-		return Config{}, errors.New(oneLine(err.Error()))
-	}
-	if probe.NArg() > 0 {
-		return Config{}, fmt.Errorf("unexpected argument %q (capsgate takes only flags)", probe.Arg(0))
-	}
-	c := DefaultConfig()
-	if dev {
-		c.NodeName, c.ClusterID, c.DataDir = "dev", "dev", ""
-		c.RESP.Addr, c.Admin.Addr, c.Gossip.Addr = "127.0.0.1:6390", "127.0.0.1:8390", "127.0.0.1:7946"
-	}
-	if file != "" {
-		b, err := os.ReadFile(file)
-		if err != nil {
-			return Config{}, fmt.Errorf("cannot read config file %s: %w", file, errors.Unwrap(err))
+		if failed != nil {
+			return Config{}, failed
 		}
-		dec := yaml.NewDecoder(strings.NewReader(string(b)))
-		dec.KnownFields(true)
-		if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
-			return Config{}, fmt.Errorf("invalid config file %s: %s", file, yamlError(err))
+		msg := err.Error()
+		for _, p := range []string{"flag provided but not defined: -", "flag needs an argument: -"} {
+			if strings.HasPrefix(msg, p) {
+				msg = p + "-" + strings.TrimPrefix(msg, p)
+			}
 		}
+		return Config{}, fmt.Errorf("invalid command line: %s (see capsgate --help)", msg)
 	}
-	// Second pass: the flags that were given override the file.
-	fs := flag.NewFlagSet("capsgate", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	var join, vendor []string
-	flags(fs, &c, &file, &dev, &join, &vendor)
-	if err := fs.Parse(args); err != nil {
-		return Config{}, errors.New(oneLine(err.Error()))
+	if fs.NArg() > 0 {
+		return Config{}, fmt.Errorf("unexpected argument %q: capsgate takes only flags (see capsgate --help)", fs.Arg(0))
+	}
+
+	cfg := DefaultConfig()
+	if *dev {
+		cfg = devConfig()
+	}
+	if *configPath != "" {
+		if err := cfg.readFile(*configPath); err != nil {
+			return Config{}, err
+		}
 	}
 	fs.Visit(func(f *flag.Flag) {
-		switch f.Name {
-		case "join":
-			c.Join = join
-		case "vendor-key":
-			c.VendorKeys = vendor
+		if fv, ok := values[f.Name]; ok {
+			fv.apply(&cfg)
 		}
 	})
-	c.Dev = dev
-	if dev && c.DataDir == "" {
-		d, err := os.MkdirTemp("", "capsgate-dev-")
-		if err != nil {
-			return Config{}, fmt.Errorf("cannot create a temp data dir for --dev: %w", err)
+	if cfg.NodeName == "" {
+		cfg.NodeName = DefaultConfig().NodeName
+		if cfg.Dev {
+			cfg.NodeName = "dev"
 		}
-		c.DataDir, c.DataDirIsTemp = d, true
 	}
-	if err := c.Validate(); err != nil {
-		if c.DataDirIsTemp {
-			os.RemoveAll(c.DataDir)
+	if cfg.Dev && cfg.DataDir == "" {
+		dir, err := os.MkdirTemp("", "capsgate-dev-")
+		if err != nil {
+			return Config{}, fmt.Errorf("cannot create a temporary data_dir for --dev: %w", err)
+		}
+		cfg.DataDir, cfg.DataDirIsTemp = dir, true
+	}
+	if err := cfg.Validate(); err != nil {
+		if cfg.DataDirIsTemp {
+			_ = os.RemoveAll(cfg.DataDir)
 		}
 		return Config{}, err
 	}
-	return c, nil
+	return cfg, nil
 }
 
-// yamlError turns a yaml.v3 error into one line, naming unknown keys
-// by their dotted path where yaml.v3 gives only the leaf.
-func yamlError(err error) string {
-	var te *yaml.TypeError
-	if errors.As(err, &te) {
-		return oneLine(strings.Join(te.Errors, "; "))
+// printUsage writes the --help text.
+func printUsage(w io.Writer) {
+	var b strings.Builder
+	b.WriteString(`Usage: capsgate [--dev] [--config FILE] [flags]
+
+Flags override the config file's keys (configs/capsgate.yaml is a commented
+example). -flag and --flag are the same.
+
+  --config FILE
+        YAML config file; without it, every key has its default
+  --dev
+        a single loopback node with no config file, a demo licence and an
+        admin API needing no token; data in a temporary directory unless
+        --data-dir is given
+`)
+	def := DefaultConfig()
+	for _, o := range options {
+		fmt.Fprintf(&b, "  --%s", o.flag)
+		if o.arg != "" {
+			fmt.Fprintf(&b, " %s", o.arg)
+		}
+		d := o.def
+		if d == "" {
+			d = formatValue(def.field(o.key))
+		}
+		b.WriteString("\n" + wrap(fmt.Sprintf("%s: %s (default %s)", o.key, o.usage, d), "        ", 80))
 	}
-	return oneLine(strings.TrimPrefix(err.Error(), "yaml: "))
+	_, _ = io.WriteString(w, b.String())
 }
 
-func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
-
-func invalid(key, format string, args ...any) error {
-	name := key
-	if f, ok := flagKeys[key]; ok {
-		name = fmt.Sprintf("%s (--%s)", key, f)
+// wrap breaks text into lines of at most width columns (unless a word is
+// longer), each starting with indent and ending with a newline.
+func wrap(text, indent string, width int) string {
+	var b strings.Builder
+	line := indent
+	for _, w := range strings.Fields(text) {
+		if line != indent && len(line)+1+len(w) > width {
+			b.WriteString(line + "\n")
+			line = indent
+		}
+		if line != indent {
+			line += " "
+		}
+		line += w
 	}
-	return fmt.Errorf("invalid config: %s %s", name, fmt.Sprintf(format, args...))
+	b.WriteString(line + "\n")
+	return b.String()
 }
 
-// Validate checks every value and that every file named can be read.
+// formatValue formats a default for the usage text.
+func formatValue(v reflect.Value) string {
+	switch {
+	case v.Type() == durationType:
+		return v.Interface().(Duration).String()
+	case v.Kind() == reflect.String:
+		return strconv.Quote(v.String())
+	case v.Kind() == reflect.Slice:
+		return "none"
+	}
+	return fmt.Sprint(v.Interface())
+}
+
+// readFile reads the YAML file at path over c. The keys are checked
+// against Config first, so that an unknown or ill-typed key is reported by
+// its full dotted name; then the file is decoded with KnownFields.
+func (c *Config) readFile(path string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("cannot read config file %s: %w", path, err)
+	}
+	fail := func(err error) error {
+		return fmt.Errorf("invalid config file %s: %s", path, oneLine(err))
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	var doc yaml.Node
+	switch err := dec.Decode(&doc); {
+	case errors.Is(err, io.EOF):
+		return nil // empty file: all defaults
+	case err != nil:
+		return fail(err)
+	}
+	var next yaml.Node
+	if err := dec.Decode(&next); !errors.Is(err, io.EOF) {
+		if err != nil {
+			return fail(err)
+		}
+		return fail(fmt.Errorf("line %d: a second YAML document; the file must hold one", next.Line))
+	}
+	if err := checkNode(&doc, reflect.TypeOf(Config{}), "", 0); err != nil {
+		return fail(err)
+	}
+	dec = yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
+		return fail(err)
+	}
+	return nil
+}
+
+// oneLine turns a yaml.v3 error into one line without its "yaml: " prefix.
+func oneLine(err error) string {
+	s := err.Error()
+	s = strings.TrimPrefix(s, "yaml: ")
+	s = strings.TrimPrefix(s, "unmarshal errors:\n")
+	s = strings.TrimSpace(s)
+	s = strings.ReplaceAll(s, "\n  ", "; ")
+	return strings.ReplaceAll(s, "\n", " ")
+}
+
+// checkNode checks a YAML node against type t: every mapping key must name
+// a field, no key may repeat, and every value must decode into its field.
+func checkNode(n *yaml.Node, t reflect.Type, path string, depth int) error {
+	if depth > 32 {
+		return fmt.Errorf("line %d: nested too deep", n.Line)
+	}
+	if n.Kind == yaml.DocumentNode {
+		if len(n.Content) == 0 {
+			return nil
+		}
+		return checkNode(n.Content[0], t, path, depth+1)
+	}
+	if n.Kind == yaml.AliasNode && n.Alias != nil {
+		return checkNode(n.Alias, t, path, depth+1)
+	}
+	if n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null" {
+		return nil // no value: the default stays
+	}
+	if t.Kind() == reflect.Slice && n.Kind == yaml.SequenceNode {
+		for i, e := range n.Content {
+			if e.Kind == yaml.AliasNode && e.Alias != nil {
+				e = e.Alias
+			}
+			var s string
+			if e.Kind != yaml.ScalarNode || e.Decode(&s) != nil {
+				return fmt.Errorf("line %d: %s entry %d must be a string, got %s", e.Line, path, i+1, describeNode(e))
+			}
+		}
+		return nil
+	}
+	if !isSection(t) {
+		// yaml.v3 would truncate 1.5 into an int: refuse anything but an integer.
+		intOK := t.Kind() != reflect.Int || n.Kind != yaml.ScalarNode || n.ShortTag() == "!!int"
+		if err := n.Decode(reflect.New(t).Interface()); err != nil || !intOK {
+			return fmt.Errorf("line %d: %s %s", n.Line, path, wantOf(t, n, err))
+		}
+		return nil
+	}
+	if n.Kind != yaml.MappingNode {
+		if path == "" {
+			return fmt.Errorf("line %d: the file must be a mapping of keys, got %s", n.Line, describeNode(n))
+		}
+		return fmt.Errorf("line %d: %s must be a mapping of keys, got %s", n.Line, path, describeNode(n))
+	}
+	seen := map[string]int{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		if k.ShortTag() == "!!merge" {
+			if err := checkMerge(v, t, path, depth+1); err != nil {
+				return err
+			}
+			continue
+		}
+		key := k.Value
+		if path != "" {
+			key = path + "." + k.Value
+		}
+		f, ok := fieldByName(t, k.Value)
+		if !ok || k.Kind != yaml.ScalarNode {
+			return fmt.Errorf("line %d: unknown key %q", k.Line, key)
+		}
+		if first, dup := seen[k.Value]; dup {
+			return fmt.Errorf("line %d: key %q repeated (first at line %d)", k.Line, key, first)
+		}
+		seen[k.Value] = k.Line
+		if err := checkNode(v, f.Type, key, depth+1); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkMerge checks the value of a YAML merge key (<<: *anchor).
+func checkMerge(v *yaml.Node, t reflect.Type, path string, depth int) error {
+	if v.Kind == yaml.AliasNode && v.Alias != nil {
+		v = v.Alias
+	}
+	if v.Kind == yaml.SequenceNode {
+		for _, m := range v.Content {
+			if err := checkNode(m, t, path, depth+1); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return checkNode(v, t, path, depth)
+}
+
+// wantOf says what a key of type t must hold, for a value that did not
+// decode.
+func wantOf(t reflect.Type, n *yaml.Node, err error) string {
+	switch {
+	case t == durationType:
+		var d Duration
+		if e := d.UnmarshalYAML(n); e != nil {
+			return e.Error()
+		}
+		return oneLine(err)
+	case t.Kind() == reflect.Int:
+		return "must be an integer, got " + describeNode(n)
+	case t.Kind() == reflect.Float64:
+		return "must be a number, got " + describeNode(n)
+	case t.Kind() == reflect.Bool:
+		return "must be true or false, got " + describeNode(n)
+	case t.Kind() == reflect.String:
+		return "must be a string, got " + describeNode(n)
+	case t.Kind() == reflect.Slice:
+		return "must be a list of strings such as [a, b], got " + describeNode(n)
+	}
+	return oneLine(err)
+}
+
+// describeNode describes a YAML value in an error message.
+func describeNode(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a list"
+	case yaml.AliasNode:
+		return "an alias"
+	}
+	return strconv.Quote(n.Value)
+}
+
+var namePattern = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,64}$`)
+
+// Validate checks c and returns the first problem as one line naming the
+// key and its flag, such as
+//
+//	invalid config: resp.max_conns (--resp-max-conns) must be between 1 and 1000000, got 0
+//
+// It also reads every file the configuration names (resp.password_file,
+// admin.token_file, gossip.key_file, vendor_keys), so that a missing or
+// malformed file stops start-up rather than a later reload.
 func (c *Config) Validate() error {
-	if !nameRE.MatchString(c.NodeName) {
-		return invalid("node_name", "must match [A-Za-z0-9._:-]{1,64}, got %q", c.NodeName)
+	if err := c.validate(); err != nil {
+		return fmt.Errorf("invalid config: %w", err)
 	}
-	if !nameRE.MatchString(c.ClusterID) {
-		return invalid("cluster_id", "must match [A-Za-z0-9._:-]{1,64}, got %q", c.ClusterID)
+	return nil
+}
+
+func (c *Config) validate() error {
+	bad := func(key, format string, a ...any) error {
+		return fmt.Errorf("%s "+format, append([]any{name(key)}, a...)...)
+	}
+	for _, k := range []struct{ key, v string }{{"node_name", c.NodeName}, {"cluster_id", c.ClusterID}} {
+		if !namePattern.MatchString(k.v) {
+			return bad(k.key, "must be 1 to 64 of the characters A-Z a-z 0-9 . _ : -, got %q", k.v)
+		}
 	}
 	if c.DataDir == "" {
-		return invalid("data_dir", "must be set")
+		return bad("data_dir", "must be set")
 	}
-	for key, addr := range map[string]string{"resp.addr": c.RESP.Addr, "admin.addr": c.Admin.Addr, "gossip.addr": c.Gossip.Addr} {
-		if err := checkAddr(addr); err != nil {
-			return invalid(key, "%v", err)
-		}
-	}
-	for _, j := range c.Join {
-		if err := checkAddr(j); err != nil {
-			return invalid("join", "entry %q: %v", j, err)
-		}
-	}
-	switch {
-	case c.RESP.MaxConns < 1 || c.RESP.MaxConns > 1000000:
-		return invalid("resp.max_conns", "must be between 1 and 1000000, got %d", c.RESP.MaxConns)
-	case c.RESP.IdleTimeout.Duration != 0 && c.RESP.IdleTimeout.Duration < time.Second:
-		return invalid("resp.idle_timeout", "must be 0 (never) or at least 1s, got %s", c.RESP.IdleTimeout)
-	case c.RESP.EventLoops < 0 || c.RESP.EventLoops > 256:
-		return invalid("resp.event_loops", "must be between 0 (one per core) and 256, got %d", c.RESP.EventLoops)
-	case c.Node.MaxCAPS < 0:
-		return invalid("node.max_caps", "must be 0 (no limit) or positive, got %g", c.Node.MaxCAPS)
-	case c.Ledger.Interval.Duration < time.Second:
-		return invalid("ledger.interval", "must be at least 1s, got %s", c.Ledger.Interval)
-	case c.Admission.Burst.Duration < time.Millisecond || c.Admission.Burst.Duration > 10*time.Second:
-		return invalid("admission.burst", "must be between 1ms and 10s, got %s", c.Admission.Burst)
-	case c.Admission.SessionTTL.Duration < time.Second:
-		return invalid("admission.session_ttl", "must be at least 1s, got %s", c.Admission.SessionTTL)
-	case c.Admission.SubscriberTTL.Duration < time.Second:
-		return invalid("admission.subscriber_ttl", "must be at least 1s, got %s", c.Admission.SubscriberTTL)
-	case c.Admission.IdempotencyWindow.Duration < time.Second:
-		return invalid("admission.idempotency_window", "must be at least 1s, got %s", c.Admission.IdempotencyWindow)
-	case c.Priority.HighHeadroomPercent < 0 || c.Priority.HighHeadroomPercent > 100:
-		return invalid("priority.high_headroom_percent", "must be between 0 and 100, got %d", c.Priority.HighHeadroomPercent)
-	}
-	switch c.Log.Level {
-	case "debug", "info", "warn", "error":
-	default:
-		return invalid("log.level", "must be debug, info, warn or error, got %q", c.Log.Level)
-	}
-	if !c.Dev {
-		if c.Admin.TokenFile == "" {
-			return invalid("admin.token_file", "is required outside --dev: the admin API must not run unauthenticated")
-		}
-		if c.Gossip.KeyFile == "" && !c.Gossip.Insecure {
-			return invalid("gossip.key_file", "is required outside --dev (or set gossip.insecure: true): cluster traffic must be encrypted")
-		}
+
+	if err := checkAddr(c.RESP.Addr, false); err != nil {
+		return bad("resp.addr", "%v", err)
 	}
 	if c.RESP.PasswordFile != "" {
 		if _, err := ReadSecretFile("resp.password_file", c.RESP.PasswordFile); err != nil {
 			return err
 		}
 	}
-	if c.Admin.TokenFile != "" {
+	if c.RESP.MaxConns < 1 || c.RESP.MaxConns > 1000000 {
+		return bad("resp.max_conns", "must be between 1 and 1000000, got %d", c.RESP.MaxConns)
+	}
+	if d := c.RESP.IdleTimeout.Duration; d != 0 && d < time.Second {
+		return bad("resp.idle_timeout", "must be 0 (never) or at least 1s, got %s", c.RESP.IdleTimeout)
+	}
+	if c.RESP.EventLoops < 0 || c.RESP.EventLoops > 256 {
+		return bad("resp.event_loops", "must be between 0 (one per CPU core) and 256, got %d", c.RESP.EventLoops)
+	}
+
+	if err := checkAddr(c.Admin.Addr, false); err != nil {
+		return bad("admin.addr", "%v", err)
+	}
+	switch {
+	case c.Admin.TokenFile != "":
 		if _, err := ReadSecretFile("admin.token_file", c.Admin.TokenFile); err != nil {
 			return err
 		}
+	case !c.Dev:
+		return bad("admin.token_file", "is required outside --dev: the admin API must not run unauthenticated")
 	}
-	if c.Gossip.KeyFile != "" {
+
+	if err := checkAddr(c.Gossip.Addr, false); err != nil {
+		return bad("gossip.addr", "%v", err)
+	}
+	switch {
+	case c.Gossip.KeyFile != "" && c.Gossip.Insecure:
+		return bad("gossip.insecure", "cannot be combined with %s: choose one", name("gossip.key_file"))
+	case c.Gossip.KeyFile != "":
 		if _, err := ReadGossipKey(c.Gossip.KeyFile); err != nil {
 			return err
 		}
+	case !c.Dev && !c.Gossip.Insecure:
+		return bad("gossip.key_file", "is required outside --dev unless %s is true: gossip must not run unencrypted by accident", name("gossip.insecure"))
 	}
-	for _, k := range c.VendorKeys {
-		if _, err := os.ReadFile(k); err != nil {
-			return invalid("vendor_keys", "cannot be read: %v", err)
+	for i, j := range c.Join {
+		if err := checkAddr(j, true); err != nil {
+			return bad("join", "entry %d: %v", i+1, err)
 		}
 	}
+	for i, path := range c.VendorKeys {
+		if path == "" {
+			return bad("vendor_keys", "entry %d is empty", i+1)
+		}
+		f, err := os.Open(path)
+		if err == nil {
+			_, err = f.Read(make([]byte, 1))
+			f.Close()
+			if errors.Is(err, io.EOF) {
+				err = fmt.Errorf("%s is empty", path)
+			}
+		}
+		if err != nil {
+			return bad("vendor_keys", "entry %d: %w", i+1, err)
+		}
+	}
+
+	if m := c.Node.MaxCAPS; !(m >= 0) || math.IsInf(m, 0) {
+		return bad("node.max_caps", "must be a number at least 0 (0 = no node limit), got %v", m)
+	}
+	if c.Ledger.Interval.Duration < time.Second {
+		return bad("ledger.interval", "must be at least 1s, got %s", c.Ledger.Interval)
+	}
+	if b := c.Admission.Burst.Duration; b < time.Millisecond || b > 10*time.Second {
+		return bad("admission.burst", "must be between 1ms and 10s, got %s", c.Admission.Burst)
+	}
+	for _, d := range []struct {
+		key string
+		v   Duration
+	}{
+		{"admission.session_ttl", c.Admission.SessionTTL},
+		{"admission.subscriber_ttl", c.Admission.SubscriberTTL},
+		{"admission.idempotency_window", c.Admission.IdempotencyWindow},
+	} {
+		if d.v.Duration < time.Second {
+			return bad(d.key, "must be at least 1s, got %s", d.v)
+		}
+	}
+	if p := c.Priority.HighHeadroomPercent; p < 0 || p > 100 {
+		return bad("priority.high_headroom_percent", "must be between 0 and 100, got %d", p)
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		return bad("log.level", "must be debug, info, warn or error, got %q", c.Log.Level)
+	}
 	return nil
 }
 
-func checkAddr(a string) error {
-	_, port, err := net.SplitHostPort(a)
+// checkAddr checks a host:port address with a numeric port 1..65535; join
+// addresses also need a host.
+func checkAddr(addr string, needHost bool) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err == nil {
+		p, perr := strconv.Atoi(port)
+		if perr != nil || strings.TrimLeft(port, "0123456789") != "" || p < 1 || p > 65535 {
+			err = errors.New("port")
+		}
+	}
+	if err == nil && needHost && host == "" {
+		err = errors.New("host")
+	}
 	if err != nil {
-		return fmt.Errorf("must be host:port, got %q", a)
-	}
-	p, err := strconv.Atoi(port)
-	if err != nil || p < 1 || p > 65535 {
-		return fmt.Errorf("port must be 1..65535, got %q", port)
+		if needHost {
+			return fmt.Errorf("must be host:port with a port from 1 to 65535, got %q", addr)
+		}
+		return fmt.Errorf("must be [host]:port with a port from 1 to 65535, got %q", addr)
 	}
 	return nil
 }
 
-// ReadSecretFile reads a one-line secret (token, password); key names the
-// config key for the error.
+// maxSecretFile bounds what ReadSecretFile and ReadGossipKey read: a secret
+// is one short line, and a large file is a mistake.
+const maxSecretFile = 64 << 10
+
+// readSmallFile reads a secret file for key, naming key, flag and file in
+// its errors.
+func readSmallFile(key, path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name(key), err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxSecretFile+1))
+	if err != nil {
+		return nil, fmt.Errorf("%s: cannot read %s: %w", name(key), path, err)
+	}
+	if len(data) > maxSecretFile {
+		return nil, fmt.Errorf("%s: %s is larger than %d KiB; it must hold one line", name(key), path, maxSecretFile>>10)
+	}
+	return data, nil
+}
+
+// ReadSecretFile reads a token or password file: one line, surrounding
+// white space (and the trailing \r\n) trimmed, not empty. key is the config
+// key naming the file (e.g. "admin.token_file"), for the error, which also
+// names the file.
 func ReadSecretFile(key, path string) (string, error) {
-	b, err := os.ReadFile(path)
+	data, err := readSmallFile(key, path)
 	if err != nil {
-		return "", invalid(key, "cannot be read: %v", err)
+		return "", err
 	}
-	s := strings.TrimSpace(string(b))
+	s := strings.TrimSpace(string(data))
 	if s == "" {
-		return "", invalid(key, "file %s is empty", path)
+		return "", fmt.Errorf("%s: %s is empty; it must hold the secret on one line", name(key), path)
 	}
 	if strings.ContainsAny(s, "\r\n") {
-		return "", invalid(key, "file %s must hold one line", path)
+		return "", fmt.Errorf("%s: %s holds more than one line; it must hold the secret on one line", name(key), path)
 	}
 	return s, nil
 }
 
-// ReadGossipKey reads a base64 gossip key of 16, 24 or 32 bytes.
+// ReadGossipKey reads the gossip key file: base64 (standard alphabet, with
+// or without padding) of a 16, 24 or 32-byte key, as made by
+// `head -c 32 /dev/urandom | base64`.
 func ReadGossipKey(path string) ([]byte, error) {
-	s, err := ReadSecretFile("gossip.key_file", path)
+	const key = "gossip.key_file"
+	s, err := ReadSecretFile(key, path)
 	if err != nil {
 		return nil, err
 	}
-	k, err := base64.StdEncoding.DecodeString(s)
+	b, err := base64.StdEncoding.DecodeString(s)
 	if err != nil {
-		return nil, invalid("gossip.key_file", "file %s is not base64 (make one with: head -c 32 /dev/urandom | base64)", path)
+		b, err = base64.RawStdEncoding.DecodeString(s)
 	}
-	if n := len(k); n != 16 && n != 24 && n != 32 {
-		return nil, invalid("gossip.key_file", "key in %s is %d bytes; want 16, 24 or 32", path, n)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %s is not base64 (%v); make a key with: head -c 32 /dev/urandom | base64", name(key), path, err)
 	}
-	return k, nil
+	switch len(b) {
+	case 16, 24, 32:
+		return b, nil
+	}
+	return nil, fmt.Errorf("%s: %s holds a %d-byte key, want 16, 24 or 32 bytes; make one with: head -c 32 /dev/urandom | base64", name(key), path, len(b))
 }

@@ -1,170 +1,665 @@
 package node
 
 import (
+	"bytes"
+	"encoding/base64"
 	"flag"
-	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"gopkg.in/yaml.v3"
 )
 
-// files makes a token, a password, a gossip key and a vendor key.
-func files(t *testing.T) (dir string) {
+// gossipKey32 is base64 of the 32 bytes "0123456789abcdef0123456789abcdef".
+const gossipKey32 = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
+
+// secretsDir holds the files a production node needs: admin.token,
+// resp.password, gossip.key (32 bytes) and vendor.pub, vendor2.pub.
+func secretsDir(t *testing.T) string {
 	t.Helper()
-	dir = t.TempDir()
-	write := func(name, content string) {
-		require.NoError(t, os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600))
+	dir := t.TempDir()
+	for name, content := range map[string]string{
+		"admin.token":   "t0ken\n",
+		"resp.password": "s3cret\r\n",
+		"gossip.key":    gossipKey32 + "\n",
+		"vendor.pub":    "vendor key\n",
+		"vendor2.pub":   "another vendor key\n",
+	} {
+		writeTestFile(t, dir, name, content)
 	}
-	write("admin.token", "tok\n")
-	write("resp.pass", "pass\r\n")
-	write("gossip.key", "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n") // 32 bytes
-	write("vendor.pub", "key")
 	return dir
 }
 
-func TestDefaults(t *testing.T) {
+func writeTestFile(t *testing.T, dir, name, content string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	require.NoError(t, os.WriteFile(p, []byte(content), 0o600))
+	return p
+}
+
+// prodArgs are the least flags with which a non --dev node loads.
+func prodArgs(dir string) []string {
+	return []string{"--data-dir", dir, "--admin-token-file", dir + "/admin.token", "--gossip-key-file", dir + "/gossip.key"}
+}
+
+// prodConfig is what Load returns for prodArgs(dir).
+func prodConfig(dir string) Config {
 	c := DefaultConfig()
-	require.Equal(t, ":6390", c.RESP.Addr)
-	require.Equal(t, ":8390", c.Admin.Addr)
-	require.Equal(t, ":7946", c.Gossip.Addr)
-	require.Equal(t, 10*time.Second, c.Ledger.Interval.Duration)
-	require.Equal(t, 100*time.Millisecond, c.Admission.Burst.Duration)
-	require.Equal(t, 10, c.Priority.HighHeadroomPercent)
-	require.Equal(t, 10000, c.RESP.MaxConns)
+	c.DataDir = dir
+	c.Admin.TokenFile = dir + "/admin.token"
+	c.Gossip.KeyFile = dir + "/gossip.key"
+	return c
 }
 
-func TestDevDefaults(t *testing.T) {
-	c, err := Load([]string{"--dev"}, io.Discard)
-	require.NoError(t, err)
-	defer os.RemoveAll(c.DataDir)
-	require.True(t, c.Dev)
-	require.True(t, c.DataDirIsTemp)
-	require.DirExists(t, c.DataDir)
-	require.Equal(t, "127.0.0.1:6390", c.RESP.Addr)
-	require.Equal(t, "127.0.0.1:8390", c.Admin.Addr)
-	require.Equal(t, "dev", c.NodeName)
-	c, err = Load([]string{"--dev", "--resp-addr", "127.0.0.1:7000", "--data-dir", t.TempDir(), "--max-caps", "5000"}, io.Discard)
-	require.NoError(t, err)
-	require.False(t, c.DataDirIsTemp)
-	require.Equal(t, "127.0.0.1:7000", c.RESP.Addr)
-	require.Equal(t, 5000.0, c.Node.MaxCAPS)
+// requireOneLine checks that err is exactly want: one line.
+func requireOneLine(t *testing.T, err error, want string) {
+	t.Helper()
+	require.Error(t, err)
+	require.NotContains(t, err.Error(), "\n", "an error is one line")
+	require.Equal(t, want, err.Error())
 }
 
-// TestExampleConfigLoads keeps configs/capsgate.yaml true to the code: it
-// must load with only its file paths pointed at real files.
-func TestExampleConfigLoads(t *testing.T) {
-	dir := files(t)
-	b, err := os.ReadFile("../../configs/capsgate.yaml")
+func TestDefaultConfig(t *testing.T) {
+	host, err := os.Hostname()
 	require.NoError(t, err)
-	s := strings.ReplaceAll(string(b), "/etc/capsgate/", dir+"/")
-	s = strings.ReplaceAll(s, "/var/lib/capsgate", dir)
-	path := filepath.Join(dir, "capsgate.yaml")
-	require.NoError(t, os.WriteFile(path, []byte(s), 0o600))
-	c, err := Load([]string{"--config", path}, io.Discard)
+	c := DefaultConfig()
+	require.Equal(t, Config{
+		NodeName:  host,
+		ClusterID: "default",
+		DataDir:   "/var/lib/capsgate",
+		RESP:      RESPConfig{Addr: ":6390", MaxConns: 10000},
+		Admin:     AdminConfig{Addr: ":8390"},
+		Gossip:    GossipConfig{Addr: ":7946"},
+		Node:      NodeConfig{MaxCAPS: 0},
+		Ledger:    LedgerConfig{Interval: Duration{10 * time.Second}},
+		Admission: AdmissionConfig{
+			Burst:             Duration{100 * time.Millisecond},
+			SessionTTL:        Duration{3 * time.Hour},
+			SubscriberTTL:     Duration{time.Hour},
+			IdempotencyWindow: Duration{10 * time.Minute},
+		},
+		Priority: PriorityConfig{HighHeadroomPercent: 10},
+		Log:      LogConfig{Level: "info"},
+	}, c)
+
+	// The defaults alone are not a production node: the admin API needs a token.
+	requireOneLine(t, c.Validate(), "invalid config: admin.token_file (--admin-token-file) is required outside --dev: the admin API must not run unauthenticated")
+	_, err = Load(nil, nil)
+	requireOneLine(t, err, "invalid config: admin.token_file (--admin-token-file) is required outside --dev: the admin API must not run unauthenticated")
+
+	dir := secretsDir(t)
+	c, err = Load(prodArgs(dir), nil)
 	require.NoError(t, err)
-	want := DefaultConfig()
-	want.NodeName, want.DataDir = "capsgate-1", dir
-	want.Admin.TokenFile, want.Gossip.KeyFile = dir+"/admin.token", dir+"/gossip.key"
-	want.Join, want.VendorKeys = []string{}, []string{}
-	require.Equal(t, want, c, "the example's values are the defaults")
+	require.Equal(t, prodConfig(dir), c)
 }
 
-func TestFileAndFlags(t *testing.T) {
-	dir := files(t)
-	path := filepath.Join(dir, "c.yaml")
-	require.NoError(t, os.WriteFile(path, []byte(`
-node_name: n1
-cluster_id: farm-a
+func TestLoadFullFile(t *testing.T) {
+	dir := secretsDir(t)
+	path := writeTestFile(t, dir, "full.yaml", `
+node_name: edge-1.fra
+cluster_id: "eu:west-2"
 data_dir: `+dir+`
-resp: {addr: "10.0.0.1:6390", password_file: `+dir+`/resp.pass, max_conns: 500, idle_timeout: 5m, event_loops: 4}
-admin: {addr: "127.0.0.1:9000", token_file: `+dir+`/admin.token}
-gossip: {addr: "127.0.0.1:7000", key_file: `+dir+`/gossip.key}
-join: ["a:7946", "b:7946"]
-vendor_keys: [`+dir+`/vendor.pub]
-node: {max_caps: 20000}
+resp:
+  addr: 10.0.0.1:6391
+  password_file: `+dir+`/resp.password
+  max_conns: 500
+  idle_timeout: 5m
+  event_loops: 4
+admin:
+  addr: 127.0.0.1:9000
+  token_file: `+dir+`/admin.token
+gossip:
+  addr: "[::1]:7000"
+  key_file: `+dir+`/gossip.key
+  insecure: false
+join: ["a.example:7946", "10.0.0.2:7946"]
+vendor_keys:
+  - `+dir+`/vendor.pub
+node: {max_caps: 20000.5}
 ledger: {interval: 30s}
 admission: {burst: 50ms, session_ttl: 2h, subscriber_ttl: 30m, idempotency_window: 1h}
 priority: {high_headroom_percent: 20}
 log: {level: warn}
-`), 0o600))
-	c, err := Load([]string{"--config", path}, io.Discard)
+`)
+	c, err := Load([]string{"--config", path}, nil)
 	require.NoError(t, err)
-	require.Equal(t, "farm-a", c.ClusterID)
-	require.Equal(t, 500, c.RESP.MaxConns)
-	require.Equal(t, 5*time.Minute, c.RESP.IdleTimeout.Duration)
-	require.Equal(t, []string{"a:7946", "b:7946"}, c.Join)
-	require.Equal(t, 20000.0, c.Node.MaxCAPS)
-	require.Equal(t, 50*time.Millisecond, c.Admission.Burst.Duration)
-	require.Equal(t, time.Hour, c.Admission.IdempotencyWindow.Duration)
-	require.Equal(t, 20, c.Priority.HighHeadroomPercent)
-	// Flags override only what they name; lists given as flags replace the file's.
-	c, err = Load([]string{"--config", path, "--resp-max-conns", "7", "--join", "c:1,d:2", "--join", "e:3",
-		"--ledger-interval", "1m", "--node-name", "n2"}, io.Discard)
-	require.NoError(t, err)
-	require.Equal(t, 7, c.RESP.MaxConns)
-	require.Equal(t, []string{"c:1", "d:2", "e:3"}, c.Join)
-	require.Equal(t, time.Minute, c.Ledger.Interval.Duration)
-	require.Equal(t, "n2", c.NodeName)
-	require.Equal(t, "farm-a", c.ClusterID)
-	require.Equal(t, []string{dir + "/vendor.pub"}, c.VendorKeys)
-}
-
-func TestLoadErrors(t *testing.T) {
-	dir := files(t)
-	base := []string{"--data-dir", dir, "--admin-token-file", dir + "/admin.token", "--gossip-key-file", dir + "/gossip.key"}
-	f := func(args []string, yaml string, want string) {
-		t.Helper()
-		if yaml != "" {
-			p := filepath.Join(dir, "bad.yaml")
-			require.NoError(t, os.WriteFile(p, []byte(yaml), 0o600))
-			args = append(args, "--config", p)
-		}
-		_, err := Load(append(append([]string{}, base...), args...), io.Discard)
-		require.Error(t, err)
-		require.NotContains(t, err.Error(), "\n", "one line")
-		require.Contains(t, err.Error(), want)
+	want := Config{
+		NodeName:  "edge-1.fra",
+		ClusterID: "eu:west-2",
+		DataDir:   dir,
+		RESP: RESPConfig{Addr: "10.0.0.1:6391", PasswordFile: dir + "/resp.password", MaxConns: 500,
+			IdleTimeout: Duration{5 * time.Minute}, EventLoops: 4},
+		Admin:      AdminConfig{Addr: "127.0.0.1:9000", TokenFile: dir + "/admin.token"},
+		Gossip:     GossipConfig{Addr: "[::1]:7000", KeyFile: dir + "/gossip.key"},
+		Join:       []string{"a.example:7946", "10.0.0.2:7946"},
+		VendorKeys: []string{dir + "/vendor.pub"},
+		Node:       NodeConfig{MaxCAPS: 20000.5},
+		Ledger:     LedgerConfig{Interval: Duration{30 * time.Second}},
+		Admission: AdmissionConfig{Burst: Duration{50 * time.Millisecond}, SessionTTL: Duration{2 * time.Hour},
+			SubscriberTTL: Duration{30 * time.Minute}, IdempotencyWindow: Duration{time.Hour}},
+		Priority: PriorityConfig{HighHeadroomPercent: 20},
+		Log:      LogConfig{Level: "warn"},
 	}
-	f([]string{"--resp-max-conns", "0"}, "", "invalid config: resp.max_conns (--resp-max-conns) must be between 1 and 1000000, got 0")
-	f([]string{"--resp-idle-timeout", "10ms"}, "", "resp.idle_timeout (--resp-idle-timeout) must be 0 (never) or at least 1s")
-	f([]string{"--resp-addr", "nowhere"}, "", `resp.addr (--resp-addr) must be host:port, got "nowhere"`)
-	f([]string{"--admin-addr", "127.0.0.1:99999"}, "", `admin.addr (--admin-addr) port must be 1..65535`)
-	f([]string{"--join", "x"}, "", `join (--join) entry "x"`)
-	f([]string{"--node-name", "a b"}, "", `node_name (--node-name) must match`)
-	f([]string{"--max-caps", "-1"}, "", "node.max_caps (--max-caps) must be 0 (no limit) or positive")
-	f([]string{"--max-caps", "lots"}, "", `invalid value "lots" for flag -max-caps`)
-	f([]string{"--admission-burst", "11s"}, "", "admission.burst (--admission-burst) must be between 1ms and 10s")
-	f([]string{"--priority-high-headroom-percent", "101"}, "", "priority.high_headroom_percent (--priority-high-headroom-percent) must be between 0 and 100")
-	f([]string{"--log-level", "loud"}, "", "log.level (--log-level) must be debug, info, warn or error")
-	f([]string{"--ledger-interval", "10"}, "", "want a duration")
-	f([]string{"--no-such-flag"}, "", "flag provided but not defined: -no-such-flag")
-	f([]string{"stray"}, "", `unexpected argument "stray"`)
-	f([]string{"--admin-token-file", ""}, "", "admin.token_file (--admin-token-file) is required outside --dev")
-	f([]string{"--gossip-key-file", ""}, "", "gossip.key_file (--gossip-key-file) is required outside --dev")
-	f([]string{"--admin-token-file", dir + "/missing"}, "", "admin.token_file (--admin-token-file) cannot be read")
-	f([]string{"--resp-password-file", dir + "/empty"}, "", "resp.password_file (--resp-password-file) cannot be read")
-	f([]string{"--vendor-key", dir + "/nope.pub"}, "", "vendor_keys (--vendor-key) cannot be read")
-	require.NoError(t, os.WriteFile(dir+"/empty", nil, 0o600))
-	f([]string{"--admin-token-file", dir + "/empty"}, "", "is empty")
-	require.NoError(t, os.WriteFile(dir+"/badkey", []byte("not base64!"), 0o600))
-	f([]string{"--gossip-key-file", dir + "/badkey"}, "", "is not base64")
-	require.NoError(t, os.WriteFile(dir+"/shortkey", []byte("c2hvcnQ="), 0o600))
-	f([]string{"--gossip-key-file", dir + "/shortkey"}, "", "is 5 bytes; want 16, 24 or 32")
-	f(nil, "resp:\n  maxconns: 1\n", `line 2: field maxconns not found`)
-	f(nil, "nodename: x\n", `line 1: field nodename not found`)
-	f(nil, "resp:\n  max_conns: abc\n", "line 2: cannot unmarshal !!str `abc` into int")
-	f(nil, "admission:\n  burst: 5\n", `line 2: invalid duration "5"`)
-	f(nil, "resp: [\n", "invalid config file")
-	f([]string{"--config", dir + "/missing.yaml"}, "", "cannot read config file "+dir+"/missing.yaml: no such file or directory")
-	_, err := Load([]string{"--help"}, io.Discard)
-	require.ErrorIs(t, err, flag.ErrHelp)
+	require.Equal(t, want, c)
+
+	// Written back as YAML, it reads the same.
+	out, err := yaml.Marshal(c)
+	require.NoError(t, err)
+	require.Contains(t, string(out), "idle_timeout: 5m\n")
+	require.Contains(t, string(out), "session_ttl: 2h\n")
+	require.NotContains(t, string(out), "dev")
+	c2, err := Load([]string{"--config", writeTestFile(t, dir, "again.yaml", string(out))}, nil)
+	require.NoError(t, err)
+	require.Equal(t, want, c2)
 }
 
-func TestGossipInsecureAllowsNoKey(t *testing.T) {
-	dir := files(t)
-	_, err := Load([]string{"--data-dir", dir, "--admin-token-file", dir + "/admin.token", "--gossip-insecure"}, io.Discard)
+func TestLoadPartialFileKeepsDefaults(t *testing.T) {
+	dir := secretsDir(t)
+	f := func(file string, edit func(c *Config)) {
+		t.Helper()
+		c, err := Load(append(prodArgs(dir), "--config", writeTestFile(t, dir, "p.yaml", file)), nil)
+		require.NoError(t, err, file)
+		want := prodConfig(dir)
+		edit(&want)
+		require.Equal(t, want, c, file)
+	}
+	f("", func(*Config) {})
+	f("# only a comment\n", func(*Config) {})
+	f("~\n", func(*Config) {})
+	f("resp:\n", func(*Config) {})
+	f("resp:\n  max_conns: 7\n", func(c *Config) { c.RESP.MaxConns = 7 })
+	f("resp:\n  idle_timeout: 0\n", func(*Config) {})
+	f("node_name: \"\"\n", func(*Config) {}) // empty: the host name
+	f("node_name: 123\n", func(c *Config) { c.NodeName = "123" })
+	f("node:\n  max_caps: 3\n", func(c *Config) { c.Node.MaxCAPS = 3 })
+	f("join: []\n", func(c *Config) { c.Join = []string{} })
+}
+
+func TestFlagsOverrideFile(t *testing.T) {
+	dir := secretsDir(t)
+	path := writeTestFile(t, dir, "c.yaml", `
+node_name: n1
+cluster_id: farm-a
+resp: {max_conns: 500, password_file: `+dir+`/resp.password}
+join: [a:1, b:2]
+vendor_keys: [`+dir+`/vendor.pub]
+ledger: {interval: 30s}
+log: {level: warn}
+`)
+	fromFile := prodConfig(dir)
+	fromFile.NodeName, fromFile.ClusterID = "n1", "farm-a"
+	fromFile.RESP.MaxConns, fromFile.RESP.PasswordFile = 500, dir+"/resp.password"
+	fromFile.Join, fromFile.VendorKeys = []string{"a:1", "b:2"}, []string{dir + "/vendor.pub"}
+	fromFile.Ledger.Interval = Duration{30 * time.Second}
+	fromFile.Log.Level = "warn"
+
+	c, err := Load(append(prodArgs(dir), "--config", path), nil)
 	require.NoError(t, err)
+	require.Equal(t, fromFile, c)
+
+	// Only the flags given change anything; flags may come before --config.
+	c, err = Load(append([]string{"--resp-max-conns", "7", "--ledger-interval=1m", "-node-name", "n2", "--config", path},
+		prodArgs(dir)...), nil)
+	require.NoError(t, err)
+	want := fromFile
+	want.RESP.MaxConns, want.Ledger.Interval, want.NodeName = 7, Duration{time.Minute}, "n2"
+	require.Equal(t, want, c)
+
+	// A list flag replaces the file's list; the last of a scalar flag wins.
+	c, err = Load(append(prodArgs(dir), "--config", path, "--join", "c:3", "--log-level", "debug", "--log-level", "error"), nil)
+	require.NoError(t, err)
+	require.Equal(t, []string{"c:3"}, c.Join)
+	require.Equal(t, []string{dir + "/vendor.pub"}, c.VendorKeys)
+	require.Equal(t, "error", c.Log.Level)
+
+	// An empty list flag empties the list; a bool flag can be turned off.
+	c, err = Load(append(prodArgs(dir), "--config", path, "--join=", "--gossip-insecure=false"), nil)
+	require.NoError(t, err)
+	require.Empty(t, c.Join)
+	require.False(t, c.Gossip.Insecure)
+}
+
+// TestEveryFlagSetsItsKey sets each key through its flag alone.
+func TestEveryFlagSetsItsKey(t *testing.T) {
+	dir := secretsDir(t)
+	values := map[string]string{
+		"node_name":                      "n-7",
+		"cluster_id":                     "c.9",
+		"data_dir":                       dir + "/data",
+		"resp.addr":                      "127.0.0.1:16390",
+		"resp.password_file":             dir + "/resp.password",
+		"resp.max_conns":                 "123",
+		"resp.idle_timeout":              "90s",
+		"resp.event_loops":               "3",
+		"admin.addr":                     "127.0.0.1:18390",
+		"admin.token_file":               dir + "/admin.token",
+		"gossip.addr":                    "127.0.0.1:17946",
+		"gossip.key_file":                dir + "/gossip.key",
+		"gossip.insecure":                "true",
+		"join":                           "h:1",
+		"vendor_keys":                    dir + "/vendor.pub",
+		"node.max_caps":                  "1500.5",
+		"ledger.interval":                "1m",
+		"admission.burst":                "20ms",
+		"admission.session_ttl":          "4h",
+		"admission.subscriber_ttl":       "2h",
+		"admission.idempotency_window":   "1h",
+		"priority.high_headroom_percent": "0",
+		"log.level":                      "debug",
+	}
+	require.Len(t, values, len(options))
+	for _, o := range options {
+		v, ok := values[o.key]
+		require.True(t, ok, o.key)
+		args := []string{"--admin-token-file", dir + "/admin.token", "--data-dir", dir}
+		if o.key == "gossip.insecure" {
+			args = append(args, "--gossip-key-file=")
+		} else {
+			args = append(args, "--gossip-key-file", dir+"/gossip.key")
+		}
+		c, err := Load(append(args, "--"+o.flag+"="+v), nil)
+		require.NoError(t, err, o.flag)
+		want := prodConfig(dir)
+		if o.key == "gossip.insecure" {
+			want.Gossip.KeyFile = ""
+		}
+		require.NoError(t, setFromString(want.field(o.key), v))
+		require.Equal(t, want, c, o.flag)
+		def := DefaultConfig()
+		require.NotEqual(t, def.field(o.key).Interface(), c.field(o.key).Interface(), "%s: pick a value other than the default", o.flag)
+	}
+}
+
+func TestListFlags(t *testing.T) {
+	dir := secretsDir(t)
+	c, err := Load(append(prodArgs(dir), "--join", "a:1,b:2", "--join", "c:3", "--join", " d:4 , ,e:5",
+		"--vendor-key", dir+"/vendor.pub", "--vendor-key="+dir+"/vendor2.pub,"+dir+"/vendor.pub"), nil)
+	require.NoError(t, err)
+	require.Equal(t, []string{"a:1", "b:2", "c:3", "d:4", "e:5"}, c.Join)
+	require.Equal(t, []string{dir + "/vendor.pub", dir + "/vendor2.pub", dir + "/vendor.pub"}, c.VendorKeys)
+}
+
+func TestDev(t *testing.T) {
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp)
+	c, err := Load([]string{"--dev"}, nil)
+	require.NoError(t, err)
+	require.True(t, c.Dev)
+	require.True(t, c.DataDirIsTemp)
+	require.DirExists(t, c.DataDir)
+	require.Equal(t, tmp, filepath.Dir(c.DataDir))
+	require.True(t, strings.HasPrefix(filepath.Base(c.DataDir), "capsgate-dev-"), c.DataDir)
+	want := DefaultConfig()
+	want.Dev, want.DataDirIsTemp, want.DataDir = true, true, c.DataDir
+	want.NodeName, want.ClusterID = "dev", "dev"
+	want.RESP.Addr, want.Admin.Addr, want.Gossip.Addr = "127.0.0.1:6390", "127.0.0.1:8390", "127.0.0.1:7946"
+	require.Equal(t, want, c, "no token, no gossip key needed")
+	require.NoError(t, c.Validate())
+
+	// The flags still apply, so several dev nodes can run side by side.
+	data := t.TempDir()
+	c, err = Load([]string{"--dev", "--resp-addr", "127.0.0.1:7000", "--admin-addr", "127.0.0.1:7001",
+		"--gossip-addr", "127.0.0.1:7002", "--data-dir", data, "--node-name", "dev2", "--max-caps", "5000",
+		"--join", "127.0.0.1:7946"}, nil)
+	require.NoError(t, err)
+	require.False(t, c.DataDirIsTemp)
+	require.Equal(t, data, c.DataDir)
+	require.Equal(t, "127.0.0.1:7000", c.RESP.Addr)
+	require.Equal(t, "127.0.0.1:7001", c.Admin.Addr)
+	require.Equal(t, "127.0.0.1:7002", c.Gossip.Addr)
+	require.Equal(t, "dev2", c.NodeName)
+	require.Equal(t, "dev", c.ClusterID)
+	require.Equal(t, 5000.0, c.Node.MaxCAPS)
+	require.Equal(t, []string{"127.0.0.1:7946"}, c.Join)
+
+	// A file applies over the dev defaults, and flags over the file.
+	path := writeTestFile(t, data, "dev.yaml", "node_name: \"\"\nresp: {addr: \"127.0.0.1:7100\"}\nadmin: {addr: \"127.0.0.1:7101\"}\n")
+	c, err = Load([]string{"--dev", "--config", path, "--admin-addr", "127.0.0.1:7201", "--data-dir", data}, nil)
+	require.NoError(t, err)
+	require.Equal(t, "dev", c.NodeName, "empty means the default, which is dev in --dev")
+	require.Equal(t, "127.0.0.1:7100", c.RESP.Addr)
+	require.Equal(t, "127.0.0.1:7201", c.Admin.Addr)
+	require.Equal(t, "127.0.0.1:7946", c.Gossip.Addr)
+
+	// Files named are still checked in --dev.
+	_, err = Load([]string{"--dev", "--admin-token-file", data + "/missing"}, nil)
+	requireOneLine(t, err, "invalid config: admin.token_file (--admin-token-file): open "+data+"/missing: no such file or directory")
+
+	// A dev config that fails leaves no temp dir behind.
+	entries, err := os.ReadDir(tmp)
+	require.NoError(t, err)
+	require.Len(t, entries, 1, "only the first Load's temp dir")
+}
+
+func TestValidateErrors(t *testing.T) {
+	dir := secretsDir(t)
+	writeTestFile(t, dir, "empty", "")
+	writeTestFile(t, dir, "blank", " \r\n\n")
+	writeTestFile(t, dir, "two-lines", "one\ntwo\n")
+	writeTestFile(t, dir, "not-base64", "not base64!\n")
+	writeTestFile(t, dir, "short-key", "c2hvcnQ=\n")
+	f := func(args []string, want string) {
+		t.Helper()
+		_, err := Load(append(prodArgs(dir), args...), nil)
+		requireOneLine(t, err, want)
+		if strings.HasPrefix(want, "invalid config: ") {
+			key, rest, _ := strings.Cut(strings.TrimPrefix(want, "invalid config: "), " ")
+			require.True(t, strings.HasPrefix(rest, "("+flagOf(key)+")"), "%q names the key and its flag", want)
+		}
+	}
+	f([]string{"--node-name", "a b"}, `invalid config: node_name (--node-name) must be 1 to 64 of the characters A-Z a-z 0-9 . _ : -, got "a b"`)
+	f([]string{"--node-name", strings.Repeat("n", 65)}, `invalid config: node_name (--node-name) must be 1 to 64 of the characters A-Z a-z 0-9 . _ : -, got "`+strings.Repeat("n", 65)+`"`)
+	f([]string{"--cluster-id", ""}, `invalid config: cluster_id (--cluster-id) must be 1 to 64 of the characters A-Z a-z 0-9 . _ : -, got ""`)
+	f([]string{"--cluster-id", "é"}, `invalid config: cluster_id (--cluster-id) must be 1 to 64 of the characters A-Z a-z 0-9 . _ : -, got "é"`)
+	f([]string{"--data-dir", ""}, `invalid config: data_dir (--data-dir) must be set`)
+
+	f([]string{"--resp-addr", "nowhere"}, `invalid config: resp.addr (--resp-addr) must be [host]:port with a port from 1 to 65535, got "nowhere"`)
+	f([]string{"--resp-addr", ":0"}, `invalid config: resp.addr (--resp-addr) must be [host]:port with a port from 1 to 65535, got ":0"`)
+	f([]string{"--resp-addr", ":redis"}, `invalid config: resp.addr (--resp-addr) must be [host]:port with a port from 1 to 65535, got ":redis"`)
+	f([]string{"--resp-addr", ":+80"}, `invalid config: resp.addr (--resp-addr) must be [host]:port with a port from 1 to 65535, got ":+80"`)
+	f([]string{"--admin-addr", "127.0.0.1:99999"}, `invalid config: admin.addr (--admin-addr) must be [host]:port with a port from 1 to 65535, got "127.0.0.1:99999"`)
+	f([]string{"--gossip-addr", "::1:7946"}, `invalid config: gossip.addr (--gossip-addr) must be [host]:port with a port from 1 to 65535, got "::1:7946"`)
+	f([]string{"--join", "a:1,x"}, `invalid config: join (--join) entry 2: must be host:port with a port from 1 to 65535, got "x"`)
+	f([]string{"--join", ":7946"}, `invalid config: join (--join) entry 1: must be host:port with a port from 1 to 65535, got ":7946"`)
+
+	f([]string{"--resp-max-conns", "0"}, "invalid config: resp.max_conns (--resp-max-conns) must be between 1 and 1000000, got 0")
+	f([]string{"--resp-max-conns", "1000001"}, "invalid config: resp.max_conns (--resp-max-conns) must be between 1 and 1000000, got 1000001")
+	f([]string{"--resp-idle-timeout", "500ms"}, "invalid config: resp.idle_timeout (--resp-idle-timeout) must be 0 (never) or at least 1s, got 500ms")
+	f([]string{"--resp-idle-timeout", "-1s"}, "invalid config: resp.idle_timeout (--resp-idle-timeout) must be 0 (never) or at least 1s, got -1s")
+	f([]string{"--resp-event-loops", "257"}, "invalid config: resp.event_loops (--resp-event-loops) must be between 0 (one per CPU core) and 256, got 257")
+	f([]string{"--resp-event-loops", "-1"}, "invalid config: resp.event_loops (--resp-event-loops) must be between 0 (one per CPU core) and 256, got -1")
+
+	f([]string{"--admin-token-file", ""}, "invalid config: admin.token_file (--admin-token-file) is required outside --dev: the admin API must not run unauthenticated")
+	f([]string{"--gossip-key-file", ""}, "invalid config: gossip.key_file (--gossip-key-file) is required outside --dev unless gossip.insecure (--gossip-insecure) is true: gossip must not run unencrypted by accident")
+	f([]string{"--gossip-insecure"}, "invalid config: gossip.insecure (--gossip-insecure) cannot be combined with gossip.key_file (--gossip-key-file): choose one")
+
+	f([]string{"--resp-password-file", dir + "/missing"}, "invalid config: resp.password_file (--resp-password-file): open "+dir+"/missing: no such file or directory")
+	f([]string{"--resp-password-file", dir + "/blank"}, "invalid config: resp.password_file (--resp-password-file): "+dir+"/blank is empty; it must hold the secret on one line")
+	f([]string{"--admin-token-file", dir + "/missing"}, "invalid config: admin.token_file (--admin-token-file): open "+dir+"/missing: no such file or directory")
+	f([]string{"--admin-token-file", dir + "/empty"}, "invalid config: admin.token_file (--admin-token-file): "+dir+"/empty is empty; it must hold the secret on one line")
+	f([]string{"--admin-token-file", dir + "/two-lines"}, "invalid config: admin.token_file (--admin-token-file): "+dir+"/two-lines holds more than one line; it must hold the secret on one line")
+	f([]string{"--admin-token-file", dir}, "invalid config: admin.token_file (--admin-token-file): cannot read "+dir+": read "+dir+": is a directory")
+	f([]string{"--gossip-key-file", dir + "/missing"}, "invalid config: gossip.key_file (--gossip-key-file): open "+dir+"/missing: no such file or directory")
+	f([]string{"--gossip-key-file", dir + "/not-base64"}, "invalid config: gossip.key_file (--gossip-key-file): "+dir+"/not-base64 is not base64 (illegal base64 data at input byte 3); make a key with: head -c 32 /dev/urandom | base64")
+	f([]string{"--gossip-key-file", dir + "/short-key"}, "invalid config: gossip.key_file (--gossip-key-file): "+dir+"/short-key holds a 5-byte key, want 16, 24 or 32 bytes; make one with: head -c 32 /dev/urandom | base64")
+	f([]string{"--vendor-key", dir + "/vendor.pub," + dir + "/nope.pub"}, "invalid config: vendor_keys (--vendor-key) entry 2: open "+dir+"/nope.pub: no such file or directory")
+	f([]string{"--vendor-key", dir + "/empty"}, "invalid config: vendor_keys (--vendor-key) entry 1: "+dir+"/empty is empty")
+	f([]string{"--vendor-key", dir}, "invalid config: vendor_keys (--vendor-key) entry 1: read "+dir+": is a directory")
+
+	f([]string{"--max-caps", "-1"}, "invalid config: node.max_caps (--max-caps) must be a number at least 0 (0 = no node limit), got -1")
+	f([]string{"--max-caps", "NaN"}, "invalid config: node.max_caps (--max-caps) must be a number at least 0 (0 = no node limit), got NaN")
+	f([]string{"--max-caps", "+Inf"}, "invalid config: node.max_caps (--max-caps) must be a number at least 0 (0 = no node limit), got +Inf")
+	f([]string{"--ledger-interval", "999ms"}, "invalid config: ledger.interval (--ledger-interval) must be at least 1s, got 999ms")
+	f([]string{"--admission-burst", "0"}, "invalid config: admission.burst (--admission-burst) must be between 1ms and 10s, got 0s")
+	f([]string{"--admission-burst", "11s"}, "invalid config: admission.burst (--admission-burst) must be between 1ms and 10s, got 11s")
+	f([]string{"--admission-session-ttl", "0s"}, "invalid config: admission.session_ttl (--admission-session-ttl) must be at least 1s, got 0s")
+	f([]string{"--admission-subscriber-ttl", "100ms"}, "invalid config: admission.subscriber_ttl (--admission-subscriber-ttl) must be at least 1s, got 100ms")
+	f([]string{"--admission-idempotency-window", "-5m"}, "invalid config: admission.idempotency_window (--admission-idempotency-window) must be at least 1s, got -5m")
+	f([]string{"--priority-high-headroom-percent", "101"}, "invalid config: priority.high_headroom_percent (--priority-high-headroom-percent) must be between 0 and 100, got 101")
+	f([]string{"--priority-high-headroom-percent", "-1"}, "invalid config: priority.high_headroom_percent (--priority-high-headroom-percent) must be between 0 and 100, got -1")
+	f([]string{"--log-level", "loud"}, `invalid config: log.level (--log-level) must be debug, info, warn or error, got "loud"`)
+	f([]string{"--log-level", "INFO"}, `invalid config: log.level (--log-level) must be debug, info, warn or error, got "INFO"`)
+
+	// The boundaries themselves are valid.
+	for _, args := range [][]string{
+		{"--resp-max-conns", "1"}, {"--resp-max-conns", "1000000"}, {"--resp-idle-timeout", "1s"},
+		{"--resp-event-loops", "256"}, {"--admission-burst", "1ms"}, {"--admission-burst", "10s"},
+		{"--ledger-interval", "1s"}, {"--priority-high-headroom-percent", "100"}, {"--resp-addr", "[::1]:65535"},
+		{"--node-name", strings.Repeat("n", 64)}, {"--node-name", "a.b_c:d-E9"},
+	} {
+		_, err := Load(append(prodArgs(dir), args...), nil)
+		require.NoError(t, err, args)
+	}
+}
+
+func TestFlagErrors(t *testing.T) {
+	dir := secretsDir(t)
+	f := func(args []string, want string) {
+		t.Helper()
+		var usage bytes.Buffer
+		_, err := Load(append(prodArgs(dir), args...), &usage)
+		requireOneLine(t, err, want)
+		require.Empty(t, usage.String(), "a bad command line prints nothing: the caller prints the one line")
+	}
+	f([]string{"--max-caps", "lots"}, `invalid flag: --max-caps (node.max_caps) must be a number, got "lots"`)
+	f([]string{"--resp-max-conns", "many"}, `invalid flag: --resp-max-conns (resp.max_conns) must be an integer, got "many"`)
+	f([]string{"--resp-max-conns", "99999999999999999999"}, `invalid flag: --resp-max-conns (resp.max_conns) must be an integer, got "99999999999999999999"`)
+	f([]string{"--ledger-interval", "10"}, `invalid flag: --ledger-interval (ledger.interval) must be a duration such as "10s" or "100ms", got "10"`)
+	f([]string{"--gossip-insecure=maybe"}, `invalid flag: --gossip-insecure (gossip.insecure) must be true or false, got "maybe"`)
+	f([]string{"--no-such-flag"}, "invalid command line: flag provided but not defined: --no-such-flag (see capsgate --help)")
+	f([]string{"--resp-addr"}, "invalid command line: flag needs an argument: --resp-addr (see capsgate --help)")
+	f([]string{"stray"}, `unexpected argument "stray": capsgate takes only flags (see capsgate --help)`)
+}
+
+func TestFileErrors(t *testing.T) {
+	dir := secretsDir(t)
+	path := filepath.Join(dir, "bad.yaml")
+	f := func(file, want string) {
+		t.Helper()
+		require.NoError(t, os.WriteFile(path, []byte(file), 0o600))
+		_, err := Load(append(prodArgs(dir), "--config", path), nil)
+		requireOneLine(t, err, "invalid config file "+path+": "+want)
+	}
+	f("nodename: x\n", `line 1: unknown key "nodename"`)
+	f("node_name: a\nresp:\n  maxconns: 5\n", `line 3: unknown key "resp.maxconns"`)
+	f("resp: {maxconns: 1}\n", `line 1: unknown key "resp.maxconns"`)
+	f("log: {level: info, colour: true}\n", `line 1: unknown key "log.colour"`)
+	f("dev: true\n", `line 1: unknown key "dev"`)
+	f("data_dir_is_temp: true\n", `line 1: unknown key "data_dir_is_temp"`)
+	f("resp:\n  max_conns: abc\n", `line 2: resp.max_conns must be an integer, got "abc"`)
+	f("resp:\n  max_conns: 1.5\n", `line 2: resp.max_conns must be an integer, got "1.5"`)
+	f("node: {max_caps: lots}\n", `line 1: node.max_caps must be a number, got "lots"`)
+	f("gossip: {insecure: maybe}\n", `line 1: gossip.insecure must be true or false, got "maybe"`)
+	f("node_name: {a: b}\n", `line 1: node_name must be a string, got a mapping`)
+	f("join: a:1\n", `line 1: join must be a list of strings such as [a, b], got "a:1"`)
+	f("join:\n  - a:1\n  - [b]\n", `line 3: join entry 2 must be a string, got a list`)
+	f("resp: 5\n", `line 1: resp must be a mapping of keys, got "5"`)
+	f("- a\n- b\n", `line 1: the file must be a mapping of keys, got a list`)
+	f("log:\n  level: info\n  level: warn\n", `line 3: key "log.level" repeated (first at line 2)`)
+	f("admission:\n  burst: 5\n", `line 2: admission.burst must be a duration with a unit such as "5s", got the bare number 5`)
+	f("admission:\n  burst: soon\n", `line 2: admission.burst must be a duration such as "10s" or "100ms", got "soon"`)
+	f("ledger: {interval: [1s]}\n", `line 1: ledger.interval must be a duration such as "10s" or "100ms", got a list`)
+
+	// Syntax errors are yaml.v3's, on one line.
+	f("resp: [\n", "line 1: did not find expected node content")
+	f("resp:\n\taddr: x\n", "line 2: found character that cannot start any token")
+	f("log: {level: info}\n---\nlog: {level: warn}\n", "line 2: a second YAML document; the file must hold one")
+
+	// A value of the right type but out of range is the same error as from a flag.
+	require.NoError(t, os.WriteFile(path, []byte("resp:\n  max_conns: -4\n"), 0o600))
+	_, err := Load(append(prodArgs(dir), "--config", path), nil)
+	requireOneLine(t, err, "invalid config: resp.max_conns (--resp-max-conns) must be between 1 and 1000000, got -4")
+
+	_, err = Load([]string{"--config", dir + "/missing.yaml"}, nil)
+	requireOneLine(t, err, "cannot read config file "+dir+"/missing.yaml: open "+dir+"/missing.yaml: no such file or directory")
+	_, err = Load([]string{"--config", dir}, nil)
+	requireOneLine(t, err, "cannot read config file "+dir+": read "+dir+": is a directory")
+	require.ErrorIs(t, err, errIsDirectory(t, dir))
+}
+
+// errIsDirectory is the error reading a directory gives.
+func errIsDirectory(t *testing.T, dir string) error {
+	_, err := os.ReadFile(dir)
+	require.Error(t, err)
+	return err.(*os.PathError).Err
+}
+
+func TestReadSecretFile(t *testing.T) {
+	dir := t.TempDir()
+	for content, want := range map[string]string{
+		"tok":            "tok",
+		"tok\n":          "tok",
+		"tok\r\n":        "tok",
+		"  tok \t\n\n":   "tok",
+		"a b c\n":        "a b c",
+		"\xe2\x82\xac\n": "\u20ac",
+	} {
+		got, err := ReadSecretFile("admin.token_file", writeTestFile(t, dir, "s", content))
+		require.NoError(t, err, "%q", content)
+		require.Equal(t, want, got, "%q", content)
+	}
+	_, err := ReadSecretFile("resp.password_file", writeTestFile(t, dir, "e", "\r\n"))
+	requireOneLine(t, err, "resp.password_file (--resp-password-file): "+dir+"/e is empty; it must hold the secret on one line")
+	_, err = ReadSecretFile("resp.password_file", writeTestFile(t, dir, "big", strings.Repeat("x", 64<<10+1)))
+	requireOneLine(t, err, "resp.password_file (--resp-password-file): "+dir+"/big is larger than 64 KiB; it must hold one line")
+	_, err = ReadSecretFile("some.key", dir+"/none")
+	requireOneLine(t, err, "some.key: open "+dir+"/none: no such file or directory")
+	require.ErrorIs(t, err, os.ErrNotExist)
+}
+
+func TestReadGossipKey(t *testing.T) {
+	dir := t.TempDir()
+	for _, n := range []int{16, 24, 32} {
+		raw := bytes.Repeat([]byte{byte(n)}, n)
+		enc := base64.StdEncoding.EncodeToString(raw)
+		got, err := ReadGossipKey(writeTestFile(t, dir, "k", enc+"\n"))
+		require.NoError(t, err)
+		require.Equal(t, raw, got)
+		got, err = ReadGossipKey(writeTestFile(t, dir, "k", strings.TrimRight(enc, "=")))
+		require.NoError(t, err, "unpadded")
+		require.Equal(t, raw, got)
+	}
+	for _, n := range []int{0, 1, 15, 17, 31, 33, 64} {
+		path := writeTestFile(t, dir, "k", base64.StdEncoding.EncodeToString(make([]byte, n))+"\n")
+		_, err := ReadGossipKey(path)
+		if n == 0 {
+			requireOneLine(t, err, "gossip.key_file (--gossip-key-file): "+path+" is empty; it must hold the secret on one line")
+			continue
+		}
+		requireOneLine(t, err, "gossip.key_file (--gossip-key-file): "+path+" holds a "+strconv.Itoa(n)+"-byte key, want 16, 24 or 32 bytes; make one with: head -c 32 /dev/urandom | base64")
+	}
+	path := writeTestFile(t, dir, "k", "MDEy*zQ1\n")
+	_, err := ReadGossipKey(path)
+	requireOneLine(t, err, "gossip.key_file (--gossip-key-file): "+path+" is not base64 (illegal base64 data at input byte 4); make a key with: head -c 32 /dev/urandom | base64")
+}
+
+func TestHelp(t *testing.T) {
+	for _, arg := range []string{"-h", "--help", "-help"} {
+		var usage bytes.Buffer
+		_, err := Load([]string{"--dev", arg}, &usage)
+		require.ErrorIs(t, err, flag.ErrHelp)
+		out := usage.String()
+		require.True(t, strings.HasPrefix(out, "Usage: capsgate "), out)
+		require.Contains(t, out, "\n  --config FILE\n")
+		require.Contains(t, out, "\n  --dev\n")
+		for _, o := range options {
+			head := "\n  --" + o.flag
+			if o.arg != "" {
+				head += " " + o.arg
+			}
+			require.Contains(t, out, head+"\n        "+o.key+": ", o.flag)
+		}
+		for _, line := range strings.Split(out, "\n") {
+			require.LessOrEqual(t, len(line), 80, line)
+		}
+		require.Contains(t, out, "\n        resp.max_conns: most client connections at once, 1..1000000 (default\n        10000)\n")
+		require.Contains(t, out, "(default 100ms)")
+		require.Contains(t, out, `(default "info")`)
+	}
+	_, err := Load([]string{"--help"}, nil)
+	require.ErrorIs(t, err, flag.ErrHelp, "a nil usage writer is allowed")
+}
+
+// TestOptionsCoverEveryKey: every key of Config has exactly one flag, named
+// after the key except where the product spec says otherwise.
+func TestOptionsCoverEveryKey(t *testing.T) {
+	var keys, flags []string
+	for _, o := range options {
+		keys = append(keys, o.key)
+		flags = append(flags, o.flag)
+		want := strings.NewReplacer(".", "-", "_", "-").Replace(o.key)
+		switch o.key {
+		case "node.max_caps":
+			want = "max-caps"
+		case "vendor_keys":
+			want = "vendor-key"
+		}
+		require.Equal(t, want, o.flag, o.key)
+		require.NotEmpty(t, o.usage, o.key)
+	}
+	require.Equal(t, configKeys(), keys, "options follow Config, in its order")
+	require.Len(t, configKeys(), 23)
+	for _, f := range []string{"node-name", "cluster-id", "data-dir", "resp-addr", "admin-addr", "admin-token-file",
+		"gossip-addr", "gossip-key-file", "join", "vendor-key", "max-caps", "ledger-interval"} {
+		require.Contains(t, flags, f, "the product spec's flag")
+	}
+}
+
+// TestExampleConfig keeps configs/capsgate.yaml true to the code: it sets
+// every key Load accepts, to its default, and loads with only its file paths
+// pointed at real files.
+func TestExampleConfig(t *testing.T) {
+	example, err := os.ReadFile("../../configs/capsgate.yaml")
+	require.NoError(t, err)
+
+	var doc yaml.Node
+	require.NoError(t, yaml.Unmarshal(example, &doc))
+	var inFile []string
+	var walk func(n *yaml.Node, prefix string)
+	walk = func(n *yaml.Node, prefix string) {
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			if v.Kind == yaml.MappingNode {
+				walk(v, prefix+k.Value+".")
+			} else {
+				inFile = append(inFile, prefix+k.Value)
+			}
+		}
+	}
+	walk(doc.Content[0], "")
+	require.Equal(t, configKeys(), inFile, "the example sets every key, in Config's order")
+
+	dir := secretsDir(t)
+	s := strings.ReplaceAll(string(example), "/etc/capsgate/", dir+"/")
+	s = strings.ReplaceAll(s, "/var/lib/capsgate", dir+"/data")
+	require.NotContains(t, s, "/etc/", "every path in the example is rewritten")
+	c, err := Load([]string{"--config", writeTestFile(t, dir, "capsgate.yaml", s)}, nil)
+	require.NoError(t, err)
+	want := DefaultConfig()
+	want.DataDir = dir + "/data"
+	want.Admin.TokenFile, want.Gossip.KeyFile = dir+"/admin.token", dir+"/gossip.key"
+	want.Join, want.VendorKeys = []string{}, []string{}
+	require.Equal(t, want, c, "the example's values are the defaults")
+
+	// The example works for --dev too.
+	c, err = Load([]string{"--dev", "--config", writeTestFile(t, dir, "capsgate.yaml", s)}, nil)
+	require.NoError(t, err)
+	require.Equal(t, "dev", c.NodeName)
+	require.Equal(t, ":6390", c.RESP.Addr, "the file's addresses win over --dev's")
+}
+
+func TestDuration(t *testing.T) {
+	for d, want := range map[time.Duration]string{
+		0: "0s", 100 * time.Millisecond: "100ms", 10 * time.Second: "10s", 5 * time.Minute: "5m",
+		3 * time.Hour: "3h", 90 * time.Minute: "1h30m", time.Hour + time.Second: "1h0m1s", 1500 * time.Microsecond: "1.5ms",
+	} {
+		require.Equal(t, want, Duration{d}.String())
+		out, err := yaml.Marshal(struct{ D Duration }{Duration{d}})
+		require.NoError(t, err)
+		require.Equal(t, "d: "+want+"\n", string(out))
+		var back struct{ D Duration }
+		require.NoError(t, yaml.Unmarshal(out, &back))
+		require.Equal(t, d, back.D.Duration)
+	}
+	for in, want := range map[string]string{
+		"5":      `must be a duration with a unit such as "5s", got the bare number 5`,
+		"0.5":    `must be a duration with a unit such as "0.5s", got the bare number 0.5`,
+		`"5"`:    `must be a duration such as "10s" or "100ms", got "5"`,
+		"true":   `must be a duration such as "10s" or "100ms", got "true"`,
+		"{a: 1}": `must be a duration such as "10s" or "100ms", got a mapping`,
+	} {
+		var v struct{ D Duration }
+		err := yaml.Unmarshal([]byte("d: "+in), &v)
+		require.EqualError(t, err, want, in)
+	}
+	for _, in := range []string{"0", "0.0", `"0"`, "0s"} {
+		v := struct{ D Duration }{Duration{time.Hour}}
+		require.NoError(t, yaml.Unmarshal([]byte("d: "+in), &v), in)
+		require.Zero(t, v.D.Duration, in)
+	}
 }
