@@ -100,6 +100,9 @@ type Config struct {
 	// Priority tunes PRIORITY high.
 	Priority PriorityConfig `yaml:"priority"`
 
+	// Licensing configures how licences are judged.
+	Licensing LicensingConfig `yaml:"licensing"`
+
 	// Log configures logging.
 	Log LogConfig `yaml:"log"`
 }
@@ -244,6 +247,18 @@ type PriorityConfig struct {
 	HighHeadroomPercent int `yaml:"high_headroom_percent"`
 }
 
+// LicensingConfig is the `licensing` section.
+type LicensingConfig struct {
+	// ClockTolerance is how far the wall clock may step back (behind the
+	// highest wall time this node has seen) before the rollback alarm, and
+	// how far in the future a licence may have been issued before the
+	// node's clock is judged wrong (≥ 1s). Licences are always judged at
+	// the high-water mark, so a clock set back never revives one.
+	//
+	// Default: 5m, far beyond what NTP corrects, far below any licence term.
+	ClockTolerance Duration `yaml:"clock_tolerance"`
+}
+
 // LogConfig is the `log` section.
 type LogConfig struct {
 	// Level is the least severe level logged: debug, info, warn or error.
@@ -321,8 +336,9 @@ func DefaultConfig() Config {
 			SubscriberTTL:     Duration{time.Hour},
 			IdempotencyWindow: Duration{10 * time.Minute},
 		},
-		Priority: PriorityConfig{HighHeadroomPercent: 10},
-		Log:      LogConfig{Level: "info"},
+		Priority:  PriorityConfig{HighHeadroomPercent: 10},
+		Licensing: LicensingConfig{ClockTolerance: Duration{5 * time.Minute}},
+		Log:       LogConfig{Level: "info"},
 	}
 }
 
@@ -375,6 +391,7 @@ var options = []option{
 	{key: "admission.subscriber_ttl", flag: "admission-subscriber-ttl", arg: "DURATION", usage: "REGISTER TTL when none is given, at least 1s"},
 	{key: "admission.idempotency_window", flag: "admission-idempotency-window", arg: "DURATION", usage: "how long a CONSUME ID key is remembered, at least 1s"},
 	{key: "priority.high_headroom_percent", flag: "priority-high-headroom-percent", arg: "PERCENT", usage: "what PRIORITY high may use above the licence (CAPS and sessions), in percent, 0..100"},
+	{key: "licensing.clock_tolerance", flag: "licensing-clock-tolerance", arg: "DURATION", usage: "how far the clock may step back before the rollback alarm, and a licence be issued in the future, at least 1s"},
 	{key: "log.level", flag: "log-level", arg: "LEVEL", usage: "least severe level logged: debug, info, warn or error"},
 }
 
@@ -987,6 +1004,7 @@ func (c *Config) validate() error {
 		{"admission.session_ttl", c.Admission.SessionTTL},
 		{"admission.subscriber_ttl", c.Admission.SubscriberTTL},
 		{"admission.idempotency_window", c.Admission.IdempotencyWindow},
+		{"licensing.clock_tolerance", c.Licensing.ClockTolerance},
 	} {
 		if d.v.Duration < time.Second {
 			return bad(d.key, "must be at least 1s, got %s", d.v)

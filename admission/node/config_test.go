@@ -83,8 +83,9 @@ func TestDefaultConfig(t *testing.T) {
 			SubscriberTTL:     Duration{time.Hour},
 			IdempotencyWindow: Duration{10 * time.Minute},
 		},
-		Priority: PriorityConfig{HighHeadroomPercent: 10},
-		Log:      LogConfig{Level: "info"},
+		Priority:  PriorityConfig{HighHeadroomPercent: 10},
+		Licensing: LicensingConfig{ClockTolerance: Duration{5 * time.Minute}},
+		Log:       LogConfig{Level: "info"},
 	}, c)
 
 	// The defaults alone are not a production node: the admin API needs a token.
@@ -124,6 +125,7 @@ node: {max_caps: 20000.5}
 ledger: {interval: 30s}
 admission: {burst: 50ms, session_ttl: 2h, subscriber_ttl: 30m, idempotency_window: 1h}
 priority: {high_headroom_percent: 20}
+licensing: {clock_tolerance: 1m}
 log: {level: warn}
 `)
 	c, err := Load([]string{"--config", path}, nil)
@@ -142,8 +144,9 @@ log: {level: warn}
 		Ledger:     LedgerConfig{Interval: Duration{30 * time.Second}},
 		Admission: AdmissionConfig{Burst: Duration{50 * time.Millisecond}, SessionTTL: Duration{2 * time.Hour},
 			SubscriberTTL: Duration{30 * time.Minute}, IdempotencyWindow: Duration{time.Hour}},
-		Priority: PriorityConfig{HighHeadroomPercent: 20},
-		Log:      LogConfig{Level: "warn"},
+		Priority:  PriorityConfig{HighHeadroomPercent: 20},
+		Licensing: LicensingConfig{ClockTolerance: Duration{time.Minute}},
+		Log:       LogConfig{Level: "warn"},
 	}
 	require.Equal(t, want, c)
 
@@ -250,6 +253,7 @@ func TestEveryFlagSetsItsKey(t *testing.T) {
 		"admission.subscriber_ttl":       "2h",
 		"admission.idempotency_window":   "1h",
 		"priority.high_headroom_percent": "0",
+		"licensing.clock_tolerance":      "30s",
 		"log.level":                      "debug",
 	}
 	require.Len(t, values, len(options))
@@ -583,7 +587,7 @@ func TestOptionsCoverEveryKey(t *testing.T) {
 		require.NotEmpty(t, o.usage, o.key)
 	}
 	require.Equal(t, configKeys(), keys, "options follow Config, in its order")
-	require.Len(t, configKeys(), 23)
+	require.Len(t, configKeys(), 24)
 	for _, f := range []string{"node-name", "cluster-id", "data-dir", "resp-addr", "admin-addr", "admin-token-file",
 		"gossip-addr", "gossip-key-file", "join", "vendor-key", "max-caps", "ledger-interval"} {
 		require.Contains(t, flags, f, "the product spec's flag")
