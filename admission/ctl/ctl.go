@@ -51,7 +51,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "capsctl:", err)
 		return 2
 	}
-	c := &client{base: strings.TrimRight(*addr, "/"), http: &http.Client{Timeout: *timeout}, json: *asJSON, out: stdout}
+	c := &client{in: os.Stdin, base: strings.TrimRight(*addr, "/"), http: &http.Client{Timeout: *timeout}, json: *asJSON, out: stdout}
 	if *tokenFile != "" {
 		b, err := os.ReadFile(*tokenFile)
 		if err != nil {
@@ -85,6 +85,7 @@ func envOr(k, def string) string {
 func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 
 type client struct {
+	in    io.Reader
 	base  string
 	token string
 	http  *http.Client
@@ -109,13 +110,13 @@ func (c *client) run(args []string) error {
 		if len(args) >= 2 {
 			switch {
 			case args[1] == "add" && len(args) == 3:
-				body, err := os.ReadFile(args[2])
+				body, err := readFileOrStdin(args[2], c.in)
 				if err != nil {
 					return fmt.Errorf("cannot read licence file: %w", err)
 				}
 				return c.show("POST", "/v1/licenses", body)
 			case args[1] == "list" && len(args) == 2:
-				return c.show("GET", "/v1/licenses", nil)
+				return c.licenseTable()
 			case args[1] == "show" && len(args) == 3:
 				return c.show("GET", "/v1/licenses/"+url.PathEscape(args[2]), nil)
 			}
@@ -164,6 +165,52 @@ func (c *client) usage(args []string) error {
 		}
 	}
 	return c.show("GET", "/v1/usage?"+q.Encode(), nil)
+}
+
+func readFileOrStdin(name string, stdin io.Reader) ([]byte, error) {
+	if name == "-" {
+		return io.ReadAll(io.LimitReader(stdin, 1<<20))
+	}
+	return os.ReadFile(name)
+}
+
+// licenseTable prints GET /v1/licenses as one row per licence.
+func (c *client) licenseTable() error {
+	b, err := c.do("GET", "/v1/licenses", nil)
+	if err != nil {
+		return err
+	}
+	if c.json {
+		_, err = c.out.Write(b)
+		return err
+	}
+	var v struct {
+		Licenses []struct {
+			ID, Service, State, Customer string
+			CAPS                         int64 `json:"caps"`
+			Unlimited                    bool
+			Sessions, Subscribers        int64
+			Tokens                       int64
+			NotAfter                     *time.Time `json:"not_after"`
+		}
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		return fmt.Errorf("cannot read the licence list: %w", err)
+	}
+	tw := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tSERVICE\tSTATE\tCAPS\tSESSIONS\tSUBSCRIBERS\tTOKENS\tNOT AFTER\tCUSTOMER")
+	for _, l := range v.Licenses {
+		caps := fmt.Sprint(l.CAPS)
+		if l.Unlimited {
+			caps = "unlimited"
+		}
+		until := "never"
+		if l.NotAfter != nil {
+			until = l.NotAfter.UTC().Format(time.RFC3339)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\t%s\n", l.ID, l.Service, l.State, caps, l.Sessions, l.Subscribers, l.Tokens, until, l.Customer)
+	}
+	return tw.Flush()
 }
 
 // do sends a request and returns the body of a 2xx answer, or the server's

@@ -3,12 +3,16 @@ package node
 import (
 	"crypto/subtle"
 	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
 	"net/http"
 	"strings"
 
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/capsgate/capsgate/admission"
+	"github.com/capsgate/capsgate/licensing/registry"
 )
 
 // adminHandler routes the admin HTTP API. token == "" (--dev) needs none;
@@ -32,8 +36,12 @@ func (n *Node) adminHandler(token string) http.Handler {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 		metrics.WritePrometheus(w, true)
 		n.writeServiceMetrics(w)
+		n.reg.WriteMetrics(w)
 	})
 	api := http.NewServeMux()
+	api.HandleFunc("POST /v1/licenses", n.postLicense)
+	api.HandleFunc("GET /v1/licenses", n.listLicenses)
+	api.HandleFunc("GET /v1/licenses/{id}", n.getLicense)
 	api.HandleFunc("GET /v1/services", n.listServices)
 	api.HandleFunc("GET /v1/services/{service}", n.getService)
 	api.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
@@ -81,11 +89,71 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_ = enc.Encode(v)
 }
 
+// maxLicenseBytes bounds a POSTed licence or revocation (a real one is
+// about 1 KiB).
+const maxLicenseBytes = 64 << 10
+
+// LicenseResult is the JSON of POST /v1/licenses.
+type LicenseResult struct {
+	Result  registry.Result `json:"result"`
+	License *registry.View  `json:"license,omitempty"`
+}
+
+func (n *Node) postLicense(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxLicenseBytes))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			writeError(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("a licence is at most %d bytes", maxLicenseBytes))
+			return
+		}
+		writeError(w, http.StatusBadRequest, "malformed", "cannot read the body: "+err.Error())
+		return
+	}
+	res, err := n.reg.Add(body)
+	if err != nil {
+		var le *registry.LoadError
+		switch {
+		case errors.As(err, &le) && le.Reason == registry.ReasonMalformed:
+			writeError(w, http.StatusBadRequest, le.Reason, err.Error())
+		case errors.As(err, &le):
+			writeError(w, http.StatusUnprocessableEntity, le.Reason, err.Error())
+		default:
+			n.log.Error("cannot load a licence", "err", err)
+			writeError(w, http.StatusInternalServerError, "internal", err.Error())
+		}
+		return
+	}
+	out := LicenseResult{Result: res}
+	if v, ok := n.reg.Get(res.ID); ok && res.Kind == "license" {
+		out.License = &v
+	}
+	status := http.StatusOK
+	if res.New {
+		status = http.StatusCreated
+	}
+	writeJSON(w, status, out)
+}
+
+func (n *Node) listLicenses(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]any{"licenses": n.reg.List()})
+}
+
+func (n *Node) getLicense(w http.ResponseWriter, r *http.Request) {
+	v, ok := n.reg.Get(r.PathValue("id"))
+	if !ok {
+		writeError(w, http.StatusNotFound, "not_found", "no licence "+r.PathValue("id")+" is loaded")
+		return
+	}
+	writeJSON(w, http.StatusOK, v)
+}
+
 // ServiceView is the JSON of GET /v1/services/{service}.
 type ServiceView struct {
 	Service  string     `json:"service"`
 	Licensed bool       `json:"licensed"`
 	State    string     `json:"state"`
+	Licenses []string   `json:"licenses"`
 	Limits   LimitsView `json:"limits"`
 	Node     UsageView  `json:"node"`
 }
@@ -127,18 +195,18 @@ func (n *Node) getService(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "unlicensed", "no licence covers service "+name)
 		return
 	}
-	writeJSON(w, http.StatusOK, serviceView(s.Stats()))
+	writeJSON(w, http.StatusOK, n.serviceView(s.Stats()))
 }
 
 func (n *Node) listServices(w http.ResponseWriter, _ *http.Request) {
 	out := []ServiceView{}
 	for _, s := range n.eng.Services() {
-		out = append(out, serviceView(s.Stats()))
+		out = append(out, n.serviceView(s.Stats()))
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"services": out})
 }
 
-func serviceView(st admission.Stats) ServiceView {
+func (n *Node) serviceView(st admission.Stats) ServiceView {
 	l := st.Limits
 	state := l.State
 	if !l.Licensed {
@@ -149,7 +217,7 @@ func serviceView(st admission.Stats) ServiceView {
 		licensed = l.CAPS
 	}
 	v := ServiceView{
-		Service: st.Name, Licensed: l.Licensed, State: state,
+		Service: st.Name, Licensed: l.Licensed, State: state, Licenses: n.reg.ForService(st.Name),
 		Limits: LimitsView{CAPS: licensed, CAPSShare: l.CAPS, Burst: st.Burst, Sessions: l.Sessions,
 			Subscribers: l.Subscribers, Tokens: l.Tokens, TokensPerAttempt: l.TokensPerAttempt,
 			TokensPerMinute: l.TokensPerMinute, Overage: l.Overage.String()},

@@ -7,12 +7,15 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/capsgate/capsgate/admission"
 	"github.com/capsgate/capsgate/admission/resp"
+	"github.com/capsgate/capsgate/licensing"
+	"github.com/capsgate/capsgate/licensing/registry"
 )
 
 // tickInterval is how often the engine's housekeeping runs (expiring
@@ -30,6 +33,7 @@ type Node struct {
 	eng *admission.Engine
 
 	resp    *resp.Server
+	reg     *registry.Registry
 	admin   *http.Server
 	adminLn net.Listener
 
@@ -70,13 +74,38 @@ func New(cfg Config, log *slog.Logger) (*Node, error) {
 		EventLoops:  cfg.RESP.EventLoops,
 		Logger:      log,
 	}, resp.NewHandler(eng, password), clk)
+	var devKey *licensing.VendorKey
 	if cfg.Dev {
-		if err := eng.SetLimits(DevService, admission.DevLimits()); err != nil {
+		var err error
+		if devKey, err = devVendorKey(cfg.DataDir); err != nil {
+			return nil, err
+		}
+	}
+	keys, err := loadVendorKeys(cfg.VendorKeys, devKey)
+	if err != nil {
+		return nil, err
+	}
+	n.reg, err = registry.Open(registry.Config{
+		Dir:            filepath.Join(cfg.DataDir, "licenses"),
+		ClusterID:      cfg.ClusterID,
+		Keys:           keys,
+		ClockTolerance: cfg.Licensing.ClockTolerance.Duration,
+		Sink:           eng,
+		Log:            log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Dev {
+		if err := loadDevLicense(n.reg, devKey); err != nil {
 			return nil, err
 		}
 	}
 	return n, nil
 }
+
+// Registry returns the node's loaded licences.
+func (n *Node) Registry() *registry.Registry { return n.reg }
 
 // Engine returns the node's admission engine.
 func (n *Node) Engine() *admission.Engine { return n.eng }
@@ -114,7 +143,8 @@ func (n *Node) Start() error {
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(n.log.Handler(), slog.LevelWarn),
 	}
-	n.wg.Add(2)
+	n.wg.Add(3)
+	go n.licensing()
 	go func() {
 		defer n.wg.Done()
 		if err := n.admin.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -142,6 +172,26 @@ func (n *Node) housekeeping() {
 	}
 }
 
+// licensing lets licence states change at their instants: it ticks the
+// registry at the next change, or every second to follow the wall clock.
+func (n *Node) licensing() {
+	defer n.wg.Done()
+	t := time.NewTimer(0)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-t.C:
+		}
+		wait := time.Second
+		if next := n.reg.Tick(); !next.IsZero() {
+			wait = min(wait, max(time.Until(next), time.Millisecond))
+		}
+		t.Reset(wait)
+	}
+}
+
 // Stop drains the node: it reports not ready, stops accepting, answers
 // what it had received, closes the admin API and stops housekeeping. Safe to
 // call more than once.
@@ -159,6 +209,9 @@ func (n *Node) Stop(ctx context.Context) error {
 		}
 		close(n.stop)
 		n.wg.Wait()
+		if err := n.reg.Close(); err != nil {
+			errs = append(errs, err)
+		}
 		n.log.Info("capsgate stopped", "node", n.cfg.NodeName)
 	})
 	return errors.Join(errs...)

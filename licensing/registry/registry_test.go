@@ -1,0 +1,244 @@
+package registry
+
+import (
+	"bytes"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/capsgate/capsgate/admission"
+	"github.com/capsgate/capsgate/licensing"
+)
+
+type fixture struct {
+	t    *testing.T
+	dir  string
+	key  *licensing.VendorKey
+	eng  *admission.Engine
+	wall time.Time
+	reg  *Registry
+	logs *bytes.Buffer
+}
+
+var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	key, err := licensing.GenerateVendorKey()
+	require.NoError(t, err)
+	f := &fixture{t: t, dir: t.TempDir(), key: key, wall: t0}
+	f.open()
+	return f
+}
+
+// open (re)opens the registry on the fixture's directory with a new engine.
+func (f *fixture) open() {
+	f.t.Helper()
+	keys, err := licensing.NewKeyring(f.key.Public())
+	require.NoError(f.t, err)
+	f.eng = admission.NewEngine(admission.DefaultConfig())
+	f.logs = &bytes.Buffer{}
+	f.reg, err = Open(Config{Dir: f.dir, ClusterID: "farm-1", Keys: keys, ClockTolerance: 5 * time.Minute,
+		Wall: func() time.Time { return f.wall }, Sink: f.eng, Log: slog.New(slog.NewTextHandler(f.logs, nil))})
+	require.NoError(f.t, err)
+}
+
+func (f *fixture) sign(l licensing.License) []byte {
+	f.t.Helper()
+	b, err := f.key.Sign(&l, f.wall)
+	require.NoError(f.t, err)
+	return b
+}
+
+func (f *fixture) limits(service string) admission.Limits {
+	s := f.eng.Service(service)
+	if s == nil {
+		return admission.Limits{}
+	}
+	return s.Stats().Limits
+}
+
+func (f *fixture) state(id string) string {
+	v, ok := f.reg.Get(id)
+	require.True(f.t, ok, id)
+	return v.State
+}
+
+func reasonIs(t *testing.T, err error, reason string) {
+	t.Helper()
+	var le *LoadError
+	require.True(t, errors.As(err, &le), "%v", err)
+	require.Equal(t, reason, le.Reason, err.Error())
+}
+
+func TestStackingAndStatesAtExactInstants(t *testing.T) {
+	f := newFixture(t)
+	end := t0.Add(30 * 24 * time.Hour)
+	res, err := f.reg.Add(f.sign(licensing.License{ID: "a", Service: "voice", CAPS: 500, Sessions: 100, NotAfter: end, Grace: 72 * time.Hour}))
+	require.NoError(t, err)
+	require.Equal(t, Result{Kind: "license", ID: "a", Service: "voice", State: "active", New: true}, res)
+	require.Equal(t, 500.0, f.limits("voice").CAPS)
+	require.Equal(t, int64(100), f.limits("voice").Sessions)
+	require.Equal(t, int64(admission.Unlimited), f.limits("voice").Subscribers, "no licence sets subscribers: not limited")
+
+	_, err = f.reg.Add(f.sign(licensing.License{ID: "b", Service: "voice", CAPS: 500, NotAfter: end.Add(time.Hour)}))
+	require.NoError(t, err)
+	require.Equal(t, 1000.0, f.limits("voice").CAPS, "licences stack")
+	require.Equal(t, int64(100), f.limits("voice").Sessions)
+
+	f.wall = end.Add(-time.Nanosecond)
+	require.Equal(t, end, f.reg.Tick(), "the next change is a's not_after")
+	require.Equal(t, "active", f.state("a"))
+	f.wall = end
+	f.reg.Tick()
+	require.Equal(t, "grace", f.state("a"))
+	require.Equal(t, 1000.0, f.limits("voice").CAPS, "grace keeps the limits")
+	f.wall = end.Add(time.Hour)
+	f.reg.Tick()
+	require.Equal(t, "expired", f.state("b"))
+	require.Equal(t, 500.0, f.limits("voice").CAPS)
+	require.Equal(t, "grace", f.limits("voice").State, "only a licence in grace is left")
+	f.wall = end.Add(72 * time.Hour)
+	require.True(t, f.reg.Tick().IsZero(), "nothing will change any more")
+	require.Equal(t, "expired", f.state("a"))
+	require.False(t, f.limits("voice").Licensed)
+	require.Equal(t, admission.UNLICENSED, f.eng.Admit(1, []byte("voice"), nil, nil, admission.Normal).Reason)
+	require.Equal(t, admission.OK, f.eng.Admit(1, []byte("voice"), nil, nil, admission.Emergency).Reason)
+}
+
+func TestPendingThenActive(t *testing.T) {
+	f := newFixture(t)
+	start := t0.Add(time.Hour)
+	res, err := f.reg.Add(f.sign(licensing.License{ID: "p", Service: "sms", CAPS: 10, NotBefore: start}))
+	require.NoError(t, err)
+	require.Equal(t, "pending", res.State)
+	require.Nil(t, f.eng.Service("sms"), "a pending licence gives nothing yet")
+	f.wall = start
+	f.reg.Tick()
+	require.Equal(t, 10.0, f.limits("sms").CAPS)
+}
+
+func TestRefusalsChangeNothing(t *testing.T) {
+	f := newFixture(t)
+	good := f.sign(licensing.License{ID: "g", Service: "voice", CAPS: 500})
+	_, err := f.reg.Add(good)
+	require.NoError(t, err)
+	f.wall = t0.Add(time.Minute)
+	res, err := f.reg.Add(good)
+	require.NoError(t, err)
+	require.False(t, res.New, "loading again is idempotent")
+
+	other, err := licensing.GenerateVendorKey()
+	require.NoError(t, err)
+	foreign, err := other.Sign(&licensing.License{ID: "x", Service: "voice", CAPS: 9000}, f.wall)
+	require.NoError(t, err)
+	_, err = f.reg.Add(foreign)
+	reasonIs(t, err, ReasonUnknownKey)
+	_, err = f.reg.Add([]byte("hello"))
+	reasonIs(t, err, ReasonMalformed)
+	_, err = f.reg.Add(f.sign(licensing.License{ID: "g", Service: "voice", CAPS: 5000}))
+	reasonIs(t, err, ReasonReplayed)
+	_, err = f.reg.Add(f.sign(licensing.License{ID: "c", Service: "voice", CAPS: 5000, Cluster: "farm-2"}))
+	reasonIs(t, err, ReasonWrongCluster)
+	_, err = f.reg.Add(f.sign(licensing.License{ID: "e", Service: "voice", CAPS: 5000,
+		NotBefore: t0.Add(-48 * time.Hour), NotAfter: t0.Add(-24 * time.Hour), Grace: time.Hour}))
+	reasonIs(t, err, ReasonExpired)
+	future, err := f.key.Sign(&licensing.License{ID: "f", Service: "voice", CAPS: 5000}, f.wall.Add(time.Hour))
+	require.NoError(t, err)
+	_, err = f.reg.Add(future)
+	reasonIs(t, err, ReasonClockSkew)
+	require.Contains(t, err.Error(), "the node's clock is wrong")
+
+	require.Len(t, f.reg.List(), 1)
+	require.Equal(t, 500.0, f.limits("voice").CAPS)
+	files, _ := filepath.Glob(filepath.Join(f.dir, "*.lic"))
+	require.Len(t, files, 1)
+}
+
+func TestRevocation(t *testing.T) {
+	f := newFixture(t)
+	_, err := f.reg.Add(f.sign(licensing.License{ID: "addon-1", Service: "voice", CAPS: 100}))
+	require.NoError(t, err)
+	_, err = f.reg.Add(f.sign(licensing.License{ID: "addon-2", Service: "voice", CAPS: 100}))
+	require.NoError(t, err)
+	_, err = f.reg.Add(f.sign(licensing.License{ID: "consolidated", Service: "voice", CAPS: 500}))
+	require.NoError(t, err)
+	require.Equal(t, 700.0, f.limits("voice").CAPS)
+	rev, err := f.key.Revoke(&licensing.Revocation{ID: "rev-1", Revokes: []string{"addon-1", "addon-2"}, Reason: "consolidated"}, f.wall)
+	require.NoError(t, err)
+	res, err := f.reg.Add(rev)
+	require.NoError(t, err)
+	require.Equal(t, Result{Kind: "revocation", ID: "rev-1", New: true}, res)
+	require.Equal(t, 500.0, f.limits("voice").CAPS)
+	require.Equal(t, "revoked", f.state("addon-1"))
+	res, err = f.reg.Add(rev)
+	require.NoError(t, err)
+	require.False(t, res.New)
+	// A revoked licence cannot come back, not even after a restart.
+	f.open()
+	require.Equal(t, 500.0, f.limits("voice").CAPS)
+	_, err = f.reg.Add(f.sign(licensing.License{ID: "addon-1", Service: "voice", CAPS: 100}))
+	reasonIs(t, err, ReasonRevoked)
+}
+
+func TestRestartReverifies(t *testing.T) {
+	f := newFixture(t)
+	_, err := f.reg.Add(f.sign(licensing.License{ID: "a", Service: "voice", CAPS: 500}))
+	require.NoError(t, err)
+	_, err = f.reg.Add(f.sign(licensing.License{ID: "b", Service: "video", CAPS: 50}))
+	require.NoError(t, err)
+	require.NoError(t, f.reg.Close())
+	// Alter one stored licence: it is refused with a log line, the other loads.
+	path := filepath.Join(f.dir, "a.lic")
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	i := bytes.Index(b, []byte("\n\n")) + 10
+	b[i] ^= 0x01
+	require.NoError(t, os.WriteFile(path, b, 0o600))
+	f.open()
+	require.Contains(t, f.logs.String(), "refusing a stored licence")
+	require.Contains(t, f.logs.String(), "a.lic")
+	require.Nil(t, f.eng.Service("voice"))
+	require.Equal(t, 50.0, f.limits("video").CAPS)
+	_, ok := f.reg.Get("a")
+	require.False(t, ok)
+}
+
+func TestClockRollbackNeverRevives(t *testing.T) {
+	f := newFixture(t)
+	end := t0.Add(24 * time.Hour)
+	_, err := f.reg.Add(f.sign(licensing.License{ID: "a", Service: "voice", CAPS: 500, NotAfter: end}))
+	require.NoError(t, err)
+	f.wall = end.Add(time.Minute)
+	f.reg.Tick()
+	require.False(t, f.limits("voice").Licensed)
+	// NTP-sized steps back are tolerated without an alarm.
+	f.wall = end.Add(-time.Minute)
+	f.reg.Tick()
+	back, _ := f.reg.ClockRollback()
+	require.False(t, back)
+	require.False(t, f.limits("voice").Licensed)
+	// A clock set back a day: still expired, and the alarm is up.
+	f.wall = t0
+	f.reg.Tick()
+	back, by := f.reg.ClockRollback()
+	require.True(t, back)
+	require.Equal(t, 24*time.Hour+time.Minute, by)
+	require.Equal(t, "expired", f.state("a"))
+	require.False(t, f.limits("voice").Licensed)
+	// The mark survives a restart with the clock still wrong.
+	require.NoError(t, f.reg.Close())
+	f.open()
+	require.Contains(t, f.logs.String(), "wall clock is behind the clock high-water mark")
+	require.Equal(t, "expired", f.state("a"))
+	var m bytes.Buffer
+	f.reg.WriteMetrics(&m)
+	require.Contains(t, m.String(), "capsgate_clock_rollback 1")
+	require.Contains(t, m.String(), `capsgate_license_state{license="a",service="voice",state="expired"} 1`)
+	require.Contains(t, m.String(), `capsgate_license_expiry_seconds{license="a",service="voice"} -60`)
+}
