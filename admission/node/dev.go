@@ -16,11 +16,12 @@ func PrintDevBanner(w io.Writer, cfg Config, n *Node) {
 	fmt.Fprintf(w, `capsgate --dev: node %q, data in %s
   service %q licensed for 1000 CAPS, 500 sessions, 10000 subscribers, 1000000 tokens
   RESP   %s      admin %s (no token needed in --dev)
+  licences you issue with %s/%s are trusted here
 try:
   redis-cli -h %s -p %s ADMIT %s
   redis-cli -h %s -p %s QUOTA %s
   curl -s http://%s/metrics | grep capsgate_admissions_total
-`, cfg.NodeName, cfg.DataDir, DevService, n.RESPAddr(), n.AdminAddr(),
+`, cfg.NodeName, cfg.DataDir, DevService, n.RESPAddr(), n.AdminAddr(), cfg.DataDir, DevVendorKeyFile,
 		host, port, DevService, host, port, DevService, n.AdminAddr())
 }
 
