@@ -78,4 +78,3 @@ func rewrap(armored []byte, width int) []byte {
 func rearmor(payload []byte) []byte {
 	return armor(licenseKind.label, nil, payload)
 }
-

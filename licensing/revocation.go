@@ -124,4 +124,3 @@ func (r *Keyring) VerifyRevocation(armored []byte) (*Revocation, error) {
 func IsRevocation(text []byte) bool {
 	return bytes.Contains(text, []byte("-----BEGIN "+revocationKind.label+"-----"))
 }
-

@@ -241,4 +241,3 @@ func TestVerifyValidatesAfterSignature(t *testing.T) {
 	_, err = Decode(armored)
 	require.EqualError(t, err, "malformed: invalid field caps: must be >= 0, got -5")
 }
-

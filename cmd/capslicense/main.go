@@ -1,23 +1,14 @@
-// Command capslicense is the vendor's tool: key generation, licence issuing
-// and verification, usage-ledger verification and bills.
+// Command capslicense is the vendor's tool: key generation, licence issuing,
+// verification and revocation (see package licensing/issuer). Usage-ledger
+// verification and bills are not part of this build.
 package main
 
 import (
-	"fmt"
 	"os"
+
+	"github.com/capsgate/capsgate/licensing/issuer"
 )
 
-const usage = `usage: capslicense COMMAND [ARGS]
-
-commands: keygen, issue, verify, inspect, revoke, usage verify, bill
-(licensing is not part of this build yet: every command exits 2)
-`
-
 func main() {
-	if len(os.Args) > 1 && (os.Args[1] == "-h" || os.Args[1] == "--help" || os.Args[1] == "help") {
-		fmt.Print(usage)
-		return
-	}
-	fmt.Fprint(os.Stderr, "capslicense: licensing is not part of this build yet\n"+usage)
-	os.Exit(2)
+	os.Exit(issuer.Main(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }

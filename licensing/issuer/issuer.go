@@ -1,0 +1,133 @@
+// Package issuer is capslicense, the vendor's tool: vendor key generation,
+// licence and revocation issuing, and checking a licence file. The command
+// in cmd/capslicense only calls Main.
+//
+// Exit status: 0 done (for verify: the signature is good), 1 the command
+// failed (a bad signature, an unreadable file, a key that exists), 2 bad
+// usage (an unknown flag, a missing or invalid value). Every failure is one
+// line on stderr naming the reason.
+package issuer
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"time"
+)
+
+const usage = `usage: capslicense COMMAND [FLAGS] [FILE]
+
+commands:
+  keygen  --out DIR
+        write DIR/vendor.key (secret, mode 0600) and DIR/vendor.pub; never overwrites
+  issue   --key vendor.key --service S [--caps N] [--sessions N] [--subscribers N]
+          [--tokens N] [--tokens-per-attempt N] [--tokens-per-minute N]
+          [--overage none|percent:N|unlimited] [--unlimited] [--not-before T]
+          [--not-after T] [--grace DURATION] [--customer C] [--cluster ID] [--id ID]
+          [--period monthly|none]
+        print a signed licence (times in RFC 3339, durations like 72h)
+  verify  --pub vendor.pub [--pub other.pub ...] FILE
+        check a licence (or revocation) and print it; exit 0 only for a good signature
+  inspect FILE
+        print a licence (or revocation) without verifying it
+  revoke  --key vendor.key --id ID [--id ID ...] [--reason TEXT]
+        print a signed revocation of the given licence ids
+  usage verify, bill
+        not available in this build
+
+FILE may be - for standard input. "capslicense COMMAND --help" shows a command's flags.
+Exit status: 0 ok, 1 failed (e.g. bad signature), 2 bad usage.
+`
+
+// Exit statuses.
+const (
+	exitOK     = 0
+	exitFailed = 1
+	exitUsage  = 2
+)
+
+// env is what a command may touch: its streams and the clock.
+type env struct {
+	stdin          io.Reader
+	stdout, stderr io.Writer
+	now            func() time.Time
+}
+
+// command is one subcommand: it parses its own flags from args.
+type command func(e *env, args []string) error
+
+var commands = map[string]command{
+	"keygen":  keygen,
+	"issue":   issue,
+	"verify":  verify,
+	"inspect": inspect,
+	"revoke":  revoke,
+}
+
+// Main runs capslicense with args (without the program name) and returns
+// the exit status.
+func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	return run(&env{stdin: stdin, stdout: stdout, stderr: stderr, now: time.Now}, args)
+}
+
+func run(e *env, args []string) int {
+	if len(args) == 0 {
+		fmt.Fprint(e.stderr, usage)
+		return exitUsage
+	}
+	name := args[0]
+	switch name {
+	case "-h", "-help", "--help", "help":
+		fmt.Fprint(e.stdout, usage)
+		return exitOK
+	case "usage", "bill":
+		if name == "usage" && len(args) > 1 && args[1] == "verify" {
+			name = "usage verify"
+		}
+		fmt.Fprintf(e.stderr, "capslicense: %s: not available in this build\n", name)
+		return exitUsage
+	}
+	cmd, ok := commands[name]
+	if !ok {
+		fmt.Fprintf(e.stderr, "capslicense: unknown command %q (see capslicense --help)\n", name)
+		return exitUsage
+	}
+	err := cmd(e, args[1:])
+	var ue usageError
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.Is(err, flag.ErrHelp):
+		return exitOK
+	case errors.As(err, &ue):
+		fmt.Fprintf(e.stderr, "capslicense %s: %v\n", name, err)
+		return exitUsage
+	}
+	fmt.Fprintf(e.stderr, "capslicense %s: %v\n", name, err)
+	return exitFailed
+}
+
+// usageError marks a failure that exits 2: the command line is wrong.
+type usageError struct{ error }
+
+func usagef(format string, args ...any) error {
+	return usageError{fmt.Errorf(format, args...)}
+}
+
+// readInput reads FILE, or standard input for "-".
+func readInput(e *env, name string) ([]byte, error) {
+	if name == "-" {
+		data, err := io.ReadAll(e.stdin)
+		if err != nil {
+			return nil, fmt.Errorf("cannot read standard input: %w", err)
+		}
+		return data, nil
+	}
+	data, err := os.ReadFile(name)
+	if err != nil {
+		return nil, fmt.Errorf("cannot read licence: %w", err)
+	}
+	return data, nil
+}
