@@ -19,8 +19,10 @@ import (
 //	eyJsaWNlbnNlIjp7ImlkIjoi...   (base64, 64 columns)
 //	-----END CAPSGATE LICENSE-----
 //
-// The "Name: value" header lines are for people and are never trusted: the
-// decoder skips them, and the signed payload is authoritative. The decoder
+// The "Name: value" header lines are for people. They are not what the
+// signature covers, so a verifier checks them against the signed payload
+// (see checkHeaders): a header edited to read "Caps: 5000" above a 500-CAPS
+// licence is refused, so no one is misled by it. They may be left out. The decoder
 // finds the block inside any surrounding text and accepts CRLF line ends,
 // spaces and tabs around lines and the base64 re-wrapped at any width.
 
@@ -36,7 +38,7 @@ func armor(label string, headers []Field, payload []byte) []byte {
 	b.WriteString("-----BEGIN " + label + "-----\n")
 	for _, h := range headers {
 		if h.Value != "" {
-			b.WriteString(h.Name + ": " + strings.Map(printable, h.Value) + "\n")
+			b.WriteString(headerLine(h) + "\n")
 		}
 	}
 	b.WriteByte('\n')
@@ -51,10 +53,10 @@ func armor(label string, headers []Field, payload []byte) []byte {
 }
 
 // unarmor finds the block with the given label in text and returns its
-// payload. Every error wraps ErrMalformed.
-func unarmor(label string, text []byte) ([]byte, error) {
+// payload and header lines. Every error wraps ErrMalformed.
+func unarmor(label string, text []byte) ([]byte, []string, error) {
 	if len(text) > maxArmorSize {
-		return nil, fmt.Errorf("%w: input is %d bytes, more than %d", ErrMalformed, len(text), maxArmorSize)
+		return nil, nil, fmt.Errorf("%w: input is %d bytes, more than %d", ErrMalformed, len(text), maxArmorSize)
 	}
 	begin, end := "-----BEGIN "+label+"-----", "-----END "+label+"-----"
 	lines := strings.Split(string(text), "\n")
@@ -63,26 +65,63 @@ func unarmor(label string, text []byte) ([]byte, error) {
 	}
 	first := indexOf(lines, begin, 0)
 	if first < 0 {
-		return nil, fmt.Errorf("%w: no %s line", ErrMalformed, begin)
+		return nil, nil, fmt.Errorf("%w: no %s line", ErrMalformed, begin)
 	}
 	last := indexOf(lines, end, first+1)
 	if last < 0 {
-		return nil, fmt.Errorf("%w: no %s line (truncated?)", ErrMalformed, end)
+		return nil, nil, fmt.Errorf("%w: no %s line (truncated?)", ErrMalformed, end)
 	}
 	body := lines[first+1 : last]
-	data := strings.Join(body[headerLines(body):], "")
+	nh := headerLines(body)
+	var headers []string
+	for _, h := range body[:nh] {
+		switch {
+		case h == "":
+		case !strings.Contains(h, ": ") && len(headers) > 0: // folded by a mailer
+			headers[len(headers)-1] += " " + h
+		default:
+			headers = append(headers, h)
+		}
+	}
+	data := strings.Join(body[nh:], "")
 	data = strings.Join(strings.Fields(data), "")
 	if data == "" {
-		return nil, fmt.Errorf("%w: no base64 payload between the BEGIN and END lines", ErrMalformed)
+		return nil, nil, fmt.Errorf("%w: no base64 payload between the BEGIN and END lines", ErrMalformed)
 	}
 	payload, err := base64.StdEncoding.Strict().DecodeString(data)
 	if err != nil {
 		if len(data)%4 != 0 {
-			return nil, fmt.Errorf("%w: bad base64 (%d characters, not a multiple of 4: truncated?): %v", ErrMalformed, len(data), err)
+			return nil, nil, fmt.Errorf("%w: bad base64 (%d characters, not a multiple of 4: truncated?): %v", ErrMalformed, len(data), err)
 		}
-		return nil, fmt.Errorf("%w: bad base64: %v", ErrMalformed, err)
+		return nil, nil, fmt.Errorf("%w: bad base64: %v", ErrMalformed, err)
 	}
-	return payload, nil
+	return payload, headers, nil
+}
+
+// headerLine is how armor writes a field.
+func headerLine(f Field) string { return f.Name + ": " + strings.Map(printable, f.Value) }
+
+// checkHeaders compares the header lines of a block with the ones its
+// signed document gives: none at all, or exactly those.
+func checkHeaders(fields []Field, headers []string) error {
+	if len(headers) == 0 {
+		return nil
+	}
+	var want []string
+	for _, f := range fields {
+		if f.Value != "" {
+			want = append(want, strings.TrimSpace(headerLine(f)))
+		}
+	}
+	for i, h := range headers {
+		if i >= len(want) || h != want[i] {
+			return fmt.Errorf("header line %q does not match the signed document (altered?)", h)
+		}
+	}
+	if len(headers) != len(want) {
+		return fmt.Errorf("header line %q is missing (altered?)", want[len(headers)])
+	}
+	return nil
 }
 
 // headerLines returns how many lines at the top of a block are headers. The

@@ -39,11 +39,18 @@ func TestArmorSurvivesEmail(t *testing.T) {
 	f("quoted text around", "> > earlier\n> reply\n"+armored+"> more quotes\n-- \nsignature\n")
 	f("blank lines in the payload", strings.Replace(armored, "\n\n", "\n\n\n\n", 1))
 
-	// Header lines are never trusted: edit, add, drop them; nothing changes.
-	edited := strings.Replace(armored, "Caps: 500", "Caps: 999999", 1)
-	edited = strings.Replace(edited, "Not-After: 2026-01-01T00:00:00Z", "Not-After: never", 1)
-	edited = strings.Replace(edited, "Key-Id: ", "Comment: unlimited!\nKey-Id: ", 1)
-	f("headers edited", edited)
+	// Header lines are for people, checked against the signed payload: an
+	// edited, added or dropped one is refused, so it cannot mislead.
+	refused := func(name, text string) {
+		t.Helper()
+		_, err := ring.Verify([]byte(text))
+		require.ErrorIs(t, err, ErrBadSignature, name)
+	}
+	refused("header edited", strings.Replace(armored, "Caps: 500", "Caps: 999999", 1))
+	refused("header edited", strings.Replace(armored, "Not-After: 2026-01-01T00:00:00Z", "Not-After: never", 1))
+	refused("header added", strings.Replace(armored, "Key-Id: ", "Comment: unlimited!\nKey-Id: ", 1))
+	refused("header dropped", regexp.MustCompile(`(?m)^Customer: .*\n`).ReplaceAllString(armored, ""))
+	// All of them may go (a copy of the payload alone).
 	headers := regexp.MustCompile(`(?m)^[A-Za-z-]+: .*\n`)
 	f("headers removed", headers.ReplaceAllString(armored, ""))
 	f("headers and blank line removed", strings.Replace(headers.ReplaceAllString(armored, ""), "-----\n\n", "-----\n", 1))
@@ -96,7 +103,7 @@ func TestArmorFormat(t *testing.T) {
 		"enp6enp6enp6enp6enp6enp6enp6enp6enp6enp6enp6enp6enp6enp6enp6enp6\n"+
 		"enp6enp6enp6enp6\n"+
 		"-----END TEST-----\n", string(got))
-	payload, err := unarmor("TEST", got)
+	payload, _, err := unarmor("TEST", got)
 	require.NoError(t, err)
 	require.Equal(t, strings.Repeat("z", 60), string(payload))
 }

@@ -53,7 +53,7 @@ func mustSign(t testing.TB, k *VendorKey, l *License) []byte {
 // payloadOf returns the decoded base64 payload of an armored document.
 func payloadOf(t testing.TB, label string, armored []byte) []byte {
 	t.Helper()
-	p, err := unarmor(label, armored)
+	p, _, err := unarmor(label, armored)
 	require.NoError(t, err)
 	return p
 }

@@ -84,7 +84,7 @@ func MarshalPublicKey(pub ed25519.PublicKey) []byte {
 
 // ParseVendorKey reads the contents of a vendor.key file.
 func ParseVendorKey(data []byte) (*VendorKey, error) {
-	seed, err := unarmor(privateKeyLabel, data)
+	seed, _, err := unarmor(privateKeyLabel, data)
 	if err != nil {
 		return nil, err
 	}
@@ -93,7 +93,7 @@ func ParseVendorKey(data []byte) (*VendorKey, error) {
 
 // ParsePublicKey reads the contents of a vendor.pub file.
 func ParsePublicKey(data []byte) (ed25519.PublicKey, error) {
-	pub, err := unarmor(publicKeyLabel, data)
+	pub, _, err := unarmor(publicKeyLabel, data)
 	if err != nil {
 		return nil, err
 	}

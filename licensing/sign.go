@@ -81,10 +81,22 @@ func seal[T any, P document[T]](k kind, key *VendorKey, doc P) ([]byte, error) {
 // open decodes an armored document without checking its signature or its
 // values. It returns the document, its canonical bytes and the signature.
 func open[T any, P document[T]](k kind, armored []byte) (P, []byte, []byte, error) {
-	payload, err := unarmor(k.label, armored)
+	doc, body, sig, _, err := openWithHeaders[T, P](k, armored)
+	return doc, body, sig, err
+}
+
+// openWithHeaders is open that also returns the armor's header lines.
+func openWithHeaders[T any, P document[T]](k kind, armored []byte) (P, []byte, []byte, []string, error) {
+	payload, headers, err := unarmor(k.label, armored)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
+	doc, body, sig, err := parseEnvelope[T, P](k, payload)
+	return doc, body, sig, headers, err
+}
+
+// parseEnvelope reads the envelope of an armored payload.
+func parseEnvelope[T any, P document[T]](k kind, payload []byte) (P, []byte, []byte, error) {
 	var parts map[string]json.RawMessage
 	if err := json.Unmarshal(payload, &parts); err != nil {
 		var syn *json.SyntaxError
@@ -135,7 +147,7 @@ func decode[T any, P document[T]](k kind, armored []byte) (P, []byte, []byte, er
 // verify opens an armored document and checks its signature with the key it
 // names, then its values.
 func verify[T any, P document[T]](r *Keyring, k kind, armored []byte) (P, error) {
-	doc, body, sig, err := open[T, P](k, armored)
+	doc, body, sig, headers, err := openWithHeaders[T, P](k, armored)
 	if err != nil {
 		return nil, err
 	}
@@ -145,6 +157,9 @@ func verify[T any, P document[T]](r *Keyring, k kind, armored []byte) (P, error)
 	}
 	if !ed25519.Verify(pub, append([]byte(k.domain), body...), sig) {
 		return nil, fmt.Errorf("%w: %s does not verify with key %s (altered, or signed by another key)", ErrBadSignature, k.noun, doc.signer())
+	}
+	if err := checkHeaders(doc.Fields(), headers); err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrBadSignature, k.noun, err)
 	}
 	if err := doc.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
