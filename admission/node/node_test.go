@@ -16,7 +16,9 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/capsgate/capsgate/admission"
 	"github.com/capsgate/capsgate/admission/ctl"
+	"github.com/capsgate/capsgate/licensing"
 )
 
 func freeAddr(t *testing.T) string {
@@ -187,4 +189,98 @@ func admitUnlicensed(t *testing.T, addr string) string {
 	}
 	require.Equal(t, "*4\r\n:0\r\n+UNLICENSED\r\n:60000\r\n:0\r\n*4\r\n:1\r\n+OK\r\n:0\r\n:-1\r\n", string(got))
 	return string(got)
+}
+
+func post(t *testing.T, url, token string, body []byte) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest("POST", url, bytes.NewReader(body))
+	require.NoError(t, err)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func TestLicenceAPI(t *testing.T) {
+	dir := t.TempDir()
+	key, err := licensing.GenerateVendorKey()
+	require.NoError(t, err)
+	require.NoError(t, licensing.WriteKeyFiles(dir, key))
+	token := filepath.Join(dir, "admin.token")
+	require.NoError(t, os.WriteFile(token, []byte("t0k\n"), 0o600))
+	n := startNode(t, "--admin-token-file", token, "--gossip-insecure", "--cluster-id", "farm-1",
+		"--vendor-key", filepath.Join(dir, licensing.PublicKeyFile))
+	base := "http://" + n.AdminAddr()
+	sign := func(l licensing.License) []byte {
+		b, err := key.Sign(&l, time.Now())
+		require.NoError(t, err)
+		return b
+	}
+	// Traffic before the licence: its counters must survive the load. (The
+	// first emergency call makes the service known; the second round is
+	// counted on it.)
+	admitUnlicensed(t, n.RESPAddr())
+	admitUnlicensed(t, n.RESPAddr())
+	before := n.Engine().Service("voice")
+	require.NotNil(t, before, "the emergency call made the service known")
+	require.Equal(t, uint64(1), before.Stats().Admissions[admission.UNLICENSED])
+
+	lic := sign(licensing.License{ID: "v1", Service: "voice", CAPS: 500, Sessions: 200})
+	code, body := post(t, base+"/v1/licenses", "", lic)
+	require.Equal(t, 401, code, body)
+	code, body = post(t, base+"/v1/licenses", "t0k", lic)
+	require.Equal(t, 201, code, body)
+	require.Contains(t, body, `"state": "active"`)
+	// The engine has the limits when the reply arrives: no delay at all.
+	st := n.Engine().Service("voice").Stats()
+	require.Equal(t, 500.0, st.Limits.CAPS)
+	require.Equal(t, int64(200), st.Limits.Sessions)
+	require.Equal(t, uint64(1), st.Admissions[admission.UNLICENSED], "counters carry over")
+	require.Same(t, before, n.Engine().Service("voice"))
+
+	code, body = post(t, base+"/v1/licenses", "t0k", lic)
+	require.Equal(t, 200, code, body)
+	f := func(body []byte, status int, reason string) {
+		t.Helper()
+		code, got := post(t, base+"/v1/licenses", "t0k", body)
+		require.Equal(t, status, code, got)
+		require.Contains(t, got, `"reason": "`+reason+`"`)
+	}
+	f([]byte("not a licence"), 400, "malformed")
+	f(bytes.Repeat([]byte("x"), maxLicenseBytes+1), 413, "too_large")
+	f(sign(licensing.License{ID: "old", Service: "voice", CAPS: 5000, NotBefore: time.Now().Add(-48 * time.Hour),
+		NotAfter: time.Now().Add(-24 * time.Hour)}), 422, "expired")
+	f(sign(licensing.License{ID: "x", Service: "voice", CAPS: 5000, Cluster: "farm-2"}), 422, "wrong_cluster")
+	f(sign(licensing.License{ID: "v1", Service: "voice", CAPS: 5000}), 422, "replayed")
+	f(bytes.Replace(lic, []byte("Caps: 500"), []byte("Caps: 900"), 1), 422, "bad_signature")
+	other, err := licensing.GenerateVendorKey()
+	require.NoError(t, err)
+	foreign, err := other.Sign(&licensing.License{ID: "y", Service: "voice", CAPS: 5000}, time.Now())
+	require.NoError(t, err)
+	f(foreign, 422, "unknown_key")
+	require.Equal(t, 500.0, n.Engine().Service("voice").Stats().Limits.CAPS, "refusals change nothing")
+
+	pending := sign(licensing.License{ID: "later", Service: "voice", CAPS: 500, NotBefore: time.Now().Add(time.Hour)})
+	code, body = post(t, base+"/v1/licenses", "t0k", pending)
+	require.Equal(t, 201, code, body)
+	require.Contains(t, body, `"state": "pending"`)
+	require.Equal(t, 500.0, n.Engine().Service("voice").Stats().Limits.CAPS)
+
+	code, body = get(t, base+"/v1/licenses", "t0k")
+	require.Equal(t, 200, code)
+	require.Contains(t, body, `"id": "later"`)
+	code, body = get(t, base+"/v1/licenses/v1", "t0k")
+	require.Equal(t, 200, code)
+	require.Contains(t, body, `"caps": 500`)
+	code, _ = get(t, base+"/v1/licenses/none", "t0k")
+	require.Equal(t, 404, code)
+	code, body = get(t, base+"/v1/services/voice", "t0k")
+	require.Equal(t, 200, code)
+	require.Contains(t, body, `"licenses": [
+    "v1"
+  ]`)
 }
