@@ -48,9 +48,15 @@ func startNode(t *testing.T, args ...string) *Node {
 	return n
 }
 
-func get(t *testing.T, url, token string) (int, string) {
+func get(t *testing.T, url, token string) (int, string) { return request(t, "GET", url, token, nil) }
+
+func post(t *testing.T, url, token string, body []byte) (int, string) {
+	return request(t, "POST", url, token, body)
+}
+
+func request(t *testing.T, method, url, token string, body []byte) (int, string) {
 	t.Helper()
-	req, err := http.NewRequest("GET", url, nil)
+	req, err := http.NewRequest(method, url, bytes.NewReader(body))
 	require.NoError(t, err)
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
@@ -189,20 +195,6 @@ func admitUnlicensed(t *testing.T, addr string) string {
 	}
 	require.Equal(t, "*4\r\n:0\r\n+UNLICENSED\r\n:60000\r\n:0\r\n*4\r\n:1\r\n+OK\r\n:0\r\n:-1\r\n", string(got))
 	return string(got)
-}
-
-func post(t *testing.T, url, token string, body []byte) (int, string) {
-	t.Helper()
-	req, err := http.NewRequest("POST", url, bytes.NewReader(body))
-	require.NoError(t, err)
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
 }
 
 func TestLicenceAPI(t *testing.T) {
