@@ -123,7 +123,7 @@ func (c *client) run(args []string) error {
 		}
 		return usageError{"want: license add FILE | license list | license show ID"}
 	case "cluster":
-		return c.show("GET", "/v1/cluster", nil)
+		return c.clusterTable()
 	case "accounts":
 		return c.accounts(args[1:])
 	case "usage":
@@ -209,6 +209,44 @@ func (c *client) licenseTable() error {
 			until = l.NotAfter.UTC().Format(time.RFC3339)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\t%s\n", l.ID, l.Service, l.State, caps, l.Sessions, l.Subscribers, l.Tokens, until, l.Customer)
+	}
+	return tw.Flush()
+}
+
+// clusterTable prints GET /v1/cluster as one row per member.
+func (c *client) clusterTable() error {
+	b, err := c.do("GET", "/v1/cluster", nil)
+	if err != nil {
+		return err
+	}
+	if c.json {
+		_, err = c.out.Write(b)
+		return err
+	}
+	var v struct {
+		Members []struct {
+			Name, Addr, State string
+			RESPAddr          string             `json:"resp_addr"`
+			Shares            map[string]float64 `json:"shares"`
+			Demand            map[string]float64 `json:"demand"`
+		}
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		return fmt.Errorf("cannot read the cluster view: %w", err)
+	}
+	tw := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tSTATE\tGOSSIP\tRESP\tCAPS SHARE (DEMAND) BY SERVICE")
+	for _, m := range v.Members {
+		names := make([]string, 0, len(m.Shares))
+		for s := range m.Shares {
+			names = append(names, s)
+		}
+		sort.Strings(names)
+		var parts []string
+		for _, s := range names {
+			parts = append(parts, fmt.Sprintf("%s=%.1f (%.1f)", s, m.Shares[s], m.Demand[s]))
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", m.Name, m.State, m.Addr, m.RESPAddr, strings.Join(parts, " "))
 	}
 	return tw.Flush()
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/capsgate/capsgate/admission"
+	"github.com/capsgate/capsgate/cluster"
 	"github.com/capsgate/capsgate/licensing/registry"
 )
 
@@ -43,6 +44,7 @@ func (n *Node) adminHandler(token string) http.Handler {
 	api.HandleFunc("GET /v1/licenses", n.listLicenses)
 	api.HandleFunc("GET /v1/licenses/{id}", n.getLicense)
 	api.HandleFunc("GET /v1/services", n.listServices)
+	api.HandleFunc("GET /v1/cluster", n.getCluster)
 	api.HandleFunc("GET /v1/services/{service}", n.getService)
 	api.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "not_found", "no such endpoint: "+r.Method+" "+r.URL.Path)
@@ -124,6 +126,9 @@ func (n *Node) postLicense(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
+	if res.New {
+		n.cluster.SpreadLicence(body)
+	}
 	out := LicenseResult{Result: res}
 	if v, ok := n.reg.Get(res.ID); ok && res.Kind == "license" {
 		out.License = &v
@@ -133,6 +138,17 @@ func (n *Node) postLicense(w http.ResponseWriter, r *http.Request) {
 		status = http.StatusCreated
 	}
 	writeJSON(w, status, out)
+}
+
+// ClusterView is the JSON of GET /v1/cluster.
+type ClusterView struct {
+	Node      string           `json:"node"`
+	ClusterID string           `json:"cluster_id"`
+	Members   []cluster.Member `json:"members"`
+}
+
+func (n *Node) getCluster(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, ClusterView{Node: n.cfg.NodeName, ClusterID: n.cfg.ClusterID, Members: n.cluster.Members()})
 }
 
 func (n *Node) listLicenses(w http.ResponseWriter, _ *http.Request) {

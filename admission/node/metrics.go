@@ -69,6 +69,14 @@ func (n *Node) writeServiceMetrics(w io.Writer) {
 	gauge("capsgate_licensed_subscribers", func(s admission.Stats) float64 { return float64(s.Limits.Subscribers) }, stats)
 	gauge("capsgate_subscribers", func(s admission.Stats) float64 { return float64(s.Subscribers) }, stats)
 	gauge("capsgate_tokens_left", func(s admission.Stats) float64 { return float64(s.TokensLeft) }, stats)
+	states := map[string]int{"alive": 0, "suspect": 0, "dead": 0}
+	for _, m := range n.cluster.Members() {
+		states[m.State]++
+	}
+	metrics.WriteMetadataIfNeeded(w, "capsgate_cluster_members", "gauge")
+	for _, st := range []string{"alive", "suspect", "dead"} {
+		fmt.Fprintf(w, "capsgate_cluster_members{state=%q} %d\n", st, states[st])
+	}
 	gauge("capsgate_service_licensed", func(s admission.Stats) float64 {
 		if s.Limits.Licensed {
 			return 1

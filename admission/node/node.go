@@ -14,6 +14,7 @@ import (
 
 	"github.com/capsgate/capsgate/admission"
 	"github.com/capsgate/capsgate/admission/resp"
+	"github.com/capsgate/capsgate/cluster"
 	"github.com/capsgate/capsgate/licensing"
 	"github.com/capsgate/capsgate/licensing/registry"
 )
@@ -34,6 +35,8 @@ type Node struct {
 
 	resp    *resp.Server
 	reg     *registry.Registry
+	shares  *cluster.Shares
+	cluster *cluster.Cluster
 	admin   *http.Server
 	adminLn net.Listener
 
@@ -66,7 +69,7 @@ func New(cfg Config, log *slog.Logger) (*Node, error) {
 		}
 		password = p
 	}
-	n := &Node{cfg: cfg, log: log, clk: clk, eng: eng, stop: make(chan struct{})}
+	n := &Node{cfg: cfg, log: log, clk: clk, eng: eng, shares: cluster.NewShares(eng), stop: make(chan struct{})}
 	n.resp = resp.NewServer(resp.Config{
 		Addr:        cfg.RESP.Addr,
 		MaxConns:    cfg.RESP.MaxConns,
@@ -90,7 +93,7 @@ func New(cfg Config, log *slog.Logger) (*Node, error) {
 		ClusterID:      cfg.ClusterID,
 		Keys:           keys,
 		ClockTolerance: cfg.Licensing.ClockTolerance.Duration,
-		Sink:           eng,
+		Sink:           n.shares,
 		Log:            log,
 	})
 	if err != nil {
@@ -118,6 +121,21 @@ func (n *Node) AdminAddr() string { return n.adminLn.Addr().String() }
 
 // Start opens the admin API and the RESP front end and starts housekeeping.
 func (n *Node) Start() error {
+	// Read every secret before opening anything.
+	token := ""
+	if !n.cfg.Dev && n.cfg.Admin.TokenFile != "" {
+		var err error
+		if token, err = ReadSecretFile("admin.token_file", n.cfg.Admin.TokenFile); err != nil {
+			return err
+		}
+	}
+	var gossipKey []byte
+	if n.cfg.Gossip.KeyFile != "" {
+		var err error
+		if gossipKey, err = ReadGossipKey(n.cfg.Gossip.KeyFile); err != nil {
+			return err
+		}
+	}
 	ln, err := net.Listen("tcp", n.cfg.Admin.Addr)
 	if err != nil {
 		return fmt.Errorf("cannot listen for the admin API on %s (admin.addr, --admin-addr): %w", n.cfg.Admin.Addr, err)
@@ -127,13 +145,18 @@ func (n *Node) Start() error {
 		ln.Close()
 		return err
 	}
-	token := ""
-	if !n.cfg.Dev && n.cfg.Admin.TokenFile != "" {
-		if token, err = ReadSecretFile("admin.token_file", n.cfg.Admin.TokenFile); err != nil {
-			ln.Close()
-			_ = n.resp.Stop(context.Background())
-			return err
-		}
+	n.cluster, err = cluster.New(cluster.Config{
+		NodeName: n.cfg.NodeName, BindAddr: n.cfg.Gossip.Addr, Key: gossipKey, Join: n.cfg.Join,
+		RESPAddr: n.RESPAddr(), MaxCAPS: n.cfg.Node.MaxCAPS,
+		Engine: n.eng, Shares: n.shares, Licences: n.reg, Log: n.log,
+	})
+	if err == nil {
+		err = n.cluster.Start()
+	}
+	if err != nil {
+		ln.Close()
+		_ = n.resp.Stop(context.Background())
+		return err
 	}
 	n.admin = &http.Server{
 		Handler:           n.adminHandler(token),
@@ -205,6 +228,11 @@ func (n *Node) Stop(ctx context.Context) error {
 		if n.admin != nil {
 			if err := n.admin.Shutdown(ctx); err != nil {
 				errs = append(errs, fmt.Errorf("cannot stop the admin API: %w", err))
+			}
+		}
+		if n.cluster != nil {
+			if err := n.cluster.Stop(); err != nil {
+				errs = append(errs, fmt.Errorf("cannot leave the cluster: %w", err))
 			}
 		}
 		close(n.stop)

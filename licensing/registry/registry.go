@@ -87,6 +87,7 @@ type Registry struct {
 	lics     map[string]*entry
 	revoked  map[string]string // licence id → revocation id
 	revs     map[string]bool   // revocation ids loaded
+	revDocs  map[string][]byte // revocation id → armored document
 	guard    *clockGuard
 	now      time.Time       // effective time of the last evaluation
 	services map[string]bool // services ever given limits
@@ -118,7 +119,7 @@ func Open(cfg Config) (*Registry, error) {
 		return nil, err
 	}
 	r := &Registry{cfg: cfg, guard: g, lics: map[string]*entry{}, revoked: map[string]string{},
-		revs: map[string]bool{}, services: map[string]bool{}}
+		revs: map[string]bool{}, revDocs: map[string][]byte{}, services: map[string]bool{}}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.now = g.mark
@@ -264,6 +265,7 @@ func (r *Registry) addRevocation(armored []byte, persist bool) (Result, error) {
 		r.cfg.Log.Info("revocation loaded", "id", rv.ID, "revokes", strings.Join(rv.Revokes, ","), "reason", rv.Reason)
 	}
 	r.revs[rv.ID] = true
+	r.revDocs[rv.ID] = armored
 	for _, id := range rv.Revokes {
 		if _, ok := r.revoked[id]; !ok {
 			r.revoked[id] = rv.ID

@@ -148,3 +148,36 @@ func (r *Registry) WriteMetrics(w io.Writer) {
 	metrics.WriteGaugeUint64(w, "capsgate_clock_rollback", uint64(alarm))
 	metrics.WriteGaugeFloat64(w, "capsgate_clock_behind_seconds", behind.Seconds())
 }
+
+// Documents returns every loaded licence and revocation as received, for
+// the cluster's state exchange (each node verifies them itself).
+func (r *Registry) Documents() [][]byte {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([][]byte, 0, len(r.lics)+len(r.revDocs))
+	for _, d := range r.revDocs {
+		out = append(out, d)
+	}
+	for _, e := range r.lics {
+		out = append(out, e.armored)
+	}
+	return out
+}
+
+// ClockMark returns the clock high-water mark, for peers.
+func (r *Registry) ClockMark() time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.guard.mark
+}
+
+// ObserveMark merges a peer's clock high-water mark: the cluster judges
+// licences at the highest time any node has seen, so rolling back one
+// node's clock (or restoring its data dir) revives nothing.
+func (r *Registry) ObserveMark(t time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if t.After(r.guard.mark) {
+		r.guard.mark = t
+	}
+}

@@ -1,0 +1,69 @@
+package cluster
+
+import (
+	"math"
+	"testing"
+	"testing/quick"
+
+	"github.com/stretchr/testify/require"
+)
+
+func TestAllocateExamples(t *testing.T) {
+	f := func(limit float64, demands []float64, want []float64) {
+		t.Helper()
+		got := Allocate(limit, demands)
+		require.Len(t, got, len(want))
+		for i := range want {
+			require.InDelta(t, want[i], got[i], 0.05, "node %d of %v", i, got)
+		}
+	}
+	// 2× the licence, skewed 70/20/10: the licence in proportion.
+	f(1000, []float64{1400, 400, 200}, []float64{690.6, 203.4, 106.0})
+	// 90 % of the licence: every node gets its demand plus a third of the spare.
+	f(1000, []float64{630, 180, 90}, []float64{663.3, 213.3, 123.3})
+	// Idle cluster: even split.
+	f(1000, []float64{0, 0, 0, 0}, []float64{250, 250, 250, 250})
+	// All load on one node: it gets everything but the others' floors.
+	f(1000, []float64{5000, 0, 0}, []float64{966.7, 16.7, 16.7})
+	f(1000, []float64{900}, []float64{1000})
+	f(1000, nil, nil)
+	f(0, []float64{10, 10}, []float64{0, 0})
+}
+
+// TestAllocateInvariants checks on random inputs what the cluster's bounds
+// rest on: the shares sum to the limit, every node keeps its floor, a
+// demand the licence can carry beside the floors is met, and no node gets less because its
+// demand is higher.
+func TestAllocateInvariants(t *testing.T) {
+	check := func(limitSeed uint16, raw []uint16) bool {
+		if len(raw) == 0 || len(raw) > 50 {
+			return true
+		}
+		limit := float64(limitSeed) + 1
+		demands := make([]float64, len(raw))
+		var total float64 // what the licence must carry: demands, floors where above
+		floor := limit * FloorFraction / float64(len(raw))
+		for i, r := range raw {
+			demands[i] = float64(r) / 10
+			total += max(demands[i], floor)
+		}
+		shares := Allocate(limit, demands)
+		var sum float64
+		for i, s := range shares {
+			sum += s
+			if s < floor-1e-9 {
+				return false
+			}
+			if total <= limit && s < demands[i]-1e-9 {
+				return false
+			}
+			for j := range shares {
+				if demands[i] > demands[j] && shares[i] < shares[j]-1e-9 {
+					return false
+				}
+			}
+		}
+		return math.Abs(sum-limit) < 1e-6*limit
+	}
+	require.NoError(t, quick.Check(check, &quick.Config{MaxCount: 5000}))
+}

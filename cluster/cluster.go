@@ -1,0 +1,466 @@
+package cluster
+
+import (
+	"encoding/json"
+	"fmt"
+	"log"
+	"log/slog"
+	"net"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+
+	"github.com/capsgate/capsgate/admission"
+	"github.com/capsgate/capsgate/licensing/registry"
+)
+
+// Version is carried in node metadata.
+const Version = "0.1.0"
+
+// ExchangeInterval is how often a node measures its demand, sends it to
+// every member and recomputes its shares.
+const ExchangeInterval = 100 * time.Millisecond
+
+// staleAfter is when a peer's demand report counts as missing (10 missed
+// exchanges): the peer keeps its floor only.
+const staleAfter = time.Second
+
+// Licences is what the cluster needs of the licence registry: its documents
+// to spread and a way to load the ones peers send.
+type Licences interface {
+	Documents() [][]byte
+	Add(armored []byte) (registry.Result, error)
+	ClockMark() time.Time
+	ObserveMark(t time.Time)
+}
+
+// Config configures a node's membership.
+type Config struct {
+	NodeName string
+	// BindAddr is gossip.addr (host:port, TCP and UDP).
+	BindAddr string
+	// Key is the gossip encryption key (16, 24 or 32 bytes); nil: none.
+	Key []byte
+	// Join lists members to join at start.
+	Join []string
+	// RESPAddr and MaxCAPS are published in the node metadata.
+	RESPAddr string
+	MaxCAPS  float64
+	Engine   *admission.Engine
+	Shares   *Shares
+	Licences Licences
+	Log      *slog.Logger
+}
+
+// Member is one member as GET /v1/cluster shows it.
+type Member struct {
+	Name     string             `json:"name"`
+	Addr     string             `json:"addr"`
+	State    string             `json:"state"`
+	RESPAddr string             `json:"resp_addr,omitempty"`
+	Version  string             `json:"version,omitempty"`
+	MaxCAPS  float64            `json:"max_caps"`
+	Demand   map[string]float64 `json:"demand"`
+	Shares   map[string]float64 `json:"shares"`
+	// Since is when a dead member was declared dead.
+	Since *time.Time `json:"since,omitempty"`
+}
+
+type meta struct {
+	Version  string  `json:"v"`
+	RESPAddr string  `json:"resp"`
+	MaxCAPS  float64 `json:"max_caps"`
+}
+
+// peer is what this node knows of another member.
+type peer struct {
+	demand  map[string]float64
+	heard   time.Time // when its last demand report arrived
+	dead    bool
+	deadAt  time.Time
+	addr    string
+	metaRaw []byte
+}
+
+// Cluster is this node's membership: memberlist plus the demand exchange,
+// share allocation and licence spread.
+type Cluster struct {
+	cfg Config
+	ml  *memberlist.Memberlist
+	log *slog.Logger
+
+	mu     sync.Mutex // guards the fields below
+	peers  map[string]*peer
+	local  map[string]float64            // this node's demand
+	shares map[string]map[string]float64 // service → node → share, as last computed here
+	meter  *demandMeter
+
+	stop chan struct{}
+	wg   sync.WaitGroup
+	once sync.Once
+}
+
+// New creates the node's memberlist, listening on cfg.BindAddr.
+func New(cfg Config) (*Cluster, error) {
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	host, portStr, err := net.SplitHostPort(cfg.BindAddr)
+	if err != nil {
+		return nil, fmt.Errorf("cannot use gossip.addr %q: %w", cfg.BindAddr, err)
+	}
+	port, _ := strconv.Atoi(portStr)
+	if host == "" {
+		host = "0.0.0.0"
+	}
+	c := &Cluster{cfg: cfg, log: cfg.Log, peers: map[string]*peer{}, local: map[string]float64{},
+		shares: map[string]map[string]float64{}, meter: newDemandMeter(), stop: make(chan struct{})}
+	mc := memberlist.DefaultLANConfig()
+	mc.Name = cfg.NodeName
+	mc.BindAddr, mc.BindPort = host, port
+	mc.AdvertisePort = port
+	if ip := net.ParseIP(host); ip != nil && !ip.IsUnspecified() {
+		mc.AdvertiseAddr = host
+	}
+	// Failure detection: a killed node is declared dead in about 1.5 s
+	// instead of 6 s: probe every 200 ms, 100 ms to answer, suspicion for
+	// 2 × log(n) probe intervals. Measured on loopback and a LAN these raise
+	// no false alarm; a WAN farm would want the defaults back.
+	mc.ProbeInterval = 200 * time.Millisecond
+	mc.ProbeTimeout = 100 * time.Millisecond
+	mc.SuspicionMult = 2
+	// Gossip faster and wider: a licence or revocation queued for gossip
+	// reaches 20 nodes in ~140 ms instead of ~600 ms. Licences also go to
+	// every member directly (SendReliable); gossip is the second path.
+	mc.GossipInterval = 50 * time.Millisecond
+	mc.GossipNodes = 4
+	// Full state sync every 5 s instead of 30 s repairs anything both paths
+	// missed and serves nodes that were down.
+	mc.PushPullInterval = 5 * time.Second
+	mc.SecretKey = cfg.Key
+	mc.Delegate = (*delegate)(c)
+	mc.Events = (*events)(c)
+	mc.Logger = log.New(logWriter{cfg.Log}, "", 0)
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		return nil, fmt.Errorf("cannot start gossip on %s (gossip.addr, --gossip-addr): %w", cfg.BindAddr, err)
+	}
+	c.ml = ml
+	return c, nil
+}
+
+// logWriter sends memberlist's log lines to slog at debug level, but its
+// warnings and errors at their level.
+type logWriter struct{ l *slog.Logger }
+
+func (w logWriter) Write(p []byte) (int, error) {
+	s := string(p)
+	switch {
+	case len(s) > 7 && s[:7] == "[ERR] m":
+		w.l.Error(s)
+	case len(s) > 8 && s[:8] == "[WARN] m":
+		w.l.Warn(s)
+	default:
+		w.l.Debug(s)
+	}
+	return len(p), nil
+}
+
+// Start joins the configured members (a node alone is a cluster of one and
+// keeps trying nobody) and starts the demand exchange.
+func (c *Cluster) Start() error {
+	if len(c.cfg.Join) > 0 {
+		n, err := c.ml.Join(c.cfg.Join)
+		if err != nil && n == 0 {
+			c.log.Warn("cannot join any member yet; running alone until one joins us", "join", c.cfg.Join, "err", err)
+		}
+	}
+	c.wg.Add(1)
+	go c.exchange()
+	return nil
+}
+
+// Stop leaves the cluster (so peers take over the share at once) and stops.
+func (c *Cluster) Stop() error {
+	var err error
+	c.once.Do(func() {
+		close(c.stop)
+		c.wg.Wait()
+		if lerr := c.ml.Leave(time.Second); lerr != nil {
+			err = lerr
+		}
+		if serr := c.ml.Shutdown(); serr != nil && err == nil {
+			err = serr
+		}
+	})
+	return err
+}
+
+// Kinds of user messages.
+const (
+	msgDemand  = 'd'
+	msgLicence = 'l'
+)
+
+type demandMsg struct {
+	Node   string             `json:"n"`
+	Demand map[string]float64 `json:"d"`
+}
+
+// exchange measures demand, sends it to every member and reallocates,
+// every ExchangeInterval.
+func (c *Cluster) exchange() {
+	defer c.wg.Done()
+	t := time.NewTicker(ExchangeInterval)
+	defer t.Stop()
+	last := time.Now()
+	for {
+		select {
+		case <-c.stop:
+			return
+		case now := <-t.C:
+			demand := c.meter.measure(c.cfg.Engine, now.Sub(last).Seconds())
+			last = now
+			c.mu.Lock()
+			c.local = demand
+			c.mu.Unlock()
+			msg, _ := json.Marshal(demandMsg{Node: c.cfg.NodeName, Demand: demand})
+			msg = append([]byte{msgDemand}, msg...)
+			for _, m := range c.ml.Members() {
+				if m.Name != c.cfg.NodeName {
+					_ = c.ml.SendBestEffort(m, msg)
+				}
+			}
+			c.allocate(now)
+		}
+	}
+}
+
+// allocate recomputes every shared service's split among the live
+// members, in name order so that every node computes the same vector from
+// the same reports, and applies this node's part.
+func (c *Cluster) allocate(now time.Time) {
+	names := c.liveNames()
+	limited := c.cfg.Shares.Limited()
+	c.mu.Lock()
+	demands := make([]float64, len(names))
+	result := map[string]map[string]float64{}
+	mine := map[string]float64{}
+	for service, licensed := range limited {
+		for i, n := range names {
+			demands[i] = 0
+			if n == c.cfg.NodeName {
+				demands[i] = c.local[service]
+			} else if p := c.peers[n]; p != nil && now.Sub(p.heard) < staleAfter {
+				demands[i] = p.demand[service]
+			}
+		}
+		shares := Allocate(licensed, demands)
+		result[service] = map[string]float64{}
+		for i, n := range names {
+			result[service][n] = shares[i]
+			if n == c.cfg.NodeName {
+				mine[service] = shares[i]
+			}
+		}
+	}
+	c.shares = result
+	c.mu.Unlock()
+	for service, share := range mine {
+		if err := c.cfg.Shares.SetShare(service, share); err != nil {
+			c.log.Error("cannot apply the CAPS share", "service", service, "err", err)
+		}
+	}
+}
+
+// liveNames returns the names of the members that are not dead, sorted.
+func (c *Cluster) liveNames() []string {
+	ms := c.ml.Members()
+	names := make([]string, 0, len(ms))
+	for _, m := range ms {
+		names = append(names, m.Name)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// SpreadLicence sends a licence or revocation just loaded here to every
+// member directly; each verifies it itself. Push/pull state sync repairs
+// what this misses and serves members that were down.
+func (c *Cluster) SpreadLicence(armored []byte) {
+	msg := append([]byte{msgLicence}, armored...)
+	for _, m := range c.ml.Members() {
+		if m.Name == c.cfg.NodeName {
+			continue
+		}
+		go func(m *memberlist.Node) {
+			if err := c.ml.SendReliable(m, msg); err != nil {
+				c.log.Warn("cannot send a licence to a member; state sync will", "member", m.Name, "err", err)
+			}
+		}(m)
+	}
+}
+
+// Members returns every member known, the dead ones included, by name.
+func (c *Cluster) Members() []Member {
+	live := c.ml.Members()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	seen := map[string]bool{}
+	var out []Member
+	add := func(name, addr, state string, metaRaw []byte, since *time.Time) {
+		m := Member{Name: name, Addr: addr, State: state, Since: since, Demand: map[string]float64{}, Shares: map[string]float64{}}
+		var md meta
+		if json.Unmarshal(metaRaw, &md) == nil {
+			m.RESPAddr, m.Version, m.MaxCAPS = md.RESPAddr, md.Version, md.MaxCAPS
+		}
+		if name == c.cfg.NodeName {
+			m.Demand = copyMap(c.local)
+		} else if p := c.peers[name]; p != nil {
+			m.Demand = copyMap(p.demand)
+		}
+		for service, byNode := range c.shares {
+			if s, ok := byNode[name]; ok {
+				m.Shares[service] = s
+			}
+		}
+		out = append(out, m)
+		seen[name] = true
+	}
+	for _, n := range live {
+		state := "alive"
+		if n.State == memberlist.StateSuspect {
+			state = "suspect"
+		}
+		add(n.Name, n.Address(), state, n.Meta, nil)
+	}
+	for name, p := range c.peers {
+		if !seen[name] && p.dead {
+			since := p.deadAt
+			add(name, p.addr, "dead", p.metaRaw, &since)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+func copyMap(m map[string]float64) map[string]float64 {
+	out := make(map[string]float64, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
+
+// LocalName returns this node's name.
+func (c *Cluster) LocalName() string { return c.cfg.NodeName }
+
+// delegate implements memberlist.Delegate.
+type delegate Cluster
+
+// NodeMeta publishes version, RESP address and max_caps.
+func (d *delegate) NodeMeta(limit int) []byte {
+	b, _ := json.Marshal(meta{Version: Version, RESPAddr: d.cfg.RESPAddr, MaxCAPS: d.cfg.MaxCAPS})
+	if len(b) > limit {
+		return nil
+	}
+	return b
+}
+
+// NotifyMsg receives demand reports and licences.
+func (d *delegate) NotifyMsg(b []byte) {
+	if len(b) < 2 {
+		return
+	}
+	c := (*Cluster)(d)
+	switch b[0] {
+	case msgDemand:
+		var m demandMsg
+		if json.Unmarshal(b[1:], &m) != nil || m.Node == "" || m.Node == c.cfg.NodeName {
+			return
+		}
+		c.mu.Lock()
+		p := c.peers[m.Node]
+		if p == nil {
+			p = &peer{}
+			c.peers[m.Node] = p
+		}
+		p.demand, p.heard = m.Demand, time.Now()
+		c.mu.Unlock()
+	case msgLicence:
+		doc := append([]byte(nil), b[1:]...)
+		if _, err := c.cfg.Licences.Add(doc); err != nil {
+			c.log.Warn("refusing a licence sent by a member", "err", err)
+		}
+	}
+}
+
+// GetBroadcasts: licences go directly and by state sync; nothing queued.
+func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
+
+type state struct {
+	Documents [][]byte  `json:"docs"`
+	ClockMark time.Time `json:"clock_mark"`
+}
+
+// LocalState is this node's licences, revocations and clock mark.
+func (d *delegate) LocalState(join bool) []byte {
+	b, _ := json.Marshal(state{Documents: d.cfg.Licences.Documents(), ClockMark: d.cfg.Licences.ClockMark()})
+	return b
+}
+
+// MergeRemoteState loads a peer's licences (each verified here) and takes
+// its clock mark if it is later.
+func (d *delegate) MergeRemoteState(buf []byte, join bool) {
+	var s state
+	if err := json.Unmarshal(buf, &s); err != nil {
+		d.log.Warn("cannot read a member's state", "err", err)
+		return
+	}
+	d.cfg.Licences.ObserveMark(s.ClockMark)
+	for _, doc := range s.Documents {
+		if _, err := d.cfg.Licences.Add(doc); err != nil {
+			d.log.Debug("not loading a licence from a member's state", "err", err)
+		}
+	}
+}
+
+// events implements memberlist.EventDelegate.
+type events Cluster
+
+func (e *events) NotifyJoin(n *memberlist.Node) {
+	c := (*Cluster)(e)
+	c.mu.Lock()
+	p := c.peers[n.Name]
+	if p == nil {
+		p = &peer{}
+		c.peers[n.Name] = p
+	}
+	p.dead, p.addr, p.metaRaw = false, n.Address(), append([]byte(nil), n.Meta...)
+	c.mu.Unlock()
+	if n.Name != c.cfg.NodeName {
+		c.log.Info("member joined", "member", n.Name, "addr", n.Address())
+	}
+}
+
+func (e *events) NotifyLeave(n *memberlist.Node) {
+	c := (*Cluster)(e)
+	c.mu.Lock()
+	if p := c.peers[n.Name]; p != nil {
+		p.dead, p.deadAt = true, time.Now()
+	}
+	c.mu.Unlock()
+	c.log.Warn("member left or failed", "member", n.Name, "addr", n.Address())
+}
+
+func (e *events) NotifyUpdate(n *memberlist.Node) {
+	c := (*Cluster)(e)
+	c.mu.Lock()
+	if p := c.peers[n.Name]; p != nil {
+		p.metaRaw = append([]byte(nil), n.Meta...)
+	}
+	c.mu.Unlock()
+}
