@@ -50,6 +50,7 @@ type Config struct {
 	RESPAddr string
 	MaxCAPS  float64
 	Engine   *admission.Engine
+	Clock    admission.Clock
 	Shares   *Shares
 	Licences Licences
 	Log      *slog.Logger
@@ -98,6 +99,8 @@ type Cluster struct {
 	shares map[string]map[string]float64 // service → node → share, as last computed here
 	meter  *demandMeter
 
+	forward chan []byte // RELEASE/DEREGISTER for other members
+
 	stop chan struct{}
 	wg   sync.WaitGroup
 	once sync.Once
@@ -117,7 +120,8 @@ func New(cfg Config) (*Cluster, error) {
 		host = "0.0.0.0"
 	}
 	c := &Cluster{cfg: cfg, log: cfg.Log, peers: map[string]*peer{}, local: map[string]float64{},
-		shares: map[string]map[string]float64{}, meter: newDemandMeter(), stop: make(chan struct{})}
+		shares: map[string]map[string]float64{}, meter: newDemandMeter(), stop: make(chan struct{}),
+		forward: make(chan []byte, forwardQueue)}
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = cfg.NodeName
 	mc.BindAddr, mc.BindPort = host, port
@@ -178,8 +182,9 @@ func (c *Cluster) Start() error {
 			c.log.Warn("cannot join any member yet; running alone until one joins us", "join", c.cfg.Join, "err", err)
 		}
 	}
-	c.wg.Add(1)
+	c.wg.Add(2)
 	go c.exchange()
+	go c.forwarder()
 	return nil
 }
 
@@ -201,9 +206,59 @@ func (c *Cluster) Stop() error {
 
 // Kinds of user messages.
 const (
-	msgDemand  = 'd'
-	msgLicence = 'l'
+	msgDemand     = 'd'
+	msgLicence    = 'l'
+	msgRelease    = 'r'
+	msgDeregister = 'u'
 )
+
+// forwardQueue bounds the RELEASE/DEREGISTER messages waiting to go out;
+// beyond it they are dropped (the session or registration then ends by
+// its TTL) rather than blocking an event loop.
+const forwardQueue = 4096
+
+type keyMsg struct {
+	Service string `json:"s"`
+	Key     string `json:"k"`
+	Seconds int64  `json:"t,omitempty"`
+}
+
+// ForwardRelease sends a RELEASE this node could not do to every member
+// (implements resp.Forwarder; never blocks).
+func (c *Cluster) ForwardRelease(service, call []byte, seconds int64) {
+	c.enqueue(msgRelease, keyMsg{Service: string(service), Key: string(call), Seconds: seconds})
+}
+
+// ForwardDeregister sends a DEREGISTER this node could not do to every member.
+func (c *Cluster) ForwardDeregister(service, sub []byte) {
+	c.enqueue(msgDeregister, keyMsg{Service: string(service), Key: string(sub)})
+}
+
+func (c *Cluster) enqueue(kind byte, m keyMsg) {
+	b, _ := json.Marshal(m)
+	select {
+	case c.forward <- append([]byte{kind}, b...):
+	default:
+		c.log.Warn("forward queue full: a RELEASE/DEREGISTER was dropped; it ends by its TTL", "service", m.Service)
+	}
+}
+
+// forwarder sends queued RELEASE/DEREGISTER messages to every member.
+func (c *Cluster) forwarder() {
+	defer c.wg.Done()
+	for {
+		select {
+		case <-c.stop:
+			return
+		case msg := <-c.forward:
+			for _, m := range c.ml.Members() {
+				if m.Name != c.cfg.NodeName {
+					_ = c.ml.SendBestEffort(m, msg)
+				}
+			}
+		}
+	}
+}
 
 type demandMsg struct {
 	Node   string             `json:"n"`
@@ -390,6 +445,17 @@ func (d *delegate) NotifyMsg(b []byte) {
 		}
 		p.demand, p.heard = m.Demand, time.Now()
 		c.mu.Unlock()
+	case msgRelease, msgDeregister:
+		var m keyMsg
+		if json.Unmarshal(b[1:], &m) != nil || c.cfg.Clock == nil {
+			return
+		}
+		now := c.cfg.Clock.Now()
+		if b[0] == msgRelease {
+			c.cfg.Engine.Release(now, []byte(m.Service), []byte(m.Key), m.Seconds)
+		} else {
+			c.cfg.Engine.Deregister(now, []byte(m.Service), []byte(m.Key))
+		}
 	case msgLicence:
 		doc := append([]byte(nil), b[1:]...)
 		if _, err := c.cfg.Licences.Add(doc); err != nil {

@@ -34,6 +34,7 @@ type Node struct {
 	eng *admission.Engine
 
 	resp    *resp.Server
+	handler *resp.Handler
 	reg     *registry.Registry
 	shares  *cluster.Shares
 	cluster *cluster.Cluster
@@ -70,13 +71,14 @@ func New(cfg Config, log *slog.Logger) (*Node, error) {
 		password = p
 	}
 	n := &Node{cfg: cfg, log: log, clk: clk, eng: eng, shares: cluster.NewShares(eng), stop: make(chan struct{})}
+	n.handler = resp.NewHandler(eng, password)
 	n.resp = resp.NewServer(resp.Config{
 		Addr:        cfg.RESP.Addr,
 		MaxConns:    cfg.RESP.MaxConns,
 		IdleTimeout: cfg.RESP.IdleTimeout.Duration,
 		EventLoops:  cfg.RESP.EventLoops,
 		Logger:      log,
-	}, resp.NewHandler(eng, password), clk)
+	}, n.handler, clk)
 	var devKey *licensing.VendorKey
 	if cfg.Dev {
 		var err error
@@ -141,20 +143,25 @@ func (n *Node) Start() error {
 		return fmt.Errorf("cannot listen for the admin API on %s (admin.addr, --admin-addr): %w", n.cfg.Admin.Addr, err)
 	}
 	n.adminLn = ln
-	if err := n.resp.Start(); err != nil {
+	// The cluster exists before the RESP front end serves, so every event
+	// loop sees the forwarder; it joins once RESP answers.
+	n.cluster, err = cluster.New(cluster.Config{
+		NodeName: n.cfg.NodeName, BindAddr: n.cfg.Gossip.Addr, Key: gossipKey, Join: n.cfg.Join,
+		RESPAddr: n.cfg.RESP.Addr, MaxCAPS: n.cfg.Node.MaxCAPS,
+		Engine: n.eng, Clock: n.clk, Shares: n.shares, Licences: n.reg, Log: n.log,
+	})
+	if err != nil {
 		ln.Close()
 		return err
 	}
-	n.cluster, err = cluster.New(cluster.Config{
-		NodeName: n.cfg.NodeName, BindAddr: n.cfg.Gossip.Addr, Key: gossipKey, Join: n.cfg.Join,
-		RESPAddr: n.RESPAddr(), MaxCAPS: n.cfg.Node.MaxCAPS,
-		Engine: n.eng, Shares: n.shares, Licences: n.reg, Log: n.log,
-	})
+	n.handler.SetForwarder(n.cluster)
+	err = n.resp.Start()
 	if err == nil {
 		err = n.cluster.Start()
 	}
 	if err != nil {
 		ln.Close()
+		_ = n.cluster.Stop()
 		_ = n.resp.Stop(context.Background())
 		return err
 	}

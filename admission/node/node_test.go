@@ -32,8 +32,8 @@ func freeAddr(t *testing.T) string {
 // startNode loads a config from flags and runs a node until the test ends.
 func startNode(t *testing.T, args ...string) *Node {
 	t.Helper()
-	args = append(args, "--resp-addr", freeAddr(t), "--admin-addr", freeAddr(t),
-		"--gossip-addr", freeAddr(t), "--data-dir", t.TempDir())
+	args = append([]string{"--resp-addr", freeAddr(t), "--admin-addr", freeAddr(t),
+		"--gossip-addr", freeAddr(t), "--data-dir", t.TempDir()}, args...) // later flags win
 	cfg, err := Load(args, io.Discard)
 	require.NoError(t, err)
 	n, err := New(cfg, nil)
@@ -275,4 +275,66 @@ func TestLicenceAPI(t *testing.T) {
 	require.Contains(t, body, `"licenses": [
     "v1"
   ]`)
+}
+
+// TestTwoNodes runs two real nodes in one process, joined by memberlist on
+// loopback: a licence loaded on one reaches the other, the CAPS licence is
+// split between them, and a RELEASE reaching the node that does not hold
+// the call ends it on the one that does.
+func TestTwoNodes(t *testing.T) {
+	dir := t.TempDir()
+	key, err := licensing.GenerateVendorKey()
+	require.NoError(t, err)
+	require.NoError(t, licensing.WriteKeyFiles(dir, key))
+	token := filepath.Join(dir, "admin.token")
+	require.NoError(t, os.WriteFile(token, []byte("t0k\n"), 0o600))
+	gossipKey := filepath.Join(dir, "gossip.key")
+	require.NoError(t, os.WriteFile(gossipKey, []byte("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n"), 0o600))
+	common := []string{"--admin-token-file", token, "--gossip-key-file", gossipKey, "--cluster-id", "farm-1",
+		"--vendor-key", filepath.Join(dir, licensing.PublicKeyFile)}
+	g1 := freeAddr(t)
+	a := startNode(t, append(common, "--node-name", "a", "--gossip-addr", g1)...)
+	b := startNode(t, append(common, "--node-name", "b", "--join", g1)...)
+	require.Eventually(t, func() bool { return len(a.cluster.Members()) == 2 && len(b.cluster.Members()) == 2 },
+		10*time.Second, 10*time.Millisecond, "the nodes join")
+
+	lic, err := key.Sign(&licensing.License{ID: "v1", Service: "voice", CAPS: 1000, Sessions: 100}, time.Now())
+	require.NoError(t, err)
+	code, body := post(t, "http://"+a.AdminAddr()+"/v1/licenses", "t0k", lic)
+	require.Equal(t, 201, code, body)
+	start := time.Now()
+	require.Eventually(t, func() bool {
+		s := b.Engine().Service("voice")
+		return s != nil && s.Stats().Limits.LicensedCAPS == 1000
+	}, 5*time.Second, time.Millisecond, "the licence reaches b")
+	t.Logf("licence reached the other node in %s", time.Since(start))
+	require.Eventually(t, func() bool {
+		sa, sb := a.Engine().Service("voice").Stats().Limits, b.Engine().Service("voice").Stats().Limits
+		return sa.CAPS+sb.CAPS > 999.9 && sa.CAPS+sb.CAPS < 1000.1 && sa.CAPS < 1000 && sb.CAPS < 1000
+	}, 5*time.Second, 10*time.Millisecond, "the licence is split, the shares sum to it")
+	code, body = get(t, "http://"+b.AdminAddr()+"/v1/cluster", "t0k")
+	require.Equal(t, 200, code)
+	require.Contains(t, body, `"name": "a"`)
+	require.Contains(t, body, `"state": "alive"`)
+
+	ca, err := net.Dial("tcp", a.RESPAddr())
+	require.NoError(t, err)
+	defer ca.Close()
+	_, _ = ca.Write([]byte("ADMIT voice CALL c1@pbx\r\n"))
+	buf := make([]byte, 256)
+	_ = ca.SetReadDeadline(time.Now().Add(5 * time.Second))
+	k, err := ca.Read(buf)
+	require.NoError(t, err)
+	require.Contains(t, string(buf[:k]), "+OK")
+	require.Equal(t, int64(1), a.Engine().Service("voice").Stats().Sessions)
+	cb, err := net.Dial("tcp", b.RESPAddr())
+	require.NoError(t, err)
+	defer cb.Close()
+	_, _ = cb.Write([]byte("RELEASE voice c1@pbx\r\n"))
+	_ = cb.SetReadDeadline(time.Now().Add(5 * time.Second))
+	k, err = cb.Read(buf)
+	require.NoError(t, err)
+	require.Equal(t, ":0\r\n", string(buf[:k]), "b did not hold the call")
+	require.Eventually(t, func() bool { return a.Engine().Service("voice").Stats().Sessions == 0 },
+		5*time.Second, time.Millisecond, "the RELEASE was forwarded to a")
 }

@@ -38,6 +38,15 @@ func NewConnState(id int64) *ConnState {
 	return &ConnState{id: id, args: make([][]byte, 0, 16)}
 }
 
+// Forwarder passes on what this node could not do itself: the RELEASE of
+// a call or the DEREGISTER of a subscriber held by another node. It is
+// called on the event loop and must not block; the byte slices are only
+// valid during the call.
+type Forwarder interface {
+	ForwardRelease(service, call []byte, seconds int64)
+	ForwardDeregister(service, subscriber []byte)
+}
+
 // Handler executes commands against an engine. It holds no per-connection
 // state and is safe for concurrent use by every event loop.
 type Handler struct {
@@ -45,7 +54,12 @@ type Handler struct {
 	password []byte // nil: AUTH is not required
 	started  time.Time
 	stats    func() (conns int64) // for INFO; may be nil
+	fwd      Forwarder            // may be nil
 }
+
+// SetForwarder sets where RELEASE and DEREGISTER of keys this node does not
+// hold go (the cluster). Call it before serving.
+func (h *Handler) SetForwarder(f Forwarder) { h.fwd = f }
 
 // NewHandler returns a handler deciding with eng. A non-empty password makes
 // clients AUTH first.
@@ -262,7 +276,11 @@ func (h *Handler) release(now int64, args [][]byte, out []byte) []byte {
 	if e != "" {
 		return AppendError(out, e)
 	}
-	return AppendInt(out, b2i(h.eng.Release(now, args[1], args[2], secs)))
+	released := h.eng.Release(now, args[1], args[2], secs)
+	if !released && h.fwd != nil {
+		h.fwd.ForwardRelease(args[1], args[2], secs)
+	}
+	return AppendInt(out, b2i(released))
 }
 
 // REGISTER service subscriber [TTL seconds]
@@ -279,7 +297,11 @@ func (h *Handler) deregister(now int64, args [][]byte, out []byte) []byte {
 	if _, e := keyed(args, "deregister", errSubscriber, "", 0, 0, ""); e != "" {
 		return AppendError(out, e)
 	}
-	return AppendInt(out, b2i(h.eng.Deregister(now, args[1], args[2])))
+	gone := h.eng.Deregister(now, args[1], args[2])
+	if !gone && h.fwd != nil {
+		h.fwd.ForwardDeregister(args[1], args[2])
+	}
+	return AppendInt(out, b2i(gone))
 }
 
 // CONSUME service account units [ID key]
