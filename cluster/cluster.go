@@ -8,6 +8,7 @@ import (
 	"net"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -173,20 +174,49 @@ func (w logWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// Start joins the configured members (a node alone is a cluster of one and
-// keeps trying nobody) and starts the demand exchange.
+// rejoinEvery is how often a node that has configured members to join but
+// sees no other member tries to join again (they may start after it, or a
+// partition may heal).
+const rejoinEvery = time.Second
+
+// Start joins the configured members and starts the demand exchange. A node
+// that reaches none of them runs alone and keeps trying.
 func (c *Cluster) Start() error {
-	if len(c.cfg.Join) > 0 {
-		n, err := c.ml.Join(c.cfg.Join)
-		if err != nil && n == 0 {
-			c.log.Warn("cannot join any member yet; running alone until one joins us", "join", c.cfg.Join, "err", err)
-		}
-	}
-	c.wg.Add(2)
+	c.join()
+	c.wg.Add(3)
 	go c.exchange()
 	go c.forwarder()
+	go c.rejoin()
 	return nil
 }
+
+func (c *Cluster) join() {
+	if len(c.cfg.Join) == 0 {
+		return
+	}
+	if n, err := c.ml.Join(c.cfg.Join); err != nil && n == 0 {
+		c.log.Warn("cannot join any member yet; running alone and trying again", "join", c.cfg.Join, "err", oneLine(err))
+	}
+}
+
+// rejoin tries the join list again while this node is alone.
+func (c *Cluster) rejoin() {
+	defer c.wg.Done()
+	t := time.NewTicker(rejoinEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.stop:
+			return
+		case <-t.C:
+			if len(c.cfg.Join) > 0 && c.ml.NumMembers() <= 1 {
+				c.join()
+			}
+		}
+	}
+}
+
+func oneLine(err error) string { return strings.Join(strings.Fields(err.Error()), " ") }
 
 // Stop leaves the cluster (so peers take over the share at once) and stops.
 func (c *Cluster) Stop() error {

@@ -114,7 +114,7 @@ func (c *client) run(args []string) error {
 				if err != nil {
 					return fmt.Errorf("cannot read licence file: %w", err)
 				}
-				return c.show("POST", "/v1/licenses", body)
+				return c.addLicense(body)
 			case args[1] == "list" && len(args) == 2:
 				return c.licenseTable()
 			case args[1] == "show" && len(args) == 3:
@@ -211,6 +211,39 @@ func (c *client) licenseTable() error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\t%s\n", l.ID, l.Service, l.State, caps, l.Sessions, l.Subscribers, l.Tokens, until, l.Customer)
 	}
 	return tw.Flush()
+}
+
+// addLicense posts a licence or revocation and says in one line what happened.
+func (c *client) addLicense(body []byte) error {
+	b, err := c.do("POST", "/v1/licenses", body)
+	if err != nil {
+		return err
+	}
+	if c.json {
+		_, err = c.out.Write(b)
+		return err
+	}
+	var v struct {
+		Result struct {
+			Kind, ID, Service, State string
+			New                      bool
+		}
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		return fmt.Errorf("cannot read the answer: %w", err)
+	}
+	r := v.Result
+	switch {
+	case r.Kind == "revocation" && r.New:
+		fmt.Fprintf(c.out, "loaded revocation %s\n", r.ID)
+	case r.Kind == "revocation":
+		fmt.Fprintf(c.out, "revocation %s was already loaded\n", r.ID)
+	case r.New:
+		fmt.Fprintf(c.out, "loaded licence %s for service %s: %s\n", r.ID, r.Service, r.State)
+	default:
+		fmt.Fprintf(c.out, "licence %s for service %s was already loaded: %s\n", r.ID, r.Service, r.State)
+	}
+	return nil
 }
 
 // clusterTable prints GET /v1/cluster as one row per member.

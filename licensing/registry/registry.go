@@ -167,12 +167,12 @@ func reasonOf(err error) string {
 
 // Result says what Add did.
 type Result struct {
-	Kind    string // "license" or "revocation"
-	ID      string
-	Service string `json:",omitempty"`
-	State   string `json:",omitempty"`
+	Kind    string `json:"kind"` // "license" or "revocation"
+	ID      string `json:"id"`
+	Service string `json:"service,omitempty"`
+	State   string `json:"state,omitempty"`
 	// New is false when the same document was already loaded (idempotent).
-	New bool
+	New bool `json:"new"`
 }
 
 // Add verifies an armored licence or revocation, stores it and applies the
