@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	"github.com/hashicorp/memberlist"
 
 	"github.com/capsgate/capsgate/admission"
@@ -247,6 +248,26 @@ const (
 // its TTL) rather than blocking an event loop.
 const forwardQueue = 4096
 
+// Gossip traffic, by kind of message (user messages; memberlist's own
+// probes and gossip are not counted).
+var (
+	demandSent      = metrics.NewCounter(`capsgate_gossip_messages_total{kind="demand",direction="sent"}`)
+	demandReceived  = metrics.NewCounter(`capsgate_gossip_messages_total{kind="demand",direction="received"}`)
+	licenceSent     = metrics.NewCounter(`capsgate_gossip_messages_total{kind="licence",direction="sent"}`)
+	licenceReceived = metrics.NewCounter(`capsgate_gossip_messages_total{kind="licence",direction="received"}`)
+	forwardSent     = metrics.NewCounter(`capsgate_gossip_messages_total{kind="forward",direction="sent"}`)
+	forwardReceived = metrics.NewCounter(`capsgate_gossip_messages_total{kind="forward",direction="received"}`)
+	forwardDropped  = metrics.NewCounter(`capsgate_gossip_forward_dropped_total`)
+	bytesSent       = metrics.NewCounter(`capsgate_gossip_bytes_total{direction="sent"}`)
+	bytesReceived   = metrics.NewCounter(`capsgate_gossip_bytes_total{direction="received"}`)
+)
+
+// sent counts a user message sent.
+func sent(c *metrics.Counter, msg []byte) {
+	c.Inc()
+	bytesSent.Add(len(msg))
+}
+
 type keyMsg struct {
 	Service string `json:"s"`
 	Key     string `json:"k"`
@@ -269,6 +290,7 @@ func (c *Cluster) enqueue(kind byte, m keyMsg) {
 	select {
 	case c.forward <- append([]byte{kind}, b...):
 	default:
+		forwardDropped.Inc()
 		c.log.Warn("forward queue full: a RELEASE/DEREGISTER was dropped; it ends by its TTL", "service", m.Service)
 	}
 }
@@ -282,8 +304,8 @@ func (c *Cluster) forwarder() {
 			return
 		case msg := <-c.forward:
 			for _, m := range c.ml.Members() {
-				if m.Name != c.cfg.NodeName {
-					_ = c.ml.SendBestEffort(m, msg)
+				if m.Name != c.cfg.NodeName && c.ml.SendBestEffort(m, msg) == nil {
+					sent(forwardSent, msg)
 				}
 			}
 		}
@@ -315,8 +337,8 @@ func (c *Cluster) exchange() {
 			msg, _ := json.Marshal(demandMsg{Node: c.cfg.NodeName, Demand: demand})
 			msg = append([]byte{msgDemand}, msg...)
 			for _, m := range c.ml.Members() {
-				if m.Name != c.cfg.NodeName {
-					_ = c.ml.SendBestEffort(m, msg)
+				if m.Name != c.cfg.NodeName && c.ml.SendBestEffort(m, msg) == nil {
+					sent(demandSent, msg)
 				}
 			}
 			c.allocate(now)
@@ -384,7 +406,9 @@ func (c *Cluster) SpreadLicence(armored []byte) {
 		go func(m *memberlist.Node) {
 			if err := c.ml.SendReliable(m, msg); err != nil {
 				c.log.Warn("cannot send a licence to a member; state sync will", "member", m.Name, "err", err)
+				return
 			}
+			sent(licenceSent, msg)
 		}(m)
 	}
 }
@@ -461,8 +485,10 @@ func (d *delegate) NotifyMsg(b []byte) {
 		return
 	}
 	c := (*Cluster)(d)
+	bytesReceived.Add(len(b))
 	switch b[0] {
 	case msgDemand:
+		demandReceived.Inc()
 		var m demandMsg
 		if json.Unmarshal(b[1:], &m) != nil || m.Node == "" || m.Node == c.cfg.NodeName {
 			return
@@ -476,6 +502,7 @@ func (d *delegate) NotifyMsg(b []byte) {
 		p.demand, p.heard = m.Demand, time.Now()
 		c.mu.Unlock()
 	case msgRelease, msgDeregister:
+		forwardReceived.Inc()
 		var m keyMsg
 		if json.Unmarshal(b[1:], &m) != nil || c.cfg.Clock == nil {
 			return
@@ -487,6 +514,7 @@ func (d *delegate) NotifyMsg(b []byte) {
 			c.cfg.Engine.Deregister(now, []byte(m.Service), []byte(m.Key))
 		}
 	case msgLicence:
+		licenceReceived.Inc()
 		doc := append([]byte(nil), b[1:]...)
 		if _, err := c.cfg.Licences.Add(doc); err != nil {
 			c.log.Warn("refusing a licence sent by a member", "err", err)
