@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"log"
@@ -260,6 +261,9 @@ var (
 	forwardDropped  = metrics.NewCounter(`capsgate_gossip_forward_dropped_total`)
 	bytesSent       = metrics.NewCounter(`capsgate_gossip_bytes_total{direction="sent"}`)
 	bytesReceived   = metrics.NewCounter(`capsgate_gossip_bytes_total{direction="received"}`)
+	// convergence is the time from a licence's load on one node to its
+	// arrival on another (by the direct path), as the two clocks tell it.
+	convergence = metrics.NewHistogram(`capsgate_license_convergence_seconds`)
 )
 
 // sent counts a user message sent.
@@ -398,7 +402,8 @@ func (c *Cluster) liveNames() []string {
 // member directly; each verifies it itself. Push/pull state sync repairs
 // what this misses and serves members that were down.
 func (c *Cluster) SpreadLicence(armored []byte) {
-	msg := append([]byte{msgLicence}, armored...)
+	msg := binary.BigEndian.AppendUint64([]byte{msgLicence}, uint64(time.Now().UnixNano()))
+	msg = append(msg, armored...)
 	for _, m := range c.ml.Members() {
 		if m.Name == c.cfg.NodeName {
 			continue
@@ -515,9 +520,18 @@ func (d *delegate) NotifyMsg(b []byte) {
 		}
 	case msgLicence:
 		licenceReceived.Inc()
-		doc := append([]byte(nil), b[1:]...)
-		if _, err := c.cfg.Licences.Add(doc); err != nil {
+		if len(b) < 9 {
+			return
+		}
+		loaded := time.Unix(0, int64(binary.BigEndian.Uint64(b[1:9])))
+		doc := append([]byte(nil), b[9:]...)
+		res, err := c.cfg.Licences.Add(doc)
+		if err != nil {
 			c.log.Warn("refusing a licence sent by a member", "err", err)
+			return
+		}
+		if res.New {
+			convergence.Update(max(time.Since(loaded).Seconds(), 0))
 		}
 	}
 }
