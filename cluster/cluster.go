@@ -82,6 +82,7 @@ type meta struct {
 // peer is what this node knows of another member.
 type peer struct {
 	demand  map[string]float64
+	held    map[string]Held
 	heard   time.Time // when its last demand report arrived
 	dead    bool
 	deadAt  time.Time
@@ -99,6 +100,7 @@ type Cluster struct {
 	mu     sync.Mutex // guards the fields below
 	peers  map[string]*peer
 	local  map[string]float64            // this node's demand
+	held   map[string]Held               // what this node holds
 	shares map[string]map[string]float64 // service → node → share, as last computed here
 	meter  *demandMeter
 
@@ -319,6 +321,7 @@ func (c *Cluster) forwarder() {
 type demandMsg struct {
 	Node   string             `json:"n"`
 	Demand map[string]float64 `json:"d"`
+	Held   map[string]Held    `json:"h,omitempty"`
 }
 
 // exchange measures demand, sends it to every member and reallocates,
@@ -333,12 +336,12 @@ func (c *Cluster) exchange() {
 		case <-c.stop:
 			return
 		case now := <-t.C:
-			demand := c.meter.measure(c.cfg.Engine, now.Sub(last).Seconds())
+			demand, held := c.meter.measure(c.cfg.Engine, now.Sub(last).Seconds())
 			last = now
 			c.mu.Lock()
-			c.local = demand
+			c.local, c.held = demand, held
 			c.mu.Unlock()
-			msg, _ := json.Marshal(demandMsg{Node: c.cfg.NodeName, Demand: demand})
+			msg, _ := json.Marshal(demandMsg{Node: c.cfg.NodeName, Demand: demand, Held: held})
 			msg = append([]byte{msgDemand}, msg...)
 			for _, m := range c.ml.Members() {
 				if m.Name != c.cfg.NodeName && c.ml.SendBestEffort(m, msg) == nil {
@@ -350,39 +353,61 @@ func (c *Cluster) exchange() {
 	}
 }
 
-// allocate recomputes every shared service's split among the live
-// members, in name order so that every node computes the same vector from
-// the same reports, and applies this node's part.
+// allocate recomputes every licensed service's split among the live
+// members, in name order so that every node computes the same vectors from
+// the same reports, and applies this node's part: CAPS by demand, sessions
+// and subscribers by what each node holds (so a node never gets less than
+// it holds while the licence covers everyone, and the spare is split).
 func (c *Cluster) allocate(now time.Time) {
 	names := c.liveNames()
-	limited := c.cfg.Shares.Limited()
+	licensed := c.cfg.Shares.Licensed()
 	c.mu.Lock()
-	demands := make([]float64, len(names))
 	result := map[string]map[string]float64{}
-	mine := map[string]float64{}
-	for service, licensed := range limited {
+	mine := map[string]Share{}
+	self := -1
+	for i, n := range names {
+		if n == c.cfg.NodeName {
+			self = i
+		}
+	}
+	for service, l := range licensed {
+		caps := make([]float64, len(names))
+		sessions := make([]float64, len(names))
+		subs := make([]float64, len(names))
 		for i, n := range names {
-			demands[i] = 0
+			var d float64
+			var h Held
 			if n == c.cfg.NodeName {
-				demands[i] = c.local[service]
+				d, h = c.local[service], c.held[service]
 			} else if p := c.peers[n]; p != nil && now.Sub(p.heard) < staleAfter {
-				demands[i] = p.demand[service]
+				d, h = p.demand[service], p.held[service]
+			}
+			caps[i], sessions[i], subs[i] = d, float64(h.Sessions), float64(h.Subscribers)
+		}
+		sh := Share{CAPS: -1, Sessions: -1, Subscribers: -1}
+		if l.CAPS > 0 {
+			shares := Allocate(l.CAPS, caps)
+			result[service] = map[string]float64{}
+			for i, n := range names {
+				result[service][n] = shares[i]
+			}
+			if self >= 0 {
+				sh.CAPS = shares[self]
 			}
 		}
-		shares := Allocate(licensed, demands)
-		result[service] = map[string]float64{}
-		for i, n := range names {
-			result[service][n] = shares[i]
-			if n == c.cfg.NodeName {
-				mine[service] = shares[i]
-			}
+		if l.Sessions >= 0 && self >= 0 {
+			sh.Sessions = Allocate(float64(l.Sessions), sessions)[self]
 		}
+		if l.Subscribers >= 0 && self >= 0 {
+			sh.Subscribers = Allocate(float64(l.Subscribers), subs)[self]
+		}
+		mine[service] = sh
 	}
 	c.shares = result
 	c.mu.Unlock()
-	for service, share := range mine {
-		if err := c.cfg.Shares.SetShare(service, share); err != nil {
-			c.log.Error("cannot apply the CAPS share", "service", service, "err", err)
+	for service, sh := range mine {
+		if err := c.cfg.Shares.SetShare(service, sh); err != nil {
+			c.log.Error("cannot apply the share", "service", service, "err", err)
 		}
 	}
 }
@@ -504,7 +529,7 @@ func (d *delegate) NotifyMsg(b []byte) {
 			p = &peer{}
 			c.peers[m.Node] = p
 		}
-		p.demand, p.heard = m.Demand, time.Now()
+		p.demand, p.held, p.heard = m.Demand, m.Held, time.Now()
 		c.mu.Unlock()
 	case msgRelease, msgDeregister:
 		forwardReceived.Inc()

@@ -21,10 +21,16 @@ func offered(st admission.Stats) uint64 {
 	return a[admission.OK] + a[admission.CAPS] + a[admission.SESSIONS] + a[admission.TOKENS]
 }
 
-// measure updates every service's demand from the engine after dt seconds.
-func (m *demandMeter) measure(eng *admission.Engine, dt float64) map[string]float64 {
+// measure updates every service's demand from the engine after dt seconds,
+// and returns it with the sessions and subscribers each service holds here.
+func (m *demandMeter) measure(eng *admission.Engine, dt float64) (map[string]float64, map[string]Held) {
+	held := map[string]Held{}
 	for _, s := range eng.Services() {
-		n := offered(s.Stats())
+		st := s.Stats()
+		if st.Sessions > 0 || st.Subscribers > 0 {
+			held[s.Name()] = Held{Sessions: st.Sessions, Subscribers: st.Subscribers}
+		}
+		n := offered(st)
 		prev, seen := m.last[s.Name()]
 		m.last[s.Name()] = n
 		if !seen || dt <= 0 {
@@ -39,5 +45,11 @@ func (m *demandMeter) measure(eng *admission.Engine, dt float64) map[string]floa
 			out[k] = v
 		}
 	}
-	return out
+	return out, held
+}
+
+// Held is what a node holds of a service's counted limits.
+type Held struct {
+	Sessions    int64 `json:"s,omitempty"`
+	Subscribers int64 `json:"u,omitempty"`
 }

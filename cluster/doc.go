@@ -51,8 +51,12 @@
 //
 // # Limits of this version
 //
-// Sessions and subscribers are cut by each node's CAPS share fraction (Σ = 1,
-// so never over-held) rather than exchanged; a RELEASE or DEREGISTER that
+// Sessions and subscribers are shared with the same allocator, by what each
+// node holds (its open sessions, its registered subscribers, reported with
+// the demand): while the licence covers what all hold, every node's limit is
+// at least what it holds plus an even part of the spare, so the farm never
+// holds more than licensed beyond one exchange interval of new sessions on
+// a node whose report others have not yet seen. A RELEASE or DEREGISTER that
 // finds nothing on the node it reaches is forwarded to every member. Token
 // pools are not yet shared (each node enforces the whole pool). Under a
 // network partition each side shares the licence among the members it

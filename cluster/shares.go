@@ -12,21 +12,27 @@ import (
 // the allocator gives it this node's share of each service's CAPS, and it
 // gives the engine the limits this node enforces.
 //
-// Sessions and subscribers are cut by the same fraction as the CAPS share
-// (share / licensed CAPS): the fractions of all nodes sum to one, so the
-// cluster never holds more than licensed. The token pool is passed on whole
-// (see the package doc).
+// Sessions and subscribers are shared like CAPS, by what each node holds
+// (see the package doc). The token pool is passed on whole.
 type Shares struct {
 	sink admission.LimitSetter
 
 	mu     sync.Mutex // guards the maps
 	limits map[string]admission.Limits
-	share  map[string]float64 // this node's CAPS share; absent: the whole licence
+	share  map[string]Share // this node's part; absent: the whole licence
+}
+
+// Share is this node's part of a service's licence; a negative field means
+// the whole of that limit.
+type Share struct {
+	CAPS        float64
+	Sessions    float64
+	Subscribers float64
 }
 
 // NewShares returns shares feeding sink (the engine).
 func NewShares(sink admission.LimitSetter) *Shares {
-	return &Shares{sink: sink, limits: map[string]admission.Limits{}, share: map[string]float64{}}
+	return &Shares{sink: sink, limits: map[string]admission.Limits{}, share: map[string]Share{}}
 }
 
 // SetLimits records a service's cluster-wide limits and applies this
@@ -38,41 +44,29 @@ func (s *Shares) SetLimits(service string, l admission.Limits) error {
 	return s.applyLocked(service)
 }
 
-// Limited returns the services whose CAPS the cluster must share, with
-// their licensed CAPS.
-func (s *Shares) Limited() map[string]float64 {
+// Licensed returns the cluster-wide limits of every licensed service.
+func (s *Shares) Licensed() map[string]admission.Limits {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := map[string]float64{}
+	out := map[string]admission.Limits{}
 	for name, l := range s.limits {
-		if l.Licensed && l.CAPS > 0 {
-			out[name] = l.CAPS
+		if l.Licensed {
+			out[name] = l
 		}
 	}
 	return out
 }
 
-// SetShare sets this node's CAPS share of a service.
-func (s *Shares) SetShare(service string, share float64) error {
+// SetShare sets this node's part of a service's licence.
+func (s *Shares) SetShare(service string, sh Share) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if old, ok := s.share[service]; ok && math.Abs(old-share) < 0.01 {
+	if old, ok := s.share[service]; ok && math.Abs(old.CAPS-sh.CAPS) < 0.01 &&
+		math.Floor(old.Sessions) == math.Floor(sh.Sessions) && math.Floor(old.Subscribers) == math.Floor(sh.Subscribers) {
 		return nil
 	}
-	s.share[service] = share
+	s.share[service] = sh
 	return s.applyLocked(service)
-}
-
-// Share returns this node's CAPS share of a service and the licensed CAPS.
-func (s *Shares) Share(service string) (share, licensed float64) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	l := s.limits[service]
-	share, ok := s.share[service]
-	if !ok {
-		share = l.CAPS
-	}
-	return share, l.CAPS
 }
 
 func (s *Shares) applyLocked(service string) error {
@@ -82,19 +76,16 @@ func (s *Shares) applyLocked(service string) error {
 	}
 	local := l
 	local.LicensedCAPS = l.CAPS
-	if share, ok := s.share[service]; ok && l.Licensed && l.CAPS > 0 {
-		f := min(share/l.CAPS, 1)
-		local.CAPS = share
-		local.Sessions = cut(l.Sessions, f)
-		local.Subscribers = cut(l.Subscribers, f)
+	if sh, ok := s.share[service]; ok && l.Licensed {
+		if sh.CAPS >= 0 && l.CAPS > 0 {
+			local.CAPS = sh.CAPS
+		}
+		if sh.Sessions >= 0 && l.Sessions != admission.Unlimited {
+			local.Sessions = int64(math.Floor(sh.Sessions))
+		}
+		if sh.Subscribers >= 0 && l.Subscribers != admission.Unlimited {
+			local.Subscribers = int64(math.Floor(sh.Subscribers))
+		}
 	}
 	return s.sink.SetLimits(service, local)
-}
-
-// cut takes fraction f of a count, rounding down, leaving Unlimited alone.
-func cut(v int64, f float64) int64 {
-	if v == admission.Unlimited {
-		return v
-	}
-	return int64(math.Floor(float64(v) * f))
 }
