@@ -12,12 +12,13 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/capsgate/capsgate/cluster/clustertest"
 )
 
 // binary is the capsgate under test; capsctl and capslicense sit beside it.
@@ -52,7 +53,7 @@ type proc struct {
 	cmd   *exec.Cmd
 	resp  string
 	admin string
-	out   *syncBuffer
+	out   *clustertest.LogBuffer
 	done  chan error
 }
 
@@ -65,7 +66,7 @@ func startDev(t *testing.T, extra ...string) *proc {
 // start runs capsgate with args on free loopback ports until the test ends.
 func start(t *testing.T, args ...string) *proc {
 	t.Helper()
-	p := &proc{resp: freePort(t), admin: freePort(t), out: &syncBuffer{}, done: make(chan error, 1)}
+	p := &proc{resp: freePort(t), admin: freePort(t), out: &clustertest.LogBuffer{}, done: make(chan error, 1)}
 	args = append([]string{"--resp-addr", p.resp, "--admin-addr", p.admin, "--gossip-addr", freePort(t)}, args...)
 	p.cmd = exec.Command(binary, args...)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
@@ -80,24 +81,6 @@ func start(t *testing.T, args ...string) *proc {
 		return err == nil
 	}, 15*time.Second, 20*time.Millisecond, "capsgate --dev did not listen")
 	return p
-}
-
-// syncBuffer collects a process's output; exec writes it from another goroutine.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // client is a minimal RESP client reading decision replies.
@@ -130,61 +113,26 @@ func (c *client) decision(t *testing.T) (admitted bool, reason string, retry, re
 	return a == ":1", reason, retry, remaining
 }
 
-// pacedResult tallies a paced run.
-type pacedResult struct {
-	admitted, caps, withRetry int
-	minSpan, maxSpan          float64 // bounds of the span of the server's decision instants, s
-}
-
-// paced sends perTick commands every 10 ms for ticks ticks on c and reads
-// every decision.
-func paced(t *testing.T, c *client, command string, perTick, ticks int) pacedResult {
+// paced offers command to addr at rate for d (clustertest.Paced: open loop,
+// 10 ms batches) and checks every rejection is CAPS.
+func paced(t *testing.T, addr, command string, rate float64, d time.Duration) clustertest.Count {
 	t.Helper()
-	var r pacedResult
-	var firstSend, firstReply, lastSend, lastReply time.Time
-	batch := []byte(strings.Repeat(command+"\r\n", perTick))
-	start := time.Now()
-	for k := 0; k < ticks; k++ {
-		if d := time.Until(start.Add(time.Duration(k) * 10 * time.Millisecond)); d > 0 {
-			time.Sleep(d)
-		}
-		lastSend = time.Now()
-		if k == 0 {
-			firstSend = lastSend
-		}
-		_, _ = c.c.Write(batch)
-		for i := 0; i < perTick; i++ {
-			ok, reason, retry, _ := c.decision(t)
-			switch {
-			case ok:
-				r.admitted++
-			case reason == "CAPS":
-				r.caps++
-				if retry > 0 {
-					r.withRetry++
-				}
-			default:
-				t.Fatalf("unexpected rejection %s", reason)
-			}
-		}
-		lastReply = time.Now()
-		if k == 0 {
-			firstReply = lastReply
-		}
-	}
-	r.maxSpan = lastReply.Sub(firstSend).Seconds()
-	r.minSpan = lastSend.Sub(firstReply).Seconds()
-	return r
+	tally := clustertest.Paced([]string{addr}, nil, rate, d, command)
+	c := tally.Total
+	require.NoError(t, c.Err)
+	require.Equal(t, c.Admitted+c.Reasons["CAPS"], c.Sent, "only CAPS rejections: %s", c)
+	return c
 }
 
 // requireRate checks a run offered above rate against the bucket: a GCRA
-// admits burst + rate × (span of the server's decision instants) ± 1, and
-// the span lies between what the client saw, however the machine
-// schedules it.
-func (r pacedResult) requireRate(t *testing.T, rate, burst float64) {
+// admits burst + rate × (span of the server's decision instants), and the
+// bounds follow from when the client sent and read each batch, stalls of
+// a loaded machine included.
+func requireRate(t *testing.T, c clustertest.Count, rate, burst float64) {
 	t.Helper()
-	require.LessOrEqual(t, float64(r.admitted), burst+rate*r.maxSpan+1, "admitted %d", r.admitted)
-	require.GreaterOrEqual(t, float64(r.admitted), burst+rate*r.minSpan-1, "admitted %d", r.admitted)
+	lo, hi := c.GCRABounds(rate, burst)
+	require.LessOrEqual(t, float64(c.Admitted), hi, "%s", c)
+	require.GreaterOrEqual(t, float64(c.Admitted), lo, "%s", c)
 }
 
 func TestDevNodeEnforcesCAPS(t *testing.T) {
@@ -198,12 +146,13 @@ func TestDevNodeEnforcesCAPS(t *testing.T) {
 	require.Equal(t, int64(99), remaining)
 	time.Sleep(200 * time.Millisecond) // the bucket refills to its full burst
 
-	r := paced(t, c, "ADMIT demo", 30, 100)
-	t.Logf("admitted %d of 3000 (CAPS %d) over %.3f..%.3f s", r.admitted, r.caps, r.minSpan, r.maxSpan)
-	r.requireRate(t, 1000, 100)
-	require.Equal(t, 3000, r.admitted+r.caps)
-	require.Equal(t, r.caps, r.withRetry, "every CAPS rejection carries retry_after_ms > 0")
-	admitted, caps := r.admitted, r.caps
+	// 3000 ADMITs paced over one second, always above the licensed 1000/s.
+	r := paced(t, p.resp, "ADMIT demo", 3000, time.Second)
+	t.Logf("admitted %s", r)
+	requireRate(t, r, 1000, 100)
+	require.Equal(t, 3000, r.Sent)
+	admitted, caps := r.Admitted, r.Reasons["CAPS"]
+	require.Equal(t, caps, r.RetryHints, "every CAPS rejection carries retry_after_ms > 0")
 
 	// /metrics counts them.
 	resp, err := http.Get("http://" + p.admin + "/metrics")

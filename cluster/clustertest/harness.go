@@ -1,0 +1,1284 @@
+// Package clustertest runs a farm of real capsgate processes on loopback
+// ports and drives it the way the vendor, the operator and a SIP platform
+// do: capslicense issues licences, capsctl and the admin API load and read
+// them, and Paced offers an open-loop, paced RESP load and tallies every
+// decision.
+//
+// In a test:
+//
+//	c := clustertest.New(t, 3)                // n1, then n2 and n3 joining n1
+//	c.WaitMembers(3, 5*time.Second)
+//	c.LoadLicense(1, c.Issue("--service", "voice", "--caps", "1000"))
+//	c.WaitCAPS("voice", 1000, 2*time.Second)
+//	tally := clustertest.Paced(c.RESPAddrs(), []float64{70, 20, 10}, 2000, 10*time.Second, "ADMIT voice")
+//	t.Log(tally)
+//	c.Node(3).Kill()
+//
+// Nodes are numbered from 1, like their names (n1, n2, ...). The commands
+// are built once per process (BuildOnce). New, NewDev and the Cluster
+// methods that return no error (Issue, LoadLicense, Ctl, Members, Service,
+// WaitMembers, WaitCAPS) fail the test; everything else returns errors, so
+// a program (a future `capsbench cluster`) can use BinariesIn, Start,
+// StartDev, Node and Paced without a testing.TB.
+//
+// Every process is started with a per-node data dir and the cluster's
+// vendor key, gossip key and admin token. Paced holds one TCP connection per
+// address and sends, every 10 ms, what is due by then (so a late tick is
+// caught up at once), reading every reply; it stops at the planned count or
+// when a node stalls.
+package clustertest
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// modulePath is the module whose commands Build builds.
+const modulePath = "github.com/capsgate/capsgate"
+
+const (
+	// DefaultStartTimeout is how long a node may take to answer PING after
+	// it is started: a cold start on a loaded CI machine takes seconds.
+	DefaultStartTimeout = 15 * time.Second
+	// stopTimeout is how long Stop waits after SIGTERM before SIGKILL; a
+	// drain answers what was received and flushes the ledger, well below.
+	stopTimeout = 20 * time.Second
+	// httpTimeout bounds one admin API request; loopback answers in ms.
+	httpTimeout = 5 * time.Second
+	// pollInterval is how often the Wait and Await methods look again.
+	pollInterval = 10 * time.Millisecond
+)
+
+// Binaries are the paths of the capsgate commands.
+type Binaries struct {
+	Capsgate, Capsctl, Capslicense string
+}
+
+// BinariesIn returns the commands in dir (for a program, the directory of
+// os.Executable()) after checking that they are there.
+func BinariesIn(dir string) (Binaries, error) {
+	b := Binaries{
+		Capsgate:    filepath.Join(dir, "capsgate"),
+		Capsctl:     filepath.Join(dir, "capsctl"),
+		Capslicense: filepath.Join(dir, "capslicense"),
+	}
+	for _, p := range []string{b.Capsgate, b.Capsctl, b.Capslicense} {
+		if _, err := os.Stat(p); err != nil {
+			return Binaries{}, fmt.Errorf("cannot find the capsgate commands: %w", err)
+		}
+	}
+	return b, nil
+}
+
+// Build builds every command of the module into dir with the go tool. It
+// must run inside the module, as tests do.
+func Build(dir string) (Binaries, error) {
+	cmd := exec.Command("go", "build", "-o", dir+string(filepath.Separator), modulePath+"/cmd/...")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return Binaries{}, fmt.Errorf("cannot build %s/cmd/...: %w\n%s", modulePath, err, out)
+	}
+	return BinariesIn(dir)
+}
+
+// built holds BuildOnce's result for the life of the process.
+var built struct {
+	once sync.Once
+	bin  Binaries
+	err  error
+}
+
+// buildDirPrefix names BuildOnce's directories: the prefix, the pid, a
+// random suffix.
+const buildDirPrefix = "capsgate-clustertest-"
+
+// BuildOnce builds the commands on its first call, into a temporary
+// directory of this process, and returns the same binaries afterwards. A
+// library has no hook at process exit, so the directory outlives the
+// process; BuildOnce removes those of earlier processes that have exited.
+func BuildOnce() (Binaries, error) {
+	built.once.Do(func() {
+		removeStaleBuilds()
+		dir, err := os.MkdirTemp("", fmt.Sprintf("%s%d-", buildDirPrefix, os.Getpid()))
+		if err != nil {
+			built.err = fmt.Errorf("cannot make a directory for the binaries: %w", err)
+			return
+		}
+		built.bin, built.err = Build(dir)
+	})
+	return built.bin, built.err
+}
+
+// removeStaleBuilds removes BuildOnce directories whose process is gone.
+func removeStaleBuilds() {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), buildDirPrefix+"*-*"))
+	for _, d := range dirs {
+		pidText, _, _ := strings.Cut(strings.TrimPrefix(filepath.Base(d), buildDirPrefix), "-")
+		pid, err := strconv.Atoi(pidText)
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		if p, err := os.FindProcess(pid); err == nil && errors.Is(p.Signal(syscall.Signal(0)), os.ErrProcessDone) {
+			_ = os.RemoveAll(d)
+		}
+	}
+}
+
+// Issue runs `capslicense issue --key vendorKey args...` and returns the
+// armored licence it prints.
+func (b Binaries) Issue(vendorKey string, args ...string) ([]byte, error) {
+	cmd := exec.Command(b.Capslicense, append([]string{"issue", "--key", vendorKey}, args...)...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("cannot issue a licence (capslicense issue %s): %w: %s",
+			strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return out, nil
+}
+
+// ctl runs capsctl against the admin API at addr (host:port) with stdin and
+// returns its combined output and exit code; err is only for a capsctl
+// that could not run.
+func (b Binaries) ctl(stdin []byte, addr, tokenFile string, args ...string) (string, int, error) {
+	argv := []string{"--addr", "http://" + addr}
+	if tokenFile != "" {
+		argv = append(argv, "--token-file", tokenFile)
+	}
+	cmd := exec.Command(b.Capsctl, append(argv, args...)...)
+	cmd.Stdin = bytes.NewReader(stdin)
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return string(out), ee.ExitCode(), nil
+	}
+	if err != nil {
+		return string(out), -1, fmt.Errorf("cannot run capsctl: %w", err)
+	}
+	return string(out), 0, nil
+}
+
+// Config describes a cluster for Start.
+type Config struct {
+	// Nodes is how many capsgate processes to run (≥ 1).
+	Nodes int
+	// Dir holds the keys, the token and a data dir per node; it must exist.
+	Dir string
+	// Bin are the commands to run.
+	Bin Binaries
+	// ClusterID is every node's --cluster-id; default "clustertest".
+	ClusterID string
+	// Args are extra capsgate flags for every node.
+	Args []string
+	// NodeArgs are extra flags for one node, by number (from 1).
+	NodeArgs map[int][]string
+	// StartTimeout bounds each node's start; default DefaultStartTimeout.
+	StartTimeout time.Duration
+}
+
+// Option adjusts the Config New starts.
+type Option func(*Config)
+
+// WithArgs adds capsgate flags to every node.
+func WithArgs(args ...string) Option {
+	return func(c *Config) { c.Args = append(c.Args, args...) }
+}
+
+// WithNodeArgs adds capsgate flags to node i (from 1).
+func WithNodeArgs(i int, args ...string) Option {
+	return func(c *Config) {
+		if c.NodeArgs == nil {
+			c.NodeArgs = map[int][]string{}
+		}
+		c.NodeArgs[i] = append(c.NodeArgs[i], args...)
+	}
+}
+
+// WithClusterID sets every node's --cluster-id.
+func WithClusterID(id string) Option {
+	return func(c *Config) { c.ClusterID = id }
+}
+
+// Cluster is a running farm of capsgate processes sharing one vendor key,
+// gossip key, admin token and cluster id.
+type Cluster struct {
+	Bin       Binaries
+	Dir       string
+	ClusterID string
+	// VendorKey and VendorPub are the vendor's key pair (capslicense keygen).
+	VendorKey, VendorPub string
+	// GossipKeyFile and TokenFile are every node's gossip key and admin token.
+	GossipKeyFile, TokenFile string
+
+	nodes     []*Node
+	transport *http.Transport
+	t         testing.TB // nil for a Cluster from Start
+}
+
+// New starts an n-node cluster for a test: it builds the commands once per
+// test binary, makes the keys in a temporary directory and starts the nodes
+// (Start). The test fails if any of it fails; when the test ends the nodes
+// are killed, and their logs are printed if it failed.
+func New(t testing.TB, n int, opts ...Option) *Cluster {
+	t.Helper()
+	bin, err := BuildOnce()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{Nodes: n, Dir: t.TempDir(), Bin: bin}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	c, err := Start(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.t = t
+	t.Cleanup(func() {
+		c.Close()
+		if t.Failed() {
+			for _, nd := range c.nodes {
+				t.Logf("%s log, last %d lines:\n%s", nd.Name, logTail, lastLines(nd.Log(), logTail))
+			}
+		}
+	})
+	return c
+}
+
+// logTail is how many lines of each node's log a failed test shows.
+const logTail = 60
+
+// Start makes the keys and token in cfg.Dir and starts cfg.Nodes capsgate
+// processes on free loopback ports: n1 first, then the others joining n1's
+// gossip address, each one after the previous answers PING. On an error
+// what was started is killed. Close kills them all.
+func Start(cfg Config) (*Cluster, error) {
+	if cfg.Nodes < 1 {
+		return nil, fmt.Errorf("cannot start a cluster of %d nodes: Config.Nodes must be at least 1", cfg.Nodes)
+	}
+	if cfg.ClusterID == "" {
+		cfg.ClusterID = "clustertest"
+	}
+	if cfg.StartTimeout <= 0 {
+		cfg.StartTimeout = DefaultStartTimeout
+	}
+	keys := filepath.Join(cfg.Dir, "keys")
+	c := &Cluster{
+		Bin:           cfg.Bin,
+		Dir:           cfg.Dir,
+		ClusterID:     cfg.ClusterID,
+		VendorKey:     filepath.Join(keys, "vendor.key"),
+		VendorPub:     filepath.Join(keys, "vendor.pub"),
+		GossipKeyFile: filepath.Join(keys, "gossip.key"),
+		TokenFile:     filepath.Join(keys, "admin.token"),
+		transport:     &http.Transport{MaxIdleConnsPerHost: 4},
+	}
+	if err := os.MkdirAll(keys, 0o700); err != nil {
+		return nil, fmt.Errorf("cannot make the key directory: %w", err)
+	}
+	if out, err := exec.Command(cfg.Bin.Capslicense, "keygen", "--out", keys).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("cannot make the vendor key (capslicense keygen): %w: %s", err, out)
+	}
+	gossipKey, token := make([]byte, 32), make([]byte, 16)
+	_, _ = rand.Read(gossipKey)
+	_, _ = rand.Read(token)
+	if err := os.WriteFile(c.GossipKeyFile, []byte(base64.StdEncoding.EncodeToString(gossipKey)+"\n"), 0o600); err != nil {
+		return nil, fmt.Errorf("cannot write the gossip key: %w", err)
+	}
+	if err := os.WriteFile(c.TokenFile, []byte(hex.EncodeToString(token)+"\n"), 0o600); err != nil {
+		return nil, fmt.Errorf("cannot write the admin token: %w", err)
+	}
+	addrs, err := freeAddrs(3 * cfg.Nodes)
+	if err != nil {
+		return nil, err
+	}
+	for i := range cfg.Nodes {
+		name := fmt.Sprintf("n%d", i+1)
+		n := &Node{
+			Name:         name,
+			RESPAddr:     addrs[3*i],
+			AdminAddr:    addrs[3*i+1],
+			GossipAddr:   addrs[3*i+2],
+			DataDir:      filepath.Join(cfg.Dir, name),
+			bin:          cfg.Bin,
+			token:        hex.EncodeToString(token),
+			tokenFile:    c.TokenFile,
+			startTimeout: cfg.StartTimeout,
+			log:          &LogBuffer{},
+			http:         &http.Client{Timeout: httpTimeout, Transport: c.transport},
+			joins:        c.joinsFor,
+		}
+		n.args = append([]string{
+			"--node-name", name, "--cluster-id", cfg.ClusterID, "--data-dir", n.DataDir,
+			"--resp-addr", n.RESPAddr, "--admin-addr", n.AdminAddr, "--gossip-addr", n.GossipAddr,
+			"--gossip-key-file", c.GossipKeyFile, "--admin-token-file", c.TokenFile,
+			"--vendor-key", c.VendorPub,
+		}, append(slices.Clone(cfg.Args), cfg.NodeArgs[i+1]...)...)
+		c.nodes = append(c.nodes, n)
+	}
+	for i, n := range c.nodes {
+		var join []string
+		if i > 0 {
+			join = []string{c.nodes[0].GossipAddr}
+		}
+		if err := n.start(join); err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+// joinsFor is what node n joins at a restart: every other running node.
+func (c *Cluster) joinsFor(n *Node) []string {
+	var join []string
+	for _, o := range c.nodes {
+		if o != n && o.Running() {
+			join = append(join, o.GossipAddr)
+		}
+	}
+	return join
+}
+
+// Close kills every node; it is safe to call twice.
+func (c *Cluster) Close() {
+	var wg sync.WaitGroup
+	for _, n := range c.nodes {
+		wg.Go(n.Kill)
+	}
+	wg.Wait()
+	c.transport.CloseIdleConnections()
+}
+
+// Node returns node i, numbered from 1 like its name.
+func (c *Cluster) Node(i int) *Node {
+	if i < 1 || i > len(c.nodes) {
+		panic(fmt.Sprintf("clustertest: no node %d: nodes are numbered 1..%d", i, len(c.nodes)))
+	}
+	return c.nodes[i-1]
+}
+
+// Nodes returns every node in order (n1 first).
+func (c *Cluster) Nodes() []*Node { return slices.Clone(c.nodes) }
+
+// RESPAddrs returns every node's RESP address in order, for Paced.
+func (c *Cluster) RESPAddrs() []string {
+	addrs := make([]string, len(c.nodes))
+	for i, n := range c.nodes {
+		addrs[i] = n.RESPAddr
+	}
+	return addrs
+}
+
+// AwaitMembers waits until every running node's GET /v1/cluster shows n
+// alive members.
+func (c *Cluster) AwaitMembers(n int, timeout time.Duration) error {
+	return c.await(timeout, func(nd *Node) error {
+		ms, err := nd.Members()
+		if err != nil {
+			return err
+		}
+		var alive []string
+		for _, m := range ms {
+			if m.State == "alive" {
+				alive = append(alive, m.Name)
+			}
+		}
+		if len(alive) != n {
+			return fmt.Errorf("%d alive members %v, want %d", len(alive), alive, n)
+		}
+		return nil
+	})
+}
+
+// AwaitCAPS waits until every running node's GET /v1/services/{service}
+// shows licensed CAPS caps.
+func (c *Cluster) AwaitCAPS(service string, caps float64, timeout time.Duration) error {
+	return c.await(timeout, func(nd *Node) error {
+		s, err := nd.Service(service)
+		if err != nil {
+			return err
+		}
+		if math.Abs(s.Limits.CAPS-caps) > 1e-9 {
+			return fmt.Errorf("caps %g, want %g", s.Limits.CAPS, caps)
+		}
+		return nil
+	})
+}
+
+// await polls cond on every running node until it holds on all of them at
+// once, or returns what the first node still failing said at timeout.
+func (c *Cluster) await(timeout time.Duration, cond func(*Node) error) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		var last error
+		for _, n := range c.nodes {
+			if !n.Running() {
+				continue
+			}
+			if err := cond(n); err != nil {
+				last = fmt.Errorf("%s: %w", n.Name, err)
+				break
+			}
+		}
+		if last == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not within %s: %w", timeout, last)
+		}
+		time.Sleep(pollInterval)
+	}
+}
+
+// tb returns the test of a Cluster from New; method names the caller.
+func (c *Cluster) tb(method string) testing.TB {
+	if c.t == nil {
+		panic("clustertest: Cluster." + method + " fails a test: use it on a Cluster from New, or its error-returning form")
+	}
+	return c.t
+}
+
+// Issue issues a licence signed with the cluster's vendor key
+// (`capslicense issue --key vendor.key args...`) and returns it armored.
+func (c *Cluster) Issue(args ...string) []byte {
+	t := c.tb("Issue")
+	t.Helper()
+	lic, err := c.Bin.Issue(c.VendorKey, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return lic
+}
+
+// LoadLicense loads lic on node i with `capsctl license add -`.
+func (c *Cluster) LoadLicense(i int, lic []byte) {
+	t := c.tb("LoadLicense")
+	t.Helper()
+	if err := c.Node(i).AddLicense(lic); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Ctl runs capsctl against node i's admin API with the cluster's token and
+// returns its combined output and exit code.
+func (c *Cluster) Ctl(i int, args ...string) (string, int) {
+	t := c.tb("Ctl")
+	t.Helper()
+	out, code, err := c.Node(i).Ctl(args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out, code
+}
+
+// Members returns the members node i shows in GET /v1/cluster.
+func (c *Cluster) Members(i int) []Member {
+	t := c.tb("Members")
+	t.Helper()
+	ms, err := c.Node(i).Members()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ms
+}
+
+// Service returns what node i shows in GET /v1/services/{service}.
+func (c *Cluster) Service(i int, service string) Service {
+	t := c.tb("Service")
+	t.Helper()
+	s, err := c.Node(i).Service(service)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// WaitMembers fails the test unless every running node sees n alive
+// members within timeout.
+func (c *Cluster) WaitMembers(n int, timeout time.Duration) {
+	t := c.tb("WaitMembers")
+	t.Helper()
+	if err := c.AwaitMembers(n, timeout); err != nil {
+		t.Fatalf("cluster of %d alive members: %v", n, err)
+	}
+}
+
+// WaitCAPS fails the test unless every running node shows licensed CAPS
+// caps for service within timeout.
+func (c *Cluster) WaitCAPS(service string, caps float64, timeout time.Duration) {
+	t := c.tb("WaitCAPS")
+	t.Helper()
+	if err := c.AwaitCAPS(service, caps, timeout); err != nil {
+		t.Fatalf("%s licensed at %g CAPS on every node: %v", service, caps, err)
+	}
+}
+
+// Node is one capsgate process. Its addresses and data dir stay the same
+// across restarts; its log collects every run's output.
+type Node struct {
+	Name                            string
+	RESPAddr, AdminAddr, GossipAddr string // host:port on 127.0.0.1
+	DataDir                         string
+
+	bin          Binaries
+	token        string // admin bearer token; "" for a --dev node
+	tokenFile    string
+	args         []string             // every flag but --join
+	joins        func(*Node) []string // what to join at a restart; nil: nothing
+	startTimeout time.Duration
+	log          *LogBuffer
+	http         *http.Client
+
+	mu     sync.Mutex // guards the following fields
+	run    *run       // the latest process; nil before the first start
+	starts int
+}
+
+// run is one process of a node.
+type run struct {
+	cmd  *exec.Cmd
+	done chan struct{} // closed once cmd has exited
+	err  error         // cmd.Wait's result; read it after done is closed
+}
+
+// StartDev starts one `capsgate --dev` process on free loopback ports with
+// its data in dir and extra flags args, and waits until it answers PING.
+// Its admin API needs no token.
+func StartDev(bin Binaries, dir string, args ...string) (*Node, error) {
+	addrs, err := freeAddrs(3)
+	if err != nil {
+		return nil, err
+	}
+	n := &Node{
+		Name: "dev", RESPAddr: addrs[0], AdminAddr: addrs[1], GossipAddr: addrs[2], DataDir: dir,
+		bin: bin, startTimeout: DefaultStartTimeout, log: &LogBuffer{},
+		http: &http.Client{Timeout: httpTimeout, Transport: &http.Transport{MaxIdleConnsPerHost: 4}},
+	}
+	n.args = append([]string{"--dev", "--node-name", "dev", "--data-dir", dir,
+		"--resp-addr", n.RESPAddr, "--admin-addr", n.AdminAddr, "--gossip-addr", n.GossipAddr}, args...)
+	if err := n.start(nil); err != nil {
+		return nil, err
+	}
+	return n, nil
+}
+
+// NewDev starts a `capsgate --dev` node for a test (StartDev) and kills it
+// when the test ends, printing its log if the test failed.
+func NewDev(t testing.TB, args ...string) *Node {
+	t.Helper()
+	bin, err := BuildOnce()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := StartDev(bin, t.TempDir(), args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		n.Kill()
+		if t.Failed() {
+			t.Logf("%s log, last %d lines:\n%s", n.Name, logTail, lastLines(n.Log(), logTail))
+		}
+	})
+	return n
+}
+
+// start runs the process joining join and waits until it answers PING;
+// a process that does not is killed.
+func (n *Node) start(join []string) error {
+	n.mu.Lock()
+	if n.run != nil && !isDone(n.run) {
+		n.mu.Unlock()
+		return fmt.Errorf("cannot start %s: it is running (pid %d); Kill or Stop it first", n.Name, n.run.cmd.Process.Pid)
+	}
+	args := slices.Clone(n.args)
+	for _, j := range join {
+		args = append(args, "--join", j)
+	}
+	cmd := exec.Command(n.bin.Capsgate, args...)
+	cmd.Stdout, cmd.Stderr = n.log, n.log
+	n.starts++
+	fmt.Fprintf(n.log, "=== clustertest: start %d of %s: capsgate %s\n", n.starts, n.Name, strings.Join(args, " "))
+	if err := cmd.Start(); err != nil {
+		n.mu.Unlock()
+		return fmt.Errorf("cannot start %s: %w", n.Name, err)
+	}
+	r := &run{cmd: cmd, done: make(chan struct{})}
+	n.run = r
+	n.mu.Unlock()
+	go func() {
+		r.err = cmd.Wait()
+		close(r.done)
+	}()
+
+	deadline := time.Now().Add(n.startTimeout)
+	for n.Ping() != nil {
+		select {
+		case <-r.done:
+			return fmt.Errorf("%s exited during start-up (%v): %s", n.Name, r.err, lastLines(n.Log(), 5))
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			n.Kill()
+			return fmt.Errorf("%s did not answer PING on %s within %s: %s", n.Name, n.RESPAddr, n.startTimeout, lastLines(n.Log(), 5))
+		}
+	}
+	return nil
+}
+
+func isDone(r *run) bool {
+	select {
+	case <-r.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// current returns the latest process, or nil.
+func (n *Node) current() *run {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.run
+}
+
+// Running reports whether the node's process is up.
+func (n *Node) Running() bool {
+	r := n.current()
+	return r != nil && !isDone(r)
+}
+
+// Pid returns the process id of the latest run, or 0.
+func (n *Node) Pid() int {
+	if r := n.current(); r != nil {
+		return r.cmd.Process.Pid
+	}
+	return 0
+}
+
+// Kill sends SIGKILL and waits for the process to exit; it does nothing
+// to a node that is not running.
+func (n *Node) Kill() {
+	r := n.current()
+	if r == nil {
+		return
+	}
+	_ = r.cmd.Process.Kill()
+	<-r.done
+}
+
+// Stop sends SIGTERM, waits for the drain and returns the exit error (nil
+// for exit 0). A process still up after 20 s is killed and that is the
+// error.
+func (n *Node) Stop() error {
+	r := n.current()
+	if r == nil {
+		return fmt.Errorf("cannot stop %s: it was never started", n.Name)
+	}
+	_ = r.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-r.done:
+		return r.err
+	case <-time.After(stopTimeout):
+		_ = r.cmd.Process.Kill()
+		<-r.done
+		return fmt.Errorf("%s did not exit within %s of SIGTERM; killed it", n.Name, stopTimeout)
+	}
+}
+
+// Restart starts a node that was killed or stopped again, with the same
+// ports and data dir, joining every other running node of its cluster, and
+// waits until it answers PING.
+func (n *Node) Restart() error {
+	var join []string
+	if n.joins != nil {
+		join = n.joins(n)
+	}
+	return n.start(join)
+}
+
+// Log returns everything the node's processes wrote, each run after a
+// "=== clustertest: start" line.
+func (n *Node) Log() string { return n.log.String() }
+
+// Ping sends PING on a new RESP connection and wants +PONG.
+func (n *Node) Ping() error {
+	conn, err := net.DialTimeout("tcp", n.RESPAddr, time.Second)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(time.Second))
+	if _, err := conn.Write([]byte("*1\r\n$4\r\nPING\r\n")); err != nil {
+		return err
+	}
+	line, err := bufio.NewReader(conn).ReadString('\n')
+	if err != nil {
+		return err
+	}
+	if line != "+PONG\r\n" {
+		return fmt.Errorf("PING answered %q", line)
+	}
+	return nil
+}
+
+// Ctl runs capsctl against the node's admin API with its token and returns
+// the combined output and exit code; err is only for a capsctl that could
+// not run.
+func (n *Node) Ctl(args ...string) (out string, code int, err error) {
+	return n.bin.ctl(nil, n.AdminAddr, n.tokenFile, args...)
+}
+
+// AddLicense loads lic with `capsctl license add -`.
+func (n *Node) AddLicense(lic []byte) error {
+	out, code, err := n.bin.ctl(lic, n.AdminAddr, n.tokenFile, "license", "add", "-")
+	if err != nil {
+		return err
+	}
+	if code != 0 {
+		return fmt.Errorf("capsctl license add on %s exited %d: %s", n.Name, code, strings.TrimSpace(out))
+	}
+	return nil
+}
+
+// PostLicense loads lic with POST /v1/licenses directly, without the time
+// capsctl takes to start; 200 and 201 are success.
+func (n *Node) PostLicense(lic []byte) error {
+	_, err := n.request("POST", "/v1/licenses", lic, nil)
+	return err
+}
+
+// Member is one member as GET /v1/cluster shows it.
+type Member struct {
+	Name     string             `json:"name"`
+	Addr     string             `json:"addr"`
+	State    string             `json:"state"` // alive, suspect, dead, ...
+	RESPAddr string             `json:"resp_addr"`
+	Demand   map[string]float64 `json:"demand"`
+	Shares   map[string]float64 `json:"shares"`
+}
+
+// Members returns the members the node shows in GET /v1/cluster.
+func (n *Node) Members() ([]Member, error) {
+	var v struct {
+		Members []Member `json:"members"`
+	}
+	if _, err := n.request("GET", "/v1/cluster", nil, &v); err != nil {
+		return nil, err
+	}
+	return v.Members, nil
+}
+
+// Service is the part of GET /v1/services/{service} the tests read.
+type Service struct {
+	Service  string   `json:"service"`
+	Licensed bool     `json:"licensed"`
+	State    string   `json:"state"`
+	Licenses []string `json:"licenses"`
+	Limits   Limits   `json:"limits"`
+}
+
+// Limits are a service's effective limits and this node's share; -1 means
+// unlimited.
+type Limits struct {
+	CAPS      float64 `json:"caps"`
+	CAPSShare float64 `json:"caps_share"`
+	Burst     int64   `json:"burst"`
+	Sessions  int64   `json:"sessions"`
+	Tokens    int64   `json:"tokens"`
+}
+
+// Service returns GET /v1/services/{service}; a service no licence covers
+// is an error (404).
+func (n *Node) Service(service string) (Service, error) {
+	var s Service
+	_, err := n.request("GET", "/v1/services/"+service, nil, &s)
+	return s, err
+}
+
+// StatusError is an admin API answer other than 200 or 201.
+type StatusError struct {
+	Request string // "GET http://..."
+	Code    int
+	Body    string
+}
+
+func (e *StatusError) Error() string {
+	return fmt.Sprintf("%s: %d %s", e.Request, e.Code, e.Body)
+}
+
+// request sends one admin API request with the node's token and decodes a
+// 200 or 201 JSON answer into v (when not nil).
+func (n *Node) request(method, path string, body []byte, v any) (int, error) {
+	url := "http://" + n.AdminAddr + path
+	req, err := http.NewRequest(method, url, bytes.NewReader(body))
+	if err != nil {
+		return 0, err
+	}
+	if n.token != "" {
+		req.Header.Set("Authorization", "Bearer "+n.token)
+	}
+	resp, err := n.http.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if err != nil {
+		return resp.StatusCode, fmt.Errorf("%s %s: %w", method, url, err)
+	}
+	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusCreated {
+		return resp.StatusCode, &StatusError{Request: method + " " + url, Code: resp.StatusCode, Body: strings.Join(strings.Fields(string(b)), " ")}
+	}
+	if v != nil {
+		if err := json.Unmarshal(b, v); err != nil {
+			return resp.StatusCode, fmt.Errorf("%s %s: cannot decode the answer: %w", method, url, err)
+		}
+	}
+	return resp.StatusCode, nil
+}
+
+// freeAddrs reserves n distinct loopback addresses whose TCP and UDP ports
+// are both free (gossip binds both), then releases them for the processes.
+func freeAddrs(n int) ([]string, error) {
+	var held []io.Closer
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	var addrs []string
+	for tries := 0; len(addrs) < n; tries++ {
+		if tries == 100*n {
+			return nil, fmt.Errorf("cannot find %d free loopback ports for TCP and UDP", n)
+		}
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("cannot reserve a loopback port: %w", err)
+		}
+		held = append(held, l)
+		u, err := net.ListenPacket("udp", l.Addr().String())
+		if err != nil {
+			continue // the UDP port is taken; keep the TCP one held and try another
+		}
+		held = append(held, u)
+		addrs = append(addrs, l.Addr().String())
+	}
+	return addrs, nil
+}
+
+// LogBuffer collects a process's output; exec writes it from other goroutines.
+type LogBuffer struct {
+	mu sync.Mutex // guards b
+	b  strings.Builder
+}
+
+func (l *LogBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *LogBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// lastLines returns the last n lines of s.
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+const (
+	// tick is Paced's pacing interval, as in checks/resp.py.
+	tick = 10 * time.Millisecond
+	// replyTimeout bounds the wait for one batch's replies.
+	replyTimeout = 10 * time.Second
+	// stallGrace is how far past its planned end a paced run may go (a
+	// node answering slowly) before it gives up.
+	stallGrace = 10 * time.Second
+)
+
+// Count is what one connection, or all of them, sent and got back.
+type Count struct {
+	Sent     int
+	Admitted int
+	Rejected int
+	// Reasons counts rejections by reason (CAPS, OVERLOAD, ...).
+	Reasons map[string]int
+	// RetryHints counts rejections that carried retry_after_ms > 0.
+	RetryHints int
+	// Errors counts replies that are not decisions (RESP errors ...);
+	// LastError is the last of them.
+	Errors    int
+	LastError string
+	// FirstSend is just before the first batch was written and FirstReply
+	// just after its replies were read; LastSend and LastReply the same for
+	// the last batch. Summed over connections: the earliest first and the
+	// latest last instants.
+	FirstSend, FirstReply, LastSend, LastReply time.Time
+	// MaxGap is the longest time between two writes on one connection:
+	// one tick (10 ms) when client and server kept up.
+	MaxGap time.Duration
+	// Batches are every write and its replies, in the order of Send.
+	Batches []Batch
+	// Err is what ended a connection before everything was sent and read.
+	Err error
+}
+
+// Batch is one write of N commands: Send is just before the write, Reply
+// just after the last of its replies was read.
+type Batch struct {
+	Send, Reply time.Time
+	N, Admitted int
+}
+
+// Span bounds the span between the server's first and last decisions: it
+// is at least LastSend − FirstReply and at most LastReply − FirstSend,
+// however the machine schedules client and server.
+func (c Count) Span() (lo, hi time.Duration) {
+	return max(c.LastSend.Sub(c.FirstReply), 0), c.LastReply.Sub(c.FirstSend)
+}
+
+// GCRABounds returns the range of admissions a GCRA bucket of rate per
+// second and depth burst allows for the run, when the bucket is full at the
+// start and decides alone on everything the run sent, however the machine
+// scheduled client and server. It admits the burst, plus what it refills
+// over the span of its decisions, less what it could not hold: refill lost
+// while it was full (a stall: a gap between batches longer than the room
+// left in it after the one before), and what is left in it at the end. So
+// at most burst + rate × span + 1, and, for a run offered above rate with
+// no stall, at least burst + rate × span − 1. Decisions within one batch
+// are taken to come less than 1/rate apart. The lower bound is tight for
+// one connection; for several on one bucket (a Tally's Total) it judges
+// each batch by the one before in time only, so it is looser.
+func (c Count) GCRABounds(rate, burst float64) (lo, hi float64) {
+	slo, shi := c.Span()
+	hi = burst + rate*shi.Seconds() + 1
+	if len(c.Batches) == 0 {
+		return 0, hi
+	}
+	// left bounds what the bucket holds after batch b's decisions.
+	left := func(b Batch) float64 {
+		refill := rate * b.Reply.Sub(b.Send).Seconds()
+		if b.Admitted < b.N { // it was empty at a rejection
+			return min(burst, 1+refill)
+		}
+		return min(burst, burst-float64(b.Admitted)+refill)
+	}
+	lo = burst + rate*slo.Seconds()
+	for k := 1; k < len(c.Batches); k++ {
+		gap := c.Batches[k].Reply.Sub(c.Batches[k-1].Send).Seconds()
+		lo -= max(0, rate*gap-(burst-left(c.Batches[k-1])))
+	}
+	return lo - left(c.Batches[len(c.Batches)-1]), hi
+}
+
+// RejectedFraction is Rejected / Sent (0 when nothing was sent).
+func (c Count) RejectedFraction() float64 {
+	if c.Sent == 0 {
+		return 0
+	}
+	return float64(c.Rejected) / float64(c.Sent)
+}
+
+func (c Count) String() string {
+	s := fmt.Sprintf("sent %d, admitted %d, rejected %d", c.Sent, c.Admitted, c.Rejected)
+	if len(c.Reasons) > 0 {
+		reasons := make([]string, 0, len(c.Reasons))
+		for r := range c.Reasons {
+			reasons = append(reasons, r)
+		}
+		sort.Strings(reasons)
+		for i, r := range reasons {
+			reasons[i] = fmt.Sprintf("%s %d", r, c.Reasons[r])
+		}
+		s += " (" + strings.Join(reasons, ", ") + ")"
+	}
+	if c.MaxGap > 5*tick {
+		s += fmt.Sprintf(", a stall: %v between two batches", c.MaxGap.Round(time.Millisecond))
+	}
+	if c.Errors > 0 {
+		s += fmt.Sprintf(", %d non-decision replies (last %q)", c.Errors, c.LastError)
+	}
+	if c.Err != nil {
+		s += fmt.Sprintf(", error: %v", c.Err)
+	}
+	return s
+}
+
+// add tallies one reply.
+func (c *Count) add(v any) {
+	if a, ok := v.([]any); ok && len(a) == 4 {
+		admitted, ok1 := a[0].(int64)
+		reason, ok2 := a[1].(string)
+		if ok1 && ok2 {
+			if admitted == 1 {
+				c.Admitted++
+			} else {
+				c.Rejected++
+				c.Reasons[reason]++
+				if retry, ok := a[2].(int64); ok && retry > 0 {
+					c.RetryHints++
+				}
+			}
+			return
+		}
+	}
+	c.Errors++
+	c.LastError = fmt.Sprint(v)
+}
+
+// merge adds o into c.
+func (c *Count) merge(o Count) {
+	c.Sent += o.Sent
+	c.Admitted += o.Admitted
+	c.Rejected += o.Rejected
+	c.RetryHints += o.RetryHints
+	for r, k := range o.Reasons {
+		c.Reasons[r] += k
+	}
+	c.Errors += o.Errors
+	if o.LastError != "" {
+		c.LastError = o.LastError
+	}
+	c.MaxGap = max(c.MaxGap, o.MaxGap)
+	c.Batches = append(c.Batches, o.Batches...)
+	if o.Sent > 0 {
+		if c.FirstSend.IsZero() || o.FirstSend.Before(c.FirstSend) {
+			c.FirstSend = o.FirstSend
+		}
+		if c.FirstReply.IsZero() || (!o.FirstReply.IsZero() && o.FirstReply.Before(c.FirstReply)) {
+			c.FirstReply = o.FirstReply
+		}
+		if o.LastSend.After(c.LastSend) {
+			c.LastSend = o.LastSend
+		}
+		if o.LastReply.After(c.LastReply) {
+			c.LastReply = o.LastReply
+		}
+	}
+	c.Err = errors.Join(c.Err, o.Err)
+}
+
+// Tally is Paced's result: a Count per address, in order, and their sum.
+// Total.Err joins every connection's error.
+type Tally struct {
+	Total Count
+	Nodes []Count
+}
+
+func (t Tally) String() string {
+	s := t.Total.String()
+	if len(t.Nodes) > 1 {
+		per := make([]string, len(t.Nodes))
+		for i, c := range t.Nodes {
+			per[i] = fmt.Sprintf("#%d %d/%d/%d", i+1, c.Sent, c.Admitted, c.Rejected)
+		}
+		s += "; sent/admitted/rejected per node: " + strings.Join(per, ", ")
+	}
+	return s
+}
+
+// Paced offers command (e.g. "ADMIT voice", sent as a RESP multibulk) to
+// addrs at ratePerSec in all for d, open loop: address i gets the share
+// weights[i] / Σweights (nil weights: equal shares) over its own TCP
+// connection, in batches every 10 ms of what is due by then, so a late tick
+// is caught up at once. Every reply is read and tallied. An address whose
+// share rounds to no command is not dialled. A run ends at its planned
+// count, or early on an error or when it is more than 10 s late (Err).
+func Paced(addrs []string, weights []float64, ratePerSec float64, d time.Duration, command string) Tally {
+	t := Tally{Total: Count{Reasons: map[string]int{}}, Nodes: make([]Count, len(addrs))}
+	for i := range t.Nodes {
+		t.Nodes[i].Reasons = map[string]int{}
+	}
+	if weights == nil {
+		weights = slices.Repeat([]float64{1}, len(addrs))
+	}
+	var sum float64
+	for _, w := range weights {
+		if !(w >= 0) || math.IsInf(w, 1) {
+			t.Total.Err = fmt.Errorf("cannot pace: weight %v is not a finite number ≥ 0", w)
+			return t
+		}
+		sum += w
+	}
+	args := strings.Fields(command)
+	switch {
+	case len(weights) != len(addrs):
+		t.Total.Err = fmt.Errorf("cannot pace: %d weights for %d addresses", len(weights), len(addrs))
+	case sum == 0 || !(ratePerSec > 0) || math.IsInf(ratePerSec, 1) || d <= 0:
+		t.Total.Err = fmt.Errorf("cannot pace: want a total weight, a rate and a duration above 0")
+	case len(args) == 0:
+		t.Total.Err = errors.New("cannot pace: empty command")
+	}
+	if t.Total.Err != nil {
+		return t
+	}
+	var frame []byte
+	frame = fmt.Appendf(frame, "*%d\r\n", len(args))
+	for _, a := range args {
+		frame = fmt.Appendf(frame, "$%d\r\n%s\r\n", len(a), a)
+	}
+
+	rates := make([]float64, len(addrs))
+	totals := make([]int, len(addrs))
+	conns := make([]net.Conn, len(addrs))
+	for i, addr := range addrs {
+		rates[i] = ratePerSec * weights[i] / sum
+		totals[i] = int(math.Round(rates[i] * d.Seconds()))
+		if totals[i] == 0 {
+			continue
+		}
+		conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			t.Nodes[i].Err = fmt.Errorf("cannot connect to %s: %w", addr, err)
+			continue
+		}
+		conns[i] = conn
+	}
+	start := time.Now() // every connection ticks in phase
+	var wg sync.WaitGroup
+	for i, conn := range conns {
+		if conn != nil {
+			wg.Go(func() { pace(&t.Nodes[i], conn, frame, rates[i], totals[i], start, start.Add(d+stallGrace)) })
+		}
+	}
+	wg.Wait()
+	for _, c := range t.Nodes {
+		t.Total.merge(c)
+	}
+	slices.SortFunc(t.Total.Batches, func(a, b Batch) int { return a.Send.Compare(b.Send) })
+	return t
+}
+
+// pace sends total frames on conn at rate from start, as Paced describes,
+// tallies the replies into c and closes conn.
+func pace(c *Count, conn net.Conn, frame []byte, rate float64, total int, start, giveUp time.Time) {
+	defer conn.Close()
+	addr := conn.RemoteAddr().String()
+	r := bufio.NewReaderSize(conn, 64<<10)
+	var batch []byte
+	for k := 1; c.Sent < total; k++ {
+		// Batch k is due at (k-1) ticks; when late, send what is due now.
+		k = max(k, int(time.Since(start)/tick)+1)
+		due := min(total, int(math.Round(rate*tick.Seconds()*float64(k))))
+		if n := due - c.Sent; n > 0 {
+			now := time.Now()
+			if now.After(giveUp) {
+				c.Err = fmt.Errorf("%s: gave up %s after the planned end with %d of %d sent", addr, stallGrace, c.Sent, total)
+				return
+			}
+			batch = batch[:0]
+			for range n {
+				batch = append(batch, frame...)
+			}
+			_ = conn.SetDeadline(now.Add(replyTimeout))
+			if c.Sent == 0 {
+				c.FirstSend = now
+			} else {
+				c.MaxGap = max(c.MaxGap, now.Sub(c.LastSend))
+			}
+			c.LastSend = now
+			if _, err := conn.Write(batch); err != nil {
+				c.Err = fmt.Errorf("%s: cannot send: %w", addr, err)
+				return
+			}
+			c.Sent += n
+			admitted := c.Admitted
+			for range n {
+				v, err := readReply(r)
+				if err != nil {
+					c.Err = fmt.Errorf("%s: cannot read a reply: %w", addr, err)
+					return
+				}
+				c.add(v)
+			}
+			reply := time.Now()
+			if c.FirstReply.IsZero() {
+				c.FirstReply = reply
+			}
+			c.LastReply = reply
+			c.Batches = append(c.Batches, Batch{Send: now, Reply: reply, N: n, Admitted: c.Admitted - admitted})
+		}
+		if wait := time.Until(start.Add(time.Duration(k) * tick)); wait > 0 {
+			time.Sleep(wait)
+		}
+	}
+}
+
+// respError is a RESP error reply.
+type respError string
+
+func (e respError) String() string { return "-" + string(e) }
+
+// maxBulk bounds a bulk reply Paced will read; decisions are tiny.
+const maxBulk = 1 << 20
+
+// readReply reads one RESP2 reply: a string (simple or bulk), a respError,
+// an int64, nil, or an []any of those.
+func readReply(r *bufio.Reader) (any, error) {
+	line, err := r.ReadSlice('\n')
+	if err != nil {
+		return nil, err
+	}
+	if len(line) < 3 || line[len(line)-2] != '\r' {
+		return nil, fmt.Errorf("bad reply line %q", line)
+	}
+	kind, body := line[0], string(line[1:len(line)-2])
+	switch kind {
+	case '+':
+		return body, nil
+	case '-':
+		return respError(body), nil
+	case ':':
+		return strconv.ParseInt(body, 10, 64)
+	case '$', '*':
+		n, err := strconv.Atoi(body)
+		if err != nil || n > maxBulk {
+			return nil, fmt.Errorf("bad reply length %q", line)
+		}
+		if n < 0 {
+			return nil, nil
+		}
+		if kind == '$' {
+			b := make([]byte, n+2)
+			if _, err := io.ReadFull(r, b); err != nil {
+				return nil, err
+			}
+			return string(b[:n]), nil
+		}
+		a := make([]any, n)
+		for i := range a {
+			if a[i], err = readReply(r); err != nil {
+				return nil, err
+			}
+		}
+		return a, nil
+	}
+	return nil, fmt.Errorf("bad reply type %q", line)
+}
