@@ -113,6 +113,28 @@ func (g *gcra) available(tat *atomic.Int64, now int64) int64 {
 	return n
 }
 
+// rescale carries a bucket's state across a change of rate at now: what
+// the bucket owed (TAT ahead of now) is kept in tokens, not in time, so
+// raising the rate does not leave the old, slower debt in the way (an idle
+// cluster node whose share rises from a trickle to its demand). A bucket
+// that was closed or unlimited starts full.
+func rescale(tat *atomic.Int64, old, cur *gcra, now int64) {
+	if cur.mode != gcraLimited {
+		return
+	}
+	for {
+		t := tat.Load()
+		next := now // full
+		if old.mode == gcraLimited && t > now {
+			owed := float64(t-now) / float64(old.interval)
+			next = now + min(int64(owed*float64(cur.interval)), cur.tolerance+cur.interval)
+		}
+		if t == next || tat.CompareAndSwap(t, next) {
+			return
+		}
+	}
+}
+
 // retryMS turns a wait in nanoseconds into a retry hint of at least 1 ms.
 func retryMS(waitNs int64) int64 {
 	if waitNs >= math.MaxInt64/2 {

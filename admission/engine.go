@@ -31,9 +31,13 @@ type Config struct {
 	// MaxCAPS is the node's own attempt limit across all services
 	// (overload protection, reason OVERLOAD); 0 means none.
 	MaxCAPS float64
-	// MaxServices bounds how many services the engine tracks, so that
-	// emergency attempts naming made-up services cannot exhaust memory.
+	// MaxServices bounds how many services emergency attempts may add by
+	// naming services no licence covers, so made-up names cannot exhaust
+	// memory. Services given limits (SetLimits) do not count against it.
 	MaxServices int
+	// Clock tells SetLimits the time when it rescales a bucket to a new
+	// rate; nil means a system clock (tests pass their fake one).
+	Clock Clock
 }
 
 // DefaultConfig returns the defaults, each explained on its Config field.
@@ -48,6 +52,10 @@ func DefaultConfig() Config {
 	}
 }
 
+// MaxReleaseSeconds bounds the SECONDS of a RELEASE: 30 days, beyond any
+// call, so a per-minute charge can not overflow.
+const MaxReleaseSeconds = 30 * 24 * 3600
+
 // MaxTTL bounds a REGISTER TTL: a week, far beyond any SIP Expires in use.
 const MaxTTL = 7 * 24 * 3600
 
@@ -57,6 +65,7 @@ var ErrTooManyServices = errors.New("too many services")
 // Engine decides. See the package doc for its concurrency rules.
 type Engine struct {
 	cfg Config
+	clk Clock
 
 	services atomic.Pointer[map[string]*Service]
 	mu       sync.Mutex // serialises changes to services (never held while deciding)
@@ -67,6 +76,8 @@ type Engine struct {
 	// unknown counts ADMIT decisions for services the engine has never
 	// heard of (no licence ever loaded): UNLICENSED or OVERLOAD.
 	unknown [NumReasons]atomic.Uint64
+	// unlicensedServices counts the services emergency calls added (guarded by mu).
+	unlicensedServices int
 }
 
 // NewEngine returns an engine with no services: everything is UNLICENSED
@@ -89,7 +100,10 @@ func NewEngine(cfg Config) *Engine {
 		cfg.MaxServices = def.MaxServices
 	}
 	cfg.HighHeadroomPercent = min(max(cfg.HighHeadroomPercent, 0), 100)
-	e := &Engine{cfg: cfg}
+	e := &Engine{cfg: cfg, clk: cfg.Clock}
+	if e.clk == nil {
+		e.clk = NewSystemClock()
+	}
 	m := map[string]*Service{}
 	e.services.Store(&m)
 	if cfg.MaxCAPS > 0 {
@@ -123,15 +137,20 @@ func (e *Engine) Services() []*Service {
 }
 
 // ensure returns the named service, creating it unlicensed if need be.
-func (e *Engine) ensure(name string) (*Service, error) {
+// Only services added for emergency calls (bounded) count against
+// MaxServices.
+func (e *Engine) ensure(name string, forLicence bool) (*Service, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	old := *e.services.Load()
 	if s, ok := old[name]; ok {
 		return s, nil
 	}
-	if len(old) >= e.cfg.MaxServices {
-		return nil, fmt.Errorf("cannot add service %q: %w (limit %d)", name, ErrTooManyServices, e.cfg.MaxServices)
+	if !forLicence {
+		if e.unlicensedServices >= e.cfg.MaxServices {
+			return nil, fmt.Errorf("cannot add service %q: %w (limit %d)", name, ErrTooManyServices, e.cfg.MaxServices)
+		}
+		e.unlicensedServices++
 	}
 	s := newService(name, derive(Limits{Sessions: Unlimited, Subscribers: Unlimited, Tokens: 0, State: "unlicensed"}, &e.cfg))
 	m := make(map[string]*Service, len(old)+1)
@@ -148,13 +167,16 @@ func (e *Engine) ensure(name string) (*Service, error) {
 // licence loaded under load raises the limits without resetting anything.
 // Called by the licensing and cluster layers; safe at any time.
 func (e *Engine) SetLimits(service string, l Limits) error {
-	s, err := e.ensure(service)
+	s, err := e.ensure(service, true)
 	if err != nil {
 		return err
 	}
 	d := derive(l, &e.cfg)
+	now := e.clk.Now()
 	s.mu.Lock()
-	s.lim.Store(d)
+	old := s.lim.Swap(d)
+	rescale(&s.capsTAT, &old.caps, &d.caps, now)
+	rescale(&s.headroomTAT, &old.headroom, &d.headroom, now)
 	s.applyPool(d)
 	s.mu.Unlock()
 	return nil
@@ -186,7 +208,7 @@ func (e *Engine) Admit(now int64, service, call, acct []byte, prio Priority) Dec
 		// An emergency call is never refused for want of a licence: track
 		// it under the name it gave (once; bounded by MaxServices).
 		var err error
-		if s, err = e.ensure(string(service)); err != nil {
+		if s, err = e.ensure(string(service), false); err != nil {
 			if d, ok := e.overload(now); !ok {
 				e.unknown[OVERLOAD].Add(1)
 				return d
@@ -349,7 +371,7 @@ func (e *Engine) Release(now int64, service, call []byte, seconds int64) bool {
 		if x.account != nil {
 			p = &x.account.pool
 		}
-		minutes := (min(seconds, math.MaxInt64-59) + 59) / 60
+		minutes := (min(seconds, MaxReleaseSeconds) + 59) / 60
 		s.charge(p, satMul(minutes, l.TokensPerMinute))
 	}
 	return true

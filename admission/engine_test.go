@@ -2,6 +2,7 @@ package admission
 
 import (
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -19,13 +20,15 @@ var (
 
 func newTestEngine(t testing.TB, l Limits, mod ...func(*Config)) (*Engine, *FakeClock) {
 	t.Helper()
+	clk := NewFakeClock()
 	cfg := DefaultConfig()
+	cfg.Clock = clk
 	for _, m := range mod {
 		m(&cfg)
 	}
 	e := NewEngine(cfg)
 	require.NoError(t, e.SetLimits("voice", l))
-	return e, NewFakeClock()
+	return e, clk
 }
 
 func capsOnly(caps float64) Limits {
@@ -304,15 +307,43 @@ func TestSetLimitsLiveKeepsState(t *testing.T) {
 	ok, _ := admitted(200, func(int) Decision { return e.Admit(now, svc, nil, nil, Normal) })
 	require.Equal(t, 50, ok)
 	require.NoError(t, e.SetLimits("voice", capsOnly(1000)))
-	// The bucket keeps its level: the new rate refills it, it is not reset.
+	// The bucket keeps what it owed, in attempts (50), not in time: the new
+	// depth of 100 has 50 left. It is neither reset to full nor left with
+	// the old, slower debt.
 	ok, _ = admitted(200, func(int) Decision { return e.Admit(now, svc, nil, nil, Normal) })
-	require.Equal(t, 0, ok)
+	require.Equal(t, 50, ok)
 	start := now + int64(time.Second)
 	ok, _ = admitted(10000, func(i int) Decision {
 		return e.Admit(start+int64(i)*int64(100*time.Microsecond), svc, nil, nil, Normal)
 	})
 	require.InDelta(t, 1000+100, ok, 1)
-	require.Equal(t, uint64(50+ok), e.Service("voice").Stats().Admissions[OK])
+	require.Equal(t, uint64(50+50+ok), e.Service("voice").Stats().Admissions[OK])
+}
+
+// TestRateRiseIsUsableAtOnce: a bucket that ran at a trickle (a cluster
+// node's floor share) and took one attempt must not keep the trickle's
+// debt once its rate rises.
+func TestRateRiseIsUsableAtOnce(t *testing.T) {
+	e, clk := newTestEngine(t, capsOnly(0.5))
+	now := clk.Now()
+	require.True(t, e.Admit(now, svc, nil, nil, Normal).Admitted())
+	require.NoError(t, e.SetLimits("voice", capsOnly(50)))
+	ok, _ := admitted(150, func(i int) Decision {
+		return e.Admit(now+int64(i)*int64(10*time.Millisecond), svc, nil, nil, Normal)
+	})
+	require.GreaterOrEqual(t, ok, 70, "1.5 s at 50 CAPS, one attempt owed")
+}
+
+func TestCountsSaturate(t *testing.T) {
+	l := Limits{Licensed: true, CAPS: Unlimited, Sessions: Unlimited, Subscribers: Unlimited, Tokens: Unlimited, TokensPerMinute: 1000}
+	e, clk := newTestEngine(t, l)
+	now := clk.Now()
+	require.True(t, e.Admit(now, svc, []byte("c"), nil, Normal).Admitted())
+	require.True(t, e.Release(now, svc, []byte("c"), math.MaxInt64))
+	require.Equal(t, int64(MaxReleaseSeconds/60*1000), e.Service("voice").Stats().TokensUsed)
+	require.True(t, e.Consume(now, svc, acct, math.MaxInt64, nil).Admitted())
+	require.True(t, e.Consume(now, svc, acct, math.MaxInt64, nil).Admitted())
+	require.Equal(t, int64(math.MaxInt64), e.Service("voice").Stats().TokensUsed)
 }
 
 func TestNoAllocations(t *testing.T) {
@@ -383,4 +414,18 @@ func BenchmarkRegister(b *testing.B) {
 	for i := 0; b.Loop(); i++ {
 		e.Register(now, svc, subs[i%len(subs)], 3600)
 	}
+}
+
+// TestMadeUpEmergencyServicesAreBounded: emergency calls naming services no
+// licence covers are admitted, but may add only MaxServices services, and
+// never stop a licence from taking effect.
+func TestMadeUpEmergencyServicesAreBounded(t *testing.T) {
+	e, clk := newTestEngine(t, capsOnly(10), func(c *Config) { c.MaxServices = 2 })
+	now := clk.Now()
+	for i := 0; i < 5; i++ {
+		require.True(t, e.Admit(now, []byte(fmt.Sprintf("x%d", i)), []byte("sos"), nil, Emergency).Admitted())
+	}
+	require.Len(t, e.Services(), 1+2, "voice and two made-up services")
+	require.NoError(t, e.SetLimits("video", capsOnly(10)))
+	require.True(t, e.Admit(now, []byte("video"), nil, nil, Normal).Admitted())
 }

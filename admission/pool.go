@@ -1,5 +1,7 @@
 package admission
 
+import "math"
+
 // pool is a count of prepaid tokens: a service's unallocated pool or an
 // account's allocation. Guarded by the owning service's mutex.
 type pool struct {
@@ -37,12 +39,21 @@ func (p *pool) charge(n int64) {
 		return
 	}
 	if p.limit == Unlimited {
-		p.used += n
+		p.used = satAdd(p.used, n)
 		return
 	}
 	before := max(p.used-p.limit, 0)
-	p.used += n
+	p.used = satAdd(p.used, n)
 	p.overage += max(p.used-p.limit, 0) - before
+}
+
+// satAdd adds non-negative counts, stopping at math.MaxInt64 instead of
+// wrapping.
+func satAdd(a, b int64) int64 {
+	if a > math.MaxInt64-b {
+		return math.MaxInt64
+	}
+	return a + b
 }
 
 // account is an end user or licence code with tokens allocated out of its

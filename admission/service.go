@@ -96,9 +96,9 @@ func (s *Service) poolFor(acct []byte) (*pool, *account) {
 
 // charge records n tokens taken from p. Called with mu held.
 func (s *Service) charge(p *pool, n int64) {
-	over := p.overage
+	used, over := p.used, p.overage
 	p.charge(n)
-	s.tokensUse.Add(n)
+	s.tokensUse.Add(p.used - used) // what the pool really took (it saturates)
 	s.overUse.Add(p.overage - over)
 }
 

@@ -276,19 +276,19 @@ func sent(c *metrics.Counter, msg []byte) {
 
 type keyMsg struct {
 	Service string `json:"s"`
-	Key     string `json:"k"`
+	Key     []byte `json:"k"` // bytes (base64 in JSON): a call-id need not be UTF-8
 	Seconds int64  `json:"t,omitempty"`
 }
 
 // ForwardRelease sends a RELEASE this node could not do to every member
 // (implements resp.Forwarder; never blocks).
 func (c *Cluster) ForwardRelease(service, call []byte, seconds int64) {
-	c.enqueue(msgRelease, keyMsg{Service: string(service), Key: string(call), Seconds: seconds})
+	c.enqueue(msgRelease, keyMsg{Service: string(service), Key: append([]byte(nil), call...), Seconds: seconds})
 }
 
 // ForwardDeregister sends a DEREGISTER this node could not do to every member.
 func (c *Cluster) ForwardDeregister(service, sub []byte) {
-	c.enqueue(msgDeregister, keyMsg{Service: string(service), Key: string(sub)})
+	c.enqueue(msgDeregister, keyMsg{Service: string(service), Key: append([]byte(nil), sub...)})
 }
 
 func (c *Cluster) enqueue(kind byte, m keyMsg) {
@@ -296,8 +296,9 @@ func (c *Cluster) enqueue(kind byte, m keyMsg) {
 	select {
 	case c.forward <- append([]byte{kind}, b...):
 	default:
+		// Counted, not logged: logging here would put I/O on the event
+		// loop exactly when a flood fills the queue.
 		forwardDropped.Inc()
-		c.log.Warn("forward queue full: a RELEASE/DEREGISTER was dropped; it ends by its TTL", "service", m.Service)
 	}
 }
 
@@ -379,8 +380,14 @@ func (c *Cluster) allocate(now time.Time) {
 			var h Held
 			if n == c.cfg.NodeName {
 				d, h = c.local[service], c.held[service]
-			} else if p := c.peers[n]; p != nil && now.Sub(p.heard) < staleAfter {
-				d, h = p.demand[service], p.held[service]
+			} else if p := c.peers[n]; p != nil {
+				// A stale report's demand is dropped, but what a live member
+				// holds is kept until it is declared dead: its sessions do
+				// not end because a report was lost.
+				h = p.held[service]
+				if now.Sub(p.heard) < staleAfter {
+					d = p.demand[service]
+				}
 			}
 			caps[i], sessions[i], subs[i] = d, float64(h.Sessions), float64(h.Subscribers)
 		}
@@ -539,9 +546,9 @@ func (d *delegate) NotifyMsg(b []byte) {
 		}
 		now := c.cfg.Clock.Now()
 		if b[0] == msgRelease {
-			c.cfg.Engine.Release(now, []byte(m.Service), []byte(m.Key), m.Seconds)
+			c.cfg.Engine.Release(now, []byte(m.Service), m.Key, m.Seconds)
 		} else {
-			c.cfg.Engine.Deregister(now, []byte(m.Service), []byte(m.Key))
+			c.cfg.Engine.Deregister(now, []byte(m.Service), m.Key)
 		}
 	case msgLicence:
 		licenceReceived.Inc()

@@ -61,6 +61,7 @@ func New(cfg Config, log *slog.Logger) (*Node, error) {
 		IdempotencyWindow:   cfg.Admission.IdempotencyWindow.Duration,
 		HighHeadroomPercent: cfg.Priority.HighHeadroomPercent,
 		MaxCAPS:             cfg.Node.MaxCAPS,
+		Clock:               clk,
 	})
 	var password string
 	if cfg.RESP.PasswordFile != "" {

@@ -508,8 +508,13 @@ func (h *Handler) info() string {
 	if h.stats != nil {
 		fmt.Fprintf(&b, "\r\n# Clients\r\nconnected_clients:%d\r\n", h.stats())
 	}
-	b.WriteString("\r\n# Services\r\n")
-	for _, s := range h.eng.Services() {
+	services := h.eng.Services()
+	fmt.Fprintf(&b, "\r\n# Services\r\nservices:%d\r\n", len(services))
+	for i, s := range services {
+		if i == maxInfoServices {
+			b.WriteString("more:see GET /v1/services\r\n")
+			break
+		}
 		st := s.Stats()
 		fmt.Fprintf(&b, "service:%s,licensed=%t,caps=%g,caps_used=%.1f,sessions=%d,subscribers=%d,tokens_used=%d,admitted=%d\r\n",
 			st.Name, st.Limits.Licensed, st.Limits.CAPS, st.UsedCAPS, st.Sessions, st.Subscribers, st.TokensUsed, st.Admissions[admission.OK])
@@ -518,6 +523,10 @@ func (h *Handler) info() string {
 }
 
 var pid = os.Getpid()
+
+// maxInfoServices bounds the per-service lines of INFO, so a pipeline of
+// INFOs cannot make a node build huge replies.
+const maxInfoServices = 100
 
 // parseInt reads a decimal int64 without allocating.
 func parseInt(b []byte) (int64, bool) {

@@ -91,6 +91,8 @@ type Registry struct {
 	guard    *clockGuard
 	now      time.Time       // effective time of the last evaluation
 	services map[string]bool // services ever given limits
+	// warnedAhead: a peer's mark too far ahead was logged (once per episode).
+	warnedAhead bool
 }
 
 const revocationDir = "revocations"
@@ -218,7 +220,7 @@ func (r *Registry) addLicense(armored []byte, persist bool) (Result, error) {
 	if !l.AppliesTo(r.cfg.ClusterID) {
 		return res, refuse(ReasonWrongCluster, "licence %s is bound to cluster %q; this node's cluster_id is %q", l.ID, l.Cluster, r.cfg.ClusterID)
 	}
-	if rev, ok := r.revoked[l.ID]; ok {
+	if rev, ok := r.revoked[l.ID]; ok && persist {
 		return res, refuse(ReasonRevoked, "licence %s was revoked by %s", l.ID, rev)
 	}
 	if old, ok := r.lics[l.ID]; ok {

@@ -179,9 +179,12 @@ func TestRevocation(t *testing.T) {
 	res, err = f.reg.Add(rev)
 	require.NoError(t, err)
 	require.False(t, res.New)
-	// A revoked licence cannot come back, not even after a restart.
+	// A revoked licence cannot come back, not even after a restart, and it
+	// is still listed as revoked.
 	f.open()
 	require.Equal(t, 500.0, f.limits("voice").CAPS)
+	require.Equal(t, "revoked", f.state("addon-1"))
+	require.NotContains(t, f.logs.String(), "refusing")
 	_, err = f.reg.Add(f.sign(licensing.License{ID: "addon-1", Service: "voice", CAPS: 100}))
 	reasonIs(t, err, ReasonRevoked)
 }
@@ -241,4 +244,19 @@ func TestClockRollbackNeverRevives(t *testing.T) {
 	require.Contains(t, m.String(), "capsgate_clock_rollback 1")
 	require.Contains(t, m.String(), `capsgate_license_state{license="a",service="voice",state="expired"} 1`)
 	require.Contains(t, m.String(), `capsgate_license_expiry_seconds{license="a",service="voice"} -60`)
+}
+
+// TestPeerClockMarkTooFarAheadIsRefused: one member booting with its clock
+// years ahead must not expire the farm's licences.
+func TestPeerClockMarkTooFarAheadIsRefused(t *testing.T) {
+	f := newFixture(t)
+	_, err := f.reg.Add(f.sign(licensing.License{ID: "a", Service: "voice", CAPS: 500, NotAfter: t0.Add(24 * time.Hour)}))
+	require.NoError(t, err)
+	f.reg.ObserveMark(t0.Add(365 * 24 * time.Hour))
+	f.reg.Tick()
+	require.Equal(t, "active", f.state("a"))
+	require.Contains(t, f.logs.String(), "not taking its clock mark")
+	// A mark within the tolerance is taken (the peer's clock is a bit ahead).
+	f.reg.ObserveMark(t0.Add(4 * time.Minute))
+	require.Equal(t, t0.Add(4*time.Minute), f.reg.ClockMark())
 }

@@ -173,10 +173,23 @@ func (r *Registry) ClockMark() time.Time {
 
 // ObserveMark merges a peer's clock high-water mark: the cluster judges
 // licences at the highest time any node has seen, so rolling back one
-// node's clock (or restoring its data dir) revives nothing.
+// node's clock (or restoring its data dir) revives nothing. A peer's mark
+// more than the clock tolerance ahead of this node's own wall clock is not
+// taken: one node booting with its clock years ahead must not expire every
+// licence in the farm. It is logged, and this node keeps its own mark.
 func (r *Registry) ObserveMark(t time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	wall := r.cfg.Wall()
+	if t.After(wall.Add(r.cfg.ClockTolerance)) {
+		if !r.warnedAhead {
+			r.cfg.Log.Error("a member's clock is ahead of this node's by more than licensing.clock_tolerance; not taking its clock mark (check NTP on both)",
+				"member_mark", t.UTC().Format(time.RFC3339), "wall", wall.UTC().Format(time.RFC3339))
+			r.warnedAhead = true
+		}
+		return
+	}
+	r.warnedAhead = false
 	if t.After(r.guard.mark) {
 		r.guard.mark = t
 	}
