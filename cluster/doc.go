@@ -45,9 +45,15 @@
 // once and its full demand after one exchange (≤ 200 ms).
 //
 // Failure. memberlist declares a killed node dead in about 1.5 s (probe 200
-// ms, timeout 100 ms, suspicion multiplier 2); the survivors drop it from the
-// vector and take its share at the next exchange. Until then its share is
-// simply unused: a dead node never makes the others over-admit.
+// ms, timeout 100 ms, suspicion multiplier 2; about 0.9 s measured on
+// loopback); the survivors drop it from the vector and take its share at the
+// next exchange. Until then its share is simply unused: a dead node never
+// makes the others over-admit CAPS. The sessions and subscribers it held
+// leave the count with it (this version does not persist them): calls it
+// admitted that are still up in the SIP platform are no longer counted, so
+// until they end the farm may hold up to that many sessions beyond the
+// licence. Persisting sessions and handing a dead node's to its successor
+// is to come.
 //
 // # Limits of this version
 //
