@@ -102,7 +102,10 @@ type Cluster struct {
 	local  map[string]float64            // this node's demand
 	held   map[string]Held               // what this node holds
 	shares map[string]map[string]float64 // service → node → share, as last computed here
-	meter  *demandMeter
+	// computed is this node's part as computed at the previous exchange:
+	// a rise is applied one exchange late (see allocate).
+	computed map[string]Share
+	meter    *demandMeter
 
 	forward chan []byte // RELEASE/DEREGISTER for other members
 
@@ -125,7 +128,7 @@ func New(cfg Config) (*Cluster, error) {
 		host = "0.0.0.0"
 	}
 	c := &Cluster{cfg: cfg, log: cfg.Log, peers: map[string]*peer{}, local: map[string]float64{},
-		shares: map[string]map[string]float64{}, meter: newDemandMeter(), stop: make(chan struct{}),
+		shares: map[string]map[string]float64{}, computed: map[string]Share{}, meter: newDemandMeter(), stop: make(chan struct{}),
 		forward: make(chan []byte, forwardQueue)}
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = cfg.NodeName
@@ -331,14 +334,13 @@ func (c *Cluster) exchange() {
 	defer c.wg.Done()
 	t := time.NewTicker(ExchangeInterval)
 	defer t.Stop()
-	last := time.Now()
+	start := time.Now()
 	for {
 		select {
 		case <-c.stop:
 			return
 		case now := <-t.C:
-			demand, held := c.meter.measure(c.cfg.Engine, now.Sub(last).Seconds())
-			last = now
+			demand, held := c.meter.measure(c.cfg.Engine, now.Sub(start).Seconds())
 			c.mu.Lock()
 			c.local, c.held = demand, held
 			c.mu.Unlock()
@@ -408,7 +410,17 @@ func (c *Cluster) allocate(now time.Time) {
 		if l.Subscribers >= 0 && self >= 0 {
 			sh.Subscribers = Allocate(float64(l.Subscribers), subs)[self]
 		}
-		mine[service] = sh
+		// A fall applies at once, a rise one exchange late: by then this
+		// node's report has reached the others and they have given up what
+		// it takes, so two nodes whose load rises together never both
+		// claim the same spare.
+		applied := sh
+		if prev, ok := c.computed[service]; ok {
+			applied = Share{CAPS: minShare(sh.CAPS, prev.CAPS), Sessions: minShare(sh.Sessions, prev.Sessions),
+				Subscribers: minShare(sh.Subscribers, prev.Subscribers)}
+		}
+		c.computed[service] = sh
+		mine[service] = applied
 	}
 	c.shares = result
 	c.mu.Unlock()
@@ -417,6 +429,17 @@ func (c *Cluster) allocate(now time.Time) {
 			c.log.Error("cannot apply the share", "service", service, "err", err)
 		}
 	}
+}
+
+// minShare is min where a negative share means "the whole limit".
+func minShare(a, b float64) float64 {
+	switch {
+	case a < 0:
+		return b
+	case b < 0:
+		return a
+	}
+	return min(a, b)
 }
 
 // liveNames returns the names of the members that are not dead, sorted.

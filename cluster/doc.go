@@ -7,8 +7,9 @@
 //
 // Every ExchangeInterval (100 ms) each node measures, per service, the
 // attempts per second offered to the licence on it (its demand: admitted or
-// refused by a licence limit; rising at once, halving per interval when the
-// load goes), sends the vector to every member (UDP, last value wins) and
+// refused by a licence limit; the larger of the last 100 ms's rate and the
+// last 500 ms's, so it rises at once and one short sample does not cut it),
+// sends the vector to every member (UDP, last value wins) and
 // splits each service's licensed CAPS L among the live members with
 // Allocate:
 //
@@ -19,22 +20,22 @@
 //
 // Members are taken in name order and a report older than one second counts
 // as no demand, so every node computes the same vector from the same
-// reports; Σ share_i = L exactly. A node's engine then runs a GCRA bucket at
-// its share with a depth of admission.burst (100 ms) of that share.
+// reports; Σ share_i = L exactly. A node applies a fall of its share at
+// once and a rise one exchange late: by then its report has reached the
+// others and they have applied their falls, so nodes whose load rises at the
+// same moment never both take the same spare. A node's engine then runs a
+// GCRA bucket at its share with a depth of admission.burst (100 ms) of that
+// share.
 //
 // # Bounds
 //
-// Over-admission. At any instant the shares the nodes apply sum to L, except
-// while a change in the reports has reached some nodes and not others: at
-// most one exchange interval plus the network delay (δ ≤ 100 ms + a few ms
-// on a LAN). During that window a node may apply a share computed from a
-// report up to δ older than the others'; the shares still come from vectors
-// that each sum to L, so the excess is bounded by the largest change in any
-// node's share over δ, Δ ≤ L. Over any window T the cluster admits at most
-//
-//	L×T + burst + (number of share changes in T) × Δ × δ
-//
-// and shares only move when demand moves. Under a steady skewed load (the
+// Over-admission. The applied shares sum to at most L whenever every report
+// reaches every node within one exchange interval (UDP on a LAN: a few ms):
+// a node's rise waits one interval, its peers' matching falls do not. A
+// report lost or later than that can let the sum exceed L for one interval
+// by at most the rise it allowed. Over any window T the cluster admits at
+// most L×T + burst plus, per late report, that rise × 100 ms; and shares only
+// move when demand moves. Under a steady skewed load (the
 // SPEC's case) the reports settle within a few intervals and the bound is
 // L×T + burst: measured on 3 nodes at 2 × L split 70/20/10, 10,088 admitted
 // in 10 s at L = 1000 (+0.9 %, burst 100 included).
