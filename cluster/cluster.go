@@ -401,14 +401,14 @@ func (c *Cluster) allocate(now time.Time) {
 				result[service][n] = shares[i]
 			}
 			if self >= 0 {
-				sh.CAPS = shares[self]
+				sh.CAPS = shares[self] / l.CAPS
 			}
 		}
-		if l.Sessions >= 0 && self >= 0 {
-			sh.Sessions = Allocate(float64(l.Sessions), sessions)[self]
+		if l.Sessions > 0 && self >= 0 {
+			sh.Sessions = Allocate(float64(l.Sessions), sessions)[self] / float64(l.Sessions)
 		}
-		if l.Subscribers >= 0 && self >= 0 {
-			sh.Subscribers = Allocate(float64(l.Subscribers), subs)[self]
+		if l.Subscribers > 0 && self >= 0 {
+			sh.Subscribers = Allocate(float64(l.Subscribers), subs)[self] / float64(l.Subscribers)
 		}
 		// A fall applies at once, a rise one exchange late: by then this
 		// node's report has reached the others and they have given up what

@@ -22,8 +22,10 @@ type Shares struct {
 	share  map[string]Share // this node's part; absent: the whole licence
 }
 
-// Share is this node's part of a service's licence; a negative field means
-// the whole of that limit.
+// Share is this node's part of a service's licence, as fractions of each
+// limit (0..1); a negative field means the whole of that limit. Fractions,
+// not amounts, so a new licence raises every node's part at once, before
+// the next exchange: the fractions of all nodes still sum to one.
 type Share struct {
 	CAPS        float64
 	Sessions    float64
@@ -61,8 +63,7 @@ func (s *Shares) Licensed() map[string]admission.Limits {
 func (s *Shares) SetShare(service string, sh Share) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if old, ok := s.share[service]; ok && math.Abs(old.CAPS-sh.CAPS) < 0.01 &&
-		math.Floor(old.Sessions) == math.Floor(sh.Sessions) && math.Floor(old.Subscribers) == math.Floor(sh.Subscribers) {
+	if old, ok := s.share[service]; ok && old == sh {
 		return nil
 	}
 	s.share[service] = sh
@@ -78,13 +79,13 @@ func (s *Shares) applyLocked(service string) error {
 	local.LicensedCAPS = l.CAPS
 	if sh, ok := s.share[service]; ok && l.Licensed {
 		if sh.CAPS >= 0 && l.CAPS > 0 {
-			local.CAPS = sh.CAPS
+			local.CAPS = sh.CAPS * l.CAPS
 		}
 		if sh.Sessions >= 0 && l.Sessions != admission.Unlimited {
-			local.Sessions = int64(math.Floor(sh.Sessions))
+			local.Sessions = int64(math.Floor(sh.Sessions * float64(l.Sessions)))
 		}
 		if sh.Subscribers >= 0 && l.Subscribers != admission.Unlimited {
-			local.Subscribers = int64(math.Floor(sh.Subscribers))
+			local.Subscribers = int64(math.Floor(sh.Subscribers * float64(l.Subscribers)))
 		}
 	}
 	return s.sink.SetLimits(service, local)
