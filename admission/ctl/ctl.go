@@ -176,14 +176,6 @@ func readFileOrStdin(name string, stdin io.Reader) ([]byte, error) {
 
 // licenseTable prints GET /v1/licenses as one row per licence.
 func (c *client) licenseTable() error {
-	b, err := c.do("GET", "/v1/licenses", nil)
-	if err != nil {
-		return err
-	}
-	if c.json {
-		_, err = c.out.Write(b)
-		return err
-	}
 	var v struct {
 		Licenses []struct {
 			ID, Service, State, Customer string
@@ -194,8 +186,8 @@ func (c *client) licenseTable() error {
 			NotAfter                     *time.Time `json:"not_after"`
 		}
 	}
-	if err := json.Unmarshal(b, &v); err != nil {
-		return fmt.Errorf("cannot read the licence list: %w", err)
+	if printed, err := c.decode("GET", "/v1/licenses", nil, &v); printed || err != nil {
+		return err
 	}
 	tw := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tSERVICE\tSTATE\tCAPS\tSESSIONS\tSUBSCRIBERS\tTOKENS\tNOT AFTER\tCUSTOMER")
@@ -215,22 +207,14 @@ func (c *client) licenseTable() error {
 
 // addLicense posts a licence or revocation and says in one line what happened.
 func (c *client) addLicense(body []byte) error {
-	b, err := c.do("POST", "/v1/licenses", body)
-	if err != nil {
-		return err
-	}
-	if c.json {
-		_, err = c.out.Write(b)
-		return err
-	}
 	var v struct {
 		Result struct {
 			Kind, ID, Service, State string
 			New                      bool
 		}
 	}
-	if err := json.Unmarshal(b, &v); err != nil {
-		return fmt.Errorf("cannot read the answer: %w", err)
+	if printed, err := c.decode("POST", "/v1/licenses", body, &v); printed || err != nil {
+		return err
 	}
 	r := v.Result
 	switch {
@@ -248,14 +232,6 @@ func (c *client) addLicense(body []byte) error {
 
 // clusterTable prints GET /v1/cluster as one row per member.
 func (c *client) clusterTable() error {
-	b, err := c.do("GET", "/v1/cluster", nil)
-	if err != nil {
-		return err
-	}
-	if c.json {
-		_, err = c.out.Write(b)
-		return err
-	}
 	var v struct {
 		Members []struct {
 			Name, Addr, State string
@@ -264,8 +240,8 @@ func (c *client) clusterTable() error {
 			Demand            map[string]float64 `json:"demand"`
 		}
 	}
-	if err := json.Unmarshal(b, &v); err != nil {
-		return fmt.Errorf("cannot read the cluster view: %w", err)
+	if printed, err := c.decode("GET", "/v1/cluster", nil, &v); printed || err != nil {
+		return err
 	}
 	tw := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tSTATE\tGOSSIP\tRESP\tCAPS SHARE (DEMAND) BY SERVICE")
@@ -282,6 +258,23 @@ func (c *client) clusterTable() error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", m.Name, m.State, m.Addr, m.RESPAddr, strings.Join(parts, " "))
 	}
 	return tw.Flush()
+}
+
+// decode sends a request; with --json it prints the answer as it is
+// (printed), else it decodes it into v for a table.
+func (c *client) decode(method, path string, body []byte, v any) (printed bool, err error) {
+	b, err := c.do(method, path, body)
+	if err != nil {
+		return false, err
+	}
+	if c.json {
+		_, err = c.out.Write(b)
+		return true, err
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return false, fmt.Errorf("cannot read the answer of %s %s: %w", method, path, err)
+	}
+	return false, nil
 }
 
 // do sends a request and returns the body of a 2xx answer, or the server's

@@ -197,13 +197,20 @@ func admitUnlicensed(t *testing.T, addr string) string {
 	return string(got)
 }
 
-func TestLicenceAPI(t *testing.T) {
-	dir := t.TempDir()
+// vendorFiles makes a vendor key pair and an admin token ("t0k") in a temp dir.
+func vendorFiles(t *testing.T) (dir string, key *licensing.VendorKey, token string) {
+	t.Helper()
+	dir = t.TempDir()
 	key, err := licensing.GenerateVendorKey()
 	require.NoError(t, err)
 	require.NoError(t, licensing.WriteKeyFiles(dir, key))
-	token := filepath.Join(dir, "admin.token")
+	token = filepath.Join(dir, "admin.token")
 	require.NoError(t, os.WriteFile(token, []byte("t0k\n"), 0o600))
+	return dir, key, token
+}
+
+func TestLicenceAPI(t *testing.T) {
+	dir, key, token := vendorFiles(t)
 	n := startNode(t, "--admin-token-file", token, "--gossip-insecure", "--cluster-id", "farm-1",
 		"--vendor-key", filepath.Join(dir, licensing.PublicKeyFile))
 	base := "http://" + n.AdminAddr()
@@ -282,12 +289,7 @@ func TestLicenceAPI(t *testing.T) {
 // split between them, and a RELEASE reaching the node that does not hold
 // the call ends it on the one that does.
 func TestTwoNodes(t *testing.T) {
-	dir := t.TempDir()
-	key, err := licensing.GenerateVendorKey()
-	require.NoError(t, err)
-	require.NoError(t, licensing.WriteKeyFiles(dir, key))
-	token := filepath.Join(dir, "admin.token")
-	require.NoError(t, os.WriteFile(token, []byte("t0k\n"), 0o600))
+	dir, key, token := vendorFiles(t)
 	gossipKey := filepath.Join(dir, "gossip.key")
 	require.NoError(t, os.WriteFile(gossipKey, []byte("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n"), 0o600))
 	common := []string{"--admin-token-file", token, "--gossip-key-file", gossipKey, "--cluster-id", "farm-1",
