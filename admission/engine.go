@@ -334,7 +334,11 @@ func (e *Engine) admitLocked(now int64, s *Service, call, acct []byte, prio Prio
 }
 
 // minRemaining is min where -1 means "no limit".
-func minRemaining(a, b int64) int64 {
+func minRemaining(a, b int64) int64 { return MinLimit(a, b) }
+
+// MinLimit is the smaller of two limits where a negative one means "no
+// limit".
+func MinLimit[T int64 | float64](a, b T) T {
 	switch {
 	case a < 0:
 		return b

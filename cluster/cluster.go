@@ -416,8 +416,8 @@ func (c *Cluster) allocate(now time.Time) {
 		// claim the same spare.
 		applied := sh
 		if prev, ok := c.computed[service]; ok {
-			applied = Share{CAPS: minShare(sh.CAPS, prev.CAPS), Sessions: minShare(sh.Sessions, prev.Sessions),
-				Subscribers: minShare(sh.Subscribers, prev.Subscribers)}
+			applied = Share{CAPS: admission.MinLimit(sh.CAPS, prev.CAPS), Sessions: admission.MinLimit(sh.Sessions, prev.Sessions),
+				Subscribers: admission.MinLimit(sh.Subscribers, prev.Subscribers)}
 		}
 		c.computed[service] = sh
 		mine[service] = applied
@@ -429,17 +429,6 @@ func (c *Cluster) allocate(now time.Time) {
 			c.log.Error("cannot apply the share", "service", service, "err", err)
 		}
 	}
-}
-
-// minShare is min where a negative share means "the whole limit".
-func minShare(a, b float64) float64 {
-	switch {
-	case a < 0:
-		return b
-	case b < 0:
-		return a
-	}
-	return min(a, b)
 }
 
 // liveNames returns the names of the members that are not dead, sorted.
