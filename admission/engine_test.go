@@ -72,6 +72,22 @@ func TestSteadyTenSeconds(t *testing.T) {
 	require.Equal(t, uint64(10100), e.Service("voice").Stats().Admissions[OK])
 }
 
+// TestSmallRatesKeepAUsableBurst: a bucket at a small rate (a cluster
+// node's share) holds at least 20 attempts, or one second of its rate.
+func TestSmallRatesKeepAUsableBurst(t *testing.T) {
+	f := func(rate float64, want int) {
+		t.Helper()
+		e, clk := newTestEngine(t, capsOnly(rate))
+		ok, _ := admitted(100, func(int) Decision { return e.Admit(clk.Now(), svc, nil, nil, Normal) })
+		require.Equal(t, want, ok, "rate %g", rate)
+	}
+	f(0.5, 1)
+	f(5, 5)
+	f(16.7, 16)
+	f(123, 20)
+	f(250, 25)
+}
+
 func TestFirstAdmitRemaining(t *testing.T) {
 	e, clk := newTestEngine(t, capsOnly(1000))
 	d := e.Admit(clk.Now(), svc, nil, nil, Normal)
@@ -86,6 +102,7 @@ func TestGCRAMatchesReference(t *testing.T) {
 		rate := rates[int(ri)%len(rates)]
 		burst := int64(burstTokens%50) + 1
 		g := newGCRA(rate, float64(burst)/rate)
+		burst = g.burst // newGCRA keeps a least depth at small rates
 		var tat atomic.Int64
 		interval := int64(1e9 / rate)
 		credit, now := burst*interval, int64(1e12)
@@ -183,7 +200,7 @@ func TestHighPriorityHeadroom(t *testing.T) {
 	ok, _ := admitted(500, func(int) Decision { return e.Admit(now, svc, nil, nil, Normal) })
 	require.Equal(t, 100, ok)
 	ok, _ = admitted(500, func(int) Decision { return e.Admit(now, svc, nil, nil, High) })
-	require.Equal(t, 10, ok, "10 % headroom: burst of 100 ms at 100 CAPS")
+	require.Equal(t, 20, ok, "10 % headroom: a bucket of 100 CAPS, its least depth of 20")
 	// Steady: 10 s of high-priority attempts at 2000/s get licence + headroom.
 	start := now + int64(time.Second)
 	ok, _ = admitted(20001, func(i int) Decision {
@@ -191,9 +208,9 @@ func TestHighPriorityHeadroom(t *testing.T) {
 	})
 	// The licence's 10000 + 100 burst; the headroom bucket, full at the
 	// start, is drawn on from the moment the main one runs dry (at 0.1 s):
-	// 10 + 100/s × 9.9 s.
-	require.Equal(t, 10000+100+10+990, ok)
-	require.Equal(t, uint64(10+11100), e.Service("voice").Stats().High)
+	// 20 + 100/s × 9.9 s.
+	require.Equal(t, 10000+100+20+990, ok)
+	require.Equal(t, uint64(20+11110), e.Service("voice").Stats().High)
 }
 
 func TestSessionsAndIdempotentCall(t *testing.T) {

@@ -25,7 +25,9 @@
 // others and they have applied their falls, so nodes whose load rises at the
 // same moment never both take the same spare. A node's engine then runs a
 // GCRA bucket at its share with a depth of admission.burst (100 ms) of that
-// share.
+// share, but at least 20 attempts (or one second of a share under 20 CAPS):
+// a node with a small share would otherwise refuse random arrivals well
+// below its rate. The farm's burst is the sum of its nodes' depths.
 //
 // # Bounds
 //
