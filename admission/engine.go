@@ -300,7 +300,7 @@ func (e *Engine) admitLocked(now int64, s *Service, call, acct []byte, prio Prio
 			limit = l.highSessions
 		}
 		if s.licensedSessions >= limit {
-			s.sessions.expire(now) // exact count before refusing
+			s.sweepAtLimit(&s.sessions.lastFull, now, s.sessions.expire)
 		}
 		if s.licensedSessions >= limit {
 			s.counts[SESSIONS].Add(1)
@@ -418,7 +418,7 @@ func (e *Engine) Register(now int64, service, sub []byte, ttl int64) Decision {
 		return Decision{Reason: OK, Remaining: left()}
 	}
 	if l.Subscribers != Unlimited && int64(s.subscribers.len()) >= l.Subscribers {
-		s.subscribers.expire(now)
+		s.sweepAtLimit(&s.subscribers.lastFull, now, s.subscribers.expire)
 		if int64(s.subscribers.len()) >= l.Subscribers {
 			return Decision{Reason: SUBSCRIBERS, RetryAfterMS: retryCountedMS, Remaining: 0}
 		}

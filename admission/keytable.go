@@ -50,6 +50,9 @@ type table[V any] struct {
 	free  int32
 	heads [wheelSlots]int32
 	swept int64 // last whole second swept
+	// lastFull is when a full table was last swept before refusing (see
+	// Service.sweepAtLimit).
+	lastFull int64
 	// gone is called with the value of every entry that leaves the table by
 	// expiring (not by del of a live entry), so owners can keep counts.
 	gone func(V)

@@ -4,6 +4,7 @@ import (
 	"math"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // session is an open call.
@@ -92,6 +93,16 @@ func (s *Service) poolFor(acct []byte) (*pool, *account) {
 		}
 	}
 	return &s.tokens, nil
+}
+
+// sweepAtLimit expires what is due before a full table refuses, so the
+// count is exact, but at most once a millisecond: a flood of refused
+// attempts must not sweep the wheel for each one. Called with mu held.
+func (s *Service) sweepAtLimit(last *int64, now int64, expire func(int64)) {
+	if now-*last >= int64(time.Millisecond) || now < *last {
+		*last = now
+		expire(now)
+	}
 }
 
 // charge records n tokens taken from p. Called with mu held.
