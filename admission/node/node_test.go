@@ -339,4 +339,28 @@ func TestTwoNodes(t *testing.T) {
 	require.Equal(t, ":0\r\n", string(buf[:k]), "b did not hold the call")
 	require.Eventually(t, func() bool { return a.Engine().Service("voice").Stats().Sessions == 0 },
 		5*time.Second, time.Millisecond, "the RELEASE was forwarded to a")
+
+	// Sessions are shared by what each node holds. Idle, each node may open
+	// 50 of the 100; once a holds 30 it may hold 63 (30 + its floor + half
+	// the spare), so 30 more fit; then b is left at most the other 40, and
+	// the two limits never add up to more than 100.
+	open := func(from, to int) {
+		var calls strings.Builder
+		for i := from; i < to; i++ {
+			fmt.Fprintf(&calls, "ADMIT voice CALL s%d@pbx\r\n", i)
+		}
+		_, _ = ca.Write([]byte(calls.String()))
+		require.Eventually(t, func() bool { return a.Engine().Service("voice").Stats().Sessions == int64(to) },
+			5*time.Second, time.Millisecond)
+	}
+	open(0, 30)
+	require.Eventually(t, func() bool { return a.Engine().Service("voice").Stats().Limits.Sessions >= 60 },
+		5*time.Second, 10*time.Millisecond)
+	open(30, 60)
+	require.Eventually(t, func() bool {
+		la, lb := a.Engine().Service("voice").Stats().Limits, b.Engine().Service("voice").Stats().Limits
+		return la.Sessions >= 60 && lb.Sessions <= 40 && la.Sessions+lb.Sessions <= 100
+	}, 5*time.Second, 10*time.Millisecond, "session limits follow what each node holds")
+	la, lb := a.Engine().Service("voice").Stats().Limits, b.Engine().Service("voice").Stats().Limits
+	t.Logf("session limits with 60 open on a: a %d, b %d (licence 100)", la.Sessions, lb.Sessions)
 }
