@@ -33,7 +33,7 @@ func freeAddr(t *testing.T) string {
 func startNode(t *testing.T, args ...string) *Node {
 	t.Helper()
 	args = append([]string{"--resp-addr", freeAddr(t), "--admin-addr", freeAddr(t),
-		"--gossip-addr", freeAddr(t), "--data-dir", t.TempDir()}, args...) // later flags win
+		"--gossip-addr", freeAddr(t), "--data-dir", filepath.Join(t.TempDir(), "not", "yet")}, args...) // later flags win
 	cfg, err := Load(args, io.Discard)
 	require.NoError(t, err)
 	n, err := New(cfg, nil)
