@@ -18,22 +18,15 @@ import (
 
 	"github.com/capsgate/capsgate/admission"
 	"github.com/capsgate/capsgate/admission/ctl"
+	"github.com/capsgate/capsgate/cluster/clustertest"
 	"github.com/capsgate/capsgate/licensing"
 )
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer l.Close()
-	return l.Addr().String()
-}
 
 // startNode loads a config from flags and runs a node until the test ends.
 func startNode(t *testing.T, args ...string) *Node {
 	t.Helper()
-	args = append([]string{"--resp-addr", freeAddr(t), "--admin-addr", freeAddr(t),
-		"--gossip-addr", freeAddr(t), "--data-dir", filepath.Join(t.TempDir(), "not", "yet")}, args...) // later flags win
+	args = append([]string{"--resp-addr", clustertest.FreeAddr(t), "--admin-addr", clustertest.FreeAddr(t),
+		"--gossip-addr", clustertest.FreeAddr(t), "--data-dir", filepath.Join(t.TempDir(), "not", "yet")}, args...) // later flags win
 	cfg, err := Load(args, io.Discard)
 	require.NoError(t, err)
 	n, err := New(cfg, nil)
@@ -145,7 +138,7 @@ func TestDevNodeAdminAPI(t *testing.T) {
 	require.Equal(t, 1, ctl.Main([]string{"--addr", base, "status", "nosuch"}, &out, &errb))
 	require.Equal(t, "capsctl: GET /v1/services/nosuch: 404 unlicensed: no licence covers service nosuch\n", errb.String())
 	errb.Reset()
-	require.Equal(t, 1, ctl.Main([]string{"--addr", "http://" + freeAddr(t), "status"}, &out, &errb))
+	require.Equal(t, 1, ctl.Main([]string{"--addr", "http://" + clustertest.FreeAddr(t), "status"}, &out, &errb))
 	require.Contains(t, errb.String(), "capsctl: cannot reach")
 	require.Equal(t, 1, strings.Count(errb.String(), "\n"))
 	errb.Reset()
@@ -294,7 +287,7 @@ func TestTwoNodes(t *testing.T) {
 	require.NoError(t, os.WriteFile(gossipKey, []byte("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n"), 0o600))
 	common := []string{"--admin-token-file", token, "--gossip-key-file", gossipKey, "--cluster-id", "farm-1",
 		"--vendor-key", filepath.Join(dir, licensing.PublicKeyFile)}
-	g1 := freeAddr(t)
+	g1 := clustertest.FreeAddr(t)
 	a := startNode(t, append(common, "--node-name", "a", "--gossip-addr", g1)...)
 	b := startNode(t, append(common, "--node-name", "b", "--join", g1)...)
 	require.Eventually(t, func() bool { return len(a.cluster.Members()) == 2 && len(b.cluster.Members()) == 2 },

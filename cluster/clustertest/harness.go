@@ -889,6 +889,18 @@ func freeAddrs(n int) ([]string, error) {
 	return addrs, nil
 }
 
+// FreeAddr returns a loopback host:port whose TCP and UDP ports are free
+// (any capsgate listener, gossip included, can take it), failing t if
+// there is none.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	addrs, err := freeAddrs(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return addrs[0]
+}
+
 // LogBuffer collects a process's output; exec writes it from other goroutines.
 type LogBuffer struct {
 	mu sync.Mutex // guards b

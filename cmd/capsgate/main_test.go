@@ -41,14 +41,6 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func freePort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer l.Close()
-	return l.Addr().String()
-}
-
 type proc struct {
 	cmd   *exec.Cmd
 	resp  string
@@ -66,8 +58,8 @@ func startDev(t *testing.T, extra ...string) *proc {
 // start runs capsgate with args on free loopback ports until the test ends.
 func start(t *testing.T, args ...string) *proc {
 	t.Helper()
-	p := &proc{resp: freePort(t), admin: freePort(t), out: &clustertest.LogBuffer{}, done: make(chan error, 1)}
-	args = append([]string{"--resp-addr", p.resp, "--admin-addr", p.admin, "--gossip-addr", freePort(t)}, args...)
+	p := &proc{resp: clustertest.FreeAddr(t), admin: clustertest.FreeAddr(t), out: &clustertest.LogBuffer{}, done: make(chan error, 1)}
+	args = append([]string{"--resp-addr", p.resp, "--admin-addr", p.admin, "--gossip-addr", clustertest.FreeAddr(t)}, args...)
 	p.cmd = exec.Command(binary, args...)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	require.NoError(t, p.cmd.Start())
