@@ -43,3 +43,25 @@ func (c *FakeClock) Advance(d time.Duration) { c.now.Add(int64(d)) }
 
 // Set moves the clock to the instant t.
 func (c *FakeClock) Set(t int64) { c.now.Store(t) }
+
+// Repeat runs fn after initial, then again after each wait fn returns,
+// until stop is closed. It drives the housekeeping goroutines around the
+// engine (expiry, licence states, the cluster's exchange); the decision path
+// never uses it.
+func Repeat(stop <-chan struct{}, initial time.Duration, fn func() (next time.Duration)) {
+	t := time.NewTimer(initial)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		select { // both may be ready: stop wins, fn never runs after it
+		case <-stop:
+			return
+		default:
+		}
+		t.Reset(max(fn(), 0))
+	}
+}

@@ -446,3 +446,21 @@ func TestMadeUpEmergencyServicesAreBounded(t *testing.T) {
 	require.NoError(t, e.SetLimits("video", capsOnly(10)))
 	require.True(t, e.Admit(now, []byte("video"), nil, nil, Normal).Admitted())
 }
+
+func TestRepeatRunsUntilStopped(t *testing.T) {
+	stop := make(chan struct{})
+	var waits []time.Duration
+	plan := []time.Duration{3 * time.Millisecond, 0, -time.Second} // a negative wait runs at once
+	Repeat(stop, 0, func() time.Duration {
+		waits = append(waits, plan[len(waits)])
+		if len(waits) == len(plan) {
+			close(stop)
+		}
+		return waits[len(waits)-1]
+	})
+	require.Len(t, waits, 3, "fn ran three times, then Repeat returned on stop")
+	// Closed before the first run: fn never runs.
+	done := make(chan struct{})
+	close(done)
+	Repeat(done, time.Hour, func() time.Duration { t.Fatal("ran after stop"); return 0 })
+}

@@ -209,18 +209,12 @@ func (c *Cluster) join() {
 // rejoin tries the join list again while this node is alone.
 func (c *Cluster) rejoin() {
 	defer c.wg.Done()
-	t := time.NewTicker(rejoinEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-c.stop:
-			return
-		case <-t.C:
-			if len(c.cfg.Join) > 0 && c.ml.NumMembers() <= 1 {
-				c.join()
-			}
+	admission.Repeat(c.stop, rejoinEvery, func() time.Duration {
+		if len(c.cfg.Join) > 0 && c.ml.NumMembers() <= 1 {
+			c.join()
 		}
-	}
+		return rejoinEvery
+	})
 }
 
 func oneLine(err error) string { return strings.Join(strings.Fields(err.Error()), " ") }
@@ -332,28 +326,23 @@ type demandMsg struct {
 // every ExchangeInterval.
 func (c *Cluster) exchange() {
 	defer c.wg.Done()
-	t := time.NewTicker(ExchangeInterval)
-	defer t.Stop()
 	start := time.Now()
-	for {
-		select {
-		case <-c.stop:
-			return
-		case now := <-t.C:
-			demand, held := c.meter.measure(c.cfg.Engine, now.Sub(start).Seconds())
-			c.mu.Lock()
-			c.local, c.held = demand, held
-			c.mu.Unlock()
-			msg, _ := json.Marshal(demandMsg{Node: c.cfg.NodeName, Demand: demand, Held: held})
-			msg = append([]byte{msgDemand}, msg...)
-			for _, m := range c.ml.Members() {
-				if m.Name != c.cfg.NodeName && c.ml.SendBestEffort(m, msg) == nil {
-					sent(demandSent, msg)
-				}
+	admission.Repeat(c.stop, ExchangeInterval, func() time.Duration {
+		now := time.Now()
+		demand, held := c.meter.measure(c.cfg.Engine, now.Sub(start).Seconds())
+		c.mu.Lock()
+		c.local, c.held = demand, held
+		c.mu.Unlock()
+		msg, _ := json.Marshal(demandMsg{Node: c.cfg.NodeName, Demand: demand, Held: held})
+		msg = append([]byte{msgDemand}, msg...)
+		for _, m := range c.ml.Members() {
+			if m.Name != c.cfg.NodeName && c.ml.SendBestEffort(m, msg) == nil {
+				sent(demandSent, msg)
 			}
-			c.allocate(now)
 		}
-	}
+		c.allocate(now)
+		return ExchangeInterval
+	})
 }
 
 // allocate recomputes every licensed service's split among the live

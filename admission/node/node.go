@@ -195,36 +195,23 @@ func (n *Node) Start() error {
 
 func (n *Node) housekeeping() {
 	defer n.wg.Done()
-	t := time.NewTicker(tickInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-n.stop:
-			return
-		case <-t.C:
-			n.eng.Tick(n.clk.Now())
-		}
-	}
+	admission.Repeat(n.stop, tickInterval, func() time.Duration {
+		n.eng.Tick(n.clk.Now())
+		return tickInterval
+	})
 }
 
 // licensing lets licence states change at their instants: it ticks the
 // registry at the next change, or every second to follow the wall clock.
 func (n *Node) licensing() {
 	defer n.wg.Done()
-	t := time.NewTimer(0)
-	defer t.Stop()
-	for {
-		select {
-		case <-n.stop:
-			return
-		case <-t.C:
-		}
+	admission.Repeat(n.stop, 0, func() time.Duration {
 		wait := time.Second
 		if next := n.reg.Tick(); !next.IsZero() {
 			wait = min(wait, max(time.Until(next), time.Millisecond))
 		}
-		t.Reset(wait)
-	}
+		return wait
+	})
 }
 
 // Stop drains the node: it reports not ready, stops accepting, answers

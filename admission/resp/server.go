@@ -254,15 +254,9 @@ func (s *Server) sweepIdle() {
 		<-s.stop
 		return
 	}
-	t := time.NewTicker(min(s.cfg.IdleTimeout/4, time.Second))
-	defer t.Stop()
+	every := min(s.cfg.IdleTimeout/4, time.Second)
 	var idle []gnet.Conn
-	for {
-		select {
-		case <-s.stop:
-			return
-		case <-t.C:
-		}
+	admission.Repeat(s.stop, every, func() time.Duration {
 		limit := s.clk.Now() - int64(s.cfg.IdleTimeout)
 		idle = idle[:0]
 		s.mu.Lock()
@@ -275,7 +269,8 @@ func (s *Server) sweepIdle() {
 		for _, c := range idle {
 			_ = c.Close()
 		}
-	}
+		return every
+	})
 }
 
 // gnetLogger passes gnet's warnings and errors to slog; its chatter (the
