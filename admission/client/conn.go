@@ -1,0 +1,153 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/cloudwego/netpoll"
+)
+
+// DefaultTimeout bounds a call whose context has no deadline: a capsgate
+// answers in microseconds, so seconds mean a dead peer.
+const DefaultTimeout = 5 * time.Second
+
+// ErrClosed is returned by calls on a closed Conn or Client.
+var ErrClosed = errors.New("client closed")
+
+// Conn is one connection to a RESP2 server on netpoll. It is used by one
+// goroutine at a time (a Client hands each out to one caller); its
+// Pipeline puts many commands in flight at once. After any I/O or protocol
+// error, or a context that ends mid-call, the connection is closed and
+// every later call returns that error: the stream is no longer in step
+// with its replies.
+type Conn struct {
+	nc      netpoll.Connection
+	r       netpoll.Reader
+	w       netpoll.Writer
+	timeout time.Duration
+	err     error // why the connection is unusable; nil while it is fine
+	one     Pipeline
+	// args holds the arguments of a typed helper's command; reused.
+	args [8]string
+}
+
+// Dial connects to addr (host:port) with netpoll. The context bounds the
+// dial; Conn calls whose context has no deadline get DefaultTimeout.
+func Dial(ctx context.Context, addr string) (*Conn, error) {
+	timeout := DefaultTimeout
+	if d, ok := ctx.Deadline(); ok {
+		timeout = time.Until(d)
+		if timeout <= 0 {
+			return nil, fmt.Errorf("cannot connect to %s: %w", addr, context.DeadlineExceeded)
+		}
+	}
+	nc, err := netpoll.DialConnection("tcp", addr, timeout)
+	if err != nil {
+		return nil, fmt.Errorf("cannot connect to %s: %w", addr, err)
+	}
+	c := &Conn{nc: nc, r: nc.Reader(), w: nc.Writer(), timeout: DefaultTimeout}
+	c.one.c = c
+	return c, nil
+}
+
+// SetTimeout sets what bounds a call whose context has no deadline.
+func (c *Conn) SetTimeout(d time.Duration) {
+	if d > 0 {
+		c.timeout = d
+	}
+}
+
+// Err returns why the connection is unusable, or nil.
+func (c *Conn) Err() error { return c.err }
+
+// Close closes the connection; it is safe to call twice.
+func (c *Conn) Close() error {
+	if c.err == nil {
+		c.err = ErrClosed
+	}
+	return c.nc.Close()
+}
+
+// fail records the first error that broke the stream and closes it.
+func (c *Conn) fail(err error) error {
+	if c.err == nil {
+		c.err = err
+		_ = c.nc.Close()
+	}
+	return err
+}
+
+// Pipeline returns a new pipeline on c. Only one of c's pipelines may hold
+// queued commands at a time.
+func (c *Conn) Pipeline() *Pipeline { return &Pipeline{c: c} }
+
+// Do sends one command and returns its reply, a copy the caller keeps. A
+// RESP error reply is returned as both the Reply and a *ServerError.
+func (c *Conn) Do(ctx context.Context, args ...[]byte) (Reply, error) {
+	p := &c.one
+	p.Reset()
+	p.Append(args...)
+	if err := p.Exec(ctx); err != nil {
+		return Reply{}, err
+	}
+	r := p.replies[0].Clone()
+	return r, r.Err()
+}
+
+// command runs the typed helper's command c.args[:n] and returns its reply,
+// valid until the next command. A RESP error is returned as a *ServerError.
+func (c *Conn) command(ctx context.Context, n int) (*Reply, error) {
+	p := &c.one
+	p.Reset()
+	p.AppendString(c.args[:n]...)
+	if err := p.Exec(ctx); err != nil {
+		return nil, err
+	}
+	r := &p.replies[0]
+	return r, r.Err()
+}
+
+// Split splits a connection into a sending and a receiving side for an
+// open-loop load: one goroutine calls Send at its own pace, another
+// Receive, and replies come back in the order of the sends. Neither side
+// has a timeout but the one set with SetTimeout on the receive side.
+func (c *Conn) Split() *Stream { return &Stream{c: c} }
+
+// Stream is the split view of a Conn that Split returns.
+type Stream struct {
+	c     *Conn
+	p     parser
+	reply Reply
+}
+
+// Send writes frame (one or more encoded commands) and flushes it; only
+// one goroutine may call it.
+func (s *Stream) Send(frame []byte) error {
+	b, err := s.c.w.Malloc(len(frame))
+	if err == nil {
+		copy(b, frame)
+		err = s.c.w.Flush()
+	}
+	if err != nil {
+		return fmt.Errorf("cannot send: %w", err)
+	}
+	return nil
+}
+
+// Receive reads the next reply; it is valid until the next Receive. Only
+// one goroutine may call it.
+func (s *Stream) Receive() (*Reply, error) {
+	_ = s.c.r.Release()
+	s.p.reset()
+	_ = s.c.nc.SetReadTimeout(s.c.timeout)
+	var err error
+	if s.reply, err = s.p.read(s.c.r, 0); err != nil {
+		return nil, fmt.Errorf("cannot read a reply: %w", err)
+	}
+	return &s.reply, nil
+}
+
+// Close closes the connection under the stream, which ends a Receive.
+func (s *Stream) Close() error { return s.c.Close() }
