@@ -392,13 +392,21 @@ func satMul(a, b int64) int64 {
 // ttl <= 0 means Config.SubscriberTTL. A subscriber already registered is
 // refreshed and never counted twice.
 func (e *Engine) Register(now int64, service, sub []byte, ttl int64) Decision {
+	d, _ := e.RegisterNew(now, service, sub, ttl)
+	return d
+}
+
+// RegisterNew is Register that also reports whether the subscriber was
+// added rather than refreshed: a cluster tells the other members, so that
+// one holding the subscriber from an earlier registration lets it go.
+func (e *Engine) RegisterNew(now int64, service, sub []byte, ttl int64) (Decision, bool) {
 	s := e.service(service)
 	if s == nil {
-		return Decision{Reason: UNLICENSED, RetryAfterMS: retryUnlicensedMS, Remaining: 0}
+		return Decision{Reason: UNLICENSED, RetryAfterMS: retryUnlicensedMS, Remaining: 0}, false
 	}
 	l := s.lim.Load()
 	if !l.Licensed {
-		return Decision{Reason: UNLICENSED, RetryAfterMS: retryUnlicensedMS, Remaining: 0}
+		return Decision{Reason: UNLICENSED, RetryAfterMS: retryUnlicensedMS, Remaining: 0}, false
 	}
 	exp := now + int64(e.cfg.SubscriberTTL)
 	if ttl > 0 {
@@ -415,17 +423,17 @@ func (e *Engine) Register(now int64, service, sub []byte, ttl int64) Decision {
 	}
 	if x, ok := s.subscribers.get(key, now); ok {
 		s.subscribers.refresh(x, exp)
-		return Decision{Reason: OK, Remaining: left()}
+		return Decision{Reason: OK, Remaining: left()}, false
 	}
 	if l.Subscribers != Unlimited && int64(s.subscribers.len()) >= l.Subscribers {
 		s.sweepAtLimit(&s.subscribers.lastFull, now, s.subscribers.expire)
 		if int64(s.subscribers.len()) >= l.Subscribers {
-			return Decision{Reason: SUBSCRIBERS, RetryAfterMS: retryCountedMS, Remaining: 0}
+			return Decision{Reason: SUBSCRIBERS, RetryAfterMS: retryCountedMS, Remaining: 0}, false
 		}
 	}
 	s.subscribers.put(key, struct{}{}, exp)
 	s.subsN.Add(1)
-	return Decision{Reason: OK, Remaining: left()}
+	return Decision{Reason: OK, Remaining: left()}, true
 }
 
 // Deregister removes a subscriber; it reports whether one was registered.

@@ -295,6 +295,30 @@ func TestTokenPoolExact(t *testing.T) {
 	f(Overage{Kind: OverageUnlimited}, 2000)
 }
 
+// In a cluster a node draws on the service pool up to its budget.
+func TestSharedTokenPool(t *testing.T) {
+	l := Limits{Licensed: true, CAPS: Unlimited, Sessions: Unlimited, Subscribers: Unlimited, Tokens: 1000,
+		TokensShared: true, TokensBudget: 400}
+	e, clk := newTestEngine(t, l)
+	consume := func(n int64) Decision { return e.Consume(clk.Now(), svc, nil, n, nil) }
+	require.Equal(t, Decision{Reason: OK, Remaining: 100}, consume(300))
+	require.Equal(t, Decision{Reason: OK, Remaining: 0}, consume(100))
+	require.Equal(t, TOKENS, consume(1).Reason)
+	l.TokensBudget = 550
+	require.NoError(t, e.SetLimits("voice", l))
+	require.Equal(t, Decision{Reason: OK, Remaining: 0}, consume(150))
+	require.Equal(t, TOKENS, consume(1).Reason)
+	// A budget cut below what was charged refuses, and never goes negative.
+	l.TokensBudget = 100
+	require.NoError(t, e.SetLimits("voice", l))
+	require.Equal(t, Decision{Reason: TOKENS, RetryAfterMS: retryUnlicensedMS, Remaining: 0}, consume(1))
+	require.Equal(t, int64(550), e.Service("voice").Stats().PoolUsed)
+	// Alone again: the whole pool.
+	l.TokensShared = false
+	require.NoError(t, e.SetLimits("voice", l))
+	require.Equal(t, Decision{Reason: OK, Remaining: 0}, consume(450))
+}
+
 func TestConsumeIdempotentAndAccounts(t *testing.T) {
 	l := Limits{Licensed: true, CAPS: Unlimited, Sessions: Unlimited, Subscribers: Unlimited, Tokens: 1000, TokensPerMinute: 2}
 	e, clk := newTestEngine(t, l)

@@ -33,6 +33,12 @@ type Limits struct {
 	TokensPerMinute  int64
 	// Overage decides what happens when the pool is empty.
 	Overage Overage
+	// TokensShared says the pool is shared with other members (set by the
+	// cluster): this node may charge the service's unallocated pool up to
+	// TokensBudget in all, its part of the pool. A single node draws on
+	// all of it.
+	TokensShared bool
+	TokensBudget int64
 	// LicensedCAPS is the whole cluster's licensed CAPS, for reports; 0
 	// means the same as CAPS (a single node).
 	LicensedCAPS float64

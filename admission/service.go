@@ -75,14 +75,19 @@ func (s *Service) sessionGone(x session) {
 }
 
 // applyPool sizes the unallocated pool from the limits. Called with mu held
-// or before the service is shared.
+// or before the service is shared. In a cluster the pool this node may
+// draw on is its budget (see the cluster package doc).
 func (s *Service) applyPool(l *derived) {
 	s.tokens.policy = l.Overage
 	if l.Tokens == Unlimited {
 		s.tokens.limit = Unlimited
 		return
 	}
-	s.tokens.limit = max(l.Tokens-s.allocated, 0)
+	pool := max(l.Tokens-s.allocated, 0)
+	if l.TokensShared {
+		pool = min(pool, max(l.TokensBudget, 0))
+	}
+	s.tokens.limit = pool
 }
 
 // poolFor returns the pool that acct draws on. Called with mu held.
@@ -130,6 +135,10 @@ type Stats struct {
 	// Tokens charged in all, the part beyond a pool, and what is left in
 	// the service's unallocated pool (-1: unlimited).
 	TokensUsed, Overage, TokensLeft int64
+	// PoolUsed is what this node has charged to the service's unallocated
+	// pool (the part the cluster shares between members); Allocated the
+	// tokens allocated to accounts out of the service's pool.
+	PoolUsed, Allocated int64
 	// UsedCAPS is the admitted attempts per second over the last second.
 	UsedCAPS float64
 }
@@ -158,6 +167,7 @@ func (s *Service) Stats() Stats {
 	}
 	s.mu.Lock()
 	st.TokensLeft = s.tokens.left()
+	st.PoolUsed, st.Allocated = s.tokens.used, s.allocated
 	s.mu.Unlock()
 	return st
 }

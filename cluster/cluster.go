@@ -7,6 +7,7 @@ import (
 	"log"
 	"log/slog"
 	"net"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -56,7 +57,9 @@ type Config struct {
 	Clock    admission.Clock
 	Shares   *Shares
 	Licences Licences
-	Log      *slog.Logger
+	// Policy is what a side does while members are unreachable.
+	Policy PolicyConfig
+	Log    *slog.Logger
 }
 
 // Member is one member as GET /v1/cluster shows it.
@@ -71,6 +74,8 @@ type Member struct {
 	Shares   map[string]float64 `json:"shares"`
 	// Since is when a dead member was declared dead.
 	Since *time.Time `json:"since,omitempty"`
+	// Reclaimed: a dead member whose part the live members took over.
+	Reclaimed bool `json:"reclaimed,omitempty"`
 }
 
 type meta struct {
@@ -81,13 +86,17 @@ type meta struct {
 
 // peer is what this node knows of another member.
 type peer struct {
-	demand  map[string]float64
-	held    map[string]Held
-	heard   time.Time // when its last demand report arrived
-	dead    bool
-	deadAt  time.Time
-	addr    string
-	metaRaw []byte
+	demand    map[string]float64
+	tokenRate map[string]float64 // tokens per second it charges to each pool
+	held      map[string]Held
+	heard     time.Time // when its last demand report arrived
+	dead      bool
+	leaving   bool // it said it is leaving
+	left      bool // it left gracefully: its part is free at once
+	reclaimed bool // declared dead long enough: its part went to the live
+	deadAt    time.Time
+	addr      string
+	metaRaw   []byte
 }
 
 // Cluster is this node's membership: memberlist plus the demand exchange,
@@ -100,14 +109,18 @@ type Cluster struct {
 	mu     sync.Mutex // guards the fields below
 	peers  map[string]*peer
 	local  map[string]float64            // this node's demand
+	rate   map[string]float64            // this node's token rate per pool
 	held   map[string]Held               // what this node holds
+	side   Side                          // as last decided
+	budget map[string]int64              // this node's token budget per pool, as planned and reported
 	shares map[string]map[string]float64 // service → node → share, as last computed here
 	// computed is this node's part as computed at the previous exchange:
 	// a rise is applied one exchange late (see allocate).
 	computed map[string]Share
 	meter    *demandMeter
 
-	forward chan []byte // RELEASE/DEREGISTER for other members
+	forward chan op // RELEASE/DEREGISTER/claims for other members
+	claims  claims
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -128,8 +141,8 @@ func New(cfg Config) (*Cluster, error) {
 		host = "0.0.0.0"
 	}
 	c := &Cluster{cfg: cfg, log: cfg.Log, peers: map[string]*peer{}, local: map[string]float64{},
-		shares: map[string]map[string]float64{}, computed: map[string]Share{}, meter: newDemandMeter(), stop: make(chan struct{}),
-		forward: make(chan []byte, forwardQueue)}
+		shares: map[string]map[string]float64{}, budget: map[string]int64{}, computed: map[string]Share{}, meter: newDemandMeter(), stop: make(chan struct{}),
+		forward: make(chan op, forwardQueue), side: Side{State: SideWhole, Fraction: 1, Live: 1, Known: 1}}
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = cfg.NodeName
 	mc.BindAddr, mc.BindPort = host, port
@@ -225,6 +238,9 @@ func (c *Cluster) Stop() error {
 	c.once.Do(func() {
 		close(c.stop)
 		c.wg.Wait()
+		// memberlist's leave notice does not tell a leave from a death
+		// (Node.State is not updated), so say it first.
+		c.sendAll(append([]byte{msgLeaving}, c.cfg.NodeName...))
 		if lerr := c.ml.Leave(time.Second); lerr != nil {
 			err = lerr
 		}
@@ -237,16 +253,11 @@ func (c *Cluster) Stop() error {
 
 // Kinds of user messages.
 const (
-	msgDemand     = 'd'
-	msgLicence    = 'l'
-	msgRelease    = 'r'
-	msgDeregister = 'u'
+	msgDemand  = 'd'
+	msgLicence = 'l'
+	msgOps     = 'o' // a batch of forwarded RELEASE/DEREGISTER and claims
+	msgLeaving = 'x' // the sender is about to leave gracefully
 )
-
-// forwardQueue bounds the RELEASE/DEREGISTER messages waiting to go out;
-// beyond it they are dropped (the session or registration then ends by
-// its TTL) rather than blocking an event loop.
-const forwardQueue = 4096
 
 // Gossip traffic, by kind of message (user messages; memberlist's own
 // probes and gossip are not counted).
@@ -258,6 +269,7 @@ var (
 	forwardSent     = metrics.NewCounter(`capsgate_gossip_messages_total{kind="forward",direction="sent"}`)
 	forwardReceived = metrics.NewCounter(`capsgate_gossip_messages_total{kind="forward",direction="received"}`)
 	forwardDropped  = metrics.NewCounter(`capsgate_gossip_forward_dropped_total`)
+	claimsTaken     = metrics.NewCounter(`capsgate_subscriber_claims_total{result="released_here"}`)
 	bytesSent       = metrics.NewCounter(`capsgate_gossip_bytes_total{direction="sent"}`)
 	bytesReceived   = metrics.NewCounter(`capsgate_gossip_bytes_total{direction="received"}`)
 	// convergence is the time from a licence's load on one node to its
@@ -271,55 +283,11 @@ func sent(c *metrics.Counter, msg []byte) {
 	bytesSent.Add(len(msg))
 }
 
-type keyMsg struct {
-	Service string `json:"s"`
-	Key     []byte `json:"k"` // bytes (base64 in JSON): a call-id need not be UTF-8
-	Seconds int64  `json:"t,omitempty"`
-}
-
-// ForwardRelease sends a RELEASE this node could not do to every member
-// (implements resp.Forwarder; never blocks).
-func (c *Cluster) ForwardRelease(service, call []byte, seconds int64) {
-	c.enqueue(msgRelease, keyMsg{Service: string(service), Key: append([]byte(nil), call...), Seconds: seconds})
-}
-
-// ForwardDeregister sends a DEREGISTER this node could not do to every member.
-func (c *Cluster) ForwardDeregister(service, sub []byte) {
-	c.enqueue(msgDeregister, keyMsg{Service: string(service), Key: append([]byte(nil), sub...)})
-}
-
-func (c *Cluster) enqueue(kind byte, m keyMsg) {
-	b, _ := json.Marshal(m)
-	select {
-	case c.forward <- append([]byte{kind}, b...):
-	default:
-		// Counted, not logged: logging here would put I/O on the event
-		// loop exactly when a flood fills the queue.
-		forwardDropped.Inc()
-	}
-}
-
-// forwarder sends queued RELEASE/DEREGISTER messages to every member.
-func (c *Cluster) forwarder() {
-	defer c.wg.Done()
-	for {
-		select {
-		case <-c.stop:
-			return
-		case msg := <-c.forward:
-			for _, m := range c.ml.Members() {
-				if m.Name != c.cfg.NodeName && c.ml.SendBestEffort(m, msg) == nil {
-					sent(forwardSent, msg)
-				}
-			}
-		}
-	}
-}
-
 type demandMsg struct {
-	Node   string             `json:"n"`
-	Demand map[string]float64 `json:"d"`
-	Held   map[string]Held    `json:"h,omitempty"`
+	Node      string             `json:"n"`
+	Demand    map[string]float64 `json:"d"`
+	TokenRate map[string]float64 `json:"r,omitempty"`
+	Held      map[string]Held    `json:"h,omitempty"`
 }
 
 // exchange measures demand, sends it to every member and reallocates,
@@ -329,18 +297,32 @@ func (c *Cluster) exchange() {
 	start := time.Now()
 	admission.Repeat(c.stop, ExchangeInterval, func() time.Duration {
 		now := time.Now()
-		demand, held := c.meter.measure(c.cfg.Engine, now.Sub(start).Seconds())
+		demand, rate, held := c.meter.measure(c.cfg.Engine, now.Sub(start).Seconds())
 		c.mu.Lock()
-		c.local, c.held = demand, held
+		c.local, c.rate, c.held = demand, rate, held
 		c.mu.Unlock()
-		msg, _ := json.Marshal(demandMsg{Node: c.cfg.NodeName, Demand: demand, Held: held})
+		c.allocate(now)
+		// The report goes out after the allocation, with the token budgets
+		// just planned: they apply at the next exchange, after the others
+		// have them.
+		c.mu.Lock()
+		report := make(map[string]Held, len(held))
+		for service, h := range held {
+			report[service] = h
+		}
+		for service, b := range c.budget {
+			h := report[service]
+			h.Budget = b
+			report[service] = h
+		}
+		c.mu.Unlock()
+		msg, _ := json.Marshal(demandMsg{Node: c.cfg.NodeName, Demand: demand, TokenRate: rate, Held: report})
 		msg = append([]byte{msgDemand}, msg...)
 		for _, m := range c.ml.Members() {
 			if m.Name != c.cfg.NodeName && c.ml.SendBestEffort(m, msg) == nil {
 				sent(demandSent, msg)
 			}
 		}
-		c.allocate(now)
 		return ExchangeInterval
 	})
 }
@@ -349,42 +331,59 @@ func (c *Cluster) exchange() {
 // members, in name order so that every node computes the same vectors from
 // the same reports, and applies this node's part: CAPS by demand, sessions
 // and subscribers by what each node holds (so a node never gets less than
-// it holds while the licence covers everyone, and the spare is split).
+// it holds while the licence covers everyone, and the spare is split),
+// tokens by the rate each node charges them. While members it knew are
+// unreachable, the partition policy decides how much of each licence the
+// live side splits (decideSide).
 func (c *Cluster) allocate(now time.Time) {
 	names := c.liveNames()
 	licensed := c.cfg.Shares.Licensed()
 	c.mu.Lock()
-	result := map[string]map[string]float64{}
-	mine := map[string]Share{}
-	self := -1
-	for i, n := range names {
-		if n == c.cfg.NodeName {
-			self = i
+	var failed []failure
+	for name, p := range c.peers {
+		if p.dead && !p.left && !p.reclaimed && !slices.Contains(names, name) {
+			failed = append(failed, failure{name: name, at: p.deadAt})
 		}
 	}
+	side, reclaim := decideSide(now, c.cfg.Policy, names, failed)
+	for _, name := range reclaim {
+		c.peers[name].reclaimed = true
+		c.log.Warn("a failed member's part of every licence goes to the live members", "member", name,
+			"after", c.cfg.Policy.ReclaimAfter)
+	}
+	if side.State != c.side.State {
+		c.log.Warn("partition state changed", "from", c.side.State, "to", side.State, "live", side.Live, "known", side.Known,
+			"policy", c.cfg.Policy.Policy.String())
+	}
+	c.side = side
+	sideFraction.Set(side.Fraction)
+	result := map[string]map[string]float64{}
+	mine := map[string]Share{}
+	self := slices.Index(names, c.cfg.NodeName)
 	for service, l := range licensed {
 		caps := make([]float64, len(names))
 		sessions := make([]float64, len(names))
 		subs := make([]float64, len(names))
+		rates := make([]float64, len(names))
 		for i, n := range names {
-			var d float64
+			var d, r float64
 			var h Held
 			if n == c.cfg.NodeName {
-				d, h = c.local[service], c.held[service]
+				d, r, h = c.local[service], c.rate[service], c.held[service]
 			} else if p := c.peers[n]; p != nil {
 				// A stale report's demand is dropped, but what a live member
 				// holds is kept until it is declared dead: its sessions do
 				// not end because a report was lost.
 				h = p.held[service]
 				if now.Sub(p.heard) < staleAfter {
-					d = p.demand[service]
+					d, r = p.demand[service], p.tokenRate[service]
 				}
 			}
-			caps[i], sessions[i], subs[i] = d, float64(h.Sessions), float64(h.Subscribers)
+			caps[i], sessions[i], subs[i], rates[i] = d, float64(h.Sessions), float64(h.Subscribers), r
 		}
 		sh := Share{CAPS: -1, Sessions: -1, Subscribers: -1}
 		if l.CAPS > 0 {
-			shares := Allocate(l.CAPS, caps)
+			shares := Allocate(side.Fraction*l.CAPS, caps)
 			result[service] = map[string]float64{}
 			for i, n := range names {
 				result[service][n] = shares[i]
@@ -394,10 +393,14 @@ func (c *Cluster) allocate(now time.Time) {
 			}
 		}
 		if l.Sessions > 0 && self >= 0 {
-			sh.Sessions = Allocate(float64(l.Sessions), sessions)[self] / float64(l.Sessions)
+			sh.Sessions = Allocate(side.Fraction*float64(l.Sessions), sessions)[self] / float64(l.Sessions)
 		}
 		if l.Subscribers > 0 && self >= 0 {
-			sh.Subscribers = Allocate(float64(l.Subscribers), subs)[self] / float64(l.Subscribers)
+			sh.Subscribers = Allocate(side.Fraction*float64(l.Subscribers), subs)[self] / float64(l.Subscribers)
+		}
+		if l.Tokens != admission.Unlimited && self >= 0 && c.clusteredLocked() {
+			sh.TokensShared = true
+			sh.TokensBudget = c.tokenBudgetLocked(service, l.Tokens, Allocate(side.Fraction, rates)[self])
 		}
 		// A fall applies at once, a rise one exchange late: by then this
 		// node's report has reached the others and they have given up what
@@ -406,7 +409,11 @@ func (c *Cluster) allocate(now time.Time) {
 		applied := sh
 		if prev, ok := c.computed[service]; ok {
 			applied = Share{CAPS: admission.MinLimit(sh.CAPS, prev.CAPS), Sessions: admission.MinLimit(sh.Sessions, prev.Sessions),
-				Subscribers: admission.MinLimit(sh.Subscribers, prev.Subscribers)}
+				Subscribers:  admission.MinLimit(sh.Subscribers, prev.Subscribers),
+				TokensShared: sh.TokensShared, TokensBudget: sh.TokensBudget}
+			if prev.TokensShared {
+				applied.TokensBudget = min(sh.TokensBudget, prev.TokensBudget)
+			}
 		}
 		c.computed[service] = sh
 		mine[service] = applied
@@ -418,6 +425,16 @@ func (c *Cluster) allocate(now time.Time) {
 			c.log.Error("cannot apply the share", "service", service, "err", err)
 		}
 	}
+}
+
+// sideFraction is the part of each licence this node's side enforces.
+var sideFraction = metrics.NewGauge(`capsgate_cluster_side_fraction`, nil)
+
+// Side returns this node's side of the cluster as last decided.
+func (c *Cluster) Side() Side {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.side
 }
 
 // liveNames returns the names of the members that are not dead, sorted.
@@ -487,7 +504,12 @@ func (c *Cluster) Members() []Member {
 	for name, p := range c.peers {
 		if !seen[name] && p.dead {
 			since := p.deadAt
-			add(name, p.addr, "dead", p.metaRaw, &since)
+			state := "dead"
+			if p.left {
+				state = "left"
+			}
+			add(name, p.addr, state, p.metaRaw, &since)
+			out[len(out)-1].Reclaimed = p.reclaimed
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
@@ -537,20 +559,17 @@ func (d *delegate) NotifyMsg(b []byte) {
 			p = &peer{}
 			c.peers[m.Node] = p
 		}
-		p.demand, p.held, p.heard = m.Demand, m.Held, time.Now()
+		p.demand, p.tokenRate, p.held, p.heard = m.Demand, m.TokenRate, m.Held, time.Now()
 		c.mu.Unlock()
-	case msgRelease, msgDeregister:
+	case msgOps:
 		forwardReceived.Inc()
-		var m keyMsg
-		if json.Unmarshal(b[1:], &m) != nil || c.cfg.Clock == nil {
-			return
+		c.apply(b[1:])
+	case msgLeaving:
+		c.mu.Lock()
+		if p := c.peers[string(b[1:])]; p != nil {
+			p.leaving = true
 		}
-		now := c.cfg.Clock.Now()
-		if b[0] == msgRelease {
-			c.cfg.Engine.Release(now, []byte(m.Service), m.Key, m.Seconds)
-		} else {
-			c.cfg.Engine.Deregister(now, []byte(m.Service), m.Key)
-		}
+		c.mu.Unlock()
 	case msgLicence:
 		licenceReceived.Inc()
 		if len(b) < 9 {
@@ -610,7 +629,7 @@ func (e *events) NotifyJoin(n *memberlist.Node) {
 		p = &peer{}
 		c.peers[n.Name] = p
 	}
-	p.dead, p.addr, p.metaRaw = false, n.Address(), append([]byte(nil), n.Meta...)
+	p.dead, p.left, p.reclaimed, p.addr, p.metaRaw = false, false, false, n.Address(), append([]byte(nil), n.Meta...)
 	c.mu.Unlock()
 	if n.Name != c.cfg.NodeName {
 		c.log.Info("member joined", "member", n.Name, "addr", n.Address())
@@ -620,11 +639,17 @@ func (e *events) NotifyJoin(n *memberlist.Node) {
 func (e *events) NotifyLeave(n *memberlist.Node) {
 	c := (*Cluster)(e)
 	c.mu.Lock()
+	left := n.Name == c.cfg.NodeName
 	if p := c.peers[n.Name]; p != nil {
-		p.dead, p.deadAt = true, time.Now()
+		left = left || p.leaving
+		p.dead, p.left, p.leaving, p.deadAt = true, left, false, time.Now()
 	}
 	c.mu.Unlock()
-	c.log.Warn("member left or failed", "member", n.Name, "addr", n.Address())
+	if left {
+		c.log.Info("member left", "member", n.Name, "addr", n.Address())
+	} else {
+		c.log.Warn("member failed", "member", n.Name, "addr", n.Address())
+	}
 }
 
 func (e *events) NotifyUpdate(n *memberlist.Node) {

@@ -13,9 +13,12 @@ const demandWindow = 5
 // not UNLICENSED, not OVERLOAD). The demand is the larger of the last
 // interval's rate (so it rises at once) and the rate over the last
 // demandWindow intervals (so one short sample does not cut it).
+//
+// The rate at which a node charges a service's token pool is measured the
+// same way.
 type demandMeter struct {
 	hist   map[string]*[demandWindow + 1]sample
-	demand map[string]float64
+	tokens map[string]*[demandWindow + 1]sample
 }
 
 type sample struct {
@@ -24,7 +27,7 @@ type sample struct {
 }
 
 func newDemandMeter() *demandMeter {
-	return &demandMeter{hist: map[string]*[demandWindow + 1]sample{}, demand: map[string]float64{}}
+	return &demandMeter{hist: map[string]*[demandWindow + 1]sample{}, tokens: map[string]*[demandWindow + 1]sample{}}
 }
 
 // offered counts a service's attempts that reached the licence checks.
@@ -34,44 +37,56 @@ func offered(st admission.Stats) uint64 {
 }
 
 // measure updates every service's demand from the engine at t seconds (any
-// monotonic scale), and returns it with the sessions and subscribers each
-// service holds here.
-func (m *demandMeter) measure(eng *admission.Engine, t float64) (map[string]float64, map[string]Held) {
-	held := map[string]Held{}
-	out := map[string]float64{}
+// monotonic scale), and returns it with the rate each service's token pool
+// is charged here and what each service holds here.
+func (m *demandMeter) measure(eng *admission.Engine, t float64) (demand, tokenRate map[string]float64, held map[string]Held) {
+	demand, tokenRate, held = map[string]float64{}, map[string]float64{}, map[string]Held{}
 	for _, s := range eng.Services() {
 		st := s.Stats()
-		if st.Sessions > 0 || st.Subscribers > 0 {
-			held[s.Name()] = Held{Sessions: st.Sessions, Subscribers: st.Subscribers}
+		if st.Sessions > 0 || st.Subscribers > 0 || st.PoolUsed > 0 {
+			held[s.Name()] = Held{Sessions: st.Sessions, Subscribers: st.Subscribers, Tokens: st.PoolUsed}
 		}
-		h, ok := m.hist[s.Name()]
-		cur := sample{t: t, n: offered(st)}
-		if !ok {
-			h = new([demandWindow + 1]sample)
-			for i := range h {
-				h[i] = cur
-			}
-			m.hist[s.Name()] = h
+		if d := push(m.hist, s.Name(), sample{t: t, n: offered(st)}); d >= 0.01 {
+			demand[s.Name()] = d
 		}
-		copy(h[1:], h[:demandWindow])
-		h[0] = cur
-		d := max(rate(h[1], h[0]), rate(h[demandWindow], h[0]))
-		if d >= 0.01 {
-			out[s.Name()] = d
+		if r := push(m.tokens, s.Name(), sample{t: t, n: uint64(max(st.PoolUsed, 0))}); r >= 0.01 {
+			tokenRate[s.Name()] = r
 		}
 	}
-	return out, held
+	return demand, tokenRate, held
+}
+
+// push adds a sample to a series' history and returns the series' rate:
+// the larger of the last interval's and the window's.
+func push(hist map[string]*[demandWindow + 1]sample, name string, cur sample) float64 {
+	h, ok := hist[name]
+	if !ok {
+		h = new([demandWindow + 1]sample)
+		for i := range h {
+			h[i] = cur
+		}
+		hist[name] = h
+	}
+	copy(h[1:], h[:demandWindow])
+	h[0] = cur
+	return max(rate(h[1], h[0]), rate(h[demandWindow], h[0]))
 }
 
 func rate(from, to sample) float64 {
-	if to.t <= from.t {
+	if to.t <= from.t || to.n < from.n {
 		return 0
 	}
 	return float64(to.n-from.n) / (to.t - from.t)
 }
 
-// Held is what a node holds of a service's counted limits.
+// Held is what a node holds of a service's counted limits: open sessions,
+// registered subscribers, and the tokens it has charged to the service's
+// pool.
 type Held struct {
 	Sessions    int64 `json:"s,omitempty"`
 	Subscribers int64 `json:"u,omitempty"`
+	Tokens      int64 `json:"t,omitempty"`
+	// Budget is what the node may charge the pool in all: the others
+	// reserve it (see tokenBudget).
+	Budget int64 `json:"b,omitempty"`
 }

@@ -49,16 +49,39 @@
 //
 // Failure. memberlist declares a killed node dead in about 1.5 s (probe 200
 // ms, timeout 100 ms, suspicion multiplier 2; about 0.9 s measured on
-// loopback); the survivors drop it from the vector and take its share at the
-// next exchange. Until then its share is simply unused: a dead node never
-// makes the others over-admit CAPS. The sessions and subscribers it held
-// leave the count with it (this version does not persist them): calls it
-// admitted that are still up in the SIP platform are no longer counted, so
-// until they end the farm may hold up to that many sessions beyond the
-// licence. Persisting sessions and handing a dead node's to its successor
-// is to come.
+// loopback). A node that leaves gracefully (SIGTERM) says so first and its
+// part is free at once. A node that fails keeps its part of every licence
+// for cluster.reclaim_after (default 3 s): the live members split only
+// live/known of each licence, and the sessions and registrations the dead
+// node held stay counted in its part, so a dead node never makes the
+// others over-admit anything. After reclaim_after the side holding a
+// majority of the known members takes the dead node's part over (its
+// capacity goes to the live nodes); the sessions it held are then no
+// longer counted: calls it admitted that are still up in the SIP platform
+// may be joined by that many new ones until they end. A node that comes
+// back rejoins, gets every licence by state sync and reports what it holds
+// again at its first exchange.
 //
-// # Limits of this version
+// # Partitions
+//
+// A dead member and one cut off by a partition look the same. Policy
+// cluster.partition_policy (decideSide):
+//
+//   - split (default): each side enforces live/known of every licence, so
+//     the two sides never admit more than the licence together. The
+//     majority side (more than half of the known members; of two equal
+//     halves, the one holding the first name) takes the rest after
+//     reclaim_after; a minority side admits nothing but emergency calls
+//     from reclaim_after/2 on, before the majority can have taken its
+//     part. This holds while each side notices the split within
+//     reclaim_after/2 of the other (memberlist: within about a second).
+//     A two-node farm that loses a node therefore keeps running only on
+//     the node named first; use fail_open or three nodes.
+//   - fail_open: each side enforces the whole of every licence for
+//     cluster.fail_open_for after it lost members (the farm may admit up
+//     to sides × licence meanwhile), then splits as above.
+//
+// # Sessions, subscribers and tokens
 //
 // Sessions and subscribers are shared with the same allocator, by what each
 // node holds (its open sessions, its registered subscribers, reported with
@@ -66,8 +89,25 @@
 // at least what it holds plus an even part of the spare, so the farm never
 // holds more than licensed beyond one exchange interval of new sessions on
 // a node whose report others have not yet seen. A RELEASE or DEREGISTER that
-// finds nothing on the node it reaches is forwarded to every member. Token
-// pools are not yet shared (each node enforces the whole pool). Under a
-// network partition each side shares the licence among the members it
-// reaches (the cluster.partition_policy choices are to come).
+// finds nothing on the node it reaches is forwarded to every member, in
+// batches over memberlist's reliable (TCP) channel.
+//
+// A subscriber counts once: a node that registers a subscriber it did not
+// hold claims it to every member (same channel), and a member holding it
+// from an earlier registration through it lets it go; of two claims the
+// later wins, of two at the same nanosecond the first node name's. The
+// count can be one too high per re-registration for the time a claim takes
+// to arrive (milliseconds).
+//
+// Token pools are escrow. Each node reports, per pool, what it has charged
+// and its budget: what it may have charged in all. Every exchange a node
+// plans budget = charged + part × (pool − everything charged), its part
+// being Allocate(1, token rates) of the members' charging rates; a fall
+// applies at once, a rise by at most its part of what no member holds in
+// budget (pool − Σ max(budget, charged) over live and unreclaimed members,
+// charged only for gone ones), and is reported before it applies (one
+// exchange later). So the budgets in force never sum to more than the
+// pool while reports arrive within an exchange interval: no token is
+// overspent. A report lost while a budget rose can overspend the pool by
+// at most that rise. A single node draws on the whole pool exactly.
 package cluster

@@ -12,8 +12,8 @@ import (
 // the allocator gives it this node's share of each service's CAPS, and it
 // gives the engine the limits this node enforces.
 //
-// Sessions and subscribers are shared like CAPS, by what each node holds
-// (see the package doc). The token pool is passed on whole.
+// Sessions and subscribers are shared by what each node holds, token pools
+// by the rate each node draws on them (see the package doc).
 type Shares struct {
 	sink admission.LimitSetter
 
@@ -30,6 +30,10 @@ type Share struct {
 	CAPS        float64
 	Sessions    float64
 	Subscribers float64
+	// TokensShared: the service's token pool is shared with other
+	// members, and this node may charge it up to TokensBudget in all.
+	TokensShared bool
+	TokensBudget int64
 }
 
 // NewShares returns shares feeding sink (the engine).
@@ -86,6 +90,9 @@ func (s *Shares) applyLocked(service string) error {
 		}
 		if sh.Subscribers >= 0 && l.Subscribers != admission.Unlimited {
 			local.Subscribers = int64(math.Floor(sh.Subscribers * float64(l.Subscribers)))
+		}
+		if sh.TokensShared && l.Tokens != admission.Unlimited {
+			local.TokensShared, local.TokensBudget = true, sh.TokensBudget
 		}
 	}
 	return s.sink.SetLimits(service, local)

@@ -233,6 +233,12 @@ func (c *client) addLicense(body []byte) error {
 // clusterTable prints GET /v1/cluster as one row per member.
 func (c *client) clusterTable() error {
 	var v struct {
+		Policy string `json:"partition_policy"`
+		Side   struct {
+			State       string
+			Fraction    float64
+			Live, Known int
+		}
 		Members []struct {
 			Name, Addr, State string
 			RESPAddr          string             `json:"resp_addr"`
@@ -243,6 +249,8 @@ func (c *client) clusterTable() error {
 	if printed, err := c.decode("GET", "/v1/cluster", nil, &v); printed || err != nil {
 		return err
 	}
+	fmt.Fprintf(c.out, "partition policy %s; this side: %s, enforcing %.0f%% of each licence (%d of %d members reachable)\n",
+		v.Policy, v.Side.State, 100*v.Side.Fraction, v.Side.Live, v.Side.Known)
 	tw := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tSTATE\tGOSSIP\tRESP\tCAPS SHARE (DEMAND) BY SERVICE")
 	for _, m := range v.Members {

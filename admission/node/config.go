@@ -103,6 +103,9 @@ type Config struct {
 	// Licensing configures how licences are judged.
 	Licensing LicensingConfig `yaml:"licensing"`
 
+	// Cluster configures what a node does while members are unreachable.
+	Cluster ClusterConfig `yaml:"cluster"`
+
 	// Log configures logging.
 	Log LogConfig `yaml:"log"`
 }
@@ -259,6 +262,35 @@ type LicensingConfig struct {
 	ClockTolerance Duration `yaml:"clock_tolerance"`
 }
 
+// ClusterConfig is the `cluster` section. A node cannot tell a dead member
+// from one cut off by a partition; these keys decide how the licence is
+// split meanwhile (see the README's "Partitions").
+type ClusterConfig struct {
+	// PartitionPolicy is "split" or "fail_open". Split: each side enforces
+	// the part of every licence its reachable members hold, so the cluster
+	// never over-admits; the side with a majority takes over the rest after
+	// ReclaimAfter, a minority side admits nothing (but emergency calls)
+	// from ReclaimAfter/2 on. Fail_open: each side enforces the whole
+	// licence for FailOpenFor, then splits.
+	//
+	// Default: split, because a licence is what the vendor was paid for.
+	PartitionPolicy string `yaml:"partition_policy"`
+
+	// FailOpenFor bounds fail_open (≥ 0).
+	//
+	// Default: 1m, enough to ride out a switch reboot.
+	FailOpenFor Duration `yaml:"fail_open_for"`
+
+	// ReclaimAfter is how long a failed member keeps its part of every
+	// licence, with its sessions and registrations still counted, before
+	// the majority side takes it over (≥ 1s).
+	//
+	// Default: 3s: a killed node's capacity is back in use about 4 s after
+	// the kill, while a minority side still has 1.5 s of margin to stop
+	// admitting before the majority takes over its part.
+	ReclaimAfter Duration `yaml:"reclaim_after"`
+}
+
 // LogConfig is the `log` section.
 type LogConfig struct {
 	// Level is the least severe level logged: debug, info, warn or error.
@@ -338,6 +370,7 @@ func DefaultConfig() Config {
 		},
 		Priority:  PriorityConfig{HighHeadroomPercent: 10},
 		Licensing: LicensingConfig{ClockTolerance: Duration{5 * time.Minute}},
+		Cluster:   ClusterConfig{PartitionPolicy: "split", FailOpenFor: Duration{time.Minute}, ReclaimAfter: Duration{3 * time.Second}},
 		Log:       LogConfig{Level: "info"},
 	}
 }
@@ -392,6 +425,9 @@ var options = []option{
 	{key: "admission.idempotency_window", flag: "admission-idempotency-window", arg: "DURATION", usage: "how long a CONSUME ID key is remembered, at least 1s"},
 	{key: "priority.high_headroom_percent", flag: "priority-high-headroom-percent", arg: "PERCENT", usage: "what PRIORITY high may use above the licence (CAPS and sessions), in percent, 0..100"},
 	{key: "licensing.clock_tolerance", flag: "licensing-clock-tolerance", arg: "DURATION", usage: "how far the clock may step back before the rollback alarm, and a licence be issued in the future, at least 1s"},
+	{key: "cluster.partition_policy", flag: "cluster-partition-policy", arg: "POLICY", usage: "split (each side enforces its reachable members' part; never over-admits) or fail_open (each side enforces the whole licence for cluster.fail_open_for)"},
+	{key: "cluster.fail_open_for", flag: "cluster-fail-open-for", arg: "DURATION", usage: "how long fail_open enforces the whole licence on each side of a partition"},
+	{key: "cluster.reclaim_after", flag: "cluster-reclaim-after", arg: "DURATION", usage: "how long a failed member keeps its part before the majority side takes it over, at least 1s"},
 	{key: "log.level", flag: "log-level", arg: "LEVEL", usage: "least severe level logged: debug, info, warn or error"},
 }
 
@@ -1005,10 +1041,17 @@ func (c *Config) validate() error {
 		{"admission.subscriber_ttl", c.Admission.SubscriberTTL},
 		{"admission.idempotency_window", c.Admission.IdempotencyWindow},
 		{"licensing.clock_tolerance", c.Licensing.ClockTolerance},
+		{"cluster.reclaim_after", c.Cluster.ReclaimAfter},
 	} {
 		if d.v.Duration < time.Second {
 			return bad(d.key, "must be at least 1s, got %s", d.v)
 		}
+	}
+	if c.Cluster.PartitionPolicy != "split" && c.Cluster.PartitionPolicy != "fail_open" {
+		return bad("cluster.partition_policy", "must be split or fail_open, got %q", c.Cluster.PartitionPolicy)
+	}
+	if c.Cluster.FailOpenFor.Duration < 0 {
+		return bad("cluster.fail_open_for", "must be at least 0, got %s", c.Cluster.FailOpenFor)
 	}
 	if p := c.Priority.HighHeadroomPercent; p < 0 || p > 100 {
 		return bad("priority.high_headroom_percent", "must be between 0 and 100, got %d", p)

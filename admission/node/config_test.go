@@ -85,6 +85,7 @@ func TestDefaultConfig(t *testing.T) {
 		},
 		Priority:  PriorityConfig{HighHeadroomPercent: 10},
 		Licensing: LicensingConfig{ClockTolerance: Duration{5 * time.Minute}},
+		Cluster:   ClusterConfig{PartitionPolicy: "split", FailOpenFor: Duration{time.Minute}, ReclaimAfter: Duration{3 * time.Second}},
 		Log:       LogConfig{Level: "info"},
 	}, c)
 
@@ -126,6 +127,7 @@ ledger: {interval: 30s}
 admission: {burst: 50ms, session_ttl: 2h, subscriber_ttl: 30m, idempotency_window: 1h}
 priority: {high_headroom_percent: 20}
 licensing: {clock_tolerance: 1m}
+cluster: {partition_policy: fail_open, fail_open_for: 30s, reclaim_after: 5s}
 log: {level: warn}
 `)
 	c, err := Load([]string{"--config", path}, nil)
@@ -146,6 +148,7 @@ log: {level: warn}
 			SubscriberTTL: Duration{30 * time.Minute}, IdempotencyWindow: Duration{time.Hour}},
 		Priority:  PriorityConfig{HighHeadroomPercent: 20},
 		Licensing: LicensingConfig{ClockTolerance: Duration{time.Minute}},
+		Cluster:   ClusterConfig{PartitionPolicy: "fail_open", FailOpenFor: Duration{30 * time.Second}, ReclaimAfter: Duration{5 * time.Second}},
 		Log:       LogConfig{Level: "warn"},
 	}
 	require.Equal(t, want, c)
@@ -254,6 +257,9 @@ func TestEveryFlagSetsItsKey(t *testing.T) {
 		"admission.idempotency_window":   "1h",
 		"priority.high_headroom_percent": "0",
 		"licensing.clock_tolerance":      "30s",
+		"cluster.partition_policy":       "fail_open",
+		"cluster.fail_open_for":          "2m",
+		"cluster.reclaim_after":          "4s",
 		"log.level":                      "debug",
 	}
 	require.Len(t, values, len(options))
@@ -407,6 +413,9 @@ func TestValidateErrors(t *testing.T) {
 	f([]string{"--priority-high-headroom-percent", "101"}, "invalid config: priority.high_headroom_percent (--priority-high-headroom-percent) must be between 0 and 100, got 101")
 	f([]string{"--priority-high-headroom-percent", "-1"}, "invalid config: priority.high_headroom_percent (--priority-high-headroom-percent) must be between 0 and 100, got -1")
 	f([]string{"--log-level", "loud"}, `invalid config: log.level (--log-level) must be debug, info, warn or error, got "loud"`)
+	f([]string{"--cluster-partition-policy", "open"}, `invalid config: cluster.partition_policy (--cluster-partition-policy) must be split or fail_open, got "open"`)
+	f([]string{"--cluster-fail-open-for", "-1s"}, `invalid config: cluster.fail_open_for (--cluster-fail-open-for) must be at least 0, got -1s`)
+	f([]string{"--cluster-reclaim-after", "500ms"}, `invalid config: cluster.reclaim_after (--cluster-reclaim-after) must be at least 1s, got 500ms`)
 	f([]string{"--log-level", "INFO"}, `invalid config: log.level (--log-level) must be debug, info, warn or error, got "INFO"`)
 
 	// The boundaries themselves are valid.
@@ -587,7 +596,7 @@ func TestOptionsCoverEveryKey(t *testing.T) {
 		require.NotEmpty(t, o.usage, o.key)
 	}
 	require.Equal(t, configKeys(), keys, "options follow Config, in its order")
-	require.Len(t, configKeys(), 24)
+	require.Len(t, configKeys(), 27)
 	for _, f := range []string{"node-name", "cluster-id", "data-dir", "resp-addr", "admin-addr", "admin-token-file",
 		"gossip-addr", "gossip-key-file", "join", "vendor-key", "max-caps", "ledger-interval"} {
 		require.Contains(t, flags, f, "the product spec's flag")

@@ -150,10 +150,17 @@ func (n *Node) Start() error {
 	n.adminLn = ln
 	// The cluster exists before the RESP front end serves, so every event
 	// loop sees the forwarder; it joins once RESP answers.
+	policy, err := cluster.ParsePartitionPolicy(n.cfg.Cluster.PartitionPolicy)
+	if err != nil {
+		ln.Close()
+		return err
+	}
 	n.cluster, err = cluster.New(cluster.Config{
 		NodeName: n.cfg.NodeName, BindAddr: n.cfg.Gossip.Addr, Key: gossipKey, Join: n.cfg.Join,
 		RESPAddr: n.cfg.RESP.Addr, MaxCAPS: n.cfg.Node.MaxCAPS,
 		Engine: n.eng, Clock: n.clk, Shares: n.shares, Licences: n.reg, Log: n.log,
+		Policy: cluster.PolicyConfig{Policy: policy, FailOpenFor: n.cfg.Cluster.FailOpenFor.Duration,
+			ReclaimAfter: n.cfg.Cluster.ReclaimAfter.Duration},
 	})
 	if err != nil {
 		ln.Close()

@@ -39,12 +39,15 @@ func NewConnState(id int64) *ConnState {
 }
 
 // Forwarder passes on what this node could not do itself: the RELEASE of
-// a call or the DEREGISTER of a subscriber held by another node. It is
-// called on the event loop and must not block; the byte slices are only
-// valid during the call.
+// a call or the DEREGISTER of a subscriber held by another node; and it
+// claims a subscriber newly registered here, so that another node holding
+// it from an earlier registration lets it go (a subscriber counts once in
+// the cluster). It is called on the event loop and must not block; the
+// byte slices are only valid during the call.
 type Forwarder interface {
 	ForwardRelease(service, call []byte, seconds int64)
 	ForwardDeregister(service, subscriber []byte)
+	ClaimSubscriber(service, subscriber []byte)
 }
 
 // Handler executes commands against an engine. It holds no per-connection
@@ -289,7 +292,11 @@ func (h *Handler) register(now int64, args [][]byte, out []byte) []byte {
 	if e != "" {
 		return AppendError(out, e)
 	}
-	return decision(out, h.eng.Register(now, args[1], args[2], ttl))
+	d, added := h.eng.RegisterNew(now, args[1], args[2], ttl)
+	if added && h.fwd != nil {
+		h.fwd.ClaimSubscriber(args[1], args[2])
+	}
+	return decision(out, d)
 }
 
 // DEREGISTER service subscriber

@@ -1,0 +1,55 @@
+package clustertest
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+)
+
+// Do sends one RESP command to the node and returns its reply: a string
+// (simple or bulk), an int64, a []any, nil, or an error for an error reply
+// ("-ERR ..."), a closed connection or a second's silence.
+func (n *Node) Do(args ...string) (any, error) {
+	conn, err := net.DialTimeout("tcp", n.RESPAddr, time.Second)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(time.Second))
+	if _, err := conn.Write(encodeCommand(args)); err != nil {
+		return nil, err
+	}
+	v, err := readReply(bufio.NewReader(conn))
+	if e, ok := v.(respError); ok {
+		return nil, fmt.Errorf("%s: %s", n.Name, string(e))
+	}
+	return v, err
+}
+
+// Decision sends a command answered by a decision (ADMIT, REGISTER,
+// CONSUME) and returns whether it was admitted, the reason and remaining.
+func (n *Node) Decision(args ...string) (admitted bool, reason string, remaining int64, err error) {
+	v, err := n.Do(args...)
+	if err != nil {
+		return false, "", 0, err
+	}
+	a, ok := v.([]any)
+	if !ok || len(a) != 4 {
+		return false, "", 0, fmt.Errorf("%s: %v answered %v, not a decision", n.Name, args, v)
+	}
+	adm, _ := a[0].(int64)
+	reason, _ = a[1].(string)
+	remaining, _ = a[3].(int64)
+	return adm == 1, reason, remaining, nil
+}
+
+// encodeCommand is args as a RESP array of bulk strings.
+func encodeCommand(args []string) []byte {
+	frame := []byte("*" + strconv.Itoa(len(args)) + "\r\n")
+	for _, a := range args {
+		frame = append(frame, "$"+strconv.Itoa(len(a))+"\r\n"+a+"\r\n"...)
+	}
+	return frame
+}

@@ -1,0 +1,200 @@
+package cluster
+
+import (
+	"encoding/json"
+	"sync"
+	"time"
+)
+
+// Operations forwarded to the other members.
+const (
+	opRelease    = 'r' // RELEASE of a call this node does not hold
+	opDeregister = 'u' // DEREGISTER of a subscriber this node does not hold
+	opClaim      = 'c' // a subscriber newly registered here: others let it go
+)
+
+// op is one forwarded operation.
+type op struct {
+	Kind    byte   `json:"o"`
+	Service string `json:"s"`
+	Key     []byte `json:"k"` // bytes (base64 in JSON): a call-id need not be UTF-8
+	Seconds int64  `json:"t,omitempty"`
+	// At is when a claim was made (ns), to break a tie between two
+	// members that registered the same subscriber at once.
+	At int64 `json:"a,omitempty"`
+}
+
+type opsMsg struct {
+	Node string `json:"n"`
+	Ops  []op   `json:"ops"`
+}
+
+// forwardQueue bounds the operations waiting to go out; beyond it they are
+// dropped (the session or registration then ends by its TTL) rather than
+// blocking an event loop.
+const forwardQueue = 8192
+
+// forwardBatch bounds the operations in one message; forwardLinger is how
+// long the first operation of a batch waits for others to join it.
+const (
+	forwardBatch  = 256
+	forwardLinger = 2 * time.Millisecond
+)
+
+// ForwardRelease sends a RELEASE this node could not do to every member
+// (implements resp.Forwarder; never blocks).
+func (c *Cluster) ForwardRelease(service, call []byte, seconds int64) {
+	c.enqueue(op{Kind: opRelease, Service: string(service), Key: append([]byte(nil), call...), Seconds: seconds})
+}
+
+// ForwardDeregister sends a DEREGISTER this node could not do to every member.
+func (c *Cluster) ForwardDeregister(service, sub []byte) {
+	c.enqueue(op{Kind: opDeregister, Service: string(service), Key: append([]byte(nil), sub...)})
+}
+
+// ClaimSubscriber tells every member that a subscriber is registered here
+// now: a member still holding it from an earlier registration through it
+// lets it go, so a subscriber counts once in the cluster.
+func (c *Cluster) ClaimSubscriber(service, sub []byte) {
+	o := op{Kind: opClaim, Service: string(service), Key: append([]byte(nil), sub...), At: time.Now().UnixNano()}
+	c.claims.made(o)
+	c.enqueue(o)
+}
+
+func (c *Cluster) enqueue(o op) {
+	select {
+	case c.forward <- o:
+	default:
+		// Counted, not logged: logging here would put I/O on the event
+		// loop exactly when a flood fills the queue.
+		forwardDropped.Inc()
+	}
+}
+
+// forwarder sends queued operations to every live member in batches, over
+// memberlist's reliable (TCP) channel: a lost RELEASE would hold a session
+// until its TTL.
+func (c *Cluster) forwarder() {
+	defer c.wg.Done()
+	batch := make([]op, 0, forwardBatch)
+	for {
+		select {
+		case <-c.stop:
+			return
+		case o := <-c.forward:
+			batch = append(batch[:0], o)
+			linger := time.NewTimer(forwardLinger)
+		fill:
+			for len(batch) < forwardBatch {
+				select {
+				case o := <-c.forward:
+					batch = append(batch, o)
+				case <-linger.C:
+					break fill
+				}
+			}
+			linger.Stop()
+			c.sendOps(batch)
+		}
+	}
+}
+
+func (c *Cluster) sendOps(batch []op) {
+	msg, _ := json.Marshal(opsMsg{Node: c.cfg.NodeName, Ops: batch})
+	failed := c.sendAll(append([]byte{msgOps}, msg...))
+	forwardSent.Add(len(c.ml.Members()) - 1 - failed)
+	forwardDropped.Add(failed * len(batch))
+}
+
+// sendAll sends msg to every other live member over the reliable channel,
+// at once, and returns how many sends failed.
+func (c *Cluster) sendAll(msg []byte) (failed int) {
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	for _, m := range c.ml.Members() {
+		if m.Name == c.cfg.NodeName {
+			continue
+		}
+		wg.Go(func() {
+			if err := c.ml.SendReliable(m, msg); err != nil {
+				c.log.Debug("cannot send to a member", "member", m.Name, "kind", string(msg[:1]), "err", err)
+				mu.Lock()
+				failed++
+				mu.Unlock()
+				return
+			}
+			bytesSent.Add(len(msg))
+		})
+	}
+	wg.Wait()
+	return failed
+}
+
+// apply does what a member forwarded.
+func (c *Cluster) apply(b []byte) {
+	var m opsMsg
+	if json.Unmarshal(b, &m) != nil || c.cfg.Clock == nil || m.Node == c.cfg.NodeName {
+		return
+	}
+	now := c.cfg.Clock.Now()
+	for _, o := range m.Ops {
+		switch o.Kind {
+		case opRelease:
+			c.cfg.Engine.Release(now, []byte(o.Service), o.Key, o.Seconds)
+		case opDeregister:
+			c.cfg.Engine.Deregister(now, []byte(o.Service), o.Key)
+		case opClaim:
+			if c.claims.yields(o, m.Node, c.cfg.NodeName) && c.cfg.Engine.Deregister(now, []byte(o.Service), o.Key) {
+				claimsTaken.Inc()
+			}
+		}
+	}
+}
+
+// claims remembers the subscribers this node claimed lately, to settle two
+// members registering the same subscriber at once: the later claim wins,
+// and of two made in the same instant the one from the first member name.
+type claims struct {
+	mu     sync.Mutex // guards recent
+	recent map[string]int64
+	pruned time.Time
+}
+
+// claimMemory is how long a claim is remembered: far longer than a claim
+// takes to reach every member.
+const claimMemory = 10 * time.Second
+
+func claimKey(o op) string { return o.Service + "\x00" + string(o.Key) }
+
+func (cl *claims) made(o op) {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	if cl.recent == nil {
+		cl.recent = map[string]int64{}
+	}
+	cl.recent[claimKey(o)] = o.At
+	if now := time.Unix(0, o.At); now.Sub(cl.pruned) > claimMemory {
+		for k, at := range cl.recent {
+			if now.Sub(time.Unix(0, at)) > claimMemory {
+				delete(cl.recent, k)
+			}
+		}
+		cl.pruned = now
+	}
+}
+
+// yields reports whether this node (self) lets go of a subscriber that
+// from claimed: yes unless this node's own claim of it is later, or made
+// in the same instant by a node whose name sorts first.
+func (cl *claims) yields(o op, from, self string) bool {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	mine, ok := cl.recent[claimKey(o)]
+	switch {
+	case !ok || mine < o.At:
+		return true
+	case mine > o.At:
+		return false
+	}
+	return from < self
+}

@@ -1,0 +1,126 @@
+package cluster_test
+
+import (
+	"fmt"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/capsgate/capsgate/cluster/clustertest"
+)
+
+// quota returns one integer field of QUOTA service on node n.
+func quota(t *testing.T, n *clustertest.Node, service, field string) int64 {
+	t.Helper()
+	v, err := n.Do("QUOTA", service)
+	require.NoError(t, err)
+	a := v.([]any)
+	for i := 0; i+1 < len(a); i += 2 {
+		if a[i] == field {
+			switch x := a[i+1].(type) {
+			case int64:
+				return x
+			case string:
+				f, err := strconv.ParseFloat(x, 64)
+				require.NoError(t, err)
+				return int64(f)
+			}
+		}
+	}
+	t.Fatalf("QUOTA %s on %s has no %s: %v", service, n.Name, field, a)
+	return 0
+}
+
+// total sums a QUOTA field over every node, polling until it equals want
+// or timeout passes; it returns the last sum and how long it took.
+func total(t *testing.T, c *clustertest.Cluster, service, field string, want int64, timeout time.Duration) (int64, time.Duration) {
+	t.Helper()
+	start := time.Now()
+	for {
+		var sum int64
+		for _, n := range c.Nodes() {
+			sum += quota(t, n, service, field)
+		}
+		if sum == want || time.Since(start) > timeout {
+			return sum, time.Since(start)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestSubscribersCountOnceAndReleaseAnywhere(t *testing.T) {
+	needsProcesses(t, "3 capsgate nodes")
+	c := clustertest.New(t, 3)
+	c.WaitMembers(3, 5*time.Second)
+	c.LoadLicense(1, c.Issue("--service", "voice", "--caps", "1000", "--sessions", "60", "--subscribers", "60", "--id", "voice-subs"))
+	c.WaitCAPS("voice", 1000, 2*time.Second)
+	n := c.Nodes()
+
+	// 20 subscribers register on n1, then each re-registers through n2 or
+	// n3 (a proxy failing over): each still counts once.
+	for i := range 20 {
+		ok, reason, _, err := n[0].Decision("REGISTER", "voice", fmt.Sprintf("sip:u%d@example.net", i), "TTL", "600")
+		require.NoError(t, err)
+		require.True(t, ok, reason)
+	}
+	sum, _ := total(t, c, "voice", "subscribers_used", 20, time.Second)
+	require.Equal(t, int64(20), sum)
+	for i := range 20 {
+		ok, reason, _, err := n[1+i%2].Decision("REGISTER", "voice", fmt.Sprintf("sip:u%d@example.net", i), "TTL", "600")
+		require.NoError(t, err)
+		require.True(t, ok, reason)
+	}
+	sum, took := total(t, c, "voice", "subscribers_used", 20, 2*time.Second)
+	t.Logf("20 subscribers re-registered through other nodes: %d counted in all after %v (n1 %d, n2 %d, n3 %d)", sum, took,
+		quota(t, n[0], "voice", "subscribers_used"), quota(t, n[1], "voice", "subscribers_used"), quota(t, n[2], "voice", "subscribers_used"))
+	require.Equal(t, int64(20), sum, "a subscriber counts once in the cluster")
+	require.Zero(t, quota(t, n[0], "voice", "subscribers_used"), "n1 let them go")
+
+	// DEREGISTER through a node that never held them.
+	for i := range 10 {
+		v, err := n[0].Do("DEREGISTER", "voice", fmt.Sprintf("sip:u%d@example.net", i))
+		require.NoError(t, err)
+		require.Equal(t, int64(0), v, "n1 holds none: :0, forwarded")
+	}
+	sum, _ = total(t, c, "voice", "subscribers_used", 10, 2*time.Second)
+	require.Equal(t, int64(10), sum, "DEREGISTER through any node")
+
+	// Calls admitted on n1 are released through n2 and n3.
+	for i := range 12 {
+		ok, reason, _, err := n[0].Decision("ADMIT", "voice", "CALL", fmt.Sprintf("call-%d", i))
+		require.NoError(t, err)
+		require.True(t, ok, reason)
+	}
+	require.Equal(t, int64(12), quota(t, n[0], "voice", "sessions_used"))
+	for i := range 12 {
+		_, err := n[1+i%2].Do("RELEASE", "voice", fmt.Sprintf("call-%d", i))
+		require.NoError(t, err)
+	}
+	sum, took = total(t, c, "voice", "sessions_used", 0, 2*time.Second)
+	t.Logf("12 calls admitted on n1, released through n2 and n3: %d sessions left after %v", sum, took)
+	require.Zero(t, sum, "RELEASE works on any node")
+}
+
+func TestTokenPoolSharedByTheCluster(t *testing.T) {
+	needsProcesses(t, "3 capsgate nodes and 4 s of paced load")
+	c := clustertest.New(t, 3)
+	c.WaitMembers(3, 5*time.Second)
+	c.LoadLicense(1, c.Issue("--service", "pre", "--caps", "100000", "--tokens", "3000", "--tokens-per-attempt", "1",
+		"--overage", "none", "--id", "pre-3000"))
+	c.WaitCAPS("pre", 100000, 2*time.Second)
+	// Let the first budgets settle, then draw the pool down from every
+	// node at a skew, well past its end.
+	time.Sleep(300 * time.Millisecond)
+	run := clustertest.Paced(c.RESPAddrs(), []float64{60, 30, 10}, 1500, 4*time.Second, "ADMIT pre")
+	t.Logf("a 3000-token pool, 1 token an attempt, 1500/s offered 60/30/10 for 4 s: %v", run)
+	require.NoError(t, run.Total.Err)
+	require.Zero(t, run.Total.Errors, run.Total.LastError)
+	assert.Equal(t, run.Total.Rejected, run.Total.Reasons["TOKENS"], "only TOKENS rejects")
+	assert.LessOrEqual(t, run.Total.Admitted, 3000, "the cluster never spends more than the pool")
+	assert.GreaterOrEqual(t, run.Total.Admitted, 2900, "and spends nearly all of it")
+	used, _ := total(t, c, "pre", "tokens_used", int64(run.Total.Admitted), time.Second)
+	assert.Equal(t, int64(run.Total.Admitted), used, "every admitted attempt was charged once")
+}
