@@ -1,0 +1,515 @@
+package ledger
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// ErrClosed is returned by Append after Close.
+var ErrClosed = errors.New("ledger is closed")
+
+// Options configures Open.
+type Options struct {
+	// Dir holds the segment files (e.g. data_dir/ledger); created with mode
+	// 0700 if missing.
+	Dir string
+	// Node and Cluster are written into every record. A ledger belongs to
+	// one node: Open refuses a ledger written under another node name.
+	Node, Cluster string
+	// Key signs the records (see LoadOrCreateNodeKey). Open refuses a
+	// ledger signed with another key.
+	Key ed25519.PrivateKey
+	// SegmentBytes is the size at which a new segment file is started
+	// (between Append batches). Default 16 MiB: a day of 10 s intervals for
+	// a few dozen services, small enough to copy and read.
+	SegmentBytes int64
+	// Clock stamps records ("at"). Default time.Now.
+	Clock func() time.Time
+	// Logger reports a recovered torn record. Default slog.Default().
+	Logger *slog.Logger
+}
+
+// DefaultSegmentBytes is the default Options.SegmentBytes.
+const DefaultSegmentBytes = 16 << 20
+
+// Recovery describes a torn record Open cut off the end of the ledger: the
+// unacknowledged tail of an Append batch interrupted by a crash.
+type Recovery struct {
+	File   string // segment file
+	Offset int64  // where the good records end (the file's new size)
+	Bytes  int64  // bytes removed
+	Line   int    // line number of the first removed line
+	Seq    uint64 // the next record's seq (the last good one + 1)
+}
+
+func (r *Recovery) String() string {
+	return fmt.Sprintf("%s: removed a torn record of %d bytes at line %d (offset %d); the chain continues at seq %d",
+		r.File, r.Bytes, r.Line, r.Offset, r.Seq)
+}
+
+// Ledger is a node's append-only usage ledger. Its methods are safe for
+// concurrent use.
+type Ledger struct {
+	dir           string
+	node, cluster string
+	key           ed25519.PrivateKey
+	keyB64        string
+	segBytes      int64
+	clock         func() time.Time
+	recovered     *Recovery
+
+	mu sync.Mutex // guards the following fields
+	// segs are the segment files in seq order; the last is open in f.
+	segs []segment
+	f    *os.File
+	size int64 // bytes of the last segment holding acknowledged records
+	seq  uint64
+	head string
+	// err is a failed write or fsync: the ledger refuses to append after
+	// one, since what reached the disk is unknown until it is reopened.
+	err    error
+	closed bool
+}
+
+type segment struct {
+	name  string // base name
+	first uint64 // seq of its first record
+}
+
+var segName = regexp.MustCompile(`^seg-([0-9]{20})\.jsonl$`)
+
+func segmentName(first uint64) string { return fmt.Sprintf("seg-%020d.jsonl", first) }
+
+// Open opens the ledger in o.Dir, creating it if needed. It verifies every
+// existing record (hash, signature, key, node, chain). A torn record at
+// the very end — bytes that are not an intact record with nothing intact
+// after them, as a crash during Append leaves — is cut off, logged and
+// reported by Recovered. Any other break refuses to open, naming the file,
+// line and seq.
+func Open(o Options) (*Ledger, error) {
+	if err := o.validate(); err != nil {
+		return nil, err
+	}
+	l := &Ledger{
+		dir: o.Dir, node: o.Node, cluster: o.Cluster, key: o.Key,
+		keyB64:   base64.StdEncoding.EncodeToString(o.Key.Public().(ed25519.PublicKey)),
+		segBytes: o.SegmentBytes, clock: o.Clock, head: GenesisPrev,
+	}
+	if l.segBytes == 0 {
+		l.segBytes = DefaultSegmentBytes
+	}
+	if l.clock == nil {
+		l.clock = time.Now
+	}
+	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("cannot create ledger directory: %w", err)
+	}
+	segs, err := listSegments(o.Dir)
+	if err != nil {
+		return nil, err
+	}
+	l.segs = segs
+	for i, s := range segs {
+		if err := l.load(s, i == len(segs)-1); err != nil {
+			return nil, err
+		}
+	}
+	if len(l.segs) == 0 {
+		if err := l.createSegment(1); err != nil {
+			return nil, err
+		}
+	} else {
+		last := l.path(l.segs[len(l.segs)-1])
+		f, err := os.OpenFile(last, os.O_WRONLY|os.O_APPEND, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("cannot open ledger segment: %w", err)
+		}
+		l.f = f
+	}
+	if l.recovered != nil {
+		log := o.Logger
+		if log == nil {
+			log = slog.Default()
+		}
+		log.Warn("ledger: recovered from a torn record", "file", l.recovered.File,
+			"offset", l.recovered.Offset, "bytes", l.recovered.Bytes, "next_seq", l.recovered.Seq)
+	}
+	return l, nil
+}
+
+func (o *Options) validate() error {
+	switch {
+	case o.Dir == "":
+		return errors.New("invalid ledger options: Dir is empty")
+	case o.Node == "" || len(o.Node) > 256:
+		return errors.New("invalid ledger options: Node must be 1 to 256 bytes (node_name)")
+	case len(o.Cluster) > 256:
+		return errors.New("invalid ledger options: Cluster must be at most 256 bytes (cluster_id)")
+	case len(o.Key) != ed25519.PrivateKeySize:
+		return errors.New("invalid ledger options: Key is not an Ed25519 private key (see LoadOrCreateNodeKey)")
+	case o.SegmentBytes < 0:
+		return errors.New("invalid ledger options: SegmentBytes must be >= 0")
+	}
+	return nil
+}
+
+func listSegments(dir string) ([]segment, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("cannot read ledger directory: %w", err)
+	}
+	var segs []segment
+	for _, e := range entries {
+		m := segName.FindStringSubmatch(e.Name())
+		if m == nil || !e.Type().IsRegular() {
+			continue
+		}
+		first, err := strconv.ParseUint(m[1], 10, 64)
+		if err != nil || first == 0 {
+			return nil, fmt.Errorf("cannot open ledger: bad segment file name %s", e.Name())
+		}
+		segs = append(segs, segment{name: e.Name(), first: first})
+	}
+	slices.SortFunc(segs, func(a, b segment) int { return compareUint(a.first, b.first) })
+	return segs, nil
+}
+
+func compareUint(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+func (l *Ledger) path(s segment) string { return filepath.Join(l.dir, s.name) }
+
+// load verifies segment s and advances l.seq and l.head over it; for the
+// last segment it also cuts off a torn tail and sets l.size.
+func (l *Ledger) load(s segment, last bool) error {
+	path := l.path(s)
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("cannot open ledger segment: %w", err)
+	}
+	defer f.Close()
+	if s.first != l.seq+1 {
+		return fmt.Errorf("cannot open ledger: %s: starts at seq %d but the ledger is at seq %d (a segment is missing or misnamed)", path, s.first, l.seq)
+	}
+	lr := newLineReader(f)
+	var good int64
+	for {
+		line, off, n, err := lr.next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil && err != errLineTooLong {
+			return fmt.Errorf("cannot read ledger segment %s: %w", path, err)
+		}
+		var problem error
+		var r *Record
+		if err == errLineTooLong {
+			problem = fmt.Errorf("line longer than %d bytes", MaxLineBytes)
+		} else if !bytes.HasSuffix(line, []byte("\n")) {
+			problem = errors.New("no newline at the end")
+		} else if r, problem = Decode(line); problem == nil {
+			problem = r.Check()
+		}
+		if problem != nil {
+			if last && !intactAfter(lr) {
+				return l.cut(path, good, n)
+			}
+			return fmt.Errorf("cannot open ledger: %s line %d (seq %d): %v; the chain is broken in the middle (altered?): restore the file or move the ledger directory aside", path, n, l.seq+1, problem)
+		}
+		if err := l.follows(r); err != nil {
+			return fmt.Errorf("cannot open ledger: %s line %d (seq %d): %v", path, n, r.Seq, err)
+		}
+		l.seq, l.head, good = r.Seq, r.Hash, off+int64(len(line))
+	}
+	if l.seq < s.first && !last {
+		return fmt.Errorf("cannot open ledger: %s: empty segment before the last one", path)
+	}
+	if last {
+		l.size = good
+	}
+	return nil
+}
+
+// follows reports why r, an intact record, cannot be the next in l.
+func (l *Ledger) follows(r *Record) error {
+	switch {
+	case r.Key != l.keyB64:
+		return errors.New("signed with another key than this node's node.key")
+	case r.Node != l.node:
+		return fmt.Errorf("written by node %q, not %q (node_name changed? use another data_dir)", r.Node, l.node)
+	case r.Seq != l.seq+1:
+		return fmt.Errorf("seq %d follows seq %d (a record is missing or out of order)", r.Seq, l.seq)
+	case r.Prev != l.head:
+		return fmt.Errorf("prev is not the hash of seq %d (altered?)", l.seq)
+	}
+	return nil
+}
+
+// intactAfter reports whether any intact record follows in lr.
+func intactAfter(lr *lineReader) bool {
+	for {
+		line, _, _, err := lr.next()
+		if err == io.EOF {
+			return false
+		}
+		if err != nil {
+			continue
+		}
+		if r, err := Decode(line); err == nil && r.Check() == nil {
+			return true
+		}
+	}
+}
+
+// cut truncates the last segment at good, removing the torn tail that
+// starts at line n.
+func (l *Ledger) cut(path string, good int64, n int) error {
+	info, err := os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("cannot recover ledger: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		return fmt.Errorf("cannot recover ledger: %w", err)
+	}
+	defer f.Close()
+	if err := f.Truncate(good); err != nil {
+		return fmt.Errorf("cannot recover ledger: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("cannot recover ledger: %w", err)
+	}
+	l.recovered = &Recovery{File: path, Offset: good, Bytes: info.Size() - good, Line: n, Seq: l.seq + 1}
+	l.size = good
+	return nil
+}
+
+// createSegment starts the segment whose first record is seq first and
+// makes it the one appended to. Called with mu held (or from Open).
+func (l *Ledger) createSegment(first uint64) error {
+	s := segment{name: segmentName(first), first: first}
+	f, err := os.OpenFile(l.path(s), os.O_WRONLY|os.O_APPEND|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("cannot create ledger segment: %w", err)
+	}
+	if err := syncDir(l.dir); err != nil {
+		f.Close()
+		return fmt.Errorf("cannot create ledger segment: %w", err)
+	}
+	if l.f != nil {
+		l.f.Close()
+	}
+	l.f, l.size = f, 0
+	l.segs = append(l.segs, s)
+	return nil
+}
+
+// Recovered returns what Open cut off the end of the ledger, or nil.
+func (l *Ledger) Recovered() *Recovery { return l.recovered }
+
+// PublicKey returns the key that verifies the records.
+func (l *Ledger) PublicKey() ed25519.PublicKey { return l.key.Public().(ed25519.PublicKey) }
+
+// Head returns the last record's seq and hash (0 and GenesisPrev when the
+// ledger is empty): what a node gossips for its peers to witness.
+func (l *Ledger) Head() (seq uint64, hash string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.seq, l.head
+}
+
+// Append writes one record for each usage, then one for each witness, all
+// covering [from, to), and fsyncs once before returning: when it returns
+// nil, the n records are durable. After a failed write or fsync the ledger
+// refuses further appends until it is reopened (Open then recovers the
+// torn tail, if any).
+func (l *Ledger) Append(from, to time.Time, usage []Usage, witnesses []Witness) (n int, err error) {
+	if to.Before(from) {
+		return 0, fmt.Errorf("cannot append to ledger: interval ends (%s) before it starts (%s)", formatTime(to), formatTime(from))
+	}
+	for _, t := range []time.Time{from, to} {
+		if y := t.UTC().Year(); y < 1 || y > 9999 {
+			return 0, fmt.Errorf("cannot append to ledger: time %s out of range", t)
+		}
+	}
+	for i := range usage {
+		if err := validUsage(&usage[i]); err != nil {
+			return 0, fmt.Errorf("cannot append to ledger: %w", err)
+		}
+	}
+	for i := range witnesses {
+		if err := validWitness(&witnesses[i]); err != nil {
+			return 0, fmt.Errorf("cannot append to ledger: %w", err)
+		}
+	}
+	if len(usage)+len(witnesses) == 0 {
+		return 0, nil
+	}
+
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch {
+	case l.closed:
+		return 0, ErrClosed
+	case l.err != nil:
+		return 0, fmt.Errorf("cannot append to ledger after an earlier failure: %w", l.err)
+	}
+	if l.size >= l.segBytes {
+		if err := l.createSegment(l.seq + 1); err != nil {
+			return 0, err
+		}
+	}
+	at := l.clock()
+	seq, head := l.seq, l.head
+	var buf bytes.Buffer
+	add := func(r *Record) error {
+		seq++
+		r.Seq, r.Node, r.Cluster, r.At, r.From, r.To, r.Prev = seq, l.node, l.cluster, at, from, to, head
+		line, err := r.seal(l.key)
+		if err != nil {
+			return err
+		}
+		buf.Write(line)
+		head = r.Hash
+		return nil
+	}
+	for i := range usage {
+		u := usage[i]
+		u.Rejected = nonZero(u.Rejected)
+		if err := add(&Record{Usage: &u}); err != nil {
+			return 0, err
+		}
+	}
+	for i := range witnesses {
+		w := witnesses[i]
+		if err := add(&Record{Witness: &w}); err != nil {
+			return 0, err
+		}
+	}
+	if _, err := l.f.Write(buf.Bytes()); err != nil {
+		l.err = err
+		return 0, fmt.Errorf("cannot append to ledger: %w", err)
+	}
+	if err := l.f.Sync(); err != nil {
+		l.err = err
+		return 0, fmt.Errorf("cannot append to ledger: fsync: %w", err)
+	}
+	l.seq, l.head = seq, head
+	l.size += int64(buf.Len())
+	return len(usage) + len(witnesses), nil
+}
+
+// nonZero returns m without its zero counts (nil if none is left), so a
+// record says only what happened and has one encoding.
+func nonZero(m map[string]uint64) map[string]uint64 {
+	var out map[string]uint64
+	for k, v := range m {
+		if v != 0 {
+			if out == nil {
+				out = make(map[string]uint64, len(m))
+			}
+			out[k] = v
+		}
+	}
+	return out
+}
+
+// Read calls fn, in seq order, for every record whose interval overlaps
+// [from, to) (a zero from or to is unbounded; a record of an empty
+// interval counts if its instant is in [from, to)), with the exact line
+// stored (newline included; valid only during the call) and the decoded
+// record. It reads what was acknowledged when it was called, without
+// holding up Append. It stops at fn's first error and returns it.
+func (l *Ledger) Read(from, to time.Time, fn func(line []byte, r *Record) error) error {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return ErrClosed
+	}
+	segs, lastSize, lastSeq := slices.Clone(l.segs), l.size, l.seq
+	l.mu.Unlock()
+	for i, s := range segs {
+		if err := l.readSegment(s, i == len(segs)-1, lastSize, lastSeq, from, to, fn); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (l *Ledger) readSegment(s segment, last bool, size int64, lastSeq uint64, from, to time.Time, fn func([]byte, *Record) error) error {
+	f, err := os.Open(l.path(s))
+	if err != nil {
+		return fmt.Errorf("cannot read ledger: %w", err)
+	}
+	defer f.Close()
+	var src io.Reader = f
+	if last {
+		src = io.LimitReader(f, size)
+	}
+	lr := newLineReader(src)
+	for {
+		line, _, n, err := lr.next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("cannot read ledger: %s line %d: %w", s.name, n, err)
+		}
+		r, err := Decode(line)
+		if err != nil {
+			return fmt.Errorf("cannot read ledger: %s line %d: %w", s.name, n, err)
+		}
+		if r.Seq > lastSeq {
+			return nil
+		}
+		if overlaps(r, from, to) {
+			if err := fn(line, r); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func overlaps(r *Record, from, to time.Time) bool {
+	if !to.IsZero() && !r.From.Before(to) {
+		return false
+	}
+	if from.IsZero() {
+		return true
+	}
+	if r.From.Equal(r.To) {
+		return !r.From.Before(from)
+	}
+	return r.To.After(from)
+}
+
+// Close closes the segment file. Appends after Close fail with ErrClosed.
+// It is safe to call twice.
+func (l *Ledger) Close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return nil
+	}
+	l.closed = true
+	return l.f.Close()
+}
