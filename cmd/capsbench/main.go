@@ -1,12 +1,179 @@
-// Command capsbench is capsgate's load generator and side-by-side benchmark.
+// Command capsbench is capsgate's load generator and side-by-side
+// benchmark; the logic is in package bench.
+//
+//	capsbench throughput --addr A [--conns C] [--pipeline P] [--seconds N] [--cmd "ADMIT bench"]
+//	capsbench latency    --addr A [--rate R] [--conns C] [--seconds N] [--cmd "ADMIT bench"]
+//	capsbench cluster    [--nodes N] [--skew 70,20,10] [--caps L] [--rate R] [--seconds S]
+//	capsbench compare    [--seconds N] [--json FILE] [--rate R] [--conns C] [--pipeline P] [--throughput-conns C] [--targets capsgate,redis-lua,limit]
+//	capsbench report     --json FILE --out DIR
 package main
 
 import (
+	"context"
+	"errors"
+	"flag"
 	"fmt"
 	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/capsgate/capsgate/admission/client"
+	"github.com/capsgate/capsgate/bench"
 )
 
+const usage = `usage: capsbench COMMAND [flags]
+  throughput  closed loop against --addr: pipelined, prints ops/s
+  latency     open loop at --rate against --addr: p50, p99, p99.9, max from intended send times
+  cluster     N capsgate nodes, skewed load, admitted/s vs licensed
+  compare     capsgate vs redis-server+Lua vs the transport limit; --json FILE
+  report      report.md and compare.svg from a compare JSON
+run "capsbench COMMAND -h" for its flags`
+
 func main() {
-	fmt.Fprintln(os.Stderr, "capsbench: not part of this build yet; use redis-benchmark against a --dev node (see README)")
-	os.Exit(2)
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, usage)
+		os.Exit(2)
+	}
+	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer cancel()
+	cmd, args := os.Args[1], os.Args[2:]
+	var err error
+	switch cmd {
+	case "throughput", "latency":
+		err = load(ctx, cmd, args)
+	case "cluster":
+		err = cluster(args)
+	case "compare":
+		err = compare(ctx, args)
+	case "report":
+		err = report(args)
+	case bench.LimitServerArg:
+		os.Exit(bench.ServeLimitMain(args))
+	case "-h", "--help", "help":
+		fmt.Println(usage)
+		return
+	default:
+		err = fmt.Errorf("unknown command %q\n%s", cmd, usage)
+	}
+	if errors.Is(err, flag.ErrHelp) {
+		return
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "capsbench "+cmd+":", err)
+		os.Exit(1)
+	}
+}
+
+func load(ctx context.Context, mode string, args []string) error {
+	fs := flag.NewFlagSet(mode, flag.ContinueOnError)
+	addr := fs.String("addr", "127.0.0.1:6390", "RESP address (host:port)")
+	conns := fs.Int("conns", 50, "connections")
+	pipeline := fs.Int("pipeline", 64, "commands per round trip (throughput)")
+	rate := fs.Float64("rate", 50000, "requests per second over all connections (latency)")
+	seconds := fs.Float64("seconds", 5, "duration")
+	requests := fs.Int64("requests", 0, "stop after this many requests (0: only --seconds)")
+	cmdLine := fs.String("cmd", "ADMIT bench", "command sent for every request (space-separated words)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	l := bench.Load{Addr: *addr, Frame: client.AppendCommand(nil, strings.Fields(*cmdLine)...), Conns: *conns,
+		Pipeline: *pipeline, Rate: *rate, Duration: time.Duration(*seconds * float64(time.Second)),
+		MaxRequests: *requests, Progress: bench.NewBar(os.Stderr).Func(mode)}
+	var res bench.Result
+	var err error
+	if mode == "throughput" {
+		res, err = bench.Throughput(ctx, l)
+	} else {
+		res, err = bench.Latency(ctx, l)
+	}
+	bench.NewBar(os.Stderr).Done()
+	if err != nil {
+		return err
+	}
+	h := &res.Latency
+	fmt.Printf("%d requests in %.2fs: %.0f ops/s; admitted %d, error replies %d\n",
+		res.Requests, res.Elapsed.Seconds(), res.OpsPerSec, res.Admitted, res.ErrorReplies)
+	what := "round trip of a pipelined batch"
+	if mode == "latency" {
+		what = "from intended send time"
+		fmt.Printf("sender lag at worst %v\n", res.MaxSendLag.Round(time.Microsecond))
+	}
+	fmt.Printf("latency (%s): p50 %v  p99 %v  p99.9 %v  max %v\n", what,
+		h.Quantile(0.5).Round(time.Microsecond), h.Quantile(0.99).Round(time.Microsecond),
+		h.Quantile(0.999).Round(time.Microsecond), h.Max().Round(time.Microsecond))
+	if res.LastError != "" {
+		fmt.Printf("last error reply: %s\n", res.LastError)
+	}
+	return nil
+}
+
+func cluster(args []string) error {
+	fs := flag.NewFlagSet("cluster", flag.ContinueOnError)
+	nodes := fs.Int("nodes", 3, "capsgate nodes")
+	skew := fs.String("skew", "70,20,10", "load weight per node, comma-separated")
+	caps := fs.Int64("caps", 1000, "licensed CAPS")
+	rate := fs.Float64("rate", 2000, "offered ADMITs per second over all nodes")
+	seconds := fs.Float64("seconds", 10, "duration")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	var weights []float64
+	for _, w := range strings.Split(*skew, ",") {
+		v, err := strconv.ParseFloat(strings.TrimSpace(w), 64)
+		if err != nil {
+			return fmt.Errorf("bad --skew %q: %w", *skew, err)
+		}
+		weights = append(weights, v)
+	}
+	return bench.RunCluster(bench.ClusterRun{Nodes: *nodes, Skew: weights, CAPS: *caps, Rate: *rate,
+		Duration: time.Duration(*seconds * float64(time.Second))}, os.Stdout)
+}
+
+func compare(ctx context.Context, args []string) error {
+	s := bench.DefaultSettings()
+	fs := flag.NewFlagSet("compare", flag.ContinueOnError)
+	fs.Float64Var(&s.Seconds, "seconds", s.Seconds, "seconds per target and mode")
+	jsonPath := fs.String("json", "", "write the results to this file")
+	fs.Float64Var(&s.Rate, "rate", s.Rate, "open-loop requests per second")
+	fs.IntVar(&s.Conns, "conns", s.Conns, "open-loop connections")
+	fs.IntVar(&s.Pipeline, "pipeline", s.Pipeline, "closed-loop commands per round trip")
+	fs.IntVar(&s.ThroughputConns, "throughput-conns", s.ThroughputConns, "closed-loop connections")
+	targets := fs.String("targets", strings.Join(s.Targets, ","), "targets to run, in order")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	s.Targets = strings.Split(*targets, ",")
+	cmp, err := bench.Compare(ctx, s, os.Stderr, bench.NewBar(os.Stderr))
+	if err != nil {
+		return err
+	}
+	cmp.WriteTable(os.Stdout)
+	if *jsonPath != "" {
+		return cmp.WriteJSON(*jsonPath)
+	}
+	return nil
+}
+
+func report(args []string) error {
+	fs := flag.NewFlagSet("report", flag.ContinueOnError)
+	jsonPath := fs.String("json", "", "a compare JSON")
+	out := fs.String("out", "", "directory for report.md and compare.svg")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *jsonPath == "" || *out == "" {
+		return errors.New("want --json FILE and --out DIR")
+	}
+	cmp, err := bench.ReadComparison(*jsonPath)
+	if err != nil {
+		return err
+	}
+	if err := bench.WriteReport(cmp, *out); err != nil {
+		return err
+	}
+	fmt.Printf("wrote %s/report.md and %s/compare.svg\n", *out, *out)
+	return nil
 }

@@ -1,0 +1,266 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+)
+
+// Settings are a comparison's load settings, the same for every target.
+type Settings struct {
+	Seconds float64 `json:"seconds"`
+	// ThroughputConns and Pipeline shape the closed loop.
+	ThroughputConns int `json:"throughput_conns"`
+	Pipeline        int `json:"pipeline"`
+	// Rate over Conns shapes the open loop (no pipelining).
+	Rate  float64 `json:"rate"`
+	Conns int     `json:"conns"`
+	// Targets are the names run, in order.
+	Targets []string `json:"targets"`
+}
+
+// DefaultSettings are `capsbench compare`'s defaults: the issue's open
+// loop (50,000/s over 50 connections) and a closed loop deep enough that
+// the client is not what limits a fast server on a small machine.
+func DefaultSettings() Settings {
+	return Settings{Seconds: 5, ThroughputConns: 8, Pipeline: 64, Rate: 50000, Conns: 50,
+		Targets: []string{NameCapsgate, NameRedisLua, NameLimit}}
+}
+
+// Row is one result of the comparison's JSON.
+type Row struct {
+	Name      string  `json:"name"`
+	Mode      string  `json:"mode"` // throughput | latency
+	OpsPerSec float64 `json:"ops_per_sec"`
+	P50us     float64 `json:"p50_us"`
+	P99us     float64 `json:"p99_us"`
+	P999us    float64 `json:"p999_us"`
+	MaxUs     float64 `json:"max_us"`
+	Requests  int64   `json:"requests"`
+	// AdmittedFraction is the share of replies that admitted;
+	// ErrorReplies counts RESP errors (0 in a sound run).
+	AdmittedFraction float64 `json:"admitted_fraction"`
+	ErrorReplies     int64   `json:"error_replies"`
+	// SendLagUs is how far the open loop's sender fell behind its
+	// schedule at worst (counted into the latencies).
+	SendLagUs float64 `json:"send_lag_us,omitempty"`
+}
+
+// Comparison is the JSON `capsbench compare --json` writes.
+type Comparison struct {
+	Settings Settings `json:"settings"`
+	Results  []Row    `json:"results"`
+}
+
+// Modes of a Row.
+const (
+	ModeThroughput = "throughput"
+	ModeLatency    = "latency"
+)
+
+func row(name, mode string, r Result) Row {
+	us := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
+	row := Row{Name: name, Mode: mode, OpsPerSec: r.OpsPerSec, Requests: r.Requests,
+		P50us: us(r.Latency.Quantile(0.5)), P99us: us(r.Latency.Quantile(0.99)),
+		P999us: us(r.Latency.Quantile(0.999)), MaxUs: us(r.Latency.Max()),
+		ErrorReplies: r.ErrorReplies, SendLagUs: us(r.MaxSendLag)}
+	if r.Requests > 0 {
+		row.AdmittedFraction = float64(r.Admitted) / float64(r.Requests)
+	}
+	return row
+}
+
+// Compare starts each target in turn (in a temporary directory), runs the
+// closed and the open loop on it with the same client and settings, stops
+// it, and returns every result. log gets a line per run; bar, when not
+// nil, draws progress.
+func Compare(ctx context.Context, s Settings, log io.Writer, bar *Bar) (Comparison, error) {
+	cmp := Comparison{Settings: s}
+	dur := time.Duration(s.Seconds * float64(time.Second))
+	for _, name := range s.Targets {
+		t, err := startTarget(name)
+		if err != nil {
+			return cmp, fmt.Errorf("cannot start %s: %w", name, err)
+		}
+		for _, mode := range []string{ModeThroughput, ModeLatency} {
+			l := Load{Addr: t.Addr, Frame: t.Frame, Duration: dur, MaxRequests: int64(5e6 * s.Seconds)}
+			l.Progress = bar.Func(name + " " + mode)
+			var res Result
+			if mode == ModeThroughput {
+				l.Conns, l.Pipeline = s.ThroughputConns, s.Pipeline
+				res, err = Throughput(ctx, l)
+			} else {
+				l.Conns, l.Rate = s.Conns, s.Rate
+				res, err = Latency(ctx, l)
+			}
+			bar.Done()
+			if err == nil && res.Requests == 0 {
+				err = errors.New("no request was answered")
+			}
+			if err != nil {
+				_ = t.Stop()
+				return cmp, fmt.Errorf("%s %s: %w", name, mode, err)
+			}
+			r := row(name, mode, res)
+			cmp.Results = append(cmp.Results, r)
+			fmt.Fprintf(log, "%-9s %-10s %12.0f ops/s  p50 %7.1f µs  p99 %8.1f µs  p99.9 %8.1f µs  admitted %.3f  errors %d\n",
+				name, mode, r.OpsPerSec, r.P50us, r.P99us, r.P999us, r.AdmittedFraction, r.ErrorReplies)
+		}
+		if err := t.Stop(); err != nil {
+			return cmp, fmt.Errorf("cannot stop %s: %w", name, err)
+		}
+	}
+	return cmp, nil
+}
+
+// startTarget starts the named target.
+func startTarget(name string) (*Target, error) {
+	switch name {
+	case NameCapsgate, NameRedisLua:
+		dir, err := os.MkdirTemp("", "capsbench-"+name+"-")
+		if err != nil {
+			return nil, err
+		}
+		start := StartCapsgate
+		if name == NameRedisLua {
+			start = StartRedisLua
+		}
+		t, err := start(dir)
+		if err != nil {
+			_ = os.RemoveAll(dir)
+			return nil, err
+		}
+		stop := t.stop
+		t.stop = func() error { err := stop(); _ = os.RemoveAll(dir); return err }
+		return t, nil
+	case NameLimit:
+		return StartLimit()
+	}
+	return nil, fmt.Errorf("no target %q: want %s, %s or %s", name, NameCapsgate, NameRedisLua, NameLimit)
+}
+
+// Find returns the result for name and mode.
+func (c *Comparison) Find(name, mode string) (Row, bool) {
+	for _, r := range c.Results {
+		if r.Name == name && r.Mode == mode {
+			return r, true
+		}
+	}
+	return Row{}, false
+}
+
+// Targets of the issue, checked by Verdicts.
+const (
+	TargetOverRedis = 10.0  // pipelined capsgate ≥ 10 × redis-lua
+	TargetOverLimit = 0.8   // pipelined capsgate ≥ 0.8 × limit
+	TargetP99us     = 250.0 // open loop p99 ≤ 250 µs
+)
+
+// Verdict is one target, met or missed.
+type Verdict struct {
+	What     string
+	Measured string
+	Met      bool
+}
+
+// Verdicts checks the issue's targets against the comparison; a target
+// whose results are missing is left out.
+func (c *Comparison) Verdicts() []Verdict {
+	var v []Verdict
+	cg, ok := c.Find(NameCapsgate, ModeThroughput)
+	if rl, ok2 := c.Find(NameRedisLua, ModeThroughput); ok && ok2 && rl.OpsPerSec > 0 {
+		x := cg.OpsPerSec / rl.OpsPerSec
+		v = append(v, Verdict{"pipelined capsgate ≥ 10× redis-lua", fmt.Sprintf("%.2f×", x), x >= TargetOverRedis})
+	}
+	if li, ok2 := c.Find(NameLimit, ModeThroughput); ok && ok2 && li.OpsPerSec > 0 {
+		x := cg.OpsPerSec / li.OpsPerSec
+		v = append(v, Verdict{"pipelined capsgate ≥ 0.8× limit", fmt.Sprintf("%.2f×", x), x >= TargetOverLimit})
+	}
+	if lat, ok := c.Find(NameCapsgate, ModeLatency); ok {
+		v = append(v, Verdict{fmt.Sprintf("capsgate open loop %.0f/s over %d conns: p99 ≤ 250 µs", c.Settings.Rate, c.Settings.Conns),
+			fmt.Sprintf("p99 %.0f µs", lat.P99us), lat.P99us <= TargetP99us})
+	}
+	return v
+}
+
+// WriteTable prints the results and the ratios as a plain-text table.
+func (c *Comparison) WriteTable(w io.Writer) {
+	fmt.Fprintf(w, "%-10s %-10s %14s %10s %10s %10s %10s\n", "target", "mode", "ops/s", "p50 µs", "p99 µs", "p99.9 µs", "max µs")
+	for _, r := range c.Results {
+		fmt.Fprintf(w, "%-10s %-10s %14.0f %10.1f %10.1f %10.1f %10.1f\n", r.Name, r.Mode, r.OpsPerSec, r.P50us, r.P99us, r.P999us, r.MaxUs)
+	}
+	cg, ok := c.Find(NameCapsgate, ModeThroughput)
+	for _, other := range []string{NameRedisLua, NameLimit} {
+		if o, ok2 := c.Find(other, ModeThroughput); ok && ok2 && o.OpsPerSec > 0 {
+			fmt.Fprintf(w, "throughput capsgate/%s: %.2f\n", other, cg.OpsPerSec/o.OpsPerSec)
+		}
+	}
+	for _, v := range c.Verdicts() {
+		mark := "met"
+		if !v.Met {
+			mark = "MISSED"
+		}
+		fmt.Fprintf(w, "target %-62s %-12s %s\n", v.What, v.Measured, mark)
+	}
+}
+
+// WriteJSON writes the comparison to path.
+func (c *Comparison) WriteJSON(path string) error {
+	b, err := json.MarshalIndent(c, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("cannot write the results: %w", err)
+	}
+	return nil
+}
+
+// ReadComparison reads a file WriteJSON wrote.
+func ReadComparison(path string) (Comparison, error) {
+	var c Comparison
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return c, fmt.Errorf("cannot read the results: %w", err)
+	}
+	if err := json.Unmarshal(b, &c); err != nil {
+		return c, fmt.Errorf("cannot read the results in %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Bar draws a one-line progress bar on a terminal; a nil Bar draws
+// nothing.
+type Bar struct{ w io.Writer }
+
+// NewBar returns a Bar on f when f is a terminal, else nil.
+func NewBar(f *os.File) *Bar {
+	if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
+		return &Bar{w: f}
+	}
+	return nil
+}
+
+// Func returns a progress callback for a run labelled label.
+func (b *Bar) Func(label string) func(float64) {
+	if b == nil {
+		return nil
+	}
+	return func(done float64) {
+		const width = 30
+		n := int(done * width)
+		fmt.Fprintf(b.w, "\r%-22s [%s%s] %3.0f%%", label, strings.Repeat("=", n), strings.Repeat(" ", width-n), done*100)
+	}
+}
+
+// Done ends the bar's line.
+func (b *Bar) Done() {
+	if b != nil {
+		fmt.Fprint(b.w, "\r\033[K")
+	}
+}

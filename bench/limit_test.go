@@ -1,0 +1,95 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/capsgate/capsgate/admission/client"
+)
+
+func TestFrameCommands(t *testing.T) {
+	f := func(in string, commands, used int) {
+		t.Helper()
+		n, u, err := FrameCommands([]byte(in))
+		require.NoError(t, err, "%q", in)
+		require.Equal(t, [2]int{commands, used}, [2]int{n, u}, "%q", in)
+	}
+	admit := "*2\r\n$5\r\nADMIT\r\n$4\r\ndemo\r\n"
+	f(admit, 1, len(admit))
+	f(admit+admit+"PING\r\n", 3, 2*len(admit)+6)
+	f("\r\n"+admit, 1, 2+len(admit))
+	f("*0\r\n", 1, 4)
+	f("*1\r\n$0\r\n\r\n", 1, 10)
+	f("*1\r\n$4\r\nP\r\nN\r\n", 1, 14) // CRLF inside a bulk is data
+	// Every split of two pipelined commands: the complete prefix only.
+	two := admit + "*1\r\n$4\r\nPING\r\n"
+	for i := range len(two) {
+		want, used := 0, 0
+		if i >= len(admit) {
+			want, used = 1, len(admit)
+		}
+		f(two[:i], want, used)
+	}
+	f(two, 2, len(two))
+
+	bad := func(in string) {
+		t.Helper()
+		_, _, err := FrameCommands([]byte(in))
+		require.ErrorIs(t, err, ErrFrame, "%q", in)
+	}
+	bad("*1\r\n:4\r\n")
+	bad("*x\r\n")
+	bad("*-1\r\n")
+	bad("*1\r\n$4\r\nPINGxx")
+	bad("*1\n")
+	bad("*99999999999999999999\r\n")
+	bad(strings.Repeat("a", maxInline+1))
+}
+
+func TestLimitServer(t *testing.T) {
+	l := NewLimit("127.0.0.1:0")
+	require.NoError(t, l.Start())
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		require.NoError(t, l.Stop(ctx))
+	}()
+
+	// Pipelined commands split byte by byte: one reply per command.
+	c, err := net.Dial("tcp", l.Addr())
+	require.NoError(t, err)
+	defer c.Close()
+	in := []byte(strings.Repeat("*2\r\n$5\r\nADMIT\r\n$5\r\nbench\r\n", 50) + "PING\r\n")
+	for i := range in {
+		_, err := c.Write(in[i : i+1])
+		require.NoError(t, err)
+	}
+	want := bytes.Repeat([]byte(LimitReply), 51)
+	got := make([]byte, len(want))
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err = io.ReadFull(c, got)
+	require.NoError(t, err)
+	require.Equal(t, string(want), string(got))
+
+	// Through the client, in one pipeline.
+	conn, err := client.Dial(context.Background(), l.Addr())
+	require.NoError(t, err)
+	defer conn.Close()
+	d, err := conn.Admit(context.Background(), "bench", client.AdmitOptions{})
+	require.NoError(t, err)
+	require.Equal(t, client.Decision{Admitted: true, Reason: "OK", Remaining: 1}, d)
+
+	// A malformed frame: an error, then the connection is closed.
+	_, err = c.Write([]byte("*1\r\n:1\r\n"))
+	require.NoError(t, err)
+	rest, err := io.ReadAll(c)
+	require.NoError(t, err)
+	require.True(t, strings.HasPrefix(string(rest), "-ERR Protocol error"), "%q", rest)
+}

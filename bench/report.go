@@ -1,0 +1,138 @@
+package bench
+
+import (
+	"fmt"
+	"html"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// WriteReport writes dir/report.md (the results table and the targets met
+// or missed) and dir/compare.svg (throughput bars and latency percentiles).
+func WriteReport(c Comparison, dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("cannot make the report directory: %w", err)
+	}
+	var b strings.Builder
+	s := c.Settings
+	fmt.Fprintf(&b, "# capsbench compare\n\n")
+	fmt.Fprintf(&b, "Each target for %gs per mode with the same client (admission/client on netpoll): "+
+		"throughput = closed loop, %d connections × %d pipelined; latency = open loop, %.0f requests/s over %d connections, "+
+		"measured from each request's intended send time.\n\n", s.Seconds, s.ThroughputConns, s.Pipeline, s.Rate, s.Conns)
+	b.WriteString("| target | mode | ops/s | p50 µs | p99 µs | p99.9 µs | max µs | admitted |\n|---|---|---:|---:|---:|---:|---:|---:|\n")
+	for _, r := range c.Results {
+		fmt.Fprintf(&b, "| %s | %s | %.0f | %.1f | %.1f | %.1f | %.1f | %.3f |\n",
+			r.Name, r.Mode, r.OpsPerSec, r.P50us, r.P99us, r.P999us, r.MaxUs, r.AdmittedFraction)
+	}
+	b.WriteString("\n## Targets\n\n| target | measured | |\n|---|---|---|\n")
+	for _, v := range c.Verdicts() {
+		mark := "met"
+		if !v.Met {
+			mark = "**missed**"
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s |\n", v.What, v.Measured, mark)
+	}
+	b.WriteString("\n![throughput and latency](compare.svg)\n")
+	if err := os.WriteFile(filepath.Join(dir, "report.md"), []byte(b.String()), 0o644); err != nil {
+		return fmt.Errorf("cannot write the report: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "compare.svg"), []byte(SVG(c)), 0o644); err != nil {
+		return fmt.Errorf("cannot write the plot: %w", err)
+	}
+	return nil
+}
+
+// SVG draws the comparison: on the left a bar per target's throughput, on
+// the right its open-loop p50, p99 and p99.9 side by side (log scale).
+func SVG(c Comparison) string {
+	const (
+		w, h         = 900, 360
+		top, bottom  = 50, 300
+		leftX, rghtX = 60, 500
+		panelW       = 360
+	)
+	colors := map[string]string{NameCapsgate: "#2b7bb9", NameRedisLua: "#d9534f", NameLimit: "#7f7f7f"}
+	var b strings.Builder
+	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="12">`+"\n", w, h)
+	fmt.Fprintf(&b, `<rect width="%d" height="%d" fill="white"/>`+"\n", w, h)
+	text := func(x, y float64, anchor, s string) {
+		fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" text-anchor="%s">%s</text>`+"\n", x, y, anchor, html.EscapeString(s))
+	}
+	text(leftX+panelW/2, 25, "middle", "pipelined throughput (ops/s)")
+	text(rghtX+panelW/2, 25, "middle", fmt.Sprintf("open-loop latency at %.0f/s (µs, log scale)", c.Settings.Rate))
+	axis := func(x0 float64) {
+		fmt.Fprintf(&b, `<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="black"/>`+"\n", x0, bottom, x0+panelW, bottom)
+		fmt.Fprintf(&b, `<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="black"/>`+"\n", x0, top, x0, bottom)
+	}
+	axis(leftX)
+	axis(rghtX)
+
+	var tp, lat []Row
+	maxOps := 0.0
+	for _, r := range c.Results {
+		if r.Mode == ModeThroughput {
+			tp = append(tp, r)
+			maxOps = max(maxOps, r.OpsPerSec)
+		} else {
+			lat = append(lat, r)
+		}
+	}
+	if len(tp) > 0 && maxOps > 0 {
+		slot := float64(panelW) / float64(len(tp))
+		for i, r := range tp {
+			bh := r.OpsPerSec / maxOps * (bottom - top - 20)
+			x := leftX + slot*float64(i) + slot*0.2
+			fmt.Fprintf(&b, `<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s"/>`+"\n", x, bottom-bh, slot*0.6, bh, colors[r.Name])
+			text(x+slot*0.3, bottom-bh-5, "middle", humanOps(r.OpsPerSec))
+			text(x+slot*0.3, bottom+18, "middle", r.Name)
+		}
+	}
+	if len(lat) > 0 {
+		// log10 scale from 10 µs to the largest p99.9 (at least 1 ms).
+		hi := 1000.0
+		for _, r := range lat {
+			hi = max(hi, r.P999us)
+		}
+		lo := 10.0
+		y := func(us float64) float64 {
+			us = min(max(us, lo), hi)
+			return bottom - (log10(us)-log10(lo))/(log10(hi)-log10(lo))*(bottom-top-20)
+		}
+		for _, tick := range []float64{10, 100, 1000, 10000, 100000} {
+			if tick > hi {
+				break
+			}
+			fmt.Fprintf(&b, `<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#ddd"/>`+"\n", rghtX, y(tick), rghtX+panelW, y(tick))
+			text(rghtX-4, y(tick)+4, "end", fmt.Sprintf("%g", tick))
+		}
+		target := y(TargetP99us)
+		fmt.Fprintf(&b, `<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#2b7bb9" stroke-dasharray="4 3"/>`+"\n", rghtX, target, rghtX+panelW, target)
+		text(rghtX+panelW-2, target-4, "end", "p99 target 250 µs")
+		slot := float64(panelW) / float64(len(lat))
+		for i, r := range lat {
+			for j, v := range []float64{r.P50us, r.P99us, r.P999us} {
+				x := rghtX + slot*float64(i) + slot*0.15 + float64(j)*slot*0.24
+				fmt.Fprintf(&b, `<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s" fill-opacity="%.2f"/>`+"\n",
+					x, y(v), slot*0.2, bottom-y(v), colors[r.Name], 1-0.3*float64(j))
+			}
+			text(rghtX+slot*float64(i)+slot*0.5, bottom+18, "middle", r.Name)
+		}
+		text(rghtX+panelW/2, bottom+40, "middle", "bars: p50, p99, p99.9")
+	}
+	b.WriteString("</svg>\n")
+	return b.String()
+}
+
+func humanOps(v float64) string {
+	switch {
+	case v >= 1e6:
+		return fmt.Sprintf("%.2fM", v/1e6)
+	case v >= 1e3:
+		return fmt.Sprintf("%.0fk", v/1e3)
+	}
+	return fmt.Sprintf("%.0f", v)
+}
+
+func log10(v float64) float64 { return math.Log10(v) }
