@@ -31,6 +31,7 @@ package clustertest
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/hex"
@@ -195,6 +196,35 @@ type Config struct {
 	NodeArgs map[int][]string
 	// StartTimeout bounds each node's start; default DefaultStartTimeout.
 	StartTimeout time.Duration
+	// NodeCommand is a command line to run node i (from 1) under, e.g.
+	// ip netns exec NAME; the capsgate command and its flags follow it.
+	NodeCommand map[int][]string
+	// NodeAddrs are node i's addresses (from 1) instead of free loopback
+	// ports: each is both the flag capsgate listens on and where the
+	// harness reaches it (through Dial).
+	NodeAddrs map[int]Addrs
+	// Dial, when set, is how the harness reaches the nodes' RESP and admin
+	// addresses (PING, the admin API, Cluster.Paced), e.g. from another
+	// network namespace; nil: net.Dialer.
+	Dial DialFunc
+}
+
+// Addrs are one node's listening addresses (host:port).
+type Addrs struct {
+	RESP, Admin, Gossip string
+}
+
+// DialFunc dials a node's address, as net.Dialer.DialContext does.
+type DialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
+
+// dialTimeout dials addr over TCP with dial (nil: net.Dialer) within timeout.
+func dialTimeout(dial DialFunc, addr string, timeout time.Duration) (net.Conn, error) {
+	if dial == nil {
+		return net.DialTimeout("tcp", addr, timeout)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return dial(ctx, "tcp", addr)
 }
 
 // Option adjusts the Config New starts.
@@ -215,6 +245,32 @@ func WithNodeArgs(i int, args ...string) Option {
 	}
 }
 
+// WithNodeCommand runs node i (from 1) under the command line prefix
+// (Config.NodeCommand).
+func WithNodeCommand(i int, prefix ...string) Option {
+	return func(c *Config) {
+		if c.NodeCommand == nil {
+			c.NodeCommand = map[int][]string{}
+		}
+		c.NodeCommand[i] = slices.Clone(prefix)
+	}
+}
+
+// WithNodeAddrs gives node i (from 1) fixed addresses (Config.NodeAddrs).
+func WithNodeAddrs(i int, a Addrs) Option {
+	return func(c *Config) {
+		if c.NodeAddrs == nil {
+			c.NodeAddrs = map[int]Addrs{}
+		}
+		c.NodeAddrs[i] = a
+	}
+}
+
+// WithDial makes the harness reach the nodes with dial (Config.Dial).
+func WithDial(dial DialFunc) Option {
+	return func(c *Config) { c.Dial = dial }
+}
+
 // WithClusterID sets every node's --cluster-id.
 func WithClusterID(id string) Option {
 	return func(c *Config) { c.ClusterID = id }
@@ -233,6 +289,7 @@ type Cluster struct {
 
 	nodes     []*Node
 	transport *http.Transport
+	dial      DialFunc   // nil: net.Dialer
 	t         testing.TB // nil for a Cluster from Start
 }
 
@@ -293,6 +350,10 @@ func Start(cfg Config) (*Cluster, error) {
 		GossipKeyFile: filepath.Join(keys, "gossip.key"),
 		TokenFile:     filepath.Join(keys, "admin.token"),
 		transport:     &http.Transport{MaxIdleConnsPerHost: 4},
+		dial:          cfg.Dial,
+	}
+	if cfg.Dial != nil {
+		c.transport.DialContext = cfg.Dial
 	}
 	if err := os.MkdirAll(keys, 0o700); err != nil {
 		return nil, fmt.Errorf("cannot make the key directory: %w", err)
@@ -309,17 +370,29 @@ func Start(cfg Config) (*Cluster, error) {
 	if err := os.WriteFile(c.TokenFile, []byte(hex.EncodeToString(token)+"\n"), 0o600); err != nil {
 		return nil, fmt.Errorf("cannot write the admin token: %w", err)
 	}
-	addrs, err := freeAddrs(3 * cfg.Nodes)
+	free := 0
+	for i := 1; i <= cfg.Nodes; i++ {
+		if _, fixed := cfg.NodeAddrs[i]; !fixed {
+			free += 3
+		}
+	}
+	addrs, err := freeAddrs(free)
 	if err != nil {
 		return nil, err
 	}
 	for i := range cfg.Nodes {
 		name := fmt.Sprintf("n%d", i+1)
+		a, fixed := cfg.NodeAddrs[i+1]
+		if !fixed {
+			a, addrs = Addrs{RESP: addrs[0], Admin: addrs[1], Gossip: addrs[2]}, addrs[3:]
+		}
 		n := &Node{
 			Name:         name,
-			RESPAddr:     addrs[3*i],
-			AdminAddr:    addrs[3*i+1],
-			GossipAddr:   addrs[3*i+2],
+			RESPAddr:     a.RESP,
+			AdminAddr:    a.Admin,
+			GossipAddr:   a.Gossip,
+			prefix:       slices.Clone(cfg.NodeCommand[i+1]),
+			dial:         cfg.Dial,
 			DataDir:      filepath.Join(cfg.Dir, name),
 			bin:          cfg.Bin,
 			token:        hex.EncodeToString(token),
@@ -389,6 +462,12 @@ func (c *Cluster) RESPAddrs() []string {
 		addrs[i] = n.RESPAddr
 	}
 	return addrs
+}
+
+// Paced offers command to every node's RESP address as Paced does,
+// reaching them through the cluster's Config.Dial.
+func (c *Cluster) Paced(weights []float64, ratePerSec float64, d time.Duration, command string) Tally {
+	return PacedVia(c.dial, c.RESPAddrs(), weights, ratePerSec, d, command)
 }
 
 // AwaitMembers waits until every running node's GET /v1/cluster shows n
@@ -539,8 +618,11 @@ func (c *Cluster) WaitCAPS(service string, caps float64, timeout time.Duration) 
 // across restarts; its log collects every run's output.
 type Node struct {
 	Name                            string
-	RESPAddr, AdminAddr, GossipAddr string // host:port on 127.0.0.1
+	RESPAddr, AdminAddr, GossipAddr string // host:port on 127.0.0.1 unless Config.NodeAddrs
 	DataDir                         string
+
+	prefix []string // command line the process runs under (Config.NodeCommand)
+	dial   DialFunc // how PING reaches RESPAddr; nil: net.Dialer
 
 	bin          Binaries
 	token        string // admin bearer token; "" for a --dev node
@@ -617,10 +699,12 @@ func (n *Node) start(join []string) error {
 	for _, j := range join {
 		args = append(args, "--join", j)
 	}
-	cmd := exec.Command(n.bin.Capsgate, args...)
+	argv := append(slices.Clone(n.prefix), n.bin.Capsgate)
+	cmd := exec.Command(argv[0], append(argv[1:], args...)...)
 	cmd.Stdout, cmd.Stderr = n.log, n.log
 	n.starts++
-	fmt.Fprintf(n.log, "=== clustertest: start %d of %s: capsgate %s\n", n.starts, n.Name, strings.Join(args, " "))
+	fmt.Fprintf(n.log, "=== clustertest: start %d of %s: %scapsgate %s\n", n.starts, n.Name,
+		strings.Join(append(slices.Clone(n.prefix), ""), " "), strings.Join(args, " "))
 	if err := cmd.Start(); err != nil {
 		n.mu.Unlock()
 		return fmt.Errorf("cannot start %s: %w", n.Name, err)
@@ -725,7 +809,7 @@ func (n *Node) Log() string { return n.log.String() }
 
 // Ping sends PING on a new RESP connection and wants +PONG.
 func (n *Node) Ping() error {
-	conn, err := net.DialTimeout("tcp", n.RESPAddr, time.Second)
+	conn, err := dialTimeout(n.dial, n.RESPAddr, time.Second)
 	if err != nil {
 		return err
 	}
@@ -789,6 +873,31 @@ func (n *Node) Members() ([]Member, error) {
 		return nil, err
 	}
 	return v.Members, nil
+}
+
+// Side is what a node's side of a partition enforces, as GET /v1/cluster
+// shows it (state whole, part, fail_open or fenced).
+type Side struct {
+	State    string  `json:"state"`
+	Fraction float64 `json:"fraction"`
+	Live     int     `json:"live"`
+	Known    int     `json:"known"`
+}
+
+// ClusterView is GET /v1/cluster.
+type ClusterView struct {
+	Node    string   `json:"node"`
+	Policy  string   `json:"partition_policy"`
+	Side    Side     `json:"side"`
+	Members []Member `json:"members"`
+}
+
+// ClusterView returns the node's GET /v1/cluster: its partition policy,
+// its side and the members.
+func (n *Node) ClusterView() (ClusterView, error) {
+	var v ClusterView
+	_, err := n.request("GET", "/v1/cluster", nil, &v)
+	return v, err
 }
 
 // Service is the part of GET /v1/services/{service} the tests read.
@@ -1124,6 +1233,11 @@ func (t Tally) String() string {
 // share rounds to no command is not dialled. A run ends at its planned
 // count, or early on an error or when it is more than 10 s late (Err).
 func Paced(addrs []string, weights []float64, ratePerSec float64, d time.Duration, command string) Tally {
+	return PacedVia(nil, addrs, weights, ratePerSec, d, command)
+}
+
+// PacedVia is Paced dialling the addresses with dial (nil: net.Dialer).
+func PacedVia(dial DialFunc, addrs []string, weights []float64, ratePerSec float64, d time.Duration, command string) Tally {
 	t := Tally{Total: Count{Reasons: map[string]int{}}, Nodes: make([]Count, len(addrs))}
 	for i := range t.Nodes {
 		t.Nodes[i].Reasons = map[string]int{}
@@ -1151,11 +1265,7 @@ func Paced(addrs []string, weights []float64, ratePerSec float64, d time.Duratio
 	if t.Total.Err != nil {
 		return t
 	}
-	var frame []byte
-	frame = fmt.Appendf(frame, "*%d\r\n", len(args))
-	for _, a := range args {
-		frame = fmt.Appendf(frame, "$%d\r\n%s\r\n", len(a), a)
-	}
+	frame := encodeCommand(args)
 
 	rates := make([]float64, len(addrs))
 	totals := make([]int, len(addrs))
@@ -1166,7 +1276,7 @@ func Paced(addrs []string, weights []float64, ratePerSec float64, d time.Duratio
 		if totals[i] == 0 {
 			continue
 		}
-		conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		conn, err := dialTimeout(dial, addr, 5*time.Second)
 		if err != nil {
 			t.Nodes[i].Err = fmt.Errorf("cannot connect to %s: %w", addr, err)
 			continue
