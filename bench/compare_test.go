@@ -1,0 +1,112 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+// TestMain lets StartLimit run this test binary as the limit server.
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == LimitServerArg {
+		os.Exit(ServeLimitMain(os.Args[2:]))
+	}
+	os.Exit(m.Run())
+}
+
+// needRedis skips without redis-server, except under CI, which installs it.
+func needRedis(t *testing.T) {
+	t.Helper()
+	if _, err := redisPath(); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("CI must install redis-server: %v", err)
+		}
+		t.Skip(err)
+	}
+}
+
+func TestCompare(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts capsgate, redis-server and the limit server")
+	}
+	needRedis(t)
+	s := DefaultSettings()
+	s.Seconds, s.Rate, s.Conns, s.ThroughputConns = 0.5, 2000, 4, 2
+	var log bytes.Buffer
+	cmp, err := Compare(context.Background(), s, &log, nil)
+	require.NoError(t, err, log.String())
+	t.Log("\n" + log.String())
+
+	path := filepath.Join(t.TempDir(), "c.json")
+	require.NoError(t, cmp.WriteJSON(path))
+	raw, err := os.ReadFile(path)
+	require.NoError(t, err)
+	var doc struct {
+		Settings map[string]any   `json:"settings"`
+		Results  []map[string]any `json:"results"`
+	}
+	require.NoError(t, json.Unmarshal(raw, &doc))
+	require.NotEmpty(t, doc.Settings)
+	require.Len(t, doc.Results, 6)
+	seen := map[string]bool{}
+	for _, r := range doc.Results {
+		for _, k := range []string{"name", "mode", "ops_per_sec", "p50_us", "p99_us", "p999_us"} {
+			require.Contains(t, r, k)
+		}
+		require.Greater(t, r["ops_per_sec"].(float64), 0.0, "%v", r)
+		require.Zero(t, r["error_replies"], "%v", r)
+		require.Greater(t, r["admitted_fraction"].(float64), 0.99, "%v: nearly every request is admitted", r)
+		seen[r["name"].(string)+"/"+r["mode"].(string)] = true
+	}
+	for _, name := range []string{NameCapsgate, NameRedisLua, NameLimit} {
+		require.True(t, seen[name+"/"+ModeThroughput] && seen[name+"/"+ModeLatency], name)
+	}
+
+	back, err := ReadComparison(path)
+	require.NoError(t, err)
+	require.Equal(t, cmp, back)
+	var table bytes.Buffer
+	cmp.WriteTable(&table)
+	require.Contains(t, table.String(), "throughput capsgate/redis-lua: ")
+	require.Contains(t, table.String(), "throughput capsgate/limit: ")
+
+	dir := t.TempDir()
+	require.NoError(t, WriteReport(cmp, dir))
+	md, err := os.ReadFile(filepath.Join(dir, "report.md"))
+	require.NoError(t, err)
+	require.Contains(t, string(md), "| capsgate | throughput |")
+	require.Contains(t, string(md), "pipelined capsgate ≥ 10× redis-lua")
+	svg, err := os.ReadFile(filepath.Join(dir, "compare.svg"))
+	require.NoError(t, err)
+	require.True(t, strings.HasPrefix(string(svg), "<svg") && strings.HasSuffix(string(svg), "</svg>\n"))
+}
+
+func TestLoadValidation(t *testing.T) {
+	f := func(l Load, open bool, want string) {
+		t.Helper()
+		var err error
+		if open {
+			_, err = Latency(context.Background(), l)
+		} else {
+			_, err = Throughput(context.Background(), l)
+		}
+		require.ErrorContains(t, err, want)
+	}
+	ok := Load{Addr: "127.0.0.1:1", Frame: []byte("PING\r\n"), Conns: 1, Pipeline: 1, Rate: 10, Duration: 1}
+	bad := ok
+	bad.Conns = 0
+	f(bad, false, "--conns")
+	bad = ok
+	bad.Pipeline = 0
+	f(bad, false, "--pipeline")
+	bad = ok
+	bad.Rate = 0
+	f(bad, true, "--rate")
+	f(ok, false, "cannot connect")
+}
