@@ -65,4 +65,5 @@ func clampRemaining(v int64) int64 {
 const (
 	retryCountedMS    = 1000  // SESSIONS, SUBSCRIBERS: a slot frees when a call or registration ends
 	retryUnlicensedMS = 60000 // UNLICENSED, TOKENS: needs an operator (a licence, a top-up)
+	retryReserveMS    = 50    // OVERLOAD: charges outran the durable reservation until its next write
 )

@@ -38,6 +38,11 @@ type Config struct {
 	// Clock tells SetLimits the time when it rescales a bucket to a new
 	// rate; nil means a system clock (tests pass their fake one).
 	Clock Clock
+	// DurableTokens: a token pool charges only what has been reserved on
+	// disk (Service.Reserve); a new pool has nothing reserved until the
+	// node's reserver runs (every 50 ms). Off, charges are not bounded by
+	// any reservation (tests, tools).
+	DurableTokens bool
 }
 
 // DefaultConfig returns the defaults, each explained on its Config field.
@@ -152,7 +157,7 @@ func (e *Engine) ensure(name string, forLicence bool) (*Service, error) {
 		}
 		e.unlicensedServices++
 	}
-	s := newService(name, derive(Limits{Sessions: Unlimited, Subscribers: Unlimited, Tokens: 0, State: "unlicensed"}, &e.cfg))
+	s := newService(name, e.cfg.DurableTokens, derive(Limits{Sessions: Unlimited, Subscribers: Unlimited, Tokens: 0, State: "unlicensed"}, &e.cfg))
 	m := make(map[string]*Service, len(old)+1)
 	for k, v := range old {
 		m[k] = v
@@ -313,6 +318,10 @@ func (e *Engine) admitLocked(now int64, s *Service, call, acct []byte, prio Prio
 	if cost > 0 && !p.fits(cost) {
 		s.counts[TOKENS].Add(1)
 		return Decision{Reason: TOKENS, RetryAfterMS: retryUnlicensedMS, Remaining: clampRemaining(p.left())}
+	}
+	if !p.reserved(cost) {
+		s.counts[OVERLOAD].Add(1)
+		return Decision{Reason: OVERLOAD, RetryAfterMS: retryReserveMS, Remaining: 0}
 	}
 	left, d, ok := e.takeCAPS(now, s, l, prio)
 	if !ok {
@@ -476,6 +485,9 @@ func (e *Engine) Consume(now int64, service, acct []byte, units int64, id []byte
 	if !p.fits(units) {
 		return Decision{Reason: TOKENS, RetryAfterMS: retryUnlicensedMS, Remaining: clampRemaining(p.left())}
 	}
+	if !p.reserved(units) {
+		return Decision{Reason: OVERLOAD, RetryAfterMS: retryReserveMS, Remaining: 0}
+	}
 	s.charge(p, units)
 	d := Decision{Reason: OK, Remaining: clampRemaining(p.left())}
 	if id != nil {
@@ -509,6 +521,7 @@ func (e *Engine) SetAccount(service, acct string, tokens int64, ov Overage) erro
 	}
 	if a == nil {
 		a = &account{name: acct}
+		a.durableSet = e.cfg.DurableTokens
 		s.accounts[acct] = a
 	}
 	a.limit, a.policy = tokens, ov

@@ -1,6 +1,9 @@
 package admission
 
-import "math"
+import (
+	"math"
+	"slices"
+)
 
 // pool is a count of prepaid tokens: a service's unallocated pool or an
 // account's allocation. Guarded by the owning service's mutex.
@@ -9,6 +12,17 @@ type pool struct {
 	used    int64 // every token charged, in the pool and beyond it
 	overage int64 // the part of used that went beyond limit
 	policy  Overage
+	// durable is how far used may go: what is reserved on disk, so that a
+	// crash never loses an acknowledged charge (see Service.Reserve);
+	// unset, nothing is persisted and used may go anywhere.
+	durable    int64
+	durableSet bool
+}
+
+// reserved reports whether n more tokens are covered by the durable
+// reservation.
+func (p *pool) reserved(n int64) bool {
+	return !p.durableSet || n <= 0 || (p.used <= p.durable && n <= p.durable-p.used)
 }
 
 // left returns the tokens still in the pool (0 when in overage), or -1.
@@ -61,4 +75,80 @@ func satAdd(a, b int64) int64 {
 type account struct {
 	name string
 	pool
+}
+
+// PoolState is one token pool's counters: the service's unallocated pool
+// (Account "") or an account's allocation.
+type PoolState struct {
+	Account string
+	// Limit is the pool's size (Unlimited: metered only); for an account,
+	// its allocation.
+	Limit   int64
+	Policy  Overage
+	Used    int64 // charged in all, overage included
+	Overage int64 // the part of Used beyond Limit
+	// Durable is the reservation on disk (Reserve); -1 when none is set.
+	Durable int64
+}
+
+// Pools returns the service's token pools, the service's own first, then
+// its accounts by name.
+func (s *Service) Pools() []PoolState {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := []PoolState{s.tokens.state("")}
+	names := make([]string, 0, len(s.accounts))
+	for name := range s.accounts {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		out = append(out, s.accounts[name].state(name))
+	}
+	return out
+}
+
+func (p *pool) state(account string) PoolState {
+	d := int64(-1)
+	if p.durableSet {
+		d = p.durable
+	}
+	return PoolState{Account: account, Limit: p.limit, Policy: p.policy, Used: p.used, Overage: p.overage, Durable: d}
+}
+
+// Reserve sets how far a pool's charges may go before the next
+// reservation: the caller has made durable that up to durable tokens may
+// have been charged. account "" is the service's pool; an unknown account
+// is ignored.
+func (s *Service) Reserve(account string, durable int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if p := s.pool(account); p != nil {
+		p.durable, p.durableSet = durable, true
+	}
+}
+
+// Restore raises a pool's charges to what a previous run reserved, after a
+// restart: tokens reserved but perhaps not charged count as charged, so a
+// crash never under-counts (it may over-count by what was reserved ahead).
+func (s *Service) Restore(account string, used int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p := s.pool(account)
+	if p == nil || used <= p.used {
+		return
+	}
+	s.charge(p, used-p.used)
+}
+
+// pool returns the pool of account ("" the service's), or nil. Called with
+// mu held.
+func (s *Service) pool(account string) *pool {
+	if account == "" {
+		return &s.tokens
+	}
+	if a, ok := s.accounts[account]; ok {
+		return &a.pool
+	}
+	return nil
 }

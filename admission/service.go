@@ -54,8 +54,9 @@ type Service struct {
 	rateCount uint64
 }
 
-func newService(name string, l *derived) *Service {
+func newService(name string, durable bool, l *derived) *Service {
 	s := &Service{name: name, accounts: make(map[string]*account)}
+	s.tokens.durableSet = durable
 	s.lim.Store(l)
 	s.sessions.init(s.sessionGone)
 	s.subscribers.init(func(struct{}) { s.subsN.Add(-1) })

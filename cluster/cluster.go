@@ -18,6 +18,7 @@ import (
 	"github.com/hashicorp/memberlist"
 
 	"github.com/capsgate/capsgate/admission"
+	"github.com/capsgate/capsgate/licensing/ledger"
 	"github.com/capsgate/capsgate/licensing/registry"
 )
 
@@ -59,6 +60,9 @@ type Config struct {
 	Licences Licences
 	// Policy is what a side does while members are unreachable.
 	Policy PolicyConfig
+	// LedgerHead returns this node's usage-ledger head, which every member
+	// writes into its own ledger as a witness; nil: none.
+	LedgerHead func() (seq uint64, hash string)
 	Log    *slog.Logger
 }
 
@@ -97,6 +101,10 @@ type peer struct {
 	deadAt    time.Time
 	addr      string
 	metaRaw   []byte
+	// head is its ledger head as last reported; witnessed the seq of the
+	// head last handed to Witnesses.
+	head      ledger.Witness
+	witnessed uint64
 }
 
 // Cluster is this node's membership: memberlist plus the demand exchange,
@@ -285,6 +293,8 @@ func sent(c *metrics.Counter, msg []byte) {
 
 type demandMsg struct {
 	Node      string             `json:"n"`
+	HeadSeq   uint64             `json:"ls,omitempty"`
+	HeadHash  string             `json:"lh,omitempty"`
 	Demand    map[string]float64 `json:"d"`
 	TokenRate map[string]float64 `json:"r,omitempty"`
 	Held      map[string]Held    `json:"h,omitempty"`
@@ -316,7 +326,11 @@ func (c *Cluster) exchange() {
 			report[service] = h
 		}
 		c.mu.Unlock()
-		msg, _ := json.Marshal(demandMsg{Node: c.cfg.NodeName, Demand: demand, TokenRate: rate, Held: report})
+		dm := demandMsg{Node: c.cfg.NodeName, Demand: demand, TokenRate: rate, Held: report}
+		if c.cfg.LedgerHead != nil {
+			dm.HeadSeq, dm.HeadHash = c.cfg.LedgerHead()
+		}
+		msg, _ := json.Marshal(dm)
 		msg = append([]byte{msgDemand}, msg...)
 		for _, m := range c.ml.Members() {
 			if m.Name != c.cfg.NodeName && c.ml.SendBestEffort(m, msg) == nil {
@@ -429,6 +443,22 @@ func (c *Cluster) allocate(now time.Time) {
 
 // sideFraction is the part of each licence this node's side enforces.
 var sideFraction = metrics.NewGauge(`capsgate_cluster_side_fraction`, nil)
+
+// Witnesses returns the members' ledger heads that moved since the last
+// call, by member name, for this node's ledger.
+func (c *Cluster) Witnesses() []ledger.Witness {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []ledger.Witness
+	for _, p := range c.peers {
+		if p.head.Seq > p.witnessed {
+			out = append(out, p.head)
+			p.witnessed = p.head.Seq
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Node < out[j].Node })
+	return out
+}
 
 // Side returns this node's side of the cluster as last decided.
 func (c *Cluster) Side() Side {
@@ -560,6 +590,9 @@ func (d *delegate) NotifyMsg(b []byte) {
 			c.peers[m.Node] = p
 		}
 		p.demand, p.tokenRate, p.held, p.heard = m.Demand, m.TokenRate, m.Held, time.Now()
+		if m.HeadSeq > p.head.Seq && isHash(m.HeadHash) {
+			p.head = ledger.Witness{Node: m.Node, Seq: m.HeadSeq, Hash: m.HeadHash}
+		}
 		c.mu.Unlock()
 	case msgOps:
 		forwardReceived.Inc()
@@ -659,4 +692,18 @@ func (e *events) NotifyUpdate(n *memberlist.Node) {
 		p.metaRaw = append([]byte(nil), n.Meta...)
 	}
 	c.mu.Unlock()
+}
+
+// isHash reports whether h is a ledger record hash (64 lowercase hex
+// digits): a peer's malformed head must not spoil this node's ledger.
+func isHash(h string) bool {
+	if len(h) != 64 {
+		return false
+	}
+	for _, c := range h {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
 }

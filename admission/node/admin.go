@@ -46,6 +46,11 @@ func (n *Node) adminHandler(token string) http.Handler {
 	api.HandleFunc("GET /v1/services", n.listServices)
 	api.HandleFunc("GET /v1/cluster", n.getCluster)
 	api.HandleFunc("GET /v1/services/{service}", n.getService)
+	api.HandleFunc("GET /v1/services/{service}/accounts", n.listAccounts)
+	api.HandleFunc("PUT /v1/services/{service}/accounts/{account}", n.putAccount)
+	api.HandleFunc("GET /v1/ledger", n.getLedger)
+	api.HandleFunc("GET /v1/ledger/key", n.getLedgerKey)
+	api.HandleFunc("GET /v1/usage", n.getUsage)
 	api.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "not_found", "no such endpoint: "+r.Method+" "+r.URL.Path)
 	})

@@ -84,3 +84,7 @@ func (n *Node) writeServiceMetrics(w io.Writer) {
 		return 0
 	}, stats)
 }
+
+// meteringErrors counts failed token reservations and ledger writes (a
+// full or failing disk); an alert should fire on any increase.
+var meteringErrors = metrics.NewCounter(`capsgate_metering_errors_total`)

@@ -14,9 +14,11 @@ import (
 	"time"
 
 	"github.com/capsgate/capsgate/admission"
+	"github.com/capsgate/capsgate/admission/meter"
 	"github.com/capsgate/capsgate/admission/resp"
 	"github.com/capsgate/capsgate/cluster"
 	"github.com/capsgate/capsgate/licensing"
+	"github.com/capsgate/capsgate/licensing/ledger"
 	"github.com/capsgate/capsgate/licensing/registry"
 )
 
@@ -42,6 +44,10 @@ type Node struct {
 	admin   *http.Server
 	adminLn net.Listener
 
+	ledger   *ledger.Ledger
+	reserver *meter.Reserver
+	meter    *meter.Meter
+
 	ready atomic.Bool
 	stop  chan struct{}
 	wg    sync.WaitGroup
@@ -66,6 +72,7 @@ func New(cfg Config, log *slog.Logger) (*Node, error) {
 		HighHeadroomPercent: cfg.Priority.HighHeadroomPercent,
 		MaxCAPS:             cfg.Node.MaxCAPS,
 		Clock:               clk,
+		DurableTokens:       true,
 	})
 	var password string
 	if cfg.RESP.PasswordFile != "" {
@@ -111,7 +118,84 @@ func New(cfg Config, log *slog.Logger) (*Node, error) {
 			return nil, err
 		}
 	}
+	if err := n.openMetering(); err != nil {
+		n.reg.Close()
+		return nil, err
+	}
 	return n, nil
+}
+
+// openMetering opens the usage ledger (with the node key, made on first
+// start) and the token reservations, and gives the engine back the tokens
+// charged before a restart.
+func (n *Node) openMetering() error {
+	key, err := ledger.LoadOrCreateNodeKey(n.cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	n.ledger, err = ledger.Open(ledger.Options{Dir: filepath.Join(n.cfg.DataDir, "ledger"), Node: n.cfg.NodeName,
+		Cluster: n.cfg.ClusterID, Key: key, Logger: n.log})
+	if err != nil {
+		return err
+	}
+	if rec := n.ledger.Recovered(); rec != nil {
+		n.log.Warn("the ledger's last record was torn by a crash and cut off; the chain continues from the one before", "recovery", rec.String())
+	}
+	n.reserver, err = meter.OpenReserver(n.eng, n.cfg.DataDir, n.log)
+	if err != nil {
+		n.ledger.Close()
+		return err
+	}
+	n.reserver.Restore()
+	if err := n.reserver.Step(time.Now()); err != nil {
+		n.ledger.Close()
+		return err
+	}
+	n.meter = meter.New(n.eng, n.ledger, n.reserver, n.witnesses, time.Now())
+	return nil
+}
+
+// witnesses are the peers' ledger heads to write into this node's ledger.
+func (n *Node) witnesses() []ledger.Witness {
+	if n.cluster == nil {
+		return nil
+	}
+	return n.cluster.Witnesses()
+}
+
+// metering keeps token reservations ahead of charges, samples the peaks
+// and writes a usage record set at the end of each ledger interval
+// (aligned to the wall clock, so nodes' intervals line up).
+func (n *Node) metering() {
+	defer n.wg.Done()
+	interval := n.cfg.Ledger.Interval.Duration
+	next := time.Now().Truncate(interval).Add(interval)
+	var lastSample time.Time
+	var failing bool
+	admission.Repeat(n.stop, meter.StepEvery, func() time.Duration {
+		now := time.Now()
+		if err := n.reserver.Step(now); err != nil {
+			if !failing {
+				n.log.Error("cannot reserve tokens on disk: charges beyond the last reservation are refused (OVERLOAD) until it can", "err", err)
+			}
+			failing = true
+			meteringErrors.Inc()
+		} else {
+			failing = false
+		}
+		if now.Sub(lastSample) >= meter.SampleEvery {
+			n.meter.Sample()
+			lastSample = now
+		}
+		if !now.Before(next) {
+			if err := n.meter.Flush(now); err != nil {
+				n.log.Error("cannot write usage to the ledger; retrying next interval", "err", err)
+				meteringErrors.Inc()
+			}
+			next = now.Truncate(interval).Add(interval)
+		}
+		return meter.StepEvery
+	})
 }
 
 // Registry returns the node's loaded licences.
@@ -161,6 +245,7 @@ func (n *Node) Start() error {
 		Engine: n.eng, Clock: n.clk, Shares: n.shares, Licences: n.reg, Log: n.log,
 		Policy: cluster.PolicyConfig{Policy: policy, FailOpenFor: n.cfg.Cluster.FailOpenFor.Duration,
 			ReclaimAfter: n.cfg.Cluster.ReclaimAfter.Duration},
+		LedgerHead: n.ledger.Head,
 	})
 	if err != nil {
 		ln.Close()
@@ -185,8 +270,9 @@ func (n *Node) Start() error {
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(n.log.Handler(), slog.LevelWarn),
 	}
-	n.wg.Add(3)
+	n.wg.Add(4)
 	go n.licensing()
+	go n.metering()
 	go func() {
 		defer n.wg.Done()
 		if err := n.admin.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -243,6 +329,15 @@ func (n *Node) Stop(ctx context.Context) error {
 		}
 		close(n.stop)
 		n.wg.Wait()
+		if err := n.meter.Flush(time.Now()); err != nil {
+			errs = append(errs, fmt.Errorf("cannot flush the ledger: %w", err))
+		}
+		if err := n.reserver.MarkLedgered(nil, true); err != nil {
+			errs = append(errs, err)
+		}
+		if err := n.ledger.Close(); err != nil {
+			errs = append(errs, err)
+		}
 		if err := n.reg.Close(); err != nil {
 			errs = append(errs, err)
 		}

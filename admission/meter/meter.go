@@ -1,0 +1,182 @@
+// Package meter turns the engine's counters into usage records: every
+// interval (ledger.interval), per service and per account, the attempts,
+// admissions, rejections by reason, emergency calls, peaks and tokens of
+// the interval, appended to the node's signed ledger. It also keeps token
+// charges durable (Reserver).
+//
+// The meter runs off the event loops: Sample every SampleEvery for the
+// peaks, Flush at each interval's end. The engine's counters only grow, so
+// an interval's usage is the difference of two snapshots; after a restart
+// the first interval also carries the tokens charged since the last
+// record before the crash (see Reserver).
+package meter
+
+import (
+	"math"
+	"sync"
+	"time"
+
+	"github.com/capsgate/capsgate/admission"
+	"github.com/capsgate/capsgate/licensing/ledger"
+)
+
+// SampleEvery is how often the peaks are sampled.
+const SampleEvery = 100 * time.Millisecond
+
+// Witnesses supplies the peers' ledger heads seen since the last flush.
+type Witnesses func() []ledger.Witness
+
+// Meter writes usage records.
+type Meter struct {
+	eng       *admission.Engine
+	led       *ledger.Ledger
+	res       *Reserver
+	witnesses Witnesses
+
+	mu    sync.Mutex // guards the fields below
+	from  time.Time
+	last  map[string]snapshot
+	peaks map[string]*peaks
+}
+
+type snapshot struct {
+	st    admission.Stats
+	pools map[string]admission.PoolState
+}
+
+type peaks struct{ caps, sessions, subscribers uint64 }
+
+// New returns a meter writing to led; res may be nil (no durable tokens),
+// witnesses may be nil.
+func New(eng *admission.Engine, led *ledger.Ledger, res *Reserver, witnesses Witnesses, now time.Time) *Meter {
+	m := &Meter{eng: eng, led: led, res: res, witnesses: witnesses, from: now, last: map[string]snapshot{}, peaks: map[string]*peaks{}}
+	for _, s := range eng.Services() {
+		m.last[s.Name()] = m.baseline(s)
+	}
+	return m
+}
+
+// baseline is a service's snapshot to count the next interval from: its
+// counters now, but for tokens what the ledger already has.
+func (m *Meter) baseline(s *admission.Service) snapshot {
+	snap := snapshot{st: s.Stats(), pools: map[string]admission.PoolState{}}
+	for _, p := range s.Pools() {
+		if m.res != nil {
+			if l := m.res.Ledgered(s.Name(), p.Account); l >= 0 && l < p.Used {
+				// Charged before a crash but not yet in the ledger: the
+				// next record carries it.
+				over := min(p.Overage, p.Used-l)
+				p.Used, p.Overage = l, p.Overage-over
+			}
+		}
+		snap.pools[p.Account] = p
+	}
+	var used, over int64
+	for _, p := range snap.pools {
+		used, over = used+p.Used, over+p.Overage
+	}
+	snap.st.TokensUsed, snap.st.Overage = used, over
+	return snap
+}
+
+// Sample records the peaks.
+func (m *Meter) Sample() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, s := range m.eng.Services() {
+		st := s.Stats()
+		p := m.peaks[s.Name()]
+		if p == nil {
+			p = &peaks{}
+			m.peaks[s.Name()] = p
+		}
+		p.caps = max(p.caps, uint64(math.Round(max(st.UsedCAPS, 0))))
+		p.sessions = max(p.sessions, uint64(max(st.Sessions+st.EmergencySessions, 0)))
+		p.subscribers = max(p.subscribers, uint64(max(st.Subscribers, 0)))
+	}
+}
+
+// Flush appends the usage of [from, now) to the ledger (one fsync) and
+// starts the next interval.
+func (m *Meter) Flush(now time.Time) error {
+	m.Sample()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var usage []ledger.Usage
+	next := map[string]snapshot{}
+	marks := map[[2]string]int64{}
+	for _, s := range m.eng.Services() {
+		prev, ok := m.last[s.Name()]
+		if !ok {
+			prev = snapshot{st: admission.Stats{}, pools: map[string]admission.PoolState{}}
+		}
+		cur := snapshot{st: s.Stats(), pools: map[string]admission.PoolState{}}
+		for _, p := range s.Pools() {
+			cur.pools[p.Account] = p
+			marks[[2]string{s.Name(), p.Account}] = p.Used
+		}
+		next[s.Name()] = cur
+		pk := m.peaks[s.Name()]
+		if pk == nil {
+			pk = &peaks{}
+		}
+		u := serviceUsage(s.Name(), prev.st, cur.st, *pk)
+		if !u.empty() {
+			usage = append(usage, u.Usage)
+		}
+		for acct, p := range cur.pools {
+			if acct == "" {
+				continue
+			}
+			q := prev.pools[acct]
+			if t, o := p.Used-p.Overage-(q.Used-q.Overage), p.Overage-q.Overage; t > 0 || o > 0 {
+				usage = append(usage, ledger.Usage{Service: s.Name(), Account: acct, Tokens: uint64(max(t, 0)), Overage: uint64(max(o, 0))})
+			}
+		}
+	}
+	var wit []ledger.Witness
+	if m.witnesses != nil {
+		wit = m.witnesses()
+	}
+	if len(usage) > 0 || len(wit) > 0 {
+		if _, err := m.led.Append(m.from, now, usage, wit); err != nil {
+			return err
+		}
+	}
+	m.last, m.from, m.peaks = next, now, map[string]*peaks{}
+	if m.res != nil {
+		// Written at once: after a crash the next record must not carry
+		// these tokens again.
+		return m.res.MarkLedgered(marks, true)
+	}
+	return nil
+}
+
+type usage struct{ ledger.Usage }
+
+func (u usage) empty() bool {
+	return u.Attempts == 0 && u.Emergency == 0 && u.Tokens == 0 && u.Overage == 0 && u.PeakSessions == 0 && u.PeakSubscribers == 0
+}
+
+// serviceUsage is a service's usage between two snapshots.
+func serviceUsage(name string, prev, cur admission.Stats, pk peaks) usage {
+	u := ledger.Usage{Service: name, Rejected: map[string]uint64{}}
+	for r := range admission.NumReasons {
+		d := cur.Admissions[r] - prev.Admissions[r]
+		u.Attempts += d
+		if admission.Reason(r) == admission.OK {
+			u.Admitted = d
+		} else if d > 0 {
+			u.Rejected[admission.Reason(r).String()] = d
+		}
+	}
+	u.Emergency = cur.Emergency - prev.Emergency
+	u.PeakCAPS, u.PeakSessions, u.PeakSubscribers = pk.caps, pk.sessions, pk.subscribers
+	over := max(cur.Overage-prev.Overage, 0)
+	u.Tokens = uint64(max(cur.TokensUsed-prev.TokensUsed-over, 0))
+	u.Overage = uint64(over)
+	if len(u.Rejected) == 0 {
+		u.Rejected = nil
+	}
+	return usage{u}
+}

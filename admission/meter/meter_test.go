@@ -1,0 +1,127 @@
+package meter
+
+import (
+	"crypto/ed25519"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/capsgate/capsgate/admission"
+	"github.com/capsgate/capsgate/licensing/ledger"
+)
+
+var t0 = time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+
+const h64 = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+
+func newEngine(t *testing.T) (*admission.Engine, *admission.FakeClock) {
+	clk := admission.NewFakeClock()
+	cfg := admission.DefaultConfig()
+	cfg.Clock, cfg.DurableTokens = clk, true
+	e := admission.NewEngine(cfg)
+	require.NoError(t, e.SetLimits("pre", admission.Limits{Licensed: true, CAPS: admission.Unlimited, Sessions: admission.Unlimited,
+		Subscribers: admission.Unlimited, Tokens: 5000, TokensPerAttempt: 1}))
+	return e, clk
+}
+
+func openLedger(t *testing.T, dir string) *ledger.Ledger {
+	_, key, err := ed25519.GenerateKey(nil)
+	require.NoError(t, err)
+	l, err := ledger.Open(ledger.Options{Dir: dir + "/ledger", Node: "n1", Cluster: "c", Key: key, Clock: func() time.Time { return t0 }})
+	require.NoError(t, err)
+	t.Cleanup(func() { l.Close() })
+	return l
+}
+
+func records(t *testing.T, l *ledger.Ledger) []*ledger.Record {
+	var out []*ledger.Record
+	require.NoError(t, l.Read(time.Time{}, time.Time{}, func(_ []byte, r *ledger.Record) error {
+		out = append(out, r)
+		return nil
+	}))
+	return out
+}
+
+func TestIntervalRecords(t *testing.T) {
+	dir := t.TempDir()
+	e, clk := newEngine(t)
+	res, err := OpenReserver(e, dir, slog.Default())
+	require.NoError(t, err)
+	require.NoError(t, res.Step(t0))
+	led := openLedger(t, dir)
+	m := New(e, led, res, func() []ledger.Witness { return []ledger.Witness{{Node: "n2", Seq: 7, Hash: h64}} }, t0)
+	require.NoError(t, res.SetAccount("pre", "acme", Allocation{Tokens: 100, Overage: "none"}))
+	for range 30 {
+		require.True(t, e.Admit(clk.Now(), []byte("pre"), nil, nil, admission.Normal).Admitted())
+	}
+	require.True(t, e.Consume(clk.Now(), []byte("pre"), []byte("acme"), 40, nil).Admitted())
+	require.False(t, e.Consume(clk.Now(), []byte("pre"), []byte("acme"), 70, nil).Admitted())
+	require.True(t, e.Admit(clk.Now(), []byte("pre"), nil, nil, admission.Emergency).Admitted())
+	require.NoError(t, m.Flush(t0.Add(10*time.Second)))
+	recs := records(t, led)
+	require.Len(t, recs, 3, "service, account, witness")
+	u := recs[0].Usage
+	require.Equal(t, "pre", u.Service)
+	require.Equal(t, uint64(30), u.Attempts)
+	require.Equal(t, uint64(30), u.Admitted)
+	require.Equal(t, uint64(1), u.Emergency)
+	require.Equal(t, uint64(70), u.Tokens, "30 attempts + 40 consumed")
+	require.Equal(t, "acme", recs[1].Usage.Account)
+	require.Equal(t, uint64(40), recs[1].Usage.Tokens)
+	require.Equal(t, &ledger.Witness{Node: "n2", Seq: 7, Hash: h64}, recs[2].Witness)
+
+	// The next interval holds only what happened in it.
+	require.True(t, e.Admit(clk.Now(), []byte("pre"), nil, nil, admission.Normal).Admitted())
+	require.NoError(t, m.Flush(t0.Add(20*time.Second)))
+	recs = records(t, led)
+	require.Len(t, recs, 5)
+	require.Equal(t, uint64(1), recs[3].Usage.Attempts)
+	require.Equal(t, uint64(1), recs[3].Usage.Tokens)
+}
+
+// A crash loses the engine's memory; the reservation on disk brings the
+// charges back (at most one block more), and the first record after the
+// restart carries what the ledger had not yet recorded.
+func TestRestartNeverUndercounts(t *testing.T) {
+	dir := t.TempDir()
+	e, clk := newEngine(t)
+	res, err := OpenReserver(e, dir, slog.Default())
+	require.NoError(t, err)
+	require.NoError(t, res.Step(t0))
+	led := openLedger(t, dir)
+	m := New(e, led, res, nil, t0)
+	charge := func(e *admission.Engine, n int) (ok int) {
+		for range n {
+			if e.Admit(clk.Now(), []byte("pre"), nil, nil, admission.Normal).Admitted() {
+				ok++
+			}
+		}
+		return ok
+	}
+	require.Equal(t, 200, charge(e, 200))
+	require.NoError(t, m.Flush(t0.Add(10*time.Second)))
+	require.NoError(t, res.Step(t0.Add(10*time.Second)))
+	// Charges run into the reservation (MinBlock = 1000): beyond it, OVERLOAD.
+	got := charge(e, 1000)
+	require.Equal(t, 800, got, "charges stop at the reservation until the next Step")
+	require.Equal(t, admission.OVERLOAD, e.Admit(clk.Now(), []byte("pre"), nil, nil, admission.Normal).Reason)
+	// kill -9: no flush, no final write.
+
+	e2, _ := newEngine(t)
+	res2, err := OpenReserver(e2, dir, slog.Default())
+	require.NoError(t, err)
+	res2.Restore()
+	used := e2.Service("pre").Stats().TokensUsed
+	require.GreaterOrEqual(t, used, int64(1000), "every acknowledged charge is back")
+	require.LessOrEqual(t, used, int64(1000+MinBlock), "over by at most one block")
+	m2 := New(e2, led, res2, nil, t0.Add(20*time.Second))
+	require.NoError(t, m2.Flush(t0.Add(30*time.Second)))
+	recs := records(t, led)
+	var ledgered uint64
+	for _, r := range recs {
+		ledgered += r.Usage.Tokens
+	}
+	require.Equal(t, uint64(used), ledgered, "the ledger has every token the restored pool counts")
+}

@@ -1,0 +1,259 @@
+package node
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"sort"
+	"time"
+
+	"github.com/capsgate/capsgate/admission"
+	"github.com/capsgate/capsgate/admission/meter"
+	"github.com/capsgate/capsgate/licensing/ledger"
+)
+
+// maxAccountBody bounds a PUT .../accounts/{account} body.
+const maxAccountBody = 4 << 10
+
+// timeRange reads ?from=&to= (RFC 3339; either may be missing).
+func timeRange(r *http.Request) (from, to time.Time, err error) {
+	parse := func(key string) (time.Time, error) {
+		v := r.URL.Query().Get(key)
+		if v == "" {
+			return time.Time{}, nil
+		}
+		t, err := time.Parse(time.RFC3339, v)
+		if err != nil {
+			return time.Time{}, errors.New(key + " must be an RFC 3339 time such as 2026-12-01T00:00:00Z, got " + v)
+		}
+		return t, nil
+	}
+	if from, err = parse("from"); err != nil {
+		return
+	}
+	if to, err = parse("to"); err != nil {
+		return
+	}
+	if !from.IsZero() && !to.IsZero() && !to.After(from) {
+		err = errors.New("to must be after from")
+	}
+	return
+}
+
+// getLedger serves this node's ledger records overlapping [from, to) as
+// JSON lines, exactly as stored (the exchange format capslicense reads).
+func (n *Node) getLedger(w http.ResponseWriter, r *http.Request) {
+	from, to, err := timeRange(r)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "invalid_range", err.Error())
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	err = n.ledger.Read(from, to, func(line []byte, _ *ledger.Record) error {
+		if _, err := w.Write(line); err != nil {
+			return err
+		}
+		_, err := w.Write([]byte("\n"))
+		return err
+	})
+	if err != nil {
+		n.log.Warn("cannot serve the ledger", "err", err)
+	}
+}
+
+// getLedgerKey serves the node's public ledger key.
+func (n *Node) getLedgerKey(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	_, _ = w.Write(ledger.MarshalPublicKey(n.ledger.PublicKey()))
+}
+
+// AccountView is one account of GET/PUT /v1/services/{s}/accounts.
+type AccountView struct {
+	Account string `json:"account"`
+	Tokens  int64  `json:"tokens"`
+	Overage string `json:"overage"`
+	Used    int64  `json:"used"`
+	Left    int64  `json:"left"`
+}
+
+func (n *Node) accountViews(s *admission.Service) []AccountView {
+	var out []AccountView
+	for _, p := range s.Pools() {
+		if p.Account == "" {
+			continue
+		}
+		out = append(out, AccountView{Account: p.Account, Tokens: p.Limit, Overage: p.Policy.String(), Used: p.Used, Left: max(p.Limit-p.Used, 0)})
+	}
+	return out
+}
+
+func (n *Node) putAccount(w http.ResponseWriter, r *http.Request) {
+	service, account := r.PathValue("service"), r.PathValue("account")
+	if !admission.ValidName([]byte(service)) || !admission.ValidName([]byte(account)) {
+		writeError(w, http.StatusBadRequest, "invalid_name", "invalid service or account name: want [A-Za-z0-9._:-]{1,64}")
+		return
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxAccountBody+1))
+	if err != nil || len(body) > maxAccountBody {
+		writeError(w, http.StatusRequestEntityTooLarge, "too_large", "body over 4 KiB")
+		return
+	}
+	var a struct {
+		Tokens  *int64 `json:"tokens"`
+		Overage string `json:"overage"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&a); err != nil || a.Tokens == nil {
+		writeError(w, http.StatusBadRequest, "invalid_body", `want {"tokens": N, "overage": "none|percent:N|unlimited"}`)
+		return
+	}
+	if a.Overage == "" {
+		a.Overage = "none"
+	}
+	if err := n.reserver.SetAccount(service, account, meter.Allocation{Tokens: *a.Tokens, Overage: a.Overage}); err != nil {
+		writeError(w, http.StatusUnprocessableEntity, "invalid_allocation", err.Error())
+		return
+	}
+	s := n.eng.Service(service)
+	for _, v := range n.accountViews(s) {
+		if v.Account == account {
+			writeJSON(w, http.StatusOK, v)
+			return
+		}
+	}
+}
+
+func (n *Node) listAccounts(w http.ResponseWriter, r *http.Request) {
+	s := n.eng.Service(r.PathValue("service"))
+	if s == nil {
+		writeError(w, http.StatusNotFound, "unknown_service", "no licence covers service "+r.PathValue("service"))
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"service": s.Name(), "accounts": n.accountViews(s)})
+}
+
+// UsageRow is one service (or account) in one time step of GET /v1/usage.
+type UsageRow struct {
+	From    time.Time `json:"from"`
+	To      time.Time `json:"to"`
+	Service string    `json:"service"`
+	Account string    `json:"account,omitempty"`
+	ledger.Usage
+	Nodes []string `json:"nodes"`
+}
+
+// getUsage sums this node's ledger records per service, account and time
+// step (?step=1h; default: the whole range).
+func (n *Node) getUsage(w http.ResponseWriter, r *http.Request) {
+	from, to, err := timeRange(r)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "invalid_range", err.Error())
+		return
+	}
+	var step time.Duration
+	if v := r.URL.Query().Get("step"); v != "" {
+		if step, err = parseStep(v); err != nil {
+			writeError(w, http.StatusBadRequest, "invalid_step", err.Error())
+			return
+		}
+	}
+	service := r.URL.Query().Get("service")
+	rows := map[[3]string]*UsageRow{}
+	err = n.ledger.Read(from, to, func(_ []byte, rec *ledger.Record) error {
+		u := rec.Usage
+		if u == nil || (service != "" && u.Service != service) {
+			return nil
+		}
+		start, end := from, to
+		if step > 0 {
+			start = rec.From.Truncate(step)
+			end = start.Add(step)
+		}
+		k := [3]string{start.Format(time.RFC3339), u.Service, u.Account}
+		row := rows[k]
+		if row == nil {
+			row = &UsageRow{From: start, To: end, Service: u.Service, Account: u.Account}
+			row.Usage.Service, row.Usage.Account = u.Service, u.Account
+			rows[k] = row
+		}
+		Add(&row.Usage, u)
+		if !contains(row.Nodes, rec.Node) {
+			row.Nodes = append(row.Nodes, rec.Node)
+		}
+		return nil
+	})
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "ledger", err.Error())
+		return
+	}
+	out := make([]*UsageRow, 0, len(rows))
+	for _, row := range rows {
+		out = append(out, row)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		if !a.From.Equal(b.From) {
+			return a.From.Before(b.From)
+		}
+		if a.Service != b.Service {
+			return a.Service < b.Service
+		}
+		return a.Account < b.Account
+	})
+	writeJSON(w, http.StatusOK, map[string]any{"node": n.cfg.NodeName, "usage": out})
+}
+
+// Add adds u to sum: counts add, peaks take the larger.
+func Add(sum *ledger.Usage, u *ledger.Usage) {
+	sum.Attempts += u.Attempts
+	sum.Admitted += u.Admitted
+	sum.Emergency += u.Emergency
+	sum.Tokens += u.Tokens
+	sum.Overage += u.Overage
+	sum.PeakCAPS = max(sum.PeakCAPS, u.PeakCAPS)
+	sum.PeakSessions = max(sum.PeakSessions, u.PeakSessions)
+	sum.PeakSubscribers = max(sum.PeakSubscribers, u.PeakSubscribers)
+	for r, v := range u.Rejected {
+		if sum.Rejected == nil {
+			sum.Rejected = map[string]uint64{}
+		}
+		sum.Rejected[r] += v
+	}
+}
+
+// parseStep reads a usage step: a Go duration (15m, 1h) or Nd for days.
+func parseStep(v string) (time.Duration, error) {
+	if len(v) > 1 && v[len(v)-1] == 'd' {
+		var days int
+		for _, c := range v[:len(v)-1] {
+			if c < '0' || c > '9' {
+				return 0, errors.New("step must be a duration such as 1h or 1d, got " + v)
+			}
+			days = days*10 + int(c-'0')
+			if days > 366 {
+				return 0, errors.New("step must be at most 366d")
+			}
+		}
+		if days == 0 {
+			return 0, errors.New("step must be above 0")
+		}
+		return time.Duration(days) * 24 * time.Hour, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < time.Second {
+		return 0, errors.New("step must be a duration of at least 1s such as 1h or 1d, got " + v)
+	}
+	return d, nil
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
