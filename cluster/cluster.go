@@ -63,7 +63,7 @@ type Config struct {
 	// LedgerHead returns this node's usage-ledger head, which every member
 	// writes into its own ledger as a witness; nil: none.
 	LedgerHead func() (seq uint64, hash string)
-	Log    *slog.Logger
+	Log        *slog.Logger
 }
 
 // Member is one member as GET /v1/cluster shows it.
