@@ -1,0 +1,228 @@
+package billing
+
+import (
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/capsgate/capsgate/licensing/ledger"
+)
+
+// Places is the decimal places of amounts: line amounts are rounded to
+// cents, half up, and the total is the sum of the rounded lines.
+const Places = 2
+
+// Invoice is what a customer owes for a period.
+type Invoice struct {
+	Currency string    `json:"currency"`
+	Customer string    `json:"customer"`
+	From     time.Time `json:"from"`
+	To       time.Time `json:"to"`
+	Lines    []Line    `json:"lines"`
+	Total    Decimal   `json:"total"`
+	// Notes say what was metered but not billed.
+	Notes []string `json:"notes,omitempty"`
+}
+
+// Line is one charge.
+type Line struct {
+	Service     string  `json:"service"`
+	Description string  `json:"description"`
+	Quantity    Decimal `json:"quantity"`
+	UnitPrice   Decimal `json:"unit_price"`
+	Amount      Decimal `json:"amount"`
+}
+
+// Bill computes the invoice for the usage records in [from, to) (a zero
+// bound is open; when open, the invoice's bound is the records'). A record
+// belongs to the period its interval starts in. Records must come from
+// verified ledgers (ledger.Verify); a record given twice is an error.
+//
+// Lines follow the sheet's plans in order. Quantities: sums over the
+// service's records (Account "" for the service totals, or the plan's
+// account), of every node; a peak is the largest sum, at any instant, of
+// the peaks the nodes metered for the intervals covering it (an upper
+// bound of the cluster's peak). Emergency attempts are billed only by a
+// plan whose unit is emergency; otherwise they appear as a line at no
+// charge. Usage of a service without a plan is noted, not billed.
+func Bill(records []ledger.Record, sheet Sheet, from, to time.Time) (Invoice, error) {
+	if err := sheet.validate(); err != nil {
+		return Invoice{}, err
+	}
+	inv := Invoice{Currency: sheet.Currency, Customer: sheet.Customer, From: from, To: to}
+	type id struct {
+		node string
+		seq  uint64
+	}
+	seen := map[id]bool{}
+	var use []*ledger.Record
+	for i := range records {
+		r := &records[i]
+		if seen[id{r.Node, r.Seq}] {
+			return Invoice{}, fmt.Errorf("cannot bill: record %d of node %s given twice", r.Seq, r.Node)
+		}
+		seen[id{r.Node, r.Seq}] = true
+		if r.Usage == nil || !from.IsZero() && r.From.Before(from) || !to.IsZero() && !r.From.Before(to) {
+			continue
+		}
+		use = append(use, r)
+		if from.IsZero() && (inv.From.IsZero() || r.From.Before(inv.From)) {
+			inv.From = r.From
+		}
+		if to.IsZero() && r.To.After(inv.To) {
+			inv.To = r.To
+		}
+	}
+
+	billsEmergency := map[string]bool{}
+	for _, p := range sheet.Plans {
+		inv.Lines = append(inv.Lines, p.lines(quantity(use, p.Service, p.Account, p.Unit))...)
+		if p.Unit == "emergency" && p.Account == "" {
+			billsEmergency[p.Service] = true
+		}
+	}
+	planned := map[string]bool{}
+	for _, p := range sheet.Plans {
+		if planned[p.Service] {
+			continue
+		}
+		planned[p.Service] = true
+		if n := quantity(use, p.Service, "", "emergency"); n > 0 && !billsEmergency[p.Service] {
+			inv.Lines = append(inv.Lines, line(p.Service, "emergency attempts (metered, not billed)", n, Decimal{}.Round(Places)))
+		}
+	}
+	var unplanned []string
+	for _, r := range use {
+		if s := r.Usage.Service; !planned[s] && !slices.Contains(unplanned, s) {
+			unplanned = append(unplanned, s)
+		}
+	}
+	slices.Sort(unplanned)
+	for _, s := range unplanned {
+		inv.Notes = append(inv.Notes, fmt.Sprintf("service %s: usage metered, but no plan in the price sheet (not billed)", s))
+	}
+	inv.Total = Decimal{}.Round(Places)
+	for _, l := range inv.Lines {
+		inv.Total = inv.Total.Add(l.Amount)
+	}
+	return inv, nil
+}
+
+// line prices quantity n at price.
+func line(service, desc string, n uint64, price Decimal) Line {
+	q := NewDecimal(n)
+	return Line{Service: service, Description: desc, Quantity: q, UnitPrice: price, Amount: q.Mul(price).Round(Places)}
+}
+
+// lines returns a plan's charges for quantity n of its unit.
+func (p *Plan) lines(n uint64) []Line {
+	what := units[p.Unit]
+	if p.Account != "" {
+		what += " of account " + p.Account
+	}
+	switch p.Model {
+	case Prepaid:
+		return []Line{
+			line(p.Service, fmt.Sprintf("prepaid pool of %d tokens", p.PrepaidTokens), 1, *p.PrepaidPrice),
+			line(p.Service, fmt.Sprintf("%s beyond the %d prepaid", what, p.PrepaidTokens), sub(n, p.PrepaidTokens), *p.OveragePrice),
+		}
+	case Hybrid:
+		usage := line(p.Service, what, n, *p.Price)
+		if p.Included > 0 {
+			usage = line(p.Service, fmt.Sprintf("%s beyond the %d included", what, p.Included), sub(n, p.Included), *p.Price)
+		}
+		return []Line{line(p.Service, "fixed fee", 1, *p.FixedFee), usage}
+	case Tiered:
+		var out []Line
+		var lo uint64 // units below this tier
+		for _, t := range p.Tiers {
+			in, desc := sub(n, lo), fmt.Sprintf("%s above %d", what, lo)
+			if t.UpTo != nil {
+				in, desc = min(in, *t.UpTo-lo), fmt.Sprintf("%s %d to %d", what, lo+1, *t.UpTo)
+				lo = *t.UpTo
+			}
+			out = append(out, line(p.Service, desc, in, *t.Price))
+		}
+		return out
+	}
+	return []Line{line(p.Service, what, n, *p.Price)}
+}
+
+func sub(a, b uint64) uint64 {
+	if a < b {
+		return 0
+	}
+	return a - b
+}
+
+// quantity returns how much of unit the records of service (and account)
+// show.
+func quantity(use []*ledger.Record, service, account, unit string) uint64 {
+	var sum uint64
+	var peaks []event
+	for _, r := range use {
+		u := r.Usage
+		if u.Service != service || u.Account != account {
+			continue
+		}
+		switch unit {
+		case "attempts":
+			sum += u.Attempts
+		case "admitted":
+			sum += u.Admitted
+		case "rejected":
+			for _, n := range u.Rejected {
+				sum += n
+			}
+		case "tokens":
+			sum += u.Tokens
+		case "overage":
+			sum += u.Overage
+		case "consumed":
+			sum += u.Tokens + u.Overage
+		case "emergency":
+			sum += u.Emergency
+		case "peak_caps":
+			peaks = append(peaks, events(r, u.PeakCAPS)...)
+		case "peak_sessions":
+			peaks = append(peaks, events(r, u.PeakSessions)...)
+		case "peak_subscribers":
+			peaks = append(peaks, events(r, u.PeakSubscribers)...)
+		}
+	}
+	if peaks != nil {
+		return maxOverlap(peaks)
+	}
+	return sum
+}
+
+// event is a node's peak starting (+) or ending (-) at an instant.
+type event struct {
+	at    time.Time
+	delta int64
+}
+
+func events(r *ledger.Record, peak uint64) []event {
+	end := r.To
+	if !end.After(r.From) {
+		end = r.From.Add(time.Nanosecond) // an instant still counts
+	}
+	p := int64(min(peak, 1<<62)) // no overflow when summed
+	return []event{{r.From, p}, {end, -p}}
+}
+
+// maxOverlap returns the largest sum of the peaks whose intervals overlap.
+func maxOverlap(ev []event) uint64 {
+	slices.SortFunc(ev, func(a, b event) int {
+		if c := a.at.Compare(b.at); c != 0 {
+			return c
+		}
+		return int(min(max(a.delta-b.delta, -1), 1)) // ends before starts
+	})
+	var cur, best int64
+	for _, e := range ev {
+		cur += e.delta
+		best = max(best, cur)
+	}
+	return uint64(best)
+}

@@ -1,0 +1,181 @@
+package billing
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Pricing models, a plan's "model".
+const (
+	PayPerUse = "pay_per_use" // quantity × price
+	Prepaid   = "prepaid"     // prepaid_price for prepaid_tokens, overage_price per unit beyond
+	Hybrid    = "hybrid"      // fixed_fee, plus price per unit beyond included
+	Tiered    = "tiered"      // graduated tiers: each unit at the price of the tier it falls in
+)
+
+// Units a plan can bill, a plan's "unit". Sums are over the period's
+// usage records; peaks are the largest cluster-wide value (see Bill).
+var units = map[string]string{
+	"attempts":         "attempts",
+	"admitted":         "admitted attempts",
+	"rejected":         "rejected attempts",
+	"tokens":           "tokens within the pool",
+	"overage":          "overage tokens",
+	"consumed":         "tokens consumed",
+	"emergency":        "emergency attempts",
+	"peak_caps":        "peak CAPS",
+	"peak_sessions":    "peak sessions",
+	"peak_subscribers": "peak subscribers",
+}
+
+// Sheet is a customer's price sheet (see configs/price-sheets/*.yaml).
+type Sheet struct {
+	Currency string `yaml:"currency"`
+	Customer string `yaml:"customer"`
+	Plans    []Plan `yaml:"plans"`
+}
+
+// Plan prices one unit of one service (or account); a service may have
+// several plans (e.g. admitted attempts and peak sessions).
+type Plan struct {
+	Service string `yaml:"service"`
+	// Account bills one account's records; "" the service-level totals.
+	Account string `yaml:"account"`
+	Model   string `yaml:"model"`
+	Unit    string `yaml:"unit"`
+	// Price per unit (pay_per_use, hybrid).
+	Price *Decimal `yaml:"price"`
+	// FixedFee per period and Included units it covers (hybrid).
+	FixedFee *Decimal `yaml:"fixed_fee"`
+	Included uint64   `yaml:"included"`
+	// PrepaidTokens paid PrepaidPrice up front, OveragePrice per unit
+	// beyond them (prepaid).
+	PrepaidTokens uint64   `yaml:"prepaid_tokens"`
+	PrepaidPrice  *Decimal `yaml:"prepaid_price"`
+	OveragePrice  *Decimal `yaml:"overage_price"`
+	// Tiers, graduated (tiered).
+	Tiers []Tier `yaml:"tiers"`
+}
+
+// Tier prices the units up to UpTo (nil: all the rest).
+type Tier struct {
+	UpTo  *uint64  `yaml:"up_to"`
+	Price *Decimal `yaml:"price"`
+}
+
+// LoadSheet reads a price sheet file.
+func LoadSheet(path string) (Sheet, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Sheet{}, fmt.Errorf("cannot read price sheet: %w", err)
+	}
+	s, err := ParseSheet(data)
+	if err != nil {
+		return Sheet{}, fmt.Errorf("price sheet %s: %w", path, err)
+	}
+	return s, nil
+}
+
+// ParseSheet reads a price sheet: YAML, unknown keys refused, and checks
+// it.
+func ParseSheet(data []byte) (Sheet, error) {
+	var s Sheet
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&s); err != nil {
+		if errors.Is(err, io.EOF) {
+			return Sheet{}, errors.New("empty price sheet")
+		}
+		return Sheet{}, err
+	}
+	return s, s.validate()
+}
+
+func (s *Sheet) validate() error {
+	if s.Currency == "" {
+		return errors.New("currency is required (e.g. currency: EUR)")
+	}
+	if len(s.Plans) == 0 {
+		return errors.New("plans: at least one plan is required")
+	}
+	for i := range s.Plans {
+		if err := s.Plans[i].validate(); err != nil {
+			return fmt.Errorf("plans[%d]: %w", i, err)
+		}
+	}
+	return nil
+}
+
+func (p *Plan) validate() error {
+	if p.Service == "" {
+		return errors.New("service is required")
+	}
+	if p.Model == Prepaid && p.Unit == "" {
+		p.Unit = "consumed"
+	}
+	if _, ok := units[p.Unit]; !ok {
+		return fmt.Errorf("unit must be one of attempts, admitted, rejected, tokens, overage, consumed, emergency, peak_caps, peak_sessions, peak_subscribers, got %q", p.Unit)
+	}
+	// Which keys each model takes, and which it needs.
+	type key struct {
+		name string
+		set  bool
+	}
+	keys := []key{{"price", p.Price != nil}, {"fixed_fee", p.FixedFee != nil}, {"included", p.Included != 0},
+		{"prepaid_tokens", p.PrepaidTokens != 0}, {"prepaid_price", p.PrepaidPrice != nil},
+		{"overage_price", p.OveragePrice != nil}, {"tiers", p.Tiers != nil}}
+	var need, may []string
+	switch p.Model {
+	case PayPerUse:
+		need = []string{"price"}
+	case Prepaid:
+		need, may = []string{"prepaid_tokens", "prepaid_price", "overage_price"}, nil
+	case Hybrid:
+		need, may = []string{"fixed_fee", "price"}, []string{"included"}
+	case Tiered:
+		need = []string{"tiers"}
+	default:
+		return fmt.Errorf("model must be pay_per_use, prepaid, hybrid or tiered, got %q", p.Model)
+	}
+	for _, k := range keys {
+		switch {
+		case slices.Contains(need, k.name) && !k.set:
+			return fmt.Errorf("%s is required for model %s", k.name, p.Model)
+		case !slices.Contains(need, k.name) && !slices.Contains(may, k.name) && k.set:
+			return fmt.Errorf("%s does not apply to model %s", k.name, p.Model)
+		}
+	}
+	if p.Model == Tiered {
+		return validTiers(p.Tiers)
+	}
+	return nil
+}
+
+func validTiers(tiers []Tier) error {
+	if len(tiers) == 0 {
+		return errors.New("tiers: at least one tier is required")
+	}
+	var last uint64
+	for i, t := range tiers {
+		switch {
+		case t.Price == nil:
+			return fmt.Errorf("tiers[%d]: price is required", i)
+		case i == len(tiers)-1 && t.UpTo != nil:
+			return fmt.Errorf("tiers[%d]: the last tier has no up_to (it takes all the rest)", i)
+		case i < len(tiers)-1 && t.UpTo == nil:
+			return fmt.Errorf("tiers[%d]: up_to is required but in the last tier", i)
+		case t.UpTo != nil && *t.UpTo <= last:
+			return fmt.Errorf("tiers[%d]: up_to must be above the tier before (%d), got %d", i, last, *t.UpTo)
+		}
+		if t.UpTo != nil {
+			last = *t.UpTo
+		}
+	}
+	return nil
+}
