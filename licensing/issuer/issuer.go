@@ -1,9 +1,11 @@
 // Package issuer is capslicense, the vendor's tool: vendor key generation,
-// licence and revocation issuing, and checking a licence file. The command
+// licence and revocation issuing, checking a licence file, verifying usage
+// ledgers and billing them. The command
 // in cmd/capslicense only calls Main.
 //
-// Exit status: 0 done (for verify: the signature is good), 1 the command
-// failed (a bad signature, an unreadable file, a key that exists), 2 bad
+// Exit status: 0 done (for verify: the signature is good; for usage
+// verify: every record verifies), 1 the command failed (a bad signature, a
+// ledger that does not verify, an unreadable file, a key that exists), 2 bad
 // usage (an unknown flag, a missing or invalid value). Every failure is one
 // line on stderr naming the reason.
 package issuer
@@ -34,8 +36,13 @@ commands:
         print a licence (or revocation) without verifying it
   revoke  --key vendor.key --id ID [--id ID ...] [--reason TEXT]
         print a signed revocation of the given licence ids
-  usage verify, bill
-        not available in this build
+  usage verify --ledger FILE [--ledger FILE ...] [--node-pub NODE=FILE ...] [FILE ...]
+        check usage ledgers (node segment files, GET /v1/ledger exports): print
+        each node's records and head, or its first altered, missing, reordered,
+        duplicated or re-signed record; exit 0 only if every record verifies
+  bill    --ledger FILE [--ledger FILE ...] --price-sheet FILE [--from T] [--to T]
+          [--format table|json|csv] [--node-pub NODE=FILE ...]
+        verify the ledgers, then print the invoice (refused if they do not verify)
 
 FILE may be - for standard input. "capslicense COMMAND --help" shows a command's flags.
 Exit status: 0 ok, 1 failed (e.g. bad signature), 2 bad usage.
@@ -64,6 +71,9 @@ var commands = map[string]command{
 	"verify":  verify,
 	"inspect": inspect,
 	"revoke":  revoke,
+	"bill":    bill,
+
+	"usage verify": usageVerify,
 }
 
 // Main runs capslicense with args (without the program name) and returns
@@ -82,12 +92,12 @@ func run(e *env, args []string) int {
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(e.stdout, usage)
 		return exitOK
-	case "usage", "bill":
-		if name == "usage" && len(args) > 1 && args[1] == "verify" {
-			name = "usage verify"
+	case "usage":
+		if len(args) < 2 || args[1] != "verify" {
+			fmt.Fprintln(e.stderr, "capslicense usage: want a subcommand: usage verify (see capslicense --help)")
+			return exitUsage
 		}
-		fmt.Fprintf(e.stderr, "capslicense: %s: not available in this build\n", name)
-		return exitUsage
+		name, args = "usage verify", args[1:]
 	}
 	cmd, ok := commands[name]
 	if !ok {
