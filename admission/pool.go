@@ -152,3 +152,12 @@ func (s *Service) pool(account string) *pool {
 	}
 	return nil
 }
+
+// Ceiling is how many tokens the pool may hand out in all (its size plus
+// what its overage policy allows), or -1 when there is no end.
+func (p PoolState) Ceiling() int64 {
+	if p.Limit == Unlimited || p.Policy.Kind == OverageUnlimited {
+		return -1
+	}
+	return p.Policy.ceiling(p.Limit)
+}

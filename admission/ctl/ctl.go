@@ -4,6 +4,7 @@ package ctl
 
 import (
 	"bytes"
+	"encoding/csv"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -13,6 +14,7 @@ import (
 	"net/url"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -29,6 +31,7 @@ commands:
   license list                     every licence with its state
   cluster                          members, their state and shares
   accounts set SERVICE ACCOUNT --tokens N [--overage none|percent:N|unlimited]
+  accounts list SERVICE
   usage --service S --from T --to T [--step 1h] [--format table|csv|json]
 
 --addr defaults to $CAPSGATE_ADDR or ` + DefaultAddr + `; --token-file to $CAPSGATE_TOKEN_FILE.
@@ -133,8 +136,11 @@ func (c *client) run(args []string) error {
 }
 
 func (c *client) accounts(args []string) error {
+	if len(args) == 2 && args[0] == "list" {
+		return c.show("GET", "/v1/services/"+url.PathEscape(args[1])+"/accounts", nil)
+	}
 	if len(args) < 3 || args[0] != "set" {
-		return usageError{"want: accounts set SERVICE ACCOUNT --tokens N [--overage P]"}
+		return usageError{"want: accounts set SERVICE ACCOUNT --tokens N [--overage P] | accounts list SERVICE"}
 	}
 	fs := flag.NewFlagSet("accounts set", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
@@ -147,6 +153,7 @@ func (c *client) accounts(args []string) error {
 	return c.show("PUT", "/v1/services/"+url.PathEscape(args[1])+"/accounts/"+url.PathEscape(args[2]), body)
 }
 
+// usage prints GET /v1/usage as a table, CSV or the JSON itself.
 func (c *client) usage(args []string) error {
 	fs := flag.NewFlagSet("usage", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
@@ -158,13 +165,58 @@ func (c *client) usage(args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return usageError{err.Error()}
 	}
+	if *format != "table" && *format != "csv" && *format != "json" {
+		return usageError{"--format must be table, csv or json"}
+	}
 	q := url.Values{}
-	for k, v := range map[string]string{"service": *service, "from": *from, "to": *to, "step": *step, "format": *format} {
+	for k, v := range map[string]string{"service": *service, "from": *from, "to": *to, "step": *step} {
 		if v != "" {
 			q.Set(k, v)
 		}
 	}
-	return c.show("GET", "/v1/usage?"+q.Encode(), nil)
+	if *format == "json" {
+		c.json = true
+	}
+	var v struct {
+		Usage []struct {
+			From, To                      time.Time
+			Service, Account              string
+			Attempts, Admitted, Emergency uint64
+			Rejected                      map[string]uint64
+			PeakCAPS                      uint64 `json:"peak_caps"`
+			PeakSessions                  uint64 `json:"peak_sessions"`
+			PeakSubscribers               uint64 `json:"peak_subscribers"`
+			Tokens, Overage               uint64
+		}
+	}
+	if printed, err := c.decode("GET", "/v1/usage?"+q.Encode(), nil, &v); printed || err != nil {
+		return err
+	}
+	header := []string{"FROM", "TO", "SERVICE", "ACCOUNT", "ATTEMPTS", "ADMITTED", "REJECTED", "EMERGENCY", "PEAK CAPS",
+		"PEAK SESSIONS", "PEAK SUBSCRIBERS", "TOKENS", "OVERAGE"}
+	var rows [][]string
+	for _, u := range v.Usage {
+		var rejected uint64
+		for _, n := range u.Rejected {
+			rejected += n
+		}
+		f := func(n uint64) string { return strconv.FormatUint(n, 10) }
+		rows = append(rows, []string{u.From.UTC().Format(time.RFC3339), u.To.UTC().Format(time.RFC3339), u.Service, u.Account,
+			f(u.Attempts), f(u.Admitted), f(rejected), f(u.Emergency), f(u.PeakCAPS), f(u.PeakSessions), f(u.PeakSubscribers),
+			f(u.Tokens), f(u.Overage)})
+	}
+	if *format == "csv" {
+		w := csv.NewWriter(c.out)
+		_ = w.Write(header)
+		_ = w.WriteAll(rows)
+		return w.Error()
+	}
+	tw := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, strings.Join(header, "\t"))
+	for _, r := range rows {
+		fmt.Fprintln(tw, strings.Join(r, "\t"))
+	}
+	return tw.Flush()
 }
 
 func readFileOrStdin(name string, stdin io.Reader) ([]byte, error) {

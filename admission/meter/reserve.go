@@ -25,7 +25,8 @@ const StateFile = "tokens.json"
 // engine may charge a pool past a mark, the mark is written and fsync'd
 // (Step), and after a restart each pool counts as charged up to its last
 // mark (Restore). The over-count after a crash is at most one block per
-// pool: max(MinBlock, two seconds of that pool's charges). Account
+// pool: max(MinBlock, two seconds of that pool's charges), and never more
+// than what was left in the pool (reservations stop at its ceiling). Account
 // allocations (PUT /v1/services/{s}/accounts/{a}) live in the same file.
 //
 // Step runs off the event loops, every StepEvery.
@@ -206,10 +207,15 @@ func (r *Reserver) stepLocked(now time.Time, write bool) error {
 				ps = &poolState{Ledgered: p.Used}
 				st.Pools[p.Account] = ps
 			}
-			if p.Durable >= 0 && p.Durable-p.Used >= block/2 {
+			next := p.Used + block
+			if c := p.Ceiling(); c >= 0 {
+				// No charge can go past the pool's ceiling: reserving beyond
+				// it would only over-count after a crash.
+				next = min(next, max(c, p.Used))
+			}
+			if p.Durable >= 0 && (p.Durable-p.Used >= block/2 || p.Durable >= next) {
 				continue
 			}
-			next := p.Used + block
 			ps.Reserved = max(ps.Reserved, next)
 			grants = append(grants, grant{s, p.Account, ps.Reserved})
 		}

@@ -167,7 +167,7 @@ func (n *Node) getUsage(w http.ResponseWriter, r *http.Request) {
 		if u == nil || (service != "" && u.Service != service) {
 			return nil
 		}
-		start, end := from, to
+		var start, end time.Time
 		if step > 0 {
 			start = rec.From.Truncate(step)
 			end = start.Add(step)
@@ -178,6 +178,15 @@ func (n *Node) getUsage(w http.ResponseWriter, r *http.Request) {
 			row = &UsageRow{From: start, To: end, Service: u.Service, Account: u.Account}
 			row.Usage.Service, row.Usage.Account = u.Service, u.Account
 			rows[k] = row
+		}
+		if step == 0 {
+			// The whole range: what the records cover.
+			if row.From.IsZero() || rec.From.Before(row.From) {
+				row.From = rec.From
+			}
+			if rec.To.After(row.To) {
+				row.To = rec.To
+			}
 		}
 		Add(&row.Usage, u)
 		if !contains(row.Nodes, rec.Node) {
