@@ -52,7 +52,7 @@ func (n *Node) getLedger(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	err = n.ledger.Read(from, to, func(line []byte, _ *ledger.Record) error {
-		if _, err := w.Write(line); err != nil {
+		if _, err := w.Write(line); err != nil || bytes.HasSuffix(line, []byte("\n")) {
 			return err
 		}
 		_, err := w.Write([]byte("\n"))
