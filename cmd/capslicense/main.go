@@ -1,6 +1,6 @@
 // Command capslicense is the vendor's tool: key generation, licence issuing,
-// verification and revocation (see package licensing/issuer). Usage-ledger
-// verification and bills are not part of this build.
+// verification and revocation, usage-ledger verification and bills (see
+// package licensing/issuer).
 package main
 
 import (
