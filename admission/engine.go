@@ -43,6 +43,11 @@ type Config struct {
 	// node's reserver runs (every 50 ms). Off, charges are not bounded by
 	// any reservation (tests, tools).
 	DurableTokens bool
+	// JournalState: every service logs the changes to its sessions and
+	// subscribers in memory (Service.Drain), for package admission/journal
+	// to make them durable, so that they are back after a restart. Off,
+	// nothing is logged (tests, tools).
+	JournalState bool
 }
 
 // DefaultConfig returns the defaults, each explained on its Config field.
@@ -157,7 +162,7 @@ func (e *Engine) ensure(name string, forLicence bool) (*Service, error) {
 		}
 		e.unlicensedServices++
 	}
-	s := newService(name, e.cfg.DurableTokens, derive(Limits{Sessions: Unlimited, Subscribers: Unlimited, Tokens: 0, State: "unlicensed"}, &e.cfg))
+	s := newService(name, e.cfg.DurableTokens, e.cfg.JournalState, derive(Limits{Sessions: Unlimited, Subscribers: Unlimited, Tokens: 0, State: "unlicensed"}, &e.cfg))
 	m := make(map[string]*Service, len(old)+1)
 	for k, v := range old {
 		m[k] = v
@@ -182,6 +187,9 @@ func (e *Engine) SetLimits(service string, l Limits) error {
 	old := s.lim.Swap(d)
 	rescale(&s.capsTAT, &old.caps, &d.caps, now)
 	rescale(&s.headroomTAT, &old.headroom, &d.headroom, now)
+	if l.PeriodID > s.periodID {
+		s.newPeriod(l.PeriodID)
+	}
 	s.applyPool(d)
 	s.mu.Unlock()
 	return nil
@@ -289,8 +297,10 @@ func (e *Engine) admitLocked(now int64, s *Service, call, acct []byte, prio Prio
 		s.emergency.Add(1)
 		d := Decision{Reason: OK, Remaining: -1}
 		if call != nil {
-			s.sessions.put(key, session{first: d, prio: Emergency}, now+int64(e.cfg.SessionTTL))
+			exp := now + int64(e.cfg.SessionTTL)
+			s.sessions.put(key, session{first: d, prio: Emergency}, exp)
 			s.emergN.Add(1)
+			s.logChange(Change{Kind: SessionOpened, Priority: Emergency, Key: key, Expires: exp, Remaining: d.Remaining})
 		}
 		return d
 	}
@@ -334,9 +344,14 @@ func (e *Engine) admitLocked(now int64, s *Service, call, acct []byte, prio Prio
 	}
 	d = Decision{Reason: OK, Remaining: clampRemaining(remaining)}
 	if call != nil {
-		s.sessions.put(key, session{first: d, prio: prio, account: a, licensed: true}, now+int64(e.cfg.SessionTTL))
+		x := session{first: d, prio: prio, account: a, licensed: true}
+		exp := now + int64(e.cfg.SessionTTL)
+		s.sessions.put(key, x, exp)
 		s.licensedSessions++
 		s.sessionsN.Add(1)
+		if s.journal {
+			s.logChange(sessionChange(key, exp, x))
+		}
 	}
 	s.counts[OK].Add(1)
 	return d
@@ -373,6 +388,7 @@ func (e *Engine) Release(now int64, service, call []byte, seconds int64) bool {
 	if !live {
 		return false
 	}
+	s.logChange(Change{Kind: SessionClosed, Key: key})
 	if x.licensed {
 		s.licensedSessions--
 		s.sessionsN.Add(-1)
@@ -432,6 +448,7 @@ func (e *Engine) RegisterNew(now int64, service, sub []byte, ttl int64) (Decisio
 	}
 	if x, ok := s.subscribers.get(key, now); ok {
 		s.subscribers.refresh(x, exp)
+		s.logChange(Change{Kind: SubscriberSet, Key: key, Expires: exp})
 		return Decision{Reason: OK, Remaining: left()}, false
 	}
 	if l.Subscribers != Unlimited && int64(s.subscribers.len()) >= l.Subscribers {
@@ -442,6 +459,7 @@ func (e *Engine) RegisterNew(now int64, service, sub []byte, ttl int64) (Decisio
 	}
 	s.subscribers.put(key, struct{}{}, exp)
 	s.subsN.Add(1)
+	s.logChange(Change{Kind: SubscriberSet, Key: key, Expires: exp})
 	return Decision{Reason: OK, Remaining: left()}, true
 }
 
@@ -457,6 +475,7 @@ func (e *Engine) Deregister(now int64, service, sub []byte) bool {
 	_, live := s.subscribers.del(key, now)
 	if live {
 		s.subsN.Add(-1)
+		s.logChange(Change{Kind: SubscriberGone, Key: key})
 	}
 	return live
 }

@@ -33,6 +33,10 @@ type Limits struct {
 	TokensPerMinute  int64
 	// Overage decides what happens when the pool is empty.
 	Overage Overage
+	// PeriodID names the usage period the limits belong to (a monthly
+	// licence: months since year 0, UTC, by the licence clock); 0: none.
+	// When it moves on, every token pool of the service starts empty.
+	PeriodID int64
 	// TokensShared says the pool is shared with other members (set by the
 	// cluster): this node may charge the service's unallocated pool up to
 	// TokensBudget in all, its part of the pool. A single node draws on

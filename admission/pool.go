@@ -9,12 +9,15 @@ import (
 // account's allocation. Guarded by the owning service's mutex.
 type pool struct {
 	limit   int64 // tokens in the pool, or Unlimited (metered, never refused)
-	used    int64 // every token charged, in the pool and beyond it
+	used    int64 // every token charged this period, in the pool and beyond it
 	overage int64 // the part of used that went beyond limit
 	policy  Overage
-	// durable is how far used may go: what is reserved on disk, so that a
+	// total and totalOver are used and overage over every period (they
+	// only grow); base is total when the period began.
+	total, totalOver, base int64
+	// durable is how far total may go: what is reserved on disk, so that a
 	// crash never loses an acknowledged charge (see Service.Reserve);
-	// unset, nothing is persisted and used may go anywhere.
+	// unset, nothing is persisted and total may go anywhere.
 	durable    int64
 	durableSet bool
 }
@@ -22,7 +25,7 @@ type pool struct {
 // reserved reports whether n more tokens are covered by the durable
 // reservation.
 func (p *pool) reserved(n int64) bool {
-	return !p.durableSet || n <= 0 || (p.used <= p.durable && n <= p.durable-p.used)
+	return !p.durableSet || n <= 0 || (p.total <= p.durable && n <= p.durable-p.total)
 }
 
 // left returns the tokens still in the pool (0 when in overage), or -1.
@@ -54,11 +57,19 @@ func (p *pool) charge(n int64) {
 	}
 	if p.limit == Unlimited {
 		p.used = satAdd(p.used, n)
+		p.total = satAdd(p.total, n)
 		return
 	}
-	before := max(p.used-p.limit, 0)
+	before, over := max(p.used-p.limit, 0), p.overage
 	p.used = satAdd(p.used, n)
 	p.overage += max(p.used-p.limit, 0) - before
+	p.total = satAdd(p.total, n)
+	p.totalOver = satAdd(p.totalOver, p.overage-over)
+}
+
+// newPeriod empties the pool for a new usage period.
+func (p *pool) newPeriod() {
+	p.used, p.overage, p.base = 0, 0, p.total
 }
 
 // satAdd adds non-negative counts, stopping at math.MaxInt64 instead of
@@ -85,10 +96,16 @@ type PoolState struct {
 	// its allocation.
 	Limit   int64
 	Policy  Overage
-	Used    int64 // charged in all, overage included
+	Used    int64 // charged this period, overage included
 	Overage int64 // the part of Used beyond Limit
-	// Durable is the reservation on disk (Reserve); -1 when none is set.
+	// Total and TotalOverage are Used and Overage over every period (they
+	// only grow: the meter counts from them); Base is Total when the period
+	// began.
+	Total, TotalOverage, Base int64
+	// Durable is the reservation on disk for Total (Reserve); -1 when none.
 	Durable int64
+	// PeriodID is the service's current usage period (Limits.PeriodID).
+	PeriodID int64
 }
 
 // Pools returns the service's token pools, the service's own first, then
@@ -97,6 +114,7 @@ func (s *Service) Pools() []PoolState {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := []PoolState{s.tokens.state("")}
+	out[0].PeriodID = s.periodID
 	names := make([]string, 0, len(s.accounts))
 	for name := range s.accounts {
 		names = append(names, name)
@@ -104,6 +122,7 @@ func (s *Service) Pools() []PoolState {
 	slices.Sort(names)
 	for _, name := range names {
 		out = append(out, s.accounts[name].state(name))
+		out[len(out)-1].PeriodID = s.periodID
 	}
 	return out
 }
@@ -113,7 +132,8 @@ func (p *pool) state(account string) PoolState {
 	if p.durableSet {
 		d = p.durable
 	}
-	return PoolState{Account: account, Limit: p.limit, Policy: p.policy, Used: p.used, Overage: p.overage, Durable: d}
+	return PoolState{Account: account, Limit: p.limit, Policy: p.policy, Used: p.used, Overage: p.overage,
+		Total: p.total, TotalOverage: p.totalOver, Base: p.base, Durable: d}
 }
 
 // Reserve sets how far a pool's charges may go before the next
@@ -128,17 +148,26 @@ func (s *Service) Reserve(account string, durable int64) {
 	}
 }
 
-// Restore raises a pool's charges to what a previous run reserved, after a
-// restart: tokens reserved but perhaps not charged count as charged, so a
-// crash never under-counts (it may over-count by what was reserved ahead).
-func (s *Service) Restore(account string, used int64) {
+// Restore gives a pool back what a previous run reserved, after a
+// restart: total charges up to the reservation (tokens reserved but perhaps
+// not charged count as charged, so a crash never under-counts; it may
+// over-count by what was reserved ahead), and, when the saved period is the
+// current one, this period's charges since base.
+func (s *Service) Restore(account string, total, base, periodID int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	p := s.pool(account)
-	if p == nil || used <= p.used {
+	if p == nil || total <= p.total {
 		return
 	}
-	s.charge(p, used-p.used)
+	if periodID == s.periodID && base <= total {
+		p.total, p.used, p.overage = base, 0, 0
+		s.charge(p, total-base) // this period's part, measured against the pool
+		p.base = base
+		return
+	}
+	// The saved charges belong to a period that has ended.
+	p.total, p.base = total, total
 }
 
 // pool returns the pool of account ("" the service's), or nil. Called with

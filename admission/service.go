@@ -48,19 +48,28 @@ type Service struct {
 	// accounts' allocations).
 	tokens    pool
 	allocated int64
+	// periodID is the usage period the pools count (Limits.PeriodID).
+	periodID int64
 	accounts  map[string]*account
 	// rate tracking for usedCAPS
 	rateMark  int64
 	rateCount uint64
+	// changes logs what happened to sessions and subscribers since the
+	// journal last drained it, when journal is set (see state.go);
+	// changesLost records that the log was full and dropped some.
+	journal     bool
+	changes     []Change
+	changesLost bool
 }
 
-func newService(name string, durable bool, l *derived) *Service {
-	s := &Service{name: name, accounts: make(map[string]*account)}
+func newService(name string, durable, journal bool, l *derived) *Service {
+	s := &Service{name: name, accounts: make(map[string]*account), journal: journal}
 	s.tokens.durableSet = durable
 	s.lim.Store(l)
 	s.sessions.init(s.sessionGone)
 	s.subscribers.init(func(struct{}) { s.subsN.Add(-1) })
 	s.consumed.init(nil)
+	s.periodID = l.PeriodID
 	s.applyPool(l)
 	return s
 }
@@ -113,10 +122,20 @@ func (s *Service) sweepAtLimit(last *int64, now int64, expire func(int64)) {
 
 // charge records n tokens taken from p. Called with mu held.
 func (s *Service) charge(p *pool, n int64) {
-	used, over := p.used, p.overage
+	total, over := p.total, p.totalOver
 	p.charge(n)
-	s.tokensUse.Add(p.used - used) // what the pool really took (it saturates)
-	s.overUse.Add(p.overage - over)
+	s.tokensUse.Add(p.total - total) // what the pool really took (it saturates)
+	s.overUse.Add(p.totalOver - over)
+}
+
+// newPeriod starts a usage period: every pool of the service empty.
+// Called with mu held.
+func (s *Service) newPeriod(id int64) {
+	s.periodID = id
+	s.tokens.newPeriod()
+	for _, a := range s.accounts {
+		a.newPeriod()
+	}
 }
 
 // Stats is a snapshot of a service's limits and counters on this node.
@@ -137,7 +156,7 @@ type Stats struct {
 	// the service's unallocated pool (-1: unlimited).
 	TokensUsed, Overage, TokensLeft int64
 	// PoolUsed is what this node has charged to the service's unallocated
-	// pool (the part the cluster shares between members); Allocated the
+	// pool this period (the part the cluster shares between members); Allocated the
 	// tokens allocated to accounts out of the service's pool.
 	PoolUsed, Allocated int64
 	// UsedCAPS is the admitted attempts per second over the last second.

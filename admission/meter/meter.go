@@ -13,6 +13,7 @@ package meter
 
 import (
 	"math"
+	"sort"
 	"sync"
 	"time"
 
@@ -62,20 +63,15 @@ func (m *Meter) baseline(s *admission.Service) snapshot {
 	snap := snapshot{st: s.Stats(), pools: map[string]admission.PoolState{}}
 	for _, p := range s.Pools() {
 		if m.res != nil {
-			if l := m.res.Ledgered(s.Name(), p.Account); l >= 0 && l < p.Used {
+			if l := m.res.Ledgered(s.Name(), p.Account); l >= 0 && l < p.Total {
 				// Charged before a crash but not yet in the ledger: the
 				// next record carries it.
-				over := min(p.Overage, p.Used-l)
-				p.Used, p.Overage = l, p.Overage-over
+				over := min(p.TotalOverage, p.Total-l)
+				p.Total, p.TotalOverage = l, p.TotalOverage-over
 			}
 		}
 		snap.pools[p.Account] = p
 	}
-	var used, over int64
-	for _, p := range snap.pools {
-		used, over = used+p.Used, over+p.Overage
-	}
-	snap.st.TokensUsed, snap.st.Overage = used, over
 	return snap
 }
 
@@ -113,7 +109,7 @@ func (m *Meter) Flush(now time.Time) error {
 		cur := snapshot{st: s.Stats(), pools: map[string]admission.PoolState{}}
 		for _, p := range s.Pools() {
 			cur.pools[p.Account] = p
-			marks[[2]string{s.Name(), p.Account}] = p.Used
+			marks[[2]string{s.Name(), p.Account}] = p.Total
 		}
 		next[s.Name()] = cur
 		pk := m.peaks[s.Name()]
@@ -121,18 +117,19 @@ func (m *Meter) Flush(now time.Time) error {
 			pk = &peaks{}
 		}
 		u := serviceUsage(s.Name(), prev.st, cur.st, *pk)
+		var accounts []ledger.Usage
+		for acct, p := range cur.pools {
+			t, o := poolDelta(prev.pools[acct], p)
+			u.Tokens, u.Overage = u.Tokens+t, u.Overage+o
+			if acct != "" && (t > 0 || o > 0) {
+				accounts = append(accounts, ledger.Usage{Service: s.Name(), Account: acct, Tokens: t, Overage: o})
+			}
+		}
 		if !u.empty() {
 			usage = append(usage, u.Usage)
 		}
-		for acct, p := range cur.pools {
-			if acct == "" {
-				continue
-			}
-			q := prev.pools[acct]
-			if t, o := p.Used-p.Overage-(q.Used-q.Overage), p.Overage-q.Overage; t > 0 || o > 0 {
-				usage = append(usage, ledger.Usage{Service: s.Name(), Account: acct, Tokens: uint64(max(t, 0)), Overage: uint64(max(o, 0))})
-			}
-		}
+		sort.Slice(accounts, func(i, j int) bool { return accounts[i].Account < accounts[j].Account })
+		usage = append(usage, accounts...)
 	}
 	var wit []ledger.Witness
 	if m.witnesses != nil {
@@ -150,6 +147,14 @@ func (m *Meter) Flush(now time.Time) error {
 		return m.res.MarkLedgered(marks, true)
 	}
 	return nil
+}
+
+// poolDelta is the tokens a pool took between two snapshots, within the
+// pool and beyond it.
+func poolDelta(prev, cur admission.PoolState) (tokens, overage uint64) {
+	t := cur.Total - cur.TotalOverage - (prev.Total - prev.TotalOverage)
+	o := cur.TotalOverage - prev.TotalOverage
+	return uint64(max(t, 0)), uint64(max(o, 0))
 }
 
 type usage struct{ ledger.Usage }
@@ -172,9 +177,6 @@ func serviceUsage(name string, prev, cur admission.Stats, pk peaks) usage {
 	}
 	u.Emergency = cur.Emergency - prev.Emergency
 	u.PeakCAPS, u.PeakSessions, u.PeakSubscribers = pk.caps, pk.sessions, pk.subscribers
-	over := max(cur.Overage-prev.Overage, 0)
-	u.Tokens = uint64(max(cur.TokensUsed-prev.TokensUsed-over, 0))
-	u.Overage = uint64(over)
 	if len(u.Rejected) == 0 {
 		u.Rejected = nil
 	}

@@ -59,6 +59,8 @@ type fileState struct {
 }
 
 type serviceState struct {
+	// PeriodID is the usage period Base belongs to.
+	PeriodID int64 `json:"period_id,omitempty"`
 	// Pools by account ("" the service's own).
 	Pools map[string]*poolState `json:"pools"`
 	// Accounts are the allocations made through the admin API.
@@ -66,10 +68,13 @@ type serviceState struct {
 }
 
 type poolState struct {
-	// Reserved: charges up to this may have been acknowledged.
+	// Reserved: charges (over every period) up to this may have been
+	// acknowledged.
 	Reserved int64 `json:"reserved"`
 	// Ledgered: charges up to this are in the usage ledger.
 	Ledgered int64 `json:"ledgered"`
+	// Base: charges when the period began.
+	Base int64 `json:"base"`
 }
 
 // Allocation is an account's part of a service's token pool.
@@ -138,7 +143,7 @@ func (r *Reserver) restoreLocked(s *admission.Service) {
 		}
 	}
 	for acct, p := range st.Pools {
-		s.Restore(acct, p.Reserved)
+		s.Restore(acct, p.Reserved, p.Base, st.PeriodID)
 		s.Reserve(acct, p.Reserved)
 	}
 }
@@ -201,19 +206,22 @@ func (r *Reserver) stepLocked(now time.Time, write bool) error {
 		st := r.service(s.Name())
 		for _, p := range s.Pools() {
 			k := poolKey{s.Name(), p.Account}
-			block := r.block(k, p.Used, now)
+			block := r.block(k, p.Total, now)
 			ps := st.Pools[p.Account]
 			if ps == nil {
-				ps = &poolState{Ledgered: p.Used}
+				ps = &poolState{Ledgered: p.Total}
 				st.Pools[p.Account] = ps
 			}
-			next := p.Used + block
-			if c := p.Ceiling(); c >= 0 {
-				// No charge can go past the pool's ceiling: reserving beyond
-				// it would only over-count after a crash.
-				next = min(next, max(c, p.Used))
+			if ps.Base != p.Base || st.PeriodID != p.PeriodID {
+				ps.Base, st.PeriodID, write = p.Base, p.PeriodID, true
 			}
-			if p.Durable >= 0 && (p.Durable-p.Used >= block/2 || p.Durable >= next) {
+			next := p.Total + block
+			if c := p.Ceiling(); c >= 0 {
+				// No charge can go past the pool's ceiling this period:
+				// reserving beyond it would only over-count after a crash.
+				next = min(next, max(p.Base+c, p.Total))
+			}
+			if p.Durable >= 0 && (p.Durable-p.Total >= block/2 || p.Durable >= next) {
 				continue
 			}
 			ps.Reserved = max(ps.Reserved, next)

@@ -1,0 +1,180 @@
+package admission
+
+// This file is the engine's side of making open sessions and registrations
+// survive a restart (package admission/journal is the other): each
+// service logs its changes into a bounded in-memory slice under the mutex
+// it already holds, and the journal drains, writes and replays them. The
+// decision path does no I/O and allocates nothing for it.
+
+// ChangeKind says what a Change did.
+type ChangeKind uint8
+
+// The kinds of Change. An entry that expires is not logged: a replay drops
+// whatever has expired by then.
+const (
+	SessionOpened  ChangeKind = iota + 1 // ADMIT ... CALL opened a session
+	SessionClosed                        // RELEASE ended one
+	SubscriberSet                        // REGISTER added or refreshed a subscriber
+	SubscriberGone                       // DEREGISTER (or a cluster claim) removed one
+)
+
+// Change is one change to a service's sessions or subscribers: a small
+// fixed-size value, so the log is a slice that never allocates once it has
+// its capacity. Account is the account's interned name (no copy).
+type Change struct {
+	Kind     ChangeKind
+	Priority Priority // SessionOpened
+	Licensed bool     // SessionOpened: counts against the licensed sessions
+	Key      Key
+	// Expires is the entry's expiry on the engine's clock (SessionOpened,
+	// SubscriberSet).
+	Expires int64
+	// Remaining is the `remaining` of the session's first decision, which a
+	// repeated ADMIT gets again (SessionOpened).
+	Remaining int64
+	// Account the session's RELEASE ... SECONDS charges ("" the service's
+	// pool) (SessionOpened).
+	Account string
+}
+
+// logChange appends c to the change log when journaling is on. A full log
+// drops c and remembers it lost something: the drainer then takes a
+// snapshot (Service.Snapshot), which covers what was lost. Called with mu
+// held; never allocates.
+func (s *Service) logChange(c Change) {
+	if !s.journal {
+		return
+	}
+	if len(s.changes) == cap(s.changes) {
+		s.changesLost = true
+		return
+	}
+	s.changes = append(s.changes, c)
+}
+
+// Drain returns the changes logged since the last Drain or Snapshot, and
+// whether some were lost because the log was full (the caller must then
+// take a Snapshot to be complete). buf's storage becomes the new log: its
+// capacity bounds how many changes the service logs until the next Drain,
+// so a caller that alternates two buffers (passing back the slice the
+// previous Drain returned) makes journaling allocation-free in steady
+// state. Called off the decision path (the journal's flush loop).
+func (s *Service) Drain(buf []Change) (changes []Change, lost bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	changes, lost = s.changes, s.changesLost
+	s.changes, s.changesLost = buf[:0], false
+	return changes, lost
+}
+
+// Snapshot appends the service's live sessions (as SessionOpened) and
+// subscribers (as SubscriberSet) at now to out, and, in the same critical
+// section, makes buf the new change log, so the changes logged after it
+// are exactly those the snapshot does not show. What was logged before is
+// returned as drained, for the caller to recycle; it is covered by the
+// snapshot.
+func (s *Service) Snapshot(now int64, out, buf []Change) (snap, drained []Change) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i := range s.sessions.ents {
+		e := &s.sessions.ents[i]
+		if e.slot == none || e.exp <= now {
+			continue // free, or due
+		}
+		out = append(out, sessionChange(e.key, e.exp, e.v))
+	}
+	for i := range s.subscribers.ents {
+		e := &s.subscribers.ents[i]
+		if e.slot == none || e.exp <= now {
+			continue
+		}
+		out = append(out, Change{Kind: SubscriberSet, Key: e.key, Expires: e.exp})
+	}
+	drained = s.changes
+	s.changes, s.changesLost = buf[:0], false
+	return out, drained
+}
+
+func sessionChange(k Key, exp int64, x session) Change {
+	c := Change{Kind: SessionOpened, Priority: x.prio, Licensed: x.licensed, Key: k, Expires: exp, Remaining: x.first.Remaining}
+	if x.account != nil {
+		c.Account = x.account.name
+	}
+	return c
+}
+
+// Restore puts back a service's sessions and subscribers after a restart,
+// before the node serves: changes are what a snapshot and the journal
+// after it say, in order, with expiries on this engine's clock. Entries
+// due at now are dropped. The service is created (unlicensed, as an
+// emergency call would) if no licence has made it yet. Restoring is not
+// logged. It returns how many sessions and subscribers are open after it.
+func (e *Engine) Restore(now int64, service string, changes []Change) (sessions, subscribers int, err error) {
+	s := e.Service(service)
+	if s == nil {
+		if s, err = e.ensure(service, false); err != nil {
+			return 0, 0, err
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, c := range changes {
+		switch c.Kind {
+		case SessionOpened:
+			s.dropSession(c.Key)
+			if c.Expires <= now {
+				continue
+			}
+			x := session{first: Decision{Reason: OK, Remaining: c.Remaining}, prio: c.Priority, licensed: c.Licensed}
+			if c.Account != "" {
+				x.account = s.accounts[c.Account] // nil if no longer allocated: the service's pool
+			}
+			s.sessions.put(c.Key, x, c.Expires)
+			if x.licensed {
+				s.licensedSessions++
+				s.sessionsN.Add(1)
+			} else {
+				s.emergN.Add(1)
+			}
+		case SessionClosed:
+			s.dropSession(c.Key)
+		case SubscriberSet:
+			if x, ok := s.subscribers.get(c.Key, now); ok {
+				if c.Expires <= now {
+					s.subscribers.del(c.Key, now)
+					s.subsN.Add(-1)
+				} else {
+					s.subscribers.refresh(x, c.Expires)
+				}
+				continue
+			}
+			if c.Expires > now {
+				s.subscribers.put(c.Key, struct{}{}, c.Expires)
+				s.subsN.Add(1)
+			}
+		case SubscriberGone:
+			if _, live := s.subscribers.del(c.Key, now); live {
+				s.subsN.Add(-1)
+			}
+		}
+	}
+	return s.sessions.len(), s.subscribers.len(), nil
+}
+
+// dropSession removes k's session, live or due, keeping the counts.
+// Called with mu held.
+func (s *Service) dropSession(k Key) {
+	i, ok := s.sessions.idx[k]
+	if !ok {
+		return
+	}
+	x := s.sessions.ents[i].v
+	s.sessions.remove(i)
+	s.sessionGone(x)
+}
+
+// Parts returns the key's two 64-bit halves, for storing it.
+func (k Key) Parts() (hi, lo uint64) { return k.hi, k.lo }
+
+// KeyFromParts is the key whose Parts are hi and lo.
+func KeyFromParts(hi, lo uint64) Key { return Key{hi, lo} }
