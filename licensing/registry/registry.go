@@ -90,6 +90,7 @@ type Registry struct {
 	revDocs  map[string][]byte // revocation id → armored document
 	guard    *clockGuard
 	now      time.Time       // effective time of the last evaluation
+	period   int64           // the usage period of now (PeriodOf), as last applied
 	services map[string]bool // services ever given limits
 	// warnedAhead: a peer's mark too far ahead was logged (once per episode).
 	warnedAhead bool
@@ -296,10 +297,27 @@ func (r *Registry) Tick() time.Time {
 			e.state, changed = st, true
 		}
 	}
+	if p := PeriodOf(r.now); p != r.period {
+		// A new calendar month: monthly licences' pools start empty.
+		changed = true
+	}
 	if changed {
 		r.applyLocked()
 	}
 	return r.nextChangeLocked()
+}
+
+// PeriodOf names the calendar month (UTC) of t for monthly usage limits:
+// months since the start of year 0.
+func PeriodOf(t time.Time) int64 {
+	t = t.UTC()
+	return int64(t.Year())*12 + int64(t.Month()) - 1
+}
+
+// nextMonth is when the month after t's begins (UTC).
+func nextMonth(t time.Time) time.Time {
+	t = t.UTC()
+	return time.Date(t.Year(), t.Month()+1, 1, 0, 0, 0, 0, time.UTC)
 }
 
 // markSaveEvery bounds how much of the mark a crash can lose.
@@ -318,6 +336,11 @@ func (r *Registry) nextChangeLocked() time.Time {
 		}
 		if t := e.lic.NextChange(r.now); !t.IsZero() && (next.IsZero() || t.Before(next)) {
 			next = t
+		}
+		if e.lic.Period == licensing.PeriodMonthly {
+			if t := nextMonth(r.now); next.IsZero() || t.Before(next) {
+				next = t
+			}
 		}
 	}
 	return next
@@ -344,6 +367,7 @@ func (r *Registry) applyLocked() {
 		revoked[id] = true
 	}
 	ents := licensing.Effective(all, revoked, r.now)
+	r.period = PeriodOf(r.now)
 	for s := range ents {
 		r.services[s] = true
 	}
@@ -387,6 +411,9 @@ func (r *Registry) limits(ent licensing.Entitlement) admission.Limits {
 	}
 	if ov, err := admission.ParseOverage(ent.Overage); err == nil {
 		l.Overage = ov
+	}
+	if ent.Period == licensing.PeriodMonthly {
+		l.PeriodID = PeriodOf(r.now)
 	}
 	return l
 }

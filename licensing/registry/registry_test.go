@@ -260,3 +260,46 @@ func TestPeerClockMarkTooFarAheadIsRefused(t *testing.T) {
 	f.reg.ObserveMark(t0.Add(4 * time.Minute))
 	require.Equal(t, t0.Add(4*time.Minute), f.reg.ClockMark())
 }
+
+// A monthly licence's pools start empty at each calendar month (UTC), by
+// the licence clock, and never in between; leap years included.
+func TestMonthlyPeriods(t *testing.T) {
+	f := newFixture(t)
+	f.wall = time.Date(2028, 1, 31, 23, 0, 0, 0, time.UTC)
+	res, err := f.reg.Add(f.sign(licensing.License{ID: "m1", Service: "pre", CAPS: 1000, Tokens: 100, Period: licensing.PeriodMonthly,
+		NotBefore: time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC), NotAfter: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}))
+	require.NoError(t, err)
+	require.True(t, res.New)
+	clk := admission.NewFakeClock()
+	spend := func(n int64) admission.Decision {
+		return f.eng.Consume(clk.Now(), []byte("pre"), []byte("x"), n, nil)
+	}
+	left := func() int64 { return f.eng.Service("pre").Stats().TokensLeft }
+	require.True(t, spend(100).Admitted())
+	require.Equal(t, admission.TOKENS, spend(1).Reason)
+
+	step := func(to time.Time, wantLeft int64, next time.Time) {
+		t.Helper()
+		f.wall = to
+		require.Equal(t, next, f.reg.Tick(), "next change after %v", to)
+		require.Equal(t, wantLeft, left(), "tokens left at %v", to)
+	}
+	// Still January: nothing back; the next change is 1 February.
+	step(time.Date(2028, 1, 31, 23, 59, 59, 0, time.UTC), 0, time.Date(2028, 2, 1, 0, 0, 0, 0, time.UTC))
+	// February of a leap year: a full pool.
+	step(time.Date(2028, 2, 1, 0, 0, 0, 0, time.UTC), 100, time.Date(2028, 3, 1, 0, 0, 0, 0, time.UTC))
+	require.True(t, spend(60).Admitted())
+	step(time.Date(2028, 2, 29, 23, 59, 59, 0, time.UTC), 40, time.Date(2028, 3, 1, 0, 0, 0, 0, time.UTC))
+	step(time.Date(2028, 3, 1, 0, 0, 0, 0, time.UTC), 100, time.Date(2028, 4, 1, 0, 0, 0, 0, time.UTC))
+	require.True(t, spend(100).Admitted())
+	// A year end, and February of a common year.
+	step(time.Date(2028, 12, 31, 23, 59, 0, 0, time.UTC), 100, time.Date(2029, 1, 1, 0, 0, 0, 0, time.UTC))
+	require.True(t, spend(30).Admitted())
+	step(time.Date(2029, 1, 1, 0, 0, 0, 0, time.UTC), 100, time.Date(2029, 2, 1, 0, 0, 0, 0, time.UTC))
+	step(time.Date(2029, 2, 28, 23, 59, 59, 0, time.UTC), 100, time.Date(2029, 3, 1, 0, 0, 0, 0, time.UTC))
+	// Metered usage over every period keeps growing.
+	require.Equal(t, int64(290), f.eng.Service("pre").Stats().TokensUsed)
+	// A clock set back does not bring a pool back.
+	require.True(t, spend(100).Admitted())
+	step(time.Date(2028, 12, 1, 0, 0, 0, 0, time.UTC), 0, time.Date(2029, 3, 1, 0, 0, 0, 0, time.UTC))
+}
