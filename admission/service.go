@@ -50,7 +50,7 @@ type Service struct {
 	allocated int64
 	// periodID is the usage period the pools count (Limits.PeriodID).
 	periodID int64
-	accounts  map[string]*account
+	accounts map[string]*account
 	// rate tracking for usedCAPS
 	rateMark  int64
 	rateCount uint64

@@ -1,0 +1,53 @@
+// Package journal makes a node's open sessions (ADMIT ... CALL) and
+// registered subscribers (REGISTER) survive a restart or a kill -9.
+//
+// The engine does no I/O while deciding. With admission.Config.JournalState
+// set, each service appends a small fixed-size admission.Change to an
+// in-memory log under the mutex it already holds (see admission/state.go);
+// the log is a preallocated slice, so the decision path allocates nothing.
+// A Journal drains every service's log each FlushEvery, appends the
+// changes to data_dir/state/journal-N.log and fsyncs once for all of them
+// (group commit):
+//
+//	j, err := journal.Open(journal.Config{Dir: filepath.Join(dataDir, journal.Dir),
+//		Engine: eng, Clock: clk})      // restores, before the front end serves
+//	...
+//	for range time.Tick(journal.FlushEvery) {
+//		j.Flush()
+//	}
+//	...
+//	j.Close()                         // the last changes, at a clean stop
+//
+// # Files
+//
+// data_dir/state holds snapshot-N.state, every live session and subscriber
+// when it was written (atomically: a temporary file, fsync, rename, fsync
+// of the directory), and journal-N.log, the changes since. Both are a magic
+// header and records of a length, a CRC-32C and a payload; expiries are
+// stored as wall-clock time, so they hold across runs of the engine's
+// monotonic clock. When the journal passes Config.MaxJournalBytes, Flush
+// writes snapshot N+1, starts journal N+1 and removes N. Open reads the
+// newest snapshot and its journal up to the first torn or corrupt record
+// (a crash mid-write; what follows is cut off and logged), restores what
+// has not expired into the engine and compacts at once, so a restart
+// begins on a fresh snapshot.
+//
+// If a service's log fills up between two flushes (it starts empty and
+// doubles up to 65536 changes per interval), it drops changes and the next
+// flush writes that service whole instead (a reset record and its live
+// entries), so nothing is lost to an overflow.
+//
+// # Guarantees
+//
+//   - A session or registration acknowledged before the last Flush that
+//     returned survives kill -9: after the restart it is open again with
+//     the same expiry, licensed flag, priority, account and first decision
+//     (a repeated ADMIT ... CALL gets the same answer and is not counted;
+//     RELEASE answers :1), and an ended one stays ended.
+//   - The window of loss is one flush interval: sessions opened,
+//     released, registered or deregistered within the last FlushEvery
+//     (20 ms, plus the fsync) before a kill -9 may be missing from, or
+//     still present in, the restored state. A clean stop (SIGTERM) loses
+//     nothing.
+//   - Entries that expired while the node was down are not restored.
+package journal

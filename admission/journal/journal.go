@@ -1,0 +1,553 @@
+package journal
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/capsgate/capsgate/admission"
+)
+
+// FlushEvery is how often the node calls Flush: the group-commit interval,
+// and so the window of changes a kill -9 may lose. 20 ms keeps that window
+// below a SIP transaction's first retransmission (T1 = 500 ms) by far,
+// while one fsync per interval costs the disk nothing noticeable.
+const FlushEvery = 20 * time.Millisecond
+
+// Dir is the directory under data_dir that holds the state.
+const Dir = "state"
+
+// Config configures Open.
+type Config struct {
+	// Dir holds the snapshot and journal (data_dir/state); created 0700.
+	Dir string
+	// Engine is what is restored and journaled; its Config.JournalState
+	// must be set, or nothing is logged to journal.
+	Engine *admission.Engine
+	// Clock is the engine's clock (its instants are what the engine logs).
+	Clock admission.Clock
+	// Wall is the wall clock expiries are stored in, so that they mean the
+	// same after a restart (the engine's clock starts again at each run);
+	// nil means time.Now. Tests pass one derived from their fake clock.
+	Wall func() time.Time
+	// MaxJournalBytes: when the journal grows past it, Flush writes a new
+	// snapshot and starts a new journal. 64 MiB is a few minutes of a busy
+	// node's changes and replays in well under a second; 0 means that.
+	MaxJournalBytes int64
+	// Log receives the warnings of a recovery (a torn tail cut off).
+	Log *slog.Logger
+}
+
+// defaultMaxJournalBytes is Config.MaxJournalBytes's default.
+const defaultMaxJournalBytes = 64 << 20
+
+// Log sizes: a service's in-memory change log starts empty (an idle or
+// made-up service costs nothing) and grows, by doubling, when a flush finds
+// it overflowed or three-quarters full, up to maxLog changes per flush
+// interval (3 M changes a second at FlushEvery, beyond any node).
+const (
+	minLog = 1024
+	maxLog = 1 << 16
+)
+
+// Recovery says what Open found.
+type Recovery struct {
+	// Snapshot is the snapshot read ("" when there was none).
+	Snapshot string
+	// Records is how many journal records were replayed.
+	Records int
+	// Torn is the journal whose tail was cut off, "" when none was; Cut is
+	// how many bytes were dropped, from offset At.
+	Torn    string
+	At, Cut int64
+	// Sessions and Subscribers are what is open again after the restore
+	// (expired ones dropped).
+	Sessions, Subscribers int
+	// Dropped counts services that could not be restored (too many
+	// made-up emergency services, Config.MaxServices).
+	Dropped int
+}
+
+// Journal makes an engine's sessions and subscribers durable. Open
+// restores them; Flush, called every FlushEvery off the event loops,
+// drains each service's change log into the journal file and fsyncs it.
+type Journal struct {
+	cfg        Config
+	wallAnchor int64 // Unix ns at engAnchor
+	engAnchor  int64 // engine instant at Open
+	recovery   Recovery
+
+	mu        sync.Mutex // guards the fields below; Flush and Close hold it
+	seq       uint64     // number of the current snapshot and journal
+	f         *os.File   // journal-seq.log, open for appending
+	size      int64
+	buf       []byte
+	snap      []admission.Change
+	logs      map[*admission.Service]*logBufs
+	resetAll  bool // a compaction failed: every service writes a reset next
+	broken    bool // a write or fsync failed: the journal's tail is not trusted, compact
+	closed    bool
+	lastError error
+}
+
+// logBufs is a service's spare change log (see admission.Service.Drain).
+type logBufs struct{ spare []admission.Change }
+
+var (
+	flushSeconds   = metrics.NewHistogram(`capsgate_state_flush_duration_seconds`)
+	journalBytes   = metrics.NewCounter(`capsgate_state_journal_written_bytes_total`)
+	journalChanges = metrics.NewCounter(`capsgate_state_journal_changes_total`)
+	snapshots      = metrics.NewCounter(`capsgate_state_snapshots_total`)
+	logOverflows   = metrics.NewCounter(`capsgate_state_log_overflows_total`)
+	stateErrors    = metrics.NewCounter(`capsgate_state_errors_total`)
+)
+
+// Open reads the last snapshot and the journal after it, restores every
+// service's live sessions and subscribers into the engine (call it once
+// the licences and account allocations are loaded, before the front end
+// serves), writes them as a new snapshot and starts a new journal.
+func Open(cfg Config) (*Journal, error) {
+	if cfg.Engine == nil || cfg.Clock == nil {
+		return nil, errors.New("cannot open the state journal: Config.Engine and Config.Clock are required")
+	}
+	if cfg.Wall == nil {
+		cfg.Wall = time.Now
+	}
+	if cfg.MaxJournalBytes <= 0 {
+		cfg.MaxJournalBytes = defaultMaxJournalBytes
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("cannot create the state directory %s (data_dir, --data-dir): %w", cfg.Dir, err)
+	}
+	j := &Journal{cfg: cfg, logs: map[*admission.Service]*logBufs{}}
+	j.engAnchor, j.wallAnchor = cfg.Clock.Now(), cfg.Wall().UnixNano()
+	if err := j.load(); err != nil {
+		return nil, err
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if err := j.compactLocked(j.cfg.Clock.Now()); err != nil {
+		return nil, err
+	}
+	return j, nil
+}
+
+// Recovered reports what Open restored.
+func (j *Journal) Recovered() Recovery { return j.recovery }
+
+func snapshotName(seq uint64) string { return fmt.Sprintf("snapshot-%d.state", seq) }
+func journalName(seq uint64) string  { return fmt.Sprintf("journal-%d.log", seq) }
+
+// files returns the sequence numbers of the snapshots and journals in dir.
+func (j *Journal) files() (snaps, journals []uint64, err error) {
+	ents, err := os.ReadDir(j.cfg.Dir)
+	if err != nil {
+		return nil, nil, fmt.Errorf("cannot read the state directory: %w", err)
+	}
+	for _, e := range ents {
+		name := e.Name()
+		for _, f := range []struct {
+			prefix, suffix string
+			to             *[]uint64
+		}{{"snapshot-", ".state", &snaps}, {"journal-", ".log", &journals}} {
+			if rest, ok := strings.CutPrefix(name, f.prefix); ok {
+				if num, ok := strings.CutSuffix(rest, f.suffix); ok {
+					if n, err := strconv.ParseUint(num, 10, 64); err == nil {
+						*f.to = append(*f.to, n)
+					}
+				}
+			}
+		}
+	}
+	slices.Sort(snaps)
+	slices.Sort(journals)
+	return snaps, journals, nil
+}
+
+// replay is the state a snapshot and journal describe, service by service.
+type replay map[string]*replayService
+
+type replayService struct {
+	order    []admission.Key // first appearance, for a stable restore
+	sessions map[admission.Key]admission.Change
+	subs     map[admission.Key]admission.Change
+}
+
+func (r replay) apply(rec record) {
+	s := r[rec.service]
+	if s == nil || rec.kind == kindReset {
+		s = &replayService{sessions: map[admission.Key]admission.Change{}, subs: map[admission.Key]admission.Change{}}
+		r[rec.service] = s
+		if rec.kind == kindReset {
+			return
+		}
+	}
+	switch rec.Kind {
+	case admission.SessionOpened:
+		if _, ok := s.sessions[rec.Key]; !ok {
+			s.order = append(s.order, rec.Key)
+		}
+		s.sessions[rec.Key] = rec.Change
+	case admission.SessionClosed:
+		delete(s.sessions, rec.Key)
+	case admission.SubscriberSet:
+		if _, ok := s.subs[rec.Key]; !ok {
+			s.order = append(s.order, rec.Key)
+		}
+		s.subs[rec.Key] = rec.Change
+	case admission.SubscriberGone:
+		delete(s.subs, rec.Key)
+	}
+}
+
+// load reads the newest snapshot and its journal into the engine.
+func (j *Journal) load() error {
+	snaps, journals, err := j.files()
+	if err != nil {
+		return err
+	}
+	r := replay{}
+	if len(snaps) > 0 {
+		j.seq = snaps[len(snaps)-1]
+		path := filepath.Join(j.cfg.Dir, snapshotName(j.seq))
+		if err := j.readSnapshot(path, r); err != nil {
+			return err
+		}
+		j.recovery.Snapshot = path
+	} else if len(journals) > 0 {
+		j.seq = journals[0] // a first journal whose snapshot was never written
+	}
+	if slices.Contains(journals, j.seq) {
+		if err := j.readJournal(filepath.Join(j.cfg.Dir, journalName(j.seq)), r); err != nil {
+			return err
+		}
+	}
+	now, wallNow := j.cfg.Clock.Now(), j.wallAnchor+(j.cfg.Clock.Now()-j.engAnchor)
+	names := make([]string, 0, len(r))
+	for name := range r {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		s := r[name]
+		changes := make([]admission.Change, 0, len(s.sessions)+len(s.subs))
+		for _, k := range s.order {
+			for _, m := range []map[admission.Key]admission.Change{s.sessions, s.subs} {
+				if c, ok := m[k]; ok {
+					c.Expires = now + (c.Expires - wallNow) // Unix ns to engine instant
+					changes = append(changes, c)
+					delete(m, k) // a key in both tables (unlikely) comes once each
+				}
+			}
+		}
+		sess, subs, err := j.cfg.Engine.Restore(now, name, changes)
+		if err != nil {
+			j.recovery.Dropped++
+			j.cfg.Log.Error("cannot restore a service's sessions and subscribers", "service", name, "err", err)
+			continue
+		}
+		j.recovery.Sessions += sess
+		j.recovery.Subscribers += subs
+	}
+	return nil
+}
+
+// readSnapshot applies a snapshot. A snapshot is written whole and renamed
+// into place, so any damage is corruption, not a crash: it is an error.
+func (j *Journal) readSnapshot(path string, r replay) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("cannot read the state snapshot: %w", err)
+	}
+	fail := func(err error) error {
+		return fmt.Errorf("cannot read the state snapshot %s: %w (move it away to start without the open sessions and registrations it holds)", path, err)
+	}
+	if !strings.HasPrefix(string(b[:min(len(b), len(snapshotMagic))]), snapshotMagic) {
+		return fail(errors.New("not a capsgate state snapshot"))
+	}
+	n := 0
+	for off := len(snapshotMagic); ; {
+		rec, size, err := readRecord(b[off:])
+		if err != nil {
+			return fail(fmt.Errorf("at offset %d: %w", off, err))
+		}
+		off += size
+		if rec.kind == kindEnd {
+			if rec.Remaining != int64(n) {
+				return fail(fmt.Errorf("it ends after %d records but says %d", n, rec.Remaining))
+			}
+			return nil
+		}
+		r.apply(rec)
+		n++
+	}
+}
+
+// readJournal applies a journal up to its first bad record: the tail a
+// crash tore off (or, far less likely, damage; either way what follows it
+// is not trusted).
+func (j *Journal) readJournal(path string, r replay) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("cannot read the state journal: %w", err)
+	}
+	off := len(journalMagic)
+	if len(b) < off || string(b[:off]) != journalMagic {
+		off = 0 // torn while being created
+	} else {
+		for off < len(b) {
+			rec, size, err := readRecord(b[off:])
+			if err != nil {
+				break
+			}
+			r.apply(rec)
+			j.recovery.Records++
+			off += size
+		}
+	}
+	if off < len(b) {
+		j.recovery.Torn, j.recovery.At, j.recovery.Cut = path, int64(off), int64(len(b)-off)
+		j.cfg.Log.Warn("the state journal's tail was torn by a crash and cut off; the changes before it are restored",
+			"file", path, "offset", off, "bytes_cut", len(b)-off)
+	}
+	return nil
+}
+
+// wall converts an engine instant to Unix nanoseconds.
+func (j *Journal) wall(t int64) int64 { return j.wallAnchor + (t - j.engAnchor) }
+
+// bufs returns the spare log of s.
+func (j *Journal) bufs(s *admission.Service) *logBufs {
+	b := j.logs[s]
+	if b == nil {
+		b = &logBufs{spare: make([]admission.Change, 0, minLog)}
+		j.logs[s] = b
+	}
+	return b
+}
+
+// Flush drains every service's change log into the journal and fsyncs it
+// (one group commit for all of them), then compacts the journal into a
+// new snapshot if it has grown past Config.MaxJournalBytes. Call it every
+// FlushEvery from one goroutine, off the event loops; changes acknowledged
+// before a Flush returns survive a crash.
+func (j *Journal) Flush() error {
+	start := time.Now()
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.closed {
+		return nil
+	}
+	err := j.flushLocked()
+	if err != nil {
+		stateErrors.Inc()
+		if j.lastError == nil || j.lastError.Error() != err.Error() {
+			j.cfg.Log.Error("cannot make sessions and registrations durable; retrying", "err", err)
+		}
+	}
+	j.lastError = err
+	flushSeconds.UpdateDuration(start)
+	return err
+}
+
+func (j *Journal) flushLocked() error {
+	now := j.cfg.Clock.Now()
+	if j.broken {
+		// After a failed write or fsync the file may hold a partial record
+		// (and Linux may have dropped the dirty pages): start afresh.
+		return j.compactLocked(now)
+	}
+	j.buf = j.buf[:0]
+	n := 0
+	for _, s := range j.cfg.Engine.Services() {
+		b := j.bufs(s)
+		changes, lost := s.Drain(b.spare)
+		if lost || j.resetAll {
+			if lost {
+				logOverflows.Inc()
+			}
+			// The log overflowed: write the service as it is now.
+			grown := make([]admission.Change, 0, min(max(2*cap(changes), 2*cap(b.spare), minLog), maxLog))
+			var drained []admission.Change
+			j.snap, drained = s.Snapshot(now, j.snap[:0], grown)
+			j.buf = appendRecord(j.buf, kindReset, s.Name(), nil, 0)
+			for i := range j.snap {
+				j.buf = appendRecord(j.buf, uint8(j.snap[i].Kind), s.Name(), &j.snap[i], j.wall(j.snap[i].Expires))
+			}
+			n += len(j.snap)
+			b.spare = recycle(drained, cap(grown))
+			continue
+		}
+		for i := range changes {
+			c := &changes[i]
+			j.buf = appendRecord(j.buf, uint8(c.Kind), s.Name(), c, j.wall(c.Expires))
+		}
+		n += len(changes)
+		want := cap(b.spare)
+		if len(changes) > cap(changes)*3/4 {
+			want = min(2*cap(changes), maxLog)
+		}
+		b.spare = recycle(changes, want)
+	}
+	j.resetAll = false
+	if len(j.buf) > 0 {
+		if _, err := j.f.Write(j.buf); err != nil {
+			j.broken = true // what was drained may be half written: rewrite every service
+			return fmt.Errorf("cannot append to the state journal: %w", err)
+		}
+		if err := j.f.Sync(); err != nil {
+			j.broken = true
+			return fmt.Errorf("cannot sync the state journal: %w", err)
+		}
+		j.size += int64(len(j.buf))
+		journalBytes.Add(len(j.buf))
+		journalChanges.Add(n)
+	}
+	if j.size > j.cfg.MaxJournalBytes {
+		return j.compactLocked(now)
+	}
+	return nil
+}
+
+// compactLocked writes every service's live state as snapshot seq+1,
+// starts journal seq+1 and removes the older files. A snapshot takes each
+// service's mutex once, for as long as copying its tables takes (about
+// 10 ms per million entries).
+func (j *Journal) compactLocked(now int64) (err error) {
+	defer func() {
+		if err != nil {
+			// The services' logs were swapped into the failed snapshot:
+			// the journal must carry every service whole again.
+			j.resetAll = true
+		}
+	}()
+	seq := j.seq + 1
+	path := filepath.Join(j.cfg.Dir, snapshotName(seq))
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("cannot write the state snapshot: %w", err)
+	}
+	w := bufio.NewWriterSize(f, 1<<16)
+	_, _ = w.WriteString(snapshotMagic)
+	count := 0
+	for _, s := range j.cfg.Engine.Services() {
+		b := j.bufs(s)
+		spare := b.spare
+		if cap(spare) == 0 {
+			spare = make([]admission.Change, 0, minLog)
+		}
+		var drained []admission.Change
+		j.snap, drained = s.Snapshot(now, j.snap[:0], spare)
+		b.spare = recycle(drained, cap(spare))
+		for i := range j.snap {
+			j.buf = appendRecord(j.buf[:0], uint8(j.snap[i].Kind), s.Name(), &j.snap[i], j.wall(j.snap[i].Expires))
+			_, _ = w.Write(j.buf)
+		}
+		count += len(j.snap)
+	}
+	end := admission.Change{Remaining: int64(count)}
+	j.buf = appendRecord(j.buf[:0], kindEnd, "", &end, 0)
+	_, _ = w.Write(j.buf)
+	err = w.Flush()
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("cannot write the state snapshot %s: %w", path, err)
+	}
+	jf, err := os.OpenFile(filepath.Join(j.cfg.Dir, journalName(seq)), os.O_CREATE|os.O_WRONLY|os.O_TRUNC|os.O_APPEND, 0o600)
+	if err == nil {
+		if _, err = jf.WriteString(journalMagic); err == nil {
+			err = jf.Sync()
+		}
+		if err != nil {
+			jf.Close()
+		}
+	}
+	if err == nil {
+		err = syncDir(j.cfg.Dir)
+	}
+	if err != nil {
+		// Without its journal the new snapshot must not be read at a
+		// restart: the old journal goes on.
+		_ = os.Remove(path)
+		return fmt.Errorf("cannot start the state journal %d: %w", seq, err)
+	}
+	if j.f != nil {
+		j.f.Close()
+	}
+	j.f, j.seq, j.size = jf, seq, int64(len(journalMagic))
+	j.resetAll, j.broken = false, false
+	snapshots.Inc()
+	// What came before the new snapshot is no longer needed.
+	snaps, journals, _ := j.files()
+	for _, n := range snaps {
+		if n < seq {
+			_ = os.Remove(filepath.Join(j.cfg.Dir, snapshotName(n)))
+		}
+	}
+	for _, n := range journals {
+		if n < seq {
+			_ = os.Remove(filepath.Join(j.cfg.Dir, journalName(n)))
+		}
+	}
+	return nil
+}
+
+// recycle returns a drained log as the next spare: emptied (dropping the
+// account names it refers to), or a new one if it holds fewer than want
+// changes, so a spare is never smaller than the log it replaces.
+func recycle(drained []admission.Change, want int) []admission.Change {
+	if cap(drained) < want {
+		return make([]admission.Change, 0, want)
+	}
+	clear(drained)
+	return drained[:0]
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// Close flushes what is left and closes the journal. Safe to call twice.
+func (j *Journal) Close() error {
+	err := j.Flush()
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.closed {
+		return nil
+	}
+	j.closed = true
+	if j.f != nil {
+		if cerr := j.f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	return err
+}

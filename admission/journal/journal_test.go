@@ -1,0 +1,285 @@
+package journal
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/capsgate/capsgate/admission"
+)
+
+var voice = []byte("voice")
+
+var limits = admission.Limits{Licensed: true, CAPS: admission.Unlimited, Sessions: 10000, Subscribers: 10000,
+	Tokens: admission.Unlimited, TokensPerMinute: 1}
+
+// node is one run of a node: an engine and its journal on a data dir,
+// with a clock that goes on across runs (the wall clock).
+type node struct {
+	t   *testing.T
+	dir string
+	clk *admission.FakeClock
+	eng *admission.Engine
+	j   *Journal
+}
+
+func (n *node) now() int64 { return n.clk.Now() }
+
+// start runs the node on dir: a new engine (licensed, account acme), then
+// Open.
+func start(t *testing.T, dir string, clk *admission.FakeClock, mod ...func(*Config)) *node {
+	t.Helper()
+	cfg := admission.DefaultConfig()
+	cfg.Clock, cfg.JournalState = clk, true
+	eng := admission.NewEngine(cfg)
+	require.NoError(t, eng.SetLimits("voice", limits))
+	require.NoError(t, eng.SetAccount("voice", "acme", 1000, admission.Overage{}))
+	jc := Config{Dir: dir, Engine: eng, Clock: clk, Wall: func() time.Time { return time.Unix(0, clk.Now()) },
+		Log: slog.New(slog.DiscardHandler)}
+	for _, m := range mod {
+		m(&jc)
+	}
+	j, err := Open(jc)
+	require.NoError(t, err)
+	return &node{t: t, dir: dir, clk: clk, eng: eng, j: j}
+}
+
+// crash abandons the run as kill -9 would: nothing more is flushed.
+func (n *node) crash() { n.j.f.Close() }
+
+func (n *node) stats() admission.Stats { return n.eng.Service("voice").Stats() }
+
+// load opens calls call-0..calls-1 (call-i for account acme when i is even)
+// and registers subs subscribers, sub-i with a TTL of 60+i s, returning
+// the first decisions.
+func (n *node) load(calls, subs int) map[string]admission.Decision {
+	first := map[string]admission.Decision{}
+	for i := range calls {
+		var acct []byte
+		if i%2 == 0 {
+			acct = []byte("acme")
+		}
+		c := fmt.Sprintf("call-%d", i)
+		first[c] = n.eng.Admit(n.now(), voice, []byte(c), acct, admission.Normal)
+		require.True(n.t, first[c].Admitted())
+	}
+	for i := range subs {
+		require.True(n.t, n.eng.Register(n.now(), voice, fmt.Appendf(nil, "sub-%d", i), int64(60+i)).Admitted())
+	}
+	return first
+}
+
+func TestReplayGivesTheSameState(t *testing.T) {
+	dir, clk := t.TempDir(), admission.NewFakeClock()
+	n := start(t, dir, clk)
+	first := n.load(300, 200)
+	require.True(t, n.eng.Admit(n.now(), voice, []byte("sos"), nil, admission.Emergency).Admitted())
+	for i := range 50 { // some calls end, some subscribers leave
+		require.True(t, n.eng.Release(n.now(), voice, fmt.Appendf(nil, "call-%d", 250+i), 0))
+		require.True(t, n.eng.Deregister(n.now(), voice, fmt.Appendf(nil, "sub-%d", 150+i)))
+	}
+	require.True(t, n.eng.Register(n.now(), voice, []byte("sub-0"), 3600).Admitted(), "refreshed")
+	require.NoError(t, n.j.Flush())
+	n.crash()
+
+	clk.Advance(30 * time.Second)
+	n2 := start(t, dir, clk)
+	rec := n2.j.Recovered()
+	require.Equal(t, 251, rec.Sessions)
+	require.Equal(t, 150, rec.Subscribers)
+	require.Empty(t, rec.Torn)
+	st := n2.stats()
+	require.Equal(t, int64(250), st.Sessions)
+	require.Equal(t, int64(1), st.EmergencySessions)
+	require.Equal(t, int64(150), st.Subscribers)
+	for i := range 250 {
+		c := fmt.Sprintf("call-%d", i)
+		require.Equal(t, first[c], n2.eng.Admit(n2.now(), voice, []byte(c), nil, admission.Normal), c)
+	}
+	require.Zero(t, n2.stats().Admissions[admission.OK], "repeats after the restart are not counted")
+	require.True(t, n2.eng.Release(n2.now(), voice, []byte("call-0"), 60), "an acme call")
+	require.Equal(t, int64(1), n2.eng.Service("voice").Pools()[1].Used, "charged to acme")
+	require.False(t, n2.eng.Release(n2.now(), voice, []byte("call-250"), 0), "released before the crash")
+
+	// sub-i has a TTL of 60+i s: 130 s later those up to sub-70 are gone
+	// but the refreshed sub-0.
+	clk.Advance(100 * time.Second)
+	require.NoError(t, n2.j.Flush())
+	n2.crash()
+	n3 := start(t, dir, clk)
+	require.Equal(t, 249+1, n3.j.Recovered().Sessions)
+	require.Equal(t, 1+79, n3.j.Recovered().Subscribers, "sub-0 and sub-71..sub-149")
+	require.Equal(t, int64(1+79), n3.stats().Subscribers)
+}
+
+func TestExpiredEntriesAreDropped(t *testing.T) {
+	dir, clk := t.TempDir(), admission.NewFakeClock()
+	n := start(t, dir, clk)
+	n.load(10, 100)
+	require.NoError(t, n.j.Flush())
+	n.crash()
+	clk.Advance(3*time.Hour + time.Second) // past the session TTL and every registration
+	n2 := start(t, dir, clk)
+	require.Zero(t, n2.j.Recovered().Sessions)
+	require.Zero(t, n2.j.Recovered().Subscribers)
+	st := n2.stats()
+	require.Zero(t, st.Sessions)
+	require.Zero(t, st.Subscribers)
+}
+
+func TestTornTailIsCut(t *testing.T) {
+	dir, clk := t.TempDir(), admission.NewFakeClock()
+	n := start(t, dir, clk)
+	n.load(20, 0)
+	require.NoError(t, n.j.Flush())
+	size := n.j.size
+	n.load(0, 1) // one more record...
+	require.NoError(t, n.j.Flush())
+	path := filepath.Join(dir, journalName(n.j.seq))
+	n.crash()
+	// ... torn by the crash: its last 10 bytes never reached the disk.
+	require.NoError(t, os.Truncate(path, n.j.size-10))
+
+	n2 := start(t, dir, clk)
+	rec := n2.j.Recovered()
+	require.Equal(t, path, rec.Torn)
+	require.Equal(t, size, rec.At)
+	require.Equal(t, n.j.size-10-size, rec.Cut)
+	require.Equal(t, 20, rec.Records)
+	require.Equal(t, 20, rec.Sessions)
+	require.Zero(t, rec.Subscribers)
+
+	// The state is whole again in a new snapshot: a second restart finds
+	// no tear.
+	require.NoError(t, n2.j.Close())
+	n3 := start(t, dir, clk)
+	require.Empty(t, n3.j.Recovered().Torn)
+	require.Equal(t, 20, n3.j.Recovered().Sessions)
+}
+
+func TestCorruptSnapshotStopsTheStart(t *testing.T) {
+	dir, clk := t.TempDir(), admission.NewFakeClock()
+	n := start(t, dir, clk)
+	n.load(5, 5)
+	require.NoError(t, n.j.Close())
+	n = start(t, dir, clk) // the state is now in a snapshot
+	require.NoError(t, n.j.Close())
+	path := filepath.Join(dir, snapshotName(n.j.seq))
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	b[len(snapshotMagic)+frameHeader+3] ^= 1
+	require.NoError(t, os.WriteFile(path, b, 0o600))
+
+	cfg := admission.DefaultConfig()
+	cfg.Clock, cfg.JournalState = clk, true
+	_, err = Open(Config{Dir: dir, Engine: admission.NewEngine(cfg), Clock: clk, Log: slog.New(slog.DiscardHandler)})
+	require.ErrorContains(t, err, "cannot read the state snapshot")
+	require.ErrorContains(t, err, "move it away")
+}
+
+func TestCompactionKeepsTheState(t *testing.T) {
+	dir, clk := t.TempDir(), admission.NewFakeClock()
+	small := func(c *Config) { c.MaxJournalBytes = 4 << 10 }
+	n := start(t, dir, clk, small)
+	seq := n.j.seq
+	for i := range 40 { // 40 flushes of 10 changes: several compactions
+		for k := range 5 {
+			c := fmt.Appendf(nil, "call-%d-%d", i, k)
+			require.True(t, n.eng.Admit(n.now(), voice, c, nil, admission.Normal).Admitted())
+			if k%2 == 1 {
+				require.True(t, n.eng.Release(n.now(), voice, c, 0))
+			}
+		}
+		for k := range 5 {
+			require.True(t, n.eng.Register(n.now(), voice, fmt.Appendf(nil, "sub-%d", i*5+k), 3600).Admitted())
+		}
+		require.NoError(t, n.j.Flush())
+	}
+	require.Greater(t, n.j.seq, seq+2, "compacted more than twice")
+	files, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	require.Len(t, files, 2, "one snapshot and its journal; the older ones are removed")
+	want := n.stats()
+	require.Equal(t, int64(40*3), want.Sessions)
+	require.Equal(t, int64(40*5), want.Subscribers)
+	n.crash()
+
+	n2 := start(t, dir, clk, small)
+	st := n2.stats()
+	require.Equal(t, want.Sessions, st.Sessions)
+	require.Equal(t, want.Subscribers, st.Subscribers)
+	require.True(t, n2.eng.Release(n2.now(), voice, []byte("call-39-4"), 0))
+	require.False(t, n2.eng.Release(n2.now(), voice, []byte("call-39-3"), 0))
+}
+
+// TestOverflowWritesTheServiceWhole: more changes between two flushes than
+// the log holds are not lost: the flush writes the service as it is.
+func TestOverflowWritesTheServiceWhole(t *testing.T) {
+	dir, clk := t.TempDir(), admission.NewFakeClock()
+	n := start(t, dir, clk)
+	overflows := logOverflows.Get()
+	n.load(0, 3*minLog)
+	require.NoError(t, n.j.Flush())
+	require.Equal(t, overflows+1, logOverflows.Get())
+	n.load(0, 3*minLog) // refreshes only: the log grew, so they fit or are written whole again
+	require.NoError(t, n.j.Flush())
+	// A service the journal has not seen yet logs nothing until it does.
+	require.NoError(t, n.eng.SetLimits("video", limits))
+	require.True(t, n.eng.Admit(n.now(), []byte("video"), []byte("v1"), nil, admission.Normal).Admitted())
+	before := logOverflows.Get()
+	require.NoError(t, n.j.Flush())
+	require.Equal(t, before+1, logOverflows.Get(), "video's first change found no room")
+	n.crash()
+
+	n2 := start(t, dir, clk)
+	require.NoError(t, n2.eng.SetLimits("video", limits))
+	require.Equal(t, int64(3*minLog), n2.stats().Subscribers)
+	require.Equal(t, int64(1), n2.eng.Service("video").Stats().Sessions)
+	require.Equal(t, 3*minLog+1, n2.j.Recovered().Subscribers+n2.j.Recovered().Sessions)
+}
+
+// TestChangesAfterTheLastFlushAreLost states the loss window: what
+// changed after the last Flush before a crash is not back.
+func TestChangesAfterTheLastFlushAreLost(t *testing.T) {
+	dir, clk := t.TempDir(), admission.NewFakeClock()
+	n := start(t, dir, clk)
+	n.load(10, 0)
+	require.NoError(t, n.j.Flush())
+	require.True(t, n.eng.Admit(n.now(), voice, []byte("late"), nil, admission.Normal).Admitted())
+	n.crash()
+	n2 := start(t, dir, clk)
+	require.Equal(t, int64(10), n2.stats().Sessions)
+	require.False(t, n2.eng.Release(n2.now(), voice, []byte("late"), 0))
+}
+
+func TestRecordRoundTrip(t *testing.T) {
+	f := func(kind uint8, service string, c admission.Change, exp int64) {
+		t.Helper()
+		b := appendRecord(nil, kind, service, &c, exp)
+		r, size, err := readRecord(b)
+		require.NoError(t, err)
+		require.Equal(t, len(b), size)
+		c.Expires = exp
+		require.Equal(t, record{service: service, Change: c, kind: kind}, r)
+		for cut := 1; cut < len(b); cut++ {
+			_, _, err := readRecord(b[:cut])
+			require.ErrorIs(t, err, errTorn, "cut at %d", cut)
+		}
+		for i := 8; i < len(b); i++ { // any flipped payload bit fails the CRC
+			bad := append([]byte(nil), b...)
+			bad[i] ^= 0x10
+			_, _, err := readRecord(bad)
+			require.ErrorIs(t, err, errTorn, "flipped byte %d", i)
+		}
+	}
+	k := admission.KeyOf([]byte("a84b4c76e66710@pc33.atlanta.example.com"))
+	f(uint8(admission.SessionOpened), "voice", admission.Change{Kind: admission.SessionOpened, Priority: admission.High,
+		Licensed: true, Key: k, Remaining: 41, Account: "acme"}, time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
+	f(uint8(admission.SessionClosed), "prepaid-voice", admission.Change{Kind: admission.SessionClosed, Key: k}, 0)
+	f(uint8(admission.SubscriberSet), "v", admission.Change{Kind: admission.SubscriberSet, Key: k, Remaining: -1}, -5)
+}

@@ -1,0 +1,145 @@
+package admission
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+func journaling(c *Config) { c.JournalState = true }
+
+// TestJournalingAllocatesNothing: with the change log on, ADMIT CALL,
+// RELEASE, REGISTER and DEREGISTER allocate nothing, whether the journal
+// drains the log in time (two buffers alternating) or not (the log is full
+// and drops changes until a snapshot).
+func TestJournalingAllocatesNothing(t *testing.T) {
+	l := Limits{Licensed: true, CAPS: Unlimited, Sessions: Unlimited, Subscribers: Unlimited, Tokens: Unlimited, TokensPerMinute: 1}
+	e, clk := newTestEngine(t, l, journaling)
+	require.NoError(t, e.SetAccount("voice", "acme", 1000, Overage{}))
+	now := clk.Now()
+	s := e.Service("voice")
+	call, sub := []byte("a84b4c76e66710@pc33.atlanta.example.com"), []byte("sip:alice@atlanta.example.com")
+	spare := make([]Change, 0, 64)
+	s.Drain(make([]Change, 0, 64))
+	n := 0
+	drain := func() {
+		if n++; n%8 == 0 { // well before 64 changes
+			spare, _ = s.Drain(spare)
+		}
+	}
+	for range 10 { // warm the tables up to their working size
+		e.Admit(now, svc, call, acct, Normal)
+		e.Release(now, svc, call, 60)
+		e.Register(now, svc, sub, 3600)
+		e.Deregister(now, svc, sub)
+	}
+	f := func(name string, fn func()) {
+		t.Helper()
+		require.Zero(t, testing.AllocsPerRun(1000, fn), name)
+	}
+	f("admit call + release, drained", func() { e.Admit(now, svc, call, acct, High); e.Release(now, svc, call, 61); drain() })
+	f("register + deregister, drained", func() { e.Register(now, svc, sub, 3600); e.Deregister(now, svc, sub); drain() })
+	f("register refresh, drained", func() { e.Register(now, svc, sub, 3600); drain() })
+	f("admit call + release, log full", func() { e.Admit(now, svc, call, acct, Normal); e.Release(now, svc, call, 0) })
+	_, lost := s.Drain(spare)
+	require.True(t, lost, "the undrained log overflowed")
+}
+
+// TestSnapshotRestoresTheSameState: a snapshot restored into a new engine
+// gives the same counts, the same first decisions and releasable calls;
+// what has expired by the restore is dropped.
+func TestSnapshotRestoresTheSameState(t *testing.T) {
+	l := Limits{Licensed: true, CAPS: Unlimited, Sessions: 100, Subscribers: 100, Tokens: Unlimited, TokensPerMinute: 1}
+	e, clk := newTestEngine(t, l, journaling)
+	require.NoError(t, e.SetAccount("voice", "acme", 1000, Overage{}))
+	now := clk.Now()
+	first := map[string]Decision{}
+	for i := range 10 {
+		c := fmt.Sprintf("call-%d", i)
+		first[c] = e.Admit(now, svc, []byte(c), acct, Normal)
+		require.True(t, first[c].Admitted())
+	}
+	require.True(t, e.Admit(now, svc, []byte("sos"), nil, Emergency).Admitted())
+	require.True(t, e.Release(now, svc, []byte("call-9"), 0))
+	for i := range 5 {
+		require.True(t, e.Register(now, svc, fmt.Appendf(nil, "sub-%d", i), int64(10*(i+1))).Admitted())
+	}
+	snap, _ := e.Service("voice").Snapshot(now, nil, nil)
+
+	clk.Advance(25 * time.Second) // sub-0 (10 s) and sub-1 (20 s) expire
+	e2, _ := newTestEngine(t, l, journaling, func(c *Config) { c.Clock = clk })
+	require.NoError(t, e2.SetAccount("voice", "acme", 1000, Overage{}))
+	sess, subs, err := e2.Restore(clk.Now(), "voice", snap)
+	require.NoError(t, err)
+	logged, _ := e2.Service("voice").Drain(make([]Change, 0, 16))
+	require.Empty(t, logged, "a restore is not logged")
+	require.Equal(t, 10, sess, "9 calls and the emergency one")
+	require.Equal(t, 3, subs)
+	st := e2.Service("voice").Stats()
+	require.Equal(t, int64(9), st.Sessions)
+	require.Equal(t, int64(1), st.EmergencySessions)
+	require.Equal(t, int64(3), st.Subscribers)
+	now = clk.Now()
+	for i := range 9 {
+		c := fmt.Sprintf("call-%d", i)
+		require.Equal(t, first[c], e2.Admit(now, svc, []byte(c), acct, Normal), "a repeat gets the first decision")
+	}
+	require.Equal(t, st.Admissions, e2.Service("voice").Stats().Admissions, "repeats are not counted")
+	require.False(t, e2.Release(now, svc, []byte("call-9"), 0), "released before the snapshot")
+	require.True(t, e2.Release(now, svc, []byte("call-0"), 60))
+	require.Equal(t, int64(1), e2.Service("voice").Pools()[1].Used, "RELEASE ... SECONDS charges the call's account")
+	require.True(t, e2.Release(now, svc, []byte("sos"), 0))
+	require.False(t, e2.Deregister(now, svc, []byte("sub-1")), "expired before the restore")
+	require.True(t, e2.Deregister(now, svc, []byte("sub-2")))
+	changes, lost := e2.Service("voice").Drain(nil)
+	require.False(t, lost)
+	require.Equal(t, []ChangeKind{SessionClosed, SessionClosed, SubscriberGone}, kinds(changes),
+		"what is logged is what changed after the restore")
+}
+
+// TestRestoreAppliesChangesInOrder: a journal's changes replayed in order
+// leave what the engine had.
+func TestRestoreAppliesChangesInOrder(t *testing.T) {
+	l := Limits{Licensed: true, CAPS: Unlimited, Sessions: Unlimited, Subscribers: Unlimited, Tokens: Unlimited}
+	e, clk := newTestEngine(t, l, journaling)
+	s := e.Service("voice")
+	s.Drain(make([]Change, 0, 1024))
+	now := clk.Now()
+	e.Admit(now, svc, []byte("a"), nil, Normal)
+	e.Admit(now, svc, []byte("b"), nil, High)
+	e.Release(now, svc, []byte("a"), 0)
+	e.Admit(now, svc, []byte("a"), nil, Normal) // a again
+	e.Register(now, svc, []byte("x"), 5)
+	e.Register(now, svc, []byte("y"), 5)
+	e.Register(now, svc, []byte("x"), 50) // refreshed
+	e.Deregister(now, svc, []byte("y"))
+	e.Register(now, svc, []byte("z"), 5)
+	changes, lost := s.Drain(nil)
+	require.False(t, lost)
+	require.Len(t, changes, 9)
+
+	clk.Advance(10 * time.Second) // z expires; x was refreshed
+	e2, _ := newTestEngine(t, l, func(c *Config) { c.Clock = clk })
+	sess, subs, err := e2.Restore(clk.Now(), "voice", changes)
+	require.NoError(t, err)
+	require.Equal(t, 2, sess)
+	require.Equal(t, 1, subs)
+	require.Equal(t, int64(2), e2.Service("voice").Stats().Sessions)
+	require.Equal(t, int64(1), e2.Service("voice").Stats().Subscribers)
+	require.True(t, e2.Deregister(clk.Now(), svc, []byte("x")))
+
+	// A service no licence has made yet is created for its sessions.
+	_, _, err = e2.Restore(clk.Now(), "other", changes)
+	require.NoError(t, err)
+	require.Equal(t, int64(2), e2.Service("other").Stats().Sessions)
+}
+
+func kinds(cs []Change) []ChangeKind {
+	out := make([]ChangeKind, len(cs))
+	for i, c := range cs {
+		out[i] = c.Kind
+	}
+	return out
+}
