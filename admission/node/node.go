@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/capsgate/capsgate/admission"
+	"github.com/capsgate/capsgate/admission/journal"
 	"github.com/capsgate/capsgate/admission/meter"
 	"github.com/capsgate/capsgate/admission/resp"
 	"github.com/capsgate/capsgate/cluster"
@@ -47,6 +48,7 @@ type Node struct {
 	ledger   *ledger.Ledger
 	reserver *meter.Reserver
 	meter    *meter.Meter
+	journal  *journal.Journal // open sessions and registrations, across restarts
 
 	ready atomic.Bool
 	stop  chan struct{}
@@ -73,6 +75,7 @@ func New(cfg Config, log *slog.Logger) (*Node, error) {
 		MaxCAPS:             cfg.Node.MaxCAPS,
 		Clock:               clk,
 		DurableTokens:       true,
+		JournalState:        true,
 	})
 	var password string
 	if cfg.RESP.PasswordFile != "" {
@@ -152,7 +155,28 @@ func (n *Node) openMetering() error {
 		return err
 	}
 	n.meter = meter.New(n.eng, n.ledger, n.reserver, n.witnesses, time.Now())
+	// Sessions and registrations come back after the accounts they charge.
+	n.journal, err = journal.Open(journal.Config{Dir: filepath.Join(n.cfg.DataDir, journal.Dir),
+		Engine: n.eng, Clock: n.clk, Log: n.log})
+	if err != nil {
+		n.ledger.Close()
+		return err
+	}
+	if rec := n.journal.Recovered(); rec.Sessions+rec.Subscribers > 0 || rec.Torn != "" {
+		n.log.Info("open sessions and registrations restored", "sessions", rec.Sessions, "subscribers", rec.Subscribers,
+			"journal_records", rec.Records, "torn_bytes_cut", rec.Cut)
+	}
 	return nil
+}
+
+// journaling writes the sessions and registrations that changed to the
+// state journal every journal.FlushEvery: what a kill -9 may lose.
+func (n *Node) journaling() {
+	defer n.wg.Done()
+	admission.Repeat(n.stop, journal.FlushEvery, func() time.Duration {
+		_ = n.journal.Flush() // logged and counted by the journal
+		return journal.FlushEvery
+	})
 }
 
 // witnesses are the peers' ledger heads to write into this node's ledger.
@@ -270,9 +294,10 @@ func (n *Node) Start() error {
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(n.log.Handler(), slog.LevelWarn),
 	}
-	n.wg.Add(4)
+	n.wg.Add(5)
 	go n.licensing()
 	go n.metering()
+	go n.journaling()
 	go func() {
 		defer n.wg.Done()
 		if err := n.admin.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -331,6 +356,9 @@ func (n *Node) Stop(ctx context.Context) error {
 		n.wg.Wait()
 		if err := n.meter.Flush(time.Now()); err != nil {
 			errs = append(errs, fmt.Errorf("cannot flush the ledger: %w", err))
+		}
+		if err := n.journal.Close(); err != nil {
+			errs = append(errs, err)
 		}
 		if err := n.reserver.MarkLedgered(nil, true); err != nil {
 			errs = append(errs, err)
