@@ -92,9 +92,12 @@ type account struct {
 // (Account "") or an account's allocation.
 type PoolState struct {
 	Account string
-	// Limit is the pool's size (Unlimited: metered only); for an account,
-	// its allocation.
+	// Limit is what the pool may hand out this period (Unlimited: metered
+	// only): for an account, its allocation; for the service's pool, its
+	// size or, in a cluster, this node's budget of it. Size is the pool's
+	// size whatever the cluster.
 	Limit   int64
+	Size    int64
 	Policy  Overage
 	Used    int64 // charged this period, overage included
 	Overage int64 // the part of Used beyond Limit
@@ -115,6 +118,11 @@ func (s *Service) Pools() []PoolState {
 	defer s.mu.Unlock()
 	out := []PoolState{s.tokens.state("")}
 	out[0].PeriodID = s.periodID
+	if l := s.lim.Load(); l.Tokens != Unlimited {
+		out[0].Size = max(l.Tokens-s.allocated, 0)
+	} else {
+		out[0].Size = Unlimited
+	}
 	names := make([]string, 0, len(s.accounts))
 	for name := range s.accounts {
 		names = append(names, name)
@@ -132,7 +140,7 @@ func (p *pool) state(account string) PoolState {
 	if p.durableSet {
 		d = p.durable
 	}
-	return PoolState{Account: account, Limit: p.limit, Policy: p.policy, Used: p.used, Overage: p.overage,
+	return PoolState{Account: account, Limit: p.limit, Size: p.limit, Policy: p.policy, Used: p.used, Overage: p.overage,
 		Total: p.total, TotalOverage: p.totalOver, Base: p.base, Durable: d}
 }
 
@@ -185,8 +193,8 @@ func (s *Service) pool(account string) *pool {
 // Ceiling is how many tokens the pool may hand out in all (its size plus
 // what its overage policy allows), or -1 when there is no end.
 func (p PoolState) Ceiling() int64 {
-	if p.Limit == Unlimited || p.Policy.Kind == OverageUnlimited {
+	if p.Size == Unlimited || p.Policy.Kind == OverageUnlimited {
 		return -1
 	}
-	return p.Policy.ceiling(p.Limit)
+	return p.Policy.ceiling(p.Size)
 }

@@ -101,6 +101,10 @@ type peer struct {
 	deadAt    time.Time
 	addr      string
 	metaRaw   []byte
+	// applied are its parts of each licence, as it reported them.
+	applied map[string]Share
+	// joinedAt is when it last joined: a report heard before is stale.
+	joinedAt time.Time
 	// head is its ledger head as last reported; witnessed the seq of the
 	// head last handed to Witnesses.
 	head      ledger.Witness
@@ -114,14 +118,15 @@ type Cluster struct {
 	ml  *memberlist.Memberlist
 	log *slog.Logger
 
-	mu     sync.Mutex // guards the fields below
-	peers  map[string]*peer
-	local  map[string]float64            // this node's demand
-	rate   map[string]float64            // this node's token rate per pool
-	held   map[string]Held               // what this node holds
-	side   Side                          // as last decided
-	budget map[string]int64              // this node's token budget per pool, as planned and reported
-	shares map[string]map[string]float64 // service → node → share, as last computed here
+	mu      sync.Mutex // guards the fields below
+	peers   map[string]*peer
+	local   map[string]float64            // this node's demand
+	rate    map[string]float64            // this node's token rate per pool
+	held    map[string]Held               // what this node holds
+	side    Side                          // as last decided
+	budget  map[string]int64              // this node's token budget per pool, as planned and reported
+	applied map[string]Share              // this node's parts as applied, and reported
+	shares  map[string]map[string]float64 // service → node → share, as last computed here
 	// computed is this node's part as computed at the previous exchange:
 	// a rise is applied one exchange late (see allocate).
 	computed map[string]Share
@@ -149,7 +154,7 @@ func New(cfg Config) (*Cluster, error) {
 		host = "0.0.0.0"
 	}
 	c := &Cluster{cfg: cfg, log: cfg.Log, peers: map[string]*peer{}, local: map[string]float64{},
-		shares: map[string]map[string]float64{}, budget: map[string]int64{}, computed: map[string]Share{}, meter: newDemandMeter(), stop: make(chan struct{}),
+		shares: map[string]map[string]float64{}, budget: map[string]int64{}, applied: map[string]Share{}, computed: map[string]Share{}, meter: newDemandMeter(), stop: make(chan struct{}),
 		forward: make(chan op, forwardQueue), side: Side{State: SideWhole, Fraction: 1, Live: 1, Known: 1}}
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = cfg.NodeName
@@ -295,6 +300,7 @@ type demandMsg struct {
 	Node      string             `json:"n"`
 	HeadSeq   uint64             `json:"ls,omitempty"`
 	HeadHash  string             `json:"lh,omitempty"`
+	Applied   map[string]Share   `json:"a,omitempty"`
 	Demand    map[string]float64 `json:"d"`
 	TokenRate map[string]float64 `json:"r,omitempty"`
 	Held      map[string]Held    `json:"h,omitempty"`
@@ -325,8 +331,12 @@ func (c *Cluster) exchange() {
 			h.Budget = b
 			report[service] = h
 		}
+		applied := make(map[string]Share, len(c.applied))
+		for service, a := range c.applied {
+			applied[service] = a
+		}
 		c.mu.Unlock()
-		dm := demandMsg{Node: c.cfg.NodeName, Demand: demand, TokenRate: rate, Held: report}
+		dm := demandMsg{Node: c.cfg.NodeName, Demand: demand, TokenRate: rate, Held: report, Applied: applied}
 		if c.cfg.LedgerHead != nil {
 			dm.HeadSeq, dm.HeadHash = c.cfg.LedgerHead()
 		}
@@ -416,20 +426,28 @@ func (c *Cluster) allocate(now time.Time) {
 			sh.TokensShared = true
 			sh.TokensBudget = c.tokenBudgetLocked(service, l.Tokens, Allocate(side.Fraction, rates)[self])
 		}
-		// A fall applies at once, a rise one exchange late: by then this
-		// node's report has reached the others and they have given up what
-		// it takes, so two nodes whose load rises together never both
-		// claim the same spare.
-		applied := sh
-		if prev, ok := c.computed[service]; ok {
-			applied = Share{CAPS: admission.MinLimit(sh.CAPS, prev.CAPS), Sessions: admission.MinLimit(sh.Sessions, prev.Sessions),
-				Subscribers:  admission.MinLimit(sh.Subscribers, prev.Subscribers),
-				TokensShared: sh.TokensShared, TokensBudget: sh.TokensBudget}
-			if prev.TokensShared {
-				applied.TokensBudget = min(sh.TokensBudget, prev.TokensBudget)
-			}
+		// A fall applies at once. A rise goes no further than what the
+		// other live members' own reports leave free (riseCap): a member
+		// whose fall has not been reported yet, whose report is stale, or
+		// that has not reported since it (re)joined keeps what it may
+		// hold, so nodes whose views differ for a moment (a member just
+		// joined, a partition healing on one side first, failures seen at
+		// different times) never claim the same part twice.
+		prev, ok := c.applied[service]
+		if !ok && len(names) > 0 {
+			// A licence new here starts from an even part, not from nothing.
+			even := side.Fraction / float64(len(names))
+			prev = Share{CAPS: even, Sessions: even, Subscribers: even}
+		}
+		cp := c.riseCapLocked(service, names, side.Fraction)
+		applied := Share{CAPS: rise(sh.CAPS, prev.CAPS, cp.CAPS), Sessions: rise(sh.Sessions, prev.Sessions, cp.Sessions),
+			Subscribers: rise(sh.Subscribers, prev.Subscribers, cp.Subscribers), TokensShared: sh.TokensShared, TokensBudget: sh.TokensBudget}
+		// A token budget is reported one exchange before it applies.
+		if old, ok := c.computed[service]; ok && old.TokensShared {
+			applied.TokensBudget = min(sh.TokensBudget, old.TokensBudget)
 		}
 		c.computed[service] = sh
+		c.applied[service] = applied
 		mine[service] = applied
 	}
 	c.shares = result
@@ -439,6 +457,47 @@ func (c *Cluster) allocate(now time.Time) {
 			c.log.Error("cannot apply the share", "service", service, "err", err)
 		}
 	}
+}
+
+// riseCap returns, per dimension, the part of a service's licence that the
+// other live members' reports leave to this node: fraction less what each
+// applies, a member with no report since it (re)joined counting as holding
+// everything. Called with mu held.
+func (c *Cluster) riseCapLocked(service string, live []string, fraction float64) Share {
+	var others Share
+	for _, n := range live {
+		if n == c.cfg.NodeName {
+			continue
+		}
+		p := c.peers[n]
+		if p == nil || !p.heard.After(p.joinedAt) {
+			return Share{}
+		}
+		a := p.applied[service]
+		others.CAPS += whole(a.CAPS)
+		others.Sessions += whole(a.Sessions)
+		others.Subscribers += whole(a.Subscribers)
+	}
+	return Share{CAPS: max(fraction-others.CAPS, 0), Sessions: max(fraction-others.Sessions, 0),
+		Subscribers: max(fraction-others.Subscribers, 0)}
+}
+
+// whole reads a reported part: negative means the whole licence.
+func whole(f float64) float64 {
+	if f < 0 {
+		return 1
+	}
+	return f
+}
+
+// rise applies a computed part: a fall at once, a rise up to the cap (but
+// never below what is applied now). Negative parts mean the whole licence
+// (not shared) and pass through.
+func rise(computed, prev, cp float64) float64 {
+	if computed < 0 || computed <= prev {
+		return computed
+	}
+	return min(computed, max(prev, cp))
 }
 
 // sideFraction is the part of each licence this node's side enforces.
@@ -589,7 +648,7 @@ func (d *delegate) NotifyMsg(b []byte) {
 			p = &peer{}
 			c.peers[m.Node] = p
 		}
-		p.demand, p.tokenRate, p.held, p.heard = m.Demand, m.TokenRate, m.Held, time.Now()
+		p.demand, p.tokenRate, p.held, p.applied, p.heard = m.Demand, m.TokenRate, m.Held, m.Applied, time.Now()
 		if m.HeadSeq > p.head.Seq && isHash(m.HeadHash) {
 			p.head = ledger.Witness{Node: m.Node, Seq: m.HeadSeq, Hash: m.HeadHash}
 		}
@@ -663,6 +722,7 @@ func (e *events) NotifyJoin(n *memberlist.Node) {
 		c.peers[n.Name] = p
 	}
 	p.dead, p.left, p.reclaimed, p.addr, p.metaRaw = false, false, false, n.Address(), append([]byte(nil), n.Meta...)
+	p.joinedAt = time.Now()
 	c.mu.Unlock()
 	if n.Name != c.cfg.NodeName {
 		c.log.Info("member joined", "member", n.Name, "addr", n.Address())

@@ -21,9 +21,15 @@
 // Members are taken in name order and a report older than one second counts
 // as no demand, so every node computes the same vector from the same
 // reports; Σ share_i = L exactly. A node applies a fall of its share at
-// once and a rise one exchange late: by then its report has reached the
-// others and they have applied their falls, so nodes whose load rises at the
-// same moment never both take the same spare. A node's engine then runs a
+// once. Each report also carries the parts the node applies, and a rise
+// goes no further than what the other live members' reports leave free:
+// L less the parts they apply, a member that has not reported since it
+// (re)joined counting as holding everything. So a rise waits until the
+// falls that make room for it have been reported, and views that differ
+// for a moment — a member that just joined, a partition healed on one side
+// first, failures seen one after the other, a stale report — never let two
+// nodes hold the same part. A licence new on a node starts from an even
+// part. A node's engine then runs a
 // GCRA bucket at its share with a depth of admission.burst (100 ms) of that
 // share, but at least 20 attempts (or one second of a share under 20 CAPS):
 // a node with a small share would otherwise refuse random arrivals well
@@ -31,11 +37,14 @@
 //
 // # Bounds
 //
-// Over-admission. The applied shares sum to at most L whenever every report
-// reaches every node within one exchange interval (UDP on a LAN: a few ms):
-// a node's rise waits one interval, its peers' matching falls do not. A
-// report lost or later than that can let the sum exceed L for one interval
-// by at most the rise it allowed. Over any window T the cluster admits at
+// Over-admission. The applied shares sum to at most L whenever each
+// node's last report tells what it applies: a rise is bounded by the
+// others' reported parts, a fall is reported at the next exchange. A report
+// lost after a fall only delays a rise elsewhere; a node that rose and
+// whose report was lost is still held at its previous part by the others
+// until its next report, so the sum can exceed L only by a rise made on a
+// report older than the part it bounds (a late UDP packet), for one
+// interval. Over any window T the cluster admits at
 // most L×T + burst plus, per late report, that rise × 100 ms; and shares only
 // move when demand moves. Under a steady skewed load (the
 // SPEC's case) the reports settle within a few intervals and the bound is

@@ -343,22 +343,12 @@ func TestPartitionSplit(t *testing.T) {
 	splitScenario(t, nw, []float64{45, 45, 10}, 2*partLicence)
 }
 
-// knownIssuesEnv enables the scenarios that fail intermittently on known
-// defects of the partition policy.
-const knownIssuesEnv = "CAPSGATE_E2E_KNOWN_ISSUES"
-
 // TestPartitionSplitLoadedMinority is TestPartitionSplit with n3 offered
-// more than the whole licence on its own (2400/s, 25/25/50). It fails in
-// about 1 run of 4 today: a side uses a peer's stale demand report as no
-// demand while the peer still counts as live, so (a) a minority node that
-// declares its peers dead one after the other takes its "majority" part
-// for that while, and (b) at the heal the minority node sees the others
-// alive (and goes whole) up to ~1.5 s before they see it, and meanwhile
-// takes nearly the whole licence while they hold it too.
+// more than the whole licence on its own (2400/s, 25/25/50): the case where
+// a side must not take a part a peer still holds — a peer declared dead one
+// after the other, a partition seen healed on one side first, a stale
+// report (riseCap).
 func TestPartitionSplitLoadedMinority(t *testing.T) {
-	if os.Getenv(knownIssuesEnv) != "1" {
-		t.Skipf("fails intermittently on a known defect (stale demand counts as none during partition and heal); set %s=1 to run it", knownIssuesEnv)
-	}
 	nw := needsNetns(t, "3 capsgate nodes in network namespaces, n3's gossip cut for 7.5 s under 14 s of paced load")
 	splitScenario(t, nw, []float64{25, 25, 50}, 2.4*partLicence)
 }

@@ -27,13 +27,13 @@ type Shares struct {
 // not amounts, so a new licence raises every node's part at once, before
 // the next exchange: the fractions of all nodes still sum to one.
 type Share struct {
-	CAPS        float64
-	Sessions    float64
-	Subscribers float64
+	CAPS        float64 `json:"c"`
+	Sessions    float64 `json:"s"`
+	Subscribers float64 `json:"u"`
 	// TokensShared: the service's token pool is shared with other
 	// members, and this node may charge it up to TokensBudget in all.
-	TokensShared bool
-	TokensBudget int64
+	TokensShared bool  `json:"-"`
+	TokensBudget int64 `json:"-"`
 }
 
 // NewShares returns shares feeding sink (the engine).
