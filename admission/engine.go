@@ -515,6 +515,25 @@ func (e *Engine) Consume(now int64, service, acct []byte, units int64, id []byte
 	return d
 }
 
+// RecordConsumed remembers a CONSUME ID that another member charged, with
+// the decision it got there, so that a repeat of it here gets that decision
+// and is not charged again. It reports false when this node had charged the
+// same ID itself (both kept; see the cluster package doc).
+func (e *Engine) RecordConsumed(now int64, service, acct, id []byte, d Decision) bool {
+	s := e.service(service)
+	if s == nil || id == nil {
+		return true
+	}
+	key := KeyOf(id).mix(KeyOf(acct))
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.consumed.get(key, now); ok {
+		return false
+	}
+	s.consumed.put(key, d, now+int64(e.cfg.IdempotencyWindow))
+	return true
+}
+
 // SetAccount allocates tokens of the service's pool to an account, with its
 // own overage policy. Allocations may not exceed the service's pool.
 func (e *Engine) SetAccount(service, acct string, tokens int64, ov Overage) error {

@@ -4,13 +4,22 @@ import (
 	"encoding/json"
 	"sync"
 	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/capsgate/capsgate/admission"
 )
+
+// consumeConflicts counts CONSUME IDs charged on two members at once (a
+// repeat that reached a second member before the first one's notice).
+var consumeConflicts = metrics.NewCounter(`capsgate_consume_id_conflicts_total`)
 
 // Operations forwarded to the other members.
 const (
 	opRelease    = 'r' // RELEASE of a call this node does not hold
 	opDeregister = 'u' // DEREGISTER of a subscriber this node does not hold
 	opClaim      = 'c' // a subscriber newly registered here: others let it go
+	opConsumed   = 'i' // a CONSUME ID charged here: others remember it
 )
 
 // op is one forwarded operation.
@@ -22,6 +31,10 @@ type op struct {
 	// At is when a claim was made (ns), to break a tie between two
 	// members that registered the same subscriber at once.
 	At int64 `json:"a,omitempty"`
+	// Account and Remaining: a CONSUME ID's account, and what its
+	// decision said was left.
+	Account   string `json:"c,omitempty"`
+	Remaining int64  `json:"m,omitempty"`
 }
 
 type opsMsg struct {
@@ -59,6 +72,13 @@ func (c *Cluster) ClaimSubscriber(service, sub []byte) {
 	o := op{Kind: opClaim, Service: string(service), Key: append([]byte(nil), sub...), At: time.Now().UnixNano()}
 	c.claims.made(o)
 	c.enqueue(o)
+}
+
+// Consumed tells every member about a CONSUME ID charged here, so that a
+// repeat through any node gets the same decision and is not charged again.
+func (c *Cluster) Consumed(service, account, id []byte, d admission.Decision) {
+	c.enqueue(op{Kind: opConsumed, Service: string(service), Account: string(account), Key: append([]byte(nil), id...),
+		Remaining: d.Remaining, At: time.Now().UnixNano()})
 }
 
 func (c *Cluster) enqueue(o op) {
@@ -143,6 +163,13 @@ func (c *Cluster) apply(b []byte) {
 			c.cfg.Engine.Release(now, []byte(o.Service), o.Key, o.Seconds)
 		case opDeregister:
 			c.cfg.Engine.Deregister(now, []byte(o.Service), o.Key)
+		case opConsumed:
+			d := admission.Decision{Reason: admission.OK, Remaining: o.Remaining}
+			if !c.cfg.Engine.RecordConsumed(now, []byte(o.Service), []byte(o.Account), o.Key, d) {
+				consumeConflicts.Inc()
+				c.log.Warn("a CONSUME ID was charged on two members before either heard of the other", "service", o.Service,
+					"account", o.Account, "from", m.Node)
+			}
 		case opClaim:
 			if c.claims.yields(o, m.Node, c.cfg.NodeName) && c.cfg.Engine.Deregister(now, []byte(o.Service), o.Key) {
 				claimsTaken.Inc()

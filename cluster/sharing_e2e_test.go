@@ -124,3 +124,30 @@ func TestTokenPoolSharedByTheCluster(t *testing.T) {
 	used, _ := total(t, c, "pre", "tokens_used", int64(run.Total.Admitted), time.Second)
 	assert.Equal(t, int64(run.Total.Admitted), used, "every admitted attempt was charged once")
 }
+
+func TestConsumeIDOnceAcrossNodes(t *testing.T) {
+	needsProcesses(t, "3 capsgate nodes")
+	c := clustertest.New(t, 3)
+	c.WaitMembers(3, 5*time.Second)
+	c.LoadLicense(1, c.Issue("--service", "pp", "--caps", "1000", "--tokens", "9000", "--id", "pp-9000"))
+	c.WaitCAPS("pp", 1000, 2*time.Second)
+	time.Sleep(300 * time.Millisecond) // the first budgets
+	n := c.Nodes()
+	var first []int64
+	for i := range 20 {
+		ok, reason, left, err := n[0].Decision("CONSUME", "pp", "acct1", "5", "ID", fmt.Sprintf("k%d", i))
+		require.NoError(t, err)
+		require.True(t, ok, reason)
+		first = append(first, left)
+	}
+	time.Sleep(100 * time.Millisecond) // a notice takes milliseconds
+	for i := range 20 {
+		ok, reason, left, err := n[1+i%2].Decision("CONSUME", "pp", "acct1", "5", "ID", fmt.Sprintf("k%d", i))
+		require.NoError(t, err)
+		require.True(t, ok, reason)
+		require.Equal(t, first[i], left, "a repeat through another node gets the first decision")
+	}
+	used, _ := total(t, c, "pp", "tokens_used", 100, time.Second)
+	t.Logf("20 CONSUME IDs of 5 tokens on n1, each repeated through n2 or n3: %d tokens charged in all", used)
+	require.Equal(t, int64(100), used, "each ID charged once in the cluster")
+}

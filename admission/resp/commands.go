@@ -48,6 +48,9 @@ type Forwarder interface {
 	ForwardRelease(service, call []byte, seconds int64)
 	ForwardDeregister(service, subscriber []byte)
 	ClaimSubscriber(service, subscriber []byte)
+	// Consumed passes on a CONSUME ID charged here, with its decision, so
+	// that a repeat through another node is not charged again.
+	Consumed(service, account, id []byte, d admission.Decision)
 }
 
 // Handler executes commands against an engine. It holds no per-connection
@@ -336,7 +339,11 @@ func (h *Handler) consume(now int64, args [][]byte, out []byte) []byte {
 		}
 		id = args[5]
 	}
-	return decision(out, h.eng.Consume(now, args[1], args[2], units, id))
+	d := h.eng.Consume(now, args[1], args[2], units, id)
+	if id != nil && d.Admitted() && h.fwd != nil {
+		h.fwd.Consumed(args[1], args[2], id, d)
+	}
+	return decision(out, d)
 }
 
 // QUOTA service: flat field/value pairs.
