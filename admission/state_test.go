@@ -143,3 +143,27 @@ func kinds(cs []Change) []ChangeKind {
 	}
 	return out
 }
+
+// BenchmarkAdmitCallReleaseJournaled is BenchmarkAdmitCallRelease with
+// the change log on, drained (two buffers alternating) as the journal's
+// flush loop does.
+func BenchmarkAdmitCallReleaseJournaled(b *testing.B) {
+	e, clk := newTestEngine(b, Limits{Licensed: true, CAPS: 1e9, Sessions: 1 << 30, Subscribers: Unlimited, Tokens: Unlimited}, journaling)
+	now := clk.Now()
+	s := e.Service("voice")
+	s.Drain(make([]Change, 0, 4096))
+	spare := make([]Change, 0, 4096)
+	calls := make([][]byte, 1024)
+	for i := range calls {
+		calls[i] = []byte(fmt.Sprintf("%08x-4b1c-11ef-9c3a-0242ac120002@10.0.0.1", i))
+	}
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		c := calls[i%len(calls)]
+		e.Admit(now, svc, c, nil, Normal)
+		e.Release(now, svc, c, 0)
+		if i%1024 == 1023 {
+			spare, _ = s.Drain(spare)
+		}
+	}
+}
