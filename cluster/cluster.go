@@ -51,8 +51,9 @@ type Config struct {
 	Key []byte
 	// Join lists members to join at start.
 	Join []string
-	// RESPAddr and MaxCAPS are published in the node metadata.
-	RESPAddr string
+	// RESPAddr, AdminAddr and MaxCAPS are published in the node metadata.
+	RESPAddr  string
+	AdminAddr string
 	MaxCAPS  float64
 	Engine   *admission.Engine
 	Clock    admission.Clock
@@ -72,6 +73,9 @@ type Member struct {
 	Addr     string             `json:"addr"`
 	State    string             `json:"state"`
 	RESPAddr string             `json:"resp_addr,omitempty"`
+	// AdminAddr is where its admin API answers (an unspecified host
+	// replaced by its gossip address).
+	AdminAddr string `json:"admin_addr,omitempty"`
 	Version  string             `json:"version,omitempty"`
 	MaxCAPS  float64            `json:"max_caps"`
 	Demand   map[string]float64 `json:"demand"`
@@ -85,6 +89,7 @@ type Member struct {
 type meta struct {
 	Version  string  `json:"v"`
 	RESPAddr string  `json:"resp"`
+	Admin    string  `json:"admin,omitempty"`
 	MaxCAPS  float64 `json:"max_caps"`
 }
 
@@ -569,6 +574,7 @@ func (c *Cluster) Members() []Member {
 		var md meta
 		if json.Unmarshal(metaRaw, &md) == nil {
 			m.RESPAddr, m.Version, m.MaxCAPS = md.RESPAddr, md.Version, md.MaxCAPS
+			m.AdminAddr = reachable(md.Admin, addr)
 		}
 		if name == c.cfg.NodeName {
 			m.Demand = copyMap(c.local)
@@ -621,7 +627,7 @@ type delegate Cluster
 
 // NodeMeta publishes version, RESP address and max_caps.
 func (d *delegate) NodeMeta(limit int) []byte {
-	b, _ := json.Marshal(meta{Version: Version, RESPAddr: d.cfg.RESPAddr, MaxCAPS: d.cfg.MaxCAPS})
+	b, _ := json.Marshal(meta{Version: Version, RESPAddr: d.cfg.RESPAddr, Admin: d.cfg.AdminAddr, MaxCAPS: d.cfg.MaxCAPS})
 	if len(b) > limit {
 		return nil
 	}
@@ -766,4 +772,19 @@ func isHash(h string) bool {
 		}
 	}
 	return true
+}
+
+// reachable turns a listen address with an unspecified host (":8390",
+// "0.0.0.0:8390") into one on the host of gossip address via.
+func reachable(addr, via string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return ""
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		if vh, _, err := net.SplitHostPort(via); err == nil {
+			return net.JoinHostPort(vh, port)
+		}
+	}
+	return addr
 }

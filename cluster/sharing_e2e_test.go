@@ -151,3 +151,44 @@ func TestConsumeIDOnceAcrossNodes(t *testing.T) {
 	t.Logf("20 CONSUME IDs of 5 tokens on n1, each repeated through n2 or n3: %d tokens charged in all", used)
 	require.Equal(t, int64(100), used, "each ID charged once in the cluster")
 }
+
+func TestUsageOfTheWholeCluster(t *testing.T) {
+	needsProcesses(t, "3 capsgate nodes and 3 s of ledger intervals")
+	c := clustertest.New(t, 3, clustertest.WithArgs("--ledger-interval", "1s"))
+	c.WaitMembers(3, 5*time.Second)
+	c.LoadLicense(1, c.Issue("--service", "voice", "--caps", "10000", "--id", "voice-usage"))
+	c.WaitCAPS("voice", 10000, 2*time.Second)
+	time.Sleep(300 * time.Millisecond)
+	n := c.Nodes()
+	for i, k := range []int{7, 11, 13} {
+		for range k {
+			ok, reason, _, err := n[i].Decision("ADMIT", "voice")
+			require.NoError(t, err)
+			require.True(t, ok, reason)
+		}
+	}
+	var v struct {
+		Nodes   []string `json:"nodes"`
+		Missing []string `json:"missing"`
+		Usage   []struct {
+			Service  string   `json:"service"`
+			Attempts int      `json:"attempts"`
+			Admitted int      `json:"admitted"`
+			Nodes    []string `json:"nodes"`
+		} `json:"usage"`
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		require.NoError(t, n[0].GetJSON("/v1/usage?service=voice", &v))
+		if (len(v.Usage) == 1 && v.Usage[0].Attempts == 31) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Logf("GET /v1/usage on n1: %+v", v)
+	require.Len(t, v.Usage, 1)
+	require.Equal(t, 31, v.Usage[0].Attempts, "7 + 11 + 13 attempts on three nodes")
+	require.Equal(t, 31, v.Usage[0].Admitted)
+	require.ElementsMatch(t, []string{"n1", "n2", "n3"}, v.Usage[0].Nodes)
+	require.Empty(t, v.Missing)
+}

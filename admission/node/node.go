@@ -45,6 +45,8 @@ type Node struct {
 	admin   *http.Server
 	adminLn net.Listener
 
+	adminToken string // for asking peers' admin APIs (GET /v1/usage)
+
 	ledger   *ledger.Ledger
 	reserver *meter.Reserver
 	meter    *meter.Meter
@@ -265,7 +267,7 @@ func (n *Node) Start() error {
 	}
 	n.cluster, err = cluster.New(cluster.Config{
 		NodeName: n.cfg.NodeName, BindAddr: n.cfg.Gossip.Addr, Key: gossipKey, Join: n.cfg.Join,
-		RESPAddr: n.cfg.RESP.Addr, MaxCAPS: n.cfg.Node.MaxCAPS,
+		RESPAddr: n.cfg.RESP.Addr, AdminAddr: ln.Addr().String(), MaxCAPS: n.cfg.Node.MaxCAPS,
 		Engine: n.eng, Clock: n.clk, Shares: n.shares, Licences: n.reg, Log: n.log,
 		Policy: cluster.PolicyConfig{Policy: policy, FailOpenFor: n.cfg.Cluster.FailOpenFor.Duration,
 			ReclaimAfter: n.cfg.Cluster.ReclaimAfter.Duration},
@@ -286,6 +288,7 @@ func (n *Node) Start() error {
 		_ = n.resp.Stop(context.Background())
 		return err
 	}
+	n.adminToken = token
 	n.admin = &http.Server{
 		Handler:           n.adminHandler(token),
 		ReadHeaderTimeout: 5 * time.Second,

@@ -2,6 +2,7 @@ package node
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -145,8 +146,10 @@ type UsageRow struct {
 	Nodes []string `json:"nodes"`
 }
 
-// getUsage sums this node's ledger records per service, account and time
-// step (?step=1h; default: the whole range).
+// getUsage sums the ledger records of the whole cluster per service,
+// account and time step (?step=1h; default: the whole range): this node's,
+// and every live member's asked through its admin API (?local=1 asks one
+// node alone). Members that do not answer are listed in "missing".
 func (n *Node) getUsage(w http.ResponseWriter, r *http.Request) {
 	from, to, err := timeRange(r)
 	if err != nil {
@@ -173,6 +176,9 @@ func (n *Node) getUsage(w http.ResponseWriter, r *http.Request) {
 			end = start.Add(step)
 		}
 		k := [3]string{start.Format(time.RFC3339), u.Service, u.Account}
+		if step == 0 {
+			k[0] = ""
+		}
 		row := rows[k]
 		if row == nil {
 			row = &UsageRow{From: start, To: end, Service: u.Service, Account: u.Account}
@@ -198,6 +204,47 @@ func (n *Node) getUsage(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, "ledger", err.Error())
 		return
 	}
+	var missing []string
+	nodes := []string{n.cfg.NodeName}
+	if r.URL.Query().Get("local") != "1" && n.cluster != nil {
+		q := r.URL.Query()
+		q.Set("local", "1")
+		for _, m := range n.cluster.Members() {
+			if m.Name == n.cfg.NodeName || m.State == "left" || (m.State == "dead" && m.Reclaimed) {
+				continue
+			}
+			peer, err := n.peerUsage(r, m.AdminAddr, q.Encode())
+			if err != nil {
+				n.log.Warn("cannot get a member's usage", "member", m.Name, "err", err)
+				missing = append(missing, m.Name)
+				continue
+			}
+			nodes = append(nodes, m.Name)
+			for _, pr := range peer {
+				k := [3]string{pr.From.Format(time.RFC3339), pr.Service, pr.Account}
+				if step == 0 {
+					k[0] = ""
+				}
+				row := rows[k]
+				if row == nil {
+					rows[k] = pr
+					continue
+				}
+				if pr.From.Before(row.From) {
+					row.From = pr.From
+				}
+				if pr.To.After(row.To) {
+					row.To = pr.To
+				}
+				Add(&row.Usage, &pr.Usage)
+				for _, name := range pr.Nodes {
+					if !contains(row.Nodes, name) {
+						row.Nodes = append(row.Nodes, name)
+					}
+				}
+			}
+		}
+	}
 	out := make([]*UsageRow, 0, len(rows))
 	for _, row := range rows {
 		out = append(out, row)
@@ -212,7 +259,38 @@ func (n *Node) getUsage(w http.ResponseWriter, r *http.Request) {
 		}
 		return a.Account < b.Account
 	})
-	writeJSON(w, http.StatusOK, map[string]any{"node": n.cfg.NodeName, "usage": out})
+	writeJSON(w, http.StatusOK, map[string]any{"node": n.cfg.NodeName, "nodes": nodes, "missing": missing, "usage": out})
+}
+
+// peerUsage asks a member's admin API for its own usage rows.
+func (n *Node) peerUsage(r *http.Request, addr, query string) ([]*UsageRow, error) {
+	if addr == "" {
+		return nil, errors.New("no admin address in its metadata")
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/v1/usage?"+query, nil)
+	if err != nil {
+		return nil, err
+	}
+	if n.adminToken != "" {
+		req.Header.Set("Authorization", "Bearer "+n.adminToken)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, errors.New("answered " + resp.Status)
+	}
+	var v struct {
+		Usage []*UsageRow `json:"usage"`
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(&v); err != nil {
+		return nil, err
+	}
+	return v.Usage, nil
 }
 
 // Add adds u to sum: counts add, peaks take the larger.

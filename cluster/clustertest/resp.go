@@ -53,3 +53,10 @@ func encodeCommand(args []string) []byte {
 	}
 	return frame
 }
+
+// GetJSON sends GET path to the node's admin API (with the cluster's
+// token) and decodes the JSON answer into v.
+func (n *Node) GetJSON(path string, v any) error {
+	_, err := n.request("GET", path, nil, v)
+	return err
+}
