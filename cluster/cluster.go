@@ -54,11 +54,11 @@ type Config struct {
 	// RESPAddr, AdminAddr and MaxCAPS are published in the node metadata.
 	RESPAddr  string
 	AdminAddr string
-	MaxCAPS  float64
-	Engine   *admission.Engine
-	Clock    admission.Clock
-	Shares   *Shares
-	Licences Licences
+	MaxCAPS   float64
+	Engine    *admission.Engine
+	Clock     admission.Clock
+	Shares    *Shares
+	Licences  Licences
 	// Policy is what a side does while members are unreachable.
 	Policy PolicyConfig
 	// LedgerHead returns this node's usage-ledger head, which every member
@@ -69,17 +69,17 @@ type Config struct {
 
 // Member is one member as GET /v1/cluster shows it.
 type Member struct {
-	Name     string             `json:"name"`
-	Addr     string             `json:"addr"`
-	State    string             `json:"state"`
-	RESPAddr string             `json:"resp_addr,omitempty"`
+	Name     string `json:"name"`
+	Addr     string `json:"addr"`
+	State    string `json:"state"`
+	RESPAddr string `json:"resp_addr,omitempty"`
 	// AdminAddr is where its admin API answers (an unspecified host
 	// replaced by its gossip address).
-	AdminAddr string `json:"admin_addr,omitempty"`
-	Version  string             `json:"version,omitempty"`
-	MaxCAPS  float64            `json:"max_caps"`
-	Demand   map[string]float64 `json:"demand"`
-	Shares   map[string]float64 `json:"shares"`
+	AdminAddr string             `json:"admin_addr,omitempty"`
+	Version   string             `json:"version,omitempty"`
+	MaxCAPS   float64            `json:"max_caps"`
+	Demand    map[string]float64 `json:"demand"`
+	Shares    map[string]float64 `json:"shares"`
 	// Since is when a dead member was declared dead.
 	Since *time.Time `json:"since,omitempty"`
 	// Reclaimed: a dead member whose part the live members took over.
