@@ -233,3 +233,26 @@ func percentile(sorted []time.Duration, q float64) time.Duration {
 	i := int(float64(len(sorted))*q+0.999999) - 1
 	return sorted[max(0, min(i, len(sorted)-1))]
 }
+
+func TestFiveNodesHoldLicence(t *testing.T) {
+	needsProcesses(t, "5 capsgate nodes under 10 s of paced load")
+	c := clustertest.New(t, 5)
+	c.WaitMembers(5, 10*time.Second)
+	c.LoadLicense(2, c.Issue("--service", "voice", "--caps", "1000", "--id", "voice-5"))
+	c.WaitCAPS("voice", 1000, 2*time.Second)
+	addrs := c.RESPAddrs()
+
+	over := clustertest.Paced(addrs, []float64{50, 20, 15, 10, 5}, 2000, 5*time.Second, "ADMIT voice")
+	t.Logf("5 nodes, 2000/s offered 50/20/15/10/5 for 5 s: %v", over)
+	t.Log(shares(c, 1, "voice"))
+	require.NoError(t, over.Total.Err)
+	require.Equal(t, 10000, over.Total.Sent)
+	assert.Equal(t, over.Total.Rejected, over.Total.Reasons["CAPS"], "only CAPS rejects")
+	assert.GreaterOrEqual(t, over.Total.Admitted, 4950, "nothing rejected below the licence")
+	assert.LessOrEqual(t, over.Total.Admitted, 5050+200, "nothing admitted beyond 1.01 × the licence + burst")
+
+	under := clustertest.Paced(addrs, []float64{50, 20, 15, 10, 5}, 900, 5*time.Second, "ADMIT voice")
+	t.Logf("5 nodes, 900/s offered 50/20/15/10/5 for 5 s: %v (%.3f %% rejected)", under, 100*under.Total.RejectedFraction())
+	require.NoError(t, under.Total.Err)
+	assert.LessOrEqual(t, under.Total.Rejected*1000, under.Total.Sent, "at most 0.1 %% rejected at 90 %% of the licence")
+}
