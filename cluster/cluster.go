@@ -139,6 +139,7 @@ type Cluster struct {
 
 	forward chan op // RELEASE/DEREGISTER/claims for other members
 	claims  claims
+	replay  replayLog
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -727,11 +728,15 @@ func (e *events) NotifyJoin(n *memberlist.Node) {
 		p = &peer{}
 		c.peers[n.Name] = p
 	}
+	back, downSince := p.dead, p.deadAt
 	p.dead, p.left, p.reclaimed, p.addr, p.metaRaw = false, false, false, n.Address(), append([]byte(nil), n.Meta...)
 	p.joinedAt = time.Now()
 	c.mu.Unlock()
 	if n.Name != c.cfg.NodeName {
 		c.log.Info("member joined", "member", n.Name, "addr", n.Address())
+		if back {
+			go c.replayTo(n.Name, downSince)
+		}
 	}
 }
 

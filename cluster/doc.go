@@ -108,6 +108,16 @@
 // count can be one too high per re-registration for the time a claim takes
 // to arrive (milliseconds).
 //
+// A node restores its open sessions and registrations from disk after a
+// restart (admission/journal). Every member keeps the operations it sent
+// in the last hour (at most 200,000): releases, deregistrations, claims.
+// When a member that was seen dead comes back, they are sent again, so it
+// lets go of calls released and subscribers re-registered elsewhere while
+// it was down. A CONSUME charged with an ID is remembered by every member
+// for admission.idempotency_window, so a repeat through another node gets
+// the first decision, uncharged (a repeat that arrives before the notice,
+// milliseconds, is charged there too and counted as a conflict).
+//
 // Token pools are escrow. Each node reports, per pool, what it has charged
 // and its budget: what it may have charged in all. Every exchange a node
 // plans budget = charged + part × (pool − everything charged), its part

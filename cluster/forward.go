@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"encoding/json"
+	"sort"
 	"sync"
 	"time"
 
@@ -57,12 +58,12 @@ const (
 // ForwardRelease sends a RELEASE this node could not do to every member
 // (implements resp.Forwarder; never blocks).
 func (c *Cluster) ForwardRelease(service, call []byte, seconds int64) {
-	c.enqueue(op{Kind: opRelease, Service: string(service), Key: append([]byte(nil), call...), Seconds: seconds})
+	c.enqueue(op{Kind: opRelease, Service: string(service), Key: append([]byte(nil), call...), Seconds: seconds, At: time.Now().UnixNano()})
 }
 
 // ForwardDeregister sends a DEREGISTER this node could not do to every member.
 func (c *Cluster) ForwardDeregister(service, sub []byte) {
-	c.enqueue(op{Kind: opDeregister, Service: string(service), Key: append([]byte(nil), sub...)})
+	c.enqueue(op{Kind: opDeregister, Service: string(service), Key: append([]byte(nil), sub...), At: time.Now().UnixNano()})
 }
 
 // ClaimSubscriber tells every member that a subscriber is registered here
@@ -120,6 +121,11 @@ func (c *Cluster) forwarder() {
 }
 
 func (c *Cluster) sendOps(batch []op) {
+	c.replay.keep(batch)
+	c.sendBatch(batch)
+}
+
+func (c *Cluster) sendBatch(batch []op) {
 	msg, _ := json.Marshal(opsMsg{Node: c.cfg.NodeName, Ops: batch})
 	failed := c.sendAll(append([]byte{msgOps}, msg...))
 	forwardSent.Add(len(c.ml.Members()) - 1 - failed)
@@ -224,4 +230,71 @@ func (cl *claims) yields(o op, from, self string) bool {
 		return false
 	}
 	return from < self
+}
+
+// replayLog keeps the operations sent lately, so that a member that was
+// down when they went out gets them when it comes back: it restores its
+// sessions and registrations from disk, and without them would hold calls
+// released and subscribers re-registered elsewhere meanwhile.
+type replayLog struct {
+	mu  sync.Mutex // guards ops
+	ops []op       // in the order sent; At ascending
+}
+
+// Bounds of the replay log: a member down longer than replayFor, or while
+// more than replayMax operations went out, gets only the latest (what it
+// misses then ends by its TTL).
+const (
+	replayFor = time.Hour
+	replayMax = 200_000
+)
+
+func (r *replayLog) keep(batch []op) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, o := range batch {
+		if o.Kind != opConsumed { // CONSUME IDs expire in minutes
+			r.ops = append(r.ops, o)
+		}
+	}
+	cut := 0
+	if len(r.ops) > replayMax {
+		cut = len(r.ops) - replayMax
+	}
+	old := time.Now().Add(-replayFor).UnixNano()
+	for cut < len(r.ops) && r.ops[cut].At < old {
+		cut++
+	}
+	if cut > len(r.ops)/2 {
+		r.ops = append([]op(nil), r.ops[cut:]...)
+	}
+}
+
+// since returns the operations sent at or after t (ns).
+func (r *replayLog) since(t int64) []op {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	i := sort.Search(len(r.ops), func(i int) bool { return r.ops[i].At >= t })
+	return append([]op(nil), r.ops[i:]...)
+}
+
+// replayTo sends a member that came back the operations it missed while it
+// was down (since a second before it was seen to fail), in batches, to
+// every member (a repeat is harmless: every operation is idempotent).
+func (c *Cluster) replayTo(member string, downSince time.Time) {
+	ops := c.replay.since(downSince.Add(-time.Second).UnixNano())
+	if len(ops) == 0 {
+		return
+	}
+	c.log.Info("sending a member that came back what it missed", "member", member, "ops", len(ops))
+	for len(ops) > 0 {
+		select {
+		case <-c.stop:
+			return
+		default:
+		}
+		n := min(len(ops), forwardBatch)
+		c.sendBatch(ops[:n])
+		ops = ops[n:]
+	}
 }

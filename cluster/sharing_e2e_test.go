@@ -192,3 +192,43 @@ func TestUsageOfTheWholeCluster(t *testing.T) {
 	require.ElementsMatch(t, []string{"n1", "n2", "n3"}, v.Usage[0].Nodes)
 	require.Empty(t, v.Missing)
 }
+
+// A node killed with open calls and registrations restores them from disk;
+// what happened to them elsewhere while it was down reaches it when it
+// comes back.
+func TestRestartedNodeCatchesUp(t *testing.T) {
+	needsProcesses(t, "3 capsgate nodes, one killed and restarted")
+	c := clustertest.New(t, 3)
+	c.WaitMembers(3, 5*time.Second)
+	c.LoadLicense(1, c.Issue("--service", "voice", "--caps", "1000", "--sessions", "60", "--subscribers", "60", "--id", "voice-catch"))
+	c.WaitCAPS("voice", 1000, 2*time.Second)
+	n := c.Nodes()
+	for i := range 10 {
+		ok, reason, _, err := n[2].Decision("REGISTER", "voice", fmt.Sprintf("sip:r%d@example.net", i), "TTL", "3600")
+		require.NoError(t, err)
+		require.True(t, ok, reason)
+		ok, reason, _, err = n[2].Decision("ADMIT", "voice", "CALL", fmt.Sprintf("rc-%d", i))
+		require.NoError(t, err)
+		require.True(t, ok, reason)
+	}
+	time.Sleep(200 * time.Millisecond) // journaled (every 20 ms)
+	n[2].Kill()
+	c.WaitMembers(2, 5*time.Second)
+	// While n3 is down: its subscribers re-register through n1, its calls
+	// end through n2.
+	for i := range 10 {
+		ok, reason, _, err := n[0].Decision("REGISTER", "voice", fmt.Sprintf("sip:r%d@example.net", i), "TTL", "3600")
+		require.NoError(t, err)
+		require.True(t, ok, reason)
+		_, err = n[1].Do("RELEASE", "voice", fmt.Sprintf("rc-%d", i))
+		require.NoError(t, err)
+	}
+	require.NoError(t, n[2].Restart())
+	c.WaitMembers(3, 10*time.Second)
+	subs, took := total(t, c, "voice", "subscribers_used", 10, 5*time.Second)
+	sessions, _ := total(t, c, "voice", "sessions_used", 0, 5*time.Second)
+	t.Logf("n3 restarted: %d subscribers and %d sessions in the cluster (%v after it answered); n3 holds %d and %d",
+		subs, sessions, took, quota(t, n[2], "voice", "subscribers_used"), quota(t, n[2], "voice", "sessions_used"))
+	require.Equal(t, int64(10), subs, "each subscriber once: n3 let go of those that re-registered elsewhere")
+	require.Zero(t, sessions, "calls released while n3 was down are released on n3 too")
+}
