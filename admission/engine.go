@@ -550,7 +550,7 @@ func (e *Engine) SetAccount(service, acct string, tokens int64, ov Overage) erro
 	a := s.accounts[acct]
 	old := int64(0)
 	if a != nil {
-		old = a.limit
+		old = a.alloc
 	}
 	total := s.allocated - old + tokens
 	if l.Tokens != Unlimited && total > l.Tokens {
@@ -562,7 +562,7 @@ func (e *Engine) SetAccount(service, acct string, tokens int64, ov Overage) erro
 		a.durableSet = e.cfg.DurableTokens
 		s.accounts[acct] = a
 	}
-	a.limit, a.policy = tokens, ov
+	a.alloc, a.policy = tokens, ov
 	s.allocated = total
 	s.applyPool(l)
 	return nil

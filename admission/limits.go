@@ -43,6 +43,10 @@ type Limits struct {
 	// all of it.
 	TokensShared bool
 	TokensBudget int64
+	// AccountBudgets are this node's budgets of the accounts' allocations
+	// when TokensShared; an account without one charges nothing here until
+	// the cluster's next exchange gives it one.
+	AccountBudgets map[string]int64
 	// LicensedCAPS is the whole cluster's licensed CAPS, for reports; 0
 	// means the same as CAPS (a single node).
 	LicensedCAPS float64

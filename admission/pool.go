@@ -84,7 +84,8 @@ func satAdd(a, b int64) int64 {
 // account is an end user or licence code with tokens allocated out of its
 // service's pool.
 type account struct {
-	name string
+	name  string
+	alloc int64 // the tokens allocated to it; pool.limit is that or, in a cluster, this node's budget of it
 	pool
 }
 
@@ -129,8 +130,10 @@ func (s *Service) Pools() []PoolState {
 	}
 	slices.Sort(names)
 	for _, name := range names {
-		out = append(out, s.accounts[name].state(name))
+		a := s.accounts[name]
+		out = append(out, a.state(name))
 		out[len(out)-1].PeriodID = s.periodID
+		out[len(out)-1].Size = a.alloc
 	}
 	return out
 }

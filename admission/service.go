@@ -98,6 +98,12 @@ func (s *Service) applyPool(l *derived) {
 		pool = min(pool, max(l.TokensBudget, 0))
 	}
 	s.tokens.limit = pool
+	for name, a := range s.accounts {
+		a.limit = a.alloc
+		if l.TokensShared {
+			a.limit = min(a.alloc, max(l.AccountBudgets[name], 0))
+		}
+	}
 }
 
 // poolFor returns the pool that acct draws on. Called with mu held.

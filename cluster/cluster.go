@@ -18,6 +18,7 @@ import (
 	"github.com/hashicorp/memberlist"
 
 	"github.com/capsgate/capsgate/admission"
+	"github.com/capsgate/capsgate/admission/meter"
 	"github.com/capsgate/capsgate/licensing/ledger"
 	"github.com/capsgate/capsgate/licensing/registry"
 )
@@ -61,10 +62,20 @@ type Config struct {
 	Licences  Licences
 	// Policy is what a side does while members are unreachable.
 	Policy PolicyConfig
+	// Accounts holds the token allocations made through the admin API; the
+	// cluster spreads them (nil: not spread).
+	Accounts Accounts
 	// LedgerHead returns this node's usage-ledger head, which every member
 	// writes into its own ledger as a witness; nil: none.
 	LedgerHead func() (seq uint64, hash string)
 	Log        *slog.Logger
+}
+
+// Accounts is what the cluster needs of the node's account allocations.
+type Accounts interface {
+	// Apply takes an allocation made on another member (the later wins).
+	Apply(service, account string, a meter.Allocation) error
+	Allocations() map[string]map[string]meter.Allocation
 }
 
 // Member is one member as GET /v1/cluster shows it.
@@ -430,7 +441,7 @@ func (c *Cluster) allocate(now time.Time) {
 		}
 		if l.Tokens != admission.Unlimited && self >= 0 && c.clusteredLocked() {
 			sh.TokensShared = true
-			sh.TokensBudget = c.tokenBudgetLocked(service, l.Tokens, Allocate(side.Fraction, rates)[self])
+			sh.TokensBudget, sh.AccountBudgets = c.budgetsLocked(service, l.Tokens, names, side.Fraction)
 		}
 		// A fall applies at once. A rise goes no further than what the
 		// other live members' own reports leave free (riseCap): a member
@@ -447,10 +458,20 @@ func (c *Cluster) allocate(now time.Time) {
 		}
 		cp := c.riseCapLocked(service, names, side.Fraction)
 		applied := Share{CAPS: rise(sh.CAPS, prev.CAPS, cp.CAPS), Sessions: rise(sh.Sessions, prev.Sessions, cp.Sessions),
-			Subscribers: rise(sh.Subscribers, prev.Subscribers, cp.Subscribers), TokensShared: sh.TokensShared, TokensBudget: sh.TokensBudget}
+			Subscribers: rise(sh.Subscribers, prev.Subscribers, cp.Subscribers), TokensShared: sh.TokensShared, TokensBudget: sh.TokensBudget,
+			AccountBudgets: sh.AccountBudgets}
 		// A token budget is reported one exchange before it applies.
 		if old, ok := c.computed[service]; ok && old.TokensShared {
 			applied.TokensBudget = min(sh.TokensBudget, old.TokensBudget)
+			applied.AccountBudgets = map[string]int64{}
+			for acct, b := range sh.AccountBudgets {
+				if ob, ok := old.AccountBudgets[acct]; ok {
+					b = min(b, ob)
+				} else {
+					b = 0 // new here: after its report
+				}
+				applied.AccountBudgets[acct] = b
+			}
 		}
 		c.computed[service] = sh
 		c.applied[service] = applied
@@ -691,13 +712,18 @@ func (d *delegate) NotifyMsg(b []byte) {
 func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
 
 type state struct {
-	Documents [][]byte  `json:"docs"`
-	ClockMark time.Time `json:"clock_mark"`
+	Documents [][]byte                               `json:"docs"`
+	ClockMark time.Time                              `json:"clock_mark"`
+	Accounts  map[string]map[string]meter.Allocation `json:"accounts,omitempty"`
 }
 
 // LocalState is this node's licences, revocations and clock mark.
 func (d *delegate) LocalState(join bool) []byte {
-	b, _ := json.Marshal(state{Documents: d.cfg.Licences.Documents(), ClockMark: d.cfg.Licences.ClockMark()})
+	st := state{Documents: d.cfg.Licences.Documents(), ClockMark: d.cfg.Licences.ClockMark()}
+	if d.cfg.Accounts != nil {
+		st.Accounts = d.cfg.Accounts.Allocations()
+	}
+	b, _ := json.Marshal(st)
 	return b
 }
 
@@ -715,6 +741,7 @@ func (d *delegate) MergeRemoteState(buf []byte, join bool) {
 			d.log.Debug("not loading a licence from a member's state", "err", err)
 		}
 	}
+	(*Cluster)(d).applyAllocations(s.Accounts)
 }
 
 // events implements memberlist.EventDelegate.

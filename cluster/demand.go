@@ -52,9 +52,27 @@ func (m *demandMeter) measure(eng *admission.Engine, t float64) (demand, tokenRa
 		if r := push(m.tokens, s.Name(), sample{t: t, n: uint64(max(st.PoolUsed, 0))}); r >= 0.01 {
 			tokenRate[s.Name()] = r
 		}
+		// Accounts' pools, under their pool keys.
+		for _, p := range s.Pools() {
+			if p.Account == "" {
+				continue
+			}
+			k := poolKey(s.Name(), p.Account)
+			if p.Used > 0 {
+				held[k] = Held{Tokens: p.Used}
+			}
+			if r := push(m.tokens, k, sample{t: t, n: uint64(max(p.Used, 0))}); r >= 0.01 {
+				tokenRate[k] = r
+			}
+		}
 	}
 	return demand, tokenRate, held
 }
+
+// poolKey names an account's token pool in reports and budgets ("/" is not
+// in the service and account alphabet); a service's own pool is named by
+// the service.
+func poolKey(service, account string) string { return service + "/" + account }
 
 // push adds a sample to a series' history and returns the series' rate:
 // the larger of the last interval's and the window's.

@@ -128,5 +128,8 @@
 // exchange later). So the budgets in force never sum to more than the
 // pool while reports arrive within an exchange interval: no token is
 // overspent. A report lost while a budget rose can overspend the pool by
-// at most that rise. A single node draws on the whole pool exactly.
+// at most that rise. A single node draws on the whole pool exactly. An
+// account's allocation is a pool of its own, shared the same way under the
+// key service/account; allocations made through any node's admin API reach
+// every member (the latest wins) and travel in the state sync.
 package cluster

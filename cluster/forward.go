@@ -9,6 +9,7 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/capsgate/capsgate/admission"
+	"github.com/capsgate/capsgate/admission/meter"
 )
 
 // consumeConflicts counts CONSUME IDs charged on two members at once (a
@@ -21,6 +22,7 @@ const (
 	opDeregister = 'u' // DEREGISTER of a subscriber this node does not hold
 	opClaim      = 'c' // a subscriber newly registered here: others let it go
 	opConsumed   = 'i' // a CONSUME ID charged here: others remember it
+	opAllocation = 'a' // an account allocation made here: others take it
 )
 
 // op is one forwarded operation.
@@ -36,6 +38,8 @@ type op struct {
 	// decision said was left.
 	Account   string `json:"c,omitempty"`
 	Remaining int64  `json:"m,omitempty"`
+	// Allocation is an account's allocation (opAllocation).
+	Allocation *meter.Allocation `json:"al,omitempty"`
 }
 
 type opsMsg struct {
@@ -80,6 +84,25 @@ func (c *Cluster) ClaimSubscriber(service, sub []byte) {
 func (c *Cluster) Consumed(service, account, id []byte, d admission.Decision) {
 	c.enqueue(op{Kind: opConsumed, Service: string(service), Account: string(account), Key: append([]byte(nil), id...),
 		Remaining: d.Remaining, At: time.Now().UnixNano()})
+}
+
+// SpreadAllocation sends an account allocation made here to every member.
+func (c *Cluster) SpreadAllocation(service, account string, a meter.Allocation) {
+	c.enqueue(op{Kind: opAllocation, Service: service, Account: account, Allocation: &a, At: time.Now().UnixNano()})
+}
+
+// applyAllocations takes the allocations of a member's state.
+func (c *Cluster) applyAllocations(all map[string]map[string]meter.Allocation) {
+	if c.cfg.Accounts == nil {
+		return
+	}
+	for service, accounts := range all {
+		for account, a := range accounts {
+			if err := c.cfg.Accounts.Apply(service, account, a); err != nil {
+				c.log.Warn("cannot take an account allocation from a member", "service", service, "account", account, "err", err)
+			}
+		}
+	}
 }
 
 func (c *Cluster) enqueue(o op) {
@@ -175,6 +198,10 @@ func (c *Cluster) apply(b []byte) {
 				consumeConflicts.Inc()
 				c.log.Warn("a CONSUME ID was charged on two members before either heard of the other", "service", o.Service,
 					"account", o.Account, "from", m.Node)
+			}
+		case opAllocation:
+			if o.Allocation != nil {
+				c.applyAllocations(map[string]map[string]meter.Allocation{o.Service: {o.Account: *o.Allocation}})
 			}
 		case opClaim:
 			if c.claims.yields(o, m.Node, c.cfg.NodeName) && c.cfg.Engine.Deregister(now, []byte(o.Service), o.Key) {

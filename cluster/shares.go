@@ -34,6 +34,8 @@ type Share struct {
 	// members, and this node may charge it up to TokensBudget in all.
 	TokensShared bool  `json:"-"`
 	TokensBudget int64 `json:"-"`
+	// AccountBudgets are this node's budgets of the accounts' allocations.
+	AccountBudgets map[string]int64 `json:"-"`
 }
 
 // NewShares returns shares feeding sink (the engine).
@@ -67,7 +69,7 @@ func (s *Shares) Licensed() map[string]admission.Limits {
 func (s *Shares) SetShare(service string, sh Share) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if old, ok := s.share[service]; ok && old == sh {
+	if old, ok := s.share[service]; ok && old.same(sh) {
 		return nil
 	}
 	s.share[service] = sh
@@ -92,8 +94,22 @@ func (s *Shares) applyLocked(service string) error {
 			local.Subscribers = int64(math.Floor(sh.Subscribers * float64(l.Subscribers)))
 		}
 		if sh.TokensShared && l.Tokens != admission.Unlimited {
-			local.TokensShared, local.TokensBudget = true, sh.TokensBudget
+			local.TokensShared, local.TokensBudget, local.AccountBudgets = true, sh.TokensBudget, sh.AccountBudgets
 		}
 	}
 	return s.sink.SetLimits(service, local)
+}
+
+// same reports whether two shares are equal.
+func (a Share) same(b Share) bool {
+	if a.CAPS != b.CAPS || a.Sessions != b.Sessions || a.Subscribers != b.Subscribers ||
+		a.TokensShared != b.TokensShared || a.TokensBudget != b.TokensBudget || len(a.AccountBudgets) != len(b.AccountBudgets) {
+		return false
+	}
+	for k, v := range a.AccountBudgets {
+		if w, ok := b.AccountBudgets[k]; !ok || w != v {
+			return false
+		}
+	}
+	return true
 }

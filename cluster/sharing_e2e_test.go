@@ -232,3 +232,39 @@ func TestRestartedNodeCatchesUp(t *testing.T) {
 	require.Equal(t, int64(10), subs, "each subscriber once: n3 let go of those that re-registered elsewhere")
 	require.Zero(t, sessions, "calls released while n3 was down are released on n3 too")
 }
+
+func TestAccountAllocationSharedByTheCluster(t *testing.T) {
+	needsProcesses(t, "3 capsgate nodes and 2 s of paced load")
+	c := clustertest.New(t, 3)
+	c.WaitMembers(3, 5*time.Second)
+	c.LoadLicense(1, c.Issue("--service", "pp", "--caps", "100000", "--tokens", "9000", "--id", "pp-acct"))
+	c.WaitCAPS("pp", 100000, 2*time.Second)
+	out, code := c.Ctl(1, "accounts", "set", "pp", "acme", "--tokens", "300")
+	require.Zero(t, code, out)
+	// Every node has the allocation.
+	for _, n := range c.Nodes() {
+		var v struct {
+			Accounts []struct {
+				Account string `json:"account"`
+				Tokens  int64  `json:"tokens"`
+			} `json:"accounts"`
+		}
+		deadline := time.Now().Add(2 * time.Second)
+		for {
+			require.NoError(t, n.GetJSON("/v1/services/pp/accounts", &v))
+			if len(v.Accounts) == 1 || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		require.Len(t, v.Accounts, 1, n.Name)
+		require.Equal(t, int64(300), v.Accounts[0].Tokens, n.Name)
+	}
+	time.Sleep(300 * time.Millisecond) // the first budgets
+	run := clustertest.Paced(c.RESPAddrs(), []float64{50, 30, 20}, 600, 2*time.Second, "CONSUME pp acme 1")
+	t.Logf("a 300-token account, 600/s CONSUME 1 offered 50/30/20 for 2 s: %v", run)
+	require.NoError(t, run.Total.Err)
+	assert.Equal(t, run.Total.Rejected, run.Total.Reasons["TOKENS"], "only TOKENS rejects")
+	assert.LessOrEqual(t, run.Total.Admitted, 300, "the account never spends more than its allocation in the cluster")
+	assert.GreaterOrEqual(t, run.Total.Admitted, 290, "and spends nearly all of it")
+}

@@ -2,6 +2,9 @@ package cluster
 
 import (
 	"math"
+	"time"
+
+	"github.com/capsgate/capsgate/admission"
 )
 
 // clusteredLocked reports whether this node has ever seen another member:
@@ -22,14 +25,9 @@ func (c *Cluster) clusteredLocked() bool {
 // more than the pool (see the package doc). part is this node's fraction
 // of what is left, by the rate each member charges the pool. Called with
 // mu held.
-func (c *Cluster) tokenBudgetLocked(service string, licensed int64, part float64) int64 {
-	allocated := int64(0)
-	if s := c.cfg.Engine.Service(service); s != nil {
-		allocated = s.Stats().Allocated
-	}
-	pool := max(licensed-allocated, 0)
-	used := c.held[service].Tokens
-	cur, planned := c.budget[service]
+func (c *Cluster) tokenBudgetLocked(key string, pool int64, part float64) int64 {
+	used := c.held[key].Tokens
+	cur, planned := c.budget[key]
 	if !planned {
 		cur = used
 	}
@@ -38,7 +36,7 @@ func (c *Cluster) tokenBudgetLocked(service string, licensed int64, part float64
 		if name == c.cfg.NodeName {
 			continue
 		}
-		h := p.held[service]
+		h := p.held[key]
 		spent += h.Tokens
 		switch {
 		case p.left || p.reclaimed:
@@ -59,6 +57,41 @@ func (c *Cluster) tokenBudgetLocked(service string, licensed int64, part float64
 		next = min(target, cur+int64(math.Floor(part*float64(max(free, 0)))))
 	}
 	next = max(next, used)
-	c.budget[service] = next
+	c.budget[key] = next
 	return next
+}
+
+// budgetsLocked plans this node's budgets of a service's pool and of its
+// accounts' allocations. Called with mu held.
+func (c *Cluster) budgetsLocked(service string, licensed int64, names []string, fraction float64) (int64, map[string]int64) {
+	self := -1
+	for i, n := range names {
+		if n == c.cfg.NodeName {
+			self = i
+		}
+	}
+	part := func(key string) float64 {
+		rates := make([]float64, len(names))
+		for i, n := range names {
+			if n == c.cfg.NodeName {
+				rates[i] = c.rate[key]
+			} else if p := c.peers[n]; p != nil && time.Since(p.heard) < staleAfter {
+				rates[i] = p.tokenRate[key]
+			}
+		}
+		return Allocate(fraction, rates)[self]
+	}
+	var pools []admission.PoolState
+	if s := c.cfg.Engine.Service(service); s != nil {
+		pools = s.Pools()
+	}
+	allocated := int64(0)
+	accounts := map[string]int64{}
+	for _, p := range pools {
+		if p.Account != "" {
+			allocated += p.Size
+			accounts[p.Account] = c.tokenBudgetLocked(poolKey(service, p.Account), p.Size, part(poolKey(service, p.Account)))
+		}
+	}
+	return c.tokenBudgetLocked(service, max(licensed-allocated, 0), part(service)), accounts
 }

@@ -81,6 +81,9 @@ type poolState struct {
 type Allocation struct {
 	Tokens  int64  `json:"tokens"`
 	Overage string `json:"overage"`
+	// At is when it was made (ns): of two allocations of one account made
+	// on different nodes, the later holds everywhere.
+	At int64 `json:"at,omitempty"`
 }
 
 // OpenReserver reads dir/tokens.json if there is one.
@@ -159,6 +162,10 @@ func (r *Reserver) SetAccount(service, account string, a Allocation) error {
 	if err := r.eng.SetAccount(service, account, a.Tokens, ov); err != nil {
 		return err
 	}
+	return r.keepLocked(service, account, a, ov)
+}
+
+func (r *Reserver) keepLocked(service, account string, a Allocation, ov admission.Overage) error {
 	st := r.service(service)
 	if st.Accounts == nil {
 		st.Accounts = map[string]Allocation{}
@@ -167,6 +174,45 @@ func (r *Reserver) SetAccount(service, account string, a Allocation) error {
 	st.Accounts[account] = a
 	// Written with the new account's first reservation.
 	return r.stepLocked(time.Now(), true)
+}
+
+// Apply takes an allocation made on another member: kept unless this node
+// has a later one, and given to the engine now or, for a service not
+// licensed here yet, when its licence arrives.
+func (r *Reserver) Apply(service, account string, a Allocation) error {
+	ov, err := admission.ParseOverage(a.Overage)
+	if err != nil {
+		return err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if cur, ok := r.service(service).Accounts[account]; ok && cur.At >= a.At {
+		return nil
+	}
+	if r.eng.Service(service) != nil {
+		if err := r.eng.SetAccount(service, account, a.Tokens, ov); err != nil {
+			return err
+		}
+	} else {
+		r.restored[service] = false
+	}
+	return r.keepLocked(service, account, a, ov)
+}
+
+// Allocations returns every allocation, by service and account.
+func (r *Reserver) Allocations() map[string]map[string]Allocation {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := map[string]map[string]Allocation{}
+	for name, st := range r.state.Services {
+		for acct, a := range st.Accounts {
+			if out[name] == nil {
+				out[name] = map[string]Allocation{}
+			}
+			out[name][acct] = a
+		}
+	}
+	return out
 }
 
 // Accounts returns a service's allocations.

@@ -272,6 +272,7 @@ func (n *Node) Start() error {
 		Policy: cluster.PolicyConfig{Policy: policy, FailOpenFor: n.cfg.Cluster.FailOpenFor.Duration,
 			ReclaimAfter: n.cfg.Cluster.ReclaimAfter.Duration},
 		LedgerHead: n.ledger.Head,
+		Accounts:   n.reserver,
 	})
 	if err != nil {
 		ln.Close()

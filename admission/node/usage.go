@@ -85,7 +85,7 @@ func (n *Node) accountViews(s *admission.Service) []AccountView {
 		if p.Account == "" {
 			continue
 		}
-		out = append(out, AccountView{Account: p.Account, Tokens: p.Limit, Overage: p.Policy.String(), Used: p.Used, Left: max(p.Limit-p.Used, 0)})
+		out = append(out, AccountView{Account: p.Account, Tokens: p.Size, Overage: p.Policy.String(), Used: p.Used, Left: max(p.Limit-p.Used, 0)})
 	}
 	return out
 }
@@ -114,9 +114,13 @@ func (n *Node) putAccount(w http.ResponseWriter, r *http.Request) {
 	if a.Overage == "" {
 		a.Overage = "none"
 	}
-	if err := n.reserver.SetAccount(service, account, meter.Allocation{Tokens: *a.Tokens, Overage: a.Overage}); err != nil {
+	alloc := meter.Allocation{Tokens: *a.Tokens, Overage: a.Overage, At: time.Now().UnixNano()}
+	if err := n.reserver.SetAccount(service, account, alloc); err != nil {
 		writeError(w, http.StatusUnprocessableEntity, "invalid_allocation", err.Error())
 		return
+	}
+	if n.cluster != nil {
+		n.cluster.SpreadAllocation(service, account, alloc)
 	}
 	s := n.eng.Service(service)
 	for _, v := range n.accountViews(s) {
