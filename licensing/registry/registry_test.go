@@ -303,3 +303,28 @@ func TestMonthlyPeriods(t *testing.T) {
 	require.True(t, spend(100).Admitted())
 	step(time.Date(2028, 12, 1, 0, 0, 0, 0, time.UTC), 0, time.Date(2029, 3, 1, 0, 0, 0, 0, time.UTC))
 }
+
+// A top-up licence adds to the pool at once; used tokens stay used.
+func TestTopUpRefillsThePool(t *testing.T) {
+	f := newFixture(t)
+	clk := admission.NewFakeClock()
+	spend := func(n int64) admission.Decision {
+		return f.eng.Consume(clk.Now(), []byte("pre"), []byte("x"), n, nil)
+	}
+	_, err := f.reg.Add(f.sign(licensing.License{ID: "base", Service: "pre", CAPS: 100, Tokens: 1000, Overage: "percent:10"}))
+	require.NoError(t, err)
+	require.True(t, spend(1000).Admitted())
+	require.Equal(t, int64(0), f.eng.Service("pre").Stats().TokensLeft)
+	require.True(t, spend(100).Admitted(), "10 % overage")
+	require.Equal(t, admission.TOKENS, spend(1).Reason)
+	_, err = f.reg.Add(f.sign(licensing.License{ID: "topup-1", Service: "pre", Tokens: 500, Overage: "percent:10"}))
+	require.NoError(t, err)
+	// 1500 in the pool now, 1100 used: 400 left, and overage is 10 % of 1500.
+	require.Equal(t, int64(400), f.eng.Service("pre").Stats().TokensLeft)
+	require.Equal(t, admission.Decision{Reason: admission.OK, Remaining: 0}, spend(400))
+	require.True(t, spend(150).Admitted())
+	require.Equal(t, admission.TOKENS, spend(1).Reason)
+	st := f.eng.Service("pre").Stats()
+	require.Equal(t, int64(1650), st.TokensUsed)
+	require.Equal(t, int64(250), st.Overage, "overage is metered when it is used: the 100 beyond the first pool stay overage")
+}
