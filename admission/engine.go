@@ -510,7 +510,9 @@ func (e *Engine) Consume(now int64, service, acct []byte, units int64, id []byte
 	s.charge(p, units)
 	d := Decision{Reason: OK, Remaining: clampRemaining(p.left())}
 	if id != nil {
-		s.consumed.put(key, d, now+int64(e.cfg.IdempotencyWindow))
+		exp := now + int64(e.cfg.IdempotencyWindow)
+		s.consumed.put(key, d, exp)
+		s.logChange(Change{Kind: ConsumedSet, Key: key, Expires: exp, Remaining: d.Remaining})
 	}
 	return d
 }
@@ -530,7 +532,9 @@ func (e *Engine) RecordConsumed(now int64, service, acct, id []byte, d Decision)
 	if _, ok := s.consumed.get(key, now); ok {
 		return false
 	}
-	s.consumed.put(key, d, now+int64(e.cfg.IdempotencyWindow))
+	exp := now + int64(e.cfg.IdempotencyWindow)
+	s.consumed.put(key, d, exp)
+	s.logChange(Change{Kind: ConsumedSet, Key: key, Expires: exp, Remaining: d.Remaining})
 	return true
 }
 

@@ -16,6 +16,7 @@ const (
 	SessionClosed                        // RELEASE ended one
 	SubscriberSet                        // REGISTER added or refreshed a subscriber
 	SubscriberGone                       // DEREGISTER (or a cluster claim) removed one
+	ConsumedSet                          // CONSUME ... ID charged (or a member's was remembered): Remaining is its decision's
 )
 
 // Change is one change to a service's sessions or subscribers: a small
@@ -90,6 +91,13 @@ func (s *Service) Snapshot(now int64, out, buf []Change) (snap, drained []Change
 		}
 		out = append(out, Change{Kind: SubscriberSet, Key: e.key, Expires: e.exp})
 	}
+	for i := range s.consumed.ents {
+		e := &s.consumed.ents[i]
+		if e.slot == none || e.exp <= now {
+			continue
+		}
+		out = append(out, Change{Kind: ConsumedSet, Key: e.key, Expires: e.exp, Remaining: e.v.Remaining})
+	}
 	drained = s.changes
 	s.changes, s.changesLost = buf[:0], false
 	return out, drained
@@ -155,6 +163,10 @@ func (e *Engine) Restore(now int64, service string, changes []Change) (sessions,
 		case SubscriberGone:
 			if _, live := s.subscribers.del(c.Key, now); live {
 				s.subsN.Add(-1)
+			}
+		case ConsumedSet:
+			if _, ok := s.consumed.get(c.Key, now); !ok && c.Expires > now {
+				s.consumed.put(c.Key, Decision{Reason: OK, Remaining: c.Remaining}, c.Expires)
 			}
 		}
 	}

@@ -184,12 +184,14 @@ type replayService struct {
 	order    []admission.Key // first appearance, for a stable restore
 	sessions map[admission.Key]admission.Change
 	subs     map[admission.Key]admission.Change
+	consumed map[admission.Key]admission.Change
 }
 
 func (r replay) apply(rec record) {
 	s := r[rec.service]
 	if s == nil || rec.kind == kindReset {
-		s = &replayService{sessions: map[admission.Key]admission.Change{}, subs: map[admission.Key]admission.Change{}}
+		s = &replayService{sessions: map[admission.Key]admission.Change{}, subs: map[admission.Key]admission.Change{},
+			consumed: map[admission.Key]admission.Change{}}
 		r[rec.service] = s
 		if rec.kind == kindReset {
 			return
@@ -210,6 +212,11 @@ func (r replay) apply(rec record) {
 		s.subs[rec.Key] = rec.Change
 	case admission.SubscriberGone:
 		delete(s.subs, rec.Key)
+	case admission.ConsumedSet:
+		if _, ok := s.consumed[rec.Key]; !ok {
+			s.order = append(s.order, rec.Key)
+		}
+		s.consumed[rec.Key] = rec.Change
 	}
 }
 
@@ -243,9 +250,9 @@ func (j *Journal) load() error {
 	slices.Sort(names)
 	for _, name := range names {
 		s := r[name]
-		changes := make([]admission.Change, 0, len(s.sessions)+len(s.subs))
+		changes := make([]admission.Change, 0, len(s.sessions)+len(s.subs)+len(s.consumed))
 		for _, k := range s.order {
-			for _, m := range []map[admission.Key]admission.Change{s.sessions, s.subs} {
+			for _, m := range []map[admission.Key]admission.Change{s.sessions, s.subs, s.consumed} {
 				if c, ok := m[k]; ok {
 					c.Expires = now + (c.Expires - wallNow) // Unix ns to engine instant
 					changes = append(changes, c)
