@@ -43,6 +43,10 @@ type Config struct {
 	// node's reserver runs (every 50 ms). Off, charges are not bounded by
 	// any reservation (tests, tools).
 	DurableTokens bool
+	// ReserveWake, if set, gets a signal (never blocking) when a pool's
+	// reservation runs short or a charge was refused for want of one, and
+	// when a service is created: the reserver should run at once.
+	ReserveWake chan<- struct{}
 	// JournalState: every service logs the changes to its sessions and
 	// subscribers in memory (Service.Drain), for package admission/journal
 	// to make them durable, so that they are back after a restart. Off,
@@ -163,6 +167,8 @@ func (e *Engine) ensure(name string, forLicence bool) (*Service, error) {
 		e.unlicensedServices++
 	}
 	s := newService(name, e.cfg.DurableTokens, e.cfg.JournalState, derive(Limits{Sessions: Unlimited, Subscribers: Unlimited, Tokens: 0, State: "unlicensed"}, &e.cfg))
+	s.wake = e.cfg.ReserveWake
+	s.wakeReserver()
 	m := make(map[string]*Service, len(old)+1)
 	for k, v := range old {
 		m[k] = v
@@ -330,6 +336,7 @@ func (e *Engine) admitLocked(now int64, s *Service, call, acct []byte, prio Prio
 		return Decision{Reason: TOKENS, RetryAfterMS: retryUnlicensedMS, Remaining: clampRemaining(p.left())}
 	}
 	if !p.reserved(cost) {
+		s.wakeReserver()
 		s.counts[OVERLOAD].Add(1)
 		return Decision{Reason: OVERLOAD, RetryAfterMS: retryReserveMS, Remaining: 0}
 	}
@@ -505,6 +512,7 @@ func (e *Engine) Consume(now int64, service, acct []byte, units int64, id []byte
 		return Decision{Reason: TOKENS, RetryAfterMS: retryUnlicensedMS, Remaining: clampRemaining(p.left())}
 	}
 	if !p.reserved(units) {
+		s.wakeReserver()
 		return Decision{Reason: OVERLOAD, RetryAfterMS: retryReserveMS, Remaining: 0}
 	}
 	s.charge(p, units)

@@ -20,6 +20,9 @@ type pool struct {
 	// unset, nothing is persisted and total may go anywhere.
 	durable    int64
 	durableSet bool
+	// low: when less than this is left of the reservation, the reserver
+	// is woken to move it ahead.
+	low int64
 }
 
 // reserved reports whether n more tokens are covered by the durable
@@ -151,11 +154,20 @@ func (p *pool) state(account string) PoolState {
 // reservation: the caller has made durable that up to durable tokens may
 // have been charged. account "" is the service's pool; an unknown account
 // is ignored.
-func (s *Service) Reserve(account string, durable int64) {
+func (s *Service) Reserve(account string, durable, low int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if p := s.pool(account); p != nil {
-		p.durable, p.durableSet = durable, true
+		p.durable, p.durableSet, p.low = durable, true, low
+	}
+}
+
+// wakeReserver asks the reserver to run now (Config.ReserveWake): a pool's
+// reservation ran short. Never blocks.
+func (s *Service) wakeReserver() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
 	}
 }
 

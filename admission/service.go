@@ -50,6 +50,8 @@ type Service struct {
 	allocated int64
 	// periodID is the usage period the pools count (Limits.PeriodID).
 	periodID int64
+	// wake is Config.ReserveWake (nil: none).
+	wake chan<- struct{}
 	accounts map[string]*account
 	// rate tracking for usedCAPS
 	rateMark  int64
@@ -132,6 +134,9 @@ func (s *Service) charge(p *pool, n int64) {
 	p.charge(n)
 	s.tokensUse.Add(p.total - total) // what the pool really took (it saturates)
 	s.overUse.Add(p.totalOver - over)
+	if p.durableSet && p.durable-p.total < p.low {
+		s.wakeReserver()
+	}
 }
 
 // newPeriod starts a usage period: every pool of the service empty.

@@ -125,3 +125,45 @@ func TestRestartNeverUndercounts(t *testing.T) {
 	}
 	require.Equal(t, uint64(used), ledgered, "the ledger has every token the restored pool counts")
 }
+
+// A clean stop writes the exact charges: the next start counts none twice.
+func TestCleanStopIsExact(t *testing.T) {
+	dir := t.TempDir()
+	e, clk := newEngine(t)
+	res, err := OpenReserver(e, dir, slog.Default())
+	require.NoError(t, err)
+	require.NoError(t, res.Step(t0))
+	for range 10 {
+		require.True(t, e.Admit(clk.Now(), []byte("pre"), nil, nil, admission.Normal).Admitted())
+	}
+	require.NoError(t, res.Close())
+	e2, _ := newEngine(t)
+	res2, err := OpenReserver(e2, dir, slog.Default())
+	require.NoError(t, err)
+	res2.Restore()
+	require.Equal(t, int64(10), e2.Service("pre").Stats().TokensUsed)
+}
+
+// The engine wakes the reserver when a pool has less than half a step
+// left, and when a charge found no reservation.
+func TestEngineWakesTheReserver(t *testing.T) {
+	clk := admission.NewFakeClock()
+	wake := make(chan struct{}, 1)
+	cfg := admission.DefaultConfig()
+	cfg.Clock, cfg.DurableTokens, cfg.ReserveWake = clk, true, wake
+	e := admission.NewEngine(cfg)
+	require.NoError(t, e.SetLimits("pre", admission.Limits{Licensed: true, CAPS: admission.Unlimited, Sessions: admission.Unlimited,
+		Subscribers: admission.Unlimited, Tokens: 5000, TokensPerAttempt: 1}))
+	<-wake // a new service
+	require.Equal(t, admission.OVERLOAD, e.Admit(clk.Now(), []byte("pre"), nil, nil, admission.Normal).Reason, "nothing reserved yet")
+	<-wake
+	res, err := OpenReserver(e, t.TempDir(), slog.Default())
+	require.NoError(t, err)
+	require.NoError(t, res.Step(t0)) // 1000 reserved, wake below 500 left
+	for range 500 {
+		require.True(t, e.Admit(clk.Now(), []byte("pre"), nil, nil, admission.Normal).Admitted())
+	}
+	require.Len(t, wake, 0, "500 left: not yet")
+	require.True(t, e.Admit(clk.Now(), []byte("pre"), nil, nil, admission.Normal).Admitted())
+	require.Len(t, wake, 1, "499 left: woken")
+}

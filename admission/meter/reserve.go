@@ -17,6 +17,12 @@ import (
 // MinBlock is the smallest durable reservation step, in tokens.
 const MinBlock = 1000
 
+// BlockSeconds sizes a pool's reservation step: this long at the rate it
+// is charged. The reserver wakes when half a step is left, so a step must
+// outlast a write (an fsync: milliseconds); it is also the most a crash
+// can over-count.
+const BlockSeconds = 0.5
+
 // StateFile is the name of the token state file in the data dir.
 const StateFile = "tokens.json"
 
@@ -25,8 +31,9 @@ const StateFile = "tokens.json"
 // engine may charge a pool past a mark, the mark is written and fsync'd
 // (Step), and after a restart each pool counts as charged up to its last
 // mark (Restore). The over-count after a crash is at most one block per
-// pool: max(MinBlock, two seconds of that pool's charges), and never more
-// than what was left in the pool (reservations stop at its ceiling). Account
+// pool: max(MinBlock, half a second of that pool's charges), and never more
+// than what was left in the pool (reservations stop at its ceiling). A
+// clean stop (Close) writes the exact charges: no over-count. Account
 // allocations (PUT /v1/services/{s}/accounts/{a}) live in the same file.
 //
 // Step runs off the event loops, every StepEvery.
@@ -41,16 +48,17 @@ type Reserver struct {
 	restored map[string]bool // services given their saved state
 }
 
-// StepEvery is how often Step should run: a block covers two seconds of
-// charges, so reservations stay well ahead of them.
+// StepEvery is how often Step runs at the latest; the engine also wakes
+// the reserver when a pool has half a step left (Config.ReserveWake).
 const StepEvery = 50 * time.Millisecond
 
 type poolKey struct{ service, account string }
 
 type rateSample struct {
-	at   time.Time
-	used int64
-	rate float64 // tokens per second
+	at    time.Time
+	used  int64
+	rate  float64 // tokens per second
+	block int64   // the last step
 }
 
 // fileState is the JSON of the state file.
@@ -147,7 +155,7 @@ func (r *Reserver) restoreLocked(s *admission.Service) {
 	}
 	for acct, p := range st.Pools {
 		s.Restore(acct, p.Reserved, p.Base, st.PeriodID)
-		s.Reserve(acct, p.Reserved)
+		s.Reserve(acct, p.Reserved, 0)
 	}
 }
 
@@ -240,9 +248,9 @@ func (r *Reserver) Step(now time.Time) error {
 // stepLocked is Step; write forces the file to be written.
 func (r *Reserver) stepLocked(now time.Time, write bool) error {
 	type grant struct {
-		s        *admission.Service
-		account  string
-		reserved int64
+		s             *admission.Service
+		account       string
+		reserved, low int64
 	}
 	var grants []grant
 	for _, s := range r.eng.Services() {
@@ -252,7 +260,7 @@ func (r *Reserver) stepLocked(now time.Time, write bool) error {
 		st := r.service(s.Name())
 		for _, p := range s.Pools() {
 			k := poolKey{s.Name(), p.Account}
-			block := r.block(k, p.Total, now)
+			block := r.block(k, p.Total, p.Durable > 0 && p.Durable <= p.Total, now)
 			ps := st.Pools[p.Account]
 			if ps == nil {
 				ps = &poolState{Ledgered: p.Total}
@@ -271,7 +279,7 @@ func (r *Reserver) stepLocked(now time.Time, write bool) error {
 				continue
 			}
 			ps.Reserved = max(ps.Reserved, next)
-			grants = append(grants, grant{s, p.Account, ps.Reserved})
+			grants = append(grants, grant{s, p.Account, ps.Reserved, block / 2})
 		}
 	}
 	if len(grants) == 0 && !write {
@@ -281,25 +289,49 @@ func (r *Reserver) stepLocked(now time.Time, write bool) error {
 		return err
 	}
 	for _, g := range grants {
-		g.s.Reserve(g.account, g.reserved)
+		g.s.Reserve(g.account, g.reserved, g.low)
 	}
 	return nil
 }
 
 // block is a pool's reservation step: two seconds of its charges, at
 // least MinBlock.
-func (r *Reserver) block(k poolKey, used int64, now time.Time) int64 {
+func (r *Reserver) block(k poolKey, used int64, exhausted bool, now time.Time) int64 {
 	prev, ok := r.rate[k]
 	if !ok {
-		r.rate[k] = rateSample{at: now, used: used}
-		return MinBlock
+		prev = rateSample{at: now, used: used, block: MinBlock}
 	}
-	if el := now.Sub(prev.at).Seconds(); el >= 0.5 {
+	if el := now.Sub(prev.at).Seconds(); el >= 0.1 {
 		rate := float64(used-prev.used) / el
-		r.rate[k] = rateSample{at: now, used: used, rate: max(rate, prev.rate*0.5)}
-		prev = r.rate[k]
+		prev = rateSample{at: now, used: used, rate: max(rate, prev.rate*0.5), block: prev.block}
 	}
-	return max(MinBlock, int64(2*prev.rate))
+	block := max(MinBlock, int64(BlockSeconds*prev.rate))
+	if exhausted {
+		// Charges outran the reservation (a sudden rise): double the step
+		// until they do not.
+		block = max(block, 2*prev.block)
+	}
+	prev.block = block
+	r.rate[k] = prev
+	return block
+}
+
+// Close writes every pool's reservation as exactly what it charged: after
+// a clean stop (the front end closed first) nothing is in flight, so the
+// next start counts no token twice.
+func (r *Reserver) Close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, s := range r.eng.Services() {
+		st := r.service(s.Name())
+		for _, p := range s.Pools() {
+			if ps := st.Pools[p.Account]; ps != nil {
+				ps.Reserved = p.Total
+				ps.Ledgered = min(ps.Ledgered, p.Total)
+			}
+		}
+	}
+	return r.writeLocked()
 }
 
 // Ledgered returns how far a pool's charges are in the ledger, or -1 when

@@ -47,6 +47,8 @@ type Node struct {
 
 	adminToken string // for asking peers' admin APIs (GET /v1/usage)
 
+	reserveWake <-chan struct{}
+
 	ledger   *ledger.Ledger
 	reserver *meter.Reserver
 	meter    *meter.Meter
@@ -68,6 +70,7 @@ func New(cfg Config, log *slog.Logger) (*Node, error) {
 		return nil, fmt.Errorf("cannot create data_dir %s (--data-dir): %w", cfg.DataDir, err)
 	}
 	clk := admission.NewSystemClock()
+	wake := make(chan struct{}, 1)
 	eng := admission.NewEngine(admission.Config{
 		Burst:               cfg.Admission.Burst.Duration,
 		SessionTTL:          cfg.Admission.SessionTTL.Duration,
@@ -77,6 +80,7 @@ func New(cfg Config, log *slog.Logger) (*Node, error) {
 		MaxCAPS:             cfg.Node.MaxCAPS,
 		Clock:               clk,
 		DurableTokens:       true,
+		ReserveWake:         wake,
 		JournalState:        true,
 	})
 	var password string
@@ -87,7 +91,7 @@ func New(cfg Config, log *slog.Logger) (*Node, error) {
 		}
 		password = p
 	}
-	n := &Node{cfg: cfg, log: log, clk: clk, eng: eng, shares: cluster.NewShares(eng), stop: make(chan struct{})}
+	n := &Node{cfg: cfg, log: log, clk: clk, eng: eng, reserveWake: wake, shares: cluster.NewShares(eng), stop: make(chan struct{})}
 	n.handler = resp.NewHandler(eng, password)
 	n.resp = resp.NewServer(resp.Config{
 		Addr:        cfg.RESP.Addr,
@@ -197,18 +201,8 @@ func (n *Node) metering() {
 	interval := n.cfg.Ledger.Interval.Duration
 	next := time.Now().Truncate(interval).Add(interval)
 	var lastSample time.Time
-	var failing bool
-	admission.Repeat(n.stop, meter.StepEvery, func() time.Duration {
+	admission.Repeat(n.stop, meter.SampleEvery, func() time.Duration {
 		now := time.Now()
-		if err := n.reserver.Step(now); err != nil {
-			if !failing {
-				n.log.Error("cannot reserve tokens on disk: charges beyond the last reservation are refused (OVERLOAD) until it can", "err", err)
-			}
-			failing = true
-			meteringErrors.Inc()
-		} else {
-			failing = false
-		}
 		if now.Sub(lastSample) >= meter.SampleEvery {
 			n.meter.Sample()
 			lastSample = now
@@ -220,8 +214,34 @@ func (n *Node) metering() {
 			}
 			next = now.Truncate(interval).Add(interval)
 		}
-		return meter.StepEvery
+		return meter.SampleEvery
 	})
+}
+
+// reserving keeps token reservations ahead of the charges: every
+// StepEvery, and at once when the engine says a pool runs short.
+func (n *Node) reserving() {
+	defer n.wg.Done()
+	tick := time.NewTicker(meter.StepEvery)
+	defer tick.Stop()
+	failing := false
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-tick.C:
+		case <-n.reserveWake:
+		}
+		if err := n.reserver.Step(time.Now()); err != nil {
+			if !failing {
+				n.log.Error("cannot reserve tokens on disk: charges beyond the last reservation are refused (OVERLOAD) until it can", "err", err)
+			}
+			failing = true
+			meteringErrors.Inc()
+		} else {
+			failing = false
+		}
+	}
 }
 
 // Registry returns the node's loaded licences.
@@ -298,9 +318,10 @@ func (n *Node) Start() error {
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(n.log.Handler(), slog.LevelWarn),
 	}
-	n.wg.Add(5)
+	n.wg.Add(6)
 	go n.licensing()
 	go n.metering()
+	go n.reserving()
 	go n.journaling()
 	go func() {
 		defer n.wg.Done()
@@ -364,7 +385,7 @@ func (n *Node) Stop(ctx context.Context) error {
 		if err := n.journal.Close(); err != nil {
 			errs = append(errs, err)
 		}
-		if err := n.reserver.MarkLedgered(nil, true); err != nil {
+		if err := n.reserver.Close(); err != nil {
 			errs = append(errs, err)
 		}
 		if err := n.ledger.Close(); err != nil {
