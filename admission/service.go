@@ -51,7 +51,7 @@ type Service struct {
 	// periodID is the usage period the pools count (Limits.PeriodID).
 	periodID int64
 	// wake is Config.ReserveWake (nil: none).
-	wake chan<- struct{}
+	wake     chan<- struct{}
 	accounts map[string]*account
 	// rate tracking for usedCAPS
 	rateMark  int64
