@@ -52,7 +52,8 @@ type Config struct {
 	Key []byte
 	// Join lists members to join at start.
 	Join []string
-	// RESPAddr, AdminAddr and MaxCAPS are published in the node metadata.
+	// RESPAddr, AdminAddr (a URL) and MaxCAPS are published in the node
+	// metadata.
 	RESPAddr  string
 	AdminAddr string
 	MaxCAPS   float64
@@ -84,8 +85,8 @@ type Member struct {
 	Addr     string `json:"addr"`
 	State    string `json:"state"`
 	RESPAddr string `json:"resp_addr,omitempty"`
-	// AdminAddr is where its admin API answers (an unspecified host
-	// replaced by its gossip address).
+	// AdminAddr is the URL of its admin API ("http://host:port" or
+	// https; an unspecified host replaced by its gossip address).
 	AdminAddr string             `json:"admin_addr,omitempty"`
 	Version   string             `json:"version,omitempty"`
 	MaxCAPS   float64            `json:"max_caps"`
@@ -806,17 +807,21 @@ func isHash(h string) bool {
 	return true
 }
 
-// reachable turns a listen address with an unspecified host (":8390",
-// "0.0.0.0:8390") into one on the host of gossip address via.
-func reachable(addr, via string) string {
+// reachable turns a listen URL with an unspecified host ("http://:8390",
+// "https://0.0.0.0:8390") into one on the host of gossip address via.
+func reachable(url, via string) string {
+	scheme, addr, ok := strings.Cut(url, "://")
+	if !ok {
+		return ""
+	}
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		return ""
 	}
 	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
 		if vh, _, err := net.SplitHostPort(via); err == nil {
-			return net.JoinHostPort(vh, port)
+			return scheme + "://" + net.JoinHostPort(vh, port)
 		}
 	}
-	return addr
+	return url
 }

@@ -4,6 +4,8 @@ package ctl
 
 import (
 	"bytes"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/csv"
 	"encoding/json"
 	"errors"
@@ -23,7 +25,7 @@ import (
 // DefaultAddr is the admin API of a node on this host.
 const DefaultAddr = "http://127.0.0.1:8390"
 
-const usage = `usage: capsctl [--addr URL] [--token-file FILE] [--json] COMMAND [ARGS]
+const usage = `usage: capsctl [--addr URL] [--token-file FILE] [--ca-file FILE] [--json] COMMAND [ARGS]
 
 commands:
   status [SERVICE]                 effective limits and usage (all services, or one)
@@ -34,7 +36,8 @@ commands:
   accounts list SERVICE
   usage --service S --from T --to T [--step 1h] [--format table|csv|json]
 
---addr defaults to $CAPSGATE_ADDR or ` + DefaultAddr + `; --token-file to $CAPSGATE_TOKEN_FILE.
+--addr defaults to $CAPSGATE_ADDR or ` + DefaultAddr + `; --token-file to $CAPSGATE_TOKEN_FILE;
+--ca-file (to trust for an https:// --addr) to $CAPSGATE_CA_FILE.
 `
 
 // Main runs capsctl with args (without the program name) and returns the
@@ -46,6 +49,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	tokenFile := fs.String("token-file", os.Getenv("CAPSGATE_TOKEN_FILE"), "file holding the admin bearer token")
 	asJSON := fs.Bool("json", false, "print JSON for scripts")
 	timeout := fs.Duration("timeout", 10*time.Second, "request timeout")
+	caFile := fs.String("ca-file", os.Getenv("CAPSGATE_CA_FILE"), "PEM certificate(s) to trust for an https --addr, besides the system's")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprint(stdout, usage)
@@ -55,6 +59,18 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	c := &client{in: os.Stdin, base: strings.TrimRight(*addr, "/"), http: &http.Client{Timeout: *timeout}, json: *asJSON, out: stdout}
+	if *caFile != "" {
+		pem, err := os.ReadFile(*caFile)
+		pool, _ := x509.SystemCertPool()
+		if pool == nil {
+			pool = x509.NewCertPool()
+		}
+		if err != nil || !pool.AppendCertsFromPEM(pem) {
+			fmt.Fprintf(stderr, "capsctl: cannot use --ca-file %s: no PEM certificate in it (%v)\n", *caFile, err)
+			return 2
+		}
+		c.http.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}
+	}
 	if *tokenFile != "" {
 		b, err := os.ReadFile(*tokenFile)
 		if err != nil {

@@ -2,6 +2,7 @@ package node
 
 import (
 	"bytes"
+	"crypto/tls"
 	"encoding/base64"
 	"errors"
 	"flag"
@@ -160,6 +161,15 @@ type AdminConfig struct {
 	// Default: none, and required outside --dev: the admin API must not run
 	// unauthenticated. In --dev the admin API needs no token.
 	TokenFile string `yaml:"token_file"`
+
+	// TLSCertFile and TLSKeyFile name a PEM certificate (chain) and its
+	// private key: with both set the admin API (and /metrics) is served
+	// over HTTPS only.
+	//
+	// Default: none, plain HTTP, for a management network or a sidecar
+	// that terminates TLS.
+	TLSCertFile string `yaml:"tls_cert_file"`
+	TLSKeyFile  string `yaml:"tls_key_file"`
 }
 
 // GossipConfig is the `gossip` section.
@@ -412,6 +422,8 @@ var options = []option{
 	{key: "resp.event_loops", flag: "resp-event-loops", arg: "N", usage: "network event loops, 0..256; 0 = one per CPU core"},
 	{key: "admin.addr", flag: "admin-addr", arg: "HOST:PORT", usage: "address of the admin HTTP API", def: `":8390"; "127.0.0.1:8390" in --dev`},
 	{key: "admin.token_file", flag: "admin-token-file", arg: "FILE", usage: "file holding the admin API's bearer token (one line)", def: "none; required outside --dev"},
+	{key: "admin.tls_cert_file", flag: "admin-tls-cert-file", arg: "FILE", usage: "PEM certificate: with admin.tls_key_file, the admin API is served over HTTPS", def: "none: HTTP"},
+	{key: "admin.tls_key_file", flag: "admin-tls-key-file", arg: "FILE", usage: "PEM private key of admin.tls_cert_file", def: "none"},
 	{key: "gossip.addr", flag: "gossip-addr", arg: "HOST:PORT", usage: "address gossip binds (TCP and UDP)", def: `":7946"; "127.0.0.1:7946" in --dev`},
 	{key: "gossip.key_file", flag: "gossip-key-file", arg: "FILE", usage: "file holding the base64 16, 24 or 32-byte gossip key (head -c 32 /dev/urandom | base64)", def: "none; required outside --dev unless --gossip-insecure"},
 	{key: "gossip.insecure", flag: "gossip-insecure", usage: "allow gossip without a key (lab networks only)"},
@@ -987,6 +999,14 @@ func (c *Config) validate() error {
 		}
 	case !c.Dev:
 		return bad("admin.token_file", "is required outside --dev: the admin API must not run unauthenticated")
+	}
+	if (c.Admin.TLSCertFile == "") != (c.Admin.TLSKeyFile == "") {
+		return bad("admin.tls_cert_file", "and %s must be set together", name("admin.tls_key_file"))
+	}
+	if c.Admin.TLSCertFile != "" {
+		if _, err := tls.LoadX509KeyPair(c.Admin.TLSCertFile, c.Admin.TLSKeyFile); err != nil {
+			return bad("admin.tls_cert_file", "cannot load the certificate and key (%s): %v", name("admin.tls_key_file"), err)
+		}
 	}
 
 	if err := checkAddr(c.Gossip.Addr, false); err != nil {

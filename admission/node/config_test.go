@@ -2,8 +2,16 @@ package node
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/base64"
+	"encoding/pem"
 	"flag"
+	"math/big"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -32,7 +40,26 @@ func secretsDir(t *testing.T) string {
 	} {
 		writeTestFile(t, dir, name, content)
 	}
+	cert, key := selfSigned(t)
+	writeTestFile(t, dir, "admin.crt", string(cert))
+	writeTestFile(t, dir, "admin.key", string(key))
 	return dir
+}
+
+// selfSigned returns a PEM certificate for 127.0.0.1 and its key.
+func selfSigned(t *testing.T) (certPEM, keyPEM []byte) {
+	t.Helper()
+	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "capsgate test"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &priv.PublicKey, priv)
+	require.NoError(t, err)
+	kb, err := x509.MarshalECPrivateKey(priv)
+	require.NoError(t, err)
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb})
 }
 
 func writeTestFile(t *testing.T, dir, name, content string) string {
@@ -244,6 +271,8 @@ func TestEveryFlagSetsItsKey(t *testing.T) {
 		"resp.event_loops":               "3",
 		"admin.addr":                     "127.0.0.1:18390",
 		"admin.token_file":               dir + "/admin.token",
+		"admin.tls_cert_file":            dir + "/admin.crt",
+		"admin.tls_key_file":             dir + "/admin.key",
 		"gossip.addr":                    "127.0.0.1:17946",
 		"gossip.key_file":                dir + "/gossip.key",
 		"gossip.insecure":                "true",
@@ -272,11 +301,21 @@ func TestEveryFlagSetsItsKey(t *testing.T) {
 		} else {
 			args = append(args, "--gossip-key-file", dir+"/gossip.key")
 		}
+		// The TLS files go in pairs: the other one of the pair is given too.
+		switch o.key {
+		case "admin.tls_cert_file":
+			args = append(args, "--admin-tls-key-file", dir+"/admin.key")
+		case "admin.tls_key_file":
+			args = append(args, "--admin-tls-cert-file", dir+"/admin.crt")
+		}
 		c, err := Load(append(args, "--"+o.flag+"="+v), nil)
 		require.NoError(t, err, o.flag)
 		want := prodConfig(dir)
-		if o.key == "gossip.insecure" {
+		switch o.key {
+		case "gossip.insecure":
 			want.Gossip.KeyFile = ""
+		case "admin.tls_cert_file", "admin.tls_key_file":
+			want.Admin.TLSCertFile, want.Admin.TLSKeyFile = dir+"/admin.crt", dir+"/admin.key"
 		}
 		require.NoError(t, setFromString(want.field(o.key), v))
 		require.Equal(t, want, c, o.flag)
@@ -416,6 +455,7 @@ func TestValidateErrors(t *testing.T) {
 	f([]string{"--cluster-partition-policy", "open"}, `invalid config: cluster.partition_policy (--cluster-partition-policy) must be split or fail_open, got "open"`)
 	f([]string{"--cluster-fail-open-for", "-1s"}, `invalid config: cluster.fail_open_for (--cluster-fail-open-for) must be at least 0, got -1s`)
 	f([]string{"--cluster-reclaim-after", "500ms"}, `invalid config: cluster.reclaim_after (--cluster-reclaim-after) must be at least 1s, got 500ms`)
+	f([]string{"--admin-tls-cert-file", dir + "/admin.crt"}, "invalid config: admin.tls_cert_file (--admin-tls-cert-file) and admin.tls_key_file (--admin-tls-key-file) must be set together")
 	f([]string{"--log-level", "INFO"}, `invalid config: log.level (--log-level) must be debug, info, warn or error, got "INFO"`)
 
 	// The boundaries themselves are valid.
@@ -596,7 +636,7 @@ func TestOptionsCoverEveryKey(t *testing.T) {
 		require.NotEmpty(t, o.usage, o.key)
 	}
 	require.Equal(t, configKeys(), keys, "options follow Config, in its order")
-	require.Len(t, configKeys(), 27)
+	require.Len(t, configKeys(), 29)
 	for _, f := range []string{"node-name", "cluster-id", "data-dir", "resp-addr", "admin-addr", "admin-token-file",
 		"gossip-addr", "gossip-key-file", "join", "vendor-key", "max-caps", "ledger-interval"} {
 		require.Contains(t, flags, f, "the product spec's flag")

@@ -2,6 +2,8 @@ package node
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -45,7 +47,8 @@ type Node struct {
 	admin   *http.Server
 	adminLn net.Listener
 
-	adminToken string // for asking peers' admin APIs (GET /v1/usage)
+	adminToken string       // for asking peers' admin APIs (GET /v1/usage)
+	peerHTTP   *http.Client // the client for them
 
 	reserveWake <-chan struct{}
 
@@ -91,7 +94,7 @@ func New(cfg Config, log *slog.Logger) (*Node, error) {
 		}
 		password = p
 	}
-	n := &Node{cfg: cfg, log: log, clk: clk, eng: eng, reserveWake: wake, shares: cluster.NewShares(eng), stop: make(chan struct{})}
+	n := &Node{cfg: cfg, log: log, clk: clk, eng: eng, reserveWake: wake, peerHTTP: &http.Client{Timeout: 5 * time.Second}, shares: cluster.NewShares(eng), stop: make(chan struct{})}
 	n.handler = resp.NewHandler(eng, password)
 	n.resp = resp.NewServer(resp.Config{
 		Addr:        cfg.RESP.Addr,
@@ -277,6 +280,16 @@ func (n *Node) Start() error {
 	if err != nil {
 		return fmt.Errorf("cannot listen for the admin API on %s (admin.addr, --admin-addr): %w", n.cfg.Admin.Addr, err)
 	}
+	scheme := "http"
+	if n.cfg.Admin.TLSCertFile != "" {
+		tc, err := adminTLS(n.cfg.Admin.TLSCertFile, n.cfg.Admin.TLSKeyFile)
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		ln, scheme = tls.NewListener(ln, tc), "https"
+		n.peerHTTP = peerClient(tc)
+	}
 	n.adminLn = ln
 	// The cluster exists before the RESP front end serves, so every event
 	// loop sees the forwarder; it joins once RESP answers.
@@ -287,7 +300,7 @@ func (n *Node) Start() error {
 	}
 	n.cluster, err = cluster.New(cluster.Config{
 		NodeName: n.cfg.NodeName, BindAddr: n.cfg.Gossip.Addr, Key: gossipKey, Join: n.cfg.Join,
-		RESPAddr: n.cfg.RESP.Addr, AdminAddr: ln.Addr().String(), MaxCAPS: n.cfg.Node.MaxCAPS,
+		RESPAddr: n.cfg.RESP.Addr, AdminAddr: scheme + "://" + ln.Addr().String(), MaxCAPS: n.cfg.Node.MaxCAPS,
 		Engine: n.eng, Clock: n.clk, Shares: n.shares, Licences: n.reg, Log: n.log,
 		Policy: cluster.PolicyConfig{Policy: policy, FailOpenFor: n.cfg.Cluster.FailOpenFor.Duration,
 			ReclaimAfter: n.cfg.Cluster.ReclaimAfter.Duration},
@@ -397,4 +410,32 @@ func (n *Node) Stop(ctx context.Context) error {
 		n.log.Info("capsgate stopped", "node", n.cfg.NodeName)
 	})
 	return errors.Join(errs...)
+}
+
+// adminTLS is the admin API's TLS configuration: the certificate chain and
+// key of admin.tls_cert_file and admin.tls_key_file, TLS 1.2 or later.
+func adminTLS(certFile, keyFile string) (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("cannot load admin.tls_cert_file and admin.tls_key_file: %w", err)
+	}
+	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
+}
+
+// peerClient asks the other members' admin APIs over HTTPS, trusting the
+// system's roots and every certificate of this node's own chain (members
+// of a farm share a CA, or one certificate).
+func peerClient(own *tls.Config) *http.Client {
+	pool, err := x509.SystemCertPool()
+	if err != nil || pool == nil {
+		pool = x509.NewCertPool()
+	}
+	for _, c := range own.Certificates {
+		for _, der := range c.Certificate {
+			if cert, err := x509.ParseCertificate(der); err == nil {
+				pool.AddCert(cert)
+			}
+		}
+	}
+	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
 }

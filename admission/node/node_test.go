@@ -3,6 +3,8 @@ package node
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -171,6 +173,36 @@ func TestAdminTokenRequired(t *testing.T) {
 	require.Equal(t, 0, ctl.Main([]string{"--addr", base, "--token-file", token, "status"}, &out, &errb))
 	// An unlicensed service is refused, but an emergency call passes.
 	require.Contains(t, admitUnlicensed(t, n.RESPAddr()), "+UNLICENSED")
+}
+
+// With a certificate the admin API speaks HTTPS only; capsctl trusts it
+// with --ca-file.
+func TestAdminTLS(t *testing.T) {
+	dir := secretsDir(t)
+	n := startNode(t, "--admin-token-file", dir+"/admin.token", "--gossip-insecure",
+		"--admin-tls-cert-file", dir+"/admin.crt", "--admin-tls-key-file", dir+"/admin.key")
+	pem, err := os.ReadFile(dir + "/admin.crt")
+	require.NoError(t, err)
+	pool := x509.NewCertPool()
+	require.True(t, pool.AppendCertsFromPEM(pem))
+	c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	resp, err := c.Get("https://" + n.AdminAddr() + "/healthz")
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, 200, resp.StatusCode)
+	// Plain HTTP gets no API.
+	resp, err = http.Get("http://" + n.AdminAddr() + "/healthz")
+	if err == nil {
+		resp.Body.Close()
+		require.Equal(t, 400, resp.StatusCode, "Go answers plain HTTP on a TLS port with 400")
+	}
+	var out, errb bytes.Buffer
+	base := "https://" + n.AdminAddr()
+	require.Equal(t, 1, ctl.Main([]string{"--addr", base, "--token-file", dir + "/admin.token", "status"}, &out, &errb),
+		"an unknown certificate is refused")
+	require.Contains(t, errb.String(), "certificate")
+	errb.Reset()
+	require.Equal(t, 0, ctl.Main([]string{"--addr", base, "--token-file", dir + "/admin.token", "--ca-file", dir + "/admin.crt", "status"}, &out, &errb), errb.String())
 }
 
 func admitUnlicensed(t *testing.T, addr string) string {

@@ -273,14 +273,14 @@ func (n *Node) peerUsage(r *http.Request, addr, query string) ([]*UsageRow, erro
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/v1/usage?"+query, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, addr+"/v1/usage?"+query, nil)
 	if err != nil {
 		return nil, err
 	}
 	if n.adminToken != "" {
 		req.Header.Set("Authorization", "Bearer "+n.adminToken)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := n.peerHTTP.Do(req)
 	if err != nil {
 		return nil, err
 	}
