@@ -1,0 +1,512 @@
+package deploy
+
+// Kamailio (deploy/kamailio/kamailio.cfg, Debian's kamailio and
+// kamailio-redis-modules) in front of real capsgate nodes, driven by sipp
+// (Debian's sip-tester) as callers, callee and registrar, all on loopback:
+//
+//   sipp callers ──UDP──▶ Kamailio ──UDP──▶ sipp callee / sipp registrar
+//                            │ ndb_redis: ADMIT, RELEASE, REGISTER, DEREGISTER
+//                            ▼
+//                     capsgate node(s) (clustertest)
+//
+// Service voice is licensed for licensedCAPS; normal callers offer twice
+// that for overloadFor while emergency callers (112 and urn:service:sos)
+// call alongside; then a second licence of licensedCAPS is loaded and the
+// forwarded rate must rise at once. Every call is accounted for three
+// ways: what the callers saw (200 forwarded, 503 refused with the reason
+// phrase and no Retry-After), what the callee saw, and capsgate's own
+// counters; every admitted call must be released (sessions back to 0).
+
+import (
+	"fmt"
+	"math"
+	"net"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/capsgate/capsgate/cluster/clustertest"
+)
+
+const (
+	// service is the capsgate service Kamailio counts calls against.
+	service = "voice"
+	// licensedCAPS is L: sipp offers 2 × L. 200 leaves room on 2 cores for
+	// capsgate, Kamailio and three sipp processes (the stack does ~5,000
+	// calls/s here), so what is measured is capsgate's limit.
+	licensedCAPS = 200
+	// overloadFor is how long 2 × L is offered before the second licence.
+	overloadFor = 10500 * time.Millisecond
+	// raisedFor is how long it goes on after the second licence.
+	raisedFor = 4500 * time.Millisecond
+	// holdCall is how long an answered call lasts before its BYE.
+	holdCall = time.Second
+	// emergencyCPS and sosCPS are the emergency callers' rates (112 and
+	// urn:service:sos): never refused, whatever the overload.
+	emergencyCPS, sosCPS = 10, 5
+	// subscribersLicensed of subscribersOffered registrations are admitted.
+	subscribersLicensed, subscribersOffered = 15, 20
+	// busyCalls and cancelledCalls end with 486 and CANCEL/487.
+	busyCalls, cancelledCalls = 10, 10
+)
+
+// scenarios is where the sipp scenarios live.
+var scenarios = filepath.Join("kamailio", "sipp")
+
+func TestKamailioOneNode(t *testing.T) { testKamailio(t, 1) }
+
+func TestKamailioThreeNodes(t *testing.T) { testKamailio(t, 3) }
+
+func testKamailio(t *testing.T, nodes int) {
+	needProcesses(t)
+	tools := needTools(t, "kamailio", "sipp", "timeout")
+	start := time.Now()
+
+	c := clustertest.New(t, nodes)
+	if nodes > 1 {
+		c.WaitMembers(nodes, 10*time.Second)
+	}
+	c.LoadLicense(1, c.Issue("--service", service, "--caps", strconv.Itoa(licensedCAPS),
+		"--subscribers", strconv.Itoa(subscribersLicensed)))
+	c.WaitCAPS(service, licensedCAPS, 5*time.Second)
+	var burst float64
+	for _, n := range c.Nodes() {
+		q, err := quota(n, service)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := strconv.ParseFloat(q["caps_burst"], 64)
+		burst += b
+	}
+
+	dir := t.TempDir()
+	kamPort, uasPort, regPort := freePort(t), freePort(t), freePort(t)
+	kam := fmt.Sprintf("127.0.0.1:%d", kamPort)
+	uas := startSippServer(t, tools, "callee", "uas.xml", uasPort)
+	registrar := startSippServer(t, tools, "registrar", "registrar.xml", regPort)
+	defines := []string{
+		`CG_SERVICE="` + service + `"`,
+		fmt.Sprintf("CG_SERVERS=%d", nodes),
+		fmt.Sprintf(`CG_NEXT_HOP="sip:127.0.0.1:%d"`, uasPort),
+		fmt.Sprintf(`CG_REGISTRAR="sip:127.0.0.1:%d"`, regPort),
+	}
+	for i, n := range c.Nodes() {
+		host, port, _ := net.SplitHostPort(n.RESPAddr)
+		defines = append(defines, fmt.Sprintf(`CG_SERVER%d="name=cg%d;addr=%s;port=%s"`, i+1, i+1, host, port))
+	}
+	k := startKamailio(t, tools["kamailio"], dir, kam, defines...)
+	t.Logf("%d capsgate node(s), Kamailio on %s, callee on :%d, registrar on :%d; licensed %d CAPS (burst %g), ready after %s",
+		nodes, kam, uasPort, regPort, licensedCAPS, burst, time.Since(start).Round(time.Millisecond))
+
+	// REGISTER: Expires as the TTL, DEREGISTER on Expires: 0.
+	reg := runSipp(t, tools, "register", kam, 15*time.Second, "register.xml",
+		"-key", "expires", "3600", "-key", "domain", "example.com",
+		"-r", "50", "-m", strconv.Itoa(subscribersOffered))
+	regCounts := countStatus(reg)
+	registered := regCounts["SIP/2.0 200 OK"]
+	t.Logf("REGISTER of %d subscribers, %d licensed: %v", subscribersOffered, subscribersLicensed, regCounts)
+	// One node admits exactly the licence. A cluster shares it by what each
+	// node holds plus an even part of the rest, so the last nodes-1 slots
+	// may go unused when the registrations happen to arrive at a node whose
+	// part is used up.
+	if registered > subscribersLicensed || registered < subscribersLicensed-(nodes-1) ||
+		regCounts["SIP/2.0 503 Licensed Subscribers Exceeded"] != subscribersOffered-registered {
+		t.Errorf("registrations: %v, want %d × 200 (%d with %d nodes) and the rest 503 Licensed Subscribers Exceeded",
+			regCounts, subscribersLicensed, subscribersLicensed-(nodes-1), nodes)
+	}
+	if got := quotaSum(t, c, "subscribers_used"); got != registered {
+		t.Errorf("subscribers_used %d after %d registrations", got, registered)
+	}
+	unreg := runSipp(t, tools, "unregister", kam, 15*time.Second, "register.xml",
+		"-key", "expires", "0", "-key", "domain", "example.com",
+		"-r", "50", "-m", strconv.Itoa(subscribersOffered))
+	if got := countStatus(unreg)["SIP/2.0 200 OK"]; got != subscribersOffered {
+		t.Errorf("%d of %d unregistrations got 200", got, subscribersOffered)
+	}
+	if err := eventually(2*time.Second, func() error {
+		if got := quotaSum(t, c, "subscribers_used"); got != 0 {
+			return fmt.Errorf("subscribers_used %d after Expires: 0 for every one", got)
+		}
+		return nil
+	}); err != nil {
+		t.Error(err)
+	}
+
+	// Overload: 2 × L normal calls for overloadFor + raisedFor, emergency
+	// calls alongside, a second licence after overloadFor.
+	total := overloadFor + raisedFor
+	offered := 2 * licensedCAPS
+	runStart := time.Now()
+	normal := startSipp(t, tools, "normal", kam, total+30*time.Second, "uac.xml",
+		"-key", "ruri", "sip:5551234@"+kam, "-r", strconv.Itoa(offered),
+		"-m", strconv.Itoa(int(float64(offered)*total.Seconds())), "-d", strconv.Itoa(int(holdCall.Milliseconds())))
+	emergency := startSipp(t, tools, "emergency", kam, total+30*time.Second, "uac.xml",
+		"-key", "ruri", "sip:112@"+kam, "-r", strconv.Itoa(emergencyCPS),
+		"-m", strconv.Itoa(int(emergencyCPS*total.Seconds())), "-d", strconv.Itoa(int(holdCall.Milliseconds())))
+	sos := startSipp(t, tools, "sos", kam, total+30*time.Second, "uac.xml",
+		"-key", "ruri", "urn:service:sos", "-r", strconv.Itoa(sosCPS),
+		"-m", strconv.Itoa(int(sosCPS*total.Seconds())), "-d", strconv.Itoa(int(holdCall.Milliseconds())))
+
+	time.Sleep(time.Until(runStart.Add(overloadFor)))
+	loadAt := time.Now()
+	loadOn := c.Node(nodes) // the last node: the licence spreads from there
+	if err := loadOn.PostLicense(c.Issue("--service", service, "--caps", strconv.Itoa(licensedCAPS))); err != nil {
+		t.Fatal(err)
+	}
+	loaded := time.Now()
+	if err := c.AwaitCAPS(service, 2*licensedCAPS, 2*time.Second); err != nil {
+		t.Errorf("second licence: %v", err)
+	}
+	spread := time.Since(loadAt)
+
+	normalCalls := normal.results(t, total+25*time.Second)
+	emergencyCalls := emergency.results(t, 15*time.Second)
+	sosCalls := sos.results(t, 15*time.Second)
+
+	// Failed and cancelled calls are released too.
+	busy := runSipp(t, tools, "busy", kam, 15*time.Second, "uac.xml",
+		"-key", "ruri", "sip:busy@"+kam, "-r", "20", "-m", strconv.Itoa(busyCalls))
+	cancelled := runSipp(t, tools, "cancel", kam, 15*time.Second, "cancel.xml",
+		"-key", "ruri", "sip:cancel@"+kam, "-r", "20", "-m", strconv.Itoa(cancelledCalls))
+
+	// Every admitted call released: sessions back to 0 on every node.
+	runEnd := time.Now()
+	var released time.Duration
+	if err := eventually(10*time.Second, func() error {
+		for _, n := range c.Nodes() {
+			q, err := quota(n, service)
+			if err != nil {
+				return err
+			}
+			if q["sessions_used"] != "0" || q["sessions_emergency"] != "0" {
+				return fmt.Errorf("%s: sessions_used %s, sessions_emergency %s", n.Name, q["sessions_used"], q["sessions_emergency"])
+			}
+		}
+		released = time.Since(runEnd)
+		return nil
+	}); err != nil {
+		t.Errorf("every admitted call released: %v", err)
+	}
+
+	// What the callers saw.
+	before, after := split(normalCalls, loadAt, loaded.Add(time.Second))
+	nb, na := tally(before), tally(after)
+	firstReply, lastReply := normalCalls[0].at, normalCalls[len(normalCalls)-1].at
+	window1 := loadAt.Sub(runStart).Seconds()
+	window2 := lastReply.Sub(loaded.Add(time.Second)).Seconds()
+	t.Logf("overload, %d CAPS offered against %d licensed for %.1f s: forwarded %d, rejected %d (%.1f forwarded/s); %s",
+		offered, licensedCAPS, window1, nb.forwarded, nb.rejected, float64(nb.forwarded)/loadAt.Sub(firstReply).Seconds(), nb)
+	t.Logf("second licence loaded on %s: %d CAPS everywhere %s after the load (%s to POST); over the next %.1f s from a second after it: forwarded %d, rejected %d (%.1f forwarded/s)",
+		loadOn.Name, 2*licensedCAPS, spread.Round(time.Millisecond), loaded.Sub(loadAt).Round(time.Millisecond),
+		window2, na.forwarded, na.rejected, float64(na.forwarded)/window2)
+	all := tally(normalCalls)
+	t.Logf("normal calls in all: forwarded %d, rejected %d, other %d, of %d sent", all.forwarded, all.rejected, all.other, len(normalCalls))
+	ec, sc := tally(emergencyCalls), tally(sosCalls)
+	t.Logf("emergency calls (112): forwarded %d, rejected %d; urn:service:sos: forwarded %d, rejected %d", ec.forwarded, ec.rejected, sc.forwarded, sc.rejected)
+	bc, cc := countStatus(busy), countStatus(cancelled)
+	t.Logf("busy calls: %v; cancelled calls: %v; sessions back to 0 %s after the last call", bc, cc, released.Round(time.Millisecond))
+	t.Logf("whole test %s", time.Since(start).Round(time.Millisecond))
+
+	// The SPEC bound, over the overload window (decisions before the
+	// second licence: replies that came before its load began).
+	bound := 1.01*licensedCAPS*window1 + burst + 1
+	if float64(nb.forwarded) > bound {
+		t.Errorf("forwarded %d before the second licence, over %.1f s: more than 1.01 × %d × %.1f + burst %g = %.0f",
+			nb.forwarded, window1, licensedCAPS, window1, burst, bound)
+	}
+	if low := 0.9 * licensedCAPS * loadAt.Sub(firstReply).Seconds(); float64(nb.forwarded) < low {
+		t.Errorf("forwarded %d before the second licence, want about %d/s (at least %.0f)", nb.forwarded, licensedCAPS, low)
+	}
+	if nb.rejected < int(0.3*float64(nb.forwarded)) {
+		t.Errorf("only %d rejected against %d forwarded: 2 × L was not offered", nb.rejected, nb.forwarded)
+	}
+	if rate := float64(na.forwarded) / window2; rate < 1.5*licensedCAPS {
+		t.Errorf("forwarded %.1f/s after the second licence, want close to %d/s", rate, 2*licensedCAPS)
+	}
+	if all.other > 0 {
+		t.Errorf("%d normal calls ended neither 200 nor 503: %v", all.other, all.statuses)
+	}
+	for status := range all.statuses {
+		if strings.Contains(status, " 503 ") && status != "SIP/2.0 503 Licensed CAPS Exceeded" {
+			t.Errorf("a refusal %q: want 503 Licensed CAPS Exceeded without Retry-After", status)
+		}
+	}
+	for name, tl := range map[string]callTally{"112": ec, "urn:service:sos": sc} {
+		if tl.forwarded == 0 || tl.rejected+tl.other > 0 {
+			t.Errorf("emergency calls to %s: %s; want every one forwarded", name, tl)
+		}
+	}
+	if bc["SIP/2.0 486 Busy Here"] != busyCalls {
+		t.Errorf("busy calls: %v, want %d × 486", bc, busyCalls)
+	}
+	if cc["SIP/2.0 487 Request Terminated"] != cancelledCalls {
+		t.Errorf("cancelled calls: %v, want %d × 487", cc, cancelledCalls)
+	}
+
+	// What the callee saw: exactly the calls forwarded.
+	uas.stop(syscall.SIGUSR1, 5*time.Second)
+	registrar.stop(syscall.SIGUSR1, 5*time.Second)
+	invites, err := readAll(filepath.Join(uas.dir, "uas_*_logs.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantInvites := all.forwarded + ec.forwarded + sc.forwarded + busyCalls + cancelledCalls
+	if got := strings.Count(invites, "INVITE "); got != wantInvites {
+		t.Errorf("the callee got %d INVITEs, the callers %d calls forwarded", got, wantInvites)
+	}
+
+	// capsgate's own counters agree with the callers.
+	nodesList := c.Nodes()
+	okSample := fmt.Sprintf(`capsgate_admissions_total{service="%s",reason="OK"}`, service)
+	capsSample := fmt.Sprintf(`capsgate_admissions_total{service="%s",reason="CAPS"}`, service)
+	emSample := fmt.Sprintf(`capsgate_emergency_admissions_total{service="%s"}`, service)
+	admitted, err1 := sumMetric(nodesList, okSample)
+	refused, err2 := sumMetric(nodesList, capsSample)
+	emerg, err3 := sumMetric(nodesList, emSample)
+	if err := firstErr(err1, err2, err3); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("capsgate counted %g admitted, %g refused (CAPS), %g emergency", admitted, refused, emerg)
+	if want := all.forwarded + busyCalls + cancelledCalls; int(admitted) != want {
+		t.Errorf("capsgate admitted %g, the callers saw %d forwarded", admitted, want)
+	}
+	if int(refused) != all.rejected {
+		t.Errorf("capsgate refused %g for CAPS, the callers saw %d refused", refused, all.rejected)
+	}
+	if int(emerg) != ec.forwarded+sc.forwarded {
+		t.Errorf("capsgate counted %g emergency calls, the callers made %d", emerg, ec.forwarded+sc.forwarded)
+	}
+	if t.Failed() {
+		t.Logf("Kamailio log, last lines:\n%s", k.tail(40))
+	}
+}
+
+// startKamailio runs kamailio.cfg listening on addr (UDP) with the given
+// -A defines, and waits until it answers OPTIONS.
+func startKamailio(t *testing.T, bin, dir, addr string, defines ...string) *proc {
+	t.Helper()
+	cfg, err := filepath.Abs(filepath.Join("kamailio", "kamailio.cfg"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	argv := []string{bin, "-DD", "-E", "-f", cfg, "-Y", dir, "-P", filepath.Join(dir, "kamailio.pid"),
+		"-m", "512", "-M", "8", "-l", "udp:" + addr, "-A", `CG_RUNDIR="` + dir + `"`}
+	for _, d := range defines {
+		argv = append(argv, "-A", d)
+	}
+	k := startProc(t, dir, "kamailio", argv...)
+	if err := eventually(15*time.Second, func() error {
+		if !k.running() {
+			return fmt.Errorf("kamailio exited: %v\n%s", k.err, k.tail(20))
+		}
+		return sipOptions(addr)
+	}); err != nil {
+		t.Fatalf("Kamailio on %s did not answer OPTIONS: %v\n%s", addr, err, k.tail(20))
+	}
+	return k
+}
+
+// sipOptions sends OPTIONS to the proxy at addr and wants a 200.
+func sipOptions(addr string) error {
+	conn, err := net.Dial("udp", addr)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	local := conn.LocalAddr().String()
+	id := strconv.FormatInt(time.Now().UnixNano(), 36)
+	msg := "OPTIONS sip:" + addr + " SIP/2.0\r\n" +
+		"Via: SIP/2.0/UDP " + local + ";rport;branch=z9hG4bK-" + id + "\r\n" +
+		"From: <sip:probe@" + local + ">;tag=" + id + "\r\n" +
+		"To: <sip:" + addr + ">\r\n" +
+		"Call-ID: probe-" + id + "\r\n" +
+		"CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+	if _, err := conn.Write([]byte(msg)); err != nil {
+		return err
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	buf := make([]byte, 4096)
+	n, err := conn.Read(buf)
+	if err != nil {
+		return err
+	}
+	if !strings.HasPrefix(string(buf[:n]), "SIP/2.0 200") {
+		return fmt.Errorf("OPTIONS answered %q", strings.SplitN(string(buf[:n]), "\r\n", 2)[0])
+	}
+	return nil
+}
+
+// sippRun is one sipp process in a directory of its own (its -trace_logs
+// files land there).
+type sippRun struct {
+	*proc
+	dir      string
+	scenario string
+}
+
+// sippOptions are every sipp's: loopback, no terminal, logs and errors to
+// files, unexpected messages (a 180 that Kamailio's workers reordered
+// behind the 200) not fatal.
+var sippOptions = []string{"-i", "127.0.0.1", "-nostdin", "-trace_logs", "-trace_err",
+	"-default_behaviors", "all,-abortunexp", "-recv_timeout", "10000"}
+
+// startSipp starts a sipp client of scenario against the proxy at target,
+// ended with SIGUSR1 (finish the calls under way, then exit) after limit.
+func startSipp(t *testing.T, tools map[string]string, name, target string, limit time.Duration, scenario string, args ...string) *sippRun {
+	t.Helper()
+	dir := t.TempDir()
+	sf, err := filepath.Abs(filepath.Join(scenarios, scenario))
+	if err != nil {
+		t.Fatal(err)
+	}
+	argv := []string{tools["timeout"], "-s", "USR1", "-k", "10", strconv.Itoa(int(math.Ceil(limit.Seconds()))),
+		tools["sipp"], target, "-sf", sf, "-p", strconv.Itoa(freePort(t))}
+	argv = append(append(argv, sippOptions...), args...)
+	return &sippRun{proc: startProc(t, dir, name, argv...), dir: dir, scenario: strings.TrimSuffix(scenario, ".xml")}
+}
+
+// startSippServer starts a sipp server of scenario (callee, registrar) on
+// port; stop it with SIGUSR1.
+func startSippServer(t *testing.T, tools map[string]string, name, scenario string, port int) *sippRun {
+	t.Helper()
+	dir := t.TempDir()
+	sf, err := filepath.Abs(filepath.Join(scenarios, scenario))
+	if err != nil {
+		t.Fatal(err)
+	}
+	argv := append([]string{tools["sipp"], "-sf", sf, "-p", strconv.Itoa(port)}, sippOptions...)
+	return &sippRun{proc: startProc(t, dir, name, argv...), dir: dir, scenario: strings.TrimSuffix(scenario, ".xml")}
+}
+
+// runSipp runs a sipp client to its end and returns its calls.
+func runSipp(t *testing.T, tools map[string]string, name, target string, limit time.Duration, scenario string, args ...string) []call {
+	t.Helper()
+	return startSipp(t, tools, name, target, limit, scenario, args...).results(t, limit+15*time.Second)
+}
+
+// call is one call's outcome as a caller logged it.
+type call struct {
+	kind   string    // ok (200), rej (503 from the proxy), fail (486), cancel (487), reg
+	at     time.Time // when its final reply arrived (zero for reg)
+	status string    // the status line, and a Retry-After header if there was one
+}
+
+// callLine is a caller's log line: "KIND SEC.000000.USEC.000000 STATUS".
+var callLine = regexp.MustCompile(`^(\w+) (\d+)\.\d+\.(\d+)\.\d+ (.*)$`)
+
+// results waits up to d for the sipp client to end and returns its calls in
+// the order their final replies came.
+func (s *sippRun) results(t *testing.T, d time.Duration) []call {
+	t.Helper()
+	if err := s.wait(d); err != nil {
+		// sipp exits 1 when some calls failed; the logs tell which.
+		if s.running() {
+			t.Fatalf("sipp %s: %v\n%s", s.name, err, s.tail(20))
+		}
+	}
+	text, err := readAll(filepath.Join(s.dir, s.scenario+"_*_logs.log"))
+	if err != nil {
+		errText, _ := readAll(filepath.Join(s.dir, s.scenario+"_*_errors.log"))
+		t.Fatalf("sipp %s: %v (exit %v)\n%s\n%s", s.name, err, s.err, s.tail(20), lastChars(errText, 2000))
+	}
+	var calls []call
+	for _, line := range strings.Split(strings.TrimSpace(text), "\n") {
+		if m := callLine.FindStringSubmatch(line); m != nil {
+			sec, _ := strconv.ParseInt(m[2], 10, 64)
+			usec, _ := strconv.ParseInt(m[3], 10, 64)
+			calls = append(calls, call{kind: m[1], at: time.Unix(sec, usec*1000), status: m[4]})
+		} else if kind, status, ok := strings.Cut(line, " "); ok {
+			calls = append(calls, call{kind: kind, status: status})
+		}
+	}
+	if len(calls) == 0 {
+		t.Fatalf("sipp %s logged no call:\n%s", s.name, s.tail(20))
+	}
+	return calls
+}
+
+// countStatus counts calls by status line.
+func countStatus(calls []call) map[string]int {
+	out := map[string]int{}
+	for _, c := range calls {
+		out[c.status]++
+	}
+	return out
+}
+
+// split returns the calls answered before from, and those answered at or
+// after to.
+func split(calls []call, from, to time.Time) (before, after []call) {
+	for _, c := range calls {
+		switch {
+		case c.at.Before(from):
+			before = append(before, c)
+		case !c.at.Before(to):
+			after = append(after, c)
+		}
+	}
+	return before, after
+}
+
+// callTally counts calls forwarded (200), rejected (503) and else.
+type callTally struct {
+	forwarded, rejected, other int
+	statuses                   map[string]int
+}
+
+func tally(calls []call) callTally {
+	tl := callTally{statuses: countStatus(calls)}
+	for _, c := range calls {
+		switch c.kind {
+		case "ok":
+			tl.forwarded++
+		case "rej":
+			tl.rejected++
+		default:
+			tl.other++
+		}
+	}
+	return tl
+}
+
+func (tl callTally) String() string {
+	return fmt.Sprintf("forwarded %d, rejected %d, other %d %v", tl.forwarded, tl.rejected, tl.other, tl.statuses)
+}
+
+// quotaSum adds an integer QUOTA field over every node.
+func quotaSum(t *testing.T, c *clustertest.Cluster, field string) int {
+	t.Helper()
+	sum := 0
+	for _, n := range c.Nodes() {
+		q, err := quota(n, service)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, err := strconv.Atoi(q[field])
+		if err != nil {
+			t.Fatalf("%s: QUOTA %s %s = %q", n.Name, service, field, q[field])
+		}
+		sum += v
+	}
+	return sum
+}
+
+func firstErr(errs ...error) error {
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func lastChars(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return "..." + s[len(s)-n:]
+}
