@@ -773,12 +773,31 @@ func formatValue(v reflect.Value) string {
 // against Config first, so that an unknown or ill-typed key is reported by
 // its full dotted name; then the file is decoded with KnownFields.
 func (c *Config) readFile(path string) error {
-	data, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if err != nil {
 		return fmt.Errorf("cannot read config file %s: %w", path, err)
 	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxConfigFile+1))
+	if err != nil {
+		return fmt.Errorf("cannot read config file %s: %w", path, err)
+	}
+	if len(data) > maxConfigFile {
+		return fmt.Errorf("invalid config file %s: larger than %d bytes", path, maxConfigFile)
+	}
+	if err := c.parse(data); err != nil {
+		return fmt.Errorf("invalid config file %s: %w", path, err)
+	}
+	return nil
+}
+
+// maxConfigFile bounds a config file: a real one is a few kilobytes.
+const maxConfigFile = 1 << 20
+
+// parse reads a config file's YAML over c; the error is one line.
+func (c *Config) parse(data []byte) error {
 	fail := func(err error) error {
-		return fmt.Errorf("invalid config file %s: %s", path, oneLine(err))
+		return errors.New(oneLine(err))
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var doc yaml.Node

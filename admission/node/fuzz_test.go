@@ -1,0 +1,91 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"testing"
+)
+
+// FuzzConfigFile feeds the config loader any bytes: it must answer with
+// one line naming the problem, or a config that validates or names its
+// problem in one line; never panic.
+func FuzzConfigFile(f *testing.F) {
+	example, err := os.ReadFile("../../configs/capsgate.yaml")
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(example)
+	for _, s := range []string{
+		"", "node_name: a\n", "resp: {addr: x}\n", "join: [a, b]\n", "admission: {burst: 5}\n",
+		"a: &x [*x]\n", "<<: {node_name: b}\n", "--- \n--- \n", "resp:\n  addr:\n    - 1\n",
+		"ledger: {interval: 1e400s}\n", "node: {max_caps: .nan}\n", "cluster: {partition_policy: fail_open}\n",
+		"vendor_keys: !!binary aGVsbG8=\n", strings.Repeat("[", 10000),
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c := DefaultConfig()
+		if err := c.parse(data); err != nil {
+			if strings.ContainsAny(err.Error(), "\n") {
+				t.Fatalf("error of more than one line: %q", err)
+			}
+			return
+		}
+		// No files: a fuzzed path could name a FIFO or a device that blocks.
+		c.Dev = true
+		c.VendorKeys, c.RESP.PasswordFile, c.Admin.TokenFile, c.Gossip.KeyFile = nil, "", "", ""
+		c.Admin.TLSCertFile, c.Admin.TLSKeyFile = "", ""
+		if err := c.Validate(); err != nil && strings.ContainsAny(err.Error(), "\n") {
+			t.Fatalf("error of more than one line: %q", err)
+		}
+	})
+}
+
+// FuzzAdminBodies posts any body to the admin API's endpoints that take
+// one: a licence, an account allocation. The answer is a JSON error or a
+// success; nothing panics and a refused body changes nothing.
+func FuzzAdminBodies(f *testing.F) {
+	cfg, err := Load([]string{"--dev", "--data-dir", f.TempDir()}, io.Discard)
+	if err != nil {
+		f.Fatal(err)
+	}
+	n, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { _ = n.Stop(context.Background()) })
+	h := n.adminHandler("")
+	for _, s := range []string{
+		`{"tokens": 10, "overage": "none"}`, `{"tokens": -1}`, `{"tokens": 1e99}`, `{"tokens": 5, "overage": "percent:x"}`,
+		`{"tokens": 5, "x": 1}`, `[]`, `null`, "-----BEGIN CAPSGATE LICENSE-----\nabc\n-----END CAPSGATE LICENSE-----\n", "\x00\xff",
+	} {
+		f.Add(uint8(0), []byte(s))
+		f.Add(uint8(1), []byte(s))
+	}
+	f.Fuzz(func(t *testing.T, which uint8, body []byte) {
+		method, path := "PUT", "/v1/services/demo/accounts/fz"
+		if which%2 == 1 {
+			method, path = "POST", "/v1/licenses"
+		}
+		before := len(n.reg.List())
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(method, path, bytes.NewReader(body)))
+		switch rec.Code {
+		case 200, 201:
+		case 400, 413, 422:
+			if !strings.Contains(rec.Body.String(), `"error"`) {
+				t.Fatalf("%s %s answered %d without a JSON error: %q", method, path, rec.Code, rec.Body.String())
+			}
+			if len(n.reg.List()) != before {
+				t.Fatalf("a refused licence was loaded")
+			}
+		default:
+			t.Fatalf("%s %s answered %d: %q", method, path, rec.Code, rec.Body.String())
+		}
+	})
+}
