@@ -241,7 +241,17 @@ func (n *Node) reserving() {
 			}
 			failing = true
 			meteringErrors.Inc()
+			// A full disk: try again at the next tick, not at every refused
+			// charge's wake-up.
+			select {
+			case <-n.stop:
+				return
+			case <-tick.C:
+			}
 		} else {
+			if failing {
+				n.log.Info("token reservations are written again")
+			}
 			failing = false
 		}
 	}

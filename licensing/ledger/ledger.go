@@ -339,9 +339,11 @@ func (l *Ledger) Head() (seq uint64, hash string) {
 
 // Append writes one record for each usage, then one for each witness, all
 // covering [from, to), and fsyncs once before returning: when it returns
-// nil, the n records are durable. After a failed write or fsync the ledger
-// refuses further appends until it is reopened (Open then recovers the
-// torn tail, if any).
+// nil, the n records are durable. A failed write (a full disk) is cut off
+// again and nothing was appended: the caller may try again later. After a
+// failed fsync, or a write that cannot be cut off, the ledger refuses
+// further appends until it is reopened (Open then recovers the torn tail,
+// if any).
 func (l *Ledger) Append(from, to time.Time, usage []Usage, witnesses []Witness) (n int, err error) {
 	if to.Before(from) {
 		return 0, fmt.Errorf("cannot append to ledger: interval ends (%s) before it starts (%s)", formatTime(to), formatTime(from))
@@ -406,7 +408,15 @@ func (l *Ledger) Append(from, to time.Time, usage []Usage, witnesses []Witness) 
 		}
 	}
 	if _, err := l.f.Write(buf.Bytes()); err != nil {
-		l.err = err
+		// A full disk: cut what part of the batch was written, so the
+		// ledger ends on its last whole record and a later Append (the
+		// same usage, carried over by the caller) can succeed. Only when
+		// that fails too does the ledger stop until it is reopened.
+		if terr := l.f.Truncate(l.size); terr != nil {
+			l.err = err
+		} else if serr := l.f.Sync(); serr != nil {
+			l.err = serr
+		}
 		return 0, fmt.Errorf("cannot append to ledger: %w", err)
 	}
 	if err := l.f.Sync(); err != nil {

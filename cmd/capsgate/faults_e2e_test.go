@@ -1,0 +1,141 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/capsgate/capsgate/cluster/clustertest"
+)
+
+// smallFS mounts a tmpfs of size bytes on a fresh directory for the test,
+// or fails under CI=true and skips elsewhere when it cannot (not root).
+func smallFS(t *testing.T, size int) string {
+	t.Helper()
+	dir := t.TempDir()
+	err := syscall.Mount("tmpfs", dir, "tmpfs", 0, fmt.Sprintf("size=%d,mode=0700", size))
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("cannot mount a small tmpfs (CI runs as root): %v", err)
+		}
+		t.Skipf("cannot mount a small tmpfs (needs root): %v", err)
+	}
+	t.Cleanup(func() { _ = syscall.Unmount(dir, syscall.MNT_DETACH) })
+	return dir
+}
+
+// fill writes a file until the file system is full and returns its path.
+func fill(t *testing.T, dir string) string {
+	t.Helper()
+	path := filepath.Join(dir, "filler")
+	f, err := os.Create(path)
+	require.NoError(t, err)
+	defer f.Close()
+	chunk := bytes.Repeat([]byte{'x'}, 4096)
+	for {
+		if _, err := f.Write(chunk); err != nil {
+			require.True(t, errors.Is(err, syscall.ENOSPC), "filling the file system: %v", err)
+			break
+		}
+	}
+	_ = f.Sync()
+	return path
+}
+
+// metric returns the value of a metric line of the node's /metrics.
+func metric(t *testing.T, n *clustertest.Node, name string) string {
+	t.Helper()
+	resp, err := http.Get("http://" + n.AdminAddr + "/metrics")
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+// TestFullDisk runs a node whose data_dir is on a 8 MiB file system and
+// fills it: the node keeps answering; token charges go on within what was
+// reserved, then are refused with OVERLOAD; the failed ledger writes count
+// in capsgate_metering_errors_total; once there is room again the usage
+// of the full-disk time is written and the ledger verifies.
+func TestFullDisk(t *testing.T) {
+	if testing.Short() {
+		t.Skip("real processes; skipped with -short")
+	}
+	root := smallFS(t, 8<<20)
+	bin, err := clustertest.BuildOnce()
+	require.NoError(t, err)
+	c, err := clustertest.Start(clustertest.Config{Nodes: 1, Dir: root, Bin: bin, Args: []string{"--ledger-interval", "1s"}})
+	require.NoError(t, err)
+	t.Cleanup(c.Close)
+	n := c.Node(1)
+	lic, err := bin.Issue(c.VendorKey, "--service", meterService, "--caps", "100000", "--tokens", "100000000", "--tokens-per-attempt", "1")
+	require.NoError(t, err)
+	require.NoError(t, n.AddLicense(lic))
+	admit := func(k int) (ok int, reasons map[string]int) {
+		reasons = map[string]int{}
+		for range k {
+			adm, reason, _, err := n.Decision("ADMIT", meterService)
+			require.NoError(t, err, "the node answers")
+			if adm {
+				ok++
+			} else {
+				reasons[reason]++
+			}
+		}
+		return ok, reasons
+	}
+	time.Sleep(200 * time.Millisecond)
+	ok, _ := admit(100)
+	require.Equal(t, 100, ok)
+
+	filler := fill(t, root)
+	t.Log("data_dir's file system is full")
+	// Up to the reservation made before (1000 tokens), charges go on;
+	// beyond it they are refused, and the node keeps answering.
+	ok, reasons := admit(1500)
+	t.Logf("1500 ADMITs with the disk full: %d admitted, refused %v", ok, reasons)
+	require.GreaterOrEqual(t, ok, 800, "what was reserved before the disk filled is used")
+	require.LessOrEqual(t, ok, 1000)
+	require.Equal(t, 1500-ok, reasons["OVERLOAD"])
+	pong, err := n.Do("PING")
+	require.NoError(t, err)
+	require.Equal(t, "PONG", pong)
+	time.Sleep(2500 * time.Millisecond) // two ledger intervals fail
+	errs := metric(t, n, "capsgate_metering_errors_total")
+	t.Logf("capsgate_metering_errors_total with the disk full: %s", errs)
+	require.NotEqual(t, "", errs)
+	require.NotEqual(t, "0", errs, "the failed writes raise the alarm metric")
+
+	require.NoError(t, os.Remove(filler))
+	t.Log("room again")
+	want := int64(100 + ok)
+	_, s := awaitLedger(t, c, n, 10*time.Second, func(s ledgerSum) error {
+		if s.Tokens != uint64(want) {
+			return fmt.Errorf("ledger has %d tokens, want %d", s.Tokens, want)
+		}
+		return nil
+	})
+	t.Logf("after the disk had room again the ledger holds %d records, %d tokens (the full-disk time's included)", s.Records, s.Tokens)
+	file := filepath.Join(t.TempDir(), "ledger.jsonl")
+	require.NoError(t, os.WriteFile(file, fetchLedger(t, c, n), 0o600))
+	out, code := usageVerify(t, c, file)
+	require.Equal(t, 0, code, "the ledger verifies: %s", out)
+	ok, _ = admit(100)
+	require.Equal(t, 100, ok, "charges go on once reservations can be written")
+}
