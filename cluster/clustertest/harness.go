@@ -822,7 +822,7 @@ func (n *Node) Ping() error {
 	if err != nil {
 		return err
 	}
-	if line != "+PONG\r\n" {
+	if line != "+PONG\r\n" && !strings.HasPrefix(line, "-NOAUTH") { // a node with a password is up too
 		return fmt.Errorf("PING answered %q", line)
 	}
 	return nil

@@ -139,3 +139,55 @@ func TestFullDisk(t *testing.T) {
 	ok, _ = admit(100)
 	require.Equal(t, 100, ok, "charges go on once reservations can be written")
 }
+
+// TestSecretsStayOutOfLogs runs a node at debug level with every secret
+// configured, goes through the paths that log (start, wrong AUTH, a wrong
+// bearer token, a licence load, a stop), and finds none of the secrets in
+// what it printed.
+func TestSecretsStayOutOfLogs(t *testing.T) {
+	if testing.Short() {
+		t.Skip("real processes; skipped with -short")
+	}
+	dir := t.TempDir()
+	password := "resp-pass-7f3a9c"
+	pwFile := filepath.Join(dir, "resp.password")
+	require.NoError(t, os.WriteFile(pwFile, []byte(password+"\n"), 0o600))
+	c := clustertest.New(t, 1, clustertest.WithArgs("--log-level", "debug", "--resp-password-file", pwFile))
+	n := c.Node(1)
+	tok, err := os.ReadFile(c.TokenFile)
+	require.NoError(t, err)
+	gossip, err := os.ReadFile(c.GossipKeyFile)
+	require.NoError(t, err)
+	vendor, err := os.ReadFile(c.VendorKey)
+	require.NoError(t, err)
+
+	_, err = n.Do("AUTH", "wrong-"+password)
+	require.Error(t, err)
+	_, err = n.Do("ADMIT", "x")
+	require.ErrorContains(t, err, "NOAUTH")
+	req, _ := http.NewRequest("GET", "http://"+n.AdminAddr+"/v1/services", nil)
+	req.Header.Set("Authorization", "Bearer not-"+strings.TrimSpace(string(tok)))
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, 401, resp.StatusCode)
+	c.LoadLicense(1, c.Issue("--service", "voice", "--caps", "10"))
+	require.NoError(t, n.Stop())
+
+	logs := n.Log()
+	require.Contains(t, logs, "licence loaded", "the log is there")
+	secrets := map[string]string{
+		"RESP password": password, "admin token": strings.TrimSpace(string(tok)), "gossip key": strings.TrimSpace(string(gossip)),
+	}
+	// The vendor's private key file (never given to the node) stands for
+	// key material in general: none of its lines may show.
+	for i, line := range strings.Split(strings.TrimSpace(string(vendor)), "\n") {
+		if len(line) >= 16 {
+			secrets[fmt.Sprintf("vendor key line %d", i)] = line
+		}
+	}
+	for what, secret := range secrets {
+		require.NotContains(t, logs, secret, "the %s is in the log", what)
+	}
+	t.Logf("%d bytes of debug log, none of %d secrets in it", len(logs), len(secrets))
+}
