@@ -3,7 +3,9 @@ package clustertest
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"strconv"
 	"time"
 )
@@ -59,4 +61,60 @@ func encodeCommand(args []string) []byte {
 func (n *Node) GetJSON(path string, v any) error {
 	_, err := n.request("GET", path, nil, v)
 	return err
+}
+
+// Conn is one RESP connection to a node, for many commands.
+type Conn struct {
+	c net.Conn
+	r *bufio.Reader
+}
+
+// Dial opens a connection to the node's RESP front end.
+func (n *Node) Dial() (*Conn, error) {
+	c, err := net.DialTimeout("tcp", n.RESPAddr, time.Second)
+	if err != nil {
+		return nil, err
+	}
+	return &Conn{c: c, r: bufio.NewReader(c)}, nil
+}
+
+// Do sends one command and reads its reply, as Node.Do.
+func (c *Conn) Do(args ...string) (any, error) {
+	_ = c.c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.c.Write(encodeCommand(args)); err != nil {
+		return nil, err
+	}
+	v, err := readReply(c.r)
+	if e, ok := v.(respError); ok {
+		return nil, fmt.Errorf("%s", string(e))
+	}
+	return v, err
+}
+
+// Close closes the connection.
+func (c *Conn) Close() error { return c.c.Close() }
+
+// GetRaw sends GET path to the node's admin API (with the cluster's token)
+// and returns the body of a 200 answer as it is.
+func (n *Node) GetRaw(path string) ([]byte, error) {
+	req, err := http.NewRequest("GET", "http://"+n.AdminAddr+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	if n.token != "" {
+		req.Header.Set("Authorization", "Bearer "+n.token)
+	}
+	resp, err := n.http.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 256<<20))
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: %s", path, resp.Status)
+	}
+	return b, nil
 }
