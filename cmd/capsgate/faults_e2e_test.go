@@ -191,3 +191,40 @@ func TestSecretsStayOutOfLogs(t *testing.T) {
 	}
 	t.Logf("%d bytes of debug log, none of %d secrets in it", len(logs), len(secrets))
 }
+
+// TestDataDirModes: after a node ran with every kind of state, its data
+// dir and sub-directories are 0700, key files 0600, and nothing is
+// writable by group or others.
+func TestDataDirModes(t *testing.T) {
+	if testing.Short() {
+		t.Skip("real processes; skipped with -short")
+	}
+	c := clustertest.New(t, 1, clustertest.WithArgs("--ledger-interval", "1s"))
+	n := c.Node(1)
+	c.LoadLicense(1, c.Issue("--service", "voice", "--caps", "100", "--tokens", "1000"))
+	_, err := n.Do("ADMIT", "voice", "CALL", "c1")
+	require.NoError(t, err)
+	_, err = n.Do("REGISTER", "voice", "sip:a@b")
+	require.NoError(t, err)
+	time.Sleep(1500 * time.Millisecond) // a ledger interval, a journal flush
+	var seen []string
+	require.NoError(t, filepath.Walk(n.DataDir, func(path string, fi os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		mode := fi.Mode().Perm()
+		rel, _ := filepath.Rel(n.DataDir, path)
+		seen = append(seen, fmt.Sprintf("%s %o", rel, mode))
+		switch {
+		case fi.IsDir():
+			require.Equal(t, os.FileMode(0o700), mode, rel)
+		case strings.HasSuffix(path, ".key"):
+			require.Equal(t, os.FileMode(0o600), mode, rel)
+		default:
+			require.Zero(t, mode&0o022, "%s is writable by others (%o)", rel, mode)
+		}
+		return nil
+	}))
+	t.Logf("data dir: %s", strings.Join(seen, ", "))
+	require.GreaterOrEqual(t, len(seen), 10, "licences, ledger, state, tokens and keys are all there")
+}
