@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"strings"
+	"time"
 
 	"github.com/VictoriaMetrics/metrics"
 
@@ -128,6 +129,13 @@ func (n *Node) postLicense(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	res, err := n.reg.Add(body)
+	if err == nil && n.reserver != nil {
+		// A new service's token pool has its first reservation before the
+		// client hears the licence is in.
+		if serr := n.reserver.Step(time.Now()); serr != nil {
+			n.log.Warn("cannot reserve tokens for a new licence yet", "err", serr)
+		}
+	}
 	if err != nil {
 		var le *registry.LoadError
 		switch {

@@ -228,3 +228,59 @@ func TestDataDirModes(t *testing.T) {
 	t.Logf("data dir: %s", strings.Join(seen, ", "))
 	require.GreaterOrEqual(t, len(seen), 10, "licences, ledger, state, tokens and keys are all there")
 }
+
+// TestTornLedgerRecord: a node killed while it wrote a ledger record
+// leaves half a line; the next start cuts it off, says so in its log, and
+// the ledger goes on and verifies.
+func TestTornLedgerRecord(t *testing.T) {
+	if testing.Short() {
+		t.Skip("real processes; skipped with -short")
+	}
+	c := clustertest.New(t, 1, clustertest.WithArgs("--ledger-interval", "1s"))
+	n := c.Node(1)
+	c.LoadLicense(1, c.Issue("--service", meterService, "--caps", "1000", "--tokens", "100000", "--tokens-per-attempt", "1"))
+	for range 50 {
+		_, _, _, err := n.Decision("ADMIT", meterService)
+		require.NoError(t, err)
+	}
+	awaitLedger(t, c, n, 5*time.Second, func(s ledgerSum) error {
+		if s.Tokens < 50 {
+			return fmt.Errorf("%d tokens in the ledger", s.Tokens)
+		}
+		return nil
+	})
+	n.Kill()
+	// The crash tore the record being written: half of a copy of the last
+	// line, no newline.
+	segs, err := filepath.Glob(filepath.Join(n.DataDir, "ledger", "seg-*.jsonl"))
+	require.NoError(t, err)
+	require.NotEmpty(t, segs)
+	last := segs[len(segs)-1]
+	b, err := os.ReadFile(last)
+	require.NoError(t, err)
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	torn := lines[len(lines)-1][:len(lines[len(lines)-1])/2]
+	f, err := os.OpenFile(last, os.O_APPEND|os.O_WRONLY, 0)
+	require.NoError(t, err)
+	_, err = f.WriteString(torn)
+	require.NoError(t, err)
+	require.NoError(t, f.Close())
+
+	require.NoError(t, n.Restart())
+	require.Contains(t, n.Log(), "torn", "the start reports the torn record")
+	for range 20 {
+		_, _, _, err := n.Decision("ADMIT", meterService)
+		require.NoError(t, err)
+	}
+	b, s := awaitLedger(t, c, n, 5*time.Second, func(s ledgerSum) error {
+		if s.Tokens < 70 {
+			return fmt.Errorf("%d tokens in the ledger", s.Tokens)
+		}
+		return nil
+	})
+	file := filepath.Join(t.TempDir(), "ledger.jsonl")
+	require.NoError(t, os.WriteFile(file, b, 0o600))
+	out, code := usageVerify(t, c, file)
+	t.Logf("after a torn record and a restart: %d records, %d tokens; verify: %s", s.Records, s.Tokens, strings.TrimSpace(out))
+	require.Equal(t, 0, code, out)
+}
