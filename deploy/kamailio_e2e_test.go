@@ -198,8 +198,10 @@ func testKamailio(t *testing.T, nodes int) {
 	firstReply, lastReply := normalCalls[0].at, normalCalls[len(normalCalls)-1].at
 	window1 := loadAt.Sub(runStart).Seconds()
 	window2 := lastReply.Sub(loaded.Add(time.Second)).Seconds()
-	t.Logf("overload, %d CAPS offered against %d licensed for %.1f s: forwarded %d, rejected %d (%.1f forwarded/s); %s",
-		offered, licensedCAPS, window1, nb.forwarded, nb.rejected, float64(nb.forwarded)/loadAt.Sub(firstReply).Seconds(), nb)
+	bound := 1.01*licensedCAPS*window1 + burst + 1
+	t.Logf("overload, %d CAPS offered against %d licensed for %.1f s: forwarded %d, rejected %d (%.1f forwarded/s; SPEC bound 1.01 × %d × %.1f + burst %g = %.0f); %s",
+		offered, licensedCAPS, window1, nb.forwarded, nb.rejected, float64(nb.forwarded)/loadAt.Sub(firstReply).Seconds(),
+		licensedCAPS, window1, burst, bound, nb)
 	t.Logf("second licence loaded on %s: %d CAPS everywhere %s after the load (%s to POST); over the next %.1f s from a second after it: forwarded %d, rejected %d (%.1f forwarded/s)",
 		loadOn.Name, 2*licensedCAPS, spread.Round(time.Millisecond), loaded.Sub(loadAt).Round(time.Millisecond),
 		window2, na.forwarded, na.rejected, float64(na.forwarded)/window2)
@@ -213,7 +215,6 @@ func testKamailio(t *testing.T, nodes int) {
 
 	// The SPEC bound, over the overload window (decisions before the
 	// second licence: replies that came before its load began).
-	bound := 1.01*licensedCAPS*window1 + burst + 1
 	if float64(nb.forwarded) > bound {
 		t.Errorf("forwarded %d before the second licence, over %.1f s: more than 1.01 × %d × %.1f + burst %g = %.0f",
 			nb.forwarded, window1, licensedCAPS, window1, burst, bound)
