@@ -193,7 +193,7 @@ scrape_configs:
 	// The admitted rate over the last 6 s of the load, as PromQL computes
 	// it from the scrapes and as the counters read directly say.
 	at := loadEnd.Add(-500 * time.Millisecond)
-	window := 6 * time.Second
+	window := 8 * time.Second
 	if err := eventually(5*time.Second, func() error { // the scrape after `at` is in
 		_, err := promScalar(api, `sum(capsgate_admissions_total)`, at.Add(1500*time.Millisecond))
 		return err
