@@ -305,7 +305,7 @@ var (
 	bytesReceived   = metrics.NewCounter(`capsgate_gossip_bytes_total{direction="received"}`)
 	// convergence is the time from a licence's load on one node to its
 	// arrival on another (by the direct path), as the two clocks tell it.
-	convergence = metrics.NewHistogram(`capsgate_license_convergence_seconds`)
+	convergence = metrics.NewPrometheusHistogramExt(`capsgate_license_convergence_seconds`, []float64{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5})
 )
 
 // sent counts a user message sent.

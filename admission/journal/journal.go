@@ -104,7 +104,7 @@ type Journal struct {
 type logBufs struct{ spare []admission.Change }
 
 var (
-	flushSeconds   = metrics.NewHistogram(`capsgate_state_flush_duration_seconds`)
+	flushSeconds   = metrics.NewPrometheusHistogramExt(`capsgate_state_flush_duration_seconds`, []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1})
 	journalBytes   = metrics.NewCounter(`capsgate_state_journal_written_bytes_total`)
 	journalChanges = metrics.NewCounter(`capsgate_state_journal_changes_total`)
 	snapshots      = metrics.NewCounter(`capsgate_state_snapshots_total`)

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"bytes"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
@@ -37,9 +38,11 @@ func (n *Node) adminHandler(token string) http.Handler {
 	})
 	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-		metrics.WritePrometheus(w, true)
-		n.writeServiceMetrics(w)
-		n.reg.WriteMetrics(w)
+		var buf bytes.Buffer
+		metrics.WritePrometheus(&buf, true)
+		n.writeServiceMetrics(&buf)
+		n.reg.WriteMetrics(&buf)
+		_ = writeLinted(w, buf.Bytes())
 	})
 	api := http.NewServeMux()
 	api.HandleFunc("POST /v1/licenses", n.postLicense)
