@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -38,10 +39,25 @@ func TestCompare(t *testing.T) {
 	needRedis(t)
 	s := DefaultSettings()
 	s.Seconds, s.Rate, s.Conns, s.ThroughputConns = 0.5, 2000, 4, 2
+	s.ProfileDir = t.TempDir()
 	var log bytes.Buffer
 	cmp, err := Compare(context.Background(), s, &log, nil)
 	require.NoError(t, err, log.String())
 	t.Log("\n" + log.String())
+	require.NotContains(t, log.String(), "warning")
+	require.NotEmpty(t, cmp.LoadStart)
+	for _, mode := range []string{ModeThroughput, ModeLatency} {
+		r, ok := cmp.Find(NameCapsgate, mode)
+		require.True(t, ok)
+		require.Equal(t, [2]string{"capsgate-" + mode + ".pprof", "capsbench-" + mode + ".pprof"}, [2]string{r.ServerProfile, r.GeneratorProfile})
+		for _, f := range []string{r.ServerProfile, r.GeneratorProfile} {
+			st, err := os.Stat(filepath.Join(s.ProfileDir, f))
+			require.NoError(t, err)
+			require.Positive(t, st.Size())
+		}
+		r, _ = cmp.Find(NameLimit, mode)
+		require.Empty(t, r.ServerProfile+r.GeneratorProfile, "only capsgate runs are profiled")
+	}
 
 	path := filepath.Join(t.TempDir(), "c.json")
 	require.NoError(t, cmp.WriteJSON(path))
@@ -70,6 +86,7 @@ func TestCompare(t *testing.T) {
 
 	back, err := ReadComparison(path)
 	require.NoError(t, err)
+	back.Settings.ProfileDir = s.ProfileDir // not in the JSON
 	require.Equal(t, cmp, back)
 	var table bytes.Buffer
 	cmp.WriteTable(&table)
@@ -77,7 +94,7 @@ func TestCompare(t *testing.T) {
 	require.Contains(t, table.String(), "throughput capsgate/limit: ")
 
 	dir := t.TempDir()
-	require.NoError(t, WriteReport(cmp, dir))
+	require.NoError(t, WriteReport(cmp, dir, dir))
 	md, err := os.ReadFile(filepath.Join(dir, "report.md"))
 	require.NoError(t, err)
 	require.Contains(t, string(md), "| capsgate | throughput |")
@@ -85,6 +102,35 @@ func TestCompare(t *testing.T) {
 	svg, err := os.ReadFile(filepath.Join(dir, "compare.svg"))
 	require.NoError(t, err)
 	require.True(t, strings.HasPrefix(string(svg), "<svg") && strings.HasSuffix(string(svg), "</svg>\n"))
+
+	// A missed target shows the top of its run's profiles.
+	missed := cmp
+	missed.Results = append([]Row(nil), cmp.Results...)
+	for i, r := range missed.Results {
+		switch {
+		case r.Mode == ModeThroughput && r.Name == NameCapsgate:
+			missed.Results[i].OpsPerSec = 100 // the throughput targets met, whatever this machine did
+		case r.Mode == ModeThroughput:
+			missed.Results[i].OpsPerSec = 1
+		case r.Name == NameCapsgate:
+			missed.Results[i].P99us, missed.Results[i].P999us = 5000, 9000
+		}
+	}
+	require.NoError(t, WriteReport(missed, dir, s.ProfileDir))
+	md, err = os.ReadFile(filepath.Join(dir, "report.md"))
+	require.NoError(t, err)
+	report := string(md)
+	require.Contains(t, report, "| **missed** |")
+	require.Contains(t, report, "## Missed: capsgate open loop 2000/s over 4 conns: p99 ≤ 250 µs")
+	require.Contains(t, report, "`capsgate-latency.pprof`, the capsgate node")
+	require.Contains(t, report, "`capsbench-latency.pprof`, the load generator")
+	require.Contains(t, report, "The profiles of the capsgate latency run are above.")
+	require.NotContains(t, report, "capsgate-throughput.pprof", "throughput targets are met")
+	if _, err := exec.LookPath("go"); err == nil {
+		require.Contains(t, report, "flat%")
+	} else {
+		require.Contains(t, report, "go tool pprof -top -nodecount=15")
+	}
 }
 
 func TestLoadValidation(t *testing.T) {

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -47,9 +48,11 @@ type Result struct {
 	// Latency is per request: from the intended send time (Latency), or
 	// per round trip of a pipelined batch (Throughput).
 	Latency Histogram
-	// MaxSendLag is how late the open loop's sender got behind its
-	// schedule at worst (Latency counts the lag in).
+	// MaxSendLag is how late the open loop's pacer woke at worst, and
+	// SendLag how late each request's write began after its intended
+	// time (Latency counts both in).
 	MaxSendLag time.Duration
+	SendLag    Histogram
 }
 
 // tally counts one connection's replies.
@@ -201,20 +204,27 @@ func Throughput(ctx context.Context, l Load) (Result, error) {
 	return res, errors.Join(errs...)
 }
 
-// Latency runs an open loop: Rate requests per second, request j
-// intended at start + j/Rate and sent on connection j mod Conns whether or
-// not the replies before it have come back, and each one's latency
-// measured from that intended time (so a stall counts for every request it
-// delays, not once: no coordinated omission).
+// Latency runs an open loop: Rate requests per second over Conns
+// connections, without pipelining, whether or not earlier replies have
+// come back. Request j (j = 0, 1, ...) is intended at start + j/Rate and
+// goes to connection j mod Conns, so the k-th request on connection i is
+// request i + k·Conns.
 //
-// One pacer goroutine sends them all. A Go timer would not do: a runtime
-// with nothing to run sleeps in epoll with millisecond resolution, so a
-// sender per connection with time.Sleep came out up to 1 ms late and that
-// lag dominated what was measured (at 2000/s against the limit server, p50
-// 750–930 µs in three runs; with the pacer 180–230 µs, same machine and
-// load). The pacer sleeps on its own thread with nanosleep and a 1 µs
-// timer slack instead (see pace). A receiver per connection reads the
-// replies.
+// What is measured, per request: from its intended send time to the
+// moment its connection's receiver goroutine has parsed its reply (after
+// netpoll's poller read it from the socket and woke that goroutine). It
+// counts every delay on the way: the generator's own lateness in sending
+// (Result.SendLag), both kernel loopback paths, the server, and the
+// client's wake-up. A stall counts for every request it delays, not once:
+// no coordinated omission.
+//
+// One pacer goroutine sends every request (see pace): at each wake it
+// sends all that are due, one write per connection (several due on one
+// connection, after a stall, go in one write). A receiver per connection
+// reads its replies; it knows from k which request each one answers, so
+// nothing is handed from the pacer to it per request: the generator's
+// per-request cost is the write, netpoll's read, one goroutine wake-up and
+// a histogram increment, with no allocation.
 func Latency(ctx context.Context, l Load) (Result, error) {
 	if err := l.validate(true); err != nil {
 		return Result{}, err
@@ -227,61 +237,108 @@ func Latency(ctx context.Context, l Load) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	interval := float64(time.Second) / l.Rate
+	C := int64(len(conns))
+	sched := schedule{interval: float64(time.Second) / l.Rate, total: total}
 	streams := make([]*client.Stream, len(conns))
-	// intended carries each send's intended time to its connection's
-	// receiver; its room bounds the requests in flight on a connection.
-	intended := make([]chan time.Time, len(conns))
 	for i, c := range conns {
 		streams[i] = c.Split()
-		intended[i] = make(chan time.Time, 1<<14)
+		// No timer per wait: the watchdog below closes overdue streams.
+		streams[i].SetTimeout(0)
 	}
+	// batch holds the frame repeated, for several requests due on one
+	// connection at once.
+	const batchMax = 256
+	batch := bytes.Repeat(l.Frame, batchMax)
 	ts := make([]tally, len(conns))
-	errs := make([]error, len(conns)+1)
+	var sendErr, stallErr, recvErr error
+	var sendLag Histogram
+	// A receiver that fails says so and the pacer stops; the streams are
+	// closed only once the pacer is done with them (netpoll frees a
+	// connection's send buffer on Close).
+	var failed atomic.Bool
+	errFailed := errors.New("a connection failed")
+	closeAll := sync.OnceFunc(func() {
+		for _, s := range streams {
+			_ = s.Close()
+		}
+	})
 	stop := progress(l.Progress, l.Duration)
 	start := time.Now().Add(10 * time.Millisecond) // every receiver is ready
-	var wg sync.WaitGroup
-	var lag time.Duration
-	wg.Go(func() { // the pacer
-		defer func() {
-			for _, ch := range intended {
-				close(ch)
-			}
-		}()
-		lag, errs[len(conns)] = pace(ctx, start, interval, total, func(j int64, at time.Time) error {
-			i := int(j % int64(len(conns)))
-			select {
-			case intended[i] <- at:
-			default:
-				return fmt.Errorf("%s: more than %d requests without a reply on one connection", l.Addr, cap(intended[i]))
-			}
-			if err := streams[i].Send(l.Frame); err != nil && errs[i] == nil {
-				return err
-			}
-			return nil
-		})
-	})
+	var receivers sync.WaitGroup
 	for i, s := range streams {
-		wg.Go(func() { // a receiver
-			defer s.Close()
+		receivers.Go(func() {
 			t := &ts[i]
-			for at := range intended[i] {
+			for j := int64(i); j < total; j += C {
 				r, err := s.Receive()
 				if err != nil {
-					errs[i] = err
-					_ = s.Close() // the pacer's next Send on it fails
-					for range intended[i] {
+					if failed.CompareAndSwap(false, true) { // the pacer stops, then closes the other streams
+						recvErr = fmt.Errorf("connection %d: %w", i, err)
 					}
 					return
 				}
-				t.hist.Record(time.Since(at))
+				t.hist.Record(time.Since(start) - sched.at(j))
 				t.add(r)
 			}
 		})
 	}
-	wg.Wait()
+	var lag time.Duration
+	lag, sendErr = pace(ctx, start, &sched, func(from, to int64) error {
+		if failed.Load() {
+			return errFailed
+		}
+		return byConn(from, to, C, func(i, first, n int64) error {
+			at := time.Since(start)
+			for k := range n {
+				sendLag.Record(at - sched.at(first+k*C))
+			}
+			for n > 0 {
+				m := min(n, batchMax)
+				if err := streams[i].Send(batch[:m*int64(len(l.Frame))]); err != nil {
+					return fmt.Errorf("connection %d: %w", i, err)
+				}
+				n -= m
+			}
+			return nil
+		})
+	})
+	if sendErr != nil {
+		closeAll()
+	}
+	// Wait for the last replies, at most a client timeout past the end.
+	done := make(chan struct{})
+	go func() { receivers.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		closeAll()
+		<-done
+	case <-time.After(client.DefaultTimeout):
+		stallErr = fmt.Errorf("%s: replies still missing %v after the last request", l.Addr, client.DefaultTimeout)
+		closeAll()
+		<-done
+	}
+	closeAll()
 	stop()
 	res := merge(ts, time.Since(start))
 	res.MaxSendLag = lag
-	return res, errors.Join(errs...)
+	res.SendLag = sendLag
+	if errors.Is(sendErr, errFailed) {
+		sendErr = nil // recvErr says why
+	}
+	// A receiver's error is the first one's: the others ended because
+	// their streams were closed after it.
+	return res, errors.Join(sendErr, stallErr, recvErr)
+}
+
+// byConn splits the requests [from, to) by connection (request j goes to
+// connection j mod conns): it calls f once for every connection with a
+// request among them, in the order of its first one, with that request
+// and how many there are (first, first+conns, first+2·conns, ...).
+func byConn(from, to, conns int64, f func(conn, first, n int64) error) error {
+	for j := from; j < min(to, from+conns); j++ {
+		if err := f(j%conns, j, (to-1-j)/conns+1); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -9,25 +9,40 @@ import (
 	"strings"
 )
 
-// WriteReport writes dir/report.md (the results table and the targets met
-// or missed) and dir/compare.svg (throughput bars and latency percentiles).
-func WriteReport(c Comparison, dir string) error {
+// WriteReport writes dir/report.md (the results table, the targets met or
+// missed and, under each missed one, the top entries of the CPU profiles
+// taken during its capsgate run, found in profileDir) and dir/compare.svg
+// (throughput bars and latency percentiles).
+func WriteReport(c Comparison, dir, profileDir string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("cannot make the report directory: %w", err)
 	}
 	var b strings.Builder
 	s := c.Settings
 	fmt.Fprintf(&b, "# capsbench compare\n\n")
-	fmt.Fprintf(&b, "Each target for %gs per mode with the same client (admission/client on netpoll): "+
-		"throughput = closed loop, %d connections × %d pipelined; latency = open loop, %.0f requests/s over %d connections, "+
-		"measured from each request's intended send time.\n\n", s.Seconds, s.ThroughputConns, s.Pipeline, s.Rate, s.Conns)
-	b.WriteString("| target | mode | ops/s | p50 µs | p99 µs | p99.9 µs | max µs | admitted |\n|---|---|---:|---:|---:|---:|---:|---:|\n")
+	fmt.Fprintf(&b, "Each target for %gs per mode with the same client (admission/client on netpoll), one after the other, "+
+		"the load generator on the same machine: throughput = closed loop, %d connections × %d pipelined; "+
+		"latency = open loop, %.0f requests/s over %d connections, no pipelining.\n\n", s.Seconds, s.ThroughputConns, s.Pipeline, s.Rate, s.Conns)
+	if c.LoadStart != "" {
+		fmt.Fprintf(&b, "Machine: %d CPUs; load average (1, 5, 15 min) %s before the runs, %s after.\n\n", c.CPUs, c.LoadStart, c.LoadEnd)
+	}
+	b.WriteString("Open-loop latency is measured per request from its intended send time (start + j/rate; request j on " +
+		"connection j mod conns) to when the generator has parsed its reply, so it includes the generator's own lateness " +
+		"in sending (the send-lag column: p99 of how late each write began), both loopback paths, the server, and the " +
+		"client's wake-up; a stall counts for every request it delays (no coordinated omission). " +
+		"Throughput rows give the round trip of a pipelined batch.\n\n")
+	b.WriteString("| target | mode | ops/s | p50 µs | p99 µs | p99.9 µs | max µs | send lag p99 µs | admitted |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, r := range c.Results {
-		fmt.Fprintf(&b, "| %s | %s | %.0f | %.1f | %.1f | %.1f | %.1f | %.3f |\n",
-			r.Name, r.Mode, r.OpsPerSec, r.P50us, r.P99us, r.P999us, r.MaxUs, r.AdmittedFraction)
+		lag := ""
+		if r.Mode == ModeLatency {
+			lag = fmt.Sprintf("%.1f", r.SendLagP99us)
+		}
+		fmt.Fprintf(&b, "| %s | %s | %.0f | %.1f | %.1f | %.1f | %.1f | %s | %.3f |\n",
+			r.Name, r.Mode, r.OpsPerSec, r.P50us, r.P99us, r.P999us, r.MaxUs, lag, r.AdmittedFraction)
 	}
 	b.WriteString("\n## Targets\n\n| target | measured | |\n|---|---|---|\n")
-	for _, v := range c.Verdicts() {
+	verdicts := c.Verdicts()
+	for _, v := range verdicts {
 		mark := "met"
 		if !v.Met {
 			mark = "**missed**"
@@ -35,6 +50,35 @@ func WriteReport(c Comparison, dir string) error {
 		fmt.Fprintf(&b, "| %s | %s | %s |\n", v.What, v.Measured, mark)
 	}
 	b.WriteString("\n![throughput and latency](compare.svg)\n")
+	shown := map[string]bool{} // a mode's profiles, once
+	for _, v := range verdicts {
+		if v.Met {
+			continue
+		}
+		fmt.Fprintf(&b, "\n## Missed: %s\n\n", v.What)
+		r, _ := c.Find(NameCapsgate, v.Mode)
+		if r.ServerProfile == "" && r.GeneratorProfile == "" {
+			b.WriteString("No CPU profile was taken during this run (`capsbench compare --json FILE` takes them, beside FILE, unless `--profiles=false`).\n")
+			continue
+		}
+		if shown[v.Mode] {
+			fmt.Fprintf(&b, "The profiles of the capsgate %s run are above.\n", v.Mode)
+			continue
+		}
+		shown[v.Mode] = true
+		fmt.Fprintf(&b, "CPU profiles taken during the capsgate %s run, top %d by own time "+
+			"(`go tool pprof -top -nodecount=%d FILE`):\n", v.Mode, profileTopN, profileTopN)
+		for _, f := range []struct{ file, what string }{
+			{r.ServerProfile, "the capsgate node (its admin API's `/debug/pprof/profile`)"},
+			{r.GeneratorProfile, "the load generator, capsbench itself"},
+		} {
+			if f.file == "" {
+				continue
+			}
+			top, _ := ProfileTop(filepath.Join(profileDir, f.file), profileTopN)
+			fmt.Fprintf(&b, "\n`%s`, %s:\n\n```\n%s\n```\n", f.file, f.what, top)
+		}
+	}
 	if err := os.WriteFile(filepath.Join(dir, "report.md"), []byte(b.String()), 0o644); err != nil {
 		return fmt.Errorf("cannot write the report: %w", err)
 	}
@@ -43,6 +87,9 @@ func WriteReport(c Comparison, dir string) error {
 	}
 	return nil
 }
+
+// profileTopN is how many entries of a profile the report shows.
+const profileTopN = 15
 
 // SVG draws the comparison: on the left a bar per target's throughput, on
 // the right its open-loop p50, p99 and p99.9 side by side (log scale).

@@ -22,7 +22,12 @@ type Target struct {
 	Name  string
 	Addr  string
 	Frame []byte
-	stop  func() error
+	// AdminAddr is capsgate's admin API (host:port), whose
+	// /debug/pprof/profile Compare fetches; "" for the other targets.
+	// AdminToken is its bearer token ("" for the --dev node Compare
+	// starts, whose admin API needs none).
+	AdminAddr, AdminToken string
+	stop                  func() error
 }
 
 // Stop stops the target's server.
@@ -81,7 +86,7 @@ func StartCapsgate(dir string) (*Target, error) {
 		return nil, err
 	}
 	t := &Target{Name: NameCapsgate, Addr: n.RESPAddr, Frame: client.AppendCommand(nil, "ADMIT", BenchService),
-		stop: func() error { n.Kill(); return nil }}
+		AdminAddr: n.AdminAddr, stop: func() error { n.Kill(); return nil }}
 	if err := n.PostLicense(lic); err != nil {
 		n.Kill()
 		return nil, fmt.Errorf("cannot load the bench licence: %w", err)

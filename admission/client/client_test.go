@@ -224,3 +224,48 @@ func BenchmarkPipeline64(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(64*b.N), "ns/command")
 }
+
+func TestStream(t *testing.T) {
+	addr := devNode(t)
+	conn, err := client.Dial(context.Background(), addr)
+	require.NoError(t, err)
+	// A pipeline's deadline first: Split must not keep it.
+	_, err = conn.Do(context.Background(), []byte("PING"))
+	require.NoError(t, err)
+	s := conn.Split()
+	s.SetTimeout(0)
+	ping := client.AppendCommand(nil, "PING")
+	// One request, then three in one write; replies in order.
+	require.NoError(t, s.Send(ping))
+	require.NoError(t, s.Send(append(append(client.AppendCommand(nil, "ECHO", "a"), client.AppendCommand(nil, "ECHO", "b")...), ping...)))
+	for _, want := range []string{"PONG", "a", "b", "PONG"} {
+		r, err := s.Receive()
+		require.NoError(t, err)
+		require.Equal(t, want, string(r.Str))
+	}
+	// With no timeout, Receive waits until the stream is closed.
+	got := make(chan error, 1)
+	go func() { _, err := s.Receive(); got <- err }()
+	select {
+	case err := <-got:
+		t.Fatalf("Receive returned %v with nothing sent", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	require.NoError(t, s.Close())
+	select {
+	case err := <-got:
+		require.Error(t, err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close does not end a Receive")
+	}
+	require.Error(t, s.Send(ping))
+
+	// With a timeout, Receive gives up.
+	conn, err = client.Dial(context.Background(), addr)
+	require.NoError(t, err)
+	defer conn.Close()
+	s = conn.Split()
+	s.SetTimeout(50 * time.Millisecond)
+	_, err = s.Receive()
+	require.Error(t, err)
+}

@@ -111,9 +111,14 @@ func (c *Conn) command(ctx context.Context, n int) (*Reply, error) {
 
 // Split splits a connection into a sending and a receiving side for an
 // open-loop load: one goroutine calls Send at its own pace, another
-// Receive, and replies come back in the order of the sends. Neither side
-// has a timeout but the one set with SetTimeout on the receive side.
-func (c *Conn) Split() *Stream { return &Stream{c: c} }
+// Receive, and replies come back in the order of the sends. Receive waits
+// at most the connection's timeout (SetTimeout) for a reply; see
+// Stream.SetTimeout.
+func (c *Conn) Split() *Stream {
+	s := &Stream{c: c}
+	s.SetTimeout(c.timeout)
+	return s
+}
 
 // Stream is the split view of a Conn that Split returns.
 type Stream struct {
@@ -122,9 +127,24 @@ type Stream struct {
 	reply Reply
 }
 
-// Send writes frame (one or more encoded commands) and flushes it; only
-// one goroutine may call it.
+// SetTimeout bounds how long Receive waits for a reply; 0 means no bound
+// (Receive then waits until a reply comes or the stream is closed, which
+// spares netpoll a timer reset and stop per wait: an open-loop generator
+// that knows how many replies to expect closes its streams itself when
+// they are overdue). Call it before the first Receive, from the receiving
+// goroutine.
+func (s *Stream) SetTimeout(d time.Duration) {
+	_ = s.c.nc.SetReadDeadline(time.Time{}) // a Pipeline's deadline would win over the timeout
+	_ = s.c.nc.SetReadTimeout(max(d, 0))
+}
+
+// Send writes frame (one or more encoded commands) and flushes it, in one
+// write; only one goroutine may call it, and not while another closes the
+// stream (netpoll frees the send buffer on Close).
 func (s *Stream) Send(frame []byte) error {
+	if s.c.err != nil {
+		return fmt.Errorf("cannot send: %w", s.c.err)
+	}
 	b, err := s.c.w.Malloc(len(frame))
 	if err == nil {
 		copy(b, frame)
@@ -137,11 +157,12 @@ func (s *Stream) Send(frame []byte) error {
 }
 
 // Receive reads the next reply; it is valid until the next Receive. Only
-// one goroutine may call it.
+// one goroutine may call it. A reply already read from the socket is
+// returned without waiting; otherwise the goroutine waits for netpoll's
+// poller to read more (see SetTimeout for how long).
 func (s *Stream) Receive() (*Reply, error) {
 	_ = s.c.r.Release()
 	s.p.reset()
-	_ = s.c.nc.SetReadTimeout(s.c.timeout)
 	var err error
 	if s.reply, err = s.p.read(s.c.r, 0); err != nil {
 		return nil, fmt.Errorf("cannot read a reply: %w", err)
@@ -149,5 +170,7 @@ func (s *Stream) Receive() (*Reply, error) {
 	return &s.reply, nil
 }
 
-// Close closes the connection under the stream, which ends a Receive.
+// Close closes the connection under the stream, which ends a Receive
+// waiting in another goroutine. The sending goroutine must be done with
+// Send first.
 func (s *Stream) Close() error { return s.c.Close() }

@@ -1,10 +1,10 @@
 // Command capsbench is capsgate's load generator and side-by-side
 // benchmark; the logic is in package bench.
 //
-//	capsbench throughput --addr A [--conns C] [--pipeline P] [--seconds N] [--cmd "ADMIT bench"]
-//	capsbench latency    --addr A [--rate R] [--conns C] [--seconds N] [--cmd "ADMIT bench"]
+//	capsbench throughput --addr A [--conns C] [--pipeline P] [--seconds N] [--cmd "ADMIT bench"] [--cpuprofile FILE]
+//	capsbench latency    --addr A [--rate R] [--conns C] [--seconds N] [--cmd "ADMIT bench"] [--cpuprofile FILE]
 //	capsbench cluster    [--nodes N] [--skew 70,20,10] [--caps L] [--rate R] [--seconds S]
-//	capsbench compare    [--seconds N] [--json FILE] [--rate R] [--conns C] [--pipeline P] [--throughput-conns C] [--targets capsgate,redis-lua,limit]
+//	capsbench compare    [--seconds N] [--json FILE] [--profiles=true] [--rate R] [--conns C] [--pipeline P] [--throughput-conns C] [--targets capsgate,redis-lua,limit]
 //	capsbench report     --json FILE --out DIR
 package main
 
@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -76,8 +77,16 @@ func load(ctx context.Context, mode string, args []string) error {
 	seconds := fs.Float64("seconds", 5, "duration")
 	requests := fs.Int64("requests", 0, "stop after this many requests (0: only --seconds)")
 	cmdLine := fs.String("cmd", "ADMIT bench", "command sent for every request (space-separated words)")
+	cpuprofile := fs.String("cpuprofile", "", "write the load generator's own CPU profile of the run to this file")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *cpuprofile != "" {
+		stop, err := bench.StartCPUProfile(*cpuprofile)
+		if err != nil {
+			return err
+		}
+		defer stop()
 	}
 	l := bench.Load{Addr: *addr, Frame: client.AppendCommand(nil, strings.Fields(*cmdLine)...), Conns: *conns,
 		Pipeline: *pipeline, Rate: *rate, Duration: time.Duration(*seconds * float64(time.Second)),
@@ -99,7 +108,9 @@ func load(ctx context.Context, mode string, args []string) error {
 	what := "round trip of a pipelined batch"
 	if mode == "latency" {
 		what = "from intended send time"
-		fmt.Printf("sender lag at worst %v\n", res.MaxSendLag.Round(time.Microsecond))
+		fmt.Printf("send lag (write began after the intended time): p50 %v  p99 %v  max %v\n",
+			res.SendLag.Quantile(0.5).Round(time.Microsecond), res.SendLag.Quantile(0.99).Round(time.Microsecond),
+			res.SendLag.Max().Round(time.Microsecond))
 	}
 	fmt.Printf("latency (%s): p50 %v  p99 %v  p99.9 %v  max %v\n", what,
 		h.Quantile(0.5).Round(time.Microsecond), h.Quantile(0.99).Round(time.Microsecond),
@@ -142,10 +153,15 @@ func compare(ctx context.Context, args []string) error {
 	fs.IntVar(&s.Pipeline, "pipeline", s.Pipeline, "closed-loop commands per round trip")
 	fs.IntVar(&s.ThroughputConns, "throughput-conns", s.ThroughputConns, "closed-loop connections")
 	targets := fs.String("targets", strings.Join(s.Targets, ","), "targets to run, in order")
+	profiles := fs.Bool("profiles", true, "with --json: save CPU profiles of each capsgate run beside the JSON "+
+		"(capsgate-MODE.pprof from the node's admin API, capsbench-MODE.pprof of this generator)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	s.Targets = strings.Split(*targets, ",")
+	if *profiles && *jsonPath != "" {
+		s.ProfileDir = filepath.Dir(*jsonPath)
+	}
 	cmp, err := bench.Compare(ctx, s, os.Stderr, bench.NewBar(os.Stderr))
 	if err != nil {
 		return err
@@ -171,7 +187,7 @@ func report(args []string) error {
 	if err != nil {
 		return err
 	}
-	if err := bench.WriteReport(cmp, *out); err != nil {
+	if err := bench.WriteReport(cmp, *out, filepath.Dir(*jsonPath)); err != nil {
 		return err
 	}
 	fmt.Printf("wrote %s/report.md and %s/compare.svg\n", *out, *out)
