@@ -1,8 +1,9 @@
 # make bench: capsbench compare (capsgate vs redis-server+Lua vs the gnet
 # transport limit) and its report, into bench/results/: compare.json,
-# report.md, compare.svg, and CPU profiles of the capsgate runs (the node's,
-# capsgate-MODE.pprof, and the generator's, capsbench-MODE.pprof), whose
-# top entries report.md shows under a missed target. Needs Debian's
+# report.md, compare.svg, and CPU profiles of the capsgate latency run (the
+# node's, capsgate-latency.pprof, and the generator's,
+# capsbench-latency.pprof), whose top entries report.md shows under a
+# missed target. Needs Debian's
 # redis-server. About 1 minute: 3 targets × 2 modes × BENCH_SECONDS. The
 # machine should be quiet (see `uptime`): the report records the load
 # average.

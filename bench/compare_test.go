@@ -39,7 +39,7 @@ func TestCompare(t *testing.T) {
 	needRedis(t)
 	s := DefaultSettings()
 	s.Seconds, s.Rate, s.Conns, s.ThroughputConns = 0.5, 2000, 4, 2
-	s.ProfileDir = t.TempDir()
+	s.ProfileDir, s.ProfileModes = t.TempDir(), []string{ModeThroughput, ModeLatency}
 	var log bytes.Buffer
 	cmp, err := Compare(context.Background(), s, &log, nil)
 	require.NoError(t, err, log.String())
@@ -86,7 +86,7 @@ func TestCompare(t *testing.T) {
 
 	back, err := ReadComparison(path)
 	require.NoError(t, err)
-	back.Settings.ProfileDir = s.ProfileDir // not in the JSON
+	back.Settings.ProfileDir, back.Settings.ProfileModes = s.ProfileDir, s.ProfileModes // not in the JSON
 	require.Equal(t, cmp, back)
 	var table bytes.Buffer
 	cmp.WriteTable(&table)

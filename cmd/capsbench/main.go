@@ -4,7 +4,7 @@
 //	capsbench throughput --addr A [--conns C] [--pipeline P] [--seconds N] [--cmd "ADMIT bench"] [--cpuprofile FILE]
 //	capsbench latency    --addr A [--rate R] [--conns C] [--seconds N] [--cmd "ADMIT bench"] [--cpuprofile FILE]
 //	capsbench cluster    [--nodes N] [--skew 70,20,10] [--caps L] [--rate R] [--seconds S]
-//	capsbench compare    [--seconds N] [--json FILE] [--profiles=true] [--rate R] [--conns C] [--pipeline P] [--throughput-conns C] [--targets capsgate,redis-lua,limit]
+//	capsbench compare    [--seconds N] [--json FILE] [--profiles latency] [--rate R] [--conns C] [--pipeline P] [--throughput-conns C] [--targets capsgate,redis-lua,limit]
 //	capsbench report     --json FILE --out DIR
 package main
 
@@ -153,13 +153,24 @@ func compare(ctx context.Context, args []string) error {
 	fs.IntVar(&s.Pipeline, "pipeline", s.Pipeline, "closed-loop commands per round trip")
 	fs.IntVar(&s.ThroughputConns, "throughput-conns", s.ThroughputConns, "closed-loop connections")
 	targets := fs.String("targets", strings.Join(s.Targets, ","), "targets to run, in order")
-	profiles := fs.Bool("profiles", true, "with --json: save CPU profiles of each capsgate run beside the JSON "+
-		"(capsgate-MODE.pprof from the node's admin API, capsbench-MODE.pprof of this generator)")
+	profiles := fs.String("profiles", strings.Join(s.ProfileModes, ","), "with --json: the capsgate runs (latency, throughput; "+
+		"\"\" for none) to take CPU profiles of, saved beside the JSON (capsgate-MODE.pprof from the node's admin API, "+
+		"capsbench-MODE.pprof of this generator); a profiled run is a few per cent slower")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	s.Targets = strings.Split(*targets, ",")
-	if *profiles && *jsonPath != "" {
+	s.ProfileModes = nil
+	for _, m := range strings.Split(*profiles, ",") {
+		switch m = strings.TrimSpace(m); m {
+		case "":
+		case bench.ModeLatency, bench.ModeThroughput:
+			s.ProfileModes = append(s.ProfileModes, m)
+		default:
+			return fmt.Errorf("bad --profiles %q: want latency, throughput or both, comma-separated", *profiles)
+		}
+	}
+	if len(s.ProfileModes) > 0 && *jsonPath != "" {
 		s.ProfileDir = filepath.Dir(*jsonPath)
 	}
 	cmp, err := bench.Compare(ctx, s, os.Stderr, bench.NewBar(os.Stderr))
