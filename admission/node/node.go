@@ -119,6 +119,7 @@ func New(cfg Config, log *slog.Logger) (*Node, error) {
 		ClusterID:      cfg.ClusterID,
 		Keys:           keys,
 		ClockTolerance: cfg.Licensing.ClockTolerance.Duration,
+		Wall:           wallClock(),
 		Sink:           n.shares,
 		Log:            log,
 	})

@@ -284,3 +284,47 @@ func TestTornLedgerRecord(t *testing.T) {
 	t.Logf("after a torn record and a restart: %d records, %d tokens; verify: %s", s.Records, s.Tokens, strings.TrimSpace(out))
 	require.Equal(t, 0, code, out)
 }
+
+// TestWallClockJumps moves a real node's wall clock (CAPSGATE_WALL_OFFSET_FILE)
+// forward past its licence's end, then back: the licence expires on time,
+// the step back raises the rollback alarm, and the licence stays expired.
+func TestWallClockJumps(t *testing.T) {
+	if testing.Short() {
+		t.Skip("real processes; skipped with -short")
+	}
+	offset := filepath.Join(t.TempDir(), "offset")
+	require.NoError(t, os.WriteFile(offset, []byte("0s"), 0o600))
+	t.Setenv("CAPSGATE_WALL_OFFSET_FILE", offset)
+	c := clustertest.New(t, 1)
+	n := c.Node(1)
+	end := time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
+	c.LoadLicense(1, c.Issue("--service", "voice", "--caps", "100", "--not-after", end, "--grace", "10m"))
+	reason := func() string {
+		_, r, _, err := n.Decision("ADMIT", "voice")
+		require.NoError(t, err)
+		return r
+	}
+	require.Equal(t, "OK", reason())
+	await := func(what string, cond func() bool) time.Duration {
+		t.Helper()
+		t0 := time.Now()
+		for time.Since(t0) < 10*time.Second {
+			if cond() {
+				return time.Since(t0)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		t.Fatalf("%s: not within 10 s", what)
+		return 0
+	}
+	// Forward 2 h: past not_after and its 10 min of grace.
+	require.NoError(t, os.WriteFile(offset, []byte("2h"), 0o600))
+	took := await("the licence expires", func() bool { return reason() == "UNLICENSED" })
+	t.Logf("clock moved 2 h forward: the licence expired %v later", took.Round(time.Millisecond))
+	// Back to the real time: the alarm, and no revival.
+	require.NoError(t, os.WriteFile(offset, []byte("0s"), 0o600))
+	took = await("the rollback alarm", func() bool { return metric(t, n, "capsgate_clock_rollback") == "1" })
+	t.Logf("clock moved back 2 h: capsgate_clock_rollback 1 after %v", took.Round(time.Millisecond))
+	time.Sleep(1500 * time.Millisecond)
+	require.Equal(t, "UNLICENSED", reason(), "a clock set back never revives an expired licence")
+}
