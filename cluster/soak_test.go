@@ -18,17 +18,6 @@ import (
 	"github.com/capsgate/capsgate/cluster/clustertest"
 )
 
-// soakDuration is TestSoak's length: CAPSGATE_SOAK_SECONDS (hours are
-// fine), 120 s by default, as CI runs it.
-func soakDuration(t *testing.T) time.Duration {
-	if v := os.Getenv("CAPSGATE_SOAK_SECONDS"); v != "" {
-		n, err := strconv.Atoi(v)
-		require.NoError(t, err, "CAPSGATE_SOAK_SECONDS")
-		return time.Duration(n) * time.Second
-	}
-	return 120 * time.Second
-}
-
 // soakOp is one ADMIT's answer, for the sliding-window bound.
 type soakOp struct {
 	at       time.Time
@@ -44,7 +33,7 @@ type soakOp struct {
 // the three nodes' ledgers verified together.
 func TestSoak(t *testing.T) {
 	needsProcesses(t, "a 3-node soak")
-	d := soakDuration(t)
+	d := clustertest.Seconds(t, "CAPSGATE_SOAK_SECONDS", 120*time.Second) // hours are fine
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("soak for %v, seed %d", d, seed)
 	c := clustertest.New(t, 3, clustertest.WithArgs("--ledger-interval", "2s"))

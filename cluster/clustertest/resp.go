@@ -6,7 +6,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
+	"testing"
 	"time"
 )
 
@@ -117,4 +119,19 @@ func (n *Node) GetRaw(path string) ([]byte, error) {
 		return nil, fmt.Errorf("GET %s: %s", path, resp.Status)
 	}
 	return b, nil
+}
+
+// Seconds reads a test's length from the environment variable env (whole
+// seconds), def when it is unset; a bad value fails the test.
+func Seconds(t testing.TB, env string, def time.Duration) time.Duration {
+	t.Helper()
+	v := os.Getenv(env)
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n <= 0 {
+		t.Fatalf("%s=%q: want a whole number of seconds above 0", env, v)
+	}
+	return time.Duration(n) * time.Second
 }

@@ -19,17 +19,6 @@ import (
 	"github.com/capsgate/capsgate/cluster/clustertest"
 )
 
-// overloadSeconds is how long TestOverload offers its load: 10 s by
-// default, CAPSGATE_OVERLOAD_SECONDS=60 for the full run.
-func overloadSeconds(t *testing.T) time.Duration {
-	if v := os.Getenv("CAPSGATE_OVERLOAD_SECONDS"); v != "" {
-		n, err := strconv.Atoi(v)
-		require.NoError(t, err, "CAPSGATE_OVERLOAD_SECONDS")
-		return time.Duration(n) * time.Second
-	}
-	return 10 * time.Second
-}
-
 // rssKB is a process's resident set in KiB.
 func rssKB(t *testing.T, pid int) int {
 	t.Helper()
@@ -54,7 +43,7 @@ func TestOverload(t *testing.T) {
 		t.Skip("real processes; skipped with -short")
 	}
 	const conns, licensed = 1000, 1000
-	d := overloadSeconds(t)
+	d := clustertest.Seconds(t, "CAPSGATE_OVERLOAD_SECONDS", 10*time.Second) // 60 for the full run
 	c := clustertest.New(t, 1)
 	n := c.Node(1)
 	c.LoadLicense(1, c.Issue("--service", "voice", "--caps", strconv.Itoa(licensed)))
