@@ -97,8 +97,9 @@
 // the demand): while the licence covers what all hold, every node's limit is
 // at least what it holds plus an even part of the spare, so the farm never
 // holds more than licensed beyond one exchange interval of new sessions on
-// a node whose report others have not yet seen. A RELEASE or DEREGISTER that
-// finds nothing on the node it reaches is forwarded to every member, in
+// a node whose report others have not yet seen. A RELEASE that finds nothing on
+// the node it reaches, and every DEREGISTER (the subscriber may have just
+// registered again elsewhere), is forwarded to every member, in
 // batches over memberlist's reliable (TCP) channel.
 //
 // A subscriber counts once: a node that registers a subscriber it did not

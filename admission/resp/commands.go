@@ -308,7 +308,10 @@ func (h *Handler) deregister(now int64, args [][]byte, out []byte) []byte {
 		return AppendError(out, e)
 	}
 	gone := h.eng.Deregister(now, args[1], args[2])
-	if !gone && h.fwd != nil {
+	// Passed on even when found here: the subscriber may have registered
+	// again through another node a moment ago (its claim on the way), and
+	// that registration must end too.
+	if h.fwd != nil {
 		h.fwd.ForwardDeregister(args[1], args[2])
 	}
 	return AppendInt(out, b2i(gone))
