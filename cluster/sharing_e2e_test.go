@@ -12,6 +12,17 @@ import (
 	"github.com/capsgate/capsgate/cluster/clustertest"
 )
 
+// licensedFarm starts 3 nodes and loads on n1 a licence for service with
+// caps CAPS and licArgs, returning once every node enforces it.
+func licensedFarm(t *testing.T, opts []clustertest.Option, service string, caps int, licArgs ...string) *clustertest.Cluster {
+	t.Helper()
+	c := clustertest.New(t, 3, opts...)
+	c.WaitMembers(3, 5*time.Second)
+	c.LoadLicense(1, c.Issue(append([]string{"--service", service, "--caps", strconv.Itoa(caps)}, licArgs...)...))
+	c.WaitCAPS(service, float64(caps), 2*time.Second)
+	return c
+}
+
 // quota returns one integer field of QUOTA service on node n.
 func quota(t *testing.T, n *clustertest.Node, service, field string) int64 {
 	t.Helper()
@@ -53,10 +64,7 @@ func total(t *testing.T, c *clustertest.Cluster, service, field string, want int
 
 func TestSubscribersCountOnceAndReleaseAnywhere(t *testing.T) {
 	needsProcesses(t, "3 capsgate nodes")
-	c := clustertest.New(t, 3)
-	c.WaitMembers(3, 5*time.Second)
-	c.LoadLicense(1, c.Issue("--service", "voice", "--caps", "1000", "--sessions", "60", "--subscribers", "60", "--id", "voice-subs"))
-	c.WaitCAPS("voice", 1000, 2*time.Second)
+	c := licensedFarm(t, nil, "voice", 1000, "--sessions", "60", "--subscribers", "60", "--id", "voice-subs")
 	n := c.Nodes()
 
 	// 20 subscribers register on n1, then each re-registers through n2 or
@@ -106,11 +114,7 @@ func TestSubscribersCountOnceAndReleaseAnywhere(t *testing.T) {
 
 func TestTokenPoolSharedByTheCluster(t *testing.T) {
 	needsProcesses(t, "3 capsgate nodes and 4 s of paced load")
-	c := clustertest.New(t, 3)
-	c.WaitMembers(3, 5*time.Second)
-	c.LoadLicense(1, c.Issue("--service", "pre", "--caps", "100000", "--tokens", "3000", "--tokens-per-attempt", "1",
-		"--overage", "none", "--id", "pre-3000"))
-	c.WaitCAPS("pre", 100000, 2*time.Second)
+	c := licensedFarm(t, nil, "pre", 100000, "--tokens", "3000", "--tokens-per-attempt", "1", "--overage", "none", "--id", "pre-3000")
 	// Let the first budgets settle, then draw the pool down from every
 	// node at a skew, well past its end.
 	time.Sleep(300 * time.Millisecond)
@@ -127,10 +131,7 @@ func TestTokenPoolSharedByTheCluster(t *testing.T) {
 
 func TestConsumeIDOnceAcrossNodes(t *testing.T) {
 	needsProcesses(t, "3 capsgate nodes")
-	c := clustertest.New(t, 3)
-	c.WaitMembers(3, 5*time.Second)
-	c.LoadLicense(1, c.Issue("--service", "pp", "--caps", "1000", "--tokens", "9000", "--id", "pp-9000"))
-	c.WaitCAPS("pp", 1000, 2*time.Second)
+	c := licensedFarm(t, nil, "pp", 1000, "--tokens", "9000", "--id", "pp-9000")
 	time.Sleep(300 * time.Millisecond) // the first budgets
 	n := c.Nodes()
 	var first []int64
@@ -154,10 +155,7 @@ func TestConsumeIDOnceAcrossNodes(t *testing.T) {
 
 func TestUsageOfTheWholeCluster(t *testing.T) {
 	needsProcesses(t, "3 capsgate nodes and 3 s of ledger intervals")
-	c := clustertest.New(t, 3, clustertest.WithArgs("--ledger-interval", "1s"))
-	c.WaitMembers(3, 5*time.Second)
-	c.LoadLicense(1, c.Issue("--service", "voice", "--caps", "10000", "--id", "voice-usage"))
-	c.WaitCAPS("voice", 10000, 2*time.Second)
+	c := licensedFarm(t, []clustertest.Option{clustertest.WithArgs("--ledger-interval", "1s")}, "voice", 10000, "--id", "voice-usage")
 	time.Sleep(300 * time.Millisecond)
 	n := c.Nodes()
 	for i, k := range []int{7, 11, 13} {
@@ -198,10 +196,7 @@ func TestUsageOfTheWholeCluster(t *testing.T) {
 // comes back.
 func TestRestartedNodeCatchesUp(t *testing.T) {
 	needsProcesses(t, "3 capsgate nodes, one killed and restarted")
-	c := clustertest.New(t, 3)
-	c.WaitMembers(3, 5*time.Second)
-	c.LoadLicense(1, c.Issue("--service", "voice", "--caps", "1000", "--sessions", "60", "--subscribers", "60", "--id", "voice-catch"))
-	c.WaitCAPS("voice", 1000, 2*time.Second)
+	c := licensedFarm(t, nil, "voice", 1000, "--sessions", "60", "--subscribers", "60", "--id", "voice-catch")
 	n := c.Nodes()
 	for i := range 10 {
 		ok, reason, _, err := n[2].Decision("REGISTER", "voice", fmt.Sprintf("sip:r%d@example.net", i), "TTL", "3600")
@@ -235,10 +230,7 @@ func TestRestartedNodeCatchesUp(t *testing.T) {
 
 func TestAccountAllocationSharedByTheCluster(t *testing.T) {
 	needsProcesses(t, "3 capsgate nodes and 2 s of paced load")
-	c := clustertest.New(t, 3)
-	c.WaitMembers(3, 5*time.Second)
-	c.LoadLicense(1, c.Issue("--service", "pp", "--caps", "100000", "--tokens", "9000", "--id", "pp-acct"))
-	c.WaitCAPS("pp", 100000, 2*time.Second)
+	c := licensedFarm(t, nil, "pp", 100000, "--tokens", "9000", "--id", "pp-acct")
 	out, code := c.Ctl(1, "accounts", "set", "pp", "acme", "--tokens", "300")
 	require.Zero(t, code, out)
 	// Every node has the allocation.

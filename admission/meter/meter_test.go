@@ -35,6 +35,15 @@ func openLedger(t *testing.T, dir string) *ledger.Ledger {
 	return l
 }
 
+// reserver opens dir's token state for e and makes the first reservations.
+func reserver(t *testing.T, e *admission.Engine, dir string) *Reserver {
+	t.Helper()
+	res, err := OpenReserver(e, dir, slog.Default())
+	require.NoError(t, err)
+	require.NoError(t, res.Step(t0))
+	return res
+}
+
 func records(t *testing.T, l *ledger.Ledger) []*ledger.Record {
 	var out []*ledger.Record
 	require.NoError(t, l.Read(time.Time{}, time.Time{}, func(_ []byte, r *ledger.Record) error {
@@ -47,9 +56,7 @@ func records(t *testing.T, l *ledger.Ledger) []*ledger.Record {
 func TestIntervalRecords(t *testing.T) {
 	dir := t.TempDir()
 	e, clk := newEngine(t)
-	res, err := OpenReserver(e, dir, slog.Default())
-	require.NoError(t, err)
-	require.NoError(t, res.Step(t0))
+	res := reserver(t, e, dir)
 	led := openLedger(t, dir)
 	m := New(e, led, res, func() []ledger.Witness { return []ledger.Witness{{Node: "n2", Seq: 7, Hash: h64}} }, t0)
 	require.NoError(t, res.SetAccount("pre", "acme", Allocation{Tokens: 100, Overage: "none"}))
@@ -87,9 +94,7 @@ func TestIntervalRecords(t *testing.T) {
 func TestRestartNeverUndercounts(t *testing.T) {
 	dir := t.TempDir()
 	e, clk := newEngine(t)
-	res, err := OpenReserver(e, dir, slog.Default())
-	require.NoError(t, err)
-	require.NoError(t, res.Step(t0))
+	res := reserver(t, e, dir)
 	led := openLedger(t, dir)
 	m := New(e, led, res, nil, t0)
 	charge := func(e *admission.Engine, n int) (ok int) {
@@ -130,9 +135,7 @@ func TestRestartNeverUndercounts(t *testing.T) {
 func TestCleanStopIsExact(t *testing.T) {
 	dir := t.TempDir()
 	e, clk := newEngine(t)
-	res, err := OpenReserver(e, dir, slog.Default())
-	require.NoError(t, err)
-	require.NoError(t, res.Step(t0))
+	res := reserver(t, e, dir)
 	for range 10 {
 		require.True(t, e.Admit(clk.Now(), []byte("pre"), nil, nil, admission.Normal).Admitted())
 	}
