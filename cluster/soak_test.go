@@ -53,6 +53,8 @@ func TestSoak(t *testing.T) {
 	calls := map[string]bool{} // open calls, admitted with CALL
 	subs := map[string]bool{}  // registered
 	var consumed, answered, errs atomic.Int64
+	var killedAt atomic.Int64    // when n3 was killed (ns)
+	var releasedOnN3 []time.Time // RELEASEs n3 acknowledged, guarded by mu
 	var lastErr atomic.Value
 
 	var wg sync.WaitGroup
@@ -143,11 +145,15 @@ func TestSoak(t *testing.T) {
 						delete(calls, call)
 						mu.Unlock()
 						if call != "" {
-							if _, ok := do(rng.IntN(len(nodes)), "RELEASE", "voice", call, "SECONDS", strconv.Itoa(rng.IntN(300))); !ok {
-								mu.Lock()
+							at := rng.IntN(len(nodes))
+							_, ok := do(at, "RELEASE", "voice", call, "SECONDS", strconv.Itoa(rng.IntN(300)))
+							mu.Lock()
+							if !ok {
 								calls[call] = true // not sent: still open
-								mu.Unlock()
+							} else if at == 2 {
+								releasedOnN3 = append(releasedOnN3, time.Now())
 							}
+							mu.Unlock()
 						}
 					case k < 85: // REGISTER one of 1000 subscribers through any node
 						sub := fmt.Sprintf("sip:s%d@soak", rng.IntN(1000))
@@ -202,6 +208,7 @@ func TestSoak(t *testing.T) {
 	wg.Go(func() {
 		time.Sleep(time.Until(start.Add(d / 2)))
 		down.Store(3)
+		killedAt.Store(time.Now().UnixNano())
 		nodes[2].Kill()
 		time.Sleep(3 * time.Second)
 		if err := nodes[2].Restart(); err != nil {
@@ -255,7 +262,15 @@ func TestSoak(t *testing.T) {
 	}
 	t.Logf("after: %d sessions open, %d subscribers counted (%d registered by the test), %d tokens counted for %d CONSUMEs acknowledged",
 		sessions, subsUsed, len(subs), tokens, consumed.Load())
-	assert.Zero(t, sessions, "every session released")
+	// A RELEASE n3 acknowledged in the last journal interval before its
+	// kill may be undone by the restore (the documented loss window).
+	window := 0
+	for _, at := range releasedOnN3 {
+		if k := killedAt.Load(); k != 0 && at.UnixNano() >= k-int64(100*time.Millisecond) {
+			window++
+		}
+	}
+	assert.LessOrEqual(t, sessions, int64(window), "every session released, but those released on n3 in the 100 ms before its kill")
 	assert.LessOrEqual(t, subsUsed, int64(len(subs)), "a subscriber counts once")
 	assert.GreaterOrEqual(t, subsUsed, int64(len(subs))*9/10, "registrations survive (but those of the last 20 ms before the kill)")
 	assert.GreaterOrEqual(t, tokens, consumed.Load(), "no acknowledged token is lost")
