@@ -25,6 +25,9 @@ type Settings struct {
 	Conns int     `json:"conns"`
 	// Targets are the names run, in order.
 	Targets []string `json:"targets"`
+	// StallSeconds is how long MeasureStalls runs before the targets
+	// (0: not at all).
+	StallSeconds float64 `json:"stall_seconds,omitempty"`
 	// ProfileDir, when not "", receives CPU profiles of the capsgate runs
 	// in ProfileModes: the node's (capsgate-MODE.pprof, from its admin
 	// API) and the load generator's own (capsbench-MODE.pprof). Only
@@ -39,7 +42,7 @@ type Settings struct {
 // loop (50,000/s over 50 connections) and a closed loop deep enough that
 // the client is not what limits a fast server on a small machine.
 func DefaultSettings() Settings {
-	return Settings{Seconds: 5, ThroughputConns: 8, Pipeline: 64, Rate: 50000, Conns: 50,
+	return Settings{Seconds: 5, ThroughputConns: 8, Pipeline: 64, Rate: 50000, Conns: 50, StallSeconds: 5,
 		Targets: []string{NameCapsgate, NameRedisLua, NameLimit}, ProfileModes: []string{ModeLatency}}
 }
 
@@ -63,6 +66,11 @@ type Row struct {
 	// latencies: the part of them that is the generator's).
 	SendLagUs    float64 `json:"send_lag_us,omitempty"`
 	SendLagP99us float64 `json:"send_lag_p99_us,omitempty"`
+	// ServerCPU and GeneratorCPU are the CPU the server's process and
+	// the load generator used during the run, in cores (CPU seconds per
+	// second; of CPUs in all): on one machine they share the CPUs.
+	ServerCPU    float64 `json:"server_cpu,omitempty"`
+	GeneratorCPU float64 `json:"generator_cpu,omitempty"`
 	// ServerProfile and GeneratorProfile name the CPU profiles taken
 	// during the run (files beside the JSON), when there are.
 	ServerProfile    string `json:"server_profile,omitempty"`
@@ -78,6 +86,9 @@ type Comparison struct {
 	CPUs      int    `json:"cpus,omitempty"`
 	LoadStart string `json:"load_average_start,omitempty"`
 	LoadEnd   string `json:"load_average_end,omitempty"`
+	// Stalls are the machine's own pauses, measured before the runs
+	// (Settings.StallSeconds; nil when not measured).
+	Stalls *Stalls `json:"machine_stalls,omitempty"`
 }
 
 // Modes of a Row.
@@ -108,6 +119,14 @@ func row(name, mode string, r Result) Row {
 func Compare(ctx context.Context, s Settings, log io.Writer, bar *Bar) (Comparison, error) {
 	cmp := Comparison{Settings: s, CPUs: runtime.NumCPU(), LoadStart: loadAverage()}
 	dur := time.Duration(s.Seconds * float64(time.Second))
+	if s.StallSeconds > 0 {
+		stop := bar.Timed("machine stalls", time.Duration(s.StallSeconds*float64(time.Second)))
+		st := MeasureStalls(ctx, time.Duration(s.StallSeconds*float64(time.Second)))
+		stop()
+		cmp.Stalls = &st
+		fmt.Fprintf(log, "machine stalls: %d CPUs spinning %.1fs lost %.2f%% in pauses > %v; %d > 250 µs, %d > 1 ms, longest %.0f µs\n",
+			st.CPUs, st.Seconds, st.StalledFraction*100, StallMinimum, st.Over250us, st.Over1ms, st.MaxUs)
+	}
 	for _, name := range s.Targets {
 		t, err := startTarget(name)
 		if err != nil {
@@ -120,6 +139,7 @@ func Compare(ctx context.Context, s Settings, log io.Writer, bar *Bar) (Comparis
 			if s.ProfileDir != "" && t.AdminAddr != "" && slices.Contains(s.ProfileModes, mode) {
 				prof = startProfiles(ctx, t, mode, dur, s.ProfileDir)
 			}
+			cpu := startCPU(t.pid)
 			var res Result
 			if mode == ModeThroughput {
 				l.Conns, l.Pipeline = s.ThroughputConns, s.Pipeline
@@ -133,6 +153,7 @@ func Compare(ctx context.Context, s Settings, log io.Writer, bar *Bar) (Comparis
 				err = errors.New("no request was answered")
 			}
 			r := row(name, mode, res)
+			r.ServerCPU, r.GeneratorCPU = cpu.cores()
 			if prof != nil {
 				r.ServerProfile, r.GeneratorProfile = prof.wait(log)
 			}
@@ -141,8 +162,8 @@ func Compare(ctx context.Context, s Settings, log io.Writer, bar *Bar) (Comparis
 				return cmp, fmt.Errorf("%s %s: %w", name, mode, err)
 			}
 			cmp.Results = append(cmp.Results, r)
-			fmt.Fprintf(log, "%-9s %-10s %12.0f ops/s  p50 %7.1f µs  p99 %8.1f µs  p99.9 %8.1f µs  admitted %.3f  errors %d\n",
-				name, mode, r.OpsPerSec, r.P50us, r.P99us, r.P999us, r.AdmittedFraction, r.ErrorReplies)
+			fmt.Fprintf(log, "%-9s %-10s %12.0f ops/s  p50 %7.1f µs  p99 %8.1f µs  p99.9 %8.1f µs  admitted %.3f  errors %d  cpu %.2f+%.2f\n",
+				name, mode, r.OpsPerSec, r.P50us, r.P99us, r.P999us, r.AdmittedFraction, r.ErrorReplies, r.ServerCPU, r.GeneratorCPU)
 		}
 		if err := t.Stop(); err != nil {
 			return cmp, fmt.Errorf("cannot stop %s: %w", name, err)
@@ -357,4 +378,11 @@ func (b *Bar) Done() {
 	if b != nil {
 		fmt.Fprint(b.w, "\r\033[K")
 	}
+}
+
+// Timed draws a bar for a task of known duration d until the returned
+// stop is called.
+func (b *Bar) Timed(label string, d time.Duration) (stop func()) {
+	end := progress(b.Func(label), d)
+	return func() { end(); b.Done() }
 }

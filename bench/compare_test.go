@@ -38,7 +38,7 @@ func TestCompare(t *testing.T) {
 	}
 	needRedis(t)
 	s := DefaultSettings()
-	s.Seconds, s.Rate, s.Conns, s.ThroughputConns = 0.5, 2000, 4, 2
+	s.Seconds, s.Rate, s.Conns, s.ThroughputConns, s.StallSeconds = 0.5, 2000, 4, 2, 0.2
 	s.ProfileDir, s.ProfileModes = t.TempDir(), []string{ModeThroughput, ModeLatency}
 	var log bytes.Buffer
 	cmp, err := Compare(context.Background(), s, &log, nil)
@@ -46,6 +46,19 @@ func TestCompare(t *testing.T) {
 	t.Log("\n" + log.String())
 	require.NotContains(t, log.String(), "warning")
 	require.NotEmpty(t, cmp.LoadStart)
+	require.NotNil(t, cmp.Stalls)
+	require.Equal(t, cmp.CPUs, cmp.Stalls.CPUs)
+	require.InDelta(t, 0.2, cmp.Stalls.Seconds, 0.05)
+	require.Contains(t, log.String(), "machine stalls: ")
+	for _, r := range cmp.Results {
+		// Both processes' CPU, in cores: a closed loop keeps them busy
+		// (a latency run at 2000/s may stay under /proc's 10 ms tick).
+		require.LessOrEqual(t, r.ServerCPU+r.GeneratorCPU, float64(cmp.CPUs)+0.5, "%+v", r)
+		if r.Mode == ModeThroughput {
+			require.Greater(t, r.ServerCPU, 0.05, "%+v", r)
+			require.Greater(t, r.GeneratorCPU, 0.05, "%+v", r)
+		}
+	}
 	for _, mode := range []string{ModeThroughput, ModeLatency} {
 		r, ok := cmp.Find(NameCapsgate, mode)
 		require.True(t, ok)
@@ -125,6 +138,8 @@ func TestCompare(t *testing.T) {
 	require.Contains(t, report, "`capsgate-latency.pprof`, the capsgate node")
 	require.Contains(t, report, "`capsbench-latency.pprof`, the load generator")
 	require.Contains(t, report, "The profiles of the capsgate latency run are above.")
+	require.Contains(t, report, "Machine stalls (`capsbench stalls --seconds 0.2`)")
+	require.Contains(t, report, "The limit server, which answers every command with a fixed reply and decides nothing, measured p99 ")
 	require.NotContains(t, report, "capsgate-throughput.pprof", "throughput targets are met")
 	if _, err := exec.LookPath("go"); err == nil {
 		require.Contains(t, report, "flat%")
@@ -155,4 +170,28 @@ func TestLoadValidation(t *testing.T) {
 	bad.Rate = 0
 	f(bad, true, "--rate")
 	f(ok, false, "cannot connect")
+}
+
+func TestLatencyContext(t *testing.T) {
+	c := Comparison{CPUs: 2, Settings: Settings{Rate: 50000},
+		Stalls: &Stalls{Seconds: 5, CPUs: 2, StalledFraction: 0.02, Over100us: 150, Over250us: 30, Over1ms: 20, MaxUs: 9500},
+		Results: []Row{
+			{Name: NameCapsgate, Mode: ModeLatency, OpsPerSec: 50000, P99us: 900, P999us: 4000, ServerCPU: 0.6, GeneratorCPU: 1},
+			{Name: NameLimit, Mode: ModeLatency, OpsPerSec: 50000, P99us: 1000, P999us: 5000},
+		}}
+	require.Equal(t, "The limit server, which answers every command with a fixed reply and decides nothing, measured p99 1000 µs "+
+		"and p99.9 5000 µs at the same rate in this comparison, so it misses the target too; capsgate's are 0.90× and 0.80× of those. "+
+		"During capsgate's run the node used 0.60 cores and the generator 1.00, 80% of the 2 CPUs "+
+		"(12.0 µs and 20.0 µs of CPU per request; the profiles below show where it goes). "+
+		"The machine paused a spinning thread 30 times for over 250 µs in 5.0s (longest 9500 µs, see above): "+
+		"at 50000 requests/s each such pause holds up every request sent during it, and the queue it leaves drains only "+
+		"with the CPU the two processes leave spare.\n\n", latencyContext(c))
+
+	// Only what was measured: a limit within the targets, no CPU, no
+	// stalls.
+	c.Results[1].P99us, c.Results[1].P999us = 200, 800
+	c.Results[0].ServerCPU, c.Stalls = 0, nil
+	require.Equal(t, "The limit server, which answers every command with a fixed reply and decides nothing, measured p99 200 µs "+
+		"and p99.9 800 µs at the same rate in this comparison; capsgate's are 4.50× and 5.00× of those.\n\n", latencyContext(c))
+	require.Empty(t, latencyContext(Comparison{}))
 }

@@ -26,19 +26,28 @@ func WriteReport(c Comparison, dir, profileDir string) error {
 	if c.LoadStart != "" {
 		fmt.Fprintf(&b, "Machine: %d CPUs; load average (1, 5, 15 min) %s before the runs, %s after.\n\n", c.CPUs, c.LoadStart, c.LoadEnd)
 	}
+	if st := c.Stalls; st != nil {
+		fmt.Fprintf(&b, "Machine stalls (`capsbench stalls --seconds %g`): a thread spinning alone on each of the %d CPUs for %.1fs "+
+			"lost %.2f%% of its time in pauses longer than %v — %d pauses over 250 µs, %d over 1 ms, the longest %.0f µs. "+
+			"Such a pause is the kernel or, on a virtual machine, the hypervisor not running the thread; a request in flight "+
+			"during one waits it out, whatever the server.\n\n",
+			c.Settings.StallSeconds, st.CPUs, st.Seconds, st.StalledFraction*100, StallMinimum, st.Over250us, st.Over1ms, st.MaxUs)
+	}
 	b.WriteString("Open-loop latency is measured per request from its intended send time (start + j/rate; request j on " +
 		"connection j mod conns) to when the generator has parsed its reply, so it includes the generator's own lateness " +
 		"in sending (the send-lag column: p99 of how late each write began), both loopback paths, the server, and the " +
 		"client's wake-up; a stall counts for every request it delays (no coordinated omission). " +
-		"Throughput rows give the round trip of a pipelined batch.\n\n")
-	b.WriteString("| target | mode | ops/s | p50 µs | p99 µs | p99.9 µs | max µs | send lag p99 µs | admitted |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n")
+		"Throughput rows give the round trip of a pipelined batch. The CPU column is what the server's process and the " +
+		"generator used during the run, in cores (CPU seconds per second) of the machine's CPUs, which they share.\n\n")
+	b.WriteString("| target | mode | ops/s | p50 µs | p99 µs | p99.9 µs | max µs | send lag p99 µs | admitted | CPU: server + generator |\n" +
+		"|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, r := range c.Results {
 		lag := ""
 		if r.Mode == ModeLatency {
 			lag = fmt.Sprintf("%.1f", r.SendLagP99us)
 		}
-		fmt.Fprintf(&b, "| %s | %s | %.0f | %.1f | %.1f | %.1f | %.1f | %s | %.3f |\n",
-			r.Name, r.Mode, r.OpsPerSec, r.P50us, r.P99us, r.P999us, r.MaxUs, lag, r.AdmittedFraction)
+		fmt.Fprintf(&b, "| %s | %s | %.0f | %.1f | %.1f | %.1f | %.1f | %s | %.3f | %.2f + %.2f |\n",
+			r.Name, r.Mode, r.OpsPerSec, r.P50us, r.P99us, r.P999us, r.MaxUs, lag, r.AdmittedFraction, r.ServerCPU, r.GeneratorCPU)
 	}
 	b.WriteString("\n## Targets\n\n| target | measured | |\n|---|---|---|\n")
 	verdicts := c.Verdicts()
@@ -67,6 +76,9 @@ func WriteReport(c Comparison, dir, profileDir string) error {
 			continue
 		}
 		shown[v.Mode] = true
+		if v.Mode == ModeLatency {
+			b.WriteString(latencyContext(c))
+		}
 		fmt.Fprintf(&b, "CPU profiles taken during the capsgate %s run, top %d by own time "+
 			"(`go tool pprof -top -nodecount=%d FILE`):\n", v.Mode, profileTopN, profileTopN)
 		for _, f := range []struct{ file, what string }{
@@ -87,6 +99,42 @@ func WriteReport(c Comparison, dir, profileDir string) error {
 		return fmt.Errorf("cannot write the plot: %w", err)
 	}
 	return nil
+}
+
+// latencyContext sets capsgate's open-loop latency beside what bounds it
+// on this machine, from the same comparison: the limit server's latency
+// (the transport with no decision), the CPU both processes used, and the
+// machine's own stalls. Only what was measured is said.
+func latencyContext(c Comparison) string {
+	cg, ok := c.Find(NameCapsgate, ModeLatency)
+	if !ok {
+		return ""
+	}
+	var b strings.Builder
+	if li, ok := c.Find(NameLimit, ModeLatency); ok && li.P99us > 0 && li.P999us > 0 {
+		missed := ""
+		if li.P99us > TargetP99us || li.P999us > TargetP999us {
+			missed = ", so it misses the target too"
+		}
+		fmt.Fprintf(&b, "The limit server, which answers every command with a fixed reply and decides nothing, measured p99 %.0f µs "+
+			"and p99.9 %.0f µs at the same rate in this comparison%s; capsgate's are %.2f× and %.2f× of those.",
+			li.P99us, li.P999us, missed, cg.P99us/li.P99us, cg.P999us/li.P999us)
+	}
+	if cg.ServerCPU > 0 && cg.GeneratorCPU > 0 && c.CPUs > 0 && cg.OpsPerSec > 0 {
+		busy := cg.ServerCPU + cg.GeneratorCPU
+		fmt.Fprintf(&b, " During capsgate's run the node used %.2f cores and the generator %.2f, %.0f%% of the %d CPUs "+
+			"(%.1f µs and %.1f µs of CPU per request; the profiles below show where it goes).", cg.ServerCPU, cg.GeneratorCPU, busy/float64(c.CPUs)*100, c.CPUs,
+			cg.ServerCPU/cg.OpsPerSec*1e6, cg.GeneratorCPU/cg.OpsPerSec*1e6)
+	}
+	if st := c.Stalls; st != nil && st.Over250us > 0 {
+		fmt.Fprintf(&b, " The machine paused a spinning thread %d times for over 250 µs in %.1fs (longest %.0f µs, see above): "+
+			"at %.0f requests/s each such pause holds up every request sent during it, and the queue it leaves drains only "+
+			"with the CPU the two processes leave spare.", st.Over250us, st.Seconds, st.MaxUs, c.Settings.Rate)
+	}
+	if b.Len() == 0 {
+		return ""
+	}
+	return strings.TrimSpace(b.String()) + "\n\n"
 }
 
 // profileTopN is how many entries of a profile the report shows.

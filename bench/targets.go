@@ -27,7 +27,10 @@ type Target struct {
 	// AdminToken is its bearer token ("" for the --dev node Compare
 	// starts, whose admin API needs none).
 	AdminAddr, AdminToken string
-	stop                  func() error
+	// pid is the server's process, whose CPU use Compare reports (0:
+	// not known).
+	pid  int
+	stop func() error
 }
 
 // Stop stops the target's server.
@@ -86,7 +89,7 @@ func StartCapsgate(dir string) (*Target, error) {
 		return nil, err
 	}
 	t := &Target{Name: NameCapsgate, Addr: n.RESPAddr, Frame: client.AppendCommand(nil, "ADMIT", BenchService),
-		AdminAddr: n.AdminAddr, stop: func() error { n.Kill(); return nil }}
+		AdminAddr: n.AdminAddr, pid: n.Pid(), stop: func() error { n.Kill(); return nil }}
 	if err := n.PostLicense(lic); err != nil {
 		n.Kill()
 		return nil, fmt.Errorf("cannot load the bench licence: %w", err)
@@ -200,7 +203,7 @@ func StartRedisLua(dir string) (*Target, error) {
 		_ = stop()
 		return nil, fmt.Errorf("cannot load the GCRA script into redis: %w", err)
 	}
-	t := &Target{Name: NameRedisLua, Addr: addr, stop: stop,
+	t := &Target{Name: NameRedisLua, Addr: addr, stop: stop, pid: cmd.Process.Pid,
 		Frame: client.AppendCommand(nil, "EVALSHA", string(sha.Str), "1", "caps:"+BenchService,
 			fmt.Sprint(BenchCAPS), fmt.Sprint(BenchCAPS/10))}
 	if err := waitAdmitted(t); err != nil {
@@ -242,7 +245,7 @@ func StartLimit() (*Target, error) {
 		_ = stop()
 		return nil, fmt.Errorf("the limit server did not say where it listens (got %q)", addr)
 	}
-	t := &Target{Name: NameLimit, Addr: addr, stop: stop, Frame: client.AppendCommand(nil, "ADMIT", BenchService)}
+	t := &Target{Name: NameLimit, Addr: addr, stop: stop, pid: cmd.Process.Pid, Frame: client.AppendCommand(nil, "ADMIT", BenchService)}
 	if err := waitAdmitted(t); err != nil {
 		_ = stop()
 		return nil, err

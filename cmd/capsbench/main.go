@@ -4,8 +4,9 @@
 //	capsbench throughput --addr A [--conns C] [--pipeline P] [--seconds N] [--cmd "ADMIT bench"] [--cpuprofile FILE]
 //	capsbench latency    --addr A [--rate R] [--conns C] [--seconds N] [--cmd "ADMIT bench"] [--cpuprofile FILE]
 //	capsbench cluster    [--nodes N] [--skew 70,20,10] [--caps L] [--rate R] [--seconds S]
-//	capsbench compare    [--seconds N] [--json FILE] [--profiles latency] [--rate R] [--conns C] [--pipeline P] [--throughput-conns C] [--targets capsgate,redis-lua,limit]
+//	capsbench compare    [--seconds N] [--json FILE] [--profiles latency] [--rate R] [--conns C] [--pipeline P] [--throughput-conns C] [--targets capsgate,redis-lua,limit] [--stall-seconds N]
 //	capsbench report     --json FILE --out DIR
+//	capsbench stalls     [--seconds N]
 package main
 
 import (
@@ -31,6 +32,7 @@ const usage = `usage: capsbench COMMAND [flags]
   cluster     N capsgate nodes, skewed load, admitted/s vs licensed
   compare     capsgate vs redis-server+Lua vs the transport limit; --json FILE
   report      report.md and compare.svg from a compare JSON
+  stalls      the machine's own pauses: a thread spinning on every CPU, gaps in its clock
 run "capsbench COMMAND -h" for its flags`
 
 func main() {
@@ -51,6 +53,8 @@ func main() {
 		err = compare(ctx, args)
 	case "report":
 		err = report(args)
+	case "stalls":
+		err = stalls(ctx, args)
 	case bench.LimitServerArg:
 		os.Exit(bench.ServeLimitMain(args))
 	case "-h", "--help", "help":
@@ -152,6 +156,7 @@ func compare(ctx context.Context, args []string) error {
 	fs.IntVar(&s.Conns, "conns", s.Conns, "open-loop connections")
 	fs.IntVar(&s.Pipeline, "pipeline", s.Pipeline, "closed-loop commands per round trip")
 	fs.IntVar(&s.ThroughputConns, "throughput-conns", s.ThroughputConns, "closed-loop connections")
+	fs.Float64Var(&s.StallSeconds, "stall-seconds", s.StallSeconds, "seconds to measure the machine's own pauses before the runs (see capsbench stalls; 0: not at all)")
 	targets := fs.String("targets", strings.Join(s.Targets, ","), "targets to run, in order")
 	profiles := fs.String("profiles", strings.Join(s.ProfileModes, ","), "with --json: the capsgate runs (latency, throughput; "+
 		"\"\" for none) to take CPU profiles of, saved beside the JSON (capsgate-MODE.pprof from the node's admin API, "+
@@ -202,5 +207,20 @@ func report(args []string) error {
 		return err
 	}
 	fmt.Printf("wrote %s/report.md and %s/compare.svg\n", *out, *out)
+	return nil
+}
+
+func stalls(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("stalls", flag.ContinueOnError)
+	seconds := fs.Float64("seconds", 5, "how long to spin (every CPU is kept busy meanwhile)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if !(*seconds > 0 && *seconds <= 3600) {
+		return fmt.Errorf("--seconds must be above 0 and at most 3600, got %v", *seconds)
+	}
+	st := bench.MeasureStalls(ctx, time.Duration(*seconds*float64(time.Second)))
+	fmt.Printf("%d CPUs spinning for %.1fs: %.2f%% of the time lost in pauses > %v; pauses > 100 µs: %d, > 250 µs: %d, > 1 ms: %d; longest %.0f µs\n",
+		st.CPUs, st.Seconds, st.StalledFraction*100, bench.StallMinimum, st.Over100us, st.Over250us, st.Over1ms, st.MaxUs)
 	return nil
 }

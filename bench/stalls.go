@@ -1,0 +1,223 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Stalls is what the machine itself does to a running thread: one thread
+// per CPU, pinned to it, reads the monotonic clock in a tight loop for a
+// while, and every gap between two readings longer than StallMinimum is
+// time the thread was not running — taken by the kernel (interrupts,
+// other work) or, on a virtual machine, by the hypervisor descheduling the
+// virtual CPU. Nothing the load generator or a server does can make an
+// open loop's tail shorter than these pauses: a request in flight during
+// one waits it out.
+type Stalls struct {
+	Seconds float64 `json:"seconds"`
+	CPUs    int     `json:"cpus"`
+	// StalledFraction is the share of the spinners' time lost in pauses
+	// longer than StallMinimum; the counts are of pauses longer than 100
+	// µs, 250 µs and 1 ms over all CPUs; MaxUs is the longest.
+	StalledFraction float64 `json:"stalled_fraction"`
+	Over100us       int64   `json:"over_100us"`
+	Over250us       int64   `json:"over_250us"`
+	Over1ms         int64   `json:"over_1ms"`
+	MaxUs           float64 `json:"max_us"`
+}
+
+// StallMinimum is the shortest gap Stalls counts as a pause: a clock read
+// in the loop takes tens of nanoseconds, so anything this long is the
+// thread not running.
+const StallMinimum = 20 * time.Microsecond
+
+// stallTally is one spinner's count.
+type stallTally struct {
+	spun, stalled                 time.Duration
+	over100us, over250us, over1ms int64
+	longest                       time.Duration
+}
+
+// spin reads now until it reaches end, or done is closed, and counts the
+// gaps between readings longer than StallMinimum.
+func spin(now func() time.Duration, end time.Duration, done <-chan struct{}) stallTally {
+	var t stallTally
+	start := now()
+	last := start
+	for i := 0; last < end; i++ {
+		if i%4096 == 0 && done != nil {
+			select {
+			case <-done:
+				end = last
+				continue
+			default:
+			}
+		}
+		n := now()
+		gap := n - last
+		last = n
+		if gap <= StallMinimum {
+			continue
+		}
+		t.stalled += gap
+		t.longest = max(t.longest, gap)
+		if gap > 100*time.Microsecond {
+			t.over100us++
+		}
+		if gap > 250*time.Microsecond {
+			t.over250us++
+		}
+		if gap > time.Millisecond {
+			t.over1ms++
+		}
+	}
+	t.spun = last - start
+	return t
+}
+
+// sumStalls adds the spinners' tallies into Stalls.
+func sumStalls(ts []stallTally) Stalls {
+	s := Stalls{CPUs: len(ts)}
+	var spun, stalled time.Duration
+	for _, t := range ts {
+		s.Seconds = max(s.Seconds, t.spun.Seconds())
+		spun += t.spun
+		stalled += t.stalled
+		s.Over100us += t.over100us
+		s.Over250us += t.over250us
+		s.Over1ms += t.over1ms
+		s.MaxUs = max(s.MaxUs, float64(t.longest.Nanoseconds())/1e3)
+	}
+	if spun > 0 {
+		s.StalledFraction = float64(stalled) / float64(spun)
+	}
+	return s
+}
+
+// MeasureStalls spins a thread on every CPU this process may run on for
+// d (it keeps them all busy meanwhile) and returns the pauses they saw.
+// ctx ends it early.
+func MeasureStalls(ctx context.Context, d time.Duration) Stalls {
+	var set unix.CPUSet
+	cpus := []int{}
+	if unix.SchedGetaffinity(0, &set) == nil {
+		for c := range 1024 {
+			if set.IsSet(c) {
+				cpus = append(cpus, c)
+			}
+		}
+	}
+	if len(cpus) == 0 {
+		cpus = make([]int, runtime.NumCPU())
+		for i := range cpus {
+			cpus[i] = i
+		}
+	}
+	base := time.Now()
+	now := func() time.Duration { return time.Since(base) }
+	ts := make([]stallTally, len(cpus))
+	var wg sync.WaitGroup
+	for i, c := range cpus {
+		wg.Go(func() {
+			// Never unlocked: the pinned thread ends with the goroutine
+			// instead of going back to the runtime with one CPU allowed.
+			runtime.LockOSThread()
+			var one unix.CPUSet
+			one.Set(c)
+			_ = unix.SchedSetaffinity(0, &one) // best effort: unpinned spinners see the pauses too
+			ts[i] = spin(now, d, ctx.Done())
+		})
+	}
+	wg.Wait()
+	return sumStalls(ts)
+}
+
+// processCPU returns the CPU time (user and system, all threads) process
+// pid has used, from /proc/PID/stat; pid 0 is this process (getrusage).
+func processCPU(pid int) (time.Duration, error) {
+	if pid == 0 {
+		var ru unix.Rusage
+		if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
+			return 0, err
+		}
+		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), nil
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	return parseStatCPU(b)
+}
+
+// userHZ is the unit of /proc/PID/stat's times: fixed at 100 per second
+// in Linux's interface to user space, whatever the kernel's own HZ.
+const userHZ = 100
+
+// parseStatCPU returns utime + stime (fields 14 and 15) of a
+// /proc/PID/stat line. The command name (field 2) is in parentheses and
+// may hold spaces and parentheses itself, so fields are counted from the
+// last ')'.
+func parseStatCPU(b []byte) (time.Duration, error) {
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("no command name in %q", b)
+	}
+	f := strings.Fields(string(b[i+1:])) // f[0] is field 3 (state)
+	if len(f) < 13 {
+		return 0, fmt.Errorf("too few fields in %q", b)
+	}
+	var ticks int64
+	for _, s := range f[11:13] {
+		v, err := strconv.ParseInt(s, 10, 64)
+		if err != nil || v < 0 {
+			return 0, fmt.Errorf("bad CPU time %q in /proc stat", s)
+		}
+		ticks += v
+	}
+	return time.Duration(ticks) * time.Second / userHZ, nil
+}
+
+// cpuMeter measures the CPU the server (pid) and this process use over a
+// run, in cores (CPU seconds per second).
+type cpuMeter struct {
+	pid              int
+	server, self     time.Duration
+	serverOK, selfOK bool
+	at               time.Time
+}
+
+func startCPU(pid int) *cpuMeter {
+	m := &cpuMeter{pid: pid, at: time.Now()}
+	if pid > 0 {
+		v, err := processCPU(pid)
+		m.server, m.serverOK = v, err == nil
+	}
+	v, err := processCPU(0)
+	m.self, m.selfOK = v, err == nil
+	return m
+}
+
+// cores returns the server's and this process's CPU use since start, in
+// cores; 0 where it could not be read.
+func (m *cpuMeter) cores() (server, self float64) {
+	el := time.Since(m.at).Seconds()
+	if el <= 0 {
+		return 0, 0
+	}
+	if v, err := processCPU(m.pid); m.serverOK && m.pid > 0 && err == nil {
+		server = (v - m.server).Seconds() / el
+	}
+	if v, err := processCPU(0); m.selfOK && err == nil {
+		self = (v - m.self).Seconds() / el
+	}
+	return server, self
+}
