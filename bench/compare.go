@@ -25,6 +25,9 @@ type Settings struct {
 	Conns int     `json:"conns"`
 	// Targets are the names run, in order.
 	Targets []string `json:"targets"`
+	// SweepRates are further open-loop rates run against every target,
+	// for Comparison.Sweep.
+	SweepRates []float64 `json:"sweep_rates,omitempty"`
 	// StallSeconds is how long MeasureStalls runs before the targets
 	// (0: not at all).
 	StallSeconds float64 `json:"stall_seconds,omitempty"`
@@ -43,13 +46,16 @@ type Settings struct {
 // the client is not what limits a fast server on a small machine.
 func DefaultSettings() Settings {
 	return Settings{Seconds: 5, ThroughputConns: 8, Pipeline: 64, Rate: 50000, Conns: 50, StallSeconds: 5,
-		Targets: []string{NameCapsgate, NameRedisLua, NameLimit}, ProfileModes: []string{ModeLatency}}
+		SweepRates: []float64{5000, 10000, 25000},
+		Targets:    []string{NameCapsgate, NameRedisLua, NameLimit}, ProfileModes: []string{ModeLatency}}
 }
 
 // Row is one result of the comparison's JSON.
 type Row struct {
-	Name      string  `json:"name"`
-	Mode      string  `json:"mode"` // throughput | latency
+	Name string `json:"name"`
+	Mode string `json:"mode"` // throughput | latency
+	// Rate is the open loop's requests per second (latency rows).
+	Rate      float64 `json:"rate,omitempty"`
 	OpsPerSec float64 `json:"ops_per_sec"`
 	P50us     float64 `json:"p50_us"`
 	P99us     float64 `json:"p99_us"`
@@ -86,6 +92,9 @@ type Comparison struct {
 	CPUs      int    `json:"cpus,omitempty"`
 	LoadStart string `json:"load_average_start,omitempty"`
 	LoadEnd   string `json:"load_average_end,omitempty"`
+	// Sweep holds the open loop at Settings.SweepRates, per target:
+	// latency against load.
+	Sweep []Row `json:"latency_sweep,omitempty"`
 	// Stalls are the machine's own pauses, measured before the runs
 	// (Settings.StallSeconds; nil when not measured).
 	Stalls *Stalls `json:"machine_stalls,omitempty"`
@@ -118,7 +127,6 @@ func row(name, mode string, r Result) Row {
 // nil, draws progress.
 func Compare(ctx context.Context, s Settings, log io.Writer, bar *Bar) (Comparison, error) {
 	cmp := Comparison{Settings: s, CPUs: runtime.NumCPU(), LoadStart: loadAverage()}
-	dur := time.Duration(s.Seconds * float64(time.Second))
 	if s.StallSeconds > 0 {
 		stop := bar.Timed("machine stalls", time.Duration(s.StallSeconds*float64(time.Second)))
 		st := MeasureStalls(ctx, time.Duration(s.StallSeconds*float64(time.Second)))
@@ -132,38 +140,26 @@ func Compare(ctx context.Context, s Settings, log io.Writer, bar *Bar) (Comparis
 		if err != nil {
 			return cmp, fmt.Errorf("cannot start %s: %w", name, err)
 		}
-		for _, mode := range []string{ModeThroughput, ModeLatency} {
-			l := Load{Addr: t.Addr, Frame: t.Frame, Duration: dur, MaxRequests: int64(5e6 * s.Seconds)}
-			l.Progress = bar.Func(name + " " + mode)
-			var prof *profiles
-			if s.ProfileDir != "" && t.AdminAddr != "" && slices.Contains(s.ProfileModes, mode) {
-				prof = startProfiles(ctx, t, mode, dur, s.ProfileDir)
-			}
-			cpu := startCPU(t.pid)
-			var res Result
-			if mode == ModeThroughput {
-				l.Conns, l.Pipeline = s.ThroughputConns, s.Pipeline
-				res, err = Throughput(ctx, l)
-			} else {
-				l.Conns, l.Rate = s.Conns, s.Rate
-				res, err = Latency(ctx, l)
-			}
-			bar.Done()
-			if err == nil && res.Requests == 0 {
-				err = errors.New("no request was answered")
-			}
-			r := row(name, mode, res)
-			r.ServerCPU, r.GeneratorCPU = cpu.cores()
-			if prof != nil {
-				r.ServerProfile, r.GeneratorProfile = prof.wait(log)
-			}
+		type step struct {
+			mode  string
+			rate  float64
+			sweep bool
+		}
+		runs := []step{{ModeThroughput, 0, false}, {ModeLatency, s.Rate, false}}
+		for _, rate := range s.SweepRates {
+			runs = append(runs, step{ModeLatency, rate, true})
+		}
+		for _, run := range runs {
+			r, err := compareRun(ctx, s, t, run.mode, run.rate, !run.sweep, log, bar)
 			if err != nil {
 				_ = t.Stop()
-				return cmp, fmt.Errorf("%s %s: %w", name, mode, err)
+				return cmp, err
 			}
-			cmp.Results = append(cmp.Results, r)
-			fmt.Fprintf(log, "%-9s %-10s %12.0f ops/s  p50 %7.1f µs  p99 %8.1f µs  p99.9 %8.1f µs  admitted %.3f  errors %d  cpu %.2f+%.2f\n",
-				name, mode, r.OpsPerSec, r.P50us, r.P99us, r.P999us, r.AdmittedFraction, r.ErrorReplies, r.ServerCPU, r.GeneratorCPU)
+			if run.sweep {
+				cmp.Sweep = append(cmp.Sweep, r)
+			} else {
+				cmp.Results = append(cmp.Results, r)
+			}
 		}
 		if err := t.Stop(); err != nil {
 			return cmp, fmt.Errorf("cannot stop %s: %w", name, err)
@@ -171,6 +167,48 @@ func Compare(ctx context.Context, s Settings, log io.Writer, bar *Bar) (Comparis
 	}
 	cmp.LoadEnd = loadAverage()
 	return cmp, nil
+}
+
+// compareRun runs one mode (at rate, for the open loop) against t and
+// returns its row; profile allows the CPU profiles Settings ask for.
+func compareRun(ctx context.Context, s Settings, t *Target, mode string, rate float64, profile bool, log io.Writer, bar *Bar) (Row, error) {
+	dur := time.Duration(s.Seconds * float64(time.Second))
+	l := Load{Addr: t.Addr, Frame: t.Frame, Duration: dur, MaxRequests: int64(5e6 * s.Seconds)}
+	label := mode
+	if !profile {
+		label += fmt.Sprintf(" %.0f/s", rate)
+	}
+	l.Progress = bar.Func(t.Name + " " + label)
+	var prof *profiles
+	if profile && s.ProfileDir != "" && t.AdminAddr != "" && slices.Contains(s.ProfileModes, mode) {
+		prof = startProfiles(ctx, t, mode, dur, s.ProfileDir)
+	}
+	cpu := startCPU(t.pid)
+	var res Result
+	var err error
+	if mode == ModeThroughput {
+		l.Conns, l.Pipeline = s.ThroughputConns, s.Pipeline
+		res, err = Throughput(ctx, l)
+	} else {
+		l.Conns, l.Rate = s.Conns, rate
+		res, err = Latency(ctx, l)
+	}
+	bar.Done()
+	if err == nil && res.Requests == 0 {
+		err = errors.New("no request was answered")
+	}
+	r := row(t.Name, mode, res)
+	r.Rate = rate
+	r.ServerCPU, r.GeneratorCPU = cpu.cores()
+	if prof != nil {
+		r.ServerProfile, r.GeneratorProfile = prof.wait(log)
+	}
+	if err != nil {
+		return r, fmt.Errorf("%s %s: %w", t.Name, label, err)
+	}
+	fmt.Fprintf(log, "%-9s %-16s %12.0f ops/s  p50 %7.1f µs  p99 %8.1f µs  p99.9 %8.1f µs  admitted %.3f  errors %d  cpu %.2f+%.2f\n",
+		t.Name, label, r.OpsPerSec, r.P50us, r.P99us, r.P999us, r.AdmittedFraction, r.ErrorReplies, r.ServerCPU, r.GeneratorCPU)
+	return r, nil
 }
 
 // profiles are the CPU profiles being taken during one run.
@@ -308,6 +346,9 @@ func (c *Comparison) WriteTable(w io.Writer) {
 	fmt.Fprintf(w, "%-10s %-10s %14s %10s %10s %10s %10s\n", "target", "mode", "ops/s", "p50 µs", "p99 µs", "p99.9 µs", "max µs")
 	for _, r := range c.Results {
 		fmt.Fprintf(w, "%-10s %-10s %14.0f %10.1f %10.1f %10.1f %10.1f\n", r.Name, r.Mode, r.OpsPerSec, r.P50us, r.P99us, r.P999us, r.MaxUs)
+	}
+	for _, r := range c.Sweep {
+		fmt.Fprintf(w, "%-10s %-10s %14.0f %10.1f %10.1f %10.1f %10.1f  (open loop at %.0f/s)\n", r.Name, r.Mode, r.OpsPerSec, r.P50us, r.P99us, r.P999us, r.MaxUs, r.Rate)
 	}
 	cg, ok := c.Find(NameCapsgate, ModeThroughput)
 	for _, other := range []string{NameRedisLua, NameLimit} {

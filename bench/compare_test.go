@@ -39,6 +39,7 @@ func TestCompare(t *testing.T) {
 	needRedis(t)
 	s := DefaultSettings()
 	s.Seconds, s.Rate, s.Conns, s.ThroughputConns, s.StallSeconds = 0.5, 2000, 4, 2, 0.2
+	s.SweepRates = []float64{1000}
 	s.ProfileDir, s.ProfileModes = t.TempDir(), []string{ModeThroughput, ModeLatency}
 	var log bytes.Buffer
 	cmp, err := Compare(context.Background(), s, &log, nil)
@@ -50,6 +51,16 @@ func TestCompare(t *testing.T) {
 	require.Equal(t, cmp.CPUs, cmp.Stalls.CPUs)
 	require.InDelta(t, 0.2, cmp.Stalls.Seconds, 0.05)
 	require.Contains(t, log.String(), "machine stalls: ")
+	require.Len(t, cmp.Sweep, 3, "one sweep run per target")
+	for i, name := range []string{NameCapsgate, NameRedisLua, NameLimit} {
+		r := cmp.Sweep[i]
+		require.Equal(t, [2]string{name, ModeLatency}, [2]string{r.Name, r.Mode})
+		require.Equal(t, 1000.0, r.Rate)
+		require.InDelta(t, 1000, r.OpsPerSec, 50, "%+v", r)
+		require.Empty(t, r.ServerProfile+r.GeneratorProfile, "sweep runs are not profiled")
+		main, _ := cmp.Find(name, ModeLatency)
+		require.Equal(t, 2000.0, main.Rate)
+	}
 	for _, r := range cmp.Results {
 		// Both processes' CPU, in cores: a closed loop keeps them busy
 		// (a latency run at 2000/s may stay under /proc's 10 ms tick).
@@ -112,6 +123,8 @@ func TestCompare(t *testing.T) {
 	require.NoError(t, err)
 	require.Contains(t, string(md), "| capsgate | throughput |")
 	require.Contains(t, string(md), "pipelined capsgate ≥ 10× redis-lua")
+	require.Contains(t, string(md), "### Open-loop latency against load")
+	require.Contains(t, string(md), "| requests/s | capsgate | redis-lua | limit |")
 	svg, err := os.ReadFile(filepath.Join(dir, "compare.svg"))
 	require.NoError(t, err)
 	require.True(t, strings.HasPrefix(string(svg), "<svg") && strings.HasSuffix(string(svg), "</svg>\n"))
@@ -174,6 +187,11 @@ func TestLoadValidation(t *testing.T) {
 
 func TestLatencyContext(t *testing.T) {
 	c := Comparison{CPUs: 2, Settings: Settings{Rate: 50000},
+		Sweep: []Row{
+			{Name: NameCapsgate, Mode: ModeLatency, Rate: 25000, P99us: 500, P999us: 2000},
+			{Name: NameCapsgate, Mode: ModeLatency, Rate: 5000, P99us: 400, P999us: 3000},
+			{Name: NameLimit, Mode: ModeLatency, Rate: 1000, P99us: 1, P999us: 1},
+		},
 		Stalls: &Stalls{Seconds: 5, CPUs: 2, StalledFraction: 0.02, Over100us: 150, Over250us: 30, Over1ms: 20, MaxUs: 9500},
 		Results: []Row{
 			{Name: NameCapsgate, Mode: ModeLatency, OpsPerSec: 50000, P99us: 900, P999us: 4000, ServerCPU: 0.6, GeneratorCPU: 1},
@@ -183,6 +201,7 @@ func TestLatencyContext(t *testing.T) {
 		"and p99.9 5000 µs at the same rate in this comparison, so it misses the target too; capsgate's are 0.90× and 0.80× of those. "+
 		"During capsgate's run the node used 0.60 cores and the generator 1.00, 80% of the 2 CPUs "+
 		"(12.0 µs and 20.0 µs of CPU per request; the profiles below show where it goes). "+
+		"At 5000 requests/s, 10% of that load, capsgate's p99 was 400 µs and p99.9 3000 µs (the table above). "+
 		"The machine paused a spinning thread 30 times for over 250 µs in 5.0s (longest 9500 µs, see above): "+
 		"at 50000 requests/s each such pause holds up every request sent during it, and the queue it leaves drains only "+
 		"with the CPU the two processes leave spare.\n\n", latencyContext(c))
@@ -190,8 +209,28 @@ func TestLatencyContext(t *testing.T) {
 	// Only what was measured: a limit within the targets, no CPU, no
 	// stalls.
 	c.Results[1].P99us, c.Results[1].P999us = 200, 800
-	c.Results[0].ServerCPU, c.Stalls = 0, nil
+	c.Results[0].ServerCPU, c.Stalls, c.Sweep = 0, nil, nil
 	require.Equal(t, "The limit server, which answers every command with a fixed reply and decides nothing, measured p99 200 µs "+
 		"and p99.9 800 µs at the same rate in this comparison; capsgate's are 4.50× and 5.00× of those.\n\n", latencyContext(c))
 	require.Empty(t, latencyContext(Comparison{}))
+}
+
+func TestSweepTable(t *testing.T) {
+	c := Comparison{Settings: Settings{Conns: 50},
+		Results: []Row{
+			{Name: NameCapsgate, Mode: ModeThroughput, P99us: 7},
+			{Name: NameCapsgate, Mode: ModeLatency, Rate: 50000, P50us: 90.4, P99us: 1200, P999us: 4500},
+			{Name: NameLimit, Mode: ModeLatency, Rate: 50000, P50us: 89, P99us: 1100, P999us: 3000},
+		},
+		Sweep: []Row{
+			{Name: NameCapsgate, Mode: ModeLatency, Rate: 10000, P50us: 80, P99us: 300, P999us: 2000},
+			{Name: NameCapsgate, Mode: ModeLatency, Rate: 5000, P50us: 100, P99us: 500, P999us: 3000},
+			{Name: NameLimit, Mode: ModeLatency, Rate: 5000, P50us: 97, P99us: 549, P999us: 3097},
+		}}
+	require.Equal(t, "\n### Open-loop latency against load\n\nThe same open loop (50 connections, no pipelining) at other rates: "+
+		"p50 / p99 / p99.9 in µs.\n\n"+
+		"| requests/s | capsgate | limit |\n|---:|---:|---:|\n"+
+		"| 5000 | 100 / 500 / 3000 | 97 / 549 / 3097 |\n"+
+		"| 10000 | 80 / 300 / 2000 | |\n"+
+		"| 50000 | 90 / 1200 / 4500 | 89 / 1100 / 3000 |\n", sweepTable(c))
 }

@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 )
 
@@ -48,6 +49,9 @@ func WriteReport(c Comparison, dir, profileDir string) error {
 		}
 		fmt.Fprintf(&b, "| %s | %s | %.0f | %.1f | %.1f | %.1f | %.1f | %s | %.3f | %.2f + %.2f |\n",
 			r.Name, r.Mode, r.OpsPerSec, r.P50us, r.P99us, r.P999us, r.MaxUs, lag, r.AdmittedFraction, r.ServerCPU, r.GeneratorCPU)
+	}
+	if len(c.Sweep) > 0 {
+		b.WriteString(sweepTable(c))
 	}
 	b.WriteString("\n## Targets\n\n| target | measured | |\n|---|---|---|\n")
 	verdicts := c.Verdicts()
@@ -101,6 +105,52 @@ func WriteReport(c Comparison, dir, profileDir string) error {
 	return nil
 }
 
+// sweepTable is the open loop's latency against load: a row per rate
+// (the comparison's own and the sweep's), p50 / p99 / p99.9 per target.
+func sweepTable(c Comparison) string {
+	rows := map[float64]map[string]Row{}
+	var rates []float64
+	var names []string
+	add := func(r Row) {
+		if rows[r.Rate] == nil {
+			rows[r.Rate] = map[string]Row{}
+			rates = append(rates, r.Rate)
+		}
+		if !slices.Contains(names, r.Name) {
+			names = append(names, r.Name)
+		}
+		rows[r.Rate][r.Name] = r
+	}
+	for _, r := range c.Sweep {
+		add(r)
+	}
+	for _, r := range c.Results {
+		if r.Mode == ModeLatency && r.Rate > 0 {
+			add(r)
+		}
+	}
+	slices.Sort(rates)
+	var b strings.Builder
+	fmt.Fprintf(&b, "\n### Open-loop latency against load\n\nThe same open loop (%d connections, no pipelining) at other rates: "+
+		"p50 / p99 / p99.9 in µs.\n\n| requests/s |", c.Settings.Conns)
+	for _, n := range names {
+		fmt.Fprintf(&b, " %s |", n)
+	}
+	b.WriteString("\n|---:|" + strings.Repeat("---:|", len(names)) + "\n")
+	for _, rate := range rates {
+		fmt.Fprintf(&b, "| %.0f |", rate)
+		for _, n := range names {
+			if r, ok := rows[rate][n]; ok {
+				fmt.Fprintf(&b, " %.0f / %.0f / %.0f |", r.P50us, r.P99us, r.P999us)
+			} else {
+				b.WriteString(" |")
+			}
+		}
+		b.WriteString("\n")
+	}
+	return b.String()
+}
+
 // latencyContext sets capsgate's open-loop latency beside what bounds it
 // on this machine, from the same comparison: the limit server's latency
 // (the transport with no decision), the CPU both processes used, and the
@@ -125,6 +175,16 @@ func latencyContext(c Comparison) string {
 		fmt.Fprintf(&b, " During capsgate's run the node used %.2f cores and the generator %.2f, %.0f%% of the %d CPUs "+
 			"(%.1f µs and %.1f µs of CPU per request; the profiles below show where it goes).", cg.ServerCPU, cg.GeneratorCPU, busy/float64(c.CPUs)*100, c.CPUs,
 			cg.ServerCPU/cg.OpsPerSec*1e6, cg.GeneratorCPU/cg.OpsPerSec*1e6)
+	}
+	var low *Row
+	for i, r := range c.Sweep {
+		if r.Name == NameCapsgate && r.Rate < c.Settings.Rate && (low == nil || r.Rate < low.Rate) {
+			low = &c.Sweep[i]
+		}
+	}
+	if low != nil {
+		fmt.Fprintf(&b, " At %.0f requests/s, %.0f%% of that load, capsgate's p99 was %.0f µs and p99.9 %.0f µs (the table above).",
+			low.Rate, low.Rate/c.Settings.Rate*100, low.P99us, low.P999us)
 	}
 	if st := c.Stalls; st != nil && st.Over250us > 0 {
 		fmt.Fprintf(&b, " The machine paused a spinning thread %d times for over 250 µs in %.1fs (longest %.0f µs, see above): "+

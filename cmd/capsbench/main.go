@@ -4,7 +4,7 @@
 //	capsbench throughput --addr A [--conns C] [--pipeline P] [--seconds N] [--cmd "ADMIT bench"] [--cpuprofile FILE]
 //	capsbench latency    --addr A [--rate R] [--conns C] [--seconds N] [--cmd "ADMIT bench"] [--cpuprofile FILE]
 //	capsbench cluster    [--nodes N] [--skew 70,20,10] [--caps L] [--rate R] [--seconds S]
-//	capsbench compare    [--seconds N] [--json FILE] [--profiles latency] [--rate R] [--conns C] [--pipeline P] [--throughput-conns C] [--targets capsgate,redis-lua,limit] [--stall-seconds N]
+//	capsbench compare    [--seconds N] [--json FILE] [--profiles latency] [--rate R] [--conns C] [--pipeline P] [--throughput-conns C] [--targets capsgate,redis-lua,limit] [--sweep 5000,10000,25000] [--stall-seconds N]
 //	capsbench report     --json FILE --out DIR
 //	capsbench stalls     [--seconds N]
 package main
@@ -158,6 +158,7 @@ func compare(ctx context.Context, args []string) error {
 	fs.IntVar(&s.ThroughputConns, "throughput-conns", s.ThroughputConns, "closed-loop connections")
 	fs.Float64Var(&s.StallSeconds, "stall-seconds", s.StallSeconds, "seconds to measure the machine's own pauses before the runs (see capsbench stalls; 0: not at all)")
 	targets := fs.String("targets", strings.Join(s.Targets, ","), "targets to run, in order")
+	sweep := fs.String("sweep", joinRates(s.SweepRates), "further open-loop rates run against every target, comma-separated (\"\" for none): latency against load")
 	profiles := fs.String("profiles", strings.Join(s.ProfileModes, ","), "with --json: the capsgate runs (latency, throughput; "+
 		"\"\" for none) to take CPU profiles of, saved beside the JSON (capsgate-MODE.pprof from the node's admin API, "+
 		"capsbench-MODE.pprof of this generator); a profiled run is a few per cent slower")
@@ -165,6 +166,17 @@ func compare(ctx context.Context, args []string) error {
 		return err
 	}
 	s.Targets = strings.Split(*targets, ",")
+	s.SweepRates = nil
+	for _, f := range strings.Split(*sweep, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		r, err := strconv.ParseFloat(f, 64)
+		if err != nil || !(r > 0 && r <= 1e8) {
+			return fmt.Errorf("bad --sweep rate %q: want requests per second above 0 and at most 1e8", f)
+		}
+		s.SweepRates = append(s.SweepRates, r)
+	}
 	s.ProfileModes = nil
 	for _, m := range strings.Split(*profiles, ",") {
 		switch m = strings.TrimSpace(m); m {
@@ -187,6 +199,15 @@ func compare(ctx context.Context, args []string) error {
 		return cmp.WriteJSON(*jsonPath)
 	}
 	return nil
+}
+
+// joinRates formats rates for a flag's default.
+func joinRates(rates []float64) string {
+	f := make([]string, len(rates))
+	for i, r := range rates {
+		f[i] = strconv.FormatFloat(r, 'f', -1, 64)
+	}
+	return strings.Join(f, ",")
 }
 
 func report(args []string) error {
