@@ -2,6 +2,8 @@ package bench
 
 import (
 	"context"
+	"os"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -82,9 +84,11 @@ func TestLatency(t *testing.T) {
 	}()
 	var mu sync.Mutex
 	var last float64
+	procs := map[int]bool{}
+	before := runtime.GOMAXPROCS(0)
 	res, err := Latency(context.Background(), Load{Addr: l.Addr(), Frame: client.AppendCommand(nil, "ADMIT", "bench"),
 		Conns: 7, Rate: 4000, Duration: 300 * time.Millisecond,
-		Progress: func(done float64) { mu.Lock(); last = done; mu.Unlock() }})
+		Progress: func(done float64) { mu.Lock(); last = done; procs[runtime.GOMAXPROCS(0)] = true; mu.Unlock() }})
 	require.NoError(t, err)
 	require.EqualValues(t, 1200, res.Requests)
 	require.EqualValues(t, 1200, res.Admitted)
@@ -96,7 +100,27 @@ func TestLatency(t *testing.T) {
 	require.InDelta(t, 4000, res.OpsPerSec, 1000)
 	mu.Lock()
 	require.Equal(t, 1.0, last)
+	if os.Getenv("GOMAXPROCS") == "" {
+		require.Equal(t, map[int]bool{max(before, runtime.NumCPU()+2): true}, procs, "two Ps beyond the CPUs during the run")
+	}
 	mu.Unlock()
+	require.Equal(t, before, runtime.GOMAXPROCS(0), "restored after the run")
+}
+
+func TestOpenLoopProcs(t *testing.T) {
+	before := runtime.GOMAXPROCS(1)
+	defer runtime.GOMAXPROCS(before)
+	t.Setenv("GOMAXPROCS", "")
+	restore := openLoopProcs()
+	require.Equal(t, runtime.NumCPU()+2, runtime.GOMAXPROCS(0))
+	restore()
+	require.Equal(t, 1, runtime.GOMAXPROCS(0))
+
+	t.Setenv("GOMAXPROCS", "1") // the operator's choice wins
+	restore = openLoopProcs()
+	require.Equal(t, 1, runtime.GOMAXPROCS(0))
+	restore()
+	require.Equal(t, 1, runtime.GOMAXPROCS(0))
 }
 
 func TestLatencyServerGone(t *testing.T) {
