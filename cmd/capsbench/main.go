@@ -7,6 +7,7 @@
 //	capsbench compare    [--seconds N] [--json FILE] [--profiles latency] [--rate R] [--conns C] [--pipeline P] [--throughput-conns C] [--targets capsgate,redis-lua,limit] [--sweep 5000,10000,25000] [--stall-seconds N]
 //	capsbench report     --json FILE --out DIR
 //	capsbench stalls     [--seconds N]
+//	capsbench serve-limit --addr HOST:PORT
 package main
 
 import (
@@ -33,6 +34,7 @@ const usage = `usage: capsbench COMMAND [flags]
   compare     capsgate vs redis-server+Lua vs the transport limit; --json FILE
   report      report.md and compare.svg from a compare JSON
   stalls      the machine's own pauses: a thread spinning on every CPU, gaps in its clock
+  serve-limit the do-nothing gnet server of compare, on its own: --addr HOST:PORT
 run "capsbench COMMAND -h" for its flags`
 
 func main() {
