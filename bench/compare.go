@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -48,6 +49,45 @@ func DefaultSettings() Settings {
 	return Settings{Seconds: 5, ThroughputConns: 8, Pipeline: 64, Rate: 50000, Conns: 50, StallSeconds: 5,
 		SweepRates: []float64{5000, 10000, 25000},
 		Targets:    []string{NameCapsgate, NameRedisLua, NameLimit}, ProfileModes: []string{ModeLatency}}
+}
+
+// check rejects settings Compare cannot run.
+func (s *Settings) check() error {
+	switch {
+	case !(s.Seconds > 0 && s.Seconds <= 3600):
+		return fmt.Errorf("--seconds must be above 0 and at most 3600, got %v", s.Seconds)
+	case !(s.StallSeconds >= 0 && s.StallSeconds <= 3600):
+		return fmt.Errorf("--stall-seconds must be between 0 and 3600, got %v", s.StallSeconds)
+	case !(s.Rate > 0 && s.Rate <= 1e8):
+		return fmt.Errorf("--rate must be above 0 and at most 1e8, got %v", s.Rate)
+	}
+	for _, r := range s.SweepRates {
+		if !(r > 0 && r <= 1e8) {
+			return fmt.Errorf("--sweep rates must be above 0 and at most 1e8, got %v", r)
+		}
+	}
+	return nil
+}
+
+// ParseRates parses a comma-separated list of open-loop rates (requests
+// per second) for Settings.SweepRates: blanks are skipped, and a rate
+// given twice, or equal to main (the comparison's own rate), is run
+// once.
+func ParseRates(list string, main float64) ([]float64, error) {
+	var rates []float64
+	for _, f := range strings.Split(list, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		r, err := strconv.ParseFloat(f, 64)
+		if err != nil || !(r > 0 && r <= 1e8) {
+			return nil, fmt.Errorf("bad rate %q: want requests per second above 0 and at most 1e8", f)
+		}
+		if r != main && !slices.Contains(rates, r) {
+			rates = append(rates, r)
+		}
+	}
+	return rates, nil
 }
 
 // Row is one result of the comparison's JSON.
@@ -126,11 +166,17 @@ func row(name, mode string, r Result) Row {
 // it, and returns every result. log gets a line per run; bar, when not
 // nil, draws progress.
 func Compare(ctx context.Context, s Settings, log io.Writer, bar *Bar) (Comparison, error) {
+	if err := s.check(); err != nil {
+		return Comparison{}, err
+	}
 	cmp := Comparison{Settings: s, CPUs: runtime.NumCPU(), LoadStart: loadAverage()}
 	if s.StallSeconds > 0 {
 		stop := bar.Timed("machine stalls", time.Duration(s.StallSeconds*float64(time.Second)))
 		st := MeasureStalls(ctx, time.Duration(s.StallSeconds*float64(time.Second)))
 		stop()
+		if err := ctx.Err(); err != nil {
+			return cmp, err
+		}
 		cmp.Stalls = &st
 		fmt.Fprintf(log, "machine stalls: %d CPUs spinning %.1fs lost %.2f%% in pauses > %v; %d > 250 µs, %d > 1 ms, longest %.0f µs\n",
 			st.CPUs, st.Seconds, st.StalledFraction*100, StallMinimum, st.Over250us, st.Over1ms, st.MaxUs)

@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"os"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -331,23 +329,6 @@ func Latency(ctx context.Context, l Load) (Result, error) {
 	// A receiver's error is the first one's: the others ended because
 	// their streams were closed after it.
 	return res, errors.Join(sendErr, stallErr, recvErr)
-}
-
-// openLoopProcs raises GOMAXPROCS for an open loop, unless the
-// environment sets it, and returns what restores it. The pacer's thread
-// (in nanosleep) and netpoll's poller (in epoll_wait) each keep a P while
-// blocked in their system calls; with only one P per CPU, a receiver the
-// poller has woken can wait until the runtime's monitor takes a P back
-// from one of them — measured on a 2-CPU machine: replies 20 ms late in
-// every run, on connections whose round trip is 100 µs. Two more Ps than
-// CPUs leave the receivers room.
-func openLoopProcs() (restore func()) {
-	want := runtime.NumCPU() + 2
-	if os.Getenv("GOMAXPROCS") != "" || runtime.GOMAXPROCS(0) >= want {
-		return func() {}
-	}
-	prev := runtime.GOMAXPROCS(want)
-	return func() { runtime.GOMAXPROCS(prev) }
 }
 
 // byConn splits the requests [from, to) by connection (request j goes to

@@ -28,10 +28,11 @@ func WriteReport(c Comparison, dir, profileDir string) error {
 		fmt.Fprintf(&b, "Machine: %d CPUs; load average (1, 5, 15 min) %s before the runs, %s after.\n\n", c.CPUs, c.LoadStart, c.LoadEnd)
 	}
 	if st := c.Stalls; st != nil {
-		fmt.Fprintf(&b, "Machine stalls (`capsbench stalls --seconds %g`): a thread spinning alone on each of the %d CPUs for %.1fs "+
-			"lost %.2f%% of its time in pauses longer than %v — %d pauses over 250 µs, %d over 1 ms, the longest %.0f µs. "+
-			"Such a pause is the kernel or, on a virtual machine, the hypervisor not running the thread; a request in flight "+
-			"during one waits it out, whatever the server.\n\n",
+		fmt.Fprintf(&b, "Machine stalls (`capsbench stalls --seconds %g`, before the runs): a goroutine spinning on each of %d CPUs "+
+			"for %.1fs lost %.2f%% of its time in pauses longer than %v — %d pauses over 250 µs, %d over 1 ms, the longest %.0f µs "+
+			"(counted over all of them). A pause is its thread not running: the kernel, another process, the Go runtime or, "+
+			"on a virtual machine, the hypervisor. A server or generator thread paused with a request in flight delays it "+
+			"as long.\n\n",
 			c.Settings.StallSeconds, st.CPUs, st.Seconds, st.StalledFraction*100, StallMinimum, st.Over250us, st.Over1ms, st.MaxUs)
 	}
 	b.WriteString("Open-loop latency is measured per request from its intended send time (start + j/rate; request j on " +
@@ -47,8 +48,12 @@ func WriteReport(c Comparison, dir, profileDir string) error {
 		if r.Mode == ModeLatency {
 			lag = fmt.Sprintf("%.1f", r.SendLagP99us)
 		}
-		fmt.Fprintf(&b, "| %s | %s | %.0f | %.1f | %.1f | %.1f | %.1f | %s | %.3f | %.2f + %.2f |\n",
-			r.Name, r.Mode, r.OpsPerSec, r.P50us, r.P99us, r.P999us, r.MaxUs, lag, r.AdmittedFraction, r.ServerCPU, r.GeneratorCPU)
+		cpu := "–" // not measured (no /proc, or an older JSON)
+		if r.ServerCPU > 0 || r.GeneratorCPU > 0 {
+			cpu = fmt.Sprintf("%.2f + %.2f", r.ServerCPU, r.GeneratorCPU)
+		}
+		fmt.Fprintf(&b, "| %s | %s | %.0f | %.1f | %.1f | %.1f | %.1f | %s | %.3f | %s |\n",
+			r.Name, r.Mode, r.OpsPerSec, r.P50us, r.P99us, r.P999us, r.MaxUs, lag, r.AdmittedFraction, cpu)
 	}
 	if len(c.Sweep) > 0 {
 		b.WriteString(sweepTable(c))
@@ -64,12 +69,17 @@ func WriteReport(c Comparison, dir, profileDir string) error {
 	}
 	b.WriteString("\n![throughput and latency](compare.svg)\n")
 	shown := map[string]bool{} // a mode's profiles, once
+	said := map[string]bool{}  // a mode's context, once
 	for _, v := range verdicts {
 		if v.Met {
 			continue
 		}
 		fmt.Fprintf(&b, "\n## Missed: %s\n\n", v.What)
 		r, _ := c.Find(NameCapsgate, v.Mode)
+		if v.Mode == ModeLatency && !said[v.Mode] {
+			said[v.Mode] = true
+			b.WriteString(latencyContext(c))
+		}
 		if r.ServerProfile == "" && r.GeneratorProfile == "" {
 			fmt.Fprintf(&b, "No CPU profile was taken during the capsgate %s run: `capsbench compare --json FILE --profiles %s` "+
 				"takes them, beside FILE (by default only of the latency run: a profiled run is a few per cent slower).\n", v.Mode, v.Mode)
@@ -80,9 +90,6 @@ func WriteReport(c Comparison, dir, profileDir string) error {
 			continue
 		}
 		shown[v.Mode] = true
-		if v.Mode == ModeLatency {
-			b.WriteString(latencyContext(c))
-		}
 		fmt.Fprintf(&b, "CPU profiles taken during the capsgate %s run, top %d by own time "+
 			"(`go tool pprof -top -nodecount=%d FILE`):\n", v.Mode, profileTopN, profileTopN)
 		for _, f := range []struct{ file, what string }{
@@ -173,7 +180,7 @@ func latencyContext(c Comparison) string {
 	if cg.ServerCPU > 0 && cg.GeneratorCPU > 0 && c.CPUs > 0 && cg.OpsPerSec > 0 {
 		busy := cg.ServerCPU + cg.GeneratorCPU
 		fmt.Fprintf(&b, " During capsgate's run the node used %.2f cores and the generator %.2f, %.0f%% of the %d CPUs "+
-			"(%.1f µs and %.1f µs of CPU per request; the profiles below show where it goes).", cg.ServerCPU, cg.GeneratorCPU, busy/float64(c.CPUs)*100, c.CPUs,
+			"(%.1f µs and %.1f µs of CPU per request).", cg.ServerCPU, cg.GeneratorCPU, busy/float64(c.CPUs)*100, c.CPUs,
 			cg.ServerCPU/cg.OpsPerSec*1e6, cg.GeneratorCPU/cg.OpsPerSec*1e6)
 	}
 	var low *Row
@@ -187,9 +194,8 @@ func latencyContext(c Comparison) string {
 			low.Rate, low.Rate/c.Settings.Rate*100, low.P99us, low.P999us)
 	}
 	if st := c.Stalls; st != nil && st.Over250us > 0 {
-		fmt.Fprintf(&b, " The machine paused a spinning thread %d times for over 250 µs in %.1fs (longest %.0f µs, see above): "+
-			"at %.0f requests/s each such pause holds up every request sent during it, and the queue it leaves drains only "+
-			"with the CPU the two processes leave spare.", st.Over250us, st.Seconds, st.MaxUs, c.Settings.Rate)
+		fmt.Fprintf(&b, " Before the runs, spinning goroutines saw %d pauses over 250 µs and %d over 1 ms in %.1fs "+
+			"(longest %.0f µs, see above).", st.Over250us, st.Over1ms, st.Seconds, st.MaxUs)
 	}
 	if b.Len() == 0 {
 		return ""

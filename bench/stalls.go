@@ -103,39 +103,31 @@ func sumStalls(ts []stallTally) Stalls {
 	return s
 }
 
-// MeasureStalls spins a thread on every CPU this process may run on for
-// d (it keeps them all busy meanwhile) and returns the pauses they saw.
-// ctx ends it early.
+// MeasureStalls spins a goroutine per CPU this process may run on (but
+// no more than GOMAXPROCS allows to run at once) for d, keeping those
+// CPUs busy, and returns the pauses they saw. GOMAXPROCS is raised to one
+// more than the spinners meanwhile, so that nothing else of this process
+// (a progress bar, the runtime) needs a spinner's P. The spinners are
+// neither locked to threads nor pinned to CPUs: the runtime preempts a
+// goroutine running for 10 ms, and a locked one needs two thread
+// wake-ups to run again, which would count the runtime's own hand-off as
+// the machine's pause; an unlocked one is picked up again at once by its
+// thread. ctx ends it early.
 func MeasureStalls(ctx context.Context, d time.Duration) Stalls {
+	n := runtime.NumCPU()
 	var set unix.CPUSet
-	cpus := []int{}
-	if unix.SchedGetaffinity(0, &set) == nil {
-		for c := range 1024 {
-			if set.IsSet(c) {
-				cpus = append(cpus, c)
-			}
-		}
+	if unix.SchedGetaffinity(0, &set) == nil && set.Count() > 0 {
+		n = set.Count()
 	}
-	if len(cpus) == 0 {
-		cpus = make([]int, runtime.NumCPU())
-		for i := range cpus {
-			cpus[i] = i
-		}
-	}
+	restore := raiseProcs(func(int) int { return n + 1 })
+	defer restore()
+	n = max(1, min(n, runtime.GOMAXPROCS(0)-1)) // one P left for the rest
 	base := time.Now()
 	now := func() time.Duration { return time.Since(base) }
-	ts := make([]stallTally, len(cpus))
+	ts := make([]stallTally, n)
 	var wg sync.WaitGroup
-	for i, c := range cpus {
-		wg.Go(func() {
-			// Never unlocked: the pinned thread ends with the goroutine
-			// instead of going back to the runtime with one CPU allowed.
-			runtime.LockOSThread()
-			var one unix.CPUSet
-			one.Set(c)
-			_ = unix.SchedSetaffinity(0, &one) // best effort: unpinned spinners see the pauses too
-			ts[i] = spin(now, d, ctx.Done())
-		})
+	for i := range ts {
+		wg.Go(func() { ts[i] = spin(now, d, ctx.Done()) })
 	}
 	wg.Wait()
 	return sumStalls(ts)

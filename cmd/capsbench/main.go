@@ -168,16 +168,9 @@ func compare(ctx context.Context, args []string) error {
 		return err
 	}
 	s.Targets = strings.Split(*targets, ",")
-	s.SweepRates = nil
-	for _, f := range strings.Split(*sweep, ",") {
-		if f = strings.TrimSpace(f); f == "" {
-			continue
-		}
-		r, err := strconv.ParseFloat(f, 64)
-		if err != nil || !(r > 0 && r <= 1e8) {
-			return fmt.Errorf("bad --sweep rate %q: want requests per second above 0 and at most 1e8", f)
-		}
-		s.SweepRates = append(s.SweepRates, r)
+	var err error
+	if s.SweepRates, err = bench.ParseRates(*sweep, s.Rate); err != nil {
+		return fmt.Errorf("bad --sweep: %w", err)
 	}
 	s.ProfileModes = nil
 	for _, m := range strings.Split(*profiles, ",") {
