@@ -25,6 +25,9 @@ const LimitReply = "*4\r\n:1\r\n+OK\r\n:0\r\n:1\r\n"
 // server on this machine and event loop can reach.
 type Limit struct {
 	gnet.BuiltinEventEngine
+	// Loops is the number of event loops Start runs (0: one per CPU, as
+	// capsgate's default); set it before Start.
+	Loops  int
 	addr   string
 	eng    gnet.Engine
 	booted chan struct{}
@@ -142,8 +145,12 @@ func NewLimit(addr string) *Limit {
 // Nagle) and serves in the background until Stop.
 func (l *Limit) Start() error {
 	go func() {
-		l.done <- gnet.Run(l, "tcp://"+l.addr, gnet.WithMulticore(true), gnet.WithTCPNoDelay(gnet.TCPNoDelay),
-			gnet.WithReuseAddr(true), gnet.WithLogger(quietLogger{}))
+		opts := []gnet.Option{gnet.WithMulticore(true), gnet.WithTCPNoDelay(gnet.TCPNoDelay),
+			gnet.WithReuseAddr(true), gnet.WithLogger(quietLogger{})}
+		if l.Loops > 0 {
+			opts = append(opts, gnet.WithNumEventLoop(l.Loops))
+		}
+		l.done <- gnet.Run(l, "tcp://"+l.addr, opts...)
 	}()
 	select {
 	case <-l.booted:
@@ -203,10 +210,12 @@ func (l *Limit) OnTraffic(c gnet.Conn) gnet.Action {
 	return gnet.None
 }
 
-// ServeLimit runs a Limit server on addr until ctx ends, printing the
-// address it listens on to ready (one line) once it does.
-func ServeLimit(ctx context.Context, addr string, ready func(addr string)) error {
+// ServeLimit runs a Limit server on addr with loops event loops (0: one
+// per CPU) until ctx ends, printing the address it listens on to ready
+// (one line) once it does.
+func ServeLimit(ctx context.Context, addr string, loops int, ready func(addr string)) error {
 	l := NewLimit(addr)
+	l.Loops = loops
 	if err := l.Start(); err != nil {
 		return err
 	}

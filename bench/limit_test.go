@@ -3,6 +3,7 @@ package bench
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -54,7 +55,14 @@ func TestFrameCommands(t *testing.T) {
 }
 
 func TestLimitServer(t *testing.T) {
+	for _, loops := range []int{0, 1} {
+		t.Run(fmt.Sprint("loops=", loops), func(t *testing.T) { testLimitServer(t, loops) })
+	}
+}
+
+func testLimitServer(t *testing.T, loops int) {
 	l := NewLimit("127.0.0.1:0")
+	l.Loops = loops
 	require.NoError(t, l.Start())
 	defer func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -92,4 +100,11 @@ func TestLimitServer(t *testing.T) {
 	rest, err := io.ReadAll(c)
 	require.NoError(t, err)
 	require.True(t, strings.HasPrefix(string(rest), "-ERR Protocol error"), "%q", rest)
+}
+
+func TestServeLimitMainArgs(t *testing.T) {
+	for _, args := range [][]string{{"--loops", "257"}, {"--loops", "-1"}, {"--addr", "127.0.0.1:0", "extra"}, {"--nope"}} {
+		require.Equal(t, 2, ServeLimitMain(args), "%q", args)
+	}
+	require.Equal(t, 1, ServeLimitMain([]string{"--addr", "256.0.0.1:1"}), "cannot listen")
 }

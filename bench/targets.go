@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"net"
 	"os"
@@ -261,11 +262,17 @@ const LimitServerArg = "serve-limit"
 // A`: it prints the address it listens on, then serves until the process
 // is killed.
 func ServeLimitMain(args []string) int {
-	addr := "127.0.0.1:0"
-	if len(args) == 2 && args[0] == "--addr" {
-		addr = args[1]
+	fs := flag.NewFlagSet(LimitServerArg, flag.ContinueOnError)
+	addr := fs.String("addr", "127.0.0.1:0", "address to listen on (host:port; port 0 picks one)")
+	loops := fs.Int("loops", 0, "event loops, 0..256; 0 = one per CPU core, as capsgate's resp.event_loops")
+	if err := fs.Parse(args); err != nil {
+		return 2
 	}
-	err := ServeLimit(context.Background(), addr, func(a string) { fmt.Println(a) })
+	if fs.NArg() > 0 || *loops < 0 || *loops > 256 {
+		fmt.Fprintf(os.Stderr, "capsbench serve-limit: want --addr HOST:PORT [--loops 0..256], got %q\n", args)
+		return 2
+	}
+	err := ServeLimit(context.Background(), *addr, *loops, func(a string) { fmt.Println(a) })
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "capsbench serve-limit:", err)
 		return 1
