@@ -58,12 +58,12 @@ func (s *Settings) check() error {
 		return fmt.Errorf("--seconds must be above 0 and at most 3600, got %v", s.Seconds)
 	case !(s.StallSeconds >= 0 && s.StallSeconds <= 3600):
 		return fmt.Errorf("--stall-seconds must be between 0 and 3600, got %v", s.StallSeconds)
-	case !(s.Rate > 0 && s.Rate <= 1e8):
-		return fmt.Errorf("--rate must be above 0 and at most 1e8, got %v", s.Rate)
+	case !validRate(s.Rate):
+		return fmt.Errorf("--rate must be above 0 and at most %.0f, got %v", maxRate, s.Rate)
 	}
 	for _, r := range s.SweepRates {
-		if !(r > 0 && r <= 1e8) {
-			return fmt.Errorf("--sweep rates must be above 0 and at most 1e8, got %v", r)
+		if !validRate(r) {
+			return fmt.Errorf("--sweep rates must be above 0 and at most %.0f, got %v", maxRate, r)
 		}
 	}
 	return nil
@@ -80,8 +80,8 @@ func ParseRates(list string, main float64) ([]float64, error) {
 			continue
 		}
 		r, err := strconv.ParseFloat(f, 64)
-		if err != nil || !(r > 0 && r <= 1e8) {
-			return nil, fmt.Errorf("bad rate %q: want requests per second above 0 and at most 1e8", f)
+		if err != nil || !validRate(r) {
+			return nil, fmt.Errorf("bad rate %q: want requests per second above 0 and at most %.0f", f, maxRate)
 		}
 		if r != main && !slices.Contains(rates, r) {
 			rates = append(rates, r)

@@ -107,8 +107,8 @@ func (l *Load) validate(open bool) error {
 		return fmt.Errorf("cannot run a load: --seconds must be above 0, got %v", l.Duration)
 	case !open && l.Pipeline < 1:
 		return fmt.Errorf("cannot run a load: --pipeline must be at least 1, got %d", l.Pipeline)
-	case open && !(l.Rate > 0 && l.Rate <= 1e8):
-		return fmt.Errorf("cannot run a load: --rate must be above 0 and at most 1e8, got %v", l.Rate)
+	case open && !validRate(l.Rate):
+		return fmt.Errorf("cannot run a load: --rate must be above 0 and at most %.0f, got %v", maxRate, l.Rate)
 	}
 	if l.MaxRequests <= 0 {
 		l.MaxRequests = math.MaxInt64
@@ -330,6 +330,12 @@ func Latency(ctx context.Context, l Load) (Result, error) {
 	// their streams were closed after it.
 	return res, errors.Join(sendErr, stallErr, recvErr)
 }
+
+// maxRate bounds an open loop's requests per second.
+const maxRate = 1e8
+
+// validRate reports whether r can pace an open loop (NaN cannot).
+func validRate(r float64) bool { return r > 0 && r <= maxRate }
 
 // byConn splits the requests [from, to) by connection (request j goes to
 // connection j mod conns): it calls f once for every connection with a

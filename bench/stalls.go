@@ -14,14 +14,14 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Stalls is what the machine itself does to a running thread: one thread
-// per CPU, pinned to it, reads the monotonic clock in a tight loop for a
-// while, and every gap between two readings longer than StallMinimum is
-// time the thread was not running — taken by the kernel (interrupts,
-// other work) or, on a virtual machine, by the hypervisor descheduling the
-// virtual CPU. Nothing the load generator or a server does can make an
-// open loop's tail shorter than these pauses: a request in flight during
-// one waits it out.
+// Stalls is what the machine does to a running thread: a goroutine per
+// CPU reads the monotonic clock in a tight loop for a while, and every
+// gap between two readings longer than StallMinimum is time its thread
+// was not running — taken by the kernel (interrupts, other work), another
+// process, the Go runtime or, on a virtual machine, the hypervisor
+// descheduling the virtual CPU. A server or load generator thread paused
+// with a request in flight delays that request as long, whatever either
+// of them does.
 type Stalls struct {
 	Seconds float64 `json:"seconds"`
 	CPUs    int     `json:"cpus"`
