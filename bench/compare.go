@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -161,10 +162,12 @@ func row(name, mode string, r Result) Row {
 	return row
 }
 
-// Compare starts each target in turn (in a temporary directory), runs the
-// closed and the open loop on it with the same client and settings, stops
-// it, and returns every result. log gets a line per run; bar, when not
-// nil, draws progress.
+// Compare measures the machine's pauses, starts every target (each in a
+// temporary directory), runs the closed loop against them in interleaved
+// rounds (throughputRounds), then the open loop against one after the
+// other, all with the same client and settings, stops them, and returns
+// every result. log gets a line per result; bar, when not nil, draws
+// progress.
 func Compare(ctx context.Context, s Settings, log io.Writer, bar *Bar) (Comparison, error) {
 	if err := s.check(); err != nil {
 		return Comparison{}, err
@@ -181,69 +184,116 @@ func Compare(ctx context.Context, s Settings, log io.Writer, bar *Bar) (Comparis
 		fmt.Fprintf(log, "machine stalls: %d CPUs spinning %.1fs lost %.2f%% in pauses > %v; %d > 250 µs, %d > 1 ms, longest %.0f µs\n",
 			st.CPUs, st.Seconds, st.StalledFraction*100, StallMinimum, st.Over250us, st.Over1ms, st.MaxUs)
 	}
+	var targets []*Target
+	defer func() {
+		for _, t := range targets {
+			_ = t.Stop()
+		}
+	}()
 	for _, name := range s.Targets {
 		t, err := startTarget(name)
 		if err != nil {
 			return cmp, fmt.Errorf("cannot start %s: %w", name, err)
 		}
-		type step struct {
-			mode  string
-			rate  float64
-			sweep bool
-		}
-		runs := []step{{ModeThroughput, 0, false}, {ModeLatency, s.Rate, false}}
-		for _, rate := range s.SweepRates {
-			runs = append(runs, step{ModeLatency, rate, true})
-		}
-		for _, run := range runs {
-			r, err := compareRun(ctx, s, t, run.mode, run.rate, !run.sweep, log, bar)
+		targets = append(targets, t)
+	}
+	rows, err := throughputRounds(ctx, s, targets, log, bar)
+	if err != nil {
+		return cmp, err
+	}
+	for i, t := range targets {
+		cmp.Results = append(cmp.Results, rows[i])
+		rates := append([]float64{s.Rate}, s.SweepRates...)
+		for j, rate := range rates {
+			r, err := latencyRun(ctx, s, t, rate, j == 0, log, bar)
 			if err != nil {
-				_ = t.Stop()
 				return cmp, err
 			}
-			if run.sweep {
-				cmp.Sweep = append(cmp.Sweep, r)
-			} else {
+			if j == 0 {
 				cmp.Results = append(cmp.Results, r)
+			} else {
+				cmp.Sweep = append(cmp.Sweep, r)
 			}
-		}
-		if err := t.Stop(); err != nil {
-			return cmp, fmt.Errorf("cannot stop %s: %w", name, err)
 		}
 	}
 	cmp.LoadEnd = loadAverage()
 	return cmp, nil
 }
 
-// compareRun runs one mode (at rate, for the open loop) against t and
-// returns its row; profile allows the CPU profiles Settings ask for.
-func compareRun(ctx context.Context, s Settings, t *Target, mode string, rate float64, profile bool, log io.Writer, bar *Bar) (Row, error) {
+// throughputRounds runs the closed loop against every target, in rounds
+// of about a second that take the targets in turn, so that a change in
+// what else the machine does weighs on all of them alike: their ratios
+// come from the same moments. It returns a row per target. The CPU
+// profiles Settings ask for of the throughput mode cover capsgate's first
+// round.
+func throughputRounds(ctx context.Context, s Settings, targets []*Target, log io.Writer, bar *Bar) ([]Row, error) {
+	rounds := max(1, int(math.Round(s.Seconds)))
+	slice := time.Duration(s.Seconds * float64(time.Second) / float64(rounds))
+	results := make([]Result, len(targets))
+	meters := make([]*cpuMeter, len(targets))
+	profiled := make([][2]string, len(targets)) // server, generator profile names
+	for i, t := range targets {
+		meters[i] = newCPUMeter(t.pid)
+	}
+	for round := range rounds {
+		for i, t := range targets {
+			l := Load{Addr: t.Addr, Frame: t.Frame, Duration: slice, MaxRequests: int64(5e6 * slice.Seconds()),
+				Conns: s.ThroughputConns, Pipeline: s.Pipeline}
+			l.Progress = bar.Func(fmt.Sprintf("%s throughput %d/%d", t.Name, round+1, rounds))
+			var prof *profiles
+			if round == 0 && s.ProfileDir != "" && t.AdminAddr != "" && slices.Contains(s.ProfileModes, ModeThroughput) {
+				prof = startProfiles(ctx, t, ModeThroughput, slice, s.ProfileDir)
+			}
+			meters[i].start()
+			res, err := Throughput(ctx, l)
+			meters[i].stop()
+			bar.Done()
+			if prof != nil {
+				profiled[i][0], profiled[i][1] = prof.wait(log)
+			}
+			if err == nil && res.Requests == 0 {
+				err = errors.New("no request was answered")
+			}
+			if err != nil {
+				return nil, fmt.Errorf("%s throughput: %w", t.Name, err)
+			}
+			results[i].add(res)
+		}
+	}
+	rows := make([]Row, len(targets))
+	for i, t := range targets {
+		r := row(t.Name, ModeThroughput, results[i])
+		r.ServerCPU, r.GeneratorCPU = meters[i].cores()
+		r.ServerProfile, r.GeneratorProfile = profiled[i][0], profiled[i][1]
+		logRow(log, t.Name, ModeThroughput, r)
+		rows[i] = r
+	}
+	return rows, nil
+}
+
+// latencyRun runs the open loop at rate against t and returns its row;
+// profile allows the CPU profiles Settings ask for of the latency mode.
+func latencyRun(ctx context.Context, s Settings, t *Target, rate float64, profile bool, log io.Writer, bar *Bar) (Row, error) {
 	dur := time.Duration(s.Seconds * float64(time.Second))
-	l := Load{Addr: t.Addr, Frame: t.Frame, Duration: dur, MaxRequests: int64(5e6 * s.Seconds)}
-	label := mode
+	l := Load{Addr: t.Addr, Frame: t.Frame, Duration: dur, MaxRequests: int64(5e6 * s.Seconds), Conns: s.Conns, Rate: rate}
+	label := ModeLatency
 	if !profile {
 		label += fmt.Sprintf(" %.0f/s", rate)
 	}
 	l.Progress = bar.Func(t.Name + " " + label)
 	var prof *profiles
-	if profile && s.ProfileDir != "" && t.AdminAddr != "" && slices.Contains(s.ProfileModes, mode) {
-		prof = startProfiles(ctx, t, mode, dur, s.ProfileDir)
+	if profile && s.ProfileDir != "" && t.AdminAddr != "" && slices.Contains(s.ProfileModes, ModeLatency) {
+		prof = startProfiles(ctx, t, ModeLatency, dur, s.ProfileDir)
 	}
-	cpu := startCPU(t.pid)
-	var res Result
-	var err error
-	if mode == ModeThroughput {
-		l.Conns, l.Pipeline = s.ThroughputConns, s.Pipeline
-		res, err = Throughput(ctx, l)
-	} else {
-		l.Conns, l.Rate = s.Conns, rate
-		res, err = Latency(ctx, l)
-	}
+	cpu := newCPUMeter(t.pid)
+	cpu.start()
+	res, err := Latency(ctx, l)
+	cpu.stop()
 	bar.Done()
 	if err == nil && res.Requests == 0 {
 		err = errors.New("no request was answered")
 	}
-	r := row(t.Name, mode, res)
+	r := row(t.Name, ModeLatency, res)
 	r.Rate = rate
 	r.ServerCPU, r.GeneratorCPU = cpu.cores()
 	if prof != nil {
@@ -252,9 +302,14 @@ func compareRun(ctx context.Context, s Settings, t *Target, mode string, rate fl
 	if err != nil {
 		return r, fmt.Errorf("%s %s: %w", t.Name, label, err)
 	}
-	fmt.Fprintf(log, "%-9s %-16s %12.0f ops/s  p50 %7.1f µs  p99 %8.1f µs  p99.9 %8.1f µs  admitted %.3f  errors %d  cpu %.2f+%.2f\n",
-		t.Name, label, r.OpsPerSec, r.P50us, r.P99us, r.P999us, r.AdmittedFraction, r.ErrorReplies, r.ServerCPU, r.GeneratorCPU)
+	logRow(log, t.Name, label, r)
 	return r, nil
+}
+
+// logRow prints one result line.
+func logRow(log io.Writer, name, label string, r Row) {
+	fmt.Fprintf(log, "%-9s %-16s %12.0f ops/s  p50 %7.1f µs  p99 %8.1f µs  p99.9 %8.1f µs  admitted %.3f  errors %d  cpu %.2f+%.2f\n",
+		name, label, r.OpsPerSec, r.P50us, r.P99us, r.P999us, r.AdmittedFraction, r.ErrorReplies, r.ServerCPU, r.GeneratorCPU)
 }
 
 // profiles are the CPU profiles being taken during one run.

@@ -1,9 +1,12 @@
 package bench
 
 import (
+	"time"
+
 	"bytes"
 	"context"
 	"encoding/json"
+	"github.com/capsgate/capsgate/admission/client"
 	"io"
 	"math"
 	"os"
@@ -285,4 +288,41 @@ func TestSweepTable(t *testing.T) {
 		"| 5000 | 100 / 500 / 3000 | 97 / 549 / 3097 |\n"+
 		"| 10000 | 80 / 300 / 2000 | |\n"+
 		"| 50000 | 90 / 1200 / 4500 | 89 / 1100 / 3000 |\n", sweepTable(c))
+}
+
+func TestThroughputRounds(t *testing.T) {
+	var targets []*Target
+	for _, name := range []string{"a", "b"} {
+		l := NewLimit("127.0.0.1:0")
+		require.NoError(t, l.Start())
+		t.Cleanup(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			require.NoError(t, l.Stop(ctx))
+		})
+		targets = append(targets, &Target{Name: name, Addr: l.Addr(), Frame: client.AppendCommand(nil, "ADMIT", "bench")})
+	}
+	s := DefaultSettings()
+	s.Seconds, s.ThroughputConns, s.Pipeline = 1.6, 2, 8
+	var drawn, log bytes.Buffer
+	rows, err := throughputRounds(context.Background(), s, targets, &log, &Bar{w: &drawn})
+	require.NoError(t, err)
+	require.Len(t, rows, 2)
+	for i, r := range rows {
+		require.Equal(t, targets[i].Name, r.Name)
+		require.Equal(t, ModeThroughput, r.Mode)
+		require.Positive(t, r.OpsPerSec)
+		require.Equal(t, r.Requests, int64(r.AdmittedFraction*float64(r.Requests)+0.5))
+		require.Positive(t, r.GeneratorCPU, "this process's CPU, summed over its rounds")
+		require.Zero(t, r.ServerCPU, "no server process to read")
+	}
+	// Two rounds of 0.8 s, taking the targets in turn.
+	var order []string
+	for _, l := range strings.Split(drawn.String(), "\r") {
+		if f := strings.Fields(l); len(f) >= 3 && (len(order) == 0 || order[len(order)-1] != f[0]+" "+f[2]) {
+			order = append(order, f[0]+" "+f[2])
+		}
+	}
+	require.Equal(t, []string{"a 1/2", "b 1/2", "a 2/2", "b 2/2"}, order)
+	require.Equal(t, 2, strings.Count(log.String(), "throughput"), log.String())
 }

@@ -94,6 +94,23 @@ func merge(ts []tally, elapsed time.Duration) Result {
 	return res
 }
 
+// add adds o, a run of the same load, to r.
+func (r *Result) add(o Result) {
+	r.Requests += o.Requests
+	r.Elapsed += o.Elapsed
+	r.Admitted += o.Admitted
+	r.ErrorReplies += o.ErrorReplies
+	if o.LastError != "" {
+		r.LastError = o.LastError
+	}
+	r.Latency.Merge(&o.Latency)
+	r.SendLag.Merge(&o.SendLag)
+	r.MaxSendLag = max(r.MaxSendLag, o.MaxSendLag)
+	if r.Elapsed > 0 {
+		r.OpsPerSec = float64(r.Requests) / r.Elapsed.Seconds()
+	}
+}
+
 // validate fills defaults and rejects what cannot run.
 func (l *Load) validate(open bool) error {
 	switch {

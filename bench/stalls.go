@@ -178,38 +178,55 @@ func parseStatCPU(b []byte) (time.Duration, error) {
 	return time.Duration(ticks) * time.Second / userHZ, nil
 }
 
-// cpuMeter measures the CPU the server (pid) and this process use over a
-// run, in cores (CPU seconds per second).
+// cpuMeter adds up the CPU the server (pid) and this process use over
+// the spans between start and stop, in cores (CPU seconds per second).
 type cpuMeter struct {
-	pid              int
-	server, self     time.Duration
-	serverOK, selfOK bool
-	at               time.Time
+	pid                 int
+	server, self, spans time.Duration // summed over the spans
+	okServer, okSelf    bool          // every reading so far worked
+	server0, self0      time.Duration // at the span's start
+	at                  time.Time
 }
 
-func startCPU(pid int) *cpuMeter {
-	m := &cpuMeter{pid: pid, at: time.Now()}
-	if pid > 0 {
-		v, err := processCPU(pid)
-		m.server, m.serverOK = v, err == nil
+func newCPUMeter(pid int) *cpuMeter { return &cpuMeter{pid: pid, okServer: pid > 0, okSelf: true} }
+
+// read returns process pid's CPU time, and whether ok still holds.
+func readCPU(pid int, ok bool) (time.Duration, bool) {
+	if !ok {
+		return 0, false
 	}
-	v, err := processCPU(0)
-	m.self, m.selfOK = v, err == nil
-	return m
+	v, err := processCPU(pid)
+	return v, err == nil
 }
 
-// cores returns the server's and this process's CPU use since start, in
-// cores; 0 where it could not be read.
+func (m *cpuMeter) start() {
+	m.at = time.Now()
+	m.server0, m.okServer = readCPU(m.pid, m.okServer)
+	m.self0, m.okSelf = readCPU(0, m.okSelf)
+}
+
+func (m *cpuMeter) stop() {
+	m.spans += time.Since(m.at)
+	var v time.Duration
+	if v, m.okServer = readCPU(m.pid, m.okServer); m.okServer {
+		m.server += v - m.server0
+	}
+	if v, m.okSelf = readCPU(0, m.okSelf); m.okSelf {
+		m.self += v - m.self0
+	}
+}
+
+// cores returns the server's and this process's CPU use over the spans,
+// in cores; 0 where it could not be read.
 func (m *cpuMeter) cores() (server, self float64) {
-	el := time.Since(m.at).Seconds()
-	if el <= 0 {
+	if m.spans <= 0 {
 		return 0, 0
 	}
-	if v, err := processCPU(m.pid); m.serverOK && m.pid > 0 && err == nil {
-		server = (v - m.server).Seconds() / el
+	if m.okServer {
+		server = m.server.Seconds() / m.spans.Seconds()
 	}
-	if v, err := processCPU(0); m.selfOK && err == nil {
-		self = (v - m.self).Seconds() / el
+	if m.okSelf {
+		self = m.self.Seconds() / m.spans.Seconds()
 	}
 	return server, self
 }
