@@ -80,16 +80,7 @@ func merge(ts []tally, elapsed time.Duration) Result {
 	res := Result{Elapsed: elapsed}
 	for i := range ts {
 		t := &ts[i]
-		res.Requests += t.requests
-		res.Admitted += t.admitted
-		res.ErrorReplies += t.errors
-		if t.lastError != "" {
-			res.LastError = t.lastError
-		}
-		res.Latency.Merge(&t.hist)
-	}
-	if elapsed > 0 {
-		res.OpsPerSec = float64(res.Requests) / elapsed.Seconds()
+		res.add(Result{Requests: t.requests, Admitted: t.admitted, ErrorReplies: t.errors, LastError: t.lastError, Latency: t.hist})
 	}
 	return res
 }
