@@ -163,10 +163,10 @@ func row(name, mode string, r Result) Row {
 }
 
 // Compare measures the machine's pauses, starts every target (each in a
-// temporary directory), runs the closed loop against them in interleaved
-// rounds (throughputRounds), then the open loop against one after the
-// other, all with the same client and settings, stops them, and returns
-// every result. log gets a line per result; bar, when not nil, draws
+// temporary directory), runs the closed loop, the open loop and the
+// sweep's open loops against them, each in interleaved rounds (inRounds),
+// all with the same client and settings, stops them, and returns every
+// result. log gets a line per result; bar, when not nil, draws
 // progress.
 func Compare(ctx context.Context, s Settings, log io.Writer, bar *Bar) (Comparison, error) {
 	if err := s.check(); err != nil {
@@ -197,38 +197,41 @@ func Compare(ctx context.Context, s Settings, log io.Writer, bar *Bar) (Comparis
 		}
 		targets = append(targets, t)
 	}
-	rows, err := throughputRounds(ctx, s, targets, log, bar)
+	rows, err := inRounds(ctx, s, targets, ModeThroughput, 0, true, log, bar)
 	if err != nil {
 		return cmp, err
 	}
-	for i, t := range targets {
-		cmp.Results = append(cmp.Results, rows[i])
-		rates := append([]float64{s.Rate}, s.SweepRates...)
-		for j, rate := range rates {
-			r, err := latencyRun(ctx, s, t, rate, j == 0, log, bar)
-			if err != nil {
-				return cmp, err
-			}
-			if j == 0 {
-				cmp.Results = append(cmp.Results, r)
-			} else {
-				cmp.Sweep = append(cmp.Sweep, r)
-			}
+	lat, err := inRounds(ctx, s, targets, ModeLatency, s.Rate, true, log, bar)
+	if err != nil {
+		return cmp, err
+	}
+	for i := range targets {
+		cmp.Results = append(cmp.Results, rows[i], lat[i])
+	}
+	for _, rate := range s.SweepRates {
+		rows, err := inRounds(ctx, s, targets, ModeLatency, rate, false, log, bar)
+		if err != nil {
+			return cmp, err
 		}
+		cmp.Sweep = append(cmp.Sweep, rows...)
 	}
 	cmp.LoadEnd = loadAverage()
 	return cmp, nil
 }
 
-// throughputRounds runs the closed loop against every target, in rounds
-// of about a second that take the targets in turn, so that a change in
-// what else the machine does weighs on all of them alike: their ratios
-// come from the same moments. It returns a row per target. The CPU
-// profiles Settings ask for of the throughput mode cover capsgate's first
-// round.
-func throughputRounds(ctx context.Context, s Settings, targets []*Target, log io.Writer, bar *Bar) ([]Row, error) {
+// inRounds runs one mode (the open loop at rate) against every target
+// for Settings.Seconds, in rounds of about a second that take the targets
+// in turn, so that a change in what else the machine does weighs on all
+// of them alike: their ratios come from the same moments. It returns a
+// row per target. With profile, the CPU profiles Settings ask for of the
+// mode are taken during capsgate's first round.
+func inRounds(ctx context.Context, s Settings, targets []*Target, mode string, rate float64, profile bool, log io.Writer, bar *Bar) ([]Row, error) {
 	rounds := max(1, int(math.Round(s.Seconds)))
 	slice := time.Duration(s.Seconds * float64(time.Second) / float64(rounds))
+	label := mode
+	if mode == ModeLatency && !profile {
+		label += fmt.Sprintf(" %.0f/s", rate)
+	}
 	results := make([]Result, len(targets))
 	meters := make([]*cpuMeter, len(targets))
 	profiled := make([][2]string, len(targets)) // server, generator profile names
@@ -237,15 +240,22 @@ func throughputRounds(ctx context.Context, s Settings, targets []*Target, log io
 	}
 	for round := range rounds {
 		for i, t := range targets {
-			l := Load{Addr: t.Addr, Frame: t.Frame, Duration: slice, MaxRequests: int64(5e6 * slice.Seconds()),
-				Conns: s.ThroughputConns, Pipeline: s.Pipeline}
-			l.Progress = bar.Func(fmt.Sprintf("%s throughput %d/%d", t.Name, round+1, rounds))
+			l := Load{Addr: t.Addr, Frame: t.Frame, Duration: slice, MaxRequests: int64(5e6 * slice.Seconds())}
+			l.Progress = bar.Func(fmt.Sprintf("%s %s %d/%d", t.Name, label, round+1, rounds))
 			var prof *profiles
-			if round == 0 && s.ProfileDir != "" && t.AdminAddr != "" && slices.Contains(s.ProfileModes, ModeThroughput) {
-				prof = startProfiles(ctx, t, ModeThroughput, slice, s.ProfileDir)
+			if profile && round == 0 && s.ProfileDir != "" && t.AdminAddr != "" && slices.Contains(s.ProfileModes, mode) {
+				prof = startProfiles(ctx, t, mode, slice, s.ProfileDir)
 			}
+			var res Result
+			var err error
 			meters[i].start()
-			res, err := Throughput(ctx, l)
+			if mode == ModeThroughput {
+				l.Conns, l.Pipeline = s.ThroughputConns, s.Pipeline
+				res, err = Throughput(ctx, l)
+			} else {
+				l.Conns, l.Rate = s.Conns, rate
+				res, err = Latency(ctx, l)
+			}
 			meters[i].stop()
 			bar.Done()
 			if prof != nil {
@@ -255,55 +265,21 @@ func throughputRounds(ctx context.Context, s Settings, targets []*Target, log io
 				err = errors.New("no request was answered")
 			}
 			if err != nil {
-				return nil, fmt.Errorf("%s throughput: %w", t.Name, err)
+				return nil, fmt.Errorf("%s %s: %w", t.Name, label, err)
 			}
 			results[i].add(res)
 		}
 	}
 	rows := make([]Row, len(targets))
 	for i, t := range targets {
-		r := row(t.Name, ModeThroughput, results[i])
+		r := row(t.Name, mode, results[i])
+		r.Rate = rate
 		r.ServerCPU, r.GeneratorCPU = meters[i].cores()
 		r.ServerProfile, r.GeneratorProfile = profiled[i][0], profiled[i][1]
-		logRow(log, t.Name, ModeThroughput, r)
+		logRow(log, t.Name, label, r)
 		rows[i] = r
 	}
 	return rows, nil
-}
-
-// latencyRun runs the open loop at rate against t and returns its row;
-// profile allows the CPU profiles Settings ask for of the latency mode.
-func latencyRun(ctx context.Context, s Settings, t *Target, rate float64, profile bool, log io.Writer, bar *Bar) (Row, error) {
-	dur := time.Duration(s.Seconds * float64(time.Second))
-	l := Load{Addr: t.Addr, Frame: t.Frame, Duration: dur, MaxRequests: int64(5e6 * s.Seconds), Conns: s.Conns, Rate: rate}
-	label := ModeLatency
-	if !profile {
-		label += fmt.Sprintf(" %.0f/s", rate)
-	}
-	l.Progress = bar.Func(t.Name + " " + label)
-	var prof *profiles
-	if profile && s.ProfileDir != "" && t.AdminAddr != "" && slices.Contains(s.ProfileModes, ModeLatency) {
-		prof = startProfiles(ctx, t, ModeLatency, dur, s.ProfileDir)
-	}
-	cpu := newCPUMeter(t.pid)
-	cpu.start()
-	res, err := Latency(ctx, l)
-	cpu.stop()
-	bar.Done()
-	if err == nil && res.Requests == 0 {
-		err = errors.New("no request was answered")
-	}
-	r := row(t.Name, ModeLatency, res)
-	r.Rate = rate
-	r.ServerCPU, r.GeneratorCPU = cpu.cores()
-	if prof != nil {
-		r.ServerProfile, r.GeneratorProfile = prof.wait(log)
-	}
-	if err != nil {
-		return r, fmt.Errorf("%s %s: %w", t.Name, label, err)
-	}
-	logRow(log, t.Name, label, r)
-	return r, nil
 }
 
 // logRow prints one result line.

@@ -290,7 +290,7 @@ func TestSweepTable(t *testing.T) {
 		"| 50000 | 90 / 1200 / 4500 | 89 / 1100 / 3000 |\n", sweepTable(c))
 }
 
-func TestThroughputRounds(t *testing.T) {
+func TestInRounds(t *testing.T) {
 	var targets []*Target
 	for _, name := range []string{"a", "b"} {
 		l := NewLimit("127.0.0.1:0")
@@ -305,7 +305,7 @@ func TestThroughputRounds(t *testing.T) {
 	s := DefaultSettings()
 	s.Seconds, s.ThroughputConns, s.Pipeline = 1.6, 2, 8
 	var drawn, log bytes.Buffer
-	rows, err := throughputRounds(context.Background(), s, targets, &log, &Bar{w: &drawn})
+	rows, err := inRounds(context.Background(), s, targets, ModeThroughput, 0, true, &log, &Bar{w: &drawn})
 	require.NoError(t, err)
 	require.Len(t, rows, 2)
 	for i, r := range rows {
@@ -325,4 +325,14 @@ func TestThroughputRounds(t *testing.T) {
 	}
 	require.Equal(t, []string{"a 1/2", "b 1/2", "a 2/2", "b 2/2"}, order)
 	require.Equal(t, 2, strings.Count(log.String(), "throughput"), log.String())
+
+	// The open loop: every round sends its share, exactly.
+	rows, err = inRounds(context.Background(), s, targets, ModeLatency, 2000, false, &log, nil)
+	require.NoError(t, err)
+	for _, r := range rows {
+		require.EqualValues(t, 2*1600, r.Requests, "2 rounds × 0.8 s × 2000/s")
+		require.Equal(t, 2000.0, r.Rate)
+		require.Equal(t, 1.0, r.AdmittedFraction)
+	}
+	require.Contains(t, log.String(), "latency 2000/s")
 }

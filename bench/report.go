@@ -22,9 +22,9 @@ func WriteReport(c Comparison, dir, profileDir string) error {
 	s := c.Settings
 	fmt.Fprintf(&b, "# capsbench compare\n\n")
 	fmt.Fprintf(&b, "Each target for %gs per mode, with the same client (admission/client on netpoll) and the load generator on "+
-		"the same machine: throughput = closed loop, %d connections × %d pipelined, in rounds of about a second that take the "+
-		"targets in turn (all of them see the same moments of the machine); latency = open loop, %.0f requests/s over %d "+
-		"connections, no pipelining, one target after the other.\n\n", s.Seconds, s.ThroughputConns, s.Pipeline, s.Rate, s.Conns)
+		"the same machine, in rounds of about a second that take the targets in turn (all of them see the same moments of "+
+		"the machine): throughput = closed loop, %d connections × %d pipelined; latency = open loop, %.0f requests/s over %d "+
+		"connections, no pipelining.\n\n", s.Seconds, s.ThroughputConns, s.Pipeline, s.Rate, s.Conns)
 	if c.LoadStart != "" {
 		fmt.Fprintf(&b, "Machine: %d CPUs; load average (1, 5, 15 min) %s before the runs, %s after.\n\n", c.CPUs, c.LoadStart, c.LoadEnd)
 	}
