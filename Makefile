@@ -4,11 +4,11 @@
 # node's, capsgate-latency.pprof, and the generator's,
 # capsbench-latency.pprof), whose top entries report.md shows under a
 # missed target. Needs Debian's
-# redis-server. About 90 s: the machine's own pauses for 5 s, then 3
+# redis-server. About 3 minutes: the machine's own pauses for 5 s, then 3
 # targets × (2 modes + 3 lower open-loop rates) × BENCH_SECONDS. The
 # machine should be quiet (see `uptime`): the report records the load
 # average and the pauses.
-BENCH_SECONDS ?= 5
+BENCH_SECONDS ?= 10
 RESULTS ?= bench/results
 BIN ?= $(CURDIR)/bench/results/tmp/bin
 

@@ -91,7 +91,7 @@ func WriteReport(c Comparison, dir, profileDir string) error {
 			continue
 		}
 		shown[v.Mode] = true
-		fmt.Fprintf(&b, "CPU profiles taken during the capsgate %s run, top %d by own time "+
+		fmt.Fprintf(&b, "CPU profiles taken during the first round of the capsgate %s run, top %d by own time "+
 			"(`go tool pprof -top -nodecount=%d FILE`):\n", v.Mode, profileTopN, profileTopN)
 		for _, f := range []struct{ file, what string }{
 			{r.ServerProfile, "the capsgate node (its admin API's `/debug/pprof/profile`)"},
