@@ -67,3 +67,48 @@ func TestAllocateInvariants(t *testing.T) {
 	}
 	require.NoError(t, quick.Check(check, &quick.Config{MaxCount: 5000}))
 }
+
+func TestWholeParts(t *testing.T) {
+	// 10 sessions over 3 idle nodes: 3.33 each; rounding down alone would
+	// leave one unused.
+	require.Equal(t, []int64{4, 3, 3}, WholeParts(Allocate(10, []float64{0, 0, 0})), "the unit left to the earliest of equal remainders")
+	require.Equal(t, []int64{3, 4, 3}, WholeParts([]float64{3.2, 3.6, 3.2}))
+	require.Equal(t, []int64{2, 1, 2}, WholeParts([]float64{1.7, 1.6, 1.7}), "largest remainders first")
+	require.Equal(t, []int64{2, 1, 1}, WholeParts([]float64{1.7, 1.6, 1.1}), "4.4: four units")
+	// Floating-point error does not cost a unit: 1/3 of 3 each.
+	third := 1.0 / 3.0
+	require.Equal(t, []int64{1, 1, 1}, WholeParts([]float64{third * 3, third * 3, third * 3}))
+	require.Equal(t, []int64{0, 0}, WholeParts([]float64{0.4, 0.4}), "0.8 is no whole unit")
+	require.Equal(t, []int64{0, 5}, WholeParts([]float64{-1, 5}), "a negative share counts as none")
+	require.Empty(t, WholeParts(nil))
+	require.EqualValues(t, 1, wholeOf(third, 3))
+	require.EqualValues(t, 3, wholeOf(0.3, 10))
+	require.EqualValues(t, 2, wholeOf(0.29, 10))
+}
+
+func TestWholePartsInvariants(t *testing.T) {
+	check := func(limitSeed uint16, raw []uint16) bool {
+		if len(raw) == 0 || len(raw) > 50 {
+			return true
+		}
+		limit := float64(limitSeed % 5000)
+		held := make([]float64, len(raw))
+		for i, r := range raw {
+			held[i] = float64(r % 200)
+		}
+		shares := Allocate(limit, held)
+		parts := WholeParts(shares)
+		var sum int64
+		for i, p := range parts {
+			// Never less than the share rounded down, never a unit more
+			// than it rounded up.
+			if p < int64(math.Floor(shares[i]+wholeEpsilon)) || float64(p) > math.Ceil(shares[i])+wholeEpsilon {
+				return false
+			}
+			sum += p
+		}
+		// The whole licence is used, and no more.
+		return sum == int64(math.Floor(limit+wholeEpsilon))
+	}
+	require.NoError(t, quick.Check(check, &quick.Config{MaxCount: 2000}))
+}
