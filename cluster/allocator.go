@@ -1,10 +1,5 @@
 package cluster
 
-import (
-	"math"
-	"sort"
-)
-
 // FloorFraction is the part of a service's licensed CAPS split evenly among
 // all live nodes whatever their demand, so a node that suddenly receives
 // traffic has capacity before the next demand exchange reaches everyone.
@@ -41,47 +36,4 @@ func Allocate(limit float64, demands []float64) []float64 {
 		}
 	}
 	return shares
-}
-
-// wholeEpsilon absorbs floating-point error when a part of a licence is
-// turned into a whole number of sessions or subscribers: k/L × L may come
-// out a hair under k.
-const wholeEpsilon = 1e-6
-
-// WholeParts turns shares of a count (sessions, subscribers) into whole
-// numbers that sum to ⌊Σ shares⌋: each share is rounded down, and the
-// units left go one each to the largest remainders, ties to the earlier
-// node. Rounding each node's share down on its own would leave up to n−1
-// licensed units unused; nodes that compute WholeParts from the same
-// shares get the same parts, which still sum to no more than the licence.
-// No part is less than its share rounded down.
-func WholeParts(shares []float64) []int64 {
-	parts := make([]int64, len(shares))
-	var sum float64
-	var given int64
-	for i, s := range shares {
-		s = max(s, 0)
-		sum += s
-		parts[i] = int64(math.Floor(s + wholeEpsilon))
-		given += parts[i]
-	}
-	left := int64(math.Floor(sum+wholeEpsilon)) - given
-	if left <= 0 {
-		return parts
-	}
-	order := make([]int, len(shares))
-	for i := range order {
-		order[i] = i
-	}
-	rem := func(i int) float64 { return max(shares[i], 0) - float64(parts[i]) }
-	sort.SliceStable(order, func(a, b int) bool { return rem(order[a]) > rem(order[b]) })
-	for _, i := range order[:min(int(left), len(order))] {
-		parts[i]++
-	}
-	return parts
-}
-
-// wholeOf is fraction of total as a whole number, rounded down.
-func wholeOf(fraction float64, total int64) int64 {
-	return int64(math.Floor(fraction*float64(total) + wholeEpsilon))
 }

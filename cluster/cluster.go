@@ -434,13 +434,11 @@ func (c *Cluster) allocate(now time.Time) {
 				sh.CAPS = shares[self] / l.CAPS
 			}
 		}
-		// Sessions and subscribers are counted in whole units: the parts
-		// are whole numbers that use the whole licence (WholeParts).
 		if l.Sessions > 0 && self >= 0 {
-			sh.Sessions = float64(WholeParts(Allocate(side.Fraction*float64(l.Sessions), sessions))[self]) / float64(l.Sessions)
+			sh.Sessions = Allocate(side.Fraction*float64(l.Sessions), sessions)[self] / float64(l.Sessions)
 		}
 		if l.Subscribers > 0 && self >= 0 {
-			sh.Subscribers = float64(WholeParts(Allocate(side.Fraction*float64(l.Subscribers), subs))[self]) / float64(l.Subscribers)
+			sh.Subscribers = Allocate(side.Fraction*float64(l.Subscribers), subs)[self] / float64(l.Subscribers)
 		}
 		if l.Tokens != admission.Unlimited && self >= 0 && c.clusteredLocked() {
 			sh.TokensShared = true

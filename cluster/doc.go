@@ -97,10 +97,7 @@
 // the demand): while the licence covers what all hold, every node's limit is
 // at least what it holds plus an even part of the spare, so the farm never
 // holds more than licensed beyond one exchange interval of new sessions on
-// a node whose report others have not yet seen. The parts are whole numbers
-// that use the whole licence (WholeParts: each share rounded down, the
-// units left to the largest remainders), so 10 sessions over 3 nodes are
-// 4, 3 and 3, not 3 each. A RELEASE that finds nothing on
+// a node whose report others have not yet seen. A RELEASE that finds nothing on
 // the node it reaches, and every DEREGISTER (the subscriber may have just
 // registered again elsewhere), is forwarded to every member, in
 // batches over memberlist's reliable (TCP) channel.

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"math"
 	"sync"
 
 	"github.com/capsgate/capsgate/admission"
@@ -87,10 +88,10 @@ func (s *Shares) applyLocked(service string) error {
 			local.CAPS = sh.CAPS * l.CAPS
 		}
 		if sh.Sessions >= 0 && l.Sessions != admission.Unlimited {
-			local.Sessions = wholeOf(sh.Sessions, l.Sessions)
+			local.Sessions = int64(math.Floor(sh.Sessions * float64(l.Sessions)))
 		}
 		if sh.Subscribers >= 0 && l.Subscribers != admission.Unlimited {
-			local.Subscribers = wholeOf(sh.Subscribers, l.Subscribers)
+			local.Subscribers = int64(math.Floor(sh.Subscribers * float64(l.Subscribers)))
 		}
 		if sh.TokensShared && l.Tokens != admission.Unlimited {
 			local.TokensShared, local.TokensBudget, local.AccountBudgets = true, sh.TokensBudget, sh.AccountBudgets

@@ -260,38 +260,3 @@ func TestAccountAllocationSharedByTheCluster(t *testing.T) {
 	assert.LessOrEqual(t, run.Total.Admitted, 300, "the account never spends more than its allocation in the cluster")
 	assert.GreaterOrEqual(t, run.Total.Admitted, 290, "and spends nearly all of it")
 }
-
-// Counts are shared in whole units that use the whole licence: 10 sessions
-// over 3 nodes are parts of 4, 3 and 3 (each node rounding 10/3 down on
-// its own would leave one unused).
-func TestWholeLicenceOfSessionsAndSubscribers(t *testing.T) {
-	needsProcesses(t, "3 capsgate nodes")
-	c := licensedFarm(t, nil, "voice", 1000, "--sessions", "10", "--subscribers", "10", "--id", "voice-whole")
-	n := c.Nodes()
-	for _, field := range []string{"sessions_licensed", "subscribers_licensed"} {
-		sum, took := total(t, c, "voice", field, 10, 2*time.Second)
-		t.Logf("%s: n1 %d, n2 %d, n3 %d after %v", field, quota(t, n[0], "voice", field), quota(t, n[1], "voice", field),
-			quota(t, n[2], "voice", field), took)
-		require.Equal(t, int64(10), sum, "the parts add up to the licence")
-	}
-	// Fill every node's part, then one more is refused everywhere.
-	calls := 0
-	for i, node := range n {
-		for range quota(t, node, "voice", "sessions_licensed") {
-			ok, reason, _, err := node.Decision("ADMIT", "voice", "CALL", fmt.Sprintf("call-%d", calls))
-			require.NoError(t, err)
-			require.True(t, ok, "n%d: %s", i+1, reason)
-			calls++
-		}
-	}
-	require.Equal(t, 10, calls)
-	time.Sleep(300 * time.Millisecond) // the held counts are exchanged
-	for i, node := range n {
-		ok, reason, _, err := node.Decision("ADMIT", "voice", "CALL", fmt.Sprintf("extra-%d", i))
-		require.NoError(t, err)
-		require.False(t, ok, "n%d admitted an 11th session", i+1)
-		require.Equal(t, "SESSIONS", reason)
-	}
-	sum, _ := total(t, c, "voice", "sessions_used", 10, time.Second)
-	require.Equal(t, int64(10), sum)
-}
