@@ -123,8 +123,12 @@ func (g *gcra) available(tat *atomic.Int64, now int64) int64 {
 // rescale carries a bucket's state across a change of rate at now: what
 // the bucket owed (TAT ahead of now) is kept in tokens, not in time, so
 // raising the rate does not leave the old, slower debt in the way (an idle
-// cluster node whose share rises from a trickle to its demand). A bucket
-// that was closed or unlimited starts full.
+// cluster node whose share rises from a trickle to its demand). All of it
+// is kept, even beyond the new, smaller depth after a fall: the attempts
+// were admitted, and forgiving them would let a cluster whose shares move
+// admit more than its licence's burst (a node that spent its burst and
+// falls would get part of it back while the node that rises gets its
+// larger depth). A bucket that was closed or unlimited starts full.
 func rescale(tat *atomic.Int64, old, cur *gcra, now int64) {
 	if cur.mode != gcraLimited {
 		return
@@ -134,7 +138,7 @@ func rescale(tat *atomic.Int64, old, cur *gcra, now int64) {
 		next := now // full
 		if old.mode == gcraLimited && t > now {
 			owed := float64(t-now) / float64(old.interval)
-			next = now + min(int64(owed*float64(cur.interval)), cur.tolerance+cur.interval)
+			next = now + int64(min(owed*float64(cur.interval), 1<<62))
 		}
 		if t == next || tat.CompareAndSwap(t, next) {
 			return

@@ -361,6 +361,25 @@ func TestSetLimitsLiveKeepsState(t *testing.T) {
 	require.Equal(t, uint64(50+50+ok), e.Service("voice").Stats().Admissions[OK])
 }
 
+// TestRateFallKeepsTheDebt: a bucket that spent its burst and whose rate
+// falls (a cluster node whose share moves to another) keeps owing every
+// attempt it admitted, beyond its new, smaller depth: it admits the new
+// rate less what it still owes, not a fresh part of a burst.
+func TestRateFallKeepsTheDebt(t *testing.T) {
+	e, clk := newTestEngine(t, capsOnly(1000))
+	now := clk.Now()
+	burst, _ := admitted(1000, func(int) Decision { return e.Admit(now, svc, nil, nil, Normal) })
+	require.Equal(t, 100, burst, "1000 CAPS: a depth of 0.1 s")
+	require.NoError(t, e.SetLimits("voice", capsOnly(500)))
+	// Owed: 100 attempts = 200 ms at 500/s; the new depth is 50. Over the
+	// next second, 2000 offered evenly: 500 refilled − 50 owed beyond the
+	// depth = 450.
+	ok, _ := admitted(2000, func(i int) Decision {
+		return e.Admit(now+int64(i+1)*int64(500*time.Microsecond), svc, nil, nil, Normal)
+	})
+	require.InDelta(t, 450, ok, 2)
+}
+
 // TestRateRiseIsUsableAtOnce: a bucket that ran at a trickle (a cluster
 // node's floor share) and took one attempt must not keep the trickle's
 // debt once its rate rises.
