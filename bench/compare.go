@@ -267,7 +267,7 @@ func inRounds(ctx context.Context, s Settings, targets []*Target, mode string, r
 			if err != nil {
 				return nil, fmt.Errorf("%s %s: %w", t.Name, label, err)
 			}
-			results[i].add(res)
+			results[i].add(&res)
 		}
 	}
 	rows := make([]Row, len(targets))

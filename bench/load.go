@@ -80,13 +80,14 @@ func merge(ts []tally, elapsed time.Duration) Result {
 	res := Result{Elapsed: elapsed}
 	for i := range ts {
 		t := &ts[i]
-		res.add(Result{Requests: t.requests, Admitted: t.admitted, ErrorReplies: t.errors, LastError: t.lastError, Latency: t.hist})
+		res.add(&Result{Requests: t.requests, Admitted: t.admitted, ErrorReplies: t.errors, LastError: t.lastError, Latency: t.hist})
 	}
 	return res
 }
 
-// add adds o, a run of the same load, to r.
-func (r *Result) add(o Result) {
+// add adds o, a run of the same load, to r (by pointer: a Result holds
+// two histograms of 58 KiB each).
+func (r *Result) add(o *Result) {
 	r.Requests += o.Requests
 	r.Elapsed += o.Elapsed
 	r.Admitted += o.Admitted

@@ -190,7 +190,7 @@ type cpuMeter struct {
 
 func newCPUMeter(pid int) *cpuMeter { return &cpuMeter{pid: pid, okServer: pid > 0, okSelf: true} }
 
-// read returns process pid's CPU time, and whether ok still holds.
+// readCPU returns process pid's CPU time, and whether ok still holds.
 func readCPU(pid int, ok bool) (time.Duration, bool) {
 	if !ok {
 		return 0, false
