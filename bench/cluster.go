@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -25,8 +26,10 @@ type ClusterRun struct {
 // licence of CAPS for BenchService on n1, waits until every node holds it,
 // offers Rate ADMITs per second spread by Skew for Duration (open loop,
 // clustertest.Paced) and reports cluster-wide admitted per second against
-// the licence.
-func RunCluster(r ClusterRun, out io.Writer) error {
+// the licence. When ctx ends (capsbench: SIGINT or SIGTERM) the nodes are
+// killed at once, which ends the load, and RunCluster says it was
+// interrupted.
+func RunCluster(ctx context.Context, r ClusterRun, out io.Writer) (err error) {
 	if r.Nodes < 1 || r.CAPS < 1 || !(r.Rate > 0) || r.Duration <= 0 {
 		return fmt.Errorf("cannot run a cluster: want --nodes, --caps, --rate and --seconds above 0")
 	}
@@ -47,6 +50,12 @@ func RunCluster(r ClusterRun, out io.Writer) error {
 		return err
 	}
 	defer c.Close()
+	defer context.AfterFunc(ctx, c.Close)()
+	defer func() {
+		if ctx.Err() != nil {
+			err = fmt.Errorf("capsbench cluster: interrupted (%w)", context.Cause(ctx))
+		}
+	}()
 	if err := c.AwaitMembers(r.Nodes, 15*time.Second); err != nil {
 		return fmt.Errorf("cluster did not form: %w", err)
 	}

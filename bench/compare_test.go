@@ -1,27 +1,31 @@
 package bench
 
 import (
-	"time"
-
 	"bytes"
 	"context"
 	"encoding/json"
-	"github.com/capsgate/capsgate/admission/client"
 	"io"
 	"math"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
+	"github.com/capsgate/capsgate/admission/client"
 	"github.com/stretchr/testify/require"
 )
 
 // TestMain lets StartLimit run this test binary as the limit server.
 func TestMain(m *testing.M) {
 	if len(os.Args) > 1 && os.Args[1] == LimitServerArg {
-		os.Exit(ServeLimitMain(os.Args[2:]))
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+		code := ServeLimitMain(ctx, os.Args[2:])
+		stop()
+		os.Exit(code)
 	}
 	os.Exit(m.Run())
 }

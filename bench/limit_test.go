@@ -104,7 +104,7 @@ func testLimitServer(t *testing.T, loops int) {
 
 func TestServeLimitMainArgs(t *testing.T) {
 	for _, args := range [][]string{{"--loops", "257"}, {"--loops", "-1"}, {"--addr", "127.0.0.1:0", "extra"}, {"--nope"}} {
-		require.Equal(t, 2, ServeLimitMain(args), "%q", args)
+		require.Equal(t, 2, ServeLimitMain(t.Context(), args), "%q", args)
 	}
-	require.Equal(t, 1, ServeLimitMain([]string{"--addr", "127.0.0.1:99999"}), "cannot listen")
+	require.Equal(t, 1, ServeLimitMain(t.Context(), []string{"--addr", "127.0.0.1:99999"}), "cannot listen")
 }

@@ -181,6 +181,7 @@ func StartRedisLua(dir string) (*Target, error) {
 	host, port, _ := net.SplitHostPort(addr)
 	cmd := exec.Command(path, "--bind", host, "--port", port, "--save", "", "--appendonly", "no",
 		"--dir", dir, "--logfile", filepath.Join(dir, "redis.log"))
+	clustertest.KillWithParent(cmd)
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("cannot start %s: %w", path, err)
 	}
@@ -228,6 +229,7 @@ func StartLimit() (*Target, error) {
 		return nil, err
 	}
 	cmd.Stderr = os.Stderr
+	clustertest.KillWithParent(cmd)
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("cannot start the limit server: %w", err)
 	}
@@ -259,9 +261,9 @@ func StartLimit() (*Target, error) {
 const LimitServerArg = "serve-limit"
 
 // ServeLimitMain runs the limit server for `capsbench serve-limit --addr
-// A`: it prints the address it listens on, then serves until the process
-// is killed.
-func ServeLimitMain(args []string) int {
+// A`: it prints the address it listens on, then serves until ctx ends
+// (capsbench: SIGINT or SIGTERM) and returns 0 once it has stopped.
+func ServeLimitMain(ctx context.Context, args []string) int {
 	fs := flag.NewFlagSet(LimitServerArg, flag.ContinueOnError)
 	addr := fs.String("addr", "127.0.0.1:0", "address to listen on (host:port; port 0 picks one)")
 	loops := fs.Int("loops", 0, "event loops, 0..256; 0 = one per CPU core, as capsgate's resp.event_loops")
@@ -272,7 +274,7 @@ func ServeLimitMain(args []string) int {
 		fmt.Fprintf(os.Stderr, "capsbench serve-limit: want --addr HOST:PORT [--loops 0..256], got %q\n", args)
 		return 2
 	}
-	err := ServeLimit(context.Background(), *addr, *loops, func(a string) { fmt.Println(a) })
+	err := ServeLimit(ctx, *addr, *loops, func(a string) { fmt.Println(a) })
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "capsbench serve-limit:", err)
 		return 1

@@ -71,6 +71,19 @@ const (
 	pollInterval = 10 * time.Millisecond
 )
 
+// KillWithParent makes the process cmd starts get SIGKILL when the
+// process that started it dies, however it dies (a test binary's timeout,
+// kill -9 of capsbench), so that no node or server outlives it holding
+// ports and CPU. Call it before Start. The signal comes when the thread
+// that started the child ends; Go ends a thread only under a goroutine
+// locked to it, and no goroutine that starts a process is.
+func KillWithParent(cmd *exec.Cmd) {
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+}
+
 // Binaries are the paths of the capsgate commands.
 type Binaries struct {
 	Capsgate, Capsctl, Capslicense string
@@ -702,6 +715,7 @@ func (n *Node) start(join []string) error {
 	argv := append(slices.Clone(n.prefix), n.bin.Capsgate)
 	cmd := exec.Command(argv[0], append(argv[1:], args...)...)
 	cmd.Stdout, cmd.Stderr = n.log, n.log
+	KillWithParent(cmd)
 	n.starts++
 	fmt.Fprintf(n.log, "=== clustertest: start %d of %s: %scapsgate %s\n", n.starts, n.Name,
 		strings.Join(append(slices.Clone(n.prefix), ""), " "), strings.Join(args, " "))

@@ -3,11 +3,14 @@
 //
 //	capsbench throughput --addr A [--conns C] [--pipeline P] [--seconds N] [--cmd "ADMIT bench"] [--cpuprofile FILE]
 //	capsbench latency    --addr A [--rate R] [--conns C] [--seconds N] [--cmd "ADMIT bench"] [--cpuprofile FILE]
-//	capsbench cluster    [--nodes N] [--skew 70,20,10] [--caps L] [--rate R] [--seconds S]
+//	capsbench cluster    [--nodes N] [--skew 70,20,10 (even unless N is 3)] [--caps L] [--rate R] [--seconds S]
 //	capsbench compare    [--seconds N] [--json FILE] [--profiles latency] [--rate R] [--conns C] [--pipeline P] [--throughput-conns C] [--targets capsgate,redis-lua,limit] [--sweep 5000,10000,25000] [--stall-seconds N]
 //	capsbench report     --json FILE --out DIR
 //	capsbench stalls     [--seconds N]
-//	capsbench serve-limit --addr HOST:PORT
+//	capsbench serve-limit --addr HOST:PORT [--loops N]
+//
+// SIGINT or SIGTERM ends any of them early: a load stops, compare and
+// cluster stop what they started, serve-limit stops serving and exits 0.
 package main
 
 import (
@@ -50,7 +53,7 @@ func main() {
 	case "throughput", "latency":
 		err = load(ctx, cmd, args)
 	case "cluster":
-		err = cluster(args)
+		err = cluster(ctx, args)
 	case "compare":
 		err = compare(ctx, args)
 	case "report":
@@ -58,7 +61,9 @@ func main() {
 	case "stalls":
 		err = stalls(ctx, args)
 	case bench.LimitServerArg:
-		os.Exit(bench.ServeLimitMain(args))
+		code := bench.ServeLimitMain(ctx, args)
+		cancel()
+		os.Exit(code)
 	case "-h", "--help", "help":
 		fmt.Println(usage)
 		return
@@ -127,25 +132,30 @@ func load(ctx context.Context, mode string, args []string) error {
 	return nil
 }
 
-func cluster(args []string) error {
+func cluster(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("cluster", flag.ContinueOnError)
 	nodes := fs.Int("nodes", 3, "capsgate nodes")
-	skew := fs.String("skew", "70,20,10", "load weight per node, comma-separated")
+	skew := fs.String("skew", "70,20,10", "load weight per node, comma-separated (unset with --nodes other than 3: even)")
 	caps := fs.Int64("caps", 1000, "licensed CAPS")
 	rate := fs.Float64("rate", 2000, "offered ADMITs per second over all nodes")
 	seconds := fs.Float64("seconds", 10, "duration")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	skewSet := false
+	fs.Visit(func(f *flag.Flag) { skewSet = skewSet || f.Name == "skew" })
 	var weights []float64
 	for _, w := range strings.Split(*skew, ",") {
+		if !skewSet && *nodes != 3 {
+			break // nil: even
+		}
 		v, err := strconv.ParseFloat(strings.TrimSpace(w), 64)
 		if err != nil {
 			return fmt.Errorf("bad --skew %q: %w", *skew, err)
 		}
 		weights = append(weights, v)
 	}
-	return bench.RunCluster(bench.ClusterRun{Nodes: *nodes, Skew: weights, CAPS: *caps, Rate: *rate,
+	return bench.RunCluster(ctx, bench.ClusterRun{Nodes: *nodes, Skew: weights, CAPS: *caps, Rate: *rate,
 		Duration: time.Duration(*seconds * float64(time.Second))}, os.Stdout)
 }
 

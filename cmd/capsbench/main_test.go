@@ -1,0 +1,158 @@
+package main
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/capsgate/capsgate/bench"
+	"github.com/capsgate/capsgate/cluster/clustertest"
+)
+
+// capsbench builds the commands once and returns this one's path.
+func capsbench(t *testing.T) string {
+	t.Helper()
+	bin, err := clustertest.BuildOnce()
+	require.NoError(t, err)
+	return filepath.Join(filepath.Dir(bin.Capsgate), "capsbench")
+}
+
+// exitWithin waits for cmd to end and returns its exit code, failing the
+// test if it takes longer than d.
+func exitWithin(t *testing.T, cmd *exec.Cmd, d time.Duration) int {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if ee, ok := err.(*exec.ExitError); ok {
+			return ee.ExitCode()
+		}
+		require.NoError(t, err)
+		return 0
+	case <-time.After(d):
+		_ = cmd.Process.Kill()
+		<-done
+		t.Fatalf("%s still running %v after the signal", cmd.Args, d)
+		return -1
+	}
+}
+
+// The do-nothing server serves until SIGINT or SIGTERM, then stops and
+// exits 0 (the signals are caught for the other commands' clean-up, so
+// they must end this one too).
+func TestServeLimitStopsOnSignal(t *testing.T) {
+	exe := capsbench(t)
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
+		t.Run(sig.String(), func(t *testing.T) {
+			cmd := exec.Command(exe, "serve-limit", "--addr", "127.0.0.1:0")
+			out, err := cmd.StdoutPipe()
+			require.NoError(t, err)
+			require.NoError(t, cmd.Start())
+			addr, err := bufio.NewReader(out).ReadString('\n')
+			require.NoError(t, err)
+			addr = strings.TrimSpace(addr)
+
+			c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+			require.NoError(t, err)
+			defer c.Close()
+			require.NoError(t, c.SetDeadline(time.Now().Add(5*time.Second)))
+			_, err = c.Write([]byte("*2\r\n$5\r\nADMIT\r\n$5\r\nbench\r\n"))
+			require.NoError(t, err)
+			reply := make([]byte, len(bench.LimitReply))
+			_, err = io.ReadFull(c, reply)
+			require.NoError(t, err)
+			require.Equal(t, bench.LimitReply, string(reply))
+
+			require.NoError(t, cmd.Process.Signal(sig))
+			require.Equal(t, 0, exitWithin(t, cmd, 10*time.Second))
+			_, err = net.DialTimeout("tcp", addr, time.Second)
+			require.Error(t, err, "still listening after exit")
+		})
+	}
+}
+
+// An interrupted `capsbench cluster` ends its load at once, says so, and
+// leaves none of the capsgate nodes it started running.
+func TestClusterInterrupted(t *testing.T) {
+	exe := capsbench(t)
+	cmd := exec.Command(exe, "cluster", "--nodes", "2", "--caps", "100", "--rate", "200", "--seconds", "120")
+	out, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	require.NoError(t, cmd.Start())
+	// The first line comes once the licence is on every node and the
+	// load starts.
+	line, err := bufio.NewReader(out).ReadString('\n')
+	require.NoError(t, err, "stderr: %s", stderr.String())
+	require.Contains(t, line, "2 nodes, licence 100 CAPS")
+	nodes := children(t, cmd.Process.Pid)
+	require.Len(t, nodes, 2, "capsgate nodes under capsbench")
+
+	require.NoError(t, cmd.Process.Signal(syscall.SIGINT))
+	require.Equal(t, 1, exitWithin(t, cmd, 15*time.Second))
+	require.Contains(t, stderr.String(), "interrupted")
+	for _, pid := range nodes {
+		_, err := os.Stat("/proc/" + strconv.Itoa(pid))
+		require.True(t, os.IsNotExist(err), "node process %d still there", pid)
+	}
+}
+
+// children returns the pids whose parent is ppid (from /proc).
+func children(t *testing.T, ppid int) []int {
+	t.Helper()
+	stats, err := filepath.Glob("/proc/[0-9]*/stat")
+	require.NoError(t, err)
+	var pids []int
+	for _, f := range stats {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue // gone meanwhile
+		}
+		// pid (comm) state ppid ...; comm may hold spaces and parentheses.
+		s := string(b)
+		rest := s[strings.LastIndexByte(s, ')')+1:]
+		fields := strings.Fields(rest)
+		if len(fields) < 2 || fields[1] != strconv.Itoa(ppid) {
+			continue
+		}
+		pid, err := strconv.Atoi(strings.Fields(s)[0])
+		require.NoError(t, err)
+		pids = append(pids, pid)
+	}
+	return pids
+}
+
+// A capsbench killed with SIGKILL, which it cannot catch, takes the
+// servers it started with it.
+func TestServersDieWithCapsbench(t *testing.T) {
+	exe := capsbench(t)
+	cmd := exec.Command(exe, "compare", "--targets", "capsgate,limit", "--seconds", "60", "--stall-seconds", "0", "--sweep", "")
+	require.NoError(t, cmd.Start())
+	var servers []int
+	require.Eventually(t, func() bool {
+		servers = children(t, cmd.Process.Pid)
+		return len(servers) == 2
+	}, 30*time.Second, 50*time.Millisecond, "capsgate and the limit server under capsbench")
+	require.NoError(t, cmd.Process.Kill())
+	_ = cmd.Wait()
+	require.Eventually(t, func() bool {
+		for _, pid := range servers {
+			if _, err := os.Stat("/proc/" + strconv.Itoa(pid)); err == nil {
+				return false
+			}
+		}
+		return true
+	}, 10*time.Second, 20*time.Millisecond, "servers %v outlived capsbench", servers)
+}
