@@ -144,16 +144,15 @@ func cluster(ctx context.Context, args []string) error {
 	}
 	skewSet := false
 	fs.Visit(func(f *flag.Flag) { skewSet = skewSet || f.Name == "skew" })
-	var weights []float64
-	for _, w := range strings.Split(*skew, ",") {
-		if !skewSet && *nodes != 3 {
-			break // nil: even
+	var weights []float64 // nil: even
+	if skewSet || *nodes == 3 {
+		for _, w := range strings.Split(*skew, ",") {
+			v, err := strconv.ParseFloat(strings.TrimSpace(w), 64)
+			if err != nil {
+				return fmt.Errorf("bad --skew %q: %w", *skew, err)
+			}
+			weights = append(weights, v)
 		}
-		v, err := strconv.ParseFloat(strings.TrimSpace(w), 64)
-		if err != nil {
-			return fmt.Errorf("bad --skew %q: %w", *skew, err)
-		}
-		weights = append(weights, v)
 	}
 	return bench.RunCluster(ctx, bench.ClusterRun{Nodes: *nodes, Skew: weights, CAPS: *caps, Rate: *rate,
 		Duration: time.Duration(*seconds * float64(time.Second))}, os.Stdout)
