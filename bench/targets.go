@@ -181,8 +181,7 @@ func StartRedisLua(dir string) (*Target, error) {
 	host, port, _ := net.SplitHostPort(addr)
 	cmd := exec.Command(path, "--bind", host, "--port", port, "--save", "", "--appendonly", "no",
 		"--dir", dir, "--logfile", filepath.Join(dir, "redis.log"))
-	clustertest.KillWithParent(cmd)
-	if err := cmd.Start(); err != nil {
+	if err := clustertest.StartTied(cmd); err != nil {
 		return nil, fmt.Errorf("cannot start %s: %w", path, err)
 	}
 	stop := func() error { _ = cmd.Process.Kill(); _ = cmd.Wait(); return nil }
@@ -229,8 +228,7 @@ func StartLimit() (*Target, error) {
 		return nil, err
 	}
 	cmd.Stderr = os.Stderr
-	clustertest.KillWithParent(cmd)
-	if err := cmd.Start(); err != nil {
+	if err := clustertest.StartTied(cmd); err != nil {
 		return nil, fmt.Errorf("cannot start the limit server: %w", err)
 	}
 	stop := func() error { _ = cmd.Process.Kill(); _ = cmd.Wait(); return nil }

@@ -87,8 +87,7 @@ func startProc(t *testing.T, dir, name string, argv ...string) *proc {
 	p.cmd.Dir = dir
 	p.cmd.Stdout, p.cmd.Stderr = out, out
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	clustertest.KillWithParent(p.cmd)
-	if err := p.cmd.Start(); err != nil {
+	if err := clustertest.StartTied(p.cmd); err != nil {
 		out.Close()
 		t.Fatalf("cannot start %s: %v", name, err)
 	}

@@ -45,6 +45,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"sort"
 	"strconv"
@@ -71,17 +72,43 @@ const (
 	pollInterval = 10 * time.Millisecond
 )
 
-// KillWithParent makes the process cmd starts get SIGKILL when the
-// process that started it dies, however it dies (a test binary's timeout,
-// kill -9 of capsbench), so that no node or server outlives it holding
-// ports and CPU. Call it before Start. The signal comes when the thread
-// that started the child ends; Go ends a thread only under a goroutine
-// locked to it, and no goroutine that starts a process is.
-func KillWithParent(cmd *exec.Cmd) {
+// StartTied starts cmd so that its process gets SIGKILL when this
+// process dies, however it dies (a test binary's timeout, kill -9 of
+// capsbench): no node or server outlives it holding ports and CPU.
+//
+// Linux sends that signal (Pdeathsig) when the thread that started the
+// child ends, not the process, and Go ends a thread whenever a goroutine
+// locked to it returns (clustertest's namespace dialer does, on whichever
+// thread it got). So every tied process is started from one thread kept
+// for it, locked and never released, which lives as long as the process.
+func StartTied(cmd *exec.Cmd) error {
+	tied.once.Do(func() {
+		tied.starts = make(chan tiedStart)
+		go func() {
+			runtime.LockOSThread() // never unlocked: the thread must outlive every child
+			for s := range tied.starts {
+				s.done <- s.cmd.Start()
+			}
+		}()
+	})
 	if cmd.SysProcAttr == nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{}
 	}
 	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	s := tiedStart{cmd: cmd, done: make(chan error, 1)}
+	tied.starts <- s
+	return <-s.done
+}
+
+// tied is StartTied's thread: it takes the commands to start.
+var tied struct {
+	once   sync.Once
+	starts chan tiedStart
+}
+
+type tiedStart struct {
+	cmd  *exec.Cmd
+	done chan error
 }
 
 // Binaries are the paths of the capsgate commands.
@@ -715,11 +742,10 @@ func (n *Node) start(join []string) error {
 	argv := append(slices.Clone(n.prefix), n.bin.Capsgate)
 	cmd := exec.Command(argv[0], append(argv[1:], args...)...)
 	cmd.Stdout, cmd.Stderr = n.log, n.log
-	KillWithParent(cmd)
 	n.starts++
 	fmt.Fprintf(n.log, "=== clustertest: start %d of %s: %scapsgate %s\n", n.starts, n.Name,
 		strings.Join(append(slices.Clone(n.prefix), ""), " "), strings.Join(args, " "))
-	if err := cmd.Start(); err != nil {
+	if err := StartTied(cmd); err != nil {
 		n.mu.Unlock()
 		return fmt.Errorf("cannot start %s: %w", n.Name, err)
 	}

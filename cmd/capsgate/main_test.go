@@ -62,8 +62,7 @@ func start(t *testing.T, args ...string) *proc {
 	args = append([]string{"--resp-addr", p.resp, "--admin-addr", p.admin, "--gossip-addr", clustertest.FreeAddr(t)}, args...)
 	p.cmd = exec.Command(binary, args...)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	clustertest.KillWithParent(p.cmd)
-	require.NoError(t, p.cmd.Start())
+	require.NoError(t, clustertest.StartTied(p.cmd))
 	go func() { p.done <- p.cmd.Wait() }()
 	t.Cleanup(func() { _ = p.cmd.Process.Kill(); <-p.done })
 	require.Eventually(t, func() bool {
