@@ -2,6 +2,9 @@ package clustertest_test
 
 import (
 	"math/rand/v2"
+	"os/exec"
+	"runtime"
+	"syscall"
 	"testing"
 	"time"
 
@@ -131,5 +134,33 @@ func TestGCRABoundsHoldUnderStalls(t *testing.T) {
 		if !stalls {
 			require.Greater(t, lo, float64(c.Admitted)-3, "trial %d: a run without stalls gets the tight bound", trial)
 		}
+	}
+}
+
+// A tied process outlives the goroutine, and the thread, that asked for
+// it: only this process's death kills it. Started with Pdeathsig from a
+// goroutine locked to its thread, it would die when that goroutine ends
+// (unless the thread is the main one, which the runtime keeps: hence
+// three, from three such goroutines).
+func TestStartTiedOutlivesTheCallersThread(t *testing.T) {
+	for i := range 3 {
+		cmd := exec.Command("sleep", "30")
+		started := make(chan error, 1)
+		go func() {
+			runtime.LockOSThread() // never unlocked: the thread ends with this goroutine
+			started <- clustertest.StartTied(cmd)
+		}()
+		require.NoError(t, <-started)
+		var waitErr error
+		exited := make(chan struct{})
+		go func() { waitErr = cmd.Wait(); close(exited) }()
+		t.Cleanup(func() { _ = cmd.Process.Kill(); <-exited })
+		select {
+		case <-exited:
+			t.Fatalf("tied process %d ended with the caller's thread: %v", i, waitErr)
+		case <-time.After(300 * time.Millisecond):
+		}
+		require.NoError(t, cmd.Process.Signal(syscall.Signal(0)), "still running")
+		require.Equal(t, syscall.SIGKILL, cmd.SysProcAttr.Pdeathsig, "dies with this process")
 	}
 }
