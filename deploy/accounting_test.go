@@ -56,3 +56,12 @@ func TestAccountCalls(t *testing.T) {
 	assert.Contains(t, acc.problems, "call 1 ended SIP/2.0 200 OK at the caller but never reached the callee")
 	assert.Contains(t, acc.problems, "the callee got 2 calls no caller logged, but the callers lost only 1")
 }
+
+func TestLinesAbout(t *testing.T) {
+	text := "x {1 1 INVITE 641-80@h} ADMIT 641-80@h on cg2\n" +
+		"x {1 1 INVITE 1641-80@h} ADMIT 1641-80@h on cg1\n" +
+		"Call-Id: 641-80@h, receive timeout\n" +
+		"Call-Id: 641-80@h.x, other"
+	assert.Equal(t, "x {1 1 INVITE 641-80@h} ADMIT 641-80@h on cg2\nCall-Id: 641-80@h, receive timeout", linesAbout(text, "641-80@h", 5))
+	assert.Equal(t, "Call-Id: 641-80@h, receive timeout", linesAbout(text, "641-80@h", 1))
+}

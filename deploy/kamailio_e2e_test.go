@@ -547,6 +547,11 @@ func (tl callTally) String() string {
 // ADMIT|RELEASE CALL-ID on cgN: RESULT [VALUE]".
 var traceLine = regexp.MustCompile(`capsgate trace: (ADMIT|RELEASE) (\S+) on (\S+): (\S*) ?(\S*)`)
 
+// byeLine is CG_TRACE's line for a BYE in a tracked dialog, with the
+// dialog's state once the BYE was seen (Kamailio's dialog module: 1
+// unconfirmed, 2 early, 3 confirmed without ACK, 4 confirmed, 5 ended).
+var byeLine = regexp.MustCompile(`capsgate trace: BYE \S+ in dialog state (\S+)`)
+
 // unreleased returns, from a Kamailio log with CG_TRACE, the calls capsgate
 // admitted (ADMIT ... 1) that no node answered a RELEASE for, in order, and
 // how many ADMIT and RELEASE lines there were. (A node that does not hold
@@ -593,8 +598,12 @@ func traceCalls(t *testing.T, k *proc, explain bool, logged map[string][]call, c
 	}
 	log := string(b)
 	ids, admits, releases := unreleased(log)
-	t.Logf("Kamailio traced %d ADMITs and %d RELEASEs; %d admitted calls without an answered RELEASE; a node was unreachable %d times",
-		admits, releases, len(ids), strings.Count(log, "unreachable, trying the next node"))
+	byes := map[string]int{}
+	for _, m := range byeLine.FindAllStringSubmatch(log, -1) {
+		byes[m[1]]++
+	}
+	t.Logf("Kamailio traced %d ADMITs and %d RELEASEs; %d admitted calls without an answered RELEASE; BYEs by dialog state %v; %d in-dialog requests matched no dialog; a node was unreachable %d times",
+		admits, releases, len(ids), byes, strings.Count(log, "matches no dialog"), strings.Count(log, "unreachable, trying the next node"))
 	if !explain {
 		return
 	}
@@ -604,22 +613,31 @@ func traceCalls(t *testing.T, k *proc, explain bool, logged map[string][]call, c
 			outcome[c.id] = name + " caller: " + c.kind + " " + c.status
 		}
 	}
+	var errLog strings.Builder
+	for _, r := range callers {
+		text, _ := readAll(filepath.Join(r.dir, r.scenario+"_*_errors.log"))
+		errLog.WriteString(text)
+	}
 	for _, id := range ids[:min(len(ids), 5)] {
-		var lines []string
-		for _, line := range strings.Split(log, "\n") {
-			if strings.Contains(line, id) {
-				lines = append(lines, line)
-			}
-		}
 		if outcome[id] == "" {
 			outcome[id] = "no caller logged it"
 		}
-		t.Logf("call %s (%s), Kamailio:\n%s", id, outcome[id], strings.Join(lines[max(0, len(lines)-25):], "\n"))
+		t.Logf("call %s (%s)\nKamailio:\n%s\nits caller's errors:\n%s", id, outcome[id],
+			linesAbout(log, id, 25), linesAbout(errLog.String(), id, 5))
 	}
-	for _, r := range callers {
-		errText, _ := readAll(filepath.Join(r.dir, r.scenario+"_*_errors.log"))
-		t.Logf("sipp %s errors, last lines:\n%s", r.name, lastChars(errText, 1500))
+}
+
+// linesAbout returns the last n lines of text that name call-id as a whole
+// word.
+func linesAbout(text, id string, n int) string {
+	word := regexp.MustCompile(`(^|[^\w-])` + regexp.QuoteMeta(id) + `($|[^\w.@-])`)
+	var lines []string
+	for _, line := range strings.Split(text, "\n") {
+		if word.MatchString(line) {
+			lines = append(lines, line)
+		}
 	}
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
 // emergencyURI is a request-URI kamailio.cfg admits as an emergency call.
