@@ -602,8 +602,9 @@ func traceCalls(t *testing.T, k *proc, explain bool, logged map[string][]call, c
 	for _, m := range byeLine.FindAllStringSubmatch(log, -1) {
 		byes[m[1]]++
 	}
-	t.Logf("Kamailio traced %d ADMITs and %d RELEASEs; %d admitted calls without an answered RELEASE; BYEs by dialog state %v; %d in-dialog requests matched no dialog; a node was unreachable %d times",
-		admits, releases, len(ids), byes, strings.Count(log, "matches no dialog"), strings.Count(log, "unreachable, trying the next node"))
+	t.Logf("Kamailio traced %d ADMITs and %d RELEASEs; %d admitted calls without an answered RELEASE; BYEs by dialog state %v, %d without a To tag; %d in-dialog requests matched no dialog; a node was unreachable %d times",
+		admits, releases, len(ids), byes, strings.Count(log, "without a To tag"), strings.Count(log, "matches no dialog"),
+		strings.Count(log, "unreachable, trying the next node"))
 	if !explain {
 		return
 	}
