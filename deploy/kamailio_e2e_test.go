@@ -159,14 +159,8 @@ func testKamailio(t *testing.T, nodes int) {
 	var released time.Duration
 	leaked := false
 	if err := eventually(10*time.Second, func() error {
-		for _, n := range c.Nodes() {
-			q, err := quota(n, service)
-			if err != nil {
-				return err
-			}
-			if q["sessions_used"] != "0" || q["sessions_emergency"] != "0" {
-				return fmt.Errorf("%s: sessions_used %s, sessions_emergency %s", n.Name, q["sessions_used"], q["sessions_emergency"])
-			}
+		if err := sessionsReleased(c); err != nil {
+			return err
 		}
 		released = time.Since(runEnd)
 		return nil
@@ -296,13 +290,27 @@ func testKamailio(t *testing.T, nodes int) {
 	}
 	if acc.lost > 0 {
 		for _, r := range []*sippRun{normal, emergency, sos} {
-			errText, _ := readAll(filepath.Join(r.dir, r.scenario+"_*_errors.log"))
-			t.Logf("sipp %s errors, last lines:\n%s", r.name, lastChars(errText, 1500))
+			t.Logf("sipp %s errors, last lines:\n%s", r.name, lastChars(r.errors(), 1500))
 		}
 	}
 	if t.Failed() {
 		t.Logf("Kamailio log, last lines:\n%s", k.tail(40))
 	}
+}
+
+// sessionsReleased reports the first node still holding a session or an
+// emergency session of service.
+func sessionsReleased(c *clustertest.Cluster) error {
+	for _, n := range c.Nodes() {
+		q, err := quota(n, service)
+		if err != nil {
+			return err
+		}
+		if q["sessions_used"] != "0" || q["sessions_emergency"] != "0" {
+			return fmt.Errorf("%s: sessions_used %s, sessions_emergency %s", n.Name, q["sessions_used"], q["sessions_emergency"])
+		}
+	}
+	return nil
 }
 
 // startCluster starts nodes capsgate nodes and loads a licence for service
@@ -453,6 +461,12 @@ func runSipp(t *testing.T, tools map[string]string, name, target string, limit t
 	return startSipp(t, tools, name, target, limit, scenario, args...).results(t, limit+15*time.Second)
 }
 
+// errors returns what sipp wrote to its error log (-trace_err), or "".
+func (s *sippRun) errors() string {
+	text, _ := readAll(filepath.Join(s.dir, s.scenario+"_*_errors.log"))
+	return text
+}
+
 // call is one call's outcome as a caller logged it.
 type call struct {
 	kind   string    // ok (200), rej (503 from the proxy), fail (486), cancel (487), reg
@@ -476,8 +490,7 @@ func (s *sippRun) results(t *testing.T, d time.Duration) []call {
 	}
 	text, err := readAll(filepath.Join(s.dir, s.scenario+"_*_logs.log"))
 	if err != nil {
-		errText, _ := readAll(filepath.Join(s.dir, s.scenario+"_*_errors.log"))
-		t.Fatalf("sipp %s: %v (exit %v)\n%s\n%s", s.name, err, s.err, s.tail(20), lastChars(errText, 2000))
+		t.Fatalf("sipp %s: %v (exit %v)\n%s\n%s", s.name, err, s.err, s.tail(20), lastChars(s.errors(), 2000))
 	}
 	var calls []call
 	for _, line := range strings.Split(strings.TrimSpace(text), "\n") {
@@ -588,25 +601,26 @@ func unreleased(log string) (ids []string, admits, releases int) {
 
 // traceCalls logs what Kamailio traced and, when calls were left
 // unreleased (explain), for the first calls Kamailio admitted and never
-// released, what their callers saw and Kamailio's log lines about them.
-func traceCalls(t *testing.T, k *proc, explain bool, logged map[string][]call, callers ...*sippRun) {
+// released, what their callers saw and Kamailio's log lines about them. It
+// returns how often Kamailio found a node unreachable (missed answers).
+func traceCalls(t *testing.T, k *proc, explain bool, logged map[string][]call, callers ...*sippRun) (missed int) {
 	t.Helper()
 	b, err := os.ReadFile(k.log)
 	if err != nil {
-		t.Logf("no Kamailio log: %v", err)
-		return
+		t.Errorf("no Kamailio log: %v", err)
+		return 0
 	}
 	log := string(b)
+	missed = strings.Count(log, "unreachable, trying the next node")
 	ids, admits, releases := unreleased(log)
 	byes := map[string]int{}
 	for _, m := range byeLine.FindAllStringSubmatch(log, -1) {
 		byes[m[1]]++
 	}
 	t.Logf("Kamailio traced %d ADMITs and %d RELEASEs; %d admitted calls without an answered RELEASE; BYEs by dialog state %v, %d without a To tag; %d in-dialog requests matched no dialog; a node was unreachable %d times",
-		admits, releases, len(ids), byes, strings.Count(log, "without a To tag"), strings.Count(log, "matches no dialog"),
-		strings.Count(log, "unreachable, trying the next node"))
+		admits, releases, len(ids), byes, strings.Count(log, "without a To tag"), strings.Count(log, "matches no dialog"), missed)
 	if !explain {
-		return
+		return missed
 	}
 	outcome := map[string]string{}
 	for name, calls := range logged {
@@ -616,8 +630,7 @@ func traceCalls(t *testing.T, k *proc, explain bool, logged map[string][]call, c
 	}
 	var errLog strings.Builder
 	for _, r := range callers {
-		text, _ := readAll(filepath.Join(r.dir, r.scenario+"_*_errors.log"))
-		errLog.WriteString(text)
+		errLog.WriteString(r.errors())
 	}
 	for _, id := range ids[:min(len(ids), 5)] {
 		if outcome[id] == "" {
@@ -626,6 +639,7 @@ func traceCalls(t *testing.T, k *proc, explain bool, logged map[string][]call, c
 		t.Logf("call %s (%s)\nKamailio:\n%s\nits caller's errors:\n%s", id, outcome[id],
 			linesAbout(log, id, 25), linesAbout(errLog.String(), id, 5))
 	}
+	return missed
 }
 
 // linesAbout returns the last n lines of text that name call-id as a whole
@@ -796,22 +810,11 @@ func TestKamailioStalledNode(t *testing.T) {
 		t.Errorf("%d of %d calls forwarded, want all (%d CAPS licensed, %d offered)", tl.forwarded, calls, caps, rate)
 	}
 
-	released := eventually(10*time.Second, func() error {
-		for _, n := range c.Nodes() {
-			q, err := quota(n, service)
-			if err != nil {
-				return err
-			}
-			if q["sessions_used"] != "0" {
-				return fmt.Errorf("%s: sessions_used %s", n.Name, q["sessions_used"])
-			}
-		}
-		return nil
-	})
+	released := eventually(10*time.Second, func() error { return sessionsReleased(c) })
 	if released != nil {
 		t.Errorf("every admitted call released: %v", released)
 	}
-	traceCalls(t, px.k, released != nil, map[string][]call{"normal": got}, callers)
+	missed := traceCalls(t, px.k, released != nil, map[string][]call{"normal": got}, callers)
 
 	// The stall happened as meant: Kamailio gave up on the stalled node,
 	// and that node admitted calls the others had admitted already.
@@ -826,8 +829,6 @@ func TestKamailioStalledNode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	log, _ := os.ReadFile(px.k.log)
-	missed := strings.Count(string(log), "unreachable, trying the next node")
 	late := int(admitted) - len(callee)
 	t.Logf("the callee got %d calls; capsgate admitted %g: %d late, by the stalled node, after Kamailio missed its answer %d times",
 		len(callee), admitted, late, missed)
