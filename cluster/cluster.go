@@ -7,7 +7,6 @@ import (
 	"log"
 	"log/slog"
 	"net"
-	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -70,6 +69,8 @@ type Config struct {
 	// writes into its own ledger as a witness; nil: none.
 	LedgerHead func() (seq uint64, hash string)
 	Log        *slog.Logger
+	// Now tells the time (nil: time.Now); the planner sees no other clock.
+	Now func() time.Time
 }
 
 // Accounts is what the cluster needs of the node's account allocations.
@@ -105,23 +106,12 @@ type meta struct {
 	MaxCAPS  float64 `json:"max_caps"`
 }
 
-// peer is what this node knows of another member.
+// peer is what this node keeps of another member beside its planner's
+// view: where it is and its ledger head.
 type peer struct {
-	demand    map[string]float64
-	tokenRate map[string]float64 // tokens per second it charges to each pool
-	held      map[string]Held
-	heard     time.Time // when its last demand report arrived
-	dead      bool
-	leaving   bool // it said it is leaving
-	left      bool // it left gracefully: its part is free at once
-	reclaimed bool // declared dead long enough: its part went to the live
-	deadAt    time.Time
-	addr      string
-	metaRaw   []byte
-	// applied are its parts of each licence, as it reported them.
-	applied map[string]Share
-	// joinedAt is when it last joined: a report heard before is stale.
-	joinedAt time.Time
+	leaving bool // it said it is leaving
+	addr    string
+	metaRaw []byte
 	// head is its ledger head as last reported; witnessed the seq of the
 	// head last handed to Witnesses.
 	head      ledger.Witness
@@ -137,17 +127,7 @@ type Cluster struct {
 
 	mu      sync.Mutex // guards the fields below
 	peers   map[string]*peer
-	local   map[string]float64            // this node's demand
-	rate    map[string]float64            // this node's token rate per pool
-	held    map[string]Held               // what this node holds
-	side    Side                          // as last decided
-	budget  map[string]int64              // this node's token budget per pool, as planned and reported
-	applied map[string]Share              // this node's parts as applied, and reported
-	shares  map[string]map[string]float64 // service → node → share, as last computed here
-	// computed is this node's part as computed at the previous exchange:
-	// a rise is applied one exchange late (see allocate).
-	computed map[string]Share
-	meter    *demandMeter
+	planner *Planner
 
 	forward chan op // RELEASE/DEREGISTER/claims for other members
 	claims  claims
@@ -171,9 +151,11 @@ func New(cfg Config) (*Cluster, error) {
 	if host == "" {
 		host = "0.0.0.0"
 	}
-	c := &Cluster{cfg: cfg, log: cfg.Log, peers: map[string]*peer{}, local: map[string]float64{},
-		shares: map[string]map[string]float64{}, budget: map[string]int64{}, applied: map[string]Share{}, computed: map[string]Share{}, meter: newDemandMeter(), stop: make(chan struct{}),
-		forward: make(chan op, forwardQueue), side: Side{State: SideWhole, Fraction: 1, Live: 1, Known: 1}}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	c := &Cluster{cfg: cfg, log: cfg.Log, peers: map[string]*peer{}, planner: NewPlanner(cfg.NodeName, cfg.Policy),
+		stop: make(chan struct{}), forward: make(chan op, forwardQueue)}
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = cfg.NodeName
 	mc.BindAddr, mc.BindPort = host, port
@@ -314,47 +296,22 @@ func sent(c *metrics.Counter, msg []byte) {
 	bytesSent.Add(len(msg))
 }
 
+// demandMsg is a member's report on the wire, with its ledger head.
 type demandMsg struct {
-	Node      string             `json:"n"`
-	HeadSeq   uint64             `json:"ls,omitempty"`
-	HeadHash  string             `json:"lh,omitempty"`
-	Applied   map[string]Share   `json:"a,omitempty"`
-	Demand    map[string]float64 `json:"d"`
-	TokenRate map[string]float64 `json:"r,omitempty"`
-	Held      map[string]Held    `json:"h,omitempty"`
+	Node     string `json:"n"`
+	HeadSeq  uint64 `json:"ls,omitempty"`
+	HeadHash string `json:"lh,omitempty"`
+	Report
 }
 
-// exchange measures demand, sends it to every member and reallocates,
-// every ExchangeInterval.
+// exchange reads this node's counters, plans its parts, applies them and
+// sends its report to every member, every ExchangeInterval. The report goes
+// out after the plan, with the token budgets just planned: they apply at
+// the next exchange, after the others have them.
 func (c *Cluster) exchange() {
 	defer c.wg.Done()
-	start := time.Now()
 	admission.Repeat(c.stop, ExchangeInterval, func() time.Duration {
-		now := time.Now()
-		demand, rate, held := c.meter.measure(c.cfg.Engine, now.Sub(start).Seconds())
-		c.mu.Lock()
-		c.local, c.rate, c.held = demand, rate, held
-		c.mu.Unlock()
-		c.allocate(now)
-		// The report goes out after the allocation, with the token budgets
-		// just planned: they apply at the next exchange, after the others
-		// have them.
-		c.mu.Lock()
-		report := make(map[string]Held, len(held))
-		for service, h := range held {
-			report[service] = h
-		}
-		for service, b := range c.budget {
-			h := report[service]
-			h.Budget = b
-			report[service] = h
-		}
-		applied := make(map[string]Share, len(c.applied))
-		for service, a := range c.applied {
-			applied[service] = a
-		}
-		c.mu.Unlock()
-		dm := demandMsg{Node: c.cfg.NodeName, Demand: demand, TokenRate: rate, Held: report, Applied: applied}
+		dm := demandMsg{Node: c.cfg.NodeName, Report: c.plan(c.cfg.Now())}
 		if c.cfg.LedgerHead != nil {
 			dm.HeadSeq, dm.HeadHash = c.cfg.LedgerHead()
 		}
@@ -369,163 +326,31 @@ func (c *Cluster) exchange() {
 	})
 }
 
-// allocate recomputes every licensed service's split among the live
-// members, in name order so that every node computes the same vectors from
-// the same reports, and applies this node's part: CAPS by demand, sessions
-// and subscribers by what each node holds (so a node never gets less than
-// it holds while the licence covers everyone, and the spare is split),
-// tokens by the rate each node charges them. While members it knew are
-// unreachable, the partition policy decides how much of each licence the
-// live side splits (decideSide).
-func (c *Cluster) allocate(now time.Time) {
+// plan steps the planner with the live members, the licences and the
+// engine's counters, applies this node's parts and returns the report to
+// send.
+func (c *Cluster) plan(now time.Time) Report {
 	names := c.liveNames()
 	licensed := c.cfg.Shares.Licensed()
+	usage := ReadUsage(c.cfg.Engine)
 	c.mu.Lock()
-	var failed []failure
-	for name, p := range c.peers {
-		if p.dead && !p.left && !p.reclaimed && !slices.Contains(names, name) {
-			failed = append(failed, failure{name: name, at: p.deadAt})
-		}
-	}
-	side, reclaim := decideSide(now, c.cfg.Policy, names, failed)
-	for _, name := range reclaim {
-		c.peers[name].reclaimed = true
+	p := c.planner.Plan(now, names, licensed, usage)
+	c.mu.Unlock()
+	for _, name := range p.Reclaimed {
 		c.log.Warn("a failed member's part of every licence goes to the live members", "member", name,
 			"after", c.cfg.Policy.ReclaimAfter)
 	}
-	if side.State != c.side.State {
-		c.log.Warn("partition state changed", "from", c.side.State, "to", side.State, "live", side.Live, "known", side.Known,
+	if p.SideChanged {
+		c.log.Warn("partition state changed", "to", p.Side.State, "live", p.Side.Live, "known", p.Side.Known,
 			"policy", c.cfg.Policy.Policy.String())
 	}
-	c.side = side
-	sideFraction.Set(side.Fraction)
-	result := map[string]map[string]float64{}
-	mine := map[string]Share{}
-	self := slices.Index(names, c.cfg.NodeName)
-	for service, l := range licensed {
-		caps := make([]float64, len(names))
-		sessions := make([]float64, len(names))
-		subs := make([]float64, len(names))
-		rates := make([]float64, len(names))
-		for i, n := range names {
-			var d, r float64
-			var h Held
-			if n == c.cfg.NodeName {
-				d, r, h = c.local[service], c.rate[service], c.held[service]
-			} else if p := c.peers[n]; p != nil {
-				// A stale report's demand is dropped, but what a live member
-				// holds is kept until it is declared dead: its sessions do
-				// not end because a report was lost.
-				h = p.held[service]
-				if now.Sub(p.heard) < staleAfter {
-					d, r = p.demand[service], p.tokenRate[service]
-				}
-			}
-			caps[i], sessions[i], subs[i], rates[i] = d, float64(h.Sessions), float64(h.Subscribers), r
-		}
-		sh := Share{CAPS: -1, Sessions: -1, Subscribers: -1}
-		if l.CAPS > 0 {
-			shares := Allocate(side.Fraction*l.CAPS, caps)
-			result[service] = map[string]float64{}
-			for i, n := range names {
-				result[service][n] = shares[i]
-			}
-			if self >= 0 {
-				sh.CAPS = shares[self] / l.CAPS
-			}
-		}
-		if l.Sessions > 0 && self >= 0 {
-			sh.Sessions = Allocate(side.Fraction*float64(l.Sessions), sessions)[self] / float64(l.Sessions)
-		}
-		if l.Subscribers > 0 && self >= 0 {
-			sh.Subscribers = Allocate(side.Fraction*float64(l.Subscribers), subs)[self] / float64(l.Subscribers)
-		}
-		if l.Tokens != admission.Unlimited && self >= 0 && c.clusteredLocked() {
-			sh.TokensShared = true
-			sh.TokensBudget, sh.AccountBudgets = c.budgetsLocked(service, l.Tokens, names, side.Fraction)
-		}
-		// A fall applies at once. A rise goes no further than what the
-		// other live members' own reports leave free (riseCap): a member
-		// whose fall has not been reported yet, whose report is stale, or
-		// that has not reported since it (re)joined keeps what it may
-		// hold, so nodes whose views differ for a moment (a member just
-		// joined, a partition healing on one side first, failures seen at
-		// different times) never claim the same part twice.
-		prev, ok := c.applied[service]
-		if !ok && len(names) > 0 {
-			// A licence new here starts from an even part, not from nothing.
-			even := side.Fraction / float64(len(names))
-			prev = Share{CAPS: even, Sessions: even, Subscribers: even}
-		}
-		cp := c.riseCapLocked(service, names, side.Fraction)
-		applied := Share{CAPS: rise(sh.CAPS, prev.CAPS, cp.CAPS), Sessions: rise(sh.Sessions, prev.Sessions, cp.Sessions),
-			Subscribers: rise(sh.Subscribers, prev.Subscribers, cp.Subscribers), TokensShared: sh.TokensShared, TokensBudget: sh.TokensBudget,
-			AccountBudgets: sh.AccountBudgets}
-		// A token budget is reported one exchange before it applies.
-		if old, ok := c.computed[service]; ok && old.TokensShared {
-			applied.TokensBudget = min(sh.TokensBudget, old.TokensBudget)
-			applied.AccountBudgets = map[string]int64{}
-			for acct, b := range sh.AccountBudgets {
-				if ob, ok := old.AccountBudgets[acct]; ok {
-					b = min(b, ob)
-				} else {
-					b = 0 // new here: after its report
-				}
-				applied.AccountBudgets[acct] = b
-			}
-		}
-		c.computed[service] = sh
-		c.applied[service] = applied
-		mine[service] = applied
-	}
-	c.shares = result
-	c.mu.Unlock()
-	for service, sh := range mine {
+	sideFraction.Set(p.Side.Fraction)
+	for service, sh := range p.Parts {
 		if err := c.cfg.Shares.SetShare(service, sh); err != nil {
 			c.log.Error("cannot apply the share", "service", service, "err", err)
 		}
 	}
-}
-
-// riseCap returns, per dimension, the part of a service's licence that the
-// other live members' reports leave to this node: fraction less what each
-// applies, a member with no report since it (re)joined counting as holding
-// everything. Called with mu held.
-func (c *Cluster) riseCapLocked(service string, live []string, fraction float64) Share {
-	var others Share
-	for _, n := range live {
-		if n == c.cfg.NodeName {
-			continue
-		}
-		p := c.peers[n]
-		if p == nil || !p.heard.After(p.joinedAt) {
-			return Share{}
-		}
-		a := p.applied[service]
-		others.CAPS += whole(a.CAPS)
-		others.Sessions += whole(a.Sessions)
-		others.Subscribers += whole(a.Subscribers)
-	}
-	return Share{CAPS: max(fraction-others.CAPS, 0), Sessions: max(fraction-others.Sessions, 0),
-		Subscribers: max(fraction-others.Subscribers, 0)}
-}
-
-// whole reads a reported part: negative means the whole licence.
-func whole(f float64) float64 {
-	if f < 0 {
-		return 1
-	}
-	return f
-}
-
-// rise applies a computed part: a fall at once, a rise up to the cap (but
-// never below what is applied now). Negative parts mean the whole licence
-// (not shared) and pass through.
-func rise(computed, prev, cp float64) float64 {
-	if computed < 0 || computed <= prev {
-		return computed
-	}
-	return min(computed, max(prev, cp))
+	return p.Report
 }
 
 // sideFraction is the part of each licence this node's side enforces.
@@ -551,7 +376,7 @@ func (c *Cluster) Witnesses() []ledger.Witness {
 func (c *Cluster) Side() Side {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.side
+	return c.planner.Side()
 }
 
 // liveNames returns the names of the members that are not dead, sorted.
@@ -599,13 +424,9 @@ func (c *Cluster) Members() []Member {
 			m.RESPAddr, m.Version, m.MaxCAPS = md.RESPAddr, md.Version, md.MaxCAPS
 			m.AdminAddr = reachable(md.Admin, addr)
 		}
-		if name == c.cfg.NodeName {
-			m.Demand = copyMap(c.local)
-		} else if p := c.peers[name]; p != nil {
-			m.Demand = copyMap(p.demand)
-		}
-		for service, byNode := range c.shares {
-			if s, ok := byNode[name]; ok {
+		m.Demand = copyMap(c.planner.Demand(name))
+		for service := range c.cfg.Shares.Licensed() {
+			if s, ok := c.planner.Shares(service)[name]; ok {
 				m.Shares[service] = s
 			}
 		}
@@ -619,15 +440,15 @@ func (c *Cluster) Members() []Member {
 		}
 		add(n.Name, n.Address(), state, n.Meta, nil)
 	}
-	for name, p := range c.peers {
-		if !seen[name] && p.dead {
-			since := p.deadAt
+	for _, g := range c.planner.GoneMembers() {
+		if p := c.peers[g.Name]; p != nil && !seen[g.Name] {
+			since := g.At
 			state := "dead"
-			if p.left {
+			if g.Left {
 				state = "left"
 			}
-			add(name, p.addr, state, p.metaRaw, &since)
-			out[len(out)-1].Reclaimed = p.reclaimed
+			add(g.Name, p.addr, state, p.metaRaw, &since)
+			out[len(out)-1].Reclaimed = g.Reclaimed
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
@@ -677,7 +498,7 @@ func (d *delegate) NotifyMsg(b []byte) {
 			p = &peer{}
 			c.peers[m.Node] = p
 		}
-		p.demand, p.tokenRate, p.held, p.applied, p.heard = m.Demand, m.TokenRate, m.Held, m.Applied, time.Now()
+		c.planner.Heard(c.cfg.Now(), m.Node, m.Report)
 		if m.HeadSeq > p.head.Seq && isHash(m.HeadHash) {
 			p.head = ledger.Witness{Node: m.Node, Seq: m.HeadSeq, Hash: m.HeadHash}
 		}
@@ -756,9 +577,8 @@ func (e *events) NotifyJoin(n *memberlist.Node) {
 		p = &peer{}
 		c.peers[n.Name] = p
 	}
-	back, downSince := p.dead, p.deadAt
-	p.dead, p.left, p.reclaimed, p.addr, p.metaRaw = false, false, false, n.Address(), append([]byte(nil), n.Meta...)
-	p.joinedAt = time.Now()
+	back, downSince := c.planner.Joined(c.cfg.Now(), n.Name)
+	p.addr, p.metaRaw = n.Address(), append([]byte(nil), n.Meta...)
 	c.mu.Unlock()
 	if n.Name != c.cfg.NodeName {
 		c.log.Info("member joined", "member", n.Name, "addr", n.Address())
@@ -774,7 +594,8 @@ func (e *events) NotifyLeave(n *memberlist.Node) {
 	left := n.Name == c.cfg.NodeName
 	if p := c.peers[n.Name]; p != nil {
 		left = left || p.leaving
-		p.dead, p.left, p.leaving, p.deadAt = true, left, false, time.Now()
+		p.leaving = false
+		c.planner.Gone(c.cfg.Now(), n.Name, left)
 	}
 	c.mu.Unlock()
 	if left {

@@ -30,43 +30,52 @@ func newDemandMeter() *demandMeter {
 	return &demandMeter{hist: map[string]*[demandWindow + 1]sample{}, tokens: map[string]*[demandWindow + 1]sample{}}
 }
 
-// offered counts a service's attempts that reached the licence checks.
-func offered(st admission.Stats) uint64 {
-	a := st.Admissions
-	return a[admission.OK] + a[admission.CAPS] + a[admission.SESSIONS] + a[admission.TOKENS]
-}
-
-// measure updates every service's demand from the engine at t seconds (any
-// monotonic scale), and returns it with the rate each service's token pool
-// is charged here and what each service holds here.
-func (m *demandMeter) measure(eng *admission.Engine, t float64) (demand, tokenRate map[string]float64, held map[string]Held) {
+// measure updates every service's demand from this node's counters at t
+// seconds (any monotonic scale), and returns it with the rate each token
+// pool is charged here and what each service holds here.
+func (m *demandMeter) measure(u Usage, t float64) (demand, tokenRate map[string]float64, held map[string]Held) {
 	demand, tokenRate, held = map[string]float64{}, map[string]float64{}, map[string]Held{}
-	for _, s := range eng.Services() {
-		st := s.Stats()
-		if st.Sessions > 0 || st.Subscribers > 0 || st.PoolUsed > 0 {
-			held[s.Name()] = Held{Sessions: st.Sessions, Subscribers: st.Subscribers, Tokens: st.PoolUsed}
+	for _, s := range u {
+		if s.Sessions > 0 || s.Subscribers > 0 || s.PoolUsed > 0 {
+			held[s.Name] = Held{Sessions: s.Sessions, Subscribers: s.Subscribers, Tokens: s.PoolUsed}
 		}
-		if d := push(m.hist, s.Name(), sample{t: t, n: offered(st)}); d >= 0.01 {
-			demand[s.Name()] = d
+		if d := push(m.hist, s.Name, sample{t: t, n: s.Offered}); d >= 0.01 {
+			demand[s.Name] = d
 		}
-		if r := push(m.tokens, s.Name(), sample{t: t, n: uint64(max(st.PoolUsed, 0))}); r >= 0.01 {
-			tokenRate[s.Name()] = r
+		if r := push(m.tokens, s.Name, sample{t: t, n: uint64(max(s.PoolUsed, 0))}); r >= 0.01 {
+			tokenRate[s.Name] = r
 		}
 		// Accounts' pools, under their pool keys.
-		for _, p := range s.Pools() {
-			if p.Account == "" {
-				continue
+		for _, a := range s.Accounts {
+			k := poolKey(s.Name, a.Account)
+			if a.Used > 0 {
+				held[k] = Held{Tokens: a.Used}
 			}
-			k := poolKey(s.Name(), p.Account)
-			if p.Used > 0 {
-				held[k] = Held{Tokens: p.Used}
-			}
-			if r := push(m.tokens, k, sample{t: t, n: uint64(max(p.Used, 0))}); r >= 0.01 {
+			if r := push(m.tokens, k, sample{t: t, n: uint64(max(a.Used, 0))}); r >= 0.01 {
 				tokenRate[k] = r
 			}
 		}
 	}
 	return demand, tokenRate, held
+}
+
+// ReadUsage reads this node's counters from the engine.
+func ReadUsage(eng *admission.Engine) Usage {
+	services := eng.Services()
+	u := make(Usage, 0, len(services))
+	for _, s := range services {
+		st := s.Stats()
+		a := st.Admissions
+		su := ServiceUsage{Name: s.Name(), Offered: a[admission.OK] + a[admission.CAPS] + a[admission.SESSIONS] + a[admission.TOKENS],
+			Sessions: st.Sessions, Subscribers: st.Subscribers, PoolUsed: st.PoolUsed}
+		for _, p := range s.Pools() {
+			if p.Account != "" {
+				su.Accounts = append(su.Accounts, AccountUsage{Account: p.Account, Size: p.Size, Used: p.Used})
+			}
+		}
+		u = append(u, su)
+	}
+	return u
 }
 
 // poolKey names an account's token pool in reports and budgets ("/" is not

@@ -1,0 +1,461 @@
+package cluster
+
+import (
+	"math"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/capsgate/capsgate/admission"
+)
+
+// Planner decides this node's part of every licence from what it knows of
+// the farm. It is a pure state machine: members' reports, joins, leaves and
+// failures are fed in as they happen (Heard, Joined, Gone), and Plan is
+// stepped once per exchange with the instant, the live members, the
+// licences and this node's own counters. It takes no lock, reads no clock,
+// does no I/O and logs nothing; every instant is passed in. Cluster feeds it
+// from memberlist and the engine, under its mutex, and applies the Plan; the
+// transcript tests (testdata/planner) and the farm simulator (cluster/sim)
+// drive it with a fake network and clock.
+type Planner struct {
+	self   string
+	policy PolicyConfig
+	start  time.Time // the first instant Plan saw: the demand meter's zero
+	began  bool
+
+	peers map[string]*view // every other member ever heard of
+	meter *demandMeter
+	side  Side
+	// local is this node's last report.
+	local Report
+	// applied are this node's parts as applied (and reported); computed the
+	// parts as computed at the previous exchange (a token budget applies
+	// one exchange late); budget this node's token budgets as planned.
+	applied  map[string]Share
+	computed map[string]Share
+	budget   map[string]int64
+	// shares is every member's CAPS share per service, as last computed.
+	shares map[string]map[string]float64
+}
+
+// view is what this node knows of another member.
+type view struct {
+	report Report
+	heard  time.Time // when its last report arrived
+	// joinedAt is when it last joined: a report heard before is stale.
+	joinedAt time.Time
+	dead     bool
+	left     bool // it left gracefully: its part is free at once
+	// reclaimed: declared dead long enough that its part went to the live.
+	reclaimed bool
+	deadAt    time.Time
+}
+
+// Report is what a node tells every member at each exchange: per service,
+// its demand (attempts per second offered to the licence), the rate at
+// which it charges each token pool, what it holds (sessions, subscribers,
+// tokens charged and its token budget) and the parts it applies.
+type Report struct {
+	Demand    map[string]float64 `json:"d"`
+	TokenRate map[string]float64 `json:"r,omitempty"`
+	Held      map[string]Held    `json:"h,omitempty"`
+	Applied   map[string]Share   `json:"a,omitempty"`
+}
+
+// Usage is this node's counters at one instant, as the engine tells them.
+type Usage []ServiceUsage
+
+// ServiceUsage is one service's counters on this node.
+type ServiceUsage struct {
+	Name string
+	// Offered counts the attempts that reached the licence checks: admitted
+	// or refused by a licence limit (not UNLICENSED, not OVERLOAD).
+	Offered     uint64
+	Sessions    int64
+	Subscribers int64
+	// PoolUsed is what this node has charged to the service's unallocated
+	// pool this period.
+	PoolUsed int64
+	// Accounts are the accounts' allocations: their size and what this
+	// node has charged to each.
+	Accounts []AccountUsage
+}
+
+// AccountUsage is one account's allocation as this node sees it.
+type AccountUsage struct {
+	Account string
+	Size    int64
+	Used    int64
+}
+
+// Plan is what one exchange decided.
+type Plan struct {
+	// Parts are this node's parts of each licensed service, to apply.
+	Parts map[string]Share
+	// Report goes to every member.
+	Report Report
+	// Side is this node's side of the cluster; SideChanged says it differs
+	// from the previous plan's.
+	Side        Side
+	SideChanged bool
+	// Reclaimed names the failed members whose part went to the live ones
+	// at this exchange.
+	Reclaimed []string
+}
+
+// NewPlanner returns the planner of node self under a partition policy.
+func NewPlanner(self string, policy PolicyConfig) *Planner {
+	return &Planner{self: self, policy: policy, peers: map[string]*view{}, meter: newDemandMeter(),
+		side:    Side{State: SideWhole, Fraction: 1, Live: 1, Known: 1},
+		applied: map[string]Share{}, computed: map[string]Share{}, budget: map[string]int64{},
+		shares: map[string]map[string]float64{}}
+}
+
+func (p *Planner) peer(name string) *view {
+	v := p.peers[name]
+	if v == nil {
+		v = &view{}
+		p.peers[name] = v
+	}
+	return v
+}
+
+// Heard takes a member's report, arrived at now.
+func (p *Planner) Heard(now time.Time, from string, r Report) {
+	if from == p.self || from == "" {
+		return
+	}
+	v := p.peer(from)
+	v.report, v.heard = r, now
+}
+
+// Joined records that a member joined (or came back) at now: what it
+// reported before counts no more. It returns whether the member was gone,
+// and since when.
+func (p *Planner) Joined(now time.Time, name string) (back bool, since time.Time) {
+	if name == p.self {
+		return false, time.Time{}
+	}
+	v := p.peer(name)
+	back, since = v.dead, v.deadAt
+	v.dead, v.left, v.reclaimed, v.joinedAt = false, false, false, now
+	return back, since
+}
+
+// Gone records that a member left at now: gracefully (its part is free at
+// once) or not (a failure: it keeps its part until reclaimed).
+func (p *Planner) Gone(now time.Time, name string, graceful bool) {
+	v, ok := p.peers[name]
+	if !ok {
+		return
+	}
+	v.dead, v.left, v.deadAt = true, graceful, now
+}
+
+// Known reports whether name was ever heard of, and whether it is gone.
+func (p *Planner) Known(name string) (known, gone bool) {
+	v, ok := p.peers[name]
+	return ok, ok && v.dead
+}
+
+// Plan measures this node's demand from its counters at now and decides its
+// part of every licensed service among the live members (this node among
+// them, sorted or not), in name order so that every node computes the same
+// vectors from the same reports: CAPS by demand, sessions and subscribers
+// by what each node holds (so a node never gets less than it holds while
+// the licence covers everyone, and the spare is split), tokens by the rate
+// each node charges them. While members it knew are unreachable, the
+// partition policy decides how much of each licence the live side splits
+// (decideSide).
+func (p *Planner) Plan(now time.Time, live []string, licensed map[string]admission.Limits, u Usage) Plan {
+	if !p.began {
+		p.start, p.began = now, true
+	}
+	names := slices.Clone(live)
+	slices.Sort(names)
+	names = slices.Compact(names)
+	demand, rate, held := p.meter.measure(u, now.Sub(p.start).Seconds())
+	p.local = Report{Demand: demand, TokenRate: rate, Held: held}
+
+	var failed []failure
+	for name, v := range p.peers {
+		if v.dead && !v.left && !v.reclaimed && !slices.Contains(names, name) {
+			failed = append(failed, failure{name: name, at: v.deadAt})
+		}
+	}
+	slices.SortFunc(failed, func(a, b failure) int { return strings.Compare(a.name, b.name) })
+	side, reclaim := decideSide(now, p.policy, names, failed)
+	for _, name := range reclaim {
+		p.peers[name].reclaimed = true
+	}
+	out := Plan{Side: side, SideChanged: side.State != p.side.State, Reclaimed: reclaim, Parts: map[string]Share{}}
+	p.side = side
+
+	pools := map[string][]AccountUsage{}
+	for _, s := range u {
+		pools[s.Name] = s.Accounts
+	}
+	self := slices.Index(names, p.self)
+	p.shares = map[string]map[string]float64{}
+	for service, l := range licensed {
+		caps := make([]float64, len(names))
+		sessions := make([]float64, len(names))
+		subs := make([]float64, len(names))
+		for i, n := range names {
+			var d float64
+			var h Held
+			if n == p.self {
+				d, h = demand[service], held[service]
+			} else if v := p.peers[n]; v != nil {
+				// A stale report's demand is dropped, but what a live member
+				// holds is kept until it is declared dead: its sessions do
+				// not end because a report was lost.
+				h = v.report.Held[service]
+				if p.fresh(now, v) {
+					d = v.report.Demand[service]
+				}
+			}
+			caps[i], sessions[i], subs[i] = d, float64(h.Sessions), float64(h.Subscribers)
+		}
+		sh := Share{CAPS: -1, Sessions: -1, Subscribers: -1}
+		if l.CAPS > 0 {
+			shares := Allocate(side.Fraction*l.CAPS, caps)
+			p.shares[service] = map[string]float64{}
+			for i, n := range names {
+				p.shares[service][n] = shares[i]
+			}
+			if self >= 0 {
+				sh.CAPS = shares[self] / l.CAPS
+			}
+		}
+		if l.Sessions > 0 && self >= 0 {
+			sh.Sessions = Allocate(side.Fraction*float64(l.Sessions), sessions)[self] / float64(l.Sessions)
+		}
+		if l.Subscribers > 0 && self >= 0 {
+			sh.Subscribers = Allocate(side.Fraction*float64(l.Subscribers), subs)[self] / float64(l.Subscribers)
+		}
+		if l.Tokens != admission.Unlimited && self >= 0 && p.clustered() {
+			sh.TokensShared = true
+			sh.TokensBudget, sh.AccountBudgets = p.budgets(now, service, l.Tokens, pools[service], names, side.Fraction)
+		}
+		// A fall applies at once. A rise goes no further than what the
+		// other live members' own reports leave free (riseCap): a member
+		// whose fall has not been reported yet, whose report is stale, or
+		// that has not reported since it (re)joined keeps what it may
+		// hold, so nodes whose views differ for a moment (a member just
+		// joined, a partition healing on one side first, failures seen at
+		// different times) never claim the same part twice.
+		prev, ok := p.applied[service]
+		if !ok && len(names) > 0 {
+			// A licence new here starts from an even part, not from nothing.
+			even := side.Fraction / float64(len(names))
+			prev = Share{CAPS: even, Sessions: even, Subscribers: even}
+		}
+		cp := p.riseCap(service, names, side.Fraction)
+		applied := Share{CAPS: rise(sh.CAPS, prev.CAPS, cp.CAPS), Sessions: rise(sh.Sessions, prev.Sessions, cp.Sessions),
+			Subscribers: rise(sh.Subscribers, prev.Subscribers, cp.Subscribers), TokensShared: sh.TokensShared, TokensBudget: sh.TokensBudget,
+			AccountBudgets: sh.AccountBudgets}
+		// A token budget is reported one exchange before it applies.
+		if old, ok := p.computed[service]; ok && old.TokensShared {
+			applied.TokensBudget = min(sh.TokensBudget, old.TokensBudget)
+			applied.AccountBudgets = map[string]int64{}
+			for acct, b := range sh.AccountBudgets {
+				if ob, ok := old.AccountBudgets[acct]; ok {
+					b = min(b, ob)
+				} else {
+					b = 0 // new here: after its report
+				}
+				applied.AccountBudgets[acct] = b
+			}
+		}
+		p.computed[service] = sh
+		p.applied[service] = applied
+		out.Parts[service] = applied
+	}
+	out.Report = p.report()
+	return out
+}
+
+// report is what this node sends after a plan: its measured vectors, its
+// token budgets just planned (they apply at the next exchange, after the
+// others have them) and the parts it applies.
+func (p *Planner) report() Report {
+	r := Report{Demand: p.local.Demand, TokenRate: p.local.TokenRate, Held: make(map[string]Held, len(p.local.Held)),
+		Applied: make(map[string]Share, len(p.applied))}
+	for key, h := range p.local.Held {
+		r.Held[key] = h
+	}
+	for key, b := range p.budget {
+		h := r.Held[key]
+		h.Budget = b
+		r.Held[key] = h
+	}
+	for service, a := range p.applied {
+		r.Applied[service] = a
+	}
+	return r
+}
+
+// fresh reports whether a member's last report is recent enough for its
+// demand to count (staleAfter).
+func (p *Planner) fresh(now time.Time, v *view) bool {
+	return !v.heard.IsZero() && now.Sub(v.heard) < staleAfter
+}
+
+// riseCap returns, per dimension, the part of a service's licence that the
+// other live members' reports leave to this node: fraction less what each
+// applies, a member with no report since it (re)joined counting as holding
+// everything.
+func (p *Planner) riseCap(service string, live []string, fraction float64) Share {
+	var others Share
+	for _, n := range live {
+		if n == p.self {
+			continue
+		}
+		v := p.peers[n]
+		if v == nil || v.heard.IsZero() || !v.heard.After(v.joinedAt) {
+			return Share{}
+		}
+		a := v.report.Applied[service]
+		others.CAPS += whole(a.CAPS)
+		others.Sessions += whole(a.Sessions)
+		others.Subscribers += whole(a.Subscribers)
+	}
+	return Share{CAPS: max(fraction-others.CAPS, 0), Sessions: max(fraction-others.Sessions, 0),
+		Subscribers: max(fraction-others.Subscribers, 0)}
+}
+
+// whole reads a reported part: negative means the whole licence.
+func whole(f float64) float64 {
+	if f < 0 {
+		return 1
+	}
+	return f
+}
+
+// rise applies a computed part: a fall at once, a rise up to the cap (but
+// never below what is applied now). Negative parts mean the whole licence
+// (not shared) and pass through.
+func rise(computed, prev, cp float64) float64 {
+	if computed < 0 || computed <= prev {
+		return computed
+	}
+	return min(computed, max(prev, cp))
+}
+
+// clustered reports whether this node has ever seen another member: from
+// then on its token pools are shared.
+func (p *Planner) clustered() bool { return len(p.peers) > 0 }
+
+// budgets plans this node's budgets of a service's pool and of its
+// accounts' allocations.
+func (p *Planner) budgets(now time.Time, service string, licensed int64, accounts []AccountUsage, names []string, fraction float64) (int64, map[string]int64) {
+	self := slices.Index(names, p.self)
+	part := func(key string) float64 {
+		rates := make([]float64, len(names))
+		for i, n := range names {
+			if n == p.self {
+				rates[i] = p.local.TokenRate[key]
+			} else if v := p.peers[n]; v != nil && p.fresh(now, v) {
+				rates[i] = v.report.TokenRate[key]
+			}
+		}
+		return Allocate(fraction, rates)[self]
+	}
+	allocated := int64(0)
+	budgets := map[string]int64{}
+	for _, a := range accounts {
+		allocated = satAdd(allocated, a.Size)
+		key := poolKey(service, a.Account)
+		budgets[a.Account] = p.tokenBudget(key, a.Size, part(key))
+	}
+	return p.tokenBudget(service, max(licensed-allocated, 0), part(service)), budgets
+}
+
+// tokenBudget plans this node's budget for a token pool: how much it may
+// have charged the pool in all. Budgets are escrow: each member reports
+// its budget and the others hold it reserved, so that while reports arrive
+// within an exchange interval the budgets never add up to more than the
+// pool (see the package doc). part is this node's fraction of what is
+// left, by the rate each member charges the pool.
+func (p *Planner) tokenBudget(key string, pool int64, part float64) int64 {
+	used := p.local.Held[key].Tokens
+	cur, planned := p.budget[key]
+	if !planned {
+		cur = used
+	}
+	spent, reserved := used, max(cur, used)
+	for _, v := range p.peers {
+		h := v.report.Held[key]
+		spent = satAdd(spent, h.Tokens)
+		switch {
+		case v.left || v.reclaimed:
+			// Gone: what it charged stays charged, its budget is free.
+			reserved = satAdd(reserved, h.Tokens)
+		default:
+			// Alive, or failed but maybe only cut off: it may still be
+			// charging up to its budget.
+			reserved = satAdd(reserved, max(h.Budget, h.Tokens))
+		}
+	}
+	target := satAdd(used, int64(math.Floor(part*float64(max(pool-spent, 0)))))
+	free := pool - reserved
+	next := target
+	if target > cur {
+		// A rise takes no more than this node's part of what no member
+		// has reserved.
+		next = min(target, satAdd(cur, int64(math.Floor(part*float64(max(free, 0))))))
+	}
+	next = max(next, used)
+	p.budget[key] = next
+	return next
+}
+
+// satAdd adds two non-negative counts, saturating at the largest int64.
+func satAdd(a, b int64) int64 {
+	if s := a + b; s >= a {
+		return s
+	}
+	return math.MaxInt64
+}
+
+// Side returns the side as last planned.
+func (p *Planner) Side() Side { return p.side }
+
+// Local returns this node's last report.
+func (p *Planner) Local() Report { return p.local }
+
+// Demand returns a member's last reported demand (this node's own for self).
+func (p *Planner) Demand(name string) map[string]float64 {
+	if name == p.self {
+		return p.local.Demand
+	}
+	if v := p.peers[name]; v != nil {
+		return v.report.Demand
+	}
+	return nil
+}
+
+// Shares returns every member's CAPS share of service as last computed.
+func (p *Planner) Shares(service string) map[string]float64 { return p.shares[service] }
+
+// GoneMember is a member that left or failed, as GET /v1/cluster shows it.
+type GoneMember struct {
+	Name      string
+	At        time.Time
+	Left      bool
+	Reclaimed bool
+}
+
+// GoneMembers returns the members that left or failed, by name.
+func (p *Planner) GoneMembers() []GoneMember {
+	var out []GoneMember
+	for name, v := range p.peers {
+		if v.dead {
+			out = append(out, GoneMember{Name: name, At: v.deadAt, Left: v.left, Reclaimed: v.reclaimed})
+		}
+	}
+	slices.SortFunc(out, func(a, b GoneMember) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}

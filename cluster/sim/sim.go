@@ -1,0 +1,376 @@
+// Package sim is a deterministic simulator of a capsgate farm: N nodes, each
+// with the real share planner (cluster.Planner), the real limits layer
+// (cluster.Shares) and the real decision engine (admission.Engine, its GCRA
+// buckets), joined by a simulated network (delay, loss, partitions) and
+// driven by simulated traffic (paced, Poisson, bursty, a stalling proxy; a
+// load that moves, ramps or flashes) on a simulated clock. A scenario and
+// its seed determine every event, so a run repeats exactly.
+//
+// Time advances in steps of one millisecond. Within a step each node first
+// decides the attempts that arrive in it, each at its own nanosecond, then
+// the step's network and exchange events run in time order. Each node
+// plans every cluster.ExchangeInterval, at a phase of its own.
+package sim
+
+import (
+	"container/heap"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"slices"
+	"time"
+
+	"github.com/capsgate/capsgate/admission"
+	"github.com/capsgate/capsgate/cluster"
+)
+
+// Service is the one service a scenario licenses.
+const Service = "voice"
+
+// Scenario describes one run.
+type Scenario struct {
+	Nodes int
+	// CAPS is the licence.
+	CAPS float64
+	// Duration of the run (simulated).
+	Duration time.Duration
+	Seed     uint64
+	// Arrivals is the traffic model (Paced, Poisson, Bursty, Stalling).
+	Arrivals string
+	// Load is the offered rate over all nodes as a fraction of CAPS.
+	Load float64
+	// Skew weighs the load per node; nil spreads it evenly.
+	Skew []float64
+	// ShiftAt > 0 moves all load to the node that had the least at that
+	// instant (the last one of equal weights).
+	ShiftAt time.Duration
+	// Ramp raises the offered load from 0 at the start to RampTo × CAPS at
+	// the end, instead of Load.
+	Ramp   bool
+	RampTo float64
+	// FlashAt > 0 multiplies the load by FlashFactor for FlashFor.
+	FlashAt     time.Duration
+	FlashFor    time.Duration
+	FlashFactor float64
+	// Net is the network between nodes.
+	Net Net
+	// Burst is the engine's admission.burst (0: its default).
+	Burst time.Duration
+}
+
+// Net models the network that carries the exchange's reports.
+type Net struct {
+	// Delay is the least one-way delay; Jitter the mean of an exponential
+	// added to it.
+	Delay, Jitter time.Duration
+	// Loss is the fraction of reports lost.
+	Loss float64
+}
+
+// LAN is a loopback or LAN network: 100 µs plus 200 µs of jitter on
+// average, nothing lost.
+var LAN = Net{Delay: 100 * time.Microsecond, Jitter: 200 * time.Microsecond}
+
+// Step is the width of one series sample.
+const Step = 100 * time.Millisecond
+
+// Result is what a run measured.
+type Result struct {
+	Scenario Scenario
+	// Offered, Admitted and Refused count attempts over the whole run and
+	// all nodes (Refused: by the licence, reason CAPS).
+	Offered, Admitted, Refused int64
+	// Burst is the farm's depth: the sum of the nodes' bucket depths at
+	// the end (attempts).
+	Burst int64
+	// Worst1s and Worst10s are the most attempts admitted in any window of
+	// 1 s and 10 s (sliding in 10 ms steps; a run shorter than 10 s has
+	// Worst10s over its whole length).
+	Worst1s, Worst10s int64
+	// Converge is, after a shift, how long until the node the load moved to
+	// refused nothing more (0: no refusal after the shift; -1: it still
+	// refused in the run's last second).
+	Converge time.Duration
+	// Series holds, per node, per Step: offered, admitted, and the CAPS the
+	// node enforced at the end of the step.
+	Series []NodeSeries
+}
+
+// NodeSeries is one node's samples, one per Step.
+type NodeSeries struct {
+	Name     string
+	Offered  []int64
+	Admitted []int64
+	Limit    []float64
+}
+
+// RefusedFraction is Refused / Offered.
+func (r Result) RefusedFraction() float64 {
+	if r.Offered == 0 {
+		return 0
+	}
+	return float64(r.Refused) / float64(r.Offered)
+}
+
+func (sc *Scenario) validate() error {
+	switch {
+	case sc.Nodes < 1 || sc.Nodes > 1000:
+		return fmt.Errorf("cannot simulate %d nodes: want 1 to 1000", sc.Nodes)
+	case !(sc.CAPS > 0) || math.IsInf(sc.CAPS, 0):
+		return fmt.Errorf("cannot simulate a licence of %v CAPS: want a finite number above 0", sc.CAPS)
+	case sc.Duration < time.Second || sc.Duration > time.Hour:
+		return fmt.Errorf("cannot simulate %v: want 1 s to 1 h", sc.Duration)
+	case sc.Skew != nil && len(sc.Skew) != sc.Nodes:
+		return fmt.Errorf("cannot simulate: %d weights for %d nodes", len(sc.Skew), sc.Nodes)
+	case !(sc.Load >= 0) || sc.Load > 100, !(sc.RampTo >= 0) || sc.RampTo > 100, !(sc.FlashFactor >= 0) || sc.FlashFactor > 1000:
+		return fmt.Errorf("cannot simulate: load, ramp and flash factors must be between 0 and 100 (flash 1000)")
+	case !(sc.Net.Loss >= 0) || sc.Net.Loss > 1 || sc.Net.Delay < 0 || sc.Net.Jitter < 0:
+		return fmt.Errorf("cannot simulate: network loss must be 0..1 and delays ≥ 0")
+	}
+	if _, err := ParseArrivals(sc.Arrivals); err != nil {
+		return err
+	}
+	var sum float64
+	for _, w := range sc.Skew {
+		if !(w >= 0) || math.IsInf(w, 0) {
+			return fmt.Errorf("cannot simulate: weight %v is not a finite number ≥ 0", w)
+		}
+		sum += w
+	}
+	if sc.Skew != nil && sum == 0 {
+		return fmt.Errorf("cannot simulate: the weights sum to 0")
+	}
+	return nil
+}
+
+// node is one simulated capsgate node.
+type node struct {
+	name    string
+	planner *cluster.Planner
+	engine  *admission.Engine
+	shares  *cluster.Shares
+	src     *source
+	phase   int64 // its exchange's offset in the interval
+	arrival int64 // its next attempt, or the step's end when none
+	// counted per 10 ms bin and per Step
+	admittedBins []int64
+	series       NodeSeries
+	lastRefusal  int64
+}
+
+// event is a report in flight or an exchange due.
+type event struct {
+	at   int64
+	seq  uint64 // ties broken in order of scheduling
+	to   int    // receiving node, or the node to plan
+	from string
+	rep  *cluster.Report // nil: an exchange
+}
+
+type events []event
+
+func (e events) Len() int { return len(e) }
+func (e events) Less(i, j int) bool {
+	if e[i].at != e[j].at {
+		return e[i].at < e[j].at
+	}
+	return e[i].seq < e[j].seq
+}
+func (e events) Swap(i, j int) { e[i], e[j] = e[j], e[i] }
+func (e *events) Push(x any)   { *e = append(*e, x.(event)) }
+func (e *events) Pop() any {
+	old := *e
+	x := old[len(old)-1]
+	*e = old[:len(old)-1]
+	return x
+}
+
+// epoch is the wall-clock instant of the simulation's zero, for the
+// planner's timestamps.
+var epoch = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// Run simulates sc.
+func Run(sc Scenario) (Result, error) {
+	if err := sc.validate(); err != nil {
+		return Result{}, err
+	}
+	clk := admission.NewFakeClock()
+	base := clk.Now() // engine instants are base + simulated nanoseconds
+	netRng := rand.New(rand.NewPCG(sc.Seed, 0))
+	interval := int64(cluster.ExchangeInterval)
+	end := int64(sc.Duration)
+	bins := int(end/int64(10*time.Millisecond)) + 1
+	steps := int(end/int64(Step)) + 1
+
+	names := make([]string, sc.Nodes)
+	for i := range names {
+		names[i] = fmt.Sprintf("n%03d", i+1)
+	}
+	licence := admission.Limits{Licensed: true, CAPS: sc.CAPS, Sessions: admission.Unlimited,
+		Subscribers: admission.Unlimited, Tokens: admission.Unlimited, State: "active"}
+	licensed := map[string]admission.Limits{Service: licence}
+	nodes := make([]*node, sc.Nodes)
+	var q events
+	var seq uint64
+	push := func(e event) {
+		seq++
+		e.seq = seq
+		heap.Push(&q, e)
+	}
+	for i, name := range names {
+		eng := admission.NewEngine(admission.Config{Clock: clk, Burst: sc.Burst})
+		sh := cluster.NewShares(eng)
+		if err := sh.SetLimits(Service, licence); err != nil {
+			return Result{}, err
+		}
+		n := &node{name: name, planner: cluster.NewPlanner(name, cluster.PolicyConfig{ReclaimAfter: 3 * time.Second}),
+			engine: eng, shares: sh, src: newSource(sc.Arrivals, sc.Seed, i), phase: netRng.Int64N(interval),
+			admittedBins: make([]int64, bins), lastRefusal: -1, arrival: -1,
+			series: NodeSeries{Name: name, Offered: make([]int64, steps), Admitted: make([]int64, steps), Limit: make([]float64, steps)}}
+		for _, other := range names {
+			n.planner.Joined(epoch, other)
+		}
+		nodes[i] = n
+		push(event{at: n.phase, to: i})
+	}
+
+	weights := sc.Skew
+	if weights == nil {
+		weights = slices.Repeat([]float64{1}, sc.Nodes)
+	}
+	var wsum float64
+	for _, w := range weights {
+		wsum += w
+	}
+	// The node the load moves to at ShiftAt: the one with the least weight.
+	target := sc.Nodes - 1
+	for i, w := range weights {
+		if w < weights[target] {
+			target = i
+		}
+	}
+	total := func(t int64) float64 {
+		r := sc.Load * sc.CAPS
+		if sc.Ramp {
+			r = sc.RampTo * sc.CAPS * float64(t) / float64(end)
+		}
+		if sc.FlashAt > 0 && t >= int64(sc.FlashAt) && t < int64(sc.FlashAt+sc.FlashFor) {
+			r *= sc.FlashFactor
+		}
+		return r
+	}
+	rates := make([]func(int64) float64, sc.Nodes)
+	for i := range nodes {
+		rates[i] = func(t int64) float64 {
+			if sc.ShiftAt > 0 && t >= int64(sc.ShiftAt) {
+				if i == target {
+					return total(t)
+				}
+				return 0
+			}
+			return total(t) * weights[i] / wsum
+		}
+	}
+
+	svc := []byte(Service)
+	var res Result
+	res.Scenario = sc
+	step := int64(time.Millisecond)
+	for t := int64(0); t < end; t += step {
+		stepEnd := min(t+step, end)
+		for i, n := range nodes {
+			if n.arrival < t {
+				n.arrival = n.src.next(stepEnd, rates[i])
+			}
+			for n.arrival < stepEnd {
+				at := n.arrival
+				d := n.engine.Admit(base+at, svc, nil, nil, admission.Normal)
+				res.Offered++
+				n.series.Offered[at/int64(Step)]++
+				if d.Reason == admission.OK {
+					res.Admitted++
+					n.admittedBins[at/int64(10*time.Millisecond)]++
+					n.series.Admitted[at/int64(Step)]++
+				} else {
+					res.Refused++
+					n.lastRefusal = at
+				}
+				n.arrival = n.src.next(stepEnd, rates[i])
+			}
+		}
+		for q.Len() > 0 && q[0].at < stepEnd {
+			e := heap.Pop(&q).(event)
+			now := epoch.Add(time.Duration(e.at))
+			n := nodes[e.to]
+			if e.rep != nil {
+				n.planner.Heard(now, e.from, *e.rep)
+				continue
+			}
+			clk.Set(base + e.at)
+			p := n.planner.Plan(now, names, licensed, cluster.ReadUsage(n.engine))
+			if sh, ok := p.Parts[Service]; ok {
+				if err := n.shares.SetShare(Service, sh); err != nil {
+					return Result{}, err
+				}
+			}
+			rep := p.Report
+			for j := range nodes {
+				if j == e.to || (sc.Net.Loss > 0 && netRng.Float64() < sc.Net.Loss) {
+					continue
+				}
+				delay := int64(sc.Net.Delay)
+				if sc.Net.Jitter > 0 {
+					delay += int64(netRng.ExpFloat64() * float64(sc.Net.Jitter))
+				}
+				push(event{at: e.at + max(delay, 1), to: j, from: n.name, rep: &rep})
+			}
+			push(event{at: e.at + interval, to: e.to})
+			if k := e.at / int64(Step); k < int64(steps) {
+				n.series.Limit[k] = n.engine.Service(Service).Stats().Limits.CAPS
+			}
+		}
+	}
+	for _, n := range nodes {
+		// Carry the enforced limit over steps without an exchange.
+		for k := 1; k < steps; k++ {
+			if n.series.Limit[k] == 0 {
+				n.series.Limit[k] = n.series.Limit[k-1]
+			}
+		}
+		res.Series = append(res.Series, n.series)
+		res.Burst += n.engine.Service(Service).Stats().Burst
+	}
+	farm := make([]int64, bins)
+	for _, n := range nodes {
+		for b, k := range n.admittedBins {
+			farm[b] += k
+		}
+	}
+	res.Worst1s = worstWindow(farm, 100)
+	res.Worst10s = worstWindow(farm, 1000)
+	if sc.ShiftAt > 0 {
+		switch last := nodes[target].lastRefusal; {
+		case last < int64(sc.ShiftAt):
+			res.Converge = 0
+		case last >= end-int64(time.Second):
+			res.Converge = -1
+		default:
+			res.Converge = time.Duration(last - int64(sc.ShiftAt))
+		}
+	}
+	return res, nil
+}
+
+// worstWindow is the largest sum of w consecutive bins (all of them when
+// there are fewer).
+func worstWindow(bins []int64, w int) int64 {
+	var sum, best int64
+	for i, k := range bins {
+		sum += k
+		if i >= w {
+			sum -= bins[i-w]
+		}
+		best = max(best, sum)
+	}
+	return best
+}
