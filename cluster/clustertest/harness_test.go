@@ -64,6 +64,23 @@ func TestPacedSplitsByWeight(t *testing.T) {
 	require.Zero(t, bad.Total.Sent)
 }
 
+// A Load sends each connection what its arrivals plan, and the tally
+// says which they were.
+func TestLoadSendsItsPlan(t *testing.T) {
+	n := clustertest.NewDev(t)
+	addrs := []string{n.RESPAddr, n.RESPAddr}
+	for _, a := range []clustertest.Arrivals{poisson, stalling} {
+		tally := clustertest.Load{Addrs: addrs, Weights: []float64{3, 1}, Rate: 400, Duration: 2 * time.Second,
+			Command: "ADMIT demo", Arrivals: a}.Run()
+		t.Logf("%v: %v (longest gap between writes %v, a write %v late at worst)", a, tally, tally.Total.MaxGap, tally.Total.MaxLate)
+		for i, rate := range []float64{300, 100} {
+			requireDecisions(t, tally.Nodes[i], sum(a.Counts(i, rate, 2*time.Second)))
+		}
+		require.Equal(t, a, tally.Arrivals)
+		require.Contains(t, tally.String(), a.String())
+	}
+}
+
 // One real node: a licence through capslicense and capsctl, kill -9 and a
 // restart on the same ports and data dir, SIGTERM exits 0.
 func TestOneNodeLifecycle(t *testing.T) {

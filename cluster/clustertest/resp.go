@@ -135,3 +135,55 @@ func Seconds(t testing.TB, env string, def time.Duration) time.Duration {
 	}
 	return time.Duration(n) * time.Second
 }
+
+// respError is a RESP error reply.
+type respError string
+
+func (e respError) String() string { return "-" + string(e) }
+
+// maxBulk bounds a bulk reply Paced will read; decisions are tiny.
+const maxBulk = 1 << 20
+
+// readReply reads one RESP2 reply: a string (simple or bulk), a respError,
+// an int64, nil, or an []any of those.
+func readReply(r *bufio.Reader) (any, error) {
+	line, err := r.ReadSlice('\n')
+	if err != nil {
+		return nil, err
+	}
+	if len(line) < 3 || line[len(line)-2] != '\r' {
+		return nil, fmt.Errorf("bad reply line %q", line)
+	}
+	kind, body := line[0], string(line[1:len(line)-2])
+	switch kind {
+	case '+':
+		return body, nil
+	case '-':
+		return respError(body), nil
+	case ':':
+		return strconv.ParseInt(body, 10, 64)
+	case '$', '*':
+		n, err := strconv.Atoi(body)
+		if err != nil || n > maxBulk {
+			return nil, fmt.Errorf("bad reply length %q", line)
+		}
+		if n < 0 {
+			return nil, nil
+		}
+		if kind == '$' {
+			b := make([]byte, n+2)
+			if _, err := io.ReadFull(r, b); err != nil {
+				return nil, err
+			}
+			return string(b[:n]), nil
+		}
+		a := make([]any, n)
+		for i := range a {
+			if a[i], err = readReply(r); err != nil {
+				return nil, err
+			}
+		}
+		return a, nil
+	}
+	return nil, fmt.Errorf("bad reply type %q", line)
+}
