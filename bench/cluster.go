@@ -20,15 +20,19 @@ type ClusterRun struct {
 	CAPS     int64
 	Rate     float64
 	Duration time.Duration
+	// Arrivals is when each node's connection sends (paced, or seeded
+	// Poisson, with or without a stalling proxy); printed, seed and all,
+	// so a run can be repeated.
+	Arrivals clustertest.Arrivals
 }
 
 // RunCluster starts Nodes capsgate processes in one cluster, loads a
 // licence of CAPS for BenchService on n1, waits until every node holds it,
-// offers Rate ADMITs per second spread by Skew for Duration (open loop,
-// clustertest.Paced) and reports cluster-wide admitted per second against
-// the licence. When ctx ends (capsbench: SIGINT or SIGTERM) the nodes are
-// killed at once, which ends the load, and RunCluster says it was
-// interrupted.
+// offers Rate ADMITs per second spread by Skew for Duration in Arrivals
+// (open loop, clustertest.Load) and reports cluster-wide admitted per
+// second against the licence. When ctx ends (capsbench: SIGINT or
+// SIGTERM) the nodes are killed at once, which ends the load, and
+// RunCluster says it was interrupted.
 func RunCluster(ctx context.Context, r ClusterRun, out io.Writer) (err error) {
 	if r.Nodes < 1 || r.CAPS < 1 || !(r.Rate > 0) || r.Duration <= 0 {
 		return fmt.Errorf("cannot run a cluster: want --nodes, --caps, --rate and --seconds above 0")
@@ -69,8 +73,9 @@ func RunCluster(ctx context.Context, r ClusterRun, out io.Writer) (err error) {
 	if err := c.AwaitCAPS(BenchService, float64(r.CAPS), 10*time.Second); err != nil {
 		return fmt.Errorf("licence did not reach every node: %w", err)
 	}
-	fmt.Fprintf(out, "%d nodes, licence %d CAPS, offering %.0f/s for %v (skew %v)\n", r.Nodes, r.CAPS, r.Rate, r.Duration, r.Skew)
-	tally := clustertest.Paced(c.RESPAddrs(), r.Skew, r.Rate, r.Duration, "ADMIT "+BenchService)
+	fmt.Fprintf(out, "%d nodes, licence %d CAPS, offering %.0f/s for %v (skew %v, %v)\n", r.Nodes, r.CAPS, r.Rate, r.Duration, r.Skew, r.Arrivals)
+	tally := clustertest.Load{Addrs: c.RESPAddrs(), Weights: r.Skew, Rate: r.Rate, Duration: r.Duration,
+		Command: "ADMIT " + BenchService, Arrivals: r.Arrivals}.Run()
 	if tally.Total.Err != nil {
 		return fmt.Errorf("load: %w", tally.Total.Err)
 	}

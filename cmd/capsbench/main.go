@@ -3,7 +3,7 @@
 //
 //	capsbench throughput --addr A [--conns C] [--pipeline P] [--seconds N] [--cmd "ADMIT bench"] [--cpuprofile FILE]
 //	capsbench latency    --addr A [--rate R] [--conns C] [--seconds N] [--cmd "ADMIT bench"] [--cpuprofile FILE]
-//	capsbench cluster    [--nodes N] [--skew 70,20,10 (even unless N is 3)] [--caps L] [--rate R] [--seconds S]
+//	capsbench cluster    [--nodes N] [--skew 70,20,10 (even unless N is 3)] [--caps L] [--rate R] [--seconds S] [--arrivals paced|poisson|stalling] [--seed N]
 //	capsbench compare    [--seconds N] [--json FILE] [--profiles latency] [--rate R] [--conns C] [--pipeline P] [--throughput-conns C] [--targets capsgate,redis-lua,limit] [--sweep 5000,10000,25000] [--stall-seconds N]
 //	capsbench report     --json FILE --out DIR
 //	capsbench stalls     [--seconds N]
@@ -28,6 +28,7 @@ import (
 
 	"github.com/capsgate/capsgate/admission/client"
 	"github.com/capsgate/capsgate/bench"
+	"github.com/capsgate/capsgate/cluster/clustertest"
 )
 
 const usage = `usage: capsbench COMMAND [flags]
@@ -139,8 +140,16 @@ func cluster(ctx context.Context, args []string) error {
 	caps := fs.Int64("caps", 1000, "licensed CAPS")
 	rate := fs.Float64("rate", 2000, "offered ADMITs per second over all nodes")
 	seconds := fs.Float64("seconds", 10, "duration")
+	arrivals := fs.String("arrivals", "poisson", "when each node's connection sends: paced (the same count every 10 ms), "+
+		"poisson (a seeded Poisson count every 10 ms: real traffic is not paced) or stalling (poisson from a proxy that "+
+		"stalls 50-200 ms about every 2 s, then sends its backlog at once)")
+	seed := fs.Uint64("seed", 1, "seed of the poisson and stalling arrivals: the same seed repeats the same arrivals")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	model, err := clustertest.ParseArrivalModel(*arrivals)
+	if err != nil {
+		return fmt.Errorf("bad --arrivals: %w", err)
 	}
 	skewSet := false
 	fs.Visit(func(f *flag.Flag) { skewSet = skewSet || f.Name == "skew" })
@@ -155,7 +164,8 @@ func cluster(ctx context.Context, args []string) error {
 		}
 	}
 	return bench.RunCluster(ctx, bench.ClusterRun{Nodes: *nodes, Skew: weights, CAPS: *caps, Rate: *rate,
-		Duration: time.Duration(*seconds * float64(time.Second))}, os.Stdout)
+		Duration: time.Duration(*seconds * float64(time.Second)),
+		Arrivals: clustertest.Arrivals{Model: model, Seed: *seed}}, os.Stdout)
 }
 
 func compare(ctx context.Context, args []string) error {

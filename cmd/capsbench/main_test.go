@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"io"
 	"net"
 	"os"
@@ -97,6 +98,7 @@ func TestClusterInterrupted(t *testing.T) {
 	line, err := bufio.NewReader(out).ReadString('\n')
 	require.NoError(t, err, "stderr: %s", stderr.String())
 	require.Contains(t, line, "2 nodes, licence 100 CAPS")
+	require.Contains(t, line, "poisson arrivals, seed 1", "the default arrivals, printed so that the run can be repeated")
 	nodes := children(t, cmd.Process.Pid)
 	require.Len(t, nodes, 2, "capsgate nodes under capsbench")
 
@@ -107,6 +109,13 @@ func TestClusterInterrupted(t *testing.T) {
 		_, err := os.Stat("/proc/" + strconv.Itoa(pid))
 		require.True(t, os.IsNotExist(err), "node process %d still there", pid)
 	}
+}
+
+// An arrival model capsbench does not know is refused in one line,
+// before anything is started.
+func TestClusterRefusesUnknownArrivals(t *testing.T) {
+	err := cluster(context.Background(), []string{"--arrivals", "bursty"})
+	require.EqualError(t, err, `bad --arrivals: unknown arrival model "bursty": want paced, poisson or stalling`)
 }
 
 // children returns the pids whose parent is ppid (from /proc).
