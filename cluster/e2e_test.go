@@ -79,26 +79,61 @@ func shares(c *clustertest.Cluster, i int, service string) string {
 }
 
 func TestThreeNodesHoldLicenceUnderSkew(t *testing.T) {
-	needsProcesses(t, "3 capsgate nodes under 20 s of paced load")
+	needsProcesses(t, "3 capsgate nodes under 20 s of load")
 	c, reached := threeNodes(t)
 	t.Logf("1000-CAPS licence loaded on n1 reached n2 after %v, n3 after %v (from the start of capsctl)", reached[0], reached[1])
-	addrs, skew := c.RESPAddrs(), []float64{70, 20, 10}
+	skew := []float64{70, 20, 10}
+	requireLicenceHeld(t, c, skew, 10*time.Second, 100)
+	requireNoneRefusedUnderLicence(t, c, skew)
+}
 
-	over := clustertest.Paced(addrs, skew, 2000, 10*time.Second, "ADMIT voice")
-	t.Logf("2000/s offered 70/20/10 for 10 s: %v", over)
+// The offered loads of the licence tests, against a 1000-CAPS licence.
+const (
+	overRate  = 2000 // twice the licence
+	underRate = 950  // 95 % of it
+)
+
+// requireLicenceHeld offers overRate ADMITs a second to c's nodes split by
+// skew for d and checks that the farm admits its 1000-CAPS licence: at
+// least 0.99 × 1000 × d, at most 1.01 × 1000 × d + burst.
+//
+// The arrivals are paced. At twice the licence every node's bucket is
+// empty nearly all the time, so what is admitted is set by the shares and
+// the buckets' depth, not by when within a second the attempts come; paced
+// arrivals keep the offered count exact (2000 × d) and the figure
+// comparable with earlier runs. The arrival shape matters below the
+// licence, where requireNoneRefusedUnderLicence offers Poisson arrivals.
+func requireLicenceHeld(t *testing.T, c *clustertest.Cluster, skew []float64, d time.Duration, burst int) {
+	t.Helper()
+	over := clustertest.Paced(c.RESPAddrs(), skew, overRate, d, "ADMIT voice")
+	t.Logf("%d nodes, %d/s offered %v for %v: %v", len(skew), overRate, skew, d, over)
 	t.Log(shares(c, 1, "voice"))
 	require.NoError(t, over.Total.Err)
-	require.Equal(t, 20000, over.Total.Sent)
+	require.Equal(t, int(overRate*d.Seconds()), over.Total.Sent)
 	require.Zero(t, over.Total.Errors, over.Total.LastError)
 	assert.Equal(t, over.Total.Rejected, over.Total.Reasons["CAPS"], "only CAPS rejects")
-	assert.GreaterOrEqual(t, over.Total.Admitted, 9900, "nothing rejected below the licence")
-	assert.LessOrEqual(t, over.Total.Admitted, 10100+100, "nothing admitted beyond 1.01 × the licence + burst")
+	licence := 1000 * d.Seconds()
+	assert.GreaterOrEqual(t, float64(over.Total.Admitted), 0.99*licence, "nothing rejected below the licence")
+	assert.LessOrEqual(t, float64(over.Total.Admitted), 1.01*licence+float64(burst), "nothing admitted beyond 1.01 × the licence + burst")
+}
 
-	under := pacedUnder(t, addrs, skew, 900, 10*time.Second)
-	t.Logf("900/s offered 70/20/10 for 10 s: %v (%.3f %% rejected)", under, 100*under.Total.RejectedFraction())
+// requireNoneRefusedUnderLicence offers underRate ADMITs a second, 95 % of
+// c's 1000-CAPS licence, to its nodes split by skew for 10 s, and checks
+// that at most 0.1 % are refused. The arrivals are Poisson, as call
+// attempts from many subscribers are, from a fixed seed so that a run can
+// be repeated; the measurement is made once, and a bad one fails the test
+// whatever the cause (a stall of the load generator included: the log
+// says how late its writes came).
+func requireNoneRefusedUnderLicence(t *testing.T, c *clustertest.Cluster, skew []float64) {
+	t.Helper()
+	under := clustertest.Load{Addrs: c.RESPAddrs(), Weights: skew, Rate: underRate, Duration: 10 * time.Second,
+		Command: "ADMIT voice", Arrivals: clustertest.Arrivals{Model: clustertest.PoissonArrivals, Seed: 1}}.Run()
+	t.Logf("%d nodes, %d/s offered %v for 10 s: %v; %.3f %% refused (a write %v late at worst)",
+		len(skew), underRate, skew, under, 100*under.Total.RejectedFraction(), under.Total.MaxLate.Round(time.Millisecond))
+	t.Log(shares(c, 1, "voice"))
 	require.NoError(t, under.Total.Err)
-	require.Equal(t, 9000, under.Total.Sent)
-	assert.LessOrEqual(t, under.Total.Rejected*1000, under.Total.Sent, "at most 0.1 %% rejected at 90 %% of the licence")
+	require.Zero(t, under.Total.Errors, under.Total.LastError)
+	assert.LessOrEqual(t, under.Total.Rejected*1000, under.Total.Sent, "at most 0.1 % refused at 95 % of the licence")
 }
 
 func TestLoadShift(t *testing.T) {
@@ -126,7 +161,7 @@ func TestLoadShift(t *testing.T) {
 	}
 	require.Equal(t, 1800, settled.Total.Sent)
 	assert.LessOrEqual(t, settled.Total.Rejected*1000, settled.Total.Sent,
-		"at most 0.1 %% rejected on n3 from 1 s after the load moved there")
+		"at most 0.1 % rejected on n3 from 1 s after the load moved there")
 }
 
 func TestKillDetectedAndShareMoves(t *testing.T) {
@@ -234,40 +269,33 @@ func percentile(sorted []time.Duration, q float64) time.Duration {
 	return sorted[max(0, min(i, len(sorted)-1))]
 }
 
-func TestFiveNodesHoldLicence(t *testing.T) {
-	needsProcesses(t, "5 capsgate nodes under 10 s of paced load")
-	c := clustertest.New(t, 5)
-	c.WaitMembers(5, 10*time.Second)
-	c.LoadLicense(2, c.Issue("--service", "voice", "--caps", "1000", "--id", "voice-5"))
-	c.WaitCAPS("voice", 1000, 2*time.Second)
-	addrs := c.RESPAddrs()
-
-	over := clustertest.Paced(addrs, []float64{50, 20, 15, 10, 5}, 2000, 5*time.Second, "ADMIT voice")
-	t.Logf("5 nodes, 2000/s offered 50/20/15/10/5 for 5 s: %v", over)
-	t.Log(shares(c, 1, "voice"))
-	require.NoError(t, over.Total.Err)
-	require.Equal(t, 10000, over.Total.Sent)
-	assert.Equal(t, over.Total.Rejected, over.Total.Reasons["CAPS"], "only CAPS rejects")
-	assert.GreaterOrEqual(t, over.Total.Admitted, 4950, "nothing rejected below the licence")
-	assert.LessOrEqual(t, over.Total.Admitted, 5050+200, "nothing admitted beyond 1.01 × the licence + burst")
-
-	under := pacedUnder(t, addrs, []float64{50, 20, 15, 10, 5}, 900, 5*time.Second)
-	t.Logf("5 nodes, 900/s offered 50/20/15/10/5 for 5 s: %v (%.3f %% rejected)", under, 100*under.Total.RejectedFraction())
-	require.NoError(t, under.Total.Err)
-	assert.LessOrEqual(t, under.Total.Rejected*1000, under.Total.Sent, "at most 0.1 %% rejected at 90 %% of the licence")
+// voiceFarm starts n nodes, waits for one membership and loads a
+// 1000-CAPS voice licence on node `on`; it returns once every node
+// enforces it.
+func voiceFarm(t *testing.T, n, on int) *clustertest.Cluster {
+	t.Helper()
+	c := clustertest.New(t, n)
+	c.WaitMembers(n, time.Duration(2*n)*time.Second)
+	c.LoadLicense(on, c.Issue("--service", "voice", "--caps", "1000", "--id", fmt.Sprintf("voice-%d", n)))
+	c.WaitCAPS("voice", 1000, 5*time.Second)
+	return c
 }
 
-// pacedUnder offers load below the licence. A load generator that stalled
-// (the machine busy with other work: a gap of 50 ms or more between two
-// writes) sends the late attempts in one burst, which is not the offered
-// rate the SPEC's bound is about; such a run is logged and made once more.
-func pacedUnder(t *testing.T, addrs []string, weights []float64, rate float64, d time.Duration) clustertest.Tally {
-	t.Helper()
-	r := clustertest.Paced(addrs, weights, rate, d, "ADMIT voice")
-	if r.Total.Rejected*1000 > r.Total.Sent && r.Total.MaxGap >= 50*time.Millisecond {
-		t.Logf("the load generator stalled %v and %d of %d were rejected; measuring again: %v",
-			r.Total.MaxGap.Round(time.Millisecond), r.Total.Rejected, r.Total.Sent, r)
-		r = clustertest.Paced(addrs, weights, rate, d, "ADMIT voice")
-	}
-	return r
+func TestFiveNodesHoldLicence(t *testing.T) {
+	needsProcesses(t, "5 capsgate nodes under 15 s of load")
+	c := voiceFarm(t, 5, 2)
+	skew := []float64{50, 20, 15, 10, 5}
+	requireLicenceHeld(t, c, skew, 5*time.Second, 200)
+	requireNoneRefusedUnderLicence(t, c, skew)
+}
+
+func TestTenNodesHoldLicence(t *testing.T) {
+	needsProcesses(t, "10 capsgate nodes under 20 s of load")
+	c := voiceFarm(t, 10, 1)
+	skew := []float64{40, 20, 10, 10, 5, 5, 4, 3, 2, 1}
+	// The farm's burst is the sum of its nodes' bucket depths, each 100 ms
+	// of the node's share but at least 20 (cluster/doc.go): for shares
+	// that add up to 1000, at most 100 + 20 × 9.
+	requireLicenceHeld(t, c, skew, 10*time.Second, 280)
+	requireNoneRefusedUnderLicence(t, c, skew)
 }
