@@ -3,6 +3,7 @@ package admission
 import (
 	"math"
 	"sync/atomic"
+	"time"
 )
 
 // gcra holds the parameters of a token bucket expressed as the Generic Cell
@@ -41,6 +42,43 @@ const minBurst = 20
 // seconds' worth of rate, at least min(minBurst, one second of rate) and at
 // least one token. A negative rate is unlimited.
 func newGCRA(rate, burstSec float64) gcra {
+	return newGCRADepth(rate, Depth(rate, burstSec))
+}
+
+// Depth is the depth in attempts of a bucket of rate attempts per second
+// whose depth is burstSec seconds of it: at least min(minBurst, one second
+// of rate) and at least one attempt (0 for a rate that is not positive).
+func Depth(rate, burstSec float64) int64 {
+	if !(rate > 0) {
+		return 0
+	}
+	if math.IsInf(rate, 1) {
+		return math.MaxInt64
+	}
+	burst := math.Floor(min(rate*burstSec+1e-9, 1<<62))
+	return max(int64(burst), min(minBurst, int64(math.Floor(min(rate, 1<<62)+1e-9))), 1)
+}
+
+// Reserve is the depth a farm node's bucket keeps of its own at rate
+// attempts per second, beside the depth it is lent: reserveZ standard
+// deviations of the Poisson attempts that come in reserveSpan, the time
+// it takes to be lent more (see package cluster).
+func Reserve(rate float64) int64 {
+	if !(rate > 0) {
+		return 0
+	}
+	return int64(math.Ceil(ReserveZ * math.Sqrt(min(rate, 1<<60)*ReserveSpan.Seconds())))
+}
+
+// Reserve settings.
+const (
+	ReserveZ    = 3
+	ReserveSpan = 200 * time.Millisecond
+)
+
+// newGCRADepth builds a bucket of rate tokens per second and the given
+// depth (at least one token). A negative rate is unlimited.
+func newGCRADepth(rate float64, burst int64) gcra {
 	switch {
 	case rate < 0 || math.IsInf(rate, 1):
 		return gcra{mode: gcraUnlimited}
@@ -51,9 +89,13 @@ func newGCRA(rate, burstSec float64) gcra {
 	if interval < 1 {
 		interval = 1
 	}
-	burst := int64(math.Floor(rate*burstSec + 1e-9))
-	burst = max(burst, min(minBurst, int64(math.Floor(rate+1e-9))), 1)
-	return gcra{mode: gcraLimited, interval: interval, tolerance: (burst - 1) * interval, burst: burst}
+	burst = max(burst, 1)
+	// The tolerance saturates: a depth of years at a high rate is no bound.
+	tolerance := int64(math.MaxInt64 / 4)
+	if burst-1 < tolerance/interval {
+		tolerance = (burst - 1) * interval
+	}
+	return gcra{mode: gcraLimited, interval: interval, tolerance: tolerance, burst: burst}
 }
 
 // take tries to take one token at now from the bucket whose TAT is tat. It

@@ -128,6 +128,9 @@ func NewEngine(cfg Config) *Engine {
 	return e
 }
 
+// Now returns the instant of the engine's clock.
+func (e *Engine) Now() int64 { return e.clk.Now() }
+
 // Config returns the engine's effective configuration.
 func (e *Engine) Config() Config { return e.cfg }
 

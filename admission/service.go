@@ -202,3 +202,17 @@ func (s *Service) Stats() Stats {
 	s.mu.Unlock()
 	return st
 }
+
+// Bucket returns the depth of the service's CAPS bucket and the attempts
+// it would admit at now without waiting (both 0 when the bucket is closed,
+// -1 when it is unlimited). It only reads an atomic: safe at any time.
+func (s *Service) Bucket(now int64) (depth, avail int64) {
+	l := s.lim.Load()
+	switch l.caps.mode {
+	case gcraUnlimited:
+		return -1, -1
+	case gcraClosed:
+		return 0, 0
+	}
+	return l.caps.burst, l.caps.available(&s.capsTAT, now)
+}

@@ -1,17 +1,27 @@
 package cluster
 
-// FloorFraction is the part of a service's licensed CAPS split evenly among
-// all live nodes whatever their demand, so a node that suddenly receives
-// traffic has capacity before the next demand exchange reaches everyone.
+// FloorFraction is the part of a service's licensed CAPS that counts as
+// every node's least demand: a node offered less (an idle one) is planned
+// as if offered FloorFraction/n of the licence, so that traffic that
+// suddenly reaches it finds capacity before the farm has heard of it.
 const FloorFraction = 0.05
 
+// SpareEven is the part of the spare (the licence less what the nodes
+// want) split evenly among the nodes; the rest goes in proportion to what
+// each wants. In proportion, every node gets the same headroom relative to
+// its demand (at 95 % of the licence, 5 %), where an even split left the
+// busiest node the least (measured with cluster/sim: on 10 nodes skewed
+// 40..1 at 95 %, 0.86 % of attempts refused with the even split, 0.004 %
+// with this one); the even part keeps some headroom on idle nodes.
+const SpareEven = 0.1
+
 // Allocate splits limit among nodes by their demands (attempts per second
-// offered). Every node first gets an equal floor (FloorFraction of limit
-// split n ways). The rest goes by demand above the floor: when it covers
-// every node's demand, each gets its demand and the spare is split evenly
-// (headroom for growth everywhere); when it does not, it is split in
-// proportion to the demands. The shares always sum to limit exactly, so
-// nodes that compute them from the same demands never over-admit together.
+// offered). Each node wants its demand, or its floor (FloorFraction of
+// limit split n ways) when that is more. When limit covers what all want,
+// each gets what it wants and the spare as SpareEven says; when it does
+// not, limit is split in proportion to what each wants. The shares always
+// sum to limit exactly, so nodes that compute them from the same demands
+// never over-admit together.
 //
 // Allocate is pure and deterministic; demands < 0 count as 0.
 func Allocate(limit float64, demands []float64) []float64 {
@@ -21,18 +31,18 @@ func Allocate(limit float64, demands []float64) []float64 {
 		return shares
 	}
 	floor := limit * FloorFraction / float64(n)
-	avail := limit - floor*float64(n)
 	var want float64
 	for _, d := range demands {
-		want += max(d-floor, 0)
+		want += max(d, floor)
 	}
+	spare := limit - want
 	for i, d := range demands {
-		w := max(d-floor, 0)
+		w := max(d, floor)
 		switch {
-		case want <= avail:
-			shares[i] = floor + w + (avail-want)/float64(n)
+		case spare >= 0:
+			shares[i] = w + spare*(SpareEven/float64(n)+(1-SpareEven)*w/want)
 		default:
-			shares[i] = floor + avail*w/want
+			shares[i] = limit * w / want
 		}
 	}
 	return shares

@@ -18,22 +18,27 @@ func TestAllocateExamples(t *testing.T) {
 		}
 	}
 	// 2× the licence, skewed 70/20/10: the licence in proportion.
-	f(1000, []float64{1400, 400, 200}, []float64{690.6, 203.4, 106.0})
-	// 90 % of the licence: every node gets its demand plus a third of the spare.
-	f(1000, []float64{630, 180, 90}, []float64{663.3, 213.3, 123.3})
+	f(1000, []float64{1400, 400, 200}, []float64{700, 200, 100})
+	// 90 % of the licence: every node gets its demand, the spare a tenth
+	// evenly and the rest in proportion (100 × (0.1/3 + 0.9 × 630/900)).
+	f(1000, []float64{630, 180, 90}, []float64{696.3, 201.3, 102.3})
 	// Idle cluster: even split.
 	f(1000, []float64{0, 0, 0, 0}, []float64{250, 250, 250, 250})
-	// All load on one node: it gets everything but the others' floors.
-	f(1000, []float64{5000, 0, 0}, []float64{966.7, 16.7, 16.7})
+	// All load on one node: the others want their floors, 16.7 of 5016.7.
+	f(1000, []float64{5000, 0, 0}, []float64{993.4, 3.3, 3.3})
+	// 10 % of the licence on one node: the floors count, the spare mostly
+	// goes to the busy node.
+	f(1000, []float64{100, 0, 0}, []float64{713.9, 143.1, 143.1})
 	f(1000, []float64{900}, []float64{1000})
 	f(1000, nil, nil)
 	f(0, []float64{10, 10}, []float64{0, 0})
 }
 
 // TestAllocateInvariants checks on random inputs what the cluster's bounds
-// rest on: the shares sum to the limit, every node keeps its floor, a
-// demand the licence can carry beside the floors is met, and no node gets less because its
-// demand is higher.
+// rest on: the shares sum to the limit, every node keeps its floor (cut
+// in proportion when the licence does not cover what all want), a demand
+// the licence can carry beside the floors is met, and no node gets less
+// because its demand is higher.
 func TestAllocateInvariants(t *testing.T) {
 	check := func(limitSeed uint16, raw []uint16) bool {
 		if len(raw) == 0 || len(raw) > 50 {
@@ -51,7 +56,7 @@ func TestAllocateInvariants(t *testing.T) {
 		var sum float64
 		for i, s := range shares {
 			sum += s
-			if s < floor-1e-9 {
+			if s < floor*min(1, limit/total)-1e-9 {
 				return false
 			}
 			if total <= limit && s < demands[i]-1e-9 {

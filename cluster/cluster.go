@@ -154,7 +154,7 @@ func New(cfg Config) (*Cluster, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	c := &Cluster{cfg: cfg, log: cfg.Log, peers: map[string]*peer{}, planner: NewPlanner(cfg.NodeName, cfg.Policy),
+	c := &Cluster{cfg: cfg, log: cfg.Log, peers: map[string]*peer{}, planner: NewPlanner(cfg.NodeName, cfg.Policy, cfg.Engine.Config().Burst),
 		stop: make(chan struct{}), forward: make(chan op, forwardQueue)}
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = cfg.NodeName

@@ -21,6 +21,7 @@ import (
 type Planner struct {
 	self   string
 	policy PolicyConfig
+	burst  float64   // admission.burst in seconds: the licence's depth
 	start  time.Time // the first instant Plan saw: the demand meter's zero
 	began  bool
 
@@ -37,6 +38,56 @@ type Planner struct {
 	budget   map[string]int64
 	// shares is every member's CAPS share per service, as last computed.
 	shares map[string]map[string]float64
+	// wanted are this node's CAPS and depth parts as last computed, before
+	// the rise cap: a part applied below them waits for room.
+	wanted map[string]Share
+	// saturated: the services whose demand took all the side's licence at
+	// the last plan (nothing to gain from planning again early).
+	saturated map[string]bool
+	// weight is this node's part of each service's CAPS at the last plan,
+	// and lent the attempts its bucket was planned to hold then.
+	weight, lent map[string]float64
+	// lastPlan is when this node last planned; early counts the early
+	// plans it may still make (refilled at earlyRate) as of earlyAt.
+	lastPlan, earlyAt time.Time
+	early             float64
+}
+
+// Early plans (PlanNow) come at least earlyGap after any plan and at most
+// earlyRate a second after a burst of earlyBurst: a node whose buckets run
+// low or whose peers move gets its part within milliseconds instead of one
+// to two exchanges, while reports sent in all stay within three times what
+// the exchange alone sends.
+const (
+	earlyGap   = 10 * time.Millisecond
+	earlyRate  = 20.0
+	earlyBurst = 5.0
+)
+
+// RepayIn is how soon a node's bucket in debt asks to be repaid.
+const RepayIn = time.Second
+
+// StarvedCheck is how often a node asks Starved of its buckets between
+// exchanges.
+const StarvedCheck = 10 * time.Millisecond
+
+// EarlyAt returns the first instant from now at which an early plan may run.
+func (p *Planner) EarlyAt(now time.Time) time.Time {
+	at := p.lastPlan.Add(earlyGap)
+	if at.Before(now) {
+		at = now
+	}
+	if tok := p.earlyTokens(at); tok < 1 {
+		at = at.Add(time.Duration((1 - tok) / earlyRate * float64(time.Second)))
+	}
+	return at
+}
+
+func (p *Planner) earlyTokens(at time.Time) float64 {
+	if p.earlyAt.IsZero() {
+		return earlyBurst
+	}
+	return min(earlyBurst, p.early+max(at.Sub(p.earlyAt).Seconds(), 0)*earlyRate)
 }
 
 // view is what this node knows of another member.
@@ -77,6 +128,9 @@ type ServiceUsage struct {
 	// PoolUsed is what this node has charged to the service's unallocated
 	// pool this period.
 	PoolUsed int64
+	// Depth is the depth of the service's CAPS bucket here and Avail the
+	// attempts it would admit at once (both -1: unlimited).
+	Depth, Avail int64
 	// Accounts are the accounts' allocations: their size and what this
 	// node has charged to each.
 	Accounts []AccountUsage
@@ -104,12 +158,13 @@ type Plan struct {
 	Reclaimed []string
 }
 
-// NewPlanner returns the planner of node self under a partition policy.
-func NewPlanner(self string, policy PolicyConfig) *Planner {
-	return &Planner{self: self, policy: policy, peers: map[string]*view{}, meter: newDemandMeter(),
+// NewPlanner returns the planner of node self under a partition policy,
+// for engines whose CAPS buckets are burst deep (admission.burst).
+func NewPlanner(self string, policy PolicyConfig, burst time.Duration) *Planner {
+	return &Planner{self: self, policy: policy, burst: burst.Seconds(), peers: map[string]*view{}, meter: newDemandMeter(),
 		side:    Side{State: SideWhole, Fraction: 1, Live: 1, Known: 1},
 		applied: map[string]Share{}, computed: map[string]Share{}, budget: map[string]int64{},
-		shares: map[string]map[string]float64{}}
+		shares: map[string]map[string]float64{}, wanted: map[string]Share{}, saturated: map[string]bool{}, weight: map[string]float64{}, lent: map[string]float64{}}
 }
 
 func (p *Planner) peer(name string) *view {
@@ -121,13 +176,53 @@ func (p *Planner) peer(name string) *view {
 	return v
 }
 
-// Heard takes a member's report, arrived at now.
-func (p *Planner) Heard(now time.Time, from string, r Report) {
+// Heard takes a member's report, arrived at now. It returns whether the
+// report calls for this node to plan again before its next exchange
+// (PlanNow): the sender made room this node is waiting for (a part of it
+// fell while this node's part is held below what it computed), its demand
+// moved by a tenth or more, or its bucket owes half its depth or more —
+// in each case unless the service's demand already takes the whole
+// licence, where planning early gains nothing.
+func (p *Planner) Heard(now time.Time, from string, r Report) bool {
 	if from == p.self || from == "" {
-		return
+		return false
 	}
 	v := p.peer(from)
+	old := v.report
 	v.report, v.heard = r, now
+	urgent := false
+	for service, a := range r.Applied {
+		w, ok := p.wanted[service]
+		if !ok {
+			continue
+		}
+		mine := p.applied[service]
+		prev := old.Applied[service]
+		if (a.CAPS < prev.CAPS && w.CAPS > mine.CAPS+1e-9) || (a.Depth < prev.Depth && w.Depth > mine.Depth+1e-9) {
+			return true
+		}
+		if p.saturated[service] {
+			continue
+		}
+		d, od := r.Demand[service], old.Demand[service]
+		if math.Abs(d-od) >= max(0.1*od, 1) {
+			urgent = true
+		}
+		// Its bucket owes more: this node would lend it a token or more.
+		if owed := float64(r.Held[service].Owed - old.Held[service].Owed); owed*p.weight[service] >= 1 {
+			urgent = true
+		}
+	}
+	return urgent
+}
+
+// Starved reports whether this node's bucket for service, with avail
+// attempts left, has spent half of what the last plan left in it while
+// the licence is not all taken: a moment to plan again before the next
+// exchange (PlanNow).
+func (p *Planner) Starved(service string, avail int64) bool {
+	lent, planned := p.lent[service]
+	return planned && float64(2*avail) <= lent && !p.saturated[service]
 }
 
 // Joined records that a member joined (or came back) at now: what it
@@ -169,9 +264,25 @@ func (p *Planner) Known(name string) (known, gone bool) {
 // partition policy decides how much of each licence the live side splits
 // (decideSide).
 func (p *Planner) Plan(now time.Time, live []string, licensed map[string]admission.Limits, u Usage) Plan {
+	return p.plan(now, live, licensed, u, true)
+}
+
+// PlanNow is Plan between two exchanges, when Heard or Starved says so:
+// CAPS, depth, sessions and subscribers are planned again; token budgets,
+// which must be reported one exchange before they apply, stay as they
+// are until the next Plan.
+func (p *Planner) PlanNow(now time.Time, live []string, licensed map[string]admission.Limits, u Usage) Plan {
+	return p.plan(now, live, licensed, u, false)
+}
+
+func (p *Planner) plan(now time.Time, live []string, licensed map[string]admission.Limits, u Usage, exchange bool) Plan {
 	if !p.began {
 		p.start, p.began = now, true
 	}
+	if !exchange {
+		p.early, p.earlyAt = max(p.earlyTokens(now)-1, 0), now
+	}
+	p.lastPlan = now
 	names := slices.Clone(live)
 	slices.Sort(names)
 	names = slices.Compact(names)
@@ -202,6 +313,7 @@ func (p *Planner) Plan(now time.Time, live []string, licensed map[string]admissi
 		caps := make([]float64, len(names))
 		sessions := make([]float64, len(names))
 		subs := make([]float64, len(names))
+		var owed float64 // what the live members' buckets owe
 		for i, n := range names {
 			var d float64
 			var h Held
@@ -216,8 +328,16 @@ func (p *Planner) Plan(now time.Time, live []string, licensed map[string]admissi
 					d = v.report.Demand[service]
 				}
 			}
-			caps[i], sessions[i], subs[i] = d, float64(h.Sessions), float64(h.Subscribers)
+			// A bucket in debt asks for its debt back within RepayIn, beside
+			// its demand: what a demand measured too low took is returned.
+			caps[i], sessions[i], subs[i] = d+float64(h.Owed)/RepayIn.Seconds(), float64(h.Sessions), float64(h.Subscribers)
+			owed += float64(h.Owed)
 		}
+		var offered float64
+		for _, d := range caps {
+			offered += d
+		}
+		p.saturated[service] = offered >= side.Fraction*l.CAPS
 		sh := Share{CAPS: -1, Sessions: -1, Subscribers: -1}
 		if l.CAPS > 0 {
 			shares := Allocate(side.Fraction*l.CAPS, caps)
@@ -227,6 +347,8 @@ func (p *Planner) Plan(now time.Time, live []string, licensed map[string]admissi
 			}
 			if self >= 0 {
 				sh.CAPS = shares[self] / l.CAPS
+				p.weight[service] = sh.CAPS / side.Fraction
+				sh.Depth, p.lent[service] = p.depth(l.CAPS, side.Fraction, p.weight[service], float64(held[service].Owed), owed)
 			}
 		}
 		if l.Sessions > 0 && self >= 0 {
@@ -235,7 +357,10 @@ func (p *Planner) Plan(now time.Time, live []string, licensed map[string]admissi
 		if l.Subscribers > 0 && self >= 0 {
 			sh.Subscribers = Allocate(side.Fraction*float64(l.Subscribers), subs)[self] / float64(l.Subscribers)
 		}
-		if l.Tokens != admission.Unlimited && self >= 0 && p.clustered() {
+		prevApplied := p.applied[service]
+		if !exchange {
+			sh.TokensShared, sh.TokensBudget, sh.AccountBudgets = prevApplied.TokensShared, prevApplied.TokensBudget, prevApplied.AccountBudgets
+		} else if l.Tokens != admission.Unlimited && self >= 0 && p.clustered() {
 			sh.TokensShared = true
 			sh.TokensBudget, sh.AccountBudgets = p.budgets(now, service, l.Tokens, pools[service], names, side.Fraction)
 		}
@@ -252,12 +377,16 @@ func (p *Planner) Plan(now time.Time, live []string, licensed map[string]admissi
 			even := side.Fraction / float64(len(names))
 			prev = Share{CAPS: even, Sessions: even, Subscribers: even}
 		}
+		if !ok || prev.Depth == 0 {
+			prev.Depth = side.Fraction / float64(max(len(names), 1))
+		}
 		cp := p.riseCap(service, names, side.Fraction)
-		applied := Share{CAPS: rise(sh.CAPS, prev.CAPS, cp.CAPS), Sessions: rise(sh.Sessions, prev.Sessions, cp.Sessions),
+		applied := Share{CAPS: rise(sh.CAPS, prev.CAPS, cp.CAPS), Depth: rise(sh.Depth, prev.Depth, cp.Depth), Sessions: rise(sh.Sessions, prev.Sessions, cp.Sessions),
 			Subscribers: rise(sh.Subscribers, prev.Subscribers, cp.Subscribers), TokensShared: sh.TokensShared, TokensBudget: sh.TokensBudget,
 			AccountBudgets: sh.AccountBudgets}
+		p.wanted[service] = Share{CAPS: sh.CAPS, Depth: sh.Depth}
 		// A token budget is reported one exchange before it applies.
-		if old, ok := p.computed[service]; ok && old.TokensShared {
+		if old, ok := p.computed[service]; exchange && ok && old.TokensShared {
 			applied.TokensBudget = min(sh.TokensBudget, old.TokensBudget)
 			applied.AccountBudgets = map[string]int64{}
 			for acct, b := range sh.AccountBudgets {
@@ -269,12 +398,32 @@ func (p *Planner) Plan(now time.Time, live []string, licensed map[string]admissi
 				applied.AccountBudgets[acct] = b
 			}
 		}
-		p.computed[service] = sh
+		if exchange {
+			p.computed[service] = sh
+		}
 		p.applied[service] = applied
 		out.Parts[service] = applied
 	}
 	out.Report = p.report()
 	return out
+}
+
+// depth plans this node's part of the farm's bucket depth D (the depth
+// of a bucket at the licence's whole rate; fraction of it on this side of
+// a partition): what its own bucket owes now, plus its weight (its part of
+// the side's CAPS) of what the side's buckets hold, D less what they owe
+// as last reported. The depth follows the attempts: a node whose bucket
+// emptied gets its debt back once others with full buckets have lent
+// theirs, so the farm's buckets hold together what one bucket at the
+// licence would (see the package doc).
+// It returns the part, and the attempts it leaves in this node's bucket.
+func (p *Planner) depth(licence, fraction, weight, own, owed float64) (part, lent float64) {
+	whole := float64(admission.Depth(licence, p.burst))
+	if whole <= 0 || fraction <= 0 {
+		return 0, 0
+	}
+	lent = weight * max(fraction*whole-owed, 0)
+	return min((own+lent)/whole, fraction), lent
 }
 
 // report is what this node sends after a plan: its measured vectors, its
@@ -319,10 +468,11 @@ func (p *Planner) riseCap(service string, live []string, fraction float64) Share
 		}
 		a := v.report.Applied[service]
 		others.CAPS += whole(a.CAPS)
+		others.Depth += a.Depth
 		others.Sessions += whole(a.Sessions)
 		others.Subscribers += whole(a.Subscribers)
 	}
-	return Share{CAPS: max(fraction-others.CAPS, 0), Sessions: max(fraction-others.Sessions, 0),
+	return Share{CAPS: max(fraction-others.CAPS, 0), Depth: max(fraction-others.Depth, 0), Sessions: max(fraction-others.Sessions, 0),
 		Subscribers: max(fraction-others.Subscribers, 0)}
 }
 

@@ -30,6 +30,10 @@ type Share struct {
 	CAPS        float64 `json:"c"`
 	Sessions    float64 `json:"s"`
 	Subscribers float64 `json:"u"`
+	// Depth is this node's part of the farm's CAPS bucket depth (the
+	// depth the licence's whole rate would have); 0: the node's bucket
+	// depth follows its CAPS.
+	Depth float64 `json:"b,omitempty"`
 	// TokensShared: the service's token pool is shared with other
 	// members, and this node may charge it up to TokensBudget in all.
 	TokensShared bool  `json:"-"`
@@ -86,6 +90,7 @@ func (s *Shares) applyLocked(service string) error {
 	if sh, ok := s.share[service]; ok && l.Licensed {
 		if sh.CAPS >= 0 && l.CAPS > 0 {
 			local.CAPS = sh.CAPS * l.CAPS
+			local.DepthShare = max(sh.Depth, 0)
 		}
 		if sh.Sessions >= 0 && l.Sessions != admission.Unlimited {
 			local.Sessions = int64(math.Floor(sh.Sessions * float64(l.Sessions)))
@@ -102,7 +107,7 @@ func (s *Shares) applyLocked(service string) error {
 
 // same reports whether two shares are equal.
 func (a Share) same(b Share) bool {
-	if a.CAPS != b.CAPS || a.Sessions != b.Sessions || a.Subscribers != b.Subscribers ||
+	if a.CAPS != b.CAPS || a.Depth != b.Depth || a.Sessions != b.Sessions || a.Subscribers != b.Subscribers ||
 		a.TokensShared != b.TokensShared || a.TokensBudget != b.TokensBudget || len(a.AccountBudgets) != len(b.AccountBudgets) {
 		return false
 	}

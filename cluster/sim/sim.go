@@ -24,6 +24,8 @@ import (
 	"github.com/capsgate/capsgate/cluster"
 )
 
+var debugHook func(at int64, name string, owed, depth, avail int64, caps, demand, computed float64, early bool)
+
 // Service is the one service a scenario licenses.
 const Service = "voice"
 
@@ -56,6 +58,9 @@ type Scenario struct {
 	Net Net
 	// Burst is the engine's admission.burst (0: its default).
 	Burst time.Duration
+	// Reference: one node holds the whole licence and every source's
+	// attempts go to it — what the farm is measured against.
+	Reference bool
 }
 
 // Net models the network that carries the exchange's reports.
@@ -71,6 +76,10 @@ type Net struct {
 // average, nothing lost.
 var LAN = Net{Delay: 100 * time.Microsecond, Jitter: 200 * time.Microsecond}
 
+// checkEvery is how often a node looks at its buckets between plans
+// (Planner.Starved), as the real node does.
+const checkEvery = cluster.StarvedCheck
+
 // Step is the width of one series sample.
 const Step = 100 * time.Millisecond
 
@@ -80,9 +89,12 @@ type Result struct {
 	// Offered, Admitted and Refused count attempts over the whole run and
 	// all nodes (Refused: by the licence, reason CAPS).
 	Offered, Admitted, Refused int64
-	// Burst is the farm's depth: the sum of the nodes' bucket depths at
-	// the end (attempts).
+	// Burst is the farm's depth: the most the nodes' bucket depths summed
+	// to at any instant of the run (attempts).
 	Burst int64
+	// OfferedBelow and RefusedBelow count the attempts that arrived while
+	// the scenario offered no more than the licence, and those refused.
+	OfferedBelow, RefusedBelow int64
 	// Worst1s and Worst10s are the most attempts admitted in any window of
 	// 1 s and 10 s (sliding in 10 ms steps; a run shorter than 10 s has
 	// Worst10s over its whole length).
@@ -102,6 +114,14 @@ type NodeSeries struct {
 	Offered  []int64
 	Admitted []int64
 	Limit    []float64
+}
+
+// RefusedBelowFraction is RefusedBelow / OfferedBelow.
+func (r Result) RefusedBelowFraction() float64 {
+	if r.OfferedBelow == 0 {
+		return 0
+	}
+	return float64(r.RefusedBelow) / float64(r.OfferedBelow)
 }
 
 // RefusedFraction is Refused / Offered.
@@ -149,22 +169,23 @@ type node struct {
 	planner *cluster.Planner
 	engine  *admission.Engine
 	shares  *cluster.Shares
-	src     *source
 	phase   int64 // its exchange's offset in the interval
-	arrival int64 // its next attempt, or the step's end when none
 	// counted per 10 ms bin and per Step
 	admittedBins []int64
 	series       NodeSeries
 	lastRefusal  int64
+	// early is when an early plan is due, or -1.
+	early int64
 }
 
-// event is a report in flight or an exchange due.
+// event is a report in flight, an exchange or an early plan due.
 type event struct {
-	at   int64
-	seq  uint64 // ties broken in order of scheduling
-	to   int    // receiving node, or the node to plan
-	from string
-	rep  *cluster.Report // nil: an exchange
+	at    int64
+	seq   uint64 // ties broken in order of scheduling
+	to    int    // receiving node, or the node to plan
+	from  string
+	rep   *cluster.Report // nil: a plan
+	early bool            // an early plan (PlanNow), not an exchange
 }
 
 type events []event
@@ -209,7 +230,15 @@ func Run(sc Scenario) (Result, error) {
 	licence := admission.Limits{Licensed: true, CAPS: sc.CAPS, Sessions: admission.Unlimited,
 		Subscribers: admission.Unlimited, Tokens: admission.Unlimited, State: "active"}
 	licensed := map[string]admission.Limits{Service: licence}
-	nodes := make([]*node, sc.Nodes)
+	members := sc.Nodes
+	if sc.Reference {
+		members, names = 1, names[:1]
+	}
+	nodes := make([]*node, members)
+	srcs := make([]*source, sc.Nodes)
+	for i := range srcs {
+		srcs[i] = newSource(sc.Arrivals, sc.Seed, i)
+	}
 	var q events
 	var seq uint64
 	push := func(e event) {
@@ -217,15 +246,17 @@ func Run(sc Scenario) (Result, error) {
 		e.seq = seq
 		heap.Push(&q, e)
 	}
+	depths := make([]int64, members) // each node's bucket depth, and their sum
+	var depthSum int64
 	for i, name := range names {
 		eng := admission.NewEngine(admission.Config{Clock: clk, Burst: sc.Burst})
 		sh := cluster.NewShares(eng)
 		if err := sh.SetLimits(Service, licence); err != nil {
 			return Result{}, err
 		}
-		n := &node{name: name, planner: cluster.NewPlanner(name, cluster.PolicyConfig{ReclaimAfter: 3 * time.Second}),
-			engine: eng, shares: sh, src: newSource(sc.Arrivals, sc.Seed, i), phase: netRng.Int64N(interval),
-			admittedBins: make([]int64, bins), lastRefusal: -1, arrival: -1,
+		n := &node{name: name, planner: cluster.NewPlanner(name, cluster.PolicyConfig{ReclaimAfter: 3 * time.Second}, eng.Config().Burst),
+			engine: eng, shares: sh, phase: netRng.Int64N(interval),
+			admittedBins: make([]int64, bins), lastRefusal: -1, early: -1,
 			series: NodeSeries{Name: name, Offered: make([]int64, steps), Admitted: make([]int64, steps), Limit: make([]float64, steps)}}
 		for _, other := range names {
 			n.planner.Joined(epoch, other)
@@ -260,7 +291,7 @@ func Run(sc Scenario) (Result, error) {
 		return r
 	}
 	rates := make([]func(int64) float64, sc.Nodes)
-	for i := range nodes {
+	for i := range srcs {
 		rates[i] = func(t int64) float64 {
 			if sc.ShiftAt > 0 && t >= int64(sc.ShiftAt) {
 				if i == target {
@@ -273,29 +304,55 @@ func Run(sc Scenario) (Result, error) {
 	}
 
 	svc := []byte(Service)
+	// planEarly schedules an early plan of node i from instant t, as soon
+	// as its planner allows, unless one is due already.
+	planEarly := func(i int, t int64) {
+		n := nodes[i]
+		if n.early >= 0 {
+			return
+		}
+		n.early = max(int64(n.planner.EarlyAt(epoch.Add(time.Duration(t))).Sub(epoch)), t)
+		push(event{at: n.early, to: i, early: true})
+	}
 	var res Result
 	res.Scenario = sc
 	step := int64(time.Millisecond)
+	arrivals := slices.Repeat([]int64{-1}, sc.Nodes)
 	for t := int64(0); t < end; t += step {
 		stepEnd := min(t+step, end)
-		for i, n := range nodes {
-			if n.arrival < t {
-				n.arrival = n.src.next(stepEnd, rates[i])
+		for i, src := range srcs {
+			n := nodes[min(i, members-1)]
+			if arrivals[i] < 0 {
+				arrivals[i] = src.next(end, rates[i])
 			}
-			for n.arrival < stepEnd {
-				at := n.arrival
+			for arrivals[i] < stepEnd {
+				at := arrivals[i]
 				d := n.engine.Admit(base+at, svc, nil, nil, admission.Normal)
+				below := total(at) <= sc.CAPS
 				res.Offered++
 				n.series.Offered[at/int64(Step)]++
+				if below {
+					res.OfferedBelow++
+				}
 				if d.Reason == admission.OK {
 					res.Admitted++
 					n.admittedBins[at/int64(10*time.Millisecond)]++
 					n.series.Admitted[at/int64(Step)]++
 				} else {
 					res.Refused++
+					if below {
+						res.RefusedBelow++
+					}
 					n.lastRefusal = at
 				}
-				n.arrival = n.src.next(stepEnd, rates[i])
+				arrivals[i] = src.next(end, rates[i])
+			}
+		}
+		for i, n := range nodes {
+			if stepEnd%int64(checkEvery) == 0 && n.early < 0 {
+				if _, avail := n.engine.Service(Service).Bucket(base + stepEnd); n.planner.Starved(Service, avail) {
+					planEarly(i, stepEnd)
+				}
 			}
 		}
 		for q.Len() > 0 && q[0].at < stepEnd {
@@ -303,15 +360,28 @@ func Run(sc Scenario) (Result, error) {
 			now := epoch.Add(time.Duration(e.at))
 			n := nodes[e.to]
 			if e.rep != nil {
-				n.planner.Heard(now, e.from, *e.rep)
+				if n.planner.Heard(now, e.from, *e.rep) {
+					planEarly(e.to, e.at)
+				}
 				continue
 			}
 			clk.Set(base + e.at)
-			p := n.planner.Plan(now, names, licensed, cluster.ReadUsage(n.engine))
+			u := cluster.ReadUsage(n.engine)
+			var p cluster.Plan
+			if e.early {
+				n.early = -1
+				p = n.planner.PlanNow(now, names, licensed, u)
+			} else {
+				p = n.planner.Plan(now, names, licensed, u)
+			}
 			if sh, ok := p.Parts[Service]; ok {
 				if err := n.shares.SetShare(Service, sh); err != nil {
 					return Result{}, err
 				}
+			}
+			if debugHook != nil {
+				d, a := n.engine.Service(Service).Bucket(base + e.at)
+				debugHook(e.at, n.name, u[0].Depth-u[0].Avail, d, a, n.engine.Service(Service).Stats().Limits.CAPS, n.planner.Local().Demand[Service], n.planner.Shares(Service)[n.name], e.early)
 			}
 			rep := p.Report
 			for j := range nodes {
@@ -324,10 +394,16 @@ func Run(sc Scenario) (Result, error) {
 				}
 				push(event{at: e.at + max(delay, 1), to: j, from: n.name, rep: &rep})
 			}
-			push(event{at: e.at + interval, to: e.to})
-			if k := e.at / int64(Step); k < int64(steps) {
-				n.series.Limit[k] = n.engine.Service(Service).Stats().Limits.CAPS
+			if !e.early {
+				push(event{at: e.at + interval, to: e.to})
 			}
+			st := n.engine.Service(Service).Stats()
+			if k := e.at / int64(Step); k < int64(steps) {
+				n.series.Limit[k] = st.Limits.CAPS
+			}
+			depthSum += st.Burst - depths[e.to]
+			depths[e.to] = st.Burst
+			res.Burst = max(res.Burst, depthSum)
 		}
 	}
 	for _, n := range nodes {
@@ -338,7 +414,6 @@ func Run(sc Scenario) (Result, error) {
 			}
 		}
 		res.Series = append(res.Series, n.series)
-		res.Burst += n.engine.Service(Service).Stats().Burst
 	}
 	farm := make([]int64, bins)
 	for _, n := range nodes {
@@ -349,7 +424,7 @@ func Run(sc Scenario) (Result, error) {
 	res.Worst1s = worstWindow(farm, 100)
 	res.Worst10s = worstWindow(farm, 1000)
 	if sc.ShiftAt > 0 {
-		switch last := nodes[target].lastRefusal; {
+		switch last := nodes[min(target, members-1)].lastRefusal; {
 		case last < int64(sc.ShiftAt):
 			res.Converge = 0
 		case last >= end-int64(time.Second):

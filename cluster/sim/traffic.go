@@ -67,7 +67,7 @@ func (s *source) exp(mean float64) int64 { return int64(s.rng.ExpFloat64()*mean)
 // next returns the instant of the source's next attempt, drawn after the
 // previous one at the offered rate that rate gives at each instant
 // (piecewise constant: a change takes effect at the next draw), or limit
-// when none comes before it (the next call goes on from limit). A stalled
+// (the end of the run) when none comes before it. A stalled
 // proxy holds what arrives during its stall and sends it at the stall's
 // end, so several attempts may share one instant.
 func (s *source) next(limit int64, rate func(int64) float64) int64 {
