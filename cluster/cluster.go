@@ -129,7 +129,8 @@ type Cluster struct {
 	peers   map[string]*peer
 	planner *Planner
 
-	forward chan op // RELEASE/DEREGISTER/claims for other members
+	wake    chan struct{} // a report calls for an early plan
+	forward chan op       // RELEASE/DEREGISTER/claims for other members
 	claims  claims
 	replay  replayLog
 
@@ -155,7 +156,7 @@ func New(cfg Config) (*Cluster, error) {
 		cfg.Now = time.Now
 	}
 	c := &Cluster{cfg: cfg, log: cfg.Log, peers: map[string]*peer{}, planner: NewPlanner(cfg.NodeName, cfg.Policy, cfg.Engine.Config().Burst),
-		stop: make(chan struct{}), forward: make(chan op, forwardQueue)}
+		stop: make(chan struct{}), wake: make(chan struct{}, 1), forward: make(chan op, forwardQueue)}
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = cfg.NodeName
 	mc.BindAddr, mc.BindPort = host, port
@@ -304,37 +305,96 @@ type demandMsg struct {
 	Report
 }
 
-// exchange reads this node's counters, plans its parts, applies them and
-// sends its report to every member, every ExchangeInterval. The report goes
-// out after the plan, with the token budgets just planned: they apply at
-// the next exchange, after the others have them.
+// exchange plans this node's parts, applies them and sends its report to
+// every member every ExchangeInterval, and between exchanges as soon as
+// the planner allows when a member's report or one of this node's buckets
+// calls for it (Planner.Heard, Planner.Starved; looked at every
+// StarvedCheck). The report goes out after the plan, with the token
+// budgets just planned: they apply at the next exchange, after the others
+// have them.
 func (c *Cluster) exchange() {
 	defer c.wg.Done()
-	admission.Repeat(c.stop, ExchangeInterval, func() time.Duration {
-		dm := demandMsg{Node: c.cfg.NodeName, Report: c.plan(c.cfg.Now())}
-		if c.cfg.LedgerHead != nil {
-			dm.HeadSeq, dm.HeadHash = c.cfg.LedgerHead()
-		}
-		msg, _ := json.Marshal(dm)
-		msg = append([]byte{msgDemand}, msg...)
-		for _, m := range c.ml.Members() {
-			if m.Name != c.cfg.NodeName && c.ml.SendBestEffort(m, msg) == nil {
-				sent(demandSent, msg)
+	tick := time.NewTicker(StarvedCheck)
+	defer tick.Stop()
+	next := c.cfg.Now().Add(ExchangeInterval)
+	var early time.Time // when an early plan is due; zero: none
+	for {
+		select {
+		case <-c.stop:
+			return
+		case <-c.wake:
+			if early.IsZero() {
+				c.mu.Lock()
+				early = c.planner.EarlyAt(c.cfg.Now())
+				c.mu.Unlock()
 			}
+			continue
+		case <-tick.C:
 		}
-		return ExchangeInterval
-	})
+		now := c.cfg.Now()
+		switch {
+		case !now.Before(next):
+			c.send(c.plan(now, true))
+			next = now.Add(ExchangeInterval)
+			early = time.Time{}
+		case !early.IsZero() && !now.Before(early):
+			c.send(c.plan(now, false))
+			early = time.Time{}
+		case early.IsZero() && c.starved():
+			c.mu.Lock()
+			early = c.planner.EarlyAt(now)
+			c.mu.Unlock()
+		}
+	}
 }
 
-// plan steps the planner with the live members, the licences and the
-// engine's counters, applies this node's parts and returns the report to
-// send.
-func (c *Cluster) plan(now time.Time) Report {
+// starved reports whether one of this node's licensed buckets has spent
+// half of what it was planned to hold (Planner.Starved).
+func (c *Cluster) starved() bool {
+	now := c.cfg.Engine.Now()
+	licensed := c.cfg.Shares.Licensed()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for service := range licensed {
+		if s := c.cfg.Engine.Service(service); s != nil {
+			if _, avail := s.Bucket(now); c.planner.Starved(service, avail) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// send sends this node's report to every member.
+func (c *Cluster) send(r Report) {
+	dm := demandMsg{Node: c.cfg.NodeName, Report: r}
+	if c.cfg.LedgerHead != nil {
+		dm.HeadSeq, dm.HeadHash = c.cfg.LedgerHead()
+	}
+	msg, _ := json.Marshal(dm)
+	msg = append([]byte{msgDemand}, msg...)
+	for _, m := range c.ml.Members() {
+		if m.Name != c.cfg.NodeName && c.ml.SendBestEffort(m, msg) == nil {
+			sent(demandSent, msg)
+		}
+	}
+}
+
+// plan steps the planner (an exchange, or an early plan) with the live
+// members, the licences and the engine's counters, applies this node's
+// parts and returns the report to send.
+func (c *Cluster) plan(now time.Time, exchange bool) Report {
 	names := c.liveNames()
 	licensed := c.cfg.Shares.Licensed()
 	usage := ReadUsage(c.cfg.Engine)
 	c.mu.Lock()
-	p := c.planner.Plan(now, names, licensed, usage)
+	var p Plan
+	if exchange {
+		p = c.planner.Plan(now, names, licensed, usage)
+	} else {
+		p = c.planner.PlanNow(now, names, licensed, usage)
+		earlyPlans.Inc()
+	}
 	c.mu.Unlock()
 	for _, name := range p.Reclaimed {
 		c.log.Warn("a failed member's part of every licence goes to the live members", "member", name,
@@ -352,6 +412,9 @@ func (c *Cluster) plan(now time.Time) Report {
 	}
 	return p.Report
 }
+
+// earlyPlans counts the plans made between exchanges.
+var earlyPlans = metrics.NewCounter(`capsgate_cluster_early_plans_total`)
 
 // sideFraction is the part of each licence this node's side enforces.
 var sideFraction = metrics.NewGauge(`capsgate_cluster_side_fraction`, nil)
@@ -498,7 +561,12 @@ func (d *delegate) NotifyMsg(b []byte) {
 			p = &peer{}
 			c.peers[m.Node] = p
 		}
-		c.planner.Heard(c.cfg.Now(), m.Node, m.Report)
+		if c.planner.Heard(c.cfg.Now(), m.Node, m.Report) {
+			select {
+			case c.wake <- struct{}{}:
+			default:
+			}
+		}
 		if m.HeadSeq > p.head.Seq && isHash(m.HeadHash) {
 			p.head = ledger.Witness{Node: m.Node, Seq: m.HeadSeq, Hash: m.HeadHash}
 		}

@@ -54,6 +54,11 @@ type Scenario struct {
 	FlashAt     time.Duration
 	FlashFor    time.Duration
 	FlashFactor float64
+	// Prelude > 0 offers PreludeLoad × CAPS for that long before the
+	// scenario's own load (the real-process tests offer twice the licence
+	// for 10 s and then measure below it).
+	Prelude     time.Duration
+	PreludeLoad float64
 	// Net is the network between nodes.
 	Net Net
 	// Burst is the engine's admission.burst (0: its default).
@@ -142,7 +147,7 @@ func (sc *Scenario) validate() error {
 		return fmt.Errorf("cannot simulate %v: want 1 s to 1 h", sc.Duration)
 	case sc.Skew != nil && len(sc.Skew) != sc.Nodes:
 		return fmt.Errorf("cannot simulate: %d weights for %d nodes", len(sc.Skew), sc.Nodes)
-	case !(sc.Load >= 0) || sc.Load > 100, !(sc.RampTo >= 0) || sc.RampTo > 100, !(sc.FlashFactor >= 0) || sc.FlashFactor > 1000:
+	case !(sc.Load >= 0) || sc.Load > 100, !(sc.PreludeLoad >= 0) || sc.PreludeLoad > 100, sc.Prelude < 0 || sc.Prelude >= sc.Duration, !(sc.RampTo >= 0) || sc.RampTo > 100, !(sc.FlashFactor >= 0) || sc.FlashFactor > 1000:
 		return fmt.Errorf("cannot simulate: load, ramp and flash factors must be between 0 and 100 (flash 1000)")
 	case !(sc.Net.Loss >= 0) || sc.Net.Loss > 1 || sc.Net.Delay < 0 || sc.Net.Jitter < 0:
 		return fmt.Errorf("cannot simulate: network loss must be 0..1 and delays ≥ 0")
@@ -281,6 +286,9 @@ func Run(sc Scenario) (Result, error) {
 		}
 	}
 	total := func(t int64) float64 {
+		if t < int64(sc.Prelude) {
+			return sc.PreludeLoad * sc.CAPS
+		}
 		r := sc.Load * sc.CAPS
 		if sc.Ramp {
 			r = sc.RampTo * sc.CAPS * float64(t) / float64(end)
