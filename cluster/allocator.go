@@ -1,5 +1,12 @@
 package cluster
 
+import (
+	"math"
+	"time"
+
+	"github.com/capsgate/capsgate/admission"
+)
+
 // FloorFraction is the part of a service's licensed CAPS that counts as
 // every node's least demand: a node offered less (an idle one) is planned
 // as if offered FloorFraction/n of the licence, so that traffic that
@@ -46,4 +53,18 @@ func Allocate(limit float64, demands []float64) []float64 {
 		}
 	}
 	return shares
+}
+
+// MaxBurst bounds the farm's burst: what n nodes' CAPS buckets can hold
+// together when they split a licence of licence CAPS, at admission.burst
+// burst. The licence's own depth is lent among them; each keeps its
+// reserve beside it (admission.Reserve: 3 standard deviations of 200 ms of
+// its share's attempts, rounded up), and the reserves of shares that sum
+// to the licence sum to at most 3 × sqrt(0.2 × n × licence) + n.
+func MaxBurst(licence float64, n int, burst time.Duration) float64 {
+	d := float64(admission.Depth(licence, burst.Seconds()))
+	if n <= 1 {
+		return d
+	}
+	return d + admission.ReserveZ*math.Sqrt(admission.ReserveSpan.Seconds()*float64(n)*licence) + float64(n)
 }

@@ -385,6 +385,7 @@ func (c *Cluster) send(r Report) {
 // parts and returns the report to send.
 func (c *Cluster) plan(now time.Time, exchange bool) Report {
 	names := c.liveNames()
+	c.cfg.Shares.SetMembers(len(names))
 	licensed := c.cfg.Shares.Licensed()
 	usage := ReadUsage(c.cfg.Engine)
 	c.mu.Lock()

@@ -97,10 +97,13 @@ func push(meters map[string]*rateMeter, name string, cur sample) float64 {
 //
 // A rise is seen when the last 200 to 500 ms hold more attempts than the
 // rate before them predicts, by riseZ standard deviations (Poisson: the
-// root of the count) and minChange attempts more; a fall when they hold
+// root of the count) and minChange attempts more, or the last 100 ms more
+// than jumpRatio times it (a stalled proxy's backlog is at most three
+// times: two intervals' worth and its own); a fall when they hold
 // fewer by fallZ deviations and minChange, and less than fallRatio of it,
 // over at least 300 ms. The meter then forgets what came before. So a load
-// that arrives counts after 200 ms and one that leaves after 300 ms, while
+// that arrives on an idle node counts after 100 ms, one that grows after
+// 200 ms and one that leaves after 300 ms, while
 // a lull of Poisson arrivals changes nothing (a 4-sigma dip comes once in
 // 30,000 samples), nor does a proxy that stalls for up to 200 ms and then
 // sends its backlog at once (200 ms hold the stall and the backlog; 300 ms
@@ -113,7 +116,9 @@ const (
 	fallZ       = 4
 	minChange   = 3
 	fallRatio   = 0.2
-	riseSpan    = 0.2 // seconds
+	jumpSpan    = 0.1 // seconds
+	jumpRatio   = 4
+	riseSpan    = 0.2
 	fallSpan    = 0.3
 	maxSpan     = 0.5
 )
@@ -162,7 +167,8 @@ func (m *rateMeter) push(cur sample) float64 {
 		}
 		expect := m.rate(j) * rt
 		sd := math.Sqrt(max(expect, 1))
-		rose := rt >= riseSpan && rn > expect+riseZ*sd+minChange
+		rose := rt >= riseSpan && rn > expect+riseZ*sd+minChange ||
+			rt >= jumpSpan && rn > jumpRatio*expect+riseZ*sd+minChange
 		fell := rt >= fallSpan && rn < expect-fallZ*sd-minChange && rn < fallRatio*expect
 		if rose || fell {
 			m.drop(m.k - j)

@@ -286,6 +286,12 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 	names := slices.Clone(live)
 	slices.Sort(names)
 	names = slices.Compact(names)
+	// This node plans its CAPS and depth from the demand and debt it last
+	// reported, as the others do: every node then computes the same parts
+	// from the same vectors, and parts computed alike sum to the licence.
+	// What it measures now goes into the report it sends after this plan,
+	// and counts from its next one (early, when the others react).
+	sent := p.local
 	demand, rate, held := p.meter.measure(u, now.Sub(p.start).Seconds())
 	p.local = Report{Demand: demand, TokenRate: rate, Held: held}
 
@@ -313,12 +319,14 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 		caps := make([]float64, len(names))
 		sessions := make([]float64, len(names))
 		subs := make([]float64, len(names))
-		var owed float64 // what the live members' buckets owe
+		var owed float64                    // what the live members' buckets owe
+		owes := make([]float64, len(names)) // what each owes
 		for i, n := range names {
 			var d float64
 			var h Held
 			if n == p.self {
-				d, h = demand[service], held[service]
+				d, h = sent.Demand[service], held[service]
+				h.Owed = sent.Held[service].Owed
 			} else if v := p.peers[n]; v != nil {
 				// A stale report's demand is dropped, but what a live member
 				// holds is kept until it is declared dead: its sessions do
@@ -332,6 +340,7 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 			// its demand: what a demand measured too low took is returned.
 			caps[i], sessions[i], subs[i] = d+float64(h.Owed)/RepayIn.Seconds(), float64(h.Sessions), float64(h.Subscribers)
 			owed += float64(h.Owed)
+			owes[i] = float64(h.Owed)
 		}
 		var offered float64
 		for _, d := range caps {
@@ -339,16 +348,22 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 		}
 		p.saturated[service] = offered >= side.Fraction*l.CAPS
 		sh := Share{CAPS: -1, Sessions: -1, Subscribers: -1}
+		// Every member's CAPS and depth parts as computed here: a rise
+		// shares the room with the others' (see roomFor).
+		var capsParts, depthParts []float64
 		if l.CAPS > 0 {
 			shares := Allocate(side.Fraction*l.CAPS, caps)
 			p.shares[service] = map[string]float64{}
+			capsParts, depthParts = make([]float64, len(names)), make([]float64, len(names))
 			for i, n := range names {
 				p.shares[service][n] = shares[i]
+				capsParts[i] = shares[i] / l.CAPS
+				depthParts[i], _ = p.depth(l.CAPS, side.Fraction, capsParts[i]/side.Fraction, owes[i], owed)
 			}
 			if self >= 0 {
-				sh.CAPS = shares[self] / l.CAPS
+				sh.CAPS, sh.Depth = capsParts[self], depthParts[self]
 				p.weight[service] = sh.CAPS / side.Fraction
-				sh.Depth, p.lent[service] = p.depth(l.CAPS, side.Fraction, p.weight[service], float64(held[service].Owed), owed)
+				_, p.lent[service] = p.depth(l.CAPS, side.Fraction, p.weight[service], owes[self], owed)
 			}
 		}
 		if l.Sessions > 0 && self >= 0 {
@@ -372,15 +387,33 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 		// joined, a partition healing on one side first, failures seen at
 		// different times) never claim the same part twice.
 		prev, ok := p.applied[service]
-		if !ok && len(names) > 0 {
-			// A licence new here starts from an even part, not from nothing.
-			even := side.Fraction / float64(len(names))
-			prev = Share{CAPS: even, Sessions: even, Subscribers: even}
-		}
-		if !ok || prev.Depth == 0 {
-			prev.Depth = side.Fraction / float64(max(len(names), 1))
-		}
 		cp := p.riseCap(service, names, side.Fraction)
+		if !ok && len(names) > 0 {
+			// A licence new here starts from an even part, not from
+			// nothing, as far as the others' reports leave room for it: on
+			// every node of a farm that just got it, an even part; on a node
+			// that joins a farm already holding it, nothing, and it rises as
+			// the others make room.
+			even := side.Fraction / float64(len(names))
+			prev = Share{CAPS: min(even, cp.CAPS), Sessions: min(even, cp.Sessions), Subscribers: min(even, cp.Subscribers),
+				Depth: min(even, cp.Depth)}
+		}
+		// CAPS and depth rise by no more than this node's part of the room
+		// the others leave: nodes that rise at once, each on reports that
+		// do not show the others' rises yet, take no more than the room
+		// between them (their parts sum to the side's fraction).
+		if capsParts != nil && self >= 0 {
+			cp.CAPS = p.roomFor(service, names, prev.CAPS, cp.CAPS, capsParts, func(a Share) float64 { return whole(a.CAPS) })
+			cp.Depth = p.roomFor(service, names, prev.Depth, cp.Depth, depthParts, func(a Share) float64 { return a.Depth })
+		}
+		if l.CAPS > 0 && sh.Depth < prev.Depth {
+			// A fall of the depth gives away no more than the bucket holds
+			// now: what it owes stays covered, so the fall lends attempts
+			// that were free rather than borrowing from its future.
+			whole := float64(admission.Depth(l.CAPS, p.burst))
+			owes := float64(held[service].Owed - admission.Reserve(sh.CAPS*l.CAPS))
+			sh.Depth = max(sh.Depth, min(prev.Depth, owes/whole))
+		}
 		applied := Share{CAPS: rise(sh.CAPS, prev.CAPS, cp.CAPS), Depth: rise(sh.Depth, prev.Depth, cp.Depth), Sessions: rise(sh.Sessions, prev.Sessions, cp.Sessions),
 			Subscribers: rise(sh.Subscribers, prev.Subscribers, cp.Subscribers), TokensShared: sh.TokensShared, TokensBudget: sh.TokensBudget,
 			AccountBudgets: sh.AccountBudgets}
@@ -406,6 +439,33 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 	}
 	out.Report = p.report()
 	return out
+}
+
+// roomFor bounds a rise of this node's part (from prev, capped at cp by
+// what the others' reports leave free) to its share of that room among
+// the members that rise into it, in proportion to how far each is below
+// its part (parts, in name order, as computed here from the vectors every
+// member computes from; of another member, below what it last reported it
+// applies). Members that rise at once, each on reports that do not show
+// the others' rises yet, so take no more than the room between them.
+func (p *Planner) roomFor(service string, live []string, prev, cp float64, parts []float64, of func(Share) float64) float64 {
+	room := cp - prev
+	if room <= 0 {
+		return cp
+	}
+	var mine, all float64
+	for i, n := range live {
+		if n == p.self {
+			mine = max(parts[i]-prev, 0)
+			all += mine
+		} else if v := p.peers[n]; v != nil {
+			all += max(parts[i]-of(v.report.Applied[service]), 0)
+		}
+	}
+	if all <= 0 {
+		return prev
+	}
+	return prev + room*mine/all
 }
 
 // depth plans this node's part of the farm's bucket depth D (the depth

@@ -17,9 +17,13 @@ import (
 type Shares struct {
 	sink admission.LimitSetter
 
-	mu     sync.Mutex // guards the maps
+	mu     sync.Mutex // guards the fields below
 	limits map[string]admission.Limits
-	share  map[string]Share // this node's part; absent: the whole licence
+	share  map[string]Share // this node's part; absent: an even part
+	// members is how many live members the cluster last saw: a licence
+	// new here applies an even part of it until the next exchange plans
+	// this node's part (a node alone, or before the cluster runs: all).
+	members int
 }
 
 // Share is this node's part of a service's licence, as fractions of each
@@ -69,6 +73,13 @@ func (s *Shares) Licensed() map[string]admission.Limits {
 	return out
 }
 
+// SetMembers tells how many live members the cluster has.
+func (s *Shares) SetMembers(n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.members = n
+}
+
 // SetShare sets this node's part of a service's licence.
 func (s *Shares) SetShare(service string, sh Share) error {
 	s.mu.Lock()
@@ -87,7 +98,12 @@ func (s *Shares) applyLocked(service string) error {
 	}
 	local := l
 	local.LicensedCAPS = l.CAPS
-	if sh, ok := s.share[service]; ok && l.Licensed {
+	sh, ok := s.share[service]
+	if !ok && s.members > 1 {
+		even := 1 / float64(s.members)
+		sh, ok = Share{CAPS: even, Sessions: even, Subscribers: even, Depth: even}, true
+	}
+	if ok && l.Licensed {
 		if sh.CAPS >= 0 && l.CAPS > 0 {
 			local.CAPS = sh.CAPS * l.CAPS
 			local.DepthShare = max(sh.Depth, 0)

@@ -97,6 +97,9 @@ type Result struct {
 	// Burst is the farm's depth: the most the nodes' bucket depths summed
 	// to at any instant of the run (attempts).
 	Burst int64
+	// MaxCAPS is the most the CAPS the nodes enforced summed to at any
+	// instant (the licence, but for a rise made on a stale report).
+	MaxCAPS float64
 	// OfferedBelow and RefusedBelow count the attempts that arrived while
 	// the scenario offered no more than the licence, and those refused.
 	OfferedBelow, RefusedBelow int64
@@ -253,6 +256,8 @@ func Run(sc Scenario) (Result, error) {
 	}
 	depths := make([]int64, members) // each node's bucket depth, and their sum
 	var depthSum int64
+	caps := make([]float64, members) // each node's CAPS, and their sum
+	var capsSum float64
 	for i, name := range names {
 		eng := admission.NewEngine(admission.Config{Clock: clk, Burst: sc.Burst})
 		sh := cluster.NewShares(eng)
@@ -263,8 +268,10 @@ func Run(sc Scenario) (Result, error) {
 			engine: eng, shares: sh, phase: netRng.Int64N(interval),
 			admittedBins: make([]int64, bins), lastRefusal: -1, early: -1,
 			series: NodeSeries{Name: name, Offered: make([]int64, steps), Admitted: make([]int64, steps), Limit: make([]float64, steps)}}
+		// A formed farm that has exchanged reports before the licence came.
 		for _, other := range names {
-			n.planner.Joined(epoch, other)
+			n.planner.Joined(epoch.Add(-time.Second), other)
+			n.planner.Heard(epoch, other, cluster.Report{})
 		}
 		nodes[i] = n
 		push(event{at: n.phase, to: i})
@@ -412,6 +419,9 @@ func Run(sc Scenario) (Result, error) {
 			depthSum += st.Burst - depths[e.to]
 			depths[e.to] = st.Burst
 			res.Burst = max(res.Burst, depthSum)
+			capsSum += st.Limits.CAPS - caps[e.to]
+			caps[e.to] = st.Limits.CAPS
+			res.MaxCAPS = max(res.MaxCAPS, capsSum)
 		}
 	}
 	for _, n := range nodes {
