@@ -24,8 +24,6 @@ import (
 	"github.com/capsgate/capsgate/cluster"
 )
 
-var debugHook func(at int64, name string, owed, depth, avail int64, caps, demand, computed float64, early bool)
-
 // Service is the one service a scenario licenses.
 const Service = "voice"
 
@@ -393,10 +391,6 @@ func Run(sc Scenario) (Result, error) {
 				if err := n.shares.SetShare(Service, sh); err != nil {
 					return Result{}, err
 				}
-			}
-			if debugHook != nil {
-				d, a := n.engine.Service(Service).Bucket(base + e.at)
-				debugHook(e.at, n.name, u[0].Depth-u[0].Avail, d, a, n.engine.Service(Service).Stats().Limits.CAPS, n.planner.Local().Demand[Service], n.planner.Shares(Service)[n.name], e.early)
 			}
 			rep := p.Report
 			for j := range nodes {
