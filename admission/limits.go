@@ -50,11 +50,13 @@ type Limits struct {
 	// LicensedCAPS is the whole cluster's licensed CAPS, for reports; 0
 	// means the same as CAPS (a single node).
 	LicensedCAPS float64
-	// DepthShare is this node's part of the farm's CAPS bucket depth, as a
-	// fraction of the depth a bucket at LicensedCAPS would have (the
-	// licence's burst); 0 means the depth follows this node's CAPS. Set by
-	// the cluster, which lends depth where the attempts are.
-	DepthShare float64
+	// DepthShared: the CAPS bucket's depth is DepthShare of the depth a
+	// bucket at LicensedCAPS would have (the licence's burst), lent by the
+	// cluster where the attempts are, and beside it, below a whole share,
+	// a reserve of its own (Reserve of CAPS); not what this node's CAPS
+	// alone would have.
+	DepthShared bool
+	DepthShare  float64
 	// State is the licence state shown by QUOTA ("active", "grace", ...).
 	State string
 }
@@ -132,7 +134,7 @@ type derived struct {
 func derive(l Limits, cfg *Config) *derived {
 	d := &derived{Limits: l, highSessions: l.Sessions}
 	d.caps = newGCRA(l.CAPS, cfg.Burst.Seconds())
-	if l.DepthShare > 0 && l.LicensedCAPS > 0 && l.CAPS > 0 {
+	if l.DepthShared && l.LicensedCAPS > 0 && l.CAPS > 0 {
 		whole := float64(Depth(l.LicensedCAPS, cfg.Burst.Seconds()))
 		depth := int64(math.Floor(min(l.DepthShare, 1)*whole + 1e-9))
 		if l.DepthShare < 1 {

@@ -106,7 +106,7 @@ func (s *Shares) applyLocked(service string) error {
 	if ok && l.Licensed {
 		if sh.CAPS >= 0 && l.CAPS > 0 {
 			local.CAPS = sh.CAPS * l.CAPS
-			local.DepthShare = max(sh.Depth, 0)
+			local.DepthShare, local.DepthShared = max(sh.Depth, 0), true
 		}
 		if sh.Sessions >= 0 && l.Sessions != admission.Unlimited {
 			local.Sessions = int64(math.Floor(sh.Sessions * float64(l.Sessions)))

@@ -120,6 +120,8 @@ type NodeSeries struct {
 	Offered  []int64
 	Admitted []int64
 	Limit    []float64
+	// RefusedBelow counts the step's refusals counted in Result.RefusedBelow.
+	RefusedBelow []int64
 }
 
 // RefusedBelowFraction is RefusedBelow / OfferedBelow.
@@ -148,8 +150,10 @@ func (sc *Scenario) validate() error {
 		return fmt.Errorf("cannot simulate %v: want 1 s to 1 h", sc.Duration)
 	case sc.Skew != nil && len(sc.Skew) != sc.Nodes:
 		return fmt.Errorf("cannot simulate: %d weights for %d nodes", len(sc.Skew), sc.Nodes)
-	case !(sc.Load >= 0) || sc.Load > 100, !(sc.PreludeLoad >= 0) || sc.PreludeLoad > 100, sc.Prelude < 0 || sc.Prelude >= sc.Duration, !(sc.RampTo >= 0) || sc.RampTo > 100, !(sc.FlashFactor >= 0) || sc.FlashFactor > 1000:
-		return fmt.Errorf("cannot simulate: load, ramp and flash factors must be between 0 and 100 (flash 1000)")
+	case sc.Prelude < 0 || sc.Prelude >= sc.Duration || sc.ShiftAt < 0 || sc.FlashAt < 0 || sc.FlashFor < 0:
+		return fmt.Errorf("cannot simulate: the prelude, shift and flash instants must be ≥ 0 and the prelude shorter than the run")
+	case !(sc.Load >= 0) || sc.Load > 100, !(sc.PreludeLoad >= 0) || sc.PreludeLoad > 100, !(sc.RampTo >= 0) || sc.RampTo > 100, !(sc.FlashFactor >= 0) || sc.FlashFactor > 1000:
+		return fmt.Errorf("cannot simulate: load, prelude load and ramp factors must be between 0 and 100, the flash factor between 0 and 1000")
 	case !(sc.Net.Loss >= 0) || sc.Net.Loss > 1 || sc.Net.Delay < 0 || sc.Net.Jitter < 0:
 		return fmt.Errorf("cannot simulate: network loss must be 0..1 and delays ≥ 0")
 	}
@@ -265,7 +269,7 @@ func Run(sc Scenario) (Result, error) {
 		n := &node{name: name, planner: cluster.NewPlanner(name, cluster.PolicyConfig{ReclaimAfter: 3 * time.Second}, eng.Config().Burst),
 			engine: eng, shares: sh, phase: netRng.Int64N(interval),
 			admittedBins: make([]int64, bins), lastRefusal: -1, early: -1,
-			series: NodeSeries{Name: name, Offered: make([]int64, steps), Admitted: make([]int64, steps), Limit: make([]float64, steps)}}
+			series: NodeSeries{Name: name, Offered: make([]int64, steps), Admitted: make([]int64, steps), Limit: make([]float64, steps), RefusedBelow: make([]int64, steps)}}
 		// A formed farm that has exchanged reports before the licence came.
 		for _, other := range names {
 			n.planner.Joined(epoch.Add(-time.Second), other)
@@ -355,6 +359,7 @@ func Run(sc Scenario) (Result, error) {
 					res.Refused++
 					if below {
 						res.RefusedBelow++
+						n.series.RefusedBelow[at/int64(Step)]++
 					}
 					n.lastRefusal = at
 				}

@@ -1,0 +1,170 @@
+package sim
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/capsgate/capsgate/cluster"
+)
+
+// The accuracy targets, checked on seeded, repeatable runs of the real
+// planner and buckets. Every scenario holds the licence idle for a second
+// first, as a farm does before traffic comes.
+
+var (
+	skew3  = []float64{70, 20, 10}
+	skew10 = []float64{40, 20, 10, 10, 5, 5, 4, 3, 2, 1}
+)
+
+// tail is one node with 90 % of the load and n-1 sharing the rest.
+func tail(n int) []float64 {
+	w := make([]float64, n)
+	w[0] = 90
+	for i := 1; i < n; i++ {
+		w[i] = 10 / float64(n-1)
+	}
+	return w
+}
+
+func run(t *testing.T, sc Scenario) (farm, ref Result) {
+	t.Helper()
+	if sc.CAPS == 0 {
+		sc.CAPS = 1000
+	}
+	if sc.Seed == 0 {
+		sc.Seed = 1
+	}
+	if sc.Net == (Net{}) {
+		sc.Net = LAN
+	}
+	sc.Prelude = time.Second
+	farm, err := Run(sc)
+	require.NoError(t, err)
+	sc.Reference = true
+	ref, err = Run(sc)
+	require.NoError(t, err)
+	return farm, ref
+}
+
+func name(sc Scenario) string {
+	s := fmt.Sprintf("%d nodes %s %.0f%% of %.0f", sc.Nodes, sc.Arrivals, 100*sc.Load, max(sc.CAPS, 1000))
+	if sc.Nodes > 1 && sc.Skew == nil {
+		s += " even"
+	}
+	return s
+}
+
+// TestRefusedBelowLicence: at 95 % of the licence under Poisson arrivals,
+// at most 0.1 % of attempts are refused.
+func TestRefusedBelowLicence(t *testing.T) {
+	for _, sc := range []Scenario{
+		{Nodes: 3, Skew: skew3},
+		{Nodes: 10, Skew: skew10},
+		{Nodes: 10, Skew: tail(10)},
+		// Larger farms carry larger licences: 100 CAPS a node on average.
+		{Nodes: 30, CAPS: 3000, Skew: tail(30)},
+		{Nodes: 30, CAPS: 3000},
+		{Nodes: 100, CAPS: 10000, Skew: tail(100), Duration: 20 * time.Second},
+		{Nodes: 100, CAPS: 10000, Duration: 20 * time.Second},
+	} {
+		sc.Arrivals, sc.Load = Poisson, 0.95
+		if sc.Duration == 0 {
+			sc.Duration = 30 * time.Second
+		}
+		t.Run(name(sc), func(t *testing.T) {
+			farm, ref := run(t, sc)
+			t.Logf("refused %d of %d (%.3f %%); one node holding the licence: %d (%.3f %%)", farm.RefusedBelow, farm.OfferedBelow,
+				100*farm.RefusedBelowFraction(), ref.RefusedBelow, 100*ref.RefusedBelowFraction())
+			require.Greater(t, farm.OfferedBelow, int64(0.9*0.95*sc.CAPS*sc.Duration.Seconds()))
+			assert.LessOrEqual(t, farm.RefusedBelow*1000, farm.OfferedBelow, "at most 0.1 %% refused at 95 %% of the licence")
+		})
+	}
+}
+
+// TestAdmittedWithinLicence: whatever the arrivals, over any 1 s the farm
+// admits at most the licence and its burst, over any 10 s at most 1.01 ×
+// the licence and its burst (cluster.MaxBurst).
+func TestAdmittedWithinLicence(t *testing.T) {
+	for _, sc := range []Scenario{
+		{Nodes: 3, Skew: skew3, Arrivals: Poisson, Load: 2},
+		{Nodes: 10, Skew: skew10, Arrivals: Poisson, Load: 2},
+		{Nodes: 3, Skew: skew3, Arrivals: Bursty, Load: 2},
+		{Nodes: 10, Skew: skew10, Arrivals: Stalling, Load: 2},
+		{Nodes: 3, Skew: skew3, Arrivals: Poisson, Load: 0.5, FlashAt: 10 * time.Second, FlashFor: 2 * time.Second, FlashFactor: 10},
+		{Nodes: 3, Skew: skew3, Arrivals: Poisson, Ramp: true, RampTo: 1.5},
+		{Nodes: 30, Skew: tail(30), Arrivals: Poisson, Load: 2},
+	} {
+		sc.Duration = 30 * time.Second
+		t.Run(name(sc), func(t *testing.T) {
+			farm, _ := run(t, sc)
+			burst := cluster.MaxBurst(1000, sc.Nodes, 100*time.Millisecond)
+			t.Logf("worst 1 s %d, worst 10 s %d, burst %.0f (deepest seen %d)", farm.Worst1s, farm.Worst10s, burst, farm.Burst)
+			assert.LessOrEqual(t, float64(farm.Burst), burst, "the buckets' depths sum to at most MaxBurst")
+			assert.LessOrEqual(t, float64(farm.Worst1s), 1000+burst, "over any 1 s: the licence and its burst")
+			assert.LessOrEqual(t, float64(farm.Worst10s), 1.01*1000*10+burst, "over any 10 s: 1.01 × the licence and its burst")
+		})
+	}
+}
+
+// TestLoadMoves: when all the load moves to another node, that node admits
+// its full demand within 500 ms.
+func TestLoadMoves(t *testing.T) {
+	for _, sc := range []Scenario{
+		{Nodes: 3, Skew: skew3},
+		{Nodes: 10, Skew: skew10},
+	} {
+		sc.Arrivals, sc.Load, sc.Duration, sc.ShiftAt = Poisson, 0.9, 20*time.Second, 10*time.Second
+		t.Run(name(sc), func(t *testing.T) {
+			farm, _ := run(t, sc)
+			t.Logf("last refusal %v after the move; %d refused of %d", farm.Converge, farm.Refused, farm.Offered)
+			assert.GreaterOrEqual(t, farm.Converge, time.Duration(0), "converged before the run's last second")
+			assert.LessOrEqual(t, farm.Converge, 500*time.Millisecond)
+		})
+	}
+}
+
+// TestRunRepeats: a scenario and its seed determine the run.
+func TestRunRepeats(t *testing.T) {
+	sc := Scenario{Nodes: 5, CAPS: 1000, Duration: 5 * time.Second, Seed: 7, Arrivals: Stalling, Load: 1.2,
+		Net: Net{Delay: time.Millisecond, Jitter: time.Millisecond, Loss: 0.05}}
+	a, err := Run(sc)
+	require.NoError(t, err)
+	b, err := Run(sc)
+	require.NoError(t, err)
+	require.Equal(t, a, b)
+	sc.Seed = 8
+	c, err := Run(sc)
+	require.NoError(t, err)
+	require.NotEqual(t, a.Admitted, c.Admitted, "another seed, another run")
+}
+
+func TestScenarioValidation(t *testing.T) {
+	ok := Scenario{Nodes: 3, CAPS: 1000, Duration: time.Second, Arrivals: Poisson, Load: 0.5}
+	f := func(change func(*Scenario), want string) {
+		t.Helper()
+		sc := ok
+		change(&sc)
+		_, err := Run(sc)
+		if want == "" {
+			require.NoError(t, err)
+			return
+		}
+		require.ErrorContains(t, err, want)
+	}
+	f(func(*Scenario) {}, "")
+	f(func(sc *Scenario) { sc.Nodes = 0 }, "nodes")
+	f(func(sc *Scenario) { sc.Nodes = 1001 }, "nodes")
+	f(func(sc *Scenario) { sc.CAPS = 0 }, "CAPS")
+	f(func(sc *Scenario) { sc.Duration = time.Second - 1 }, "1 s to 1 h")
+	f(func(sc *Scenario) { sc.Arrivals = "steady" }, "unknown arrivals")
+	f(func(sc *Scenario) { sc.Skew = []float64{1, 2} }, "2 weights for 3 nodes")
+	f(func(sc *Scenario) { sc.Skew = []float64{0, 0, 0} }, "sum to 0")
+	f(func(sc *Scenario) { sc.Net.Loss = 1.5 }, "loss")
+	f(func(sc *Scenario) { sc.Load = -1 }, "between 0 and 100")
+	f(func(sc *Scenario) { sc.Prelude = time.Second }, "prelude shorter than the run")
+	f(func(sc *Scenario) { sc.FlashFactor = 1001 }, "flash factor")
+}
