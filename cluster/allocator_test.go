@@ -34,6 +34,24 @@ func TestAllocateExamples(t *testing.T) {
 	f(0, []float64{10, 10}, []float64{0, 0})
 }
 
+func TestAllocateHeldExamples(t *testing.T) {
+	f := func(limit float64, held []float64, want []float64) {
+		t.Helper()
+		got := AllocateHeld(limit, held)
+		require.Len(t, got, len(want))
+		for i := range want {
+			require.InDelta(t, want[i], got[i], 0.05, "node %d of %v", i, got)
+		}
+	}
+	// 60 subscribers, 10 registered on the third node: the others each get
+	// their floor (1) and a third of the spare (48), not a part in
+	// proportion to what they hold (which would leave them 6).
+	f(60, []float64{0, 0, 10}, []float64{17, 17, 26})
+	// Holdings past the count: in proportion, the idle node at its floor
+	// (1.67) cut alike.
+	f(100, []float64{80, 40, 0}, []float64{65.75, 32.88, 1.37})
+}
+
 // TestAllocateInvariants checks on random inputs what the cluster's bounds
 // rest on: the shares sum to the limit, every node keeps its floor (cut
 // in proportion when the licence does not cover what all want), a demand

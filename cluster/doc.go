@@ -144,7 +144,8 @@
 //
 // # Sessions, subscribers and tokens
 //
-// Sessions and subscribers are shared with the same allocator, by what each
+// Sessions and subscribers are shared with the same allocator (the spare
+// split evenly, AllocateHeld), by what each
 // node holds (its open sessions, its registered subscribers, reported with
 // the demand): while the licence covers what all hold, each counted for at
 // least its floor, every node's limit is at least what it holds plus a part
@@ -177,7 +178,7 @@
 // Token pools are escrow. Each node reports, per pool, what it has charged
 // and its budget: what it may have charged in all. Every exchange a node
 // plans budget = charged + part × (pool − everything charged), its part
-// being Allocate(1, token rates) of the members' charging rates; a fall
+// being AllocateHeld(1, token rates) of the members' charging rates; a fall
 // applies at once, a rise by at most its part of what no member holds in
 // budget (pool − Σ max(budget, charged) over live and unreclaimed members,
 // charged only for gone ones), and is reported before it applies (one

@@ -367,10 +367,10 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 			}
 		}
 		if l.Sessions > 0 && self >= 0 {
-			sh.Sessions = Allocate(side.Fraction*float64(l.Sessions), sessions)[self] / float64(l.Sessions)
+			sh.Sessions = AllocateHeld(side.Fraction*float64(l.Sessions), sessions)[self] / float64(l.Sessions)
 		}
 		if l.Subscribers > 0 && self >= 0 {
-			sh.Subscribers = Allocate(side.Fraction*float64(l.Subscribers), subs)[self] / float64(l.Subscribers)
+			sh.Subscribers = AllocateHeld(side.Fraction*float64(l.Subscribers), subs)[self] / float64(l.Subscribers)
 		}
 		prevApplied := p.applied[service]
 		if !exchange {
@@ -571,7 +571,7 @@ func (p *Planner) budgets(now time.Time, service string, licensed int64, account
 				rates[i] = v.report.TokenRate[key]
 			}
 		}
-		return Allocate(fraction, rates)[self]
+		return AllocateHeld(fraction, rates)[self]
 	}
 	allocated := int64(0)
 	budgets := map[string]int64{}
