@@ -97,12 +97,12 @@ func push(meters map[string]*rateMeter, name string, cur sample) float64 {
 //
 // A rise is seen when the last 200 to 500 ms hold more attempts than the
 // rate before them predicts, by riseZ standard deviations (Poisson: the
-// root of the count) and minChange attempts more, or the last 100 ms more
-// than jumpRatio times it (a stalled proxy's backlog is at most three
-// times: two intervals' worth and its own); a fall when they hold
+// root of the count) and minChange attempts more, or the last 50 ms more
+// than jumpRatio times it (a proxy stalled for up to 200 ms sends at most
+// five times: the stall's worth and its own); a fall when they hold
 // fewer by fallZ deviations and minChange, and less than fallRatio of it,
 // over at least 300 ms. The meter then forgets what came before. So a load
-// that arrives on an idle node counts after 100 ms, one that grows after
+// that arrives on an idle node counts after 50 ms, one that grows after
 // 200 ms and one that leaves after 300 ms, while
 // a lull of Poisson arrivals changes nothing (a 4-sigma dip comes once in
 // 30,000 samples), nor does a proxy that stalls for up to 200 ms and then
@@ -116,8 +116,8 @@ const (
 	fallZ       = 4
 	minChange   = 3
 	fallRatio   = 0.2
-	jumpSpan    = 0.1 // seconds
-	jumpRatio   = 4
+	jumpSpan    = 0.05 // seconds
+	jumpRatio   = 6
 	riseSpan    = 0.2
 	fallSpan    = 0.3
 	maxSpan     = 0.5

@@ -45,7 +45,8 @@ type Planner struct {
 	// the last plan (nothing to gain from planning again early).
 	saturated map[string]bool
 	// weight is this node's part of each service's CAPS at the last plan,
-	// and lent the attempts its bucket was planned to hold then.
+	// and lent the attempts its bucket was planned to hold then (lent and
+	// its reserve).
 	weight, lent map[string]float64
 	// lastPlan is when this node last planned; early counts the early
 	// plans it may still make (refilled at earlyRate) as of earlyAt.
@@ -363,7 +364,8 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 			if self >= 0 {
 				sh.CAPS, sh.Depth = capsParts[self], depthParts[self]
 				p.weight[service] = sh.CAPS / side.Fraction
-				_, p.lent[service] = p.depth(l.CAPS, side.Fraction, p.weight[service], owes[self], owed)
+				_, lent := p.depth(l.CAPS, side.Fraction, p.weight[service], owes[self], owed)
+				p.lent[service] = lent + float64(admission.Reserve(sh.CAPS*l.CAPS))
 			}
 		}
 		if l.Sessions > 0 && self >= 0 {
