@@ -2,7 +2,6 @@ package bench
 
 import (
 	"fmt"
-	"html"
 	"math"
 	"os"
 	"path/filepath"
@@ -217,17 +216,12 @@ func SVG(c Comparison) string {
 		panelW       = 360
 	)
 	colors := map[string]string{NameCapsgate: "#2b7bb9", NameRedisLua: "#d9534f", NameLimit: "#7f7f7f"}
-	var b strings.Builder
-	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="12">`+"\n", w, h)
-	fmt.Fprintf(&b, `<rect width="%d" height="%d" fill="white"/>`+"\n", w, h)
-	text := func(x, y float64, anchor, s string) {
-		fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" text-anchor="%s">%s</text>`+"\n", x, y, anchor, html.EscapeString(s))
-	}
-	text(leftX+panelW/2, 25, "middle", "pipelined throughput (ops/s)")
-	text(rghtX+panelW/2, 25, "middle", fmt.Sprintf("open-loop latency at %.0f/s (µs, log scale)", c.Settings.Rate))
+	d := newSVG(w, h)
+	d.text(leftX+panelW/2, 25, "middle", "pipelined throughput (ops/s)")
+	d.text(rghtX+panelW/2, 25, "middle", fmt.Sprintf("open-loop latency at %.0f/s (µs, log scale)", c.Settings.Rate))
 	axis := func(x0 float64) {
-		fmt.Fprintf(&b, `<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="black"/>`+"\n", x0, bottom, x0+panelW, bottom)
-		fmt.Fprintf(&b, `<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="black"/>`+"\n", x0, top, x0, bottom)
+		d.line(x0, bottom, x0+panelW, bottom, `stroke="black"`)
+		d.line(x0, top, x0, bottom, `stroke="black"`)
 	}
 	axis(leftX)
 	axis(rghtX)
@@ -247,9 +241,9 @@ func SVG(c Comparison) string {
 		for i, r := range tp {
 			bh := r.OpsPerSec / maxOps * (bottom - top - 20)
 			x := leftX + slot*float64(i) + slot*0.2
-			fmt.Fprintf(&b, `<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s"/>`+"\n", x, bottom-bh, slot*0.6, bh, colors[r.Name])
-			text(x+slot*0.3, bottom-bh-5, "middle", humanOps(r.OpsPerSec))
-			text(x+slot*0.3, bottom+18, "middle", r.Name)
+			d.rect(x, bottom-bh, slot*0.6, bh, fmt.Sprintf(`fill="%s"`, colors[r.Name]))
+			d.text(x+slot*0.3, bottom-bh-5, "middle", humanOps(r.OpsPerSec))
+			d.text(x+slot*0.3, bottom+18, "middle", r.Name)
 		}
 	}
 	if len(lat) > 0 {
@@ -267,25 +261,23 @@ func SVG(c Comparison) string {
 			if tick > hi {
 				break
 			}
-			fmt.Fprintf(&b, `<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#ddd"/>`+"\n", rghtX, y(tick), rghtX+panelW, y(tick))
-			text(rghtX-4, y(tick)+4, "end", fmt.Sprintf("%g", tick))
+			d.line(rghtX, y(tick), rghtX+panelW, y(tick), `stroke="#ddd"`)
+			d.text(rghtX-4, y(tick)+4, "end", fmt.Sprintf("%g", tick))
 		}
 		target := y(TargetP99us)
-		fmt.Fprintf(&b, `<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#2b7bb9" stroke-dasharray="4 3"/>`+"\n", rghtX, target, rghtX+panelW, target)
-		text(rghtX+panelW-2, target-4, "end", "p99 target 250 µs")
+		d.line(rghtX, target, rghtX+panelW, target, `stroke="#2b7bb9" stroke-dasharray="4 3"`)
+		d.text(rghtX+panelW-2, target-4, "end", "p99 target 250 µs")
 		slot := float64(panelW) / float64(len(lat))
 		for i, r := range lat {
 			for j, v := range []float64{r.P50us, r.P99us, r.P999us} {
 				x := rghtX + slot*float64(i) + slot*0.15 + float64(j)*slot*0.24
-				fmt.Fprintf(&b, `<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s" fill-opacity="%.2f"/>`+"\n",
-					x, y(v), slot*0.2, bottom-y(v), colors[r.Name], 1-0.3*float64(j))
+				d.rect(x, y(v), slot*0.2, bottom-y(v), fmt.Sprintf(`fill="%s" fill-opacity="%.2f"`, colors[r.Name], 1-0.3*float64(j)))
 			}
-			text(rghtX+slot*float64(i)+slot*0.5, bottom+18, "middle", r.Name)
+			d.text(rghtX+slot*float64(i)+slot*0.5, bottom+18, "middle", r.Name)
 		}
-		text(rghtX+panelW/2, bottom+40, "middle", "bars: p50, p99, p99.9")
+		d.text(rghtX+panelW/2, bottom+40, "middle", "bars: p50, p99, p99.9")
 	}
-	b.WriteString("</svg>\n")
-	return b.String()
+	return d.close()
 }
 
 func humanOps(v float64) string {

@@ -7,6 +7,8 @@
 //	capsbench compare    [--seconds N] [--json FILE] [--profiles latency] [--rate R] [--conns C] [--pipeline P] [--throughput-conns C] [--targets capsgate,redis-lua,limit] [--sweep 5000,10000,25000] [--stall-seconds N]
 //	capsbench report     --json FILE --out DIR
 //	capsbench stalls     [--seconds N]
+//	capsbench sim        [--nodes N] [--caps L] [--seconds S] [--seed N] [--arrivals paced|poisson|bursty|stalling] [--load F | --ramp-to F] [--skew 70,20,10|even|tail] [--shift-at D] [--flash-at D --flash-for D --flash-factor F] [--prelude D --prelude-load F] [--delay D --jitter D --loss F] [--scenario FILE] [--svg FILE] [--json] [--quiet]
+//	capsbench sim        --table
 //	capsbench serve-limit --addr HOST:PORT [--loops N]
 //
 // SIGINT or SIGTERM ends any of them early: a load stops, compare and
@@ -15,12 +17,14 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -38,6 +42,7 @@ const usage = `usage: capsbench COMMAND [flags]
   compare     capsgate vs redis-server+Lua vs the transport limit; --json FILE
   report      report.md and compare.svg from a compare JSON
   stalls      the machine's own pauses: a thread spinning on every CPU, gaps in its clock
+  sim         a simulated farm (real planner and buckets, simulated network and clock) against one node; --table: the accuracy table
   serve-limit the do-nothing gnet server of compare, on its own: --addr HOST:PORT
 run "capsbench COMMAND -h" for its flags`
 
@@ -61,6 +66,8 @@ func main() {
 		err = report(args)
 	case "stalls":
 		err = stalls(ctx, args)
+	case "sim":
+		err = simulate(args)
 	case bench.LimitServerArg:
 		code := bench.ServeLimitMain(ctx, args)
 		cancel()
@@ -257,5 +264,39 @@ func stalls(ctx context.Context, args []string) error {
 	st := bench.MeasureStalls(ctx, time.Duration(*seconds*float64(time.Second)))
 	fmt.Printf("%d CPUs spinning for %.1fs: %.2f%% of the time lost in pauses > %v; pauses > 100 µs: %d, > 250 µs: %d, > 1 ms: %d; longest %.0f µs\n",
 		st.CPUs, st.Seconds, st.StalledFraction*100, bench.StallMinimum, st.Over100us, st.Over250us, st.Over1ms, st.MaxUs)
+	return nil
+}
+
+func simulate(args []string) error {
+	o, err := bench.ParseSim(args, os.Stderr)
+	if err != nil {
+		return err
+	}
+	if o.Table {
+		start := time.Now()
+		runs, err := bench.RunSims(bench.SimTable(), runtime.GOMAXPROCS(0))
+		if err != nil {
+			return err
+		}
+		bench.WriteSimTable(os.Stdout, runs)
+		fmt.Printf("\n%d scenarios, each beside its reference, in %.1fs on %d goroutines\n",
+			len(runs), time.Since(start).Seconds(), runtime.GOMAXPROCS(0))
+		return nil
+	}
+	run, err := bench.RunSim(o.Scenario)
+	if err != nil {
+		return err
+	}
+	if o.SVG != "" {
+		if err := os.WriteFile(o.SVG, []byte(bench.SimSVG(run)), 0o644); err != nil {
+			return fmt.Errorf("cannot write --svg: %w", err)
+		}
+	}
+	if o.JSON {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(run)
+	}
+	bench.WriteSim(os.Stdout, run, o.Quiet)
 	return nil
 }

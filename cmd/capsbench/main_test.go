@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"io"
 	"net"
 	"os"
@@ -164,4 +165,44 @@ func TestServersDieWithCapsbench(t *testing.T) {
 		}
 		return true
 	}, 10*time.Second, 20*time.Millisecond, "servers %v outlived capsbench", servers)
+}
+
+// `capsbench sim` repeats a run from its seed, writes the plot and the
+// JSON it is asked for, and refuses a bad value in one line naming the
+// flag.
+func TestSim(t *testing.T) {
+	exe := capsbench(t)
+	run := func(args ...string) (stdout, stderr string, code int) {
+		t.Helper()
+		cmd := exec.Command(exe, append([]string{"sim"}, args...)...)
+		var o, e strings.Builder
+		cmd.Stdout, cmd.Stderr = &o, &e
+		err := cmd.Run()
+		if ee, ok := err.(*exec.ExitError); ok {
+			return o.String(), e.String(), ee.ExitCode()
+		}
+		require.NoError(t, err)
+		return o.String(), e.String(), 0
+	}
+	svg := filepath.Join(t.TempDir(), "run.svg")
+	first, stderr, code := run("--seconds", "3", "--nodes", "2", "--svg", svg)
+	require.Equal(t, 0, code, stderr)
+	require.True(t, strings.HasPrefix(first, "capsbench sim --nodes 2 --caps 1000 --seconds 3 --seed 1 --arrivals poisson --load 0.95 --skew even "))
+	again, _, _ := run("--seconds", "3", "--nodes", "2")
+	require.Equal(t, first, again)
+	b, err := os.ReadFile(svg)
+	require.NoError(t, err)
+	require.True(t, strings.HasPrefix(string(b), "<svg"))
+
+	out, _, code := run("--seconds", "3", "--json")
+	require.Equal(t, 0, code)
+	var r bench.SimRun
+	require.NoError(t, json.Unmarshal([]byte(out), &r))
+	require.Equal(t, 3, r.Farm.Scenario.Nodes)
+	require.True(t, r.Reference.Scenario.Reference)
+
+	out, stderr, code = run("--nodes", "0")
+	require.Equal(t, 1, code)
+	require.Empty(t, out)
+	require.Equal(t, "capsbench sim: invalid value \"0\" for flag -nodes: want a whole number from 1 to 1000\n", stderr)
 }
