@@ -126,17 +126,22 @@ func peakBelow(sc sim.Scenario) float64 {
 }
 
 // simTargets checks the accuracy targets that apply to r: refusals below
-// the licence only when the run offered some at a load no higher than
-// simTargetLoad, convergence only after a shift.
+// the licence only for paced or Poisson arrivals that stay put, at a load
+// no higher than simTargetLoad (bursty and stalling arrivals offer more
+// than the licence in their bunches, and a moving load is judged by its
+// convergence), convergence only after a shift.
 func simTargets(r SimRun) []SimTarget {
 	f, ref, sc := r.Farm, r.Reference, r.Farm.Scenario
 	var t []SimTarget
-	if f.OfferedBelow > 0 && peakBelow(sc) <= simTargetLoad {
+	steady := (sc.Arrivals == sim.Poisson || sc.Arrivals == sim.Paced) && sc.ShiftAt == 0
+	if steady && f.OfferedBelow > 0 && peakBelow(sc) <= simTargetLoad {
 		ff, rf := f.RefusedBelowFraction(), ref.RefusedBelowFraction()
 		t = append(t, SimTarget{Name: "refused",
-			What:     fmt.Sprintf("refused below the licence ≤ %g %% and ≤ %g × the reference's", simTargetRefused*100, float64(simTargetVsRef)),
-			Measured: fmt.Sprintf("%.3f %% against %.3f %%", ff*100, rf*100),
-			Met:      ff <= simTargetRefused && ff <= simTargetVsRef*rf})
+			What:     fmt.Sprintf("refused below the licence ≤ %g %%", simTargetRefused*100),
+			Measured: fmt.Sprintf("%.3f %%", ff*100), Met: ff <= simTargetRefused},
+			SimTarget{Name: "× one node",
+				What:     fmt.Sprintf("refused below the licence ≤ %g × what one node holding the licence refuses", float64(simTargetVsRef)),
+				Measured: fmt.Sprintf("%.3f %% against %.3f %%", ff*100, rf*100), Met: ff <= simTargetVsRef*rf})
 	}
 	w10, w1 := bound10s(f), bound1s(f)
 	t = append(t,

@@ -79,7 +79,7 @@ func TestSimRepeats(t *testing.T) {
 		"--skew 70,20,10 --shift-at 6s --prelude 1s --prelude-load 0 --delay 100µs --jitter 200µs --loss 0"},
 		strings.SplitN(text(a), "\n", 2)[:1])
 	// The arrivals and the one node's bucket, not the planner's policy.
-	require.Equal(t, []int64{3372, 3372, 3323, 49}, []int64{a.Farm.Offered, a.Reference.Offered, a.Reference.Admitted, a.Reference.RefusedBelow})
+	require.Equal(t, []int64{3392, 3392, 3327, 65}, []int64{a.Farm.Offered, a.Reference.Offered, a.Reference.Admitted, a.Reference.RefusedBelow})
 
 	_, err = RunSims([]sim.Scenario{shortSim(), {}}, 2)
 	require.EqualError(t, err, "scenario 2: cannot simulate 0 nodes: want 1 to 1000")
@@ -176,41 +176,55 @@ func TestSimTargets(t *testing.T) {
 		}
 		require.Equal(t, want, strings.Join(got, "; "))
 	}
-	f(func(*SimRun) {}, "refused met: 0.000 % against 0.000 %; 10 s met: 10270 ≤ 10270; 1 s met: 1170 ≤ 1170; burst met: 170 ≤ 176.5")
+	const rest = "10 s met: 10270 ≤ 10270; 1 s met: 1170 ≤ 1170; burst met: 170 ≤ 176.5"
+	f(func(*SimRun) {}, "refused met: 0.000 %; × one node met: 0.000 % against 0.000 %; "+rest)
 	f(func(r *SimRun) { r.Farm.RefusedBelow, r.Reference.RefusedBelow = 100, 50 },
-		"refused met: 0.100 % against 0.050 %; 10 s met: 10270 ≤ 10270; 1 s met: 1170 ≤ 1170; burst met: 170 ≤ 176.5")
+		"refused met: 0.100 %; × one node met: 0.100 % against 0.050 %; "+rest)
 	f(func(r *SimRun) { r.Farm.RefusedBelow, r.Reference.RefusedBelow = 101, 60 },
-		"refused MISSED: 0.101 % against 0.060 %; 10 s met: 10270 ≤ 10270; 1 s met: 1170 ≤ 1170; burst met: 170 ≤ 176.5")
+		"refused MISSED: 0.101 %; × one node met: 0.101 % against 0.060 %; "+rest)
 	f(func(r *SimRun) { r.Farm.RefusedBelow, r.Reference.RefusedBelow = 21, 10 },
-		"refused MISSED: 0.021 % against 0.010 %; 10 s met: 10270 ≤ 10270; 1 s met: 1170 ≤ 1170; burst met: 170 ≤ 176.5")
+		"refused met: 0.021 %; × one node MISSED: 0.021 % against 0.010 %; "+rest)
 	f(func(r *SimRun) { r.Farm.Worst1s, r.Farm.Worst10s, r.Farm.Burst = 1171, 10271, 177 },
-		"refused met: 0.000 % against 0.000 %; 10 s met: 10271 ≤ 10277; 1 s met: 1171 ≤ 1177; burst MISSED: 177 ≤ 176.5")
+		"refused met: 0.000 %; × one node met: 0.000 % against 0.000 %; 10 s met: 10271 ≤ 10277; 1 s met: 1171 ≤ 1177; burst MISSED: 177 ≤ 176.5")
 	f(func(r *SimRun) { r.Farm.Worst1s, r.Farm.Worst10s = 1171, 10271 },
-		"refused met: 0.000 % against 0.000 %; 10 s MISSED: 10271 ≤ 10270; 1 s MISSED: 1171 ≤ 1170; burst met: 170 ≤ 176.5")
-	f(func(r *SimRun) { r.Farm.Scenario.Load = 0.96 }, "10 s met: 10270 ≤ 10270; 1 s met: 1170 ≤ 1170; burst met: 170 ≤ 176.5")
-	f(func(r *SimRun) { r.Farm.OfferedBelow = 0 }, "10 s met: 10270 ≤ 10270; 1 s met: 1170 ≤ 1170; burst met: 170 ≤ 176.5")
+		"refused met: 0.000 %; × one node met: 0.000 % against 0.000 %; 10 s MISSED: 10271 ≤ 10270; 1 s MISSED: 1171 ≤ 1170; burst met: 170 ≤ 176.5")
+	f(func(r *SimRun) { r.Farm.Scenario.Load = 0.96 }, rest)
+	f(func(r *SimRun) { r.Farm.OfferedBelow = 0 }, rest)
+	// Bursty and stalling arrivals and a moving load: their refusals are
+	// not judged.
+	f(func(r *SimRun) { r.Farm.Scenario.Arrivals, r.Farm.RefusedBelow = sim.Bursty, 5000 }, rest)
+	f(func(r *SimRun) { r.Farm.Scenario.Arrivals, r.Farm.RefusedBelow = sim.Stalling, 5000 }, rest)
 	f(func(r *SimRun) { r.Farm.Scenario.ShiftAt, r.Farm.Converge = time.Second, 500*time.Millisecond },
-		"refused met: 0.000 % against 0.000 %; 10 s met: 10270 ≤ 10270; 1 s met: 1170 ≤ 1170; burst met: 170 ≤ 176.5; converge met: 500ms")
+		rest+"; converge met: 500ms")
 	f(func(r *SimRun) { r.Farm.Scenario.ShiftAt, r.Farm.Converge = time.Second, 501*time.Millisecond },
-		"refused met: 0.000 % against 0.000 %; 10 s met: 10270 ≤ 10270; 1 s met: 1170 ≤ 1170; burst met: 170 ≤ 176.5; converge MISSED: 501ms")
+		rest+"; converge MISSED: 501ms")
 	f(func(r *SimRun) { r.Farm.Scenario.ShiftAt, r.Farm.Converge = time.Second, -1 },
-		"refused met: 0.000 % against 0.000 %; 10 s met: 10270 ≤ 10270; 1 s met: 1170 ≤ 1170; burst met: 170 ≤ 176.5; converge MISSED: still refusing in the last second")
+		rest+"; converge MISSED: still refusing in the last second")
 }
 
 func TestWriteSimTable(t *testing.T) {
-	sc := DefaultSimScenario()
-	sc.Nodes, sc.Skew, sc.ShiftAt, sc.Load = 3, []float64{70, 20, 10}, 20*time.Second, 0.9
-	r := SimRun{StatedBurst: 176.5,
-		Farm:      sim.Result{Scenario: sc, OfferedBelow: 1000, RefusedBelow: 2, Burst: 170, Worst1s: 1100, Worst10s: 9900, Converge: 120 * time.Millisecond},
-		Reference: sim.Result{Scenario: sc, OfferedBelow: 1000, RefusedBelow: 1}}
-	r.Targets = simTargets(r)
+	row := func(sc sim.Scenario, refused, refRefused int64, converge time.Duration) SimRun {
+		r := SimRun{StatedBurst: 176.5,
+			Farm:      sim.Result{Scenario: sc, OfferedBelow: 1000, RefusedBelow: refused, Burst: 170, Worst1s: 1100, Worst10s: 9900, Converge: converge},
+			Reference: sim.Result{Scenario: sc, OfferedBelow: 1000, RefusedBelow: refRefused}}
+		r.Targets = simTargets(r)
+		return r
+	}
+	steady := DefaultSimScenario()
+	steady.Nodes, steady.Skew = 3, []float64{70, 20, 10}
+	moving := steady
+	moving.ShiftAt, moving.Load = 20*time.Second, 0.9
 	var b strings.Builder
-	WriteSimTable(&b, []SimRun{r})
+	// A moving load is judged by its convergence, not its refusals; a
+	// steady one by both refusal targets.
+	WriteSimTable(&b, []SimRun{row(moving, 2, 1, 120*time.Millisecond), row(steady, 2, 1, 0), row(steady, 3, 1, 0)})
 	lines := strings.Split(b.String(), "\n")
-	require.Len(t, lines, 4)
+	require.Len(t, lines, 6)
 	require.Equal(t, strings.Count(lines[0], "|"), strings.Count(lines[1], "|"))
 	require.Equal(t, strings.Count(lines[0], "|"), strings.Count(lines[2], "|"))
-	require.Equal(t, "| 3 | 1000 | 70,20,10 | poisson | 90 %, all moves at 20s | 0.200 % / 0.100 % | 1100 / 1170 | 9900 / 10270 | 170 / 176.5 | 120ms | **missed**: refused |", lines[2])
+	require.Equal(t, "| 3 | 1000 | 70,20,10 | poisson | 90 %, all moves at 20s | 0.200 % / 0.100 % | 1100 / 1170 | 9900 / 10270 | 170 / 176.5 | 120ms | met |", lines[2])
+	require.Equal(t, "| 3 | 1000 | 70,20,10 | poisson | 95 % | 0.200 % / 0.100 % | 1100 / 1170 | 9900 / 10270 | 170 / 176.5 | – | **missed**: refused |", lines[3])
+	require.Equal(t, "| 3 | 1000 | 70,20,10 | poisson | 95 % | 0.300 % / 0.100 % | 1100 / 1170 | 9900 / 10270 | 170 / 176.5 | – | **missed**: refused, × one node |", lines[4])
 }
 
 // The table's scenarios all pass the checks the flags pass, and the small

@@ -263,13 +263,15 @@ func Run(sc Scenario) (Result, error) {
 	for i, name := range names {
 		eng := admission.NewEngine(admission.Config{Clock: clk, Burst: sc.Burst})
 		sh := cluster.NewShares(eng)
+		sh.SetMembers(members) // as a node's cluster does at every exchange
 		if err := sh.SetLimits(Service, licence); err != nil {
 			return Result{}, err
 		}
+		first := eng.Service(Service).Stats().Limits.CAPS
 		n := &node{name: name, planner: cluster.NewPlanner(name, cluster.PolicyConfig{ReclaimAfter: 3 * time.Second}, eng.Config().Burst),
 			engine: eng, shares: sh, phase: netRng.Int64N(interval),
 			admittedBins: make([]int64, bins), lastRefusal: -1, early: -1,
-			series: NodeSeries{Name: name, Offered: make([]int64, steps), Admitted: make([]int64, steps), Limit: make([]float64, steps), RefusedBelow: make([]int64, steps)}}
+			series: NodeSeries{Name: name, Offered: make([]int64, steps), Admitted: make([]int64, steps), Limit: append([]float64{first}, slices.Repeat([]float64{-1}, steps-1)...), RefusedBelow: make([]int64, steps)}}
 		// A formed farm that has exchanged reports before the licence came.
 		for _, other := range names {
 			n.planner.Joined(epoch.Add(-time.Second), other)
@@ -306,6 +308,29 @@ func Run(sc Scenario) (Result, error) {
 			r *= sc.FlashFactor
 		}
 		return r
+	}
+	// The instants at which the offered rates change at once; a ramp
+	// changes them all the time, so its rate is taken again every 10 ms.
+	var changes []int64
+	for _, at := range []time.Duration{sc.Prelude, sc.ShiftAt, sc.FlashAt, sc.FlashAt + sc.FlashFor} {
+		if at > 0 {
+			changes = append(changes, int64(at))
+		}
+	}
+	nextChange := func(t int64) int64 {
+		next := end
+		if sc.Ramp {
+			next = t + int64(10*time.Millisecond)
+		}
+		for _, c := range changes {
+			if c > t {
+				next = min(next, c)
+			}
+		}
+		return next
+	}
+	for _, src := range srcs {
+		src.change = nextChange
 	}
 	rates := make([]func(int64) float64, sc.Nodes)
 	for i := range srcs {
@@ -426,7 +451,7 @@ func Run(sc Scenario) (Result, error) {
 	for _, n := range nodes {
 		// Carry the enforced limit over steps without an exchange.
 		for k := 1; k < steps; k++ {
-			if n.series.Limit[k] == 0 {
+			if n.series.Limit[k] < 0 {
 				n.series.Limit[k] = n.series.Limit[k-1]
 			}
 		}

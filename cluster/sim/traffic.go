@@ -44,6 +44,10 @@ type source struct {
 	stallAt, stallTo int64
 	// at is the instant of the last attempt drawn (before any stall held it).
 	at int64
+	// change returns the first instant after t at which the offered rate
+	// may change (nil: never): a gap drawn at the old rate stops there and
+	// is drawn again at the new one (the arrivals are memoryless).
+	change func(t int64) int64
 }
 
 const (
@@ -100,6 +104,13 @@ func (s *source) next(limit int64, rate func(int64) float64) int64 {
 			// The phase ended first: draw again from its end (memoryless).
 			t = s.phaseTo
 			continue
+		}
+		if s.change != nil {
+			if c := s.change(t); nt > c {
+				// The rate changes first: draw again from then.
+				t = c
+				continue
+			}
 		}
 		s.at = nt
 		if s.model == Stalling {
