@@ -73,6 +73,9 @@ func RunCluster(ctx context.Context, r ClusterRun, out io.Writer) (err error) {
 	if err := c.AwaitCAPS(BenchService, float64(r.CAPS), 10*time.Second); err != nil {
 		return fmt.Errorf("licence did not reach every node: %w", err)
 	}
+	if err := c.AwaitShares(BenchService, float64(r.CAPS), 10*time.Second); err != nil {
+		return fmt.Errorf("the nodes did not plan their parts of the licence: %w", err)
+	}
 	fmt.Fprintf(out, "%d nodes, licence %d CAPS, offering %.0f/s for %v (skew %v, %v)\n", r.Nodes, r.CAPS, r.Rate, r.Duration, r.Skew, r.Arrivals)
 	tally := clustertest.Load{Addrs: c.RESPAddrs(), Weights: r.Skew, Rate: r.Rate, Duration: r.Duration,
 		Command: "ADMIT " + BenchService, Arrivals: r.Arrivals}.Run()

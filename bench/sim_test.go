@@ -194,18 +194,23 @@ func TestSimTargets(t *testing.T) {
 	// not judged.
 	f(func(r *SimRun) { r.Farm.Scenario.Arrivals, r.Farm.RefusedBelow = sim.Bursty, 5000 }, rest)
 	f(func(r *SimRun) { r.Farm.Scenario.Arrivals, r.Farm.RefusedBelow = sim.Stalling, 5000 }, rest)
-	f(func(r *SimRun) { r.Farm.Scenario.ShiftAt, r.Farm.Converge = time.Second, 500*time.Millisecond },
+	f(func(r *SimRun) { r.Farm.Scenario.ShiftAt, r.Farm.Covered = time.Second, 500*time.Millisecond },
 		rest+"; converge met: 500ms")
-	f(func(r *SimRun) { r.Farm.Scenario.ShiftAt, r.Farm.Converge = time.Second, 501*time.Millisecond },
+	f(func(r *SimRun) { r.Farm.Scenario.ShiftAt, r.Farm.Covered = time.Second, 501*time.Millisecond },
 		rest+"; converge MISSED: 501ms")
-	f(func(r *SimRun) { r.Farm.Scenario.ShiftAt, r.Farm.Converge = time.Second, -1 },
-		rest+"; converge MISSED: still refusing in the last second")
+	f(func(r *SimRun) { r.Farm.Scenario.ShiftAt, r.Farm.Covered = time.Second, -1 },
+		rest+"; converge MISSED: not in the run")
+	f(func(r *SimRun) {
+		r.Farm.Scenario.ShiftAt, r.Farm.Covered, r.Farm.Converge = time.Second, 0, 900*time.Millisecond
+	},
+		rest+"; converge met: at once")
 }
 
 func TestWriteSimTable(t *testing.T) {
 	row := func(sc sim.Scenario, refused, refRefused int64, converge time.Duration) SimRun {
 		r := SimRun{StatedBurst: 176.5,
-			Farm:      sim.Result{Scenario: sc, OfferedBelow: 1000, RefusedBelow: refused, Burst: 170, Worst1s: 1100, Worst10s: 9900, Converge: converge},
+			Farm: sim.Result{Scenario: sc, OfferedBelow: 1000, RefusedBelow: refused, Burst: 170, Worst1s: 1100, Worst10s: 9900,
+				Covered: converge / 2, Converge: converge},
 			Reference: sim.Result{Scenario: sc, OfferedBelow: 1000, RefusedBelow: refRefused}}
 		r.Targets = simTargets(r)
 		return r
@@ -222,7 +227,7 @@ func TestWriteSimTable(t *testing.T) {
 	require.Len(t, lines, 6)
 	require.Equal(t, strings.Count(lines[0], "|"), strings.Count(lines[1], "|"))
 	require.Equal(t, strings.Count(lines[0], "|"), strings.Count(lines[2], "|"))
-	require.Equal(t, "| 3 | 1000 | 70,20,10 | poisson | 90 %, all moves at 20s | 0.200 % / 0.100 % | 1100 / 1170 | 9900 / 10270 | 170 / 176.5 | 120ms | met |", lines[2])
+	require.Equal(t, "| 3 | 1000 | 70,20,10 | poisson | 90 %, all moves at 20s | 0.200 % / 0.100 % | 1100 / 1170 | 9900 / 10270 | 170 / 176.5 | 60ms (last refusal 120ms) | met |", lines[2])
 	require.Equal(t, "| 3 | 1000 | 70,20,10 | poisson | 95 % | 0.200 % / 0.100 % | 1100 / 1170 | 9900 / 10270 | 170 / 176.5 | – | **missed**: refused |", lines[3])
 	require.Equal(t, "| 3 | 1000 | 70,20,10 | poisson | 95 % | 0.300 % / 0.100 % | 1100 / 1170 | 9900 / 10270 | 170 / 176.5 | – | **missed**: refused, × one node |", lines[4])
 }

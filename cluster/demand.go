@@ -101,13 +101,13 @@ func push(meters map[string]*rateMeter, name string, cur sample) float64 {
 // than jumpRatio times it (a proxy stalled for up to 200 ms sends at most
 // five times: the stall's worth and its own); a fall when they hold
 // fewer by fallZ deviations and minChange, and less than fallRatio of it,
-// over at least 300 ms. The meter then forgets what came before. So a load
+// over at least 250 ms. The meter then forgets what came before. So a load
 // that arrives on an idle node counts after 50 ms, one that grows after
-// 200 ms and one that leaves after 300 ms, while
+// 200 ms and one that leaves after 250 ms, while
 // a lull of Poisson arrivals changes nothing (a 4-sigma dip comes once in
 // 30,000 samples), nor does a proxy that stalls for up to 200 ms and then
-// sends its backlog at once (200 ms hold the stall and the backlog; 300 ms
-// keep a third of the attempts). minChange keeps the few attempts of a
+// sends its backlog at once (200 ms hold the stall and the backlog; 250 ms
+// keep a fifth of the attempts). minChange keeps the few attempts of a
 // nearly idle node from reading as a change.
 const (
 	rateWindow  = 3.0 // seconds
@@ -119,7 +119,7 @@ const (
 	jumpSpan    = 0.05 // seconds
 	jumpRatio   = 6
 	riseSpan    = 0.2
-	fallSpan    = 0.3
+	fallSpan    = 0.25
 	maxSpan     = 0.5
 )
 

@@ -19,10 +19,10 @@
 // meter over up to 3 s since the rate last changed: a Poisson stream at
 // 800/s is then known within 2 % (one 100 ms sample: 11 %). A change is
 // seen when the last 200-500 ms hold 3 standard deviations more attempts
-// than the rate before predicts (or the last 100 ms four times as many: a
-// load arriving on an idle node), or over 300 ms 4 deviations fewer and
+// than the rate before predicts (or the last 50 ms six times as many: a
+// load arriving on an idle node), or over 250 ms 4 deviations fewer and
 // less than a fifth; the meter then forgets the past. So demand rises in
-// 100-200 ms and falls in 300 ms, a lull of Poisson arrivals changes
+// 50-200 ms and falls in 250 ms, a lull of Poisson arrivals changes
 // nothing, and neither does a proxy that stalls up to 200 ms and then
 // sends its backlog. To its demand a node adds its bucket's debt (what it
 // admitted beyond its rate) over RepayIn (1 s): a demand measured too low

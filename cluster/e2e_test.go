@@ -41,6 +41,7 @@ func threeNodes(t *testing.T) (*clustertest.Cluster, []time.Duration) {
 	reached := reachCAPS(c.Nodes()[1:], "voice", 1000, t0, 2*time.Second)
 	require.NotContains(t, reached, time.Duration(-1), "the licence reached n2, n3 after %v (-1: not within 2 s)", reached)
 	c.WaitCAPS("voice", 1000, time.Second)
+	require.NoError(t, c.AwaitShares("voice", 1000, 5*time.Second))
 	return c, reached
 }
 
@@ -284,6 +285,7 @@ func voiceFarm(t *testing.T, n, on int) *clustertest.Cluster {
 	c.WaitMembers(n, time.Duration(2*n)*time.Second)
 	c.LoadLicense(on, c.Issue("--service", "voice", "--caps", "1000", "--id", fmt.Sprintf("voice-%d", n)))
 	c.WaitCAPS("voice", 1000, 5*time.Second)
+	require.NoError(t, c.AwaitShares("voice", 1000, 5*time.Second))
 	return c
 }
 

@@ -352,6 +352,7 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 		// Every member's CAPS and depth parts as computed here: a rise
 		// shares the room with the others' (see roomFor).
 		var capsParts, depthParts []float64
+		freshCAPS := -1.0 // this node's CAPS part on what it measured now
 		if l.CAPS > 0 {
 			shares := Allocate(side.Fraction*l.CAPS, caps)
 			p.shares[service] = map[string]float64{}
@@ -363,6 +364,14 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 			}
 			if self >= 0 {
 				sh.CAPS, sh.Depth = capsParts[self], depthParts[self]
+				// What this node's part would be with what it measured now:
+				// it falls no lower than that (falling less is always safe;
+				// rising takes the part all compute alike). A load that
+				// reaches every node at once so does not cut each node's
+				// part on the demand it reported before the load came.
+				now := held[service].Owed
+				caps[self] = demand[service] + float64(now)/RepayIn.Seconds()
+				freshCAPS = Allocate(side.Fraction*l.CAPS, caps)[self] / l.CAPS
 				p.weight[service] = sh.CAPS / side.Fraction
 				_, lent := p.depth(l.CAPS, side.Fraction, p.weight[service], owes[self], owed)
 				p.lent[service] = lent + float64(admission.Reserve(sh.CAPS*l.CAPS))
@@ -407,6 +416,9 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 		if capsParts != nil && self >= 0 {
 			cp.CAPS = p.roomFor(service, names, prev.CAPS, cp.CAPS, capsParts, func(a Share) float64 { return whole(a.CAPS) })
 			cp.Depth = p.roomFor(service, names, prev.Depth, cp.Depth, depthParts, func(a Share) float64 { return a.Depth })
+		}
+		if l.CAPS > 0 && self >= 0 && sh.CAPS < prev.CAPS {
+			sh.CAPS = max(sh.CAPS, min(prev.CAPS, freshCAPS))
 		}
 		if l.CAPS > 0 && sh.Depth < prev.Depth {
 			// A fall of the depth gives away no more than the bucket holds

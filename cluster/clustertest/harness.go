@@ -547,6 +547,43 @@ func (c *Cluster) AwaitCAPS(service string, caps float64, timeout time.Duration)
 	})
 }
 
+// AwaitShares waits until the parts of service's CAPS that the running
+// nodes enforce are all planned (none of them 0) and sum to caps within
+// 0.1 %: the farm holds the licence as it does before traffic comes, not
+// in the first exchanges after the licence arrived.
+func (c *Cluster) AwaitShares(service string, caps float64, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		var sum float64
+		var err error
+		for _, n := range c.Nodes() {
+			if !n.Running() {
+				continue
+			}
+			s, serr := n.Service(service)
+			if serr != nil {
+				err = serr
+				break
+			}
+			if s.Limits.CAPSShare <= 0 {
+				err = fmt.Errorf("%s enforces no part of %s yet", n.Name, service)
+				break
+			}
+			sum += s.Limits.CAPSShare
+		}
+		if err == nil && math.Abs(sum-caps) > caps/1000 {
+			err = fmt.Errorf("the parts of %s sum to %.1f, not %g", service, sum, caps)
+		}
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // await polls cond on every running node until it holds on all of them at
 // once, or returns what the first node still failing said at timeout.
 func (c *Cluster) await(timeout time.Duration, cond func(*Node) error) error {

@@ -105,10 +105,13 @@ type Result struct {
 	// 1 s and 10 s (sliding in 10 ms steps; a run shorter than 10 s has
 	// Worst10s over its whole length).
 	Worst1s, Worst10s int64
-	// Converge is, after a shift, how long until the node the load moved to
-	// refused nothing more (0: no refusal after the shift; -1: it still
-	// refused in the run's last second).
-	Converge time.Duration
+	// Covered is, after a shift, how long until the CAPS the node the load
+	// moved to enforces first covered the load now offered to it (at its
+	// plans' instants; -1: not in the run). Converge is how long
+	// until it refused nothing more (0: no refusal after the shift; -1: it
+	// still refused in the run's last second): its bucket, emptied while
+	// its part rose, refills at the licence's headroom.
+	Covered, Converge time.Duration
 	// Series holds, per node, per Step: offered, admitted, and the CAPS the
 	// node enforced at the end of the step.
 	Series []NodeSeries
@@ -346,6 +349,7 @@ func Run(sc Scenario) (Result, error) {
 	}
 
 	svc := []byte(Service)
+	covered := int64(-1) // the first plan after a shift at which the load's new node covered it
 	// planEarly schedules an early plan of node i from instant t, as soon
 	// as its planner allows, unless one is due already.
 	planEarly := func(i int, t int64) {
@@ -437,6 +441,9 @@ func Run(sc Scenario) (Result, error) {
 				push(event{at: e.at + interval, to: e.to})
 			}
 			st := n.engine.Service(Service).Stats()
+			if sc.ShiftAt > 0 && covered < 0 && e.to == min(target, members-1) && e.at >= int64(sc.ShiftAt) && st.Limits.CAPS >= total(e.at) {
+				covered = e.at
+			}
 			if k := e.at / int64(Step); k < int64(steps) {
 				n.series.Limit[k] = st.Limits.CAPS
 			}
@@ -466,6 +473,10 @@ func Run(sc Scenario) (Result, error) {
 	res.Worst1s = worstWindow(farm, 100)
 	res.Worst10s = worstWindow(farm, 1000)
 	if sc.ShiftAt > 0 {
+		res.Covered = -1
+		if covered >= 0 {
+			res.Covered = time.Duration(covered - int64(sc.ShiftAt))
+		}
 		switch last := nodes[min(target, members-1)].lastRefusal; {
 		case last < int64(sc.ShiftAt):
 			res.Converge = 0
