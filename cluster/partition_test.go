@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/capsgate/capsgate/cluster"
 	"github.com/capsgate/capsgate/cluster/clustertest"
 )
 
@@ -25,10 +26,6 @@ import (
 const (
 	// partLicence is the voice licence (CAPS) the partition tests load.
 	partLicence = 1000.0
-	// farmBurst bounds the farm's burst: the sum of the nodes' bucket
-	// depths, max(100 ms of the share, 20) each, is at most 100 ms of the
-	// licence plus 20 per node.
-	farmBurst = 0.1*partLicence + 3*20
 	// reclaimAfter is cluster.reclaim_after's default, which the tests keep.
 	reclaimAfter = 3 * time.Second
 	// observeEvery is how often every node's GET /v1/cluster is read.
@@ -67,7 +64,7 @@ func needsNetns(t *testing.T, what string) *clustertest.Net {
 }
 
 // partitionFarm starts 3 nodes in nw with extra capsgate flags, loads the
-// 1000-CAPS voice licence and waits until every node enforces it.
+// 1000-CAPS voice licence and waits until every node enforces its part.
 func partitionFarm(t *testing.T, nw *clustertest.Net, args ...string) *clustertest.Cluster {
 	t.Helper()
 	c := clustertest.New(t, 3, append(nw.Options(), clustertest.WithArgs(args...))...)
@@ -76,8 +73,13 @@ func partitionFarm(t *testing.T, nw *clustertest.Net, args ...string) *clusterte
 	// the hub namespace, capsctl would run in this one.
 	require.NoError(t, c.Node(1).PostLicense(c.Issue("--service", "voice", "--caps", "1000", "--id", "voice-1000")))
 	c.WaitCAPS("voice", partLicence, 5*time.Second)
+	require.NoError(t, c.AwaitShares("voice", partLicence, 5*time.Second))
 	return c
 }
+
+// farmBurst bounds the farm's burst: what its nodes' buckets hold together
+// (cluster.MaxBurst).
+var farmBurst = cluster.MaxBurst(partLicence, 3, 100*time.Millisecond)
 
 // observation is what one node showed in GET /v1/cluster when it changed.
 type observation struct {
