@@ -507,3 +507,22 @@ func TestRepeatRunsUntilStopped(t *testing.T) {
 	close(done)
 	Repeat(done, time.Hour, func() time.Duration { t.Fatal("ran after stop"); return 0 })
 }
+
+// A bucket lent part of a farm's depth keeps a reserve beside it; one that
+// holds the whole of it (its part rounded a hair below 1) is alone and
+// keeps the licence's depth, no more.
+func TestLentDepth(t *testing.T) {
+	f := func(share float64, caps float64, want int64) {
+		t.Helper()
+		e := NewEngine(Config{Clock: NewFakeClock()})
+		require.NoError(t, e.SetLimits("voice", Limits{Licensed: true, CAPS: caps, LicensedCAPS: 1000, DepthShared: true, DepthShare: share,
+			Sessions: Unlimited, Subscribers: Unlimited, Tokens: Unlimited}))
+		require.Equal(t, want, e.Service("voice").Stats().Burst, "part %v at %v CAPS", share, caps)
+	}
+	f(1, 1000, 100)
+	f(1-1e-9, 1000, 100)
+	f(0.5, 500, 50+Reserve(500))
+	f(0, 300, Reserve(300))
+	f(0, 0.01, 1) // a closed-looking share still has a token of depth
+	require.Equal(t, int64(30), Reserve(500))
+}

@@ -136,10 +136,12 @@ func derive(l Limits, cfg *Config) *derived {
 	d.caps = newGCRA(l.CAPS, cfg.Burst.Seconds())
 	if l.DepthShared && l.LicensedCAPS > 0 && l.CAPS > 0 {
 		whole := float64(Depth(l.LicensedCAPS, cfg.Burst.Seconds()))
-		depth := int64(math.Floor(min(l.DepthShare, 1)*whole + 1e-9))
-		if l.DepthShare < 1 {
+		depth := int64(math.Floor(min(l.DepthShare, 1)*whole + 1e-6))
+		if l.DepthShare < 1-1e-6 {
 			// Lent part of the farm's depth: keep a reserve of its own
-			// for the moments before it is lent more.
+			// for the moments before it is lent more. (A node holding the
+			// whole of it, give or take the rounding of the parts that
+			// sum to it, is alone: no reserve.)
 			depth = satAdd(depth, Reserve(l.CAPS))
 		}
 		d.caps = newGCRADepth(l.CAPS, depth)
