@@ -8,15 +8,21 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-func TestAllocateExamples(t *testing.T) {
-	f := func(limit float64, demands []float64, want []float64) {
+// splitter returns an f-test of an allocation function: limit split by
+// the inputs gives want, within 0.05.
+func splitter(t *testing.T, split func(limit float64, in []float64) []float64) func(limit float64, in, want []float64) {
+	return func(limit float64, in, want []float64) {
 		t.Helper()
-		got := Allocate(limit, demands)
+		got := split(limit, in)
 		require.Len(t, got, len(want))
 		for i := range want {
 			require.InDelta(t, want[i], got[i], 0.05, "node %d of %v", i, got)
 		}
 	}
+}
+
+func TestAllocateExamples(t *testing.T) {
+	f := splitter(t, Allocate)
 	// 2× the licence, skewed 70/20/10: the licence in proportion.
 	f(1000, []float64{1400, 400, 200}, []float64{700, 200, 100})
 	// 90 % of the licence: every node gets its demand, the spare a tenth
@@ -35,14 +41,7 @@ func TestAllocateExamples(t *testing.T) {
 }
 
 func TestAllocateHeldExamples(t *testing.T) {
-	f := func(limit float64, held []float64, want []float64) {
-		t.Helper()
-		got := AllocateHeld(limit, held)
-		require.Len(t, got, len(want))
-		for i := range want {
-			require.InDelta(t, want[i], got[i], 0.05, "node %d of %v", i, got)
-		}
-	}
+	f := splitter(t, AllocateHeld)
 	// 60 subscribers, 10 registered on the third node: the others each get
 	// their floor (1) and a third of the spare (48), not a part in
 	// proportion to what they hold (which would leave them 6).
