@@ -165,22 +165,19 @@ func bound10s(r sim.Result) float64 {
 	return simTarget10sFactor*r.Scenario.CAPS*10 + float64(r.Burst)
 }
 
-func coveredName(d time.Duration) string {
-	switch {
-	case d < 0:
-		return "not in the run"
-	case d == 0:
-		return "at once"
-	}
-	return d.Round(time.Millisecond).String()
+// coveredName and convergeName name a sim.Result's Covered and Converge.
+func coveredName(d time.Duration) string { return durationName(d, "not in the run", "at once") }
+func convergeName(d time.Duration) string {
+	return durationName(d, "still refusing in the last second", "0 (none refused)")
 }
 
-func convergeName(d time.Duration) string {
+// durationName names d, with never for a negative one and zero for 0.
+func durationName(d time.Duration, never, zero string) string {
 	switch {
 	case d < 0:
-		return "still refusing in the last second"
+		return never
 	case d == 0:
-		return "0 (none refused)"
+		return zero
 	}
 	return d.Round(time.Millisecond).String()
 }
