@@ -142,7 +142,7 @@ func derive(l Limits, cfg *Config) *derived {
 			// for the moments before it is lent more. (A node holding the
 			// whole of it, give or take the rounding of the parts that
 			// sum to it, is alone: no reserve.)
-			depth = satAdd(depth, Reserve(l.CAPS))
+			depth = SatAdd(depth, Reserve(l.CAPS))
 		}
 		d.caps = newGCRADepth(l.CAPS, depth)
 	}

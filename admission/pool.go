@@ -59,15 +59,15 @@ func (p *pool) charge(n int64) {
 		return
 	}
 	if p.limit == Unlimited {
-		p.used = satAdd(p.used, n)
-		p.total = satAdd(p.total, n)
+		p.used = SatAdd(p.used, n)
+		p.total = SatAdd(p.total, n)
 		return
 	}
 	before, over := max(p.used-p.limit, 0), p.overage
-	p.used = satAdd(p.used, n)
+	p.used = SatAdd(p.used, n)
 	p.overage += max(p.used-p.limit, 0) - before
-	p.total = satAdd(p.total, n)
-	p.totalOver = satAdd(p.totalOver, p.overage-over)
+	p.total = SatAdd(p.total, n)
+	p.totalOver = SatAdd(p.totalOver, p.overage-over)
 }
 
 // newPeriod empties the pool for a new usage period.
@@ -75,9 +75,9 @@ func (p *pool) newPeriod() {
 	p.used, p.overage, p.base = 0, 0, p.total
 }
 
-// satAdd adds non-negative counts, stopping at math.MaxInt64 instead of
+// SatAdd adds non-negative counts, stopping at math.MaxInt64 instead of
 // wrapping.
-func satAdd(a, b int64) int64 {
+func SatAdd(a, b int64) int64 {
 	if a > math.MaxInt64-b {
 		return math.MaxInt64
 	}

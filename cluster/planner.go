@@ -590,7 +590,7 @@ func (p *Planner) budgets(now time.Time, service string, licensed int64, account
 	allocated := int64(0)
 	budgets := map[string]int64{}
 	for _, a := range accounts {
-		allocated = satAdd(allocated, a.Size)
+		allocated = admission.SatAdd(allocated, a.Size)
 		key := poolKey(service, a.Account)
 		budgets[a.Account] = p.tokenBudget(key, a.Size, part(key))
 	}
@@ -612,36 +612,28 @@ func (p *Planner) tokenBudget(key string, pool int64, part float64) int64 {
 	spent, reserved := used, max(cur, used)
 	for _, v := range p.peers {
 		h := v.report.Held[key]
-		spent = satAdd(spent, h.Tokens)
+		spent = admission.SatAdd(spent, h.Tokens)
 		switch {
 		case v.left || v.reclaimed:
 			// Gone: what it charged stays charged, its budget is free.
-			reserved = satAdd(reserved, h.Tokens)
+			reserved = admission.SatAdd(reserved, h.Tokens)
 		default:
 			// Alive, or failed but maybe only cut off: it may still be
 			// charging up to its budget.
-			reserved = satAdd(reserved, max(h.Budget, h.Tokens))
+			reserved = admission.SatAdd(reserved, max(h.Budget, h.Tokens))
 		}
 	}
-	target := satAdd(used, int64(math.Floor(part*float64(max(pool-spent, 0)))))
+	target := admission.SatAdd(used, int64(math.Floor(part*float64(max(pool-spent, 0)))))
 	free := pool - reserved
 	next := target
 	if target > cur {
 		// A rise takes no more than this node's part of what no member
 		// has reserved.
-		next = min(target, satAdd(cur, int64(math.Floor(part*float64(max(free, 0))))))
+		next = min(target, admission.SatAdd(cur, int64(math.Floor(part*float64(max(free, 0))))))
 	}
 	next = max(next, used)
 	p.budget[key] = next
 	return next
-}
-
-// satAdd adds two non-negative counts, saturating at the largest int64.
-func satAdd(a, b int64) int64 {
-	if s := a + b; s >= a {
-		return s
-	}
-	return math.MaxInt64
 }
 
 // Side returns the side as last planned.
