@@ -52,9 +52,9 @@ type Limits struct {
 	LicensedCAPS float64
 	// DepthShared: the CAPS bucket's depth is DepthShare of the depth a
 	// bucket at LicensedCAPS would have (the licence's burst), lent by the
-	// cluster where the attempts are, and beside it, below a whole share,
-	// a reserve of its own (Reserve of CAPS); not what this node's CAPS
-	// alone would have.
+	// cluster where the attempts are, and beside it, while CAPS is less
+	// than LicensedCAPS, a reserve of its own (Reserve of CAPS); not what
+	// this node's CAPS alone would have.
 	DepthShared bool
 	DepthShare  float64
 	// State is the licence state shown by QUOTA ("active", "grace", ...).
@@ -137,11 +137,13 @@ func derive(l Limits, cfg *Config) *derived {
 	if l.DepthShared && l.LicensedCAPS > 0 && l.CAPS > 0 {
 		whole := float64(Depth(l.LicensedCAPS, cfg.Burst.Seconds()))
 		depth := int64(math.Floor(min(l.DepthShare, 1)*whole + 1e-6))
-		if l.DepthShare < 1-1e-6 {
-			// Lent part of the farm's depth: keep a reserve of its own
-			// for the moments before it is lent more. (A node holding the
-			// whole of it, give or take the rounding of the parts that
-			// sum to it, is alone: no reserve.)
+		if l.CAPS < l.LicensedCAPS*(1-1e-6) {
+			// A node that shares the licence keeps a reserve of its own
+			// beside the depth it is lent, for the moments before it is
+			// lent more; also when it is lent the whole of the farm's
+			// depth, which it may owe. (A node holding the whole licence,
+			// give or take the rounding of the parts that sum to it, is
+			// alone: no reserve.)
 			depth = SatAdd(depth, Reserve(l.CAPS))
 		}
 		d.caps = newGCRADepth(l.CAPS, depth)

@@ -121,6 +121,18 @@ const (
 	riseSpan    = 0.2
 	fallSpan    = 0.25
 	maxSpan     = 0.5
+	// quietExpect: no attempt at all over fallSpan or more, where the rate
+	// before predicts this many, is a fall, at any span (Poisson: e^-10.4,
+	// the chance of the 4-sigma test). A node at 40 CAPS that falls silent
+	// is seen after 260 ms and one at 18 after 580, where the 4-sigma
+	// test, which needs more than 22 attempts expected, never sees them
+	// fall. The price: a proxy that stalls 200 ms in front of a node at
+	// 35-50 CAPS, and sends nothing for 50-100 ms more by chance (a few
+	// stalls in a hundred), reads as a fall; its part comes back when the
+	// backlog arrives (the jump test, 50 ms).
+	quietExpect = 10.4
+	// settleSpan is the least span of the rate after a fall (see fellAt).
+	settleSpan = 0.1
 )
 
 // rateMeter estimates the rate of a counter sampled at each exchange.
@@ -159,7 +171,7 @@ func (m *rateMeter) push(cur sample) float64 {
 		m.drop(1)
 	}
 	var rt, rn float64
-	for j := 1; j < m.k && rt < maxSpan; j++ {
+	for j := 1; j < m.k && (rt < maxSpan || rn == 0); j++ {
 		rt += m.dt[m.k-j]
 		rn += m.dn[m.k-j]
 		if span-rt < riseSpan {
@@ -169,13 +181,53 @@ func (m *rateMeter) push(cur sample) float64 {
 		sd := math.Sqrt(max(expect, 1))
 		rose := rt >= riseSpan && rn > expect+riseZ*sd+minChange ||
 			rt >= jumpSpan && rn > jumpRatio*expect+riseZ*sd+minChange
-		fell := rt >= fallSpan && rn < expect-fallZ*sd-minChange && rn < fallRatio*expect
-		if rose || fell {
+		fell := rt >= fallSpan && rn < expect-fallZ*sd-minChange && rn < fallRatio*expect ||
+			rt >= fallSpan && rn == 0 && expect >= quietExpect
+		if rose {
 			m.drop(m.k - j)
+			break
+		}
+		if fell {
+			m.drop(m.k - m.fellAt(j))
 			break
 		}
 	}
 	return m.rate(0)
+}
+
+// fellAt returns how many of the newest samples follow the fall seen in
+// the newest j: the split of the samples held into an older and a newer
+// rate, each constant, that the counts make likeliest (Poisson), the newer
+// part at least fallSpan long. A load that left 60 ms into a 100 ms sample
+// so leaves no trace of its 60 ms in the rate after the fall.
+func (m *rateMeter) fellAt(j int) int {
+	var tAll, nAll float64
+	for i := range m.k {
+		tAll += m.dt[i]
+		nAll += m.dn[i]
+	}
+	best, bestLL := j, math.Inf(-1)
+	var t, n float64
+	for s := 1; s <= j; s++ {
+		t += m.dt[m.k-s]
+		n += m.dn[m.k-s]
+		if t < settleSpan {
+			continue
+		}
+		if ll := poissonLL(n, t) + poissonLL(nAll-n, tAll-t); ll > bestLL {
+			best, bestLL = s, ll
+		}
+	}
+	return best
+}
+
+// poissonLL is the log-likelihood of n events in t at their own rate, less
+// the terms that do not depend on the rate.
+func poissonLL(n, t float64) float64 {
+	if n <= 0 || t <= 0 {
+		return 0
+	}
+	return n*math.Log(n/t) - n
 }
 
 // drop forgets the n oldest samples.

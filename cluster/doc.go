@@ -21,10 +21,16 @@
 // seen when the last 200-500 ms hold 3 standard deviations more attempts
 // than the rate before predicts (or the last 50 ms six times as many: a
 // load arriving on an idle node), or over 250 ms 4 deviations fewer and
-// less than a fifth; the meter then forgets the past. So demand rises in
-// 50-200 ms and falls in 250 ms, a lull of Poisson arrivals changes
-// nothing, and neither does a proxy that stalls up to 200 ms and then
-// sends its backlog. To its demand a node adds its bucket's debt (what it
+// less than a fifth, or none at all where 10.4 were due (the chance of 4
+// deviations: a node at 18-45 CAPS falls silent in 580-250 ms, where the
+// deviation test needs 22 attempts due); the meter then forgets the past
+// (after a fall, up to the likeliest instant of the change, so nothing of
+// the load that left stays in the rate). So demand rises in 50-200 ms
+// and falls in 250 ms (up to 580 ms below 45 CAPS), a lull of Poisson
+// arrivals changes nothing, and neither does a proxy that stalls up to
+// 200 ms and then sends its backlog (at 20-45 CAPS one stall in 600 with a
+// further lull reads as a fall, undone within 500 ms:
+// TestRateMeterStalls). To its demand a node adds its bucket's debt (what it
 // admitted beyond its rate) over RepayIn (1 s): a demand measured too low
 // is paid back.
 //
@@ -65,8 +71,10 @@
 // takes a bucket below what it owes. Beside its part every node keeps a
 // reserve of its own, 3 standard deviations of its part's attempts in the
 // 200 ms that lending takes (admission.Reserve), so that random arrivals
-// between two plans find the attempts a single bucket would have had. A
-// node alone holds D and no reserve.
+// between two plans find the attempts a single bucket would have had; it
+// keeps it also when it is lent all of D, which it may owe after waiting
+// for its part (a load that moved to it). A node that holds the whole
+// licence is alone: D and no reserve.
 //
 // # Bounds
 //
@@ -107,10 +115,13 @@
 // bucket would hold). Farms whose nodes carry a few CAPS each do worse:
 // 100 nodes sharing 1000 CAPS with 90 % on one (the others under 1 CAPS
 // each) refuse 0.5 % (capsbench sim --table). When all the load moves to
-// another node, that node enforces its whole demand 372 ms later on 3
-// nodes, 530-910 ms on 10 (TestLoadMoves): the nodes that lost the load
-// hold their parts until their meters see it gone (250 ms, so that a proxy
-// stalled for 200 ms keeps its part). A farm whose buckets an overload
+// another node, that node enforces its whole demand 349-429 ms later on 3
+// nodes and 360-417 ms on 10 (seeds 1-5, TestLoadMoves): the nodes that
+// lost the load hold their parts until their meters see it gone (250 ms,
+// so that a proxy stalled for 200 ms keeps its part). Its bucket may refuse
+// a little longer (last refusal up to 604 ms on 10 nodes): it spent the
+// depth lent to it while it waited, and repays it from its part above its
+// demand. A farm whose buckets an overload
 // emptied refuses more until they refill (so does one node: at 95 % after
 // 10 s at twice the licence, one node refused 0.02-0.20 % of the next
 // 10 s, 3 nodes 0.08-0.43 %, 10 nodes 0.20-0.71 %, over three seeds): the

@@ -111,29 +111,27 @@ func TestAdmittedWithinLicence(t *testing.T) {
 }
 
 // TestLoadMoves: when all the load moves to another node, that node
-// enforces its full demand within 500 ms on 3 nodes. On 10 nodes it takes
-// longer (the target is missed): the nine that lost their load hold their
-// parts until they see it gone (250-350 ms: a proxy that stalls 200 ms
-// must not lose its part), and the node that got it plans from the demand
-// it last reported.
+// enforces its full demand within 500 ms, on 3 and on 10 nodes, seeds 1-3.
+// The nodes that lost the load see it gone after 250-350 ms, those that
+// carried a few CAPS each by the quiet test (no attempt where 10.4 were
+// due), and the node that got it plans early on their reports. Its bucket
+// may still refuse some after that: it spent the depth it was lent while
+// it waited, and repays it from its part above its demand (last refusals
+// 324-604 ms after the move over seeds 1-5 on 10 nodes).
 func TestLoadMoves(t *testing.T) {
-	for _, c := range []struct {
-		sc     Scenario
-		within time.Duration
-	}{
-		{Scenario{Nodes: 3, Skew: skew3}, 500 * time.Millisecond},
-		{Scenario{Nodes: 10, Skew: skew10}, time.Second},
-	} {
-		sc := c.sc
-		sc.Arrivals, sc.Load, sc.Duration, sc.ShiftAt = Poisson, 0.9, 20*time.Second, 10*time.Second
-		t.Run(name(sc), func(t *testing.T) {
-			farm, _ := run(t, sc)
-			t.Logf("whole demand enforced %v after the move, last refusal %v after it; %d refused of %d", farm.Covered, farm.Converge, farm.Refused, farm.Offered)
-			assert.GreaterOrEqual(t, farm.Covered, time.Duration(0), "covered in the run")
-			assert.LessOrEqual(t, farm.Covered, c.within)
-			assert.GreaterOrEqual(t, farm.Converge, time.Duration(0), "no refusal in the run's last second")
-			assert.LessOrEqual(t, farm.Converge, time.Second, "no refusal a second after the move")
-		})
+	for _, sc := range []Scenario{{Nodes: 3, Skew: skew3}, {Nodes: 10, Skew: skew10}} {
+		for seed := range uint64(3) {
+			sc := sc
+			sc.Arrivals, sc.Load, sc.Duration, sc.ShiftAt, sc.Seed = Poisson, 0.9, 20*time.Second, 10*time.Second, seed+1
+			t.Run(name(sc)+fmt.Sprintf("/seed%d", sc.Seed), func(t *testing.T) {
+				farm, _ := run(t, sc)
+				t.Logf("whole demand enforced %v after the move, last refusal %v after it; %d refused of %d", farm.Covered, farm.Converge, farm.Refused, farm.Offered)
+				assert.GreaterOrEqual(t, farm.Covered, time.Duration(0), "covered in the run")
+				assert.LessOrEqual(t, farm.Covered, 500*time.Millisecond)
+				assert.GreaterOrEqual(t, farm.Converge, time.Duration(0), "no refusal in the run's last second")
+				assert.LessOrEqual(t, farm.Converge, time.Second, "no refusal a second after the move")
+			})
+		}
 	}
 }
 
