@@ -28,6 +28,11 @@ type ConnState struct {
 	loop   *loopStats
 	// commands counts the commands of the current read, for the histogram.
 	commands int
+	// outBudget bounds the replies of one Handle call (0: no bound): once
+	// they reach it, Handle leaves the rest of the input for a later call
+	// and sets more.
+	outBudget int
+	more      bool
 	// lastActive is the engine-clock instant of the last request, read by
 	// the idle sweeper from another goroutine.
 	lastActive atomic.Int64
@@ -81,9 +86,18 @@ func NewHandler(eng *admission.Engine, password string) *Handler {
 // replies to out in request order. It returns the bytes consumed, the grown
 // out and whether the connection must now be closed (QUIT or a protocol
 // error; the replies in out are sent first). Bytes of an incomplete last
-// command are left unconsumed for the next call.
+// command are left unconsumed for the next call, and so are the commands
+// after the replies reach cs's budget (cs.more: the caller calls again
+// once the replies are on their way), so no command runs while the node
+// holds more than the budget and one reply of a connection's replies.
 func (h *Handler) Handle(now int64, cs *ConnState, in, out []byte) (n int, _ []byte, closeConn bool) {
+	cs.more = false
+	start := len(out)
 	for n < len(in) {
+		if cs.outBudget > 0 && len(out)-start >= cs.outBudget {
+			cs.more = true
+			break
+		}
 		args, used, err := Parse(in[n:], cs.args)
 		if err != nil {
 			out = append(out, "-ERR Protocol error: "...)

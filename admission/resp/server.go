@@ -36,7 +36,25 @@ type Config struct {
 	// them; past it the client is disconnected so it cannot hold the
 	// node's memory. 0 means 4 MiB.
 	MaxOutbound int
+	// MaxOutboundTotal bounds the replies queued for all clients together:
+	// each client may queue MaxOutboundTotal / (open connections), within
+	// [MinOutbound, MaxOutbound]. 0 means 256 MiB.
+	MaxOutboundTotal int
 }
+
+// Reply bounds (see Config.MaxOutboundTotal and ConnState.outBudget).
+const (
+	// MinOutbound is the least a client may queue however many are open:
+	// the largest reply (INFO, CLIENT LIST) fits in it.
+	MinOutbound = 32 << 10
+	// BatchOutbound bounds the replies built for one connection before
+	// the event loop turns to the others: a client that pipelines commands
+	// with large replies gets them in rounds, between other clients'.
+	BatchOutbound = 64 << 10
+)
+
+// outputClosed counts the clients closed for not reading their replies.
+var outputClosed = metrics.NewCounter("capsgate_resp_output_limit_closed_total")
 
 // openConns counts client connections across the process, for metrics.
 var openConns atomic.Int64
@@ -80,6 +98,9 @@ type Server struct {
 func NewServer(cfg Config, h *Handler, clk admission.Clock) *Server {
 	if cfg.MaxOutbound <= 0 {
 		cfg.MaxOutbound = 4 << 20
+	}
+	if cfg.MaxOutboundTotal <= 0 {
+		cfg.MaxOutboundTotal = 256 << 20
 	}
 	if cfg.MaxConns <= 0 {
 		cfg.MaxConns = 10000
@@ -221,13 +242,26 @@ func (s *Server) OnTraffic(c gnet.Conn) gnet.Action {
 	if len(in) == 0 {
 		return gnet.None
 	}
+	// What this client may still queue: nothing runs for a client whose
+	// replies already fill its part of the node's reply memory.
+	queued, limit := c.OutboundBuffered(), s.clientLimit()
+	if queued >= limit {
+		outputClosed.Inc()
+		return gnet.Close
+	}
 	now := s.clk.Now()
 	cs.lastActive.Store(now)
 	ls := cs.loop
 	cs.commands = 0
+	cs.outBudget = min(BatchOutbound, limit-queued)
 	n, out, closeConn := s.h.Handle(now, cs, in, ls.out[:0])
 	if n > 0 {
 		_, _ = c.Discard(n)
+	}
+	if cs.more && !closeConn {
+		// The rest of the pipeline after the other connections of this
+		// loop (a low-priority task of gnet's loop).
+		_ = c.Wake(nil)
 	}
 	if len(out) > 0 {
 		_, _ = c.Write(out)
@@ -241,10 +275,20 @@ func (s *Server) OnTraffic(c gnet.Conn) gnet.Action {
 		out = make([]byte, 0, 64<<10)
 	}
 	ls.out = out[:0]
-	if closeConn || c.OutboundBuffered() > s.cfg.MaxOutbound {
+	if closeConn {
 		return gnet.Close
 	}
 	return gnet.None
+}
+
+// clientLimit is what one client may have queued: its part of
+// MaxOutboundTotal among the open connections, within [MinOutbound,
+// MaxOutbound]. The node so holds at most max(MaxOutboundTotal,
+// MinOutbound × MaxConns) of queued replies, plus one batch being built
+// per event loop.
+func (s *Server) clientLimit() int {
+	part := s.cfg.MaxOutboundTotal / int(max(s.conns.Load(), 1))
+	return max(min(part, s.cfg.MaxOutbound), MinOutbound)
 }
 
 // sweepIdle closes connections idle for longer than IdleTimeout.
