@@ -411,16 +411,9 @@ func (e *Engine) Release(now int64, service, call []byte, seconds int64) bool {
 			p = &x.account.pool
 		}
 		minutes := (min(seconds, MaxReleaseSeconds) + 59) / 60
-		s.charge(p, satMul(minutes, l.TokensPerMinute))
+		s.charge(p, SatMul(minutes, l.TokensPerMinute))
 	}
 	return true
-}
-
-func satMul(a, b int64) int64 {
-	if a > 0 && b > math.MaxInt64/a {
-		return math.MaxInt64
-	}
-	return a * b
 }
 
 // Register adds or refreshes a subscriber (REGISTER service sub [TTL s]).
@@ -567,8 +560,8 @@ func (e *Engine) SetAccount(service, acct string, tokens int64, ov Overage) erro
 	if a != nil {
 		old = a.alloc
 	}
-	total := s.allocated - old + tokens
-	if l.Tokens != Unlimited && total > l.Tokens {
+	others := s.allocated - old
+	if l.Tokens != Unlimited && tokens > l.Tokens-others {
 		return fmt.Errorf("cannot allocate %d tokens to account %q: the service's pool has %d, %d already allocated to other accounts",
 			tokens, acct, l.Tokens, s.allocated-old)
 	}
@@ -578,7 +571,7 @@ func (e *Engine) SetAccount(service, acct string, tokens int64, ov Overage) erro
 		s.accounts[acct] = a
 	}
 	a.alloc, a.policy = tokens, ov
-	s.allocated = total
+	s.allocated = SatAdd(others, tokens)
 	s.applyPool(l)
 	return nil
 }

@@ -7,7 +7,10 @@ import (
 	"strings"
 )
 
-// Unlimited marks a limit that the licence does not bound.
+// Unlimited marks a limit that the licence does not bound. It is the only
+// negative limit: arithmetic on limits saturates (see SatAdd), so a sum of
+// licences past math.MaxInt64 is math.MaxInt64, a finite limit no node can
+// reach, never a negative number.
 const Unlimited = -1
 
 // Limits are what one service may use on this node: the sum of its valid
@@ -105,13 +108,21 @@ func (o Overage) String() string {
 	return "none"
 }
 
-// ceiling returns how many tokens a pool of size limit may hand out in all.
+// ceiling returns how many tokens a pool of size limit may hand out in
+// all, or -1 when there is no end: the overage is unlimited, or a
+// percentage takes the ceiling past math.MaxInt64, beyond what the pool's
+// counters can count (they stop there; see SatAdd). A pool of exactly
+// math.MaxInt64 tokens with no overage is a finite pool.
 func (o Overage) ceiling(limit int64) int64 {
 	switch o.Kind {
 	case OveragePercent:
-		return limit + limit*o.Percent/100
+		extra := PercentOf(limit, o.Percent)
+		if extra > math.MaxInt64-limit {
+			return -1
+		}
+		return limit + extra
 	case OverageUnlimited:
-		return math.MaxInt64
+		return -1
 	}
 	return limit
 }
@@ -154,7 +165,7 @@ func derive(l Limits, cfg *Config) *derived {
 		d.headroom = newGCRA(0, 0)
 	}
 	if l.Sessions > 0 {
-		d.highSessions = l.Sessions + l.Sessions*int64(cfg.HighHeadroomPercent)/100
+		d.highSessions = SatAdd(l.Sessions, PercentOf(l.Sessions, int64(cfg.HighHeadroomPercent)))
 	}
 	if !l.Licensed {
 		d.caps = newGCRA(0, 0)

@@ -23,12 +23,21 @@ type pool struct {
 	// low: when less than this is left of the reservation, the reserver
 	// is woken to move it ahead.
 	low int64
+	// wanted is the largest charge refused for want of a reservation
+	// since the last one: the next must cover it, or a charge larger than
+	// a reservation step would be refused for ever.
+	wanted int64
 }
 
 // reserved reports whether n more tokens are covered by the durable
-// reservation.
+// reservation, and remembers n when they are not. A reservation of
+// math.MaxInt64 covers everything: the counters stop there.
 func (p *pool) reserved(n int64) bool {
-	return !p.durableSet || n <= 0 || (p.total <= p.durable && n <= p.durable-p.total)
+	if !p.durableSet || n <= 0 || p.durable == math.MaxInt64 || (p.total <= p.durable && n <= p.durable-p.total) {
+		return true
+	}
+	p.wanted = max(p.wanted, n)
+	return false
 }
 
 // left returns the tokens still in the pool (0 when in overage), or -1.
@@ -48,7 +57,7 @@ func (p *pool) fits(n int64) bool {
 		return true
 	}
 	ceiling := p.policy.ceiling(p.limit)
-	return p.used <= ceiling && n <= ceiling-p.used
+	return ceiling < 0 || (p.used <= ceiling && n <= ceiling-p.used)
 }
 
 // charge takes n tokens without asking (callers check fits first, or charge
@@ -73,15 +82,6 @@ func (p *pool) charge(n int64) {
 // newPeriod empties the pool for a new usage period.
 func (p *pool) newPeriod() {
 	p.used, p.overage, p.base = 0, 0, p.total
-}
-
-// SatAdd adds non-negative counts, stopping at math.MaxInt64 instead of
-// wrapping.
-func SatAdd(a, b int64) int64 {
-	if a > math.MaxInt64-b {
-		return math.MaxInt64
-	}
-	return a + b
 }
 
 // account is an end user or licence code with tokens allocated out of its
@@ -111,6 +111,9 @@ type PoolState struct {
 	Total, TotalOverage, Base int64
 	// Durable is the reservation on disk for Total (Reserve); -1 when none.
 	Durable int64
+	// Wanted is the largest charge refused since the last reservation for
+	// want of one; the next reservation must cover it.
+	Wanted int64
 	// PeriodID is the service's current usage period (Limits.PeriodID).
 	PeriodID int64
 }
@@ -147,7 +150,7 @@ func (p *pool) state(account string) PoolState {
 		d = p.durable
 	}
 	return PoolState{Account: account, Limit: p.limit, Size: p.limit, Policy: p.policy, Used: p.used, Overage: p.overage,
-		Total: p.total, TotalOverage: p.totalOver, Base: p.base, Durable: d}
+		Total: p.total, TotalOverage: p.totalOver, Base: p.base, Durable: d, Wanted: p.wanted}
 }
 
 // Reserve sets how far a pool's charges may go before the next
@@ -158,7 +161,7 @@ func (s *Service) Reserve(account string, durable, low int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if p := s.pool(account); p != nil {
-		p.durable, p.durableSet, p.low = durable, true, low
+		p.durable, p.durableSet, p.low, p.wanted = durable, true, low, 0
 	}
 }
 
@@ -208,7 +211,7 @@ func (s *Service) pool(account string) *pool {
 // Ceiling is how many tokens the pool may hand out in all (its size plus
 // what its overage policy allows), or -1 when there is no end.
 func (p PoolState) Ceiling() int64 {
-	if p.Size == Unlimited || p.Policy.Kind == OverageUnlimited {
+	if p.Size == Unlimited {
 		return -1
 	}
 	return p.Policy.ceiling(p.Size)

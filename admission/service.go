@@ -132,8 +132,10 @@ func (s *Service) sweepAtLimit(last *int64, now int64, expire func(int64)) {
 func (s *Service) charge(p *pool, n int64) {
 	total, over := p.total, p.totalOver
 	p.charge(n)
-	s.tokensUse.Add(p.total - total) // what the pool really took (it saturates)
-	s.overUse.Add(p.totalOver - over)
+	// What the pool really took (it saturates), summed over the pools
+	// without wrapping; the atomics are only written here, under mu.
+	s.tokensUse.Store(SatAdd(s.tokensUse.Load(), p.total-total))
+	s.overUse.Store(SatAdd(s.overUse.Load(), p.totalOver-over))
 	if p.durableSet && p.durable-p.total < p.low {
 		s.wakeReserver()
 	}

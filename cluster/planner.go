@@ -623,13 +623,13 @@ func (p *Planner) tokenBudget(key string, pool int64, part float64) int64 {
 			reserved = admission.SatAdd(reserved, max(h.Budget, h.Tokens))
 		}
 	}
-	target := admission.SatAdd(used, int64(math.Floor(part*float64(max(pool-spent, 0)))))
+	target := admission.SatAdd(used, admission.PartOf(part, max(pool-spent, 0)))
 	free := pool - reserved
 	next := target
 	if target > cur {
 		// A rise takes no more than this node's part of what no member
 		// has reserved.
-		next = min(target, admission.SatAdd(cur, int64(math.Floor(part*float64(max(free, 0))))))
+		next = min(target, admission.SatAdd(cur, admission.PartOf(part, max(free, 0))))
 	}
 	next = max(next, used)
 	p.budget[key] = next

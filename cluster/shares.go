@@ -1,7 +1,6 @@
 package cluster
 
 import (
-	"math"
 	"sync"
 
 	"github.com/capsgate/capsgate/admission"
@@ -109,10 +108,10 @@ func (s *Shares) applyLocked(service string) error {
 			local.DepthShare, local.DepthShared = max(sh.Depth, 0), true
 		}
 		if sh.Sessions >= 0 && l.Sessions != admission.Unlimited {
-			local.Sessions = int64(math.Floor(sh.Sessions * float64(l.Sessions)))
+			local.Sessions = admission.PartOf(sh.Sessions, l.Sessions)
 		}
 		if sh.Subscribers >= 0 && l.Subscribers != admission.Unlimited {
-			local.Subscribers = int64(math.Floor(sh.Subscribers * float64(l.Subscribers)))
+			local.Subscribers = admission.PartOf(sh.Subscribers, l.Subscribers)
 		}
 		if sh.TokensShared && l.Tokens != admission.Unlimited {
 			local.TokensShared, local.TokensBudget, local.AccountBudgets = true, sh.TokensBudget, sh.AccountBudgets

@@ -2,9 +2,10 @@ package licensing
 
 import (
 	"cmp"
-	"math"
 	"slices"
 	"time"
+
+	"github.com/capsgate/capsgate/admission"
 )
 
 // Entitlement is what a service may use: the sum of its licences that
@@ -65,10 +66,10 @@ func Effective(ls []*License, revoked map[string]bool, now time.Time) map[string
 		if e.State != StateActive {
 			e.State = l.State(now, false)
 		}
-		e.CAPS = addSat(e.CAPS, l.CAPS)
-		e.Sessions = addSat(e.Sessions, l.Sessions)
-		e.Subscribers = addSat(e.Subscribers, l.Subscribers)
-		e.Tokens = addSat(e.Tokens, l.Tokens)
+		e.CAPS = admission.SatAdd(e.CAPS, max(l.CAPS, 0))
+		e.Sessions = admission.SatAdd(e.Sessions, max(l.Sessions, 0))
+		e.Subscribers = admission.SatAdd(e.Subscribers, max(l.Subscribers, 0))
+		e.Tokens = admission.SatAdd(e.Tokens, max(l.Tokens, 0))
 		e.Unlimited = e.Unlimited || l.Unlimited
 		e.TokensPerAttempt, e.TokensPerMinute = l.TokensPerAttempt, l.TokensPerMinute
 		e.Overage, e.Period = orDefault(l.Overage, OverageNone), orDefault(l.Period, PeriodNone)
@@ -76,16 +77,4 @@ func Effective(ls []*License, revoked map[string]bool, now time.Time) map[string
 		out[l.Service] = e
 	}
 	return out
-}
-
-// addSat adds a limit to a sum, saturating at math.MaxInt64; a negative
-// limit (never in a valid licence) adds nothing.
-func addSat(sum, v int64) int64 {
-	if v <= 0 {
-		return sum
-	}
-	if sum > math.MaxInt64-v {
-		return math.MaxInt64
-	}
-	return sum + v
 }

@@ -95,16 +95,3 @@ func TestEffective(t *testing.T) {
 			Tokens: math.MaxInt64, Overage: "none", Period: "none", Licenses: []string{"a", "b", "c"}},
 	})
 }
-
-func TestAddSat(t *testing.T) {
-	f := func(sum, v, want int64) {
-		t.Helper()
-		require.Equal(t, want, addSat(sum, v))
-	}
-	f(0, 0, 0)
-	f(1, 2, 3)
-	f(math.MaxInt64-1, 1, math.MaxInt64)
-	f(math.MaxInt64-1, 2, math.MaxInt64)
-	f(math.MaxInt64, math.MaxInt64, math.MaxInt64)
-	f(5, -3, 5)
-}

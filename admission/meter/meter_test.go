@@ -3,6 +3,7 @@ package meter
 import (
 	"crypto/ed25519"
 	"log/slog"
+	"math"
 	"testing"
 	"time"
 
@@ -169,4 +170,31 @@ func TestEngineWakesTheReserver(t *testing.T) {
 	require.Len(t, wake, 0, "500 left: not yet")
 	require.True(t, e.Admit(clk.Now(), []byte("pre"), nil, nil, admission.Normal).Admitted())
 	require.Len(t, wake, 1, "499 left: woken")
+}
+
+// A charge larger than a reservation step is refused (OVERLOAD) only until
+// the next step, which covers it; it used to be refused for ever, as the
+// step grows only when charges use it up. Up to the end of the range.
+func TestChargeLargerThanAStep(t *testing.T) {
+	f := func(tokens, units int64) {
+		t.Helper()
+		clk := admission.NewFakeClock()
+		cfg := admission.DefaultConfig()
+		cfg.Clock, cfg.DurableTokens = clk, true
+		e := admission.NewEngine(cfg)
+		require.NoError(t, e.SetLimits("pre", admission.Limits{Licensed: true, CAPS: admission.Unlimited, Sessions: admission.Unlimited,
+			Subscribers: admission.Unlimited, Tokens: tokens}))
+		res := reserver(t, e, t.TempDir())
+		d := e.Consume(clk.Now(), []byte("pre"), nil, units, nil)
+		require.Equal(t, admission.OVERLOAD, d.Reason, "more than the first step of %d", MinBlock)
+		require.NoError(t, res.Step(t0.Add(StepEvery)))
+		d = e.Consume(clk.Now(), []byte("pre"), nil, units, nil)
+		require.Equal(t, admission.OK, d.Reason, "%+v", d)
+		require.NoError(t, res.Step(t0.Add(2*StepEvery)))
+		require.True(t, e.Consume(clk.Now(), []byte("pre"), nil, 1, nil).Admitted())
+	}
+	f(5000, 3000)
+	f(admission.Unlimited, 3000)
+	f(math.MaxInt64, math.MaxInt64-1)
+	f(admission.Unlimited, math.MaxInt64)
 }

@@ -31,7 +31,8 @@ const StateFile = "tokens.json"
 // engine may charge a pool past a mark, the mark is written and fsync'd
 // (Step), and after a restart each pool counts as charged up to its last
 // mark (Restore). The over-count after a crash is at most one block per
-// pool: max(MinBlock, half a second of that pool's charges), and never more
+// pool: max(MinBlock, half a second of that pool's charges, the largest
+// charge that found its reservation short), and never more
 // than what was left in the pool (reservations stop at its ceiling). A
 // clean stop (Close) writes the exact charges: no over-count. Account
 // allocations (PUT /v1/services/{s}/accounts/{a}) live in the same file.
@@ -269,13 +270,16 @@ func (r *Reserver) stepLocked(now time.Time, write bool) error {
 			if ps.Base != p.Base || st.PeriodID != p.PeriodID {
 				ps.Base, st.PeriodID, write = p.Base, p.PeriodID, true
 			}
-			next := p.Total + block
+			// A step covers at least the largest charge refused for want
+			// of a reservation (a CONSUME of more units than a step).
+			block = max(block, p.Wanted)
+			next := admission.SatAdd(p.Total, block)
 			if c := p.Ceiling(); c >= 0 {
 				// No charge can go past the pool's ceiling this period:
 				// reserving beyond it would only over-count after a crash.
-				next = min(next, max(p.Base+c, p.Total))
+				next = min(next, max(admission.SatAdd(p.Base, c), p.Total))
 			}
-			if p.Durable >= 0 && (p.Durable-p.Total >= block/2 || p.Durable >= next) {
+			if p.Durable >= 0 && ((p.Durable-p.Total >= block/2 && p.Wanted == 0) || p.Durable >= next) {
 				continue
 			}
 			ps.Reserved = max(ps.Reserved, next)
@@ -305,11 +309,11 @@ func (r *Reserver) block(k poolKey, used int64, exhausted bool, now time.Time) i
 		rate := float64(used-prev.used) / el
 		prev = rateSample{at: now, used: used, rate: max(rate, prev.rate*0.5), block: prev.block}
 	}
-	block := max(MinBlock, int64(BlockSeconds*prev.rate))
+	block := max(MinBlock, admission.SatFloor(BlockSeconds*prev.rate))
 	if exhausted {
 		// Charges outran the reservation (a sudden rise): double the step
 		// until they do not.
-		block = max(block, 2*prev.block)
+		block = max(block, admission.SatMul(2, prev.block))
 	}
 	prev.block = block
 	r.rate[k] = prev

@@ -297,13 +297,13 @@ func (n *Node) peerUsage(r *http.Request, addr, query string) ([]*UsageRow, erro
 	return v.Usage, nil
 }
 
-// Add adds u to sum: counts add, peaks take the larger.
+// Add adds u to sum: counts add (saturating), peaks take the larger.
 func Add(sum *ledger.Usage, u *ledger.Usage) {
-	sum.Attempts += u.Attempts
-	sum.Admitted += u.Admitted
-	sum.Emergency += u.Emergency
-	sum.Tokens += u.Tokens
-	sum.Overage += u.Overage
+	sum.Attempts = admission.SatAddU(sum.Attempts, u.Attempts)
+	sum.Admitted = admission.SatAddU(sum.Admitted, u.Admitted)
+	sum.Emergency = admission.SatAddU(sum.Emergency, u.Emergency)
+	sum.Tokens = admission.SatAddU(sum.Tokens, u.Tokens)
+	sum.Overage = admission.SatAddU(sum.Overage, u.Overage)
 	sum.PeakCAPS = max(sum.PeakCAPS, u.PeakCAPS)
 	sum.PeakSessions = max(sum.PeakSessions, u.PeakSessions)
 	sum.PeakSubscribers = max(sum.PeakSubscribers, u.PeakSubscribers)
@@ -311,7 +311,7 @@ func Add(sum *ledger.Usage, u *ledger.Usage) {
 		if sum.Rejected == nil {
 			sum.Rejected = map[string]uint64{}
 		}
-		sum.Rejected[r] += v
+		sum.Rejected[r] = admission.SatAddU(sum.Rejected[r], v)
 	}
 }
 
