@@ -34,7 +34,7 @@ type Config struct {
 	Logger *slog.Logger
 	// MaxOutbound bounds the replies queued for a client that does not read
 	// them; past it the client is disconnected so it cannot hold the
-	// node's memory. 0 means 4 MiB.
+	// node's memory. 0 means 1 MiB.
 	MaxOutbound int
 	// MaxOutboundTotal bounds the replies queued for all clients together:
 	// each client may queue MaxOutboundTotal / (open connections), within
@@ -51,10 +51,25 @@ const (
 	// the event loop turns to the others: a client that pipelines commands
 	// with large replies gets them in rounds, between other clients'.
 	BatchOutbound = 64 << 10
+	// MaxInbound bounds the requests a client may have sent ahead of its
+	// replies (received, not yet run): past it the client is told so and
+	// closed.
+	MaxInbound = 1 << 20
+	// PeekWindow is the input one round reads commands from: at least
+	// one whole request (MaxRequestBytes) fits in it wherever it starts.
+	PeekWindow = 2 * MaxRequestBytes
 )
 
-// outputClosed counts the clients closed for not reading their replies.
-var outputClosed = metrics.NewCounter("capsgate_resp_output_limit_closed_total")
+// queryLimitReply is what a client whose unread requests pass its bound
+// gets before it is closed.
+var queryLimitReply = []byte("-ERR client query buffer limit reached: read the replies before sending more\r\n")
+
+// outputClosed and inputClosed count the clients closed for not reading
+// their replies and for sending too far ahead of them.
+var (
+	outputClosed = metrics.NewCounter("capsgate_resp_output_limit_closed_total")
+	inputClosed  = metrics.NewCounter("capsgate_resp_input_limit_closed_total")
+)
 
 // openConns counts client connections across the process, for metrics.
 var openConns atomic.Int64
@@ -86,6 +101,7 @@ type Server struct {
 	nextID atomic.Int64
 	conns  atomic.Int64
 	stop   chan struct{}
+	pace   *pacer
 	wg     sync.WaitGroup
 	once   sync.Once
 
@@ -97,7 +113,7 @@ type Server struct {
 // NewServer returns a server; Start makes it listen.
 func NewServer(cfg Config, h *Handler, clk admission.Clock) *Server {
 	if cfg.MaxOutbound <= 0 {
-		cfg.MaxOutbound = 4 << 20
+		cfg.MaxOutbound = 1 << 20
 	}
 	if cfg.MaxOutboundTotal <= 0 {
 		cfg.MaxOutboundTotal = 256 << 20
@@ -106,7 +122,7 @@ func NewServer(cfg Config, h *Handler, clk admission.Clock) *Server {
 		cfg.MaxConns = 10000
 	}
 	s := &Server{cfg: cfg, h: h, clk: clk, booted: make(chan struct{}), done: make(chan error, 1),
-		stop: make(chan struct{}), open: make(map[*ConnState]gnet.Conn)}
+		stop: make(chan struct{}), pace: newPacer(), open: make(map[*ConnState]gnet.Conn)}
 	h.SetConnCounter(s.conns.Load)
 	return s
 }
@@ -134,8 +150,9 @@ func (s *Server) Start() error {
 		}
 		return fmt.Errorf("cannot listen for RESP on %s (resp.addr, --resp-addr): %w", s.cfg.Addr, err)
 	}
-	s.wg.Add(1)
+	s.wg.Add(2)
 	go s.sweepIdle()
+	go func() { defer s.wg.Done(); s.pace.run(s.stop) }()
 	return nil
 }
 
@@ -238,17 +255,27 @@ func (s *Server) OnTraffic(c gnet.Conn) gnet.Action {
 	if !ok {
 		return gnet.Close
 	}
-	in, _ := c.Peek(-1)
-	if len(in) == 0 {
+	total := c.InboundBuffered()
+	if total == 0 {
 		return gnet.None
 	}
 	// What this client may still queue: nothing runs for a client whose
-	// replies already fill its part of the node's reply memory.
+	// replies already fill its part of the node's reply memory, nor for
+	// one whose requests wait beyond MaxInbound.
 	queued, limit := c.OutboundBuffered(), s.clientLimit()
 	if queued >= limit {
 		outputClosed.Inc()
 		return gnet.Close
 	}
+	if total > MaxInbound {
+		inputClosed.Inc()
+		_, _ = c.Write(queryLimitReply)
+		return gnet.Close
+	}
+	// A window of the input, not all of it: gnet copies what it peeks
+	// when the input spans its buffers, and a long pipeline peeked whole
+	// at every round would be copied over and over.
+	in, _ := c.Peek(min(total, PeekWindow))
 	now := s.clk.Now()
 	cs.lastActive.Store(now)
 	ls := cs.loop
@@ -258,10 +285,8 @@ func (s *Server) OnTraffic(c gnet.Conn) gnet.Action {
 	if n > 0 {
 		_, _ = c.Discard(n)
 	}
-	if cs.more && !closeConn {
-		// The rest of the pipeline after the other connections of this
-		// loop (a low-priority task of gnet's loop).
-		_ = c.Wake(nil)
+	if (cs.more || len(in) < total && n > 0) && !closeConn {
+		s.pace.add(c) // the rest at the next round, after the others
 	}
 	if len(out) > 0 {
 		_, _ = c.Write(out)
