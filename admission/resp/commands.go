@@ -33,6 +33,11 @@ type ConnState struct {
 	// and sets more.
 	outBudget int
 	more      bool
+	// paced: queued with the server's pacer; pause: how long the pacer
+	// waits before it looks again at a connection whose client does not
+	// read (doubling while it does not).
+	paced atomic.Bool
+	pause time.Duration
 	// lastActive is the engine-clock instant of the last request, read by
 	// the idle sweeper from another goroutine.
 	lastActive atomic.Int64

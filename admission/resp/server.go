@@ -33,28 +33,31 @@ type Config struct {
 	// Logger receives gnet's warnings and errors; nil discards them.
 	Logger *slog.Logger
 	// MaxOutbound bounds the replies queued for a client that does not read
-	// them; past it the client is disconnected so it cannot hold the
-	// node's memory. 0 means 1 MiB.
+	// them: past it nothing more runs for it until it reads. 0 means 1 MiB.
 	MaxOutbound int
-	// MaxOutboundTotal bounds the replies queued for all clients together:
-	// each client may queue MaxOutboundTotal / (open connections), within
-	// [MinOutbound, MaxOutbound]. 0 means 256 MiB.
-	MaxOutboundTotal int
+	// MaxBuffered bounds the replies queued for all clients together, and
+	// apart the requests received from all and not yet run: each client
+	// may hold MaxBuffered / (open connections) of each, replies within
+	// [MinOutbound, MaxOutbound] and requests within [MinInbound,
+	// MaxInbound]. 0 means 128 MiB.
+	MaxBuffered int
 }
 
-// Reply bounds (see Config.MaxOutboundTotal and ConnState.outBudget).
+// Bounds of what one client may make the node hold (see Config).
 const (
-	// MinOutbound is the least a client may queue however many are open:
-	// the largest reply (INFO, CLIENT LIST) fits in it.
+	// MinOutbound is the least a client may queue of replies however many
+	// are open: the largest reply (INFO, CLIENT LIST) fits in it.
 	MinOutbound = 32 << 10
+	// MinInbound and MaxInbound bound the requests a client may have sent
+	// ahead of its replies (received, not yet run): past its part the
+	// client is told so and closed. gnet reads whatever arrives, so this
+	// is what stops a client that sends and never reads.
+	MinInbound = 2 * MaxRequestBytes
+	MaxInbound = 4 << 20
 	// BatchOutbound bounds the replies built for one connection before
 	// the event loop turns to the others: a client that pipelines commands
 	// with large replies gets them in rounds, between other clients'.
 	BatchOutbound = 64 << 10
-	// MaxInbound bounds the requests a client may have sent ahead of its
-	// replies (received, not yet run): past it the client is told so and
-	// closed.
-	MaxInbound = 1 << 20
 	// PeekWindow is the input one round reads commands from: at least
 	// one whole request (MaxRequestBytes) fits in it wherever it starts.
 	PeekWindow = 2 * MaxRequestBytes
@@ -64,11 +67,12 @@ const (
 // gets before it is closed.
 var queryLimitReply = []byte("-ERR client query buffer limit reached: read the replies before sending more\r\n")
 
-// outputClosed and inputClosed count the clients closed for not reading
-// their replies and for sending too far ahead of them.
+// inputClosed counts the clients closed for sending too far ahead of
+// their replies; outputPaused the times a client's commands waited for it
+// to read its replies.
 var (
-	outputClosed = metrics.NewCounter("capsgate_resp_output_limit_closed_total")
 	inputClosed  = metrics.NewCounter("capsgate_resp_input_limit_closed_total")
+	outputPaused = metrics.NewCounter("capsgate_resp_output_limit_paused_total")
 )
 
 // openConns counts client connections across the process, for metrics.
@@ -115,8 +119,8 @@ func NewServer(cfg Config, h *Handler, clk admission.Clock) *Server {
 	if cfg.MaxOutbound <= 0 {
 		cfg.MaxOutbound = 1 << 20
 	}
-	if cfg.MaxOutboundTotal <= 0 {
-		cfg.MaxOutboundTotal = 256 << 20
+	if cfg.MaxBuffered <= 0 {
+		cfg.MaxBuffered = 128 << 20
 	}
 	if cfg.MaxConns <= 0 {
 		cfg.MaxConns = 10000
@@ -259,19 +263,26 @@ func (s *Server) OnTraffic(c gnet.Conn) gnet.Action {
 	if total == 0 {
 		return gnet.None
 	}
-	// What this client may still queue: nothing runs for a client whose
-	// replies already fill its part of the node's reply memory, nor for
-	// one whose requests wait beyond MaxInbound.
-	queued, limit := c.OutboundBuffered(), s.clientLimit()
-	if queued >= limit {
-		outputClosed.Inc()
-		return gnet.Close
-	}
-	if total > MaxInbound {
+	// Nothing runs for a client whose replies fill its part of the
+	// node's reply memory, and one whose requests wait beyond its part is
+	// closed.
+	queued, outLimit, inLimit := c.OutboundBuffered(), s.clientLimit(MinOutbound, s.cfg.MaxOutbound), s.clientLimit(MinInbound, MaxInbound)
+	if total > inLimit {
 		inputClosed.Inc()
 		_, _ = c.Write(queryLimitReply)
 		return gnet.Close
 	}
+	if queued >= outLimit {
+		// Paused until its client reads: looked at again after 1 ms,
+		// then 2, 4 ... 64 while it does not.
+		if cs.pause == 0 {
+			outputPaused.Inc()
+		}
+		cs.pause = min(max(2*cs.pause, time.Millisecond), 64*time.Millisecond)
+		s.pace.after(c, &cs.paced, cs.pause)
+		return gnet.None
+	}
+	cs.pause = 0
 	// A window of the input, not all of it: gnet copies what it peeks
 	// when the input spans its buffers, and a long pipeline peeked whole
 	// at every round would be copied over and over.
@@ -280,13 +291,13 @@ func (s *Server) OnTraffic(c gnet.Conn) gnet.Action {
 	cs.lastActive.Store(now)
 	ls := cs.loop
 	cs.commands = 0
-	cs.outBudget = min(BatchOutbound, limit-queued)
+	cs.outBudget = min(BatchOutbound, outLimit-queued)
 	n, out, closeConn := s.h.Handle(now, cs, in, ls.out[:0])
 	if n > 0 {
 		_, _ = c.Discard(n)
 	}
 	if (cs.more || len(in) < total && n > 0) && !closeConn {
-		s.pace.add(c) // the rest at the next round, after the others
+		s.pace.next(c, &cs.paced) // the rest at the next round, after the others
 	}
 	if len(out) > 0 {
 		_, _ = c.Write(out)
@@ -306,14 +317,11 @@ func (s *Server) OnTraffic(c gnet.Conn) gnet.Action {
 	return gnet.None
 }
 
-// clientLimit is what one client may have queued: its part of
-// MaxOutboundTotal among the open connections, within [MinOutbound,
-// MaxOutbound]. The node so holds at most max(MaxOutboundTotal,
-// MinOutbound × MaxConns) of queued replies, plus one batch being built
-// per event loop.
-func (s *Server) clientLimit() int {
-	part := s.cfg.MaxOutboundTotal / int(max(s.conns.Load(), 1))
-	return max(min(part, s.cfg.MaxOutbound), MinOutbound)
+// clientLimit is what one client may hold of requests or of replies: its
+// part of MaxBuffered among the open connections, within [least, most].
+func (s *Server) clientLimit(least, most int) int {
+	part := s.cfg.MaxBuffered / int(max(s.conns.Load(), 1))
+	return max(min(part, most), least)
 }
 
 // sweepIdle closes connections idle for longer than IdleTimeout.

@@ -384,3 +384,61 @@ func BenchmarkLoopbackAdmit(b *testing.B) { benchLoopback(b, 1) }
 
 // BenchmarkLoopbackAdmitPipelined64 is 64 ADMITs per round trip.
 func BenchmarkLoopbackAdmitPipelined64(b *testing.B) { benchLoopback(b, 64) }
+
+// A long pipeline is answered whole and in order, in paced rounds: 300,000
+// ADMITs sent at once (9 MB, more than MaxInbound, by a client that reads
+// as it writes but slower than the node answers: the node pauses it while
+// it is behind) get 300,000 decisions, each admitted, while a second
+// client's PINGs are answered between the rounds.
+func TestLongPipelineAnsweredWhole(t *testing.T) {
+	s := startServer(t, Config{}, &admission.SystemClock{}, unlimited())
+	c, err := net.Dial("tcp", s.Addr())
+	require.NoError(t, err)
+	defer c.Close()
+	const n = 300_000
+	go func() {
+		w := bufio.NewWriterSize(c, 64<<10)
+		for range n {
+			_, _ = w.WriteString("*2\r\n$5\r\nADMIT\r\n$4\r\ndemo\r\n")
+		}
+		_ = w.Flush()
+	}()
+	pings := make(chan time.Duration, 1)
+	go func() {
+		p, err := net.Dial("tcp", s.Addr())
+		if err != nil {
+			pings <- -1
+			return
+		}
+		defer p.Close()
+		r := bufio.NewReader(p)
+		var worst time.Duration
+		for range 20 {
+			t0 := time.Now()
+			_, _ = p.Write([]byte("PING\r\n"))
+			if l, err := r.ReadString('\n'); err != nil || l != "+PONG\r\n" {
+				pings <- -1
+				return
+			}
+			worst = max(worst, time.Since(t0))
+			time.Sleep(5 * time.Millisecond)
+		}
+		pings <- worst
+	}()
+	r := bufio.NewReaderSize(c, 64<<10)
+	_ = c.SetReadDeadline(time.Now().Add(60 * time.Second))
+	for i := range n {
+		// *4 :1 +OK :0 :-1 (unlimited)
+		for k := range 5 {
+			l, err := r.ReadSlice('\n')
+			require.NoError(t, err, "decision %d of %d; paused %d times, closed for input %d", i, n, outputPaused.Get(), inputClosed.Get())
+			if k == 1 {
+				require.Equal(t, ":1\r\n", string(l), "decision %d", i)
+			}
+		}
+	}
+	worst := <-pings
+	t.Logf("other client's worst PING %v; the pipeline paused %d times", worst, outputPaused.Get())
+	require.Positive(t, worst, "the other client's PINGs were answered")
+	require.Equal(t, uint64(n), s.eng.Service("demo").Stats().Admissions[admission.OK])
+}
