@@ -103,6 +103,7 @@ func New(cfg Config, log *slog.Logger) (*Node, error) {
 		EventLoops:  cfg.RESP.EventLoops,
 		Logger:      log,
 	}, n.handler, clk)
+	n.handler.SetClientLister(n.resp)
 	var devKey *licensing.VendorKey
 	if cfg.Dev {
 		var err error

@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"math"
 	"os"
-	"runtime"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -23,7 +21,7 @@ const Version = "0.1.0"
 type ConnState struct {
 	id     int64
 	authed bool
-	name   string // CLIENT SETNAME
+	info   clientInfo // name and library (CLIENT SETNAME, SETINFO), for CLIENT LIST
 	args   [][]byte
 	loop   *loopStats
 	// commands counts the commands of the current read, for the histogram.
@@ -71,6 +69,8 @@ type Handler struct {
 	started  time.Time
 	stats    func() (conns int64) // for INFO; may be nil
 	fwd      Forwarder            // may be nil
+	clients  ClientLister         // for CLIENT LIST; may be nil
+	snapshot clientSnapshot       // CLIENT LIST's connections, sorted
 }
 
 // SetForwarder sets where RELEASE and DEREGISTER of keys this node does not
@@ -147,6 +147,7 @@ func lower(buf *[16]byte, b []byte) []byte {
 func (h *Handler) exec(now int64, cs *ConnState, args [][]byte, out []byte) ([]byte, bool) {
 	var nb [16]byte
 	name := lower(&nb, args[0])
+	cs.info.seen(now)
 	if h.password != nil && !cs.authed {
 		switch string(name) {
 		case "auth", "hello", "quit":
@@ -195,11 +196,11 @@ func (h *Handler) exec(now int64, cs *ConnState, args [][]byte, out []byte) ([]b
 		}
 		return AppendSimple(out, "OK"), false
 	case "info":
-		return AppendBulkString(out, h.info()), false
+		return h.info(args, out), false
 	case "command":
-		return AppendArrayHeader(out, 0), false
+		return h.command(args, out), false
 	case "client":
-		return h.client(cs, args, out), false
+		return h.client(now, cs, args, out), false
 	}
 	return AppendError(out, "ERR unknown command '"+printable(args[0], 64)+"'"), false
 }
@@ -426,13 +427,7 @@ func kvInt(out []byte, k string, v int64) []byte {
 func kvFloat(out []byte, k string, v float64) []byte {
 	out = AppendBulkString(out, k)
 	var nb [32]byte
-	var num []byte
-	if v == math.Trunc(v) && math.Abs(v) < 1e15 {
-		num = strconv.AppendInt(nb[:0], int64(v), 10)
-	} else {
-		num = strconv.AppendFloat(nb[:0], v, 'f', 2, 64)
-	}
-	return AppendBulk(out, num)
+	return AppendBulk(out, appendRate(nb[:0], v))
 }
 
 // AUTH [user] password
@@ -483,7 +478,9 @@ func (h *Handler) hello(cs *ConnState, args [][]byte, out []byte) []byte {
 			cs.authed = true
 			i += 3
 		case bytes.EqualFold(args[i], []byte("SETNAME")) && i+1 < len(args):
-			cs.name = string(args[i+1])
+			if e := cs.setName(args[i+1]); e != "" {
+				return AppendError(out, e)
+			}
 			i += 2
 		default:
 			return AppendError(out, "ERR Syntax error in HELLO option '"+printable(args[i], 32)+"'")
@@ -509,54 +506,8 @@ func (h *Handler) hello(cs *ConnState, args [][]byte, out []byte) []byte {
 	return AppendArrayHeader(out, 0)
 }
 
-// CLIENT SETNAME|GETNAME|ID|SETINFO|INFO ...: what client libraries send on connect.
-func (h *Handler) client(cs *ConnState, args [][]byte, out []byte) []byte {
-	if len(args) < 2 {
-		return wrongArgs(out, "client")
-	}
-	sub := args[1]
-	switch {
-	case bytes.EqualFold(sub, []byte("SETNAME")) && len(args) == 3:
-		cs.name = string(args[2])
-		return AppendSimple(out, "OK")
-	case bytes.EqualFold(sub, []byte("GETNAME")) && len(args) == 2:
-		if cs.name == "" {
-			return AppendNull(out)
-		}
-		return AppendBulkString(out, cs.name)
-	case bytes.EqualFold(sub, []byte("ID")) && len(args) == 2:
-		return AppendInt(out, cs.id)
-	case bytes.EqualFold(sub, []byte("SETINFO")) && len(args) == 4:
-		return AppendSimple(out, "OK")
-	}
-	return AppendError(out, "ERR unknown subcommand '"+printable(sub, 32)+"'. Try CLIENT HELP.")
-}
-
 // SetConnCounter lets INFO report the number of client connections.
 func (h *Handler) SetConnCounter(f func() int64) { h.stats = f }
-
-// info renders INFO: Redis-style sections, then one line per service.
-func (h *Handler) info() string {
-	var b strings.Builder
-	b.WriteString("# Server\r\nredis_version:7.2.0\r\ncapsgate_version:" + Version + "\r\n")
-	fmt.Fprintf(&b, "redis_mode:standalone\r\nos:%s %s\r\narch_bits:64\r\nprocess_id:%d\r\nuptime_in_seconds:%d\r\n",
-		runtime.GOOS, runtime.GOARCH, pid, int64(time.Since(h.started).Seconds()))
-	if h.stats != nil {
-		fmt.Fprintf(&b, "\r\n# Clients\r\nconnected_clients:%d\r\n", h.stats())
-	}
-	services := h.eng.Services()
-	fmt.Fprintf(&b, "\r\n# Services\r\nservices:%d\r\n", len(services))
-	for i, s := range services {
-		if i == maxInfoServices {
-			b.WriteString("more:see GET /v1/services\r\n")
-			break
-		}
-		st := s.Stats()
-		fmt.Fprintf(&b, "service:%s,licensed=%t,caps=%g,caps_used=%.1f,sessions=%d,subscribers=%d,tokens_used=%d,admitted=%d\r\n",
-			st.Name, st.Limits.Licensed, st.Limits.CAPS, st.UsedCAPS, st.Sessions, st.Subscribers, st.TokensUsed, st.Admissions[admission.OK])
-	}
-	return b.String()
-}
 
 var pid = os.Getpid()
 

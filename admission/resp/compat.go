@@ -1,0 +1,640 @@
+package resp
+
+// What common Redis clients send or offer besides capsgate's own commands:
+// INFO [section ...] in the form redis-py, ioredis and go-redis parse,
+// COMMAND and its subcommands, and CLIENT INFO, LIST, SETINFO and the rest
+// a client library sends on connect. None of these is on the decision path.
+
+import (
+	"bytes"
+	"cmp"
+	"fmt"
+	"math"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/capsgate/capsgate/admission"
+)
+
+// Bounds on what one client can make the node hold or build.
+const (
+	// maxClientList bounds the lines of CLIENT LIST (about 300 bytes each,
+	// 1000 at most with the longest names): over 10,000 connections a
+	// listing would otherwise be megabytes. A truncated listing ends with a
+	// line that says so.
+	maxClientList = 1000
+	// maxClientAttr bounds a connection's name, library name and version,
+	// which the node holds for as long as the connection is open.
+	maxClientAttr = 128
+)
+
+// clientMeta is what a client told about itself. A connection's event loop
+// replaces it whole (never changes it in place), so CLIENT LIST on another
+// loop reads it without a lock.
+type clientMeta struct {
+	name, libName, libVer string
+	noEvict, noTouch      bool
+}
+
+// clientInfo is the part of ConnState that CLIENT LIST reads from other
+// event loops.
+type clientInfo struct {
+	meta atomic.Pointer[clientMeta]
+	// first is the engine-clock instant of the connection's first command
+	// (0 before it): the server records no opening instant of its own, and a
+	// client library sends its first command (HELLO, CLIENT SETINFO, PING)
+	// as it connects. Before it, lastActive is the instant the connection
+	// opened.
+	first atomic.Int64
+}
+
+func (ci *clientInfo) get() clientMeta {
+	if m := ci.meta.Load(); m != nil {
+		return *m
+	}
+	return clientMeta{}
+}
+
+// update applies f to a copy of the meta and publishes it. Called only by
+// the connection's own event loop.
+func (ci *clientInfo) update(f func(*clientMeta)) {
+	m := ci.get()
+	f(&m)
+	ci.meta.Store(&m)
+}
+
+// seen notes the instant of a command; the first one stands for the
+// connection's age.
+func (ci *clientInfo) seen(now int64) {
+	if ci.first.Load() == 0 {
+		ci.first.Store(now)
+	}
+}
+
+// validClientAttr reports whether v can be a client name, library name or
+// version: what Redis accepts (printable ASCII, no spaces, since CLIENT LIST
+// separates fields with them), at most maxClientAttr bytes.
+func validClientAttr(v []byte) bool {
+	if len(v) > maxClientAttr {
+		return false
+	}
+	for _, c := range v {
+		if c < '!' || c > '~' {
+			return false
+		}
+	}
+	return true
+}
+
+const errClientName = "ERR Client names cannot contain spaces, newlines or special characters, and are at most 128 bytes."
+
+// setName sets the connection's name (CLIENT SETNAME, HELLO SETNAME),
+// returning an error reply for a name Redis would refuse or one too long.
+func (cs *ConnState) setName(name []byte) string {
+	if !validClientAttr(name) {
+		return errClientName
+	}
+	cs.info.update(func(m *clientMeta) { m.name = string(name) })
+	return ""
+}
+
+// ClientLister lists the open client connections for CLIENT LIST and
+// CLIENT INFO. Its methods are called on an event loop: they take at most a
+// short lock and never block.
+type ClientLister interface {
+	// OpenClients appends the state of every open connection to dst.
+	OpenClients(dst []*ConnState) []*ConnState
+	// ClientAddrs returns the remote and local addresses and the file
+	// descriptor of a connection; ok is false once it has closed.
+	ClientAddrs(cs *ConnState) (addr, laddr string, fd int, ok bool)
+}
+
+// SetClientLister sets where CLIENT LIST finds the other connections; a
+// *Server is one. Without it CLIENT LIST shows only the calling connection,
+// with no address. Call it before serving.
+func (h *Handler) SetClientLister(l ClientLister) { h.clients = l }
+
+// OpenClients implements ClientLister.
+func (s *Server) OpenClients(dst []*ConnState) []*ConnState {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for cs := range s.open {
+		dst = append(dst, cs)
+	}
+	return dst
+}
+
+// ClientAddrs implements ClientLister. It reads the connection under mu:
+// gnet clears a connection's addresses after OnClose, which takes mu to
+// forget it. The local address is the one the server listens on (gnet
+// gives the configured one, whose port may be 0).
+func (s *Server) ClientAddrs(cs *ConnState) (addr, laddr string, fd int, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, ok := s.open[cs]
+	if !ok {
+		return "", "", 0, false
+	}
+	if a := c.RemoteAddr(); a != nil {
+		addr = a.String()
+	}
+	return addr, s.addr, c.Fd(), true
+}
+
+// clientSnapshot keeps the last list of open connections, sorted by id, for
+// the instant it was taken: every CLIENT LIST of one read (a pipeline of
+// them shares the instant) is answered from one scan of the connections, so
+// a pipeline cannot make a loop scan 10,000 connections per command.
+type clientSnapshot struct {
+	mu sync.Mutex // guards the following fields
+	at int64
+	cs []*ConnState // never changed once published: readers keep the slice
+}
+
+func (h *Handler) openClients(now int64) []*ConnState {
+	sn := &h.snapshot
+	sn.mu.Lock()
+	defer sn.mu.Unlock()
+	if sn.cs == nil || sn.at != now {
+		all := h.clients.OpenClients(nil)
+		slices.SortFunc(all, func(a, b *ConnState) int { return cmp.Compare(a.id, b.id) })
+		sn.at, sn.cs = now, all
+	}
+	return sn.cs
+}
+
+// appendClientLine appends one CLIENT LIST line in Redis's format. Fields
+// capsgate does not track (buffers, memory) are 0, as redis-py's CLIENT
+// INFO parser needs them present.
+func appendClientLine(out []byte, now int64, cs *ConnState, addr, laddr string, fd int) []byte {
+	m := cs.info.get()
+	last := cs.lastActive.Load()
+	first := cs.info.first.Load()
+	if first == 0 {
+		first = last
+	}
+	secs := func(d int64) int64 { return max(d, 0) / int64(time.Second) }
+	flags := ""
+	if m.noEvict {
+		flags += "e"
+	}
+	if m.noTouch {
+		flags += "T"
+	}
+	if flags == "" {
+		flags = "N"
+	}
+	out = fmt.Appendf(out, "id=%d addr=%s laddr=%s fd=%d name=%s age=%d idle=%d flags=%s db=0 sub=0 psub=0 ssub=0 multi=-1 watch=0 "+
+		"qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd=NULL user=default redir=-1 resp=2 lib-name=%s lib-ver=%s\n",
+		cs.id, addr, laddr, fd, m.name, secs(now-first), secs(now-last), flags, m.libName, m.libVer)
+	return out
+}
+
+// clientLine appends the line of one connection, with its addresses when
+// the lister knows them. It reports false for a connection that has
+// closed, whose line is left out unless always.
+func (h *Handler) clientLine(out []byte, now int64, cs *ConnState, always bool) ([]byte, bool) {
+	addr, laddr, fd, ok := "", "", -1, true
+	if h.clients != nil {
+		addr, laddr, fd, ok = h.clients.ClientAddrs(cs)
+	}
+	if !ok && !always {
+		return out, false
+	}
+	return appendClientLine(out, now, cs, addr, laddr, fd), true
+}
+
+// clientList renders CLIENT LIST [TYPE type] [ID id ...].
+func (h *Handler) clientList(now int64, cs *ConnState, args [][]byte, out []byte) []byte {
+	var ids []int64
+	for i := 2; i < len(args); {
+		switch {
+		case bytes.EqualFold(args[i], []byte("TYPE")) && i+1 < len(args):
+			switch strings.ToLower(string(args[i+1])) {
+			case "normal":
+			case "master", "replica", "slave", "pubsub":
+				return AppendBulkString(out, "") // capsgate has none of these
+			default:
+				return AppendError(out, "ERR Unknown client type '"+printable(args[i+1], 32)+"'")
+			}
+			i += 2
+		case bytes.EqualFold(args[i], []byte("ID")) && i+1 < len(args):
+			for i++; i < len(args); i++ {
+				id, ok := parseInt(args[i])
+				if !ok || id <= 0 {
+					return AppendError(out, "ERR Invalid client ID")
+				}
+				ids = append(ids, id)
+			}
+		default:
+			return AppendError(out, errSyntax)
+		}
+	}
+	all := []*ConnState{cs}
+	if h.clients != nil {
+		all = h.openClients(now)
+	}
+	if ids != nil {
+		slices.Sort(ids)
+		var sel []*ConnState
+		for _, c := range all {
+			if _, ok := slices.BinarySearch(ids, c.id); ok {
+				sel = append(sel, c)
+			}
+		}
+		all = sel
+	}
+	var b []byte
+	shown := 0
+	for _, c := range all {
+		if shown == maxClientList {
+			break
+		}
+		var ok bool
+		if b, ok = h.clientLine(b, now, c, false); ok {
+			shown++
+		}
+	}
+	if len(all) > shown && shown == maxClientList {
+		b = fmt.Appendf(b, "truncated=1 shown=%d total=%d\n", shown, len(all))
+	}
+	return AppendBulk(out, b)
+}
+
+// CLIENT subcommand ...: what client libraries send on connect, and what an
+// operator asks of the connections.
+func (h *Handler) client(now int64, cs *ConnState, args [][]byte, out []byte) []byte {
+	if len(args) < 2 {
+		return wrongArgs(out, "client")
+	}
+	var nb [16]byte
+	sub := string(lower(&nb, args[1]))
+	arity := func(n int) bool { return len(args) == n }
+	switch sub {
+	case "setname":
+		if !arity(3) {
+			break
+		}
+		if e := cs.setName(args[2]); e != "" {
+			return AppendError(out, e)
+		}
+		return AppendSimple(out, "OK")
+	case "getname":
+		if !arity(2) {
+			break
+		}
+		if m := cs.info.get(); m.name != "" {
+			return AppendBulkString(out, m.name)
+		}
+		return AppendNull(out)
+	case "id":
+		if !arity(2) {
+			break
+		}
+		return AppendInt(out, cs.id)
+	case "setinfo":
+		if !arity(4) {
+			break
+		}
+		return h.clientSetInfo(cs, args[2], args[3], out)
+	case "info":
+		if !arity(2) {
+			break
+		}
+		line, _ := h.clientLine(nil, now, cs, true)
+		return AppendBulk(out, line)
+	case "list":
+		return h.clientList(now, cs, args, out)
+	case "no-evict", "no-touch":
+		if !arity(3) {
+			break
+		}
+		on := bytes.EqualFold(args[2], []byte("ON"))
+		if !on && !bytes.EqualFold(args[2], []byte("OFF")) {
+			return AppendError(out, errSyntax)
+		}
+		cs.info.update(func(m *clientMeta) {
+			if sub == "no-evict" {
+				m.noEvict = on
+			} else {
+				m.noTouch = on
+			}
+		})
+		return AppendSimple(out, "OK")
+	case "help":
+		if !arity(2) {
+			break
+		}
+		return appendLines(out, clientHelp)
+	default:
+		return AppendError(out, "ERR unknown subcommand '"+printable(args[1], 32)+"'. Try CLIENT HELP.")
+	}
+	return wrongArgs(out, "client|"+sub)
+}
+
+// CLIENT SETINFO LIB-NAME|LIB-VER value
+func (h *Handler) clientSetInfo(cs *ConnState, attr, v []byte, out []byte) []byte {
+	var name bool
+	switch {
+	case bytes.EqualFold(attr, []byte("LIB-NAME")):
+		name = true
+	case bytes.EqualFold(attr, []byte("LIB-VER")):
+	default:
+		return AppendError(out, "ERR Unrecognized option '"+printable(attr, 32)+"'")
+	}
+	if !validClientAttr(v) {
+		what := "lib-ver"
+		if name {
+			what = "lib-name"
+		}
+		return AppendError(out, "ERR "+what+" cannot contain spaces, newlines or special characters, and is at most 128 bytes.")
+	}
+	cs.info.update(func(m *clientMeta) {
+		if name {
+			m.libName = string(v)
+		} else {
+			m.libVer = string(v)
+		}
+	})
+	return AppendSimple(out, "OK")
+}
+
+var clientHelp = []string{
+	"CLIENT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+	"GETNAME",
+	"    Return the name of the current connection.",
+	"ID",
+	"    Return the ID of the current connection.",
+	"INFO",
+	"    Return information about the current client connection.",
+	"LIST [TYPE (NORMAL|MASTER|REPLICA|PUBSUB)] [ID <id> [<id> ...]]",
+	"    Return information about client connections, at most 1000 of them (by id).",
+	"NO-EVICT (ON|OFF)",
+	"    Accepted for compatibility: capsgate evicts no client.",
+	"NO-TOUCH (ON|OFF)",
+	"    Accepted for compatibility: capsgate has no keys to touch.",
+	"SETINFO <LIB-NAME|LIB-VER> <value>",
+	"    Set the client library's name or version shown by CLIENT LIST.",
+	"SETNAME <name>",
+	"    Assign the name <name> to the current connection.",
+	"HELP",
+	"    Print this help.",
+}
+
+// appendLines appends lines as an array of simple strings (Redis's HELP).
+func appendLines(out []byte, lines []string) []byte {
+	out = AppendArrayHeader(out, len(lines))
+	for _, l := range lines {
+		out = AppendSimple(out, l)
+	}
+	return out
+}
+
+// commandSpec describes a command for COMMAND, COMMAND INFO and COMMAND DOCS.
+type commandSpec struct {
+	name  string
+	arity int // Redis's convention: n exactly n arguments with the name, -n at least n
+	flags string
+	// keyed: argument 1 is the service, which stands for the key (first,
+	// last and step 1) so that clients that shard by key keep a service on
+	// one node; other commands have none.
+	keyed   bool
+	acl     string
+	group   string
+	summary string
+}
+
+// commandTable lists every command exec answers; TestCommandTableMatchesExec
+// keeps the two in step.
+var commandTable = []commandSpec{
+	{"admit", -2, "write fast", true, "@write @fast", "capsgate", "Decide whether a call attempt may go ahead."},
+	{"release", -3, "write fast", true, "@write @fast", "capsgate", "End a call's session."},
+	{"register", -3, "write fast", true, "@write @fast", "capsgate", "Register or refresh a subscriber."},
+	{"deregister", 3, "write fast", true, "@write @fast", "capsgate", "Deregister a subscriber."},
+	{"consume", -4, "write fast", true, "@write @fast", "capsgate", "Charge prepaid tokens to an account."},
+	{"quota", 2, "readonly fast", true, "@read @fast", "capsgate", "Show a service's limits and usage."},
+	{"ping", -1, "fast stale", false, "@fast @connection", "connection", "Return the server's liveliness response."},
+	{"echo", 2, "fast stale", false, "@fast @connection", "connection", "Return the given string."},
+	{"quit", -1, "noscript loading stale fast no_auth allow_busy", false, "@fast @connection", "connection", "Close the connection."},
+	{"auth", -2, "noscript loading stale fast no_auth allow_busy", false, "@fast @connection", "connection", "Authenticate the connection."},
+	{"hello", -1, "noscript loading stale fast no_auth allow_busy", false, "@fast @connection", "connection", "Handshake with the server (RESP2 only)."},
+	{"select", 2, "loading stale fast", false, "@fast @connection", "connection", "Select database 0, the only one."},
+	{"info", -1, "loading stale", false, "@slow @dangerous", "server", "Return information and statistics about the server and its services."},
+	{"command", -1, "loading stale", false, "@slow @connection", "server", "Return detailed information about all commands."},
+	{"client", -2, "noscript loading stale", false, "@slow @connection", "connection", "Inspect or name client connections."},
+}
+
+// commandInfo and commandDocs are the encoded entries of commandTable, and
+// commandAll the reply to COMMAND, built once.
+var commandInfo, commandDocs = func() (info, docs map[string][]byte) {
+	info, docs = make(map[string][]byte), make(map[string][]byte)
+	words := func(b []byte, s string) []byte {
+		f := strings.Fields(s)
+		b = AppendArrayHeader(b, len(f))
+		for _, w := range f {
+			b = AppendSimple(b, w)
+		}
+		return b
+	}
+	for _, c := range commandTable {
+		b := AppendArrayHeader(nil, 10)
+		b = AppendBulkString(b, c.name)
+		b = AppendInt(b, int64(c.arity))
+		b = words(b, c.flags)
+		k := int64(b2i(c.keyed))
+		b = AppendInt(AppendInt(AppendInt(b, k), k), k)
+		b = words(b, c.acl)
+		b = AppendArrayHeader(b, 0) // tips
+		b = AppendArrayHeader(b, 0) // key specs
+		b = AppendArrayHeader(b, 0) // subcommands
+		info[c.name] = b
+
+		d := AppendBulkString(nil, c.name)
+		d = AppendArrayHeader(d, 6)
+		for _, s := range []string{"summary", c.summary, "since", Version, "group", c.group} {
+			d = AppendBulkString(d, s)
+		}
+		docs[c.name] = d
+	}
+	return info, docs
+}()
+
+var commandAll = func() []byte {
+	b := AppendArrayHeader(nil, len(commandTable))
+	for _, c := range commandTable {
+		b = append(b, commandInfo[c.name]...)
+	}
+	return b
+}()
+
+var commandHelp = []string{
+	"COMMAND <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+	"(no subcommand)",
+	"    Return details about all commands.",
+	"COUNT",
+	"    Return the total number of commands.",
+	"DOCS [<command-name> ...]",
+	"    Return documentary information about commands (all when none is named).",
+	"INFO [<command-name> ...]",
+	"    Return details about the named commands (all when none is named).",
+	"LIST",
+	"    Return the names of all commands.",
+	"HELP",
+	"    Print this help.",
+}
+
+// COMMAND [COUNT | INFO name ... | DOCS name ... | LIST | HELP]
+func (h *Handler) command(args [][]byte, out []byte) []byte {
+	if len(args) == 1 {
+		return append(out, commandAll...)
+	}
+	var nb [16]byte
+	sub := string(lower(&nb, args[1]))
+	names := args[2:]
+	switch {
+	case sub == "count" && len(args) == 2:
+		return AppendInt(out, int64(len(commandTable)))
+	case sub == "list" && len(args) == 2:
+		out = AppendArrayHeader(out, len(commandTable))
+		for _, c := range commandTable {
+			out = AppendBulkString(out, c.name)
+		}
+		return out
+	case sub == "help" && len(args) == 2:
+		return appendLines(out, commandHelp)
+	case sub == "info" && len(names) == 0:
+		return append(out, commandAll...)
+	case sub == "info":
+		// One entry per name, nil for a command capsgate does not have.
+		out = AppendArrayHeader(out, len(names))
+		for _, n := range names {
+			e, ok := commandInfo[string(lower(&nb, n))]
+			if !ok {
+				out = append(out, "*-1\r\n"...)
+				continue
+			}
+			out = append(out, e...)
+		}
+		return out
+	case sub == "docs":
+		// Name and docs pairs; a command capsgate does not have is left out.
+		var entries [][]byte
+		if len(names) == 0 {
+			for _, c := range commandTable {
+				entries = append(entries, commandDocs[c.name])
+			}
+		}
+		for _, n := range names {
+			if e, ok := commandDocs[string(lower(&nb, n))]; ok {
+				entries = append(entries, e)
+			}
+		}
+		out = AppendArrayHeader(out, 2*len(entries))
+		for _, e := range entries {
+			out = append(out, e...)
+		}
+		return out
+	case sub == "count" || sub == "list" || sub == "help":
+		return wrongArgs(out, "command|"+sub)
+	}
+	return AppendError(out, "ERR unknown subcommand '"+printable(args[1], 32)+"'. Try COMMAND HELP.")
+}
+
+// INFO sections, in Redis's order; each is in "default" and "all".
+var infoSections = []string{"server", "clients", "persistence", "replication", "services", "keyspace"}
+
+// info renders INFO [section ...]: Redis's sections that clients read (an
+// ioredis ready check waits while Persistence says loading:1), and the
+// Services section, one line per service in Redis's keyspace form,
+//
+//	service_demo:name=demo,licensed=1,caps=1000,caps_used=0.0,...
+//
+// which redis-py parses into a dict. A ':' in a service's name is written
+// %3A in the field name (it would end the field name for every parser);
+// name= keeps the name as it is. Unknown sections are left out, and when
+// none is known the reply is empty, as in Redis.
+func (h *Handler) info(args [][]byte, out []byte) []byte {
+	want := make(map[string]bool, len(infoSections))
+	if len(args) == 1 {
+		args = [][]byte{nil, []byte("default")}
+	}
+	for _, a := range args[1:] {
+		switch s := strings.ToLower(string(a)); s {
+		case "default", "all", "everything":
+			for _, n := range infoSections {
+				want[n] = true
+			}
+		default:
+			want[s] = true
+		}
+	}
+	var b []byte
+	section := func(name string) bool {
+		if !want[strings.ToLower(name)] {
+			return false
+		}
+		if len(b) > 0 {
+			b = append(b, "\r\n"...)
+		}
+		b = append(b, "# "+name+"\r\n"...)
+		return true
+	}
+	if section("Server") {
+		up := int64(time.Since(h.started).Seconds())
+		b = fmt.Appendf(b, "redis_version:7.2.0\r\ncapsgate_version:%s\r\nredis_mode:standalone\r\nos:%s %s\r\narch_bits:64\r\nprocess_id:%d\r\nuptime_in_seconds:%d\r\nuptime_in_days:%d\r\n",
+			Version, runtime.GOOS, runtime.GOARCH, pid, up, up/86400)
+	}
+	if section("Clients") && h.stats != nil {
+		b = fmt.Appendf(b, "connected_clients:%d\r\n", h.stats())
+	}
+	if section("Persistence") {
+		// Licences, sessions and the ledger are loaded before the node
+		// listens, so it never answers while loading.
+		b = append(b, "loading:0\r\nasync_loading:0\r\n"...)
+	}
+	if section("Replication") {
+		b = append(b, "role:master\r\nconnected_slaves:0\r\n"...)
+	}
+	if section("Services") {
+		b = h.infoServices(b)
+	}
+	section("Keyspace") // capsgate keeps no keys
+	return AppendBulk(out, b)
+}
+
+// infoServices appends the Services section's lines, at most
+// maxInfoServices of them.
+func (h *Handler) infoServices(b []byte) []byte {
+	services := h.eng.Services()
+	b = fmt.Appendf(b, "services:%d\r\n", len(services))
+	for i, s := range services {
+		if i == maxInfoServices {
+			b = fmt.Appendf(b, "services_shown:%d\r\nservices_more:see GET /v1/services\r\n", i)
+			break
+		}
+		st := s.Stats()
+		b = append(b, "service_"...)
+		b = append(b, strings.ReplaceAll(st.Name, ":", "%3A")...)
+		b = append(b, ":name="...)
+		b = append(b, st.Name...)
+		b = fmt.Appendf(b, ",licensed=%d,caps=", b2i(st.Limits.Licensed))
+		b = appendRate(b, st.Limits.CAPS)
+		b = fmt.Appendf(b, ",caps_used=%.1f,sessions=%d,subscribers=%d,tokens_used=%d,admitted=%d\r\n",
+			st.UsedCAPS, st.Sessions, st.Subscribers, st.TokensUsed, st.Admissions[admission.OK])
+	}
+	return b
+}
+
+// appendRate appends a rate; -1 (unlimited) and whole numbers print as
+// integers, others with two decimals (never in exponent form).
+func appendRate(b []byte, v float64) []byte {
+	if v == math.Trunc(v) && math.Abs(v) < 1e15 {
+		return strconv.AppendInt(b, int64(v), 10)
+	}
+	return strconv.AppendFloat(b, v, 'f', 2, 64)
+}

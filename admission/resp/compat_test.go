@@ -1,0 +1,278 @@
+package resp
+
+import (
+	"context"
+	"fmt"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
+
+	"github.com/capsgate/capsgate/admission"
+)
+
+// fakeLister is a server's connections without the server: each state's
+// addresses derive from its id.
+type fakeLister struct{ conns []*ConnState }
+
+func (f *fakeLister) OpenClients(dst []*ConnState) []*ConnState { return append(dst, f.conns...) }
+
+func (f *fakeLister) ClientAddrs(cs *ConnState) (string, string, int, bool) {
+	for _, c := range f.conns {
+		if c == cs {
+			return fmt.Sprintf("127.0.0.1:%d", 40000+cs.id), "127.0.0.1:6390", int(10 + cs.id), true
+		}
+	}
+	return "", "", 0, false
+}
+
+// bulk encodes s as a bulk string reply.
+func bulk(s string) string { return fmt.Sprintf("$%d\r\n%s\r\n", len(s), s) }
+
+// line is the CLIENT LIST line capsgate writes for a connection.
+func line(id int64, addr string, fd int, name string, age, idle int, flags, lib, ver string) string {
+	return fmt.Sprintf("id=%d addr=%s laddr=%s fd=%d name=%s age=%d idle=%d flags=%s db=0 sub=0 psub=0 ssub=0 multi=-1 watch=0 "+
+		"qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd=NULL user=default redir=-1 resp=2 lib-name=%s lib-ver=%s\n",
+		id, addr, map[bool]string{true: "127.0.0.1:6390", false: ""}[addr != ""], fd, name, age, idle, flags, lib, ver)
+}
+
+func TestCommandReplies(t *testing.T) {
+	c := newTestConn(t, "")
+	f := func(in, want string) {
+		t.Helper()
+		got, _, _ := c.send(in)
+		require.Equal(t, want, got, "request %q", in)
+	}
+	admitInfo := "*10\r\n$5\r\nadmit\r\n:-2\r\n*2\r\n+write\r\n+fast\r\n:1\r\n:1\r\n:1\r\n*2\r\n+@write\r\n+@fast\r\n*0\r\n*0\r\n*0\r\n"
+	pingInfo := "*10\r\n$4\r\nping\r\n:-1\r\n*2\r\n+fast\r\n+stale\r\n:0\r\n:0\r\n:0\r\n*2\r\n+@fast\r\n+@connection\r\n*0\r\n*0\r\n*0\r\n"
+	f(cmd("COMMAND", "COUNT"), ":15\r\n")
+	f(cmd("command", "count"), ":15\r\n")
+	f(cmd("COMMAND", "INFO", "ADMIT", "get", "ping"), "*3\r\n"+admitInfo+"*-1\r\n"+pingInfo)
+	f(cmd("COMMAND", "DOCS", "quota", "get"), "*2\r\n$5\r\nquota\r\n*6\r\n$7\r\nsummary\r\n$34\r\nShow a service's limits and usage.\r\n"+
+		"$5\r\nsince\r\n$5\r\n0.1.0\r\n$5\r\ngroup\r\n$8\r\ncapsgate\r\n")
+	f(cmd("COMMAND", "DOCS", "get"), "*0\r\n")
+	f(cmd("COMMAND", "LIST"), "*15\r\n"+bulk("admit")+bulk("release")+bulk("register")+bulk("deregister")+bulk("consume")+
+		bulk("quota")+bulk("ping")+bulk("echo")+bulk("quit")+bulk("auth")+bulk("hello")+bulk("select")+bulk("info")+
+		bulk("command")+bulk("client"))
+	f(cmd("COMMAND", "COUNT", "x"), "-ERR wrong number of arguments for 'command|count' command\r\n")
+	f(cmd("COMMAND", "GETKEYS", "admit", "demo"), "-ERR unknown subcommand 'GETKEYS'. Try COMMAND HELP.\r\n")
+
+	all, _, _ := c.send(cmd("COMMAND"))
+	require.True(t, strings.HasPrefix(all, "*15\r\n"+admitInfo), all)
+	require.Equal(t, 15, strings.Count(all, "*10\r\n"))
+	info, _, _ := c.send(cmd("COMMAND", "INFO"))
+	require.Equal(t, all, info)
+	docs, _, _ := c.send(cmd("COMMAND", "DOCS"))
+	require.True(t, strings.HasPrefix(docs, "*30\r\n$5\r\nadmit\r\n*6\r\n"), docs)
+	help, _, _ := c.send(cmd("COMMAND", "HELP"))
+	require.True(t, strings.HasPrefix(help, "*13\r\n+COMMAND <subcommand>"), help)
+}
+
+// TestCommandTableMatchesExec: every command COMMAND lists is one exec
+// answers (with too few arguments it says so, never "unknown command").
+func TestCommandTableMatchesExec(t *testing.T) {
+	c := newTestConn(t, "")
+	for _, spec := range commandTable {
+		if spec.name == "quit" {
+			continue // closes the connection
+		}
+		got, _, _ := c.send(cmd(spec.name))
+		require.NotContains(t, got, "unknown command", spec.name)
+	}
+}
+
+func TestInfo(t *testing.T) {
+	c := newTestConn(t, "")
+	c.h.SetConnCounter(func() int64 { return 3 })
+	require.NoError(t, c.h.eng.SetLimits("urn:x", admission.Limits{Licensed: true, CAPS: 2.5, Sessions: 1, Subscribers: 1, Tokens: 1}))
+	f := func(in, want string) {
+		t.Helper()
+		got, _, _ := c.send(in)
+		require.Equal(t, want, got, "request %q", in)
+	}
+	f(cmd("ADMIT", "demo"), dec(1, "OK", 0, 99))
+	f(cmd("ADMIT", "unlic", "PRIORITY", "emergency"), dec(1, "OK", 0, -1))
+	services := "# Services\r\nservices:3\r\n" +
+		"service_demo:name=demo,licensed=1,caps=1000,caps_used=0.0,sessions=0,subscribers=0,tokens_used=0,admitted=1\r\n" +
+		"service_unlic:name=unlic,licensed=0,caps=0,caps_used=0.0,sessions=0,subscribers=0,tokens_used=0,admitted=0\r\n" +
+		"service_urn%3Ax:name=urn:x,licensed=1,caps=2.50,caps_used=0.0,sessions=0,subscribers=0,tokens_used=0,admitted=0\r\n"
+	f(cmd("INFO", "services"), bulk(services))
+	f(cmd("INFO", "Persistence"), bulk("# Persistence\r\nloading:0\r\nasync_loading:0\r\n"))
+	f(cmd("INFO", "clients", "REPLICATION"), bulk("# Clients\r\nconnected_clients:3\r\n\r\n# Replication\r\nrole:master\r\nconnected_slaves:0\r\n"))
+	f(cmd("INFO", "keyspace"), bulk("# Keyspace\r\n"))
+	f(cmd("INFO", "commandstats"), bulk(""))
+
+	server := `# Server\r\nredis_version:7\.2\.0\r\ncapsgate_version:0\.1\.0\r\nredis_mode:standalone\r\nos:\w+ \w+\r\narch_bits:64\r\n` +
+		`process_id:\d+\r\nuptime_in_seconds:\d+\r\nuptime_in_days:0\r\n`
+	want := regexp.MustCompile(`^\$\d+\r\n` + server + `\r\n# Clients\r\nconnected_clients:3\r\n\r\n# Persistence\r\nloading:0\r\nasync_loading:0\r\n` +
+		`\r\n# Replication\r\nrole:master\r\nconnected_slaves:0\r\n\r\n` + regexp.QuoteMeta(services) + `\r\n# Keyspace\r\n\r\n$`)
+	for _, args := range [][]string{{"INFO"}, {"INFO", "default"}, {"INFO", "all"}, {"INFO", "everything"}, {"INFO", "server", "all"}} {
+		got, _, _ := c.send(cmd(args...))
+		require.Regexp(t, want, got, "%q", args)
+	}
+}
+
+// TestInfoServicesBounded: past maxInfoServices, INFO says how many it
+// shows and where the rest are.
+func TestInfoServicesBounded(t *testing.T) {
+	c := newTestConn(t, "")
+	for i := range 150 {
+		require.NoError(t, c.h.eng.SetLimits(fmt.Sprintf("s%03d", i), admission.DevLimits()))
+	}
+	got, _, _ := c.send(cmd("INFO", "services"))
+	require.Equal(t, maxInfoServices, strings.Count(got, "\r\nservice_"))
+	require.True(t, strings.HasSuffix(got, "\r\nservices_shown:100\r\nservices_more:see GET /v1/services\r\n\r\n"), got)
+	require.Contains(t, got, "services:151\r\n")
+	require.Less(t, len(got), 16<<10)
+}
+
+func TestClientCommands(t *testing.T) {
+	c := newTestConn(t, "")
+	start := c.clk.Now()
+	other := NewConnState(7)
+	other.lastActive.Store(start)
+	c.cs.lastActive.Store(start)
+	l := &fakeLister{conns: []*ConnState{other, c.cs}}
+	c.h.SetClientLister(l)
+	f := func(in, want string) {
+		t.Helper()
+		got, _, _ := c.send(in)
+		require.Equal(t, want, got, "request %q", in)
+	}
+	f(cmd("CLIENT", "SETINFO", "LIB-NAME", "redis-py"), "+OK\r\n")
+	f(cmd("CLIENT", "SETINFO", "lib-ver", "5.0.1"), "+OK\r\n")
+	f(cmd("CLIENT", "SETINFO", "LIB-NAME", "a b"), "-ERR lib-name cannot contain spaces, newlines or special characters, and is at most 128 bytes.\r\n")
+	f(cmd("CLIENT", "SETINFO", "LIB-VER", strings.Repeat("1", 129)), "-ERR lib-ver cannot contain spaces, newlines or special characters, and is at most 128 bytes.\r\n")
+	f(cmd("CLIENT", "SETINFO", "COLOR", "red"), "-ERR Unrecognized option 'COLOR'\r\n")
+	f(cmd("CLIENT", "SETINFO", "LIB-NAME"), "-ERR wrong number of arguments for 'client|setinfo' command\r\n")
+	f(cmd("CLIENT", "GETNAME"), "$-1\r\n")
+	f(cmd("CLIENT", "SETNAME", "proxy-1"), "+OK\r\n")
+	f(cmd("CLIENT", "SETNAME", "proxy 1"), "-"+errClientName+"\r\n")
+	f(cmd("CLIENT", "SETNAME", strings.Repeat("n", 129)), "-"+errClientName+"\r\n")
+	f(cmd("HELLO", "2", "SETNAME", "bad\nname"), "-"+errClientName+"\r\n")
+	f(cmd("CLIENT", "GETNAME"), bulk("proxy-1"))
+	f(cmd("CLIENT", "ID"), ":1\r\n")
+	f(cmd("CLIENT", "NO-EVICT", "on"), "+OK\r\n")
+	f(cmd("CLIENT", "NO-TOUCH", "ON"), "+OK\r\n")
+	f(cmd("CLIENT", "NO-TOUCH", "maybe"), "-ERR syntax error\r\n")
+	f(cmd("CLIENT", "KILL", "ID", "7"), "-ERR unknown subcommand 'KILL'. Try CLIENT HELP.\r\n")
+	f(cmd("CLIENT"), "-ERR wrong number of arguments for 'client' command\r\n")
+
+	// Five seconds later this connection asks: it is 5 s old and has just
+	// sent a command; the other never sent one.
+	c.clk.Advance(5 * time.Second)
+	c.cs.lastActive.Store(c.clk.Now())
+	self := line(1, "127.0.0.1:40001", 11, "proxy-1", 5, 0, "eT", "redis-py", "5.0.1")
+	f(cmd("CLIENT", "INFO"), bulk(self))
+	them := line(7, "127.0.0.1:40007", 17, "", 5, 5, "N", "", "")
+	f(cmd("CLIENT", "LIST"), bulk(self+them))
+	f(cmd("CLIENT", "LIST", "TYPE", "normal"), bulk(self+them))
+	f(cmd("CLIENT", "LIST", "TYPE", "pubsub"), bulk(""))
+	f(cmd("CLIENT", "LIST", "TYPE", "odd"), "-ERR Unknown client type 'odd'\r\n")
+	f(cmd("CLIENT", "LIST", "ID", "7", "99"), bulk(them))
+	f(cmd("CLIENT", "LIST", "ID", "x"), "-ERR Invalid client ID\r\n")
+	f(cmd("CLIENT", "LIST", "NOW"), "-ERR syntax error\r\n")
+
+	// A closed connection (gone from the lister) is not listed, once the
+	// next instant's listing is taken.
+	c.clk.Advance(time.Second)
+	l.conns = l.conns[1:]
+	f(cmd("CLIENT", "LIST"), bulk(line(1, "127.0.0.1:40001", 11, "proxy-1", 6, 1, "eT", "redis-py", "5.0.1")))
+
+	help, _, _ := c.send(cmd("CLIENT", "HELP"))
+	require.True(t, strings.HasPrefix(help, "*19\r\n+CLIENT <subcommand>"), help)
+
+	// Without a lister, the connection sees only itself, with no address.
+	c.h.SetClientLister(nil)
+	f(cmd("CLIENT", "INFO"), bulk(line(1, "", -1, "proxy-1", 6, 1, "eT", "redis-py", "5.0.1")))
+	f(cmd("CLIENT", "LIST"), bulk(line(1, "", -1, "proxy-1", 6, 1, "eT", "redis-py", "5.0.1")))
+}
+
+// TestClientListBounded: over 10,000 connections CLIENT LIST shows the
+// 1000 with the lowest ids and says how many it left out; a pipeline of
+// listings scans the connections once.
+func TestClientListBounded(t *testing.T) {
+	c := newTestConn(t, "")
+	l := &fakeLister{}
+	for id := int64(10_000); id >= 1; id-- { // in no particular order
+		cs := NewConnState(id)
+		cs.lastActive.Store(c.clk.Now())
+		cs.info.update(func(m *clientMeta) {
+			m.name, m.libName, m.libVer = strings.Repeat("n", maxClientAttr), strings.Repeat("l", maxClientAttr), strings.Repeat("v", maxClientAttr)
+		})
+		l.conns = append(l.conns, cs)
+	}
+	c.cs = l.conns[len(l.conns)-1]
+	c.h.SetClientLister(&countingLister{fakeLister: l})
+	got, _, _ := c.send(cmd("CLIENT", "LIST"))
+	lines := strings.Split(strings.TrimSuffix(got[strings.Index(got, "\r\n")+2:], "\n\r\n"), "\n")
+	require.Len(t, lines, maxClientList+1)
+	require.True(t, strings.HasPrefix(lines[0], "id=1 "), lines[0])
+	require.True(t, strings.HasPrefix(lines[maxClientList-1], "id=1000 "), lines[maxClientList-1])
+	require.Equal(t, "truncated=1 shown=1000 total=10000", lines[maxClientList])
+	require.Less(t, len(got), 1<<20, "at most 1 MiB with the longest names")
+
+	cl := c.h.clients.(*countingLister)
+	cl.scans = 0
+	c.clk.Advance(time.Second)
+	got, _, _ = c.send(strings.Repeat(cmd("CLIENT", "LIST", "ID", "5000"), 100))
+	require.Equal(t, 100, strings.Count(got, "id=5000 "))
+	require.Equal(t, 1, cl.scans, "one scan for the pipeline")
+}
+
+type countingLister struct {
+	*fakeLister
+	scans int
+}
+
+func (c *countingLister) OpenClients(dst []*ConnState) []*ConnState {
+	c.scans++
+	return c.fakeLister.OpenClients(dst)
+}
+
+// ClientAddrs finds the connection by id (the fake's search by pointer
+// would take 10,000 steps a line).
+func (c *countingLister) ClientAddrs(cs *ConnState) (string, string, int, bool) {
+	return fmt.Sprintf("127.0.0.1:%d", 40000+cs.id), "127.0.0.1:6390", int(10 + cs.id), true
+}
+
+// TestClientListServer lists the real connections of a real server, asked
+// through go-redis from several event loops at once (run with -race).
+func TestClientListServer(t *testing.T) {
+	e := admission.NewEngine(admission.DefaultConfig())
+	h := NewHandler(e, "")
+	s := NewServer(Config{Addr: "127.0.0.1:0", EventLoops: 2}, h, admission.NewSystemClock())
+	h.SetClientLister(s) // before serving, as node.New does
+	require.NoError(t, s.Start())
+	t.Cleanup(func() { require.NoError(t, s.Stop(context.Background())) })
+	ctx := context.Background()
+	const n = 8
+	clients := make([]*redis.Client, n)
+	for i := range clients {
+		clients[i] = redis.NewClient(&redis.Options{Addr: s.Addr(), ClientName: fmt.Sprintf("c%d", i), PoolSize: 1, MaxRetries: -1})
+		t.Cleanup(func() { clients[i].Close() })
+		require.NoError(t, clients[i].Ping(ctx).Err())
+	}
+	lists := make(chan string, n)
+	for _, c := range clients {
+		go func() { l, _ := c.ClientList(ctx).Result(); lists <- l }()
+	}
+	for range n {
+		list := <-lists
+		require.Equal(t, n, strings.Count(list, "\n"), list)
+		for i := range n {
+			require.Regexp(t, fmt.Sprintf(`(?m)^id=\d+ addr=127\.0\.0\.1:\d+ laddr=%s fd=\d+ name=c%d age=\d+ idle=\d+ flags=N db=0 .* lib-name=go-redis\S* lib-ver=%s$`,
+				regexp.QuoteMeta(s.Addr()), i, regexp.QuoteMeta(redis.Version())), list)
+		}
+	}
+	info, err := clients[3].ClientInfo(ctx).Result()
+	require.NoError(t, err)
+	require.Equal(t, "c3", info.Name)
+	require.Equal(t, s.Addr(), info.LAddr)
+	require.Equal(t, redis.Version(), info.LibVer)
+	require.Equal(t, 2, info.Resp)
+	require.Positive(t, info.FD)
+}
