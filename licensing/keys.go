@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+
+	"github.com/capsgate/capsgate/internal/bounded"
 )
 
 // Key files, as capslicense keygen writes them.
@@ -115,7 +117,7 @@ func LoadPublicKey(path string) (ed25519.PublicKey, error) {
 
 func load[T any](path string, parse func([]byte) (T, error)) (T, error) {
 	var zero T
-	data, err := os.ReadFile(path)
+	data, err := bounded.ReadFile(path, bounded.KeyFile)
 	if err != nil {
 		return zero, fmt.Errorf("cannot read key: %w", err)
 	}

@@ -20,6 +20,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/capsgate/capsgate/internal/bounded"
 )
 
 // DefaultAddr is the admin API of a node on this host.
@@ -60,19 +62,23 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	}
 	c := &client{in: os.Stdin, base: strings.TrimRight(*addr, "/"), http: &http.Client{Timeout: *timeout}, json: *asJSON, out: stdout}
 	if *caFile != "" {
-		pem, err := os.ReadFile(*caFile)
+		pem, err := bounded.ReadFile(*caFile, bounded.CertFile)
+		if err != nil {
+			fmt.Fprintf(stderr, "capsctl: cannot read --ca-file: %v\n", err)
+			return 2
+		}
 		pool, _ := x509.SystemCertPool()
 		if pool == nil {
 			pool = x509.NewCertPool()
 		}
-		if err != nil || !pool.AppendCertsFromPEM(pem) {
-			fmt.Fprintf(stderr, "capsctl: cannot use --ca-file %s: no PEM certificate in it (%v)\n", *caFile, err)
+		if !pool.AppendCertsFromPEM(pem) {
+			fmt.Fprintf(stderr, "capsctl: cannot use --ca-file %s: no PEM certificate in it\n", *caFile)
 			return 2
 		}
 		c.http.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}
 	}
 	if *tokenFile != "" {
-		b, err := os.ReadFile(*tokenFile)
+		b, err := bounded.ReadFile(*tokenFile, bounded.KeyFile)
 		if err != nil {
 			fmt.Fprintf(stderr, "capsctl: cannot read token file: %v\n", err)
 			return 2
@@ -237,9 +243,9 @@ func (c *client) usage(args []string) error {
 
 func readFileOrStdin(name string, stdin io.Reader) ([]byte, error) {
 	if name == "-" {
-		return io.ReadAll(io.LimitReader(stdin, 1<<20))
+		return bounded.ReadAll(stdin, bounded.LicenceFile)
 	}
-	return os.ReadFile(name)
+	return bounded.ReadFile(name, bounded.LicenceFile)
 }
 
 // licenseTable prints GET /v1/licenses as one row per licence.

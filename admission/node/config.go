@@ -2,7 +2,6 @@ package node
 
 import (
 	"bytes"
-	"crypto/tls"
 	"encoding/base64"
 	"errors"
 	"flag"
@@ -18,6 +17,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/capsgate/capsgate/internal/bounded"
 )
 
 // Default ports of the three listeners.
@@ -773,26 +774,15 @@ func formatValue(v reflect.Value) string {
 // against Config first, so that an unknown or ill-typed key is reported by
 // its full dotted name; then the file is decoded with KnownFields.
 func (c *Config) readFile(path string) error {
-	f, err := os.Open(path)
+	data, err := bounded.ReadFile(path, bounded.ConfigFile)
 	if err != nil {
-		return fmt.Errorf("cannot read config file %s: %w", path, err)
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, maxConfigFile+1))
-	if err != nil {
-		return fmt.Errorf("cannot read config file %s: %w", path, err)
-	}
-	if len(data) > maxConfigFile {
-		return fmt.Errorf("invalid config file %s: larger than %d bytes", path, maxConfigFile)
+		return fmt.Errorf("cannot read config file: %w", err)
 	}
 	if err := c.parse(data); err != nil {
 		return fmt.Errorf("invalid config file %s: %w", path, err)
 	}
 	return nil
 }
-
-// maxConfigFile bounds a config file: a real one is a few kilobytes.
-const maxConfigFile = 1 << 20
 
 // parse reads a config file's YAML over c; the error is one line.
 func (c *Config) parse(data []byte) error {
@@ -814,6 +804,9 @@ func (c *Config) parse(data []byte) error {
 		}
 		return fail(fmt.Errorf("line %d: a second YAML document; the file must hold one", next.Line))
 	}
+	if err := bounded.YAML(&doc, bounded.MaxYAMLValues); err != nil {
+		return err
+	}
 	if err := checkNode(&doc, reflect.TypeOf(Config{}), "", 0); err != nil {
 		return fail(err)
 	}
@@ -826,14 +819,7 @@ func (c *Config) parse(data []byte) error {
 }
 
 // oneLine turns a yaml.v3 error into one line without its "yaml: " prefix.
-func oneLine(err error) string {
-	s := err.Error()
-	s = strings.TrimPrefix(s, "yaml: ")
-	s = strings.TrimPrefix(s, "unmarshal errors:\n")
-	s = strings.TrimSpace(s)
-	s = strings.ReplaceAll(s, "\n  ", "; ")
-	return strings.ReplaceAll(s, "\n", " ")
-}
+func oneLine(err error) string { return bounded.YAMLError(err).Error() }
 
 // checkNode checks a YAML node against type t: every mapping key must name
 // a field, no key may repeat, and every value must decode into its field.
@@ -948,17 +934,7 @@ func wantOf(t reflect.Type, n *yaml.Node, err error) string {
 }
 
 // describeNode describes a YAML value in an error message.
-func describeNode(n *yaml.Node) string {
-	switch n.Kind {
-	case yaml.MappingNode:
-		return "a mapping"
-	case yaml.SequenceNode:
-		return "a list"
-	case yaml.AliasNode:
-		return "an alias"
-	}
-	return strconv.Quote(n.Value)
-}
+func describeNode(n *yaml.Node) string { return bounded.DescribeYAML(n) }
 
 var namePattern = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,64}$`)
 
@@ -1023,7 +999,7 @@ func (c *Config) validate() error {
 		return bad("admin.tls_cert_file", "and %s must be set together", name("admin.tls_key_file"))
 	}
 	if c.Admin.TLSCertFile != "" {
-		if _, err := tls.LoadX509KeyPair(c.Admin.TLSCertFile, c.Admin.TLSKeyFile); err != nil {
+		if _, err := loadX509KeyPair(c.Admin.TLSCertFile, c.Admin.TLSKeyFile); err != nil {
 			return bad("admin.tls_cert_file", "cannot load the certificate and key (%s): %v", name("admin.tls_key_file"), err)
 		}
 	}
@@ -1050,13 +1026,9 @@ func (c *Config) validate() error {
 		if path == "" {
 			return bad("vendor_keys", "entry %d is empty", i+1)
 		}
-		f, err := os.Open(path)
-		if err == nil {
-			_, err = f.Read(make([]byte, 1))
-			f.Close()
-			if errors.Is(err, io.EOF) {
-				err = fmt.Errorf("%s is empty", path)
-			}
+		data, err := bounded.ReadFile(path, bounded.KeyFile)
+		if err == nil && len(data) == 0 {
+			err = fmt.Errorf("%s is empty", path)
 		}
 		if err != nil {
 			return bad("vendor_keys", "entry %d: %w", i+1, err)
@@ -1125,36 +1097,14 @@ func checkAddr(addr string, needHost bool) error {
 	return nil
 }
 
-// maxSecretFile bounds what ReadSecretFile and ReadGossipKey read: a secret
-// is one short line, and a large file is a mistake.
-const maxSecretFile = 64 << 10
-
-// readSmallFile reads a secret file for key, naming key, flag and file in
-// its errors.
-func readSmallFile(key, path string) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", name(key), err)
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, maxSecretFile+1))
-	if err != nil {
-		return nil, fmt.Errorf("%s: cannot read %s: %w", name(key), path, err)
-	}
-	if len(data) > maxSecretFile {
-		return nil, fmt.Errorf("%s: %s is larger than %d KiB; it must hold one line", name(key), path, maxSecretFile>>10)
-	}
-	return data, nil
-}
-
 // ReadSecretFile reads a token or password file: one line, surrounding
 // white space (and the trailing \r\n) trimmed, not empty. key is the config
 // key naming the file (e.g. "admin.token_file"), for the error, which also
 // names the file.
 func ReadSecretFile(key, path string) (string, error) {
-	data, err := readSmallFile(key, path)
+	data, err := bounded.ReadFile(path, bounded.KeyFile)
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("%s: %w", name(key), err)
 	}
 	s := strings.TrimSpace(string(data))
 	if s == "" {

@@ -21,6 +21,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"gopkg.in/yaml.v3"
+
+	"github.com/capsgate/capsgate/internal/bounded"
 )
 
 // gossipKey32 is base64 of the 32 bytes "0123456789abcdef0123456789abcdef".
@@ -432,13 +434,13 @@ func TestValidateErrors(t *testing.T) {
 	f([]string{"--admin-token-file", dir + "/missing"}, "invalid config: admin.token_file (--admin-token-file): open "+dir+"/missing: no such file or directory")
 	f([]string{"--admin-token-file", dir + "/empty"}, "invalid config: admin.token_file (--admin-token-file): "+dir+"/empty is empty; it must hold the secret on one line")
 	f([]string{"--admin-token-file", dir + "/two-lines"}, "invalid config: admin.token_file (--admin-token-file): "+dir+"/two-lines holds more than one line; it must hold the secret on one line")
-	f([]string{"--admin-token-file", dir}, "invalid config: admin.token_file (--admin-token-file): cannot read "+dir+": read "+dir+": is a directory")
+	f([]string{"--admin-token-file", dir}, "invalid config: admin.token_file (--admin-token-file): "+dir+": not a regular file (a directory)")
 	f([]string{"--gossip-key-file", dir + "/missing"}, "invalid config: gossip.key_file (--gossip-key-file): open "+dir+"/missing: no such file or directory")
 	f([]string{"--gossip-key-file", dir + "/not-base64"}, "invalid config: gossip.key_file (--gossip-key-file): "+dir+"/not-base64 is not base64 (illegal base64 data at input byte 3); make a key with: head -c 32 /dev/urandom | base64")
 	f([]string{"--gossip-key-file", dir + "/short-key"}, "invalid config: gossip.key_file (--gossip-key-file): "+dir+"/short-key holds a 5-byte key, want 16, 24 or 32 bytes; make one with: head -c 32 /dev/urandom | base64")
 	f([]string{"--vendor-key", dir + "/vendor.pub," + dir + "/nope.pub"}, "invalid config: vendor_keys (--vendor-key) entry 2: open "+dir+"/nope.pub: no such file or directory")
 	f([]string{"--vendor-key", dir + "/empty"}, "invalid config: vendor_keys (--vendor-key) entry 1: "+dir+"/empty is empty")
-	f([]string{"--vendor-key", dir}, "invalid config: vendor_keys (--vendor-key) entry 1: read "+dir+": is a directory")
+	f([]string{"--vendor-key", dir}, "invalid config: vendor_keys (--vendor-key) entry 1: "+dir+": not a regular file (a directory)")
 
 	f([]string{"--max-caps", "-1"}, "invalid config: node.max_caps (--max-caps) must be a number at least 0 (0 = no node limit), got -1")
 	f([]string{"--max-caps", "NaN"}, "invalid config: node.max_caps (--max-caps) must be a number at least 0 (0 = no node limit), got NaN")
@@ -529,17 +531,10 @@ func TestFileErrors(t *testing.T) {
 	requireOneLine(t, err, "invalid config: resp.max_conns (--resp-max-conns) must be between 1 and 1000000, got -4")
 
 	_, err = Load([]string{"--config", dir + "/missing.yaml"}, nil)
-	requireOneLine(t, err, "cannot read config file "+dir+"/missing.yaml: open "+dir+"/missing.yaml: no such file or directory")
+	requireOneLine(t, err, "cannot read config file: open "+dir+"/missing.yaml: no such file or directory")
 	_, err = Load([]string{"--config", dir}, nil)
-	requireOneLine(t, err, "cannot read config file "+dir+": read "+dir+": is a directory")
-	require.ErrorIs(t, err, errIsDirectory(t, dir))
-}
-
-// errIsDirectory is the error reading a directory gives.
-func errIsDirectory(t *testing.T, dir string) error {
-	_, err := os.ReadFile(dir)
-	require.Error(t, err)
-	return err.(*os.PathError).Err
+	requireOneLine(t, err, "cannot read config file: "+dir+": not a regular file (a directory)")
+	require.ErrorIs(t, err, bounded.ErrNotRegular)
 }
 
 func TestReadSecretFile(t *testing.T) {
@@ -559,7 +554,7 @@ func TestReadSecretFile(t *testing.T) {
 	_, err := ReadSecretFile("resp.password_file", writeTestFile(t, dir, "e", "\r\n"))
 	requireOneLine(t, err, "resp.password_file (--resp-password-file): "+dir+"/e is empty; it must hold the secret on one line")
 	_, err = ReadSecretFile("resp.password_file", writeTestFile(t, dir, "big", strings.Repeat("x", 64<<10+1)))
-	requireOneLine(t, err, "resp.password_file (--resp-password-file): "+dir+"/big is larger than 64 KiB; it must hold one line")
+	requireOneLine(t, err, "resp.password_file (--resp-password-file): "+dir+"/big: file too large (65537 bytes; the limit is 64 KiB)")
 	_, err = ReadSecretFile("some.key", dir+"/none")
 	requireOneLine(t, err, "some.key: open "+dir+"/none: no such file or directory")
 	require.ErrorIs(t, err, os.ErrNotExist)

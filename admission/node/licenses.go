@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/capsgate/capsgate/internal/bounded"
 	"github.com/capsgate/capsgate/licensing"
 	"github.com/capsgate/capsgate/licensing/registry"
 )
@@ -41,7 +42,7 @@ const (
 func devVendorKey(dataDir string) (*licensing.VendorKey, error) {
 	path := filepath.Join(dataDir, DevVendorKeyFile)
 	var key *licensing.VendorKey
-	b, err := os.ReadFile(path)
+	b, err := bounded.ReadFile(path, bounded.KeyFile)
 	switch {
 	case err == nil:
 		if key, err = licensing.ParseVendorKey(b); err != nil {

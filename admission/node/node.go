@@ -20,6 +20,7 @@ import (
 	"github.com/capsgate/capsgate/admission/meter"
 	"github.com/capsgate/capsgate/admission/resp"
 	"github.com/capsgate/capsgate/cluster"
+	"github.com/capsgate/capsgate/internal/bounded"
 	"github.com/capsgate/capsgate/licensing"
 	"github.com/capsgate/capsgate/licensing/ledger"
 	"github.com/capsgate/capsgate/licensing/registry"
@@ -427,11 +428,26 @@ func (n *Node) Stop(ctx context.Context) error {
 // adminTLS is the admin API's TLS configuration: the certificate chain and
 // key of admin.tls_cert_file and admin.tls_key_file, TLS 1.2 or later.
 func adminTLS(certFile, keyFile string) (*tls.Config, error) {
-	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	cert, err := loadX509KeyPair(certFile, keyFile)
 	if err != nil {
 		return nil, fmt.Errorf("cannot load admin.tls_cert_file and admin.tls_key_file: %w", err)
 	}
 	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
+}
+
+// loadX509KeyPair is tls.LoadX509KeyPair reading each file with
+// bounded.ReadFile, so that a device or a FIFO is refused rather than
+// read until memory runs out or a writer comes.
+func loadX509KeyPair(certFile, keyFile string) (tls.Certificate, error) {
+	cert, err := bounded.ReadFile(certFile, bounded.CertFile)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	key, err := bounded.ReadFile(keyFile, bounded.CertFile)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	return tls.X509KeyPair(cert, key)
 }
 
 // peerClient asks the other members' admin APIs over HTTPS, trusting the

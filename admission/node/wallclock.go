@@ -5,6 +5,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/capsgate/capsgate/internal/bounded"
 )
 
 // WallOffsetEnv names a file holding a duration ("36h", "-2h") added to the
@@ -28,7 +30,7 @@ func wallClock() func() time.Time {
 		defer mu.Unlock()
 		if now.Sub(read) >= time.Second || read.IsZero() {
 			read = now
-			if b, err := os.ReadFile(path); err == nil {
+			if b, err := bounded.ReadFile(path, bounded.StateFile); err == nil {
 				if d, err := time.ParseDuration(strings.TrimSpace(string(b))); err == nil {
 					offset = d
 				}

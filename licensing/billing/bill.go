@@ -2,6 +2,8 @@ package billing
 
 import (
 	"fmt"
+	"math"
+	"math/bits"
 	"slices"
 	"time"
 
@@ -76,7 +78,11 @@ func Bill(records []ledger.Record, sheet Sheet, from, to time.Time) (Invoice, er
 
 	billsEmergency := map[string]bool{}
 	for _, p := range sheet.Plans {
-		inv.Lines = append(inv.Lines, p.lines(quantity(use, p.Service, p.Account, p.Unit))...)
+		n, err := quantity(use, p.Service, p.Account, p.Unit)
+		if err != nil {
+			return Invoice{}, err
+		}
+		inv.Lines = append(inv.Lines, p.lines(n)...)
 		if p.Unit == "emergency" && p.Account == "" {
 			billsEmergency[p.Service] = true
 		}
@@ -87,7 +93,11 @@ func Bill(records []ledger.Record, sheet Sheet, from, to time.Time) (Invoice, er
 			continue
 		}
 		planned[p.Service] = true
-		if n := quantity(use, p.Service, "", "emergency"); n > 0 && !billsEmergency[p.Service] {
+		n, err := quantity(use, p.Service, "", "emergency")
+		if err != nil {
+			return Invoice{}, err
+		}
+		if n > 0 && !billsEmergency[p.Service] {
 			inv.Lines = append(inv.Lines, line(p.Service, "emergency attempts (metered, not billed)", n, Decimal{}.Round(Places)))
 		}
 	}
@@ -124,12 +134,12 @@ func (p *Plan) lines(n uint64) []Line {
 	case Prepaid:
 		return []Line{
 			line(p.Service, fmt.Sprintf("prepaid pool of %d tokens", p.PrepaidTokens), 1, *p.PrepaidPrice),
-			line(p.Service, fmt.Sprintf("%s beyond the %d prepaid", what, p.PrepaidTokens), sub(n, p.PrepaidTokens), *p.OveragePrice),
+			line(p.Service, fmt.Sprintf("%s beyond the %d prepaid", what, p.PrepaidTokens), sub(n, uint64(p.PrepaidTokens)), *p.OveragePrice),
 		}
 	case Hybrid:
 		usage := line(p.Service, what, n, *p.Price)
 		if p.Included > 0 {
-			usage = line(p.Service, fmt.Sprintf("%s beyond the %d included", what, p.Included), sub(n, p.Included), *p.Price)
+			usage = line(p.Service, fmt.Sprintf("%s beyond the %d included", what, p.Included), sub(n, uint64(p.Included)), *p.Price)
 		}
 		return []Line{line(p.Service, "fixed fee", 1, *p.FixedFee), usage}
 	case Tiered:
@@ -138,8 +148,8 @@ func (p *Plan) lines(n uint64) []Line {
 		for _, t := range p.Tiers {
 			in, desc := sub(n, lo), fmt.Sprintf("%s above %d", what, lo)
 			if t.UpTo != nil {
-				in, desc = min(in, *t.UpTo-lo), fmt.Sprintf("%s %d to %d", what, lo+1, *t.UpTo)
-				lo = *t.UpTo
+				in, desc = min(in, uint64(*t.UpTo)-lo), fmt.Sprintf("%s %d to %d", what, lo+1, *t.UpTo)
+				lo = uint64(*t.UpTo)
 			}
 			out = append(out, line(p.Service, desc, in, *t.Price))
 		}
@@ -156,9 +166,16 @@ func sub(a, b uint64) uint64 {
 }
 
 // quantity returns how much of unit the records of service (and account)
-// show.
-func quantity(use []*ledger.Record, service, account, unit string) uint64 {
+// show. A sum or a peak past what a uint64 holds (18446744073709551615) is
+// an error, never a wrapped or rounded number on an invoice.
+func quantity(use []*ledger.Record, service, account, unit string) (uint64, error) {
 	var sum uint64
+	var carry uint64
+	add := func(n uint64) {
+		var c uint64
+		sum, c = bits.Add64(sum, n, 0)
+		carry |= c
+	}
 	var peaks []event
 	for _, r := range use {
 		u := r.Usage
@@ -167,21 +184,22 @@ func quantity(use []*ledger.Record, service, account, unit string) uint64 {
 		}
 		switch unit {
 		case "attempts":
-			sum += u.Attempts
+			add(u.Attempts)
 		case "admitted":
-			sum += u.Admitted
+			add(u.Admitted)
 		case "rejected":
 			for _, n := range u.Rejected {
-				sum += n
+				add(n)
 			}
 		case "tokens":
-			sum += u.Tokens
+			add(u.Tokens)
 		case "overage":
-			sum += u.Overage
+			add(u.Overage)
 		case "consumed":
-			sum += u.Tokens + u.Overage
+			add(u.Tokens)
+			add(u.Overage)
 		case "emergency":
-			sum += u.Emergency
+			add(u.Emergency)
 		case "peak_caps":
 			peaks = append(peaks, events(r, u.PeakCAPS)...)
 		case "peak_sessions":
@@ -191,15 +209,23 @@ func quantity(use []*ledger.Record, service, account, unit string) uint64 {
 		}
 	}
 	if peaks != nil {
-		return maxOverlap(peaks)
+		sum, carry = maxOverlap(peaks)
 	}
-	return sum
+	if carry != 0 {
+		what := "service " + service
+		if account != "" {
+			what += " account " + account
+		}
+		return 0, fmt.Errorf("cannot bill %s: its %s add up to more than %d", what, units[unit], uint64(math.MaxUint64))
+	}
+	return sum, nil
 }
 
-// event is a node's peak starting (+) or ending (-) at an instant.
+// event is a node's peak starting or ending at an instant.
 type event struct {
-	at    time.Time
-	delta int64
+	at   time.Time
+	end  bool
+	peak uint64
 }
 
 func events(r *ledger.Record, peak uint64) []event {
@@ -207,22 +233,35 @@ func events(r *ledger.Record, peak uint64) []event {
 	if !end.After(r.From) {
 		end = r.From.Add(time.Nanosecond) // an instant still counts
 	}
-	p := int64(min(peak, 1<<62)) // no overflow when summed
-	return []event{{r.From, p}, {end, -p}}
+	return []event{{r.From, false, peak}, {end, true, peak}}
 }
 
-// maxOverlap returns the largest sum of the peaks whose intervals overlap.
-func maxOverlap(ev []event) uint64 {
+// maxOverlap returns the largest sum of the peaks whose intervals overlap,
+// and a non-zero carry if that sum passes what a uint64 holds.
+func maxOverlap(ev []event) (best, carry uint64) {
 	slices.SortFunc(ev, func(a, b event) int {
 		if c := a.at.Compare(b.at); c != 0 {
 			return c
 		}
-		return int(min(max(a.delta-b.delta, -1), 1)) // ends before starts
+		switch { // ends before starts
+		case a.end && !b.end:
+			return -1
+		case !a.end && b.end:
+			return 1
+		}
+		return 0
 	})
-	var cur, best int64
+	var cur uint64
 	for _, e := range ev {
-		cur += e.delta
+		if e.end {
+			cur -= e.peak // never below 0: its start came before
+			continue
+		}
+		var c uint64
+		if cur, c = bits.Add64(cur, e.peak, 0); c != 0 {
+			return 0, c
+		}
 		best = max(best, cur)
 	}
-	return uint64(best)
+	return best, 0
 }

@@ -5,10 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
+	"math"
 	"slices"
+	"strconv"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/capsgate/capsgate/internal/bounded"
 )
 
 // Pricing models, a plan's "model".
@@ -53,10 +56,10 @@ type Plan struct {
 	Price *Decimal `yaml:"price"`
 	// FixedFee per period and Included units it covers (hybrid).
 	FixedFee *Decimal `yaml:"fixed_fee"`
-	Included uint64   `yaml:"included"`
+	Included Count    `yaml:"included"`
 	// PrepaidTokens paid PrepaidPrice up front, OveragePrice per unit
 	// beyond them (prepaid).
-	PrepaidTokens uint64   `yaml:"prepaid_tokens"`
+	PrepaidTokens Count    `yaml:"prepaid_tokens"`
 	PrepaidPrice  *Decimal `yaml:"prepaid_price"`
 	OveragePrice  *Decimal `yaml:"overage_price"`
 	// Tiers, graduated (tiered).
@@ -65,13 +68,41 @@ type Plan struct {
 
 // Tier prices the units up to UpTo (nil: all the rest).
 type Tier struct {
-	UpTo  *uint64  `yaml:"up_to"`
+	UpTo  *Count   `yaml:"up_to"`
 	Price *Decimal `yaml:"price"`
 }
 
-// LoadSheet reads a price sheet file.
+// Bounds of a price sheet, checked before it is billed: a real one has a
+// handful of plans of a handful of tiers. The file is at most
+// bounded.PriceSheet (1 MiB) and bounded.MaxYAMLValues (100000) values with
+// its aliases expanded.
+const (
+	MaxPlans = 1000 // plans in a sheet
+	MaxTiers = 1000 // tiers in a plan
+)
+
+// Count is a whole number of units in a price sheet (included,
+// prepaid_tokens, up_to): 0 to 18446744073709551615, written in decimal
+// digits. yaml.v3 would read 18446744073709551616 through a float as
+// 9223372036854775808 and 1.5 as 1; a Count refuses both.
+type Count uint64
+
+// UnmarshalYAML reads a Count from its text.
+func (c *Count) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode || n.Value == "" || !digits(n.Value) {
+		return fmt.Errorf("line %d: want a whole number such as 1000, got %s", n.Line, bounded.DescribeYAML(n))
+	}
+	v, err := strconv.ParseUint(n.Value, 10, 64)
+	if err != nil {
+		return fmt.Errorf("line %d: %s is more than %d, the largest count a price sheet takes", n.Line, n.Value, uint64(math.MaxUint64))
+	}
+	*c = Count(v)
+	return nil
+}
+
+// LoadSheet reads a price sheet file of at most bounded.PriceSheet bytes.
 func LoadSheet(path string) (Sheet, error) {
-	data, err := os.ReadFile(path)
+	data, err := bounded.ReadFile(path, bounded.PriceSheet)
 	if err != nil {
 		return Sheet{}, fmt.Errorf("cannot read price sheet: %w", err)
 	}
@@ -83,16 +114,27 @@ func LoadSheet(path string) (Sheet, error) {
 }
 
 // ParseSheet reads a price sheet: YAML, unknown keys refused, and checks
-// it.
+// it. Its size is checked before it is parsed, and its size with aliases
+// expanded before it is decoded.
 func ParseSheet(data []byte) (Sheet, error) {
+	if len(data) > bounded.PriceSheet {
+		return Sheet{}, fmt.Errorf("%w (%d bytes; the limit is %s)", bounded.ErrTooLarge, len(data), bounded.Size(bounded.PriceSheet))
+	}
+	var doc yaml.Node
+	if err := yaml.NewDecoder(bytes.NewReader(data)).Decode(&doc); err != nil {
+		if errors.Is(err, io.EOF) {
+			return Sheet{}, errors.New("empty price sheet")
+		}
+		return Sheet{}, bounded.YAMLError(err)
+	}
+	if err := bounded.YAML(&doc, bounded.MaxYAMLValues); err != nil {
+		return Sheet{}, err
+	}
 	var s Sheet
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(&s); err != nil {
-		if errors.Is(err, io.EOF) {
-			return Sheet{}, errors.New("empty price sheet")
-		}
-		return Sheet{}, err
+		return Sheet{}, bounded.YAMLError(err)
 	}
 	return s, s.validate()
 }
@@ -103,6 +145,9 @@ func (s *Sheet) validate() error {
 	}
 	if len(s.Plans) == 0 {
 		return errors.New("plans: at least one plan is required")
+	}
+	if len(s.Plans) > MaxPlans {
+		return fmt.Errorf("plans: at most %d plans, got %d", MaxPlans, len(s.Plans))
 	}
 	for i := range s.Plans {
 		if err := s.Plans[i].validate(); err != nil {
@@ -161,7 +206,10 @@ func validTiers(tiers []Tier) error {
 	if len(tiers) == 0 {
 		return errors.New("tiers: at least one tier is required")
 	}
-	var last uint64
+	if len(tiers) > MaxTiers {
+		return fmt.Errorf("tiers: at most %d tiers, got %d", MaxTiers, len(tiers))
+	}
+	var last Count
 	for i, t := range tiers {
 		switch {
 		case t.Price == nil:

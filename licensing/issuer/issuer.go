@@ -15,8 +15,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
 	"time"
+
+	"github.com/capsgate/capsgate/internal/bounded"
 )
 
 const usage = `usage: capslicense COMMAND [FLAGS] [FILE]
@@ -126,18 +127,19 @@ func usagef(format string, args ...any) error {
 	return usageError{fmt.Errorf(format, args...)}
 }
 
-// readInput reads FILE, or standard input for "-".
-func readInput(e *env, name string) ([]byte, error) {
+// readInput reads FILE, or standard input for "-": what (licence, ledger)
+// names it in the error, of at most limit bytes.
+func readInput(e *env, name, what string, limit int64) ([]byte, error) {
 	if name == "-" {
-		data, err := io.ReadAll(e.stdin)
+		data, err := bounded.ReadAll(e.stdin, limit)
 		if err != nil {
-			return nil, fmt.Errorf("cannot read standard input: %w", err)
+			return nil, fmt.Errorf("cannot read %s from standard input: %w", what, err)
 		}
 		return data, nil
 	}
-	data, err := os.ReadFile(name)
+	data, err := bounded.ReadFile(name, limit)
 	if err != nil {
-		return nil, fmt.Errorf("cannot read licence: %w", err)
+		return nil, fmt.Errorf("cannot read %s: %w", what, err)
 	}
 	return data, nil
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/capsgate/capsgate/internal/bounded"
 	"github.com/capsgate/capsgate/licensing"
 )
 
@@ -95,6 +96,6 @@ func oneFile(f *flags, e *env, args []string, required ...string) (data []byte, 
 	if len(pos) != 1 {
 		return nil, "", usagef("want exactly one FILE (or - for standard input), got %d (see capslicense %s --help)", len(pos), f.Name())
 	}
-	data, err = readInput(e, pos[0])
+	data, err = readInput(e, pos[0], "licence", bounded.LicenceFile)
 	return data, pos[0], err
 }

@@ -6,11 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"slices"
 	"strings"
 	"time"
 
+	"github.com/capsgate/capsgate/internal/bounded"
 	"github.com/capsgate/capsgate/licensing/billing"
 	"github.com/capsgate/capsgate/licensing/ledger"
 )
@@ -48,7 +48,7 @@ func (l *ledgerFlags) verify(e *env, f *flags, pos []string) (ledger.Report, [][
 	var inputs []ledger.Input
 	var data [][]byte
 	for _, name := range files {
-		b, err := readLedger(e, name)
+		b, err := readInput(e, name, "ledger", bounded.LedgerFile)
 		if err != nil {
 			return ledger.Report{}, nil, err
 		}
@@ -56,21 +56,6 @@ func (l *ledgerFlags) verify(e *env, f *flags, pos []string) (ledger.Report, [][
 		inputs = append(inputs, ledger.Input{Name: name, R: bytes.NewReader(b)})
 	}
 	return ledger.Verify(inputs, ledger.VerifyOptions{PinnedKeys: pins}), data, nil
-}
-
-func readLedger(e *env, name string) ([]byte, error) {
-	if name == "-" {
-		b, err := io.ReadAll(e.stdin)
-		if err != nil {
-			return nil, fmt.Errorf("cannot read standard input: %w", err)
-		}
-		return b, nil
-	}
-	b, err := os.ReadFile(name)
-	if err != nil {
-		return nil, fmt.Errorf("cannot read ledger: %w", err)
-	}
-	return b, nil
 }
 
 // usageVerify checks usage ledgers: exit 0 and a summary per node when

@@ -9,6 +9,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+
+	"github.com/capsgate/capsgate/internal/bounded"
 )
 
 // Node key files in the data dir.
@@ -39,7 +41,7 @@ func LoadOrCreateNodeKey(dataDir string) (ed25519.PrivateKey, error) {
 	}
 	pubPath := filepath.Join(dataDir, NodePubFile)
 	pub := MarshalPublicKey(key.Public().(ed25519.PublicKey))
-	if old, err := os.ReadFile(pubPath); err != nil || !bytes.Equal(old, pub) {
+	if old, err := bounded.ReadFile(pubPath, bounded.KeyFile); err != nil || !bytes.Equal(old, pub) {
 		if err := writeFileSync(pubPath, pub, 0o644); err != nil {
 			return nil, fmt.Errorf("cannot write node public key: %w", err)
 		}
@@ -48,7 +50,7 @@ func LoadOrCreateNodeKey(dataDir string) (ed25519.PrivateKey, error) {
 }
 
 func readNodeKey(path string) (ed25519.PrivateKey, error) {
-	data, err := os.ReadFile(path)
+	data, err := bounded.ReadFile(path, bounded.KeyFile)
 	if err != nil {
 		return nil, fmt.Errorf("cannot read node key: %w", err)
 	}
@@ -100,7 +102,7 @@ func ParsePublicKey(data []byte) (ed25519.PublicKey, error) {
 
 // LoadPublicKey reads a node.pub file.
 func LoadPublicKey(path string) (ed25519.PublicKey, error) {
-	data, err := os.ReadFile(path)
+	data, err := bounded.ReadFile(path, bounded.KeyFile)
 	if err != nil {
 		return nil, fmt.Errorf("cannot read node public key: %w", err)
 	}

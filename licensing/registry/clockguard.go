@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/capsgate/capsgate/internal/bounded"
 )
 
 // clockGuard keeps the high-water mark of the wall clock in data_dir, so
@@ -29,7 +31,7 @@ const markFile = "clock.hwm"
 // openClockGuard reads the mark in dir (none yet: the wall clock now).
 func openClockGuard(dir string, tolerance time.Duration, wall time.Time) (*clockGuard, error) {
 	g := &clockGuard{path: filepath.Join(dir, markFile), tolerance: tolerance}
-	b, err := os.ReadFile(g.path)
+	b, err := bounded.ReadFile(g.path, bounded.StateFile)
 	switch {
 	case os.IsNotExist(err):
 		g.mark = wall

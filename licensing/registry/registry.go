@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/capsgate/capsgate/admission"
+	"github.com/capsgate/capsgate/internal/bounded"
 	"github.com/capsgate/capsgate/licensing"
 )
 
@@ -129,12 +130,12 @@ func Open(cfg Config) (*Registry, error) {
 	if back, by := g.rolledBack(); back {
 		cfg.Log.Error("wall clock is behind the clock high-water mark: licences are judged at the mark", "behind", by.String())
 	}
-	for _, f := range storedFiles(filepath.Join(cfg.Dir, revocationDir), ".rev") {
+	for _, f := range storedFiles(filepath.Join(cfg.Dir, revocationDir), ".rev", cfg.Log) {
 		if _, err := r.addRevocation(f.data, false); err != nil {
 			cfg.Log.Error("refusing a stored revocation", "file", f.path, "reason", reasonOf(err), "err", err)
 		}
 	}
-	for _, f := range storedFiles(cfg.Dir, ".lic") {
+	for _, f := range storedFiles(cfg.Dir, ".lic", cfg.Log) {
 		if _, err := r.addLicense(f.data, false); err != nil {
 			cfg.Log.Error("refusing a stored licence", "file", f.path, "reason", reasonOf(err), "err", err)
 		}
@@ -148,14 +149,20 @@ type storedFile struct {
 	data []byte
 }
 
-func storedFiles(dir, ext string) []storedFile {
+// storedFiles reads the files named *ext in dir, logging (and skipping)
+// each it cannot read: what is not a regular file of at most
+// bounded.LicenceFile bytes.
+func storedFiles(dir, ext string, log *slog.Logger) []storedFile {
 	names, _ := filepath.Glob(filepath.Join(dir, "*"+ext))
 	sort.Strings(names)
 	var out []storedFile
 	for _, n := range names {
-		if b, err := os.ReadFile(n); err == nil {
-			out = append(out, storedFile{n, b})
+		b, err := bounded.ReadFile(n, bounded.LicenceFile)
+		if err != nil {
+			log.Error("cannot read a stored licence file", "file", n, "err", err)
+			continue
 		}
+		out = append(out, storedFile{n, b})
 	}
 	return out
 }

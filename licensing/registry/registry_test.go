@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -327,4 +328,22 @@ func TestTopUpRefillsThePool(t *testing.T) {
 	st := f.eng.Service("pre").Stats()
 	require.Equal(t, int64(1650), st.TokensUsed)
 	require.Equal(t, int64(250), st.Overage, "overage is metered when it is used: the 100 beyond the first pool stay overage")
+}
+
+// A stored licence that is not a regular file is logged and skipped, and a
+// clock mark that is one stops the node in one line: neither blocks Open.
+func TestStoredFilesBounded(t *testing.T) {
+	f := newFixture(t)
+	require.NoError(t, f.reg.Close())
+	fifo := filepath.Join(f.dir, "x.lic")
+	require.NoError(t, syscall.Mkfifo(fifo, 0o600))
+	f.open()
+	require.Contains(t, f.logs.String(), `msg="cannot read a stored licence file" file=`+fifo+` err="`+fifo+`: not a regular file (a FIFO)"`)
+	require.NoError(t, f.reg.Close())
+
+	mark := filepath.Join(f.dir, markFile)
+	require.NoError(t, os.Remove(mark))
+	require.NoError(t, syscall.Mkfifo(mark, 0o600))
+	_, err := Open(Config{Dir: f.dir})
+	require.EqualError(t, err, "cannot read the clock high-water mark: "+mark+": not a regular file (a FIFO)")
 }

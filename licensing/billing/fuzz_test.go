@@ -1,0 +1,46 @@
+package billing
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/capsgate/capsgate/internal/bounded"
+)
+
+// FuzzPriceSheet: no input makes ParseSheet or Bill panic; every error is
+// one line; what ParseSheet accepts is within MaxPlans and MaxTiers, and
+// bills the sample ledger (or refuses in one line). The seed corpus in
+// testdata/fuzz/FuzzPriceSheet holds the example sheets and the extremes
+// of nesting (20000 brackets, 5000 nested lists), aliases (a 9^13 merge
+// bomb, a cycle), counts (2^64-1, 2^64, 1.5, 1e19) and shape (two
+// documents, binary); the size extremes are added here: 1000 and 1001
+// tiers, the largest sheet the bounds let through and one byte over 1 MiB.
+func FuzzPriceSheet(f *testing.F) {
+	recs := sample(f)
+	head := "currency: EUR\nplans:\n"
+	f.Add([]byte(head + tiers(MaxTiers)))
+	f.Add([]byte(head + tiers(MaxTiers+1)))
+	f.Add([]byte(head + strings.Repeat(tiers(MaxTiers), 19)))
+	f.Add([]byte(head + strings.Repeat("#", bounded.PriceSheet+1-len(head))))
+	f.Add([]byte(head + strings.Repeat("  - {service: voice, model: pay_per_use, unit: admitted, price: 1}\n", MaxPlans+1)))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		s, err := ParseSheet(data)
+		if err != nil {
+			require.NotContains(t, err.Error(), "\n")
+			return
+		}
+		require.LessOrEqual(t, len(s.Plans), MaxPlans)
+		for _, p := range s.Plans {
+			require.LessOrEqual(t, len(p.Tiers), MaxTiers)
+		}
+		inv, err := Bill(recs, s, time.Time{}, time.Time{})
+		if err != nil {
+			require.NotContains(t, err.Error(), "\n")
+			return
+		}
+		require.NotEmpty(t, inv.Lines)
+	})
+}
