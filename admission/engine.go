@@ -31,10 +31,18 @@ type Config struct {
 	// MaxCAPS is the node's own attempt limit across all services
 	// (overload protection, reason OVERLOAD); 0 means none.
 	MaxCAPS float64
-	// MaxServices bounds how many services emergency attempts may add by
-	// naming services no licence covers, so made-up names cannot exhaust
-	// memory. Services given limits (SetLimits) do not count against it.
+	// MaxServices bounds how many services a restore may add by naming
+	// services no licence covers (a journal written before they were
+	// kept under UnlicensedBucket). Services given limits (SetLimits) do
+	// not count against it.
 	MaxServices int
+	// MaxEmergencySessions bounds the emergency sessions open on this
+	// node (ADMIT ... CALL ... PRIORITY emergency), licensed services and
+	// UnlicensedBucket together: beyond it an emergency call with CALL is
+	// refused OVERLOAD, the one reason that ever refuses one. Emergency
+	// calls are never refused by a licence, so without it any client could
+	// hold memory for the session TTL with made-up call-ids.
+	MaxEmergencySessions int
 	// Clock tells SetLimits the time when it rescales a bucket to a new
 	// rate; nil means a system clock (tests pass their fake one).
 	Clock Clock
@@ -57,12 +65,13 @@ type Config struct {
 // DefaultConfig returns the defaults, each explained on its Config field.
 func DefaultConfig() Config {
 	return Config{
-		Burst:               100 * time.Millisecond,
-		SessionTTL:          3 * time.Hour,
-		SubscriberTTL:       time.Hour,
-		IdempotencyWindow:   10 * time.Minute,
-		HighHeadroomPercent: 10,
-		MaxServices:         4096,
+		Burst:                100 * time.Millisecond,
+		SessionTTL:           3 * time.Hour,
+		SubscriberTTL:        time.Hour,
+		IdempotencyWindow:    10 * time.Minute,
+		HighHeadroomPercent:  10,
+		MaxServices:          4096,
+		MaxEmergencySessions: 100_000,
 	}
 }
 
@@ -90,9 +99,22 @@ type Engine struct {
 	// unknown counts ADMIT decisions for services the engine has never
 	// heard of (no licence ever loaded): UNLICENSED or OVERLOAD.
 	unknown [NumReasons]atomic.Uint64
-	// unlicensedServices counts the services emergency calls added (guarded by mu).
+	// unlicensedServices counts the services restores added (guarded by mu).
 	unlicensedServices int
+	// emergencyOpen counts the open emergency sessions of every service.
+	emergencyOpen atomic.Int64
 }
+
+// UnlicensedBucket is the service under which emergency calls naming a
+// service that no licence covers (and never did) are admitted, counted,
+// held and metered, one bucket for every such name: made-up names cannot
+// add services. Its name is outside the service alphabet, so no licence
+// can name it.
+const UnlicensedBucket = "*"
+
+// emergencyFullRetryMS is the retry hint of the OVERLOAD an emergency call
+// with CALL gets while Config.MaxEmergencySessions are open.
+const emergencyFullRetryMS = 1000
 
 // NewEngine returns an engine with no services: everything is UNLICENSED
 // until SetLimits says otherwise.
@@ -112,6 +134,9 @@ func NewEngine(cfg Config) *Engine {
 	}
 	if cfg.MaxServices <= 0 {
 		cfg.MaxServices = def.MaxServices
+	}
+	if cfg.MaxEmergencySessions <= 0 {
+		cfg.MaxEmergencySessions = def.MaxEmergencySessions
 	}
 	cfg.HighHeadroomPercent = min(max(cfg.HighHeadroomPercent, 0), 100)
 	e := &Engine{cfg: cfg, clk: cfg.Clock}
@@ -170,6 +195,7 @@ func (e *Engine) ensure(name string, forLicence bool) (*Service, error) {
 		e.unlicensedServices++
 	}
 	s := newService(name, e.cfg.DurableTokens, e.cfg.JournalState, derive(Limits{Sessions: Unlimited, Subscribers: Unlimited, Tokens: 0, State: "unlicensed"}, &e.cfg))
+	s.emergencyAll = &e.emergencyOpen
 	s.wake = e.cfg.ReserveWake
 	s.wakeReserver()
 	m := make(map[string]*Service, len(old)+1)
@@ -227,23 +253,36 @@ func (e *Engine) Admit(now int64, service, call, acct []byte, prio Priority) Dec
 			e.unknown[UNLICENSED].Add(1)
 			return Decision{Reason: UNLICENSED, RetryAfterMS: retryUnlicensedMS, Remaining: 0}
 		}
-		// An emergency call is never refused for want of a licence: track
-		// it under the name it gave (once; bounded by MaxServices).
-		var err error
-		if s, err = e.ensure(string(service), false); err != nil {
-			if d, ok := e.overload(now); !ok {
-				e.unknown[OVERLOAD].Add(1)
-				return d
-			}
-			return Decision{Reason: OK, Remaining: -1}
-		}
+		// An emergency call is never refused for want of a licence: it is
+		// kept under UnlicensedBucket, its call-id scoped by the name it
+		// gave.
+		return e.admitLocked(now, e.unlicensedBucket(), call, acct, prio, service)
 	}
 	if call == nil && prio != Emergency {
 		if l := s.lim.Load(); l.TokensPerAttempt == 0 || !l.Licensed {
 			return e.admitRate(now, s, l, prio)
 		}
 	}
-	return e.admitLocked(now, s, call, acct, prio)
+	return e.admitLocked(now, s, call, acct, prio, nil)
+}
+
+// unlicensedBucket returns UnlicensedBucket, created on first use.
+func (e *Engine) unlicensedBucket() *Service {
+	if s := e.Service(UnlicensedBucket); s != nil {
+		return s
+	}
+	s, _ := e.ensure(UnlicensedBucket, true) // not counted: one service at most
+	return s
+}
+
+// sessionKey is a call's key in its service's session table; under
+// UnlicensedBucket scoped by the service name the call gave (scope).
+func sessionKey(call, scope []byte) Key {
+	k := KeyOf(call)
+	if scope != nil {
+		k = k.mix(KeyOf(scope))
+	}
+	return k
 }
 
 // admitRate is the lock-free path: an attempt that needs only the CAPS bucket.
@@ -285,10 +324,10 @@ func (e *Engine) takeCAPS(now int64, s *Service, l *derived, prio Priority) (lef
 }
 
 // admitLocked is the path for attempts that open a session or charge tokens.
-func (e *Engine) admitLocked(now int64, s *Service, call, acct []byte, prio Priority) Decision {
+func (e *Engine) admitLocked(now int64, s *Service, call, acct []byte, prio Priority, scope []byte) Decision {
 	var key Key
 	if call != nil {
-		key = KeyOf(call)
+		key = sessionKey(call, scope)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -303,12 +342,16 @@ func (e *Engine) admitLocked(now int64, s *Service, call, acct []byte, prio Prio
 	}
 	l := s.lim.Load()
 	if prio == Emergency {
+		if call != nil && e.emergencyOpen.Load() >= int64(e.cfg.MaxEmergencySessions) {
+			s.counts[OVERLOAD].Add(1)
+			return Decision{Reason: OVERLOAD, RetryAfterMS: emergencyFullRetryMS, Remaining: 0}
+		}
 		s.emergency.Add(1)
 		d := Decision{Reason: OK, Remaining: -1}
 		if call != nil {
 			exp := now + int64(e.cfg.SessionTTL)
 			s.sessions.put(key, session{first: d, prio: Emergency}, exp)
-			s.emergN.Add(1)
+			s.emergencyOpened(1)
 			s.logChange(Change{Kind: SessionOpened, Priority: Emergency, Key: key, Expires: exp, Remaining: d.Remaining})
 		}
 		return d
@@ -387,11 +430,18 @@ func MinLimit[T int64 | float64](a, b T) T {
 // minute, to the account the call was admitted for. It reports whether the
 // call was open; releasing twice is harmless.
 func (e *Engine) Release(now int64, service, call []byte, seconds int64) bool {
-	s := e.service(service)
-	if s == nil {
-		return false
+	if s := e.service(service); s != nil && s.release(now, sessionKey(call, nil), seconds) {
+		return true
 	}
-	key := KeyOf(call)
+	// An emergency call admitted while no licence covered its service
+	// (perhaps one does now) is held under UnlicensedBucket.
+	b := e.Service(UnlicensedBucket)
+	return b != nil && b.release(now, sessionKey(call, service), seconds)
+}
+
+// release ends the session of key, charging its minutes; it reports
+// whether it was open.
+func (s *Service) release(now int64, key Key, seconds int64) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	x, live := s.sessions.del(key, now)
@@ -399,12 +449,7 @@ func (e *Engine) Release(now int64, service, call []byte, seconds int64) bool {
 		return false
 	}
 	s.logChange(Change{Kind: SessionClosed, Key: key})
-	if x.licensed {
-		s.licensedSessions--
-		s.sessionsN.Add(-1)
-	} else {
-		s.emergN.Add(-1)
-	}
+	s.sessionGone(x)
 	if l := s.lim.Load(); seconds > 0 && x.licensed && l.TokensPerMinute > 0 {
 		p := &s.tokens
 		if x.account != nil {

@@ -153,9 +153,10 @@ func TestUnlicensedAndEmergency(t *testing.T) {
 	require.Equal(t, uint64(2), e.UnknownServiceAdmissions()[UNLICENSED])
 	d := e.Admit(now, []byte("nosuch"), []byte("sos-1"), nil, Emergency)
 	require.Equal(t, Decision{Reason: OK, Remaining: -1}, d)
-	require.Equal(t, int64(1), e.Service("nosuch").Stats().EmergencySessions)
+	require.Nil(t, e.Service("nosuch"), "a made-up name adds no service")
+	require.Equal(t, int64(1), e.Service(UnlicensedBucket).Stats().EmergencySessions)
 	require.True(t, e.Release(now, []byte("nosuch"), []byte("sos-1"), 30))
-	require.Equal(t, int64(0), e.Service("nosuch").Stats().EmergencySessions)
+	require.Equal(t, int64(0), e.Service(UnlicensedBucket).Stats().EmergencySessions)
 	require.Equal(t, UNLICENSED, e.Admit(now, []byte("nosuch"), nil, nil, Normal).Reason, "emergency does not license the service")
 }
 
@@ -477,17 +478,69 @@ func BenchmarkRegister(b *testing.B) {
 }
 
 // TestMadeUpEmergencyServicesAreBounded: emergency calls naming services no
-// licence covers are admitted, but may add only MaxServices services, and
-// never stop a licence from taking effect.
+// licence covers are admitted and held under one bucket, UnlicensedBucket,
+// each call-id scoped by the name it gave; they add no service, and never
+// stop a licence from taking effect.
 func TestMadeUpEmergencyServicesAreBounded(t *testing.T) {
-	e, clk := newTestEngine(t, capsOnly(10), func(c *Config) { c.MaxServices = 2 })
+	e, clk := newTestEngine(t, capsOnly(10))
 	now := clk.Now()
-	for i := 0; i < 5; i++ {
+	for i := range 5000 {
 		require.True(t, e.Admit(now, []byte(fmt.Sprintf("x%d", i)), []byte("sos"), nil, Emergency).Admitted())
 	}
-	require.Len(t, e.Services(), 1+2, "voice and two made-up services")
-	require.NoError(t, e.SetLimits("video", capsOnly(10)))
-	require.True(t, e.Admit(now, []byte("video"), nil, nil, Normal).Admitted())
+	require.Len(t, e.Services(), 2, "voice and the bucket")
+	b := e.Service(UnlicensedBucket).Stats()
+	require.Equal(t, int64(5000), b.EmergencySessions, "the same call-id under 5000 names: 5000 calls")
+	require.Equal(t, uint64(5000), b.Emergency)
+	require.False(t, e.Release(now, []byte("x5000"), []byte("sos"), 0), "no such call under that name")
+	require.True(t, e.Release(now, []byte("x4999"), []byte("sos"), 0))
+	// A licence for one of the names: its calls already open are still
+	// released by name.
+	require.NoError(t, e.SetLimits("x7", capsOnly(10)))
+	require.True(t, e.Admit(now, []byte("x7"), nil, nil, Normal).Admitted())
+	require.True(t, e.Release(now, []byte("x7"), []byte("sos"), 0))
+	require.Equal(t, int64(4998), e.Service(UnlicensedBucket).Stats().EmergencySessions)
+}
+
+// TestEmergencySessionsAreBounded: at most MaxEmergencySessions emergency
+// sessions are open on a node, licensed services and the bucket together;
+// beyond, an emergency call with CALL is refused OVERLOAD (and counted so),
+// one without CALL is still admitted, and a release makes room. 0 means the
+// default; 1 holds one.
+func TestEmergencySessionsAreBounded(t *testing.T) {
+	require.Equal(t, 100_000, NewEngine(Config{}).Config().MaxEmergencySessions)
+	e, clk := newTestEngine(t, capsOnly(10), func(c *Config) { c.MaxEmergencySessions = 3 })
+	now := clk.Now()
+	sos := func(service, call string) Decision {
+		var c []byte
+		if call != "" {
+			c = []byte(call)
+		}
+		return e.Admit(now, []byte(service), c, nil, Emergency)
+	}
+	require.True(t, sos("voice", "a").Admitted())
+	require.True(t, sos("nosuch", "b").Admitted())
+	require.True(t, sos("other", "c").Admitted())
+	d := sos("voice", "d")
+	require.Equal(t, OVERLOAD, d.Reason)
+	require.Equal(t, int64(1000), d.RetryAfterMS)
+	require.Equal(t, OVERLOAD, sos("nosuch", "e").Reason)
+	require.True(t, sos("voice", "a").Admitted(), "a retransmission of an open call")
+	require.True(t, sos("voice", "").Admitted(), "no CALL: nothing held")
+	require.Equal(t, uint64(1), e.Service("voice").Stats().Admissions[OVERLOAD])
+	require.True(t, e.Release(now, []byte("nosuch"), []byte("b"), 0))
+	require.True(t, sos("voice", "d").Admitted())
+	// Expiry makes room too.
+	clk.Advance(e.Config().SessionTTL + time.Second)
+	e.Tick(clk.Now())
+	now = clk.Now()
+	for _, c := range []string{"x", "y", "z"} {
+		require.True(t, sos("voice", c).Admitted(), c)
+	}
+	require.Equal(t, OVERLOAD, sos("voice", "w").Reason)
+
+	one, clk1 := newTestEngine(t, capsOnly(10), func(c *Config) { c.MaxEmergencySessions = 1 })
+	require.True(t, one.Admit(clk1.Now(), []byte("voice"), []byte("a"), nil, Emergency).Admitted())
+	require.Equal(t, OVERLOAD, one.Admit(clk1.Now(), []byte("voice"), []byte("b"), nil, Emergency).Reason)
 }
 
 func TestRepeatRunsUntilStopped(t *testing.T) {

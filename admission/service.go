@@ -30,10 +30,13 @@ type Service struct {
 	high      atomic.Uint64             // PRIORITY high attempts admitted
 	sessionsN atomic.Int64              // open licensed sessions (mirror of licensedSessions)
 	emergN    atomic.Int64              // open emergency sessions
-	subsN     atomic.Int64              // registered subscribers
-	tokensUse atomic.Int64              // tokens charged in all
-	overUse   atomic.Int64              // tokens charged beyond a pool
-	usedCAPS  atomic.Uint64             // admitted attempts per second over the last second (float64 bits)
+	// emergencyAll counts the open emergency sessions of every service
+	// of the engine (Config.MaxEmergencySessions).
+	emergencyAll *atomic.Int64
+	subsN        atomic.Int64  // registered subscribers
+	tokensUse    atomic.Int64  // tokens charged in all
+	overUse      atomic.Int64  // tokens charged beyond a pool
+	usedCAPS     atomic.Uint64 // admitted attempts per second over the last second (float64 bits)
 
 	mu sync.Mutex // guards the fields below
 	// sessions by call-id key.
@@ -82,7 +85,15 @@ func (s *Service) sessionGone(x session) {
 		s.licensedSessions--
 		s.sessionsN.Add(-1)
 	} else {
-		s.emergN.Add(-1)
+		s.emergencyOpened(-1)
+	}
+}
+
+// emergencyOpened counts n emergency sessions opened (closed: negative).
+func (s *Service) emergencyOpened(n int64) {
+	s.emergN.Add(n)
+	if s.emergencyAll != nil {
+		s.emergencyAll.Add(n)
 	}
 }
 

@@ -142,7 +142,7 @@ func (e *Engine) Restore(now int64, service string, changes []Change) (sessions,
 				s.licensedSessions++
 				s.sessionsN.Add(1)
 			} else {
-				s.emergN.Add(1)
+				s.emergencyOpened(1)
 			}
 		case SessionClosed:
 			s.dropSession(c.Key)

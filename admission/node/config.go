@@ -259,6 +259,15 @@ type PriorityConfig struct {
 	// Default: 10, enough for high-priority calls to get through a busy
 	// hour while bounding how far a licence can be exceeded.
 	HighHeadroomPercent int `yaml:"high_headroom_percent"`
+	// MaxEmergencySessions bounds the emergency sessions (ADMIT ... CALL
+	// ... PRIORITY emergency) open on this node: emergency calls are never
+	// refused by a licence, so this is what bounds the memory they hold for
+	// the session TTL. Beyond it an emergency call with CALL is refused
+	// OVERLOAD (1 to 10,000,000).
+	//
+	// Default: 100,000, far above the emergency calls any node carries at
+	// once, and about 10 MB.
+	MaxEmergencySessions int `yaml:"max_emergency_sessions"`
 }
 
 // LicensingConfig is the `licensing` section.
@@ -379,7 +388,7 @@ func DefaultConfig() Config {
 			SubscriberTTL:     Duration{time.Hour},
 			IdempotencyWindow: Duration{10 * time.Minute},
 		},
-		Priority:  PriorityConfig{HighHeadroomPercent: 10},
+		Priority:  PriorityConfig{HighHeadroomPercent: 10, MaxEmergencySessions: 100_000},
 		Licensing: LicensingConfig{ClockTolerance: Duration{5 * time.Minute}},
 		Cluster:   ClusterConfig{PartitionPolicy: "split", FailOpenFor: Duration{time.Minute}, ReclaimAfter: Duration{3 * time.Second}},
 		Log:       LogConfig{Level: "info"},
@@ -437,6 +446,7 @@ var options = []option{
 	{key: "admission.subscriber_ttl", flag: "admission-subscriber-ttl", arg: "DURATION", usage: "REGISTER TTL when none is given, at least 1s"},
 	{key: "admission.idempotency_window", flag: "admission-idempotency-window", arg: "DURATION", usage: "how long a CONSUME ID key is remembered, at least 1s"},
 	{key: "priority.high_headroom_percent", flag: "priority-high-headroom-percent", arg: "PERCENT", usage: "what PRIORITY high may use above the licence (CAPS and sessions), in percent, 0..100"},
+	{key: "priority.max_emergency_sessions", flag: "priority-max-emergency-sessions", arg: "N", usage: "emergency sessions open on this node at most (beyond: OVERLOAD), 1..10000000"},
 	{key: "licensing.clock_tolerance", flag: "licensing-clock-tolerance", arg: "DURATION", usage: "how far the clock may step back before the rollback alarm, and a licence be issued in the future, at least 1s"},
 	{key: "cluster.partition_policy", flag: "cluster-partition-policy", arg: "POLICY", usage: "split (each side enforces its reachable members' part; never over-admits) or fail_open (each side enforces the whole licence for cluster.fail_open_for)"},
 	{key: "cluster.fail_open_for", flag: "cluster-fail-open-for", arg: "DURATION", usage: "how long fail_open enforces the whole licence on each side of a partition"},
@@ -1066,6 +1076,9 @@ func (c *Config) validate() error {
 	}
 	if p := c.Priority.HighHeadroomPercent; p < 0 || p > 100 {
 		return bad("priority.high_headroom_percent", "must be between 0 and 100, got %d", p)
+	}
+	if m := c.Priority.MaxEmergencySessions; m < 1 || m > 10_000_000 {
+		return bad("priority.max_emergency_sessions", "must be between 1 and 10000000, got %d", m)
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":

@@ -112,7 +112,7 @@ func TestDefaultConfig(t *testing.T) {
 			SubscriberTTL:     Duration{time.Hour},
 			IdempotencyWindow: Duration{10 * time.Minute},
 		},
-		Priority:  PriorityConfig{HighHeadroomPercent: 10},
+		Priority:  PriorityConfig{HighHeadroomPercent: 10, MaxEmergencySessions: 100_000},
 		Licensing: LicensingConfig{ClockTolerance: Duration{5 * time.Minute}},
 		Cluster:   ClusterConfig{PartitionPolicy: "split", FailOpenFor: Duration{time.Minute}, ReclaimAfter: Duration{3 * time.Second}},
 		Log:       LogConfig{Level: "info"},
@@ -154,7 +154,7 @@ vendor_keys:
 node: {max_caps: 20000.5}
 ledger: {interval: 30s}
 admission: {burst: 50ms, session_ttl: 2h, subscriber_ttl: 30m, idempotency_window: 1h}
-priority: {high_headroom_percent: 20}
+priority: {high_headroom_percent: 20, max_emergency_sessions: 5000}
 licensing: {clock_tolerance: 1m}
 cluster: {partition_policy: fail_open, fail_open_for: 30s, reclaim_after: 5s}
 log: {level: warn}
@@ -175,7 +175,7 @@ log: {level: warn}
 		Ledger:     LedgerConfig{Interval: Duration{30 * time.Second}},
 		Admission: AdmissionConfig{Burst: Duration{50 * time.Millisecond}, SessionTTL: Duration{2 * time.Hour},
 			SubscriberTTL: Duration{30 * time.Minute}, IdempotencyWindow: Duration{time.Hour}},
-		Priority:  PriorityConfig{HighHeadroomPercent: 20},
+		Priority:  PriorityConfig{HighHeadroomPercent: 20, MaxEmergencySessions: 5000},
 		Licensing: LicensingConfig{ClockTolerance: Duration{time.Minute}},
 		Cluster:   ClusterConfig{PartitionPolicy: "fail_open", FailOpenFor: Duration{30 * time.Second}, ReclaimAfter: Duration{5 * time.Second}},
 		Log:       LogConfig{Level: "warn"},
@@ -287,6 +287,7 @@ func TestEveryFlagSetsItsKey(t *testing.T) {
 		"admission.subscriber_ttl":       "2h",
 		"admission.idempotency_window":   "1h",
 		"priority.high_headroom_percent": "0",
+		"priority.max_emergency_sessions": "1",
 		"licensing.clock_tolerance":      "30s",
 		"cluster.partition_policy":       "fail_open",
 		"cluster.fail_open_for":          "2m",
@@ -453,6 +454,8 @@ func TestValidateErrors(t *testing.T) {
 	f([]string{"--admission-idempotency-window", "-5m"}, "invalid config: admission.idempotency_window (--admission-idempotency-window) must be at least 1s, got -5m")
 	f([]string{"--priority-high-headroom-percent", "101"}, "invalid config: priority.high_headroom_percent (--priority-high-headroom-percent) must be between 0 and 100, got 101")
 	f([]string{"--priority-high-headroom-percent", "-1"}, "invalid config: priority.high_headroom_percent (--priority-high-headroom-percent) must be between 0 and 100, got -1")
+	f([]string{"--priority-max-emergency-sessions", "0"}, "invalid config: priority.max_emergency_sessions (--priority-max-emergency-sessions) must be between 1 and 10000000, got 0")
+	f([]string{"--priority-max-emergency-sessions", "10000001"}, "invalid config: priority.max_emergency_sessions (--priority-max-emergency-sessions) must be between 1 and 10000000, got 10000001")
 	f([]string{"--log-level", "loud"}, `invalid config: log.level (--log-level) must be debug, info, warn or error, got "loud"`)
 	f([]string{"--cluster-partition-policy", "open"}, `invalid config: cluster.partition_policy (--cluster-partition-policy) must be split or fail_open, got "open"`)
 	f([]string{"--cluster-fail-open-for", "-1s"}, `invalid config: cluster.fail_open_for (--cluster-fail-open-for) must be at least 0, got -1s`)
@@ -464,7 +467,7 @@ func TestValidateErrors(t *testing.T) {
 	for _, args := range [][]string{
 		{"--resp-max-conns", "1"}, {"--resp-max-conns", "1000000"}, {"--resp-idle-timeout", "1s"},
 		{"--resp-event-loops", "256"}, {"--admission-burst", "1ms"}, {"--admission-burst", "10s"},
-		{"--ledger-interval", "1s"}, {"--priority-high-headroom-percent", "100"}, {"--resp-addr", "[::1]:65535"},
+		{"--ledger-interval", "1s"}, {"--priority-high-headroom-percent", "100"}, {"--priority-max-emergency-sessions", "10000000"}, {"--resp-addr", "[::1]:65535"},
 		{"--node-name", strings.Repeat("n", 64)}, {"--node-name", "a.b_c:d-E9"},
 	} {
 		_, err := Load(append(prodArgs(dir), args...), nil)
@@ -631,7 +634,7 @@ func TestOptionsCoverEveryKey(t *testing.T) {
 		require.NotEmpty(t, o.usage, o.key)
 	}
 	require.Equal(t, configKeys(), keys, "options follow Config, in its order")
-	require.Len(t, configKeys(), 29)
+	require.Len(t, configKeys(), 30)
 	for _, f := range []string{"node-name", "cluster-id", "data-dir", "resp-addr", "admin-addr", "admin-token-file",
 		"gossip-addr", "gossip-key-file", "join", "vendor-key", "max-caps", "ledger-interval"} {
 		require.Contains(t, flags, f, "the product spec's flag")

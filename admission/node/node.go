@@ -76,16 +76,17 @@ func New(cfg Config, log *slog.Logger) (*Node, error) {
 	clk := admission.NewSystemClock()
 	wake := make(chan struct{}, 1)
 	eng := admission.NewEngine(admission.Config{
-		Burst:               cfg.Admission.Burst.Duration,
-		SessionTTL:          cfg.Admission.SessionTTL.Duration,
-		SubscriberTTL:       cfg.Admission.SubscriberTTL.Duration,
-		IdempotencyWindow:   cfg.Admission.IdempotencyWindow.Duration,
-		HighHeadroomPercent: cfg.Priority.HighHeadroomPercent,
-		MaxCAPS:             cfg.Node.MaxCAPS,
-		Clock:               clk,
-		DurableTokens:       true,
-		ReserveWake:         wake,
-		JournalState:        true,
+		Burst:                cfg.Admission.Burst.Duration,
+		SessionTTL:           cfg.Admission.SessionTTL.Duration,
+		SubscriberTTL:        cfg.Admission.SubscriberTTL.Duration,
+		IdempotencyWindow:    cfg.Admission.IdempotencyWindow.Duration,
+		HighHeadroomPercent:  cfg.Priority.HighHeadroomPercent,
+		MaxEmergencySessions: cfg.Priority.MaxEmergencySessions,
+		MaxCAPS:              cfg.Node.MaxCAPS,
+		Clock:                clk,
+		DurableTokens:        true,
+		ReserveWake:          wake,
+		JournalState:         true,
 	})
 	var password string
 	if cfg.RESP.PasswordFile != "" {

@@ -244,14 +244,13 @@ func TestLicenceAPI(t *testing.T) {
 		require.NoError(t, err)
 		return b
 	}
-	// Traffic before the licence: its counters must survive the load. (The
-	// first emergency call makes the service known; the second round is
-	// counted on it.)
+	// Traffic before the licence: a name no licence covers adds no service
+	// (its emergency calls are kept under the unlicensed bucket).
 	admitUnlicensed(t, n.RESPAddr())
 	admitUnlicensed(t, n.RESPAddr())
-	before := n.Engine().Service("voice")
-	require.NotNil(t, before, "the emergency call made the service known")
-	require.Equal(t, uint64(1), before.Stats().Admissions[admission.UNLICENSED])
+	require.Nil(t, n.Engine().Service("voice"))
+	require.Equal(t, uint64(2), n.Engine().UnknownServiceAdmissions()[admission.UNLICENSED])
+	require.Equal(t, uint64(2), n.Engine().Service(admission.UnlicensedBucket).Stats().Emergency)
 
 	lic := sign(licensing.License{ID: "v1", Service: "voice", CAPS: 500, Sessions: 200})
 	code, body := post(t, base+"/v1/licenses", "", lic)
@@ -263,8 +262,6 @@ func TestLicenceAPI(t *testing.T) {
 	st := n.Engine().Service("voice").Stats()
 	require.Equal(t, 500.0, st.Limits.CAPS)
 	require.Equal(t, int64(200), st.Limits.Sessions)
-	require.Equal(t, uint64(1), st.Admissions[admission.UNLICENSED], "counters carry over")
-	require.Same(t, before, n.Engine().Service("voice"))
 
 	code, body = post(t, base+"/v1/licenses", "t0k", lic)
 	require.Equal(t, 200, code, body)
@@ -337,8 +334,8 @@ func TestTwoNodes(t *testing.T) {
 	t.Logf("licence reached the other node in %s", time.Since(start))
 	require.Eventually(t, func() bool {
 		sa, sb := a.Engine().Service("voice").Stats().Limits, b.Engine().Service("voice").Stats().Limits
-		return sa.CAPS+sb.CAPS > 999.9 && sa.CAPS+sb.CAPS < 1000.1 && sa.CAPS < 1000 && sb.CAPS < 1000
-	}, 5*time.Second, 10*time.Millisecond, "the licence is split, the shares sum to it")
+		return sa.CAPS+sb.CAPS > 999.9 && sa.CAPS+sb.CAPS < 1000.1 && sa.CAPS < 1000 && sb.CAPS < 1000 && sa.Sessions > 0 && sb.Sessions > 0
+	}, 5*time.Second, 10*time.Millisecond, "the licence is split, the shares sum to it, each node has sessions")
 	code, body = get(t, "http://"+b.AdminAddr()+"/v1/cluster", "t0k")
 	require.Equal(t, 200, code)
 	require.Contains(t, body, `"name": "a"`)

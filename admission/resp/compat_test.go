@@ -96,8 +96,8 @@ func TestInfo(t *testing.T) {
 	f(cmd("ADMIT", "demo"), dec(1, "OK", 0, 99))
 	f(cmd("ADMIT", "unlic", "PRIORITY", "emergency"), dec(1, "OK", 0, -1))
 	services := "# Services\r\nservices:3\r\n" +
+		"service_*:name=*,licensed=0,caps=0,caps_used=0.0,sessions=0,subscribers=0,tokens_used=0,admitted=0\r\n" +
 		"service_demo:name=demo,licensed=1,caps=1000,caps_used=0.0,sessions=0,subscribers=0,tokens_used=0,admitted=1\r\n" +
-		"service_unlic:name=unlic,licensed=0,caps=0,caps_used=0.0,sessions=0,subscribers=0,tokens_used=0,admitted=0\r\n" +
 		"service_urn%3Ax:name=urn:x,licensed=1,caps=2.50,caps_used=0.0,sessions=0,subscribers=0,tokens_used=0,admitted=0\r\n"
 	f(cmd("INFO", "services"), bulk(services))
 	f(cmd("INFO", "Persistence"), bulk("# Persistence\r\nloading:0\r\nasync_loading:0\r\n"))
