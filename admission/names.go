@@ -24,9 +24,14 @@ var nameChars = func() (t [256]bool) {
 	return t
 }()
 
-// ValidName reports whether b is a valid service or account name.
+// ValidName reports whether b is a valid service or account name:
+// [A-Za-z0-9._:-]{1,64}, but not "." or "..". Those two are dot-segments
+// of a URL path (RFC 3986 §5.2.4): clients and servers remove them, so the
+// admin API (/v1/services/{service}/accounts/{account}) could never name
+// such a service or account; a name must be usable on every interface.
+// The licensing package checks licence service names with it too.
 func ValidName(b []byte) bool {
-	if len(b) == 0 || len(b) > MaxNameLen {
+	if len(b) == 0 || len(b) > MaxNameLen || string(b) == "." || string(b) == ".." {
 		return false
 	}
 	for _, c := range b {

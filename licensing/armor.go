@@ -63,6 +63,17 @@ func unarmor(label string, text []byte) ([]byte, []string, error) {
 	for i := range lines {
 		lines[i] = strings.TrimSpace(lines[i])
 	}
+	var blocks []string
+	for _, l := range lines {
+		if b, ok := armorLabel(l, "BEGIN"); ok && strings.HasPrefix(b, "CAPSGATE ") {
+			blocks = append(blocks, blockNoun(b))
+		}
+	}
+	if len(blocks) > 1 {
+		// Reading the first and ignoring the rest would drop documents
+		// without a word: see Split.
+		return nil, nil, fmt.Errorf("%w: the text holds %d armored blocks (%s), not one", ErrMalformed, len(blocks), strings.Join(blocks, ", "))
+	}
 	first := indexOf(lines, begin, 0)
 	if first < 0 {
 		return nil, nil, fmt.Errorf("%w: no %s line", ErrMalformed, begin)

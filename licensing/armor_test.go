@@ -92,7 +92,7 @@ func TestArmorErrors(t *testing.T) {
 	f(withBody(base64.StdEncoding.EncodeToString([]byte(`{"license":{}}`))), `malformed: "sig" is not a base64 Ed25519 signature`)
 	f(withBody(base64.StdEncoding.EncodeToString([]byte(`{"license":{},"sig":"AAAA"}`))), `malformed: "sig" is not a base64 Ed25519 signature`)
 	sig := base64.StdEncoding.EncodeToString(make([]byte, 64))
-	f(withBody(base64.StdEncoding.EncodeToString([]byte(`{"license":{"id":"x","bogus":1},"sig":"`+sig+`"}`))), `malformed: bad JSON: json: unknown field "bogus"`)
+	f(withBody(base64.StdEncoding.EncodeToString([]byte(`{"license":{"id":"x","bogus":1},"sig":"`+sig+`"}`))), `malformed: bad JSON: unknown key "bogus"`)
 	f(withBody(base64.StdEncoding.EncodeToString([]byte(`{"license":[],"sig":"`+sig+`"}`))), `malformed: bad JSON: json: cannot unmarshal array into Go value of type licensing.licenseWire`)
 	f(strings.Repeat("x", maxArmorSize+1), "malformed: input is 1048577 bytes, more than 1048576")
 }

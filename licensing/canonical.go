@@ -1,10 +1,11 @@
 package licensing
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"time"
+
+	"github.com/capsgate/capsgate/internal/strictjson"
 )
 
 // licenseWire is the canonical, signed form of a License: the JSON of this
@@ -67,12 +68,10 @@ func (l *License) parse(data []byte) error {
 	return p.err
 }
 
-// unmarshalStrict decodes one JSON object into v, refusing fields v does
-// not have.
+// unmarshalStrict decodes one JSON value into v: nothing after it, no
+// duplicate keys, no fields v does not have (see strictjson).
 func unmarshalStrict(data []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	if err := strictjson.Decode(data, v); err != nil {
 		return fmt.Errorf("%w: bad JSON: %v", ErrMalformed, err)
 	}
 	return nil

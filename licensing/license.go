@@ -7,6 +7,8 @@ import (
 	"time"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/capsgate/capsgate/admission"
 )
 
 // Overage policies and periods, as written in a licence.
@@ -235,19 +237,9 @@ func checkText(name, s string, max int) error {
 	return nil
 }
 
-// validName reports whether s matches [A-Za-z0-9._:-]{1,64}.
-func validName(s string) bool {
-	if len(s) == 0 || len(s) > MaxNameLen {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("._:-", c) >= 0) {
-			return false
-		}
-	}
-	return true
-}
+// validName reports whether s is a name: [A-Za-z0-9._:-]{1,64}, not "."
+// or ".." (the one rule the admission engine applies to every name).
+func validName(s string) bool { return admission.ValidName([]byte(s)) }
 
 // validID is validName without a leading dot ("." and ".." are no file
 // names).

@@ -21,6 +21,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/capsgate/capsgate/admission"
 	"github.com/capsgate/capsgate/internal/bounded"
 )
 
@@ -31,7 +32,8 @@ const usage = `usage: capsctl [--addr URL] [--token-file FILE] [--ca-file FILE] 
 
 commands:
   status [SERVICE]                 effective limits and usage (all services, or one)
-  license add FILE                 load a licence file into the cluster
+  license add FILE                 load a licence file into the cluster (every
+                                   licence and revocation in it, or none)
   license list                     every licence with its state
   cluster                          members, their state and shares
   accounts set SERVICE ACCOUNT --tokens N [--overage none|percent:N|unlimited]
@@ -128,7 +130,11 @@ func (c *client) run(args []string) error {
 		case 1:
 			return c.show("GET", "/v1/services", nil)
 		case 2:
-			return c.show("GET", "/v1/services/"+url.PathEscape(args[1]), nil)
+			service, err := pathName("service", args[1])
+			if err != nil {
+				return err
+			}
+			return c.show("GET", "/v1/services/"+service, nil)
 		}
 		return usageError{"status takes at most one service"}
 	case "license":
@@ -159,7 +165,11 @@ func (c *client) run(args []string) error {
 
 func (c *client) accounts(args []string) error {
 	if len(args) == 2 && args[0] == "list" {
-		return c.show("GET", "/v1/services/"+url.PathEscape(args[1])+"/accounts", nil)
+		service, err := pathName("service", args[1])
+		if err != nil {
+			return err
+		}
+		return c.show("GET", "/v1/services/"+service+"/accounts", nil)
 	}
 	if len(args) < 3 || args[0] != "set" {
 		return usageError{"want: accounts set SERVICE ACCOUNT --tokens N [--overage P] | accounts list SERVICE"}
@@ -171,8 +181,25 @@ func (c *client) accounts(args []string) error {
 	if err := fs.Parse(args[3:]); err != nil || *tokens < 0 {
 		return usageError{"accounts set needs --tokens N (N >= 0)"}
 	}
+	service, err := pathName("service", args[1])
+	if err != nil {
+		return err
+	}
+	account, err := pathName("account", args[2])
+	if err != nil {
+		return err
+	}
 	body, _ := json.Marshal(map[string]any{"tokens": *tokens, "overage": *overage})
-	return c.show("PUT", "/v1/services/"+url.PathEscape(args[1])+"/accounts/"+url.PathEscape(args[2]), body)
+	return c.show("PUT", "/v1/services/"+service+"/accounts/"+account, body)
+}
+
+// pathName checks a service or account name before it goes into a URL,
+// where "." or ".." would be taken out of the path on the way.
+func pathName(kind, v string) (string, error) {
+	if !admission.ValidName([]byte(v)) {
+		return "", usageError{fmt.Sprintf("invalid %s name %q: want [A-Za-z0-9._:-]{1,64}, not . or ..", kind, v)}
+	}
+	return url.PathEscape(v), nil
 }
 
 // usage prints GET /v1/usage as a table, CSV or the JSON itself.
@@ -279,18 +306,32 @@ func (c *client) licenseTable() error {
 	return tw.Flush()
 }
 
-// addLicense posts a licence or revocation and says in one line what happened.
+// loadResult is what POST /v1/licenses says of one document.
+type loadResult struct {
+	Kind, ID, Service, State string
+	New                      bool
+}
+
+// addLicense posts a licence file and says in one line per document (a
+// file may hold several: all load or none) what happened.
 func (c *client) addLicense(body []byte) error {
 	var v struct {
-		Result struct {
-			Kind, ID, Service, State string
-			New                      bool
-		}
+		Result  loadResult
+		Results []loadResult
 	}
 	if printed, err := c.decode("POST", "/v1/licenses", body, &v); printed || err != nil {
 		return err
 	}
-	r := v.Result
+	if len(v.Results) == 0 {
+		v.Results = []loadResult{v.Result}
+	}
+	for _, r := range v.Results {
+		c.printResult(r)
+	}
+	return nil
+}
+
+func (c *client) printResult(r loadResult) {
 	switch {
 	case r.Kind == "revocation" && r.New:
 		fmt.Fprintf(c.out, "loaded revocation %s\n", r.ID)
@@ -301,7 +342,6 @@ func (c *client) addLicense(body []byte) error {
 	default:
 		fmt.Fprintf(c.out, "licence %s for service %s was already loaded: %s\n", r.ID, r.Service, r.State)
 	}
-	return nil
 }
 
 // clusterTable prints GET /v1/cluster as one row per member.

@@ -114,24 +114,41 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // about 1 KiB).
 const maxLicenseBytes = 64 << 10
 
-// LicenseResult is the JSON of POST /v1/licenses.
-type LicenseResult struct {
-	Result  registry.Result `json:"result"`
-	License *registry.View  `json:"license,omitempty"`
+// readBody reads a request's body of at most limit bytes, bounded before
+// anything is parsed; else it answers 413 (too large) or 400 with reason
+// and returns false.
+func readBody(w http.ResponseWriter, r *http.Request, limit int64, reason string) ([]byte, bool) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.As(err, &mbe):
+		writeError(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("the body is at most %d bytes", limit))
+		return nil, false
+	case err != nil:
+		writeError(w, http.StatusBadRequest, reason, "cannot read the body: "+err.Error())
+		return nil, false
+	}
+	return body, true
 }
 
+// LicenseResult is the JSON of POST /v1/licenses: what became of the
+// file's document, or, for a file holding several, of the first, with
+// Results (and Licenses) listing every one in order.
+type LicenseResult struct {
+	Result   registry.Result   `json:"result"`
+	License  *registry.View    `json:"license,omitempty"`
+	Results  []registry.Result `json:"results,omitempty"`
+	Licenses []registry.View   `json:"licenses,omitempty"`
+}
+
+// postLicense loads a licence file: every licence and revocation in it,
+// or none (see registry.Load).
 func (n *Node) postLicense(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxLicenseBytes))
-	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			writeError(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("a licence is at most %d bytes", maxLicenseBytes))
-			return
-		}
-		writeError(w, http.StatusBadRequest, "malformed", "cannot read the body: "+err.Error())
+	body, ok := readBody(w, r, maxLicenseBytes, "malformed")
+	if !ok {
 		return
 	}
-	res, err := n.reg.Add(body)
+	results, err := n.reg.Load(body)
 	if err == nil && n.reserver != nil {
 		// A new service's token pool has its first reservation before the
 		// client hears the licence is in.
@@ -152,16 +169,26 @@ func (n *Node) postLicense(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
-	if res.New {
+	out := LicenseResult{Result: results[0]}
+	status := http.StatusOK
+	for _, res := range results {
+		if res.New {
+			status = http.StatusCreated
+		}
+		if v, ok := n.reg.Get(res.ID); ok && res.Kind == "license" {
+			out.Licenses = append(out.Licenses, v)
+		}
+	}
+	if status == http.StatusCreated {
 		n.cluster.SpreadLicence(body)
 	}
-	out := LicenseResult{Result: res}
-	if v, ok := n.reg.Get(res.ID); ok && res.Kind == "license" {
-		out.License = &v
+	if results[0].Kind == "license" && len(out.Licenses) > 0 {
+		out.License = &out.Licenses[0]
 	}
-	status := http.StatusOK
-	if res.New {
-		status = http.StatusCreated
+	if len(results) > 1 {
+		out.Results = results
+	} else {
+		out.Licenses = nil
 	}
 	writeJSON(w, status, out)
 }
@@ -232,9 +259,8 @@ type UsageView struct {
 }
 
 func (n *Node) getService(w http.ResponseWriter, r *http.Request) {
-	name := r.PathValue("service")
-	if !admission.ValidName([]byte(name)) {
-		writeError(w, http.StatusBadRequest, "invalid_service", "invalid service name: want [A-Za-z0-9._:-]{1,64}")
+	name, ok := pathName(w, r, "service")
+	if !ok {
 		return
 	}
 	s := n.eng.Service(name)

@@ -3,12 +3,16 @@ package node
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"io"
 	"log/slog"
 	"net/http/httptest"
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/capsgate/capsgate/internal/strictjson"
+	"github.com/capsgate/capsgate/licensing"
 )
 
 // FuzzConfigFile feeds the config loader any bytes: it must answer with
@@ -47,8 +51,11 @@ func FuzzConfigFile(f *testing.F) {
 }
 
 // FuzzAdminBodies posts any body to the admin API's endpoints that take
-// one: a licence, an account allocation. The answer is a JSON error or a
-// success; nothing panics and a refused body changes nothing.
+// one: a licence file, an account allocation. The answer is a JSON error
+// or a success; nothing panics, a refused body changes nothing, and only
+// strict bodies are taken. The seed corpus (testdata/fuzz/FuzzAdminBodies)
+// holds trailing data, duplicate and case-folded keys, deep nesting, values
+// past int64 and licence files of several, nested or truncated documents.
 func FuzzAdminBodies(f *testing.F) {
 	cfg, err := Load([]string{"--dev", "--data-dir", f.TempDir()}, io.Discard)
 	if err != nil {
@@ -72,17 +79,30 @@ func FuzzAdminBodies(f *testing.F) {
 		if which%2 == 1 {
 			method, path = "POST", "/v1/licenses"
 		}
-		before := len(n.reg.List())
+		state := func() string {
+			b, _ := json.Marshal([]any{n.reg.List(), n.accountViews(n.eng.Service("demo"))})
+			return string(b)
+		}
+		before := state()
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, httptest.NewRequest(method, path, bytes.NewReader(body)))
 		switch rec.Code {
 		case 200, 201:
+			// Only a strict body is taken: one JSON value without
+			// duplicate keys; licence files of whole documents.
+			if method == "PUT" {
+				if err := strictjson.Check(body); err != nil {
+					t.Fatalf("PUT took a body that is not strict JSON (%v): %q", err, body)
+				}
+			} else if _, err := licensing.Split(body); err != nil {
+				t.Fatalf("POST took a body that is not a licence file (%v): %q", err, body)
+			}
 		case 400, 413, 422:
 			if !strings.Contains(rec.Body.String(), `"error"`) {
 				t.Fatalf("%s %s answered %d without a JSON error: %q", method, path, rec.Code, rec.Body.String())
 			}
-			if len(n.reg.List()) != before {
-				t.Fatalf("a refused licence was loaded")
+			if state() != before {
+				t.Fatalf("a refused body changed the node")
 			}
 		default:
 			t.Fatalf("%s %s answered %d: %q", method, path, rec.Code, rec.Body.String())

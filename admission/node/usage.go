@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"sort"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/capsgate/capsgate/admission"
 	"github.com/capsgate/capsgate/admission/meter"
+	"github.com/capsgate/capsgate/internal/strictjson"
 	"github.com/capsgate/capsgate/licensing/ledger"
 )
 
@@ -90,25 +92,28 @@ func (n *Node) accountViews(s *admission.Service) []AccountView {
 	return out
 }
 
+// AccountBody is the JSON of PUT /v1/services/{s}/accounts/{a}.
+type AccountBody struct {
+	Tokens  *int64 `json:"tokens"`
+	Overage string `json:"overage"`
+}
+
 func (n *Node) putAccount(w http.ResponseWriter, r *http.Request) {
-	service, account := r.PathValue("service"), r.PathValue("account")
-	if !admission.ValidName([]byte(service)) || !admission.ValidName([]byte(account)) {
-		writeError(w, http.StatusBadRequest, "invalid_name", "invalid service or account name: want [A-Za-z0-9._:-]{1,64}")
+	service, ok := pathName(w, r, "service")
+	if !ok {
 		return
 	}
-	body, err := io.ReadAll(io.LimitReader(r.Body, maxAccountBody+1))
-	if err != nil || len(body) > maxAccountBody {
-		writeError(w, http.StatusRequestEntityTooLarge, "too_large", "body over 4 KiB")
+	account, ok := pathName(w, r, "account")
+	if !ok {
 		return
 	}
-	var a struct {
-		Tokens  *int64 `json:"tokens"`
-		Overage string `json:"overage"`
+	body, ok := readBody(w, r, maxAccountBody, "invalid_body")
+	if !ok {
+		return
 	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&a); err != nil || a.Tokens == nil {
-		writeError(w, http.StatusBadRequest, "invalid_body", `want {"tokens": N, "overage": "none|percent:N|unlimited"}`)
+	a, err := decodeAccount(body)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "invalid_body", err.Error())
 		return
 	}
 	if a.Overage == "" {
@@ -131,10 +136,39 @@ func (n *Node) putAccount(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// decodeAccount reads an allocation body strictly: one JSON object, no
+// key twice, no other key, tokens present.
+func decodeAccount(body []byte) (AccountBody, error) {
+	const want = `want {"tokens": N, "overage": "none|percent:N|unlimited"}`
+	var a AccountBody
+	if err := strictjson.Decode(body, &a); err != nil {
+		return a, fmt.Errorf("%s: %v", want, err)
+	}
+	if a.Tokens == nil {
+		return a, errors.New(want + `: no "tokens"`)
+	}
+	return a, nil
+}
+
+// pathName returns the {key} of the request's path if it is a valid name
+// (admission.ValidName); else it answers 400 and returns false.
+func pathName(w http.ResponseWriter, r *http.Request, key string) (string, bool) {
+	v := r.PathValue(key)
+	if !admission.ValidName([]byte(v)) {
+		writeError(w, http.StatusBadRequest, "invalid_"+key, fmt.Sprintf("invalid %s name %q: want [A-Za-z0-9._:-]{1,64}, not . or ..", key, v))
+		return "", false
+	}
+	return v, true
+}
+
 func (n *Node) listAccounts(w http.ResponseWriter, r *http.Request) {
-	s := n.eng.Service(r.PathValue("service"))
+	name, ok := pathName(w, r, "service")
+	if !ok {
+		return
+	}
+	s := n.eng.Service(name)
 	if s == nil {
-		writeError(w, http.StatusNotFound, "unknown_service", "no licence covers service "+r.PathValue("service"))
+		writeError(w, http.StatusNotFound, "unknown_service", "no licence covers service "+name)
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"service": s.Name(), "accounts": n.accountViews(s)})

@@ -1,6 +1,7 @@
 package issuer
 
 import (
+	"bytes"
 	"fmt"
 	"time"
 
@@ -52,35 +53,63 @@ func inspect(e *env, args []string) error {
 	})
 }
 
-// show reads a licence or a revocation with the given functions and prints
-// it under a heading; a licence also gets its state now.
+// show reads every licence and revocation of a file with the given
+// functions and prints each under a heading; a licence also gets its
+// state now. A file of several documents prints them all, each headed
+// "Document N of M (line L):", or, if one fails, none: the error names it.
 func show(e *env, name string, data []byte,
 	license func([]byte) (*licensing.License, error),
 	revocation func([]byte) (*licensing.Revocation, error),
 	heading func(noun, keyID string) string,
 ) error {
-	var noun, keyID string
-	var fields []licensing.Field
-	if licensing.IsRevocation(data) {
-		r, err := revocation(data)
-		if err != nil {
-			return fmt.Errorf("%s: %w", name, err)
-		}
-		noun, keyID, fields = "revocation", r.KeyID, r.Fields()
-	} else {
-		l, err := license(data)
-		if err != nil {
-			return fmt.Errorf("%s: %w", name, err)
-		}
-		now := e.now()
-		noun, keyID, fields = "licence", l.KeyID, append(l.Fields(), licensing.Field{Name: "State",
-			Value: fmt.Sprintf("%s at %s (revocations not checked)", l.State(now, false), now.UTC().Format(time.RFC3339))})
+	docs, err := licensing.Split(data)
+	if err != nil && bytes.Count(data, []byte("-----BEGIN CAPSGATE ")) > 1 {
+		return fmt.Errorf("%s: %w", name, err)
 	}
-	fmt.Fprintln(e.stdout, heading(noun, keyID))
-	for _, f := range fields {
-		fmt.Fprintf(e.stdout, "%-19s %s\n", f.Name+":", f.Value)
+	if err != nil || len(docs) == 1 {
+		// One document (or none): the decoder says best what is wrong.
+		docs = []licensing.Document{{Revocation: licensing.IsRevocation(data), Armored: data, Line: 1}}
 	}
-	return nil
+	var out bytes.Buffer
+	for i, d := range docs {
+		var noun, keyID string
+		var fields []licensing.Field
+		if d.Revocation {
+			r, err := revocation(d.Armored)
+			if err != nil {
+				return docError(name, docs, i, err)
+			}
+			noun, keyID, fields = "revocation", r.KeyID, r.Fields()
+		} else {
+			l, err := license(d.Armored)
+			if err != nil {
+				return docError(name, docs, i, err)
+			}
+			now := e.now()
+			noun, keyID, fields = "licence", l.KeyID, append(l.Fields(), licensing.Field{Name: "State",
+				Value: fmt.Sprintf("%s at %s (revocations not checked)", l.State(now, false), now.UTC().Format(time.RFC3339))})
+		}
+		if len(docs) > 1 {
+			if i > 0 {
+				out.WriteByte('\n')
+			}
+			fmt.Fprintf(&out, "Document %d of %d (line %d):\n", i+1, len(docs), d.Line)
+		}
+		fmt.Fprintln(&out, heading(noun, keyID))
+		for _, f := range fields {
+			fmt.Fprintf(&out, "%-19s %s\n", f.Name+":", f.Value)
+		}
+	}
+	_, err = e.stdout.Write(out.Bytes())
+	return err
+}
+
+// docError names the document of a file that failed, when it has several.
+func docError(name string, docs []licensing.Document, i int, err error) error {
+	if len(docs) == 1 {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	return fmt.Errorf("%s: document %d of %d (%s at line %d): %w", name, i+1, len(docs), docs[i].Noun(), docs[i].Line, err)
 }
 
 // oneFile parses a command taking exactly one FILE and the required

@@ -175,7 +175,7 @@ func reasonOf(err error) string {
 	return ReasonMalformed
 }
 
-// Result says what Add did.
+// Result says what Load did with one document.
 type Result struct {
 	Kind    string `json:"kind"` // "license" or "revocation"
 	ID      string `json:"id"`
@@ -185,27 +185,60 @@ type Result struct {
 	New bool `json:"new"`
 }
 
-// Add verifies an armored licence or revocation, stores it and applies the
-// new limits before it returns. Loading the same document again is a no-op
-// (Result.New false). A refusal is a *LoadError and changes nothing.
-func (r *Registry) Add(armored []byte) (Result, error) {
+// Load verifies every licence and revocation in text — a file may hold
+// several, in any order (see licensing.Split) — and loads them all, in
+// order, or none: when one is refused, nothing is stored or applied and
+// the *LoadError names the document ("document 2 of 3 (licence at line
+// 14): ..."). A document already loaded is a no-op (its Result.New is
+// false). The limits are applied before Load returns. Within the file,
+// order counts: a licence followed by its revocation loads both (the
+// licence revoked); a revocation followed by the licence it revokes is
+// refused, as that licence would be on its own.
+func (r *Registry) Load(text []byte) ([]Result, error) {
+	docs, err := licensing.Split(text)
+	if err != nil {
+		return nil, refuse(ReasonMalformed, "%v", err)
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.now = r.guard.observe(r.cfg.Wall())
-	var res Result
-	var err error
-	if licensing.IsRevocation(armored) {
-		res, err = r.addRevocation(armored, true)
-	} else {
-		res, err = r.addLicense(armored, true)
-	}
-	if err == nil && res.New {
-		r.applyLocked()
-		if e, ok := r.lics[res.ID]; ok {
-			res.State = string(e.state)
+	b := r.newBatch(true)
+	results := make([]Result, len(docs))
+	for i, d := range docs {
+		if results[i], err = b.add(d); err != nil {
+			if len(docs) == 1 {
+				return nil, err
+			}
+			le := &LoadError{Reason: reasonOf(err), Err: fmt.Errorf("document %d of %d (%s at line %d): %w; nothing in the file was loaded (it holds %s)",
+				i+1, len(docs), d.Noun(), d.Line, err, licensing.Describe(docs))}
+			return nil, le
 		}
 	}
-	return res, err
+	if err := b.commit(); err != nil {
+		return nil, err
+	}
+	if b.changed() {
+		r.applyLocked()
+	}
+	for i := range results {
+		if e, ok := r.lics[results[i].ID]; ok && results[i].Kind == "license" {
+			results[i].State = string(e.state)
+		}
+	}
+	return results, nil
+}
+
+// Add is Load for a text holding exactly one document; a text holding
+// several is refused (ReasonMalformed) without loading any.
+func (r *Registry) Add(armored []byte) (Result, error) {
+	if docs, err := licensing.Split(armored); err == nil && len(docs) > 1 {
+		return Result{}, refuse(ReasonMalformed, "the file holds %s: load it whole (Load) or one document at a time", licensing.Describe(docs))
+	}
+	res, err := r.Load(armored)
+	if err != nil {
+		return Result{}, err
+	}
+	return res[0], nil
 }
 
 // classify maps a verification error to its reason.
@@ -219,7 +252,49 @@ func classify(err error) error {
 	return refuse(ReasonMalformed, "%v", err)
 }
 
-func (r *Registry) addLicense(armored []byte, persist bool) (Result, error) {
+// batch is the documents of one Load, each checked against the registry
+// and the documents before it, none stored or applied until all pass
+// (commit). Called with mu held.
+type batch struct {
+	r *Registry
+	// persist: the documents are new to this node (Load), not read back
+	// from data_dir at Open: they are stored, and judged as new ones.
+	persist bool
+	lics    map[string]*entry // new licences by id
+	revDocs map[string][]byte // new revocations by id
+	revoked map[string]string // licence id → the new revocation retiring it
+	order   []staged          // what commit stores and logs, in order
+}
+
+type staged struct {
+	path string
+	data []byte
+	log  func()
+}
+
+func (r *Registry) newBatch(persist bool) *batch {
+	return &batch{r: r, persist: persist, lics: map[string]*entry{}, revDocs: map[string][]byte{}, revoked: map[string]string{}}
+}
+
+// add checks one document and stages it.
+func (b *batch) add(d licensing.Document) (Result, error) {
+	if d.Revocation {
+		return b.addRevocation(d.Armored)
+	}
+	return b.addLicense(d.Armored)
+}
+
+// revokedBy returns the revocation retiring licence id, loaded or staged.
+func (b *batch) revokedBy(id string) (string, bool) {
+	if rev, ok := b.r.revoked[id]; ok {
+		return rev, true
+	}
+	rev, ok := b.revoked[id]
+	return rev, ok
+}
+
+func (b *batch) addLicense(armored []byte) (Result, error) {
+	r := b.r
 	l, err := r.cfg.Keys.Verify(armored)
 	if err != nil {
 		return Result{}, classify(err)
@@ -228,19 +303,23 @@ func (r *Registry) addLicense(armored []byte, persist bool) (Result, error) {
 	if !l.AppliesTo(r.cfg.ClusterID) {
 		return res, refuse(ReasonWrongCluster, "licence %s is bound to cluster %q; this node's cluster_id is %q", l.ID, l.Cluster, r.cfg.ClusterID)
 	}
-	if rev, ok := r.revoked[l.ID]; ok && persist {
+	if rev, ok := b.revokedBy(l.ID); ok && b.persist {
 		return res, refuse(ReasonRevoked, "licence %s was revoked by %s", l.ID, rev)
 	}
-	if old, ok := r.lics[l.ID]; ok {
+	old, ok := r.lics[l.ID]
+	if !ok {
+		old, ok = b.lics[l.ID]
+	}
+	if ok {
 		a, _ := old.lic.Canonical()
-		b, _ := l.Canonical()
-		if !bytes.Equal(a, b) {
+		c, _ := l.Canonical()
+		if !bytes.Equal(a, c) {
 			return res, refuse(ReasonReplayed, "licence id %s is already loaded with other content", l.ID)
 		}
 		res.State = string(old.state)
 		return res, nil // idempotent
 	}
-	if persist {
+	if b.persist {
 		if skew := l.IssuedAt.Sub(r.now); skew > r.cfg.ClockTolerance {
 			return res, refuse(ReasonClockSkew, "licence %s was issued at %s, %s after this node's clock (%s): the node's clock is wrong; fix it (NTP) and load the licence again",
 				l.ID, l.IssuedAt.UTC().Format(time.RFC3339), skew.Round(time.Second), r.now.UTC().Format(time.RFC3339))
@@ -249,40 +328,102 @@ func (r *Registry) addLicense(armored []byte, persist bool) (Result, error) {
 			return res, refuse(ReasonExpired, "licence %s expired at %s (not_after %s plus grace %s)", l.ID,
 				l.NotAfter.Add(l.Grace).UTC().Format(time.RFC3339), l.NotAfter.UTC().Format(time.RFC3339), l.Grace)
 		}
-		if err := writeFileAtomic(filepath.Join(r.cfg.Dir, l.ID+".lic"), armored); err != nil {
-			return res, fmt.Errorf("cannot store licence %s in data_dir: %w", l.ID, err)
-		}
-		r.cfg.Log.Info("licence loaded", "id", l.ID, "service", l.Service, "customer", l.Customer)
+		b.order = append(b.order, staged{path: filepath.Join(r.cfg.Dir, l.ID+".lic"), data: armored, log: func() {
+			r.cfg.Log.Info("licence loaded", "id", l.ID, "service", l.Service, "customer", l.Customer)
+		}})
 	}
-	r.lics[l.ID] = &entry{lic: l, armored: armored, state: l.State(r.now, false)}
+	b.lics[l.ID] = &entry{lic: l, armored: armored, state: l.State(r.now, false)}
 	res.New = true
 	return res, nil
 }
 
-func (r *Registry) addRevocation(armored []byte, persist bool) (Result, error) {
+func (b *batch) addRevocation(armored []byte) (Result, error) {
+	r := b.r
 	rv, err := r.cfg.Keys.VerifyRevocation(armored)
 	if err != nil {
 		return Result{}, classify(err)
 	}
 	res := Result{Kind: "revocation", ID: rv.ID}
-	if r.revs[rv.ID] {
+	if _, pending := b.revDocs[rv.ID]; r.revs[rv.ID] || pending {
 		return res, nil
 	}
-	if persist {
-		if err := writeFileAtomic(filepath.Join(r.cfg.Dir, revocationDir, rv.ID+".rev"), armored); err != nil {
-			return res, fmt.Errorf("cannot store revocation %s in data_dir: %w", rv.ID, err)
-		}
-		r.cfg.Log.Info("revocation loaded", "id", rv.ID, "revokes", strings.Join(rv.Revokes, ","), "reason", rv.Reason)
+	if b.persist {
+		b.order = append(b.order, staged{path: filepath.Join(r.cfg.Dir, revocationDir, rv.ID+".rev"), data: armored, log: func() {
+			r.cfg.Log.Info("revocation loaded", "id", rv.ID, "revokes", strings.Join(rv.Revokes, ","), "reason", rv.Reason)
+		}})
 	}
-	r.revs[rv.ID] = true
-	r.revDocs[rv.ID] = armored
+	b.revDocs[rv.ID] = armored
 	for _, id := range rv.Revokes {
-		if _, ok := r.revoked[id]; !ok {
-			r.revoked[id] = rv.ID
+		if _, ok := b.revokedBy(id); !ok {
+			b.revoked[id] = rv.ID
 		}
 	}
 	res.New = true
 	return res, nil
+}
+
+// commit stores the staged documents in data_dir and then adds them to
+// the registry. A store that fails removes what this batch stored before
+// it: nothing changes.
+func (b *batch) commit() error {
+	for i, s := range b.order {
+		if err := writeFileAtomic(s.path, s.data); err != nil {
+			for _, done := range b.order[:i] {
+				_ = os.Remove(done.path)
+			}
+			return fmt.Errorf("cannot store %s in data_dir (nothing was loaded): %w", filepath.Base(s.path), err)
+		}
+	}
+	for _, s := range b.order {
+		s.log()
+	}
+	r := b.r
+	for id, e := range b.lics {
+		r.lics[id] = e
+	}
+	for id, d := range b.revDocs {
+		r.revs[id] = true
+		r.revDocs[id] = d
+	}
+	for id, rev := range b.revoked {
+		r.revoked[id] = rev
+	}
+	return nil
+}
+
+// changed reports whether the batch added anything.
+func (b *batch) changed() bool { return len(b.lics) > 0 || len(b.revDocs) > 0 }
+
+// addLicense and addRevocation load a licence or revocation file stored in
+// data_dir (persist false, at Open). One stored by an older version may
+// hold several documents (it stored a file as it was posted): every one
+// of them loads.
+func (r *Registry) addLicense(data []byte, persist bool) (Result, error) {
+	return r.addStored(data, false, persist)
+}
+
+func (r *Registry) addRevocation(data []byte, persist bool) (Result, error) {
+	return r.addStored(data, true, persist)
+}
+
+func (r *Registry) addStored(data []byte, revocation, persist bool) (Result, error) {
+	docs, err := licensing.Split(data)
+	if err != nil {
+		// Verifying it as what its name says says best what is wrong.
+		docs = []licensing.Document{{Revocation: revocation, Armored: data}}
+	}
+	b := r.newBatch(persist)
+	var first Result
+	for i, d := range docs {
+		res, err := b.add(d)
+		if err != nil {
+			return res, err
+		}
+		if i == 0 {
+			first = res
+		}
+	}
+	return first, b.commit()
 }
 
 // Tick judges every licence at the wall clock now (guarded against
