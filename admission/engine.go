@@ -590,6 +590,11 @@ func (e *Engine) RecordConsumed(now int64, service, acct, id []byte, d Decision)
 // SetAccount allocates tokens of the service's pool to an account, with its
 // own overage policy. Allocations may not exceed the service's pool.
 func (e *Engine) SetAccount(service, acct string, tokens int64, ov Overage) error {
+	if !ValidName([]byte(acct)) {
+		// Allocations also arrive from members and from the state file:
+		// one rule for names wherever they enter.
+		return fmt.Errorf("cannot allocate to account %q: not a valid account name ([A-Za-z0-9._:-]{1,64}, not . or ..)", acct)
+	}
 	s := e.Service(service)
 	if s == nil {
 		return fmt.Errorf("cannot allocate to account %q: service %q has no licence", acct, service)

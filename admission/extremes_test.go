@@ -95,3 +95,14 @@ func TestLimitsAtTheEndOfTheirRange(t *testing.T) {
 	require.NoError(t, e.SetAccount("voice", "b", 1, Overage{}))
 	require.Equal(t, int64(0), e.Service("voice").Pools()[0].Size)
 }
+
+// Account names follow the one rule wherever they enter, allocations from
+// members and from the state file included.
+func TestSetAccountRefusesBadNames(t *testing.T) {
+	e, _ := newTestEngine(t, capsOnly(10))
+	for _, name := range []string{"", ".", "..", "a/b", "a b", string(make([]byte, 65))} {
+		require.ErrorContains(t, e.SetAccount("voice", name, 1, Overage{}), "not a valid account name", "%q", name)
+	}
+	require.NoError(t, e.SetAccount("voice", "...", 1, Overage{}))
+	require.Len(t, e.Service("voice").Pools(), 2)
+}
