@@ -95,6 +95,9 @@ type Engine struct {
 
 	node    gcra // node.max_caps bucket
 	nodeTAT atomic.Int64
+	// nodeShared is the part of it outside the emergency reserve.
+	nodeShared    gcra
+	nodeSharedTAT atomic.Int64
 
 	// unknown counts ADMIT decisions for services the engine has never
 	// heard of (no licence ever loaded): UNLICENSED or OVERLOAD.
@@ -147,8 +150,11 @@ func NewEngine(cfg Config) *Engine {
 	e.services.Store(&m)
 	if cfg.MaxCAPS > 0 {
 		e.node = newGCRA(cfg.MaxCAPS, cfg.Burst.Seconds())
+		shared := cfg.MaxCAPS * (100 - EmergencyReservePercent) / 100
+		e.nodeShared = newGCRA(shared, cfg.Burst.Seconds())
 	} else {
 		e.node = gcra{mode: gcraUnlimited}
+		e.nodeShared = e.node
 	}
 	return e
 }
@@ -230,11 +236,27 @@ func (e *Engine) SetLimits(service string, l Limits) error {
 	return nil
 }
 
-// overload takes a token from the node bucket.
-func (e *Engine) overload(now int64) (Decision, bool) {
+// EmergencyReservePercent of node.max_caps is kept for emergency calls:
+// other attempts may take the node's capacity up to the rest of it, so a
+// flood of licensed attempts leaves emergency calls their share. What no
+// licence covers takes none of it (it is refused UNLICENSED first).
+const EmergencyReservePercent = 10
+
+// overload takes a token of the node's capacity (node.max_caps) for an
+// attempt of priority prio: an emergency call from the whole of it, any
+// other also from the part outside the emergency reserve.
+func (e *Engine) overload(now int64, prio Priority) (Decision, bool) {
+	if prio != Emergency {
+		if ok, wait := e.nodeShared.take(&e.nodeSharedTAT, now); !ok {
+			return Decision{Reason: OVERLOAD, RetryAfterMS: retryMS(wait), Remaining: 0}, false
+		}
+	}
 	ok, wait := e.node.take(&e.nodeTAT, now)
 	if ok {
 		return Decision{}, true
+	}
+	if prio != Emergency {
+		e.nodeShared.refund(&e.nodeSharedTAT, now)
 	}
 	return Decision{Reason: OVERLOAD, RetryAfterMS: retryMS(wait), Remaining: 0}, false
 }
@@ -246,10 +268,6 @@ func (e *Engine) Admit(now int64, service, call, acct []byte, prio Priority) Dec
 	s := e.service(service)
 	if s == nil {
 		if prio != Emergency {
-			if d, ok := e.overload(now); !ok {
-				e.unknown[OVERLOAD].Add(1)
-				return d
-			}
 			e.unknown[UNLICENSED].Add(1)
 			return Decision{Reason: UNLICENSED, RetryAfterMS: retryUnlicensedMS, Remaining: 0}
 		}
@@ -287,13 +305,13 @@ func sessionKey(call, scope []byte) Key {
 
 // admitRate is the lock-free path: an attempt that needs only the CAPS bucket.
 func (e *Engine) admitRate(now int64, s *Service, l *derived, prio Priority) Decision {
-	if d, ok := e.overload(now); !ok {
-		s.counts[OVERLOAD].Add(1)
-		return d
-	}
 	if !l.Licensed {
 		s.counts[UNLICENSED].Add(1)
 		return Decision{Reason: UNLICENSED, RetryAfterMS: retryUnlicensedMS, Remaining: 0}
+	}
+	if d, ok := e.overload(now, prio); !ok {
+		s.counts[OVERLOAD].Add(1)
+		return d
 	}
 	left, d, ok := e.takeCAPS(now, s, l, prio)
 	if !ok {
@@ -336,11 +354,15 @@ func (e *Engine) admitLocked(now int64, s *Service, call, acct []byte, prio Prio
 			return x.v.first // a retransmission: same answer, not counted again
 		}
 	}
-	if d, ok := e.overload(now); !ok {
+	l := s.lim.Load()
+	if prio != Emergency && !l.Licensed {
+		s.counts[UNLICENSED].Add(1)
+		return Decision{Reason: UNLICENSED, RetryAfterMS: retryUnlicensedMS, Remaining: 0}
+	}
+	if d, ok := e.overload(now, prio); !ok {
 		s.counts[OVERLOAD].Add(1)
 		return d
 	}
-	l := s.lim.Load()
 	if prio == Emergency {
 		if call != nil && e.emergencyOpen.Load() >= int64(e.cfg.MaxEmergencySessions) {
 			s.counts[OVERLOAD].Add(1)
@@ -355,10 +377,6 @@ func (e *Engine) admitLocked(now int64, s *Service, call, acct []byte, prio Prio
 			s.logChange(Change{Kind: SessionOpened, Priority: Emergency, Key: key, Expires: exp, Remaining: d.Remaining})
 		}
 		return d
-	}
-	if !l.Licensed {
-		s.counts[UNLICENSED].Add(1)
-		return Decision{Reason: UNLICENSED, RetryAfterMS: retryUnlicensedMS, Remaining: 0}
 	}
 	remaining := int64(-1)
 	if call != nil && l.Sessions != Unlimited {

@@ -182,17 +182,51 @@ func TestOverloadStopsEvenEmergency(t *testing.T) {
 	e, clk := newTestEngine(t, capsOnly(Unlimited), func(c *Config) { c.MaxCAPS = 500 })
 	now := clk.Now()
 	ok, reasons := admitted(200, func(int) Decision { return e.Admit(now, svc, nil, nil, Normal) })
-	require.Equal(t, 50, ok, "node burst: 100 ms of 500 CAPS")
-	require.Equal(t, 150, reasons[OVERLOAD])
+	require.Equal(t, 45, ok, "node burst: 100 ms of the 450 CAPS outside the emergency reserve")
+	require.Equal(t, 155, reasons[OVERLOAD])
+	ok, reasons = admitted(10, func(i int) Decision { return e.Admit(now, svc, []byte(fmt.Sprint("sos", i)), nil, Emergency) })
+	require.Equal(t, 5, ok, "emergency calls take the reserve: 100 ms of 50 CAPS")
 	d := e.Admit(now, svc, []byte("sos"), nil, Emergency)
 	require.Equal(t, OVERLOAD, d.Reason)
 	require.Equal(t, int64(2), d.RetryAfterMS)
-	// Unlimited licence: only the node limit, over 10 s.
+	// Unlimited licence: only the node limit (less the reserve), over 10 s.
 	start := now + int64(time.Second)
 	ok, _ = admitted(20001, func(i int) Decision {
 		return e.Admit(start+int64(i)*int64(500*time.Microsecond), svc, nil, nil, Normal)
 	})
-	require.Equal(t, 5000+50, ok)
+	require.Equal(t, 4500+45, ok)
+}
+
+// TestNodeCapacitySpentInOrder: with node.max_caps set, what no licence
+// covers takes none of the node's capacity (refused UNLICENSED, however
+// many), and a flood of licensed attempts leaves emergency calls their
+// reserve: 10 emergency calls a second among 20,000 licensed attempts a
+// second, all 10 admitted every second for 10 s.
+func TestNodeCapacitySpentInOrder(t *testing.T) {
+	e, clk := newTestEngine(t, capsOnly(Unlimited), func(c *Config) { c.MaxCAPS = 1000 })
+	start := clk.Now()
+	var licensed, sos, unlicensed int
+	for ms := range 10_000 {
+		now := start + int64(ms)*int64(time.Millisecond)
+		for range 100 { // 100,000 a second for names no licence covers
+			if e.Admit(now, []byte("made-up"), nil, nil, Normal).Reason == UNLICENSED {
+				unlicensed++
+			}
+		}
+		for range 20 { // 20,000 a second, licensed
+			if e.Admit(now, svc, nil, nil, Normal).Admitted() {
+				licensed++
+			}
+		}
+		if ms%100 == 0 { // 10 a second
+			if e.Admit(now, svc, []byte(fmt.Sprint("sos", ms)), nil, Emergency).Admitted() {
+				sos++
+			}
+		}
+	}
+	require.Equal(t, 1_000_000, unlicensed)
+	require.Equal(t, 100, sos, "every emergency call")
+	require.Equal(t, 9000+90-1, licensed, "900 CAPS over 10 s and the burst: the rest is the reserve")
 }
 
 func TestHighPriorityHeadroom(t *testing.T) {
