@@ -22,6 +22,7 @@ type ConnState struct {
 	id     int64
 	authed bool
 	info   clientInfo // name and library (CLIENT SETNAME, SETINFO), for CLIENT LIST
+	tx     *txQueue   // commands queued since MULTI; nil outside a transaction
 	args   [][]byte
 	loop   *loopStats
 	// commands counts the commands of the current read, for the histogram.
@@ -155,6 +156,11 @@ func (h *Handler) exec(now int64, cs *ConnState, args [][]byte, out []byte) ([]b
 			return AppendError(out, "NOAUTH Authentication required."), false
 		}
 	}
+	if cs.tx != nil {
+		if out, queued := h.queue(cs, name, args, out); queued {
+			return out, false
+		}
+	}
 	switch string(name) {
 	case "admit":
 		return h.admit(now, args, out), false
@@ -201,8 +207,14 @@ func (h *Handler) exec(now int64, cs *ConnState, args [][]byte, out []byte) ([]b
 		return h.command(args, out), false
 	case "client":
 		return h.client(now, cs, args, out), false
+	case "multi":
+		return h.multi(cs, args, out), false
+	case "exec":
+		return h.execTx(now, cs, args, out), false
+	case "discard":
+		return h.discard(cs, args, out), false
 	}
-	return AppendError(out, "ERR unknown command '"+printable(args[0], 64)+"'"), false
+	return unknownCommand(out, args[0]), false
 }
 
 func wrongArgs(out []byte, cmd string) []byte {

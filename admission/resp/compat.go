@@ -427,12 +427,22 @@ var commandTable = []commandSpec{
 	{"info", -1, "loading stale", false, "@slow @dangerous", "server", "Return information and statistics about the server and its services."},
 	{"command", -1, "loading stale", false, "@slow @connection", "server", "Return detailed information about all commands."},
 	{"client", -2, "noscript loading stale", false, "@slow @connection", "connection", "Inspect or name client connections."},
+	{"multi", 1, "noscript loading stale fast allow_busy", false, "@fast @transaction", "transactions", "Start a transaction: queue commands until EXEC."},
+	{"exec", 1, "noscript loading stale skip_slowlog", false, "@slow @transaction", "transactions", "Run the commands queued since MULTI."},
+	{"discard", 1, "noscript loading stale fast allow_busy", false, "@fast @transaction", "transactions", "Drop the commands queued since MULTI."},
 }
 
-// commandInfo and commandDocs are the encoded entries of commandTable, and
-// commandAll the reply to COMMAND, built once.
-var commandInfo, commandDocs = func() (info, docs map[string][]byte) {
-	info, docs = make(map[string][]byte), make(map[string][]byte)
+// commandEntry is a command of commandTable with its COMMAND INFO and
+// COMMAND DOCS entries, encoded once.
+type commandEntry struct {
+	commandSpec
+	info, docs []byte
+}
+
+// commands indexes commandTable by name; commandAll is the reply to COMMAND.
+var commands, commandAll = func() (map[string]*commandEntry, []byte) {
+	m := make(map[string]*commandEntry, len(commandTable))
+	all := AppendArrayHeader(nil, len(commandTable))
 	words := func(b []byte, s string) []byte {
 		f := strings.Fields(s)
 		b = AppendArrayHeader(b, len(f))
@@ -446,31 +456,32 @@ var commandInfo, commandDocs = func() (info, docs map[string][]byte) {
 		b = AppendBulkString(b, c.name)
 		b = AppendInt(b, int64(c.arity))
 		b = words(b, c.flags)
-		k := int64(b2i(c.keyed))
+		k := b2i(c.keyed)
 		b = AppendInt(AppendInt(AppendInt(b, k), k), k)
 		b = words(b, c.acl)
 		b = AppendArrayHeader(b, 0) // tips
 		b = AppendArrayHeader(b, 0) // key specs
 		b = AppendArrayHeader(b, 0) // subcommands
-		info[c.name] = b
+		all = append(all, b...)
 
 		d := AppendBulkString(nil, c.name)
 		d = AppendArrayHeader(d, 6)
 		for _, s := range []string{"summary", c.summary, "since", Version, "group", c.group} {
 			d = AppendBulkString(d, s)
 		}
-		docs[c.name] = d
+		m[c.name] = &commandEntry{commandSpec: c, info: b, docs: d}
 	}
-	return info, docs
+	return m, all
 }()
 
-var commandAll = func() []byte {
-	b := AppendArrayHeader(nil, len(commandTable))
-	for _, c := range commandTable {
-		b = append(b, commandInfo[c.name]...)
+// arityOK reports whether a command of n arguments (its name included)
+// has the arity of spec.
+func (c *commandSpec) arityOK(n int) bool {
+	if c.arity < 0 {
+		return n >= -c.arity
 	}
-	return b
-}()
+	return n == c.arity
+}
 
 var commandHelp = []string{
 	"COMMAND <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
@@ -513,12 +524,12 @@ func (h *Handler) command(args [][]byte, out []byte) []byte {
 		// One entry per name, nil for a command capsgate does not have.
 		out = AppendArrayHeader(out, len(names))
 		for _, n := range names {
-			e, ok := commandInfo[string(lower(&nb, n))]
+			e, ok := commands[string(lower(&nb, n))]
 			if !ok {
 				out = append(out, "*-1\r\n"...)
 				continue
 			}
-			out = append(out, e...)
+			out = append(out, e.info...)
 		}
 		return out
 	case sub == "docs":
@@ -526,12 +537,12 @@ func (h *Handler) command(args [][]byte, out []byte) []byte {
 		var entries [][]byte
 		if len(names) == 0 {
 			for _, c := range commandTable {
-				entries = append(entries, commandDocs[c.name])
+				entries = append(entries, commands[c.name].docs)
 			}
 		}
 		for _, n := range names {
-			if e, ok := commandDocs[string(lower(&nb, n))]; ok {
-				entries = append(entries, e)
+			if e, ok := commands[string(lower(&nb, n))]; ok {
+				entries = append(entries, e.docs)
 			}
 		}
 		out = AppendArrayHeader(out, 2*len(entries))
@@ -637,4 +648,123 @@ func appendRate(b []byte, v float64) []byte {
 		return strconv.AppendInt(b, int64(v), 10)
 	}
 	return strconv.AppendFloat(b, v, 'f', 2, 64)
+}
+
+// Bounds of a transaction: what MULTI makes the node hold until EXEC, and
+// so the EXEC reply (QUOTA's, the longest a transaction may queue, is
+// about 700 bytes).
+const (
+	maxTxCommands = 256
+	maxTxBytes    = 64 << 10
+)
+
+// txQueue holds the commands queued since MULTI, encoded as RESP.
+type txQueue struct {
+	buf   []byte
+	n     int
+	dirty bool // a command was refused while queuing: EXEC discards all
+}
+
+// txAllowed says which commands a transaction may queue: those whose
+// replies are small (INFO, CLIENT and COMMAND are refused).
+func txAllowed(name string) bool {
+	switch name {
+	case "admit", "release", "register", "deregister", "consume", "quota", "ping", "echo", "select":
+		return true
+	}
+	return false
+}
+
+// MULTI
+func (h *Handler) multi(cs *ConnState, args [][]byte, out []byte) []byte {
+	switch {
+	case len(args) != 1:
+		return wrongArgs(out, "multi")
+	case cs.tx != nil:
+		return AppendError(out, "ERR MULTI calls can not be nested")
+	}
+	cs.tx = &txQueue{}
+	return AppendSimple(out, "OK")
+}
+
+// DISCARD
+func (h *Handler) discard(cs *ConnState, args [][]byte, out []byte) []byte {
+	switch {
+	case len(args) != 1:
+		return wrongArgs(out, "discard")
+	case cs.tx == nil:
+		return AppendError(out, "ERR DISCARD without MULTI")
+	}
+	cs.tx = nil
+	return AppendSimple(out, "OK")
+}
+
+// queue queues a command while a MULTI is open, checking its name and
+// arity first as Redis does; a refused command makes EXEC discard the
+// transaction. It reports false for the commands that are not queued
+// (EXEC, DISCARD, MULTI, QUIT), which run at once.
+func (h *Handler) queue(cs *ConnState, name []byte, args [][]byte, out []byte) ([]byte, bool) {
+	switch string(name) {
+	case "exec", "discard", "multi", "quit":
+		return out, false
+	}
+	tx := cs.tx
+	refuse := func(reply []byte) ([]byte, bool) {
+		tx.dirty = true
+		return reply, true
+	}
+	c, ok := commands[string(name)]
+	switch {
+	case !ok:
+		return refuse(unknownCommand(out, args[0]))
+	case !c.arityOK(len(args)):
+		return refuse(wrongArgs(out, c.name))
+	case !txAllowed(c.name):
+		return refuse(AppendError(out, "ERR '"+c.name+"' cannot be queued in a transaction (MULTI)"))
+	}
+	size := 16
+	for _, a := range args {
+		size += len(a) + 16
+	}
+	if tx.n == maxTxCommands || len(tx.buf)+size > maxTxBytes {
+		return refuse(AppendError(out, "ERR transaction too long: at most 256 commands and 64 KiB between MULTI and EXEC"))
+	}
+	tx.buf = AppendArrayHeader(tx.buf, len(args))
+	for _, a := range args {
+		tx.buf = AppendBulk(tx.buf, a)
+	}
+	tx.n++
+	return AppendSimple(out, "QUEUED"), true
+}
+
+// EXEC runs the queued commands one after the other on this connection's
+// event loop, their replies in one array. Each command is as atomic as it
+// is alone; commands of connections on other event loops may run between
+// them (capsgate has no keys to WATCH).
+func (h *Handler) execTx(now int64, cs *ConnState, args [][]byte, out []byte) []byte {
+	switch {
+	case len(args) != 1:
+		return wrongArgs(out, "exec")
+	case cs.tx == nil:
+		return AppendError(out, "ERR EXEC without MULTI")
+	}
+	tx := cs.tx
+	cs.tx = nil
+	if tx.dirty {
+		return AppendError(out, "EXECABORT Transaction discarded because of previous errors.")
+	}
+	out = AppendArrayHeader(out, tx.n)
+	var a [][]byte
+	for in := tx.buf; len(in) > 0; {
+		var used int
+		a, used, _ = Parse(in, a[:0]) // encoded above: whole and valid
+		in = in[used:]
+		out, _ = h.exec(now, cs, a, out)
+	}
+	return out
+}
+
+// unknownCommand appends Redis's reply to a command it does not know.
+func unknownCommand(out, name []byte) []byte {
+	return AppendError(out, "ERR unknown command '"+printable(name, 64)+"'")
 }

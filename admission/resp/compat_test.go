@@ -29,6 +29,18 @@ func (f *fakeLister) ClientAddrs(cs *ConnState) (string, string, int, bool) {
 	return "", "", 0, false
 }
 
+// expect returns an f-test for c: the request in gets the replies want,
+// is consumed whole and leaves the connection open.
+func (c *testConn) expect(t *testing.T) func(in, want string) {
+	return func(in, want string) {
+		t.Helper()
+		got, rest, closed := c.send(in)
+		require.Equal(t, want, got, "request %q", in)
+		require.Zero(t, rest)
+		require.False(t, closed)
+	}
+}
+
 // bulk encodes s as a bulk string reply.
 func bulk(s string) string { return fmt.Sprintf("$%d\r\n%s\r\n", len(s), s) }
 
@@ -41,32 +53,28 @@ func line(id int64, addr string, fd int, name string, age, idle int, flags, lib,
 
 func TestCommandReplies(t *testing.T) {
 	c := newTestConn(t, "")
-	f := func(in, want string) {
-		t.Helper()
-		got, _, _ := c.send(in)
-		require.Equal(t, want, got, "request %q", in)
-	}
+	f := c.expect(t)
 	admitInfo := "*10\r\n$5\r\nadmit\r\n:-2\r\n*2\r\n+write\r\n+fast\r\n:1\r\n:1\r\n:1\r\n*2\r\n+@write\r\n+@fast\r\n*0\r\n*0\r\n*0\r\n"
 	pingInfo := "*10\r\n$4\r\nping\r\n:-1\r\n*2\r\n+fast\r\n+stale\r\n:0\r\n:0\r\n:0\r\n*2\r\n+@fast\r\n+@connection\r\n*0\r\n*0\r\n*0\r\n"
-	f(cmd("COMMAND", "COUNT"), ":15\r\n")
-	f(cmd("command", "count"), ":15\r\n")
+	f(cmd("COMMAND", "COUNT"), ":18\r\n")
+	f(cmd("command", "count"), ":18\r\n")
 	f(cmd("COMMAND", "INFO", "ADMIT", "get", "ping"), "*3\r\n"+admitInfo+"*-1\r\n"+pingInfo)
 	f(cmd("COMMAND", "DOCS", "quota", "get"), "*2\r\n$5\r\nquota\r\n*6\r\n$7\r\nsummary\r\n$34\r\nShow a service's limits and usage.\r\n"+
 		"$5\r\nsince\r\n$5\r\n0.1.0\r\n$5\r\ngroup\r\n$8\r\ncapsgate\r\n")
 	f(cmd("COMMAND", "DOCS", "get"), "*0\r\n")
-	f(cmd("COMMAND", "LIST"), "*15\r\n"+bulk("admit")+bulk("release")+bulk("register")+bulk("deregister")+bulk("consume")+
+	f(cmd("COMMAND", "LIST"), "*18\r\n"+bulk("admit")+bulk("release")+bulk("register")+bulk("deregister")+bulk("consume")+
 		bulk("quota")+bulk("ping")+bulk("echo")+bulk("quit")+bulk("auth")+bulk("hello")+bulk("select")+bulk("info")+
-		bulk("command")+bulk("client"))
+		bulk("command")+bulk("client")+bulk("multi")+bulk("exec")+bulk("discard"))
 	f(cmd("COMMAND", "COUNT", "x"), "-ERR wrong number of arguments for 'command|count' command\r\n")
 	f(cmd("COMMAND", "GETKEYS", "admit", "demo"), "-ERR unknown subcommand 'GETKEYS'. Try COMMAND HELP.\r\n")
 
 	all, _, _ := c.send(cmd("COMMAND"))
-	require.True(t, strings.HasPrefix(all, "*15\r\n"+admitInfo), all)
-	require.Equal(t, 15, strings.Count(all, "*10\r\n"))
+	require.True(t, strings.HasPrefix(all, "*18\r\n"+admitInfo), all)
+	require.Equal(t, 18, strings.Count(all, "*10\r\n"))
 	info, _, _ := c.send(cmd("COMMAND", "INFO"))
 	require.Equal(t, all, info)
 	docs, _, _ := c.send(cmd("COMMAND", "DOCS"))
-	require.True(t, strings.HasPrefix(docs, "*30\r\n$5\r\nadmit\r\n*6\r\n"), docs)
+	require.True(t, strings.HasPrefix(docs, "*36\r\n$5\r\nadmit\r\n*6\r\n"), docs)
 	help, _, _ := c.send(cmd("COMMAND", "HELP"))
 	require.True(t, strings.HasPrefix(help, "*13\r\n+COMMAND <subcommand>"), help)
 }
@@ -88,11 +96,7 @@ func TestInfo(t *testing.T) {
 	c := newTestConn(t, "")
 	c.h.SetConnCounter(func() int64 { return 3 })
 	require.NoError(t, c.h.eng.SetLimits("urn:x", admission.Limits{Licensed: true, CAPS: 2.5, Sessions: 1, Subscribers: 1, Tokens: 1}))
-	f := func(in, want string) {
-		t.Helper()
-		got, _, _ := c.send(in)
-		require.Equal(t, want, got, "request %q", in)
-	}
+	f := c.expect(t)
 	f(cmd("ADMIT", "demo"), dec(1, "OK", 0, 99))
 	f(cmd("ADMIT", "unlic", "PRIORITY", "emergency"), dec(1, "OK", 0, -1))
 	services := "# Services\r\nservices:3\r\n" +
@@ -137,11 +141,7 @@ func TestClientCommands(t *testing.T) {
 	c.cs.lastActive.Store(start)
 	l := &fakeLister{conns: []*ConnState{other, c.cs}}
 	c.h.SetClientLister(l)
-	f := func(in, want string) {
-		t.Helper()
-		got, _, _ := c.send(in)
-		require.Equal(t, want, got, "request %q", in)
-	}
+	f := c.expect(t)
 	f(cmd("CLIENT", "SETINFO", "LIB-NAME", "redis-py"), "+OK\r\n")
 	f(cmd("CLIENT", "SETINFO", "lib-ver", "5.0.1"), "+OK\r\n")
 	f(cmd("CLIENT", "SETINFO", "LIB-NAME", "a b"), "-ERR lib-name cannot contain spaces, newlines or special characters, and is at most 128 bytes.\r\n")
@@ -275,4 +275,45 @@ func TestClientListServer(t *testing.T) {
 	require.Equal(t, redis.Version(), info.LibVer)
 	require.Equal(t, 2, info.Resp)
 	require.Positive(t, info.FD)
+}
+
+func TestTransactions(t *testing.T) {
+	c := newTestConn(t, "")
+	f := c.expect(t)
+	// What redis-py's pipeline(), go-redis's TxPipelined and ioredis's
+	// multi() send: MULTI, the commands, EXEC, in one write.
+	f(cmd("MULTI")+cmd("ADMIT", "demo", "CALL", "c1")+cmd("PING")+cmd("ADMIT", "de mo")+cmd("RELEASE", "demo", "c1")+cmd("EXEC"),
+		"+OK\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n*4\r\n"+dec(1, "OK", 0, 99)+"+PONG\r\n-ERR invalid service name\r\n:1\r\n")
+	f(cmd("MULTI"), "+OK\r\n")
+	f(cmd("MULTI"), "-ERR MULTI calls can not be nested\r\n")
+	f(cmd("EXEC"), "*0\r\n")
+	f(cmd("EXEC"), "-ERR EXEC without MULTI\r\n")
+	f(cmd("DISCARD"), "-ERR DISCARD without MULTI\r\n")
+	f(cmd("MULTI")+cmd("ADMIT", "demo")+cmd("DISCARD")+cmd("EXEC"), "+OK\r\n+QUEUED\r\n+OK\r\n-ERR EXEC without MULTI\r\n")
+
+	// A command refused while queuing discards the transaction at EXEC;
+	// what was queued before it does not run.
+	abort := "-EXECABORT Transaction discarded because of previous errors.\r\n"
+	f(cmd("MULTI")+cmd("ADMIT", "demo", "CALL", "c2")+cmd("NOSUCH")+cmd("PING")+cmd("EXEC"),
+		"+OK\r\n+QUEUED\r\n-ERR unknown command 'NOSUCH'\r\n+QUEUED\r\n"+abort)
+	f(cmd("RELEASE", "demo", "c2"), ":0\r\n")
+	f(cmd("MULTI")+cmd("ADMIT")+cmd("EXEC"), "+OK\r\n-ERR wrong number of arguments for 'admit' command\r\n"+abort)
+	f(cmd("MULTI")+cmd("INFO")+cmd("EXEC"), "+OK\r\n-ERR 'info' cannot be queued in a transaction (MULTI)\r\n"+abort)
+	big := cmd("ECHO", strings.Repeat("x", 40<<10))
+	f(cmd("MULTI")+big+big+cmd("EXEC"),
+		"+OK\r\n+QUEUED\r\n-ERR transaction too long: at most 256 commands and 64 KiB between MULTI and EXEC\r\n"+abort)
+	got, _, _ := c.send(cmd("MULTI") + strings.Repeat(cmd("PING"), maxTxCommands+1) + cmd("EXEC"))
+	require.Equal(t, "+OK\r\n"+strings.Repeat("+QUEUED\r\n", maxTxCommands)+
+		"-ERR transaction too long: at most 256 commands and 64 KiB between MULTI and EXEC\r\n"+abort, got)
+	got, _, _ = c.send(cmd("MULTI") + strings.Repeat(cmd("PING"), maxTxCommands) + cmd("EXEC"))
+	require.True(t, strings.HasSuffix(got, "*256\r\n"+strings.Repeat("+PONG\r\n", maxTxCommands)), got)
+
+	// QUIT in a transaction closes the connection at once.
+	got, _, closed := c.send(cmd("MULTI") + cmd("QUIT"))
+	require.Equal(t, "+OK\r\n+OK\r\n", got)
+	require.True(t, closed)
+
+	a := newTestConn(t, "s3cret")
+	got, _, _ = a.send(cmd("MULTI"))
+	require.Equal(t, "-NOAUTH Authentication required.\r\n", got)
 }

@@ -48,19 +48,13 @@ func (c *testConn) send(in string) (out string, rest int, closed bool) {
 
 func TestCommandTable(t *testing.T) {
 	c := newTestConn(t, "")
-	f := func(in, want string) {
-		t.Helper()
-		got, rest, closed := c.send(in)
-		require.Equal(t, want, got, "request %q", in)
-		require.Zero(t, rest)
-		require.False(t, closed)
-	}
+	f := c.expect(t)
 	f(cmd("PING"), "+PONG\r\n")
 	f(cmd("ping", "hi"), "$2\r\nhi\r\n")
 	f(cmd("ECHO", "x y"), "$3\r\nx y\r\n")
 	f(cmd("SELECT", "0"), "+OK\r\n")
 	f(cmd("SELECT", "1"), "-ERR DB index is out of range\r\n")
-	f(cmd("COMMAND", "COUNT"), ":15\r\n")
+	f(cmd("COMMAND", "COUNT"), ":18\r\n")
 	f(cmd("CLIENT", "SETINFO", "LIB-NAME", "go-redis"), "+OK\r\n")
 	f(cmd("CLIENT", "SETNAME", "kamailio"), "+OK\r\n")
 	f(cmd("CLIENT", "GETNAME"), "$8\r\nkamailio\r\n")

@@ -22,7 +22,8 @@ import (
 // connect (with their own handshake: HELLO, CLIENT SETNAME, SETINFO, an
 // INFO ready check), PING, INFO parsed by the library, COMMAND COUNT and
 // COMMAND INFO, CLIENT INFO and LIST, ADMIT, QUOTA and RELEASE as raw
-// commands, and a pipeline. Each client gets a node of its own, so every
+// commands, a pipeline and a transaction (MULTI ... EXEC, what redis-py's
+// pipeline() sends by default). Each client gets a node of its own, so every
 // figure is exact: the first ADMIT finds the bucket full (99 left of 100).
 // redis-py and ioredis are what .ci/run installs (Debian python3-redis;
 // ioredis from testdata/clients/package.json): missing, the test fails
@@ -54,6 +55,7 @@ func TestClients(t *testing.T) {
 		require.Equal(t, p.resp, ci["laddr"])
 		require.EqualValues(t, -1, ci["multi"])
 		checkPipeline(t, got.Pipeline, `[[1,"OK",0,-1],true,{"loading":0,"async_loading":0}]`)
+		require.JSONEq(t, `[[1,"OK",0,-1],true]`, string(got.Transaction), "pipeline() with MULTI and EXEC")
 		checkReport(t, p, got, "py-check", "py-1")
 	})
 	t.Run("ioredis", func(t *testing.T) {
@@ -73,6 +75,7 @@ func TestClients(t *testing.T) {
 			pick(ci, "name", "laddr", "lib-name", "lib-ver", "db", "flags", "resp", "user", "multi"))
 		require.Equal(t, ci["id"], jsonString(got.ClientID))
 		checkPipeline(t, got.Pipeline, `[[1,"OK",0,-1],"PONG","# Persistence\r\nloading:0\r\nasync_loading:0\r\n"]`)
+		require.JSONEq(t, `[[1,"OK",0,-1],"PONG"]`, string(got.Transaction), "multi() ... exec()")
 		checkReport(t, p, got, "node-check", "node-1")
 	})
 }
@@ -95,10 +98,10 @@ func testGoRedis(t *testing.T) {
 
 	n, err := rdb.Do(ctx, "COMMAND", "COUNT").Int()
 	require.NoError(t, err)
-	require.Equal(t, 15, n)
+	require.Equal(t, 18, n)
 	cmds, err := rdb.Command(ctx).Result()
 	require.NoError(t, err)
-	require.Len(t, cmds, 15)
+	require.Len(t, cmds, 18)
 	require.Equal(t, &redis.CommandInfo{Name: "admit", Arity: -2, Flags: []string{"write", "fast"}, ACLFlags: []string{"@write", "@fast"},
 		FirstKeyPos: 1, LastKeyPos: 1, StepCount: 1}, withoutPolicy(cmds["admit"]))
 	require.True(t, cmds["quota"].ReadOnly)
@@ -145,6 +148,17 @@ func testGoRedis(t *testing.T) {
 	require.Equal(t, []any{int64(1), "OK", int64(0), int64(-1)}, e.Val())
 	require.Equal(t, "PONG", ping.Val())
 	require.Equal(t, map[string]map[string]string{"Persistence": {"loading": "0", "async_loading": "0"}}, pers.Val())
+
+	var txAdmit *redis.Cmd
+	var txPing *redis.StatusCmd
+	_, err = rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		txAdmit = p.Do(ctx, "ADMIT", "demo", "PRIORITY", "emergency")
+		txPing = p.Ping(ctx)
+		return nil
+	})
+	require.NoError(t, err, "MULTI ... EXEC")
+	require.Equal(t, []any{int64(1), "OK", int64(0), int64(-1)}, txAdmit.Val())
+	require.Equal(t, "PONG", txPing.Val())
 }
 
 // clientReport is what a check script prints: each reply as its client
@@ -168,13 +182,14 @@ type clientReport struct {
 	Release        int             `json:"release"`
 	ReleaseAgain   int             `json:"release_again"`
 	Pipeline       json.RawMessage `json:"pipeline"`
+	Transaction    json.RawMessage `json:"transaction"`
 }
 
 // checkReport checks what every client sees alike.
 func checkReport(t *testing.T, p *proc, got clientReport, name, call string) {
 	t.Helper()
 	require.Contains(t, []string{"true", `"PONG"`}, string(got.Ping))
-	require.Equal(t, 15, got.CommandCount)
+	require.Equal(t, 18, got.CommandCount)
 	require.Equal(t, name, got.ClientGetName)
 	list := decode[[]map[string]any](t, got.ClientList)
 	require.Len(t, list, 1, "this client's connection alone")

@@ -47,6 +47,8 @@ async function main() {
   out.release_again = await r.call("RELEASE", "demo", "node-1");
   const res = await r.pipeline().call("ADMIT", "demo", "PRIORITY", "emergency").ping().info("persistence").exec();
   out.pipeline = res.map(([err, v]) => (err ? "error: " + err.message : v));
+  const tx = await r.multi().call("ADMIT", "demo", "PRIORITY", "emergency").ping().exec();
+  out.transaction = tx.map(([err, v]) => (err ? "error: " + err.message : v));
   r.disconnect();
   console.log(JSON.stringify(out));
 }

@@ -38,6 +38,10 @@ def main():
     pipe.ping()
     pipe.info("persistence")
     out["pipeline"] = pipe.execute()
+    tx = r.pipeline()  # transactional: MULTI ... EXEC
+    tx.execute_command("ADMIT", "demo", "PRIORITY", "emergency")
+    tx.ping()
+    out["transaction"] = tx.execute()
     print(json.dumps(out, sort_keys=True))
 
 
