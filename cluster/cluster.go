@@ -182,30 +182,13 @@ func New(cfg Config) (*Cluster, error) {
 	mc.SecretKey = cfg.Key
 	mc.Delegate = (*delegate)(c)
 	mc.Events = (*events)(c)
-	mc.Logger = log.New(logWriter{cfg.Log}, "", 0)
+	mc.Logger = log.New(newLogWriter(cfg.Log, time.Now), "", 0) // see gossiplog.go
 	ml, err := memberlist.Create(mc)
 	if err != nil {
 		return nil, fmt.Errorf("cannot start gossip on %s (gossip.addr, --gossip-addr): %w", cfg.BindAddr, err)
 	}
 	c.ml = ml
 	return c, nil
-}
-
-// logWriter sends memberlist's log lines to slog at debug level, but its
-// warnings and errors at their level.
-type logWriter struct{ l *slog.Logger }
-
-func (w logWriter) Write(p []byte) (int, error) {
-	s := string(p)
-	switch {
-	case len(s) > 7 && s[:7] == "[ERR] m":
-		w.l.Error(s)
-	case len(s) > 8 && s[:8] == "[WARN] m":
-		w.l.Warn(s)
-	default:
-		w.l.Debug(s)
-	}
-	return len(p), nil
 }
 
 // rejoinEvery is how often a node that has configured members to join but

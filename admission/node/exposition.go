@@ -38,6 +38,8 @@ var metricHelp = map[string]string{
 	"capsgate_gossip_messages_total":             "Cluster messages of capsgate's own, by kind and direction.",
 	"capsgate_gossip_bytes_total":                "Bytes of capsgate's own cluster messages, by direction.",
 	"capsgate_gossip_forward_dropped_total":      "Forwarded operations that could not be queued or sent.",
+	"capsgate_cluster_gossip_rejected_total":     "Gossip packets and streams memberlist refused or could not handle (each an error or warning naming its sender).",
+	"capsgate_cluster_gossip_log_dropped_total":  "Memberlist log lines not written: past 10 a second of one kind.",
 	"capsgate_license_convergence_seconds":       "From a licence's load on one node to its arrival on another.",
 	"capsgate_subscriber_claims_total":           "Subscribers let go here for a later registration on another member.",
 	"capsgate_consume_id_conflicts_total":        "CONSUME IDs charged on two members before either heard of the other.",
