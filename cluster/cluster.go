@@ -7,6 +7,7 @@ import (
 	"log"
 	"log/slog"
 	"net"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -34,10 +35,11 @@ const ExchangeInterval = 100 * time.Millisecond
 const staleAfter = time.Second
 
 // Licences is what the cluster needs of the licence registry: its documents
-// to spread and a way to load the ones peers send.
+// to spread and a way to load the ones peers send (a licence file as it was
+// loaded, which may hold several documents: all load or none).
 type Licences interface {
 	Documents() [][]byte
-	Add(armored []byte) (registry.Result, error)
+	Load(text []byte) ([]registry.Result, error)
 	ClockMark() time.Time
 	ObserveMark(t time.Time)
 }
@@ -571,12 +573,12 @@ func (d *delegate) NotifyMsg(b []byte) {
 		}
 		loaded := time.Unix(0, int64(binary.BigEndian.Uint64(b[1:9])))
 		doc := append([]byte(nil), b[9:]...)
-		res, err := c.cfg.Licences.Add(doc)
+		res, err := c.cfg.Licences.Load(doc)
 		if err != nil {
 			c.log.Warn("refusing a licence sent by a member", "err", err)
 			return
 		}
-		if res.New {
+		if slices.ContainsFunc(res, func(r registry.Result) bool { return r.New }) {
 			convergence.Update(max(time.Since(loaded).Seconds(), 0))
 		}
 	}
@@ -611,7 +613,7 @@ func (d *delegate) MergeRemoteState(buf []byte, join bool) {
 	}
 	d.cfg.Licences.ObserveMark(s.ClockMark)
 	for _, doc := range s.Documents {
-		if _, err := d.cfg.Licences.Add(doc); err != nil {
+		if _, err := d.cfg.Licences.Load(doc); err != nil {
 			d.log.Debug("not loading a licence from a member's state", "err", err)
 		}
 	}

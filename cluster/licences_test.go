@@ -1,0 +1,40 @@
+package cluster
+
+import (
+	"encoding/binary"
+	"io"
+	"log/slog"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/capsgate/capsgate/admission"
+	"github.com/capsgate/capsgate/licensing"
+	"github.com/capsgate/capsgate/licensing/registry"
+)
+
+// A licence file a member loaded and sent on, holding several documents,
+// loads whole on the members it reaches: a member used to take one
+// document (and refused the file once a text of several was refused).
+func TestSpreadLicenceFileLoadsEveryDocument(t *testing.T) {
+	key, err := licensing.GenerateVendorKey()
+	require.NoError(t, err)
+	keys, err := licensing.NewKeyring(key.Public())
+	require.NoError(t, err)
+	eng := admission.NewEngine(admission.DefaultConfig())
+	reg, err := registry.Open(registry.Config{Dir: t.TempDir(), Keys: keys, Sink: eng, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	require.NoError(t, err)
+	var file []byte
+	for _, id := range []string{"a", "b"} {
+		b, err := key.Sign(&licensing.License{ID: id, Service: "voice", CAPS: 500}, time.Now())
+		require.NoError(t, err)
+		file = append(file, b...)
+	}
+	c := &Cluster{cfg: Config{Licences: reg}, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	msg := slices.Concat([]byte{msgLicence}, binary.BigEndian.AppendUint64(nil, uint64(time.Now().UnixNano())), file)
+	(*delegate)(c).NotifyMsg(msg)
+	require.Len(t, reg.List(), 2)
+	require.Equal(t, 1000.0, eng.Service("voice").Stats().Limits.CAPS)
+}
