@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -40,6 +41,9 @@ type op struct {
 	Remaining int64  `json:"m,omitempty"`
 	// Allocation is an account's allocation (opAllocation).
 	Allocation *meter.Allocation `json:"al,omitempty"`
+	// queued counts the operation for the connection it came from until
+	// it is sent (resp.Forwarder); nil for the node's own.
+	queued *atomic.Int64
 }
 
 type opsMsg struct {
@@ -47,10 +51,21 @@ type opsMsg struct {
 	Ops  []op   `json:"ops"`
 }
 
-// forwardQueue bounds the operations waiting to go out; beyond it they are
-// dropped (the session or registration then ends by its TTL) rather than
-// blocking an event loop.
-const forwardQueue = 8192
+// forwardQueue bounds the operations waiting to go out. A client
+// connection may have resp.MaxForwardQueued of them waiting, and none
+// when fewer than forwardSlack places are left (ForwardRoom): it waits
+// instead, so they are not dropped. The node's own (account allocations)
+// and a race for the last places may still find it full: those are
+// dropped and counted rather than block an event loop (the session or
+// registration then ends by its TTL).
+const (
+	forwardQueue = 65536
+	forwardSlack = 1024
+)
+
+// ForwardRoom reports whether the queue has room for one more operation
+// from a client connection (implements resp.Forwarder).
+func (c *Cluster) ForwardRoom() bool { return len(c.forward) < forwardQueue-forwardSlack }
 
 // forwardBatch bounds the operations in one message; forwardLinger is how
 // long the first operation of a batch waits for others to join it.
@@ -61,29 +76,30 @@ const (
 
 // ForwardRelease sends a RELEASE this node could not do to every member
 // (implements resp.Forwarder; never blocks).
-func (c *Cluster) ForwardRelease(service, call []byte, seconds int64) {
-	c.enqueue(op{Kind: opRelease, Service: string(service), Key: append([]byte(nil), call...), Seconds: seconds, At: time.Now().UnixNano()})
+func (c *Cluster) ForwardRelease(service, call []byte, seconds int64, queued *atomic.Int64) {
+	c.enqueue(op{Kind: opRelease, Service: string(service), Key: append([]byte(nil), call...), Seconds: seconds, At: time.Now().UnixNano(),
+		queued: queued})
 }
 
 // ForwardDeregister sends a DEREGISTER this node could not do to every member.
-func (c *Cluster) ForwardDeregister(service, sub []byte) {
-	c.enqueue(op{Kind: opDeregister, Service: string(service), Key: append([]byte(nil), sub...), At: time.Now().UnixNano()})
+func (c *Cluster) ForwardDeregister(service, sub []byte, queued *atomic.Int64) {
+	c.enqueue(op{Kind: opDeregister, Service: string(service), Key: append([]byte(nil), sub...), At: time.Now().UnixNano(), queued: queued})
 }
 
 // ClaimSubscriber tells every member that a subscriber is registered here
 // now: a member still holding it from an earlier registration through it
 // lets it go, so a subscriber counts once in the cluster.
-func (c *Cluster) ClaimSubscriber(service, sub []byte) {
-	o := op{Kind: opClaim, Service: string(service), Key: append([]byte(nil), sub...), At: time.Now().UnixNano()}
+func (c *Cluster) ClaimSubscriber(service, sub []byte, queued *atomic.Int64) {
+	o := op{Kind: opClaim, Service: string(service), Key: append([]byte(nil), sub...), At: time.Now().UnixNano(), queued: queued}
 	c.claims.made(o)
 	c.enqueue(o)
 }
 
 // Consumed tells every member about a CONSUME ID charged here, so that a
 // repeat through any node gets the same decision and is not charged again.
-func (c *Cluster) Consumed(service, account, id []byte, d admission.Decision) {
+func (c *Cluster) Consumed(service, account, id []byte, d admission.Decision, queued *atomic.Int64) {
 	c.enqueue(op{Kind: opConsumed, Service: string(service), Account: string(account), Key: append([]byte(nil), id...),
-		Remaining: d.Remaining, At: time.Now().UnixNano()})
+		Remaining: d.Remaining, At: time.Now().UnixNano(), queued: queued})
 }
 
 // SpreadAllocation sends an account allocation made here to every member.
@@ -106,12 +122,18 @@ func (c *Cluster) applyAllocations(all map[string]map[string]meter.Allocation) {
 }
 
 func (c *Cluster) enqueue(o op) {
+	if o.queued != nil {
+		o.queued.Add(1)
+	}
 	select {
 	case c.forward <- o:
 	default:
 		// Counted, not logged: logging here would put I/O on the event
 		// loop exactly when a flood fills the queue.
 		forwardDropped.Inc()
+		if o.queued != nil {
+			o.queued.Add(-1)
+		}
 	}
 }
 
@@ -144,8 +166,18 @@ func (c *Cluster) forwarder() {
 }
 
 func (c *Cluster) sendOps(batch []op) {
+	var sent []*atomic.Int64
+	for i := range batch {
+		if q := batch[i].queued; q != nil {
+			sent = append(sent, q)
+			batch[i].queued = nil // the replay log keeps no connection
+		}
+	}
 	c.replay.keep(batch)
 	c.sendBatch(batch)
+	for _, q := range sent {
+		q.Add(-1)
+	}
 }
 
 func (c *Cluster) sendBatch(batch []op) {

@@ -37,6 +37,11 @@ type ConnState struct {
 	// read (doubling while it does not).
 	paced atomic.Bool
 	pause time.Duration
+	// forwarding counts this connection's operations waiting to be
+	// forwarded (Forwarder); blocked says Handle stopped before a command
+	// that would forward one, for want of room.
+	forwarding atomic.Int64
+	blocked    bool
 	// lastActive is the engine-clock instant of the last request, read by
 	// the idle sweeper from another goroutine.
 	lastActive atomic.Int64
@@ -53,13 +58,39 @@ func NewConnState(id int64) *ConnState {
 // it from an earlier registration lets it go (a subscriber counts once in
 // the cluster). It is called on the event loop and must not block; the
 // byte slices are only valid during the call.
+//
+// Each operation counts in queued (the connection's) until it is sent;
+// ForwardRoom says whether the forwarder has room for one more. A
+// connection with MaxForwardQueued operations waiting, or finding no room,
+// waits before its next command that may forward (back-pressure, not a
+// drop): a client flooding RELEASEs for calls nobody holds is slowed to
+// what the cluster can carry, and another client's RELEASE is never
+// dropped for it.
 type Forwarder interface {
-	ForwardRelease(service, call []byte, seconds int64)
-	ForwardDeregister(service, subscriber []byte)
-	ClaimSubscriber(service, subscriber []byte)
+	ForwardRoom() bool
+	ForwardRelease(service, call []byte, seconds int64, queued *atomic.Int64)
+	ForwardDeregister(service, subscriber []byte, queued *atomic.Int64)
+	ClaimSubscriber(service, subscriber []byte, queued *atomic.Int64)
 	// Consumed passes on a CONSUME ID charged here, with its decision, so
 	// that a repeat through another node is not charged again.
-	Consumed(service, account, id []byte, d admission.Decision)
+	Consumed(service, account, id []byte, d admission.Decision, queued *atomic.Int64)
+}
+
+// MaxForwardQueued bounds the operations one connection may have waiting
+// to be forwarded to the cluster.
+const MaxForwardQueued = 256
+
+// mustWait reports whether a command named name (lower case), which may
+// pass on work to the cluster, must wait for room (see Forwarder).
+func (h *Handler) mustWait(cs *ConnState, name []byte) bool {
+	if h.fwd == nil {
+		return false
+	}
+	switch string(name) {
+	case "release", "register", "deregister", "consume", "exec":
+		return cs.forwarding.Load() >= MaxForwardQueued || !h.fwd.ForwardRoom()
+	}
+	return false
 }
 
 // Handler executes commands against an engine. It holds no per-connection
@@ -95,9 +126,11 @@ func NewHandler(eng *admission.Engine, password string) *Handler {
 // command are left unconsumed for the next call, and so are the commands
 // after the replies reach cs's budget (cs.more: the caller calls again
 // once the replies are on their way), so no command runs while the node
-// holds more than the budget and one reply of a connection's replies.
+// holds more than the budget and one reply of a connection's replies, and
+// a command that may forward work to the cluster while it has no room
+// for it (cs.blocked: the caller calls again a little later).
 func (h *Handler) Handle(now int64, cs *ConnState, in, out []byte) (n int, _ []byte, closeConn bool) {
-	cs.more = false
+	cs.more, cs.blocked = false, false
 	start := len(out)
 	for n < len(in) {
 		if cs.outBudget > 0 && len(out)-start >= cs.outBudget {
@@ -115,6 +148,13 @@ func (h *Handler) Handle(now int64, cs *ConnState, in, out []byte) (n int, _ []b
 			break
 		}
 		cs.args = args[:0]
+		if len(args) > 0 {
+			var nb [16]byte
+			if h.mustWait(cs, lower(&nb, args[0])) {
+				cs.blocked = true
+				break
+			}
+		}
 		n += used
 		if len(args) == 0 {
 			continue // an empty inline line
@@ -165,13 +205,13 @@ func (h *Handler) exec(now int64, cs *ConnState, args [][]byte, out []byte) ([]b
 	case "admit":
 		return h.admit(now, args, out), false
 	case "release":
-		return h.release(now, args, out), false
+		return h.release(now, cs, args, out), false
 	case "register":
-		return h.register(now, args, out), false
+		return h.register(now, cs, args, out), false
 	case "deregister":
-		return h.deregister(now, args, out), false
+		return h.deregister(now, cs, args, out), false
 	case "consume":
-		return h.consume(now, args, out), false
+		return h.consume(now, cs, args, out), false
 	case "quota":
 		return h.quota(args, out), false
 	case "ping":
@@ -309,33 +349,33 @@ func keyed(args [][]byte, cmd, errKey, opt string, min, def int64, errOpt string
 }
 
 // RELEASE service call-id [SECONDS n]
-func (h *Handler) release(now int64, args [][]byte, out []byte) []byte {
+func (h *Handler) release(now int64, cs *ConnState, args [][]byte, out []byte) []byte {
 	secs, e := keyed(args, "release", errCall, "SECONDS", 0, 0, errSeconds)
 	if e != "" {
 		return AppendError(out, e)
 	}
 	released := h.eng.Release(now, args[1], args[2], secs)
 	if !released && h.fwd != nil {
-		h.fwd.ForwardRelease(args[1], args[2], secs)
+		h.fwd.ForwardRelease(args[1], args[2], secs, &cs.forwarding)
 	}
 	return AppendInt(out, b2i(released))
 }
 
 // REGISTER service subscriber [TTL seconds]
-func (h *Handler) register(now int64, args [][]byte, out []byte) []byte {
+func (h *Handler) register(now int64, cs *ConnState, args [][]byte, out []byte) []byte {
 	ttl, e := keyed(args, "register", errSubscriber, "TTL", 1, 0, errTTL)
 	if e != "" {
 		return AppendError(out, e)
 	}
 	d, added := h.eng.RegisterNew(now, args[1], args[2], ttl)
 	if added && h.fwd != nil {
-		h.fwd.ClaimSubscriber(args[1], args[2])
+		h.fwd.ClaimSubscriber(args[1], args[2], &cs.forwarding)
 	}
 	return decision(out, d)
 }
 
 // DEREGISTER service subscriber
-func (h *Handler) deregister(now int64, args [][]byte, out []byte) []byte {
+func (h *Handler) deregister(now int64, cs *ConnState, args [][]byte, out []byte) []byte {
 	if _, e := keyed(args, "deregister", errSubscriber, "", 0, 0, ""); e != "" {
 		return AppendError(out, e)
 	}
@@ -344,13 +384,13 @@ func (h *Handler) deregister(now int64, args [][]byte, out []byte) []byte {
 	// again through another node a moment ago (its claim on the way), and
 	// that registration must end too.
 	if h.fwd != nil {
-		h.fwd.ForwardDeregister(args[1], args[2])
+		h.fwd.ForwardDeregister(args[1], args[2], &cs.forwarding)
 	}
 	return AppendInt(out, b2i(gone))
 }
 
 // CONSUME service account units [ID key]
-func (h *Handler) consume(now int64, args [][]byte, out []byte) []byte {
+func (h *Handler) consume(now int64, cs *ConnState, args [][]byte, out []byte) []byte {
 	if len(args) != 4 && len(args) != 6 {
 		return wrongArgs(out, "consume")
 	}
@@ -376,7 +416,7 @@ func (h *Handler) consume(now int64, args [][]byte, out []byte) []byte {
 	}
 	d := h.eng.Consume(now, args[1], args[2], units, id)
 	if id != nil && d.Admitted() && h.fwd != nil {
-		h.fwd.Consumed(args[1], args[2], id, d)
+		h.fwd.Consumed(args[1], args[2], id, d, &cs.forwarding)
 	}
 	return decision(out, d)
 }

@@ -296,7 +296,11 @@ func (s *Server) OnTraffic(c gnet.Conn) gnet.Action {
 	if n > 0 {
 		_, _ = c.Discard(n)
 	}
-	if (cs.more || len(in) < total && n > 0) && !closeConn {
+	switch {
+	case closeConn:
+	case cs.blocked:
+		s.pace.after(c, &cs.paced, time.Millisecond) // when the cluster has room again
+	case cs.more || len(in) < total && n > 0:
 		s.pace.next(c, &cs.paced) // the rest at the next round, after the others
 	}
 	if len(out) > 0 {

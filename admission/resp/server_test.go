@@ -442,3 +442,111 @@ func TestLongPipelineAnsweredWhole(t *testing.T) {
 	require.Positive(t, worst, "the other client's PINGs were answered")
 	require.Equal(t, uint64(n), s.eng.Service("demo").Stats().Admissions[admission.OK])
 }
+
+// fakeForwarder has room while room is set, and holds what it is given
+// until flush sends it.
+type fakeForwarder struct {
+	mu     sync.Mutex
+	room   atomic.Bool
+	held   []*atomic.Int64
+	calls  []string
+	queued atomic.Int64
+}
+
+func (f *fakeForwarder) ForwardRoom() bool { return f.room.Load() }
+func (f *fakeForwarder) hold(q *atomic.Int64, what string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	q.Add(1)
+	f.held = append(f.held, q)
+	f.calls = append(f.calls, what)
+}
+func (f *fakeForwarder) ForwardRelease(_, call []byte, _ int64, q *atomic.Int64) {
+	f.hold(q, "release "+string(call))
+}
+func (f *fakeForwarder) ForwardDeregister(_, sub []byte, q *atomic.Int64) { f.hold(q, "deregister "+string(sub)) }
+func (f *fakeForwarder) ClaimSubscriber(_, sub []byte, q *atomic.Int64)   { f.hold(q, "claim "+string(sub)) }
+func (f *fakeForwarder) Consumed(_, _, id []byte, _ admission.Decision, q *atomic.Int64) {
+	f.hold(q, "consumed "+string(id))
+}
+func (f *fakeForwarder) flush() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, q := range f.held {
+		q.Add(-1)
+	}
+	f.held = f.held[:0]
+}
+
+// A connection that forwards work waits, not drops, when the forwarder has
+// no room or when MaxForwardQueued of its own are waiting: its commands
+// run once there is room, in order, and another connection's commands that
+// forward nothing are answered meanwhile.
+func TestForwardingWaitsForRoom(t *testing.T) {
+	s := startServer(t, Config{}, &admission.SystemClock{}, unlimited())
+	f := &fakeForwarder{}
+	s.h.SetForwarder(f)
+	c, err := net.Dial("tcp", s.Addr())
+	require.NoError(t, err)
+	defer c.Close()
+	r := bufio.NewReader(c)
+	read := func(n int) []string {
+		var got []string
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		for range n {
+			l, err := r.ReadString('\n')
+			require.NoError(t, err)
+			got = append(got, l)
+		}
+		return got
+	}
+	// No room: the RELEASE waits; the PING before it is answered.
+	_, err = c.Write([]byte("PING\r\nRELEASE demo nobody-1\r\nPING\r\n"))
+	require.NoError(t, err)
+	require.Equal(t, []string{"+PONG\r\n"}, read(1))
+	other := dialPing(t, s.Addr())
+	require.Equal(t, "+PONG\r\n", other())
+	time.Sleep(50 * time.Millisecond)
+	f.mu.Lock()
+	require.Empty(t, f.calls, "nothing forwarded without room")
+	f.mu.Unlock()
+	f.room.Store(true)
+	require.Equal(t, []string{":0\r\n", "+PONG\r\n"}, read(2))
+	f.flush()
+	// MaxForwardQueued waiting for the connection: the next one waits
+	// until they are sent.
+	var b strings.Builder
+	for i := range MaxForwardQueued + 10 {
+		fmt.Fprintf(&b, "RELEASE demo nobody-%d\r\n", i+2)
+	}
+	_, err = c.Write([]byte(b.String()))
+	require.NoError(t, err)
+	require.Len(t, read(MaxForwardQueued), MaxForwardQueued)
+	time.Sleep(50 * time.Millisecond)
+	f.mu.Lock()
+	require.Len(t, f.calls, 1+MaxForwardQueued, "the rest wait")
+	f.mu.Unlock()
+	f.flush()
+	require.Len(t, read(10), 10)
+	f.mu.Lock()
+	require.Len(t, f.calls, 1+MaxForwardQueued+10, "every RELEASE forwarded, none dropped")
+	require.Equal(t, "release nobody-1", f.calls[0])
+	require.Equal(t, fmt.Sprintf("release nobody-%d", MaxForwardQueued+11), f.calls[len(f.calls)-1])
+	f.mu.Unlock()
+}
+
+// dialPing returns a function sending PING on a new connection and
+// returning the answer.
+func dialPing(t *testing.T, addr string) func() string {
+	c, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	r := bufio.NewReader(c)
+	return func() string {
+		_, _ = c.Write([]byte("PING\r\n"))
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		l, err := r.ReadString('\n')
+		require.NoError(t, err)
+		return l
+	}
+}
