@@ -16,6 +16,7 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/capsgate/capsgate/admission"
+	"github.com/capsgate/capsgate/internal/bounded"
 )
 
 // FlushEvery is how often the node calls Flush: the group-commit interval,
@@ -275,7 +276,7 @@ func (j *Journal) load() error {
 // readSnapshot applies a snapshot. A snapshot is written whole and renamed
 // into place, so any damage is corruption, not a crash: it is an error.
 func (j *Journal) readSnapshot(path string, r replay) error {
-	b, err := os.ReadFile(path)
+	b, err := bounded.ReadFile(path, bounded.NodeState)
 	if err != nil {
 		return fmt.Errorf("cannot read the state snapshot: %w", err)
 	}
@@ -307,7 +308,7 @@ func (j *Journal) readSnapshot(path string, r replay) error {
 // crash tore off (or, far less likely, damage; either way what follows it
 // is not trusted).
 func (j *Journal) readJournal(path string, r replay) error {
-	b, err := os.ReadFile(path)
+	b, err := bounded.ReadFile(path, bounded.NodeState)
 	if err != nil {
 		return fmt.Errorf("cannot read the state journal: %w", err)
 	}

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -162,22 +163,35 @@ func TestTornTailIsCut(t *testing.T) {
 	require.Equal(t, 20, n3.j.Recovered().Sessions)
 }
 
-func TestCorruptSnapshotStopsTheStart(t *testing.T) {
-	dir, clk := t.TempDir(), admission.NewFakeClock()
+// snapshotted makes a journal in a new dir whose state is in a snapshot,
+// and returns the dir, its clock and the snapshot's path.
+func snapshotted(t *testing.T) (dir string, clk *admission.FakeClock, path string) {
+	t.Helper()
+	dir, clk = t.TempDir(), admission.NewFakeClock()
 	n := start(t, dir, clk)
 	n.load(5, 5)
 	require.NoError(t, n.j.Close())
 	n = start(t, dir, clk) // the state is now in a snapshot
 	require.NoError(t, n.j.Close())
-	path := filepath.Join(dir, snapshotName(n.j.seq))
+	return dir, clk, filepath.Join(dir, snapshotName(n.j.seq))
+}
+
+// reopen opens the journal in dir for a new engine.
+func reopen(dir string, clk *admission.FakeClock) error {
+	cfg := admission.DefaultConfig()
+	cfg.Clock, cfg.JournalState = clk, true
+	_, err := Open(Config{Dir: dir, Engine: admission.NewEngine(cfg), Clock: clk, Log: slog.New(slog.DiscardHandler)})
+	return err
+}
+
+func TestCorruptSnapshotStopsTheStart(t *testing.T) {
+	dir, clk, path := snapshotted(t)
 	b, err := os.ReadFile(path)
 	require.NoError(t, err)
 	b[len(snapshotMagic)+frameHeader+3] ^= 1
 	require.NoError(t, os.WriteFile(path, b, 0o600))
 
-	cfg := admission.DefaultConfig()
-	cfg.Clock, cfg.JournalState = clk, true
-	_, err = Open(Config{Dir: dir, Engine: admission.NewEngine(cfg), Clock: clk, Log: slog.New(slog.DiscardHandler)})
+	err = reopen(dir, clk)
 	require.ErrorContains(t, err, "cannot read the state snapshot")
 	require.ErrorContains(t, err, "move it away")
 }
@@ -282,4 +296,13 @@ func TestRecordRoundTrip(t *testing.T) {
 		Licensed: true, Key: k, Remaining: 41, Account: "acme"}, time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
 	f(uint8(admission.SessionClosed), "prepaid-voice", admission.Change{Kind: admission.SessionClosed, Key: k}, 0)
 	f(uint8(admission.SubscriberSet), "v", admission.Change{Kind: admission.SubscriberSet, Key: k, Remaining: -1}, -5)
+}
+
+// A snapshot that is not a regular file (a FIFO here) stops the start in
+// one line instead of blocking it.
+func TestSnapshotNotAFileStopsTheStart(t *testing.T) {
+	dir, clk, path := snapshotted(t)
+	require.NoError(t, os.Remove(path))
+	require.NoError(t, syscall.Mkfifo(path, 0o600))
+	require.EqualError(t, reopen(dir, clk), "cannot read the state snapshot: "+path+": not a regular file (a FIFO)")
 }

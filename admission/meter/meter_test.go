@@ -4,6 +4,9 @@ import (
 	"crypto/ed25519"
 	"log/slog"
 	"math"
+	"os"
+	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -197,4 +200,18 @@ func TestChargeLargerThanAStep(t *testing.T) {
 	f(admission.Unlimited, 3000)
 	f(math.MaxInt64, math.MaxInt64-1)
 	f(admission.Unlimited, math.MaxInt64)
+}
+
+// A token state that is not a regular file stops the start in one line
+// instead of blocking it or being read without end.
+func TestTokenStateNotAFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, StateFile)
+	require.NoError(t, syscall.Mkfifo(path, 0o600))
+	_, err := OpenReserver(admission.NewEngine(admission.DefaultConfig()), dir, slog.Default())
+	require.EqualError(t, err, "cannot read the token state: "+path+": not a regular file (a FIFO)")
+	require.NoError(t, os.Remove(path))
+	require.NoError(t, os.Symlink("/dev/zero", path))
+	_, err = OpenReserver(admission.NewEngine(admission.DefaultConfig()), dir, slog.Default())
+	require.EqualError(t, err, "cannot read the token state: "+path+": not a regular file (a character device)")
 }

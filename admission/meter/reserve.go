@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/capsgate/capsgate/admission"
+	"github.com/capsgate/capsgate/internal/bounded"
 )
 
 // MinBlock is the smallest durable reservation step, in tokens.
@@ -99,7 +100,7 @@ type Allocation struct {
 func OpenReserver(eng *admission.Engine, dir string, log *slog.Logger) (*Reserver, error) {
 	r := &Reserver{eng: eng, path: filepath.Join(dir, StateFile), log: log, rate: map[poolKey]rateSample{}, restored: map[string]bool{},
 		state: fileState{Services: map[string]*serviceState{}}}
-	b, err := os.ReadFile(r.path)
+	b, err := bounded.ReadFile(r.path, bounded.NodeState)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		return r, nil
