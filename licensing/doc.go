@@ -37,6 +37,12 @@
 // "capsgate-revocation-v1\n"). A key id is the first 8 bytes of the SHA-256
 // of the public key, in hex.
 //
+// A licence file may hold several documents (licences and revocations,
+// up to MaxDocuments): Split finds them all, in order, for a reader that
+// loads the whole file or none of it. The one-document readers (Verify,
+// Decode, the key parsers) refuse a text of several blocks rather than
+// read the first and drop the rest.
+//
 // # Guarantees
 //
 //   - Verify accepts a document only if a trusted key signed exactly its
@@ -47,7 +53,9 @@
 //     envelope and the canonical document from what it parsed and refuses
 //     anything that differs, so Canonical of a verified licence returns the
 //     signed bytes.
-//   - No input makes the decoder panic (see FuzzDecode).
+//   - No input makes the decoder or Split panic (see FuzzDecode, FuzzSplit).
+//   - Limits stack without wrapping: Effective's sums stop at
+//     math.MaxInt64.
 //   - State changes exactly at NotBefore, NotAfter and NotAfter+Grace, and
 //     NextChange returns that instant, so a node's timer on an injected
 //     clock recomputes Effective when, and only when, something changes.

@@ -80,6 +80,9 @@ func FuzzSplit(f *testing.F) {
 	f.Add(slices.Concat(rev, lic[:200]))
 	f.Add(bytes.Repeat([]byte("-----BEGIN CAPSGATE LICENSE-----\n"), 1000))
 	f.Add([]byte(strings.Repeat("-----BEGIN CAPSGATE LICENSE-----\n", 3) + strings.Repeat("-----END CAPSGATE LICENSE-----\n", 3)))
+	f.Add(bytes.Repeat(lic, MaxDocuments))                                    // the most documents a file may hold
+	f.Add(bytes.Repeat([]byte("\n"), maxArmorSize))                           // the largest text, all lines
+	f.Add(append(bytes.Repeat([]byte(" "), maxArmorSize-len(lic)+1), lic...)) // a byte too large
 	f.Fuzz(func(t *testing.T, data []byte) {
 		docs, err := Split(data)
 		if err != nil {

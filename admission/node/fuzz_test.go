@@ -74,6 +74,10 @@ func FuzzAdminBodies(f *testing.F) {
 		f.Add(uint8(0), []byte(s))
 		f.Add(uint8(1), []byte(s))
 	}
+	// Size extremes: a byte past each body's bound, nesting to the bound.
+	f.Add(uint8(0), append([]byte(`{"tokens": 1, "overage": "`), bytes.Repeat([]byte("x"), maxAccountBody)...))
+	f.Add(uint8(0), []byte(strings.Repeat(`{"overage":`, 2000)))
+	f.Add(uint8(1), bytes.Repeat([]byte("-----BEGIN CAPSGATE LICENSE-----\n"), maxLicenseBytes/33+1))
 	f.Fuzz(func(t *testing.T, which uint8, body []byte) {
 		method, path := "PUT", "/v1/services/demo/accounts/fz"
 		if which%2 == 1 {
