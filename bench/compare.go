@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/capsgate/capsgate/internal/bounded"
 )
 
 // Settings are a comparison's load settings, the same for every target.
@@ -454,10 +456,14 @@ func (c *Comparison) WriteJSON(path string) error {
 	return nil
 }
 
+// maxComparisonFile bounds a results file ReadComparison reads: one is a
+// few KiB.
+const maxComparisonFile = 16 << 20
+
 // ReadComparison reads a file WriteJSON wrote.
 func ReadComparison(path string) (Comparison, error) {
 	var c Comparison
-	b, err := os.ReadFile(path)
+	b, err := bounded.ReadFile(path, maxComparisonFile)
 	if err != nil {
 		return c, fmt.Errorf("cannot read the results: %w", err)
 	}

@@ -7,13 +7,13 @@ import (
 	"io"
 	"maps"
 	"math"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/capsgate/capsgate/cluster/sim"
+	"github.com/capsgate/capsgate/internal/bounded"
 )
 
 // SimUsage is `capsbench sim`'s usage line.
@@ -331,21 +331,9 @@ func ParseSim(args []string, help io.Writer) (SimOptions, error) {
 // readFile applies the settings of a scenario file that the command line
 // left unset.
 func (a *simArgs) readFile(path string) error {
-	f, err := os.Open(path)
+	b, err := bounded.ReadFile(path, maxScenarioFile)
 	if err != nil {
 		return fmt.Errorf("cannot read --scenario: %w", err)
-	}
-	defer f.Close()
-	tooLarge := fmt.Errorf("cannot read --scenario %s: larger than %d KiB", path, maxScenarioFile>>10)
-	if st, err := f.Stat(); err == nil && st.Size() > maxScenarioFile {
-		return tooLarge
-	}
-	b, err := io.ReadAll(io.LimitReader(f, maxScenarioFile+1)) // a pipe or device has no size
-	if err != nil {
-		return fmt.Errorf("cannot read --scenario: %w", err)
-	}
-	if len(b) > maxScenarioFile {
-		return tooLarge
 	}
 	return a.parseFile(path, string(b))
 }

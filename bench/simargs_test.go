@@ -174,7 +174,9 @@ func TestScenarioFile(t *testing.T) {
 
 	// Bounded before it is read: 64 KiB of comments is a file, a byte more is not.
 	f("#"+strings.Repeat("x", maxScenarioFile-2)+"\n", "", func(*sim.Scenario) {}, "")
-	f("#"+strings.Repeat("x", maxScenarioFile-1)+"\n", "", nil, "cannot read --scenario FILE: larger than 64 KiB")
-	_, err := ParseSim([]string{"--scenario", filepath.Join(dir, "missing")}, io.Discard)
+	f("#"+strings.Repeat("x", maxScenarioFile-1)+"\n", "", nil, "cannot read --scenario: FILE: file too large (65537 bytes; the limit is 64 KiB)")
+	_, err := ParseSim([]string{"--scenario", "/dev/zero"}, io.Discard)
+	require.EqualError(t, err, "cannot read --scenario: /dev/zero: not a regular file (a character device)")
+	_, err = ParseSim([]string{"--scenario", filepath.Join(dir, "missing")}, io.Discard)
 	require.ErrorContains(t, err, "cannot read --scenario: open ")
 }
