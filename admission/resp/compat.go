@@ -2,8 +2,9 @@ package resp
 
 // What common Redis clients send or offer besides capsgate's own commands:
 // INFO [section ...] in the form redis-py, ioredis and go-redis parse,
-// COMMAND and its subcommands, and CLIENT INFO, LIST, SETINFO and the rest
-// a client library sends on connect. None of these is on the decision path.
+// COMMAND and its subcommands, CLIENT INFO, LIST, SETINFO and the rest a
+// client library sends on connect, and MULTI/EXEC/DISCARD, which redis-py's
+// pipeline() sends by default. None of these is on the decision path.
 
 import (
 	"bytes"
@@ -407,29 +408,33 @@ type commandSpec struct {
 	acl     string
 	group   string
 	summary string
+	// usage is the arguments as a help line writes them, for COMMAND
+	// DOCS (redis-cli's help and hints): a word is an argument, an upper
+	// case word before it its token, [...] optional, a|b one of, x ... more.
+	usage string
 }
 
 // commandTable lists every command exec answers; TestCommandTableMatchesExec
 // keeps the two in step.
 var commandTable = []commandSpec{
-	{"admit", -2, "write fast", true, "@write @fast", "capsgate", "Decide whether a call attempt may go ahead."},
-	{"release", -3, "write fast", true, "@write @fast", "capsgate", "End a call's session."},
-	{"register", -3, "write fast", true, "@write @fast", "capsgate", "Register or refresh a subscriber."},
-	{"deregister", 3, "write fast", true, "@write @fast", "capsgate", "Deregister a subscriber."},
-	{"consume", -4, "write fast", true, "@write @fast", "capsgate", "Charge prepaid tokens to an account."},
-	{"quota", 2, "readonly fast", true, "@read @fast", "capsgate", "Show a service's limits and usage."},
-	{"ping", -1, "fast stale", false, "@fast @connection", "connection", "Return the server's liveliness response."},
-	{"echo", 2, "fast stale", false, "@fast @connection", "connection", "Return the given string."},
-	{"quit", -1, "noscript loading stale fast no_auth allow_busy", false, "@fast @connection", "connection", "Close the connection."},
-	{"auth", -2, "noscript loading stale fast no_auth allow_busy", false, "@fast @connection", "connection", "Authenticate the connection."},
-	{"hello", -1, "noscript loading stale fast no_auth allow_busy", false, "@fast @connection", "connection", "Handshake with the server (RESP2 only)."},
-	{"select", 2, "loading stale fast", false, "@fast @connection", "connection", "Select database 0, the only one."},
-	{"info", -1, "loading stale", false, "@slow @dangerous", "server", "Return information and statistics about the server and its services."},
-	{"command", -1, "loading stale", false, "@slow @connection", "server", "Return detailed information about all commands."},
-	{"client", -2, "noscript loading stale", false, "@slow @connection", "connection", "Inspect or name client connections."},
-	{"multi", 1, "noscript loading stale fast allow_busy", false, "@fast @transaction", "transactions", "Start a transaction: queue commands until EXEC."},
-	{"exec", 1, "noscript loading stale skip_slowlog", false, "@slow @transaction", "transactions", "Run the commands queued since MULTI."},
-	{"discard", 1, "noscript loading stale fast allow_busy", false, "@fast @transaction", "transactions", "Drop the commands queued since MULTI."},
+	{"admit", -2, "write fast", true, "@write @fast", "capsgate", "Decide whether a call attempt may go ahead.", "service [CALL call-id] [ACCOUNT account] [PRIORITY normal|high|emergency]"},
+	{"release", -3, "write fast", true, "@write @fast", "capsgate", "End a call's session.", "service call-id [SECONDS seconds]"},
+	{"register", -3, "write fast", true, "@write @fast", "capsgate", "Register or refresh a subscriber.", "service subscriber [TTL seconds]"},
+	{"deregister", 3, "write fast", true, "@write @fast", "capsgate", "Deregister a subscriber.", "service subscriber"},
+	{"consume", -4, "write fast", true, "@write @fast", "capsgate", "Charge prepaid tokens to an account.", "service account units [ID key]"},
+	{"quota", 2, "readonly fast", true, "@read @fast", "capsgate", "Show a service's limits and usage.", "service"},
+	{"ping", -1, "fast stale", false, "@fast @connection", "connection", "Return the server's liveliness response.", "[message]"},
+	{"echo", 2, "fast stale", false, "@fast @connection", "connection", "Return the given string.", "message"},
+	{"quit", -1, "noscript loading stale fast no_auth allow_busy", false, "@fast @connection", "connection", "Close the connection.", ""},
+	{"auth", -2, "noscript loading stale fast no_auth allow_busy", false, "@fast @connection", "connection", "Authenticate the connection.", "[username] password"},
+	{"hello", -1, "noscript loading stale fast no_auth allow_busy", false, "@fast @connection", "connection", "Handshake with the server (RESP2 only).", "[protover] [AUTH username password] [SETNAME clientname]"},
+	{"select", 2, "loading stale fast", false, "@fast @connection", "connection", "Select database 0, the only one.", "index"},
+	{"info", -1, "loading stale", false, "@slow @dangerous", "server", "Return information and statistics about the server and its services.", "[section ...]"},
+	{"command", -1, "loading stale", false, "@slow @connection", "server", "Return detailed information about all commands.", "[subcommand] [argument ...]"},
+	{"client", -2, "noscript loading stale", false, "@slow @connection", "connection", "Inspect or name client connections.", "subcommand [argument ...]"},
+	{"multi", 1, "noscript loading stale fast allow_busy", false, "@fast @transaction", "transactions", "Start a transaction: queue commands until EXEC.", ""},
+	{"exec", 1, "noscript loading stale skip_slowlog", false, "@slow @transaction", "transactions", "Run the commands queued since MULTI.", ""},
+	{"discard", 1, "noscript loading stale fast allow_busy", false, "@fast @transaction", "transactions", "Drop the commands queued since MULTI.", ""},
 }
 
 // commandEntry is a command of commandTable with its COMMAND INFO and
@@ -465,9 +470,12 @@ var commands, commandAll = func() (map[string]*commandEntry, []byte) {
 		all = append(all, b...)
 
 		d := AppendBulkString(nil, c.name)
-		d = AppendArrayHeader(d, 6)
+		d = AppendArrayHeader(d, 6+2*int(b2i(c.usage != "")))
 		for _, s := range []string{"summary", c.summary, "since", Version, "group", c.group} {
 			d = AppendBulkString(d, s)
+		}
+		if c.usage != "" {
+			d = appendDocArgs(AppendBulkString(d, "arguments"), c.usage)
 		}
 		m[c.name] = &commandEntry{commandSpec: c, info: b, docs: d}
 	}
@@ -481,6 +489,85 @@ func (c *commandSpec) arityOK(n int) bool {
 		return n >= -c.arity
 	}
 	return n == c.arity
+}
+
+// appendDocArgs appends the arguments of a usage line (see commandSpec)
+// as COMMAND DOCS writes them: an array of maps (flat in RESP2) with name,
+// type, token, flags and, for one of several words, their arguments.
+func appendDocArgs(b []byte, usage string) []byte {
+	var parts []string
+	for rest := strings.TrimSpace(usage); rest != ""; rest = strings.TrimSpace(rest) {
+		var part string
+		if rest[0] == '[' {
+			part, rest, _ = strings.Cut(rest, "]")
+			part += "]"
+		} else {
+			part, rest, _ = strings.Cut(rest, " ")
+		}
+		parts = append(parts, part)
+	}
+	b = AppendArrayHeader(b, len(parts))
+	for _, part := range parts {
+		b = appendDocArg(b, part)
+	}
+	return b
+}
+
+func appendDocArg(b []byte, part string) []byte {
+	optional := strings.HasPrefix(part, "[")
+	words := strings.Fields(strings.Trim(part, "[]"))
+	multiple := len(words) > 1 && words[len(words)-1] == "..."
+	if multiple {
+		words = words[:len(words)-1]
+	}
+	token := ""
+	if len(words) > 1 && words[0] == strings.ToUpper(words[0]) {
+		token, words = words[0], words[1:]
+	}
+	var flags []string
+	if optional {
+		flags = append(flags, "optional")
+	}
+	if multiple {
+		flags = append(flags, "multiple")
+	}
+	name, typ, sub := words[0], "string", []string(nil)
+	switch {
+	case len(words) > 1: // a token followed by several values
+		name, typ, sub = strings.ToLower(token), "block", words
+	case strings.Contains(name, "|"):
+		name, typ, sub = strings.ToLower(token), "oneof", strings.Split(name, "|")
+	}
+	fields := 2 + b2i(token != "") + b2i(flags != nil) + b2i(sub != nil)
+	b = AppendArrayHeader(b, 2*int(fields))
+	b = AppendBulkString(AppendBulkString(b, "name"), name)
+	b = AppendBulkString(AppendBulkString(b, "type"), typ)
+	if token != "" {
+		b = AppendBulkString(AppendBulkString(b, "token"), token)
+	}
+	if flags != nil {
+		b = AppendBulkString(b, "flags")
+		b = AppendArrayHeader(b, len(flags))
+		for _, f := range flags {
+			b = AppendSimple(b, f)
+		}
+	}
+	if sub != nil {
+		b = AppendArrayHeader(AppendBulkString(b, "arguments"), len(sub))
+		for _, w := range sub {
+			if typ == "oneof" {
+				b = AppendArrayHeader(b, 6)
+				b = AppendBulkString(AppendBulkString(b, "name"), w)
+				b = AppendBulkString(AppendBulkString(b, "type"), "pure-token")
+				b = AppendBulkString(AppendBulkString(b, "token"), w)
+				continue
+			}
+			b = AppendArrayHeader(b, 4)
+			b = AppendBulkString(AppendBulkString(b, "name"), w)
+			b = AppendBulkString(AppendBulkString(b, "type"), "string")
+		}
+	}
+	return b
 }
 
 var commandHelp = []string{

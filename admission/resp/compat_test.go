@@ -59,8 +59,11 @@ func TestCommandReplies(t *testing.T) {
 	f(cmd("COMMAND", "COUNT"), ":18\r\n")
 	f(cmd("command", "count"), ":18\r\n")
 	f(cmd("COMMAND", "INFO", "ADMIT", "get", "ping"), "*3\r\n"+admitInfo+"*-1\r\n"+pingInfo)
-	f(cmd("COMMAND", "DOCS", "quota", "get"), "*2\r\n$5\r\nquota\r\n*6\r\n$7\r\nsummary\r\n$34\r\nShow a service's limits and usage.\r\n"+
-		"$5\r\nsince\r\n$5\r\n0.1.0\r\n$5\r\ngroup\r\n$8\r\ncapsgate\r\n")
+	f(cmd("COMMAND", "DOCS", "quota", "get"), "*2\r\n$5\r\nquota\r\n*8\r\n$7\r\nsummary\r\n$34\r\nShow a service's limits and usage.\r\n"+
+		"$5\r\nsince\r\n$5\r\n0.1.0\r\n$5\r\ngroup\r\n$8\r\ncapsgate\r\n"+
+		"$9\r\narguments\r\n*1\r\n*4\r\n$4\r\nname\r\n$7\r\nservice\r\n$4\r\ntype\r\n$6\r\nstring\r\n")
+	f(cmd("COMMAND", "DOCS", "exec"), "*2\r\n$4\r\nexec\r\n*6\r\n$7\r\nsummary\r\n$36\r\nRun the commands queued since MULTI.\r\n"+
+		"$5\r\nsince\r\n$5\r\n0.1.0\r\n$5\r\ngroup\r\n$12\r\ntransactions\r\n")
 	f(cmd("COMMAND", "DOCS", "get"), "*0\r\n")
 	f(cmd("COMMAND", "LIST"), "*18\r\n"+bulk("admit")+bulk("release")+bulk("register")+bulk("deregister")+bulk("consume")+
 		bulk("quota")+bulk("ping")+bulk("echo")+bulk("quit")+bulk("auth")+bulk("hello")+bulk("select")+bulk("info")+
@@ -74,9 +77,31 @@ func TestCommandReplies(t *testing.T) {
 	info, _, _ := c.send(cmd("COMMAND", "INFO"))
 	require.Equal(t, all, info)
 	docs, _, _ := c.send(cmd("COMMAND", "DOCS"))
-	require.True(t, strings.HasPrefix(docs, "*36\r\n$5\r\nadmit\r\n*6\r\n"), docs)
+	require.True(t, strings.HasPrefix(docs, "*36\r\n$5\r\nadmit\r\n*8\r\n"), docs)
 	help, _, _ := c.send(cmd("COMMAND", "HELP"))
 	require.True(t, strings.HasPrefix(help, "*13\r\n+COMMAND <subcommand>"), help)
+}
+
+// TestDocArgs: a usage line becomes COMMAND DOCS's argument maps, which
+// redis-cli turns back into its help line and hints.
+func TestDocArgs(t *testing.T) {
+	m := func(kv ...string) string { // a map whose values are bulk strings
+		s := fmt.Sprintf("*%d\r\n", len(kv))
+		for _, x := range kv {
+			s += bulk(x)
+		}
+		return s
+	}
+	got := string(appendDocArgs(nil, "service [PRIORITY normal|high] [AUTH user pass] [section ...]"))
+	want := "*4\r\n" + m("name", "service", "type", "string") +
+		"*10\r\n" + bulk("name") + bulk("priority") + bulk("type") + bulk("oneof") + bulk("token") + bulk("PRIORITY") +
+		bulk("flags") + "*1\r\n+optional\r\n" + bulk("arguments") + "*2\r\n" +
+		m("name", "normal", "type", "pure-token", "token", "normal") + m("name", "high", "type", "pure-token", "token", "high") +
+		"*10\r\n" + bulk("name") + bulk("auth") + bulk("type") + bulk("block") + bulk("token") + bulk("AUTH") +
+		bulk("flags") + "*1\r\n+optional\r\n" + bulk("arguments") + "*2\r\n" +
+		m("name", "user", "type", "string") + m("name", "pass", "type", "string") +
+		"*6\r\n" + bulk("name") + bulk("section") + bulk("type") + bulk("string") + bulk("flags") + "*2\r\n+optional\r\n+multiple\r\n"
+	require.Equal(t, want, got)
 }
 
 // TestCommandTableMatchesExec: every command COMMAND lists is one exec
