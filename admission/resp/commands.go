@@ -103,6 +103,9 @@ type Handler struct {
 	fwd      Forwarder            // may be nil
 	clients  ClientLister         // for CLIENT LIST; may be nil
 	snapshot clientSnapshot       // CLIENT LIST's connections, sorted
+	// servicesInfo is INFO's Services section, rendered at most every
+	// infoFresh.
+	servicesInfo atomic.Pointer[servicesSnap]
 }
 
 // SetForwarder sets where RELEASE and DEREGISTER of keys this node does not
