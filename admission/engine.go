@@ -173,6 +173,9 @@ func (e *Engine) service(name []byte) *Service {
 // Service returns the named service, or nil if the engine has none.
 func (e *Engine) Service(name string) *Service { return (*e.services.Load())[name] }
 
+// ServiceCount returns the number of services, without listing them.
+func (e *Engine) ServiceCount() int { return len(*e.services.Load()) }
+
 // Services returns every service, sorted by name.
 func (e *Engine) Services() []*Service {
 	m := *e.services.Load()

@@ -711,11 +711,11 @@ func (h *Handler) infoServices(b []byte) []byte {
 	// Rendered at most every infoFresh (a hundred services take about
 	// 100 µs and 78 KB), so a client pipelining INFOs costs the node a
 	// copy each, not a rendering.
-	now := time.Now()
-	services := h.eng.Services()
-	if c := h.servicesInfo.Load(); c != nil && now.Sub(c.at) < infoFresh && c.services == len(services) {
+	now, n := time.Now(), h.eng.ServiceCount()
+	if c := h.servicesInfo.Load(); c != nil && now.Sub(c.at) < infoFresh && c.services == n {
 		return append(b, c.body...)
 	}
+	services := h.eng.Services()
 	body := h.renderServices(nil, services)
 	h.servicesInfo.Store(&servicesSnap{at: now, services: len(services), body: body})
 	return append(b, body...)
