@@ -754,7 +754,12 @@ func (h *Handler) renderServices(b []byte, services []*admission.Service) []byte
 // appendRate appends a rate; -1 (unlimited) and whole numbers print as
 // integers, others with two decimals (never in exponent form).
 func appendRate(b []byte, v float64) []byte {
-	if v == math.Trunc(v) && math.Abs(v) < 1e15 {
+	switch {
+	case v >= math.MaxInt64:
+		// A rate saturated at the end of the range (2^63 as a float)
+		// reads as the largest integer, as every other limit does.
+		return strconv.AppendInt(b, math.MaxInt64, 10)
+	case v == math.Trunc(v) && math.Abs(v) < 1e15:
 		return strconv.AppendInt(b, int64(v), 10)
 	}
 	return strconv.AppendFloat(b, v, 'f', 2, 64)

@@ -3,6 +3,7 @@ package resp
 import (
 	"context"
 	"fmt"
+	"math"
 	"regexp"
 	"strings"
 	"testing"
@@ -341,4 +342,13 @@ func TestTransactions(t *testing.T) {
 	a := newTestConn(t, "s3cret")
 	got, _, _ = a.send(cmd("MULTI"))
 	require.Equal(t, "-NOAUTH Authentication required.\r\n", got)
+}
+
+// Rates print as integers where whole, with two decimals otherwise, and
+// one saturated at the end of the range as the largest integer.
+func TestAppendRate(t *testing.T) {
+	for v, want := range map[float64]string{0: "0", 1: "1", -1: "-1", 2.5: "2.50", 1e15: "1000000000000000.00",
+		math.MaxInt64: "9223372036854775807", math.Inf(1): "9223372036854775807", 1e300: "9223372036854775807"} {
+		require.Equal(t, want, string(appendRate(nil, v)), "%v", v)
+	}
 }
