@@ -119,7 +119,7 @@ func TestLicenceFieldsAtTheEndOfTheirRange(t *testing.T) {
 		probes [4][]probe
 	}{
 		{"caps", func(l *licensing.License, v int64) { l.CAPS = v }, "caps_licensed",
-			[4]string{"0", "1", "9223372036854775808.00", "9223372036854775808.00"}, [4][]probe{
+			[4]string{"0", "1", "9223372036854775807", "9223372036854775807"}, [4][]probe{
 				{admit("CAPS", "", false)},
 				{admit("OK", "", false), admit("CAPS", "", false)},
 				{times(200, admit("OK", "", false))},
