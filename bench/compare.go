@@ -15,7 +15,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/capsgate/capsgate/internal/bounded"
+	"github.com/capsgate/capsgate/admission/bounded"
 )
 
 // Settings are a comparison's load settings, the same for every target.

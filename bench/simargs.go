@@ -12,8 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/capsgate/capsgate/admission/bounded"
 	"github.com/capsgate/capsgate/cluster/sim"
-	"github.com/capsgate/capsgate/internal/bounded"
 )
 
 // SimUsage is `capsbench sim`'s usage line.

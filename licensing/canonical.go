@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/capsgate/capsgate/internal/strictjson"
+	"github.com/capsgate/capsgate/admission/strictjson"
 )
 
 // licenseWire is the canonical, signed form of a License: the JSON of this

@@ -10,7 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 
-	"github.com/capsgate/capsgate/internal/bounded"
+	"github.com/capsgate/capsgate/admission/bounded"
 )
 
 // Key files, as capslicense keygen writes them.

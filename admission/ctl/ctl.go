@@ -22,7 +22,7 @@ import (
 	"time"
 
 	"github.com/capsgate/capsgate/admission"
-	"github.com/capsgate/capsgate/internal/bounded"
+	"github.com/capsgate/capsgate/admission/bounded"
 )
 
 // DefaultAddr is the admin API of a node on this host.

@@ -9,8 +9,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/capsgate/capsgate/internal/bounded"
-	"github.com/capsgate/capsgate/internal/bounded/boundedtest"
+	"github.com/capsgate/capsgate/admission/bounded"
+	"github.com/capsgate/capsgate/admission/bounded/boundedtest"
 )
 
 // capsctl's files are refused in one line, exit 2, when they are a FIFO, a

@@ -16,7 +16,7 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/capsgate/capsgate/admission"
-	"github.com/capsgate/capsgate/internal/bounded"
+	"github.com/capsgate/capsgate/admission/bounded"
 )
 
 // FlushEvery is how often the node calls Flush: the group-commit interval,

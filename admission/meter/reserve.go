@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/capsgate/capsgate/admission"
-	"github.com/capsgate/capsgate/internal/bounded"
+	"github.com/capsgate/capsgate/admission/bounded"
 )
 
 // MinBlock is the smallest durable reservation step, in tokens.

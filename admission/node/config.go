@@ -18,7 +18,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
-	"github.com/capsgate/capsgate/internal/bounded"
+	"github.com/capsgate/capsgate/admission/bounded"
 )
 
 // Default ports of the three listeners.

@@ -11,7 +11,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/capsgate/capsgate/internal/strictjson"
+	"github.com/capsgate/capsgate/admission/strictjson"
 	"github.com/capsgate/capsgate/licensing"
 )
 

@@ -8,7 +8,7 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/capsgate/capsgate/internal/bounded"
+	"github.com/capsgate/capsgate/admission/bounded"
 	"github.com/capsgate/capsgate/licensing"
 	"github.com/capsgate/capsgate/licensing/registry"
 )

@@ -13,7 +13,7 @@ import (
 
 	"github.com/capsgate/capsgate/admission"
 	"github.com/capsgate/capsgate/admission/meter"
-	"github.com/capsgate/capsgate/internal/strictjson"
+	"github.com/capsgate/capsgate/admission/strictjson"
 	"github.com/capsgate/capsgate/licensing/ledger"
 )
 

@@ -6,7 +6,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/capsgate/capsgate/internal/bounded"
+	"github.com/capsgate/capsgate/admission/bounded"
 )
 
 // WallOffsetEnv names a file holding a duration ("36h", "-2h") added to the

@@ -11,7 +11,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
-	"github.com/capsgate/capsgate/internal/bounded"
+	"github.com/capsgate/capsgate/admission/bounded"
 )
 
 // Pricing models, a plan's "model".

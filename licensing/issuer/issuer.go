@@ -17,7 +17,7 @@ import (
 	"io"
 	"time"
 
-	"github.com/capsgate/capsgate/internal/bounded"
+	"github.com/capsgate/capsgate/admission/bounded"
 )
 
 const usage = `usage: capslicense COMMAND [FLAGS] [FILE]

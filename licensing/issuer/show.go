@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/capsgate/capsgate/internal/bounded"
+	"github.com/capsgate/capsgate/admission/bounded"
 	"github.com/capsgate/capsgate/licensing"
 )
 

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/capsgate/capsgate/internal/bounded"
+	"github.com/capsgate/capsgate/admission/bounded"
 	"github.com/capsgate/capsgate/licensing/billing"
 	"github.com/capsgate/capsgate/licensing/ledger"
 )

@@ -8,8 +8,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/capsgate/capsgate/internal/bounded"
-	"github.com/capsgate/capsgate/internal/bounded/boundedtest"
+	"github.com/capsgate/capsgate/admission/bounded"
+	"github.com/capsgate/capsgate/admission/bounded/boundedtest"
 )
 
 // The node's key files are refused in one line when they are a FIFO, a

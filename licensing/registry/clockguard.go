@@ -7,7 +7,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/capsgate/capsgate/internal/bounded"
+	"github.com/capsgate/capsgate/admission/bounded"
 )
 
 // clockGuard keeps the high-water mark of the wall clock in data_dir, so

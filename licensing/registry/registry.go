@@ -26,7 +26,7 @@ import (
 	"time"
 
 	"github.com/capsgate/capsgate/admission"
-	"github.com/capsgate/capsgate/internal/bounded"
+	"github.com/capsgate/capsgate/admission/bounded"
 	"github.com/capsgate/capsgate/licensing"
 )
 

@@ -12,8 +12,8 @@ import (
 	"github.com/stretchr/testify/require"
 	"gopkg.in/yaml.v3"
 
-	. "github.com/capsgate/capsgate/internal/bounded"
-	"github.com/capsgate/capsgate/internal/bounded/boundedtest"
+	. "github.com/capsgate/capsgate/admission/bounded"
+	"github.com/capsgate/capsgate/admission/bounded/boundedtest"
 )
 
 func TestReadFileRefuses(t *testing.T) {
