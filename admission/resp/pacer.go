@@ -63,7 +63,14 @@ func (p *pacer) after(c gnet.Conn, queued *atomic.Bool, d time.Duration) {
 // run wakes the queued connections in rounds until stop is closed.
 func (p *pacer) run(stop <-chan struct{}) {
 	var round []paced
-	ran := make(chan struct{}, 64)
+	ran := make(chan struct{}, 1)
+	var left atomic.Int64
+	done := func(gnet.Conn, error) error {
+		if left.Add(-1) == 0 {
+			ran <- struct{}{}
+		}
+		return nil
+	}
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
@@ -95,20 +102,29 @@ func (p *pacer) run(stop <-chan struct{}) {
 			}
 			continue
 		}
+		// The last wake-up of the round to run tells the pacer (one
+		// hand-off a round, not one per connection: a channel send on
+		// an event loop readies the pacer and can cost the loop its
+		// core).
+		left.Store(int64(len(round)))
 		woken := 0
 		for _, e := range round {
 			e.queued.Store(false)
-			if e.c.Wake(func(gnet.Conn, error) error { ran <- struct{}{}; return nil }) == nil {
+			if e.c.Wake(done) == nil {
 				woken++
+			} else {
+				done(nil, nil)
 			}
 		}
 		clear(round)
-		for range woken {
-			select {
-			case <-ran:
-			case <-stop:
-				return
-			}
+		if woken == 0 {
+			<-ran // sent by the last done above
+			continue
+		}
+		select {
+		case <-ran:
+		case <-stop:
+			return
 		}
 	}
 }

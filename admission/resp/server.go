@@ -39,7 +39,7 @@ type Config struct {
 	// apart the requests received from all and not yet run: each client
 	// may hold MaxBuffered / (open connections) of each, replies within
 	// [MinOutbound, MaxOutbound] and requests within [MinInbound,
-	// MaxInbound]. 0 means 64 MiB.
+	// MaxInbound]. 0 means 32 MiB.
 	MaxBuffered int
 }
 
@@ -120,7 +120,7 @@ func NewServer(cfg Config, h *Handler, clk admission.Clock) *Server {
 		cfg.MaxOutbound = 1 << 20
 	}
 	if cfg.MaxBuffered <= 0 {
-		cfg.MaxBuffered = 64 << 20
+		cfg.MaxBuffered = 32 << 20
 	}
 	if cfg.MaxConns <= 0 {
 		cfg.MaxConns = 10000

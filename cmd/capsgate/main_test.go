@@ -42,11 +42,12 @@ func TestMain(m *testing.M) {
 }
 
 type proc struct {
-	cmd   *exec.Cmd
-	resp  string
-	admin string
-	out   *clustertest.LogBuffer
-	done  chan error
+	cmd    *exec.Cmd
+	resp   string
+	admin  string
+	gossip string
+	out    *clustertest.LogBuffer
+	done   chan error
 }
 
 // startDev runs `capsgate --dev` as a real process on free loopback ports.
@@ -58,8 +59,9 @@ func startDev(t *testing.T, extra ...string) *proc {
 // start runs capsgate with args on free loopback ports until the test ends.
 func start(t *testing.T, args ...string) *proc {
 	t.Helper()
-	p := &proc{resp: clustertest.FreeAddr(t), admin: clustertest.FreeAddr(t), out: &clustertest.LogBuffer{}, done: make(chan error, 1)}
-	args = append([]string{"--resp-addr", p.resp, "--admin-addr", p.admin, "--gossip-addr", clustertest.FreeAddr(t)}, args...)
+	p := &proc{resp: clustertest.FreeAddr(t), admin: clustertest.FreeAddr(t), gossip: clustertest.FreeAddr(t), out: &clustertest.LogBuffer{},
+		done: make(chan error, 1)}
+	args = append([]string{"--resp-addr", p.resp, "--admin-addr", p.admin, "--gossip-addr", p.gossip}, args...)
 	p.cmd = exec.Command(binary, args...)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	require.NoError(t, clustertest.StartTied(p.cmd))
