@@ -19,22 +19,6 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// rssKiB is a process's resident set, from /proc.
-func rssKiB(t *testing.T, pid int) int64 {
-	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	require.NoError(t, err)
-	for _, l := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
-			kb, err := strconv.ParseInt(f[1], 10, 64)
-			require.NoError(t, err)
-			return kb
-		}
-	}
-	t.Fatal("no VmRSS")
-	return 0
-}
-
 // pinger sends PING every 10 ms on its own connection for d, from its own
 // process (testdata/hostile/pinger.py: a load the test makes in its own
 // runtime must not delay the clean client), and returns each answer's
@@ -109,7 +93,7 @@ func TestNonReadersHurtNoOne(t *testing.T) {
 	require.Greater(t, size, 10_000, "INFO with 100 services")
 
 	p99Before, worstBefore := tail(pinger(t, p.resp, 3*time.Second)())
-	rssBefore := rssKiB(t, p.cmd.Process.Pid)
+	rssBefore := int64(rssKB(t, p.cmd.Process.Pid))
 
 	// 20 clients, each sending 1,000,000 INFOs (6 MB) and reading nothing.
 	const attackers, each = 20, 1_000_000
@@ -139,7 +123,7 @@ func TestNonReadersHurtNoOne(t *testing.T) {
 	go func() {
 		defer close(sampling)
 		for range 100 { // 10 s at most
-			peak = max(peak, rssKiB(t, p.cmd.Process.Pid))
+			peak = max(peak, int64(rssKB(t, p.cmd.Process.Pid)))
 			time.Sleep(100 * time.Millisecond)
 		}
 	}()
