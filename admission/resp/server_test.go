@@ -39,14 +39,18 @@ type testServer struct {
 }
 
 // startServer runs a real gnet server on a free loopback port.
-func startServer(t testing.TB, cfg Config, clk admission.Clock, l admission.Limits) *testServer {
+func startServer(t testing.TB, cfg Config, clk admission.Clock, l admission.Limits, fwd ...Forwarder) *testServer {
 	t.Helper()
 	e := admission.NewEngine(admission.DefaultConfig())
 	require.NoError(t, e.SetLimits("demo", l))
 	if cfg.Addr == "" {
 		cfg.Addr = "127.0.0.1:0"
 	}
-	s := NewServer(cfg, NewHandler(e, ""), clk)
+	h := NewHandler(e, "")
+	for _, f := range fwd {
+		h.SetForwarder(f) // before serving
+	}
+	s := NewServer(cfg, h, clk)
 	require.NoError(t, s.Start())
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -487,9 +491,8 @@ func (f *fakeForwarder) flush() {
 // run once there is room, in order, and another connection's commands that
 // forward nothing are answered meanwhile.
 func TestForwardingWaitsForRoom(t *testing.T) {
-	s := startServer(t, Config{}, &admission.SystemClock{}, unlimited())
 	f := &fakeForwarder{}
-	s.h.SetForwarder(f)
+	s := startServer(t, Config{}, &admission.SystemClock{}, unlimited(), f)
 	c, err := net.Dial("tcp", s.Addr())
 	require.NoError(t, err)
 	defer c.Close()
