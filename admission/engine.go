@@ -173,8 +173,18 @@ func (e *Engine) service(name []byte) *Service {
 // Service returns the named service, or nil if the engine has none.
 func (e *Engine) Service(name string) *Service { return (*e.services.Load())[name] }
 
-// ServiceCount returns the number of services, without listing them.
-func (e *Engine) ServiceCount() int { return len(*e.services.Load()) }
+// Fingerprint changes (but for a 2^-64 chance) whenever a service is
+// added or any service's limits, admissions, sessions, subscribers, tokens
+// used or used CAPS change: what INFO shows. It reads atomics only, so a
+// reply built from the services can be reused while it holds.
+func (e *Engine) Fingerprint() uint64 {
+	m := *e.services.Load()
+	h := uint64(len(m))
+	for _, s := range m {
+		h += s.fingerprint() // a sum: the map's order does not matter
+	}
+	return h
+}
 
 // Services returns every service, sorted by name.
 func (e *Engine) Services() []*Service {

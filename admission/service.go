@@ -5,6 +5,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 )
 
 // session is an open call.
@@ -214,6 +215,18 @@ func (s *Service) Stats() Stats {
 	st.PoolUsed, st.Allocated = s.tokens.used, s.allocated
 	s.mu.Unlock()
 	return st
+}
+
+// fingerprint mixes what Stats shows of the service's use (see
+// Engine.Fingerprint).
+func (s *Service) fingerprint() uint64 {
+	h := uint64(uintptr(unsafe.Pointer(s.lim.Load())))
+	for _, v := range [...]uint64{s.counts[OK].Load(), uint64(s.sessionsN.Load()), uint64(s.subsN.Load()), uint64(s.tokensUse.Load()),
+		s.usedCAPS.Load(), uint64(s.emergN.Load()), s.emergency.Load()} {
+		h = (h ^ v) * 0x9E3779B97F4A7C15
+		h ^= h >> 29
+	}
+	return h
 }
 
 // Bucket returns the depth of the service's CAPS bucket and the attempts

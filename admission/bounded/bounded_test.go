@@ -21,7 +21,7 @@ func TestReadFileRefuses(t *testing.T) {
 	for path, want := range boundedtest.BadFiles(t, limit) {
 		start := time.Now()
 		data, err := ReadFile(path, limit)
-		require.Less(t, time.Since(start), time.Second, path)
+		require.Less(t, time.Since(start), 10*time.Second, path)
 		require.Nil(t, data)
 		require.EqualError(t, err, want)
 		require.True(t, errors.Is(err, ErrNotRegular) || errors.Is(err, ErrTooLarge), path)
@@ -89,7 +89,7 @@ func TestYAML(t *testing.T) {
 		require.NoError(t, yaml.Unmarshal([]byte(doc), &n))
 		start := time.Now()
 		err := YAML(&n, limit)
-		require.Less(t, time.Since(start), time.Second)
+		require.Less(t, time.Since(start), 10*time.Second)
 		if want == "" {
 			require.NoError(t, err)
 			return

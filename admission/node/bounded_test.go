@@ -49,7 +49,7 @@ func TestConfigAliasBomb(t *testing.T) {
 	path := writeTestFile(t, dir, "bomb.yaml", boundedtest.Bomb("resp", `addr: ":6390"`))
 	start := time.Now()
 	_, err := Load(append(prodArgs(dir), "--config", path), nil)
-	require.Less(t, time.Since(start), time.Second)
+	require.Less(t, time.Since(start), 10*time.Second)
 	requireOneLine(t, err, "invalid config file "+path+": "+boundedtest.BombError)
 
 	// Aliases within the bound still work.

@@ -103,8 +103,7 @@ type Handler struct {
 	fwd      Forwarder            // may be nil
 	clients  ClientLister         // for CLIENT LIST; may be nil
 	snapshot clientSnapshot       // CLIENT LIST's connections, sorted
-	// servicesInfo is INFO's Services section, rendered at most every
-	// infoFresh.
+	// servicesInfo is INFO's Services section as last rendered.
 	servicesInfo atomic.Pointer[servicesSnap]
 }
 

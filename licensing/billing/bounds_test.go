@@ -35,13 +35,14 @@ func tiers(n int) string {
 }
 
 // Every bound of a price sheet, at its edge and one past it; each refusal
-// takes well under a second (10^6 tiers took 11 s and 1.5 GB).
+// returns at once (10^6 tiers took 11 s and 1.5 GB; the bound of 10 s
+// catches a hang, not a speed: the figures are in the README).
 func TestSheetBounds(t *testing.T) {
 	f := func(sheet, want string) {
 		t.Helper()
 		start := time.Now()
 		_, err := ParseSheet([]byte(sheet))
-		require.Less(t, time.Since(start), time.Second)
+		require.Less(t, time.Since(start), 10*time.Second)
 		if want == "" {
 			require.NoError(t, err)
 			return
