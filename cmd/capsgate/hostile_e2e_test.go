@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -250,4 +251,63 @@ func TestForwardFloodDropsNothing(t *testing.T) {
 	dropped := scrape(t, a.admin, "capsgate_gossip_forward_dropped_total")
 	t.Logf("the flood got %d answers meanwhile; %v operations dropped", flooded.Load(), dropped)
 	require.Zero(t, dropped)
+}
+
+// State any client could grow is bounded: 150,000 emergency calls with new
+// call-ids (never refused by a licence) hold at most
+// priority.max_emergency_sessions (here 50,000) sessions, the rest refused
+// OVERLOAD; 10,000 made-up service names behind them add no service (one
+// bucket, "*"), so /metrics stays small; a clean client is answered
+// throughout. Measured once: RSS, /metrics size and the clean client's tail.
+func TestStateFloodsAreBounded(t *testing.T) {
+	p := startDev(t, "--priority-max-emergency-sessions", "50000")
+	rssBefore := int64(rssKB(t, p.cmd.Process.Pid))
+	clean := pinger(t, p.resp, 8*time.Second)
+	c := dial(t, p.resp)
+	var admitted, overload int
+	const calls, batch = 150_000, 1000
+	for sent := 0; sent < calls; sent += batch {
+		var b strings.Builder
+		for i := sent; i < sent+batch; i++ {
+			fmt.Fprintf(&b, "ADMIT made-up-%d CALL sos-%d PRIORITY emergency\r\n", i%10_000, i)
+		}
+		_, err := c.c.Write([]byte(b.String()))
+		require.NoError(t, err)
+		for range batch {
+			ok, reason, _, _ := c.decision(t)
+			switch {
+			case ok:
+				admitted++
+			case reason == "OVERLOAD":
+				overload++
+			default:
+				t.Fatalf("emergency call refused %s", reason)
+			}
+		}
+	}
+	peak := int64(rssKB(t, p.cmd.Process.Pid))
+	lat := clean()
+	p99, worst := tail(lat)
+	resp, err := http.Get("http://" + p.admin + "/metrics")
+	require.NoError(t, err)
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.NoError(t, err)
+	services := 0
+	for _, l := range strings.Split(string(body), "\n") {
+		if strings.HasPrefix(l, "capsgate_emergency_sessions{") {
+			services++
+		}
+	}
+	t.Logf("%d admitted, %d OVERLOAD; RSS %d -> %d MiB; /metrics %d bytes, %d services with emergency sessions; clean client p99 %v, worst %v",
+		admitted, overload, rssBefore>>10, peak>>10, len(body), services, p99, worst)
+	require.Equal(t, 50_000, admitted)
+	require.Equal(t, calls-50_000, overload)
+	require.Equal(t, float64(50_000), scrape(t, p.admin, `capsgate_emergency_sessions{service="*"}`))
+	require.LessOrEqual(t, services, 2, "the dev service and the bucket, not one per made-up name")
+	require.Less(t, len(body), 64<<10, "/metrics stays small")
+	// 50,000 sessions at about 100 bytes each, their journal, and the
+	// garbage collector's heap goal.
+	require.LessOrEqual(t, peak-rssBefore, int64(64<<10), "RSS growth in KiB")
+	require.LessOrEqual(t, worst, 100*time.Millisecond, "the clean client's worst answer")
 }
