@@ -72,7 +72,9 @@ func SatFloor(x float64) int64 {
 // limit: a cluster node's share. The product is computed in floating
 // point and saturates, so a part of math.MaxInt64 stays positive.
 // A part of 1 or more is the whole limit, exactly (float64 cannot hold
-// every int64); a part that is not positive is 0.
+// every int64); a part that is not positive is 0. A product a rounding
+// error below a whole number is that number: a third of 60 computed as
+// 1 − 2/3 (0.33333333333333326) is 20, not 19.
 func PartOf(part float64, limit int64) int64 {
 	switch {
 	case part >= 1:
@@ -80,7 +82,11 @@ func PartOf(part float64, limit int64) int64 {
 	case !(part > 0):
 		return 0
 	}
-	return min(SatFloor(part*float64(limit)), limit)
+	x := part * float64(limit)
+	if x < 1<<40 { // beyond, float64 has no room for a fraction to round
+		x += max(1e-6, x*1e-15)
+	}
+	return min(SatFloor(x), limit)
 }
 
 // PercentOf returns ⌊v × pct / 100⌋ for non-negative v and pct (a

@@ -124,6 +124,9 @@ func TestSatFloorAndPartOf(t *testing.T) {
 	p(-1, 100, 0)
 	p(math.NaN(), 100, 0)
 	p(2, 100, 100)
+	p(1-2.0/3, 60, 20)    // 0.33333333333333326: a rounding error below 20
+	p(0.33, 60, 19)       // 19.8: a part below a whole number stays below
+	p(19.9999/60, 60, 19) // not a rounding error
 	// A part of a limit is never negative and never more than the limit.
 	g := func(part float64, x int64) bool {
 		limit := edgy(x) & math.MaxInt64
