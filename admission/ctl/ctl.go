@@ -39,6 +39,10 @@ commands:
   accounts set SERVICE ACCOUNT --tokens N [--overage none|percent:N|unlimited]
   accounts list SERVICE
   usage --service S --from T --to T [--step 1h] [--format table|csv|json]
+  usage export --format cloudevents|cloudevents-batch [--service S] [--from T] [--to T]
+               [--after SEQ] [--limit N] [--out FILE]
+                                   this node's usage records as CloudEvents for
+                                   billing tools (OpenMeter, Lago, Stripe): README
 
 --addr defaults to $CAPSGATE_ADDR or ` + DefaultAddr + `; --token-file to $CAPSGATE_TOKEN_FILE;
 --ca-file (to trust for an https:// --addr) to $CAPSGATE_CA_FILE.
@@ -158,6 +162,9 @@ func (c *client) run(args []string) error {
 	case "accounts":
 		return c.accounts(args[1:])
 	case "usage":
+		if len(args) > 1 && args[1] == "export" {
+			return c.usageExport(args[2:])
+		}
 		return c.usage(args[1:])
 	}
 	return usageError{fmt.Sprintf("unknown command %q", args[0])}
@@ -419,13 +426,19 @@ func (c *client) do(method, path string, body []byte) ([]byte, error) {
 		return nil, fmt.Errorf("cannot read the answer of %s: %w", c.base, err)
 	}
 	if resp.StatusCode/100 != 2 {
-		var e struct{ Error, Reason string }
-		if json.Unmarshal(b, &e) == nil && e.Error != "" {
-			return nil, fmt.Errorf("%s %s: %d %s: %s", method, path, resp.StatusCode, e.Reason, e.Error)
-		}
-		return nil, fmt.Errorf("%s %s: %s", method, path, resp.Status)
+		return nil, answerError(method, path, resp, b)
 	}
 	return b, nil
+}
+
+// answerError is the error of a non-2xx answer whose body is b: the
+// server's reason if it gave one.
+func answerError(method, path string, resp *http.Response, b []byte) error {
+	var e struct{ Error, Reason string }
+	if json.Unmarshal(b, &e) == nil && e.Error != "" {
+		return fmt.Errorf("%s %s: %d %s: %s", method, path, resp.StatusCode, e.Reason, e.Error)
+	}
+	return fmt.Errorf("%s %s: %s", method, path, resp.Status)
 }
 
 // show prints the answer: JSON as is with --json, else as a table.

@@ -56,6 +56,7 @@ func (n *Node) adminHandler(token string) http.Handler {
 	api.HandleFunc("GET /v1/ledger", n.getLedger)
 	api.HandleFunc("GET /v1/ledger/key", n.getLedgerKey)
 	api.HandleFunc("GET /v1/usage", n.getUsage)
+	api.HandleFunc("GET /v1/usage/export", n.getUsageExport)
 	api.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "not_found", "no such endpoint: "+r.Method+" "+r.URL.Path)
 	})

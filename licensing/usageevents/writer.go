@@ -7,6 +7,12 @@ import (
 	"github.com/capsgate/capsgate/licensing/ledger"
 )
 
+// NextTrailer is the HTTP trailer that ends every whole answer of a
+// node's GET /v1/usage/export: "end" when the answer holds the last
+// event asked for, else the ?after= of the next page. An answer without
+// it was cut short.
+const NextTrailer = "Capsgate-Export-Next"
+
 // Format is how events are laid out in a stream.
 type Format int
 
