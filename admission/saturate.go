@@ -73,8 +73,9 @@ func SatFloor(x float64) int64 {
 // point and saturates, so a part of math.MaxInt64 stays positive.
 // A part of 1 or more is the whole limit, exactly (float64 cannot hold
 // every int64); a part that is not positive is 0. A product a rounding
-// error below a whole number is that number: a third of 60 computed as
-// 1 − 2/3 (0.33333333333333326) is 20, not 19.
+// error below a whole number is that number: a third of 60 computed a
+// hair low (0.33333333333333326, as 1 less two other thirds can be) is 20,
+// not 19.
 func PartOf(part float64, limit int64) int64 {
 	switch {
 	case part >= 1:
