@@ -5,6 +5,7 @@ import (
 	"math"
 	"math/bits"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/capsgate/capsgate/licensing/ledger"
@@ -24,6 +25,10 @@ type Invoice struct {
 	Total    Decimal   `json:"total"`
 	// Notes say what was metered but not billed.
 	Notes []string `json:"notes,omitempty"`
+	// BilledUpTo is the head of each node's ledger this invoice covers,
+	// as ledger.FormatHead writes them, comma-separated: what the next
+	// bill passes to --since.
+	BilledUpTo string `json:"billed_up_to"`
 }
 
 // Line is one charge.
@@ -48,6 +53,15 @@ type Line struct {
 // plan whose unit is emergency; otherwise they appear as a line at no
 // charge. Usage of a service without a plan is noted, not billed.
 func Bill(records []ledger.Record, sheet Sheet, from, to time.Time) (Invoice, error) {
+	return BillSince(records, sheet, from, to, nil)
+}
+
+// BillSince is Bill for records that continue from the heads already
+// billed (since, by node): a node's records up to its head there are not
+// billed again. The invoice's BilledUpTo is, per node, the last record
+// before the first whose interval starts at or after to (or since's head
+// when no record is newer).
+func BillSince(records []ledger.Record, sheet Sheet, from, to time.Time, since map[string]ledger.Head) (Invoice, error) {
 	if err := sheet.validate(); err != nil {
 		return Invoice{}, err
 	}
@@ -64,7 +78,7 @@ func Bill(records []ledger.Record, sheet Sheet, from, to time.Time) (Invoice, er
 			return Invoice{}, fmt.Errorf("cannot bill: record %d of node %s given twice", r.Seq, r.Node)
 		}
 		seen[id{r.Node, r.Seq}] = true
-		if r.Usage == nil || !from.IsZero() && r.From.Before(from) || !to.IsZero() && !r.From.Before(to) {
+		if r.Usage == nil || r.Seq <= since[r.Node].Seq || !from.IsZero() && r.From.Before(from) || !to.IsZero() && !r.From.Before(to) {
 			continue
 		}
 		use = append(use, r)
@@ -75,6 +89,8 @@ func Bill(records []ledger.Record, sheet Sheet, from, to time.Time) (Invoice, er
 			inv.To = r.To
 		}
 	}
+
+	inv.BilledUpTo = billedUpTo(records, to, since)
 
 	billsEmergency := map[string]bool{}
 	for _, p := range sheet.Plans {
@@ -264,4 +280,37 @@ func maxOverlap(ev []event) (best, carry uint64) {
 		best = max(best, cur)
 	}
 	return best, 0
+}
+
+// billedUpTo returns each node's head covered by an invoice up to to:
+// the record before the node's first whose interval starts at or after
+// to, or since's head if that is later.
+func billedUpTo(records []ledger.Record, to time.Time, since map[string]ledger.Head) string {
+	heads := map[string]ledger.Head{}
+	for n, h := range since {
+		heads[n] = h
+	}
+	cut := map[string]uint64{} // node -> first seq starting at or after to
+	for i := range records {
+		r := &records[i]
+		if !to.IsZero() && !r.From.Before(to) && (cut[r.Node] == 0 || r.Seq < cut[r.Node]) {
+			cut[r.Node] = r.Seq
+		}
+	}
+	for i := range records {
+		r := &records[i]
+		if c := cut[r.Node]; (c == 0 || r.Seq < c) && r.Seq > heads[r.Node].Seq {
+			heads[r.Node] = ledger.Head{Seq: r.Seq, Hash: r.Hash}
+		}
+	}
+	nodes := make([]string, 0, len(heads))
+	for n := range heads {
+		nodes = append(nodes, n)
+	}
+	slices.Sort(nodes)
+	parts := make([]string, len(nodes))
+	for i, n := range nodes {
+		parts[i] = ledger.FormatHead(n, heads[n])
+	}
+	return strings.Join(parts, ",")
 }

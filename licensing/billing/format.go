@@ -39,6 +39,9 @@ func (inv Invoice) WriteTable(w io.Writer) error {
 			}
 		}
 	}
+	if inv.BilledUpTo != "" {
+		b.WriteString("\nBilled up to: " + inv.BilledUpTo + "\n")
+	}
 	for _, n := range inv.Notes {
 		b.WriteString("\nNote: " + n)
 	}
@@ -57,6 +60,9 @@ func (inv Invoice) WriteCSV(w io.Writer) error {
 		_ = cw.Write([]string{l.Service, l.Description, l.Quantity.String(), l.UnitPrice.String(), l.Amount.String(), inv.Currency})
 	}
 	_ = cw.Write([]string{"TOTAL", "", "", "", inv.Total.String(), inv.Currency})
+	if inv.BilledUpTo != "" {
+		_ = cw.Write([]string{"BILLED UP TO", inv.BilledUpTo, "", "", "", ""})
+	}
 	cw.Flush()
 	return cw.Error()
 }

@@ -39,6 +39,11 @@ type Options struct {
 	Clock func() time.Time
 	// Logger reports a recovered torn record. Default slog.Default().
 	Logger *slog.Logger
+	// Genesis opens a new (empty) ledger with a genesis record, durable
+	// before Open returns, so that a verifier can tell the whole ledger
+	// from one cut at the head. The node sets it; a ledger that already
+	// has records is left as it is.
+	Genesis bool
 }
 
 // DefaultSegmentBytes is the default Options.SegmentBytes.
@@ -77,6 +82,8 @@ type Ledger struct {
 	size int64 // bytes of the last segment holding acknowledged records
 	seq  uint64
 	head string
+	// genesis is the hash of the genesis record ("" if seq 1 is not one).
+	genesis string
 	// err is a failed write or fsync: the ledger refuses to append after
 	// one, since what reached the disk is unknown until it is reopened.
 	err    error
@@ -137,6 +144,14 @@ func Open(o Options) (*Ledger, error) {
 			return nil, fmt.Errorf("cannot open ledger segment: %w", err)
 		}
 		l.f = f
+	}
+	if o.Genesis && l.seq == 0 {
+		at := l.clock()
+		g := &Record{Genesis: &Genesis{Key: l.keyB64, Cluster: l.cluster, First: formatTime(at)}}
+		if err := l.write(at, at, at, []*Record{g}); err != nil {
+			l.f.Close()
+			return nil, err
+		}
 	}
 	if l.recovered != nil {
 		log := o.Logger
@@ -238,6 +253,9 @@ func (l *Ledger) load(s segment, last bool) error {
 		if err := l.follows(r); err != nil {
 			return fmt.Errorf("cannot open ledger: %s line %d (seq %d): %v", path, n, r.Seq, err)
 		}
+		if r.Genesis != nil {
+			l.genesis = r.Hash
+		}
 		l.seq, l.head, good = r.Seq, r.Hash, off+int64(len(line))
 	}
 	if l.seq < s.first && !last {
@@ -329,6 +347,15 @@ func (l *Ledger) Recovered() *Recovery { return l.recovered }
 // PublicKey returns the key that verifies the records.
 func (l *Ledger) PublicKey() ed25519.PublicKey { return l.key.Public().(ed25519.PublicKey) }
 
+// Identity returns the node's public key (base64) and the hash of the
+// ledger's genesis record ("" for a ledger without one): what a node
+// gossips beside its head for peers to witness.
+func (l *Ledger) Identity() (key, genesis string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.keyB64, l.genesis
+}
+
 // Head returns the last record's seq and hash (0 and GenesisPrev when the
 // ledger is empty): what a node gossips for its peers to witness.
 func (l *Ledger) Head() (seq uint64, hash string) {
@@ -366,6 +393,16 @@ func (l *Ledger) Append(from, to time.Time, usage []Usage, witnesses []Witness) 
 	if len(usage)+len(witnesses) == 0 {
 		return 0, nil
 	}
+	recs := make([]*Record, 0, len(usage)+len(witnesses))
+	for i := range usage {
+		u := usage[i]
+		u.Rejected = nonZero(u.Rejected)
+		recs = append(recs, &Record{Usage: &u})
+	}
+	for i := range witnesses {
+		w := witnesses[i]
+		recs = append(recs, &Record{Witness: &w})
+	}
 
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -375,15 +412,23 @@ func (l *Ledger) Append(from, to time.Time, usage []Usage, witnesses []Witness) 
 	case l.err != nil:
 		return 0, fmt.Errorf("cannot append to ledger after an earlier failure: %w", l.err)
 	}
+	if err := l.write(l.clock(), from, to, recs); err != nil {
+		return 0, err
+	}
+	return len(recs), nil
+}
+
+// write seals recs as the next records, stamped at and covering [from,
+// to), writes them and fsyncs once. Called with mu held (or from Open).
+func (l *Ledger) write(at, from, to time.Time, recs []*Record) error {
 	if l.size >= l.segBytes {
 		if err := l.createSegment(l.seq + 1); err != nil {
-			return 0, err
+			return err
 		}
 	}
-	at := l.clock()
 	seq, head := l.seq, l.head
 	var buf bytes.Buffer
-	add := func(r *Record) error {
+	for _, r := range recs {
 		seq++
 		r.Seq, r.Node, r.Cluster, r.At, r.From, r.To, r.Prev = seq, l.node, l.cluster, at, from, to, head
 		line, err := r.seal(l.key)
@@ -392,20 +437,6 @@ func (l *Ledger) Append(from, to time.Time, usage []Usage, witnesses []Witness) 
 		}
 		buf.Write(line)
 		head = r.Hash
-		return nil
-	}
-	for i := range usage {
-		u := usage[i]
-		u.Rejected = nonZero(u.Rejected)
-		if err := add(&Record{Usage: &u}); err != nil {
-			return 0, err
-		}
-	}
-	for i := range witnesses {
-		w := witnesses[i]
-		if err := add(&Record{Witness: &w}); err != nil {
-			return 0, err
-		}
 	}
 	if _, err := l.f.Write(buf.Bytes()); err != nil {
 		// A full disk: cut what part of the batch was written, so the
@@ -417,15 +448,18 @@ func (l *Ledger) Append(from, to time.Time, usage []Usage, witnesses []Witness) 
 		} else if serr := l.f.Sync(); serr != nil {
 			l.err = serr
 		}
-		return 0, fmt.Errorf("cannot append to ledger: %w", err)
+		return fmt.Errorf("cannot append to ledger: %w", err)
 	}
 	if err := l.f.Sync(); err != nil {
 		l.err = err
-		return 0, fmt.Errorf("cannot append to ledger: fsync: %w", err)
+		return fmt.Errorf("cannot append to ledger: fsync: %w", err)
+	}
+	if l.seq == 0 && recs[0].Genesis != nil {
+		l.genesis = recs[0].Hash
 	}
 	l.seq, l.head = seq, head
 	l.size += int64(buf.Len())
-	return len(usage) + len(witnesses), nil
+	return nil
 }
 
 // nonZero returns m without its zero counts (nil if none is left), so a

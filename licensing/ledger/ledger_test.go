@@ -80,7 +80,7 @@ func TestAppendReadReopen(t *testing.T) {
 	appendAt(t, l, 2, []Usage{voice(30)}, nil)
 	rep := Verify(inputs("seg", readFile(t, segs[0])), VerifyOptions{})
 	require.Empty(t, rep.Problems)
-	require.Equal(t, NodeSummary{First: 1, Last: 5, Records: 5, Head: headHash(l), Key: lKey(l)}, rep.Nodes["n1"])
+	require.Equal(t, NodeSummary{First: 1, Last: 5, Records: 5, Head: headHash(l), Key: lKey(l), KeyTrust: TrustUnverified}, rep.Nodes["n1"])
 }
 
 func headHash(l *Ledger) string { _, h := l.Head(); return h }

@@ -32,6 +32,7 @@ var GenesisPrev = strings.Repeat("0", 64)
 const (
 	KindUsage   = "usage"
 	KindWitness = "witness"
+	KindGenesis = "genesis"
 )
 
 // Errors Decode and Record.Check return; callers branch with errors.Is.
@@ -68,14 +69,33 @@ type Usage struct {
 }
 
 // Witness is a peer's ledger head as seen over gossip: the peer Node had
-// written up to Seq, whose record hash was Hash.
+// written up to Seq, whose record hash was Hash. Key (the peer's public
+// key, base64) and Genesis (the hash of the peer's genesis record) are
+// set by nodes that gossip them; records written before they existed
+// lack them.
 type Witness struct {
-	Node string `json:"node"`
-	Seq  uint64 `json:"seq"`
-	Hash string `json:"hash"`
+	Node    string `json:"node"`
+	Seq     uint64 `json:"seq"`
+	Hash    string `json:"hash"`
+	Key     string `json:"key,omitempty"`
+	Genesis string `json:"genesis,omitempty"`
 }
 
-// Record is one ledger line: exactly one of Usage and Witness is set.
+// Check reports whether w is a witness Append accepts.
+func (w *Witness) Check() error { return validWitness(w) }
+
+// Genesis opens a node's ledger (seq 1): the node's public key (base64,
+// the same as the record's "key"), its cluster and the instant the ledger
+// was created (RFC 3339, UTC). Peers witness its hash. Ledgers written
+// before genesis records existed start with a usage or witness record.
+type Genesis struct {
+	Key     string `json:"key"`
+	Cluster string `json:"cluster"`
+	First   string `json:"first"`
+}
+
+// Record is one ledger line: exactly one of Usage, Witness and Genesis is
+// set.
 type Record struct {
 	Seq     uint64
 	Node    string
@@ -85,16 +105,20 @@ type Record struct {
 	At, From, To time.Time
 	Usage        *Usage
 	Witness      *Witness
+	Genesis      *Genesis
 	// Prev is the Hash of the record before (GenesisPrev for seq 1); Hash
 	// is the hex SHA-256 of this record's canonical body; Sig the base64
 	// Ed25519 signature by the node key Key (base64).
 	Prev, Hash, Sig, Key string
 }
 
-// Kind returns KindUsage or KindWitness.
+// Kind returns KindUsage, KindWitness or KindGenesis.
 func (r *Record) Kind() string {
-	if r.Witness != nil {
+	switch {
+	case r.Witness != nil:
 		return KindWitness
+	case r.Genesis != nil:
+		return KindGenesis
 	}
 	return KindUsage
 }
@@ -114,6 +138,7 @@ type wire struct {
 	To      string   `json:"to"`
 	*Usage           // inline; nil for a witness record
 	Witness *Witness `json:"witness,omitempty"`
+	Genesis *Genesis `json:"genesis,omitempty"`
 	Prev    string   `json:"prev"`
 	Key     string   `json:"key"`
 	Hash    string   `json:"hash,omitempty"`
@@ -123,7 +148,7 @@ type wire struct {
 func (r *Record) wire() wire {
 	return wire{V: Version, Seq: r.Seq, Node: r.Node, Cluster: r.Cluster, Kind: r.Kind(),
 		At: formatTime(r.At), From: formatTime(r.From), To: formatTime(r.To),
-		Usage: r.Usage, Witness: r.Witness, Prev: r.Prev, Key: r.Key}
+		Usage: r.Usage, Witness: r.Witness, Genesis: r.Genesis, Prev: r.Prev, Key: r.Key}
 }
 
 // body returns the canonical encoding of everything but hash and sig: the
@@ -233,7 +258,7 @@ func Decode(line []byte) (*Record, error) {
 	if err := dec.Decode(&w); err != nil {
 		return nil, fmt.Errorf("%w: bad JSON: %v", ErrMalformed, err)
 	}
-	r := &Record{Seq: w.Seq, Node: w.Node, Cluster: w.Cluster, Usage: w.Usage, Witness: w.Witness,
+	r := &Record{Seq: w.Seq, Node: w.Node, Cluster: w.Cluster, Usage: w.Usage, Witness: w.Witness, Genesis: w.Genesis,
 		Prev: w.Prev, Hash: w.Hash, Sig: w.Sig, Key: w.Key}
 	var err error
 	if r.At, err = parseTime("at", w.At); err != nil {
@@ -282,15 +307,42 @@ func (r *Record) validate(v int, kind string) error {
 		return bad("key is not a base64 Ed25519 public key")
 	case !isBase64(r.Sig, ed25519.SignatureSize):
 		return bad("sig is not a base64 Ed25519 signature")
-	case (r.Usage == nil) == (r.Witness == nil):
-		return bad("want exactly one of usage fields and witness")
+	case btoi(r.Usage != nil)+btoi(r.Witness != nil)+btoi(r.Genesis != nil) != 1:
+		return bad("want exactly one of usage fields, witness and genesis")
 	case kind != r.Kind():
 		return bad("kind %q does not match the fields", kind)
 	}
-	if r.Usage != nil {
+	switch {
+	case r.Usage != nil:
 		return validUsage(r.Usage)
+	case r.Genesis != nil:
+		return r.validGenesis()
 	}
 	return validWitness(r.Witness)
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// validGenesis checks a genesis record: it is seq 1 and says what the
+// record itself carries (key, cluster, instant).
+func (r *Record) validGenesis() error {
+	g := r.Genesis
+	switch {
+	case r.Seq != 1 || r.Prev != GenesisPrev:
+		return fmt.Errorf("%w: a genesis record must be seq 1", ErrMalformed)
+	case g.Key != r.Key:
+		return fmt.Errorf("%w: genesis key is not the record's key", ErrMalformed)
+	case g.Cluster != r.Cluster:
+		return fmt.Errorf("%w: genesis cluster is not the record's cluster", ErrMalformed)
+	case g.First != formatTime(r.At):
+		return fmt.Errorf("%w: genesis first instant is not the record's instant", ErrMalformed)
+	}
+	return nil
 }
 
 func validUsage(u *Usage) error {
@@ -319,6 +371,10 @@ func validWitness(w *Witness) error {
 		return fmt.Errorf("%w: witness seq must be at least 1", ErrMalformed)
 	case !isHex64(w.Hash):
 		return fmt.Errorf("%w: witness hash is not 64 lowercase hex digits", ErrMalformed)
+	case w.Key != "" && !isBase64(w.Key, ed25519.PublicKeySize):
+		return fmt.Errorf("%w: witness key is not a base64 Ed25519 public key", ErrMalformed)
+	case w.Genesis != "" && !isHex64(w.Genesis):
+		return fmt.Errorf("%w: witness genesis is not 64 lowercase hex digits", ErrMalformed)
 	}
 	return nil
 }

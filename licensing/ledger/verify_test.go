@@ -30,12 +30,14 @@ func TestVerifyGood(t *testing.T) {
 	pins := map[string]ed25519.PublicKey{"n1": testKey(1).Public().(ed25519.PublicKey), "n2": testKey(2).Public().(ed25519.PublicKey)}
 	rep = Verify(inputs("all.jsonl", mixed), VerifyOptions{PinnedKeys: pins})
 	require.True(t, rep.OK(), "%v", rep.Problems)
-	require.Equal(t, s, rep.Nodes["n1"])
+	pinned := s
+	pinned.KeyTrust = TrustPinned
+	require.Equal(t, pinned, rep.Nodes["n1"])
 
 	// A contiguous tail is good, and says so.
 	rep = Verify(inputs("tail.jsonl", join(l1[3:]...)), VerifyOptions{})
 	require.True(t, rep.OK(), "%v", rep.Problems)
-	require.Equal(t, NodeSummary{First: 4, Last: 6, Records: 3, Head: s.Head, Key: s.Key, Tail: true}, rep.Nodes["n1"])
+	require.Equal(t, NodeSummary{First: 4, Last: 6, Records: 3, Head: s.Head, Key: s.Key, Tail: true, KeyTrust: TrustUnverified}, rep.Nodes["n1"])
 
 	// No input, empty input: nothing to complain about.
 	require.True(t, Verify(nil, VerifyOptions{}).OK())
@@ -120,7 +122,7 @@ func TestVerifyProblems(t *testing.T) {
 		"node n2 seq 1 (n2:1): truncated: ends at seq 1 but peer n1 witnessed seq 2")
 	restored := resignWith(t, l2[1], testKey(2), `"admitted":60`, `"admitted":6`)
 	f("restored from backup", inputs("n1", n1, "n2", join(l2[0], restored)), VerifyOptions{},
-		"node n2 seq 2 (n2:2): differs from what peer n1 witnessed at seq 2 (restored from an earlier backup?)")
+		"node n2 seq 2 (n2:2): differs from what peer n1 witnessed at seq 2 (restored from an earlier backup?); no record of it matches a witness before")
 	f("peer absent", inputs("n1", n1), VerifyOptions{})
 	// First returns one problem per node.
 	rep := Verify(inputs("a", join(l1[0], l1[2], l1[1]), "b", join(l2[0], l2[0])), VerifyOptions{})
@@ -198,7 +200,7 @@ func TestDecodeStrict(t *testing.T) {
 	f(func(s string) string {
 		return strings.Replace(s, `"service":"voice"`, `"service":"voice","witness":{"node":"a","seq":1,"hash":"`+GenesisPrev+`"}`, 1)
 	},
-		`malformed: want exactly one of usage fields and witness`)
+		`malformed: want exactly one of usage fields, witness and genesis`)
 	f(func(s string) string { return strings.Repeat(" ", MaxLineBytes) + s }, fmt.Sprintf("malformed: line of %d bytes, more than %d", MaxLineBytes+len(good), MaxLineBytes))
 
 	// Every record of the sample re-encodes to its line.
