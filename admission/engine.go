@@ -26,6 +26,11 @@ type Config struct {
 	// IdempotencyWindow is how long a CONSUME ID is remembered: 10 minutes
 	// covers every client retry policy seen while keeping memory bounded.
 	IdempotencyWindow time.Duration
+	// Keys, if set, keeps CONSUME ID keys for the window on disk (see
+	// idkeys.go); the consumed table is then a hot set holding each key for
+	// HotKeys (0 means DefaultHotKeys). Unset, the table holds them all.
+	Keys    KeyStore
+	HotKeys time.Duration
 	// HighHeadroomPercent is what PRIORITY high may use above the licence.
 	HighHeadroomPercent int
 	// MaxCAPS is the node's own attempt limit across all services
@@ -134,6 +139,9 @@ func NewEngine(cfg Config) *Engine {
 	}
 	if cfg.IdempotencyWindow <= 0 {
 		cfg.IdempotencyWindow = def.IdempotencyWindow
+	}
+	if cfg.HotKeys <= 0 {
+		cfg.HotKeys = DefaultHotKeys
 	}
 	if cfg.MaxServices <= 0 {
 		cfg.MaxServices = def.MaxServices
@@ -571,12 +579,18 @@ func (e *Engine) Consume(now int64, service, acct []byte, units int64, id []byte
 	var key Key
 	if id != nil {
 		key = KeyOf(id).mix(KeyOf(acct))
+		if d, ok := e.knownID(now, s, key); ok {
+			return d
+		}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if id != nil {
 		if x, ok := s.consumed.get(key, now); ok {
 			return x.v
+		}
+		if e.keysFull() {
+			return Decision{Reason: OVERLOAD, RetryAfterMS: retryCountedMS, Remaining: 0}
 		}
 	}
 	p, _ := s.poolFor(acct)
@@ -590,9 +604,7 @@ func (e *Engine) Consume(now int64, service, acct []byte, units int64, id []byte
 	s.charge(p, units)
 	d := Decision{Reason: OK, Remaining: clampRemaining(p.left())}
 	if id != nil {
-		exp := now + int64(e.cfg.IdempotencyWindow)
-		s.consumed.put(key, d, exp)
-		s.logChange(Change{Kind: ConsumedSet, Key: key, Expires: exp, Remaining: d.Remaining})
+		e.rememberID(now, s, key, d)
 	}
 	return d
 }
@@ -607,14 +619,15 @@ func (e *Engine) RecordConsumed(now int64, service, acct, id []byte, d Decision)
 		return true
 	}
 	key := KeyOf(id).mix(KeyOf(acct))
+	if _, ok := e.knownID(now, s, key); ok {
+		return false
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, ok := s.consumed.get(key, now); ok {
 		return false
 	}
-	exp := now + int64(e.cfg.IdempotencyWindow)
-	s.consumed.put(key, d, exp)
-	s.logChange(Change{Kind: ConsumedSet, Key: key, Expires: exp, Remaining: d.Remaining})
+	e.rememberID(now, s, key, d)
 	return true
 }
 

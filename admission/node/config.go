@@ -19,6 +19,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/capsgate/capsgate/admission/bounded"
+	"github.com/capsgate/capsgate/admission/idstore"
 )
 
 // Default ports of the three listeners.
@@ -242,10 +243,12 @@ type AdmissionConfig struct {
 	SubscriberTTL Duration `yaml:"subscriber_ttl"`
 
 	// IdempotencyWindow is how long a CONSUME ID key is remembered, so a
-	// retried CONSUME is not counted twice (≥ 1s).
+	// retried CONSUME is not counted twice (1s to 35 days: keys are kept on
+	// disk under data_dir/ids, memory holds only the last seconds' keys).
 	//
-	// Default: 10m, which covers every client retry policy seen while
-	// keeping memory bounded.
+	// Default: 10m, which covers every client retry policy seen; a billing
+	// system's deduplication window (Stripe 24 h, Metronome 34 days) needs
+	// it longer.
 	IdempotencyWindow Duration `yaml:"idempotency_window"`
 }
 
@@ -444,7 +447,7 @@ var options = []option{
 	{key: "admission.burst", flag: "admission-burst", arg: "DURATION", usage: "CAPS bucket depth as time at the licensed rate, 1ms..10s"},
 	{key: "admission.session_ttl", flag: "admission-session-ttl", arg: "DURATION", usage: "how long an admitted call's session is held without RELEASE, at least 1s"},
 	{key: "admission.subscriber_ttl", flag: "admission-subscriber-ttl", arg: "DURATION", usage: "REGISTER TTL when none is given, at least 1s"},
-	{key: "admission.idempotency_window", flag: "admission-idempotency-window", arg: "DURATION", usage: "how long a CONSUME ID key is remembered, at least 1s"},
+	{key: "admission.idempotency_window", flag: "admission-idempotency-window", arg: "DURATION", usage: "how long a CONSUME ID key is remembered, 1s to 35 days (840h)"},
 	{key: "priority.high_headroom_percent", flag: "priority-high-headroom-percent", arg: "PERCENT", usage: "what PRIORITY high may use above the licence (CAPS and sessions), in percent, 0..100"},
 	{key: "priority.max_emergency_sessions", flag: "priority-max-emergency-sessions", arg: "N", usage: "emergency sessions open on this node at most (beyond: OVERLOAD), 1..10000000"},
 	{key: "licensing.clock_tolerance", flag: "licensing-clock-tolerance", arg: "DURATION", usage: "how far the clock may step back before the rollback alarm, and a licence be issued in the future, at least 1s"},
@@ -1067,6 +1070,9 @@ func (c *Config) validate() error {
 		if d.v.Duration < time.Second {
 			return bad(d.key, "must be at least 1s, got %s", d.v)
 		}
+	}
+	if w := c.Admission.IdempotencyWindow.Duration; w > idstore.MaxWindow {
+		return bad("admission.idempotency_window", "must be at most 840h (35 days), got %s", c.Admission.IdempotencyWindow)
 	}
 	if c.Cluster.PartitionPolicy != "split" && c.Cluster.PartitionPolicy != "fail_open" {
 		return bad("cluster.partition_policy", "must be split or fail_open, got %q", c.Cluster.PartitionPolicy)

@@ -452,6 +452,7 @@ func TestValidateErrors(t *testing.T) {
 	f([]string{"--admission-session-ttl", "0s"}, "invalid config: admission.session_ttl (--admission-session-ttl) must be at least 1s, got 0s")
 	f([]string{"--admission-subscriber-ttl", "100ms"}, "invalid config: admission.subscriber_ttl (--admission-subscriber-ttl) must be at least 1s, got 100ms")
 	f([]string{"--admission-idempotency-window", "-5m"}, "invalid config: admission.idempotency_window (--admission-idempotency-window) must be at least 1s, got -5m")
+	f([]string{"--admission-idempotency-window", "841h"}, "invalid config: admission.idempotency_window (--admission-idempotency-window) must be at most 840h (35 days), got 841h")
 	f([]string{"--priority-high-headroom-percent", "101"}, "invalid config: priority.high_headroom_percent (--priority-high-headroom-percent) must be between 0 and 100, got 101")
 	f([]string{"--priority-high-headroom-percent", "-1"}, "invalid config: priority.high_headroom_percent (--priority-high-headroom-percent) must be between 0 and 100, got -1")
 	f([]string{"--priority-max-emergency-sessions", "0"}, "invalid config: priority.max_emergency_sessions (--priority-max-emergency-sessions) must be between 1 and 10000000, got 0")

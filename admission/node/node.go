@@ -17,6 +17,7 @@ import (
 
 	"github.com/capsgate/capsgate/admission"
 	"github.com/capsgate/capsgate/admission/bounded"
+	"github.com/capsgate/capsgate/admission/idstore"
 	"github.com/capsgate/capsgate/admission/journal"
 	"github.com/capsgate/capsgate/admission/meter"
 	"github.com/capsgate/capsgate/admission/resp"
@@ -57,6 +58,7 @@ type Node struct {
 	reserver *meter.Reserver
 	meter    *meter.Meter
 	journal  *journal.Journal // open sessions and registrations, across restarts
+	ids      *idstore.Store   // CONSUME ID keys for the idempotency window
 
 	ready atomic.Bool
 	stop  chan struct{}
@@ -75,6 +77,10 @@ func New(cfg Config, log *slog.Logger) (*Node, error) {
 	}
 	clk := admission.NewSystemClock()
 	wake := make(chan struct{}, 1)
+	ids, err := idstore.Open(idstore.Config{Dir: filepath.Join(cfg.DataDir, idstore.Dir), Clock: clk, Log: log})
+	if err != nil {
+		return nil, err
+	}
 	eng := admission.NewEngine(admission.Config{
 		Burst:                cfg.Admission.Burst.Duration,
 		SessionTTL:           cfg.Admission.SessionTTL.Duration,
@@ -87,6 +93,7 @@ func New(cfg Config, log *slog.Logger) (*Node, error) {
 		DurableTokens:        true,
 		ReserveWake:          wake,
 		JournalState:         true,
+		Keys:                 ids,
 	})
 	var password string
 	if cfg.RESP.PasswordFile != "" {
@@ -97,6 +104,7 @@ func New(cfg Config, log *slog.Logger) (*Node, error) {
 		password = p
 	}
 	n := &Node{cfg: cfg, log: log, clk: clk, eng: eng, reserveWake: wake, peerHTTP: &http.Client{Timeout: 5 * time.Second}, shares: cluster.NewShares(eng), stop: make(chan struct{})}
+	n.ids = ids
 	n.handler = resp.NewHandler(eng, password)
 	n.resp = resp.NewServer(resp.Config{
 		Addr:        cfg.RESP.Addr,
@@ -188,6 +196,7 @@ func (n *Node) journaling() {
 	defer n.wg.Done()
 	admission.Repeat(n.stop, journal.FlushEvery, func() time.Duration {
 		_ = n.journal.Flush() // logged and counted by the journal
+		_ = n.ids.Flush()     // the CONSUME IDs charged since: the same window
 		return journal.FlushEvery
 	})
 }
@@ -410,6 +419,9 @@ func (n *Node) Stop(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("cannot flush the ledger: %w", err))
 		}
 		if err := n.journal.Close(); err != nil {
+			errs = append(errs, err)
+		}
+		if err := n.ids.Close(); err != nil {
 			errs = append(errs, err)
 		}
 		if err := n.reserver.Close(); err != nil {

@@ -1,0 +1,53 @@
+// Package idstore remembers a node's CONSUME ID keys for a billing-grade
+// idempotency window (admission.idempotency_window, up to 35 days; up to
+// 100 M keys a node) in an embedded LSM store (cockroachdb/pebble) under
+// data_dir/ids, so that memory holds only a bounded hot set and a repeat
+// after any restart gets the first decision, uncharged.
+//
+// The engine (admission.Config.Keys) asks the store on the CONSUME ID path:
+//
+//	ids, err := idstore.Open(idstore.Config{Dir: filepath.Join(dataDir, idstore.Dir), Clock: clk})
+//	eng := admission.NewEngine(admission.Config{..., Keys: ids})
+//	for range time.Tick(idstore.FlushEvery) {
+//		ids.Flush() // group commit of the keys remembered since, and bounded expiry
+//	}
+//	ids.Close()
+//
+// # Decision path
+//
+// A CONSUME with ID first looks in the service's hot set (the consumed
+// table, under the service's mutex, memory only), then in the store with no
+// engine lock held: the keys remembered but not yet committed (sharded
+// in-memory maps, each under its own mutex held only for a map operation),
+// then pebble (its bloom filters and block cache answer a first-time key's
+// miss from memory; a repeat older than the cache reads the disk, on that
+// request's event loop, holding no lock). A first-time key is charged and
+// queued in memory (Remember, no I/O) and its decision returned at once;
+// Flush, every FlushEvery off the event loops, writes everything queued in
+// one batch and fsyncs it (group commit), exactly as the state journal
+// does for sessions (admission/journal).
+//
+// # Guarantees
+//
+//   - A key whose Flush returned survives kill -9: after the restart a
+//     repeat (on this node, for the rest of the window) gets the first
+//     decision and is not charged.
+//   - The window of loss is the state journal's: keys charged within the
+//     last FlushEvery (20 ms, plus the fsync) before a kill -9 may be lost;
+//     a repeat of one of those after the restart is charged again. That is
+//     an over-count, never an under-count: the charge itself was covered
+//     by the durable token reservation (admission/meter), so the token
+//     guarantee (a kill -9 never under-counts; over-counts are bounded)
+//     holds, with the bound increased by the charges of that interval
+//     that are retried after the restart. A clean stop (Close) loses
+//     nothing.
+//   - A key expires at the end of its window: Lookup compares the stored
+//     wall-clock expiry, so an expired key is never answered even before
+//     its record is deleted. Deletion is bounded work: each Flush scans at
+//     most Config.ExpireScan records from a cursor that wraps around, and
+//     deletes those past their expiry; pebble's compactions reclaim the
+//     space.
+//   - At Config.MaxKeys keys (approximate count) the store is full: a new
+//     ID is refused OVERLOAD until expiry makes room; repeats still get
+//     their first decision.
+package idstore
