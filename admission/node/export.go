@@ -39,10 +39,10 @@ var errPageFull = errors.New("page full")
 
 // getUsageExport serves GET /v1/usage/export?format=cloudevents|
 // cloudevents-batch[&service=][&from=][&to=][&after=SEQ][&limit=N]: this
-// node's usage records (of the service, in [from, to), after ledger seq
-// SEQ) as CloudEvents (package usageevents), streamed in ledger order, at
-// most limit events a page; the trailer usageevents.NextTrailer says where the
-// next page starts.
+// node's usage records (of the service, whose interval ends in [from,
+// to), after ledger seq SEQ) as CloudEvents (package usageevents),
+// streamed in ledger order, at most limit events a page; the trailer
+// usageevents.NextTrailer says where the next page starts.
 func (n *Node) getUsageExport(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	format, err := usageevents.ParseFormat(q.Get("format"))
@@ -87,11 +87,11 @@ func (n *Node) getUsageExport(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	var last uint64
 	next := "end"
-	err = n.ledger.Read(from, to, func(_ []byte, rec *ledger.Record) error {
+	err = n.ledger.Read(time.Time{}, time.Time{}, func(_ []byte, rec *ledger.Record) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if rec.Seq <= after || rec.Usage == nil || (service != "" && rec.Usage.Service != service) {
+		if rec.Seq <= after || rec.Usage == nil || (service != "" && rec.Usage.Service != service) || !inRange(rec.To, from, to) {
 			return nil
 		}
 		if uint64(ew.Count()) == limit {
@@ -125,6 +125,14 @@ func (n *Node) getUsageExport(w http.ResponseWriter, r *http.Request) {
 		panic(http.ErrAbortHandler)
 	}
 	w.Header().Set(usageevents.NextTrailer, next)
+}
+
+// inRange reports whether t, an event's time (its record's interval
+// end), is in [from, to) (a zero bound is open): consecutive ranges share
+// no event, unlike the records that overlap them, which GET /v1/ledger
+// serves.
+func inRange(t, from, to time.Time) bool {
+	return (from.IsZero() || !t.Before(from)) && (to.IsZero() || t.Before(to))
 }
 
 // deadlineWriter moves the connection's write deadline on before each

@@ -102,6 +102,14 @@ func TestUsageExport(t *testing.T) {
 	require.Equal(t, want(usageevents.Lines, "sms"), body)
 	require.Equal(t, 5, strings.Count(body, "\n"))
 
+	// from and to select events by time (the interval's end), so that
+	// back-to-back ranges share none: an interval ending at the bound
+	// belongs to the range after it.
+	_, first, _ := exportGet(t, base, rangeQ("to", "2025-06-01T00:00:30Z"))
+	_, rest, _ := exportGet(t, base, rangeQ("from", "2025-06-01T00:00:30Z"))
+	require.Equal(t, 6, strings.Count(first, "\n"))
+	require.Equal(t, lines, first+rest)
+
 	// Pages of 4 add up to the whole; the trailer names the next.
 	var paged strings.Builder
 	pages := 0
@@ -171,4 +179,59 @@ func TestUsageExport(t *testing.T) {
 	require.Equal(t, 1, ctl.Main([]string{"--addr", base, "usage", "export", "--format", "cloudevents", "--service", "bad name"}, &stdout, &stderr))
 	require.Contains(t, stderr.String(), "400 invalid_service")
 	require.Empty(t, stdout.String())
+}
+
+// An export the ledger cannot finish is never a short export that looks
+// whole: before the first byte it is a 500; after, the answer breaks off
+// without its trailer, and capsctl says so and exits 1.
+func TestUsageExportCutShort(t *testing.T) {
+	n := startNode(t, "--dev")
+	base := "http://" + n.AdminAddr()
+	t0 := time.Date(2025, 6, 1, 0, 0, 0, 0, time.UTC)
+	for i := range 200 {
+		from := t0.Add(time.Duration(i) * 10 * time.Second)
+		_, err := n.ledger.Append(from, from.Add(10*time.Second), []ledger.Usage{{Service: "voice", Attempts: 1, Admitted: 1}}, nil)
+		require.NoError(t, err)
+	}
+	segs, err := filepath.Glob(filepath.Join(n.cfg.DataDir, "ledger", "seg-*.jsonl"))
+	require.NoError(t, err)
+	require.Len(t, segs, 1)
+	orig, err := os.ReadFile(segs[0])
+	require.NoError(t, err)
+	// spoil makes the k-th voice record of the segment undecodable (an
+	// upper-case digit in its hash), in place.
+	spoil := func(k int) {
+		b := bytes.Clone(orig)
+		at := 0
+		for range k {
+			at += bytes.Index(b[at:], []byte(`"service":"voice"`)) + 1
+		}
+		h := at + bytes.Index(b[at:], []byte(`"hash":"`)) + len(`"hash":"`)
+		b[h] = 'X'
+		require.NoError(t, os.WriteFile(segs[0], b, 0o600))
+	}
+	q := url.Values{"format": {"cloudevents"}, "to": {"2025-06-02T00:00:00Z"}}
+
+	spoil(3)
+	code, body, _ := exportGet(t, base, q)
+	require.Equal(t, http.StatusInternalServerError, code)
+	require.Contains(t, body, `"reason": "ledger"`)
+	require.Contains(t, body, "malformed")
+
+	spoil(150) // well past the first 32 KiB written
+	resp, err := http.Get(base + "/v1/usage/export?" + q.Encode())
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.Error(t, err, "the answer breaks off")
+	require.Less(t, strings.Count(string(b), "\n"), 150)
+	require.Empty(t, resp.Trailer.Get(usageevents.NextTrailer))
+
+	out := filepath.Join(t.TempDir(), "usage.jsonl")
+	var stdout, stderr bytes.Buffer
+	require.Equal(t, 1, ctl.Main([]string{"--addr", base, "usage", "export", "--format", "cloudevents", "--out", out}, &stdout, &stderr))
+	require.Contains(t, stderr.String(), "capsctl: cannot export usage: the answer of GET /v1/usage/export?after=0&format=cloudevents broke off")
+	require.NoFileExists(t, out)
+	require.NoError(t, os.WriteFile(segs[0], orig, 0o600))
 }
