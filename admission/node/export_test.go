@@ -36,27 +36,37 @@ func exportGet(t *testing.T, base string, q url.Values) (int, string, string) {
 	return resp.StatusCode, string(b), resp.Trailer.Get(usageevents.NextTrailer)
 }
 
+// exportT0 starts a fixed past day, which a node's own metering (of
+// today) never writes into.
+var exportT0 = time.Date(2025, 6, 1, 0, 0, 0, 0, time.UTC)
+
+// devNodeWithUsage starts a --dev node and appends k 10 s intervals from
+// exportT0 to its ledger, interval i with the records records(i) gives.
+func devNodeWithUsage(t *testing.T, k int, records func(i int) ([]ledger.Usage, []ledger.Witness)) (n *Node, base string) {
+	t.Helper()
+	n = startNode(t, "--dev")
+	for i := range k {
+		from := exportT0.Add(time.Duration(i) * 10 * time.Second)
+		u, w := records(i)
+		_, err := n.ledger.Append(from, from.Add(10*time.Second), u, w)
+		require.NoError(t, err)
+	}
+	return n, "http://" + n.AdminAddr()
+}
+
 // GET /v1/usage/export and capsctl usage export on a real node: the
 // node's own ledger records in the range as CloudEvents, the same bytes
 // on every export, in pages that add up to the whole, the bounds checked
 // before any work.
 func TestUsageExport(t *testing.T) {
-	n := startNode(t, "--dev")
-	base := "http://" + n.AdminAddr()
-
-	// Five intervals of a fixed past day, which the node's own metering
-	// (of today, for demo) never writes into: 15 usage records and 5
-	// witness records.
-	t0 := time.Date(2025, 6, 1, 0, 0, 0, 0, time.UTC)
-	for i := range 5 {
-		from := t0.Add(time.Duration(i) * 10 * time.Second)
-		_, err := n.ledger.Append(from, from.Add(10*time.Second), []ledger.Usage{
+	// Five intervals: 15 usage records and 5 witness records.
+	n, base := devNodeWithUsage(t, 5, func(i int) ([]ledger.Usage, []ledger.Witness) {
+		return []ledger.Usage{
 			{Service: "voice", Attempts: uint64(100 + i), Admitted: uint64(90 + i), Rejected: map[string]uint64{"CAPS": 10}, Tokens: 90},
 			{Service: "voice", Account: "acme", Attempts: 40, Admitted: 40, Tokens: 40},
 			{Service: "sms", Attempts: 1, Admitted: 1},
-		}, []ledger.Witness{{Node: "peer", Seq: uint64(i + 1), Hash: strings.Repeat("ab", 32)}})
-		require.NoError(t, err)
-	}
+		}, []ledger.Witness{{Node: "peer", Seq: uint64(i + 1), Hash: strings.Repeat("ab", 32)}}
+	})
 	rangeQ := func(kv ...string) url.Values {
 		q := url.Values{"format": {"cloudevents"}, "from": {"2025-06-01T00:00:00Z"}, "to": {"2025-06-02T00:00:00Z"}}
 		for i := 0; i < len(kv); i += 2 {
@@ -68,7 +78,7 @@ func TestUsageExport(t *testing.T) {
 	want := func(f usageevents.Format, service string) string {
 		var b bytes.Buffer
 		w := usageevents.NewWriter(&b, f)
-		require.NoError(t, n.ledger.Read(t0, t0.Add(24*time.Hour), func(_ []byte, r *ledger.Record) error {
+		require.NoError(t, n.ledger.Read(exportT0, exportT0.Add(24*time.Hour), func(_ []byte, r *ledger.Record) error {
 			if service == "" || (r.Usage != nil && r.Usage.Service == service) {
 				_, err := w.Write(r)
 				return err
@@ -185,14 +195,9 @@ func TestUsageExport(t *testing.T) {
 // whole: before the first byte it is a 500; after, the answer breaks off
 // without its trailer, and capsctl says so and exits 1.
 func TestUsageExportCutShort(t *testing.T) {
-	n := startNode(t, "--dev")
-	base := "http://" + n.AdminAddr()
-	t0 := time.Date(2025, 6, 1, 0, 0, 0, 0, time.UTC)
-	for i := range 200 {
-		from := t0.Add(time.Duration(i) * 10 * time.Second)
-		_, err := n.ledger.Append(from, from.Add(10*time.Second), []ledger.Usage{{Service: "voice", Attempts: 1, Admitted: 1}}, nil)
-		require.NoError(t, err)
-	}
+	n, base := devNodeWithUsage(t, 200, func(int) ([]ledger.Usage, []ledger.Witness) {
+		return []ledger.Usage{{Service: "voice", Attempts: 1, Admitted: 1}}, nil
+	})
 	segs, err := filepath.Glob(filepath.Join(n.cfg.DataDir, "ledger", "seg-*.jsonl"))
 	require.NoError(t, err)
 	require.Len(t, segs, 1)
