@@ -60,6 +60,14 @@ type Config struct {
 	// reservation runs short or a charge was refused for want of one, and
 	// when a service is created: the reserver should run at once.
 	ReserveWake chan<- struct{}
+	// AwaitReserve, if set, is called (no engine lock held, after a signal
+	// on ReserveWake) when a charge finds its pool's reservation short: it
+	// blocks until a reservation begun after the call is durable (true),
+	// or for at most its own bound, or not at all while reservations
+	// cannot be written (false). The charge is then tried again, so a
+	// charge of any size is made on its first try. Unset, a short charge
+	// is refused OVERLOAD and the next reservation covers it.
+	AwaitReserve func() bool
 	// JournalState: every service logs the changes to its sessions and
 	// subscribers in memory (Service.Drain), for package admission/journal
 	// to make them durable, so that they are back after a restart. Off,
@@ -224,6 +232,7 @@ func (e *Engine) ensure(name string, forLicence bool) (*Service, error) {
 	s := newService(name, e.cfg.DurableTokens, e.cfg.JournalState, derive(Limits{Sessions: Unlimited, Subscribers: Unlimited, Tokens: 0, State: "unlicensed"}, &e.cfg))
 	s.emergencyAll = &e.emergencyOpen
 	s.wake = e.cfg.ReserveWake
+	s.await = e.cfg.AwaitReserve
 	s.wakeReserver()
 	m := make(map[string]*Service, len(old)+1)
 	for k, v := range old {
@@ -370,6 +379,9 @@ func (e *Engine) admitLocked(now int64, s *Service, call, acct []byte, prio Prio
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if l := s.lim.Load(); prio != Emergency && l.Licensed {
+		s.awaitCharge(acct, l.TokensPerAttempt) // may release mu: nothing checked yet
+	}
 	if call != nil {
 		if x, ok := s.sessions.get(key, now); ok {
 			return x.v.first // a retransmission: same answer, not counted again
@@ -495,7 +507,9 @@ func (s *Service) release(now int64, key Key, seconds int64) bool {
 			p = &x.account.pool
 		}
 		minutes := (min(seconds, MaxReleaseSeconds) + 59) / 60
-		s.charge(p, SatMul(minutes, l.TokensPerMinute))
+		n := SatMul(minutes, l.TokensPerMinute)
+		s.awaitReservation(p, n, true) // charged whatever the pool: the call is over
+		s.charge(p, n)
 	}
 	return true
 }
@@ -585,6 +599,7 @@ func (e *Engine) Consume(now int64, service, acct []byte, units int64, id []byte
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.awaitCharge(acct, units) // may release mu: nothing checked yet
 	if id != nil {
 		if x, ok := s.consumed.get(key, now); ok {
 			return x.v

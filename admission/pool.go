@@ -23,21 +23,56 @@ type pool struct {
 	// low: when less than this is left of the reservation, the reserver
 	// is woken to move it ahead.
 	low int64
-	// wanted is the largest charge refused for want of a reservation
-	// since the last one: the next must cover it, or a charge larger than
-	// a reservation step would be refused for ever.
+	// wanted sums the charges that found the reservation short since the
+	// last one (each counted once per try): the next reservation covers
+	// them all on top of its lookahead, whatever their size.
 	wanted int64
 }
 
 // reserved reports whether n more tokens are covered by the durable
-// reservation, and remembers n when they are not. A reservation of
-// math.MaxInt64 covers everything: the counters stop there.
+// reservation, and adds n to what the next one must cover when they are
+// not. A reservation of math.MaxInt64 covers everything: the counters
+// stop there.
 func (p *pool) reserved(n int64) bool {
 	if !p.durableSet || n <= 0 || p.durable == math.MaxInt64 || (p.total <= p.durable && n <= p.durable-p.total) {
 		return true
 	}
-	p.wanted = max(p.wanted, n)
+	p.wanted = SatAdd(p.wanted, n)
 	return false
+}
+
+// maxReserveWaits bounds how many reservations one charge waits for: the
+// first covers it unless other charges took it first.
+const maxReserveWaits = 3
+
+// awaitCharge is awaitReservation for a charge to acct's pool.
+func (s *Service) awaitCharge(acct []byte, n int64) {
+	p, _ := s.poolFor(acct)
+	s.awaitReservation(p, n, false)
+}
+
+// awaitReservation makes a charge of n tokens to p wait, with mu released,
+// until a reservation covers it (Config.AwaitReserve), so that a charge of
+// any size is made on its first try instead of being refused OVERLOAD.
+// A charge that p's policy refuses does not wait (unless always, for the
+// minutes of a call that has ended, which are charged whatever the pool).
+// Nothing is taken here: the caller checks and charges as before, once mu
+// is held again, and whatever it checked before the call must be checked
+// again. A charge the reservation covers returns at once: no lock beyond
+// mu, no allocation. Called with mu held; returns with it held.
+func (s *Service) awaitReservation(p *pool, n int64, always bool) {
+	if s.await == nil {
+		return // a short charge is refused (OVERLOAD); the next reservation covers it
+	}
+	for try := 0; try < maxReserveWaits && (always || p.fits(n)) && !p.reserved(n); try++ {
+		s.wakeReserver()
+		s.mu.Unlock()
+		ok := s.await()
+		s.mu.Lock()
+		if !ok {
+			return
+		}
+	}
 }
 
 // left returns the tokens still in the pool (0 when in overage), or -1.
@@ -110,9 +145,10 @@ type PoolState struct {
 	// began.
 	Total, TotalOverage, Base int64
 	// Durable is the reservation on disk for Total (Reserve); -1 when none.
-	Durable int64
-	// Wanted is the largest charge refused since the last reservation for
-	// want of one; the next reservation must cover it.
+	// Low: the engine wakes the reserver when less than this is left of it.
+	Durable, Low int64
+	// Wanted sums the charges that found the reservation short since the
+	// last one (waiting for the next, or refused); the next covers them.
 	Wanted int64
 	// PeriodID is the service's current usage period (Limits.PeriodID).
 	PeriodID int64
@@ -150,18 +186,23 @@ func (p *pool) state(account string) PoolState {
 		d = p.durable
 	}
 	return PoolState{Account: account, Limit: p.limit, Size: p.limit, Policy: p.policy, Used: p.used, Overage: p.overage,
-		Total: p.total, TotalOverage: p.totalOver, Base: p.base, Durable: d, Wanted: p.wanted}
+		Total: p.total, TotalOverage: p.totalOver, Base: p.base, Durable: d, Low: p.low, Wanted: p.wanted}
 }
 
 // Reserve sets how far a pool's charges may go before the next
 // reservation: the caller has made durable that up to durable tokens may
 // have been charged. account "" is the service's pool; an unknown account
-// is ignored.
+// is ignored. The charges waiting are forgotten when it covers them all;
+// when not (some came after the caller read Wanted), the next one covers
+// them.
 func (s *Service) Reserve(account string, durable, low int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if p := s.pool(account); p != nil {
-		p.durable, p.durableSet, p.low, p.wanted = durable, true, low, 0
+		p.durable, p.durableSet, p.low = durable, true, low
+		if durable == math.MaxInt64 || durable >= SatAdd(p.total, p.wanted) {
+			p.wanted = 0
+		}
 	}
 }
 

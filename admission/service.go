@@ -55,7 +55,9 @@ type Service struct {
 	// periodID is the usage period the pools count (Limits.PeriodID).
 	periodID int64
 	// wake is Config.ReserveWake (nil: none).
-	wake     chan<- struct{}
+	wake chan<- struct{}
+	// await is Config.AwaitReserve (nil: none).
+	await    func() bool
 	accounts map[string]*account
 	// rate tracking for usedCAPS
 	rateMark  int64

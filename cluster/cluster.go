@@ -70,7 +70,10 @@ type Config struct {
 	// LedgerHead returns this node's usage-ledger head, which every member
 	// writes into its own ledger as a witness; nil: none.
 	LedgerHead func() (seq uint64, hash string)
-	Log        *slog.Logger
+	// LedgerIdentity returns this node's ledger key and genesis hash,
+	// which members witness with its head; nil: not sent.
+	LedgerIdentity func() (key, genesis string)
+	Log            *slog.Logger
 	// Now tells the time (nil: time.Now); the planner sees no other clock.
 	Now func() time.Time
 }
@@ -287,6 +290,8 @@ type demandMsg struct {
 	Node     string `json:"n"`
 	HeadSeq  uint64 `json:"ls,omitempty"`
 	HeadHash string `json:"lh,omitempty"`
+	HeadKey  string `json:"lk,omitempty"`
+	Genesis  string `json:"lg,omitempty"`
 	Report
 }
 
@@ -355,6 +360,9 @@ func (c *Cluster) send(r Report) {
 	dm := demandMsg{Node: c.cfg.NodeName, Report: r}
 	if c.cfg.LedgerHead != nil {
 		dm.HeadSeq, dm.HeadHash = c.cfg.LedgerHead()
+	}
+	if c.cfg.LedgerIdentity != nil {
+		dm.HeadKey, dm.Genesis = c.cfg.LedgerIdentity()
 	}
 	msg, _ := json.Marshal(dm)
 	msg = append([]byte{msgDemand}, msg...)
@@ -553,8 +561,9 @@ func (d *delegate) NotifyMsg(b []byte) {
 			default:
 			}
 		}
-		if m.HeadSeq > p.head.Seq && isHash(m.HeadHash) {
-			p.head = ledger.Witness{Node: m.Node, Seq: m.HeadSeq, Hash: m.HeadHash}
+		// A peer's malformed head must not spoil this node's ledger.
+		if w := (ledger.Witness{Node: m.Node, Seq: m.HeadSeq, Hash: m.HeadHash, Key: m.HeadKey, Genesis: m.Genesis}); m.HeadSeq > p.head.Seq && w.Check() == nil {
+			p.head = w
 		}
 		c.mu.Unlock()
 	case msgOps:
@@ -666,20 +675,6 @@ func (e *events) NotifyUpdate(n *memberlist.Node) {
 		p.metaRaw = append([]byte(nil), n.Meta...)
 	}
 	c.mu.Unlock()
-}
-
-// isHash reports whether h is a ledger record hash (64 lowercase hex
-// digits): a peer's malformed head must not spoil this node's ledger.
-func isHash(h string) bool {
-	if len(h) != 64 {
-		return false
-	}
-	for _, c := range h {
-		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return false
-		}
-	}
-	return true
 }
 
 // reachable turns a listen URL with an unspecified host ("http://:8390",

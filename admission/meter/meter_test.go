@@ -166,8 +166,8 @@ func TestEngineWakesTheReserver(t *testing.T) {
 	<-wake
 	res, err := OpenReserver(e, t.TempDir(), slog.Default())
 	require.NoError(t, err)
-	require.NoError(t, res.Step(t0)) // 1000 reserved, wake below 500 left
-	for range 500 {
+	require.NoError(t, res.Step(t0)) // the refused charge and 1000 reserved, wake below 500 left
+	for range 501 {
 		require.True(t, e.Admit(clk.Now(), []byte("pre"), nil, nil, admission.Normal).Admitted())
 	}
 	require.Len(t, wake, 0, "500 left: not yet")

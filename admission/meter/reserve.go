@@ -15,14 +15,19 @@ import (
 	"github.com/capsgate/capsgate/admission/bounded"
 )
 
-// MinBlock is the smallest durable reservation step, in tokens.
+// MinBlock is the smallest lookahead of a reservation, in tokens.
 const MinBlock = 1000
 
-// BlockSeconds sizes a pool's reservation step: this long at the rate it
-// is charged. The reserver wakes when half a step is left, so a step must
-// outlast a write (an fsync: milliseconds); it is also the most a crash
-// can over-count.
+// BlockSeconds sizes a pool's lookahead: this long at the rate it is
+// charged. The reserver wakes when half of it is left, so it must outlast
+// a write (an fsync: milliseconds) for charges not to wait.
 const BlockSeconds = 0.5
+
+// MaxWait bounds how long a charge waits for a reservation (Await): many
+// fsyncs, so a charge waits only for a disk that has stopped answering,
+// and is then refused OVERLOAD. The wait holds an event loop, so it is
+// not longer.
+const MaxWait = 200 * time.Millisecond
 
 // StateFile is the name of the token state file in the data dir.
 const StateFile = "tokens.json"
@@ -31,14 +36,31 @@ const StateFile = "tokens.json"
 // disk, so that a kill -9 never loses an acknowledged charge: before the
 // engine may charge a pool past a mark, the mark is written and fsync'd
 // (Step), and after a restart each pool counts as charged up to its last
-// mark (Restore). The over-count after a crash is at most one block per
-// pool: max(MinBlock, half a second of that pool's charges, the largest
-// charge that found its reservation short), and never more
-// than what was left in the pool (reservations stop at its ceiling). A
-// clean stop (Close) writes the exact charges: no over-count. Account
-// allocations (PUT /v1/services/{s}/accounts/{a}) live in the same file.
+// mark (Restore). A clean stop (Close) writes the exact charges: no
+// over-count. Account allocations (PUT /v1/services/{s}/accounts/{a})
+// live in the same file.
 //
-// Step runs off the event loops, every StepEvery.
+// Each reservation covers a pool's charges so far, every charge waiting
+// for it (whatever its size: the charge is made on its first try, see
+// Await) and a lookahead for the charges to come, so that they do not
+// wait: max(MinBlock, BlockSeconds of the pool's charge rate, and after
+// charges used up the previous lookahead (one had to wait), twice it but
+// no more than twice the tokens charged since the previous reservation
+// and waiting; such a doubled lookahead holds for up to 100 ms, until the
+// rate is measured again). A reservation stops at the pool's ceiling for its period
+// (its size and the overage its policy allows) unless the charges waiting
+// go past it (the minutes of a call that has ended are charged whatever
+// the pool).
+//
+// The bound after a kill -9: a pool counts as charged up to its last
+// reservation R. Every acknowledged charge was made under it, so none is
+// lost; the over-count, R less the acknowledged charges, is at most the
+// charges in flight (made, not yet answered), the charges that were
+// waiting for R and not made, and R's lookahead; never past the pool's
+// ceiling but for the charges waiting.
+//
+// Step runs off the event loops, every StepEvery and when the engine
+// wakes it (Config.ReserveWake); Await is Config.AwaitReserve.
 type Reserver struct {
 	eng  *admission.Engine
 	path string
@@ -48,6 +70,13 @@ type Reserver struct {
 	state    fileState
 	rate     map[poolKey]rateSample
 	restored map[string]bool // services given their saved state
+	writes   int64           // state file writes (for the benchmark)
+
+	wmu sync.Mutex // guards the fields below
+	// next is closed when the next Step to begin has ended (nil: nobody
+	// waits for it); failing says the last Step could not write.
+	next    chan struct{}
+	failing bool
 }
 
 // StepEvery is how often Step runs at the latest; the engine also wakes
@@ -60,7 +89,9 @@ type rateSample struct {
 	at    time.Time
 	used  int64
 	rate  float64 // tokens per second
-	block int64   // the last step
+	block int64   // the last lookahead
+	// granted is the pool's charges when its last reservation was made.
+	granted int64
 }
 
 // fileState is the JSON of the state file.
@@ -239,22 +270,64 @@ func (r *Reserver) Accounts(service string) map[string]Allocation {
 }
 
 // Step moves every pool's reservation ahead of its charges where they
-// came within half a block of it, writing the file (fsync'd) before the
-// engine may use the new marks.
+// came within half a lookahead of it or a charge waits for it, writing the
+// file (fsync'd) before the engine may use the new marks.
 func (r *Reserver) Step(now time.Time) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.stepLocked(now, false)
 }
 
+// Await waits until a Step begun after the call has ended, and reports
+// whether it wrote its reservations: a charge the engine found short,
+// having recorded what it needs (PoolState.Wanted) and woken the
+// reserver, is covered when Await returns true. It returns false after
+// MaxWait, and at once while the last Step could not write (a full disk:
+// charges are refused OVERLOAD rather than held). Any goroutine; it
+// allocates, but only charges that outran their reservation call it.
+func (r *Reserver) Await() bool {
+	r.wmu.Lock()
+	if r.failing {
+		r.wmu.Unlock()
+		return false
+	}
+	if r.next == nil {
+		r.next = make(chan struct{})
+	}
+	ch := r.next
+	r.wmu.Unlock()
+	t := time.NewTimer(MaxWait)
+	defer t.Stop()
+	select {
+	case <-ch:
+		r.wmu.Lock()
+		defer r.wmu.Unlock()
+		return !r.failing
+	case <-t.C:
+		return false
+	}
+}
+
 // stepLocked is Step; write forces the file to be written.
-func (r *Reserver) stepLocked(now time.Time, write bool) error {
+func (r *Reserver) stepLocked(now time.Time, write bool) (err error) {
+	r.wmu.Lock()
+	waiting := r.next
+	r.next = nil
+	r.wmu.Unlock()
+	defer func() {
+		r.wmu.Lock()
+		r.failing = err != nil
+		r.wmu.Unlock()
+		if waiting != nil {
+			close(waiting)
+		}
+	}()
 	type grant struct {
 		s             *admission.Service
 		account       string
 		reserved, low int64
 	}
-	var grants []grant
+	var grants, lows []grant
 	for _, s := range r.eng.Services() {
 		if !r.restored[s.Name()] {
 			r.restoreLocked(s)
@@ -262,7 +335,7 @@ func (r *Reserver) stepLocked(now time.Time, write bool) error {
 		st := r.service(s.Name())
 		for _, p := range s.Pools() {
 			k := poolKey{s.Name(), p.Account}
-			block := r.block(k, p.Total, p.Durable > 0 && p.Durable <= p.Total, now)
+			block := r.lookahead(k, p, now)
 			ps := st.Pools[p.Account]
 			if ps == nil {
 				ps = &poolState{Ledgered: p.Total}
@@ -271,21 +344,32 @@ func (r *Reserver) stepLocked(now time.Time, write bool) error {
 			if ps.Base != p.Base || st.PeriodID != p.PeriodID {
 				ps.Base, st.PeriodID, write = p.Base, p.PeriodID, true
 			}
-			// A step covers at least the largest charge refused for want
-			// of a reservation (a CONSUME of more units than a step).
-			block = max(block, p.Wanted)
-			next := admission.SatAdd(p.Total, block)
+			// The charges waiting, whatever their size, then the lookahead.
+			need := admission.SatAdd(p.Total, p.Wanted)
+			next := admission.SatAdd(need, block)
 			if c := p.Ceiling(); c >= 0 {
-				// No charge can go past the pool's ceiling this period:
-				// reserving beyond it would only over-count after a crash.
-				next = min(next, max(admission.SatAdd(p.Base, c), p.Total))
+				// No charge the policy checks can go past the pool's
+				// ceiling this period: reserving beyond it would only
+				// over-count after a crash.
+				next = min(next, max(admission.SatAdd(p.Base, c), need))
 			}
 			if p.Durable >= 0 && ((p.Durable-p.Total >= block/2 && p.Wanted == 0) || p.Durable >= next) {
+				if p.Low > block/2 {
+					// The lookahead shrank (the rate fell): the engine
+					// must not wake the reserver for the old one.
+					lows = append(lows, grant{s, p.Account, p.Durable, block / 2})
+				}
 				continue
 			}
 			ps.Reserved = max(ps.Reserved, next)
 			grants = append(grants, grant{s, p.Account, ps.Reserved, block / 2})
+			rs := r.rate[k]
+			rs.granted = p.Total
+			r.rate[k] = rs
 		}
+	}
+	for _, g := range lows {
+		g.s.Reserve(g.account, g.reserved, g.low)
 	}
 	if len(grants) == 0 && !write {
 		return nil
@@ -299,22 +383,30 @@ func (r *Reserver) stepLocked(now time.Time, write bool) error {
 	return nil
 }
 
-// block is a pool's reservation step: two seconds of its charges, at
-// least MinBlock.
-func (r *Reserver) block(k poolKey, used int64, exhausted bool, now time.Time) int64 {
+// lookahead is how far a pool's next reservation goes beyond its charges
+// and those waiting (see Reserver): BlockSeconds of its charge rate
+// (measured over at least 100 ms, halving per measure when it falls), at
+// least MinBlock; after charges used up the last one, twice it, but no
+// more than twice what was charged since the last reservation and is
+// waiting (a sudden rise: it doubles while charges keep waiting, and a
+// single large charge on an idle pool does not inflate it). A doubled
+// lookahead holds until the rate is next measured.
+func (r *Reserver) lookahead(k poolKey, p admission.PoolState, now time.Time) int64 {
 	prev, ok := r.rate[k]
 	if !ok {
-		prev = rateSample{at: now, used: used, block: MinBlock}
+		prev = rateSample{at: now, used: p.Total, block: MinBlock, granted: p.Total}
 	}
+	block := int64(MinBlock)
 	if el := now.Sub(prev.at).Seconds(); el >= 0.1 {
-		rate := float64(used-prev.used) / el
-		prev = rateSample{at: now, used: used, rate: max(rate, prev.rate*0.5), block: prev.block}
+		rate := float64(p.Total-prev.used) / el
+		prev.at, prev.used, prev.rate = now, p.Total, max(rate, prev.rate*0.5)
+	} else {
+		block = prev.block // a doubled lookahead holds until the rate is measured again
 	}
-	block := max(MinBlock, admission.SatFloor(BlockSeconds*prev.rate))
-	if exhausted {
-		// Charges outran the reservation (a sudden rise): double the step
-		// until they do not.
-		block = max(block, admission.SatMul(2, prev.block))
+	block = max(block, admission.SatFloor(BlockSeconds*prev.rate))
+	if p.Wanted > 0 || (p.Durable > 0 && p.Durable <= p.Total) {
+		demand := admission.SatAdd(max(p.Total-prev.granted, 0), p.Wanted)
+		block = max(block, min(admission.SatMul(2, prev.block), admission.SatMul(2, demand)))
 	}
 	prev.block = block
 	r.rate[k] = prev
@@ -379,6 +471,7 @@ func (r *Reserver) writeLocked() error {
 	if err != nil {
 		return err
 	}
+	r.writes++
 	tmp := r.path + ".tmp"
 	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {

@@ -81,6 +81,10 @@ func New(cfg Config, log *slog.Logger) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
+	var n *Node
+	// A charge its pool's reservation does not cover waits for the next
+	// (n.reserver is set before the node serves).
+	await := func() bool { return n.reserver != nil && n.reserver.Await() }
 	eng := admission.NewEngine(admission.Config{
 		Burst:                cfg.Admission.Burst.Duration,
 		SessionTTL:           cfg.Admission.SessionTTL.Duration,
@@ -92,6 +96,7 @@ func New(cfg Config, log *slog.Logger) (*Node, error) {
 		Clock:                clk,
 		DurableTokens:        true,
 		ReserveWake:          wake,
+		AwaitReserve:         await,
 		JournalState:         true,
 		Keys:                 ids,
 	})
@@ -103,7 +108,7 @@ func New(cfg Config, log *slog.Logger) (*Node, error) {
 		}
 		password = p
 	}
-	n := &Node{cfg: cfg, log: log, clk: clk, eng: eng, reserveWake: wake, peerHTTP: &http.Client{Timeout: 5 * time.Second}, shares: cluster.NewShares(eng), stop: make(chan struct{})}
+	n = &Node{cfg: cfg, log: log, clk: clk, eng: eng, reserveWake: wake, peerHTTP: &http.Client{Timeout: 5 * time.Second}, shares: cluster.NewShares(eng), stop: make(chan struct{})}
 	n.ids = ids
 	n.handler = resp.NewHandler(eng, password)
 	n.resp = resp.NewServer(resp.Config{
@@ -158,7 +163,7 @@ func (n *Node) openMetering() error {
 		return err
 	}
 	n.ledger, err = ledger.Open(ledger.Options{Dir: filepath.Join(n.cfg.DataDir, "ledger"), Node: n.cfg.NodeName,
-		Cluster: n.cfg.ClusterID, Key: key, Logger: n.log})
+		Cluster: n.cfg.ClusterID, Key: key, Logger: n.log, Genesis: true})
 	if err != nil {
 		return err
 	}
@@ -327,8 +332,9 @@ func (n *Node) Start() error {
 		Engine: n.eng, Clock: n.clk, Shares: n.shares, Licences: n.reg, Log: n.log,
 		Policy: cluster.PolicyConfig{Policy: policy, FailOpenFor: n.cfg.Cluster.FailOpenFor.Duration,
 			ReclaimAfter: n.cfg.Cluster.ReclaimAfter.Duration},
-		LedgerHead: n.ledger.Head,
-		Accounts:   n.reserver,
+		LedgerHead:     n.ledger.Head,
+		LedgerIdentity: n.ledger.Identity,
+		Accounts:       n.reserver,
 	})
 	if err != nil {
 		ln.Close()

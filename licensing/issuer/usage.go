@@ -19,21 +19,42 @@ import (
 type ledgerFlags struct {
 	files []string
 	pubs  []string
+	since []string
+	tofu  string
+	opts  ledger.VerifyOptions
+	// pinFile are the keys read from the --trust-on-first-use file;
+	// pinned says which keys verify added to it.
+	pinFile map[string]ed25519.PublicKey
+	pinned  []string
 }
 
 func (l *ledgerFlags) add(f *flags) {
 	f.Var(list{&l.files}, "ledger", "a ledger `file` (segment files, GET /v1/ledger exports; repeat for several, or give them as arguments; - for standard input)")
 	f.Var(list{&l.pubs}, "node-pub", "pin a node's key: `NODE=FILE` with FILE that node's node.pub (repeat for several)")
+	f.Var(list{&l.since}, "since", "the `HEAD` the last invoice billed up to (NODE=SEQ:HASH, comma-separated, as the invoice prints it): each node's ledger must continue from it; with bill, records up to it are not billed again (repeatable)")
+	f.StringVar(&l.tofu, "trust-on-first-use", "", "a `file` of pinned node keys the vendor keeps: the keys of nodes it names are pinned; nodes it does not name are trusted and added to it")
+	f.BoolVar(&l.opts.AcceptNoGenesis, "accept-no-genesis", false, "accept ledgers that start at seq 1 without a genesis record (written by versions before genesis records) as complete at the head")
+	f.BoolVar(&l.opts.AcceptUnwitnessedTail, "accept-unwitnessed-tail", false, "accept nodes no peer witnessed (a single-node farm), whose records removed from the end cannot be detected")
 }
 
-// verify reads the ledger files and pinned keys and verifies them. It
-// returns the report and the files' contents.
+// verify reads the ledger files, pinned keys and billed heads and
+// verifies them. It returns the report and the files' contents.
 func (l *ledgerFlags) verify(e *env, f *flags, pos []string) (ledger.Report, [][]byte, error) {
 	files := append(l.files, pos...)
 	if len(files) == 0 {
 		return ledger.Report{}, nil, usagef("want at least one ledger FILE (--ledger FILE or FILE; see capslicense %s --help)", f.Name())
 	}
 	pins := map[string]ed25519.PublicKey{}
+	if l.tofu != "" {
+		var err error
+		if l.pinFile, err = ledger.LoadPins(l.tofu); err != nil {
+			return ledger.Report{}, nil, err
+		}
+		for node, pub := range l.pinFile {
+			pins[node] = pub
+		}
+		l.opts.TrustOnFirstUse = true
+	}
 	for _, p := range l.pubs {
 		node, file, ok := strings.Cut(p, "=")
 		if !ok || node == "" || file == "" {
@@ -43,7 +64,24 @@ func (l *ledgerFlags) verify(e *env, f *flags, pos []string) (ledger.Report, [][
 		if err != nil {
 			return ledger.Report{}, nil, err
 		}
+		if old, ok := l.pinFile[node]; ok && !old.Equal(pub) {
+			return ledger.Report{}, nil, fmt.Errorf("--node-pub %s is not the key %s pins for node %s", file, l.tofu, node)
+		}
 		pins[node] = pub
+	}
+	l.opts.PinnedKeys = pins
+	l.opts.Since = map[string]ledger.Head{}
+	for _, s := range l.since {
+		heads, err := ledger.ParseHeads(s)
+		if err != nil {
+			return ledger.Report{}, nil, usagef("--since: %v", err)
+		}
+		for node, h := range heads {
+			if _, dup := l.opts.Since[node]; dup {
+				return ledger.Report{}, nil, usagef("--since: two heads for node %s", node)
+			}
+			l.opts.Since[node] = h
+		}
 	}
 	var inputs []ledger.Input
 	var data [][]byte
@@ -55,13 +93,46 @@ func (l *ledgerFlags) verify(e *env, f *flags, pos []string) (ledger.Report, [][
 		data = append(data, b)
 		inputs = append(inputs, ledger.Input{Name: name, R: bytes.NewReader(b)})
 	}
-	return ledger.Verify(inputs, ledger.VerifyOptions{PinnedKeys: pins}), data, nil
+	rep := ledger.Verify(inputs, l.opts)
+	return rep, data, l.pinFirstUse(rep)
+}
+
+// pinFirstUse adds to the --trust-on-first-use file the keys of the nodes
+// it did not name whose records all verified.
+func (l *ledgerFlags) pinFirstUse(rep ledger.Report) error {
+	if l.tofu == "" {
+		return nil
+	}
+	bad := map[string]bool{}
+	for _, p := range rep.Problems {
+		bad[p.Node] = true
+	}
+	var add []string
+	for _, node := range sortedKeys(rep.Nodes) {
+		if _, ok := l.pinFile[node]; !ok && !bad[node] {
+			add = append(add, node)
+		}
+	}
+	if len(add) == 0 {
+		return nil
+	}
+	keys := map[string]string{}
+	for _, node := range add {
+		keys[node] = rep.Nodes[node].Key
+	}
+	if err := ledger.AddPins(l.tofu, add, keys); err != nil {
+		return err
+	}
+	for _, node := range add {
+		l.pinned = append(l.pinned, fmt.Sprintf("node %s: key %s pinned in %s (trusted on first use)", node, rep.Nodes[node].Key, l.tofu))
+	}
+	return nil
 }
 
 // usageVerify checks usage ledgers: exit 0 and a summary per node when
 // every record verifies, else 1 and each node's first problem.
 func usageVerify(e *env, args []string) error {
-	f := newFlags("usage verify", "--ledger FILE [--ledger FILE ...] [--node-pub NODE=FILE ...] [FILE ...]")
+	f := newFlags("usage verify", "--ledger FILE [--ledger FILE ...] [--node-pub NODE=FILE ...] [--since HEAD] [--trust-on-first-use FILE] [--accept-no-genesis] [--accept-unwitnessed-tail] [FILE ...]")
 	var lf ledgerFlags
 	lf.add(f)
 	pos, err := f.parse(e, args)
@@ -74,6 +145,10 @@ func usageVerify(e *env, args []string) error {
 	}
 	first := map[string]ledger.Problem{}
 	count := map[string]int{}
+	unproven := map[string][]string{}
+	for _, p := range rep.Unproven {
+		unproven[p.Node] = append(unproven[p.Node], p.Reason)
+	}
 	for _, p := range rep.First() {
 		first[p.Node] = p
 	}
@@ -94,14 +169,62 @@ func usageVerify(e *env, args []string) error {
 			tail = fmt.Sprintf(" (a contiguous tail: records before seq %d not given)", s.First)
 		}
 		fmt.Fprintf(e.stdout, "node %s: good: %d records, seq %d-%d%s, head %s, key %s\n", node, s.Records, s.First, s.Last, tail, s.Head, s.Key)
+		for _, line := range proofLines(s) {
+			fmt.Fprintf(e.stdout, "  %s\n", line)
+		}
+		for _, reason := range unproven[node] {
+			fmt.Fprintf(e.stdout, "  UNPROVEN: %s\n", reason)
+		}
 	}
 	if len(rep.Nodes) == 0 && rep.OK() {
 		fmt.Fprintln(e.stdout, "no records")
 	}
+	for _, p := range lf.pinned {
+		fmt.Fprintln(e.stdout, p)
+	}
 	if !rep.OK() {
 		return fmt.Errorf("ledger does not verify: %d problem(s) in %d of %d node(s)", len(rep.Problems), len(first), max(len(rep.Nodes), len(first)))
 	}
+	if !rep.Proven() {
+		return unprovenError(rep)
+	}
 	return nil
+}
+
+// unprovenError is the failure of ledgers whose records verify but whose
+// completeness or key is unproven.
+func unprovenError(rep ledger.Report) error {
+	nodes := map[string]bool{}
+	for _, p := range rep.Unproven {
+		nodes[p.Node] = true
+	}
+	return fmt.Errorf("ledger records verify, but %d fact(s) of %d node(s) are unproven; first: node %s: %s",
+		len(rep.Unproven), len(nodes), rep.Unproven[0].Node, rep.Unproven[0].Reason)
+}
+
+// proofLines say what a node's ledger is proven by: its head, key and
+// tail.
+func proofLines(s ledger.NodeSummary) []string {
+	var out []string
+	switch {
+	case s.Since > 0:
+		out = append(out, fmt.Sprintf("head: continues from the head billed up to (seq %d)", s.Since))
+	case s.Genesis:
+		out = append(out, "head: complete from its genesis record (seq 1)")
+	}
+	switch s.KeyTrust {
+	case ledger.TrustPinned:
+		out = append(out, "key: pinned")
+	case ledger.TrustWitnessed:
+		out = append(out, "key: witnessed by peer "+s.KeyWitness)
+	case ledger.TrustFirstUse:
+		out = append(out, "key: trusted on first use")
+	}
+	if s.Witnessed > 0 {
+		out = append(out, fmt.Sprintf("tail: newest witness seq %d by peer %s at %s; %d record(s) after it not yet witnessed",
+			s.Witnessed, s.WitnessBy, s.WitnessAt.UTC().Format(time.RFC3339), s.Last-s.Witnessed))
+	}
+	return out
 }
 
 func more(n int) string {
@@ -122,7 +245,7 @@ func sortedKeys[V any](m map[string]V) []string {
 
 // bill prints the invoice for verified ledgers and a price sheet.
 func bill(e *env, args []string) error {
-	f := newFlags("bill", "--ledger FILE [--ledger FILE ...] --price-sheet FILE [--from T] [--to T] [--format table|json|csv] [--node-pub NODE=FILE ...]")
+	f := newFlags("bill", "--ledger FILE [--ledger FILE ...] --price-sheet FILE [--from T] [--to T] [--format table|json|csv] [--node-pub NODE=FILE ...] [--since HEAD] [--trust-on-first-use FILE] [--accept-no-genesis] [--accept-unwitnessed-tail]")
 	var lf ledgerFlags
 	lf.add(f)
 	sheetFile := f.String("price-sheet", "", "the customer's price sheet `file` (YAML; see configs/price-sheets)")
@@ -154,8 +277,14 @@ func bill(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	for _, p := range lf.pinned {
+		fmt.Fprintln(e.stderr, p)
+	}
 	if !rep.OK() {
 		return fmt.Errorf("cannot bill: the ledger does not verify: %s (see capslicense usage verify)", rep.Problems[0])
+	}
+	if !rep.Proven() {
+		return fmt.Errorf("cannot bill: %v (see capslicense usage verify)", unprovenError(rep))
 	}
 	var records []ledger.Record
 	for _, b := range data {
@@ -170,7 +299,7 @@ func bill(e *env, args []string) error {
 			records = append(records, *r)
 		}
 	}
-	inv, err := billing.Bill(records, sheet, from, to)
+	inv, err := billing.BillSince(records, sheet, from, to, lf.opts.Since)
 	if err != nil {
 		return err
 	}

@@ -77,4 +77,3 @@ func AddPins(path string, nodes []string, keys map[string]string) error {
 	}
 	return nil
 }
-

@@ -176,7 +176,7 @@ func TestSingleNodeUnproven(t *testing.T) {
 	require.False(t, rep.Proven())
 	require.Equal(t, []string{
 		"solo: unauthenticated: no pinned key (--node-pub, --trust-on-first-use) and no peer witnessed its key: anyone could have re-signed it",
-		"solo: tail unproven: no peer witnessed this ledger, so records removed from its end cannot be detected (a single-node farm: --accept-unwitnessed-tail)",
+		"solo: tail unproven: no peer's ledger given witnessed this ledger, so records removed from its end cannot be detected (give the peers' ledgers; on a single-node farm, --accept-unwitnessed-tail)",
 	}, unprovenReasons(rep))
 	pins := map[string]ed25519.PublicKey{"solo": f.l["solo"].PublicKey()}
 	rep = Verify(inputs("solo.jsonl", led), VerifyOptions{PinnedKeys: pins, AcceptUnwitnessedTail: true})

@@ -383,7 +383,7 @@ func (c *chain) checkProof(o VerifyOptions) {
 		unproven("unauthenticated: no pinned key (--node-pub, --trust-on-first-use) and no peer witnessed its key: anyone could have re-signed it")
 	}
 	if s.Witnessed == 0 && !o.AcceptUnwitnessedTail {
-		unproven("tail unproven: no peer witnessed this ledger, so records removed from its end cannot be detected (a single-node farm: --accept-unwitnessed-tail)")
+		unproven("tail unproven: no peer's ledger given witnessed this ledger, so records removed from its end cannot be detected (give the peers' ledgers; on a single-node farm, --accept-unwitnessed-tail)")
 	}
 }
 
