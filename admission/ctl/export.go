@@ -3,6 +3,7 @@ package ctl
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 
 	"github.com/capsgate/capsgate/admission/bounded"
 	"github.com/capsgate/capsgate/licensing/usageevents"
@@ -72,9 +74,10 @@ func (c *client) usageExport(args []string) error {
 	}
 	bw := bufio.NewWriterSize(dst, 64<<10)
 	ew := usageevents.NewWriter(bw, f)
+	var last []byte // the last event
 	for cursor := *after; ; {
 		q.Set("after", strconv.FormatUint(cursor, 10))
-		next, err := c.exportPage("/v1/usage/export?"+q.Encode(), ew)
+		next, err := c.exportPage("/v1/usage/export?"+q.Encode(), ew, &last)
 		if err != nil {
 			return err
 		}
@@ -107,13 +110,19 @@ func (c *client) usageExport(args []string) error {
 		return fmt.Errorf("cannot write --out: %w", err)
 	}
 	tmp = nil
-	fmt.Fprintf(c.out, "wrote %d usage events to %s\n", ew.Count(), *out)
+	fmt.Fprintf(c.out, "wrote %d usage events to %s", ew.Count(), *out)
+	var ev struct{ Sequence string }
+	if json.Unmarshal(last, &ev) == nil && ev.Sequence != "" {
+		seq := strings.TrimLeft(ev.Sequence, "0")
+		fmt.Fprintf(c.out, ", up to ledger seq %s (--after %s goes on from there)", seq, seq)
+	}
+	fmt.Fprintln(c.out)
 	return nil
 }
 
-// exportPage copies one page of events (JSON Lines) to ew and returns
-// the node's usageevents.NextTrailer.
-func (c *client) exportPage(path string, ew *usageevents.Writer) (string, error) {
+// exportPage copies one page of events (JSON Lines) to ew, and the last
+// to *last, and returns the node's usageevents.NextTrailer.
+func (c *client) exportPage(path string, ew *usageevents.Writer, last *[]byte) (string, error) {
 	req, err := http.NewRequest(http.MethodGet, c.base+path, nil)
 	if err != nil {
 		return "", fmt.Errorf("bad --addr %q: %w", c.base, err)
@@ -156,6 +165,7 @@ func (c *client) exportPage(path string, ew *usageevents.Writer) (string, error)
 		if err := ew.WriteEvent(ev); err != nil {
 			return "", fmt.Errorf("cannot write the export: %w", err)
 		}
+		*last = append((*last)[:0], ev...)
 		line = line[:0]
 	}
 }

@@ -95,10 +95,16 @@ func TestUsageExportPages(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "usage.jsonl")
 	code, out, errs = runExport(t, &fakeExport{n: 5}, "--format", "cloudevents", "--out", path)
 	require.Equal(t, 0, code, errs)
-	require.Equal(t, "wrote 5 usage events to "+path+"\n", out)
+	require.Equal(t, "wrote 5 usage events to "+path+", up to ledger seq 5 (--after 5 goes on from there)\n", out)
 	got, err := os.ReadFile(path)
 	require.NoError(t, err)
 	require.Equal(t, strings.Join(events(1, 5), "\n")+"\n", string(got))
+	code, out, errs = runExport(t, &fakeExport{}, "--format", "cloudevents", "--out", path)
+	require.Equal(t, 0, code, errs)
+	require.Equal(t, "wrote 0 usage events to "+path+"\n", out)
+	got, err = os.ReadFile(path)
+	require.NoError(t, err)
+	require.Empty(t, got)
 }
 
 // A failed export says why in one line, exits non-zero and leaves no
