@@ -5,19 +5,22 @@
 //
 //	key, _ := ledger.LoadOrCreateNodeKey(cfg.DataDir) // node.key (0600), node.pub
 //	l, err := ledger.Open(ledger.Options{Dir: filepath.Join(cfg.DataDir, "ledger"),
-//		Node: cfg.NodeName, Cluster: cfg.ClusterID, Key: key})
+//		Node: cfg.NodeName, Cluster: cfg.ClusterID, Key: key, Genesis: true})
 //	if err != nil { ... } // a broken chain: refuse to start, naming file and seq
 //	if r := l.Recovered(); r != nil { ... } // a torn record was cut off (logged too)
 //	for each interval [from, to) {
 //		_, err := l.Append(from, to, usage, peerHeads) // durable on return
 //	}
-//	seq, hash := l.Head() // gossiped; peers append it as a Witness
+//	seq, hash := l.Head()        // gossiped with l.Identity() (key, genesis hash);
+//	key, genesis := l.Identity() // peers append them as a Witness
 //	l.Read(from, to, func(line []byte, _ *ledger.Record) error { w.Write(line) }) // GET /v1/ledger
 //
 // The vendor side (capslicense usage verify, capslicense bill):
 //
-//	rep := ledger.Verify([]ledger.Input{{Name: "n1.jsonl", R: f}}, ledger.VerifyOptions{})
-//	if !rep.OK() { for _, p := range rep.First() { fmt.Println(p) } }
+//	rep := ledger.Verify([]ledger.Input{{Name: "n1.jsonl", R: f}}, ledger.VerifyOptions{
+//		Since: billedHeads, PinnedKeys: pins})
+//	if !rep.OK() { for _, p := range rep.First() { fmt.Println(p) } } // bad records
+//	if !rep.Proven() { for _, p := range rep.Unproven { fmt.Println(p.Reason) } }
 //
 // # Format
 //
@@ -32,10 +35,19 @@
 //	 "prev":"0000…0000","key":"O2onvM62…","hash":"adc6a11e…","sig":"EsTF06Ml…"}
 //
 // (one line on disk). A witness record has "kind":"witness" and, instead
-// of the usage fields, "witness":{"node":"n2","seq":41,"hash":"…"}: the
-// head of a peer's ledger seen over gossip. Fields come in this order,
-// all present except "account" (absent for service-level totals) and
-// "rejected" (absent when nothing was rejected); times are RFC 3339 in UTC.
+// of the usage fields, "witness":{"node":"n2","seq":41,"hash":"…",
+// "key":"…","genesis":"…"}: the head of a peer's ledger seen over gossip,
+// with the peer's public key and the hash of its genesis record ("key"
+// and "genesis" are absent in records written before they were gossiped,
+// and "genesis" for a peer whose ledger has none). A node's ledger opens
+// with a genesis record at seq 1, "kind":"genesis" and
+// "genesis":{"key":"…","cluster":"prod-eu","first":"2025-06-01T12:00:00Z"}
+// (the node key, cluster and the instant the ledger was created, which
+// must equal the record's own key, cluster and at); ledgers created before
+// genesis records existed start with a usage or witness record. Fields
+// come in this order, all present except "account" (absent for
+// service-level totals) and "rejected" (absent when nothing was
+// rejected); times are RFC 3339 in UTC.
 //
 // The body of a record is its line without "hash" and "sig". hash is the
 // hex SHA-256 of the body; prev is the hash of the record before (64 zeros
@@ -59,10 +71,61 @@
 //     record signed by another key or written by another node — refuses
 //     to open with an error naming the segment file, line and seq.
 //   - Verify detects any altered byte, removed, duplicated or reordered
-//     record, a record re-signed with another key, a torn last line, and
-//     with peers' witness records a ledger cut short or restored from an
-//     older backup. It cannot see records removed from the end of a
-//     ledger that no peer has witnessed yet, nor a ledger re-signed whole
-//     with another key unless the node's key is pinned (--node-pub).
+//     record, a record signed with another key than the node's (pinned,
+//     else its genesis record's, else most records'), a record of another
+//     cluster, a torn last line; with peers' witness records a ledger cut
+//     short, restored from an older backup, rewritten (a record that
+//     differs from a witness names the range since the last witnessed
+//     match), replaced from its genesis or re-signed with another key
+//     (the witnessed key differs); with the head the vendor billed last
+//     (VerifyOptions.Since) a ledger cut at the head, rewritten before
+//     that head or ending before it.
+//   - Nothing is silent. Report.Problems are records that do not verify;
+//     Report.Unproven is what the inputs cannot prove, and capslicense
+//     exits non-zero for it: completeness at the head (no genesis record
+//     and no billed head, or records before the first given and no billed
+//     head), the node's key (neither pinned nor witnessed by a peer), the
+//     tail (no peer witnessed the node). Records after a node's newest
+//     witness are always unproven at the tail; Verify reports the newest
+//     witness (NodeSummary.Witnessed, WitnessBy, WitnessAt) so the vendor
+//     sees how many and how recent.
 //   - No input makes Decode or Verify panic (see FuzzDecode, FuzzVerify).
+//
+// # What a single-node farm can and cannot prove
+//
+// With no peer, nothing outside the node witnesses its ledger, and the
+// operator holds node.key. The vendor can still detect, given the node's
+// pinned key (--node-pub, or --trust-on-first-use on the first bill) and
+// the head printed on the last invoice (--since):
+//
+//   - any altered, removed, duplicated or reordered record inside the
+//     ledger, and a torn record (hash chain and signatures);
+//   - a ledger re-signed with another key (pinned key);
+//   - records removed at the head, before the billed head (the ledger
+//     must hold the billed head or start right after it), and a ledger
+//     whose first records were cut without --since (the genesis record
+//     is missing: unproven);
+//   - a ledger rewritten or restored from an older backup up to the
+//     billed head (the record at the billed seq differs, or the ledger
+//     ends before it);
+//   - records of another cluster or signed by another node's key.
+//
+// It cannot detect, and verify says so (UNPROVEN, exit 1, unless the
+// vendor passes --accept-unwitnessed-tail):
+//
+//   - records removed from the end of the ledger since the billed head
+//     (the usage of the last intervals withheld; they would appear in a
+//     later export only if the node's ledger on disk still holds them);
+//   - a ledger rewritten after the billed head by the operator, signed
+//     with the node's own key: a forger with node.key can write any
+//     chain that continues from the billed head;
+//   - without --since, a whole ledger rebuilt from a new genesis with the
+//     node's own key;
+//   - without a pinned key, anything: a ledger re-signed whole with a
+//     fresh key verifies as unauthenticated (UNPROVEN).
+//
+// In a farm of several nodes the same holds for a node whose peers'
+// ledgers are not given, and for records after the newest witness; an
+// operator who holds every node's key and rewrites every ledger
+// consistently is detected only by the billed heads and pinned keys.
 package ledger
