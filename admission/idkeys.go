@@ -39,6 +39,11 @@ func StoreKey(service string, k Key) Key {
 	return k.mix(Key{h.Hi, h.Lo})
 }
 
+// IDKey is the key a store keeps for CONSUME service acct ... ID id.
+func IDKey(service string, acct, id []byte) Key {
+	return StoreKey(service, KeyOf(id).mix(KeyOf(acct)))
+}
+
 // knownID returns the decision a CONSUME ID (key, already scoped by
 // account) got, from the hot set or the store. The store is read with no
 // lock held.

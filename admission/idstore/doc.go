@@ -43,10 +43,10 @@
 //     nothing.
 //   - A key expires at the end of its window: Lookup compares the stored
 //     wall-clock expiry, so an expired key is never answered even before
-//     its record is deleted. Deletion is bounded work: each Flush scans at
-//     most Config.ExpireScan records from a cursor that wraps around, and
-//     deletes those past their expiry; pebble's compactions reclaim the
-//     space.
+//     its record is deleted. Deletion is bounded work: once a second
+//     (ExpireEvery) a Flush scans at most Config.ExpireScan records from a
+//     cursor that wraps around and deletes those past their expiry;
+//     pebble's compactions reclaim the space.
 //   - At Config.MaxKeys keys (approximate count) the store is full: a new
 //     ID is refused OVERLOAD until expiry makes room; repeats still get
 //     their first decision.
