@@ -18,14 +18,17 @@ import (
 
 // fakeExport is a node's GET /v1/usage/export over events numbered 1 to
 // n, in pages of ?limit= (default 3); page, if set, answers instead.
+// Each request's Authorization header goes to auths.
 type fakeExport struct {
-	n    int
-	asks []string
-	page func(w http.ResponseWriter, r *http.Request)
+	n     int
+	asks  []string
+	auths []string
+	page  func(w http.ResponseWriter, r *http.Request)
 }
 
 func (f *fakeExport) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f.asks = append(f.asks, r.URL.RawQuery)
+	f.auths = append(f.auths, r.Header.Get("Authorization"))
 	if r.URL.Path != "/v1/usage/export" || r.URL.Query().Get("format") != "cloudevents" {
 		http.Error(w, "unexpected", http.StatusTeapot)
 		return
@@ -81,11 +84,18 @@ func TestUsageExportPages(t *testing.T) {
 		"after=6&format=cloudevents&from=2026-12-01T00%3A00%3A00Z&service=voice",
 	}, f.asks)
 
+	require.Equal(t, []string{"", "", ""}, f.auths)
+
 	f = &fakeExport{n: 4}
-	code, out, errs = runExport(t, f, "--format", "cloudevents-batch", "--limit", "2", "--after", "1")
-	require.Equal(t, 0, code, errs)
-	require.Equal(t, "[\n"+strings.Join(events(2, 4), ",\n")+"\n]\n", out)
+	token := writeTemp(t, "t0ken\n")
+	srv := httptest.NewServer(f)
+	defer srv.Close()
+	var o, e bytes.Buffer
+	args := []string{"--addr", srv.URL, "--token-file", token, "usage", "export", "--format", "cloudevents-batch", "--limit", "2", "--after", "1"}
+	require.Equal(t, 0, Main(args, &o, &e), e.String())
+	require.Equal(t, "[\n"+strings.Join(events(2, 4), ",\n")+"\n]\n", o.String())
 	require.Equal(t, []string{"after=1&format=cloudevents&limit=2", "after=3&format=cloudevents&limit=2"}, f.asks)
+	require.Equal(t, []string{"Bearer t0ken", "Bearer t0ken"}, f.auths)
 
 	code, out, errs = runExport(t, &fakeExport{}, "--format", "cloudevents-batch")
 	require.Equal(t, 0, code, errs)
