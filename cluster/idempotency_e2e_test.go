@@ -1,0 +1,69 @@
+package cluster_test
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/capsgate/capsgate/cluster/clustertest"
+)
+
+// TestConsumeIDAcrossNodesAndRestarts: with a 35-day idempotency window,
+// CONSUME IDs charged on n1 are answered with their first decision,
+// uncharged, through n2 and n3 once every node's hot set (2 s) has let
+// them go (so from each node's key store), and again after n3 and then
+// n1 were killed with SIGKILL and restarted.
+func TestConsumeIDAcrossNodesAndRestarts(t *testing.T) {
+	needsProcesses(t, "3 capsgate nodes, two killed and restarted")
+	c := licensedFarm(t, []clustertest.Option{clustertest.WithArgs("--admission-idempotency-window", "840h")},
+		"pp", 1000, "--tokens", "100000", "--id", "pp-ids")
+	time.Sleep(300 * time.Millisecond) // the first budgets
+	n := c.Nodes()
+	const ids = 50
+	first := make([]int64, ids)
+	for i := range ids {
+		ok, reason, left, err := n[0].Decision("CONSUME", "pp", "acct1", "5", "ID", fmt.Sprintf("bill-%d", i))
+		require.NoError(t, err)
+		require.True(t, ok, reason)
+		first[i] = left
+	}
+	used := func() int64 {
+		t.Helper()
+		var sum int64
+		for _, x := range c.Nodes() {
+			sum += quota(t, x, "pp", "tokens_used")
+		}
+		return sum
+	}
+	repeat := func(via func(i int) *clustertest.Node, what string) {
+		t.Helper()
+		before := used()
+		for i := range ids {
+			ok, reason, left, err := via(i).Decision("CONSUME", "pp", "acct1", "5", "ID", fmt.Sprintf("bill-%d", i))
+			require.NoError(t, err)
+			require.True(t, ok, reason)
+			require.Equal(t, first[i], left, "%s: a repeat gets the first decision", what)
+		}
+		require.Equal(t, before, used(), "%s: no repeat was charged", what)
+	}
+	time.Sleep(2500 * time.Millisecond) // past every node's hot set
+	repeat(func(i int) *clustertest.Node { return n[1+i%2] }, "through n2 and n3 from their stores")
+	got, _ := total(t, c, "pp", "tokens_used", 5*ids, time.Second)
+	require.Equal(t, int64(5*ids), got, "each ID charged once in the cluster")
+
+	for _, k := range []int{2, 0} {
+		n[k].Kill()
+		require.NoError(t, n[k].Restart())
+		c.WaitMembers(3, 10*time.Second)
+	}
+	repeat(func(i int) *clustertest.Node { return n[2*(i%2)] }, "through n3 and n1 after kill -9 and restart")
+	// A new ID is still charged: the counters are live.
+	before := used()
+	ok, reason, _, err := n[1].Decision("CONSUME", "pp", "acct1", "5", "ID", "bill-new")
+	require.NoError(t, err)
+	require.True(t, ok, reason)
+	got, _ = total(t, c, "pp", "tokens_used", before+5, time.Second)
+	require.Equal(t, before+5, got)
+}
