@@ -191,9 +191,13 @@
 // When a member that was seen dead comes back, they are sent again, so it
 // lets go of calls released and subscribers re-registered elsewhere while
 // it was down. A CONSUME charged with an ID is remembered by every member
-// for admission.idempotency_window, so a repeat through another node gets
-// the first decision, uncharged (a repeat that arrives before the notice,
-// milliseconds, is charged there too and counted as a conflict).
+// for admission.idempotency_window (up to 35 days, in each member's key
+// store, admission/idstore, so across its restarts too), so a repeat
+// through another node gets the first decision, uncharged (a repeat that
+// arrives before the notice, milliseconds, is charged there too and
+// counted as a conflict). IDs are not in the replay log: a member that was
+// down when an ID was charged elsewhere does not learn it, and a repeat
+// through that member is charged again.
 //
 // Token pools are escrow. Each node reports, per pool, what it has charged
 // and its budget: what it may have charged in all. Every exchange a node

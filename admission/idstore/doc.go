@@ -49,5 +49,10 @@
 //     pebble's compactions reclaim the space.
 //   - At Config.MaxKeys keys (approximate count) the store is full: a new
 //     ID is refused OVERLOAD until expiry makes room; repeats still get
-//     their first decision.
+//     their first decision. The same holds while a million keys wait in
+//     memory for a disk that fails their commits.
+//   - Memory: the hot sets (HotKeys, 2 s of charges), the keys queued
+//     for the next commit (20 ms of charges, at most a million while
+//     commits fail) and pebble's block cache (Config.CacheBytes) and
+//     memtables (two of 64 MiB at most); not the window's keys.
 package idstore

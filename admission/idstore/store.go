@@ -64,6 +64,10 @@ const (
 	ExpireEvery       = time.Second
 	defaultCacheBytes = 256 << 20
 	shards            = 16
+	// maxBacklog bounds the keys held in memory while commits fail (a
+	// full or failing disk): beyond it a new ID is refused OVERLOAD, as
+	// in a full store, until a commit succeeds.
+	maxBacklog = 1_000_000
 )
 
 // rec is a remembered key's value: its wall-clock expiry (Unix ns) and the
@@ -88,6 +92,7 @@ type Store struct {
 	shards     [shards]shard
 	count      atomic.Int64 // keys in the store (approximate: expired ones until deleted)
 	full       atomic.Bool
+	backlog    atomic.Int64 // keys a failed commit left in memory
 
 	mu      sync.Mutex // serialises Flush and Close; guards the fields below
 	cursor  []byte     // where the next expiry scan starts
@@ -241,7 +246,7 @@ func (s *Store) Remember(k admission.Key, exp int64, d admission.Decision) {
 
 // Full implements admission.KeyStore.
 func (s *Store) Full() bool {
-	if s.full.Load() {
+	if s.full.Load() || s.backlog.Load() >= maxBacklog {
 		storeFull.Inc()
 		return true
 	}
@@ -319,8 +324,10 @@ func (s *Store) commitLocked() error {
 		}
 	}
 	if err := b.Commit(pebble.Sync); err != nil {
+		s.backlog.Store(int64(n))
 		return fmt.Errorf("cannot commit %d idempotency keys: %w", n, err)
 	}
+	s.backlog.Store(0)
 	for i := range s.shards {
 		sh := &s.shards[i]
 		sh.mu.Lock()
