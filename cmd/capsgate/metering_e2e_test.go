@@ -160,10 +160,20 @@ func awaitLedger(t *testing.T, c *clustertest.Cluster, n *clustertest.Node, time
 	}
 }
 
-// usageVerify runs `capslicense usage verify --ledger file`.
+// usageVerify runs `capslicense usage verify --ledger file` on the ledger
+// of the cluster's one node: its key pinned, its tail (no peer to witness
+// it) accepted.
 func usageVerify(t *testing.T, c *clustertest.Cluster, file string) (string, int) {
 	t.Helper()
-	return run(t, "", c.Bin.Capslicense, "usage", "verify", "--ledger", file)
+	return run(t, "", c.Bin.Capslicense, append([]string{"usage", "verify", "--ledger", file}, singleNode(c)...)...)
+}
+
+// singleNode are the flags that prove the ledger of a one-node cluster
+// as far as it can be: the node's key pinned, the unwitnessed tail
+// accepted.
+func singleNode(c *clustertest.Cluster) []string {
+	n := c.Node(1)
+	return []string{"--node-pub", n.Name + "=" + filepath.Join(n.DataDir, "node.pub"), "--accept-unwitnessed-tail"}
 }
 
 // Load: workers connections, each sending pipelines of depth charges
@@ -605,13 +615,13 @@ func TestBillFromLiveLedger(t *testing.T) {
 		require.NoError(t, os.WriteFile(adjusted, []byte(text), 0o600))
 		wantTotal := sh.expectTotal(t, sum)
 
-		out, code := run(t, "", c.Bin.Capslicense, "bill", "--ledger", file, "--price-sheet", adjusted)
+		out, code := run(t, "", c.Bin.Capslicense, append([]string{"bill", "--ledger", file, "--price-sheet", adjusted}, singleNode(c)...)...)
 		require.Zero(t, code, "%s: %s", name, out)
 		m := regexp.MustCompile(`(?m)^TOTAL\s+` + regexp.QuoteMeta(sh.Currency) + `\s+(-?\d+\.\d{2})\s*$`).FindStringSubmatch(out)
 		require.NotNil(t, m, "%s: no TOTAL line with a decimal amount:\n%s", name, out)
 		require.Equal(t, wantTotal, m[1], "%s:\n%s", name, out)
 
-		js, code := run(t, "", c.Bin.Capslicense, "bill", "--ledger", file, "--price-sheet", adjusted, "--format", "json")
+		js, code := run(t, "", c.Bin.Capslicense, append([]string{"bill", "--ledger", file, "--price-sheet", adjusted, "--format", "json"}, singleNode(c)...)...)
 		require.Zero(t, code, "%s: %s", name, js)
 		var inv struct {
 			Currency string `json:"currency"`

@@ -223,6 +223,8 @@ func proofLines(s ledger.NodeSummary) []string {
 	if s.Witnessed > 0 {
 		out = append(out, fmt.Sprintf("tail: newest witness seq %d by peer %s at %s; %d record(s) after it not yet witnessed",
 			s.Witnessed, s.WitnessBy, s.WitnessAt.UTC().Format(time.RFC3339), s.Last-s.Witnessed))
+	} else if s.Witness != "" {
+		out = append(out, fmt.Sprintf("tail: peer %s witnesses this node, but none of the records given yet (%d record(s))", s.Witness, s.Records))
 	}
 	return out
 }

@@ -132,9 +132,10 @@ func TestUsageVerify(t *testing.T) {
 	require.NoError(t, err)
 	head5 := "n2=5:" + r5.Hash
 	tail := writeFile(t, "n2-tail.jsonl", strings.Join(ls[5:], ""))
-	n2Tail := strings.Replace(summary(1, "n2", "head: continues from the head billed up to (seq 5)", "key: witnessed by peer n1"),
+	n2Tail := strings.Replace(summary(1, "n2", "head: continues from the head billed up to (seq 5)", "key: witnessed by peer n1",
+		"tail: peer n1 witnesses this node, but none of the records given yet (2 record(s))"),
 		"good: 7 records, seq 1-7", "good: 2 records, seq 6-7 (a contiguous tail: records before seq 6 not given)", 1)
-	f("", 0, good[:strings.Index(good, "node n2")]+n2Tail, "", "usage", "verify", "--since", head5, files[0], tail, "--accept-unwitnessed-tail")
+	f("", 0, good[:strings.Index(good, "node n2")]+n2Tail, "", "usage", "verify", "--since", head5, files[0], tail)
 	headCut := writeFile(t, "n2-cut.jsonl", strings.Join(ls[6:], ""))
 	f("", 1, "node n2: BAD: seq 7 ("+headCut+":1): cut at the head: the ledger starts at seq 7 but was billed up to seq 5 (seqs 6-6 missing)\n",
 		"capslicense usage verify: ledger does not verify: 1 problem(s) in 1 of 1 node(s)\n",

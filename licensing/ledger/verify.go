@@ -106,6 +106,10 @@ type NodeSummary struct {
 	Witnessed uint64
 	WitnessBy string
 	WitnessAt time.Time
+	// Witness is a peer whose given ledger witnesses this node at all,
+	// maybe only seqs before the records given ("" if none): a ledger
+	// cut below a later witness of it would be caught.
+	Witness string
 }
 
 // Problem is a record that does not verify.
@@ -382,7 +386,7 @@ func (c *chain) checkProof(o VerifyOptions) {
 		s.KeyTrust = TrustUnverified
 		unproven("unauthenticated: no pinned key (--node-pub, --trust-on-first-use) and no peer witnessed its key: anyone could have re-signed it")
 	}
-	if s.Witnessed == 0 && !o.AcceptUnwitnessedTail {
+	if s.Witness == "" && !o.AcceptUnwitnessedTail {
 		unproven("tail unproven: no peer's ledger given witnessed this ledger, so records removed from its end cannot be detected (give the peers' ledgers; on a single-node farm, --accept-unwitnessed-tail)")
 	}
 }
@@ -583,6 +587,9 @@ func (c *chain) witnessedBy(by string, w *Record) {
 			c.genesisConflict = true
 			c.problem(g, "not the genesis peer %s witnessed (%.12s…): the ledger was replaced or rewritten from the start", by, wt.Genesis)
 		}
+	}
+	if c.summary.Witness == "" {
+		c.summary.Witness = by
 	}
 	at := c.bySeq[wt.Seq]
 	if at == nil || at.rec.Hash != wt.Hash {
