@@ -27,6 +27,10 @@ type pool struct {
 	// last one (each counted once per try): the next reservation covers
 	// them all on top of its lookahead, whatever their size.
 	wanted int64
+	// waited sums, over the pool's life, the charges that found the
+	// reservation short (each try): the reserver measures the rate of the
+	// others, which the lookahead is for.
+	waited int64
 }
 
 // reserved reports whether n more tokens are covered by the durable
@@ -38,12 +42,16 @@ func (p *pool) reserved(n int64) bool {
 		return true
 	}
 	p.wanted = SatAdd(p.wanted, n)
+	p.waited = SatAdd(p.waited, n)
 	return false
 }
 
 // maxReserveWaits bounds how many reservations one charge waits for: the
-// first covers it unless other charges took it first.
-const maxReserveWaits = 3
+// first covers it unless charges that did not wait took the room first
+// (a rise from an idle pool: each reservation then doubles the lookahead,
+// so a few writes end it; 3 were seen to run out after a restart under
+// load).
+const maxReserveWaits = 16
 
 // awaitCharge is awaitReservation for a charge to acct's pool.
 func (s *Service) awaitCharge(acct []byte, n int64) {
@@ -150,6 +158,9 @@ type PoolState struct {
 	// Wanted sums the charges that found the reservation short since the
 	// last one (waiting for the next, or refused); the next covers them.
 	Wanted int64
+	// Waited sums the charges (each try) that ever found the reservation
+	// short.
+	Waited int64
 	// PeriodID is the service's current usage period (Limits.PeriodID).
 	PeriodID int64
 }
@@ -186,7 +197,7 @@ func (p *pool) state(account string) PoolState {
 		d = p.durable
 	}
 	return PoolState{Account: account, Limit: p.limit, Size: p.limit, Policy: p.policy, Used: p.used, Overage: p.overage,
-		Total: p.total, TotalOverage: p.totalOver, Base: p.base, Durable: d, Low: p.low, Wanted: p.wanted}
+		Total: p.total, TotalOverage: p.totalOver, Base: p.base, Durable: d, Low: p.low, Wanted: p.wanted, Waited: p.waited}
 }
 
 // Reserve sets how far a pool's charges may go before the next

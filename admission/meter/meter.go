@@ -9,6 +9,36 @@
 // an interval's usage is the difference of two snapshots; after a restart
 // the first interval also carries the tokens charged since the last
 // record before the crash (see Reserver).
+//
+// # Token charges and kill -9
+//
+// A pool charges only under a reservation written (fsync'd) to
+// data_dir/tokens.json. A charge of any size the pool can take is made on
+// its first try: when what is left of the reservation is short of it, the
+// charge records what it needs, wakes the reserver and waits for its next
+// write (at most MaxWait; not at all while writes fail, and is then
+// refused OVERLOAD). Each reservation R covers the pool's charges C, every
+// charge waiting for it W, and a lookahead L for the charges to come:
+//
+//	R = min(C + W + L, max(ceiling, C + W))
+//	L = max(MinBlock, BlockSeconds × r, D)
+//
+// where r is the pool's charge rate, measured over at least 100 ms and
+// halving per measure when it falls, without the charges that waited; D
+// is 0 unless charges used up the previous lookahead L' (one had to
+// wait), then min(2 × L', 2 × (tokens charged since the previous
+// reservation + W)), for up to 100 ms; the ceiling is the pool's size
+// and the overage its policy allows, for its period. The reserver writes
+// the next reservation when less than L/2 is left or a charge waits.
+//
+// After kill -9 a pool counts as charged R, its last reservation written.
+// Never an under-count: every acknowledged charge was made under R.
+// Over-count R - A, A the acknowledged charges, is at most L of R plus
+// the charges made or waiting for R that were not acknowledged (in flight
+// when the node died, or waiting and then not made), and never takes a
+// pool past its ceiling but by charges waiting (the minutes of a RELEASE
+// ... SECONDS, charged whatever the pool). A clean stop writes R = C: no
+// over-count.
 package meter
 
 import (

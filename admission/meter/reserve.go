@@ -43,21 +43,8 @@ const StateFile = "tokens.json"
 // Each reservation covers a pool's charges so far, every charge waiting
 // for it (whatever its size: the charge is made on its first try, see
 // Await) and a lookahead for the charges to come, so that they do not
-// wait: max(MinBlock, BlockSeconds of the pool's charge rate, and after
-// charges used up the previous lookahead (one had to wait), twice it but
-// no more than twice the tokens charged since the previous reservation
-// and waiting; such a doubled lookahead holds for up to 100 ms, until the
-// rate is measured again). A reservation stops at the pool's ceiling for its period
-// (its size and the overage its policy allows) unless the charges waiting
-// go past it (the minutes of a call that has ended are charged whatever
-// the pool).
-//
-// The bound after a kill -9: a pool counts as charged up to its last
-// reservation R. Every acknowledged charge was made under it, so none is
-// lost; the over-count, R less the acknowledged charges, is at most the
-// charges in flight (made, not yet answered), the charges that were
-// waiting for R and not made, and R's lookahead; never past the pool's
-// ceiling but for the charges waiting.
+// wait (lookahead). The package doc gives the rule and the bound it
+// keeps after a kill -9.
 //
 // Step runs off the event loops, every StepEvery and when the engine
 // wakes it (Config.ReserveWake); Await is Config.AwaitReserve.
@@ -92,6 +79,8 @@ type rateSample struct {
 	block int64   // the last lookahead
 	// granted is the pool's charges when its last reservation was made.
 	granted int64
+	// waited is PoolState.Waited at the last rate measure.
+	waited int64
 }
 
 // fileState is the JSON of the state file.
@@ -385,8 +374,8 @@ func (r *Reserver) stepLocked(now time.Time, write bool) (err error) {
 
 // lookahead is how far a pool's next reservation goes beyond its charges
 // and those waiting (see Reserver): BlockSeconds of its charge rate
-// (measured over at least 100 ms, halving per measure when it falls), at
-// least MinBlock; after charges used up the last one, twice it, but no
+// (measured over at least 100 ms, halving per measure when it falls; the
+// charges that waited are not counted), at least MinBlock; after charges used up the last one, twice it, but no
 // more than twice what was charged since the last reservation and is
 // waiting (a sudden rise: it doubles while charges keep waiting, and a
 // single large charge on an idle pool does not inflate it). A doubled
@@ -394,12 +383,14 @@ func (r *Reserver) stepLocked(now time.Time, write bool) (err error) {
 func (r *Reserver) lookahead(k poolKey, p admission.PoolState, now time.Time) int64 {
 	prev, ok := r.rate[k]
 	if !ok {
-		prev = rateSample{at: now, used: p.Total, block: MinBlock, granted: p.Total}
+		prev = rateSample{at: now, used: p.Total, block: MinBlock, granted: p.Total, waited: p.Waited}
 	}
 	block := int64(MinBlock)
 	if el := now.Sub(prev.at).Seconds(); el >= 0.1 {
-		rate := float64(p.Total-prev.used) / el
-		prev.at, prev.used, prev.rate = now, p.Total, max(rate, prev.rate*0.5)
+		// The charges that waited were reserved as they came: a large
+		// one must not pass for a rate to reserve ahead for.
+		rate := float64(max(p.Total-prev.used-(p.Waited-prev.waited), 0)) / el
+		prev.at, prev.used, prev.waited, prev.rate = now, p.Total, p.Waited, max(rate, prev.rate*0.5)
 	} else {
 		block = prev.block // a doubled lookahead holds until the rate is measured again
 	}

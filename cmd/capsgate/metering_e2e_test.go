@@ -383,22 +383,7 @@ func TestKillNeverUndercountsTokens(t *testing.T) {
 	var totalAcked int64
 	for round := 1; round <= 2; round++ {
 		before := quota(t, n)["tokens_used"]
-		stop := make(chan struct{})
-		done := make(chan loadResult, 1)
-		go func() { done <- chargeLoad(n.RESPAddr, stop) }()
-		time.Sleep(2 * time.Second)
-		killed := time.Now()
-		n.Kill() // SIGKILL mid-load
-		var res loadResult
-		select {
-		case res = <-done:
-		case <-time.After(10 * time.Second):
-			close(stop)
-			res = <-done
-			t.Fatalf("round %d: the load did not end within 10 s of SIGKILL", round)
-		}
-		close(stop)
-		require.NoError(t, n.Restart())
+		res, killed := killMidLoad(t, n, round, chargeLoad)
 		restarted := time.Since(killed)
 		after := quota(t, n)["tokens_used"]
 
@@ -443,6 +428,31 @@ func TestKillNeverUndercountsTokens(t *testing.T) {
 		sum.Records, meterService, sum.Tokens, sum.Admitted, totalAcked, strings.TrimSpace(out))
 	require.GreaterOrEqual(t, int64(sum.Tokens), totalAcked, "the ledger lost acknowledged tokens")
 	t.Logf("run time %s", time.Since(began).Round(time.Millisecond))
+}
+
+// killMidLoad runs load against n's RESP address for 2 s, kills n
+// (SIGKILL) under it, waits for the load to end (its connections die with
+// the node) and restarts n on its data dir. It returns what the load got
+// and when n was killed.
+func killMidLoad[T any](t *testing.T, n *clustertest.Node, round int, load func(addr string, stop <-chan struct{}) T) (T, time.Time) {
+	t.Helper()
+	stop := make(chan struct{})
+	done := make(chan T, 1)
+	go func() { done <- load(n.RESPAddr, stop) }()
+	time.Sleep(2 * time.Second)
+	killed := time.Now()
+	n.Kill()
+	var res T
+	select {
+	case res = <-done:
+	case <-time.After(10 * time.Second):
+		close(stop)
+		<-done
+		t.Fatalf("round %d: the load did not end within 10 s of SIGKILL", round)
+	}
+	close(stop)
+	require.NoError(t, n.Restart())
+	return res, killed
 }
 
 // MinAckedCharges is the least acknowledged load a round must carry to say
