@@ -158,9 +158,19 @@ func usageVerify(e *env, args []string) error {
 	if p, ok := first[""]; ok {
 		fmt.Fprintf(e.stdout, "lines naming no node: BAD: %s:%d: %s%s\n", p.File, p.Line, p.Reason, more(count[""]))
 	}
-	for _, node := range sortedKeys(rep.Nodes) {
+	nodes := sortedKeys(rep.Nodes)
+	for node := range first { // a node billed before (--since) but not given
+		if _, ok := rep.Nodes[node]; !ok && node != "" {
+			nodes = append(nodes, node)
+		}
+	}
+	slices.Sort(nodes)
+	for _, node := range nodes {
 		s := rep.Nodes[node]
-		if p, ok := first[node]; ok {
+		if p, ok := first[node]; ok && p.File == "" {
+			fmt.Fprintf(e.stdout, "node %s: BAD: %s%s\n", node, p.Reason, more(count[node]))
+			continue
+		} else if ok {
 			fmt.Fprintf(e.stdout, "node %s: BAD: seq %d (%s:%d): %s%s\n", node, p.Seq, p.File, p.Line, p.Reason, more(count[node]))
 			continue
 		}
@@ -183,7 +193,7 @@ func usageVerify(e *env, args []string) error {
 		fmt.Fprintln(e.stdout, p)
 	}
 	if !rep.OK() {
-		return fmt.Errorf("ledger does not verify: %d problem(s) in %d of %d node(s)", len(rep.Problems), len(first), max(len(rep.Nodes), len(first)))
+		return fmt.Errorf("ledger does not verify: %d problem(s) in %d of %d node(s)", len(rep.Problems), len(first), max(len(nodes), len(first)))
 	}
 	if !rep.Proven() {
 		return unprovenError(rep)

@@ -140,6 +140,9 @@ func TestUsageVerify(t *testing.T) {
 	f("", 1, "node n2: BAD: seq 7 ("+headCut+":1): cut at the head: the ledger starts at seq 7 but was billed up to seq 5 (seqs 6-6 missing)\n",
 		"capslicense usage verify: ledger does not verify: 1 problem(s) in 1 of 1 node(s)\n",
 		"usage", "verify", "--since", head5, headCut)
+	f("", 1, summary(0, "n1", genesis, unauth, unwitnessed)+"node n2: BAD: no records given, but the ledger was billed up to seq 5\n",
+		"capslicense usage verify: ledger does not verify: 1 problem(s) in 1 of 2 node(s)\n",
+		"usage", "verify", "--since", head5, files[0])
 	f("", 2, "", "capslicense usage verify: --since: want a head NODE=SEQ:HASH (as an invoice prints it), got \"n2=5\"\n",
 		"usage", "verify", "--since", "n2=5", files[1])
 
