@@ -368,3 +368,18 @@ func TestParseHeads(t *testing.T) {
 	_, err = ParseHeads("n1=5:" + h + ",n1=6:" + h)
 	require.EqualError(t, err, "two heads for node n1")
 }
+
+// A ledger started over (a new genesis, the node's own key) in place of
+// the one the peers witnessed.
+func TestTamperReplacedFromGenesis(t *testing.T) {
+	f := newFarm(t, "n1", "n2")
+	f.run(3)
+	f.now = f.now.Add(time.Hour)
+	other, err := Open(Options{Dir: t.TempDir(), Node: "n1", Cluster: "prod", Key: f.keys["n1"], Clock: func() time.Time { return f.now }, Genesis: true})
+	require.NoError(t, err)
+	defer other.Close()
+	appendAt(t, other, 0, []Usage{voice(1)}, nil)
+	rep := Verify(inputs("n1.jsonl", readAll(t, other), "n2.jsonl", f.export("n2")), VerifyOptions{})
+	_, gen := f.l["n1"].Identity()
+	require.Equal(t, []string{"node n1 seq 1 (n1.jsonl:1): not the genesis peer n2 witnessed (" + gen[:12] + "…): the ledger was replaced or rewritten from the start"}, firsts(rep))
+}
