@@ -175,9 +175,10 @@ func TestEngineWakesTheReserver(t *testing.T) {
 	require.Len(t, wake, 1, "499 left: woken")
 }
 
-// A charge larger than a reservation step is refused (OVERLOAD) only until
-// the next step, which covers it; it used to be refused for ever, as the
-// step grows only when charges use it up. Up to the end of the range.
+// Without Config.AwaitReserve (tools, tests), a charge larger than what is
+// left of the reservation is refused (OVERLOAD) until the next
+// reservation, which covers it, up to the end of the range. A node's
+// charges wait for it instead (anysize_test.go).
 func TestChargeLargerThanAStep(t *testing.T) {
 	f := func(tokens, units int64) {
 		t.Helper()
