@@ -88,9 +88,13 @@ func TestUsageVerify(t *testing.T) {
 	n2, err := os.ReadFile(files[1])
 	require.NoError(t, err)
 
-	// One node alone: its key and tail are unproven, and the exit says so.
-	unproven := "capslicense usage verify: ledger records verify, but 2 fact(s) of 1 node(s) are unproven; first: node n2: " + unauth[len("UNPROVEN: "):] + "\n"
-	f(string(n2), 1, summary(1, "n2", genesis, unauth, unwitnessed), unproven, "usage", "verify", "-")
+	// One node alone: its key and tail are unproven. Every record verifies,
+	// so the exit is 0 (the contract: a node's own ledger verifies), with a
+	// warning; --require-proof makes it 1.
+	unproven := "ledger records verify, but 2 fact(s) of 1 node(s) are unproven; first: node n2: " + unauth[len("UNPROVEN: "):]
+	f(string(n2), 0, summary(1, "n2", genesis, unauth, unwitnessed),
+		"capslicense usage verify: warning: "+unproven+" (--require-proof makes this exit 1; capslicense bill refuses it)\n", "usage", "verify", "-")
+	f(string(n2), 1, summary(1, "n2", genesis, unauth, unwitnessed), "capslicense usage verify: "+unproven+"\n", "usage", "verify", "--require-proof", "-")
 	// The segment files in the data dir verify as well; the pinned key and
 	// accepted tail of a single node make it proven.
 	segs, err := filepath.Glob(dirs[0] + "/ledger/seg-*.jsonl")
