@@ -301,25 +301,15 @@ func chargeConn(addr string, cmd []string, start time.Time, stop <-chan struct{}
 		}
 		res.Sent += loadDepth
 		for range loadDepth {
-			admitted, reason, retry, err := readDecision(r)
-			if err != nil {
-				var re replyError
-				if errors.As(err, &re) {
-					res.Replies++
-					res.Errors++
-					res.LastErr = string(re)
-					continue
-				}
+			live, decided, admitted, reason, retry := res.read(r)
+			if !live {
 				return res
 			}
-			res.Replies++
+			if !decided {
+				continue
+			}
 			if admitted {
-				res.Acked++
-				i := int(time.Since(start) / bucket)
-				for len(res.timeline) <= i {
-					res.timeline = append(res.timeline, 0)
-				}
-				res.timeline[i]++
+				res.ack(time.Since(start), 1)
 			} else {
 				if reason == "OVERLOAD" {
 					reason += fmt.Sprintf("(retry_after_ms %d)", retry)
@@ -337,6 +327,34 @@ func (e replyError) Error() string { return string(e) }
 
 // readDecision reads one reply and wants a decision:
 // *4 :admitted +reason :retry :remaining.
+// read reads the reply to one charge and counts it: live is false when the
+// connection failed (nothing more comes), decided false for an error reply.
+func (res *loadResult) read(r *bufio.Reader) (live, decided, admitted bool, reason string, retry int64) {
+	admitted, reason, retry, err := readDecision(r)
+	if err != nil {
+		var re replyError
+		if !errors.As(err, &re) {
+			return false, false, false, "", 0
+		}
+		res.Replies++
+		res.Errors++
+		res.LastErr = string(re)
+		return true, false, false, "", 0
+	}
+	res.Replies++
+	return true, true, admitted, reason, retry
+}
+
+// ack counts n acknowledged at d since the load started.
+func (res *loadResult) ack(d time.Duration, n int64) {
+	res.Acked++
+	i := int(d / bucket)
+	for len(res.timeline) <= i {
+		res.timeline = append(res.timeline, 0)
+	}
+	res.timeline[i] += n
+}
+
 func readDecision(r *bufio.Reader) (admitted bool, reason string, retry int64, err error) {
 	line := func() (string, error) {
 		l, err := r.ReadString('\n')

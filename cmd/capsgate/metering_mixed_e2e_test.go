@@ -7,7 +7,6 @@ package main
 
 import (
 	"bufio"
-	"errors"
 	"fmt"
 	"net"
 	"strconv"
@@ -113,31 +112,20 @@ func chargeMixedConn(addr string, w, depth int, start time.Time, stop <-chan str
 		res.Sent += int64(depth)
 		res.SentTok += tok
 		for _, n := range sizes {
-			admitted, reason, retry, err := readDecision(r)
-			if err != nil {
-				var re replyError
-				if errors.As(err, &re) {
-					res.Replies++
-					res.Errors++
-					res.LastErr = string(re)
-					res.AnsweredTok += n
-					continue
-				}
+			live, decided, admitted, reason, retry := res.read(r)
+			if !live {
 				return res
 			}
-			res.Replies++
 			res.AnsweredTok += n
+			if !decided {
+				continue
+			}
 			if !admitted {
 				res.Reasons[fmt.Sprintf("%s (retry_after_ms %d)", reason, retry)]++
 				continue
 			}
-			res.Acked++
 			res.AckedTok += n
-			i := int(time.Since(start) / bucket)
-			for len(res.timeline) <= i {
-				res.timeline = append(res.timeline, 0)
-			}
-			res.timeline[i] += n
+			res.ack(time.Since(start), n)
 		}
 	}
 }
