@@ -150,20 +150,20 @@ func (h *Handler) Handle(now int64, cs *ConnState, in, out []byte) (n int, _ []b
 			break
 		}
 		cs.args = args[:0]
-		if len(args) > 0 {
-			var nb [16]byte
-			if h.mustWait(cs, lower(&nb, args[0])) {
-				cs.blocked = true
-				break
-			}
-		}
-		n += used
 		if len(args) == 0 {
+			n += used
 			continue // an empty inline line
 		}
+		var nb [16]byte
+		name := lower(&nb, args[0])
+		if h.mustWait(cs, name) {
+			cs.blocked = true
+			break
+		}
+		n += used
 		var quit bool
 		cs.commands++
-		out, quit = h.exec(now, cs, args, out)
+		out, quit = h.run(now, cs, name, args, out)
 		if quit {
 			return len(in), out, true
 		}
@@ -189,7 +189,11 @@ func lower(buf *[16]byte, b []byte) []byte {
 // exec runs one command. It reports whether the connection must close.
 func (h *Handler) exec(now int64, cs *ConnState, args [][]byte, out []byte) ([]byte, bool) {
 	var nb [16]byte
-	name := lower(&nb, args[0])
+	return h.run(now, cs, lower(&nb, args[0]), args, out)
+}
+
+// run is exec with the command's name already lower-cased (name).
+func (h *Handler) run(now int64, cs *ConnState, name []byte, args [][]byte, out []byte) ([]byte, bool) {
 	cs.info.seen(now)
 	if h.password != nil && !cs.authed {
 		switch string(name) {
