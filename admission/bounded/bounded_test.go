@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/require"
 	"gopkg.in/yaml.v3"
@@ -19,9 +18,7 @@ import (
 func TestReadFileRefuses(t *testing.T) {
 	const limit = 1 << 10
 	for path, want := range boundedtest.BadFiles(t, limit) {
-		start := time.Now()
 		data, err := ReadFile(path, limit)
-		require.Less(t, time.Since(start), 10*time.Second, path)
 		require.Nil(t, data)
 		require.EqualError(t, err, want)
 		require.True(t, errors.Is(err, ErrNotRegular) || errors.Is(err, ErrTooLarge), path)
@@ -87,9 +84,7 @@ func TestYAML(t *testing.T) {
 		t.Helper()
 		var n yaml.Node
 		require.NoError(t, yaml.Unmarshal([]byte(doc), &n))
-		start := time.Now()
 		err := YAML(&n, limit)
-		require.Less(t, time.Since(start), 10*time.Second)
 		if want == "" {
 			require.NoError(t, err)
 			return

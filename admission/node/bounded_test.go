@@ -4,7 +4,6 @@ import (
 	"path/filepath"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -47,9 +46,7 @@ func TestStartupFilesBounded(t *testing.T) {
 func TestConfigAliasBomb(t *testing.T) {
 	dir := secretsDir(t)
 	path := writeTestFile(t, dir, "bomb.yaml", boundedtest.Bomb("resp", `addr: ":6390"`))
-	start := time.Now()
 	_, err := Load(append(prodArgs(dir), "--config", path), nil)
-	require.Less(t, time.Since(start), 10*time.Second)
 	requireOneLine(t, err, "invalid config file "+path+": "+boundedtest.BombError)
 
 	// Aliases within the bound still work.

@@ -34,15 +34,13 @@ func tiers(n int) string {
 	return b.String()
 }
 
-// Every bound of a price sheet, at its edge and one past it; each refusal
-// returns at once (10^6 tiers took 11 s and 1.5 GB; the bound of 10 s
-// catches a hang, not a speed: the figures are in the README).
+// Every bound of a price sheet, at its edge and one past it: each refusal
+// names the bound it met, so the sheet was not parsed past it (10^6 tiers
+// took 11 s and 1.5 GB; the times are in the README, not asserted here).
 func TestSheetBounds(t *testing.T) {
 	f := func(sheet, want string) {
 		t.Helper()
-		start := time.Now()
 		_, err := ParseSheet([]byte(sheet))
-		require.Less(t, time.Since(start), 10*time.Second)
 		if want == "" {
 			require.NoError(t, err)
 			return

@@ -4,7 +4,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -25,9 +24,7 @@ func TestBadFilesRefused(t *testing.T) {
 	f := func(cmd string, limit int64, what string, args func(bad string) []string) {
 		t.Helper()
 		for bad, why := range boundedtest.BadFiles(t, limit) {
-			start := time.Now()
 			code, stdout, stderr := cli(t, "", args(bad)...)
-			require.Less(t, time.Since(start), 10*time.Second, bad)
 			require.Equal(t, 1, code, stderr)
 			require.Empty(t, stdout)
 			require.Equal(t, "capslicense "+cmd+": "+what+why+"\n", stderr)
