@@ -149,23 +149,35 @@ func TestNonReadersHurtNoOne(t *testing.T) {
 	require.LessOrEqual(t, peak-rssBefore, int64(200<<10), "RSS growth in KiB")
 }
 
-// scrape reads one sample of a metric from a node's /metrics.
+// scrape reads one sample of a metric from a node's /metrics; the test
+// fails if it is not there.
 func scrape(t *testing.T, admin, name string) float64 {
 	t.Helper()
+	v, ok := sample(t, admin, name)
+	if !ok {
+		t.Fatalf("no %s in /metrics", name)
+	}
+	return v
+}
+
+// sample reads one sample of a metric from a node's /metrics, and whether
+// it is there (a service's gauges appear once its licence arrived). Safe
+// in a require.Eventually condition: it fails nothing itself.
+func sample(t *testing.T, admin, name string) (float64, bool) {
 	resp, err := http.Get("http://" + admin + "/metrics")
-	require.NoError(t, err)
+	if err != nil {
+		return 0, false
+	}
 	defer resp.Body.Close()
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(nil, 1<<20)
 	for sc.Scan() {
 		if f := strings.Fields(sc.Text()); len(f) == 2 && f[0] == name {
 			v, err := strconv.ParseFloat(f[1], 64)
-			require.NoError(t, err)
-			return v
+			return v, err == nil
 		}
 	}
-	t.Fatalf("no %s in /metrics", name)
-	return 0
+	return 0, false
 }
 
 // A client flooding one node with RELEASEs for calls nobody holds (each is
@@ -182,8 +194,9 @@ func TestForwardFloodDropsNothing(t *testing.T) {
 	out, code := v.ctl(t, a, "license", "add", lic)
 	require.Zero(t, code, out)
 	require.Eventually(t, func() bool {
-		return scrape(t, b.admin, `capsgate_licensed_sessions{service="voice"}`) > 0 &&
-			scrape(t, a.admin, `capsgate_licensed_sessions{service="voice"}`) > 0
+		va, oka := sample(t, a.admin, `capsgate_licensed_sessions{service="voice"}`)
+		vb, okb := sample(t, b.admin, `capsgate_licensed_sessions{service="voice"}`)
+		return oka && okb && va > 0 && vb > 0
 	}, 15*time.Second, 50*time.Millisecond, "both nodes enforce a part of the licence")
 
 	// 1,000 calls held on b.
@@ -243,7 +256,8 @@ func TestForwardFloodDropsNothing(t *testing.T) {
 		require.Equal(t, ":0", ca.line(t), "release %d: a does not hold it", i)
 	}
 	require.Eventually(t, func() bool {
-		return scrape(t, b.admin, `capsgate_sessions{service="voice"}`) == 0
+		v, ok := sample(t, b.admin, `capsgate_sessions{service="voice"}`)
+		return ok && v == 0
 	}, 20*time.Second, 50*time.Millisecond, "b ended every session")
 	close(stop)
 	flood.c.Close()
