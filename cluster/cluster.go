@@ -404,6 +404,7 @@ func (c *Cluster) plan(now time.Time, exchange bool) Report {
 			c.log.Error("cannot apply the share", "service", service, "err", err)
 		}
 	}
+	c.cfg.Shares.Planned()
 	return p.Report
 }
 

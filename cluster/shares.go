@@ -23,6 +23,11 @@ type Shares struct {
 	// new here applies an even part of it until the next exchange plans
 	// this node's part (a node alone, or before the cluster runs: all).
 	members int
+	// awaiting: this node joins a farm (AwaitPlan) and has not planned
+	// yet, so it enforces no part of any licence: the farm may already
+	// hold all of it (a node restarted with its licences on disk, or
+	// joining late, starts from nothing and rises as the others make room).
+	awaiting bool
 }
 
 // Share is this node's part of a service's licence, as fractions of each
@@ -79,6 +84,23 @@ func (s *Shares) SetMembers(n int) {
 	s.members = n
 }
 
+// AwaitPlan says this node joins a farm: until Planned, every licence
+// applies here with no part of its limits (no CAPS, sessions, subscribers
+// or tokens), where a node that runs alone would apply all of it.
+func (s *Shares) AwaitPlan() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.awaiting = true
+}
+
+// Planned says the cluster has planned this node's parts once: a licence
+// new here from now on applies an even part until its next plan.
+func (s *Shares) Planned() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.awaiting = false
+}
+
 // SetShare sets this node's part of a service's licence.
 func (s *Shares) SetShare(service string, sh Share) error {
 	s.mu.Lock()
@@ -98,7 +120,10 @@ func (s *Shares) applyLocked(service string) error {
 	local := l
 	local.LicensedCAPS = l.CAPS
 	sh, ok := s.share[service]
-	if !ok && s.members > 1 {
+	switch {
+	case !ok && s.awaiting:
+		sh, ok = Share{TokensShared: true}, true
+	case !ok && s.members > 1:
 		even := 1 / float64(s.members)
 		sh, ok = Share{CAPS: even, Sessions: even, Subscribers: even, Depth: even}, true
 	}

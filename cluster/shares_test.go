@@ -39,3 +39,46 @@ func TestSharesOfLimitsAtTheEnd(t *testing.T) {
 	f(-1, math.MaxInt64, math.MaxInt64) // the whole
 	f(0.5, admission.Unlimited, admission.Unlimited)
 }
+
+// Before the cluster plans a node's parts, a licence applies whole on a node
+// alone, evenly on a node that knows its members, and not at all on a node
+// that joins a farm (its licences on disk are the farm's, which the others
+// hold: a node restarted with them enforced the whole licence beside the
+// others' parts until its first plan).
+func TestSharesBeforeTheFirstPlan(t *testing.T) {
+	lic := admission.Limits{Licensed: true, CAPS: 900, Sessions: 60, Subscribers: 30, Tokens: 3000}
+	sink := limitsSink{}
+	alone := NewShares(sink)
+	require.NoError(t, alone.SetLimits("voice", lic))
+	require.Equal(t, 900.0, sink["voice"].CAPS)
+	require.Equal(t, int64(60), sink["voice"].Sessions)
+	require.Equal(t, int64(30), sink["voice"].Subscribers)
+
+	alone.SetMembers(3)
+	require.NoError(t, alone.SetLimits("voice", lic))
+	require.InDelta(t, 300.0, sink["voice"].CAPS, 1e-9)
+	require.Equal(t, int64(20), sink["voice"].Sessions)
+	require.Equal(t, int64(10), sink["voice"].Subscribers)
+
+	joining := NewShares(sink)
+	joining.AwaitPlan()
+	joining.SetMembers(3)
+	require.NoError(t, joining.SetLimits("voice", lic))
+	got := sink["voice"]
+	require.Zero(t, got.CAPS)
+	require.True(t, got.DepthShared)
+	require.Zero(t, got.DepthShare)
+	require.Zero(t, got.Sessions)
+	require.Zero(t, got.Subscribers)
+	require.True(t, got.TokensShared)
+	require.Zero(t, got.TokensBudget)
+
+	// Once planned, a licence new here starts from an even part again, and
+	// a planned part applies as planned.
+	joining.Planned()
+	require.NoError(t, joining.SetLimits("fax", lic))
+	require.InDelta(t, 300.0, sink["fax"].CAPS, 1e-9)
+	require.NoError(t, joining.SetShare("voice", Share{CAPS: 0.5, Sessions: 0.5, Subscribers: 0.5, Depth: 0.5}))
+	require.InDelta(t, 450.0, sink["voice"].CAPS, 1e-9)
+	require.Equal(t, int64(30), sink["voice"].Sessions)
+}

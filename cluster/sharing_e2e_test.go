@@ -20,6 +20,7 @@ func licensedFarm(t *testing.T, opts []clustertest.Option, service string, caps 
 	c.WaitMembers(3, 5*time.Second)
 	c.LoadLicense(1, c.Issue(append([]string{"--service", service, "--caps", strconv.Itoa(caps)}, licArgs...)...))
 	c.WaitCAPS(service, float64(caps), 2*time.Second)
+	require.NoError(t, c.AwaitShares(service, float64(caps), 5*time.Second))
 	return c
 }
 

@@ -110,6 +110,11 @@ func New(cfg Config, log *slog.Logger) (*Node, error) {
 	}
 	n = &Node{cfg: cfg, log: log, clk: clk, eng: eng, reserveWake: wake, peerHTTP: &http.Client{Timeout: 5 * time.Second}, shares: cluster.NewShares(eng), stop: make(chan struct{})}
 	n.ids = ids
+	if len(cfg.Join) > 0 {
+		// A node that joins a farm enforces no licence before its first
+		// plan: the licences on its disk are the farm's, held by the others.
+		n.shares.AwaitPlan()
+	}
 	n.handler = resp.NewHandler(eng, password)
 	n.resp = resp.NewServer(resp.Config{
 		Addr:        cfg.RESP.Addr,
