@@ -83,8 +83,11 @@ var farmBurst = cluster.MaxBurst(partLicence, 3, 100*time.Millisecond)
 
 // observation is what one node showed in GET /v1/cluster when it changed.
 type observation struct {
-	node  int // from 1
-	at    time.Time
+	node int // from 1
+	at   time.Time
+	// after is when the request before, which still showed the state
+	// before, was sent: the change came after it.
+	after time.Time
 	side  clustertest.Side
 	alive int
 }
@@ -102,6 +105,17 @@ func (tl timeline) first(node int, from time.Time, state string) time.Time {
 	for _, o := range tl {
 		if o.node == node && !o.at.Before(from) && o.side.State == state {
 			return o.at
+		}
+	}
+	return time.Time{}
+}
+
+// changed returns the earliest instant node may have changed to state at
+// or after from: when it was last asked before it showed it (zero: never).
+func (tl timeline) changed(node int, from time.Time, state string) time.Time {
+	for _, o := range tl {
+		if o.node == node && !o.at.Before(from) && o.side.State == state {
+			return o.after
 		}
 	}
 	return time.Time{}
@@ -143,14 +157,17 @@ func (tl timeline) whole(from time.Time, n int) time.Time {
 func observe(c *clustertest.Cluster, stop <-chan struct{}, limit time.Duration) timeline {
 	var tl timeline
 	last := map[int]observation{}
+	asked := map[int]time.Time{} // when each node was last asked
 	end := time.Now().Add(limit)
 	for time.Now().Before(end) {
 		for i, n := range c.Nodes() {
+			before, ask := asked[i+1], time.Now()
+			asked[i+1] = ask
 			v, err := n.ClusterView()
 			if err != nil {
 				continue
 			}
-			o := observation{node: i + 1, at: time.Now(), side: v.Side}
+			o := observation{node: i + 1, at: time.Now(), after: orElse(before, ask), side: v.Side}
 			for _, m := range v.Members {
 				if m.State == "alive" {
 					o.alive++
@@ -230,13 +247,19 @@ type phaseCount struct {
 // count tallies the batches of the given nodes (from 1; none: all) sent
 // within s.
 func (r partitionRun) count(s span, nodes ...int) phaseCount {
+	return r.countDecided(s, time.Time{}, nodes...)
+}
+
+// countDecided is count leaving out the batches answered after decidedBy
+// (zero: none), which a node may have decided in the state that followed.
+func (r partitionRun) countDecided(s span, decidedBy time.Time, nodes ...int) phaseCount {
 	if len(nodes) == 0 {
 		nodes = []int{1, 2, 3}
 	}
 	var pc phaseCount
 	for _, i := range nodes {
 		for _, b := range r.tally.Nodes[i-1].Batches {
-			if b.Send.Before(s.from) || !b.Send.Before(s.to) {
+			if b.Send.Before(s.from) || !b.Send.Before(s.to) || !decidedBy.IsZero() && b.Reply.After(decidedBy) {
 				continue
 			}
 			pc.sent += b.N
@@ -294,12 +317,12 @@ func (r partitionRun) logPhases(t *testing.T, spans []span) {
 
 // worstWindow slides windows of each length over [from, to) by 100 ms and
 // returns the one whose admissions exceed the bound most (or come closest).
-func (r partitionRun) worstWindow(from, to time.Time, lengths ...time.Duration) (span, phaseCount, float64) {
+func (r partitionRun) worstWindow(from, to, decidedBy time.Time, lengths ...time.Duration) (span, phaseCount, float64) {
 	var worst span
 	var worstPC phaseCount
 	excess := -1e18
 	try := func(s span) {
-		pc := r.count(s)
+		pc := r.countDecided(s, decidedBy)
 		if pc.sent == 0 {
 			return
 		}
@@ -319,7 +342,14 @@ func (r partitionRun) worstWindow(from, to time.Time, lengths ...time.Duration) 
 // checkWindows asserts the SPEC bound over every window within [from, to).
 func (r partitionRun) checkWindows(t *testing.T, what string, from, to time.Time) {
 	t.Helper()
-	s, pc, excess := r.worstWindow(from, to, time.Second, 2*time.Second)
+	r.checkWindowsDecided(t, what, from, to, time.Time{})
+}
+
+// checkWindowsDecided is checkWindows counting only the batches answered
+// by decidedBy: a stretch that ends when a node changes state.
+func (r partitionRun) checkWindowsDecided(t *testing.T, what string, from, to, decidedBy time.Time) {
+	t.Helper()
+	s, pc, excess := r.worstWindow(from, to, decidedBy, time.Second, 2*time.Second)
 	t.Logf("%s: worst window (%s, %+.2fs..%+.2fs from the cut): admitted %d, bound %.0f (1.01 × %.0f × %.3fs + %.0f): %+.0f",
 		what, s.name, s.from.Sub(r.cut).Seconds(), s.to.Sub(r.cut).Seconds(), pc.admitted, pc.bound(),
 		partLicence, pc.last.Sub(pc.first).Seconds(), farmBurst, excess)
@@ -420,6 +450,9 @@ func TestPartitionFailOpen(t *testing.T) {
 	openMaj := earliest(r.tl.first(1, r.cut, "fail_open"), r.tl.first(2, r.cut, "fail_open"))
 	openMin := r.tl.first(3, r.cut, "fail_open")
 	opened := earliest(openMaj, openMin)
+	// The farm was whole until the first node failed open, which it may
+	// have done as soon as it was last asked before it showed it.
+	mayOpen := earliest(r.tl.changed(1, r.cut, "fail_open"), r.tl.changed(2, r.cut, "fail_open"), r.tl.changed(3, r.cut, "fail_open"))
 	fenced := r.tl.first(3, r.cut, "fenced")
 	healed := r.tl.whole(r.heal, 3)
 	t.Logf("from the cut: n1/n2 fail open %v, n3 fail open %v, n3 back to split (fenced) %v; from the heal: all 3 alive and whole %v",
@@ -444,7 +477,7 @@ func TestPartitionFailOpen(t *testing.T) {
 	assert.Greater(t, all.rate(open), 1.2*partLicence, "fail_open really opened: the farm admits more than the licence")
 	aboutLicence(t, n3, open, "n3 alone admits the whole licence while it fails open")
 
-	r.checkWindows(t, "fail_open, before the partition was detected", r.start, opened)
+	r.checkWindowsDecided(t, "fail_open, before the partition was detected", r.start, mayOpen, mayOpen)
 	r.checkWindows(t, "fail_open, after fail_open_for", fenced.Add(settle), end)
 	fencedSpan := span{"n3 fenced", fenced.Add(settle), r.heal}
 	assert.Zero(t, r.count(fencedSpan, 3).admitted, "n3, back to split in a minority, admits nothing")
