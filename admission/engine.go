@@ -314,6 +314,20 @@ func (e *Engine) Admit(now int64, service, call, acct []byte, prio Priority) Dec
 	return e.admitLocked(now, s, call, acct, prio, nil)
 }
 
+// AdmitSpilled is Admit for an attempt another member's CAPS bucket refused
+// and spilled here: decided as any other, and counted apart when admitted
+// (Stats.SpilledIn), so that the farm's demand counts it once, where it
+// arrived.
+func (e *Engine) AdmitSpilled(now int64, service, call, acct []byte, prio Priority) Decision {
+	d := e.Admit(now, service, call, acct, prio)
+	if d.Reason == OK {
+		if s := e.service(service); s != nil {
+			s.spilledIn.Add(1)
+		}
+	}
+	return d
+}
+
 // unlicensedBucket returns UnlicensedBucket, created on first use.
 func (e *Engine) unlicensedBucket() *Service {
 	if s := e.Service(UnlicensedBucket); s != nil {

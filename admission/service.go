@@ -29,6 +29,7 @@ type Service struct {
 	counts    [NumReasons]atomic.Uint64 // decisions of ADMIT (normal and high) by reason
 	emergency atomic.Uint64             // emergency attempts admitted
 	high      atomic.Uint64             // PRIORITY high attempts admitted
+	spilledIn atomic.Uint64             // other members' spilled attempts admitted here (AdmitSpilled)
 	sessionsN atomic.Int64              // open licensed sessions (mirror of licensedSessions)
 	emergN    atomic.Int64              // open emergency sessions
 	// emergencyAll counts the open emergency sessions of every service
@@ -176,6 +177,9 @@ type Stats struct {
 	// Emergency counts emergency attempts admitted; High the PRIORITY high
 	// attempts admitted (also in Admissions[OK]).
 	Emergency, High uint64
+	// SpilledIn counts the attempts other members spilled here that were
+	// admitted here (AdmitSpilled; also in Admissions[OK]).
+	SpilledIn uint64
 	// Open sessions counting against the licence, emergency sessions apart.
 	Sessions, EmergencySessions int64
 	Subscribers                 int64
@@ -202,6 +206,7 @@ func (s *Service) Stats() Stats {
 		Burst:             l.caps.burst,
 		Emergency:         s.emergency.Load(),
 		High:              s.high.Load(),
+		SpilledIn:         s.spilledIn.Load(),
 		Sessions:          s.sessionsN.Load(),
 		EmergencySessions: s.emergN.Load(),
 		Subscribers:       s.subsN.Load(),

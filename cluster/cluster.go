@@ -57,11 +57,14 @@ type Config struct {
 	// metadata.
 	RESPAddr  string
 	AdminAddr string
-	MaxCAPS   float64
-	Engine    *admission.Engine
-	Clock     admission.Clock
-	Shares    *Shares
-	Licences  Licences
+	// RESPPassword is resp.password_file's password, which spilled ADMITs
+	// give the member they go to ("": none).
+	RESPPassword string
+	MaxCAPS      float64
+	Engine       *admission.Engine
+	Clock        admission.Clock
+	Shares       *Shares
+	Licences     Licences
 	// Policy is what a side does while members are unreachable.
 	Policy PolicyConfig
 	// Accounts holds the token allocations made through the admin API; the
@@ -117,6 +120,7 @@ type peer struct {
 	leaving bool // it said it is leaving
 	addr    string
 	metaRaw []byte
+	resp    string // its RESP address (spilled ADMITs go there)
 	// head is its ledger head as last reported; witnessed the seq of the
 	// head last handed to Witnesses.
 	head      ledger.Witness
@@ -138,6 +142,7 @@ type Cluster struct {
 	forward chan op       // RELEASE/DEREGISTER/claims for other members
 	claims  claims
 	replay  replayLog
+	spill   spillers
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -249,6 +254,7 @@ func (c *Cluster) Stop() error {
 		if serr := c.ml.Shutdown(); serr != nil && err == nil {
 			err = serr
 		}
+		c.closeSpillers()
 	})
 	return err
 }
@@ -389,7 +395,9 @@ func (c *Cluster) plan(now time.Time, exchange bool) Report {
 		p = c.planner.PlanNow(now, names, licensed, usage)
 		earlyPlans.Inc()
 	}
+	spare := c.planner.Spare()
 	c.mu.Unlock()
+	c.spill.spare.Store(&spare)
 	for _, name := range p.Reclaimed {
 		c.log.Warn("a failed member's part of every licence goes to the live members", "member", name,
 			"after", c.cfg.Policy.ReclaimAfter)
@@ -643,6 +651,7 @@ func (e *events) NotifyJoin(n *memberlist.Node) {
 	}
 	back, downSince := c.planner.Joined(c.cfg.Now(), n.Name)
 	p.addr, p.metaRaw = n.Address(), append([]byte(nil), n.Meta...)
+	p.resp = respOf(p.metaRaw, p.addr)
 	c.mu.Unlock()
 	if n.Name != c.cfg.NodeName {
 		c.log.Info("member joined", "member", n.Name, "addr", n.Address())
@@ -674,6 +683,7 @@ func (e *events) NotifyUpdate(n *memberlist.Node) {
 	c.mu.Lock()
 	if p := c.peers[n.Name]; p != nil {
 		p.metaRaw = append([]byte(nil), n.Meta...)
+		p.resp = respOf(p.metaRaw, p.addr)
 	}
 	c.mu.Unlock()
 }

@@ -44,6 +44,9 @@ type Planner struct {
 	// saturated: the services whose demand took all the side's licence at
 	// the last plan (nothing to gain from planning again early).
 	saturated map[string]bool
+	// spare: the services whose demand leaves some of the side's licence
+	// unasked for, debts aside (SpillTo).
+	spare map[string]bool
 	// weight is this node's part of each service's CAPS at the last plan,
 	// and lent the attempts its bucket was planned to hold then (lent and
 	// its reserve).
@@ -102,6 +105,9 @@ type view struct {
 	// reclaimed: declared dead long enough that its part went to the live.
 	reclaimed bool
 	deadAt    time.Time
+	// spilled counts, per service, the attempts this node sent it to
+	// decide since its last report (SpillTo).
+	spilled map[string]int64
 }
 
 // Report is what a node tells every member at each exchange: per service,
@@ -165,7 +171,7 @@ func NewPlanner(self string, policy PolicyConfig, burst time.Duration) *Planner 
 	return &Planner{self: self, policy: policy, burst: burst.Seconds(), peers: map[string]*view{}, meter: newDemandMeter(),
 		side:    Side{State: SideWhole, Fraction: 1, Live: 1, Known: 1},
 		applied: map[string]Share{}, computed: map[string]Share{}, budget: map[string]int64{},
-		shares: map[string]map[string]float64{}, wanted: map[string]Share{}, saturated: map[string]bool{}, weight: map[string]float64{}, lent: map[string]float64{}}
+		shares: map[string]map[string]float64{}, wanted: map[string]Share{}, saturated: map[string]bool{}, spare: map[string]bool{}, weight: map[string]float64{}, lent: map[string]float64{}}
 }
 
 func (p *Planner) peer(name string) *view {
@@ -190,7 +196,7 @@ func (p *Planner) Heard(now time.Time, from string, r Report) bool {
 	}
 	v := p.peer(from)
 	old := v.report
-	v.report, v.heard = r, now
+	v.report, v.heard, v.spilled = r, now, nil
 	urgent := false
 	for service, a := range r.Applied {
 		w, ok := p.wanted[service]
@@ -321,6 +327,7 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 		sessions := make([]float64, len(names))
 		subs := make([]float64, len(names))
 		var owed float64                    // what the live members' buckets owe
+		var demanded float64                // the live members' demand
 		owes := make([]float64, len(names)) // what each owes
 		for i, n := range names {
 			var d float64
@@ -340,6 +347,7 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 			// A bucket in debt asks for its debt back within RepayIn, beside
 			// its demand: what a demand measured too low took is returned.
 			caps[i], sessions[i], subs[i] = d+float64(h.Owed)/RepayIn.Seconds(), float64(h.Sessions), float64(h.Subscribers)
+			demanded += d
 			owed += float64(h.Owed)
 			owes[i] = float64(h.Owed)
 		}
@@ -348,6 +356,7 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 			offered += d
 		}
 		p.saturated[service] = offered >= side.Fraction*l.CAPS
+		p.spare[service] = demanded < SpillBelow*side.Fraction*l.CAPS
 		sh := Share{CAPS: -1, Sessions: -1, Subscribers: -1}
 		// Every member's CAPS and depth parts as computed here: a rise
 		// shares the room with the others' (see roomFor).
@@ -675,3 +684,65 @@ func (p *Planner) GoneMembers() []GoneMember {
 	slices.SortFunc(out, func(a, b GoneMember) int { return strings.Compare(a.Name, b.Name) })
 	return out
 }
+
+// SpillTo names the member that should decide an attempt this node's
+// bucket for service refused, and whether there is one: the live member
+// whose bucket, by its last fresh report, holds the most attempts now
+// (what its depth held less what it owed, refilled since at what its
+// part leaves over its demand, less what this node spilled to it since),
+// at least one, while the service's demand does not take the whole
+// licence. A farm so lends what its buckets hold at decision time, as one
+// bucket would, where the next plan would come too late for this attempt.
+// Each call counts one attempt spilled to the member named.
+func (p *Planner) SpillTo(now time.Time, service string, licence float64) (string, bool) {
+	if !p.spare[service] || !(licence > 0) {
+		return "", false
+	}
+	whole := float64(admission.Depth(licence, p.burst))
+	var best *view
+	bestName, most := "", 0.0
+	for name, v := range p.peers {
+		if v.dead || !p.fresh(now, v) {
+			continue
+		}
+		a, ok := v.report.Applied[service]
+		if !ok || a.CAPS < 0 {
+			continue
+		}
+		rate := a.CAPS * licence
+		depth := math.Floor(min(a.Depth, 1)*whole+1e-6) + float64(admission.Reserve(rate))
+		spare := max(rate-v.report.Demand[service], 0) * now.Sub(v.heard).Seconds()
+		held := min(depth-float64(v.report.Held[service].Owed)-float64(v.spilled[service])+spare, depth)
+		if held >= 1 && (held > most || held == most && name < bestName) {
+			best, bestName, most = v, name, held
+		}
+	}
+	if best == nil {
+		return "", false
+	}
+	if best.spilled == nil {
+		best.spilled = map[string]int64{}
+	}
+	best.spilled[service]++
+	return bestName, true
+}
+
+// Spare returns, per licensed service, whether its demand leaves room to
+// spill into (see SpillTo); a copy.
+func (p *Planner) Spare() map[string]bool {
+	out := make(map[string]bool, len(p.spare))
+	for s, ok := range p.spare {
+		if ok {
+			out[s] = true
+		}
+	}
+	return out
+}
+
+// SpillBelow: a node spills the attempts its bucket refuses (SpillTo)
+// while the farm's measured demand is below SpillBelow × the licence. A
+// demand measured around the licence is often Poisson noise on a load
+// below it, which the buckets' depth absorbs as one bucket's would; above
+// this, the licence is taken and spilling would only double the work of
+// every refusal.
+const SpillBelow = 1.25

@@ -77,6 +77,14 @@ func (s *Shares) Licensed() map[string]admission.Limits {
 	return out
 }
 
+// Limit returns a service's cluster-wide limits and whether it is licensed.
+func (s *Shares) Limit(service string) (admission.Limits, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	l, ok := s.limits[service]
+	return l, ok && l.Licensed
+}
+
 // SetMembers tells how many live members the cluster has.
 func (s *Shares) SetMembers(n int) {
 	s.mu.Lock()

@@ -20,6 +20,8 @@ type Config struct {
 	// Timeout bounds a call whose context has no deadline; 0 means
 	// DefaultTimeout.
 	Timeout time.Duration
+	// Password, when set, is sent with AUTH on every new connection.
+	Password string
 }
 
 // Client is a pool of connections to one server, safe for concurrent use.
@@ -79,6 +81,13 @@ func (c *Client) Get(ctx context.Context) (*Conn, error) {
 				return nil, err
 			}
 			conn.SetTimeout(c.cfg.Timeout)
+			if c.cfg.Password != "" {
+				if err := conn.auth(ctx, c.cfg.Password); err != nil {
+					_ = conn.Close()
+					<-c.slot
+					return nil, err
+				}
+			}
 			return conn, nil
 		case <-ctx.Done():
 			return nil, fmt.Errorf("cannot get a connection to %s: %w", c.cfg.Addr, ctx.Err())

@@ -52,6 +52,18 @@ func Dial(ctx context.Context, addr string) (*Conn, error) {
 	return c, nil
 }
 
+// auth sends AUTH password and checks that the server took it.
+func (c *Conn) auth(ctx context.Context, password string) error {
+	r, err := c.Do(ctx, []byte("AUTH"), []byte(password))
+	if err != nil {
+		return fmt.Errorf("cannot authenticate: %w", err)
+	}
+	if err := r.Err(); err != nil {
+		return fmt.Errorf("cannot authenticate: %w", err)
+	}
+	return nil
+}
+
 // SetTimeout sets what bounds a call whose context has no deadline.
 func (c *Conn) SetTimeout(d time.Duration) {
 	if d > 0 {

@@ -45,9 +45,11 @@ type Node struct {
 	handler *resp.Handler
 	reg     *registry.Registry
 	shares  *cluster.Shares
-	cluster *cluster.Cluster
-	admin   *http.Server
-	adminLn net.Listener
+	// respPassword is resp.password_file's password ("": none).
+	respPassword string
+	cluster      *cluster.Cluster
+	admin        *http.Server
+	adminLn      net.Listener
 
 	adminToken string       // for asking peers' admin APIs (GET /v1/usage)
 	peerHTTP   *http.Client // the client for them
@@ -110,6 +112,7 @@ func New(cfg Config, log *slog.Logger) (*Node, error) {
 	}
 	n = &Node{cfg: cfg, log: log, clk: clk, eng: eng, reserveWake: wake, peerHTTP: &http.Client{Timeout: 5 * time.Second}, shares: cluster.NewShares(eng), stop: make(chan struct{})}
 	n.ids = ids
+	n.respPassword = password
 	if len(cfg.Join) > 0 {
 		// A node that joins a farm enforces no licence before its first
 		// plan: the licences on its disk are the farm's, held by the others.
@@ -333,7 +336,7 @@ func (n *Node) Start() error {
 	}
 	n.cluster, err = cluster.New(cluster.Config{
 		NodeName: n.cfg.NodeName, BindAddr: n.cfg.Gossip.Addr, Key: gossipKey, Join: n.cfg.Join,
-		RESPAddr: n.cfg.RESP.Addr, AdminAddr: scheme + "://" + ln.Addr().String(), MaxCAPS: n.cfg.Node.MaxCAPS,
+		RESPAddr: n.cfg.RESP.Addr, RESPPassword: n.respPassword, AdminAddr: scheme + "://" + ln.Addr().String(), MaxCAPS: n.cfg.Node.MaxCAPS,
 		Engine: n.eng, Clock: n.clk, Shares: n.shares, Licences: n.reg, Log: n.log,
 		Policy: cluster.PolicyConfig{Policy: policy, FailOpenFor: n.cfg.Cluster.FailOpenFor.Duration,
 			ReclaimAfter: n.cfg.Cluster.ReclaimAfter.Duration},
@@ -346,6 +349,7 @@ func (n *Node) Start() error {
 		return err
 	}
 	n.handler.SetForwarder(n.cluster)
+	n.handler.SetSpiller(n.cluster)
 	err = n.resp.Start()
 	if err == nil {
 		err = n.cluster.Start()

@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
+
 	"github.com/capsgate/capsgate/admission"
 )
 
@@ -45,7 +47,81 @@ type ConnState struct {
 	// lastActive is the engine-clock instant of the last request, read by
 	// the idle sweeper from another goroutine.
 	lastActive atomic.Int64
+	// spill is the ADMIT sent to another member to decide (Spiller), whose
+	// answer comes before any other, while spilling; wake has the server
+	// run the connection again (set by the server; nil: no spilling), and
+	// spillDone is spill.finish, made once. inExec: the commands of a
+	// transaction run, each answered at once.
+	spill     spillWait
+	spilling  bool
+	wake      func()
+	spillDone func(admission.Decision, bool)
+	inExec    bool
 }
+
+// spillWait is an ADMIT waiting for the member it was spilled to.
+type spillWait struct {
+	refusal admission.Decision // this node's, replied unless the member admits
+	d       admission.Decision // the member's, when admitted
+	ok      bool               // the member admitted
+	done    atomic.Bool
+	wake    func()
+}
+
+// finish takes the member's answer (ok: it admitted, with d) and has the
+// connection run again. Called once per spill, from any goroutine.
+func (w *spillWait) finish(d admission.Decision, ok bool) {
+	w.d, w.ok = d, ok
+	w.done.Store(true)
+	w.wake()
+}
+
+// SetWake says how the server runs a connection again from another
+// goroutine; a connection without one never spills.
+func (cs *ConnState) SetWake(wake func()) {
+	cs.wake, cs.spill.wake = wake, wake
+	cs.spillDone = cs.spill.finish
+}
+
+// Spilling reports whether the connection waits for a spilled ADMIT's
+// answer (Handle runs nothing until then).
+func (cs *ConnState) Spilling() bool { return cs.spilling && !cs.spill.done.Load() }
+
+// Spilled appends the answer to the connection's spilled ADMIT, once it has
+// come (Spilling is false), and forgets it; it reports whether there was one.
+func (cs *ConnState) Spilled(out []byte) ([]byte, bool) {
+	w := &cs.spill
+	if !cs.spilling || !w.done.Load() {
+		return out, false
+	}
+	cs.spilling = false
+	if w.ok {
+		spillAdmitted.Inc()
+		return decision(out, w.d), true
+	}
+	spillRefused.Inc()
+	return decision(out, w.refusal), true
+}
+
+// Spiller sends an ADMIT that this node's CAPS bucket refused to the
+// member whose bucket holds the most room, as the farm's planner last
+// heard (the cluster): a farm so admits what one bucket holding the whole
+// licence would, where the next plan would come too late.
+type Spiller interface {
+	// Spill sends the ADMIT (args are valid only during the call) and
+	// calls done once, from another goroutine, with the member's decision
+	// and whether it admitted, within a bounded time. It returns false
+	// when it sends nothing (no member has room, the licence is all asked
+	// for, too many are in flight): the refusal stands.
+	Spill(args [][]byte, done func(d admission.Decision, ok bool)) bool
+}
+
+// Spill counters: ADMITs spilled, and how the members answered.
+var (
+	spillSent     = metrics.NewCounter(`capsgate_spill_total{result="sent"}`)
+	spillAdmitted = metrics.NewCounter(`capsgate_spill_total{result="admitted"}`)
+	spillRefused  = metrics.NewCounter(`capsgate_spill_total{result="refused"}`)
+)
 
 // NewConnState returns the state of a fresh connection.
 func NewConnState(id int64) *ConnState {
@@ -101,6 +177,7 @@ type Handler struct {
 	started  time.Time
 	stats    func() (conns int64) // for INFO; may be nil
 	fwd      Forwarder            // may be nil
+	spill    Spiller              // may be nil
 	clients  ClientLister         // for CLIENT LIST; may be nil
 	snapshot clientSnapshot       // CLIENT LIST's connections, sorted
 	// servicesInfo is INFO's Services section as last rendered.
@@ -110,6 +187,10 @@ type Handler struct {
 // SetForwarder sets where RELEASE and DEREGISTER of keys this node does not
 // hold go (the cluster). Call it before serving.
 func (h *Handler) SetForwarder(f Forwarder) { h.fwd = f }
+
+// SetSpiller sets where ADMITs refused by this node's CAPS bucket go (the
+// cluster). Call it before serving.
+func (h *Handler) SetSpiller(s Spiller) { h.spill = s }
 
 // NewHandler returns a handler deciding with eng. A non-empty password makes
 // clients AUTH first.
@@ -167,6 +248,9 @@ func (h *Handler) Handle(now int64, cs *ConnState, in, out []byte) (n int, _ []b
 		if quit {
 			return len(in), out, true
 		}
+		if cs.spilling {
+			break // its answer comes before the next command's
+		}
 	}
 	return n, out, false
 }
@@ -209,7 +293,7 @@ func (h *Handler) run(now int64, cs *ConnState, name []byte, args [][]byte, out 
 	}
 	switch string(name) {
 	case "admit":
-		return h.admit(now, args, out), false
+		return h.admit(now, cs, args, out), false
 	case "release":
 		return h.release(now, cs, args, out), false
 	case "register":
@@ -287,8 +371,8 @@ func decision(out []byte, d admission.Decision) []byte {
 	return AppendDecision(out, d.Admitted(), d.Reason.String(), d.RetryAfterMS, d.Remaining)
 }
 
-// ADMIT service [CALL call-id] [ACCOUNT account] [PRIORITY normal|high|emergency]
-func (h *Handler) admit(now int64, args [][]byte, out []byte) []byte {
+// ADMIT service [CALL call-id] [ACCOUNT account] [PRIORITY normal|high|emergency] [SPILLED member]
+func (h *Handler) admit(now int64, cs *ConnState, args [][]byte, out []byte) []byte {
 	if len(args) < 2 || len(args)%2 != 0 {
 		return wrongArgs(out, "admit")
 	}
@@ -297,7 +381,7 @@ func (h *Handler) admit(now int64, args [][]byte, out []byte) []byte {
 	}
 	var call, acct []byte
 	prio := admission.Normal
-	seenPrio := false
+	seenPrio, spilled := false, false
 	for i := 2; i < len(args); i += 2 {
 		opt, v := args[i], args[i+1]
 		switch {
@@ -311,6 +395,10 @@ func (h *Handler) admit(now int64, args [][]byte, out []byte) []byte {
 				return AppendError(out, errAccount)
 			}
 			acct = v
+		case bytes.EqualFold(opt, []byte("SPILLED")) && !spilled:
+			// A member's ADMIT that its bucket refused: decided here, never
+			// spilled on (v names the member).
+			spilled = true
 		case bytes.EqualFold(opt, []byte("PRIORITY")) && !seenPrio:
 			seenPrio = true
 			switch {
@@ -326,7 +414,20 @@ func (h *Handler) admit(now int64, args [][]byte, out []byte) []byte {
 			return AppendError(out, errSyntax)
 		}
 	}
-	return decision(out, h.eng.Admit(now, args[1], call, acct, prio))
+	if spilled {
+		return decision(out, h.eng.AdmitSpilled(now, args[1], call, acct, prio))
+	}
+	d := h.eng.Admit(now, args[1], call, acct, prio)
+	if d.Reason == admission.CAPS && h.spill != nil && cs.wake != nil && !cs.inExec && cs.tx == nil && !cs.spilling {
+		cs.spill.refusal, cs.spill.ok = d, false
+		cs.spill.done.Store(false)
+		if h.spill.Spill(args, cs.spillDone) {
+			spillSent.Inc()
+			cs.spilling = true
+			return out
+		}
+	}
+	return decision(out, d)
 }
 
 // keyed validates the commands of the form "service key [OPTION n]"

@@ -865,6 +865,8 @@ func (h *Handler) execTx(now int64, cs *ConnState, args [][]byte, out []byte) []
 		return AppendError(out, "EXECABORT Transaction discarded because of previous errors.")
 	}
 	out = AppendArrayHeader(out, tx.n)
+	cs.inExec = true
+	defer func() { cs.inExec = false }()
 	var a [][]byte
 	for in := tx.buf; len(in) > 0; {
 		var used int

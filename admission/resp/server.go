@@ -219,6 +219,7 @@ func (s *Server) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	cs.loop = s.loopOf(c.EventLoop())
 	s.open[cs] = c
 	s.mu.Unlock()
+	cs.SetWake(func() { s.pace.next(c, &cs.paced) })
 	c.SetContext(cs)
 	return nil, gnet.None
 }
@@ -260,6 +261,20 @@ func (s *Server) OnTraffic(c gnet.Conn) gnet.Action {
 		return gnet.Close
 	}
 	total := c.InboundBuffered()
+	if cs.spilling {
+		// A spilled ADMIT's answer comes before anything else.
+		if cs.Spilling() {
+			if total > s.clientLimit(MinInbound, MaxInbound) {
+				inputClosed.Inc()
+				_, _ = c.Write(queryLimitReply)
+				return gnet.Close
+			}
+			return gnet.None
+		}
+		out, _ := cs.Spilled(cs.loop.out[:0])
+		_, _ = c.Write(out)
+		cs.loop.out = out[:0]
+	}
 	if total == 0 {
 		return gnet.None
 	}

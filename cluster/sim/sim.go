@@ -13,6 +13,7 @@
 package sim
 
 import (
+	"cmp"
 	"container/heap"
 	"fmt"
 	"math"
@@ -219,6 +220,13 @@ func (e *events) Pop() any {
 	return x
 }
 
+// spill is an attempt refused by one node's bucket and sent to another.
+type spill struct {
+	at, sent int64 // decided there at (a round trip later), sent at
+	from, to int
+	below    bool
+}
+
 // epoch is the wall-clock instant of the simulation's zero, for the
 // planner's timestamps.
 var epoch = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
@@ -364,8 +372,42 @@ func Run(sc Scenario) (Result, error) {
 	res.Scenario = sc
 	step := int64(time.Millisecond)
 	arrivals := slices.Repeat([]int64{-1}, sc.Nodes)
+	// spills are attempts a node's bucket refused, on their way to the
+	// member it asked to decide them instead.
+	var spills []spill
+	oneWay := func() int64 {
+		d := int64(sc.Net.Delay)
+		if sc.Net.Jitter > 0 {
+			d += int64(netRng.ExpFloat64() * float64(sc.Net.Jitter))
+		}
+		return max(d, 1)
+	}
+	index := map[string]int{}
+	for i, name := range names {
+		index[name] = i
+	}
 	for t := int64(0); t < end; t += step {
 		stepEnd := min(t+step, end)
+		slices.SortFunc(spills, func(a, b spill) int { return cmp.Compare(a.at, b.at) })
+		k := 0
+		for ; k < len(spills) && spills[k].at < stepEnd; k++ {
+			sp := spills[k]
+			n, from := nodes[sp.to], nodes[sp.from]
+			d := n.engine.AdmitSpilled(base+sp.at, svc, nil, nil, admission.Normal)
+			if d.Reason == admission.OK {
+				res.Admitted++
+				res.Refused--
+				if sp.below {
+					res.RefusedBelow--
+					from.series.RefusedBelow[sp.sent/int64(Step)]--
+				}
+				n.admittedBins[sp.at/int64(10*time.Millisecond)]++
+				from.series.Admitted[sp.sent/int64(Step)]++
+			} else {
+				from.lastRefusal = max(from.lastRefusal, sp.sent)
+			}
+		}
+		spills = spills[k:]
 		for i, src := range srcs {
 			n := nodes[min(i, members-1)]
 			if arrivals[i] < 0 {
@@ -390,7 +432,11 @@ func Run(sc Scenario) (Result, error) {
 						res.RefusedBelow++
 						n.series.RefusedBelow[at/int64(Step)]++
 					}
-					n.lastRefusal = at
+					if to, ok := n.planner.SpillTo(epoch.Add(time.Duration(at)), Service, sc.CAPS); ok && members > 1 {
+						spills = append(spills, spill{at: at + oneWay(), sent: at, from: min(i, members-1), to: index[to], below: below})
+					} else {
+						n.lastRefusal = at
+					}
 				}
 				arrivals[i] = src.next(end, rates[i])
 			}

@@ -1,0 +1,191 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/capsgate/capsgate/admission"
+	"github.com/capsgate/capsgate/admission/client"
+)
+
+// Spilling (resp.Spiller): an ADMIT refused by this node's CAPS bucket goes
+// to the member whose bucket, by the planner's last reports, holds the most
+// room (Planner.SpillTo), over the RESP port that member publishes, marked
+// SPILLED so that it is decided there and never sent on. Its answer is the
+// member's when it admits, else this node's refusal. Nothing more is
+// admitted than the farm's buckets hold: the member admits from its own.
+const (
+	// SpillTimeout bounds the wait for a member's answer; past it the
+	// refusal stands.
+	SpillTimeout = 50 * time.Millisecond
+	// MaxSpilling bounds the ADMITs in flight to members at once; beyond
+	// it a refusal stands.
+	MaxSpilling = 256
+	// spillConns bounds the connections to one member.
+	spillConns = 8
+)
+
+// SpillMarker is the ADMIT option a spilled ADMIT carries, with the name of
+// the member that spilled it: decided where it arrives, never spilled on.
+const SpillMarker = "SPILLED"
+
+var (
+	spillBusy   = metrics.NewCounter(`capsgate_spill_skipped_total{why="busy"}`)
+	spillNoRoom = metrics.NewCounter(`capsgate_spill_skipped_total{why="no_room"}`)
+	spillFailed = metrics.NewCounter(`capsgate_spill_failed_total`)
+)
+
+// spillers holds a pooled RESP client per member's RESP address.
+type spillers struct {
+	mu       sync.Mutex // guards clients and down
+	clients  map[string]*client.Client
+	down     map[string]time.Time // addresses that failed, until when they are skipped
+	inFlight atomic.Int64
+	// spare holds the services whose demand leaves room to spill into, as
+	// of the last plan: read without a lock, so that refusals under
+	// overload take none.
+	spare atomic.Pointer[map[string]bool]
+}
+
+// spillBackoff is how long a member whose RESP port failed a spilled ADMIT
+// gets no other: a port that does not answer would hold each connection
+// that spills to it for SpillTimeout.
+const spillBackoff = 5 * time.Second
+
+// usable reports whether addr may be sent a spilled ADMIT at now.
+func (s *spillers) usable(addr string, now time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	until, ok := s.down[addr]
+	if ok && now.After(until) {
+		delete(s.down, addr)
+		return true
+	}
+	return !ok
+}
+
+// failed records that addr failed at now.
+func (s *spillers) failed(addr string, now time.Time) {
+	spillFailed.Inc()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.down == nil {
+		s.down = map[string]time.Time{}
+	}
+	s.down[addr] = now.Add(spillBackoff)
+}
+
+// Spill implements resp.Spiller.
+func (c *Cluster) Spill(args [][]byte, done func(admission.Decision, bool)) bool {
+	if len(args) < 2 {
+		return false
+	}
+	if spare := c.spill.spare.Load(); spare == nil || !(*spare)[string(args[1])] {
+		spillNoRoom.Inc()
+		return false
+	}
+	if c.spill.inFlight.Add(1) > MaxSpilling {
+		c.spill.inFlight.Add(-1)
+		spillBusy.Inc()
+		return false
+	}
+	service := string(args[1])
+	l, licensed := c.cfg.Shares.Limit(service)
+	now := c.cfg.Now()
+	c.mu.Lock()
+	to, ok := c.planner.SpillTo(now, service, l.CAPS)
+	var addr string
+	if p := c.peers[to]; ok && p != nil {
+		addr = p.resp
+	}
+	c.mu.Unlock()
+	if !licensed || !ok || addr == "" || !c.spill.usable(addr, time.Now()) {
+		c.spill.inFlight.Add(-1)
+		spillNoRoom.Inc()
+		return false
+	}
+	cmd := make([][]byte, 0, len(args)+2)
+	for _, a := range args {
+		cmd = append(cmd, append([]byte(nil), a...))
+	}
+	cmd = append(cmd, []byte(SpillMarker), []byte(c.cfg.NodeName))
+	go func() {
+		defer c.spill.inFlight.Add(-1)
+		d, ok := c.spillTo(addr, cmd)
+		done(d, ok)
+	}()
+	return true
+}
+
+// spillTo asks the member at addr to decide cmd and reports its decision
+// and whether it admitted.
+func (c *Cluster) spillTo(addr string, cmd [][]byte) (admission.Decision, bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), SpillTimeout)
+	defer cancel()
+	cl, err := c.spillClient(ctx, addr)
+	var r client.Reply
+	if err == nil {
+		r, err = cl.Do(ctx, cmd...)
+	}
+	var d client.Decision
+	if err == nil {
+		d, err = r.Decision()
+	}
+	if err != nil {
+		c.spill.failed(addr, time.Now())
+		c.log.Debug("a member did not decide a spilled ADMIT", "addr", addr, "err", err)
+		return admission.Decision{}, false
+	}
+	if !d.Admitted {
+		return admission.Decision{}, false
+	}
+	return admission.Decision{Reason: admission.OK, Remaining: d.Remaining}, true
+}
+
+// spillClient returns the pooled client of the member at addr, made on
+// first use.
+func (c *Cluster) spillClient(ctx context.Context, addr string) (*client.Client, error) {
+	c.spill.mu.Lock()
+	defer c.spill.mu.Unlock()
+	if cl := c.spill.clients[addr]; cl != nil {
+		return cl, nil
+	}
+	cl, err := client.New(ctx, client.Config{Addr: addr, PoolSize: spillConns, Timeout: SpillTimeout, Password: c.cfg.RESPPassword})
+	if err != nil {
+		return nil, err
+	}
+	if c.spill.clients == nil {
+		c.spill.clients = map[string]*client.Client{}
+	}
+	c.spill.clients[addr] = cl
+	return cl, nil
+}
+
+// closeSpillers closes the members' clients.
+func (c *Cluster) closeSpillers() {
+	c.spill.mu.Lock()
+	defer c.spill.mu.Unlock()
+	for addr, cl := range c.spill.clients {
+		_ = cl.Close()
+		delete(c.spill.clients, addr)
+	}
+}
+
+// respOf returns the RESP address a member publishes in its metadata, on
+// its gossip host when it listens on every address; "" when none.
+func respOf(metaRaw []byte, gossip string) string {
+	var md meta
+	if json.Unmarshal(metaRaw, &md) != nil || md.RESPAddr == "" {
+		return ""
+	}
+	u := reachable("resp://"+md.RESPAddr, gossip)
+	if len(u) <= len("resp://") {
+		return ""
+	}
+	return u[len("resp://"):]
+}

@@ -1,0 +1,77 @@
+package cluster_test
+
+import (
+	"bufio"
+	"net"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/capsgate/capsgate/cluster"
+)
+
+// metric reads one sample of n's /metrics (0 when absent).
+func metric(t *testing.T, body []byte, name string) float64 {
+	t.Helper()
+	m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + ` (\S+)$`).FindSubmatch(body)
+	if m == nil {
+		return 0
+	}
+	v, err := strconv.ParseFloat(string(m[1]), 64)
+	require.NoError(t, err)
+	return v
+}
+
+// A burst on one node of a farm below its licence is admitted from the
+// other nodes' buckets too: the attempts n1's bucket refuses go to the
+// members with room (spilled), as one bucket holding the licence would
+// admit them, and never beyond what the farm's buckets hold.
+func TestBurstSpillsToMembersWithRoom(t *testing.T) {
+	needsProcesses(t, "3 capsgate nodes")
+	const licence = 300
+	c := licensedFarm(t, nil, "voice", licence)
+	n := c.Nodes()
+	time.Sleep(300 * time.Millisecond) // a few exchanges: every node has heard the others' buckets
+	own := quota(t, n[0], "voice", "caps_burst")
+
+	conn, err := net.Dial("tcp", n[0].RESPAddr)
+	require.NoError(t, err)
+	defer conn.Close()
+	const burst = 150
+	start := time.Now()
+	_, err = conn.Write([]byte(strings.Repeat("ADMIT voice\r\n", burst)))
+	require.NoError(t, err)
+	r := bufio.NewReader(conn)
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	admitted := 0
+	for range burst {
+		var lines [5]string
+		for i := range lines {
+			lines[i], err = r.ReadString('\n')
+			require.NoError(t, err)
+		}
+		require.Equal(t, "*4\r\n", lines[0])
+		if lines[1] == ":1\r\n" {
+			admitted++
+		} else {
+			require.Equal(t, "+CAPS\r\n", lines[2])
+		}
+	}
+	took := time.Since(start)
+	body, err := n[0].GetRaw("/metrics")
+	require.NoError(t, err)
+	spilled := int(metric(t, body, `capsgate_spill_total{result="admitted"}`))
+	sent := int(metric(t, body, `capsgate_spill_total{result="sent"}`))
+	t.Logf("%d ADMITs at once on n1 (its bucket %d deep) in %v: %d admitted, %d of them by n2 and n3 (%d spilled)",
+		burst, own, took, admitted, spilled, sent)
+	refill := 1.01 * licence * took.Seconds()
+	require.LessOrEqual(t, float64(admitted-spilled), float64(own)+refill+1, "n1 admits no more than its bucket")
+	require.GreaterOrEqual(t, spilled, 20, "n2 and n3 admit from their buckets what n1's refused")
+	require.LessOrEqual(t, float64(admitted), cluster.MaxBurst(licence, 3, 100*time.Millisecond)+refill,
+		"the farm admits no more than its buckets hold")
+	require.GreaterOrEqual(t, sent, spilled, "an ADMIT admitted elsewhere was spilled first")
+}
