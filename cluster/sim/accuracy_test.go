@@ -59,7 +59,8 @@ func name(sc Scenario) string {
 }
 
 // TestRefusedBelowLicence: at 95 % of the licence under Poisson arrivals,
-// at most 0.1 % of attempts are refused.
+// at most 0.1 % of attempts are refused, and no more than twice what one
+// node holding the whole licence refuses under the same arrivals.
 func TestRefusedBelowLicence(t *testing.T) {
 	for _, sc := range []Scenario{
 		{Nodes: 3, Skew: skew3},
@@ -68,6 +69,8 @@ func TestRefusedBelowLicence(t *testing.T) {
 		// Larger farms carry larger licences: 100 CAPS a node on average.
 		{Nodes: 30, CAPS: 3000, Skew: tail(30)},
 		{Nodes: 30, CAPS: 3000},
+		// 30 nodes sharing 1000 CAPS, 90 % on one: the others at 3.3 CAPS.
+		{Nodes: 30, Skew: tail(30)},
 		{Nodes: 100, CAPS: 10000, Skew: tail(100), Duration: 20 * time.Second},
 		{Nodes: 100, CAPS: 10000, Duration: 20 * time.Second},
 	} {
@@ -81,6 +84,7 @@ func TestRefusedBelowLicence(t *testing.T) {
 				100*farm.RefusedBelowFraction(), ref.RefusedBelow, 100*ref.RefusedBelowFraction())
 			require.Greater(t, farm.OfferedBelow, int64(0.9*0.95*sc.CAPS*sc.Duration.Seconds()))
 			assert.LessOrEqual(t, farm.RefusedBelow*1000, farm.OfferedBelow, "at most 0.1 %% refused at 95 %% of the licence")
+			assert.LessOrEqual(t, farm.RefusedBelow, 2*ref.RefusedBelow, "no more than twice what one node holding the licence refuses")
 		})
 	}
 }
