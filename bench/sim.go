@@ -215,6 +215,8 @@ func WriteSim(w io.Writer, r SimRun, quiet bool) {
 		return fmt.Sprintf("%d / %.0f", r.Worst10s, bound10s(r))
 	}, fmt.Sprintf("against %g × licence × 10 s + burst", simTarget10sFactor))
 	both("most CAPS enforced at once", func(r sim.Result) string { return fmt.Sprintf("%.1f", r.MaxCAPS) }, "")
+	both("spilled to another member", func(r sim.Result) string { return fmt.Sprint(r.Spilled) },
+		fmt.Sprintf("admitted there: %d", f.SpilledAdmitted))
 	if sc.ShiftAt > 0 {
 		both(fmt.Sprintf("whole demand enforced after the shift at %v", sc.ShiftAt), func(r sim.Result) string { return coveredName(r.Covered) }, "")
 		both("last refusal after the shift", func(r sim.Result) string { return convergeName(r.Converge) }, "")

@@ -395,9 +395,8 @@ func (c *Cluster) plan(now time.Time, exchange bool) Report {
 		p = c.planner.PlanNow(now, names, licensed, usage)
 		earlyPlans.Inc()
 	}
-	spare := c.planner.Spare()
 	c.mu.Unlock()
-	c.spill.spare.Store(&spare)
+	c.spill.room.Store(true)
 	for _, name := range p.Reclaimed {
 		c.log.Warn("a failed member's part of every licence goes to the live members", "member", name,
 			"after", c.cfg.Policy.ReclaimAfter)
@@ -564,6 +563,7 @@ func (d *delegate) NotifyMsg(b []byte) {
 			p = &peer{}
 			c.peers[m.Node] = p
 		}
+		c.spill.room.Store(true)
 		if c.planner.Heard(c.cfg.Now(), m.Node, m.Report) {
 			select {
 			case c.wake <- struct{}{}:

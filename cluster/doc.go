@@ -113,27 +113,28 @@
 // (a node short of attempts gets them in milliseconds), lent depth with
 // reserves, and spilling (SpillTo, spill.go): an attempt a node's bucket
 // refuses goes to the member whose bucket holds the most by its last
-// report, so a Poisson clump on one node is served from every bucket, as
-// one bucket would serve it. A spilled attempt is admitted from that
-// member's bucket, so the bounds above hold unchanged; spilling stops
-// while the farm's measured demand is at SpillBelow (1.25) × the licence
-// or more. Without spilling the farm refused 0.014 % on 10 nodes, 0.062 %
-// on 30 nodes at 1000 CAPS, 0.5 % on 100 nodes sharing 1000 CAPS (the 99
-// small ones under 1 CAPS each), where it now refuses 0.005 % (3 of
-// 56,173; the one row of capsbench sim --table above the one-node
-// figure), and 1.26 % instead of 0.027 % with stalling proxies on 10
+// report, and to a second if that one refuses, so a Poisson clump on one
+// node is served from every bucket, as one bucket would serve it. A
+// spilled attempt is admitted from that member's bucket, so the bounds
+// above hold unchanged; and nothing is spilled where no report shows
+// room, so an overload spills little (10 nodes at twice the licence:
+// 5,557 of 58,995 refusals in 60 s, 2,302 of them admitted). Without
+// spilling the farm refused 0.014 % on 10 nodes, 0.062 % on 30 nodes at
+// 1000 CAPS, 0.5 % on 100 nodes sharing 1000 CAPS (the 99 small ones
+// under 1 CAPS each), where it now refuses none (capsbench sim --table),
+// and 1.26 % instead of 0.002 % with stalling proxies on 10
 // nodes. When all the load moves to
-// another node, that node enforces its whole demand 349-428 ms later on 3
+// another node, that node enforces its whole demand 349-412 ms later on 3
 // nodes and 360-417 ms on 10 (seeds 1-5, TestLoadMoves): the nodes that
 // lost the load hold their parts until their meters see it gone (250 ms,
 // so that a proxy stalled for 200 ms keeps its part); what its bucket
-// refuses meanwhile is spilled to them (last refusal 160-382 ms after the
-// move on 10 nodes). A farm whose buckets an overload
+// refuses meanwhile is spilled to them (none refused after the move, seeds
+// 1-5). A farm whose buckets an overload
 // emptied refuses more until they refill (so does one node: at 95 % after
 // 10 s at twice the licence, one node refused 0.02-0.20 % of the next
-// 10 s, 3 nodes 0.08-0.40 %, 10 nodes 0.22-0.65 %, over three seeds): the
+// 10 s, 3 nodes 0.08-0.27 %, 10 nodes 0.14-0.34 %, over three seeds): the
 // farm's burst, and so its debt after an overload, is deeper than one
-// node's, and nothing is spilled while the demand measured stays high.
+// node's, and the members' buckets are as empty as its own.
 //
 // Failure. memberlist declares a killed node dead in about 1.5 s (probe 200
 // ms, timeout 100 ms, suspicion multiplier 2; about 0.9 s measured on

@@ -44,9 +44,6 @@ type Planner struct {
 	// saturated: the services whose demand took all the side's licence at
 	// the last plan (nothing to gain from planning again early).
 	saturated map[string]bool
-	// spare: the services whose demand leaves some of the side's licence
-	// unasked for, debts aside (SpillTo).
-	spare map[string]bool
 	// weight is this node's part of each service's CAPS at the last plan,
 	// and lent the attempts its bucket was planned to hold then (lent and
 	// its reserve).
@@ -171,7 +168,7 @@ func NewPlanner(self string, policy PolicyConfig, burst time.Duration) *Planner 
 	return &Planner{self: self, policy: policy, burst: burst.Seconds(), peers: map[string]*view{}, meter: newDemandMeter(),
 		side:    Side{State: SideWhole, Fraction: 1, Live: 1, Known: 1},
 		applied: map[string]Share{}, computed: map[string]Share{}, budget: map[string]int64{},
-		shares: map[string]map[string]float64{}, wanted: map[string]Share{}, saturated: map[string]bool{}, spare: map[string]bool{}, weight: map[string]float64{}, lent: map[string]float64{}}
+		shares: map[string]map[string]float64{}, wanted: map[string]Share{}, saturated: map[string]bool{}, weight: map[string]float64{}, lent: map[string]float64{}}
 }
 
 func (p *Planner) peer(name string) *view {
@@ -327,7 +324,6 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 		sessions := make([]float64, len(names))
 		subs := make([]float64, len(names))
 		var owed float64                    // what the live members' buckets owe
-		var demanded float64                // the live members' demand
 		owes := make([]float64, len(names)) // what each owes
 		for i, n := range names {
 			var d float64
@@ -347,7 +343,6 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 			// A bucket in debt asks for its debt back within RepayIn, beside
 			// its demand: what a demand measured too low took is returned.
 			caps[i], sessions[i], subs[i] = d+float64(h.Owed)/RepayIn.Seconds(), float64(h.Sessions), float64(h.Subscribers)
-			demanded += d
 			owed += float64(h.Owed)
 			owes[i] = float64(h.Owed)
 		}
@@ -356,7 +351,6 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 			offered += d
 		}
 		p.saturated[service] = offered >= side.Fraction*l.CAPS
-		p.spare[service] = demanded < SpillBelow*side.Fraction*l.CAPS
 		sh := Share{CAPS: -1, Sessions: -1, Subscribers: -1}
 		// Every member's CAPS and depth parts as computed here: a rise
 		// shares the room with the others' (see roomFor).
@@ -690,12 +684,11 @@ func (p *Planner) GoneMembers() []GoneMember {
 // whose bucket, by its last fresh report, holds the most attempts now
 // (what its depth held less what it owed, refilled since at what its
 // part leaves over its demand, less what this node spilled to it since),
-// at least one, while the service's demand does not take the whole
-// licence. A farm so lends what its buckets hold at decision time, as one
+// at least one. A farm so lends what its buckets hold at decision time, as one
 // bucket would, where the next plan would come too late for this attempt.
 // Each call counts one attempt spilled to the member named.
 func (p *Planner) SpillTo(now time.Time, service string, licence float64) (string, bool) {
-	if !p.spare[service] || !(licence > 0) {
+	if !(licence > 0) {
 		return "", false
 	}
 	whole := float64(admission.Depth(licence, p.burst))
@@ -711,7 +704,7 @@ func (p *Planner) SpillTo(now time.Time, service string, licence float64) (strin
 		}
 		rate := a.CAPS * licence
 		depth := math.Floor(min(a.Depth, 1)*whole+1e-6) + float64(admission.Reserve(rate))
-		spare := max(rate-v.report.Demand[service], 0) * now.Sub(v.heard).Seconds()
+		spare := (rate - v.report.Demand[service]) * now.Sub(v.heard).Seconds()
 		held := min(depth-float64(v.report.Held[service].Owed)-float64(v.spilled[service])+spare, depth)
 		if held >= 1 && (held > most || held == most && name < bestName) {
 			best, bestName, most = v, name, held
@@ -727,22 +720,20 @@ func (p *Planner) SpillTo(now time.Time, service string, licence float64) (strin
 	return bestName, true
 }
 
-// Spare returns, per licensed service, whether its demand leaves room to
-// spill into (see SpillTo); a copy.
-func (p *Planner) Spare() map[string]bool {
-	out := make(map[string]bool, len(p.spare))
-	for s, ok := range p.spare {
-		if ok {
-			out[s] = true
-		}
+// SpillRefused records that member name refused an attempt spilled to it
+// for service: its bucket is taken as empty until its next report.
+func (p *Planner) SpillRefused(service, name string) {
+	v := p.peers[name]
+	if v == nil {
+		return
 	}
-	return out
+	if v.spilled == nil {
+		v.spilled = map[string]int64{}
+	}
+	v.spilled[service] = math.MaxInt32
 }
 
-// SpillBelow: a node spills the attempts its bucket refuses (SpillTo)
-// while the farm's measured demand is below SpillBelow × the licence. A
-// demand measured around the licence is often Poisson noise on a load
-// below it, which the buckets' depth absorbs as one bucket's would; above
-// this, the licence is taken and spilling would only double the work of
-// every refusal.
-const SpillBelow = 1.25
+// SpillTries bounds the members one refused attempt is spilled to, one
+// after the other: a member that refuses (its bucket emptied since its
+// report) is taken as empty, and the next with the most room is asked.
+const SpillTries = 2

@@ -16,12 +16,16 @@ import (
 // Spilling (resp.Spiller): an ADMIT refused by this node's CAPS bucket goes
 // to the member whose bucket, by the planner's last reports, holds the most
 // room (Planner.SpillTo), over the RESP port that member publishes, marked
-// SPILLED so that it is decided there and never sent on. Its answer is the
-// member's when it admits, else this node's refusal. Nothing more is
-// admitted than the farm's buckets hold: the member admits from its own.
+// SPILLED so that it is decided there and never sent on; a member that
+// refuses is taken as empty and the next is asked (SpillTries in all). Its
+// answer is the member's when it admits, else this node's refusal. Nothing
+// more is admitted than the farm's buckets hold: the member admits from
+// its own. And no more is sent than they hold: what was spilled to a
+// member counts against its room until its next report, so under an
+// overload, where every bucket is empty, nothing is sent.
 const (
-	// SpillTimeout bounds the wait for a member's answer; past it the
-	// refusal stands.
+	// SpillTimeout bounds the wait for the members' answers (SpillTries
+	// at most); past it the refusal stands.
 	SpillTimeout = 50 * time.Millisecond
 	// MaxSpilling bounds the ADMITs in flight to members at once; beyond
 	// it a refusal stands.
@@ -46,10 +50,11 @@ type spillers struct {
 	clients  map[string]*client.Client
 	down     map[string]time.Time // addresses that failed, until when they are skipped
 	inFlight atomic.Int64
-	// spare holds the services whose demand leaves room to spill into, as
-	// of the last plan: read without a lock, so that refusals under
-	// overload take none.
-	spare atomic.Pointer[map[string]bool]
+	// room: a member may have room, as far as the last report or plan
+	// says; cleared when SpillTo finds none, so that under an overload,
+	// where every bucket is empty, a refusal takes the cluster's lock at
+	// most once per report heard, not once per attempt.
+	room atomic.Bool
 }
 
 // spillBackoff is how long a member whose RESP port failed a spilled ADMIT
@@ -85,7 +90,7 @@ func (c *Cluster) Spill(args [][]byte, done func(admission.Decision, bool)) bool
 	if len(args) < 2 {
 		return false
 	}
-	if spare := c.spill.spare.Load(); spare == nil || !(*spare)[string(args[1])] {
+	if !c.spill.room.Load() {
 		spillNoRoom.Inc()
 		return false
 	}
@@ -96,15 +101,8 @@ func (c *Cluster) Spill(args [][]byte, done func(admission.Decision, bool)) bool
 	}
 	service := string(args[1])
 	l, licensed := c.cfg.Shares.Limit(service)
-	now := c.cfg.Now()
-	c.mu.Lock()
-	to, ok := c.planner.SpillTo(now, service, l.CAPS)
-	var addr string
-	if p := c.peers[to]; ok && p != nil {
-		addr = p.resp
-	}
-	c.mu.Unlock()
-	if !licensed || !ok || addr == "" || !c.spill.usable(addr, time.Now()) {
+	to, addr := c.spillTarget(service, l.CAPS)
+	if !licensed || addr == "" {
 		c.spill.inFlight.Add(-1)
 		spillNoRoom.Inc()
 		return false
@@ -116,17 +114,50 @@ func (c *Cluster) Spill(args [][]byte, done func(admission.Decision, bool)) bool
 	cmd = append(cmd, []byte(SpillMarker), []byte(c.cfg.NodeName))
 	go func() {
 		defer c.spill.inFlight.Add(-1)
-		d, ok := c.spillTo(addr, cmd)
-		done(d, ok)
+		ctx, cancel := context.WithTimeout(context.Background(), SpillTimeout)
+		defer cancel()
+		for try := 1; ; try++ {
+			d, ok := c.spillTo(ctx, addr, cmd)
+			if ok {
+				done(d, true)
+				return
+			}
+			// Its bucket emptied since its report: the next member with
+			// room, if any (SpillTries in all).
+			c.mu.Lock()
+			c.planner.SpillRefused(service, to)
+			c.mu.Unlock()
+			if try == SpillTries || ctx.Err() != nil {
+				break
+			}
+			if to, addr = c.spillTarget(service, l.CAPS); addr == "" {
+				break
+			}
+		}
+		done(admission.Decision{}, false)
 	}()
 	return true
 }
 
+// spillTarget returns the member to spill an attempt for service to and
+// its RESP address ("": none).
+func (c *Cluster) spillTarget(service string, licence float64) (name, addr string) {
+	now := c.cfg.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	to, ok := c.planner.SpillTo(now, service, licence)
+	if !ok {
+		c.spill.room.Store(false)
+	}
+	if p := c.peers[to]; ok && p != nil && c.spill.usable(p.resp, time.Now()) {
+		return to, p.resp
+	}
+	return "", ""
+}
+
 // spillTo asks the member at addr to decide cmd and reports its decision
 // and whether it admitted.
-func (c *Cluster) spillTo(addr string, cmd [][]byte) (admission.Decision, bool) {
-	ctx, cancel := context.WithTimeout(context.Background(), SpillTimeout)
-	defer cancel()
+func (c *Cluster) spillTo(ctx context.Context, addr string, cmd [][]byte) (admission.Decision, bool) {
 	cl, err := c.spillClient(ctx, addr)
 	var r client.Reply
 	if err == nil {

@@ -12,8 +12,9 @@ import (
 // SpillTo names the member whose bucket holds the most by its last report
 // (its lent depth and reserve, less what it owed, less what was spilled to
 // it since), ties to the first name, down to the last whole attempt; none
-// once the farm's demand reaches SpillBelow × the licence or the reports
-// are stale; a new report starts the count again.
+// when every bucket is empty (an overload) or the reports are stale; a new
+// report starts the count again, and a member that refused one counts as
+// empty until its next report.
 func TestSpillToTheMostRoom(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	lic := map[string]admission.Limits{"voice": {Licensed: true, CAPS: 1000, Sessions: admission.Unlimited,
@@ -65,14 +66,29 @@ func TestSpillToTheMostRoom(t *testing.T) {
 	// Stale reports: nobody.
 	require.Empty(t, count(t0.Add(100*time.Millisecond+staleAfter)))
 
-	// The farm's demand at SpillBelow × the licence: nobody; below it again: b.
-	hear(t0.Add(2*time.Second), 1250, 0)
-	p.Plan(t0.Add(2*time.Second), live, lic, nil)
+	// An overload: every bucket owes its depth, every member's demand is
+	// beyond its part: nobody. b's bucket refills: b.
+	full := func(now time.Time, owed int64) {
+		for _, n := range []string{"b", "c"} {
+			p.Heard(now, n, Report{Demand: map[string]float64{"voice": 700}, Applied: map[string]Share{"voice": part},
+				Held: map[string]Held{"voice": {Owed: owed}}})
+		}
+	}
+	full(t0.Add(2*time.Second), 54)
 	_, ok := p.SpillTo(t0.Add(2*time.Second), "voice", 1000)
-	require.False(t, ok, "demand 1250 of a 1000 licence")
-	hear(t0.Add(2100*time.Millisecond), 1240, 0)
-	p.Plan(t0.Add(2100*time.Millisecond), live, lic, nil)
+	require.False(t, ok, "every bucket empty")
+	_, ok = p.SpillTo(t0.Add(2050*time.Millisecond), "voice", 1000)
+	require.False(t, ok, "and none refills: each is offered more than its part")
+	full(t0.Add(2100*time.Millisecond), 53)
 	to, ok := p.SpillTo(t0.Add(2100*time.Millisecond), "voice", 1000)
-	require.True(t, ok, "demand 1240 of a 1000 licence")
-	require.Equal(t, "b", to, "b's report says its bucket is full (54), c's that it owes 50")
+	require.True(t, ok)
+	require.Equal(t, "b", to, "b and c hold 1 each: the first name")
+	hear(t0.Add(2100*time.Millisecond), 100, 300)
+	// b refused one: empty until its next report; c is next.
+	p.SpillRefused("voice", "b")
+	require.Equal(t, map[string]int{"c": 4}, count(t0.Add(2100*time.Millisecond)))
+	hear(t0.Add(2200*time.Millisecond), 100, 300)
+	to, ok = p.SpillTo(t0.Add(2200*time.Millisecond), "voice", 1000)
+	require.True(t, ok)
+	require.Equal(t, "b", to, "b's next report counts again")
 }

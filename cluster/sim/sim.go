@@ -96,6 +96,10 @@ type Result struct {
 	// Burst is the farm's depth: the most the nodes' bucket depths summed
 	// to at any instant of the run (attempts).
 	Burst int64
+	// Spilled counts the attempts sent to another member to decide
+	// (cluster.Planner.SpillTo; a second member asked counts again), and
+	// SpilledAdmitted those it admitted.
+	Spilled, SpilledAdmitted int64
 	// MaxCAPS is the most the CAPS the nodes enforced summed to at any
 	// instant (the licence, but for a rise made on a stale report).
 	MaxCAPS float64
@@ -225,6 +229,7 @@ type spill struct {
 	at, sent int64 // decided there at (a round trip later), sent at
 	from, to int
 	below    bool
+	tries    int // members asked before this one
 }
 
 // epoch is the wall-clock instant of the simulation's zero, for the
@@ -390,11 +395,14 @@ func Run(sc Scenario) (Result, error) {
 		stepEnd := min(t+step, end)
 		slices.SortFunc(spills, func(a, b spill) int { return cmp.Compare(a.at, b.at) })
 		k := 0
+		var again []spill // refused, on their way to the next member
 		for ; k < len(spills) && spills[k].at < stepEnd; k++ {
 			sp := spills[k]
 			n, from := nodes[sp.to], nodes[sp.from]
 			d := n.engine.AdmitSpilled(base+sp.at, svc, nil, nil, admission.Normal)
+			res.Spilled++
 			if d.Reason == admission.OK {
+				res.SpilledAdmitted++
 				res.Admitted++
 				res.Refused--
 				if sp.below {
@@ -404,10 +412,20 @@ func Run(sc Scenario) (Result, error) {
 				n.admittedBins[sp.at/int64(10*time.Millisecond)]++
 				from.series.Admitted[sp.sent/int64(Step)]++
 			} else {
+				// The refusal reaches the node a one-way delay later; it asks
+				// the next member with room, if any, as the node does.
+				back := sp.at + oneWay()
+				from.planner.SpillRefused(Service, n.name)
+				if sp.tries+1 < cluster.SpillTries {
+					if to, ok := from.planner.SpillTo(epoch.Add(time.Duration(back)), Service, sc.CAPS); ok {
+						again = append(again, spill{at: back + oneWay(), sent: sp.sent, from: sp.from, to: index[to], below: sp.below, tries: sp.tries + 1})
+						continue
+					}
+				}
 				from.lastRefusal = max(from.lastRefusal, sp.sent)
 			}
 		}
-		spills = spills[k:]
+		spills = append(spills[k:], again...)
 		for i, src := range srcs {
 			n := nodes[min(i, members-1)]
 			if arrivals[i] < 0 {
