@@ -72,8 +72,8 @@ func replay(text string, check func(*farm) error) (string, error) {
 		if err != nil {
 			return out.String(), fmt.Errorf("%d: %s: %w", i+1, cmd, err)
 		}
-		if cmd != "print" {
-			continue
+		if got == nil {
+			continue // a step that prints nothing
 		}
 		// Skip the expected output: "----", lines, a blank line.
 		if i+1 < len(lines) && lines[i+1] == "----" {
@@ -221,6 +221,7 @@ func (f *farm) services() []string {
 //	partition n1 | n2 n3 [detect=1s]     each side sees the other fail after detect
 //	heal
 //	print                                parts applied, side, sums
+//	spill n1 voice count=60              whom n1 asks to decide 60 attempts its bucket refused
 //
 // A detect of the form 500ms-1.5s is drawn for each observer from the
 // network's seed.
@@ -290,6 +291,8 @@ func (f *farm) do(cmd string) ([]string, error) {
 		f.heal()
 	case "print":
 		return f.print(), nil
+	case "spill":
+		return f.spill(args, kv)
 	default:
 		return nil, fmt.Errorf("unknown step %q", w[0])
 	}
@@ -737,6 +740,40 @@ func (f *farm) capsSum(service string) (caps, depth float64) {
 // sessions and subscribers as limits, what it holds in brackets), its side
 // and its measured demand, then each service's sums over the running
 // nodes against the licence.
+// spill asks a node's planner whom to send count refused attempts to, one
+// after the other, as it would between two reports, and says how many went
+// to each member (the members' buckets, unmodelled here, count as full).
+func (f *farm) spill(args []string, kv map[string]string) ([]string, error) {
+	if len(args) != 2 {
+		return nil, fmt.Errorf("want spill <node> <service> count=N")
+	}
+	n, err := f.node(args[0])
+	if err != nil {
+		return nil, err
+	}
+	count, err := intArg(kv, "count", 1)
+	if err != nil || count < 1 {
+		return nil, fmt.Errorf("spill count=%q: want a count ≥ 1", kv["count"])
+	}
+	l := f.licences[args[1]]
+	got := map[string]int{}
+	var none int64
+	for range count {
+		if to, ok := n.planner.SpillTo(farmEpoch.Add(f.now), args[1], l.CAPS); ok {
+			got[to]++
+		} else {
+			none++
+		}
+	}
+	line := fmt.Sprintf("%s spills %d of %s:", n.name, count, args[1])
+	for _, m := range f.nodes {
+		if got[m.name] > 0 {
+			line += fmt.Sprintf(" %s %d", m.name, got[m.name])
+		}
+	}
+	return []string{line + fmt.Sprintf(", refused %d", none)}, nil
+}
+
 func (f *farm) print() []string {
 	out := []string{"at " + f.now.String()}
 	for _, n := range f.nodes {
