@@ -20,6 +20,12 @@ type KeyStore interface {
 	// service's mutex held: it must not block on I/O (it queues k, in
 	// memory and visible to Lookup, for the store's next group commit).
 	Remember(k Key, exp int64, d Decision)
+	// Ticket numbers the keys remembered: it returns the last one's.
+	// Durable returns the highest ticket whose key, and every key before
+	// it, is on disk: a decision is durable once Durable reaches the
+	// Ticket read after it.
+	Ticket() uint64
+	Durable() uint64
 	// Full reports that the store holds its maximum number of keys: a
 	// CONSUME with a new ID is then refused OVERLOAD (one without ID is
 	// not affected).
@@ -77,6 +83,18 @@ func (e *Engine) rememberID(now int64, s *Service, key Key, d Decision) {
 	}
 	s.consumed.put(key, d, min(exp, now+int64(e.cfg.HotKeys)))
 	e.cfg.Keys.Remember(StoreKey(s.name, key), exp, d)
+}
+
+// IDTickets returns the ticket of the last CONSUME ID key remembered and
+// the highest one on disk (both 0 without a store): a CONSUME with ID
+// answered now is durable once the second reaches the first, and a client
+// that must not see an acknowledgement a kill -9 could undo waits for that
+// (the RESP front end holds the reply; see resp.Handler.Released).
+func (e *Engine) IDTickets() (ticket, durable uint64) {
+	if e.cfg.Keys == nil {
+		return 0, 0
+	}
+	return e.cfg.Keys.Ticket(), e.cfg.Keys.Durable()
 }
 
 // keysFull reports whether a new ID must be refused: the store is full.

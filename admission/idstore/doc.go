@@ -24,23 +24,24 @@
 // request's event loop, holding no lock). A first-time key is charged and
 // queued in memory (Remember, no I/O) and its decision returned at once;
 // Flush, every FlushEvery off the event loops, writes everything queued in
-// one batch and fsyncs it (group commit), exactly as the state journal
-// does for sessions (admission/journal).
+// one batch and fsyncs it (group commit), as the state journal does for
+// sessions (admission/journal); a reply waiting for it asks for it at once.
 //
 // # Guarantees
 //
 //   - A key whose Flush returned survives kill -9: after the restart a
 //     repeat (on this node, for the rest of the window) gets the first
 //     decision and is not charged.
-//   - The window of loss is the state journal's: keys charged within the
-//     last FlushEvery (20 ms, plus the fsync) before a kill -9 may be lost;
-//     a repeat of one of those after the restart is charged again. That is
-//     an over-count, never an under-count: the charge itself was covered
-//     by the durable token reservation (admission/meter), so the token
-//     guarantee (a kill -9 never under-counts; over-counts are bounded)
-//     holds, with the bound increased by the charges of that interval
-//     that are retried after the restart. A clean stop (Close) loses
-//     nothing.
+//   - Every key has a ticket (Remember, under its shard's lock); Durable
+//     is the highest ticket committed with every one before it. The RESP
+//     front end acknowledges a CONSUME with ID only once Durable reaches
+//     the Ticket read after it (resp/durable.go), and the node commits at
+//     once when a client waits (otherwise every FlushEvery): no
+//     acknowledged key is lost to a kill -9. A key charged but not yet
+//     acknowledged may be lost; its charge was inside the durable token
+//     reservation (admission/meter), so that is an over-count bounded by
+//     the reservation, never an under-count, and its client, which got
+//     no answer, retries. A clean stop (Close) loses nothing.
 //   - A key expires at the end of its window: Lookup compares the stored
 //     wall-clock expiry, so an expired key is never answered even before
 //     its record is deleted. Deletion is bounded work: once a second
@@ -52,7 +53,7 @@
 //     their first decision. The same holds while a million keys wait in
 //     memory for a disk that fails their commits.
 //   - Memory: the hot sets (HotKeys, 2 s of charges), the keys queued
-//     for the next commit (20 ms of charges, at most a million while
+//     for the next commit (at most 20 ms of charges, a million while
 //     commits fail) and pebble's block cache (Config.CacheBytes) and
 //     memtables (two of 64 MiB at most); not the window's keys.
 package idstore

@@ -93,6 +93,9 @@ type Store struct {
 	count      atomic.Int64 // keys in the store (approximate: expired ones until deleted)
 	full       atomic.Bool
 	backlog    atomic.Int64 // keys a failed commit left in memory
+	// ticket counts the keys remembered (Remember's tickets); durable is
+	// the highest ticket whose key is committed, and every one below it.
+	ticket, durable atomic.Uint64
 
 	mu      sync.Mutex // serialises Flush and Close; guards the fields below
 	cursor  []byte     // where the next expiry scan starts
@@ -237,12 +240,24 @@ func (s *Store) Lookup(k admission.Key, now int64) (admission.Decision, bool) {
 }
 
 // Remember implements admission.KeyStore: k is queued for the next Flush.
+// Its ticket is taken under its shard's lock, which the Flush that takes
+// the shard's keys waits for: a ticket issued before a Flush began is in
+// that Flush's batch.
 func (s *Store) Remember(k admission.Key, exp int64, d admission.Decision) {
 	sh := s.shardOf(k)
 	sh.mu.Lock()
+	s.ticket.Add(1)
 	sh.pending[k] = rec{s.wall(exp), d.Remaining}
 	sh.mu.Unlock()
 }
+
+// Ticket implements admission.KeyStore: the ticket of the key remembered
+// last.
+func (s *Store) Ticket() uint64 { return s.ticket.Load() }
+
+// Durable implements admission.KeyStore: every key with a ticket up to it
+// is committed.
+func (s *Store) Durable() uint64 { return s.durable.Load() }
 
 // Full implements admission.KeyStore.
 func (s *Store) Full() bool {
@@ -274,7 +289,11 @@ func (s *Store) Flush() error {
 		return nil
 	}
 	start := time.Now()
+	issued := s.ticket.Load() // every key with a ticket up to it is in this batch
 	err := s.commitLocked()
+	if err == nil {
+		s.durable.Store(issued)
+	}
 	if now := s.cfg.Clock.Now(); err == nil && now-s.expired >= int64(ExpireEvery) {
 		s.expired = now
 		err = s.expireLocked(s.wall(now), s.cfg.ExpireScan)
@@ -388,7 +407,11 @@ func (s *Store) Close() error {
 	if s.closed {
 		return nil
 	}
+	issued := s.ticket.Load()
 	err := s.commitLocked()
+	if err == nil {
+		s.durable.Store(issued)
+	}
 	s.closed = true
 	if cerr := s.db.Close(); err == nil {
 		err = cerr

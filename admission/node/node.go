@@ -55,6 +55,8 @@ type Node struct {
 	peerHTTP   *http.Client // the client for them
 
 	reserveWake <-chan struct{}
+	// idsKick asks committingIDs for a commit now (a client waits for one).
+	idsKick chan struct{}
 
 	ledger   *ledger.Ledger
 	reserver *meter.Reserver
@@ -112,6 +114,7 @@ func New(cfg Config, log *slog.Logger) (*Node, error) {
 	}
 	n = &Node{cfg: cfg, log: log, clk: clk, eng: eng, reserveWake: wake, peerHTTP: &http.Client{Timeout: 5 * time.Second}, shares: cluster.NewShares(eng), stop: make(chan struct{})}
 	n.ids = ids
+	n.idsKick = make(chan struct{}, 1)
 	n.respPassword = password
 	if len(cfg.Join) > 0 {
 		// A node that joins a farm enforces no licence before its first
@@ -119,6 +122,12 @@ func New(cfg Config, log *slog.Logger) (*Node, error) {
 		n.shares.AwaitPlan()
 	}
 	n.handler = resp.NewHandler(eng, password)
+	n.handler.SetCommitKick(func() {
+		select {
+		case n.idsKick <- struct{}{}:
+		default:
+		}
+	})
 	n.resp = resp.NewServer(resp.Config{
 		Addr:        cfg.RESP.Addr,
 		MaxConns:    cfg.RESP.MaxConns,
@@ -209,9 +218,29 @@ func (n *Node) journaling() {
 	defer n.wg.Done()
 	admission.Repeat(n.stop, journal.FlushEvery, func() time.Duration {
 		_ = n.journal.Flush() // logged and counted by the journal
-		_ = n.ids.Flush()     // the CONSUME IDs charged since: the same window
 		return journal.FlushEvery
 	})
+}
+
+// committingIDs commits the CONSUME ID keys charged since the last commit
+// every idstore.FlushEvery, and at once when a client waits for one (their
+// replies wait for it: resp/durable.go), so that a lone client waits about
+// one fsync, and many wait for one commit together.
+func (n *Node) committingIDs() {
+	defer n.wg.Done()
+	tick := time.NewTicker(idstore.FlushEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-tick.C:
+		case <-n.idsKick:
+		}
+		if n.ids.Flush() == nil {
+			n.handler.Released()
+		}
+	}
 }
 
 // witnesses are the peers' ledger heads to write into this node's ledger.
@@ -369,11 +398,12 @@ func (n *Node) Start() error {
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(n.log.Handler(), slog.LevelWarn),
 	}
-	n.wg.Add(6)
+	n.wg.Add(7)
 	go n.licensing()
 	go n.metering()
 	go n.reserving()
 	go n.journaling()
+	go n.committingIDs()
 	go func() {
 		defer n.wg.Done()
 		if err := n.admin.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

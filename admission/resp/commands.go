@@ -57,6 +57,14 @@ type ConnState struct {
 	wake      func()
 	spillDone func(admission.Decision, bool)
 	inExec    bool
+	// held are replies waiting for the key store to commit up to
+	// heldTicket (durable.go); needTicket is what the command just run
+	// needs committed (0: nothing); heldWaiting: registered with
+	// Handler.wait.
+	held        []byte
+	heldTicket  uint64
+	needTicket  uint64
+	heldWaiting bool
 }
 
 // spillWait is an ADMIT waiting for the member it was spilled to.
@@ -178,8 +186,10 @@ type Handler struct {
 	stats    func() (conns int64) // for INFO; may be nil
 	fwd      Forwarder            // may be nil
 	spill    Spiller              // may be nil
-	clients  ClientLister         // for CLIENT LIST; may be nil
-	snapshot clientSnapshot       // CLIENT LIST's connections, sorted
+	waiters  durableWaiters
+	kick     func()         // asks for a commit now (durable.go); may be nil
+	clients  ClientLister   // for CLIENT LIST; may be nil
+	snapshot clientSnapshot // CLIENT LIST's connections, sorted
 	// servicesInfo is INFO's Services section as last rendered.
 	servicesInfo atomic.Pointer[servicesSnap]
 }
@@ -216,7 +226,7 @@ func (h *Handler) Handle(now int64, cs *ConnState, in, out []byte) (n int, _ []b
 	cs.more, cs.blocked = false, false
 	start := len(out)
 	for n < len(in) {
-		if cs.outBudget > 0 && len(out)-start >= cs.outBudget {
+		if cs.outBudget > 0 && len(out)-start+len(cs.held) >= cs.outBudget {
 			cs.more = true
 			break
 		}
@@ -244,9 +254,18 @@ func (h *Handler) Handle(now int64, cs *ConnState, in, out []byte) (n int, _ []b
 		n += used
 		var quit bool
 		cs.commands++
+		mark := len(out)
 		out, quit = h.run(now, cs, name, args, out)
+		if cs.needTicket > 0 || len(cs.held) > 0 {
+			// This reply, and every one after a held one, waits for the
+			// commit (durable.go).
+			cs.held = append(cs.held, out[mark:]...)
+			heldReplies.Inc()
+			out = out[:mark]
+			cs.heldTicket, cs.needTicket = max(cs.heldTicket, cs.needTicket), 0
+		}
 		if quit {
-			return len(in), out, true
+			return len(in), append(out, cs.held...), true
 		}
 		if cs.spilling {
 			break // its answer comes before the next command's
@@ -418,7 +437,7 @@ func (h *Handler) admit(now int64, cs *ConnState, args [][]byte, out []byte) []b
 		return decision(out, h.eng.AdmitSpilled(now, args[1], call, acct, prio))
 	}
 	d := h.eng.Admit(now, args[1], call, acct, prio)
-	if d.Reason == admission.CAPS && h.spill != nil && cs.wake != nil && !cs.inExec && cs.tx == nil && !cs.spilling {
+	if d.Reason == admission.CAPS && h.spill != nil && cs.wake != nil && !cs.inExec && cs.tx == nil && !cs.spilling && len(cs.held) == 0 {
 		cs.spill.refusal, cs.spill.ok = d, false
 		cs.spill.done.Store(false)
 		if h.spill.Spill(args, cs.spillDone) {
@@ -522,8 +541,14 @@ func (h *Handler) consume(now int64, cs *ConnState, args [][]byte, out []byte) [
 		id = args[5]
 	}
 	d := h.eng.Consume(now, args[1], args[2], units, id)
-	if id != nil && d.Admitted() && h.fwd != nil {
-		h.fwd.Consumed(args[1], args[2], id, d, &cs.forwarding)
+	if id != nil && d.Admitted() {
+		if h.fwd != nil {
+			h.fwd.Consumed(args[1], args[2], id, d, &cs.forwarding)
+		}
+		// Acknowledged once its key is on disk (durable.go).
+		if ticket, durable := h.eng.IDTickets(); ticket > durable && cs.wake != nil {
+			cs.needTicket = ticket
+		}
 	}
 	return decision(out, d)
 }

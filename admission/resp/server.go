@@ -275,7 +275,17 @@ func (s *Server) OnTraffic(c gnet.Conn) gnet.Action {
 		_, _ = c.Write(out)
 		cs.loop.out = out[:0]
 	}
+	if cs.Holding() {
+		// Replies held for the key store's commit go once it is done.
+		if out, ok := s.h.HeldReady(cs, cs.loop.out[:0]); ok {
+			_, _ = c.Write(out)
+			cs.loop.out = out[:0]
+		}
+	}
 	if total == 0 {
+		if cs.Holding() && !s.h.wait(cs) {
+			s.pace.next(c, &cs.paced)
+		}
 		return gnet.None
 	}
 	// Nothing runs for a client whose replies fill its part of the
@@ -313,6 +323,12 @@ func (s *Server) OnTraffic(c gnet.Conn) gnet.Action {
 	}
 	switch {
 	case closeConn:
+	case cs.Holding():
+		// Woken by the key store's commit (Handler.Released), which
+		// sends the held replies and runs the rest.
+		if !s.h.wait(cs) {
+			s.pace.next(c, &cs.paced)
+		}
 	case cs.blocked:
 		s.pace.after(c, &cs.paced, time.Millisecond) // when the cluster has room again
 	case cs.more || len(in) < total && n > 0:

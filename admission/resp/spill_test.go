@@ -54,7 +54,14 @@ func spillServer(t *testing.T, f *fakeSpiller) (addr string) {
 		Subscribers: admission.Unlimited, Tokens: admission.Unlimited}))
 	h := NewHandler(e, "")
 	h.SetSpiller(f)
-	s := NewServer(Config{Addr: "127.0.0.1:0"}, h, admission.NewFakeClock())
+	return serve(t, h, admission.NewFakeClock())
+}
+
+// serve serves h on a loopback port until the test ends and returns the
+// address.
+func serve(t *testing.T, h *Handler, clk admission.Clock) string {
+	t.Helper()
+	s := NewServer(Config{Addr: "127.0.0.1:0"}, h, clk)
 	require.NoError(t, s.Start())
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -1,0 +1,104 @@
+package resp
+
+import (
+	"bufio"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/capsgate/capsgate/admission"
+)
+
+// memKeys is a KeyStore whose commits the test makes (commit).
+type memKeys struct {
+	mu              sync.Mutex
+	keys            map[admission.Key]admission.Decision
+	ticket, durable atomic.Uint64
+	kicks           atomic.Int64
+}
+
+func (m *memKeys) Lookup(k admission.Key, _ int64) (admission.Decision, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	d, ok := m.keys[k]
+	return d, ok
+}
+
+func (m *memKeys) Remember(k admission.Key, _ int64, d admission.Decision) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.ticket.Add(1)
+	m.keys[k] = d
+}
+
+func (m *memKeys) Ticket() uint64  { return m.ticket.Load() }
+func (m *memKeys) Durable() uint64 { return m.durable.Load() }
+func (m *memKeys) Full() bool      { return false }
+
+// A CONSUME with ID is acknowledged once its key is committed: its reply
+// and every later one on the connection wait (the commands after it still
+// run), the commit is asked for at once, one commit releases a whole
+// pipeline in order, and other connections are answered meanwhile.
+func TestConsumeIDRepliesWaitForTheCommit(t *testing.T) {
+	keys := &memKeys{keys: map[admission.Key]admission.Decision{}}
+	cfg := admission.DefaultConfig()
+	cfg.Keys = keys
+	e := admission.NewEngine(cfg)
+	require.NoError(t, e.SetLimits("demo", admission.Limits{Licensed: true, CAPS: admission.Unlimited, Sessions: admission.Unlimited,
+		Subscribers: admission.Unlimited, Tokens: admission.Unlimited}))
+	h := NewHandler(e, "")
+	h.SetCommitKick(func() { keys.kicks.Add(1) })
+	addr := serve(t, h, admission.NewSystemClock())
+	c, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	defer c.Close()
+	r := bufio.NewReader(c)
+
+	// Without an ID nothing waits.
+	_, err = c.Write([]byte("CONSUME demo a 1\r\n"))
+	require.NoError(t, err)
+	require.Equal(t, "*4\r\n:1\r\n+OK\r\n:0\r\n:-1\r\n", replies(t, c, r, 5))
+
+	var cmds strings.Builder
+	cmds.WriteString("PING\r\n")
+	for _, id := range []string{"i1", "i2", "i3"} {
+		cmds.WriteString("CONSUME demo a 2 ID " + id + "\r\n")
+	}
+	cmds.WriteString("ECHO last\r\n")
+	_, err = c.Write([]byte(cmds.String()))
+	require.NoError(t, err)
+	require.Equal(t, "+PONG\r\n", replies(t, c, r, 1), "the reply before the first CONSUME ID goes at once")
+	require.Eventually(t, func() bool { return keys.Ticket() == 3 }, 5*time.Second, time.Millisecond,
+		"the commands after a held reply still run")
+	require.Positive(t, keys.kicks.Load(), "a commit was asked for")
+	require.Equal(t, "+PONG\r\n", dialPing(t, addr)(), "another client is answered meanwhile")
+	_ = c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	_, err = r.ReadByte()
+	require.Error(t, err, "nothing is acknowledged before the commit")
+
+	keys.durable.Store(2) // a commit that made i1 and i2 durable, not i3
+	h.Released()
+	_ = c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	_, err = r.ReadByte()
+	require.Error(t, err, "the replies wait for the last CONSUME ID among them")
+	keys.durable.Store(3)
+	h.Released()
+	want := "*4\r\n:1\r\n+OK\r\n:0\r\n:-1\r\n"
+	require.Equal(t, want+want+want+"$4\r\nlast\r\n", replies(t, c, r, 17), "one commit releases the pipeline, in order")
+
+	// A repeat of a durable ID waits for nothing; a new one waits again.
+	_, err = c.Write([]byte("CONSUME demo a 2 ID i1\r\nCONSUME demo a 2 ID i4\r\nPING\r\n"))
+	require.NoError(t, err)
+	require.Equal(t, want, replies(t, c, r, 5))
+	_ = c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	_, err = r.ReadByte()
+	require.Error(t, err)
+	keys.durable.Store(4)
+	h.Released()
+	require.Equal(t, want+"+PONG\r\n", replies(t, c, r, 6))
+}
