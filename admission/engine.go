@@ -606,7 +606,7 @@ func (e *Engine) Consume(now int64, service, acct []byte, units int64, id []byte
 	}
 	var key Key
 	if id != nil {
-		key = KeyOf(id).mix(KeyOf(acct))
+		key = AccountIDKey(acct, id)
 		if d, ok := e.knownID(now, s, key); ok {
 			return d
 		}
@@ -647,7 +647,22 @@ func (e *Engine) RecordConsumed(now int64, service, acct, id []byte, d Decision)
 	if s == nil || id == nil {
 		return true
 	}
-	key := KeyOf(id).mix(KeyOf(acct))
+	return e.RecordConsumedKey(now, service, AccountIDKey(acct, id), d)
+}
+
+// AccountIDKey is the key a CONSUME ID of an account is remembered under
+// within its service (IDKey scopes it by the service too, for the store).
+func AccountIDKey(acct, id []byte) Key { return KeyOf(id).mix(KeyOf(acct)) }
+
+// RecordConsumedKey is RecordConsumed for an ID known by its key
+// (AccountIDKey):
+// the form in which a member that was down gets the IDs charged elsewhere
+// meanwhile.
+func (e *Engine) RecordConsumedKey(now int64, service []byte, key Key, d Decision) bool {
+	s := e.service(service)
+	if s == nil {
+		return true
+	}
 	if _, ok := e.knownID(now, s, key); ok {
 		return false
 	}

@@ -47,7 +47,7 @@ func StoreKey(service string, k Key) Key {
 
 // IDKey is the key a store keeps for CONSUME service acct ... ID id.
 func IDKey(service string, acct, id []byte) Key {
-	return StoreKey(service, KeyOf(id).mix(KeyOf(acct)))
+	return StoreKey(service, AccountIDKey(acct, id))
 }
 
 // knownID returns the decision a CONSUME ID (key, already scoped by

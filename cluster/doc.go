@@ -203,9 +203,12 @@
 // store, admission/idstore, so across its restarts too), so a repeat
 // through another node gets the first decision, uncharged (a repeat that
 // arrives before the notice, milliseconds, is charged there too and
-// counted as a conflict). IDs are not in the replay log: a member that was
-// down when an ID was charged elsewhere does not learn it, and a repeat
-// through that member is charged again.
+// counted as a conflict). The IDs a member charged are kept apart in its
+// replay log (the last hour, at most replayIDsMax, 48 bytes each), so a
+// member that was down when they were charged gets them when it comes
+// back; one down longer, or while more were charged, misses the older
+// ones, and a repeat of one of those through it is charged again. The
+// replay goes to the member that came back only.
 //
 // Token pools are escrow. Each node reports, per pool, what it has charged
 // and its budget: what it may have charged in all. Every exchange a node

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"sort"
 	"sync"
@@ -8,6 +9,7 @@ import (
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
+	"github.com/hashicorp/memberlist"
 
 	"github.com/capsgate/capsgate/admission"
 	"github.com/capsgate/capsgate/admission/meter"
@@ -24,6 +26,10 @@ const (
 	opClaim      = 'c' // a subscriber newly registered here: others let it go
 	opConsumed   = 'i' // a CONSUME ID charged here: others remember it
 	opAllocation = 'a' // an account allocation made here: others take it
+	// opConsumedKey is opConsumed with the ID as its key (16 bytes,
+	// admission.AccountIDKey, big-endian halves): what a member that was
+	// down is sent of the IDs charged meanwhile.
+	opConsumedKey = 'k'
 )
 
 // op is one forwarded operation.
@@ -231,6 +237,11 @@ func (c *Cluster) apply(b []byte) {
 				c.log.Warn("a CONSUME ID was charged on two members before either heard of the other", "service", o.Service,
 					"account", o.Account, "from", m.Node)
 			}
+		case opConsumedKey:
+			if len(o.Key) == 16 {
+				k := admission.KeyFromParts(binary.BigEndian.Uint64(o.Key[:8]), binary.BigEndian.Uint64(o.Key[8:]))
+				c.cfg.Engine.RecordConsumedKey(now, []byte(o.Service), k, admission.Decision{Reason: admission.OK, Remaining: o.Remaining})
+			}
 		case opAllocation:
 			if o.Allocation != nil {
 				c.applyAllocations(map[string]map[string]meter.Allocation{o.Service: {o.Account: *o.Allocation}})
@@ -294,55 +305,106 @@ func (cl *claims) yields(o op, from, self string) bool {
 // replayLog keeps the operations sent lately, so that a member that was
 // down when they went out gets them when it comes back: it restores its
 // sessions and registrations from disk, and without them would hold calls
-// released and subscribers re-registered elsewhere meanwhile.
+// released and subscribers re-registered elsewhere meanwhile, and charge
+// again a repeat of a CONSUME ID charged elsewhere.
 type replayLog struct {
-	mu  sync.Mutex // guards ops
+	mu  sync.Mutex // guards the fields below
 	ops []op       // in the order sent; At ascending
+	// ids are the CONSUME IDs charged here, kept apart (they come at up to
+	// 1 M/s and would crowd out the rest) and compactly: 48 bytes each.
+	ids      []idRecord
+	services map[string]string // service names, interned for ids
+}
+
+// idRecord is a CONSUME ID charged here, as replayed.
+type idRecord struct {
+	at        int64
+	service   string
+	key       admission.Key // admission.AccountIDKey
+	remaining int64
 }
 
 // Bounds of the replay log: a member down longer than replayFor, or while
-// more than replayMax operations went out, gets only the latest (what it
-// misses then ends by its TTL).
+// more than replayMax operations (replayIDsMax IDs) went out, gets only
+// the latest (what it misses then ends by its TTL; an ID it misses is
+// charged again if repeated through it).
 const (
-	replayFor = time.Hour
-	replayMax = 200_000
+	replayFor    = time.Hour
+	replayMax    = 200_000
+	replayIDsMax = 1_000_000
 )
 
 func (r *replayLog) keep(batch []op) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, o := range batch {
-		if o.Kind != opConsumed { // IDs come at up to 1 M/s: they would crowd out the rest
+		if o.Kind != opConsumed {
 			r.ops = append(r.ops, o)
+			continue
 		}
-	}
-	cut := 0
-	if len(r.ops) > replayMax {
-		cut = len(r.ops) - replayMax
+		name, ok := r.services[o.Service]
+		if !ok {
+			if r.services == nil {
+				r.services = map[string]string{}
+			}
+			name = o.Service // services with a licence only: a few
+			r.services[name] = name
+		}
+		r.ids = append(r.ids, idRecord{at: o.At, service: name, key: admission.AccountIDKey([]byte(o.Account), o.Key), remaining: o.Remaining})
 	}
 	old := time.Now().Add(-replayFor).UnixNano()
-	for cut < len(r.ops) && r.ops[cut].At < old {
-		cut++
-	}
-	if cut > len(r.ops)/2 {
-		r.ops = append([]op(nil), r.ops[cut:]...)
-	}
+	r.ops = trim(r.ops, replayMax, func(o op) bool { return o.At < old })
+	r.ids = trim(r.ids, replayIDsMax, func(x idRecord) bool { return x.at < old })
 }
 
-// since returns the operations sent at or after t (ns).
+// trim drops the oldest entries beyond most and those stale says are too
+// old, copying only when it drops more than half.
+func trim[T any](s []T, most int, stale func(T) bool) []T {
+	cut := 0
+	if len(s) > most {
+		cut = len(s) - most
+	}
+	for cut < len(s) && stale(s[cut]) {
+		cut++
+	}
+	if cut > len(s)/2 {
+		return append([]T(nil), s[cut:]...)
+	}
+	return s
+}
+
+// since returns the operations sent at or after t (ns), the CONSUME IDs as
+// opConsumedKey.
 func (r *replayLog) since(t int64) []op {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	i := sort.Search(len(r.ops), func(i int) bool { return r.ops[i].At >= t })
-	return append([]op(nil), r.ops[i:]...)
+	out := append([]op(nil), r.ops[i:]...)
+	j := sort.Search(len(r.ids), func(i int) bool { return r.ids[i].at >= t })
+	for _, x := range r.ids[j:] {
+		hi, lo := x.key.Parts()
+		k := binary.BigEndian.AppendUint64(make([]byte, 0, 16), hi)
+		out = append(out, op{Kind: opConsumedKey, Service: x.service, Key: binary.BigEndian.AppendUint64(k, lo), Remaining: x.remaining, At: x.at})
+	}
+	return out
 }
 
 // replayTo sends a member that came back the operations it missed while it
-// was down (since a second before it was seen to fail), in batches, to
-// every member (a repeat is harmless: every operation is idempotent).
+// was down (since a second before it was seen to fail), in batches of
+// replayBatch, to that member (a repeat is harmless: every operation is
+// idempotent).
 func (c *Cluster) replayTo(member string, downSince time.Time) {
 	ops := c.replay.since(downSince.Add(-time.Second).UnixNano())
 	if len(ops) == 0 {
+		return
+	}
+	var to *memberlist.Node
+	for _, m := range c.ml.Members() {
+		if m.Name == member {
+			to = m
+		}
+	}
+	if to == nil {
 		return
 	}
 	c.log.Info("sending a member that came back what it missed", "member", member, "ops", len(ops))
@@ -352,8 +414,18 @@ func (c *Cluster) replayTo(member string, downSince time.Time) {
 			return
 		default:
 		}
-		n := min(len(ops), forwardBatch)
-		c.sendBatch(ops[:n])
+		n := min(len(ops), replayBatch)
+		msg, _ := json.Marshal(opsMsg{Node: c.cfg.NodeName, Ops: ops[:n]})
+		msg = append([]byte{msgOps}, msg...)
+		if err := c.ml.SendReliable(to, msg); err != nil {
+			c.log.Warn("cannot send a member that came back what it missed", "member", member, "err", oneLine(err))
+			return
+		}
+		bytesSent.Add(len(msg))
 		ops = ops[n:]
 	}
 }
+
+// replayBatch bounds the operations of one replay message (about 100 bytes
+// each in JSON; memberlist's streams take up to a few MB).
+const replayBatch = 4096

@@ -67,3 +67,69 @@ func TestConsumeIDAcrossNodesAndRestarts(t *testing.T) {
 	got, _ = total(t, c, "pp", "tokens_used", before+5, time.Second)
 	require.Equal(t, before+5, got)
 }
+
+// TestConsumeIDsReachAMemberThatWasDown: CONSUME IDs charged on n1 while n3
+// was killed reach n3 when it comes back (the replay of what it missed):
+// their repeats through n3 get the first decision, uncharged.
+func TestConsumeIDsReachAMemberThatWasDown(t *testing.T) {
+	needsProcesses(t, "3 capsgate nodes, one killed and restarted")
+	c := licensedFarm(t, []clustertest.Option{clustertest.WithArgs("--admission-idempotency-window", "840h")},
+		"pp", 1000, "--tokens", "100000", "--id", "pp-down")
+	n := c.Nodes()
+	n[2].Kill()
+	require.Eventually(t, func() bool {
+		ms, err := n[0].Members()
+		if err != nil {
+			return false
+		}
+		for _, m := range ms {
+			if m.Name == "n3" {
+				return m.State == "dead"
+			}
+		}
+		return false
+	}, 10*time.Second, 50*time.Millisecond, "n1 sees n3 dead")
+	const ids = 40
+	first := make([]int64, ids)
+	for i := range ids {
+		var ok bool
+		var reason string
+		var err error
+		for range 50 { // n1's budget may wait for its next exchange
+			if ok, reason, first[i], err = n[0].Decision("CONSUME", "pp", "acct1", "5", "ID", fmt.Sprintf("down-%d", i)); err != nil || ok {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		require.NoError(t, err)
+		require.True(t, ok, reason)
+	}
+	require.NoError(t, n[2].Restart())
+	c.WaitMembers(3, 10*time.Second)
+	used := func() int64 {
+		t.Helper()
+		var sum int64
+		for _, x := range c.Nodes() {
+			sum += quota(t, x, "pp", "tokens_used")
+		}
+		return sum
+	}
+	var charged int
+	require.Eventually(t, func() bool {
+		// The replay follows the rejoin: wait until n3 has stored the IDs
+		// (it charged none itself).
+		body, err := n[2].GetRaw("/metrics")
+		return err == nil && metric(t, body, "capsgate_idempotency_keys_written_total") >= ids
+	}, 10*time.Second, 50*time.Millisecond, "n3 stores the IDs charged while it was down")
+	before := used()
+	for i := range ids {
+		ok, reason, left, err := n[2].Decision("CONSUME", "pp", "acct1", "5", "ID", fmt.Sprintf("down-%d", i))
+		require.NoError(t, err)
+		require.True(t, ok, reason)
+		if left != first[i] {
+			charged++
+		}
+	}
+	require.Zero(t, charged, "a repeat through the member that was down gets the first decision")
+	require.Equal(t, before, used(), "and is not charged")
+}
