@@ -29,14 +29,7 @@ func TestConsumeIDAcrossNodesAndRestarts(t *testing.T) {
 		require.True(t, ok, reason)
 		first[i] = left
 	}
-	used := func() int64 {
-		t.Helper()
-		var sum int64
-		for _, x := range c.Nodes() {
-			sum += quota(t, x, "pp", "tokens_used")
-		}
-		return sum
-	}
+	used := func() int64 { t.Helper(); return tokensUsed(t, c, "pp") }
 	repeat := func(via func(i int) *clustertest.Node, what string) {
 		t.Helper()
 		before := used()
@@ -106,14 +99,7 @@ func TestConsumeIDsReachAMemberThatWasDown(t *testing.T) {
 	}
 	require.NoError(t, n[2].Restart())
 	c.WaitMembers(3, 10*time.Second)
-	used := func() int64 {
-		t.Helper()
-		var sum int64
-		for _, x := range c.Nodes() {
-			sum += quota(t, x, "pp", "tokens_used")
-		}
-		return sum
-	}
+	used := func() int64 { t.Helper(); return tokensUsed(t, c, "pp") }
 	var charged int
 	require.Eventually(t, func() bool {
 		// The replay follows the rejoin: wait until n3 has stored the IDs
@@ -132,4 +118,14 @@ func TestConsumeIDsReachAMemberThatWasDown(t *testing.T) {
 	}
 	require.Zero(t, charged, "a repeat through the member that was down gets the first decision")
 	require.Equal(t, before, used(), "and is not charged")
+}
+
+// tokensUsed sums QUOTA's tokens_used for service over c's nodes.
+func tokensUsed(t *testing.T, c *clustertest.Cluster, service string) int64 {
+	t.Helper()
+	var sum int64
+	for _, x := range c.Nodes() {
+		sum += quota(t, x, service, "tokens_used")
+	}
+	return sum
 }
