@@ -295,6 +295,35 @@ func (e *Engine) overload(now int64, prio Priority) (Decision, bool) {
 // [PRIORITY prio]). call and acct may be nil. The byte slices are only read
 // during the call.
 func (e *Engine) Admit(now int64, service, call, acct []byte, prio Priority) Decision {
+	return e.admit(now, service, call, acct, prio, false)
+}
+
+// AdmitSpillable is Admit for an attempt the caller may send to another
+// member when the CAPS bucket refuses it (a cluster's spilling): such a
+// refusal is not counted yet, and the caller settles it with exactly one
+// of Refused (the refusal stands) or SpilledOut (another member admitted
+// it), so that every attempt counts once in the farm's figures.
+func (e *Engine) AdmitSpillable(now int64, service, call, acct []byte, prio Priority) Decision {
+	return e.admit(now, service, call, acct, prio, true)
+}
+
+// Refused counts a refusal for CAPS that AdmitSpillable left uncounted.
+func (e *Engine) Refused(service []byte) {
+	if s := e.service(service); s != nil {
+		s.counts[CAPS].Add(1)
+	}
+}
+
+// SpilledOut counts an attempt AdmitSpillable refused for CAPS that another
+// member admitted (Stats.SpilledOut): it counts there as admitted, and here
+// in the demand only.
+func (e *Engine) SpilledOut(service []byte) {
+	if s := e.service(service); s != nil {
+		s.spilledOut.Add(1)
+	}
+}
+
+func (e *Engine) admit(now int64, service, call, acct []byte, prio Priority, spillable bool) Decision {
 	s := e.service(service)
 	if s == nil {
 		if prio != Emergency {
@@ -304,22 +333,25 @@ func (e *Engine) Admit(now int64, service, call, acct []byte, prio Priority) Dec
 		// An emergency call is never refused for want of a licence: it is
 		// kept under UnlicensedBucket, its call-id scoped by the name it
 		// gave.
-		return e.admitLocked(now, e.unlicensedBucket(), call, acct, prio, service)
+		return e.admitLocked(now, e.unlicensedBucket(), call, acct, prio, service, false)
 	}
 	if call == nil && prio != Emergency {
 		if l := s.lim.Load(); l.TokensPerAttempt == 0 || !l.Licensed {
-			return e.admitRate(now, s, l, prio)
+			return e.admitRate(now, s, l, prio, spillable)
 		}
 	}
-	return e.admitLocked(now, s, call, acct, prio, nil)
+	return e.admitLocked(now, s, call, acct, prio, nil, spillable)
 }
 
 // AdmitSpilled is Admit for an attempt another member's CAPS bucket refused
-// and spilled here: decided as any other, and counted apart when admitted
+// and spilled here: decided as any other, counted apart when admitted
 // (Stats.SpilledIn), so that the farm's demand counts it once, where it
-// arrived.
+// arrived, and not counted when the CAPS bucket here refuses it too (the
+// member counts that refusal).
 func (e *Engine) AdmitSpilled(now int64, service, call, acct []byte, prio Priority) Decision {
-	d := e.Admit(now, service, call, acct, prio)
+	// Its CAPS refusal is not counted here: the member that spilled it
+	// counts it, once it has its answer.
+	d := e.admit(now, service, call, acct, prio, true)
 	if d.Reason == OK {
 		if s := e.service(service); s != nil {
 			s.spilledIn.Add(1)
@@ -348,7 +380,7 @@ func sessionKey(call, scope []byte) Key {
 }
 
 // admitRate is the lock-free path: an attempt that needs only the CAPS bucket.
-func (e *Engine) admitRate(now int64, s *Service, l *derived, prio Priority) Decision {
+func (e *Engine) admitRate(now int64, s *Service, l *derived, prio Priority, spillable bool) Decision {
 	if !l.Licensed {
 		s.counts[UNLICENSED].Add(1)
 		return Decision{Reason: UNLICENSED, RetryAfterMS: retryUnlicensedMS, Remaining: 0}
@@ -357,7 +389,7 @@ func (e *Engine) admitRate(now int64, s *Service, l *derived, prio Priority) Dec
 		s.counts[OVERLOAD].Add(1)
 		return d
 	}
-	left, d, ok := e.takeCAPS(now, s, l, prio)
+	left, d, ok := e.takeCAPS(now, s, l, prio, spillable)
 	if !ok {
 		return d
 	}
@@ -366,8 +398,9 @@ func (e *Engine) admitRate(now int64, s *Service, l *derived, prio Priority) Dec
 }
 
 // takeCAPS takes a CAPS token (and, for PRIORITY high, a headroom token when
-// the licence is used up). On failure it counts the rejection.
-func (e *Engine) takeCAPS(now int64, s *Service, l *derived, prio Priority) (left int64, d Decision, ok bool) {
+// the licence is used up). On failure it counts the rejection, unless the
+// attempt is spillable (AdmitSpillable).
+func (e *Engine) takeCAPS(now int64, s *Service, l *derived, prio Priority, spillable bool) (left int64, d Decision, ok bool) {
 	ok, left = l.caps.take(&s.capsTAT, now)
 	if !ok && prio == High {
 		var hl int64
@@ -376,7 +409,9 @@ func (e *Engine) takeCAPS(now int64, s *Service, l *derived, prio Priority) (lef
 		}
 	}
 	if !ok {
-		s.counts[CAPS].Add(1)
+		if !spillable {
+			s.counts[CAPS].Add(1)
+		}
 		return 0, Decision{Reason: CAPS, RetryAfterMS: retryMS(left), Remaining: 0}, false
 	}
 	if prio == High {
@@ -386,7 +421,7 @@ func (e *Engine) takeCAPS(now int64, s *Service, l *derived, prio Priority) (lef
 }
 
 // admitLocked is the path for attempts that open a session or charge tokens.
-func (e *Engine) admitLocked(now int64, s *Service, call, acct []byte, prio Priority, scope []byte) Decision {
+func (e *Engine) admitLocked(now int64, s *Service, call, acct []byte, prio Priority, scope []byte, spillable bool) Decision {
 	var key Key
 	if call != nil {
 		key = sessionKey(call, scope)
@@ -451,7 +486,7 @@ func (e *Engine) admitLocked(now int64, s *Service, call, acct []byte, prio Prio
 		s.counts[OVERLOAD].Add(1)
 		return Decision{Reason: OVERLOAD, RetryAfterMS: retryReserveMS, Remaining: 0}
 	}
-	left, d, ok := e.takeCAPS(now, s, l, prio)
+	left, d, ok := e.takeCAPS(now, s, l, prio, spillable)
 	if !ok {
 		return d
 	}

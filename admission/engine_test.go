@@ -616,3 +616,35 @@ func TestLentDepth(t *testing.T) {
 	f(0, 0.01, 1) // a closed-looking share still has a token of depth
 	require.Equal(t, int64(30), Reserve(500))
 }
+
+// A spilled attempt counts once in the farm: a spillable refusal counts
+// only when settled (Refused, or SpilledOut when another member admitted
+// it, in the demand only); the member that decides a spilled attempt
+// counts it admitted (and SpilledIn) but not refused.
+func TestSpilledAttemptsCountOnce(t *testing.T) {
+	e, clk := newTestEngine(t, Limits{Licensed: true, CAPS: 1, Sessions: Unlimited, Subscribers: Unlimited, Tokens: Unlimited})
+	svc := []byte("voice")
+	now := clk.Now()
+	stats := func() Stats { return e.Service("voice").Stats() }
+	require.Equal(t, OK, e.AdmitSpillable(now, svc, nil, nil, Normal).Reason)
+	require.Equal(t, CAPS, e.AdmitSpillable(now, svc, nil, nil, Normal).Reason)
+	require.Equal(t, CAPS, e.AdmitSpillable(now, svc, []byte("c1"), nil, Normal).Reason, "the session path too")
+	st := stats()
+	require.Equal(t, uint64(1), st.Admissions[OK])
+	require.Zero(t, st.Admissions[CAPS], "not counted before it is settled")
+	e.Refused(svc)
+	e.SpilledOut(svc)
+	st = stats()
+	require.Equal(t, uint64(1), st.Admissions[CAPS])
+	require.Equal(t, uint64(1), st.SpilledOut)
+
+	require.Equal(t, CAPS, e.AdmitSpilled(now, svc, nil, nil, Normal).Reason)
+	require.Equal(t, uint64(1), stats().Admissions[CAPS], "a spilled attempt refused here is counted by its member")
+	require.Equal(t, CAPS, e.Admit(now, svc, nil, nil, Normal).Reason)
+	require.Equal(t, uint64(2), stats().Admissions[CAPS], "Admit counts at once")
+	clk.Advance(2 * time.Second)
+	require.Equal(t, OK, e.AdmitSpilled(clk.Now(), svc, nil, nil, Normal).Reason)
+	st = stats()
+	require.Equal(t, uint64(2), st.Admissions[OK])
+	require.Equal(t, uint64(1), st.SpilledIn)
+}

@@ -26,12 +26,13 @@ type Service struct {
 	headroomTAT atomic.Int64
 
 	// Counters, read by metrics and the meter without a lock.
-	counts    [NumReasons]atomic.Uint64 // decisions of ADMIT (normal and high) by reason
-	emergency atomic.Uint64             // emergency attempts admitted
-	high      atomic.Uint64             // PRIORITY high attempts admitted
-	spilledIn atomic.Uint64             // other members' spilled attempts admitted here (AdmitSpilled)
-	sessionsN atomic.Int64              // open licensed sessions (mirror of licensedSessions)
-	emergN    atomic.Int64              // open emergency sessions
+	counts     [NumReasons]atomic.Uint64 // decisions of ADMIT (normal and high) by reason
+	emergency  atomic.Uint64             // emergency attempts admitted
+	high       atomic.Uint64             // PRIORITY high attempts admitted
+	spilledIn  atomic.Uint64             // other members' spilled attempts admitted here (AdmitSpilled)
+	spilledOut atomic.Uint64             // attempts refused here and admitted by another member (SpilledOut)
+	sessionsN  atomic.Int64              // open licensed sessions (mirror of licensedSessions)
+	emergN     atomic.Int64              // open emergency sessions
 	// emergencyAll counts the open emergency sessions of every service
 	// of the engine (Config.MaxEmergencySessions).
 	emergencyAll *atomic.Int64
@@ -180,6 +181,9 @@ type Stats struct {
 	// SpilledIn counts the attempts other members spilled here that were
 	// admitted here (AdmitSpilled; also in Admissions[OK]).
 	SpilledIn uint64
+	// SpilledOut counts the attempts the CAPS bucket here refused that
+	// another member admitted (counted there, not in Admissions here).
+	SpilledOut uint64
 	// Open sessions counting against the licence, emergency sessions apart.
 	Sessions, EmergencySessions int64
 	Subscribers                 int64
@@ -207,6 +211,7 @@ func (s *Service) Stats() Stats {
 		Emergency:         s.emergency.Load(),
 		High:              s.high.Load(),
 		SpilledIn:         s.spilledIn.Load(),
+		SpilledOut:        s.spilledOut.Load(),
 		Sessions:          s.sessionsN.Load(),
 		EmergencySessions: s.emergN.Load(),
 		Subscribers:       s.subsN.Load(),

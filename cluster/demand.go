@@ -62,8 +62,8 @@ func ReadUsage(eng *admission.Engine) Usage {
 	for _, s := range services {
 		st := s.Stats()
 		a := st.Admissions
-		// An attempt another member spilled here counts where it arrived.
-		su := ServiceUsage{Name: s.Name(), Offered: a[admission.OK] + a[admission.CAPS] + a[admission.SESSIONS] + a[admission.TOKENS] - st.SpilledIn,
+		// An attempt spilled to another member counts where it arrived.
+		su := ServiceUsage{Name: s.Name(), Offered: a[admission.OK] + a[admission.CAPS] + a[admission.SESSIONS] + a[admission.TOKENS] + st.SpilledOut - st.SpilledIn,
 			Sessions: st.Sessions, Subscribers: st.Subscribers, PoolUsed: st.PoolUsed}
 		su.Depth, su.Avail = s.Bucket(now)
 		for _, p := range s.Pools() {

@@ -113,16 +113,17 @@
 // (a node short of attempts gets them in milliseconds), lent depth with
 // reserves, and spilling (SpillTo, spill.go): an attempt a node's bucket
 // refuses goes to the member whose bucket holds the most by its last
-// report, and to a second if that one refuses, so a Poisson clump on one
-// node is served from every bucket, as one bucket would serve it. A
+// report, and to the next (SpillTries in all) if that one refuses, so a
+// Poisson clump on one node is served from every bucket, as one bucket
+// would serve it. A
 // spilled attempt is admitted from that member's bucket, so the bounds
 // above hold unchanged; and nothing is spilled where no report shows
 // room, so an overload spills little (10 nodes at twice the licence:
-// 5,557 of 58,995 refusals in 60 s, 2,302 of them admitted). Without
+// 4,480 of 58,995 refusals in 60 s, 1,900 of them admitted). Without
 // spilling the farm refused 0.014 % on 10 nodes, 0.062 % on 30 nodes at
 // 1000 CAPS, 0.5 % on 100 nodes sharing 1000 CAPS (the 99 small ones
 // under 1 CAPS each), where it now refuses none (capsbench sim --table),
-// and 1.26 % instead of 0.002 % with stalling proxies on 10
+// and 1.26 % instead of 0.014 % with stalling proxies on 10
 // nodes. When all the load moves to
 // another node, that node enforces its whole demand 349-412 ms later on 3
 // nodes and 360-417 ms on 10 (seeds 1-5, TestLoadMoves): the nodes that
@@ -132,7 +133,7 @@
 // 1-5). A farm whose buckets an overload
 // emptied refuses more until they refill (so does one node: at 95 % after
 // 10 s at twice the licence, one node refused 0.02-0.20 % of the next
-// 10 s, 3 nodes 0.08-0.27 %, 10 nodes 0.14-0.34 %, over three seeds): the
+// 10 s, 3 nodes 0.07-0.32 %, 10 nodes 0.07-0.34 %, over three seeds): the
 // farm's burst, and so its debt after an overload, is deeper than one
 // node's, and the members' buckets are as empty as its own.
 //

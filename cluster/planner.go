@@ -736,4 +736,4 @@ func (p *Planner) SpillRefused(service, name string) {
 // SpillTries bounds the members one refused attempt is spilled to, one
 // after the other: a member that refuses (its bucket emptied since its
 // report) is taken as empty, and the next with the most room is asked.
-const SpillTries = 2
+const SpillTries = 3

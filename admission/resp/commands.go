@@ -69,11 +69,16 @@ type ConnState struct {
 
 // spillWait is an ADMIT waiting for the member it was spilled to.
 type spillWait struct {
+	service []byte             // the ADMIT's, for the count once settled
 	refusal admission.Decision // this node's, replied unless the member admits
 	d       admission.Decision // the member's, when admitted
 	ok      bool               // the member admitted
 	done    atomic.Bool
-	wake    func()
+	// gone: the connection closed while it waited; finish settles the
+	// count itself then (with eng).
+	gone atomic.Bool
+	eng  *admission.Engine
+	wake func()
 }
 
 // finish takes the member's answer (ok: it admitted, with d) and has the
@@ -81,7 +86,37 @@ type spillWait struct {
 func (w *spillWait) finish(d admission.Decision, ok bool) {
 	w.d, w.ok = d, ok
 	w.done.Store(true)
+	if w.gone.Load() && w.done.CompareAndSwap(true, false) {
+		w.settle() // the connection closed first and left it here
+		return
+	}
 	w.wake()
+}
+
+// settle counts the spilled attempt: admitted by the member, or refused.
+func (w *spillWait) settle() {
+	if w.ok {
+		spillAdmitted.Inc()
+		w.eng.SpilledOut(w.service)
+		return
+	}
+	spillRefused.Inc()
+	w.eng.Refused(w.service)
+}
+
+// Closed settles a spilled ADMIT whose connection closed before its
+// answer was sent: now if the answer has come, else when it comes. Called
+// on the connection's event loop when it closes.
+func (cs *ConnState) Closed() {
+	if !cs.spilling {
+		return
+	}
+	cs.spilling = false
+	w := &cs.spill
+	w.gone.Store(true)
+	if w.done.CompareAndSwap(true, false) {
+		w.settle()
+	}
 }
 
 // SetWake says how the server runs a connection again from another
@@ -96,18 +131,18 @@ func (cs *ConnState) SetWake(wake func()) {
 func (cs *ConnState) Spilling() bool { return cs.spilling && !cs.spill.done.Load() }
 
 // Spilled appends the answer to the connection's spilled ADMIT, once it has
-// come (Spilling is false), and forgets it; it reports whether there was one.
-func (cs *ConnState) Spilled(out []byte) ([]byte, bool) {
+// come (cs.Spilling is false), forgets it and settles its count (admitted
+// by the member, or refused here); it reports whether there was one.
+func (h *Handler) Spilled(cs *ConnState, out []byte) ([]byte, bool) {
 	w := &cs.spill
 	if !cs.spilling || !w.done.Load() {
 		return out, false
 	}
 	cs.spilling = false
+	w.settle()
 	if w.ok {
-		spillAdmitted.Inc()
 		return decision(out, w.d), true
 	}
-	spillRefused.Inc()
 	return decision(out, w.refusal), true
 }
 
@@ -436,15 +471,20 @@ func (h *Handler) admit(now int64, cs *ConnState, args [][]byte, out []byte) []b
 	if spilled {
 		return decision(out, h.eng.AdmitSpilled(now, args[1], call, acct, prio))
 	}
-	d := h.eng.Admit(now, args[1], call, acct, prio)
-	if d.Reason == admission.CAPS && h.spill != nil && cs.wake != nil && !cs.inExec && cs.tx == nil && !cs.spilling && len(cs.held) == 0 {
-		cs.spill.refusal, cs.spill.ok = d, false
+	if h.spill == nil || cs.wake == nil || cs.inExec || cs.tx != nil || cs.spilling || len(cs.held) > 0 {
+		return decision(out, h.eng.Admit(now, args[1], call, acct, prio))
+	}
+	d := h.eng.AdmitSpillable(now, args[1], call, acct, prio)
+	if d.Reason == admission.CAPS {
+		cs.spill.refusal, cs.spill.ok, cs.spill.eng = d, false, h.eng
 		cs.spill.done.Store(false)
 		if h.spill.Spill(args, cs.spillDone) {
 			spillSent.Inc()
+			cs.spill.service = append(cs.spill.service[:0], args[1]...)
 			cs.spilling = true
 			return out
 		}
+		h.eng.Refused(args[1])
 	}
 	return decision(out, d)
 }

@@ -244,6 +244,7 @@ func (s *Server) OnClose(c gnet.Conn, _ error) gnet.Action {
 		return gnet.None
 	}
 	c.SetContext(nil)
+	cs.Closed()
 	s.conns.Add(-1)
 	openConns.Add(-1)
 	s.mu.Lock()
@@ -271,7 +272,7 @@ func (s *Server) OnTraffic(c gnet.Conn) gnet.Action {
 			}
 			return gnet.None
 		}
-		out, _ := cs.Spilled(cs.loop.out[:0])
+		out, _ := s.h.Spilled(cs, cs.loop.out[:0])
 		_, _ = c.Write(out)
 		cs.loop.out = out[:0]
 	}

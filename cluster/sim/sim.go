@@ -402,6 +402,7 @@ func Run(sc Scenario) (Result, error) {
 			d := n.engine.AdmitSpilled(base+sp.at, svc, nil, nil, admission.Normal)
 			res.Spilled++
 			if d.Reason == admission.OK {
+				from.engine.SpilledOut(svc)
 				res.SpilledAdmitted++
 				res.Admitted++
 				res.Refused--
@@ -422,6 +423,7 @@ func Run(sc Scenario) (Result, error) {
 						continue
 					}
 				}
+				from.engine.Refused(svc)
 				from.lastRefusal = max(from.lastRefusal, sp.sent)
 			}
 		}
@@ -433,7 +435,7 @@ func Run(sc Scenario) (Result, error) {
 			}
 			for arrivals[i] < stepEnd {
 				at := arrivals[i]
-				d := n.engine.Admit(base+at, svc, nil, nil, admission.Normal)
+				d := n.engine.AdmitSpillable(base+at, svc, nil, nil, admission.Normal)
 				below := total(at) <= sc.CAPS
 				res.Offered++
 				n.series.Offered[at/int64(Step)]++
@@ -453,6 +455,7 @@ func Run(sc Scenario) (Result, error) {
 					if to, ok := n.planner.SpillTo(epoch.Add(time.Duration(at)), Service, sc.CAPS); ok && members > 1 {
 						spills = append(spills, spill{at: at + oneWay(), sent: at, from: min(i, members-1), to: index[to], below: below})
 					} else {
+						n.engine.Refused(svc) // as the node counts it
 						n.lastRefusal = at
 					}
 				}
