@@ -45,7 +45,11 @@
 //
 // Agreement. A node plans from the demand and debt it last reported, not
 // from what it measured a moment ago: every node then computes the same
-// parts from the same vectors. What it measures goes into the report sent
+// parts from the same vectors, once the report has arrived. While its last
+// report may still be on its way (ReportSettle, 5 ms), a node plans its
+// own part from the lower of its last two reports, so that it never counts
+// itself as rising where a member that planned on the report before does
+// not: both would take the same room. What it measures goes into the report sent
 // after the plan and counts from its next plan. A node applies a fall of
 // its part at once. A rise goes no further than the room the other live
 // members' reports leave (L less the parts they apply, a member that has
@@ -119,21 +123,21 @@
 // spilled attempt is admitted from that member's bucket, so the bounds
 // above hold unchanged; and nothing is spilled where no report shows
 // room, so an overload spills little (10 nodes at twice the licence:
-// 4,480 of 58,995 refusals in 60 s, 1,900 of them admitted). Without
+// 4,405 of 58,995 refusals in 60 s, 1,873 of them admitted). Without
 // spilling the farm refused 0.014 % on 10 nodes, 0.062 % on 30 nodes at
 // 1000 CAPS, 0.5 % on 100 nodes sharing 1000 CAPS (the 99 small ones
 // under 1 CAPS each), where it now refuses none (capsbench sim --table),
-// and 1.26 % instead of 0.014 % with stalling proxies on 10
+// and 1.26 % instead of 0.011 % with stalling proxies on 10
 // nodes. When all the load moves to
-// another node, that node enforces its whole demand 349-412 ms later on 3
-// nodes and 360-417 ms on 10 (seeds 1-5, TestLoadMoves): the nodes that
+// another node, that node enforces its whole demand 344-428 ms later on 3
+// nodes and 341-417 ms on 10 (seeds 1-5, TestLoadMoves): the nodes that
 // lost the load hold their parts until their meters see it gone (250 ms,
 // so that a proxy stalled for 200 ms keeps its part); what its bucket
 // refuses meanwhile is spilled to them (none refused after the move, seeds
 // 1-5). A farm whose buckets an overload
 // emptied refuses more until they refill (so does one node: at 95 % after
 // 10 s at twice the licence, one node refused 0.02-0.20 % of the next
-// 10 s, 3 nodes 0.07-0.32 %, 10 nodes 0.07-0.34 %, over three seeds): the
+// 10 s, 3 nodes 0.07-0.32 %, 10 nodes 0.13-0.31 %, over three seeds): the
 // farm's burst, and so its debt after an overload, is deeper than one
 // node's, and the members' buckets are as empty as its own.
 //

@@ -28,8 +28,10 @@ type Planner struct {
 	peers map[string]*view // every other member ever heard of
 	meter *demandMeter
 	side  Side
-	// local is this node's last report.
-	local Report
+	// local is this node's last report, sent at localAt; prior the one
+	// before it.
+	local, prior Report
+	localAt      time.Time
 	// applied are this node's parts as applied (and reported); computed the
 	// parts as computed at the previous exchange (a token budget applies
 	// one exchange late); budget this node's token budgets as planned.
@@ -295,9 +297,17 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 	// from the same vectors, and parts computed alike sum to the licence.
 	// What it measures now goes into the report it sends after this plan,
 	// and counts from its next one (early, when the others react).
-	sent := p.local
+	// A report sent less than ReportSettle ago may not have reached the
+	// others yet: of it and the one before, this node plans its own part
+	// from the one that asks less (per service), so that it never counts
+	// itself as rising where a member that planned on the report before
+	// does not (both would take the same room).
+	sent, older := p.local, p.local
+	if now.Sub(p.localAt) < ReportSettle {
+		older = p.prior
+	}
 	demand, rate, held := p.meter.measure(u, now.Sub(p.start).Seconds())
-	p.local = Report{Demand: demand, TokenRate: rate, Held: held}
+	p.prior, p.local, p.localAt = p.local, Report{Demand: demand, TokenRate: rate, Held: held}, now
 
 	var failed []failure
 	for name, v := range p.peers {
@@ -331,6 +341,9 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 			if n == p.self {
 				d, h = sent.Demand[service], held[service]
 				h.Owed = sent.Held[service].Owed
+				if od, oo := older.Demand[service], older.Held[service].Owed; od+float64(oo)/RepayIn.Seconds() < d+float64(h.Owed)/RepayIn.Seconds() {
+					d, h.Owed = od, oo
+				}
 			} else if v := p.peers[n]; v != nil {
 				// A stale report's demand is dropped, but what a live member
 				// holds is kept until it is declared dead: its sessions do
@@ -732,6 +745,11 @@ func (p *Planner) SpillRefused(service, name string) {
 	}
 	v.spilled[service] = math.MaxInt32
 }
+
+// ReportSettle is how long a report of this node's may take to reach the
+// others (far beyond a LAN's delays): within it, this node plans its own
+// part from the lower of its last two reports (see plan).
+const ReportSettle = 5 * time.Millisecond
 
 // SpillTries bounds the members one refused attempt is spilled to, one
 // after the other: a member that refuses (its bucket emptied since its
