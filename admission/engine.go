@@ -467,7 +467,7 @@ func (e *Engine) admitLocked(now int64, s *Service, call, acct []byte, prio Prio
 			limit = l.highSessions
 		}
 		if s.licensedSessions >= limit {
-			s.sweepAtLimit(&s.sessions.lastFull, now, s.sessions.expire)
+			s.sweepAtLimit(&s.sessions.lastFull, now, s.sessions.expireSome)
 		}
 		if s.licensedSessions >= limit {
 			s.counts[SESSIONS].Add(1)
@@ -602,7 +602,7 @@ func (e *Engine) RegisterNew(now int64, service, sub []byte, ttl int64) (Decisio
 		return Decision{Reason: OK, Remaining: left()}, false
 	}
 	if l.Subscribers != Unlimited && int64(s.subscribers.len()) >= l.Subscribers {
-		s.sweepAtLimit(&s.subscribers.lastFull, now, s.subscribers.expire)
+		s.sweepAtLimit(&s.subscribers.lastFull, now, s.subscribers.expireSome)
 		if int64(s.subscribers.len()) >= l.Subscribers {
 			return Decision{Reason: SUBSCRIBERS, RetryAfterMS: retryCountedMS, Remaining: 0}, false
 		}
@@ -750,14 +750,19 @@ func (e *Engine) SetAccount(service, acct string, tokens int64, ov Overage) erro
 }
 
 // Tick does the engine's housekeeping: it expires sessions, subscribers and
-// idempotency keys that are due and updates each service's used-CAPS
-// figure. Call it every 100 ms to 1 s from one goroutine, off the event loops.
+// idempotency keys that are due, in steps of ExpireBatch under the
+// service's lock, and updates each service's used-CAPS figure. Call it
+// every 100 ms to 1 s from one goroutine, off the event loops.
 func (e *Engine) Tick(now int64) {
 	for _, s := range *e.services.Load() {
+		// Expiry in steps of ExpireBatch, the lock let go between them.
+		for done := false; !done; {
+			s.mu.Lock()
+			done = s.sessions.expireSome(now, ExpireBatch) && s.subscribers.expireSome(now, ExpireBatch) &&
+				s.consumed.expireSome(now, ExpireBatch)
+			s.mu.Unlock()
+		}
 		s.mu.Lock()
-		s.sessions.expire(now)
-		s.subscribers.expire(now)
-		s.consumed.expire(now)
 		if el := now - s.rateMark; el >= int64(time.Second) || s.rateMark == 0 {
 			n := s.counts[OK].Load() + s.emergency.Load()
 			if s.rateMark != 0 {

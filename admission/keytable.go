@@ -136,20 +136,38 @@ func (t *table[V]) del(k Key, now int64) (v V, live bool) {
 // expire removes every entry due at now, calling gone for each value. It
 // visits the slots of the seconds since the last sweep (all of them at most
 // once) and the current second's slot, which it will visit again next time.
-func (t *table[V]) expire(now int64) {
+func (t *table[V]) expire(now int64) { t.expireSome(now, -1) }
+
+// ExpireBatch bounds the entries one step of expiry removes under a
+// service's lock (Engine.Tick takes as many steps as it needs, letting go
+// of the lock between them): a million registrations due in the same
+// second are removed in steps of this many, and the event loops deciding
+// on that service wait for one step at most, not for all of them.
+const ExpireBatch = 4096
+
+// expireSome is expire removing at most limit entries (limit < 0: no
+// bound). It reports whether it removed everything due; if not, the next
+// call goes on from the slot where it stopped.
+func (t *table[V]) expireSome(now int64, limit int) bool {
 	sec := now / 1e9
 	from := t.swept + 1
 	if t.swept < 0 || sec-from >= wheelSlots {
 		from = sec - wheelSlots + 1
 	}
+	removed := 0
 	for s := from; s <= sec; s++ {
 		slot := int32(((s % wheelSlots) + wheelSlots) % wheelSlots)
 		for i := t.heads[slot]; i != none; {
+			if limit >= 0 && removed >= limit {
+				t.swept = s - 1 // this slot again, from its head
+				return false
+			}
 			e := &t.ents[i]
 			next := e.next
 			if e.exp <= now {
 				v := e.v
 				t.remove(i)
+				removed++
 				if t.gone != nil {
 					t.gone(v)
 				}
@@ -158,6 +176,7 @@ func (t *table[V]) expire(now int64) {
 		}
 	}
 	t.swept = sec - 1
+	return true
 }
 
 func (t *table[V]) remove(i int32) {

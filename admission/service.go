@@ -135,12 +135,14 @@ func (s *Service) poolFor(acct []byte) (*pool, *account) {
 }
 
 // sweepAtLimit expires what is due before a full table refuses, so the
-// count is exact, but at most once a millisecond: a flood of refused
-// attempts must not sweep the wheel for each one. Called with mu held.
-func (s *Service) sweepAtLimit(last *int64, now int64, expire func(int64)) {
+// count is exact, but at most once a millisecond and at most ExpireBatch
+// entries: a flood of refused attempts must not sweep the wheel for each
+// one, nor one attempt wait for a million expiries (Tick does the rest).
+// Called with mu held.
+func (s *Service) sweepAtLimit(last *int64, now int64, expire func(int64, int) bool) {
 	if now-*last >= int64(time.Millisecond) || now < *last {
 		*last = now
-		expire(now)
+		expire(now, ExpireBatch) // on the decision path: one step at most
 	}
 }
 
