@@ -1,6 +1,10 @@
 package admission
 
-import "github.com/zeebo/xxh3"
+import (
+	"slices"
+
+	"github.com/zeebo/xxh3"
+)
 
 // Key identifies a call-id, subscriber or idempotency key by a 128-bit hash
 // of its bytes. Storing the hash instead of the bytes keeps insertion free of
@@ -82,6 +86,20 @@ func (t *table[V]) get(k Key, now int64) (*entry[V], bool) {
 		return nil, false
 	}
 	return e, true
+}
+
+// reserve makes room for n more entries at once (a restore): the slab and
+// the index grow once instead of doubling their way there.
+func (t *table[V]) reserve(n int) {
+	if n <= 0 {
+		return
+	}
+	if need := len(t.ents) + n; cap(t.ents) < need {
+		t.ents = slices.Grow(t.ents, n)
+	}
+	if len(t.idx) == 0 {
+		t.idx = make(map[Key]int32, n)
+	}
 }
 
 // put inserts k (which must not be live) with value v until exp.

@@ -77,6 +77,9 @@ func (s *Service) Drain(buf []Change) (changes []Change, lost bool) {
 func (s *Service) Snapshot(now int64, out, buf []Change) (snap, drained []Change) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if need := s.sessions.len() + s.subscribers.len() + s.consumed.len(); cap(out) < need {
+		out = make([]Change, 0, need) // once, not doubling through millions
+	}
 	for i := range s.sessions.ents {
 		e := &s.sessions.ents[i]
 		if e.slot == none || e.exp <= now {
@@ -126,6 +129,17 @@ func (e *Engine) Restore(now int64, service string, changes []Change) (sessions,
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	var nSess, nSubs int
+	for i := range changes {
+		switch changes[i].Kind {
+		case SessionOpened:
+			nSess++
+		case SubscriberSet:
+			nSubs++
+		}
+	}
+	s.sessions.reserve(nSess) // the slab and index once, not doubling
+	s.subscribers.reserve(nSubs)
 	for _, c := range changes {
 		switch c.Kind {
 		case SessionOpened:

@@ -181,18 +181,43 @@ func (j *Journal) files() (snaps, journals []uint64, err error) {
 // replay is the state a snapshot and journal describe, service by service.
 type replay map[string]*replayService
 
+// replayService is one service's entries as the records leave them: one
+// slice in order of appearance (a removed entry is left with Kind 0) and
+// an index of the live ones, so that a record costs one map operation and
+// the restore walks the slice.
 type replayService struct {
-	order    []admission.Key // first appearance, for a stable restore
-	sessions map[admission.Key]admission.Change
-	subs     map[admission.Key]admission.Change
-	consumed map[admission.Key]admission.Change
+	changes []admission.Change
+	at      map[replayKey]int32
+}
+
+// replayKey is an entry's key in one of a service's tables.
+type replayKey struct {
+	table uint8 // admission.SessionOpened, SubscriberSet or ConsumedSet
+	key   admission.Key
+}
+
+func (s *replayService) put(table admission.ChangeKind, c admission.Change) {
+	k := replayKey{uint8(table), c.Key}
+	if i, ok := s.at[k]; ok {
+		s.changes[i] = c
+		return
+	}
+	s.at[k] = int32(len(s.changes))
+	s.changes = append(s.changes, c)
+}
+
+func (s *replayService) drop(table admission.ChangeKind, key admission.Key) {
+	k := replayKey{uint8(table), key}
+	if i, ok := s.at[k]; ok {
+		s.changes[i].Kind = 0
+		delete(s.at, k)
+	}
 }
 
 func (r replay) apply(rec record) {
 	s := r[rec.service]
 	if s == nil || rec.kind == kindReset {
-		s = &replayService{sessions: map[admission.Key]admission.Change{}, subs: map[admission.Key]admission.Change{},
-			consumed: map[admission.Key]admission.Change{}}
+		s = &replayService{at: map[replayKey]int32{}}
 		r[rec.service] = s
 		if rec.kind == kindReset {
 			return
@@ -200,24 +225,15 @@ func (r replay) apply(rec record) {
 	}
 	switch rec.Kind {
 	case admission.SessionOpened:
-		if _, ok := s.sessions[rec.Key]; !ok {
-			s.order = append(s.order, rec.Key)
-		}
-		s.sessions[rec.Key] = rec.Change
+		s.put(admission.SessionOpened, rec.Change)
 	case admission.SessionClosed:
-		delete(s.sessions, rec.Key)
+		s.drop(admission.SessionOpened, rec.Key)
 	case admission.SubscriberSet:
-		if _, ok := s.subs[rec.Key]; !ok {
-			s.order = append(s.order, rec.Key)
-		}
-		s.subs[rec.Key] = rec.Change
+		s.put(admission.SubscriberSet, rec.Change)
 	case admission.SubscriberGone:
-		delete(s.subs, rec.Key)
+		s.drop(admission.SubscriberSet, rec.Key)
 	case admission.ConsumedSet:
-		if _, ok := s.consumed[rec.Key]; !ok {
-			s.order = append(s.order, rec.Key)
-		}
-		s.consumed[rec.Key] = rec.Change
+		s.put(admission.ConsumedSet, rec.Change)
 	}
 }
 
@@ -251,16 +267,14 @@ func (j *Journal) load() error {
 	slices.Sort(names)
 	for _, name := range names {
 		s := r[name]
-		changes := make([]admission.Change, 0, len(s.sessions)+len(s.subs)+len(s.consumed))
-		for _, k := range s.order {
-			for _, m := range []map[admission.Key]admission.Change{s.sessions, s.subs, s.consumed} {
-				if c, ok := m[k]; ok {
-					c.Expires = now + (c.Expires - wallNow) // Unix ns to engine instant
-					changes = append(changes, c)
-					delete(m, k) // a key in both tables (unlikely) comes once each
-				}
+		changes := s.changes[:0] // compacted in place: the live ones, in order
+		for _, c := range s.changes {
+			if c.Kind != 0 {
+				c.Expires = now + (c.Expires - wallNow) // Unix ns to engine instant
+				changes = append(changes, c)
 			}
 		}
+		s.at = nil
 		sess, subs, err := j.cfg.Engine.Restore(now, name, changes)
 		if err != nil {
 			j.recovery.Dropped++
