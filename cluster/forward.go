@@ -257,14 +257,18 @@ func (c *Cluster) apply(b []byte) {
 // claims remembers the subscribers this node claimed lately, to settle two
 // members registering the same subscriber at once: the later claim wins,
 // and of two made in the same instant the one from the first member name.
+// Two generations of claimMemory/2 each: a claim is found for at least
+// claimMemory/2 and at most claimMemory, and forgetting a generation drops
+// its map whole, never walking it (a million claims in a few seconds were
+// walked under the lock, on the event loop that registered the next one).
 type claims struct {
-	mu     sync.Mutex // guards recent
-	recent map[string]int64
-	pruned time.Time
+	mu        sync.Mutex // guards the fields below
+	cur, prev map[string]int64
+	curSince  int64 // when cur began (ns)
 }
 
-// claimMemory is how long a claim is remembered: far longer than a claim
-// takes to reach every member.
+// claimMemory is how long a claim may be remembered: far longer than a
+// claim takes to reach every member.
 const claimMemory = 10 * time.Second
 
 func claimKey(o op) string { return o.Service + "\x00" + string(o.Key) }
@@ -272,18 +276,10 @@ func claimKey(o op) string { return o.Service + "\x00" + string(o.Key) }
 func (cl *claims) made(o op) {
 	cl.mu.Lock()
 	defer cl.mu.Unlock()
-	if cl.recent == nil {
-		cl.recent = map[string]int64{}
+	if cl.cur == nil || o.At-cl.curSince >= int64(claimMemory/2) {
+		cl.prev, cl.cur, cl.curSince = cl.cur, map[string]int64{}, o.At
 	}
-	cl.recent[claimKey(o)] = o.At
-	if now := time.Unix(0, o.At); now.Sub(cl.pruned) > claimMemory {
-		for k, at := range cl.recent {
-			if now.Sub(time.Unix(0, at)) > claimMemory {
-				delete(cl.recent, k)
-			}
-		}
-		cl.pruned = now
-	}
+	cl.cur[claimKey(o)] = o.At
 }
 
 // yields reports whether this node (self) lets go of a subscriber that
@@ -292,7 +288,11 @@ func (cl *claims) made(o op) {
 func (cl *claims) yields(o op, from, self string) bool {
 	cl.mu.Lock()
 	defer cl.mu.Unlock()
-	mine, ok := cl.recent[claimKey(o)]
+	k := claimKey(o)
+	mine, ok := cl.cur[k]
+	if !ok {
+		mine, ok = cl.prev[k]
+	}
 	switch {
 	case !ok || mine < o.At:
 		return true
@@ -309,10 +309,10 @@ func (cl *claims) yields(o op, from, self string) bool {
 // again a repeat of a CONSUME ID charged elsewhere.
 type replayLog struct {
 	mu  sync.Mutex // guards the fields below
-	ops []op       // in the order sent; At ascending
+	ops ring[op]   // in the order sent; At ascending
 	// ids are the CONSUME IDs charged here, kept apart (they come at up to
 	// 1 M/s and would crowd out the rest) and compactly: 48 bytes each.
-	ids      []idRecord
+	ids      ring[idRecord]
 	services map[string]string // service names, interned for ids
 }
 
@@ -334,12 +334,39 @@ const (
 	replayIDsMax = 1_000_000
 )
 
+// ring keeps the last max values pushed, in order, overwriting the oldest:
+// bounded, and never copied once full (a log trimmed by copying its tail
+// moved hundreds of MB an hour under a million re-registrations).
+type ring[T any] struct {
+	buf  []T
+	head int // the oldest once full
+	max  int
+}
+
+func (r *ring[T]) push(x T) {
+	if len(r.buf) < r.max {
+		r.buf = append(r.buf, x)
+		return
+	}
+	r.buf[r.head] = x
+	r.head = (r.head + 1) % r.max
+}
+
+func (r *ring[T]) len() int    { return len(r.buf) }
+func (r *ring[T]) at(i int) *T { return &r.buf[(r.head+i)%len(r.buf)] }
+
+// from returns the index of the first value at or after t (ns), by at.
+func (r *ring[T]) from(t int64, at func(*T) int64) int {
+	return sort.Search(r.len(), func(i int) bool { return at(r.at(i)) >= t })
+}
+
 func (r *replayLog) keep(batch []op) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.ops.max, r.ids.max = replayMax, replayIDsMax
 	for _, o := range batch {
 		if o.Kind != opConsumed {
-			r.ops = append(r.ops, o)
+			r.ops.push(o)
 			continue
 		}
 		name, ok := r.services[o.Service]
@@ -350,38 +377,22 @@ func (r *replayLog) keep(batch []op) {
 			name = o.Service // services with a licence only: a few
 			r.services[name] = name
 		}
-		r.ids = append(r.ids, idRecord{at: o.At, service: name, key: admission.AccountIDKey([]byte(o.Account), o.Key), remaining: o.Remaining})
+		r.ids.push(idRecord{at: o.At, service: name, key: admission.AccountIDKey([]byte(o.Account), o.Key), remaining: o.Remaining})
 	}
-	old := time.Now().Add(-replayFor).UnixNano()
-	r.ops = trim(r.ops, replayMax, func(o op) bool { return o.At < old })
-	r.ids = trim(r.ids, replayIDsMax, func(x idRecord) bool { return x.at < old })
 }
 
-// trim drops the oldest entries beyond most and those stale says are too
-// old, copying only when it drops more than half.
-func trim[T any](s []T, most int, stale func(T) bool) []T {
-	cut := 0
-	if len(s) > most {
-		cut = len(s) - most
-	}
-	for cut < len(s) && stale(s[cut]) {
-		cut++
-	}
-	if cut > len(s)/2 {
-		return append([]T(nil), s[cut:]...)
-	}
-	return s
-}
-
-// since returns the operations sent at or after t (ns), the CONSUME IDs as
-// opConsumedKey.
+// since returns the operations sent at or after t (ns) and within
+// replayFor of now, the CONSUME IDs as opConsumedKey.
 func (r *replayLog) since(t int64) []op {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	i := sort.Search(len(r.ops), func(i int) bool { return r.ops[i].At >= t })
-	out := append([]op(nil), r.ops[i:]...)
-	j := sort.Search(len(r.ids), func(i int) bool { return r.ids[i].at >= t })
-	for _, x := range r.ids[j:] {
+	t = max(t, time.Now().Add(-replayFor).UnixNano())
+	var out []op
+	for i := r.ops.from(t, func(o *op) int64 { return o.At }); i < r.ops.len(); i++ {
+		out = append(out, *r.ops.at(i))
+	}
+	for i := r.ids.from(t, func(x *idRecord) int64 { return x.at }); i < r.ids.len(); i++ {
+		x := r.ids.at(i)
 		hi, lo := x.key.Parts()
 		k := binary.BigEndian.AppendUint64(make([]byte, 0, 16), hi)
 		out = append(out, op{Kind: opConsumedKey, Service: x.service, Key: binary.BigEndian.AppendUint64(k, lo), Remaining: x.remaining, At: x.at})

@@ -95,3 +95,44 @@ func TestClaimsSettleTies(t *testing.T) {
 	require.True(t, cl.yields(o, "a", "b"), "same instant: the first name keeps it")
 	require.True(t, cl.yields(op{Service: "voice", Key: []byte("sip:bob"), At: 1}, "b", "a"), "another subscriber")
 }
+
+// A claim is remembered for claimMemory/2 at least and claimMemory at most,
+// in two generations dropped whole.
+func TestClaimsForgetByGeneration(t *testing.T) {
+	var cl claims
+	s := int64(time.Second)
+	alice := func(at int64) op { return op{Kind: opClaim, Service: "voice", Key: []byte("sip:alice"), At: at} }
+	other := func(at int64) op { return op{Kind: opClaim, Service: "voice", Key: []byte("sip:other"), At: at} }
+	cl.made(alice(0))
+	require.False(t, cl.yields(alice(-1), "b", "a"), "remembered")
+	cl.made(other(5 * s)) // a new generation: alice's claim in the previous one
+	require.False(t, cl.yields(alice(-1), "b", "a"), "still remembered a generation later")
+	cl.made(other(10 * s)) // another: alice's generation is dropped
+	require.True(t, cl.yields(alice(-1), "b", "a"), "forgotten after two generations")
+	require.Len(t, cl.cur, 1)
+	require.Len(t, cl.prev, 1)
+}
+
+// The replay log's ring keeps the last max values in order and finds the
+// first at or after an instant.
+func TestReplayRing(t *testing.T) {
+	r := ring[int64]{max: 4}
+	at := func(x *int64) int64 { return *x }
+	for v := range int64(3) {
+		r.push(v * 10)
+	}
+	require.Equal(t, 3, r.len())
+	require.Equal(t, 1, r.from(5, at))
+	for v := int64(3); v < 7; v++ {
+		r.push(v * 10)
+	}
+	require.Equal(t, 4, r.len(), "bounded")
+	var got []int64
+	for i := range r.len() {
+		got = append(got, *r.at(i))
+	}
+	require.Equal(t, []int64{30, 40, 50, 60}, got, "the last four, oldest first")
+	require.Equal(t, 0, r.from(0, at))
+	require.Equal(t, 2, r.from(45, at))
+	require.Equal(t, 4, r.from(61, at))
+}
