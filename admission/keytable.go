@@ -1,10 +1,6 @@
 package admission
 
-import (
-	"slices"
-
-	"github.com/zeebo/xxh3"
-)
+import "github.com/zeebo/xxh3"
 
 // Key identifies a call-id, subscriber or idempotency key by a 128-bit hash
 // of its bytes. Storing the hash instead of the bytes keeps insertion free of
@@ -49,11 +45,15 @@ type entry[V any] struct {
 // what is due. It is not safe for concurrent use: the owning service's mutex
 // guards it.
 type table[V any] struct {
-	idx   map[Key]int32
-	ents  []entry[V]
-	free  int32
-	heads [wheelSlots]int32
-	swept int64 // last whole second swept
+	idx map[Key]int32
+	// chunks hold the entries, chunkSize each: the slab grows a chunk at
+	// a time, never copied (a slab of millions doubling copied hundreds of
+	// MB under the service's lock); n counts the entries made.
+	chunks [][]entry[V]
+	n      int32
+	free   int32
+	heads  [wheelSlots]int32
+	swept  int64 // last whole second swept
 	// lastFull is when a full table was last swept before refusing (see
 	// Service.sweepAtLimit).
 	lastFull int64
@@ -61,6 +61,12 @@ type table[V any] struct {
 	// expiring (not by del of a live entry), so owners can keep counts.
 	gone func(V)
 }
+
+// chunkSize is the entries of one chunk of a table's slab.
+const chunkSize = 1 << 12
+
+// ent returns entry i.
+func (t *table[V]) ent(i int32) *entry[V] { return &t.chunks[i/chunkSize][i%chunkSize] }
 
 func (t *table[V]) init(gone func(V)) {
 	t.gone = gone
@@ -81,7 +87,7 @@ func (t *table[V]) get(k Key, now int64) (*entry[V], bool) {
 	if !ok {
 		return nil, false
 	}
-	e := &t.ents[i]
+	e := t.ent(i)
 	if e.exp <= now {
 		return nil, false
 	}
@@ -94,8 +100,8 @@ func (t *table[V]) reserve(n int) {
 	if n <= 0 {
 		return
 	}
-	if need := len(t.ents) + n; cap(t.ents) < need {
-		t.ents = slices.Grow(t.ents, n)
+	for need := int(t.n) + n; len(t.chunks)*chunkSize < need; {
+		t.chunks = append(t.chunks, make([]entry[V], chunkSize))
 	}
 	if len(t.idx) == 0 {
 		t.idx = make(map[Key]int32, n)
@@ -106,7 +112,7 @@ func (t *table[V]) reserve(n int) {
 func (t *table[V]) put(k Key, v V, exp int64) {
 	if i, ok := t.idx[k]; ok { // an expired leftover: reuse its place
 		t.unlink(i)
-		e := &t.ents[i]
+		e := t.ent(i)
 		if t.gone != nil {
 			t.gone(e.v)
 		}
@@ -117,12 +123,15 @@ func (t *table[V]) put(k Key, v V, exp int64) {
 	var i int32
 	if t.free != none {
 		i = t.free
-		t.free = t.ents[i].next
+		t.free = t.ent(i).next
 	} else {
-		t.ents = append(t.ents, entry[V]{})
-		i = int32(len(t.ents) - 1)
+		if int(t.n) == len(t.chunks)*chunkSize {
+			t.chunks = append(t.chunks, make([]entry[V], chunkSize))
+		}
+		i = t.n
+		t.n++
 	}
-	e := &t.ents[i]
+	e := t.ent(i)
 	e.key, e.v, e.exp = k, v, exp
 	t.idx[k] = i
 	t.link(i)
@@ -142,7 +151,7 @@ func (t *table[V]) del(k Key, now int64) (v V, live bool) {
 	if !ok {
 		return v, false
 	}
-	e := &t.ents[i]
+	e := t.ent(i)
 	v, live = e.v, e.exp > now
 	t.remove(i)
 	if !live && t.gone != nil {
@@ -180,7 +189,7 @@ func (t *table[V]) expireSome(now int64, limit int) bool {
 				t.swept = s - 1 // this slot again, from its head
 				return false
 			}
-			e := &t.ents[i]
+			e := t.ent(i)
 			next := e.next
 			if e.exp <= now {
 				v := e.v
@@ -198,7 +207,7 @@ func (t *table[V]) expireSome(now int64, limit int) bool {
 }
 
 func (t *table[V]) remove(i int32) {
-	e := &t.ents[i]
+	e := t.ent(i)
 	t.unlink(i)
 	delete(t.idx, e.key)
 	var zero V
@@ -208,24 +217,24 @@ func (t *table[V]) remove(i int32) {
 }
 
 func (t *table[V]) link(i int32) {
-	e := &t.ents[i]
+	e := t.ent(i)
 	slot := int32(((e.exp / 1e9 % wheelSlots) + wheelSlots) % wheelSlots)
 	e.slot, e.prev, e.next = slot, none, t.heads[slot]
 	if e.next != none {
-		t.ents[e.next].prev = i
+		t.ent(e.next).prev = i
 	}
 	t.heads[slot] = i
 }
 
 func (t *table[V]) unlink(i int32) {
-	e := &t.ents[i]
+	e := t.ent(i)
 	if e.prev != none {
-		t.ents[e.prev].next = e.next
+		t.ent(e.prev).next = e.next
 	} else {
 		t.heads[e.slot] = e.next
 	}
 	if e.next != none {
-		t.ents[e.next].prev = e.prev
+		t.ent(e.next).prev = e.prev
 	}
 	e.slot, e.prev, e.next = none, none, none
 }

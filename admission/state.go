@@ -80,22 +80,22 @@ func (s *Service) Snapshot(now int64, out, buf []Change) (snap, drained []Change
 	if need := s.sessions.len() + s.subscribers.len() + s.consumed.len(); cap(out) < need {
 		out = make([]Change, 0, need) // once, not doubling through millions
 	}
-	for i := range s.sessions.ents {
-		e := &s.sessions.ents[i]
+	for i := range s.sessions.n {
+		e := s.sessions.ent(i)
 		if e.slot == none || e.exp <= now {
 			continue // free, or due
 		}
 		out = append(out, sessionChange(e.key, e.exp, e.v))
 	}
-	for i := range s.subscribers.ents {
-		e := &s.subscribers.ents[i]
+	for i := range s.subscribers.n {
+		e := s.subscribers.ent(i)
 		if e.slot == none || e.exp <= now {
 			continue
 		}
 		out = append(out, Change{Kind: SubscriberSet, Key: e.key, Expires: e.exp})
 	}
-	for i := range s.consumed.ents {
-		e := &s.consumed.ents[i]
+	for i := range s.consumed.n {
+		e := s.consumed.ent(i)
 		if e.slot == none || e.exp <= now {
 			continue
 		}
@@ -194,7 +194,7 @@ func (s *Service) dropSession(k Key) {
 	if !ok {
 		return
 	}
-	x := s.sessions.ents[i].v
+	x := s.sessions.ent(i).v
 	s.sessions.remove(i)
 	s.sessionGone(x)
 }
