@@ -6,6 +6,8 @@ package admission
 // it already holds, and the journal drains, writes and replays them. The
 // decision path does no I/O and allocates nothing for it.
 
+import "sync"
+
 // ChangeKind says what a Change did.
 type ChangeKind uint8
 
@@ -68,42 +70,53 @@ func (s *Service) Drain(buf []Change) (changes []Change, lost bool) {
 	return changes, lost
 }
 
-// Snapshot appends the service's live sessions (as SessionOpened) and
-// subscribers (as SubscriberSet) at now to out, and, in the same critical
-// section, makes buf the new change log, so the changes logged after it
-// are exactly those the snapshot does not show. What was logged before is
-// returned as drained, for the caller to recycle; it is covered by the
-// snapshot.
+// Snapshot appends the service's live sessions (as SessionOpened),
+// subscribers (as SubscriberSet) and remembered IDs (ConsumedSet) at now
+// to out, after making buf the new change log. It takes the service's lock
+// for the swap and then for one chunk of a table at a time, never for a
+// whole table (a node holding millions of entries stalled every decision
+// on the service while a snapshot walked them): what changes meanwhile is
+// in the new log, which the journal writes after the snapshot, and
+// replaying it over the snapshot gives the state (a put of an entry the
+// snapshot holds, or a drop of one it lacks, changes nothing). What was
+// logged before the swap is returned as drained, for the caller to
+// recycle; the snapshot covers it.
 func (s *Service) Snapshot(now int64, out, buf []Change) (snap, drained []Change) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if need := s.sessions.len() + s.subscribers.len() + s.consumed.len(); cap(out) < need {
-		out = make([]Change, 0, need) // once, not doubling through millions
-	}
-	for i := range s.sessions.n {
-		e := s.sessions.ent(i)
-		if e.slot == none || e.exp <= now {
-			continue // free, or due
-		}
-		out = append(out, sessionChange(e.key, e.exp, e.v))
-	}
-	for i := range s.subscribers.n {
-		e := s.subscribers.ent(i)
-		if e.slot == none || e.exp <= now {
-			continue
-		}
-		out = append(out, Change{Kind: SubscriberSet, Key: e.key, Expires: e.exp})
-	}
-	for i := range s.consumed.n {
-		e := s.consumed.ent(i)
-		if e.slot == none || e.exp <= now {
-			continue
-		}
-		out = append(out, Change{Kind: ConsumedSet, Key: e.key, Expires: e.exp, Remaining: e.v.Remaining})
-	}
+	need := s.sessions.len() + s.subscribers.len() + s.consumed.len()
 	drained = s.changes
 	s.changes, s.changesLost = buf[:0], false
+	s.mu.Unlock()
+	if cap(out) < need {
+		out = make([]Change, 0, need) // once, not doubling through millions
+	}
+	out = snapshotTable(&s.mu, &s.sessions, now, out, func(e *entry[session]) Change { return sessionChange(e.key, e.exp, e.v) })
+	out = snapshotTable(&s.mu, &s.subscribers, now, out, func(e *entry[struct{}]) Change {
+		return Change{Kind: SubscriberSet, Key: e.key, Expires: e.exp}
+	})
+	out = snapshotTable(&s.mu, &s.consumed, now, out, func(e *entry[Decision]) Change {
+		return Change{Kind: ConsumedSet, Key: e.key, Expires: e.exp, Remaining: e.v.Remaining}
+	})
 	return out, drained
+}
+
+// snapshotTable appends the live entries of t at now, as change says, a
+// chunk at a time under mu.
+func snapshotTable[V any](mu *sync.Mutex, t *table[V], now int64, out []Change, change func(*entry[V]) Change) []Change {
+	for c := 0; ; c++ {
+		mu.Lock()
+		if c >= len(t.chunks) || c*chunkSize >= int(t.n) {
+			mu.Unlock()
+			return out
+		}
+		ch := t.chunks[c][:min(chunkSize, int(t.n)-c*chunkSize)]
+		for i := range ch {
+			if e := &ch[i]; e.slot != none && e.exp > now { // not free, not due
+				out = append(out, change(e))
+			}
+		}
+		mu.Unlock()
+	}
 }
 
 func sessionChange(k Key, exp int64, x session) Change {

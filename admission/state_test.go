@@ -167,3 +167,51 @@ func BenchmarkAdmitCallReleaseJournaled(b *testing.B) {
 		}
 	}
 }
+
+// A snapshot taken while the service changes, then the changes logged
+// after it, give the service's state: the snapshot takes the lock a chunk
+// at a time, and what changes meanwhile is in the new log.
+func TestSnapshotWhileChanging(t *testing.T) {
+	e, clk := newTestEngine(t, Limits{Licensed: true, CAPS: Unlimited, Sessions: Unlimited, Subscribers: Unlimited, Tokens: Unlimited},
+		func(c *Config) { c.JournalState = true })
+	now := clk.Now()
+	sub := func(i int) []byte { return []byte{'s', byte(i), byte(i >> 8), byte(i >> 16)} }
+	for i := range 50_000 { // several chunks
+		require.True(t, e.Register(now, svc, sub(i), 3600).Admitted())
+	}
+	s := e.Service("voice")
+	_, _ = s.Drain(nil)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range 50_000 {
+			if i%2 == 0 {
+				e.Deregister(now, svc, sub(i))
+			} else {
+				e.Register(now, svc, sub(50_000+i), 3600)
+			}
+		}
+	}()
+	snap, _ := s.Snapshot(now, nil, make([]Change, 0, 1<<17))
+	<-done
+	after, lost := s.Drain(nil)
+	require.False(t, lost)
+	state := map[Key]bool{}
+	for _, c := range snap {
+		state[c.Key] = true
+	}
+	for _, c := range after {
+		switch c.Kind {
+		case SubscriberSet:
+			state[c.Key] = true
+		case SubscriberGone:
+			delete(state, c.Key)
+		}
+	}
+	want, _ := s.Snapshot(now, nil, nil)
+	require.Len(t, state, len(want))
+	for _, c := range want {
+		require.True(t, state[c.Key])
+	}
+	require.Equal(t, 50_000, len(want), "25,000 left, 25,000 came")
+}
