@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -143,6 +144,9 @@ type Cluster struct {
 	claims  claims
 	replay  replayLog
 	spill   spillers
+	// hadPeer: another member was seen once; until then nothing is
+	// forwarded (see enqueue).
+	hadPeer atomic.Bool
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -651,6 +655,9 @@ func (e *events) NotifyJoin(n *memberlist.Node) {
 	}
 	back, downSince := c.planner.Joined(c.cfg.Now(), n.Name)
 	p.addr, p.metaRaw = n.Address(), append([]byte(nil), n.Meta...)
+	if n.Name != c.cfg.NodeName {
+		c.hadPeer.Store(true)
+	}
 	p.resp = respOf(p.metaRaw, p.addr)
 	c.mu.Unlock()
 	if n.Name != c.cfg.NodeName {

@@ -96,6 +96,9 @@ func (c *Cluster) ForwardDeregister(service, sub []byte, queued *atomic.Int64) {
 // now: a member still holding it from an earlier registration through it
 // lets it go, so a subscriber counts once in the cluster.
 func (c *Cluster) ClaimSubscriber(service, sub []byte, queued *atomic.Int64) {
+	if !c.hadPeer.Load() {
+		return // alone: nobody holds it elsewhere
+	}
 	o := op{Kind: opClaim, Service: string(service), Key: append([]byte(nil), sub...), At: time.Now().UnixNano(), queued: queued}
 	c.claims.made(o)
 	c.enqueue(o)
@@ -128,6 +131,12 @@ func (c *Cluster) applyAllocations(all map[string]map[string]meter.Allocation) {
 }
 
 func (c *Cluster) enqueue(o op) {
+	if !c.hadPeer.Load() {
+		// No other member was ever seen: nobody to tell, nobody to
+		// replay to (a node that never had a peer forwards nothing; each
+		// send would wake the forwarder on the event loop's core).
+		return
+	}
 	if o.queued != nil {
 		o.queued.Add(1)
 	}
