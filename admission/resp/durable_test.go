@@ -1,8 +1,6 @@
 package resp
 
 import (
-	"bufio"
-	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -54,10 +52,8 @@ func TestConsumeIDRepliesWaitForTheCommit(t *testing.T) {
 	h := NewHandler(e, "")
 	h.SetCommitKick(func() { keys.kicks.Add(1) })
 	addr := serve(t, h, admission.NewSystemClock())
-	c, err := net.Dial("tcp", addr)
-	require.NoError(t, err)
-	defer c.Close()
-	r := bufio.NewReader(c)
+	c, r := dialResp(t, addr)
+	var err error
 
 	// Without an ID nothing waits.
 	_, err = c.Write([]byte("CONSUME demo a 1\r\n"))

@@ -71,6 +71,15 @@ func serve(t *testing.T, h *Handler, clk admission.Clock) string {
 	return s.Addr()
 }
 
+// dialResp connects to addr until the test ends, with a reader of its replies.
+func dialResp(t *testing.T, addr string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	return c, bufio.NewReader(c)
+}
+
 // replies reads n RESP lines from r.
 func replies(t *testing.T, c net.Conn, r *bufio.Reader, n int) string {
 	t.Helper()
@@ -97,10 +106,8 @@ const (
 func TestSpilledAdmitAnsweredInOrder(t *testing.T) {
 	f := &fakeSpiller{room: true, calls: make(chan struct{}, 16)}
 	addr := spillServer(t, f)
-	c, err := net.Dial("tcp", addr)
-	require.NoError(t, err)
-	defer c.Close()
-	r := bufio.NewReader(c)
+	c, r := dialResp(t, addr)
+	var err error
 
 	_, err = c.Write([]byte("ADMIT demo\r\nADMIT demo CALL c-1\r\nPING\r\n"))
 	require.NoError(t, err)
