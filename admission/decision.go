@@ -28,6 +28,16 @@ func (r Reason) String() string {
 	return "UNKNOWN"
 }
 
+// ParseReason returns the reason whose word is s, as a reply carries it.
+func ParseReason(s string) (Reason, bool) {
+	for r, n := range reasonNames {
+		if n == s {
+			return Reason(r), true
+		}
+	}
+	return 0, false
+}
+
 // Priority is the PRIORITY option of ADMIT.
 type Priority uint8
 

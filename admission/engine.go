@@ -635,15 +635,22 @@ func (e *Engine) Deregister(now int64, service, sub []byte) bool {
 // first decision and is not charged again. Only an admitted charge records
 // its id: a refused one leaves the id free, so a retry is charged.
 func (e *Engine) Consume(now int64, service, acct []byte, units int64, id []byte) Decision {
+	d, _ := e.ConsumeCharged(now, service, acct, units, id)
+	return d
+}
+
+// ConsumeCharged is Consume, also reporting whether it charged: false for
+// a refusal and for a repeat of an ID answered with its first decision.
+func (e *Engine) ConsumeCharged(now int64, service, acct []byte, units int64, id []byte) (Decision, bool) {
 	s := e.service(service)
 	if s == nil || !s.lim.Load().Licensed {
-		return Decision{Reason: UNLICENSED, RetryAfterMS: retryUnlicensedMS, Remaining: 0}
+		return Decision{Reason: UNLICENSED, RetryAfterMS: retryUnlicensedMS, Remaining: 0}, false
 	}
 	var key Key
 	if id != nil {
 		key = AccountIDKey(acct, id)
 		if d, ok := e.knownID(now, s, key); ok {
-			return d
+			return d, false
 		}
 	}
 	s.mu.Lock()
@@ -651,26 +658,26 @@ func (e *Engine) Consume(now int64, service, acct []byte, units int64, id []byte
 	s.awaitCharge(acct, units) // may release mu: nothing checked yet
 	if id != nil {
 		if x, ok := s.consumed.get(key, now); ok {
-			return x.v
+			return x.v, false
 		}
 		if e.keysFull() {
-			return Decision{Reason: OVERLOAD, RetryAfterMS: retryCountedMS, Remaining: 0}
+			return Decision{Reason: OVERLOAD, RetryAfterMS: retryCountedMS, Remaining: 0}, false
 		}
 	}
 	p, _ := s.poolFor(acct)
 	if !p.fits(units) {
-		return Decision{Reason: TOKENS, RetryAfterMS: retryUnlicensedMS, Remaining: clampRemaining(p.left())}
+		return Decision{Reason: TOKENS, RetryAfterMS: retryUnlicensedMS, Remaining: clampRemaining(p.left())}, false
 	}
 	if !p.reserved(units) {
 		s.wakeReserver()
-		return Decision{Reason: OVERLOAD, RetryAfterMS: retryReserveMS, Remaining: 0}
+		return Decision{Reason: OVERLOAD, RetryAfterMS: retryReserveMS, Remaining: 0}, false
 	}
 	s.charge(p, units)
 	d := Decision{Reason: OK, Remaining: clampRemaining(p.left())}
 	if id != nil {
 		e.rememberID(now, s, key, d)
 	}
-	return d
+	return d, true
 }
 
 // RecordConsumed remembers a CONSUME ID that another member charged, with

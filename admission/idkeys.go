@@ -70,6 +70,25 @@ func (e *Engine) knownID(now int64, s *Service, key Key) (Decision, bool) {
 	return e.cfg.Keys.Lookup(StoreKey(s.name, key), now)
 }
 
+// KnownID returns the decision CONSUME service acct ... ID id got, here
+// or (passed on) on another member, if this node remembers it at now.
+func (e *Engine) KnownID(now int64, service, acct, id []byte) (Decision, bool) {
+	s := e.service(service)
+	if s == nil {
+		return Decision{}, false
+	}
+	key := AccountIDKey(acct, id)
+	if e.cfg.Keys != nil {
+		return e.knownID(now, s, key)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if x, ok := s.consumed.get(key, now); ok {
+		return x.v, true
+	}
+	return Decision{}, false
+}
+
 // rememberID records a charged (or a member's) CONSUME ID with its
 // decision: without a store, in the consumed table for the whole window
 // (and the state journal); with one, in the hot set for Config.HotKeys

@@ -119,6 +119,7 @@ type meta struct {
 // view: where it is and its ledger head.
 type peer struct {
 	leaving bool // it said it is leaving
+	alive   bool // joined and not gone since
 	addr    string
 	metaRaw []byte
 	resp    string // its RESP address (spilled ADMITs go there)
@@ -144,6 +145,12 @@ type Cluster struct {
 	claims  claims
 	replay  replayLog
 	spill   spillers
+	// owners are the live members that own CONSUME IDs (route.go);
+	// routers the clients routed CONSUMEs go over, routing how many are
+	// in flight.
+	owners  atomic.Pointer[ownerSet]
+	routers memberClients
+	routing atomic.Int64
 	// hadPeer: another member was seen once; until then nothing is
 	// forwarded (see enqueue).
 	hadPeer atomic.Bool
@@ -258,7 +265,8 @@ func (c *Cluster) Stop() error {
 		if serr := c.ml.Shutdown(); serr != nil && err == nil {
 			err = serr
 		}
-		c.closeSpillers()
+		c.spill.clients.close()
+		c.routers.close()
 	})
 	return err
 }
@@ -659,6 +667,8 @@ func (e *events) NotifyJoin(n *memberlist.Node) {
 		c.hadPeer.Store(true)
 	}
 	p.resp = respOf(p.metaRaw, p.addr)
+	p.alive = true
+	c.refreshOwners()
 	c.mu.Unlock()
 	if n.Name != c.cfg.NodeName {
 		c.log.Info("member joined", "member", n.Name, "addr", n.Address())
@@ -674,8 +684,9 @@ func (e *events) NotifyLeave(n *memberlist.Node) {
 	left := n.Name == c.cfg.NodeName
 	if p := c.peers[n.Name]; p != nil {
 		left = left || p.leaving
-		p.leaving = false
+		p.leaving, p.alive = false, false
 		c.planner.Gone(c.cfg.Now(), n.Name, left)
+		c.refreshOwners()
 	}
 	c.mu.Unlock()
 	if left {
@@ -691,6 +702,7 @@ func (e *events) NotifyUpdate(n *memberlist.Node) {
 	if p := c.peers[n.Name]; p != nil {
 		p.metaRaw = append([]byte(nil), n.Meta...)
 		p.resp = respOf(p.metaRaw, p.addr)
+		c.refreshOwners()
 	}
 	c.mu.Unlock()
 }

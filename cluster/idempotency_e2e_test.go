@@ -2,6 +2,7 @@ package cluster_test
 
 import (
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -111,6 +112,53 @@ func TestConsumeIDsReachAMemberThatWasDown(t *testing.T) {
 	}
 	require.Zero(t, charged, "a repeat through the member that was down gets the first decision")
 	require.Equal(t, before, used(), "and is not charged")
+}
+
+// TestConsumeIDRepeatsAtOnceChargeOnce: each of 150 IDs is sent through
+// the three nodes at the same moment (a client retrying through another
+// node before the first answer came): each is charged once in the farm,
+// and all three answers are the first decision. Every node sends an ID to
+// the same owner, which decides it (without the owner, a repeat that
+// arrived before the notice of the first charge was charged again).
+func TestConsumeIDRepeatsAtOnceChargeOnce(t *testing.T) {
+	needsProcesses(t, "3 capsgate nodes")
+	c := licensedFarm(t, nil, "pp", 1000, "--tokens", "1000000", "--id", "pp-race")
+	time.Sleep(300 * time.Millisecond) // the first budgets
+	n := c.Nodes()
+	const ids, units = 150, 3
+	for i := range ids {
+		var wg sync.WaitGroup
+		var ok [3]bool
+		var reason [3]string
+		var left [3]int64
+		var err [3]error
+		for k := range n {
+			wg.Go(func() {
+				ok[k], reason[k], left[k], err[k] = n[k].Decision("CONSUME", "pp", "acct1", fmt.Sprint(units), "ID", fmt.Sprintf("race-%d", i))
+			})
+		}
+		wg.Wait()
+		for k := range n {
+			require.NoError(t, err[k])
+			require.True(t, ok[k], "ID %d through %s: %s", i, n[k].Name, reason[k])
+		}
+		require.Equal(t, left[0], left[1], "ID %d: n1 and n2 answer the first decision", i)
+		require.Equal(t, left[0], left[2], "ID %d: n1 and n3 answer the first decision", i)
+	}
+	got, _ := total(t, c, "pp", "tokens_used", units*ids, time.Second)
+	require.Equal(t, int64(units*ids), got, "each ID charged once in the farm")
+	var routed, conflicts float64
+	for _, x := range n {
+		body, err := x.GetRaw("/metrics")
+		require.NoError(t, err)
+		routed += metric(t, body, `capsgate_consume_routed_total{result="sent"}`)
+		conflicts += metric(t, body, "capsgate_consume_id_conflicts_total")
+	}
+	// Of the 450 CONSUMEs, those through a node not owning their ID and
+	// not yet knowing it were sent: at least one in three of the 300.
+	require.GreaterOrEqual(t, routed, float64(100), "CONSUMEs sent to their ID's owner")
+	require.LessOrEqual(t, routed, float64(2*ids))
+	require.Zero(t, conflicts, "no ID charged on two members")
 }
 
 // tokensUsed sums QUOTA's tokens_used for service over c's nodes.

@@ -44,11 +44,49 @@ var (
 	spillFailed = metrics.NewCounter(`capsgate_spill_failed_total`)
 )
 
-// spillers holds a pooled RESP client per member's RESP address.
+// memberClients holds a pooled RESP client per member's RESP address.
+type memberClients struct {
+	mu      sync.Mutex // guards clients
+	clients map[string]*client.Client
+}
+
+// get returns the pooled client of the member at addr, made with cfg on
+// first use.
+func (m *memberClients) get(ctx context.Context, addr string, cfg client.Config) (*client.Client, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if cl := m.clients[addr]; cl != nil {
+		return cl, nil
+	}
+	cl, err := client.New(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	if m.clients == nil {
+		m.clients = map[string]*client.Client{}
+	}
+	m.clients[addr] = cl
+	return cl, nil
+}
+
+// close closes the members' clients.
+func (m *memberClients) close() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for addr, cl := range m.clients {
+		_ = cl.Close()
+		delete(m.clients, addr)
+	}
+}
+
+// spillers holds the state of spilling, and which members' RESP ports
+// failed (spilled ADMITs and routed CONSUMEs both skip those).
 type spillers struct {
-	mu       sync.Mutex // guards clients and down
-	clients  map[string]*client.Client
-	down     map[string]time.Time // addresses that failed, until when they are skipped
+	clients memberClients
+	mu      sync.Mutex           // guards down
+	down    map[string]time.Time // addresses that failed, until when they are skipped
+	// anyDown: down may hold an address (read without the lock).
+	anyDown  atomic.Bool
 	inFlight atomic.Int64
 	// room: a member may have room, as far as the last report or plan
 	// says; cleared when SpillTo finds none, so that under an overload,
@@ -69,6 +107,7 @@ func (s *spillers) usable(addr string, now time.Time) bool {
 	until, ok := s.down[addr]
 	if ok && now.After(until) {
 		delete(s.down, addr)
+		s.anyDown.Store(len(s.down) > 0)
 		return true
 	}
 	return !ok
@@ -76,13 +115,13 @@ func (s *spillers) usable(addr string, now time.Time) bool {
 
 // failed records that addr failed at now.
 func (s *spillers) failed(addr string, now time.Time) {
-	spillFailed.Inc()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.down == nil {
 		s.down = map[string]time.Time{}
 	}
 	s.down[addr] = now.Add(spillBackoff)
+	s.anyDown.Store(true)
 }
 
 // Spill implements resp.Spiller.
@@ -149,7 +188,7 @@ func (c *Cluster) spillTarget(service string, licence float64) (name, addr strin
 	if !ok {
 		c.spill.room.Store(false)
 	}
-	if p := c.peers[to]; ok && p != nil && c.spill.usable(p.resp, time.Now()) {
+	if p := c.peers[to]; ok && p != nil && p.resp != "" && c.spill.usable(p.resp, time.Now()) {
 		return to, p.resp
 	}
 	return "", ""
@@ -158,53 +197,17 @@ func (c *Cluster) spillTarget(service string, licence float64) (name, addr strin
 // spillTo asks the member at addr to decide cmd and reports its decision
 // and whether it admitted.
 func (c *Cluster) spillTo(ctx context.Context, addr string, cmd [][]byte) (admission.Decision, bool) {
-	cl, err := c.spillClient(ctx, addr)
-	var r client.Reply
-	if err == nil {
-		r, err = cl.Do(ctx, cmd...)
-	}
-	var d client.Decision
-	if err == nil {
-		d, err = r.Decision()
-	}
+	d, err := c.ask(ctx, &c.spill.clients, addr, SpillTimeout, spillConns, cmd)
 	if err != nil {
+		spillFailed.Inc()
 		c.spill.failed(addr, time.Now())
 		c.log.Debug("a member did not decide a spilled ADMIT", "addr", addr, "err", err)
 		return admission.Decision{}, false
 	}
-	if !d.Admitted {
+	if !d.Admitted() {
 		return admission.Decision{}, false
 	}
 	return admission.Decision{Reason: admission.OK, Remaining: d.Remaining}, true
-}
-
-// spillClient returns the pooled client of the member at addr, made on
-// first use.
-func (c *Cluster) spillClient(ctx context.Context, addr string) (*client.Client, error) {
-	c.spill.mu.Lock()
-	defer c.spill.mu.Unlock()
-	if cl := c.spill.clients[addr]; cl != nil {
-		return cl, nil
-	}
-	cl, err := client.New(ctx, client.Config{Addr: addr, PoolSize: spillConns, Timeout: SpillTimeout, Password: c.cfg.RESPPassword})
-	if err != nil {
-		return nil, err
-	}
-	if c.spill.clients == nil {
-		c.spill.clients = map[string]*client.Client{}
-	}
-	c.spill.clients[addr] = cl
-	return cl, nil
-}
-
-// closeSpillers closes the members' clients.
-func (c *Cluster) closeSpillers() {
-	c.spill.mu.Lock()
-	defer c.spill.mu.Unlock()
-	for addr, cl := range c.spill.clients {
-		_ = cl.Close()
-		delete(c.spill.clients, addr)
-	}
 }
 
 // respOf returns the RESP address a member publishes in its metadata, on

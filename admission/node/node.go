@@ -379,6 +379,7 @@ func (n *Node) Start() error {
 	}
 	n.handler.SetForwarder(n.cluster)
 	n.handler.SetSpiller(n.cluster)
+	n.handler.SetRouter(n.cluster)
 	err = n.resp.Start()
 	if err == nil {
 		err = n.cluster.Start()

@@ -69,6 +69,9 @@ type ConnState struct {
 
 // spillWait is an ADMIT waiting for the member it was spilled to.
 type spillWait struct {
+	// routed: a CONSUME with ID sent to the member that owns the ID
+	// (Router), not a spilled ADMIT; ok then says the member answered.
+	routed  bool
 	service []byte             // the ADMIT's, for the count once settled
 	refusal admission.Decision // this node's, replied unless the member admits
 	d       admission.Decision // the member's, when admitted
@@ -95,6 +98,9 @@ func (w *spillWait) finish(d admission.Decision, ok bool) {
 
 // settle counts the spilled attempt: admitted by the member, or refused.
 func (w *spillWait) settle() {
+	if w.routed {
+		return // the owner counted it, or nothing was
+	}
 	if w.ok {
 		spillAdmitted.Inc()
 		w.eng.SpilledOut(w.service)
@@ -143,6 +149,9 @@ func (h *Handler) Spilled(cs *ConnState, out []byte) ([]byte, bool) {
 	if w.ok {
 		return decision(out, w.d), true
 	}
+	if w.routed {
+		routeFailed.Inc()
+	}
 	return decision(out, w.refusal), true
 }
 
@@ -158,6 +167,40 @@ type Spiller interface {
 	// for, too many are in flight): the refusal stands.
 	Spill(args [][]byte, done func(d admission.Decision, ok bool)) bool
 }
+
+// Router sends a CONSUME with ID to the member that owns the ID (the
+// cluster): every node sends a given ID to the same member, so that a
+// repeat through any node, however soon after the first, gets the first
+// decision, uncharged, rather than racing the notice of the first charge.
+type Router interface {
+	// Routes reports whether CONSUME service acct ... ID id is to be
+	// sent to another member (false: it is decided here). It must not
+	// allocate.
+	Routes(service, acct, id []byte) bool
+	// Route sends the CONSUME (args are valid only during the call) to
+	// the ID's owner and calls done once, from another goroutine, with
+	// the owner's decision and whether it answered, within a bounded
+	// time. It returns false when it sends nothing (this node owns the
+	// ID, the owner is unreachable, too many are in flight): the CONSUME
+	// is decided here.
+	Route(args [][]byte, done func(d admission.Decision, answered bool)) bool
+}
+
+// RouteMarker is the CONSUME option a routed CONSUME carries, with the
+// name of the member that sent it: decided where it arrives, never sent
+// on.
+const RouteMarker = "ROUTED"
+
+// Routing counters: CONSUMEs with ID sent to their owner, answered or not.
+var (
+	routeSent   = metrics.NewCounter(`capsgate_consume_routed_total{result="sent"}`)
+	routeFailed = metrics.NewCounter(`capsgate_consume_routed_total{result="unanswered"}`)
+	// routeUnanswered is the reply to a CONSUME whose owner did not
+	// answer in time: it may or may not have been charged there, so the
+	// client retries it with its ID (the owner answers, or, once marked
+	// down, this node decides).
+	routeUnanswered = admission.Decision{Reason: admission.OVERLOAD, RetryAfterMS: 50}
+)
 
 // Spill counters: ADMITs spilled, and how the members answered.
 var (
@@ -221,6 +264,7 @@ type Handler struct {
 	stats    func() (conns int64) // for INFO; may be nil
 	fwd      Forwarder            // may be nil
 	spill    Spiller              // may be nil
+	route    Router               // may be nil
 	waiters  durableWaiters
 	kick     func()         // asks for a commit now (durable.go); may be nil
 	clients  ClientLister   // for CLIENT LIST; may be nil
@@ -236,6 +280,16 @@ func (h *Handler) SetForwarder(f Forwarder) { h.fwd = f }
 // SetSpiller sets where ADMITs refused by this node's CAPS bucket go (the
 // cluster). Call it before serving.
 func (h *Handler) SetSpiller(s Spiller) { h.spill = s }
+
+// SetRouter sets where CONSUMEs with an ID another member owns go (the
+// cluster). Call it before serving.
+func (h *Handler) SetRouter(r Router) { h.route = r }
+
+// routes reports whether args, a CONSUME, must go to its ID's owner.
+func (h *Handler) routes(args [][]byte) bool {
+	return h.route != nil && len(args) == 6 && bytes.EqualFold(args[4], []byte("ID")) &&
+		h.route.Routes(args[1], args[2], args[5])
+}
 
 // NewHandler returns a handler deciding with eng. A non-empty password makes
 // clients AUTH first.
@@ -284,6 +338,11 @@ func (h *Handler) Handle(now int64, cs *ConnState, in, out []byte) (n int, _ []b
 		name := lower(&nb, args[0])
 		if h.mustWait(cs, name) {
 			cs.blocked = true
+			break
+		}
+		if len(cs.held) > 0 && string(name) == "consume" && cs.wake != nil && !cs.inExec && cs.tx == nil && h.routes(args) {
+			// A CONSUME for another member's ID waits for the replies
+			// held for a commit: its answer must come after them.
 			break
 		}
 		n += used
@@ -476,7 +535,7 @@ func (h *Handler) admit(now int64, cs *ConnState, args [][]byte, out []byte) []b
 	}
 	d := h.eng.AdmitSpillable(now, args[1], call, acct, prio)
 	if d.Reason == admission.CAPS {
-		cs.spill.refusal, cs.spill.ok, cs.spill.eng = d, false, h.eng
+		cs.spill.routed, cs.spill.refusal, cs.spill.ok, cs.spill.eng = false, d, false, h.eng
 		cs.spill.done.Store(false)
 		if h.spill.Spill(args, cs.spillDone) {
 			spillSent.Inc()
@@ -555,8 +614,14 @@ func (h *Handler) deregister(now int64, cs *ConnState, args [][]byte, out []byte
 	return AppendInt(out, b2i(gone))
 }
 
-// CONSUME service account units [ID key]
+// CONSUME service account units [ID key [ROUTED member]]
 func (h *Handler) consume(now int64, cs *ConnState, args [][]byte, out []byte) []byte {
+	routed := len(args) == 8 && bytes.EqualFold(args[6], []byte(RouteMarker))
+	if routed {
+		// Sent by the member named by its ID's owner (this node): decided
+		// here, never sent on.
+		args = args[:6]
+	}
 	if len(args) != 4 && len(args) != 6 {
 		return wrongArgs(out, "consume")
 	}
@@ -580,17 +645,40 @@ func (h *Handler) consume(now int64, cs *ConnState, args [][]byte, out []byte) [
 		}
 		id = args[5]
 	}
-	d := h.eng.Consume(now, args[1], args[2], units, id)
+	if id != nil && !routed && cs.wake != nil && !cs.inExec && cs.tx == nil && len(cs.held) == 0 && h.routes(args) {
+		if d, ok := h.eng.KnownID(now, args[1], args[2], id); ok {
+			// Its owner's notice came: the first decision, acknowledged
+			// once what this node remembers of it is on disk.
+			h.ackDurable(cs)
+			return decision(out, d)
+		}
+		w := &cs.spill
+		w.routed, w.ok, w.refusal = true, false, routeUnanswered
+		w.done.Store(false)
+		if h.route.Route(args, cs.spillDone) {
+			routeSent.Inc()
+			cs.spilling = true
+			return out
+		}
+		w.routed = false
+	}
+	d, charged := h.eng.ConsumeCharged(now, args[1], args[2], units, id)
 	if id != nil && d.Admitted() {
-		if h.fwd != nil {
+		if h.fwd != nil && charged {
+			// A repeat answered with its first decision is not news.
 			h.fwd.Consumed(args[1], args[2], id, d, &cs.forwarding)
 		}
-		// Acknowledged once its key is on disk (durable.go).
-		if ticket, durable := h.eng.IDTickets(); ticket > durable && cs.wake != nil {
-			cs.needTicket = ticket
-		}
+		h.ackDurable(cs)
 	}
 	return decision(out, d)
+}
+
+// ackDurable has the reply just decided wait until the keys remembered so
+// far are on disk (durable.go).
+func (h *Handler) ackDurable(cs *ConnState) {
+	if ticket, durable := h.eng.IDTickets(); ticket > durable && cs.wake != nil {
+		cs.needTicket = ticket
+	}
 }
 
 // QUOTA service: flat field/value pairs.
