@@ -150,6 +150,7 @@ type Cluster struct {
 	// in flight.
 	owners  atomic.Pointer[ownerSet]
 	routers memberClients
+	routeQ  routeQueues
 	routing atomic.Int64
 	// hadPeer: another member was seen once; until then nothing is
 	// forwarded (see enqueue).

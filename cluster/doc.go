@@ -206,9 +206,14 @@
 // it was down. A CONSUME charged with an ID is remembered by every member
 // for admission.idempotency_window (up to 35 days, in each member's key
 // store, admission/idstore, so across its restarts too), so a repeat
-// through another node gets the first decision, uncharged (a repeat that
-// arrives before the notice, milliseconds, is charged there too and
-// counted as a conflict). The IDs a member charged are kept apart in its
+// through another node gets the first decision, uncharged. A new ID is
+// decided by its owner (route.go): the live member with the highest
+// rendezvous score for the ID; a node that does not own it sends it there
+// (CONSUME ... ROUTED member) and answers with the owner's decision, so a
+// repeat through another node before the notice has come still gets the
+// first decision. Only while members see different memberships (a join
+// or a failure being detected) can two owners charge one ID; that is
+// counted as a conflict. The IDs a member charged are kept apart in its
 // replay log (the last hour, at most replayIDsMax, 48 bytes each), so a
 // member that was down when they were charged gets them when it comes
 // back; one down longer, or while more were charged, misses the older

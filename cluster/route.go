@@ -2,7 +2,9 @@ package cluster
 
 import (
 	"context"
+	"fmt"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -41,14 +43,17 @@ const (
 	// MaxRouting bounds the CONSUMEs in flight to owners at once; beyond
 	// it a CONSUME is decided here.
 	MaxRouting = 1024
-	// routeConns bounds the connections to one owner.
-	routeConns = 32
 )
 
 var (
 	routeBusy   = metrics.NewCounter(`capsgate_consume_routed_skipped_total{why="busy"}`)
 	routeDown   = metrics.NewCounter(`capsgate_consume_routed_skipped_total{why="owner_down"}`)
 	routeFailed = metrics.NewCounter(`capsgate_consume_routed_failed_total`)
+	// routeSeconds is how long an owner took to answer a pipeline of
+	// routed CONSUMEs (its commit included), routeBatches how many went
+	// in one.
+	routeSeconds = metrics.NewPrometheusHistogramExt(`capsgate_consume_routed_duration_seconds`, []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25})
+	routeBatches = metrics.NewPrometheusHistogramExt(`capsgate_consume_routed_batch_size`, []float64{1, 2, 4, 8, 16, 32, 64, 128, 256})
 )
 
 // owner is a live member that may own IDs.
@@ -126,7 +131,9 @@ func (c *Cluster) Routes(service, acct, id []byte) bool {
 	return c.remoteOwner(service, acct, id) != ""
 }
 
-// Route implements resp.Router.
+// Route implements resp.Router. The CONSUME joins its owner's queue; up to
+// routeSenders goroutines per owner send what is queued as pipelines of
+// at most routeBatch, so the owner commits a batch's IDs at once.
 func (c *Cluster) Route(args [][]byte, done func(admission.Decision, bool)) bool {
 	if len(args) != 6 {
 		return false
@@ -145,21 +152,131 @@ func (c *Cluster) Route(args [][]byte, done func(admission.Decision, bool)) bool
 		cmd = append(cmd, append([]byte(nil), a...))
 	}
 	cmd = append(cmd, []byte(resp.RouteMarker), []byte(c.cfg.NodeName))
-	go func() {
-		defer c.routing.Add(-1)
-		ctx, cancel := context.WithTimeout(context.Background(), RouteTimeout)
-		defer cancel()
-		d, err := c.ask(ctx, &c.routers, addr, RouteTimeout, routeConns, cmd)
-		if err != nil {
-			routeFailed.Inc()
-			c.spill.failed(addr, time.Now())
-			c.log.Debug("the owner of a CONSUME ID did not answer", "addr", addr, "err", err)
-			done(admission.Decision{}, false)
+	c.routeQ.mu.Lock()
+	if c.routeQ.q == nil {
+		c.routeQ.q = map[string]*routeQueue{}
+	}
+	q := c.routeQ.q[addr]
+	if q == nil {
+		q = &routeQueue{}
+		c.routeQ.q[addr] = q
+	}
+	q.pending = append(q.pending, routeReq{cmd, done})
+	start := q.senders < routeSenders
+	if start {
+		q.senders++
+	}
+	c.routeQ.mu.Unlock()
+	if start {
+		go c.sendRoutes(addr, q)
+	}
+	return true
+}
+
+const (
+	// routeSenders bounds the pipelines in flight to one owner, and
+	// routeBatch the CONSUMEs in one.
+	routeSenders = 2
+	routeBatch   = 256
+)
+
+// routeQueues are the CONSUMEs waiting to go to each owner.
+type routeQueues struct {
+	mu sync.Mutex // guards q and every queue's fields
+	q  map[string]*routeQueue
+}
+
+type routeQueue struct {
+	pending []routeReq
+	senders int // goroutines sending this queue
+}
+
+type routeReq struct {
+	cmd  [][]byte
+	done func(admission.Decision, bool)
+}
+
+// sendRoutes sends q's CONSUMEs to the owner at addr, a batch at a time,
+// until q is empty.
+func (c *Cluster) sendRoutes(addr string, q *routeQueue) {
+	var batch []routeReq
+	for {
+		c.routeQ.mu.Lock()
+		if len(q.pending) == 0 {
+			q.senders--
+			if q.senders == 0 && c.routeQ.q[addr] == q {
+				delete(c.routeQ.q, addr) // a member gone keeps no queue
+			}
+			c.routeQ.mu.Unlock()
 			return
 		}
-		done(d, true)
-	}()
-	return true
+		n := min(len(q.pending), routeBatch)
+		batch = append(batch[:0], q.pending[:n]...)
+		rest := copy(q.pending, q.pending[n:])
+		clear(q.pending[rest:])
+		q.pending = q.pending[:rest]
+		c.routeQ.mu.Unlock()
+		c.sendRouted(addr, batch)
+		clear(batch)
+	}
+}
+
+// sendRouted sends batch to the owner at addr as one pipeline and passes
+// each its answer; on an error every one gets none, and the owner gets no
+// routed CONSUME for spillBackoff.
+func (c *Cluster) sendRouted(addr string, batch []routeReq) {
+	defer c.routing.Add(-int64(len(batch)))
+	ctx, cancel := context.WithTimeout(context.Background(), RouteTimeout)
+	defer cancel()
+	ds := make([]admission.Decision, len(batch))
+	start := time.Now()
+	routeBatches.Update(float64(len(batch)))
+	cl, err := c.routers.get(ctx, addr, client.Config{Addr: addr, PoolSize: routeSenders, Timeout: RouteTimeout, Password: c.cfg.RESPPassword})
+	if err == nil {
+		err = cl.Pipeline(ctx, func(p *client.Pipeline) {
+			for _, r := range batch {
+				p.Append(r.cmd...)
+			}
+		}, func(replies []client.Reply) error {
+			if len(replies) != len(batch) {
+				return fmt.Errorf("%d replies to %d CONSUMEs", len(replies), len(batch))
+			}
+			for i := range replies {
+				d, err := decisionOf(&replies[i])
+				if err != nil {
+					return err
+				}
+				ds[i] = d
+			}
+			return nil
+		})
+	}
+	if err != nil {
+		routeFailed.Add(len(batch))
+		c.spill.failed(addr, time.Now())
+		c.log.Debug("the owner of CONSUME IDs did not answer", "addr", addr, "consumes", len(batch), "err", err)
+		for _, r := range batch {
+			r.done(admission.Decision{}, false)
+		}
+		return
+	}
+	routeSeconds.UpdateDuration(start)
+	for i, r := range batch {
+		r.done(ds[i], true)
+	}
+}
+
+// decisionOf converts a member's decision reply.
+func decisionOf(r *client.Reply) (admission.Decision, error) {
+	d, err := r.Decision()
+	if err != nil {
+		return admission.Decision{}, err
+	}
+	reason, ok := admission.ParseReason(d.Reason)
+	if !ok {
+		return admission.Decision{}, fmt.Errorf("a member answered the unknown reason %q", d.Reason)
+	}
+	return admission.Decision{Reason: reason, RetryAfterMS: d.RetryAfterMs, Remaining: d.Remaining}, nil
 }
 
 // ask sends cmd to the member at addr over the pooled client in pool and
@@ -173,13 +290,5 @@ func (c *Cluster) ask(ctx context.Context, pool *memberClients, addr string, tim
 	if err != nil {
 		return admission.Decision{}, err
 	}
-	d, err := r.Decision()
-	if err != nil {
-		return admission.Decision{}, err
-	}
-	reason, ok := admission.ParseReason(d.Reason)
-	if !ok {
-		reason = admission.OVERLOAD
-	}
-	return admission.Decision{Reason: reason, RetryAfterMS: d.RetryAfterMs, Remaining: d.Remaining}, nil
+	return decisionOf(&r)
 }
