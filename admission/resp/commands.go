@@ -58,10 +58,14 @@ type ConnState struct {
 	spillDone func(admission.Decision, bool)
 	inExec    bool
 	// held are replies waiting for the key store to commit up to
-	// heldTicket (durable.go); needTicket is what the command just run
-	// needs committed (0: nothing); heldWaiting: registered with
-	// Handler.wait.
+	// heldTicket (durable.go), since heldSince (engine clock; 0: none, read
+	// by the sweeper); needTicket is what the command just run needs
+	// committed (0: nothing); heldWaiting: registered with Handler.wait;
+	// quitHeld: a QUIT came behind them, the connection closes once they
+	// are sent.
 	held        []byte
+	heldSince   atomic.Int64
+	quitHeld    bool
 	heldTicket  uint64
 	needTicket  uint64
 	heldWaiting bool
@@ -353,13 +357,20 @@ func (h *Handler) Handle(now int64, cs *ConnState, in, out []byte) (n int, _ []b
 		if cs.needTicket > 0 || len(cs.held) > 0 {
 			// This reply, and every one after a held one, waits for the
 			// commit (durable.go).
+			if len(cs.held) == 0 {
+				cs.heldSince.Store(now)
+			}
 			cs.held = append(cs.held, out[mark:]...)
 			heldReplies.Inc()
 			out = out[:mark]
 			cs.heldTicket, cs.needTicket = max(cs.heldTicket, cs.needTicket), 0
 		}
 		if quit {
-			return len(in), append(out, cs.held...), true
+			if len(cs.held) > 0 {
+				cs.quitHeld = true // its +OK is held too
+				return len(in), out, false
+			}
+			return len(in), out, true
 		}
 		if cs.spilling {
 			break // its answer comes before the next command's

@@ -97,6 +97,7 @@ func (h *Handler) HeldReady(cs *ConnState, out []byte) ([]byte, bool) {
 	}
 	out = append(out, cs.held...)
 	cs.held, cs.heldTicket, cs.heldWaiting = cs.held[:0], 0, false
+	cs.heldSince.Store(0)
 	if cap(cs.held) > 1<<20 {
 		cs.held = nil
 	}

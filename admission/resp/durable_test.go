@@ -1,6 +1,8 @@
 package resp
 
 import (
+	"io"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -97,4 +99,48 @@ func TestConsumeIDRepliesWaitForTheCommit(t *testing.T) {
 	keys.durable.Store(4)
 	h.Released()
 	require.Equal(t, want+"+PONG\r\n", replies(t, c, r, 6))
+}
+
+// A QUIT behind replies held for a commit closes the connection once they
+// are sent, not before (their acknowledgement must not come before the
+// commit), and runs nothing after it; replies that wait longer than
+// MaxHeldWait (a disk failing every commit) close the connection unsent.
+func TestHeldRepliesQuitAndTimeout(t *testing.T) {
+	keys := &memKeys{keys: map[admission.Key]admission.Decision{}}
+	cfg := admission.DefaultConfig()
+	cfg.Keys = keys
+	e := admission.NewEngine(cfg)
+	require.NoError(t, e.SetLimits("demo", admission.Limits{Licensed: true, CAPS: admission.Unlimited, Sessions: admission.Unlimited,
+		Subscribers: admission.Unlimited, Tokens: admission.Unlimited}))
+	h := NewHandler(e, "")
+	clk := admission.NewFakeClock()
+	addr := serve(t, h, clk)
+
+	c, r := dialResp(t, addr)
+	_, err := c.Write([]byte("CONSUME demo a 2 ID q1\r\nQUIT\r\nCONSUME demo a 2 ID q2\r\n"))
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return keys.Ticket() == 1 }, 5*time.Second, time.Millisecond)
+	_ = c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	_, err = r.ReadByte()
+	require.Error(t, err, "nothing before the commit, the QUIT's +OK included")
+	keys.durable.Store(1)
+	h.Released()
+	require.Equal(t, "*4\r\n:1\r\n+OK\r\n:0\r\n:-1\r\n+OK\r\n", replies(t, c, r, 6))
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err = r.ReadByte()
+	require.ErrorIs(t, err, io.EOF, "closed after the held replies")
+	require.Equal(t, uint64(1), keys.Ticket(), "the CONSUME after QUIT did not run")
+
+	c2, r2 := dialResp(t, addr)
+	_, err = c2.Write([]byte("CONSUME demo a 2 ID q3\r\n"))
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return keys.Ticket() == 2 }, 5*time.Second, time.Millisecond)
+	clk.Advance(MaxHeldWait - time.Second)
+	_ = c2.SetReadDeadline(time.Now().Add(1500 * time.Millisecond))
+	_, err = r2.ReadByte()
+	require.ErrorIs(t, err, os.ErrDeadlineExceeded, "open within MaxHeldWait")
+	clk.Advance(2 * time.Second)
+	_ = c2.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err = r2.ReadByte()
+	require.ErrorIs(t, err, io.EOF, "closed past MaxHeldWait, unacknowledged")
 }

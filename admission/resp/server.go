@@ -283,6 +283,18 @@ func (s *Server) OnTraffic(c gnet.Conn) gnet.Action {
 			cs.loop.out = out[:0]
 		}
 	}
+	if cs.quitHeld {
+		// QUIT came behind held replies: they go first, then the close;
+		// nothing after it runs.
+		if !cs.Holding() {
+			return gnet.Close
+		}
+		_, _ = c.Discard(total)
+		if !s.h.wait(cs) {
+			s.pace.next(c, &cs.paced)
+		}
+		return gnet.None
+	}
 	if total == 0 {
 		if cs.Holding() && !s.h.wait(cs) {
 			s.pace.next(c, &cs.paced)
@@ -360,21 +372,34 @@ func (s *Server) clientLimit(least, most int) int {
 	return max(min(part, most), least)
 }
 
-// sweepIdle closes connections idle for longer than IdleTimeout.
+// MaxHeldWait bounds how long a connection's replies may wait for the key
+// store's commit (durable.go): a disk that keeps failing commits would
+// otherwise hold them for ever. Past it the connection is closed; its
+// client, which got no acknowledgement, retries with its IDs.
+const MaxHeldWait = 10 * time.Second
+
+var heldTimeouts = metrics.NewCounter(`capsgate_resp_held_timeouts_total`)
+
+// sweepIdle closes connections idle for longer than IdleTimeout, and those
+// whose replies waited for a commit for longer than MaxHeldWait.
 func (s *Server) sweepIdle() {
 	defer s.wg.Done()
-	if s.cfg.IdleTimeout <= 0 {
-		<-s.stop
-		return
+	every := time.Second
+	if s.cfg.IdleTimeout > 0 {
+		every = min(s.cfg.IdleTimeout/4, every)
 	}
-	every := min(s.cfg.IdleTimeout/4, time.Second)
 	var idle []gnet.Conn
 	admission.Repeat(s.stop, every, func() time.Duration {
-		limit := s.clk.Now() - int64(s.cfg.IdleTimeout)
+		now := s.clk.Now()
+		limit, held := now-int64(s.cfg.IdleTimeout), now-int64(MaxHeldWait)
 		idle = idle[:0]
 		s.mu.Lock()
 		for cs, c := range s.open {
-			if cs.lastActive.Load() < limit {
+			switch hs := cs.heldSince.Load(); {
+			case hs != 0 && hs < held:
+				heldTimeouts.Inc()
+				idle = append(idle, c)
+			case s.cfg.IdleTimeout > 0 && cs.lastActive.Load() < limit:
 				idle = append(idle, c)
 			}
 		}
