@@ -703,6 +703,16 @@ func AccountIDKey(acct, id []byte) Key { return KeyOf(id).mix(KeyOf(acct)) }
 func (e *Engine) RecordConsumedKey(now int64, service []byte, key Key, d Decision) bool {
 	s := e.service(service)
 	if s == nil {
+		// No licence for it here yet (a member that just joined hears of
+		// IDs before the licences arrive): the store keeps it all the
+		// same, scoped by the service's name.
+		if e.cfg.Keys != nil {
+			sk := StoreKey(string(service), key)
+			if _, ok := e.cfg.Keys.Lookup(sk, now); ok {
+				return false
+			}
+			e.cfg.Keys.Remember(sk, now+int64(e.cfg.IdempotencyWindow), d)
+		}
 		return true
 	}
 	if _, ok := e.knownID(now, s, key); ok {

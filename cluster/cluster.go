@@ -77,7 +77,12 @@ type Config struct {
 	// LedgerIdentity returns this node's ledger key and genesis hash,
 	// which members witness with its head; nil: not sent.
 	LedgerIdentity func() (key, genesis string)
-	Log            *slog.Logger
+	// LastAlive is when this node last knew every CONSUME ID charged in
+	// the farm (its key store's last commit before this start; zero: a
+	// node that never ran). It asks each member it meets for what they
+	// sent since (see replay).
+	LastAlive time.Time
+	Log       *slog.Logger
 	// Now tells the time (nil: time.Now); the planner sees no other clock.
 	Now func() time.Time
 }
@@ -118,6 +123,7 @@ type meta struct {
 // peer is what this node keeps of another member beside its planner's
 // view: where it is and its ledger head.
 type peer struct {
+	met     bool // joined since this node started (not only heard of)
 	leaving bool // it said it is leaving
 	alive   bool // joined and not gone since
 	addr    string
@@ -278,6 +284,7 @@ const (
 	msgLicence = 'l'
 	msgOps     = 'o' // a batch of forwarded RELEASE/DEREGISTER and claims
 	msgLeaving = 'x' // the sender is about to leave gracefully
+	msgReplay  = 'r' // the sender asks for what it missed (replayRequest)
 )
 
 // Gossip traffic, by kind of message (user messages; memberlist's own
@@ -591,6 +598,8 @@ func (d *delegate) NotifyMsg(b []byte) {
 	case msgOps:
 		forwardReceived.Inc()
 		c.apply(b[1:])
+	case msgReplay:
+		c.replayAsked(b[1:])
 	case msgLeaving:
 		c.mu.Lock()
 		if p := c.peers[string(b[1:])]; p != nil {
@@ -658,10 +667,12 @@ func (e *events) NotifyJoin(n *memberlist.Node) {
 	c := (*Cluster)(e)
 	c.mu.Lock()
 	p := c.peers[n.Name]
+	met := p == nil || !p.met
 	if p == nil {
 		p = &peer{}
 		c.peers[n.Name] = p
 	}
+	p.met = true
 	back, downSince := c.planner.Joined(c.cfg.Now(), n.Name)
 	p.addr, p.metaRaw = n.Address(), append([]byte(nil), n.Meta...)
 	if n.Name != c.cfg.NodeName {
@@ -673,8 +684,13 @@ func (e *events) NotifyJoin(n *memberlist.Node) {
 	c.mu.Unlock()
 	if n.Name != c.cfg.NodeName {
 		c.log.Info("member joined", "member", n.Name, "addr", n.Address())
-		if back {
-			go c.replayTo(n.Name, downSince)
+		switch {
+		case met:
+			// First met since this node started: it asks for what was
+			// sent since it last knew everything.
+			go c.askReplay(n.Name, c.cfg.LastAlive)
+		case back:
+			go c.askReplay(n.Name, downSince)
 		}
 	}
 }

@@ -201,9 +201,12 @@
 // A node restores its open sessions and registrations from disk after a
 // restart (admission/journal). Every member keeps the operations it sent
 // in the last hour (at most 200,000): releases, deregistrations, claims.
-// When a member that was seen dead comes back, they are sent again, so it
-// lets go of calls released and subscribers re-registered elsewhere while
-// it was down. A CONSUME charged with an ID is remembered by every member
+// A member asks each member it meets for what they sent since it last knew
+// everything (replayRequest): since the member was seen to fail, or, at
+// the first meeting after a start, since its key store's last commit (a
+// restart quicker than failure detection included; a new member: all the
+// log holds), so it lets go of calls released and subscribers
+// re-registered elsewhere meanwhile. A CONSUME charged with an ID is remembered by every member
 // for admission.idempotency_window (up to 35 days, in each member's key
 // store, admission/idstore, so across its restarts too), so a repeat
 // through another node gets the first decision, uncharged. A new ID is
@@ -214,11 +217,14 @@
 // first decision. Only while members see different memberships (a join
 // or a failure being detected) can two owners charge one ID; that is
 // counted as a conflict. The IDs a member charged are kept apart in its
-// replay log (the last hour, at most replayIDsMax, 48 bytes each), so a
-// member that was down when they were charged gets them when it comes
-// back; one down longer, or while more were charged, misses the older
-// ones, and a repeat of one of those through it is charged again. The
-// replay goes to the member that came back only.
+// replay log (at most replayIDsMax, 48 bytes each, whatever their age), so
+// a member that was down when they were charged, or a member added since,
+// gets them with the rest of the replay, and owns its part of the IDs
+// knowing them. One that asks for more than the ring still holds gets the
+// newest (capsgate_replay_incomplete_total), and a repeat of an older one
+// routed to it is charged again; so are the IDs a member charged before
+// its own restart, which its ring no longer holds, if every other member
+// missed them too.
 //
 // Token pools are escrow. Each node reports, per pool, what it has charged
 // and its budget: what it may have charged in all. Every exchange a node

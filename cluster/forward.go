@@ -323,6 +323,8 @@ type replayLog struct {
 	// 1 M/s and would crowd out the rest) and compactly: 48 bytes each.
 	ids      ring[idRecord]
 	services map[string]string // service names, interned for ids
+	// asked is the last replay each member asked for (replayAsked).
+	asked map[string]replayAnswer
 }
 
 // idRecord is a CONSUME ID charged here, as replayed.
@@ -391,43 +393,143 @@ func (r *replayLog) keep(batch []op) {
 }
 
 // since returns the operations sent at or after t (ns) and within
-// replayFor of now, the CONSUME IDs as opConsumedKey.
-func (r *replayLog) since(t int64) []op {
+// replayFor of now, the CONSUME IDs as opConsumedKey, and whether that is
+// every one sent since need (false: need is beyond replayFor, or a ring
+// dropped some since).
+func (r *replayLog) since(t, need int64) ([]op, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	// Every ID the ring holds since t goes (its bound is the ring's size);
+	// other operations only within replayFor. Whole unless the IDs' ring
+	// dropped some charged since need.
+	whole := !(r.ids.len() == r.ids.max && r.ids.len() > 0 && r.ids.at(0).at > need)
+	idsFrom := t
 	t = max(t, time.Now().Add(-replayFor).UnixNano())
 	var out []op
 	for i := r.ops.from(t, func(o *op) int64 { return o.At }); i < r.ops.len(); i++ {
 		out = append(out, *r.ops.at(i))
 	}
-	for i := r.ids.from(t, func(x *idRecord) int64 { return x.at }); i < r.ids.len(); i++ {
+	for i := r.ids.from(idsFrom, func(x *idRecord) int64 { return x.at }); i < r.ids.len(); i++ {
 		x := r.ids.at(i)
 		hi, lo := x.key.Parts()
 		k := binary.BigEndian.AppendUint64(make([]byte, 0, 16), hi)
 		out = append(out, op{Kind: opConsumedKey, Service: x.service, Key: binary.BigEndian.AppendUint64(k, lo), Remaining: x.remaining, At: x.at})
 	}
-	return out
+	return out, whole
 }
 
-// replayTo sends a member that came back the operations it missed while it
-// was down (since a second before it was seen to fail), in batches of
-// replayBatch, to that member (a repeat is harmless: every operation is
-// idempotent).
-func (c *Cluster) replayTo(member string, downSince time.Time) {
-	ops := c.replay.since(downSince.Add(-time.Second).UnixNano())
+// A member that comes back, or that meets another for the first time since
+// it started, asks it for what it sent since (replayRequest): since it was
+// seen to fail, or since its key store last committed before the start (a
+// restart quicker than failure detection, or a new member: everything the
+// log holds). The member answers with replayTo. Pulled by the member that
+// missed something, not pushed on a rejoin only the others noticed.
+type replayRequest struct {
+	Node  string `json:"node"`
+	Since int64  `json:"since"` // Unix ns; 0: everything kept
+}
+
+// replayMargin is how far before since a replay starts: notices still on
+// their way when a node stopped.
+const replayMargin = 10 * time.Second
+
+// replayEvery bounds how often a member is sent a replay.
+const replayEvery = 10 * time.Second
+
+var replayIncomplete = metrics.NewCounter(`capsgate_replay_incomplete_total`)
+
+// askReplay asks member for what it sent since.
+func (c *Cluster) askReplay(member string, since time.Time) {
+	var at int64
+	if !since.IsZero() {
+		at = since.Add(-replayMargin).UnixNano()
+	}
+	msg, _ := json.Marshal(replayRequest{Node: c.cfg.NodeName, Since: at})
+	if to := c.member(member); to != nil {
+		if err := c.ml.SendReliable(to, append([]byte{msgReplay}, msg...)); err != nil {
+			c.log.Warn("cannot ask a member for what this node missed", "member", member, "err", oneLine(err))
+		}
+	}
+}
+
+// replayAsked answers a replayRequest: one at a time per member, and the
+// same request (member and since) at most once every replayEvery.
+func (c *Cluster) replayAsked(b []byte) {
+	var r replayRequest
+	if json.Unmarshal(b, &r) != nil || r.Node == "" || r.Node == c.cfg.NodeName {
+		return
+	}
+	now := time.Now()
+	c.replay.mu.Lock()
+	if c.replay.asked == nil {
+		c.replay.asked = map[string]replayAnswer{}
+	}
+	last, ok := c.replay.asked[r.Node]
+	if ok && (last.busy || last.since == r.Since && now.Sub(last.at) < replayEvery) {
+		c.replay.mu.Unlock()
+		return
+	}
+	c.replay.asked[r.Node] = replayAnswer{since: r.Since, at: now, busy: true}
+	c.replay.mu.Unlock()
+	go func() {
+		defer func() {
+			c.replay.mu.Lock()
+			a := c.replay.asked[r.Node]
+			a.busy = false
+			c.replay.asked[r.Node] = a
+			c.replay.mu.Unlock()
+		}()
+		c.replayTo(r.Node, time.Unix(0, r.Since))
+	}()
+}
+
+// replayAnswer is the last replay a member asked for.
+type replayAnswer struct {
+	since int64
+	at    time.Time
+	busy  bool // being sent
+}
+
+// member returns the memberlist node named name, or nil.
+func (c *Cluster) member(name string) *memberlist.Node {
+	for _, m := range c.ml.Members() {
+		if m.Name == name {
+			return m
+		}
+	}
+	return nil
+}
+
+// replayTo sends a member the operations sent since since (at most
+// replayFor ago), in batches of replayBatch, to that member (a repeat is
+// harmless: every operation is idempotent).
+func (c *Cluster) replayTo(member string, since time.Time) {
+	// IDs older than the idempotency window need not reach it.
+	need := max(since.UnixNano(), time.Now().Add(-c.cfg.Engine.Config().IdempotencyWindow).UnixNano())
+	ops, whole := c.replay.since(since.UnixNano(), need)
+	if !whole {
+		replayIncomplete.Inc()
+		c.log.Warn("a member asked for more CONSUME IDs than the replay log keeps: it gets the newest only",
+			"member", member, "since", since, "ids", replayIDsMax)
+	}
 	if len(ops) == 0 {
 		return
 	}
-	var to *memberlist.Node
-	for _, m := range c.ml.Members() {
-		if m.Name == member {
-			to = m
+	// A new member's request can come before the news of it.
+	to := c.member(member)
+	for i := 0; to == nil && i < 50; i++ {
+		select {
+		case <-c.stop:
+			return
+		case <-time.After(100 * time.Millisecond):
 		}
+		to = c.member(member)
 	}
 	if to == nil {
+		c.log.Warn("a member asked for what it missed but is not a member", "member", member)
 		return
 	}
-	c.log.Info("sending a member that came back what it missed", "member", member, "ops", len(ops))
+	c.log.Info("sending a member what it missed", "member", member, "ops", len(ops))
 	for len(ops) > 0 {
 		select {
 		case <-c.stop:

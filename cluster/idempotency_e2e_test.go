@@ -161,6 +161,55 @@ func TestConsumeIDRepeatsAtOnceChargeOnce(t *testing.T) {
 	require.Zero(t, conflicts, "no ID charged on two members")
 }
 
+// TestConsumeIDsReachANewMember: a member added to a farm asks every member
+// it meets for the IDs charged in the window (the replay log): it owns a
+// part of the IDs from then on, and every repeat, through it or routed to
+// it, gets the first decision, uncharged.
+func TestConsumeIDsReachANewMember(t *testing.T) {
+	needsProcesses(t, "3 capsgate nodes and a fourth added")
+	c := licensedFarm(t, []clustertest.Option{clustertest.WithArgs("--admission-idempotency-window", "840h")},
+		"pp", 1000, "--tokens", "100000", "--id", "pp-new")
+	time.Sleep(300 * time.Millisecond) // the first budgets
+	n := c.Nodes()
+	const ids = 60
+	first := make([]int64, ids)
+	for i := range ids {
+		ok, reason, left, err := n[i%3].Decision("CONSUME", "pp", "acct1", "5", "ID", fmt.Sprintf("old-%d", i))
+		require.NoError(t, err)
+		require.True(t, ok, reason)
+		first[i] = left
+	}
+	n4, err := c.Add()
+	require.NoError(t, err)
+	c.WaitMembers(4, 10*time.Second)
+	require.Eventually(t, func() bool {
+		body, err := n4.GetRaw("/metrics")
+		return err == nil && metric(t, body, "capsgate_idempotency_keys_written_total") >= ids
+	}, 10*time.Second, 50*time.Millisecond, "n4 stores the IDs charged before it joined")
+	require.NoError(t, c.AwaitShares("pp", 1000, 5*time.Second))
+	before := tokensUsed(t, c, "pp")
+	var charged, routed int
+	for i := range ids {
+		for _, via := range []*clustertest.Node{n4, n[i%3]} {
+			ok, reason, left, err := via.Decision("CONSUME", "pp", "acct1", "5", "ID", fmt.Sprintf("old-%d", i))
+			require.NoError(t, err)
+			require.True(t, ok, "old-%d through %s: %s", i, via.Name, reason)
+			if left != first[i] {
+				charged++
+			}
+		}
+	}
+	for _, x := range n {
+		body, err := x.GetRaw("/metrics")
+		require.NoError(t, err)
+		routed += int(metric(t, body, `capsgate_consume_routed_total{result="sent"}`))
+	}
+	require.Zero(t, charged, "a repeat through or to the new member gets the first decision")
+	require.Equal(t, before, tokensUsed(t, c, "pp"), "and is not charged")
+	// n4 owns a part of the IDs: some repeats through n1-n3 went to it.
+	require.Positive(t, routed, "repeats routed to n4")
+}
+
 // tokensUsed sums QUOTA's tokens_used for service over c's nodes.
 func tokensUsed(t *testing.T, c *clustertest.Cluster, service string) int64 {
 	t.Helper()

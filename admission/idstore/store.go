@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -97,6 +98,12 @@ type Store struct {
 	// the highest ticket whose key is committed, and every one below it.
 	ticket, durable atomic.Uint64
 
+	// lastAlive is the wall-clock time of the last commit before this
+	// Open (zero: none).
+	lastAlive time.Time
+	// aliveWritten is when aliveFile was last written (under mu).
+	aliveWritten time.Time
+
 	mu      sync.Mutex // serialises Flush and Close; guards the fields below
 	cursor  []byte     // where the next expiry scan starts
 	expired int64      // engine instant of the last expiry step
@@ -166,6 +173,9 @@ func Open(cfg Config) (*Store, error) {
 	}
 	s.engAnchor, s.wallAnchor = cfg.Clock.Now(), cfg.Wall().UnixNano()
 	s.count.Store(s.estimate())
+	if b, err := os.ReadFile(filepath.Join(cfg.Dir, aliveFile)); err == nil && len(b) == 8 {
+		s.lastAlive = time.Unix(0, int64(binary.LittleEndian.Uint64(b)))
+	}
 	s.updateFull()
 	return s, nil
 }
@@ -187,6 +197,35 @@ func (s *Store) estimate() int64 {
 		}
 	}
 	return max(n, 0)
+}
+
+// aliveFile holds the wall-clock time of a recent commit (8 bytes),
+// written at most every aliveEvery after one, without fsync: a lost or
+// torn one reads as older or as none, which only makes the node ask its
+// members for more than it missed.
+const (
+	aliveFile  = "ALIVE"
+	aliveEvery = time.Second
+)
+
+// LastAlive returns when the store last committed keys before it was
+// opened (zero: never): this node knows every ID charged on it until then.
+// A node that comes back asks the members for the IDs charged since.
+func (s *Store) LastAlive() time.Time { return s.lastAlive }
+
+// markAlive writes aliveFile, at most every aliveEvery unless now: every
+// key remembered until now is committed. Called with mu held.
+func (s *Store) markAlive(now bool) {
+	w := s.cfg.Wall()
+	if !now && w.Sub(s.aliveWritten) < aliveEvery {
+		return
+	}
+	s.aliveWritten = w
+	var b [8]byte
+	binary.LittleEndian.PutUint64(b[:], uint64(w.UnixNano()))
+	if err := os.WriteFile(filepath.Join(s.cfg.Dir, aliveFile), b[:], 0o600); err != nil {
+		s.cfg.Log.Warn("cannot write the idempotency store's alive mark", "err", err)
+	}
 }
 
 // wall converts an engine instant to wall-clock Unix ns.
@@ -293,6 +332,7 @@ func (s *Store) Flush() error {
 	err := s.commitLocked()
 	if err == nil {
 		s.durable.Store(issued)
+		s.markAlive(false)
 	}
 	if now := s.cfg.Clock.Now(); err == nil && now-s.expired >= int64(ExpireEvery) {
 		s.expired = now
@@ -411,6 +451,7 @@ func (s *Store) Close() error {
 	err := s.commitLocked()
 	if err == nil {
 		s.durable.Store(issued)
+		s.markAlive(true)
 	}
 	s.closed = true
 	if cerr := s.db.Close(); err == nil {

@@ -235,3 +235,32 @@ func TestRecordConsumed(t *testing.T) {
 		t.Fatalf("repeat of a member's ID: %+v, want %+v", got, d)
 	}
 }
+
+// TestLastAlive: a store never committed to has no LastAlive; after a
+// commit, the next Open's LastAlive is that commit's wall time, and the
+// expiry scan keeps the mark while it deletes expired keys.
+func TestLastAlive(t *testing.T) {
+	epoch := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	f := newFarm(t, t.TempDir(), epoch, 0)
+	if !f.ids.LastAlive().IsZero() {
+		t.Fatalf("a new store: LastAlive %v, want zero", f.ids.LastAlive())
+	}
+	f.consume("a-1", 1, true, 1)
+	f.tick(time.Minute)
+	committed := f.wall()
+	f.restart()
+	if got := f.ids.LastAlive(); !got.Equal(committed) {
+		t.Fatalf("LastAlive %v, want %v", got, committed)
+	}
+	// Past the window every key expires; the mark stays.
+	for range 3 {
+		f.tick(window)
+	}
+	f.consume("a-1", 1, true, 1) // charged again: expired
+	f.tick(time.Second)
+	committed = f.wall()
+	f.restart()
+	if got := f.ids.LastAlive(); !got.Equal(committed) {
+		t.Fatalf("after expiry: LastAlive %v, want %v", got, committed)
+	}
+}

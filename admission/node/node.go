@@ -372,6 +372,7 @@ func (n *Node) Start() error {
 		LedgerHead:     n.ledger.Head,
 		LedgerIdentity: n.ledger.Identity,
 		Accounts:       n.reserver,
+		LastAlive:      n.ids.LastAlive(),
 	})
 	if err != nil {
 		ln.Close()

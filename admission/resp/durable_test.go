@@ -40,17 +40,25 @@ func (m *memKeys) Ticket() uint64  { return m.ticket.Load() }
 func (m *memKeys) Durable() uint64 { return m.durable.Load() }
 func (m *memKeys) Full() bool      { return false }
 
-// A CONSUME with ID is acknowledged once its key is committed: its reply
-// and every later one on the connection wait (the commands after it still
-// run), the commit is asked for at once, one commit releases a whole
-// pipeline in order, and other connections are answered meanwhile.
-func TestConsumeIDRepliesWaitForTheCommit(t *testing.T) {
+// keysEngine is an engine keeping CONSUME IDs in a memKeys whose commits
+// the test makes, with the service demo of a token pool of tokens.
+func keysEngine(t *testing.T, tokens int64) (*memKeys, *admission.Engine) {
+	t.Helper()
 	keys := &memKeys{keys: map[admission.Key]admission.Decision{}}
 	cfg := admission.DefaultConfig()
 	cfg.Keys = keys
 	e := admission.NewEngine(cfg)
 	require.NoError(t, e.SetLimits("demo", admission.Limits{Licensed: true, CAPS: admission.Unlimited, Sessions: admission.Unlimited,
-		Subscribers: admission.Unlimited, Tokens: admission.Unlimited}))
+		Subscribers: admission.Unlimited, Tokens: tokens}))
+	return keys, e
+}
+
+// A CONSUME with ID is acknowledged once its key is committed: its reply
+// and every later one on the connection wait (the commands after it still
+// run), the commit is asked for at once, one commit releases a whole
+// pipeline in order, and other connections are answered meanwhile.
+func TestConsumeIDRepliesWaitForTheCommit(t *testing.T) {
+	keys, e := keysEngine(t, admission.Unlimited)
 	h := NewHandler(e, "")
 	h.SetCommitKick(func() { keys.kicks.Add(1) })
 	addr := serve(t, h, admission.NewSystemClock())
@@ -106,12 +114,7 @@ func TestConsumeIDRepliesWaitForTheCommit(t *testing.T) {
 // commit), and runs nothing after it; replies that wait longer than
 // MaxHeldWait (a disk failing every commit) close the connection unsent.
 func TestHeldRepliesQuitAndTimeout(t *testing.T) {
-	keys := &memKeys{keys: map[admission.Key]admission.Decision{}}
-	cfg := admission.DefaultConfig()
-	cfg.Keys = keys
-	e := admission.NewEngine(cfg)
-	require.NoError(t, e.SetLimits("demo", admission.Limits{Licensed: true, CAPS: admission.Unlimited, Sessions: admission.Unlimited,
-		Subscribers: admission.Unlimited, Tokens: admission.Unlimited}))
+	keys, e := keysEngine(t, admission.Unlimited)
 	h := NewHandler(e, "")
 	clk := admission.NewFakeClock()
 	addr := serve(t, h, clk)

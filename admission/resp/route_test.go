@@ -2,7 +2,6 @@ package resp
 
 import (
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -12,32 +11,13 @@ import (
 )
 
 // fakeRouter routes the IDs starting with "r-" to another member.
-type fakeRouter struct {
-	mu    sync.Mutex
-	sent  [][]string
-	done  []func(admission.Decision, bool)
-	calls chan struct{}
-}
+type fakeRouter struct{ asked }
 
 func (f *fakeRouter) Routes(_, _, id []byte) bool { return strings.HasPrefix(string(id), "r-") }
 
 func (f *fakeRouter) Route(args [][]byte, done func(admission.Decision, bool)) bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	var a []string
-	for _, b := range args {
-		a = append(a, string(b))
-	}
-	f.sent, f.done = append(f.sent, a), append(f.done, done)
-	f.calls <- struct{}{}
+	f.record(args, done)
 	return true
-}
-
-func (f *fakeRouter) answer(i int, d admission.Decision, ok bool) {
-	f.mu.Lock()
-	done := f.done[i]
-	f.mu.Unlock()
-	done(d, ok)
 }
 
 // A CONSUME whose ID another member owns goes to it (Router) and is
@@ -48,13 +28,8 @@ func (f *fakeRouter) answer(i int, d admission.Decision, ok bool) {
 // (ROUTED) and a transaction's are decided here; and a CONSUME to route
 // behind replies held for a commit waits for the commit before it goes.
 func TestRoutedConsume(t *testing.T) {
-	keys := &memKeys{keys: map[admission.Key]admission.Decision{}}
-	cfg := admission.DefaultConfig()
-	cfg.Keys = keys
-	e := admission.NewEngine(cfg)
-	require.NoError(t, e.SetLimits("demo", admission.Limits{Licensed: true, CAPS: admission.Unlimited, Sessions: admission.Unlimited,
-		Subscribers: admission.Unlimited, Tokens: 1000}))
-	f := &fakeRouter{calls: make(chan struct{}, 16)}
+	keys, e := keysEngine(t, 1000)
+	f := &fakeRouter{asked{calls: make(chan struct{}, 16)}}
 	h := NewHandler(e, "")
 	h.SetRouter(f)
 	addr := serve(t, h, admission.NewSystemClock())

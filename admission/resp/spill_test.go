@@ -14,35 +14,48 @@ import (
 	"github.com/capsgate/capsgate/admission"
 )
 
-// fakeSpiller records what is spilled; the test answers each itself.
-type fakeSpiller struct {
+// asked records what a node sends a member (a spilled ADMIT, a routed
+// CONSUME); the test answers each itself.
+type asked struct {
 	mu    sync.Mutex
 	sent  [][]string
 	done  []func(admission.Decision, bool)
-	room  bool
 	calls chan struct{}
 }
 
-func (f *fakeSpiller) Spill(args [][]byte, done func(admission.Decision, bool)) bool {
+func (f *asked) record(args [][]byte, done func(admission.Decision, bool)) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if !f.room {
-		return false
-	}
 	var a []string
 	for _, b := range args {
 		a = append(a, string(b))
 	}
 	f.sent, f.done = append(f.sent, a), append(f.done, done)
 	f.calls <- struct{}{}
-	return true
 }
 
-func (f *fakeSpiller) answer(i int, d admission.Decision, ok bool) {
+func (f *asked) answer(i int, d admission.Decision, ok bool) {
 	f.mu.Lock()
 	done := f.done[i]
 	f.mu.Unlock()
 	done(d, ok)
+}
+
+// fakeSpiller spills while it has room (guarded by mu).
+type fakeSpiller struct {
+	asked
+	room bool
+}
+
+func (f *fakeSpiller) Spill(args [][]byte, done func(admission.Decision, bool)) bool {
+	f.mu.Lock()
+	room := f.room
+	f.mu.Unlock()
+	if !room {
+		return false
+	}
+	f.record(args, done)
+	return true
 }
 
 // spillServer serves a licence of 1 CAPS on a clock that never moves: the
@@ -104,7 +117,7 @@ const (
 // other clients are answered meanwhile. A spilled ADMIT (SPILLED) and the
 // ADMITs of a transaction are decided here and never spilled.
 func TestSpilledAdmitAnsweredInOrder(t *testing.T) {
-	f := &fakeSpiller{room: true, calls: make(chan struct{}, 16)}
+	f := &fakeSpiller{asked: asked{calls: make(chan struct{}, 16)}, room: true}
 	addr := spillServer(t, f)
 	c, r := dialResp(t, addr)
 	var err error

@@ -329,6 +329,8 @@ type Cluster struct {
 	GossipKeyFile, TokenFile string
 
 	nodes     []*Node
+	cfg       Config // as started, for Add
+	token     string // the admin token
 	transport *http.Transport
 	dial      DialFunc   // nil: net.Dialer
 	t         testing.TB // nil for a Cluster from Start
@@ -421,35 +423,13 @@ func Start(cfg Config) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
+	c.cfg, c.token = cfg, hex.EncodeToString(token)
 	for i := range cfg.Nodes {
-		name := fmt.Sprintf("n%d", i+1)
 		a, fixed := cfg.NodeAddrs[i+1]
 		if !fixed {
 			a, addrs = Addrs{RESP: addrs[0], Admin: addrs[1], Gossip: addrs[2]}, addrs[3:]
 		}
-		n := &Node{
-			Name:         name,
-			RESPAddr:     a.RESP,
-			AdminAddr:    a.Admin,
-			GossipAddr:   a.Gossip,
-			prefix:       slices.Clone(cfg.NodeCommand[i+1]),
-			dial:         cfg.Dial,
-			DataDir:      filepath.Join(cfg.Dir, name),
-			bin:          cfg.Bin,
-			token:        hex.EncodeToString(token),
-			tokenFile:    c.TokenFile,
-			startTimeout: cfg.StartTimeout,
-			log:          &LogBuffer{},
-			http:         &http.Client{Timeout: httpTimeout, Transport: c.transport},
-			joins:        c.joinsFor,
-		}
-		n.args = append([]string{
-			"--node-name", name, "--cluster-id", cfg.ClusterID, "--data-dir", n.DataDir,
-			"--resp-addr", n.RESPAddr, "--admin-addr", n.AdminAddr, "--gossip-addr", n.GossipAddr,
-			"--gossip-key-file", c.GossipKeyFile, "--admin-token-file", c.TokenFile,
-			"--vendor-key", c.VendorPub,
-		}, append(slices.Clone(cfg.Args), cfg.NodeArgs[i+1]...)...)
-		c.nodes = append(c.nodes, n)
+		c.nodes = append(c.nodes, c.newNode(i+1, a))
 	}
 	for i, n := range c.nodes {
 		var join []string
@@ -462,6 +442,50 @@ func Start(cfg Config) (*Cluster, error) {
 		}
 	}
 	return c, nil
+}
+
+// newNode makes (does not start) the node numbered i (named "ni").
+func (c *Cluster) newNode(i int, a Addrs) *Node {
+	cfg := c.cfg
+	name := fmt.Sprintf("n%d", i)
+	n := &Node{
+		Name:         name,
+		RESPAddr:     a.RESP,
+		AdminAddr:    a.Admin,
+		GossipAddr:   a.Gossip,
+		prefix:       slices.Clone(cfg.NodeCommand[i]),
+		dial:         cfg.Dial,
+		DataDir:      filepath.Join(cfg.Dir, name),
+		bin:          cfg.Bin,
+		token:        c.token,
+		tokenFile:    c.TokenFile,
+		startTimeout: cfg.StartTimeout,
+		log:          &LogBuffer{},
+		http:         &http.Client{Timeout: httpTimeout, Transport: c.transport},
+		joins:        c.joinsFor,
+	}
+	n.args = append([]string{
+		"--node-name", name, "--cluster-id", cfg.ClusterID, "--data-dir", n.DataDir,
+		"--resp-addr", n.RESPAddr, "--admin-addr", n.AdminAddr, "--gossip-addr", n.GossipAddr,
+		"--gossip-key-file", c.GossipKeyFile, "--admin-token-file", c.TokenFile,
+		"--vendor-key", c.VendorPub,
+	}, append(slices.Clone(cfg.Args), cfg.NodeArgs[i]...)...)
+	return n
+}
+
+// Add starts a new member (the next number, on free ports) joining the
+// running nodes, and returns it.
+func (c *Cluster) Add() (*Node, error) {
+	addrs, err := freeAddrs(3)
+	if err != nil {
+		return nil, err
+	}
+	n := c.newNode(len(c.nodes)+1, Addrs{RESP: addrs[0], Admin: addrs[1], Gossip: addrs[2]})
+	if err := n.start(c.joinsFor(n)); err != nil {
+		return nil, err
+	}
+	c.nodes = append(c.nodes, n)
+	return n, nil
 }
 
 // joinsFor is what node n joins at a restart: every other running node.
