@@ -171,7 +171,10 @@ func snapshotted(t *testing.T) (dir string, clk *admission.FakeClock, path strin
 	n := start(t, dir, clk)
 	n.load(5, 5)
 	require.NoError(t, n.j.Close())
-	n = start(t, dir, clk) // the state is now in a snapshot
+	n = start(t, dir, clk)
+	n.j.mu.Lock()
+	require.NoError(t, n.j.compactLocked(clk.Now())) // the state is now in a snapshot
+	n.j.mu.Unlock()
 	require.NoError(t, n.j.Close())
 	return dir, clk, filepath.Join(dir, snapshotName(n.j.seq))
 }
@@ -305,4 +308,42 @@ func TestSnapshotNotAFileStopsTheStart(t *testing.T) {
 	require.NoError(t, os.Remove(path))
 	require.NoError(t, syscall.Mkfifo(path, 0o600))
 	require.EqualError(t, reopen(dir, clk), "cannot read the state snapshot: "+path+": not a regular file (a FIFO)")
+}
+
+// A restart continues after the journals it replayed instead of writing
+// the whole state as a new snapshot before serving; the next restart
+// replays the chain whole, and a start that finds maxChain journals after
+// the snapshot writes one (and the chain goes).
+func TestRestartContinuesTheJournal(t *testing.T) {
+	dir, clk := t.TempDir(), admission.NewFakeClock()
+	subs := 0
+	for run := 1; run <= maxChain+2; run++ {
+		n := start(t, dir, clk)
+		require.Equal(t, subs, n.j.Recovered().Subscribers, "run %d restores every earlier run's", run)
+		require.Equal(t, subs, int(n.stats().Subscribers))
+		snaps, journals, err := n.j.files()
+		require.NoError(t, err)
+		switch {
+		case run <= maxChain:
+			require.Equal(t, []uint64{1}, snaps, "run %d: the first snapshot only", run)
+			require.Len(t, journals, run, "run %d: one journal more", run)
+		case run == maxChain+1:
+			require.Equal(t, []uint64{maxChain + 1}, snaps, "run %d: a snapshot at the start", run)
+			require.Equal(t, []uint64{maxChain + 1}, journals)
+		default:
+			require.Equal(t, []uint64{maxChain + 1}, snaps)
+			require.Equal(t, []uint64{maxChain + 1, maxChain + 2}, journals)
+		}
+		for i := range 10 {
+			require.True(t, n.eng.Register(n.now(), voice, fmt.Appendf(nil, "run%d-sub%d", run, i), 3600).Admitted())
+		}
+		// One of the previous run's goes: its removal must not come back.
+		if run > 1 {
+			require.True(t, n.eng.Deregister(n.now(), voice, fmt.Appendf(nil, "run%d-sub0", run-1)))
+			subs--
+		}
+		subs += 10
+		require.NoError(t, n.j.Flush())
+		n.crash()
+	}
 }
