@@ -91,6 +91,7 @@ type Journal struct {
 	mu        sync.Mutex // guards the fields below; Flush and Close hold it
 	seq       uint64     // number of the current journal (and of the snapshot, unless continued)
 	chain     []uint64   // the journals Open replayed after the snapshot
+	names     names      // while loading
 	f         *os.File   // journal-seq.log, open for appending
 	size      int64
 	buf       []byte
@@ -230,62 +231,30 @@ func (j *Journal) files() (snaps, journals []uint64, err error) {
 	return snaps, journals, nil
 }
 
-// replay is the state a snapshot and journal describe, service by service.
+// replay is the state a snapshot and journals describe, service by
+// service: each service's changes in the order written, applied in that
+// order by admission.Engine.Restore (which puts, refreshes and drops on the
+// tables themselves), so a record costs an append, not a map operation.
 type replay map[string]*replayService
 
-// replayService is one service's entries as the records leave them: one
-// slice in order of appearance (a removed entry is left with Kind 0) and
-// an index of the live ones, so that a record costs one map operation and
-// the restore walks the slice.
-type replayService struct {
-	changes []admission.Change
-	at      map[replayKey]int32
-}
-
-// replayKey is an entry's key in one of a service's tables.
-type replayKey struct {
-	table uint8 // admission.SessionOpened, SubscriberSet or ConsumedSet
-	key   admission.Key
-}
-
-func (s *replayService) put(table admission.ChangeKind, c admission.Change) {
-	k := replayKey{uint8(table), c.Key}
-	if i, ok := s.at[k]; ok {
-		s.changes[i] = c
-		return
-	}
-	s.at[k] = int32(len(s.changes))
-	s.changes = append(s.changes, c)
-}
-
-func (s *replayService) drop(table admission.ChangeKind, key admission.Key) {
-	k := replayKey{uint8(table), key}
-	if i, ok := s.at[k]; ok {
-		s.changes[i].Kind = 0
-		delete(s.at, k)
-	}
-}
+// replayService is one service's changes in order.
+type replayService struct{ changes []admission.Change }
 
 func (r replay) apply(rec record) {
 	s := r[rec.service]
-	if s == nil || rec.kind == kindReset {
-		s = &replayService{at: map[replayKey]int32{}}
+	if s == nil {
+		s = &replayService{}
 		r[rec.service] = s
-		if rec.kind == kindReset {
-			return
-		}
+	}
+	switch rec.kind {
+	case kindReset:
+		clear(s.changes)
+		s.changes = s.changes[:0] // everything before it is superseded
+		return
 	}
 	switch rec.Kind {
-	case admission.SessionOpened:
-		s.put(admission.SessionOpened, rec.Change)
-	case admission.SessionClosed:
-		s.drop(admission.SessionOpened, rec.Key)
-	case admission.SubscriberSet:
-		s.put(admission.SubscriberSet, rec.Change)
-	case admission.SubscriberGone:
-		s.drop(admission.SubscriberSet, rec.Key)
-	case admission.ConsumedSet:
-		s.put(admission.ConsumedSet, rec.Change)
+	case admission.SessionOpened, admission.SessionClosed, admission.SubscriberSet, admission.SubscriberGone, admission.ConsumedSet:
+		s.changes = append(s.changes, rec.Change)
 	}
 }
 
@@ -296,6 +265,8 @@ func (j *Journal) load() error {
 		return err
 	}
 	r := replay{}
+	j.names = names{}
+	defer func() { j.names = nil }()
 	if len(snaps) > 0 {
 		j.seq = snaps[len(snaps)-1]
 		path := filepath.Join(j.cfg.Dir, snapshotName(j.seq))
@@ -331,16 +302,12 @@ func (j *Journal) load() error {
 	}
 	slices.Sort(names)
 	for _, name := range names {
-		s := r[name]
-		changes := s.changes[:0] // compacted in place: the live ones, in order
-		for _, c := range s.changes {
-			if c.Kind != 0 {
-				c.Expires = now + (c.Expires - wallNow) // Unix ns to engine instant
-				changes = append(changes, c)
-			}
+		changes := r[name].changes
+		for i := range changes {
+			changes[i].Expires = now + (changes[i].Expires - wallNow) // Unix ns to engine instant
 		}
-		s.at = nil
 		sess, subs, err := j.cfg.Engine.Restore(now, name, changes)
+		r[name] = nil // its changes can go while the next is restored
 		if err != nil {
 			j.recovery.Dropped++
 			j.cfg.Log.Error("cannot restore a service's sessions and subscribers", "service", name, "err", err)
@@ -367,7 +334,7 @@ func (j *Journal) readSnapshot(path string, r replay) error {
 	}
 	n := 0
 	for off := len(snapshotMagic); ; {
-		rec, size, err := readRecord(b[off:])
+		rec, size, err := readRecordIn(b[off:], j.names)
 		if err != nil {
 			return fail(fmt.Errorf("at offset %d: %w", off, err))
 		}
@@ -396,7 +363,7 @@ func (j *Journal) readJournal(path string, r replay) error {
 		off = 0 // torn while being created
 	} else {
 		for off < len(b) {
-			rec, size, err := readRecord(b[off:])
+			rec, size, err := readRecordIn(b[off:], j.names)
 			if err != nil {
 				break
 			}

@@ -88,9 +88,30 @@ func appendRecord(b []byte, kind uint8, service string, c *admission.Change, exp
 // errTorn is a record that is cut short or fails its CRC.
 var errTorn = errors.New("torn or corrupt record")
 
+// names interns the service and account names of the records read: a
+// restore of millions of records holds a few names, not a string each.
+type names map[string]string
+
+// maxNames bounds a names: past it a name is a new string.
+const maxNames = 1 << 16
+
+func (in names) of(b []byte) string {
+	if s, ok := in[string(b)]; ok {
+		return s
+	}
+	s := string(b)
+	if in != nil && len(in) < maxNames {
+		in[s] = s
+	}
+	return s
+}
+
 // readRecord decodes the record at the start of b and returns it with its
 // encoded size.
-func readRecord(b []byte) (record, int, error) {
+func readRecord(b []byte) (record, int, error) { return readRecordIn(b, nil) }
+
+// readRecordIn is readRecord taking its names from in.
+func readRecordIn(b []byte, in names) (record, int, error) {
 	if len(b) < frameHeader {
 		return record{}, 0, fmt.Errorf("%w: %d bytes left, less than a record header", errTorn, len(b))
 	}
@@ -116,9 +137,9 @@ func readRecord(b []byte) (record, int, error) {
 	r.Key = admission.KeyFromParts(binary.LittleEndian.Uint64(p[5:]), binary.LittleEndian.Uint64(p[13:]))
 	r.Expires = int64(binary.LittleEndian.Uint64(p[21:]))
 	r.Remaining = int64(binary.LittleEndian.Uint64(p[29:]))
-	r.service = string(p[fixedPayload : fixedPayload+sl])
+	r.service = in.of(p[fixedPayload : fixedPayload+sl])
 	if al > 0 {
-		r.Account = string(p[fixedPayload+sl:])
+		r.Account = in.of(p[fixedPayload+sl:])
 	}
 	return r, frameHeader + n, nil
 }
