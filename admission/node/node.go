@@ -199,6 +199,7 @@ func (n *Node) openMetering() error {
 	}
 	n.meter = meter.New(n.eng, n.ledger, n.reserver, n.witnesses, time.Now())
 	// Sessions and registrations come back after the accounts they charge.
+	restoring := time.Now()
 	n.journal, err = journal.Open(journal.Config{Dir: filepath.Join(n.cfg.DataDir, journal.Dir),
 		Engine: n.eng, Clock: n.clk, Log: n.log})
 	if err != nil {
@@ -207,7 +208,7 @@ func (n *Node) openMetering() error {
 	}
 	if rec := n.journal.Recovered(); rec.Sessions+rec.Subscribers > 0 || rec.Torn != "" {
 		n.log.Info("open sessions and registrations restored", "sessions", rec.Sessions, "subscribers", rec.Subscribers,
-			"journal_records", rec.Records, "torn_bytes_cut", rec.Cut)
+			"journal_records", rec.Records, "torn_bytes_cut", rec.Cut, "seconds", time.Since(restoring).Seconds())
 	}
 	return nil
 }
