@@ -237,8 +237,12 @@ func (j *Journal) files() (snaps, journals []uint64, err error) {
 // tables themselves), so a record costs an append, not a map operation.
 type replay map[string]*replayService
 
-// replayService is one service's changes in order.
-type replayService struct{ changes []admission.Change }
+// replayService is one service's changes in order; reset: a journal
+// started it over, so the snapshot's entries of it do not count.
+type replayService struct {
+	changes []admission.Change
+	reset   bool
+}
 
 func (r replay) apply(rec record) {
 	s := r[rec.service]
@@ -249,7 +253,7 @@ func (r replay) apply(rec record) {
 	switch rec.kind {
 	case kindReset:
 		clear(s.changes)
-		s.changes = s.changes[:0] // everything before it is superseded
+		s.changes, s.reset = s.changes[:0], true // everything before it is superseded
 		return
 	}
 	switch rec.Kind {
@@ -264,28 +268,26 @@ func (j *Journal) load() error {
 	if err != nil {
 		return err
 	}
-	r := replay{}
 	j.names = names{}
 	defer func() { j.names = nil }()
+	snapshot := ""
 	if len(snaps) > 0 {
 		j.seq = snaps[len(snaps)-1]
-		path := filepath.Join(j.cfg.Dir, snapshotName(j.seq))
-		if err := j.readSnapshot(path, r); err != nil {
-			return err
-		}
-		j.recovery.Snapshot = path
+		snapshot = filepath.Join(j.cfg.Dir, snapshotName(j.seq))
 	} else if len(journals) > 0 {
 		j.seq = journals[0] // a first journal whose snapshot was never written
 	}
 	// The journals from the snapshot's on: one, or a chain of them when
-	// earlier starts continued without a snapshot (continueLocked).
+	// earlier starts continued without a snapshot (continueLocked). They
+	// are read first (a few tens of MB at most), so that the snapshot's
+	// entries of a service a journal reset are skipped.
+	r := replay{}
 	j.chain = j.chain[:0]
 	for _, n := range journals {
 		if n < j.seq {
 			continue
 		}
-		path := filepath.Join(j.cfg.Dir, journalName(n))
-		if err := j.readJournal(path, r); err != nil {
+		if err := j.readJournal(filepath.Join(j.cfg.Dir, journalName(n)), r); err != nil {
 			return err
 		}
 		j.chain = append(j.chain, n)
@@ -295,33 +297,86 @@ func (j *Journal) load() error {
 		// last journal read.
 		j.seq = j.chain[len(j.chain)-1]
 	}
-	now, wallNow := j.cfg.Clock.Now(), j.wallAnchor+(j.cfg.Clock.Now()-j.engAnchor)
+	rs := restorer{j: j, now: j.cfg.Clock.Now(), counts: map[string][2]int{}}
+	rs.wallNow = j.wallAnchor + (rs.now - j.engAnchor)
+	if snapshot != "" {
+		if err := j.readSnapshot(snapshot, r, &rs); err != nil {
+			return err
+		}
+		j.recovery.Snapshot = snapshot
+	}
 	names := make([]string, 0, len(r))
 	for name := range r {
 		names = append(names, name)
 	}
 	slices.Sort(names)
 	for _, name := range names {
-		changes := r[name].changes
-		for i := range changes {
-			changes[i].Expires = now + (changes[i].Expires - wallNow) // Unix ns to engine instant
-		}
-		sess, subs, err := j.cfg.Engine.Restore(now, name, changes)
+		rs.restore(name, r[name].changes)
 		r[name] = nil // its changes can go while the next is restored
-		if err != nil {
-			j.recovery.Dropped++
-			j.cfg.Log.Error("cannot restore a service's sessions and subscribers", "service", name, "err", err)
-			continue
-		}
-		j.recovery.Sessions += sess
-		j.recovery.Subscribers += subs
+	}
+	for _, c := range rs.counts {
+		j.recovery.Sessions += c[0]
+		j.recovery.Subscribers += c[1]
 	}
 	return nil
 }
 
-// readSnapshot applies a snapshot. A snapshot is written whole and renamed
-// into place, so any damage is corruption, not a crash: it is an error.
-func (j *Journal) readSnapshot(path string, r replay) error {
+// restorer hands changes to the engine, service by service, with their
+// expiries turned from Unix ns to engine instants.
+type restorer struct {
+	j            *Journal
+	now, wallNow int64
+	counts       map[string][2]int // sessions and subscribers a service holds after its last restore
+	failed       map[string]bool
+	chunk        []admission.Change
+	service      string // the chunk's
+}
+
+// restoreChunk is how many snapshot records go to the engine at once: the
+// snapshot is applied as it is read, not gathered whole first.
+const restoreChunk = 1 << 16
+
+func (rs *restorer) restore(service string, changes []admission.Change) {
+	if rs.failed[service] {
+		return
+	}
+	for i := range changes {
+		changes[i].Expires = rs.now + (changes[i].Expires - rs.wallNow)
+	}
+	sess, subs, err := rs.j.cfg.Engine.Restore(rs.now, service, changes)
+	if err != nil {
+		if rs.failed == nil {
+			rs.failed = map[string]bool{}
+		}
+		rs.failed[service] = true
+		rs.j.recovery.Dropped++
+		rs.j.cfg.Log.Error("cannot restore a service's sessions and subscribers", "service", service, "err", err)
+		return
+	}
+	rs.counts[service] = [2]int{sess, subs}
+}
+
+// add queues a snapshot's change of service.
+func (rs *restorer) add(service string, c admission.Change) {
+	if service != rs.service || len(rs.chunk) == restoreChunk {
+		rs.flush()
+		rs.service = service
+	}
+	rs.chunk = append(rs.chunk, c)
+}
+
+func (rs *restorer) flush() {
+	if len(rs.chunk) > 0 {
+		rs.restore(rs.service, rs.chunk)
+	}
+	clear(rs.chunk)
+	rs.chunk = rs.chunk[:0]
+}
+
+// readSnapshot applies a snapshot (a service's records skipped when a
+// journal in r reset it). A snapshot is written whole and renamed into
+// place, so any damage is corruption, not a crash: it is an error.
+func (j *Journal) readSnapshot(path string, r replay, rs *restorer) error {
 	b, err := bounded.ReadFile(path, bounded.NodeState)
 	if err != nil {
 		return fmt.Errorf("cannot read the state snapshot: %w", err)
@@ -332,6 +387,8 @@ func (j *Journal) readSnapshot(path string, r replay) error {
 	if !strings.HasPrefix(string(b[:min(len(b), len(snapshotMagic))]), snapshotMagic) {
 		return fail(errors.New("not a capsgate state snapshot"))
 	}
+	rs.chunk = make([]admission.Change, 0, restoreChunk)
+	defer func() { rs.chunk = nil }()
 	n := 0
 	for off := len(snapshotMagic); ; {
 		rec, size, err := readRecordIn(b[off:], j.names)
@@ -343,10 +400,17 @@ func (j *Journal) readSnapshot(path string, r replay) error {
 			if rec.Remaining != int64(n) {
 				return fail(fmt.Errorf("it ends after %d records but says %d", n, rec.Remaining))
 			}
+			rs.flush()
 			return nil
 		}
-		r.apply(rec)
 		n++
+		if x := r[rec.service]; x != nil && x.reset {
+			continue // a journal starts this service over
+		}
+		if rec.kind == kindReset {
+			continue
+		}
+		rs.add(rec.service, rec.Change)
 	}
 }
 
