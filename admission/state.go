@@ -134,6 +134,34 @@ func sessionChange(k Key, exp int64, x session) Change {
 // emergency call would) if no licence has made it yet. Restoring is not
 // logged. It returns how many sessions and subscribers are open after it.
 func (e *Engine) Restore(now int64, service string, changes []Change) (sessions, subscribers int, err error) {
+	return e.restore(now, service, changes, false)
+}
+
+// RestoreSnapshot is Restore for changes of keys it has not restored
+// before, as a snapshot holds them (each entry once, no removals): each is
+// put without first looking for an earlier one.
+func (e *Engine) RestoreSnapshot(now int64, service string, changes []Change) (sessions, subscribers int, err error) {
+	return e.restore(now, service, changes, true)
+}
+
+// ReserveRestore makes room in service's tables for the sessions and
+// subscribers a restore is about to put back, so that they grow once.
+func (e *Engine) ReserveRestore(service string, sessions, subscribers int) error {
+	s := e.Service(service)
+	if s == nil {
+		var err error
+		if s, err = e.ensure(service, false); err != nil {
+			return err
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.sessions.reserve(sessions)
+	s.subscribers.reserve(subscribers)
+	return nil
+}
+
+func (e *Engine) restore(now int64, service string, changes []Change, unique bool) (sessions, subscribers int, err error) {
 	s := e.Service(service)
 	if s == nil {
 		if s, err = e.ensure(service, false); err != nil {
@@ -156,7 +184,9 @@ func (e *Engine) Restore(now int64, service string, changes []Change) (sessions,
 	for _, c := range changes {
 		switch c.Kind {
 		case SessionOpened:
-			s.dropSession(c.Key)
+			if !unique {
+				s.dropSession(c.Key)
+			}
 			if c.Expires <= now {
 				continue
 			}
@@ -174,6 +204,13 @@ func (e *Engine) Restore(now int64, service string, changes []Change) (sessions,
 		case SessionClosed:
 			s.dropSession(c.Key)
 		case SubscriberSet:
+			if unique {
+				if c.Expires > now {
+					s.subscribers.put(c.Key, struct{}{}, c.Expires)
+					s.subsN.Add(1)
+				}
+				continue
+			}
 			if x, ok := s.subscribers.get(c.Key, now); ok {
 				if c.Expires <= now {
 					s.subscribers.del(c.Key, now)

@@ -2,6 +2,7 @@ package journal
 
 import (
 	"bufio"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -311,7 +312,7 @@ func (j *Journal) load() error {
 	}
 	slices.Sort(names)
 	for _, name := range names {
-		rs.restore(name, r[name].changes)
+		rs.restore(name, r[name].changes, false)
 		r[name] = nil // its changes can go while the next is restored
 	}
 	for _, c := range rs.counts {
@@ -336,14 +337,18 @@ type restorer struct {
 // snapshot is applied as it is read, not gathered whole first.
 const restoreChunk = 1 << 16
 
-func (rs *restorer) restore(service string, changes []admission.Change) {
+func (rs *restorer) restore(service string, changes []admission.Change, snapshot bool) {
 	if rs.failed[service] {
 		return
 	}
 	for i := range changes {
 		changes[i].Expires = rs.now + (changes[i].Expires - rs.wallNow)
 	}
-	sess, subs, err := rs.j.cfg.Engine.Restore(rs.now, service, changes)
+	restore := rs.j.cfg.Engine.Restore
+	if snapshot {
+		restore = rs.j.cfg.Engine.RestoreSnapshot // each key once
+	}
+	sess, subs, err := restore(rs.now, service, changes)
 	if err != nil {
 		if rs.failed == nil {
 			rs.failed = map[string]bool{}
@@ -367,7 +372,7 @@ func (rs *restorer) add(service string, c admission.Change) {
 
 func (rs *restorer) flush() {
 	if len(rs.chunk) > 0 {
-		rs.restore(rs.service, rs.chunk)
+		rs.restore(rs.service, rs.chunk, true)
 	}
 	clear(rs.chunk)
 	rs.chunk = rs.chunk[:0]
@@ -389,6 +394,15 @@ func (j *Journal) readSnapshot(path string, r replay, rs *restorer) error {
 	}
 	rs.chunk = make([]admission.Change, 0, restoreChunk)
 	defer func() { rs.chunk = nil }()
+	// Each service's tables grow once: count its entries first (the
+	// records' headers only; CRCs are checked as they are applied).
+	for service, c := range countSnapshot(b[len(snapshotMagic):]) {
+		if x := r[service]; x == nil || !x.reset {
+			if err := j.cfg.Engine.ReserveRestore(service, c[0], c[1]); err != nil {
+				rs.restore(service, nil, true) // counted as dropped once
+			}
+		}
+	}
 	n := 0
 	for off := len(snapshotMagic); ; {
 		rec, size, err := readRecordIn(b[off:], j.names)
@@ -412,6 +426,35 @@ func (j *Journal) readSnapshot(path string, r replay, rs *restorer) error {
 		}
 		rs.add(rec.service, rec.Change)
 	}
+}
+
+// countSnapshot counts a snapshot's sessions and subscribers per service
+// from its records' headers, stopping at the first it cannot read.
+func countSnapshot(b []byte) map[string]*[2]int {
+	counts := map[string]*[2]int{}
+	for off := 0; off+frameHeader+fixedPayload <= len(b); {
+		n := int(binary.LittleEndian.Uint32(b[off:]))
+		if n < fixedPayload || n > maxPayload || off+frameHeader+n > len(b) {
+			break
+		}
+		p := b[off+frameHeader : off+frameHeader+n]
+		if sl := int(p[3]); fixedPayload+sl <= n {
+			name := p[fixedPayload : fixedPayload+sl]
+			c := counts[string(name)]
+			if c == nil {
+				c = new([2]int)
+				counts[string(name)] = c
+			}
+			switch admission.ChangeKind(p[0]) {
+			case admission.SessionOpened:
+				c[0]++
+			case admission.SubscriberSet:
+				c[1]++
+			}
+		}
+		off += frameHeader + n
+	}
+	return counts
 }
 
 // readJournal applies a journal up to its first bad record: the tail a
