@@ -305,6 +305,8 @@ func (j *Journal) load() error {
 			return err
 		}
 		j.recovery.Snapshot = snapshot
+	} else {
+		rs.reserve(map[string]*[2]int{}, r)
 	}
 	names := make([]string, 0, len(r))
 	for name := range r {
@@ -361,6 +363,31 @@ func (rs *restorer) restore(service string, changes []admission.Change, snapshot
 	rs.counts[service] = [2]int{sess, subs}
 }
 
+// reserve makes room in each service's tables for what counts (a
+// snapshot's) and r (the journals') hold.
+func (rs *restorer) reserve(counts map[string]*[2]int, r replay) {
+	for service, x := range r {
+		c := counts[service]
+		if c == nil {
+			c = new([2]int)
+			counts[service] = c
+		}
+		for i := range x.changes {
+			switch x.changes[i].Kind {
+			case admission.SessionOpened:
+				c[0]++
+			case admission.SubscriberSet:
+				c[1]++
+			}
+		}
+	}
+	for service, c := range counts {
+		if err := rs.j.cfg.Engine.ReserveRestore(service, c[0], c[1]); err != nil {
+			rs.restore(service, nil, true) // counted as dropped once
+		}
+	}
+}
+
 // add queues a snapshot's change of service.
 func (rs *restorer) add(service string, c admission.Change) {
 	if service != rs.service || len(rs.chunk) == restoreChunk {
@@ -396,13 +423,13 @@ func (j *Journal) readSnapshot(path string, r replay, rs *restorer) error {
 	defer func() { rs.chunk = nil }()
 	// Each service's tables grow once: count its entries first (the
 	// records' headers only; CRCs are checked as they are applied).
-	for service, c := range countSnapshot(b[len(snapshotMagic):]) {
-		if x := r[service]; x == nil || !x.reset {
-			if err := j.cfg.Engine.ReserveRestore(service, c[0], c[1]); err != nil {
-				rs.restore(service, nil, true) // counted as dropped once
-			}
+	counts := countSnapshot(b[len(snapshotMagic):])
+	for service, x := range r {
+		if x.reset {
+			delete(counts, service)
 		}
 	}
+	rs.reserve(counts, r)
 	n := 0
 	for off := len(snapshotMagic); ; {
 		rec, size, err := readRecordIn(b[off:], j.names)
