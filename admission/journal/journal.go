@@ -232,38 +232,14 @@ func (j *Journal) files() (snaps, journals []uint64, err error) {
 	return snaps, journals, nil
 }
 
-// replay is the state a snapshot and journals describe, service by
-// service: each service's changes in the order written, applied in that
-// order by admission.Engine.Restore (which puts, refreshes and drops on the
-// tables themselves), so a record costs an append, not a map operation.
-type replay map[string]*replayService
-
-// replayService is one service's changes in order; reset: a journal
-// started it over, so the snapshot's entries of it do not count.
-type replayService struct {
-	changes []admission.Change
-	reset   bool
-}
-
-func (r replay) apply(rec record) {
-	s := r[rec.service]
-	if s == nil {
-		s = &replayService{}
-		r[rec.service] = s
-	}
-	switch rec.kind {
-	case kindReset:
-		clear(s.changes)
-		s.changes, s.reset = s.changes[:0], true // everything before it is superseded
-		return
-	}
-	switch rec.Kind {
-	case admission.SessionOpened, admission.SessionClosed, admission.SubscriberSet, admission.SubscriberGone, admission.ConsumedSet:
-		s.changes = append(s.changes, rec.Change)
-	}
-}
-
-// load reads the newest snapshot and its journal into the engine.
+// load reads the newest snapshot and the journals after it into the
+// engine. Nothing is gathered whole first: the journals are read and
+// checked (their torn tails found, which services they reset, how many
+// entries they add), every service's tables are reserved once, then the
+// snapshot and the journals are applied as they are read, in chunks of
+// restoreChunk changes per service, in the order written (a service a
+// journal resets skips what came before the reset, the snapshot's
+// included).
 func (j *Journal) load() error {
 	snaps, journals, err := j.files()
 	if err != nil {
@@ -279,18 +255,19 @@ func (j *Journal) load() error {
 		j.seq = journals[0] // a first journal whose snapshot was never written
 	}
 	// The journals from the snapshot's on: one, or a chain of them when
-	// earlier starts continued without a snapshot (continueLocked). They
-	// are read first (a few tens of MB at most), so that the snapshot's
-	// entries of a service a journal reset are skipped.
-	r := replay{}
+	// earlier starts continued without a snapshot (continueLocked).
+	var chain []journalFile
 	j.chain = j.chain[:0]
+	resets := map[string]position{} // each service's last reset
 	for _, n := range journals {
 		if n < j.seq {
 			continue
 		}
-		if err := j.readJournal(filepath.Join(j.cfg.Dir, journalName(n)), r); err != nil {
+		f, err := j.readJournal(filepath.Join(j.cfg.Dir, journalName(n)), len(chain), resets)
+		if err != nil {
 			return err
 		}
+		chain = append(chain, f)
 		j.chain = append(j.chain, n)
 	}
 	if len(j.chain) > 0 {
@@ -298,25 +275,56 @@ func (j *Journal) load() error {
 		// last journal read.
 		j.seq = j.chain[len(j.chain)-1]
 	}
-	rs := restorer{j: j, now: j.cfg.Clock.Now(), counts: map[string][2]int{}}
-	rs.wallNow = j.wallAnchor + (rs.now - j.engAnchor)
+	var snap []byte
 	if snapshot != "" {
-		if err := j.readSnapshot(snapshot, r, &rs); err != nil {
+		if snap, err = j.openSnapshot(snapshot); err != nil {
+			return err
+		}
+	}
+	rs := restorer{j: j, now: j.cfg.Clock.Now(), counts: map[string][2]int{}, chunks: map[string][]admission.Change{}}
+	rs.wallNow = j.wallAnchor + (rs.now - j.engAnchor)
+	// Each service's tables grow once: count what it will hold (from the
+	// records' headers).
+	counts := map[string]*[2]int{}
+	if snap != nil {
+		countRecords(snap[len(snapshotMagic):], counts, nil)
+	}
+	for service := range resets {
+		delete(counts, service) // the snapshot's do not count
+	}
+	for fi, f := range chain {
+		countRecords(f.b[len(journalMagic):f.end], counts, func(service []byte, off int) bool {
+			r, ok := resets[string(service)]
+			return !ok || (position{fi, len(journalMagic) + off}).after(r)
+		})
+	}
+	for service, c := range counts {
+		if err := j.cfg.Engine.ReserveRestore(service, c[0], c[1]); err != nil {
+			rs.restore(service, nil, true) // counted as dropped once
+		}
+	}
+	if snap != nil {
+		if err := j.applySnapshot(snapshot, snap, resets, &rs); err != nil {
 			return err
 		}
 		j.recovery.Snapshot = snapshot
-	} else {
-		rs.reserve(map[string]*[2]int{}, r)
 	}
-	names := make([]string, 0, len(r))
-	for name := range r {
-		names = append(names, name)
+	for fi, f := range chain {
+		for off := len(journalMagic); off < f.end; {
+			rec, size, err := readRecordIn(f.b[off:], j.names)
+			if err != nil {
+				return fmt.Errorf("cannot read the state journal %s at offset %d a second time: %w", f.path, off, err)
+			}
+			at := position{fi, off}
+			off += size
+			if r, ok := resets[rec.service]; rec.kind == kindReset || ok && !at.after(r) {
+				continue // superseded by the service's last reset
+			}
+			rs.add(rec.service, rec.Change, false)
+		}
+		chain[fi].b = nil
 	}
-	slices.Sort(names)
-	for _, name := range names {
-		rs.restore(name, r[name].changes, false)
-		r[name] = nil // its changes can go while the next is restored
-	}
+	rs.flushAll()
 	for _, c := range rs.counts {
 		j.recovery.Sessions += c[0]
 		j.recovery.Subscribers += c[1]
@@ -324,19 +332,62 @@ func (j *Journal) load() error {
 	return nil
 }
 
-// restorer hands changes to the engine, service by service, with their
+// position is a record's place in the chain of journals: which file, at
+// which offset.
+type position struct{ file, off int }
+
+func (p position) after(q position) bool {
+	return p.file > q.file || p.file == q.file && p.off > q.off
+}
+
+// journalFile is a journal read whole, valid up to end.
+type journalFile struct {
+	path string
+	b    []byte
+	end  int
+}
+
+// countRecords adds the sessions and subscribers of the records in b to
+// counts, per service (the headers only; a record keep says no to is not
+// counted), stopping at the first it cannot read.
+func countRecords(b []byte, counts map[string]*[2]int, keep func(service []byte, off int) bool) {
+	for off := 0; off+frameHeader+fixedPayload <= len(b); {
+		n := int(binary.LittleEndian.Uint32(b[off:]))
+		if n < fixedPayload || n > maxPayload || off+frameHeader+n > len(b) {
+			return
+		}
+		p := b[off+frameHeader : off+frameHeader+n]
+		if sl := int(p[3]); fixedPayload+sl <= n {
+			name := p[fixedPayload : fixedPayload+sl]
+			if k := admission.ChangeKind(p[0]); (k == admission.SessionOpened || k == admission.SubscriberSet) && (keep == nil || keep(name, off)) {
+				c := counts[string(name)]
+				if c == nil {
+					c = new([2]int)
+					counts[string(name)] = c
+				}
+				if k == admission.SessionOpened {
+					c[0]++
+				} else {
+					c[1]++
+				}
+			}
+		}
+		off += frameHeader + n
+	}
+}
+
+// restorer hands changes to the engine, per service in chunks, with their
 // expiries turned from Unix ns to engine instants.
 type restorer struct {
 	j            *Journal
 	now, wallNow int64
 	counts       map[string][2]int // sessions and subscribers a service holds after its last restore
 	failed       map[string]bool
-	chunk        []admission.Change
-	service      string // the chunk's
+	chunks       map[string][]admission.Change
+	unique       bool // the chunks are a snapshot's
 }
 
-// restoreChunk is how many snapshot records go to the engine at once: the
-// snapshot is applied as it is read, not gathered whole first.
+// restoreChunk is how many changes of a service go to the engine at once.
 const restoreChunk = 1 << 16
 
 func (rs *restorer) restore(service string, changes []admission.Change, snapshot bool) {
@@ -363,134 +414,85 @@ func (rs *restorer) restore(service string, changes []admission.Change, snapshot
 	rs.counts[service] = [2]int{sess, subs}
 }
 
-// reserve makes room in each service's tables for what counts (a
-// snapshot's) and r (the journals') hold.
-func (rs *restorer) reserve(counts map[string]*[2]int, r replay) {
-	for service, x := range r {
-		c := counts[service]
-		if c == nil {
-			c = new([2]int)
-			counts[service] = c
-		}
-		for i := range x.changes {
-			switch x.changes[i].Kind {
-			case admission.SessionOpened:
-				c[0]++
-			case admission.SubscriberSet:
-				c[1]++
-			}
-		}
+// add queues a change of service (unique: a snapshot's); a snapshot's
+// chunks all go before any journal's.
+func (rs *restorer) add(service string, c admission.Change, unique bool) {
+	if unique != rs.unique {
+		rs.flushAll()
+		rs.unique = unique
 	}
-	for service, c := range counts {
-		if err := rs.j.cfg.Engine.ReserveRestore(service, c[0], c[1]); err != nil {
-			rs.restore(service, nil, true) // counted as dropped once
+	ch := rs.chunks[service]
+	if len(ch) == restoreChunk {
+		rs.restore(service, ch, rs.unique)
+		clear(ch)
+		ch = ch[:0]
+	}
+	if ch == nil {
+		ch = make([]admission.Change, 0, 1024)
+	}
+	rs.chunks[service] = append(ch, c)
+}
+
+func (rs *restorer) flushAll() {
+	for service, ch := range rs.chunks {
+		if len(ch) > 0 {
+			rs.restore(service, ch, rs.unique)
 		}
+		delete(rs.chunks, service)
 	}
 }
 
-// add queues a snapshot's change of service.
-func (rs *restorer) add(service string, c admission.Change) {
-	if service != rs.service || len(rs.chunk) == restoreChunk {
-		rs.flush()
-		rs.service = service
-	}
-	rs.chunk = append(rs.chunk, c)
-}
-
-func (rs *restorer) flush() {
-	if len(rs.chunk) > 0 {
-		rs.restore(rs.service, rs.chunk, true)
-	}
-	clear(rs.chunk)
-	rs.chunk = rs.chunk[:0]
-}
-
-// readSnapshot applies a snapshot (a service's records skipped when a
-// journal in r reset it). A snapshot is written whole and renamed into
-// place, so any damage is corruption, not a crash: it is an error.
-func (j *Journal) readSnapshot(path string, r replay, rs *restorer) error {
+// openSnapshot reads a snapshot and checks its magic.
+func (j *Journal) openSnapshot(path string) ([]byte, error) {
 	b, err := bounded.ReadFile(path, bounded.NodeState)
 	if err != nil {
-		return fmt.Errorf("cannot read the state snapshot: %w", err)
-	}
-	fail := func(err error) error {
-		return fmt.Errorf("cannot read the state snapshot %s: %w (move it away to start without the open sessions and registrations it holds)", path, err)
+		return nil, fmt.Errorf("cannot read the state snapshot: %w", err)
 	}
 	if !strings.HasPrefix(string(b[:min(len(b), len(snapshotMagic))]), snapshotMagic) {
-		return fail(errors.New("not a capsgate state snapshot"))
+		return nil, snapshotError(path, errors.New("not a capsgate state snapshot"))
 	}
-	rs.chunk = make([]admission.Change, 0, restoreChunk)
-	defer func() { rs.chunk = nil }()
-	// Each service's tables grow once: count its entries first (the
-	// records' headers only; CRCs are checked as they are applied).
-	counts := countSnapshot(b[len(snapshotMagic):])
-	for service, x := range r {
-		if x.reset {
-			delete(counts, service)
-		}
-	}
-	rs.reserve(counts, r)
+	return b, nil
+}
+
+func snapshotError(path string, err error) error {
+	return fmt.Errorf("cannot read the state snapshot %s: %w (move it away to start without the open sessions and registrations it holds)", path, err)
+}
+
+// applySnapshot applies snapshot b (a service a journal resets skipped). A
+// snapshot is written whole and renamed into place, so any damage is
+// corruption, not a crash: it is an error.
+func (j *Journal) applySnapshot(path string, b []byte, resets map[string]position, rs *restorer) error {
 	n := 0
 	for off := len(snapshotMagic); ; {
 		rec, size, err := readRecordIn(b[off:], j.names)
 		if err != nil {
-			return fail(fmt.Errorf("at offset %d: %w", off, err))
+			return snapshotError(path, fmt.Errorf("at offset %d: %w", off, err))
 		}
 		off += size
 		if rec.kind == kindEnd {
 			if rec.Remaining != int64(n) {
-				return fail(fmt.Errorf("it ends after %d records but says %d", n, rec.Remaining))
+				return snapshotError(path, fmt.Errorf("it ends after %d records but says %d", n, rec.Remaining))
 			}
-			rs.flush()
+			rs.flushAll()
 			return nil
 		}
 		n++
-		if x := r[rec.service]; x != nil && x.reset {
+		if _, reset := resets[rec.service]; reset || rec.kind == kindReset {
 			continue // a journal starts this service over
 		}
-		if rec.kind == kindReset {
-			continue
-		}
-		rs.add(rec.service, rec.Change)
+		rs.add(rec.service, rec.Change, true)
 	}
 }
 
-// countSnapshot counts a snapshot's sessions and subscribers per service
-// from its records' headers, stopping at the first it cannot read.
-func countSnapshot(b []byte) map[string]*[2]int {
-	counts := map[string]*[2]int{}
-	for off := 0; off+frameHeader+fixedPayload <= len(b); {
-		n := int(binary.LittleEndian.Uint32(b[off:]))
-		if n < fixedPayload || n > maxPayload || off+frameHeader+n > len(b) {
-			break
-		}
-		p := b[off+frameHeader : off+frameHeader+n]
-		if sl := int(p[3]); fixedPayload+sl <= n {
-			name := p[fixedPayload : fixedPayload+sl]
-			c := counts[string(name)]
-			if c == nil {
-				c = new([2]int)
-				counts[string(name)] = c
-			}
-			switch admission.ChangeKind(p[0]) {
-			case admission.SessionOpened:
-				c[0]++
-			case admission.SubscriberSet:
-				c[1]++
-			}
-		}
-		off += frameHeader + n
-	}
-	return counts
-}
-
-// readJournal applies a journal up to its first bad record: the tail a
-// crash tore off (or, far less likely, damage; either way what follows it
-// is not trusted).
-func (j *Journal) readJournal(path string, r replay) error {
+// readJournal reads a journal and finds where its valid records end: at
+// its first bad record, the tail a crash tore off (or, far less likely,
+// damage; either way what follows it is not trusted). It notes in resets
+// the position of each service's last reset (file is the journal's place
+// in the chain) and counts the records.
+func (j *Journal) readJournal(path string, file int, resets map[string]position) (journalFile, error) {
 	b, err := bounded.ReadFile(path, bounded.NodeState)
 	if err != nil {
-		return fmt.Errorf("cannot read the state journal: %w", err)
+		return journalFile{}, fmt.Errorf("cannot read the state journal: %w", err)
 	}
 	off := len(journalMagic)
 	if len(b) < off || string(b[:off]) != journalMagic {
@@ -501,7 +503,9 @@ func (j *Journal) readJournal(path string, r replay) error {
 			if err != nil {
 				break
 			}
-			r.apply(rec)
+			if rec.kind == kindReset {
+				resets[rec.service] = position{file, off}
+			}
 			j.recovery.Records++
 			off += size
 		}
@@ -511,7 +515,10 @@ func (j *Journal) readJournal(path string, r replay) error {
 		j.cfg.Log.Warn("the state journal's tail was torn by a crash and cut off; the changes before it are restored",
 			"file", path, "offset", off, "bytes_cut", len(b)-off)
 	}
-	return nil
+	if off < len(journalMagic) {
+		return journalFile{path: path, b: []byte(journalMagic), end: len(journalMagic)}, nil
+	}
+	return journalFile{path: path, b: b, end: off}, nil
 }
 
 // wall converts an engine instant to Unix nanoseconds.

@@ -347,3 +347,40 @@ func TestRestartContinuesTheJournal(t *testing.T) {
 		n.crash()
 	}
 }
+
+// A change log that overflows writes its service whole after a reset
+// record; a restart then drops what the snapshot and the journal held of
+// that service before the reset (removals included), and applies what
+// follows it.
+func TestResetSupersedesTheSnapshot(t *testing.T) {
+	dir, clk := t.TempDir(), admission.NewFakeClock()
+	n := start(t, dir, clk)
+	sub := func(format string, i int) []byte { return fmt.Appendf(nil, format, i) }
+	for i := range 100 {
+		require.True(t, n.eng.Register(n.now(), voice, sub("s%d", i), 3600).Admitted())
+	}
+	require.NoError(t, n.j.Flush())
+	n.j.mu.Lock()
+	require.NoError(t, n.j.compactLocked(clk.Now())) // the 100 in a snapshot
+	n.j.mu.Unlock()
+	for i := range 10 {
+		require.True(t, n.eng.Deregister(n.now(), voice, sub("s%d", i)))
+	}
+	for i := range 2000 { // more than the log holds between two flushes
+		require.True(t, n.eng.Register(n.now(), voice, sub("n%d", i), 3600).Admitted())
+	}
+	overflows := logOverflows.Get()
+	require.NoError(t, n.j.Flush()) // a reset, then the service whole
+	require.Equal(t, overflows+1, logOverflows.Get(), "the log overflowed")
+	require.True(t, n.eng.Deregister(n.now(), voice, sub("n%d", 0)))
+	require.NoError(t, n.j.Flush())
+	n.crash()
+
+	n2 := start(t, dir, clk)
+	require.Equal(t, 90+1999, n2.j.Recovered().Subscribers)
+	require.Equal(t, int64(90+1999), n2.stats().Subscribers)
+	for _, gone := range [][]byte{sub("s%d", 0), sub("s%d", 9), sub("n%d", 0)} {
+		require.True(t, n2.eng.Register(n2.now(), voice, gone, 3600).Admitted())
+	}
+	require.Equal(t, int64(90+1999+3), n2.stats().Subscribers, "s0, s9 and n0 were not restored: each counts anew")
+}
