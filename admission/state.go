@@ -84,38 +84,54 @@ func (s *Service) Drain(buf []Change) (changes []Change, lost bool) {
 func (s *Service) Snapshot(now int64, out, buf []Change) (snap, drained []Change) {
 	s.mu.Lock()
 	need := s.sessions.len() + s.subscribers.len() + s.consumed.len()
-	drained = s.changes
-	s.changes, s.changesLost = buf[:0], false
 	s.mu.Unlock()
 	if cap(out) < need {
 		out = make([]Change, 0, need) // once, not doubling through millions
 	}
-	out = snapshotTable(&s.mu, &s.sessions, now, out, func(e *entry[session]) Change { return sessionChange(e.key, e.exp, e.v) })
-	out = snapshotTable(&s.mu, &s.subscribers, now, out, func(e *entry[struct{}]) Change {
-		return Change{Kind: SubscriberSet, Key: e.key, Expires: e.exp}
-	})
-	out = snapshotTable(&s.mu, &s.consumed, now, out, func(e *entry[Decision]) Change {
-		return Change{Kind: ConsumedSet, Key: e.key, Expires: e.exp, Remaining: e.v.Remaining}
-	})
+	drained = s.SnapshotTo(now, buf, func(chunk []Change) { out = append(out, chunk...) })
 	return out, drained
 }
 
-// snapshotTable appends the live entries of t at now, as change says, a
-// chunk at a time under mu.
-func snapshotTable[V any](mu *sync.Mutex, t *table[V], now int64, out []Change, change func(*entry[V]) Change) []Change {
+// SnapshotTo is Snapshot handing the entries to emit a table chunk at a
+// time (at most 4,096 changes, valid only during the call, emitted with
+// no lock held), so that a snapshot of millions of entries is written as
+// it is taken, never held whole.
+func (s *Service) SnapshotTo(now int64, buf []Change, emit func([]Change)) (drained []Change) {
+	s.mu.Lock()
+	drained = s.changes
+	s.changes, s.changesLost = buf[:0], false
+	s.mu.Unlock()
+	tmp := make([]Change, 0, chunkSize)
+	tmp = snapshotTable(&s.mu, &s.sessions, now, tmp, emit, func(e *entry[session]) Change { return sessionChange(e.key, e.exp, e.v) })
+	tmp = snapshotTable(&s.mu, &s.subscribers, now, tmp, emit, func(e *entry[struct{}]) Change {
+		return Change{Kind: SubscriberSet, Key: e.key, Expires: e.exp}
+	})
+	snapshotTable(&s.mu, &s.consumed, now, tmp, emit, func(e *entry[Decision]) Change {
+		return Change{Kind: ConsumedSet, Key: e.key, Expires: e.exp, Remaining: e.v.Remaining}
+	})
+	return drained
+}
+
+// snapshotTable emits the live entries of t at now, as change says, a
+// chunk at a time: taken under mu into tmp, emitted after.
+func snapshotTable[V any](mu *sync.Mutex, t *table[V], now int64, tmp []Change, emit func([]Change), change func(*entry[V]) Change) []Change {
 	for c := 0; ; c++ {
+		tmp = tmp[:0]
 		mu.Lock()
 		if c >= len(t.chunks) || c*chunkSize >= int(t.n) {
 			mu.Unlock()
-			return out
+			return tmp
 		}
 		ch := t.chunks[c][:min(chunkSize, int(t.n)-c*chunkSize)]
 		for i := range ch {
 			if e := &ch[i]; e.slot != none && e.exp > now { // not free, not due
-				out = append(out, change(e))
+				tmp = append(tmp, change(e))
 			}
 		}
 		mu.Unlock()
+		if len(tmp) > 0 {
+			emit(tmp)
+		}
 	}
 }
 

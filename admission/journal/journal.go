@@ -96,7 +96,7 @@ type Journal struct {
 	f         *os.File   // journal-seq.log, open for appending
 	size      int64
 	buf       []byte
-	snap      []admission.Change
+	written   bool // records were written since the last fsync
 	logs      map[*admission.Service]*logBufs
 	resetAll  bool // a compaction failed: every service writes a reset next
 	broken    bool // a write or fsync failed: the journal's tail is not trusted, compact
@@ -567,6 +567,7 @@ func (j *Journal) flushLocked() error {
 	}
 	j.buf = j.buf[:0]
 	n := 0
+	var werr error // the first failed write
 	for _, s := range j.cfg.Engine.Services() {
 		b := j.bufs(s)
 		changes, lost := s.Drain(b.spare)
@@ -576,13 +577,14 @@ func (j *Journal) flushLocked() error {
 			}
 			// The log overflowed: write the service as it is now.
 			grown := make([]admission.Change, 0, min(max(2*cap(changes), 2*cap(b.spare), minLog), maxLog))
-			var drained []admission.Change
-			j.snap, drained = s.Snapshot(now, j.snap[:0], grown)
 			j.buf = appendRecord(j.buf, kindReset, s.Name(), nil, 0)
-			for i := range j.snap {
-				j.buf = appendRecord(j.buf, uint8(j.snap[i].Kind), s.Name(), &j.snap[i], j.wall(j.snap[i].Expires))
-			}
-			n += len(j.snap)
+			drained := s.SnapshotTo(now, grown, func(chunk []admission.Change) {
+				for i := range chunk {
+					j.buf = appendRecord(j.buf, uint8(chunk[i].Kind), s.Name(), &chunk[i], j.wall(chunk[i].Expires))
+				}
+				n += len(chunk)
+				werr = j.writeOut(werr, false)
+			})
 			b.spare = recycle(drained, cap(grown))
 			continue
 		}
@@ -591,6 +593,7 @@ func (j *Journal) flushLocked() error {
 			j.buf = appendRecord(j.buf, uint8(c.Kind), s.Name(), c, j.wall(c.Expires))
 		}
 		n += len(changes)
+		werr = j.writeOut(werr, false)
 		want := cap(b.spare)
 		if len(changes) > cap(changes)*3/4 {
 			want = min(2*cap(changes), maxLog)
@@ -598,17 +601,16 @@ func (j *Journal) flushLocked() error {
 		b.spare = recycle(changes, want)
 	}
 	j.resetAll = false
-	if len(j.buf) > 0 {
-		if _, err := j.f.Write(j.buf); err != nil {
-			j.broken = true // what was drained may be half written: rewrite every service
-			return fmt.Errorf("cannot append to the state journal: %w", err)
-		}
+	if werr = j.writeOut(werr, true); werr != nil {
+		j.broken = true // what was drained may be half written: rewrite every service
+		return fmt.Errorf("cannot append to the state journal: %w", werr)
+	}
+	if j.written {
+		j.written = false
 		if err := j.f.Sync(); err != nil {
 			j.broken = true
 			return fmt.Errorf("cannot sync the state journal: %w", err)
 		}
-		j.size += int64(len(j.buf))
-		journalBytes.Add(len(j.buf))
 		journalChanges.Add(n)
 	}
 	if j.size > j.cfg.MaxJournalBytes {
@@ -645,14 +647,14 @@ func (j *Journal) compactLocked(now int64) (err error) {
 		if cap(spare) == 0 {
 			spare = make([]admission.Change, 0, minLog)
 		}
-		var drained []admission.Change
-		j.snap, drained = s.Snapshot(now, j.snap[:0], spare)
+		drained := s.SnapshotTo(now, spare, func(chunk []admission.Change) {
+			for i := range chunk {
+				j.buf = appendRecord(j.buf[:0], uint8(chunk[i].Kind), s.Name(), &chunk[i], j.wall(chunk[i].Expires))
+				_, _ = w.Write(j.buf)
+			}
+			count += len(chunk)
+		})
 		b.spare = recycle(drained, cap(spare))
-		for i := range j.snap {
-			j.buf = appendRecord(j.buf[:0], uint8(j.snap[i].Kind), s.Name(), &j.snap[i], j.wall(j.snap[i].Expires))
-			_, _ = w.Write(j.buf)
-		}
-		count += len(j.snap)
 	}
 	end := admission.Change{Remaining: int64(count)}
 	j.buf = appendRecord(j.buf[:0], kindEnd, "", &end, 0)
@@ -706,6 +708,36 @@ func (j *Journal) compactLocked(now int64) (err error) {
 		if n < seq {
 			_ = os.Remove(filepath.Join(j.cfg.Dir, journalName(n)))
 		}
+	}
+	return nil
+}
+
+// writeBytes is how much of the journal is gathered before it is written
+// (not synced) to the file: a service written whole after its log
+// overflowed is never held whole in memory.
+const writeBytes = 1 << 20
+
+// writeOut writes the gathered records to the journal file once they reach
+// writeBytes, or whatever there is when all; after an error (err) it
+// writes nothing more and returns it.
+func (j *Journal) writeOut(err error, all bool) error {
+	if err != nil {
+		j.buf = j.buf[:0]
+		return err
+	}
+	if len(j.buf) == 0 || !all && len(j.buf) < writeBytes {
+		return nil
+	}
+	if _, err = j.f.Write(j.buf); err != nil {
+		j.buf = j.buf[:0]
+		return err
+	}
+	j.written = true
+	j.size += int64(len(j.buf))
+	journalBytes.Add(len(j.buf))
+	j.buf = j.buf[:0]
+	if cap(j.buf) > 2*writeBytes {
+		j.buf = nil // one burst's buffer is not kept
 	}
 	return nil
 }
