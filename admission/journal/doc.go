@@ -25,17 +25,24 @@
 // of the directory), and journal-N.log, the changes since. Both are a magic
 // header and records of a length, a CRC-32C and a payload; expiries are
 // stored as wall-clock time, so they hold across runs of the engine's
-// monotonic clock. When the journal passes Config.MaxJournalBytes, Flush
-// writes snapshot N+1, starts journal N+1 and removes N. Open reads the
-// newest snapshot and its journal up to the first torn or corrupt record
-// (a crash mid-write; what follows is cut off and logged), restores what
-// has not expired into the engine and compacts at once, so a restart
-// begins on a fresh snapshot.
+// monotonic clock. When the journals since the snapshot pass
+// Config.MaxJournalBytes, Flush writes the next snapshot (as it is taken,
+// 4,096 entries at a time, never whole in memory), starts the next journal
+// and removes what came before. Open reads the newest snapshot and the
+// journals after it, each up to its first torn or corrupt record (a crash
+// mid-write; what follows is cut off, logged, and truncated before the
+// node goes on), restores what has not expired into the engine (applied as
+// read, in chunks, each table sized once from the records' headers) and
+// continues with a new journal after them: a restart does not rewrite the
+// whole state before it serves. A start that finds 8 journals after the
+// snapshot writes a snapshot first.
 //
 // If a service's log fills up between two flushes (it starts empty and
 // doubles up to 65536 changes per interval), it drops changes and the next
 // flush writes that service whole instead (a reset record and its live
-// entries), so nothing is lost to an overflow.
+// entries, written a MiB at a time), so nothing is lost to an overflow; a
+// restart skips what the snapshot and earlier journals held of a service
+// before its last reset.
 //
 // # Guarantees
 //
