@@ -114,6 +114,11 @@ var (
 	snapshots      = metrics.NewCounter(`capsgate_state_snapshots_total`)
 	logOverflows   = metrics.NewCounter(`capsgate_state_log_overflows_total`)
 	stateErrors    = metrics.NewCounter(`capsgate_state_errors_total`)
+	// What the last Open restored, and how long it took (from the start of
+	// the read to the tables' last entry).
+	restoreSeconds      = metrics.NewGauge(`capsgate_state_restore_seconds`, nil)
+	restoredSessions    = metrics.NewGauge(`capsgate_state_restored_sessions`, nil)
+	restoredSubscribers = metrics.NewGauge(`capsgate_state_restored_subscribers`, nil)
 )
 
 // Open reads the last snapshot and the journal after it, restores every
@@ -138,9 +143,13 @@ func Open(cfg Config) (*Journal, error) {
 	}
 	j := &Journal{cfg: cfg, logs: map[*admission.Service]*logBufs{}}
 	j.engAnchor, j.wallAnchor = cfg.Clock.Now(), cfg.Wall().UnixNano()
+	start := time.Now()
 	if err := j.load(); err != nil {
 		return nil, err
 	}
+	restoreSeconds.Set(time.Since(start).Seconds())
+	restoredSessions.Set(float64(j.recovery.Sessions))
+	restoredSubscribers.Set(float64(j.recovery.Subscribers))
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if j.recovery.Snapshot == "" && len(j.chain) == 0 || len(j.chain) >= maxChain {
