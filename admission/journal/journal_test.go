@@ -321,6 +321,8 @@ func TestRestartContinuesTheJournal(t *testing.T) {
 		n := start(t, dir, clk)
 		require.Equal(t, subs, n.j.Recovered().Subscribers, "run %d restores every earlier run's", run)
 		require.Equal(t, subs, int(n.stats().Subscribers))
+		require.Equal(t, float64(subs), restoredSubscribers.Get(), "run %d: the gauge says what came back", run)
+		require.Positive(t, restoreSeconds.Get())
 		snaps, journals, err := n.j.files()
 		require.NoError(t, err)
 		switch {
