@@ -433,7 +433,7 @@ func (e *Engine) admitLocked(now int64, s *Service, call, acct []byte, prio Prio
 	}
 	if call != nil {
 		if x, ok := s.sessions.get(key, now); ok {
-			return x.v.first // a retransmission: same answer, not counted again
+			return x.v.first() // a retransmission: same answer, not counted again
 		}
 	}
 	l := s.lim.Load()
@@ -454,7 +454,7 @@ func (e *Engine) admitLocked(now int64, s *Service, call, acct []byte, prio Prio
 		d := Decision{Reason: OK, Remaining: -1}
 		if call != nil {
 			exp := now + int64(e.cfg.SessionTTL)
-			s.sessions.put(key, session{first: d, prio: Emergency}, exp)
+			s.sessions.put(key, session{remaining: int32(d.Remaining), prio: Emergency}, exp)
 			s.emergencyOpened(1)
 			s.logChange(Change{Kind: SessionOpened, Priority: Emergency, Key: key, Expires: exp, Remaining: d.Remaining})
 		}
@@ -497,7 +497,7 @@ func (e *Engine) admitLocked(now int64, s *Service, call, acct []byte, prio Prio
 	}
 	d = Decision{Reason: OK, Remaining: clampRemaining(remaining)}
 	if call != nil {
-		x := session{first: d, prio: prio, account: a, licensed: true}
+		x := session{remaining: int32(d.Remaining), prio: prio, account: a, licensed: true}
 		exp := now + int64(e.cfg.SessionTTL)
 		s.sessions.put(key, x, exp)
 		s.licensedSessions++

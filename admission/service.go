@@ -10,11 +10,17 @@ import (
 
 // session is an open call.
 type session struct {
-	first    Decision // the answer a repeated ADMIT gets again
-	prio     Priority
-	account  *account // charged for RELEASE ... SECONDS; nil: the service pool
-	licensed bool     // counts against the licensed sessions (not emergency)
+	account *account // charged for RELEASE ... SECONDS; nil: the service pool
+	// remaining is the `remaining` of the session's first answer, which a
+	// repeated ADMIT gets again (always OK; clampRemaining keeps it within
+	// int32): 16 bytes a session, not 48 with the whole Decision.
+	remaining int32
+	prio      Priority
+	licensed  bool // counts against the licensed sessions (not emergency)
 }
+
+// first is the answer a repeated ADMIT of the session gets.
+func (x session) first() Decision { return Decision{Reason: OK, Remaining: int64(x.remaining)} }
 
 // Service is the state of one service on this node.
 type Service struct {

@@ -136,7 +136,7 @@ func snapshotTable[V any](mu *sync.Mutex, t *table[V], now int64, tmp []Change, 
 }
 
 func sessionChange(k Key, exp int64, x session) Change {
-	c := Change{Kind: SessionOpened, Priority: x.prio, Licensed: x.licensed, Key: k, Expires: exp, Remaining: x.first.Remaining}
+	c := Change{Kind: SessionOpened, Priority: x.prio, Licensed: x.licensed, Key: k, Expires: exp, Remaining: int64(x.remaining)}
 	if x.account != nil {
 		c.Account = x.account.name
 	}
@@ -206,7 +206,7 @@ func (e *Engine) restore(now int64, service string, changes []Change, unique boo
 			if c.Expires <= now {
 				continue
 			}
-			x := session{first: Decision{Reason: OK, Remaining: c.Remaining}, prio: c.Priority, licensed: c.Licensed}
+			x := session{remaining: int32(clampRemaining(c.Remaining)), prio: c.Priority, licensed: c.Licensed}
 			if c.Account != "" {
 				x.account = s.accounts[c.Account] // nil if no longer allocated: the service's pool
 			}
