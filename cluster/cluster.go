@@ -684,13 +684,16 @@ func (e *events) NotifyJoin(n *memberlist.Node) {
 	c.mu.Unlock()
 	if n.Name != c.cfg.NodeName {
 		c.log.Info("member joined", "member", n.Name, "addr", n.Address())
-		switch {
-		case met:
+		if met {
 			// First met since this node started: it asks for what was
 			// sent since it last knew everything.
 			go c.askReplay(n.Name, c.cfg.LastAlive)
-		case back:
-			go c.askReplay(n.Name, downSince)
+		}
+		if back {
+			// Seen failed and back (a stall, a partition, a restart):
+			// it gets what this node sent meanwhile, which it may not
+			// know it missed (a stalled process never saw itself fail).
+			go c.replayTo(n.Name, downSince.Add(-time.Second))
 		}
 	}
 }
