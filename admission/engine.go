@@ -452,7 +452,7 @@ func (e *Engine) admitLocked(now int64, s *Service, call, acct []byte, prio Prio
 		}
 		s.emergency.Add(1)
 		d := Decision{Reason: OK, Remaining: -1}
-		if call != nil {
+		if call != nil && !s.endedCall(now, key) {
 			exp := now + int64(e.cfg.SessionTTL)
 			s.sessions.put(key, session{remaining: int32(d.Remaining), prio: Emergency}, exp)
 			s.emergencyOpened(1)
@@ -496,7 +496,7 @@ func (e *Engine) admitLocked(now int64, s *Service, call, acct []byte, prio Prio
 		remaining = minRemaining(remaining, p.left())
 	}
 	d = Decision{Reason: OK, Remaining: clampRemaining(remaining)}
-	if call != nil {
+	if call != nil && !s.endedCall(now, key) {
 		x := session{remaining: int32(d.Remaining), prio: prio, account: a, licensed: true}
 		exp := now + int64(e.cfg.SessionTTL)
 		s.sessions.put(key, x, exp)
@@ -537,6 +537,53 @@ func (e *Engine) Release(now int64, service, call []byte, seconds int64) bool {
 	// (perhaps one does now) is held under UnlicensedBucket.
 	b := e.Service(UnlicensedBucket)
 	return b != nil && b.release(now, sessionKey(call, service), seconds)
+}
+
+// Ended calls. A proxy that gave up waiting for a node's answer to an ADMIT
+// (a node stalled for longer than its timeout) admits the call through
+// another node, and when the call ends sends the RELEASE to both. The
+// stalled node, running again, may read that RELEASE (on a new connection)
+// before the ADMIT it had been sent first: the ADMIT would then open a
+// session nobody releases until its TTL. So a RELEASE from a client for a
+// call this node does not hold leaves the call marked as ended here for
+// EndedFor, and an ADMIT ... CALL of a call marked ended is answered and
+// counted as usual but opens no session.
+const (
+	EndedFor = 10 * time.Second
+	// MaxEnded bounds the calls marked ended per service (about 80 bytes
+	// each); beyond it no more are marked.
+	MaxEnded = 1 << 16
+)
+
+// Ended marks call as ended by a client's RELEASE that found no session
+// here (see EndedFor).
+func (e *Engine) Ended(now int64, service, call []byte) {
+	s := e.service(service)
+	if s == nil {
+		return
+	}
+	key := sessionKey(call, nil)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ended.len() >= MaxEnded {
+		s.ended.expireSome(now, ExpireBatch)
+		if s.ended.len() >= MaxEnded {
+			return
+		}
+	}
+	if _, ok := s.ended.get(key, now); !ok {
+		s.ended.put(key, struct{}{}, now+int64(EndedFor))
+	}
+}
+
+// endedCall reports whether key was marked ended, and forgets it. Called
+// with mu held.
+func (s *Service) endedCall(now int64, key Key) bool {
+	if s.ended.len() == 0 {
+		return false
+	}
+	_, live := s.ended.del(key, now)
+	return live
 }
 
 // release ends the session of key, charging its minutes; it reports
@@ -776,7 +823,7 @@ func (e *Engine) Tick(now int64) {
 		for done := false; !done; {
 			s.mu.Lock()
 			done = s.sessions.expireSome(now, ExpireBatch) && s.subscribers.expireSome(now, ExpireBatch) &&
-				s.consumed.expireSome(now, ExpireBatch)
+				s.consumed.expireSome(now, ExpireBatch) && s.ended.expireSome(now, ExpireBatch)
 			s.mu.Unlock()
 		}
 		s.mu.Lock()

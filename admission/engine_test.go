@@ -648,3 +648,49 @@ func TestSpilledAttemptsCountOnce(t *testing.T) {
 	require.Equal(t, uint64(2), st.Admissions[OK])
 	require.Equal(t, uint64(1), st.SpilledIn)
 }
+
+// A call a client RELEASEd before its ADMIT reached this node (a proxy that
+// gave up on a stalled node) is marked ended: the late ADMIT is answered
+// and counted but opens no session; the mark is used once, lasts EndedFor,
+// and at most MaxEnded are kept.
+func TestEndedCallOpensNoSession(t *testing.T) {
+	e, clk := newTestEngine(t, Limits{Licensed: true, CAPS: Unlimited, Sessions: 10, Subscribers: Unlimited, Tokens: Unlimited})
+	s := e.Service("voice")
+	call := []byte("a84b4c76e66710@pc33.example.com")
+	require.False(t, e.Release(clk.Now(), svc, call, 0))
+	e.Ended(clk.Now(), svc, call)
+	d := e.Admit(clk.Now(), svc, call, nil, Normal)
+	require.True(t, d.Admitted())
+	require.Equal(t, int64(0), s.Stats().Sessions, "the late ADMIT opened no session")
+	require.Equal(t, uint64(1), s.Stats().Admissions[OK], "and was counted")
+	// The mark is used once: the same call-id again opens a session.
+	require.True(t, e.Admit(clk.Now(), svc, call, nil, Normal).Admitted())
+	require.Equal(t, int64(1), s.Stats().Sessions)
+	require.True(t, e.Release(clk.Now(), svc, call, 0))
+
+	// An emergency call too.
+	e.Ended(clk.Now(), svc, []byte("e-1"))
+	require.True(t, e.Admit(clk.Now(), svc, []byte("e-1"), nil, Emergency).Admitted())
+	require.Equal(t, int64(0), s.Stats().EmergencySessions)
+
+	// A mark lasts EndedFor.
+	e.Ended(clk.Now(), svc, []byte("c-2"))
+	clk.Advance(EndedFor)
+	e.Tick(clk.Now())
+	require.True(t, e.Admit(clk.Now(), svc, []byte("c-2"), nil, Normal).Admitted())
+	require.Equal(t, int64(1), s.Stats().Sessions, "after EndedFor the ADMIT opens its session")
+
+	// At most MaxEnded are kept: the one past it is not marked.
+	for i := range MaxEnded + 1 {
+		e.Ended(clk.Now(), svc, fmt.Appendf(nil, "x-%d", i))
+	}
+	s.mu.Lock()
+	n := s.ended.len()
+	s.mu.Unlock()
+	require.Equal(t, MaxEnded, n)
+	require.True(t, e.Admit(clk.Now(), svc, fmt.Appendf(nil, "x-%d", MaxEnded), nil, Normal).Admitted())
+	require.Equal(t, int64(2), s.Stats().Sessions)
+	// A service no licence made: nothing marked, nothing made.
+	e.Ended(clk.Now(), []byte("nobody"), call)
+	require.Nil(t, e.Service("nobody"))
+}

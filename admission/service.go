@@ -76,6 +76,9 @@ type Service struct {
 	journal     bool
 	changes     []Change
 	changesLost bool
+	// ended holds calls a client RELEASEd here before this node had
+	// admitted them (see Engine.Ended), for EndedFor, at most MaxEnded.
+	ended table[struct{}]
 }
 
 func newService(name string, durable, journal bool, l *derived) *Service {
@@ -85,6 +88,7 @@ func newService(name string, durable, journal bool, l *derived) *Service {
 	s.sessions.init(s.sessionGone)
 	s.subscribers.init(func(struct{}) { s.subsN.Add(-1) })
 	s.consumed.init(nil)
+	s.ended.init(nil)
 	s.periodID = l.PeriodID
 	s.applyPool(l)
 	return s

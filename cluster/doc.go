@@ -201,12 +201,13 @@
 // A node restores its open sessions and registrations from disk after a
 // restart (admission/journal). Every member keeps the operations it sent
 // in the last hour (at most 200,000): releases, deregistrations, claims.
-// A member asks each member it meets for what they sent since it last knew
-// everything (replayRequest): since the member was seen to fail, or, at
-// the first meeting after a start, since its key store's last commit (a
-// restart quicker than failure detection included; a new member: all the
-// log holds), so it lets go of calls released and subscribers
-// re-registered elsewhere meanwhile. A CONSUME charged with an ID is remembered by every member
+// A member seen to fail and come back (a stall, a partition, a restart) is
+// sent what each member sent since it was seen to fail; and at its first
+// meeting with each member after a start, a member asks for what was sent
+// since its key store last committed (replayRequest: a restart quicker
+// than failure detection, or a new member, which gets all the log holds).
+// So it lets go of calls released and subscribers re-registered elsewhere
+// meanwhile. A CONSUME charged with an ID is remembered by every member
 // for admission.idempotency_window (up to 35 days, in each member's key
 // store, admission/idstore, so across its restarts too), so a repeat
 // through another node gets the first decision, uncharged. A new ID is

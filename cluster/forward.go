@@ -418,12 +418,13 @@ func (r *replayLog) since(t, need int64) ([]op, bool) {
 	return out, whole
 }
 
-// A member that comes back, or that meets another for the first time since
-// it started, asks it for what it sent since (replayRequest): since it was
-// seen to fail, or since its key store last committed before the start (a
-// restart quicker than failure detection, or a new member: everything the
-// log holds). The member answers with replayTo. Pulled by the member that
-// missed something, not pushed on a rejoin only the others noticed.
+// A member that meets another for the first time since it started asks it
+// for what it sent since its key store last committed before the start
+// (replayRequest): a restart quicker than failure detection, or a new
+// member (everything the log holds), which no other member saw fail. The
+// member answers with replayTo. A member seen failed and back is sent its
+// replay without asking (NotifyJoin): a stalled process never saw itself
+// fail.
 type replayRequest struct {
 	Node  string `json:"node"`
 	Since int64  `json:"since"` // Unix ns; 0: everything kept

@@ -591,8 +591,12 @@ func (h *Handler) release(now int64, cs *ConnState, args [][]byte, out []byte) [
 		return AppendError(out, e)
 	}
 	released := h.eng.Release(now, args[1], args[2], secs)
-	if !released && h.fwd != nil {
-		h.fwd.ForwardRelease(args[1], args[2], secs, &cs.forwarding)
+	if !released {
+		// Its ADMIT may still be on its way here (admission.EndedFor).
+		h.eng.Ended(now, args[1], args[2])
+		if h.fwd != nil {
+			h.fwd.ForwardRelease(args[1], args[2], secs, &cs.forwarding)
+		}
 	}
 	return AppendInt(out, b2i(released))
 }
