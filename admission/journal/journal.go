@@ -189,24 +189,34 @@ func (j *Journal) continueLocked() error {
 			size += fi.Size()
 		}
 	}
-	jf, err := os.OpenFile(filepath.Join(j.cfg.Dir, journalName(seq)), os.O_CREATE|os.O_WRONLY|os.O_TRUNC|os.O_APPEND, 0o600)
-	if err == nil {
-		if _, err = jf.WriteString(journalMagic); err == nil {
-			err = jf.Sync()
-		}
-		if err != nil {
-			jf.Close()
-		}
+	jf, err := j.startJournal(seq)
+	if err != nil {
+		return fmt.Errorf("cannot start the state journal %d: %w", seq, err)
+	}
+	j.f, j.seq, j.size = jf, seq, size+int64(len(journalMagic))
+	return nil
+}
+
+// startJournal creates journal seq, its header written and synced with
+// its directory; on an error it leaves no file.
+func (j *Journal) startJournal(seq uint64) (*os.File, error) {
+	path := filepath.Join(j.cfg.Dir, journalName(seq))
+	jf, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if _, err = jf.WriteString(journalMagic); err == nil {
+		err = jf.Sync()
 	}
 	if err == nil {
 		err = syncDir(j.cfg.Dir)
 	}
 	if err != nil {
-		_ = os.Remove(filepath.Join(j.cfg.Dir, journalName(seq)))
-		return fmt.Errorf("cannot start the state journal %d: %w", seq, err)
+		jf.Close()
+		_ = os.Remove(path)
+		return nil, err
 	}
-	j.f, j.seq, j.size = jf, seq, size+int64(len(journalMagic))
-	return nil
+	return jf, nil
 }
 
 // Recovered reports what Open restored.
@@ -682,18 +692,7 @@ func (j *Journal) compactLocked(now int64) (err error) {
 		_ = os.Remove(tmp)
 		return fmt.Errorf("cannot write the state snapshot %s: %w", path, err)
 	}
-	jf, err := os.OpenFile(filepath.Join(j.cfg.Dir, journalName(seq)), os.O_CREATE|os.O_WRONLY|os.O_TRUNC|os.O_APPEND, 0o600)
-	if err == nil {
-		if _, err = jf.WriteString(journalMagic); err == nil {
-			err = jf.Sync()
-		}
-		if err != nil {
-			jf.Close()
-		}
-	}
-	if err == nil {
-		err = syncDir(j.cfg.Dir)
-	}
+	jf, err := j.startJournal(seq)
 	if err != nil {
 		// Without its journal the new snapshot must not be read at a
 		// restart: the old journal goes on.
