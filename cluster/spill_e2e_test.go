@@ -35,7 +35,12 @@ func TestBurstSpillsToMembersWithRoom(t *testing.T) {
 	const licence = 300
 	c := licensedFarm(t, nil, "voice", licence)
 	n := c.Nodes()
-	time.Sleep(300 * time.Millisecond) // a few exchanges: every node has heard the others' buckets
+	// Every node's bucket full, and heard so by n1: a bucket whose part
+	// the plans just set may start in debt and refills at the part's rate
+	// (100/s here: its 24 attempts of depth in 240 ms), and n1 hears of it
+	// at the next exchange (ExchangeInterval) or two. 300 ms was not always
+	// enough (a CI run spilled 10).
+	time.Sleep(240*time.Millisecond + 5*cluster.ExchangeInterval)
 	own := quota(t, n[0], "voice", "caps_burst")
 
 	conn, err := net.Dial("tcp", n[0].RESPAddr)
