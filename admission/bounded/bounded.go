@@ -78,15 +78,10 @@ func ReadFile(path string, limit int64) ([]byte, error) {
 	if err := check(path, fi, limit); err != nil {
 		return nil, err
 	}
-	// Read into a buffer of the size stat gave (and a little more, so a
-	// file that grew shows it), not one doubled from 512 bytes: a 100 MB
-	// state snapshot was copied and cleared about twenty times.
-	buf := bytes.NewBuffer(make([]byte, 0, fi.Size()+bytes.MinRead))
-	_, err = buf.ReadFrom(io.LimitReader(f, limit+1))
-	data := buf.Bytes()
-	if err == nil && int64(len(data)) > limit {
-		err = fmt.Errorf("%w (more than %s)", ErrTooLarge, Size(limit))
-	}
+	// Read into a buffer of the size stat gave, not one doubled from 512
+	// bytes: a 100 MB state snapshot was copied and cleared about twenty
+	// times.
+	data, err := readAll(f, limit, fi.Size())
 	if errors.Is(err, ErrTooLarge) {
 		return nil, fmt.Errorf("%s: %w (it grew past the limit of %s while being read)", path, ErrTooLarge, Size(limit))
 	}
@@ -127,15 +122,19 @@ func kind(m fs.FileMode) string {
 // ReadAll reads r to its end if it holds at most limit bytes (standard
 // input, an HTTP body); past limit it stops reading and the error wraps
 // ErrTooLarge.
-func ReadAll(r io.Reader, limit int64) ([]byte, error) {
-	data, err := io.ReadAll(io.LimitReader(r, limit+1))
-	if err != nil {
+func ReadAll(r io.Reader, limit int64) ([]byte, error) { return readAll(r, limit, 0) }
+
+// readAll is ReadAll into a buffer made for size bytes (and a little more,
+// so that more than size shows without growing it).
+func readAll(r io.Reader, limit, size int64) ([]byte, error) {
+	buf := bytes.NewBuffer(make([]byte, 0, min(size, limit)+bytes.MinRead))
+	if _, err := buf.ReadFrom(io.LimitReader(r, limit+1)); err != nil {
 		return nil, err
 	}
-	if int64(len(data)) > limit {
+	if int64(buf.Len()) > limit {
 		return nil, fmt.Errorf("%w (more than %s)", ErrTooLarge, Size(limit))
 	}
-	return data, nil
+	return buf.Bytes(), nil
 }
 
 // Size writes a limit in bytes the way a person reads it: "64 KiB",
