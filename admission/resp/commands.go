@@ -289,10 +289,12 @@ func (h *Handler) SetSpiller(s Spiller) { h.spill = s }
 // cluster). Call it before serving.
 func (h *Handler) SetRouter(r Router) { h.route = r }
 
-// routes reports whether args, a CONSUME, must go to its ID's owner.
-func (h *Handler) routes(args [][]byte) bool {
-	return h.route != nil && len(args) == 6 && bytes.EqualFold(args[4], []byte("ID")) &&
-		h.route.Routes(args[1], args[2], args[5])
+// routes reports whether args, a CONSUME on cs, goes to its ID's owner:
+// it has an ID another member owns (not a routed one, whose 8 arguments
+// say ROUTED), and cs can wait for the answer (a transaction's cannot).
+func (h *Handler) routes(cs *ConnState, args [][]byte) bool {
+	return h.route != nil && cs.wake != nil && !cs.inExec && cs.tx == nil &&
+		len(args) == 6 && bytes.EqualFold(args[4], []byte("ID")) && h.route.Routes(args[1], args[2], args[5])
 }
 
 // NewHandler returns a handler deciding with eng. A non-empty password makes
@@ -344,7 +346,7 @@ func (h *Handler) Handle(now int64, cs *ConnState, in, out []byte) (n int, _ []b
 			cs.blocked = true
 			break
 		}
-		if len(cs.held) > 0 && string(name) == "consume" && cs.wake != nil && !cs.inExec && cs.tx == nil && h.routes(args) {
+		if len(cs.held) > 0 && string(name) == "consume" && h.routes(cs, args) {
 			// A CONSUME for another member's ID waits for the replies
 			// held for a commit: its answer must come after them.
 			break
@@ -660,7 +662,7 @@ func (h *Handler) consume(now int64, cs *ConnState, args [][]byte, out []byte) [
 		}
 		id = args[5]
 	}
-	if id != nil && !routed && cs.wake != nil && !cs.inExec && cs.tx == nil && len(cs.held) == 0 && h.routes(args) {
+	if !routed && len(cs.held) == 0 && h.routes(cs, args) {
 		if d, ok := h.eng.KnownID(now, args[1], args[2], id); ok {
 			// Its owner's notice came: the first decision, acknowledged
 			// once what this node remembers of it is on disk.
