@@ -23,13 +23,7 @@ func TestConsumeIDAcrossNodesAndRestarts(t *testing.T) {
 	time.Sleep(300 * time.Millisecond) // the first budgets
 	n := c.Nodes()
 	const ids = 50
-	first := make([]int64, ids)
-	for i := range ids {
-		ok, reason, left, err := n[0].Decision("CONSUME", "pp", "acct1", "5", "ID", fmt.Sprintf("bill-%d", i))
-		require.NoError(t, err)
-		require.True(t, ok, reason)
-		first[i] = left
-	}
+	first := chargeIDs(t, ids, "bill", func(i int) *clustertest.Node { return n[0] })
 	used := func() int64 { t.Helper(); return tokensUsed(t, c, "pp") }
 	repeat := func(via func(i int) *clustertest.Node, what string) {
 		t.Helper()
@@ -84,13 +78,7 @@ func TestConsumeIDsReachAMemberThatWasDown(t *testing.T) {
 		return false
 	}, 10*time.Second, 50*time.Millisecond, "n1 sees n3 dead")
 	const ids = 40
-	first := make([]int64, ids)
-	for i := range ids {
-		ok, reason, left, err := n[0].Decision("CONSUME", "pp", "acct1", "5", "ID", fmt.Sprintf("down-%d", i))
-		require.NoError(t, err)
-		require.True(t, ok, "CONSUME %d on n1 while n3 is down: %s", i, reason)
-		first[i] = left
-	}
+	first := chargeIDs(t, ids, "down", func(i int) *clustertest.Node { return n[0] })
 	require.NoError(t, n[2].Restart())
 	c.WaitMembers(3, 10*time.Second)
 	used := func() int64 { t.Helper(); return tokensUsed(t, c, "pp") }
@@ -172,13 +160,7 @@ func TestConsumeIDsReachANewMember(t *testing.T) {
 	time.Sleep(300 * time.Millisecond) // the first budgets
 	n := c.Nodes()
 	const ids = 60
-	first := make([]int64, ids)
-	for i := range ids {
-		ok, reason, left, err := n[i%3].Decision("CONSUME", "pp", "acct1", "5", "ID", fmt.Sprintf("old-%d", i))
-		require.NoError(t, err)
-		require.True(t, ok, reason)
-		first[i] = left
-	}
+	first := chargeIDs(t, ids, "old", func(i int) *clustertest.Node { return n[i%3] })
 	n4, err := c.Add()
 	require.NoError(t, err)
 	c.WaitMembers(4, 10*time.Second)
@@ -208,6 +190,20 @@ func TestConsumeIDsReachANewMember(t *testing.T) {
 	require.Equal(t, before, tokensUsed(t, c, "pp"), "and is not charged")
 	// n4 owns a part of the IDs: some repeats through n1-n3 went to it.
 	require.Positive(t, routed, "repeats routed to n4")
+}
+
+// chargeIDs sends CONSUME pp acct1 5 ID prefix-i for i in [0, n), each
+// through via(i), requires each admitted and returns their remaining.
+func chargeIDs(t *testing.T, n int, prefix string, via func(i int) *clustertest.Node) []int64 {
+	t.Helper()
+	first := make([]int64, n)
+	for i := range n {
+		ok, reason, left, err := via(i).Decision("CONSUME", "pp", "acct1", "5", "ID", fmt.Sprintf("%s-%d", prefix, i))
+		require.NoError(t, err)
+		require.True(t, ok, "CONSUME %s-%d through %s: %s", prefix, i, via(i).Name, reason)
+		first[i] = left
+	}
+	return first
 }
 
 // tokensUsed sums QUOTA's tokens_used for service over c's nodes.
