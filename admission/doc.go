@@ -46,21 +46,22 @@
 // # Memory
 //
 // Keys are 128-bit hashes, so every entry of a table is the same size, and
-// a table is a slab of entries in chunks of 4,096 plus a Go map from key to
-// slot (TestEntrySizes checks the sizes below):
+// a table is a slab of entries in chunks of 4,096 plus an index from key to
+// slot (keyIndex; TestEntrySizes checks the sizes below):
 //
 //	subscriber entry   key 16 + expiry 8 + wheel links 12 (+4 padding)        = 40 B
 //	session entry      the same 40 + session 16 (account 8, remaining 4,
 //	                   priority 1, licensed 1, 2 padding)                     = 56 B
-//	index slot         key 16 + slot 4, in groups of 8 with 8 control bytes:
-//	                   about 25 B a slot, at a load of 7/16 to 7/8 after
-//	                   growth: 29-57 B an entry
+//	index slot         32 hash bits + slot 4                                  =  8 B
+//	                   at a load of 3/8 to 3/4 (a segment splits at 3/4):
+//	                   11-21 B an entry, plus a segment header and directory
+//	                   pointer (48 B) per 400-770 entries
 //
-// So a subscriber takes 69-97 bytes of Go heap and a session 85-113 (their
+// So a subscriber takes 51-62 bytes of Go heap and a session 67-78 (their
 // chunk's unused tail aside). Measured (`go test ./admission -run '^$'
 // -bench MemoryPerEntry -benchtime 1x`, MEMORY_BENCH_ENTRIES for more):
-// 96 bytes a subscriber and 112 a call at 1 M each, 85 and 101 at 10 M
-// each; so 10 M subscribers with 1 M calls hold about 0.96 GB of live heap.
+// 57 bytes a subscriber and 73 a call at 1 M each, 54 and 70 at 10 M
+// each; so 10 M subscribers with 1 M calls hold about 0.61 GB of live heap.
 // The collector's headroom (GOGC 100: up to twice the live heap between
 // collections) comes on top in RSS, which is what 128 bytes an entry is
 // measured against.

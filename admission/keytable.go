@@ -45,7 +45,7 @@ type entry[V any] struct {
 // what is due. It is not safe for concurrent use: the owning service's mutex
 // guards it.
 type table[V any] struct {
-	idx map[Key]int32
+	idx keyIndex
 	// chunks hold the entries, chunkSize each: the slab grows a chunk at
 	// a time, never copied (a slab of millions doubling copied hundreds of
 	// MB under the service's lock); n counts the entries made.
@@ -70,7 +70,7 @@ func (t *table[V]) ent(i int32) *entry[V] { return &t.chunks[i/chunkSize][i%chun
 
 func (t *table[V]) init(gone func(V)) {
 	t.gone = gone
-	t.idx = make(map[Key]int32)
+	t.idx.init()
 	t.free = none
 	for i := range t.heads {
 		t.heads[i] = none
@@ -79,11 +79,34 @@ func (t *table[V]) init(gone func(V)) {
 }
 
 // len returns the number of entries, expired ones not yet swept included.
-func (t *table[V]) len() int { return len(t.idx) }
+func (t *table[V]) len() int { return t.idx.n }
+
+// find returns the place of k's entry (none if it has none) and where it
+// is in the index.
+func (t *table[V]) find(k Key) (i int32, s *segment, p uint32) {
+	h := t.idx.hash(k)
+	s = t.idx.segmentOf(h)
+	mask := uint32(len(s.slots) - 1)
+	for p = h & mask; ; p = (p + 1) & mask {
+		o := s.slots[p]
+		if o.at == 0 {
+			return none, s, p
+		}
+		if o.h == h && t.ent(o.at-1).key == k {
+			return o.at - 1, s, p
+		}
+	}
+}
+
+// lookup returns the place of k's entry, if it has one.
+func (t *table[V]) lookup(k Key) (int32, bool) {
+	i, _, _ := t.find(k)
+	return i, i != none
+}
 
 // get returns the live entry for k. An expired entry is removed on sight.
 func (t *table[V]) get(k Key, now int64) (*entry[V], bool) {
-	i, ok := t.idx[k]
+	i, ok := t.lookup(k)
 	if !ok {
 		return nil, false
 	}
@@ -103,14 +126,12 @@ func (t *table[V]) reserve(n int) {
 	for need := int(t.n) + n; len(t.chunks)*chunkSize < need; {
 		t.chunks = append(t.chunks, make([]entry[V], chunkSize))
 	}
-	if len(t.idx) == 0 {
-		t.idx = make(map[Key]int32, n)
-	}
+	t.idx.reserve(n)
 }
 
 // put inserts k (which must not be live) with value v until exp.
 func (t *table[V]) put(k Key, v V, exp int64) {
-	if i, ok := t.idx[k]; ok { // an expired leftover: reuse its place
+	if i, ok := t.lookup(k); ok { // an expired leftover: reuse its place
 		t.unlink(i)
 		e := t.ent(i)
 		if t.gone != nil {
@@ -133,13 +154,13 @@ func (t *table[V]) put(k Key, v V, exp int64) {
 	}
 	e := t.ent(i)
 	e.key, e.v, e.exp = k, v, exp
-	t.idx[k] = i
+	t.idx.insert(t.idx.hash(k), i)
 	t.link(i)
 }
 
 // refresh moves e's expiry to exp.
 func (t *table[V]) refresh(e *entry[V], exp int64) {
-	i := t.idx[e.key]
+	i, _ := t.lookup(e.key)
 	t.unlink(i)
 	e.exp = exp
 	t.link(i)
@@ -147,7 +168,7 @@ func (t *table[V]) refresh(e *entry[V], exp int64) {
 
 // del removes k and returns its value if it was live at now.
 func (t *table[V]) del(k Key, now int64) (v V, live bool) {
-	i, ok := t.idx[k]
+	i, ok := t.lookup(k)
 	if !ok {
 		return v, false
 	}
@@ -209,7 +230,9 @@ func (t *table[V]) expireSome(now int64, limit int) bool {
 func (t *table[V]) remove(i int32) {
 	e := t.ent(i)
 	t.unlink(i)
-	delete(t.idx, e.key)
+	if j, s, p := t.find(e.key); j == i {
+		t.idx.remove(s, p)
+	}
 	var zero V
 	e.v = zero
 	e.next = t.free

@@ -256,7 +256,7 @@ func (e *Engine) restore(now int64, service string, changes []Change, unique boo
 // dropSession removes k's session, live or due, keeping the counts.
 // Called with mu held.
 func (s *Service) dropSession(k Key) {
-	i, ok := s.sessions.idx[k]
+	i, ok := s.sessions.lookup(k)
 	if !ok {
 		return
 	}
