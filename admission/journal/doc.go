@@ -25,8 +25,10 @@
 // of the directory), and journal-N.log, the changes since. Both are a magic
 // header and records of a length, a CRC-32C and a payload; expiries are
 // stored as wall-clock time, so they hold across runs of the engine's
-// monotonic clock. When the journals since the snapshot pass
-// Config.MaxJournalBytes, Flush writes the next snapshot (as it is taken,
+// monotonic clock. When the journals since the snapshot pass both
+// Config.MaxJournalBytes and the snapshot's own size (so that writing a
+// snapshot costs at most a byte per byte of changes, however big the
+// state), Flush writes the next snapshot (as it is taken,
 // 4,096 entries at a time, never whole in memory), starts the next journal
 // and removes what came before. Open reads the newest snapshot and the
 // journals after it, each up to its first torn or corrupt record (a crash

@@ -42,9 +42,14 @@ type Config struct {
 	// same after a restart (the engine's clock starts again at each run);
 	// nil means time.Now. Tests pass one derived from their fake clock.
 	Wall func() time.Time
-	// MaxJournalBytes: when the journal grows past it, Flush writes a new
-	// snapshot and starts a new journal. 64 MiB is a few minutes of a busy
-	// node's changes and replays in well under a second; 0 means that.
+	// MaxJournalBytes: when the journal grows past it and past the
+	// snapshot it follows, Flush writes a new snapshot and starts a new
+	// journal. 64 MiB is a few minutes of a busy node's changes and
+	// replays in well under a second; 0 means that. Past the snapshot's
+	// size too, so that a big state is not rewritten every 64 MiB of
+	// changes (at 10 M entries that would be 450 MB written for every
+	// 64 MB: the bulk of a loaded node's work); a restart then reads at
+	// most twice the snapshot.
 	MaxJournalBytes int64
 	// Log receives the warnings of a recovery (a torn tail cut off).
 	Log *slog.Logger
@@ -95,6 +100,10 @@ type Journal struct {
 	names     names      // while loading
 	f         *os.File   // journal-seq.log, open for appending
 	size      int64
+	// snapSize is the size of the snapshot the journals follow: they are
+	// compacted when they pass it (and MaxJournalBytes), so a snapshot's
+	// cost is spread over at least as many bytes of changes as it writes.
+	snapSize int64
 	buf       []byte
 	written   bool // records were written since the last fsync
 	logs      map[*admission.Service]*logBufs
@@ -163,6 +172,14 @@ func Open(cfg Config) (*Journal, error) {
 	if err := j.continueLocked(); err != nil {
 		return nil, err
 	}
+	// What the services hold is what the files say: their logs start now,
+	// with room, instead of overflowing at their first change and being
+	// written whole at the first Flush (as much as the snapshot again).
+	for _, s := range j.cfg.Engine.Services() {
+		b := j.bufs(s)
+		drained, _ := s.Drain(b.spare)
+		b.spare = recycle(drained, minLog)
+	}
 	return j, nil
 }
 
@@ -183,6 +200,11 @@ func (j *Journal) continueLocked() error {
 		}
 	}
 	seq := j.seq + 1
+	if r := j.recovery; r.Snapshot != "" {
+		if fi, err := os.Stat(r.Snapshot); err == nil {
+			j.snapSize = fi.Size()
+		}
+	}
 	var size int64
 	for _, n := range j.chain {
 		if fi, err := os.Stat(filepath.Join(j.cfg.Dir, journalName(n))); err == nil {
@@ -632,7 +654,7 @@ func (j *Journal) flushLocked() error {
 		}
 		journalChanges.Add(n)
 	}
-	if j.size > j.cfg.MaxJournalBytes {
+	if j.size > max(j.cfg.MaxJournalBytes, j.snapSize) {
 		return j.compactLocked(now)
 	}
 	return nil
@@ -681,6 +703,12 @@ func (j *Journal) compactLocked(now int64) (err error) {
 	err = w.Flush()
 	if err == nil {
 		err = f.Sync()
+	}
+	if err == nil {
+		var fi os.FileInfo
+		if fi, err = f.Stat(); err == nil {
+			j.snapSize = fi.Size()
+		}
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr

@@ -234,6 +234,45 @@ func TestCompactionKeepsTheState(t *testing.T) {
 	require.False(t, n2.eng.Release(n2.now(), voice, []byte("call-39-3"), 0))
 }
 
+// TestCompactionWaitsForTheSnapshotsSize: the journals are compacted when
+// they pass the snapshot they follow, not every MaxJournalBytes, so a big
+// state is not rewritten for every few changes; a restart goes on with the
+// same bound.
+func TestCompactionWaitsForTheSnapshotsSize(t *testing.T) {
+	dir, clk := t.TempDir(), admission.NewFakeClock()
+	small := func(c *Config) { c.MaxJournalBytes = 4 << 10 }
+	n := start(t, dir, clk, small)
+	n.load(0, 2000)
+	require.NoError(t, n.j.Flush()) // past 4 KiB and the empty first snapshot
+	seq := n.j.seq
+	snap := n.j.snapSize
+	require.Greater(t, snap, int64(2000*40), "2,000 subscribers' records")
+	// Refreshes: a journal of half the snapshot, then past it (flushed
+	// in fifties, so that no service's log overflows and is written whole).
+	refresh := func(from, count int) {
+		for i := from; i < from+count; i++ {
+			require.True(t, n.eng.Register(n.now(), voice, fmt.Appendf(nil, "sub-%d", i), 3600).Admitted())
+			if i%50 == 49 {
+				require.NoError(t, n.j.Flush())
+			}
+		}
+	}
+	refresh(0, 1000)
+	require.Equal(t, seq, n.j.seq, "a journal of half the snapshot: not compacted")
+	n.crash()
+
+	n = start(t, dir, clk, small)
+	require.Equal(t, snap, n.j.snapSize, "the snapshot continued after")
+	require.Equal(t, seq+1, n.j.seq, "continued with the next journal")
+	refresh(1000, 500)
+	require.Equal(t, seq+1, n.j.seq, "three quarters: not compacted")
+	refresh(1500, 500)
+	require.Equal(t, seq+1, n.j.seq, "as big as the snapshot, within a few bytes: not compacted")
+	refresh(0, 50)
+	require.Equal(t, seq+2, n.j.seq, "past the snapshot: compacted")
+	require.Equal(t, int64(2000), n.stats().Subscribers)
+}
+
 // TestOverflowWritesTheServiceWhole: more changes between two flushes than
 // the log holds are not lost: the flush writes the service as it is.
 func TestOverflowWritesTheServiceWhole(t *testing.T) {
