@@ -94,16 +94,16 @@ type Journal struct {
 	engAnchor  int64 // engine instant at Open
 	recovery   Recovery
 
-	mu        sync.Mutex // guards the fields below; Flush and Close hold it
-	seq       uint64     // number of the current journal (and of the snapshot, unless continued)
-	chain     []uint64   // the journals Open replayed after the snapshot
-	names     names      // while loading
-	f         *os.File   // journal-seq.log, open for appending
-	size      int64
+	mu    sync.Mutex // guards the fields below; Flush and Close hold it
+	seq   uint64     // number of the current journal (and of the snapshot, unless continued)
+	chain []uint64   // the journals Open replayed after the snapshot
+	names names      // while loading
+	f     *os.File   // journal-seq.log, open for appending
+	size  int64
 	// snapSize is the size of the snapshot the journals follow: they are
 	// compacted when they pass it (and MaxJournalBytes), so a snapshot's
 	// cost is spread over at least as many bytes of changes as it writes.
-	snapSize int64
+	snapSize  int64
 	buf       []byte
 	written   bool // records were written since the last fsync
 	logs      map[*admission.Service]*logBufs
