@@ -101,26 +101,40 @@ func (s *Service) SnapshotTo(now int64, buf []Change, emit func([]Change)) (drai
 	drained = s.changes
 	s.changes, s.changesLost = buf[:0], false
 	s.mu.Unlock()
-	tmp := make([]Change, 0, chunkSize)
-	tmp = snapshotTable(&s.mu, &s.sessions, now, tmp, emit, func(e *entry[session]) Change { return sessionChange(e.key, e.exp, e.v) })
-	tmp = snapshotTable(&s.mu, &s.subscribers, now, tmp, emit, func(e *entry[struct{}]) Change {
-		return Change{Kind: SubscriberSet, Key: e.key, Expires: e.exp}
-	})
-	snapshotTable(&s.mu, &s.consumed, now, tmp, emit, func(e *entry[Decision]) Change {
-		return Change{Kind: ConsumedSet, Key: e.key, Expires: e.exp, Remaining: e.v.Remaining}
-	})
+	s.WalkTo(now, func(c []Change) bool { emit(c); return true })
 	return drained
 }
 
-// snapshotTable emits the live entries of t at now, as change says, a
-// chunk at a time: taken under mu into tmp, emitted after.
-func snapshotTable[V any](mu *sync.Mutex, t *table[V], now int64, tmp []Change, emit func([]Change), change func(*entry[V]) Change) []Change {
+// WalkTo hands the service's live sessions, subscribers and remembered IDs
+// at now to emit as SnapshotTo does, leaving the change log as it is, until
+// emit returns false. It holds the service's lock for one chunk of a table
+// at a time: each entry is emitted as it was at some instant of the walk,
+// and a change made meanwhile is also in the log.
+func (s *Service) WalkTo(now int64, emit func([]Change) bool) {
+	tmp := make([]Change, 0, chunkSize)
+	tmp, ok := walkTable(&s.mu, &s.sessions, now, tmp, emit, func(e *entry[session]) Change { return sessionChange(e.key, e.exp, e.v) })
+	if ok {
+		tmp, ok = walkTable(&s.mu, &s.subscribers, now, tmp, emit, func(e *entry[struct{}]) Change {
+			return Change{Kind: SubscriberSet, Key: e.key, Expires: e.exp}
+		})
+	}
+	if ok {
+		walkTable(&s.mu, &s.consumed, now, tmp, emit, func(e *entry[Decision]) Change {
+			return Change{Kind: ConsumedSet, Key: e.key, Expires: e.exp, Remaining: e.v.Remaining}
+		})
+	}
+}
+
+// walkTable emits the live entries of t at now, as change says, a chunk at
+// a time: taken under mu into tmp, emitted after. It reports false if
+// emit did.
+func walkTable[V any](mu *sync.Mutex, t *table[V], now int64, tmp []Change, emit func([]Change) bool, change func(*entry[V]) Change) ([]Change, bool) {
 	for c := 0; ; c++ {
 		tmp = tmp[:0]
 		mu.Lock()
 		if c >= len(t.chunks) || c*chunkSize >= int(t.n) {
 			mu.Unlock()
-			return tmp
+			return tmp, true
 		}
 		ch := t.chunks[c][:min(chunkSize, int(t.n)-c*chunkSize)]
 		for i := range ch {
@@ -129,8 +143,8 @@ func snapshotTable[V any](mu *sync.Mutex, t *table[V], now int64, tmp []Change, 
 			}
 		}
 		mu.Unlock()
-		if len(tmp) > 0 {
-			emit(tmp)
+		if len(tmp) > 0 && !emit(tmp) {
+			return tmp, false
 		}
 	}
 }

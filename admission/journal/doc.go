@@ -28,9 +28,13 @@
 // monotonic clock. When the journals since the snapshot pass both
 // Config.MaxJournalBytes and the snapshot's own size (so that writing a
 // snapshot costs at most a byte per byte of changes, however big the
-// state), Flush writes the next snapshot (as it is taken,
-// 4,096 entries at a time, never whole in memory), starts the next journal
-// and removes what came before. Open reads the newest snapshot and the
+// state), Flush starts the next journal, goes on committing into it every
+// FlushEvery, and writes the next snapshot behind it in a goroutine of its
+// own (as it is taken, 4,096 entries at a time, never whole in memory, no
+// service's lock held for more than a chunk); once the snapshot is in
+// place, what came before it is removed. A crash before that leaves the
+// older snapshot and every journal since, which is what a restart reads.
+// Open reads the newest snapshot and the
 // journals after it, each up to its first torn or corrupt record (a crash
 // mid-write; what follows is cut off, logged, and truncated before the
 // node goes on), restores what has not expired into the engine (applied as

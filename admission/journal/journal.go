@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -111,6 +112,11 @@ type Journal struct {
 	broken    bool // a write or fsync failed: the journal's tail is not trusted, compact
 	closed    bool
 	lastError error
+	// compacting is closed when the snapshot being written behind the
+	// journal (compactBehindLocked) is done; nil when none is.
+	compacting chan struct{}
+	// abort tells a snapshot being written to stop: the journal is closing.
+	abort atomic.Bool
 }
 
 // logBufs is a service's spare change log (see admission.Service.Drain).
@@ -156,6 +162,13 @@ func Open(cfg Config) (*Journal, error) {
 	if err := j.load(); err != nil {
 		return nil, err
 	}
+	// A snapshot that a crash left half written is not needed: the
+	// journals it would have replaced are all there.
+	if tmps, err := filepath.Glob(filepath.Join(cfg.Dir, "snapshot-*.state.tmp")); err == nil {
+		for _, t := range tmps {
+			_ = os.Remove(t)
+		}
+	}
 	restoreSeconds.Set(time.Since(start).Seconds())
 	restoredSessions.Set(float64(j.recovery.Sessions))
 	restoredSubscribers.Set(float64(j.recovery.Subscribers))
@@ -167,9 +180,7 @@ func Open(cfg Config) (*Journal, error) {
 		if err := j.compactLocked(j.cfg.Clock.Now()); err != nil {
 			return nil, err
 		}
-		return j, nil
-	}
-	if err := j.continueLocked(); err != nil {
+	} else if err := j.continueLocked(); err != nil {
 		return nil, err
 	}
 	// What the services hold is what the files say: their logs start now,
@@ -654,60 +665,120 @@ func (j *Journal) flushLocked() error {
 		}
 		journalChanges.Add(n)
 	}
-	if j.size > max(j.cfg.MaxJournalBytes, j.snapSize) {
-		return j.compactLocked(now)
+	if j.compacting == nil && !j.abort.Load() && j.size > max(j.cfg.MaxJournalBytes, j.snapSize) {
+		return j.compactBehindLocked(now)
 	}
 	return nil
 }
 
-// compactLocked writes every service's live state as snapshot seq+1,
-// starts journal seq+1 and removes the older files. A snapshot takes each
-// service's mutex once, for as long as copying its tables takes (about
-// 10 ms per million entries).
+// compactLocked starts journal seq+1 and writes every service's live
+// state as snapshot seq+1 in this goroutine (Open, and after a failed
+// write or fsync); Flush compacts in the background instead
+// (compactBehindLocked). If the snapshot cannot be written, every service
+// is written whole into the new journal at the next Flush.
 func (j *Journal) compactLocked(now int64) (err error) {
-	defer func() {
+	seq, err := j.switchLocked()
+	if err != nil {
+		return err
+	}
+	size, err := j.writeSnapshot(seq, now)
+	if err != nil {
+		j.resetAll = true
+		return err
+	}
+	j.snapshotWrittenLocked(seq, size)
+	return nil
+}
+
+// compactBehindLocked starts journal seq+1, into which the next Flushes go
+// on committing every FlushEvery, and writes snapshot seq+1 in a goroutine
+// of its own. Until the snapshot is in place, a restart reads the older
+// snapshot and every journal since, the new one included; once it is,
+// the older files go. Nothing waits for the snapshot: at 10 M entries it
+// takes seconds, and a Flush held that long would leave the changes of
+// those seconds uncommitted (and the services' logs overflowing).
+func (j *Journal) compactBehindLocked(now int64) error {
+	seq, err := j.switchLocked()
+	if err != nil {
+		return err
+	}
+	done := make(chan struct{})
+	j.compacting = done
+	go func() {
+		defer close(done)
+		size, err := j.writeSnapshot(seq, now)
+		j.mu.Lock()
+		defer j.mu.Unlock()
+		j.compacting = nil
 		if err != nil {
-			// The services' logs were swapped into the failed snapshot:
-			// the journal must carry every service whole again.
-			j.resetAll = true
+			if !j.abort.Load() {
+				stateErrors.Inc()
+				j.cfg.Log.Error("cannot write the state snapshot; the journals since the last one are kept", "err", err)
+			}
+			return
 		}
+		j.snapshotWrittenLocked(seq, size)
 	}()
+	return nil
+}
+
+// switchLocked starts journal seq+1 after the current one (which the last
+// Flush synced) and makes it current.
+func (j *Journal) switchLocked() (uint64, error) {
 	seq := j.seq + 1
+	jf, err := j.startJournal(seq)
+	if err != nil {
+		return 0, fmt.Errorf("cannot start the state journal %d: %w", seq, err)
+	}
+	if j.f != nil {
+		j.f.Close()
+	}
+	j.f, j.seq, j.size, j.written = jf, seq, int64(len(journalMagic)), false
+	j.broken = false
+	return seq, nil
+}
+
+// writeSnapshot writes every service's live entries at now as snapshot
+// seq (a temporary file, fsync, rename, fsync of the directory), a table
+// chunk at a time, and returns its size. It holds no lock of the journal's
+// (its own buffer, its own file), each service's only for a chunk; it
+// stops, writing nothing, once Close has begun.
+func (j *Journal) writeSnapshot(seq uint64, now int64) (int64, error) {
 	path := filepath.Join(j.cfg.Dir, snapshotName(seq))
 	tmp := path + ".tmp"
 	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
-		return fmt.Errorf("cannot write the state snapshot: %w", err)
+		return 0, fmt.Errorf("cannot write the state snapshot: %w", err)
 	}
 	w := bufio.NewWriterSize(f, 1<<16)
 	_, _ = w.WriteString(snapshotMagic)
 	count := 0
+	var buf []byte
 	for _, s := range j.cfg.Engine.Services() {
-		b := j.bufs(s)
-		spare := b.spare
-		if cap(spare) == 0 {
-			spare = make([]admission.Change, 0, minLog)
-		}
-		drained := s.SnapshotTo(now, spare, func(chunk []admission.Change) {
+		s.WalkTo(now, func(chunk []admission.Change) bool {
 			for i := range chunk {
-				j.buf = appendRecord(j.buf[:0], uint8(chunk[i].Kind), s.Name(), &chunk[i], j.wall(chunk[i].Expires))
-				_, _ = w.Write(j.buf)
+				buf = appendRecord(buf[:0], uint8(chunk[i].Kind), s.Name(), &chunk[i], j.wall(chunk[i].Expires))
+				_, _ = w.Write(buf)
 			}
 			count += len(chunk)
+			return !j.abort.Load()
 		})
-		b.spare = recycle(drained, cap(spare))
 	}
 	end := admission.Change{Remaining: int64(count)}
-	j.buf = appendRecord(j.buf[:0], kindEnd, "", &end, 0)
-	_, _ = w.Write(j.buf)
+	buf = appendRecord(buf[:0], kindEnd, "", &end, 0)
+	_, _ = w.Write(buf)
 	err = w.Flush()
+	if err == nil && j.abort.Load() {
+		err = errors.New("the journal is closing")
+	}
 	if err == nil {
 		err = f.Sync()
 	}
+	var size int64
 	if err == nil {
 		var fi os.FileInfo
 		if fi, err = f.Stat(); err == nil {
-			j.snapSize = fi.Size()
+			size = fi.Size()
 		}
 	}
 	if cerr := f.Close(); err == nil {
@@ -716,24 +787,21 @@ func (j *Journal) compactLocked(now int64) (err error) {
 	if err == nil {
 		err = os.Rename(tmp, path)
 	}
+	if err == nil {
+		err = syncDir(j.cfg.Dir)
+	}
 	if err != nil {
 		_ = os.Remove(tmp)
-		return fmt.Errorf("cannot write the state snapshot %s: %w", path, err)
+		return 0, fmt.Errorf("cannot write the state snapshot %s: %w", path, err)
 	}
-	jf, err := j.startJournal(seq)
-	if err != nil {
-		// Without its journal the new snapshot must not be read at a
-		// restart: the old journal goes on.
-		_ = os.Remove(path)
-		return fmt.Errorf("cannot start the state journal %d: %w", seq, err)
-	}
-	if j.f != nil {
-		j.f.Close()
-	}
-	j.f, j.seq, j.size = jf, seq, int64(len(journalMagic))
-	j.resetAll, j.broken = false, false
+	return size, nil
+}
+
+// snapshotWrittenLocked removes what came before snapshot seq, now in
+// place, and makes its size the next compaction's bound.
+func (j *Journal) snapshotWrittenLocked(seq uint64, size int64) {
+	j.snapSize = size
 	snapshots.Inc()
-	// What came before the new snapshot is no longer needed.
 	snaps, journals, _ := j.files()
 	for _, n := range snaps {
 		if n < seq {
@@ -745,7 +813,6 @@ func (j *Journal) compactLocked(now int64) (err error) {
 			_ = os.Remove(filepath.Join(j.cfg.Dir, journalName(n)))
 		}
 	}
-	return nil
 }
 
 // writeBytes is how much of the journal is gathered before it is written
@@ -816,6 +883,8 @@ func syncDir(dir string) error {
 
 // Close flushes what is left and closes the journal. Safe to call twice.
 func (j *Journal) Close() error {
+	j.abort.Store(true)
+	j.awaitSnapshot() // stopped: the journals it would have replaced stay
 	err := j.Flush()
 	j.mu.Lock()
 	defer j.mu.Unlock()
@@ -829,4 +898,15 @@ func (j *Journal) Close() error {
 		}
 	}
 	return err
+}
+
+// awaitSnapshot waits for the snapshot being written behind the journal,
+// if one is.
+func (j *Journal) awaitSnapshot() {
+	j.mu.Lock()
+	done := j.compacting
+	j.mu.Unlock()
+	if done != nil {
+		<-done
+	}
 }

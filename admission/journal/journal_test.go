@@ -216,6 +216,7 @@ func TestCompactionKeepsTheState(t *testing.T) {
 			require.True(t, n.eng.Register(n.now(), voice, fmt.Appendf(nil, "sub-%d", i*5+k), 3600).Admitted())
 		}
 		require.NoError(t, n.j.Flush())
+		n.j.awaitSnapshot()
 	}
 	require.Greater(t, n.j.seq, seq+2, "compacted more than twice")
 	files, err := os.ReadDir(dir)
@@ -244,6 +245,7 @@ func TestCompactionWaitsForTheSnapshotsSize(t *testing.T) {
 	n := start(t, dir, clk, small)
 	n.load(0, 2000)
 	require.NoError(t, n.j.Flush()) // past 4 KiB and the empty first snapshot
+	n.j.awaitSnapshot()
 	seq := n.j.seq
 	snap := n.j.snapSize
 	require.Greater(t, snap, int64(2000*40), "2,000 subscribers' records")
@@ -270,7 +272,51 @@ func TestCompactionWaitsForTheSnapshotsSize(t *testing.T) {
 	require.Equal(t, seq+1, n.j.seq, "as big as the snapshot, within a few bytes: not compacted")
 	refresh(0, 50)
 	require.Equal(t, seq+2, n.j.seq, "past the snapshot: compacted")
+	n.j.awaitSnapshot()
+	snaps, journals, err := n.j.files()
+	require.NoError(t, err)
+	require.Equal(t, []uint64{seq + 2}, snaps)
+	require.Equal(t, []uint64{seq + 2}, journals)
 	require.Equal(t, int64(2000), n.stats().Subscribers)
+}
+
+// TestCrashWhileTheSnapshotIsWritten: a compaction starts the next journal
+// at once and writes the snapshot behind it; a crash before the snapshot
+// is in place (its temporary file half written) restarts from the older
+// snapshot and every journal since, the new one included, and loses
+// nothing that was flushed.
+func TestCrashWhileTheSnapshotIsWritten(t *testing.T) {
+	dir, clk := t.TempDir(), admission.NewFakeClock()
+	n := start(t, dir, clk)
+	first := n.load(100, 300)
+	require.NoError(t, n.j.Flush())
+	n.j.mu.Lock()
+	seq, err := n.j.switchLocked() // what compactBehindLocked does first
+	n.j.mu.Unlock()
+	require.NoError(t, err)
+	tmp := filepath.Join(dir, snapshotName(seq)+".tmp")
+	require.NoError(t, os.WriteFile(tmp, []byte(snapshotMagic+"half a snapshot"), 0o600))
+	for i := range 50 { // changes flushed while the snapshot is written
+		require.True(t, n.eng.Release(n.now(), voice, fmt.Appendf(nil, "call-%d", i), 0))
+		require.True(t, n.eng.Register(n.now(), voice, fmt.Appendf(nil, "late-%d", i), 3600).Admitted())
+	}
+	require.NoError(t, n.j.Flush())
+	n.crash()
+
+	n2 := start(t, dir, clk)
+	st := n2.stats()
+	require.Equal(t, int64(50), st.Sessions)
+	require.Equal(t, int64(350), st.Subscribers)
+	for i := range 100 {
+		c := fmt.Sprintf("call-%d", i)
+		d := n2.eng.Admit(n2.now(), voice, []byte(c), nil, admission.Normal)
+		if i < 50 {
+			require.Equal(t, int64(51), n2.stats().Sessions-int64(i), "call-%d was released: a new session", i)
+		} else {
+			require.Equal(t, first[c], d, "call-%d is open: its first decision again", i)
+		}
+	}
+	require.NoFileExists(t, tmp, "the half-written snapshot is removed")
 }
 
 // TestOverflowWritesTheServiceWhole: more changes between two flushes than
