@@ -73,6 +73,9 @@ type Config struct {
 	// to make them durable, so that they are back after a restart. Off,
 	// nothing is logged (tests, tools).
 	JournalState bool
+	// MaxLog bounds each service's change log, in changes (0: MaxLog);
+	// past it the journal writes the service whole. Tests make it small.
+	MaxLog int
 }
 
 // DefaultConfig returns the defaults, each explained on its Config field.
@@ -230,6 +233,9 @@ func (e *Engine) ensure(name string, forLicence bool) (*Service, error) {
 		e.unlicensedServices++
 	}
 	s := newService(name, e.cfg.DurableTokens, e.cfg.JournalState, derive(Limits{Sessions: Unlimited, Subscribers: Unlimited, Tokens: 0, State: "unlicensed"}, &e.cfg))
+	if s.maxLog = e.cfg.MaxLog; s.maxLog <= 0 {
+		s.maxLog = MaxLog
+	}
 	s.emergencyAll = &e.emergencyOpen
 	s.wake = e.cfg.ReserveWake
 	s.await = e.cfg.AwaitReserve

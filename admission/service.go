@@ -74,6 +74,7 @@ type Service struct {
 	// journal last drained it, when journal is set (see state.go);
 	// changesLost records that the log was full and dropped some.
 	journal     bool
+	maxLog      int // Config.MaxLog
 	changes     []Change
 	changesLost bool
 	// ended holds calls a client RELEASEd here before this node had

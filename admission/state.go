@@ -40,17 +40,32 @@ type Change struct {
 	Account string
 }
 
-// logChange appends c to the change log when journaling is on. A full log
-// drops c and remembers it lost something: the drainer then takes a
-// snapshot (Service.Snapshot), which covers what was lost. Called with mu
-// held; never allocates.
+// MaxLog bounds a service's change log: past it, changes are dropped
+// and the journal writes the service whole instead (see logChange). 2 M
+// changes (112 MB) is five seconds of a node's busiest rate.
+const MaxLog = 1 << 21
+
+// logChange appends c to the change log when journaling is on. A service
+// the journal has not drained yet has no log (an idle or made-up service
+// costs nothing): c is dropped and the drainer, told the log lost
+// something, writes the service whole, which covers it. A full log
+// doubles, up to Config.MaxLog: the journal sizes the log it hands back for what
+// it drains every interval, so the log is full only when a flush fell
+// behind (a disk slow to fsync under a snapshot's writes), and writing a
+// service of millions of entries whole then would take seconds, long
+// enough to overflow again. Called with mu held; allocates only then.
 func (s *Service) logChange(c Change) {
 	if !s.journal {
 		return
 	}
 	if len(s.changes) == cap(s.changes) {
-		s.changesLost = true
-		return
+		if cap(s.changes) == 0 || cap(s.changes) >= s.maxLog {
+			s.changesLost = true
+			return
+		}
+		grown := make([]Change, len(s.changes), min(2*cap(s.changes), s.maxLog))
+		copy(grown, s.changes)
+		s.changes = grown
 	}
 	s.changes = append(s.changes, c)
 }

@@ -8,7 +8,9 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-func journaling(c *Config) { c.JournalState = true }
+func journaling(c *Config) { c.JournalState, c.MaxLog = true, maxLogInTests }
+
+const maxLogInTests = 256
 
 // TestJournalingAllocatesNothing: with the change log on, ADMIT CALL,
 // RELEASE, REGISTER and DEREGISTER allocate nothing, whether the journal
@@ -43,8 +45,39 @@ func TestJournalingAllocatesNothing(t *testing.T) {
 	f("register + deregister, drained", func() { e.Register(now, svc, sub, 3600); e.Deregister(now, svc, sub); drain() })
 	f("register refresh, drained", func() { e.Register(now, svc, sub, 3600); drain() })
 	f("admit call + release, log full", func() { e.Admit(now, svc, call, acct, Normal); e.Release(now, svc, call, 0) })
-	_, lost := s.Drain(spare)
+	changes, lost := s.Drain(spare)
 	require.True(t, lost, "the undrained log overflowed")
+	require.Equal(t, maxLogInTests, cap(changes), "after doubling up to Config.MaxLog")
+}
+
+// A log that fills between two drains doubles (the journal fell behind),
+// up to Config.MaxLog, and only then drops changes.
+func TestTheLogGrowsUpToMaxLog(t *testing.T) {
+	l := Limits{Licensed: true, CAPS: Unlimited, Sessions: Unlimited, Subscribers: Unlimited, Tokens: Unlimited}
+	e, clk := newTestEngine(t, l, journaling)
+	s := e.Service("voice")
+	reg := func(from, n int) {
+		for i := from; i < from+n; i++ {
+			require.True(t, e.Register(clk.Now(), svc, fmt.Appendf(nil, "sub-%d", i), 3600).Admitted())
+		}
+	}
+	reg(0, 1) // a log not drained yet has no room: lost
+	_, lost := s.Drain(make([]Change, 0, 16))
+	require.True(t, lost)
+	reg(1, 16)
+	changes, lost := s.Drain(make([]Change, 0, 16))
+	require.False(t, lost)
+	require.Len(t, changes, 16)
+	require.Equal(t, 16, cap(changes), "exactly full: not grown")
+	reg(17, 100) // 16 → 32 → 64 → 128
+	changes, lost = s.Drain(make([]Change, 0, 16))
+	require.False(t, lost)
+	require.Len(t, changes, 100)
+	require.Equal(t, 128, cap(changes))
+	reg(117, maxLogInTests+1)
+	changes, lost = s.Drain(nil)
+	require.True(t, lost, "one past Config.MaxLog")
+	require.Len(t, changes, maxLogInTests)
 }
 
 // TestSnapshotRestoresTheSameState: a snapshot restored into a new engine

@@ -1,6 +1,7 @@
 package bounded_test
 
 import (
+	"bytes"
 	"errors"
 	"io/fs"
 	"os"
@@ -15,43 +16,60 @@ import (
 	"github.com/capsgate/capsgate/admission/bounded/boundedtest"
 )
 
+// readers are ReadFile and MapFile, the latter copying out and unmapping.
+var readers = map[string]func(path string, limit int64) ([]byte, error){
+	"ReadFile": ReadFile,
+	"MapFile": func(path string, limit int64) ([]byte, error) {
+		b, unmap, err := MapFile(path, limit)
+		if err != nil {
+			return nil, err
+		}
+		defer unmap()
+		return bytes.Clone(b), nil
+	},
+}
+
 func TestReadFileRefuses(t *testing.T) {
 	const limit = 1 << 10
-	for path, want := range boundedtest.BadFiles(t, limit) {
-		data, err := ReadFile(path, limit)
-		require.Nil(t, data)
-		require.EqualError(t, err, want)
-		require.True(t, errors.Is(err, ErrNotRegular) || errors.Is(err, ErrTooLarge), path)
+	for name, read := range readers {
+		for path, want := range boundedtest.BadFiles(t, limit) {
+			data, err := read(path, limit)
+			require.Nil(t, data, name)
+			require.EqualError(t, err, want, name)
+			require.True(t, errors.Is(err, ErrNotRegular) || errors.Is(err, ErrTooLarge), path)
+		}
+		_, err := read(filepath.Join(t.TempDir(), "none"), limit)
+		require.ErrorIs(t, err, fs.ErrNotExist)
+		require.Regexp(t, "^open .*/none: no such file or directory$", err.Error())
 	}
-	_, err := ReadFile(filepath.Join(t.TempDir(), "none"), limit)
-	require.ErrorIs(t, err, fs.ErrNotExist)
-	require.Regexp(t, "^open .*/none: no such file or directory$", err.Error())
 }
 
 func TestReadFileReads(t *testing.T) {
-	dir := t.TempDir()
-	f := func(size int, limit int64) {
-		t.Helper()
-		path := filepath.Join(dir, "f")
-		want := []byte(strings.Repeat("x", size))
-		require.NoError(t, os.WriteFile(path, want, 0o600))
-		got, err := ReadFile(path, limit)
+	for name, read := range readers {
+		dir := t.TempDir()
+		f := func(size int, limit int64) {
+			t.Helper()
+			path := filepath.Join(dir, "f")
+			want := []byte(strings.Repeat("x", size))
+			require.NoError(t, os.WriteFile(path, want, 0o600))
+			got, err := read(path, limit)
+			require.NoError(t, err, name)
+			require.Equal(t, want, got, name)
+		}
+		f(0, 0)
+		f(0, 10)
+		f(10, 10) // exactly the limit
+		f(5000, 1<<20)
+		// A symlink to a regular file is read; to a device, refused.
+		link := filepath.Join(dir, "link")
+		require.NoError(t, os.Symlink(filepath.Join(dir, "f"), link))
+		_, err := read(link, 1<<20)
 		require.NoError(t, err)
-		require.Equal(t, want, got)
+		zero := filepath.Join(dir, "zero")
+		require.NoError(t, os.Symlink("/dev/zero", zero))
+		_, err = read(zero, 1<<20)
+		require.EqualError(t, err, zero+": not a regular file (a character device)", name)
 	}
-	f(0, 0)
-	f(0, 10)
-	f(10, 10) // exactly the limit
-	f(5000, 1<<20)
-	// A symlink to a regular file is read; to a device, refused.
-	link := filepath.Join(dir, "link")
-	require.NoError(t, os.Symlink(filepath.Join(dir, "f"), link))
-	_, err := ReadFile(link, 1<<20)
-	require.NoError(t, err)
-	zero := filepath.Join(dir, "zero")
-	require.NoError(t, os.Symlink("/dev/zero", zero))
-	_, err = ReadFile(zero, 1<<20)
-	require.EqualError(t, err, zero+": not a regular file (a character device)")
 }
 
 func TestReadAll(t *testing.T) {

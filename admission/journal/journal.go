@@ -60,9 +60,11 @@ type Config struct {
 const defaultMaxJournalBytes = 64 << 20
 
 // Log sizes: a service's in-memory change log starts empty (an idle or
-// made-up service costs nothing) and grows, by doubling, when a flush finds
-// it overflowed or three-quarters full, up to maxLog changes per flush
-// interval (3 M changes a second at FlushEvery, beyond any node).
+// made-up service costs nothing); the spare handed back at each flush
+// doubles when the log it replaces was three-quarters full, up to maxLog
+// changes per flush interval (3 M changes a second at FlushEvery, beyond
+// any node). A log that fills between two flushes grows by itself, up to
+// admission.MaxLog (see Service.logChange).
 const (
 	minLog = 1024
 	maxLog = 1 << 16
@@ -99,8 +101,10 @@ type Journal struct {
 	seq   uint64     // number of the current journal (and of the snapshot, unless continued)
 	chain []uint64   // the journals Open replayed after the snapshot
 	names names      // while loading
-	f     *os.File   // journal-seq.log, open for appending
-	size  int64
+	// unmaps release the files mapped while loading.
+	unmaps []func()
+	f      *os.File // journal-seq.log, open for appending
+	size   int64
 	// snapSize is the size of the snapshot the journals follow: they are
 	// compacted when they pass it (and MaxJournalBytes), so a snapshot's
 	// cost is spread over at least as many bytes of changes as it writes.
@@ -298,7 +302,13 @@ func (j *Journal) load() error {
 		return err
 	}
 	j.names = names{}
-	defer func() { j.names = nil }()
+	defer func() {
+		j.names = nil
+		for _, unmap := range j.unmaps { // the restored tables hold copies
+			unmap()
+		}
+		j.unmaps = nil
+	}()
 	snapshot := ""
 	if len(snaps) > 0 {
 		j.seq = snaps[len(snaps)-1]
@@ -496,10 +506,11 @@ func (rs *restorer) flushAll() {
 
 // openSnapshot reads a snapshot and checks its magic.
 func (j *Journal) openSnapshot(path string) ([]byte, error) {
-	b, err := bounded.ReadFile(path, bounded.NodeState)
+	b, unmap, err := bounded.MapFile(path, bounded.NodeState)
 	if err != nil {
 		return nil, fmt.Errorf("cannot read the state snapshot: %w", err)
 	}
+	j.unmaps = append(j.unmaps, unmap)
 	if !strings.HasPrefix(string(b[:min(len(b), len(snapshotMagic))]), snapshotMagic) {
 		return nil, snapshotError(path, errors.New("not a capsgate state snapshot"))
 	}
@@ -542,10 +553,11 @@ func (j *Journal) applySnapshot(path string, b []byte, resets map[string]positio
 // the position of each service's last reset (file is the journal's place
 // in the chain) and counts the records.
 func (j *Journal) readJournal(path string, file int, resets map[string]position) (journalFile, error) {
-	b, err := bounded.ReadFile(path, bounded.NodeState)
+	b, unmap, err := bounded.MapFile(path, bounded.NodeState)
 	if err != nil {
 		return journalFile{}, fmt.Errorf("cannot read the state journal: %w", err)
 	}
+	j.unmaps = append(j.unmaps, unmap)
 	off := len(journalMagic)
 	if len(b) < off || string(b[:off]) != journalMagic {
 		off = 0 // torn while being created
