@@ -7,12 +7,14 @@
 //	capsbench compare    [--seconds N] [--json FILE] [--profiles latency] [--rate R] [--conns C] [--pipeline P] [--throughput-conns C] [--targets capsgate,redis-lua,limit] [--sweep 5000,10000,25000] [--stall-seconds N]
 //	capsbench report     --json FILE --out DIR
 //	capsbench stalls     [--seconds N]
+//	capsbench scale      [--entries 1000000,2000000] [--out DIR] [--redis=true] [--bin DIR]
 //	capsbench sim        [--nodes N] [--caps L] [--seconds S] [--seed N] [--arrivals paced|poisson|bursty|stalling] [--load F | --ramp-to F] [--skew 70,20,10|even|tail] [--shift-at D] [--flash-at D --flash-for D --flash-factor F] [--prelude D --prelude-load F] [--delay D --jitter D --loss F] [--scenario FILE] [--svg FILE] [--json] [--quiet]
 //	capsbench sim        --table
 //	capsbench serve-limit --addr HOST:PORT [--loops N]
 //
-// SIGINT or SIGTERM ends any of them early: a load stops, compare and
-// cluster stop what they started, serve-limit stops serving and exits 0.
+// SIGINT or SIGTERM ends any of them early: a load stops, compare,
+// cluster and scale stop what they started, serve-limit stops serving and
+// exits 0.
 package main
 
 import (
@@ -42,6 +44,7 @@ const usage = `usage: capsbench COMMAND [flags]
   compare     capsgate vs redis-server+Lua vs the transport limit; --json FILE
   report      report.md and compare.svg from a compare JSON
   stalls      the machine's own pauses: a thread spinning on every CPU, gaps in its clock
+  scale       one capsgate node, then redis-server, loaded to --entries by redis-benchmark: memory, PING during the load, kill -9 and restart; scale.md, scale.json and plots in --out
   sim         a simulated farm (real planner and buckets, simulated network and clock) against one node; --table: the accuracy table
   serve-limit the do-nothing gnet server of compare, on its own: --addr HOST:PORT
 run "capsbench COMMAND -h" for its flags`
@@ -66,6 +69,8 @@ func main() {
 		err = report(args)
 	case "stalls":
 		err = stalls(ctx, args)
+	case "scale":
+		err = scale(ctx, args)
 	case "sim":
 		err = simulate(args)
 	case bench.LimitServerArg:
@@ -265,6 +270,24 @@ func stalls(ctx context.Context, args []string) error {
 	fmt.Printf("%d CPUs spinning for %.1fs: %.2f%% of the time lost in pauses > %v; pauses > 100 µs: %d, > 250 µs: %d, > 1 ms: %d; longest %.0f µs\n",
 		st.CPUs, st.Seconds, st.StalledFraction*100, bench.StallMinimum, st.Over100us, st.Over250us, st.Over1ms, st.MaxUs)
 	return nil
+}
+
+func scale(ctx context.Context, args []string) error {
+	o, err := bench.ParseScale(args, os.Stderr, bench.RedisInstalled())
+	if err != nil {
+		return err
+	}
+	o.CommandLine = bench.CommandLine(os.Args)
+	rep, err := bench.RunScale(ctx, o, os.Stderr)
+	if err != nil {
+		return err
+	}
+	if err := bench.WriteScale(rep, o.Out); err != nil {
+		return err
+	}
+	fmt.Print(bench.ScaleTable(rep))
+	fmt.Printf("\nwrote %s, %s and the plots to %s\n", bench.ScaleMarkdownFile, bench.ScaleJSONFile, o.Out)
+	return rep.Err()
 }
 
 func simulate(args []string) error {
