@@ -768,10 +768,11 @@ func (j *Journal) writeSnapshot(seq uint64, now int64) (int64, error) {
 	var buf []byte
 	for _, s := range j.cfg.Engine.Services() {
 		s.WalkTo(now, func(chunk []admission.Change) bool {
+			buf = buf[:0] // a chunk's records in one write
 			for i := range chunk {
-				buf = appendRecord(buf[:0], uint8(chunk[i].Kind), s.Name(), &chunk[i], j.wall(chunk[i].Expires))
-				_, _ = w.Write(buf)
+				buf = appendRecord(buf, uint8(chunk[i].Kind), s.Name(), &chunk[i], j.wall(chunk[i].Expires))
 			}
+			_, _ = w.Write(buf)
 			count += len(chunk)
 			return !j.abort.Load()
 		})
