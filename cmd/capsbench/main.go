@@ -277,7 +277,7 @@ func scale(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	o.CommandLine = bench.CommandLine(os.Args)
+	o.CommandLine = bench.CommandLine(append([]string{"capsbench"}, os.Args[1:]...)) // whatever the binary is called
 	rep, err := bench.RunScale(ctx, o, os.Stderr)
 	if err != nil {
 		return err
