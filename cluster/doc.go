@@ -200,7 +200,12 @@
 //
 // A node restores its open sessions and registrations from disk after a
 // restart (admission/journal). Every member keeps the operations it sent
-// in the last hour (at most 200,000): releases, deregistrations, claims.
+// in the last hour (at most 500,000, about 150 bytes each): releases,
+// deregistrations, claims. A million re-registrations an hour through a
+// farm of two or more members is at most 500,000 claims an hour from one
+// member (bench/scripts/farm.sh sends one through ten members); a member
+// down longer than the hour holds registrations that have mostly expired
+// by then, and the rest expire by their TTL.
 // A member seen to fail and come back (a stall, a partition, a restart) is
 // sent what each member sent since it was seen to fail; and at its first
 // meeting with each member after a start, a member asks for what was sent

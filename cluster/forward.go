@@ -341,7 +341,7 @@ type idRecord struct {
 // charged again if repeated through it).
 const (
 	replayFor    = time.Hour
-	replayMax    = 200_000
+	replayMax    = 500_000 // a million re-registrations an hour, over two members or more
 	replayIDsMax = 1_000_000
 )
 
