@@ -30,8 +30,7 @@ import (
 	"github.com/capsgate/capsgate/cluster/clustertest"
 )
 
-// `capsbench scale` is bench/scripts/scale.sh as a Go scenario with a
-// report: carrier-scale state on one node, beside Redis loaded by the same
+// `capsbench scale` is a scenario with a report: carrier-scale state on one node, beside Redis loaded by the same
 // generator. For each entry count N, from a fresh data dir,
 // redis-benchmark sends N/2 of a first command and N/2 of a second with
 // random keys, while a clean connection sends PING every 50 ms and the
@@ -46,8 +45,7 @@ import (
 // ScaleUsage is `capsbench scale`'s usage line.
 const ScaleUsage = "capsbench scale [--entries 1000000,2000000] [--out DIR] [--redis=true] [--bin DIR]"
 
-// The scenario's settings: scale.sh's, so that its numbers and the
-// report's compare.
+// The scenario's settings (the README's scale table comes from them).
 const (
 	scaleService  = "voice"
 	scaleConns    = 50            // redis-benchmark -c
@@ -56,7 +54,7 @@ const (
 	// maxScaleEntries is what the scenario's licence holds: 25 M
 	// subscribers (the first phase) and 25 M sessions (the second).
 	maxScaleEntries = 50_000_000
-	scaleLicenceCap = maxScaleEntries // --sessions and --subscribers, as scale.sh
+	scaleLicenceCap = maxScaleEntries // --sessions and --subscribers
 	scaleCAPS       = 100_000_000     // far above the load: nothing is refused
 
 	probeEvery  = 50 * time.Millisecond  // the clean client's PING
@@ -64,14 +62,14 @@ const (
 	// probeTimeout bounds one PING or one count during the load: the
 	// worst stall the README reports is under a second.
 	probeTimeout = 10 * time.Second
-	// settleBeforeKill is scale.sh's second between the load and kill -9:
+	// settleBeforeKill is the second between the load and kill -9:
 	// capsgate's journal and Redis's AOF (fsync every second) reach the
 	// disk, so "entries back" compares what a restart restores.
 	settleBeforeKill = time.Second
 	// restartTimeout bounds a restart's wait for its first answer, every
 	// entry and /readyz: 2 M entries come back in about 3 s.
 	restartTimeout = 120 * time.Second
-	restartPoll    = 10 * time.Millisecond // scale.sh's wait_pong step
+	restartPoll    = 10 * time.Millisecond // the restart's PING poll
 	// toolTimeout bounds capslicense, capsctl and redis-server --version.
 	toolTimeout  = 30 * time.Second
 	buildTimeout = 10 * time.Minute // go build ./cmd/... from a cold cache
@@ -447,7 +445,7 @@ type scaleServer struct {
 	proc  *scaleProc
 }
 
-// newCapsgateServer prepares a node in dir as scale.sh does: a vendor key
+// newCapsgateServer prepares a node in dir: a vendor key
 // (capslicense keygen), a gossip key, an admin token, a licence for
 // scaleService loaded after the start with `capsctl license add`.
 func newCapsgateServer(ctx context.Context, bin clustertest.Binaries, dir string) (*scaleServer, error) {
@@ -499,7 +497,7 @@ func newCapsgateServer(ctx context.Context, bin clustertest.Binaries, dir string
 	return s, nil
 }
 
-// newRedisServer prepares redis-server in dir as scale.sh runs it: no
+// newRedisServer prepares redis-server in dir: no
 // snapshots, and an append-only file synced every second (aof) or no
 // persistence at all.
 func newRedisServer(path, version, dir string, aof bool) (*scaleServer, error) {
@@ -892,7 +890,7 @@ func lastLines(s string, n int) string {
 	return strings.Join(lines[max(0, len(lines)-n):], " | ")
 }
 
-// redisBenchmark runs redis-benchmark against addr as scale.sh does — 50
+// redisBenchmark runs redis-benchmark against addr — 50
 // connections, 16 pipelined, n requests of command with random keys — and
 // returns the requests per second it reports. It is bounded by a time that
 // allows 10,000 requests per second.
@@ -1091,7 +1089,7 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// summarizeProbes is the p99 (scale.sh's: the sorted latencies' element
+// summarizeProbes is the p99 (the sorted latencies' element
 // at 0.99 × (n-1)), the worst, and the longest time between two answers.
 func summarizeProbes(ps []ProbeSample) ProbeSummary {
 	s := ProbeSummary{Probes: len(ps)}
@@ -1144,8 +1142,8 @@ func WriteScale(rep ScaleReport, dir string) error {
 	return nil
 }
 
-// ScaleMarkdown is the report: how it was produced, the table scale.sh
-// prints (a row per target and entry count), capsgate's restore, and the
+// ScaleMarkdown is the report: how it was produced, the table
+// (a row per target and entry count), capsgate's restore, and the
 // plots.
 func ScaleMarkdown(rep ScaleReport) string {
 	var b strings.Builder

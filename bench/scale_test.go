@@ -76,7 +76,7 @@ func TestScaleCommandLine(t *testing.T) {
 	require.Equal(t, "", CommandLine(nil))
 }
 
-// p99 is scale.sh's (the sorted latencies' element at 0.99 × (n-1)); the
+// p99 is the sorted latencies' element at 0.99 × (n-1); the
 // longest gap is between two answers (send + latency), so a slow answer
 // widens the gap after the one before it.
 func TestScaleSummarizeProbes(t *testing.T) {

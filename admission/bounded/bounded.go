@@ -46,8 +46,8 @@ const (
 	// StateFile bounds the one-line state files a node keeps beside its
 	// data (clock.hwm, the CAPSGATE_WALL_OFFSET_FILE of tests).
 	StateFile = 64 << 10
-	// NodeState bounds the node's own state files read whole at start (the
-	// session journal and its snapshot, tokens.json): they grow with what
+	// NodeState bounds the node's own state files read at start (the
+	// session journal and its snapshot, mapped; tokens.json): they grow with what
 	// the node holds (2 M sessions made a 94 MB journal), so the bound is
 	// far above any real one; what it refuses is a device or a FIFO put in
 	// their place, or a file gone wrong.

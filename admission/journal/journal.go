@@ -402,7 +402,7 @@ func (p position) after(q position) bool {
 	return p.file > q.file || p.file == q.file && p.off > q.off
 }
 
-// journalFile is a journal read whole, valid up to end.
+// journalFile is a journal mapped whole, valid up to end.
 type journalFile struct {
 	path string
 	b    []byte
