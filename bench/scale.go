@@ -477,7 +477,7 @@ func newCapsgateServer(ctx context.Context, bin clustertest.Binaries, dir string
 	if err := os.WriteFile(licFile, lic, 0o600); err != nil {
 		return nil, fmt.Errorf("cannot write the licence: %w", err)
 	}
-	addrs, err := scaleAddrs(3)
+	addrs, err := clustertest.FreeAddrs(3)
 	if err != nil {
 		return nil, err
 	}
@@ -501,7 +501,7 @@ func newCapsgateServer(ctx context.Context, bin clustertest.Binaries, dir string
 // snapshots, and an append-only file synced every second (aof) or no
 // persistence at all.
 func newRedisServer(path, version, dir string, aof bool) (*scaleServer, error) {
-	addrs, err := scaleAddrs(1)
+	addrs, err := clustertest.FreeAddrs(1)
 	if err != nil {
 		return nil, err
 	}
@@ -548,36 +548,6 @@ func redisHeld(ctx context.Context, c *client.Conn) (int64, error) {
 		return 0, fmt.Errorf("DBSIZE answered %s", r.String())
 	}
 	return r.Int, nil
-}
-
-// scaleAddrs reserves n distinct loopback addresses whose TCP and UDP
-// ports are both free (capsgate's gossip binds both) and releases them
-// for the servers.
-func scaleAddrs(n int) ([]string, error) {
-	var held []io.Closer
-	defer func() {
-		for _, c := range held {
-			c.Close()
-		}
-	}()
-	var addrs []string
-	for tries := 0; len(addrs) < n; tries++ {
-		if tries == 100*n {
-			return nil, fmt.Errorf("cannot find %d free loopback ports for TCP and UDP", n)
-		}
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("cannot find a free port: %w", err)
-		}
-		held = append(held, l)
-		u, err := net.ListenPacket("udp", l.Addr().String())
-		if err != nil {
-			continue // the UDP port is taken; keep the TCP one held, try another
-		}
-		held = append(held, u)
-		addrs = append(addrs, l.Addr().String())
-	}
-	return addrs, nil
 }
 
 // run starts the server, loads it, restarts it and kills it.

@@ -419,7 +419,7 @@ func Start(cfg Config) (*Cluster, error) {
 			free += 3
 		}
 	}
-	addrs, err := freeAddrs(free)
+	addrs, err := FreeAddrs(free)
 	if err != nil {
 		return nil, err
 	}
@@ -476,7 +476,7 @@ func (c *Cluster) newNode(i int, a Addrs) *Node {
 // Add starts a new member (the next number, on free ports) joining the
 // running nodes, and returns it.
 func (c *Cluster) Add() (*Node, error) {
-	addrs, err := freeAddrs(3)
+	addrs, err := FreeAddrs(3)
 	if err != nil {
 		return nil, err
 	}
@@ -751,7 +751,7 @@ type run struct {
 // its data in dir and extra flags args, and waits until it answers PING.
 // Its admin API needs no token.
 func StartDev(bin Binaries, dir string, args ...string) (*Node, error) {
-	addrs, err := freeAddrs(3)
+	addrs, err := FreeAddrs(3)
 	if err != nil {
 		return nil, err
 	}
@@ -1071,9 +1071,9 @@ func (n *Node) request(method, path string, body []byte, v any) (int, error) {
 	return resp.StatusCode, nil
 }
 
-// freeAddrs reserves n distinct loopback addresses whose TCP and UDP ports
+// FreeAddrs reserves n distinct loopback addresses whose TCP and UDP ports
 // are both free (gossip binds both), then releases them for the processes.
-func freeAddrs(n int) ([]string, error) {
+func FreeAddrs(n int) ([]string, error) {
 	var held []io.Closer
 	defer func() {
 		for _, c := range held {
@@ -1105,7 +1105,7 @@ func freeAddrs(n int) ([]string, error) {
 // there is none.
 func FreeAddr(t testing.TB) string {
 	t.Helper()
-	addrs, err := freeAddrs(1)
+	addrs, err := FreeAddrs(1)
 	if err != nil {
 		t.Fatal(err)
 	}
