@@ -107,6 +107,10 @@ type Member struct {
 	MaxCAPS   float64            `json:"max_caps"`
 	Demand    map[string]float64 `json:"demand"`
 	Shares    map[string]float64 `json:"shares"`
+	// Owed is, by licensed service, what the member's CAPS bucket owed
+	// (its depth less what it would admit at once) in its last report:
+	// 0 is a full bucket, which this node may spill attempts to.
+	Owed map[string]int64 `json:"owed"`
 	// Since is when a dead member was declared dead.
 	Since *time.Time `json:"since,omitempty"`
 	// Reclaimed: a dead member whose part the live members took over.
@@ -571,10 +575,13 @@ func (c *Cluster) Members() []Member {
 			m.AdminAddr = reachable(md.Admin, addr)
 		}
 		m.Demand = copyMap(c.planner.Demand(name))
+		m.Owed = map[string]int64{}
+		held := c.planner.Held(name)
 		for service := range c.cfg.Shares.Licensed() {
 			if s, ok := c.planner.Shares(service)[name]; ok {
 				m.Shares[service] = s
 			}
+			m.Owed[service] = held[service].Owed
 		}
 		out = append(out, m)
 		seen[name] = true

@@ -669,6 +669,18 @@ func (p *Planner) Demand(name string) map[string]float64 {
 	return nil
 }
 
+// Held returns what a member last reported holding, by service and pool
+// (this node's own for self).
+func (p *Planner) Held(name string) map[string]Held {
+	if name == p.self {
+		return p.local.Held
+	}
+	if v := p.peers[name]; v != nil {
+		return v.report.Held
+	}
+	return nil
+}
+
 // Shares returns every member's CAPS share of service as last computed.
 func (p *Planner) Shares(service string) map[string]float64 { return p.shares[service] }
 

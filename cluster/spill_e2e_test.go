@@ -38,9 +38,26 @@ func TestBurstSpillsToMembersWithRoom(t *testing.T) {
 	// Every node's bucket full, and heard so by n1: a bucket whose part
 	// the plans just set may start in debt and refills at the part's rate
 	// (100/s here: its 24 attempts of depth in 240 ms), and n1 hears of it
-	// at the next exchange (ExchangeInterval) or two. 300 ms was not always
-	// enough (a CI run spilled 10).
-	time.Sleep(240*time.Millisecond + 5*cluster.ExchangeInterval)
+	// at the next exchange. A fixed wait was not always enough (CI runs
+	// spilled 10 and 19): wait until n1's view of n2 and n3 (their last
+	// reports, GET /v1/cluster) shows nothing owed, and n1's own bucket
+	// has had time to refill.
+	require.Eventually(t, func() bool {
+		ms, err := n[0].Members()
+		if err != nil {
+			return false
+		}
+		full := 0
+		for _, m := range ms {
+			if m.Name != "n1" && m.State == "alive" && m.Shares["voice"] > 0 {
+				if owed, ok := m.Owed["voice"]; ok && owed == 0 {
+					full++
+				}
+			}
+		}
+		return full == 2
+	}, 10*time.Second, 10*time.Millisecond, "n1 hears n2's and n3's buckets full")
+	time.Sleep(240 * time.Millisecond) // n1's own, refilled like theirs
 	own := quota(t, n[0], "voice", "caps_burst")
 
 	conn, err := net.Dial("tcp", n[0].RESPAddr)

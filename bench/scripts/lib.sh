@@ -1,6 +1,6 @@
 # Shared by the scripts beside it: a work directory cleaned up at exit, the
-# binaries built from this checkout, one capsgate node with a licence for
-# service voice (CAPS 100 M, 50 M sessions and subscribers), redis-server,
+# binaries built from this checkout, a farm of capsgate nodes, one node with
+# a licence for service voice, redis-server,
 # redis-benchmark's rate, and a clean client's PING probe. Loopback only;
 # everything started is killed at exit.
 set -euo pipefail
@@ -26,21 +26,46 @@ wait_pong() { # port, seconds
   return 1
 }
 
-# capsgate: starts one node (CGPID, CGPORT), licensed for voice.
-capsgate() {
-  mkdir -p "$W/keys" "$W/cg"
+# vendor_keys: a vendor key pair, a gossip key and an admin token in $W/keys.
+vendor_keys() {
+  mkdir -p "$W/keys"
   "$W/bin/capslicense" keygen --out "$W/keys" >/dev/null
   head -c 32 /dev/urandom | base64 >"$W/keys/gossip.key"
   head -c 24 /dev/urandom | base64 >"$W/keys/admin.token"
+}
+
+# farm N CLUSTER: starts N nodes n1..nN of cluster CLUSTER, each joining n1,
+# and waits for each to answer; fills RESPS (host:port), ADMINS (URLs),
+# NODEPIDS and DIRS.
+farm() {
+  local n=$1 cluster=$2 first="" i rp ap gp
+  RESPS=() ADMINS=() NODEPIDS=() DIRS=()
+  for i in $(seq 1 "$n"); do
+    rp=$(port); ap=$(port); gp=$(port)
+    local join=()
+    [ -n "$first" ] && join=(--join "$first")
+    "$W/bin/capsgate" --node-name n$i --cluster-id "$cluster" --data-dir "$W/n$i" --resp-addr 127.0.0.1:$rp \
+      --admin-addr 127.0.0.1:$ap --gossip-addr 127.0.0.1:$gp --gossip-key-file "$W/keys/gossip.key" \
+      --admin-token-file "$W/keys/admin.token" --vendor-key "$W/keys/vendor.pub" "${join[@]}" >>"$W/n$i.log" 2>&1 &
+    PIDS+=($!); NODEPIDS+=($!)
+    [ -z "$first" ] && first=127.0.0.1:$gp
+    RESPS+=(127.0.0.1:$rp); ADMINS+=(http://127.0.0.1:$ap); DIRS+=("$W/n$i")
+  done
+  for i in "${RESPS[@]}"; do wait_pong "${i##*:}" 30; done
+}
+
+# ctl ARGS...: capsctl against n1.
+ctl() { "$W/bin/capsctl" --addr "${ADMINS[0]}" --token-file "$W/keys/admin.token" "$@"; }
+
+# capsgate: starts one node (CGPID, CGPORT), licensed for voice (CAPS 100 M,
+# 50 M sessions and subscribers).
+capsgate() {
+  vendor_keys
   "$W/bin/capslicense" issue --key "$W/keys/vendor.key" --service voice --caps 100000000 --sessions 50000000 \
     --subscribers 50000000 --cluster bench --id S1 >"$W/s.lic"
-  CGPORT=$(port); local ca; ca=$(port)
-  "$W/bin/capsgate" --node-name n1 --cluster-id bench --data-dir "$W/cg" --resp-addr 127.0.0.1:$CGPORT \
-    --admin-addr 127.0.0.1:$ca --gossip-addr 127.0.0.1:$(port) --gossip-key-file "$W/keys/gossip.key" \
-    --admin-token-file "$W/keys/admin.token" --vendor-key "$W/keys/vendor.pub" >>"$W/cg.log" 2>&1 &
-  CGPID=$!; PIDS+=($CGPID)
-  wait_pong $CGPORT 15
-  "$W/bin/capsctl" --addr http://127.0.0.1:$ca --token-file "$W/keys/admin.token" license add "$W/s.lic" >/dev/null
+  farm 1 bench
+  CGPID=${NODEPIDS[0]}; CGPORT=${RESPS[0]##*:}
+  ctl license add "$W/s.lic" >/dev/null
 }
 
 # redis: starts redis-server (RPID, RPORT) with the options given.
@@ -52,10 +77,11 @@ redis() {
 }
 
 # rate PORT N CMD...: requests/s of redis-benchmark -c 50 -P 16 sending N
-# requests with distinct keys (__rand_int__).
+# requests with distinct keys (__rand_int__, from 0 to RANGE-1; RANGE
+# defaults to 1,000,000,000).
 rate() {
   local p=$1 n=$2; shift 2
-  redis-benchmark -p "$p" -c 50 -P 16 -n "$n" -r 1000000000 -q "$@" 2>/dev/null | tr '\r' '\n' |
+  redis-benchmark -p "$p" -c 50 -P 16 -n "$n" -r "${RANGE:-1000000000}" -q "$@" 2>/dev/null | tr '\r' '\n' |
     awk '/requests per second/{for(i=1;i<=NF;i++) if($i=="requests") print $(i-1)}' | tail -1
 }
 

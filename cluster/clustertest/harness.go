@@ -964,6 +964,7 @@ type Member struct {
 	RESPAddr string             `json:"resp_addr"`
 	Demand   map[string]float64 `json:"demand"`
 	Shares   map[string]float64 `json:"shares"`
+	Owed     map[string]int64   `json:"owed"`
 }
 
 // Members returns the members the node shows in GET /v1/cluster.
