@@ -139,6 +139,19 @@ func (x *keyIndex) insert(h uint32, at int32) {
 	x.n++
 }
 
+// insertAt is insert for a key whose probe ended at the empty slot p of
+// segment s (table.find): it goes there, unless s must first grow or
+// split.
+func (x *keyIndex) insertAt(s *segment, p, h uint32, at int32) {
+	if int(s.n+1)*8 > len(s.slots)*maxLoad {
+		x.insert(h, at)
+		return
+	}
+	s.slots[p] = slot{h: h, at: at + 1}
+	s.n++
+	x.n++
+}
+
 func (s *segment) put(h uint32, at int32) {
 	mask := uint32(len(s.slots) - 1)
 	for p := h & mask; ; p = (p + 1) & mask {

@@ -83,24 +83,24 @@ func (t *table[V]) len() int { return t.idx.n }
 
 // find returns the place of k's entry (none if it has none) and where it
 // is in the index.
-func (t *table[V]) find(k Key) (i int32, s *segment, p uint32) {
-	h := t.idx.hash(k)
+func (t *table[V]) find(k Key) (i int32, s *segment, p, h uint32) {
+	h = t.idx.hash(k)
 	s = t.idx.segmentOf(h)
 	mask := uint32(len(s.slots) - 1)
 	for p = h & mask; ; p = (p + 1) & mask {
 		o := s.slots[p]
 		if o.at == 0 {
-			return none, s, p
+			return none, s, p, h
 		}
 		if o.h == h && t.ent(o.at-1).key == k {
-			return o.at - 1, s, p
+			return o.at - 1, s, p, h
 		}
 	}
 }
 
 // lookup returns the place of k's entry, if it has one.
 func (t *table[V]) lookup(k Key) (int32, bool) {
-	i, _, _ := t.find(k)
+	i, _, _, _ := t.find(k)
 	return i, i != none
 }
 
@@ -131,7 +131,8 @@ func (t *table[V]) reserve(n int) {
 
 // put inserts k (which must not be live) with value v until exp.
 func (t *table[V]) put(k Key, v V, exp int64) {
-	if i, ok := t.lookup(k); ok { // an expired leftover: reuse its place
+	i, s, p, h := t.find(k) // one probe: where k is, or where it goes
+	if i != none { // an expired leftover: reuse its place
 		t.unlink(i)
 		e := t.ent(i)
 		if t.gone != nil {
@@ -141,7 +142,6 @@ func (t *table[V]) put(k Key, v V, exp int64) {
 		t.link(i)
 		return
 	}
-	var i int32
 	if t.free != none {
 		i = t.free
 		t.free = t.ent(i).next
@@ -154,7 +154,7 @@ func (t *table[V]) put(k Key, v V, exp int64) {
 	}
 	e := t.ent(i)
 	e.key, e.v, e.exp = k, v, exp
-	t.idx.insert(t.idx.hash(k), i)
+	t.idx.insertAt(s, p, h, i)
 	t.link(i)
 }
 
@@ -168,13 +168,13 @@ func (t *table[V]) refresh(e *entry[V], exp int64) {
 
 // del removes k and returns its value if it was live at now.
 func (t *table[V]) del(k Key, now int64) (v V, live bool) {
-	i, ok := t.lookup(k)
-	if !ok {
+	i, s, p, _ := t.find(k)
+	if i == none {
 		return v, false
 	}
 	e := t.ent(i)
 	v, live = e.v, e.exp > now
-	t.remove(i)
+	t.removeAt(i, s, p)
 	if !live && t.gone != nil {
 		t.gone(v)
 	}
@@ -227,12 +227,18 @@ func (t *table[V]) expireSome(now int64, limit int) bool {
 	return true
 }
 
+// remove removes entry i (found by its key in the index).
 func (t *table[V]) remove(i int32) {
+	if j, s, p, _ := t.find(t.ent(i).key); j == i {
+		t.removeAt(i, s, p)
+	}
+}
+
+// removeAt removes entry i, which is at slot p of segment s in the index.
+func (t *table[V]) removeAt(i int32, s *segment, p uint32) {
 	e := t.ent(i)
 	t.unlink(i)
-	if j, s, p := t.find(e.key); j == i {
-		t.idx.remove(s, p)
-	}
+	t.idx.remove(s, p)
 	var zero V
 	e.v = zero
 	e.next = t.free

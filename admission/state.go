@@ -285,12 +285,12 @@ func (e *Engine) restore(now int64, service string, changes []Change, unique boo
 // dropSession removes k's session, live or due, keeping the counts.
 // Called with mu held.
 func (s *Service) dropSession(k Key) {
-	i, ok := s.sessions.lookup(k)
-	if !ok {
+	i, seg, p, _ := s.sessions.find(k)
+	if i == none {
 		return
 	}
 	x := s.sessions.ent(i).v
-	s.sessions.remove(i)
+	s.sessions.removeAt(i, seg, p)
 	s.sessionGone(x)
 }
 
