@@ -132,7 +132,7 @@ func (t *table[V]) reserve(n int) {
 // put inserts k (which must not be live) with value v until exp.
 func (t *table[V]) put(k Key, v V, exp int64) {
 	i, s, p, h := t.find(k) // one probe: where k is, or where it goes
-	if i != none { // an expired leftover: reuse its place
+	if i != none {          // an expired leftover: reuse its place
 		t.unlink(i)
 		e := t.ent(i)
 		if t.gone != nil {
