@@ -122,6 +122,8 @@ type Engine struct {
 	unlicensedServices int
 	// emergencyOpen counts the open emergency sessions of every service.
 	emergencyOpen atomic.Int64
+	// watching has a bit per pool watch handed out (WatchPools).
+	watching atomic.Uint32
 }
 
 // UnlicensedBucket is the service under which emergency calls naming a
@@ -232,7 +234,8 @@ func (e *Engine) ensure(name string, forLicence bool) (*Service, error) {
 		}
 		e.unlicensedServices++
 	}
-	s := newService(name, e.cfg.DurableTokens, e.cfg.JournalState, derive(Limits{Sessions: Unlimited, Subscribers: Unlimited, Tokens: 0, State: "unlicensed"}, &e.cfg))
+	s := newService(name, e.cfg.DurableTokens, e.cfg.JournalState, derive(Limits{Sessions: Unlimited, Subscribers: Unlimited, Tokens: 0, State: "unlicensed"}, &e.cfg),
+		&e.watching)
 	if s.maxLog = e.cfg.MaxLog; s.maxLog <= 0 {
 		s.maxLog = MaxLog
 	}
@@ -487,7 +490,7 @@ func (e *Engine) admitLocked(now int64, s *Service, call, acct []byte, prio Prio
 		s.counts[TOKENS].Add(1)
 		return Decision{Reason: TOKENS, RetryAfterMS: retryUnlicensedMS, Remaining: clampRemaining(p.left())}
 	}
-	if !p.reserved(cost) {
+	if !s.reserved(p, cost) {
 		s.wakeReserver()
 		s.counts[OVERLOAD].Add(1)
 		return Decision{Reason: OVERLOAD, RetryAfterMS: retryReserveMS, Remaining: 0}
@@ -721,7 +724,7 @@ func (e *Engine) ConsumeCharged(now int64, service, acct []byte, units int64, id
 	if !p.fits(units) {
 		return Decision{Reason: TOKENS, RetryAfterMS: retryUnlicensedMS, Remaining: clampRemaining(p.left())}, false
 	}
-	if !p.reserved(units) {
+	if !s.reserved(p, units) {
 		s.wakeReserver()
 		return Decision{Reason: OVERLOAD, RetryAfterMS: retryReserveMS, Remaining: 0}, false
 	}
@@ -811,9 +814,12 @@ func (e *Engine) SetAccount(service, acct string, tokens int64, ov Overage) erro
 	if a == nil {
 		a = &account{name: acct}
 		a.durableSet = e.cfg.DurableTokens
+		a.owner = a
 		s.accounts[acct] = a
 	}
 	a.alloc, a.policy = tokens, ov
+	s.touch(&a.pool) // its size, which its limit may not show (a cluster's budget)
+	s.touch(&s.tokens)
 	s.allocated = SatAdd(others, tokens)
 	s.applyPool(l)
 	return nil

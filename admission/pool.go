@@ -31,6 +31,11 @@ type pool struct {
 	// reservation short (each try): the reserver measures the rate of the
 	// others, which the lookahead is for.
 	waited int64
+	// owner is the account whose pool this is (nil: the service's).
+	owner *account
+	// dirty has a bit per pool watch that has this pool pending (see
+	// poolwatch.go).
+	dirty uint8
 }
 
 // reserved reports whether n more tokens are covered by the durable
@@ -72,7 +77,7 @@ func (s *Service) awaitReservation(p *pool, n int64, always bool) {
 	if s.await == nil {
 		return // a short charge is refused (OVERLOAD); the next reservation covers it
 	}
-	for try := 0; try < maxReserveWaits && (always || p.fits(n)) && !p.reserved(n); try++ {
+	for try := 0; try < maxReserveWaits && (always || p.fits(n)) && !s.reserved(p, n); try++ {
 		s.wakeReserver()
 		s.mu.Unlock()
 		ok := s.await()
@@ -166,29 +171,56 @@ type PoolState struct {
 }
 
 // Pools returns the service's token pools, the service's own first, then
-// its accounts by name.
+// its accounts by name. It walks every account under the service's mutex:
+// for listings; what runs periodically uses a pool watch (ChangedPools).
 func (s *Service) Pools() []PoolState {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := []PoolState{s.tokens.state("")}
-	out[0].PeriodID = s.periodID
-	if l := s.lim.Load(); l.Tokens != Unlimited {
-		out[0].Size = max(l.Tokens-s.allocated, 0)
-	} else {
-		out[0].Size = Unlimited
-	}
+	out := make([]PoolState, 0, 1+len(s.accounts))
+	out = append(out, s.tokensState())
 	names := make([]string, 0, len(s.accounts))
 	for name := range s.accounts {
 		names = append(names, name)
 	}
 	slices.Sort(names)
 	for _, name := range names {
-		a := s.accounts[name]
-		out = append(out, a.state(name))
-		out[len(out)-1].PeriodID = s.periodID
-		out[len(out)-1].Size = a.alloc
+		out = append(out, s.accountState(s.accounts[name]))
 	}
 	return out
+}
+
+// Pool returns one pool's state (account "" the service's), without
+// walking the others.
+func (s *Service) Pool(account string) (PoolState, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if account == "" {
+		return s.tokensState(), true
+	}
+	a, ok := s.accounts[account]
+	if !ok {
+		return PoolState{}, false
+	}
+	return s.accountState(a), true
+}
+
+// tokensState is the state of the service's pool. Called with mu held.
+func (s *Service) tokensState() PoolState {
+	st := s.tokens.state("")
+	st.PeriodID = s.periodID
+	if l := s.lim.Load(); l.Tokens != Unlimited {
+		st.Size = max(l.Tokens-s.allocated, 0)
+	} else {
+		st.Size = Unlimited
+	}
+	return st
+}
+
+// accountState is the state of a's pool. Called with mu held.
+func (s *Service) accountState(a *account) PoolState {
+	st := a.state(a.name)
+	st.PeriodID, st.Size = s.periodID, a.alloc
+	return st
 }
 
 func (p *pool) state(account string) PoolState {
@@ -214,6 +246,7 @@ func (s *Service) Reserve(account string, durable, low int64) {
 		if durable == math.MaxInt64 || durable >= SatAdd(p.total, p.wanted) {
 			p.wanted = 0
 		}
+		s.touch(p)
 	}
 }
 
@@ -246,6 +279,7 @@ func (s *Service) Restore(account string, total, base, periodID int64) {
 	}
 	// The saved charges belong to a period that has ended.
 	p.total, p.base = total, total
+	s.touch(p)
 }
 
 // pool returns the pool of account ("" the service's), or nil. Called with

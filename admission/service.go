@@ -80,10 +80,12 @@ type Service struct {
 	// ended holds calls a client RELEASEd here before this node had
 	// admitted them (see Engine.Ended), for EndedFor, at most MaxEnded.
 	ended table[struct{}]
+	watchState
 }
 
-func newService(name string, durable, journal bool, l *derived) *Service {
+func newService(name string, durable, journal bool, l *derived, watching *atomic.Uint32) *Service {
 	s := &Service{name: name, accounts: make(map[string]*account), journal: journal}
+	s.watching = watching
 	s.tokens.durableSet = durable
 	s.lim.Store(l)
 	s.sessions.init(s.sessionGone)
@@ -92,6 +94,7 @@ func newService(name string, durable, journal bool, l *derived) *Service {
 	s.ended.init(nil)
 	s.periodID = l.PeriodID
 	s.applyPool(l)
+	s.touch(&s.tokens) // a new pool
 	return s
 }
 
@@ -117,21 +120,32 @@ func (s *Service) emergencyOpened(n int64) {
 // or before the service is shared. In a cluster the pool this node may
 // draw on is its budget (see the cluster package doc).
 func (s *Service) applyPool(l *derived) {
-	s.tokens.policy = l.Overage
+	pool := int64(Unlimited)
+	if l.Tokens != Unlimited {
+		pool = max(l.Tokens-s.allocated, 0)
+		if l.TokensShared {
+			pool = min(pool, max(l.TokensBudget, 0))
+		}
+	}
+	s.setLimit(&s.tokens, pool, l.Overage)
 	if l.Tokens == Unlimited {
-		s.tokens.limit = Unlimited
 		return
 	}
-	pool := max(l.Tokens-s.allocated, 0)
-	if l.TokensShared {
-		pool = min(pool, max(l.TokensBudget, 0))
-	}
-	s.tokens.limit = pool
 	for name, a := range s.accounts {
-		a.limit = a.alloc
+		limit := a.alloc
 		if l.TokensShared {
-			a.limit = min(a.alloc, max(l.AccountBudgets[name], 0))
+			limit = min(a.alloc, max(l.AccountBudgets[name], 0))
 		}
+		s.setLimit(&a.pool, limit, a.policy)
+	}
+}
+
+// setLimit gives p a limit and policy, making it pending for the pool
+// watches when they change. Called with mu held.
+func (s *Service) setLimit(p *pool, limit int64, policy Overage) {
+	if p.limit != limit || p.policy != policy {
+		p.limit, p.policy = limit, policy
+		s.touch(p)
 	}
 }
 
@@ -165,6 +179,7 @@ func (s *Service) charge(p *pool, n int64) {
 	// without wrapping; the atomics are only written here, under mu.
 	s.tokensUse.Store(SatAdd(s.tokensUse.Load(), p.total-total))
 	s.overUse.Store(SatAdd(s.overUse.Load(), p.totalOver-over))
+	s.touch(p)
 	if p.durableSet && p.durable-p.total < p.low {
 		s.wakeReserver()
 	}
@@ -175,8 +190,10 @@ func (s *Service) charge(p *pool, n int64) {
 func (s *Service) newPeriod(id int64) {
 	s.periodID = id
 	s.tokens.newPeriod()
+	s.touch(&s.tokens)
 	for _, a := range s.accounts {
 		a.newPeriod()
+		s.touch(&a.pool)
 	}
 }
 

@@ -1,0 +1,137 @@
+package admission
+
+import (
+	"errors"
+	"math/bits"
+	"sync/atomic"
+)
+
+// Pool watches: a consumer that keeps something per pool (the reserver's
+// marks on disk, a cluster member's usage reports) asks each service for
+// the pools that changed since it last asked, instead of walking every
+// account under the service's mutex, which every decision takes. The work
+// is O(pools changed) for the consumer and a bit test for a decision: a
+// pool already pending for every watch costs nothing more.
+//
+// A pool becomes pending for every watch when it is charged, when a charge
+// finds its reservation short (Wanted grows), when its reservation is set
+// or restored (Reserve, Restore), when its limit or allocation changes
+// (SetAccount, SetLimits), when it is created, and when a usage period
+// begins. The engine has no way to remove an account, so no pool is ever
+// reported gone.
+
+// MaxPoolWatches is how many watches an engine hands out: one bit each in
+// every pool, so that marking a pool costs a byte.
+const MaxPoolWatches = 4
+
+// ErrTooManyWatches is returned by WatchPools when every watch is taken.
+var ErrTooManyWatches = errors.New("too many pool watches")
+
+// PoolWatch names one consumer of pool changes (Engine.WatchPools).
+type PoolWatch uint8
+
+// WatchPools hands out a watch. Every pool the engine has is pending for it
+// at once, so its first ChangedPools of each service reports them all;
+// after that, only what changed. A watch is for the life of the engine.
+func (e *Engine) WatchPools() (PoolWatch, error) {
+	e.mu.Lock() // no service is added meanwhile (ensure)
+	defer e.mu.Unlock()
+	taken := e.watching.Load()
+	if taken == 1<<MaxPoolWatches-1 {
+		return 0, ErrTooManyWatches
+	}
+	w := PoolWatch(bits.TrailingZeros32(^taken))
+	e.watching.Store(taken | 1<<w)
+	for _, s := range *e.services.Load() {
+		s.mu.Lock()
+		s.mark(&s.tokens, 1<<w)
+		for _, a := range s.accounts {
+			s.mark(&a.pool, 1<<w)
+		}
+		s.mu.Unlock()
+	}
+	return w, nil
+}
+
+// touch makes p pending for every watch that has not got it pending yet.
+// Called with mu held, on the decision path: a pool already pending costs
+// an atomic load and a compare; the lists keep their room once drained, so
+// nothing is allocated in a steady state.
+func (s *Service) touch(p *pool) { s.mark(p, uint8(s.watching.Load())) }
+
+// mark makes p pending for the watches of the mask that have not got it
+// pending yet. Called with mu held.
+func (s *Service) mark(p *pool, watches uint8) {
+	w := watches &^ p.dirty
+	if w == 0 {
+		return
+	}
+	p.dirty |= w
+	s.pendingAny.Or(uint32(w))
+	if p.owner == nil {
+		return // the service's pool: its dirty bits say it all
+	}
+	for ; w != 0; w &= w - 1 {
+		i := bits.TrailingZeros8(w)
+		s.pending[i] = append(s.pending[i], p.owner)
+	}
+}
+
+// reserved is p.reserved, making p pending when the charge finds the
+// reservation short: the reserver must see what it wants. Called with mu
+// held.
+func (s *Service) reserved(p *pool, n int64) bool {
+	if p.reserved(n) {
+		return true
+	}
+	s.touch(p)
+	return false
+}
+
+// maxKeptPending bounds the room a drained pending list keeps: a burst of
+// changes to every account (a start, a new period) does not hold its
+// memory for the life of the service.
+const maxKeptPending = 1 << 14
+
+// ChangedPools appends to buf the state of every pool of the service that
+// changed since w last asked (the service's pool first when it did), and
+// forgets them for w. A service with nothing pending for w is answered
+// without its mutex.
+func (s *Service) ChangedPools(w PoolWatch, buf []PoolState) []PoolState {
+	bit := uint8(1) << w
+	if uint8(s.pendingAny.Load())&bit == 0 {
+		return buf
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.tokens.dirty&bit != 0 {
+		s.tokens.dirty &^= bit
+		buf = append(buf, s.tokensState())
+	}
+	list := s.pending[w]
+	for _, a := range list {
+		a.dirty &^= bit
+		buf = append(buf, s.accountState(a))
+	}
+	clear(list)
+	if cap(list) > maxKeptPending {
+		list = nil
+	}
+	s.pending[w] = list[:0]
+	s.pendingAny.And(^uint32(bit))
+	return buf
+}
+
+// watchState is what a service keeps for the pool watches. Guarded by the
+// service's mutex but for what says otherwise.
+type watchState struct {
+	// watching is the engine's watches handed out, one bit each (read
+	// without a lock).
+	watching *atomic.Uint32
+	// pendingAny has a bit per watch with a pool pending, so that asking
+	// an idle service takes no lock (written under mu, read without).
+	pendingAny atomic.Uint32
+	// pending lists, per watch, the accounts whose pool is pending for it
+	// (each once: its dirty bit says it is listed).
+	pending [MaxPoolWatches][]*account
+}
