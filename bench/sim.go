@@ -23,6 +23,21 @@ type SimRun struct {
 	// bucket depths may sum to, as package cluster states it.
 	StatedBurst float64
 	Targets     []SimTarget
+	// Memberlist is memberlist's own traffic per node, estimated for the
+	// farm (its reports are counted in Farm.Gossip).
+	Memberlist cluster.MemberlistTraffic
+}
+
+// licenceBytes is the size of one licence document as a node loads it
+// and spreads it by push-pull (licensing/testdata/golden.license).
+const licenceBytes = 1097
+
+// simMemberlist estimates memberlist's own traffic per node of sc's farm:
+// every node holds a licence per service and the accounts' allocations.
+func simMemberlist(sc sim.Scenario) cluster.MemberlistTraffic {
+	ns := max(sc.Services, 1)
+	return cluster.EstimateMemberlist(cluster.MemberlistLoad{Members: sc.Nodes, NameLen: len(sim.NodeName(sc.Nodes - 1)),
+		Licences: ns, LicenceBytes: licenceBytes, Accounts: ns * sc.Accounts})
 }
 
 // SimTarget is one accuracy target checked on a run.
@@ -86,8 +101,9 @@ func RunSims(scs []sim.Scenario, procs int) ([]SimRun, error) {
 	}
 	runs := make([]SimRun, len(scs))
 	for i, sc := range scs {
+		ns := float64(max(sc.Services, 1))
 		r := SimRun{Farm: results[2*i], Reference: results[2*i+1],
-			StatedBurst: cluster.MaxBurst(sc.CAPS, sc.Nodes, simBurst(sc))}
+			StatedBurst: ns * cluster.MaxBurst(sc.CAPS/ns, sc.Nodes, simBurst(sc)), Memberlist: simMemberlist(sc)}
 		r.Targets = simTargets(r)
 		runs[i] = r
 	}
@@ -206,8 +222,12 @@ func WriteSim(w io.Writer, r SimRun, quiet bool) {
 	both("offered", func(r sim.Result) string { return fmt.Sprint(r.Offered) }, "")
 	both("admitted", func(r sim.Result) string { return fmt.Sprint(r.Admitted) }, "")
 	both("refused below the licence", pct, fmt.Sprintf("of %d offered at or below it", f.OfferedBelow))
+	bound := fmt.Sprintf("cluster.MaxBurst(%g, %d, %v)", sc.CAPS, sc.Nodes, simBurst(sc))
+	if sc.Services > 1 {
+		bound = fmt.Sprintf("%d × cluster.MaxBurst(%g, %d, %v)", sc.Services, sc.CAPS/float64(sc.Services), sc.Nodes, simBurst(sc))
+	}
 	both("burst (bucket depths summed)", func(r sim.Result) string { return fmt.Sprint(r.Burst) },
-		fmt.Sprintf("stated bound cluster.MaxBurst(%g, %d, %v) = %.1f", sc.CAPS, sc.Nodes, simBurst(sc), r.StatedBurst))
+		fmt.Sprintf("stated bound %s = %.1f", bound, r.StatedBurst))
 	both("worst 1 s admitted", func(r sim.Result) string {
 		return fmt.Sprintf("%d / %.0f", r.Worst1s, bound1s(r))
 	}, "against licence × 1 s + burst")
@@ -225,6 +245,19 @@ func WriteSim(w io.Writer, r SimRun, quiet bool) {
 	for _, t := range r.Targets {
 		fmt.Fprintf(w, "  %-7s %s: %s\n", metName(t.Met), t.What, t.Measured)
 	}
+	writeSimGossip(w, r)
+}
+
+// writeSimGossip writes what each node of the farm sent per second: its
+// reports, counted as the cluster puts them on the wire, and memberlist's
+// own traffic, estimated.
+func writeSimGossip(w io.Writer, r SimRun) {
+	g, m := r.Farm.GossipRate(), r.Memberlist
+	fmt.Fprintln(w, "gossip per node (reports as sent: cluster.ReportWireSize, each to the nodes − 1 others)")
+	fmt.Fprintf(w, "  %-28s %.1f/s (%.1f/s of them early plans)\n", "reports sent", g.Reports, g.EarlyReports)
+	fmt.Fprintf(w, "  %-28s mean %.0f B/s, max %.0f B/s; largest report %d B\n", "report bytes", g.MeanBytes, g.MaxBytes, g.Largest)
+	fmt.Fprintf(w, "  %-28s %.0f B/s = %s\n", "memberlist (estimated)", m.Total(), m.Formula())
+	fmt.Fprintf(w, "  %-28s mean %.0f B/s\n", "reports + memberlist", g.MeanBytes+m.Total())
 }
 
 func metName(met bool) string {

@@ -3,6 +3,7 @@ package bench
 import (
 	"encoding/xml"
 	"errors"
+	"fmt"
 	"io"
 	"slices"
 	"strconv"
@@ -251,4 +252,59 @@ func TestSimTable(t *testing.T) {
 	var b strings.Builder
 	WriteSimTable(&b, runs)
 	require.Len(t, strings.Split(strings.TrimSpace(b.String()), "\n"), 2+len(small))
+}
+
+// --services and --accounts: their bounds, their total bound, and the
+// command line that repeats them.
+func TestSimServicesAccountsFlags(t *testing.T) {
+	f := func(args, wantErr string) {
+		t.Helper()
+		o, err := ParseSim(strings.Fields(args), io.Discard)
+		if wantErr != "" {
+			require.EqualError(t, err, wantErr, args)
+			return
+		}
+		require.NoError(t, err, args)
+		again, err := ParseSim(strings.Fields(SimArgs(o.Scenario))[2:], io.Discard)
+		require.NoError(t, err)
+		require.Equal(t, o.Scenario, again.Scenario, SimArgs(o.Scenario))
+	}
+	f("--services 0", `invalid value "0" for flag -services: want a whole number from 1 to 10000`)
+	f("--services 2", "")
+	f("--services 10000", "")
+	f("--services 10001", `invalid value "10001" for flag -services: want a whole number from 1 to 10000`)
+	f("--accounts -1", `invalid value "-1" for flag -accounts: want a whole number from 0 to 100000`)
+	f("--accounts 1", "")
+	f("--accounts 100000", "")
+	f("--accounts 100001", `invalid value "100001" for flag -accounts: want a whole number from 0 to 100000`)
+	f("--services 10 --accounts 100000", "")
+	f("--services 11 --accounts 100000", "--services 11 × --accounts 100000: want at most 1000000 accounts in all")
+	f("--services 10 --accounts 1000", "")
+	o, err := ParseSim(strings.Fields("--services 10 --accounts 1000"), io.Discard)
+	require.NoError(t, err)
+	require.True(t, strings.HasSuffix(SimArgs(o.Scenario), " --services 10 --accounts 1000"), SimArgs(o.Scenario))
+	require.NotContains(t, SimArgs(DefaultSimScenario()), "services")
+}
+
+// The run's text ends with what each node sent per second: its reports,
+// as the farm counted them, and memberlist's own traffic, estimated.
+func TestWriteSimGossip(t *testing.T) {
+	sc := DefaultSimScenario()
+	sc.Duration, sc.Services, sc.Accounts = 3*time.Second, 2, 3
+	r, err := RunSim(sc)
+	require.NoError(t, err)
+	g := r.Farm.GossipRate()
+	require.Positive(t, g.MeanBytes)
+	require.Zero(t, r.Reference.GossipRate().MeanBytes, "one node sends no report")
+	require.Equal(t, simMemberlist(sc), r.Memberlist)
+	require.Positive(t, r.Memberlist.Total())
+	var b strings.Builder
+	WriteSim(&b, r, true)
+	_, gossip, ok := strings.Cut(b.String(), "\ngossip per node ")
+	require.True(t, ok, b.String())
+	require.Contains(t, gossip, fmt.Sprintf("mean %.0f B/s, max %.0f B/s; largest report %d B\n", g.MeanBytes, g.MaxBytes, g.Largest))
+	require.Contains(t, gossip, fmt.Sprintf("%.0f B/s = %s\n", r.Memberlist.Total(), r.Memberlist.Formula()))
+	require.Contains(t, gossip, fmt.Sprintf("mean %.0f B/s\n", g.MeanBytes+r.Memberlist.Total()))
+	// The burst bound is one licence's per service.
+	require.Contains(t, b.String(), "stated bound 2 × cluster.MaxBurst(500, 3, ")
 }

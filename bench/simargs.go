@@ -19,7 +19,7 @@ import (
 // SimUsage is `capsbench sim`'s usage line.
 const SimUsage = "capsbench sim [--nodes N] [--caps L] [--seconds S] [--seed N] [--arrivals paced|poisson|bursty|stalling] " +
 	"[--load F | --ramp-to F] [--skew 70,20,10|even|tail] [--shift-at D] [--flash-at D --flash-for D --flash-factor F] " +
-	"[--prelude D --prelude-load F] [--delay D --jitter D --loss F] [--scenario FILE] [--svg FILE] [--json] [--quiet] | capsbench sim --table"
+	"[--prelude D --prelude-load F] [--delay D --jitter D --loss F] [--services N] [--accounts N] [--scenario FILE] [--svg FILE] [--json] [--quiet] | capsbench sim --table"
 
 // SimOptions is what `capsbench sim` was asked to do.
 type SimOptions struct {
@@ -59,6 +59,7 @@ const (
 	maxSimCAPS  = 1e6
 	maxSimDelay = time.Second
 	maxSimAt    = time.Hour // the longest run sim.Run takes
+	maxSimPools = 1_000_000 // accounts over all services: each is in every report
 )
 
 // simArgs is a scenario being put together from flags and a file.
@@ -174,6 +175,30 @@ var simParams = []simParam{
 		func(sc *sim.Scenario) *time.Duration { return &sc.Net.Jitter }, nil),
 	floatParam("loss", "lose `F` of the nodes' reports (0 to 1)", 0, 1,
 		func(sc *sim.Scenario) *float64 { return &sc.Net.Loss }, nil),
+	intParam("services", "license `N` services (1 to 10000), --caps split evenly between them, each attempt to one at random",
+		1, 10000, func(sc *sim.Scenario) *int { return &sc.Services }),
+	intParam("accounts", "allocate each service's token pool to `N` accounts (0 to 100000; 1000000 over all services), "+
+		"each attempt charging one token to one at random", 0, 100000, func(sc *sim.Scenario) *int { return &sc.Accounts }),
+}
+
+// intParam is a setting of a whole number from lo to hi, left out of
+// SimArgs at lo or below (what a scenario without it does).
+func intParam(name, usage string, lo, hi int, field func(*sim.Scenario) *int) simParam {
+	return simParam{name: name, usage: usage,
+		set: func(a *simArgs, s string) error {
+			v, err := strconv.Atoi(s)
+			if err != nil || v < lo || v > hi {
+				return fmt.Errorf("want a whole number from %d to %d", lo, hi)
+			}
+			*field(&a.sc) = v
+			return nil
+		},
+		get: func(sc sim.Scenario) string {
+			if v := *field(&sc); v > lo {
+				return strconv.Itoa(v)
+			}
+			return ""
+		}}
 }
 
 func flashing(sc sim.Scenario) bool { return sc.FlashAt > 0 }
@@ -416,6 +441,8 @@ func CheckSim(sc sim.Scenario) error {
 		return fmt.Errorf("--caps %g: want at most %g", sc.CAPS, maxSimCAPS)
 	case sc.Net.Delay > maxSimDelay || sc.Net.Jitter > maxSimDelay:
 		return fmt.Errorf("--delay and --jitter: want at most %v", maxSimDelay)
+	case max(sc.Services, 1)*sc.Accounts > maxSimPools:
+		return fmt.Errorf("--services %d × --accounts %d: want at most %d accounts in all", max(sc.Services, 1), sc.Accounts, maxSimPools)
 	}
 	return sc.Validate()
 }

@@ -35,3 +35,34 @@ func (r Result) Windows(w time.Duration) []Window {
 	}
 	return out
 }
+
+// GossipRate sums r.Gossip over the run: the bytes of reports each node
+// sent per second, their mean and most over the nodes, the reports a node
+// sent per second on average (early ones among them) and the largest
+// report. A node's bytes per second are its reports' size × (nodes − 1) ×
+// its reports per second.
+type GossipRate struct {
+	MeanBytes, MaxBytes   float64
+	Reports, EarlyReports float64
+	Largest               int
+}
+
+// GossipRate is r's GossipRate (zero for a run of one node).
+func (r Result) GossipRate() GossipRate {
+	var g GossipRate
+	secs := r.Scenario.Duration.Seconds()
+	if len(r.Gossip) == 0 || secs <= 0 {
+		return g
+	}
+	for _, n := range r.Gossip {
+		b := float64(n.Bytes) / secs
+		g.MeanBytes += b
+		g.MaxBytes = max(g.MaxBytes, b)
+		g.Reports += float64(n.Reports) / secs
+		g.EarlyReports += float64(n.Early) / secs
+		g.Largest = max(g.Largest, n.Largest)
+	}
+	n := float64(len(r.Gossip))
+	g.MeanBytes, g.Reports, g.EarlyReports = g.MeanBytes/n, g.Reports/n, g.EarlyReports/n
+	return g
+}

@@ -19,14 +19,29 @@ import (
 	"math"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/capsgate/capsgate/admission"
 	"github.com/capsgate/capsgate/cluster"
+	"github.com/capsgate/capsgate/licensing/ledger"
 )
 
-// Service is the one service a scenario licenses.
+// Service is the service a scenario licenses (the first, when it licenses
+// several: ServiceName).
 const Service = "voice"
+
+// NodeName names a scenario's i-th node (from 0): n001, n002…
+func NodeName(i int) string { return fmt.Sprintf("n%03d", i+1) }
+
+// ServiceName names a scenario's k-th service (from 0): Service, then
+// voice2, voice3…
+func ServiceName(k int) string {
+	if k == 0 {
+		return Service
+	}
+	return fmt.Sprintf("%s%d", Service, k+1)
+}
 
 // Scenario describes one run.
 type Scenario struct {
@@ -65,7 +80,19 @@ type Scenario struct {
 	// Reference: one node holds the whole licence and every source's
 	// attempts go to it — what the farm is measured against.
 	Reference bool
+	// Services is how many services are licensed (0 or 1: Service alone):
+	// CAPS is split evenly between them, and each attempt goes to one of
+	// them at random, so each is offered Load × its licence.
+	Services int
+	// Accounts is how many accounts each service allocates its token pool
+	// to (0: none, the pool unlimited): each attempt is charged
+	// TokensPerAttempt to one of them at random, and the farm shares each
+	// allocation as it shares a licence (token budgets in its reports).
+	Accounts int
 }
+
+// services is how many services sc licenses.
+func (sc *Scenario) services() int { return max(sc.Services, 1) }
 
 // Net models the network that carries the exchange's reports.
 type Net struct {
@@ -91,7 +118,8 @@ const Step = 100 * time.Millisecond
 type Result struct {
 	Scenario Scenario
 	// Offered, Admitted and Refused count attempts over the whole run and
-	// all nodes (Refused: by the licence, reason CAPS).
+	// all nodes (Refused: by the licence: its CAPS, or its tokens where
+	// accounts charge them).
 	Offered, Admitted, Refused int64
 	// Burst is the farm's depth: the most the nodes' bucket depths summed
 	// to at any instant of the run (attempts).
@@ -120,6 +148,33 @@ type Result struct {
 	// Series holds, per node, per Step: offered, admitted, and the CAPS the
 	// node enforced at the end of the step.
 	Series []NodeSeries
+	// Gossip is, per node, the reports it sent.
+	Gossip []NodeGossip
+}
+
+// NodeGossip counts the reports one node sent to the other members: one
+// after every plan (Plan at each exchange, PlanNow early), each to every
+// other member, counted as the cluster puts it on the wire
+// (cluster.ReportWireSize, with a ledger head and identity as a node with
+// its usage ledger sends them: ledgerHead).
+type NodeGossip struct {
+	Name string
+	// Reports counts the reports sent (one per plan), Early those of early
+	// plans among them.
+	Reports, Early int64
+	// Bytes sums each report's size times the members it went to.
+	Bytes int64
+	// Largest is the largest report's size.
+	Largest int
+}
+
+// ledgerHead is the ledger head and identity a node sends with its
+// reports, as admission/node's ledger gives them: a sequence number of
+// seven digits, a SHA-256 head hash and genesis hash in hex, an Ed25519
+// key in base64.
+func ledgerHead(node string) ledger.Witness {
+	return ledger.Witness{Node: node, Seq: 1_000_000, Hash: strings.Repeat("0123456789abcdef", 4),
+		Key: strings.Repeat("A", 43) + "=", Genesis: strings.Repeat("fedcba9876543210", 4)}
 }
 
 // NodeSeries is one node's samples, one per Step.
@@ -158,6 +213,10 @@ func (sc *Scenario) validate() error {
 		return fmt.Errorf("cannot simulate %v: want 1 s to 1 h", sc.Duration)
 	case sc.Skew != nil && len(sc.Skew) != sc.Nodes:
 		return fmt.Errorf("cannot simulate: %d weights for %d nodes", len(sc.Skew), sc.Nodes)
+	case sc.Services < 0 || sc.Services > 10000:
+		return fmt.Errorf("cannot simulate %d services: want 0 to 10000", sc.Services)
+	case sc.Accounts < 0 || sc.Accounts > 100000 || sc.services()*sc.Accounts > 1_000_000:
+		return fmt.Errorf("cannot simulate %d accounts per service: want 0 to 100000, and at most 1000000 in all", sc.Accounts)
 	case sc.Prelude < 0 || sc.Prelude >= sc.Duration || sc.ShiftAt < 0 || sc.FlashAt < 0 || sc.FlashFor < 0:
 		return fmt.Errorf("cannot simulate: the prelude, shift and flash instants must be ≥ 0 and the prelude shorter than the run")
 	case !(sc.Load >= 0) || sc.Load > 100, !(sc.PreludeLoad >= 0) || sc.PreludeLoad > 100, !(sc.RampTo >= 0) || sc.RampTo > 100, !(sc.FlashFactor >= 0) || sc.FlashFactor > 1000:
@@ -226,11 +285,19 @@ func (e *events) Pop() any {
 
 // spill is an attempt refused by one node's bucket and sent to another.
 type spill struct {
-	at, sent int64 // decided there at (a round trip later), sent at
-	from, to int
-	below    bool
-	tries    int // members asked before this one
+	at, sent  int64 // decided there at (a round trip later), sent at
+	from, to  int
+	below     bool
+	tries     int // members asked before this one
+	svc, acct int // its service and account (-1: none)
 }
+
+// observe, when set (by a test), sees every report a node sends, as it
+// leaves the node.
+var observe func(node int, r cluster.Report)
+
+// accountTokens is each account's allocation when a scenario has accounts.
+const accountTokens = 1_000_000_000
 
 // epoch is the wall-clock instant of the simulation's zero, for the
 // planner's timestamps.
@@ -251,11 +318,35 @@ func Run(sc Scenario) (Result, error) {
 
 	names := make([]string, sc.Nodes)
 	for i := range names {
-		names[i] = fmt.Sprintf("n%03d", i+1)
+		names[i] = NodeName(i)
 	}
-	licence := admission.Limits{Licensed: true, CAPS: sc.CAPS, Sessions: admission.Unlimited,
+	ns := sc.services()
+	svcs, svcB := make([]string, ns), make([][]byte, ns)
+	for k := range svcs {
+		svcs[k] = ServiceName(k)
+		svcB[k] = []byte(svcs[k])
+	}
+	perCAPS := sc.CAPS / float64(ns)
+	licence := admission.Limits{Licensed: true, CAPS: perCAPS, Sessions: admission.Unlimited,
 		Subscribers: admission.Unlimited, Tokens: admission.Unlimited, State: "active"}
-	licensed := map[string]admission.Limits{Service: licence}
+	var accts [][]byte
+	if sc.Accounts > 0 {
+		// The whole pool allocated, far more than a run charges.
+		licence.Tokens, licence.TokensPerAttempt = accountTokens*int64(sc.Accounts), 1
+		for a := range sc.Accounts {
+			accts = append(accts, fmt.Appendf(nil, "acct-%05d", a+1))
+		}
+	}
+	account := func(a int) []byte {
+		if a < 0 {
+			return nil
+		}
+		return accts[a]
+	}
+	licensed := map[string]admission.Limits{}
+	for _, s := range svcs {
+		licensed[s] = licence
+	}
 	members := sc.Nodes
 	if sc.Reference {
 		members, names = 1, names[:1]
@@ -264,6 +355,16 @@ func Run(sc Scenario) (Result, error) {
 	srcs := make([]*source, sc.Nodes)
 	for i := range srcs {
 		srcs[i] = newSource(sc.Arrivals, sc.Seed, i)
+	}
+	// picks choose each attempt's service and account, on streams of
+	// their own (none with one service and no account: the arrivals and
+	// the network draw as they did before services and accounts).
+	var picks []*rand.Rand
+	if ns > 1 || len(accts) > 0 {
+		picks = make([]*rand.Rand, sc.Nodes)
+		for i := range picks {
+			picks[i] = rand.New(rand.NewPCG(sc.Seed, uint64(i)+1<<32))
+		}
 	}
 	var q events
 	var seq uint64
@@ -280,10 +381,18 @@ func Run(sc Scenario) (Result, error) {
 		eng := admission.NewEngine(admission.Config{Clock: clk, Burst: sc.Burst})
 		sh := cluster.NewShares(eng)
 		sh.SetMembers(members) // as a node's cluster does at every exchange
-		if err := sh.SetLimits(Service, licence); err != nil {
-			return Result{}, err
+		var first float64
+		for _, s := range svcs {
+			if err := sh.SetLimits(s, licence); err != nil {
+				return Result{}, err
+			}
+			for _, a := range accts {
+				if err := eng.SetAccount(s, string(a), accountTokens, admission.Overage{}); err != nil {
+					return Result{}, err
+				}
+			}
+			first += eng.Service(s).Stats().Limits.CAPS
 		}
-		first := eng.Service(Service).Stats().Limits.CAPS
 		n := &node{name: name, planner: cluster.NewPlanner(name, cluster.PolicyConfig{ReclaimAfter: 3 * time.Second}, eng.Config().Burst),
 			engine: eng, shares: sh, phase: netRng.Int64N(interval),
 			admittedBins: make([]int64, bins), lastRefusal: -1, early: -1,
@@ -361,7 +470,11 @@ func Run(sc Scenario) (Result, error) {
 		}
 	}
 
-	svc := []byte(Service)
+	gossip := make([]NodeGossip, members)
+	heads := make([]ledger.Witness, members)
+	for i, name := range names {
+		gossip[i].Name, heads[i] = name, ledgerHead(name)
+	}
 	covered := int64(-1) // the first plan after a shift at which the load's new node covered it
 	// planEarly schedules an early plan of node i from instant t, as soon
 	// as its planner allows, unless one is due already.
@@ -399,10 +512,10 @@ func Run(sc Scenario) (Result, error) {
 		for ; k < len(spills) && spills[k].at < stepEnd; k++ {
 			sp := spills[k]
 			n, from := nodes[sp.to], nodes[sp.from]
-			d := n.engine.AdmitSpilled(base+sp.at, svc, nil, nil, admission.Normal)
+			d := n.engine.AdmitSpilled(base+sp.at, svcB[sp.svc], nil, account(sp.acct), admission.Normal)
 			res.Spilled++
 			if d.Reason == admission.OK {
-				from.engine.SpilledOut(svc)
+				from.engine.SpilledOut(svcB[sp.svc])
 				res.SpilledAdmitted++
 				res.Admitted++
 				res.Refused--
@@ -416,14 +529,15 @@ func Run(sc Scenario) (Result, error) {
 				// The refusal reaches the node a one-way delay later; it asks
 				// the next member with room, if any, as the node does.
 				back := sp.at + oneWay()
-				from.planner.SpillRefused(Service, n.name)
+				from.planner.SpillRefused(svcs[sp.svc], n.name)
 				if sp.tries+1 < cluster.SpillTries {
-					if to, ok := from.planner.SpillTo(epoch.Add(time.Duration(back)), Service, sc.CAPS); ok {
-						again = append(again, spill{at: back + oneWay(), sent: sp.sent, from: sp.from, to: index[to], below: sp.below, tries: sp.tries + 1})
+					if to, ok := from.planner.SpillTo(epoch.Add(time.Duration(back)), svcs[sp.svc], perCAPS); ok {
+						again = append(again, spill{at: back + oneWay(), sent: sp.sent, from: sp.from, to: index[to], below: sp.below,
+							tries: sp.tries + 1, svc: sp.svc, acct: sp.acct})
 						continue
 					}
 				}
-				from.engine.Refused(svc)
+				from.engine.Refused(svcB[sp.svc])
 				from.lastRefusal = max(from.lastRefusal, sp.sent)
 			}
 		}
@@ -435,7 +549,14 @@ func Run(sc Scenario) (Result, error) {
 			}
 			for arrivals[i] < stepEnd {
 				at := arrivals[i]
-				d := n.engine.AdmitSpillable(base+at, svc, nil, nil, admission.Normal)
+				k, acct := 0, -1
+				if picks != nil {
+					k = picks[i].IntN(ns)
+					if len(accts) > 0 {
+						acct = picks[i].IntN(len(accts))
+					}
+				}
+				d := n.engine.AdmitSpillable(base+at, svcB[k], nil, account(acct), admission.Normal)
 				below := total(at) <= sc.CAPS
 				res.Offered++
 				n.series.Offered[at/int64(Step)]++
@@ -452,10 +573,13 @@ func Run(sc Scenario) (Result, error) {
 						res.RefusedBelow++
 						n.series.RefusedBelow[at/int64(Step)]++
 					}
-					if to, ok := n.planner.SpillTo(epoch.Add(time.Duration(at)), Service, sc.CAPS); ok && members > 1 {
-						spills = append(spills, spill{at: at + oneWay(), sent: at, from: min(i, members-1), to: index[to], below: below})
+					if d.Reason != admission.CAPS {
+						n.lastRefusal = at // tokens: counted by the engine, not spilled
+					} else if to, ok := n.planner.SpillTo(epoch.Add(time.Duration(at)), svcs[k], perCAPS); ok && members > 1 {
+						spills = append(spills, spill{at: at + oneWay(), sent: at, from: min(i, members-1), to: index[to], below: below,
+							svc: k, acct: acct})
 					} else {
-						n.engine.Refused(svc) // as the node counts it
+						n.engine.Refused(svcB[k]) // as the node counts it
 						n.lastRefusal = at
 					}
 				}
@@ -463,9 +587,13 @@ func Run(sc Scenario) (Result, error) {
 			}
 		}
 		for i, n := range nodes {
-			if stepEnd%int64(checkEvery) == 0 && n.early < 0 {
-				if _, avail := n.engine.Service(Service).Bucket(base + stepEnd); n.planner.Starved(Service, avail) {
+			if stepEnd%int64(checkEvery) != 0 || n.early >= 0 {
+				continue
+			}
+			for _, s := range svcs {
+				if _, avail := n.engine.Service(s).Bucket(base + stepEnd); n.planner.Starved(s, avail) {
 					planEarly(i, stepEnd)
+					break
 				}
 			}
 		}
@@ -488,12 +616,25 @@ func Run(sc Scenario) (Result, error) {
 			} else {
 				p = n.planner.Plan(now, names, licensed, u)
 			}
-			if sh, ok := p.Parts[Service]; ok {
-				if err := n.shares.SetShare(Service, sh); err != nil {
-					return Result{}, err
+			for _, s := range svcs {
+				if sh, ok := p.Parts[s]; ok {
+					if err := n.shares.SetShare(s, sh); err != nil {
+						return Result{}, err
+					}
 				}
 			}
 			rep := p.Report
+			if observe != nil {
+				observe(e.to, rep)
+			}
+			g := &gossip[e.to]
+			size := cluster.ReportWireSize(heads[e.to], rep)
+			g.Reports++
+			if e.early {
+				g.Early++
+			}
+			g.Bytes += int64(size) * int64(members-1)
+			g.Largest = max(g.Largest, size)
 			for j := range nodes {
 				if j == e.to || (sc.Net.Loss > 0 && netRng.Float64() < sc.Net.Loss) {
 					continue
@@ -507,18 +648,25 @@ func Run(sc Scenario) (Result, error) {
 			if !e.early {
 				push(event{at: e.at + interval, to: e.to})
 			}
-			st := n.engine.Service(Service).Stats()
-			if sc.ShiftAt > 0 && covered < 0 && e.to == min(target, members-1) && e.at >= int64(sc.ShiftAt) && st.Limits.CAPS >= total(e.at) {
+			// The node's bucket depths and CAPS, over its services.
+			var depth int64
+			var enforced float64
+			for _, s := range svcs {
+				st := n.engine.Service(s).Stats()
+				depth += st.Burst
+				enforced += st.Limits.CAPS
+			}
+			if sc.ShiftAt > 0 && covered < 0 && e.to == min(target, members-1) && e.at >= int64(sc.ShiftAt) && enforced >= total(e.at) {
 				covered = e.at
 			}
 			if k := e.at / int64(Step); k < int64(steps) {
-				n.series.Limit[k] = st.Limits.CAPS
+				n.series.Limit[k] = enforced
 			}
-			depthSum += st.Burst - depths[e.to]
-			depths[e.to] = st.Burst
+			depthSum += depth - depths[e.to]
+			depths[e.to] = depth
 			res.Burst = max(res.Burst, depthSum)
-			capsSum += st.Limits.CAPS - caps[e.to]
-			caps[e.to] = st.Limits.CAPS
+			capsSum += enforced - caps[e.to]
+			caps[e.to] = enforced
 			res.MaxCAPS = max(res.MaxCAPS, capsSum)
 		}
 	}
@@ -537,6 +685,7 @@ func Run(sc Scenario) (Result, error) {
 			farm[b] += k
 		}
 	}
+	res.Gossip = gossip
 	res.Worst1s = worstWindow(farm, 100)
 	res.Worst10s = worstWindow(farm, 1000)
 	if sc.ShiftAt > 0 {

@@ -8,7 +8,7 @@
 //	capsbench report     --json FILE --out DIR
 //	capsbench stalls     [--seconds N]
 //	capsbench scale      [--entries 1000000,2000000] [--out DIR] [--redis=true] [--bin DIR]
-//	capsbench sim        [--nodes N] [--caps L] [--seconds S] [--seed N] [--arrivals paced|poisson|bursty|stalling] [--load F | --ramp-to F] [--skew 70,20,10|even|tail] [--shift-at D] [--flash-at D --flash-for D --flash-factor F] [--prelude D --prelude-load F] [--delay D --jitter D --loss F] [--scenario FILE] [--svg FILE] [--json] [--quiet]
+//	capsbench sim        [--nodes N] [--caps L] [--seconds S] [--seed N] [--arrivals paced|poisson|bursty|stalling] [--load F | --ramp-to F] [--skew 70,20,10|even|tail] [--shift-at D] [--flash-at D --flash-for D --flash-factor F] [--prelude D --prelude-load F] [--delay D --jitter D --loss F] [--services N] [--accounts N] [--scenario FILE] [--svg FILE] [--json] [--quiet]
 //	capsbench sim        --table
 //	capsbench serve-limit --addr HOST:PORT [--loops N]
 //
@@ -45,7 +45,7 @@ const usage = `usage: capsbench COMMAND [flags]
   report      report.md and compare.svg from a compare JSON
   stalls      the machine's own pauses: a thread spinning on every CPU, gaps in its clock
   scale       one capsgate node, then redis-server, loaded to --entries by redis-benchmark: memory, PING during the load, kill -9 and restart; scale.md, scale.json and plots in --out
-  sim         a simulated farm (real planner and buckets, simulated network and clock) against one node; --table: the accuracy table
+  sim         a simulated farm (real planner and buckets, simulated network and clock) against one node, and the gossip bytes per node; --table: the accuracy table
   serve-limit the do-nothing gnet server of compare, on its own: --addr HOST:PORT
 run "capsbench COMMAND -h" for its flags`
 
