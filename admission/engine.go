@@ -270,7 +270,7 @@ func (e *Engine) SetLimits(service string, l Limits) error {
 	if l.PeriodID > s.periodID {
 		s.newPeriod(l.PeriodID)
 	}
-	s.applyPool(d)
+	s.applyPool(d, d.TokensShared != old.TokensShared || (d.Tokens == Unlimited) != (old.Tokens == Unlimited))
 	s.mu.Unlock()
 	return nil
 }
@@ -821,7 +821,8 @@ func (e *Engine) SetAccount(service, acct string, tokens int64, ov Overage) erro
 	s.touch(&a.pool) // its size, which its limit may not show (a cluster's budget)
 	s.touch(&s.tokens)
 	s.allocated = SatAdd(others, tokens)
-	s.applyPool(l)
+	s.applyPool(l, false) // the service's pool (what is left unallocated)
+	s.applyAccount(l, a)
 	return nil
 }
 

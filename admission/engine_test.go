@@ -377,6 +377,32 @@ func TestConsumeIdempotentAndAccounts(t *testing.T) {
 	require.Equal(t, Decision{Reason: OK, Remaining: 45}, e.Consume(later, svc, acct, 100, []byte("tx-1")))
 }
 
+// In a cluster an account's pool is its budget here; the limits name only
+// the budgets that changed, and the others keep theirs. An account never
+// given one charges nothing; an allocation made meanwhile keeps the
+// budget; a pool no longer shared is the whole allocation again.
+func TestAccountBudgetsArriveAsChanges(t *testing.T) {
+	l := Limits{Licensed: true, CAPS: Unlimited, Sessions: Unlimited, Subscribers: Unlimited, Tokens: 1000,
+		TokensShared: true, TokensBudget: 100}
+	e, clk := newTestEngine(t, l)
+	now := clk.Now()
+	require.NoError(t, e.SetAccount("voice", "acme", 300, Overage{}))
+	require.NoError(t, e.SetAccount("voice", "zeta", 300, Overage{}))
+	require.Equal(t, TOKENS, e.Consume(now, svc, acct, 1, nil).Reason, "no budget yet")
+	l.AccountBudgets = map[string]int64{"acme": 50}
+	require.NoError(t, e.SetLimits("voice", l))
+	require.Equal(t, Decision{Reason: OK, Remaining: 40}, e.Consume(now, svc, acct, 10, nil))
+	l.AccountBudgets = map[string]int64{"zeta": 70}
+	require.NoError(t, e.SetLimits("voice", l))
+	require.Equal(t, Decision{Reason: OK, Remaining: 30}, e.Consume(now, svc, acct, 10, nil), "acme kept its budget")
+	require.Equal(t, Decision{Reason: OK, Remaining: 69}, e.Consume(now, svc, []byte("zeta"), 1, nil))
+	require.NoError(t, e.SetAccount("voice", "acme", 40, Overage{}))
+	require.Equal(t, Decision{Reason: OK, Remaining: 19}, e.Consume(now, svc, acct, 1, nil), "the smaller of 40 allocated and 50 budgeted")
+	l.TokensShared, l.AccountBudgets = false, nil
+	require.NoError(t, e.SetLimits("voice", l))
+	require.Equal(t, Decision{Reason: OK, Remaining: 299 - 1}, e.Consume(now, svc, []byte("zeta"), 1, nil), "all of its allocation")
+}
+
 func TestSetLimitsLiveKeepsState(t *testing.T) {
 	e, clk := newTestEngine(t, capsOnly(500))
 	now := clk.Now()

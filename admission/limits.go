@@ -47,7 +47,8 @@ type Limits struct {
 	TokensShared bool
 	TokensBudget int64
 	// AccountBudgets are this node's budgets of the accounts' allocations
-	// when TokensShared; an account without one charges nothing here until
+	// when TokensShared: those that changed. An account keeps the budget
+	// it was last given; one never given one charges nothing here until
 	// the cluster's next exchange gives it one.
 	AccountBudgets map[string]int64
 	// LicensedCAPS is the whole cluster's licensed CAPS, for reports; 0

@@ -137,6 +137,8 @@ func (p *pool) newPeriod() {
 type account struct {
 	name  string
 	alloc int64 // the tokens allocated to it; pool.limit is that or, in a cluster, this node's budget of it
+	// budget is this node's budget of it in a cluster (Limits.AccountBudgets).
+	budget int64
 	pool
 }
 

@@ -93,7 +93,7 @@ func newService(name string, durable, journal bool, l *derived, watching *atomic
 	s.consumed.init(nil)
 	s.ended.init(nil)
 	s.periodID = l.PeriodID
-	s.applyPool(l)
+	s.applyPool(l, true)
 	s.touch(&s.tokens) // a new pool
 	return s
 }
@@ -116,10 +116,16 @@ func (s *Service) emergencyOpened(n int64) {
 	}
 }
 
-// applyPool sizes the unallocated pool from the limits. Called with mu held
-// or before the service is shared. In a cluster the pool this node may
-// draw on is its budget (see the cluster package doc).
-func (s *Service) applyPool(l *derived) {
+// applyPool sizes the unallocated pool from the limits, and the accounts'
+// pools from their allocations and, in a cluster, the budgets the limits
+// give (l.AccountBudgets: those that changed; an account keeps its budget
+// until it is given another). Every account is visited only when all is
+// set (the pool became shared or not, limited or not); otherwise only the
+// accounts named, so that an exchange of a farm with 100,000 accounts
+// holds the service's mutex for the budgets that moved. Called with mu
+// held or before the service is shared. In a cluster the pool this node
+// may draw on is its budget (see the cluster package doc).
+func (s *Service) applyPool(l *derived, all bool) {
 	pool := int64(Unlimited)
 	if l.Tokens != Unlimited {
 		pool = max(l.Tokens-s.allocated, 0)
@@ -128,16 +134,32 @@ func (s *Service) applyPool(l *derived) {
 		}
 	}
 	s.setLimit(&s.tokens, pool, l.Overage)
+	for name, b := range l.AccountBudgets {
+		if a, ok := s.accounts[name]; ok {
+			a.budget = b
+			if !all {
+				s.applyAccount(l, a)
+			}
+		}
+	}
+	if all {
+		for _, a := range s.accounts {
+			s.applyAccount(l, a)
+		}
+	}
+}
+
+// applyAccount sizes an account's pool: its allocation, or in a cluster
+// this node's budget of it. Called with mu held.
+func (s *Service) applyAccount(l *derived, a *account) {
 	if l.Tokens == Unlimited {
 		return
 	}
-	for name, a := range s.accounts {
-		limit := a.alloc
-		if l.TokensShared {
-			limit = min(a.alloc, max(l.AccountBudgets[name], 0))
-		}
-		s.setLimit(&a.pool, limit, a.policy)
+	limit := a.alloc
+	if l.TokensShared {
+		limit = min(a.alloc, max(a.budget, 0))
 	}
+	s.setLimit(&a.pool, limit, a.policy)
 }
 
 // setLimit gives p a limit and policy, making it pending for the pool
