@@ -47,7 +47,8 @@ const (
 	// data (clock.hwm, the CAPSGATE_WALL_OFFSET_FILE of tests).
 	StateFile = 64 << 10
 	// NodeState bounds the node's own state files read at start (the
-	// session journal and its snapshot, mapped; tokens.json): they grow with what
+	// session journal and its snapshot, mapped; the token snapshot and log,
+	// mapped, and an older version's tokens.json): they grow with what
 	// the node holds (2 M sessions made a 94 MB journal), so the bound is
 	// far above any real one; what it refuses is a device or a FIFO put in
 	// their place, or a file gone wrong.

@@ -3,7 +3,6 @@ package meter
 import (
 	"log/slog"
 	"math"
-	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -60,7 +59,7 @@ func restart(t *testing.T, res *Reserver, l admission.Limits) map[string]admissi
 	return out
 }
 
-func filepathDir(r *Reserver) string { return r.path[:len(r.path)-len(StateFile)-1] }
+func filepathDir(r *Reserver) string { return r.dir }
 
 // A CONSUME of any size the pool can take is charged on its first try,
 // from an idle pool whose reservation covers MinBlock, on the service's
@@ -236,8 +235,10 @@ func TestAwait(t *testing.T) {
 		require.Equal(t, admission.OK, e.Consume(clk.Now(), []byte("pre"), nil, n, nil).Reason, "%d", n)
 	}
 
-	// The state file can no longer be written.
-	require.NoError(t, os.RemoveAll(dir))
+	// The token log can no longer be written (as on a full disk).
+	res.mu.Lock()
+	require.NoError(t, res.store.file.Close())
+	res.mu.Unlock()
 	start := time.Now()
 	d := e.Consume(clk.Now(), []byte("pre"), nil, 1e11, nil)
 	require.Equal(t, admission.OVERLOAD, d.Reason)

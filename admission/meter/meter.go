@@ -12,8 +12,10 @@
 //
 // # Token charges and kill -9
 //
-// A pool charges only under a reservation written (fsync'd) to
-// data_dir/tokens.json. A charge of any size the pool can take is made on
+// A pool charges only under a reservation written (fsync'd) to the token
+// state in data_dir: a snapshot (tokens.snap) and a log of what changed
+// since (tokens.log), where a step appends only the pools it moved and an
+// allocation only itself (see tokenlog.go). A charge of any size the pool can take is made on
 // its first try: when what is left of the reservation is short of it, the
 // charge records what it needs, wakes the reserver and waits for its next
 // write (at most MaxWait; not at all while writes fail, and is then
@@ -39,6 +41,17 @@
 // pool past its ceiling but by charges waiting (the minutes of a RELEASE
 // ... SECONDS, charged whatever the pool). A clean stop writes R = C: no
 // over-count.
+//
+// A step costs the pools that changed since the last one (the engine's
+// pool watch: charged, short of their reservation, allocated, given a new
+// period) and those whose lookahead or wake mark is still above MinBlock
+// after their rate fell, which it keeps bringing down as before; an idle
+// pool whose lookahead is back to MinBlock is left alone, its last
+// reservation standing, until it changes. Its rate is then measured from
+// the last step that left it alone. A torn write at the end of the log
+// (the node died before its fsync returned) is cut at the next start: the
+// engine used none of its marks. Any other damage to the token state
+// refuses the start: removing it would under-count.
 package meter
 
 import (

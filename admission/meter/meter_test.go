@@ -204,15 +204,18 @@ func TestChargeLargerThanAStep(t *testing.T) {
 }
 
 // A token state that is not a regular file stops the start in one line
-// instead of blocking it or being read without end.
+// instead of blocking it or being read without end: the snapshot, the log
+// and an older version's tokens.json alike.
 func TestTokenStateNotAFile(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, StateFile)
-	require.NoError(t, syscall.Mkfifo(path, 0o600))
-	_, err := OpenReserver(admission.NewEngine(admission.DefaultConfig()), dir, slog.Default())
-	require.EqualError(t, err, "cannot read the token state: "+path+": not a regular file (a FIFO)")
-	require.NoError(t, os.Remove(path))
-	require.NoError(t, os.Symlink("/dev/zero", path))
-	_, err = OpenReserver(admission.NewEngine(admission.DefaultConfig()), dir, slog.Default())
-	require.EqualError(t, err, "cannot read the token state: "+path+": not a regular file (a character device)")
+	for _, name := range []string{SnapshotFile, LogFile, LegacyStateFile} {
+		dir := t.TempDir()
+		path := filepath.Join(dir, name)
+		require.NoError(t, syscall.Mkfifo(path, 0o600))
+		_, err := OpenReserver(admission.NewEngine(admission.DefaultConfig()), dir, slog.Default())
+		require.EqualError(t, err, "cannot read the token state: "+path+": not a regular file (a FIFO)")
+		require.NoError(t, os.Remove(path))
+		require.NoError(t, os.Symlink("/dev/zero", path))
+		_, err = OpenReserver(admission.NewEngine(admission.DefaultConfig()), dir, slog.Default())
+		require.EqualError(t, err, "cannot read the token state: "+path+": not a regular file (a character device)")
+	}
 }

@@ -1,6 +1,7 @@
 package meter
 
 import (
+	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -100,4 +101,99 @@ func BenchmarkMixedCharges(b *testing.B) {
 	b.ReportMetric(float64(writes)/el.Seconds(), "writes/s")
 	b.ReportMetric(float64(waits.Load()), "waits")
 	b.ReportMetric(float64(p.Durable-p.Total), "ahead-tokens")
+}
+
+// bigLimits license "pre" with a pool room for any allocation.
+var bigLimits = admission.Limits{Licensed: true, CAPS: admission.Unlimited, Sessions: admission.Unlimited,
+	Subscribers: admission.Unlimited, Tokens: 1 << 60}
+
+func accountName(i int) string { return fmt.Sprintf("a%d", i) }
+
+// BenchmarkSetAccount allocates 100,000 accounts in one service, each
+// PUT written and fsync'd (to a temporary dir), and reports the time of
+// the first 1,000 allocations and of the last 1,000: a PUT must cost the
+// same whatever the number of accounts (they may differ by 2× at most).
+//
+//	go test -run '^$' -bench SetAccount -benchtime 1x ./admission/meter
+func BenchmarkSetAccount(b *testing.B) {
+	const n, edge = 100_000, 1000
+	for b.Loop() {
+		e := admission.NewEngine(durableConfig())
+		if err := e.SetLimits("pre", bigLimits); err != nil {
+			b.Fatal(err)
+		}
+		res, err := OpenReserver(e, b.TempDir(), slog.Default())
+		if err != nil {
+			b.Fatal(err)
+		}
+		var first, last time.Duration
+		start := time.Now()
+		for i := range n {
+			if err := res.SetAccount("pre", accountName(i), Allocation{Tokens: 1000, Overage: "none"}); err != nil {
+				b.Fatal(err)
+			}
+			switch i {
+			case edge - 1:
+				first = time.Since(start)
+			case n - edge - 1:
+				start = time.Now()
+			}
+		}
+		last = time.Since(start)
+		b.ReportMetric(float64(first.Milliseconds()), "first1000-ms")
+		b.ReportMetric(float64(last.Milliseconds()), "last1000-ms")
+		if last > 2*first {
+			b.Fatalf("the last 1,000 allocations took %v, the first %v", last, first)
+		}
+		if err := res.Close(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkStep: a Step of a service with many idle accounts and one
+// charged between steps (a token a step: within its reservation but for
+// a write, fsync'd to a temporary dir, every 500 steps); its cost must not
+// grow with the idle accounts.
+//
+//	go test -run '^$' -bench Step -benchmem ./admission/meter
+func BenchmarkStep(b *testing.B) {
+	for _, idle := range []int{1000, 100_000} {
+		b.Run(fmt.Sprintf("idle=%d", idle), func(b *testing.B) {
+			e := admission.NewEngine(durableConfig())
+			if err := e.SetLimits("pre", bigLimits); err != nil {
+				b.Fatal(err)
+			}
+			for i := range idle {
+				if err := e.SetAccount("pre", accountName(i), 1<<40, admission.Overage{}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			res, err := OpenReserver(e, b.TempDir(), slog.Default())
+			if err != nil {
+				b.Fatal(err)
+			}
+			now := time.Now()
+			if err := res.Step(now); err != nil { // every pool's first reservation
+				b.Fatal(err)
+			}
+			busy := []byte(accountName(0))
+			b.ReportAllocs()
+			for b.Loop() {
+				if d := e.Consume(e.Now(), []byte("pre"), busy, 1, nil); d.Reason != admission.OK {
+					b.Fatal(d)
+				}
+				now = now.Add(StepEvery)
+				if err := res.Step(now); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+func durableConfig() admission.Config {
+	cfg := admission.DefaultConfig()
+	cfg.DurableTokens = true
+	return cfg
 }

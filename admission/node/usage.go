@@ -84,12 +84,15 @@ type AccountView struct {
 func (n *Node) accountViews(s *admission.Service) []AccountView {
 	var out []AccountView
 	for _, p := range s.Pools() {
-		if p.Account == "" {
-			continue
+		if p.Account != "" {
+			out = append(out, accountView(p))
 		}
-		out = append(out, AccountView{Account: p.Account, Tokens: p.Size, Overage: p.Policy.String(), Used: p.Used, Left: max(p.Limit-p.Used, 0)})
 	}
 	return out
+}
+
+func accountView(p admission.PoolState) AccountView {
+	return AccountView{Account: p.Account, Tokens: p.Size, Overage: p.Policy.String(), Used: p.Used, Left: max(p.Limit-p.Used, 0)}
 }
 
 // AccountBody is the JSON of PUT /v1/services/{s}/accounts/{a}.
@@ -127,12 +130,10 @@ func (n *Node) putAccount(w http.ResponseWriter, r *http.Request) {
 	if n.cluster != nil {
 		n.cluster.SpreadAllocation(service, account, alloc)
 	}
-	s := n.eng.Service(service)
-	for _, v := range n.accountViews(s) {
-		if v.Account == account {
-			writeJSON(w, http.StatusOK, v)
-			return
-		}
+	// One pool, not a walk of every account: a PUT costs the same
+	// whatever their number.
+	if p, ok := n.eng.Service(service).Pool(account); ok {
+		writeJSON(w, http.StatusOK, accountView(p))
 	}
 }
 
