@@ -29,7 +29,12 @@
 //     time) advanced by compare-and-swap, exact under any interleaving;
 //   - sessions, subscribers, token pools and idempotency keys of one service are
 //     guarded by that service's own mutex, taken only by commands that need
-//     them (ADMIT with CALL or a token charge, RELEASE, REGISTER, CONSUME).
+//     them (ADMIT with CALL or a token charge, RELEASE, REGISTER, CONSUME);
+//   - what keeps state per token pool (the reserver, the meter) takes a pool
+//     watch (Engine.WatchPools) and asks each service for the pools that
+//     changed since (Service.ChangedPools) instead of walking every account
+//     under its mutex: a charge marks its pool once per watch (a bit test
+//     after that) and allocates nothing.
 //
 // # Guarantees
 //

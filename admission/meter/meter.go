@@ -55,6 +55,7 @@
 package meter
 
 import (
+	"fmt"
 	"math"
 	"sort"
 	"sync"
@@ -76,13 +77,19 @@ type Meter struct {
 	led       *ledger.Ledger
 	res       *Reserver
 	witnesses Witnesses
+	watch     admission.PoolWatch // the pools charged since the last record
 
 	mu    sync.Mutex // guards the fields below
 	from  time.Time
 	last  map[string]snapshot
 	peaks map[string]*peaks
+	// unrecorded names the pools, by service, that changed before a Flush
+	// that could not append: the watch will not report them again.
+	unrecorded map[string]map[string]bool
+	changed    []admission.PoolState // ChangedPools' buffer, reused
 }
 
+// snapshot is a service's counters as last recorded, and every pool's.
 type snapshot struct {
 	st    admission.Stats
 	pools map[string]admission.PoolState
@@ -91,26 +98,35 @@ type snapshot struct {
 type peaks struct{ caps, sessions, subscribers uint64 }
 
 // New returns a meter writing to led; res may be nil (no durable tokens),
-// witnesses may be nil.
-func New(eng *admission.Engine, led *ledger.Ledger, res *Reserver, witnesses Witnesses, now time.Time) *Meter {
-	m := &Meter{eng: eng, led: led, res: res, witnesses: witnesses, from: now, last: map[string]snapshot{}, peaks: map[string]*peaks{}}
+// witnesses may be nil. It takes one of the engine's pool watches, so
+// that a Flush costs the pools charged in its interval, not every account.
+func New(eng *admission.Engine, led *ledger.Ledger, res *Reserver, witnesses Witnesses, now time.Time) (*Meter, error) {
+	w, err := eng.WatchPools()
+	if err != nil {
+		return nil, fmt.Errorf("cannot meter the token pools: %w", err)
+	}
+	m := &Meter{eng: eng, led: led, res: res, witnesses: witnesses, watch: w, from: now, last: map[string]snapshot{},
+		peaks: map[string]*peaks{}, unrecorded: map[string]map[string]bool{}}
 	for _, s := range eng.Services() {
 		m.last[s.Name()] = m.baseline(s)
 	}
-	return m
+	return m, nil
 }
 
 // baseline is a service's snapshot to count the next interval from: its
-// counters now, but for tokens what the ledger already has.
+// counters now, but for tokens what the ledger already has. Its pools
+// come from the new watch, which has every pool pending.
 func (m *Meter) baseline(s *admission.Service) snapshot {
 	snap := snapshot{st: s.Stats(), pools: map[string]admission.PoolState{}}
-	for _, p := range s.Pools() {
+	m.changed = s.ChangedPools(m.watch, m.changed[:0])
+	for _, p := range m.changed {
 		if m.res != nil {
 			if l := m.res.Ledgered(s.Name(), p.Account); l >= 0 && l < p.Total {
 				// Charged before a crash but not yet in the ledger: the
-				// next record carries it.
+				// next record carries it, changed since or not.
 				over := min(p.TotalOverage, p.Total-l)
 				p.Total, p.TotalOverage = l, p.TotalOverage-over
+				m.unrecord(s.Name(), p.Account)
 			}
 		}
 		snap.pools[p.Account] = p
@@ -136,38 +152,42 @@ func (m *Meter) Sample() {
 }
 
 // Flush appends the usage of [from, now) to the ledger (one fsync) and
-// starts the next interval.
+// starts the next interval. It looks at the pools that changed since the
+// last record (the pool watch), not at every account.
 func (m *Meter) Flush(now time.Time) error {
 	m.Sample()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var usage []ledger.Usage
-	next := map[string]snapshot{}
+	type update struct {
+		service string
+		st      admission.Stats
+		pools   map[string]admission.PoolState
+	}
+	var updates []update
 	marks := map[[2]string]int64{}
 	for _, s := range m.eng.Services() {
-		prev, ok := m.last[s.Name()]
+		name := s.Name()
+		prev, ok := m.last[name]
 		if !ok {
-			prev = snapshot{st: admission.Stats{}, pools: map[string]admission.PoolState{}}
+			prev = snapshot{pools: map[string]admission.PoolState{}}
 		}
-		cur := snapshot{st: s.Stats(), pools: map[string]admission.PoolState{}}
-		for _, p := range s.Pools() {
-			cur.pools[p.Account] = p
-			marks[[2]string{s.Name(), p.Account}] = p.Total
-		}
-		next[s.Name()] = cur
-		pk := m.peaks[s.Name()]
+		cur := update{service: name, st: s.Stats(), pools: m.changedPools(s)}
+		pk := m.peaks[name]
 		if pk == nil {
 			pk = &peaks{}
 		}
-		u := serviceUsage(s.Name(), prev.st, cur.st, *pk)
+		u := serviceUsage(name, prev.st, cur.st, *pk)
 		var accounts []ledger.Usage
 		for acct, p := range cur.pools {
+			marks[[2]string{name, acct}] = p.Total
 			t, o := poolDelta(prev.pools[acct], p)
 			u.Tokens, u.Overage = u.Tokens+t, u.Overage+o
 			if acct != "" && (t > 0 || o > 0) {
-				accounts = append(accounts, ledger.Usage{Service: s.Name(), Account: acct, Tokens: t, Overage: o})
+				accounts = append(accounts, ledger.Usage{Service: name, Account: acct, Tokens: t, Overage: o})
 			}
 		}
+		updates = append(updates, cur)
 		if !u.empty() {
 			usage = append(usage, u.Usage)
 		}
@@ -180,16 +200,57 @@ func (m *Meter) Flush(now time.Time) error {
 	}
 	if len(usage) > 0 || len(wit) > 0 {
 		if _, err := m.led.Append(m.from, now, usage, wit); err != nil {
+			for _, up := range updates { // counted again, from the same snapshot, next time
+				for acct := range up.pools {
+					m.unrecord(up.service, acct)
+				}
+			}
 			return err
 		}
 	}
-	m.last, m.from, m.peaks = next, now, map[string]*peaks{}
+	for _, up := range updates {
+		prev, ok := m.last[up.service]
+		if !ok {
+			prev = snapshot{pools: map[string]admission.PoolState{}}
+		}
+		prev.st = up.st
+		for acct, p := range up.pools {
+			prev.pools[acct] = p
+		}
+		m.last[up.service] = prev
+	}
+	m.from, m.peaks, m.unrecorded = now, map[string]*peaks{}, map[string]map[string]bool{}
 	if m.res != nil {
 		// Written at once: after a crash the next record must not carry
 		// these tokens again.
 		return m.res.MarkLedgered(marks, true)
 	}
 	return nil
+}
+
+// changedPools returns the pools of s that changed since the last record:
+// those the watch reports and those a failed Flush left.
+func (m *Meter) changedPools(s *admission.Service) map[string]admission.PoolState {
+	m.changed = s.ChangedPools(m.watch, m.changed[:0])
+	out := make(map[string]admission.PoolState, len(m.changed))
+	for _, p := range m.changed {
+		out[p.Account] = p
+	}
+	for acct := range m.unrecorded[s.Name()] {
+		if _, ok := out[acct]; !ok {
+			if p, ok := s.Pool(acct); ok {
+				out[acct] = p
+			}
+		}
+	}
+	return out
+}
+
+func (m *Meter) unrecord(service, account string) {
+	if m.unrecorded[service] == nil {
+		m.unrecorded[service] = map[string]bool{}
+	}
+	m.unrecorded[service][account] = true
 }
 
 // poolDelta is the tokens a pool took between two snapshots, within the

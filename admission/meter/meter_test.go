@@ -62,7 +62,8 @@ func TestIntervalRecords(t *testing.T) {
 	e, clk := newEngine(t)
 	res := reserver(t, e, dir)
 	led := openLedger(t, dir)
-	m := New(e, led, res, func() []ledger.Witness { return []ledger.Witness{{Node: "n2", Seq: 7, Hash: h64}} }, t0)
+	m, err := New(e, led, res, func() []ledger.Witness { return []ledger.Witness{{Node: "n2", Seq: 7, Hash: h64}} }, t0)
+	require.NoError(t, err)
 	require.NoError(t, res.SetAccount("pre", "acme", Allocation{Tokens: 100, Overage: "none"}))
 	for range 30 {
 		require.True(t, e.Admit(clk.Now(), []byte("pre"), nil, nil, admission.Normal).Admitted())
@@ -100,7 +101,8 @@ func TestRestartNeverUndercounts(t *testing.T) {
 	e, clk := newEngine(t)
 	res := reserver(t, e, dir)
 	led := openLedger(t, dir)
-	m := New(e, led, res, nil, t0)
+	m, err := New(e, led, res, nil, t0)
+	require.NoError(t, err)
 	charge := func(e *admission.Engine, n int) (ok int) {
 		for range n {
 			if e.Admit(clk.Now(), []byte("pre"), nil, nil, admission.Normal).Admitted() {
@@ -125,7 +127,8 @@ func TestRestartNeverUndercounts(t *testing.T) {
 	used := e2.Service("pre").Stats().TokensUsed
 	require.GreaterOrEqual(t, used, int64(1000), "every acknowledged charge is back")
 	require.LessOrEqual(t, used, int64(1000+MinBlock), "over by at most one block")
-	m2 := New(e2, led, res2, nil, t0.Add(20*time.Second))
+	m2, err := New(e2, led, res2, nil, t0.Add(20*time.Second))
+	require.NoError(t, err)
 	require.NoError(t, m2.Flush(t0.Add(30*time.Second)))
 	recs := records(t, led)
 	var ledgered uint64

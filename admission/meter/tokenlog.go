@@ -144,12 +144,16 @@ func (t *tokenStore) readSnapshot(state *fileState) error {
 	gen, err := readHeader(b, snapMagic)
 	if err == nil {
 		var end bool
-		_, err = readFrames(b[headerSize:], func(e []byte) error {
-			if end {
+		count := int64(0)
+		_, err = readFrames(b[headerSize:], func(e entry) error {
+			switch {
+			case end:
 				return errors.New("an entry after the end")
+			case e.kind == entryEnd && e.n[0] != count:
+				return fmt.Errorf("%d entries, the end says %d", count, e.n[0])
 			}
-			end = e[0] == entryEnd
-			return applyEntry(state, e)
+			end, count = e.kind == entryEnd, count+1
+			return state.apply(e)
 		})
 		if err == nil && !end {
 			err = errors.New("no end entry: the snapshot is cut short")
@@ -220,7 +224,7 @@ func (t *tokenStore) replayLog(state *fileState) error {
 		unmap()
 		return corrupt(name, fmt.Errorf("generation %d, after the snapshot's %d: the snapshot is missing or older", gen, t.gen))
 	}
-	good, err := readFrames(b[headerSize:], func(e []byte) error { return applyEntry(state, e) })
+	good, err := readFrames(b[headerSize:], state.apply)
 	size := int64(len(b))
 	unmap()
 	if err != nil && !errors.Is(err, errTornTail) {
@@ -259,7 +263,7 @@ func readHeader(b []byte, magic [8]byte) (uint64, error) {
 // than one frame (each frame is fsync'd before the next is written), and
 // it runs past the end, ends there, or is all zeros (a file extended
 // before its data was written). Anything else is corruption.
-func readFrames(b []byte, apply func(entry []byte) error) (int64, error) {
+func readFrames(b []byte, apply func(entry) error) (int64, error) {
 	off := 0
 	for off < len(b) {
 		rest := b[off:]
@@ -311,75 +315,74 @@ func allZero(b []byte) bool {
 	return true
 }
 
-// forEntries calls apply for each entry of a frame's payload; the entry
-// is checked whole (decodeEntry) first.
-func forEntries(payload []byte, apply func([]byte) error) error {
+// entry is one decoded entry: what its kind has of names and numbers (an
+// allocation's overage policy in overage).
+type entry struct {
+	kind                      byte
+	service, account, overage string
+	n                         [3]int64
+}
+
+// forEntries calls apply for each entry of a frame's payload.
+func forEntries(payload []byte, apply func(entry) error) error {
 	for len(payload) > 0 {
-		n, err := entryLen(payload)
+		e, rest, err := decodeEntry(payload)
 		if err != nil {
 			return err
 		}
-		if err := apply(payload[:n]); err != nil {
+		if err := apply(e); err != nil {
 			return err
 		}
-		payload = payload[n:]
+		payload = rest
 	}
 	return nil
 }
 
-// entryLen is the length of the entry that b begins with.
-func entryLen(b []byte) (int, error) {
+// decodeEntry decodes the entry b begins with and returns what follows.
+func decodeEntry(b []byte) (entry, []byte, error) {
+	e := entry{kind: b[0]}
 	d := decoder{b: b[1:]}
-	switch b[0] {
+	switch e.kind {
 	case entryPool:
-		d.str()
-		d.str()
-		d.num()
-		d.num()
-		d.num()
+		e.service, e.account = d.str(), d.str()
+		e.n = [3]int64{d.num(), d.num(), d.num()}
 	case entryPeriod:
-		d.str()
-		d.num()
+		e.service, e.n[0] = d.str(), d.num()
 	case entryAlloc:
-		d.str()
-		d.str()
-		d.num()
-		d.str()
-		d.num()
+		e.service, e.account = d.str(), d.str()
+		e.n[0], e.overage, e.n[1] = d.num(), d.str(), d.num()
 	case entryEnd:
-		d.num()
+		e.n[0] = d.num()
 	default:
-		return 0, fmt.Errorf("unknown entry kind %d", b[0])
+		return e, nil, fmt.Errorf("unknown entry kind %d", e.kind)
 	}
 	if d.bad {
-		return 0, fmt.Errorf("entry of kind %d cut short", b[0])
+		return e, nil, fmt.Errorf("entry of kind %d cut short", e.kind)
 	}
-	return len(b) - len(d.b), nil
+	return e, d.b, nil
 }
 
-// applyEntry sets in state what one entry (checked by entryLen) says.
-func applyEntry(state *fileState, e []byte) error {
-	d := decoder{b: e[1:]}
-	switch e[0] {
+// apply sets in state what e says.
+func (state *fileState) apply(e entry) error {
+	if e.kind == entryEnd {
+		return nil
+	}
+	st := state.serviceOf(e.service)
+	switch e.kind {
 	case entryPool:
-		st := state.serviceOf(d.str())
-		acct := d.str()
-		p := st.Pools[acct]
+		p := st.Pools[e.account]
 		if p == nil {
 			p = &poolState{}
-			st.Pools[acct] = p
+			st.Pools[e.account] = p
 		}
-		p.Reserved, p.Ledgered, p.Base = d.num(), d.num(), d.num()
+		p.Reserved, p.Ledgered, p.Base = e.n[0], e.n[1], e.n[2]
 	case entryPeriod:
-		st := state.serviceOf(d.str())
-		st.PeriodID = d.num()
+		st.PeriodID = e.n[0]
 	case entryAlloc:
-		st := state.serviceOf(d.str())
-		acct := d.str()
 		if st.Accounts == nil {
 			st.Accounts = map[string]Allocation{}
 		}
-		st.Accounts[acct] = Allocation{Tokens: d.num(), Overage: d.str(), At: d.num()}
+		st.Accounts[e.account] = Allocation{Tokens: e.n[0], Overage: e.overage, At: e.n[1]}
 	}
 	return nil
 }

@@ -7,8 +7,11 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/capsgate/capsgate/admission"
 )
 
 // storeWith opens a store in dir and commits one write per element of
@@ -242,4 +245,18 @@ func TestStepWritesWhatMoved(t *testing.T) {
 	require.Equal(t, int64(frameHead+1+4+3+2+1+1), res.store.logSize-size, "one frame of one pool entry")
 	p, _ := e.Service("pre").Pool(accountName(7))
 	require.Equal(t, int64(1600), p.Durable)
+}
+
+// A Step after Close (a loop that had not stopped) writes nothing: the
+// exact charges Close wrote stay.
+func TestStepAfterClose(t *testing.T) {
+	dir := t.TempDir()
+	e, clk := newEngine(t)
+	res := reserver(t, e, dir)
+	for range 600 { // the reservation (1,000) runs below half a lookahead: a step would move it
+		require.True(t, e.Admit(clk.Now(), []byte("pre"), nil, nil, admission.Normal).Admitted())
+	}
+	require.NoError(t, res.Close())
+	require.EqualError(t, res.Step(t0.Add(time.Second)), "cannot write the token log: closed")
+	require.Equal(t, int64(600), reopen(t, dir).Services["pre"].Pools[""].Reserved)
 }

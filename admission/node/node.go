@@ -197,7 +197,11 @@ func (n *Node) openMetering() error {
 		n.ledger.Close()
 		return err
 	}
-	n.meter = meter.New(n.eng, n.ledger, n.reserver, n.witnesses, time.Now())
+	n.meter, err = meter.New(n.eng, n.ledger, n.reserver, n.witnesses, time.Now())
+	if err != nil {
+		n.ledger.Close()
+		return err
+	}
 	// Sessions and registrations come back after the accounts they charge.
 	restoring := time.Now()
 	n.journal, err = journal.Open(journal.Config{Dir: filepath.Join(n.cfg.DataDir, journal.Dir),
