@@ -122,8 +122,8 @@ type Engine struct {
 	unlicensedServices int
 	// emergencyOpen counts the open emergency sessions of every service.
 	emergencyOpen atomic.Int64
-	// watching has a bit per pool watch handed out (WatchPools).
-	watching atomic.Uint32
+	// watches are the pool watches handed out (WatchPools).
+	watches poolWatches
 }
 
 // UnlicensedBucket is the service under which emergency calls naming a
@@ -235,7 +235,7 @@ func (e *Engine) ensure(name string, forLicence bool) (*Service, error) {
 		e.unlicensedServices++
 	}
 	s := newService(name, e.cfg.DurableTokens, e.cfg.JournalState, derive(Limits{Sessions: Unlimited, Subscribers: Unlimited, Tokens: 0, State: "unlicensed"}, &e.cfg),
-		&e.watching)
+		&e.watches)
 	if s.maxLog = e.cfg.MaxLog; s.maxLog <= 0 {
 		s.maxLog = MaxLog
 	}

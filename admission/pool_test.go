@@ -107,7 +107,7 @@ func TestWatchedChargeAllocatesNothing(t *testing.T) {
 }
 
 // Every pool that changed is reported once to each watch, and nothing
-// else, against a model of which operations change which pools: random
+// else (its service once to ChangedServices), against a model of which operations change which pools: random
 // charges (to accounts and to the service's pool), charges that find the
 // reservation short, allocations new and changed, reservations, new
 // periods, and watches drained at random.
@@ -128,6 +128,12 @@ func TestChangedPoolsModel(t *testing.T) {
 	period := int64(0)
 	drain := func(i int) {
 		t.Helper()
+		services := e.ChangedServices(watches[i], nil)
+		if len(pending[i]) > 0 {
+			require.Equal(t, []*Service{s}, services)
+		} else {
+			require.Empty(t, services)
+		}
 		got := s.ChangedPools(watches[i], nil)
 		seen := map[string]bool{}
 		for _, p := range got {

@@ -3,6 +3,7 @@ package admission
 import (
 	"errors"
 	"math/bits"
+	"sync"
 	"sync/atomic"
 )
 
@@ -36,12 +37,12 @@ type PoolWatch uint8
 func (e *Engine) WatchPools() (PoolWatch, error) {
 	e.mu.Lock() // no service is added meanwhile (ensure)
 	defer e.mu.Unlock()
-	taken := e.watching.Load()
+	taken := e.watches.watching.Load()
 	if taken == 1<<MaxPoolWatches-1 {
 		return 0, ErrTooManyWatches
 	}
 	w := PoolWatch(bits.TrailingZeros32(^taken))
-	e.watching.Store(taken | 1<<w)
+	e.watches.watching.Store(taken | 1<<w)
 	for _, s := range *e.services.Load() {
 		s.mu.Lock()
 		s.mark(&s.tokens, 1<<w)
@@ -57,7 +58,7 @@ func (e *Engine) WatchPools() (PoolWatch, error) {
 // Called with mu held, on the decision path: a pool already pending costs
 // an atomic load and a compare; the lists keep their room once drained, so
 // nothing is allocated in a steady state.
-func (s *Service) touch(p *pool) { s.mark(p, uint8(s.watching.Load())) }
+func (s *Service) touch(p *pool) { s.mark(p, uint8(s.watches.watching.Load())) }
 
 // mark makes p pending for the watches of the mask that have not got it
 // pending yet. Called with mu held.
@@ -67,7 +68,10 @@ func (s *Service) mark(p *pool, watches uint8) {
 		return
 	}
 	p.dirty |= w
-	s.pendingAny.Or(uint32(w))
+	if first := w &^ uint8(s.pendingAny.Load()); first != 0 {
+		s.pendingAny.Or(uint32(first))
+		s.watches.list(s, first)
+	}
 	if p.owner == nil {
 		return // the service's pool: its dirty bits say it all
 	}
@@ -125,13 +129,59 @@ func (s *Service) ChangedPools(w PoolWatch, buf []PoolState) []PoolState {
 // watchState is what a service keeps for the pool watches. Guarded by the
 // service's mutex but for what says otherwise.
 type watchState struct {
-	// watching is the engine's watches handed out, one bit each (read
-	// without a lock).
-	watching *atomic.Uint32
+	// watches is the engine's.
+	watches *poolWatches
 	// pendingAny has a bit per watch with a pool pending, so that asking
 	// an idle service takes no lock (written under mu, read without).
 	pendingAny atomic.Uint32
 	// pending lists, per watch, the accounts whose pool is pending for it
 	// (each once: its dirty bit says it is listed).
 	pending [MaxPoolWatches][]*account
+	// listed has a bit per watch whose list of services (poolWatches)
+	// holds this one. Guarded by poolWatches.mu.
+	listed uint8
+}
+
+// poolWatches is the engine's watches: which are handed out, and for
+// each, the services with a pool pending, so that a consumer's round
+// costs the services that changed, not every service (sorting 1,000
+// services was 40% of a reserver step that had one pool to look at).
+type poolWatches struct {
+	// watching has a bit per watch handed out (read without a lock).
+	watching atomic.Uint32
+
+	mu       sync.Mutex // guards services and every Service.listed
+	services [MaxPoolWatches][]*Service
+}
+
+// list adds s to the services of the watches in mask that do not list it
+// yet. Called with s.mu held, when a pool of s becomes the first pending
+// for a watch: once per service and round, not per charge.
+func (w *poolWatches) list(s *Service, mask uint8) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	mask &^= s.listed
+	s.listed |= mask
+	for ; mask != 0; mask &= mask - 1 {
+		i := bits.TrailingZeros8(mask)
+		w.services[i] = append(w.services[i], s)
+	}
+}
+
+// ChangedServices appends to buf the services that have had a pool
+// pending for w since it last asked, and forgets them: ask each for its
+// ChangedPools. A service may come with nothing pending (its pools were
+// asked for meanwhile).
+func (e *Engine) ChangedServices(w PoolWatch, buf []*Service) []*Service {
+	pw := &e.watches
+	pw.mu.Lock()
+	defer pw.mu.Unlock()
+	list := pw.services[w]
+	for _, s := range list {
+		s.listed &^= 1 << w
+	}
+	buf = append(buf, list...)
+	clear(list)
+	pw.services[w] = list[:0]
+	return buf
 }

@@ -83,9 +83,9 @@ type Service struct {
 	watchState
 }
 
-func newService(name string, durable, journal bool, l *derived, watching *atomic.Uint32) *Service {
+func newService(name string, durable, journal bool, l *derived, watches *poolWatches) *Service {
 	s := &Service{name: name, accounts: make(map[string]*account), journal: journal}
-	s.watching = watching
+	s.watches = watches
 	s.tokens.durableSet = durable
 	s.lim.Store(l)
 	s.sessions.init(s.sessionGone)

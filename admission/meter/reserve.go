@@ -64,6 +64,7 @@ type Reserver struct {
 	// step counts Steps; lastStep is when the last began.
 	step     uint64
 	lastStep time.Time
+	services []*admission.Service  // ChangedServices' buffer, reused
 	changed  []admission.PoolState // ChangedPools' buffer, reused
 	grants   []grant               // stepLocked's, reused
 	lows     []grant
@@ -320,7 +321,10 @@ func (r *Reserver) stepLocked(now time.Time) (err error) {
 	}()
 	r.step++
 	r.grants, r.lows = r.grants[:0], r.lows[:0]
-	for _, s := range r.eng.Services() {
+	// Every service comes here at least once: its pools are pending for a
+	// new watch, and a new service's pool is pending from the start.
+	r.services = r.eng.ChangedServices(r.watch, r.services[:0])
+	for _, s := range r.services {
 		if !r.restored[s.Name()] {
 			r.restoreLocked(s)
 		}
@@ -346,6 +350,7 @@ func (r *Reserver) stepLocked(now time.Time) (err error) {
 	}
 	r.lastStep = now
 	clear(r.changed) // no names held until the next step
+	clear(r.services)
 	r.shrinkActive()
 	for _, g := range r.lows {
 		g.s.Reserve(g.account, g.reserved, g.low)

@@ -151,22 +151,26 @@ func BenchmarkSetAccount(b *testing.B) {
 	}
 }
 
-// BenchmarkStep: a Step of a service with many idle accounts and one
-// charged between steps (a token a step: within its reservation but for
-// a write, fsync'd to a temporary dir, every 500 steps); its cost must not
-// grow with the idle accounts.
+// BenchmarkStep: a Step with many idle accounts and one charged between
+// steps (a token a step: within its reservation but for a write, fsync'd
+// to a temporary dir, every 500 steps); its cost must not grow with the
+// idle accounts: one service with 1,000 or 100,000, or 1,000 services
+// with 100 each.
 //
 //	go test -run '^$' -bench Step -benchmem ./admission/meter
 func BenchmarkStep(b *testing.B) {
-	for _, idle := range []int{1000, 100_000} {
-		b.Run(fmt.Sprintf("idle=%d", idle), func(b *testing.B) {
+	for _, c := range []struct{ services, accounts int }{{1, 1000}, {1, 100_000}, {1000, 100}} {
+		b.Run(fmt.Sprintf("services=%d/accounts=%d", c.services, c.accounts), func(b *testing.B) {
 			e := admission.NewEngine(durableConfig())
-			if err := e.SetLimits("pre", bigLimits); err != nil {
-				b.Fatal(err)
-			}
-			for i := range idle {
-				if err := e.SetAccount("pre", accountName(i), 1<<40, admission.Overage{}); err != nil {
+			for i := range c.services {
+				name := fmt.Sprintf("s%d", i)
+				if err := e.SetLimits(name, bigLimits); err != nil {
 					b.Fatal(err)
+				}
+				for j := range c.accounts {
+					if err := e.SetAccount(name, accountName(j), 1<<40, admission.Overage{}); err != nil {
+						b.Fatal(err)
+					}
 				}
 			}
 			res, err := OpenReserver(e, b.TempDir(), slog.Default())
@@ -180,7 +184,7 @@ func BenchmarkStep(b *testing.B) {
 			busy := []byte(accountName(0))
 			b.ReportAllocs()
 			for b.Loop() {
-				if d := e.Consume(e.Now(), []byte("pre"), busy, 1, nil); d.Reason != admission.OK {
+				if d := e.Consume(e.Now(), []byte("s0"), busy, 1, nil); d.Reason != admission.OK {
 					b.Fatal(d)
 				}
 				now = now.Add(StepEvery)
