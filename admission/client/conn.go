@@ -157,7 +157,7 @@ func (s *Stream) Send(frame []byte) error {
 	if s.c.err != nil {
 		return fmt.Errorf("cannot send: %w", s.c.err)
 	}
-	b, err := s.c.w.Malloc(len(frame))
+	b, err := s.c.malloc(len(frame))
 	if err == nil {
 		copy(b, frame)
 		err = s.c.w.Flush()
@@ -166,6 +166,23 @@ func (s *Stream) Send(frame []byte) error {
 		return fmt.Errorf("cannot send: %w", err)
 	}
 	return nil
+}
+
+// malloc reserves n bytes of the output buffer. netpoll frees that buffer
+// on its poller when the server hangs up, and a Malloc after that
+// dereferences a nil node: a connection seen closed fails with ErrClosed
+// instead, and the panic of a hang-up that comes between the check and
+// the Malloc becomes the same error.
+func (c *Conn) malloc(n int) (b []byte, err error) {
+	if !c.nc.IsActive() {
+		return nil, ErrClosed
+	}
+	defer func() {
+		if recover() != nil {
+			b, err = nil, ErrClosed
+		}
+	}()
+	return c.w.Malloc(n)
 }
 
 // Receive reads the next reply; it is valid until the next Receive. Only

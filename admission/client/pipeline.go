@@ -68,7 +68,7 @@ func (p *Pipeline) malloc(size int) []byte {
 	if p.err != nil || p.c.err != nil {
 		return nil // Exec reports it; netpoll must not be asked after a close
 	}
-	b, err := p.c.w.Malloc(size)
+	b, err := p.c.malloc(size)
 	if err != nil {
 		p.err = fmt.Errorf("cannot queue a command: %w", err)
 		return nil
