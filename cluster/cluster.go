@@ -151,6 +151,7 @@ type Cluster struct {
 	// streaming holds the members a report is being sent to over TCP.
 	streaming map[string]bool
 	planner   *Planner
+	usage     *UsageReader // read by the exchange loop only
 
 	wake    chan struct{} // a report calls for an early plan
 	forward chan op       // RELEASE/DEREGISTER/claims for other members
@@ -190,7 +191,8 @@ func New(cfg Config) (*Cluster, error) {
 		cfg.Now = time.Now
 	}
 	c := &Cluster{cfg: cfg, log: cfg.Log, peers: map[string]*peer{}, planner: NewPlanner(cfg.NodeName, cfg.Policy, cfg.Engine.Config().Burst),
-		stop: make(chan struct{}), wake: make(chan struct{}, 1), forward: make(chan op, forwardQueue)}
+		usage: NewUsageReader(cfg.Engine),
+		stop:  make(chan struct{}), wake: make(chan struct{}, 1), forward: make(chan op, forwardQueue)}
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = cfg.NodeName
 	mc.BindAddr, mc.BindPort = host, port
@@ -471,7 +473,7 @@ func (c *Cluster) plan(now time.Time, exchange bool) Report {
 	names := c.liveNames()
 	c.cfg.Shares.SetMembers(len(names))
 	licensed := c.cfg.Shares.Licensed()
-	usage := ReadUsage(c.cfg.Engine)
+	usage := c.usage.Read()
 	c.mu.Lock()
 	var p Plan
 	if exchange {

@@ -27,7 +27,8 @@ func newDemandMeter() *demandMeter {
 
 // measure updates every service's demand from this node's counters at t
 // seconds (any monotonic scale), and returns it with the rate each token
-// pool is charged here and what each service holds here.
+// pool is charged here and what each service holds here (the accounts'
+// pools are the account book's).
 func (m *demandMeter) measure(u Usage, t float64) (demand, tokenRate map[string]float64, held map[string]Held) {
 	demand, tokenRate, held = map[string]float64{}, map[string]float64{}, map[string]Held{}
 	for _, s := range u {
@@ -40,25 +41,53 @@ func (m *demandMeter) measure(u Usage, t float64) (demand, tokenRate map[string]
 		if r := push(m.tokens, s.Name, sample{t: t, n: uint64(max(s.PoolUsed, 0))}); r >= 0.01 {
 			tokenRate[s.Name] = r
 		}
-		// Accounts' pools, under their pool keys.
-		for _, a := range s.Accounts {
-			k := poolKey(s.Name, a.Account)
-			if a.Used > 0 {
-				held[k] = Held{Tokens: a.Used}
-			}
-			if r := push(m.tokens, k, sample{t: t, n: uint64(max(a.Used, 0))}); r >= 0.01 {
-				tokenRate[k] = r
-			}
-		}
 	}
 	return demand, tokenRate, held
 }
 
-// ReadUsage reads this node's counters from the engine.
+// ReadUsage reads this node's counters from the engine, every account's
+// pool included.
 func ReadUsage(eng *admission.Engine) Usage {
+	return readUsage(eng, func(s *admission.Service, buf []admission.PoolState) []admission.PoolState {
+		return append(buf, s.Pools()...)
+	})
+}
+
+// UsageReader reads this node's counters from the engine, of the
+// accounts' pools only those that changed since its last read (the
+// planner keeps the rest: see accountBook), so that a read costs what
+// moved, not the 100,000 accounts a farm may hold.
+type UsageReader struct {
+	eng     *admission.Engine
+	watch   admission.PoolWatch
+	watched bool
+	buf     []admission.PoolState
+}
+
+// NewUsageReader takes one of the engine's pool watches; when none is
+// left it reads every pool each time, as ReadUsage does.
+func NewUsageReader(eng *admission.Engine) *UsageReader {
+	w, err := eng.WatchPools()
+	return &UsageReader{eng: eng, watch: w, watched: err == nil}
+}
+
+// Read returns the counters now. Not safe for concurrent use.
+func (r *UsageReader) Read() Usage {
+	if !r.watched {
+		return ReadUsage(r.eng)
+	}
+	return readUsage(r.eng, func(s *admission.Service, buf []admission.PoolState) []admission.PoolState {
+		return s.ChangedPools(r.watch, buf)
+	})
+}
+
+// readUsage reads every service's counters, and of the accounts' pools
+// those pools returns.
+func readUsage(eng *admission.Engine, pools func(*admission.Service, []admission.PoolState) []admission.PoolState) Usage {
 	services := eng.Services()
 	now := eng.Now()
 	u := make(Usage, 0, len(services))
+	var buf []admission.PoolState
 	for _, s := range services {
 		st := s.Stats()
 		a := st.Admissions
@@ -66,7 +95,8 @@ func ReadUsage(eng *admission.Engine) Usage {
 		su := ServiceUsage{Name: s.Name(), Offered: a[admission.OK] + a[admission.CAPS] + a[admission.SESSIONS] + a[admission.TOKENS] + st.SpilledOut - st.SpilledIn,
 			Sessions: st.Sessions, Subscribers: st.Subscribers, PoolUsed: st.PoolUsed}
 		su.Depth, su.Avail = s.Bucket(now)
-		for _, p := range s.Pools() {
+		buf = pools(s, buf[:0])
+		for _, p := range buf {
 			if p.Account != "" {
 				su.Accounts = append(su.Accounts, AccountUsage{Account: p.Account, Size: p.Size, Used: p.Used})
 			}

@@ -246,4 +246,17 @@
 // account's allocation is a pool of its own, shared the same way under the
 // key service/account; allocations made through any node's admin API reach
 // every member (the latest wins) and travel in the state sync.
+//
+// Many accounts. A farm may hold 100,000 accounts, most of them idle at
+// any moment. The engine tells the planner only the pools that changed
+// (a pool watch, UsageReader); the planner keeps every account's state
+// (accountBook) and plans again only the budgets whose inputs moved, the
+// others being at a fixed point; the engine is given the budgets that
+// changed (Limits.AccountBudgets); and a report above deltaAbove entries
+// carries what changed and a hundredth of the rest in turn (a delta,
+// merged by the receiver; the first report after a join is whole). An
+// exchange of a member of three with 100,000 accounts, one of them
+// changing, takes about 3 ms (BenchmarkExchangeWithAccounts), where
+// planning and sending every account took 280 ms, more than the
+// exchange interval.
 package cluster

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"maps"
 	"math"
 	"slices"
 	"strings"
@@ -54,6 +55,19 @@ type Planner struct {
 	// plans it may still make (refilled at earlyRate) as of earlyAt.
 	lastPlan, earlyAt time.Time
 	early             float64
+	// seq numbers the reports sent; heldSent and appliedSent are what
+	// they told the others (deltas are made from them); sendWhole asks
+	// for the next report whole (a member joined).
+	seq     uint64
+	book    *accountBook
+	scratch []*acctEntry
+	// lastNames and lastFraction are the members and side fraction of the
+	// last exchange: when they change, every account is planned again.
+	lastNames    []string
+	lastFraction float64
+	heldSent     wireState[Held]
+	appliedSent  wireState[Share]
+	sendWhole    bool
 }
 
 // Early plans (PlanNow) come at least earlyGap after any plan and at most
@@ -96,7 +110,14 @@ func (p *Planner) earlyTokens(at time.Time) float64 {
 // view is what this node knows of another member.
 type view struct {
 	report Report
-	heard  time.Time // when its last report arrived
+	// owned: report's Held and Applied are this view's own (a delta may
+	// be merged into them); wholeSeq is the sender's last whole report,
+	// lastSeq its last report; namedHeld and namedApplied, the report
+	// that last named each entry since wholeSeq.
+	owned                   bool
+	wholeSeq, lastSeq       uint64
+	namedHeld, namedApplied map[string]uint64
+	heard                   time.Time // when its last report arrived
 	// joinedAt is when it last joined: a report heard before is stale.
 	joinedAt time.Time
 	dead     bool
@@ -113,11 +134,17 @@ type view struct {
 // its demand (attempts per second offered to the licence), the rate at
 // which it charges each token pool, what it holds (sessions, subscribers,
 // tokens charged and its token budget) and the parts it applies.
+//
+// Seq numbers a member's reports from 1 as it sends them; a Delta report
+// carries only part of Held and Applied (see deltaAbove), to be merged
+// into what the receiver holds of the sender.
 type Report struct {
 	Demand    map[string]float64 `json:"d"`
 	TokenRate map[string]float64 `json:"r,omitempty"`
 	Held      map[string]Held    `json:"h,omitempty"`
 	Applied   map[string]Share   `json:"a,omitempty"`
+	Seq       uint64             `json:"q,omitempty"`
+	Delta     bool               `json:"p,omitempty"`
 }
 
 // Usage is this node's counters at one instant, as the engine tells them.
@@ -167,7 +194,8 @@ type Plan struct {
 // NewPlanner returns the planner of node self under a partition policy,
 // for engines whose CAPS buckets are burst deep (admission.burst).
 func NewPlanner(self string, policy PolicyConfig, burst time.Duration) *Planner {
-	return &Planner{self: self, policy: policy, burst: burst.Seconds(), peers: map[string]*view{}, meter: newDemandMeter(),
+	return &Planner{self: self, policy: policy, burst: burst.Seconds(), peers: map[string]*view{}, meter: newDemandMeter(), sendWhole: true, book: newAccountBook(),
+		heldSent: wireState[Held]{eq: sameHeld}, appliedSent: wireState[Share]{eq: sameApplied},
 		side:    Side{State: SideWhole, Fraction: 1, Live: 1, Known: 1},
 		applied: map[string]Share{}, computed: map[string]Share{}, budget: map[string]int64{},
 		shares: map[string]map[string]float64{}, wanted: map[string]Share{}, saturated: map[string]bool{}, weight: map[string]float64{}, lent: map[string]float64{}}
@@ -194,32 +222,90 @@ func (p *Planner) Heard(now time.Time, from string, r Report) bool {
 		return false
 	}
 	v := p.peer(from)
-	old := v.report
-	v.report, v.heard, v.spilled = r, now, nil
+	if r.Delta && r.Seq <= v.lastSeq {
+		return false // an older report, arrived late
+	}
+	// What the report may change, for the tests below: every service
+	// this node plans is checked against what the sender said before.
+	type before struct {
+		applied Share
+		demand  float64
+		owed    int64
+	}
+	old := make(map[string]before, len(p.wanted))
+	for service := range p.wanted {
+		old[service] = before{v.report.Applied[service], v.report.Demand[service], v.report.Held[service].Owed}
+	}
+	v.take(r, func(key string) {
+		if isAccountKey(key) {
+			p.book.markKey(key)
+		}
+	})
+	v.heard, v.spilled = now, nil
 	urgent := false
-	for service, a := range r.Applied {
-		w, ok := p.wanted[service]
+	for service, w := range p.wanted {
+		a, ok := v.report.Applied[service]
 		if !ok {
 			continue
 		}
 		mine := p.applied[service]
-		prev := old.Applied[service]
-		if (a.CAPS < prev.CAPS && w.CAPS > mine.CAPS+1e-9) || (a.Depth < prev.Depth && w.Depth > mine.Depth+1e-9) {
+		prev := old[service]
+		if (a.CAPS < prev.applied.CAPS && w.CAPS > mine.CAPS+1e-9) || (a.Depth < prev.applied.Depth && w.Depth > mine.Depth+1e-9) {
 			return true
 		}
 		if p.saturated[service] {
 			continue
 		}
-		d, od := r.Demand[service], old.Demand[service]
+		d, od := v.report.Demand[service], prev.demand
 		if math.Abs(d-od) >= max(0.1*od, 1) {
 			urgent = true
 		}
 		// Its bucket owes more: this node would lend it a token or more.
-		if owed := float64(r.Held[service].Owed - old.Held[service].Owed); owed*p.weight[service] >= 1 {
+		if owed := float64(v.report.Held[service].Owed - prev.owed); owed*p.weight[service] >= 1 {
 			urgent = true
 		}
 	}
 	return urgent
+}
+
+// take makes a report what this view holds of its sender: a whole one
+// replaces it, a delta is merged into it. moved is told every Held entry
+// that changed.
+func (v *view) take(r Report, moved func(key string)) {
+	v.lastSeq = r.Seq
+	if !r.Delta {
+		for k, h := range r.Held {
+			if v.report.Held[k] != h {
+				moved(k)
+			}
+		}
+		for k := range v.report.Held {
+			if _, ok := r.Held[k]; !ok {
+				moved(k)
+			}
+		}
+		v.report, v.owned, v.wholeSeq, v.namedHeld, v.namedApplied = r, false, r.Seq, nil, nil
+		return
+	}
+	if !v.owned {
+		// The whole report may be shared with other receivers (the
+		// simulator's); merge into copies.
+		v.report.Held, v.report.Applied = maps.Clone(v.report.Held), maps.Clone(v.report.Applied)
+		if v.report.Held == nil {
+			v.report.Held = map[string]Held{}
+		}
+		if v.report.Applied == nil {
+			v.report.Applied = map[string]Share{}
+		}
+		v.owned, v.namedHeld, v.namedApplied = true, map[string]uint64{}, map[string]uint64{}
+	}
+	v.report.Demand, v.report.TokenRate = r.Demand, r.TokenRate
+	merge(v.report.Held, r.Held, v.namedHeld, r.Seq, sameHeld, moved)
+	merge(v.report.Applied, r.Applied, v.namedApplied, r.Seq, sameApplied, func(string) {})
+	if r.Seq%deltaRefresh == 0 && r.Seq > deltaExpire {
+		expire(v.report.Held, v.namedHeld, v.wholeSeq, r.Seq-deltaExpire, moved)
+		expire(v.report.Applied, v.namedApplied, v.wholeSeq, r.Seq-deltaExpire, func(string) {})
+	}
 }
 
 // Starved reports whether this node's bucket for service, with avail
@@ -240,6 +326,9 @@ func (p *Planner) Joined(now time.Time, name string) (back bool, since time.Time
 	}
 	v := p.peer(name)
 	back, since = v.dead, v.deadAt
+	// It knows nothing of what this node sent before; and it may have
+	// restarted, numbering its reports from 1 again.
+	p.sendWhole, v.lastSeq, p.book.allDirty = true, 0, true
 	v.dead, v.left, v.reclaimed, v.joinedAt = false, false, false, now
 	return back, since
 }
@@ -252,6 +341,7 @@ func (p *Planner) Gone(now time.Time, name string, graceful bool) {
 		return
 	}
 	v.dead, v.left, v.deadAt = true, graceful, now
+	p.book.allDirty = true
 }
 
 // Known reports whether name was ever heard of, and whether it is gone.
@@ -306,7 +396,9 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 	if now.Sub(p.localAt) < ReportSettle {
 		older = p.prior
 	}
-	demand, rate, held := p.meter.measure(u, now.Sub(p.start).Seconds())
+	t := now.Sub(p.start).Seconds()
+	demand, rate, held := p.meter.measure(u, t)
+	p.book.update(u, t, rate)
 	p.prior, p.local, p.localAt = p.local, Report{Demand: demand, TokenRate: rate, Held: held}, now
 
 	var failed []failure
@@ -319,13 +411,13 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 	side, reclaim := decideSide(now, p.policy, names, failed)
 	for _, name := range reclaim {
 		p.peers[name].reclaimed = true
+		p.book.allDirty = true
 	}
 	out := Plan{Side: side, SideChanged: side.State != p.side.State, Reclaimed: reclaim, Parts: map[string]Share{}}
 	p.side = side
 
-	pools := map[string][]AccountUsage{}
-	for _, s := range u {
-		pools[s.Name] = s.Accounts
+	if exchange {
+		p.markAccounts(names, side.Fraction)
 	}
 	self := slices.Index(names, p.self)
 	p.shares = map[string]map[string]float64{}
@@ -401,10 +493,12 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 		}
 		prevApplied := p.applied[service]
 		if !exchange {
-			sh.TokensShared, sh.TokensBudget, sh.AccountBudgets = prevApplied.TokensShared, prevApplied.TokensBudget, prevApplied.AccountBudgets
+			// No budget moves between exchanges.
+			sh.TokensShared, sh.TokensBudget = prevApplied.TokensShared, prevApplied.TokensBudget
 		} else if l.Tokens != admission.Unlimited && self >= 0 && p.clustered() {
+			old, ok := p.computed[service]
 			sh.TokensShared = true
-			sh.TokensBudget, sh.AccountBudgets = p.budgets(now, service, l.Tokens, pools[service], names, side.Fraction)
+			sh.TokensBudget, sh.AccountBudgets = p.budgets(now, service, l.Tokens, names, side.Fraction, !ok || !old.TokensShared)
 		}
 		// A fall applies at once. A rise goes no further than what the
 		// other live members' own reports leave free (riseCap): a member
@@ -448,18 +542,10 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 			Subscribers: rise(sh.Subscribers, prev.Subscribers, cp.Subscribers), TokensShared: sh.TokensShared, TokensBudget: sh.TokensBudget,
 			AccountBudgets: sh.AccountBudgets}
 		p.wanted[service] = Share{CAPS: sh.CAPS, Depth: sh.Depth}
-		// A token budget is reported one exchange before it applies.
+		// A token budget is reported one exchange before it applies (the
+		// accounts' budgets: see accountBook.settle).
 		if old, ok := p.computed[service]; exchange && ok && old.TokensShared {
 			applied.TokensBudget = min(sh.TokensBudget, old.TokensBudget)
-			applied.AccountBudgets = map[string]int64{}
-			for acct, b := range sh.AccountBudgets {
-				if ob, ok := old.AccountBudgets[acct]; ok {
-					b = min(b, ob)
-				} else {
-					b = 0 // new here: after its report
-				}
-				applied.AccountBudgets[acct] = b
-			}
 		}
 		if exchange {
 			p.computed[service] = sh
@@ -467,8 +553,28 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 		p.applied[service] = applied
 		out.Parts[service] = applied
 	}
+	if exchange {
+		p.book.allDirty = false
+	}
 	out.Report = p.report()
 	return out
+}
+
+// markAccounts makes dirty the accounts whose budget may move at this
+// exchange beyond those the book already knows of: every one when the
+// members or the side changed, and those a member charges.
+func (p *Planner) markAccounts(names []string, fraction float64) {
+	if !slices.Equal(names, p.lastNames) || fraction != p.lastFraction {
+		p.book.allDirty = true
+		p.lastNames, p.lastFraction = names, fraction
+	}
+	for _, v := range p.peers {
+		for key := range v.report.TokenRate {
+			if isAccountKey(key) {
+				p.book.markKey(key)
+			}
+		}
+	}
 }
 
 // roomFor bounds a rise of this node's part (from prev, capped at cp by
@@ -518,8 +624,28 @@ func (p *Planner) depth(licence, fraction, weight, own, owed float64) (part, len
 
 // report is what this node sends after a plan: its measured vectors, its
 // token budgets just planned (they apply at the next exchange, after the
-// others have them) and the parts it applies.
+// others have them) and the parts it applies; whole or as a delta (see
+// deltaAbove).
 func (p *Planner) report() Report {
+	r := p.servicesReport()
+	p.seq++
+	r.Seq = p.seq
+	if p.sendWhole || len(r.Held)+len(r.Applied)+len(p.book.byKey) <= deltaAbove {
+		p.sendWhole = false
+		p.heldSent.record(r.Held, r.Seq)
+		p.appliedSent.record(r.Applied, r.Seq)
+		p.book.report(r.Held, r.Seq, true)
+		return r
+	}
+	r.Delta = true
+	r.Held, r.Applied = p.heldSent.delta(r.Held, r.Seq), p.appliedSent.delta(r.Applied, r.Seq)
+	p.book.report(r.Held, r.Seq, false)
+	return r
+}
+
+// servicesReport is everything the others should know of this node now
+// but the accounts' pools.
+func (p *Planner) servicesReport() Report {
 	r := Report{Demand: p.local.Demand, TokenRate: p.local.TokenRate, Held: make(map[string]Held, len(p.local.Held)),
 		Applied: make(map[string]Share, len(p.applied))}
 	for key, h := range p.local.Held {
@@ -589,12 +715,15 @@ func rise(computed, prev, cp float64) float64 {
 func (p *Planner) clustered() bool { return len(p.peers) > 0 }
 
 // budgets plans this node's budgets of a service's pool and of its
-// accounts' allocations.
-func (p *Planner) budgets(now time.Time, service string, licensed int64, accounts []AccountUsage, names []string, fraction float64) (int64, map[string]int64) {
+// accounts' allocations: the budget of its pool, and the budgets of the
+// accounts the engine must apply (those that moved; see accountBook).
+// first: the pool was not shared at the exchange before.
+func (p *Planner) budgets(now time.Time, service string, licensed int64, names []string, fraction float64, first bool) (int64, map[string]int64) {
 	self := slices.Index(names, p.self)
+	rates := make([]float64, len(names))
 	part := func(key string) float64 {
-		rates := make([]float64, len(names))
 		for i, n := range names {
+			rates[i] = 0
 			if n == p.self {
 				rates[i] = p.local.TokenRate[key]
 			} else if v := p.peers[n]; v != nil && p.fresh(now, v) {
@@ -603,25 +732,29 @@ func (p *Planner) budgets(now time.Time, service string, licensed int64, account
 		}
 		return AllocateHeld(fraction, rates)[self]
 	}
-	allocated := int64(0)
-	budgets := map[string]int64{}
-	for _, a := range accounts {
-		allocated = admission.SatAdd(allocated, a.Size)
-		key := poolKey(service, a.Account)
-		budgets[a.Account] = p.tokenBudget(key, a.Size, part(key))
+	changed := map[string]int64{}
+	p.scratch = p.book.take(service, p.book.allDirty, p.scratch[:0])
+	for _, e := range p.scratch {
+		next := p.tokenBudget(e.key, e.size, part(e.key), max(e.used, 0), e.budget, e.planned)
+		if applied, give := p.book.settle(e, next, first); give {
+			changed[e.account] = applied
+		}
 	}
-	return p.tokenBudget(service, max(licensed-allocated, 0), part(service)), budgets
+	clear(p.scratch)
+	cur, planned := p.budget[service]
+	next := p.tokenBudget(service, max(licensed-p.book.allocated[service], 0), part(service), p.local.Held[service].Tokens, cur, planned)
+	p.budget[service] = next
+	return next, changed
 }
 
 // tokenBudget plans this node's budget for a token pool: how much it may
-// have charged the pool in all. Budgets are escrow: each member reports
-// its budget and the others hold it reserved, so that while reports arrive
-// within an exchange interval the budgets never add up to more than the
-// pool (see the package doc). part is this node's fraction of what is
-// left, by the rate each member charges the pool.
-func (p *Planner) tokenBudget(key string, pool int64, part float64) int64 {
-	used := p.local.Held[key].Tokens
-	cur, planned := p.budget[key]
+// have charged the pool in all, from what it charged (used) and its
+// budget as last planned (cur; planned false: never). Budgets are escrow:
+// each member reports its budget and the others hold it reserved, so that
+// while reports arrive within an exchange interval the budgets never add
+// up to more than the pool (see the package doc). part is this node's
+// fraction of what is left, by the rate each member charges the pool.
+func (p *Planner) tokenBudget(key string, pool int64, part float64, used, cur int64, planned bool) int64 {
 	if !planned {
 		cur = used
 	}
@@ -647,9 +780,7 @@ func (p *Planner) tokenBudget(key string, pool int64, part float64) int64 {
 		// has reserved.
 		next = min(target, admission.SatAdd(cur, admission.PartOf(part, max(free, 0))))
 	}
-	next = max(next, used)
-	p.budget[key] = next
-	return next
+	return max(next, used)
 }
 
 // Side returns the side as last planned.

@@ -23,17 +23,21 @@ import (
 func BenchmarkReportSize(b *testing.B) {
 	for _, c := range []struct{ services, accounts int }{{1, 0}, {10, 0}, {100, 0}, {1000, 0}, {1, 100}, {10, 100}, {100, 100}, {1000, 100}} {
 		b.Run(fmt.Sprintf("services=%d/accounts=%d", c.services, c.accounts), func(b *testing.B) {
-			size := reportSize(c.services, c.accounts)
+			size, idle := reportSize(c.services, c.accounts)
 			b.ReportMetric(float64(size), "bytes/report")
 			b.ReportMetric(float64(size)/float64(max(c.services*(1+c.accounts), 1)), "bytes/pool")
+			b.ReportMetric(float64(idle), "idle-bytes/report")
 		})
 	}
 }
 
 // reportSize is the size of a member's report after two exchanges in which
 // each of services services offered attempts, held sessions and charged
-// tokens to its pool and to each of accounts accounts.
-func reportSize(services, accounts int) int {
+// tokens to its pool and to each of accounts accounts (every entry
+// changed: a delta as large as a whole report), and after as many
+// exchanges again in which nothing changed (a delta: the entries whose
+// turn it is to be refreshed).
+func reportSize(services, accounts int) (busy, idle int) {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	live := []string{"a", "b", "c"}
 	p := NewPlanner("a", PolicyConfig{ReclaimAfter: 3 * time.Second}, 100*time.Millisecond)
@@ -46,20 +50,27 @@ func reportSize(services, accounts int) int {
 			Subscribers: 100000, Tokens: 1 << 40}
 	}
 	var r Report
-	for step := range 3 {
+	size := func() int {
+		msg, _ := json.Marshal(demandMsg{Node: "a", HeadSeq: 123456, HeadHash: "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", Report: r})
+		return len(msg) + 1
+	}
+	for step := range 3 + 3*deltaRepeat {
+		if step == 3 {
+			busy = size()
+		}
+		use := min(step, 2)
 		var u Usage
 		for s := range services {
-			su := ServiceUsage{Name: fmt.Sprintf("svc-%04d", s), Offered: uint64(step * 100), Sessions: 50,
-				Subscribers: 500, PoolUsed: int64(step * 1000), Depth: 100, Avail: 60}
+			su := ServiceUsage{Name: fmt.Sprintf("svc-%04d", s), Offered: uint64(use * 100), Sessions: 50,
+				Subscribers: 500, PoolUsed: int64(use * 1000), Depth: 100, Avail: 60}
 			for a := range accounts {
-				su.Accounts = append(su.Accounts, AccountUsage{Account: fmt.Sprintf("acct-%05d", a), Size: 1 << 20, Used: int64(step * 10)})
+				su.Accounts = append(su.Accounts, AccountUsage{Account: fmt.Sprintf("acct-%05d", a), Size: 1 << 20, Used: int64(use * 10)})
 			}
 			u = append(u, su)
 		}
 		r = p.Plan(t0.Add(time.Duration(step)*ExchangeInterval), live, lic, u).Report
 	}
-	msg, _ := json.Marshal(demandMsg{Node: "a", HeadSeq: 123456, HeadHash: "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", Report: r})
-	return len(msg) + 1
+	return busy, size()
 }
 
 // A report too large for a UDP packet (3,000 services with traffic, their

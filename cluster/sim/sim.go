@@ -245,6 +245,7 @@ type node struct {
 	name    string
 	planner *cluster.Planner
 	engine  *admission.Engine
+	usage   *cluster.UsageReader
 	shares  *cluster.Shares
 	phase   int64 // its exchange's offset in the interval
 	// counted per 10 ms bin and per Step
@@ -394,7 +395,7 @@ func Run(sc Scenario) (Result, error) {
 			first += eng.Service(s).Stats().Limits.CAPS
 		}
 		n := &node{name: name, planner: cluster.NewPlanner(name, cluster.PolicyConfig{ReclaimAfter: 3 * time.Second}, eng.Config().Burst),
-			engine: eng, shares: sh, phase: netRng.Int64N(interval),
+			engine: eng, usage: cluster.NewUsageReader(eng), shares: sh, phase: netRng.Int64N(interval),
 			admittedBins: make([]int64, bins), lastRefusal: -1, early: -1,
 			series: NodeSeries{Name: name, Offered: make([]int64, steps), Admitted: make([]int64, steps), Limit: append([]float64{first}, slices.Repeat([]float64{-1}, steps-1)...), RefusedBelow: make([]int64, steps)}}
 		// A formed farm that has exchanged reports before the licence came.
@@ -608,7 +609,7 @@ func Run(sc Scenario) (Result, error) {
 				continue
 			}
 			clk.Set(base + e.at)
-			u := cluster.ReadUsage(n.engine)
+			u := n.usage.Read()
 			var p cluster.Plan
 			if e.early {
 				n.early = -1

@@ -1,0 +1,180 @@
+package cluster
+
+import (
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/capsgate/capsgate/admission"
+)
+
+// accountFarm drives member a's planner, of a farm of a and b, with one
+// service whose pool is allocated to accounts accounts.
+type accountFarm struct {
+	t0    time.Time
+	live  []string
+	lic   map[string]admission.Limits
+	a     *Planner
+	used  map[string]int64 // by account of svc; absent: not allocated
+	old   int64            // sessions of a second service, "old"
+	steps int
+}
+
+func newAccountFarm(accounts int) *accountFarm {
+	f := &accountFarm{t0: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), live: []string{"a", "b"},
+		lic: map[string]admission.Limits{"svc": {Licensed: true, CAPS: 1000, Sessions: 1000, Subscribers: 1000, Tokens: 1 << 40}},
+		a:   NewPlanner("a", PolicyConfig{ReclaimAfter: 3 * time.Second}, 100*time.Millisecond), used: map[string]int64{}}
+	f.a.Joined(f.t0.Add(-time.Second), "b")
+	for i := range accounts {
+		f.used[fmt.Sprintf("acct-%06d", i)] = 0
+	}
+	return f
+}
+
+// step plans one exchange and returns a's report.
+func (f *accountFarm) step() Report {
+	su := ServiceUsage{Name: "svc", Offered: uint64(f.steps), Depth: 100, Avail: 100}
+	for acct, used := range f.used {
+		su.Accounts = append(su.Accounts, AccountUsage{Account: acct, Size: 1 << 20, Used: used})
+	}
+	u := Usage{su}
+	if _, ok := f.lic["old"]; ok {
+		u = append(u, ServiceUsage{Name: "old", Sessions: f.old, Depth: 100, Avail: 100})
+	}
+	f.steps++
+	return f.a.Plan(f.t0.Add(time.Duration(f.steps)*ExchangeInterval), f.live, f.lic, u).Report
+}
+
+// Above deltaAbove entries a member's reports carry what changed and a
+// slice of the rest in turn: a member that loses a third of them at
+// random still holds, once the changes stop, exactly what a whole report
+// would tell it, removed accounts forgotten; and an idle farm's report
+// weighs a small part of the whole one.
+func TestDeltaReportsConverge(t *testing.T) {
+	f := newAccountFarm(2000)
+	b := NewPlanner("b", PolicyConfig{ReclaimAfter: 3 * time.Second}, 100*time.Millisecond)
+	b.Joined(f.t0.Add(-time.Second), "a")
+	rng := rand.New(rand.NewPCG(7, 7))
+	deltas, lost := 0, 0
+	next := 2000
+	for i := range 300 {
+		// Charges to 20 accounts, 2 accounts removed and 2 allocated.
+		for range 20 {
+			acct := fmt.Sprintf("acct-%06d", rng.IntN(next))
+			if _, ok := f.used[acct]; ok {
+				f.used[acct] += int64(1 + rng.IntN(50))
+			}
+		}
+		for range 2 {
+			delete(f.used, fmt.Sprintf("acct-%06d", rng.IntN(next)))
+			f.used[fmt.Sprintf("acct-%06d", next)] = 0
+			next++
+		}
+		r := f.step()
+		if r.Delta {
+			deltas++
+		}
+		if i > 0 && rng.Float64() < 1.0/3 {
+			lost++
+			continue
+		}
+		b.Heard(f.t0, "a", r)
+	}
+	require.Greater(t, deltas, 290)
+	require.Greater(t, lost, 80)
+	// Quiet: every entry is refreshed within deltaRefresh reports, and one
+	// removed while every report that said so was lost is forgotten after
+	// deltaExpire.
+	for range deltaExpire + deltaRefresh {
+		b.Heard(f.t0, "a", f.step())
+	}
+	want := everything(f.a)
+	got := b.peers["a"].report
+	require.Equal(t, want.Held, got.Held)
+	// A part of zero is as good as none (the receiver forgets it).
+	for k, v := range want.Applied {
+		require.True(t, sameApplied(v, got.Applied[k]), k)
+	}
+	for k := range got.Applied {
+		require.Contains(t, want.Applied, k)
+	}
+	// 2,000 accounts, every one budgeted: the idle delta names the ones
+	// whose turn it is.
+	whole, _ := json.Marshal(want)
+	delta, _ := json.Marshal(f.step())
+	require.Less(t, len(delta)*deltaRefresh, 2*len(whole), "idle delta %d bytes, whole %d", len(delta), len(whole))
+}
+
+// A member that joins gets a whole report first; so does every member
+// after any join (a restarted one numbers its reports from 1 again).
+func TestDeltaReportsWholeAfterAJoin(t *testing.T) {
+	f := newAccountFarm(deltaAbove + 10)
+	require.False(t, f.step().Delta)
+	require.True(t, f.step().Delta)
+	require.True(t, f.step().Delta)
+	f.a.Joined(f.t0, "c")
+	require.False(t, f.step().Delta)
+	require.True(t, f.step().Delta)
+	// At deltaAbove entries or fewer, every report is whole.
+	small := newAccountFarm(10)
+	for range 5 {
+		require.False(t, small.step().Delta)
+	}
+}
+
+// A delta older than the last report heard (a packet that arrived late)
+// changes nothing.
+func TestLateDeltaIgnored(t *testing.T) {
+	f := newAccountFarm(deltaAbove + 10)
+	b := NewPlanner("b", PolicyConfig{}, 100*time.Millisecond)
+	b.Heard(f.t0, "a", f.step())
+	f.used["acct-000001"] = 5
+	late := f.step()
+	f.used["acct-000001"] = 9
+	b.Heard(f.t0, "a", f.step())
+	require.Equal(t, int64(9), b.peers["a"].report.Held["svc/acct-000001"].Tokens)
+	b.Heard(f.t0, "a", late)
+	require.Equal(t, int64(9), b.peers["a"].report.Held["svc/acct-000001"].Tokens)
+}
+
+// An entry removed (a service's sessions back to 0) while every report
+// that said so was lost is forgotten once the sender has not named it for
+// deltaExpire reports; idle ones are refreshed and stay.
+func TestDeltaForgetsWhatIsNoLongerNamed(t *testing.T) {
+	f := newAccountFarm(deltaAbove + 10)
+	f.lic["old"] = admission.Limits{Licensed: true, CAPS: 1000, Sessions: 1000, Subscribers: 1000, Tokens: admission.Unlimited}
+	f.old = 5
+	b := NewPlanner("b", PolicyConfig{}, 100*time.Millisecond)
+	b.Heard(f.t0, "a", f.step())
+	b.Heard(f.t0, "a", f.step())
+	require.Equal(t, int64(5), b.peers["a"].report.Held["old"].Sessions)
+	f.old = 0
+	for range deltaRepeat {
+		f.step() // lost
+	}
+	for range deltaExpire - deltaRepeat - 2 {
+		b.Heard(f.t0, "a", f.step())
+	}
+	require.Contains(t, b.peers["a"].report.Held, "old", "forgotten too soon")
+	for range deltaRefresh {
+		b.Heard(f.t0, "a", f.step())
+	}
+	require.NotContains(t, b.peers["a"].report.Held, "old")
+	require.Contains(t, b.peers["a"].report.Held, "svc/acct-000004")
+	require.Equal(t, everything(f.a).Held, b.peers["a"].report.Held)
+}
+
+// everything is what a whole report of p would say now.
+func everything(p *Planner) Report {
+	r := p.servicesReport()
+	for _, e := range p.book.byKey {
+		if h := e.held(); h != (Held{}) {
+			r.Held[e.key] = h
+		}
+	}
+	return r
+}
