@@ -15,6 +15,7 @@ package registry
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -93,6 +94,11 @@ type Registry struct {
 	now      time.Time       // effective time of the last evaluation
 	period   int64           // the usage period of now (PeriodOf), as last applied
 	services map[string]bool // services ever given limits
+	// verified maps a licence document's digest to its id once it has
+	// verified: every member's state sync carries every licence, and a
+	// farm of 1,000 would otherwise verify 1,000 signatures again at each
+	// push-pull (a hint, checked against lics, never trusted alone).
+	verified map[[sha256.Size]byte]string
 	// warnedAhead: a peer's mark too far ahead was logged (once per episode).
 	warnedAhead bool
 }
@@ -122,7 +128,7 @@ func Open(cfg Config) (*Registry, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Registry{cfg: cfg, guard: g, lics: map[string]*entry{}, revoked: map[string]string{},
+	r := &Registry{cfg: cfg, guard: g, lics: map[string]*entry{}, revoked: map[string]string{}, verified: map[[sha256.Size]byte]string{},
 		revs: map[string]bool{}, revDocs: map[string][]byte{}, services: map[string]bool{}}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -295,10 +301,21 @@ func (b *batch) revokedBy(id string) (string, bool) {
 
 func (b *batch) addLicense(armored []byte) (Result, error) {
 	r := b.r
+	digest := sha256.Sum256(armored)
+	if id, ok := r.verified[digest]; ok {
+		// The same bytes as a licence loaded here: nothing to verify
+		// again, nothing to load (unless it was revoked since).
+		if e := r.lics[id]; e != nil && bytes.Equal(e.armored, armored) {
+			if _, revoked := b.revokedBy(id); !revoked || !b.persist {
+				return Result{Kind: "license", ID: id, Service: e.lic.Service, State: string(e.state)}, nil
+			}
+		}
+	}
 	l, err := r.cfg.Keys.Verify(armored)
 	if err != nil {
 		return Result{}, classify(err)
 	}
+	r.verified[digest] = l.ID
 	res := Result{Kind: "license", ID: l.ID, Service: l.Service}
 	if !l.AppliesTo(r.cfg.ClusterID) {
 		return res, refuse(ReasonWrongCluster, "licence %s is bound to cluster %q; this node's cluster_id is %q", l.ID, l.Cluster, r.cfg.ClusterID)

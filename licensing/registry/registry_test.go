@@ -347,3 +347,25 @@ func TestStoredFilesBounded(t *testing.T) {
 	_, err := Open(Config{Dir: f.dir})
 	require.EqualError(t, err, "cannot read the clock high-water mark: "+mark+": not a regular file (a FIFO)")
 }
+
+// The same licence document again (every member's state sync carries
+// every licence) is answered from what was loaded, not verified again; a
+// licence revoked since is still refused.
+func TestSameDocumentAgain(t *testing.T) {
+	f := newFixture(t)
+	doc := f.sign(licensing.License{ID: "a", Service: "voice", CAPS: 500})
+	first, err := f.reg.Add(doc)
+	require.NoError(t, err)
+	require.True(t, first.New)
+	again, err := f.reg.Add(doc)
+	require.NoError(t, err)
+	first.New = false
+	require.Equal(t, first, again)
+	rev, err := f.key.Revoke(&licensing.Revocation{ID: "rev-a", Revokes: []string{"a"}, Reason: "test"}, f.wall)
+	require.NoError(t, err)
+	_, err = f.reg.Add(rev)
+	require.NoError(t, err)
+	_, err = f.reg.Add(doc)
+	reasonIs(t, err, ReasonRevoked)
+	require.Equal(t, 0.0, f.limits("voice").CAPS)
+}
