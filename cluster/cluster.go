@@ -152,6 +152,9 @@ type Cluster struct {
 	streaming map[string]bool
 	planner   *Planner
 	usage     *UsageReader // read by the exchange loop only
+	// allocationsSent is when the state sync last carried the account
+	// allocations (guarded by mu).
+	allocationsSent time.Time
 
 	wake    chan struct{} // a report calls for an early plan
 	forward chan op       // RELEASE/DEREGISTER/claims for other members
@@ -376,10 +379,10 @@ func (c *Cluster) exchange() {
 // half of what it was planned to hold (Planner.Starved).
 func (c *Cluster) starved() bool {
 	now := c.cfg.Engine.Now()
-	licensed := c.cfg.Shares.Licensed()
+	licensed := c.cfg.Shares.LicensedNames()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for service := range licensed {
+	for _, service := range licensed {
 		if s := c.cfg.Engine.Service(service); s != nil {
 			if _, avail := s.Bucket(now); c.planner.Starved(service, avail) {
 				return true
@@ -624,6 +627,22 @@ func (c *Cluster) LocalName() string { return c.cfg.NodeName }
 // delegate implements memberlist.Delegate.
 type delegate Cluster
 
+// AllocationSync is how often the state sync carries the account
+// allocations (besides a join): see LocalState.
+const AllocationSync = time.Minute
+
+// allocationsDue reports whether the allocations go in this state sync,
+// and if so notes it.
+func (d *delegate) allocationsDue(now time.Time) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if now.Sub(d.allocationsSent) < AllocationSync {
+		return false
+	}
+	d.allocationsSent = now
+	return true
+}
+
 // NodeMeta publishes version, RESP address and max_caps.
 func (d *delegate) NodeMeta(limit int) []byte {
 	b, _ := json.Marshal(meta{Version: Version, RESPAddr: d.cfg.RESPAddr, Admin: d.cfg.AdminAddr, MaxCAPS: d.cfg.MaxCAPS})
@@ -703,10 +722,16 @@ type state struct {
 	Accounts  map[string]map[string]meter.Allocation `json:"accounts,omitempty"`
 }
 
-// LocalState is this node's licences, revocations and clock mark.
+// LocalState is this node's licences, revocations and clock mark, and
+// its account allocations when a member joins and at most once every
+// AllocationSync otherwise: they reach every member as they are made
+// (SpreadAllocation, replayed to a member that comes back), and the
+// state sync only repairs what that missed; 100,000 of them are 7 MB of
+// JSON, which every push-pull (every 5 s) would otherwise send, compress
+// and read.
 func (d *delegate) LocalState(join bool) []byte {
 	st := state{Documents: d.cfg.Licences.Documents(), ClockMark: d.cfg.Licences.ClockMark()}
-	if d.cfg.Accounts != nil {
+	if d.cfg.Accounts != nil && (join || d.allocationsDue(time.Now())) {
 		st.Accounts = d.cfg.Accounts.Allocations()
 	}
 	b, _ := json.Marshal(st)

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"slices"
 	"sync"
 
 	"github.com/capsgate/capsgate/admission"
@@ -18,7 +19,10 @@ type Shares struct {
 
 	mu     sync.Mutex // guards the fields below
 	limits map[string]admission.Limits
-	share  map[string]Share // this node's part; absent: an even part
+	// names are the licensed services, sorted, rebuilt when a licence
+	// comes or goes (LicensedNames hands it out: never written after).
+	names []string
+	share map[string]Share // this node's part; absent: an even part
 	// members is how many live members the cluster last saw: a licence
 	// new here applies an even part of it until the next exchange plans
 	// this node's part (a node alone, or before the cluster runs: all).
@@ -60,8 +64,28 @@ func NewShares(sink admission.LimitSetter) *Shares {
 func (s *Shares) SetLimits(service string, l admission.Limits) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if old, ok := s.limits[service]; !ok || old.Licensed != l.Licensed {
+		s.names = nil
+	}
 	s.limits[service] = l
 	return s.applyLocked(service)
+}
+
+// LicensedNames returns the licensed services, sorted; the caller must
+// not change the slice. Cheap: the cluster asks it every StarvedCheck.
+func (s *Shares) LicensedNames() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.names == nil {
+		s.names = make([]string, 0, len(s.limits))
+		for name, l := range s.limits {
+			if l.Licensed {
+				s.names = append(s.names, name)
+			}
+		}
+		slices.Sort(s.names)
+	}
+	return s.names
 }
 
 // Licensed returns the cluster-wide limits of every licensed service.
