@@ -72,12 +72,14 @@ type MemberlistTraffic struct {
 	Gossip float64
 	// PushPull: every PushPullEvery the node opens a TCP push-pull with one
 	// member, and on average one member opens one with it; both sides send
-	// their whole state (every member's entry, then LocalState: licences
-	// and allocations), so 2 × StateBytes / PushPullEvery.
+	// their whole state (every member's entry, then LocalState: licences),
+	// so 2 × StateBytes / PushPullEvery; and the account allocations, at
+	// most once every AllocationSync: AllocationBytes / AllocationSync.
 	PushPull      float64
 	PushPullEvery time.Duration
-	// Ping, Ack and StateBytes are the sizes of one message of each.
-	Ping, Ack, StateBytes int
+	// Ping, Ack and StateBytes are the sizes of one message of each;
+	// AllocationBytes what the allocations add to a state.
+	Ping, Ack, StateBytes, AllocationBytes int
 }
 
 // Total is the bytes per second the node sends.
@@ -85,8 +87,8 @@ func (t MemberlistTraffic) Total() float64 { return t.Probes + t.Gossip + t.Push
 
 // Formula states how t is computed, for a report.
 func (t MemberlistTraffic) Formula() string {
-	return fmt.Sprintf("(ping %d + ack %d) / %v + 2 × state %d / %v (push-pull) + gossip (every %v to %d members: only membership news, 0 when steady)",
-		t.Ping, t.Ack, mlProbeInterval, t.StateBytes, t.PushPullEvery, mlGossipInterval, mlGossipNodes)
+	return fmt.Sprintf("(ping %d + ack %d) / %v + 2 × state %d / %v (push-pull) + allocations %d / %v + gossip (every %v to %d members: only membership news, 0 when steady)",
+		t.Ping, t.Ack, mlProbeInterval, t.StateBytes, t.PushPullEvery, t.AllocationBytes, AllocationSync, mlGossipInterval, mlGossipNodes)
 }
 
 // EstimateMemberlist estimates memberlist's own traffic on a node of a farm
@@ -126,16 +128,19 @@ func EstimateMemberlist(l MemberlistLoad) MemberlistTraffic {
 		}
 	}
 	local, _ := json.Marshal(st)
+	withAllocations := len(local)
+	st.Accounts = nil
+	local, _ = json.Marshal(st)
 	stateBytes := 1 + 34 + l.Members*entry + len(local) + mlStreamFraming
 	every := mlPushPullInterval
 	if l.Members > mlPushPullScaleThreshold {
 		// memberlist's pushPullScale.
 		every *= time.Duration(math.Ceil(math.Log2(float64(l.Members))-math.Log2(mlPushPullScaleThreshold)) + 1)
 	}
-	t := MemberlistTraffic{Ping: ping, Ack: ack, StateBytes: stateBytes, PushPullEvery: every,
+	t := MemberlistTraffic{Ping: ping, Ack: ack, StateBytes: stateBytes, AllocationBytes: withAllocations - len(local), PushPullEvery: every,
 		Probes: float64(ping+ack) / mlProbeInterval.Seconds()}
 	if l.Members > 1 {
-		t.PushPull = 2 * float64(stateBytes) / every.Seconds()
+		t.PushPull = 2*float64(stateBytes)/every.Seconds() + float64(t.AllocationBytes)/AllocationSync.Seconds()
 	}
 	if l.Members <= 1 {
 		t.Probes = 0
