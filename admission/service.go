@@ -54,6 +54,8 @@ type Service struct {
 	licensedSessions int64
 	// subscribers by subscriber key.
 	subscribers table[struct{}]
+	// warmed keeps what Warm read, so that its reads are made.
+	warmed int64
 	// consumed remembers CONSUME ID keys with the decision they got.
 	consumed table[Decision]
 	// tokens is the service's unallocated pool (licensed tokens less the

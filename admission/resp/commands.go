@@ -26,7 +26,10 @@ type ConnState struct {
 	info   clientInfo // name and library (CLIENT SETNAME, SETINFO), for CLIENT LIST
 	tx     *txQueue   // commands queued since MULTI; nil outside a transaction
 	args   [][]byte
-	loop   *loopStats
+	// warmArgs and warmKeys are warm's scratch.
+	warmArgs [][]byte
+	warmKeys []admission.Key
+	loop     *loopStats
 	// commands counts the commands of the current read, for the histogram.
 	commands int
 	// outBudget bounds the replies of one Handle call (0: no bound): once
@@ -263,6 +266,7 @@ func (h *Handler) mustWait(cs *ConnState, name []byte) bool {
 // state and is safe for concurrent use by every event loop.
 type Handler struct {
 	eng      *admission.Engine
+	noWarm   bool   // the benchmarks' comparison: no warm pass
 	password []byte // nil: AUTH is not required
 	started  time.Time
 	stats    func() (conns int64) // for INFO; may be nil
@@ -320,6 +324,9 @@ func NewHandler(eng *admission.Engine, password string) *Handler {
 func (h *Handler) Handle(now int64, cs *ConnState, in, out []byte) (n int, _ []byte, closeConn bool) {
 	cs.more, cs.blocked = false, false
 	start := len(out)
+	if len(in) >= warmFrom && cs.tx == nil && !h.noWarm {
+		h.warm(cs, in)
+	}
 	for n < len(in) {
 		if cs.outBudget > 0 && len(out)-start+len(cs.held) >= cs.outBudget {
 			cs.more = true

@@ -2,6 +2,7 @@ package resp
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -170,6 +171,14 @@ func TestHandleAllocatesNothing(t *testing.T) {
 	f("admit call + release", cmd("ADMIT", "demo", "CALL", "a84b4c76e66710@pc33.atlanta.example.com", "ACCOUNT", "acme")+
 		cmd("RELEASE", "demo", "a84b4c76e66710@pc33.atlanta.example.com", "SECONDS", "61"))
 	f("register", cmd("REGISTER", "demo", "sip:alice@atlanta.example.com", "TTL", "3600"))
+	var pipe strings.Builder // warmed first (warm.go)
+	for i := range 16 {
+		pipe.WriteString(cmd("REGISTER", "demo", fmt.Sprintf("sip:%d@atlanta.example.com", i), "TTL", "3600"))
+	}
+	for i := range 16 {
+		pipe.WriteString(cmd("ADMIT", "demo", "CALL", fmt.Sprintf("call-%d", i)))
+	}
+	f("register and admit pipeline", pipe.String())
 	f("consume", cmd("CONSUME", "demo", "acme", "1"))
 	f("ping", cmd("PING"))
 }
@@ -205,4 +214,49 @@ func BenchmarkHandleRegister(b *testing.B) {
 // BenchmarkHandlePipeline100 is 100 pipelined ADMITs in one read.
 func BenchmarkHandlePipeline100(b *testing.B) {
 	benchHandle(b, strings.Repeat(cmd("ADMIT", "demo"), 100))
+}
+
+// BenchmarkHandleRegisterPipelineFull is a pipeline of 16 REGISTERs per
+// read (half a million subscribers in turn, new then refreshed) into a
+// table holding nothing else or 2 M more (far larger than the cache),
+// with and without the warm pass that touches the 16 keys' places first
+// (warm.go).
+//
+//	go test ./admission/resp -run '^$' -bench RegisterPipelineFull -benchtime 200000x
+func BenchmarkHandleRegisterPipelineFull(b *testing.B) {
+	const batch = 16
+	for _, c := range []struct {
+		full int
+		warm bool
+	}{{0, false}, {0, true}, {2_000_000, false}, {2_000_000, true}} {
+		full, warm := c.full, c.warm
+		b.Run(fmt.Sprintf("entries=%d/warm=%v", full, warm), func(b *testing.B) {
+			c := newTestConn(b, "")
+			c.h.noWarm = !warm
+			require.NoError(b, c.h.eng.SetLimits("demo", admission.Limits{Licensed: true, CAPS: 1e9, Sessions: 1 << 30,
+				Subscribers: admission.Unlimited, Tokens: admission.Unlimited}))
+			now := c.clk.Now()
+			for i := range full {
+				c.h.eng.Register(now, []byte("demo"), []byte("sip:filler-"+strconv.Itoa(i)), 3600)
+			}
+			// Reads of new subscribers, made before the clock starts.
+			reads := make([][]byte, 32768)
+			for r := range reads {
+				var sb strings.Builder
+				for k := range batch {
+					sb.WriteString(cmd("REGISTER", "demo", fmt.Sprintf("sip:new-%d-%d", r, k), "TTL", "3600"))
+				}
+				reads[r] = []byte(sb.String())
+			}
+			out := make([]byte, 0, 64<<10)
+			b.ReportAllocs()
+			b.ResetTimer()
+			i := 0
+			for b.Loop() {
+				c.h.Handle(c.clk.Now(), c.cs, reads[i%len(reads)], out[:0])
+				i++
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(i*batch), "ns/register")
+		})
+	}
 }
