@@ -780,7 +780,30 @@ func (p *Planner) tokenBudget(key string, pool int64, part float64, used, cur in
 		// has reserved.
 		next = min(target, admission.SatAdd(cur, admission.PartOf(part, max(free, 0))))
 	}
-	return max(next, used)
+	next = max(next, used)
+	if planned && next != cur && cur > used && absDiff(next, cur) <= (cur-used)/budgetSlack {
+		// A move within a budgetSlack-th of the room left is not made:
+		// under load the members' rates, and so every busy pool's budget,
+		// move a little at every exchange, and each move is a change that
+		// every report must carry (see deltaAbove). Keeping the budget is
+		// safe either way: the others hold it reserved as reported, and a
+		// rise not taken only leaves room to them. As the room runs out,
+		// every move is made.
+		return cur
+	}
+	return next
+}
+
+// budgetSlack: a budget moves only by more than this fraction of the room
+// it leaves (see tokenBudget).
+const budgetSlack = 16
+
+// absDiff is |a − b| without overflow.
+func absDiff(a, b int64) int64 {
+	if a > b {
+		return admission.SatSub(a, b)
+	}
+	return admission.SatSub(b, a)
 }
 
 // Side returns the side as last planned.

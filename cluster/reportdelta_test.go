@@ -178,3 +178,30 @@ func everything(p *Planner) Report {
 	}
 	return r
 }
+
+// A budget moves only by more than a sixteenth of the room it leaves, so
+// that the small moves a busy pool's budget makes at every exchange (the
+// members' rates change a little) are not changes every report carries;
+// as the room runs out, every move is made.
+func TestBudgetKeepsSmallMoves(t *testing.T) {
+	p := NewPlanner("a", PolicyConfig{}, 100*time.Millisecond)
+	// No other member: the target is used + part × (pool − used).
+	for _, c := range []struct {
+		part      float64
+		used, cur int64
+		planned   bool
+		want      int64
+		why       string
+	}{
+		{0.5, 100, 600, true, 550, "a fall of 50, over a sixteenth of the room (31)"},
+		{0.53, 100, 600, true, 600, "a fall of 23: kept"},
+		{0.56, 100, 600, true, 600, "a rise of 4: kept"},
+		{0.6, 100, 600, true, 640, "a rise of 40: made"},
+		{0.53, 100, 600, false, 577, "never planned: no budget to keep"},
+		{0.5, 590, 600, true, 795, "little room left: every move is made"},
+		{0.5, 600, 600, true, 800, "none left"},
+		{0, 0, 0, true, 0, "zero"},
+	} {
+		require.Equal(t, c.want, p.tokenBudget("k", 1000, c.part, c.used, c.cur, c.planned), c.why)
+	}
+}
