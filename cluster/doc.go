@@ -239,9 +239,11 @@
 // applies at once, a rise by at most its part of what no member holds in
 // budget (pool − Σ max(budget, charged) over live and unreclaimed members,
 // charged only for gone ones), and is reported before it applies (one
-// exchange later). So the budgets in force never sum to more than the
-// pool while reports arrive within an exchange interval: no token is
-// overspent. A report lost while a budget rose can overspend the pool by
+// exchange later); a move within a sixteenth of the room the budget
+// leaves is not made (budgetSlack), so that the rates' small moves do not
+// put every busy pool in every report. So the budgets in force never sum
+// to more than the pool while reports arrive within an exchange
+// interval: no token is overspent. A report lost while a budget rose can overspend the pool by
 // at most that rise. A single node draws on the whole pool exactly. An
 // account's allocation is a pool of its own, shared the same way under the
 // key service/account; allocations made through any node's admin API reach
