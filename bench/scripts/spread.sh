@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# ADMIT spread over many services against ADMIT on one, on a farm of NODES
+# members (default 1) holding SERVICES licences (default 1,000), no
+# accounts: redis-benchmark -c 50 -P 16 on n1, one service then every
+# service at random, in the same run, with n1's CPU profile of each
+# (go tool pprof -top, the ten heaviest functions) to say where a spread
+# decision's time goes.
+#
+#   bench/scripts/spread.sh [NODES] [SERVICES]
+#
+# Needs: go, redis-benchmark, redis-cli, python3, curl.
+source "$(dirname "$0")/lib.sh"
+NODES=${1:-1}
+SERVICES=${2:-1000}
+vendor_keys
+mkdir -p "$W/lic"
+for i in $(seq 0 $((SERVICES - 1))); do
+  s=$(printf 's%012d' $i)
+  "$W/bin/capslicense" issue --key "$W/keys/vendor.key" --service $s --caps 1000000 --sessions 100000 \
+    --subscribers 100000 --cluster spread --id L$i >"$W/lic/$s.lic"
+done
+farm $NODES spread
+for f in "$W"/lic/*.lic; do ctl license add "$f" >/dev/null; done
+sleep 2
+RP=${RESPS[0]##*:}
+profile() { # seconds out
+  curl -s -H "Authorization: Bearer $(cat "$W/keys/admin.token")" "${ADMINS[0]}/debug/pprof/profile?seconds=$1" -o "$2"
+}
+measure() { # label, benchmark args...
+  local label=$1; shift
+  profile 4 "$W/$label.pprof" &
+  local pp=$!
+  local r; r=$(rate $RP 2000000 "$@")
+  wait $pp
+  echo "$r"
+}
+one=$(measure one ADMIT s000000000000)
+all=$(RANGE=$SERVICES measure all ADMIT s__rand_int__)
+echo "$NODES member(s), $SERVICES services: ADMIT on n1 (redis-benchmark -c 50 -P 16 -n 2000000): one service $one/s; spread over all $all/s ($(python3 -c "print(round($all/$one,2))")×)"
+for label in one all; do
+  echo "n1's CPU profile, $label (first 4 s):"
+  go tool pprof -top "$W/bin/capsgate" "$W/$label.pprof" 2>/dev/null | sed -n '6,16p'
+done
