@@ -24,7 +24,10 @@ import "strings"
 type accountBook struct {
 	byKey     map[string]*acctEntry
 	byService map[string]map[*acctEntry]struct{}
-	allocated map[string]int64                   // per service, the sum of the allocations
+	// allocated is, per service, the sum of the allocations, kept as they
+	// change (no saturation needed: the engine refuses an allocation that
+	// would take the sum past the licence's pool, itself an int64).
+	allocated map[string]int64
 	dirty     map[string]map[*acctEntry]struct{} // by service
 	active    map[*acctEntry]struct{}            // rate meters running
 	allDirty  bool
