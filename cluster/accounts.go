@@ -25,8 +25,9 @@ type accountBook struct {
 	byKey     map[string]*acctEntry
 	byService map[string]map[*acctEntry]struct{}
 	// allocated is, per service, the sum of the allocations, kept as they
-	// change (no saturation needed: the engine refuses an allocation that
-	// would take the sum past the licence's pool, itself an int64).
+	// change, unsaturated so that a change can be taken back: the engine
+	// refuses an allocation that would take the sum past a limited pool
+	// (an int64), and an unlimited pool's budgets are not planned.
 	allocated map[string]int64
 	dirty     map[string]map[*acctEntry]struct{} // by service
 	active    map[*acctEntry]struct{}            // rate meters running
