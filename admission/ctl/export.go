@@ -10,12 +10,12 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 
 	"github.com/capsgate/capsgate/admission/bounded"
+	"github.com/capsgate/capsgate/admission/durable"
 	"github.com/capsgate/capsgate/licensing/usageevents"
 )
 
@@ -58,18 +58,13 @@ func (c *client) usageExport(args []string) error {
 	}
 
 	dst := c.out
-	var tmp *os.File
+	var tmp *durable.File
 	if *out != "" {
-		tmp, err = os.CreateTemp(filepath.Dir(*out), "."+filepath.Base(*out)+".*")
+		tmp, err = durable.CreateTemp(*out, "."+filepath.Base(*out)+".*", 0o600)
 		if err != nil {
 			return fmt.Errorf("cannot write --out: %w", err)
 		}
-		defer func() {
-			if tmp != nil { // not renamed: a failed export leaves no file
-				tmp.Close()
-				os.Remove(tmp.Name())
-			}
-		}()
+		defer tmp.Abort() // not committed: a failed export leaves no file
 		dst = tmp
 	}
 	bw := bufio.NewWriterSize(dst, 64<<10)
@@ -99,17 +94,9 @@ func (c *client) usageExport(args []string) error {
 	if tmp == nil {
 		return nil
 	}
-	err = tmp.Sync()
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), *out)
-	}
-	if err != nil {
+	if err := tmp.Commit(); err != nil {
 		return fmt.Errorf("cannot write --out: %w", err)
 	}
-	tmp = nil
 	fmt.Fprintf(c.out, "wrote %d usage events to %s", ew.Count(), *out)
 	var ev struct{ Sequence string }
 	if json.Unmarshal(last, &ev) == nil && ev.Sequence != "" {

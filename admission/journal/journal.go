@@ -19,6 +19,7 @@ import (
 
 	"github.com/capsgate/capsgate/admission"
 	"github.com/capsgate/capsgate/admission/bounded"
+	"github.com/capsgate/capsgate/admission/durable"
 )
 
 // FlushEvery is how often the node calls Flush: the group-commit interval,
@@ -172,7 +173,7 @@ func Open(cfg Config) (*Journal, error) {
 	}
 	// A snapshot that a crash left half written is not needed: the
 	// journals it would have replaced are all there.
-	if tmps, err := filepath.Glob(filepath.Join(cfg.Dir, "snapshot-*.state.tmp")); err == nil {
+	if tmps, err := filepath.Glob(filepath.Join(cfg.Dir, "snapshot-*.state"+durable.TempSuffix)); err == nil {
 		for _, t := range tmps {
 			_ = os.Remove(t)
 		}
@@ -251,7 +252,7 @@ func (j *Journal) startJournal(seq uint64) (*os.File, error) {
 		err = jf.Sync()
 	}
 	if err == nil {
-		err = syncDir(j.cfg.Dir)
+		err = durable.SyncDir(j.cfg.Dir)
 	}
 	if err != nil {
 		jf.Close()
@@ -762,8 +763,7 @@ func (j *Journal) switchLocked() (uint64, error) {
 // stops, writing nothing, once Close has begun.
 func (j *Journal) writeSnapshot(seq uint64, now int64) (int64, error) {
 	path := filepath.Join(j.cfg.Dir, snapshotName(seq))
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	f, err := durable.Create(path, 0o600)
 	if err != nil {
 		return 0, fmt.Errorf("cannot write the state snapshot: %w", err)
 	}
@@ -789,9 +789,6 @@ func (j *Journal) writeSnapshot(seq uint64, now int64) (int64, error) {
 	if err == nil && j.abort.Load() {
 		err = errors.New("the journal is closing")
 	}
-	if err == nil {
-		err = f.Sync()
-	}
 	var size int64
 	if err == nil {
 		var fi os.FileInfo
@@ -799,17 +796,12 @@ func (j *Journal) writeSnapshot(seq uint64, now int64) (int64, error) {
 			size = fi.Size()
 		}
 	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
 	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err == nil {
-		err = syncDir(j.cfg.Dir)
+		err = f.Commit()
+	} else {
+		f.Abort()
 	}
 	if err != nil {
-		_ = os.Remove(tmp)
 		return 0, fmt.Errorf("cannot write the state snapshot %s: %w", path, err)
 	}
 	return size, nil
@@ -888,15 +880,6 @@ func truncateSync(path string, size int64) error {
 		err = cerr
 	}
 	return err
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // Close flushes what is left and closes the journal. Safe to call twice.

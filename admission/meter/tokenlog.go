@@ -13,6 +13,7 @@ import (
 	"sort"
 
 	"github.com/capsgate/capsgate/admission/bounded"
+	"github.com/capsgate/capsgate/admission/durable"
 )
 
 // The token state on disk is a snapshot and a log of what changed since,
@@ -104,8 +105,8 @@ type tokenStore struct {
 func openStore(dir string, log *slog.Logger) (*tokenStore, fileState, error) {
 	t := &tokenStore{dir: dir, log: log}
 	state := fileState{Services: map[string]*serviceState{}}
-	_ = os.Remove(t.path(SnapshotFile + ".tmp")) // a compaction's, never renamed
-	_ = os.Remove(t.path(LogFile + ".tmp"))
+	_ = os.Remove(t.path(SnapshotFile + durable.TempSuffix)) // a compaction's, never renamed
+	_ = os.Remove(t.path(LogFile + durable.TempSuffix))
 	err := t.readSnapshot(&state)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -196,7 +197,7 @@ func (t *tokenStore) migrate(state *fileState) (bool, error) {
 		return false, fmt.Errorf("cannot remove the migrated token state: %w", err)
 	}
 	t.log.Info("token state migrated to a snapshot and log", "from", name, "to", t.path(SnapshotFile))
-	return true, syncDir(t.dir)
+	return true, durable.SyncDir(t.dir)
 }
 
 // replayLog applies tokens.log to state and opens it for appending. A
@@ -624,40 +625,24 @@ func sortedKeys[V any](m map[string]V) []string {
 // writeFile replaces name with b durably: a file aside, fsync, rename,
 // fsync of the directory. crashed, in tests, stops it before the rename.
 func writeFile(name string, b []byte, crashed func() bool) error {
-	tmp := name + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	f, err := durable.Create(name, 0o600)
 	if err != nil {
 		return fmt.Errorf("cannot write the token state: %w", err)
 	}
 	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
 	if err == nil && crashed() {
+		f.Close() // as a kill -9 leaves it: written aside, never renamed
 		return errCrash
 	}
 	if err == nil {
-		err = os.Rename(tmp, name)
-	}
-	if err == nil {
-		err = syncDir(filepath.Dir(name))
+		err = f.Commit()
+	} else {
+		f.Abort()
 	}
 	if err != nil {
 		return fmt.Errorf("cannot write the token state %s: %w", name, err)
 	}
 	return nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // close closes the log for good.

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 
 	"github.com/capsgate/capsgate/admission/bounded"
+	"github.com/capsgate/capsgate/admission/durable"
 )
 
 // Node key files in the data dir.
@@ -42,7 +43,7 @@ func LoadOrCreateNodeKey(dataDir string) (ed25519.PrivateKey, error) {
 	pubPath := filepath.Join(dataDir, NodePubFile)
 	pub := MarshalPublicKey(key.Public().(ed25519.PublicKey))
 	if old, err := bounded.ReadFile(pubPath, bounded.KeyFile); err != nil || !bytes.Equal(old, pub) {
-		if err := writeFileSync(pubPath, pub, 0o644); err != nil {
+		if err := durable.WriteFile(pubPath, pub, 0o644); err != nil {
 			return nil, fmt.Errorf("cannot write node public key: %w", err)
 		}
 	}
@@ -78,7 +79,7 @@ func createNodeKey(path string) (ed25519.PrivateKey, error) {
 		err = cerr
 	}
 	if err == nil {
-		err = syncDir(filepath.Dir(path))
+		err = durable.SyncDir(filepath.Dir(path))
 	}
 	if err != nil {
 		return nil, fmt.Errorf("cannot create node key: %w", err)
@@ -111,43 +112,4 @@ func LoadPublicKey(path string) (ed25519.PublicKey, error) {
 		return nil, fmt.Errorf("cannot read node public key %s: %w", path, err)
 	}
 	return pub, nil
-}
-
-// writeFileSync writes path (via a temporary file and rename) durably.
-func writeFileSync(path string, data []byte, mode os.FileMode) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, mode)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err == nil {
-		err = syncDir(filepath.Dir(path))
-	}
-	if err != nil {
-		os.Remove(tmp)
-	}
-	return err
-}
-
-// syncDir fsyncs a directory, making the creation of its entries durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }

@@ -15,6 +15,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/capsgate/capsgate/admission/durable"
 )
 
 // ErrClosed is returned by Append after Close.
@@ -329,7 +331,7 @@ func (l *Ledger) createSegment(first uint64) error {
 	if err != nil {
 		return fmt.Errorf("cannot create ledger segment: %w", err)
 	}
-	if err := syncDir(l.dir); err != nil {
+	if err := durable.SyncDir(l.dir); err != nil {
 		f.Close()
 		return fmt.Errorf("cannot create ledger segment: %w", err)
 	}

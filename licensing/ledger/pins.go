@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/capsgate/capsgate/admission/bounded"
+	"github.com/capsgate/capsgate/admission/durable"
 )
 
 // A pins file holds the node keys a vendor pinned on first use
@@ -72,7 +73,7 @@ func AddPins(path string, nodes []string, keys map[string]string) error {
 		}
 		old = fmt.Appendf(old, "%s %s\n", node, keys[node])
 	}
-	if err := writeFileSync(path, old, 0o600); err != nil {
+	if err := durable.WriteFile(path, old, 0o600); err != nil {
 		return fmt.Errorf("cannot update pinned keys: %w", err)
 	}
 	return nil

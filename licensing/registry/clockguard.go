@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/capsgate/capsgate/admission/bounded"
+	"github.com/capsgate/capsgate/admission/durable"
 )
 
 // clockGuard keeps the high-water mark of the wall clock in data_dir, so
@@ -78,32 +79,5 @@ func (g *clockGuard) save() error {
 // writeFileAtomic replaces path with data so that a crash leaves the old or
 // the new content, never a torn file.
 func writeFileAtomic(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Chmod(0o600); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return err
-	}
-	if d, err := os.Open(filepath.Dir(path)); err == nil {
-		_ = d.Sync()
-		d.Close()
-	}
-	return nil
+	return durable.WriteTemp(path, "."+filepath.Base(path)+".tmp*", data, 0o600)
 }
