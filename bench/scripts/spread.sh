@@ -8,6 +8,9 @@
 #
 #   bench/scripts/spread.sh [NODES] [SERVICES]
 #
+# KEEP=DIR keeps the two profiles and the capsgate binary in DIR, for
+# go tool pprof -peek and -list.
+#
 # Needs: go, redis-benchmark, redis-cli, python3, curl.
 source "$(dirname "$0")/lib.sh"
 NODES=${1:-1}
@@ -37,6 +40,7 @@ measure() { # label, benchmark args...
 one=$(measure one ADMIT s000000000000)
 all=$(RANGE=$SERVICES measure all ADMIT s__rand_int__)
 echo "$NODES member(s), $SERVICES services: ADMIT on n1 (redis-benchmark -c 50 -P 16 -n 2000000): one service $one/s; spread over all $all/s ($(python3 -c "print(round($all/$one,2))")×)"
+cp "$W"/one.pprof "$W"/all.pprof "${KEEP:-$W}/" 2>/dev/null || true; cp "$W/bin/capsgate" "${KEEP:-$W}/capsgate.bin" 2>/dev/null || true
 for label in one all; do
   echo "n1's CPU profile, $label (first 4 s):"
   go tool pprof -top "$W/bin/capsgate" "$W/$label.pprof" 2>/dev/null | sed -n '6,16p'
