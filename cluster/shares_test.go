@@ -82,3 +82,21 @@ func TestSharesBeforeTheFirstPlan(t *testing.T) {
 	require.InDelta(t, 450.0, sink["voice"].CAPS, 1e-9)
 	require.Equal(t, int64(30), sink["voice"].Sessions)
 }
+
+// The licensed services' names, which the starved check walks every
+// StarvedCheck, follow the licences as they come and go.
+func TestLicensedNamesFollowTheLicences(t *testing.T) {
+	s := NewShares(limitsSink{})
+	require.Empty(t, s.LicensedNames())
+	lic := admission.Limits{Licensed: true, CAPS: 100, Sessions: 10, Subscribers: 10, Tokens: admission.Unlimited}
+	require.NoError(t, s.SetLimits("video", lic))
+	require.NoError(t, s.SetLimits("voice", lic))
+	require.Equal(t, []string{"video", "voice"}, s.LicensedNames())
+	require.NoError(t, s.SetLimits("voice", admission.Limits{}))
+	require.Equal(t, []string{"video"}, s.LicensedNames())
+	lic.CAPS = 200 // a new licence for a service already licensed
+	require.NoError(t, s.SetLimits("video", lic))
+	require.Equal(t, []string{"video"}, s.LicensedNames())
+	require.NoError(t, s.SetLimits("voice", lic))
+	require.Equal(t, []string{"video", "voice"}, s.LicensedNames())
+}
