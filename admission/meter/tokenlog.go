@@ -8,9 +8,10 @@ import (
 	"hash/crc32"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
-	"sort"
+	"slices"
 
 	"github.com/capsgate/capsgate/admission/bounded"
 	"github.com/capsgate/capsgate/admission/durable"
@@ -584,15 +585,15 @@ func (state *fileState) snapshot(t *tokenStore, gen uint64) []byte {
 	saved := t.frames
 	t.frames = nil
 	count := int64(0)
-	for _, name := range sortedKeys(state.Services) {
+	for _, name := range slices.Sorted(maps.Keys(state.Services)) {
 		st := state.Services[name]
 		t.period(name, st.PeriodID)
 		count++
-		for _, acct := range sortedKeys(st.Accounts) {
+		for _, acct := range slices.Sorted(maps.Keys(st.Accounts)) {
 			t.alloc(name, acct, st.Accounts[acct])
 			count++
 		}
-		for _, acct := range sortedKeys(st.Pools) {
+		for _, acct := range slices.Sorted(maps.Keys(st.Pools)) {
 			t.pool(name, acct, st.Pools[acct])
 			count++
 		}
@@ -611,15 +612,6 @@ func (state *fileState) snapshot(t *tokenStore, gen uint64) []byte {
 	}
 	t.frames = saved
 	return b
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
 
 // writeFile replaces name with b durably: a file aside, fsync, rename,
