@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -156,10 +157,13 @@ func (c *Cluster) Spill(args [][]byte, done func(admission.Decision, bool)) bool
 		ctx, cancel := context.WithTimeout(context.Background(), SpillTimeout)
 		defer cancel()
 		for try := 1; ; try++ {
-			d, ok := c.spillTo(ctx, addr, cmd)
+			d, asked, ok := c.spillTo(ctx, addr, cmd)
 			if ok {
 				done(d, true)
 				return
+			}
+			if !asked {
+				break // not decided there: the refusal stands
 			}
 			// Its bucket emptied since its report: the next member with
 			// room, if any (SpillTries in all).
@@ -194,20 +198,27 @@ func (c *Cluster) spillTarget(service string, licence float64) (name, addr strin
 	return "", ""
 }
 
-// spillTo asks the member at addr to decide cmd and reports its decision
-// and whether it admitted.
-func (c *Cluster) spillTo(ctx context.Context, addr string, cmd [][]byte) (admission.Decision, bool) {
+// spillTo asks the member at addr to decide cmd and reports its decision,
+// whether the member decided it (asked) and whether it admitted.
+func (c *Cluster) spillTo(ctx context.Context, addr string, cmd [][]byte) (d admission.Decision, asked, admitted bool) {
 	d, err := c.ask(ctx, &c.spill.clients, addr, SpillTimeout, spillConns, cmd)
+	if errors.Is(err, client.ErrPoolBusy) {
+		// This node's connections to the member stayed busy: the wait
+		// was on this side and says nothing of the member's port or
+		// bucket.
+		spillBusy.Inc()
+		return admission.Decision{}, false, false
+	}
 	if err != nil {
 		spillFailed.Inc()
 		c.spill.failed(addr, time.Now())
 		c.log.Debug("a member did not decide a spilled ADMIT", "addr", addr, "err", err)
-		return admission.Decision{}, false
+		return admission.Decision{}, false, false
 	}
 	if !d.Admitted() {
-		return admission.Decision{}, false
+		return admission.Decision{}, true, false
 	}
-	return admission.Decision{Reason: admission.OK, Remaining: d.Remaining}, true
+	return admission.Decision{Reason: admission.OK, Remaining: d.Remaining}, true, true
 }
 
 // respOf returns the RESP address a member publishes in its metadata, on

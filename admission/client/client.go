@@ -90,7 +90,7 @@ func (c *Client) Get(ctx context.Context) (*Conn, error) {
 			}
 			return conn, nil
 		case <-ctx.Done():
-			return nil, fmt.Errorf("cannot get a connection to %s: %w", c.cfg.Addr, ctx.Err())
+			return nil, fmt.Errorf("cannot get a connection to %s: %w: %w", c.cfg.Addr, ErrPoolBusy, ctx.Err())
 		}
 	}
 }

@@ -16,6 +16,11 @@ const DefaultTimeout = 5 * time.Second
 // ErrClosed is returned by calls on a closed Conn or Client.
 var ErrClosed = errors.New("client closed")
 
+// ErrPoolBusy is returned, wrapped with the context's error, when every
+// connection of a Client's pool stayed in use until the context ended: the
+// wait was on this side, not on the server.
+var ErrPoolBusy = errors.New("every pooled connection in use")
+
 // Conn is one connection to a RESP2 server on netpoll. It is used by one
 // goroutine at a time (a Client hands each out to one caller); its
 // Pipeline puts many commands in flight at once. After any I/O or protocol
