@@ -206,6 +206,27 @@ func TestClosedConn(t *testing.T) {
 	require.ErrorIs(t, err, client.ErrClosed)
 }
 
+// A Client whose every connection is in use fails a call whose context
+// ends while it waits with ErrPoolBusy (the wait was on this side), and
+// serves it once a connection is given back.
+func TestPoolBusy(t *testing.T) {
+	addr := devNode(t)
+	c, err := client.New(context.Background(), client.Config{Addr: addr, PoolSize: 1})
+	require.NoError(t, err)
+	defer c.Close()
+	held, err := c.Get(context.Background())
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	_, err = c.Do(ctx, []byte("PING"))
+	require.ErrorIs(t, err, client.ErrPoolBusy)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	c.Put(held)
+	r, err := c.Do(context.Background(), []byte("PING"))
+	require.NoError(t, err)
+	require.Equal(t, "PONG", r.String())
+}
+
 func BenchmarkPipeline64(b *testing.B) {
 	addr := devNode(b)
 	conn, err := client.Dial(context.Background(), addr)
