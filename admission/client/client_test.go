@@ -224,7 +224,7 @@ func TestPoolBusy(t *testing.T) {
 	c.Put(held)
 	r, err := c.Do(context.Background(), []byte("PING"))
 	require.NoError(t, err)
-	require.Equal(t, "PONG", r.String())
+	require.Equal(t, "PONG", string(r.Str))
 }
 
 func BenchmarkPipeline64(b *testing.B) {
