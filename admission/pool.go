@@ -304,3 +304,12 @@ func (p PoolState) Ceiling() int64 {
 	}
 	return p.Policy.ceiling(p.Size)
 }
+
+// Allocation is an account's part of a service's token pool.
+type Allocation struct {
+	Tokens  int64  `json:"tokens"`
+	Overage string `json:"overage"`
+	// At is when it was made (ns): of two allocations of one account made
+	// on different nodes, the later holds everywhere.
+	At int64 `json:"at,omitempty"`
+}

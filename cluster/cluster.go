@@ -19,7 +19,6 @@ import (
 	"github.com/hashicorp/memberlist"
 
 	"github.com/capsgate/capsgate/admission"
-	"github.com/capsgate/capsgate/admission/meter"
 	"github.com/capsgate/capsgate/licensing/ledger"
 	"github.com/capsgate/capsgate/licensing/registry"
 )
@@ -90,8 +89,8 @@ type Config struct {
 // Accounts is what the cluster needs of the node's account allocations.
 type Accounts interface {
 	// Apply takes an allocation made on another member (the later wins).
-	Apply(service, account string, a meter.Allocation) error
-	Allocations() map[string]map[string]meter.Allocation
+	Apply(service, account string, a admission.Allocation) error
+	Allocations() map[string]map[string]admission.Allocation
 }
 
 // Member is one member as GET /v1/cluster shows it.
@@ -717,9 +716,9 @@ func (d *delegate) NotifyMsg(b []byte) {
 func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
 
 type state struct {
-	Documents [][]byte                               `json:"docs"`
-	ClockMark time.Time                              `json:"clock_mark"`
-	Accounts  map[string]map[string]meter.Allocation `json:"accounts,omitempty"`
+	Documents [][]byte                                   `json:"docs"`
+	ClockMark time.Time                                  `json:"clock_mark"`
+	Accounts  map[string]map[string]admission.Allocation `json:"accounts,omitempty"`
 }
 
 // LocalState is this node's licences, revocations and clock mark, and

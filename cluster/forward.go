@@ -12,7 +12,6 @@ import (
 	"github.com/hashicorp/memberlist"
 
 	"github.com/capsgate/capsgate/admission"
-	"github.com/capsgate/capsgate/admission/meter"
 )
 
 // consumeConflicts counts CONSUME IDs charged on two members at once (a
@@ -46,7 +45,7 @@ type op struct {
 	Account   string `json:"c,omitempty"`
 	Remaining int64  `json:"m,omitempty"`
 	// Allocation is an account's allocation (opAllocation).
-	Allocation *meter.Allocation `json:"al,omitempty"`
+	Allocation *admission.Allocation `json:"al,omitempty"`
 	// queued counts the operation for the connection it came from until
 	// it is sent (resp.Forwarder); nil for the node's own.
 	queued *atomic.Int64
@@ -112,12 +111,12 @@ func (c *Cluster) Consumed(service, account, id []byte, d admission.Decision, qu
 }
 
 // SpreadAllocation sends an account allocation made here to every member.
-func (c *Cluster) SpreadAllocation(service, account string, a meter.Allocation) {
+func (c *Cluster) SpreadAllocation(service, account string, a admission.Allocation) {
 	c.enqueue(op{Kind: opAllocation, Service: service, Account: account, Allocation: &a, At: time.Now().UnixNano()})
 }
 
 // applyAllocations takes the allocations of a member's state.
-func (c *Cluster) applyAllocations(all map[string]map[string]meter.Allocation) {
+func (c *Cluster) applyAllocations(all map[string]map[string]admission.Allocation) {
 	if c.cfg.Accounts == nil {
 		return
 	}
@@ -253,7 +252,7 @@ func (c *Cluster) apply(b []byte) {
 			}
 		case opAllocation:
 			if o.Allocation != nil {
-				c.applyAllocations(map[string]map[string]meter.Allocation{o.Service: {o.Account: *o.Allocation}})
+				c.applyAllocations(map[string]map[string]admission.Allocation{o.Service: {o.Account: *o.Allocation}})
 			}
 		case opClaim:
 			if c.claims.yields(o, m.Node, c.cfg.NodeName) && c.cfg.Engine.Deregister(now, []byte(o.Service), o.Key) {

@@ -7,14 +7,14 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/capsgate/capsgate/admission/meter"
+	"github.com/capsgate/capsgate/admission"
 )
 
 type someAllocations struct{}
 
-func (someAllocations) Apply(string, string, meter.Allocation) error { return nil }
-func (someAllocations) Allocations() map[string]map[string]meter.Allocation {
-	return map[string]map[string]meter.Allocation{"voice": {"acme": {Tokens: 300, Overage: "none"}}}
+func (someAllocations) Apply(string, string, admission.Allocation) error { return nil }
+func (someAllocations) Allocations() map[string]map[string]admission.Allocation {
+	return map[string]map[string]admission.Allocation{"voice": {"acme": {Tokens: 300, Overage: "none"}}}
 }
 
 // The state sync carries the account allocations when a member joins and

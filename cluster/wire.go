@@ -7,7 +7,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/capsgate/capsgate/admission/meter"
+	"github.com/capsgate/capsgate/admission"
 	"github.com/capsgate/capsgate/licensing/ledger"
 )
 
@@ -117,14 +117,14 @@ func EstimateMemberlist(l MemberlistLoad) MemberlistTraffic {
 		st.Documents = append(st.Documents, doc)
 	}
 	if l.Accounts > 0 {
-		st.Accounts = map[string]map[string]meter.Allocation{}
+		st.Accounts = map[string]map[string]admission.Allocation{}
 		for i := range l.Accounts {
 			// Spread over as many services as there are licences.
 			svc := fmt.Sprintf("service-%03d", i%max(l.Licences, 1))
 			if st.Accounts[svc] == nil {
-				st.Accounts[svc] = map[string]meter.Allocation{}
+				st.Accounts[svc] = map[string]admission.Allocation{}
 			}
-			st.Accounts[svc][fmt.Sprintf("account-%05d", i)] = meter.Allocation{Tokens: 1_000_000_000, Overage: "none", At: 1_767_225_600_000_000_000}
+			st.Accounts[svc][fmt.Sprintf("account-%05d", i)] = admission.Allocation{Tokens: 1_000_000_000, Overage: "none", At: 1_767_225_600_000_000_000}
 		}
 	}
 	local, _ := json.Marshal(st)

@@ -78,7 +78,7 @@ func TestChargesOfAnySizeOnTheFirstTry(t *testing.T) {
 		}
 		e, res, clk, steps := syncEngine(t, lim)
 		if account != "" {
-			require.NoError(t, res.SetAccount("pre", account, Allocation{Tokens: pool, Overage: "none"}))
+			require.NoError(t, res.SetAccount("pre", account, admission.Allocation{Tokens: pool, Overage: "none"}))
 		}
 		d := e.Consume(clk.Now(), []byte("pre"), []byte(account), units, nil)
 		require.Equal(t, want, d.Reason, "account %q, %d units: %+v", account, units, d)

@@ -64,7 +64,7 @@ func TestIntervalRecords(t *testing.T) {
 	led := openLedger(t, dir)
 	m, err := New(e, led, res, func() []ledger.Witness { return []ledger.Witness{{Node: "n2", Seq: 7, Hash: h64}} }, t0)
 	require.NoError(t, err)
-	require.NoError(t, res.SetAccount("pre", "acme", Allocation{Tokens: 100, Overage: "none"}))
+	require.NoError(t, res.SetAccount("pre", "acme", admission.Allocation{Tokens: 100, Overage: "none"}))
 	for range 30 {
 		require.True(t, e.Admit(clk.Now(), []byte("pre"), nil, nil, admission.Normal).Admitted())
 	}

@@ -113,7 +113,7 @@ type serviceState struct {
 	// Pools by account ("" the service's own).
 	Pools map[string]*poolState `json:"pools"`
 	// Accounts are the allocations made through the admin API.
-	Accounts map[string]Allocation `json:"accounts,omitempty"`
+	Accounts map[string]admission.Allocation `json:"accounts,omitempty"`
 }
 
 type poolState struct {
@@ -124,15 +124,6 @@ type poolState struct {
 	Ledgered int64 `json:"ledgered"`
 	// Base: charges when the period began.
 	Base int64 `json:"base"`
-}
-
-// Allocation is an account's part of a service's token pool.
-type Allocation struct {
-	Tokens  int64  `json:"tokens"`
-	Overage string `json:"overage"`
-	// At is when it was made (ns): of two allocations of one account made
-	// on different nodes, the later holds everywhere.
-	At int64 `json:"at,omitempty"`
 }
 
 // OpenReserver reads the token state in dir (tokenlog.go), turning the
@@ -188,7 +179,7 @@ func (r *Reserver) restoreLocked(s *admission.Service) {
 }
 
 // SetAccount allocates tokens to an account and persists the allocation.
-func (r *Reserver) SetAccount(service, account string, a Allocation) error {
+func (r *Reserver) SetAccount(service, account string, a admission.Allocation) error {
 	ov, err := admission.ParseOverage(a.Overage)
 	if err != nil {
 		return err
@@ -201,10 +192,10 @@ func (r *Reserver) SetAccount(service, account string, a Allocation) error {
 	return r.keepLocked(service, account, a, ov)
 }
 
-func (r *Reserver) keepLocked(service, account string, a Allocation, ov admission.Overage) error {
+func (r *Reserver) keepLocked(service, account string, a admission.Allocation, ov admission.Overage) error {
 	st := r.service(service)
 	if st.Accounts == nil {
-		st.Accounts = map[string]Allocation{}
+		st.Accounts = map[string]admission.Allocation{}
 	}
 	a.Overage = ov.String()
 	st.Accounts[account] = a
@@ -216,7 +207,7 @@ func (r *Reserver) keepLocked(service, account string, a Allocation, ov admissio
 // Apply takes an allocation made on another member: kept unless this node
 // has a later one, and given to the engine now or, for a service not
 // licensed here yet, when its licence arrives.
-func (r *Reserver) Apply(service, account string, a Allocation) error {
+func (r *Reserver) Apply(service, account string, a admission.Allocation) error {
 	ov, err := admission.ParseOverage(a.Overage)
 	if err != nil {
 		return err
@@ -237,14 +228,14 @@ func (r *Reserver) Apply(service, account string, a Allocation) error {
 }
 
 // Allocations returns every allocation, by service and account.
-func (r *Reserver) Allocations() map[string]map[string]Allocation {
+func (r *Reserver) Allocations() map[string]map[string]admission.Allocation {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	out := map[string]map[string]Allocation{}
+	out := map[string]map[string]admission.Allocation{}
 	for name, st := range r.state.Services {
 		for acct, a := range st.Accounts {
 			if out[name] == nil {
-				out[name] = map[string]Allocation{}
+				out[name] = map[string]admission.Allocation{}
 			}
 			out[name][acct] = a
 		}
@@ -253,10 +244,10 @@ func (r *Reserver) Allocations() map[string]map[string]Allocation {
 }
 
 // Accounts returns a service's allocations.
-func (r *Reserver) Accounts(service string) map[string]Allocation {
+func (r *Reserver) Accounts(service string) map[string]admission.Allocation {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	out := map[string]Allocation{}
+	out := map[string]admission.Allocation{}
 	if st, ok := r.state.Services[service]; ok {
 		for k, v := range st.Accounts {
 			out[k] = v

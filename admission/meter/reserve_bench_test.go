@@ -132,7 +132,7 @@ func BenchmarkSetAccount(b *testing.B) {
 		var first, last []time.Duration
 		for i := range n {
 			start := time.Now()
-			if err := res.SetAccount("pre", accountName(i), Allocation{Tokens: 1000, Overage: "none"}); err != nil {
+			if err := res.SetAccount("pre", accountName(i), admission.Allocation{Tokens: 1000, Overage: "none"}); err != nil {
 				b.Fatal(err)
 			}
 			switch {

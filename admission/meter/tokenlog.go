@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 
+	"github.com/capsgate/capsgate/admission"
 	"github.com/capsgate/capsgate/admission/bounded"
 	"github.com/capsgate/capsgate/admission/durable"
 )
@@ -382,9 +383,9 @@ func (state *fileState) apply(e entry) error {
 		st.PeriodID = e.n[0]
 	case entryAlloc:
 		if st.Accounts == nil {
-			st.Accounts = map[string]Allocation{}
+			st.Accounts = map[string]admission.Allocation{}
 		}
-		st.Accounts[e.account] = Allocation{Tokens: e.n[0], Overage: e.overage, At: e.n[1]}
+		st.Accounts[e.account] = admission.Allocation{Tokens: e.n[0], Overage: e.overage, At: e.n[1]}
 	}
 	return nil
 }
@@ -442,7 +443,7 @@ func (t *tokenStore) period(service string, id int64) {
 	t.end(binary.AppendVarint(appendStr(t.entry(entryPeriod), service), id))
 }
 
-func (t *tokenStore) alloc(service, account string, a Allocation) {
+func (t *tokenStore) alloc(service, account string, a admission.Allocation) {
 	e := appendStr(appendStr(t.entry(entryAlloc), service), account)
 	e = appendStr(binary.AppendVarint(e, a.Tokens), a.Overage)
 	t.end(binary.AppendVarint(e, a.At))

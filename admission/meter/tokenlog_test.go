@@ -58,13 +58,13 @@ func TestTokenLogValues(t *testing.T) {
 		s.Pools[acct] = p
 		st.pool("svc.a-1:x", acct, p)
 	}
-	for acct, a := range map[string]Allocation{
+	for acct, a := range map[string]admission.Allocation{
 		"zero": {Overage: "none"},
 		"one":  {Tokens: 1, Overage: "percent:1", At: 1},
 		"max":  {Tokens: math.MaxInt64, Overage: "unlimited", At: math.MaxInt64},
 	} {
 		if s.Accounts == nil {
-			s.Accounts = map[string]Allocation{}
+			s.Accounts = map[string]admission.Allocation{}
 		}
 		s.Accounts[acct] = a
 		st.alloc("svc.a-1:x", acct, a)
@@ -210,7 +210,7 @@ func TestTokenStateMigration(t *testing.T) {
 	require.NoError(t, err)
 	want := fileState{Services: map[string]*serviceState{
 		"pre": {PeriodID: 3, Pools: map[string]*poolState{"": {Reserved: math.MaxInt64, Ledgered: 10, Base: 5}, "acme": {Reserved: 2000, Ledgered: 1500}},
-			Accounts: map[string]Allocation{"acme": {Tokens: 3000, Overage: "percent:10", At: 17}}},
+			Accounts: map[string]admission.Allocation{"acme": {Tokens: 3000, Overage: "percent:10", At: 17}}},
 		"other": {Pools: map[string]*poolState{"": {Reserved: 1}}},
 	}}
 	require.Equal(t, want, res.state)
@@ -231,7 +231,7 @@ func TestStepWritesWhatMoved(t *testing.T) {
 	require.NoError(t, e.SetLimits("pre", bigLimits))
 	res := reserver(t, e, t.TempDir())
 	for i := range 1000 {
-		require.NoError(t, res.SetAccount("pre", accountName(i), Allocation{Tokens: 1 << 40, Overage: "none"}))
+		require.NoError(t, res.SetAccount("pre", accountName(i), admission.Allocation{Tokens: 1 << 40, Overage: "none"}))
 	}
 	require.NoError(t, res.Step(t0))
 	size := res.store.logSize

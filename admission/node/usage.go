@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/capsgate/capsgate/admission"
-	"github.com/capsgate/capsgate/admission/meter"
 	"github.com/capsgate/capsgate/admission/strictjson"
 	"github.com/capsgate/capsgate/licensing/ledger"
 )
@@ -122,7 +121,7 @@ func (n *Node) putAccount(w http.ResponseWriter, r *http.Request) {
 	if a.Overage == "" {
 		a.Overage = "none"
 	}
-	alloc := meter.Allocation{Tokens: *a.Tokens, Overage: a.Overage, At: time.Now().UnixNano()}
+	alloc := admission.Allocation{Tokens: *a.Tokens, Overage: a.Overage, At: time.Now().UnixNano()}
 	if err := n.reserver.SetAccount(service, account, alloc); err != nil {
 		writeError(w, http.StatusUnprocessableEntity, "invalid_allocation", err.Error())
 		return
