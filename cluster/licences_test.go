@@ -24,7 +24,7 @@ func TestSpreadLicenceFileLoadsEveryDocument(t *testing.T) {
 	keys, err := licensing.NewKeyring(key.Public())
 	require.NoError(t, err)
 	eng := admission.NewEngine(admission.DefaultConfig())
-	reg, err := registry.Open(registry.Config{Dir: t.TempDir(), Keys: keys, Sink: eng, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	reg, err := registry.Open(registry.Config{Dir: t.TempDir(), Keys: keys, Sink: NewShares(eng), Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	require.NoError(t, err)
 	var file []byte
 	for _, id := range []string{"a", "b"} {

@@ -5,10 +5,11 @@ import (
 	"sync"
 
 	"github.com/capsgate/capsgate/admission"
+	"github.com/capsgate/capsgate/licensing"
 )
 
-// Shares sits between licensing and the engine: licensing gives it each
-// service's cluster-wide limits (it is licensing's admission.LimitSetter),
+// Shares sits between licensing and the engine: licensing gives it what
+// each service is entitled to (it is the registry's Sink; LimitsOf),
 // the allocator gives it this node's share of each service's CAPS, and it
 // gives the engine the limits this node enforces.
 //
@@ -57,6 +58,49 @@ type Share struct {
 // NewShares returns shares feeding sink (the engine).
 func NewShares(sink admission.LimitSetter) *Shares {
 	return &Shares{sink: sink, limits: map[string]admission.Limits{}, share: map[string]Share{}}
+}
+
+// SetEntitlement records what the licences entitle a service to
+// (registry.Sink) as its cluster-wide limits (LimitsOf) and applies this
+// node's part of them at once.
+func (s *Shares) SetEntitlement(service string, e licensing.Entitlement) error {
+	return s.SetLimits(service, LimitsOf(e))
+}
+
+// LimitsOf turns what the licences entitle a service to into the limits
+// the engine enforces for the farm: a dimension that no counted licence
+// sets is not limited, an unlimited licence lifts CAPS, and a service with
+// no counted licence is unlicensed (refused but for emergency calls).
+func LimitsOf(e licensing.Entitlement) admission.Limits {
+	if !e.Licensed() {
+		return admission.Limits{Sessions: admission.Unlimited, Subscribers: admission.Unlimited, Tokens: admission.Unlimited,
+			State: "unlicensed"}
+	}
+	l := admission.Limits{
+		Licensed:         true,
+		CAPS:             float64(e.CAPS),
+		Sessions:         orUnlimited(e.SetsSessions, e.Sessions),
+		Subscribers:      orUnlimited(e.SetsSubscribers, e.Subscribers),
+		Tokens:           orUnlimited(e.SetsTokens, e.Tokens),
+		TokensPerAttempt: e.TokensPerAttempt,
+		TokensPerMinute:  e.TokensPerMinute,
+		State:            string(e.State),
+		PeriodID:         e.PeriodID,
+	}
+	if e.Unlimited {
+		l.CAPS = admission.Unlimited
+	}
+	if ov, err := admission.ParseOverage(e.Overage); err == nil {
+		l.Overage = ov
+	}
+	return l
+}
+
+func orUnlimited(set bool, v int64) int64 {
+	if !set {
+		return admission.Unlimited
+	}
+	return v
 }
 
 // SetLimits records a service's cluster-wide limits and applies this

@@ -7,6 +7,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/capsgate/capsgate/admission"
+	"github.com/capsgate/capsgate/licensing"
 )
 
 // limitsSink records what Shares gives the engine.
@@ -99,4 +100,29 @@ func TestLicensedNamesFollowTheLicences(t *testing.T) {
 	require.Equal(t, []string{"video"}, s.LicensedNames())
 	require.NoError(t, s.SetLimits("voice", lic))
 	require.Equal(t, []string{"video", "voice"}, s.LicensedNames())
+}
+
+// LimitsOf: a dimension no counted licence sets is not limited, whatever
+// its sum (0); one set is limited at its sum, 1 and the int64 maximum
+// included; an unlimited licence lifts CAPS only; a monthly period keeps
+// its month; no counted licence is unlicensed.
+func TestLimitsOfEntitlements(t *testing.T) {
+	u := int64(admission.Unlimited)
+	require.Equal(t, admission.Limits{Sessions: u, Subscribers: u, Tokens: u, State: "unlicensed"},
+		LimitsOf(licensing.Entitlement{Service: "voice"}))
+	require.Equal(t, admission.Limits{Sessions: u, Subscribers: u, Tokens: u, State: "unlicensed"},
+		LimitsOf(licensing.Entitlement{Service: "voice", State: licensing.StateExpired, CAPS: 9, SetsSessions: true, Sessions: 9}),
+		"an entitlement whose state does not count is none")
+
+	capsOnly := LimitsOf(licensing.Entitlement{Service: "voice", State: licensing.StateActive, CAPS: 1, Overage: "none", Period: "none"})
+	require.Equal(t, admission.Limits{Licensed: true, CAPS: 1, Sessions: u, Subscribers: u, Tokens: u, State: "active"}, capsOnly)
+
+	ov, err := admission.ParseOverage("percent:10")
+	require.NoError(t, err)
+	full := LimitsOf(licensing.Entitlement{Service: "voice", State: licensing.StateGrace, CAPS: math.MaxInt64, Unlimited: true,
+		Sessions: 0, SetsSessions: true, Subscribers: 1, SetsSubscribers: true, Tokens: math.MaxInt64, SetsTokens: true,
+		TokensPerAttempt: 2, TokensPerMinute: 3, Overage: "percent:10", Period: "monthly", PeriodID: 24317})
+	require.Equal(t, admission.Limits{Licensed: true, CAPS: admission.Unlimited, Sessions: 0, Subscribers: 1, Tokens: math.MaxInt64,
+		TokensPerAttempt: 2, TokensPerMinute: 3, Overage: ov, PeriodID: 24317, State: "grace"}, full,
+		"a set dimension at 0 stays 0: limited to nothing")
 }

@@ -32,8 +32,27 @@ type Entitlement struct {
 	TokensPerMinute  int64
 	Overage          string
 	Period           string
+	// SetsSessions, SetsSubscribers and SetsTokens: a counted licence sets
+	// that limit (above 0). A dimension that none sets is not limited: a
+	// CAPS-only licence does not forbid sessions, and a service without
+	// prepaid tokens meters use without a cap (pay-per-use).
+	SetsSessions, SetsSubscribers, SetsTokens bool
+	// PeriodID is the usage period at now (PeriodOf) when Period is
+	// monthly, else 0.
+	PeriodID int64
 	// Licenses are the ids of the counted licences, oldest first.
 	Licenses []string
+}
+
+// Licensed reports whether the service has a counted licence (an
+// Entitlement's zero value: it has none).
+func (e Entitlement) Licensed() bool { return e.State.Counts() }
+
+// PeriodOf names the calendar month (UTC) of t for monthly usage limits:
+// months since the start of year 0.
+func PeriodOf(t time.Time) int64 {
+	t = t.UTC()
+	return int64(t.Year())*12 + int64(t.Month()) - 1
 }
 
 // Effective returns the entitlement of every service that has at least one
@@ -73,6 +92,12 @@ func Effective(ls []*License, revoked map[string]bool, now time.Time) map[string
 		e.Unlimited = e.Unlimited || l.Unlimited
 		e.TokensPerAttempt, e.TokensPerMinute = l.TokensPerAttempt, l.TokensPerMinute
 		e.Overage, e.Period = orDefault(l.Overage, OverageNone), orDefault(l.Period, PeriodNone)
+		e.SetsSessions = e.SetsSessions || l.Sessions > 0
+		e.SetsSubscribers = e.SetsSubscribers || l.Subscribers > 0
+		e.SetsTokens = e.SetsTokens || l.Tokens > 0
+		if e.PeriodID = 0; e.Period == PeriodMonthly {
+			e.PeriodID = PeriodOf(now)
+		}
 		e.Licenses = append(e.Licenses, l.ID)
 		out[l.Service] = e
 	}

@@ -69,11 +69,22 @@ func TestEffective(t *testing.T) {
 	})
 	sameTime := lic("z", 5, func(l *License) { l.Sessions, l.TokensPerAttempt, l.Overage = 5, 9, "" })
 	want := map[string]Entitlement{"vpn": {Service: "vpn", State: StateActive, CAPS: 150, Sessions: 10, Subscribers: 1000,
-		Tokens: 7000, TokensPerAttempt: 3, TokensPerMinute: 4, Overage: "unlimited", Period: "none", Licenses: []string{"m", "n"}}}
+		Tokens: 7000, TokensPerAttempt: 3, TokensPerMinute: 4, Overage: "unlimited", Period: "none",
+		SetsSessions: true, SetsSubscribers: true, SetsTokens: true, Licenses: []string{"m", "n"}}}
 	f([]*License{older, newer}, nil, want)
 	f([]*License{newer, older}, nil, want)
 	f([]*License{newer, sameTime, older}, nil, map[string]Entitlement{"vpn": {Service: "vpn", State: StateActive, CAPS: 150,
-		Sessions: 15, Subscribers: 1000, Tokens: 7000, TokensPerAttempt: 9, Overage: "none", Period: "none", Licenses: []string{"m", "n", "z"}}})
+		Sessions: 15, Subscribers: 1000, Tokens: 7000, TokensPerAttempt: 9, Overage: "none", Period: "none",
+		SetsSessions: true, SetsSubscribers: true, SetsTokens: true, Licenses: []string{"m", "n", "z"}}})
+	// A monthly period names the month of now; an older monthly licence
+	// under a newer one without a period sets none (above).
+	monthly := lic("p", 6, func(l *License) { l.CAPS, l.Tokens, l.Period = 1, 1, "monthly" })
+	f([]*License{monthly}, nil, map[string]Entitlement{"vpn": {Service: "vpn", State: StateActive, CAPS: 1, Tokens: 1,
+		Overage: "none", Period: "monthly", SetsTokens: true, PeriodID: PeriodOf(now), Licenses: []string{"p"}}})
+	require.Equal(t, int64(2026*12+5), PeriodOf(time.Date(2026, 6, 30, 23, 59, 59, 0, time.FixedZone("east", 3600))),
+		"the month in UTC: June 30 23:59:59 at UTC+1 is still June")
+	require.Equal(t, int64(2026*12+6), PeriodOf(time.Date(2026, 7, 1, 0, 0, 0, 0, time.FixedZone("west", -3600))),
+		"and July 1 00:00 at UTC-1 is July")
 
 	// Duplicate ids count once (the first one given).
 	f([]*License{lic("a", 0, caps(500)), lic("a", 0, caps(500)), lic("a", 9, caps(7))}, nil, map[string]Entitlement{
@@ -92,6 +103,7 @@ func TestEffective(t *testing.T) {
 	}
 	f([]*License{lic("a", 0, huge), lic("b", 1, huge), lic("c", 2, caps(1))}, nil, map[string]Entitlement{
 		"vpn": {Service: "vpn", State: StateActive, CAPS: math.MaxInt64, Sessions: math.MaxInt64, Subscribers: math.MaxInt64,
-			Tokens: math.MaxInt64, Overage: "none", Period: "none", Licenses: []string{"a", "b", "c"}},
+			Tokens: math.MaxInt64, Overage: "none", Period: "none", SetsSessions: true, SetsSubscribers: true, SetsTokens: true,
+			Licenses: []string{"a", "b", "c"}},
 	})
 }

@@ -1,4 +1,4 @@
-package registry
+package registry_test
 
 import (
 	"bytes"
@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/capsgate/capsgate/licensing"
+	"github.com/capsgate/capsgate/licensing/registry"
 )
 
 // snapshot is everything a load may change: the licences with their
@@ -49,7 +50,7 @@ func TestLoadEveryDocumentOfAFile(t *testing.T) {
 	// Two licences: both load and stack (the first used to load alone).
 	res, err := f.reg.Load(join([]byte("Dear customer, your licences:\n\n"), a, []byte("\nand the add-on:\n"), b))
 	require.NoError(t, err)
-	require.Equal(t, []Result{{Kind: "license", ID: "a", Service: "voice", State: "active", New: true},
+	require.Equal(t, []registry.Result{{Kind: "license", ID: "a", Service: "voice", State: "active", New: true},
 		{Kind: "license", ID: "b", Service: "voice", State: "active", New: true}}, res)
 	require.Equal(t, 1000.0, f.limits("voice").CAPS)
 	require.Equal(t, int64(150), f.limits("voice").Sessions)
@@ -58,14 +59,14 @@ func TestLoadEveryDocumentOfAFile(t *testing.T) {
 	require.False(t, res[0].New || res[1].New)
 	_, err = f.reg.Add(join(a, b))
 	require.EqualError(t, err, "the file holds 2 documents: licence (line 1), licence (line 29): load it whole (Load) or one document at a time")
-	reasonIs(t, err, ReasonMalformed)
+	reasonIs(t, err, registry.ReasonMalformed)
 
 	// A licence and the revocation of the licence it replaces: both apply,
 	// in order (the revocation alone used to load).
 	c := f.sign(licensing.License{ID: "c", Service: "voice", CAPS: 2000})
 	res, err = f.reg.Load(join(c, f.revoke("r1", "a", "b")))
 	require.NoError(t, err)
-	require.Equal(t, []Result{{Kind: "license", ID: "c", Service: "voice", State: "active", New: true},
+	require.Equal(t, []registry.Result{{Kind: "license", ID: "c", Service: "voice", State: "active", New: true},
 		{Kind: "revocation", ID: "r1", New: true}}, res)
 	require.Equal(t, "revoked", f.state("a"))
 	require.Equal(t, "revoked", f.state("b"))
@@ -110,25 +111,25 @@ func TestLoadRefusesTheWholeFile(t *testing.T) {
 		reasonIs(t, err, reason)
 		require.Equal(t, before, f.snapshot("voice", "sms"), "a refused file changes nothing")
 	}
-	fl(join(good, foreign), ReasonUnknownKey, `document 2 of 2 (licence at line 29): unknown vendor key: licence is signed by key "`+
+	fl(join(good, foreign), registry.ReasonUnknownKey, `document 2 of 2 (licence at line 29): unknown vendor key: licence is signed by key "`+
 		licensing.KeyID(other.Public())+`", which is not among the trusted keys [`+licensing.KeyID(f.key.Public())+`]; nothing in the file was loaded (it holds 2 documents: licence (line 1), licence (line 29))`)
-	fl(join(good, forged), ReasonBadSignature, `document 2 of 2 (licence at line 29): bad signature: licence: header line "Caps: 900" does not match the signed document (altered?); nothing in the file was loaded (it holds 2 documents: licence (line 1), licence (line 29))`)
-	fl(join(f.revoke("r1", "good"), good), ReasonRevoked, `document 2 of 2 (licence at line 14): licence good was revoked by r1; nothing in the file was loaded (it holds 2 documents: revocation (line 1), licence (line 14))`)
-	fl(join(good, f.sign(licensing.License{ID: "good", Service: "voice", CAPS: 900})), ReasonReplayed,
+	fl(join(good, forged), registry.ReasonBadSignature, `document 2 of 2 (licence at line 29): bad signature: licence: header line "Caps: 900" does not match the signed document (altered?); nothing in the file was loaded (it holds 2 documents: licence (line 1), licence (line 29))`)
+	fl(join(f.revoke("r1", "good"), good), registry.ReasonRevoked, `document 2 of 2 (licence at line 14): licence good was revoked by r1; nothing in the file was loaded (it holds 2 documents: revocation (line 1), licence (line 14))`)
+	fl(join(good, f.sign(licensing.License{ID: "good", Service: "voice", CAPS: 900})), registry.ReasonReplayed,
 		`document 2 of 2 (licence at line 29): licence id good is already loaded with other content; nothing in the file was loaded (it holds 2 documents: licence (line 1), licence (line 29))`)
-	fl(join(good, f.sign(licensing.License{ID: "sms", Service: "sms", CAPS: 10, Cluster: "farm-2"})), ReasonWrongCluster,
+	fl(join(good, f.sign(licensing.License{ID: "sms", Service: "sms", CAPS: 10, Cluster: "farm-2"})), registry.ReasonWrongCluster,
 		`document 2 of 2 (licence at line 29): licence sms is bound to cluster "farm-2"; this node's cluster_id is "farm-1"; nothing in the file was loaded (it holds 2 documents: licence (line 1), licence (line 29))`)
-	fl(join(good, good[:len(good)/2]), ReasonMalformed,
+	fl(join(good, good[:len(good)/2]), registry.ReasonMalformed,
 		`malformed: the licence at line 29 has no -----END CAPSGATE LICENSE----- line (truncated?); the file holds 2 documents: licence (line 1), licence (line 29)`)
-	fl(join(bytes.TrimSuffix(good, []byte("-----END CAPSGATE LICENSE-----\n")), good), ReasonMalformed,
+	fl(join(bytes.TrimSuffix(good, []byte("-----END CAPSGATE LICENSE-----\n")), good), registry.ReasonMalformed,
 		`malformed: the licence at line 1 has no END line before the BEGIN line at line 28 (truncated?); the file holds 1 document: licence (line 1)`)
-	fl(join(good, pub), ReasonMalformed,
+	fl(join(good, pub), registry.ReasonMalformed,
 		`malformed: line 29 begins a vendor public key, which is not a licence or revocation; the file holds 1 document: licence (line 1)`)
-	fl([]byte("hello"), ReasonMalformed, "malformed: no -----BEGIN CAPSGATE LICENSE----- or -----BEGIN CAPSGATE LICENSE REVOCATION----- line")
+	fl([]byte("hello"), registry.ReasonMalformed, "malformed: no -----BEGIN CAPSGATE LICENSE----- or -----BEGIN CAPSGATE LICENSE REVOCATION----- line")
 	require.Equal(t, 28, bytes.Count(good, []byte("\n")), "a licence is 28 lines: the second of two begins at line 29")
 
 	// A store that fails part-way removes what the file stored before it.
-	revDir := filepath.Join(f.dir, revocationDir)
+	revDir := filepath.Join(f.dir, "revocations")
 	require.NoError(t, os.RemoveAll(revDir))
 	require.NoError(t, os.WriteFile(revDir, nil, 0o600))
 	before := f.snapshot("voice")

@@ -26,7 +26,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/capsgate/capsgate/admission"
 	"github.com/capsgate/capsgate/admission/bounded"
 	"github.com/capsgate/capsgate/licensing"
 )
@@ -56,6 +55,15 @@ func refuse(reason, format string, args ...any) error {
 	return &LoadError{Reason: reason, Err: fmt.Errorf(format, args...)}
 }
 
+// Sink receives what the licences entitle each service to, whenever it
+// may have changed: at open, at each load, revocation or removal, and at
+// each change of a licence's state or of the usage period. A service
+// whose last counted licence went gets the zero Entitlement (Licensed is
+// false). The cluster turns entitlements into the engine's limits.
+type Sink interface {
+	SetEntitlement(service string, e licensing.Entitlement) error
+}
+
 // Config configures a Registry.
 type Config struct {
 	// Dir holds the loaded licences (data_dir/licenses).
@@ -69,8 +77,8 @@ type Config struct {
 	ClockTolerance time.Duration
 	// Wall is the wall clock; tests inject a fake one.
 	Wall func() time.Time
-	// Sink receives each service's limits.
-	Sink admission.LimitSetter
+	// Sink receives each service's entitlement.
+	Sink Sink
 	Log  *slog.Logger
 }
 
@@ -92,7 +100,7 @@ type Registry struct {
 	revDocs  map[string][]byte // revocation id → armored document
 	guard    *clockGuard
 	now      time.Time       // effective time of the last evaluation
-	period   int64           // the usage period of now (PeriodOf), as last applied
+	period   int64           // the usage period of now (licensing.PeriodOf), as last applied
 	services map[string]bool // services ever given limits
 	// verified maps a licence document's digest to its id once it has
 	// verified: every member's state sync carries every licence, and a
@@ -462,7 +470,7 @@ func (r *Registry) Tick() time.Time {
 			e.state, changed = st, true
 		}
 	}
-	if p := PeriodOf(r.now); p != r.period {
+	if p := licensing.PeriodOf(r.now); p != r.period {
 		// A new calendar month: monthly licences' pools start empty.
 		changed = true
 	}
@@ -470,13 +478,6 @@ func (r *Registry) Tick() time.Time {
 		r.applyLocked()
 	}
 	return r.nextChangeLocked()
-}
-
-// PeriodOf names the calendar month (UTC) of t for monthly usage limits:
-// months since the start of year 0.
-func PeriodOf(t time.Time) int64 {
-	t = t.UTC()
-	return int64(t.Year())*12 + int64(t.Month()) - 1
 }
 
 // nextMonth is when the month after t's begins (UTC).
@@ -532,60 +533,17 @@ func (r *Registry) applyLocked() {
 		revoked[id] = true
 	}
 	ents := licensing.Effective(all, revoked, r.now)
-	r.period = PeriodOf(r.now)
+	r.period = licensing.PeriodOf(r.now)
 	for s := range ents {
 		r.services[s] = true
 	}
 	for s := range r.services {
 		ent, ok := ents[s]
-		l := admission.Limits{Sessions: admission.Unlimited, Subscribers: admission.Unlimited, Tokens: admission.Unlimited, State: "unlicensed"}
-		if ok {
-			l = r.limits(ent)
+		if !ok {
+			ent = licensing.Entitlement{Service: s}
 		}
-		if err := r.cfg.Sink.SetLimits(s, l); err != nil {
+		if err := r.cfg.Sink.SetEntitlement(s, ent); err != nil {
 			r.cfg.Log.Error("cannot apply licence limits", "service", s, "err", err)
 		}
 	}
-}
-
-// limits turns an entitlement into engine limits. A dimension that no
-// counted licence sets is not limited: a CAPS-only licence does not forbid
-// sessions, and a service without prepaid tokens meters use without a cap
-// (pay-per-use).
-func (r *Registry) limits(ent licensing.Entitlement) admission.Limits {
-	var setSessions, setSubs, setTokens bool
-	for _, id := range ent.Licenses {
-		if e, ok := r.lics[id]; ok {
-			setSessions = setSessions || e.lic.Sessions > 0
-			setSubs = setSubs || e.lic.Subscribers > 0
-			setTokens = setTokens || e.lic.Tokens > 0
-		}
-	}
-	l := admission.Limits{
-		Licensed:         true,
-		CAPS:             float64(ent.CAPS),
-		Sessions:         orUnlimited(setSessions, ent.Sessions),
-		Subscribers:      orUnlimited(setSubs, ent.Subscribers),
-		Tokens:           orUnlimited(setTokens, ent.Tokens),
-		TokensPerAttempt: ent.TokensPerAttempt,
-		TokensPerMinute:  ent.TokensPerMinute,
-		State:            string(ent.State),
-	}
-	if ent.Unlimited {
-		l.CAPS = admission.Unlimited
-	}
-	if ov, err := admission.ParseOverage(ent.Overage); err == nil {
-		l.Overage = ov
-	}
-	if ent.Period == licensing.PeriodMonthly {
-		l.PeriodID = PeriodOf(r.now)
-	}
-	return l
-}
-
-func orUnlimited(set bool, v int64) int64 {
-	if !set {
-		return admission.Unlimited
-	}
-	return v
 }

@@ -1,4 +1,4 @@
-package registry
+package registry_test
 
 import (
 	"bytes"
@@ -13,7 +13,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/capsgate/capsgate/admission"
+	"github.com/capsgate/capsgate/cluster"
 	"github.com/capsgate/capsgate/licensing"
+	"github.com/capsgate/capsgate/licensing/registry"
 )
 
 type fixture struct {
@@ -22,7 +24,7 @@ type fixture struct {
 	key  *licensing.VendorKey
 	eng  *admission.Engine
 	wall time.Time
-	reg  *Registry
+	reg  *registry.Registry
 	logs *bytes.Buffer
 }
 
@@ -44,8 +46,8 @@ func (f *fixture) open() {
 	require.NoError(f.t, err)
 	f.eng = admission.NewEngine(admission.DefaultConfig())
 	f.logs = &bytes.Buffer{}
-	f.reg, err = Open(Config{Dir: f.dir, ClusterID: "farm-1", Keys: keys, ClockTolerance: 5 * time.Minute,
-		Wall: func() time.Time { return f.wall }, Sink: f.eng, Log: slog.New(slog.NewTextHandler(f.logs, nil))})
+	f.reg, err = registry.Open(registry.Config{Dir: f.dir, ClusterID: "farm-1", Keys: keys, ClockTolerance: 5 * time.Minute,
+		Wall: func() time.Time { return f.wall }, Sink: cluster.NewShares(f.eng), Log: slog.New(slog.NewTextHandler(f.logs, nil))})
 	require.NoError(f.t, err)
 }
 
@@ -72,7 +74,7 @@ func (f *fixture) state(id string) string {
 
 func reasonIs(t *testing.T, err error, reason string) {
 	t.Helper()
-	var le *LoadError
+	var le *registry.LoadError
 	require.True(t, errors.As(err, &le), "%v", err)
 	require.Equal(t, reason, le.Reason, err.Error())
 }
@@ -82,7 +84,7 @@ func TestStackingAndStatesAtExactInstants(t *testing.T) {
 	end := t0.Add(30 * 24 * time.Hour)
 	res, err := f.reg.Add(f.sign(licensing.License{ID: "a", Service: "voice", CAPS: 500, Sessions: 100, NotAfter: end, Grace: 72 * time.Hour}))
 	require.NoError(t, err)
-	require.Equal(t, Result{Kind: "license", ID: "a", Service: "voice", State: "active", New: true}, res)
+	require.Equal(t, registry.Result{Kind: "license", ID: "a", Service: "voice", State: "active", New: true}, res)
 	require.Equal(t, 500.0, f.limits("voice").CAPS)
 	require.Equal(t, int64(100), f.limits("voice").Sessions)
 	require.Equal(t, int64(admission.Unlimited), f.limits("voice").Subscribers, "no licence sets subscribers: not limited")
@@ -139,20 +141,20 @@ func TestRefusalsChangeNothing(t *testing.T) {
 	foreign, err := other.Sign(&licensing.License{ID: "x", Service: "voice", CAPS: 9000}, f.wall)
 	require.NoError(t, err)
 	_, err = f.reg.Add(foreign)
-	reasonIs(t, err, ReasonUnknownKey)
+	reasonIs(t, err, registry.ReasonUnknownKey)
 	_, err = f.reg.Add([]byte("hello"))
-	reasonIs(t, err, ReasonMalformed)
+	reasonIs(t, err, registry.ReasonMalformed)
 	_, err = f.reg.Add(f.sign(licensing.License{ID: "g", Service: "voice", CAPS: 5000}))
-	reasonIs(t, err, ReasonReplayed)
+	reasonIs(t, err, registry.ReasonReplayed)
 	_, err = f.reg.Add(f.sign(licensing.License{ID: "c", Service: "voice", CAPS: 5000, Cluster: "farm-2"}))
-	reasonIs(t, err, ReasonWrongCluster)
+	reasonIs(t, err, registry.ReasonWrongCluster)
 	_, err = f.reg.Add(f.sign(licensing.License{ID: "e", Service: "voice", CAPS: 5000,
 		NotBefore: t0.Add(-48 * time.Hour), NotAfter: t0.Add(-24 * time.Hour), Grace: time.Hour}))
-	reasonIs(t, err, ReasonExpired)
+	reasonIs(t, err, registry.ReasonExpired)
 	future, err := f.key.Sign(&licensing.License{ID: "f", Service: "voice", CAPS: 5000}, f.wall.Add(time.Hour))
 	require.NoError(t, err)
 	_, err = f.reg.Add(future)
-	reasonIs(t, err, ReasonClockSkew)
+	reasonIs(t, err, registry.ReasonClockSkew)
 	require.Contains(t, err.Error(), "the node's clock is wrong")
 
 	require.Len(t, f.reg.List(), 1)
@@ -174,7 +176,7 @@ func TestRevocation(t *testing.T) {
 	require.NoError(t, err)
 	res, err := f.reg.Add(rev)
 	require.NoError(t, err)
-	require.Equal(t, Result{Kind: "revocation", ID: "rev-1", New: true}, res)
+	require.Equal(t, registry.Result{Kind: "revocation", ID: "rev-1", New: true}, res)
 	require.Equal(t, 500.0, f.limits("voice").CAPS)
 	require.Equal(t, "revoked", f.state("addon-1"))
 	res, err = f.reg.Add(rev)
@@ -187,7 +189,7 @@ func TestRevocation(t *testing.T) {
 	require.Equal(t, "revoked", f.state("addon-1"))
 	require.NotContains(t, f.logs.String(), "refusing")
 	_, err = f.reg.Add(f.sign(licensing.License{ID: "addon-1", Service: "voice", CAPS: 100}))
-	reasonIs(t, err, ReasonRevoked)
+	reasonIs(t, err, registry.ReasonRevoked)
 }
 
 func TestRestartReverifies(t *testing.T) {
@@ -341,10 +343,10 @@ func TestStoredFilesBounded(t *testing.T) {
 	require.Contains(t, f.logs.String(), `msg="cannot read a stored licence file" file=`+fifo+` err="`+fifo+`: not a regular file (a FIFO)"`)
 	require.NoError(t, f.reg.Close())
 
-	mark := filepath.Join(f.dir, markFile)
+	mark := filepath.Join(f.dir, "clock.hwm")
 	require.NoError(t, os.Remove(mark))
 	require.NoError(t, syscall.Mkfifo(mark, 0o600))
-	_, err := Open(Config{Dir: f.dir})
+	_, err := registry.Open(registry.Config{Dir: f.dir})
 	require.EqualError(t, err, "cannot read the clock high-water mark: "+mark+": not a regular file (a FIFO)")
 }
 
@@ -366,6 +368,6 @@ func TestSameDocumentAgain(t *testing.T) {
 	_, err = f.reg.Add(rev)
 	require.NoError(t, err)
 	_, err = f.reg.Add(doc)
-	reasonIs(t, err, ReasonRevoked)
+	reasonIs(t, err, registry.ReasonRevoked)
 	require.Equal(t, 0.0, f.limits("voice").CAPS)
 }
