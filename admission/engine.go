@@ -8,6 +8,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/capsgate/capsgate/admission/names"
+	"github.com/capsgate/capsgate/admission/sat"
 )
 
 // Config tunes the engine. Zero values are replaced by DefaultConfig's.
@@ -612,7 +615,7 @@ func (s *Service) release(now int64, key Key, seconds int64) bool {
 			p = &x.account.pool
 		}
 		minutes := (min(seconds, MaxReleaseSeconds) + 59) / 60
-		n := SatMul(minutes, l.TokensPerMinute)
+		n := sat.Mul(minutes, l.TokensPerMinute)
 		s.awaitReservation(p, n, true) // charged whatever the pool: the call is over
 		s.charge(p, n)
 	}
@@ -786,7 +789,7 @@ func (e *Engine) RecordConsumedKey(now int64, service []byte, key Key, d Decisio
 // SetAccount allocates tokens of the service's pool to an account, with its
 // own overage policy. Allocations may not exceed the service's pool.
 func (e *Engine) SetAccount(service, acct string, tokens int64, ov Overage) error {
-	if !ValidName([]byte(acct)) {
+	if !names.Valid([]byte(acct)) {
 		// Allocations also arrive from members and from the state file:
 		// one rule for names wherever they enter.
 		return fmt.Errorf("cannot allocate to account %q: not a valid account name ([A-Za-z0-9._:-]{1,64}, not . or ..)", acct)
@@ -820,7 +823,7 @@ func (e *Engine) SetAccount(service, acct string, tokens int64, ov Overage) erro
 	a.alloc, a.policy = tokens, ov
 	s.touch(&a.pool) // its size, which its limit may not show (a cluster's budget)
 	s.touch(&s.tokens)
-	s.allocated = SatAdd(others, tokens)
+	s.allocated = sat.Add(others, tokens)
 	s.applyPool(l, false) // the service's pool (what is left unallocated)
 	s.applyAccount(l, a)
 	return nil

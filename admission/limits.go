@@ -5,10 +5,12 @@ import (
 	"math"
 	"strconv"
 	"strings"
+
+	"github.com/capsgate/capsgate/admission/sat"
 )
 
 // Unlimited marks a limit that the licence does not bound. It is the only
-// negative limit: arithmetic on limits saturates (see SatAdd), so a sum of
+// negative limit: arithmetic on limits saturates (see package sat), so a sum of
 // licences past math.MaxInt64 is math.MaxInt64, a finite limit no node can
 // reach, never a negative number.
 const Unlimited = -1
@@ -112,12 +114,12 @@ func (o Overage) String() string {
 // ceiling returns how many tokens a pool of size limit may hand out in
 // all, or -1 when there is no end: the overage is unlimited, or a
 // percentage takes the ceiling past math.MaxInt64, beyond what the pool's
-// counters can count (they stop there; see SatAdd). A pool of exactly
+// counters can count (they stop there; see package sat). A pool of exactly
 // math.MaxInt64 tokens with no overage is a finite pool.
 func (o Overage) ceiling(limit int64) int64 {
 	switch o.Kind {
 	case OveragePercent:
-		extra := PercentOf(limit, o.Percent)
+		extra := sat.PercentOf(limit, o.Percent)
 		if extra > math.MaxInt64-limit {
 			return -1
 		}
@@ -156,7 +158,7 @@ func derive(l Limits, cfg *Config) *derived {
 			// depth, which it may owe. (A node holding the whole licence,
 			// give or take the rounding of the parts that sum to it, is
 			// alone: no reserve.)
-			depth = SatAdd(depth, Reserve(l.CAPS))
+			depth = sat.Add(depth, Reserve(l.CAPS))
 		}
 		d.caps = newGCRADepth(l.CAPS, depth)
 	}
@@ -166,7 +168,7 @@ func derive(l Limits, cfg *Config) *derived {
 		d.headroom = newGCRA(0, 0)
 	}
 	if l.Sessions > 0 {
-		d.highSessions = SatAdd(l.Sessions, PercentOf(l.Sessions, int64(cfg.HighHeadroomPercent)))
+		d.highSessions = sat.Add(l.Sessions, sat.PercentOf(l.Sessions, int64(cfg.HighHeadroomPercent)))
 	}
 	if !l.Licensed {
 		d.caps = newGCRA(0, 0)

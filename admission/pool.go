@@ -3,6 +3,8 @@ package admission
 import (
 	"math"
 	"slices"
+
+	"github.com/capsgate/capsgate/admission/sat"
 )
 
 // pool is a count of prepaid tokens: a service's unallocated pool or an
@@ -46,8 +48,8 @@ func (p *pool) reserved(n int64) bool {
 	if !p.durableSet || n <= 0 || p.durable == math.MaxInt64 || (p.total <= p.durable && n <= p.durable-p.total) {
 		return true
 	}
-	p.wanted = SatAdd(p.wanted, n)
-	p.waited = SatAdd(p.waited, n)
+	p.wanted = sat.Add(p.wanted, n)
+	p.waited = sat.Add(p.waited, n)
 	return false
 }
 
@@ -116,15 +118,15 @@ func (p *pool) charge(n int64) {
 		return
 	}
 	if p.limit == Unlimited {
-		p.used = SatAdd(p.used, n)
-		p.total = SatAdd(p.total, n)
+		p.used = sat.Add(p.used, n)
+		p.total = sat.Add(p.total, n)
 		return
 	}
 	before, over := max(p.used-p.limit, 0), p.overage
-	p.used = SatAdd(p.used, n)
+	p.used = sat.Add(p.used, n)
 	p.overage += max(p.used-p.limit, 0) - before
-	p.total = SatAdd(p.total, n)
-	p.totalOver = SatAdd(p.totalOver, p.overage-over)
+	p.total = sat.Add(p.total, n)
+	p.totalOver = sat.Add(p.totalOver, p.overage-over)
 }
 
 // newPeriod empties the pool for a new usage period.
@@ -245,7 +247,7 @@ func (s *Service) Reserve(account string, durable, low int64) {
 	defer s.mu.Unlock()
 	if p := s.pool(account); p != nil {
 		p.durable, p.durableSet, p.low = durable, true, low
-		if durable == math.MaxInt64 || durable >= SatAdd(p.total, p.wanted) {
+		if durable == math.MaxInt64 || durable >= sat.Add(p.total, p.wanted) {
 			p.wanted = 0
 		}
 		s.touch(p)

@@ -6,6 +6,8 @@ import (
 	"sync/atomic"
 	"time"
 	"unsafe"
+
+	"github.com/capsgate/capsgate/admission/sat"
 )
 
 // session is an open call.
@@ -201,8 +203,8 @@ func (s *Service) charge(p *pool, n int64) {
 	p.charge(n)
 	// What the pool really took (it saturates), summed over the pools
 	// without wrapping; the atomics are only written here, under mu.
-	s.tokensUse.Store(SatAdd(s.tokensUse.Load(), p.total-total))
-	s.overUse.Store(SatAdd(s.overUse.Load(), p.totalOver-over))
+	s.tokensUse.Store(sat.Add(s.tokensUse.Load(), p.total-total))
+	s.overUse.Store(sat.Add(s.overUse.Load(), p.totalOver-over))
 	s.touch(p)
 	if p.durableSet && p.durable-p.total < p.low {
 		s.wakeReserver()

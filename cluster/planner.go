@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/capsgate/capsgate/admission"
+	"github.com/capsgate/capsgate/admission/sat"
 )
 
 // Planner decides this node's part of every licence from what it knows of
@@ -761,24 +762,24 @@ func (p *Planner) tokenBudget(key string, pool int64, part float64, used, cur in
 	spent, reserved := used, max(cur, used)
 	for _, v := range p.peers {
 		h := v.report.Held[key]
-		spent = admission.SatAdd(spent, h.Tokens)
+		spent = sat.Add(spent, h.Tokens)
 		switch {
 		case v.left || v.reclaimed:
 			// Gone: what it charged stays charged, its budget is free.
-			reserved = admission.SatAdd(reserved, h.Tokens)
+			reserved = sat.Add(reserved, h.Tokens)
 		default:
 			// Alive, or failed but maybe only cut off: it may still be
 			// charging up to its budget.
-			reserved = admission.SatAdd(reserved, max(h.Budget, h.Tokens))
+			reserved = sat.Add(reserved, max(h.Budget, h.Tokens))
 		}
 	}
-	target := admission.SatAdd(used, admission.PartOf(part, max(pool-spent, 0)))
+	target := sat.Add(used, sat.PartOf(part, max(pool-spent, 0)))
 	free := pool - reserved
 	next := target
 	if target > cur {
 		// A rise takes no more than this node's part of what no member
 		// has reserved.
-		next = min(target, admission.SatAdd(cur, admission.PartOf(part, max(free, 0))))
+		next = min(target, sat.Add(cur, sat.PartOf(part, max(free, 0))))
 	}
 	next = max(next, used)
 	if planned && next != cur && cur > used && absDiff(next, cur) <= (cur-used)/budgetSlack {
@@ -801,9 +802,9 @@ const budgetSlack = 16
 // absDiff is |a − b| without overflow.
 func absDiff(a, b int64) int64 {
 	if a > b {
-		return admission.SatSub(a, b)
+		return sat.Sub(a, b)
 	}
-	return admission.SatSub(b, a)
+	return sat.Sub(b, a)
 }
 
 // Side returns the side as last planned.

@@ -5,6 +5,7 @@ import (
 	"sync"
 
 	"github.com/capsgate/capsgate/admission"
+	"github.com/capsgate/capsgate/admission/sat"
 	"github.com/capsgate/capsgate/licensing"
 )
 
@@ -209,10 +210,10 @@ func (s *Shares) applyLocked(service string) error {
 			local.DepthShare, local.DepthShared = max(sh.Depth, 0), true
 		}
 		if sh.Sessions >= 0 && l.Sessions != admission.Unlimited {
-			local.Sessions = admission.PartOf(sh.Sessions, l.Sessions)
+			local.Sessions = sat.PartOf(sh.Sessions, l.Sessions)
 		}
 		if sh.Subscribers >= 0 && l.Subscribers != admission.Unlimited {
-			local.Subscribers = admission.PartOf(sh.Subscribers, l.Subscribers)
+			local.Subscribers = sat.PartOf(sh.Subscribers, l.Subscribers)
 		}
 		if sh.TokensShared && l.Tokens != admission.Unlimited {
 			local.TokensShared, local.TokensBudget, local.AccountBudgets = true, sh.TokensBudget, sh.AccountBudgets

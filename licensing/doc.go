@@ -7,7 +7,7 @@
 // over the cluster, refusing a foreign cluster's licence and detecting a
 // clock set back are the node's work.
 //
-// The vendor side (capslicense, see package licensing/issuer):
+// The vendor side (capslicense, cmd/capslicense):
 //
 //	key, _ := licensing.GenerateVendorKey()
 //	_ = licensing.WriteKeyFiles(dir, key) // vendor.key (0600), vendor.pub

@@ -17,7 +17,7 @@ func TestSplit(t *testing.T) {
 	lic2 := mustSign(t, k, l2)
 	rev, err := k.Revoke(&Revocation{ID: "rev-1", Revokes: []string{"lic-0001"}}, t0)
 	require.NoError(t, err)
-	pub := MarshalPublicKey(k.Public())
+	pub := MarshalVendorPublicKey(k.Public())
 	n := bytes.Count(lic, []byte("\n"))
 
 	f := func(text []byte, want []Document) {
@@ -59,7 +59,7 @@ func TestSplit(t *testing.T) {
 	require.EqualError(t, err, "malformed: the text holds 2 armored blocks (licence, licence), not one")
 	_, err = testRing(t, k).VerifyRevocation(slices.Concat(lic, rev))
 	require.EqualError(t, err, "malformed: the text holds 2 armored blocks (licence, revocation), not one")
-	_, err = ParsePublicKey(slices.Concat(pub, pub))
+	_, err = ParseVendorPublicKey(slices.Concat(pub, pub))
 	require.EqualError(t, err, "malformed: the text holds 2 armored blocks (vendor public key, vendor public key), not one")
 	require.Equal(t, "2 documents: licence (line 1), revocation (line 29)", Describe([]Document{{Line: 1}, {Revocation: true, Line: 29}}))
 }

@@ -5,7 +5,7 @@ import (
 	"slices"
 	"time"
 
-	"github.com/capsgate/capsgate/admission"
+	"github.com/capsgate/capsgate/admission/sat"
 )
 
 // Entitlement is what a service may use: the sum of its licences that
@@ -85,10 +85,10 @@ func Effective(ls []*License, revoked map[string]bool, now time.Time) map[string
 		if e.State != StateActive {
 			e.State = l.State(now, false)
 		}
-		e.CAPS = admission.SatAdd(e.CAPS, max(l.CAPS, 0))
-		e.Sessions = admission.SatAdd(e.Sessions, max(l.Sessions, 0))
-		e.Subscribers = admission.SatAdd(e.Subscribers, max(l.Subscribers, 0))
-		e.Tokens = admission.SatAdd(e.Tokens, max(l.Tokens, 0))
+		e.CAPS = sat.Add(e.CAPS, max(l.CAPS, 0))
+		e.Sessions = sat.Add(e.Sessions, max(l.Sessions, 0))
+		e.Subscribers = sat.Add(e.Subscribers, max(l.Subscribers, 0))
+		e.Tokens = sat.Add(e.Tokens, max(l.Tokens, 0))
 		e.Unlimited = e.Unlimited || l.Unlimited
 		e.TokensPerAttempt, e.TokensPerMinute = l.TokensPerAttempt, l.TokensPerMinute
 		e.Overage, e.Period = orDefault(l.Overage, OverageNone), orDefault(l.Period, PeriodNone)

@@ -47,7 +47,7 @@ func FuzzDecode(f *testing.F) {
 		if _, err := ring.VerifyRevocation(data); err != nil {
 			requireVerifyError(t, err)
 		}
-		_, _ = ParsePublicKey(data)
+		_, _ = ParseVendorPublicKey(data)
 		_, _ = ParseVendorKey(data)
 	})
 }

@@ -78,9 +78,9 @@ func (k *VendorKey) MarshalPrivate() []byte {
 	return armor(privateKeyLabel, []Field{{"Key-Id", k.id}}, k.priv.Seed())
 }
 
-// MarshalPublicKey returns the contents of a vendor.pub file. Its Key-Id
+// MarshalVendorPublicKey returns the contents of a vendor.pub file. Its Key-Id
 // header line is informational.
-func MarshalPublicKey(pub ed25519.PublicKey) []byte {
+func MarshalVendorPublicKey(pub ed25519.PublicKey) []byte {
 	return armor(publicKeyLabel, []Field{{"Key-Id", KeyID(pub)}}, pub)
 }
 
@@ -93,8 +93,8 @@ func ParseVendorKey(data []byte) (*VendorKey, error) {
 	return NewVendorKey(seed)
 }
 
-// ParsePublicKey reads the contents of a vendor.pub file.
-func ParsePublicKey(data []byte) (ed25519.PublicKey, error) {
+// ParseVendorPublicKey reads the contents of a vendor.pub file.
+func ParseVendorPublicKey(data []byte) (ed25519.PublicKey, error) {
 	pub, _, err := unarmor(publicKeyLabel, data)
 	if err != nil {
 		return nil, err
@@ -110,9 +110,9 @@ func LoadVendorKey(path string) (*VendorKey, error) {
 	return load(path, ParseVendorKey)
 }
 
-// LoadPublicKey reads a vendor.pub file.
-func LoadPublicKey(path string) (ed25519.PublicKey, error) {
-	return load(path, ParsePublicKey)
+// LoadVendorPublicKey reads a vendor.pub file.
+func LoadVendorPublicKey(path string) (ed25519.PublicKey, error) {
+	return load(path, ParseVendorPublicKey)
 }
 
 func load[T any](path string, parse func([]byte) (T, error)) (T, error) {
@@ -145,7 +145,7 @@ func WriteKeyFiles(dir string, k *VendorKey) error {
 	if err := writeNew(priv, k.MarshalPrivate(), 0o600); err != nil {
 		return err
 	}
-	return writeNew(pub, MarshalPublicKey(k.Public()), 0o644)
+	return writeNew(pub, MarshalVendorPublicKey(k.Public()), 0o644)
 }
 
 // writeNew creates path (failing if it exists) and writes data durably.
@@ -193,7 +193,7 @@ func LoadKeyring(paths ...string) (*Keyring, error) {
 	}
 	pubs := make([]ed25519.PublicKey, 0, len(paths))
 	for _, p := range paths {
-		pub, err := LoadPublicKey(p)
+		pub, err := LoadVendorPublicKey(p)
 		if err != nil {
 			return nil, err
 		}

@@ -38,7 +38,7 @@ func TestKeyFiles(t *testing.T) {
 	loaded, err := LoadVendorKey(filepath.Join(dir, "vendor.key"))
 	require.NoError(t, err)
 	require.Equal(t, k, loaded)
-	loadedPub, err := LoadPublicKey(filepath.Join(dir, "vendor.pub"))
+	loadedPub, err := LoadVendorPublicKey(filepath.Join(dir, "vendor.pub"))
 	require.NoError(t, err)
 	require.Equal(t, k.Public(), loadedPub)
 
@@ -64,21 +64,21 @@ func TestKeyFiles(t *testing.T) {
 
 func TestKeyParseErrors(t *testing.T) {
 	k := testKey(t, 1)
-	_, err := ParsePublicKey(k.MarshalPrivate())
+	_, err := ParseVendorPublicKey(k.MarshalPrivate())
 	require.EqualError(t, err, "malformed: no -----BEGIN CAPSGATE VENDOR PUBLIC KEY----- line")
-	_, err = ParseVendorKey(MarshalPublicKey(k.Public()))
+	_, err = ParseVendorKey(MarshalVendorPublicKey(k.Public()))
 	require.EqualError(t, err, "malformed: no -----BEGIN CAPSGATE VENDOR PRIVATE KEY----- line")
-	_, err = ParsePublicKey(armor(publicKeyLabel, nil, make([]byte, 31)))
+	_, err = ParseVendorPublicKey(armor(publicKeyLabel, nil, make([]byte, 31)))
 	require.EqualError(t, err, "malformed: public key is 31 bytes, want 32")
 	_, err = ParseVendorKey(armor(privateKeyLabel, nil, make([]byte, 64)))
 	require.EqualError(t, err, "malformed: vendor key seed is 64 bytes, want 32")
 
 	// The Key-Id header is informational: a wrong one changes nothing.
-	pub, err := ParsePublicKey([]byte(strings.Replace(string(MarshalPublicKey(k.Public())), k.ID(), "0000000000000000", 1)))
+	pub, err := ParseVendorPublicKey([]byte(strings.Replace(string(MarshalVendorPublicKey(k.Public())), k.ID(), "0000000000000000", 1)))
 	require.NoError(t, err)
 	require.Equal(t, k.Public(), pub)
 
-	_, err = LoadPublicKey(filepath.Join(t.TempDir(), "missing.pub"))
+	_, err = LoadVendorPublicKey(filepath.Join(t.TempDir(), "missing.pub"))
 	require.ErrorIs(t, err, fs.ErrNotExist)
 	bad := filepath.Join(t.TempDir(), "bad.pub")
 	require.NoError(t, os.WriteFile(bad, []byte("hello"), 0o644))

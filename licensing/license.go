@@ -8,7 +8,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
-	"github.com/capsgate/capsgate/admission"
+	"github.com/capsgate/capsgate/admission/names"
 )
 
 // Overage policies and periods, as written in a licence.
@@ -239,7 +239,7 @@ func checkText(name, s string, max int) error {
 
 // validName reports whether s is a name: [A-Za-z0-9._:-]{1,64}, not "."
 // or ".." (the one rule the admission engine applies to every name).
-func validName(s string) bool { return admission.ValidName([]byte(s)) }
+func validName(s string) bool { return names.Valid([]byte(s)) }
 
 // validID is validName without a leading dot ("." and ".." are no file
 // names).

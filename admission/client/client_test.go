@@ -13,8 +13,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/capsgate/capsgate/admission/client"
-	"github.com/capsgate/capsgate/admission/node"
 	"github.com/capsgate/capsgate/cluster/clustertest"
+	"github.com/capsgate/capsgate/cmd/capsgate/node"
 )
 
 // devNode starts an in-process `capsgate --dev` on free loopback ports

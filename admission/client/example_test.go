@@ -10,7 +10,7 @@ import (
 	"path/filepath"
 
 	"github.com/capsgate/capsgate/admission/client"
-	"github.com/capsgate/capsgate/admission/node"
+	"github.com/capsgate/capsgate/cmd/capsgate/node"
 )
 
 // exampleNode starts an in-process `capsgate --dev` on loopback ports the

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/capsgate/capsgate/admission"
+	"github.com/capsgate/capsgate/admission/sat"
 )
 
 // MinBlock is the smallest lookahead of a reservation, in tokens.
@@ -379,12 +380,12 @@ func (r *Reserver) consider(s *admission.Service, p admission.PoolState, now tim
 		ps.Base, changed = p.Base, true
 	}
 	// The charges waiting, whatever their size, then the lookahead.
-	need := admission.SatAdd(p.Total, p.Wanted)
-	next := admission.SatAdd(need, block)
+	need := sat.Add(p.Total, p.Wanted)
+	next := sat.Add(need, block)
 	if c := p.Ceiling(); c >= 0 {
 		// No charge the policy checks can go past the pool's ceiling this
 		// period: reserving beyond it would only over-count after a crash.
-		next = min(next, max(admission.SatAdd(p.Base, c), need))
+		next = min(next, max(sat.Add(p.Base, c), need))
 	}
 	granted := false
 	if p.Durable >= 0 && ((p.Durable-p.Total >= block/2 && p.Wanted == 0) || p.Durable >= next) {
@@ -406,7 +407,7 @@ func (r *Reserver) consider(s *admission.Service, p admission.PoolState, now tim
 	if changed {
 		r.store.pool(k.service, p.Account, ps)
 	}
-	if granted || p.Wanted > 0 || block > MinBlock || p.Low > MinBlock/2 || admission.SatFloor(BlockSeconds*r.rate[k].rate) > MinBlock {
+	if granted || p.Wanted > 0 || block > MinBlock || p.Low > MinBlock/2 || sat.Floor(BlockSeconds*r.rate[k].rate) > MinBlock {
 		r.active[k] = struct{}{}
 	} else {
 		delete(r.active, k)
@@ -465,10 +466,10 @@ func (r *Reserver) lookahead(k poolKey, p admission.PoolState, now time.Time) in
 	} else {
 		block = prev.block // a doubled lookahead holds until the rate is measured again
 	}
-	block = max(block, admission.SatFloor(BlockSeconds*prev.rate))
+	block = max(block, sat.Floor(BlockSeconds*prev.rate))
 	if p.Wanted > 0 || (p.Durable > 0 && p.Durable <= p.Total) {
-		demand := admission.SatAdd(max(p.Total-prev.granted, 0), p.Wanted)
-		block = max(block, min(admission.SatMul(2, prev.block), admission.SatMul(2, demand)))
+		demand := sat.Add(max(p.Total-prev.granted, 0), p.Wanted)
+		block = max(block, min(sat.Mul(2, prev.block), sat.Mul(2, demand)))
 	}
 	prev.block = block
 	r.rate[k] = prev

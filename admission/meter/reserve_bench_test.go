@@ -44,7 +44,7 @@ func BenchmarkMixedCharges(b *testing.B) {
 	var steps atomic.Int64
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	wg.Go(func() { // as admission/node's reserving loop
+	wg.Go(func() { // as the node's reserving loop
 		tick := time.NewTicker(StepEvery)
 		defer tick.Stop()
 		for {

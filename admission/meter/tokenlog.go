@@ -449,7 +449,7 @@ func (t *tokenStore) alloc(service, account string, a admission.Allocation) {
 	t.end(binary.AppendVarint(e, a.At))
 }
 
-// maxEntry bounds an entry: two names of at most 64 bytes (ValidName), an
+// maxEntry bounds an entry: two names of at most 64 bytes (names.Valid), an
 // overage policy and five varints.
 const maxEntry = 512
 

@@ -13,6 +13,7 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/capsgate/capsgate/admission"
+	"github.com/capsgate/capsgate/admission/names"
 )
 
 // Version is reported by INFO and HELLO.
@@ -509,7 +510,7 @@ func (h *Handler) admit(now int64, cs *ConnState, args [][]byte, out []byte) []b
 	if len(args) < 2 || len(args)%2 != 0 {
 		return wrongArgs(out, "admit")
 	}
-	if !admission.ValidName(args[1]) {
+	if !names.Valid(args[1]) {
 		return AppendError(out, errService)
 	}
 	var call, acct []byte
@@ -519,12 +520,12 @@ func (h *Handler) admit(now int64, cs *ConnState, args [][]byte, out []byte) []b
 		opt, v := args[i], args[i+1]
 		switch {
 		case bytes.EqualFold(opt, []byte("CALL")) && call == nil:
-			if !admission.ValidKey(v) {
+			if !names.ValidKey(v) {
 				return AppendError(out, errCall)
 			}
 			call = v
 		case bytes.EqualFold(opt, []byte("ACCOUNT")) && acct == nil:
-			if !admission.ValidName(v) {
+			if !names.Valid(v) {
 				return AppendError(out, errAccount)
 			}
 			acct = v
@@ -577,9 +578,9 @@ func keyed(args [][]byte, cmd, errKey, opt string, min, def int64, errOpt string
 		return 0, "ERR wrong number of arguments for '" + cmd + "' command"
 	}
 	switch {
-	case !admission.ValidName(args[1]):
+	case !names.Valid(args[1]):
 		return 0, errService
-	case !admission.ValidKey(args[2]):
+	case !names.ValidKey(args[2]):
 		return 0, errKey
 	case len(args) == 3:
 		return def, ""
@@ -649,10 +650,10 @@ func (h *Handler) consume(now int64, cs *ConnState, args [][]byte, out []byte) [
 	if len(args) != 4 && len(args) != 6 {
 		return wrongArgs(out, "consume")
 	}
-	if !admission.ValidName(args[1]) {
+	if !names.Valid(args[1]) {
 		return AppendError(out, errService)
 	}
-	if !admission.ValidName(args[2]) {
+	if !names.Valid(args[2]) {
 		return AppendError(out, errAccount)
 	}
 	units, ok := parseInt(args[3])
@@ -664,7 +665,7 @@ func (h *Handler) consume(now int64, cs *ConnState, args [][]byte, out []byte) [
 		if !bytes.EqualFold(args[4], []byte("ID")) {
 			return AppendError(out, errSyntax)
 		}
-		if !admission.ValidKey(args[5]) {
+		if !names.ValidKey(args[5]) {
 			return AppendError(out, errID)
 		}
 		id = args[5]
@@ -710,7 +711,7 @@ func (h *Handler) quota(args [][]byte, out []byte) []byte {
 	if len(args) != 2 {
 		return wrongArgs(out, "quota")
 	}
-	if !admission.ValidName(args[1]) {
+	if !names.Valid(args[1]) {
 		return AppendError(out, errService)
 	}
 	s := h.eng.Service(string(args[1]))

@@ -169,7 +169,7 @@ type NodeGossip struct {
 }
 
 // ledgerHead is the ledger head and identity a node sends with its
-// reports, as admission/node's ledger gives them: a sequence number of
+// reports, as the node's ledger gives them: a sequence number of
 // seven digits, a SHA-256 head hash and genesis hash in hex, an Ed25519
 // key in base64.
 func ledgerHead(node string) ledger.Witness {

@@ -13,7 +13,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/capsgate/capsgate/admission/node"
+	"github.com/capsgate/capsgate/cmd/capsgate/node"
 )
 
 // drainTimeout bounds how long SIGTERM waits for replies and flushes.

@@ -16,7 +16,7 @@ import (
 // directory, a device or over bounded.KeyFile, never read to their end.
 func TestKeyFilesBounded(t *testing.T) {
 	boundedtest.Refused(t, bounded.KeyFile, "cannot read node public key: ", func(path string) error {
-		_, err := LoadPublicKey(path)
+		_, err := LoadNodePublicKey(path)
 		return err
 	})
 	dir := t.TempDir()

@@ -41,7 +41,7 @@ func LoadOrCreateNodeKey(dataDir string) (ed25519.PrivateKey, error) {
 		return nil, err
 	}
 	pubPath := filepath.Join(dataDir, NodePubFile)
-	pub := MarshalPublicKey(key.Public().(ed25519.PublicKey))
+	pub := MarshalNodePublicKey(key.Public().(ed25519.PublicKey))
 	if old, err := bounded.ReadFile(pubPath, bounded.KeyFile); err != nil || !bytes.Equal(old, pub) {
 		if err := durable.WriteFile(pubPath, pub, 0o644); err != nil {
 			return nil, fmt.Errorf("cannot write node public key: %w", err)
@@ -87,13 +87,13 @@ func createNodeKey(path string) (ed25519.PrivateKey, error) {
 	return key, nil
 }
 
-// MarshalPublicKey returns the contents of a node.pub file.
-func MarshalPublicKey(pub ed25519.PublicKey) []byte {
+// MarshalNodePublicKey returns the contents of a node.pub file.
+func MarshalNodePublicKey(pub ed25519.PublicKey) []byte {
 	return []byte(base64.StdEncoding.EncodeToString(pub) + "\n")
 }
 
-// ParsePublicKey reads the contents of a node.pub file.
-func ParsePublicKey(data []byte) (ed25519.PublicKey, error) {
+// ParseNodePublicKey reads the contents of a node.pub file.
+func ParseNodePublicKey(data []byte) (ed25519.PublicKey, error) {
 	pub, err := base64.StdEncoding.DecodeString(string(bytes.TrimSpace(data)))
 	if err != nil || len(pub) != ed25519.PublicKeySize {
 		return nil, fmt.Errorf("%w: not the base64 of a 32-byte Ed25519 public key", ErrMalformed)
@@ -101,13 +101,13 @@ func ParsePublicKey(data []byte) (ed25519.PublicKey, error) {
 	return pub, nil
 }
 
-// LoadPublicKey reads a node.pub file.
-func LoadPublicKey(path string) (ed25519.PublicKey, error) {
+// LoadNodePublicKey reads a node.pub file.
+func LoadNodePublicKey(path string) (ed25519.PublicKey, error) {
 	data, err := bounded.ReadFile(path, bounded.KeyFile)
 	if err != nil {
 		return nil, fmt.Errorf("cannot read node public key: %w", err)
 	}
-	pub, err := ParsePublicKey(data)
+	pub, err := ParseNodePublicKey(data)
 	if err != nil {
 		return nil, fmt.Errorf("cannot read node public key %s: %w", path, err)
 	}

@@ -85,7 +85,7 @@ func TestAppendReadReopen(t *testing.T) {
 
 func headHash(l *Ledger) string { _, h := l.Head(); return h }
 
-func lKey(l *Ledger) string { return string(bytes.TrimSpace(MarshalPublicKey(l.PublicKey()))) }
+func lKey(l *Ledger) string { return string(bytes.TrimSpace(MarshalNodePublicKey(l.PublicKey()))) }
 
 func TestAppendRefuses(t *testing.T) {
 	now := t0
@@ -294,19 +294,19 @@ func TestLoadOrCreateNodeKey(t *testing.T) {
 	again, err := LoadOrCreateNodeKey(dir)
 	require.NoError(t, err)
 	require.Equal(t, key, again)
-	pub, err := LoadPublicKey(filepath.Join(dir, NodePubFile))
+	pub, err := LoadNodePublicKey(filepath.Join(dir, NodePubFile))
 	require.NoError(t, err)
 	require.Equal(t, key.Public(), pub)
 
 	require.NoError(t, os.Remove(filepath.Join(dir, NodePubFile)))
 	_, err = LoadOrCreateNodeKey(dir)
 	require.NoError(t, err)
-	_, err = LoadPublicKey(filepath.Join(dir, NodePubFile))
+	_, err = LoadNodePublicKey(filepath.Join(dir, NodePubFile))
 	require.NoError(t, err)
 
 	require.NoError(t, os.WriteFile(filepath.Join(dir, NodeKeyFile), []byte("nope\n"), 0o600))
 	_, err = LoadOrCreateNodeKey(dir)
 	require.ErrorContains(t, err, "cannot read node key "+dir+"/node.key: not the base64 of a 32-byte Ed25519 seed")
-	_, err = LoadPublicKey(filepath.Join(dir, NodeKeyFile))
+	_, err = LoadNodePublicKey(filepath.Join(dir, NodeKeyFile))
 	require.EqualError(t, err, "cannot read node public key "+dir+"/node.key: malformed: not the base64 of a 32-byte Ed25519 public key")
 }

@@ -39,7 +39,7 @@ func LoadPins(path string) (map[string]ed25519.PublicKey, error) {
 		if len(f) != 2 {
 			return nil, fmt.Errorf("cannot read pinned keys: %s:%d: want NODE KEY", path, n)
 		}
-		pub, err := ParsePublicKey([]byte(f[1]))
+		pub, err := ParseNodePublicKey([]byte(f[1]))
 		if err != nil {
 			return nil, fmt.Errorf("cannot read pinned keys: %s:%d: %v", path, n, err)
 		}

@@ -87,7 +87,7 @@ func reseal(t *testing.T, recs [][]byte, key ed25519.PrivateKey, node string, fi
 		require.NoError(t, err)
 		r.Node, r.Seq, r.Prev = node, first+uint64(i), prev
 		if r.Genesis != nil {
-			r.Genesis.Key = string(MarshalPublicKey(key.Public().(ed25519.PublicKey))[:44])
+			r.Genesis.Key = string(MarshalNodePublicKey(key.Public().(ed25519.PublicKey))[:44])
 		}
 		if edit != nil {
 			edit(r)
@@ -287,7 +287,7 @@ func TestTamperResignedWithFreshKey(t *testing.T) {
 }
 
 func lKeyOf(k ed25519.PrivateKey) string {
-	return strings.TrimSpace(string(MarshalPublicKey(k.Public().(ed25519.PublicKey))))
+	return strings.TrimSpace(string(MarshalNodePublicKey(k.Public().(ed25519.PublicKey))))
 }
 
 func TestTamperSpliced(t *testing.T) {

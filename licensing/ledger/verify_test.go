@@ -22,7 +22,7 @@ func TestVerifyGood(t *testing.T) {
 	require.Equal(t, uint64(6), s.Last)
 	require.Equal(t, 6, s.Records)
 	require.False(t, s.Tail)
-	require.Equal(t, string(bytes.TrimSpace(MarshalPublicKey(testKey(1).Public().(ed25519.PublicKey)))), s.Key)
+	require.Equal(t, string(bytes.TrimSpace(MarshalNodePublicKey(testKey(1).Public().(ed25519.PublicKey)))), s.Key)
 
 	// Both nodes in one file, interleaved; pinned keys.
 	l1, l2 := lines(n1), lines(n2)

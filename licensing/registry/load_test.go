@@ -101,7 +101,7 @@ func TestLoadRefusesTheWholeFile(t *testing.T) {
 	require.NoError(t, err)
 	forged := f.sign(licensing.License{ID: "forged", Service: "voice", CAPS: 500})
 	forged = bytes.Replace(forged, []byte("Caps: 500"), []byte("Caps: 900"), 1)
-	pub := licensing.MarshalPublicKey(f.key.Public())
+	pub := licensing.MarshalVendorPublicKey(f.key.Public())
 
 	fl := func(text []byte, reason, msg string) {
 		t.Helper()

@@ -12,7 +12,8 @@ import (
 	"github.com/capsgate/capsgate/licensing"
 )
 
-// View is a loaded licence as the admin API shows it.
+// View is a loaded licence as the admin API shows it (GET /v1/licenses,
+// read back by capsctl).
 type View struct {
 	ID               string     `json:"id"`
 	Service          string     `json:"service"`

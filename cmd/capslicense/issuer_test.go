@@ -1,4 +1,4 @@
-package issuer
+package main
 
 import (
 	"bytes"
@@ -19,7 +19,7 @@ var now = time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC)
 func cli(t *testing.T, stdin string, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
 	var out, errOut bytes.Buffer
-	code = run(&env{stdin: strings.NewReader(stdin), stdout: &out, stderr: &errOut, now: func() time.Time { return now }}, args)
+	code = dispatch(&env{stdin: strings.NewReader(stdin), stdout: &out, stderr: &errOut, now: func() time.Time { return now }}, args)
 	return code, out.String(), errOut.String()
 }
 
@@ -30,7 +30,7 @@ func keys(t *testing.T) string {
 	code, stdout, stderr := cli(t, "", "keygen", "--out", dir)
 	require.Equal(t, 0, code, stderr)
 	require.Empty(t, stderr)
-	pub, err := licensing.LoadPublicKey(filepath.Join(dir, "vendor.pub"))
+	pub, err := licensing.LoadVendorPublicKey(filepath.Join(dir, "vendor.pub"))
 	require.NoError(t, err)
 	require.Equal(t, "wrote "+dir+"/vendor.key (secret, mode 0600) and "+dir+"/vendor.pub\nkey id "+licensing.KeyID(pub)+"\n", stdout)
 	return dir
@@ -265,9 +265,9 @@ func TestHelp(t *testing.T) {
 	require.True(t, strings.HasPrefix(f("inspect", "--help"), "usage: capslicense inspect FILE\n"))
 }
 
-func TestMain(t *testing.T) {
+func TestRun(t *testing.T) {
 	var out, errOut bytes.Buffer
-	require.Equal(t, 0, Main([]string{"--help"}, strings.NewReader(""), &out, &errOut))
+	require.Equal(t, 0, run([]string{"--help"}, strings.NewReader(""), &out, &errOut))
 	require.Equal(t, usage, out.String())
 }
 

@@ -17,7 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/capsgate/capsgate/admission/client"
-	"github.com/capsgate/capsgate/admission/ctl"
+	"github.com/capsgate/capsgate/cmd/internal/capsctl"
 	"github.com/capsgate/capsgate/licensing"
 )
 
@@ -93,7 +93,7 @@ func TestAdminRefusesLooseInput(t *testing.T) {
 
 	// capsctl refuses such names before it sends anything.
 	var out, errb bytes.Buffer
-	require.Equal(t, 2, ctl.Main([]string{"--addr", base, "accounts", "set", "demo", "..", "--tokens", "1"}, &out, &errb))
+	require.Equal(t, 2, capsctl.Main([]string{"--addr", base, "accounts", "set", "demo", "..", "--tokens", "1"}, &out, &errb))
 	require.Equal(t, `capsctl: invalid account name "..": want [A-Za-z0-9._:-]{1,64}, not . or .. (capsctl --help)`+"\n", errb.String())
 	// And over RESP, the same names are refused.
 	c, err := client.Dial(context.Background(), n.RESPAddr())
@@ -147,7 +147,7 @@ func TestLicenceFileOfSeveralDocuments(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "renewal.license")
 	require.NoError(t, writeFile(file, append(append([]byte{}, c...), revoke("r1", "a", "b")...)))
 	var out, errb bytes.Buffer
-	require.Equal(t, 0, ctl.Main([]string{"--addr", base, "--token-file", token, "license", "add", file}, &out, &errb), errb.String())
+	require.Equal(t, 0, capsctl.Main([]string{"--addr", base, "--token-file", token, "license", "add", file}, &out, &errb), errb.String())
 	require.Equal(t, "loaded licence c for service voice: active\nloaded revocation r1\n", out.String())
 	st = n.Engine().Service("voice").Stats()
 	require.Equal(t, 3000.0, st.Limits.CAPS)
@@ -169,13 +169,13 @@ func TestLicenceFileOfSeveralDocuments(t *testing.T) {
 		"document 2 of 2 (licence at line 29): licence a was revoked by r1; nothing in the file was loaded (it holds 2 documents: licence (line 1), licence (line 29))")
 	f(append(append([]byte{}, d...), d[:200]...), 400, "malformed",
 		"malformed: the licence at line 29 has no -----END CAPSGATE LICENSE----- line (truncated?); the file holds 2 documents: licence (line 1), licence (line 29)")
-	pub := licensing.MarshalPublicKey(key.Public())
+	pub := licensing.MarshalVendorPublicKey(key.Public())
 	f(append(append([]byte{}, d...), pub...), 400, "malformed",
 		"malformed: line 29 begins a vendor public key, which is not a licence or revocation; the file holds 1 document: licence (line 1)")
 	out.Reset()
 	errb.Reset()
 	require.NoError(t, writeFile(file, append(append([]byte{}, d...), a...)))
-	require.Equal(t, 1, ctl.Main([]string{"--addr", base, "--token-file", token, "license", "add", file}, &out, &errb))
+	require.Equal(t, 1, capsctl.Main([]string{"--addr", base, "--token-file", token, "license", "add", file}, &out, &errb))
 	require.Equal(t, "capsctl: POST /v1/licenses: 422 revoked: document 2 of 2 (licence at line 29): licence a was revoked by r1; nothing in the file was loaded (it holds 2 documents: licence (line 1), licence (line 29))\n", errb.String())
 	require.Equal(t, before, state())
 }

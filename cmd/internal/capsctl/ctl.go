@@ -1,6 +1,8 @@
-// Package ctl is capsctl: a command-line client of a capsgate node's admin
-// HTTP API. Every failure ends in one line on stderr and a non-zero exit.
-package ctl
+// Package capsctl is the capsctl command (cmd/capsctl calls Main): a
+// command-line client of a capsgate node's admin HTTP API. Every failure
+// ends in one line on stderr and a non-zero exit. It is a package of its
+// own so that the node's tests drive it against a running node.
+package capsctl
 
 import (
 	"bytes"
@@ -21,8 +23,9 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/capsgate/capsgate/admission"
 	"github.com/capsgate/capsgate/admission/bounded"
+	"github.com/capsgate/capsgate/admission/names"
+	"github.com/capsgate/capsgate/licensing/registry"
 )
 
 // DefaultAddr is the admin API of a node on this host.
@@ -203,7 +206,7 @@ func (c *client) accounts(args []string) error {
 // pathName checks a service or account name before it goes into a URL,
 // where "." or ".." would be taken out of the path on the way.
 func pathName(kind, v string) (string, error) {
-	if !admission.ValidName([]byte(v)) {
+	if !names.Valid([]byte(v)) {
 		return "", usageError{fmt.Sprintf("invalid %s name %q: want [A-Za-z0-9._:-]{1,64}, not . or ..", kind, v)}
 	}
 	return url.PathEscape(v), nil
@@ -285,14 +288,7 @@ func readFileOrStdin(name string, stdin io.Reader) ([]byte, error) {
 // licenseTable prints GET /v1/licenses as one row per licence.
 func (c *client) licenseTable() error {
 	var v struct {
-		Licenses []struct {
-			ID, Service, State, Customer string
-			CAPS                         int64 `json:"caps"`
-			Unlimited                    bool
-			Sessions, Subscribers        int64
-			Tokens                       int64
-			NotAfter                     *time.Time `json:"not_after"`
-		}
+		Licenses []registry.View
 	}
 	if printed, err := c.decode("GET", "/v1/licenses", nil, &v); printed || err != nil {
 		return err
@@ -313,24 +309,18 @@ func (c *client) licenseTable() error {
 	return tw.Flush()
 }
 
-// loadResult is what POST /v1/licenses says of one document.
-type loadResult struct {
-	Kind, ID, Service, State string
-	New                      bool
-}
-
 // addLicense posts a licence file and says in one line per document (a
 // file may hold several: all load or none) what happened.
 func (c *client) addLicense(body []byte) error {
 	var v struct {
-		Result  loadResult
-		Results []loadResult
+		Result  registry.Result
+		Results []registry.Result
 	}
 	if printed, err := c.decode("POST", "/v1/licenses", body, &v); printed || err != nil {
 		return err
 	}
 	if len(v.Results) == 0 {
-		v.Results = []loadResult{v.Result}
+		v.Results = []registry.Result{v.Result}
 	}
 	for _, r := range v.Results {
 		c.printResult(r)
@@ -338,7 +328,7 @@ func (c *client) addLicense(body []byte) error {
 	return nil
 }
 
-func (c *client) printResult(r loadResult) {
+func (c *client) printResult(r registry.Result) {
 	switch {
 	case r.Kind == "revocation" && r.New:
 		fmt.Fprintf(c.out, "loaded revocation %s\n", r.ID)

@@ -18,7 +18,7 @@ import (
 func loadVendorKeys(files []string, dev *licensing.VendorKey) (*licensing.Keyring, error) {
 	var pubs []ed25519.PublicKey
 	for _, f := range files {
-		pub, err := licensing.LoadPublicKey(f)
+		pub, err := licensing.LoadVendorPublicKey(f)
 		if err != nil {
 			return nil, fmt.Errorf("cannot use vendor key %s (vendor_keys, --vendor-key): %w", f, err)
 		}
@@ -52,7 +52,7 @@ func devVendorKey(dataDir string) (*licensing.VendorKey, error) {
 		if key, err = licensing.GenerateVendorKey(); err != nil {
 			return nil, err
 		}
-		priv, pub := key.MarshalPrivate(), licensing.MarshalPublicKey(key.Public())
+		priv, pub := key.MarshalPrivate(), licensing.MarshalVendorPublicKey(key.Public())
 		if err := os.WriteFile(path, priv, 0o600); err != nil {
 			return nil, fmt.Errorf("cannot write the --dev vendor key: %w", err)
 		}

@@ -1,4 +1,4 @@
-package issuer
+package main
 
 import (
 	"bytes"
@@ -60,7 +60,7 @@ func (l *ledgerFlags) verify(e *env, f *flags, pos []string) (ledger.Report, [][
 		if !ok || node == "" || file == "" {
 			return ledger.Report{}, nil, usagef("--node-pub wants NODE=FILE, got %q", p)
 		}
-		pub, err := ledger.LoadPublicKey(file)
+		pub, err := ledger.LoadNodePublicKey(file)
 		if err != nil {
 			return ledger.Report{}, nil, err
 		}

@@ -646,7 +646,7 @@ func TestOptionsCoverEveryKey(t *testing.T) {
 // every key Load accepts, to its default, and loads with only its file paths
 // pointed at real files.
 func TestExampleConfig(t *testing.T) {
-	example, err := os.ReadFile("../../configs/capsgate.yaml")
+	example, err := os.ReadFile("../../../configs/capsgate.yaml")
 	require.NoError(t, err)
 
 	var doc yaml.Node

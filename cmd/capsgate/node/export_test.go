@@ -15,7 +15,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/capsgate/capsgate/admission/ctl"
+	"github.com/capsgate/capsgate/cmd/internal/capsctl"
 	"github.com/capsgate/capsgate/licensing/ledger"
 	"github.com/capsgate/capsgate/licensing/usageevents"
 )
@@ -176,7 +176,7 @@ func TestUsageExport(t *testing.T) {
 	var stdout, stderr bytes.Buffer
 	args := []string{"--addr", base, "usage", "export", "--format", "cloudevents", "--from", "2025-06-01T00:00:00Z",
 		"--to", "2025-06-02T00:00:00Z", "--limit", "4", "--out", out}
-	require.Equal(t, 0, ctl.Main(args, &stdout, &stderr), stderr.String())
+	require.Equal(t, 0, capsctl.Main(args, &stdout, &stderr), stderr.String())
 	require.Regexp(t, "^wrote 15 usage events to "+regexp.QuoteMeta(out)+`, up to ledger seq \d+ \(--after \d+ goes on from there\)\n$`, stdout.String())
 	got, err := os.ReadFile(out)
 	require.NoError(t, err)
@@ -184,10 +184,10 @@ func TestUsageExport(t *testing.T) {
 	stdout.Reset()
 	args = []string{"--addr", base, "usage", "export", "--format", "cloudevents-batch", "--from", "2025-06-01T00:00:00Z",
 		"--to", "2025-06-02T00:00:00Z", "--limit", "2"}
-	require.Equal(t, 0, ctl.Main(args, &stdout, &stderr), stderr.String())
+	require.Equal(t, 0, capsctl.Main(args, &stdout, &stderr), stderr.String())
 	require.Equal(t, want(usageevents.Batch, ""), stdout.String())
 	stdout.Reset()
-	require.Equal(t, 1, ctl.Main([]string{"--addr", base, "usage", "export", "--format", "cloudevents", "--service", "bad name"}, &stdout, &stderr))
+	require.Equal(t, 1, capsctl.Main([]string{"--addr", base, "usage", "export", "--format", "cloudevents", "--service", "bad name"}, &stdout, &stderr))
 	require.Contains(t, stderr.String(), "400 invalid_service")
 	require.Empty(t, stdout.String())
 }
@@ -236,7 +236,7 @@ func TestUsageExportCutShort(t *testing.T) {
 
 	out := filepath.Join(t.TempDir(), "usage.jsonl")
 	var stdout, stderr bytes.Buffer
-	require.Equal(t, 1, ctl.Main([]string{"--addr", base, "usage", "export", "--format", "cloudevents", "--out", out}, &stdout, &stderr))
+	require.Equal(t, 1, capsctl.Main([]string{"--addr", base, "usage", "export", "--format", "cloudevents", "--out", out}, &stdout, &stderr))
 	require.Contains(t, stderr.String(), "capsctl: cannot export usage: the answer of GET /v1/usage/export?after=0&format=cloudevents broke off")
 	require.NoFileExists(t, out)
 	require.NoError(t, os.WriteFile(segs[0], orig, 0o600))

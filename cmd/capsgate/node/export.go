@@ -8,7 +8,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/capsgate/capsgate/admission"
+	"github.com/capsgate/capsgate/admission/names"
 	"github.com/capsgate/capsgate/licensing/ledger"
 	"github.com/capsgate/capsgate/licensing/usageevents"
 )
@@ -56,7 +56,7 @@ func (n *Node) getUsageExport(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	service := q.Get("service")
-	if service != "" && !admission.ValidName([]byte(service)) {
+	if service != "" && !names.Valid([]byte(service)) {
 		writeError(w, http.StatusBadRequest, "invalid_service", fmt.Sprintf("invalid service name %q: want [A-Za-z0-9._:-]{1,64}", service))
 		return
 	}

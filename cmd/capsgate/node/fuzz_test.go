@@ -19,7 +19,7 @@ import (
 // one line naming the problem, or a config that validates or names its
 // problem in one line; never panic.
 func FuzzConfigFile(f *testing.F) {
-	example, err := os.ReadFile("../../configs/capsgate.yaml")
+	example, err := os.ReadFile("../../../configs/capsgate.yaml")
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -1,14 +1,4 @@
-// Package issuer is capslicense, the vendor's tool: vendor key generation,
-// licence and revocation issuing, checking a licence file, verifying usage
-// ledgers and billing them. The command
-// in cmd/capslicense only calls Main.
-//
-// Exit status: 0 done (for verify: the signature is good; for usage
-// verify: every record verifies), 1 the command failed (a bad signature, a
-// ledger that does not verify, an unreadable file, a key that exists), 2 bad
-// usage (an unknown flag, a missing or invalid value). Every failure is one
-// line on stderr naming the reason.
-package issuer
+package main
 
 import (
 	"errors"
@@ -83,13 +73,13 @@ var commands = map[string]command{
 	"usage verify": usageVerify,
 }
 
-// Main runs capslicense with args (without the program name) and returns
+// run runs capslicense with args (without the program name) and returns
 // the exit status.
-func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	return run(&env{stdin: stdin, stdout: stdout, stderr: stderr, now: time.Now}, args)
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	return dispatch(&env{stdin: stdin, stdout: stdout, stderr: stderr, now: time.Now}, args)
 }
 
-func run(e *env, args []string) int {
+func dispatch(e *env, args []string) int {
 	if len(args) == 0 {
 		fmt.Fprint(e.stderr, usage)
 		return exitUsage

@@ -19,8 +19,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/capsgate/capsgate/admission"
-	"github.com/capsgate/capsgate/admission/ctl"
 	"github.com/capsgate/capsgate/cluster/clustertest"
+	"github.com/capsgate/capsgate/cmd/internal/capsctl"
 	"github.com/capsgate/capsgate/licensing"
 )
 
@@ -130,21 +130,21 @@ func TestDevNodeAdminAPI(t *testing.T) {
 
 	// capsctl against the same node.
 	var out, errb bytes.Buffer
-	require.Equal(t, 0, ctl.Main([]string{"--addr", base, "status", "demo"}, &out, &errb), errb.String())
+	require.Equal(t, 0, capsctl.Main([]string{"--addr", base, "status", "demo"}, &out, &errb), errb.String())
 	require.Regexp(t, `(?m)^limits\.caps\s+1000$`, out.String())
 	require.Regexp(t, fmt.Sprintf(`(?m)^node\.admissions\.OK\s+%d$`, ok), out.String())
 	out.Reset()
-	require.Equal(t, 0, ctl.Main([]string{"--addr", base, "--json", "status"}, &out, &errb))
+	require.Equal(t, 0, capsctl.Main([]string{"--addr", base, "--json", "status"}, &out, &errb))
 	require.Contains(t, out.String(), `"service": "demo"`)
 	errb.Reset()
-	require.Equal(t, 1, ctl.Main([]string{"--addr", base, "status", "nosuch"}, &out, &errb))
+	require.Equal(t, 1, capsctl.Main([]string{"--addr", base, "status", "nosuch"}, &out, &errb))
 	require.Equal(t, "capsctl: GET /v1/services/nosuch: 404 unlicensed: no licence covers service nosuch\n", errb.String())
 	errb.Reset()
-	require.Equal(t, 1, ctl.Main([]string{"--addr", "http://" + clustertest.FreeAddr(t), "status"}, &out, &errb))
+	require.Equal(t, 1, capsctl.Main([]string{"--addr", "http://" + clustertest.FreeAddr(t), "status"}, &out, &errb))
 	require.Contains(t, errb.String(), "capsctl: cannot reach")
 	require.Equal(t, 1, strings.Count(errb.String(), "\n"))
 	errb.Reset()
-	require.Equal(t, 2, ctl.Main([]string{"--addr", base, "frobnicate"}, &out, &errb))
+	require.Equal(t, 2, capsctl.Main([]string{"--addr", base, "frobnicate"}, &out, &errb))
 	require.Contains(t, errb.String(), `unknown command "frobnicate"`)
 }
 
@@ -168,9 +168,9 @@ func TestAdminTokenRequired(t *testing.T) {
 	require.Equal(t, 200, code)
 
 	var out, errb bytes.Buffer
-	require.Equal(t, 1, ctl.Main([]string{"--addr", base, "status"}, &out, &errb))
+	require.Equal(t, 1, capsctl.Main([]string{"--addr", base, "status"}, &out, &errb))
 	require.Contains(t, errb.String(), "401 unauthorized")
-	require.Equal(t, 0, ctl.Main([]string{"--addr", base, "--token-file", token, "status"}, &out, &errb))
+	require.Equal(t, 0, capsctl.Main([]string{"--addr", base, "--token-file", token, "status"}, &out, &errb))
 	// An unlicensed service is refused, but an emergency call passes.
 	require.Contains(t, admitUnlicensed(t, n.RESPAddr()), "+UNLICENSED")
 }
@@ -198,11 +198,11 @@ func TestAdminTLS(t *testing.T) {
 	}
 	var out, errb bytes.Buffer
 	base := "https://" + n.AdminAddr()
-	require.Equal(t, 1, ctl.Main([]string{"--addr", base, "--token-file", dir + "/admin.token", "status"}, &out, &errb),
+	require.Equal(t, 1, capsctl.Main([]string{"--addr", base, "--token-file", dir + "/admin.token", "status"}, &out, &errb),
 		"an unknown certificate is refused")
 	require.Contains(t, errb.String(), "certificate")
 	errb.Reset()
-	require.Equal(t, 0, ctl.Main([]string{"--addr", base, "--token-file", dir + "/admin.token", "--ca-file", dir + "/admin.crt", "status"}, &out, &errb), errb.String())
+	require.Equal(t, 0, capsctl.Main([]string{"--addr", base, "--token-file", dir + "/admin.token", "--ca-file", dir + "/admin.crt", "status"}, &out, &errb), errb.String())
 }
 
 func admitUnlicensed(t *testing.T, addr string) string {

@@ -1,4 +1,4 @@
-package admission
+package sat
 
 import (
 	"math"
@@ -34,15 +34,15 @@ func edgy(v int64) int64 {
 	return v
 }
 
-func TestSatAddSubMul(t *testing.T) {
+func TestAddSubMul(t *testing.T) {
 	ops := []struct {
 		name string
 		sat  func(a, b int64) int64
 		big  func(z, a, b *big.Int) *big.Int
 	}{
-		{"SatAdd", SatAdd, (*big.Int).Add},
-		{"SatSub", SatSub, (*big.Int).Sub},
-		{"SatMul", SatMul, (*big.Int).Mul},
+		{"Add", Add, (*big.Int).Add},
+		{"Sub", Sub, (*big.Int).Sub},
+		{"Mul", Mul, (*big.Int).Mul},
 	}
 	for _, op := range ops {
 		f := func(x, y int64) bool {
@@ -62,14 +62,14 @@ func TestSatAddSubMul(t *testing.T) {
 	nonneg := func(v int64) int64 { return edgy(v) & math.MaxInt64 }
 	props := func(x, y int64) bool {
 		a, b := nonneg(x), nonneg(y)
-		s, m := SatAdd(a, b), SatMul(a, b)
-		return s >= a && s >= b && s == SatAdd(b, a) && m >= 0 && m == SatMul(b, a) &&
-			(a == 0 || b == 0 || (m >= a && m >= b)) && SatAdd(s, 1) >= s
+		s, m := Add(a, b), Mul(a, b)
+		return s >= a && s >= b && s == Add(b, a) && m >= 0 && m == Mul(b, a) &&
+			(a == 0 || b == 0 || (m >= a && m >= b)) && Add(s, 1) >= s
 	}
 	require.NoError(t, quick.Check(props, &quick.Config{MaxCount: 20000}))
 	f := func(a, b, want int64) {
 		t.Helper()
-		require.Equal(t, want, SatAdd(a, b))
+		require.Equal(t, want, Add(a, b))
 	}
 	f(math.MaxInt64, math.MaxInt64, math.MaxInt64)
 	f(math.MaxInt64, 1, math.MaxInt64)
@@ -98,10 +98,10 @@ func TestPercentOf(t *testing.T) {
 	require.Equal(t, int64(1), PercentOf(10, 10))
 }
 
-func TestSatFloorAndPartOf(t *testing.T) {
+func TestFloorAndPartOf(t *testing.T) {
 	f := func(x float64, want int64) {
 		t.Helper()
-		require.Equal(t, want, SatFloor(x))
+		require.Equal(t, want, Floor(x))
 	}
 	f(math.NaN(), 0)
 	f(math.Inf(1), math.MaxInt64)
@@ -136,8 +136,8 @@ func TestSatFloorAndPartOf(t *testing.T) {
 	require.NoError(t, quick.Check(g, &quick.Config{MaxCount: 20000}))
 }
 
-func TestSatAddU(t *testing.T) {
-	require.Equal(t, uint64(math.MaxUint64), SatAddU(math.MaxUint64, 1))
-	require.Equal(t, uint64(math.MaxUint64), SatAddU(1<<63, 1<<63))
-	require.Equal(t, uint64(3), SatAddU(1, 2))
+func TestAddU(t *testing.T) {
+	require.Equal(t, uint64(math.MaxUint64), AddU(math.MaxUint64, 1))
+	require.Equal(t, uint64(math.MaxUint64), AddU(1<<63, 1<<63))
+	require.Equal(t, uint64(3), AddU(1, 2))
 }

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/capsgate/capsgate/admission"
+	"github.com/capsgate/capsgate/admission/names"
+	"github.com/capsgate/capsgate/admission/sat"
 	"github.com/capsgate/capsgate/admission/strictjson"
 	"github.com/capsgate/capsgate/licensing/ledger"
 )
@@ -68,7 +70,7 @@ func (n *Node) getLedger(w http.ResponseWriter, r *http.Request) {
 // getLedgerKey serves the node's public ledger key.
 func (n *Node) getLedgerKey(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	_, _ = w.Write(ledger.MarshalPublicKey(n.ledger.PublicKey()))
+	_, _ = w.Write(ledger.MarshalNodePublicKey(n.ledger.PublicKey()))
 }
 
 // AccountView is one account of GET/PUT /v1/services/{s}/accounts.
@@ -151,10 +153,10 @@ func decodeAccount(body []byte) (AccountBody, error) {
 }
 
 // pathName returns the {key} of the request's path if it is a valid name
-// (admission.ValidName); else it answers 400 and returns false.
+// (names.Valid); else it answers 400 and returns false.
 func pathName(w http.ResponseWriter, r *http.Request, key string) (string, bool) {
 	v := r.PathValue(key)
-	if !admission.ValidName([]byte(v)) {
+	if !names.Valid([]byte(v)) {
 		writeError(w, http.StatusBadRequest, "invalid_"+key, fmt.Sprintf("invalid %s name %q: want [A-Za-z0-9._:-]{1,64}, not . or ..", key, v))
 		return "", false
 	}
@@ -333,11 +335,11 @@ func (n *Node) peerUsage(r *http.Request, addr, query string) ([]*UsageRow, erro
 
 // Add adds u to sum: counts add (saturating), peaks take the larger.
 func Add(sum *ledger.Usage, u *ledger.Usage) {
-	sum.Attempts = admission.SatAddU(sum.Attempts, u.Attempts)
-	sum.Admitted = admission.SatAddU(sum.Admitted, u.Admitted)
-	sum.Emergency = admission.SatAddU(sum.Emergency, u.Emergency)
-	sum.Tokens = admission.SatAddU(sum.Tokens, u.Tokens)
-	sum.Overage = admission.SatAddU(sum.Overage, u.Overage)
+	sum.Attempts = sat.AddU(sum.Attempts, u.Attempts)
+	sum.Admitted = sat.AddU(sum.Admitted, u.Admitted)
+	sum.Emergency = sat.AddU(sum.Emergency, u.Emergency)
+	sum.Tokens = sat.AddU(sum.Tokens, u.Tokens)
+	sum.Overage = sat.AddU(sum.Overage, u.Overage)
 	sum.PeakCAPS = max(sum.PeakCAPS, u.PeakCAPS)
 	sum.PeakSessions = max(sum.PeakSessions, u.PeakSessions)
 	sum.PeakSubscribers = max(sum.PeakSubscribers, u.PeakSubscribers)
@@ -345,7 +347,7 @@ func Add(sum *ledger.Usage, u *ledger.Usage) {
 		if sum.Rejected == nil {
 			sum.Rejected = map[string]uint64{}
 		}
-		sum.Rejected[r] = admission.SatAddU(sum.Rejected[r], v)
+		sum.Rejected[r] = sat.AddU(sum.Rejected[r], v)
 	}
 }
 

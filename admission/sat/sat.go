@@ -1,20 +1,21 @@
-package admission
-
-import (
-	"math"
-	"math/bits"
-)
-
+// Package sat is saturating arithmetic on limits and counters.
+//
 // Limit arithmetic saturates: a licence may say 9223372036854775807
 // sessions, and licences stack, so a sum, a headroom or a share of such a
 // limit must stop at math.MaxInt64 rather than wrap to a negative number
 // (which every comparison would read as "nothing left"). A limit of
 // math.MaxInt64 is a finite limit that no node can reach; it is not
 // Unlimited (-1), and reports show it as it is.
+package sat
 
-// SatAdd returns a + b, stopping at math.MaxInt64 or math.MinInt64 instead
+import (
+	"math"
+	"math/bits"
+)
+
+// Add returns a + b, stopping at math.MaxInt64 or math.MinInt64 instead
 // of wrapping.
-func SatAdd(a, b int64) int64 {
+func Add(a, b int64) int64 {
 	s := a + b
 	if (s > a) != (b > 0) {
 		if b > 0 {
@@ -25,21 +26,21 @@ func SatAdd(a, b int64) int64 {
 	return s
 }
 
-// SatSub returns a - b, stopping at math.MaxInt64 or math.MinInt64 instead
+// Sub returns a - b, stopping at math.MaxInt64 or math.MinInt64 instead
 // of wrapping.
-func SatSub(a, b int64) int64 {
+func Sub(a, b int64) int64 {
 	if b == math.MinInt64 {
 		if a >= 0 {
 			return math.MaxInt64
 		}
 		return a - b // a < 0: a - MinInt64 = a + 2^63 fits
 	}
-	return SatAdd(a, -b)
+	return Add(a, -b)
 }
 
-// SatMul returns a × b, stopping at math.MaxInt64 or math.MinInt64 instead
+// Mul returns a × b, stopping at math.MaxInt64 or math.MinInt64 instead
 // of wrapping.
-func SatMul(a, b int64) int64 {
+func Mul(a, b int64) int64 {
 	if a == 0 || b == 0 {
 		return 0
 	}
@@ -53,10 +54,10 @@ func SatMul(a, b int64) int64 {
 	return p
 }
 
-// SatFloor returns ⌊x⌋ as an int64, stopping at the ends of its range (Go's
+// Floor returns ⌊x⌋ as an int64, stopping at the ends of its range (Go's
 // conversion of a float beyond them is undefined: on amd64 it gives
 // math.MinInt64 for 2^63, the float nearest math.MaxInt64). NaN is 0.
-func SatFloor(x float64) int64 {
+func Floor(x float64) int64 {
 	switch {
 	case x != x:
 		return 0
@@ -87,7 +88,7 @@ func PartOf(part float64, limit int64) int64 {
 	if x < 1<<40 { // beyond, float64 has no room for a fraction to round
 		x += max(1e-6, x*1e-15)
 	}
-	return min(SatFloor(x), limit)
+	return min(Floor(x), limit)
 }
 
 // PercentOf returns ⌊v × pct / 100⌋ for non-negative v and pct (a
@@ -102,9 +103,9 @@ func PercentOf(v, pct int64) int64 {
 	return int64(min(q, math.MaxInt64))
 }
 
-// SatAddU returns a + b, stopping at math.MaxUint64 instead of wrapping:
+// AddU returns a + b, stopping at math.MaxUint64 instead of wrapping:
 // for counters that sum other counters (usage over nodes and intervals).
-func SatAddU(a, b uint64) uint64 {
+func AddU(a, b uint64) uint64 {
 	if a > math.MaxUint64-b {
 		return math.MaxUint64
 	}
