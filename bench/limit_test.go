@@ -15,45 +15,6 @@ import (
 	"github.com/capsgate/capsgate/admission/client"
 )
 
-func TestFrameCommands(t *testing.T) {
-	f := func(in string, commands, used int) {
-		t.Helper()
-		n, u, err := FrameCommands([]byte(in))
-		require.NoError(t, err, "%q", in)
-		require.Equal(t, [2]int{commands, used}, [2]int{n, u}, "%q", in)
-	}
-	admit := "*2\r\n$5\r\nADMIT\r\n$4\r\ndemo\r\n"
-	f(admit, 1, len(admit))
-	f(admit+admit+"PING\r\n", 3, 2*len(admit)+6)
-	f("\r\n"+admit, 1, 2+len(admit))
-	f("*0\r\n", 1, 4)
-	f("*1\r\n$0\r\n\r\n", 1, 10)
-	f("*1\r\n$4\r\nP\r\nN\r\n", 1, 14) // CRLF inside a bulk is data
-	// Every split of two pipelined commands: the complete prefix only.
-	two := admit + "*1\r\n$4\r\nPING\r\n"
-	for i := range len(two) {
-		want, used := 0, 0
-		if i >= len(admit) {
-			want, used = 1, len(admit)
-		}
-		f(two[:i], want, used)
-	}
-	f(two, 2, len(two))
-
-	bad := func(in string) {
-		t.Helper()
-		_, _, err := FrameCommands([]byte(in))
-		require.ErrorIs(t, err, ErrFrame, "%q", in)
-	}
-	bad("*1\r\n:4\r\n")
-	bad("*x\r\n")
-	bad("*-1\r\n")
-	bad("*1\r\n$4\r\nPINGxx")
-	bad("*1\n")
-	bad("*99999999999999999999\r\n")
-	bad(strings.Repeat("a", maxInline+1))
-}
-
 func TestLimitServer(t *testing.T) {
 	for _, loops := range []int{0, 1} {
 		t.Run(fmt.Sprint("loops=", loops), func(t *testing.T) { testLimitServer(t, loops) })

@@ -267,6 +267,7 @@ func (h *Handler) mustWait(cs *ConnState, name []byte) bool {
 // state and is safe for concurrent use by every event loop.
 type Handler struct {
 	eng      *admission.Engine
+	null     bool   // decides nothing: every command is answered NullReply (NewNullHandler)
 	noWarm   bool   // the benchmarks' comparison: no warm pass
 	password []byte // nil: AUTH is not required
 	started  time.Time
@@ -311,6 +312,18 @@ func NewHandler(eng *admission.Engine, password string) *Handler {
 	}
 	return h
 }
+
+// NullReply is what a handler that decides nothing (NewNullHandler)
+// answers to every command: a decision of ADMIT's shape (admitted, OK,
+// retry 0, remaining 1), decided by nobody.
+const NullReply = "*4\r\n:1\r\n+OK\r\n:0\r\n:1\r\n"
+
+// NewNullHandler returns a handler that decides nothing: it takes commands
+// as NewHandler's does (the same framing, bounds and pacing in the Server)
+// and answers each with NullReply. A Server with it costs what capsgate's
+// transport and framing cost and nothing for deciding: the ceiling of the
+// RESP front end on a machine (capsbench's "limit" target).
+func NewNullHandler() *Handler { return &Handler{null: true, noWarm: true, started: time.Now()} }
 
 // Handle runs every complete command at the front of in, appending the
 // replies to out in request order. It returns the bytes consumed, the grown
@@ -412,6 +425,9 @@ func (h *Handler) exec(now int64, cs *ConnState, args [][]byte, out []byte) ([]b
 
 // run is exec with the command's name already lower-cased (name).
 func (h *Handler) run(now int64, cs *ConnState, name []byte, args [][]byte, out []byte) ([]byte, bool) {
+	if h.null {
+		return append(out, NullReply...), false
+	}
 	cs.info.seen(now)
 	if h.password != nil && !cs.authed {
 		switch string(name) {

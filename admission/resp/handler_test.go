@@ -260,3 +260,22 @@ func BenchmarkHandleRegisterPipelineFull(b *testing.B) {
 		})
 	}
 }
+
+// The null handler frames as the real one does (multibulk and inline,
+// blank lines skipped, an incomplete command left for more input, a
+// malformed one closing the connection) and answers every command with
+// NullReply, deciding nothing.
+func TestNullHandler(t *testing.T) {
+	h, cs := NewNullHandler(), NewConnState(1)
+	in := cmd("ADMIT", "bench") + "\r\nNOSUCH command\r\n" + cmd("PING") + "*2\r\n$5\r\nADM"
+	n, out, closeConn := h.Handle(1, cs, []byte(in), nil)
+	require.False(t, closeConn)
+	require.Equal(t, len(in)-len("*2\r\n$5\r\nADM"), n, "the incomplete command waits")
+	require.Equal(t, strings.Repeat(NullReply, 3), string(out))
+	require.Equal(t, dec(1, "OK", 0, 1), NullReply, "a decision of ADMIT's shape")
+
+	n, out, closeConn = h.Handle(2, cs, []byte("*1\r\n:1\r\n"), nil)
+	require.True(t, closeConn)
+	require.Equal(t, 8, n)
+	require.True(t, strings.HasPrefix(string(out), "-ERR Protocol error"), "%q", out)
+}

@@ -46,7 +46,7 @@ const usage = `usage: capsbench COMMAND [flags]
   stalls      the machine's own pauses: a thread spinning on every CPU, gaps in its clock
   scale       one capsgate node, then redis-server, loaded to --entries by redis-benchmark: memory, PING during the load, kill -9 and restart; scale.md, scale.json and plots in --out
   sim         a simulated farm (real planner and buckets, simulated network and clock) against one node, and the gossip bytes per node; --table: the accuracy table
-  serve-limit the do-nothing gnet server of compare, on its own: --addr HOST:PORT
+  serve-limit the do-nothing server of compare (capsgate's RESP server deciding nothing), on its own: --addr HOST:PORT
 run "capsbench COMMAND -h" for its flags`
 
 func main() {
