@@ -8,7 +8,8 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/capsgate/capsgate/cluster/clustertest"
+	"github.com/capsgate/capsgate/bench/openloop"
+	"github.com/capsgate/capsgate/cluster/farm"
 )
 
 // ClusterRun describes `capsbench cluster`.
@@ -23,13 +24,13 @@ type ClusterRun struct {
 	// Arrivals is when each node's connection sends (paced, or seeded
 	// Poisson, with or without a stalling proxy); printed, seed and all,
 	// so a run can be repeated.
-	Arrivals clustertest.Arrivals
+	Arrivals openloop.Arrivals
 }
 
 // RunCluster starts Nodes capsgate processes in one cluster, loads a
 // licence of CAPS for BenchService on n1, waits until every node holds it,
 // offers Rate ADMITs per second spread by Skew for Duration in Arrivals
-// (open loop, clustertest.Load) and reports cluster-wide admitted per
+// (open loop, openloop.Load) and reports cluster-wide admitted per
 // second against the licence. When ctx ends (capsbench: SIGINT or
 // SIGTERM) the nodes are killed at once, which ends the load, and
 // RunCluster says it was interrupted.
@@ -49,7 +50,7 @@ func RunCluster(ctx context.Context, r ClusterRun, out io.Writer) (err error) {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	c, err := clustertest.Start(clustertest.Config{Nodes: r.Nodes, Dir: dir, Bin: bin})
+	c, err := farm.Start(farm.Config{Nodes: r.Nodes, Dir: dir, Bin: bin})
 	if err != nil {
 		return err
 	}
@@ -77,7 +78,7 @@ func RunCluster(ctx context.Context, r ClusterRun, out io.Writer) (err error) {
 		return fmt.Errorf("the nodes did not plan their parts of the licence: %w", err)
 	}
 	fmt.Fprintf(out, "%d nodes, licence %d CAPS, offering %.0f/s for %v (skew %v, %v)\n", r.Nodes, r.CAPS, r.Rate, r.Duration, r.Skew, r.Arrivals)
-	tally := clustertest.Load{Addrs: c.RESPAddrs(), Weights: r.Skew, Rate: r.Rate, Duration: r.Duration,
+	tally := openloop.Load{Addrs: c.RESPAddrs(), Weights: r.Skew, Rate: r.Rate, Duration: r.Duration,
 		Command: "ADMIT " + BenchService, Arrivals: r.Arrivals}.Run()
 	if tally.Total.Err != nil {
 		return fmt.Errorf("load: %w", tally.Total.Err)

@@ -27,7 +27,8 @@ import (
 	"time"
 
 	"github.com/capsgate/capsgate/admission/client"
-	"github.com/capsgate/capsgate/cluster/clustertest"
+	"github.com/capsgate/capsgate/admission/loopback"
+	"github.com/capsgate/capsgate/cluster/farm"
 )
 
 // `capsbench scale` is a scenario with a report: carrier-scale state on one node, beside Redis loaded by the same
@@ -379,18 +380,18 @@ func runLine(r ScaleRun) string {
 
 // scaleBinaries returns the commands in dir, or builds them into tmp
 // (`go build -o tmp/ ./cmd/...` of this module) when dir is "".
-func scaleBinaries(ctx context.Context, dir, tmp string) (clustertest.Binaries, error) {
+func scaleBinaries(ctx context.Context, dir, tmp string) (farm.Binaries, error) {
 	if dir != "" {
-		b, err := clustertest.BinariesIn(dir)
+		b, err := farm.BinariesIn(dir)
 		if err != nil {
 			return b, fmt.Errorf("bad --bin: %w", err)
 		}
 		return b, nil
 	}
 	if _, err := runTool(ctx, buildTimeout, "go", "build", "-o", tmp+string(filepath.Separator), modulePath+"/cmd/..."); err != nil {
-		return clustertest.Binaries{}, fmt.Errorf("%w (run capsbench scale inside the capsgate module, or give --bin DIR)", err)
+		return farm.Binaries{}, fmt.Errorf("%w (run capsbench scale inside the capsgate module, or give --bin DIR)", err)
 	}
-	return clustertest.BinariesIn(tmp)
+	return farm.BinariesIn(tmp)
 }
 
 // modulePath is the module whose commands scaleBinaries builds.
@@ -405,7 +406,7 @@ func runTool(ctx context.Context, timeout time.Duration, argv ...string) ([]byte
 	var out, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &stderr
 	cmd.WaitDelay = time.Second // a child that keeps the pipes open
-	err := clustertest.StartTied(cmd)
+	err := farm.StartTied(cmd)
 	if err == nil {
 		err = cmd.Wait()
 	}
@@ -448,7 +449,7 @@ type scaleServer struct {
 // newCapsgateServer prepares a node in dir: a vendor key
 // (capslicense keygen), a gossip key, an admin token, a licence for
 // scaleService loaded after the start with `capsctl license add`.
-func newCapsgateServer(ctx context.Context, bin clustertest.Binaries, dir string) (*scaleServer, error) {
+func newCapsgateServer(ctx context.Context, bin farm.Binaries, dir string) (*scaleServer, error) {
 	keys := filepath.Join(dir, "keys")
 	if err := os.MkdirAll(keys, 0o700); err != nil {
 		return nil, fmt.Errorf("cannot make the key directory: %w", err)
@@ -477,7 +478,7 @@ func newCapsgateServer(ctx context.Context, bin clustertest.Binaries, dir string
 	if err := os.WriteFile(licFile, lic, 0o600); err != nil {
 		return nil, fmt.Errorf("cannot write the licence: %w", err)
 	}
-	addrs, err := clustertest.FreeAddrs(3)
+	addrs, err := loopback.FreeAddrs(3)
 	if err != nil {
 		return nil, err
 	}
@@ -501,7 +502,7 @@ func newCapsgateServer(ctx context.Context, bin clustertest.Binaries, dir string
 // snapshots, and an append-only file synced every second (aof) or no
 // persistence at all.
 func newRedisServer(path, version, dir string, aof bool) (*scaleServer, error) {
-	addrs, err := clustertest.FreeAddrs(1)
+	addrs, err := loopback.FreeAddrs(1)
 	if err != nil {
 		return nil, err
 	}
@@ -808,7 +809,7 @@ type scaleProc struct {
 }
 
 // startScaleProc starts argv, appending its output to logPath. The
-// process is tied to this one (clustertest.StartTied): it gets SIGKILL if
+// process is tied to this one (farm.StartTied): it gets SIGKILL if
 // capsbench dies without killing it.
 func startScaleProc(argv []string, logPath string) (*scaleProc, error) {
 	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
@@ -818,7 +819,7 @@ func startScaleProc(argv []string, logPath string) (*scaleProc, error) {
 	defer f.Close() // the child has its own descriptor
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = f, f
-	if err := clustertest.StartTied(cmd); err != nil {
+	if err := farm.StartTied(cmd); err != nil {
 		return nil, fmt.Errorf("cannot start %s: %w", argv[0], err)
 	}
 	p := &scaleProc{cmd: cmd, done: make(chan struct{})}
@@ -875,7 +876,7 @@ func redisBenchmark(ctx context.Context, addr string, n int, command []string) (
 	var out, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &stderr
 	cmd.WaitDelay = time.Second
-	err := clustertest.StartTied(cmd)
+	err := farm.StartTied(cmd)
 	if err == nil {
 		err = cmd.Wait()
 	}

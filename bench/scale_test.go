@@ -14,7 +14,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/capsgate/capsgate/cluster/clustertest"
+	"github.com/capsgate/capsgate/cluster/farm"
 )
 
 // Every flag at its edges; bad values refused in one line naming the flag.
@@ -274,7 +274,7 @@ func needScaleTools(t *testing.T) {
 // report written, and nothing left running.
 func TestScaleEndToEnd(t *testing.T) {
 	needScaleTools(t)
-	bin, err := clustertest.BuildOnce()
+	bin, err := farm.BuildOnce()
 	require.NoError(t, err)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

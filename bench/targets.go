@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/capsgate/capsgate/admission/client"
-	"github.com/capsgate/capsgate/cluster/clustertest"
+	"github.com/capsgate/capsgate/cluster/farm"
 	"github.com/capsgate/capsgate/licensing"
 )
 
@@ -56,13 +56,13 @@ const startTimeout = 15 * time.Second
 
 // capsgateBinaries finds capsgate beside this executable (as `go build
 // ./cmd/...` leaves it), else builds the commands once (inside the module).
-func capsgateBinaries() (clustertest.Binaries, error) {
+func capsgateBinaries() (farm.Binaries, error) {
 	if exe, err := os.Executable(); err == nil {
-		if b, err := clustertest.BinariesIn(filepath.Dir(exe)); err == nil {
+		if b, err := farm.BinariesIn(filepath.Dir(exe)); err == nil {
 			return b, nil
 		}
 	}
-	return clustertest.BuildOnce()
+	return farm.BuildOnce()
 }
 
 // StartCapsgate starts a capsgate --dev process in dir trusting a vendor
@@ -85,7 +85,7 @@ func StartCapsgate(dir string) (*Target, error) {
 	if err != nil {
 		return nil, err
 	}
-	n, err := clustertest.StartDev(bin, filepath.Join(dir, "data"), "--vendor-key", filepath.Join(keys, licensing.PublicKeyFile))
+	n, err := farm.StartDev(bin, filepath.Join(dir, "data"), "--vendor-key", filepath.Join(keys, licensing.PublicKeyFile))
 	if err != nil {
 		return nil, err
 	}
@@ -181,7 +181,7 @@ func StartRedisLua(dir string) (*Target, error) {
 	host, port, _ := net.SplitHostPort(addr)
 	cmd := exec.Command(path, "--bind", host, "--port", port, "--save", "", "--appendonly", "no",
 		"--dir", dir, "--logfile", filepath.Join(dir, "redis.log"))
-	if err := clustertest.StartTied(cmd); err != nil {
+	if err := farm.StartTied(cmd); err != nil {
 		return nil, fmt.Errorf("cannot start %s: %w", path, err)
 	}
 	stop := func() error { _ = cmd.Process.Kill(); _ = cmd.Wait(); return nil }
@@ -228,7 +228,7 @@ func StartLimit() (*Target, error) {
 		return nil, err
 	}
 	cmd.Stderr = os.Stderr
-	if err := clustertest.StartTied(cmd); err != nil {
+	if err := farm.StartTied(cmd); err != nil {
 		return nil, fmt.Errorf("cannot start the limit server: %w", err)
 	}
 	stop := func() error { _ = cmd.Process.Kill(); _ = cmd.Wait(); return nil }

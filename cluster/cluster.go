@@ -116,6 +116,17 @@ type Member struct {
 	Reclaimed bool `json:"reclaimed,omitempty"`
 }
 
+// View is the JSON of GET /v1/cluster: the node answering, its partition
+// policy (cluster.partition_policy), what its side of the cluster
+// enforces under it now, and the members.
+type View struct {
+	Node      string   `json:"node"`
+	ClusterID string   `json:"cluster_id"`
+	Policy    string   `json:"partition_policy"`
+	Side      Side     `json:"side"`
+	Members   []Member `json:"members"`
+}
+
 type meta struct {
 	Version  string  `json:"v"`
 	RESPAddr string  `json:"resp"`

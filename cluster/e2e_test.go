@@ -11,8 +11,9 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/capsgate/capsgate/bench/openloop"
 	"github.com/capsgate/capsgate/cluster"
-	"github.com/capsgate/capsgate/cluster/clustertest"
+	"github.com/capsgate/capsgate/cluster/farm"
 )
 
 // End-to-end tests of the SPEC's cluster guarantees against real capsgate
@@ -31,9 +32,9 @@ func needsProcesses(t *testing.T, what string) {
 // 1000-CAPS voice licence on n1; it returns when every node enforces it
 // and how long after the start of `capsctl license add` each of n2 and n3
 // first showed it.
-func threeNodes(t *testing.T) (*clustertest.Cluster, []time.Duration) {
+func threeNodes(t *testing.T) (*farm.Cluster, []time.Duration) {
 	t.Helper()
-	c := clustertest.New(t, 3)
+	c := farm.New(t, 3)
 	c.WaitMembers(3, 5*time.Second)
 	lic := c.Issue("--service", "voice", "--caps", "1000", "--id", "voice-1000")
 	t0 := time.Now()
@@ -48,7 +49,7 @@ func threeNodes(t *testing.T) (*clustertest.Cluster, []time.Duration) {
 // reachCAPS polls each node's GET /v1/services/{service} every 2 ms until
 // its licensed CAPS reach caps, and returns how long after t0 each did
 // (-1: not before t0 + timeout).
-func reachCAPS(nodes []*clustertest.Node, service string, caps float64, t0 time.Time, timeout time.Duration) []time.Duration {
+func reachCAPS(nodes []*farm.Node, service string, caps float64, t0 time.Time, timeout time.Duration) []time.Duration {
 	took := make([]time.Duration, len(nodes))
 	var wg sync.WaitGroup
 	for i, n := range nodes {
@@ -68,7 +69,7 @@ func reachCAPS(nodes []*clustertest.Node, service string, caps float64, t0 time.
 }
 
 // shares says each member's state and share of service as node i sees it.
-func shares(c *clustertest.Cluster, i int, service string) string {
+func shares(c *farm.Cluster, i int, service string) string {
 	ms, err := c.Node(i).Members()
 	if err != nil {
 		return err.Error()
@@ -109,9 +110,9 @@ const (
 // arrivals keep the offered count exact (2000 × d) and the figure
 // comparable with earlier runs. The arrival shape matters below the
 // licence, where requireNoneRefusedUnderLicence offers Poisson arrivals.
-func requireLicenceHeld(t *testing.T, c *clustertest.Cluster, skew []float64, d time.Duration) {
+func requireLicenceHeld(t *testing.T, c *farm.Cluster, skew []float64, d time.Duration) {
 	t.Helper()
-	over := clustertest.Paced(c.RESPAddrs(), skew, overRate, d, "ADMIT voice")
+	over := openloop.Paced(c.RESPAddrs(), skew, overRate, d, "ADMIT voice")
 	t.Logf("%d nodes, %d/s offered %v for %v: %v", len(skew), overRate, skew, d, over)
 	t.Log(shares(c, 1, "voice"))
 	require.NoError(t, over.Total.Err)
@@ -131,10 +132,10 @@ func requireLicenceHeld(t *testing.T, c *clustertest.Cluster, skew []float64, d 
 // be repeated; the measurement is made once, and a bad one fails the test
 // whatever the cause (a stall of the load generator included: the log
 // says how late its writes came).
-func requireNoneRefusedUnderLicence(t *testing.T, c *clustertest.Cluster, skew []float64) {
+func requireNoneRefusedUnderLicence(t *testing.T, c *farm.Cluster, skew []float64) {
 	t.Helper()
-	under := clustertest.Load{Addrs: c.RESPAddrs(), Weights: skew, Rate: underRate, Duration: 10 * time.Second,
-		Command: "ADMIT voice", Arrivals: clustertest.Arrivals{Model: clustertest.PoissonArrivals, Seed: 1}}.Run()
+	under := openloop.Load{Addrs: c.RESPAddrs(), Weights: skew, Rate: underRate, Duration: 10 * time.Second,
+		Command: "ADMIT voice", Arrivals: openloop.Arrivals{Model: openloop.PoissonArrivals, Seed: 1}}.Run()
 	t.Logf("%d nodes, %d/s offered %v for 10 s: %v; %.3f %% refused (a write %v late at worst)",
 		len(skew), underRate, skew, under, 100*under.Total.RejectedFraction(), under.Total.MaxLate.Round(time.Millisecond))
 	t.Log(shares(c, 1, "voice"))
@@ -148,10 +149,10 @@ func TestLoadShift(t *testing.T) {
 	c, _ := threeNodes(t)
 	addrs := c.RESPAddrs()
 
-	on1 := clustertest.Paced(addrs, []float64{1, 0, 0}, 900, 3*time.Second, "ADMIT voice")
+	on1 := openloop.Paced(addrs, []float64{1, 0, 0}, 900, 3*time.Second, "ADMIT voice")
 	t.Logf("900/s on n1 for 3 s: %v", on1)
 	t.Log(shares(c, 1, "voice"))
-	shifted := clustertest.Paced(addrs, []float64{0, 0, 1}, 900, time.Second, "ADMIT voice")
+	shifted := openloop.Paced(addrs, []float64{0, 0, 1}, 900, time.Second, "ADMIT voice")
 	lastRefusal := time.Duration(-1)
 	for _, b := range shifted.Total.Batches {
 		if b.Admitted < b.N {
@@ -160,10 +161,10 @@ func TestLoadShift(t *testing.T) {
 	}
 	t.Logf("moved to n3, first second: %v; its last refusal came in the batch sent %v after the move (-1: none)",
 		shifted, lastRefusal)
-	settled := clustertest.Paced(addrs, []float64{0, 0, 1}, 900, 2*time.Second, "ADMIT voice")
+	settled := openloop.Paced(addrs, []float64{0, 0, 1}, 900, 2*time.Second, "ADMIT voice")
 	t.Logf("on n3, the next 2 s: %v (%.3f %% rejected)", settled, 100*settled.Total.RejectedFraction())
 	t.Log(shares(c, 3, "voice"))
-	for _, r := range []clustertest.Tally{on1, shifted, settled} {
+	for _, r := range []openloop.Tally{on1, shifted, settled} {
 		require.NoError(t, r.Total.Err)
 	}
 	require.Equal(t, 1800, settled.Total.Sent)
@@ -185,7 +186,7 @@ func TestKillDetectedAndShareMoves(t *testing.T) {
 			detected[i] = -1
 			for time.Since(killed) < 10*time.Second {
 				ms, err := n.Members()
-				if err == nil && !slices.ContainsFunc(ms, func(m clustertest.Member) bool { return m.Name == "n3" && m.State == "alive" }) {
+				if err == nil && !slices.ContainsFunc(ms, func(m cluster.Member) bool { return m.Name == "n3" && m.State == "alive" }) {
 					detected[i] = time.Since(killed)
 					return
 				}
@@ -219,7 +220,7 @@ func TestKillDetectedAndShareMoves(t *testing.T) {
 	t.Logf("survivors' shares add up to %.1f CAPS %v after the kill; %s", sum, time.Since(killed), shares(c, 1, "voice"))
 	require.Greater(t, sum, 999.0, "the dead node's share goes to the survivors")
 
-	load := clustertest.Paced(c.RESPAddrs()[:2], []float64{50, 50}, 2000, 5*time.Second, "ADMIT voice")
+	load := openloop.Paced(c.RESPAddrs()[:2], []float64{50, 50}, 2000, 5*time.Second, "ADMIT voice")
 	t.Logf("2000/s on n1, n2 50/50 for 5 s: %v", load)
 	require.NoError(t, load.Total.Err)
 	require.Equal(t, 10000, load.Total.Sent)
@@ -236,7 +237,7 @@ func TestKillDetectedAndShareMoves(t *testing.T) {
 
 func TestLicenceSpreadLatency(t *testing.T) {
 	needsProcesses(t, "3 capsgate nodes and 20 licence loads")
-	c := clustertest.New(t, 3)
+	c := farm.New(t, 3)
 	c.WaitMembers(3, 5*time.Second)
 	seed := uint64(time.Now().UnixNano())
 	rng := rand.New(rand.NewPCG(seed, 0))
@@ -245,7 +246,7 @@ func TestLicenceSpreadLatency(t *testing.T) {
 	for k := 1; k <= trials; k++ {
 		lic := c.Issue("--service", "voice", "--caps", "100", "--id", fmt.Sprintf("spread-%02d", k))
 		at := 1 + rng.IntN(3)
-		var others []*clustertest.Node
+		var others []*farm.Node
 		for _, n := range c.Nodes() {
 			if n != c.Node(at) {
 				others = append(others, n)
@@ -279,9 +280,9 @@ func percentile(sorted []time.Duration, q float64) time.Duration {
 // voiceFarm starts n nodes, waits for one membership and loads a
 // 1000-CAPS voice licence on node `on`; it returns once every node
 // enforces it.
-func voiceFarm(t *testing.T, n, on int) *clustertest.Cluster {
+func voiceFarm(t *testing.T, n, on int) *farm.Cluster {
 	t.Helper()
-	c := clustertest.New(t, n)
+	c := farm.New(t, n)
 	c.WaitMembers(n, time.Duration(2*n)*time.Second)
 	c.LoadLicense(on, c.Issue("--service", "voice", "--caps", "1000", "--id", fmt.Sprintf("voice-%d", n)))
 	c.WaitCAPS("voice", 1000, 5*time.Second)

@@ -13,7 +13,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/capsgate/capsgate/admission"
-	"github.com/capsgate/capsgate/cluster/clustertest"
 )
 
 // records is a slog.Handler that keeps what it is given, from any
@@ -112,7 +111,7 @@ func TestLineKind(t *testing.T) {
 // gossipLogBurst lines a second (it held 20,000).
 func TestGarbageUDPIsCountedNotLogged(t *testing.T) {
 	var rec records
-	addr := clustertest.FreeAddr(t)
+	addr := freeAddr(t)
 	c, err := New(Config{NodeName: "a", BindAddr: addr, Key: bytes.Repeat([]byte{7}, 32),
 		Engine: admission.NewEngine(admission.DefaultConfig()), Log: slog.New(&rec)})
 	require.NoError(t, err)

@@ -8,7 +8,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/capsgate/capsgate/cluster/clustertest"
+	"github.com/capsgate/capsgate/cluster/farm"
 )
 
 // TestConsumeIDAcrossNodesAndRestarts: with a 35-day idempotency window,
@@ -18,14 +18,14 @@ import (
 // n1 were killed with SIGKILL and restarted.
 func TestConsumeIDAcrossNodesAndRestarts(t *testing.T) {
 	needsProcesses(t, "3 capsgate nodes, two killed and restarted")
-	c := licensedFarm(t, []clustertest.Option{clustertest.WithArgs("--admission-idempotency-window", "840h")},
+	c := licensedFarm(t, []farm.Option{farm.WithArgs("--admission-idempotency-window", "840h")},
 		"pp", 1000, "--tokens", "100000", "--id", "pp-ids")
 	time.Sleep(300 * time.Millisecond) // the first budgets
 	n := c.Nodes()
 	const ids = 50
-	first := chargeIDs(t, ids, "bill", func(i int) *clustertest.Node { return n[0] })
+	first := chargeIDs(t, ids, "bill", func(i int) *farm.Node { return n[0] })
 	used := func() int64 { t.Helper(); return tokensUsed(t, c, "pp") }
-	repeat := func(via func(i int) *clustertest.Node, what string) {
+	repeat := func(via func(i int) *farm.Node, what string) {
 		t.Helper()
 		before := used()
 		for i := range ids {
@@ -37,7 +37,7 @@ func TestConsumeIDAcrossNodesAndRestarts(t *testing.T) {
 		require.Equal(t, before, used(), "%s: no repeat was charged", what)
 	}
 	time.Sleep(2500 * time.Millisecond) // past every node's hot set
-	repeat(func(i int) *clustertest.Node { return n[1+i%2] }, "through n2 and n3 from their stores")
+	repeat(func(i int) *farm.Node { return n[1+i%2] }, "through n2 and n3 from their stores")
 	got, _ := total(t, c, "pp", "tokens_used", 5*ids, time.Second)
 	require.Equal(t, int64(5*ids), got, "each ID charged once in the cluster")
 
@@ -46,7 +46,7 @@ func TestConsumeIDAcrossNodesAndRestarts(t *testing.T) {
 		require.NoError(t, n[k].Restart())
 		c.WaitMembers(3, 10*time.Second)
 	}
-	repeat(func(i int) *clustertest.Node { return n[2*(i%2)] }, "through n3 and n1 after kill -9 and restart")
+	repeat(func(i int) *farm.Node { return n[2*(i%2)] }, "through n3 and n1 after kill -9 and restart")
 	// A new ID is still charged: the counters are live.
 	before := used()
 	ok, reason, _, err := n[1].Decision("CONSUME", "pp", "acct1", "5", "ID", "bill-new")
@@ -61,7 +61,7 @@ func TestConsumeIDAcrossNodesAndRestarts(t *testing.T) {
 // their repeats through n3 get the first decision, uncharged.
 func TestConsumeIDsReachAMemberThatWasDown(t *testing.T) {
 	needsProcesses(t, "3 capsgate nodes, one killed and restarted")
-	c := licensedFarm(t, []clustertest.Option{clustertest.WithArgs("--admission-idempotency-window", "840h")},
+	c := licensedFarm(t, []farm.Option{farm.WithArgs("--admission-idempotency-window", "840h")},
 		"pp", 1000, "--tokens", "100000", "--id", "pp-down")
 	n := c.Nodes()
 	n[2].Kill()
@@ -78,7 +78,7 @@ func TestConsumeIDsReachAMemberThatWasDown(t *testing.T) {
 		return false
 	}, 10*time.Second, 50*time.Millisecond, "n1 sees n3 dead")
 	const ids = 40
-	first := chargeIDs(t, ids, "down", func(i int) *clustertest.Node { return n[0] })
+	first := chargeIDs(t, ids, "down", func(i int) *farm.Node { return n[0] })
 	require.NoError(t, n[2].Restart())
 	c.WaitMembers(3, 10*time.Second)
 	used := func() int64 { t.Helper(); return tokensUsed(t, c, "pp") }
@@ -155,12 +155,12 @@ func TestConsumeIDRepeatsAtOnceChargeOnce(t *testing.T) {
 // it, gets the first decision, uncharged.
 func TestConsumeIDsReachANewMember(t *testing.T) {
 	needsProcesses(t, "3 capsgate nodes and a fourth added")
-	c := licensedFarm(t, []clustertest.Option{clustertest.WithArgs("--admission-idempotency-window", "840h")},
+	c := licensedFarm(t, []farm.Option{farm.WithArgs("--admission-idempotency-window", "840h")},
 		"pp", 1000, "--tokens", "100000", "--id", "pp-new")
 	time.Sleep(300 * time.Millisecond) // the first budgets
 	n := c.Nodes()
 	const ids = 60
-	first := chargeIDs(t, ids, "old", func(i int) *clustertest.Node { return n[i%3] })
+	first := chargeIDs(t, ids, "old", func(i int) *farm.Node { return n[i%3] })
 	n4, err := c.Add()
 	require.NoError(t, err)
 	c.WaitMembers(4, 10*time.Second)
@@ -172,7 +172,7 @@ func TestConsumeIDsReachANewMember(t *testing.T) {
 	before := tokensUsed(t, c, "pp")
 	var charged, routed int
 	for i := range ids {
-		for _, via := range []*clustertest.Node{n4, n[i%3]} {
+		for _, via := range []*farm.Node{n4, n[i%3]} {
 			ok, reason, left, err := via.Decision("CONSUME", "pp", "acct1", "5", "ID", fmt.Sprintf("old-%d", i))
 			require.NoError(t, err)
 			require.True(t, ok, "old-%d through %s: %s", i, via.Name, reason)
@@ -194,7 +194,7 @@ func TestConsumeIDsReachANewMember(t *testing.T) {
 
 // chargeIDs sends CONSUME pp acct1 5 ID prefix-i for i in [0, n), each
 // through via(i), requires each admitted and returns their remaining.
-func chargeIDs(t *testing.T, n int, prefix string, via func(i int) *clustertest.Node) []int64 {
+func chargeIDs(t *testing.T, n int, prefix string, via func(i int) *farm.Node) []int64 {
 	t.Helper()
 	first := make([]int64, n)
 	for i := range n {
@@ -207,7 +207,7 @@ func chargeIDs(t *testing.T, n int, prefix string, via func(i int) *clustertest.
 }
 
 // tokensUsed sums QUOTA's tokens_used for service over c's nodes.
-func tokensUsed(t *testing.T, c *clustertest.Cluster, service string) int64 {
+func tokensUsed(t *testing.T, c *farm.Cluster, service string) int64 {
 	t.Helper()
 	var sum int64
 	for _, x := range c.Nodes() {

@@ -13,12 +13,13 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/capsgate/capsgate/bench/openloop"
 	"github.com/capsgate/capsgate/cluster"
-	"github.com/capsgate/capsgate/cluster/clustertest"
+	"github.com/capsgate/capsgate/cluster/farm"
 )
 
 // End-to-end tests of cluster.partition_policy: 3 capsgate processes, each
-// in a network namespace of its own (clustertest.Net), n3's gossip cut
+// in a network namespace of its own (farm.Net), n3's gossip cut
 // from n1 and n2 while every node keeps its clients, then healed; a paced
 // load runs across it all and every decision is tallied by the time it was
 // sent, so each phase and every window of the run can be judged.
@@ -38,7 +39,7 @@ const (
 // needsNetns skips under -short, and unless the test can make network
 // namespaces (root, iproute2): then it skips, or fails when CI=true. It
 // returns a 3-node network removed when the test ends, after the nodes.
-func needsNetns(t *testing.T, what string) *clustertest.Net {
+func needsNetns(t *testing.T, what string) *farm.Net {
 	t.Helper()
 	needsProcesses(t, what)
 	unable := func(err error) {
@@ -48,10 +49,10 @@ func needsNetns(t *testing.T, what string) *clustertest.Net {
 		}
 		t.Skipf("cannot make network namespaces (%v): run as root with iproute2 installed", err)
 	}
-	if err := clustertest.NetPrereq(); err != nil {
+	if err := farm.NetPrereq(); err != nil {
 		unable(err)
 	}
-	nw, err := clustertest.NewNet(3)
+	nw, err := farm.NewNet(3)
 	if err != nil {
 		unable(err)
 	}
@@ -65,9 +66,9 @@ func needsNetns(t *testing.T, what string) *clustertest.Net {
 
 // partitionFarm starts 3 nodes in nw with extra capsgate flags, loads the
 // 1000-CAPS voice licence and waits until every node enforces its part.
-func partitionFarm(t *testing.T, nw *clustertest.Net, args ...string) *clustertest.Cluster {
+func partitionFarm(t *testing.T, nw *farm.Net, args ...string) *farm.Cluster {
 	t.Helper()
-	c := clustertest.New(t, 3, append(nw.Options(), clustertest.WithArgs(args...))...)
+	c := farm.New(t, 3, append(nw.Options(), farm.WithArgs(args...))...)
 	c.WaitMembers(3, 10*time.Second)
 	// POST /v1/licenses, not capsctl: the harness reaches the nodes from
 	// the hub namespace, capsctl would run in this one.
@@ -88,7 +89,7 @@ type observation struct {
 	// after is when the request before, which still showed the state
 	// before, was sent: the change came after it.
 	after time.Time
-	side  clustertest.Side
+	side  cluster.Side
 	alive int
 }
 
@@ -154,7 +155,7 @@ func (tl timeline) whole(from time.Time, n int) time.Time {
 
 // observe reads every node's GET /v1/cluster every observeEvery until stop
 // is closed (and for at most limit) and returns the changes.
-func observe(c *clustertest.Cluster, stop <-chan struct{}, limit time.Duration) timeline {
+func observe(c *farm.Cluster, stop <-chan struct{}, limit time.Duration) timeline {
 	var tl timeline
 	last := map[int]observation{}
 	asked := map[int]time.Time{} // when each node was last asked
@@ -190,12 +191,12 @@ func observe(c *clustertest.Cluster, stop <-chan struct{}, limit time.Duration) 
 // partitionRun is one paced run with n3 cut from n1 and n2's gossip at
 // cutAt and healed at healAt (from the start of the run).
 type partitionRun struct {
-	tally            clustertest.Tally
+	tally            openloop.Tally
 	start, cut, heal time.Time
 	tl               timeline
 }
 
-func runPartition(t *testing.T, c *clustertest.Cluster, nw *clustertest.Net, weights []float64, rate float64,
+func runPartition(t *testing.T, c *farm.Cluster, nw *farm.Net, weights []float64, rate float64,
 	d, cutAt, healAt time.Duration) partitionRun {
 	t.Helper()
 	var r partitionRun
@@ -210,7 +211,7 @@ func runPartition(t *testing.T, c *clustertest.Cluster, nw *clustertest.Net, wei
 		time.Sleep(time.Until(r.start.Add(healAt)))
 		r.heal, healErr = time.Now(), nw.Heal(3)
 	})
-	r.tally = c.Paced(weights, rate, d, "ADMIT voice")
+	r.tally = openloop.PacedVia(c.Dial(), c.RESPAddrs(), weights, rate, d, "ADMIT voice")
 	// Let the observer see the heal through when the load ended first.
 	time.Sleep(time.Until(r.start.Add(healAt + 100*time.Millisecond)))
 	if end := r.start.Add(d); r.tl.whole(r.heal, 3).IsZero() && time.Now().Before(end.Add(5*time.Second)) {
@@ -357,7 +358,7 @@ func (r partitionRun) checkWindowsDecided(t *testing.T, what string, from, to, d
 }
 
 // logStateLines prints the nodes' log lines about the partition.
-func logStateLines(t *testing.T, c *clustertest.Cluster) {
+func logStateLines(t *testing.T, c *farm.Cluster) {
 	t.Helper()
 	for _, n := range c.Nodes() {
 		for _, l := range strings.Split(n.Log(), "\n") {
@@ -386,7 +387,7 @@ func TestPartitionSplitLoadedMinority(t *testing.T) {
 }
 
 // splitScenario runs the split policy's partition and heal under load.
-func splitScenario(t *testing.T, nw *clustertest.Net, weights []float64, rate float64) {
+func splitScenario(t *testing.T, nw *farm.Net, weights []float64, rate float64) {
 	t.Helper()
 	c := partitionFarm(t, nw)
 	r := runPartition(t, c, nw, weights, rate, 14*time.Second, 1500*time.Millisecond, 9*time.Second)

@@ -12,7 +12,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/capsgate/capsgate/admission"
-	"github.com/capsgate/capsgate/cluster/clustertest"
 	"github.com/capsgate/capsgate/licensing/registry"
 )
 
@@ -80,7 +79,7 @@ func reportSize(services, accounts int) (busy, idle int) {
 // was refused by the socket and never arrived.
 func TestBigReportsGoOverTCP(t *testing.T) {
 	mk := func(name string) *Cluster {
-		c, err := New(Config{NodeName: name, BindAddr: clustertest.FreeAddr(t), Key: bytes.Repeat([]byte{7}, 32),
+		c, err := New(Config{NodeName: name, BindAddr: freeAddr(t), Key: bytes.Repeat([]byte{7}, 32),
 			Engine: admission.NewEngine(admission.DefaultConfig()), Licences: noLicences{}, Log: slog.New(slog.DiscardHandler)})
 		require.NoError(t, err)
 		t.Cleanup(func() { _ = c.ml.Shutdown() })

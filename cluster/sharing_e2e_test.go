@@ -9,14 +9,15 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/capsgate/capsgate/cluster/clustertest"
+	"github.com/capsgate/capsgate/bench/openloop"
+	"github.com/capsgate/capsgate/cluster/farm"
 )
 
 // licensedFarm starts 3 nodes and loads on n1 a licence for service with
 // caps CAPS and licArgs, returning once every node enforces it.
-func licensedFarm(t *testing.T, opts []clustertest.Option, service string, caps int, licArgs ...string) *clustertest.Cluster {
+func licensedFarm(t *testing.T, opts []farm.Option, service string, caps int, licArgs ...string) *farm.Cluster {
 	t.Helper()
-	c := clustertest.New(t, 3, opts...)
+	c := farm.New(t, 3, opts...)
 	c.WaitMembers(3, 5*time.Second)
 	c.LoadLicense(1, c.Issue(append([]string{"--service", service, "--caps", strconv.Itoa(caps)}, licArgs...)...))
 	c.WaitCAPS(service, float64(caps), 2*time.Second)
@@ -25,7 +26,7 @@ func licensedFarm(t *testing.T, opts []clustertest.Option, service string, caps 
 }
 
 // quota returns one integer field of QUOTA service on node n.
-func quota(t *testing.T, n *clustertest.Node, service, field string) int64 {
+func quota(t *testing.T, n *farm.Node, service, field string) int64 {
 	t.Helper()
 	v, err := n.Do("QUOTA", service)
 	require.NoError(t, err)
@@ -48,7 +49,7 @@ func quota(t *testing.T, n *clustertest.Node, service, field string) int64 {
 
 // total sums a QUOTA field over every node, polling until it equals want
 // or timeout passes; it returns the last sum and how long it took.
-func total(t *testing.T, c *clustertest.Cluster, service, field string, want int64, timeout time.Duration) (int64, time.Duration) {
+func total(t *testing.T, c *farm.Cluster, service, field string, want int64, timeout time.Duration) (int64, time.Duration) {
 	t.Helper()
 	start := time.Now()
 	for {
@@ -119,7 +120,7 @@ func TestTokenPoolSharedByTheCluster(t *testing.T) {
 	// Let the first budgets settle, then draw the pool down from every
 	// node at a skew, well past its end.
 	time.Sleep(300 * time.Millisecond)
-	run := clustertest.Paced(c.RESPAddrs(), []float64{60, 30, 10}, 1500, 4*time.Second, "ADMIT pre")
+	run := openloop.Paced(c.RESPAddrs(), []float64{60, 30, 10}, 1500, 4*time.Second, "ADMIT pre")
 	t.Logf("a 3000-token pool, 1 token an attempt, 1500/s offered 60/30/10 for 4 s: %v", run)
 	require.NoError(t, run.Total.Err)
 	require.Zero(t, run.Total.Errors, run.Total.LastError)
@@ -156,7 +157,7 @@ func TestConsumeIDOnceAcrossNodes(t *testing.T) {
 
 func TestUsageOfTheWholeCluster(t *testing.T) {
 	needsProcesses(t, "3 capsgate nodes and 3 s of ledger intervals")
-	c := licensedFarm(t, []clustertest.Option{clustertest.WithArgs("--ledger-interval", "1s")}, "voice", 10000, "--id", "voice-usage")
+	c := licensedFarm(t, []farm.Option{farm.WithArgs("--ledger-interval", "1s")}, "voice", 10000, "--id", "voice-usage")
 	time.Sleep(300 * time.Millisecond)
 	n := c.Nodes()
 	for i, k := range []int{7, 11, 13} {
@@ -254,7 +255,7 @@ func TestAccountAllocationSharedByTheCluster(t *testing.T) {
 		require.Equal(t, int64(300), v.Accounts[0].Tokens, n.Name)
 	}
 	time.Sleep(300 * time.Millisecond) // the first budgets
-	run := clustertest.Paced(c.RESPAddrs(), []float64{50, 30, 20}, 600, 2*time.Second, "CONSUME pp acme 1")
+	run := openloop.Paced(c.RESPAddrs(), []float64{50, 30, 20}, 600, 2*time.Second, "CONSUME pp acme 1")
 	t.Logf("a 300-token account, 600/s CONSUME 1 offered 50/30/20 for 2 s: %v", run)
 	require.NoError(t, run.Total.Err)
 	assert.Equal(t, run.Total.Rejected, run.Total.Reasons["TOKENS"], "only TOKENS rejects")

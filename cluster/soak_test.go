@@ -15,7 +15,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/capsgate/capsgate/cluster/clustertest"
+	"github.com/capsgate/capsgate/cluster/farm"
 )
 
 // soakOp is one ADMIT's answer, for the sliding-window bound.
@@ -33,10 +33,10 @@ type soakOp struct {
 // the three nodes' ledgers verified together.
 func TestSoak(t *testing.T) {
 	needsProcesses(t, "a 3-node soak")
-	d := clustertest.Seconds(t, "CAPSGATE_SOAK_SECONDS", 120*time.Second) // hours are fine
+	d := farm.Seconds(t, "CAPSGATE_SOAK_SECONDS", 120*time.Second) // hours are fine
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("soak for %v, seed %d", d, seed)
-	c := clustertest.New(t, 3, clustertest.WithArgs("--ledger-interval", "2s"))
+	c := farm.New(t, 3, farm.WithArgs("--ledger-interval", "2s"))
 	c.WaitMembers(3, 5*time.Second)
 	var licensed atomic.Int64 // CAPS, as loaded so far
 	licensed.Store(600)
@@ -61,7 +61,7 @@ func TestSoak(t *testing.T) {
 	for i := range nodes {
 		wg.Go(func() {
 			rng := rand.New(rand.NewPCG(seed, uint64(i)))
-			var conn *clustertest.Conn
+			var conn *farm.Conn
 			defer func() {
 				if conn != nil {
 					conn.Close()

@@ -9,7 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/capsgate/capsgate/admission"
-	"github.com/capsgate/capsgate/cluster/clustertest"
+	"github.com/capsgate/capsgate/admission/loopback"
 	"github.com/capsgate/capsgate/licensing/ledger"
 )
 
@@ -19,7 +19,7 @@ func TestReportWireSize(t *testing.T) {
 	head := ledger.Witness{Node: "a", Seq: 123456, Hash: "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
 		Key: "MCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=", Genesis: "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210"}
 	mk := func(name string, withLedger bool) *Cluster {
-		cfg := Config{NodeName: name, BindAddr: clustertest.FreeAddr(t), Key: bytes.Repeat([]byte{7}, 32),
+		cfg := Config{NodeName: name, BindAddr: freeAddr(t), Key: bytes.Repeat([]byte{7}, 32),
 			Engine: admission.NewEngine(admission.DefaultConfig()), Licences: noLicences{}, Log: slog.New(slog.DiscardHandler)}
 		if withLedger {
 			cfg.LedgerHead = func() (uint64, string) { return head.Seq, head.Hash }
@@ -70,4 +70,13 @@ func TestEstimateMemberlist(t *testing.T) {
 	// The allocations go once a minute, not in every state.
 	require.Greater(t, more.AllocationBytes, 100*50)
 	require.InDelta(t, 2*float64(more.StateBytes)/5+float64(more.AllocationBytes)/60, more.PushPull, 1e-9)
+}
+
+// freeAddr is a loopback address whose TCP and UDP ports are free, for a
+// memberlist node of a test.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	addrs, err := loopback.FreeAddrs(1)
+	require.NoError(t, err)
+	return addrs[0]
 }

@@ -7,7 +7,7 @@ package deploy
 //   sipp callers ──UDP──▶ Kamailio ──UDP──▶ sipp callee / sipp registrar
 //                            │ ndb_redis: ADMIT, RELEASE, REGISTER, DEREGISTER
 //                            ▼
-//                     capsgate node(s) (clustertest)
+//                     capsgate node(s) (cluster/farm)
 //
 // Service voice is licensed for licensedCAPS; normal callers offer twice
 // that for overloadFor while emergency callers (112 and urn:service:sos)
@@ -30,7 +30,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/capsgate/capsgate/cluster/clustertest"
+	"github.com/capsgate/capsgate/cluster/farm"
 )
 
 const (
@@ -307,7 +307,7 @@ func testKamailio(t *testing.T, nodes int) {
 
 // sessionsReleased reports the first node still holding a session or an
 // emergency session of service.
-func sessionsReleased(c *clustertest.Cluster) error {
+func sessionsReleased(c *farm.Cluster) error {
 	for _, n := range c.Nodes() {
 		q, err := quota(n, service)
 		if err != nil {
@@ -322,9 +322,9 @@ func sessionsReleased(c *clustertest.Cluster) error {
 
 // startCluster starts nodes capsgate nodes and loads a licence for service
 // with the given limits on the first.
-func startCluster(t *testing.T, nodes int, limits ...string) *clustertest.Cluster {
+func startCluster(t *testing.T, nodes int, limits ...string) *farm.Cluster {
 	t.Helper()
-	c := clustertest.New(t, nodes)
+	c := farm.New(t, nodes)
 	if nodes > 1 {
 		c.WaitMembers(nodes, 10*time.Second)
 	}
@@ -342,7 +342,7 @@ type proxy struct {
 
 // startProxy starts the sipp callee and registrar, and Kamailio in front of
 // them asking c's nodes (with CG_TRACE).
-func startProxy(t *testing.T, tools map[string]string, c *clustertest.Cluster) proxy {
+func startProxy(t *testing.T, tools map[string]string, c *farm.Cluster) proxy {
 	t.Helper()
 	dir := t.TempDir()
 	var px proxy
@@ -752,7 +752,7 @@ func accountCalls(callee map[string]*calleeCall, logged map[string][]call, sent 
 }
 
 // quotaSum adds an integer QUOTA field over every node.
-func quotaSum(t *testing.T, c *clustertest.Cluster, field string) int {
+func quotaSum(t *testing.T, c *farm.Cluster, field string) int {
 	t.Helper()
 	sum := 0
 	for _, n := range c.Nodes() {

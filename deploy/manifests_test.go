@@ -32,7 +32,7 @@ import (
 	kjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
 
-	"github.com/capsgate/capsgate/cluster/clustertest"
+	"github.com/capsgate/capsgate/cluster/farm"
 )
 
 // k8sDir holds the manifests and their kustomization.
@@ -386,7 +386,7 @@ func TestKubernetesConfigStartsANode(t *testing.T) {
 	_, ms := loadManifests(t)
 	cm := find[*corev1.ConfigMap](ms)[0]
 	ss := find[*appsv1.StatefulSet](ms)[0]
-	bin, err := clustertest.BuildOnce()
+	bin, err := farm.BuildOnce()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -403,7 +403,7 @@ func TestKubernetesConfigStartsANode(t *testing.T) {
 	if err := os.WriteFile(cfgFile, []byte(cm.Data["capsgate.yaml"]), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	resp, admin, gaddr := clustertest.FreeAddr(t), clustertest.FreeAddr(t), clustertest.FreeAddr(t)
+	resp, admin, gaddr := farm.FreeAddr(t), farm.FreeAddr(t), farm.FreeAddr(t)
 	// The StatefulSet's args, with $(POD_IP) as loopback; then what a pod
 	// has at the paths the config names (flags win over the file).
 	var args []string
@@ -426,7 +426,7 @@ func TestKubernetesConfigStartsANode(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("capsgate with the ConfigMap's capsgate.yaml: %v\n%s", err, p.tail(20))
 	}
-	n := &clustertest.Node{Name: "capsgate-0", RESPAddr: resp}
+	n := &farm.Node{Name: "capsgate-0", RESPAddr: resp}
 	if v, err := n.Do("PING"); err != nil || v != "PONG" {
 		t.Fatalf("PING: %v %v", v, err)
 	}
@@ -528,7 +528,7 @@ func TestSystemdUnit(t *testing.T) {
 			t.Errorf("capsgate.service lacks %q", strings.TrimSpace(want))
 		}
 	}
-	bin, err := clustertest.BuildOnce()
+	bin, err := farm.BuildOnce()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -28,7 +28,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/capsgate/capsgate/cluster/clustertest"
+	"github.com/capsgate/capsgate/cluster/farm"
 )
 
 // needTools returns the paths of the programs a test runs. Missing ones
@@ -87,7 +87,7 @@ func startProc(t *testing.T, dir, name string, argv ...string) *proc {
 	p.cmd.Dir = dir
 	p.cmd.Stdout, p.cmd.Stderr = out, out
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := clustertest.StartTied(p.cmd); err != nil {
+	if err := farm.StartTied(p.cmd); err != nil {
 		out.Close()
 		t.Fatalf("cannot start %s: %v", name, err)
 	}
@@ -144,7 +144,7 @@ func (p *proc) tail(n int) string {
 
 // quota returns QUOTA service's fields as node n answers them (integers as
 // their decimal text).
-func quota(n *clustertest.Node, service string) (map[string]string, error) {
+func quota(n *farm.Node, service string) (map[string]string, error) {
 	v, err := n.Do("QUOTA", service)
 	if err != nil {
 		return nil, err
@@ -163,7 +163,7 @@ func quota(n *clustertest.Node, service string) (map[string]string, error) {
 // metrics reads node n's /metrics and returns every sample whose name and
 // labels (as written, e.g. `capsgate_admissions_total{service="voice",reason="OK"}`)
 // start with prefix.
-func metrics(n *clustertest.Node, prefix string) (map[string]float64, error) {
+func metrics(n *farm.Node, prefix string) (map[string]float64, error) {
 	resp, err := http.Get("http://" + n.AdminAddr + "/metrics")
 	if err != nil {
 		return nil, err
@@ -194,7 +194,7 @@ func metrics(n *clustertest.Node, prefix string) (map[string]float64, error) {
 }
 
 // sumMetric adds sample (exact name and labels) over every node.
-func sumMetric(nodes []*clustertest.Node, sample string) (float64, error) {
+func sumMetric(nodes []*farm.Node, sample string) (float64, error) {
 	var sum float64
 	for _, n := range nodes {
 		m, err := metrics(n, sample)
@@ -209,7 +209,7 @@ func sumMetric(nodes []*clustertest.Node, sample string) (float64, error) {
 // freePort returns a loopback port free for both UDP and TCP.
 func freePort(t *testing.T) int {
 	t.Helper()
-	_, port, _ := net.SplitHostPort(clustertest.FreeAddr(t))
+	_, port, _ := net.SplitHostPort(farm.FreeAddr(t))
 	p, _ := strconv.Atoi(port)
 	return p
 }

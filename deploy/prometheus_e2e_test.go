@@ -22,7 +22,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/capsgate/capsgate/cluster/clustertest"
+	"github.com/capsgate/capsgate/bench/openloop"
+	"github.com/capsgate/capsgate/cluster/farm"
 )
 
 const (
@@ -61,7 +62,7 @@ func TestPromtoolCheckMetrics(t *testing.T) {
 	needProcesses(t)
 	tools := needTools(t, "promtool")
 	c := promCluster(t)
-	tally := c.Paced(nil, promOffered, 2*time.Second, "ADMIT "+service)
+	tally := openloop.PacedVia(c.Dial(), c.RESPAddrs(), nil, promOffered, 2*time.Second, "ADMIT "+service)
 	if tally.Total.Err != nil {
 		t.Fatal(tally.Total.Err)
 	}
@@ -83,9 +84,9 @@ func TestPromtoolCheckMetrics(t *testing.T) {
 
 // promCluster starts the nodes with a licence for service that sets every
 // limit (so every gauge has a value) and an end date.
-func promCluster(t *testing.T) *clustertest.Cluster {
+func promCluster(t *testing.T) *farm.Cluster {
 	t.Helper()
-	c := clustertest.New(t, promNodes)
+	c := farm.New(t, promNodes)
 	c.WaitMembers(promNodes, 10*time.Second)
 	c.LoadLicense(1, c.Issue("--service", service, "--caps", strconv.Itoa(promCAPS),
 		"--sessions", "1000", "--subscribers", "1000", "--tokens", "100000000",
@@ -124,7 +125,7 @@ scrape_configs:
 	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	promAddr := clustertest.FreeAddr(t)
+	promAddr := farm.FreeAddr(t)
 	prom := startProc(t, dir, "prometheus", tools["prometheus"],
 		"--config.file="+filepath.Join(dir, "prometheus.yml"), "--storage.tsdb.path="+filepath.Join(dir, "data"),
 		"--web.listen-address="+promAddr, "--log.level=warn")
@@ -183,7 +184,7 @@ scrape_configs:
 		}
 	})
 	loadStart := time.Now()
-	tally := c.Paced(nil, promOffered, promLoad, "ADMIT "+service)
+	tally := openloop.PacedVia(c.Dial(), c.RESPAddrs(), nil, promOffered, promLoad, "ADMIT "+service)
 	loadEnd := time.Now()
 	if tally.Total.Err != nil {
 		t.Fatal(tally.Total.Err)

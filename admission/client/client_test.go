@@ -13,7 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/capsgate/capsgate/admission/client"
-	"github.com/capsgate/capsgate/cluster/clustertest"
+	"github.com/capsgate/capsgate/cluster/farm"
 	"github.com/capsgate/capsgate/cmd/capsgate/node"
 )
 
@@ -21,8 +21,8 @@ import (
 // (service demo: 1000 CAPS, burst 100, 500 sessions) until the test ends.
 func devNode(t testing.TB) string {
 	t.Helper()
-	cfg, err := node.Load([]string{"--dev", "--resp-addr", clustertest.FreeAddr(t), "--admin-addr", clustertest.FreeAddr(t),
-		"--gossip-addr", clustertest.FreeAddr(t), "--data-dir", filepath.Join(t.TempDir(), "data")}, io.Discard)
+	cfg, err := node.Load([]string{"--dev", "--resp-addr", farm.FreeAddr(t), "--admin-addr", farm.FreeAddr(t),
+		"--gossip-addr", farm.FreeAddr(t), "--data-dir", filepath.Join(t.TempDir(), "data")}, io.Discard)
 	require.NoError(t, err)
 	n, err := node.New(cfg, slog.New(slog.DiscardHandler))
 	require.NoError(t, err)

@@ -1,9 +1,11 @@
 package client
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"time"
 
 	"github.com/cloudwego/netpoll"
@@ -132,17 +134,99 @@ func (c *Conn) command(ctx context.Context, n int) (*Reply, error) {
 // at most the connection's timeout (SetTimeout) for a reply; see
 // Stream.SetTimeout.
 func (c *Conn) Split() *Stream {
-	s := &Stream{c: c}
+	s := &Stream{c: c, replies: replies{r: c.r}}
 	s.SetTimeout(c.timeout)
 	return s
 }
 
 // Stream is the split view of a Conn that Split returns.
 type Stream struct {
-	c     *Conn
+	c *Conn
+	replies
+}
+
+// replies reads one reply after another from r, each valid until the
+// next.
+type replies struct {
+	r     source
 	p     parser
 	reply Reply
 }
+
+func (rs *replies) next() (*Reply, error) {
+	_ = rs.r.Release()
+	rs.p.reset()
+	var err error
+	if rs.reply, err = rs.p.read(rs.r, 0); err != nil {
+		return nil, fmt.Errorf("cannot read a reply: %w", err)
+	}
+	return &rs.reply, nil
+}
+
+// ReplyReader reads RESP replies from a connection this package did not
+// dial (one dialled from inside a network namespace, say) with the
+// client's parser and bounds; send it commands made with AppendCommand.
+type ReplyReader struct{ replies }
+
+// NewReplyReader returns a ReplyReader reading from r.
+func NewReplyReader(r io.Reader) *ReplyReader {
+	return &ReplyReader{replies{r: &streamSource{r: bufio.NewReaderSize(r, 64<<10)}}}
+}
+
+// streamSource is a source over a bufio.Reader: what it returns is copied
+// into an arena that Release empties, so a reply's lines stay valid while
+// later ones are read.
+type streamSource struct {
+	r     *bufio.Reader
+	arena []byte
+}
+
+// keep copies b into the arena; a full arena is replaced, not grown, so
+// what was returned before stays where it is.
+func (s *streamSource) keep(n int) []byte {
+	if cap(s.arena)-len(s.arena) < n {
+		s.arena = make([]byte, 0, max(n, 4<<10))
+	}
+	start := len(s.arena)
+	s.arena = s.arena[:start+n]
+	return s.arena[start : start+n : start+n]
+}
+
+func (s *streamSource) Until(delim byte) ([]byte, error) {
+	var line []byte
+	for {
+		part, err := s.r.ReadSlice(delim)
+		if len(line)+len(part) > maxLine+2 {
+			return nil, protoErr("a line longer than %d bytes", maxLine)
+		}
+		line = append(line, part...)
+		if err != bufio.ErrBufferFull {
+			if err != nil {
+				return nil, err
+			}
+			b := s.keep(len(line))
+			copy(b, line)
+			return b, nil
+		}
+	}
+}
+
+func (s *streamSource) Next(n int) ([]byte, error) {
+	b := s.keep(n)
+	if _, err := io.ReadFull(s.r, b); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+func (s *streamSource) Release() error {
+	s.arena = s.arena[:0]
+	return nil
+}
+
+// Read reads the next reply; it is valid until the next Read (Clone keeps
+// it). A RESP error reply is a Reply of Kind Err, not an error.
+func (rr *ReplyReader) Read() (*Reply, error) { return rr.next() }
 
 // SetTimeout bounds how long Receive waits for a reply; 0 means no bound
 // (Receive then waits until a reply comes or the stream is closed, which
@@ -194,15 +278,7 @@ func (c *Conn) malloc(n int) (b []byte, err error) {
 // one goroutine may call it. A reply already read from the socket is
 // returned without waiting; otherwise the goroutine waits for netpoll's
 // poller to read more (see SetTimeout for how long).
-func (s *Stream) Receive() (*Reply, error) {
-	_ = s.c.r.Release()
-	s.p.reset()
-	var err error
-	if s.reply, err = s.p.read(s.c.r, 0); err != nil {
-		return nil, fmt.Errorf("cannot read a reply: %w", err)
-	}
-	return &s.reply, nil
-}
+func (s *Stream) Receive() (*Reply, error) { return s.next() }
 
 // Close closes the connection under the stream, which ends a Receive
 // waiting in another goroutine. The sending goroutine must be done with

@@ -4,8 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-
-	"github.com/cloudwego/netpoll"
 )
 
 // Kind is the type of a RESP2 reply, named by its first byte.
@@ -134,10 +132,19 @@ func protoErr(format string, args ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{ErrProtocol}, args...)...)
 }
 
-// parser reads replies from a netpoll.Reader. It keeps the slices the
+// parser reads replies from a source. It keeps the slices the
 // Reader returns (zero copy), so they are valid until the Reader's
 // Release; the elements of arrays live in elems, reused from one batch to
 // the next.
+// source is what the parser reads from: a connection's netpoll.Reader,
+// or a bufio.Reader over a connection dialled elsewhere (streamSource).
+// What Until and Next return stays valid until Release.
+type source interface {
+	Until(delim byte) ([]byte, error)
+	Next(n int) ([]byte, error)
+	Release() error
+}
+
 type parser struct {
 	elems []Reply
 }
@@ -148,7 +155,7 @@ func (p *parser) reset() { p.elems = p.elems[:0] }
 // read reads one reply. It returns the Reply by value: a pointer into
 // elems would go stale when a nested array grows it, and a pointer to a
 // local would escape through the recursion (one allocation per element).
-func (p *parser) read(r netpoll.Reader, depth int) (Reply, error) {
+func (p *parser) read(r source, depth int) (Reply, error) {
 	line, err := readLine(r)
 	if err != nil {
 		return Reply{}, err
@@ -205,7 +212,7 @@ func (p *parser) read(r netpoll.Reader, depth int) (Reply, error) {
 
 // readLine returns a reply's first line without its CRLF; it has at least
 // the type byte.
-func readLine(r netpoll.Reader) ([]byte, error) {
+func readLine(r source) ([]byte, error) {
 	line, err := r.Until('\n')
 	if err != nil {
 		return nil, err

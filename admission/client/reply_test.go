@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"testing/iotest"
 
 	"github.com/cloudwego/netpoll"
 	"github.com/stretchr/testify/require"
@@ -26,6 +27,20 @@ func parseAll(in []byte) ([]Reply, error) {
 		out = append(out, v)
 	}
 	return out, nil
+}
+
+// parseStream parses the replies in in with a ReplyReader fed a byte at a
+// time, up to the first error.
+func parseStream(in []byte) []Reply {
+	rr := NewReplyReader(iotest.OneByteReader(bytes.NewReader(in)))
+	var out []Reply
+	for {
+		r, err := rr.Read()
+		if err != nil {
+			return out
+		}
+		out = append(out, r.Clone())
+	}
 }
 
 // appendReply encodes r in RESP2, the reference for the round trip.
@@ -113,11 +128,17 @@ func TestAppendCommand(t *testing.T) {
 	require.Equal(t, "*0\r\n", string(AppendCommand(nil)))
 }
 
-// FuzzReply feeds arbitrary bytes to the parser: it never panics, and what
-// it accepts encodes back to bytes it parses the same way.
+// FuzzReply feeds arbitrary bytes to the parser: it never panics, what it
+// accepts encodes back to bytes it parses the same way, and a ReplyReader
+// fed the bytes one at a time reads the same replies.
 func FuzzReply(f *testing.F) {
 	f.Fuzz(func(t *testing.T, in []byte) {
 		got, err := parseAll(in)
+		stream := parseStream(in)
+		require.Equal(t, len(got), len(stream), "%q", in)
+		for i := range got {
+			require.Equal(t, got[i].String(), stream[i].String())
+		}
 		var enc []byte
 		for i := range got {
 			enc = appendReply(enc, &got[i])

@@ -12,10 +12,10 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/capsgate/capsgate/admission/client"
-	"github.com/capsgate/capsgate/cluster/clustertest"
+	"github.com/capsgate/capsgate/cluster/farm"
 )
 
-func dial(t *testing.T, n *clustertest.Node) *client.Conn {
+func dial(t *testing.T, n *farm.Node) *client.Conn {
 	t.Helper()
 	c, err := client.Dial(context.Background(), n.RESPAddr)
 	require.NoError(t, err)
@@ -39,7 +39,7 @@ func TestKill9KeepsSessionsAndRegistrations(t *testing.T) {
 		t.Skip("builds and runs capsgate")
 	}
 	ctx := context.Background()
-	n := clustertest.NewDev(t)
+	n := farm.NewDev(t)
 	c := dial(t, n)
 	first := make([]client.Decision, 500)
 	for i := range first {
@@ -98,7 +98,7 @@ func TestKill9LossWindow(t *testing.T) {
 		t.Skip("builds and runs capsgate")
 	}
 	ctx := context.Background()
-	n := clustertest.NewDev(t)
+	n := farm.NewDev(t)
 	c := dial(t, n)
 	var (
 		mu    sync.Mutex

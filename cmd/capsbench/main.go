@@ -34,7 +34,7 @@ import (
 
 	"github.com/capsgate/capsgate/admission/client"
 	"github.com/capsgate/capsgate/bench"
-	"github.com/capsgate/capsgate/cluster/clustertest"
+	"github.com/capsgate/capsgate/bench/openloop"
 )
 
 const usage = `usage: capsbench COMMAND [flags]
@@ -159,7 +159,7 @@ func cluster(ctx context.Context, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	model, err := clustertest.ParseArrivalModel(*arrivals)
+	model, err := openloop.ParseArrivalModel(*arrivals)
 	if err != nil {
 		return fmt.Errorf("bad --arrivals: %w", err)
 	}
@@ -177,7 +177,7 @@ func cluster(ctx context.Context, args []string) error {
 	}
 	return bench.RunCluster(ctx, bench.ClusterRun{Nodes: *nodes, Skew: weights, CAPS: *caps, Rate: *rate,
 		Duration: time.Duration(*seconds * float64(time.Second)),
-		Arrivals: clustertest.Arrivals{Model: model, Seed: *seed}}, os.Stdout)
+		Arrivals: openloop.Arrivals{Model: model, Seed: *seed}}, os.Stdout)
 }
 
 func compare(ctx context.Context, args []string) error {

@@ -18,13 +18,13 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/capsgate/capsgate/bench"
-	"github.com/capsgate/capsgate/cluster/clustertest"
+	"github.com/capsgate/capsgate/cluster/farm"
 )
 
 // capsbench builds the commands once and returns this one's path.
 func capsbench(t *testing.T) string {
 	t.Helper()
-	bin, err := clustertest.BuildOnce()
+	bin, err := farm.BuildOnce()
 	require.NoError(t, err)
 	return filepath.Join(filepath.Dir(bin.Capsgate), "capsbench")
 }

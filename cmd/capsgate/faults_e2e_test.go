@@ -15,7 +15,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/capsgate/capsgate/cluster/clustertest"
+	"github.com/capsgate/capsgate/cluster/farm"
 )
 
 // smallFS mounts a tmpfs of size bytes on a fresh directory for the test,
@@ -53,7 +53,7 @@ func fill(t *testing.T, dir string) string {
 }
 
 // metric returns the value of a metric line of the node's /metrics.
-func metric(t *testing.T, n *clustertest.Node, name string) string {
+func metric(t *testing.T, n *farm.Node, name string) string {
 	t.Helper()
 	resp, err := http.Get("http://" + n.AdminAddr + "/metrics")
 	require.NoError(t, err)
@@ -82,9 +82,9 @@ func TestFullDisk(t *testing.T) {
 		t.Skip("real processes; skipped with -short")
 	}
 	root := smallFS(t, 8<<20)
-	bin, err := clustertest.BuildOnce()
+	bin, err := farm.BuildOnce()
 	require.NoError(t, err)
-	c, err := clustertest.Start(clustertest.Config{Nodes: 1, Dir: root, Bin: bin, Args: []string{"--ledger-interval", "1s"}})
+	c, err := farm.Start(farm.Config{Nodes: 1, Dir: root, Bin: bin, Args: []string{"--ledger-interval", "1s"}})
 	require.NoError(t, err)
 	t.Cleanup(c.Close)
 	n := c.Node(1)
@@ -170,7 +170,7 @@ func TestSecretsStayOutOfLogs(t *testing.T) {
 	password := "resp-pass-7f3a9c"
 	pwFile := filepath.Join(dir, "resp.password")
 	require.NoError(t, os.WriteFile(pwFile, []byte(password+"\n"), 0o600))
-	c := clustertest.New(t, 1, clustertest.WithArgs("--log-level", "debug", "--resp-password-file", pwFile))
+	c := farm.New(t, 1, farm.WithArgs("--log-level", "debug", "--resp-password-file", pwFile))
 	n := c.Node(1)
 	tok, err := os.ReadFile(c.TokenFile)
 	require.NoError(t, err)
@@ -217,7 +217,7 @@ func TestDataDirModes(t *testing.T) {
 	if testing.Short() {
 		t.Skip("real processes; skipped with -short")
 	}
-	c := clustertest.New(t, 1, clustertest.WithArgs("--ledger-interval", "1s"))
+	c := farm.New(t, 1, farm.WithArgs("--ledger-interval", "1s"))
 	n := c.Node(1)
 	c.LoadLicense(1, c.Issue("--service", "voice", "--caps", "100", "--tokens", "1000"))
 	_, err := n.Do("ADMIT", "voice", "CALL", "c1")
@@ -254,7 +254,7 @@ func TestTornLedgerRecord(t *testing.T) {
 	if testing.Short() {
 		t.Skip("real processes; skipped with -short")
 	}
-	c := clustertest.New(t, 1, clustertest.WithArgs("--ledger-interval", "1s"))
+	c := farm.New(t, 1, farm.WithArgs("--ledger-interval", "1s"))
 	n := c.Node(1)
 	c.LoadLicense(1, c.Issue("--service", meterService, "--caps", "1000", "--tokens", "100000", "--tokens-per-attempt", "1"))
 	for range 50 {
@@ -313,7 +313,7 @@ func TestWallClockJumps(t *testing.T) {
 	offset := filepath.Join(t.TempDir(), "offset")
 	require.NoError(t, os.WriteFile(offset, []byte("0s"), 0o600))
 	t.Setenv("CAPSGATE_WALL_OFFSET_FILE", offset)
-	c := clustertest.New(t, 1)
+	c := farm.New(t, 1)
 	n := c.Node(1)
 	end := time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
 	c.LoadLicense(1, c.Issue("--service", "voice", "--caps", "100", "--not-after", end, "--grace", "10m"))

@@ -8,7 +8,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/capsgate/capsgate/cluster/clustertest"
+	"github.com/capsgate/capsgate/cluster/farm"
 )
 
 // TestCONSUMEIDsAcrossKillAndWindowEnd: 2,000 CONSUME IDs charged, then
@@ -21,7 +21,7 @@ func TestCONSUMEIDsAcrossKillAndWindowEnd(t *testing.T) {
 		t.Skip("real processes; skipped with -short")
 	}
 	const window = 8 * time.Second
-	c := clustertest.New(t, 1, clustertest.WithArgs("--admission-idempotency-window", window.String()))
+	c := farm.New(t, 1, farm.WithArgs("--admission-idempotency-window", window.String()))
 	c.LoadLicense(1, c.Issue("--service", meterService, "--tokens", "1000000", "--caps", "100000"))
 	n := c.Node(1)
 	consume := func(id string) int64 {
@@ -73,7 +73,7 @@ func TestAcknowledgedIDsSurviveKill(t *testing.T) {
 	if testing.Short() {
 		t.Skip("real processes; skipped with -short")
 	}
-	c := clustertest.New(t, 1)
+	c := farm.New(t, 1)
 	c.LoadLicense(1, c.Issue("--service", meterService, "--tokens", "10000000", "--caps", "100000"))
 	n := c.Node(1)
 	require.Eventually(t, func() bool {

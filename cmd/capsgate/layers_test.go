@@ -23,13 +23,13 @@ var layers = []struct {
 	pkgs    []string
 	imports []string // the layers below it that it may import
 }{
-	{"base", []string{"admission/bounded/...", "admission/durable", "admission/strictjson", "admission/sat", "admission/names"}, nil},
+	{"base", []string{"admission/bounded/...", "admission/loopback", "admission/durable", "admission/strictjson", "admission/sat", "admission/names"}, nil},
 	{"decision core", []string{"admission", "admission/resp", "admission/client", "admission/idstore", "admission/journal"},
 		[]string{"base"}},
 	{"licensing", []string{"licensing/..."}, []string{"base"}},
 	{"metering", []string{"admission/meter"}, []string{"base", "decision core", "licensing"}},
 	{"cluster", []string{"cluster", "cluster/sim"}, []string{"base", "decision core", "licensing"}},
-	{"test harness", []string{"cluster/clustertest"}, []string{"base", "decision core", "licensing", "cluster"}},
+	{"test harness", []string{"cluster/farm"}, []string{"base", "decision core", "licensing", "cluster"}},
 	{"bench", []string{"bench/..."}, []string{"base", "decision core", "licensing", "cluster", "test harness"}},
 	{"node", []string{"cmd/capsgate/node"}, []string{"base", "decision core", "licensing", "metering", "cluster"}},
 	{"commands", []string{"cmd/..."}, []string{"base", "decision core", "licensing", "metering", "cluster", "test harness",

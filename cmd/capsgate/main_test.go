@@ -18,7 +18,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/capsgate/capsgate/cluster/clustertest"
+	"github.com/capsgate/capsgate/bench/openloop"
+	"github.com/capsgate/capsgate/cluster/farm"
 )
 
 // binary is the capsgate under test; capsctl and capslicense sit beside it.
@@ -46,7 +47,7 @@ type proc struct {
 	resp   string
 	admin  string
 	gossip string
-	out    *clustertest.LogBuffer
+	out    *farm.LogBuffer
 	done   chan error
 }
 
@@ -59,12 +60,12 @@ func startDev(t *testing.T, extra ...string) *proc {
 // start runs capsgate with args on free loopback ports until the test ends.
 func start(t *testing.T, args ...string) *proc {
 	t.Helper()
-	p := &proc{resp: clustertest.FreeAddr(t), admin: clustertest.FreeAddr(t), gossip: clustertest.FreeAddr(t), out: &clustertest.LogBuffer{},
+	p := &proc{resp: farm.FreeAddr(t), admin: farm.FreeAddr(t), gossip: farm.FreeAddr(t), out: &farm.LogBuffer{},
 		done: make(chan error, 1)}
 	args = append([]string{"--resp-addr", p.resp, "--admin-addr", p.admin, "--gossip-addr", p.gossip}, args...)
 	p.cmd = exec.Command(binary, args...)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	require.NoError(t, clustertest.StartTied(p.cmd))
+	require.NoError(t, farm.StartTied(p.cmd))
 	go func() { p.done <- p.cmd.Wait() }()
 	t.Cleanup(func() { _ = p.cmd.Process.Kill(); <-p.done })
 	require.Eventually(t, func() bool {
@@ -107,11 +108,11 @@ func (c *client) decision(t *testing.T) (admitted bool, reason string, retry, re
 	return a == ":1", reason, retry, remaining
 }
 
-// paced offers command to addr at rate for d (clustertest.Paced: open loop,
+// paced offers command to addr at rate for d (openloop.Paced: open loop,
 // 10 ms batches) and checks every rejection is CAPS.
-func paced(t *testing.T, addr, command string, rate float64, d time.Duration) clustertest.Count {
+func paced(t *testing.T, addr, command string, rate float64, d time.Duration) openloop.Count {
 	t.Helper()
-	tally := clustertest.Paced([]string{addr}, nil, rate, d, command)
+	tally := openloop.Paced([]string{addr}, nil, rate, d, command)
 	c := tally.Total
 	require.NoError(t, c.Err)
 	require.Equal(t, c.Admitted+c.Reasons["CAPS"], c.Sent, "only CAPS rejections: %s", c)
@@ -122,7 +123,7 @@ func paced(t *testing.T, addr, command string, rate float64, d time.Duration) cl
 // admits burst + rate × (span of the server's decision instants), and the
 // bounds follow from when the client sent and read each batch, stalls of
 // a loaded machine included.
-func requireRate(t *testing.T, c clustertest.Count, rate, burst float64) {
+func requireRate(t *testing.T, c openloop.Count, rate, burst float64) {
 	t.Helper()
 	lo, hi := c.GCRABounds(rate, burst)
 	require.LessOrEqual(t, float64(c.Admitted), hi, "%s", c)

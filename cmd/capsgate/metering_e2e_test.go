@@ -2,7 +2,7 @@ package main
 
 // Real-process end-to-end tests of metering (SPEC "Metering" and the
 // kill -9 guarantee): a capsgate node with a vendor key and a signed
-// licence for service pre (clustertest.New), token charges under load,
+// licence for service pre (farm.New), token charges under load,
 // SIGKILL and restart on the same data dir, and the node's signed ledger
 // checked and billed with the capslicense binary.
 
@@ -30,7 +30,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/capsgate/capsgate/admission/meter"
-	"github.com/capsgate/capsgate/cluster/clustertest"
+	"github.com/capsgate/capsgate/cluster/farm"
 )
 
 // meterService is the licensed service of these tests.
@@ -42,15 +42,15 @@ const ledgerInterval = time.Second
 // meterNode starts one real node (vendor key, admin token, gossip key; not
 // --dev) with 1 s ledger intervals and loads a licence for service pre
 // issued with licArgs.
-func meterNode(t *testing.T, licArgs ...string) (*clustertest.Cluster, *clustertest.Node) {
+func meterNode(t *testing.T, licArgs ...string) (*farm.Cluster, *farm.Node) {
 	t.Helper()
-	c := clustertest.New(t, 1, clustertest.WithArgs("--ledger-interval", ledgerInterval.String()))
+	c := farm.New(t, 1, farm.WithArgs("--ledger-interval", ledgerInterval.String()))
 	c.LoadLicense(1, c.Issue(append([]string{"--service", meterService}, licArgs...)...))
 	return c, c.Node(1)
 }
 
 // quota returns QUOTA pre's integer fields (tokens_used, tokens_left, ...).
-func quota(t *testing.T, n *clustertest.Node) map[string]int64 {
+func quota(t *testing.T, n *farm.Node) map[string]int64 {
 	t.Helper()
 	v, err := n.Do("QUOTA", meterService)
 	require.NoError(t, err)
@@ -68,7 +68,7 @@ func quota(t *testing.T, n *clustertest.Node) map[string]int64 {
 }
 
 // fetchLedger returns GET /v1/ledger of the node, as served.
-func fetchLedger(t *testing.T, c *clustertest.Cluster, n *clustertest.Node) []byte {
+func fetchLedger(t *testing.T, c *farm.Cluster, n *farm.Node) []byte {
 	t.Helper()
 	tok, err := os.ReadFile(c.TokenFile)
 	require.NoError(t, err)
@@ -143,7 +143,7 @@ func sumLedger(t *testing.T, b []byte) ledgerSum {
 
 // awaitLedger fetches the ledger until cond holds on its sums (the meter
 // writes a record per interval), failing the test after timeout.
-func awaitLedger(t *testing.T, c *clustertest.Cluster, n *clustertest.Node, timeout time.Duration, cond func(ledgerSum) error) ([]byte, ledgerSum) {
+func awaitLedger(t *testing.T, c *farm.Cluster, n *farm.Node, timeout time.Duration, cond func(ledgerSum) error) ([]byte, ledgerSum) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
@@ -163,7 +163,7 @@ func awaitLedger(t *testing.T, c *clustertest.Cluster, n *clustertest.Node, time
 // usageVerify runs `capslicense usage verify --ledger file` on the ledger
 // of the cluster's one node: its key pinned, its tail (no peer to witness
 // it) accepted.
-func usageVerify(t *testing.T, c *clustertest.Cluster, file string) (string, int) {
+func usageVerify(t *testing.T, c *farm.Cluster, file string) (string, int) {
 	t.Helper()
 	return run(t, "", c.Bin.Capslicense, append([]string{"usage", "verify", "--ledger", file}, singleNode(c)...)...)
 }
@@ -171,7 +171,7 @@ func usageVerify(t *testing.T, c *clustertest.Cluster, file string) (string, int
 // singleNode are the flags that prove the ledger of a one-node cluster
 // as far as it can be: the node's key pinned, the unwitnessed tail
 // accepted.
-func singleNode(c *clustertest.Cluster) []string {
+func singleNode(c *farm.Cluster) []string {
 	n := c.Node(1)
 	return []string{"--node-pub", n.Name + "=" + filepath.Join(n.DataDir, "node.pub"), "--accept-unwitnessed-tail"}
 }
@@ -452,7 +452,7 @@ func TestKillNeverUndercountsTokens(t *testing.T) {
 // (SIGKILL) under it, waits for the load to end (its connections die with
 // the node) and restarts n on its data dir. It returns what the load got
 // and when n was killed.
-func killMidLoad[T any](t *testing.T, n *clustertest.Node, round int, load func(addr string, stop <-chan struct{}) T) (T, time.Time) {
+func killMidLoad[T any](t *testing.T, n *farm.Node, round int, load func(addr string, stop <-chan struct{}) T) (T, time.Time) {
 	t.Helper()
 	stop := make(chan struct{})
 	done := make(chan T, 1)

@@ -16,7 +16,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/capsgate/capsgate/cluster/clustertest"
+	"github.com/capsgate/capsgate/cluster/farm"
 )
 
 // rssKB is a process's resident set in KiB.
@@ -43,8 +43,8 @@ func TestOverload(t *testing.T) {
 		t.Skip("real processes; skipped with -short")
 	}
 	const conns, licensed = 1000, 1000
-	d := clustertest.Seconds(t, "CAPSGATE_OVERLOAD_SECONDS", 10*time.Second) // 60 for the full run
-	c := clustertest.New(t, 1)
+	d := farm.Seconds(t, "CAPSGATE_OVERLOAD_SECONDS", 10*time.Second) // 60 for the full run
+	c := farm.New(t, 1)
 	n := c.Node(1)
 	c.LoadLicense(1, c.Issue("--service", "voice", "--caps", strconv.Itoa(licensed)))
 	goroutines0 := metric(t, n, "go_goroutines")
@@ -144,7 +144,7 @@ func TestSlowClientsHurtNoOne(t *testing.T) {
 	if testing.Short() {
 		t.Skip("real processes; skipped with -short")
 	}
-	c := clustertest.New(t, 1)
+	c := farm.New(t, 1)
 	n := c.Node(1)
 	c.LoadLicense(1, c.Issue("--service", "voice", "--caps", "100000"))
 	stop := make(chan struct{})

@@ -12,7 +12,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/capsgate/capsgate/cluster/clustertest"
+	"github.com/capsgate/capsgate/cluster/farm"
 	"github.com/capsgate/capsgate/licensing/ledger"
 )
 
@@ -24,7 +24,7 @@ import (
 // naming the record.
 func TestLedgersWitnessEachOther(t *testing.T) {
 	began := time.Now()
-	c := clustertest.New(t, 2, clustertest.WithArgs("--ledger-interval", ledgerInterval.String()))
+	c := farm.New(t, 2, farm.WithArgs("--ledger-interval", ledgerInterval.String()))
 	c.WaitMembers(2, 10*time.Second)
 	c.LoadLicense(1, c.Issue("--service", meterService, "--caps", "1000"))
 	for i := 1; i <= 2; i++ {

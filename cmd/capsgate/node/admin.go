@@ -194,19 +194,8 @@ func (n *Node) postLicense(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, status, out)
 }
 
-// ClusterView is the JSON of GET /v1/cluster.
-type ClusterView struct {
-	Node      string `json:"node"`
-	ClusterID string `json:"cluster_id"`
-	// Policy is cluster.partition_policy; Side what this node's side of
-	// the cluster enforces under it now.
-	Policy  string           `json:"partition_policy"`
-	Side    cluster.Side     `json:"side"`
-	Members []cluster.Member `json:"members"`
-}
-
 func (n *Node) getCluster(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, http.StatusOK, ClusterView{Node: n.cfg.NodeName, ClusterID: n.cfg.ClusterID,
+	writeJSON(w, http.StatusOK, cluster.View{Node: n.cfg.NodeName, ClusterID: n.cfg.ClusterID,
 		Policy: n.cfg.Cluster.PartitionPolicy, Side: n.cluster.Side(), Members: n.cluster.Members()})
 }
 

@@ -19,7 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/capsgate/capsgate/admission"
-	"github.com/capsgate/capsgate/cluster/clustertest"
+	"github.com/capsgate/capsgate/cluster/farm"
 	"github.com/capsgate/capsgate/cmd/internal/capsctl"
 	"github.com/capsgate/capsgate/licensing"
 )
@@ -27,8 +27,8 @@ import (
 // startNode loads a config from flags and runs a node until the test ends.
 func startNode(t *testing.T, args ...string) *Node {
 	t.Helper()
-	args = append([]string{"--resp-addr", clustertest.FreeAddr(t), "--admin-addr", clustertest.FreeAddr(t),
-		"--gossip-addr", clustertest.FreeAddr(t), "--data-dir", filepath.Join(t.TempDir(), "not", "yet")}, args...) // later flags win
+	args = append([]string{"--resp-addr", farm.FreeAddr(t), "--admin-addr", farm.FreeAddr(t),
+		"--gossip-addr", farm.FreeAddr(t), "--data-dir", filepath.Join(t.TempDir(), "not", "yet")}, args...) // later flags win
 	cfg, err := Load(args, io.Discard)
 	require.NoError(t, err)
 	n, err := New(cfg, nil)
@@ -140,7 +140,7 @@ func TestDevNodeAdminAPI(t *testing.T) {
 	require.Equal(t, 1, capsctl.Main([]string{"--addr", base, "status", "nosuch"}, &out, &errb))
 	require.Equal(t, "capsctl: GET /v1/services/nosuch: 404 unlicensed: no licence covers service nosuch\n", errb.String())
 	errb.Reset()
-	require.Equal(t, 1, capsctl.Main([]string{"--addr", "http://" + clustertest.FreeAddr(t), "status"}, &out, &errb))
+	require.Equal(t, 1, capsctl.Main([]string{"--addr", "http://" + farm.FreeAddr(t), "status"}, &out, &errb))
 	require.Contains(t, errb.String(), "capsctl: cannot reach")
 	require.Equal(t, 1, strings.Count(errb.String(), "\n"))
 	errb.Reset()
@@ -316,7 +316,7 @@ func TestTwoNodes(t *testing.T) {
 	require.NoError(t, os.WriteFile(gossipKey, []byte("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n"), 0o600))
 	common := []string{"--admin-token-file", token, "--gossip-key-file", gossipKey, "--cluster-id", "farm-1",
 		"--vendor-key", filepath.Join(dir, licensing.PublicKeyFile)}
-	g1 := clustertest.FreeAddr(t)
+	g1 := farm.FreeAddr(t)
 	a := startNode(t, append(common, "--node-name", "a", "--gossip-addr", g1)...)
 	b := startNode(t, append(common, "--node-name", "b", "--join", g1)...)
 	require.Eventually(t, func() bool { return len(a.cluster.Members()) == 2 && len(b.cluster.Members()) == 2 },

@@ -1,16 +1,17 @@
-// Package clustertest runs a farm of real capsgate processes on loopback
-// ports and drives it the way the vendor, the operator and a SIP platform
-// do: capslicense issues licences, capsctl and the admin API load and read
-// them, and Load offers an open-loop RESP load (Paced: paced) and tallies
-// every decision.
+// Package farm runs real capsgate processes on loopback ports and drives
+// them the way the vendor, the operator and a SIP platform do:
+// capslicense issues licences, capsctl and the admin API load and read
+// them, and RESP commands go through admission/client's encoder and
+// parser. The tests and capsbench share it; it does not import testing
+// (a test passes its *testing.T as a TB), so capsbench does not link it.
 //
 // In a test:
 //
-//	c := clustertest.New(t, 3)                // n1, then n2 and n3 joining n1
+//	c := farm.New(t, 3)                // n1, then n2 and n3 joining n1
 //	c.WaitMembers(3, 5*time.Second)
 //	c.LoadLicense(1, c.Issue("--service", "voice", "--caps", "1000"))
 //	c.WaitCAPS("voice", 1000, 2*time.Second)
-//	tally := clustertest.Paced(c.RESPAddrs(), []float64{70, 20, 10}, 2000, 10*time.Second, "ADMIT voice")
+//	tally := openloop.Paced(c.RESPAddrs(), []float64{70, 20, 10}, 2000, 10*time.Second, "ADMIT voice")
 //	t.Log(tally)
 //	c.Node(3).Kill()
 //
@@ -18,20 +19,14 @@
 // are built once per process (BuildOnce). New, NewDev and the Cluster
 // methods that return no error (Issue, LoadLicense, Ctl, Members, Service,
 // WaitMembers, WaitCAPS) fail the test; everything else returns errors, so
-// a program (`capsbench cluster`) can use BinariesIn, Start,
-// StartDev, Node and Load without a testing.TB.
+// a program (`capsbench cluster`) can use BinariesIn, Start, StartDev and
+// Node without a test.
 //
 // Every process is started with a per-node data dir and the cluster's
-// vendor key, gossip key and admin token. A Load (Paced is a paced one)
-// holds one TCP connection per address and sends, every 10 ms, what its
-// Arrivals plan by then (so a late tick is caught up at once): paced,
-// seeded Poisson, or Poisson from a proxy that stalls and then sends its
-// backlog at once. It reads every reply, and stops at the end of its plan
-// or when a node stalls.
-package clustertest
+// vendor key, gossip key and admin token.
+package farm
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -53,9 +48,25 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-	"testing"
 	"time"
+
+	"github.com/capsgate/capsgate/admission/client"
+	"github.com/capsgate/capsgate/admission/loopback"
+	"github.com/capsgate/capsgate/cluster"
 )
+
+// TB is what New, NewDev and the Cluster methods that fail a test need of
+// it: *testing.T and *testing.B are TBs.
+type TB interface {
+	Helper()
+	Fatal(args ...any)
+	Fatalf(format string, args ...any)
+	Log(args ...any)
+	Logf(format string, args ...any)
+	Cleanup(func())
+	TempDir() string
+	Failed() bool
+}
 
 // modulePath is the module whose commands Build builds.
 const modulePath = "github.com/capsgate/capsgate"
@@ -79,7 +90,7 @@ const (
 //
 // Linux sends that signal (Pdeathsig) when the thread that started the
 // child ends, not the process, and Go ends a thread whenever a goroutine
-// locked to it returns (clustertest's namespace dialer does, on whichever
+// locked to it returns (the harness's namespace dialer does, on whichever
 // thread it got). So every tied process is started from one thread kept
 // for it, locked and never released, which lives as long as the process.
 func StartTied(cmd *exec.Cmd) error {
@@ -152,7 +163,7 @@ var built struct {
 
 // buildDirPrefix names BuildOnce's directories: the prefix, the pid, a
 // random suffix.
-const buildDirPrefix = "capsgate-clustertest-"
+const buildDirPrefix = "capsgate-farm-"
 
 // BuildOnce builds the commands on its first call, into a temporary
 // directory of this process, and returns the same binaries afterwards. A
@@ -245,7 +256,7 @@ type Config struct {
 	// harness reaches it (through Dial).
 	NodeAddrs map[int]Addrs
 	// Dial, when set, is how the harness reaches the nodes' RESP and admin
-	// addresses (PING, the admin API, Cluster.Paced), e.g. from another
+	// addresses (PING, RESP commands, the admin API; Cluster.Dial), e.g. from another
 	// network namespace; nil: net.Dialer.
 	Dial DialFunc
 }
@@ -258,8 +269,9 @@ type Addrs struct {
 // DialFunc dials a node's address, as net.Dialer.DialContext does.
 type DialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
 
-// dialTimeout dials addr over TCP with dial (nil: net.Dialer) within timeout.
-func dialTimeout(dial DialFunc, addr string, timeout time.Duration) (net.Conn, error) {
+// DialTimeout dials addr over TCP with dial (nil: net.Dialer) within
+// timeout.
+func DialTimeout(dial DialFunc, addr string, timeout time.Duration) (net.Conn, error) {
 	if dial == nil {
 		return net.DialTimeout("tcp", addr, timeout)
 	}
@@ -332,15 +344,15 @@ type Cluster struct {
 	cfg       Config // as started, for Add
 	token     string // the admin token
 	transport *http.Transport
-	dial      DialFunc   // nil: net.Dialer
-	t         testing.TB // nil for a Cluster from Start
+	dial      DialFunc // nil: net.Dialer
+	t         TB       // nil for a Cluster from Start
 }
 
 // New starts an n-node cluster for a test: it builds the commands once per
 // test binary, makes the keys in a temporary directory and starts the nodes
 // (Start). The test fails if any of it fails; when the test ends the nodes
 // are killed, and their logs are printed if it failed.
-func New(t testing.TB, n int, opts ...Option) *Cluster {
+func New(t TB, n int, opts ...Option) *Cluster {
 	t.Helper()
 	bin, err := BuildOnce()
 	if err != nil {
@@ -419,7 +431,7 @@ func Start(cfg Config) (*Cluster, error) {
 			free += 3
 		}
 	}
-	addrs, err := FreeAddrs(free)
+	addrs, err := loopback.FreeAddrs(free)
 	if err != nil {
 		return nil, err
 	}
@@ -476,7 +488,7 @@ func (c *Cluster) newNode(i int, a Addrs) *Node {
 // Add starts a new member (the next number, on free ports) joining the
 // running nodes, and returns it.
 func (c *Cluster) Add() (*Node, error) {
-	addrs, err := FreeAddrs(3)
+	addrs, err := loopback.FreeAddrs(3)
 	if err != nil {
 		return nil, err
 	}
@@ -512,7 +524,7 @@ func (c *Cluster) Close() {
 // Node returns node i, numbered from 1 like its name.
 func (c *Cluster) Node(i int) *Node {
 	if i < 1 || i > len(c.nodes) {
-		panic(fmt.Sprintf("clustertest: no node %d: nodes are numbered 1..%d", i, len(c.nodes)))
+		panic(fmt.Sprintf("farm: no node %d: nodes are numbered 1..%d", i, len(c.nodes)))
 	}
 	return c.nodes[i-1]
 }
@@ -520,7 +532,7 @@ func (c *Cluster) Node(i int) *Node {
 // Nodes returns every node in order (n1 first).
 func (c *Cluster) Nodes() []*Node { return slices.Clone(c.nodes) }
 
-// RESPAddrs returns every node's RESP address in order, for Paced.
+// RESPAddrs returns every node's RESP address in order, for a load.
 func (c *Cluster) RESPAddrs() []string {
 	addrs := make([]string, len(c.nodes))
 	for i, n := range c.nodes {
@@ -529,11 +541,9 @@ func (c *Cluster) RESPAddrs() []string {
 	return addrs
 }
 
-// Paced offers command to every node's RESP address as Paced does,
-// reaching them through the cluster's Config.Dial.
-func (c *Cluster) Paced(weights []float64, ratePerSec float64, d time.Duration, command string) Tally {
-	return PacedVia(c.dial, c.RESPAddrs(), weights, ratePerSec, d, command)
-}
+// Dial is how the harness reaches the nodes (Config.Dial; nil:
+// net.Dialer), for a load that must reach them the same way.
+func (c *Cluster) Dial() DialFunc { return c.dial }
 
 // AwaitMembers waits until every running node's GET /v1/cluster shows n
 // alive members.
@@ -634,9 +644,9 @@ func (c *Cluster) await(timeout time.Duration, cond func(*Node) error) error {
 }
 
 // tb returns the test of a Cluster from New; method names the caller.
-func (c *Cluster) tb(method string) testing.TB {
+func (c *Cluster) tb(method string) TB {
 	if c.t == nil {
-		panic("clustertest: Cluster." + method + " fails a test: use it on a Cluster from New, or its error-returning form")
+		panic("farm: Cluster." + method + " fails a test: use it on a Cluster from New, or its error-returning form")
 	}
 	return c.t
 }
@@ -675,7 +685,7 @@ func (c *Cluster) Ctl(i int, args ...string) (string, int) {
 }
 
 // Members returns the members node i shows in GET /v1/cluster.
-func (c *Cluster) Members(i int) []Member {
+func (c *Cluster) Members(i int) []cluster.Member {
 	t := c.tb("Members")
 	t.Helper()
 	ms, err := c.Node(i).Members()
@@ -751,7 +761,7 @@ type run struct {
 // its data in dir and extra flags args, and waits until it answers PING.
 // Its admin API needs no token.
 func StartDev(bin Binaries, dir string, args ...string) (*Node, error) {
-	addrs, err := FreeAddrs(3)
+	addrs, err := loopback.FreeAddrs(3)
 	if err != nil {
 		return nil, err
 	}
@@ -770,7 +780,7 @@ func StartDev(bin Binaries, dir string, args ...string) (*Node, error) {
 
 // NewDev starts a `capsgate --dev` node for a test (StartDev) and kills it
 // when the test ends, printing its log if the test failed.
-func NewDev(t testing.TB, args ...string) *Node {
+func NewDev(t TB, args ...string) *Node {
 	t.Helper()
 	bin, err := BuildOnce()
 	if err != nil {
@@ -805,7 +815,7 @@ func (n *Node) start(join []string) error {
 	cmd := exec.Command(argv[0], append(argv[1:], args...)...)
 	cmd.Stdout, cmd.Stderr = n.log, n.log
 	n.starts++
-	fmt.Fprintf(n.log, "=== clustertest: start %d of %s: %scapsgate %s\n", n.starts, n.Name,
+	fmt.Fprintf(n.log, "=== farm: start %d of %s: %scapsgate %s\n", n.starts, n.Name,
 		strings.Join(append(slices.Clone(n.prefix), ""), " "), strings.Join(args, " "))
 	if err := StartTied(cmd); err != nil {
 		n.mu.Unlock()
@@ -906,26 +916,26 @@ func (n *Node) Restart() error {
 }
 
 // Log returns everything the node's processes wrote, each run after a
-// "=== clustertest: start" line.
+// "=== farm: start" line.
 func (n *Node) Log() string { return n.log.String() }
 
-// Ping sends PING on a new RESP connection and wants +PONG.
+// Ping sends PING on a new RESP connection and wants PONG (or NOAUTH: a
+// node with a password is up too).
 func (n *Node) Ping() error {
-	conn, err := dialTimeout(n.dial, n.RESPAddr, time.Second)
+	conn, err := n.Dial()
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(time.Second))
-	if _, err := conn.Write([]byte("*1\r\n$4\r\nPING\r\n")); err != nil {
-		return err
+	v, err := conn.do(time.Second, []string{"PING"})
+	if se := (*client.ServerError)(nil); errors.As(err, &se) && se.Prefix() == "NOAUTH" {
+		return nil
 	}
-	line, err := bufio.NewReader(conn).ReadString('\n')
 	if err != nil {
 		return err
 	}
-	if line != "+PONG\r\n" && !strings.HasPrefix(line, "-NOAUTH") { // a node with a password is up too
-		return fmt.Errorf("PING answered %q", line)
+	if v != "PONG" {
+		return fmt.Errorf("PING answered %v", v)
 	}
 	return nil
 }
@@ -956,49 +966,19 @@ func (n *Node) PostLicense(lic []byte) error {
 	return err
 }
 
-// Member is one member as GET /v1/cluster shows it.
-type Member struct {
-	Name     string             `json:"name"`
-	Addr     string             `json:"addr"`
-	State    string             `json:"state"` // alive, suspect, dead, ...
-	RESPAddr string             `json:"resp_addr"`
-	Demand   map[string]float64 `json:"demand"`
-	Shares   map[string]float64 `json:"shares"`
-	Owed     map[string]int64   `json:"owed"`
-}
-
 // Members returns the members the node shows in GET /v1/cluster.
-func (n *Node) Members() ([]Member, error) {
-	var v struct {
-		Members []Member `json:"members"`
-	}
+func (n *Node) Members() ([]cluster.Member, error) {
+	var v cluster.View
 	if _, err := n.request("GET", "/v1/cluster", nil, &v); err != nil {
 		return nil, err
 	}
 	return v.Members, nil
 }
 
-// Side is what a node's side of a partition enforces, as GET /v1/cluster
-// shows it (state whole, part, fail_open or fenced).
-type Side struct {
-	State    string  `json:"state"`
-	Fraction float64 `json:"fraction"`
-	Live     int     `json:"live"`
-	Known    int     `json:"known"`
-}
-
-// ClusterView is GET /v1/cluster.
-type ClusterView struct {
-	Node    string   `json:"node"`
-	Policy  string   `json:"partition_policy"`
-	Side    Side     `json:"side"`
-	Members []Member `json:"members"`
-}
-
 // ClusterView returns the node's GET /v1/cluster: its partition policy,
 // its side and the members.
-func (n *Node) ClusterView() (ClusterView, error) {
-	var v ClusterView
+func (n *Node) ClusterView() (cluster.View, error) {
+	var v cluster.View
 	_, err := n.request("GET", "/v1/cluster", nil, &v)
 	return v, err
 }
@@ -1072,41 +1052,12 @@ func (n *Node) request(method, path string, body []byte, v any) (int, error) {
 	return resp.StatusCode, nil
 }
 
-// FreeAddrs reserves n distinct loopback addresses whose TCP and UDP ports
-// are both free (gossip binds both), then releases them for the processes.
-func FreeAddrs(n int) ([]string, error) {
-	var held []io.Closer
-	defer func() {
-		for _, c := range held {
-			c.Close()
-		}
-	}()
-	var addrs []string
-	for tries := 0; len(addrs) < n; tries++ {
-		if tries == 100*n {
-			return nil, fmt.Errorf("cannot find %d free loopback ports for TCP and UDP", n)
-		}
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("cannot reserve a loopback port: %w", err)
-		}
-		held = append(held, l)
-		u, err := net.ListenPacket("udp", l.Addr().String())
-		if err != nil {
-			continue // the UDP port is taken; keep the TCP one held and try another
-		}
-		held = append(held, u)
-		addrs = append(addrs, l.Addr().String())
-	}
-	return addrs, nil
-}
-
 // FreeAddr returns a loopback host:port whose TCP and UDP ports are free
 // (any capsgate listener, gossip included, can take it), failing t if
 // there is none.
-func FreeAddr(t testing.TB) string {
+func FreeAddr(t TB) string {
 	t.Helper()
-	addrs, err := FreeAddrs(1)
+	addrs, err := loopback.FreeAddrs(1)
 	if err != nil {
 		t.Fatal(err)
 	}

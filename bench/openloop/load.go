@@ -1,7 +1,15 @@
-package clustertest
+// Package openloop is the farm tests' load generator: a Load offers a
+// command to a farm open loop, one TCP connection per address, writing
+// each connection's requests in the 10 ms ticks its Arrivals plan them in
+// (paced, seeded Poisson, or Poisson from a proxy that stalls and then
+// sends its backlog at once; a late tick is caught up at once), and
+// tallies every decision, with the bounds a GCRA bucket allows for what
+// it sent (Count.GCRABounds). It reaches the nodes through a
+// farm.DialFunc (another network namespace, say), and encodes and parses
+// RESP with admission/client.
+package openloop
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"math"
@@ -11,11 +19,10 @@ import (
 	"strings"
 	"sync"
 	"time"
-)
 
-// The load generator: Load offers a command to a farm open loop, one TCP
-// connection per address, writing each connection's requests in the 10 ms
-// ticks its Arrivals plan them in, and tallies every reply.
+	"github.com/capsgate/capsgate/admission/client"
+	"github.com/capsgate/capsgate/cluster/farm"
+)
 
 const (
 	// tick is the load's interval between writes, as in checks/resp.py.
@@ -141,25 +148,21 @@ func (c Count) String() string {
 }
 
 // add tallies one reply.
-func (c *Count) add(v any) {
-	if a, ok := v.([]any); ok && len(a) == 4 {
-		admitted, ok1 := a[0].(int64)
-		reason, ok2 := a[1].(string)
-		if ok1 && ok2 {
-			if admitted == 1 {
-				c.Admitted++
-			} else {
-				c.Rejected++
-				c.Reasons[reason]++
-				if retry, ok := a[2].(int64); ok && retry > 0 {
-					c.RetryHints++
-				}
+func (c *Count) add(r *client.Reply) {
+	if d, err := r.Decision(); err == nil {
+		if d.Admitted {
+			c.Admitted++
+		} else {
+			c.Rejected++
+			c.Reasons[d.Reason]++
+			if d.RetryAfterMs > 0 {
+				c.RetryHints++
 			}
-			return
 		}
+		return
 	}
 	c.Errors++
-	c.LastError = fmt.Sprint(v)
+	c.LastError = r.String()
 }
 
 // merge adds o into c.
@@ -230,7 +233,7 @@ func (t Tally) String() string {
 // 10 s past its planned end (Err).
 type Load struct {
 	// Dial reaches the addresses (nil: net.Dialer).
-	Dial     DialFunc
+	Dial     farm.DialFunc
 	Addrs    []string
 	Weights  []float64
 	Rate     float64
@@ -246,7 +249,7 @@ func Paced(addrs []string, weights []float64, ratePerSec float64, d time.Duratio
 }
 
 // PacedVia is Paced dialling the addresses with dial (nil: net.Dialer).
-func PacedVia(dial DialFunc, addrs []string, weights []float64, ratePerSec float64, d time.Duration, command string) Tally {
+func PacedVia(dial farm.DialFunc, addrs []string, weights []float64, ratePerSec float64, d time.Duration, command string) Tally {
 	return Load{Dial: dial, Addrs: addrs, Weights: weights, Rate: ratePerSec, Duration: d, Command: command}.Run()
 }
 
@@ -283,7 +286,7 @@ func (l Load) Run() Tally {
 	if t.Total.Err != nil {
 		return t
 	}
-	frame := encodeCommand(args)
+	frame := client.AppendCommand(nil, args...)
 
 	plans := make([]*plan, len(l.Addrs))
 	conns := make([]net.Conn, len(l.Addrs))
@@ -292,7 +295,7 @@ func (l Load) Run() Tally {
 		if plans[i].over() {
 			continue
 		}
-		conn, err := dialTimeout(l.Dial, addr, 5*time.Second)
+		conn, err := farm.DialTimeout(l.Dial, addr, 5*time.Second)
 		if err != nil {
 			t.Nodes[i].Err = fmt.Errorf("cannot connect to %s: %w", addr, err)
 			continue
@@ -322,7 +325,7 @@ func (l Load) Run() Tally {
 func pace(c *Count, conn net.Conn, frame []byte, p *plan, start, giveUp time.Time) {
 	defer conn.Close()
 	addr := conn.RemoteAddr().String()
-	r := bufio.NewReaderSize(conn, 64<<10)
+	r := client.NewReplyReader(conn)
 	var batch []byte
 	due, oldest := 0, 0 // what the first p.k ticks plan; the first tick of what is unsent
 	for k := 1; ; k++ {
@@ -360,9 +363,9 @@ func pace(c *Count, conn net.Conn, frame []byte, p *plan, start, giveUp time.Tim
 			c.Sent += n
 			admitted := c.Admitted
 			for range n {
-				v, err := readReply(r)
+				v, err := r.Read()
 				if err != nil {
-					c.Err = fmt.Errorf("%s: cannot read a reply: %w", addr, err)
+					c.Err = fmt.Errorf("%s: %w", addr, err)
 					return
 				}
 				c.add(v)

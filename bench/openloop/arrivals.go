@@ -1,4 +1,4 @@
-package clustertest
+package openloop
 
 import (
 	"fmt"

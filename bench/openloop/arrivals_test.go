@@ -1,4 +1,4 @@
-package clustertest_test
+package openloop_test
 
 import (
 	"math"
@@ -7,15 +7,15 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/capsgate/capsgate/cluster/clustertest"
+	"github.com/capsgate/capsgate/bench/openloop"
 )
 
 const tick = 10 * time.Millisecond
 
 var (
-	paced    = clustertest.Arrivals{}
-	poisson  = clustertest.Arrivals{Model: clustertest.PoissonArrivals, Seed: 1}
-	stalling = clustertest.Arrivals{Model: clustertest.StallingArrivals, Seed: 1}
+	paced    = openloop.Arrivals{}
+	poisson  = openloop.Arrivals{Model: openloop.PoissonArrivals, Seed: 1}
+	stalling = openloop.Arrivals{Model: openloop.StallingArrivals, Seed: 1}
 )
 
 func sum(counts []int) int {
@@ -34,7 +34,7 @@ func maxTicks(d time.Duration) int { return int((d+tick-1)/tick) + 20 }
 func TestPacedArrivalsAreExact(t *testing.T) {
 	f := func(rate float64, d time.Duration, total, ticks int) {
 		t.Helper()
-		for _, a := range []clustertest.Arrivals{paced, {Seed: 99}} { // a paced plan ignores the seed
+		for _, a := range []openloop.Arrivals{paced, {Seed: 99}} { // a paced plan ignores the seed
 			counts := a.Counts(0, rate, d)
 			require.Equal(t, total, sum(counts), "rate %v for %v", rate, d)
 			require.Len(t, counts, ticks, "rate %v for %v", rate, d)
@@ -57,7 +57,7 @@ func TestPacedArrivalsAreExact(t *testing.T) {
 // A Poisson plan is the same from the same seed and connection, and
 // another from another.
 func TestPoissonArrivalsRepeatFromTheSeed(t *testing.T) {
-	for _, a := range []clustertest.Arrivals{poisson, stalling} {
+	for _, a := range []openloop.Arrivals{poisson, stalling} {
 		first := a.Counts(2, 665, 10*time.Second)
 		require.Equal(t, first, a.Counts(2, 665, 10*time.Second), "%v", a)
 		require.NotEqual(t, first, a.Counts(1, 665, 10*time.Second), "%v: another connection", a)
@@ -122,8 +122,8 @@ func TestStallingArrivalsHoldTheBacklog(t *testing.T) {
 	const seconds = 200
 	d := seconds * time.Second
 	for seed := range uint64(3) {
-		a := clustertest.Arrivals{Model: clustertest.StallingArrivals, Seed: seed}
-		base := clustertest.Arrivals{Model: clustertest.PoissonArrivals, Seed: seed}.Counts(0, 2000, d)
+		a := openloop.Arrivals{Model: openloop.StallingArrivals, Seed: seed}
+		base := openloop.Arrivals{Model: openloop.PoissonArrivals, Seed: seed}.Counts(0, 2000, d)
 		require.NotContains(t, base, 0, "at λ = 20 a Poisson tick is empty with probability 2e-9: every empty tick is a stall's")
 		counts := a.Counts(0, 2000, d)
 		require.Equal(t, sum(base), sum(counts), "seed %d: the same requests", seed)
@@ -171,12 +171,12 @@ func TestStallingArrivalsHoldTheBacklog(t *testing.T) {
 }
 
 func TestParseArrivalModel(t *testing.T) {
-	for _, m := range []clustertest.ArrivalModel{clustertest.PacedArrivals, clustertest.PoissonArrivals, clustertest.StallingArrivals} {
-		got, err := clustertest.ParseArrivalModel(m.String())
+	for _, m := range []openloop.ArrivalModel{openloop.PacedArrivals, openloop.PoissonArrivals, openloop.StallingArrivals} {
+		got, err := openloop.ParseArrivalModel(m.String())
 		require.NoError(t, err)
 		require.Equal(t, m, got)
 	}
-	_, err := clustertest.ParseArrivalModel("bursty")
+	_, err := openloop.ParseArrivalModel("bursty")
 	require.EqualError(t, err, `unknown arrival model "bursty": want paced, poisson or stalling`)
 	require.Equal(t, "poisson arrivals, seed 1", poisson.String())
 	require.Equal(t, "paced arrivals", paced.String())

@@ -1,35 +1,31 @@
-package clustertest
+package farm
 
 import (
-	"bufio"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"strconv"
-	"testing"
 	"time"
+
+	"github.com/capsgate/capsgate/admission/client"
 )
 
 // Do sends one RESP command to the node and returns its reply: a string
 // (simple or bulk), an int64, a []any, nil, or an error for an error reply
 // ("-ERR ..."), a closed connection or a second's silence.
 func (n *Node) Do(args ...string) (any, error) {
-	conn, err := net.DialTimeout("tcp", n.RESPAddr, time.Second)
+	conn, err := n.Dial()
 	if err != nil {
 		return nil, err
 	}
 	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(time.Second))
-	if _, err := conn.Write(encodeCommand(args)); err != nil {
-		return nil, err
+	v, err := conn.do(time.Second, args)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", n.Name, err)
 	}
-	v, err := readReply(bufio.NewReader(conn))
-	if e, ok := v.(respError); ok {
-		return nil, fmt.Errorf("%s: %s", n.Name, string(e))
-	}
-	return v, err
+	return v, nil
 }
 
 // Decision sends a command answered by a decision (ADMIT, REGISTER,
@@ -49,13 +45,28 @@ func (n *Node) Decision(args ...string) (admitted bool, reason string, remaining
 	return adm == 1, reason, remaining, nil
 }
 
-// encodeCommand is args as a RESP array of bulk strings.
-func encodeCommand(args []string) []byte {
-	frame := []byte("*" + strconv.Itoa(len(args)) + "\r\n")
-	for _, a := range args {
-		frame = append(frame, "$"+strconv.Itoa(len(a))+"\r\n"+a+"\r\n"...)
+// value is a reply as Do returns it; an error reply is a
+// *client.ServerError.
+func value(r *client.Reply) (any, error) {
+	switch {
+	case r.Kind == client.Err:
+		return nil, r.Err()
+	case r.Nil:
+		return nil, nil
+	case r.Kind == client.Integer:
+		return r.Int, nil
+	case r.Kind == client.Array:
+		a := make([]any, len(r.Elems))
+		for i := range r.Elems {
+			v, err := value(&r.Elems[i])
+			if err != nil {
+				return nil, err
+			}
+			a[i] = v
+		}
+		return a, nil
 	}
-	return frame
+	return string(r.Str), nil
 }
 
 // GetJSON sends GET path to the node's admin API (with the cluster's
@@ -68,29 +79,32 @@ func (n *Node) GetJSON(path string, v any) error {
 // Conn is one RESP connection to a node, for many commands.
 type Conn struct {
 	c net.Conn
-	r *bufio.Reader
+	r *client.ReplyReader
 }
 
-// Dial opens a connection to the node's RESP front end.
+// Dial opens a connection to the node's RESP front end (through the
+// cluster's dialler: from another network namespace when it is one).
 func (n *Node) Dial() (*Conn, error) {
-	c, err := net.DialTimeout("tcp", n.RESPAddr, time.Second)
+	c, err := DialTimeout(n.dial, n.RESPAddr, time.Second)
 	if err != nil {
 		return nil, err
 	}
-	return &Conn{c: c, r: bufio.NewReader(c)}, nil
+	return &Conn{c: c, r: client.NewReplyReader(c)}, nil
 }
 
 // Do sends one command and reads its reply, as Node.Do.
-func (c *Conn) Do(args ...string) (any, error) {
-	_ = c.c.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := c.c.Write(encodeCommand(args)); err != nil {
+func (c *Conn) Do(args ...string) (any, error) { return c.do(5*time.Second, args) }
+
+func (c *Conn) do(timeout time.Duration, args []string) (any, error) {
+	_ = c.c.SetDeadline(time.Now().Add(timeout))
+	if _, err := c.c.Write(client.AppendCommand(nil, args...)); err != nil {
 		return nil, err
 	}
-	v, err := readReply(c.r)
-	if e, ok := v.(respError); ok {
-		return nil, fmt.Errorf("%s", string(e))
+	r, err := c.r.Read()
+	if err != nil {
+		return nil, err
 	}
-	return v, err
+	return value(r)
 }
 
 // Close closes the connection.
@@ -123,7 +137,7 @@ func (n *Node) GetRaw(path string) ([]byte, error) {
 
 // Seconds reads a test's length from the environment variable env (whole
 // seconds), def when it is unset; a bad value fails the test.
-func Seconds(t testing.TB, env string, def time.Duration) time.Duration {
+func Seconds(t TB, env string, def time.Duration) time.Duration {
 	t.Helper()
 	v := os.Getenv(env)
 	if v == "" {
@@ -134,56 +148,4 @@ func Seconds(t testing.TB, env string, def time.Duration) time.Duration {
 		t.Fatalf("%s=%q: want a whole number of seconds above 0", env, v)
 	}
 	return time.Duration(n) * time.Second
-}
-
-// respError is a RESP error reply.
-type respError string
-
-func (e respError) String() string { return "-" + string(e) }
-
-// maxBulk bounds a bulk reply Paced will read; decisions are tiny.
-const maxBulk = 1 << 20
-
-// readReply reads one RESP2 reply: a string (simple or bulk), a respError,
-// an int64, nil, or an []any of those.
-func readReply(r *bufio.Reader) (any, error) {
-	line, err := r.ReadSlice('\n')
-	if err != nil {
-		return nil, err
-	}
-	if len(line) < 3 || line[len(line)-2] != '\r' {
-		return nil, fmt.Errorf("bad reply line %q", line)
-	}
-	kind, body := line[0], string(line[1:len(line)-2])
-	switch kind {
-	case '+':
-		return body, nil
-	case '-':
-		return respError(body), nil
-	case ':':
-		return strconv.ParseInt(body, 10, 64)
-	case '$', '*':
-		n, err := strconv.Atoi(body)
-		if err != nil || n > maxBulk {
-			return nil, fmt.Errorf("bad reply length %q", line)
-		}
-		if n < 0 {
-			return nil, nil
-		}
-		if kind == '$' {
-			b := make([]byte, n+2)
-			if _, err := io.ReadFull(r, b); err != nil {
-				return nil, err
-			}
-			return string(b[:n]), nil
-		}
-		a := make([]any, n)
-		for i := range a {
-			if a[i], err = readReply(r); err != nil {
-				return nil, err
-			}
-		}
-		return a, nil
-	}
-	return nil, fmt.Errorf("bad reply type %q", line)
 }

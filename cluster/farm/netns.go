@@ -1,6 +1,6 @@
 //go:build linux
 
-package clustertest
+package farm
 
 import (
 	"context"
@@ -31,8 +31,8 @@ import (
 // that call the admin API directly (PostLicense, Members, ...), not
 // Cluster.LoadLicense or Ctl.
 //
-//	nw, err := clustertest.NewNet(3)  // t.Cleanup(func() { nw.Close() })
-//	c := clustertest.New(t, 3, nw.Options()...)
+//	nw, err := farm.NewNet(3)  // t.Cleanup(func() { nw.Close() })
+//	c := farm.New(t, 3, nw.Options()...)
 //	nw.Cut(3)                           // n3 loses the gossip net
 //	nw.Heal(3)
 type Net struct {
