@@ -34,7 +34,9 @@ type Config struct {
 	// HotKeys (0 means DefaultHotKeys). Unset, the table holds them all.
 	Keys    KeyStore
 	HotKeys time.Duration
-	// HighHeadroomPercent is what PRIORITY high may use above the licence.
+	// HighHeadroomPercent is what PRIORITY high may use above the licence,
+	// 0 to 100: 10 lets a carrier's priority traffic through a full
+	// licence without letting it double the licence.
 	HighHeadroomPercent int
 	// MaxCAPS is the node's own attempt limit across all services
 	// (overload protection, reason OVERLOAD); 0 means none.
@@ -140,9 +142,27 @@ const UnlicensedBucket = "*"
 // with CALL gets while Config.MaxEmergencySessions are open.
 const emergencyFullRetryMS = 1000
 
+// Validate reports the first field of c out of its range. A zero duration
+// or count where a field says "0 means" is in range: NewEngine takes
+// DefaultConfig's.
+func (c Config) Validate() error {
+	switch {
+	case c.HighHeadroomPercent < 0 || c.HighHeadroomPercent > 100:
+		return fmt.Errorf("HighHeadroomPercent must be between 0 and 100, got %d", c.HighHeadroomPercent)
+	case c.MaxCAPS < 0 || math.IsNaN(c.MaxCAPS) || math.IsInf(c.MaxCAPS, 0):
+		return fmt.Errorf("MaxCAPS must be a finite number >= 0, got %v", c.MaxCAPS)
+	}
+	return nil
+}
+
 // NewEngine returns an engine with no services: everything is UNLICENSED
-// until SetLimits says otherwise.
+// until SetLimits says otherwise. cfg must pass Validate (the node checks
+// its configuration first): a value out of range is a program's mistake,
+// and NewEngine panics naming it rather than enforce something else.
 func NewEngine(cfg Config) *Engine {
+	if err := cfg.Validate(); err != nil {
+		panic("admission.NewEngine: " + err.Error())
+	}
 	def := DefaultConfig()
 	if cfg.Burst <= 0 {
 		cfg.Burst = def.Burst
@@ -165,7 +185,6 @@ func NewEngine(cfg Config) *Engine {
 	if cfg.MaxEmergencySessions <= 0 {
 		cfg.MaxEmergencySessions = def.MaxEmergencySessions
 	}
-	cfg.HighHeadroomPercent = min(max(cfg.HighHeadroomPercent, 0), 100)
 	e := &Engine{cfg: cfg, clk: cfg.Clock}
 	if e.clk == nil {
 		e.clk = NewSystemClock()

@@ -106,3 +106,24 @@ func TestSetAccountRefusesBadNames(t *testing.T) {
 	require.NoError(t, e.SetAccount("voice", "...", 1, Overage{}))
 	require.Len(t, e.Service("voice").Pools(), 2)
 }
+
+// A configuration out of range is refused by name, not clamped: 0 and 100
+// percent of headroom are the ends, MaxCAPS 0 is no limit.
+func TestConfigRangesAreNotClamped(t *testing.T) {
+	for _, ok := range []Config{{HighHeadroomPercent: 0}, {HighHeadroomPercent: 100}, {MaxCAPS: 0}, {MaxCAPS: 1},
+		{MaxCAPS: math.MaxFloat64}} {
+		require.NoError(t, ok.Validate(), "%+v", ok)
+		require.NotNil(t, NewEngine(ok))
+	}
+	for bad, msg := range map[*Config]string{
+		{HighHeadroomPercent: -1}:          "HighHeadroomPercent must be between 0 and 100, got -1",
+		{HighHeadroomPercent: 101}:         "HighHeadroomPercent must be between 0 and 100, got 101",
+		{MaxCAPS: -1}:                      "MaxCAPS must be a finite number >= 0, got -1",
+		{MaxCAPS: math.Inf(1)}:             "MaxCAPS must be a finite number >= 0, got +Inf",
+		{MaxCAPS: math.NaN()}:              "MaxCAPS must be a finite number >= 0, got NaN",
+		{HighHeadroomPercent: math.MaxInt}: "HighHeadroomPercent must be between 0 and 100, got 9223372036854775807",
+	} {
+		require.EqualError(t, bad.Validate(), msg)
+		require.PanicsWithValue(t, "admission.NewEngine: "+msg, func() { NewEngine(*bad) })
+	}
+}

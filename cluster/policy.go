@@ -50,6 +50,16 @@ const (
 	SideFenced   = "fenced"    // split, in a minority: enforcing nothing
 )
 
+// DefaultPolicyConfig is the partition policy a farm gets unless it
+// chooses: Split (a licence is never enforced twice over), fail open for
+// a minute when chosen (long enough for a flapping link, short enough
+// that a real split is not a free licence), and a dead member's part
+// reclaimed after 3 s (memberlist declares a member dead in about 1 s on
+// a LAN: 3 s leaves a suspicion time and a refuted one room).
+func DefaultPolicyConfig() PolicyConfig {
+	return PolicyConfig{Policy: Split, FailOpenFor: time.Minute, ReclaimAfter: 3 * time.Second}
+}
+
 // PolicyConfig is the partition policy and its timings.
 type PolicyConfig struct {
 	Policy PartitionPolicy

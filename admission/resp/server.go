@@ -23,7 +23,8 @@ type Config struct {
 	// Addr is host:port to listen on (RESP default port 6390).
 	Addr string
 	// MaxConns bounds client connections; one more is told
-	// "-ERR max number of clients reached" and closed.
+	// "-ERR max number of clients reached" and closed. 0 means
+	// DefaultMaxConns.
 	MaxConns int
 	// IdleTimeout closes a connection that sent nothing for so long; 0
 	// never does (like Redis's `timeout 0`).
@@ -33,15 +34,29 @@ type Config struct {
 	// Logger receives gnet's warnings and errors; nil discards them.
 	Logger *slog.Logger
 	// MaxOutbound bounds the replies queued for a client that does not read
-	// them: past it nothing more runs for it until it reads. 0 means 1 MiB.
+	// them: past it nothing more runs for it until it reads. 0 means
+	// DefaultMaxOutbound.
 	MaxOutbound int
 	// MaxBuffered bounds the replies queued for all clients together, and
 	// apart the requests received from all and not yet run: each client
 	// may hold MaxBuffered / (open connections) of each, replies within
 	// [MinOutbound, MaxOutbound] and requests within [MinInbound,
-	// MaxInbound]. 0 means 32 MiB.
+	// MaxInbound]. 0 means DefaultMaxBuffered.
 	MaxBuffered int
 }
+
+// Config's defaults.
+const (
+	// DefaultMaxConns is Redis's maxclients default: a farm's proxies
+	// open tens of connections each, so 10,000 leaves room for hundreds.
+	DefaultMaxConns = 10000
+	// DefaultMaxOutbound holds a thousand pipelined INFO replies, or
+	// 30,000 decisions, for a client that does not read.
+	DefaultMaxOutbound = 1 << 20
+	// DefaultMaxBuffered bounds what all clients together make the node
+	// hold of replies, and of requests, at 32 MiB each.
+	DefaultMaxBuffered = 32 << 20
+)
 
 // Bounds of what one client may make the node hold (see Config).
 const (
@@ -117,13 +132,13 @@ type Server struct {
 // NewServer returns a server; Start makes it listen.
 func NewServer(cfg Config, h *Handler, clk admission.Clock) *Server {
 	if cfg.MaxOutbound <= 0 {
-		cfg.MaxOutbound = 1 << 20
+		cfg.MaxOutbound = DefaultMaxOutbound
 	}
 	if cfg.MaxBuffered <= 0 {
-		cfg.MaxBuffered = 32 << 20
+		cfg.MaxBuffered = DefaultMaxBuffered
 	}
 	if cfg.MaxConns <= 0 {
-		cfg.MaxConns = 10000
+		cfg.MaxConns = DefaultMaxConns
 	}
 	s := &Server{cfg: cfg, h: h, clk: clk, booted: make(chan struct{}), done: make(chan error, 1),
 		stop: make(chan struct{}), pace: newPacer(), open: make(map[*ConnState]gnet.Conn)}

@@ -64,6 +64,11 @@ type Sink interface {
 	SetEntitlement(service string, e licensing.Entitlement) error
 }
 
+// DefaultClockTolerance is ClockTolerance's default: an NTP step or a VM
+// resumed from a snapshot moves the clock back by seconds, rarely by
+// minutes; more than 5 minutes back is a rollback worth an alarm.
+const DefaultClockTolerance = 5 * time.Minute
+
 // Config configures a Registry.
 type Config struct {
 	// Dir holds the loaded licences (data_dir/licenses).
@@ -73,7 +78,8 @@ type Config struct {
 	// Keys are the trusted vendor public keys.
 	Keys *licensing.Keyring
 	// ClockTolerance is how far the wall clock may go back before the
-	// rollback alarm (licences never revive either way).
+	// rollback alarm (licences never revive either way); 0 means
+	// DefaultClockTolerance.
 	ClockTolerance time.Duration
 	// Wall is the wall clock; tests inject a fake one.
 	Wall func() time.Time
@@ -124,7 +130,7 @@ func Open(cfg Config) (*Registry, error) {
 		cfg.Log = slog.Default()
 	}
 	if cfg.ClockTolerance <= 0 {
-		cfg.ClockTolerance = 5 * time.Minute
+		cfg.ClockTolerance = DefaultClockTolerance
 	}
 	if cfg.Keys == nil {
 		cfg.Keys, _ = licensing.NewKeyring()
