@@ -274,17 +274,23 @@ func (e *Engine) ensure(name string, forLicence bool) (*Service, error) {
 	return s, nil
 }
 
-// SetLimits installs a service's limits on this node, creating the service
-// if it is new. Counters, buckets, sessions and subscribers carry over: a
+// SetLimits is SetLimitsAt at the engine clock's instant (LimitSetter).
+func (e *Engine) SetLimits(service string, l Limits) error {
+	return e.SetLimitsAt(e.clk.Now(), service, l)
+}
+
+// SetLimitsAt installs a service's limits on this node at now (the
+// instant a CAPS bucket's rate changes: what it holds is rescaled to the
+// new rate there, as x/time/rate's SetLimitAt), creating the service if
+// it is new. Counters, buckets, sessions and subscribers carry over: a
 // licence loaded under load raises the limits without resetting anything.
 // Called by the licensing and cluster layers; safe at any time.
-func (e *Engine) SetLimits(service string, l Limits) error {
+func (e *Engine) SetLimitsAt(now int64, service string, l Limits) error {
 	s, err := e.ensure(service, true)
 	if err != nil {
 		return err
 	}
 	d := derive(l, &e.cfg)
-	now := e.clk.Now()
 	s.mu.Lock()
 	old := s.lim.Swap(d)
 	rescale(&s.capsTAT, &old.caps, &d.caps, now)

@@ -720,3 +720,36 @@ func TestEndedCallOpensNoSession(t *testing.T) {
 	e.Ended(clk.Now(), []byte("nobody"), call)
 	require.Nil(t, e.Service("nobody"))
 }
+
+// SetLimitsAt changes a bucket's rate at the instant it is given, not at
+// the engine clock's: an engine whose clock stands still and one whose
+// clock reached that instant decide a seeded Poisson stream alike after a
+// rate change at the same instant (what the bucket owes is rescaled from
+// there: from the clock's instant instead, the still engine admitted none
+// of the next 2,000 where the other admitted 217).
+func TestSetLimitsAtTheGivenInstant(t *testing.T) {
+	high, low := capsOnly(1000), capsOnly(100)
+	moved, clk := newTestEngine(t, high)
+	still, _ := newTestEngine(t, high)
+	rng := rand.New(rand.NewPCG(7, 7))
+	at := clk.Now()
+	decide := func(n int) (admitted [2]int) {
+		for range n {
+			at += int64(rng.ExpFloat64() * 1e6) // Poisson, 1,000/s
+			for i, e := range []*Engine{moved, still} {
+				if e.Admit(at, []byte("voice"), nil, nil, Normal).Reason == OK {
+					admitted[i]++
+				}
+			}
+		}
+		return admitted
+	}
+	before := decide(500)
+	require.Equal(t, before[0], before[1])
+	clk.Set(at)
+	require.NoError(t, moved.SetLimits("voice", low))
+	require.NoError(t, still.SetLimitsAt(at, "voice", low))
+	after := decide(2000)
+	require.Equal(t, after[0], after[1], "the same change at the same instant")
+	require.Less(t, after[0], 4*before[0]/3, "the lower rate admits fewer")
+}
