@@ -1,0 +1,266 @@
+package cluster
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"slices"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/hashicorp/memberlist"
+
+	"github.com/capsgate/capsgate/admission"
+	"github.com/capsgate/capsgate/licensing/ledger"
+	"github.com/capsgate/capsgate/licensing/registry"
+)
+
+// Kinds of user messages.
+const (
+	msgDemand  = 'd'
+	msgLicence = 'l'
+	msgOps     = 'o' // a batch of forwarded RELEASE/DEREGISTER and claims
+	msgLeaving = 'x' // the sender is about to leave gracefully
+	msgReplay  = 'r' // the sender asks for what it missed (replayRequest)
+)
+
+// Gossip traffic, by kind of message (user messages; memberlist's own
+// probes and gossip are not counted).
+var (
+	demandSent      = metrics.NewCounter(`capsgate_gossip_messages_total{kind="demand",direction="sent"}`)
+	demandReceived  = metrics.NewCounter(`capsgate_gossip_messages_total{kind="demand",direction="received"}`)
+	licenceSent     = metrics.NewCounter(`capsgate_gossip_messages_total{kind="licence",direction="sent"}`)
+	licenceReceived = metrics.NewCounter(`capsgate_gossip_messages_total{kind="licence",direction="received"}`)
+	forwardSent     = metrics.NewCounter(`capsgate_gossip_messages_total{kind="forward",direction="sent"}`)
+	forwardReceived = metrics.NewCounter(`capsgate_gossip_messages_total{kind="forward",direction="received"}`)
+	forwardDropped  = metrics.NewCounter(`capsgate_gossip_forward_dropped_total`)
+	claimsTaken     = metrics.NewCounter(`capsgate_subscriber_claims_total{result="released_here"}`)
+	bytesSent       = metrics.NewCounter(`capsgate_gossip_bytes_total{direction="sent"}`)
+	bytesReceived   = metrics.NewCounter(`capsgate_gossip_bytes_total{direction="received"}`)
+	// convergence is the time from a licence's load on one node to its
+	// arrival on another (by the direct path), as the two clocks tell it.
+	convergence = metrics.NewPrometheusHistogramExt(`capsgate_license_convergence_seconds`, []float64{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5})
+)
+
+// sent counts a user message sent.
+func sent(c *metrics.Counter, msg []byte) {
+	c.Inc()
+	bytesSent.Add(len(msg))
+}
+
+// SpreadLicence sends a licence or revocation just loaded here to every
+// member directly; each verifies it itself. Push/pull state sync repairs
+// what this misses and serves members that were down.
+func (c *Cluster) SpreadLicence(armored []byte) {
+	msg := binary.BigEndian.AppendUint64([]byte{msgLicence}, uint64(time.Now().UnixNano()))
+	msg = append(msg, armored...)
+	for _, m := range c.ml.Members() {
+		if m.Name == c.cfg.NodeName {
+			continue
+		}
+		go func(m *memberlist.Node) {
+			if err := c.ml.SendReliable(m, msg); err != nil {
+				c.log.Warn("cannot send a licence to a member; state sync will", "member", m.Name, "err", err)
+				return
+			}
+			sent(licenceSent, msg)
+		}(m)
+	}
+}
+
+// delegate implements memberlist.Delegate.
+type delegate Cluster
+
+// AllocationSync is how often the state sync carries the account
+// allocations (besides a join): see LocalState.
+const AllocationSync = time.Minute
+
+// allocationsDue reports whether the allocations go in this state sync,
+// and if so notes it.
+func (d *delegate) allocationsDue(now time.Time) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if now.Sub(d.allocationsSent) < AllocationSync {
+		return false
+	}
+	d.allocationsSent = now
+	return true
+}
+
+// NodeMeta publishes version, RESP address and max_caps.
+func (d *delegate) NodeMeta(limit int) []byte {
+	b, _ := json.Marshal(meta{Version: Version, RESPAddr: d.cfg.RESPAddr, Admin: d.cfg.AdminAddr, MaxCAPS: d.cfg.MaxCAPS})
+	if len(b) > limit {
+		return nil
+	}
+	return b
+}
+
+// NotifyMsg receives demand reports and licences.
+func (d *delegate) NotifyMsg(b []byte) {
+	if len(b) < 2 {
+		return
+	}
+	c := (*Cluster)(d)
+	bytesReceived.Add(len(b))
+	switch b[0] {
+	case msgDemand:
+		demandReceived.Inc()
+		var m demandMsg
+		if json.Unmarshal(b[1:], &m) != nil || m.Node == "" || m.Node == c.cfg.NodeName {
+			return
+		}
+		c.mu.Lock()
+		p := c.peers[m.Node]
+		if p == nil {
+			p = &peer{}
+			c.peers[m.Node] = p
+		}
+		c.spill.room.Store(true)
+		if c.planner.Heard(c.cfg.Now(), m.Node, m.Report) {
+			select {
+			case c.wake <- struct{}{}:
+			default:
+			}
+		}
+		// A peer's malformed head must not spoil this node's ledger.
+		if w := (ledger.Witness{Node: m.Node, Seq: m.HeadSeq, Hash: m.HeadHash, Key: m.HeadKey, Genesis: m.Genesis}); m.HeadSeq > p.head.Seq && w.Check() == nil {
+			p.head = w
+		}
+		c.mu.Unlock()
+	case msgOps:
+		forwardReceived.Inc()
+		c.apply(b[1:])
+	case msgReplay:
+		c.replayAsked(b[1:])
+	case msgLeaving:
+		c.mu.Lock()
+		if p := c.peers[string(b[1:])]; p != nil {
+			p.leaving = true
+		}
+		c.mu.Unlock()
+	case msgLicence:
+		licenceReceived.Inc()
+		if len(b) < 9 {
+			return
+		}
+		loaded := time.Unix(0, int64(binary.BigEndian.Uint64(b[1:9])))
+		doc := append([]byte(nil), b[9:]...)
+		res, err := c.cfg.Licences.Load(doc)
+		if err != nil {
+			c.log.Warn("refusing a licence sent by a member", "err", err)
+			return
+		}
+		if slices.ContainsFunc(res, func(r registry.Result) bool { return r.New }) {
+			convergence.Update(max(time.Since(loaded).Seconds(), 0))
+		}
+	}
+}
+
+// GetBroadcasts: licences go directly and by state sync; nothing queued.
+func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
+
+type state struct {
+	Documents [][]byte                                   `json:"docs"`
+	ClockMark time.Time                                  `json:"clock_mark"`
+	Accounts  map[string]map[string]admission.Allocation `json:"accounts,omitempty"`
+}
+
+// LocalState is this node's licences, revocations and clock mark, and
+// its account allocations when a member joins and at most once every
+// AllocationSync otherwise: they reach every member as they are made
+// (SpreadAllocation, replayed to a member that comes back), and the
+// state sync only repairs what that missed; 100,000 of them are 7 MB of
+// JSON, which every push-pull (every 5 s) would otherwise send, compress
+// and read.
+func (d *delegate) LocalState(join bool) []byte {
+	st := state{Documents: d.cfg.Licences.Documents(), ClockMark: d.cfg.Licences.ClockMark()}
+	if d.cfg.Accounts != nil && (join || d.allocationsDue(time.Now())) {
+		st.Accounts = d.cfg.Accounts.Allocations()
+	}
+	b, _ := json.Marshal(st)
+	return b
+}
+
+// MergeRemoteState loads a peer's licences (each verified here) and takes
+// its clock mark if it is later.
+func (d *delegate) MergeRemoteState(buf []byte, join bool) {
+	var s state
+	if err := json.Unmarshal(buf, &s); err != nil {
+		d.log.Warn("cannot read a member's state", "err", err)
+		return
+	}
+	d.cfg.Licences.ObserveMark(s.ClockMark)
+	for _, doc := range s.Documents {
+		if _, err := d.cfg.Licences.Load(doc); err != nil {
+			d.log.Debug("not loading a licence from a member's state", "err", err)
+		}
+	}
+	(*Cluster)(d).applyAllocations(s.Accounts)
+}
+
+// events implements memberlist.EventDelegate.
+type events Cluster
+
+func (e *events) NotifyJoin(n *memberlist.Node) {
+	c := (*Cluster)(e)
+	c.mu.Lock()
+	p := c.peers[n.Name]
+	met := p == nil || !p.met
+	if p == nil {
+		p = &peer{}
+		c.peers[n.Name] = p
+	}
+	p.met = true
+	back, downSince := c.planner.Joined(c.cfg.Now(), n.Name)
+	p.addr, p.metaRaw = n.Address(), append([]byte(nil), n.Meta...)
+	if n.Name != c.cfg.NodeName {
+		c.hadPeer.Store(true)
+	}
+	p.resp = respOf(p.metaRaw, p.addr)
+	p.alive = true
+	c.refreshOwners()
+	c.mu.Unlock()
+	if n.Name != c.cfg.NodeName {
+		c.log.Info("member joined", "member", n.Name, "addr", n.Address())
+		if met {
+			// First met since this node started: it asks for what was
+			// sent since it last knew everything.
+			go c.askReplay(n.Name, c.cfg.LastAlive)
+		}
+		if back {
+			// Seen failed and back (a stall, a partition, a restart):
+			// it gets what this node sent meanwhile, which it may not
+			// know it missed (a stalled process never saw itself fail).
+			go c.replayTo(n.Name, downSince.Add(-time.Second))
+		}
+	}
+}
+
+func (e *events) NotifyLeave(n *memberlist.Node) {
+	c := (*Cluster)(e)
+	c.mu.Lock()
+	left := n.Name == c.cfg.NodeName
+	if p := c.peers[n.Name]; p != nil {
+		left = left || p.leaving
+		p.leaving, p.alive = false, false
+		c.planner.Gone(c.cfg.Now(), n.Name, left)
+		c.refreshOwners()
+	}
+	c.mu.Unlock()
+	if left {
+		c.log.Info("member left", "member", n.Name, "addr", n.Address())
+	} else {
+		c.log.Warn("member failed", "member", n.Name, "addr", n.Address())
+	}
+}
+
+func (e *events) NotifyUpdate(n *memberlist.Node) {
+	c := (*Cluster)(e)
+	c.mu.Lock()
+	if p := c.peers[n.Name]; p != nil {
+		p.metaRaw = append([]byte(nil), n.Meta...)
+		p.resp = respOf(p.metaRaw, p.addr)
+		c.refreshOwners()
+	}
+	c.mu.Unlock()
+}

@@ -1,0 +1,206 @@
+package cluster
+
+import (
+	"encoding/json"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/hashicorp/memberlist"
+)
+
+// ExchangeInterval is how often a node measures its demand, sends it to
+// every member and recomputes its shares.
+const ExchangeInterval = 100 * time.Millisecond
+
+// staleAfter is when a peer's demand report counts as missing (10 missed
+// exchanges): the peer keeps its floor only.
+const staleAfter = time.Second
+
+// demandMsg is a member's report on the wire, with its ledger head.
+type demandMsg struct {
+	Node     string `json:"n"`
+	HeadSeq  uint64 `json:"ls,omitempty"`
+	HeadHash string `json:"lh,omitempty"`
+	HeadKey  string `json:"lk,omitempty"`
+	Genesis  string `json:"lg,omitempty"`
+	Report
+}
+
+// exchange plans this node's parts, applies them and sends its report to
+// every member every ExchangeInterval, and between exchanges as soon as
+// the planner allows when a member's report or one of this node's buckets
+// calls for it (Planner.Heard, Planner.Starved; looked at every
+// StarvedCheck). The report goes out after the plan, with the token
+// budgets just planned: they apply at the next exchange, after the others
+// have them.
+func (c *Cluster) exchange() {
+	defer c.wg.Done()
+	tick := time.NewTicker(StarvedCheck)
+	defer tick.Stop()
+	next := c.cfg.Now().Add(ExchangeInterval)
+	var early time.Time // when an early plan is due; zero: none
+	for {
+		select {
+		case <-c.stop:
+			return
+		case <-c.wake:
+			if early.IsZero() {
+				c.mu.Lock()
+				early = c.planner.EarlyAt(c.cfg.Now())
+				c.mu.Unlock()
+			}
+			continue
+		case <-tick.C:
+		}
+		now := c.cfg.Now()
+		switch {
+		case !now.Before(next):
+			c.send(c.plan(now, true))
+			next = now.Add(ExchangeInterval)
+			early = time.Time{}
+		case !early.IsZero() && !now.Before(early):
+			c.send(c.plan(now, false))
+			early = time.Time{}
+		case early.IsZero() && c.starved():
+			c.mu.Lock()
+			early = c.planner.EarlyAt(now)
+			c.mu.Unlock()
+		}
+	}
+}
+
+// starved reports whether one of this node's licensed buckets has spent
+// half of what it was planned to hold (Planner.Starved).
+func (c *Cluster) starved() bool {
+	now := c.cfg.Engine.Now()
+	licensed := c.cfg.Shares.LicensedNames()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, service := range licensed {
+		if s := c.cfg.Engine.Service(service); s != nil {
+			if _, avail := s.Bucket(now); c.planner.Starved(service, avail) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// send sends this node's report to every member: as one UDP packet when
+// it fits in one (a report is about 126 bytes per service with traffic
+// and 70 per account charging tokens here: BenchmarkReportSize), over TCP
+// otherwise. A packet larger than UDP allows is refused by the socket, and
+// the exchange with a node holding hundreds of busy services stopped
+// without a word. A TCP send runs beside the exchange, at most one at a
+// time per member: one to a member that does not answer is dropped, not
+// queued, and the next report supersedes it.
+func (c *Cluster) send(r Report) {
+	dm := demandMsg{Node: c.cfg.NodeName, Report: r}
+	if c.cfg.LedgerHead != nil {
+		dm.HeadSeq, dm.HeadHash = c.cfg.LedgerHead()
+	}
+	if c.cfg.LedgerIdentity != nil {
+		dm.HeadKey, dm.Genesis = c.cfg.LedgerIdentity()
+	}
+	msg, _ := json.Marshal(dm)
+	msg = append([]byte{msgDemand}, msg...)
+	reportBytes.Update(float64(len(msg)))
+	for _, m := range c.ml.Members() {
+		if m.Name == c.cfg.NodeName {
+			continue
+		}
+		if len(msg) <= maxReportPacket {
+			if err := c.ml.SendBestEffort(m, msg); err != nil {
+				reportErrors.Inc()
+				continue
+			}
+			sent(demandSent, msg)
+			continue
+		}
+		c.sendStream(m, msg)
+	}
+}
+
+// maxReportPacket is the largest report sent as one UDP packet: a
+// datagram holds 65,507 bytes, less memberlist's framing, label and
+// encryption.
+const maxReportPacket = 60 << 10
+
+// sendStream sends a report too large for a packet to m over TCP, unless
+// the last one to m is still on its way.
+func (c *Cluster) sendStream(m *memberlist.Node, msg []byte) {
+	c.mu.Lock()
+	if c.streaming == nil {
+		c.streaming = map[string]bool{}
+	}
+	busy := c.streaming[m.Name]
+	c.streaming[m.Name] = true
+	c.mu.Unlock()
+	if busy {
+		reportsSkipped.Inc()
+		return
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		err := c.ml.SendReliable(m, msg)
+		c.mu.Lock()
+		delete(c.streaming, m.Name)
+		c.mu.Unlock()
+		if err != nil {
+			reportErrors.Inc()
+			return
+		}
+		reportsStreamed.Inc()
+		sent(demandSent, msg)
+	}()
+}
+
+var (
+	reportBytes     = metrics.NewPrometheusHistogramExt(`capsgate_cluster_report_bytes`, []float64{256, 1 << 10, 4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20})
+	reportErrors    = metrics.NewCounter(`capsgate_cluster_report_errors_total`)
+	reportsStreamed = metrics.NewCounter(`capsgate_cluster_reports_streamed_total`)
+	reportsSkipped  = metrics.NewCounter(`capsgate_cluster_reports_skipped_total`)
+)
+
+// plan steps the planner (an exchange, or an early plan) with the live
+// members, the licences and the engine's counters, applies this node's
+// parts and returns the report to send.
+func (c *Cluster) plan(now time.Time, exchange bool) Report {
+	names := c.liveNames()
+	c.cfg.Shares.SetMembers(len(names))
+	licensed := c.cfg.Shares.Licensed()
+	usage := c.usage.Read()
+	c.mu.Lock()
+	var p Plan
+	if exchange {
+		p = c.planner.Plan(now, names, licensed, usage)
+	} else {
+		p = c.planner.PlanNow(now, names, licensed, usage)
+		earlyPlans.Inc()
+	}
+	c.mu.Unlock()
+	c.spill.room.Store(true)
+	for _, name := range p.Reclaimed {
+		c.log.Warn("a failed member's part of every licence goes to the live members", "member", name,
+			"after", c.cfg.Policy.ReclaimAfter)
+	}
+	if p.SideChanged {
+		c.log.Warn("partition state changed", "to", p.Side.State, "live", p.Side.Live, "known", p.Side.Known,
+			"policy", c.cfg.Policy.Policy.String())
+	}
+	sideFraction.Set(p.Side.Fraction)
+	for service, sh := range p.Parts {
+		if err := c.cfg.Shares.SetShare(service, sh); err != nil {
+			c.log.Error("cannot apply the share", "service", service, "err", err)
+		}
+	}
+	c.cfg.Shares.Planned()
+	return p.Report
+}
+
+// earlyPlans counts the plans made between exchanges.
+var earlyPlans = metrics.NewCounter(`capsgate_cluster_early_plans_total`)
+
+// sideFraction is the part of each licence this node's side enforces.
+var sideFraction = metrics.NewGauge(`capsgate_cluster_side_fraction`, nil)

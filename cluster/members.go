@@ -1,0 +1,178 @@
+package cluster
+
+import (
+	"encoding/json"
+	"net"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+
+	"github.com/capsgate/capsgate/licensing/ledger"
+)
+
+// Member is one member as GET /v1/cluster shows it.
+type Member struct {
+	Name     string `json:"name"`
+	Addr     string `json:"addr"`
+	State    string `json:"state"`
+	RESPAddr string `json:"resp_addr,omitempty"`
+	// AdminAddr is the URL of its admin API ("http://host:port" or
+	// https; an unspecified host replaced by its gossip address).
+	AdminAddr string             `json:"admin_addr,omitempty"`
+	Version   string             `json:"version,omitempty"`
+	MaxCAPS   float64            `json:"max_caps"`
+	Demand    map[string]float64 `json:"demand"`
+	Shares    map[string]float64 `json:"shares"`
+	// Owed is, by licensed service, what the member's CAPS bucket owed
+	// (its depth less what it would admit at once) in its last report:
+	// 0 is a full bucket, which this node may spill attempts to.
+	Owed map[string]int64 `json:"owed"`
+	// Since is when a dead member was declared dead.
+	Since *time.Time `json:"since,omitempty"`
+	// Reclaimed: a dead member whose part the live members took over.
+	Reclaimed bool `json:"reclaimed,omitempty"`
+}
+
+// View is the JSON of GET /v1/cluster: the node answering, its partition
+// policy (cluster.partition_policy), what its side of the cluster
+// enforces under it now, and the members.
+type View struct {
+	Node      string   `json:"node"`
+	ClusterID string   `json:"cluster_id"`
+	Policy    string   `json:"partition_policy"`
+	Side      Side     `json:"side"`
+	Members   []Member `json:"members"`
+}
+
+type meta struct {
+	Version  string  `json:"v"`
+	RESPAddr string  `json:"resp"`
+	Admin    string  `json:"admin,omitempty"`
+	MaxCAPS  float64 `json:"max_caps"`
+}
+
+// peer is what this node keeps of another member beside its planner's
+// view: where it is and its ledger head.
+type peer struct {
+	met     bool // joined since this node started (not only heard of)
+	leaving bool // it said it is leaving
+	alive   bool // joined and not gone since
+	addr    string
+	metaRaw []byte
+	resp    string // its RESP address (spilled ADMITs go there)
+	// head is its ledger head as last reported; witnessed the seq of the
+	// head last handed to Witnesses.
+	head      ledger.Witness
+	witnessed uint64
+}
+
+// Witnesses returns the members' ledger heads that moved since the last
+// call, by member name, for this node's ledger.
+func (c *Cluster) Witnesses() []ledger.Witness {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []ledger.Witness
+	for _, p := range c.peers {
+		if p.head.Seq > p.witnessed {
+			out = append(out, p.head)
+			p.witnessed = p.head.Seq
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Node < out[j].Node })
+	return out
+}
+
+// Side returns this node's side of the cluster as last decided.
+func (c *Cluster) Side() Side {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.planner.Side()
+}
+
+// liveNames returns the names of the members that are not dead, sorted.
+func (c *Cluster) liveNames() []string {
+	ms := c.ml.Members()
+	names := make([]string, 0, len(ms))
+	for _, m := range ms {
+		names = append(names, m.Name)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// Members returns every member known, the dead ones included, by name.
+func (c *Cluster) Members() []Member {
+	live := c.ml.Members()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	seen := map[string]bool{}
+	var out []Member
+	add := func(name, addr, state string, metaRaw []byte, since *time.Time) {
+		m := Member{Name: name, Addr: addr, State: state, Since: since, Demand: map[string]float64{}, Shares: map[string]float64{}}
+		var md meta
+		if json.Unmarshal(metaRaw, &md) == nil {
+			m.RESPAddr, m.Version, m.MaxCAPS = md.RESPAddr, md.Version, md.MaxCAPS
+			m.AdminAddr = reachable(md.Admin, addr)
+		}
+		m.Demand = copyMap(c.planner.Demand(name))
+		m.Owed = map[string]int64{}
+		held := c.planner.Held(name)
+		for service := range c.cfg.Shares.Licensed() {
+			if s, ok := c.planner.Shares(service)[name]; ok {
+				m.Shares[service] = s
+			}
+			m.Owed[service] = held[service].Owed
+		}
+		out = append(out, m)
+		seen[name] = true
+	}
+	for _, n := range live {
+		state := "alive"
+		if n.State == memberlist.StateSuspect {
+			state = "suspect"
+		}
+		add(n.Name, n.Address(), state, n.Meta, nil)
+	}
+	for _, g := range c.planner.GoneMembers() {
+		if p := c.peers[g.Name]; p != nil && !seen[g.Name] {
+			since := g.At
+			state := "dead"
+			if g.Left {
+				state = "left"
+			}
+			add(g.Name, p.addr, state, p.metaRaw, &since)
+			out[len(out)-1].Reclaimed = g.Reclaimed
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+func copyMap(m map[string]float64) map[string]float64 {
+	out := make(map[string]float64, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
+
+// reachable turns a listen URL with an unspecified host ("http://:8390",
+// "https://0.0.0.0:8390") into one on the host of gossip address via.
+func reachable(url, via string) string {
+	scheme, addr, ok := strings.Cut(url, "://")
+	if !ok {
+		return ""
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return ""
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		if vh, _, err := net.SplitHostPort(via); err == nil {
+			return scheme + "://" + net.JoinHostPort(vh, port)
+		}
+	}
+	return url
+}
