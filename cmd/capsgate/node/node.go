@@ -27,10 +27,6 @@ import (
 	"github.com/capsgate/capsgate/licensing/registry"
 )
 
-// tickInterval is how often the engine's housekeeping runs (expiring
-// sessions and registrations, the used-CAPS figure).
-const tickInterval = 100 * time.Millisecond
-
 // DevService is the service that --dev licenses.
 const DevService = "demo"
 
@@ -55,8 +51,15 @@ type Node struct {
 	peerHTTP   *http.Client // the client for them
 
 	reserveWake <-chan struct{}
-	// idsKick asks committingIDs for a commit now (a client waits for one).
+	// idsKick asks stepIDs for a commit now (a client waits for one).
 	idsKick chan struct{}
+	// What the background steps keep between runs (background.go), each
+	// touched by its own task only.
+	meterNext, meterSampled time.Time
+	reserveFailing          bool
+	reserveRetry            time.Time
+	// stepped: Start runs no background task; a test calls the steps.
+	stepped bool
 
 	ledger   *ledger.Ledger
 	reserver *meter.Reserver
@@ -217,104 +220,12 @@ func (n *Node) openMetering() error {
 	return nil
 }
 
-// journaling writes the sessions and registrations that changed to the
-// state journal every journal.FlushEvery: what a kill -9 may lose.
-func (n *Node) journaling() {
-	defer n.wg.Done()
-	admission.Repeat(n.stop, journal.FlushEvery, func() time.Duration {
-		_ = n.journal.Flush() // logged and counted by the journal
-		return journal.FlushEvery
-	})
-}
-
-// committingIDs commits the CONSUME ID keys charged since the last commit
-// every idstore.FlushEvery, and at once when a client waits for one (their
-// replies wait for it: resp/durable.go), so that a lone client waits about
-// one fsync, and many wait for one commit together.
-func (n *Node) committingIDs() {
-	defer n.wg.Done()
-	tick := time.NewTicker(idstore.FlushEvery)
-	defer tick.Stop()
-	for {
-		select {
-		case <-n.stop:
-			return
-		case <-tick.C:
-		case <-n.idsKick:
-		}
-		if n.ids.Flush() == nil {
-			n.handler.Released()
-		}
-	}
-}
-
 // witnesses are the peers' ledger heads to write into this node's ledger.
 func (n *Node) witnesses() []ledger.Witness {
 	if n.cluster == nil {
 		return nil
 	}
 	return n.cluster.Witnesses()
-}
-
-// metering keeps token reservations ahead of charges, samples the peaks
-// and writes a usage record set at the end of each ledger interval
-// (aligned to the wall clock, so nodes' intervals line up).
-func (n *Node) metering() {
-	defer n.wg.Done()
-	interval := n.cfg.Ledger.Interval.Duration
-	next := time.Now().Truncate(interval).Add(interval)
-	var lastSample time.Time
-	admission.Repeat(n.stop, meter.SampleEvery, func() time.Duration {
-		now := time.Now()
-		if now.Sub(lastSample) >= meter.SampleEvery {
-			n.meter.Sample()
-			lastSample = now
-		}
-		if !now.Before(next) {
-			if err := n.meter.Flush(now); err != nil {
-				n.log.Error("cannot write usage to the ledger; retrying next interval", "err", err)
-				meteringErrors.Inc()
-			}
-			next = now.Truncate(interval).Add(interval)
-		}
-		return meter.SampleEvery
-	})
-}
-
-// reserving keeps token reservations ahead of the charges: every
-// StepEvery, and at once when the engine says a pool runs short.
-func (n *Node) reserving() {
-	defer n.wg.Done()
-	tick := time.NewTicker(meter.StepEvery)
-	defer tick.Stop()
-	failing := false
-	for {
-		select {
-		case <-n.stop:
-			return
-		case <-tick.C:
-		case <-n.reserveWake:
-		}
-		if err := n.reserver.Step(time.Now()); err != nil {
-			if !failing {
-				n.log.Error("cannot reserve tokens on disk: charges beyond the last reservation are refused (OVERLOAD) until it can", "err", err)
-			}
-			failing = true
-			meteringErrors.Inc()
-			// A full disk: try again at the next tick, not at every refused
-			// charge's wake-up.
-			select {
-			case <-n.stop:
-				return
-			case <-tick.C:
-			}
-		} else {
-			if failing {
-				n.log.Info("token reservations are written again")
-			}
-			failing = false
-		}
-	}
 }
 
 // Registry returns the node's loaded licences.
@@ -405,44 +316,24 @@ func (n *Node) Start() error {
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(n.log.Handler(), slog.LevelWarn),
 	}
-	n.wg.Add(7)
-	go n.licensing()
-	go n.metering()
-	go n.reserving()
-	go n.journaling()
-	go n.committingIDs()
+	tasks := n.tasks()
+	if n.stepped {
+		tasks = nil // a test steps them
+	}
+	n.wg.Add(len(tasks) + 1)
+	for _, t := range tasks {
+		go n.run(t)
+	}
 	go func() {
 		defer n.wg.Done()
 		if err := n.admin.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			n.log.Error("admin API stopped", "err", err)
 		}
 	}()
-	go n.housekeeping()
 	n.ready.Store(true)
 	n.log.Info("capsgate started", "node", n.cfg.NodeName, "cluster", n.cfg.ClusterID,
 		"resp", n.RESPAddr(), "admin", n.AdminAddr(), "data_dir", n.cfg.DataDir, "dev", n.cfg.Dev)
 	return nil
-}
-
-func (n *Node) housekeeping() {
-	defer n.wg.Done()
-	admission.Repeat(n.stop, tickInterval, func() time.Duration {
-		n.eng.Tick(n.clk.Now())
-		return tickInterval
-	})
-}
-
-// licensing lets licence states change at their instants: it ticks the
-// registry at the next change, or every second to follow the wall clock.
-func (n *Node) licensing() {
-	defer n.wg.Done()
-	admission.Repeat(n.stop, 0, func() time.Duration {
-		wait := time.Second
-		if next := n.reg.Tick(); !next.IsZero() {
-			wait = min(wait, max(time.Until(next), time.Millisecond))
-		}
-		return wait
-	})
 }
 
 // Stop drains the node: it reports not ready, stops accepting, answers

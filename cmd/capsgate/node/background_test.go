@@ -1,0 +1,54 @@
+package node
+
+import (
+	"context"
+	"io"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/capsgate/capsgate/admission/journal"
+	"github.com/capsgate/capsgate/admission/meter"
+	"github.com/capsgate/capsgate/cluster/farm"
+)
+
+// The background steps run at the instants a test gives them: metering
+// samples and writes its record set only when an instant reaches the end
+// of the ledger interval, whatever the wall clock says, and the state
+// journal and the engine's housekeeping say when they are due next.
+func TestBackgroundStepsAtInstants(t *testing.T) {
+	cfg, err := Load([]string{"--dev", "--resp-addr", farm.FreeAddr(t), "--admin-addr", farm.FreeAddr(t),
+		"--gossip-addr", farm.FreeAddr(t), "--data-dir", filepath.Join(t.TempDir(), "d"), "--ledger-interval", "10s"}, io.Discard)
+	require.NoError(t, err)
+	n, err := New(cfg, nil)
+	require.NoError(t, err)
+	n.stepped = true
+	require.NoError(t, n.Start())
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		require.NoError(t, n.Stop(ctx))
+	})
+	require.Equal(t, 5, strings.Count(admit(t, n.RESPAddr(), 5), "+OK"))
+
+	t0 := time.Date(2031, 1, 1, 0, 0, 3, 0, time.UTC) // 3 s into an interval
+	seq0, _ := n.ledger.Head()
+	require.Equal(t, meter.SampleEvery, n.stepMetering(t0))
+	require.Equal(t, t0.Truncate(10*time.Second).Add(10*time.Second), n.meterNext)
+	for at := t0; at.Before(n.meterNext); at = at.Add(time.Second) {
+		n.stepMetering(at)
+	}
+	seq, _ := n.ledger.Head()
+	require.Equal(t, seq0, seq, "nothing written before the interval ends")
+	n.stepMetering(t0.Add(7 * time.Second)) // the end of the interval
+	seq, _ = n.ledger.Head()
+	require.Greater(t, seq, seq0, "the interval's record set is written at its end")
+	require.Equal(t, t0.Truncate(10*time.Second).Add(20*time.Second), n.meterNext)
+
+	require.Equal(t, tickInterval, n.stepEngine(t0))
+	require.Equal(t, journal.FlushEvery, n.stepJournal(t0))
+	require.Len(t, n.tasks(), 6)
+}
