@@ -3,6 +3,7 @@ package resp
 import (
 	"fmt"
 	"math"
+	"os"
 	"runtime"
 	"strconv"
 	"strings"
@@ -10,6 +11,15 @@ import (
 
 	"github.com/capsgate/capsgate/admission"
 )
+
+// SetConnCounter lets INFO report the number of client connections.
+func (h *Handler) SetConnCounter(f func() int64) { h.stats = f }
+
+var pid = os.Getpid()
+
+// maxInfoServices bounds the per-service lines of INFO, so a pipeline of
+// INFOs cannot make a node build huge replies.
+const maxInfoServices = 100
 
 // INFO sections, in Redis's order; each is in "default" and "all".
 var infoSections = []string{"server", "clients", "persistence", "replication", "services", "keyspace"}

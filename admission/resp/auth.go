@@ -1,0 +1,82 @@
+package resp
+
+import (
+	"bytes"
+	"crypto/subtle"
+)
+
+// AUTH [user] password
+func (h *Handler) auth(cs *ConnState, args [][]byte, out []byte) []byte {
+	if len(args) != 2 && len(args) != 3 {
+		return wrongArgs(out, "auth")
+	}
+	if h.password == nil {
+		return AppendError(out, "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?")
+	}
+	if !h.checkAuth(args[1:]) {
+		return AppendError(out, "WRONGPASS invalid username-password pair or user is disabled.")
+	}
+	cs.authed = true
+	return AppendSimple(out, "OK")
+}
+
+// checkAuth checks [user] password in constant time; the only user is "default".
+func (h *Handler) checkAuth(up [][]byte) bool {
+	pass := up[len(up)-1]
+	userOK := len(up) == 1 || string(up[0]) == "default"
+	passOK := subtle.ConstantTimeCompare(pass, h.password) == 1
+	return userOK && passOK
+}
+
+// HELLO [protover [AUTH user pass] [SETNAME name]]: RESP2 only.
+func (h *Handler) hello(cs *ConnState, args [][]byte, out []byte) []byte {
+	i := 1
+	if len(args) > 1 {
+		v, ok := parseInt(args[1])
+		if !ok {
+			return AppendError(out, "ERR Protocol version is not an integer or out of range")
+		}
+		if v != 2 {
+			return AppendError(out, "NOPROTO sorry, this protocol version is not supported.")
+		}
+		i = 2
+	}
+	for i < len(args) {
+		switch {
+		case bytes.EqualFold(args[i], []byte("AUTH")) && i+2 < len(args):
+			if h.password == nil || !h.checkAuth(args[i+1:i+3]) {
+				if h.password == nil {
+					return AppendError(out, "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?")
+				}
+				return AppendError(out, "WRONGPASS invalid username-password pair or user is disabled.")
+			}
+			cs.authed = true
+			i += 3
+		case bytes.EqualFold(args[i], []byte("SETNAME")) && i+1 < len(args):
+			if e := cs.setName(args[i+1]); e != "" {
+				return AppendError(out, e)
+			}
+			i += 2
+		default:
+			return AppendError(out, "ERR Syntax error in HELLO option '"+printable(args[i], 32)+"'")
+		}
+	}
+	if h.password != nil && !cs.authed {
+		return AppendError(out, "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time")
+	}
+	out = AppendArrayHeader(out, 14)
+	out = AppendBulkString(out, "server")
+	out = AppendBulkString(out, "capsgate")
+	out = AppendBulkString(out, "version")
+	out = AppendBulkString(out, Version)
+	out = AppendBulkString(out, "proto")
+	out = AppendInt(out, 2)
+	out = AppendBulkString(out, "id")
+	out = AppendInt(out, cs.id)
+	out = AppendBulkString(out, "mode")
+	out = AppendBulkString(out, "standalone")
+	out = AppendBulkString(out, "role")
+	out = AppendBulkString(out, "master")
+	out = AppendBulkString(out, "modules")
+	return AppendArrayHeader(out, 0)
+}
