@@ -114,19 +114,15 @@ type Engine struct {
 	services atomic.Pointer[map[string]*Service]
 	mu       sync.Mutex // serialises changes to services (never held while deciding)
 
-	node    gcra // node.max_caps bucket
-	nodeTAT atomic.Int64
-	// nodeShared is the part of it outside the emergency reserve.
-	nodeShared    gcra
-	nodeSharedTAT atomic.Int64
+	// gate is what the services share: the node's capacity, the open
+	// emergency sessions, the configuration (gate.go).
+	gate gate
 
 	// unknown counts ADMIT decisions for services the engine has never
 	// heard of (no licence ever loaded): UNLICENSED or OVERLOAD.
 	unknown [NumReasons]atomic.Uint64
 	// unlicensedServices counts the services restores added (guarded by mu).
 	unlicensedServices int
-	// emergencyOpen counts the open emergency sessions of every service.
-	emergencyOpen atomic.Int64
 	// watches are the pool watches handed out (WatchPools).
 	watches poolWatches
 }
@@ -186,18 +182,19 @@ func NewEngine(cfg Config) *Engine {
 		cfg.MaxEmergencySessions = def.MaxEmergencySessions
 	}
 	e := &Engine{cfg: cfg, clk: cfg.Clock}
+	e.gate.cfg = &e.cfg
 	if e.clk == nil {
 		e.clk = NewSystemClock()
 	}
 	m := map[string]*Service{}
 	e.services.Store(&m)
 	if cfg.MaxCAPS > 0 {
-		e.node = newGCRA(cfg.MaxCAPS, cfg.Burst.Seconds())
+		e.gate.node = newGCRA(cfg.MaxCAPS, cfg.Burst.Seconds())
 		shared := cfg.MaxCAPS * (100 - EmergencyReservePercent) / 100
-		e.nodeShared = newGCRA(shared, cfg.Burst.Seconds())
+		e.gate.nodeShared = newGCRA(shared, cfg.Burst.Seconds())
 	} else {
-		e.node = gcra{mode: gcraUnlimited}
-		e.nodeShared = e.node
+		e.gate.node = gcra{mode: gcraUnlimited}
+		e.gate.nodeShared = e.gate.node
 	}
 	return e
 }
@@ -261,7 +258,7 @@ func (e *Engine) ensure(name string, forLicence bool) (*Service, error) {
 	if s.maxLog = e.cfg.MaxLog; s.maxLog <= 0 {
 		s.maxLog = MaxLog
 	}
-	s.emergencyAll = &e.emergencyOpen
+	s.gate = &e.gate
 	s.wake = e.cfg.ReserveWake
 	s.await = e.cfg.AwaitReserve
 	s.wakeReserver()
@@ -309,25 +306,6 @@ func (e *Engine) SetLimitsAt(now int64, service string, l Limits) error {
 // licence covers takes none of it (it is refused UNLICENSED first).
 const EmergencyReservePercent = 10
 
-// overload takes a token of the node's capacity (node.max_caps) for an
-// attempt of priority prio: an emergency call from the whole of it, any
-// other also from the part outside the emergency reserve.
-func (e *Engine) overload(now int64, prio Priority) (Decision, bool) {
-	if prio != Emergency {
-		if ok, wait := e.nodeShared.take(&e.nodeSharedTAT, now); !ok {
-			return Decision{Reason: OVERLOAD, RetryAfterMS: retryMS(wait), Remaining: 0}, false
-		}
-	}
-	ok, wait := e.node.take(&e.nodeTAT, now)
-	if ok {
-		return Decision{}, true
-	}
-	if prio != Emergency {
-		e.nodeShared.refund(&e.nodeSharedTAT, now)
-	}
-	return Decision{Reason: OVERLOAD, RetryAfterMS: retryMS(wait), Remaining: 0}, false
-}
-
 // Admit decides one call attempt (ADMIT service [CALL call] [ACCOUNT acct]
 // [PRIORITY prio]). call and acct may be nil. The byte slices are only read
 // during the call.
@@ -370,14 +348,14 @@ func (e *Engine) admit(now int64, service, call, acct []byte, prio Priority, spi
 		// An emergency call is never refused for want of a licence: it is
 		// kept under UnlicensedBucket, its call-id scoped by the name it
 		// gave.
-		return e.admitLocked(now, e.unlicensedBucket(), call, acct, prio, service, false)
+		return e.unlicensedBucket().admitLocked(now, call, acct, prio, service, false)
 	}
 	if call == nil && prio != Emergency {
 		if l := s.lim.Load(); l.TokensPerAttempt == 0 || !l.Licensed {
-			return e.admitRate(now, s, l, prio, spillable)
+			return s.admitRate(now, l, prio, spillable)
 		}
 	}
-	return e.admitLocked(now, s, call, acct, prio, nil, spillable)
+	return s.admitLocked(now, call, acct, prio, nil, spillable)
 }
 
 // AdmitSpilled is Admit for an attempt another member's CAPS bucket refused
@@ -414,137 +392,6 @@ func sessionKey(call, scope []byte) Key {
 		k = k.mix(KeyOf(scope))
 	}
 	return k
-}
-
-// admitRate is the lock-free path: an attempt that needs only the CAPS bucket.
-func (e *Engine) admitRate(now int64, s *Service, l *derived, prio Priority, spillable bool) Decision {
-	if !l.Licensed {
-		s.counts[UNLICENSED].Add(1)
-		return Decision{Reason: UNLICENSED, RetryAfterMS: retryUnlicensedMS, Remaining: 0}
-	}
-	if d, ok := e.overload(now, prio); !ok {
-		s.counts[OVERLOAD].Add(1)
-		return d
-	}
-	left, d, ok := e.takeCAPS(now, s, l, prio, spillable)
-	if !ok {
-		return d
-	}
-	s.counts[OK].Add(1)
-	return Decision{Reason: OK, Remaining: clampRemaining(left)}
-}
-
-// takeCAPS takes a CAPS token (and, for PRIORITY high, a headroom token when
-// the licence is used up). On failure it counts the rejection, unless the
-// attempt is spillable (AdmitSpillable).
-func (e *Engine) takeCAPS(now int64, s *Service, l *derived, prio Priority, spillable bool) (left int64, d Decision, ok bool) {
-	ok, left = l.caps.take(&s.capsTAT, now)
-	if !ok && prio == High {
-		var hl int64
-		if ok, hl = l.headroom.take(&s.headroomTAT, now); ok {
-			left = hl
-		}
-	}
-	if !ok {
-		if !spillable {
-			s.counts[CAPS].Add(1)
-		}
-		return 0, Decision{Reason: CAPS, RetryAfterMS: retryMS(left), Remaining: 0}, false
-	}
-	if prio == High {
-		s.high.Add(1)
-	}
-	return left, Decision{}, true
-}
-
-// admitLocked is the path for attempts that open a session or charge tokens.
-func (e *Engine) admitLocked(now int64, s *Service, call, acct []byte, prio Priority, scope []byte, spillable bool) Decision {
-	var key Key
-	if call != nil {
-		key = sessionKey(call, scope)
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if l := s.lim.Load(); prio != Emergency && l.Licensed {
-		s.awaitCharge(acct, l.TokensPerAttempt) // may release mu: nothing checked yet
-	}
-	if call != nil {
-		if x, ok := s.sessions.get(key, now); ok {
-			return x.v.first() // a retransmission: same answer, not counted again
-		}
-	}
-	l := s.lim.Load()
-	if prio != Emergency && !l.Licensed {
-		s.counts[UNLICENSED].Add(1)
-		return Decision{Reason: UNLICENSED, RetryAfterMS: retryUnlicensedMS, Remaining: 0}
-	}
-	if d, ok := e.overload(now, prio); !ok {
-		s.counts[OVERLOAD].Add(1)
-		return d
-	}
-	if prio == Emergency {
-		if call != nil && e.emergencyOpen.Load() >= int64(e.cfg.MaxEmergencySessions) {
-			s.counts[OVERLOAD].Add(1)
-			return Decision{Reason: OVERLOAD, RetryAfterMS: emergencyFullRetryMS, Remaining: 0}
-		}
-		s.emergency.Add(1)
-		d := Decision{Reason: OK, Remaining: -1}
-		if call != nil && !s.endedCall(now, key) {
-			exp := now + int64(e.cfg.SessionTTL)
-			s.sessions.put(key, session{remaining: int32(d.Remaining), prio: Emergency}, exp)
-			s.emergencyOpened(1)
-			s.logChange(Change{Kind: SessionOpened, Priority: Emergency, Key: key, Expires: exp, Remaining: d.Remaining})
-		}
-		return d
-	}
-	remaining := int64(-1)
-	if call != nil && l.Sessions != Unlimited {
-		limit := l.Sessions
-		if prio == High {
-			limit = l.highSessions
-		}
-		if s.licensedSessions >= limit {
-			s.sweepAtLimit(&s.sessions.lastFull, now, s.sessions.expireSome)
-		}
-		if s.licensedSessions >= limit {
-			s.counts[SESSIONS].Add(1)
-			return Decision{Reason: SESSIONS, RetryAfterMS: retryCountedMS, Remaining: 0}
-		}
-		remaining = limit - s.licensedSessions - 1
-	}
-	p, a := s.poolFor(acct)
-	cost := l.TokensPerAttempt
-	if cost > 0 && !p.fits(cost) {
-		s.counts[TOKENS].Add(1)
-		return Decision{Reason: TOKENS, RetryAfterMS: retryUnlicensedMS, Remaining: clampRemaining(p.left())}
-	}
-	if !s.reserved(p, cost) {
-		s.wakeReserver()
-		s.counts[OVERLOAD].Add(1)
-		return Decision{Reason: OVERLOAD, RetryAfterMS: retryReserveMS, Remaining: 0}
-	}
-	left, d, ok := e.takeCAPS(now, s, l, prio, spillable)
-	if !ok {
-		return d
-	}
-	remaining = minRemaining(remaining, left)
-	if cost > 0 {
-		s.charge(p, cost)
-		remaining = minRemaining(remaining, p.left())
-	}
-	d = Decision{Reason: OK, Remaining: clampRemaining(remaining)}
-	if call != nil && !s.endedCall(now, key) {
-		x := session{remaining: int32(d.Remaining), prio: prio, account: a, licensed: true}
-		exp := now + int64(e.cfg.SessionTTL)
-		s.sessions.put(key, x, exp)
-		s.licensedSessions++
-		s.sessionsN.Add(1)
-		if s.journal {
-			s.logChange(sessionChange(key, exp, x))
-		}
-	}
-	s.counts[OK].Add(1)
-	return d
 }
 
 // minRemaining is min where -1 means "no limit".
@@ -613,40 +460,6 @@ func (e *Engine) Ended(now int64, service, call []byte) {
 	}
 }
 
-// endedCall reports whether key was marked ended, and forgets it. Called
-// with mu held.
-func (s *Service) endedCall(now int64, key Key) bool {
-	if s.ended.len() == 0 {
-		return false
-	}
-	_, live := s.ended.del(key, now)
-	return live
-}
-
-// release ends the session of key, charging its minutes; it reports
-// whether it was open.
-func (s *Service) release(now int64, key Key, seconds int64) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	x, live := s.sessions.del(key, now)
-	if !live {
-		return false
-	}
-	s.logChange(Change{Kind: SessionClosed, Key: key})
-	s.sessionGone(x)
-	if l := s.lim.Load(); seconds > 0 && x.licensed && l.TokensPerMinute > 0 {
-		p := &s.tokens
-		if x.account != nil {
-			p = &x.account.pool
-		}
-		minutes := (min(seconds, MaxReleaseSeconds) + 59) / 60
-		n := sat.Mul(minutes, l.TokensPerMinute)
-		s.awaitReservation(p, n, true) // charged whatever the pool: the call is over
-		s.charge(p, n)
-	}
-	return true
-}
-
 // Register adds or refreshes a subscriber (REGISTER service sub [TTL s]).
 // ttl <= 0 means Config.SubscriberTTL. A subscriber already registered is
 // refreshed and never counted twice.
@@ -663,55 +476,13 @@ func (e *Engine) RegisterNew(now int64, service, sub []byte, ttl int64) (Decisio
 	if s == nil {
 		return Decision{Reason: UNLICENSED, RetryAfterMS: retryUnlicensedMS, Remaining: 0}, false
 	}
-	l := s.lim.Load()
-	if !l.Licensed {
-		return Decision{Reason: UNLICENSED, RetryAfterMS: retryUnlicensedMS, Remaining: 0}, false
-	}
-	exp := now + int64(e.cfg.SubscriberTTL)
-	if ttl > 0 {
-		exp = now + min(ttl, MaxTTL)*int64(time.Second)
-	}
-	key := KeyOf(sub)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	left := func() int64 {
-		if l.Subscribers == Unlimited {
-			return -1
-		}
-		return clampRemaining(l.Subscribers - int64(s.subscribers.len()))
-	}
-	if x, ok := s.subscribers.get(key, now); ok {
-		s.subscribers.refresh(x, exp)
-		s.logChange(Change{Kind: SubscriberSet, Key: key, Expires: exp})
-		return Decision{Reason: OK, Remaining: left()}, false
-	}
-	if l.Subscribers != Unlimited && int64(s.subscribers.len()) >= l.Subscribers {
-		s.sweepAtLimit(&s.subscribers.lastFull, now, s.subscribers.expireSome)
-		if int64(s.subscribers.len()) >= l.Subscribers {
-			return Decision{Reason: SUBSCRIBERS, RetryAfterMS: retryCountedMS, Remaining: 0}, false
-		}
-	}
-	s.subscribers.put(key, struct{}{}, exp)
-	s.subsN.Add(1)
-	s.logChange(Change{Kind: SubscriberSet, Key: key, Expires: exp})
-	return Decision{Reason: OK, Remaining: left()}, true
+	return s.registerNew(now, sub, ttl)
 }
 
 // Deregister removes a subscriber; it reports whether one was registered.
 func (e *Engine) Deregister(now int64, service, sub []byte) bool {
 	s := e.service(service)
-	if s == nil {
-		return false
-	}
-	key := KeyOf(sub)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	_, live := s.subscribers.del(key, now)
-	if live {
-		s.subsN.Add(-1)
-		s.logChange(Change{Kind: SubscriberGone, Key: key})
-	}
-	return live
+	return s != nil && s.deregister(now, sub)
 }
 
 // Consume charges units tokens to acct's pool (CONSUME service acct units
@@ -730,38 +501,7 @@ func (e *Engine) ConsumeCharged(now int64, service, acct []byte, units int64, id
 	if s == nil || !s.lim.Load().Licensed {
 		return Decision{Reason: UNLICENSED, RetryAfterMS: retryUnlicensedMS, Remaining: 0}, false
 	}
-	var key Key
-	if id != nil {
-		key = AccountIDKey(acct, id)
-		if d, ok := e.knownID(now, s, key); ok {
-			return d, false
-		}
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.awaitCharge(acct, units) // may release mu: nothing checked yet
-	if id != nil {
-		if x, ok := s.consumed.get(key, now); ok {
-			return x.v, false
-		}
-		if e.keysFull() {
-			return Decision{Reason: OVERLOAD, RetryAfterMS: retryCountedMS, Remaining: 0}, false
-		}
-	}
-	p, _ := s.poolFor(acct)
-	if !p.fits(units) {
-		return Decision{Reason: TOKENS, RetryAfterMS: retryUnlicensedMS, Remaining: clampRemaining(p.left())}, false
-	}
-	if !s.reserved(p, units) {
-		s.wakeReserver()
-		return Decision{Reason: OVERLOAD, RetryAfterMS: retryReserveMS, Remaining: 0}, false
-	}
-	s.charge(p, units)
-	d := Decision{Reason: OK, Remaining: clampRemaining(p.left())}
-	if id != nil {
-		e.rememberID(now, s, key, d)
-	}
-	return d, true
+	return s.consume(now, acct, units, id)
 }
 
 // RecordConsumed remembers a CONSUME ID that another member charged, with
@@ -799,7 +539,7 @@ func (e *Engine) RecordConsumedKey(now int64, service []byte, key Key, d Decisio
 		}
 		return true
 	}
-	if _, ok := e.knownID(now, s, key); ok {
+	if _, ok := s.knownID(now, key); ok {
 		return false
 	}
 	s.mu.Lock()
@@ -807,7 +547,7 @@ func (e *Engine) RecordConsumedKey(now int64, service []byte, key Key, d Decisio
 	if _, ok := s.consumed.get(key, now); ok {
 		return false
 	}
-	e.rememberID(now, s, key, d)
+	s.rememberID(now, key, d)
 	return true
 }
 

@@ -53,8 +53,8 @@ func IDKey(service string, acct, id []byte) Key {
 // knownID returns the decision a CONSUME ID (key, already scoped by
 // account) got, from the hot set or the store. The store is read with no
 // lock held.
-func (e *Engine) knownID(now int64, s *Service, key Key) (Decision, bool) {
-	if e.cfg.Keys == nil {
+func (s *Service) knownID(now int64, key Key) (Decision, bool) {
+	if s.gate.cfg.Keys == nil {
 		return Decision{}, false // the caller looks in the table, under its lock
 	}
 	s.mu.Lock()
@@ -67,7 +67,7 @@ func (e *Engine) knownID(now int64, s *Service, key Key) (Decision, bool) {
 	if ok {
 		return d, true
 	}
-	return e.cfg.Keys.Lookup(StoreKey(s.name, key), now)
+	return s.gate.cfg.Keys.Lookup(StoreKey(s.name, key), now)
 }
 
 // KnownID returns the decision CONSUME service acct ... ID id got, here
@@ -79,7 +79,7 @@ func (e *Engine) KnownID(now int64, service, acct, id []byte) (Decision, bool) {
 	}
 	key := AccountIDKey(acct, id)
 	if e.cfg.Keys != nil {
-		return e.knownID(now, s, key)
+		return s.knownID(now, key)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -93,15 +93,16 @@ func (e *Engine) KnownID(now int64, service, acct, id []byte) (Decision, bool) {
 // decision: without a store, in the consumed table for the whole window
 // (and the state journal); with one, in the hot set for Config.HotKeys
 // and in the store for the window. Called with s.mu held.
-func (e *Engine) rememberID(now int64, s *Service, key Key, d Decision) {
-	exp := now + int64(e.cfg.IdempotencyWindow)
-	if e.cfg.Keys == nil {
+func (s *Service) rememberID(now int64, key Key, d Decision) {
+	cfg := s.gate.cfg
+	exp := now + int64(cfg.IdempotencyWindow)
+	if cfg.Keys == nil {
 		s.consumed.put(key, d, exp)
 		s.logChange(Change{Kind: ConsumedSet, Key: key, Expires: exp, Remaining: d.Remaining})
 		return
 	}
-	s.consumed.put(key, d, min(exp, now+int64(e.cfg.HotKeys)))
-	e.cfg.Keys.Remember(StoreKey(s.name, key), exp, d)
+	s.consumed.put(key, d, min(exp, now+int64(cfg.HotKeys)))
+	cfg.Keys.Remember(StoreKey(s.name, key), exp, d)
 }
 
 // IDTickets returns the ticket of the last CONSUME ID key remembered and
@@ -117,4 +118,4 @@ func (e *Engine) IDTickets() (ticket, durable uint64) {
 }
 
 // keysFull reports whether a new ID must be refused: the store is full.
-func (e *Engine) keysFull() bool { return e.cfg.Keys != nil && e.cfg.Keys.Full() }
+func (s *Service) keysFull() bool { return s.gate.cfg.Keys != nil && s.gate.cfg.Keys.Full() }

@@ -41,13 +41,13 @@ type Service struct {
 	spilledOut atomic.Uint64             // attempts refused here and admitted by another member (SpilledOut)
 	sessionsN  atomic.Int64              // open licensed sessions (mirror of licensedSessions)
 	emergN     atomic.Int64              // open emergency sessions
-	// emergencyAll counts the open emergency sessions of every service
-	// of the engine (Config.MaxEmergencySessions).
-	emergencyAll *atomic.Int64
-	subsN        atomic.Int64  // registered subscribers
-	tokensUse    atomic.Int64  // tokens charged in all
-	overUse      atomic.Int64  // tokens charged beyond a pool
-	usedCAPS     atomic.Uint64 // admitted attempts per second over the last second (float64 bits)
+	// gate is the engine's: the node's capacity, the open emergency
+	// sessions of every service, the configuration (gate.go).
+	gate      *gate
+	subsN     atomic.Int64  // registered subscribers
+	tokensUse atomic.Int64  // tokens charged in all
+	overUse   atomic.Int64  // tokens charged beyond a pool
+	usedCAPS  atomic.Uint64 // admitted attempts per second over the last second (float64 bits)
 
 	mu sync.Mutex // guards the fields below
 	// sessions by call-id key.
@@ -115,8 +115,8 @@ func (s *Service) sessionGone(x session) {
 // emergencyOpened counts n emergency sessions opened (closed: negative).
 func (s *Service) emergencyOpened(n int64) {
 	s.emergN.Add(n)
-	if s.emergencyAll != nil {
-		s.emergencyAll.Add(n)
+	if s.gate != nil {
+		s.gate.emergencyOpen.Add(n)
 	}
 }
 

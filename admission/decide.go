@@ -1,0 +1,261 @@
+package admission
+
+import (
+	"time"
+
+	"github.com/capsgate/capsgate/admission/sat"
+)
+
+// A service's decisions: the engine finds the service (engine.go) and the
+// service decides, under its own lock where a session, a subscriber or a
+// pool is involved, with the node's capacity from its gate (gate.go).
+
+// admitRate is the lock-free path: an attempt that needs only the CAPS bucket.
+func (s *Service) admitRate(now int64, l *derived, prio Priority, spillable bool) Decision {
+	if !l.Licensed {
+		s.counts[UNLICENSED].Add(1)
+		return Decision{Reason: UNLICENSED, RetryAfterMS: retryUnlicensedMS, Remaining: 0}
+	}
+	if d, ok := s.gate.overload(now, prio); !ok {
+		s.counts[OVERLOAD].Add(1)
+		return d
+	}
+	left, d, ok := s.takeCAPS(now, l, prio, spillable)
+	if !ok {
+		return d
+	}
+	s.counts[OK].Add(1)
+	return Decision{Reason: OK, Remaining: clampRemaining(left)}
+}
+
+// takeCAPS takes a CAPS token (and, for PRIORITY high, a headroom token when
+// the licence is used up). On failure it counts the rejection, unless the
+// attempt is spillable (AdmitSpillable).
+func (s *Service) takeCAPS(now int64, l *derived, prio Priority, spillable bool) (left int64, d Decision, ok bool) {
+	ok, left = l.caps.take(&s.capsTAT, now)
+	if !ok && prio == High {
+		var hl int64
+		if ok, hl = l.headroom.take(&s.headroomTAT, now); ok {
+			left = hl
+		}
+	}
+	if !ok {
+		if !spillable {
+			s.counts[CAPS].Add(1)
+		}
+		return 0, Decision{Reason: CAPS, RetryAfterMS: retryMS(left), Remaining: 0}, false
+	}
+	if prio == High {
+		s.high.Add(1)
+	}
+	return left, Decision{}, true
+}
+
+// admitLocked is the path for attempts that open a session or charge tokens.
+func (s *Service) admitLocked(now int64, call, acct []byte, prio Priority, scope []byte, spillable bool) Decision {
+	var key Key
+	if call != nil {
+		key = sessionKey(call, scope)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if l := s.lim.Load(); prio != Emergency && l.Licensed {
+		s.awaitCharge(acct, l.TokensPerAttempt) // may release mu: nothing checked yet
+	}
+	if call != nil {
+		if x, ok := s.sessions.get(key, now); ok {
+			return x.v.first() // a retransmission: same answer, not counted again
+		}
+	}
+	l := s.lim.Load()
+	if prio != Emergency && !l.Licensed {
+		s.counts[UNLICENSED].Add(1)
+		return Decision{Reason: UNLICENSED, RetryAfterMS: retryUnlicensedMS, Remaining: 0}
+	}
+	if d, ok := s.gate.overload(now, prio); !ok {
+		s.counts[OVERLOAD].Add(1)
+		return d
+	}
+	if prio == Emergency {
+		if call != nil && s.gate.emergencyOpen.Load() >= int64(s.gate.cfg.MaxEmergencySessions) {
+			s.counts[OVERLOAD].Add(1)
+			return Decision{Reason: OVERLOAD, RetryAfterMS: emergencyFullRetryMS, Remaining: 0}
+		}
+		s.emergency.Add(1)
+		d := Decision{Reason: OK, Remaining: -1}
+		if call != nil && !s.endedCall(now, key) {
+			exp := now + int64(s.gate.cfg.SessionTTL)
+			s.sessions.put(key, session{remaining: int32(d.Remaining), prio: Emergency}, exp)
+			s.emergencyOpened(1)
+			s.logChange(Change{Kind: SessionOpened, Priority: Emergency, Key: key, Expires: exp, Remaining: d.Remaining})
+		}
+		return d
+	}
+	remaining := int64(-1)
+	if call != nil && l.Sessions != Unlimited {
+		limit := l.Sessions
+		if prio == High {
+			limit = l.highSessions
+		}
+		if s.licensedSessions >= limit {
+			s.sweepAtLimit(&s.sessions.lastFull, now, s.sessions.expireSome)
+		}
+		if s.licensedSessions >= limit {
+			s.counts[SESSIONS].Add(1)
+			return Decision{Reason: SESSIONS, RetryAfterMS: retryCountedMS, Remaining: 0}
+		}
+		remaining = limit - s.licensedSessions - 1
+	}
+	p, a := s.poolFor(acct)
+	cost := l.TokensPerAttempt
+	if cost > 0 && !p.fits(cost) {
+		s.counts[TOKENS].Add(1)
+		return Decision{Reason: TOKENS, RetryAfterMS: retryUnlicensedMS, Remaining: clampRemaining(p.left())}
+	}
+	if !s.reserved(p, cost) {
+		s.wakeReserver()
+		s.counts[OVERLOAD].Add(1)
+		return Decision{Reason: OVERLOAD, RetryAfterMS: retryReserveMS, Remaining: 0}
+	}
+	left, d, ok := s.takeCAPS(now, l, prio, spillable)
+	if !ok {
+		return d
+	}
+	remaining = minRemaining(remaining, left)
+	if cost > 0 {
+		s.charge(p, cost)
+		remaining = minRemaining(remaining, p.left())
+	}
+	d = Decision{Reason: OK, Remaining: clampRemaining(remaining)}
+	if call != nil && !s.endedCall(now, key) {
+		x := session{remaining: int32(d.Remaining), prio: prio, account: a, licensed: true}
+		exp := now + int64(s.gate.cfg.SessionTTL)
+		s.sessions.put(key, x, exp)
+		s.licensedSessions++
+		s.sessionsN.Add(1)
+		if s.journal {
+			s.logChange(sessionChange(key, exp, x))
+		}
+	}
+	s.counts[OK].Add(1)
+	return d
+}
+
+// release ends the session of key, charging its minutes; it reports
+// whether it was open.
+func (s *Service) release(now int64, key Key, seconds int64) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	x, live := s.sessions.del(key, now)
+	if !live {
+		return false
+	}
+	s.logChange(Change{Kind: SessionClosed, Key: key})
+	s.sessionGone(x)
+	if l := s.lim.Load(); seconds > 0 && x.licensed && l.TokensPerMinute > 0 {
+		p := &s.tokens
+		if x.account != nil {
+			p = &x.account.pool
+		}
+		minutes := (min(seconds, MaxReleaseSeconds) + 59) / 60
+		n := sat.Mul(minutes, l.TokensPerMinute)
+		s.awaitReservation(p, n, true) // charged whatever the pool: the call is over
+		s.charge(p, n)
+	}
+	return true
+}
+
+// endedCall reports whether key was marked ended, and forgets it. Called
+// with mu held.
+func (s *Service) endedCall(now int64, key Key) bool {
+	if s.ended.len() == 0 {
+		return false
+	}
+	_, live := s.ended.del(key, now)
+	return live
+}
+
+// registerNew is Engine.RegisterNew on this service.
+func (s *Service) registerNew(now int64, sub []byte, ttl int64) (Decision, bool) {
+	l := s.lim.Load()
+	if !l.Licensed {
+		return Decision{Reason: UNLICENSED, RetryAfterMS: retryUnlicensedMS, Remaining: 0}, false
+	}
+	exp := now + int64(s.gate.cfg.SubscriberTTL)
+	if ttl > 0 {
+		exp = now + min(ttl, MaxTTL)*int64(time.Second)
+	}
+	key := KeyOf(sub)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	left := func() int64 {
+		if l.Subscribers == Unlimited {
+			return -1
+		}
+		return clampRemaining(l.Subscribers - int64(s.subscribers.len()))
+	}
+	if x, ok := s.subscribers.get(key, now); ok {
+		s.subscribers.refresh(x, exp)
+		s.logChange(Change{Kind: SubscriberSet, Key: key, Expires: exp})
+		return Decision{Reason: OK, Remaining: left()}, false
+	}
+	if l.Subscribers != Unlimited && int64(s.subscribers.len()) >= l.Subscribers {
+		s.sweepAtLimit(&s.subscribers.lastFull, now, s.subscribers.expireSome)
+		if int64(s.subscribers.len()) >= l.Subscribers {
+			return Decision{Reason: SUBSCRIBERS, RetryAfterMS: retryCountedMS, Remaining: 0}, false
+		}
+	}
+	s.subscribers.put(key, struct{}{}, exp)
+	s.subsN.Add(1)
+	s.logChange(Change{Kind: SubscriberSet, Key: key, Expires: exp})
+	return Decision{Reason: OK, Remaining: left()}, true
+}
+
+// deregister is Engine.Deregister on this service.
+func (s *Service) deregister(now int64, sub []byte) bool {
+	key := KeyOf(sub)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, live := s.subscribers.del(key, now)
+	if live {
+		s.subsN.Add(-1)
+		s.logChange(Change{Kind: SubscriberGone, Key: key})
+	}
+	return live
+}
+
+// consume is Engine.ConsumeCharged on this licensed service.
+func (s *Service) consume(now int64, acct []byte, units int64, id []byte) (Decision, bool) {
+	var key Key
+	if id != nil {
+		key = AccountIDKey(acct, id)
+		if d, ok := s.knownID(now, key); ok {
+			return d, false
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.awaitCharge(acct, units) // may release mu: nothing checked yet
+	if id != nil {
+		if x, ok := s.consumed.get(key, now); ok {
+			return x.v, false
+		}
+		if s.keysFull() {
+			return Decision{Reason: OVERLOAD, RetryAfterMS: retryCountedMS, Remaining: 0}, false
+		}
+	}
+	p, _ := s.poolFor(acct)
+	if !p.fits(units) {
+		return Decision{Reason: TOKENS, RetryAfterMS: retryUnlicensedMS, Remaining: clampRemaining(p.left())}, false
+	}
+	if !s.reserved(p, units) {
+		s.wakeReserver()
+		return Decision{Reason: OVERLOAD, RetryAfterMS: retryReserveMS, Remaining: 0}, false
+	}
+	s.charge(p, units)
+	d := Decision{Reason: OK, Remaining: clampRemaining(p.left())}
+	if id != nil {
+		s.rememberID(now, key, d)
+	}
+	return d, true
+}
