@@ -8,9 +8,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/capsgate/capsgate/admission/names"
-	"github.com/capsgate/capsgate/admission/sat"
 )
 
 // Config tunes the engine. Zero values are replaced by DefaultConfig's.
@@ -549,49 +546,6 @@ func (e *Engine) RecordConsumedKey(now int64, service []byte, key Key, d Decisio
 	}
 	s.rememberID(now, key, d)
 	return true
-}
-
-// SetAccount allocates tokens of the service's pool to an account, with its
-// own overage policy. Allocations may not exceed the service's pool.
-func (e *Engine) SetAccount(service, acct string, tokens int64, ov Overage) error {
-	if !names.Valid([]byte(acct)) {
-		// Allocations also arrive from members and from the state file:
-		// one rule for names wherever they enter.
-		return fmt.Errorf("cannot allocate to account %q: not a valid account name ([A-Za-z0-9._:-]{1,64}, not . or ..)", acct)
-	}
-	s := e.Service(service)
-	if s == nil {
-		return fmt.Errorf("cannot allocate to account %q: service %q has no licence", acct, service)
-	}
-	if tokens < 0 {
-		return fmt.Errorf("cannot allocate %d tokens to account %q: must be >= 0", tokens, acct)
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	l := s.lim.Load()
-	a := s.accounts[acct]
-	old := int64(0)
-	if a != nil {
-		old = a.alloc
-	}
-	others := s.allocated - old
-	if l.Tokens != Unlimited && tokens > l.Tokens-others {
-		return fmt.Errorf("cannot allocate %d tokens to account %q: the service's pool has %d, %d already allocated to other accounts",
-			tokens, acct, l.Tokens, s.allocated-old)
-	}
-	if a == nil {
-		a = &account{name: acct}
-		a.durableSet = e.cfg.DurableTokens
-		a.owner = a
-		s.accounts[acct] = a
-	}
-	a.alloc, a.policy = tokens, ov
-	s.touch(&a.pool) // its size, which its limit may not show (a cluster's budget)
-	s.touch(&s.tokens)
-	s.allocated = sat.Add(others, tokens)
-	s.applyPool(l, false) // the service's pool (what is left unallocated)
-	s.applyAccount(l, a)
-	return nil
 }
 
 // Tick does the engine's housekeeping: it expires sessions, subscribers and

@@ -261,4 +261,10 @@
 // changing, takes about 3 ms (BenchmarkExchangeWithAccounts), where
 // planning and sending every account took 280 ms, more than the
 // exchange interval.
+//
+// planner.go is over 600 lines on purpose: it is one pure state machine
+// (reports and membership in, parts out, stepped with the instant) whose
+// invariants (the parts of a licence sum to at most the side's fraction;
+// a rise waits for room, a fall applies at once) hold across all of its
+// functions, and its quick-check and transcript tests drive it whole.
 package cluster

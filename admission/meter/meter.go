@@ -52,6 +52,11 @@
 // (the node died before its fsync returned) is cut at the next start: the
 // engine used none of its marks. Any other damage to the token state
 // refuses the start: removing it would under-count.
+//
+// tokenlog.go is over 600 lines on purpose: the token state's on-disk
+// format (records, snapshot, log, compaction, migration from tokens.json)
+// is written and read in one file, so that the writer and the reader of
+// each record cannot drift apart.
 package meter
 
 import (

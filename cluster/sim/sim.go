@@ -10,6 +10,11 @@
 // decides the attempts that arrive in it, each at its own nanosecond, then
 // the step's network and exchange events run in time order. Each node
 // plans every cluster.ExchangeInterval, at a phase of its own.
+//
+// sim.go is over 600 lines on purpose: it is one deterministic event loop
+// (network, clocks, traffic and the real planner, limits and buckets of
+// every node), and splitting it would scatter the order of events that
+// makes a seeded run repeat exactly.
 package sim
 
 import (

@@ -128,4 +128,9 @@
 // ledgers are not given, and for records after the newest witness; an
 // operator who holds every node's key and rewrites every ledger
 // consistently is detected only by the billed heads and pinned keys.
+//
+// verify.go is over 600 lines on purpose: verifying a ledger (chain,
+// signatures, segment boundaries, witnesses, every way a record can be
+// altered) is one procedure that a vendor reads top to bottom, with each
+// refusal named where it is made.
 package ledger
