@@ -29,7 +29,10 @@
 //	}
 //
 // Conn.Split gives an open-loop generator a sending and a receiving side
-// on one connection.
+// on one connection. A ReplyReader parses replies, with the same parser
+// and bounds, from a connection dialled some other way (from inside a
+// network namespace, as the test harness does), fed commands made with
+// AppendCommand.
 //
 // Deadlines: a call's context deadline bounds it (else Config.Timeout or
 // DefaultTimeout); a context cancelled mid-call closes that connection.
