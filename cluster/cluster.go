@@ -96,7 +96,8 @@ type Cluster struct {
 	// allocations (guarded by mu).
 	allocationsSent time.Time
 
-	wake    chan struct{} // a report calls for an early plan
+	wake    chan struct{} // a report calls for an early plan (Woken)
+	ex      exchangeState // StepExchange's, touched by its caller only but heard
 	forward chan op       // RELEASE/DEREGISTER/claims for other members
 	claims  claims
 	replay  replayLog
@@ -175,14 +176,14 @@ func New(cfg Config) (*Cluster, error) {
 // partition may heal).
 const rejoinEvery = time.Second
 
-// Start joins the configured members and starts the demand exchange. A node
-// that reaches none of them runs alone and keeps trying.
+// Start joins the configured members and starts forwarding operations to
+// them. The periodic work is the caller's to step, from one goroutine
+// each: StepExchange (woken early by Woken) and StepRejoin; the node
+// drives them from its table of background work.
 func (c *Cluster) Start() error {
 	c.join()
-	c.wg.Add(3)
-	go c.exchange()
+	c.wg.Add(1)
 	go c.forwarder()
-	go c.rejoin()
 	return nil
 }
 
@@ -195,15 +196,27 @@ func (c *Cluster) join() {
 	}
 }
 
-// rejoin tries the join list again while this node is alone.
-func (c *Cluster) rejoin() {
-	defer c.wg.Done()
-	admission.Repeat(c.stop, rejoinEvery, func() time.Duration {
-		if len(c.cfg.Join) > 0 && c.ml.NumMembers() <= 1 {
-			c.join()
-		}
+// StepRejoin tries the join list again while this node is alone (a node
+// that reaches none of the members it was given runs alone and keeps
+// trying); it is due again after rejoinEvery.
+func (c *Cluster) StepRejoin(time.Time) time.Duration {
+	if c.stopped() {
 		return rejoinEvery
-	})
+	}
+	if len(c.cfg.Join) > 0 && c.ml.NumMembers() <= 1 {
+		c.join()
+	}
+	return rejoinEvery
+}
+
+// stopped reports whether Stop has begun: a step then does nothing.
+func (c *Cluster) stopped() bool {
+	select {
+	case <-c.stop:
+		return true
+	default:
+		return false
+	}
 }
 
 func oneLine(err error) string { return strings.Join(strings.Fields(err.Error()), " ") }

@@ -117,6 +117,7 @@ func (d *delegate) NotifyMsg(b []byte) {
 		}
 		c.spill.room.Store(true)
 		if c.planner.Heard(c.cfg.Now(), m.Node, m.Report) {
+			c.ex.heard.Store(true)
 			select {
 			case c.wake <- struct{}{}:
 			default:

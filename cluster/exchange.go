@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"encoding/json"
+	"sync/atomic"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -26,47 +27,53 @@ type demandMsg struct {
 	Report
 }
 
-// exchange plans this node's parts, applies them and sends its report to
-// every member every ExchangeInterval, and between exchanges as soon as
+// exchangeState is what StepExchange keeps between steps.
+type exchangeState struct {
+	next  time.Time // when the next exchange is due; zero: one interval from the first step
+	early time.Time // when an early plan is due; zero: none
+	// heard: a member's report called for an early plan (Planner.Heard)
+	// since the last step.
+	heard atomic.Bool
+}
+
+// Woken receives a signal when a member's report calls for an early plan:
+// the caller of StepExchange steps it at once.
+func (c *Cluster) Woken() <-chan struct{} { return c.wake }
+
+// StepExchange plans this node's parts, applies them and sends its report
+// to every member every ExchangeInterval, and between exchanges as soon as
 // the planner allows when a member's report or one of this node's buckets
-// calls for it (Planner.Heard, Planner.Starved; looked at every
-// StarvedCheck). The report goes out after the plan, with the token
-// budgets just planned: they apply at the next exchange, after the others
-// have them.
-func (c *Cluster) exchange() {
-	defer c.wg.Done()
-	tick := time.NewTicker(StarvedCheck)
-	defer tick.Stop()
-	next := c.cfg.Now().Add(ExchangeInterval)
-	var early time.Time // when an early plan is due; zero: none
-	for {
-		select {
-		case <-c.stop:
-			return
-		case <-c.wake:
-			if early.IsZero() {
-				c.mu.Lock()
-				early = c.planner.EarlyAt(c.cfg.Now())
-				c.mu.Unlock()
-			}
-			continue
-		case <-tick.C:
-		}
-		now := c.cfg.Now()
-		switch {
-		case !now.Before(next):
-			c.send(c.plan(now, true))
-			next = now.Add(ExchangeInterval)
-			early = time.Time{}
-		case !early.IsZero() && !now.Before(early):
-			c.send(c.plan(now, false))
-			early = time.Time{}
-		case early.IsZero() && c.starved():
-			c.mu.Lock()
-			early = c.planner.EarlyAt(now)
-			c.mu.Unlock()
-		}
+// calls for it (Planner.Heard, Planner.Starved). It is due again after
+// StarvedCheck. The report goes out after the plan, with the token budgets
+// just planned: they apply at the next exchange, after the others have
+// them. Call it from one goroutine.
+func (c *Cluster) StepExchange(now time.Time) time.Duration {
+	if c.stopped() {
+		return StarvedCheck
 	}
+	ex := &c.ex
+	if ex.next.IsZero() {
+		ex.next = now.Add(ExchangeInterval)
+	}
+	if ex.heard.Swap(false) && ex.early.IsZero() {
+		c.mu.Lock()
+		ex.early = c.planner.EarlyAt(now)
+		c.mu.Unlock()
+	}
+	switch {
+	case !now.Before(ex.next):
+		c.send(c.plan(now, true))
+		ex.next = now.Add(ExchangeInterval)
+		ex.early = time.Time{}
+	case !ex.early.IsZero() && !now.Before(ex.early):
+		c.send(c.plan(now, false))
+		ex.early = time.Time{}
+	case ex.early.IsZero() && c.starved():
+		c.mu.Lock()
+		ex.early = c.planner.EarlyAt(now)
+		c.mu.Unlock()
+	}
+	return StarvedCheck
 }
 
 // starved reports whether one of this node's licensed buckets has spent

@@ -25,7 +25,7 @@ type task struct {
 // goroutine of its own (run), so that a slow fsync in one never delays
 // another; a test calls the steps with the instants it wants.
 func (n *Node) tasks() []task {
-	return []task{
+	tasks := []task{
 		{name: "housekeeping", step: n.stepEngine},
 		{name: "licence states", step: n.stepLicences},
 		{name: "metering", step: n.stepMetering},
@@ -33,6 +33,12 @@ func (n *Node) tasks() []task {
 		{name: "state journal", step: n.stepJournal},
 		{name: "CONSUME ID commits", step: n.stepIDs, wake: n.idsKick},
 	}
+	if n.cluster != nil {
+		tasks = append(tasks,
+			task{name: "cluster exchange", step: n.cluster.StepExchange, wake: n.cluster.Woken()},
+			task{name: "cluster rejoin", step: n.cluster.StepRejoin})
+	}
+	return tasks
 }
 
 // run runs t's step at once, then when it is due or woken, until the node

@@ -12,6 +12,7 @@ import (
 
 	"github.com/capsgate/capsgate/admission/journal"
 	"github.com/capsgate/capsgate/admission/meter"
+	"github.com/capsgate/capsgate/cluster"
 	"github.com/capsgate/capsgate/cluster/farm"
 )
 
@@ -50,5 +51,12 @@ func TestBackgroundStepsAtInstants(t *testing.T) {
 
 	require.Equal(t, tickInterval, n.stepEngine(t0))
 	require.Equal(t, journal.FlushEvery, n.stepJournal(t0))
-	require.Len(t, n.tasks(), 6)
+	var names []string
+	for _, task := range n.tasks() {
+		names = append(names, task.name)
+	}
+	require.Equal(t, []string{"housekeeping", "licence states", "metering", "token reservations", "state journal",
+		"CONSUME ID commits", "cluster exchange", "cluster rejoin"}, names, "all the background work, in one table")
+	require.Equal(t, cluster.StarvedCheck, n.cluster.StepExchange(t0))
+	require.Equal(t, time.Second, n.cluster.StepRejoin(t0))
 }

@@ -351,13 +351,15 @@ func (n *Node) Stop(ctx context.Context) error {
 				errs = append(errs, fmt.Errorf("cannot stop the admin API: %w", err))
 			}
 		}
+		// The background work ends before the cluster is left: no exchange
+		// runs on a memberlist that is shutting down.
+		close(n.stop)
+		n.wg.Wait()
 		if n.cluster != nil {
 			if err := n.cluster.Stop(); err != nil {
 				errs = append(errs, fmt.Errorf("cannot leave the cluster: %w", err))
 			}
 		}
-		close(n.stop)
-		n.wg.Wait()
 		if err := n.meter.Flush(time.Now()); err != nil {
 			errs = append(errs, fmt.Errorf("cannot flush the ledger: %w", err))
 		}
