@@ -45,6 +45,21 @@ type Config struct {
 	MaxBuffered int
 }
 
+// Validate reports the first field of c out of its range: every count and
+// the idle timeout are at least 0, where 0 means the default each names.
+func (c Config) Validate() error {
+	for _, f := range []struct {
+		name string
+		v    int64
+	}{{"MaxConns", int64(c.MaxConns)}, {"IdleTimeout", int64(c.IdleTimeout)}, {"EventLoops", int64(c.EventLoops)},
+		{"MaxOutbound", int64(c.MaxOutbound)}, {"MaxBuffered", int64(c.MaxBuffered)}} {
+		if f.v < 0 {
+			return fmt.Errorf("resp.Config.%s must be >= 0 (0: the default), got %d", f.name, f.v)
+		}
+	}
+	return nil
+}
+
 // Config's defaults.
 const (
 	// DefaultMaxConns is Redis's maxclients default: a farm's proxies
@@ -131,13 +146,13 @@ type Server struct {
 
 // NewServer returns a server; Start makes it listen.
 func NewServer(cfg Config, h *Handler, clk admission.Clock) *Server {
-	if cfg.MaxOutbound <= 0 {
+	if cfg.MaxOutbound == 0 {
 		cfg.MaxOutbound = DefaultMaxOutbound
 	}
-	if cfg.MaxBuffered <= 0 {
+	if cfg.MaxBuffered == 0 {
 		cfg.MaxBuffered = DefaultMaxBuffered
 	}
-	if cfg.MaxConns <= 0 {
+	if cfg.MaxConns == 0 {
 		cfg.MaxConns = DefaultMaxConns
 	}
 	s := &Server{cfg: cfg, h: h, clk: clk, booted: make(chan struct{}), done: make(chan error, 1),
@@ -149,6 +164,9 @@ func NewServer(cfg Config, h *Handler, clk admission.Clock) *Server {
 // Start listens and serves in the background. It returns once the server
 // accepts connections, or with the reason it cannot.
 func (s *Server) Start() error {
+	if err := s.cfg.Validate(); err != nil {
+		return fmt.Errorf("cannot listen for RESP on %s: %w", s.cfg.Addr, err)
+	}
 	opts := []gnet.Option{
 		gnet.WithTCPNoDelay(gnet.TCPNoDelay),
 		gnet.WithTCPKeepAlive(time.Minute), // find dead peers behind silent firewalls

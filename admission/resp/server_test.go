@@ -557,3 +557,21 @@ func dialPing(t *testing.T, addr string) func() string {
 		return l
 	}
 }
+
+// A negative bound is refused by name when the server starts, not taken
+// as the default; 0 is the default, 1 a bound.
+func TestServerConfigRanges(t *testing.T) {
+	require.NoError(t, Config{MaxConns: 1, MaxOutbound: 1, MaxBuffered: 1, EventLoops: 1, IdleTimeout: 1}.Validate())
+	require.NoError(t, Config{}.Validate())
+	for cfg, msg := range map[*Config]string{
+		{MaxConns: -1}:    "resp.Config.MaxConns must be >= 0 (0: the default), got -1",
+		{IdleTimeout: -1}: "resp.Config.IdleTimeout must be >= 0 (0: the default), got -1",
+		{EventLoops: -2}:  "resp.Config.EventLoops must be >= 0 (0: the default), got -2",
+		{MaxOutbound: -1}: "resp.Config.MaxOutbound must be >= 0 (0: the default), got -1",
+		{MaxBuffered: -9}: "resp.Config.MaxBuffered must be >= 0 (0: the default), got -9",
+	} {
+		cfg.Addr = "127.0.0.1:0"
+		s := NewServer(*cfg, NewNullHandler(), admission.NewFakeClock())
+		require.EqualError(t, s.Start(), "cannot listen for RESP on 127.0.0.1:0: "+msg)
+	}
+}
