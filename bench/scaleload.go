@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -148,7 +147,7 @@ func probe(ctx context.Context, stop <-chan struct{}, addr string, start time.Ti
 		return nil, fmt.Errorf("the PING probe cannot connect: %w", err)
 	}
 	defer conn.Close()
-	r := bufio.NewReader(conn)
+	r := client.NewReplyReader(conn)
 	var out []ProbeSample
 	next := time.Now()
 	for {
@@ -179,21 +178,24 @@ func pingOnce(addr string) error {
 	}
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(time.Second))
-	return ping(conn, bufio.NewReader(conn))
+	return ping(conn, client.NewReplyReader(conn))
 }
 
-// ping sends PING on conn and wants +PONG (Redis answers -LOADING while it
-// reads its AOF).
-func ping(conn net.Conn, r *bufio.Reader) error {
-	if _, err := conn.Write([]byte("*1\r\n$4\r\nPING\r\n")); err != nil {
+// pingFrame is PING as admission/client encodes it.
+var pingFrame = client.AppendCommand(nil, "PING")
+
+// ping sends PING on conn and wants PONG (Redis answers -LOADING while it
+// reads its AOF), read with admission/client's parser.
+func ping(conn net.Conn, r *client.ReplyReader) error {
+	if _, err := conn.Write(pingFrame); err != nil {
 		return err
 	}
-	line, err := r.ReadString('\n')
+	reply, err := r.Read()
 	if err != nil {
 		return err
 	}
-	if line != "+PONG\r\n" {
-		return fmt.Errorf("PING answered %q", strings.TrimSpace(line))
+	if reply.Kind != client.Simple || string(reply.Str) != "PONG" {
+		return fmt.Errorf("PING answered %s", reply.String())
 	}
 	return nil
 }
