@@ -193,22 +193,25 @@ func (s *streamSource) keep(n int) []byte {
 }
 
 func (s *streamSource) Until(delim byte) ([]byte, error) {
-	var line []byte
-	for {
-		part, err := s.r.ReadSlice(delim)
-		if len(line)+len(part) > maxLine+2 {
+	part, err := s.r.ReadSlice(delim)
+	if err == nil { // the whole line was in the buffer: one copy
+		b := s.keep(len(part))
+		copy(b, part)
+		return b, nil
+	}
+	line := append([]byte(nil), part...) // longer than the buffer: gathered
+	for err == bufio.ErrBufferFull {
+		if part, err = s.r.ReadSlice(delim); len(line)+len(part) > maxLine+2 {
 			return nil, protoErr("a line longer than %d bytes", maxLine)
 		}
 		line = append(line, part...)
-		if err != bufio.ErrBufferFull {
-			if err != nil {
-				return nil, err
-			}
-			b := s.keep(len(line))
-			copy(b, line)
-			return b, nil
-		}
 	}
+	if err != nil {
+		return nil, err
+	}
+	b := s.keep(len(line))
+	copy(b, line)
+	return b, nil
 }
 
 func (s *streamSource) Next(n int) ([]byte, error) {

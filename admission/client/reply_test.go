@@ -156,3 +156,18 @@ func FuzzReply(f *testing.F) {
 		}
 	})
 }
+
+// A ReplyReader takes a line as long as the parser allows, however its
+// reads are split, and refuses a longer one as the netpoll parser does.
+func TestReplyReaderLongLines(t *testing.T) {
+	ok := "+" + strings.Repeat("a", maxLine-3) + "\r\n"
+	got := parseStream([]byte(ok + ":7\r\n"))
+	require.Len(t, got, 2)
+	require.Equal(t, maxLine-3, len(got[0].Str))
+	require.Equal(t, int64(7), got[1].Int)
+	long := "+" + strings.Repeat("a", 2*maxLine) + "\r\n"
+	require.Empty(t, parseStream([]byte(long)))
+	netpoll, err := parseAll([]byte(long))
+	require.Error(t, err)
+	require.Empty(t, netpoll)
+}
