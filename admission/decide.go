@@ -10,8 +10,9 @@ import (
 // service decides, under its own lock where a session, a subscriber or a
 // pool is involved, with the node's capacity from its gate (gate.go).
 
-// admitRate is the lock-free path: an attempt that needs only the CAPS bucket.
-func (s *Service) admitRate(now int64, l *derived, prio Priority, spillable bool) Decision {
+// admitRate is the lock-free path: an attempt that needs only the CAPS
+// buckets (its key's, t, when it names one with limits, then the licence's).
+func (s *Service) admitRate(now int64, l *derived, prio Priority, spillable bool, t *Trunk) Decision {
 	if !l.Licensed {
 		s.counts[UNLICENSED].Add(1)
 		return Decision{Reason: UNLICENSED, RetryAfterMS: retryUnlicensedMS, Remaining: 0}
@@ -20,39 +21,67 @@ func (s *Service) admitRate(now int64, l *derived, prio Priority, spillable bool
 		s.counts[OVERLOAD].Add(1)
 		return d
 	}
+	var h trunkHold
+	remaining := int64(-1)
+	if t != nil {
+		var d Decision
+		var ok bool
+		if h, remaining, d, ok = t.enter(now, prio, false); !ok {
+			s.counts[d.Reason].Add(1)
+			return d
+		}
+	}
 	left, d, ok := s.takeCAPS(now, l, prio, spillable)
 	if !ok {
+		h.refused(now, CAPS, spillable)
 		return d
 	}
+	h.admitted()
 	s.counts[OK].Add(1)
-	return Decision{Reason: OK, Remaining: clampRemaining(left)}
+	return Decision{Reason: OK, Remaining: clampRemaining(minRemaining(remaining, left))}
 }
 
 // takeCAPS takes a CAPS token (and, for PRIORITY high, a headroom token when
 // the licence is used up). On failure it counts the rejection, unless the
 // attempt is spillable (AdmitSpillable).
 func (s *Service) takeCAPS(now int64, l *derived, prio Priority, spillable bool) (left int64, d Decision, ok bool) {
-	ok, left = l.caps.take(&s.capsTAT, now)
+	left, _, d, ok = s.limiter.takeCAPS(now, l, prio)
+	if !ok && !spillable {
+		s.counts[CAPS].Add(1)
+	}
+	return left, d, ok
+}
+
+// Where takeCAPS took its token from, for a refund.
+const (
+	tookNone uint8 = iota
+	tookCAPS
+	tookHeadroom
+)
+
+// takeCAPS takes a token from the CAPS bucket (and, for PRIORITY high, from
+// the headroom bucket when the first is empty); it counts nothing but the
+// PRIORITY high attempts it lets through.
+func (r *limiter) takeCAPS(now int64, l *derived, prio Priority) (left int64, took uint8, d Decision, ok bool) {
+	ok, left = l.caps.take(&r.capsTAT, now)
+	took = tookCAPS
 	if !ok && prio == High {
 		var hl int64
-		if ok, hl = l.headroom.take(&s.headroomTAT, now); ok {
-			left = hl
+		if ok, hl = l.headroom.take(&r.headroomTAT, now); ok {
+			left, took = hl, tookHeadroom
 		}
 	}
 	if !ok {
-		if !spillable {
-			s.counts[CAPS].Add(1)
-		}
-		return 0, Decision{Reason: CAPS, RetryAfterMS: retryMS(left), Remaining: 0}, false
+		return 0, tookNone, Decision{Reason: CAPS, RetryAfterMS: retryMS(left), Remaining: 0}, false
 	}
 	if prio == High {
-		s.high.Add(1)
+		r.high.Add(1)
 	}
-	return left, Decision{}, true
+	return left, took, Decision{}, true
 }
 
 // admitLocked is the path for attempts that open a session or charge tokens.
-func (s *Service) admitLocked(now int64, call, acct []byte, prio Priority, scope []byte, spillable bool) Decision {
+func (s *Service) admitLocked(now int64, call, acct []byte, prio Priority, scope []byte, spillable bool, t *Trunk) Decision {
 	var key Key
 	if call != nil {
 		key = sessionKey(call, scope)
@@ -91,7 +120,36 @@ func (s *Service) admitLocked(now int64, call, acct []byte, prio Priority, scope
 		}
 		return d
 	}
+	// The key's limits first (t: it has some), then the licence's; what
+	// the licence refuses gives back what it took of the key's.
+	var h trunkHold
 	remaining := int64(-1)
+	if t != nil {
+		var d Decision
+		var ok bool
+		h, remaining, d, ok = t.enter(now, prio, call != nil)
+		if !ok && d.Reason == TRUNK_SESSIONS && s.sessions.len() > 0 {
+			// Sessions due but not yet expired may hold the key's: expire
+			// them (as for the licence's) and look again.
+			s.sweepAtLimit(&s.sessions.lastFull, now, s.sessions.expireSome)
+			t.counts[TRUNK_SESSIONS].Add(^uint64(0))
+			h, remaining, d, ok = t.enter(now, prio, call != nil)
+		}
+		if !ok {
+			s.counts[d.Reason].Add(1)
+			return d
+		}
+	}
+	d, ok := s.admitLicensed(now, l, call, key, acct, prio, spillable, remaining, h)
+	if !ok {
+		h.refused(now, d.Reason, spillable && d.Reason == CAPS)
+	}
+	return d
+}
+
+// admitLicensed is admitLocked's part once the key's limits (h) admitted
+// the attempt: the licence's limits, and the session opened.
+func (s *Service) admitLicensed(now int64, l *derived, call []byte, key Key, acct []byte, prio Priority, spillable bool, remaining int64, h trunkHold) (Decision, bool) {
 	if call != nil && l.Sessions != Unlimited {
 		limit := l.Sessions
 		if prio == High {
@@ -102,24 +160,24 @@ func (s *Service) admitLocked(now int64, call, acct []byte, prio Priority, scope
 		}
 		if s.licensedSessions >= limit {
 			s.counts[SESSIONS].Add(1)
-			return Decision{Reason: SESSIONS, RetryAfterMS: retryCountedMS, Remaining: 0}
+			return Decision{Reason: SESSIONS, RetryAfterMS: retryCountedMS, Remaining: 0}, false
 		}
-		remaining = limit - s.licensedSessions - 1
+		remaining = minRemaining(remaining, limit-s.licensedSessions-1)
 	}
 	p, a := s.poolFor(acct)
 	cost := l.TokensPerAttempt
 	if cost > 0 && !p.fits(cost) {
 		s.counts[TOKENS].Add(1)
-		return Decision{Reason: TOKENS, RetryAfterMS: retryUnlicensedMS, Remaining: clampRemaining(p.left())}
+		return Decision{Reason: TOKENS, RetryAfterMS: retryUnlicensedMS, Remaining: clampRemaining(p.left())}, false
 	}
 	if !s.reserved(p, cost) {
 		s.wakeReserver()
 		s.counts[OVERLOAD].Add(1)
-		return Decision{Reason: OVERLOAD, RetryAfterMS: retryReserveMS, Remaining: 0}
+		return Decision{Reason: OVERLOAD, RetryAfterMS: retryReserveMS, Remaining: 0}, false
 	}
 	left, d, ok := s.takeCAPS(now, l, prio, spillable)
 	if !ok {
-		return d
+		return d, false
 	}
 	remaining = minRemaining(remaining, left)
 	if cost > 0 {
@@ -128,7 +186,7 @@ func (s *Service) admitLocked(now int64, call, acct []byte, prio Priority, scope
 	}
 	d = Decision{Reason: OK, Remaining: clampRemaining(remaining)}
 	if call != nil && !s.endedCall(now, key) {
-		x := session{remaining: int32(d.Remaining), prio: prio, account: a, licensed: true}
+		x := session{remaining: int32(d.Remaining), prio: prio, account: a, licensed: true, trunk: h.sessionTrunk()}
 		exp := now + int64(s.gate.cfg.SessionTTL)
 		s.sessions.put(key, x, exp)
 		s.licensedSessions++
@@ -136,9 +194,12 @@ func (s *Service) admitLocked(now int64, call, acct []byte, prio Priority, scope
 		if s.journal {
 			s.logChange(sessionChange(key, exp, x))
 		}
+	} else {
+		h.dropSession()
 	}
+	h.admitted()
 	s.counts[OK].Add(1)
-	return d
+	return d, true
 }
 
 // release ends the session of key, charging its minutes; it reports

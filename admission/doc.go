@@ -55,18 +55,18 @@
 // slot (keyIndex; TestEntrySizes checks the sizes below):
 //
 //	subscriber entry   key 16 + expiry 8 + wheel links 12 (+4 padding)        = 40 B
-//	session entry      the same 40 + session 16 (account 8, remaining 4,
-//	                   priority 1, licensed 1, 2 padding)                     = 56 B
+//	session entry      the same 40 + session 24 (account 8, trunk 8,
+//	                   remaining 4, priority 1, licensed 1, 2 padding)        = 64 B
 //	index slot         32 hash bits + slot 4                                  =  8 B
 //	                   at a load of 3/8 to 3/4 (a segment splits at 3/4):
 //	                   11-21 B an entry, plus a segment header and directory
 //	                   pointer (48 B) per 400-770 entries
 //
-// So a subscriber takes 51-62 bytes of Go heap and a session 67-78 (their
+// So a subscriber takes 51-62 bytes of Go heap and a session 75-86 (their
 // chunk's unused tail aside). Measured (`go test ./admission -run '^$'
 // -bench MemoryPerEntry -benchtime 1x`, MEMORY_BENCH_ENTRIES for more):
-// 57 bytes a subscriber and 73 a call at 1 M each, 54 and 70 at 10 M
-// each; so 10 M subscribers with 1 M calls hold about 0.61 GB of live heap.
+// 57 bytes a subscriber and 81 a call at 1 M each, 54 and 78 at 10 M
+// each; so 10 M subscribers with 1 M calls hold about 0.62 GB of live heap.
 // The collector's headroom (GOGC 100: up to twice the live heap between
 // collections) comes on top in RSS, which is what 128 bytes an entry is
 // measured against.

@@ -122,6 +122,8 @@ type Engine struct {
 	unlicensedServices int
 	// watches are the pool watches handed out (WatchPools).
 	watches poolWatches
+	// trunkCount counts the keys with limits (MaxTrunks).
+	trunkCount atomic.Int64
 }
 
 // UnlicensedBucket is the service under which emergency calls naming a
@@ -278,8 +280,12 @@ func (e *Engine) SetLimits(service string, l Limits) error {
 // new rate there, as x/time/rate's SetLimitAt), creating the service if
 // it is new. Counters, buckets, sessions and subscribers carry over: a
 // licence loaded under load raises the limits without resetting anything.
-// Called by the licensing and cluster layers; safe at any time.
+// Called by the licensing and cluster layers; safe at any time. A
+// TrunkName sets the limits of a service's key (ADMIT ... TRUNK).
 func (e *Engine) SetLimitsAt(now int64, service string, l Limits) error {
+	if svc, key, ok := SplitTrunk(service); ok {
+		return e.setTrunkLimits(now, svc, key, l)
+	}
 	s, err := e.ensure(service, true)
 	if err != nil {
 		return err
@@ -307,7 +313,7 @@ const EmergencyReservePercent = 10
 // [PRIORITY prio]). call and acct may be nil. The byte slices are only read
 // during the call.
 func (e *Engine) Admit(now int64, service, call, acct []byte, prio Priority) Decision {
-	return e.admit(now, service, call, acct, prio, false)
+	return e.admit(now, service, call, acct, nil, prio, false)
 }
 
 // AdmitSpillable is Admit for an attempt the caller may send to another
@@ -316,26 +322,32 @@ func (e *Engine) Admit(now int64, service, call, acct []byte, prio Priority) Dec
 // of Refused (the refusal stands) or SpilledOut (another member admitted
 // it), so that every attempt counts once in the farm's figures.
 func (e *Engine) AdmitSpillable(now int64, service, call, acct []byte, prio Priority) Decision {
-	return e.admit(now, service, call, acct, prio, true)
+	return e.admit(now, service, call, acct, nil, prio, true)
 }
 
 // Refused counts a refusal for CAPS that AdmitSpillable left uncounted.
-func (e *Engine) Refused(service []byte) {
+func (e *Engine) Refused(service, trunk []byte) {
 	if s := e.service(service); s != nil {
 		s.counts[CAPS].Add(1)
+		if t := s.trunks.get(trunk); t != nil && trunk != nil {
+			t.counts[CAPS].Add(1)
+		}
 	}
 }
 
 // SpilledOut counts an attempt AdmitSpillable refused for CAPS that another
 // member admitted (Stats.SpilledOut): it counts there as admitted, and here
 // in the demand only.
-func (e *Engine) SpilledOut(service []byte) {
+func (e *Engine) SpilledOut(service, trunk []byte) {
 	if s := e.service(service); s != nil {
 		s.spilledOut.Add(1)
+		if t := s.trunks.get(trunk); t != nil && trunk != nil {
+			t.spilledOut.Add(1)
+		}
 	}
 }
 
-func (e *Engine) admit(now int64, service, call, acct []byte, prio Priority, spillable bool) Decision {
+func (e *Engine) admit(now int64, service, call, acct, trunk []byte, prio Priority, spillable bool) Decision {
 	s := e.service(service)
 	if s == nil {
 		if prio != Emergency {
@@ -345,14 +357,18 @@ func (e *Engine) admit(now int64, service, call, acct []byte, prio Priority, spi
 		// An emergency call is never refused for want of a licence: it is
 		// kept under UnlicensedBucket, its call-id scoped by the name it
 		// gave.
-		return e.unlicensedBucket().admitLocked(now, call, acct, prio, service, false)
+		return e.unlicensedBucket().admitLocked(now, call, acct, prio, service, false, nil)
+	}
+	var t *Trunk
+	if trunk != nil && prio != Emergency {
+		t = s.trunks.get(trunk) // nil: no limits of its own
 	}
 	if call == nil && prio != Emergency {
 		if l := s.lim.Load(); l.TokensPerAttempt == 0 || !l.Licensed {
-			return s.admitRate(now, l, prio, spillable)
+			return s.admitRate(now, l, prio, spillable, t)
 		}
 	}
-	return s.admitLocked(now, call, acct, prio, nil, spillable)
+	return s.admitLocked(now, call, acct, prio, nil, spillable, t)
 }
 
 // AdmitSpilled is Admit for an attempt another member's CAPS bucket refused
@@ -363,13 +379,7 @@ func (e *Engine) admit(now int64, service, call, acct []byte, prio Priority, spi
 func (e *Engine) AdmitSpilled(now int64, service, call, acct []byte, prio Priority) Decision {
 	// Its CAPS refusal is not counted here: the member that spilled it
 	// counts it, once it has its answer.
-	d := e.admit(now, service, call, acct, prio, true)
-	if d.Reason == OK {
-		if s := e.service(service); s != nil {
-			s.spilledIn.Add(1)
-		}
-	}
-	return d
+	return e.AdmitTrunkSpilled(now, service, call, acct, nil, prio)
 }
 
 // unlicensedBucket returns UnlicensedBucket, created on first use.
@@ -562,14 +572,20 @@ func (e *Engine) Tick(now int64) {
 			s.mu.Unlock()
 		}
 		s.mu.Lock()
-		if el := now - s.rateMark; el >= int64(time.Second) || s.rateMark == 0 {
-			n := s.counts[OK].Load() + s.emergency.Load()
-			if s.rateMark != 0 {
-				s.usedCAPS.Store(math.Float64bits(float64(n-s.rateCount) * 1e9 / float64(el)))
-			}
-			s.rateMark, s.rateCount = now, n
-		}
+		s.tickRate(now, s.counts[OK].Load()+s.emergency.Load())
 		s.mu.Unlock()
+		s.trunks.each(func(t *Trunk) { t.tickRate(now, t.counts[OK].Load()) })
+	}
+}
+
+// tickRate updates usedCAPS from n, the attempts admitted so far, once a
+// second. Called by Tick only.
+func (r *limiter) tickRate(now int64, n uint64) {
+	if el := now - r.rateMark; el >= int64(time.Second) || r.rateMark == 0 {
+		if r.rateMark != 0 {
+			r.usedCAPS.Store(math.Float64bits(float64(n-r.rateCount) * 1e9 / float64(el)))
+		}
+		r.rateMark, r.rateCount = now, n
 	}
 }
 

@@ -56,6 +56,9 @@ type Limits struct {
 	// LicensedCAPS is the whole cluster's licensed CAPS, for reports; 0
 	// means the same as CAPS (a single node).
 	LicensedCAPS float64
+	// Burst is the depth in attempts of a bucket at the whole licence's
+	// CAPS (a trunk key's own burst); 0: Config.Burst of that rate.
+	Burst int64
 	// DepthShared: the CAPS bucket's depth is DepthShare of the depth a
 	// bucket at LicensedCAPS would have (the licence's burst), lent by the
 	// cluster where the attempts are, and beside it, while CAPS is less
@@ -145,11 +148,42 @@ type derived struct {
 	highSessions int64
 }
 
+// WholeDepth is the depth in attempts of a bucket at l's whole licence
+// (LicensedCAPS, or CAPS when it is 0): l.Burst when set, else burstSec
+// seconds of that rate (Depth).
+func WholeDepth(l Limits, burstSec float64) int64 {
+	whole := l.CAPS
+	if l.LicensedCAPS > 0 {
+		whole = l.LicensedCAPS
+	}
+	if l.Burst > 0 && whole > 0 {
+		return l.Burst
+	}
+	return Depth(whole, burstSec)
+}
+
+// depthAt is the depth of l's bucket at rate, a part of the whole
+// licence's: l.Burst in proportion when set (at least one attempt), else
+// burstSec seconds of the rate.
+func (l *Limits) depthAt(rate, burstSec float64) int64 {
+	whole := l.CAPS
+	if l.LicensedCAPS > 0 {
+		whole = l.LicensedCAPS
+	}
+	if l.Burst <= 0 || !(whole > 0) || !(rate > 0) {
+		return Depth(rate, burstSec)
+	}
+	if rate >= whole {
+		return l.Burst
+	}
+	return max(int64(math.Floor(float64(l.Burst)*rate/whole+1e-9)), 1)
+}
+
 func derive(l Limits, cfg *Config) *derived {
 	d := &derived{Limits: l, highSessions: l.Sessions}
-	d.caps = newGCRA(l.CAPS, cfg.Burst.Seconds())
+	d.caps = newGCRADepth(l.CAPS, l.depthAt(l.CAPS, cfg.Burst.Seconds()))
 	if l.DepthShared && l.LicensedCAPS > 0 && l.CAPS > 0 {
-		whole := float64(Depth(l.LicensedCAPS, cfg.Burst.Seconds()))
+		whole := float64(WholeDepth(l, cfg.Burst.Seconds()))
 		depth := int64(math.Floor(min(l.DepthShare, 1)*whole + 1e-6))
 		if l.CAPS < l.LicensedCAPS*(1-1e-6) {
 			// A node that shares the licence keeps a reserve of its own
@@ -164,6 +198,11 @@ func derive(l Limits, cfg *Config) *derived {
 	}
 	if l.CAPS > 0 && cfg.HighHeadroomPercent > 0 {
 		d.headroom = newGCRA(l.CAPS*float64(cfg.HighHeadroomPercent)/100, cfg.Burst.Seconds())
+		if l.Burst > 0 {
+			// A key's own burst: the headroom's depth is its part of it.
+			d.headroom = newGCRADepth(l.CAPS*float64(cfg.HighHeadroomPercent)/100,
+				sat.PercentOf(l.depthAt(l.CAPS, cfg.Burst.Seconds()), int64(cfg.HighHeadroomPercent)))
+		}
 	} else {
 		d.headroom = newGCRA(0, 0)
 	}

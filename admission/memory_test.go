@@ -14,8 +14,8 @@ func TestEntrySizes(t *testing.T) {
 		what      string
 		got, want uintptr
 	}{
-		{"a session", unsafe.Sizeof(session{}), 16},
-		{"a session's table entry", unsafe.Sizeof(entry[session]{}), 56},
+		{"a session", unsafe.Sizeof(session{}), 24},
+		{"a session's table entry", unsafe.Sizeof(entry[session]{}), 64},
 		{"a subscriber's table entry", unsafe.Sizeof(entry[struct{}]{}), 40},
 		{"a remembered ID's table entry", unsafe.Sizeof(entry[Decision]{}), 64},
 		{"an index slot", unsafe.Sizeof(slot{}), 8},

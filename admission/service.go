@@ -19,13 +19,17 @@ type session struct {
 	remaining int32
 	prio      Priority
 	licensed  bool // counts against the licensed sessions (not emergency)
+	// trunk is the key whose sessions it counts against (ADMIT ... TRUNK
+	// with a session limit); nil: none.
+	trunk *Trunk
 }
 
 // first is the answer a repeated ADMIT of the session gets.
 func (x session) first() Decision { return Decision{Reason: OK, Remaining: int64(x.remaining)} }
 
-// Service is the state of one service on this node.
-type Service struct {
+// limiter is what a service and a trunk both have: limits, the CAPS
+// buckets and the counters of what was decided.
+type limiter struct {
 	name string
 	lim  atomic.Pointer[derived]
 
@@ -35,19 +39,30 @@ type Service struct {
 
 	// Counters, read by metrics and the meter without a lock.
 	counts     [NumReasons]atomic.Uint64 // decisions of ADMIT (normal and high) by reason
-	emergency  atomic.Uint64             // emergency attempts admitted
 	high       atomic.Uint64             // PRIORITY high attempts admitted
 	spilledIn  atomic.Uint64             // other members' spilled attempts admitted here (AdmitSpilled)
 	spilledOut atomic.Uint64             // attempts refused here and admitted by another member (SpilledOut)
-	sessionsN  atomic.Int64              // open licensed sessions (mirror of licensedSessions)
-	emergN     atomic.Int64              // open emergency sessions
+	sessionsN  atomic.Int64              // open licensed sessions
+	usedCAPS   atomic.Uint64             // admitted attempts per second over the last second (float64 bits)
+	// rate tracking for usedCAPS, by Tick only
+	rateMark  int64
+	rateCount uint64
+}
+
+// Service is the state of one service on this node.
+type Service struct {
+	limiter
+	emergency atomic.Uint64 // emergency attempts admitted
+	emergN    atomic.Int64  // open emergency sessions
 	// gate is the engine's: the node's capacity, the open emergency
 	// sessions of every service, the configuration (gate.go).
 	gate      *gate
-	subsN     atomic.Int64  // registered subscribers
-	tokensUse atomic.Int64  // tokens charged in all
-	overUse   atomic.Int64  // tokens charged beyond a pool
-	usedCAPS  atomic.Uint64 // admitted attempts per second over the last second (float64 bits)
+	subsN     atomic.Int64 // registered subscribers
+	tokensUse atomic.Int64 // tokens charged in all
+	overUse   atomic.Int64 // tokens charged beyond a pool
+
+	// trunks are the keys with limits of their own (ADMIT ... TRUNK).
+	trunks trunkTable
 
 	mu sync.Mutex // guards the fields below
 	// sessions by call-id key.
@@ -71,9 +86,6 @@ type Service struct {
 	// await is Config.AwaitReserve (nil: none).
 	await    func() bool
 	accounts map[string]*account
-	// rate tracking for usedCAPS
-	rateMark  int64
-	rateCount uint64
 	// changes logs what happened to sessions and subscribers since the
 	// journal last drained it, when journal is set (see state.go);
 	// changesLost records that the log was full and dropped some.
@@ -88,7 +100,7 @@ type Service struct {
 }
 
 func newService(name string, durable, journal bool, l *derived, watches *poolWatches) *Service {
-	s := &Service{name: name, accounts: make(map[string]*account), journal: journal}
+	s := &Service{limiter: limiter{name: name}, accounts: make(map[string]*account), journal: journal}
 	s.watches = watches
 	s.tokens.durableSet = durable
 	s.lim.Store(l)
@@ -107,6 +119,9 @@ func (s *Service) sessionGone(x session) {
 	if x.licensed {
 		s.licensedSessions--
 		s.sessionsN.Add(-1)
+		if x.trunk != nil {
+			x.trunk.sessionsN.Add(-1)
+		}
 	} else {
 		s.emergencyOpened(-1)
 	}
@@ -252,6 +267,21 @@ type Stats struct {
 	PoolUsed, Allocated int64
 	// UsedCAPS is the admitted attempts per second over the last second.
 	UsedCAPS float64
+	// trunk: these are a key's counters (Trunk.Stats).
+	trunk bool
+}
+
+// Offered counts the attempts that reached the limits these are the
+// counters of: admitted, or refused by one of them (for a service not
+// UNLICENSED, OVERLOAD, nor refused by a key's own limits before; for a
+// key also refused by the licence after it).
+func (st Stats) Offered() uint64 {
+	a := &st.Admissions
+	n := a[OK] + a[CAPS] + a[SESSIONS] + a[TOKENS]
+	if st.trunk {
+		n += a[TRUNK_CAPS] + a[TRUNK_SESSIONS]
+	}
+	return n
 }
 
 // Name returns the service name.
@@ -297,10 +327,10 @@ func (s *Service) fingerprint() uint64 {
 	return h
 }
 
-// Bucket returns the depth of the service's CAPS bucket and the attempts
+// Bucket returns the depth of the CAPS bucket and the attempts
 // it would admit at now without waiting (both 0 when the bucket is closed,
 // -1 when it is unlimited). It only reads an atomic: safe at any time.
-func (s *Service) Bucket(now int64) (depth, avail int64) {
+func (s *limiter) Bucket(now int64) (depth, avail int64) {
 	l := s.lim.Load()
 	switch l.caps.mode {
 	case gcraUnlimited:

@@ -38,6 +38,9 @@ type Change struct {
 	// Account the session's RELEASE ... SECONDS charges ("" the service's
 	// pool) (SessionOpened).
 	Account string
+	// Trunk is the key whose sessions it counts against ("" none)
+	// (SessionOpened).
+	Trunk string
 }
 
 // MaxLog bounds a service's change log: past it, changes are dropped
@@ -169,6 +172,9 @@ func sessionChange(k Key, exp int64, x session) Change {
 	if x.account != nil {
 		c.Account = x.account.name
 	}
+	if x.trunk != nil {
+		c.Trunk = x.trunk.key
+	}
 	return c
 }
 
@@ -239,10 +245,18 @@ func (e *Engine) restore(now int64, service string, changes []Change, unique boo
 			if c.Account != "" {
 				x.account = s.accounts[c.Account] // nil if no longer allocated: the service's pool
 			}
+			if c.Trunk != "" && x.licensed {
+				// The key may get its limits after the restore: it is
+				// added without, counting its sessions meanwhile.
+				x.trunk, _ = e.trunk(s, c.Trunk, true) // nil past MaxTrunks: not counted
+			}
 			s.sessions.put(c.Key, x, c.Expires)
 			if x.licensed {
 				s.licensedSessions++
 				s.sessionsN.Add(1)
+				if x.trunk != nil {
+					x.trunk.sessionsN.Add(1)
+				}
 			} else {
 				s.emergencyOpened(1)
 			}

@@ -469,7 +469,7 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 			for i, n := range names {
 				p.shares[service][n] = shares[i]
 				capsParts[i] = shares[i] / l.CAPS
-				depthParts[i], _ = p.depth(l.CAPS, side.Fraction, capsParts[i]/side.Fraction, owes[i], owed)
+				depthParts[i], _ = p.depth(l, side.Fraction, capsParts[i]/side.Fraction, owes[i], owed)
 			}
 			if self >= 0 {
 				sh.CAPS, sh.Depth = capsParts[self], depthParts[self]
@@ -482,7 +482,7 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 				caps[self] = demand[service] + float64(now)/RepayIn.Seconds()
 				freshCAPS = Allocate(side.Fraction*l.CAPS, caps)[self] / l.CAPS
 				p.weight[service] = sh.CAPS / side.Fraction
-				_, lent := p.depth(l.CAPS, side.Fraction, p.weight[service], owes[self], owed)
+				_, lent := p.depth(l, side.Fraction, p.weight[service], owes[self], owed)
 				p.lent[service] = lent + float64(admission.Reserve(sh.CAPS*l.CAPS))
 			}
 		}
@@ -535,7 +535,7 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 			// A fall of the depth gives away no more than the bucket holds
 			// now: what it owes stays covered, so the fall lends attempts
 			// that were free rather than borrowing from its future.
-			whole := float64(admission.Depth(l.CAPS, p.burst))
+			whole := float64(admission.WholeDepth(l, p.burst))
 			owes := float64(held[service].Owed - admission.Reserve(sh.CAPS*l.CAPS))
 			sh.Depth = max(sh.Depth, min(prev.Depth, owes/whole))
 		}
@@ -614,8 +614,8 @@ func (p *Planner) roomFor(service string, live []string, prev, cp float64, parts
 // theirs, so the farm's buckets hold together what one bucket at the
 // licence would (see the package doc).
 // It returns the part, and the attempts it leaves in this node's bucket.
-func (p *Planner) depth(licence, fraction, weight, own, owed float64) (part, lent float64) {
-	whole := float64(admission.Depth(licence, p.burst))
+func (p *Planner) depth(l admission.Limits, fraction, weight, own, owed float64) (part, lent float64) {
+	whole := float64(admission.WholeDepth(l, p.burst))
 	if whole <= 0 || fraction <= 0 {
 		return 0, 0
 	}

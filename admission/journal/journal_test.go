@@ -383,6 +383,10 @@ func TestRecordRoundTrip(t *testing.T) {
 	k := admission.KeyOf([]byte("a84b4c76e66710@pc33.atlanta.example.com"))
 	f(uint8(admission.SessionOpened), "voice", admission.Change{Kind: admission.SessionOpened, Priority: admission.High,
 		Licensed: true, Key: k, Remaining: 41, Account: "acme"}, time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
+	f(uint8(admission.SessionOpened), "voice", admission.Change{Kind: admission.SessionOpened, Licensed: true, Key: k, Remaining: 2,
+		Trunk: "carrier-a"}, 1)
+	f(uint8(admission.SessionOpened), "voice", admission.Change{Kind: admission.SessionOpened, Licensed: true, Key: k, Remaining: 2,
+		Account: "acme", Trunk: "carrier-b"}, 1)
 	f(uint8(admission.SessionClosed), "prepaid-voice", admission.Change{Kind: admission.SessionClosed, Key: k}, 0)
 	f(uint8(admission.SubscriberSet), "v", admission.Change{Kind: admission.SubscriberSet, Key: k, Remaining: -1}, -5)
 }

@@ -15,9 +15,12 @@ import (
 //
 // and a payload (little-endian)
 //
-//	u8 kind | u8 priority | u8 flags (1: licensed) | u8 len(service) | u8 len(account)
+//	u8 kind | u8 priority | u8 flags (1: licensed, 2: trunk) | u8 len(service) | u8 len(account)
 //	u64 key hi | u64 key lo | i64 expires (Unix ns) | i64 remaining
-//	service | account
+//	service | account [| u8 len(trunk) | trunk]
+//
+// (the trunk only with flag 2: a journal written before keys had limits
+// reads as it was written).
 //
 // A torn write leaves a record whose length runs past the end of the file
 // or whose CRC does not match; reading stops there.
@@ -27,7 +30,10 @@ const (
 	frameHeader   = 8
 	fixedPayload  = 5 + 4*8
 	// maxPayload bounds a payload: names are at most 255 bytes each.
-	maxPayload = fixedPayload + 2*255
+	maxPayload = fixedPayload + 3*255 + 1
+	// flagLicensed and flagTrunk are the flags' bits.
+	flagLicensed = 1
+	flagTrunk    = 2
 )
 
 // Record kinds beyond admission's ChangeKinds.
@@ -50,15 +56,18 @@ type record struct {
 
 // appendRecord encodes one record onto b.
 func appendRecord(b []byte, kind uint8, service string, c *admission.Change, expiresUnix int64) []byte {
-	acct := ""
+	acct, trunk := "", ""
 	var flags uint8
 	var hi, lo uint64
 	var prio uint8
 	var rem int64
 	if c != nil {
-		acct = c.Account
+		acct, trunk = c.Account, c.Trunk
 		if c.Licensed {
-			flags = 1
+			flags |= flagLicensed
+		}
+		if trunk != "" {
+			flags |= flagTrunk
 		}
 		hi, lo = c.Key.Parts()
 		prio = uint8(c.Priority)
@@ -70,6 +79,9 @@ func appendRecord(b []byte, kind uint8, service string, c *admission.Change, exp
 	if len(acct) > 255 {
 		acct = acct[:255]
 	}
+	if len(trunk) > 255 {
+		trunk = trunk[:255]
+	}
 	start := len(b)
 	b = append(b, make([]byte, frameHeader)...)
 	b = append(b, kind, prio, flags, uint8(len(service)), uint8(len(acct)))
@@ -79,6 +91,10 @@ func appendRecord(b []byte, kind uint8, service string, c *admission.Change, exp
 	b = binary.LittleEndian.AppendUint64(b, uint64(rem))
 	b = append(b, service...)
 	b = append(b, acct...)
+	if flags&flagTrunk != 0 {
+		b = append(b, uint8(len(trunk)))
+		b = append(b, trunk...)
+	}
 	payload := b[start+frameHeader:]
 	binary.LittleEndian.PutUint32(b[start:], uint32(len(payload)))
 	binary.LittleEndian.PutUint32(b[start+4:], crc32.Checksum(payload, castagnoli))
@@ -127,19 +143,26 @@ func readRecordIn(b []byte, in names) (record, int, error) {
 		return record{}, 0, fmt.Errorf("%w: CRC mismatch", errTorn)
 	}
 	sl, al := int(p[3]), int(p[4])
-	if fixedPayload+sl+al != n {
+	tl := -1 // no trunk
+	if p[2]&flagTrunk != 0 && fixedPayload+sl+al < n {
+		tl = int(p[fixedPayload+sl+al])
+	}
+	if want := fixedPayload + sl + al + max(tl+1, 0); want != n || (p[2]&flagTrunk != 0 && tl < 0) {
 		return record{}, 0, fmt.Errorf("%w: names of %d+%d bytes in a %d-byte record", errTorn, sl, al, n)
 	}
 	r := record{kind: p[0]}
 	r.Kind = admission.ChangeKind(p[0])
 	r.Priority = admission.Priority(p[1])
-	r.Licensed = p[2]&1 != 0
+	r.Licensed = p[2]&flagLicensed != 0
 	r.Key = admission.KeyFromParts(binary.LittleEndian.Uint64(p[5:]), binary.LittleEndian.Uint64(p[13:]))
 	r.Expires = int64(binary.LittleEndian.Uint64(p[21:]))
 	r.Remaining = int64(binary.LittleEndian.Uint64(p[29:]))
 	r.service = in.of(p[fixedPayload : fixedPayload+sl])
 	if al > 0 {
-		r.Account = in.of(p[fixedPayload+sl:])
+		r.Account = in.of(p[fixedPayload+sl : fixedPayload+sl+al])
+	}
+	if tl > 0 {
+		r.Trunk = in.of(p[fixedPayload+sl+al+1 : n])
 	}
 	return r, frameHeader + n, nil
 }

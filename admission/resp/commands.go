@@ -78,6 +78,7 @@ type spillWait struct {
 	// (Router), not a spilled ADMIT; ok then says the member answered.
 	routed  bool
 	service []byte             // the ADMIT's, for the count once settled
+	trunk   []byte             // its TRUNK key (empty: none), likewise
 	refusal admission.Decision // this node's, replied unless the member admits
 	d       admission.Decision // the member's, when admitted
 	ok      bool               // the member admitted
@@ -108,11 +109,11 @@ func (w *spillWait) settle() {
 	}
 	if w.ok {
 		spillAdmitted.Inc()
-		w.eng.SpilledOut(w.service)
+		w.eng.SpilledOut(w.service, w.trunk)
 		return
 	}
 	spillRefused.Inc()
-	w.eng.Refused(w.service)
+	w.eng.Refused(w.service, w.trunk)
 }
 
 // Closed settles a spilled ADMIT whose connection closed before its

@@ -12,6 +12,7 @@ const (
 	errSyntax      = "ERR syntax error"
 	errService     = "ERR invalid service name"
 	errAccount     = "ERR invalid account name"
+	errTrunk       = "ERR invalid trunk key"
 	errCall        = "ERR invalid call-id"
 	errSubscriber  = "ERR invalid subscriber id"
 	errID          = "ERR invalid idempotency key"
@@ -27,7 +28,7 @@ func decision(out []byte, d admission.Decision) []byte {
 	return AppendDecision(out, d.Admitted(), d.Reason.String(), d.RetryAfterMS, d.Remaining)
 }
 
-// ADMIT service [CALL call-id] [ACCOUNT account] [PRIORITY normal|high|emergency] [SPILLED member]
+// ADMIT service [CALL call-id] [ACCOUNT account] [PRIORITY normal|high|emergency] [TRUNK key] [SPILLED member]
 func (h *Handler) admit(now int64, cs *ConnState, args [][]byte, out []byte) []byte {
 	if len(args) < 2 || len(args)%2 != 0 {
 		return wrongArgs(out, "admit")
@@ -35,7 +36,7 @@ func (h *Handler) admit(now int64, cs *ConnState, args [][]byte, out []byte) []b
 	if !names.Valid(args[1]) {
 		return AppendError(out, errService)
 	}
-	var call, acct []byte
+	var call, acct, trunk []byte
 	prio := admission.Normal
 	seenPrio, spilled := false, false
 	for i := 2; i < len(args); i += 2 {
@@ -51,6 +52,11 @@ func (h *Handler) admit(now int64, cs *ConnState, args [][]byte, out []byte) []b
 				return AppendError(out, errAccount)
 			}
 			acct = v
+		case bytes.EqualFold(opt, []byte("TRUNK")) && trunk == nil:
+			if !names.Valid(v) {
+				return AppendError(out, errTrunk)
+			}
+			trunk = v
 		case bytes.EqualFold(opt, []byte("SPILLED")) && !spilled:
 			// A member's ADMIT that its bucket refused: decided here, never
 			// spilled on (v names the member).
@@ -71,22 +77,23 @@ func (h *Handler) admit(now int64, cs *ConnState, args [][]byte, out []byte) []b
 		}
 	}
 	if spilled {
-		return decision(out, h.eng.AdmitSpilled(now, args[1], call, acct, prio))
+		return decision(out, h.eng.AdmitTrunkSpilled(now, args[1], call, acct, trunk, prio))
 	}
 	if h.spill == nil || cs.wake == nil || cs.inExec || cs.tx != nil || cs.spilling || len(cs.held) > 0 {
-		return decision(out, h.eng.Admit(now, args[1], call, acct, prio))
+		return decision(out, h.eng.AdmitTrunk(now, args[1], call, acct, trunk, prio))
 	}
-	d := h.eng.AdmitSpillable(now, args[1], call, acct, prio)
+	d := h.eng.AdmitTrunkSpillable(now, args[1], call, acct, trunk, prio)
 	if d.Reason == admission.CAPS {
 		cs.spill.routed, cs.spill.refusal, cs.spill.ok, cs.spill.eng = false, d, false, h.eng
 		cs.spill.done.Store(false)
 		if h.spill.Spill(args, cs.spillDone) {
 			spillSent.Inc()
 			cs.spill.service = append(cs.spill.service[:0], args[1]...)
+			cs.spill.trunk = append(cs.spill.trunk[:0], trunk...) // empty: none
 			cs.spilling = true
 			return out
 		}
-		h.eng.Refused(args[1])
+		h.eng.Refused(args[1], trunk)
 	}
 	return decision(out, d)
 }

@@ -521,7 +521,7 @@ func Run(sc Scenario) (Result, error) {
 			d := n.engine.AdmitSpilled(base+sp.at, svcB[sp.svc], nil, account(sp.acct), admission.Normal)
 			res.Spilled++
 			if d.Reason == admission.OK {
-				from.engine.SpilledOut(svcB[sp.svc])
+				from.engine.SpilledOut(svcB[sp.svc], nil)
 				res.SpilledAdmitted++
 				res.Admitted++
 				res.Refused--
@@ -543,7 +543,7 @@ func Run(sc Scenario) (Result, error) {
 						continue
 					}
 				}
-				from.engine.Refused(svcB[sp.svc])
+				from.engine.Refused(svcB[sp.svc], nil)
 				from.lastRefusal = max(from.lastRefusal, sp.sent)
 			}
 		}
@@ -585,7 +585,7 @@ func Run(sc Scenario) (Result, error) {
 						spills = append(spills, spill{at: at + oneWay(), sent: at, from: min(i, members-1), to: index[to], below: below,
 							svc: k, acct: acct})
 					} else {
-						n.engine.Refused(svcB[k]) // as the node counts it
+						n.engine.Refused(svcB[k], nil) // as the node counts it
 						n.lastRefusal = at
 					}
 				}

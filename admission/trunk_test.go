@@ -1,0 +1,234 @@
+package admission
+
+import (
+	"math"
+	"math/rand/v2"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// trunkLimits are a key's limits: CAPS with its own burst, sessions.
+func trunkLimits(caps float64, burst, sessions int64) Limits {
+	return Limits{Licensed: true, CAPS: caps, Burst: burst, Sessions: sessions, Subscribers: Unlimited, Tokens: Unlimited}
+}
+
+func setTrunk(t *testing.T, e *Engine, key string, l Limits) {
+	t.Helper()
+	require.NoError(t, e.SetLimits(TrunkName("voice", key), l))
+}
+
+func TestTrunkName(t *testing.T) {
+	s, k, ok := SplitTrunk(TrunkName("voice", "carrier-a"))
+	require.True(t, ok)
+	require.Equal(t, "voice", s)
+	require.Equal(t, "carrier-a", k)
+	_, _, ok = SplitTrunk("voice")
+	require.False(t, ok)
+}
+
+// A key's CAPS bucket holds its burst, refills at its rate, and leaves the
+// other keys and the licence alone.
+func TestTrunkCAPS(t *testing.T) {
+	e, clk := newTestEngine(t, capsOnly(1000))
+	setTrunk(t, e, "a", trunkLimits(10, 5, Unlimited))
+	setTrunk(t, e, "b", trunkLimits(100, 50, Unlimited))
+	now := clk.Now()
+	ok, reasons := admitted(20, func(int) Decision { return e.AdmitTrunk(now, svc, nil, nil, []byte("a"), Normal) })
+	require.Equal(t, 5, ok, "the key's burst")
+	require.Equal(t, 15, reasons[TRUNK_CAPS])
+	d := e.AdmitTrunk(now, svc, nil, nil, []byte("a"), Normal)
+	require.Equal(t, TRUNK_CAPS, d.Reason)
+	require.Equal(t, int64(100), d.RetryAfterMS, "one interval at 10 CAPS")
+	ok, _ = admitted(50, func(int) Decision { return e.AdmitTrunk(now, svc, nil, nil, []byte("b"), Normal) })
+	require.Equal(t, 50, ok, "another key has its own bucket")
+	ok, _ = admitted(100, func(int) Decision { return e.Admit(now, svc, nil, nil, Normal) })
+	require.Equal(t, 45, ok, "the licence's burst (100) less what the keys took")
+	// An unknown key is decided by the licence alone.
+	require.Equal(t, CAPS, e.AdmitTrunk(now, svc, nil, nil, []byte("nokey"), Normal).Reason)
+	clk.Advance(time.Second)
+	now = clk.Now()
+	ok, _ = admitted(20, func(int) Decision { return e.AdmitTrunk(now, svc, nil, nil, []byte("a"), Normal) })
+	require.Equal(t, 5, ok, "refilled to its burst, no more")
+	st := e.Trunk("voice", "a").Stats()
+	require.Equal(t, uint64(10), st.Admissions[OK])
+	require.Equal(t, uint64(31), st.Admissions[TRUNK_CAPS])
+	require.Equal(t, uint64(41), st.Offered())
+	sst := e.Service("voice").Stats()
+	require.Equal(t, uint64(31), sst.Admissions[TRUNK_CAPS], "the service counts the key's refusals")
+	require.Equal(t, sst.Admissions[OK]+sst.Admissions[CAPS], sst.Offered(), "which never reached the licence")
+}
+
+// A key's sessions: held until RELEASE, the licence's refusal gives its
+// session back, a retransmission counts once.
+func TestTrunkSessions(t *testing.T) {
+	e, clk := newTestEngine(t, Limits{Licensed: true, CAPS: Unlimited, Sessions: 5, Subscribers: Unlimited, Tokens: Unlimited})
+	setTrunk(t, e, "a", trunkLimits(Unlimited, 0, 3))
+	now := clk.Now()
+	tr := []byte("a")
+	for i := range 3 {
+		d := e.AdmitTrunk(now, svc, []byte("c"+strconv.Itoa(i)), nil, tr, Normal)
+		require.Equal(t, OK, d.Reason)
+		require.Equal(t, int64(2-i), d.Remaining, "the key's sessions left, below the licence's")
+	}
+	require.Equal(t, OK, e.AdmitTrunk(now, svc, []byte("c0"), nil, tr, Normal).Reason, "a retransmission")
+	d := e.AdmitTrunk(now, svc, []byte("c3"), nil, tr, Normal)
+	require.Equal(t, TRUNK_SESSIONS, d.Reason)
+	require.Equal(t, int64(1000), d.RetryAfterMS)
+	require.Equal(t, int64(3), e.Trunk("voice", "a").Stats().Sessions)
+	require.True(t, e.Release(now, svc, []byte("c1"), 0))
+	require.Equal(t, int64(2), e.Trunk("voice", "a").Stats().Sessions)
+	require.Equal(t, OK, e.AdmitTrunk(now, svc, []byte("c3"), nil, tr, Normal).Reason)
+	// The licence (5) refuses before the key (3) does: the key keeps 3.
+	require.Equal(t, OK, e.Admit(now, svc, []byte("x1"), nil, Normal).Reason)
+	require.Equal(t, OK, e.Admit(now, svc, []byte("x2"), nil, Normal).Reason)
+	require.Equal(t, int64(5), e.Service("voice").Stats().Sessions)
+	require.NoError(t, e.SetLimits(TrunkName("voice", "a"), trunkLimits(Unlimited, 0, 10)))
+	d = e.AdmitTrunk(now, svc, []byte("c4"), nil, tr, Normal)
+	require.Equal(t, SESSIONS, d.Reason)
+	require.Equal(t, int64(3), e.Trunk("voice", "a").Stats().Sessions, "the licence's refusal gave the key's session back")
+	require.Equal(t, uint64(1), e.Trunk("voice", "a").Stats().Admissions[SESSIONS])
+	// Sessions that expire leave the key too.
+	clk.Advance(4 * time.Hour)
+	e.Tick(clk.Now())
+	require.Zero(t, e.Trunk("voice", "a").Stats().Sessions)
+	require.Zero(t, e.Service("voice").Stats().Sessions)
+}
+
+// What the licence's CAPS bucket refuses gives the key's token back; a
+// spillable refusal is not counted on the key.
+func TestTrunkRefund(t *testing.T) {
+	e, clk := newTestEngine(t, capsOnly(20))
+	setTrunk(t, e, "a", trunkLimits(100, 100, Unlimited))
+	now := clk.Now()
+	tr := []byte("a")
+	ok, reasons := admitted(60, func(int) Decision { return e.AdmitTrunk(now, svc, nil, nil, tr, Normal) })
+	require.Equal(t, 20, ok, "the licence's bucket (20)")
+	require.Equal(t, 40, reasons[CAPS])
+	tk := e.Trunk("voice", "a")
+	depth, avail := tk.Bucket(now)
+	require.Equal(t, int64(100), depth)
+	require.Equal(t, int64(80), avail, "only the admitted took the key's tokens")
+	require.Equal(t, uint64(40), tk.Stats().Admissions[CAPS])
+	require.Equal(t, CAPS, e.AdmitTrunkSpillable(now, svc, nil, nil, tr, Normal).Reason)
+	require.Equal(t, uint64(40), tk.Stats().Admissions[CAPS], "spillable: counted once settled")
+	e.Refused(svc, tr)
+	require.Equal(t, uint64(41), tk.Stats().Admissions[CAPS])
+	e.SpilledOut(svc, tr)
+	require.Equal(t, uint64(1), tk.Stats().SpilledOut)
+	_, avail = tk.Bucket(now)
+	require.Equal(t, int64(80), avail)
+}
+
+// PRIORITY emergency ignores a key's limits; PRIORITY high may use the
+// key's headroom.
+func TestTrunkPriorities(t *testing.T) {
+	e, clk := newTestEngine(t, capsOnly(Unlimited))
+	setTrunk(t, e, "a", trunkLimits(0, 0, 0))
+	now := clk.Now()
+	tr := []byte("a")
+	require.Equal(t, TRUNK_CAPS, e.AdmitTrunk(now, svc, nil, nil, tr, Normal).Reason, "CAPS 0 admits nothing")
+	require.Equal(t, TRUNK_SESSIONS, e.AdmitTrunk(now, svc, []byte("c"), nil, tr, Normal).Reason, "sessions 0 hold none")
+	require.Equal(t, OK, e.AdmitTrunk(now, svc, []byte("e"), nil, tr, Emergency).Reason)
+	require.Zero(t, e.Trunk("voice", "a").Stats().Sessions, "an emergency call is not the key's")
+	setTrunk(t, e, "h", trunkLimits(100, 10, Unlimited))
+	ok, _ := admitted(30, func(int) Decision { return e.AdmitTrunk(now, svc, nil, nil, []byte("h"), High) })
+	require.Equal(t, 11, ok, "the key's burst (10) and its headroom's part of it (10 %)")
+}
+
+// Extremes: an unlimited key, the largest sessions, limits taken away.
+func TestTrunkExtremes(t *testing.T) {
+	e, clk := newTestEngine(t, capsOnly(Unlimited))
+	now := clk.Now()
+	setTrunk(t, e, "u", trunkLimits(Unlimited, 0, math.MaxInt64))
+	ok, _ := admitted(1000, func(i int) Decision {
+		return e.AdmitTrunk(now, svc, []byte("c"+strconv.Itoa(i)), nil, []byte("u"), Normal)
+	})
+	require.Equal(t, 1000, ok)
+	d := e.AdmitTrunk(now, svc, []byte("last"), nil, []byte("u"), Normal)
+	require.Equal(t, int64(math.MaxInt32), d.Remaining, "remaining is capped")
+	setTrunk(t, e, "one", trunkLimits(1, 1, 1))
+	require.Equal(t, OK, e.AdmitTrunk(now, svc, []byte("o1"), nil, []byte("one"), Normal).Reason)
+	require.Equal(t, TRUNK_SESSIONS, e.AdmitTrunk(now, svc, []byte("o2"), nil, []byte("one"), Normal).Reason)
+	require.Equal(t, TRUNK_CAPS, e.AdmitTrunk(now, svc, nil, nil, []byte("one"), Normal).Reason)
+	// Limits taken away: the key is decided by the licence alone, and
+	// keeps counting its open session for when it gets limits again.
+	require.NoError(t, e.SetLimits(TrunkName("voice", "one"), Limits{Sessions: Unlimited, Subscribers: Unlimited, Tokens: Unlimited}))
+	require.Equal(t, OK, e.AdmitTrunk(now, svc, nil, nil, []byte("one"), Normal).Reason)
+	require.Equal(t, int64(1), e.Trunk("voice", "one").Stats().Sessions)
+	// A key's limits may come before its service's licence.
+	require.NoError(t, e.SetLimits(TrunkName("data", "k"), trunkLimits(5, 5, 5)))
+	require.Equal(t, UNLICENSED, e.AdmitTrunk(now, []byte("data"), nil, nil, []byte("k"), Normal).Reason)
+	require.Zero(t, e.Trunk("data", "k").Stats().Offered(), "an unlicensed attempt never reached the key")
+}
+
+// Restored sessions count against their key again.
+func TestTrunkRestore(t *testing.T) {
+	e, clk := newTestEngine(t, Limits{Licensed: true, CAPS: Unlimited, Sessions: Unlimited, Subscribers: Unlimited, Tokens: Unlimited},
+		func(c *Config) { c.JournalState = true })
+	setTrunk(t, e, "a", trunkLimits(Unlimited, 0, 2))
+	now := clk.Now()
+	require.Equal(t, OK, e.AdmitTrunk(now, svc, []byte("c1"), nil, []byte("a"), Normal).Reason)
+	require.Equal(t, OK, e.AdmitTrunk(now, svc, []byte("c2"), nil, []byte("a"), Normal).Reason)
+	var changes []Change
+	e.Service("voice").WalkTo(now, func(c []Change) bool { changes = append(changes, c...); return true })
+	require.Len(t, changes, 2)
+	require.Equal(t, "a", changes[0].Trunk)
+
+	e2, _ := newTestEngine(t, Limits{Licensed: true, CAPS: Unlimited, Sessions: Unlimited, Subscribers: Unlimited, Tokens: Unlimited})
+	_, _, err := e2.Restore(now, "voice", changes)
+	require.NoError(t, err)
+	require.Equal(t, int64(2), e2.Trunk("voice", "a").Stats().Sessions, "counted before the key has limits again")
+	require.NoError(t, e2.SetLimits(TrunkName("voice", "a"), trunkLimits(Unlimited, 0, 2)))
+	require.Equal(t, TRUNK_SESSIONS, e2.AdmitTrunk(now, svc, []byte("c3"), nil, []byte("a"), Normal).Reason)
+	require.True(t, e2.Release(now, svc, []byte("c1"), 0))
+	require.Equal(t, OK, e2.AdmitTrunk(now, svc, []byte("c3"), nil, []byte("a"), Normal).Reason)
+}
+
+// A key's bucket under seeded Poisson and bursty arrivals admits at most
+// burst + rate × t over the run, and all that a single bucket would.
+func TestTrunkArrivals(t *testing.T) {
+	for _, bursty := range []bool{false, true} {
+		e, clk := newTestEngine(t, capsOnly(Unlimited))
+		setTrunk(t, e, "a", trunkLimits(200, 40, Unlimited))
+		rng := rand.New(rand.NewPCG(7, 11))
+		var got, offered int
+		start := clk.Now()
+		for clk.Now()-start < int64(10*time.Second) {
+			gap := time.Duration(rng.ExpFloat64() / 400 * float64(time.Second)) // twice the key's rate
+			n := 1
+			if bursty && rng.IntN(50) == 0 {
+				gap, n = 100*time.Millisecond, 40 // a stall, then its backlog
+			}
+			clk.Advance(gap)
+			for range n {
+				offered++
+				if e.AdmitTrunk(clk.Now(), svc, nil, nil, []byte("a"), Normal).Reason == OK {
+					got++
+				}
+			}
+		}
+		el := float64(clk.Now()-start) / 1e9
+		require.LessOrEqual(t, float64(got), 40+200*el, "bursty=%v", bursty)
+		require.GreaterOrEqual(t, float64(got), 200*el-1, "bursty=%v: offered twice the rate, the key admits its rate", bursty)
+		require.Greater(t, offered, got)
+	}
+}
+
+func BenchmarkAdmitTrunk(b *testing.B) {
+	e, clk := newTestEngine(b, capsOnly(Unlimited))
+	for i := range 1000 {
+		require.NoError(b, e.SetLimits(TrunkName("voice", "t"+strconv.Itoa(i)), trunkLimits(Unlimited, 0, Unlimited)))
+	}
+	tr := []byte("t500")
+	now := clk.Now()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		if e.AdmitTrunk(now, svc, nil, nil, tr, Normal).Reason != OK {
+			b.Fatal("refused")
+		}
+	}
+}
