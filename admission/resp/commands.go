@@ -11,6 +11,7 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/capsgate/capsgate/admission"
+	"github.com/capsgate/capsgate/admission/cell"
 )
 
 // Version is reported by INFO and HELLO.
@@ -57,7 +58,9 @@ type ConnState struct {
 	spilling  bool
 	wake      func()
 	spillDone func(admission.Decision, bool)
-	inExec    bool
+	// throttleDone is spill.finishThrottle, made once.
+	throttleDone func(cell.Reply, bool)
+	inExec       bool
 	// held are replies waiting for the key store to commit up to
 	// heldTicket (durable.go), since heldSince (engine clock; 0: none, read
 	// by the sweeper); needTicket is what the command just run needs
@@ -77,6 +80,7 @@ type spillWait struct {
 	// routed: a CONSUME with ID sent to the member that owns the ID
 	// (Router), not a spilled ADMIT; ok then says the member answered.
 	routed  bool
+	th      throttleWait       // a CL.THROTTLE sent to its key's owner (throttle.go)
 	service []byte             // the ADMIT's, for the count once settled
 	trunk   []byte             // its TRUNK key (empty: none), likewise
 	refusal admission.Decision // this node's, replied unless the member admits
@@ -104,7 +108,7 @@ func (w *spillWait) finish(d admission.Decision, ok bool) {
 
 // settle counts the spilled attempt: admitted by the member, or refused.
 func (w *spillWait) settle() {
-	if w.routed {
+	if w.routed || w.th.on {
 		return // the owner counted it, or nothing was
 	}
 	if w.ok {
@@ -136,6 +140,7 @@ func (cs *ConnState) Closed() {
 func (cs *ConnState) SetWake(wake func()) {
 	cs.wake, cs.spill.wake = wake, wake
 	cs.spillDone = cs.spill.finish
+	cs.throttleDone = cs.spill.finishThrottle
 }
 
 // Spilling reports whether the connection waits for a spilled ADMIT's
@@ -151,6 +156,9 @@ func (h *Handler) Spilled(cs *ConnState, out []byte) ([]byte, bool) {
 		return out, false
 	}
 	cs.spilling = false
+	if w.th.on {
+		return h.throttleAnswer(cs, out), true
+	}
 	w.settle()
 	if w.ok {
 		return decision(out, w.d), true
@@ -273,6 +281,7 @@ type Handler struct {
 	fwd      Forwarder            // may be nil
 	spill    Spiller              // may be nil
 	route    Router               // may be nil
+	cells    *throttle            // CL.THROTTLE (throttle.go); nil: disabled
 	waiters  durableWaiters
 	kick     func()         // asks for a commit now (durable.go); may be nil
 	clients  ClientLister   // for CLIENT LIST; may be nil
@@ -365,9 +374,10 @@ func (h *Handler) Handle(now int64, cs *ConnState, in, out []byte) (n int, _ []b
 			cs.blocked = true
 			break
 		}
-		if len(cs.held) > 0 && string(name) == "consume" && h.routes(cs, args) {
-			// A CONSUME for another member's ID waits for the replies
-			// held for a commit: its answer must come after them.
+		if len(cs.held) > 0 && h.routesAway(cs, name, args) {
+			// A CONSUME for another member's ID, or a CL.THROTTLE of its
+			// key, waits for the replies held for a commit: its answer
+			// must come after them.
 			break
 		}
 		n += used
@@ -452,6 +462,8 @@ func (h *Handler) run(now int64, cs *ConnState, name []byte, args [][]byte, out 
 		return h.consume(now, cs, args, out), false
 	case "quota":
 		return h.quota(args, out), false
+	case "cl.throttle":
+		return h.clThrottle(now, cs, args, out), false
 	case "ping":
 		switch len(args) {
 		case 1:
