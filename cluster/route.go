@@ -111,19 +111,29 @@ func (set ownerSet) ownerOf(h uint64) *owner {
 // remoteOwner returns the RESP address of the ID's owner when it is
 // another member that may be asked now, else "".
 func (c *Cluster) remoteOwner(service, acct, id []byte) string {
+	addr, down := c.ownerAddr(idHash(service, acct, id))
+	if down {
+		routeDown.Inc()
+	}
+	return addr
+}
+
+// ownerAddr returns the RESP address of the owner of a key of hash h when
+// it is another member that may be asked now, else "" (down: it is
+// another member, but its RESP port failed lately).
+func (c *Cluster) ownerAddr(h uint64) (addr string, down bool) {
 	set := c.owners.Load()
 	if set == nil || len(*set) < 2 {
-		return ""
+		return "", false
 	}
-	o := set.ownerOf(idHash(service, acct, id))
+	o := set.ownerOf(h)
 	if o.resp == "" {
-		return ""
+		return "", false
 	}
 	if c.spill.anyDown.Load() && !c.spill.usable(o.resp, time.Now()) {
-		routeDown.Inc()
-		return ""
+		return "", true
 	}
-	return o.resp
+	return o.resp, false
 }
 
 // Routes implements resp.Router.
@@ -142,16 +152,27 @@ func (c *Cluster) Route(args [][]byte, done func(admission.Decision, bool)) bool
 	if addr == "" {
 		return false
 	}
+	return c.sendToOwner(addr, routedCommand(args, c.cfg.NodeName), &consumeAnswer{done: done})
+}
+
+// routedCommand copies args and appends the route marker with this
+// node's name: what the owner decides and never sends on.
+func routedCommand(args [][]byte, node string) [][]byte {
+	cmd := make([][]byte, 0, len(args)+2)
+	for _, a := range args {
+		cmd = append(cmd, append([]byte(nil), a...))
+	}
+	return append(cmd, []byte(resp.RouteMarker), []byte(node))
+}
+
+// sendToOwner queues cmd for the owner at addr, which take reads the
+// answer of; false: MaxRouting commands are in flight, nothing is sent.
+func (c *Cluster) sendToOwner(addr string, cmd [][]byte, take routeTaker) bool {
 	if c.routing.Add(1) > MaxRouting {
 		c.routing.Add(-1)
 		routeBusy.Inc()
 		return false
 	}
-	cmd := make([][]byte, 0, len(args)+2)
-	for _, a := range args {
-		cmd = append(cmd, append([]byte(nil), a...))
-	}
-	cmd = append(cmd, []byte(resp.RouteMarker), []byte(c.cfg.NodeName))
 	c.routeQ.mu.Lock()
 	if c.routeQ.q == nil {
 		c.routeQ.q = map[string]*routeQueue{}
@@ -161,7 +182,7 @@ func (c *Cluster) Route(args [][]byte, done func(admission.Decision, bool)) bool
 		q = &routeQueue{}
 		c.routeQ.q[addr] = q
 	}
-	q.pending = append(q.pending, routeReq{cmd, done})
+	q.pending = append(q.pending, routeReq{cmd, take})
 	start := q.senders < routeSenders
 	if start {
 		q.senders++
@@ -193,7 +214,33 @@ type routeQueue struct {
 
 type routeReq struct {
 	cmd  [][]byte
+	take routeTaker
+}
+
+// routeTaker takes the owner's answer to a routed command: read reads its
+// reply (an error fails the pipeline), answer passes on what read took,
+// or (ok false) that no answer came.
+type routeTaker interface {
+	read(r *client.Reply) error
+	answer(ok bool)
+}
+
+// consumeAnswer takes the owner's decision on a routed CONSUME.
+type consumeAnswer struct {
+	d    admission.Decision
 	done func(admission.Decision, bool)
+}
+
+func (a *consumeAnswer) read(r *client.Reply) (err error) {
+	a.d, err = decisionOf(r)
+	return err
+}
+
+func (a *consumeAnswer) answer(ok bool) {
+	if !ok {
+		a.d = admission.Decision{}
+	}
+	a.done(a.d, ok)
 }
 
 // sendRoutes sends q's CONSUMEs to the owner at addr, a batch at a time,
@@ -228,7 +275,6 @@ func (c *Cluster) sendRouted(addr string, batch []routeReq) {
 	defer c.routing.Add(-int64(len(batch)))
 	ctx, cancel := context.WithTimeout(context.Background(), RouteTimeout)
 	defer cancel()
-	ds := make([]admission.Decision, len(batch))
 	start := time.Now()
 	routeBatches.Update(float64(len(batch)))
 	cl, err := c.routers.get(ctx, addr, client.Config{Addr: addr, PoolSize: routeSenders, Timeout: RouteTimeout, Password: c.cfg.RESPPassword})
@@ -239,14 +285,12 @@ func (c *Cluster) sendRouted(addr string, batch []routeReq) {
 			}
 		}, func(replies []client.Reply) error {
 			if len(replies) != len(batch) {
-				return fmt.Errorf("%d replies to %d CONSUMEs", len(replies), len(batch))
+				return fmt.Errorf("%d replies to %d commands", len(replies), len(batch))
 			}
 			for i := range replies {
-				d, err := decisionOf(&replies[i])
-				if err != nil {
+				if err := batch[i].take.read(&replies[i]); err != nil {
 					return err
 				}
-				ds[i] = d
 			}
 			return nil
 		})
@@ -254,15 +298,15 @@ func (c *Cluster) sendRouted(addr string, batch []routeReq) {
 	if err != nil {
 		routeFailed.Add(len(batch))
 		c.spill.failed(addr, time.Now())
-		c.log.Debug("the owner of CONSUME IDs did not answer", "addr", addr, "consumes", len(batch), "err", err)
+		c.log.Debug("the owner of CONSUME IDs or CL.THROTTLE keys did not answer", "addr", addr, "commands", len(batch), "err", err)
 		for _, r := range batch {
-			r.done(admission.Decision{}, false)
+			r.take.answer(false)
 		}
 		return
 	}
 	routeSeconds.UpdateDuration(start)
-	for i, r := range batch {
-		r.done(ds[i], true)
+	for _, r := range batch {
+		r.take.answer(true)
 	}
 }
 

@@ -32,6 +32,7 @@ func (n *Node) tasks() []task {
 		{name: "token reservations", step: n.stepReserving, wake: n.reserveWake},
 		{name: "state journal", step: n.stepJournal},
 		{name: "CONSUME ID commits", step: n.stepIDs, wake: n.idsKick},
+		{name: "CL.THROTTLE expiry", step: n.stepThrottle},
 	}
 	if n.cluster != nil {
 		tasks = append(tasks,

@@ -56,7 +56,7 @@ func TestBackgroundStepsAtInstants(t *testing.T) {
 		names = append(names, task.name)
 	}
 	require.Equal(t, []string{"housekeeping", "licence states", "metering", "token reservations", "state journal",
-		"CONSUME ID commits", "cluster exchange", "cluster rejoin"}, names, "all the background work, in one table")
+		"CONSUME ID commits", "CL.THROTTLE expiry", "cluster exchange", "cluster rejoin"}, names, "all the background work, in one table")
 	require.Equal(t, cluster.StarvedCheck, n.cluster.StepExchange(t0))
 	require.Equal(t, time.Second, n.cluster.StepRejoin(t0))
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/capsgate/capsgate/admission"
+	"github.com/capsgate/capsgate/admission/cell"
 	"github.com/capsgate/capsgate/admission/resp"
 	"github.com/capsgate/capsgate/cluster"
 	"github.com/capsgate/capsgate/licensing/registry"
@@ -104,6 +105,9 @@ type Config struct {
 
 	// Log configures logging.
 	Log LogConfig `yaml:"log"`
+
+	// Throttle configures CL.THROTTLE, redis-cell's rate limiter.
+	Throttle ThrottleConfig `yaml:"throttle"`
 }
 
 // RESPConfig is the `resp` section.
@@ -316,6 +320,41 @@ type LogConfig struct {
 	Level string `yaml:"level"`
 }
 
+// ThrottleConfig is the `throttle` section: CL.THROTTLE key max_burst
+// count period [quantity] (redis-cell compatible, farm-wide), and what it
+// accepts.
+type ThrottleConfig struct {
+	// Allow lists the key prefixes CL.THROTTLE accepts: a key must start
+	// with one of them ("" accepts every key). Empty, CL.THROTTLE is
+	// disabled (-ERR CL.THROTTLE is not enabled).
+	//
+	// Default: empty: a node keeps no clients' keys unless told which.
+	Allow []string `yaml:"allow"`
+
+	// MaxKeys bounds the keys held at once, those whose bucket is not full
+	// (1..100,000,000); a new key is refused beyond it, the keys held go
+	// on. A key takes about 60 bytes.
+	//
+	// Default: 1,000,000, about 60 MB.
+	MaxKeys int `yaml:"max_keys"`
+
+	// MaxBurst bounds the max_burst argument (0..1,000,000,000).
+	//
+	// Default: 1,000,000, from cell.DefaultBounds.
+	MaxBurst int `yaml:"max_burst"`
+
+	// MaxCount bounds the count argument (1..1,000,000: a million a second
+	// is an emission interval of 1 µs, redis-cell's unit).
+	//
+	// Default: 1,000,000, from cell.DefaultBounds.
+	MaxCount int `yaml:"max_count"`
+
+	// MaxPeriod bounds the period argument (whole seconds, 1s..8760h).
+	//
+	// Default: 24h, from cell.DefaultBounds.
+	MaxPeriod Duration `yaml:"max_period"`
+}
+
 // Duration is a time.Duration that reads from YAML as a string such as
 // "10s", "100ms" or "3h" (time.ParseDuration), and writes back the same
 // way. A bare number is refused, except 0, because its unit would be a
@@ -371,6 +410,7 @@ func (d Duration) String() string {
 // (cluster.DefaultPolicyConfig); the node's own are below.
 func DefaultConfig() Config {
 	host, _ := os.Hostname()
+	bounds := cell.DefaultBounds()
 	eng, policy := admission.DefaultConfig(), cluster.DefaultPolicyConfig()
 	return Config{
 		NodeName:  host,
@@ -396,6 +436,8 @@ func DefaultConfig() Config {
 		Cluster: ClusterConfig{PartitionPolicy: policy.Policy.String(), FailOpenFor: Duration{policy.FailOpenFor},
 			ReclaimAfter: Duration{policy.ReclaimAfter}},
 		Log: LogConfig{Level: "info"},
+		Throttle: ThrottleConfig{MaxKeys: 1_000_000, MaxBurst: int(bounds.MaxBurst), MaxCount: int(bounds.MaxCount),
+			MaxPeriod: Duration{time.Duration(bounds.MaxPeriod) * time.Second}},
 	}
 }
 

@@ -116,6 +116,7 @@ func TestDefaultConfig(t *testing.T) {
 		Licensing: LicensingConfig{ClockTolerance: Duration{5 * time.Minute}},
 		Cluster:   ClusterConfig{PartitionPolicy: "split", FailOpenFor: Duration{time.Minute}, ReclaimAfter: Duration{3 * time.Second}},
 		Log:       LogConfig{Level: "info"},
+		Throttle:  ThrottleConfig{MaxKeys: 1_000_000, MaxBurst: 1_000_000, MaxCount: 1_000_000, MaxPeriod: Duration{24 * time.Hour}},
 	}, c)
 
 	// The defaults alone are not a production node: the admin API needs a token.
@@ -158,6 +159,7 @@ priority: {high_headroom_percent: 20, max_emergency_sessions: 5000}
 licensing: {clock_tolerance: 1m}
 cluster: {partition_policy: fail_open, fail_open_for: 30s, reclaim_after: 5s}
 log: {level: warn}
+throttle: {allow: ["user:", ""], max_keys: 500, max_burst: 0, max_count: 1, max_period: 1s}
 `)
 	c, err := Load([]string{"--config", path}, nil)
 	require.NoError(t, err)
@@ -179,6 +181,7 @@ log: {level: warn}
 		Licensing: LicensingConfig{ClockTolerance: Duration{time.Minute}},
 		Cluster:   ClusterConfig{PartitionPolicy: "fail_open", FailOpenFor: Duration{30 * time.Second}, ReclaimAfter: Duration{5 * time.Second}},
 		Log:       LogConfig{Level: "warn"},
+		Throttle:  ThrottleConfig{Allow: []string{"user:", ""}, MaxKeys: 500, MaxBurst: 0, MaxCount: 1, MaxPeriod: Duration{time.Second}},
 	}
 	require.Equal(t, want, c)
 
@@ -293,6 +296,11 @@ func TestEveryFlagSetsItsKey(t *testing.T) {
 		"cluster.fail_open_for":           "2m",
 		"cluster.reclaim_after":           "4s",
 		"log.level":                       "debug",
+		"throttle.allow":                  "user:,api:",
+		"throttle.max_keys":               "1000",
+		"throttle.max_burst":              "10",
+		"throttle.max_count":              "100",
+		"throttle.max_period":             "1h",
 	}
 	require.Len(t, values, len(options))
 	for _, o := range options {
@@ -635,7 +643,7 @@ func TestOptionsCoverEveryKey(t *testing.T) {
 		require.NotEmpty(t, o.usage, o.key)
 	}
 	require.Equal(t, configKeys(), keys, "options follow Config, in its order")
-	require.Len(t, configKeys(), 30)
+	require.Len(t, configKeys(), 35)
 	for _, f := range []string{"node-name", "cluster-id", "data-dir", "resp-addr", "admin-addr", "admin-token-file",
 		"gossip-addr", "gossip-key-file", "join", "vendor-key", "max-caps", "ledger-interval"} {
 		require.Contains(t, flags, f, "the product spec's flag")
@@ -676,6 +684,7 @@ func TestExampleConfig(t *testing.T) {
 	want.DataDir = dir + "/data"
 	want.Admin.TokenFile, want.Gossip.KeyFile = dir+"/admin.token", dir+"/gossip.key"
 	want.Join, want.VendorKeys = []string{}, []string{}
+	want.Throttle.Allow = []string{}
 	require.Equal(t, want, c, "the example's values are the defaults")
 
 	// The example works for --dev too.

@@ -55,6 +55,11 @@ var options = []option{
 	{key: "cluster.fail_open_for", flag: "cluster-fail-open-for", arg: "DURATION", usage: "how long fail_open enforces the whole licence on each side of a partition"},
 	{key: "cluster.reclaim_after", flag: "cluster-reclaim-after", arg: "DURATION", usage: "how long a failed member keeps its part before the majority side takes it over, at least 1s"},
 	{key: "log.level", flag: "log-level", arg: "LEVEL", usage: "least severe level logged: debug, info, warn or error"},
+	{key: "throttle.allow", flag: "throttle-allow", arg: "PREFIX", usage: "key prefix CL.THROTTLE accepts; repeatable or comma-separated, replaces the file's list", def: "none: CL.THROTTLE is disabled"},
+	{key: "throttle.max_keys", flag: "throttle-max-keys", arg: "N", usage: "CL.THROTTLE keys held at once (beyond: a new key is refused), 1..100000000"},
+	{key: "throttle.max_burst", flag: "throttle-max-burst", arg: "N", usage: "largest CL.THROTTLE max_burst, 0..1000000000"},
+	{key: "throttle.max_count", flag: "throttle-max-count", arg: "N", usage: "largest CL.THROTTLE count, 1..1000000"},
+	{key: "throttle.max_period", flag: "throttle-max-period", arg: "DURATION", usage: "longest CL.THROTTLE period, whole seconds, 1s..8760h"},
 }
 
 // flagOf returns the flag of a config key, for error messages.

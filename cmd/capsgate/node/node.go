@@ -17,6 +17,7 @@ import (
 
 	"github.com/capsgate/capsgate/admission"
 	"github.com/capsgate/capsgate/admission/bounded"
+	"github.com/capsgate/capsgate/admission/cell"
 	"github.com/capsgate/capsgate/admission/idstore"
 	"github.com/capsgate/capsgate/admission/journal"
 	"github.com/capsgate/capsgate/admission/meter"
@@ -39,8 +40,10 @@ type Node struct {
 
 	resp    *resp.Server
 	handler *resp.Handler
-	reg     *registry.Registry
-	shares  *cluster.Shares
+	// cells are CL.THROTTLE's keys (throttle.go); nil: disabled.
+	cells  *cell.Table
+	reg    *registry.Registry
+	shares *cluster.Shares
 	// respPassword is resp.password_file's password ("": none).
 	respPassword string
 	cluster      *cluster.Cluster
@@ -139,6 +142,7 @@ func New(cfg Config, log *slog.Logger) (*Node, error) {
 		Logger:      log,
 	}, n.handler, clk)
 	n.handler.SetClientLister(n.resp)
+	n.setThrottle()
 	var devKey *licensing.VendorKey
 	if cfg.Dev {
 		var err error
@@ -297,6 +301,7 @@ func (n *Node) Start() error {
 	n.handler.SetForwarder(n.cluster)
 	n.handler.SetSpiller(n.cluster)
 	n.handler.SetRouter(n.cluster)
+	n.handler.SetThrottleRouter(n.cluster)
 	err = n.resp.Start()
 	if err == nil {
 		err = n.cluster.Start()

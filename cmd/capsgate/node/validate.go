@@ -151,6 +151,9 @@ func (c *Config) validate() error {
 	if m := c.Priority.MaxEmergencySessions; m < 1 || m > 10_000_000 {
 		return bad("priority.max_emergency_sessions", "must be between 1 and 10000000, got %d", m)
 	}
+	if err := c.Throttle.validate(bad); err != nil {
+		return err
+	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:
