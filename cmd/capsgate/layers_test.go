@@ -24,7 +24,7 @@ var layers = []struct {
 	imports []string // the layers below it that it may import
 }{
 	{"base", []string{"admission/bounded/...", "admission/loopback", "admission/durable", "admission/strictjson", "admission/sat", "admission/names"}, nil},
-	{"decision core", []string{"admission", "admission/resp", "admission/client", "admission/idstore", "admission/journal"},
+	{"decision core", []string{"admission", "admission/cell", "admission/resp", "admission/client", "admission/idstore", "admission/journal"},
 		[]string{"base"}},
 	{"licensing", []string{"licensing/..."}, []string{"base"}},
 	{"metering", []string{"admission/meter"}, []string{"base", "decision core", "licensing"}},
