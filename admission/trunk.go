@@ -207,11 +207,16 @@ func (e *Engine) Trunk(service, key string) *Trunk {
 // Trunks returns every key that has or had limits, sorted by name.
 func (e *Engine) Trunks() []*Trunk {
 	var out []*Trunk
-	for _, s := range *e.services.Load() {
-		s.trunks.each(func(t *Trunk) { out = append(out, t) })
-	}
+	e.EachTrunk(func(t *Trunk) { out = append(out, t) })
 	sort.Slice(out, func(i, j int) bool { return out[i].name < out[j].name })
 	return out
+}
+
+// EachTrunk calls f for every key that has or had limits, in no order.
+func (e *Engine) EachTrunk(f func(*Trunk)) {
+	for _, s := range *e.services.Load() {
+		s.trunks.each(f)
+	}
 }
 
 // trunkHold is what an attempt took of a key's limits, to be given back

@@ -14,6 +14,7 @@ import (
 	"github.com/hashicorp/memberlist"
 
 	"github.com/capsgate/capsgate/admission"
+	"github.com/capsgate/capsgate/cluster/trunks"
 	"github.com/capsgate/capsgate/licensing/registry"
 )
 
@@ -56,6 +57,9 @@ type Config struct {
 	// Accounts holds the token allocations made through the admin API; the
 	// cluster spreads them (nil: not spread).
 	Accounts Accounts
+	// Trunks holds the limits of the services' keys (ADMIT ... TRUNK);
+	// the cluster spreads them (nil: not spread).
+	Trunks *trunks.Book
 	// LedgerHead returns this node's usage-ledger head, which every member
 	// writes into its own ledger as a witness; nil: none.
 	LedgerHead func() (seq uint64, hash string)

@@ -10,6 +10,7 @@ import (
 	"github.com/hashicorp/memberlist"
 
 	"github.com/capsgate/capsgate/admission"
+	"github.com/capsgate/capsgate/cluster/trunks"
 	"github.com/capsgate/capsgate/licensing/ledger"
 	"github.com/capsgate/capsgate/licensing/registry"
 )
@@ -164,10 +165,11 @@ type state struct {
 	Documents [][]byte                                   `json:"docs"`
 	ClockMark time.Time                                  `json:"clock_mark"`
 	Accounts  map[string]map[string]admission.Allocation `json:"accounts,omitempty"`
+	Trunks    []trunks.Setting                           `json:"trunks,omitempty"`
 }
 
 // LocalState is this node's licences, revocations and clock mark, and
-// its account allocations when a member joins and at most once every
+// its account allocations and keys' limits when a member joins and at most once every
 // AllocationSync otherwise: they reach every member as they are made
 // (SpreadAllocation, replayed to a member that comes back), and the
 // state sync only repairs what that missed; 100,000 of them are 7 MB of
@@ -175,8 +177,13 @@ type state struct {
 // and read.
 func (d *delegate) LocalState(join bool) []byte {
 	st := state{Documents: d.cfg.Licences.Documents(), ClockMark: d.cfg.Licences.ClockMark()}
-	if d.cfg.Accounts != nil && (join || d.allocationsDue(time.Now())) {
-		st.Accounts = d.cfg.Accounts.Allocations()
+	if (d.cfg.Accounts != nil || d.cfg.Trunks != nil) && (join || d.allocationsDue(time.Now())) {
+		if d.cfg.Accounts != nil {
+			st.Accounts = d.cfg.Accounts.Allocations()
+		}
+		if d.cfg.Trunks != nil {
+			st.Trunks = d.cfg.Trunks.Settings()
+		}
 	}
 	b, _ := json.Marshal(st)
 	return b
@@ -197,6 +204,7 @@ func (d *delegate) MergeRemoteState(buf []byte, join bool) {
 		}
 	}
 	(*Cluster)(d).applyAllocations(s.Accounts)
+	(*Cluster)(d).applyTrunks(s.Trunks)
 }
 
 // events implements memberlist.EventDelegate.

@@ -90,9 +90,8 @@ func readUsage(eng *admission.Engine, pools func(*admission.Service, []admission
 	var buf []admission.PoolState
 	for _, s := range services {
 		st := s.Stats()
-		a := st.Admissions
 		// An attempt spilled to another member counts where it arrived.
-		su := ServiceUsage{Name: s.Name(), Offered: a[admission.OK] + a[admission.CAPS] + a[admission.SESSIONS] + a[admission.TOKENS] + st.SpilledOut - st.SpilledIn,
+		su := ServiceUsage{Name: s.Name(), Offered: st.Offered() + st.SpilledOut - st.SpilledIn,
 			Sessions: st.Sessions, Subscribers: st.Subscribers, PoolUsed: st.PoolUsed}
 		su.Depth, su.Avail = s.Bucket(now)
 		buf = pools(s, buf[:0])
@@ -103,6 +102,16 @@ func readUsage(eng *admission.Engine, pools func(*admission.Service, []admission
 		}
 		u = append(u, su)
 	}
+	// The keys with limits of their own are planned as licences are.
+	eng.EachTrunk(func(t *admission.Trunk) {
+		st := t.Stats()
+		if !st.Limits.Licensed {
+			return
+		}
+		su := ServiceUsage{Name: st.Name, Offered: st.Offered() + st.SpilledOut - st.SpilledIn, Sessions: st.Sessions}
+		su.Depth, su.Avail = t.Bucket(now)
+		u = append(u, su)
+	})
 	return u
 }
 

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
+	"github.com/capsgate/capsgate/admission"
 	"github.com/hashicorp/memberlist"
 )
 
@@ -84,8 +85,16 @@ func (c *Cluster) starved() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, service := range licensed {
-		if s := c.cfg.Engine.Service(service); s != nil {
-			if _, avail := s.Bucket(now); c.planner.Starved(service, avail) {
+		var b interface{ Bucket(int64) (int64, int64) }
+		if svc, key, ok := admission.SplitTrunk(service); ok {
+			if t := c.cfg.Engine.Trunk(svc, key); t != nil {
+				b = t
+			}
+		} else if s := c.cfg.Engine.Service(service); s != nil {
+			b = s
+		}
+		if b != nil {
+			if _, avail := b.Bucket(now); c.planner.Starved(service, avail) {
 				return true
 			}
 		}

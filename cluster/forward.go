@@ -3,6 +3,7 @@ package cluster
 import (
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -12,6 +13,7 @@ import (
 	"github.com/hashicorp/memberlist"
 
 	"github.com/capsgate/capsgate/admission"
+	"github.com/capsgate/capsgate/cluster/trunks"
 )
 
 // consumeConflicts counts CONSUME IDs charged on two members at once (a
@@ -25,6 +27,7 @@ const (
 	opClaim      = 'c' // a subscriber newly registered here: others let it go
 	opConsumed   = 'i' // a CONSUME ID charged here: others remember it
 	opAllocation = 'a' // an account allocation made here: others take it
+	opTrunk      = 't' // a key's limits set here: others take them
 	// opConsumedKey is opConsumed with the ID as its key (16 bytes,
 	// admission.AccountIDKey, big-endian halves): what a member that was
 	// down is sent of the IDs charged meanwhile.
@@ -44,6 +47,8 @@ type op struct {
 	// decision said was left.
 	Account   string `json:"c,omitempty"`
 	Remaining int64  `json:"m,omitempty"`
+	// Trunk is a key's limits (opTrunk).
+	Trunk *trunks.Setting `json:"trunk,omitempty"`
 	// Allocation is an account's allocation (opAllocation).
 	Allocation *admission.Allocation `json:"al,omitempty"`
 	// queued counts the operation for the connection it came from until
@@ -113,6 +118,23 @@ func (c *Cluster) Consumed(service, account, id []byte, d admission.Decision, qu
 // SpreadAllocation sends an account allocation made here to every member.
 func (c *Cluster) SpreadAllocation(service, account string, a admission.Allocation) {
 	c.enqueue(op{Kind: opAllocation, Service: service, Account: account, Allocation: &a, At: time.Now().UnixNano()})
+}
+
+// SpreadTrunk sends a key's limits set here to every member.
+func (c *Cluster) SpreadTrunk(s trunks.Setting) {
+	c.enqueue(op{Kind: opTrunk, Service: s.Service, Trunk: &s, At: time.Now().UnixNano()})
+}
+
+// applyTrunks takes keys' limits set on a member.
+func (c *Cluster) applyTrunks(all []trunks.Setting) {
+	if c.cfg.Trunks == nil {
+		return
+	}
+	for _, s := range all {
+		if _, err := c.cfg.Trunks.Set(s); err != nil && !errors.Is(err, trunks.ErrStale) {
+			c.log.Warn("cannot take a key's limits from a member", "service", s.Service, "key", s.Key, "err", err)
+		}
+	}
 }
 
 // applyAllocations takes the allocations of a member's state.
@@ -249,6 +271,10 @@ func (c *Cluster) apply(b []byte) {
 			if len(o.Key) == 16 {
 				k := admission.KeyFromParts(binary.BigEndian.Uint64(o.Key[:8]), binary.BigEndian.Uint64(o.Key[8:]))
 				c.cfg.Engine.RecordConsumedKey(now, []byte(o.Service), k, admission.Decision{Reason: admission.OK, Remaining: o.Remaining})
+			}
+		case opTrunk:
+			if o.Trunk != nil {
+				c.applyTrunks([]trunks.Setting{*o.Trunk})
 			}
 		case opAllocation:
 			if o.Allocation != nil {

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"encoding/json"
+	"maps"
 	"net"
 	"sort"
 	"strings"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/hashicorp/memberlist"
 
+	"github.com/capsgate/capsgate/admission"
 	"github.com/capsgate/capsgate/licensing/ledger"
 )
 
@@ -117,9 +119,13 @@ func (c *Cluster) Members() []Member {
 			m.AdminAddr = reachable(md.Admin, addr)
 		}
 		m.Demand = copyMap(c.planner.Demand(name))
+		maps.DeleteFunc(m.Demand, func(service string, _ float64) bool { return strings.Contains(service, admission.TrunkSep) })
 		m.Owed = map[string]int64{}
 		held := c.planner.Held(name)
 		for service := range c.cfg.Shares.Licensed() {
+			if _, _, trunk := admission.SplitTrunk(service); trunk {
+				continue // the keys' parts are in their own view (GET .../limits)
+			}
 			if s, ok := c.planner.Shares(service)[name]; ok {
 				m.Shares[service] = s
 			}

@@ -28,7 +28,7 @@ var layers = []struct {
 		[]string{"base"}},
 	{"licensing", []string{"licensing/..."}, []string{"base"}},
 	{"metering", []string{"admission/meter"}, []string{"base", "decision core", "licensing"}},
-	{"cluster", []string{"cluster", "cluster/sim"}, []string{"base", "decision core", "licensing"}},
+	{"cluster", []string{"cluster", "cluster/sim", "cluster/trunks"}, []string{"base", "decision core", "licensing"}},
 	{"test harness", []string{"cluster/farm"}, []string{"base", "decision core", "licensing", "cluster"}},
 	{"bench", []string{"bench/..."}, []string{"base", "decision core", "licensing", "cluster", "test harness"}},
 	{"node", []string{"cmd/capsgate/node"}, []string{"base", "decision core", "licensing", "metering", "cluster"}},

@@ -12,6 +12,7 @@ import (
 	"github.com/capsgate/capsgate/admission/cell"
 	"github.com/capsgate/capsgate/admission/resp"
 	"github.com/capsgate/capsgate/cluster"
+	"github.com/capsgate/capsgate/cluster/trunks"
 	"github.com/capsgate/capsgate/licensing/registry"
 	"gopkg.in/yaml.v3"
 )
@@ -102,6 +103,15 @@ type Config struct {
 
 	// Cluster configures what a node does while members are unreachable.
 	Cluster ClusterConfig `yaml:"cluster"`
+
+	// Trunks are the operator's own limits of keys inside its licensed
+	// services (ADMIT ... TRUNK key).
+	Trunks TrunksConfig `yaml:"trunks"`
+
+	// TrunkLimitsAt is when the limits in Trunks.Limits were written: the
+	// config file's modification time, or the start for --trunk-limit. Of
+	// these and a setting made through the admin API, the later holds.
+	TrunkLimitsAt time.Time `yaml:"-"`
 
 	// Log configures logging.
 	Log LogConfig `yaml:"log"`
@@ -311,6 +321,26 @@ type ClusterConfig struct {
 	ReclaimAfter Duration `yaml:"reclaim_after"`
 }
 
+// TrunksConfig is the `trunks` section.
+type TrunksConfig struct {
+	// MaxKeys bounds the keys with limits in the farm's book, removals kept
+	// for a while included (1..10,000,000).
+	//
+	// Default: 200,000, twice the 100,000 customer trunks of a large
+	// wholesale farm; each key costs about 300 bytes on every node.
+	MaxKeys int `yaml:"max_keys"`
+
+	// Limits lists keys' limits, one string each:
+	// "SERVICE/KEY caps=N burst=N sessions=N" (CAPS and sessions for the
+	// farm; burst the depth of the key's bucket in attempts; a limit left
+	// out is not enforced). They are set at start, as if through the
+	// admin API when the file was written; the admin API can change them
+	// later (PUT /v1/services/{service}/limits/{key}).
+	//
+	// Default: none.
+	Limits []string `yaml:"limits"`
+}
+
 // LogConfig is the `log` section.
 type LogConfig struct {
 	// Level is the least severe level logged: debug, info, warn or error.
@@ -435,7 +465,8 @@ func DefaultConfig() Config {
 		Licensing: LicensingConfig{ClockTolerance: Duration{registry.DefaultClockTolerance}},
 		Cluster: ClusterConfig{PartitionPolicy: policy.Policy.String(), FailOpenFor: Duration{policy.FailOpenFor},
 			ReclaimAfter: Duration{policy.ReclaimAfter}},
-		Log: LogConfig{Level: "info"},
+		Trunks: TrunksConfig{MaxKeys: trunks.DefaultMaxKeys},
+		Log:    LogConfig{Level: "info"},
 		Throttle: ThrottleConfig{MaxKeys: 1_000_000, MaxBurst: int(bounds.MaxBurst), MaxCount: int(bounds.MaxCount),
 			MaxPeriod: Duration{time.Duration(bounds.MaxPeriod) * time.Second}},
 	}

@@ -115,6 +115,7 @@ func TestDefaultConfig(t *testing.T) {
 		Priority:  PriorityConfig{HighHeadroomPercent: 10, MaxEmergencySessions: 100_000},
 		Licensing: LicensingConfig{ClockTolerance: Duration{5 * time.Minute}},
 		Cluster:   ClusterConfig{PartitionPolicy: "split", FailOpenFor: Duration{time.Minute}, ReclaimAfter: Duration{3 * time.Second}},
+		Trunks:    TrunksConfig{MaxKeys: 200_000},
 		Log:       LogConfig{Level: "info"},
 		Throttle:  ThrottleConfig{MaxKeys: 1_000_000, MaxBurst: 1_000_000, MaxCount: 1_000_000, MaxPeriod: Duration{24 * time.Hour}},
 	}, c)
@@ -235,6 +236,9 @@ log: {level: warn}
 	fromFile.Join, fromFile.VendorKeys = []string{"a:1", "b:2"}, []string{dir + "/vendor.pub"}
 	fromFile.Ledger.Interval = Duration{30 * time.Second}
 	fromFile.Log.Level = "warn"
+	st, err := os.Stat(path)
+	require.NoError(t, err)
+	fromFile.TrunkLimitsAt = st.ModTime()
 
 	c, err := Load(append(prodArgs(dir), "--config", path), nil)
 	require.NoError(t, err)
@@ -295,6 +299,8 @@ func TestEveryFlagSetsItsKey(t *testing.T) {
 		"cluster.partition_policy":        "fail_open",
 		"cluster.fail_open_for":           "2m",
 		"cluster.reclaim_after":           "4s",
+		"trunks.max_keys":                 "5",
+		"trunks.limits":                   "voice/a caps=1 sessions=2",
 		"log.level":                       "debug",
 		"throttle.allow":                  "user:,api:",
 		"throttle.max_keys":               "1000",
@@ -329,6 +335,10 @@ func TestEveryFlagSetsItsKey(t *testing.T) {
 			want.Admin.TLSCertFile, want.Admin.TLSKeyFile = dir+"/admin.crt", dir+"/admin.key"
 		}
 		require.NoError(t, setFromString(want.field(o.key), v))
+		if o.key == "trunks.limits" {
+			require.False(t, c.TrunkLimitsAt.IsZero(), "the start's time")
+			want.TrunkLimitsAt = c.TrunkLimitsAt
+		}
 		require.Equal(t, want, c, o.flag)
 		def := DefaultConfig()
 		require.NotEqual(t, def.field(o.key).Interface(), c.field(o.key).Interface(), "%s: pick a value other than the default", o.flag)
@@ -643,7 +653,7 @@ func TestOptionsCoverEveryKey(t *testing.T) {
 		require.NotEmpty(t, o.usage, o.key)
 	}
 	require.Equal(t, configKeys(), keys, "options follow Config, in its order")
-	require.Len(t, configKeys(), 35)
+	require.Len(t, configKeys(), 37)
 	for _, f := range []string{"node-name", "cluster-id", "data-dir", "resp-addr", "admin-addr", "admin-token-file",
 		"gossip-addr", "gossip-key-file", "join", "vendor-key", "max-caps", "ledger-interval"} {
 		require.Contains(t, flags, f, "the product spec's flag")
@@ -683,7 +693,9 @@ func TestExampleConfig(t *testing.T) {
 	want := DefaultConfig()
 	want.DataDir = dir + "/data"
 	want.Admin.TokenFile, want.Gossip.KeyFile = dir+"/admin.token", dir+"/gossip.key"
-	want.Join, want.VendorKeys = []string{}, []string{}
+	want.Join, want.VendorKeys, want.Trunks.Limits = []string{}, []string{}, []string{}
+	require.False(t, c.TrunkLimitsAt.IsZero(), "the file's time")
+	want.TrunkLimitsAt = c.TrunkLimitsAt
 	want.Throttle.Allow = []string{}
 	require.Equal(t, want, c, "the example's values are the defaults")
 

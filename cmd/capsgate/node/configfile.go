@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"reflect"
 
 	"gopkg.in/yaml.v3"
@@ -22,6 +23,9 @@ func (c *Config) readFile(path string) error {
 	}
 	if err := c.parse(data); err != nil {
 		return fmt.Errorf("invalid config file %s: %w", path, err)
+	}
+	if st, err := os.Stat(path); err == nil {
+		c.TrunkLimitsAt = st.ModTime()
 	}
 	return nil
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/capsgate/capsgate/admission/meter"
 	"github.com/capsgate/capsgate/admission/resp"
 	"github.com/capsgate/capsgate/cluster"
+	"github.com/capsgate/capsgate/cluster/trunks"
 	"github.com/capsgate/capsgate/licensing"
 	"github.com/capsgate/capsgate/licensing/ledger"
 	"github.com/capsgate/capsgate/licensing/registry"
@@ -68,6 +69,7 @@ type Node struct {
 	reserver *meter.Reserver
 	meter    *meter.Meter
 	journal  *journal.Journal // open sessions and registrations, across restarts
+	trunks   *trunks.Book     // the keys' limits (ADMIT ... TRUNK)
 	ids      *idstore.Store   // CONSUME ID keys for the idempotency window
 
 	ready atomic.Bool
@@ -171,7 +173,12 @@ func New(cfg Config, log *slog.Logger) (*Node, error) {
 			return nil, err
 		}
 	}
+	if err := n.openTrunks(); err != nil {
+		n.reg.Close()
+		return nil, err
+	}
 	if err := n.openMetering(); err != nil {
+		n.trunks.Close()
 		n.reg.Close()
 		return nil, err
 	}
@@ -292,6 +299,7 @@ func (n *Node) Start() error {
 		LedgerHead:     n.ledger.Head,
 		LedgerIdentity: n.ledger.Identity,
 		Accounts:       n.reserver,
+		Trunks:         n.trunks,
 		LastAlive:      n.ids.LastAlive(),
 	})
 	if err != nil {
@@ -381,6 +389,9 @@ func (n *Node) Stop(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 		if err := n.reg.Close(); err != nil {
+			errs = append(errs, err)
+		}
+		if err := n.trunks.Close(); err != nil {
 			errs = append(errs, err)
 		}
 		n.log.Info("capsgate stopped", "node", n.cfg.NodeName)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/capsgate/capsgate/admission/bounded"
 	"github.com/capsgate/capsgate/admission/idstore"
+	"github.com/capsgate/capsgate/cluster/trunks"
 )
 
 var namePattern = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,64}$`)
@@ -159,7 +160,37 @@ func (c *Config) validate() error {
 	default:
 		return bad("log.level", "must be debug, info, warn or error, got %q", c.Log.Level)
 	}
+	if c.Trunks.MaxKeys < 1 || c.Trunks.MaxKeys > 10_000_000 {
+		return bad("trunks.max_keys", "must be between 1 and 10000000, got %d", c.Trunks.MaxKeys)
+	}
+	if _, err := c.TrunkSettings(); err != nil {
+		return err
+	}
 	return nil
+}
+
+// TrunkSettings returns the keys' limits of trunks.limits, set at
+// TrunkLimitsAt; the error names the entry at fault.
+func (c *Config) TrunkSettings() ([]trunks.Setting, error) {
+	seen := map[string]int{}
+	var out []trunks.Setting
+	for i, s := range c.Trunks.Limits {
+		set, err := trunks.ParseSetting(s)
+		if err != nil {
+			return nil, fmt.Errorf("%s entry %d: %v", name("trunks.limits"), i+1, err)
+		}
+		id := set.Service + "/" + set.Key
+		if j, ok := seen[id]; ok {
+			return nil, fmt.Errorf("%s entries %d and %d both set %s", name("trunks.limits"), j+1, i+1, id)
+		}
+		seen[id] = i
+		if len(seen) > c.Trunks.MaxKeys {
+			return nil, fmt.Errorf("%s holds more keys than trunks.max_keys (%d)", name("trunks.limits"), c.Trunks.MaxKeys)
+		}
+		set.Limit.At = c.TrunkLimitsAt.UnixNano()
+		out = append(out, set)
+	}
+	return out, nil
 }
 
 // checkAddr checks a host:port address with a numeric port 1..65535; join

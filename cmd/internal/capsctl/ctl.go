@@ -41,6 +41,12 @@ commands:
   cluster                          members, their state and shares
   accounts set SERVICE ACCOUNT --tokens N [--overage none|percent:N|unlimited]
   accounts list SERVICE
+  limits set SERVICE KEY [--caps N] [--burst N] [--sessions N]
+                                   a key's own limits inside a service (ADMIT ... TRUNK
+                                   KEY), for the farm; a limit left out is not enforced
+  limits list SERVICE [--after KEY] [--limit N]
+  limits get SERVICE KEY
+  limits rm SERVICE KEY
   usage --service S --from T --to T [--step 1h] [--format table|csv|json]
   usage export --format cloudevents|cloudevents-batch [--service S] [--from T] [--to T]
                [--after SEQ] [--limit N] [--out FILE]
@@ -164,6 +170,8 @@ func (c *client) run(args []string) error {
 		return c.clusterTable()
 	case "accounts":
 		return c.accounts(args[1:])
+	case "limits":
+		return c.limits(args[1:])
 	case "usage":
 		if len(args) > 1 && args[1] == "export" {
 			return c.usageExport(args[2:])
@@ -201,6 +209,75 @@ func (c *client) accounts(args []string) error {
 	}
 	body, _ := json.Marshal(map[string]any{"tokens": *tokens, "overage": *overage})
 	return c.show("PUT", "/v1/services/"+service+"/accounts/"+account, body)
+}
+
+// limits sets, lists, shows and removes keys' limits.
+func (c *client) limits(args []string) error {
+	const want = "want: limits set SERVICE KEY [--caps N] [--burst N] [--sessions N] | limits list SERVICE [--after KEY] [--limit N] | limits get SERVICE KEY | limits rm SERVICE KEY"
+	if len(args) < 2 {
+		return usageError{want}
+	}
+	service, err := pathName("service", args[1])
+	if err != nil {
+		return err
+	}
+	base := "/v1/services/" + service + "/limits"
+	if args[0] == "list" {
+		fs := flag.NewFlagSet("limits list", flag.ContinueOnError)
+		fs.SetOutput(io.Discard)
+		after := fs.String("after", "", "")
+		limit := fs.Int("limit", 0, "")
+		if err := fs.Parse(args[2:]); err != nil || fs.NArg() > 0 {
+			return usageError{want}
+		}
+		q := url.Values{}
+		if *after != "" {
+			q.Set("after", *after)
+		}
+		if *limit != 0 {
+			q.Set("limit", strconv.Itoa(*limit))
+		}
+		if len(q) > 0 {
+			base += "?" + q.Encode()
+		}
+		return c.show("GET", base, nil)
+	}
+	if len(args) < 3 {
+		return usageError{want}
+	}
+	key, err := pathName("key", args[2])
+	if err != nil {
+		return err
+	}
+	switch {
+	case args[0] == "get" && len(args) == 3:
+		return c.show("GET", base+"/"+key, nil)
+	case args[0] == "rm" && len(args) == 3:
+		return c.show("DELETE", base+"/"+key, nil)
+	case args[0] != "set":
+		return usageError{want}
+	}
+	fs := flag.NewFlagSet("limits set", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	body := map[string]any{}
+	for _, name := range []string{"caps", "burst", "sessions"} {
+		fs.Func(name, "", func(v string) error {
+			n, err := strconv.ParseFloat(v, 64)
+			if err != nil || n < 0 || (name != "caps" && n != float64(int64(n))) {
+				return fmt.Errorf("--%s must be a number of 0 or more", name)
+			}
+			body[name] = json.Number(v)
+			return nil
+		})
+	}
+	if err := fs.Parse(args[3:]); err != nil {
+		return usageError{"limits set: " + err.Error()}
+	}
+	if fs.NArg() > 0 || len(body) == 0 {
+		return usageError{"limits set needs at least one of --caps N, --burst N, --sessions N"}
+	}
+	b, _ := json.Marshal(body)
+	return c.show("PUT", base+"/"+key, b)
 }
 
 // pathName checks a service or account name before it goes into a URL,

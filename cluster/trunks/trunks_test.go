@@ -1,0 +1,177 @@
+package trunks
+
+import (
+	"math"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/capsgate/capsgate/admission"
+)
+
+type sink map[string]admission.Limits
+
+func (s sink) SetLimits(name string, l admission.Limits) error { s[name] = l; return nil }
+
+func set(svc, key string, caps float64, sessions, at int64) Setting {
+	return Setting{Service: svc, Key: key, Limit: Limit{CAPS: caps, Sessions: sessions, At: at}}
+}
+
+func TestBookSetsAndKeeps(t *testing.T) {
+	dir := t.TempDir()
+	got := sink{}
+	b, err := Open(dir, 0, got)
+	require.NoError(t, err)
+	added, err := b.Set(set("voice", "a", 100, 50, 10))
+	require.NoError(t, err)
+	require.True(t, added)
+	require.Equal(t, admission.Limits{Licensed: true, CAPS: 100, Sessions: 50, Subscribers: admission.Unlimited, Tokens: admission.Unlimited,
+		State: "active"}, got["voice#a"])
+	added, err = b.Set(set("voice", "a", 200, -1, 20))
+	require.NoError(t, err)
+	require.False(t, added)
+	require.Equal(t, int64(admission.Unlimited), got["voice#a"].Sessions)
+	_, err = b.Set(set("voice", "a", 1, 1, 15))
+	require.ErrorIs(t, err, ErrStale, "an earlier setting arriving late changes nothing")
+	require.Equal(t, 200.0, got["voice#a"].CAPS)
+	_, err = b.Set(Setting{Service: "voice", Key: "b", Limit: Limit{CAPS: -1, Sessions: 3}})
+	require.NoError(t, err)
+	l, ok := b.Get("voice", "b")
+	require.True(t, ok)
+	require.Greater(t, l.At, int64(20), "At 0 means now")
+	_, err = b.Set(Setting{Service: "voice", Key: "a", Limit: Limit{Removed: true, At: 30}})
+	require.NoError(t, err)
+	_, ok = b.Get("voice", "a")
+	require.False(t, ok)
+	require.False(t, got["voice#a"].Licensed, "a removed key has no limits")
+	require.Len(t, b.List("voice"), 1)
+	require.Len(t, b.Settings(), 2, "the removal is kept, to spread")
+	require.NoError(t, b.Close())
+
+	again := sink{}
+	b, err = Open(dir, 0, again)
+	require.NoError(t, err)
+	require.Equal(t, got["voice#b"], again["voice#b"], "a restart applies the same limits")
+	require.False(t, again["voice#a"].Licensed)
+	require.Len(t, b.Settings(), 1, "a removal older than TombstoneTTL is dropped by the compaction")
+	require.NoError(t, b.Close())
+}
+
+func TestBookRefusesBadSettings(t *testing.T) {
+	b, err := Open(t.TempDir(), 2, nil)
+	require.NoError(t, err)
+	for _, c := range []struct {
+		s    Setting
+		want string
+	}{
+		{set("vo ice", "a", 1, 1, 1), "invalid service name"},
+		{set("voice", strings.Repeat("k", 65), 1, 1, 1), "invalid key"},
+		{set("voice", "a#b", 1, 1, 1), "invalid key"},
+		{set("voice", "a", -2, 1, 1), "caps must be between 0 and 1e+09"},
+		{set("voice", "a", math.NaN(), 1, 1), "caps must be"},
+		{set("voice", "a", 1e9+1, 1, 1), "caps must be"},
+		{set("voice", "a", 1, -2, 1), "sessions must be 0 or more"},
+		{Setting{Service: "voice", Key: "a", Limit: Limit{Burst: -1}}, "burst must be between 0"},
+		{Setting{Service: "voice", Key: "a", Limit: Limit{Burst: 1e9 + 1}}, "burst must be between 0"},
+	} {
+		_, err := b.Set(c.s)
+		require.ErrorContains(t, err, c.want)
+	}
+	require.Empty(t, b.Settings(), "nothing changed")
+	// The extremes that are in range.
+	for i, l := range []Limit{{CAPS: 0, Sessions: 0}, {CAPS: 1, Sessions: 1, Burst: 1}} {
+		_, err := b.Set(Setting{Service: "voice", Key: "k" + strconv.Itoa(i), Limit: l})
+		require.NoError(t, err)
+	}
+	_, err = b.Set(Setting{Service: "voice", Key: "k2", Limit: Limit{CAPS: 1e9, Sessions: math.MaxInt64, Burst: 1e9}})
+	require.ErrorIs(t, err, ErrTooMany, "max_keys 2")
+	_, err = b.Set(Setting{Service: "voice", Key: "k1", Limit: Limit{CAPS: 1e9, Sessions: math.MaxInt64, Burst: 1e9}})
+	require.NoError(t, err, "a key it holds may change")
+}
+
+func TestBookFile(t *testing.T) {
+	dir := t.TempDir()
+	b, err := Open(dir, 0, nil)
+	require.NoError(t, err)
+	for i := range 200 {
+		_, err := b.Set(set("voice", "a", float64(i), 1, int64(i+1)))
+		require.NoError(t, err)
+	}
+	require.NoError(t, b.Close())
+	data, err := os.ReadFile(filepath.Join(dir, FileName))
+	require.NoError(t, err)
+	require.LessOrEqual(t, strings.Count(string(data), "\n"), 2+64+1, "compacted as it grows")
+
+	// A torn last line (a crash in mid-append) is dropped.
+	path := filepath.Join(dir, FileName)
+	require.NoError(t, os.WriteFile(path, append(data, []byte(`{"service":"voice","key":"b","lim`)...), 0o600))
+	b, err = Open(dir, 0, nil)
+	require.NoError(t, err)
+	l, ok := b.Get("voice", "a")
+	require.True(t, ok)
+	require.Equal(t, 199.0, l.CAPS)
+	_, ok = b.Get("voice", "b")
+	require.False(t, ok)
+	require.NoError(t, b.Close())
+
+	// Damage inside stops the start with the line.
+	require.NoError(t, os.WriteFile(path, []byte("{\"service\":\"voice\",\"key\":\"a\",\"limit\":{\"caps\":1,\"sessions\":1,\"at\":1}}\nnot json\n"), 0o600))
+	_, err = Open(dir, 0, nil)
+	require.ErrorContains(t, err, "line 2")
+	require.NoError(t, os.WriteFile(path, []byte("{\"service\":\"voice\",\"key\":\"a\",\"limit\":{\"caps\":-5,\"sessions\":1,\"at\":1}}\n"), 0o600))
+	_, err = Open(dir, 0, nil)
+	require.ErrorContains(t, err, "line 1: caps must be")
+	// A file past the bound is not read.
+	require.NoError(t, os.Truncate(path, MaxFileBytes+1))
+	_, err = Open(dir, 0, nil)
+	require.ErrorContains(t, err, "more than a limits book may hold")
+}
+
+// Two members that take the same settings in any order keep the same.
+func TestBookOrderDoesNotMatter(t *testing.T) {
+	s := []Setting{set("voice", "a", 1, 1, 5), set("voice", "a", 2, 2, 5), set("voice", "a", 3, 3, 4),
+		{Service: "voice", Key: "a", Limit: Limit{Removed: true, At: 5}}, set("voice", "b", 7, 7, 9)}
+	var first []Setting
+	for _, order := range [][]int{{0, 1, 2, 3, 4}, {4, 3, 2, 1, 0}, {2, 0, 4, 3, 1}, {1, 3, 0, 4, 2}} {
+		b, err := Open(t.TempDir(), 0, nil)
+		require.NoError(t, err)
+		for _, i := range order {
+			_, _ = b.Set(s[i])
+		}
+		if first == nil {
+			first = b.Settings()
+		}
+		require.Equal(t, first, b.Settings(), "order %v", order)
+		require.NoError(t, b.Close())
+	}
+	require.True(t, first[0].Limit.Removed, "of two settings in one nanosecond, the removal")
+}
+
+func TestParseSetting(t *testing.T) {
+	s, err := ParseSetting("voice/carrier-a caps=100 burst=20 sessions=50")
+	require.NoError(t, err)
+	require.Equal(t, Setting{Service: "voice", Key: "carrier-a", Limit: Limit{CAPS: 100, Burst: 20, Sessions: 50}}, s)
+	s, err = ParseSetting("  voice/b   sessions=0 ")
+	require.NoError(t, err)
+	require.Equal(t, Limit{CAPS: -1, Sessions: 0}, s.Limit)
+	for in, want := range map[string]string{
+		"":                                     "empty key limits",
+		"voice caps=1":                         "no SERVICE/KEY",
+		"voice/a caps=1 caps=2":                `"caps=2"`,
+		"voice/a speed=1":                      `unknown limit "speed"`,
+		"voice/a caps=-1":                      "caps must be a number of 0 or more",
+		"voice/a sessions=x":                   "sessions must be a number",
+		"voice/a burst=1e3":                    "burst must be a number",
+		"voice/a caps=2e9":                     "caps must be between 0 and 1e+09",
+		"voice/a/b caps=1":                     "invalid key",
+		"vo ice/a caps=1":                      "no SERVICE/KEY",
+		"voice/a sessions=9223372036854775808": "sessions must be a number",
+	} {
+		_, err := ParseSetting(in)
+		require.ErrorContains(t, err, want, "%q", in)
+	}
+}
