@@ -109,7 +109,7 @@ type Config struct {
 	Trunks TrunksConfig `yaml:"trunks"`
 
 	// TrunkLimitsAt is when the limits in Trunks.Limits were written: the
-	// config file's modification time, or the start for --trunk-limit. Of
+	// config file's modification time, or the start for --trunks-limits. Of
 	// these and a setting made through the admin API, the later holds.
 	TrunkLimitsAt time.Time `yaml:"-"`
 

@@ -55,7 +55,7 @@ var options = []option{
 	{key: "cluster.fail_open_for", flag: "cluster-fail-open-for", arg: "DURATION", usage: "how long fail_open enforces the whole licence on each side of a partition"},
 	{key: "cluster.reclaim_after", flag: "cluster-reclaim-after", arg: "DURATION", usage: "how long a failed member keeps its part before the majority side takes it over, at least 1s"},
 	{key: "trunks.max_keys", flag: "trunks-max-keys", arg: "N", usage: "most keys with limits of their own in the farm (ADMIT ... TRUNK), 1..10000000"},
-	{key: "trunks.limits", flag: "trunk-limit", arg: "'SERVICE/KEY caps=N burst=N sessions=N'", usage: "a key's limits inside a licensed service; repeatable or comma-separated, replaces the file's list", def: "none"},
+	{key: "trunks.limits", flag: "trunks-limits", arg: "'SERVICE/KEY caps=N burst=N sessions=N'", usage: "a key's limits inside a licensed service; repeatable or comma-separated, replaces the file's list", def: "none"},
 	{key: "log.level", flag: "log-level", arg: "LEVEL", usage: "least severe level logged: debug, info, warn or error"},
 	{key: "throttle.allow", flag: "throttle-allow", arg: "PREFIX", usage: "key prefix CL.THROTTLE accepts; repeatable or comma-separated, replaces the file's list", def: "none: CL.THROTTLE is disabled"},
 	{key: "throttle.max_keys", flag: "throttle-max-keys", arg: "N", usage: "CL.THROTTLE keys held at once (beyond: a new key is refused), 1..100000000"},
@@ -305,7 +305,7 @@ func Load(args []string, usage io.Writer) (Config, error) {
 		if fv, ok := values[f.Name]; ok {
 			fv.apply(&cfg)
 		}
-		if f.Name == "trunk-limit" {
+		if f.Name == "trunks-limits" {
 			cfg.TrunkLimitsAt = time.Now()
 		}
 	})

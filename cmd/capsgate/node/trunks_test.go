@@ -66,7 +66,7 @@ func TestTrunkLimitsAdmin(t *testing.T) {
 	data := filepath.Join(t.TempDir(), "data")
 	respAddr, adminAddr := farm.FreeAddr(t), farm.FreeAddr(t)
 	args := []string{"--dev", "--data-dir", data, "--resp-addr", respAddr, "--admin-addr", adminAddr, "--gossip-addr", farm.FreeAddr(t),
-		"--trunk-limit", "demo/from-config caps=5 sessions=1"}
+		"--trunks-limits", "demo/from-config caps=5 sessions=1"}
 	cfg, err := Load(args, io.Discard)
 	require.NoError(t, err)
 	n, err := New(cfg, nil)
