@@ -481,6 +481,17 @@ func TestValidateErrors(t *testing.T) {
 	f([]string{"--cluster-reclaim-after", "500ms"}, `invalid config: cluster.reclaim_after (--cluster-reclaim-after) must be at least 1s, got 500ms`)
 	f([]string{"--admin-tls-cert-file", dir + "/admin.crt"}, "invalid config: admin.tls_cert_file (--admin-tls-cert-file) and admin.tls_key_file (--admin-tls-key-file) must be set together")
 	f([]string{"--log-level", "INFO"}, `invalid config: log.level (--log-level) must be debug, info, warn or error, got "INFO"`)
+	f([]string{"--throttle-max-keys", "0"}, "invalid config: throttle.max_keys (--throttle-max-keys) must be between 1 and 100000000, got 0")
+	f([]string{"--throttle-max-keys", "100000001"}, "invalid config: throttle.max_keys (--throttle-max-keys) must be between 1 and 100000000, got 100000001")
+	f([]string{"--throttle-max-burst", "-1"}, "invalid config: throttle.max_burst (--throttle-max-burst) must be between 0 and 1000000000, got -1")
+	f([]string{"--throttle-max-burst", "1000000001"}, "invalid config: throttle.max_burst (--throttle-max-burst) must be between 0 and 1000000000, got 1000000001")
+	f([]string{"--throttle-max-count", "0"}, "invalid config: throttle.max_count (--throttle-max-count) must be between 1 and 1000000, got 0")
+	f([]string{"--throttle-max-count", "1000001"}, "invalid config: throttle.max_count (--throttle-max-count) must be between 1 and 1000000, got 1000001")
+	f([]string{"--throttle-max-period", "0"}, "invalid config: throttle.max_period (--throttle-max-period) must be whole seconds between 1s and 8760h, got 0s")
+	f([]string{"--throttle-max-period", "999ms"}, "invalid config: throttle.max_period (--throttle-max-period) must be whole seconds between 1s and 8760h, got 999ms")
+	f([]string{"--throttle-max-period", "1500ms"}, "invalid config: throttle.max_period (--throttle-max-period) must be whole seconds between 1s and 8760h, got 1.5s")
+	f([]string{"--throttle-max-period", "8761h"}, "invalid config: throttle.max_period (--throttle-max-period) must be whole seconds between 1s and 8760h, got 8761h")
+	f([]string{"--throttle-allow", "user:," + strings.Repeat("k", 257)}, "invalid config: throttle.allow (--throttle-allow) entry 2 is longer than a key (256 bytes)")
 
 	// The boundaries themselves are valid.
 	for _, args := range [][]string{
@@ -488,6 +499,9 @@ func TestValidateErrors(t *testing.T) {
 		{"--resp-event-loops", "256"}, {"--admission-burst", "1ms"}, {"--admission-burst", "10s"},
 		{"--ledger-interval", "1s"}, {"--priority-high-headroom-percent", "100"}, {"--priority-max-emergency-sessions", "10000000"}, {"--resp-addr", "[::1]:65535"},
 		{"--node-name", strings.Repeat("n", 64)}, {"--node-name", "a.b_c:d-E9"},
+		{"--throttle-max-keys", "1"}, {"--throttle-max-keys", "100000000"}, {"--throttle-max-burst", "0"},
+		{"--throttle-max-burst", "1000000000"}, {"--throttle-max-count", "1"}, {"--throttle-max-count", "1000000"},
+		{"--throttle-max-period", "1s"}, {"--throttle-max-period", "8760h"}, {"--throttle-allow", strings.Repeat("k", 256)},
 	} {
 		_, err := Load(append(prodArgs(dir), args...), nil)
 		require.NoError(t, err, args)
