@@ -48,6 +48,7 @@ func (s *Service) takeCAPS(now int64, l *derived, prio Priority, spillable bool)
 	left, _, d, ok = s.limiter.takeCAPS(now, l, prio)
 	if !ok && !spillable {
 		s.counts[CAPS].Add(1)
+		s.refusedCAPS(now)
 	}
 	return left, d, ok
 }

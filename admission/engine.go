@@ -329,6 +329,7 @@ func (e *Engine) AdmitSpillable(now int64, service, call, acct []byte, prio Prio
 func (e *Engine) Refused(service, trunk []byte) {
 	if s := e.service(service); s != nil {
 		s.counts[CAPS].Add(1)
+		s.refusedCAPS(e.clk.Now())
 		if t := s.trunks.get(trunk); t != nil && trunk != nil {
 			t.counts[CAPS].Add(1)
 		}

@@ -44,6 +44,9 @@ type limiter struct {
 	spilledOut atomic.Uint64             // attempts refused here and admitted by another member (SpilledOut)
 	sessionsN  atomic.Int64              // open licensed sessions
 	usedCAPS   atomic.Uint64             // admitted attempts per second over the last second (float64 bits)
+	// capsRefusedAt is the instant of the CAPS bucket's last counted
+	// refusal (0: none), for the overload feedback (overload.go).
+	capsRefusedAt atomic.Int64
 	// rate tracking for usedCAPS, by Tick only
 	rateMark  int64
 	rateCount uint64

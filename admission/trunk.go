@@ -264,6 +264,7 @@ func (t *Trunk) enter(now int64, prio Priority, session bool) (h trunkHold, rema
 			t.sessionsN.Add(-1)
 		}
 		t.counts[TRUNK_CAPS].Add(1)
+		t.refusedCAPS(now)
 		d.Reason = TRUNK_CAPS
 		return trunkHold{}, 0, d, false
 	}

@@ -282,6 +282,7 @@ type Handler struct {
 	spill    Spiller              // may be nil
 	route    Router               // may be nil
 	cells    *throttle            // CL.THROTTLE (throttle.go); nil: disabled
+	ocSeq    ocSeq                // OC's oc-seq (oc.go)
 	waiters  durableWaiters
 	kick     func()         // asks for a commit now (durable.go); may be nil
 	clients  ClientLister   // for CLIENT LIST; may be nil
@@ -462,6 +463,8 @@ func (h *Handler) run(now int64, cs *ConnState, name []byte, args [][]byte, out 
 		return h.consume(now, cs, args, out), false
 	case "quota":
 		return h.quota(args, out), false
+	case "oc":
+		return h.oc(now, args, out), false
 	case "cl.throttle":
 		return h.clThrottle(now, cs, args, out), false
 	case "ping":

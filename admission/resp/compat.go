@@ -46,6 +46,7 @@ var commandTable = []commandSpec{
 	{"deregister", 3, "write fast", true, "@write @fast", "capsgate", "Deregister a subscriber.", "service subscriber"},
 	{"consume", -4, "write fast", true, "@write @fast", "capsgate", "Charge prepaid tokens to an account.", "service account units [ID key]"},
 	{"quota", 2, "readonly fast", true, "@read @fast", "capsgate", "Show a service's limits and usage.", "service"},
+	{"oc", -2, "readonly fast", true, "@read @fast", "capsgate", "Show the SIP overload feedback (RFC 7339, rate) of a licence or a trunk key.", "service [TRUNK key]"},
 	{"cl.throttle", -5, "write fast", true, "@write @fast", "capsgate", "Rate-limit a key with redis-cell's GCRA (farm-wide).", "key max_burst count period [quantity]"},
 	{"ping", -1, "fast stale", false, "@fast @connection", "connection", "Return the server's liveliness response.", "[message]"},
 	{"echo", 2, "fast stale", false, "@fast @connection", "connection", "Return the given string.", "message"},

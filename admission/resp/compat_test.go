@@ -57,8 +57,8 @@ func TestCommandReplies(t *testing.T) {
 	f := c.expect(t)
 	admitInfo := "*10\r\n$5\r\nadmit\r\n:-2\r\n*2\r\n+write\r\n+fast\r\n:1\r\n:1\r\n:1\r\n*2\r\n+@write\r\n+@fast\r\n*0\r\n*0\r\n*0\r\n"
 	pingInfo := "*10\r\n$4\r\nping\r\n:-1\r\n*2\r\n+fast\r\n+stale\r\n:0\r\n:0\r\n:0\r\n*2\r\n+@fast\r\n+@connection\r\n*0\r\n*0\r\n*0\r\n"
-	f(cmd("COMMAND", "COUNT"), ":19\r\n")
-	f(cmd("command", "count"), ":19\r\n")
+	f(cmd("COMMAND", "COUNT"), ":20\r\n")
+	f(cmd("command", "count"), ":20\r\n")
 	f(cmd("COMMAND", "INFO", "ADMIT", "get", "ping"), "*3\r\n"+admitInfo+"*-1\r\n"+pingInfo)
 	f(cmd("COMMAND", "DOCS", "quota", "get"), "*2\r\n$5\r\nquota\r\n*8\r\n$7\r\nsummary\r\n$34\r\nShow a service's limits and usage.\r\n"+
 		"$5\r\nsince\r\n$5\r\n0.1.0\r\n$5\r\ngroup\r\n$8\r\ncapsgate\r\n"+
@@ -66,19 +66,19 @@ func TestCommandReplies(t *testing.T) {
 	f(cmd("COMMAND", "DOCS", "exec"), "*2\r\n$4\r\nexec\r\n*6\r\n$7\r\nsummary\r\n$36\r\nRun the commands queued since MULTI.\r\n"+
 		"$5\r\nsince\r\n$5\r\n0.1.0\r\n$5\r\ngroup\r\n$12\r\ntransactions\r\n")
 	f(cmd("COMMAND", "DOCS", "get"), "*0\r\n")
-	f(cmd("COMMAND", "LIST"), "*19\r\n"+bulk("admit")+bulk("release")+bulk("register")+bulk("deregister")+bulk("consume")+
-		bulk("quota")+bulk("cl.throttle")+bulk("ping")+bulk("echo")+bulk("quit")+bulk("auth")+bulk("hello")+bulk("select")+bulk("info")+
+	f(cmd("COMMAND", "LIST"), "*20\r\n"+bulk("admit")+bulk("release")+bulk("register")+bulk("deregister")+bulk("consume")+
+		bulk("quota")+bulk("oc")+bulk("cl.throttle")+bulk("ping")+bulk("echo")+bulk("quit")+bulk("auth")+bulk("hello")+bulk("select")+bulk("info")+
 		bulk("command")+bulk("client")+bulk("multi")+bulk("exec")+bulk("discard"))
 	f(cmd("COMMAND", "COUNT", "x"), "-ERR wrong number of arguments for 'command|count' command\r\n")
 	f(cmd("COMMAND", "GETKEYS", "admit", "demo"), "-ERR unknown subcommand 'GETKEYS'. Try COMMAND HELP.\r\n")
 
 	all, _, _ := c.send(cmd("COMMAND"))
-	require.True(t, strings.HasPrefix(all, "*19\r\n"+admitInfo), all)
-	require.Equal(t, 19, strings.Count(all, "*10\r\n"))
+	require.True(t, strings.HasPrefix(all, "*20\r\n"+admitInfo), all)
+	require.Equal(t, 20, strings.Count(all, "*10\r\n"))
 	info, _, _ := c.send(cmd("COMMAND", "INFO"))
 	require.Equal(t, all, info)
 	docs, _, _ := c.send(cmd("COMMAND", "DOCS"))
-	require.True(t, strings.HasPrefix(docs, "*38\r\n$5\r\nadmit\r\n*8\r\n"), docs)
+	require.True(t, strings.HasPrefix(docs, "*40\r\n$5\r\nadmit\r\n*8\r\n"), docs)
 	help, _, _ := c.send(cmd("COMMAND", "HELP"))
 	require.True(t, strings.HasPrefix(help, "*13\r\n+COMMAND <subcommand>"), help)
 }

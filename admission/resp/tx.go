@@ -19,7 +19,7 @@ type txQueue struct {
 // replies are small (INFO, CLIENT and COMMAND are refused).
 func txAllowed(name string) bool {
 	switch name {
-	case "admit", "release", "register", "deregister", "consume", "quota", "ping", "echo", "select":
+	case "admit", "release", "register", "deregister", "consume", "quota", "oc", "ping", "echo", "select":
 		return true
 	}
 	return false
