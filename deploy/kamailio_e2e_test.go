@@ -162,19 +162,8 @@ func testKamailio(t *testing.T, nodes int) {
 		"-key", "ruri", "sip:cancel@"+kam, "-r", "20", "-m", strconv.Itoa(cancelledCalls))
 
 	// Every admitted call released: sessions back to 0 on every node.
-	runEnd := time.Now()
-	var released time.Duration
-	leaked := false
-	if err := eventually(10*time.Second, func() error {
-		if err := sessionsReleased(c); err != nil {
-			return err
-		}
-		released = time.Since(runEnd)
-		return nil
-	}); err != nil {
-		t.Errorf("every admitted call released: %v", err)
-		leaked = true
-	}
+	released, ok := awaitReleased(t, time.Now(), func() error { return sessionsReleased(c) })
+	leaked := !ok
 	defer traceCalls(t, k, leaked, map[string][]call{"normal": normalCalls, "emergency": emergencyCalls,
 		"sos": sosCalls, "busy": busy, "cancel": cancelled}, normal, emergency, sos)
 
@@ -320,6 +309,25 @@ func sessionsReleased(c *farm.Cluster) error {
 	return nil
 }
 
+// awaitReleased waits up to 10 s for check to find every admitted call
+// released and returns how long after since it did; it fails the test
+// and reports false if it never does.
+func awaitReleased(t *testing.T, since time.Time, check func() error) (time.Duration, bool) {
+	t.Helper()
+	var released time.Duration
+	if err := eventually(10*time.Second, func() error {
+		if err := check(); err != nil {
+			return err
+		}
+		released = time.Since(since)
+		return nil
+	}); err != nil {
+		t.Errorf("every admitted call released: %v", err)
+		return 0, false
+	}
+	return released, true
+}
+
 // startCluster starts nodes capsgate nodes and loads a licence for service
 // with the given limits on the first.
 func startCluster(t *testing.T, nodes int, limits ...string) *farm.Cluster {
@@ -341,8 +349,8 @@ type proxy struct {
 }
 
 // startProxy starts the sipp callee and registrar, and Kamailio in front of
-// them asking c's nodes (with CG_TRACE).
-func startProxy(t *testing.T, tools map[string]string, c *farm.Cluster) proxy {
+// them asking c's nodes (with CG_TRACE and the extra -A defines).
+func startProxy(t *testing.T, tools map[string]string, c *farm.Cluster, extra ...string) proxy {
 	t.Helper()
 	dir := t.TempDir()
 	var px proxy
@@ -357,6 +365,7 @@ func startProxy(t *testing.T, tools map[string]string, c *farm.Cluster) proxy {
 		fmt.Sprintf(`CG_REGISTRAR="sip:127.0.0.1:%d"`, px.regPort),
 		"CG_TRACE", // every ADMIT and RELEASE logged, to name a call left unreleased
 	}
+	defines = append(defines, extra...)
 	for i, n := range c.Nodes() {
 		host, port, _ := net.SplitHostPort(n.RESPAddr)
 		defines = append(defines, fmt.Sprintf(`CG_SERVER%d="name=cg%d;addr=%s;port=%s"`, i+1, i+1, host, port))
