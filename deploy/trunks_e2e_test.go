@@ -152,6 +152,12 @@ func TestKamailioTrunks(t *testing.T) {
 	}
 	if tb.rejected+tb.other > 0 || tb.forwarded != callsB {
 		t.Errorf("%s: %s of %d calls, want every one forwarded", keys[1], tb, callsB)
+		for _, call := range gotB {
+			if call.kind != "ok" {
+				t.Logf("%s call %s: %s %s after the start:\n%s", keys[1], call.id, call.status,
+					call.at.Sub(runStart).Round(time.Millisecond), linesAbout(px.k.tail(100000), call.id, 5))
+			}
+		}
 	}
 	if ta.forwarded+ta.rejected != callsA || ta.other > 0 {
 		t.Errorf("%s: %s of %d calls, want each forwarded or refused", keys[0], ta, callsA)
