@@ -26,8 +26,8 @@ func (s *Service) admitRate(now int64, l *derived, prio Priority, spillable bool
 	if t != nil {
 		var d Decision
 		var ok bool
-		if h, remaining, d, ok = t.enter(now, prio, false); !ok {
-			s.counts[d.Reason].Add(1)
+		if h, remaining, d, ok = t.enter(now, prio, false, spillable); !ok {
+			s.countTrunkRefusal(d.Reason, spillable)
 			return d
 		}
 	}
@@ -39,6 +39,14 @@ func (s *Service) admitRate(now int64, l *derived, prio Priority, spillable bool
 	h.admitted()
 	s.counts[OK].Add(1)
 	return Decision{Reason: OK, Remaining: clampRemaining(minRemaining(remaining, left))}
+}
+
+// countTrunkRefusal counts an attempt its key's limits refused, but a
+// spillable TRUNK_CAPS, counted once settled (Engine.Refused).
+func (s *Service) countTrunkRefusal(r Reason, spillable bool) {
+	if !spillable || r != TRUNK_CAPS {
+		s.counts[r].Add(1)
+	}
 }
 
 // takeCAPS takes a CAPS token (and, for PRIORITY high, a headroom token when
@@ -128,16 +136,16 @@ func (s *Service) admitLocked(now int64, call, acct []byte, prio Priority, scope
 	if t != nil {
 		var d Decision
 		var ok bool
-		h, remaining, d, ok = t.enter(now, prio, call != nil)
+		h, remaining, d, ok = t.enter(now, prio, call != nil, spillable)
 		if !ok && d.Reason == TRUNK_SESSIONS && s.sessions.len() > 0 {
 			// Sessions due but not yet expired may hold the key's: expire
 			// them (as for the licence's) and look again.
 			s.sweepAtLimit(&s.sessions.lastFull, now, s.sessions.expireSome)
 			t.counts[TRUNK_SESSIONS].Add(^uint64(0))
-			h, remaining, d, ok = t.enter(now, prio, call != nil)
+			h, remaining, d, ok = t.enter(now, prio, call != nil, spillable)
 		}
 		if !ok {
-			s.counts[d.Reason].Add(1)
+			s.countTrunkRefusal(d.Reason, spillable)
 			return d
 		}
 	}

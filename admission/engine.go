@@ -122,8 +122,10 @@ type Engine struct {
 	unlicensedServices int
 	// watches are the pool watches handed out (WatchPools).
 	watches poolWatches
-	// trunkCount counts the keys with limits (MaxTrunks).
-	trunkCount atomic.Int64
+	// trunkCount counts the keys with limits (MaxTrunks); movedTrunks is
+	// the stack of keys that moved since the last DrainMoved.
+	trunkCount  atomic.Int64
+	movedTrunks atomic.Pointer[Trunk]
 }
 
 // UnlicensedBucket is the service under which emergency calls naming a
@@ -325,13 +327,22 @@ func (e *Engine) AdmitSpillable(now int64, service, call, acct []byte, prio Prio
 	return e.admit(now, service, call, acct, nil, prio, true)
 }
 
-// Refused counts a refusal for CAPS that AdmitSpillable left uncounted.
-func (e *Engine) Refused(service, trunk []byte) {
+// Refused counts a refusal that AdmitSpillable (or AdmitTrunkSpillable)
+// left uncounted: reason is CAPS (the licence's bucket) or TRUNK_CAPS
+// (the key's), counted on the service and on the key.
+func (e *Engine) Refused(service, trunk []byte, reason Reason) {
 	if s := e.service(service); s != nil {
-		s.counts[CAPS].Add(1)
-		s.refusedCAPS(e.clk.Now())
+		now := e.clk.Now()
+		s.counts[reason].Add(1)
+		if reason == CAPS {
+			s.refusedCAPS(now)
+		}
 		if t := s.trunks.get(trunk); t != nil && trunk != nil {
-			t.counts[CAPS].Add(1)
+			t.counts[reason].Add(1)
+			t.touch()
+			if reason == TRUNK_CAPS {
+				t.refusedCAPS(now)
+			}
 		}
 	}
 }
@@ -344,6 +355,7 @@ func (e *Engine) SpilledOut(service, trunk []byte) {
 		s.spilledOut.Add(1)
 		if t := s.trunks.get(trunk); t != nil && trunk != nil {
 			t.spilledOut.Add(1)
+			t.touch()
 		}
 	}
 }

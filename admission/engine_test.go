@@ -658,7 +658,7 @@ func TestSpilledAttemptsCountOnce(t *testing.T) {
 	st := stats()
 	require.Equal(t, uint64(1), st.Admissions[OK])
 	require.Zero(t, st.Admissions[CAPS], "not counted before it is settled")
-	e.Refused(svc, nil)
+	e.Refused(svc, nil, CAPS)
 	e.SpilledOut(svc, nil)
 	st = stats()
 	require.Equal(t, uint64(1), st.Admissions[CAPS])

@@ -61,7 +61,7 @@ func TestFeedbackSpill(t *testing.T) {
 	e.SpilledOut(svc, nil)
 	require.False(t, feedbackAt(t, e, clk, "").Overloaded, "admitted by another member")
 	clk.Advance(time.Millisecond)
-	e.Refused(svc, nil)
+	e.Refused(svc, nil, CAPS)
 	require.True(t, feedbackAt(t, e, clk, "").Overloaded)
 	clk.Advance(OverloadWindow)
 	require.False(t, feedbackAt(t, e, clk, "").Overloaded)

@@ -124,6 +124,7 @@ func (s *Service) sessionGone(x session) {
 		s.sessionsN.Add(-1)
 		if x.trunk != nil {
 			x.trunk.sessionsN.Add(-1)
+			x.trunk.touch()
 		}
 	} else {
 		s.emergencyOpened(-1)

@@ -56,6 +56,43 @@ type Trunk struct {
 	limiter
 	key     string
 	service *Service
+	// touched: something was decided, released or counted since the key
+	// was last drained (DrainMoved), and it is on the engine's stack of
+	// moved keys (moved, linked by next), so that a reader of 100,000 keys
+	// visits only those that move.
+	touched atomic.Bool
+	next    *Trunk
+	moved   *atomic.Pointer[Trunk]
+}
+
+// touch marks the key as moved: the first mark since it was last drained
+// pushes it on the engine's stack (a compare-and-swap, no lock); the
+// others only read the flag.
+func (t *Trunk) touch() {
+	if t.touched.Load() || !t.touched.CompareAndSwap(false, true) {
+		return
+	}
+	for {
+		head := t.moved.Load()
+		t.next = head
+		if t.moved.CompareAndSwap(head, t) {
+			return
+		}
+	}
+}
+
+// DrainMoved calls f for every key that moved (something was decided,
+// released or counted on it) since the last drain, each once. A key that
+// moves while f reads it is handed out again at the next drain. One
+// caller at a time.
+func (e *Engine) DrainMoved(f func(*Trunk)) {
+	for t := e.movedTrunks.Swap(nil); t != nil; {
+		next := t.next
+		t.next = nil
+		t.touched.Store(false) // before f reads it: a move from here on pushes it again
+		f(t)
+		t = next
+	}
 }
 
 // Key returns the key's name within its service.
@@ -63,6 +100,12 @@ func (t *Trunk) Key() string { return t.key }
 
 // Service returns the name of the service the key belongs to.
 func (t *Trunk) Service() string { return t.service.name }
+
+// Limited reports whether the key has limits.
+func (t *Trunk) Limited() bool { return t.lim.Load().Licensed }
+
+// OpenSessions returns the sessions open here that count against the key.
+func (t *Trunk) OpenSessions() int64 { return t.sessionsN.Load() }
 
 // Stats returns a snapshot of the key's limits and counters: Admissions
 // counts the attempts with this key by the decision they got once they
@@ -80,8 +123,8 @@ func (t *Trunk) Stats() Stats {
 }
 
 // trunkShards splits a service's trunks so that adding one copies a
-// sixty-fourth of them.
-const trunkShards = 64
+// 256th of them (100,000 keys: about 400 each).
+const trunkShards = 256
 
 // trunkTable is a service's trunks by key: each shard an immutable map
 // behind an atomic pointer, replaced (copy on write, under mu) when a key
@@ -167,7 +210,7 @@ func (e *Engine) addTrunk(s *Service, key string) (*Trunk, error) {
 			e.trunkCount.Add(-1)
 			return nil, fmt.Errorf("cannot add limits for %s: %w (limit %d)", TrunkName(s.name, key), ErrTooManyTrunks, MaxTrunks)
 		}
-		t := &Trunk{limiter: limiter{name: TrunkName(s.name, key)}, key: key, service: s}
+		t := &Trunk{limiter: limiter{name: TrunkName(s.name, key)}, key: key, service: s, moved: &e.movedTrunks}
 		t.lim.Store(derive(noTrunkLimits, &e.cfg))
 		return t, nil
 	})
@@ -230,11 +273,13 @@ type trunkHold struct {
 
 // enter checks an attempt against the key's limits and takes what it
 // uses: a CAPS token, and a session when session is set. On a refusal it
-// counts it (TRUNK_CAPS, TRUNK_SESSIONS) and returns the decision. remaining
+// counts it (TRUNK_CAPS, TRUNK_SESSIONS; a spillable TRUNK_CAPS is
+// counted once settled: Engine.Refused) and returns the decision. remaining
 // is what is left of the key's limiting quantity (-1: none). A key with
 // no limits takes nothing.
-func (t *Trunk) enter(now int64, prio Priority, session bool) (h trunkHold, remaining int64, d Decision, ok bool) {
+func (t *Trunk) enter(now int64, prio Priority, session, spillable bool) (h trunkHold, remaining int64, d Decision, ok bool) {
 	h.t = t
+	t.touch()
 	l := t.lim.Load()
 	if !l.Licensed {
 		return h, -1, Decision{}, true
@@ -263,8 +308,10 @@ func (t *Trunk) enter(now int64, prio Priority, session bool) (h trunkHold, rema
 		if h.session {
 			t.sessionsN.Add(-1)
 		}
-		t.counts[TRUNK_CAPS].Add(1)
-		t.refusedCAPS(now)
+		if !spillable {
+			t.counts[TRUNK_CAPS].Add(1)
+			t.refusedCAPS(now)
+		}
 		d.Reason = TRUNK_CAPS
 		return trunkHold{}, 0, d, false
 	}
@@ -343,6 +390,7 @@ func (e *Engine) AdmitTrunkSpilled(now int64, service, call, acct, trunk []byte,
 			s.spilledIn.Add(1)
 			if t := s.trunks.get(trunk); t != nil && trunk != nil {
 				t.spilledIn.Add(1)
+				t.touch()
 			}
 		}
 	}

@@ -3,7 +3,9 @@ package admission
 import (
 	"math"
 	"math/rand/v2"
+	"slices"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -114,12 +116,27 @@ func TestTrunkRefund(t *testing.T) {
 	require.Equal(t, uint64(40), tk.Stats().Admissions[CAPS])
 	require.Equal(t, CAPS, e.AdmitTrunkSpillable(now, svc, nil, nil, tr, Normal).Reason)
 	require.Equal(t, uint64(40), tk.Stats().Admissions[CAPS], "spillable: counted once settled")
-	e.Refused(svc, tr)
+	e.Refused(svc, tr, CAPS)
 	require.Equal(t, uint64(41), tk.Stats().Admissions[CAPS])
 	e.SpilledOut(svc, tr)
 	require.Equal(t, uint64(1), tk.Stats().SpilledOut)
 	_, avail = tk.Bucket(now)
 	require.Equal(t, int64(80), avail)
+
+	// The key's own bucket refusing a spillable attempt: not counted
+	// until settled, then as TRUNK_CAPS on the key and the service.
+	setTrunk(t, e, "b", trunkLimits(100, 1, Unlimited))
+	b := []byte("b")
+	clk.Advance(time.Second)
+	now = clk.Now()
+	require.Equal(t, OK, e.AdmitTrunkSpillable(now, svc, nil, nil, b, Normal).Reason)
+	require.Equal(t, TRUNK_CAPS, e.AdmitTrunkSpillable(now, svc, nil, nil, b, Normal).Reason)
+	tb := e.Trunk("voice", "b")
+	require.Zero(t, tb.Stats().Admissions[TRUNK_CAPS])
+	before := e.Service("voice").Stats().Admissions[TRUNK_CAPS]
+	e.Refused(svc, b, TRUNK_CAPS)
+	require.Equal(t, uint64(1), tb.Stats().Admissions[TRUNK_CAPS])
+	require.Equal(t, before+1, e.Service("voice").Stats().Admissions[TRUNK_CAPS])
 }
 
 // PRIORITY emergency ignores a key's limits; PRIORITY high may use the
@@ -229,6 +246,63 @@ func BenchmarkAdmitTrunk(b *testing.B) {
 	for range b.N {
 		if e.AdmitTrunk(now, svc, nil, nil, tr, Normal).Reason != OK {
 			b.Fatal("refused")
+		}
+	}
+}
+
+// DrainMoved hands out each key that moved since the last drain, once,
+// and a key that moves during a drain again at the next.
+func TestDrainMoved(t *testing.T) {
+	e, clk := newTestEngine(t, capsOnly(Unlimited))
+	for _, k := range []string{"a", "b", "c"} {
+		setTrunk(t, e, k, trunkLimits(Unlimited, 0, 10))
+	}
+	drained := func() []string {
+		var out []string
+		e.DrainMoved(func(tk *Trunk) { out = append(out, tk.Key()) })
+		slices.Sort(out)
+		return out
+	}
+	require.Empty(t, drained(), "limits set move nothing")
+	now := clk.Now()
+	for range 3 {
+		e.AdmitTrunk(now, svc, nil, nil, []byte("a"), Normal)
+	}
+	e.AdmitTrunk(now, svc, []byte("call"), nil, []byte("b"), Normal)
+	require.Equal(t, []string{"a", "b"}, drained())
+	require.Empty(t, drained())
+	require.True(t, e.Release(now, svc, []byte("call"), 0))
+	require.Equal(t, []string{"b"}, drained(), "a session that ends moves its key")
+
+	// Concurrent decisions while a reader drains and reads each key handed
+	// out (as the cluster's usage reader does): once the deciders stop and
+	// a last drain is made, what the reader last read of every key is its
+	// final count. A move lost between a drain and the flag's reset would
+	// leave a count it never read.
+	var wg sync.WaitGroup
+	for _, k := range []string{"a", "b", "c"} {
+		wg.Go(func() {
+			for range 20000 {
+				e.AdmitTrunk(now, svc, nil, nil, []byte(k), Normal)
+			}
+		})
+	}
+	last := map[string]uint64{}
+	read := func() {
+		e.DrainMoved(func(tk *Trunk) { last[tk.Key()] = tk.Stats().Admissions[OK] })
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	for reads := 0; ; reads++ {
+		select {
+		case <-done:
+			read()
+			for _, k := range []string{"a", "b", "c"} {
+				require.Equal(t, e.Trunk("voice", k).Stats().Admissions[OK], last[k], "key %s after %d reads", k, reads)
+			}
+			return
+		default:
+			read()
 		}
 	}
 }

@@ -16,81 +16,122 @@ import (
 //
 //	go test ./cluster -run '^$' -bench ExchangeWithAccounts -benchtime 20x -benchmem
 func BenchmarkExchangeWithAccounts(b *testing.B) {
-	const warmUp = 50
 	for _, n := range []int{100, 10000, 100000} {
 		b.Run(fmt.Sprintf("accounts=%d", n), func(b *testing.B) {
-			live := []string{"a", "b", "c"}
-			t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-			type member struct {
-				eng    *admission.Engine
-				shares *Shares
-				usage  *UsageReader
-				p      *Planner
-				last   Report
-			}
-			var ms []*member
-			for _, name := range live {
-				eng := admission.NewEngine(admission.DefaultConfig())
-				m := &member{eng: eng, shares: NewShares(eng), p: NewPlanner(name, PolicyConfig{ReclaimAfter: 3 * time.Second}, 100*time.Millisecond)}
-				if err := m.shares.SetLimits("svc", admission.Limits{Licensed: true, CAPS: 1000, Sessions: 1000, Subscribers: 1000, Tokens: 1 << 40}); err != nil {
-					b.Fatal(err)
-				}
+			benchExchange(b, func(eng *admission.Engine, shares *Shares) error {
 				for a := range n {
 					if err := eng.SetAccount("svc", fmt.Sprintf("acct-%06d", a), 1000, admission.Overage{}); err != nil {
-						b.Fatal(err)
+						return err
 					}
 				}
-				m.usage = NewUsageReader(eng)
-				for _, other := range live {
-					m.p.Joined(t0.Add(-time.Second), other)
-				}
-				ms = append(ms, m)
-			}
-			exchange := func(m *member, now time.Time) {
-				pl := m.p.Plan(now, live, m.shares.Licensed(), m.usage.Read())
-				for s, part := range pl.Parts {
-					if err := m.shares.SetShare(s, part); err != nil {
-						b.Fatal(err)
-					}
-				}
-				m.last = pl.Report
-			}
-			hear := func(m *member, now time.Time) {
-				for i, o := range ms {
-					if o != m {
-						m.p.Heard(now, live[i], o.last)
-					}
-				}
-			}
-			step := func(i int, timed bool) {
-				now := t0.Add(time.Duration(i) * ExchangeInterval)
-				for j, m := range ms {
-					if j > 0 && timed {
-						b.StopTimer()
-					}
-					if j == 0 {
-						if err := m.eng.SetAccount("svc", "acct-000001", int64(1000+i%2), admission.Overage{}); err != nil {
-							b.Fatal(err)
-						}
-					}
-					exchange(m, now)
-					if j > 0 && timed {
-						b.StartTimer()
-					}
-				}
-				for _, m := range ms {
-					hear(m, now)
-				}
-			}
-			// The first exchanges plan every account, until their budgets
-			// settle; then only what moves.
-			for i := range warmUp {
-				step(i, false)
-			}
-			b.ResetTimer()
-			for i := range b.N {
-				step(warmUp+i, true)
-			}
+				return nil
+			}, func(eng *admission.Engine, i int) error {
+				return eng.SetAccount("svc", "acct-000001", int64(1000+i%2), admission.Overage{})
+			})
 		})
+	}
+}
+
+// BenchmarkExchangeWithTrunks is BenchmarkExchangeWithAccounts for a
+// service with n trunk keys with limits of their own, one of them busy
+// (a decision on it between exchanges), the rest idle.
+//
+//	go test ./cluster -run '^$' -bench ExchangeWithTrunks -benchtime 20x -benchmem
+func BenchmarkExchangeWithTrunks(b *testing.B) {
+	for _, n := range []int{100, 10000, 100000} {
+		b.Run(fmt.Sprintf("keys=%d", n), func(b *testing.B) {
+			benchExchange(b, func(eng *admission.Engine, shares *Shares) error {
+				for k := range n {
+					if err := shares.SetLimits(admission.TrunkName("svc", fmt.Sprintf("key-%06d", k)),
+						admission.Limits{Licensed: true, CAPS: 100, Sessions: 100, Subscribers: admission.Unlimited, Tokens: admission.Unlimited}); err != nil {
+						return err
+					}
+				}
+				return nil
+			}, func(eng *admission.Engine, i int) error {
+				eng.AdmitTrunk(eng.Now(), []byte("svc"), nil, nil, []byte("key-000001"), admission.Normal)
+				return nil
+			})
+		})
+	}
+}
+
+// benchExchange times one exchange of a member of three (read the
+// engine's counters, plan, apply the parts, take the two others'
+// reports) for one service set up by setup, with change made on the
+// first member before each exchange, once the first warm-up exchanges
+// have settled. The other two members run their own engines and
+// planners, off the clock.
+func benchExchange(b *testing.B, setup func(*admission.Engine, *Shares) error, change func(*admission.Engine, int) error) {
+	const warmUp = 50
+	live := []string{"a", "b", "c"}
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	type member struct {
+		eng    *admission.Engine
+		shares *Shares
+		usage  *UsageReader
+		p      *Planner
+		last   Report
+	}
+	var ms []*member
+	for _, name := range live {
+		eng := admission.NewEngine(admission.DefaultConfig())
+		m := &member{eng: eng, shares: NewShares(eng), p: NewPlanner(name, PolicyConfig{ReclaimAfter: 3 * time.Second}, 100*time.Millisecond)}
+		if err := m.shares.SetLimits("svc", admission.Limits{Licensed: true, CAPS: 1000, Sessions: 1000, Subscribers: 1000, Tokens: 1 << 40}); err != nil {
+			b.Fatal(err)
+		}
+		if err := setup(eng, m.shares); err != nil {
+			b.Fatal(err)
+		}
+		m.usage = NewUsageReader(eng)
+		for _, other := range live {
+			m.p.Joined(t0.Add(-time.Second), other)
+		}
+		ms = append(ms, m)
+	}
+	exchange := func(m *member, now time.Time) {
+		pl := m.p.Plan(now, live, m.shares.Licensed(), m.usage.Read())
+		for s, part := range pl.Parts {
+			if err := m.shares.SetShare(s, part); err != nil {
+				b.Fatal(err)
+			}
+		}
+		m.last = pl.Report
+	}
+	hear := func(m *member, now time.Time) {
+		for i, o := range ms {
+			if o != m {
+				m.p.Heard(now, live[i], o.last)
+			}
+		}
+	}
+	step := func(i int, timed bool) {
+		now := t0.Add(time.Duration(i) * ExchangeInterval)
+		for j, m := range ms {
+			if j > 0 && timed {
+				b.StopTimer()
+			}
+			if j == 0 {
+				if err := change(m.eng, i); err != nil {
+					b.Fatal(err)
+				}
+			}
+			exchange(m, now)
+			if j > 0 && timed {
+				b.StartTimer()
+			}
+		}
+		for _, m := range ms {
+			hear(m, now)
+		}
+	}
+	// The first exchanges plan every account, until their budgets
+	// settle; then only what moves.
+	for i := range warmUp {
+		step(i, false)
+	}
+	b.ResetTimer()
+	for i := range b.N {
+		step(warmUp+i, true)
 	}
 }

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"math"
+	"time"
 
 	"github.com/capsgate/capsgate/admission"
 )
@@ -50,7 +51,7 @@ func (m *demandMeter) measure(u Usage, t float64) (demand, tokenRate map[string]
 func ReadUsage(eng *admission.Engine) Usage {
 	return readUsage(eng, func(s *admission.Service, buf []admission.PoolState) []admission.PoolState {
 		return append(buf, s.Pools()...)
-	})
+	}, nil)
 }
 
 // UsageReader reads this node's counters from the engine, of the
@@ -62,13 +63,22 @@ type UsageReader struct {
 	watch   admission.PoolWatch
 	watched bool
 	buf     []admission.PoolState
+	// recent are the trunk keys that moved within trunkQuiet, by when
+	// they last did (engine clock): a key is read while it moves, holds
+	// sessions or owes attempts, and for trunkQuiet after, so that its
+	// demand's meter sees the load go; the others are not read.
+	recent map[*admission.Trunk]int64
 }
+
+// trunkQuiet is how long a trunk key that stopped moving is still read:
+// longer than the demand meter takes to see a load end (rateWindow).
+const trunkQuiet = 5 * time.Second
 
 // NewUsageReader takes one of the engine's pool watches; when none is
 // left it reads every pool each time, as ReadUsage does.
 func NewUsageReader(eng *admission.Engine) *UsageReader {
 	w, err := eng.WatchPools()
-	return &UsageReader{eng: eng, watch: w, watched: err == nil}
+	return &UsageReader{eng: eng, watch: w, watched: err == nil, recent: map[*admission.Trunk]int64{}}
 }
 
 // Read returns the counters now. Not safe for concurrent use.
@@ -78,12 +88,30 @@ func (r *UsageReader) Read() Usage {
 	}
 	return readUsage(r.eng, func(s *admission.Service, buf []admission.PoolState) []admission.PoolState {
 		return s.ChangedPools(r.watch, buf)
-	})
+	}, r.movingTrunks)
 }
 
-// readUsage reads every service's counters, and of the accounts' pools
-// those pools returns.
-func readUsage(eng *admission.Engine, pools func(*admission.Service, []admission.PoolState) []admission.PoolState) Usage {
+// movingTrunks calls f for the trunk keys with limits to read at now:
+// those that moved since the last read, and those that moved within
+// trunkQuiet or hold sessions or owe attempts (see recent). It visits
+// what moves, never every key.
+func (r *UsageReader) movingTrunks(now int64, f func(*admission.Trunk)) {
+	r.eng.DrainMoved(func(t *admission.Trunk) { r.recent[t] = now })
+	for t, at := range r.recent {
+		if depth, avail := t.Bucket(now); now-at > int64(trunkQuiet) && t.OpenSessions() == 0 && avail >= depth {
+			delete(r.recent, t) // read once more: its meter sees it quiet
+		}
+		if t.Limited() {
+			f(t)
+		}
+	}
+}
+
+// readUsage reads every service's counters, of the accounts' pools those
+// pools returns, and of the trunk keys with limits those trunks hands out
+// (nil: every one).
+func readUsage(eng *admission.Engine, pools func(*admission.Service, []admission.PoolState) []admission.PoolState,
+	trunks func(now int64, f func(*admission.Trunk))) Usage {
 	services := eng.Services()
 	now := eng.Now()
 	u := make(Usage, 0, len(services))
@@ -103,11 +131,17 @@ func readUsage(eng *admission.Engine, pools func(*admission.Service, []admission
 		u = append(u, su)
 	}
 	// The keys with limits of their own are planned as licences are.
-	eng.EachTrunk(func(t *admission.Trunk) {
-		st := t.Stats()
-		if !st.Limits.Licensed {
-			return
+	if trunks == nil {
+		trunks = func(_ int64, f func(*admission.Trunk)) {
+			eng.EachTrunk(func(t *admission.Trunk) {
+				if t.Limited() {
+					f(t)
+				}
+			})
 		}
+	}
+	trunks(now, func(t *admission.Trunk) {
+		st := t.Stats()
 		su := ServiceUsage{Name: st.Name, Offered: st.Offered() + st.SpilledOut - st.SpilledIn, Sessions: st.Sessions}
 		su.Depth, su.Avail = t.Bucket(now)
 		u = append(u, su)

@@ -3,9 +3,11 @@ package cluster
 import (
 	"maps"
 	"math"
+	"reflect"
 	"slices"
 	"strings"
 	"time"
+	"unsafe"
 
 	"github.com/capsgate/capsgate/admission"
 	"github.com/capsgate/capsgate/admission/sat"
@@ -69,6 +71,46 @@ type Planner struct {
 	heldSent     wireState[Held]
 	appliedSent  wireState[Share]
 	sendWhole    bool
+	// settled are the idle services whose parts a plan would leave as
+	// they are (see settledPart), with what they settled on; planEpoch
+	// moves on when the members or the side fraction change, and with it
+	// every service is planned again.
+	settled   map[string]settledPart
+	planEpoch uint64
+	planNames []string
+	planFrac  float64
+	// appliedMoved are the services whose applied parts moved since the
+	// last report (its delta is made from them).
+	appliedMoved []string
+	// unsettled are the services the last plan planned and did not
+	// settle (nil: plan every one); licensedID is the licences' map it
+	// planned them from (Shares hands out the same map until one changes).
+	unsettled  map[string]bool
+	licensedID unsafe.Pointer
+	// heldMoved are the services whose Held entry in a member's report
+	// changed since the last plan.
+	heldMoved map[string]bool
+}
+
+// settledPart is what a quiet service's parts were planned from when a
+// plan left them as they were: no member demands it, this node holds and
+// owes nothing of it, what the others hold of it (their reports' Held)
+// did not move since the plan before, and the parts it applies are those
+// it computes. The next plan with the same members, side and limits
+// would compute the same parts and apply them whatever the others report
+// (a part that does not rise does not wait for room), so it is not
+// planned again until one of these moves: a farm's 100,000 idle trunk
+// keys cost an exchange nothing. A service with a limited token pool is
+// always planned (its budgets move with the others' charges).
+type settledPart struct {
+	epoch                 uint64
+	caps, licensedCAPS    float64
+	sessions, subscribers int64
+	burst                 int64
+}
+
+func settledOf(epoch uint64, l admission.Limits) settledPart {
+	return settledPart{epoch: epoch, caps: l.CAPS, licensedCAPS: l.LicensedCAPS, sessions: l.Sessions, subscribers: l.Subscribers, burst: l.Burst}
 }
 
 // Early plans (PlanNow) come at least earlyGap after any plan and at most
@@ -199,7 +241,8 @@ func NewPlanner(self string, policy PolicyConfig, burst time.Duration) *Planner 
 		heldSent: wireState[Held]{eq: sameHeld}, appliedSent: wireState[Share]{eq: sameApplied},
 		side:    Side{State: SideWhole, Fraction: 1, Live: 1, Known: 1},
 		applied: map[string]Share{}, computed: map[string]Share{}, budget: map[string]int64{},
-		shares: map[string]map[string]float64{}, wanted: map[string]Share{}, saturated: map[string]bool{}, weight: map[string]float64{}, lent: map[string]float64{}}
+		shares: map[string]map[string]float64{}, wanted: map[string]Share{}, saturated: map[string]bool{}, weight: map[string]float64{}, lent: map[string]float64{},
+		settled: map[string]settledPart{}, heldMoved: map[string]bool{}}
 }
 
 func (p *Planner) peer(name string) *view {
@@ -233,24 +276,51 @@ func (p *Planner) Heard(now time.Time, from string, r Report) bool {
 		demand  float64
 		owed    int64
 	}
-	old := make(map[string]before, len(p.wanted))
-	for service := range p.wanted {
-		old[service] = before{v.report.Applied[service], v.report.Demand[service], v.report.Held[service].Owed}
+	// Only what the report names (a delta: what changed) or what the
+	// sender named before it (a demand that ended) can have moved: a
+	// farm's 100,000 idle trunk keys are not looked at per report.
+	old := map[string]before{}
+	note := func(service string) {
+		if _, ok := p.wanted[service]; ok {
+			old[service] = before{v.report.Applied[service], v.report.Demand[service], v.report.Held[service].Owed}
+		}
+	}
+	for service := range r.Applied {
+		note(service)
+	}
+	for service := range r.Demand {
+		note(service)
+	}
+	for service := range r.Held {
+		note(service)
+	}
+	for service := range v.report.Demand {
+		note(service)
+	}
+	if !r.Delta {
+		for service := range v.report.Applied {
+			note(service)
+		}
+		for service := range v.report.Held {
+			note(service)
+		}
 	}
 	v.take(r, func(key string) {
 		if isAccountKey(key) {
 			p.book.markKey(key)
+		} else {
+			p.heldMoved[key] = true
 		}
 	})
 	v.heard, v.spilled = now, nil
 	urgent := false
-	for service, w := range p.wanted {
+	for service, prev := range old {
+		w := p.wanted[service]
 		a, ok := v.report.Applied[service]
 		if !ok {
 			continue
 		}
 		mine := p.applied[service]
-		prev := old[service]
 		if (a.CAPS < prev.applied.CAPS && w.CAPS > mine.CAPS+1e-9) || (a.Depth < prev.applied.Depth && w.Depth > mine.Depth+1e-9) {
 			return true
 		}
@@ -359,7 +429,9 @@ func (p *Planner) Known(name string) (known, gone bool) {
 // the licence covers everyone, and the spare is split), tokens by the rate
 // each node charges them. While members it knew are unreachable, the
 // partition policy decides how much of each licence the live side splits
-// (decideSide).
+// (decideSide). licensed must not change once passed: a change of any
+// limit is another map (Shares.Licensed hands out one until a limit
+// changes), by which the planner knows to plan every service again.
 func (p *Planner) Plan(now time.Time, live []string, licensed map[string]admission.Limits, u Usage) Plan {
 	return p.plan(now, live, licensed, u, true)
 }
@@ -421,8 +493,45 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 		p.markAccounts(names, side.Fraction)
 	}
 	self := slices.Index(names, p.self)
-	p.shares = map[string]map[string]float64{}
-	for service, l := range licensed {
+	if !slices.Equal(names, p.planNames) || side.Fraction != p.planFrac {
+		p.planEpoch++
+		p.planNames, p.planFrac = names, side.Fraction
+		clear(p.settled)
+		clear(p.shares) // every service is planned again
+		p.unsettled = nil
+	}
+	// The services some member demands, holds or owes something of.
+	active := map[string]bool{}
+	for _, m := range []map[string]float64{sent.Demand, older.Demand, demand} {
+		for k := range m {
+			active[k] = true
+		}
+	}
+	for _, m := range []map[string]Held{held, sent.Held, older.Held} {
+		for k := range m {
+			active[k] = true
+		}
+	}
+	for _, v := range p.peers {
+		for k := range v.report.Demand {
+			active[k] = true
+		}
+	}
+	// What the others hold moved (a service they hold the same as before
+	// plans the same: it may settle).
+	for k := range p.heldMoved {
+		active[k] = true
+	}
+	clear(p.heldMoved)
+	unsettled := map[string]bool{}
+	planOne := func(service string, l admission.Limits) {
+		if st, ok := p.settled[service]; ok {
+			if !active[service] && st == settledOf(p.planEpoch, l) {
+				return
+			}
+			delete(p.settled, service)
+		}
+		delete(p.shares, service)
 		caps := make([]float64, len(names))
 		sessions := make([]float64, len(names))
 		subs := make([]float64, len(names))
@@ -551,9 +660,39 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 		if exchange {
 			p.computed[service] = sh
 		}
+		if !active[service] && l.Tokens == admission.Unlimited && ok && sameApplied(prev, applied) && sameApplied(applied, sh) {
+			p.settled[service] = settledOf(p.planEpoch, l)
+		} else {
+			unsettled[service] = true
+		}
+		if old, had := p.applied[service]; !had || !sameApplied(old, applied) {
+			p.appliedMoved = append(p.appliedMoved, service)
+		}
 		p.applied[service] = applied
 		out.Parts[service] = applied
 	}
+	// Every licence when the licences are another map than at the last
+	// plan (a licence or a key's limits changed) or the members or side
+	// did; else only those some member is active on and those that did
+	// not settle: a farm's idle trunk keys cost nothing here.
+	if id := reflect.ValueOf(licensed).UnsafePointer(); id != p.licensedID || p.unsettled == nil {
+		p.licensedID = id
+		for service, l := range licensed {
+			planOne(service, l)
+		}
+	} else {
+		for service := range active {
+			if l, ok := licensed[service]; ok {
+				planOne(service, l)
+			}
+		}
+		for service := range p.unsettled {
+			if l, ok := licensed[service]; ok && !active[service] {
+				planOne(service, l)
+			}
+		}
+	}
+	p.unsettled = unsettled
 	if exchange {
 		p.book.allDirty = false
 	}
@@ -628,27 +767,29 @@ func (p *Planner) depth(l admission.Limits, fraction, weight, own, owed float64)
 // others have them) and the parts it applies; whole or as a delta (see
 // deltaAbove).
 func (p *Planner) report() Report {
-	r := p.servicesReport()
 	p.seq++
+	r := p.servicesReport()
 	r.Seq = p.seq
-	if p.sendWhole || len(r.Held)+len(r.Applied)+len(p.book.byKey) <= deltaAbove {
+	moved := p.appliedMoved
+	p.appliedMoved = p.appliedMoved[:0]
+	if p.sendWhole || len(r.Held)+len(p.applied)+len(p.book.byKey) <= deltaAbove {
 		p.sendWhole = false
+		r.Applied = maps.Clone(p.applied)
 		p.heldSent.record(r.Held, r.Seq)
 		p.appliedSent.record(r.Applied, r.Seq)
 		p.book.report(r.Held, r.Seq, true)
 		return r
 	}
 	r.Delta = true
-	r.Held, r.Applied = p.heldSent.delta(r.Held, r.Seq), p.appliedSent.delta(r.Applied, r.Seq)
+	r.Held, r.Applied = p.heldSent.delta(r.Held, r.Seq), p.appliedSent.deltaOf(p.applied, moved, r.Seq)
 	p.book.report(r.Held, r.Seq, false)
 	return r
 }
 
 // servicesReport is everything the others should know of this node now
-// but the accounts' pools.
+// but the accounts' pools and the parts applied (report adds those).
 func (p *Planner) servicesReport() Report {
-	r := Report{Demand: p.local.Demand, TokenRate: p.local.TokenRate, Held: make(map[string]Held, len(p.local.Held)),
-		Applied: make(map[string]Share, len(p.applied))}
+	r := Report{Demand: p.local.Demand, TokenRate: p.local.TokenRate, Held: make(map[string]Held, len(p.local.Held))}
 	for key, h := range p.local.Held {
 		r.Held[key] = h
 	}
@@ -656,9 +797,6 @@ func (p *Planner) servicesReport() Report {
 		h := r.Held[key]
 		h.Budget = b
 		r.Held[key] = h
-	}
-	for service, a := range p.applied {
-		r.Applied[service] = a
 	}
 	return r
 }

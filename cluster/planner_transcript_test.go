@@ -3,6 +3,7 @@ package cluster
 import (
 	"flag"
 	"fmt"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -363,6 +364,7 @@ func (f *farm) setLicence(args []string, kv map[string]string) error {
 		}
 		*to = v
 	}
+	f.licences = maps.Clone(f.licences) // another map: Plan takes a map as unchanging
 	f.licences[args[0]] = l
 	return nil
 }

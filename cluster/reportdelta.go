@@ -1,7 +1,5 @@
 package cluster
 
-import "hash/fnv"
-
 // A report names every pool a member holds or budgets (Held) and every
 // service it applies a part of (Applied). With many accounts that is most
 // of the report, and most of it does not change from one exchange to the
@@ -40,17 +38,85 @@ type wireEntry[T any] struct {
 }
 
 // wireState is what this node last sent of one of a report's keyed maps.
+// For deltaOf it also indexes the keys by refresh slot and by the report
+// that last changed them, so that a delta of a map whose keys are never
+// removed (the parts applied, one per licence and trunk key) costs what
+// changed and a hundredth of the rest, not the whole map.
 type wireState[T any] struct {
-	sent map[string]*wireEntry[T]
-	eq   func(a, b T) bool
+	sent  map[string]*wireEntry[T]
+	eq    func(a, b T) bool
+	slots [deltaRefresh][]string
+	ring  [deltaRepeat]struct {
+		seq  uint64
+		keys []string
+	}
 }
 
 // record notes a whole report's entries as sent in report seq.
 func (w *wireState[T]) record(cur map[string]T, seq uint64) {
 	w.sent = make(map[string]*wireEntry[T], len(cur))
+	for i := range w.slots {
+		w.slots[i] = w.slots[i][:0]
+	}
+	for i := range w.ring {
+		w.ring[i].keys = w.ring[i].keys[:0]
+	}
+	ring := &w.ring[seq%deltaRepeat]
+	ring.seq = seq
 	for k, v := range cur {
 		w.sent[k] = &wireEntry[T]{v: v, changed: seq}
+		slot := refreshSlot(k)
+		w.slots[slot] = append(w.slots[slot], k)
+		// As delta does, the next deltaRepeat-1 reports repeat what a whole
+		// one said, so that losing it loses nothing.
+		ring.keys = append(ring.keys, k)
 	}
+}
+
+// deltaOf is delta for a map whose keys are never removed, given the keys
+// whose values moved (or appeared) since the last report: the same
+// entries, found through the index instead of a walk of cur.
+func (w *wireState[T]) deltaOf(cur map[string]T, moved []string, seq uint64) map[string]T {
+	if w.sent == nil {
+		w.sent = map[string]*wireEntry[T]{}
+	}
+	ring := &w.ring[seq%deltaRepeat]
+	ring.seq, ring.keys = seq, ring.keys[:0]
+	for _, k := range moved {
+		v, ok := cur[k]
+		if !ok {
+			continue
+		}
+		switch e := w.sent[k]; {
+		case e == nil:
+			w.sent[k] = &wireEntry[T]{v: v, changed: seq}
+			slot := refreshSlot(k)
+			w.slots[slot] = append(w.slots[slot], k)
+		case !w.eq(e.v, v):
+			e.v, e.changed = v, seq
+		default:
+			continue
+		}
+		ring.keys = append(ring.keys, k)
+	}
+	out := map[string]T{}
+	for i := range w.ring {
+		r := &w.ring[i]
+		if seq-r.seq >= deltaRepeat {
+			continue
+		}
+		for _, k := range r.keys {
+			if e := w.sent[k]; e != nil && e.changed == r.seq {
+				out[k] = e.v
+			}
+		}
+	}
+	for _, k := range w.slots[seq%deltaRefresh] {
+		if e := w.sent[k]; e != nil {
+			out[k] = e.v
+		}
+	}
+	return out
 }
 
 // delta returns the entries of cur that report seq carries: those changed
@@ -92,9 +158,11 @@ func (w *wireState[T]) delta(cur map[string]T, seq uint64) map[string]T {
 
 // refreshSlot is the report, modulo deltaRefresh, that refreshes key.
 func refreshSlot(key string) uint64 {
-	h := fnv.New64a()
-	_, _ = h.Write([]byte(key))
-	return h.Sum64() % deltaRefresh
+	h := uint64(14695981039346656037) // FNV-1a, as hash/fnv's New64a, without its allocation
+	for i := 0; i < len(key); i++ {
+		h = (h ^ uint64(key[i])) * 1099511628211
+	}
+	return h % deltaRefresh
 }
 
 // merge applies a delta's entries to what a receiver holds of the sender

@@ -3,7 +3,9 @@ package cluster
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math/rand/v2"
+	"strconv"
 	"testing"
 	"time"
 
@@ -146,6 +148,7 @@ func TestLateDeltaIgnored(t *testing.T) {
 // deltaExpire reports; idle ones are refreshed and stay.
 func TestDeltaForgetsWhatIsNoLongerNamed(t *testing.T) {
 	f := newAccountFarm(deltaAbove + 10)
+	f.lic = maps.Clone(f.lic) // another map: Plan takes a map as unchanging
 	f.lic["old"] = admission.Limits{Licensed: true, CAPS: 1000, Sessions: 1000, Subscribers: 1000, Tokens: admission.Unlimited}
 	f.old = 5
 	b := NewPlanner("b", PolicyConfig{}, 100*time.Millisecond)
@@ -203,5 +206,28 @@ func TestBudgetKeepsSmallMoves(t *testing.T) {
 		{0, 0, 0, true, 0, "zero"},
 	} {
 		require.Equal(t, c.want, p.tokenBudget("k", 1000, c.part, c.used, c.cur, c.planned), c.why)
+	}
+}
+
+// deltaOf, given the keys that moved, carries what delta finds by walking
+// the whole map, for a map whose keys are never removed: over random
+// moves, after a whole report and across refreshes.
+func TestDeltaOfIsDelta(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 9))
+	walk, index := wireState[Share]{eq: sameApplied}, wireState[Share]{eq: sameApplied}
+	cur := map[string]Share{}
+	for k := range 500 {
+		cur["svc#k"+strconv.Itoa(k)] = Share{CAPS: 0.5}
+	}
+	walk.record(cur, 1)
+	index.record(cur, 1)
+	for seq := uint64(2); seq < 2+3*deltaRefresh; seq++ {
+		var moved []string
+		for range rng.IntN(20) {
+			k := "svc#k" + strconv.Itoa(rng.IntN(600)) // some new
+			cur[k] = Share{CAPS: float64(rng.IntN(4)) / 4}
+			moved = append(moved, k)
+		}
+		require.Equal(t, walk.delta(cur, seq), index.deltaOf(cur, moved, seq), "report %d", seq)
 	}
 }

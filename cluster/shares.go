@@ -24,7 +24,10 @@ type Shares struct {
 	// names are the licensed services, sorted, rebuilt when a licence
 	// comes or goes (LicensedNames hands it out: never written after).
 	names []string
-	share map[string]Share // this node's part; absent: an even part
+	// licensed is the licensed services' limits, rebuilt when any limit
+	// changes (Licensed hands it out: never written after).
+	licensed map[string]admission.Limits
+	share    map[string]Share // this node's part; absent: an even part
 	// members is how many live members the cluster last saw: a licence
 	// new here applies an even part of it until the next exchange plans
 	// this node's part (a node alone, or before the cluster runs: all).
@@ -112,6 +115,7 @@ func (s *Shares) SetLimits(service string, l admission.Limits) error {
 	if old, ok := s.limits[service]; !ok || old.Licensed != l.Licensed {
 		s.names = nil
 	}
+	s.licensed = nil
 	s.limits[service] = l
 	return s.applyLocked(service)
 }
@@ -133,17 +137,21 @@ func (s *Shares) LicensedNames() []string {
 	return s.names
 }
 
-// Licensed returns the cluster-wide limits of every licensed service.
+// Licensed returns the cluster-wide limits of every licensed service;
+// the caller must not change the map. Cheap: the exchange asks it at
+// every plan, and a farm may hold 100,000 trunk keys.
 func (s *Shares) Licensed() map[string]admission.Limits {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := map[string]admission.Limits{}
-	for name, l := range s.limits {
-		if l.Licensed {
-			out[name] = l
+	if s.licensed == nil {
+		s.licensed = map[string]admission.Limits{}
+		for name, l := range s.limits {
+			if l.Licensed {
+				s.licensed[name] = l
+			}
 		}
 	}
-	return out
+	return s.licensed
 }
 
 // Limit returns a service's cluster-wide limits and whether it is licensed.

@@ -126,7 +126,7 @@ func (s *spillers) failed(addr string, now time.Time) {
 }
 
 // Spill implements resp.Spiller.
-func (c *Cluster) Spill(args [][]byte, done func(admission.Decision, bool)) bool {
+func (c *Cluster) Spill(args [][]byte, trunk []byte, done func(admission.Decision, bool)) bool {
 	if len(args) < 2 {
 		return false
 	}
@@ -139,7 +139,12 @@ func (c *Cluster) Spill(args [][]byte, done func(admission.Decision, bool)) bool
 		spillBusy.Inc()
 		return false
 	}
+	// The member is chosen by the bucket that refused: the licence's, or
+	// the trunk key's (planned under its TrunkName).
 	service := string(args[1])
+	if trunk != nil {
+		service = admission.TrunkName(service, string(trunk))
+	}
 	l, licensed := c.cfg.Shares.Limit(service)
 	to, addr := c.spillTarget(service, l.CAPS)
 	if !licensed || addr == "" {

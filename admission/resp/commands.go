@@ -117,7 +117,7 @@ func (w *spillWait) settle() {
 		return
 	}
 	spillRefused.Inc()
-	w.eng.Refused(w.service, w.trunk)
+	w.eng.Refused(w.service, w.trunk, w.refusal.Reason)
 }
 
 // Closed settles a spilled ADMIT whose connection closed before its
@@ -179,7 +179,8 @@ type Spiller interface {
 	// and whether it admitted, within a bounded time. It returns false
 	// when it sends nothing (no member has room, the licence is all asked
 	// for, too many are in flight): the refusal stands.
-	Spill(args [][]byte, done func(d admission.Decision, ok bool)) bool
+	// trunk names the key whose limits refused it (nil: the licence's).
+	Spill(args [][]byte, trunk []byte, done func(d admission.Decision, ok bool)) bool
 }
 
 // Router sends a CONSUME with ID to the member that owns the ID (the

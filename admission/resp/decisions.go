@@ -83,17 +83,21 @@ func (h *Handler) admit(now int64, cs *ConnState, args [][]byte, out []byte) []b
 		return decision(out, h.eng.AdmitTrunk(now, args[1], call, acct, trunk, prio))
 	}
 	d := h.eng.AdmitTrunkSpillable(now, args[1], call, acct, trunk, prio)
-	if d.Reason == admission.CAPS {
+	if d.Reason == admission.CAPS || d.Reason == admission.TRUNK_CAPS {
 		cs.spill.routed, cs.spill.refusal, cs.spill.ok, cs.spill.eng = false, d, false, h.eng
 		cs.spill.done.Store(false)
-		if h.spill.Spill(args, cs.spillDone) {
+		by := trunk // the key's bucket refused it, not the licence's
+		if d.Reason == admission.CAPS {
+			by = nil
+		}
+		if h.spill.Spill(args, by, cs.spillDone) {
 			spillSent.Inc()
 			cs.spill.service = append(cs.spill.service[:0], args[1]...)
 			cs.spill.trunk = append(cs.spill.trunk[:0], trunk...) // empty: none
 			cs.spilling = true
 			return out
 		}
-		h.eng.Refused(args[1], trunk)
+		h.eng.Refused(args[1], trunk, d.Reason)
 	}
 	return decision(out, d)
 }

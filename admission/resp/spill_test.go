@@ -47,7 +47,7 @@ type fakeSpiller struct {
 	room bool
 }
 
-func (f *fakeSpiller) Spill(args [][]byte, done func(admission.Decision, bool)) bool {
+func (f *fakeSpiller) Spill(args [][]byte, _ []byte, done func(admission.Decision, bool)) bool {
 	f.mu.Lock()
 	room := f.room
 	f.mu.Unlock()

@@ -543,7 +543,7 @@ func Run(sc Scenario) (Result, error) {
 						continue
 					}
 				}
-				from.engine.Refused(svcB[sp.svc], nil)
+				from.engine.Refused(svcB[sp.svc], nil, admission.CAPS)
 				from.lastRefusal = max(from.lastRefusal, sp.sent)
 			}
 		}
@@ -585,7 +585,7 @@ func Run(sc Scenario) (Result, error) {
 						spills = append(spills, spill{at: at + oneWay(), sent: at, from: min(i, members-1), to: index[to], below: below,
 							svc: k, acct: acct})
 					} else {
-						n.engine.Refused(svcB[k], nil) // as the node counts it
+						n.engine.Refused(svcB[k], nil, admission.CAPS) // as the node counts it
 						n.lastRefusal = at
 					}
 				}
