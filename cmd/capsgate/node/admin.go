@@ -41,6 +41,7 @@ func (n *Node) adminHandler(token string) http.Handler {
 		var buf bytes.Buffer
 		metrics.WritePrometheus(&buf, true)
 		n.writeServiceMetrics(&buf)
+		n.writeTrunkMetrics(&buf)
 		n.reg.WriteMetrics(&buf)
 		_ = writeLinted(w, buf.Bytes())
 	})

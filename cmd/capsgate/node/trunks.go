@@ -1,13 +1,19 @@
 package node
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
+	"io"
+	"maps"
 	"net/http"
+	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	"github.com/capsgate/capsgate/admission"
 	"github.com/capsgate/capsgate/admission/strictjson"
 	"github.com/capsgate/capsgate/cluster/trunks"
@@ -247,4 +253,72 @@ func (n *Node) listTrunks(w http.ResponseWriter, r *http.Request) {
 		out.Next = out.Keys[len(out.Keys)-1].Key
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+// TopTrunks is how many trunk keys the top-N metrics name: a series per
+// key would be 100,000 series a farm.
+const TopTrunks = 10
+
+// writeTrunkMetrics writes the keys' metrics, bounded whatever their
+// number: how many keys have limits, the decisions on them by reason
+// (all keys of a service together), and the TopTrunks keys by CAPS used,
+// by open sessions and by refusals on this node.
+func (n *Node) writeTrunkMetrics(w io.Writer) {
+	type row struct {
+		service, key string
+		used         float64
+		sessions     int64
+		refused      uint64
+	}
+	var rows []row
+	byService := map[string]*[admission.NumReasons]uint64{}
+	n.eng.EachTrunk(func(t *admission.Trunk) {
+		st := t.Stats()
+		if !st.Limits.Licensed && st.Offered() == 0 {
+			return
+		}
+		sum := byService[t.Service()]
+		if sum == nil {
+			sum = &[admission.NumReasons]uint64{}
+			byService[t.Service()] = sum
+		}
+		var refused uint64
+		for r, c := range st.Admissions {
+			sum[r] += c
+			if admission.Reason(r) != admission.OK {
+				refused += c
+			}
+		}
+		rows = append(rows, row{t.Service(), t.Key(), st.UsedCAPS, st.Sessions, refused})
+	})
+	metrics.WriteMetadataIfNeeded(w, "capsgate_trunk_keys", "gauge")
+	fmt.Fprintf(w, "capsgate_trunk_keys %d\n", n.trunks.Len())
+	services := slices.Sorted(maps.Keys(byService))
+	metrics.WriteMetadataIfNeeded(w, "capsgate_trunk_admissions_total", "counter")
+	for _, s := range services {
+		for r, c := range byService[s] {
+			if c > 0 || admission.Reason(r) == admission.OK {
+				fmt.Fprintf(w, "capsgate_trunk_admissions_total{service=%q,reason=%q} %d\n", s, admission.Reason(r).String(), c)
+			}
+		}
+	}
+	top := func(name string, less func(a, b row) int, value func(row) string, keep func(row) bool) {
+		metrics.WriteMetadataIfNeeded(w, name, "gauge")
+		kept := slices.DeleteFunc(slices.Clone(rows), func(r row) bool { return !keep(r) })
+		slices.SortFunc(kept, func(a, b row) int {
+			if c := less(a, b); c != 0 {
+				return c
+			}
+			return cmp.Or(strings.Compare(a.service, b.service), strings.Compare(a.key, b.key))
+		})
+		for _, r := range kept[:min(len(kept), TopTrunks)] {
+			fmt.Fprintf(w, "%s{service=%q,key=%q} %s\n", name, r.service, r.key, value(r))
+		}
+	}
+	top("capsgate_trunk_top_used_caps", func(a, b row) int { return cmp.Compare(b.used, a.used) },
+		func(r row) string { return strconv.FormatFloat(r.used, 'f', -1, 64) }, func(r row) bool { return r.used > 0 })
+	top("capsgate_trunk_top_sessions", func(a, b row) int { return cmp.Compare(b.sessions, a.sessions) },
+		func(r row) string { return strconv.FormatInt(r.sessions, 10) }, func(r row) bool { return r.sessions > 0 })
+	top("capsgate_trunk_top_refused", func(a, b row) int { return cmp.Compare(b.refused, a.refused) },
+		func(r row) string { return strconv.FormatUint(r.refused, 10) }, func(r row) bool { return r.refused > 0 })
 }

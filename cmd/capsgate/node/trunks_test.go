@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -95,7 +97,23 @@ func TestTrunkLimitsAdmin(t *testing.T) {
 	require.Equal(t, []string{"+OK", "+OK", "+TRUNK_SESSIONS", "+OK", "+TRUNK_CAPS", "+OK", "-ERR invalid trunk key", "-ERR syntax error"}, got)
 	require.Equal(t, []string{"+OK", "+TRUNK_SESSIONS"}, send(t, respAddr, "ADMIT demo CALL d1 TRUNK from-config", "ADMIT demo CALL d2 TRUNK from-config"))
 
-	code, body := get(t, base+"/v1/services/demo/limits/carrier-a", "")
+	code, body := get(t, base+"/metrics", "")
+	require.Equal(t, 200, code)
+	for _, want := range []string{
+		"capsgate_trunk_keys 2\n",
+		`capsgate_trunk_admissions_total{service="demo",reason="OK"} 4` + "\n",
+		`capsgate_trunk_admissions_total{service="demo",reason="TRUNK_CAPS"} 1` + "\n",
+		`capsgate_trunk_admissions_total{service="demo",reason="TRUNK_SESSIONS"} 2` + "\n",
+		`capsgate_trunk_top_sessions{service="demo",key="carrier-a"} 2` + "\n",
+		`capsgate_trunk_top_sessions{service="demo",key="from-config"} 1` + "\n",
+		`capsgate_trunk_top_refused{service="demo",key="carrier-a"} 2` + "\n",
+		`capsgate_trunk_top_refused{service="demo",key="from-config"} 1` + "\n",
+	} {
+		require.Contains(t, body, want)
+	}
+	require.NotContains(t, body, `key="other"`, "a key with no limits is not named")
+
+	code, body = get(t, base+"/v1/services/demo/limits/carrier-a", "")
 	require.Equal(t, 200, code, body)
 	var v TrunkView
 	require.NoError(t, json.Unmarshal([]byte(body), &v))
@@ -158,4 +176,30 @@ func TestTrunkLimitsAdmin(t *testing.T) {
 		"ADMIT demo CALL c3 TRUNK carrier-a"), "two sessions back")
 	code, _ = get(t, base+"/v1/services/demo/limits/carrier-b", "")
 	require.Equal(t, 404, code, "the removal holds")
+}
+
+// The keys' metrics stay bounded: TopTrunks keys per top-N metric, one
+// series per service and reason, however many keys have limits.
+func TestTrunkMetricsBounded(t *testing.T) {
+	args := []string{"--dev"}
+	var cmds []string
+	for i := range 3 * TopTrunks {
+		args = append(args, "--trunks-limits", fmt.Sprintf("demo/k%02d caps=0 sessions=5", i))
+		for range i + 1 {
+			cmds = append(cmds, fmt.Sprintf("ADMIT demo TRUNK k%02d", i))
+		}
+	}
+	n := startNode(t, args...)
+	got := send(t, n.RESPAddr(), cmds...)
+	require.Len(t, got, len(cmds))
+	require.Equal(t, []string{"+TRUNK_CAPS"}, slices.Compact(got))
+	code, body := get(t, "http://"+n.AdminAddr()+"/metrics", "")
+	require.Equal(t, 200, code)
+	require.Contains(t, body, fmt.Sprintf("capsgate_trunk_keys %d\n", 3*TopTrunks))
+	require.Equal(t, TopTrunks, strings.Count(body, "capsgate_trunk_top_refused{"))
+	for i := 3*TopTrunks - TopTrunks; i < 3*TopTrunks; i++ {
+		require.Contains(t, body, fmt.Sprintf(`capsgate_trunk_top_refused{service="demo",key="k%02d"} %d`+"\n", i, i+1), "the most refused")
+	}
+	require.Zero(t, strings.Count(body, "capsgate_trunk_top_sessions{"), "none holds a session")
+	require.Equal(t, 2, strings.Count(body, "capsgate_trunk_admissions_total{"), "OK and TRUNK_CAPS of one service")
 }
