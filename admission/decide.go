@@ -200,6 +200,9 @@ func (s *Service) admitLicensed(now int64, l *derived, call []byte, key Key, acc
 		s.sessions.put(key, x, exp)
 		s.licensedSessions++
 		s.sessionsN.Add(1)
+		if x.trunk != nil {
+			x.trunk.notePeak(x.trunk.sessionsN.Load()) // opened: its peak
+		}
 		if s.journal {
 			s.logChange(sessionChange(key, exp, x))
 		}

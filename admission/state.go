@@ -255,7 +255,7 @@ func (e *Engine) restore(now int64, service string, changes []Change, unique boo
 				s.licensedSessions++
 				s.sessionsN.Add(1)
 				if x.trunk != nil {
-					x.trunk.sessionsN.Add(1)
+					x.trunk.notePeak(x.trunk.sessionsN.Add(1))
 				}
 			} else {
 				s.emergencyOpened(1)

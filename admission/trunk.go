@@ -63,6 +63,25 @@ type Trunk struct {
 	touched atomic.Bool
 	next    *Trunk
 	moved   *atomic.Pointer[Trunk]
+	// peak is the most sessions open at once since TakePeakSessions.
+	peak atomic.Int64
+}
+
+// notePeak keeps the peak of the key's sessions, now open.
+func (t *Trunk) notePeak(now int64) {
+	for {
+		p := t.peak.Load()
+		if now <= p || t.peak.CompareAndSwap(p, now) {
+			return
+		}
+	}
+}
+
+// TakePeakSessions returns the most sessions open at once on the key since
+// the last call (at least those open now), and starts over from now.
+func (t *Trunk) TakePeakSessions() int64 {
+	p := t.peak.Swap(t.sessionsN.Load())
+	return max(p, t.sessionsN.Load())
 }
 
 // touch marks the key as moved: the first mark since it was last drained

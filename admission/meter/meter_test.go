@@ -222,3 +222,54 @@ func TestTokenStateNotAFile(t *testing.T) {
 		require.EqualError(t, err, "cannot read the token state: "+path+": not a regular file (a character device)")
 	}
 }
+
+// A trunk key's record per interval: its attempts by the decision they
+// got, its peak sessions; none for a key that did nothing; a part of the
+// service's totals, which count every attempt once.
+func TestTrunkKeyRecords(t *testing.T) {
+	dir := t.TempDir()
+	e, clk := newEngine(t)
+	require.NoError(t, e.SetLimits("voice", admission.Limits{Licensed: true, CAPS: 1000, Sessions: 3, Subscribers: admission.Unlimited,
+		Tokens: admission.Unlimited}))
+	for _, k := range []string{"carrier-a", "carrier-b", "idle"} {
+		require.NoError(t, e.SetLimits(admission.TrunkName("voice", k), admission.Limits{Licensed: true, CAPS: 1000, Burst: 5, Sessions: 2,
+			Subscribers: admission.Unlimited, Tokens: admission.Unlimited}))
+	}
+	led := openLedger(t, dir)
+	m, err := New(e, led, nil, nil, t0)
+	require.NoError(t, err)
+	now := clk.Now()
+	admit := func(call, key string) admission.Reason {
+		var c []byte
+		if call != "" {
+			c = []byte(call)
+		}
+		return e.AdmitTrunk(now, []byte("voice"), c, nil, []byte(key), admission.Normal).Reason
+	}
+	require.Equal(t, admission.OK, admit("a1", "carrier-a"))
+	require.Equal(t, admission.OK, admit("a2", "carrier-a"))
+	require.Equal(t, admission.TRUNK_SESSIONS, admit("a3", "carrier-a"))
+	require.Equal(t, admission.OK, admit("b1", "carrier-b"))
+	require.Equal(t, admission.SESSIONS, admit("b2", "carrier-b"), "the licence's 3 sessions")
+	for range 4 {
+		admit("", "carrier-b")
+	}
+	require.Equal(t, admission.TRUNK_CAPS, admit("", "carrier-b"), "its burst of 5")
+	require.True(t, e.Release(now, []byte("voice"), []byte("a1"), 0))
+	require.NoError(t, m.Flush(t0.Add(10*time.Second)))
+	recs := records(t, led)
+	require.Len(t, recs, 3, "the service's, carrier-a's, carrier-b's")
+	require.Equal(t, uint64(10), recs[0].Usage.Attempts)
+	require.Equal(t, ledger.Usage{Service: "voice", Trunk: "carrier-a", Attempts: 3, Admitted: 2,
+		Rejected: map[string]uint64{"TRUNK_SESSIONS": 1}, PeakSessions: 2}, *recs[1].Usage)
+	require.Equal(t, ledger.Usage{Service: "voice", Trunk: "carrier-b", Attempts: 7, Admitted: 5,
+		Rejected: map[string]uint64{"SESSIONS": 1, "TRUNK_CAPS": 1}, PeakSessions: 1}, *recs[2].Usage)
+
+	// Next interval: carrier-a still holds a session (its peak), carrier-b
+	// too; nothing else happened.
+	require.NoError(t, m.Flush(t0.Add(20*time.Second)))
+	recs = records(t, led)
+	require.Len(t, recs, 6)
+	require.Equal(t, ledger.Usage{Service: "voice", Trunk: "carrier-a", PeakSessions: 1}, *recs[4].Usage)
+	require.Equal(t, ledger.Usage{Service: "voice", Trunk: "carrier-b", PeakSessions: 1}, *recs[5].Usage)
+}

@@ -98,10 +98,10 @@ func testGoRedis(t *testing.T) {
 
 	n, err := rdb.Do(ctx, "COMMAND", "COUNT").Int()
 	require.NoError(t, err)
-	require.Equal(t, 18, n)
+	require.Equal(t, 20, n)
 	cmds, err := rdb.Command(ctx).Result()
 	require.NoError(t, err)
-	require.Len(t, cmds, 18)
+	require.Len(t, cmds, 20)
 	require.Equal(t, &redis.CommandInfo{Name: "admit", Arity: -2, Flags: []string{"write", "fast"}, ACLFlags: []string{"@write", "@fast"},
 		FirstKeyPos: 1, LastKeyPos: 1, StepCount: 1}, withoutPolicy(cmds["admit"]))
 	require.True(t, cmds["quota"].ReadOnly)
@@ -189,7 +189,7 @@ type clientReport struct {
 func checkReport(t *testing.T, p *proc, got clientReport, name, call string) {
 	t.Helper()
 	require.Contains(t, []string{"true", `"PONG"`}, string(got.Ping))
-	require.Equal(t, 18, got.CommandCount)
+	require.Equal(t, 20, got.CommandCount)
 	require.Equal(t, name, got.ClientGetName)
 	list := decode[[]map[string]any](t, got.ClientList)
 	require.Len(t, list, 1, "this client's connection alone")

@@ -46,8 +46,8 @@ type Line struct {
 // verified ledgers (ledger.Verify); a record given twice is an error.
 //
 // Lines follow the sheet's plans in order. Quantities: sums over the
-// service's records (Account "" for the service totals, or the plan's
-// account), of every node; a peak is the largest sum, at any instant, of
+// service's records (Account and Key "" for the service totals, or the
+// plan's account or trunk key), of every node; a peak is the largest sum, at any instant, of
 // the peaks the nodes metered for the intervals covering it (an upper
 // bound of the cluster's peak). Emergency attempts are billed only by a
 // plan whose unit is emergency; otherwise they appear as a line at no
@@ -94,12 +94,12 @@ func BillSince(records []ledger.Record, sheet Sheet, from, to time.Time, since m
 
 	billsEmergency := map[string]bool{}
 	for _, p := range sheet.Plans {
-		n, err := quantity(use, p.Service, p.Account, p.Unit)
+		n, err := quantity(use, p.Service, p.Account, p.Trunk, p.Unit)
 		if err != nil {
 			return Invoice{}, err
 		}
 		inv.Lines = append(inv.Lines, p.lines(n)...)
-		if p.Unit == "emergency" && p.Account == "" {
+		if p.Unit == "emergency" && p.Account == "" && p.Trunk == "" {
 			billsEmergency[p.Service] = true
 		}
 	}
@@ -109,7 +109,7 @@ func BillSince(records []ledger.Record, sheet Sheet, from, to time.Time, since m
 			continue
 		}
 		planned[p.Service] = true
-		n, err := quantity(use, p.Service, "", "emergency")
+		n, err := quantity(use, p.Service, "", "", "emergency")
 		if err != nil {
 			return Invoice{}, err
 		}
@@ -146,6 +146,9 @@ func (p *Plan) lines(n uint64) []Line {
 	if p.Account != "" {
 		what += " of account " + p.Account
 	}
+	if p.Trunk != "" {
+		what += " of trunk " + p.Trunk
+	}
 	switch p.Model {
 	case Prepaid:
 		return []Line{
@@ -181,10 +184,10 @@ func sub(a, b uint64) uint64 {
 	return a - b
 }
 
-// quantity returns how much of unit the records of service (and account)
-// show. A sum or a peak past what a uint64 holds (18446744073709551615) is
+// quantity returns how much of unit the records of service (and account,
+// or trunk key) show. A sum or a peak past what a uint64 holds (18446744073709551615) is
 // an error, never a wrapped or rounded number on an invoice.
-func quantity(use []*ledger.Record, service, account, unit string) (uint64, error) {
+func quantity(use []*ledger.Record, service, account, trunk, unit string) (uint64, error) {
 	var sum uint64
 	var carry uint64
 	add := func(n uint64) {
@@ -195,7 +198,7 @@ func quantity(use []*ledger.Record, service, account, unit string) (uint64, erro
 	var peaks []event
 	for _, r := range use {
 		u := r.Usage
-		if u.Service != service || u.Account != account {
+		if u.Service != service || u.Account != account || u.Trunk != trunk {
 			continue
 		}
 		switch unit {

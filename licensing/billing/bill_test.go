@@ -262,3 +262,43 @@ func TestDecimal(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "12.50", string(b))
 }
+
+// An operator bills its own customers by trunk key: a plan with trunk
+// counts that key's records alone; the service's totals, which hold the
+// same attempts, are not counted again.
+func TestBillTrunk(t *testing.T) {
+	rec := func(seq uint64, node string, u ledger.Usage) ledger.Record {
+		return ledger.Record{Seq: seq, Node: node, Cluster: "c", At: t0.Add(time.Hour), From: t0, To: t0.Add(time.Hour), Usage: &u}
+	}
+	recs := []ledger.Record{
+		rec(1, "n1", ledger.Usage{Service: "voice", Attempts: 130, Admitted: 100, Rejected: map[string]uint64{"TRUNK_CAPS": 30}}),
+		rec(2, "n1", ledger.Usage{Service: "voice", Trunk: "carrier-a", Attempts: 80, Admitted: 50, Rejected: map[string]uint64{"TRUNK_CAPS": 30},
+			PeakSessions: 7}),
+		rec(3, "n1", ledger.Usage{Service: "voice", Trunk: "carrier-b", Attempts: 50, Admitted: 50, PeakSessions: 4}),
+		rec(1, "n2", ledger.Usage{Service: "voice", Trunk: "carrier-a", Attempts: 20, Admitted: 20, PeakSessions: 5}),
+	}
+	s, err := ParseSheet([]byte("currency: EUR\nplans:\n" +
+		"  - {service: voice, trunk: carrier-a, model: pay_per_use, unit: admitted, price: \"0.01\"}\n" +
+		"  - {service: voice, trunk: carrier-a, model: pay_per_use, unit: peak_sessions, price: \"2\"}\n" +
+		"  - {service: voice, model: pay_per_use, unit: admitted, price: \"0.001\"}\n"))
+	require.NoError(t, err)
+	inv, err := Bill(recs, s, time.Time{}, time.Time{})
+	require.NoError(t, err)
+	var got []string
+	for _, l := range inv.Lines {
+		got = append(got, strings.Join([]string{l.Service, l.Description, l.Quantity.String(), l.Amount.String()}, "|"))
+	}
+	require.Equal(t, []string{
+		"voice|admitted attempts of trunk carrier-a|70|0.70",
+		"voice|peak sessions of trunk carrier-a|12|24.00",
+		"voice|admitted attempts|100|0.10",
+	}, got)
+
+	for yaml, want := range map[string]string{
+		"{service: voice, trunk: a, account: b, model: pay_per_use, unit: admitted, price: \"1\"}": "plans[0]: account and trunk: a plan bills an account's records or a trunk key's, not both",
+		"{service: voice, trunk: a, model: pay_per_use, unit: tokens, price: \"1\"}":               "plans[0]: unit tokens: a trunk key's records carry attempts, admitted, rejected and peak_sessions",
+	} {
+		_, err := ParseSheet([]byte("currency: EUR\nplans:\n  - " + yaml + "\n"))
+		require.EqualError(t, err, want)
+	}
+}

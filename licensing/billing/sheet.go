@@ -37,6 +37,9 @@ var units = map[string]string{
 	"peak_subscribers": "peak subscribers",
 }
 
+// trunkUnits are the units a trunk key's records carry.
+var trunkUnits = map[string]bool{"attempts": true, "admitted": true, "rejected": true, "peak_sessions": true}
+
 // Sheet is a customer's price sheet (see configs/price-sheets/*.yaml).
 type Sheet struct {
 	Currency string `yaml:"currency"`
@@ -50,8 +53,11 @@ type Plan struct {
 	Service string `yaml:"service"`
 	// Account bills one account's records; "" the service-level totals.
 	Account string `yaml:"account"`
-	Model   string `yaml:"model"`
-	Unit    string `yaml:"unit"`
+	// Trunk bills one trunk key's records (an operator billing its own
+	// customer for ADMIT ... TRUNK key); "" the service-level totals.
+	Trunk string `yaml:"trunk"`
+	Model string `yaml:"model"`
+	Unit  string `yaml:"unit"`
 	// Price per unit (pay_per_use, hybrid).
 	Price *Decimal `yaml:"price"`
 	// FixedFee per period and Included units it covers (hybrid).
@@ -160,6 +166,12 @@ func (s *Sheet) validate() error {
 func (p *Plan) validate() error {
 	if p.Service == "" {
 		return errors.New("service is required")
+	}
+	if p.Trunk != "" && p.Account != "" {
+		return errors.New("account and trunk: a plan bills an account's records or a trunk key's, not both")
+	}
+	if p.Trunk != "" && !trunkUnits[p.Unit] {
+		return fmt.Errorf("unit %s: a trunk key's records carry attempts, admitted, rejected and peak_sessions", p.Unit)
 	}
 	if p.Model == Prepaid && p.Unit == "" {
 		p.Unit = "consumed"

@@ -46,8 +46,10 @@
 // must equal the record's own key, cluster and at); ledgers created before
 // genesis records existed start with a usage or witness record. Fields
 // come in this order, all present except "account" (absent for
-// service-level totals) and "rejected" (absent when nothing was
-// rejected); times are RFC 3339 in UTC.
+// service-level totals), "trunk" (after "account", only in a trunk key's
+// record: the attempts with ADMIT ... TRUNK key, a part of the service's
+// totals) and "rejected" (absent when nothing was rejected); times are
+// RFC 3339 in UTC.
 //
 // The body of a record is its line without "hash" and "sig". hash is the
 // hex SHA-256 of the body; prev is the hash of the record before (64 zeros

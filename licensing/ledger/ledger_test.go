@@ -100,6 +100,8 @@ func TestAppendRefuses(t *testing.T) {
 	f(to, from, []Usage{voice(1)}, nil, "cannot append to ledger: interval ends (2025-06-01T00:00:00Z) before it starts (2025-06-01T00:00:10Z)")
 	f(from, to, []Usage{{}}, nil, "cannot append to ledger: malformed: service must be 1 to 256 bytes")
 	f(from, to, []Usage{{Service: "v", Rejected: map[string]uint64{"caps": 1}}}, nil, `cannot append to ledger: malformed: reject reason "caps" is not [A-Z_]{1,32}`)
+	f(from, to, []Usage{{Service: "v", Account: "a", Trunk: "t"}}, nil, "cannot append to ledger: malformed: a record is an account's or a trunk key's, not both")
+	f(from, to, []Usage{{Service: "v", Trunk: strings.Repeat("t", 257)}}, nil, "cannot append to ledger: malformed: trunk must be at most 256 bytes")
 	f(from, to, nil, []Witness{{Node: "n2", Seq: 1, Hash: "x"}}, "cannot append to ledger: malformed: witness hash is not 64 lowercase hex digits")
 	_, err := l.Append(from, to, []Usage{{Service: strings.Repeat("s", 256), Account: strings.Repeat("a", 256),
 		Rejected: map[string]uint64{}}}, nil)

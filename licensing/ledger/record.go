@@ -50,6 +50,10 @@ type Usage struct {
 	// Account is "" for the service-level totals; an account record is a
 	// part of those totals, never an addition to them.
 	Account string `json:"account,omitempty"`
+	// Trunk is "" but for a trunk key's record (ADMIT ... TRUNK key): the
+	// attempts with that key, by the decision they got, and the peak of
+	// its sessions; like an account's, a part of the service's totals.
+	Trunk string `json:"trunk,omitempty"`
 	// Attempts are the normal and high-priority attempts decided; Admitted
 	// those admitted and Rejected the others by reason (CAPS SESSIONS
 	// SUBSCRIBERS TOKENS UNLICENSED OVERLOAD).
@@ -351,6 +355,12 @@ func validUsage(u *Usage) error {
 	}
 	if len(u.Account) > 256 {
 		return fmt.Errorf("%w: account must be at most 256 bytes", ErrMalformed)
+	}
+	if len(u.Trunk) > 256 {
+		return fmt.Errorf("%w: trunk must be at most 256 bytes", ErrMalformed)
+	}
+	if u.Trunk != "" && u.Account != "" {
+		return fmt.Errorf("%w: a record is an account's or a trunk key's, not both", ErrMalformed)
 	}
 	if len(u.Rejected) > 32 {
 		return fmt.Errorf("%w: more than 32 reject reasons", ErrMalformed)

@@ -104,6 +104,9 @@ func FromRecord(r *ledger.Record) (Event, bool) {
 	if u.Account != "" {
 		subject += "/" + u.Account
 	}
+	if u.Trunk != "" {
+		subject += "#" + u.Trunk // a trunk key's record
+	}
 	rejected := make(map[string]uint64, len(Reasons)+len(u.Rejected))
 	for _, reason := range Reasons {
 		rejected[reason] = 0
@@ -156,6 +159,9 @@ func ID(r *ledger.Record) string {
 	var service, account string
 	if r.Usage != nil {
 		service, account = r.Usage.Service, r.Usage.Account
+		if r.Usage.Trunk != "" {
+			account += "\n#" + r.Usage.Trunk // a trunk key's record; the others' ids as before
+		}
 	}
 	name := "capsgate-usage-v1\n" + r.Cluster + "\n" + r.Node + "\n" + r.Key + "\n" +
 		strconv.FormatUint(r.Seq, 10) + "\n" + service + "\n" + account

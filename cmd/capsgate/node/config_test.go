@@ -161,6 +161,7 @@ licensing: {clock_tolerance: 1m}
 cluster: {partition_policy: fail_open, fail_open_for: 30s, reclaim_after: 5s}
 log: {level: warn}
 throttle: {allow: ["user:", ""], max_keys: 500, max_burst: 0, max_count: 1, max_period: 1s}
+trunks: {max_keys: 7, limits: ["voice/carrier-a caps=100 burst=20 sessions=300"]}
 `)
 	c, err := Load([]string{"--config", path}, nil)
 	require.NoError(t, err)
@@ -183,7 +184,11 @@ throttle: {allow: ["user:", ""], max_keys: 500, max_burst: 0, max_count: 1, max_
 		Cluster:   ClusterConfig{PartitionPolicy: "fail_open", FailOpenFor: Duration{30 * time.Second}, ReclaimAfter: Duration{5 * time.Second}},
 		Log:       LogConfig{Level: "warn"},
 		Throttle:  ThrottleConfig{Allow: []string{"user:", ""}, MaxKeys: 500, MaxBurst: 0, MaxCount: 1, MaxPeriod: Duration{time.Second}},
+		Trunks:    TrunksConfig{MaxKeys: 7, Limits: []string{"voice/carrier-a caps=100 burst=20 sessions=300"}},
 	}
+	st, err := os.Stat(path)
+	require.NoError(t, err)
+	want.TrunkLimitsAt = st.ModTime()
 	require.Equal(t, want, c)
 
 	// Written back as YAML, it reads the same.
@@ -194,6 +199,7 @@ throttle: {allow: ["user:", ""], max_keys: 500, max_burst: 0, max_count: 1, max_
 	require.NotContains(t, string(out), "dev")
 	c2, err := Load([]string{"--config", writeTestFile(t, dir, "again.yaml", string(out))}, nil)
 	require.NoError(t, err)
+	want.TrunkLimitsAt = c2.TrunkLimitsAt // that file's time
 	require.Equal(t, want, c2)
 }
 
@@ -205,6 +211,7 @@ func TestLoadPartialFileKeepsDefaults(t *testing.T) {
 		require.NoError(t, err, file)
 		want := prodConfig(dir)
 		edit(&want)
+		want.TrunkLimitsAt = c.TrunkLimitsAt // the file's time
 		require.Equal(t, want, c, file)
 	}
 	f("", func(*Config) {})

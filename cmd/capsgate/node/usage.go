@@ -182,6 +182,7 @@ type UsageRow struct {
 	To      time.Time `json:"to"`
 	Service string    `json:"service"`
 	Account string    `json:"account,omitempty"`
+	Trunk   string    `json:"trunk,omitempty"`
 	ledger.Usage
 	Nodes []string `json:"nodes"`
 }
@@ -204,7 +205,7 @@ func (n *Node) getUsage(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	service := r.URL.Query().Get("service")
-	rows := map[[3]string]*UsageRow{}
+	rows := map[[4]string]*UsageRow{}
 	err = n.ledger.Read(from, to, func(_ []byte, rec *ledger.Record) error {
 		u := rec.Usage
 		if u == nil || (service != "" && u.Service != service) {
@@ -215,14 +216,14 @@ func (n *Node) getUsage(w http.ResponseWriter, r *http.Request) {
 			start = rec.From.Truncate(step)
 			end = start.Add(step)
 		}
-		k := [3]string{start.Format(time.RFC3339), u.Service, u.Account}
+		k := [4]string{start.Format(time.RFC3339), u.Service, u.Account, u.Trunk}
 		if step == 0 {
 			k[0] = ""
 		}
 		row := rows[k]
 		if row == nil {
-			row = &UsageRow{From: start, To: end, Service: u.Service, Account: u.Account}
-			row.Usage.Service, row.Usage.Account = u.Service, u.Account
+			row = &UsageRow{From: start, To: end, Service: u.Service, Account: u.Account, Trunk: u.Trunk}
+			row.Usage.Service, row.Usage.Account, row.Usage.Trunk = u.Service, u.Account, u.Trunk
 			rows[k] = row
 		}
 		if step == 0 {
@@ -261,7 +262,7 @@ func (n *Node) getUsage(w http.ResponseWriter, r *http.Request) {
 			}
 			nodes = append(nodes, m.Name)
 			for _, pr := range peer {
-				k := [3]string{pr.From.Format(time.RFC3339), pr.Service, pr.Account}
+				k := [4]string{pr.From.Format(time.RFC3339), pr.Service, pr.Account, pr.Trunk}
 				if step == 0 {
 					k[0] = ""
 				}
@@ -297,7 +298,10 @@ func (n *Node) getUsage(w http.ResponseWriter, r *http.Request) {
 		if a.Service != b.Service {
 			return a.Service < b.Service
 		}
-		return a.Account < b.Account
+		if a.Account != b.Account {
+			return a.Account < b.Account
+		}
+		return a.Trunk < b.Trunk
 	})
 	writeJSON(w, http.StatusOK, map[string]any{"node": n.cfg.NodeName, "nodes": nodes, "missing": missing, "usage": out})
 }

@@ -316,7 +316,7 @@ func (c *client) usage(args []string) error {
 	var v struct {
 		Usage []struct {
 			From, To                      time.Time
-			Service, Account              string
+			Service, Account, Trunk       string
 			Attempts, Admitted, Emergency uint64
 			Rejected                      map[string]uint64
 			PeakCAPS                      uint64 `json:"peak_caps"`
@@ -328,7 +328,7 @@ func (c *client) usage(args []string) error {
 	if printed, err := c.decode("GET", "/v1/usage?"+q.Encode(), nil, &v); printed || err != nil {
 		return err
 	}
-	header := []string{"FROM", "TO", "SERVICE", "ACCOUNT", "ATTEMPTS", "ADMITTED", "REJECTED", "EMERGENCY", "PEAK CAPS",
+	header := []string{"FROM", "TO", "SERVICE", "ACCOUNT", "TRUNK", "ATTEMPTS", "ADMITTED", "REJECTED", "EMERGENCY", "PEAK CAPS",
 		"PEAK SESSIONS", "PEAK SUBSCRIBERS", "TOKENS", "OVERAGE"}
 	var rows [][]string
 	for _, u := range v.Usage {
@@ -337,7 +337,7 @@ func (c *client) usage(args []string) error {
 			rejected += n
 		}
 		f := func(n uint64) string { return strconv.FormatUint(n, 10) }
-		rows = append(rows, []string{u.From.UTC().Format(time.RFC3339), u.To.UTC().Format(time.RFC3339), u.Service, u.Account,
+		rows = append(rows, []string{u.From.UTC().Format(time.RFC3339), u.To.UTC().Format(time.RFC3339), u.Service, u.Account, u.Trunk,
 			f(u.Attempts), f(u.Admitted), f(rejected), f(u.Emergency), f(u.PeakCAPS), f(u.PeakSessions), f(u.PeakSubscribers),
 			f(u.Tokens), f(u.Overage)})
 	}
