@@ -3,7 +3,6 @@ package cluster
 import (
 	"encoding/binary"
 	"encoding/json"
-	"errors"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -130,10 +129,8 @@ func (c *Cluster) applyTrunks(all []trunks.Setting) {
 	if c.cfg.Trunks == nil {
 		return
 	}
-	for _, s := range all {
-		if _, err := c.cfg.Trunks.Set(s); err != nil && !errors.Is(err, trunks.ErrStale) {
-			c.log.Warn("cannot take a key's limits from a member", "service", s.Service, "key", s.Key, "err", err)
-		}
+	if _, err := c.cfg.Trunks.Merge(all); err != nil {
+		c.log.Warn("cannot take keys' limits from a member", "err", err)
 	}
 }
 

@@ -222,7 +222,7 @@ func (b *Book) read() error {
 func (b *Book) put(s Setting) bool {
 	keys := b.byName[s.Service]
 	cur, ok := keys[s.Key]
-	if ok && (cur.At > s.Limit.At || cur.At == s.Limit.At && !later(s.Limit, cur)) {
+	if ok && !supersedes(s.Limit, cur) {
 		return false
 	}
 	if keys == nil {
@@ -236,6 +236,10 @@ func (b *Book) put(s Setting) bool {
 	b.lastSeen = max(b.lastSeen, s.Limit.At)
 	return true
 }
+
+// supersedes reports whether setting a holds over b: it is later, or as
+// late and later by the tie-break.
+func supersedes(a, b Limit) bool { return a.At > b.At || a.At == b.At && later(a, b) }
 
 // later orders two settings made in the same nanosecond, so that every
 // member keeps the same one: a removal, else the larger JSON.
@@ -318,7 +322,7 @@ func (b *Book) Set(s Setting) (added bool, err error) {
 	if !ok && b.n >= b.maxKeys {
 		return false, fmt.Errorf("%w: %d, the most a farm's book holds (trunks.max_keys)", ErrTooMany, b.maxKeys)
 	}
-	if ok && (cur.At > s.Limit.At || cur.At == s.Limit.At && !later(s.Limit, cur)) {
+	if ok && !supersedes(s.Limit, cur) {
 		return false, ErrStale
 	}
 	line, _ := json.Marshal(s)
@@ -336,6 +340,73 @@ func (b *Book) Set(s Setting) (added bool, err error) {
 		return false, err
 	}
 	return !ok || cur.Removed, nil
+}
+
+// Merge records every setting of all that is later than what the book
+// holds of its key, durably with one write and one fsync for them all
+// (a member's state sync may carry 100,000), and applies them. Settings
+// that are malformed are skipped and reported in the error; the others
+// are kept. It returns how many it recorded.
+func (b *Book) Merge(all []Setting) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var buf bytes.Buffer
+	var errs []error
+	// The latest of each key's settings in all, in the order keys first
+	// appear, then those later than the book's.
+	latest := map[[2]string]int{}
+	var batch []Setting
+	for _, s := range all {
+		if err := s.Check(); err != nil {
+			errs = append(errs, fmt.Errorf("%s/%s: %w", s.Service, s.Key, err))
+			continue
+		}
+		k := [2]string{s.Service, s.Key}
+		if i, ok := latest[k]; !ok {
+			latest[k] = len(batch)
+			batch = append(batch, s)
+		} else if supersedes(s.Limit, batch[i].Limit) {
+			batch[i] = s
+		}
+	}
+	var won []Setting
+	added := 0
+	for _, s := range batch {
+		cur, ok := b.byName[s.Service][s.Key]
+		if ok && !supersedes(s.Limit, cur) {
+			continue
+		}
+		if !ok {
+			if b.n+added >= b.maxKeys {
+				errs = append(errs, fmt.Errorf("%s/%s: %w", s.Service, s.Key, ErrTooMany))
+				continue
+			}
+			added++
+		}
+		line, _ := json.Marshal(s)
+		buf.Write(line)
+		buf.WriteByte('\n')
+		won = append(won, s)
+	}
+	if len(won) == 0 {
+		return 0, errors.Join(errs...)
+	}
+	if _, err := b.f.Write(buf.Bytes()); err != nil {
+		return 0, fmt.Errorf("cannot write the limits book: %w", err)
+	}
+	if err := b.f.Sync(); err != nil {
+		return 0, fmt.Errorf("cannot sync the limits book: %w", err)
+	}
+	b.lines += len(won)
+	for _, s := range won {
+		if b.put(s) {
+			b.apply(s.Service, s.Key, s.Limit)
+		}
+	}
+	if err := b.compact(time.Now()); err != nil {
+		errs = append(errs, err)
+	}
+	return len(won), errors.Join(errs...)
 }
 
 // Get returns a key's limit in force.

@@ -175,3 +175,34 @@ func TestParseSetting(t *testing.T) {
 		require.ErrorContains(t, err, want, "%q", in)
 	}
 }
+
+// Merge takes a member's settings at once: the later of each key's, the
+// malformed and those past max_keys reported, the rest kept, the same as
+// setting them one by one.
+func TestBookMerge(t *testing.T) {
+	one, err := Open(t.TempDir(), 5, nil)
+	require.NoError(t, err)
+	got := sink{}
+	all, err := Open(t.TempDir(), 5, got)
+	require.NoError(t, err)
+	in := []Setting{set("voice", "a", 1, 1, 10), set("voice", "a", 2, 2, 5), set("voice", "b", 3, 3, 7),
+		set("voice", "c", -7, 1, 7), set("voice", "b", 4, 4, 9), {Service: "voice", Key: "d", Limit: Limit{Removed: true, At: 3}}}
+	for i := range 4 {
+		in = append(in, set("sms", "k"+strconv.Itoa(i), 1, 1, 1))
+	}
+	for _, s := range in {
+		_, _ = one.Set(s)
+	}
+	n, err := all.Merge(in)
+	require.ErrorContains(t, err, "voice/c: caps must be")
+	require.ErrorContains(t, err, "sms/k2: too many keys")
+	require.Equal(t, 5, n, "the later a and b, d, sms/k0 and k1 (max_keys 5)")
+	require.Equal(t, one.Settings(), all.Settings())
+	require.Equal(t, 4.0, got["voice#b"].CAPS, "the later of b's")
+	require.Equal(t, 1.0, got["voice#a"].CAPS, "a's earlier setting does not win")
+	n, err = all.Merge(in[:2])
+	require.NoError(t, err)
+	require.Zero(t, n, "nothing newer")
+	require.NoError(t, all.Close())
+	require.NoError(t, one.Close())
+}
