@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"encoding/json"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -84,7 +85,10 @@ func (c *Cluster) starved() bool {
 	licensed := c.cfg.Shares.LicensedNames()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, service := range licensed {
+	// Every licence, and the trunk keys with traffic at the last plan: an
+	// idle key's bucket cannot have been spent (a load new on one is
+	// planned at the next exchange, its refusals spilled meanwhile).
+	for _, service := range slices.Concat(licensed, c.planner.ActiveTrunks()) {
 		var b interface{ Bucket(int64) (int64, int64) }
 		if svc, key, ok := admission.SplitTrunk(service); ok {
 			if t := c.cfg.Engine.Trunk(svc, key); t != nil {

@@ -90,7 +90,15 @@ type Planner struct {
 	// heldMoved are the services whose Held entry in a member's report
 	// changed since the last plan.
 	heldMoved map[string]bool
+	// activeTrunks are the trunk keys some member was active on at the
+	// last plan (ActiveTrunks).
+	activeTrunks []string
 }
+
+// ActiveTrunks returns the trunk keys (admission.TrunkName) some member
+// demanded, held or owed something of at the last plan; the caller must
+// not keep the slice past the next plan.
+func (p *Planner) ActiveTrunks() []string { return p.activeTrunks }
 
 // settledPart is what a quiet service's parts were planned from when a
 // plan left them as they were: no member demands it, this node holds and
@@ -523,6 +531,12 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 		active[k] = true
 	}
 	clear(p.heldMoved)
+	p.activeTrunks = p.activeTrunks[:0]
+	for k := range active {
+		if _, _, trunk := admission.SplitTrunk(k); trunk {
+			p.activeTrunks = append(p.activeTrunks, k)
+		}
+	}
 	unsettled := map[string]bool{}
 	planOne := func(service string, l admission.Limits) {
 		if st, ok := p.settled[service]; ok {

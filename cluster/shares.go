@@ -120,15 +120,17 @@ func (s *Shares) SetLimits(service string, l admission.Limits) error {
 	return s.applyLocked(service)
 }
 
-// LicensedNames returns the licensed services, sorted; the caller must
-// not change the slice. Cheap: the cluster asks it every StarvedCheck.
+// LicensedNames returns the licensed services, sorted, not the trunk keys
+// with limits (a farm may hold 100,000; Planner.ActiveTrunks names those
+// with traffic); the caller must not change the slice. Cheap: the
+// cluster asks it every StarvedCheck.
 func (s *Shares) LicensedNames() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.names == nil {
 		s.names = make([]string, 0, len(s.limits))
 		for name, l := range s.limits {
-			if l.Licensed {
+			if _, _, trunk := admission.SplitTrunk(name); l.Licensed && !trunk {
 				s.names = append(s.names, name)
 			}
 		}
