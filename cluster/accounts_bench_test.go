@@ -33,13 +33,14 @@ func BenchmarkExchangeWithAccounts(b *testing.B) {
 }
 
 // BenchmarkExchangeWithTrunks is BenchmarkExchangeWithAccounts for a
-// service with n trunk keys with limits of their own, one of them busy
-// (a decision on it between exchanges), the rest idle.
+// service with n trunk keys with limits of their own, busy of them busy
+// (a decision on each between exchanges), the rest idle.
 //
 //	go test ./cluster -run '^$' -bench ExchangeWithTrunks -benchtime 20x -benchmem
 func BenchmarkExchangeWithTrunks(b *testing.B) {
-	for _, n := range []int{100, 10000, 100000} {
-		b.Run(fmt.Sprintf("keys=%d", n), func(b *testing.B) {
+	for _, c := range []struct{ n, busy int }{{100, 1}, {10000, 1}, {100000, 1}, {10000, 1000}} {
+		n, busy := c.n, c.busy
+		b.Run(fmt.Sprintf("keys=%d/busy=%d", n, busy), func(b *testing.B) {
 			benchExchange(b, func(eng *admission.Engine, shares *Shares) error {
 				for k := range n {
 					if err := shares.SetLimits(admission.TrunkName("svc", fmt.Sprintf("key-%06d", k)),
@@ -49,7 +50,9 @@ func BenchmarkExchangeWithTrunks(b *testing.B) {
 				}
 				return nil
 			}, func(eng *admission.Engine, i int) error {
-				eng.AdmitTrunk(eng.Now(), []byte("svc"), nil, nil, []byte("key-000001"), admission.Normal)
+				for k := range busy {
+					eng.AdmitTrunk(eng.Now(), []byte("svc"), nil, nil, fmt.Appendf(nil, "key-%06d", k), admission.Normal)
+				}
 				return nil
 			})
 		})
