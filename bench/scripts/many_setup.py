@@ -39,6 +39,33 @@ def metric(text, name):
     return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith(name))
 
 
+def await_all(admins, token, path, done, what):
+    """Waits, at most 300 s in all, until GET path answers what done accepts
+    on every member."""
+    deadline = time.time() + 300
+    for url in admins:
+        c = conn(url)
+        while True:
+            try:
+                if done(json.loads(request(c, token, "GET", path))):
+                    break
+            except RuntimeError:
+                pass
+            if time.time() > deadline:
+                raise SystemExit("%s did not get %s within 300 s" % (url, what))
+            time.sleep(0.2)
+
+
+def idle(before, after, seconds):
+    """What a member's /metrics before and after an idle window of seconds
+    say: its series, its mean demand report's bytes and the gossip bytes
+    it sent a second."""
+    series = sum(1 for l in after.splitlines() if l and not l.startswith("#"))
+    delta = lambda name: metric(after, name) - metric(before, name)
+    report = delta("capsgate_cluster_report_bytes_sum") / max(delta("capsgate_cluster_report_bytes_count"), 1)
+    return series, report, delta('capsgate_gossip_bytes_total{direction="sent"}') / seconds
+
+
 def du(path):
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
 
@@ -68,20 +95,8 @@ def main():
     print("loaded %d licences on n1 in %.1f s; allocated %d accounts through n1 in %.1f s" % (services, t1 - t0, accounts, t2 - t1))
     # every member holds every licence and allocation
     last = "s%012d" % (services - 1)
-    deadline = time.time() + 300
-    for url in admins:
-        cc = conn(url)
-        while True:
-            try:
-                got = json.loads(request(cc, token, "GET", "/v1/services/%s/accounts" % last))
-                n = len(got.get("accounts", got) if isinstance(got, dict) else got)
-                if n >= accounts // services:
-                    break
-            except RuntimeError:
-                pass
-            if time.time() > deadline:
-                raise SystemExit("%s did not get %s's accounts within 300 s" % (url, last))
-            time.sleep(0.5)
+    await_all(admins, token, "/v1/services/%s/accounts" % last,
+              lambda got: len(got.get("accounts", got) if isinstance(got, dict) else got) >= accounts // services, last + "'s accounts")
     print("every member holds them %.1f s after the last allocation" % (time.time() - t2))
     before = [metrics(u) for u in admins]
     size0 = [du(d) for d in dirs]
@@ -90,10 +105,7 @@ def main():
     size1 = [du(d) for d in dirs]
     for i, u in enumerate(admins):
         m = after[i]
-        series = sum(1 for l in m.splitlines() if l and not l.startswith("#"))
-        rb = (metric(m, "capsgate_cluster_report_bytes_sum") - metric(before[i], "capsgate_cluster_report_bytes_sum")) / max(
-            metric(m, "capsgate_cluster_report_bytes_count") - metric(before[i], "capsgate_cluster_report_bytes_count"), 1)
-        gossip = (metric(m, 'capsgate_gossip_bytes_total{direction="sent"}') - metric(before[i], 'capsgate_gossip_bytes_total{direction="sent"}')) / 12
+        series, rb, gossip = idle(before[i], m, 12)
         streamed = metric(m, "capsgate_cluster_reports_streamed_total")
         errors = metric(m, "capsgate_cluster_report_errors_total")
         print("n%d: /metrics %d bytes, %d series; demand report %.0f bytes (%d sent over TCP, %d failed); gossip sent %.0f B/s idle; data dir +%d bytes in 12 s (%d in all); RSS %d MiB"

@@ -12,7 +12,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from many_setup import conn, metric, metrics, request, rss  # noqa: E402
+from many_setup import await_all, conn, idle, metrics, request, rss  # noqa: E402
 
 
 def cpu(pid):
@@ -33,19 +33,7 @@ def main():
     t1 = time.time()
     print("set %d keys through n1 in %.1f s" % (keys, t1 - t0))
     last = "k%012d" % (keys - 1)
-    deadline = time.time() + 300
-    for url in admins:
-        cc = conn(url)
-        while True:
-            try:
-                got = json.loads(request(cc, token, "GET", "/v1/services/voice/limits/" + last))
-                if got.get("node", {}).get("caps") is not None:
-                    break
-            except RuntimeError:
-                pass
-            if time.time() > deadline:
-                raise SystemExit("%s did not get %s within 300 s" % (url, last))
-            time.sleep(0.2)
+    await_all(admins, token, "/v1/services/voice/limits/" + last, lambda got: got.get("node", {}).get("caps") is not None, last)
     print("every member enforces its part of the last key %.1f s after it was set" % (time.time() - t1))
     before = [metrics(u) for u in admins]
     cpu0 = [cpu(p) for p in pids]
@@ -54,10 +42,7 @@ def main():
     cpu1 = [cpu(p) for p in pids]
     for i, u in enumerate(admins):
         m = after[i]
-        series = sum(1 for l in m.splitlines() if l and not l.startswith("#"))
-        n = metric(m, "capsgate_cluster_report_bytes_count") - metric(before[i], "capsgate_cluster_report_bytes_count")
-        rb = (metric(m, "capsgate_cluster_report_bytes_sum") - metric(before[i], "capsgate_cluster_report_bytes_sum")) / max(n, 1)
-        gossip = (metric(m, 'capsgate_gossip_bytes_total{direction="sent"}') - metric(before[i], 'capsgate_gossip_bytes_total{direction="sent"}')) / 12
+        series, rb, gossip = idle(before[i], m, 12)
         print("n%d: /metrics %d bytes, %d series; demand report %.0f bytes; gossip sent %.0f B/s idle; CPU %.1f %% of a core idle; RSS %d MiB"
               % (i + 1, len(m), series, rb, gossip, 100 * (cpu1[i] - cpu0[i]) / 12, rss(pids[i]) >> 20))
 
