@@ -872,42 +872,67 @@ func (p *Planner) clustered() bool { return len(p.peers) > 0 }
 // accounts the engine must apply (those that moved; see accountBook).
 // first: the pool was not shared at the exchange before.
 func (p *Planner) budgets(now time.Time, service string, licensed int64, names []string, fraction float64, first bool) (int64, map[string]int64) {
-	self := slices.Index(names, p.self)
-	rates := make([]float64, len(names))
-	part := func(key string) float64 {
-		for i, n := range names {
-			rates[i] = 0
-			if n == p.self {
-				rates[i] = p.local.TokenRate[key]
-			} else if v := p.peers[n]; v != nil && p.fresh(now, v) {
-				rates[i] = v.report.TokenRate[key]
-			}
-		}
-		return AllocateHeld(fraction, rates)[self]
-	}
+	parts := &budgetParts{p: p, now: now, names: names, self: slices.Index(names, p.self), fraction: fraction, rates: make([]float64, len(names))}
 	changed := map[string]int64{}
 	p.scratch = p.book.take(service, p.book.allDirty, p.scratch[:0])
 	for _, e := range p.scratch {
-		next := p.tokenBudget(e.key, e.size, part(e.key), max(e.used, 0), e.budget, e.planned)
+		next := p.tokenBudget(e.key, e.size, parts, max(e.used, 0), e.budget, e.planned)
 		if applied, give := p.book.settle(e, next, first); give {
 			changed[e.account] = applied
 		}
 	}
 	clear(p.scratch)
 	cur, planned := p.budget[service]
-	next := p.tokenBudget(service, max(licensed-p.book.allocated[service], 0), part(service), p.local.Held[service].Tokens, cur, planned)
+	next := p.tokenBudget(service, max(licensed-p.book.allocated[service], 0), parts, p.local.Held[service].Tokens, cur, planned)
 	p.budget[service] = next
 	return next, changed
 }
+
+// budgetParts gives this node's part of what is left of a pool
+// (budgetHorizon), from the rate each member of names charges it.
+type budgetParts struct {
+	p        *Planner
+	now      time.Time
+	names    []string
+	self     int
+	fraction float64
+	rates    []float64 // scratch
+}
+
+// of returns this node's fraction of left, what is left of key's pool.
+func (b *budgetParts) of(key string, left int64) float64 {
+	if left <= 0 || b.self < 0 {
+		return 0
+	}
+	for i, n := range b.names {
+		b.rates[i] = 0
+		if n == b.p.self {
+			b.rates[i] = b.p.local.TokenRate[key]
+		} else if v := b.p.peers[n]; v != nil && b.p.fresh(b.now, v) {
+			b.rates[i] = v.report.TokenRate[key]
+		}
+		b.rates[i] *= budgetHorizon.Seconds()
+	}
+	return AllocateHeld(b.fraction*float64(left), b.rates)[b.self] / float64(left)
+}
+
+// budgetHorizon is how far ahead token budgets plan: of what is left of
+// a pool, each member's part covers what it would charge in this time at
+// its rate, and what is left beyond that is split evenly (the least a
+// member gets, idle or not, is FloorFraction/n of it). A pool with more
+// left than the members charge in this time so keeps a budget on every
+// member for a load that moves to it; a pool running out is split by the
+// rates, so that no member strands what another needs.
+const budgetHorizon = time.Second
 
 // tokenBudget plans this node's budget for a token pool: how much it may
 // have charged the pool in all, from what it charged (used) and its
 // budget as last planned (cur; planned false: never). Budgets are escrow:
 // each member reports its budget and the others hold it reserved, so that
 // while reports arrive within an exchange interval the budgets never add
-// up to more than the pool (see the package doc). part is this node's
-// fraction of what is left, by the rate each member charges the pool.
-func (p *Planner) tokenBudget(key string, pool int64, part float64, used, cur int64, planned bool) int64 {
+// up to more than the pool (see the package doc). parts gives this node's
+// fraction of what is left (budgetHorizon).
+func (p *Planner) tokenBudget(key string, pool int64, parts *budgetParts, used, cur int64, planned bool) int64 {
 	if !planned {
 		cur = used
 	}
@@ -925,13 +950,15 @@ func (p *Planner) tokenBudget(key string, pool int64, part float64, used, cur in
 			reserved = sat.Add(reserved, max(h.Budget, h.Tokens))
 		}
 	}
-	target := sat.Add(used, sat.PartOf(part, max(pool-spent, 0)))
+	left := max(pool-spent, 0)
+	pt := parts.of(key, left)
+	target := sat.Add(used, sat.PartOf(pt, left))
 	free := pool - reserved
 	next := target
 	if target > cur {
 		// A rise takes no more than this node's part of what no member
 		// has reserved.
-		next = min(target, sat.Add(cur, sat.PartOf(part, max(free, 0))))
+		next = min(target, sat.Add(cur, sat.PartOf(pt, max(free, 0))))
 	}
 	next = max(next, used)
 	if planned && next != cur && cur > used && absDiff(next, cur) <= (cur-used)/budgetSlack {

@@ -205,7 +205,9 @@ func TestBudgetKeepsSmallMoves(t *testing.T) {
 		{0.5, 600, 600, true, 800, "none left"},
 		{0, 0, 0, true, 0, "zero"},
 	} {
-		require.Equal(t, c.want, p.tokenBudget("k", 1000, c.part, c.used, c.cur, c.planned), c.why)
+		// Alone, this node's part is the side's fraction.
+		parts := &budgetParts{p: p, names: []string{"a"}, fraction: c.part, rates: make([]float64, 1)}
+		require.Equal(t, c.want, p.tokenBudget("k", 1000, parts, c.used, c.cur, c.planned), c.why)
 	}
 }
 
@@ -230,4 +232,45 @@ func TestDeltaOfIsDelta(t *testing.T) {
 		}
 		require.Equal(t, walk.delta(cur, seq), index.deltaOf(cur, moved, seq), "report %d", seq)
 	}
+}
+
+// A member that has charged nothing keeps a budget while the pool has far
+// more left than the members charge in budgetHorizon: another member's
+// first charges do not take it away (a CONSUME that reaches it next must
+// not be refused TOKENS with 9,000 tokens left). A pool running out is
+// split by the rates.
+func TestIdleMemberKeepsABudget(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	live := []string{"n1", "n2", "n3"}
+	budgetOf := func(pool, othersUsed int64, othersRate float64) int64 {
+		p := NewPlanner("n2", PolicyConfig{}, 100*time.Millisecond)
+		for _, n := range live {
+			p.Joined(t0.Add(-time.Second), n)
+		}
+		lic := map[string]admission.Limits{"pp": {Licensed: true, CAPS: 1000, Sessions: admission.Unlimited,
+			Subscribers: admission.Unlimited, Tokens: pool}}
+		var b int64
+		for step := range 30 { // budgets rise by parts of what is free
+
+			now := t0.Add(time.Duration(step) * ExchangeInterval)
+			p.Heard(now, "n1", Report{Seq: uint64(step + 1), Held: map[string]Held{"pp": {Budget: pool / 3}}})
+			p.Heard(now, "n3", Report{Seq: uint64(step + 1), TokenRate: map[string]float64{"pp": othersRate},
+				Held: map[string]Held{"pp": {Tokens: othersUsed, Budget: pool / 3}}})
+			b = p.Plan(now, live, lic, Usage{{Name: "pp", Depth: -1, Avail: -1}}).Parts["pp"].TokensBudget
+		}
+		return b
+	}
+	// 9,000 tokens, n3 charged 5 at 50 a second: n2's budget rises
+	// towards the 3,000 n1 and n3 leave it, not to 9, the part of the
+	// pool its rate of 0 was given by the rates alone. Each rise takes a
+	// third of what is free, and stops once that is within a sixteenth
+	// of the budget (TestBudgetKeepsSmallMoves): 3,000 / (1 + 3/16) =
+	// 2,526 at the least.
+	b := budgetOf(9000, 5, 50)
+	require.True(t, b >= 2526 && b <= 3000, "budget %d", b)
+	// 300 tokens, n3 charging 1,000 a second: the 295 left are split by
+	// the rates, n2's idle one counted as its floor (295 × 5 % / 3 = 4.9
+	// against 1,000): 1.4 tokens, of which a rise from nothing takes the
+	// same part of the 100 that n1 and n3 leave free: 0.
+	require.Equal(t, int64(0), budgetOf(300, 5, 1000))
 }
