@@ -90,7 +90,9 @@ func (r *limiter) takeCAPS(now int64, l *derived, prio Priority) (left int64, to
 }
 
 // admitLocked is the path for attempts that open a session or charge tokens.
-func (s *Service) admitLocked(now int64, call, acct []byte, prio Priority, scope []byte, spillable bool, t *Trunk) Decision {
+// keyPool: acct is the name of the attempt's key (TRUNK), whose pool, if
+// it has one, refuses TRUNK_TOKENS rather than TOKENS.
+func (s *Service) admitLocked(now int64, call, acct []byte, prio Priority, scope []byte, spillable bool, t *Trunk, keyPool bool) Decision {
 	var key Key
 	if call != nil {
 		key = sessionKey(call, scope)
@@ -149,7 +151,7 @@ func (s *Service) admitLocked(now int64, call, acct []byte, prio Priority, scope
 			return d
 		}
 	}
-	d, ok := s.admitLicensed(now, l, call, key, acct, prio, spillable, remaining, h)
+	d, ok := s.admitLicensed(now, l, call, key, acct, keyPool, prio, spillable, remaining, h)
 	if !ok {
 		h.refused(now, d.Reason, spillable && d.Reason == CAPS)
 	}
@@ -158,7 +160,7 @@ func (s *Service) admitLocked(now int64, call, acct []byte, prio Priority, scope
 
 // admitLicensed is admitLocked's part once the key's limits (h) admitted
 // the attempt: the licence's limits, and the session opened.
-func (s *Service) admitLicensed(now int64, l *derived, call []byte, key Key, acct []byte, prio Priority, spillable bool, remaining int64, h trunkHold) (Decision, bool) {
+func (s *Service) admitLicensed(now int64, l *derived, call []byte, key Key, acct []byte, keyPool bool, prio Priority, spillable bool, remaining int64, h trunkHold) (Decision, bool) {
 	if call != nil && l.Sessions != Unlimited {
 		limit := l.Sessions
 		if prio == High {
@@ -176,8 +178,12 @@ func (s *Service) admitLicensed(now int64, l *derived, call []byte, key Key, acc
 	p, a := s.poolFor(acct)
 	cost := l.TokensPerAttempt
 	if cost > 0 && !p.fits(cost) {
-		s.counts[TOKENS].Add(1)
-		return Decision{Reason: TOKENS, RetryAfterMS: retryUnlicensedMS, Remaining: clampRemaining(p.left())}, false
+		r := TOKENS
+		if keyPool && a != nil {
+			r = TRUNK_TOKENS // the key's own pool
+		}
+		s.counts[r].Add(1)
+		return Decision{Reason: r, RetryAfterMS: retryUnlicensedMS, Remaining: clampRemaining(p.left())}, false
 	}
 	if !s.reserved(p, cost) {
 		s.wakeReserver()

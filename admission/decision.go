@@ -15,15 +15,16 @@ const (
 	TOKENS                    // the token pool is exhausted and no overage is allowed
 	UNLICENSED                // no valid licence covers the service
 	OVERLOAD                  // the node protects itself (node.max_caps)
-	// TRUNK_CAPS and TRUNK_SESSIONS refuse an ADMIT ... TRUNK key by the
-	// operator's own limits of that key (a trunk, a customer), inside
-	// the licence.
+	// TRUNK_CAPS, TRUNK_SESSIONS and TRUNK_TOKENS refuse an ADMIT ...
+	// TRUNK key by the operator's own limits of that key (a trunk, a
+	// customer), inside the licence.
 	TRUNK_CAPS     // the key's call-attempt rate is used up right now
 	TRUNK_SESSIONS // the key's concurrent sessions are all in use
+	TRUNK_TOKENS   // the key's token pool is exhausted and no overage is allowed
 	NumReasons     = iota
 )
 
-var reasonNames = [NumReasons]string{"OK", "CAPS", "SESSIONS", "SUBSCRIBERS", "TOKENS", "UNLICENSED", "OVERLOAD", "TRUNK_CAPS", "TRUNK_SESSIONS"}
+var reasonNames = [NumReasons]string{"OK", "CAPS", "SESSIONS", "SUBSCRIBERS", "TOKENS", "UNLICENSED", "OVERLOAD", "TRUNK_CAPS", "TRUNK_SESSIONS", "TRUNK_TOKENS"}
 
 // String returns the reason word, e.g. "CAPS".
 func (r Reason) String() string {

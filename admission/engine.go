@@ -370,18 +370,25 @@ func (e *Engine) admit(now int64, service, call, acct, trunk []byte, prio Priori
 		// An emergency call is never refused for want of a licence: it is
 		// kept under UnlicensedBucket, its call-id scoped by the name it
 		// gave.
-		return e.unlicensedBucket().admitLocked(now, call, acct, prio, service, false, nil)
+		return e.unlicensedBucket().admitLocked(now, call, acct, prio, service, false, nil, false)
 	}
 	var t *Trunk
+	keyPool := false
 	if trunk != nil && prio != Emergency {
 		t = s.trunks.get(trunk) // nil: no limits of its own
+		if acct == nil {
+			// The key's token pool is the allocation of the account of
+			// its name (none: the licence's pool), unless ACCOUNT names
+			// another.
+			acct, keyPool = trunk, true
+		}
 	}
 	if call == nil && prio != Emergency {
 		if l := s.lim.Load(); l.TokensPerAttempt == 0 || !l.Licensed {
 			return s.admitRate(now, l, prio, spillable, t)
 		}
 	}
-	return s.admitLocked(now, call, acct, prio, nil, spillable, t)
+	return s.admitLocked(now, call, acct, prio, nil, spillable, t, keyPool)
 }
 
 // AdmitSpilled is Admit for an attempt another member's CAPS bucket refused

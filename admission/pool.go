@@ -342,7 +342,10 @@ func (e *Engine) SetAccount(service, acct string, tokens int64, ov Overage) erro
 		old = a.alloc
 	}
 	others := s.allocated - old
-	if l.Tokens != Unlimited && tokens > l.Tokens-others {
+	// A service without its licence yet (one known from its keys' limits,
+	// or whose licence lapsed) keeps the allocation for when it comes:
+	// its pool is not known here.
+	if l.Licensed && l.Tokens != Unlimited && tokens > l.Tokens-others {
 		return fmt.Errorf("cannot allocate %d tokens to account %q: the service's pool has %d, %d already allocated to other accounts",
 			tokens, acct, l.Tokens, s.allocated-old)
 	}

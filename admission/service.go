@@ -281,7 +281,7 @@ type Stats struct {
 // key also refused by the licence after it).
 func (st Stats) Offered() uint64 {
 	a := &st.Admissions
-	n := a[OK] + a[CAPS] + a[SESSIONS] + a[TOKENS]
+	n := a[OK] + a[CAPS] + a[SESSIONS] + a[TOKENS] + a[TRUNK_TOKENS]
 	if st.trunk {
 		n += a[TRUNK_CAPS] + a[TRUNK_SESSIONS]
 	}

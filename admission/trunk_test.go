@@ -306,3 +306,66 @@ func TestDrainMoved(t *testing.T) {
 		}
 	}
 }
+
+// A key's token pool is the allocation of the account of its name: ADMIT
+// ... TRUNK key charges it (TRUNK_TOKENS when it is spent), a key without
+// one charges the licence's pool, ACCOUNT names another pool, and the
+// minutes of a call through the key are charged to it at RELEASE.
+func TestTrunkTokenPool(t *testing.T) {
+	e, clk := newTestEngine(t, Limits{Licensed: true, CAPS: Unlimited, Sessions: Unlimited, Subscribers: Unlimited,
+		Tokens: 1000, TokensPerAttempt: 1, TokensPerMinute: 2})
+	setTrunk(t, e, "a", trunkLimits(100, 100, Unlimited))
+	require.NoError(t, e.SetAccount("voice", "a", 10, Overage{}))
+	require.NoError(t, e.SetAccount("voice", "other", 50, Overage{}))
+	now := clk.Now()
+	s := e.Service("voice")
+	pool := func(acct string) int64 {
+		p, ok := s.Pool(acct)
+		require.True(t, ok)
+		return p.Used
+	}
+	ok, reasons := admitted(15, func(int) Decision { return e.AdmitTrunk(now, svc, nil, nil, []byte("a"), Normal) })
+	require.Equal(t, 10, ok, "the key's pool of 10")
+	require.Equal(t, 5, reasons[TRUNK_TOKENS])
+	d := e.AdmitTrunk(now, svc, nil, nil, []byte("a"), Normal)
+	require.Equal(t, Decision{Reason: TRUNK_TOKENS, RetryAfterMS: retryUnlicensedMS, Remaining: 0}, d)
+	require.Equal(t, int64(10), pool("a"))
+	require.Equal(t, int64(0), pool(""), "the licence's pool is not charged for the key's")
+	st := e.Trunk("voice", "a").Stats()
+	require.Equal(t, uint64(10), st.Admissions[OK])
+	require.Equal(t, uint64(6), st.Admissions[TRUNK_TOKENS], "the key counts its pool's refusals")
+	require.Equal(t, uint64(16), st.Offered())
+	require.Equal(t, uint64(6), s.Stats().Admissions[TRUNK_TOKENS])
+	// A refusal by the pool gives back the key's CAPS token: 10 of its
+	// 100 were taken.
+	ok, _ = admitted(200, func(int) Decision { return e.AdmitTrunk(now, svc, nil, []byte("other"), []byte("a"), Normal) })
+	require.Equal(t, 50, ok, "ACCOUNT other: its pool of 50, not the key's")
+	require.Equal(t, int64(50), pool("other"))
+	ok, _ = admitted(100, func(int) Decision { return e.AdmitTrunk(now, svc, nil, nil, []byte("b"), Normal) })
+	require.Equal(t, 100, ok, "a key without a pool charges the licence's")
+	require.Equal(t, int64(100), pool(""))
+	// A call through a key with a pool: its attempt and its minutes.
+	require.NoError(t, e.SetAccount("voice", "a", 20, Overage{}))
+	require.Equal(t, OK, e.AdmitTrunk(now, svc, []byte("call-1"), nil, []byte("a"), Normal).Reason)
+	require.True(t, e.Release(now, svc, []byte("call-1"), 90))
+	require.Equal(t, int64(11+4), pool("a"), "1 for the attempt, 2 a minute for 90 s (2 minutes begun)")
+	// Emergency calls are charged nothing.
+	require.Equal(t, OK, e.AdmitTrunk(now, svc, nil, nil, []byte("a"), Emergency).Reason)
+	require.Equal(t, int64(15), pool("a"))
+}
+
+// A key's pool set before its service's licence comes (the config's, at
+// start) is kept and applies once the licence does.
+func TestTrunkTokenPoolBeforeLicence(t *testing.T) {
+	e, clk := newTestEngine(t, capsOnly(10))
+	require.NoError(t, e.SetLimits(TrunkName("pre", "k"), trunkLimits(100, 100, Unlimited)))
+	require.NoError(t, e.SetAccount("pre", "k", 5, Overage{}), "the service is known from its key, not licensed")
+	now := clk.Now()
+	require.Equal(t, UNLICENSED, e.AdmitTrunk(now, []byte("pre"), nil, nil, []byte("k"), Normal).Reason)
+	require.NoError(t, e.SetLimits("pre", Limits{Licensed: true, CAPS: Unlimited, Sessions: Unlimited, Subscribers: Unlimited,
+		Tokens: 1000, TokensPerAttempt: 1}))
+	ok, reasons := admitted(8, func(int) Decision { return e.AdmitTrunk(now, []byte("pre"), nil, nil, []byte("k"), Normal) })
+	require.Equal(t, 5, ok)
+	require.Equal(t, 3, reasons[TRUNK_TOKENS])
+	require.ErrorContains(t, e.SetAccount("pre", "k", 1001, Overage{}), "the service's pool has 1000", "licensed: bounded by its pool")
+}

@@ -149,3 +149,34 @@ func TestTrunkSessionsHoldForTheFarm(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, ok, reason)
 }
+
+// A key's token pool over three nodes: the allocation set through one
+// node reaches every member, and the farm charges no more than the pool
+// (1 token an attempt) under Poisson arrivals from all three, and nearly
+// all of it; the licence's own pool is not charged for the key's.
+func TestTrunkTokenPoolHoldsForTheFarm(t *testing.T) {
+	needsProcesses(t, "3 capsgate nodes and 4 s of load on a trunk with a token pool")
+	c := licensedFarm(t, nil, "pre", 100000, "--tokens", "100000", "--tokens-per-attempt", "1", "--id", "pre-trunk-pool")
+	const pool = 2000
+	out, code := c.Ctl(2, "limits", "set", "pre", "carrier-a", "--caps", "10000", "--tokens", fmt.Sprint(pool))
+	require.Zero(t, code, out)
+	for _, n := range c.Nodes() {
+		require.Eventually(t, func() bool {
+			var v struct {
+				Pool *struct{ Tokens int64 } `json:"pool"`
+			}
+			return n.GetJSON("/v1/services/pre/limits/carrier-a", &v) == nil && v.Pool != nil && v.Pool.Tokens == pool
+		}, 5*time.Second, 20*time.Millisecond, "%s has the pool", n.Name)
+	}
+	time.Sleep(300 * time.Millisecond) // the first budgets of the pool
+	run := openloop.Load{Addrs: c.RESPAddrs(), Weights: []float64{60, 30, 10}, Rate: 1000, Duration: 4 * time.Second,
+		Command: "ADMIT pre TRUNK carrier-a", Arrivals: openloop.Arrivals{Model: openloop.PoissonArrivals, Seed: 11}}.Run()
+	t.Logf("a %d-token pool of carrier-a, 1 token an attempt, 1000/s Poisson offered 60/30/10 for 4 s: %v", pool, run)
+	require.NoError(t, run.Total.Err)
+	require.Zero(t, run.Total.Errors, run.Total.LastError)
+	assert.Equal(t, run.Total.Rejected, run.Total.Reasons["TRUNK_TOKENS"], "only the key's pool refuses")
+	assert.LessOrEqual(t, run.Total.Admitted, pool, "the farm never charges more than the key's pool")
+	assert.GreaterOrEqual(t, run.Total.Admitted, pool*97/100, "and charges nearly all of it")
+	used, _ := total(t, c, "pre", "tokens_used", int64(run.Total.Admitted), time.Second)
+	assert.Equal(t, int64(run.Total.Admitted), used, "every admitted attempt charged once, to the key's pool")
+}

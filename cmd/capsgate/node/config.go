@@ -331,11 +331,13 @@ type TrunksConfig struct {
 	MaxKeys int `yaml:"max_keys"`
 
 	// Limits lists keys' limits, one string each:
-	// "SERVICE/KEY caps=N burst=N sessions=N" (CAPS and sessions for the
-	// farm; burst the depth of the key's bucket in attempts; a limit left
-	// out is not enforced). They are set at start, as if through the
-	// admin API when the file was written; the admin API can change them
-	// later (PUT /v1/services/{service}/limits/{key}).
+	// "SERVICE/KEY caps=N burst=N sessions=N tokens=N overage=P" (CAPS and
+	// sessions for the farm; burst the depth of the key's bucket in
+	// attempts; a limit left out is not enforced; tokens the key's token
+	// pool, the allocation of the account of its name, with its overage
+	// policy, none unless given). They are set at start, as if through
+	// the admin API when the file was written; the admin API can change
+	// them later (PUT /v1/services/{service}/limits/{key}).
 	//
 	// Default: none.
 	Limits []string `yaml:"limits"`

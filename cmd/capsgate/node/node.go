@@ -207,6 +207,7 @@ func (n *Node) openMetering() error {
 		return err
 	}
 	n.reserver.Restore()
+	n.applyConfigPools()
 	if err := n.reserver.Step(time.Now()); err != nil {
 		n.ledger.Close()
 		return err

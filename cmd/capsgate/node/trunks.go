@@ -31,7 +31,7 @@ func (n *Node) openTrunks() error {
 	if err != nil {
 		return fmt.Errorf("cannot open the keys' limits: %w", err)
 	}
-	settings, err := n.cfg.TrunkSettings()
+	settings, _, err := n.cfg.TrunkSettings()
 	if err == nil {
 		for _, s := range settings {
 			if _, err = book.Set(s); errors.Is(err, trunks.ErrStale) {
@@ -51,44 +51,90 @@ func (n *Node) openTrunks() error {
 	return nil
 }
 
+// applyConfigPools gives the keys the token pools trunks.limits gives
+// them, as if allocated when the config was written: an allocation made
+// later (on any member) holds, and a service not licensed yet gets its
+// pools when its licence comes.
+func (n *Node) applyConfigPools() {
+	_, pools, _ := n.cfg.TrunkSettings() // checked at load
+	for _, p := range pools {
+		if err := n.reserver.Apply(p.Service, p.Key, p.Allocation); err != nil {
+			n.log.Error("trunks.limits: cannot give the key its token pool", "service", p.Service, "key", p.Key, "err", err)
+		}
+	}
+}
+
 // TrunkBody is the JSON of PUT /v1/services/{service}/limits/{key}: a
-// limit left out is not enforced.
+// limit left out is not enforced. Tokens (with Overage) is the key's
+// token pool: the allocation of the account of the key's name, as PUT
+// /v1/services/{service}/accounts/{key} sets it; left out, the pool is
+// left as it is.
 type TrunkBody struct {
 	CAPS     *float64 `json:"caps"`
 	Burst    *int64   `json:"burst"`
 	Sessions *int64   `json:"sessions"`
+	Tokens   *int64   `json:"tokens"`
+	Overage  *string  `json:"overage"`
 }
 
 // maxTrunkBody bounds the body of a PUT of a key's limits.
 const maxTrunkBody = 4 << 10
 
-// decodeTrunk reads a key's limits strictly.
-func decodeTrunk(body []byte) (trunks.Limit, error) {
-	const want = `want {"caps": N, "burst": N, "sessions": N}, each optional, at least one`
+// decodeTrunk reads a key's limits strictly, and its pool (nil: not
+// given).
+func decodeTrunk(body []byte) (trunks.Limit, *admission.Allocation, error) {
+	const want = `want {"caps": N, "burst": N, "sessions": N, "tokens": N, "overage": "none|percent:N|unlimited"}, each optional, at least one`
 	var b TrunkBody
 	if err := strictjson.Decode(body, &b); err != nil {
-		return trunks.Limit{}, fmt.Errorf("%s: %v", want, err)
+		return trunks.Limit{}, nil, fmt.Errorf("%s: %v", want, err)
 	}
-	if b.CAPS == nil && b.Sessions == nil && b.Burst == nil {
-		return trunks.Limit{}, errors.New(want + ": none given")
+	if b.CAPS == nil && b.Sessions == nil && b.Burst == nil && b.Tokens == nil {
+		return trunks.Limit{}, nil, errors.New(want + ": none given")
 	}
 	l := trunks.Limit{CAPS: -1, Sessions: -1}
 	if b.CAPS != nil {
 		if *b.CAPS < 0 {
-			return trunks.Limit{}, fmt.Errorf("caps must be between 0 and %g, got %v", float64(trunks.MaxCAPS), *b.CAPS)
+			return trunks.Limit{}, nil, fmt.Errorf("caps must be between 0 and %g, got %v", float64(trunks.MaxCAPS), *b.CAPS)
 		}
 		l.CAPS = *b.CAPS
 	}
 	if b.Sessions != nil {
 		if *b.Sessions < 0 {
-			return trunks.Limit{}, fmt.Errorf("sessions must be 0 or more, got %d", *b.Sessions)
+			return trunks.Limit{}, nil, fmt.Errorf("sessions must be 0 or more, got %d", *b.Sessions)
 		}
 		l.Sessions = *b.Sessions
 	}
 	if b.Burst != nil {
 		l.Burst = *b.Burst
 	}
-	return l, l.Validate()
+	if err := l.Validate(); err != nil {
+		return trunks.Limit{}, nil, err
+	}
+	if b.Tokens == nil {
+		if b.Overage != nil {
+			return trunks.Limit{}, nil, errors.New(`"overage" is the policy of the key's token pool: give "tokens" with it`)
+		}
+		return l, nil, nil
+	}
+	a, err := keyPool(*b.Tokens, b.Overage)
+	return l, a, err
+}
+
+// keyPool checks a key's token pool as the admin API and the config
+// give it.
+func keyPool(tokens int64, overage *string) (*admission.Allocation, error) {
+	if tokens < 0 {
+		return nil, fmt.Errorf("tokens must be 0 or more, got %d", tokens)
+	}
+	a := &admission.Allocation{Tokens: tokens, Overage: "none"}
+	if overage != nil {
+		ov, err := admission.ParseOverage(*overage)
+		if err != nil {
+			return nil, err
+		}
+		a.Overage = ov.String()
+	}
+	return a, nil
 }
 
 // TrunkView is a key's limits and this node's part and use of them, as
@@ -100,6 +146,9 @@ type TrunkView struct {
 	Burst    int64     `json:"burst,omitempty"`
 	Sessions *int64    `json:"sessions"`
 	SetAt    time.Time `json:"set_at"`
+	// Pool is the key's token pool (the allocation of the account of its
+	// name), if it has one.
+	Pool *AccountView `json:"pool,omitempty"`
 	// Node is what this node enforces of them and has decided.
 	Node TrunkNodeView `json:"node"`
 }
@@ -125,6 +174,12 @@ func limitOrNil[T int64 | float64](v T) *T {
 func (n *Node) trunkView(s trunks.Setting) TrunkView {
 	v := TrunkView{Service: s.Service, Key: s.Key, CAPS: limitOrNil(s.Limit.CAPS), Burst: s.Limit.Burst,
 		Sessions: limitOrNil(s.Limit.Sessions), SetAt: time.Unix(0, s.Limit.At).UTC()}
+	if svc := n.eng.Service(s.Service); svc != nil {
+		if p, ok := svc.Pool(s.Key); ok {
+			pv := accountView(p)
+			v.Pool = &pv
+		}
+	}
 	if t := n.eng.Trunk(s.Service, s.Key); t != nil {
 		st := t.Stats()
 		v.Node = TrunkNodeView{CAPS: limitOrNil(st.Limits.CAPS), Burst: st.Burst, Sessions: limitOrNil(st.Limits.Sessions),
@@ -159,10 +214,22 @@ func (n *Node) putTrunk(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	l, err := decodeTrunk(body)
+	l, pool, err := decodeTrunk(body)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, "invalid_body", err.Error())
 		return
+	}
+	if pool != nil {
+		// The pool first (the licence may refuse it), and only while the
+		// key's limits can still be stored: a refusal changes nothing.
+		if _, ok := n.trunks.Get(service, key); !ok && n.trunks.Len() >= n.cfg.Trunks.MaxKeys {
+			writeError(w, http.StatusUnprocessableEntity, "too_many_keys",
+				fmt.Sprintf("%v: %d, the most a farm's book holds (trunks.max_keys)", trunks.ErrTooMany, n.cfg.Trunks.MaxKeys))
+			return
+		}
+		if !n.allocate(w, service, key, *pool) {
+			return
+		}
 	}
 	n.setTrunk(w, trunks.Setting{Service: service, Key: key, Limit: l}, http.StatusOK)
 }

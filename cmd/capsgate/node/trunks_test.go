@@ -17,6 +17,7 @@ import (
 
 	"github.com/capsgate/capsgate/cluster/farm"
 	"github.com/capsgate/capsgate/cmd/internal/capsctl"
+	"github.com/capsgate/capsgate/licensing"
 )
 
 // send pipelines cmds over one connection and returns the replies' reason
@@ -202,4 +203,75 @@ func TestTrunkMetricsBounded(t *testing.T) {
 	}
 	require.Zero(t, strings.Count(body, "capsgate_trunk_top_sessions{"), "none holds a session")
 	require.Equal(t, 2, strings.Count(body, "capsgate_trunk_admissions_total{"), "OK and TRUNK_CAPS of one service")
+}
+
+// A key's token pool: set with its limits (capsctl, the admin API, the
+// config, before the licence comes), charged by ADMIT ... TRUNK,
+// refusing TRUNK_TOKENS when spent, shown with the key; a pool the
+// licence cannot give changes nothing.
+func TestTrunkTokenPoolAdmin(t *testing.T) {
+	dir, key, token := vendorFiles(t)
+	n := startNode(t, "--admin-token-file", token, "--gossip-insecure", "--vendor-key", filepath.Join(dir, licensing.PublicKeyFile),
+		"--trunks-limits", "pre/from-config caps=100 tokens=3")
+	base := "http://" + n.AdminAddr()
+	armored, err := key.Sign(&licensing.License{ID: "pre-1", Service: "pre", CAPS: 1000, Tokens: 1000, TokensPerAttempt: 1}, time.Now())
+	require.NoError(t, err)
+	code, body := post(t, base+"/v1/licenses", "t0k", armored)
+	require.Equal(t, 201, code, body)
+
+	code, out, errs := ctl(t, "--addr", base, "--token-file", token, "limits", "set", "pre", "carrier-a", "--caps", "50", "--tokens", "5")
+	require.Equal(t, 0, code, errs)
+	require.Regexp(t, `(?m)^pool\.tokens\s+5$`, out)
+	code, _, errs = ctl(t, "--addr", base, "--token-file", token, "limits", "set", "pre", "carrier-a", "--overage", "none")
+	require.Equal(t, 2, code)
+	require.Contains(t, errs, "needs at least one of")
+
+	adm := func(key string, k int) []string {
+		cmds := make([]string, k)
+		for i := range cmds {
+			cmds[i] = "ADMIT pre TRUNK " + key
+		}
+		return send(t, n.RESPAddr(), cmds...)
+	}
+	require.Equal(t, []string{"+OK", "+OK", "+OK", "+OK", "+OK", "+TRUNK_TOKENS", "+TRUNK_TOKENS"}, adm("carrier-a", 7))
+	require.Equal(t, []string{"+OK", "+OK", "+OK", "+TRUNK_TOKENS"}, adm("from-config", 4), "the config's pool, given when the licence came")
+	require.Equal(t, []string{"+OK", "+OK"}, adm("no-pool", 2), "the licence's pool")
+
+	view := func(key string) TrunkView {
+		code, body := get(t, base+"/v1/services/pre/limits/"+key, "t0k")
+		require.Equal(t, 200, code, body)
+		var v TrunkView
+		require.NoError(t, json.Unmarshal([]byte(body), &v))
+		return v
+	}
+	v := view("carrier-a")
+	require.Equal(t, &AccountView{Account: "carrier-a", Tokens: 5, Overage: "none", Used: 5, Left: 0}, v.Pool)
+	require.Equal(t, map[string]uint64{"TRUNK_TOKENS": 2}, v.Node.Refused)
+	code, body = get(t, base+"/v1/services/pre/accounts", "t0k")
+	require.Equal(t, 200, code)
+	require.Contains(t, body, `"account": "carrier-a"`, "the pool is the account's of the key's name")
+
+	// Limits set again without tokens leave the pool as it is.
+	code, body = request(t, "PUT", base+"/v1/services/pre/limits/carrier-a", "t0k", []byte(`{"caps": 60}`))
+	require.Equal(t, 200, code, body)
+	require.Equal(t, int64(5), view("carrier-a").Pool.Tokens)
+
+	for _, c := range []struct {
+		body, want string
+		code       int
+	}{
+		{`{"tokens": -1}`, "tokens must be 0 or more", 400},
+		{`{"caps": 1, "overage": "none"}`, `the policy of the key's token pool`, 400},
+		{`{"tokens": 1, "overage": "some"}`, "overage", 400},
+		{`{"caps": 1, "tokens": 2000}`, "invalid_allocation", 422},
+	} {
+		code, body := request(t, "PUT", base+"/v1/services/pre/limits/carrier-b", "t0k", []byte(c.body))
+		require.Equal(t, c.code, code, "%s: %s", c.body, body)
+		require.Contains(t, body, c.want, c.body)
+	}
+	code, _ = get(t, base+"/v1/services/pre/limits/carrier-b", "t0k")
+	require.Equal(t, 404, code, "a refused pool sets no limits")
+	code, body = request(t, "PUT", base+"/v1/services/pre/limits/carrier-b", "t0k", []byte(`{"tokens": 0}`))
+	require.Equal(t, 201, code, body)
+	require.Equal(t, []string{"+TRUNK_TOKENS"}, adm("carrier-b", 1), "a pool of 0")
 }

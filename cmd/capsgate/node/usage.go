@@ -123,19 +123,28 @@ func (n *Node) putAccount(w http.ResponseWriter, r *http.Request) {
 	if a.Overage == "" {
 		a.Overage = "none"
 	}
-	alloc := admission.Allocation{Tokens: *a.Tokens, Overage: a.Overage, At: time.Now().UnixNano()}
-	if err := n.reserver.SetAccount(service, account, alloc); err != nil {
-		writeError(w, http.StatusUnprocessableEntity, "invalid_allocation", err.Error())
+	if !n.allocate(w, service, account, admission.Allocation{Tokens: *a.Tokens, Overage: a.Overage}) {
 		return
-	}
-	if n.cluster != nil {
-		n.cluster.SpreadAllocation(service, account, alloc)
 	}
 	// One pool, not a walk of every account: a PUT costs the same
 	// whatever their number.
 	if p, ok := n.eng.Service(service).Pool(account); ok {
 		writeJSON(w, http.StatusOK, accountView(p))
 	}
+}
+
+// allocate makes an account's allocation here, as of now, and spreads it
+// to every member; or answers 422 and returns false.
+func (n *Node) allocate(w http.ResponseWriter, service, account string, a admission.Allocation) bool {
+	a.At = time.Now().UnixNano()
+	if err := n.reserver.SetAccount(service, account, a); err != nil {
+		writeError(w, http.StatusUnprocessableEntity, "invalid_allocation", err.Error())
+		return false
+	}
+	if n.cluster != nil {
+		n.cluster.SpreadAllocation(service, account, a)
+	}
+	return true
 }
 
 // decodeAccount reads an allocation body strictly: one JSON object, no

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/capsgate/capsgate/admission"
 	"github.com/capsgate/capsgate/admission/bounded"
 	"github.com/capsgate/capsgate/admission/idstore"
 	"github.com/capsgate/capsgate/cluster/trunks"
@@ -163,34 +164,81 @@ func (c *Config) validate() error {
 	if c.Trunks.MaxKeys < 1 || c.Trunks.MaxKeys > 10_000_000 {
 		return bad("trunks.max_keys", "must be between 1 and 10000000, got %d", c.Trunks.MaxKeys)
 	}
-	if _, err := c.TrunkSettings(); err != nil {
+	if _, _, err := c.TrunkSettings(); err != nil {
 		return err
 	}
 	return nil
 }
 
-// TrunkSettings returns the keys' limits of trunks.limits, set at
-// TrunkLimitsAt; the error names the entry at fault.
-func (c *Config) TrunkSettings() ([]trunks.Setting, error) {
+// TrunkPool is a key's token pool as trunks.limits gives it: the
+// allocation of the account of the key's name.
+type TrunkPool struct {
+	Service, Key string
+	admission.Allocation
+}
+
+// TrunkSettings returns the keys' limits of trunks.limits and their token
+// pools, set at TrunkLimitsAt; the error names the entry at fault.
+func (c *Config) TrunkSettings() ([]trunks.Setting, []TrunkPool, error) {
 	seen := map[string]int{}
 	var out []trunks.Setting
+	var pools []TrunkPool
 	for i, s := range c.Trunks.Limits {
-		set, err := trunks.ParseSetting(s)
+		set, pool, err := parseTrunkEntry(s)
 		if err != nil {
-			return nil, fmt.Errorf("%s entry %d: %v", name("trunks.limits"), i+1, err)
+			return nil, nil, fmt.Errorf("%s entry %d: %v", name("trunks.limits"), i+1, err)
 		}
 		id := set.Service + "/" + set.Key
 		if j, ok := seen[id]; ok {
-			return nil, fmt.Errorf("%s entries %d and %d both set %s", name("trunks.limits"), j+1, i+1, id)
+			return nil, nil, fmt.Errorf("%s entries %d and %d both set %s", name("trunks.limits"), j+1, i+1, id)
 		}
 		seen[id] = i
 		if len(seen) > c.Trunks.MaxKeys {
-			return nil, fmt.Errorf("%s holds more keys than trunks.max_keys (%d)", name("trunks.limits"), c.Trunks.MaxKeys)
+			return nil, nil, fmt.Errorf("%s holds more keys than trunks.max_keys (%d)", name("trunks.limits"), c.Trunks.MaxKeys)
 		}
 		set.Limit.At = c.TrunkLimitsAt.UnixNano()
 		out = append(out, set)
+		if pool != nil {
+			pool.At = set.Limit.At
+			pools = append(pools, TrunkPool{Service: set.Service, Key: set.Key, Allocation: *pool})
+		}
 	}
-	return out, nil
+	return out, pools, nil
+}
+
+// parseTrunkEntry reads one entry of trunks.limits: the key's limits
+// (trunks.ParseSetting) and its pool, "tokens=N overage=P" (nil: none).
+func parseTrunkEntry(entry string) (trunks.Setting, *admission.Allocation, error) {
+	var rest []string
+	var tokens, overage *string
+	for _, f := range strings.Fields(entry) {
+		name, v, _ := strings.Cut(f, "=")
+		p := map[string]**string{"tokens": &tokens, "overage": &overage}[name]
+		if p == nil {
+			rest = append(rest, f)
+			continue
+		}
+		if *p != nil {
+			return trunks.Setting{}, nil, fmt.Errorf("%q: %s given twice", entry, name)
+		}
+		*p = &v
+	}
+	set, err := trunks.ParseSetting(strings.Join(rest, " "))
+	if err != nil || tokens == nil {
+		if err == nil && overage != nil {
+			err = fmt.Errorf("%q: overage is the policy of the key's token pool: give tokens=N with it", entry)
+		}
+		return set, nil, err
+	}
+	n, err := strconv.ParseInt(*tokens, 10, 64)
+	if err != nil {
+		return trunks.Setting{}, nil, fmt.Errorf("%q: tokens must be a number of 0 or more, got %q", entry, *tokens)
+	}
+	pool, err := keyPool(n, overage)
+	if err != nil {
+		return trunks.Setting{}, nil, fmt.Errorf("%q: %v", entry, err)
+	}
+	return set, pool, nil
 }
 
 // checkAddr checks a host:port address with a numeric port 1..65535; join

@@ -41,9 +41,11 @@ commands:
   cluster                          members, their state and shares
   accounts set SERVICE ACCOUNT --tokens N [--overage none|percent:N|unlimited]
   accounts list SERVICE
-  limits set SERVICE KEY [--caps N] [--burst N] [--sessions N]
+  limits set SERVICE KEY [--caps N] [--burst N] [--sessions N] [--tokens N [--overage P]]
                                    a key's own limits inside a service (ADMIT ... TRUNK
-                                   KEY), for the farm; a limit left out is not enforced
+                                   KEY), for the farm; a limit left out is not enforced;
+                                   --tokens: the key's token pool (account KEY's allocation),
+                                   left as it is when not given
   limits list SERVICE [--after KEY] [--limit N]
   limits get SERVICE KEY
   limits rm SERVICE KEY
@@ -213,7 +215,7 @@ func (c *client) accounts(args []string) error {
 
 // limits sets, lists, shows and removes keys' limits.
 func (c *client) limits(args []string) error {
-	const want = "want: limits set SERVICE KEY [--caps N] [--burst N] [--sessions N] | limits list SERVICE [--after KEY] [--limit N] | limits get SERVICE KEY | limits rm SERVICE KEY"
+	const want = "want: limits set SERVICE KEY [--caps N] [--burst N] [--sessions N] [--tokens N [--overage P]] | limits list SERVICE [--after KEY] [--limit N] | limits get SERVICE KEY | limits rm SERVICE KEY"
 	if len(args) < 2 {
 		return usageError{want}
 	}
@@ -260,7 +262,7 @@ func (c *client) limits(args []string) error {
 	fs := flag.NewFlagSet("limits set", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	body := map[string]any{}
-	for _, name := range []string{"caps", "burst", "sessions"} {
+	for _, name := range []string{"caps", "burst", "sessions", "tokens"} {
 		fs.Func(name, "", func(v string) error {
 			n, err := strconv.ParseFloat(v, 64)
 			if err != nil || n < 0 || (name != "caps" && n != float64(int64(n))) {
@@ -270,11 +272,15 @@ func (c *client) limits(args []string) error {
 			return nil
 		})
 	}
+	fs.Func("overage", "", func(v string) error {
+		body["overage"] = v
+		return nil
+	})
 	if err := fs.Parse(args[3:]); err != nil {
 		return usageError{"limits set: " + err.Error()}
 	}
-	if fs.NArg() > 0 || len(body) == 0 {
-		return usageError{"limits set needs at least one of --caps N, --burst N, --sessions N"}
+	if fs.NArg() > 0 || len(body) == 0 || len(body) == 1 && body["overage"] != nil {
+		return usageError{"limits set needs at least one of --caps N, --burst N, --sessions N, --tokens N"}
 	}
 	b, _ := json.Marshal(body)
 	return c.show("PUT", base+"/"+key, b)
