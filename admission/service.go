@@ -66,6 +66,8 @@ type Service struct {
 
 	// trunks are the keys with limits of their own (ADMIT ... TRUNK).
 	trunks trunkTable
+	// trunksRateAt is when Tick last measured the keys' rates (Tick only).
+	trunksRateAt int64
 
 	mu sync.Mutex // guards the fields below
 	// sessions by call-id key.

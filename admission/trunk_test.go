@@ -369,3 +369,27 @@ func TestTrunkTokenPoolBeforeLicence(t *testing.T) {
 	require.Equal(t, 3, reasons[TRUNK_TOKENS])
 	require.ErrorContains(t, e.SetAccount("pre", "k", 1001, Overage{}), "the service's pool has 1000", "licensed: bounded by its pool")
 }
+
+// Tick measures the licence's and each key's admitted rate over a second;
+// the keys are walked once a second, not at every tick.
+func TestUsedCAPSOfServiceAndKey(t *testing.T) {
+	e, clk := newTestEngine(t, capsOnly(1000))
+	setTrunk(t, e, "a", trunkLimits(100, 100, Unlimited))
+	e.Tick(clk.Now()) // the marks
+	ok, _ := admitted(60, func(int) Decision { return e.AdmitTrunk(clk.Now(), svc, nil, nil, []byte("a"), Normal) })
+	require.Equal(t, 60, ok)
+	ok, _ = admitted(40, func(int) Decision { return e.Admit(clk.Now(), svc, nil, nil, Normal) })
+	require.Equal(t, 40, ok)
+	for range 9 {
+		clk.Advance(100 * time.Millisecond)
+		e.Tick(clk.Now())
+	}
+	require.Zero(t, e.Trunk("voice", "a").Stats().UsedCAPS, "not a second yet")
+	clk.Advance(100 * time.Millisecond)
+	e.Tick(clk.Now())
+	require.Equal(t, 100.0, e.Service("voice").Stats().UsedCAPS, "the licence's: every attempt")
+	require.Equal(t, 60.0, e.Trunk("voice", "a").Stats().UsedCAPS, "the key's")
+	clk.Advance(time.Second)
+	e.Tick(clk.Now())
+	require.Zero(t, e.Trunk("voice", "a").Stats().UsedCAPS, "an idle second")
+}

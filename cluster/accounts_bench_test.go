@@ -75,11 +75,13 @@ func benchExchange(b *testing.B, setup func(*admission.Engine, *Shares) error, c
 		usage  *UsageReader
 		p      *Planner
 		last   Report
+		lic    map[string]admission.Limits
 	}
 	var ms []*member
 	for _, name := range live {
 		eng := admission.NewEngine(admission.DefaultConfig())
-		m := &member{eng: eng, shares: NewShares(eng), p: NewPlanner(name, PolicyConfig{ReclaimAfter: 3 * time.Second}, 100*time.Millisecond)}
+		m := &member{eng: eng, shares: NewShares(eng), p: NewPlanner(name, PolicyConfig{ReclaimAfter: 3 * time.Second}, 100*time.Millisecond),
+			lic: map[string]admission.Limits{}}
 		if err := m.shares.SetLimits("svc", admission.Limits{Licensed: true, CAPS: 1000, Sessions: 1000, Subscribers: 1000, Tokens: 1 << 40}); err != nil {
 			b.Fatal(err)
 		}
@@ -93,7 +95,8 @@ func benchExchange(b *testing.B, setup func(*admission.Engine, *Shares) error, c
 		ms = append(ms, m)
 	}
 	exchange := func(m *member, now time.Time) {
-		pl := m.p.Plan(now, live, m.shares.Licensed(), m.usage.Read())
+		m.p.LimitsChanged(m.shares.SyncLicensed(m.lic)) // as the cluster's exchange does
+		pl := m.p.Plan(now, live, m.lic, m.usage.Read())
 		for s, part := range pl.Parts {
 			if err := m.shares.SetShare(s, part); err != nil {
 				b.Fatal(err)

@@ -95,7 +95,10 @@ type Cluster struct {
 	// streaming holds the members a report is being sent to over TCP.
 	streaming map[string]bool
 	planner   *Planner
-	usage     *UsageReader // read by the exchange loop only
+	// licensed is the licences' and keys' limits the planner plans from,
+	// kept up to date by Shares.SyncLicensed (under mu).
+	licensed map[string]admission.Limits
+	usage    *UsageReader // read by the exchange loop only
 	// allocationsSent is when the state sync last carried the account
 	// allocations (guarded by mu).
 	allocationsSent time.Time

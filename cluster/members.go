@@ -122,10 +122,7 @@ func (c *Cluster) Members() []Member {
 		maps.DeleteFunc(m.Demand, func(service string, _ float64) bool { return strings.Contains(service, admission.TrunkSep) })
 		m.Owed = map[string]int64{}
 		held := c.planner.Held(name)
-		for service := range c.cfg.Shares.Licensed() {
-			if _, _, trunk := admission.SplitTrunk(service); trunk {
-				continue // the keys' parts are in their own view (GET .../limits)
-			}
+		for _, service := range c.cfg.Shares.LicensedNames() { // not the keys: their parts are in their own view (GET .../limits)
 			if s, ok := c.planner.Shares(service)[name]; ok {
 				m.Shares[service] = s
 			}

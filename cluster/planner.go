@@ -84,9 +84,14 @@ type Planner struct {
 	appliedMoved []string
 	// unsettled are the services the last plan planned and did not
 	// settle (nil: plan every one); licensedID is the licences' map it
-	// planned them from (Shares hands out the same map until one changes).
+	// planned them from (another map: plan every one).
 	unsettled  map[string]bool
 	licensedID unsafe.Pointer
+	// changedLimits name the licences (and keys) whose limits changed in
+	// a map the caller keeps (LimitsChanged); changedAll: every one may
+	// have.
+	changedLimits []string
+	changedAll    bool
 	// heldMoved are the services whose Held entry in a member's report
 	// changed since the last plan.
 	heldMoved map[string]bool
@@ -240,6 +245,9 @@ type Plan struct {
 	// Reclaimed names the failed members whose part went to the live ones
 	// at this exchange.
 	Reclaimed []string
+	// Planned counts the licences and keys planned (the others had
+	// settled and nothing moved on them).
+	Planned int
 }
 
 // NewPlanner returns the planner of node self under a partition policy,
@@ -437,11 +445,22 @@ func (p *Planner) Known(name string) (known, gone bool) {
 // the licence covers everyone, and the spare is split), tokens by the rate
 // each node charges them. While members it knew are unreachable, the
 // partition policy decides how much of each licence the live side splits
-// (decideSide). licensed must not change once passed: a change of any
-// limit is another map (Shares.Licensed hands out one until a limit
-// changes), by which the planner knows to plan every service again.
+// (decideSide). licensed must not change while a plan reads it; a change
+// of any limit is either another map, by which the planner knows to plan
+// every service again, or the same map changed between plans with
+// LimitsChanged naming what changed (Shares.SyncLicensed, as the
+// cluster's exchange keeps it).
 func (p *Planner) Plan(now time.Time, live []string, licensed map[string]admission.Limits, u Usage) Plan {
 	return p.plan(now, live, licensed, u, true)
+}
+
+// LimitsChanged tells the next plan which licences' (and keys') limits
+// changed in a map that stays the same (Shares.SyncLicensed), or that all
+// may have: only those are planned again, beside the busy and unsettled
+// ones, where another map makes the plan look at every one.
+func (p *Planner) LimitsChanged(names []string, all bool) {
+	p.changedLimits = append(p.changedLimits, names...)
+	p.changedAll = p.changedAll || all
 }
 
 // PlanNow is Plan between two exchanges, when Heard or Starved says so:
@@ -546,6 +565,7 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 			delete(p.settled, service)
 		}
 		delete(p.shares, service)
+		out.Planned++
 		caps := make([]float64, len(names))
 		sessions := make([]float64, len(names))
 		subs := make([]float64, len(names))
@@ -674,7 +694,7 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 		if exchange {
 			p.computed[service] = sh
 		}
-		if !active[service] && l.Tokens == admission.Unlimited && ok && sameApplied(prev, applied) && sameApplied(applied, sh) {
+		if !active[service] && l.Tokens == admission.Unlimited && ok && sameApplied(prev, applied) && nearlyApplied(applied, sh) {
 			p.settled[service] = settledOf(p.planEpoch, l)
 		} else {
 			unsettled[service] = true
@@ -686,15 +706,23 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 		out.Parts[service] = applied
 	}
 	// Every licence when the licences are another map than at the last
-	// plan (a licence or a key's limits changed) or the members or side
-	// did; else only those some member is active on and those that did
-	// not settle: a farm's idle trunk keys cost nothing here.
-	if id := reflect.ValueOf(licensed).UnsafePointer(); id != p.licensedID || p.unsettled == nil {
+	// plan (a licence or a key's limits changed), LimitsChanged said all
+	// may have, or the members or side changed; else only those some
+	// member is active on, those that did not settle and those whose
+	// limits LimitsChanged named: a farm's idle trunk keys cost nothing
+	// here, nor do the keys not set when others are.
+	if id := reflect.ValueOf(licensed).UnsafePointer(); id != p.licensedID || p.unsettled == nil || p.changedAll {
 		p.licensedID = id
 		for service, l := range licensed {
 			planOne(service, l)
 		}
 	} else {
+		slices.Sort(p.changedLimits)
+		for _, service := range slices.Compact(p.changedLimits) {
+			if l, ok := licensed[service]; ok && !active[service] && !p.unsettled[service] {
+				planOne(service, l)
+			}
+		}
 		for service := range active {
 			if l, ok := licensed[service]; ok {
 				planOne(service, l)
@@ -707,6 +735,7 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 		}
 	}
 	p.unsettled = unsettled
+	p.changedLimits, p.changedAll = p.changedLimits[:0], false
 	if exchange {
 		p.book.allDirty = false
 	}

@@ -24,10 +24,12 @@ type Shares struct {
 	// names are the licensed services, sorted, rebuilt when a licence
 	// comes or goes (LicensedNames hands it out: never written after).
 	names []string
-	// licensed is the licensed services' limits, rebuilt when any limit
-	// changes (Licensed hands it out: never written after).
-	licensed map[string]admission.Limits
-	share    map[string]Share // this node's part; absent: an even part
+	// changed names the limits set since the last SyncLicensed (nil with
+	// resync: too many, or never synced: the next copies them all).
+	changed []string
+	resync  bool
+	synced  bool
+	share   map[string]Share // this node's part; absent: an even part
 	// members is how many live members the cluster last saw: a licence
 	// new here applies an even part of it until the next exchange plans
 	// this node's part (a node alone, or before the cluster runs: all).
@@ -113,11 +115,53 @@ func (s *Shares) SetLimits(service string, l admission.Limits) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if old, ok := s.limits[service]; !ok || old.Licensed != l.Licensed {
-		s.names = nil
+		if _, _, trunk := admission.SplitTrunk(service); !trunk {
+			s.names = nil // a key is not named there: setting 100,000 keeps it
+		}
 	}
-	s.licensed = nil
 	s.limits[service] = l
+	if !s.resync {
+		if s.changed = append(s.changed, service); len(s.changed) > maxSyncChanges {
+			s.changed, s.resync = nil, true
+		}
+	}
 	return s.applyLocked(service)
+}
+
+// maxSyncChanges bounds the changes SyncLicensed hands over one by one;
+// past it the next sync copies every licence (a farm's keys set in bulk
+// between two exchanges).
+const maxSyncChanges = 1 << 14
+
+// SyncLicensed brings dst, the licensed services' limits as the caller
+// keeps them (the exchange's own map, which only its goroutine reads),
+// up to date: it writes what changed since the last call and returns
+// the names it wrote or removed, or all true when it rewrote dst whole
+// (the first call, or more changes than maxSyncChanges). Setting 10,000
+// trunk keys so costs the planner the keys set, not the keys held.
+func (s *Shares) SyncLicensed(dst map[string]admission.Limits) (changed []string, all bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.synced || s.resync {
+		clear(dst)
+		for name, l := range s.limits {
+			if l.Licensed {
+				dst[name] = l
+			}
+		}
+		s.synced, s.resync, s.changed = true, false, s.changed[:0]
+		return nil, true
+	}
+	for _, name := range s.changed {
+		if l, ok := s.limits[name]; ok && l.Licensed {
+			dst[name] = l
+		} else {
+			delete(dst, name)
+		}
+	}
+	changed = slices.Clone(s.changed)
+	s.changed = s.changed[:0]
+	return changed, false
 }
 
 // LicensedNames returns the licensed services, sorted, not the trunk keys
@@ -137,23 +181,6 @@ func (s *Shares) LicensedNames() []string {
 		slices.Sort(s.names)
 	}
 	return s.names
-}
-
-// Licensed returns the cluster-wide limits of every licensed service;
-// the caller must not change the map. Cheap: the exchange asks it at
-// every plan, and a farm may hold 100,000 trunk keys.
-func (s *Shares) Licensed() map[string]admission.Limits {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.licensed == nil {
-		s.licensed = map[string]admission.Limits{}
-		for name, l := range s.limits {
-			if l.Licensed {
-				s.licensed[name] = l
-			}
-		}
-	}
-	return s.licensed
 }
 
 // Limit returns a service's cluster-wide limits and whether it is licensed.

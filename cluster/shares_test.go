@@ -1,8 +1,12 @@
 package cluster
 
 import (
+	"maps"
 	"math"
+	"slices"
+	"strconv"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -99,7 +103,14 @@ func TestLicensedNamesFollowTheLicences(t *testing.T) {
 	require.NoError(t, s.SetLimits("video", lic))
 	require.Equal(t, []string{"video"}, s.LicensedNames())
 	require.NoError(t, s.SetLimits("voice", lic))
-	require.Equal(t, []string{"video", "voice"}, s.LicensedNames())
+	names := s.LicensedNames()
+	require.Equal(t, []string{"video", "voice"}, names)
+	// A key's limits are not named there, and setting them does not make
+	// the next call walk every limit again (100,000 keys set in bulk).
+	require.NoError(t, s.SetLimits(admission.TrunkName("voice", "carrier-a"), lic))
+	again := s.LicensedNames()
+	require.Equal(t, []string{"video", "voice"}, again)
+	require.Same(t, &names[0], &again[0], "not rebuilt")
 }
 
 // LimitsOf: a dimension no counted licence sets is not limited, whatever
@@ -125,4 +136,117 @@ func TestLimitsOfEntitlements(t *testing.T) {
 	require.Equal(t, admission.Limits{Licensed: true, CAPS: admission.Unlimited, Sessions: 0, Subscribers: 1, Tokens: math.MaxInt64,
 		TokensPerAttempt: 2, TokensPerMinute: 3, Overage: ov, PeriodID: 24317, State: "grace"}, full,
 		"a set dimension at 0 stays 0: limited to nothing")
+}
+
+// SyncLicensed keeps the exchange's map of limits up to date with what
+// changed only, and copies it whole the first time and after more
+// changes than it hands over one by one; the planner then plans the keys
+// that changed, not every one.
+func TestSyncLicensedAndLimitsChanged(t *testing.T) {
+	s := NewShares(limitsSink{})
+	key := func(i int) string { return admission.TrunkName("voice", "k"+strconv.Itoa(i)) }
+	lic := admission.Limits{Licensed: true, CAPS: 1000, Sessions: admission.Unlimited, Subscribers: admission.Unlimited, Tokens: admission.Unlimited}
+	require.NoError(t, s.SetLimits("voice", lic))
+	for i := range 1000 {
+		require.NoError(t, s.SetLimits(key(i), trunkLimitsOf(10)))
+	}
+	require.NoError(t, s.SetLimits("gone", admission.Limits{State: "unlicensed"}))
+	dst := map[string]admission.Limits{}
+	changed, all := s.SyncLicensed(dst)
+	require.True(t, all, "the first sync copies every licence")
+	require.Empty(t, changed)
+	require.Equal(t, 1001, len(dst), "the unlicensed one is not there")
+
+	p := NewPlanner("a", PolicyConfig{}, 100*time.Millisecond)
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	live := []string{"a"}
+	plan := func(step int) Plan {
+		p.LimitsChanged(s.SyncLicensed(dst))
+		return p.Plan(t0.Add(time.Duration(step)*ExchangeInterval), live, dst, nil)
+	}
+	require.Equal(t, 1001, len(plan(0).Parts))
+	for step := 1; step < 5; step++ {
+		plan(step) // the parts settle
+	}
+	require.Equal(t, 0, len(plan(5).Parts), "settled: nothing planned")
+
+	require.NoError(t, s.SetLimits(key(7), trunkLimitsOf(20)))
+	require.NoError(t, s.SetLimits(key(7), trunkLimitsOf(30)))
+	require.NoError(t, s.SetLimits(key(8), admission.Limits{State: "none"}))
+	changed, all = s.SyncLicensed(dst)
+	require.False(t, all)
+	require.Equal(t, []string{key(7), key(7), key(8)}, changed)
+	require.Equal(t, 30.0, dst[key(7)].CAPS)
+	require.NotContains(t, dst, key(8), "limits taken away")
+	p.LimitsChanged(changed, all)
+	parts := p.Plan(t0.Add(6*ExchangeInterval), live, dst, nil).Parts
+	require.Equal(t, []string{key(7)}, slices.Collect(maps.Keys(parts)), "only the key that changed is planned")
+	require.Equal(t, 1.0, parts[key(7)].CAPS)
+
+	for i := range maxSyncChanges + 1 {
+		require.NoError(t, s.SetLimits(key(i%2000), trunkLimitsOf(float64(40+i%3))))
+	}
+	changed, all = s.SyncLicensed(dst)
+	require.True(t, all, "past maxSyncChanges, a copy of every licence")
+	require.Empty(t, changed)
+	require.Equal(t, 2001, len(dst))
+}
+
+// trunkLimitsOf are a key's limits of caps CAPS.
+func trunkLimitsOf(caps float64) admission.Limits {
+	return admission.Limits{Licensed: true, CAPS: caps, Sessions: admission.Unlimited, Subscribers: admission.Unlimited, Tokens: admission.Unlimited}
+}
+
+// Idle keys settle on every member of three, each at a third of its
+// limits: a part that rises by the room the other two leave stops an ulp
+// below the third it aims at, and must count as there, or every idle key
+// is planned again at every exchange.
+func TestIdleKeysSettleOnEveryMember(t *testing.T) {
+	live := []string{"a", "b", "c"}
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	type member struct {
+		p    *Planner
+		lic  map[string]admission.Limits
+		last Report
+	}
+	var ms []*member
+	for _, name := range live {
+		m := &member{p: NewPlanner(name, PolicyConfig{}, 100*time.Millisecond), lic: map[string]admission.Limits{}}
+		for _, other := range live {
+			m.p.Joined(t0.Add(-time.Second), other)
+		}
+		m.lic["voice"] = admission.Limits{Licensed: true, CAPS: 1000, Sessions: admission.Unlimited, Subscribers: admission.Unlimited, Tokens: admission.Unlimited}
+		for k := range 300 {
+			l := trunkLimitsOf(float64(100 + k))
+			l.Sessions = int64(10 + k)
+			m.lic[admission.TrunkName("voice", "k"+strconv.Itoa(k))] = l
+		}
+		ms = append(ms, m)
+	}
+	var planned []int
+	for step := range 30 {
+		now := t0.Add(time.Duration(step) * ExchangeInterval)
+		planned = planned[:0]
+		for _, m := range ms {
+			pl := m.p.Plan(now, live, m.lic, nil)
+			m.last = pl.Report
+			planned = append(planned, pl.Planned)
+		}
+		for i, m := range ms {
+			for j, o := range ms {
+				if i != j {
+					m.p.Heard(now, live[j], o.last)
+				}
+			}
+		}
+	}
+	require.Equal(t, []int{0, 0, 0}, planned, "nothing left to plan on an idle farm")
+	for _, m := range ms {
+		sum := 0.0
+		for _, o := range ms {
+			sum += o.p.applied[admission.TrunkName("voice", "k7")].CAPS
+		}
+		require.InDelta(t, 1.0, sum, 1e-9, "the parts of a key sum to its limits")
+		require.InDelta(t, 1.0/3, m.p.applied[admission.TrunkName("voice", "k7")].CAPS, 1e-9)
+	}
 }

@@ -11,6 +11,9 @@
 #
 #   bench/scripts/trunks.sh [NODES] [KEYS]
 #
+# PROFILE=DIR also keeps a 5 s CPU profile of each member, idle after the
+# set-up, in DIR (go tool pprof DIR/capsgate.bin DIR/n1.pprof).
+#
 # Needs: go, redis-benchmark, redis-cli, python3.
 source "$(dirname "$0")/lib.sh"
 NODES=${1:-3}
@@ -22,6 +25,17 @@ farm $NODES trunks
 ctl license add "$W/voice.lic" >/dev/null
 python3 -u bench/scripts/trunks_setup.py "$(cat "$W/keys/admin.token")" "$KEYS" "${KEY_CAPS:-1000000}" \
   "$(IFS=,; echo "${ADMINS[*]}")" "$(IFS=,; echo "${NODEPIDS[*]}")"
+if [ -n "${PROFILE:-}" ]; then # PROFILE=DIR: a 5 s CPU profile of each member, idle, kept in DIR
+  mkdir -p "$PROFILE"
+  curls=()
+  for i in "${!ADMINS[@]}"; do
+    curl -s -H "Authorization: Bearer $(cat "$W/keys/admin.token")" "${ADMINS[$i]}/debug/pprof/profile?seconds=5" \
+      -o "$PROFILE/n$((i + 1)).pprof" &
+    curls+=($!)
+  done
+  wait "${curls[@]}" # not the members
+  cp "$W/bin/capsgate" "$PROFILE/capsgate.bin"
+fi
 RP=${RESPS[0]##*:}
 plain=$(rate $RP 1000000 ADMIT voice)
 spread=$(RANGE=$KEYS rate $RP 1000000 ADMIT voice TRUNK k__rand_int__)

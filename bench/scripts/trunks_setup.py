@@ -12,7 +12,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from many_setup import await_all, conn, idle, metrics, request, rss  # noqa: E402
+from many_setup import await_all, conn, idle, metric, metrics, request, rss  # noqa: E402
 
 
 def cpu(pid):
@@ -43,8 +43,12 @@ def main():
     for i, u in enumerate(admins):
         m = after[i]
         series, rb, gossip = idle(before[i], m, 12)
-        print("n%d: /metrics %d bytes, %d series; demand report %.0f bytes; gossip sent %.0f B/s idle; CPU %.1f %% of a core idle; RSS %d MiB"
-              % (i + 1, len(m), series, rb, gossip, 100 * (cpu1[i] - cpu0[i]) / 12, rss(pids[i]) >> 20))
+        planned = (metric(m, "capsgate_cluster_planned_total") - metric(before[i], "capsgate_cluster_planned_total")) / 12
+        plans = metric(m, "capsgate_cluster_plan_seconds_count") - metric(before[i], "capsgate_cluster_plan_seconds_count")
+        plan_ms = 1000 * (metric(m, "capsgate_cluster_plan_seconds_sum") - metric(before[i], "capsgate_cluster_plan_seconds_sum")) / max(plans, 1)
+        print("n%d: /metrics %d bytes, %d series; demand report %.0f bytes; gossip sent %.0f B/s idle; CPU %.1f %% of a core idle; "
+              "%.1f plans a second of %.2f ms, %.0f keys and licences planned a second; RSS %d MiB"
+              % (i + 1, len(m), series, rb, gossip, 100 * (cpu1[i] - cpu0[i]) / 12, plans / 12, plan_ms, planned, rss(pids[i]) >> 20))
 
 
 if __name__ == "__main__":
