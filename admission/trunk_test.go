@@ -338,6 +338,8 @@ func TestTrunkTokenPool(t *testing.T) {
 	require.Equal(t, uint64(6), s.Stats().Admissions[TRUNK_TOKENS])
 	// A refusal by the pool gives back the key's CAPS token: 10 of its
 	// 100 were taken.
+	_, avail := e.Trunk("voice", "a").Bucket(now)
+	require.Equal(t, int64(90), avail)
 	ok, _ = admitted(200, func(int) Decision { return e.AdmitTrunk(now, svc, nil, []byte("other"), []byte("a"), Normal) })
 	require.Equal(t, 50, ok, "ACCOUNT other: its pool of 50, not the key's")
 	require.Equal(t, int64(50), pool("other"))
