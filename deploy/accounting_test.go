@@ -65,3 +65,18 @@ func TestLinesAbout(t *testing.T) {
 	assert.Equal(t, "x {1 1 INVITE 641-80@h} ADMIT 641-80@h on cg2\nCall-Id: 641-80@h, receive timeout", linesAbout(text, "641-80@h", 5))
 	assert.Equal(t, "Call-Id: 641-80@h, receive timeout", linesAbout(text, "641-80@h", 1))
 }
+
+// A caller's log line is a call whether or not sipp wrote its
+// microseconds.
+func TestCallLine(t *testing.T) {
+	for line, want := range map[string][]string{
+		"rej 5-99@127.0.0.1 1796504924.000000.123456.000000 SIP/2.0 503 Licensed CAPS Exceeded": {"rej", "5-99@127.0.0.1", "1796504924", "123456", "SIP/2.0 503 Licensed CAPS Exceeded"},
+		"rej 2114-4991@127.0.0.1 1796504924.000000. SIP/2.0 503 Licensed CAPS Exceeded":         {"rej", "2114-4991@127.0.0.1", "1796504924", "", "SIP/2.0 503 Licensed CAPS Exceeded"},
+		"ok 7-1@127.0.0.1 1796504924.000000.5.000000 SIP/2.0 200 OK":                            {"ok", "7-1@127.0.0.1", "1796504924", "5", "SIP/2.0 200 OK"},
+	} {
+		m := callLine.FindStringSubmatch(line)
+		require.NotNil(t, m, line)
+		require.Equal(t, want, m[1:], line)
+	}
+	require.Nil(t, callLine.FindStringSubmatch("reg SIP/2.0 200 OK"), "a registration has no call-id")
+}

@@ -491,8 +491,10 @@ type call struct {
 	status string    // the status line, and a Retry-After header if there was one
 }
 
-// callLine is a caller's log line: "KIND CALL-ID SEC.000000.USEC.000000 STATUS".
-var callLine = regexp.MustCompile(`^(\w+) (\S+) (\d+)\.\d+\.(\d+)\.\d+ (.*)$`)
+// callLine is a caller's log line: "KIND CALL-ID SEC.000000.USEC.000000 STATUS"
+// (sipp once wrote the usec as nothing, "SEC.000000. STATUS": that line is
+// a call too).
+var callLine = regexp.MustCompile(`^(\w+) (\S+) (\d+)\.\d+\.(?:(\d+)\.\d+)? (.*)$`)
 
 // results waits up to d for the sipp client to end and returns its calls in
 // the order their final replies came.
