@@ -56,6 +56,14 @@ def await_all(admins, token, path, done, what):
             time.sleep(0.2)
 
 
+def idle_window(admins, seconds, sample):
+    """Each member's /metrics and sample(i) before and after seconds of
+    idling: (before, after, samples before, samples after)."""
+    before, s0 = [metrics(u) for u in admins], [sample(i) for i in range(len(admins))]
+    time.sleep(seconds)
+    return before, [metrics(u) for u in admins], s0, [sample(i) for i in range(len(admins))]
+
+
 def idle(before, after, seconds):
     """What a member's /metrics before and after an idle window of seconds
     say: its series, its mean demand report's bytes and the gossip bytes
@@ -98,11 +106,7 @@ def main():
     await_all(admins, token, "/v1/services/%s/accounts" % last,
               lambda got: len(got.get("accounts", got) if isinstance(got, dict) else got) >= accounts // services, last + "'s accounts")
     print("every member holds them %.1f s after the last allocation" % (time.time() - t2))
-    before = [metrics(u) for u in admins]
-    size0 = [du(d) for d in dirs]
-    time.sleep(12)
-    after = [metrics(u) for u in admins]
-    size1 = [du(d) for d in dirs]
+    before, after, size0, size1 = idle_window(admins, 12, lambda i: du(dirs[i]))
     for i, u in enumerate(admins):
         m = after[i]
         series, rb, gossip = idle(before[i], m, 12)

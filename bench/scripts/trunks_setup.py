@@ -12,7 +12,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from many_setup import await_all, conn, idle, metric, metrics, request, rss  # noqa: E402
+from many_setup import await_all, conn, idle, idle_window, metric, request, rss  # noqa: E402
 
 
 def cpu(pid):
@@ -35,11 +35,7 @@ def main():
     last = "k%012d" % (keys - 1)
     await_all(admins, token, "/v1/services/voice/limits/" + last, lambda got: got.get("node", {}).get("caps") is not None, last)
     print("every member enforces its part of the last key %.1f s after it was set" % (time.time() - t1))
-    before = [metrics(u) for u in admins]
-    cpu0 = [cpu(p) for p in pids]
-    time.sleep(12)
-    after = [metrics(u) for u in admins]
-    cpu1 = [cpu(p) for p in pids]
+    before, after, cpu0, cpu1 = idle_window(admins, 12, lambda i: cpu(pids[i]))
     for i, u in enumerate(admins):
         m = after[i]
         series, rb, gossip = idle(before[i], m, 12)
