@@ -2,7 +2,6 @@ package cluster
 
 import (
 	"encoding/json"
-	"slices"
 	"sync/atomic"
 	"time"
 
@@ -88,22 +87,26 @@ func (c *Cluster) starved() bool {
 	// Every licence, and the trunk keys with traffic at the last plan: an
 	// idle key's bucket cannot have been spent (a load new on one is
 	// planned at the next exchange, its refusals spilled meanwhile).
-	for _, service := range slices.Concat(licensed, c.planner.ActiveTrunks()) {
-		var b interface{ Bucket(int64) (int64, int64) }
-		if svc, key, ok := admission.SplitTrunk(service); ok {
-			if t := c.cfg.Engine.Trunk(svc, key); t != nil {
-				b = t
-			}
-		} else if s := c.cfg.Engine.Service(service); s != nil {
-			b = s
+	// (Two walks, not one over a joined copy: this runs every 10 ms.)
+	for _, service := range licensed {
+		if s := c.cfg.Engine.Service(service); s != nil && c.bucketStarved(now, service, s) {
+			return true
 		}
-		if b != nil {
-			if _, avail := b.Bucket(now); c.planner.Starved(service, avail) {
-				return true
-			}
+	}
+	for _, name := range c.planner.ActiveTrunks() {
+		svc, key, _ := admission.SplitTrunk(name)
+		if t := c.cfg.Engine.Trunk(svc, key); t != nil && c.bucketStarved(now, name, t) {
+			return true
 		}
 	}
 	return false
+}
+
+// bucketStarved is Planner.Starved for the bucket b of a licence or key.
+// Called with mu held.
+func (c *Cluster) bucketStarved(now int64, name string, b interface{ Bucket(int64) (int64, int64) }) bool {
+	_, avail := b.Bucket(now)
+	return c.planner.Starved(name, avail)
 }
 
 // send sends this node's report to every member: as one UDP packet when
