@@ -239,21 +239,21 @@ func (h *Handler) clientList(now int64, cs *ConnState, args [][]byte, out []byte
 		}
 		all = sel
 	}
-	var b []byte
+	out, mark := bulkStart(out)
 	shown := 0
 	for _, c := range all {
 		if shown == maxClientList {
 			break
 		}
 		var ok bool
-		if b, ok = h.clientLine(b, now, c, false); ok {
+		if out, ok = h.clientLine(out, now, c, false); ok {
 			shown++
 		}
 	}
 	if len(all) > shown && shown == maxClientList {
-		b = fmt.Appendf(b, "truncated=1 shown=%d total=%d\n", shown, len(all))
+		out = fmt.Appendf(out, "truncated=1 shown=%d total=%d\n", shown, len(all))
 	}
-	return AppendBulk(out, b)
+	return bulkEnd(out, mark)
 }
 
 // CLIENT subcommand ...: what client libraries send on connect, and what an

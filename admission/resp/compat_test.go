@@ -159,6 +159,28 @@ func TestInfoServicesBounded(t *testing.T) {
 	require.Less(t, len(got), 16<<10)
 }
 
+// TestInfoAllocatesNothing: once the Services section is cached, INFO is
+// built in the loop's reply buffer, so a client pipelining INFOs (14 KB
+// each with 100 services) makes no garbage for the collector.
+func TestInfoAllocatesNothing(t *testing.T) {
+	c := newTestConn(t, "")
+	c.h.SetConnCounter(func() int64 { return 3 })
+	for i := range 100 {
+		require.NoError(t, c.h.eng.SetLimits(fmt.Sprintf("service-%03d", i), admission.DevLimits()))
+	}
+	for _, in := range []string{cmd("INFO"), cmd("INFO", "services"), cmd("INFO", "server", "CLIENTS", "nothing")} {
+		buf := []byte(in)
+		out := make([]byte, 0, 64<<10)
+		n, first, _ := c.h.Handle(c.clk.Now(), c.cs, buf, out)
+		require.Equal(t, len(buf), n)
+		require.Greater(t, len(first), 100, in)
+		allocs := testing.AllocsPerRun(100, func() {
+			c.h.Handle(c.clk.Now(), c.cs, buf, out[:0])
+		})
+		require.Zero(t, allocs, in)
+	}
+}
+
 func TestClientCommands(t *testing.T) {
 	c := newTestConn(t, "")
 	start := c.clk.Now()

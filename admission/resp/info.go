@@ -22,7 +22,12 @@ var pid = os.Getpid()
 const maxInfoServices = 100
 
 // INFO sections, in Redis's order; each is in "default" and "all".
-var infoSections = []string{"server", "clients", "persistence", "replication", "services", "keyspace"}
+var infoSections = [...]string{"Server", "Clients", "Persistence", "Replication", "Services", "Keyspace"}
+
+// serverInfo is the Server section's lines up to the uptime, which is all
+// that changes.
+var serverInfo = "redis_version:7.2.0\r\ncapsgate_version:" + Version + "\r\nredis_mode:standalone\r\nos:" +
+	runtime.GOOS + " " + runtime.GOARCH + "\r\narch_bits:64\r\nprocess_id:" + strconv.Itoa(pid) + "\r\n"
 
 // info renders INFO [section ...]: Redis's sections that clients read (an
 // ioredis ready check waits while Persistence says loading:1), and the
@@ -34,53 +39,63 @@ var infoSections = []string{"server", "clients", "persistence", "replication", "
 // %3A in the field name (it would end the field name for every parser);
 // name= keeps the name as it is. Unknown sections are left out, and when
 // none is known the reply is empty, as in Redis.
+//
+// It is built in place in out and allocates nothing: a client pipelining
+// INFOs makes the node copy the cached Services section, not make garbage.
 func (h *Handler) info(args [][]byte, out []byte) []byte {
-	want := make(map[string]bool, len(infoSections))
+	var want uint8 // bit i: infoSections[i]
 	if len(args) == 1 {
-		args = [][]byte{nil, []byte("default")}
+		want = 1<<len(infoSections) - 1
 	}
 	for _, a := range args[1:] {
-		switch s := strings.ToLower(string(a)); s {
-		case "default", "all", "everything":
-			for _, n := range infoSections {
-				want[n] = true
+		if strings.EqualFold(string(a), "default") || strings.EqualFold(string(a), "all") || strings.EqualFold(string(a), "everything") {
+			want = 1<<len(infoSections) - 1
+		}
+		for i, name := range infoSections {
+			if strings.EqualFold(string(a), name) {
+				want |= 1 << i
 			}
-		default:
-			want[s] = true
 		}
 	}
-	var b []byte
-	section := func(name string) bool {
-		if !want[strings.ToLower(name)] {
-			return false
+	out, mark := bulkStart(out)
+	for i, name := range infoSections {
+		if want&(1<<i) == 0 {
+			continue
 		}
-		if len(b) > 0 {
-			b = append(b, "\r\n"...)
+		if len(out) > mark {
+			out = append(out, "\r\n"...)
 		}
-		b = append(b, "# "+name+"\r\n"...)
-		return true
+		out = append(out, "# "...)
+		out = append(out, name...)
+		out = append(out, "\r\n"...)
+		switch name {
+		case "Server":
+			up := int64(time.Since(h.started).Seconds())
+			out = append(out, serverInfo...)
+			out = append(out, "uptime_in_seconds:"...)
+			out = strconv.AppendInt(out, up, 10)
+			out = append(out, "\r\nuptime_in_days:"...)
+			out = strconv.AppendInt(out, up/86400, 10)
+			out = append(out, "\r\n"...)
+		case "Clients":
+			if h.stats == nil {
+				break
+			}
+			out = append(out, "connected_clients:"...)
+			out = strconv.AppendInt(out, h.stats(), 10)
+			out = append(out, "\r\n"...)
+		case "Persistence":
+			// Licences, sessions and the ledger are loaded before the
+			// node listens, so it never answers while loading.
+			out = append(out, "loading:0\r\nasync_loading:0\r\n"...)
+		case "Replication":
+			out = append(out, "role:master\r\nconnected_slaves:0\r\n"...)
+		case "Services":
+			out = h.infoServices(out)
+		}
+		// Keyspace: capsgate keeps no keys.
 	}
-	if section("Server") {
-		up := int64(time.Since(h.started).Seconds())
-		b = fmt.Appendf(b, "redis_version:7.2.0\r\ncapsgate_version:%s\r\nredis_mode:standalone\r\nos:%s %s\r\narch_bits:64\r\nprocess_id:%d\r\nuptime_in_seconds:%d\r\nuptime_in_days:%d\r\n",
-			Version, runtime.GOOS, runtime.GOARCH, pid, up, up/86400)
-	}
-	if section("Clients") && h.stats != nil {
-		b = fmt.Appendf(b, "connected_clients:%d\r\n", h.stats())
-	}
-	if section("Persistence") {
-		// Licences, sessions and the ledger are loaded before the node
-		// listens, so it never answers while loading.
-		b = append(b, "loading:0\r\nasync_loading:0\r\n"...)
-	}
-	if section("Replication") {
-		b = append(b, "role:master\r\nconnected_slaves:0\r\n"...)
-	}
-	if section("Services") {
-		b = h.infoServices(b)
-	}
-	section("Keyspace") // capsgate keeps no keys
-	return AppendBulk(out, b)
+	return bulkEnd(out, mark)
 }
 
 // infoServices appends the Services section's lines, at most

@@ -41,6 +41,31 @@ func AppendBulk(b []byte, p []byte) []byte {
 	return append(b, '\r', '\n')
 }
 
+// bulkRoom is the room bulkStart keeps for a bulk reply's header: "$",
+// the length (replies are far below 10^10 bytes) and CRLF.
+const bulkRoom = 1 + 10 + 2
+
+// bulkStart begins a bulk reply whose length is not known yet: its body is
+// appended to the returned slice from mark on, and bulkEnd then writes the
+// header and moves the body next to it. Nothing is allocated but room in b.
+func bulkStart(b []byte) (_ []byte, mark int) {
+	b = append(b, make([]byte, bulkRoom)...)
+	return b, len(b)
+}
+
+// bulkEnd finishes the bulk reply bulkStart began at mark.
+func bulkEnd(b []byte, mark int) []byte {
+	n := len(b) - mark
+	var hb [bulkRoom]byte
+	h := append(hb[:0], '$')
+	h = strconv.AppendInt(h, int64(n), 10)
+	h = append(h, '\r', '\n')
+	at := mark - bulkRoom
+	copy(b[at:], h)
+	copy(b[at+len(h):], b[mark:])
+	return append(b[:at+len(h)+n], '\r', '\n')
+}
+
 // AppendBulkString appends s as a bulk string reply, like AppendBulk.
 func AppendBulkString(b []byte, s string) []byte {
 	b = append(b, '$')

@@ -8,6 +8,18 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
+// TestBulkInPlace: a bulk reply built in place (bulkStart, bulkEnd) is
+// byte for byte AppendBulk's, at every length where the header's digits
+// change, and after what the buffer held.
+func TestBulkInPlace(t *testing.T) {
+	for _, n := range []int{0, 1, 9, 10, 11, 99, 100, 999, 1000, 99_999, 100_000, 1 << 20} {
+		body := []byte(strings.Repeat("x", n))
+		b, mark := bulkStart([]byte("prev"))
+		b = append(b, body...)
+		require.Equal(t, string(AppendBulk([]byte("prev"), body)), string(bulkEnd(b, mark)), n)
+	}
+}
+
 func TestAppendReplies(t *testing.T) {
 	f := func(want string, got []byte) {
 		t.Helper()
