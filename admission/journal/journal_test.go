@@ -476,3 +476,59 @@ func TestResetSupersedesTheSnapshot(t *testing.T) {
 	}
 	require.Equal(t, int64(90+2999+3), n2.stats().Subscribers, "s0, s9 and n0 were not restored: each counts anew")
 }
+
+// TestRestoreInChunks: a snapshot and a journal each holding more than a
+// chunk of a service's changes (restoreChunk), of three services, applied
+// by the restorer's goroutine while the next are read: every entry comes
+// back once, and the journal's removals after the snapshot hold.
+func TestRestoreInChunks(t *testing.T) {
+	dir, clk := t.TempDir(), admission.NewFakeClock()
+	big := func(c *Config) {
+		c.MaxJournalBytes = 4 << 10
+		l := admission.Limits{Licensed: true, CAPS: admission.Unlimited, Sessions: admission.Unlimited,
+			Subscribers: admission.Unlimited, Tokens: admission.Unlimited}
+		require.NoError(t, c.Engine.SetLimits("big", l))
+		require.NoError(t, c.Engine.SetLimits("mid", l))
+	}
+	n := start(t, dir, clk, big)
+	const subs, calls = 2*restoreChunk + 18_000, restoreChunk + 4_000
+	for i := range subs {
+		require.True(t, n.eng.Register(n.now(), []byte("big"), fmt.Appendf(nil, "sub-%d", i), 3600).Admitted())
+	}
+	for i := range calls {
+		require.True(t, n.eng.Admit(n.now(), []byte("mid"), fmt.Appendf(nil, "call-%d", i), nil, admission.Normal).Admitted())
+	}
+	n.load(0, 100)
+	require.NoError(t, n.j.Flush())
+	require.NoError(t, n.j.Flush()) // the journal passed its bound: a snapshot
+	n.j.awaitSnapshot()
+	seq := n.j.seq
+	for i := range 1000 {
+		require.True(t, n.eng.Deregister(n.now(), []byte("big"), fmt.Appendf(nil, "sub-%d", i)))
+	}
+	for i := range 100 {
+		require.True(t, n.eng.Release(n.now(), []byte("mid"), fmt.Appendf(nil, "call-%d", i), 0))
+	}
+	for i := range restoreChunk + 5_000 {
+		require.True(t, n.eng.Register(n.now(), []byte("big"), fmt.Appendf(nil, "new-%d", i), 3600).Admitted())
+	}
+	require.NoError(t, n.j.Flush())
+	require.Equal(t, seq, n.j.seq, "no second snapshot: the restart reads one and its journal")
+	n.crash()
+
+	n2 := start(t, dir, clk, big)
+	rec := n2.j.Recovered()
+	require.Equal(t, filepath.Join(dir, snapshotName(seq)), rec.Snapshot)
+	wantSubs := subs - 1000 + restoreChunk + 5_000
+	require.Equal(t, wantSubs+100, rec.Subscribers)
+	require.Equal(t, calls-100, rec.Sessions)
+	require.Zero(t, rec.Dropped)
+	require.Equal(t, int64(wantSubs), n2.eng.Service("big").Stats().Subscribers)
+	require.Equal(t, int64(calls-100), n2.eng.Service("mid").Stats().Sessions)
+	require.Equal(t, int64(100), n2.stats().Subscribers)
+	require.False(t, n2.eng.Deregister(n2.now(), []byte("big"), []byte("sub-999")), "removed after the snapshot")
+	require.True(t, n2.eng.Deregister(n2.now(), []byte("big"), []byte("sub-1000")))
+	require.True(t, n2.eng.Deregister(n2.now(), []byte("big"), fmt.Appendf(nil, "new-%d", restoreChunk+4_999)))
+	require.False(t, n2.eng.Release(n2.now(), []byte("mid"), []byte("call-99"), 0))
+	require.True(t, n2.eng.Release(n2.now(), []byte("mid"), fmt.Appendf(nil, "call-%d", calls-1), 0))
+}

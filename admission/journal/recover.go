@@ -121,6 +121,8 @@ func (j *Journal) load() error {
 			rs.restore(service, nil, true) // counted as dropped once
 		}
 	}
+	rs.start()
+	defer rs.wait()
 	if snap != nil {
 		if err := j.applySnapshot(snapshot, snap, resets, &rs); err != nil {
 			return err
@@ -143,6 +145,7 @@ func (j *Journal) load() error {
 		chain[fi].b = nil
 	}
 	rs.flushAll()
+	rs.wait()
 	for _, c := range rs.counts {
 		j.recovery.Sessions += c[0]
 		j.recovery.Subscribers += c[1]
@@ -195,18 +198,85 @@ func countRecords(b []byte, counts map[string]*[2]int, keep func(service []byte,
 }
 
 // restorer hands changes to the engine, per service in chunks, with their
-// expiries turned from Unix ns to engine instants.
+// expiries turned from Unix ns to engine instants. Once started, a
+// goroutine of its own applies the chunks, in the order they were read,
+// while the next records are read and checked: a restart takes about as
+// long as the longer of the two, not their sum.
 type restorer struct {
 	j            *Journal
 	now, wallNow int64
-	counts       map[string][2]int // sessions and subscribers a service holds after its last restore
-	failed       map[string]bool
-	chunks       map[string][]admission.Change
-	unique       bool // the chunks are a snapshot's
+	// counts and failed belong to the goroutine that applies the chunks
+	// until wait returns.
+	counts map[string][2]int // sessions and subscribers a service holds after its last restore
+	failed map[string]bool
+	chunks map[string][]admission.Change
+	unique bool // the chunks are a snapshot's
+	// work carries full chunks to that goroutine, free brings their
+	// buffers back, done says it has applied all.
+	work chan restoreJob
+	free chan []admission.Change
+	done chan struct{}
 }
 
-// restoreChunk is how many changes of a service go to the engine at once.
-const restoreChunk = 1 << 16
+// restoreJob is one chunk of a service's changes to apply.
+type restoreJob struct {
+	service  string
+	changes  []admission.Change
+	snapshot bool
+}
+
+// restoreChunk is how many changes of a service go to the engine at once;
+// restoreAhead bounds the chunks read and not yet applied (each is at most
+// restoreChunk changes).
+const (
+	restoreChunk = 1 << 16
+	restoreAhead = 4
+)
+
+// start starts the goroutine that applies the chunks.
+func (rs *restorer) start() {
+	rs.work = make(chan restoreJob, restoreAhead)
+	rs.free = make(chan []admission.Change, restoreAhead+1)
+	rs.done = make(chan struct{})
+	go func() {
+		defer close(rs.done)
+		for job := range rs.work {
+			rs.restore(job.service, job.changes, job.snapshot)
+			clear(job.changes) // let go of the names it holds
+			select {
+			case rs.free <- job.changes[:0]:
+			default:
+			}
+		}
+	}()
+}
+
+// wait returns once every chunk sent is applied; nothing is sent after.
+func (rs *restorer) wait() {
+	if rs.work != nil {
+		close(rs.work)
+		<-rs.done
+		rs.work = nil
+	}
+}
+
+// send applies a chunk of service's changes, or has it applied by the
+// goroutine when it runs, and returns a buffer for the next (nil: none
+// free).
+func (rs *restorer) send(service string, changes []admission.Change) []admission.Change {
+	if rs.work == nil {
+		rs.restore(service, changes, rs.unique)
+		clear(changes)
+		return changes[:0]
+	}
+	rs.work <- restoreJob{service: service, changes: changes, snapshot: rs.unique}
+	select {
+	case b := <-rs.free:
+		return b
+	default:
+		return nil
+	}
+}
 
 func (rs *restorer) restore(service string, changes []admission.Change, snapshot bool) {
 	if rs.failed[service] {
@@ -241,9 +311,7 @@ func (rs *restorer) add(service string, c admission.Change, unique bool) {
 	}
 	ch := rs.chunks[service]
 	if len(ch) == restoreChunk {
-		rs.restore(service, ch, rs.unique)
-		clear(ch)
-		ch = ch[:0]
+		ch = rs.send(service, ch)
 	}
 	if ch == nil {
 		ch = make([]admission.Change, 0, 1024)
@@ -254,7 +322,7 @@ func (rs *restorer) add(service string, c admission.Change, unique bool) {
 func (rs *restorer) flushAll() {
 	for service, ch := range rs.chunks {
 		if len(ch) > 0 {
-			rs.restore(service, ch, rs.unique)
+			rs.send(service, ch)
 		}
 		delete(rs.chunks, service)
 	}
