@@ -232,68 +232,96 @@ func (e *Engine) restore(now int64, service string, changes []Change, unique boo
 	}
 	s.sessions.reserve(nSess) // the slab and index once, not doubling
 	s.subscribers.reserve(nSubs)
-	for _, c := range changes {
-		switch c.Kind {
-		case SessionOpened:
-			if !unique {
-				s.dropSession(c.Key)
-			}
-			if c.Expires <= now {
-				continue
-			}
-			x := session{remaining: int32(clampRemaining(c.Remaining)), prio: c.Priority, licensed: c.Licensed}
-			if c.Account != "" {
-				x.account = s.accounts[c.Account] // nil if no longer allocated: the service's pool
-			}
-			if c.Trunk != "" && x.licensed {
-				// The key may get its limits after the restore: it is
-				// added without, counting its sessions meanwhile.
-				x.trunk, _ = e.trunk(s, c.Trunk, true) // nil past MaxTrunks: not counted
-			}
-			s.sessions.put(c.Key, x, c.Expires)
-			if x.licensed {
-				s.licensedSessions++
-				s.sessionsN.Add(1)
-				if x.trunk != nil {
-					x.trunk.notePeak(x.trunk.sessionsN.Add(1))
+	for len(changes) > 0 {
+		batch := changes[:min(len(changes), restoreWarm)]
+		changes = changes[len(batch):]
+		s.warmRestore(batch)
+		for _, c := range batch {
+			switch c.Kind {
+			case SessionOpened:
+				if !unique {
+					s.dropSession(c.Key)
 				}
-			} else {
-				s.emergencyOpened(1)
-			}
-		case SessionClosed:
-			s.dropSession(c.Key)
-		case SubscriberSet:
-			if unique {
+				if c.Expires <= now {
+					continue
+				}
+				x := session{remaining: int32(clampRemaining(c.Remaining)), prio: c.Priority, licensed: c.Licensed}
+				if c.Account != "" {
+					x.account = s.accounts[c.Account] // nil if no longer allocated: the service's pool
+				}
+				if c.Trunk != "" && x.licensed {
+					// The key may get its limits after the restore: it is
+					// added without, counting its sessions meanwhile.
+					x.trunk, _ = e.trunk(s, c.Trunk, true) // nil past MaxTrunks: not counted
+				}
+				s.sessions.put(c.Key, x, c.Expires)
+				if x.licensed {
+					s.licensedSessions++
+					s.sessionsN.Add(1)
+					if x.trunk != nil {
+						x.trunk.notePeak(x.trunk.sessionsN.Add(1))
+					}
+				} else {
+					s.emergencyOpened(1)
+				}
+			case SessionClosed:
+				s.dropSession(c.Key)
+			case SubscriberSet:
+				if unique {
+					if c.Expires > now {
+						s.subscribers.put(c.Key, struct{}{}, c.Expires)
+						s.subsN.Add(1)
+					}
+					continue
+				}
+				if x, ok := s.subscribers.get(c.Key, now); ok {
+					if c.Expires <= now {
+						s.subscribers.del(c.Key, now)
+						s.subsN.Add(-1)
+					} else {
+						s.subscribers.refresh(x, c.Expires)
+					}
+					continue
+				}
 				if c.Expires > now {
 					s.subscribers.put(c.Key, struct{}{}, c.Expires)
 					s.subsN.Add(1)
 				}
-				continue
-			}
-			if x, ok := s.subscribers.get(c.Key, now); ok {
-				if c.Expires <= now {
-					s.subscribers.del(c.Key, now)
+			case SubscriberGone:
+				if _, live := s.subscribers.del(c.Key, now); live {
 					s.subsN.Add(-1)
-				} else {
-					s.subscribers.refresh(x, c.Expires)
 				}
-				continue
-			}
-			if c.Expires > now {
-				s.subscribers.put(c.Key, struct{}{}, c.Expires)
-				s.subsN.Add(1)
-			}
-		case SubscriberGone:
-			if _, live := s.subscribers.del(c.Key, now); live {
-				s.subsN.Add(-1)
-			}
-		case ConsumedSet:
-			if _, ok := s.consumed.get(c.Key, now); !ok && c.Expires > now {
-				s.consumed.put(c.Key, Decision{Reason: OK, Remaining: c.Remaining}, c.Expires)
+			case ConsumedSet:
+				if _, ok := s.consumed.get(c.Key, now); !ok && c.Expires > now {
+					s.consumed.put(c.Key, Decision{Reason: OK, Remaining: c.Remaining}, c.Expires)
+				}
 			}
 		}
 	}
 	return s.sessions.len(), s.subscribers.len(), nil
+}
+
+// restoreWarm is how many changes a restore touches the places of at once
+// (Service.warmRestore) before it applies them.
+const restoreWarm = 16
+
+// warmRestore touches the tables' places of a batch of changes' keys, so
+// that a restore into tables of millions of entries pays the batch's
+// cache misses together (see Engine.Warm). Called with mu held.
+func (s *Service) warmRestore(batch []Change) {
+	var sess, subs [restoreWarm]Key
+	ns, nu := 0, 0
+	for i := range batch {
+		switch batch[i].Kind {
+		case SessionOpened, SessionClosed:
+			sess[ns] = batch[i].Key
+			ns++
+		case SubscriberSet, SubscriberGone:
+			subs[nu] = batch[i].Key
+			nu++
+		}
+	}
+	s.warmed += s.sessions.warm(sess[:ns]) + s.subscribers.warm(subs[:nu])
 }
 
 // dropSession removes k's session, live or due, keeping the counts.
