@@ -38,7 +38,8 @@
 // journals after it, each up to its first torn or corrupt record (a crash
 // mid-write; what follows is cut off, logged, and truncated before the
 // node goes on), restores what has not expired into the engine (applied as
-// read, in chunks, each table sized once from the records' headers) and
+// read, in chunks, by a goroutine of its own while the next records are
+// read and checked, each table sized once from the records' headers) and
 // continues with a new journal after them: a restart does not rewrite the
 // whole state before it serves. A start that finds 8 journals after the
 // snapshot writes a snapshot first.
