@@ -753,3 +753,28 @@ func TestSetLimitsAtTheGivenInstant(t *testing.T) {
 	require.Equal(t, after[0], after[1], "the same change at the same instant")
 	require.Less(t, after[0], 4*before[0]/3, "the lower rate admits fewer")
 }
+
+// TestServicesSortedAndShared: Services lists every service by name
+// without copying or sorting at each call, and a list handed out is never
+// changed by a service added after it.
+func TestServicesSortedAndShared(t *testing.T) {
+	e := NewEngine(DefaultConfig())
+	require.Empty(t, e.Services())
+	for _, n := range []string{"m", "b", "x", "a", "n"} {
+		require.NoError(t, e.SetLimits(n, DevLimits()))
+	}
+	names := func(ss []*Service) (out []string) {
+		for _, s := range ss {
+			out = append(out, s.Name())
+		}
+		return out
+	}
+	before := e.Services()
+	require.Equal(t, []string{"a", "b", "m", "n", "x"}, names(before))
+	require.NoError(t, e.SetLimits("c", DevLimits()))
+	require.NoError(t, e.SetLimits("m", DevLimits()), "a known service adds nothing")
+	require.Equal(t, []string{"a", "b", "m", "n", "x"}, names(before), "the list handed out before")
+	require.Equal(t, []string{"a", "b", "c", "m", "n", "x"}, names(e.Services()))
+	require.Equal(t, len(e.Services()), cap(e.Services()), "an append by a caller copies")
+	require.Zero(t, testing.AllocsPerRun(100, func() { _ = e.Services() }))
+}

@@ -43,7 +43,7 @@ func (e *Engine) WatchPools() (PoolWatch, error) {
 	}
 	w := PoolWatch(bits.TrailingZeros32(^taken))
 	e.watches.watching.Store(taken | 1<<w)
-	for _, s := range *e.services.Load() {
+	for _, s := range e.services.Load().sorted {
 		s.mu.Lock()
 		s.mark(&s.tokens, 1<<w)
 		for _, a := range s.accounts {

@@ -276,7 +276,7 @@ func (e *Engine) Trunks() []*Trunk {
 
 // EachTrunk calls f for every key that has or had limits, in no order.
 func (e *Engine) EachTrunk(f func(*Trunk)) {
-	for _, s := range *e.services.Load() {
+	for _, s := range e.services.Load().sorted {
 		s.trunks.each(f)
 	}
 }
