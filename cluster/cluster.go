@@ -26,6 +26,8 @@ const Version = "0.1.0"
 // loaded, which may hold several documents: all load or none).
 type Licences interface {
 	Documents() [][]byte
+	// Digest names the documents, whatever their order.
+	Digest() string
 	Load(text []byte) ([]registry.Result, error)
 	ClockMark() time.Time
 	ObserveMark(t time.Time)
@@ -99,9 +101,14 @@ type Cluster struct {
 	// kept up to date by Shares.SyncLicensed (under mu).
 	licensed map[string]admission.Limits
 	usage    *UsageReader // read by the exchange loop only
+	// watch is the buckets starved watches, as of the last plan.
+	watch []starvedWatch
 	// allocationsSent is when the state sync last carried the account
 	// allocations (guarded by mu).
 	allocationsSent time.Time
+	// offered is, by member, the last time this node sent it its licences
+	// because their digests differed (see offerLicences; guarded by mu).
+	offered map[string]licenceOffer
 
 	wake    chan struct{} // a report calls for an early plan (Woken)
 	ex      exchangeState // StepExchange's, touched by its caller only but heard

@@ -3,6 +3,7 @@ package cluster
 import (
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"slices"
 	"time"
 
@@ -22,6 +23,7 @@ const (
 	msgOps     = 'o' // a batch of forwarded RELEASE/DEREGISTER and claims
 	msgLeaving = 'x' // the sender is about to leave gracefully
 	msgReplay  = 'r' // the sender asks for what it missed (replayRequest)
+	msgState   = 's' // the sender's licences, for a member whose digest differs
 )
 
 // Gossip traffic, by kind of message (user messages; memberlist's own
@@ -31,6 +33,8 @@ var (
 	demandReceived  = metrics.NewCounter(`capsgate_gossip_messages_total{kind="demand",direction="received"}`)
 	licenceSent     = metrics.NewCounter(`capsgate_gossip_messages_total{kind="licence",direction="sent"}`)
 	licenceReceived = metrics.NewCounter(`capsgate_gossip_messages_total{kind="licence",direction="received"}`)
+	stateSent       = metrics.NewCounter(`capsgate_gossip_messages_total{kind="state",direction="sent"}`)
+	stateReceived   = metrics.NewCounter(`capsgate_gossip_messages_total{kind="state",direction="received"}`)
 	forwardSent     = metrics.NewCounter(`capsgate_gossip_messages_total{kind="forward",direction="sent"}`)
 	forwardReceived = metrics.NewCounter(`capsgate_gossip_messages_total{kind="forward",direction="received"}`)
 	forwardDropped  = metrics.NewCounter(`capsgate_gossip_forward_dropped_total`)
@@ -140,6 +144,14 @@ func (d *delegate) NotifyMsg(b []byte) {
 			p.leaving = true
 		}
 		c.mu.Unlock()
+	case msgState:
+		stateReceived.Inc()
+		var st state
+		if json.Unmarshal(b[1:], &st) != nil {
+			return
+		}
+		d.cfg.Licences.ObserveMark(st.ClockMark)
+		d.loadDocuments(st.Documents)
 	case msgLicence:
 		licenceReceived.Inc()
 		if len(b) < 9 {
@@ -162,21 +174,32 @@ func (d *delegate) NotifyMsg(b []byte) {
 func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
 
 type state struct {
-	Documents [][]byte                                   `json:"docs"`
+	// Node is the sender, and Digest names its licences and revocations
+	// (Licences.Digest). Documents are the licences and revocations
+	// themselves, sent when a member joins and to a member whose digest
+	// differs (offerLicences), not at every push-pull: 1,000 licences are
+	// 1.5 MB of JSON, which every push-pull (every 5 s, both ways) would
+	// otherwise compress, send, read and unpack.
+	Node      string                                     `json:"node,omitempty"`
+	Digest    string                                     `json:"digest,omitempty"`
+	Documents [][]byte                                   `json:"docs,omitempty"`
 	ClockMark time.Time                                  `json:"clock_mark"`
 	Accounts  map[string]map[string]admission.Allocation `json:"accounts,omitempty"`
 	Trunks    []trunks.Setting                           `json:"trunks,omitempty"`
 }
 
-// LocalState is this node's licences, revocations and clock mark, and
-// its account allocations and keys' limits when a member joins and at most once every
-// AllocationSync otherwise: they reach every member as they are made
-// (SpreadAllocation, replayed to a member that comes back), and the
+// LocalState is this node's clock mark and its licences' digest; its
+// licences and revocations when a member joins (see state); and its
+// account allocations and keys' limits when a member joins and at most
+// once every AllocationSync otherwise: they reach every member as they are
+// made (SpreadAllocation, replayed to a member that comes back), and the
 // state sync only repairs what that missed; 100,000 of them are 7 MB of
-// JSON, which every push-pull (every 5 s) would otherwise send, compress
-// and read.
+// JSON.
 func (d *delegate) LocalState(join bool) []byte {
-	st := state{Documents: d.cfg.Licences.Documents(), ClockMark: d.cfg.Licences.ClockMark()}
+	st := state{Node: d.cfg.NodeName, Digest: d.cfg.Licences.Digest(), ClockMark: d.cfg.Licences.ClockMark()}
+	if join {
+		st.Documents = d.cfg.Licences.Documents()
+	}
 	if (d.cfg.Accounts != nil || d.cfg.Trunks != nil) && (join || d.allocationsDue(time.Now())) {
 		if d.cfg.Accounts != nil {
 			st.Accounts = d.cfg.Accounts.Allocations()
@@ -189,8 +212,9 @@ func (d *delegate) LocalState(join bool) []byte {
 	return b
 }
 
-// MergeRemoteState loads a peer's licences (each verified here) and takes
-// its clock mark if it is later.
+// MergeRemoteState loads a peer's licences (each verified here), takes its
+// clock mark if it is later, and sends the peer this node's licences if
+// their digests still differ.
 func (d *delegate) MergeRemoteState(buf []byte, join bool) {
 	var s state
 	if err := json.Unmarshal(buf, &s); err != nil {
@@ -198,14 +222,81 @@ func (d *delegate) MergeRemoteState(buf []byte, join bool) {
 		return
 	}
 	d.cfg.Licences.ObserveMark(s.ClockMark)
-	for _, doc := range s.Documents {
+	d.loadDocuments(s.Documents)
+	c := (*Cluster)(d)
+	c.applyAllocations(s.Accounts)
+	c.applyTrunks(s.Trunks)
+	// At a join both ends send every document. A member of an earlier
+	// version sends no digest, and every document.
+	if !join && s.Digest != "" && s.Node != "" && s.Node != d.cfg.NodeName && s.Digest != d.cfg.Licences.Digest() {
+		c.offerLicences(s.Node, s.Digest)
+	}
+}
+
+// loadDocuments loads licences and revocations a member sent.
+func (d *delegate) loadDocuments(docs [][]byte) {
+	for _, doc := range docs {
 		if _, err := d.cfg.Licences.Load(doc); err != nil {
 			d.log.Debug("not loading a licence from a member's state", "err", err)
 		}
 	}
-	(*Cluster)(d).applyAllocations(s.Accounts)
-	(*Cluster)(d).applyTrunks(s.Trunks)
 }
+
+// licenceOffer is what offerLicences last sent a member: when, and the two
+// digests then.
+type licenceOffer struct {
+	theirs, ours string
+	at           time.Time
+	busy         bool // being sent
+}
+
+// offerLicences sends every licence and revocation of this node to the
+// member node, whose state sync named a set that differs (theirs): it
+// missed a direct send, was cut off, or holds documents this node does
+// not. Both ends of a push-pull see the difference, so each sends the
+// other what it holds, and one push-pull mends both. A member is sent
+// them once for each pair of digests, and again after AllocationSync if
+// the two still differ (a document one side refuses, a licence of another
+// farm, keeps them apart for good); one send at a time, beside the
+// push-pull.
+func (c *Cluster) offerLicences(node, theirs string) {
+	ours, now := c.cfg.Licences.Digest(), time.Now()
+	c.mu.Lock()
+	if c.offered == nil {
+		c.offered = map[string]licenceOffer{}
+	}
+	o := c.offered[node]
+	if o.busy || o.theirs == theirs && o.ours == ours && now.Sub(o.at) < AllocationSync {
+		c.mu.Unlock()
+		return
+	}
+	c.offered[node] = licenceOffer{theirs: theirs, ours: ours, at: now, busy: true}
+	c.mu.Unlock()
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		err := errNotMember
+		if m := c.member(node); m != nil {
+			st := state{Node: c.cfg.NodeName, Documents: c.cfg.Licences.Documents(), ClockMark: c.cfg.Licences.ClockMark()}
+			b, _ := json.Marshal(st)
+			msg := append([]byte{msgState}, b...)
+			if err = c.ml.SendReliable(m, msg); err == nil {
+				sent(stateSent, msg)
+			}
+		}
+		c.mu.Lock()
+		o := c.offered[node]
+		o.busy = false
+		if err != nil {
+			o.at = time.Time{} // the next push-pull tries again
+			c.log.Warn("cannot send a member the licences it lacks; the next state sync will", "member", node, "err", err)
+		}
+		c.offered[node] = o
+		c.mu.Unlock()
+	}()
+}
+
+var errNotMember = errors.New("not a member")
 
 // events implements memberlist.EventDelegate.
 type events Cluster

@@ -119,6 +119,7 @@ func TestBigReportsGoOverTCP(t *testing.T) {
 type noLicences struct{}
 
 func (noLicences) Documents() [][]byte                    { return nil }
+func (noLicences) Digest() string                         { return "" }
 func (noLicences) Load([]byte) ([]registry.Result, error) { return nil, nil }
 func (noLicences) ClockMark() time.Time                   { return time.Time{} }
 func (noLicences) ObserveMark(time.Time)                  {}

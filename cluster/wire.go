@@ -72,14 +72,17 @@ type MemberlistTraffic struct {
 	Gossip float64
 	// PushPull: every PushPullEvery the node opens a TCP push-pull with one
 	// member, and on average one member opens one with it; both sides send
-	// their whole state (every member's entry, then LocalState: licences),
-	// so 2 × StateBytes / PushPullEvery; and the account allocations, at
-	// most once every AllocationSync: AllocationBytes / AllocationSync.
+	// their whole state (every member's entry, then LocalState: the clock
+	// mark and the licences' digest), so 2 × StateBytes / PushPullEvery;
+	// and the account allocations, at most once every AllocationSync:
+	// AllocationBytes / AllocationSync. The licences themselves go only to
+	// a member that joins or whose digest differs: JoinBytes.
 	PushPull      float64
 	PushPullEvery time.Duration
 	// Ping, Ack and StateBytes are the sizes of one message of each;
-	// AllocationBytes what the allocations add to a state.
-	Ping, Ack, StateBytes, AllocationBytes int
+	// AllocationBytes what the allocations add to a state; JoinBytes the
+	// state a join's push-pull sends (licences and allocations in it).
+	Ping, Ack, StateBytes, AllocationBytes, JoinBytes int
 }
 
 // Total is the bytes per second the node sends.
@@ -87,8 +90,8 @@ func (t MemberlistTraffic) Total() float64 { return t.Probes + t.Gossip + t.Push
 
 // Formula states how t is computed, for a report.
 func (t MemberlistTraffic) Formula() string {
-	return fmt.Sprintf("(ping %d + ack %d) / %v + 2 × state %d / %v (push-pull) + allocations %d / %v + gossip (every %v to %d members: only membership news, 0 when steady)",
-		t.Ping, t.Ack, mlProbeInterval, t.StateBytes, t.PushPullEvery, t.AllocationBytes, AllocationSync, mlGossipInterval, mlGossipNodes)
+	return fmt.Sprintf("(ping %d + ack %d) / %v + 2 × state %d / %v (push-pull) + allocations %d / %v + gossip (every %v to %d members: only membership news, 0 when steady); a join's state: %d",
+		t.Ping, t.Ack, mlProbeInterval, t.StateBytes, t.PushPullEvery, t.AllocationBytes, AllocationSync, mlGossipInterval, mlGossipNodes, t.JoinBytes)
 }
 
 // EstimateMemberlist estimates memberlist's own traffic on a node of a farm
@@ -104,14 +107,16 @@ func (t MemberlistTraffic) Formula() string {
 //	state = 1 type + header 1+6+3+13+5+5+1 + members × entry + LocalState + stream framing
 //
 // with meta and LocalState the JSON this package sends (NodeMeta, and
-// LocalState's licences, clock mark and allocations).
+// LocalState's name, digest and clock mark; its licences and allocations
+// at a join).
 func EstimateMemberlist(l MemberlistLoad) MemberlistTraffic {
 	name := l.NameLen
 	ping := 1 + 1 + 6 + 5 + 5 + 1 + name + 11 + 2 + 16 + 11 + 3 + 11 + 1 + name + mlPacketFraming
 	ack := 1 + 1 + 6 + 5 + 8 + 1 + mlPacketFraming
 	m, _ := json.Marshal(meta{Version: Version, RESPAddr: "10.0.0.100:6380", Admin: "10.0.0.100:8080", MaxCAPS: 100000})
 	entry := 1 + 5 + 1 + name + 5 + 2 + 16 + 5 + 3 + 5 + 2 + len(m) + 12 + 5 + 6 + 1 + 4 + 1 + 6
-	st := state{ClockMark: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	st := state{Node: strings.Repeat("n", name), Digest: strings.Repeat("0", 32), ClockMark: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	steady, _ := json.Marshal(st)
 	doc := []byte(strings.Repeat("x", l.LicenceBytes))
 	for range l.Licences {
 		st.Documents = append(st.Documents, doc)
@@ -127,17 +132,17 @@ func EstimateMemberlist(l MemberlistLoad) MemberlistTraffic {
 			st.Accounts[svc][fmt.Sprintf("account-%05d", i)] = admission.Allocation{Tokens: 1_000_000_000, Overage: "none", At: 1_767_225_600_000_000_000}
 		}
 	}
-	local, _ := json.Marshal(st)
-	withAllocations := len(local)
-	st.Accounts = nil
-	local, _ = json.Marshal(st)
-	stateBytes := 1 + 34 + l.Members*entry + len(local) + mlStreamFraming
+	join, _ := json.Marshal(st)
+	st.Documents = nil
+	withAllocations, _ := json.Marshal(st)
+	stateBytes := 1 + 34 + l.Members*entry + len(steady) + mlStreamFraming
 	every := mlPushPullInterval
 	if l.Members > mlPushPullScaleThreshold {
 		// memberlist's pushPullScale.
 		every *= time.Duration(math.Ceil(math.Log2(float64(l.Members))-math.Log2(mlPushPullScaleThreshold)) + 1)
 	}
-	t := MemberlistTraffic{Ping: ping, Ack: ack, StateBytes: stateBytes, AllocationBytes: withAllocations - len(local), PushPullEvery: every,
+	t := MemberlistTraffic{Ping: ping, Ack: ack, StateBytes: stateBytes, AllocationBytes: len(withAllocations) - len(steady),
+		JoinBytes: stateBytes - len(steady) + len(join), PushPullEvery: every,
 		Probes: float64(ping+ack) / mlProbeInterval.Seconds()}
 	if l.Members > 1 {
 		t.PushPull = 2*float64(stateBytes)/every.Seconds() + float64(t.AllocationBytes)/AllocationSync.Seconds()

@@ -66,7 +66,10 @@ func TestEstimateMemberlist(t *testing.T) {
 	require.Less(t, three.PushPull, thirty.PushPull)
 	require.InDelta(t, 2*float64(hundred.StateBytes)/15, hundred.PushPull, 1e-9)
 	more := EstimateMemberlist(MemberlistLoad{Members: 3, NameLen: 4, Licences: 10, LicenceBytes: 1097, Accounts: 100})
-	require.Greater(t, more.StateBytes, three.StateBytes+9*1097*4/3)
+	// The licences go at a join (as base64 in JSON), not in every state.
+	require.Equal(t, three.StateBytes, more.StateBytes)
+	require.Greater(t, three.JoinBytes, three.StateBytes+1097*4/3)
+	require.Greater(t, more.JoinBytes, three.JoinBytes+9*1097*4/3+more.AllocationBytes)
 	// The allocations go once a minute, not in every state.
 	require.Greater(t, more.AllocationBytes, 100*50)
 	require.InDelta(t, 2*float64(more.StateBytes)/5+float64(more.AllocationBytes)/60, more.PushPull, 1e-9)

@@ -109,10 +109,14 @@ type Registry struct {
 	period   int64           // the usage period of now (licensing.PeriodOf), as last applied
 	services map[string]bool // services ever given limits
 	// verified maps a licence document's digest to its id once it has
-	// verified: every member's state sync carries every licence, and a
-	// farm of 1,000 would otherwise verify 1,000 signatures again at each
-	// push-pull (a hint, checked against lics, never trusted alone).
+	// verified: a joining member's state sync, and a member's whose
+	// licences differ, carries every licence, and a farm of 1,000 would
+	// otherwise verify 1,000 signatures again each time (a hint, checked
+	// against lics, never trusted alone).
 	verified map[[sha256.Size]byte]string
+	// digest is Digest's answer until the documents change ("": not
+	// computed since they last did).
+	digest string
 	// warnedAhead: a peer's mark too far ahead was logged (once per episode).
 	warnedAhead bool
 }
@@ -409,6 +413,7 @@ func (b *batch) commit() error {
 		s.log()
 	}
 	r := b.r
+	r.digest = ""
 	for id, e := range b.lics {
 		r.lics[id] = e
 	}

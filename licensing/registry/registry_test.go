@@ -371,3 +371,51 @@ func TestSameDocumentAgain(t *testing.T) {
 	reasonIs(t, err, registry.ReasonRevoked)
 	require.Equal(t, 0.0, f.limits("voice").CAPS)
 }
+
+// Two registries holding the same documents, loaded in any order and
+// after a restart, give the same digest; each licence or revocation added
+// changes it, a refused or repeated one does not.
+func TestDigestNamesTheDocuments(t *testing.T) {
+	a, b := newFixture(t), newFixture(t)
+	b.key = a.key
+	b.open()
+	empty := a.reg.Digest()
+	require.Len(t, empty, 32)
+	require.Equal(t, empty, b.reg.Digest())
+	one := a.sign(licensing.License{ID: "one", Service: "voice", CAPS: 100})
+	two := a.sign(licensing.License{ID: "two", Service: "video", CAPS: 50})
+	rev, err := a.key.Revoke(&licensing.Revocation{ID: "rev-one", Revokes: []string{"one"}, Reason: "test"}, a.wall)
+	require.NoError(t, err)
+	seen := map[string]bool{empty: true}
+	for _, doc := range [][]byte{one, two, rev} {
+		_, err := a.reg.Add(doc)
+		require.NoError(t, err)
+		d := a.reg.Digest()
+		require.False(t, seen[d], "each document changes the digest")
+		seen[d] = true
+	}
+	for _, doc := range [][]byte{rev, two, one} {
+		_, _ = b.reg.Add(doc) // one is refused: revoked
+	}
+	require.NotEqual(t, a.reg.Digest(), b.reg.Digest(), "b holds no licence one")
+	full := a.reg.Digest()
+	_, err = a.reg.Add(two)
+	require.NoError(t, err)
+	other, err := licensing.GenerateVendorKey()
+	require.NoError(t, err)
+	forged, err := other.Sign(&licensing.License{ID: "three", Service: "video", CAPS: 5}, a.wall)
+	require.NoError(t, err)
+	_, err = a.reg.Add(forged)
+	require.Error(t, err)
+	require.Equal(t, full, a.reg.Digest(), "a repeated or refused document changes nothing")
+	a.open()
+	require.Equal(t, full, a.reg.Digest(), "after a restart")
+	c := newFixture(t)
+	c.key = a.key
+	c.open()
+	for _, doc := range [][]byte{two, one, rev} {
+		_, err := c.reg.Add(doc)
+		require.NoError(t, err)
+	}
+	require.Equal(t, full, c.reg.Digest(), "the same documents in another order")
+}

@@ -1,8 +1,12 @@
 package registry
 
 import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strconv"
 	"time"
@@ -163,6 +167,32 @@ func (r *Registry) Documents() [][]byte {
 		out = append(out, e.armored)
 	}
 	return out
+}
+
+// Digest names the set of documents Documents returns, whatever their
+// order: two registries holding the same licences and revocations give
+// the same digest, and a member's state sync sends its digest where it
+// would send its documents, which go only to a member whose digest
+// differs. It is computed once after each change.
+func (r *Registry) Digest() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.digest == "" {
+		sums := make([][sha256.Size]byte, 0, len(r.lics)+len(r.revDocs))
+		for _, d := range r.revDocs {
+			sums = append(sums, sha256.Sum256(d))
+		}
+		for _, e := range r.lics {
+			sums = append(sums, sha256.Sum256(e.armored))
+		}
+		slices.SortFunc(sums, func(a, b [sha256.Size]byte) int { return bytes.Compare(a[:], b[:]) })
+		h := sha256.New()
+		for _, s := range sums {
+			h.Write(s[:])
+		}
+		r.digest = hex.EncodeToString(h.Sum(nil)[:16])
+	}
+	return r.digest
 }
 
 // ClockMark returns the clock high-water mark, for peers.
