@@ -78,35 +78,53 @@ func (c *Cluster) StepExchange(now time.Time) time.Duration {
 }
 
 // starved reports whether one of this node's licensed buckets has spent
-// half of what it was planned to hold (Planner.Starved).
+// half of what it was planned to hold (Planner.Starved). It runs every
+// StarvedCheck: it walks the buckets the last plan named (watchStarved),
+// without a lookup by name.
 func (c *Cluster) starved() bool {
 	now := c.cfg.Engine.Now()
-	licensed := c.cfg.Shares.LicensedNames()
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	// Every licence, and the trunk keys with traffic at the last plan: an
-	// idle key's bucket cannot have been spent (a load new on one is
-	// planned at the next exchange, its refusals spilled meanwhile).
-	// (Two walks, not one over a joined copy: this runs every 10 ms.)
-	for _, service := range licensed {
-		if s := c.cfg.Engine.Service(service); s != nil && c.bucketStarved(now, service, s) {
-			return true
-		}
-	}
-	for _, name := range c.planner.ActiveTrunks() {
-		svc, key, _ := admission.SplitTrunk(name)
-		if t := c.cfg.Engine.Trunk(svc, key); t != nil && c.bucketStarved(now, name, t) {
+	watch := c.watch
+	c.mu.Unlock()
+	for _, w := range watch {
+		if _, avail := w.bucket.Bucket(now); float64(2*avail) <= w.lent {
 			return true
 		}
 	}
 	return false
 }
 
-// bucketStarved is Planner.Starved for the bucket b of a licence or key.
-// Called with mu held.
-func (c *Cluster) bucketStarved(now int64, name string, b interface{ Bucket(int64) (int64, int64) }) bool {
-	_, avail := b.Bucket(now)
-	return c.planner.Starved(name, avail)
+// starvedWatch is a bucket starved watches and what the last plan lent it.
+type starvedWatch struct {
+	bucket interface{ Bucket(int64) (int64, int64) }
+	lent   float64
+}
+
+// watchStarved lists the buckets starved watches until the next plan:
+// every licence's, and the trunk keys' with traffic at this plan (an idle
+// key's bucket cannot have been spent: a load new on one is planned at the
+// next exchange, its refusals spilled meanwhile), each if Planner.Watched
+// says it can starve. The list is built anew, never changed once
+// published. Called with mu held.
+func (c *Cluster) watchStarved() {
+	watch := c.watch[:0:0]
+	add := func(name string, b interface{ Bucket(int64) (int64, int64) }) {
+		if lent, ok := c.planner.Watched(name); ok {
+			watch = append(watch, starvedWatch{bucket: b, lent: lent})
+		}
+	}
+	for _, service := range c.cfg.Shares.LicensedNames() {
+		if s := c.cfg.Engine.Service(service); s != nil {
+			add(service, s)
+		}
+	}
+	for _, name := range c.planner.ActiveTrunks() {
+		svc, key, _ := admission.SplitTrunk(name)
+		if t := c.cfg.Engine.Trunk(svc, key); t != nil {
+			add(name, t)
+		}
+	}
+	c.watch = watch
 }
 
 // send sends this node's report to every member: as one UDP packet when
@@ -207,6 +225,7 @@ func (c *Cluster) plan(now time.Time, exchange bool) Report {
 		p = c.planner.PlanNow(now, names, licensed, usage)
 		earlyPlans.Inc()
 	}
+	c.watchStarved()
 	c.mu.Unlock()
 	planSeconds.UpdateDuration(began)
 	plannedTotal.Add(p.Planned)

@@ -400,8 +400,16 @@ func (v *view) take(r Report, moved func(key string)) {
 // the licence is not all taken: a moment to plan again before the next
 // exchange (PlanNow).
 func (p *Planner) Starved(service string, avail int64) bool {
+	lent, watched := p.Watched(service)
+	return watched && float64(2*avail) <= lent
+}
+
+// Watched returns what the last plan left in this node's bucket for
+// service, and whether Starved can hold for it until the next plan (it was
+// planned, and its licence is not all taken).
+func (p *Planner) Watched(service string) (lent float64, watched bool) {
 	lent, planned := p.lent[service]
-	return planned && float64(2*avail) <= lent && !p.saturated[service]
+	return lent, planned && !p.saturated[service]
 }
 
 // Joined records that a member joined (or came back) at now: what it
