@@ -220,11 +220,28 @@ type rateMeter struct {
 
 // push adds the counter's value at an instant and returns the rate.
 func (m *rateMeter) push(cur sample) float64 {
+	span, ok := m.add(cur)
+	if !ok {
+		return m.rate(0)
+	}
+	if m.rate(0) == 0 {
+		// Nothing counted in the window (an idle service, most of a farm's
+		// 1,000): no test in detect can see a change, and the rate is 0.
+		// detect costs a push the square of the samples held.
+		return 0
+	}
+	return m.detect(span)
+}
+
+// add records the counter's value at an instant as a sample, forgetting
+// those older than rateWindow, and returns the span of the samples held
+// and whether it did (not the first value, nor one out of order).
+func (m *rateMeter) add(cur sample) (span float64, ok bool) {
 	if !m.started || cur.t <= m.last.t {
 		if !m.started {
 			m.started, m.last = true, cur
 		}
-		return m.rate(0)
+		return 0, false
 	}
 	dt, dn := cur.t-m.last.t, 0.0
 	if cur.n >= m.last.n {
@@ -236,7 +253,6 @@ func (m *rateMeter) push(cur sample) float64 {
 	}
 	m.dt[m.k], m.dn[m.k] = dt, dn
 	m.k++
-	span := 0.0
 	for i := range m.k {
 		span += m.dt[i]
 	}
@@ -244,6 +260,12 @@ func (m *rateMeter) push(cur sample) float64 {
 		span -= m.dt[0]
 		m.drop(1)
 	}
+	return span, true
+}
+
+// detect looks for a rise or a fall in the newest samples (spanning
+// span), forgets what came before one, and returns the rate.
+func (m *rateMeter) detect(span float64) float64 {
 	var rt, rn float64
 	for j := 1; j < m.k && (rt < maxSpan || rn == 0); j++ {
 		rt += m.dt[m.k-j]
