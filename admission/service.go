@@ -98,6 +98,10 @@ type Service struct {
 	maxLog      int // Config.MaxLog
 	changes     []Change
 	changesLost bool
+	// quiet: the log is in place and holds nothing, nor lost anything;
+	// Drain then returns at once, without the lock (a farm's 1,000 idle
+	// services, drained 50 times a second). Written with mu held.
+	quiet atomic.Bool
 	// ended holds calls a client RELEASEd here before this node had
 	// admitted them (see Engine.Ended), for EndedFor, at most MaxEnded.
 	ended table[struct{}]

@@ -61,6 +61,9 @@ func (s *Service) logChange(c Change) {
 	if !s.journal {
 		return
 	}
+	if s.quiet.Load() {
+		s.quiet.Store(false)
+	}
 	if len(s.changes) == cap(s.changes) {
 		if cap(s.changes) == 0 || cap(s.changes) >= s.maxLog {
 			s.changesLost = true
@@ -79,12 +82,18 @@ func (s *Service) logChange(c Change) {
 // capacity bounds how many changes the service logs until the next Drain,
 // so a caller that alternates two buffers (passing back the slice the
 // previous Drain returned) makes journaling allocation-free in steady
-// state. Called off the decision path (the journal's flush loop).
+// state. A service that logged nothing since the last Drain keeps its log
+// and hands buf back empty, without taking its lock. Called off the
+// decision path (the journal's flush loop).
 func (s *Service) Drain(buf []Change) (changes []Change, lost bool) {
+	if s.quiet.Load() {
+		return buf[:0], false
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	changes, lost = s.changes, s.changesLost
 	s.changes, s.changesLost = buf[:0], false
+	s.quiet.Store(cap(buf) > 0)
 	return changes, lost
 }
 
@@ -118,6 +127,7 @@ func (s *Service) SnapshotTo(now int64, buf []Change, emit func([]Change)) (drai
 	s.mu.Lock()
 	drained = s.changes
 	s.changes, s.changesLost = buf[:0], false
+	s.quiet.Store(false) // the next Drain looks
 	s.mu.Unlock()
 	s.WalkTo(now, func(c []Change) bool { emit(c); return true })
 	return drained

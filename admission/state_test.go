@@ -248,3 +248,50 @@ func TestSnapshotWhileChanging(t *testing.T) {
 	}
 	require.Equal(t, 50_000, len(want), "25,000 left, 25,000 came")
 }
+
+// A service that logged nothing since its last Drain is drained without
+// its lock and keeps its log; the first Drain installs the log, a change
+// (or one dropped) is drained at the next, and a snapshot makes the next
+// Drain look.
+func TestQuietDrain(t *testing.T) {
+	l := Limits{Licensed: true, CAPS: Unlimited, Sessions: Unlimited, Subscribers: Unlimited, Tokens: Unlimited}
+	e, clk := newTestEngine(t, l, journaling)
+	now := clk.Now()
+	s := e.Service("voice")
+	require.False(t, s.quiet.Load(), "no log yet")
+	e.Register(now, svc, []byte("sip:dropped@example.com"), 60)
+	_, lost := s.Drain(make([]Change, 0, 8))
+	require.True(t, lost, "logged before the log was in place")
+	require.True(t, s.quiet.Load())
+
+	spare := make([]Change, 0, 8)
+	s.mu.Lock() // a quiet Drain does not wait for the lock
+	got, lost := s.Drain(spare)
+	s.mu.Unlock()
+	require.False(t, lost)
+	require.Empty(t, got)
+	require.Equal(t, cap(spare), cap(got), "buf handed back")
+
+	e.Register(now, svc, []byte("sip:alice@example.com"), 60)
+	require.False(t, s.quiet.Load())
+	got, lost = s.Drain(spare)
+	require.False(t, lost)
+	require.Equal(t, []ChangeKind{SubscriberSet}, kinds(got))
+	require.True(t, s.quiet.Load())
+
+	// More changes than the log holds at most: one dropped, the next
+	// Drain says so.
+	for i := range maxLogInTests + 1 {
+		e.Register(now, svc, fmt.Appendf(nil, "sip:%d@example.com", i), 60)
+	}
+	got, lost = s.Drain(got)
+	require.True(t, lost)
+	require.Len(t, got, maxLogInTests)
+
+	s.SnapshotTo(now, make([]Change, 0, 8), func([]Change) {})
+	require.False(t, s.quiet.Load(), "after a snapshot the next Drain looks")
+	got, lost = s.Drain(got)
+	require.False(t, lost)
+	require.Empty(t, got)
+	require.True(t, s.quiet.Load())
+}
