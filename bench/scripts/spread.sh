@@ -4,7 +4,8 @@
 # accounts: redis-benchmark -c 50 -P 16 on n1, one service then every
 # service at random, in the same run, with n1's CPU profile of each
 # (go tool pprof -top, the ten heaviest functions) to say where a spread
-# decision's time goes.
+# decision's time goes. First, what the licences cost each member idle:
+# its CPU over 10 s without traffic.
 #
 #   bench/scripts/spread.sh [NODES] [SERVICES]
 #
@@ -25,6 +26,15 @@ done
 farm $NODES spread
 for f in "$W"/lic/*.lic; do ctl license add "$f" >/dev/null; done
 sleep 2
+# What the licences cost each member idle: its CPU over 10 s without traffic.
+idle=()
+for p in "${NODEPIDS[@]}"; do idle+=("$(cpu_ticks $p)"); done
+sleep 10
+tick=$(getconf CLK_TCK)
+for i in "${!NODEPIDS[@]}"; do
+  idle[$i]=$(python3 -c "print(round(($(cpu_ticks ${NODEPIDS[$i]}) - ${idle[$i]}) / $tick / 10 * 100, 1))")
+done
+echo "$NODES member(s), $SERVICES services, idle: CPU of each member over 10 s, % of a core: ${idle[*]}"
 RP=${RESPS[0]##*:}
 profile() { # seconds out
   curl -s -H "Authorization: Bearer $(cat "$W/keys/admin.token")" "${ADMINS[0]}/debug/pprof/profile?seconds=$1" -o "$2"
