@@ -478,7 +478,8 @@ func (r *Registry) Tick() time.Time {
 	for _, e := range r.lics {
 		if st := r.stateOf(e); st != e.state {
 			r.cfg.Log.Warn("licence state changed", "id", e.lic.ID, "service", e.lic.Service, "from", e.state, "to", st)
-			e.state, changed = st, true
+			r.judge(e, st)
+			changed = true
 		}
 	}
 	if p := licensing.PeriodOf(r.now); p != r.period {
@@ -499,6 +500,15 @@ func nextMonth(t time.Time) time.Time {
 
 // markSaveEvery bounds how much of the mark a crash can lose.
 const markSaveEvery = 10 * time.Second
+
+// judge sets e's state to st, and forgets the digest when that changes
+// whether e goes to the other members (Documents). Called with mu held.
+func (r *Registry) judge(e *entry, st licensing.State) {
+	if spread(st) != spread(e.state) {
+		r.digest = ""
+	}
+	e.state = st
+}
 
 func (r *Registry) stateOf(e *entry) licensing.State {
 	_, revoked := r.revoked[e.lic.ID]
@@ -537,7 +547,7 @@ func (r *Registry) applyLocked() {
 	var all []*licensing.License
 	revoked := map[string]bool{}
 	for _, e := range r.lics {
-		e.state = r.stateOf(e)
+		r.judge(e, r.stateOf(e))
 		all = append(all, e.lic)
 	}
 	for id := range r.revoked {

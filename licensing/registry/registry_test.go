@@ -374,7 +374,9 @@ func TestSameDocumentAgain(t *testing.T) {
 
 // Two registries holding the same documents, loaded in any order and
 // after a restart, give the same digest; each licence or revocation added
-// changes it, a refused or repeated one does not.
+// changes it, a refused or repeated one does not. A revoked or expired
+// licence is not sent to the other members (Documents) nor named by the
+// digest: a registry that refused it gives the same digest.
 func TestDigestNamesTheDocuments(t *testing.T) {
 	a, b := newFixture(t), newFixture(t)
 	b.key = a.key
@@ -394,11 +396,12 @@ func TestDigestNamesTheDocuments(t *testing.T) {
 		require.False(t, seen[d], "each document changes the digest")
 		seen[d] = true
 	}
+	require.Len(t, a.reg.Documents(), 2, "the revocation and two, not the revoked one")
 	for _, doc := range [][]byte{rev, two, one} {
 		_, _ = b.reg.Add(doc) // one is refused: revoked
 	}
-	require.NotEqual(t, a.reg.Digest(), b.reg.Digest(), "b holds no licence one")
 	full := a.reg.Digest()
+	require.Equal(t, full, b.reg.Digest(), "b refused the revoked licence a holds")
 	_, err = a.reg.Add(two)
 	require.NoError(t, err)
 	other, err := licensing.GenerateVendorKey()
@@ -414,8 +417,21 @@ func TestDigestNamesTheDocuments(t *testing.T) {
 	c.key = a.key
 	c.open()
 	for _, doc := range [][]byte{two, one, rev} {
-		_, err := c.reg.Add(doc)
-		require.NoError(t, err)
+		_, _ = c.reg.Add(doc)
 	}
 	require.Equal(t, full, c.reg.Digest(), "the same documents in another order")
+
+	// A licence that expires leaves the digest; a registry that never
+	// loaded it (it came after the expiry) gives the same one.
+	until := a.wall.Add(time.Hour)
+	short := a.sign(licensing.License{ID: "short", Service: "fax", CAPS: 5, NotAfter: until})
+	_, err = a.reg.Add(short)
+	require.NoError(t, err)
+	require.NotEqual(t, full, a.reg.Digest())
+	require.Len(t, a.reg.Documents(), 3)
+	a.wall = a.wall.Add(2 * time.Hour)
+	a.reg.Tick()
+	require.Equal(t, "expired", a.state("short"))
+	require.Equal(t, full, a.reg.Digest(), "expired: not named")
+	require.Len(t, a.reg.Documents(), 2)
 }

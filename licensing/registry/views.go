@@ -154,19 +154,34 @@ func (r *Registry) WriteMetrics(w io.Writer) {
 	metrics.WriteGaugeFloat64(w, "capsgate_clock_behind_seconds", behind.Seconds())
 }
 
-// Documents returns every loaded licence and revocation as received, for
-// the cluster's state exchange (each node verifies them itself).
+// Documents returns every revocation and every licence that is neither
+// expired nor revoked, as received, for the cluster's state exchange (each
+// node verifies them itself). An expired or revoked licence is kept here,
+// listed, but not sent: a member that never loaded it would refuse it.
 func (r *Registry) Documents() [][]byte {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	out := make([][]byte, 0, len(r.lics)+len(r.revDocs))
+	r.eachSpread(func(d []byte) { out = append(out, d) })
+	return out
+}
+
+// eachSpread calls f with each document Documents returns. Called with mu
+// held.
+func (r *Registry) eachSpread(f func([]byte)) {
 	for _, d := range r.revDocs {
-		out = append(out, d)
+		f(d)
 	}
 	for _, e := range r.lics {
-		out = append(out, e.armored)
+		if spread(e.state) {
+			f(e.armored)
+		}
 	}
-	return out
+}
+
+// spread reports whether a licence in state st goes to the other members.
+func spread(st licensing.State) bool {
+	return st != licensing.StateExpired && st != licensing.StateRevoked
 }
 
 // Digest names the set of documents Documents returns, whatever their
@@ -178,13 +193,8 @@ func (r *Registry) Digest() string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.digest == "" {
-		sums := make([][sha256.Size]byte, 0, len(r.lics)+len(r.revDocs))
-		for _, d := range r.revDocs {
-			sums = append(sums, sha256.Sum256(d))
-		}
-		for _, e := range r.lics {
-			sums = append(sums, sha256.Sum256(e.armored))
-		}
+		var sums [][sha256.Size]byte
+		r.eachSpread(func(d []byte) { sums = append(sums, sha256.Sum256(d)) })
 		slices.SortFunc(sums, func(a, b [sha256.Size]byte) int { return bytes.Compare(a[:], b[:]) })
 		h := sha256.New()
 		for _, s := range sums {
