@@ -598,9 +598,7 @@ func (e *Engine) Tick(now int64) {
 				s.consumed.expireSome(now, ExpireBatch) && s.ended.expireSome(now, ExpireBatch)
 			s.mu.Unlock()
 		}
-		s.mu.Lock()
-		s.tickRate(now, s.counts[OK].Load()+s.emergency.Load())
-		s.mu.Unlock()
+		s.tickRate(now, s.counts[OK].Load()+s.emergency.Load()) // its fields are Tick's alone: no lock
 		// The keys' rates are measured over a second: a walk of 100,000
 		// keys at every tick would find nothing to do in nine of ten.
 		if now-s.trunksRateAt >= int64(time.Second) || now < s.trunksRateAt {
