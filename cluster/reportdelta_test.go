@@ -274,3 +274,67 @@ func TestIdleMemberKeepsABudget(t *testing.T) {
 	// same part of the 100 that n1 and n3 leave free: 0.
 	require.Equal(t, int64(0), budgetOf(300, 5, 1000))
 }
+
+// A service with a limited token pool and accounts settles once nothing
+// moves: no member charges it, its budgets came out the same twice, no
+// account is left to plan. It is then not planned, and what it applies
+// stays. A member's token rate on one of its accounts, or an allocation
+// that changes, has it planned again; it settles again once they stop.
+func TestIdleTokenPoolsSettle(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	live := []string{"n1", "n2", "n3"}
+	p := NewPlanner("n2", PolicyConfig{}, 100*time.Millisecond)
+	for _, n := range live {
+		p.Joined(t0.Add(-time.Second), n)
+	}
+	lic := map[string]admission.Limits{"pp": {Licensed: true, CAPS: 1000, Sessions: admission.Unlimited,
+		Subscribers: admission.Unlimited, Tokens: 9000}}
+	accounts := []AccountUsage{{Account: "acme", Size: 3000}, {Account: "globex", Size: 1500}}
+	step := 0
+	plan := func(rate map[string]float64, u Usage) Plan {
+		t.Helper()
+		step++
+		now := t0.Add(time.Duration(step) * ExchangeInterval)
+		for _, n := range []string{"n1", "n3"} {
+			p.Heard(now, n, Report{Seq: uint64(step), TokenRate: rate, Held: map[string]Held{"pp": {Budget: 1000}}})
+		}
+		return p.Plan(now, live, lic, u)
+	}
+	idle := Usage{{Name: "pp", Depth: -1, Avail: -1}}
+	first := plan(nil, Usage{{Name: "pp", Depth: -1, Avail: -1, Accounts: accounts}})
+	require.Equal(t, 1, first.Planned)
+	settledAt := 0
+	for i := range 30 {
+		if plan(nil, idle).Planned == 0 {
+			settledAt = i + 1
+			break
+		}
+	}
+	require.NotZero(t, settledAt, "settles")
+	applied := p.applied["pp"]
+	require.Positive(t, applied.TokensBudget)
+	for range 10 {
+		pl := plan(nil, idle)
+		require.Zero(t, pl.Planned)
+		require.NotContains(t, pl.Parts, "pp")
+	}
+	require.Equal(t, applied, p.applied["pp"], "what it applies stays")
+
+	// n1 and n3 charge acme: planned at every exchange while they do.
+	for range 5 {
+		require.Equal(t, 1, plan(map[string]float64{"pp/acme": 40}, idle).Planned)
+	}
+	again := 0
+	for i := range 30 {
+		if plan(nil, idle).Planned == 0 {
+			again = i + 1
+			break
+		}
+	}
+	require.NotZero(t, again, "settles again once the charges stop")
+
+	// globex's allocation grows: planned again.
+	grown := Usage{{Name: "pp", Depth: -1, Avail: -1, Accounts: []AccountUsage{{Account: "globex", Size: 2500}}}}
+	require.Equal(t, 1, plan(nil, grown).Planned)
+	require.Equal(t, int64(3000+2500), p.book.allocated["pp"], "the book has the new allocation")
+}
