@@ -7,7 +7,9 @@
 # demand report size and gossip bytes a second (idle), the ADMIT rate over
 # every service against the rate on one service (redis-benchmark -c 50
 # -P 16, the same run), what the data directories grew by over a ledger
-# interval, and the RSS of each member.
+# interval, and the RSS of each member; then each member's CPU over 10 s
+# idle and n1's CPU profile of that and of the one-service run (KEEP=DIR
+# keeps the profiles and the capsgate binary in DIR).
 #
 #   bench/scripts/many.sh [NODES] [SERVICES] [ACCOUNTS]
 #
@@ -29,6 +31,25 @@ farm $NODES many
 python3 -u bench/scripts/many_setup.py "$W/lic" "$(cat "$W/keys/admin.token")" "$SERVICES" "$ACCOUNTS" \
   "$(IFS=,; echo "${ADMINS[*]}")" "$(IFS=,; echo "${NODEPIDS[*]}")" "$(IFS=,; echo "${DIRS[*]}")"
 RP=${RESPS[0]##*:}
+profile() { # seconds out
+  curl -s -H "Authorization: Bearer $(cat "$W/keys/admin.token")" "${ADMINS[0]}/debug/pprof/profile?seconds=$1" -o "$2"
+}
+idle=()
+for p in "${NODEPIDS[@]}"; do idle+=("$(cpu_ticks $p)"); done
+profile 10 "$W/idle.pprof"
+tick=$(getconf CLK_TCK)
+for i in "${!NODEPIDS[@]}"; do
+  idle[$i]=$(python3 -c "print(round(($(cpu_ticks ${NODEPIDS[$i]}) - ${idle[$i]}) / $tick / 10 * 100, 1))")
+done
+echo "idle: CPU of each member over 10 s, % of a core: ${idle[*]}"
+profile 4 "$W/one.pprof" &
+pp=$!
 one=$(rate $RP 1000000 ADMIT s000000000000)
+wait $pp
 all=$(RANGE=$SERVICES rate $RP 1000000 ADMIT s__rand_int__)
 echo "ADMIT on n1 (redis-benchmark -c 50 -P 16 -n 1000000): one service $one/s; spread over all $SERVICES services $all/s ($(python3 -c "print(round($all/$one,2))")×)"
+if [ -n "${KEEP:-}" ]; then cp "$W"/idle.pprof "$W"/one.pprof "$KEEP/"; cp "$W/bin/capsgate" "$KEEP/capsgate.bin"; fi
+for label in idle one; do
+  echo "n1's CPU profile, $label:"
+  go tool pprof -top -cum "$W/bin/capsgate" "$W/$label.pprof" 2>/dev/null | sed -n '6,20p'
+done
