@@ -86,8 +86,11 @@ func TestBurstSpillsToMembersWithRoom(t *testing.T) {
 	took := time.Since(start)
 	// A plan made during the burst (n1's bucket starved calls one early)
 	// may lend n2's and n3's free attempts to n1 rather than leave them
-	// for the spills: their depths fall, and n1's rises a plan later,
-	// after this burst.
+	// for the spills: their depths fall, and n1's rises, usually a plan
+	// later, after this burst, but sometimes while it lasts (a CI run: 42
+	// lent, 51 admitted by n1 from a bucket 24 deep in 39 ms). What was
+	// lent moved from their buckets to n1's: the farm's bound below still
+	// holds it all.
 	lent := 0
 	for _, x := range n[1:] {
 		lent += int(max(own-quota(t, x, "voice", "caps_burst"), 0))
@@ -101,7 +104,8 @@ func TestBurstSpillsToMembersWithRoom(t *testing.T) {
 		metric(t, body, `capsgate_spill_total{result="refused"}`), metric(t, body, `capsgate_spill_failed_total`),
 		metric(t, body, `capsgate_spill_skipped_total{why="busy"}`), lent)
 	refill := 1.01 * licence * took.Seconds()
-	require.LessOrEqual(t, float64(admitted-spilled), float64(own)+refill+1, "n1 admits no more than its bucket")
+	require.LessOrEqual(t, float64(admitted-spilled), float64(own)+float64(lent)+refill+1,
+		"n1 admits no more than its bucket and what was lent to it")
 	require.Greater(t, spilled, 0, "n2 and n3 admit from their buckets what n1's refused")
 	require.GreaterOrEqual(t, spilled+lent, 20, "what n2's and n3's buckets held is admitted for n1 or lent to it")
 	require.LessOrEqual(t, float64(admitted), cluster.MaxBurst(licence, 3, 100*time.Millisecond)+refill,
