@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"testing"
@@ -14,14 +15,11 @@ import (
 	"github.com/capsgate/capsgate/admission"
 )
 
-// BenchmarkRestore measures a restart's restore: JOURNAL_BENCH_ENTRIES
-// entries (default 200,000; half open calls, half registrations) journaled
-// and snapshotted as a node would, then each iteration opens the state on
-// a new engine. Reported: the restore time and the Go heap the restored
-// entries take per entry.
-//
-//	JOURNAL_BENCH_ENTRIES=2000000 go test ./admission/journal -run '^$' -bench Restore -benchtime 3x
-func BenchmarkRestore(b *testing.B) {
+// benchState journals JOURNAL_BENCH_ENTRIES entries (default 200,000;
+// half open calls, half registrations) as a node would, in a new dir, and
+// returns their count, the engine and its journal (open) and a function
+// that opens the dir on a new engine.
+func benchState(b *testing.B) (int, *admission.Engine, *Journal, func() (*admission.Engine, *Journal)) {
 	n := 200_000
 	if v := os.Getenv("JOURNAL_BENCH_ENTRIES"); v != "" {
 		var err error
@@ -55,6 +53,17 @@ func BenchmarkRestore(b *testing.B) {
 		}
 	}
 	require.NoError(b, j.Flush())
+	return n, eng, j, open
+}
+
+// BenchmarkRestore measures a restart's restore: benchState's entries
+// journaled and snapshotted as a node would, then each iteration opens the
+// state on a new engine. Reported: the restore time and the Go heap the
+// restored entries take per entry.
+//
+//	JOURNAL_BENCH_ENTRIES=2000000 go test ./admission/journal -run '^$' -bench Restore -benchtime 3x
+func BenchmarkRestore(b *testing.B) {
+	n, _, j, open := benchState(b)
 	require.NoError(b, j.Close())
 	b.ResetTimer()
 	var heap float64
@@ -78,4 +87,30 @@ func BenchmarkRestore(b *testing.B) {
 		b.StartTimer()
 	}
 	b.ReportMetric(heap, "heap-B/entry")
+}
+
+// BenchmarkSnapshot measures writing a snapshot of benchState's entries
+// (written, synced and renamed into place, as a compaction does).
+// Reported: the time and the file's bytes per entry.
+//
+//	JOURNAL_BENCH_ENTRIES=2000000 go test ./admission/journal -run '^$' -bench Snapshot -benchtime 5x
+func BenchmarkSnapshot(b *testing.B) {
+	n, eng, j, _ := benchState(b)
+	defer j.Close()
+	require.Equal(b, int64(n/2), eng.Service("voice").Stats().Subscribers)
+	var size int64
+	b.ResetTimer()
+	for i := range b.N {
+		seq := uint64(1000 + i)
+		_, err := j.writeSnapshot(seq, j.cfg.Clock.Now())
+		require.NoError(b, err)
+		b.StopTimer()
+		fi, err := os.Stat(filepath.Join(j.cfg.Dir, snapshotName(seq)))
+		require.NoError(b, err)
+		size = fi.Size()
+		require.NoError(b, os.Remove(filepath.Join(j.cfg.Dir, snapshotName(seq))))
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/1e6, "ms/snapshot")
+	b.ReportMetric(float64(size)/float64(n), "B/entry")
 }

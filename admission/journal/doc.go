@@ -23,12 +23,14 @@
 // data_dir/state holds snapshot-N.state, every live session and subscriber
 // when it was written (atomically: a temporary file, fsync, rename, fsync
 // of the directory), and journal-N.log, the changes since. Both are a magic
-// header and records of a length, a CRC-32C and a payload; expiries are
-// stored as wall-clock time, so they hold across runs of the engine's
-// monotonic clock. When the journals since the snapshot pass both
-// Config.MaxJournalBytes and the snapshot's own size (so that writing a
-// snapshot costs at most a byte per byte of changes, however big the
-// state), Flush starts the next journal, goes on committing into it every
+// header and frames of a length, a CRC-32C and a payload: in a journal a
+// record a change, in a snapshot a block of a table chunk's entries (24
+// bytes a registration, half what a record takes, and a CRC a block);
+// expiries are stored as wall-clock time, so they hold across runs of the
+// engine's monotonic clock. When the journals since the snapshot pass both
+// Config.MaxJournalBytes and the snapshot's size counted as journal
+// records (so that writing a snapshot costs at most a record's bytes per
+// change, however big the state), Flush starts the next journal, goes on committing into it every
 // FlushEvery, and writes the next snapshot behind it in a goroutine of its
 // own (as it is taken, 4,096 entries at a time, never whole in memory, no
 // service's lock held for more than a chunk); once the snapshot is in

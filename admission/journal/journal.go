@@ -105,9 +105,11 @@ type Journal struct {
 	unmaps []func()
 	f      *os.File // journal-seq.log, open for appending
 	size   int64
-	// snapSize is the size of the snapshot the journals follow: they are
-	// compacted when they pass it (and MaxJournalBytes), so a snapshot's
-	// cost is spread over at least as many bytes of changes as it writes.
+	// snapSize is the size of the snapshot the journals follow, counted as
+	// its entries would take as journal records (recordSize; its blocks
+	// take about half): the journals are compacted when they pass it (and
+	// MaxJournalBytes), so a snapshot's cost is spread over at least as
+	// many changes as it holds entries.
 	snapSize  int64
 	buf       []byte
 	written   bool // records were written since the last fsync
@@ -205,7 +207,7 @@ const maxChain = 8
 
 // continueLocked starts the next journal after the ones just replayed,
 // leaving them and their snapshot in place: a restart serves without
-// rewriting the whole state (a snapshot of 2 M entries is about 100 MB).
+// rewriting the whole state (a snapshot of 2 M entries is about 50 MB).
 // The chain counts toward MaxJournalBytes, so the next Flush past it
 // compacts as usual, off the event loops.
 func (j *Journal) continueLocked() error {
@@ -216,11 +218,6 @@ func (j *Journal) continueLocked() error {
 		}
 	}
 	seq := j.seq + 1
-	if r := j.recovery; r.Snapshot != "" {
-		if fi, err := os.Stat(r.Snapshot); err == nil {
-			j.snapSize = fi.Size()
-		}
-	}
 	var size int64
 	for _, n := range j.chain {
 		if fi, err := os.Stat(filepath.Join(j.cfg.Dir, journalName(n))); err == nil {
@@ -430,7 +427,8 @@ func (j *Journal) switchLocked() (uint64, error) {
 
 // writeSnapshot writes every service's live entries at now as snapshot
 // seq (a temporary file, fsync, rename, fsync of the directory), a table
-// chunk at a time, and returns its size. It holds no lock of the journal's
+// chunk at a time, and returns its size as journal records (recordSize).
+// It holds no lock of the journal's
 // (its own buffer, its own file), each service's only for a chunk; it
 // stops, writing nothing, once Close has begun.
 func (j *Journal) writeSnapshot(seq uint64, now int64) (int64, error) {
@@ -441,16 +439,24 @@ func (j *Journal) writeSnapshot(seq uint64, now int64) (int64, error) {
 	}
 	w := bufio.NewWriterSize(f, 1<<16)
 	_, _ = w.WriteString(snapshotMagic)
-	count := 0
+	count, size := 0, int64(snapshotFrame)
 	var buf []byte
 	for _, s := range j.cfg.Engine.Services() {
 		s.WalkTo(now, func(chunk []admission.Change) bool {
-			buf = buf[:0] // a chunk's records in one write
-			for i := range chunk {
-				buf = appendRecord(buf, uint8(chunk[i].Kind), s.Name(), &chunk[i], j.wall(chunk[i].Expires))
+			buf = buf[:0] // a chunk's blocks in one write
+			for len(chunk) > 0 {
+				n := 1
+				for n < len(chunk) && n < maxBlockEntries && chunk[n].Kind == chunk[0].Kind {
+					n++
+				}
+				buf = appendBlock(buf, s.Name(), chunk[0].Kind, chunk[:n], j.wall)
+				for i := range n {
+					size += int64(recordSize(s.Name(), &chunk[i]))
+				}
+				count += n
+				chunk = chunk[n:]
 			}
 			_, _ = w.Write(buf)
-			count += len(chunk)
 			return !j.abort.Load()
 		})
 	}
@@ -460,13 +466,6 @@ func (j *Journal) writeSnapshot(seq uint64, now int64) (int64, error) {
 	err = w.Flush()
 	if err == nil && j.abort.Load() {
 		err = errors.New("the journal is closing")
-	}
-	var size int64
-	if err == nil {
-		var fi os.FileInfo
-		if fi, err = f.Stat(); err == nil {
-			size = fi.Size()
-		}
 	}
 	if err == nil {
 		err = f.Commit()

@@ -172,8 +172,34 @@ type journalFile struct {
 // counts, per service (the headers only; a record keep says no to is not
 // counted), stopping at the first it cannot read.
 func countRecords(b []byte, counts map[string]*[2]int, keep func(service []byte, off int) bool) {
-	for off := 0; off+frameHeader+fixedPayload <= len(b); {
+	count := func(name []byte, k admission.ChangeKind, n int) {
+		c := counts[string(name)]
+		if c == nil {
+			c = new([2]int)
+			counts[string(name)] = c
+		}
+		if k == admission.SessionOpened {
+			c[0] += n
+		} else {
+			c[1] += n
+		}
+	}
+	for off := 0; off+frameHeader+blockHeader <= len(b); {
 		n := int(binary.LittleEndian.Uint32(b[off:]))
+		if isBlock(b[off:]) {
+			if n > maxBlockPayload || off+frameHeader+n > len(b) {
+				return
+			}
+			k, name, entries, _, err := blockHead(b[off+frameHeader : off+frameHeader+n])
+			if err != nil {
+				return
+			}
+			if (k == admission.SessionOpened || k == admission.SubscriberSet) && (keep == nil || keep(name, off)) {
+				count(name, k, entries)
+			}
+			off += frameHeader + n
+			continue
+		}
 		if n < fixedPayload || n > maxPayload || off+frameHeader+n > len(b) {
 			return
 		}
@@ -181,16 +207,7 @@ func countRecords(b []byte, counts map[string]*[2]int, keep func(service []byte,
 		if sl := int(p[3]); fixedPayload+sl <= n {
 			name := p[fixedPayload : fixedPayload+sl]
 			if k := admission.ChangeKind(p[0]); (k == admission.SessionOpened || k == admission.SubscriberSet) && (keep == nil || keep(name, off)) {
-				c := counts[string(name)]
-				if c == nil {
-					c = new([2]int)
-					counts[string(name)] = c
-				}
-				if k == admission.SessionOpened {
-					c[0]++
-				} else {
-					c[1]++
-				}
+				count(name, k, 1)
 			}
 		}
 		off += frameHeader + n
@@ -335,7 +352,8 @@ func (j *Journal) openSnapshot(path string) ([]byte, error) {
 		return nil, fmt.Errorf("cannot read the state snapshot: %w", err)
 	}
 	j.unmaps = append(j.unmaps, unmap)
-	if !strings.HasPrefix(string(b[:min(len(b), len(snapshotMagic))]), snapshotMagic) {
+	magic := string(b[:min(len(b), len(snapshotMagic))])
+	if magic != snapshotMagic && magic != snapshotMagicRecords {
 		return nil, snapshotError(path, errors.New("not a capsgate state snapshot"))
 	}
 	return b, nil
@@ -349,8 +367,23 @@ func snapshotError(path string, err error) error {
 // snapshot is written whole and renamed into place, so any damage is
 // corruption, not a crash: it is an error.
 func (j *Journal) applySnapshot(path string, b []byte, resets map[string]position, rs *restorer) error {
-	n := 0
+	n, weight := 0, int64(snapshotFrame)
+	add := func(service string, c admission.Change) {
+		n++
+		weight += int64(recordSize(service, &c))
+		if _, reset := resets[service]; !reset { // else a journal starts this service over
+			rs.add(service, c, true)
+		}
+	}
 	for off := len(snapshotMagic); ; {
+		if isBlock(b[off:]) {
+			size, err := readBlock(b[off:], j.names, add)
+			if err != nil {
+				return snapshotError(path, fmt.Errorf("at offset %d: %w", off, err))
+			}
+			off += size
+			continue
+		}
 		rec, size, err := readRecordIn(b[off:], j.names)
 		if err != nil {
 			return snapshotError(path, fmt.Errorf("at offset %d: %w", off, err))
@@ -361,13 +394,14 @@ func (j *Journal) applySnapshot(path string, b []byte, resets map[string]positio
 				return snapshotError(path, fmt.Errorf("it ends after %d records but says %d", n, rec.Remaining))
 			}
 			rs.flushAll()
+			j.snapSize = weight
 			return nil
 		}
-		n++
-		if _, reset := resets[rec.service]; reset || rec.kind == kindReset {
-			continue // a journal starts this service over
+		if rec.kind == kindReset {
+			n++
+			continue
 		}
-		rs.add(rec.service, rec.Change, true)
+		add(rec.service, rec.Change)
 	}
 }
 
