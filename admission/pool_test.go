@@ -214,3 +214,45 @@ func TestWatchPoolsLimit(t *testing.T) {
 	_, err := e.WatchPools()
 	require.ErrorIs(t, err, ErrTooManyWatches)
 }
+
+// An account allocated part of a pay-per-use licence's pool (its tokens
+// unlimited) may spend its allocation and its overage, no more, and no
+// less; the service's own pool stays unlimited. In a farm it spends this
+// node's budget of it.
+func TestAccountOfAnUnlimitedPool(t *testing.T) {
+	l := Limits{Licensed: true, CAPS: Unlimited, Sessions: Unlimited, Subscribers: Unlimited, Tokens: Unlimited}
+	e, clk := newTestEngine(t, l)
+	voice := []byte("voice")
+	require.NoError(t, e.SetAccount("voice", "acme", 300, Overage{}))
+	require.NoError(t, e.SetAccount("voice", "tenpct", 100, Overage{Kind: OveragePercent, Percent: 10}))
+	require.NoError(t, e.SetAccount("voice", "zero", 0, Overage{}))
+	consume := func(acct string, units int64) Decision { return e.Consume(clk.Now(), voice, []byte(acct), units, nil) }
+	require.Equal(t, Decision{Reason: OK, Remaining: 299}, consume("acme", 1))
+	require.Equal(t, Decision{Reason: OK, Remaining: 0}, consume("acme", 299))
+	require.Equal(t, TOKENS, consume("acme", 1).Reason, "300 allocated, 300 spent")
+	require.Equal(t, OK, consume("tenpct", 110).Reason, "100 and 10 % overage")
+	require.Equal(t, TOKENS, consume("tenpct", 1).Reason)
+	require.Equal(t, TOKENS, consume("zero", 1).Reason)
+	require.Equal(t, OK, consume("zero", 0).Reason)
+	require.Equal(t, OK, consume("", math.MaxInt64).Reason, "the service's pool is unlimited")
+	require.Equal(t, OK, consume("walk-in", 1<<40).Reason, "an account never allocated draws on it")
+
+	// A farm: this node's budget of each allocation.
+	l.TokensShared, l.AccountBudgets = true, map[string]int64{"acme": 400, "tenpct": 50}
+	require.NoError(t, e.SetLimits("voice", l))
+	require.NoError(t, e.SetAccount("voice", "late", 40, Overage{}))
+	require.Equal(t, TOKENS, consume("acme", 1).Reason, "its budget 400 is past its allocation: 300, all spent")
+	require.Equal(t, TOKENS, consume("tenpct", 1).Reason, "its budget of 50 and 10 % is below the 110 spent")
+	require.Equal(t, TOKENS, consume("late", 1).Reason, "no budget yet")
+	require.Equal(t, OK, consume("", math.MaxInt64).Reason, "the service's pool stays unlimited")
+	l.AccountBudgets = map[string]int64{"late": 25}
+	require.NoError(t, e.SetLimits("voice", l))
+	require.Equal(t, OK, consume("late", 25).Reason)
+	require.Equal(t, TOKENS, consume("late", 1).Reason, "its budget of 25 spent")
+
+	// Alone again: whole allocations.
+	l.TokensShared, l.AccountBudgets = false, nil
+	require.NoError(t, e.SetLimits("voice", l))
+	require.Equal(t, Decision{Reason: OK, Remaining: 0}, consume("late", 15))
+	require.Equal(t, TOKENS, consume("late", 1).Reason)
+}

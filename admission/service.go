@@ -181,10 +181,7 @@ func (s *Service) applyPool(l *derived, all bool) {
 // applyAccount sizes an account's pool: its allocation, or in a cluster
 // this node's budget of it. Called with mu held.
 func (s *Service) applyAccount(l *derived, a *account) {
-	if l.Tokens == Unlimited {
-		return
-	}
-	limit := a.alloc
+	limit := a.alloc // of a limited pool or not: what was allocated to it
 	if l.TokensShared {
 		limit = min(a.alloc, max(a.budget, 0))
 	}

@@ -27,7 +27,8 @@ type accountBook struct {
 	// allocated is, per service, the sum of the allocations, kept as they
 	// change, unsaturated so that a change can be taken back: the engine
 	// refuses an allocation that would take the sum past a limited pool
-	// (an int64), and an unlimited pool's budgets are not planned.
+	// (an int64), and an unlimited pool's own budget is not planned (its
+	// accounts' are).
 	allocated map[string]int64
 	dirty     map[string]map[*acctEntry]struct{} // by service
 	active    map[*acctEntry]struct{}            // rate meters running

@@ -585,7 +585,7 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 	// poolMoves: a limited pool's budgets may come out otherwise than when
 	// it settled.
 	poolMoves := func(service string, l admission.Limits) bool {
-		return l.Tokens != admission.Unlimited && (charged[service] || p.book.allDirty || len(p.book.dirty[service]) > 0)
+		return p.budgeted(service, l) && (charged[service] || p.book.allDirty || len(p.book.dirty[service]) > 0)
 	}
 	unsettled := map[string]bool{}
 	planOne := func(service string, l admission.Limits) {
@@ -670,7 +670,7 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 		if !exchange {
 			// No budget moves between exchanges.
 			sh.TokensShared, sh.TokensBudget = prevApplied.TokensShared, prevApplied.TokensBudget
-		} else if l.Tokens != admission.Unlimited && self >= 0 && p.clustered() {
+		} else if p.budgeted(service, l) && self >= 0 && p.clustered() {
 			old, ok := p.computed[service]
 			sh.TokensShared = true
 			sh.TokensBudget, sh.AccountBudgets = p.budgets(now, service, l.Tokens, names, side.Fraction, !ok || !old.TokensShared)
@@ -726,7 +726,7 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 		if exchange {
 			p.computed[service] = sh
 		}
-		quietPool := l.Tokens == admission.Unlimited ||
+		quietPool := !p.budgeted(service, l) ||
 			exchange && computed && !poolMoves(service, l) && len(sh.AccountBudgets) == 0 &&
 				sh.TokensBudget == oldComputed.TokensBudget && applied.TokensBudget == prevApplied.TokensBudget
 		if !active[service] && quietPool && ok && sameApplied(prev, applied) && nearlyApplied(applied, sh) {
@@ -764,7 +764,7 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 		}
 		if p.book.allDirty {
 			for service, l := range licensed {
-				if l.Tokens != admission.Unlimited {
+				if p.budgeted(service, l) {
 					pools[service] = true
 				}
 			}
@@ -798,6 +798,14 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 	}
 	out.Report = p.report()
 	return out
+}
+
+// budgeted reports whether a service's tokens are shared as budgets in a
+// farm: a limited pool's, and the accounts' allocations of any pool (an
+// account allocated 300 tokens of a pay-per-use licence's unlimited pool
+// may spend 300 in the farm, not 300 on each member).
+func (p *Planner) budgeted(service string, l admission.Limits) bool {
+	return l.Tokens != admission.Unlimited || len(p.book.byService[service]) > 0
 }
 
 // markCharged marks in charged the service of each pool key of rates.

@@ -252,7 +252,9 @@ func (s *Shares) applyLocked(service string) error {
 		if sh.Subscribers >= 0 && l.Subscribers != admission.Unlimited {
 			local.Subscribers = sat.PartOf(sh.Subscribers, l.Subscribers)
 		}
-		if sh.TokensShared && l.Tokens != admission.Unlimited {
+		if sh.TokensShared {
+			// An unlimited pool stays unlimited (the engine ignores its
+			// budget); its accounts' budgets hold.
 			local.TokensShared, local.TokensBudget, local.AccountBudgets = true, sh.TokensBudget, sh.AccountBudgets
 		}
 	}

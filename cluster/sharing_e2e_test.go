@@ -230,9 +230,21 @@ func TestRestartedNodeCatchesUp(t *testing.T) {
 	require.Zero(t, sessions, "calls released while n3 was down are released on n3 too")
 }
 
+// An account's allocation holds for the farm as one, of a prepaid pool
+// or of a pay-per-use licence's (its tokens unlimited).
 func TestAccountAllocationSharedByTheCluster(t *testing.T) {
+	for _, pool := range []struct{ name, tokens string }{{"prepaid", "9000"}, {"pay-per-use", ""}} {
+		t.Run(pool.name, func(t *testing.T) { accountAllocationShared(t, pool.tokens) })
+	}
+}
+
+func accountAllocationShared(t *testing.T, tokens string) {
 	needsProcesses(t, "3 capsgate nodes and 2 s of paced load")
-	c := licensedFarm(t, nil, "pp", 100000, "--tokens", "9000", "--id", "pp-acct")
+	args := []string{"--id", "pp-acct"}
+	if tokens != "" {
+		args = append(args, "--tokens", tokens)
+	}
+	c := licensedFarm(t, nil, "pp", 100000, args...)
 	out, code := c.Ctl(1, "accounts", "set", "pp", "acme", "--tokens", "300")
 	require.Zero(t, code, out)
 	// Every node has the allocation.
