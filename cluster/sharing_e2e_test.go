@@ -238,6 +238,31 @@ func TestAccountAllocationSharedByTheCluster(t *testing.T) {
 	}
 }
 
+// On a node alone, an account of a pay-per-use licence spends its
+// allocation, as a node process does it (its tokens durable, reserved
+// ahead), and no more; the service's own pool stays unlimited.
+func TestAccountOfAPayPerUseLicenceAlone(t *testing.T) {
+	needsProcesses(t, "a capsgate node")
+	c := farm.New(t, 1)
+	c.LoadLicense(1, c.Issue("--service", "ppu", "--caps", "100000", "--id", "ppu-alone"))
+	c.WaitCAPS("ppu", 100000, 2*time.Second)
+	out, code := c.Ctl(1, "accounts", "set", "ppu", "acme", "--tokens", "30")
+	require.Zero(t, code, out)
+	n := c.Nodes()[0]
+	var reasons []string
+	for i := range 35 {
+		_, reason, left, err := n.Decision("CONSUME", "ppu", "acme", "1", "ID", fmt.Sprintf("t-%d", i))
+		require.NoError(t, err)
+		reasons = append(reasons, fmt.Sprintf("%s:%d", reason, left))
+	}
+	require.Equal(t, "OK:29", reasons[0])
+	require.Equal(t, "OK:0", reasons[29])
+	require.Equal(t, []string{"TOKENS:0", "TOKENS:0", "TOKENS:0", "TOKENS:0", "TOKENS:0"}, reasons[30:], "30 allocated, 30 spent")
+	ok, reason, _, err := n.Decision("CONSUME", "ppu", "walk-in", "1000000000")
+	require.NoError(t, err)
+	require.True(t, ok, "an account never allocated draws on the unlimited pool: %s", reason)
+}
+
 func accountAllocationShared(t *testing.T, tokens string) {
 	needsProcesses(t, "3 capsgate nodes and 2 s of paced load")
 	args := []string{"--id", "pp-acct"}
