@@ -54,6 +54,8 @@ type Planner struct {
 	// and lent the attempts its bucket was planned to hold then (lent and
 	// its reserve).
 	weight, lent map[string]float64
+	// since is when this node first planned each service (see riseCap).
+	since map[string]time.Time
 	// lastPlan is when this node last planned; early counts the early
 	// plans it may still make (refilled at earlyRate) as of earlyAt.
 	lastPlan, earlyAt time.Time
@@ -267,7 +269,7 @@ func NewPlanner(self string, policy PolicyConfig, burst time.Duration) *Planner 
 		side:    Side{State: SideWhole, Fraction: 1, Live: 1, Known: 1},
 		applied: map[string]Share{}, computed: map[string]Share{}, budget: map[string]int64{},
 		shares: map[string]map[string]float64{}, wanted: map[string]Share{}, saturated: map[string]bool{}, weight: map[string]float64{}, lent: map[string]float64{},
-		settled: map[string]settledPart{}, heldMoved: map[string]bool{}}
+		settled: map[string]settledPart{}, heldMoved: map[string]bool{}, since: map[string]time.Time{}}
 }
 
 func (p *Planner) peer(name string) *view {
@@ -683,7 +685,10 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 		// joined, a partition healing on one side first, failures seen at
 		// different times) never claim the same part twice.
 		prev, ok := p.applied[service]
-		cp := p.riseCap(service, names, side.Fraction)
+		if _, ok := p.since[service]; !ok {
+			p.since[service] = now
+		}
+		cp := p.riseCap(service, names, side.Fraction, now)
 		if !ok && len(names) > 0 {
 			// A licence new here starts from an even part, not from
 			// nothing, as far as the others' reports leave room for it: on
@@ -926,9 +931,15 @@ func (p *Planner) fresh(now time.Time, v *view) bool {
 // riseCap returns, per dimension, the part of a service's licence that the
 // other live members' reports leave to this node: fraction less what each
 // applies, a member with no report since it (re)joined counting as holding
-// everything.
-func (p *Planner) riseCap(service string, live []string, fraction float64) Share {
+// everything. A member whose reports do not name a licence this node has
+// planned for less than newLicence counts as holding an even part of it:
+// the licence has not reached it yet, and it starts from an even part
+// when it does, so another member that rose into that part meanwhile
+// would leave it short (a farm just licensed, one member registering at
+// once: the others' parts came up less than what moved to them).
+func (p *Planner) riseCap(service string, live []string, fraction float64, now time.Time) Share {
 	var others Share
+	even := fraction / float64(len(live))
 	for _, n := range live {
 		if n == p.self {
 			continue
@@ -937,7 +948,10 @@ func (p *Planner) riseCap(service string, live []string, fraction float64) Share
 		if v == nil || v.heard.IsZero() || !v.heard.After(v.joinedAt) {
 			return Share{}
 		}
-		a := v.report.Applied[service]
+		a, named := v.report.Applied[service]
+		if !named && now.Sub(p.since[service]) < newLicence {
+			a = Share{CAPS: even, Depth: even, Sessions: even, Subscribers: even}
+		}
 		others.CAPS += whole(a.CAPS)
 		others.Depth += a.Depth
 		others.Sessions += whole(a.Sessions)
@@ -946,6 +960,11 @@ func (p *Planner) riseCap(service string, live []string, fraction float64) Share
 	return Share{CAPS: max(fraction-others.CAPS, 0), Depth: max(fraction-others.Depth, 0), Sessions: max(fraction-others.Sessions, 0),
 		Subscribers: max(fraction-others.Subscribers, 0)}
 }
+
+// newLicence is how long a licence counts as on its way to the members
+// whose reports do not name it yet (riseCap): about twenty exchanges, well
+// past what a licence takes to reach every member of a healthy farm.
+const newLicence = 2 * time.Second
 
 // whole reads a reported part: negative means the whole licence.
 func whole(f float64) float64 {
