@@ -53,7 +53,9 @@
 // after the plan and counts from its next plan. A node applies a fall of
 // its part at once. A rise goes no further than the room the other live
 // members' reports leave (L less the parts they apply, a member that has
-// not reported since it joined counting as holding everything), and of
+// not reported since it joined counting as holding everything, and one
+// whose reports do not name a licence yet, while the licence is new here,
+// as holding an even part: newLicence), and of
 // that room only the node's share among the members rising into it, in
 // proportion to how far each is below its part (roomFor). A licence new
 // on a node starts from an even part, as far as the others leave room for
