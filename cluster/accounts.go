@@ -61,7 +61,7 @@ type acctEntry struct {
 	// sent is its value as last reported, first carried by report sentSeq.
 	sent    Held
 	sentSeq uint64
-	slot    uint64
+	hash    uint64 // refreshHash of key
 }
 
 func newAccountBook() *accountBook {
@@ -85,13 +85,13 @@ func (b *accountBook) update(u Usage, t float64, rates map[string]float64) {
 			key := poolKey(s.Name, a.Account)
 			e := b.byKey[key]
 			if e == nil {
-				e = &acctEntry{key: key, service: s.Name, account: a.Account, slot: refreshSlot(key), lastUse: t}
+				e = &acctEntry{key: key, service: s.Name, account: a.Account, hash: refreshHash(key), lastUse: t}
 				b.byKey[key] = e
 				if b.byService[s.Name] == nil {
 					b.byService[s.Name] = map[*acctEntry]struct{}{}
 				}
 				b.byService[s.Name][e] = struct{}{}
-				b.slots[e.slot][e] = struct{}{}
+				b.slots[e.hash%deltaRefresh][e] = struct{}{}
 			}
 			if a.Size != e.size {
 				b.allocated[s.Name] += a.Size - e.size
@@ -185,8 +185,8 @@ func (b *accountBook) settle(e *acctEntry, next int64, first bool) (applied int6
 
 // report adds the accounts to a report's Held: all of them when whole;
 // otherwise those that changed in the last deltaRepeat reports and those
-// whose refresh slot seq is.
-func (b *accountBook) report(held map[string]Held, seq uint64, whole bool) {
+// report seq refreshes under stretch (refreshDue).
+func (b *accountBook) report(held map[string]Held, seq uint64, whole bool, stretch uint64) {
 	for _, e := range b.moved {
 		if h := e.held(); h != e.sent {
 			e.sent, e.sentSeq = h, seq
@@ -210,7 +210,7 @@ func (b *accountBook) report(held map[string]Held, seq uint64, whole bool) {
 			}
 		}
 		for e := range b.slots[seq%deltaRefresh] {
-			if e.sent != (Held{}) {
+			if e.sent != (Held{}) && refreshDue(e.hash, seq, stretch) {
 				held[e.key] = e.sent
 			}
 		}

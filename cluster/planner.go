@@ -73,6 +73,9 @@ type Planner struct {
 	heldSent     wireState[Held]
 	appliedSent  wireState[Share]
 	sendWhole    bool
+	// refreshEntries bounds the entries a delta refreshes (see
+	// refreshStretch); refreshEntries unless a test sets fewer.
+	refreshEntries int
 	// settled are the idle services whose parts a plan would leave as
 	// they are (see settledPart), with what they settled on; planEpoch
 	// moves on when the members or the side fraction change, and with it
@@ -184,7 +187,11 @@ type view struct {
 	owned                   bool
 	wholeSeq, lastSeq       uint64
 	namedHeld, namedApplied map[string]uint64
-	heard                   time.Time // when its last report arrived
+	// stretch is the largest refresh stretch the sender said since its
+	// last whole report (at least 1): an entry it has not named for
+	// deltaExpire × stretch reports is forgotten.
+	stretch uint64
+	heard   time.Time // when its last report arrived
 	// joinedAt is when it last joined: a report heard before is stale.
 	joinedAt time.Time
 	dead     bool
@@ -212,6 +219,10 @@ type Report struct {
 	Applied   map[string]Share   `json:"a,omitempty"`
 	Seq       uint64             `json:"q,omitempty"`
 	Delta     bool               `json:"p,omitempty"`
+	// Stretch is the sender's refresh stretch (refreshStretch), when above
+	// 1: a delta refreshes each entry once in deltaRefresh × Stretch
+	// reports.
+	Stretch uint64 `json:"k,omitempty"`
 }
 
 // Usage is this node's counters at one instant, as the engine tells them.
@@ -264,7 +275,7 @@ type Plan struct {
 // NewPlanner returns the planner of node self under a partition policy,
 // for engines whose CAPS buckets are burst deep (admission.burst).
 func NewPlanner(self string, policy PolicyConfig, burst time.Duration) *Planner {
-	return &Planner{self: self, policy: policy, burst: burst.Seconds(), peers: map[string]*view{}, meter: newDemandMeter(), sendWhole: true, book: newAccountBook(),
+	return &Planner{self: self, policy: policy, burst: burst.Seconds(), peers: map[string]*view{}, meter: newDemandMeter(), sendWhole: true, book: newAccountBook(), refreshEntries: refreshEntries,
 		heldSent: wireState[Held]{eq: sameHeld}, appliedSent: wireState[Share]{eq: sameApplied},
 		side:    Side{State: SideWhole, Fraction: 1, Live: 1, Known: 1},
 		applied: map[string]Share{}, computed: map[string]Share{}, budget: map[string]int64{},
@@ -383,8 +394,10 @@ func (v *view) take(r Report, moved func(key string)) {
 			}
 		}
 		v.report, v.owned, v.wholeSeq, v.namedHeld, v.namedApplied = r, false, r.Seq, nil, nil
+		v.stretch = max(r.Stretch, 1)
 		return
 	}
+	v.stretch = max(v.stretch, r.Stretch, 1)
 	if !v.owned {
 		// The whole report may be shared with other receivers (the
 		// simulator's); merge into copies.
@@ -400,9 +413,9 @@ func (v *view) take(r Report, moved func(key string)) {
 	v.report.Demand, v.report.TokenRate = r.Demand, r.TokenRate
 	merge(v.report.Held, r.Held, v.namedHeld, r.Seq, sameHeld, moved)
 	merge(v.report.Applied, r.Applied, v.namedApplied, r.Seq, sameApplied, func(string) {})
-	if r.Seq%deltaRefresh == 0 && r.Seq > deltaExpire {
-		expire(v.report.Held, v.namedHeld, v.wholeSeq, r.Seq-deltaExpire, moved)
-		expire(v.report.Applied, v.namedApplied, v.wholeSeq, r.Seq-deltaExpire, func(string) {})
+	if after := deltaExpire * v.stretch; r.Seq%deltaRefresh == 0 && r.Seq > after {
+		expire(v.report.Held, v.namedHeld, v.wholeSeq, r.Seq-after, moved)
+		expire(v.report.Applied, v.namedApplied, v.wholeSeq, r.Seq-after, func(string) {})
 	}
 }
 
@@ -893,17 +906,22 @@ func (p *Planner) report() Report {
 	r.Seq = p.seq
 	moved := p.appliedMoved
 	p.appliedMoved = p.appliedMoved[:0]
-	if p.sendWhole || len(r.Held)+len(p.applied)+len(p.book.byKey) <= deltaAbove {
+	entries := len(r.Held) + len(p.applied) + len(p.book.byKey)
+	if stretch := refreshStretch(entries, p.refreshEntries); stretch > 1 {
+		r.Stretch = stretch
+	}
+	if p.sendWhole || entries <= deltaAbove {
 		p.sendWhole = false
 		r.Applied = maps.Clone(p.applied)
 		p.heldSent.record(r.Held, r.Seq)
 		p.appliedSent.record(r.Applied, r.Seq)
-		p.book.report(r.Held, r.Seq, true)
+		p.book.report(r.Held, r.Seq, true, 1)
 		return r
 	}
+	stretch := max(r.Stretch, 1)
 	r.Delta = true
-	r.Held, r.Applied = p.heldSent.delta(r.Held, r.Seq), p.appliedSent.deltaOf(p.applied, moved, r.Seq)
-	p.book.report(r.Held, r.Seq, false)
+	r.Held, r.Applied = p.heldSent.delta(r.Held, r.Seq, stretch), p.appliedSent.deltaOf(p.applied, moved, r.Seq, stretch)
+	p.book.report(r.Held, r.Seq, false, stretch)
 	return r
 }
 

@@ -21,16 +21,44 @@ import "math"
 // traffic): they are whole in every report.
 //
 // Loss: a changed entry is missed only when deltaRepeat reports in a row
-// are lost; it then arrives with the next refresh, within deltaRefresh
-// reports (10 s at the exchange's rate). The refresh costs a hundredth of
-// a whole report in every report: 100,000 idle accounts are about 40 KB
-// a report, where the whole one is 4.5 MB.
+// are lost; it then arrives with the next refresh, within deltaRefresh ×
+// stretch reports. The refresh is bounded: a report refreshes about
+// refreshEntries entries, whatever the maps hold, and a map of more than
+// deltaRefresh × refreshEntries entries is refreshed over stretch times
+// deltaRefresh reports (refreshStretch: 100,000 idle accounts are
+// refreshed every 800 reports, 80 s at the exchange's rate, and their
+// idle report weighs about 6 KB where a hundredth of them was 45 KB and
+// the whole report 4.5 MB). A report says its stretch (Report.Stretch),
+// and a receiver forgets an entry after deltaExpire × the largest stretch
+// its sender said since its last whole report.
 const (
 	deltaAbove   = 256
 	deltaRepeat  = 5
 	deltaRefresh = 100
 	deltaExpire  = 3 * deltaRefresh
+	// refreshEntries is about how many entries a report refreshes, at
+	// most, once the maps hold more than deltaRefresh times it.
+	refreshEntries = 128
 )
+
+// refreshStretch is by how much a report of entries entries (its Held and
+// Applied, whole) stretches the refresh cycle: 1 up to deltaRefresh ×
+// refreshEntries entries, so that a report refreshes about refreshEntries
+// of them at most.
+func refreshStretch(entries, per int) uint64 {
+	if entries <= 0 {
+		return 1
+	}
+	return uint64(1 + (entries-1)/(deltaRefresh*per))
+}
+
+// refreshDue reports whether report seq refreshes an entry whose key
+// hashes to h (refreshHash) under stretch: each entry once in every
+// deltaRefresh × stretch reports, those of one refresh slot
+// (h mod deltaRefresh) spread over stretch passes.
+func refreshDue(h, seq, stretch uint64) bool {
+	return h%deltaRefresh == seq%deltaRefresh && (h/deltaRefresh)%stretch == (seq/deltaRefresh)%stretch
+}
 
 // wireEntry is what this node last sent of one entry: its value, and the
 // report that first carried that value.
@@ -43,7 +71,7 @@ type wireEntry[T any] struct {
 // For deltaOf it also indexes the keys by refresh slot and by the report
 // that last changed them, so that a delta of a map whose keys are never
 // removed (the parts applied, one per licence and trunk key) costs what
-// changed and a hundredth of the rest, not the whole map.
+// changed and the slice of the rest being refreshed, not the whole map.
 type wireState[T any] struct {
 	sent  map[string]*wireEntry[T]
 	eq    func(a, b T) bool
@@ -67,7 +95,7 @@ func (w *wireState[T]) record(cur map[string]T, seq uint64) {
 	ring.seq = seq
 	for k, v := range cur {
 		w.sent[k] = &wireEntry[T]{v: v, changed: seq}
-		slot := refreshSlot(k)
+		slot := refreshHash(k) % deltaRefresh
 		w.slots[slot] = append(w.slots[slot], k)
 		// As delta does, the next deltaRepeat-1 reports repeat what a whole
 		// one said, so that losing it loses nothing.
@@ -78,7 +106,7 @@ func (w *wireState[T]) record(cur map[string]T, seq uint64) {
 // deltaOf is delta for a map whose keys are never removed, given the keys
 // whose values moved (or appeared) since the last report: the same
 // entries, found through the index instead of a walk of cur.
-func (w *wireState[T]) deltaOf(cur map[string]T, moved []string, seq uint64) map[string]T {
+func (w *wireState[T]) deltaOf(cur map[string]T, moved []string, seq, stretch uint64) map[string]T {
 	if w.sent == nil {
 		w.sent = map[string]*wireEntry[T]{}
 	}
@@ -92,7 +120,7 @@ func (w *wireState[T]) deltaOf(cur map[string]T, moved []string, seq uint64) map
 		switch e := w.sent[k]; {
 		case e == nil:
 			w.sent[k] = &wireEntry[T]{v: v, changed: seq}
-			slot := refreshSlot(k)
+			slot := refreshHash(k) % deltaRefresh
 			w.slots[slot] = append(w.slots[slot], k)
 		case !w.eq(e.v, v):
 			e.v, e.changed = v, seq
@@ -114,7 +142,7 @@ func (w *wireState[T]) deltaOf(cur map[string]T, moved []string, seq uint64) map
 		}
 	}
 	for _, k := range w.slots[seq%deltaRefresh] {
-		if e := w.sent[k]; e != nil {
+		if e := w.sent[k]; e != nil && refreshDue(refreshHash(k), seq, stretch) {
 			out[k] = e.v
 		}
 	}
@@ -123,8 +151,8 @@ func (w *wireState[T]) deltaOf(cur map[string]T, moved []string, seq uint64) map
 
 // delta returns the entries of cur that report seq carries: those changed
 // in the last deltaRepeat reports (a removed one as its zero value), and
-// the ones whose turn it is to be refreshed.
-func (w *wireState[T]) delta(cur map[string]T, seq uint64) map[string]T {
+// the ones whose turn it is to be refreshed under stretch.
+func (w *wireState[T]) delta(cur map[string]T, seq, stretch uint64) map[string]T {
 	out := map[string]T{}
 	if w.sent == nil {
 		w.sent = map[string]*wireEntry[T]{}
@@ -137,7 +165,7 @@ func (w *wireState[T]) delta(cur map[string]T, seq uint64) map[string]T {
 			w.sent[k] = &wireEntry[T]{v: v, changed: seq}
 		case !w.eq(e.v, v):
 			e.v, e.changed = v, seq
-		case seq-e.changed >= deltaRepeat && refreshSlot(k) != seq%deltaRefresh:
+		case seq-e.changed >= deltaRepeat && !refreshDue(refreshHash(k), seq, stretch):
 			continue
 		}
 		out[k] = v
@@ -158,13 +186,14 @@ func (w *wireState[T]) delta(cur map[string]T, seq uint64) map[string]T {
 	return out
 }
 
-// refreshSlot is the report, modulo deltaRefresh, that refreshes key.
-func refreshSlot(key string) uint64 {
+// refreshHash is the hash of key that says which reports refresh it
+// (refreshDue).
+func refreshHash(key string) uint64 {
 	h := uint64(14695981039346656037) // FNV-1a, as hash/fnv's New64a, without its allocation
 	for i := 0; i < len(key); i++ {
 		h = (h ^ uint64(key[i])) * 1099511628211
 	}
-	return h % deltaRefresh
+	return h
 }
 
 // merge applies a delta's entries to what a receiver holds of the sender

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"math"
 	"math/rand/v2"
 	"strconv"
 	"testing"
@@ -213,24 +214,26 @@ func TestBudgetKeepsSmallMoves(t *testing.T) {
 
 // deltaOf, given the keys that moved, carries what delta finds by walking
 // the whole map, for a map whose keys are never removed: over random
-// moves, after a whole report and across refreshes.
+// moves, after a whole report and across refreshes, stretched or not.
 func TestDeltaOfIsDelta(t *testing.T) {
-	rng := rand.New(rand.NewPCG(5, 9))
-	walk, index := wireState[Share]{eq: sameApplied}, wireState[Share]{eq: sameApplied}
-	cur := map[string]Share{}
-	for k := range 500 {
-		cur["svc#k"+strconv.Itoa(k)] = Share{CAPS: 0.5}
-	}
-	walk.record(cur, 1)
-	index.record(cur, 1)
-	for seq := uint64(2); seq < 2+3*deltaRefresh; seq++ {
-		var moved []string
-		for range rng.IntN(20) {
-			k := "svc#k" + strconv.Itoa(rng.IntN(600)) // some new
-			cur[k] = Share{CAPS: float64(rng.IntN(4)) / 4}
-			moved = append(moved, k)
+	for _, stretch := range []uint64{1, 3} {
+		rng := rand.New(rand.NewPCG(5, 9))
+		walk, index := wireState[Share]{eq: sameApplied}, wireState[Share]{eq: sameApplied}
+		cur := map[string]Share{}
+		for k := range 500 {
+			cur["svc#k"+strconv.Itoa(k)] = Share{CAPS: 0.5}
 		}
-		require.Equal(t, walk.delta(cur, seq), index.deltaOf(cur, moved, seq), "report %d", seq)
+		walk.record(cur, 1)
+		index.record(cur, 1)
+		for seq := uint64(2); seq < 2+3*deltaRefresh*stretch; seq++ {
+			var moved []string
+			for range rng.IntN(20) {
+				k := "svc#k" + strconv.Itoa(rng.IntN(600)) // some new
+				cur[k] = Share{CAPS: float64(rng.IntN(4)) / 4}
+				moved = append(moved, k)
+			}
+			require.Equal(t, walk.delta(cur, seq, stretch), index.deltaOf(cur, moved, seq, stretch), "report %d, stretch %d", seq, stretch)
+		}
 	}
 }
 
@@ -332,4 +335,98 @@ func TestIdleTokenPoolsSettle(t *testing.T) {
 	grown := Usage{{Name: "pp", Depth: -1, Avail: -1, Accounts: []AccountUsage{{Account: "globex", Size: 2500}}}}
 	require.Equal(t, 1, plan(nil, grown).Planned)
 	require.Equal(t, int64(3000+2500), p.book.allocated["pp"], "the book has the new allocation")
+}
+
+// Past deltaRefresh × refreshEntries entries the refresh stretches: each
+// idle entry is named once in deltaRefresh × stretch reports (not once in
+// deltaRefresh), a report says its stretch, and a receiver forgets an
+// entry it lost the removal of only after deltaExpire × stretch reports,
+// keeping every idle one.
+func TestDeltaRefreshStretches(t *testing.T) {
+	f := newAccountFarm(600)
+	f.a.refreshEntries = 2 // 600 accounts and a few entries: a stretch of 4
+	f.lic = maps.Clone(f.lic)
+	f.lic["old"] = admission.Limits{Licensed: true, CAPS: 1000, Sessions: 1000, Subscribers: 1000, Tokens: admission.Unlimited}
+	f.old = 5
+	b := NewPlanner("b", PolicyConfig{}, 100*time.Millisecond)
+	r := f.step()
+	require.False(t, r.Delta)
+	require.Equal(t, uint64(4), r.Stretch)
+	b.Heard(f.t0, "a", r)
+	for range 50 { // the budgets settle
+		b.Heard(f.t0, "a", f.step())
+	}
+	// One whole cycle, idle: every entry named exactly once.
+	const stretch = 4
+	named := map[string]int{}
+	var oldNamed uint64 // the last report that named "old"
+	for range deltaRefresh * stretch {
+		r := f.step()
+		require.True(t, r.Delta)
+		require.Equal(t, uint64(stretch), r.Stretch)
+		for k := range r.Held {
+			named[k]++
+		}
+		if _, ok := r.Held["old"]; ok {
+			oldNamed = r.Seq
+		}
+		for k := range r.Applied {
+			named["applied "+k]++
+		}
+		b.Heard(f.t0, "a", r)
+	}
+	want := everything(f.a)
+	require.Len(t, want.Held, 600+2)
+	for k := range want.Held {
+		require.Equal(t, 1, named[k], k)
+	}
+	for k := range f.a.applied {
+		require.Equal(t, 1, named["applied "+k], k)
+	}
+	require.Len(t, named, len(want.Held)+len(f.a.applied), "nothing else named")
+
+	// "old" back to 0 sessions while every report that said so is lost:
+	// b holds it until deltaExpire × stretch reports after the last that
+	// named it (unstretched, it would forget it after deltaExpire), and
+	// not a refresh later.
+	f.old = 0
+	for range deltaRepeat {
+		f.step()
+	}
+	for f.a.seq < oldNamed+deltaExpire*stretch {
+		b.Heard(f.t0, "a", f.step())
+	}
+	held := func(k string) bool { _, ok := b.peers["a"].report.Held[k]; return ok }
+	require.True(t, held("old"), "forgotten before deltaExpire × stretch reports")
+	for range deltaRefresh {
+		b.Heard(f.t0, "a", f.step())
+	}
+	require.False(t, held("old"))
+	require.True(t, maps.Equal(everything(f.a).Held, b.peers["a"].report.Held), "every idle entry kept")
+}
+
+// refreshStretch at 0, 1, the bound and past it, and at the largest count.
+func TestRefreshStretch(t *testing.T) {
+	per := refreshEntries
+	for _, c := range []struct {
+		entries int
+		want    uint64
+	}{
+		{0, 1}, {1, 1}, {deltaRefresh * per, 1}, {deltaRefresh*per + 1, 2}, {100_000 + 1_000, 8},
+		{math.MaxInt, uint64(math.MaxInt/(deltaRefresh*per)) + 1},
+	} {
+		require.Equal(t, c.want, refreshStretch(c.entries, per), "%d entries", c.entries)
+	}
+	// Each hash is due once in every deltaRefresh × stretch reports.
+	for _, stretch := range []uint64{1, 2, 7} {
+		for h := range uint64(1000) {
+			due := 0
+			for seq := uint64(12345); seq < 12345+deltaRefresh*stretch; seq++ {
+				if refreshDue(h, seq, stretch) {
+					due++
+				}
+			}
+			require.Equal(t, 1, due, "hash %d, stretch %d", h, stretch)
+		}
+	}
 }
