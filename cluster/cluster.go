@@ -83,6 +83,9 @@ type Accounts interface {
 	// Apply takes an allocation made on another member (the later wins).
 	Apply(service, account string, a admission.Allocation) error
 	Allocations() map[string]map[string]admission.Allocation
+	// AllocationsDigest names the allocations held: members holding the
+	// same give the same digest.
+	AllocationsDigest() string
 }
 
 // Cluster is this node's membership: memberlist plus the demand exchange,
@@ -103,12 +106,10 @@ type Cluster struct {
 	usage    *UsageReader // read by the exchange loop only
 	// watch is the buckets starved watches, as of the last plan.
 	watch []starvedWatch
-	// allocationsSent is when the state sync last carried the account
-	// allocations (guarded by mu).
-	allocationsSent time.Time
-	// offered is, by member, the last time this node sent it its licences
-	// because their digests differed (see offerLicences; guarded by mu).
-	offered map[string]licenceOffer
+	// offered is, by member and by what was sent, the last time this node
+	// sent it its licences or its allocations because their digests
+	// differed (see offerState; guarded by mu).
+	offered map[offerKey]stateOffer
 
 	wake    chan struct{} // a report calls for an early plan (Woken)
 	ex      exchangeState // StepExchange's, touched by its caller only but heard

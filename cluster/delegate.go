@@ -75,21 +75,10 @@ func (c *Cluster) SpreadLicence(armored []byte) {
 // delegate implements memberlist.Delegate.
 type delegate Cluster
 
-// AllocationSync is how often the state sync carries the account
-// allocations (besides a join): see LocalState.
+// AllocationSync is how long a member whose digest still differs from
+// this node's waits before this node sends it its licences, or its
+// allocations, again (see offerState).
 const AllocationSync = time.Minute
-
-// allocationsDue reports whether the allocations go in this state sync,
-// and if so notes it.
-func (d *delegate) allocationsDue(now time.Time) bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if now.Sub(d.allocationsSent) < AllocationSync {
-		return false
-	}
-	d.allocationsSent = now
-	return true
-}
 
 // NodeMeta publishes version, RESP address and max_caps.
 func (d *delegate) NodeMeta(limit int) []byte {
@@ -152,6 +141,8 @@ func (d *delegate) NotifyMsg(b []byte) {
 		}
 		d.cfg.Licences.ObserveMark(st.ClockMark)
 		d.loadDocuments(st.Documents)
+		c.applyAllocations(st.Accounts)
+		c.applyTrunks(st.Trunks)
 	case msgLicence:
 		licenceReceived.Inc()
 		if len(b) < 9 {
@@ -180,41 +171,62 @@ type state struct {
 	// differs (offerLicences), not at every push-pull: 1,000 licences are
 	// 1.5 MB of JSON, which every push-pull (every 5 s, both ways) would
 	// otherwise compress, send, read and unpack.
+	//
+	// Allocs names the account allocations and keys' limits the same way
+	// (allocationsDigest), and Accounts and Trunks are those themselves,
+	// sent when a member joins and to a member whose Allocs differs: they
+	// reach every member as they are made (SpreadAllocation, replayed to a
+	// member that comes back), so the state sync only repairs what that
+	// missed; 100,000 allocations are 7 MB of JSON.
 	Node      string                                     `json:"node,omitempty"`
 	Digest    string                                     `json:"digest,omitempty"`
 	Documents [][]byte                                   `json:"docs,omitempty"`
 	ClockMark time.Time                                  `json:"clock_mark"`
+	Allocs    string                                     `json:"allocs,omitempty"`
 	Accounts  map[string]map[string]admission.Allocation `json:"accounts,omitempty"`
 	Trunks    []trunks.Setting                           `json:"trunks,omitempty"`
 }
 
-// LocalState is this node's clock mark and its licences' digest; its
-// licences and revocations when a member joins (see state); and its
-// account allocations and keys' limits when a member joins and at most
-// once every AllocationSync otherwise: they reach every member as they are
-// made (SpreadAllocation, replayed to a member that comes back), and the
-// state sync only repairs what that missed; 100,000 of them are 7 MB of
-// JSON.
+// LocalState is this node's clock mark and the digests of its licences
+// and of its allocations; and the licences, revocations, allocations and
+// keys' limits themselves when a member joins (see state).
 func (d *delegate) LocalState(join bool) []byte {
-	st := state{Node: d.cfg.NodeName, Digest: d.cfg.Licences.Digest(), ClockMark: d.cfg.Licences.ClockMark()}
+	st := state{Node: d.cfg.NodeName, Digest: d.cfg.Licences.Digest(), ClockMark: d.cfg.Licences.ClockMark(),
+		Allocs: d.allocationsDigest()}
 	if join {
 		st.Documents = d.cfg.Licences.Documents()
-	}
-	if (d.cfg.Accounts != nil || d.cfg.Trunks != nil) && (join || d.allocationsDue(time.Now())) {
-		if d.cfg.Accounts != nil {
-			st.Accounts = d.cfg.Accounts.Allocations()
-		}
-		if d.cfg.Trunks != nil {
-			st.Trunks = d.cfg.Trunks.Settings()
-		}
+		d.addAllocations(&st)
 	}
 	b, _ := json.Marshal(st)
 	return b
 }
 
-// MergeRemoteState loads a peer's licences (each verified here), takes its
-// clock mark if it is later, and sends the peer this node's licences if
-// their digests still differ.
+// allocationsDigest names this node's account allocations and keys'
+// limits ("" when it keeps neither).
+func (d *delegate) allocationsDigest() string {
+	var s string
+	if d.cfg.Accounts != nil {
+		s = d.cfg.Accounts.AllocationsDigest()
+	}
+	if d.cfg.Trunks != nil {
+		s += "/" + d.cfg.Trunks.Digest()
+	}
+	return s
+}
+
+// addAllocations puts this node's allocations and keys' limits in st.
+func (d *delegate) addAllocations(st *state) {
+	if d.cfg.Accounts != nil {
+		st.Accounts = d.cfg.Accounts.Allocations()
+	}
+	if d.cfg.Trunks != nil {
+		st.Trunks = d.cfg.Trunks.Settings()
+	}
+}
+
+// MergeRemoteState loads a peer's licences (each verified here) and
+// allocations, takes its clock mark if it is later, and sends the peer
+// this node's licences, or its allocations, if their digests still differ.
 func (d *delegate) MergeRemoteState(buf []byte, join bool) {
 	var s state
 	if err := json.Unmarshal(buf, &s); err != nil {
@@ -226,10 +238,18 @@ func (d *delegate) MergeRemoteState(buf []byte, join bool) {
 	c := (*Cluster)(d)
 	c.applyAllocations(s.Accounts)
 	c.applyTrunks(s.Trunks)
-	// At a join both ends send every document. A member of an earlier
-	// version sends no digest, and every document.
-	if !join && s.Digest != "" && s.Node != "" && s.Node != d.cfg.NodeName && s.Digest != d.cfg.Licences.Digest() {
-		c.offerLicences(s.Node, s.Digest)
+	// At a join both ends send everything. A member of an earlier version
+	// sends no licence digest, and every document; nor an allocation
+	// digest: its allocations are offered it as to one whose digest
+	// differs (once every AllocationSync), as it sent them before.
+	if join || s.Node == "" || s.Node == d.cfg.NodeName {
+		return
+	}
+	if s.Digest != "" && s.Digest != d.cfg.Licences.Digest() {
+		c.offerState(s.Node, s.Digest, false)
+	}
+	if ours := d.allocationsDigest(); ours != "" && s.Allocs != ours {
+		c.offerState(s.Node, s.Allocs, true)
 	}
 }
 
@@ -242,42 +262,61 @@ func (d *delegate) loadDocuments(docs [][]byte) {
 	}
 }
 
-// licenceOffer is what offerLicences last sent a member: when, and the two
+// offerKey is what offerState sent to whom: a member's name, and whether
+// the allocations (or the licences).
+type offerKey struct {
+	node        string
+	allocations bool
+}
+
+// stateOffer is what offerState last sent a member: when, and the two
 // digests then.
-type licenceOffer struct {
+type stateOffer struct {
 	theirs, ours string
 	at           time.Time
 	busy         bool // being sent
 }
 
-// offerLicences sends every licence and revocation of this node to the
-// member node, whose state sync named a set that differs (theirs): it
-// missed a direct send, was cut off, or holds documents this node does
-// not. Both ends of a push-pull see the difference, so each sends the
-// other what it holds, and one push-pull mends both. A member is sent
-// them once for each pair of digests, and again after AllocationSync if
-// the two still differ (a document one side refuses, a licence of another
-// farm, keeps them apart for good); one send at a time, beside the
+// offerState sends the member node every licence and revocation of this
+// node (allocations false), or every account allocation and key's limits
+// (allocations true), when its state sync named a digest of them that
+// differs from this node's (theirs): it missed a direct send, was cut off,
+// or holds something this node does not. Both ends of a push-pull see the
+// difference, so each sends the other what it holds (the later allocation
+// of an account, the later setting of a key wins), and one push-pull
+// mends both. A member is sent them once for each pair of digests, and
+// again after AllocationSync if the two still differ (a document one side
+// refuses, a licence of another farm, an allocation its pool cannot hold,
+// keeps them apart for good); one send of each at a time, beside the
 // push-pull.
-func (c *Cluster) offerLicences(node, theirs string) {
+func (c *Cluster) offerState(node, theirs string, allocations bool) {
 	ours, now := c.cfg.Licences.Digest(), time.Now()
+	if allocations {
+		ours = (*delegate)(c).allocationsDigest()
+	}
+	k := offerKey{node: node, allocations: allocations}
 	c.mu.Lock()
 	if c.offered == nil {
-		c.offered = map[string]licenceOffer{}
+		c.offered = map[offerKey]stateOffer{}
 	}
-	o := c.offered[node]
+	o := c.offered[k]
 	if o.busy || o.theirs == theirs && o.ours == ours && now.Sub(o.at) < AllocationSync {
 		c.mu.Unlock()
 		return
 	}
-	c.offered[node] = licenceOffer{theirs: theirs, ours: ours, at: now, busy: true}
+	c.offered[k] = stateOffer{theirs: theirs, ours: ours, at: now, busy: true}
 	c.mu.Unlock()
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
 		err := errNotMember
 		if m := c.member(node); m != nil {
-			st := state{Node: c.cfg.NodeName, Documents: c.cfg.Licences.Documents(), ClockMark: c.cfg.Licences.ClockMark()}
+			st := state{Node: c.cfg.NodeName, ClockMark: c.cfg.Licences.ClockMark()}
+			if allocations {
+				(*delegate)(c).addAllocations(&st)
+			} else {
+				st.Documents = c.cfg.Licences.Documents()
+			}
 			b, _ := json.Marshal(st)
 			msg := append([]byte{msgState}, b...)
 			if err = c.ml.SendReliable(m, msg); err == nil {
@@ -285,13 +324,17 @@ func (c *Cluster) offerLicences(node, theirs string) {
 			}
 		}
 		c.mu.Lock()
-		o := c.offered[node]
+		o := c.offered[k]
 		o.busy = false
 		if err != nil {
 			o.at = time.Time{} // the next push-pull tries again
-			c.log.Warn("cannot send a member the licences it lacks; the next state sync will", "member", node, "err", err)
+			what := "licences"
+			if allocations {
+				what = "allocations"
+			}
+			c.log.Warn("cannot send a member the "+what+" it lacks; the next state sync will", "member", node, "err", err)
 		}
-		c.offered[node] = o
+		c.offered[k] = o
 		c.mu.Unlock()
 	}()
 }

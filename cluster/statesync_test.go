@@ -11,32 +11,89 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/capsgate/capsgate/admission"
+	"github.com/capsgate/capsgate/admission/meter"
+	"github.com/capsgate/capsgate/cluster/trunks"
 	"github.com/capsgate/capsgate/licensing"
 	"github.com/capsgate/capsgate/licensing/registry"
 )
 
-type someAllocations struct{}
-
-func (someAllocations) Apply(string, string, admission.Allocation) error { return nil }
-func (someAllocations) Allocations() map[string]map[string]admission.Allocation {
-	return map[string]map[string]admission.Allocation{"voice": {"acme": {Tokens: 300, Overage: "none"}}}
-}
-
-// The state sync carries the account allocations when a member joins and
-// at most once every AllocationSync otherwise, not at every push-pull.
-func TestStateSyncCarriesAllocationsSparingly(t *testing.T) {
-	d := &delegate{cfg: Config{Licences: noLicences{}, Accounts: someAllocations{}}}
-	accounts := func(join bool) int {
-		var st state
-		require.NoError(t, json.Unmarshal(d.LocalState(join), &st))
-		return len(st.Accounts)
+// The state sync carries the allocations' digest, and the allocations and
+// keys' limits themselves only when a member joins: two members holding
+// the same send nothing more; a member that missed an allocation or a
+// key's setting (a lost direct send) gets it from the other end, over the
+// real memberlist transport, as soon as a push-pull shows the difference;
+// where both hold a different allocation of one account, both end with
+// the later.
+func TestStateSyncSendsAllocationsWhereDigestsDiffer(t *testing.T) {
+	type member struct {
+		c    *Cluster
+		res  *meter.Reserver
+		book *trunks.Book
 	}
-	require.Equal(t, 1, accounts(false), "the first push-pull")
-	require.Equal(t, 0, accounts(false), "the next, within AllocationSync")
-	require.Equal(t, 1, accounts(true), "a join, whenever")
-	d.allocationsSent = time.Now().Add(-AllocationSync)
-	require.Equal(t, 1, accounts(false), "AllocationSync later")
-	require.Equal(t, 0, accounts(false))
+	mk := func(name string) member {
+		eng := admission.NewEngine(admission.DefaultConfig())
+		res, err := meter.OpenReserver(eng, t.TempDir(), slog.New(slog.DiscardHandler))
+		require.NoError(t, err)
+		book, err := trunks.Open(t.TempDir(), 0, nil)
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = book.Close() })
+		c, err := New(Config{NodeName: name, BindAddr: freeAddr(t), Key: bytes.Repeat([]byte{7}, 32),
+			Engine: eng, Licences: noLicences{}, Accounts: res, Trunks: book, Log: slog.New(slog.DiscardHandler)})
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = c.ml.Shutdown() })
+		return member{c, res, book}
+	}
+	sentBefore := stateSent.Get()
+	a, b := mk("a"), mk("b")
+	_, err := b.c.ml.Join([]string{a.c.cfg.BindAddr})
+	require.NoError(t, err)
+	digest := func(m member) string { return (*delegate)(m.c).allocationsDigest() }
+	require.Equal(t, digest(a), digest(b), "nothing allocated on either")
+
+	var st state
+	require.NoError(t, json.Unmarshal((*delegate)(a.c).LocalState(false), &st))
+	require.Equal(t, digest(a), st.Allocs)
+	require.Empty(t, st.Accounts)
+
+	pushPull := func() {
+		fromA, fromB := (*delegate)(a.c).LocalState(false), (*delegate)(b.c).LocalState(false)
+		(*delegate)(b.c).MergeRemoteState(fromA, false)
+		(*delegate)(a.c).MergeRemoteState(fromB, false)
+		a.c.wg.Wait()
+		b.c.wg.Wait()
+	}
+	pushPull()
+	require.Equal(t, sentBefore, stateSent.Get(), "equal digests: nothing sent")
+
+	// An allocation and a key's limits reach a only.
+	require.NoError(t, a.res.Apply("voice", "acme", admission.Allocation{Tokens: 300, Overage: "none", At: 10}))
+	_, err = a.book.Set(trunks.Setting{Service: "voice", Key: "carrier-a", Limit: trunks.Limit{CAPS: 50, Sessions: -1, At: 10}})
+	require.NoError(t, err)
+	require.NotEqual(t, digest(a), digest(b))
+	require.NoError(t, json.Unmarshal((*delegate)(a.c).LocalState(false), &st))
+	require.Empty(t, st.Accounts, "a push-pull carries no allocation")
+	require.Empty(t, st.Trunks)
+	pushPull()
+	require.Equal(t, sentBefore+2, stateSent.Get(), "each end sends the other its allocations")
+	require.Eventually(t, func() bool { return digest(a) == digest(b) }, 5*time.Second, 10*time.Millisecond)
+	require.Equal(t, admission.Allocation{Tokens: 300, Overage: "none", At: 10}, b.res.Accounts("voice")["acme"])
+	l, ok := b.book.Get("voice", "carrier-a")
+	require.True(t, ok)
+	require.Equal(t, 50.0, l.CAPS)
+	pushPull()
+	require.Equal(t, sentBefore+2, stateSent.Get(), "mended: nothing more")
+
+	// Both changed acme, b later: both end with b's.
+	require.NoError(t, a.res.Apply("voice", "acme", admission.Allocation{Tokens: 400, Overage: "none", At: 20}))
+	require.NoError(t, b.res.Apply("voice", "acme", admission.Allocation{Tokens: 500, Overage: "unlimited", At: 30}))
+	pushPull()
+	require.Eventually(t, func() bool { return digest(a) == digest(b) }, 5*time.Second, 10*time.Millisecond)
+	require.Equal(t, int64(500), a.res.Accounts("voice")["acme"].Tokens)
+
+	// A join carries them whole.
+	require.NoError(t, json.Unmarshal((*delegate)(a.c).LocalState(true), &st))
+	require.Equal(t, map[string]map[string]admission.Allocation{"voice": {"acme": {Tokens: 500, Overage: "unlimited", At: 30}}}, st.Accounts)
+	require.Len(t, st.Trunks, 1)
 }
 
 // A push-pull carries the licences' digest, not the licences: members
@@ -126,9 +183,9 @@ func TestStateSyncSendsLicencesWhereDigestsDiffer(t *testing.T) {
 	pushPull()
 	require.Equal(t, sentBefore+4, stateSent.Get(), "the same difference again: not sent again")
 	a.mu.Lock()
-	o := a.offered["b"]
+	o := a.offered[offerKey{node: "b"}]
 	o.at = o.at.Add(-AllocationSync)
-	a.offered["b"] = o
+	a.offered[offerKey{node: "b"}] = o
 	a.mu.Unlock()
 	pushPull()
 	require.Equal(t, sentBefore+5, stateSent.Get(), "AllocationSync later, a sends again; b's offer is not due")

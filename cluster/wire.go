@@ -73,15 +73,15 @@ type MemberlistTraffic struct {
 	// PushPull: every PushPullEvery the node opens a TCP push-pull with one
 	// member, and on average one member opens one with it; both sides send
 	// their whole state (every member's entry, then LocalState: the clock
-	// mark and the licences' digest), so 2 × StateBytes / PushPullEvery;
-	// and the account allocations, at most once every AllocationSync:
-	// AllocationBytes / AllocationSync. The licences themselves go only to
-	// a member that joins or whose digest differs: JoinBytes.
+	// mark and the digests of the licences and of the allocations), so
+	// 2 × StateBytes / PushPullEvery. The licences and the account
+	// allocations themselves go only to a member that joins or whose
+	// digest differs: JoinBytes.
 	PushPull      float64
 	PushPullEvery time.Duration
 	// Ping, Ack and StateBytes are the sizes of one message of each;
-	// AllocationBytes what the allocations add to a state; JoinBytes the
-	// state a join's push-pull sends (licences and allocations in it).
+	// AllocationBytes what the allocations add to a join's state; JoinBytes
+	// the state a join's push-pull sends (licences and allocations in it).
 	Ping, Ack, StateBytes, AllocationBytes, JoinBytes int
 }
 
@@ -90,8 +90,8 @@ func (t MemberlistTraffic) Total() float64 { return t.Probes + t.Gossip + t.Push
 
 // Formula states how t is computed, for a report.
 func (t MemberlistTraffic) Formula() string {
-	return fmt.Sprintf("(ping %d + ack %d) / %v + 2 × state %d / %v (push-pull) + allocations %d / %v + gossip (every %v to %d members: only membership news, 0 when steady); a join's state: %d",
-		t.Ping, t.Ack, mlProbeInterval, t.StateBytes, t.PushPullEvery, t.AllocationBytes, AllocationSync, mlGossipInterval, mlGossipNodes, t.JoinBytes)
+	return fmt.Sprintf("(ping %d + ack %d) / %v + 2 × state %d / %v (push-pull) + gossip (every %v to %d members: only membership news, 0 when steady); a join's state: %d (allocations %d of it)",
+		t.Ping, t.Ack, mlProbeInterval, t.StateBytes, t.PushPullEvery, mlGossipInterval, mlGossipNodes, t.JoinBytes, t.AllocationBytes)
 }
 
 // EstimateMemberlist estimates memberlist's own traffic on a node of a farm
@@ -107,7 +107,7 @@ func (t MemberlistTraffic) Formula() string {
 //	state = 1 type + header 1+6+3+13+5+5+1 + members × entry + LocalState + stream framing
 //
 // with meta and LocalState the JSON this package sends (NodeMeta, and
-// LocalState's name, digest and clock mark; its licences and allocations
+// LocalState's name, digests and clock mark; its licences and allocations
 // at a join).
 func EstimateMemberlist(l MemberlistLoad) MemberlistTraffic {
 	name := l.NameLen
@@ -115,7 +115,8 @@ func EstimateMemberlist(l MemberlistLoad) MemberlistTraffic {
 	ack := 1 + 1 + 6 + 5 + 8 + 1 + mlPacketFraming
 	m, _ := json.Marshal(meta{Version: Version, RESPAddr: "10.0.0.100:6380", Admin: "10.0.0.100:8080", MaxCAPS: 100000})
 	entry := 1 + 5 + 1 + name + 5 + 2 + 16 + 5 + 3 + 5 + 2 + len(m) + 12 + 5 + 6 + 1 + 4 + 1 + 6
-	st := state{Node: strings.Repeat("n", name), Digest: strings.Repeat("0", 32), ClockMark: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	st := state{Node: strings.Repeat("n", name), Digest: strings.Repeat("0", 32), ClockMark: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC),
+		Allocs: strings.Repeat("0", 32) + "/" + strings.Repeat("0", 32)}
 	steady, _ := json.Marshal(st)
 	doc := []byte(strings.Repeat("x", l.LicenceBytes))
 	for range l.Licences {
@@ -145,7 +146,7 @@ func EstimateMemberlist(l MemberlistLoad) MemberlistTraffic {
 		JoinBytes: stateBytes - len(steady) + len(join), PushPullEvery: every,
 		Probes: float64(ping+ack) / mlProbeInterval.Seconds()}
 	if l.Members > 1 {
-		t.PushPull = 2*float64(stateBytes)/every.Seconds() + float64(t.AllocationBytes)/AllocationSync.Seconds()
+		t.PushPull = 2 * float64(stateBytes) / every.Seconds()
 	}
 	if l.Members <= 1 {
 		t.Probes = 0

@@ -3,11 +3,13 @@ package meter
 import (
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
 	"time"
 
 	"github.com/capsgate/capsgate/admission"
 	"github.com/capsgate/capsgate/admission/sat"
+	"github.com/capsgate/capsgate/admission/setsum"
 )
 
 // MinBlock is the smallest lookahead of a reservation, in tokens.
@@ -65,6 +67,10 @@ type Reserver struct {
 	// step counts Steps; lastStep is when the last began.
 	step     uint64
 	lastStep time.Time
+	// allocSum is the digest of every allocation (AllocationsDigest),
+	// once summed: kept as allocations change from then on.
+	allocSum setsum.Sum
+	summed   bool
 	services []*admission.Service  // ChangedServices' buffer, reused
 	changed  []admission.PoolState // ChangedPools' buffer, reused
 	grants   []grant               // stepLocked's, reused
@@ -199,6 +205,12 @@ func (r *Reserver) keepLocked(service, account string, a admission.Allocation, o
 		st.Accounts = map[string]admission.Allocation{}
 	}
 	a.Overage = ov.String()
+	if r.summed {
+		if old, ok := st.Accounts[account]; ok {
+			r.allocSum.Sub(allocationSum(service, account, old))
+		}
+		r.allocSum.Add(allocationSum(service, account, a))
+	}
 	st.Accounts[account] = a
 	r.store.alloc(service, account, a)
 	// Written with the new account's first reservation: one fsync.
@@ -242,6 +254,36 @@ func (r *Reserver) Allocations() map[string]map[string]admission.Allocation {
 		}
 	}
 	return out
+}
+
+// AllocationsDigest names every allocation this node holds: two members
+// holding the same allocations give the same digest (the cluster's state
+// sync sends the allocations only where digests differ). It walks the
+// allocations once; later changes move it at their own cost.
+func (r *Reserver) AllocationsDigest() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.summed {
+		r.allocSum = setsum.Sum{}
+		for name, st := range r.state.Services {
+			for acct, a := range st.Accounts {
+				r.allocSum.Add(allocationSum(name, acct, a))
+			}
+		}
+		r.summed = true
+	}
+	return r.allocSum.String()
+}
+
+// allocationSum is one allocation's part of AllocationsDigest.
+func allocationSum(service, account string, a admission.Allocation) setsum.Sum {
+	b := make([]byte, 0, len(service)+len(account)+len(a.Overage)+48)
+	b = append(append(b, service...), 0)
+	b = append(append(b, account...), 0)
+	b = append(strconv.AppendInt(b, a.Tokens, 10), 0)
+	b = append(append(b, a.Overage...), 0)
+	b = strconv.AppendInt(b, a.At, 10)
+	return setsum.Of(b)
 }
 
 // Accounts returns a service's allocations.

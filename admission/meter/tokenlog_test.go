@@ -260,3 +260,58 @@ func TestStepAfterClose(t *testing.T) {
 	require.EqualError(t, res.Step(t0.Add(time.Second)), "cannot write the token log: closed")
 	require.Equal(t, int64(600), reopen(t, dir).Services["pre"].Pools[""].Reserved)
 }
+
+// AllocationsDigest is the same on two nodes holding the same allocations,
+// whatever order they came in and whichever first asked for it; it moves
+// with an allocation changed, comes back when the change is taken back,
+// and is the same after a restart.
+func TestAllocationsDigest(t *testing.T) {
+	open := func(dir string) *Reserver {
+		r, err := OpenReserver(admission.NewEngine(admission.DefaultConfig()), dir, slog.Default())
+		require.NoError(t, err)
+		return r
+	}
+	allocs := []struct {
+		svc, acct string
+		a         admission.Allocation
+	}{
+		{"voice", "acme", admission.Allocation{Tokens: 300, Overage: "none", At: 1}},
+		{"voice", "globex", admission.Allocation{Tokens: 0, Overage: "unlimited", At: 2}},
+		{"sms", "acme", admission.Allocation{Tokens: math.MaxInt64, Overage: "none", At: 3}},
+		{"sms", "initech", admission.Allocation{Tokens: 1, Overage: "none", At: math.MaxInt64}},
+	}
+	dirA := t.TempDir()
+	a, b := open(dirA), open(t.TempDir())
+	empty := a.AllocationsDigest() // summed before any allocation: kept as they come
+	require.Equal(t, empty, b.AllocationsDigest())
+	for _, x := range allocs {
+		require.NoError(t, a.Apply(x.svc, x.acct, x.a))
+	}
+	for i := len(allocs) - 1; i >= 0; i-- { // b sums only when asked, after
+		require.NoError(t, b.Apply(allocs[i].svc, allocs[i].acct, allocs[i].a))
+	}
+	require.Equal(t, a.AllocationsDigest(), b.AllocationsDigest())
+	require.NotEqual(t, empty, a.AllocationsDigest())
+	before := a.AllocationsDigest()
+
+	// One allocation changed (later), on a only: the digests part.
+	require.NoError(t, a.Apply("voice", "acme", admission.Allocation{Tokens: 301, Overage: "none", At: 10}))
+	require.NotEqual(t, before, a.AllocationsDigest())
+	require.NotEqual(t, b.AllocationsDigest(), a.AllocationsDigest())
+	// b takes it too: equal again. An older one changes nothing.
+	require.NoError(t, b.Apply("voice", "acme", admission.Allocation{Tokens: 301, Overage: "none", At: 10}))
+	require.Equal(t, a.AllocationsDigest(), b.AllocationsDigest())
+	require.NoError(t, b.Apply("voice", "acme", admission.Allocation{Tokens: 999, Overage: "none", At: 9}))
+	require.Equal(t, a.AllocationsDigest(), b.AllocationsDigest())
+	// Only the overage differs.
+	require.NoError(t, b.Apply("voice", "acme", admission.Allocation{Tokens: 301, Overage: "unlimited", At: 11}))
+	require.NotEqual(t, a.AllocationsDigest(), b.AllocationsDigest())
+
+	// After a restart, what a held gives what it gave.
+	want := a.AllocationsDigest()
+	require.NoError(t, a.Close())
+	a2 := open(dirA)
+	require.Equal(t, want, a2.AllocationsDigest())
+	require.NoError(t, a2.Close())
+	require.NoError(t, b.Close())
+}

@@ -36,6 +36,7 @@ import (
 	"github.com/capsgate/capsgate/admission"
 	"github.com/capsgate/capsgate/admission/durable"
 	"github.com/capsgate/capsgate/admission/names"
+	"github.com/capsgate/capsgate/admission/setsum"
 )
 
 // Limit is one key's limits. A limit left out is not enforced.
@@ -151,6 +152,10 @@ type Book struct {
 	f        *os.File
 	lines    int // lines in the file
 	lastSeen int64
+	// sum is the digest of the limits in force (Digest), once summed:
+	// kept as put changes them from then on.
+	sum    setsum.Sum
+	summed bool
 }
 
 // Open reads the book in dir (created if absent), compacting it when it
@@ -232,6 +237,14 @@ func (b *Book) put(s Setting) bool {
 	if !ok {
 		b.n++
 	}
+	if b.summed {
+		if ok && !cur.Removed {
+			b.sum.Sub(settingSum(s.Service, s.Key, cur))
+		}
+		if !s.Limit.Removed {
+			b.sum.Add(settingSum(s.Service, s.Key, s.Limit))
+		}
+	}
 	keys[s.Key] = s.Limit
 	b.lastSeen = max(b.lastSeen, s.Limit.At)
 	return true
@@ -286,6 +299,33 @@ func (b *Book) compact(now time.Time) error {
 	}
 	b.f, b.lines = f, kept
 	return nil
+}
+
+// Digest names the limits in force (removals left out: a key removed and
+// one never set are alike to whoever enforces them): two members holding
+// the same give the same digest, and the cluster's state sync sends the
+// settings only where digests differ.
+func (b *Book) Digest() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.summed {
+		b.sum = setsum.Sum{}
+		for svc, keys := range b.byName {
+			for key, l := range keys {
+				if !l.Removed {
+					b.sum.Add(settingSum(svc, key, l))
+				}
+			}
+		}
+		b.summed = true
+	}
+	return b.sum.String()
+}
+
+// settingSum is one key's part of Digest.
+func settingSum(service, key string, l Limit) setsum.Sum {
+	line, _ := json.Marshal(Setting{Service: service, Key: key, Limit: l})
+	return setsum.Of(line)
 }
 
 // SetSink makes sink take every key's limits, now and as they change.

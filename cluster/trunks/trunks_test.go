@@ -206,3 +206,52 @@ func TestBookMerge(t *testing.T) {
 	require.NoError(t, all.Close())
 	require.NoError(t, one.Close())
 }
+
+// Digest names the limits in force: the same on two books holding the same
+// whatever order the settings came in; a removal counts as a key never set;
+// a restart keeps it.
+func TestDigest(t *testing.T) {
+	set := []Setting{
+		{Service: "voice", Key: "carrier-a", Limit: Limit{CAPS: 50, Sessions: -1, At: 1}},
+		{Service: "voice", Key: "carrier-b", Limit: Limit{CAPS: -1, Sessions: 30, At: 2}},
+		{Service: "sms", Key: "carrier-a", Limit: Limit{CAPS: MaxCAPS, Burst: MaxBurst, Sessions: 0, At: 3}},
+	}
+	dirA := t.TempDir()
+	a, err := Open(dirA, 0, nil)
+	require.NoError(t, err)
+	b, err := Open(t.TempDir(), 0, nil)
+	require.NoError(t, err)
+	empty := a.Digest()
+	for _, s := range set {
+		_, err := a.Set(s)
+		require.NoError(t, err)
+	}
+	_, err = b.Merge([]Setting{set[2], set[1], set[0]})
+	require.NoError(t, err)
+	require.Equal(t, a.Digest(), b.Digest())
+	require.NotEqual(t, empty, a.Digest())
+
+	// carrier-b removed on a: a differs from b, and is as a book that
+	// never had it.
+	_, err = a.Set(Setting{Service: "voice", Key: "carrier-b", Limit: Limit{Removed: true, At: 5}})
+	require.NoError(t, err)
+	require.NotEqual(t, a.Digest(), b.Digest())
+	c, err := Open(t.TempDir(), 0, nil)
+	require.NoError(t, err)
+	_, err = c.Merge([]Setting{set[0], set[2]})
+	require.NoError(t, err)
+	require.Equal(t, c.Digest(), a.Digest())
+	// b takes the removal: equal again.
+	_, err = b.Merge([]Setting{{Service: "voice", Key: "carrier-b", Limit: Limit{Removed: true, At: 5}}})
+	require.NoError(t, err)
+	require.Equal(t, a.Digest(), b.Digest())
+
+	want := a.Digest()
+	require.NoError(t, a.Close())
+	a2, err := Open(dirA, 0, nil)
+	require.NoError(t, err)
+	require.Equal(t, want, a2.Digest())
+	for _, bk := range []*Book{a2, b, c} {
+		require.NoError(t, bk.Close())
+	}
+}

@@ -23,7 +23,7 @@ var layers = []struct {
 	pkgs    []string
 	imports []string // the layers below it that it may import
 }{
-	{"base", []string{"admission/bounded/...", "admission/loopback", "admission/durable", "admission/strictjson", "admission/sat", "admission/names"}, nil},
+	{"base", []string{"admission/bounded/...", "admission/loopback", "admission/durable", "admission/strictjson", "admission/sat", "admission/names", "admission/setsum"}, nil},
 	{"decision core", []string{"admission", "admission/cell", "admission/resp", "admission/client", "admission/idstore", "admission/journal"},
 		[]string{"base"}},
 	{"licensing", []string{"licensing/..."}, []string{"base"}},
