@@ -8,7 +8,7 @@
 # every service against the rate on one service (redis-benchmark -c 50
 # -P 16, the same run), what the data directories grew by over a ledger
 # interval, and the RSS of each member; then each member's CPU over 10 s
-# idle and n1's CPU profile of that and of the one-service run (KEEP=DIR
+# idle and n1's CPU profile of that and of the two runs (KEEP=DIR
 # keeps the profiles and the capsgate binary in DIR).
 #
 #   bench/scripts/many.sh [NODES] [SERVICES] [ACCOUNTS]
@@ -46,10 +46,13 @@ profile 4 "$W/one.pprof" &
 pp=$!
 one=$(rate $RP 1000000 ADMIT s000000000000)
 wait $pp
+profile 4 "$W/all.pprof" &
+pp=$!
 all=$(RANGE=$SERVICES rate $RP 1000000 ADMIT s__rand_int__)
+wait $pp
 echo "ADMIT on n1 (redis-benchmark -c 50 -P 16 -n 1000000): one service $one/s; spread over all $SERVICES services $all/s ($(python3 -c "print(round($all/$one,2))")×)"
-if [ -n "${KEEP:-}" ]; then cp "$W"/idle.pprof "$W"/one.pprof "$KEEP/"; cp "$W/bin/capsgate" "$KEEP/capsgate.bin"; fi
-for label in idle one; do
+if [ -n "${KEEP:-}" ]; then cp "$W"/idle.pprof "$W"/one.pprof "$W"/all.pprof "$KEEP/"; cp "$W/bin/capsgate" "$KEEP/capsgate.bin"; fi
+for label in idle one all; do
   echo "n1's CPU profile, $label:"
   go tool pprof -top -cum "$W/bin/capsgate" "$W/$label.pprof" 2>/dev/null | sed -n '6,20p'
 done
