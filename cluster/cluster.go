@@ -110,6 +110,11 @@ type Cluster struct {
 	// sent it its licences or its allocations because their digests
 	// differed (see offerState; guarded by mu).
 	offered map[offerKey]stateOffer
+	// allocsSeen is this node's allocations' digest as a push-pull last
+	// found it, and allocsSince when it became that (allocationsSettled;
+	// guarded by mu).
+	allocsSeen  string
+	allocsSince time.Time
 
 	wake    chan struct{} // a report calls for an early plan (Woken)
 	ex      exchangeState // StepExchange's, touched by its caller only but heard

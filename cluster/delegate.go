@@ -80,6 +80,25 @@ type delegate Cluster
 // allocations, again (see offerState).
 const AllocationSync = time.Minute
 
+// AllocationSettle is how long this node's allocations' digest must have
+// held before a push-pull that finds another member's different has this
+// node send it its allocations: while allocations are being made (a
+// provisioning run of 100,000, a few hundred a second), every member's
+// digest moves and differs from the others' for the milliseconds each
+// direct send takes, and each push-pull would otherwise send all of them.
+const AllocationSettle = 10 * time.Second
+
+// allocationsSettled reports whether this node's allocations' digest,
+// ours, has held for AllocationSettle at now (noting it when it moved).
+func (d *delegate) allocationsSettled(ours string, now time.Time) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if ours != d.allocsSeen {
+		d.allocsSeen, d.allocsSince = ours, now
+	}
+	return now.Sub(d.allocsSince) >= AllocationSettle
+}
+
 // NodeMeta publishes version, RESP address and max_caps.
 func (d *delegate) NodeMeta(limit int) []byte {
 	b, _ := json.Marshal(meta{Version: Version, RESPAddr: d.cfg.RESPAddr, Admin: d.cfg.AdminAddr, MaxCAPS: d.cfg.MaxCAPS})
@@ -174,7 +193,8 @@ type state struct {
 	//
 	// Allocs names the account allocations and keys' limits the same way
 	// (allocationsDigest), and Accounts and Trunks are those themselves,
-	// sent when a member joins and to a member whose Allocs differs: they
+	// sent when a member joins and to a member whose Allocs differs once
+	// this node's have held for AllocationSettle: they
 	// reach every member as they are made (SpreadAllocation, replayed to a
 	// member that comes back), so the state sync only repairs what that
 	// missed; 100,000 allocations are 7 MB of JSON.
@@ -248,7 +268,7 @@ func (d *delegate) MergeRemoteState(buf []byte, join bool) {
 	if s.Digest != "" && s.Digest != d.cfg.Licences.Digest() {
 		c.offerState(s.Node, s.Digest, false)
 	}
-	if ours := d.allocationsDigest(); ours != "" && s.Allocs != ours {
+	if ours := d.allocationsDigest(); ours != "" && s.Allocs != ours && d.allocationsSettled(ours, d.cfg.Now()) {
 		c.offerState(s.Node, s.Allocs, true)
 	}
 }
@@ -290,7 +310,7 @@ type stateOffer struct {
 // keeps them apart for good); one send of each at a time, beside the
 // push-pull.
 func (c *Cluster) offerState(node, theirs string, allocations bool) {
-	ours, now := c.cfg.Licences.Digest(), time.Now()
+	ours, now := c.cfg.Licences.Digest(), c.cfg.Now()
 	if allocations {
 		ours = (*delegate)(c).allocationsDigest()
 	}

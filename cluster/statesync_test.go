@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"encoding/json"
 	"log/slog"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -21,10 +22,15 @@ import (
 // keys' limits themselves only when a member joins: two members holding
 // the same send nothing more; a member that missed an allocation or a
 // key's setting (a lost direct send) gets it from the other end, over the
-// real memberlist transport, as soon as a push-pull shows the difference;
-// where both hold a different allocation of one account, both end with
-// the later.
+// real memberlist transport, at the first push-pull that shows the
+// difference once the sender's allocations have held for AllocationSettle
+// (not while they are being made); where both hold a different allocation
+// of one account, both end with the later.
 func TestStateSyncSendsAllocationsWhereDigestsDiffer(t *testing.T) {
+	var clock atomic.Int64 // the members' Now, in Unix ns
+	clock.Store(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
+	now := func() time.Time { return time.Unix(0, clock.Load()) }
+	settle := func() { clock.Add(int64(AllocationSettle)) }
 	type member struct {
 		c    *Cluster
 		res  *meter.Reserver
@@ -38,7 +44,7 @@ func TestStateSyncSendsAllocationsWhereDigestsDiffer(t *testing.T) {
 		require.NoError(t, err)
 		t.Cleanup(func() { _ = book.Close() })
 		c, err := New(Config{NodeName: name, BindAddr: freeAddr(t), Key: bytes.Repeat([]byte{7}, 32),
-			Engine: eng, Licences: noLicences{}, Accounts: res, Trunks: book, Log: slog.New(slog.DiscardHandler)})
+			Engine: eng, Licences: noLicences{}, Accounts: res, Trunks: book, Now: now, Log: slog.New(slog.DiscardHandler)})
 		require.NoError(t, err)
 		t.Cleanup(func() { _ = c.ml.Shutdown() })
 		return member{c, res, book}
@@ -74,6 +80,12 @@ func TestStateSyncSendsAllocationsWhereDigestsDiffer(t *testing.T) {
 	require.Empty(t, st.Accounts, "a push-pull carries no allocation")
 	require.Empty(t, st.Trunks)
 	pushPull()
+	require.Equal(t, sentBefore, stateSent.Get(), "a's digest just moved, b's was just seen: nothing sent yet")
+	clock.Add(int64(AllocationSettle) - 1)
+	pushPull()
+	require.Equal(t, sentBefore, stateSent.Get(), "a nanosecond short of AllocationSettle")
+	clock.Add(1)
+	pushPull()
 	require.Equal(t, sentBefore+2, stateSent.Get(), "each end sends the other its allocations")
 	require.Eventually(t, func() bool { return digest(a) == digest(b) }, 5*time.Second, 10*time.Millisecond)
 	require.Equal(t, admission.Allocation{Tokens: 300, Overage: "none", At: 10}, b.res.Accounts("voice")["acme"])
@@ -86,6 +98,8 @@ func TestStateSyncSendsAllocationsWhereDigestsDiffer(t *testing.T) {
 	// Both changed acme, b later: both end with b's.
 	require.NoError(t, a.res.Apply("voice", "acme", admission.Allocation{Tokens: 400, Overage: "none", At: 20}))
 	require.NoError(t, b.res.Apply("voice", "acme", admission.Allocation{Tokens: 500, Overage: "unlimited", At: 30}))
+	pushPull()
+	settle()
 	pushPull()
 	require.Eventually(t, func() bool { return digest(a) == digest(b) }, 5*time.Second, 10*time.Millisecond)
 	require.Equal(t, int64(500), a.res.Accounts("voice")["acme"].Tokens)
