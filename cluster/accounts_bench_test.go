@@ -141,3 +141,37 @@ func benchExchange(b *testing.B, setup func(*admission.Engine, *Shares) error, c
 		step(warmUp+i, true)
 	}
 }
+
+// BenchmarkExchangeWithServices is one exchange of a member of three
+// holding n licences, busy of them busy (attempts on each between
+// exchanges): what a farm spread over many services pays ten times a
+// second on every member.
+//
+//	go test ./cluster -run '^$' -bench ExchangeWithServices -benchtime 50x -benchmem
+func BenchmarkExchangeWithServices(b *testing.B) {
+	for _, c := range []struct{ n, busy int }{{1000, 1}, {1000, 1000}} {
+		n, busy := c.n, c.busy
+		b.Run(fmt.Sprintf("services=%d/busy=%d", n, busy), func(b *testing.B) {
+			names := make([][]byte, n)
+			for s := range n {
+				names[s] = fmt.Appendf(nil, "svc-%04d", s)
+			}
+			benchExchange(b, func(eng *admission.Engine, shares *Shares) error {
+				for _, name := range names {
+					if err := shares.SetLimits(string(name), admission.Limits{Licensed: true, CAPS: 1e6, Sessions: 1000,
+						Subscribers: 1000, Tokens: admission.Unlimited}); err != nil {
+						return err
+					}
+				}
+				return nil
+			}, func(eng *admission.Engine, i int) error {
+				for _, name := range names[:busy] {
+					for range 1 + i%3 { // demand that moves a little
+						eng.Admit(eng.Now(), name, nil, nil, admission.Normal)
+					}
+				}
+				return nil
+			})
+		})
+	}
+}

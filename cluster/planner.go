@@ -44,6 +44,8 @@ type Planner struct {
 	budget   map[string]int64
 	// shares is every member's CAPS share per service, as last computed.
 	shares map[string]map[string]float64
+	// lastParts and lastActive size the next plan's maps (see plan).
+	lastParts, lastActive int
 	// wanted are this node's CAPS and depth parts as last computed, before
 	// the rise cap: a part applied below them waits for room.
 	wanted map[string]Share
@@ -317,7 +319,7 @@ func (p *Planner) Heard(now time.Time, from string, r Report) bool {
 	// Only what the report names (a delta: what changed) or what the
 	// sender named before it (a demand that ended) can have moved: a
 	// farm's 100,000 idle trunk keys are not looked at per report.
-	old := map[string]before{}
+	old := make(map[string]before, len(r.Applied)+len(r.Demand))
 	note := func(service string) {
 		if _, ok := p.wanted[service]; ok {
 			old[service] = before{v.report.Applied[service], v.report.Demand[service], v.report.Held[service].Owed}
@@ -545,7 +547,10 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 		p.peers[name].reclaimed = true
 		p.book.allDirty = true
 	}
-	out := Plan{Side: side, SideChanged: side.State != p.side.State, Reclaimed: reclaim, Parts: map[string]Share{}}
+	// The maps a plan fills are sized as the last plan's were: growing
+	// them from nothing, a thousand busy services at every plan, was a
+	// tenth of a plan's time.
+	out := Plan{Side: side, SideChanged: side.State != p.side.State, Reclaimed: reclaim, Parts: make(map[string]Share, p.lastParts)}
 	p.side = side
 
 	if exchange {
@@ -560,7 +565,7 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 		p.unsettled = nil
 	}
 	// The services some member demands, holds or owes something of.
-	active := map[string]bool{}
+	active := make(map[string]bool, p.lastActive)
 	for _, m := range []map[string]float64{sent.Demand, older.Demand, demand} {
 		for k := range m {
 			active[k] = true
@@ -602,7 +607,7 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 	poolMoves := func(service string, l admission.Limits) bool {
 		return p.budgeted(service, l) && (charged[service] || p.book.allDirty || len(p.book.dirty[service]) > 0)
 	}
-	unsettled := map[string]bool{}
+	unsettled := make(map[string]bool, len(p.unsettled))
 	planOne := func(service string, l admission.Limits) {
 		if st, ok := p.settled[service]; ok {
 			if !active[service] && st == settledOf(p.planEpoch, l, p.book.allocated[service]) && !poolMoves(service, l) {
@@ -610,7 +615,6 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 			}
 			delete(p.settled, service)
 		}
-		delete(p.shares, service)
 		out.Planned++
 		caps := make([]float64, len(names))
 		sessions := make([]float64, len(names))
@@ -653,10 +657,17 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 		freshCAPS := -1.0 // this node's CAPS part on what it measured now
 		if l.CAPS > 0 {
 			shares := Allocate(side.Fraction*l.CAPS, caps)
-			p.shares[service] = map[string]float64{}
+			// The last plan's map, cleared: Shares is read under the
+			// cluster's lock, as plans are made.
+			byName := p.shares[service]
+			if byName == nil {
+				byName = make(map[string]float64, len(names))
+				p.shares[service] = byName
+			}
+			clear(byName)
 			capsParts, depthParts = make([]float64, len(names)), make([]float64, len(names))
 			for i, n := range names {
-				p.shares[service][n] = shares[i]
+				byName[n] = shares[i]
 				capsParts[i] = shares[i] / l.CAPS
 				depthParts[i], _ = p.depth(l, side.Fraction, capsParts[i]/side.Fraction, owes[i], owed)
 			}
@@ -674,6 +685,9 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 				_, lent := p.depth(l, side.Fraction, p.weight[service], owes[self], owed)
 				p.lent[service] = lent + float64(admission.Reserve(sh.CAPS*l.CAPS))
 			}
+		}
+		if l.CAPS <= 0 {
+			delete(p.shares, service)
 		}
 		if l.Sessions > 0 && self >= 0 {
 			sh.Sessions = AllocateHeld(side.Fraction*float64(l.Sessions), sessions)[self] / float64(l.Sessions)
@@ -810,6 +824,7 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 		}
 	}
 	p.unsettled = unsettled
+	p.lastParts, p.lastActive = len(out.Parts), len(active)
 	p.changedLimits, p.changedAll = p.changedLimits[:0], false
 	if exchange {
 		p.book.allDirty = false
