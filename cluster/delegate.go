@@ -187,17 +187,17 @@ type state struct {
 	// Node is the sender, and Digest names its licences and revocations
 	// (Licences.Digest). Documents are the licences and revocations
 	// themselves, sent when a member joins and to a member whose digest
-	// differs (offerLicences), not at every push-pull: 1,000 licences are
+	// differs (offerState), not at every push-pull: 1,000 licences are
 	// 1.5 MB of JSON, which every push-pull (every 5 s, both ways) would
 	// otherwise compress, send, read and unpack.
 	//
 	// Allocs names the account allocations and keys' limits the same way
 	// (allocationsDigest), and Accounts and Trunks are those themselves,
 	// sent when a member joins and to a member whose Allocs differs once
-	// this node's have held for AllocationSettle: they
-	// reach every member as they are made (SpreadAllocation, replayed to a
-	// member that comes back), so the state sync only repairs what that
-	// missed; 100,000 allocations are 7 MB of JSON.
+	// this node's have held for AllocationSettle: they reach every member
+	// as they are made (SpreadAllocation, replayed to a member that comes
+	// back), so the state sync only repairs what that missed; 100,000
+	// allocations are 7 MB of JSON.
 	Node      string                                     `json:"node,omitempty"`
 	Digest    string                                     `json:"digest,omitempty"`
 	Documents [][]byte                                   `json:"docs,omitempty"`
