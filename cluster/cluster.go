@@ -111,10 +111,15 @@ type Cluster struct {
 	// differed (see offerState; guarded by mu).
 	offered map[offerKey]stateOffer
 	// allocsSeen is this node's allocations' digest as a push-pull last
-	// found it, and allocsSince when it became that (allocationsSettled;
-	// guarded by mu).
+	// found it, allocsSince when it became that, and allocsApart since
+	// when each member's has differed from it (allocationsDue; guarded by
+	// mu).
 	allocsSeen  string
 	allocsSince time.Time
+	allocsApart map[string]time.Time
+	// metaStretch caches, by member meta, whether it reads a report's
+	// refresh stretch (readsStretch; guarded by mu).
+	metaStretch map[string]bool
 
 	wake    chan struct{} // a report calls for an early plan (Woken)
 	ex      exchangeState // StepExchange's, touched by its caller only but heard

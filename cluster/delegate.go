@@ -88,20 +88,43 @@ const AllocationSync = time.Minute
 // direct send takes, and each push-pull would otherwise send all of them.
 const AllocationSettle = 10 * time.Second
 
-// allocationsSettled reports whether this node's allocations' digest,
-// ours, has held for AllocationSettle at now (noting it when it moved).
-func (d *delegate) allocationsSettled(ours string, now time.Time) bool {
+// allocationsDue reports whether this node sends node its allocations,
+// from a push-pull at now that found their digests (ours, theirs): when
+// they differ and this node's have held for AllocationSettle, or they
+// have differed for AllocationSync whatever this node's do (a stream of
+// allocations that never lets them settle: a member that missed one is
+// sent them once every AllocationSync, not never).
+func (d *delegate) allocationsDue(node, ours, theirs string, now time.Time) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if ours != d.allocsSeen {
 		d.allocsSeen, d.allocsSince = ours, now
 	}
-	return now.Sub(d.allocsSince) >= AllocationSettle
+	if theirs == ours {
+		delete(d.allocsApart, node)
+		return false
+	}
+	if d.allocsApart == nil || len(d.allocsApart) >= 1024 {
+		d.allocsApart = map[string]time.Time{} // members that left stay until then
+	}
+	since, ok := d.allocsApart[node]
+	if !ok {
+		since = now
+		d.allocsApart[node] = now
+	}
+	switch {
+	case now.Sub(d.allocsSince) >= AllocationSettle:
+		return true
+	case now.Sub(since) >= AllocationSync:
+		d.allocsApart[node] = now // the next, AllocationSync after this one
+		return true
+	}
+	return false
 }
 
 // NodeMeta publishes version, RESP address and max_caps.
 func (d *delegate) NodeMeta(limit int) []byte {
-	b, _ := json.Marshal(meta{Version: Version, RESPAddr: d.cfg.RESPAddr, Admin: d.cfg.AdminAddr, MaxCAPS: d.cfg.MaxCAPS})
+	b, _ := json.Marshal(meta{Version: Version, RESPAddr: d.cfg.RESPAddr, Admin: d.cfg.AdminAddr, MaxCAPS: d.cfg.MaxCAPS, Stretch: true})
 	if len(b) > limit {
 		return nil
 	}
@@ -260,15 +283,15 @@ func (d *delegate) MergeRemoteState(buf []byte, join bool) {
 	c.applyTrunks(s.Trunks)
 	// At a join both ends send everything. A member of an earlier version
 	// sends no licence digest, and every document; nor an allocation
-	// digest: its allocations are offered it as to one whose digest
-	// differs (once every AllocationSync), as it sent them before.
+	// digest, and its allocations once a minute: it reads no allocation in
+	// a state sent to it, so none is sent.
 	if join || s.Node == "" || s.Node == d.cfg.NodeName {
 		return
 	}
 	if s.Digest != "" && s.Digest != d.cfg.Licences.Digest() {
 		c.offerState(s.Node, s.Digest, false)
 	}
-	if ours := d.allocationsDigest(); ours != "" && s.Allocs != ours && d.allocationsSettled(ours, d.cfg.Now()) {
+	if ours := d.allocationsDigest(); ours != "" && s.Allocs != "" && d.allocationsDue(s.Node, ours, s.Allocs, d.cfg.Now()) {
 		c.offerState(s.Node, s.Allocs, true)
 	}
 }

@@ -208,10 +208,12 @@ var (
 // members, the licences and the engine's counters, applies this node's
 // parts and returns the report to send.
 func (c *Cluster) plan(now time.Time, exchange bool) Report {
-	names := c.liveNames()
+	ms := c.ml.Members()
+	names := memberNames(ms)
 	c.cfg.Shares.SetMembers(len(names))
 	usage := c.usage.Read()
 	c.mu.Lock()
+	c.planner.refreshEntries = c.refreshBound(ms)
 	if c.licensed == nil {
 		c.licensed = map[string]admission.Limits{}
 	}

@@ -53,6 +53,49 @@ type meta struct {
 	RESPAddr string  `json:"resp"`
 	Admin    string  `json:"admin,omitempty"`
 	MaxCAPS  float64 `json:"max_caps"`
+	// Stretch: the member reads a report's refresh stretch (Report.Stretch);
+	// a member of an earlier release does not, and forgets the entries a
+	// stretched refresh names less often than deltaRefresh reports.
+	Stretch bool `json:"stretch,omitempty"`
+}
+
+// readsStretch reports whether every member whose meta is in metas reads
+// a report's refresh stretch (meta.Stretch). seen caches the answer by
+// meta (memberlist hands the same bytes until a member updates them); it
+// is cleared past 1,024 metas.
+func readsStretch(metas [][]byte, seen map[string]bool) bool {
+	all := true
+	for _, m := range metas {
+		ok, cached := seen[string(m)]
+		if !cached {
+			var md meta
+			ok = json.Unmarshal(m, &md) == nil && md.Stretch
+			if len(seen) >= 1024 {
+				clear(seen)
+			}
+			seen[string(m)] = ok
+		}
+		all = all && ok
+	}
+	return all
+}
+
+// refreshBound is the planner's refreshEntries for the live members ms:
+// refreshEntries when every one reads the stretch, else none (every entry
+// refreshed in deltaRefresh reports, as an earlier release expects).
+// Called with mu held.
+func (c *Cluster) refreshBound(ms []*memberlist.Node) int {
+	if c.metaStretch == nil {
+		c.metaStretch = map[string]bool{}
+	}
+	metas := make([][]byte, 0, len(ms))
+	for _, m := range ms {
+		metas = append(metas, m.Meta)
+	}
+	if readsStretch(metas, c.metaStretch) {
+		return refreshEntries
+	}
+	return noStretch
 }
 
 // peer is what this node keeps of another member beside its planner's
@@ -95,7 +138,11 @@ func (c *Cluster) Side() Side {
 
 // liveNames returns the names of the members that are not dead, sorted.
 func (c *Cluster) liveNames() []string {
-	ms := c.ml.Members()
+	return memberNames(c.ml.Members())
+}
+
+// memberNames returns the names of ms, sorted.
+func memberNames(ms []*memberlist.Node) []string {
 	names := make([]string, 0, len(ms))
 	for _, m := range ms {
 		names = append(names, m.Name)

@@ -76,8 +76,11 @@ type Planner struct {
 	appliedSent  wireState[Share]
 	sendWhole    bool
 	// refreshEntries bounds the entries a delta refreshes (see
-	// refreshStretch); refreshEntries unless a test sets fewer.
+	// refreshStretch); refreshEntries unless a test sets fewer, or the
+	// cluster more (a member of an earlier release expects every entry in
+	// deltaRefresh reports). stretch is the last report's refresh stretch.
 	refreshEntries int
+	stretch        uint64
 	// settled are the idle services whose parts a plan would leave as
 	// they are (see settledPart), with what they settled on; planEpoch
 	// moves on when the members or the side fraction change, and with it
@@ -396,10 +399,10 @@ func (v *view) take(r Report, moved func(key string)) {
 			}
 		}
 		v.report, v.owned, v.wholeSeq, v.namedHeld, v.namedApplied = r, false, r.Seq, nil, nil
-		v.stretch = max(r.Stretch, 1)
+		v.stretch = min(max(r.Stretch, 1), maxStretch)
 		return
 	}
-	v.stretch = max(v.stretch, r.Stretch, 1)
+	v.stretch = max(v.stretch, min(r.Stretch, maxStretch), 1)
 	if !v.owned {
 		// The whole report may be shared with other receivers (the
 		// simulator's); merge into copies.
@@ -922,10 +925,20 @@ func (p *Planner) report() Report {
 	moved := p.appliedMoved
 	p.appliedMoved = p.appliedMoved[:0]
 	entries := len(r.Held) + len(p.applied) + len(p.book.byKey)
-	if stretch := refreshStretch(entries, p.refreshEntries); stretch > 1 {
-		r.Stretch = stretch
+	whole := p.sendWhole || entries <= deltaAbove
+	// The stretch only grows between whole reports: entries that come and
+	// go (a service's sessions) would otherwise have it flip between s and
+	// s+1 from cycle to cycle, and an entry due only when both agree would
+	// go unnamed past the receiver's deltaExpire × s+1.
+	if stretch := refreshStretch(entries, p.refreshEntries); whole {
+		p.stretch = stretch
+	} else {
+		p.stretch = max(p.stretch, stretch)
 	}
-	if p.sendWhole || entries <= deltaAbove {
+	if p.stretch > 1 {
+		r.Stretch = p.stretch
+	}
+	if whole {
 		p.sendWhole = false
 		r.Applied = maps.Clone(p.applied)
 		p.heldSent.record(r.Held, r.Seq)
@@ -933,7 +946,7 @@ func (p *Planner) report() Report {
 		p.book.report(r.Held, r.Seq, true, 1)
 		return r
 	}
-	stretch := max(r.Stretch, 1)
+	stretch := max(p.stretch, 1)
 	r.Delta = true
 	r.Held, r.Applied = p.heldSent.delta(r.Held, r.Seq, stretch), p.appliedSent.deltaOf(p.applied, moved, r.Seq, stretch)
 	p.book.report(r.Held, r.Seq, false, stretch)

@@ -30,7 +30,11 @@ import "math"
 // idle report weighs about 6 KB where a hundredth of them was 45 KB and
 // the whole report 4.5 MB). A report says its stretch (Report.Stretch),
 // and a receiver forgets an entry after deltaExpire × the largest stretch
-// its sender said since its last whole report.
+// its sender said since its last whole report (at most maxStretch). A
+// sender's stretch only grows between whole reports, so that an entry is
+// named at least once in two cycles of the largest. While a member of an
+// earlier release is live (its metadata does not say meta.Stretch), no
+// member stretches: it would forget what a stretched refresh names.
 const (
 	deltaAbove   = 256
 	deltaRepeat  = 5
@@ -39,6 +43,13 @@ const (
 	// refreshEntries is about how many entries a report refreshes, at
 	// most, once the maps hold more than deltaRefresh times it.
 	refreshEntries = 128
+	// maxStretch bounds the stretch a receiver takes from a report: a
+	// refresh cycle of 100 million reports (four months at ten a second),
+	// past any farm's entries, and deltaExpire × it cannot overflow.
+	maxStretch = 1 << 20
+	// noStretch as refreshEntries keeps the stretch at 1 for any count
+	// of entries.
+	noStretch = math.MaxInt / deltaRefresh
 )
 
 // refreshStretch is by how much a report of entries entries (its Held and

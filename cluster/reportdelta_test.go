@@ -430,3 +430,71 @@ func TestRefreshStretch(t *testing.T) {
 		}
 	}
 }
+
+// A count of entries that moves across a stretch's bound (a service's
+// sessions come and go) would have the stretch flip from one pass to the
+// next, and an entry due only when both stretches agree go unnamed past
+// the receiver's expiry: the stretch only grows between whole reports, and
+// the receiver holds every idle entry throughout.
+func TestStretchOnlyGrowsBetweenWholeReports(t *testing.T) {
+	f := newAccountFarm(600)
+	b := NewPlanner("b", PolicyConfig{}, 100*time.Millisecond)
+	b.Heard(f.t0, "a", f.step())
+	var last uint64
+	rng := rand.New(rand.NewPCG(3, 4))
+	for i := range 6000 {
+		// What the count asks flips between a stretch of 4 and of 7 at
+		// random passes of the refresh slots.
+		if i%deltaRefresh == 0 {
+			f.a.refreshEntries = 1 + rng.IntN(2)
+		}
+		r := f.step()
+		require.True(t, r.Delta)
+		require.GreaterOrEqual(t, r.Stretch, last, "report %d", r.Seq)
+		last = r.Stretch
+		b.Heard(f.t0, "a", r)
+		if i > 50 {
+			require.Len(t, b.peers["a"].report.Held, len(everything(f.a).Held), "report %d: an idle entry forgotten", r.Seq)
+		}
+	}
+	require.Equal(t, uint64(7), last)
+	// A whole report (a member joined) starts from what the count asks.
+	f.a.refreshEntries = 2
+	f.a.Joined(f.t0, "c")
+	r := f.step()
+	require.False(t, r.Delta)
+	require.Equal(t, uint64(4), r.Stretch)
+}
+
+// The stretch is taken from a report up to maxStretch: a report claiming
+// more cannot make deltaExpire × it overflow (and expire every entry).
+func TestStretchFromTheWireIsBounded(t *testing.T) {
+	f := newAccountFarm(deltaAbove + 10)
+	b := NewPlanner("b", PolicyConfig{}, 100*time.Millisecond)
+	r := f.step()
+	r.Stretch = math.MaxUint64
+	b.Heard(f.t0, "a", r)
+	require.Equal(t, uint64(maxStretch), b.peers["a"].stretch)
+	for range 2 * deltaRefresh {
+		r := f.step()
+		r.Stretch = math.MaxUint64
+		b.Heard(f.t0, "a", r)
+	}
+	require.Len(t, b.peers["a"].report.Held, len(everything(f.a).Held))
+}
+
+// A member of an earlier release reads no stretch: while one is live, no
+// member stretches its refresh.
+func TestReadsStretch(t *testing.T) {
+	now, _ := json.Marshal(meta{Version: Version, RESPAddr: "127.0.0.1:6380", Stretch: true})
+	earlier := []byte(`{"v":"0.1.0","resp":"127.0.0.1:6381","max_caps":0}`)
+	seen := map[string]bool{}
+	require.True(t, readsStretch([][]byte{now, now}, seen))
+	require.False(t, readsStretch([][]byte{now, earlier}, seen))
+	require.False(t, readsStretch([][]byte{[]byte("not json")}, seen))
+	require.True(t, readsStretch(nil, seen))
+	require.Len(t, seen, 3)
+	// With noStretch, a count of any size keeps a stretch of 1.
+	require.Equal(t, uint64(1), refreshStretch(1<<62, noStretch))
+	require.Equal(t, uint64(1), refreshStretch(10_000_000, noStretch))
+}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/ed25519"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"sync/atomic"
 	"testing"
@@ -108,6 +109,39 @@ func TestStateSyncSendsAllocationsWhereDigestsDiffer(t *testing.T) {
 	require.NoError(t, json.Unmarshal((*delegate)(a.c).LocalState(true), &st))
 	require.Equal(t, map[string]map[string]admission.Allocation{"voice": {"acme": {Tokens: 500, Overage: "unlimited", At: 30}}}, st.Accounts)
 	require.Len(t, st.Trunks, 1)
+
+	// A stream of allocations on a that b misses, one before every
+	// push-pull: a's digest never holds for AllocationSettle, yet b is
+	// sent them once the two have differed for AllocationSync, and not
+	// again before another AllocationSync.
+	settle()
+	pushPull() // equal: nothing apart
+	sent := stateSent.Get()
+	streamTo := func(until time.Duration) (sends uint64) {
+		start := stateSent.Get()
+		for i := 0; time.Duration(i)*5*time.Second < until; i++ {
+			require.NoError(t, a.res.Apply("voice", fmt.Sprintf("stream-%d", clock.Load()), admission.Allocation{Tokens: 1, Overage: "none", At: clock.Load()}))
+			// a's side of a push-pull only: b keeps missing them.
+			(*delegate)(a.c).MergeRemoteState((*delegate)(b.c).LocalState(false), false)
+			a.c.wg.Wait()
+			clock.Add(int64(5 * time.Second))
+		}
+		return stateSent.Get() - start
+	}
+	require.Zero(t, streamTo(AllocationSync-time.Second), "apart for less than AllocationSync")
+	require.Equal(t, uint64(1), streamTo(10*time.Second), "apart for AllocationSync: sent")
+	require.Eventually(t, func() bool { return len(b.res.Accounts("voice")) > 2 }, 5*time.Second, 10*time.Millisecond)
+	require.Zero(t, streamTo(AllocationSync-10*time.Second), "not again before another AllocationSync")
+	require.Equal(t, uint64(1), streamTo(10*time.Second))
+	require.Equal(t, sent+2, stateSent.Get())
+
+	// A member of an earlier release names no digest (and reads no
+	// allocation in a state sent to it): it is sent none.
+	settle()
+	old, _ := json.Marshal(state{Node: "b", ClockMark: now()})
+	(*delegate)(a.c).MergeRemoteState(old, false)
+	a.c.wg.Wait()
+	require.Equal(t, sent+2, stateSent.Get())
 }
 
 // A push-pull carries the licences' digest, not the licences: members

@@ -113,7 +113,7 @@ func EstimateMemberlist(l MemberlistLoad) MemberlistTraffic {
 	name := l.NameLen
 	ping := 1 + 1 + 6 + 5 + 5 + 1 + name + 11 + 2 + 16 + 11 + 3 + 11 + 1 + name + mlPacketFraming
 	ack := 1 + 1 + 6 + 5 + 8 + 1 + mlPacketFraming
-	m, _ := json.Marshal(meta{Version: Version, RESPAddr: "10.0.0.100:6380", Admin: "10.0.0.100:8080", MaxCAPS: 100000})
+	m, _ := json.Marshal(meta{Version: Version, RESPAddr: "10.0.0.100:6380", Admin: "10.0.0.100:8080", MaxCAPS: 100000, Stretch: true})
 	entry := 1 + 5 + 1 + name + 5 + 2 + 16 + 5 + 3 + 5 + 2 + len(m) + 12 + 5 + 6 + 1 + 4 + 1 + 6
 	st := state{Node: strings.Repeat("n", name), Digest: strings.Repeat("0", 32), ClockMark: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC),
 		Allocs: strings.Repeat("0", 32) + "/" + strings.Repeat("0", 32)}
