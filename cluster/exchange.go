@@ -208,12 +208,11 @@ var (
 // members, the licences and the engine's counters, applies this node's
 // parts and returns the report to send.
 func (c *Cluster) plan(now time.Time, exchange bool) Report {
-	ms := c.ml.Members()
-	names := memberNames(ms)
+	names := c.liveNames()
 	c.cfg.Shares.SetMembers(len(names))
 	usage := c.usage.Read()
 	c.mu.Lock()
-	c.planner.refreshEntries = c.refreshBound(ms)
+	c.planner.refreshEntries = c.refreshBound()
 	if c.licensed == nil {
 		c.licensed = map[string]admission.Limits{}
 	}

@@ -80,17 +80,22 @@ func readsStretch(metas [][]byte, seen map[string]bool) bool {
 	return all
 }
 
-// refreshBound is the planner's refreshEntries for the live members ms:
+// refreshBound is the planner's refreshEntries for the members alive:
 // refreshEntries when every one reads the stretch, else none (every entry
-// refreshed in deltaRefresh reports, as an earlier release expects).
-// Called with mu held.
-func (c *Cluster) refreshBound(ms []*memberlist.Node) int {
+// refreshed in deltaRefresh reports, as an earlier release expects). It
+// reads the metadata NotifyJoin and NotifyUpdate keep, under mu as the
+// planner learns of joins: a member that joins is either counted here or
+// after the plan (its join then sends the next report whole, and the
+// next plan drops the stretch to 1). Called with mu held.
+func (c *Cluster) refreshBound() int {
 	if c.metaStretch == nil {
 		c.metaStretch = map[string]bool{}
 	}
-	metas := make([][]byte, 0, len(ms))
-	for _, m := range ms {
-		metas = append(metas, m.Meta)
+	metas := make([][]byte, 0, len(c.peers))
+	for _, p := range c.peers {
+		if p.alive {
+			metas = append(metas, p.metaRaw)
+		}
 	}
 	if readsStretch(metas, c.metaStretch) {
 		return refreshEntries
@@ -138,11 +143,7 @@ func (c *Cluster) Side() Side {
 
 // liveNames returns the names of the members that are not dead, sorted.
 func (c *Cluster) liveNames() []string {
-	return memberNames(c.ml.Members())
-}
-
-// memberNames returns the names of ms, sorted.
-func memberNames(ms []*memberlist.Node) []string {
+	ms := c.ml.Members()
 	names := make([]string, 0, len(ms))
 	for _, m := range ms {
 		names = append(names, m.Name)

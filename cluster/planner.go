@@ -930,7 +930,9 @@ func (p *Planner) report() Report {
 	// go (a service's sessions) would otherwise have it flip between s and
 	// s+1 from cycle to cycle, and an entry due only when both agree would
 	// go unnamed past the receiver's deltaExpire × s+1.
-	if stretch := refreshStretch(entries, p.refreshEntries); whole {
+	// Falling to 1 is safe too: every entry is then named within
+	// deltaRefresh reports, and a receiver keeps the larger stretch.
+	if stretch := refreshStretch(entries, p.refreshEntries); whole || stretch == 1 {
 		p.stretch = stretch
 	} else {
 		p.stretch = max(p.stretch, stretch)

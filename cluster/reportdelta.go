@@ -1,6 +1,9 @@
 package cluster
 
-import "math"
+import (
+	"math"
+	"math/bits"
+)
 
 // A report names every pool a member holds or budgets (Held) and every
 // service it applies a part of (Applied). With many accounts that is most
@@ -31,10 +34,11 @@ import "math"
 // the whole report 4.5 MB). A report says its stretch (Report.Stretch),
 // and a receiver forgets an entry after deltaExpire × the largest stretch
 // its sender said since its last whole report (at most maxStretch). A
-// sender's stretch only grows between whole reports, so that an entry is
-// named at least once in two cycles of the largest. While a member of an
-// earlier release is live (its metadata does not say meta.Stretch), no
-// member stretches: it would forget what a stretched refresh names.
+// sender's stretch is a power of two and only grows between whole reports
+// (or falls to 1), so that an entry is named at least once in a cycle of
+// the largest. While a member of an earlier release is live (its metadata
+// does not say meta.Stretch), no member stretches: it would forget what a
+// stretched refresh names.
 const (
 	deltaAbove   = 256
 	deltaRepeat  = 5
@@ -54,13 +58,21 @@ const (
 
 // refreshStretch is by how much a report of entries entries (its Held and
 // Applied, whole) stretches the refresh cycle: 1 up to deltaRefresh ×
-// refreshEntries entries, so that a report refreshes about refreshEntries
-// of them at most.
+// per entries, so that a report refreshes about per of them at most,
+// rounded up to a power of two. The schedules of powers of two nest (an
+// entry due under 2s is due under s), so an entry is named within one
+// cycle of the current stretch however it grew: stretches that grow a step
+// at a time (3, 4, 5, ...) could each miss an entry's turn, and leave it
+// unnamed for longer than the receiver's expiry.
 func refreshStretch(entries, per int) uint64 {
 	if entries <= 0 {
 		return 1
 	}
-	return uint64(1 + (entries-1)/(deltaRefresh*per))
+	n := uint64(1 + (entries-1)/(deltaRefresh*per))
+	if n <= 1 {
+		return 1
+	}
+	return 1 << bits.Len64(n-1)
 }
 
 // refreshDue reports whether report seq refreshes an entry whose key

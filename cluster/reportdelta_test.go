@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"math"
+	"math/bits"
 	"math/rand/v2"
 	"strconv"
 	"testing"
@@ -412,8 +413,9 @@ func TestRefreshStretch(t *testing.T) {
 		entries int
 		want    uint64
 	}{
-		{0, 1}, {1, 1}, {deltaRefresh * per, 1}, {deltaRefresh*per + 1, 2}, {100_000 + 1_000, 8},
-		{math.MaxInt, uint64(math.MaxInt/(deltaRefresh*per)) + 1},
+		{0, 1}, {1, 1}, {deltaRefresh * per, 1}, {deltaRefresh*per + 1, 2}, {2*deltaRefresh*per + 1, 4},
+		{4 * deltaRefresh * per, 4}, {100_000 + 1_000, 8},
+		{math.MaxInt, 1 << bits.Len64(uint64(math.MaxInt/(deltaRefresh*per)))},
 	} {
 		require.Equal(t, c.want, refreshStretch(c.entries, per), "%d entries", c.entries)
 	}
@@ -443,8 +445,8 @@ func TestStretchOnlyGrowsBetweenWholeReports(t *testing.T) {
 	var last uint64
 	rng := rand.New(rand.NewPCG(3, 4))
 	for i := range 6000 {
-		// What the count asks flips between a stretch of 4 and of 7 at
-		// random passes of the refresh slots.
+		// What the count asks flips between a stretch of 4 and of 7 (8)
+		// at random passes of the refresh slots.
 		if i%deltaRefresh == 0 {
 			f.a.refreshEntries = 1 + rng.IntN(2)
 		}
@@ -457,7 +459,7 @@ func TestStretchOnlyGrowsBetweenWholeReports(t *testing.T) {
 			require.Len(t, b.peers["a"].report.Held, len(everything(f.a).Held), "report %d: an idle entry forgotten", r.Seq)
 		}
 	}
-	require.Equal(t, uint64(7), last)
+	require.Equal(t, uint64(8), last) // 7 rounded up
 	// A whole report (a member joined) starts from what the count asks.
 	f.a.refreshEntries = 2
 	f.a.Joined(f.t0, "c")
@@ -467,17 +469,18 @@ func TestStretchOnlyGrowsBetweenWholeReports(t *testing.T) {
 }
 
 // The stretch is taken from a report up to maxStretch: a report claiming
-// more cannot make deltaExpire × it overflow (and expire every entry).
+// more cannot make deltaExpire × it overflow (2^62 × 300 is 0 in uint64,
+// and every entry not named in the last report would be expired).
 func TestStretchFromTheWireIsBounded(t *testing.T) {
 	f := newAccountFarm(deltaAbove + 10)
 	b := NewPlanner("b", PolicyConfig{}, 100*time.Millisecond)
 	r := f.step()
-	r.Stretch = math.MaxUint64
+	r.Stretch = 1 << 62
 	b.Heard(f.t0, "a", r)
 	require.Equal(t, uint64(maxStretch), b.peers["a"].stretch)
 	for range 2 * deltaRefresh {
 		r := f.step()
-		r.Stretch = math.MaxUint64
+		r.Stretch = 1 << 62
 		b.Heard(f.t0, "a", r)
 	}
 	require.Len(t, b.peers["a"].report.Held, len(everything(f.a).Held))
@@ -497,4 +500,45 @@ func TestReadsStretch(t *testing.T) {
 	// With noStretch, a count of any size keeps a stretch of 1.
 	require.Equal(t, uint64(1), refreshStretch(1<<62, noStretch))
 	require.Equal(t, uint64(1), refreshStretch(10_000_000, noStretch))
+}
+
+// However the count of entries grows (a provisioning run, one pass of the
+// refresh slots after another), every entry is named within one cycle of
+// the stretch of the moment: the receiver, which forgets after three,
+// never loses an idle one. Stretches that grew a step at a time (3, 4,
+// 5, ...) could each miss an entry's turn; powers of two nest.
+func TestRefreshScheduleNestsAsTheStretchGrows(t *testing.T) {
+	per := refreshEntries
+	const hashes = 2_000
+	last := make([]uint64, hashes) // the report that last named each hash
+	var stretch uint64 = 1
+	entries := 0
+	for seq := uint64(1); seq < 64*deltaRefresh; seq++ {
+		if seq%deltaRefresh == 0 {
+			entries += deltaRefresh * per // the raw stretch grows by one a pass
+		}
+		stretch = max(stretch, refreshStretch(entries, per))
+		for h := range uint64(hashes) {
+			if refreshDue(h*7919, seq, stretch) {
+				last[h] = seq
+			}
+			if seq-last[h] > deltaRefresh*stretch {
+				t.Fatalf("hash %d unnamed since report %d at report %d, stretch %d", h, last[h], seq, stretch)
+			}
+		}
+	}
+	require.Equal(t, uint64(64), stretch)
+}
+
+// The planner's bound follows the members alive: none while a member of
+// an earlier release is, refreshEntries once it left or was upgraded.
+func TestRefreshBoundFollowsTheMembers(t *testing.T) {
+	now, _ := json.Marshal(meta{Version: Version, RESPAddr: "127.0.0.1:6380", Stretch: true})
+	earlier := []byte(`{"v":"0.1.0","resp":"127.0.0.1:6381","max_caps":0}`)
+	c := &Cluster{peers: map[string]*peer{"a": {alive: true, metaRaw: now}, "b": {alive: true, metaRaw: earlier}}}
+	require.Equal(t, noStretch, c.refreshBound())
+	c.peers["b"].alive = false
+	require.Equal(t, refreshEntries, c.refreshBound())
+	c.peers["b"].alive, c.peers["b"].metaRaw = true, now
+	require.Equal(t, refreshEntries, c.refreshBound())
 }
