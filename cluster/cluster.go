@@ -117,9 +117,6 @@ type Cluster struct {
 	allocsSeen  string
 	allocsSince time.Time
 	allocsApart map[string]time.Time
-	// metaStretch caches, by member meta, whether it reads a report's
-	// refresh stretch (readsStretch; guarded by mu).
-	metaStretch map[string]bool
 
 	wake    chan struct{} // a report calls for an early plan (Woken)
 	ex      exchangeState // StepExchange's, touched by its caller only but heard

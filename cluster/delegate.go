@@ -402,7 +402,7 @@ func (e *events) NotifyJoin(n *memberlist.Node) {
 	if n.Name != c.cfg.NodeName {
 		c.hadPeer.Store(true)
 	}
-	p.resp = respOf(p.metaRaw, p.addr)
+	p.resp, p.stretch = respOf(p.metaRaw, p.addr), readsStretch(p.metaRaw)
 	p.alive = true
 	c.refreshOwners()
 	c.mu.Unlock()
@@ -445,7 +445,7 @@ func (e *events) NotifyUpdate(n *memberlist.Node) {
 	c.mu.Lock()
 	if p := c.peers[n.Name]; p != nil {
 		p.metaRaw = append([]byte(nil), n.Meta...)
-		p.resp = respOf(p.metaRaw, p.addr)
+		p.resp, p.stretch = respOf(p.metaRaw, p.addr), readsStretch(p.metaRaw)
 		c.refreshOwners()
 	}
 	c.mu.Unlock()

@@ -59,48 +59,27 @@ type meta struct {
 	Stretch bool `json:"stretch,omitempty"`
 }
 
-// readsStretch reports whether every member whose meta is in metas reads
-// a report's refresh stretch (meta.Stretch). seen caches the answer by
-// meta (memberlist hands the same bytes until a member updates them); it
-// is cleared past 1,024 metas.
-func readsStretch(metas [][]byte, seen map[string]bool) bool {
-	all := true
-	for _, m := range metas {
-		ok, cached := seen[string(m)]
-		if !cached {
-			var md meta
-			ok = json.Unmarshal(m, &md) == nil && md.Stretch
-			if len(seen) >= 1024 {
-				clear(seen)
-			}
-			seen[string(m)] = ok
-		}
-		all = all && ok
-	}
-	return all
+// readsStretch reports whether a member with this metadata reads a
+// report's refresh stretch (meta.Stretch).
+func readsStretch(metaRaw []byte) bool {
+	var md meta
+	return json.Unmarshal(metaRaw, &md) == nil && md.Stretch
 }
 
 // refreshBound is the planner's refreshEntries for the members alive:
 // refreshEntries when every one reads the stretch, else none (every entry
 // refreshed in deltaRefresh reports, as an earlier release expects). It
-// reads the metadata NotifyJoin and NotifyUpdate keep, under mu as the
-// planner learns of joins: a member that joins is either counted here or
-// after the plan (its join then sends the next report whole, and the
-// next plan drops the stretch to 1). Called with mu held.
+// reads what NotifyJoin and NotifyUpdate noted of their metadata, under mu
+// as the planner learns of joins: a member that joins is either counted
+// here or after the plan (its join then sends the next report whole, and
+// the next plan drops the stretch to 1). Called with mu held.
 func (c *Cluster) refreshBound() int {
-	if c.metaStretch == nil {
-		c.metaStretch = map[string]bool{}
-	}
-	metas := make([][]byte, 0, len(c.peers))
 	for _, p := range c.peers {
-		if p.alive {
-			metas = append(metas, p.metaRaw)
+		if p.alive && !p.stretch {
+			return noStretch
 		}
 	}
-	if readsStretch(metas, c.metaStretch) {
-		return refreshEntries
-	}
-	return noStretch
+	return refreshEntries
 }
 
 // peer is what this node keeps of another member beside its planner's
@@ -112,6 +91,7 @@ type peer struct {
 	addr    string
 	metaRaw []byte
 	resp    string // its RESP address (spilled ADMITs go there)
+	stretch bool   // its metadata says it reads a refresh stretch
 	// head is its ledger head as last reported; witnessed the seq of the
 	// head last handed to Witnesses.
 	head      ledger.Witness
