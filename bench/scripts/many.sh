@@ -9,7 +9,10 @@
 # -P 16, the same run), what the data directories grew by over a ledger
 # interval, and the RSS of each member; then each member's CPU over 10 s
 # idle and n1's CPU profile of that and of the two runs (KEEP=DIR
-# keeps the profiles and the capsgate binary in DIR).
+# keeps the profiles, n1's heap profile and the capsgate binary in DIR). Before the set-up,
+# the same farm with the first licence alone (the empty farm) is measured
+# the same way: its idle CPU and its ADMIT rate, against which the loaded
+# farm's rates are given.
 #
 #   bench/scripts/many.sh [NODES] [SERVICES] [ACCOUNTS]
 #
@@ -28,20 +31,38 @@ for i in $(seq 0 $((SERVICES - 1))); do
 done
 echo "issued $SERVICES licences in $(python3 -c "print(round($(date +%s.%N)-$t0,1))") s"
 farm $NODES many
+RP=${RESPS[0]##*:}
+tick=$(getconf CLK_TCK)
+# idle_cpu SECONDS: each member's CPU over SECONDS, % of a core.
+idle_cpu() {
+  local t0=() i out=()
+  for p in "${NODEPIDS[@]}"; do t0+=("$(cpu_ticks $p)"); done
+  sleep "$1"
+  for i in "${!NODEPIDS[@]}"; do
+    out+=("$(python3 -c "print(round(($(cpu_ticks ${NODEPIDS[$i]}) - ${t0[$i]}) / $tick / $1 * 100, 1))")")
+  done
+  echo "${out[*]}"
+}
+ctl license add "$W/lic/s000000000000.lic" >/dev/null
+for r in "${RESPS[@]}"; do # every member holds it (at most 30 s)
+  for _ in $(seq 300); do
+    redis-cli -p "${r##*:}" ADMIT s000000000000 | grep -q UNLICENSED || break
+    sleep 0.1
+  done
+done
+sleep 2
+echo "empty farm (one licence): idle CPU of each member over 10 s, % of a core: $(idle_cpu 10)"
+empty=$(rate $RP 1000000 ADMIT s000000000000)
+echo "empty farm: ADMIT on n1 (redis-benchmark -c 50 -P 16 -n 1000000): $empty/s"
 python3 -u bench/scripts/many_setup.py "$W/lic" "$(cat "$W/keys/admin.token")" "$SERVICES" "$ACCOUNTS" \
   "$(IFS=,; echo "${ADMINS[*]}")" "$(IFS=,; echo "${NODEPIDS[*]}")" "$(IFS=,; echo "${DIRS[*]}")"
-RP=${RESPS[0]##*:}
 profile() { # seconds out
   curl -s -H "Authorization: Bearer $(cat "$W/keys/admin.token")" "${ADMINS[0]}/debug/pprof/profile?seconds=$1" -o "$2"
 }
-idle=()
-for p in "${NODEPIDS[@]}"; do idle+=("$(cpu_ticks $p)"); done
-profile 10 "$W/idle.pprof"
-tick=$(getconf CLK_TCK)
-for i in "${!NODEPIDS[@]}"; do
-  idle[$i]=$(python3 -c "print(round(($(cpu_ticks ${NODEPIDS[$i]}) - ${idle[$i]}) / $tick / 10 * 100, 1))")
-done
-echo "idle: CPU of each member over 10 s, % of a core: ${idle[*]}"
+profile 10 "$W/idle.pprof" &
+pp=$!
+echo "idle: CPU of each member over 10 s, % of a core: $(idle_cpu 10)"
+wait $pp
 profile 4 "$W/one.pprof" &
 pp=$!
 one=$(rate $RP 1000000 ADMIT s000000000000)
@@ -51,7 +72,11 @@ pp=$!
 all=$(RANGE=$SERVICES rate $RP 1000000 ADMIT s__rand_int__)
 wait $pp
 echo "ADMIT on n1 (redis-benchmark -c 50 -P 16 -n 1000000): one service $one/s; spread over all $SERVICES services $all/s ($(python3 -c "print(round($all/$one,2))")×)"
-if [ -n "${KEEP:-}" ]; then cp "$W"/idle.pprof "$W"/one.pprof "$W"/all.pprof "$KEEP/"; cp "$W/bin/capsgate" "$KEEP/capsgate.bin"; fi
+echo "against the empty farm's $empty/s in this run: one service $(python3 -c "print(round($one/$empty,2))")×, spread $(python3 -c "print(round($all/$empty,2))")×"
+if [ -n "${KEEP:-}" ]; then
+  curl -s -H "Authorization: Bearer $(cat "$W/keys/admin.token")" "${ADMINS[0]}/debug/pprof/heap" -o "$KEEP/heap.pprof"
+  cp "$W"/idle.pprof "$W"/one.pprof "$W"/all.pprof "$KEEP/"; cp "$W/bin/capsgate" "$KEEP/capsgate.bin"
+fi
 for label in idle one all; do
   echo "n1's CPU profile, $label:"
   go tool pprof -top -cum "$W/bin/capsgate" "$W/$label.pprof" 2>/dev/null | sed -n '6,20p'
