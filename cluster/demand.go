@@ -13,8 +13,16 @@ import (
 // (see rateMeter). The rate at which a node charges each token pool is
 // measured the same way.
 type demandMeter struct {
-	hist   map[string]*rateMeter
-	tokens map[string]*rateMeter
+	series map[string]*serviceMeters
+	// lastDemand, lastRates and lastHeld size the next measure's maps as
+	// the last one's were.
+	lastDemand, lastRates, lastHeld int
+}
+
+// serviceMeters are one service's series: the attempts offered to its
+// licence and the tokens charged to its pool here.
+type serviceMeters struct {
+	offered, tokens rateMeter
 }
 
 type sample struct {
@@ -23,7 +31,7 @@ type sample struct {
 }
 
 func newDemandMeter() *demandMeter {
-	return &demandMeter{hist: map[string]*rateMeter{}, tokens: map[string]*rateMeter{}}
+	return &demandMeter{series: map[string]*serviceMeters{}}
 }
 
 // measure updates every service's demand from this node's counters at t
@@ -31,18 +39,24 @@ func newDemandMeter() *demandMeter {
 // pool is charged here and what each service holds here (the accounts'
 // pools are the account book's).
 func (m *demandMeter) measure(u Usage, t float64) (demand, tokenRate map[string]float64, held map[string]Held) {
-	demand, tokenRate, held = map[string]float64{}, map[string]float64{}, map[string]Held{}
+	demand, tokenRate, held = make(map[string]float64, m.lastDemand), make(map[string]float64, m.lastRates), make(map[string]Held, m.lastHeld)
 	for _, s := range u {
 		if owed := max(s.Depth-s.Avail, 0); s.Sessions > 0 || s.Subscribers > 0 || s.PoolUsed > 0 || owed > 0 {
 			held[s.Name] = Held{Sessions: s.Sessions, Subscribers: s.Subscribers, Tokens: s.PoolUsed, Owed: owed}
 		}
-		if d := push(m.hist, s.Name, sample{t: t, n: s.Offered}); d >= 0.01 {
+		sm := m.series[s.Name]
+		if sm == nil {
+			sm = &serviceMeters{}
+			m.series[s.Name] = sm
+		}
+		if d := sm.offered.push(sample{t: t, n: s.Offered}); d >= 0.01 {
 			demand[s.Name] = d
 		}
-		if r := push(m.tokens, s.Name, sample{t: t, n: uint64(max(s.PoolUsed, 0))}); r >= 0.01 {
+		if r := sm.tokens.push(sample{t: t, n: uint64(max(s.PoolUsed, 0))}); r >= 0.01 {
 			tokenRate[s.Name] = r
 		}
 	}
+	m.lastDemand, m.lastRates, m.lastHeld = len(demand), len(tokenRate), len(held)
 	return demand, tokenRate, held
 }
 
@@ -153,16 +167,6 @@ func readUsage(eng *admission.Engine, pools func(*admission.Service, []admission
 // in the service and account alphabet); a service's own pool is named by
 // the service.
 func poolKey(service, account string) string { return service + "/" + account }
-
-// push adds a sample to a series and returns its rate.
-func push(meters map[string]*rateMeter, name string, cur sample) float64 {
-	m, ok := meters[name]
-	if !ok {
-		m = &rateMeter{}
-		meters[name] = m
-	}
-	return m.push(cur)
-}
 
 // Rate meter settings. A rate is measured over the samples since it last
 // changed, over at most rateWindow: a Poisson stream's rate over 3 s is
