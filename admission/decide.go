@@ -54,6 +54,9 @@ func (s *Service) countTrunkRefusal(r Reason, spillable bool) {
 // attempt is spillable (AdmitSpillable).
 func (s *Service) takeCAPS(now int64, l *derived, prio Priority, spillable bool) (left int64, d Decision, ok bool) {
 	left, _, d, ok = s.limiter.takeCAPS(now, l, prio)
+	if !s.spent.marked.Load() && s.spentStack != nil {
+		markMoved(s.spentStack, s)
+	}
 	if !ok && !spillable {
 		s.counts[CAPS].Add(1)
 		s.refusedCAPS(now)

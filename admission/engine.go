@@ -127,6 +127,9 @@ type Engine struct {
 	// the stack of keys that moved since the last DrainMoved.
 	trunkCount  atomic.Int64
 	movedTrunks atomic.Pointer[Trunk]
+	// spentServices is the stack of services whose CAPS bucket was taken
+	// from since the last DrainSpent.
+	spentServices atomic.Pointer[Service]
 }
 
 // UnlicensedBucket is the service under which emergency calls naming a
@@ -265,6 +268,7 @@ func (e *Engine) ensure(name string, forLicence bool) (*Service, error) {
 		s.maxLog = MaxLog
 	}
 	s.gate = &e.gate
+	s.spentStack = &e.spentServices
 	s.wake = e.cfg.ReserveWake
 	s.await = e.cfg.AwaitReserve
 	s.wakeReserver()

@@ -54,6 +54,11 @@ type limiter struct {
 
 // Service is the state of one service on this node.
 type Service struct {
+	// spent: its CAPS bucket was taken from since the engine's stack of
+	// spent services (spentStack) was last drained (DrainSpent). First,
+	// so that its flag shares a cache line with the bucket: every
+	// decision reads it.
+	spent moveMark[Service]
 	limiter
 	emergency atomic.Uint64 // emergency attempts admitted
 	emergN    atomic.Int64  // open emergency sessions
@@ -63,6 +68,8 @@ type Service struct {
 	subsN     atomic.Int64 // registered subscribers
 	tokensUse atomic.Int64 // tokens charged in all
 	overUse   atomic.Int64 // tokens charged beyond a pool
+
+	spentStack *atomic.Pointer[Service]
 
 	// trunks are the keys with limits of their own (ADMIT ... TRUNK).
 	trunks trunkTable
@@ -347,3 +354,12 @@ func (s *limiter) Bucket(now int64) (depth, avail int64) {
 	}
 	return l.caps.burst, l.caps.available(&s.capsTAT, now)
 }
+
+func (s *Service) moveMark() *moveMark[Service] { return &s.spent }
+
+// DrainSpent calls f for every service whose CAPS bucket was taken from
+// since the last drain, each once: a watcher of 1,000 licences' buckets
+// (the cluster's starved check, every 10 ms) visits those that are
+// spending. A service taken from while f reads it is handed out again at
+// the next drain. One caller at a time.
+func (e *Engine) DrainSpent(f func(*Service)) { drainMoved(&e.spentServices, f) }

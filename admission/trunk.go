@@ -58,10 +58,9 @@ type Trunk struct {
 	service *Service
 	// touched: something was decided, released or counted since the key
 	// was last drained (DrainMoved), and it is on the engine's stack of
-	// moved keys (moved, linked by next), so that a reader of 100,000 keys
-	// visits only those that move.
-	touched atomic.Bool
-	next    *Trunk
+	// moved keys (moved), so that a reader of 100,000 keys visits only
+	// those that move.
+	touched moveMark[Trunk]
 	moved   *atomic.Pointer[Trunk]
 	// peak is the most sessions open at once since TakePeakSessions.
 	peak atomic.Int64
@@ -84,19 +83,14 @@ func (t *Trunk) TakePeakSessions() int64 {
 	return max(p, t.sessionsN.Load())
 }
 
+func (t *Trunk) moveMark() *moveMark[Trunk] { return &t.touched }
+
 // touch marks the key as moved: the first mark since it was last drained
 // pushes it on the engine's stack (a compare-and-swap, no lock); the
 // others only read the flag.
 func (t *Trunk) touch() {
-	if t.touched.Load() || !t.touched.CompareAndSwap(false, true) {
-		return
-	}
-	for {
-		head := t.moved.Load()
-		t.next = head
-		if t.moved.CompareAndSwap(head, t) {
-			return
-		}
+	if !t.touched.marked.Load() {
+		markMoved(t.moved, t)
 	}
 }
 
@@ -104,15 +98,7 @@ func (t *Trunk) touch() {
 // released or counted on it) since the last drain, each once. A key that
 // moves while f reads it is handed out again at the next drain. One
 // caller at a time.
-func (e *Engine) DrainMoved(f func(*Trunk)) {
-	for t := e.movedTrunks.Swap(nil); t != nil; {
-		next := t.next
-		t.next = nil
-		t.touched.Store(false) // before f reads it: a move from here on pushes it again
-		f(t)
-		t = next
-	}
-}
+func (e *Engine) DrainMoved(f func(*Trunk)) { drainMoved(&e.movedTrunks, f) }
 
 // Key returns the key's name within its service.
 func (t *Trunk) Key() string { return t.key }

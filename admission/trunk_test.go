@@ -395,3 +395,32 @@ func TestUsedCAPSOfServiceAndKey(t *testing.T) {
 	e.Tick(clk.Now())
 	require.Zero(t, e.Trunk("voice", "a").Stats().UsedCAPS, "an idle second")
 }
+
+// DrainSpent hands out each service whose CAPS bucket was taken from
+// since the last drain, once, whether the attempt was admitted, refused
+// for CAPS or made with a session; a service decided without its bucket
+// (a call already open) is not handed out, nor one never decided.
+func TestDrainSpent(t *testing.T) {
+	e, clk := newTestEngine(t, capsOnly(2))
+	for _, name := range []string{"video", "idle"} {
+		require.NoError(t, e.SetLimits(name, Limits{Licensed: true, CAPS: 2, Sessions: Unlimited, Subscribers: Unlimited, Tokens: Unlimited}))
+	}
+	drained := func() []string {
+		var out []string
+		e.DrainSpent(func(s *Service) { out = append(out, s.Name()) })
+		slices.Sort(out)
+		return out
+	}
+	require.Empty(t, drained(), "limits set spend nothing")
+	now := clk.Now()
+	for range 5 { // two admitted, three refused
+		e.Admit(now, svc, nil, nil, Normal)
+	}
+	require.True(t, e.Admit(now, []byte("video"), []byte("call"), nil, Normal).Admitted())
+	require.Equal(t, []string{"video", "voice"}, drained())
+	require.Empty(t, drained())
+	require.True(t, e.Admit(now, []byte("video"), []byte("call"), nil, Normal).Admitted(), "the call already open")
+	require.Empty(t, drained(), "a repeat of an open call takes nothing from the bucket")
+	e.Admit(now, svc, nil, nil, Normal)
+	require.Equal(t, []string{"voice"}, drained(), "a refusal for CAPS")
+}

@@ -104,8 +104,12 @@ type Cluster struct {
 	// kept up to date by Shares.SyncLicensed (under mu).
 	licensed map[string]admission.Limits
 	usage    *UsageReader // read by the exchange loop only
-	// watch is the buckets starved watches, as of the last plan.
-	watch []starvedWatch
+	// watch is the trunk keys' buckets starved watches, as of the last
+	// plan; spending the licences' buckets spent since the last plan or
+	// not full since (plans counts the plans: guarded by mu).
+	watch    []starvedWatch
+	spending map[*admission.Service]spendingWatch
+	plans    uint64
 	// offered is, by member and by what was sent, the last time this node
 	// sent it its licences or its allocations because their digests
 	// differed (see offerState; guarded by mu).

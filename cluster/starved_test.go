@@ -10,11 +10,12 @@ import (
 	"github.com/capsgate/capsgate/admission"
 )
 
-// starved watches the buckets the last plan named, by pointer: a licence
-// whose bucket spent half of what the plan lent it calls for an early plan
-// from that very attempt on, an untouched licence does not, and a licence
-// loaded after the plan is watched from the next plan.
-func TestStarvedWatchesThePlannedBuckets(t *testing.T) {
+// starved looks at the licences whose bucket the engine says was taken
+// from: a licence whose bucket spent half of what the plan lent it calls
+// for an early plan from that very attempt on; an untouched licence is
+// never looked at; a bucket full again and untouched since the last plan
+// is let go; a licence loaded after the plan is watched from the next plan.
+func TestStarvedWatchesTheSpentBuckets(t *testing.T) {
 	clk := admission.NewFakeClock()
 	cfg := admission.DefaultConfig()
 	cfg.Clock = clk
@@ -29,11 +30,11 @@ func TestStarvedWatchesThePlannedBuckets(t *testing.T) {
 	require.NoError(t, shares.SetLimits("voice", licence))
 	require.NoError(t, shares.SetLimits("idle", licence))
 	c.plan(time.Now(), true)
-	require.Len(t, c.watch, 2)
 	lent, watched := c.planner.Watched("voice")
 	require.True(t, watched)
 	require.Greater(t, lent, 2.0)
 	require.False(t, c.starved())
+	require.Empty(t, c.spending, "nothing spent")
 
 	voice := eng.Service("voice")
 	admitted := 0
@@ -47,12 +48,32 @@ func TestStarvedWatchesThePlannedBuckets(t *testing.T) {
 		admitted++
 		require.Less(t, admitted, 1000)
 	}
+	require.Len(t, c.spending, 1, "only the spent licence is looked at")
+	require.Contains(t, c.spending, voice)
 	_, idle := eng.Service("idle").Bucket(clk.Now())
 	require.Greater(t, float64(2*idle), lent, "idle untouched")
 
+	// Refilled, it is still looked at until a plan has passed since it
+	// was last spent; then it is let go, and taken up at its next attempt.
+	clk.Advance(10 * time.Second)
+	require.False(t, c.starved())
+	require.Len(t, c.spending, 1, "spent since the last plan")
+	c.plan(time.Now(), true)
+	require.False(t, c.starved())
+	require.Empty(t, c.spending, "full and untouched since the last plan")
+	require.True(t, eng.Admit(clk.Now(), []byte("voice"), nil, nil, admission.Normal).Admitted())
+	require.False(t, c.starved())
+	require.Len(t, c.spending, 1)
+
 	// A licence loaded since the plan: watched from the next one.
 	require.NoError(t, shares.SetLimits("video", licence))
-	eng.Service("video")
+	video := eng.Service("video")
+	for range 100 {
+		eng.Admit(clk.Now(), []byte("video"), nil, nil, admission.Normal)
+	}
+	_, avail := video.Bucket(clk.Now())
+	require.Zero(t, avail)
+	require.False(t, c.starved(), "not planned yet")
 	c.plan(time.Now(), true)
-	require.Len(t, c.watch, 3)
+	require.True(t, c.starved(), "planned: spent")
 }
