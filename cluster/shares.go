@@ -215,6 +215,15 @@ func (s *Shares) Planned() {
 	s.awaiting = false
 }
 
+// Awaiting reports whether this node joins a farm and has not planned
+// yet (AwaitPlan, until Planned): it then admits nothing that a licence
+// limits.
+func (s *Shares) Awaiting() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.awaiting
+}
+
 // SetShare sets this node's part of a service's licence.
 func (s *Shares) SetShare(service string, sh Share) error {
 	s.mu.Lock()

@@ -88,8 +88,8 @@ func NewDev(t TB, args ...string) *Node {
 	return n
 }
 
-// start runs the process joining join and waits until it answers PING;
-// a process that does not is killed.
+// start runs the process joining join and waits until it answers PING
+// and /readyz; a process that does not is killed.
 func (n *Node) start(join []string) error {
 	n.mu.Lock()
 	if n.run != nil && !isDone(n.run) {
@@ -130,7 +130,23 @@ func (n *Node) start(join []string) error {
 			return fmt.Errorf("%s did not answer PING on %s within %s: %s", n.Name, n.RESPAddr, n.startTimeout, lastLines(n.Log(), 5))
 		}
 	}
-	return nil
+	// Ready: a node joining a farm admits nothing before the cluster's
+	// first plan.
+	for {
+		_, err := n.GetRaw("/readyz")
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-r.done:
+			return fmt.Errorf("%s exited during start-up (%v): %s", n.Name, r.err, lastLines(n.Log(), 5))
+		case <-time.After(5 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			n.Kill()
+			return fmt.Errorf("%s was not ready within %s (%v): %s", n.Name, n.startTimeout, err, lastLines(n.Log(), 5))
+		}
+	}
 }
 
 func isDone(r *run) bool {
@@ -195,7 +211,7 @@ func (n *Node) Stop() error {
 
 // Restart starts a node that was killed or stopped again, with the same
 // ports and data dir, joining every other running node of its cluster, and
-// waits until it answers PING.
+// waits until it answers PING and /readyz.
 func (n *Node) Restart() error {
 	var join []string
 	if n.joins != nil {

@@ -34,6 +34,13 @@ func (n *Node) adminHandler(token string) http.Handler {
 			_, _ = w.Write([]byte("not ready\n"))
 			return
 		}
+		if n.shares.Awaiting() {
+			// A node joining a farm enforces no part of any licence before
+			// the cluster's first plan: it would refuse every attempt.
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write([]byte("not ready: awaiting the cluster's first plan\n"))
+			return
+		}
 		_, _ = w.Write([]byte("ready\n"))
 	})
 	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, _ *http.Request) {

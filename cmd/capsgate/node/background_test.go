@@ -60,3 +60,38 @@ func TestBackgroundStepsAtInstants(t *testing.T) {
 	require.Equal(t, cluster.StarvedCheck, n.cluster.StepExchange(t0))
 	require.Equal(t, time.Second, n.cluster.StepRejoin(t0))
 }
+
+// A node that joins a farm answers /readyz 503 until the cluster's first
+// plan has given it its parts (before, every licence applies here with no
+// part: it would refuse every attempt), and 200 from then on.
+func TestReadyAfterTheFirstPlan(t *testing.T) {
+	g1 := farm.FreeAddr(t)
+	a := startNode(t, "--dev", "--node-name", "a", "--gossip-addr", g1)
+	cfg, err := Load([]string{"--dev", "--resp-addr", farm.FreeAddr(t), "--admin-addr", farm.FreeAddr(t),
+		"--gossip-addr", farm.FreeAddr(t), "--data-dir", filepath.Join(t.TempDir(), "d"), "--node-name", "joiner",
+		"--join", g1}, io.Discard)
+	require.NoError(t, err)
+	n, err := New(cfg, nil)
+	require.NoError(t, err)
+	n.stepped = true
+	require.NoError(t, n.Start())
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		require.NoError(t, n.Stop(ctx))
+	})
+	readyz := "http://" + n.AdminAddr() + "/readyz"
+	code, body := get(t, readyz, "")
+	require.Equal(t, 503, code)
+	require.Equal(t, "not ready: awaiting the cluster's first plan\n", body)
+	t0 := time.Now()
+	n.cluster.StepExchange(t0) // schedules the first exchange
+	code, _ = get(t, readyz, "")
+	require.Equal(t, 503, code, "no plan yet")
+	n.cluster.StepExchange(t0.Add(cluster.ExchangeInterval))
+	code, body = get(t, readyz, "")
+	require.Equal(t, 200, code)
+	require.Equal(t, "ready\n", body)
+	code, _ = get(t, "http://"+a.AdminAddr()+"/readyz", "")
+	require.Equal(t, 200, code, "a node that joins nothing is ready at once")
+}
