@@ -11,8 +11,8 @@
 # idle and n1's CPU profile of that and of the two runs (KEEP=DIR
 # keeps the profiles, n1's heap profile and the capsgate binary in DIR). Before the set-up,
 # the same farm with the first licence alone (the empty farm) is measured
-# the same way: its idle CPU and its ADMIT rate, against which the loaded
-# farm's rates are given.
+# the same way, its idle CPU and its ADMIT rate, and a fresh empty farm
+# again at the end: the loaded farm's rates are given against both.
 #
 #   bench/scripts/many.sh [NODES] [SERVICES] [ACCOUNTS]
 #
@@ -43,17 +43,25 @@ idle_cpu() {
   done
   echo "${out[*]}"
 }
-ctl license add "$W/lic/s000000000000.lic" >/dev/null
-for r in "${RESPS[@]}"; do # every member holds it (at most 30 s)
-  for _ in $(seq 300); do
-    redis-cli -p "${r##*:}" ADMIT s000000000000 | grep -q UNLICENSED || break
-    sleep 0.1
+# empty_farm WHEN: loads the first licence alone on the farm, waits for
+# every member to hold it, and measures the members' idle CPU and the ADMIT
+# rate on n1 (EMPTY).
+empty_farm() {
+  ctl license add "$W/lic/s000000000000.lic" >/dev/null
+  local r
+  for r in "${RESPS[@]}"; do # every member holds it (at most 30 s)
+    for _ in $(seq 300); do
+      redis-cli -p "${r##*:}" ADMIT s000000000000 | grep -q UNLICENSED || break
+      sleep 0.1
+    done
   done
-done
-sleep 2
-echo "empty farm (one licence): idle CPU of each member over 10 s, % of a core: $(idle_cpu 10)"
-empty=$(rate $RP 1000000 ADMIT s000000000000)
-echo "empty farm: ADMIT on n1 (redis-benchmark -c 50 -P 16 -n 1000000): $empty/s"
+  sleep 2
+  echo "empty farm (one licence), $1: idle CPU of each member over 10 s, % of a core: $(idle_cpu 10)"
+  EMPTY=$(rate $RP 1000000 ADMIT s000000000000)
+  echo "empty farm, $1: ADMIT on n1 (redis-benchmark -c 50 -P 16 -n 1000000): $EMPTY/s"
+}
+empty_farm before
+empty=$EMPTY
 python3 -u bench/scripts/many_setup.py "$W/lic" "$(cat "$W/keys/admin.token")" "$SERVICES" "$ACCOUNTS" \
   "$(IFS=,; echo "${ADMINS[*]}")" "$(IFS=,; echo "${NODEPIDS[*]}")" "$(IFS=,; echo "${DIRS[*]}")"
 profile() { # seconds out
@@ -72,7 +80,6 @@ pp=$!
 all=$(RANGE=$SERVICES rate $RP 1000000 ADMIT s__rand_int__)
 wait $pp
 echo "ADMIT on n1 (redis-benchmark -c 50 -P 16 -n 1000000): one service $one/s; spread over all $SERVICES services $all/s ($(python3 -c "print(round($all/$one,2))")×)"
-echo "against the empty farm's $empty/s in this run: one service $(python3 -c "print(round($one/$empty,2))")×, spread $(python3 -c "print(round($all/$empty,2))")×"
 if [ -n "${KEEP:-}" ]; then
   curl -s -H "Authorization: Bearer $(cat "$W/keys/admin.token")" "${ADMINS[0]}/debug/pprof/heap" -o "$KEEP/heap.pprof"
   cp "$W"/idle.pprof "$W"/one.pprof "$W"/all.pprof "$KEEP/"; cp "$W/bin/capsgate" "$KEEP/capsgate.bin"
@@ -81,3 +88,14 @@ for label in idle one all; do
   echo "n1's CPU profile, $label:"
   go tool pprof -top -cum "$W/bin/capsgate" "$W/$label.pprof" 2>/dev/null | sed -n '6,20p'
 done
+# A fresh empty farm after the loaded one: the rates are given against
+# both, each measured in this run (the machine's speed moves between runs
+# as much as the effect, and within a run too).
+for p in "${NODEPIDS[@]}"; do kill -9 "$p"; done
+sleep 1
+rm -rf "${DIRS[@]}"
+farm $NODES many
+RP=${RESPS[0]##*:}
+empty_farm after
+ratio() { python3 -c "print(round($1/$2,2))"; }
+echo "against the empty farm before ($empty/s) and after ($EMPTY/s): one service $(ratio $one $empty)× and $(ratio $one $EMPTY)×, spread $(ratio $all $empty)× and $(ratio $all $EMPTY)×"
