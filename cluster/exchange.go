@@ -81,11 +81,15 @@ func (c *Cluster) StepExchange(now time.Time) time.Duration {
 // half of what it was planned to hold (Planner.Starved). It runs every
 // StarvedCheck. Of the licences it looks at those whose bucket the engine
 // says was taken from (Engine.DrainSpent) since the last plan, or is not
-// full since: a bucket full and untouched since the last plan, which only
-// fills while nothing takes from it, cannot have spent half of what that
-// plan lent it. A farm's 1,000 idle licences cost the check nothing, where
-// it read each one's bucket every 10 ms. Of the trunk keys it walks those
-// the last plan named (watchStarved).
+// full since: a bucket full and untouched since the last plan only fills
+// while nothing takes from it, and has spent nothing. A farm's 1,000 idle
+// licences cost the check nothing, where it read each one's bucket every
+// 10 ms. (That read also fired for a full bucket whose applied part waits
+// below the part computed for it, lent being of the latter: an early plan
+// then gains nothing until another member makes room, and its report
+// calls for one then: Planner.Heard.) A closed or unlimited bucket is let
+// go. Of the trunk keys it walks those the last plan named
+// (watchStarved).
 func (c *Cluster) starved() bool {
 	now := c.cfg.Engine.Now()
 	c.mu.Lock()
@@ -105,6 +109,12 @@ func (c *Cluster) starved() bool {
 			c.spending[s] = w
 		}
 		depth, avail := s.Bucket(now)
+		if depth <= 0 {
+			// Closed (the licence expired or was removed: nothing takes
+			// from it again) or unlimited: nothing to starve.
+			delete(c.spending, s)
+			continue
+		}
 		if w.watched && float64(2*avail) <= w.lent {
 			return true
 		}

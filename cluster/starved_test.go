@@ -14,7 +14,8 @@ import (
 // from: a licence whose bucket spent half of what the plan lent it calls
 // for an early plan from that very attempt on; an untouched licence is
 // never looked at; a bucket full again and untouched since the last plan
-// is let go; a licence loaded after the plan is watched from the next plan.
+// is let go; a licence loaded after the plan is watched from the next plan;
+// a licence removed is let go.
 func TestStarvedWatchesTheSpentBuckets(t *testing.T) {
 	clk := admission.NewFakeClock()
 	cfg := admission.DefaultConfig()
@@ -76,4 +77,12 @@ func TestStarvedWatchesTheSpentBuckets(t *testing.T) {
 	require.False(t, c.starved(), "not planned yet")
 	c.plan(time.Now(), true)
 	require.True(t, c.starved(), "planned: spent")
+
+	// The licence removed: its bucket closes and nothing takes from it
+	// again; it is let go, not starved at every check.
+	require.NoError(t, shares.SetLimits("video", admission.Limits{}))
+	depth, _ := video.Bucket(clk.Now())
+	require.Zero(t, depth)
+	require.False(t, c.starved())
+	require.NotContains(t, c.spending, video)
 }

@@ -43,20 +43,28 @@ idle_cpu() {
   done
   echo "${out[*]}"
 }
+profile() { # seconds out
+  curl -s -H "Authorization: Bearer $(cat "$W/keys/admin.token")" "${ADMINS[0]}/debug/pprof/profile?seconds=$1" -o "$2"
+}
 # empty_farm WHEN: loads the first licence alone on the farm, waits for
-# every member to hold it, and measures the members' idle CPU and the ADMIT
-# rate on n1 (EMPTY).
+# every member to hold it, and measures the members' idle CPU (n1 profiled
+# meanwhile, as the loaded farm's is) and the ADMIT rate on n1 (EMPTY).
 empty_farm() {
   ctl license add "$W/lic/s000000000000.lic" >/dev/null
-  local r
+  local r held
   for r in "${RESPS[@]}"; do # every member holds it (at most 30 s)
+    held=
     for _ in $(seq 300); do
-      redis-cli -p "${r##*:}" ADMIT s000000000000 | grep -q UNLICENSED || break
+      if ! redis-cli -p "${r##*:}" ADMIT s000000000000 | grep -q UNLICENSED; then held=1; break; fi
       sleep 0.1
     done
+    [ -n "$held" ] || { echo "the member at $r did not get the first licence within 30 s"; exit 1; }
   done
   sleep 2
+  profile 10 "$W/empty-$1.pprof" &
+  local pp=$!
   echo "empty farm (one licence), $1: idle CPU of each member over 10 s, % of a core: $(idle_cpu 10)"
+  wait $pp
   EMPTY=$(rate $RP 1000000 ADMIT s000000000000)
   echo "empty farm, $1: ADMIT on n1 (redis-benchmark -c 50 -P 16 -n 1000000): $EMPTY/s"
 }
@@ -64,9 +72,6 @@ empty_farm before
 empty=$EMPTY
 python3 -u bench/scripts/many_setup.py "$W/lic" "$(cat "$W/keys/admin.token")" "$SERVICES" "$ACCOUNTS" \
   "$(IFS=,; echo "${ADMINS[*]}")" "$(IFS=,; echo "${NODEPIDS[*]}")" "$(IFS=,; echo "${DIRS[*]}")"
-profile() { # seconds out
-  curl -s -H "Authorization: Bearer $(cat "$W/keys/admin.token")" "${ADMINS[0]}/debug/pprof/profile?seconds=$1" -o "$2"
-}
 profile 10 "$W/idle.pprof" &
 pp=$!
 echo "idle: CPU of each member over 10 s, % of a core: $(idle_cpu 10)"
@@ -91,7 +96,8 @@ done
 # A fresh empty farm after the loaded one: the rates are given against
 # both, each measured in this run (the machine's speed moves between runs
 # as much as the effect, and within a run too).
-for p in "${NODEPIDS[@]}"; do kill -9 "$p"; done
+for p in "${NODEPIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+PIDS=() # the exit's clean-up kills the new farm's, not these again
 sleep 1
 rm -rf "${DIRS[@]}"
 farm $NODES many
