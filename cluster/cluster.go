@@ -105,11 +105,13 @@ type Cluster struct {
 	licensed map[string]admission.Limits
 	usage    *UsageReader // read by the exchange loop only
 	// watch is the trunk keys' buckets starved watches, as of the last
-	// plan; spending the licences' buckets spent since the last plan or
-	// not full since (plans counts the plans: guarded by mu).
+	// plan, and plans counts the plans (both guarded by mu); spending is
+	// the licences' buckets spent since the last plan or not full since,
+	// and stale a scratch list (both the exchange loop's own: see starved).
 	watch    []starvedWatch
-	spending map[*admission.Service]spendingWatch
 	plans    uint64
+	spending map[*admission.Service]spendingWatch
+	stale    []*admission.Service
 	// offered is, by member and by what was sent, the last time this node
 	// sent it its licences or its allocations because their digests
 	// differed (see offerState; guarded by mu).

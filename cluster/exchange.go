@@ -89,25 +89,44 @@ func (c *Cluster) StepExchange(now time.Time) time.Duration {
 // then gains nothing until another member makes room, and its report
 // calls for one then: Planner.Heard.) A closed or unlimited bucket is let
 // go. Of the trunk keys it walks those the last plan named
-// (watchStarved).
+// (watchStarved), a list each plan rebuilds in the same loop, never while
+// starved reads it.
 func (c *Cluster) starved() bool {
 	now := c.cfg.Engine.Now()
 	c.mu.Lock()
-	defer c.mu.Unlock()
+	plans, watch := c.plans, c.watch
+	c.mu.Unlock()
+	// spending is the exchange loop's own (starved and plan run there
+	// only): the lock is taken again only to read what each plan lent, once
+	// a plan, never for the walk (a spill and a member's report wait for
+	// it).
 	if c.spending == nil {
 		c.spending = map[*admission.Service]spendingWatch{}
 	}
 	c.cfg.Engine.DrainSpent(func(s *admission.Service) {
 		w := c.spending[s]
-		w.spentAt = c.plans
+		w.spentAt = plans
 		c.spending[s] = w
 	})
+	stale := c.stale[:0]
 	for s, w := range c.spending {
-		if !w.known || w.plan != c.plans {
+		if !w.known || w.plan != plans {
+			stale = append(stale, s)
+		}
+	}
+	if len(stale) > 0 {
+		c.mu.Lock()
+		for _, s := range stale {
+			w := c.spending[s]
 			w.lent, w.watched = c.planner.Watched(s.Name())
-			w.plan, w.known = c.plans, true
+			w.plan, w.known = plans, true
 			c.spending[s] = w
 		}
+		c.mu.Unlock()
+		clear(stale)
+	}
+	c.stale = stale
+	for s, w := range c.spending {
 		depth, avail := s.Bucket(now)
 		if depth <= 0 {
 			// Closed (the licence expired or was removed: nothing takes
@@ -118,11 +137,11 @@ func (c *Cluster) starved() bool {
 		if w.watched && float64(2*avail) <= w.lent {
 			return true
 		}
-		if w.spentAt < c.plans && avail >= depth {
+		if w.spentAt < plans && avail >= depth {
 			delete(c.spending, s)
 		}
 	}
-	for _, w := range c.watch {
+	for _, w := range watch {
 		if _, avail := w.bucket.Bucket(now); float64(2*avail) <= w.lent {
 			return true
 		}
