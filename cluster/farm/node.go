@@ -119,32 +119,34 @@ func (n *Node) start(join []string) error {
 	}()
 
 	deadline := time.Now().Add(n.startTimeout)
-	for n.Ping() != nil {
-		select {
-		case <-r.done:
-			return fmt.Errorf("%s exited during start-up (%v): %s", n.Name, r.err, lastLines(n.Log(), 5))
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			n.Kill()
-			return fmt.Errorf("%s did not answer PING on %s within %s: %s", n.Name, n.RESPAddr, n.startTimeout, lastLines(n.Log(), 5))
-		}
+	if err := n.awaitStart(r, deadline, 20*time.Millisecond, n.Ping); err != nil {
+		return fmt.Errorf("%s did not answer PING on %s within %s (%w): %s", n.Name, n.RESPAddr, n.startTimeout, err, lastLines(n.Log(), 5))
 	}
 	// Ready: a node joining a farm admits nothing before the cluster's
 	// first plan.
+	if err := n.awaitStart(r, deadline, 5*time.Millisecond, func() error { _, err := n.GetRaw("/readyz"); return err }); err != nil {
+		return fmt.Errorf("%s was not ready within %s (%w): %s", n.Name, n.startTimeout, err, lastLines(n.Log(), 5))
+	}
+	return nil
+}
+
+// awaitStart calls up, every every, until it returns nil, the process of run
+// r exits (an error) or deadline passes (the process is killed; up's last
+// error).
+func (n *Node) awaitStart(r *run, deadline time.Time, every time.Duration, up func() error) error {
 	for {
-		_, err := n.GetRaw("/readyz")
+		err := up()
 		if err == nil {
 			return nil
 		}
 		select {
 		case <-r.done:
-			return fmt.Errorf("%s exited during start-up (%v): %s", n.Name, r.err, lastLines(n.Log(), 5))
-		case <-time.After(5 * time.Millisecond):
+			return fmt.Errorf("exited during start-up: %v", r.err)
+		case <-time.After(every):
 		}
 		if time.Now().After(deadline) {
 			n.Kill()
-			return fmt.Errorf("%s was not ready within %s (%v): %s", n.Name, n.startTimeout, err, lastLines(n.Log(), 5))
+			return err
 		}
 	}
 }

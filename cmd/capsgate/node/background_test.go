@@ -21,18 +21,7 @@ import (
 // of the ledger interval, whatever the wall clock says, and the state
 // journal and the engine's housekeeping say when they are due next.
 func TestBackgroundStepsAtInstants(t *testing.T) {
-	cfg, err := Load([]string{"--dev", "--resp-addr", farm.FreeAddr(t), "--admin-addr", farm.FreeAddr(t),
-		"--gossip-addr", farm.FreeAddr(t), "--data-dir", filepath.Join(t.TempDir(), "d"), "--ledger-interval", "10s"}, io.Discard)
-	require.NoError(t, err)
-	n, err := New(cfg, nil)
-	require.NoError(t, err)
-	n.stepped = true
-	require.NoError(t, n.Start())
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		require.NoError(t, n.Stop(ctx))
-	})
+	n := startStepped(t, "--ledger-interval", "10s")
 	require.Equal(t, 5, strings.Count(admit(t, n.RESPAddr(), 5), "+OK"))
 
 	t0 := time.Date(2031, 1, 1, 0, 0, 3, 0, time.UTC) // 3 s into an interval
@@ -67,19 +56,7 @@ func TestBackgroundStepsAtInstants(t *testing.T) {
 func TestReadyAfterTheFirstPlan(t *testing.T) {
 	g1 := farm.FreeAddr(t)
 	a := startNode(t, "--dev", "--node-name", "a", "--gossip-addr", g1)
-	cfg, err := Load([]string{"--dev", "--resp-addr", farm.FreeAddr(t), "--admin-addr", farm.FreeAddr(t),
-		"--gossip-addr", farm.FreeAddr(t), "--data-dir", filepath.Join(t.TempDir(), "d"), "--node-name", "joiner",
-		"--join", g1}, io.Discard)
-	require.NoError(t, err)
-	n, err := New(cfg, nil)
-	require.NoError(t, err)
-	n.stepped = true
-	require.NoError(t, n.Start())
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		require.NoError(t, n.Stop(ctx))
-	})
+	n := startStepped(t, "--node-name", "joiner", "--join", g1)
 	readyz := "http://" + n.AdminAddr() + "/readyz"
 	code, body := get(t, readyz, "")
 	require.Equal(t, 503, code)
@@ -94,4 +71,23 @@ func TestReadyAfterTheFirstPlan(t *testing.T) {
 	require.Equal(t, "ready\n", body)
 	code, _ = get(t, "http://"+a.AdminAddr()+"/readyz", "")
 	require.Equal(t, 200, code, "a node that joins nothing is ready at once")
+}
+
+// startStepped starts a --dev node with args whose background steps the
+// test runs itself, at the instants it gives them.
+func startStepped(t *testing.T, args ...string) *Node {
+	t.Helper()
+	cfg, err := Load(append([]string{"--dev", "--resp-addr", farm.FreeAddr(t), "--admin-addr", farm.FreeAddr(t),
+		"--gossip-addr", farm.FreeAddr(t), "--data-dir", filepath.Join(t.TempDir(), "d")}, args...), io.Discard)
+	require.NoError(t, err)
+	n, err := New(cfg, nil)
+	require.NoError(t, err)
+	n.stepped = true
+	require.NoError(t, n.Start())
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		require.NoError(t, n.Stop(ctx))
+	})
+	return n
 }
