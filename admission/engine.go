@@ -218,14 +218,15 @@ func (e *Engine) service(name []byte) *Service {
 func (e *Engine) Service(name string) *Service { return e.services.Load().byName[name] }
 
 // Fingerprint changes (but for a 2^-64 chance) whenever a service is
-// added or any service's limits, admissions, sessions, subscribers, tokens
-// used or used CAPS change: what INFO shows. It reads atomics only, so a
+// added or any service's limits, decisions, spills, sessions,
+// subscribers, tokens used or used CAPS change (Service.Fingerprint):
+// what INFO shows. It reads atomics only, so a
 // reply built from the services can be reused while it holds.
 func (e *Engine) Fingerprint() uint64 {
 	m := e.services.Load().byName
 	h := uint64(len(m))
 	for _, s := range m {
-		h += s.fingerprint() // a sum: the map's order does not matter
+		h += s.Fingerprint() // a sum: the map's order does not matter
 	}
 	return h
 }
@@ -595,11 +596,15 @@ func (e *Engine) RecordConsumedKey(now int64, service []byte, key Key, d Decisio
 // every 100 ms to 1 s from one goroutine, off the event loops.
 func (e *Engine) Tick(now int64) {
 	for _, s := range e.services.Load().sorted {
-		// Expiry in steps of ExpireBatch, the lock let go between them.
-		for done := false; !done; {
+		// Expiry in steps of ExpireBatch, the lock let go between them;
+		// none while the tables are empty (Service.held).
+		for done := !s.held.Load(); !done; {
 			s.mu.Lock()
 			done = s.sessions.expireSome(now, ExpireBatch) && s.subscribers.expireSome(now, ExpireBatch) &&
 				s.consumed.expireSome(now, ExpireBatch) && s.ended.expireSome(now, ExpireBatch)
+			if done && s.sessions.len()+s.subscribers.len()+s.consumed.len()+s.ended.len() == 0 {
+				s.held.Store(false)
+			}
 			s.mu.Unlock()
 		}
 		s.tickRate(now, s.counts[OK].Load()+s.emergency.Load()) // its fields are Tick's alone: no lock

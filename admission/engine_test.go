@@ -290,6 +290,42 @@ func TestSessionExpiryWithoutTick(t *testing.T) {
 	require.Equal(t, int64(1), e.Service("voice").Stats().Sessions)
 }
 
+// TestTickSkipsEmptyTables: Tick lowers a service's held flag once its
+// tables are empty and leaves the service alone while it stays low; a put
+// raises it again, and what is put after ticks skipped for longer than
+// the wheel's span still expires on time.
+func TestTickSkipsEmptyTables(t *testing.T) {
+	l := Limits{Licensed: true, CAPS: Unlimited, Sessions: Unlimited, Subscribers: Unlimited, Tokens: Unlimited}
+	e, clk := newTestEngine(t, l)
+	s := e.Service("voice")
+	now := clk.Now()
+	require.False(t, s.held.Load(), "a new service holds nothing")
+	require.True(t, e.Register(now, svc, []byte("sip:a@x"), 10).Admitted())
+	require.True(t, e.Admit(now, svc, []byte("call-1"), nil, Normal).Admitted())
+	require.True(t, s.held.Load(), "a put raises it")
+	e.Tick(now + 5e9)
+	require.True(t, s.held.Load(), "live entries keep it up")
+	e.Tick(now + 11e9)
+	require.Equal(t, int64(0), s.Stats().Subscribers)
+	require.True(t, s.held.Load(), "the call is still open")
+	require.True(t, e.Release(now+11e9, svc, []byte("call-1"), 0))
+	e.Tick(now + 12e9)
+	require.False(t, s.held.Load(), "every table empty: lowered")
+	// Ticks skip the service for longer than the wheel turns (wheelSlots
+	// seconds); a registration made then expires at its time, not before.
+	later := now + int64(3*wheelSlots)*1e9
+	for at := now + 13e9; at < later; at += 7e9 {
+		e.Tick(at)
+	}
+	require.True(t, e.Register(later, svc, []byte("sip:b@x"), 30).Admitted())
+	require.True(t, s.held.Load())
+	e.Tick(later + 29e9)
+	require.Equal(t, int64(1), s.Stats().Subscribers, "not due yet")
+	e.Tick(later + 31e9)
+	require.Equal(t, int64(0), s.Stats().Subscribers, "expired on time")
+	require.False(t, s.held.Load())
+}
+
 func TestSubscribers(t *testing.T) {
 	l := Limits{Licensed: true, CAPS: 1, Sessions: Unlimited, Subscribers: 3, Tokens: Unlimited}
 	e, clk := newTestEngine(t, l)

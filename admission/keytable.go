@@ -1,6 +1,10 @@
 package admission
 
-import "github.com/zeebo/xxh3"
+import (
+	"sync/atomic"
+
+	"github.com/zeebo/xxh3"
+)
 
 // Key identifies a call-id, subscriber or idempotency key by a 128-bit hash
 // of its bytes. Storing the hash instead of the bytes keeps insertion free of
@@ -60,6 +64,9 @@ type table[V any] struct {
 	// gone is called with the value of every entry that leaves the table by
 	// expiring (not by del of a live entry), so owners can keep counts.
 	gone func(V)
+	// held, when set, is raised by every put: its owner's Tick lowers it
+	// once its tables are empty, and skips them while it stays low.
+	held *atomic.Bool
 }
 
 // chunkSize is the entries of one chunk of a table's slab.
@@ -131,6 +138,9 @@ func (t *table[V]) reserve(n int) {
 
 // put inserts k (which must not be live) with value v until exp.
 func (t *table[V]) put(k Key, v V, exp int64) {
+	if t.held != nil && !t.held.Load() {
+		t.held.Store(true)
+	}
 	i, s, p, h := t.find(k) // one probe: where k is, or where it goes
 	if i != none {          // an expired leftover: reuse its place
 		t.unlink(i)

@@ -97,13 +97,17 @@ func (s *Service) reserved(p *pool, n int64) bool {
 // memory for the life of the service.
 const maxKeptPending = 1 << 14
 
+// PoolsPending reports whether a pool of the service is pending for w:
+// whether ChangedPools would return any. One atomic read.
+func (s *Service) PoolsPending(w PoolWatch) bool { return uint8(s.pendingAny.Load())&(1<<w) != 0 }
+
 // ChangedPools appends to buf the state of every pool of the service that
 // changed since w last asked (the service's pool first when it did), and
 // forgets them for w. A service with nothing pending for w is answered
 // without its mutex.
 func (s *Service) ChangedPools(w PoolWatch, buf []PoolState) []PoolState {
 	bit := uint8(1) << w
-	if uint8(s.pendingAny.Load())&bit == 0 {
+	if !s.PoolsPending(w) {
 		return buf
 	}
 	s.mu.Lock()

@@ -112,6 +112,11 @@ type Service struct {
 	// ended holds calls a client RELEASEd here before this node had
 	// admitted them (see Engine.Ended), for EndedFor, at most MaxEnded.
 	ended table[struct{}]
+	// held: a table above (sessions, subscribers, IDs, ended calls) may
+	// hold an entry. Every put raises it; Tick lowers it, with mu held,
+	// when it finds them all empty, and skips the service's expiry while
+	// it stays low: a farm's 1,000 idle services cost a tick nothing.
+	held atomic.Bool
 	watchState
 }
 
@@ -124,6 +129,7 @@ func newService(name string, durable, journal bool, l *derived, watches *poolWat
 	s.subscribers.init(func(struct{}) { s.subsN.Add(-1) })
 	s.consumed.init(nil)
 	s.ended.init(nil)
+	s.sessions.held, s.subscribers.held, s.consumed.held, s.ended.held = &s.held, &s.held, &s.held, &s.held
 	s.periodID = l.PeriodID
 	s.applyPool(l, true)
 	s.touch(&s.tokens) // a new pool
@@ -329,14 +335,33 @@ func (s *Service) Stats() Stats {
 	return st
 }
 
-// fingerprint mixes what Stats shows of the service's use (see
-// Engine.Fingerprint).
-func (s *Service) fingerprint() uint64 {
+// Peaks returns what a meter's peaks follow, as Stats has them: the
+// admitted attempts per second over the last second (UsedCAPS), the open
+// sessions, emergency ones included, and the registered subscribers.
+// Atomic reads only, without the lock.
+func (s *Service) Peaks() (usedCAPS float64, sessions, subscribers int64) {
+	return math.Float64frombits(s.usedCAPS.Load()), s.sessionsN.Load() + s.emergN.Load(), s.subsN.Load()
+}
+
+// Fingerprint changes (but for a 2^-64 chance) whenever what Stats shows
+// of the service may have, but for its unallocated pool's tokens left and
+// allocated (a pool watch follows those: ChangedPools): its limits, its
+// decisions by reason, spills, sessions, subscribers, tokens charged and
+// used CAPS. Atomic reads only, without the lock: a reader of 1,000
+// services ten times a second (the cluster's exchange) reads again only
+// those that moved.
+func (s *Service) Fingerprint() uint64 {
 	h := uint64(uintptr(unsafe.Pointer(s.lim.Load())))
-	for _, v := range [...]uint64{s.counts[OK].Load(), uint64(s.sessionsN.Load()), uint64(s.subsN.Load()), uint64(s.tokensUse.Load()),
-		s.usedCAPS.Load(), uint64(s.emergN.Load()), s.emergency.Load()} {
+	mix := func(v uint64) {
 		h = (h ^ v) * 0x9E3779B97F4A7C15
 		h ^= h >> 29
+	}
+	for i := range s.counts {
+		mix(s.counts[i].Load())
+	}
+	for _, v := range [...]uint64{uint64(s.sessionsN.Load()), uint64(s.subsN.Load()), uint64(s.tokensUse.Load()), uint64(s.overUse.Load()),
+		s.usedCAPS.Load(), uint64(s.emergN.Load()), s.emergency.Load(), s.high.Load(), s.spilledIn.Load(), s.spilledOut.Load()} {
+		mix(v)
 	}
 	return h
 }

@@ -86,7 +86,7 @@ func (s *Service) logChange(c Change) {
 // and hands buf back empty, without taking its lock. Called off the
 // decision path (the journal's flush loop).
 func (s *Service) Drain(buf []Change) (changes []Change, lost bool) {
-	if s.quiet.Load() {
+	if s.Quiet() {
 		return buf[:0], false
 	}
 	s.mu.Lock()
@@ -96,6 +96,11 @@ func (s *Service) Drain(buf []Change) (changes []Change, lost bool) {
 	s.quiet.Store(cap(buf) > 0)
 	return changes, lost
 }
+
+// Quiet reports that the service logged nothing since the last Drain
+// (false when it may have): Drain would hand buf back empty. One atomic
+// read, without the lock.
+func (s *Service) Quiet() bool { return s.quiet.Load() }
 
 // Snapshot appends the service's live sessions (as SessionOpened),
 // subscribers (as SubscriberSet) and remembered IDs (ConsumedSet) at now

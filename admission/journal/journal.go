@@ -308,6 +308,9 @@ func (j *Journal) flushLocked() error {
 	n := 0
 	var werr error // the first failed write
 	for _, s := range j.cfg.Engine.Services() {
+		if s.Quiet() && !j.resetAll {
+			continue // nothing to drain: its buffers are not looked up
+		}
 		b := j.bufs(s)
 		changes, lost := s.Drain(b.spare)
 		if lost || j.resetAll {

@@ -147,15 +147,17 @@ func (m *Meter) Sample() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, s := range m.eng.Services() {
-		st := s.Stats()
+		usedCAPS, sessions, subscribers := s.Peaks()
+		caps, open, subs := uint64(math.Round(max(usedCAPS, 0))), uint64(max(sessions, 0)), uint64(max(subscribers, 0))
+		if caps == 0 && open == 0 && subs == 0 {
+			continue // raises no peak: an idle service costs three atomic reads
+		}
 		p := m.peaks[s.Name()]
 		if p == nil {
 			p = &peaks{}
 			m.peaks[s.Name()] = p
 		}
-		p.caps = max(p.caps, uint64(math.Round(max(st.UsedCAPS, 0))))
-		p.sessions = max(p.sessions, uint64(max(st.Sessions+st.EmergencySessions, 0)))
-		p.subscribers = max(p.subscribers, uint64(max(st.Subscribers, 0)))
+		p.caps, p.sessions, p.subscribers = max(p.caps, caps), max(p.sessions, open), max(p.subscribers, subs)
 	}
 }
 
