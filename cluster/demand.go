@@ -14,6 +14,12 @@ import (
 // measured the same way.
 type demandMeter struct {
 	series map[string]*serviceMeters
+	// times are the instants of the last len(times) measures (a ring,
+	// next the oldest): a service left out of the reads since its last
+	// sample (UsageReader leaves the quiet ones out) resumes as if it had
+	// been read at each of them (rateMeter.resume).
+	times [resumeTimes]float64
+	next  int
 	// lastDemand, lastRates and lastHeld size the next measure's maps as
 	// the last one's were.
 	lastDemand, lastRates, lastHeld int
@@ -48,6 +54,10 @@ func (m *demandMeter) measure(u Usage, t float64) (demand, tokenRate map[string]
 		if sm == nil {
 			sm = &serviceMeters{}
 			m.series[s.Name] = sm
+		} else if prev := m.times[(m.next+resumeTimes-1)%resumeTimes]; sm.offered.last.t < prev {
+			// Left out of the reads since: its counters did not move.
+			sm.offered.resume(&m.times, m.next)
+			sm.tokens.resume(&m.times, m.next)
 		}
 		if d := sm.offered.push(sample{t: t, n: s.Offered}); d >= 0.01 {
 			demand[s.Name] = d
@@ -57,21 +67,19 @@ func (m *demandMeter) measure(u Usage, t float64) (demand, tokenRate map[string]
 		}
 	}
 	m.lastDemand, m.lastRates, m.lastHeld = len(demand), len(tokenRate), len(held)
+	m.times[m.next], m.next = t, (m.next+1)%resumeTimes
 	return demand, tokenRate, held
-}
-
-// ReadUsage reads this node's counters from the engine, every account's
-// pool included.
-func ReadUsage(eng *admission.Engine) Usage {
-	return readUsage(eng, func(s *admission.Service, buf []admission.PoolState) []admission.PoolState {
-		return append(buf, s.Pools()...)
-	}, nil)
 }
 
 // UsageReader reads this node's counters from the engine, of the
 // accounts' pools only those that changed since its last read (the
 // planner keeps the rest: see accountBook), so that a read costs what
-// moved, not the 100,000 accounts a farm may hold.
+// moved, not the 100,000 accounts a farm may hold. Of the services it
+// leaves out those that have been quiet for serviceQuiet: their counters
+// have not moved since (Service.Fingerprint, no pool pending) and they
+// hold, charge and owe nothing, so that all a measure would make of them
+// is nothing (demandMeter.measure takes the gap as such). A farm's 1,000
+// idle licences cost a read a fingerprint each.
 type UsageReader struct {
 	eng     *admission.Engine
 	watch   admission.PoolWatch
@@ -82,27 +90,83 @@ type UsageReader struct {
 	// sessions or owes attempts, and for trunkQuiet after, so that its
 	// demand's meter sees the load go; the others are not read.
 	recent map[*admission.Trunk]int64
+	// svcs are the engine's services at the last read, and seen what the
+	// reader saw of each (same order).
+	svcs []*admission.Service
+	seen []seenService
+	// u is the last read's, filled again by the next (the exchange reads
+	// 1,000 services ten times a second).
+	u Usage
+}
+
+// seenService is what a UsageReader saw of a service: its fingerprint,
+// whether it held, charged and owed nothing, and since when (engine
+// clock) it has been so with that fingerprint.
+type seenService struct {
+	mark    uint64
+	idle    bool
+	quietAt int64
 }
 
 // trunkQuiet is how long a trunk key that stopped moving is still read:
 // longer than the demand meter takes to see a load end (rateWindow).
-const trunkQuiet = 5 * time.Second
+// serviceQuiet is the same for a service.
+const (
+	trunkQuiet   = 5 * time.Second
+	serviceQuiet = trunkQuiet
+)
 
 // NewUsageReader takes one of the engine's pool watches; when none is
-// left it reads every pool each time, as ReadUsage does.
+// left it reads every pool and service each time, as ReadUsage does.
 func NewUsageReader(eng *admission.Engine) *UsageReader {
 	w, err := eng.WatchPools()
 	return &UsageReader{eng: eng, watch: w, watched: err == nil, recent: map[*admission.Trunk]int64{}}
 }
 
-// Read returns the counters now. Not safe for concurrent use.
+// Read returns the counters now, valid until the next Read (its storage
+// is reused). Not safe for concurrent use.
 func (r *UsageReader) Read() Usage {
 	if !r.watched {
 		return ReadUsage(r.eng)
 	}
-	return readUsage(r.eng, func(s *admission.Service, buf []admission.PoolState) []admission.PoolState {
-		return s.ChangedPools(r.watch, buf)
-	}, r.movingTrunks)
+	clear(r.u) // no account names held until filled again
+	u, now := r.u[:0], r.eng.Now()
+	r.follow(r.eng.Services())
+	for i, s := range r.svcs {
+		seen := &r.seen[i]
+		mark := s.Fingerprint()
+		if mark == seen.mark && seen.idle && now-seen.quietAt >= int64(serviceQuiet) && !s.PoolsPending(r.watch) {
+			continue
+		}
+		r.buf = s.ChangedPools(r.watch, r.buf[:0])
+		su := readService(s, now, r.buf)
+		idle := su.Sessions == 0 && su.Subscribers == 0 && su.PoolUsed <= 0 && su.Depth <= su.Avail && len(su.Accounts) == 0
+		if mark != seen.mark || !idle || now < seen.quietAt {
+			seen.quietAt = now
+		}
+		seen.mark, seen.idle = mark, idle
+		u = append(u, su)
+	}
+	clear(r.buf) // no account names held
+	r.u = readTrunks(u, now, r.movingTrunks)
+	return r.u
+}
+
+// follow lines seen up with the engine's services (a new slice when one
+// is added; services are never removed): a service not seen before is
+// read at once.
+func (r *UsageReader) follow(svcs []*admission.Service) {
+	if len(svcs) == len(r.svcs) && (len(svcs) == 0 || &svcs[0] == &r.svcs[0]) {
+		return
+	}
+	was := make(map[*admission.Service]seenService, len(r.svcs))
+	for i, s := range r.svcs {
+		was[s] = r.seen[i]
+	}
+	r.svcs, r.seen = svcs, make([]seenService, len(svcs))
+	for i, s := range svcs {
+		r.seen[i] = was[s] // zero: not idle, read
+	}
 }
 
 // movingTrunks calls f for the trunk keys with limits to read at now:
@@ -121,39 +185,43 @@ func (r *UsageReader) movingTrunks(now int64, f func(*admission.Trunk)) {
 	}
 }
 
-// readUsage reads every service's counters, of the accounts' pools those
-// pools returns, and of the trunk keys with limits those trunks hands out
-// (nil: every one).
-func readUsage(eng *admission.Engine, pools func(*admission.Service, []admission.PoolState) []admission.PoolState,
-	trunks func(now int64, f func(*admission.Trunk))) Usage {
+// ReadUsage reads this node's counters from the engine: every service,
+// every account's pool and every trunk key with limits.
+func ReadUsage(eng *admission.Engine) Usage {
 	services := eng.Services()
 	now := eng.Now()
 	u := make(Usage, 0, len(services))
-	var buf []admission.PoolState
 	for _, s := range services {
-		st := s.Stats()
-		// An attempt spilled to another member counts where it arrived.
-		su := ServiceUsage{Name: s.Name(), Offered: st.Offered() + st.SpilledOut - st.SpilledIn,
-			Sessions: st.Sessions, Subscribers: st.Subscribers, PoolUsed: st.PoolUsed}
-		su.Depth, su.Avail = s.Bucket(now)
-		buf = pools(s, buf[:0])
-		for _, p := range buf {
-			if p.Account != "" {
-				su.Accounts = append(su.Accounts, AccountUsage{Account: p.Account, Size: p.Size, Used: p.Used})
+		u = append(u, readService(s, now, s.Pools()))
+	}
+	return readTrunks(u, now, func(_ int64, f func(*admission.Trunk)) {
+		eng.EachTrunk(func(t *admission.Trunk) {
+			if t.Limited() {
+				f(t)
 			}
+		})
+	})
+}
+
+// readService reads a service's counters at now, with the accounts' pools
+// of pools (the service's own among them is left out).
+func readService(s *admission.Service, now int64, pools []admission.PoolState) ServiceUsage {
+	st := s.Stats()
+	// An attempt spilled to another member counts where it arrived.
+	su := ServiceUsage{Name: s.Name(), Offered: st.Offered() + st.SpilledOut - st.SpilledIn,
+		Sessions: st.Sessions, Subscribers: st.Subscribers, PoolUsed: st.PoolUsed}
+	su.Depth, su.Avail = s.Bucket(now)
+	for _, p := range pools {
+		if p.Account != "" {
+			su.Accounts = append(su.Accounts, AccountUsage{Account: p.Account, Size: p.Size, Used: p.Used})
 		}
-		u = append(u, su)
 	}
-	// The keys with limits of their own are planned as licences are.
-	if trunks == nil {
-		trunks = func(_ int64, f func(*admission.Trunk)) {
-			eng.EachTrunk(func(t *admission.Trunk) {
-				if t.Limited() {
-					f(t)
-				}
-			})
-		}
-	}
+	return su
+}
+
+// readTrunks appends to u the counters of the trunk keys with limits
+// trunks hands out: they are planned as licences are.
+func readTrunks(u Usage, now int64, trunks func(now int64, f func(*admission.Trunk))) Usage {
 	trunks(now, func(t *admission.Trunk) {
 		st := t.Stats()
 		su := ServiceUsage{Name: st.Name, Offered: st.Offered() + st.SpilledOut - st.SpilledIn, Sessions: st.Sessions}
@@ -235,6 +303,29 @@ func (m *rateMeter) push(cur sample) float64 {
 		return 0
 	}
 	return m.detect(span)
+}
+
+// resumeTimes is how many measures' instants a demand meter keeps for
+// resume: more than rateSamples, and 12.8 s of exchanges, so that the
+// samples a meter holds after resuming are those it would hold had it
+// been pushed at every one of them (what it holds is the newest samples
+// within rateWindow, at most rateSamples: any longer run before them
+// ends the same).
+const resumeTimes = 128
+
+// resume pushes the counter's last value, unmoved, at each instant of
+// times (a ring, from next on) after its last sample: what the meter would
+// have been pushed had it been read at each measure. A gap longer than the
+// ring is one sample, which the window has dropped by the ring's end.
+func (m *rateMeter) resume(times *[resumeTimes]float64, next int) {
+	if !m.started {
+		return
+	}
+	for i := range resumeTimes {
+		if t := times[(next+i)%resumeTimes]; t > m.last.t {
+			m.push(sample{t: t, n: m.last.n})
+		}
+	}
 }
 
 // add records the counter's value at an instant as a sample, forgetting

@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/capsgate/capsgate/admission"
 )
 
 // meterRun feeds a rate meter a seeded Poisson stream sampled every 100 ms
@@ -156,4 +158,133 @@ func BenchmarkRateMeterIdle(b *testing.B) {
 	for i := 0; b.Loop(); i++ {
 		m.push(sample{t: float64(64+i) * 0.1})
 	}
+}
+
+// The usage reader leaves out a service quiet for serviceQuiet (its
+// counters still, nothing held, charged or owed) and reads it again at
+// whatever moves it: a decision, a registration, an expiry, a charge to
+// one of its pools, new limits.
+func TestUsageReaderLeavesQuietServicesOut(t *testing.T) {
+	clk := admission.NewFakeClock()
+	cfg := admission.DefaultConfig()
+	cfg.Clock = clk
+	eng := admission.NewEngine(cfg)
+	lim := admission.Limits{Licensed: true, CAPS: 100, Sessions: 100, Subscribers: 100, Tokens: 1 << 30, TokensPerAttempt: 0}
+	for _, s := range []string{"a", "b", "c"} {
+		require.NoError(t, eng.SetLimits(s, lim))
+	}
+	require.NoError(t, eng.SetAccount("c", "acme", 1000, admission.Overage{}))
+	r := NewUsageReader(eng)
+	read := func() []string {
+		var names []string
+		for _, su := range r.Read() {
+			names = append(names, su.Name)
+		}
+		return names
+	}
+	step := func() []string { clk.Advance(ExchangeInterval); return read() }
+	require.Equal(t, []string{"a", "b", "c"}, read(), "every service at the first read")
+	quiet := int(serviceQuiet / ExchangeInterval)
+	for range quiet - 1 {
+		require.Equal(t, []string{"a", "b", "c"}, step(), "read while quiet for less than serviceQuiet")
+	}
+	require.Empty(t, step())
+	require.Empty(t, step())
+
+	// A decision on a: read at once, its bucket owing what it took.
+	require.True(t, eng.Admit(clk.Now(), []byte("a"), nil, nil, admission.Normal).Admitted())
+	require.Equal(t, []string{"a"}, step())
+	// A subscriber on b: read while it holds one, moving or not.
+	require.True(t, eng.Register(clk.Now(), []byte("b"), []byte("sip:x@y"), 2).Admitted())
+	for range 3 * quiet {
+		got := step()
+		require.Contains(t, got, "b")
+		require.NotContains(t, got, "c")
+	}
+	// Its expiry is a move: read, then left out serviceQuiet later.
+	eng.Tick(clk.Now())
+	require.Zero(t, eng.Service("b").Stats().Subscribers)
+	require.Equal(t, []string{"b"}, step())
+	for range quiet - 1 {
+		require.Equal(t, []string{"b"}, step())
+	}
+	require.Empty(t, step())
+	// A charge to c's account (a pool pending for the reader's watch).
+	require.True(t, eng.Consume(clk.Now(), []byte("c"), []byte("acme"), 5, nil).Admitted())
+	got := r.Read()
+	require.Len(t, got, 1)
+	require.Equal(t, "c", got[0].Name)
+	require.Equal(t, []AccountUsage{{Account: "acme", Size: 1000, Used: 5}}, got[0].Accounts)
+	for range quiet {
+		step()
+	}
+	require.Empty(t, step())
+	// New limits on a: read again.
+	lim.CAPS = 200
+	require.NoError(t, eng.SetLimits("a", lim))
+	require.Equal(t, []string{"a"}, step())
+	// A service added later is read at once.
+	require.NoError(t, eng.SetLimits("d", lim))
+	require.Equal(t, []string{"a", "d"}, step())
+}
+
+// A service the reader left out is measured, when it moves again, as if
+// it had been read all along: over seeded Poisson loads that come and go
+// (and bursts after silences), sampled at irregular instants (early plans
+// between exchanges), a demand meter fed only what the reader would read
+// gives at each of its measures exactly the rate of one fed at every
+// measure; and wherever it was left out, the other measured no demand.
+func TestResumedMeterMeasuresAsIfReadAllAlong(t *testing.T) {
+	rng := rand.New(rand.NewPCG(23, 0x726573756d65))
+	all, some := newDemandMeter(), newDemandMeter()
+	var n uint64
+	tm, lastMove, resumes, skipped, compared := 0.0, 0.0, 0, 0, 0
+	rate, until := 0.0, 0.0
+	read := true
+	for range 20000 {
+		// Early plans come between exchanges.
+		tm += ExchangeInterval.Seconds() * (0.5 + rng.Float64())
+		if tm >= until { // a new stretch: silence, a load, or a burst
+			switch r := rng.Float64(); {
+			case r < 0.5:
+				rate = 0
+			case r < 0.9:
+				rate = 1 + rng.Float64()*200
+			default:
+				rate = 1000 + rng.Float64()*3000
+			}
+			until = tm + 0.5 + rng.Float64()*12
+		}
+		before := n
+		for next := rng.ExpFloat64() / max(rate, 1e-9); rate > 0 && next < ExchangeInterval.Seconds(); next += rng.ExpFloat64() / rate {
+			n++
+		}
+		if n != before {
+			lastMove = tm
+		}
+		u := Usage{{Name: "s", Offered: n}}
+		dAll, _, _ := all.measure(u, tm)
+		// The reader's rule: read while it moved within serviceQuiet.
+		wasRead := read
+		read = n != before || tm-lastMove < serviceQuiet.Seconds()
+		if !read {
+			skipped++
+			require.Zero(t, dAll["s"], "at %.1f s: left out, yet the meter read along sees demand", tm)
+			some.measure(Usage{}, tm) // a plan measures what was read: here nothing
+			continue
+		}
+		if !wasRead {
+			resumes++
+		}
+		dSome, _, _ := some.measure(u, tm)
+		compared++
+		require.Equal(t, dAll["s"], dSome["s"], "at %.1f s (%d resumes)", tm, resumes)
+		a, b := &all.series["s"].offered, &some.series["s"].offered
+		require.Equal(t, a.last, b.last)
+		require.Equal(t, a.dt[:a.k], b.dt[:b.k], "at %.1f s (%d resumes): the samples held", tm, resumes)
+		require.Equal(t, a.dn[:a.k], b.dn[:b.k], "at %.1f s (%d resumes)", tm, resumes)
+	}
+	require.Greater(t, resumes, 50)
+	require.Greater(t, skipped, 2000)
+	require.Greater(t, compared, 10000)
 }

@@ -61,6 +61,11 @@ type Planner struct {
 	heldSent     wireState[Held]
 	appliedSent  wireState[Share]
 	sendWhole    bool
+	// held is the map each report's services are gathered into before a
+	// delta is made of it (cleared and filled again at every report: a
+	// thousand token budgets were 4 MB a second of garbage); a whole
+	// report carries a copy.
+	held map[string]Held
 	// refreshEntries bounds the entries a delta refreshes (see
 	// refreshStretch); refreshEntries unless a test sets fewer, or the
 	// cluster more (a member of an earlier release expects every entry in
@@ -937,7 +942,8 @@ func (p *Planner) depth(l admission.Limits, fraction, weight, own, owed float64)
 // deltaAbove).
 func (p *Planner) report() Report {
 	p.seq++
-	r := p.servicesReport()
+	r := p.servicesReport(p.held)
+	p.held = r.Held
 	r.Seq = p.seq
 	moved := p.appliedMoved
 	p.appliedMoved = p.appliedMoved[:0]
@@ -959,7 +965,7 @@ func (p *Planner) report() Report {
 	}
 	if whole {
 		p.sendWhole = false
-		r.Applied = maps.Clone(p.applied)
+		r.Held, r.Applied = maps.Clone(r.Held), maps.Clone(p.applied)
 		p.heldSent.record(r.Held, r.Seq)
 		p.appliedSent.record(r.Applied, r.Seq)
 		p.book.report(r.Held, r.Seq, true, 1)
@@ -973,9 +979,14 @@ func (p *Planner) report() Report {
 }
 
 // servicesReport is everything the others should know of this node now
-// but the accounts' pools and the parts applied (report adds those).
-func (p *Planner) servicesReport() Report {
-	r := Report{Demand: p.local.Demand, TokenRate: p.local.TokenRate, Held: make(map[string]Held, len(p.local.Held))}
+// but the accounts' pools and the parts applied (report adds those), its
+// Held gathered into held (cleared first; nil: a new map).
+func (p *Planner) servicesReport(held map[string]Held) Report {
+	if held == nil {
+		held = make(map[string]Held, len(p.local.Held)+len(p.budget))
+	}
+	clear(held)
+	r := Report{Demand: p.local.Demand, TokenRate: p.local.TokenRate, Held: held}
 	for key, h := range p.local.Held {
 		r.Held[key] = h
 	}

@@ -130,6 +130,30 @@ func TestDeltaReportsWholeAfterAJoin(t *testing.T) {
 	}
 }
 
+// A report's maps are its own: the planner gathers each report's services
+// into one map it reuses, and a whole report carries a copy, so the
+// reports a receiver (or the simulator's network) still holds do not
+// change under it.
+func TestReportsKeepTheirMaps(t *testing.T) {
+	for _, accounts := range []int{10, deltaAbove + 10} {
+		f := newAccountFarm(accounts)
+		f.lic["old"] = admission.Limits{Licensed: true, CAPS: 1000, Sessions: 1000, Subscribers: 1000, Tokens: 1 << 40}
+		f.old = 3
+		var reports []Report
+		var held []map[string]Held
+		for i := range 8 {
+			f.old = int64(3 + i)
+			f.used["acct-000001"] += 7
+			r := f.step()
+			reports, held = append(reports, r), append(held, maps.Clone(r.Held))
+		}
+		require.Contains(t, held[0], "old", "%d accounts", accounts)
+		for i, r := range reports {
+			require.Equal(t, held[i], r.Held, "%d accounts, report %d", accounts, i)
+		}
+	}
+}
+
 // A delta older than the last report heard (a packet that arrived late)
 // changes nothing.
 func TestLateDeltaIgnored(t *testing.T) {
@@ -175,7 +199,7 @@ func TestDeltaForgetsWhatIsNoLongerNamed(t *testing.T) {
 
 // everything is what a whole report of p would say now.
 func everything(p *Planner) Report {
-	r := p.servicesReport()
+	r := p.servicesReport(nil)
 	for _, e := range p.book.byKey {
 		if h := e.held(); h != (Held{}) {
 			r.Held[e.key] = h
