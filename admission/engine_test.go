@@ -324,6 +324,20 @@ func TestTickSkipsEmptyTables(t *testing.T) {
 	e.Tick(later + 31e9)
 	require.Equal(t, int64(0), s.Stats().Subscribers, "expired on time")
 	require.False(t, s.held.Load())
+	// A remembered CONSUME ID and a call released before it was admitted
+	// (the other two tables) raise it too, and keep it up until they go.
+	at := later + 40e9
+	require.True(t, e.Consume(at, svc, nil, 1, []byte("id-1")).Admitted())
+	require.True(t, s.held.Load())
+	e.Tick(at + int64(e.cfg.IdempotencyWindow) + 1e9)
+	require.False(t, s.held.Load())
+	at += int64(e.cfg.IdempotencyWindow) + 2e9
+	e.Ended(at, svc, []byte("never-admitted"))
+	require.True(t, s.held.Load(), "an ended call is held")
+	e.Tick(at + int64(EndedFor) - 1e9)
+	require.True(t, s.held.Load())
+	e.Tick(at + int64(EndedFor) + 1e9)
+	require.False(t, s.held.Load())
 }
 
 func TestSubscribers(t *testing.T) {

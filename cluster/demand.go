@@ -54,8 +54,11 @@ func (m *demandMeter) measure(u Usage, t float64) (demand, tokenRate map[string]
 		if sm == nil {
 			sm = &serviceMeters{}
 			m.series[s.Name] = sm
-		} else if prev := m.times[(m.next+resumeTimes-1)%resumeTimes]; sm.offered.last.t < prev {
-			// Left out of the reads since: its counters did not move.
+		} else if s.Resumed {
+			// Left out of the reads since its last: its counters did not
+			// move until the last plan. (A series missing for another
+			// reason, a trunk key unread while without limits, may have
+			// counted meanwhile: its next sample spans the gap.)
 			sm.offered.resume(&m.times, m.next)
 			sm.tokens.resume(&m.times, m.next)
 		}
@@ -100,17 +103,21 @@ type UsageReader struct {
 }
 
 // seenService is what a UsageReader saw of a service: its fingerprint,
-// whether it held, charged and owed nothing, and since when (engine
-// clock) it has been so with that fingerprint.
+// whether it held, charged and owed nothing, since when (engine clock) it
+// has been so with that fingerprint, and whether the last read left it
+// out.
 type seenService struct {
 	mark    uint64
 	idle    bool
 	quietAt int64
+	skipped bool
 }
 
 // trunkQuiet is how long a trunk key that stopped moving is still read:
-// longer than the demand meter takes to see a load end (rateWindow).
-// serviceQuiet is the same for a service.
+// longer than the demand meter takes to see a load end (rateWindow, and
+// the sample across its edge). serviceQuiet is the same for a service:
+// once it has passed, the service's meters hold nothing but samples of
+// nothing, and demand nothing.
 const (
 	trunkQuiet   = 5 * time.Second
 	serviceQuiet = trunkQuiet
@@ -136,10 +143,12 @@ func (r *UsageReader) Read() Usage {
 		seen := &r.seen[i]
 		mark := s.Fingerprint()
 		if mark == seen.mark && seen.idle && now-seen.quietAt >= int64(serviceQuiet) && !s.PoolsPending(r.watch) {
+			seen.skipped = true
 			continue
 		}
 		r.buf = s.ChangedPools(r.watch, r.buf[:0])
 		su := readService(s, now, r.buf)
+		su.Resumed, seen.skipped = seen.skipped, false
 		idle := su.Sessions == 0 && su.Subscribers == 0 && su.PoolUsed <= 0 && su.Depth <= su.Avail && len(su.Accounts) == 0
 		if mark != seen.mark || !idle || now < seen.quietAt {
 			seen.quietAt = now
@@ -147,7 +156,7 @@ func (r *UsageReader) Read() Usage {
 		seen.mark, seen.idle = mark, idle
 		u = append(u, su)
 	}
-	clear(r.buf) // no account names held
+	clear(r.buf[:cap(r.buf)]) // no account names held
 	r.u = readTrunks(u, now, r.movingTrunks)
 	return r.u
 }
@@ -306,17 +315,17 @@ func (m *rateMeter) push(cur sample) float64 {
 }
 
 // resumeTimes is how many measures' instants a demand meter keeps for
-// resume: more than rateSamples, and 12.8 s of exchanges, so that the
-// samples a meter holds after resuming are those it would hold had it
-// been pushed at every one of them (what it holds is the newest samples
-// within rateWindow, at most rateSamples: any longer run before them
-// ends the same).
-const resumeTimes = 128
+// resume: one more than the samples a meter holds, which are the newest
+// within rateWindow, at most rateSamples, whatever came before them; so
+// the last resumeTimes instants leave a meter holding what it would had
+// it been pushed at every one since its last sample, however long ago.
+const resumeTimes = rateSamples + 1
 
 // resume pushes the counter's last value, unmoved, at each instant of
 // times (a ring, from next on) after its last sample: what the meter would
-// have been pushed had it been read at each measure. A gap longer than the
-// ring is one sample, which the window has dropped by the ring's end.
+// have been pushed had it been read at each measure since. (Of a gap
+// longer than the ring, the one sample up to its first instant is dropped
+// by the last.)
 func (m *rateMeter) resume(times *[resumeTimes]float64, next int) {
 	if !m.started {
 		return

@@ -184,6 +184,9 @@ func TestUsageReaderLeavesQuietServicesOut(t *testing.T) {
 	}
 	step := func() []string { clk.Advance(ExchangeInterval); return read() }
 	require.Equal(t, []string{"a", "b", "c"}, read(), "every service at the first read")
+	// Past serviceQuiet a quiet service's meters hold nothing but samples
+	// of nothing: the window, and the sample across its edge.
+	require.Greater(t, serviceQuiet.Seconds(), rateWindow+ExchangeInterval.Seconds())
 	quiet := int(serviceQuiet / ExchangeInterval)
 	for range quiet - 1 {
 		require.Equal(t, []string{"a", "b", "c"}, step(), "read while quiet for less than serviceQuiet")
@@ -191,9 +194,19 @@ func TestUsageReaderLeavesQuietServicesOut(t *testing.T) {
 	require.Empty(t, step())
 	require.Empty(t, step())
 
-	// A decision on a: read at once, its bucket owing what it took.
+	// A decision on a: read at once, its bucket owing what it took, and
+	// its meters resumed.
+	clk.Advance(ExchangeInterval)
 	require.True(t, eng.Admit(clk.Now(), []byte("a"), nil, nil, admission.Normal).Admitted())
-	require.Equal(t, []string{"a"}, step())
+	got := r.Read()
+	require.Len(t, got, 1)
+	require.Equal(t, "a", got[0].Name)
+	require.True(t, got[0].Resumed)
+	require.Equal(t, uint64(1), got[0].Offered)
+	require.Less(t, got[0].Avail, got[0].Depth)
+	got = r.Read()
+	require.Len(t, got, 1)
+	require.False(t, got[0].Resumed, "read at the last read")
 	// A subscriber on b: read while it holds one, moving or not.
 	require.True(t, eng.Register(clk.Now(), []byte("b"), []byte("sip:x@y"), 2).Admitted())
 	for range 3 * quiet {
@@ -209,9 +222,15 @@ func TestUsageReaderLeavesQuietServicesOut(t *testing.T) {
 		require.Equal(t, []string{"b"}, step())
 	}
 	require.Empty(t, step())
-	// A charge to c's account (a pool pending for the reader's watch).
+	// A new allocation on c: no counter moves, a pool is pending.
+	require.NoError(t, eng.SetAccount("c", "other", 10, admission.Overage{}))
+	got = r.Read()
+	require.Len(t, got, 1)
+	require.Equal(t, "c", got[0].Name)
+	require.Equal(t, []AccountUsage{{Account: "other", Size: 10}}, got[0].Accounts)
+	// A charge to c's account.
 	require.True(t, eng.Consume(clk.Now(), []byte("c"), []byte("acme"), 5, nil).Admitted())
-	got := r.Read()
+	got = r.Read()
 	require.Len(t, got, 1)
 	require.Equal(t, "c", got[0].Name)
 	require.Equal(t, []AccountUsage{{Account: "acme", Size: 1000, Used: 5}}, got[0].Accounts)
@@ -262,8 +281,7 @@ func TestResumedMeterMeasuresAsIfReadAllAlong(t *testing.T) {
 		if n != before {
 			lastMove = tm
 		}
-		u := Usage{{Name: "s", Offered: n}}
-		dAll, _, _ := all.measure(u, tm)
+		dAll, _, _ := all.measure(Usage{{Name: "s", Offered: n}}, tm)
 		// The reader's rule: read while it moved within serviceQuiet.
 		wasRead := read
 		read = n != before || tm-lastMove < serviceQuiet.Seconds()
@@ -276,7 +294,7 @@ func TestResumedMeterMeasuresAsIfReadAllAlong(t *testing.T) {
 		if !wasRead {
 			resumes++
 		}
-		dSome, _, _ := some.measure(u, tm)
+		dSome, _, _ := some.measure(Usage{{Name: "s", Offered: n, Resumed: !wasRead}}, tm)
 		compared++
 		require.Equal(t, dAll["s"], dSome["s"], "at %.1f s (%d resumes)", tm, resumes)
 		a, b := &all.series["s"].offered, &some.series["s"].offered
@@ -287,4 +305,28 @@ func TestResumedMeterMeasuresAsIfReadAllAlong(t *testing.T) {
 	require.Greater(t, resumes, 50)
 	require.Greater(t, skipped, 2000)
 	require.Greater(t, compared, 10000)
+}
+
+// A series missing from reads for another reason than the reader's quiet
+// rule (a trunk key unread while it had no limits of its own, counting
+// all the same) is not resumed: 3,000 attempts over the minute it was
+// unread read as the minute's rate, not as a burst in the last 100 ms.
+func TestUnreadSeriesIsNotResumed(t *testing.T) {
+	m := newDemandMeter()
+	var n uint64
+	tm := 0.0
+	for range 50 { // 50 attempts a second, read
+		tm += 0.1
+		n += 5
+		m.measure(Usage{{Name: "svc/key"}, {Name: "x", Offered: n}}, tm)
+	}
+	for range 600 { // a minute unread, still counting
+		tm += 0.1
+		n += 5
+		m.measure(Usage{}, tm)
+	}
+	tm += 0.1
+	n += 5
+	d, _, _ := m.measure(Usage{{Name: "x", Offered: n}}, tm)
+	require.InDelta(t, 50, d["x"], 1, "the gap is one sample of the minute's attempts")
 }

@@ -268,6 +268,10 @@ type ServiceUsage struct {
 	// Accounts are the accounts' allocations: their size and what this
 	// node has charged to each.
 	Accounts []AccountUsage
+	// Resumed: the reads before this one left the service out as quiet
+	// (UsageReader), its counters unmoved until the last of them: its
+	// meters resume as if it had been read at every plan since.
+	Resumed bool
 }
 
 // AccountUsage is one account's allocation as this node sees it.
@@ -588,7 +592,12 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 		}
 		p.unsettled = nil
 	}
-	// The services some member demands, holds or owes something of.
+	// The services some member demands, or whose holding (sessions,
+	// subscribers, tokens charged, attempts owed) moved here, measured now
+	// against the last two reports, or at another member (heldMoved). A
+	// service held the same as before plans the same, and may settle: a
+	// farm's 1,000 services that had charged tokens this period were
+	// planned at every plan, each one's pool held at what it had charged.
 	active := make(map[string]bool, p.lastActive)
 	for _, m := range []map[string]float64{sent.Demand, older.Demand, demand} {
 		for k := range m {
@@ -597,7 +606,9 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 	}
 	for _, m := range []map[string]Held{held, sent.Held, older.Held} {
 		for k := range m {
-			active[k] = true
+			if h := held[k]; h != sent.Held[k] || h != older.Held[k] {
+				active[k] = true
+			}
 		}
 	}
 	for _, v := range p.peers {

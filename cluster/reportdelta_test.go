@@ -362,6 +362,59 @@ func TestIdleTokenPoolsSettle(t *testing.T) {
 	require.Equal(t, int64(3000+2500), p.book.allocated["pp"], "the book has the new allocation")
 }
 
+// A service that holds something here (open sessions, tokens charged
+// this period) and whose holding does not move settles as an idle one
+// does: it is planned again when its holding moves, and settles again.
+// (Every service of a farm whose pools had been charged this period was
+// planned at every plan.)
+func TestSteadyHoldingSettles(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	live := []string{"n1", "n2", "n3"}
+	p := NewPlanner("n2", PolicyConfig{}, 100*time.Millisecond)
+	for _, n := range live {
+		p.Joined(t0.Add(-time.Second), n)
+	}
+	lic := map[string]admission.Limits{"held": {Licensed: true, CAPS: 1000, Sessions: 300, Subscribers: admission.Unlimited,
+		Tokens: 1 << 40}}
+	step := 0
+	plan := func(u Usage) Plan {
+		t.Helper()
+		step++
+		now := t0.Add(time.Duration(step) * ExchangeInterval)
+		for _, n := range []string{"n1", "n3"} {
+			p.Heard(now, n, Report{Seq: uint64(step), Held: map[string]Held{"held": {Sessions: 10, Budget: 1 << 30}}})
+		}
+		return p.Plan(now, live, lic, u)
+	}
+	holding := func(sessions, used int64) Usage {
+		return Usage{{Name: "held", Sessions: sessions, PoolUsed: used, Depth: 100, Avail: 100}}
+	}
+	settles := func(u Usage) bool {
+		for range 30 {
+			if plan(u).Planned == 0 {
+				return true
+			}
+		}
+		return false
+	}
+	require.Equal(t, 1, plan(holding(20, 17000)).Planned)
+	require.True(t, settles(holding(20, 17000)), "20 sessions and 17,000 tokens, steady")
+	parts := p.applied["held"]
+	require.GreaterOrEqual(t, parts.Sessions, 20.0/300, "its part covers what it holds")
+	for range 10 {
+		require.Zero(t, plan(holding(20, 17000)).Planned)
+	}
+	require.Equal(t, parts, p.applied["held"], "what it applies stays")
+	// A session more: planned again, then settled again.
+	require.Equal(t, 1, plan(holding(21, 17000)).Planned)
+	require.True(t, settles(holding(21, 17000)))
+	// Tokens charged (the pool's use moves): planned again.
+	require.Equal(t, 1, plan(holding(21, 17500)).Planned)
+	require.True(t, settles(holding(21, 17500)))
+	// Every session gone: planned again.
+	require.Equal(t, 1, plan(holding(0, 17500)).Planned)
+}
+
 // Past deltaRefresh × refreshEntries entries the refresh stretches: each
 // idle entry is named once in deltaRefresh × stretch reports (not once in
 // deltaRefresh), a report says its stretch, and a receiver forgets an
