@@ -55,7 +55,7 @@ func (s *Service) countTrunkRefusal(r Reason, spillable bool) {
 func (s *Service) takeCAPS(now int64, l *derived, prio Priority, spillable bool) (left int64, d Decision, ok bool) {
 	left, _, d, ok = s.limiter.takeCAPS(now, l, prio)
 	if !s.spent.marked.Load() && s.spentStack != nil {
-		markMoved(s.spentStack, s)
+		markMoved(s.spentStack, s, &s.spent)
 	}
 	if !ok && !spillable {
 		s.counts[CAPS].Add(1)

@@ -128,8 +128,10 @@ type Engine struct {
 	trunkCount  atomic.Int64
 	movedTrunks atomic.Pointer[Trunk]
 	// spentServices is the stack of services whose CAPS bucket was taken
-	// from since the last DrainSpent.
-	spentServices atomic.Pointer[Service]
+	// from since the last DrainSpent; loggedServices of those that logged
+	// a change for the journal since the last DrainLogged.
+	spentServices  atomic.Pointer[Service]
+	loggedServices atomic.Pointer[Service]
 }
 
 // UnlicensedBucket is the service under which emergency calls naming a
@@ -269,7 +271,7 @@ func (e *Engine) ensure(name string, forLicence bool) (*Service, error) {
 		s.maxLog = MaxLog
 	}
 	s.gate = &e.gate
-	s.spentStack = &e.spentServices
+	s.spentStack, s.loggedStack = &e.spentServices, &e.loggedServices
 	s.wake = e.cfg.ReserveWake
 	s.await = e.cfg.AwaitReserve
 	s.wakeReserver()

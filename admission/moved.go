@@ -11,34 +11,30 @@ type moveMark[T any] struct {
 	next   *T
 }
 
-// markable is what carries a moveMark.
-type markable[T any] interface {
-	*T
-	moveMark() *moveMark[T]
-}
-
-// markMoved marks x, pushing it on the stack at head if it was not marked.
-func markMoved[T any, P markable[T]](head *atomic.Pointer[T], x P) {
-	m := x.moveMark()
+// markMoved marks x by m, its mark for the stack at head, pushing it on
+// the stack if it was not marked. (One item may carry marks for several
+// stacks.)
+func markMoved[T any](head *atomic.Pointer[T], x *T, m *moveMark[T]) {
 	if m.marked.Load() || !m.marked.CompareAndSwap(false, true) {
 		return
 	}
 	for {
 		h := head.Load()
 		m.next = h
-		if head.CompareAndSwap(h, (*T)(x)) {
+		if head.CompareAndSwap(h, x) {
 			return
 		}
 	}
 }
 
 // drainMoved calls f for every item marked since the last drain of the
-// stack at head, each once. An item marked again while f reads it is
-// handed out again at the next drain. One caller at a time.
-func drainMoved[T any, P markable[T]](head *atomic.Pointer[T], f func(P)) {
-	for x := P(head.Swap(nil)); x != nil; {
-		m := x.moveMark()
-		next := P(m.next)
+// stack at head, each once; mark returns an item's mark for this stack. An
+// item marked again while f reads it is handed out again at the next
+// drain. One caller at a time.
+func drainMoved[T any](head *atomic.Pointer[T], mark func(*T) *moveMark[T], f func(*T)) {
+	for x := head.Swap(nil); x != nil; {
+		m := mark(x)
+		next := m.next
 		m.next = nil
 		m.marked.Store(false) // before f reads it: a move from here on pushes it again
 		f(x)

@@ -70,6 +70,10 @@ type Service struct {
 	overUse   atomic.Int64 // tokens charged beyond a pool
 
 	spentStack *atomic.Pointer[Service]
+	// logged: it logged a change since the engine's stack of services
+	// with changes to drain (loggedStack) was last drained (DrainLogged).
+	logged      moveMark[Service]
+	loggedStack *atomic.Pointer[Service]
 
 	// trunks are the keys with limits of their own (ADMIT ... TRUNK).
 	trunks trunkTable
@@ -380,11 +384,11 @@ func (s *limiter) Bucket(now int64) (depth, avail int64) {
 	return l.caps.burst, l.caps.available(&s.capsTAT, now)
 }
 
-func (s *Service) moveMark() *moveMark[Service] { return &s.spent }
+func spentMark(s *Service) *moveMark[Service] { return &s.spent }
 
 // DrainSpent calls f for every service whose CAPS bucket was taken from
 // since the last drain, each once: a watcher of 1,000 licences' buckets
 // (the cluster's starved check, every 10 ms) visits those that are
 // spending. A service taken from while f reads it is handed out again at
 // the next drain. One caller at a time.
-func (e *Engine) DrainSpent(f func(*Service)) { drainMoved(&e.spentServices, f) }
+func (e *Engine) DrainSpent(f func(*Service)) { drainMoved(&e.spentServices, spentMark, f) }

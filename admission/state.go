@@ -64,16 +64,22 @@ func (s *Service) logChange(c Change) {
 	if s.quiet.Load() {
 		s.quiet.Store(false)
 	}
-	if len(s.changes) == cap(s.changes) {
-		if cap(s.changes) == 0 || cap(s.changes) >= s.maxLog {
-			s.changesLost = true
-			return
-		}
+	switch {
+	case len(s.changes) < cap(s.changes):
+		s.changes = append(s.changes, c)
+	case cap(s.changes) == 0 || cap(s.changes) >= s.maxLog:
+		s.changesLost = true
+	default:
 		grown := make([]Change, len(s.changes), min(2*cap(s.changes), s.maxLog))
 		copy(grown, s.changes)
-		s.changes = grown
+		s.changes = append(grown, c)
 	}
-	s.changes = append(s.changes, c)
+	// Last, once the change is in the log and quiet lowered: a flush that
+	// takes the mark off the engine's stack then finds them (a mark taken
+	// before them would leave the change to a flush that never comes).
+	if s.loggedStack != nil {
+		markMoved(s.loggedStack, s, &s.logged)
+	}
 }
 
 // Drain returns the changes logged since the last Drain or Snapshot, and
@@ -96,6 +102,15 @@ func (s *Service) Drain(buf []Change) (changes []Change, lost bool) {
 	s.quiet.Store(cap(buf) > 0)
 	return changes, lost
 }
+
+func loggedMark(s *Service) *moveMark[Service] { return &s.logged }
+
+// DrainLogged calls f for every service that logged a change since the
+// last drain, each once: the journal's flush, every 20 ms, drains those
+// of a farm's 1,000 services, not every one. A service that logs while f
+// reads it is handed out again at the next drain. One caller at a time
+// (the engine's journal).
+func (e *Engine) DrainLogged(f func(*Service)) { drainMoved(&e.loggedServices, loggedMark, f) }
 
 // Quiet reports that the service logged nothing since the last Drain
 // (false when it may have): Drain would hand buf back empty. One atomic

@@ -83,14 +83,14 @@ func (t *Trunk) TakePeakSessions() int64 {
 	return max(p, t.sessionsN.Load())
 }
 
-func (t *Trunk) moveMark() *moveMark[Trunk] { return &t.touched }
+func touchedMark(t *Trunk) *moveMark[Trunk] { return &t.touched }
 
 // touch marks the key as moved: the first mark since it was last drained
 // pushes it on the engine's stack (a compare-and-swap, no lock); the
 // others only read the flag.
 func (t *Trunk) touch() {
 	if !t.touched.marked.Load() {
-		markMoved(t.moved, t)
+		markMoved(t.moved, t, &t.touched)
 	}
 }
 
@@ -98,7 +98,7 @@ func (t *Trunk) touch() {
 // released or counted on it) since the last drain, each once. A key that
 // moves while f reads it is handed out again at the next drain. One
 // caller at a time.
-func (e *Engine) DrainMoved(f func(*Trunk)) { drainMoved(&e.movedTrunks, f) }
+func (e *Engine) DrainMoved(f func(*Trunk)) { drainMoved(&e.movedTrunks, touchedMark, f) }
 
 // Key returns the key's name within its service.
 func (t *Trunk) Key() string { return t.key }

@@ -110,14 +110,18 @@ type Journal struct {
 	// take about half): the journals are compacted when they pass it (and
 	// MaxJournalBytes), so a snapshot's cost is spread over at least as
 	// many changes as it holds entries.
-	snapSize  int64
-	buf       []byte
-	written   bool // records were written since the last fsync
-	logs      map[*admission.Service]*logBufs
-	resetAll  bool // a compaction failed: every service writes a reset next
-	broken    bool // a write or fsync failed: the journal's tail is not trusted, compact
-	closed    bool
-	lastError error
+	snapSize int64
+	buf      []byte
+	written  bool // records were written since the last fsync
+	logs     map[*admission.Service]*logBufs
+	// svcs are the engine's services at the last flush, which walked them
+	// all; a flush since drains those that logged (Engine.DrainLogged)
+	// into logged, and walks them all again when one is added.
+	svcs, logged []*admission.Service
+	resetAll     bool // a compaction failed: every service writes a reset next
+	broken       bool // a write or fsync failed: the journal's tail is not trusted, compact
+	closed       bool
+	lastError    error
 	// compacting is closed when the snapshot being written behind the
 	// journal (compactBehindLocked) is done; nil when none is.
 	compacting chan struct{}
@@ -307,7 +311,16 @@ func (j *Journal) flushLocked() error {
 	j.buf = j.buf[:0]
 	n := 0
 	var werr error // the first failed write
-	for _, s := range j.cfg.Engine.Services() {
+	logged, all := j.logged[:0], j.cfg.Engine.Services()
+	j.cfg.Engine.DrainLogged(func(s *admission.Service) { logged = append(logged, s) })
+	visit := logged
+	if j.resetAll || len(all) != len(j.svcs) || len(all) > 0 && &all[0] != &j.svcs[0] {
+		// Every service: the first flush, a service added (not logged
+		// yet, but its log to take in place), every one to reset.
+		j.svcs, visit = all, all
+	}
+	j.logged = logged
+	for _, s := range visit {
 		if s.Quiet() && !j.resetAll {
 			continue // nothing to drain: its buffers are not looked up
 		}
@@ -343,6 +356,8 @@ func (j *Journal) flushLocked() error {
 		b.spare = recycle(changes, want)
 	}
 	j.resetAll = false
+	clear(j.logged) // no service held past the flush but by the engine
+	j.logged = j.logged[:0]
 	if werr = j.writeOut(werr, true); werr != nil {
 		j.broken = true // what was drained may be half written: rewrite every service
 		return fmt.Errorf("cannot append to the state journal: %w", werr)
