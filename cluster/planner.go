@@ -129,15 +129,16 @@ type svcState struct {
 }
 
 // ActiveTrunks returns the trunk keys (admission.TrunkName) some member
-// demanded, held or owed something of at the last plan; the caller must
-// not keep the slice past the next plan.
+// demanded at the last plan, or whose holding (sessions, attempts owed)
+// moved here or at another member; the caller must not keep the slice
+// past the next plan.
 func (p *Planner) ActiveTrunks() []string { return p.activeTrunks }
 
 // settledPart is what a quiet service's parts were planned from when a
-// plan left them as they were: no member demands it, this node holds and
-// owes nothing of it, what the others hold of it (their reports' Held)
-// did not move since the plan before, and the parts it applies are those
-// it computes. The next plan with the same members, side and limits
+// plan left them as they were: no member demands it, what this node
+// holds and owes of it did not move since its last two reports, nor what
+// the others hold of it (their reports' Held) since the plan before, and
+// the parts it applies are those it computes. The next plan with the same members, side and limits
 // would compute the same parts and apply them whatever the others report
 // (a part that does not rise does not wait for room), so it is not
 // planned again until one of these moves: a farm's 100,000 idle trunk

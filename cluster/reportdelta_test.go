@@ -7,6 +7,7 @@ import (
 	"math"
 	"math/bits"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -612,4 +613,99 @@ func TestRefreshBoundFollowsTheMembers(t *testing.T) {
 	require.Equal(t, refreshEntries, c.refreshBound())
 	c.peers["b"].alive, c.peers["b"].stretch = true, true
 	require.Equal(t, refreshEntries, c.refreshBound())
+}
+
+// Settling changes no part: a planner that settles services and a twin
+// that plans every service at every plan (no service ever settled), fed
+// the same seeded inputs (holdings that sit still for a while and then
+// move, the other members' reports with their own holdings and bursts of
+// demand, early plans, some within ReportSettle of the last), apply the
+// same parts after every plan.
+func TestSettlingChangesNoPart(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	live := []string{"n1", "n2", "n3"}
+	settling := NewPlanner("n2", PolicyConfig{}, 100*time.Millisecond)
+	every := NewPlanner("n2", PolicyConfig{}, 100*time.Millisecond)
+	for _, p := range []*Planner{settling, every} {
+		for _, n := range live {
+			p.Joined(t0.Add(-time.Second), n)
+		}
+	}
+	lic := map[string]admission.Limits{}
+	names := make([]string, 8)
+	for i := range names {
+		names[i] = fmt.Sprintf("svc%d", i)
+		lic[names[i]] = admission.Limits{Licensed: true, CAPS: 1000, Sessions: 300, Subscribers: 500, Tokens: admission.Unlimited}
+	}
+	rng := rand.New(rand.NewPCG(31, 0x736574746c65))
+	type holding struct {
+		offered             uint64
+		sessions, subs, ivl int64
+	}
+	mine := make([]holding, len(names))
+	peers := map[string][]Held{"n1": make([]Held, len(names)), "n3": make([]Held, len(names))}
+	now, seq, settled := t0, uint64(0), 0
+	for step := range 3000 {
+		// Each service's holding here moves now and then, else sits still.
+		for i := range mine {
+			if rng.IntN(20) == 0 {
+				mine[i].sessions = int64(rng.IntN(120))
+				mine[i].subs = int64(rng.IntN(200))
+			}
+			if rng.IntN(50) == 0 { // a burst of attempts
+				mine[i].offered += uint64(rng.IntN(80))
+			}
+		}
+		seq++
+		for _, n := range []string{"n1", "n3"} {
+			r := Report{Seq: seq, Held: map[string]Held{}, Demand: map[string]float64{}}
+			for i, name := range names {
+				if rng.IntN(30) == 0 {
+					peers[n][i] = Held{Sessions: int64(rng.IntN(100)), Subscribers: int64(rng.IntN(150))}
+				}
+				if peers[n][i] != (Held{}) {
+					r.Held[name] = peers[n][i]
+				}
+				if rng.IntN(40) == 0 {
+					r.Demand[name] = float64(rng.IntN(300))
+				}
+			}
+			for _, p := range []*Planner{settling, every} {
+				c := r
+				c.Held, c.Demand = maps.Clone(r.Held), maps.Clone(r.Demand)
+				p.Heard(now, n, c)
+			}
+		}
+		u := Usage{}
+		for i, name := range names {
+			u = append(u, ServiceUsage{Name: name, Offered: mine[i].offered, Sessions: mine[i].sessions, Subscribers: mine[i].subs,
+				Depth: 100, Avail: 100})
+		}
+		for _, st := range every.svcs { // nothing settled: every service planned
+			st.isSettled = false
+		}
+		every.unsettled = nil
+		var a, b Plan
+		if early := rng.IntN(4) == 0; early {
+			a, b = settling.PlanNow(now, live, lic, u), every.PlanNow(now, live, lic, slices.Clone(u))
+		} else {
+			a, b = settling.Plan(now, live, lic, u), every.Plan(now, live, lic, slices.Clone(u))
+		}
+		if a.Planned < len(names) {
+			settled++
+		}
+		for _, name := range names {
+			require.True(t, sameApplied(settling.applied[name], every.applied[name]), "step %d, %s: %+v settling, %+v planning every time",
+				step, name, settling.applied[name], every.applied[name])
+		}
+		require.Equal(t, b.Planned, len(names))
+		// The next plan: an exchange later, or sooner (an early plan), at
+		// times within ReportSettle of this one.
+		gap := ExchangeInterval
+		if rng.IntN(4) == 0 {
+			gap = time.Duration(1+rng.IntN(int(2*ReportSettle/time.Millisecond))) * time.Millisecond
+		}
+		now = now.Add(gap)
+	}
+	require.Greater(t, settled, 300, "the settling planner settled some services at some plans")
 }
