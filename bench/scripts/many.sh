@@ -9,7 +9,9 @@
 # -P 16, the same run), what the data directories grew by over a ledger
 # interval, and the RSS of each member; then each member's CPU over 10 s
 # idle and n1's CPU profile of that and of the two runs (KEEP=DIR
-# keeps the profiles, n1's heap profile and the capsgate binary in DIR). Before the set-up,
+# keeps the profiles, n1's heap profile and the capsgate binary in DIR);
+# then each member's CPU idle after a kill -9 of the farm and a start on
+# its data directories. Before the set-up,
 # the same farm with the first licence alone (the empty farm) is measured
 # the same way, its idle CPU and its ADMIT rate, and a fresh empty farm
 # again at the end: the loaded farm's rates are given against both.
@@ -93,6 +95,20 @@ for label in idle one all; do
   echo "n1's CPU profile, $label:"
   go tool pprof -top -cum "$W/bin/capsgate" "$W/$label.pprof" 2>/dev/null | sed -n '6,20p'
 done
+# The loaded farm after a kill -9 of every member and a start on the same
+# data directories (licences, allocations and token reservations come
+# back; each pool counts as charged what its reservation held): each
+# member's CPU idle once the farm has settled, and the licences n1 plans
+# a second meanwhile (capsgate_cluster_planned_total).
+for p in "${NODEPIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+PIDS=()
+sleep 1
+farm $NODES many
+sleep 90
+planned() { curl -s "${ADMINS[0]}/metrics" | awk '/^capsgate_cluster_planned_total/{print $2}'; }
+p0=$(planned)
+cpu=$(idle_cpu 10)
+echo "restarted (kill -9, 90 s to settle): idle CPU of each member over 10 s, % of a core: $cpu; n1 planned $(python3 -c "print(round(($(planned) - $p0) / 10))") licences a second"
 # A fresh empty farm after the loaded one: the rates are given against
 # both, each measured in this run (the machine's speed moves between runs
 # as much as the effect, and within a run too).
