@@ -310,12 +310,7 @@ func TestIdleMemberKeepsABudget(t *testing.T) {
 // stays. A member's token rate on one of its accounts, or an allocation
 // that changes, has it planned again; it settles again once they stop.
 func TestIdleTokenPoolsSettle(t *testing.T) {
-	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	live := []string{"n1", "n2", "n3"}
-	p := NewPlanner("n2", PolicyConfig{}, 100*time.Millisecond)
-	for _, n := range live {
-		p.Joined(t0.Add(-time.Second), n)
-	}
+	p, t0, live := memberOfThree()
 	lic := map[string]admission.Limits{"pp": {Licensed: true, CAPS: 1000, Sessions: admission.Unlimited,
 		Subscribers: admission.Unlimited, Tokens: 9000}}
 	accounts := []AccountUsage{{Account: "acme", Size: 3000}, {Account: "globex", Size: 1500}}
@@ -363,18 +358,24 @@ func TestIdleTokenPoolsSettle(t *testing.T) {
 	require.Equal(t, int64(3000+2500), p.book.allocated["pp"], "the book has the new allocation")
 }
 
+// memberOfThree returns n2's planner in a farm of n1, n2 and n3, each
+// joined a second before t0.
+func memberOfThree() (p *Planner, t0 time.Time, live []string) {
+	t0, live = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), []string{"n1", "n2", "n3"}
+	p = NewPlanner("n2", PolicyConfig{}, 100*time.Millisecond)
+	for _, n := range live {
+		p.Joined(t0.Add(-time.Second), n)
+	}
+	return p, t0, live
+}
+
 // A service that holds something here (open sessions, tokens charged
 // this period) and whose holding does not move settles as an idle one
 // does: it is planned again when its holding moves, and settles again.
 // (Every service of a farm whose pools had been charged this period was
 // planned at every plan.)
 func TestSteadyHoldingSettles(t *testing.T) {
-	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	live := []string{"n1", "n2", "n3"}
-	p := NewPlanner("n2", PolicyConfig{}, 100*time.Millisecond)
-	for _, n := range live {
-		p.Joined(t0.Add(-time.Second), n)
-	}
+	p, t0, live := memberOfThree()
 	lic := map[string]admission.Limits{"held": {Licensed: true, CAPS: 1000, Sessions: 300, Subscribers: admission.Unlimited,
 		Tokens: 1 << 40}}
 	step := 0
@@ -622,15 +623,8 @@ func TestRefreshBoundFollowsTheMembers(t *testing.T) {
 // demand, early plans, some within ReportSettle of the last), apply the
 // same parts after every plan.
 func TestSettlingChangesNoPart(t *testing.T) {
-	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	live := []string{"n1", "n2", "n3"}
-	settling := NewPlanner("n2", PolicyConfig{}, 100*time.Millisecond)
-	every := NewPlanner("n2", PolicyConfig{}, 100*time.Millisecond)
-	for _, p := range []*Planner{settling, every} {
-		for _, n := range live {
-			p.Joined(t0.Add(-time.Second), n)
-		}
-	}
+	settling, t0, live := memberOfThree()
+	every, _, _ := memberOfThree()
 	lic := map[string]admission.Limits{}
 	names := make([]string, 8)
 	for i := range names {
