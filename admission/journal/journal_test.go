@@ -537,30 +537,38 @@ func TestRestoreInChunks(t *testing.T) {
 }
 
 // A flush drains only the services that logged since the last one
-// (Engine.DrainLogged): with registrations made into 40 services by four
-// goroutines while up to 30 flushes run back to back (and a service
-// licensed midway), every registration made before the last flush is back
-// after a crash, service by service. (That a change is marked only once
-// it is in the log is argued in logChange: a race that narrow does not
-// show here.)
+// (Engine.DrainLogged): four goroutines register into 40 services, each
+// at most 200 registrations ahead of the flushes, while 30 flushes run
+// (each once 200 of its round's are in, the others going on), and a
+// service is licensed at the tenth; every
+// registration made before the last flush is back after a crash, service
+// by service. (That a change is marked only once it is in the log is
+// argued in logChange: a race that narrow does not show here.)
 func TestFlushDrainsTheServicesThatLogged(t *testing.T) {
+	const rounds, perRound = 30, 200
 	dir, clk := t.TempDir(), admission.NewFakeClock()
 	n := start(t, dir, clk)
 	name := func(i int) string { return fmt.Sprintf("svc-%02d", i) }
+	names := []string{"late"}
 	for i := range 40 {
 		require.NoError(t, n.eng.SetLimits(name(i), limits))
+		names = append(names, name(i))
 	}
 	var flushes, made atomic.Int64
-	var writing atomic.Bool
-	writing.Store(true)
 	errs := make(chan error, 1)
 	go func() {
-		for seen := int64(0); flushes.Load() < 30 && writing.Load(); {
-			if m := made.Load(); m == seen { // each flush after registrations
+		for f := int64(0); f < rounds; f = flushes.Load() {
+			// Each flush once a quarter of its round's registrations are
+			// in, the writers going on meanwhile.
+			if made.Load() < 4*perRound*f+perRound {
 				runtime.Gosched()
 				continue
-			} else {
-				seen = m
+			}
+			if f == 10 {
+				if err := n.eng.SetLimits("late", limits); err != nil {
+					errs <- err
+					return
+				}
 			}
 			if err := n.j.Flush(); err != nil {
 				errs <- err
@@ -571,48 +579,41 @@ func TestFlushDrainsTheServicesThatLogged(t *testing.T) {
 		errs <- nil
 	}()
 	var wg sync.WaitGroup
-	var late atomic.Bool
 	for g := range 4 {
 		wg.Go(func() {
-			// At most 50,000 each (the services hold 10,000 each), until
-			// the flushes are done.
-			for i := 0; i < 50000 && flushes.Load() < 30; i++ {
-				s := name((i*7 + g) % 40)
-				if !n.eng.Register(n.now(), []byte(s), fmt.Appendf(nil, "sub-%d-%d", g, i), 3600).Admitted() {
+			for i := 0; ; i++ {
+				f := flushes.Load()
+				for ; f < rounds && int64(i) >= perRound*(f+1); f = flushes.Load() {
+					runtime.Gosched() // ahead of the flushes: wait for one
+				}
+				if f >= rounds {
 					return
 				}
-				made.Add(1)
-				if g == 0 && i >= 1000 {
-					if !late.Load() {
-						if err := n.eng.SetLimits("late", limits); err != nil {
-							panic(err)
-						}
-						late.Store(true)
-					}
-					n.eng.Register(n.now(), []byte("late"), fmt.Appendf(nil, "late-%d", i), 3600)
+				if i%10 == 0 && n.eng.Service("late") != nil &&
+					!n.eng.Register(n.now(), []byte("late"), fmt.Appendf(nil, "late-%d-%d", g, i), 3600).Admitted() {
+					panic("refused")
 				}
+				if !n.eng.Register(n.now(), []byte(name((i*7+g)%40)), fmt.Appendf(nil, "sub-%d-%d", g, i), 3600).Admitted() {
+					panic("refused")
+				}
+				made.Add(1)
 			}
 		})
 	}
 	wg.Wait()
-	writing.Store(false)
 	require.NoError(t, <-errs)
-	require.Positive(t, flushes.Load())
+	require.Equal(t, int64(rounds), flushes.Load())
 	require.NoError(t, n.j.Flush())
 	n.crash()
 	n2 := start(t, dir, clk)
 	total := int64(0)
-	for _, s := range append([]string{"late"}, func() (out []string) {
-		for i := range 40 {
-			out = append(out, name(i))
-		}
-		return out
-	}()...) {
+	for _, s := range names {
 		want := n.eng.Service(s).Stats().Subscribers
 		require.NotNil(t, n2.eng.Service(s), s)
 		require.Equal(t, want, n2.eng.Service(s).Stats().Subscribers, s)
 		total += want
 	}
-	require.Greater(t, total, int64(1000))
-	require.Positive(t, n.eng.Service("late").Stats().Subscribers)
+	late := n.eng.Service("late").Stats().Subscribers
+	require.Positive(t, late)
+	require.Equal(t, made.Load(), total-late, "every registration into the 40, each a new subscriber")
 }
