@@ -53,6 +53,11 @@ var plannerRegressions = []plannerBounds{
 	// A node restarted at 1.2 s applies an even part at once while the
 	// other keeps its part (join_under_load.txt): 2104.6 of 1414 at 1.3 s.
 	{seed: 12, strict: true},
+	// A licence settled at n2 (its plan leaves it out) was read as parts
+	// of nothing, where a node goes on applying what it applied: n2's 16
+	// sessions were "cut" at 600 ms. The farm now carries a part a plan
+	// leaves out, as a Cluster does.
+	{seed: 16914440481589048824, rough: true},
 }
 
 func TestPlannerRegressions(t *testing.T) {

@@ -667,6 +667,13 @@ func (f *farm) exchange() error {
 			live = append(live, name)
 		}
 		n.prev, n.plan, n.planned = n.plan, n.planner.Plan(now, live, f.licences, u), f.now
+		// A plan leaves out what it did not plan (a settled licence): the
+		// node applies what it applied before, as a Cluster does.
+		for s, sh := range n.prev.Parts {
+			if _, ok := n.plan.Parts[s]; !ok {
+				n.plan.Parts[s] = sh
+			}
+		}
 		for _, name := range n.plan.Reclaimed {
 			delete(n.failed, name)
 		}
