@@ -11,7 +11,8 @@
 # idle and n1's CPU profile of that and of the two runs (KEEP=DIR
 # keeps the profiles, n1's heap profile and the capsgate binary in DIR);
 # then each member's CPU idle after a kill -9 of the farm and a start on
-# its data directories. Before the set-up,
+# its data directories, and the two rates again on that farm once settled.
+# Each rate comes with each member's CPU while it ran. Before the set-up,
 # the same farm with the first licence alone (the empty farm) is measured
 # the same way, its idle CPU and its ADMIT rate, and a fresh empty farm
 # again at the end: the loaded farm's rates are given against both.
@@ -45,6 +46,19 @@ idle_cpu() {
   done
   echo "${out[*]}"
 }
+# rate_cpu N ARGS...: the rate on n1 (as rate) in RATE, and each member's
+# CPU while it ran, % of a core, in CPU.
+rate_cpu() {
+  local t0=() i s e
+  for p in "${NODEPIDS[@]}"; do t0+=("$(cpu_ticks $p)"); done
+  s=$(date +%s.%N)
+  RATE=$(rate $RP "$@")
+  e=$(date +%s.%N)
+  CPU=()
+  for i in "${!NODEPIDS[@]}"; do
+    CPU+=("$(python3 -c "print(round(($(cpu_ticks ${NODEPIDS[$i]}) - ${t0[$i]}) / $tick / ($e - $s) * 100))")")
+  done
+}
 profile() { # seconds out
   curl -s -H "Authorization: Bearer $(cat "$W/keys/admin.token")" "${ADMINS[0]}/debug/pprof/profile?seconds=$1" -o "$2"
 }
@@ -67,8 +81,9 @@ empty_farm() {
   local pp=$!
   echo "empty farm (one licence), $1: idle CPU of each member over 10 s, % of a core: $(idle_cpu 10)"
   wait $pp
-  EMPTY=$(rate $RP 1000000 ADMIT s000000000000)
-  echo "empty farm, $1: ADMIT on n1 (redis-benchmark -c 50 -P 16 -n 1000000): $EMPTY/s"
+  rate_cpu 1000000 ADMIT s000000000000
+  EMPTY=$RATE
+  echo "empty farm, $1: ADMIT on n1 (redis-benchmark -c 50 -P 16 -n 1000000): $EMPTY/s; each member's CPU meanwhile, % of a core: ${CPU[*]}"
 }
 empty_farm before
 empty=$EMPTY
@@ -80,13 +95,17 @@ echo "idle: CPU of each member over 10 s, % of a core: $(idle_cpu 10)"
 wait $pp
 profile 4 "$W/one.pprof" &
 pp=$!
-one=$(rate $RP 1000000 ADMIT s000000000000)
+rate_cpu 1000000 ADMIT s000000000000
+one=$RATE
+onecpu=${CPU[*]}
 wait $pp
 profile 4 "$W/all.pprof" &
 pp=$!
-all=$(RANGE=$SERVICES rate $RP 1000000 ADMIT s__rand_int__)
+RANGE=$SERVICES rate_cpu 1000000 ADMIT s__rand_int__
+all=$RATE
+allcpu=${CPU[*]}
 wait $pp
-echo "ADMIT on n1 (redis-benchmark -c 50 -P 16 -n 1000000): one service $one/s; spread over all $SERVICES services $all/s ($(python3 -c "print(round($all/$one,2))")×)"
+echo "ADMIT on n1 (redis-benchmark -c 50 -P 16 -n 1000000): one service $one/s; spread over all $SERVICES services $all/s ($(python3 -c "print(round($all/$one,2))")×); each member's CPU meanwhile, % of a core: $onecpu and $allcpu"
 if [ -n "${KEEP:-}" ]; then
   curl -s -H "Authorization: Bearer $(cat "$W/keys/admin.token")" "${ADMINS[0]}/debug/pprof/heap" -o "$KEEP/heap.pprof"
   cp "$W"/idle.pprof "$W"/one.pprof "$W"/all.pprof "$KEEP/"; cp "$W/bin/capsgate" "$KEEP/capsgate.bin"
@@ -109,6 +128,13 @@ planned() { curl -s "${ADMINS[0]}/metrics" | awk '/^capsgate_cluster_planned_tot
 p0=$(planned)
 cpu=$(idle_cpu 10)
 echo "restarted (kill -9, 90 s to settle): idle CPU of each member over 10 s, % of a core: $cpu; n1 planned $(python3 -c "print(round(($(planned) - $p0) / 10))") licences a second"
+RP=${RESPS[0]##*:}
+rate_cpu 1000000 ADMIT s000000000000
+rone=$RATE
+ronecpu=${CPU[*]}
+RANGE=$SERVICES rate_cpu 1000000 ADMIT s__rand_int__
+rall=$RATE
+echo "restarted, settled: ADMIT on n1: one service $rone/s, spread $rall/s; each member's CPU meanwhile, % of a core: $ronecpu and ${CPU[*]}"
 # A fresh empty farm after the loaded one: the rates are given against
 # both, each measured in this run (the machine's speed moves between runs
 # as much as the effect, and within a run too).
@@ -120,4 +146,4 @@ farm $NODES many
 RP=${RESPS[0]##*:}
 empty_farm after
 ratio() { python3 -c "print(round($1/$2,2))"; }
-echo "against the empty farm before ($empty/s) and after ($EMPTY/s): one service $(ratio $one $empty)× and $(ratio $one $EMPTY)×, spread $(ratio $all $empty)× and $(ratio $all $EMPTY)×"
+echo "against the empty farm before ($empty/s) and after ($EMPTY/s): one service $(ratio $one $empty)× and $(ratio $one $EMPTY)×, spread $(ratio $all $empty)× and $(ratio $all $EMPTY)×; restarted and settled, one service $(ratio $rone $empty)× and $(ratio $rone $EMPTY)×, spread $(ratio $rall $empty)× and $(ratio $rall $EMPTY)×"
