@@ -126,22 +126,6 @@ type svcState struct {
 	// its parts as they are (see settledPart).
 	settled   settledPart
 	isSettled bool
-	// promised is the room of its CAPS and of its depth that this node's
-	// rises left to the others (roomFor).
-	promised [2]promise
-}
-
-// promise is the room a node's rise left to the other members that rise
-// with it, each until its next report: not this node's to take on a later
-// plan before then. Without it, a node that planned again before another's
-// rise was reported (an early plan, then its exchange) took its part of
-// the other's room again: 10 members under a load rising to twice the
-// licence summed parts of up to 1,001.94 of 1,000 for a moment, 5 of 80
-// seeded runs above 1,000.1 (sim.TestPartsInForceWhateverTheSeed).
-type promise struct {
-	epoch uint64    // the plan epoch the slices are in names order of
-	room  []float64 // by member, in name order
-	takes []uint64  // the member's view.takes when last promised
 }
 
 // ActiveTrunks returns the trunk keys (admission.TrunkName) some member
@@ -232,8 +216,18 @@ type view struct {
 	// deltaExpire × stretch reports is forgotten.
 	stretch uint64
 	heard   time.Time // when its last report arrived
-	// takes counts the reports taken (see promise).
-	takes uint64
+	// promised is, per service, the room of its CAPS and of its depth
+	// that this node's plans left to this member since its last report
+	// (roomFor): not this node's to take on a later plan until then.
+	// Without it, a node that planned again before another's rise was
+	// reported (an early plan, then its exchange) took its part of the
+	// other's room a second time: 10 members under a load rising to twice
+	// the licence summed parts of up to 1,001.94 of 1,000 for a moment, 5
+	// of 80 seeded runs above 1,000.1 (sim.TestPartsInForceWhateverTheSeed).
+	// Kept by member, it outlives a change of the members (a member that
+	// leaves frees its part at once: the room promised to another is not
+	// freed with it); a report clears it.
+	promised map[string][2]float64
 	// joinedAt is when it last joined: a report heard before is stale.
 	joinedAt time.Time
 	dead     bool
@@ -427,7 +421,7 @@ func (p *Planner) Heard(now time.Time, from string, r Report) bool {
 // that changed.
 func (v *view) take(r Report, moved func(key string)) {
 	v.lastSeq = r.Seq
-	v.takes++
+	clear(v.promised)
 	if !r.Delta {
 		for k, h := range r.Held {
 			if v.report.Held[k] != h {
@@ -787,8 +781,8 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 		// do not show the others' rises yet, take no more than the room
 		// between them (their parts sum to the side's fraction).
 		if capsParts != nil && self >= 0 {
-			cp.CAPS = p.roomFor(service, &st.promised[0], names, prev.CAPS, cp.CAPS, capsParts, func(a Share) float64 { return whole(a.CAPS) })
-			cp.Depth = p.roomFor(service, &st.promised[1], names, prev.Depth, cp.Depth, depthParts, func(a Share) float64 { return a.Depth })
+			cp.CAPS = p.roomFor(service, 0, names, prev.CAPS, cp.CAPS, capsParts, func(a Share) float64 { return whole(a.CAPS) })
+			cp.Depth = p.roomFor(service, 1, names, prev.Depth, cp.Depth, depthParts, func(a Share) float64 { return a.Depth })
 		}
 		if l.CAPS > 0 && self >= 0 && sh.CAPS < prev.CAPS {
 			sh.CAPS = max(sh.CAPS, min(prev.CAPS, freshCAPS))
@@ -929,35 +923,44 @@ func (p *Planner) markAccounts(names []string, fraction float64) {
 // member computes from; of another member, below what it last reported it
 // applies). Members that rise at once, each on reports that do not show
 // the others' rises yet, so take no more than the room between them. The
-// room left to each other member is promised to it until its next
-// report (pr): a later plan on the same reports does not count it free.
-func (p *Planner) roomFor(service string, pr *promise, live []string, prev, cp float64, parts []float64, of func(Share) float64) float64 {
+// room a plan leaves to each other member, whether or not this node rises,
+// is promised to it until its next report (view.promised, dim 0 for the
+// CAPS, 1 for the depth): a later plan on the same reports counts neither
+// it nor the part of that member's deficit it covers.
+func (p *Planner) roomFor(service string, dim int, live []string, prev, cp float64, parts []float64, of func(Share) float64) float64 {
 	room := cp - prev
 	if room <= 0 {
 		return cp
 	}
-	if pr.epoch != p.planEpoch || len(pr.room) != len(live) {
-		pr.epoch, pr.room, pr.takes = p.planEpoch, make([]float64, len(live)), make([]uint64, len(live))
-	}
+	// want is what each other member still lacks of its part, less the
+	// room already promised to it.
 	var mine, all float64
 	for i, n := range live {
 		if n == p.self {
 			mine = max(parts[i]-prev, 0)
 			all += mine
 		} else if v := p.peers[n]; v != nil {
-			if pr.takes[i] != v.takes {
-				pr.room[i], pr.takes[i] = 0, v.takes // it reported since
-			}
-			room -= pr.room[i]
-			all += max(parts[i]-of(v.report.Applied[service]), 0)
+			promised := v.promised[service][dim]
+			room -= promised
+			all += max(parts[i]-of(v.report.Applied[service])-promised, 0)
 		}
 	}
 	if room <= 0 || all <= 0 {
 		return prev
 	}
 	for i, n := range live {
-		if v := p.peers[n]; n != p.self && v != nil {
-			pr.room[i] += room * max(parts[i]-of(v.report.Applied[service]), 0) / all
+		v := p.peers[n]
+		if n == p.self || v == nil {
+			continue
+		}
+		pr := v.promised[service]
+		lacks := max(parts[i]-of(v.report.Applied[service]), 0)
+		if want := max(lacks-pr[dim], 0); want > 0 {
+			if v.promised == nil {
+				v.promised = map[string][2]float64{}
+			}
+			pr[dim] = min(pr[dim]+room*want/all, lacks)
+			v.promised[service] = pr
 		}
 	}
 	return prev + room*mine/all
