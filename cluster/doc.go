@@ -58,9 +58,9 @@
 // as holding an even part: newLicence), and of
 // that room only the node's share among the members rising into it, in
 // proportion to how far each is below its part (roomFor); the room a plan
-// leaves to another member stays promised to it until that member's next
-// report, so that a node planning again meanwhile (an early plan, then its
-// exchange) does not count it free a second time. A licence new
+// leaves to another member (up to what it lacks) stays promised to it until
+// that member's next report, so that a node planning again meanwhile (an
+// early plan, then its exchange) does not count it free a second time. A licence new
 // on a node starts from an even part, as far as the others leave room for
 // it: on a farm that just got it, an even part on every node; on a node
 // that joins or restarts, nothing, and it rises as the others fall.
@@ -132,7 +132,7 @@
 // spilling the farm refused 0.014 % on 10 nodes, 0.062 % on 30 nodes at
 // 1000 CAPS, 0.5 % on 100 nodes sharing 1000 CAPS (the 99 small ones
 // under 1 CAPS each), where it now refuses none (capsbench sim --table),
-// and 1.26 % instead of none with stalling proxies on 10
+// and 1.26 % instead of 0.027 % with stalling proxies on 10
 // nodes. When all the load moves to
 // another node, that node enforces its whole demand 344-428 ms later on 3
 // nodes and 341-417 ms on 10 (seeds 1-5, TestLoadMoves): the nodes that

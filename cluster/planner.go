@@ -420,8 +420,18 @@ func (p *Planner) Heard(now time.Time, from string, r Report) bool {
 // replaces it, a delta is merged into it. moved is told every Held entry
 // that changed.
 func (v *view) take(r Report, moved func(key string)) {
+	// A report sent after the last one taken clears what was promised to
+	// its sender (a whole report sent before a delta taken may arrive
+	// after it: it says nothing of a rise since). A map that grew past
+	// promisedKeep entries (every key of a farm planned again after a
+	// member left) is let go rather than kept at that size.
+	if r.Seq > v.lastSeq || v.lastSeq == 0 {
+		if len(v.promised) > promisedKeep {
+			v.promised = nil
+		}
+		clear(v.promised)
+	}
 	v.lastSeq = r.Seq
-	clear(v.promised)
 	if !r.Delta {
 		for k, h := range r.Held {
 			if v.report.Held[k] != h {
@@ -503,8 +513,12 @@ func (p *Planner) Gone(now time.Time, name string, graceful bool) {
 		return
 	}
 	v.dead, v.left, v.deadAt = true, graceful, now
+	v.promised = nil // not live: nothing is promised to it (roomFor)
 	p.book.allDirty = true
 }
+
+// promisedKeep bounds the promises a view keeps its map's room for.
+const promisedKeep = 1024
 
 // Known reports whether name was ever heard of, and whether it is gone.
 func (p *Planner) Known(name string) (known, gone bool) {
@@ -923,17 +937,20 @@ func (p *Planner) markAccounts(names []string, fraction float64) {
 // member computes from; of another member, below what it last reported it
 // applies). Members that rise at once, each on reports that do not show
 // the others' rises yet, so take no more than the room between them. The
-// room a plan leaves to each other member, whether or not this node rises,
-// is promised to it until its next report (view.promised, dim 0 for the
-// CAPS, 1 for the depth): a later plan on the same reports counts neither
-// it nor the part of that member's deficit it covers.
+// room a plan leaves to each other member below its part (whenever there
+// is room, whether or not this node rises) is promised to it, up to what
+// it lacks, until its next report (view.promised, dim 0 for the CAPS, 1 for
+// the depth): a later plan on the same reports counts neither it nor the
+// part of that member's deficit it covers. A member that stops reporting
+// keeps its promise until it reports or is declared dead: at most what it
+// lacked, held back meanwhile.
 func (p *Planner) roomFor(service string, dim int, live []string, prev, cp float64, parts []float64, of func(Share) float64) float64 {
 	room := cp - prev
 	if room <= 0 {
 		return cp
 	}
-	// want is what each other member still lacks of its part, less the
-	// room already promised to it.
+	// all sums what each member still lacks of its part, less the room
+	// already promised to it.
 	var mine, all float64
 	for i, n := range live {
 		if n == p.self {

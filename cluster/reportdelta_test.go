@@ -703,3 +703,27 @@ func TestSettlingChangesNoPart(t *testing.T) {
 	}
 	require.Greater(t, settled, 300, "the settling planner settled some services at some plans")
 }
+
+// TestReportClearsPromises: a report sent after the last one taken clears
+// what was promised to its sender, an older whole report (sent before a
+// delta taken, arrived after it) does not, a map grown past promisedKeep
+// is let go, and a member gone has nothing promised.
+func TestReportClearsPromises(t *testing.T) {
+	p := NewPlanner("n1", PolicyConfig{}, 100*time.Millisecond)
+	v := p.peer("n2")
+	v.take(Report{Seq: 5}, func(string) {})
+	v.promised = map[string][2]float64{"voice": {0.1, 0.2}}
+	v.take(Report{Seq: 3}, func(string) {}) // an older whole report
+	require.Equal(t, [2]float64{0.1, 0.2}, v.promised["voice"])
+	v.take(Report{Seq: 6, Delta: true}, func(string) {})
+	require.Empty(t, v.promised)
+	require.NotNil(t, v.promised, "a small map is kept for the next plan")
+	for i := range promisedKeep + 1 {
+		v.promised[strconv.Itoa(i)] = [2]float64{1, 1}
+	}
+	v.take(Report{Seq: 7, Delta: true}, func(string) {})
+	require.Nil(t, v.promised, "a map grown past promisedKeep is let go")
+	v.promised = map[string][2]float64{"voice": {0.1, 0}}
+	p.Gone(time.Unix(0, 0), "n2", true)
+	require.Nil(t, v.promised)
+}
