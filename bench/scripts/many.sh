@@ -36,28 +36,34 @@ echo "issued $SERVICES licences in $(python3 -c "print(round($(date +%s.%N)-$t0,
 farm $NODES many
 RP=${RESPS[0]##*:}
 tick=$(getconf CLK_TCK)
+# cpu_mark, then cpu_read: each member's CPU between the two, % of a
+# core, in CPU.
+cpu_mark() {
+  T0=()
+  for p in "${NODEPIDS[@]}"; do T0+=("$(cpu_ticks $p)"); done
+  TS=$(date +%s.%N)
+}
+cpu_read() {
+  local i e
+  e=$(date +%s.%N)
+  CPU=()
+  for i in "${!NODEPIDS[@]}"; do
+    CPU+=("$(python3 -c "print(round(($(cpu_ticks ${NODEPIDS[$i]}) - ${T0[$i]}) / $tick / ($e - $TS) * 100, 1))")")
+  done
+}
 # idle_cpu SECONDS: each member's CPU over SECONDS, % of a core.
 idle_cpu() {
-  local t0=() i out=()
-  for p in "${NODEPIDS[@]}"; do t0+=("$(cpu_ticks $p)"); done
+  cpu_mark
   sleep "$1"
-  for i in "${!NODEPIDS[@]}"; do
-    out+=("$(python3 -c "print(round(($(cpu_ticks ${NODEPIDS[$i]}) - ${t0[$i]}) / $tick / $1 * 100, 1))")")
-  done
-  echo "${out[*]}"
+  cpu_read
+  echo "${CPU[*]}"
 }
 # rate_cpu N ARGS...: the rate on n1 (as rate) in RATE, and each member's
 # CPU while it ran, % of a core, in CPU.
 rate_cpu() {
-  local t0=() i s e
-  for p in "${NODEPIDS[@]}"; do t0+=("$(cpu_ticks $p)"); done
-  s=$(date +%s.%N)
+  cpu_mark
   RATE=$(rate $RP "$@")
-  e=$(date +%s.%N)
-  CPU=()
-  for i in "${!NODEPIDS[@]}"; do
-    CPU+=("$(python3 -c "print(round(($(cpu_ticks ${NODEPIDS[$i]}) - ${t0[$i]}) / $tick / ($e - $s) * 100))")")
-  done
+  cpu_read
 }
 profile() { # seconds out
   curl -s -H "Authorization: Bearer $(cat "$W/keys/admin.token")" "${ADMINS[0]}/debug/pprof/profile?seconds=$1" -o "$2"
