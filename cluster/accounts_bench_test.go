@@ -145,21 +145,32 @@ func benchExchange(b *testing.B, setup func(*admission.Engine, *Shares) error, c
 // BenchmarkExchangeWithServices is one exchange of a member of three
 // holding n licences, busy of them busy (attempts on each between
 // exchanges): what a farm spread over many services pays ten times a
-// second on every member.
+// second on every member. With accounts, each licence has a pool of
+// tokens allocated to accounts spread evenly over the licences (every
+// member's reports then hold an entry for each account).
 //
 //	go test ./cluster -run '^$' -bench ExchangeWithServices -benchtime 50x -benchmem
 func BenchmarkExchangeWithServices(b *testing.B) {
-	for _, c := range []struct{ n, busy int }{{1000, 1}, {1000, 1000}} {
-		n, busy := c.n, c.busy
-		b.Run(fmt.Sprintf("services=%d/busy=%d", n, busy), func(b *testing.B) {
+	for _, c := range []struct{ n, busy, accounts int }{{1000, 1, 0}, {1000, 1000, 0}, {1000, 1000, 100000}} {
+		n, busy, accounts := c.n, c.busy, c.accounts
+		b.Run(fmt.Sprintf("services=%d/busy=%d/accounts=%d", n, busy, accounts), func(b *testing.B) {
 			names := make([][]byte, n)
 			for s := range n {
 				names[s] = fmt.Appendf(nil, "svc-%04d", s)
 			}
+			tokens := int64(admission.Unlimited)
+			if accounts > 0 {
+				tokens = 1 << 40
+			}
 			benchExchange(b, func(eng *admission.Engine, shares *Shares) error {
 				for _, name := range names {
 					if err := shares.SetLimits(string(name), admission.Limits{Licensed: true, CAPS: 1e6, Sessions: 1000,
-						Subscribers: 1000, Tokens: admission.Unlimited}); err != nil {
+						Subscribers: 1000, Tokens: tokens}); err != nil {
+						return err
+					}
+				}
+				for a := range accounts {
+					if err := eng.SetAccount(string(names[a%n]), fmt.Sprintf("acct-%06d", a), 1000, admission.Overage{}); err != nil {
 						return err
 					}
 				}

@@ -151,7 +151,7 @@ func (c *Cluster) Members() []Member {
 		m.Owed = map[string]int64{}
 		held := c.planner.Held(name)
 		for _, service := range c.cfg.Shares.LicensedNames() { // not the keys: their parts are in their own view (GET .../limits)
-			if s, ok := c.planner.Shares(service)[name]; ok {
+			if s, ok := c.planner.Share(service, name); ok {
 				m.Shares[service] = s
 			}
 			m.Owed[service] = held[service].Owed
