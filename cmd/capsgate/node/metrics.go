@@ -88,3 +88,11 @@ func (n *Node) writeServiceMetrics(w io.Writer) {
 // meteringErrors counts failed token reservations and ledger writes (a
 // full or failing disk); an alert should fire on any increase.
 var meteringErrors = metrics.NewCounter(`capsgate_metering_errors_total`)
+
+// What the background check of the ledger's earlier segments found since
+// start (verifyLedgerHistory).
+var (
+	ledgerHistoryRecords = metrics.NewCounter(`capsgate_ledger_history_verified_records_total`)
+	ledgerHistoryChecked = metrics.NewGauge(`capsgate_ledger_history_checked`, nil)
+	ledgerHistoryBroken  = metrics.NewGauge(`capsgate_ledger_history_broken`, nil)
+)
