@@ -80,7 +80,11 @@
 //     most of it the signature); VerifyHistory then verifies every record
 //     of them at a bounded share of a core, returning the first break,
 //     named the same way (the node logs it and raises
-//     capsgate_ledger_history_broken).
+//     capsgate_ledger_history_broken). A segment it verified is noted in
+//     the file verified (its size and SHA-256) and later only hashed
+//     again: whoever can rewrite that note can rewrite the node key's
+//     records too, and capslicense usage verify checks every record
+//     whatever it says.
 //   - Verify detects any altered byte, removed, duplicated or reordered
 //     record, a record signed with another key than the node's (pinned,
 //     else its genesis record's, else most records'), a record of another

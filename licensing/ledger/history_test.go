@@ -2,6 +2,8 @@ package ledger
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"os"
 	"path/filepath"
 	"strings"
@@ -111,6 +113,54 @@ func TestOpenChecksSealedSegmentsAtTheirEnds(t *testing.T) {
 		return ls
 	}, "cannot open ledger: SEG2 line 1 (seq 7): hash mismatch; the chain is broken in the middle (altered?): restore the file or move the ledger directory aside")
 
+	t.Run("verified once", func(t *testing.T) {
+		dir, segs := write(t)
+		l, err := reopen(t, dir)
+		require.NoError(t, err)
+		seen, err := history(t, l)
+		require.NoError(t, err)
+		require.Equal(t, 12, seen)
+		require.NoError(t, l.Close())
+		noted := string(readFile(t, filepath.Join(dir, verifiedFile)))
+		require.Len(t, strings.Split(strings.TrimSpace(noted), "\n"), 4, "the four segments before the last")
+		require.True(t, strings.HasPrefix(noted, filepath.Base(segs[0])+" "), noted)
+
+		// A segment noted as verified, with its size and SHA-256, is only
+		// hashed again: here one altered and then noted with its new sum
+		// passes (what the file vouches for is not verified again) ...
+		b := readFile(t, segs[1])
+		altered := []byte(strings.Replace(string(b), `"admitted":4,`, `"admitted":7,`, 1))
+		require.Len(t, altered, len(b))
+		require.NoError(t, os.WriteFile(segs[1], altered, 0o600))
+		sum := sha256.Sum256(altered)
+		vouched := strings.Replace(noted, strings.Fields(strings.Split(noted, "\n")[1])[2], hex.EncodeToString(sum[:]), 1)
+		require.NoError(t, os.WriteFile(filepath.Join(dir, verifiedFile), []byte(vouched), 0o600))
+		l, err = reopen(t, dir)
+		require.NoError(t, err)
+		seen, err = history(t, l)
+		require.NoError(t, err)
+		require.Equal(t, 12, seen)
+		require.NoError(t, l.Close())
+		// ... while any change of a byte since it was noted has it verified
+		// again, record by record.
+		require.NoError(t, os.WriteFile(filepath.Join(dir, verifiedFile), []byte(noted), 0o600))
+		l, err = reopen(t, dir)
+		require.NoError(t, err)
+		defer l.Close()
+		_, err = history(t, l)
+		require.EqualError(t, err, "ledger chain broken: "+segs[1]+" line 2 (seq 5): hash mismatch")
+	})
+	t.Run("a malformed note is ignored", func(t *testing.T) {
+		dir, _ := write(t)
+		require.NoError(t, os.WriteFile(filepath.Join(dir, verifiedFile), []byte("seg-1 x y\n\x00garbage\n"), 0o600))
+		l, err := reopen(t, dir)
+		require.NoError(t, err)
+		defer l.Close()
+		seen, err := history(t, l)
+		require.NoError(t, err)
+		require.Equal(t, 12, seen)
+		require.Len(t, strings.Split(strings.TrimSpace(string(readFile(t, filepath.Join(dir, verifiedFile)))), "\n"), 4)
+	})
 	t.Run("share and stop", func(t *testing.T) {
 		dir, _ := write(t)
 		l, err := reopen(t, dir)
