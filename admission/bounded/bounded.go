@@ -40,7 +40,7 @@ const (
 	// PriceSheet bounds capslicense bill --price-sheet.
 	PriceSheet = 1 << 20
 	// LedgerFile bounds each ledger file capslicense usage verify and bill
-	// read whole: a segment is 16 MiB, an export of a month of a busy farm a
+	// read whole: a segment is 4 MiB, an export of a month of a busy farm a
 	// few hundred MiB.
 	LedgerFile = 1 << 30
 	// StateFile bounds the one-line state files a node keeps beside its

@@ -18,7 +18,8 @@ import (
 // file, line and seq. A break Open can see still refuses it.
 func TestOpenChecksSealedSegmentsAtTheirEnds(t *testing.T) {
 	now := t0
-	// Five segments of three records (seq 1-3, 4-6, 7-9, 10-12, 13-15).
+	// Five segments of three records (seq 1-3, 4-6, 7-9, 10-12, 13-15),
+	// then the empty one the next batch would go to.
 	write := func(t *testing.T) (string, []string) {
 		dir := t.TempDir()
 		l := open(t, dir, "n1", testKey(1), 1000, &now)
@@ -27,7 +28,8 @@ func TestOpenChecksSealedSegmentsAtTheirEnds(t *testing.T) {
 		}
 		require.NoError(t, l.Close())
 		segs := segFiles(t, dir)
-		require.Len(t, segs, 5)
+		require.Len(t, segs, 6)
+		require.Empty(t, readFile(t, segs[5]))
 		require.Equal(t, "seg-00000000000000000004.jsonl", filepath.Base(segs[1]))
 		return dir, segs
 	}
@@ -58,7 +60,7 @@ func TestOpenChecksSealedSegmentsAtTheirEnds(t *testing.T) {
 		require.Equal(t, uint64(15), seq)
 		seen, err := history(t, l)
 		require.NoError(t, err)
-		require.Equal(t, 12, seen, "the four segments before the last, every record")
+		require.Equal(t, 15, seen, "the five segments before the last, every record")
 		require.NoError(t, l.VerifyHistory(context.Background(), 0.5, nil))
 		appendAt(t, l, 5, []Usage{voice(1)}, nil) // the chain goes on from the head Open read
 		seq, _ = l.Head()
@@ -119,10 +121,10 @@ func TestOpenChecksSealedSegmentsAtTheirEnds(t *testing.T) {
 		require.NoError(t, err)
 		seen, err := history(t, l)
 		require.NoError(t, err)
-		require.Equal(t, 12, seen)
+		require.Equal(t, 15, seen)
 		require.NoError(t, l.Close())
 		noted := string(readFile(t, filepath.Join(dir, verifiedFile)))
-		require.Len(t, strings.Split(strings.TrimSpace(noted), "\n"), 4, "the four segments before the last")
+		require.Len(t, strings.Split(strings.TrimSpace(noted), "\n"), 5, "the five segments before the last")
 		require.True(t, strings.HasPrefix(noted, filepath.Base(segs[0])+" "), noted)
 
 		// A segment noted as verified, with its size and SHA-256, is only
@@ -139,7 +141,7 @@ func TestOpenChecksSealedSegmentsAtTheirEnds(t *testing.T) {
 		require.NoError(t, err)
 		seen, err = history(t, l)
 		require.NoError(t, err)
-		require.Equal(t, 12, seen)
+		require.Equal(t, 15, seen)
 		require.NoError(t, l.Close())
 		// ... while any change of a byte since it was noted has it verified
 		// again, record by record.
@@ -158,8 +160,8 @@ func TestOpenChecksSealedSegmentsAtTheirEnds(t *testing.T) {
 		defer l.Close()
 		seen, err := history(t, l)
 		require.NoError(t, err)
-		require.Equal(t, 12, seen)
-		require.Len(t, strings.Split(strings.TrimSpace(string(readFile(t, filepath.Join(dir, verifiedFile)))), "\n"), 4)
+		require.Equal(t, 15, seen)
+		require.Len(t, strings.Split(strings.TrimSpace(string(readFile(t, filepath.Join(dir, verifiedFile)))), "\n"), 5)
 	})
 	t.Run("share and stop", func(t *testing.T) {
 		dir, _ := write(t)

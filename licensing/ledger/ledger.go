@@ -38,9 +38,12 @@ type Options struct {
 	// Key signs the records (see LoadOrCreateNodeKey). Open refuses a
 	// ledger signed with another key.
 	Key ed25519.PrivateKey
-	// SegmentBytes is the size at which a new segment file is started
-	// (between Append batches). Default 16 MiB: a day of 10 s intervals for
-	// a few dozen services, small enough to copy and read.
+	// SegmentBytes is the size at which a new segment file is started,
+	// as soon as the batch that reached it is written (a batch is never
+	// split: one larger than this has a segment of its own). Default 4
+	// MiB: a few hours of 10 s intervals for a few dozen services, small
+	// enough to copy and read, and the most a start verifies record by
+	// record (the last segment: about 7,000 records, half a second).
 	SegmentBytes int64
 	// Clock stamps records ("at"). Default time.Now.
 	Clock func() time.Time
@@ -54,7 +57,7 @@ type Options struct {
 }
 
 // DefaultSegmentBytes is the default Options.SegmentBytes.
-const DefaultSegmentBytes = 16 << 20
+const DefaultSegmentBytes = 4 << 20
 
 // Recovery describes a torn record Open cut off the end of the ledger: the
 // unacknowledged tail of an Append batch interrupted by a crash.
@@ -765,6 +768,13 @@ func (l *Ledger) write(at, from, to time.Time, recs []*Record) error {
 	}
 	l.seq, l.head = seq, head
 	l.size += int64(buf.Len())
+	if l.size >= l.segBytes {
+		// The next segment now, not at the next batch: a start verifies
+		// the last segment whole, and a node that dies before its next
+		// batch leaves this one sealed. If it cannot be made, the next
+		// batch tries again and reports why.
+		_ = l.createSegment(l.seq + 1)
+	}
 	return nil
 }
 

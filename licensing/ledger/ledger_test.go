@@ -222,7 +222,8 @@ func TestRotation(t *testing.T) {
 		appendAt(t, l, i, []Usage{voice(uint64(i)), voice(uint64(i))}, nil)
 	}
 	segs := segFiles(t, dir)
-	require.Len(t, segs, 6) // a ~500-byte record: a new segment every batch
+	require.Len(t, segs, 7) // a ~500-byte record: a new segment after every batch (the last one empty)
+	require.Empty(t, readFile(t, segs[6]))
 	require.Equal(t, "seg-00000000000000000003.jsonl", filepath.Base(segs[1]))
 	all := readAll(t, l)
 	require.Equal(t, 12, bytes.Count(all, []byte("\n")))
@@ -234,9 +235,10 @@ func TestRotation(t *testing.T) {
 	require.Equal(t, uint64(12), seq)
 	require.Equal(t, all, readAll(t, l))
 
-	// Segment files in any order verify; a missing one is a gap.
+	// Segment files in any order verify; a missing one is a gap (the
+	// empty last one left out).
 	var in []any
-	for i := len(segs) - 1; i >= 0; i-- {
+	for i := len(segs) - 2; i >= 0; i-- {
 		in = append(in, filepath.Base(segs[i]), readFile(t, segs[i]))
 	}
 	rep := Verify(inputs(in...), VerifyOptions{})

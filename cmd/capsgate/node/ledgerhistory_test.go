@@ -20,7 +20,8 @@ import (
 // the exact count) or, with one altered in the middle, raises
 // capsgate_ledger_history_broken while the node keeps serving.
 func TestLedgerHistoryVerifiedAfterStart(t *testing.T) {
-	// A ledger of 6 segments of 100 records (seq 1-600) written as node n1's.
+	// A ledger of 6 segments of 100 records (seq 1-600) written as node n1's,
+	// and the empty one its next batch would go to.
 	write := func(t *testing.T) (dataDir string, segs []string) {
 		dataDir = t.TempDir()
 		key, err := ledger.LoadOrCreateNodeKey(dataDir)
@@ -41,7 +42,7 @@ func TestLedgerHistoryVerifiedAfterStart(t *testing.T) {
 		require.NoError(t, l.Close())
 		segs, err = filepath.Glob(filepath.Join(dir, "seg-*.jsonl"))
 		require.NoError(t, err)
-		require.Len(t, segs, 6)
+		require.Len(t, segs, 7)
 		return dataDir, segs
 	}
 	metric := func(t *testing.T, n *Node, name string) string {
@@ -62,7 +63,7 @@ func TestLedgerHistoryVerifiedAfterStart(t *testing.T) {
 		dataDir, _ := write(t)
 		n := startNode(t, "--dev", "--node-name", "n1", "--cluster-id", "c", "--data-dir", dataDir)
 		await(t, n, "capsgate_ledger_history_checked", "1")
-		require.Equal(t, "500", metric(t, n, "capsgate_ledger_history_verified_records_total"), "the 5 segments before the last, every record")
+		require.Equal(t, "600", metric(t, n, "capsgate_ledger_history_verified_records_total"), "the 6 segments before the last, every record")
 		require.Equal(t, "0", metric(t, n, "capsgate_ledger_history_broken"))
 		seq, _ := n.ledger.Head()
 		require.GreaterOrEqual(t, seq, uint64(600))
