@@ -40,7 +40,7 @@ type Options struct {
 	Key ed25519.PrivateKey
 	// SegmentBytes is the size at which a new segment file is started,
 	// as soon as the batch that reached it is written (a batch is never
-	// split: one larger than this has a segment of its own). Default 4
+	// split: a segment overruns it by at most one batch). Default 4
 	// MiB: a few hours of 10 s intervals for a few dozen services, small
 	// enough to copy and read, and the most a start verifies record by
 	// record (the last segment: about 7,000 records, half a second).
@@ -84,6 +84,7 @@ type Ledger struct {
 	segBytes      int64
 	clock         func() time.Time
 	recovered     *Recovery
+	log           *slog.Logger
 
 	mu sync.Mutex // guards the following fields
 	// segs are the segment files in seq order; the last is open in f.
@@ -186,12 +187,11 @@ func Open(o Options) (*Ledger, error) {
 			return nil, err
 		}
 	}
+	if l.log = o.Logger; l.log == nil {
+		l.log = slog.Default()
+	}
 	if l.recovered != nil {
-		log := o.Logger
-		if log == nil {
-			log = slog.Default()
-		}
-		log.Warn("ledger: recovered from a torn record", "file", l.recovered.File,
+		l.log.Warn("ledger: recovered from a torn record", "file", l.recovered.File,
 			"offset", l.recovered.Offset, "bytes", l.recovered.Bytes, "next_seq", l.recovered.Seq)
 	}
 	return l, nil
@@ -288,9 +288,6 @@ func (l *Ledger) load(s segment, last bool) error {
 			l.genesis = r.Hash
 		}
 		l.seq, l.head, good = r.Seq, r.Hash, off+int64(len(line))
-	}
-	if l.seq < s.first && !last {
-		return fmt.Errorf("cannot open ledger: %s: empty segment before the last one", path)
 	}
 	if last {
 		l.size = good
@@ -397,6 +394,12 @@ func (l *Ledger) VerifyHistory(ctx context.Context, share float64, progress func
 		return ctx.Err()
 	}
 	known := l.readVerified()
+	var noted, wrote time.Time // the last verification noted, and when the note was written
+	defer func() {
+		if noted.After(wrote) {
+			l.writeVerified(known) // at worst, verified again next time
+		}
+	}()
 	for _, s := range l.sealed {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -441,7 +444,10 @@ func (l *Ledger) VerifyHistory(ctx context.Context, share float64, progress func
 			return err
 		}
 		known[s.name] = verifiedSegment{size: s.size, sum: hex.EncodeToString(h.Sum(nil))}
-		l.writeVerified(known) // at worst, verified again next time
+		if noted = time.Now(); noted.Sub(wrote) >= verifiedEvery {
+			l.writeVerified(known)
+			wrote = noted
+		}
 	}
 	if progress != nil {
 		progress(done)
@@ -459,10 +465,12 @@ type verifiedSegment struct {
 // verifiedFile names the segments VerifyHistory verified, a line each:
 // "<segment file name> <size> <sha256 hex>". It only saves verifying them
 // again: a file missing, unreadable or malformed (or over verifiedBytes)
-// counts as naming none.
+// counts as naming none. It is written at most every verifiedEvery while
+// VerifyHistory runs, and when it ends.
 const (
 	verifiedFile  = "verified"
-	verifiedBytes = 1 << 20 // about 9,000 segments, 150 GB of ledger
+	verifiedBytes = 64 << 20 // 104 bytes a segment: 645,000 segments, 2.5 TB of ledger
+	verifiedEvery = 10 * time.Second
 )
 
 // readVerified returns what verifiedFile names, by segment file name.
@@ -470,6 +478,9 @@ func (l *Ledger) readVerified() map[string]verifiedSegment {
 	out := map[string]verifiedSegment{}
 	b, err := bounded.ReadFile(filepath.Join(l.dir, verifiedFile), verifiedBytes)
 	if err != nil {
+		if !errors.Is(err, os.ErrNotExist) {
+			l.log.Warn("ledger: the note of the segments verified cannot be read; verifying them all again", "err", err)
+		}
 		return out
 	}
 	for _, line := range strings.Split(string(b), "\n") {
@@ -640,6 +651,7 @@ func (l *Ledger) createSegment(first uint64) error {
 	}
 	if err := durable.SyncDir(l.dir); err != nil {
 		f.Close()
+		os.Remove(l.path(s)) // the next batch creates it again
 		return fmt.Errorf("cannot create ledger segment: %w", err)
 	}
 	if l.f != nil {

@@ -44,6 +44,9 @@ var errPageFull = errors.New("page full")
 // streamed in ledger order, at most limit events a page; the trailer
 // usageevents.NextTrailer says where the next page starts.
 func (n *Node) getUsageExport(w http.ResponseWriter, r *http.Request) {
+	if n.refuseBrokenLedger(w) {
+		return
+	}
 	q := r.URL.Query()
 	format, err := usageevents.ParseFormat(q.Get("format"))
 	if err != nil {

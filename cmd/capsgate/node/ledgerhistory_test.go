@@ -80,5 +80,17 @@ func TestLedgerHistoryVerifiedAfterStart(t *testing.T) {
 		await(t, n, "capsgate_ledger_history_broken", "1")
 		require.Equal(t, "0", metric(t, n, "capsgate_ledger_history_checked"))
 		require.Equal(t, "0", metric(t, n, "capsgate_ledger_history_verified_records_total"), "no batch of 256 was done before seq 251")
+		// What trusts the ledger without verifying it is refused; the
+		// records themselves are still served, for capslicense to verify.
+		base := "http://" + n.AdminAddr()
+		for _, path := range []string{"/v1/usage?local=1", "/v1/usage/export"} {
+			code, body := get(t, base+path, "")
+			require.Equal(t, 503, code, path)
+			require.Contains(t, body, `"ledger_broken"`, path)
+			require.Contains(t, body, "seg-00000000000000000201.jsonl line 51 (seq 251): hash mismatch", path)
+		}
+		code, body := get(t, base+"/v1/ledger", "")
+		require.Equal(t, 200, code)
+		require.Contains(t, body, `"tokens":259`)
 	})
 }

@@ -65,12 +65,16 @@ type Node struct {
 	// stepped: Start runs no background task; a test calls the steps.
 	stepped bool
 
-	ledger   *ledger.Ledger
-	reserver *meter.Reserver
-	meter    *meter.Meter
-	journal  *journal.Journal // open sessions and registrations, across restarts
-	trunks   *trunks.Book     // the keys' limits (ADMIT ... TRUNK)
-	ids      *idstore.Store   // CONSUME ID keys for the idempotency window
+	ledger *ledger.Ledger
+	// ledgerBroken is what the background check of the ledger's earlier
+	// segments found wrong (nil: nothing yet): usage summaries and exports
+	// are refused while it is set (verifyLedgerHistory).
+	ledgerBroken atomic.Pointer[error]
+	reserver     *meter.Reserver
+	meter        *meter.Meter
+	journal      *journal.Journal // open sessions and registrations, across restarts
+	trunks       *trunks.Book     // the keys' limits (ADMIT ... TRUNK)
+	ids          *idstore.Store   // CONSUME ID keys for the idempotency window
 
 	ready atomic.Bool
 	stop  chan struct{}
@@ -338,6 +342,9 @@ func (n *Node) Start() error {
 	for _, t := range tasks {
 		go n.run(t)
 	}
+	ledgerHistoryRecords.Set(0)
+	ledgerHistoryChecked.Set(0)
+	ledgerHistoryBroken.Set(0)
 	go n.verifyLedgerHistory()
 	go func() {
 		defer n.wg.Done()
@@ -354,9 +361,10 @@ func (n *Node) Start() error {
 // verifyLedgerHistory verifies the ledger's segments before the last,
 // record by record, with at most ledgerHistoryShare of a core, until done
 // or the node stops: the ledger's Open checked only their ends, so that a
-// start does not wait for a history of millions of records. A break is
-// logged as an error, naming the file, line and seq, and raises
-// capsgate_ledger_history_broken; the node goes on appending to the chain.
+// start does not wait for a history of millions of records. A break (or
+// a segment that cannot be read) is logged as an error, naming the file,
+// line and seq, raises capsgate_ledger_history_broken and has usage
+// summaries and exports refused; the node goes on appending to the chain.
 func (n *Node) verifyLedgerHistory() {
 	defer n.wg.Done()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -368,9 +376,6 @@ func (n *Node) verifyLedgerHistory() {
 		case <-ctx.Done():
 		}
 	}()
-	ledgerHistoryRecords.Set(0)
-	ledgerHistoryChecked.Set(0)
-	ledgerHistoryBroken.Set(0)
 	start := time.Now()
 	var records int
 	err := n.ledger.VerifyHistory(ctx, ledgerHistoryShare, func(done int) {
@@ -383,12 +388,24 @@ func (n *Node) verifyLedgerHistory() {
 		if records > 0 {
 			n.log.Info("ledger: the earlier segments verify", "records", records, "took", time.Since(start).Round(time.Millisecond))
 		}
-	case errors.Is(err, ledger.ErrBrokenChain):
-		ledgerHistoryBroken.Set(1)
-		n.log.Error("ledger: an earlier segment does not verify (altered?); the ledger goes on from its head, and capslicense usage verify will name the same record", "err", err)
 	case ctx.Err() == nil:
-		n.log.Warn("ledger: cannot verify the earlier segments", "err", err)
+		n.ledgerBroken.Store(&err)
+		ledgerHistoryBroken.Set(1)
+		n.log.Error("ledger: an earlier segment does not verify (altered, removed or unreadable?); usage summaries and exports are refused, the ledger goes on from its head, and capslicense usage verify names the same record", "err", err)
 	}
+}
+
+// refuseBrokenLedger answers 503 ledger_broken, and returns true, when the
+// background check found the ledger's earlier segments broken: a summary
+// or an export would pass on records nothing verified.
+func (n *Node) refuseBrokenLedger(w http.ResponseWriter) bool {
+	err := n.ledgerBroken.Load()
+	if err == nil {
+		return false
+	}
+	writeError(w, http.StatusServiceUnavailable, "ledger_broken",
+		"this node's ledger does not verify ("+(*err).Error()+"); restore the segment or move the ledger directory aside, and verify GET /v1/ledger with capslicense usage verify")
+	return true
 }
 
 // ledgerHistoryShare is the part of a core verifyLedgerHistory may use: a

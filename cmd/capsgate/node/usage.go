@@ -201,6 +201,9 @@ type UsageRow struct {
 // and every live member's asked through its admin API (?local=1 asks one
 // node alone). Members that do not answer are listed in "missing".
 func (n *Node) getUsage(w http.ResponseWriter, r *http.Request) {
+	if n.refuseBrokenLedger(w) {
+		return
+	}
 	from, to, err := timeRange(r)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, "invalid_range", err.Error())
