@@ -163,6 +163,55 @@ func TestOpenChecksSealedSegmentsAtTheirEnds(t *testing.T) {
 		require.Equal(t, 15, seen)
 		require.Len(t, strings.Split(strings.TrimSpace(string(readFile(t, filepath.Join(dir, verifiedFile)))), "\n"), 5)
 	})
+	t.Run("last record signed with another key", func(t *testing.T) {
+		dir, segs := write(t)
+		other := t.TempDir() // the same records, signed with another key
+		lo := open(t, other, "n1", testKey(2), 1000, &now)
+		for i := range 2 {
+			appendAt(t, lo, i, []Usage{voice(uint64(3 * i)), voice(uint64(3*i + 1)), voice(uint64(3*i + 2))}, nil)
+		}
+		require.NoError(t, lo.Close())
+		forged := lines(readFile(t, segFiles(t, other)[1]))[2] // seq 6, intact under key 2
+		change(t, segs[1], func(ls [][]byte) [][]byte { ls[2] = forged; return ls })
+		_, err := reopen(t, dir)
+		require.EqualError(t, err, "cannot open ledger: "+segs[1]+" last line (seq 6): written by another node or signed with another key than its first line; the chain is broken in the middle (altered?): restore the file or move the ledger directory aside")
+	})
+	t.Run("last record from before the first", func(t *testing.T) {
+		dir, segs := write(t)
+		earlier := lines(readFile(t, segs[0]))[1] // seq 2, intact
+		change(t, segs[1], func(ls [][]byte) [][]byte { ls[2] = earlier; return ls })
+		_, err := reopen(t, dir)
+		require.EqualError(t, err, "cannot open ledger: "+segs[1]+" last line (seq 2): seq 2 is not after the first line's, 4; the chain is broken in the middle (altered?): restore the file or move the ledger directory aside")
+	})
+	t.Run("stopped midway, what was verified is kept", func(t *testing.T) {
+		dir := t.TempDir()
+		l := open(t, dir, "n1", testKey(1), 1, &now) // a segment a batch
+		for i := range 3 {
+			usage := make([]Usage, 200)
+			for j := range usage {
+				usage[j] = voice(uint64(j))
+			}
+			appendAt(t, l, i, usage, nil)
+		}
+		require.NoError(t, l.Close())
+		l, err := Open(Options{Dir: dir, Node: "n1", Cluster: "prod", Key: testKey(1), SegmentBytes: 1, Clock: fakeClock(&now)})
+		require.NoError(t, err)
+		defer l.Close()
+		ctx, cancel := context.WithCancel(context.Background())
+		var seen []int
+		err = l.VerifyHistory(ctx, 0.5, func(n int) {
+			seen = append(seen, n)
+			cancel() // at the first batch: in the second segment
+		})
+		require.ErrorIs(t, err, context.Canceled)
+		require.Equal(t, []int{256}, seen)
+		noted := strings.TrimSpace(string(readFile(t, filepath.Join(dir, verifiedFile))))
+		require.Len(t, strings.Split(noted, "\n"), 1, "the first segment, verified whole before the stop")
+		require.True(t, strings.HasPrefix(noted, "seg-00000000000000000001.jsonl "), noted)
+		seen = nil
+		require.NoError(t, l.VerifyHistory(context.Background(), 1, func(n int) { seen = append(seen, n) }))
+		require.Equal(t, []int{200, 256, 512, 600}, seen, "the first segment counted from the note, the others record by record")
+	})
 	t.Run("share and stop", func(t *testing.T) {
 		dir, _ := write(t)
 		l, err := reopen(t, dir)
