@@ -256,6 +256,24 @@ func (s *Service) Reserve(account string, durable, low int64) {
 	}
 }
 
+// Withdraw takes back a pool's reservation beyond its charges: from now
+// on, a charge to it waits for a new one (Config.AwaitReserve), and the
+// caller, having made durable that the pool's charges go up to the
+// returned total, no longer counts the tokens reserved ahead as charged
+// after a crash. It reports false, changing nothing, for a pool that has
+// nothing reserved ahead, a charge waiting, or a reservation that covers
+// everything. account "" is the service's pool.
+func (s *Service) Withdraw(account string) (total int64, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p := s.pool(account)
+	if p == nil || !p.durableSet || p.durable == math.MaxInt64 || p.durable <= p.total || p.wanted > 0 {
+		return 0, false
+	}
+	p.durable, p.low = p.total, 0
+	return p.total, true
+}
+
 // wakeReserver asks the reserver to run now (Config.ReserveWake): a pool's
 // reservation ran short. Never blocks.
 func (s *Service) wakeReserver() {

@@ -20,6 +20,25 @@ const MinBlock = 1000
 // a write (an fsync: milliseconds) for charges not to wait.
 const BlockSeconds = 0.5
 
+// IdleRelease is how long a pool may go without a charge before its
+// reservation beyond its charges is taken back (Service.Withdraw, written
+// at the next step). After a kill -9 each pool counts as charged what its
+// reservation held: a pool idle for longer than this then counts nothing
+// more, where every account of a prepaid farm, charged or not, would count
+// a block at every crash. The price is the first charge after that hour:
+// it waits for a reservation (a step, one fsync).
+const IdleRelease = time.Hour
+
+// StartRelease is IdleRelease for a pool first reserved for in this run (a
+// start reserves ahead for every pool, not knowing which were idle before
+// it): a pool not charged within this of it is taken back.
+const StartRelease = 2 * time.Minute
+
+// maxReleases bounds the pools one step takes reservations back from (the
+// rest wait for the next step): an hour after a start that reserved for
+// 100,000 accounts, one step does not write them all.
+const maxReleases = 4096
+
 // MaxWait bounds how long a charge waits for a reservation (Await): many
 // fsyncs, so a charge waits only for a disk that has stopped answering,
 // and is then refused OVERLOAD. The wait holds an event loop, so it is
@@ -61,9 +80,16 @@ type Reserver struct {
 	// change: their lookahead or wake mark has yet to come down to
 	// MinBlock as their rate falls.
 	active     map[poolKey]struct{}
-	activePeak int             // the most active has held since it was made
-	restored   map[string]bool // services given their saved state
-	writes     int64           // commits to the token log (for the benchmark)
+	activePeak int // the most active has held since it was made
+	// ahead lists the pools reserved beyond their charges (from aheadHead
+	// on), by when their reservation is due to be taken back unless they
+	// were charged: each step takes back those that are due.
+	ahead     []aheadPool
+	aheadHead int
+	// idleAfter and startAfter are IdleRelease and StartRelease.
+	idleAfter, startAfter time.Duration
+	restored              map[string]bool // services given their saved state
+	writes                int64           // commits to the token log (for the benchmark)
 	// step counts Steps; lastStep is when the last began.
 	step     uint64
 	lastStep time.Time
@@ -89,6 +115,14 @@ const StepEvery = 50 * time.Millisecond
 
 type poolKey struct{ service, account string }
 
+// aheadPool is a pool in Reserver.ahead: its charges when it was put
+// there, and when its reservation is taken back if they have not moved.
+type aheadPool struct {
+	k     poolKey
+	due   time.Time
+	total int64
+}
+
 type rateSample struct {
 	at    time.Time
 	used  int64
@@ -100,6 +134,10 @@ type rateSample struct {
 	waited int64
 	// step is the last Step that looked at the pool.
 	step uint64
+	// queued: the pool is in Reserver.ahead. released: its reservation was
+	// taken back and it has not been charged since: it is given none
+	// until a charge waits.
+	queued, released bool
 }
 
 // grant is a reservation (or a wake mark) to give the engine.
@@ -147,7 +185,8 @@ func OpenReserver(eng *admission.Engine, dir string, log *slog.Logger) (*Reserve
 		return nil, fmt.Errorf("cannot keep the token reservations: %w", err)
 	}
 	return &Reserver{eng: eng, dir: dir, log: log, watch: watch, state: state, store: store,
-		rate: map[poolKey]rateSample{}, active: map[poolKey]struct{}{}, restored: map[string]bool{}}, nil
+		rate: map[poolKey]rateSample{}, active: map[poolKey]struct{}{}, restored: map[string]bool{},
+		idleAfter: IdleRelease, startAfter: StartRelease}, nil
 }
 
 func (r *Reserver) service(name string) *serviceState { return r.state.serviceOf(name) }
@@ -213,8 +252,13 @@ func (r *Reserver) keepLocked(service, account string, a admission.Allocation, o
 	}
 	st.Accounts[account] = a
 	r.store.alloc(service, account, a)
-	// Written with the new account's first reservation: one fsync.
-	return r.stepLocked(time.Now())
+	// Written with the new account's first reservation: one fsync. At the
+	// time of the last step: Step's caller keeps the reserver's clock.
+	now := r.lastStep
+	if now.IsZero() {
+		now = time.Now()
+	}
+	return r.stepLocked(now)
 }
 
 // Apply takes an allocation made on another member: kept unless this node
@@ -382,6 +426,7 @@ func (r *Reserver) stepLocked(now time.Time) (err error) {
 		}
 		r.consider(s, p, now)
 	}
+	r.releaseIdle(now)
 	r.lastStep = now
 	clear(r.changed) // no names held until the next step
 	clear(r.services)
@@ -407,6 +452,7 @@ func (r *Reserver) stepLocked(now time.Time) (err error) {
 // while its lookahead or wake mark is above MinBlock.
 func (r *Reserver) consider(s *admission.Service, p admission.PoolState, now time.Time) {
 	k := poolKey{s.Name(), p.Account}
+	_, seen := r.rate[k]
 	block := r.lookahead(k, p, now)
 	st := r.service(k.service)
 	if st.PeriodID != p.PeriodID {
@@ -430,7 +476,14 @@ func (r *Reserver) consider(s *admission.Service, p admission.PoolState, now tim
 		next = min(next, max(sat.Add(p.Base, c), need))
 	}
 	granted := false
-	if p.Durable >= 0 && ((p.Durable-p.Total >= block/2 && p.Wanted == 0) || p.Durable >= next) {
+	rs := r.rate[k]
+	if rs.released && (p.Wanted > 0 || p.Durable != p.Total) {
+		rs.released = false
+		r.rate[k] = rs
+	}
+	if rs.released {
+		// Nothing ahead until a charge waits for it.
+	} else if p.Durable >= 0 && ((p.Durable-p.Total >= block/2 && p.Wanted == 0) || p.Durable >= next) {
 		if p.Low > block/2 {
 			// The lookahead shrank (the rate fell): the engine must not
 			// wake the reserver for the old one.
@@ -441,8 +494,15 @@ func (r *Reserver) consider(s *admission.Service, p admission.PoolState, now tim
 			ps.Reserved, changed = next, true
 		}
 		r.grants = append(r.grants, grant{s, p.Account, ps.Reserved, block / 2})
-		rs := r.rate[k]
 		rs.granted = p.Total
+		if !rs.queued && ps.Reserved > p.Total {
+			after := r.idleAfter
+			if !seen {
+				after = r.startAfter
+			}
+			rs.queued = true
+			r.ahead = append(r.ahead, aheadPool{k, now.Add(after), p.Total})
+		}
 		r.rate[k] = rs
 		granted = true
 	}
@@ -453,6 +513,55 @@ func (r *Reserver) consider(s *admission.Service, p admission.PoolState, now tim
 		r.active[k] = struct{}{}
 	} else {
 		delete(r.active, k)
+	}
+}
+
+// releaseIdle takes back the reservations beyond their charges of the
+// pools that are due and were not charged since they were queued (at most
+// maxReleases a step), to be written with the step's commit. A pool
+// charged since goes to the back of the queue, due idleAfter from now.
+// The queue is in the order pools were put in it, which is not always
+// that of their due times (a pool first reserved for in this run is due
+// sooner): a pool is taken back when due at the earliest, and by the
+// latest due time of the pools before it at the latest.
+func (r *Reserver) releaseIdle(now time.Time) {
+	for n := 0; n < maxReleases && r.aheadHead < len(r.ahead); n++ {
+		a := r.ahead[r.aheadHead]
+		if now.Before(a.due) {
+			break
+		}
+		r.ahead[r.aheadHead] = aheadPool{}
+		r.aheadHead++
+		rs, ok := r.rate[a.k]
+		if !ok {
+			continue
+		}
+		s := r.eng.Service(a.k.service)
+		p, ok := admission.PoolState{}, false
+		if s != nil {
+			p, ok = s.Pool(a.k.account)
+		}
+		switch {
+		case !ok:
+			rs.queued = false
+		case p.Total != a.total || p.Wanted > 0:
+			r.ahead = append(r.ahead, aheadPool{a.k, now.Add(r.idleAfter), p.Total})
+		default:
+			rs.queued = false
+			if total, ok := s.Withdraw(a.k.account); ok {
+				ps := r.service(a.k.service).Pools[a.k.account]
+				if ps != nil && total < ps.Reserved {
+					ps.Reserved = total
+					r.store.pool(a.k.service, a.k.account, ps)
+				}
+				rs.released, rs.granted = true, total
+			}
+		}
+		r.rate[a.k] = rs
+	}
+	if r.aheadHead > 1024 && r.aheadHead >= len(r.ahead)/2 {
+		r.ahead = append(r.ahead[:0], r.ahead[r.aheadHead:]...)
+		r.aheadHead = 0
 	}
 }
 

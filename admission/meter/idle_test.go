@@ -1,0 +1,144 @@
+package meter
+
+import (
+	"log/slog"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/capsgate/capsgate/admission"
+)
+
+// idleEngine is an engine whose short charges wait for a Step at *now, run
+// on the charging goroutine; waits counts them.
+func idleEngine(t *testing.T, now *time.Time) (*admission.Engine, *Reserver, *admission.FakeClock, *int) {
+	t.Helper()
+	clk := admission.NewFakeClock()
+	cfg := admission.DefaultConfig()
+	var res *Reserver
+	waits := new(int)
+	cfg.Clock, cfg.DurableTokens, cfg.ReserveWake = clk, true, make(chan struct{}, 1)
+	cfg.AwaitReserve = func() bool { *waits++; return res.Step(*now) == nil }
+	e := admission.NewEngine(cfg)
+	require.NoError(t, e.SetLimits("pre", idleLimits))
+	var err error
+	res, err = OpenReserver(e, t.TempDir(), slog.Default())
+	require.NoError(t, err)
+	require.NoError(t, res.Step(*now))
+	return e, res, clk, waits
+}
+
+var idleLimits = admission.Limits{Licensed: true, CAPS: admission.Unlimited, Sessions: admission.Unlimited,
+	Subscribers: admission.Unlimited, Tokens: 1 << 40}
+
+// A pool not charged for IdleRelease (StartRelease after its first
+// reservation in this run) has its reservation ahead taken back: a kill -9
+// then counts it exactly, where it counted a block more at every crash.
+// A pool charged meanwhile keeps its reservation; a released pool's next
+// charge waits for one reservation and is made.
+func TestIdleReservationsAreTakenBack(t *testing.T) {
+	base := t0
+	now := base
+	e, res, clk, waits := idleEngine(t, &now)
+	accounts := []string{"busy", "once", "never"}
+	for _, a := range accounts {
+		require.NoError(t, res.SetAccount("pre", a, admission.Allocation{Tokens: 1 << 30, Overage: "none"}))
+	}
+	charged := map[string]int64{}
+	charge := func(acct string, n int64) {
+		t.Helper()
+		require.Equal(t, admission.OK, e.Consume(clk.Now(), []byte("pre"), []byte(acct), n, nil).Reason, acct)
+		charged[acct] += n
+	}
+	step := func(d time.Duration) {
+		t.Helper()
+		now = base.Add(d)
+		require.NoError(t, res.Step(now))
+	}
+	// over is what a kill -9 now would count beyond the charges, by pool
+	// ("" the service's own).
+	over := func() map[string]int64 {
+		t.Helper()
+		out := map[string]int64{}
+		for acct, p := range restart(t, res, idleLimits) {
+			out[acct] = p.Total - charged[acct]
+			require.GreaterOrEqual(t, out[acct], int64(0), "kill -9 under-counted %q", acct)
+		}
+		require.Len(t, out, 4)
+		return out
+	}
+
+	charge("busy", 10)
+	charge("once", 10)
+	step(time.Minute)
+	o := over()
+	require.Equal(t, int64(MinBlock), o["never"], "within StartRelease: a block reserved ahead")
+	require.Equal(t, int64(MinBlock), o[""])
+	require.Equal(t, int64(MinBlock-10), o["busy"])
+	require.Equal(t, int64(MinBlock-10), o["once"])
+
+	step(StartRelease + time.Second)
+	o = over()
+	require.Equal(t, map[string]int64{"": 0, "never": 0, "busy": MinBlock - 10, "once": MinBlock - 10}, o,
+		"the pools never charged are taken back StartRelease after the start")
+
+	charge("busy", 10)
+	step(30 * time.Minute)
+	step(StartRelease + IdleRelease + 2*time.Second)
+	o = over()
+	require.Equal(t, map[string]int64{"": 0, "never": 0, "busy": MinBlock - 20, "once": 0}, o,
+		"a pool not charged for IdleRelease is taken back; one charged meanwhile is not")
+	for _, a := range []string{"", "never", "once"} {
+		p, ok := e.Service("pre").Pool(a)
+		require.True(t, ok)
+		require.Equal(t, p.Total, p.Durable, "%q: nothing reserved ahead", a)
+	}
+
+	// Steps leave a released pool as it is, and its next charge waits for
+	// one reservation.
+	step(StartRelease + IdleRelease + time.Minute)
+	require.Equal(t, int64(0), over()["once"])
+	before := *waits
+	charge("once", 5)
+	require.Equal(t, before+1, *waits, "one reservation waited for")
+	o = over()
+	require.Positive(t, o["once"], "reserved ahead again")
+	require.LessOrEqual(t, o["once"], int64(MinBlock))
+	require.Equal(t, int64(0), o["never"])
+
+	// A clean stop is exact for every pool, released or not.
+	require.NoError(t, res.Close())
+	for acct, p := range restart(t, res, idleLimits) {
+		require.Equal(t, charged[acct], p.Total, "%q after a clean stop", acct)
+	}
+}
+
+// One step takes back at most maxReleases reservations; the next takes
+// the rest.
+func TestReleasesPerStepAreBounded(t *testing.T) {
+	now := t0
+	e, res, _, _ := idleEngine(t, &now)
+	const n = maxReleases + 904
+	for i := range n {
+		require.NoError(t, e.SetAccount("pre", "a"+strconv.Itoa(i), 1<<20, admission.Overage{}))
+	}
+	require.NoError(t, res.Step(now))
+	released := func() (k int) {
+		for _, p := range e.Service("pre").Pools() {
+			if p.Durable == p.Total {
+				k++
+			}
+		}
+		return k
+	}
+	require.Equal(t, 0, released())
+	now = t0.Add(StartRelease)
+	require.NoError(t, res.Step(now))
+	require.Equal(t, maxReleases, released(), "the service's pool and the first accounts")
+	now = now.Add(StepEvery)
+	require.NoError(t, res.Step(now))
+	require.Equal(t, n+1, released())
+	require.Empty(t, res.ahead[res.aheadHead:])
+}
