@@ -33,11 +33,10 @@ func idleEngine(t *testing.T, now *time.Time) (*admission.Engine, *Reserver, *ad
 var idleLimits = admission.Limits{Licensed: true, CAPS: admission.Unlimited, Sessions: admission.Unlimited,
 	Subscribers: admission.Unlimited, Tokens: 1 << 40}
 
-// A pool not charged for IdleRelease (StartRelease after its first
-// reservation in this run) has its reservation ahead taken back: a kill -9
-// then counts it exactly, where it counted a block more at every crash.
-// A pool charged meanwhile keeps its reservation; a released pool's next
-// charge waits for one reservation and is made.
+// A pool not charged for IdleRelease has its reservation ahead taken
+// back: a kill -9 then counts it exactly, where it counted a block more at
+// every crash. A pool charged meanwhile keeps its reservation; a released
+// pool's next charge waits for one reservation and is made.
 func TestIdleReservationsAreTakenBack(t *testing.T) {
 	base := t0
 	now := base
@@ -72,23 +71,20 @@ func TestIdleReservationsAreTakenBack(t *testing.T) {
 
 	charge("busy", 10)
 	charge("once", 10)
-	step(time.Minute)
-	o := over()
-	require.Equal(t, int64(MinBlock), o["never"], "within StartRelease: a block reserved ahead")
-	require.Equal(t, int64(MinBlock), o[""])
-	require.Equal(t, int64(MinBlock-10), o["busy"])
-	require.Equal(t, int64(MinBlock-10), o["once"])
+	step(IdleRelease - time.Second)
+	require.Equal(t, map[string]int64{"": MinBlock, "never": MinBlock, "busy": MinBlock - 10, "once": MinBlock - 10}, over(),
+		"within IdleRelease of the start: a block reserved ahead of each")
 
-	step(StartRelease + time.Second)
-	o = over()
-	require.Equal(t, map[string]int64{"": 0, "never": 0, "busy": MinBlock - 10, "once": MinBlock - 10}, o,
-		"the pools never charged are taken back StartRelease after the start")
+	step(IdleRelease)
+	require.Equal(t, map[string]int64{"": 0, "never": 0, "busy": MinBlock - 10, "once": MinBlock - 10}, over(),
+		"the pools not charged are taken back IdleRelease after their reservation")
 
 	charge("busy", 10)
-	step(30 * time.Minute)
-	step(StartRelease + IdleRelease + 2*time.Second)
-	o = over()
-	require.Equal(t, map[string]int64{"": 0, "never": 0, "busy": MinBlock - 20, "once": 0}, o,
+	step(IdleRelease + IdleRelease/2)
+	step(2*IdleRelease - time.Second)
+	require.Equal(t, map[string]int64{"": 0, "never": 0, "busy": MinBlock - 20, "once": MinBlock - 10}, over())
+	step(2 * IdleRelease)
+	require.Equal(t, map[string]int64{"": 0, "never": 0, "busy": MinBlock - 20, "once": 0}, over(),
 		"a pool not charged for IdleRelease is taken back; one charged meanwhile is not")
 	for _, a := range []string{"", "never", "once"} {
 		p, ok := e.Service("pre").Pool(a)
@@ -98,12 +94,12 @@ func TestIdleReservationsAreTakenBack(t *testing.T) {
 
 	// Steps leave a released pool as it is, and its next charge waits for
 	// one reservation.
-	step(StartRelease + IdleRelease + time.Minute)
+	step(2*IdleRelease + time.Minute)
 	require.Equal(t, int64(0), over()["once"])
 	before := *waits
 	charge("once", 5)
 	require.Equal(t, before+1, *waits, "one reservation waited for")
-	o = over()
+	o := over()
 	require.Positive(t, o["once"], "reserved ahead again")
 	require.LessOrEqual(t, o["once"], int64(MinBlock))
 	require.Equal(t, int64(0), o["never"])
@@ -134,7 +130,7 @@ func TestReleasesPerStepAreBounded(t *testing.T) {
 		return k
 	}
 	require.Equal(t, 0, released())
-	now = t0.Add(StartRelease)
+	now = t0.Add(IdleRelease)
 	require.NoError(t, res.Step(now))
 	require.Equal(t, maxReleases, released(), "the service's pool and the first accounts")
 	now = now.Add(StepEvery)

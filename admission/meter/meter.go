@@ -42,15 +42,14 @@
 // ... SECONDS, charged whatever the pool). A clean stop writes R = C: no
 // over-count.
 //
-// A pool not charged for IdleRelease (an hour), or for StartRelease (two
-// minutes) after the first reservation this run made for it, has its
-// reservation taken back to R = C (Service.Withdraw, then written with a
-// step): a kill -9 then counts it exactly. Without it every pool counted
-// a lookahead more at every crash, the accounts that never charged too: a
-// block each, 100,000 ledger records of 1,000 tokens for a farm's 100,000
-// idle accounts. Its next charge waits for a reservation, as a charge
-// short of one does; the pool is then reserved for as before. At most
-// maxReleases pools are taken back a step.
+// A pool not charged for IdleRelease (a day) has its reservation taken
+// back to R = C (Service.Withdraw, then written with a step): a kill -9
+// then counts it exactly. Without it every pool counted a lookahead more
+// at every crash, the dormant accounts too: a block each, 100,000 ledger
+// records of 1,000 tokens for a farm's 100,000 dormant accounts. Its next
+// charge waits for a reservation, as a charge short of one does; the pool
+// is then reserved for as before. At most maxReleases pools are taken
+// back a step.
 //
 // A step costs the pools that changed since the last one (the engine's
 // pool watch: charged, short of their reservation, allocated, given a new

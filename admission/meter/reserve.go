@@ -24,15 +24,15 @@ const BlockSeconds = 0.5
 // reservation beyond its charges is taken back (Service.Withdraw, written
 // at the next step). After a kill -9 each pool counts as charged what its
 // reservation held: a pool idle for longer than this then counts nothing
-// more, where every account of a prepaid farm, charged or not, would count
-// a block at every crash. The price is the first charge after that hour:
-// it waits for a reservation (a step, one fsync).
-const IdleRelease = time.Hour
-
-// StartRelease is IdleRelease for a pool first reserved for in this run (a
-// start reserves ahead for every pool, not knowing which were idle before
-// it): a pool not charged within this of it is taken back.
-const StartRelease = 2 * time.Minute
+// more, where every dormant account of a prepaid farm would count a block
+// at every crash. The price is the next charge: it waits for a
+// reservation (a step, one fsync) and holds its event loop meanwhile. A
+// day, so that an account charged every day never waits: an hour would
+// make most accounts' first call after a quiet night wait, all in the
+// morning's busy hour. A start reserves ahead for every pool (it cannot
+// tell which were dormant before it), so a node restarted within a day of
+// its start counts a block for each pool again.
+const IdleRelease = 24 * time.Hour
 
 // maxReleases bounds the pools one step takes reservations back from (the
 // rest wait for the next step): an hour after a start that reserved for
@@ -86,10 +86,9 @@ type Reserver struct {
 	// were charged: each step takes back those that are due.
 	ahead     []aheadPool
 	aheadHead int
-	// idleAfter and startAfter are IdleRelease and StartRelease.
-	idleAfter, startAfter time.Duration
-	restored              map[string]bool // services given their saved state
-	writes                int64           // commits to the token log (for the benchmark)
+	idleAfter time.Duration   // IdleRelease
+	restored  map[string]bool // services given their saved state
+	writes    int64           // commits to the token log (for the benchmark)
 	// step counts Steps; lastStep is when the last began.
 	step     uint64
 	lastStep time.Time
@@ -186,7 +185,7 @@ func OpenReserver(eng *admission.Engine, dir string, log *slog.Logger) (*Reserve
 	}
 	return &Reserver{eng: eng, dir: dir, log: log, watch: watch, state: state, store: store,
 		rate: map[poolKey]rateSample{}, active: map[poolKey]struct{}{}, restored: map[string]bool{},
-		idleAfter: IdleRelease, startAfter: StartRelease}, nil
+		idleAfter: IdleRelease}, nil
 }
 
 func (r *Reserver) service(name string) *serviceState { return r.state.serviceOf(name) }
@@ -452,7 +451,6 @@ func (r *Reserver) stepLocked(now time.Time) (err error) {
 // while its lookahead or wake mark is above MinBlock.
 func (r *Reserver) consider(s *admission.Service, p admission.PoolState, now time.Time) {
 	k := poolKey{s.Name(), p.Account}
-	_, seen := r.rate[k]
 	block := r.lookahead(k, p, now)
 	st := r.service(k.service)
 	if st.PeriodID != p.PeriodID {
@@ -496,12 +494,8 @@ func (r *Reserver) consider(s *admission.Service, p admission.PoolState, now tim
 		r.grants = append(r.grants, grant{s, p.Account, ps.Reserved, block / 2})
 		rs.granted = p.Total
 		if !rs.queued && ps.Reserved > p.Total {
-			after := r.idleAfter
-			if !seen {
-				after = r.startAfter
-			}
 			rs.queued = true
-			r.ahead = append(r.ahead, aheadPool{k, now.Add(after), p.Total})
+			r.ahead = append(r.ahead, aheadPool{k, now.Add(r.idleAfter), p.Total})
 		}
 		r.rate[k] = rs
 		granted = true
@@ -520,10 +514,8 @@ func (r *Reserver) consider(s *admission.Service, p admission.PoolState, now tim
 // pools that are due and were not charged since they were queued (at most
 // maxReleases a step), to be written with the step's commit. A pool
 // charged since goes to the back of the queue, due idleAfter from now.
-// The queue is in the order pools were put in it, which is not always
-// that of their due times (a pool first reserved for in this run is due
-// sooner): a pool is taken back when due at the earliest, and by the
-// latest due time of the pools before it at the latest.
+// The queue is in the order of due times: a pool joins its back, due
+// idleAfter from the step's time, which only moves forward.
 func (r *Reserver) releaseIdle(now time.Time) {
 	for n := 0; n < maxReleases && r.aheadHead < len(r.ahead); n++ {
 		a := r.ahead[r.aheadHead]
