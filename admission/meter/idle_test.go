@@ -138,3 +138,41 @@ func TestReleasesPerStepAreBounded(t *testing.T) {
 	require.Equal(t, n+1, released())
 	require.Empty(t, res.ahead[res.aheadHead:])
 }
+
+// A pool smaller than 16 blocks reserves a sixteenth of its size ahead (at
+// least MinSmallBlock): a kill -9 counts a small account that much more at
+// most, where a block covered an account of 900 tokens whole. Charged a
+// token at a time with a step every 50 ms, as in a node, it never waits.
+func TestSmallPoolsReserveASixteenth(t *testing.T) {
+	now := t0
+	e, res, clk, waits := idleEngine(t, &now)
+	want := map[string]int64{"s900": 56, "s100": MinSmallBlock, "s15999": 999, "s16000": MinBlock, "": MinBlock}
+	for acct := range want {
+		if acct != "" {
+			size, _ := strconv.ParseInt(acct[1:], 10, 64)
+			require.NoError(t, res.SetAccount("pre", acct, admission.Allocation{Tokens: size, Overage: "none"}))
+		}
+	}
+	over := func(charged map[string]int64) map[string]int64 {
+		t.Helper()
+		out := map[string]int64{}
+		for acct, p := range restart(t, res, idleLimits) {
+			out[acct] = p.Total - charged[acct]
+		}
+		return out
+	}
+	require.Equal(t, want, over(nil), "a kill -9 after the first reservations")
+
+	charged := map[string]int64{}
+	for i := range 800 {
+		require.Equal(t, admission.OK, e.Consume(clk.Now(), []byte("pre"), []byte("s900"), 1, nil).Reason, "charge %d", i)
+		charged["s900"]++
+		now = now.Add(StepEvery)
+		require.NoError(t, res.Step(now))
+	}
+	require.Equal(t, 0, *waits, "no charge waited")
+	o := over(charged)
+	require.LessOrEqual(t, o["s900"], int64(56), "over-count within a sixteenth of the pool")
+	require.Positive(t, o["s900"])
+	require.Equal(t, admission.TOKENS, e.Consume(clk.Now(), []byte("pre"), []byte("s900"), 101, nil).Reason, "100 left")
+}

@@ -23,9 +23,11 @@
 // charge waiting for it W, and a lookahead L for the charges to come:
 //
 //	R = min(C + W + L, max(ceiling, C + W))
-//	L = max(MinBlock, BlockSeconds × r, D)
+//	L = max(F, BlockSeconds × r, D)
 //
-// where r is the pool's charge rate, measured over at least 100 ms and
+// where F is MinBlock, or a sixteenth of a pool smaller than 16 blocks
+// (at least MinSmallBlock: a block ahead of an account of 900 tokens
+// covered it whole, and every kill -9 emptied it); r is the pool's charge rate, measured over at least 100 ms and
 // halving per measure when it falls, without the charges that waited; D
 // is 0 unless charges used up the previous lookahead L' (one had to
 // wait), then min(2 × L', 2 × (tokens charged since the previous

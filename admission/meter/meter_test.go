@@ -26,7 +26,7 @@ func newEngine(t *testing.T) (*admission.Engine, *admission.FakeClock) {
 	cfg.Clock, cfg.DurableTokens = clk, true
 	e := admission.NewEngine(cfg)
 	require.NoError(t, e.SetLimits("pre", admission.Limits{Licensed: true, CAPS: admission.Unlimited, Sessions: admission.Unlimited,
-		Subscribers: admission.Unlimited, Tokens: 5000, TokensPerAttempt: 1}))
+		Subscribers: admission.Unlimited, Tokens: 50000, TokensPerAttempt: 1}))
 	return e, clk
 }
 
@@ -64,12 +64,12 @@ func TestIntervalRecords(t *testing.T) {
 	led := openLedger(t, dir)
 	m, err := New(e, led, res, func() []ledger.Witness { return []ledger.Witness{{Node: "n2", Seq: 7, Hash: h64}} }, t0)
 	require.NoError(t, err)
-	require.NoError(t, res.SetAccount("pre", "acme", admission.Allocation{Tokens: 100, Overage: "none"}))
+	require.NoError(t, res.SetAccount("pre", "acme", admission.Allocation{Tokens: 20000, Overage: "none"}))
 	for range 30 {
 		require.True(t, e.Admit(clk.Now(), []byte("pre"), nil, nil, admission.Normal).Admitted())
 	}
 	require.True(t, e.Consume(clk.Now(), []byte("pre"), []byte("acme"), 40, nil).Admitted())
-	require.False(t, e.Consume(clk.Now(), []byte("pre"), []byte("acme"), 70, nil).Admitted())
+	require.False(t, e.Consume(clk.Now(), []byte("pre"), []byte("acme"), 19961, nil).Admitted())
 	require.True(t, e.Admit(clk.Now(), []byte("pre"), nil, nil, admission.Emergency).Admitted())
 	require.NoError(t, m.Flush(t0.Add(10*time.Second)))
 	recs := records(t, led)
@@ -163,7 +163,7 @@ func TestEngineWakesTheReserver(t *testing.T) {
 	cfg.Clock, cfg.DurableTokens, cfg.ReserveWake = clk, true, wake
 	e := admission.NewEngine(cfg)
 	require.NoError(t, e.SetLimits("pre", admission.Limits{Licensed: true, CAPS: admission.Unlimited, Sessions: admission.Unlimited,
-		Subscribers: admission.Unlimited, Tokens: 5000, TokensPerAttempt: 1}))
+		Subscribers: admission.Unlimited, Tokens: 50000, TokensPerAttempt: 1}))
 	<-wake // a new service
 	require.Equal(t, admission.OVERLOAD, e.Admit(clk.Now(), []byte("pre"), nil, nil, admission.Normal).Reason, "nothing reserved yet")
 	<-wake

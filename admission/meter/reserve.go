@@ -12,8 +12,22 @@ import (
 	"github.com/capsgate/capsgate/admission/setsum"
 )
 
-// MinBlock is the smallest lookahead of a reservation, in tokens.
+// MinBlock is the smallest lookahead of a reservation, in tokens, for a
+// pool of 16 blocks or more (or unlimited).
 const MinBlock = 1000
+
+// MinSmallBlock is the smallest lookahead of a smaller pool's reservation:
+// a sixteenth of its size, at least this. A block ahead of an account of
+// 900 tokens covered all of them: every kill -9 emptied it.
+const MinSmallBlock = 16
+
+// floorOf is a pool's smallest lookahead (see MinBlock, MinSmallBlock).
+func floorOf(p admission.PoolState) int64 {
+	if p.Size == admission.Unlimited || p.Size >= 16*MinBlock {
+		return MinBlock
+	}
+	return max(p.Size/16, MinSmallBlock)
+}
 
 // BlockSeconds sizes a pool's lookahead: this long at the rate it is
 // charged. The reserver wakes when half of it is left, so it must outlast
@@ -503,7 +517,7 @@ func (r *Reserver) consider(s *admission.Service, p admission.PoolState, now tim
 	if changed {
 		r.store.pool(k.service, p.Account, ps)
 	}
-	if granted || p.Wanted > 0 || block > MinBlock || p.Low > MinBlock/2 || sat.Floor(BlockSeconds*r.rate[k].rate) > MinBlock {
+	if floor := floorOf(p); granted || p.Wanted > 0 || block > floor || p.Low > floor/2 || sat.Floor(BlockSeconds*r.rate[k].rate) > floor {
 		r.active[k] = struct{}{}
 	} else {
 		delete(r.active, k)
@@ -591,7 +605,7 @@ func (r *Reserver) lookahead(k poolKey, p admission.PoolState, now time.Time) in
 	prev, ok := r.rate[k]
 	switch {
 	case !ok:
-		prev = rateSample{at: now, used: p.Total, block: MinBlock, granted: p.Total, waited: p.Waited}
+		prev = rateSample{at: now, used: p.Total, block: floorOf(p), granted: p.Total, waited: p.Waited}
 	case prev.step < r.step-1 && prev.at.Before(r.lastStep):
 		// Idle since a step that left it alone: every charge since came
 		// after that step began (the pool would have been reported
@@ -600,7 +614,7 @@ func (r *Reserver) lookahead(k poolKey, p admission.PoolState, now time.Time) in
 		prev.at = r.lastStep
 	}
 	prev.step = r.step
-	block := int64(MinBlock)
+	block := floorOf(p)
 	if el := now.Sub(prev.at).Seconds(); el >= 0.1 {
 		// The charges that waited were reserved as they came: a large
 		// one must not pass for a rate to reserve ahead for.
