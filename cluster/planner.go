@@ -457,9 +457,13 @@ func (v *view) take(r Report, moved func(key string)) {
 	}
 	v.lastSeq = r.Seq
 	if !r.Delta {
+		services := make(map[string]Held, len(v.services))
 		for k, h := range r.Held {
 			if v.report.Held[k] != h {
 				moved(k)
+			}
+			if !isAccountKey(k) {
+				services[k] = h
 			}
 		}
 		for k := range v.report.Held {
@@ -469,12 +473,7 @@ func (v *view) take(r Report, moved func(key string)) {
 		}
 		v.report, v.owned, v.wholeSeq, v.namedHeld, v.namedApplied = r, false, r.Seq, nil, nil
 		v.stretch = min(max(r.Stretch, 1), maxStretch)
-		v.services = make(map[string]Held, len(v.services))
-		for k, h := range r.Held {
-			if !isAccountKey(k) {
-				v.services[k] = h
-			}
-		}
+		v.services = services
 		return
 	}
 	v.stretch = max(v.stretch, min(r.Stretch, maxStretch), 1)
