@@ -2,6 +2,7 @@ package meter
 
 import (
 	"log/slog"
+	"math/rand/v2"
 	"strconv"
 	"testing"
 	"time"
@@ -12,8 +13,9 @@ import (
 )
 
 // idleEngine is an engine whose short charges wait for a Step at *now, run
-// on the charging goroutine; waits counts them.
-func idleEngine(t *testing.T, now *time.Time) (*admission.Engine, *Reserver, *admission.FakeClock, *int) {
+// on the charging goroutine (waits counts them), and its reserver, which
+// takes reservations back after idleAfter.
+func idleEngine(t *testing.T, now *time.Time, idleAfter time.Duration) (*admission.Engine, *Reserver, *admission.FakeClock, *int) {
 	t.Helper()
 	clk := admission.NewFakeClock()
 	cfg := admission.DefaultConfig()
@@ -26,6 +28,7 @@ func idleEngine(t *testing.T, now *time.Time) (*admission.Engine, *Reserver, *ad
 	var err error
 	res, err = OpenReserver(e, t.TempDir(), slog.Default())
 	require.NoError(t, err)
+	res.idleAfter = idleAfter
 	require.NoError(t, res.Step(*now))
 	return e, res, clk, waits
 }
@@ -40,7 +43,7 @@ var idleLimits = admission.Limits{Licensed: true, CAPS: admission.Unlimited, Ses
 func TestIdleReservationsAreTakenBack(t *testing.T) {
 	base := t0
 	now := base
-	e, res, clk, waits := idleEngine(t, &now)
+	e, res, clk, waits := idleEngine(t, &now, IdleRelease)
 	accounts := []string{"busy", "once", "never"}
 	for _, a := range accounts {
 		require.NoError(t, res.SetAccount("pre", a, admission.Allocation{Tokens: 1 << 30, Overage: "none"}))
@@ -104,6 +107,15 @@ func TestIdleReservationsAreTakenBack(t *testing.T) {
 	require.LessOrEqual(t, o["once"], int64(MinBlock))
 	require.Equal(t, int64(0), o["never"])
 
+	// A released pool looked at again (its allocation changed, a new
+	// period) is given nothing ahead until a charge waits.
+	require.NoError(t, res.SetAccount("pre", "never", admission.Allocation{Tokens: 2 << 30, Overage: "none"}))
+	step(2*IdleRelease + 2*time.Minute)
+	p, ok := e.Service("pre").Pool("never")
+	require.True(t, ok)
+	require.Equal(t, p.Total, p.Durable, "a released pool stays released when looked at again")
+	require.Equal(t, int64(0), over()["never"])
+
 	// A clean stop is exact for every pool, released or not.
 	require.NoError(t, res.Close())
 	for acct, p := range restart(t, res, idleLimits) {
@@ -115,7 +127,7 @@ func TestIdleReservationsAreTakenBack(t *testing.T) {
 // the rest.
 func TestReleasesPerStepAreBounded(t *testing.T) {
 	now := t0
-	e, res, _, _ := idleEngine(t, &now)
+	e, res, _, _ := idleEngine(t, &now, IdleRelease)
 	const n = maxReleases + 904
 	for i := range n {
 		require.NoError(t, e.SetAccount("pre", "a"+strconv.Itoa(i), 1<<20, admission.Overage{}))
@@ -145,7 +157,7 @@ func TestReleasesPerStepAreBounded(t *testing.T) {
 // token at a time with a step every 50 ms, as in a node, it never waits.
 func TestSmallPoolsReserveASixteenth(t *testing.T) {
 	now := t0
-	e, res, clk, waits := idleEngine(t, &now)
+	e, res, clk, waits := idleEngine(t, &now, IdleRelease)
 	want := map[string]int64{"s900": 56, "s100": MinSmallBlock, "s15999": 999, "s16000": MinBlock, "": MinBlock}
 	for acct := range want {
 		if acct != "" {
@@ -175,4 +187,75 @@ func TestSmallPoolsReserveASixteenth(t *testing.T) {
 	require.LessOrEqual(t, o["s900"], int64(56), "over-count within a sixteenth of the pool")
 	require.Positive(t, o["s900"])
 	require.Equal(t, admission.TOKENS, e.Consume(clk.Now(), []byte("pre"), []byte("s900"), 101, nil).Reason, "100 left")
+}
+
+// Whatever comes in one step (a release due, a charge that waits, an
+// allocation raised so that the pool's reservation may grow, a lookahead
+// that shrinks as time passes), the engine never allows a pool's charges
+// past the reservation the step wrote: a release and a grant or a wake
+// mark of the same pool in one step must not leave the engine the larger.
+// Seeded: charges, top-ups and steps at random, releases due after 2 s.
+func TestReleasesKeepTheEngineWithinTheDisk(t *testing.T) {
+	now := t0
+	e, res, clk, _ := idleEngine(t, &now, 2*time.Second)
+	const accounts = 12
+	name := func(i int) string { return "a" + strconv.Itoa(i) }
+	rng := rand.New(rand.NewPCG(7, 17))
+	sizes := make([]int64, accounts)
+	for i := range accounts {
+		sizes[i] = 100 + rng.Int64N(3_000)
+		require.NoError(t, e.SetAccount("pre", name(i), sizes[i], admission.Overage{}))
+	}
+	require.NoError(t, res.Step(now))
+	released, steps := 0, 0
+	for i := range 6_000 {
+		a := rng.IntN(accounts)
+		switch op := rng.IntN(10); {
+		case op < 5:
+			e.Consume(clk.Now(), []byte("pre"), []byte(name(a)), 1+rng.Int64N(64), nil)
+		case op < 7: // a top-up: the pool is looked at again, its ceiling higher
+			sizes[a] += rng.Int64N(500)
+			require.NoError(t, e.SetAccount("pre", name(a), sizes[a], admission.Overage{}))
+		default:
+			now = now.Add(time.Duration(rng.Int64N(int64(3 * time.Second))))
+			require.NoError(t, res.Step(now))
+			steps++
+			for _, p := range e.Service("pre").Pools() {
+				ps := res.state.Services["pre"].Pools[p.Account]
+				require.NotNil(t, ps, "%q has a reservation written", p.Account)
+				require.LessOrEqual(t, p.Durable, ps.Reserved, "op %d: %q may charge past what the token log holds", i, p.Account)
+				require.LessOrEqual(t, p.Total, p.Durable, "op %d: %q", i, p.Account)
+				if res.rate[poolKey{"pre", p.Account}].released {
+					released++
+				}
+			}
+		}
+	}
+	t.Logf("%d steps; a pool found released after %d of them", steps, released)
+	require.Positive(t, released, "releases happened")
+}
+
+// A pool due for release whose allocation was raised since the last step
+// (its lookahead floor from 62 tokens to a block: the step would grant
+// it more) is released, and the engine allows it no more than the token
+// log holds.
+func TestReleaseAndGrantInOneStep(t *testing.T) {
+	now := t0
+	e, res, clk, _ := idleEngine(t, &now, IdleRelease)
+	require.NoError(t, e.SetAccount("pre", "low", 1000, admission.Overage{}))
+	require.NoError(t, res.Step(now))
+	require.Equal(t, admission.OK, e.Consume(clk.Now(), []byte("pre"), []byte("low"), 40, nil).Reason)
+	now = now.Add(time.Second)
+	require.NoError(t, res.Step(now)) // 22 of 62 left: reserved further
+	now = now.Add(IdleRelease)
+	require.NoError(t, res.Step(now)) // charged since it was queued: queued again
+	p, _ := e.Service("pre").Pool("low")
+	require.Greater(t, p.Durable, p.Total, "reserved ahead")
+
+	require.NoError(t, e.SetAccount("pre", "low", 20_000, admission.Overage{}))
+	now = now.Add(IdleRelease)
+	require.NoError(t, res.Step(now))
+	p, _ = e.Service("pre").Pool("low")
+	require.Equal(t, int64(40), p.Durable, "released, not granted a block")
+	require.Equal(t, int64(40), res.state.Services["pre"].Pools["low"].Reserved)
 }

@@ -25,8 +25,8 @@
 //	R = min(C + W + L, max(ceiling, C + W))
 //	L = max(F, BlockSeconds × r, D)
 //
-// where F is MinBlock, or a sixteenth of a pool smaller than 16 blocks
-// (at least MinSmallBlock: a block ahead of an account of 900 tokens
+// where F is MinBlock, or a sixteenth of a pool that may charge less than
+// 16 blocks in a period, its overage included (at least MinSmallBlock: a block ahead of an account of 900 tokens
 // covered it whole, and every kill -9 emptied it); r is the pool's charge rate, measured over at least 100 ms and
 // halving per measure when it falls, without the charges that waited; D
 // is 0 unless charges used up the previous lookahead L' (one had to
@@ -55,9 +55,9 @@
 //
 // A step costs the pools that changed since the last one (the engine's
 // pool watch: charged, short of their reservation, allocated, given a new
-// period) and those whose lookahead or wake mark is still above MinBlock
-// after their rate fell, which it keeps bringing down as before; an idle
-// pool whose lookahead is back to MinBlock is left alone, its last
+// period) and those whose lookahead or wake mark is still above F after
+// their rate fell, which it keeps bringing down as before; an idle pool
+// whose lookahead is back to F is left alone, its last
 // reservation standing, until it changes. Its rate is then measured from
 // the last step that left it alone. A torn write at the end of the log
 // (the node died before its fsync returned) is cut at the next start: the

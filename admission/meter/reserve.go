@@ -21,12 +21,14 @@ const MinBlock = 1000
 // 900 tokens covered all of them: every kill -9 emptied it.
 const MinSmallBlock = 16
 
-// floorOf is a pool's smallest lookahead (see MinBlock, MinSmallBlock).
+// floorOf is a pool's smallest lookahead (see MinBlock, MinSmallBlock),
+// from what its policy lets it charge in a period (its size and overage).
 func floorOf(p admission.PoolState) int64 {
-	if p.Size == admission.Unlimited || p.Size >= 16*MinBlock {
+	c := p.Ceiling()
+	if c < 0 || c >= 16*MinBlock {
 		return MinBlock
 	}
-	return max(p.Size/16, MinSmallBlock)
+	return max(c/16, MinSmallBlock)
 }
 
 // BlockSeconds sizes a pool's lookahead: this long at the rate it is
@@ -78,8 +80,8 @@ const MaxWait = 200 * time.Millisecond
 // Step runs off the event loops, every StepEvery and when the engine
 // wakes it (Config.ReserveWake); Await is Config.AwaitReserve. It costs
 // the pools that changed since the last (the engine's pool watch), and
-// those whose lookahead or wake mark is still above MinBlock: not the
-// idle accounts.
+// those whose lookahead or wake mark is still above its floor (floorOf):
+// not the idle accounts.
 type Reserver struct {
 	eng   *admission.Engine
 	dir   string
@@ -91,8 +93,8 @@ type Reserver struct {
 	store *tokenStore
 	rate  map[poolKey]rateSample
 	// active holds the pools each step looks at even when they did not
-	// change: their lookahead or wake mark has yet to come down to
-	// MinBlock as their rate falls.
+	// change: their lookahead or wake mark has yet to come down to its
+	// floor as their rate falls.
 	active     map[poolKey]struct{}
 	activePeak int // the most active has held since it was made
 	// ahead lists the pools reserved beyond their charges (from aheadHead
@@ -412,6 +414,12 @@ func (r *Reserver) stepLocked(now time.Time) (err error) {
 	}()
 	r.step++
 	r.grants, r.lows = r.grants[:0], r.lows[:0]
+	// Reservations are taken back before the pools are looked at: a grant
+	// or a wake mark made below for a pool, applied to the engine after
+	// the commit, must not undo a release the commit writes (the engine
+	// would then allow charges past what the disk holds). consider reads
+	// each pool after, and leaves a released one released.
+	r.releaseIdle(now)
 	// Every service comes here at least once: its pools are pending for a
 	// new watch, and a new service's pool is pending from the start.
 	r.services = r.eng.ChangedServices(r.watch, r.services[:0])
@@ -439,7 +447,6 @@ func (r *Reserver) stepLocked(now time.Time) (err error) {
 		}
 		r.consider(s, p, now)
 	}
-	r.releaseIdle(now)
 	r.lastStep = now
 	clear(r.changed) // no names held until the next step
 	clear(r.services)
@@ -462,7 +469,7 @@ func (r *Reserver) stepLocked(now time.Time) (err error) {
 // consider moves one pool's reservation ahead of its charges where they
 // came within half a lookahead of it or a charge waits for it (a grant,
 // its entry made for the next commit), and keeps the pool among the active
-// while its lookahead or wake mark is above MinBlock.
+// while its lookahead or wake mark is above its floor.
 func (r *Reserver) consider(s *admission.Service, p admission.PoolState, now time.Time) {
 	k := poolKey{s.Name(), p.Account}
 	block := r.lookahead(k, p, now)
@@ -596,7 +603,7 @@ func (r *Reserver) commitLocked() error {
 // lookahead is how far a pool's next reservation goes beyond its charges
 // and those waiting (see Reserver): BlockSeconds of its charge rate
 // (measured over at least 100 ms, halving per measure when it falls; the
-// charges that waited are not counted), at least MinBlock; after charges used up the last one, twice it, but no
+// charges that waited are not counted), at least its floor (floorOf); after charges used up the last one, twice it, but no
 // more than twice what was charged since the last reservation and is
 // waiting (a sudden rise: it doubles while charges keep waiting, and a
 // single large charge on an idle pool does not inflate it). A doubled
