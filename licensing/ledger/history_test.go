@@ -109,7 +109,7 @@ func TestOpenChecksSealedSegmentsAtTheirEnds(t *testing.T) {
 	refused("last record removed", 1, func(ls [][]byte) [][]byte { return ls[:2] },
 		"cannot open ledger: SEG2: starts at seq 7 but the ledger is at seq 5 (a segment is missing or misnamed)")
 	refused("torn in a sealed segment", 1, func(ls [][]byte) [][]byte { ls[2] = ls[2][:40]; return ls },
-		"cannot open ledger: SEG1 last line (after seq 4): no newline at the end; the chain is broken in the middle (altered?): restore the file or move the ledger directory aside")
+		"cannot open ledger: SEG1 last line (a record after seq 4, the segment's first): no newline at the end; the chain is broken in the middle (altered?): restore the file or move the ledger directory aside")
 	refused("first record of another node", 2, func(ls [][]byte) [][]byte {
 		ls[0] = []byte(strings.Replace(string(ls[0]), `"node":"n1"`, `"node":"n2"`, 1))
 		return ls

@@ -313,8 +313,8 @@ func (l *Ledger) loadSealed(s segment) error {
 		return fmt.Errorf("cannot open ledger: %s %s (%s): %v; the chain is broken in the middle (altered?): restore the file or move the ledger directory aside", path, line, seq, problem)
 	}
 	seqOf := func(r *Record) string {
-		if r == nil { // not decoded
-			return fmt.Sprintf("after seq %d", l.seq)
+		if r == nil { // not decoded: only where it stands is known
+			return fmt.Sprintf("a record after seq %d, the segment's first", l.seq)
 		}
 		return fmt.Sprintf("seq %d", r.Seq)
 	}
