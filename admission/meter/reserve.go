@@ -51,7 +51,7 @@ const BlockSeconds = 0.5
 const IdleRelease = 24 * time.Hour
 
 // maxReleases bounds the pools one step takes reservations back from (the
-// rest wait for the next step): an hour after a start that reserved for
+// rest wait for the next step): a day after a start that reserved for
 // 100,000 accounts, one step does not write them all.
 const maxReleases = 4096
 
