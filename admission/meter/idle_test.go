@@ -154,7 +154,8 @@ func TestReleasesPerStepAreBounded(t *testing.T) {
 // A pool smaller than 16 blocks reserves a sixteenth of its size ahead (at
 // least MinSmallBlock): a kill -9 counts a small account that much more at
 // most, where a block covered an account of 900 tokens whole. Charged a
-// token at a time with a step every 50 ms, as in a node, it never waits.
+// token at a time, arrivals Poisson at 20 a second (seeded), with a step
+// every 50 ms as in a node, it never waits.
 func TestSmallPoolsReserveASixteenth(t *testing.T) {
 	now := t0
 	e, res, clk, waits := idleEngine(t, &now, IdleRelease)
@@ -176,11 +177,16 @@ func TestSmallPoolsReserveASixteenth(t *testing.T) {
 	require.Equal(t, want, over(nil), "a kill -9 after the first reservations")
 
 	charged := map[string]int64{}
+	rng := rand.New(rand.NewPCG(3, 9))
+	at, nextStep := now, now.Add(StepEvery)
 	for i := range 800 {
+		at = at.Add(time.Duration(rng.ExpFloat64() * float64(StepEvery)))
+		for ; !nextStep.After(at); nextStep = nextStep.Add(StepEvery) {
+			now = nextStep
+			require.NoError(t, res.Step(now))
+		}
 		require.Equal(t, admission.OK, e.Consume(clk.Now(), []byte("pre"), []byte("s900"), 1, nil).Reason, "charge %d", i)
 		charged["s900"]++
-		now = now.Add(StepEvery)
-		require.NoError(t, res.Step(now))
 	}
 	require.Equal(t, 0, *waits, "no charge waited")
 	o := over(charged)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"math/rand/v2"
 	"strconv"
 	"testing"
 	"time"
@@ -16,8 +17,9 @@ import (
 // (at least 16 tokens) beyond its acknowledged charges, where a block of
 // 1,000 ahead of an account of 900 counted all of it: every crash emptied
 // a small prepaid account. Uncharged accounts count their first
-// reservation exactly; one charged a token every 100 ms (a rate below
-// the lookahead's floor) gets every charge back and at most its floor more.
+// reservation exactly; one charged a token at a time, arrivals Poisson at
+// 10 a second (seeded; a rate far below the lookahead's floor), gets every
+// charge back and at most its floor more.
 func TestKillCountsSmallAccountsASixteenth(t *testing.T) {
 	if testing.Short() {
 		t.Skip("real processes; skipped with -short")
@@ -42,11 +44,12 @@ func TestKillCountsSmallAccountsASixteenth(t *testing.T) {
 		require.Equal(t, 0, code, "capsctl accounts set %s: %s", name, out)
 	}
 	const charges = 10
+	rng := rand.New(rand.NewPCG(5, 11))
 	for i := range charges {
+		time.Sleep(time.Duration(rng.ExpFloat64() * float64(100*time.Millisecond)))
 		ok, reason, _, err := n.Decision("CONSUME", meterService, "c900", "1")
 		require.NoError(t, err)
 		require.True(t, ok, "CONSUME %d of c900: %s", i, reason)
-		time.Sleep(100 * time.Millisecond)
 	}
 
 	n.Kill()
