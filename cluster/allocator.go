@@ -50,10 +50,7 @@ func allocate(limit float64, demands []float64, even float64) []float64 {
 		return shares
 	}
 	floor := limit * FloorFraction / float64(n)
-	var want float64
-	for _, d := range demands {
-		want += max(d, floor)
-	}
+	want := wants(limit, demands)
 	spare := limit - want
 	for i, d := range demands {
 		w := max(d, floor)
@@ -65,6 +62,17 @@ func allocate(limit float64, demands []float64, even float64) []float64 {
 		}
 	}
 	return shares
+}
+
+// wants is what nodes offered demands want of a licence of limit: each its
+// demand or its floor, whichever is more, summed.
+func wants(limit float64, demands []float64) float64 {
+	floor := limit * FloorFraction / float64(max(len(demands), 1))
+	var want float64
+	for _, d := range demands {
+		want += max(d, floor)
+	}
+	return want
 }
 
 // MaxBurst bounds the farm's burst: what n nodes' CAPS buckets can hold

@@ -68,10 +68,17 @@
 // Early plans. A node plans again between exchanges (PlanNow, at least
 // 10 ms after its last plan, at most 20 a second after a burst of 5) when
 // its bucket has spent half of what it was lent, or when a report makes
-// room it waits for, moves a member's demand by a tenth, or shows a debt
-// this node would lend to; but not while the service's demand takes the
-// whole licence, where planning early gains nothing. A load that arrives
-// gets its part within a few round trips instead of two exchanges.
+// room it waits for (for its depth part, only while its own bucket owes
+// attempts), moves a member's demand by a tenth while what the members
+// want, with the rise, passes half the licence (below it every part is at
+// least 1.9 times its member's want), or shows a debt this node would
+// lend a token or more to from a bucket that owes a quarter of its depth
+// part; but not while the service's demand takes the whole licence,
+// where planning early gains nothing. A load that arrives gets its part
+// within a few round trips instead of two exchanges, and a farm far below
+// its licences does not plan at every report: on 3 members with 1,000
+// busy licences each of the two without traffic made 8 early plans a
+// second, and none once these tests were in place.
 //
 // Depth. One bucket at the licence's rate would be D = L × admission.burst
 // deep (100 at L = 1000). The farm lends D where the attempts are: each

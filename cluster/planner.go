@@ -113,13 +113,17 @@ type svcState struct {
 	// the rise cap: a part applied below them waits for room.
 	wanted Share
 	// saturated: its demand took all the side's licence at the last plan
-	// (nothing to gain from planning again early).
-	saturated bool
+	// (nothing to gain from planning again early). wants is what the
+	// members wanted of its CAPS at the last plan (Allocate: demand and
+	// debt, at least the floor, summed) and half half the side's licence.
+	saturated   bool
+	wants, half float64
 	// weight is this node's part of its CAPS at the last plan, and lent
 	// the attempts its bucket was planned to hold then (lent and its
 	// reserve); watched: they were planned (a CAPS limit, this node live).
-	weight, lent float64
-	watched      bool
+	// whole is the licence's depth then (admission.WholeDepth).
+	weight, lent, whole float64
+	watched             bool
 	// since is when this node first planned it (see riseCap).
 	since time.Time
 	// shares is every member's CAPS share, as last computed, in the order
@@ -409,19 +413,35 @@ func (p *Planner) Heard(now time.Time, from string, r Report) bool {
 		if !ok {
 			continue
 		}
+		// A depth part waiting for room gains nothing from it while this
+		// node's bucket is full (it owed nothing when last measured): its
+		// own starved check plans early once it spends. Depth parts move
+		// with every member's debt, a few attempts at a time.
 		mine := p.applied[service]
-		if (a.CAPS < prev.applied.CAPS && w.CAPS > mine.CAPS+1e-9) || (a.Depth < prev.applied.Depth && w.Depth > mine.Depth+1e-9) {
+		if (a.CAPS < prev.applied.CAPS && w.CAPS > mine.CAPS+1e-9) || (a.Depth < prev.applied.Depth && w.Depth > mine.Depth+1e-9 && p.local.Held[service].Owed > 0) {
 			return true
 		}
 		if st.saturated {
 			continue
 		}
+		// A demand that moved by a tenth, unless what the members want,
+		// with the rise, stays within half the licence: every part is
+		// then at least 1.9 times what its member wants (Allocate), and
+		// the next exchange moves the parts soon enough. A farm far below
+		// its licences, where each of 1,000 busy services moves by a tenth
+		// in some report by chance, so does not plan at every report.
 		d, od := v.report.Demand[service], prev.demand
-		if math.Abs(d-od) >= max(0.1*od, 1) {
+		if math.Abs(d-od) >= max(0.1*od, 1) && st.wants+max(d-od, 0) > st.half {
 			urgent = true
 		}
-		// Its bucket owes more: this node would lend it a token or more.
-		if owed := float64(v.services[service].Owed - prev.owed); owed*st.weight >= 1 {
+		// Its bucket owes more: this node would lend it a token or more,
+		// and it owes a quarter of its depth part or more. A bucket that
+		// owes less is far from dry before the next exchange, and plans
+		// early itself once it has spent half of what it was lent
+		// (Starved); a farm far below its licences, where buckets owe a
+		// few attempts at every report, so does not plan at every one.
+		owes := v.services[service].Owed
+		if owed := float64(owes - prev.owed); owed*st.weight >= 1 && float64(owes) >= a.Depth*st.whole/4 {
 			urgent = true
 		}
 	}
@@ -774,6 +794,7 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 			offered += d
 		}
 		st.saturated = offered >= side.Fraction*l.CAPS
+		st.wants, st.half = wants(side.Fraction*l.CAPS, caps), side.Fraction*l.CAPS/2
 		sh := Share{CAPS: -1, Sessions: -1, Subscribers: -1}
 		// Every member's CAPS and depth parts as computed here: a rise
 		// shares the room with the others' (see roomFor).
@@ -800,7 +821,7 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 				now := held[service].Owed
 				caps[self] = demand[service] + float64(now)/RepayIn.Seconds()
 				freshCAPS = Allocate(side.Fraction*l.CAPS, caps)[self] / l.CAPS
-				st.weight = sh.CAPS / side.Fraction
+				st.weight, st.whole = sh.CAPS/side.Fraction, float64(admission.WholeDepth(l, p.burst))
 				_, lent := p.depth(l, side.Fraction, st.weight, owes[self], owed)
 				st.lent, st.watched = lent+float64(admission.Reserve(sh.CAPS*l.CAPS)), true
 			}

@@ -10,7 +10,9 @@
 #   bench/scripts/spread.sh [NODES] [SERVICES]
 #
 # KEEP=DIR keeps the two profiles and the capsgate binary in DIR, for
-# go tool pprof -peek and -list.
+# go tool pprof -peek and -list. PROFILE=K profiles member K (0: n1)
+# instead. Each phase also gives every member's CPU and early plans a
+# second while it ran.
 #
 # Needs: go, redis-benchmark, redis-cli, python3, curl.
 source "$(dirname "$0")/lib.sh"
@@ -37,14 +39,24 @@ done
 echo "$NODES member(s), $SERVICES services, idle: CPU of each member over 10 s, % of a core: ${idle[*]}"
 RP=${RESPS[0]##*:}
 profile() { # seconds out
-  curl -s -H "Authorization: Bearer $(cat "$W/keys/admin.token")" "${ADMINS[0]}/debug/pprof/profile?seconds=$1" -o "$2"
+  curl -s -H "Authorization: Bearer $(cat "$W/keys/admin.token")" "${ADMINS[${PROFILE:-0}]}/debug/pprof/profile?seconds=$1" -o "$2"
 }
+early() { curl -s "${ADMINS[$1]}/metrics" | awk '/^capsgate_cluster_early_plans_total/{print $2}'; }
 measure() { # label, benchmark args...
   local label=$1; shift
+  local t0=() e0=() i s0 s1
+  for i in "${!NODEPIDS[@]}"; do t0+=("$(cpu_ticks ${NODEPIDS[$i]})"); e0+=("$(early $i)"); done
+  s0=$(date +%s.%N)
   profile 4 "$W/$label.pprof" &
   local pp=$!
   local r; r=$(rate $RP 2000000 "$@")
   wait $pp
+  s1=$(date +%s.%N)
+  local usage=""
+  for i in "${!NODEPIDS[@]}"; do
+    usage+=" n$((i + 1)) $(python3 -c "d=$s1-$s0; print(f'{($(cpu_ticks ${NODEPIDS[$i]})-${t0[$i]})/$tick/d*100:.0f}% of a core, {($(early $i)-${e0[$i]})/d:.1f} early plans/s')");"
+  done
+  echo "$label:$usage" >&2
   echo "$r"
 }
 one=$(measure one ADMIT s000000000000)
@@ -52,6 +64,6 @@ all=$(RANGE=$SERVICES measure all ADMIT s__rand_int__)
 echo "$NODES member(s), $SERVICES services: ADMIT on n1 (redis-benchmark -c 50 -P 16 -n 2000000): one service $one/s; spread over all $all/s ($(python3 -c "print(round($all/$one,2))")×)"
 cp "$W"/one.pprof "$W"/all.pprof "${KEEP:-$W}/" 2>/dev/null || true; cp "$W/bin/capsgate" "${KEEP:-$W}/capsgate.bin" 2>/dev/null || true
 for label in one all; do
-  echo "n1's CPU profile, $label (first 4 s):"
+  echo "n$((${PROFILE:-0} + 1))'s CPU profile, $label (first 4 s):"
   go tool pprof -top "$W/bin/capsgate" "$W/$label.pprof" 2>/dev/null | sed -n '6,16p'
 done

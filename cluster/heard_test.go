@@ -1,0 +1,155 @@
+package cluster
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/capsgate/capsgate/admission"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// TestHeardPlansEarlyNearTheLicence: a member's demand that moves by a
+// tenth calls for an early plan only where what the members want, with
+// the rise, passes half the licence; far below it every part is at least
+// 1.9 times its member's want and the next exchange is soon enough.
+func TestHeardPlansEarlyNearTheLicence(t *testing.T) {
+	const licence = 1000.0 // 3 members: each member's floor 16.67, half 500
+	cases := []struct {
+		from, to float64
+		early    bool
+	}{
+		{0, 1, false},       // wants 50 + 1
+		{100, 115, false},   // wants 133.3 + 15
+		{100, 109, false},   // not a tenth
+		{400, 450, false},   // wants 433.3 + 50: 483.3
+		{450, 500, true},    // 483.3 + 50 passes 500
+		{460, 520, true},    // 493.3 + 60
+		{440, 390, false},   // a fall within half: 473.3
+		{480, 420, true},    // a fall from past half: 513.3
+		{2000, 1000, false}, // saturated at the last plan: nothing to gain
+	}
+	for _, c := range cases {
+		t.Run(fmt.Sprintf("%v-%v", c.from, c.to), func(t *testing.T) {
+			assert.Equal(t, c.early, heardAfter(t, licence, c.from, c.to))
+		})
+	}
+}
+
+// heardAfter returns what n2 of a farm of three (n1 offered from attempts
+// a second, n3 none) says of n1's report that its demand is now to.
+func heardAfter(t *testing.T, caps, from, to float64) bool {
+	t.Helper()
+	p, names, lim, t0 := heardFarm(caps)
+	third := map[string]Share{"voice": {CAPS: 1.0 / 3, Depth: 1.0 / 3}}
+	var now time.Time
+	for k := 1; k <= 5; k++ {
+		now = t0.Add(time.Duration(k) * ExchangeInterval)
+		p.Heard(now, "n1", Report{Seq: uint64(k), Demand: map[string]float64{"voice": from}, Applied: third})
+		p.Heard(now, "n3", Report{Seq: uint64(k), Demand: map[string]float64{"voice": 0}, Applied: third})
+		p.Plan(now, names, lim, Usage{{Name: "voice"}})
+	}
+	return p.Heard(now.Add(time.Millisecond), "n1", Report{Seq: 6, Demand: map[string]float64{"voice": to}, Applied: third})
+}
+
+// TestHeardRoomForDepth: a member whose depth part falls makes room for
+// this node's depth part waiting below what it computed; planning early
+// for it gains something only while this node's own bucket is spending
+// (it owed attempts when last measured).
+func TestHeardRoomForDepth(t *testing.T) {
+	for _, owes := range []int64{0, 1, 5} {
+		assert.Equal(t, owes > 0, roomHeard(t, owes), "this node owing %d", owes)
+	}
+}
+
+// roomHeard returns what n2 of a farm of three says of n1's report that
+// its depth part fell, n2's own depth part waiting for room and its
+// bucket owing owes attempts.
+func roomHeard(t *testing.T, owes int64) bool {
+	t.Helper()
+	p, names, lim, t0 := heardFarm(1000)
+	seq := uint64(0)
+	report := func(now time.Time, n1Owed int64, n1Depth float64) {
+		seq++
+		p.Heard(now, "n1", Report{Seq: seq, Demand: map[string]float64{"voice": 300},
+			Held:    map[string]Held{"voice": {Owed: n1Owed}},
+			Applied: map[string]Share{"voice": {CAPS: 0.6, Depth: n1Depth}}})
+		p.Heard(now, "n3", Report{Seq: seq, Demand: map[string]float64{"voice": 0},
+			Applied: map[string]Share{"voice": {CAPS: 0.2, Depth: 0.2}}})
+	}
+	var now time.Time
+	plan := func(k int) {
+		now = t0.Add(time.Duration(k) * ExchangeInterval)
+		p.Plan(now, names, lim, Usage{{Name: "voice", Depth: 20, Avail: 20 - owes}})
+	}
+	// n1 owes 60 of the licence's 100 attempts of depth: its part is high,
+	// this node's low.
+	for k := 1; k <= 5; k++ {
+		report(t0.Add(time.Duration(k)*ExchangeInterval), 60, 0.75)
+		plan(k)
+	}
+	// n1 owes nothing now, but still applies its high part: this node's
+	// part waits below what it computes.
+	for k := 6; k <= 8; k++ {
+		report(t0.Add(time.Duration(k)*ExchangeInterval), 0, 0.75)
+		plan(k)
+	}
+	st := p.svcs["voice"]
+	require.Greater(t, st.wanted.Depth, p.applied["voice"].Depth+1e-9, "waiting for room")
+	seq++
+	return p.Heard(now.Add(time.Millisecond), "n1", Report{Seq: seq, Demand: map[string]float64{"voice": 300},
+		Applied: map[string]Share{"voice": {CAPS: 0.6, Depth: 0.3}}})
+}
+
+// TestHeardDebtToLend: a member's bucket that owes more calls for an
+// early plan when this node would lend it a token or more and it owes a
+// quarter of its depth part or more (here 15 of its 60 attempts).
+func TestHeardDebtToLend(t *testing.T) {
+	cases := []struct {
+		from, to int64
+		early    bool
+	}{
+		{0, 10, false}, // a sixth of its part
+		{10, 20, true},
+		{0, 15, true},
+		{20, 27, false}, // this node would lend 0.89 of a token (its weight 0.128)
+		{20, 28, true},
+		{30, 20, false}, // it owes less
+	}
+	for _, c := range cases {
+		t.Run(fmt.Sprintf("%d-%d", c.from, c.to), func(t *testing.T) {
+			assert.Equal(t, c.early, owedHeard(t, c.from, c.to))
+		})
+	}
+}
+
+// owedHeard returns what n2 of a farm of three (a licence of 1,000 CAPS,
+// 100 attempts deep; n1 applying 60 % of the depth) says of n1's report
+// that its bucket owes to where it owed from.
+func owedHeard(t *testing.T, from, to int64) bool {
+	t.Helper()
+	p, names, lim, t0 := heardFarm(1000)
+	n1 := func(seq uint64, owed int64) Report {
+		return Report{Seq: seq, Demand: map[string]float64{"voice": 100}, Held: map[string]Held{"voice": {Owed: owed}},
+			Applied: map[string]Share{"voice": {CAPS: 1.0 / 3, Depth: 0.6}}}
+	}
+	var now time.Time
+	for k := 1; k <= 5; k++ {
+		now = t0.Add(time.Duration(k) * ExchangeInterval)
+		p.Heard(now, "n1", n1(uint64(k), from))
+		p.Heard(now, "n3", Report{Seq: uint64(k), Demand: map[string]float64{"voice": 0},
+			Applied: map[string]Share{"voice": {CAPS: 1.0 / 3, Depth: 0.2}}})
+		p.Plan(now, names, lim, Usage{{Name: "voice"}})
+	}
+	return p.Heard(now.Add(time.Millisecond), "n1", n1(6, to))
+}
+
+// heardFarm returns n2's planner of a farm of three sharing a licence of
+// caps CAPS for "voice" (100 ms deep), the farm and the time it starts.
+func heardFarm(caps float64) (*Planner, []string, map[string]admission.Limits, time.Time) {
+	lim := map[string]admission.Limits{"voice": {Licensed: true, CAPS: caps,
+		Sessions: admission.Unlimited, Subscribers: admission.Unlimited, Tokens: admission.Unlimited}}
+	p := NewPlanner("n2", PolicyConfig{ReclaimAfter: 3 * time.Second}, ExchangeInterval)
+	return p, []string{"n1", "n2", "n3"}, lim, time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+}
