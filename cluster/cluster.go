@@ -29,6 +29,9 @@ type Licences interface {
 	// Digest names the documents, whatever their order.
 	Digest() string
 	Load(text []byte) ([]registry.Result, error)
+	// LoadShared is Load for documents a member sent (see
+	// registry.Registry.LoadShared).
+	LoadShared(text []byte) ([]registry.Result, error)
 	ClockMark() time.Time
 	ObserveMark(t time.Time)
 }

@@ -192,7 +192,7 @@ func (d *delegate) NotifyMsg(b []byte) {
 		}
 		loaded := time.Unix(0, int64(binary.BigEndian.Uint64(b[1:9])))
 		doc := append([]byte(nil), b[9:]...)
-		res, err := c.cfg.Licences.Load(doc)
+		res, err := c.cfg.Licences.LoadShared(doc)
 		if err != nil {
 			c.log.Warn("refusing a licence sent by a member", "err", err)
 			return
@@ -299,7 +299,7 @@ func (d *delegate) MergeRemoteState(buf []byte, join bool) {
 // loadDocuments loads licences and revocations a member sent.
 func (d *delegate) loadDocuments(docs [][]byte) {
 	for _, doc := range docs {
-		if _, err := d.cfg.Licences.Load(doc); err != nil {
+		if _, err := d.cfg.Licences.LoadShared(doc); err != nil {
 			d.log.Debug("not loading a licence from a member's state", "err", err)
 		}
 	}

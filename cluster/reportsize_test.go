@@ -118,8 +118,9 @@ func TestBigReportsGoOverTCP(t *testing.T) {
 // noLicences is a node that holds no licence.
 type noLicences struct{}
 
-func (noLicences) Documents() [][]byte                    { return nil }
-func (noLicences) Digest() string                         { return "" }
-func (noLicences) Load([]byte) ([]registry.Result, error) { return nil, nil }
-func (noLicences) ClockMark() time.Time                   { return time.Time{} }
-func (noLicences) ObserveMark(time.Time)                  {}
+func (noLicences) Documents() [][]byte                          { return nil }
+func (noLicences) Digest() string                               { return "" }
+func (noLicences) Load([]byte) ([]registry.Result, error)       { return nil, nil }
+func (noLicences) LoadShared([]byte) ([]registry.Result, error) { return nil, nil }
+func (noLicences) ClockMark() time.Time                         { return time.Time{} }
+func (noLicences) ObserveMark(time.Time)                        {}

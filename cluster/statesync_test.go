@@ -3,6 +3,7 @@ package cluster
 import (
 	"bytes"
 	"crypto/ed25519"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -237,4 +238,74 @@ func TestStateSyncSendsLicencesWhereDigestsDiffer(t *testing.T) {
 	a.mu.Unlock()
 	pushPull()
 	require.Equal(t, sentBefore+5, stateSent.Get(), "AllocationSync later, a sends again; b's offer is not due")
+}
+
+// Two licences with the same id and other content, each loaded on one
+// member before the members hear of each other (two operators loading at
+// once): every member ends with the same one, the one whose content
+// hashes lower, whichever member hears of which first; it is stored, so a
+// restart keeps it.
+func TestSameLicenceIDConverges(t *testing.T) {
+	vendor, err := licensing.GenerateVendorKey()
+	require.NoError(t, err)
+	ring, err := licensing.NewKeyring(vendor.Public())
+	require.NoError(t, err)
+	var docs [2][]byte
+	for i, caps := range []int64{100, 900} {
+		docs[i], err = vendor.Sign(&licensing.License{ID: "race", Service: "split", CAPS: caps}, time.Now())
+		require.NoError(t, err)
+	}
+	canonical := func(doc []byte) []byte {
+		l, err := ring.Verify(doc)
+		require.NoError(t, err)
+		c, err := l.Canonical()
+		require.NoError(t, err)
+		return c
+	}
+	h0, h1 := sha256.Sum256(canonical(docs[0])), sha256.Sum256(canonical(docs[1]))
+	winner := int64(100)
+	if bytes.Compare(h1[:], h0[:]) < 0 {
+		winner = 900
+	}
+	type member struct {
+		c   *Cluster
+		reg *registry.Registry
+		eng *admission.Engine
+		dir string
+	}
+	mk := func(name string, doc []byte) member {
+		m := member{eng: admission.NewEngine(admission.DefaultConfig()), dir: t.TempDir()}
+		m.reg, err = registry.Open(registry.Config{Dir: m.dir, Keys: ring, Sink: NewShares(m.eng), Log: slog.New(slog.DiscardHandler)})
+		require.NoError(t, err)
+		_, err = m.reg.Add(doc)
+		require.NoError(t, err, "each loads its own: neither has heard of the other's")
+		m.c, err = New(Config{NodeName: name, BindAddr: freeAddr(t), Key: bytes.Repeat([]byte{7}, 32),
+			Engine: m.eng, Licences: m.reg, Log: slog.New(slog.DiscardHandler)})
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = m.c.ml.Shutdown() })
+		return m
+	}
+	a, b := mk("a", docs[0]), mk("b", docs[1])
+	_, err = b.c.ml.Join([]string{a.c.cfg.BindAddr})
+	require.NoError(t, err)
+	caps := func(m member) int64 { return m.reg.List()[0].CAPS }
+	require.Eventually(t, func() bool { return caps(a) == winner && caps(b) == winner }, 5*time.Second, 10*time.Millisecond,
+		"both keep the licence whose content hashes lower (%d CAPS)", winner)
+	require.Equal(t, a.reg.Digest(), b.reg.Digest())
+	for _, m := range []member{a, b} {
+		require.Len(t, m.reg.List(), 1)
+		again, err := registry.Open(registry.Config{Dir: m.dir, Keys: ring, Sink: NewShares(admission.NewEngine(admission.DefaultConfig())),
+			Log: slog.New(slog.DiscardHandler)})
+		require.NoError(t, err)
+		require.Equal(t, winner, again.List()[0].CAPS, "stored: a restart keeps it")
+		_ = again.Close()
+	}
+	// An operator loading the other one on a member is refused there, as
+	// before: only a member's send replaces.
+	loser := docs[0]
+	if winner == 100 {
+		loser = docs[1]
+	}
+	_, err = a.reg.Add(loser)
+	require.ErrorContains(t, err, "already loaded with other content")
 }

@@ -219,6 +219,22 @@ type Result struct {
 // licence revoked); a revocation followed by the licence it revokes is
 // refused, as that licence would be on its own.
 func (r *Registry) Load(text []byte) ([]Result, error) {
+	return r.load(text, false)
+}
+
+// LoadShared is Load for documents another member of the farm sent. Of
+// two licences with the same id and other content (loaded at once on two
+// members, each refusing the other's), every member keeps the one whose
+// canonical content hashes lower (sameIDWinner): a licence sent by a
+// member replaces the one loaded here when it wins, where Load refuses it
+// (ReasonReplayed). So the farm agrees on one of them, whichever member
+// hears of which first.
+func (r *Registry) LoadShared(text []byte) ([]Result, error) {
+	return r.load(text, true)
+}
+
+// load is Load; shared: the text came from another member (LoadShared).
+func (r *Registry) load(text []byte, shared bool) ([]Result, error) {
 	docs, err := licensing.Split(text)
 	if err != nil {
 		return nil, refuse(ReasonMalformed, "%v", err)
@@ -227,6 +243,7 @@ func (r *Registry) Load(text []byte) ([]Result, error) {
 	defer r.mu.Unlock()
 	r.now = r.guard.observe(r.cfg.Wall())
 	b := r.newBatch(true)
+	b.shared = shared
 	results := make([]Result, len(docs))
 	for i, d := range docs {
 		if results[i], err = b.add(d); err != nil {
@@ -284,6 +301,8 @@ type batch struct {
 	// persist: the documents are new to this node (Load), not read back
 	// from data_dir at Open: they are stored, and judged as new ones.
 	persist bool
+	// shared: the documents came from another member (LoadShared).
+	shared  bool
 	lics    map[string]*entry // new licences by id
 	revDocs map[string][]byte // new revocations by id
 	revoked map[string]string // licence id → the new revocation retiring it
@@ -293,6 +312,9 @@ type batch struct {
 type staged struct {
 	path string
 	data []byte
+	// prev is what path held before (a licence replaced: LoadShared),
+	// put back if the batch fails; nil: path is removed.
+	prev []byte
 	log  func()
 }
 
@@ -342,17 +364,22 @@ func (b *batch) addLicense(armored []byte) (Result, error) {
 		return res, refuse(ReasonRevoked, "licence %s was revoked by %s", l.ID, rev)
 	}
 	old, ok := r.lics[l.ID]
+	stored := ok // old's file is in data_dir
 	if !ok {
 		old, ok = b.lics[l.ID]
 	}
+	replaces := false
 	if ok {
 		a, _ := old.lic.Canonical()
 		c, _ := l.Canonical()
-		if !bytes.Equal(a, c) {
+		if bytes.Equal(a, c) {
+			res.State = string(old.state)
+			return res, nil // idempotent
+		}
+		if !b.shared || !b.persist || !sameIDWinner(c, a) {
 			return res, refuse(ReasonReplayed, "licence id %s is already loaded with other content", l.ID)
 		}
-		res.State = string(old.state)
-		return res, nil // idempotent
+		replaces = true
 	}
 	if b.persist {
 		if skew := l.IssuedAt.Sub(r.now); skew > r.cfg.ClockTolerance {
@@ -363,13 +390,30 @@ func (b *batch) addLicense(armored []byte) (Result, error) {
 			return res, refuse(ReasonExpired, "licence %s expired at %s (not_after %s plus grace %s)", l.ID,
 				l.NotAfter.Add(l.Grace).UTC().Format(time.RFC3339), l.NotAfter.UTC().Format(time.RFC3339), l.Grace)
 		}
-		b.order = append(b.order, staged{path: filepath.Join(r.cfg.Dir, l.ID+".lic"), data: armored, log: func() {
+		var prev []byte
+		if replaces && stored {
+			prev = old.armored
+		}
+		b.order = append(b.order, staged{path: filepath.Join(r.cfg.Dir, l.ID+".lic"), data: armored, prev: prev, log: func() {
+			if replaces {
+				r.cfg.Log.Warn("licence replaced by a member's with the same id and other content: the farm keeps the one whose content hashes lower",
+					"id", l.ID, "service", l.Service, "customer", l.Customer)
+				return
+			}
 			r.cfg.Log.Info("licence loaded", "id", l.ID, "service", l.Service, "customer", l.Customer)
 		}})
 	}
 	b.lics[l.ID] = &entry{lic: l, armored: armored, state: l.State(r.now, false)}
 	res.New = true
 	return res, nil
+}
+
+// sameIDWinner reports whether a licence of canonical content c wins over
+// one of the same id and content a: the one whose content's SHA-256 is
+// lower, a rule every member applies alike.
+func sameIDWinner(c, a []byte) bool {
+	hc, ha := sha256.Sum256(c), sha256.Sum256(a)
+	return bytes.Compare(hc[:], ha[:]) < 0
 }
 
 func (b *batch) addRevocation(armored []byte) (Result, error) {
@@ -404,6 +448,10 @@ func (b *batch) commit() error {
 	for i, s := range b.order {
 		if err := writeFileAtomic(s.path, s.data); err != nil {
 			for _, done := range b.order[:i] {
+				if done.prev != nil {
+					_ = writeFileAtomic(done.path, done.prev)
+					continue
+				}
 				_ = os.Remove(done.path)
 			}
 			return fmt.Errorf("cannot store %s in data_dir (nothing was loaded): %w", filepath.Base(s.path), err)
