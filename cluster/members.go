@@ -11,6 +11,7 @@ import (
 	"github.com/hashicorp/memberlist"
 
 	"github.com/capsgate/capsgate/admission"
+	"github.com/capsgate/capsgate/admission/sat"
 	"github.com/capsgate/capsgate/licensing/ledger"
 )
 
@@ -206,4 +207,44 @@ func reachable(url, via string) string {
 		}
 	}
 	return url
+}
+
+// FarmUsage is a service's usage summed over the live members, as each
+// last reported it (this node's own as it last measured it): what
+// GET /v1/services/{service} shows as the cluster's.
+type FarmUsage struct {
+	// Members is how many live members the sums are over.
+	Members int `json:"members"`
+	// OfferedCAPS is the attempts a second the members were offered (a
+	// node outside a cluster: those it admitted over the last second).
+	OfferedCAPS float64 `json:"offered_caps"`
+	Sessions    int64   `json:"sessions"`
+	Subscribers int64   `json:"subscribers"`
+	// TokensUsed is what the members charged the service's pool and its
+	// accounts' this period.
+	TokensUsed int64 `json:"tokens_used"`
+}
+
+// Usage returns service's usage over the live members (FarmUsage), the
+// tokens of the named accounts' pools included.
+func (c *Cluster) Usage(service string, accounts []string) FarmUsage {
+	names := c.liveNames()
+	keys := make([]string, 0, 1+len(accounts))
+	keys = append(keys, service)
+	for _, a := range accounts {
+		keys = append(keys, poolKey(service, a))
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	u := FarmUsage{Members: len(names)}
+	for _, name := range names {
+		u.OfferedCAPS += c.planner.Demand(name)[service]
+		held := c.planner.Held(name)
+		h := held[service]
+		u.Sessions, u.Subscribers = sat.Add(u.Sessions, h.Sessions), sat.Add(u.Subscribers, h.Subscribers)
+		for _, k := range keys {
+			u.TokensUsed = sat.Add(u.TokensUsed, held[k].Tokens)
+		}
+	}
+	return u
 }

@@ -61,6 +61,8 @@ type Service struct {
 	State    string   `json:"state"`
 	Licenses []string `json:"licenses"`
 	Limits   Limits   `json:"limits"`
+	// Cluster is the service's usage summed over the live members.
+	Cluster cluster.FarmUsage `json:"cluster"`
 }
 
 // Limits are a service's effective limits and this node's share; -1 means
@@ -90,6 +92,13 @@ type StatusError struct {
 
 func (e *StatusError) Error() string {
 	return fmt.Sprintf("%s: %d %s", e.Request, e.Code, e.Body)
+}
+
+// PutAccount allocates tokens of service's pool to account
+// (PUT /v1/services/{service}/accounts/{account}).
+func (n *Node) PutAccount(service, account string, tokens int64) error {
+	_, err := n.request("PUT", "/v1/services/"+service+"/accounts/"+account, fmt.Appendf(nil, `{"tokens": %d}`, tokens), nil)
+	return err
 }
 
 // request sends one admin API request with the node's token and decodes a

@@ -231,7 +231,10 @@ type ServiceView struct {
 	State    string     `json:"state"`
 	Licenses []string   `json:"licenses"`
 	Limits   LimitsView `json:"limits"`
-	Node     UsageView  `json:"node"`
+	// Cluster is the service's usage summed over the farm's live members
+	// as their last reports say (a node alone: its own).
+	Cluster cluster.FarmUsage `json:"cluster"`
+	Node    UsageView         `json:"node"`
 }
 
 // LimitsView shows a service's effective limits; -1 means unlimited.
@@ -303,5 +306,23 @@ func (n *Node) serviceView(st admission.Stats) ServiceView {
 	for i, c := range st.Admissions {
 		v.Node.Admissions[strings.ToUpper(admission.Reason(i).String())] = c
 	}
+	v.Cluster = cluster.FarmUsage{Members: 1, OfferedCAPS: st.UsedCAPS, Sessions: st.Sessions, Subscribers: st.Subscribers, TokensUsed: st.TokensUsed}
+	if n.cluster != nil {
+		v.Cluster = n.cluster.Usage(st.Name, n.accountNames(st.Name))
+	}
 	return v
+}
+
+// accountNames returns the accounts service allocates tokens to.
+func (n *Node) accountNames(service string) []string {
+	s := n.eng.Service(service)
+	if s == nil {
+		return nil
+	}
+	pools := s.Pools()
+	out := make([]string, 0, len(pools))
+	for _, p := range pools[1:] {
+		out = append(out, p.Account)
+	}
+	return out
 }
