@@ -1,6 +1,7 @@
 package admission
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"slices"
@@ -336,8 +337,19 @@ type Allocation struct {
 	At int64 `json:"at,omitempty"`
 }
 
+// ErrOverAllocated is SetAccount's error for an allocation the service's
+// pool cannot hold beside the others.
+var ErrOverAllocated = errors.New("allocations over the service's pool")
+
+// overAllocated is an ErrOverAllocated that says which allocation.
+type overAllocated string
+
+func (e overAllocated) Error() string        { return string(e) }
+func (e overAllocated) Is(target error) bool { return target == ErrOverAllocated }
+
 // SetAccount allocates tokens of the service's pool to an account, with its
-// own overage policy. Allocations may not exceed the service's pool.
+// own overage policy. Allocations may not exceed the service's pool
+// (ErrOverAllocated).
 func (e *Engine) SetAccount(service, acct string, tokens int64, ov Overage) error {
 	if !names.Valid([]byte(acct)) {
 		// Allocations also arrive from members and from the state file:
@@ -364,8 +376,8 @@ func (e *Engine) SetAccount(service, acct string, tokens int64, ov Overage) erro
 	// or whose licence lapsed) keeps the allocation for when it comes:
 	// its pool is not known here.
 	if l.Licensed && l.Tokens != Unlimited && tokens > l.Tokens-others {
-		return fmt.Errorf("cannot allocate %d tokens to account %q: the service's pool has %d, %d already allocated to other accounts",
-			tokens, acct, l.Tokens, s.allocated-old)
+		return overAllocated(fmt.Sprintf("cannot allocate %d tokens to account %q: the service's pool has %d, %d already allocated to other accounts",
+			tokens, acct, l.Tokens, s.allocated-old))
 	}
 	if a == nil {
 		a = &account{name: acct}

@@ -1,9 +1,14 @@
 package meter
 
 import (
+	"cmp"
+	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -224,7 +229,13 @@ func (r *Reserver) restoreLocked(s *admission.Service) {
 	if !ok {
 		return
 	}
-	for acct, a := range st.Accounts {
+	// In the order they were made, as fitLocked keeps them: a pool that
+	// cannot hold them all (a smaller licence since) keeps the same ones
+	// on every member.
+	for _, acct := range slices.SortedFunc(maps.Keys(st.Accounts), func(x, y string) int {
+		return madeOrder(st.Accounts[x].At, x, st.Accounts[y].At, y)
+	}) {
+		a := st.Accounts[acct]
 		ov, err := admission.ParseOverage(a.Overage)
 		if err == nil {
 			err = r.eng.SetAccount(s.Name(), acct, a.Tokens, ov)
@@ -290,13 +301,84 @@ func (r *Reserver) Apply(service, account string, a admission.Allocation) error 
 		return nil
 	}
 	if r.eng.Service(service) != nil {
-		if err := r.eng.SetAccount(service, account, a.Tokens, ov); err != nil {
+		err := r.eng.SetAccount(service, account, a.Tokens, ov)
+		if errors.Is(err, admission.ErrOverAllocated) {
+			a, ov, err = r.fitLocked(service, account, a, ov)
+		}
+		if err != nil {
 			return err
 		}
 	} else {
 		r.restored[service] = false
 	}
 	return r.keepLocked(service, account, a, ov)
+}
+
+// madeOrder orders allocations as they were made: by instant, then by
+// account name (the same order on every member).
+func madeOrder(atX int64, x string, atY int64, y string) int {
+	if c := cmp.Compare(atX, atY); c != 0 {
+		return c
+	}
+	return strings.Compare(x, y)
+}
+
+// fitLocked settles an allocation from a member that the service's pool
+// cannot hold beside this node's: two made at once on two members, each
+// checked against its own. Every member keeps them in the order they were
+// made (At, then the account's name) while the pool holds them, and takes
+// back to nothing (no tokens, no overage) the first that does not fit:
+// the allocations made after a are let go, a is given to the engine, and
+// they are given again in their order, each kept if it fits. It returns
+// what to keep of a: itself, or nothing if even alone after the ones
+// before it the pool cannot hold it. So the members agree, whichever
+// heard of which first (an allocation taken back is kept as one of nothing
+// at its instant, which an older one does not replace).
+func (r *Reserver) fitLocked(service, account string, a admission.Allocation, ov admission.Overage) (admission.Allocation, admission.Overage, error) {
+	type held struct {
+		name string
+		a    admission.Allocation
+	}
+	var later []held
+	for name, x := range r.service(service).Accounts {
+		if name != account && madeOrder(x.At, name, a.At, account) > 0 {
+			later = append(later, held{name, x})
+		}
+	}
+	slices.SortFunc(later, func(x, y held) int { return madeOrder(x.a.At, x.name, y.a.At, y.name) })
+	for _, l := range later {
+		if err := r.eng.SetAccount(service, l.name, 0, admission.Overage{}); err != nil {
+			return a, ov, err
+		}
+	}
+	nothing := admission.Allocation{Overage: admission.Overage{}.String(), At: a.At}
+	err := r.eng.SetAccount(service, account, a.Tokens, ov)
+	if errors.Is(err, admission.ErrOverAllocated) {
+		r.log.Warn("an account allocation from a member does not fit beside those made before it: taken back to nothing",
+			"service", service, "account", account, "tokens", a.Tokens, "err", err)
+		a, ov, err = nothing, admission.Overage{}, r.eng.SetAccount(service, account, 0, admission.Overage{})
+	}
+	if err != nil {
+		return a, ov, err
+	}
+	for _, l := range later {
+		lov, perr := admission.ParseOverage(l.a.Overage)
+		if perr == nil {
+			perr = r.eng.SetAccount(service, l.name, l.a.Tokens, lov)
+		}
+		if perr == nil {
+			continue
+		}
+		r.log.Warn("an account allocation does not fit beside one made before it on another member: taken back to nothing",
+			"service", service, "account", l.name, "tokens", l.a.Tokens, "err", perr)
+		if err := r.eng.SetAccount(service, l.name, 0, admission.Overage{}); err != nil {
+			return a, ov, err
+		}
+		if err := r.keepLocked(service, l.name, admission.Allocation{Overage: nothing.Overage, At: l.a.At}, admission.Overage{}); err != nil {
+			return a, ov, err
+		}
+	}
+	return a, ov, nil
 }
 
 // Allocations returns every allocation, by service and account.
