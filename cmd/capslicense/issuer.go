@@ -29,17 +29,20 @@ commands:
         print a signed revocation of the given licence ids
   usage verify --ledger FILE [--ledger FILE ...] [--node-pub NODE=FILE ...]
           [--since NODE=SEQ:HASH,...] [--trust-on-first-use FILE]
-          [--accept-no-genesis] [--accept-unwitnessed-tail] [FILE ...]
+          [--accept-no-genesis] [--accept-unwitnessed-tail] [--require-proof] [FILE ...]
         check usage ledgers (node segment files, GET /v1/ledger exports): print
         each node's records and head, or its first altered, missing, reordered,
         duplicated or re-signed record, and what proves it whole and authentic
-        (genesis or billed head, pinned or witnessed key, newest witness);
-        exit 0 only if every record verifies and nothing is UNPROVEN
+        (genesis or billed head, pinned or witnessed key, newest witness), or
+        UNPROVEN (also a node a given ledger witnessed, or pinned, whose ledger
+        is not given); exit 0 only if every record verifies, and with
+        --require-proof only if nothing is UNPROVEN and there are records
   bill    --ledger FILE [--ledger FILE ...] --price-sheet FILE [--from T] [--to T]
           [--format table|json|csv] [the flags of usage verify]
         verify the ledgers, then print the invoice and the heads it billed up to
-        (refused if they do not verify or something is unproven); with --since,
-        the records up to the heads given are not billed again
+        (refused if they do not verify, something is unproven or they hold no
+        records); with --since, the records up to the heads given are not
+        billed again
 
 FILE may be - for standard input. "capslicense COMMAND --help" shows a command's flags.
 Exit status: 0 ok, 1 failed (e.g. bad signature), 2 bad usage.

@@ -68,6 +68,10 @@ func (l *ledgerFlags) verify(e *env, f *flags, pos []string) (ledger.Report, [][
 			return ledger.Report{}, nil, fmt.Errorf("--node-pub %s is not the key %s pins for node %s", file, l.tofu, node)
 		}
 		pins[node] = pub
+		// A node named on the command line is one whose ledger is
+		// meant to be given; the --trust-on-first-use file may name
+		// nodes long gone.
+		l.opts.Expect = append(l.opts.Expect, node)
 	}
 	l.opts.PinnedKeys = pins
 	l.opts.Since = map[string]ledger.Head{}
@@ -160,19 +164,27 @@ func usageVerify(e *env, args []string) error {
 		fmt.Fprintf(e.stdout, "lines naming no node: BAD: %s:%d: %s%s\n", p.File, p.Line, p.Reason, more(count[""]))
 	}
 	nodes := sortedKeys(rep.Nodes)
-	for node := range first { // a node billed before (--since) but not given
-		if _, ok := rep.Nodes[node]; !ok && node != "" {
+	// Nodes with no records: billed before (--since), witnessed by a
+	// given ledger or pinned with --node-pub, but not given.
+	for _, node := range append(sortedKeys(first), sortedKeys(unproven)...) {
+		if _, ok := rep.Nodes[node]; !ok && node != "" && !slices.Contains(nodes, node) {
 			nodes = append(nodes, node)
 		}
 	}
 	slices.Sort(nodes)
 	for _, node := range nodes {
-		s := rep.Nodes[node]
+		s, given := rep.Nodes[node]
 		if p, ok := first[node]; ok && p.File == "" {
 			fmt.Fprintf(e.stdout, "node %s: BAD: %s%s\n", node, p.Reason, more(count[node]))
 			continue
 		} else if ok {
 			fmt.Fprintf(e.stdout, "node %s: BAD: seq %d (%s:%d): %s%s\n", node, p.Seq, p.File, p.Line, p.Reason, more(count[node]))
+			continue
+		}
+		if !given {
+			for _, reason := range unproven[node] {
+				fmt.Fprintf(e.stdout, "node %s: UNPROVEN: %s\n", node, reason)
+			}
 			continue
 		}
 		tail := ""
@@ -187,7 +199,7 @@ func usageVerify(e *env, args []string) error {
 			fmt.Fprintf(e.stdout, "  UNPROVEN: %s\n", reason)
 		}
 	}
-	if len(rep.Nodes) == 0 && rep.OK() {
+	if len(nodes) == 0 && rep.OK() {
 		fmt.Fprintln(e.stdout, "no records")
 	}
 	for _, p := range lf.pinned {
@@ -195,6 +207,9 @@ func usageVerify(e *env, args []string) error {
 	}
 	if !rep.OK() {
 		return fmt.Errorf("ledger does not verify: %d problem(s) in %d of %d node(s)", len(rep.Problems), len(first), max(len(nodes), len(first)))
+	}
+	if len(rep.Nodes) == 0 && len(rep.Unproven) == 0 && *requireProof {
+		return errors.New("no records in the ledgers given: nothing is proven (an empty export? give each node's GET /v1/ledger)")
 	}
 	if !rep.Proven() {
 		// Every record verifies: the contract's exit 0 (a node's own
@@ -215,8 +230,12 @@ func unprovenError(rep ledger.Report) error {
 	for _, p := range rep.Unproven {
 		nodes[p.Node] = true
 	}
-	return fmt.Errorf("ledger records verify, but %d fact(s) of %d node(s) are unproven; first: node %s: %s",
-		len(rep.Unproven), len(nodes), rep.Unproven[0].Node, rep.Unproven[0].Reason)
+	what := "ledger records verify, but"
+	if len(rep.Nodes) == 0 {
+		what = "no ledger records given, and"
+	}
+	return fmt.Errorf("%s %d fact(s) of %d node(s) are unproven; first: node %s: %s",
+		what, len(rep.Unproven), len(nodes), rep.Unproven[0].Node, rep.Unproven[0].Reason)
 }
 
 // proofLines say what a node's ledger is proven by: its head, key and
@@ -304,6 +323,9 @@ func bill(e *env, args []string) error {
 	}
 	if !rep.Proven() {
 		return fmt.Errorf("cannot bill: %v (see capslicense usage verify)", unprovenError(rep))
+	}
+	if len(rep.Nodes) == 0 {
+		return errors.New("cannot bill: no records in the ledgers given (an empty export? give each node's GET /v1/ledger)")
 	}
 	var records []ledger.Record
 	for _, b := range data {

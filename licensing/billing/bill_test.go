@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/ed25519"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -227,6 +228,50 @@ func TestParseSheet(t *testing.T) {
 
 	_, err := LoadSheet("nope.yaml")
 	require.EqualError(t, err, "cannot read price sheet: open nope.yaml: no such file or directory")
+}
+
+// The currency is an ISO 4217 code, as the example sheets document it:
+// "euro dollars" was printed on invoices.
+func TestSheetCurrencyCode(t *testing.T) {
+	f := func(yaml, want string) {
+		t.Helper()
+		_, err := ParseSheet([]byte(yaml))
+		require.EqualError(t, err, want)
+	}
+	for _, bad := range []string{"euro dollars", "eur", "EU", "EURO", "E1R", "€", "ÉUR"} {
+		f("currency: "+bad+"\nplans:\n  - {service: voice, model: pay_per_use, unit: admitted, price: \"1\"}\n",
+			fmt.Sprintf("currency must be an ISO 4217 code, three upper-case letters such as EUR or USD, got %q", bad))
+	}
+	for _, good := range []string{"EUR", "USD", "XAU"} {
+		_, err := ParseSheet([]byte("currency: " + good + "\nplans:\n  - {service: voice, model: pay_per_use, unit: admitted, price: \"1\"}\n"))
+		require.NoError(t, err, good)
+	}
+}
+
+// TestSheetRefusesPlansBillingTwice: one plan a unit of a service,
+// account or trunk key; two identical plans billed the same units twice.
+func TestSheetRefusesPlansBillingTwice(t *testing.T) {
+	f := func(yaml, want string) {
+		t.Helper()
+		_, err := ParseSheet([]byte(yaml))
+		require.EqualError(t, err, want)
+	}
+	twice := "currency: EUR\nplans:\n  - {service: voice, model: pay_per_use, unit: admitted, price: \"0.001\"}\n"
+	f(twice+"  - {service: voice, model: pay_per_use, unit: admitted, price: \"0.001\"}\n",
+		"plans[1]: service voice: unit admitted already billed by plans[0]; two plans for the same units would bill them twice (merge them into one plan)")
+	f(twice+"  - {service: voice, model: pay_per_use, unit: peak_caps, price: \"1\"}\n  - {service: voice, model: tiered, unit: admitted, tiers: [{price: \"1\"}]}\n",
+		"plans[2]: service voice: unit admitted already billed by plans[0]; two plans for the same units would bill them twice (merge them into one plan)")
+	f("currency: EUR\nplans:\n  - {service: voice, account: acme, model: prepaid, prepaid_tokens: 10, prepaid_price: 1, overage_price: 1}\n"+
+		"  - {service: voice, account: acme, model: pay_per_use, unit: consumed, price: \"1\"}\n",
+		"plans[1]: service voice: unit consumed of account acme already billed by plans[0]; two plans for the same units would bill them twice (merge them into one plan)")
+	f("currency: EUR\nplans:\n  - {service: voice, trunk: a, model: pay_per_use, unit: admitted, price: 1}\n  - {service: voice, trunk: a, model: pay_per_use, unit: admitted, price: 1}\n",
+		"plans[1]: service voice: unit admitted of trunk a already billed by plans[0]; two plans for the same units would bill them twice (merge them into one plan)")
+	// The same unit of another service, account or trunk key is billed
+	// apart.
+	_, err := ParseSheet([]byte(twice + "  - {service: sms, model: pay_per_use, unit: admitted, price: \"1\"}\n" +
+		"  - {service: voice, account: acme, model: pay_per_use, unit: admitted, price: \"1\"}\n" +
+		"  - {service: voice, trunk: acme, model: pay_per_use, unit: admitted, price: \"1\"}\n"))
+	require.NoError(t, err)
 }
 
 func TestDecimal(t *testing.T) {

@@ -34,6 +34,25 @@ func tiers(n int) string {
 	return b.String()
 }
 
+// plans are n pay-per-use plans of voice's admitted attempts, each for
+// its own account (one plan a unit: the same twice is refused).
+func plans(n int) string {
+	var b strings.Builder
+	for i := range n {
+		fmt.Fprintf(&b, "  - {service: voice, account: a%d, model: pay_per_use, unit: admitted, price: 1}\n", i)
+	}
+	return b.String()
+}
+
+// tieredPlans are n plans of tiers(MaxTiers), each for its own account.
+func tieredPlans(n int) string {
+	var b strings.Builder
+	for i := range n {
+		b.WriteString(strings.Replace(tiers(MaxTiers), "service: voice\n", fmt.Sprintf("service: voice\n    account: a%d\n", i), 1))
+	}
+	return b.String()
+}
+
 // Every bound of a price sheet, at its edge and one past it: each refusal
 // names the bound it met, so the sheet was not parsed past it (10^6 tiers
 // took 11 s and 1.5 GB; the times are in the README, not asserted here).
@@ -50,12 +69,12 @@ func TestSheetBounds(t *testing.T) {
 	head := "currency: EUR\nplans:\n"
 	f(head+tiers(MaxTiers), "")
 	f(head+tiers(MaxTiers+1), "plans[0]: tiers: at most 1000 tiers, got 1001")
-	f(head+strings.Repeat("  - {service: voice, model: pay_per_use, unit: admitted, price: 1}\n", MaxPlans), "")
-	f(head+strings.Repeat("  - {service: voice, model: pay_per_use, unit: admitted, price: 1}\n", MaxPlans+1), "plans: at most 1000 plans, got 1001")
+	f(head+plans(MaxPlans), "")
+	f(head+plans(MaxPlans+1), "plans: at most 1000 plans, got 1001")
 	// The largest sheet the bounds let through: 19 plans of 1000 tiers
 	// (100000 values would be 20; 700 KB).
-	f(head+strings.Repeat(tiers(MaxTiers), 19), "")
-	f(head+strings.Repeat(tiers(MaxTiers), 20), "line 3: the document expands to more than 100000 values (aliases and merge keys followed); write the values out")
+	f(head+tieredPlans(19), "")
+	f(head+tieredPlans(20), "line 3: the document expands to more than 100000 values (aliases and merge keys followed); write the values out")
 	million := head + tiers(1000000)
 	f(million, fmt.Sprintf("file too large (%d bytes; the limit is 1 MiB)", len(million)))
 	f(boundedtest.Bomb("currency: EUR\nplans: [{service: voice, model: pay_per_use, unit: admitted, price: 1}]\nx", "a: b"),

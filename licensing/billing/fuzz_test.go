@@ -1,7 +1,6 @@
 package billing
 
 import (
-	"strings"
 	"testing"
 	"time"
 
@@ -23,7 +22,7 @@ func FuzzPriceSheet(f *testing.F) {
 	head := "currency: EUR\nplans:\n"
 	f.Add([]byte(head + tiers(MaxTiers)))
 	f.Add([]byte(head + tiers(MaxTiers+1)))
-	f.Add([]byte(head + strings.Repeat("  - {service: voice, model: pay_per_use, unit: admitted, price: 1}\n", MaxPlans+1)))
+	f.Add([]byte(head + plans(MaxPlans+1)))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		s, err := ParseSheet(data)
 		if err != nil {

@@ -42,13 +42,16 @@ var trunkUnits = map[string]bool{"attempts": true, "admitted": true, "rejected":
 
 // Sheet is a customer's price sheet (see configs/price-sheets/*.yaml).
 type Sheet struct {
+	// Currency is an ISO 4217 code: three upper-case letters (EUR).
 	Currency string `yaml:"currency"`
 	Customer string `yaml:"customer"`
 	Plans    []Plan `yaml:"plans"`
 }
 
-// Plan prices one unit of one service (or account); a service may have
-// several plans (e.g. admitted attempts and peak sessions).
+// Plan prices one unit of one service (or account, or trunk key); a
+// service may have several plans (e.g. admitted attempts and peak
+// sessions), but one a unit: a second plan for the same units would bill
+// them twice, and the sheet is refused.
 type Plan struct {
 	Service string `yaml:"service"`
 	// Account bills one account's records; "" the service-level totals.
@@ -149,18 +152,59 @@ func (s *Sheet) validate() error {
 	if s.Currency == "" {
 		return errors.New("currency is required (e.g. currency: EUR)")
 	}
+	if !isCurrencyCode(s.Currency) {
+		return fmt.Errorf("currency must be an ISO 4217 code, three upper-case letters such as EUR or USD, got %q", s.Currency)
+	}
 	if len(s.Plans) == 0 {
 		return errors.New("plans: at least one plan is required")
 	}
 	if len(s.Plans) > MaxPlans {
 		return fmt.Errorf("plans: at most %d plans, got %d", MaxPlans, len(s.Plans))
 	}
+	// billed: which plan bills each unit of a service (or of one of its
+	// accounts or trunk keys). A second plan would bill the same units
+	// again.
+	type what struct{ service, account, trunk, unit string }
+	billed := make(map[what]int, len(s.Plans))
 	for i := range s.Plans {
-		if err := s.Plans[i].validate(); err != nil {
+		p := &s.Plans[i]
+		if err := p.validate(); err != nil {
 			return fmt.Errorf("plans[%d]: %w", i, err)
 		}
+		w := what{p.Service, p.Account, p.Trunk, p.Unit}
+		if j, dup := billed[w]; dup {
+			return fmt.Errorf("plans[%d]: service %s: %s already billed by plans[%d]; two plans for the same units would bill them twice (merge them into one plan)", i, p.Service, p.describe(), j)
+		}
+		billed[w] = i
 	}
 	return nil
+}
+
+// isCurrencyCode reports whether s has the form of an ISO 4217 code:
+// three upper-case ASCII letters.
+func isCurrencyCode(s string) bool {
+	if len(s) != 3 {
+		return false
+	}
+	for i := range len(s) {
+		if s[i] < 'A' || s[i] > 'Z' {
+			return false
+		}
+	}
+	return true
+}
+
+// describe names what a plan bills: its unit, and its account or trunk
+// key if it has one.
+func (p *Plan) describe() string {
+	out := "unit " + p.Unit
+	if p.Account != "" {
+		out += " of account " + p.Account
+	}
+	if p.Trunk != "" {
+		out += " of trunk " + p.Trunk
+	}
+	return out
 }
 
 func (p *Plan) validate() error {

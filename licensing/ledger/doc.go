@@ -66,11 +66,15 @@
 //   - Durability: every Append batch is written and fsync'd once before
 //     Append returns; a new segment's directory entry is fsync'd when the
 //     segment is created. A record Append acknowledged survives a crash.
-//   - A crash during Append leaves at most a torn tail of that batch: Open
-//     cuts off everything after the last intact record of the last
-//     segment provided no intact record follows (the batch was never
-//     acknowledged), logs it and reports it in Recovered. Anything else
-//     that breaks the chain — an altered, removed or reordered record, a
+//   - A crash during Append leaves at most a torn tail of that batch: a
+//     last line without its newline, or lines holding NUL bytes (the file
+//     grew but the data never reached the disk). Open cuts off everything
+//     after the last intact record of the last segment provided it is
+//     such a tail, with no whole line (ending in a newline, without NUL
+//     bytes) in it (the batch was never acknowledged), logs it and
+//     reports it in Recovered. A whole line that is not an intact record
+//     is damage, even the very last one. That, and anything else that
+//     breaks the chain — an altered, removed or reordered record, a
 //     record signed by another key or written by another node — refuses
 //     to open with an error naming the segment file, line and seq, if it
 //     is in the last segment or at either end of an earlier one (a missing
@@ -100,10 +104,12 @@
 //     exits non-zero for it: completeness at the head (no genesis record
 //     and no billed head, or records before the first given and no billed
 //     head), the node's key (neither pinned nor witnessed by a peer), the
-//     tail (no peer witnessed the node). Records after a node's newest
-//     witness are always unproven at the tail; Verify reports the newest
-//     witness (NodeSummary.Witnessed, WitnessBy, WitnessAt) so the vendor
-//     sees how many and how recent.
+//     tail (no peer witnessed the node), a whole ledger left out (a node
+//     a given ledger witnessed, or VerifyOptions.Expect names, with no
+//     records given). Records after a node's newest witness are always
+//     unproven at the tail; Verify reports the newest witness
+//     (NodeSummary.Witnessed, WitnessBy, WitnessAt) so the vendor sees
+//     how many and how recent.
 //   - No input makes Decode or Verify panic (see FuzzDecode, FuzzVerify).
 //
 // # What a single-node farm can and cannot prove

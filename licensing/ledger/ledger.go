@@ -128,10 +128,13 @@ func segmentName(first uint64) string { return fmt.Sprintf("seg-%020d.jsonl", fi
 // their neighbours: a node's start costs its last segment and two records
 // a segment, not its whole history (a ledger of 2.6 million records took
 // three minutes to open when every record was verified). A torn record at
-// the very end — bytes that are not an intact record with nothing intact
-// after them, as a crash during Append leaves — is cut off, logged and
-// reported by Recovered. Any other break found refuses to open, naming
-// the file, line and seq. VerifyHistory verifies the rest of the earlier
+// the very end, as a crash during Append leaves — a last line without its
+// newline, or lines holding NUL bytes (the file grew but its data never
+// reached the disk), with no whole line after them — is cut off, logged
+// and reported by Recovered. Any other break found refuses to open,
+// naming the file, line and seq: a whole line (ending in a newline,
+// without NUL bytes) that is not an intact record is damage even at the
+// very end, never cut off. VerifyHistory verifies the rest of the earlier
 // segments, record by record, once the node runs.
 func Open(o Options) (*Ledger, error) {
 	if err := o.validate(); err != nil {
@@ -276,8 +279,19 @@ func (l *Ledger) load(s segment, last bool) error {
 			r, problem = intact(line)
 		}
 		if problem != nil {
-			if last && !intactAfter(lr) {
+			// Torn by a crash: the line lacks its newline (Append was
+			// cut off writing it) or holds NUL bytes (the file grew but
+			// the data never reached the disk), and so does every line
+			// after it. A whole line is damage, wherever it stands.
+			torn := !lr.whole || lr.nul
+			after, err := wholeAfter(lr)
+			switch {
+			case err != nil:
+				return fmt.Errorf("cannot read ledger segment %s: %w", path, err)
+			case last && torn && !after:
 				return l.cut(path, good, n)
+			case !after:
+				return fmt.Errorf("cannot open ledger: %s line %d (seq %d): %v; the line is whole (it ends in a newline), so it was damaged or altered, not torn by a crash (a crash leaves a last line without its newline, or NUL bytes): restore the file or move the ledger directory aside", path, n, l.seq+1, problem)
 			}
 			return fmt.Errorf("cannot open ledger: %s line %d (seq %d): %v; the chain is broken in the middle (altered?): restore the file or move the ledger directory aside", path, n, l.seq+1, problem)
 		}
@@ -602,18 +616,19 @@ func follows(r *Record, key, node string, seq uint64, head string) error {
 	return nil
 }
 
-// intactAfter reports whether any intact record follows in lr.
-func intactAfter(lr *lineReader) bool {
+// wholeAfter reports whether a whole line (ending in a newline, without
+// NUL bytes: an intact record, or damage) follows in lr, which a crash
+// during Append cannot leave after a torn one.
+func wholeAfter(lr *lineReader) (bool, error) {
 	for {
-		line, _, _, err := lr.next()
-		if err == io.EOF {
-			return false
-		}
-		if err != nil {
-			continue
-		}
-		if r, err := Decode(line); err == nil && r.Check() == nil {
-			return true
+		_, _, _, err := lr.next()
+		switch {
+		case err == io.EOF:
+			return false, nil
+		case err != nil && err != errLineTooLong:
+			return false, err
+		case lr.whole && !lr.nul:
+			return true, nil
 		}
 	}
 }

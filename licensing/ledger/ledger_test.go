@@ -214,6 +214,70 @@ func TestTorn(t *testing.T) {
 	}
 }
 
+// TestTornTailOrDamage: what a crash during Append leaves at the end of
+// the last segment (a line without its newline, NUL bytes where the file
+// grew but its data never reached the disk) is cut off at the next Open;
+// a whole line (ending in a newline, without NUL bytes) that is not an
+// intact record is damage, at the end as anywhere: Open refuses, naming
+// the file and line, and leaves the file as it was.
+func TestTornTailOrDamage(t *testing.T) {
+	now := t0
+	write := func(t *testing.T) (dir, seg string, good, next []byte) {
+		dir = t.TempDir()
+		l := open(t, dir, "n1", testKey(1), 0, &now)
+		for i := range 3 {
+			appendAt(t, l, i, []Usage{voice(uint64(i))}, nil)
+		}
+		good = readAll(t, l)
+		appendAt(t, l, 3, []Usage{voice(3)}, nil)
+		next = lines(readAll(t, l))[3]
+		require.NoError(t, l.Close())
+		seg = segFiles(t, dir)[0]
+		require.NoError(t, os.WriteFile(seg, good, 0o600))
+		return dir, seg, good, next
+	}
+	nuls := func(n int) string { return strings.Repeat("\x00", n) }
+	torn := func(name string, tail func(next []byte) string) {
+		t.Run("torn/"+name, func(t *testing.T) {
+			dir, seg, good, next := write(t)
+			raw := tail(next)
+			require.NoError(t, os.WriteFile(seg, append(bytes.Clone(good), raw...), 0o600))
+			l := open(t, dir, "n1", testKey(1), 0, &now)
+			defer l.Close()
+			require.Equal(t, &Recovery{File: seg, Offset: int64(len(good)), Bytes: int64(len(raw)), Line: 4, Seq: 4}, l.Recovered())
+			require.Equal(t, good, readFile(t, seg))
+			appendAt(t, l, 3, []Usage{voice(3)}, nil)
+			require.Equal(t, append(bytes.Clone(good), next...), readFile(t, seg), "the chain goes on from seq 3")
+		})
+	}
+	torn("half a record", func(next []byte) string { return string(next[:len(next)/2]) })
+	torn("all but the newline", func(next []byte) string { return string(next[:len(next)-1]) })
+	torn("garbage without a newline", func([]byte) string { return "garbage" })
+	torn("NUL bytes", func([]byte) string { return nuls(4096) })
+	torn("NUL bytes past the longest line", func([]byte) string { return nuls(MaxLineBytes + 10) })
+	torn("half a record then NUL bytes", func(next []byte) string { return string(next[:100]) + nuls(300) })
+	torn("a record whose start never reached the disk", func(next []byte) string { return nuls(100) + string(next[100:]) })
+	torn("NUL bytes then half a record", func(next []byte) string { return nuls(512) + "\n" + string(next[:50]) })
+
+	damaged := func(name, tail, want string) {
+		t.Run("damaged/"+name, func(t *testing.T) {
+			dir, seg, good, _ := write(t)
+			raw := append(bytes.Clone(good), tail...)
+			require.NoError(t, os.WriteFile(seg, raw, 0o600))
+			_, err := Open(Options{Dir: dir, Node: "n1", Key: testKey(1)})
+			require.EqualError(t, err, "cannot open ledger: "+seg+" line 4 (seq 4): "+want)
+			require.Equal(t, raw, readFile(t, seg), "a refused ledger is left as it was")
+		})
+	}
+	const whole = "; the line is whole (it ends in a newline), so it was damaged or altered, not torn by a crash (a crash leaves a last line without its newline, or NUL bytes): restore the file or move the ledger directory aside"
+	const middle = "; the chain is broken in the middle (altered?): restore the file or move the ledger directory aside"
+	damaged("garbage line", "garbage\n", "malformed: bad JSON: invalid character 'g' looking for beginning of value"+whole)
+	damaged("blank line", "\n", "malformed: bad JSON: EOF"+whole)
+	damaged("garbage line then a torn one", "garbage\n{\"v\":1,\"seq\":4", "malformed: bad JSON: invalid character 'g' looking for beginning of value"+whole)
+	damaged("whole line too long", strings.Repeat("x", MaxLineBytes+1)+"\n", "line longer than 65536 bytes"+whole)
+	damaged("NUL bytes then a garbage line", nuls(10)+"\ngarbage\n", "malformed: bad JSON: invalid character '\\x00' looking for beginning of value"+middle)
+}
+
 func TestRotation(t *testing.T) {
 	dir := t.TempDir()
 	now := t0

@@ -2,6 +2,7 @@ package ledger
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"io"
 )
@@ -16,6 +17,12 @@ type lineReader struct {
 	off int64 // offset of the next line
 	n   int   // number of the next line, from 1
 	buf []byte
+	// whole and nul describe the line next returned last, even one it
+	// skipped as too long: whether it ended in a newline (all but the
+	// last line of the input do), and whether it held a NUL byte (which
+	// no record does, and which a crash leaves where the file grew but
+	// its data never reached the disk).
+	whole, nul bool
 }
 
 func newLineReader(r io.Reader) *lineReader {
@@ -28,10 +35,12 @@ func newLineReader(r io.Reader) *lineReader {
 func (lr *lineReader) next() (line []byte, off int64, n int, err error) {
 	off, n = lr.off, lr.n
 	lr.buf = lr.buf[:0]
+	lr.whole, lr.nul = false, false
 	long := false
 	for {
 		chunk, err := lr.r.ReadSlice('\n')
 		lr.off += int64(len(chunk))
+		lr.nul = lr.nul || bytes.IndexByte(chunk, 0) >= 0
 		if !long {
 			if len(lr.buf)+len(chunk) > MaxLineBytes {
 				long, lr.buf = true, lr.buf[:0]
@@ -48,6 +57,7 @@ func (lr *lineReader) next() (line []byte, off int64, n int, err error) {
 			return nil, off, n, io.EOF
 		}
 		lr.n++
+		lr.whole = err == nil
 		if long {
 			return nil, off, n, errLineTooLong
 		}

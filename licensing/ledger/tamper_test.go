@@ -242,6 +242,40 @@ func TestTamperHeadTruncation(t *testing.T) {
 	require.Equal(t, []string{"node n1 seq 5 (n1.jsonl:5): is not the head already billed at seq 5 (hash " + billed.Hash[:12] + "…): rewritten or restored from an older backup"}, firsts(rep))
 }
 
+// A whole node's ledger left out: the given ledgers witnessed it, so it
+// is unproven (and capslicense bill refuses), not silently unbilled.
+func TestTamperLedgerLeftOut(t *testing.T) {
+	f := newFarm(t, "n1", "n2", "n3")
+	f.run(3)
+	all := Verify(inputs("n1.jsonl", f.export("n1"), "n2.jsonl", f.export("n2"), "n3.jsonl", f.export("n3")), VerifyOptions{})
+	require.True(t, all.Proven(), "%v %v", all.Problems, all.Unproven)
+	// n3 wrote seqs 1-10 (genesis, then a usage record and two witnesses
+	// an interval); n1 and n2 last saw its head at seq 7, before its
+	// third interval.
+	rep := Verify(inputs("n1.jsonl", f.export("n1"), "n2.jsonl", f.export("n2")), VerifyOptions{})
+	require.True(t, rep.OK(), "%v", rep.Problems)
+	require.False(t, rep.Proven())
+	require.Equal(t, []string{"n3: no records given, but peer n1 witnessed its ledger (up to seq 7, at 2025-06-01T00:00:30Z): its whole ledger is left out, so its usage can be neither verified nor billed (give its ledger: GET /v1/ledger on node n3)"},
+		unprovenReasons(rep))
+	require.NotContains(t, rep.Nodes, "n3")
+	// Billed before: a problem, said once.
+	rep = Verify(inputs("n1.jsonl", f.export("n1"), "n2.jsonl", f.export("n2")), VerifyOptions{Since: map[string]Head{"n3": f.head("n3")}})
+	require.Equal(t, []string{"node n3 seq 0 (:0): no records given, but the ledger was billed up to seq 10"}, firsts(rep))
+	require.Empty(t, rep.Unproven)
+
+	// A node pinned (--node-pub) with no records proves nothing; a pinned
+	// node a given ledger witnessed is said once, as witnessed.
+	pins := map[string]ed25519.PublicKey{"n1": f.l["n1"].PublicKey()}
+	rep = Verify(nil, VerifyOptions{PinnedKeys: pins, Expect: []string{"n1"}})
+	require.True(t, rep.OK())
+	require.Equal(t, []string{"n1: no records given, though its key is pinned (--node-pub): nothing proves its ledger or its usage (give its ledger: GET /v1/ledger on node n1)"}, unprovenReasons(rep))
+	rep = Verify(inputs("empty.jsonl", []byte{}), VerifyOptions{PinnedKeys: pins, Expect: []string{"n1", "n1"}, AcceptUnwitnessedTail: true})
+	require.Len(t, unprovenReasons(rep), 1)
+	rep = Verify(inputs("n1.jsonl", f.export("n1"), "n2.jsonl", f.export("n2")), VerifyOptions{PinnedKeys: pins, Expect: []string{"n1", "n3"}})
+	require.Equal(t, []string{"n3: no records given, but peer n1 witnessed its ledger (up to seq 7, at 2025-06-01T00:00:30Z): its whole ledger is left out, so its usage can be neither verified nor billed (give its ledger: GET /v1/ledger on node n3)"},
+		unprovenReasons(rep))
+}
+
 func TestTamperTailTruncation(t *testing.T) {
 	f := newFarm(t, "n1", "n2")
 	f.run(4)
@@ -277,10 +311,12 @@ func TestTamperResignedWithFreshKey(t *testing.T) {
 	rep := Verify(inputs("n1.jsonl", forged, "n2.jsonl", f.export("n2")), VerifyOptions{})
 	require.Equal(t, []string{fmt.Sprintf("node n1 seq 1 (n1.jsonl:1): re-signed with another key: peer n2 witnessed node n1 with key %s (seq 3), not %s",
 		lKey(f.l["n1"]), freshKey)}, firsts(rep))
-	// Alone: unauthenticated, so not proven.
+	// Alone: unauthenticated, so not proven (nor is the peer it
+	// witnessed, whose ledger is left out).
 	rep = Verify(inputs("n1.jsonl", forged), VerifyOptions{AcceptUnwitnessedTail: true})
 	require.True(t, rep.OK())
-	require.Equal(t, []string{"n1: unauthenticated: no pinned key (--node-pub, --trust-on-first-use) and no peer witnessed its key: anyone could have re-signed it"}, unprovenReasons(rep))
+	require.Equal(t, []string{"n1: unauthenticated: no pinned key (--node-pub, --trust-on-first-use) and no peer witnessed its key: anyone could have re-signed it",
+		"n2: no records given, but peer n1 witnessed its ledger (up to seq 5, at 2025-06-01T00:00:30Z): its whole ledger is left out, so its usage can be neither verified nor billed (give its ledger: GET /v1/ledger on node n2)"}, unprovenReasons(rep))
 	// Alone with the key pinned (on first use, or node.pub).
 	rep = Verify(inputs("n1.jsonl", forged), VerifyOptions{PinnedKeys: map[string]ed25519.PublicKey{"n1": f.l["n1"].PublicKey()}})
 	require.Equal(t, []string{"node n1 seq 1 (n1.jsonl:1): re-signed with another key (not the pinned key of node n1)"}, firsts(rep))

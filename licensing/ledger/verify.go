@@ -43,6 +43,10 @@ type VerifyOptions struct {
 	// AcceptUnwitnessedTail accepts a node that no peer witnessed (a
 	// single-node farm): records removed from its end cannot be detected.
 	AcceptUnwitnessedTail bool
+	// Expect are nodes whose records must be given (capslicense: the
+	// nodes pinned with --node-pub): one with no records is unproven,
+	// since nothing proves its ledger.
+	Expect []string
 }
 
 // Head is a ledger head: the seq and hash of its last record.
@@ -137,7 +141,9 @@ type Report struct {
 	Problems []Problem // grouped by node (sorted by name), in order found
 	// Unproven are what the records cannot prove (Seq and File unset
 	// unless a record is meant), by node: completeness at the head, the
-	// node's key, completeness at the tail.
+	// node's key, completeness at the tail; then, by node name, the
+	// nodes with no records given whose ledger a given one witnessed or
+	// VerifyOptions.Expect names (a whole ledger left out).
 	Unproven []Problem
 }
 
@@ -178,9 +184,11 @@ type entry struct {
 // gap in the seqs or a prev that is not the previous record's hash), a
 // torn last line; and across nodes, a ledger that ends before a seq its
 // peers witnessed, or whose record at a witnessed seq has another hash
-// (restored from an earlier backup). A node's records may start after
-// seq 1 if they are a contiguous tail (NodeSummary.Tail). Records removed
-// from the end of a ledger that no peer witnessed cannot be detected.
+// (restored from an earlier backup), and a ledger left out whole (a node
+// its peers witnessed with no records given: unproven). A node's records
+// may start after seq 1 if they are a contiguous tail (NodeSummary.Tail).
+// Records removed from the end of a ledger that no peer witnessed cannot
+// be detected.
 func Verify(inputs []Input, opts VerifyOptions) Report {
 	byNode := map[string][][]entry{} // node -> runs, one per input
 	for _, in := range inputs {
@@ -213,7 +221,7 @@ func Verify(inputs []Input, opts VerifyOptions) Report {
 			rep.Nodes[node] = c.summary
 		}
 	}
-	checkWitnesses(chains, nodes)
+	absent := checkWitnesses(chains, nodes)
 	for _, node := range nodes {
 		c := chains[node]
 		if node != "" {
@@ -230,10 +238,28 @@ func Verify(inputs []Input, opts VerifyOptions) Report {
 				"no records given, but the ledger was billed up to seq %d", h.Seq)})
 		}
 	}
+	// A whole ledger left out. (One billed before is a problem above.)
+	for _, node := range sortedNodes(absent) {
+		if _, billed := opts.Since[node]; !billed {
+			w := absent[node]
+			rep.Unproven = append(rep.Unproven, Problem{Node: node, Reason: fmt.Sprintf(
+				"no records given, but peer %s witnessed its ledger (up to seq %d, at %s): its whole ledger is left out, so its usage can be neither verified nor billed (give its ledger: GET /v1/ledger on node %s)",
+				w.by, w.seq, w.at.UTC().Format(time.RFC3339), node)})
+		}
+	}
+	expect := slices.Clone(opts.Expect)
+	slices.Sort(expect)
+	for _, node := range slices.Compact(expect) {
+		_, billed := opts.Since[node]
+		if _, witnessed := absent[node]; chains[node] == nil && !billed && !witnessed {
+			rep.Unproven = append(rep.Unproven, Problem{Node: node, Reason: fmt.Sprintf(
+				"no records given, though its key is pinned (--node-pub): nothing proves its ledger or its usage (give its ledger: GET /v1/ledger on node %s)", node)})
+		}
+	}
 	return rep
 }
 
-func sortedNodes(m map[string]Head) []string {
+func sortedNodes[V any](m map[string]V) []string {
 	out := make([]string, 0, len(m))
 	for n := range m {
 		out = append(out, n)
@@ -503,9 +529,19 @@ func nodeKey(entries []entry, pinned ed25519.PublicKey) string {
 	return best
 }
 
+// witnessOf is the newest witness of a node whose records were not given.
+type witnessOf struct {
+	by  string
+	seq uint64
+	at  time.Time
+}
+
 // checkWitnesses compares what nodes witnessed of each other with the
-// witnessed nodes' records.
-func checkWitnesses(chains map[string]*chain, nodes []string) {
+// witnessed nodes' records. It returns the nodes witnessed of which no
+// record was given, each with its newest witness (the first found of
+// equals).
+func checkWitnesses(chains map[string]*chain, nodes []string) map[string]witnessOf {
+	absent := map[string]witnessOf{}
 	type claim struct {
 		by   string
 		seq  uint64
@@ -524,7 +560,15 @@ func checkWitnesses(chains map[string]*chain, nodes []string) {
 			}
 			w := e.rec.Witness
 			peer := chains[w.Node]
-			if peer == nil || w.Node == by || peer.summary.Last == 0 {
+			switch {
+			case w.Node == by:
+				continue
+			case peer == nil:
+				if a, ok := absent[w.Node]; !ok || w.Seq > a.seq {
+					absent[w.Node] = witnessOf{by, w.Seq, e.rec.At}
+				}
+				continue
+			case peer.summary.Last == 0:
 				continue
 			}
 			peer.witnessedBy(by, e.rec)
@@ -562,6 +606,7 @@ func checkWitnesses(chains map[string]*chain, nodes []string) {
 		last := c.bySeq[c.summary.Last]
 		c.problem(last, "truncated: ends at seq %d but peer %s witnessed seq %d", c.summary.Last, t.by, t.seq)
 	}
+	return absent
 }
 
 // witnessedBy takes in what peer by witnessed of c in record w: the key
