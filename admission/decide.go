@@ -109,6 +109,9 @@ func (s *Service) admitLocked(now int64, call, acct []byte, prio Priority, scope
 		if x, ok := s.sessions.get(key, now); ok {
 			return x.v.first() // a retransmission: same answer, not counted again
 		}
+		if d, ok := s.endedAnswer(now, key); ok {
+			return d // likewise, of a call admitted after it had ended
+		}
 	}
 	l := s.lim.Load()
 	if prio != Emergency && !l.Licensed {
@@ -126,7 +129,7 @@ func (s *Service) admitLocked(now int64, call, acct []byte, prio Priority, scope
 		}
 		s.emergency.Add(1)
 		d := Decision{Reason: OK, Remaining: -1}
-		if call != nil && !s.endedCall(now, key) {
+		if call != nil && !s.endedCall(now, key, d) {
 			exp := now + int64(s.gate.cfg.SessionTTL)
 			s.sessions.put(key, session{remaining: int32(d.Remaining), prio: Emergency}, exp)
 			s.emergencyOpened(1)
@@ -203,7 +206,7 @@ func (s *Service) admitLicensed(now int64, l *derived, call []byte, key Key, acc
 		remaining = minRemaining(remaining, p.left())
 	}
 	d = Decision{Reason: OK, Remaining: clampRemaining(remaining)}
-	if call != nil && !s.endedCall(now, key) {
+	if call != nil && !s.endedCall(now, key, d) {
 		x := session{remaining: int32(d.Remaining), prio: prio, account: a, licensed: true, trunk: h.sessionTrunk()}
 		exp := now + int64(s.gate.cfg.SessionTTL)
 		s.sessions.put(key, x, exp)
@@ -247,14 +250,42 @@ func (s *Service) release(now int64, key Key, seconds int64) bool {
 	return true
 }
 
-// endedCall reports whether key was marked ended, and forgets it. Called
-// with mu held.
-func (s *Service) endedCall(now int64, key Key) bool {
+// endedMark is a call marked ended (Engine.Ended). The first ADMIT of it
+// admitted opens no session and marks it answered, with that answer's
+// remaining: its retransmissions get the same answer, uncounted, as those
+// of an open session do (session.first), for EndedFor after it.
+type endedMark struct {
+	answered  bool
+	remaining int32 // clampRemaining keeps it within int32
+}
+
+// endedCall reports whether key is marked ended, and marks it answered
+// with d, the admitted ADMIT's answer. Called with mu held.
+func (s *Service) endedCall(now int64, key Key, d Decision) bool {
 	if s.ended.len() == 0 {
 		return false
 	}
-	_, live := s.ended.del(key, now)
-	return live
+	e, ok := s.ended.get(key, now)
+	if !ok {
+		return false
+	}
+	e.v = endedMark{answered: true, remaining: int32(d.Remaining)}
+	s.ended.refresh(e, now+int64(EndedFor))
+	return true
+}
+
+// endedAnswer returns the answer of an ended call's admitted ADMIT, which
+// a repeat gets again (a retransmission must not open the session the
+// mark kept closed). Called with mu held.
+func (s *Service) endedAnswer(now int64, key Key) (Decision, bool) {
+	if s.ended.len() == 0 {
+		return Decision{}, false
+	}
+	e, ok := s.ended.get(key, now)
+	if !ok || !e.v.answered {
+		return Decision{}, false
+	}
+	return Decision{Reason: OK, Remaining: int64(e.v.remaining)}, true
 }
 
 // registerNew is Engine.RegisterNew on this service.

@@ -497,7 +497,7 @@ func (e *Engine) Ended(now int64, service, call []byte) {
 		}
 	}
 	if _, ok := s.ended.get(key, now); !ok {
-		s.ended.put(key, struct{}{}, now+int64(EndedFor))
+		s.ended.put(key, endedMark{}, now+int64(EndedFor))
 	}
 }
 

@@ -727,8 +727,9 @@ func TestSpilledAttemptsCountOnce(t *testing.T) {
 
 // A call a client RELEASEd before its ADMIT reached this node (a proxy that
 // gave up on a stalled node) is marked ended: the late ADMIT is answered
-// and counted but opens no session; the mark is used once, lasts EndedFor,
-// and at most MaxEnded are kept.
+// and counted but opens no session, and its retransmissions get the same
+// answer, uncounted, opening none either (EndedFor after it); the mark
+// lasts EndedFor, and at most MaxEnded are kept.
 func TestEndedCallOpensNoSession(t *testing.T) {
 	e, clk := newTestEngine(t, Limits{Licensed: true, CAPS: Unlimited, Sessions: 10, Subscribers: Unlimited, Tokens: Unlimited})
 	s := e.Service("voice")
@@ -739,7 +740,21 @@ func TestEndedCallOpensNoSession(t *testing.T) {
 	require.True(t, d.Admitted())
 	require.Equal(t, int64(0), s.Stats().Sessions, "the late ADMIT opened no session")
 	require.Equal(t, uint64(1), s.Stats().Admissions[OK], "and was counted")
-	// The mark is used once: the same call-id again opens a session.
+	// A retransmission: the same answer, not counted, no session.
+	clk.Advance(time.Second)
+	require.Equal(t, d, e.Admit(clk.Now(), svc, call, nil, High))
+	require.Equal(t, int64(0), s.Stats().Sessions, "the retransmission opened no session")
+	require.Equal(t, uint64(1), s.Stats().Admissions[OK], "nor was counted")
+	require.False(t, e.Release(clk.Now(), svc, call, 0))
+	e.Ended(clk.Now(), svc, call) // the RELEASE's mark: the answered one stays
+	clk.Advance(EndedFor - 2*time.Second)
+	e.Tick(clk.Now())
+	require.Equal(t, d, e.Admit(clk.Now(), svc, call, nil, Normal), "until EndedFor after the answer")
+	require.Equal(t, int64(0), s.Stats().Sessions)
+	require.Equal(t, uint64(1), s.Stats().Admissions[OK])
+	// Past it the call-id is new again.
+	clk.Advance(time.Second)
+	e.Tick(clk.Now())
 	require.True(t, e.Admit(clk.Now(), svc, call, nil, Normal).Admitted())
 	require.Equal(t, int64(1), s.Stats().Sessions)
 	require.True(t, e.Release(clk.Now(), svc, call, 0))
@@ -747,6 +762,8 @@ func TestEndedCallOpensNoSession(t *testing.T) {
 	// An emergency call too.
 	e.Ended(clk.Now(), svc, []byte("e-1"))
 	require.True(t, e.Admit(clk.Now(), svc, []byte("e-1"), nil, Emergency).Admitted())
+	require.Equal(t, int64(0), s.Stats().EmergencySessions)
+	require.Equal(t, Decision{Reason: OK, Remaining: -1}, e.Admit(clk.Now(), svc, []byte("e-1"), nil, Emergency))
 	require.Equal(t, int64(0), s.Stats().EmergencySessions)
 
 	// A mark lasts EndedFor.

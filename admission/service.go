@@ -114,8 +114,9 @@ type Service struct {
 	// services, drained 50 times a second). Written with mu held.
 	quiet atomic.Bool
 	// ended holds calls a client RELEASEd here before this node had
-	// admitted them (see Engine.Ended), for EndedFor, at most MaxEnded.
-	ended table[struct{}]
+	// admitted them (see Engine.Ended), for EndedFor, at most MaxEnded,
+	// with the answer to the ADMIT that found the mark (decide.go).
+	ended table[endedMark]
 	// held: a table above (sessions, subscribers, IDs, ended calls) may
 	// hold an entry. Every put raises it; Tick lowers it, with mu held,
 	// when it finds them all empty, and skips the service's expiry while

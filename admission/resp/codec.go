@@ -35,7 +35,9 @@
 //     token's own bytes inside buf[:n]. Parse writes to buf only when it
 //     returns that line as a complete command or rejects it; it never
 //     modifies buf when it reports an incomplete command. Bytes Parse has
-//     returned as a command must therefore not be parsed a second time.
+//     returned as a command must therefore not be parsed a second time;
+//     what must look at commands before they run (warm) parses them with
+//     peek, which never writes.
 //
 // # Limits and errors
 //
@@ -70,7 +72,10 @@
 // an ordinary byte.
 package resp
 
-import "bytes"
+import (
+	"bytes"
+	"errors"
+)
 
 // Limits of one request.
 const (
@@ -130,6 +135,21 @@ func errProtoExpectedBulk(c byte) error {
 // Parse may rewrite bytes of an inline line with quoted arguments in place;
 // see the package documentation for the zero-copy contract.
 func Parse(buf []byte, dst [][]byte) (args [][]byte, n int, err error) {
+	return parse(buf, dst, true)
+}
+
+// errPeekQuoted is what peek reports of an inline line with quotes, whose
+// arguments only Parse can give (by unescaping them in place).
+var errPeekQuoted = errors.New("resp: inline quotes are unescaped by Parse only")
+
+// peek is Parse that never modifies buf: for a whole inline line with a
+// quote it reports errPeekQuoted (and n == 0) rather than unescaping it. It
+// looks at commands that Parse will parse again (warm).
+func peek(buf []byte, dst [][]byte) (args [][]byte, n int, err error) {
+	return parse(buf, dst, false)
+}
+
+func parse(buf []byte, dst [][]byte, unescape bool) (args [][]byte, n int, err error) {
 	args = dst[:0]
 	if len(buf) == 0 {
 		return args, 0, nil
@@ -137,7 +157,7 @@ func Parse(buf []byte, dst [][]byte) (args [][]byte, n int, err error) {
 	if buf[0] == '*' {
 		return parseMultibulk(buf, args)
 	}
-	return parseInline(buf, args)
+	return parseInline(buf, args, unescape)
 }
 
 // parseMultibulk parses the multibulk request at the front of buf
@@ -231,8 +251,9 @@ func parseLenLine(buf []byte, i, max int, minusOne bool, invalid, tooBig error) 
 }
 
 // parseInline parses the inline request at the front of buf (buf[0] !=
-// '*') into args, which is empty.
-func parseInline(buf []byte, args [][]byte) ([][]byte, int, error) {
+// '*') into args, which is empty; without unescape a whole line with a
+// quote is errPeekQuoted.
+func parseInline(buf []byte, args [][]byte, unescape bool) ([][]byte, int, error) {
 	window := buf
 	if len(window) > MaxRequestBytes {
 		window = window[:MaxRequestBytes]
@@ -242,7 +263,7 @@ func parseInline(buf []byte, args [][]byte) ([][]byte, int, error) {
 		// Not a whole line yet. Report what the bytes already prove: a
 		// quoting error or too many args in the part we have, else a line
 		// that cannot end within MaxRequestBytes.
-		if _, err := splitInline(window, args, false); err != nil {
+		if _, err := splitInline(window, args, false, false); err != nil {
 			return args[:0], 0, err
 		}
 		if len(buf) >= MaxRequestBytes {
@@ -254,7 +275,7 @@ func parseInline(buf []byte, args [][]byte) ([][]byte, int, error) {
 	if nl > 0 && line[nl-1] == '\r' {
 		line = line[:nl-1]
 	}
-	args, err := splitInline(line, args, true)
+	args, err := splitInline(line, args, true, unescape)
 	if err != nil {
 		return args[:0], 0, err
 	}
@@ -307,8 +328,10 @@ func unhex(c byte) byte {
 // output cursor w never passing the input cursor i. Without final, line is
 // only the start of a line still arriving: nothing is written or appended,
 // and only errors that no further byte can undo are reported (a closing
-// quote followed by a non-blank, too many tokens).
-func splitInline(line []byte, args [][]byte, final bool) ([][]byte, error) {
+// quote followed by a non-blank, too many tokens). With final but not
+// unescape, a whole line is split only while it has no quote, and nothing
+// is written: the first quote is errPeekQuoted.
+func splitInline(line []byte, args [][]byte, final, unescape bool) ([][]byte, error) {
 	i, tokens := 0, 0
 	for {
 		for i < len(line) && isSpace(line[i]) {
@@ -346,6 +369,9 @@ func splitInline(line []byte, args [][]byte, final bool) ([][]byte, error) {
 				case ' ', '\t', '\r', '\n':
 					break token
 				case '"', '\'':
+					if final && !unescape {
+						return args, errPeekQuoted // it would rewrite the line
+					}
 					quote = c // opens a quoted part: no output
 					continue
 				}

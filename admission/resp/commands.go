@@ -64,15 +64,15 @@ type ConnState struct {
 	// held are replies waiting for the key store to commit up to
 	// heldTicket (durable.go), since heldSince (engine clock; 0: none, read
 	// by the sweeper); needTicket is what the command just run needs
-	// committed (0: nothing); heldWaiting: registered with Handler.wait;
-	// quitHeld: a QUIT came behind them, the connection closes once they
-	// are sent.
-	held        []byte
-	heldSince   atomic.Int64
-	quitHeld    bool
-	heldTicket  uint64
-	needTicket  uint64
-	heldWaiting bool
+	// committed (0: nothing); durable: its place among the connections
+	// waiting for a commit (Handler.wait); quitHeld: a QUIT or a malformed
+	// request came behind them, the connection closes once they are sent.
+	held       []byte
+	heldSince  atomic.Int64
+	quitHeld   bool
+	heldTicket uint64
+	needTicket uint64
+	durable    durableWaiter
 }
 
 // spillWait is an ADMIT waiting for the member it was spilled to.
@@ -337,13 +337,15 @@ func NewNullHandler() *Handler { return &Handler{null: true, noWarm: true, start
 // Handle runs every complete command at the front of in, appending the
 // replies to out in request order. It returns the bytes consumed, the grown
 // out and whether the connection must now be closed (QUIT or a protocol
-// error; the replies in out are sent first). Bytes of an incomplete last
-// command are left unconsumed for the next call, and so are the commands
-// after the replies reach cs's budget (cs.more: the caller calls again
-// once the replies are on their way), so no command runs while the node
-// holds more than the budget and one reply of a connection's replies, and
-// a command that may forward work to the cluster while it has no room
-// for it (cs.blocked: the caller calls again a little later).
+// error; the replies in out are sent first; behind replies held for a
+// commit it closes only once they are sent, cs.quitHeld). Bytes of an
+// incomplete last command are left unconsumed for the next call, and so
+// are the commands after the replies reach cs's budget (cs.more: the
+// caller calls again once the replies are on their way), so no command
+// runs while the node holds more than the budget and one reply of a
+// connection's replies, and a command that may forward work to the
+// cluster while it has no room for it (cs.blocked: the caller calls again
+// a little later).
 func (h *Handler) Handle(now int64, cs *ConnState, in, out []byte) (n int, _ []byte, closeConn bool) {
 	cs.more, cs.blocked = false, false
 	start := len(out)
@@ -357,9 +359,13 @@ func (h *Handler) Handle(now int64, cs *ConnState, in, out []byte) (n int, _ []b
 		}
 		args, used, err := Parse(in[n:], cs.args)
 		if err != nil {
+			mark := len(out)
 			out = append(out, "-ERR Protocol error: "...)
 			out = append(out, err.Error()...)
 			out = append(out, "\r\n"...)
+			if cs.closeBehindHeld(out[mark:]) {
+				return len(in), out[:mark], false
+			}
 			return len(in), out, true
 		}
 		if used == 0 {

@@ -366,6 +366,23 @@ func TestTransactions(t *testing.T) {
 	require.Equal(t, "-NOAUTH Authentication required.\r\n", got)
 }
 
+// A command refused for its arity while a transaction is open flags it,
+// as in Redis, whatever the command: EXEC, DISCARD and MULTI too (they run
+// at once, not queued). The final EXEC then discards it.
+func TestTransactionArityErrorsAbort(t *testing.T) {
+	c := newTestConn(t, "")
+	f := c.expect(t)
+	abort := "-EXECABORT Transaction discarded because of previous errors.\r\n"
+	wrong := func(name string) string { return "-ERR wrong number of arguments for '" + name + "' command\r\n" }
+	f(cmd("MULTI")+cmd("EXEC", "x")+cmd("EXEC"), "+OK\r\n"+wrong("exec")+abort)
+	f(cmd("MULTI")+cmd("PING")+cmd("DISCARD", "x")+cmd("EXEC"), "+OK\r\n+QUEUED\r\n"+wrong("discard")+abort)
+	f(cmd("MULTI")+cmd("MULTI", "x")+cmd("PING")+cmd("EXEC"), "+OK\r\n"+wrong("multi")+"+QUEUED\r\n"+abort)
+	f(cmd("MULTI")+cmd("ADMIT", "demo", "CALL", "t1")+cmd("EXEC", "x")+cmd("DISCARD"), "+OK\r\n+QUEUED\r\n"+wrong("exec")+"+OK\r\n")
+	f(cmd("RELEASE", "demo", "t1"), ":0\r\n")
+	// Outside a transaction the same errors flag nothing.
+	f(cmd("EXEC", "x")+cmd("MULTI")+cmd("PING")+cmd("EXEC"), wrong("exec")+"+OK\r\n+QUEUED\r\n*1\r\n+PONG\r\n")
+}
+
 // Rates print as integers where whole, with two decimals otherwise, and
 // one saturated at the end of the range as the largest integer.
 func TestAppendRate(t *testing.T) {

@@ -139,9 +139,12 @@ type Server struct {
 	wg     sync.WaitGroup
 	once   sync.Once
 
-	mu    sync.Mutex // guards open and loops
-	open  map[*ConnState]gnet.Conn
-	loops []*loopStats
+	mu      sync.Mutex // guards open, loops and orphans
+	open    map[*ConnState]gnet.Conn
+	loops   []*loopStats
+	orphans map[*orphan]struct{} // closed connections' held replies (durable.go)
+	// orphanGone tells Stop that an orphan is done.
+	orphanGone chan struct{}
 }
 
 // NewServer returns a server; Start makes it listen.
@@ -156,7 +159,8 @@ func NewServer(cfg Config, h *Handler, clk admission.Clock) *Server {
 		cfg.MaxConns = DefaultMaxConns
 	}
 	s := &Server{cfg: cfg, h: h, clk: clk, booted: make(chan struct{}), done: make(chan error, 1),
-		stop: make(chan struct{}), pace: newPacer(), open: make(map[*ConnState]gnet.Conn)}
+		stop: make(chan struct{}), pace: newPacer(), open: make(map[*ConnState]gnet.Conn),
+		orphans: make(map[*orphan]struct{}), orphanGone: make(chan struct{}, 1)}
 	h.SetConnCounter(s.conns.Load)
 	return s
 }
@@ -201,20 +205,24 @@ func (s *Server) Addr() string { return s.addr }
 func (s *Server) Conns() int64 { return s.conns.Load() }
 
 // Stop stops accepting, closes every connection after sending the replies
-// to what it had received, and waits for the event loops to end. It is safe
+// to what it had received, and waits for the event loops to end. Replies
+// held for the key store's commit are sent once it is made (the node keeps
+// committing until Stop returns), within MaxHeldWait and ctx. It is safe
 // to call more than once.
 func (s *Server) Stop(ctx context.Context) error {
 	var err error
 	s.once.Do(func() {
 		close(s.stop)
 		s.wg.Wait()
-		if err = s.eng.Stop(ctx); err != nil {
-			return
+		if err = s.eng.Stop(ctx); err == nil {
+			select {
+			case err = <-s.done:
+			case <-ctx.Done():
+				err = ctx.Err()
+			}
 		}
-		select {
-		case err = <-s.done:
-		case <-ctx.Done():
-			err = ctx.Err()
+		if e := s.waitOrphans(ctx); err == nil {
+			err = e
 		}
 	})
 	return err
@@ -270,7 +278,8 @@ func (s *Server) loopOf(el gnet.EventLoop) *loopStats {
 	return l
 }
 
-// OnClose forgets a connection.
+// OnClose forgets a connection. One closed under replies held for a
+// commit leaves them to be sent (durable.go).
 func (s *Server) OnClose(c gnet.Conn, _ error) gnet.Action {
 	cs, ok := c.Context().(*ConnState)
 	if !ok {
@@ -278,11 +287,14 @@ func (s *Server) OnClose(c gnet.Conn, _ error) gnet.Action {
 	}
 	c.SetContext(nil)
 	cs.Closed()
-	s.conns.Add(-1)
-	openConns.Add(-1)
 	s.mu.Lock()
 	delete(s.open, cs)
 	s.mu.Unlock()
+	if cs.Holding() && s.adopt(c, cs) {
+		return gnet.None // still counted, until its replies are sent
+	}
+	s.conns.Add(-1)
+	openConns.Add(-1)
 	return gnet.None
 }
 
@@ -317,16 +329,9 @@ func (s *Server) OnTraffic(c gnet.Conn) gnet.Action {
 		}
 	}
 	if cs.quitHeld {
-		// QUIT came behind held replies: they go first, then the close;
-		// nothing after it runs.
-		if !cs.Holding() {
-			return gnet.Close
-		}
-		_, _ = c.Discard(total)
-		if !s.h.wait(cs) {
-			s.pace.next(c, &cs.paced)
-		}
-		return gnet.None
+		// QUIT or a malformed request came behind held replies: they go
+		// first, then the close; nothing after it runs.
+		return s.closeAfterHeld(c, cs, total)
 	}
 	if total == 0 {
 		if cs.Holding() && !s.h.wait(cs) {
@@ -340,6 +345,9 @@ func (s *Server) OnTraffic(c gnet.Conn) gnet.Action {
 	queued, outLimit, inLimit := c.OutboundBuffered(), s.clientLimit(MinOutbound, s.cfg.MaxOutbound), s.clientLimit(MinInbound, MaxInbound)
 	if total > inLimit {
 		inputClosed.Inc()
+		if cs.closeBehindHeld(queryLimitReply) {
+			return s.closeAfterHeld(c, cs, total)
+		}
 		_, _ = c.Write(queryLimitReply)
 		return gnet.Close
 	}
@@ -398,6 +406,20 @@ func (s *Server) OnTraffic(c gnet.Conn) gnet.Action {
 	return gnet.None
 }
 
+// closeAfterHeld closes a connection whose last reply is queued behind its
+// held replies (cs.quitHeld) once they are sent, dropping what it sent
+// since (total bytes).
+func (s *Server) closeAfterHeld(c gnet.Conn, cs *ConnState, total int) gnet.Action {
+	if !cs.Holding() {
+		return gnet.Close
+	}
+	_, _ = c.Discard(total)
+	if !s.h.wait(cs) {
+		s.pace.next(c, &cs.paced)
+	}
+	return gnet.None
+}
+
 // clientLimit is what one client may hold of requests or of replies: its
 // part of MaxBuffered among the open connections, within [least, most].
 func (s *Server) clientLimit(least, most int) int {
@@ -440,6 +462,7 @@ func (s *Server) sweepIdle() {
 		for _, c := range idle {
 			_ = c.Close()
 		}
+		s.expireOrphans(now)
 		return every
 	})
 }

@@ -52,12 +52,10 @@ func (h *Handler) discard(cs *ConnState, args [][]byte, out []byte) []byte {
 // queue queues a command while a MULTI is open, checking its name and
 // arity first as Redis does; a refused command makes EXEC discard the
 // transaction. It reports false for the commands that are not queued
-// (EXEC, DISCARD, MULTI, QUIT), which run at once.
+// (EXEC, DISCARD, MULTI, QUIT), which run at once, unless their arity is
+// wrong: Redis refuses those before running them, and flags the
+// transaction as for any other.
 func (h *Handler) queue(cs *ConnState, name []byte, args [][]byte, out []byte) ([]byte, bool) {
-	switch string(name) {
-	case "exec", "discard", "multi", "quit":
-		return out, false
-	}
 	tx := cs.tx
 	refuse := func(reply []byte) ([]byte, bool) {
 		tx.dirty = true
@@ -69,6 +67,8 @@ func (h *Handler) queue(cs *ConnState, name []byte, args [][]byte, out []byte) (
 		return refuse(unknownCommand(out, args[0]))
 	case !c.arityOK(len(args)):
 		return refuse(wrongArgs(out, c.name))
+	case c.name == "exec" || c.name == "discard" || c.name == "multi" || c.name == "quit":
+		return out, false
 	case !txAllowed(c.name):
 		return refuse(AppendError(out, "ERR '"+c.name+"' cannot be queued in a transaction (MULTI)"))
 	}

@@ -24,8 +24,10 @@ var callOpt = []byte("CALL")
 
 // warm parses up to warmAhead commands at the head of in and warms the
 // keys of the REGISTERs and ADMIT ... CALLs among them, a run of commands
-// on one service and table at a time. It only reads: a malformed command
-// is left to Handle, which answers it.
+// on one service and table at a time. It only reads, with peek (Parse
+// would unescape inline quotes in place, and Handle then parse the
+// rewritten bytes): it stops at an inline command with quotes, and leaves
+// a malformed command to Handle, which answers it.
 func (h *Handler) warm(cs *ConnState, in []byte) {
 	var service []byte
 	subs := false
@@ -41,7 +43,7 @@ func (h *Handler) warm(cs *ConnState, in []byte) {
 		if i == warmGiveUp && !found {
 			break // a pipeline of keyless commands (ADMIT without CALL, PING)
 		}
-		args, used, err := Parse(in[off:], cs.warmArgs)
+		args, used, err := peek(in[off:], cs.warmArgs)
 		if err != nil || used == 0 {
 			break
 		}
