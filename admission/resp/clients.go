@@ -5,6 +5,7 @@ import (
 	"cmp"
 	"fmt"
 	"slices"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -136,26 +137,73 @@ func (s *Server) ClientAddrs(cs *ConnState) (addr, laddr string, fd int, ok bool
 	return addr, s.addr, c.Fd(), true
 }
 
-// clientSnapshot keeps the last list of open connections, sorted by id, for
-// the instant it was taken: every CLIENT LIST of one read (a pipeline of
-// them shares the instant) is answered from one scan of the connections, so
-// a pipeline cannot make a loop scan 10,000 connections per command.
+// clientSnapshot keeps the last list of open connections, sorted by id,
+// for clientSnapshotFor after the instant it was taken: every CLIENT LIST
+// of one read (a pipeline of them shares the instant), and those of a
+// thousand clients listing at once, are answered from one scan of the
+// connections, so that neither makes a loop scan 10,000 connections per
+// command. A connection closed since is left out as its line is written.
 type clientSnapshot struct {
 	mu sync.Mutex // guards the following fields
 	at int64
 	cs []*ConnState // never changed once published: readers keep the slice
+	// text is the listing of cs (at most maxClientList lines, those
+	// still open), rendered once at the first plain CLIENT LIST, and ends
+	// where each line ends in it (nil: not rendered yet); never changed
+	// once published.
+	text []byte
+	ends []int
 }
 
-func (h *Handler) openClients(now int64) []*ConnState {
+// holds reports whether the snapshot lists cs (a client that connected
+// since sees itself). Called with mu held.
+func (sn *clientSnapshot) holds(cs *ConnState) bool {
+	_, ok := slices.BinarySearchFunc(sn.cs, cs.id, func(c *ConnState, id int64) int { return cmp.Compare(c.id, id) })
+	return ok
+}
+
+// clientSnapshotFor is how long a clientSnapshot serves.
+const clientSnapshotFor = 100 * time.Millisecond
+
+func (h *Handler) openClients(now int64, cs *ConnState) []*ConnState {
 	sn := &h.snapshot
 	sn.mu.Lock()
 	defer sn.mu.Unlock()
-	if sn.cs == nil || sn.at != now {
+	h.snapshotLocked(now, cs)
+	return sn.cs
+}
+
+// snapshotLocked takes a new snapshot unless the last still serves cs at
+// now. Called with the snapshot's mu held.
+func (h *Handler) snapshotLocked(now int64, cs *ConnState) {
+	sn := &h.snapshot
+	if sn.cs == nil || now < sn.at || now-sn.at >= int64(clientSnapshotFor) || !sn.holds(cs) {
 		all := h.clients.OpenClients(nil)
 		slices.SortFunc(all, func(a, b *ConnState) int { return cmp.Compare(a.id, b.id) })
-		sn.at, sn.cs = now, all
+		sn.at, sn.cs, sn.text, sn.ends = now, all, nil, nil
 	}
-	return sn.cs
+}
+
+// listing returns the snapshot's rendered listing (clientSnapshot.text,
+// ends) and how many connections it holds, rendering it if it is not yet.
+func (h *Handler) listing(now int64, cs *ConnState) (text []byte, ends []int, total int) {
+	sn := &h.snapshot
+	sn.mu.Lock()
+	defer sn.mu.Unlock()
+	h.snapshotLocked(now, cs)
+	if sn.ends == nil {
+		sn.ends = make([]int, 0, min(len(sn.cs), maxClientList))
+		for _, c := range sn.cs {
+			if len(sn.ends) == maxClientList {
+				break
+			}
+			var ok bool
+			if sn.text, ok = h.clientLine(sn.text, now, c, false); ok {
+				sn.ends = append(sn.ends, len(sn.text))
+			}
+		}
+	}
+	return sn.text, sn.ends, len(sn.cs)
 }
 
 // appendClientLine appends one CLIENT LIST line in Redis's format. Fields
@@ -225,9 +273,27 @@ func (h *Handler) clientList(now int64, cs *ConnState, args [][]byte, out []byte
 			return AppendError(out, errSyntax)
 		}
 	}
+	if ids == nil && h.clients != nil {
+		// Every plain listing of a snapshot's time is cut from one
+		// rendering of it: a thousand clients listing at once format a
+		// thousand connections once, not each.
+		text, ends, total := h.listing(now, cs)
+		k := len(ends)
+		if cs.outLimit > 0 { // the lines that reach the limit, as below
+			k = min(k, sort.SearchInts(ends, cs.outLimit)+1)
+		}
+		out, mark := bulkStart(out)
+		if k > 0 {
+			out = append(out, text[:ends[k-1]]...)
+		}
+		if k < len(ends) || k == maxClientList && total > k {
+			out = fmt.Appendf(out, "truncated=1 shown=%d total=%d\n", k, total)
+		}
+		return bulkEnd(out, mark)
+	}
 	all := []*ConnState{cs}
 	if h.clients != nil {
-		all = h.openClients(now)
+		all = h.openClients(now, cs)
 	}
 	if ids != nil {
 		slices.Sort(ids)
@@ -240,9 +306,13 @@ func (h *Handler) clientList(now int64, cs *ConnState, args [][]byte, out []byte
 		all = sel
 	}
 	out, mark := bulkStart(out)
-	shown := 0
+	shown, full := 0, false
 	for _, c := range all {
-		if shown == maxClientList {
+		// At most maxClientList lines, and no more than the client's part
+		// of the node's reply memory: a thousand clients listing a
+		// thousand connections at once would each be sent 300 KB, built
+		// on the event loops while every other client waits.
+		if full = shown == maxClientList || cs.outLimit > 0 && len(out)-mark >= cs.outLimit; full {
 			break
 		}
 		var ok bool
@@ -250,7 +320,7 @@ func (h *Handler) clientList(now int64, cs *ConnState, args [][]byte, out []byte
 			shown++
 		}
 	}
-	if len(all) > shown && shown == maxClientList {
+	if full {
 		out = fmt.Appendf(out, "truncated=1 shown=%d total=%d\n", shown, len(all))
 	}
 	return bulkEnd(out, mark)

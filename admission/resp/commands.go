@@ -35,7 +35,11 @@ type ConnState struct {
 	// they reach it, Handle leaves the rest of the input for a later call
 	// and sets more.
 	outBudget int
-	more      bool
+	// outLimit is what this client may hold of replies (its part of the
+	// node's reply memory; 0: no bound): one CLIENT LIST reply is cut to
+	// it, so that many clients listing at once hold no more than that.
+	outLimit int
+	more     bool
 	// paced: queued with the server's pacer; pause: how long the pacer
 	// waits before it looks again at a connection whose client does not
 	// read (doubling while it does not).

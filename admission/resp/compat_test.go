@@ -269,6 +269,26 @@ func TestClientListBounded(t *testing.T) {
 	got, _, _ = c.send(strings.Repeat(cmd("CLIENT", "LIST", "ID", "5000"), 100))
 	require.Equal(t, 100, strings.Count(got, "id=5000 "))
 	require.Equal(t, 1, cl.scans, "one scan for the pipeline")
+
+	// A client's listing stops at its part of the node's reply memory
+	// (the server sets outLimit: 32 KiB each with a thousand clients).
+	full := lines[:maxClientList]
+	lineLen := len(full[0]) + 1
+	for _, limit := range []int{1, lineLen, lineLen + 1, 32 << 10} {
+		c.cs.outLimit = limit
+		got, _, _ = c.send(cmd("CLIENT", "LIST"))
+		lines = strings.Split(strings.TrimSuffix(got[strings.Index(got, "\r\n")+2:], "\n\r\n"), "\n")
+		shown, size := 0, 0 // lines are added until they reach the limit
+		for ; size < limit; shown++ {
+			size += len(full[shown]) + 1
+		}
+		require.Equal(t, fmt.Sprintf("truncated=1 shown=%d total=10000", shown), lines[len(lines)-1], "limit %d", limit)
+		require.Len(t, lines, shown+1)
+		for i := range shown {
+			require.True(t, strings.HasPrefix(lines[i], fmt.Sprintf("id=%d ", i+1)))
+		}
+		require.Less(t, len(got), limit+2*lineLen)
+	}
 }
 
 type countingLister struct {

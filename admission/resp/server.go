@@ -370,7 +370,7 @@ func (s *Server) OnTraffic(c gnet.Conn) gnet.Action {
 	cs.lastActive.Store(now)
 	ls := cs.loop
 	cs.commands = 0
-	cs.outBudget = min(BatchOutbound, outLimit-queued)
+	cs.outBudget, cs.outLimit = min(BatchOutbound, outLimit-queued), outLimit
 	n, out, closeConn := s.h.Handle(now, cs, in, ls.out[:0])
 	if n > 0 {
 		_, _ = c.Discard(n)
