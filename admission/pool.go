@@ -379,17 +379,67 @@ func (e *Engine) SetAccount(service, acct string, tokens int64, ov Overage) erro
 		return overAllocated(fmt.Sprintf("cannot allocate %d tokens to account %q: the service's pool has %d, %d already allocated to other accounts",
 			tokens, acct, l.Tokens, s.allocated-old))
 	}
+	e.setAccountLocked(s, l, acct, tokens, ov)
+	return nil
+}
+
+// AccountSetting is one account's allocation (SetAccounts).
+type AccountSetting struct {
+	Account string
+	Tokens  int64
+	Overage Overage
+}
+
+// SetAccounts gives accounts of a service their allocations at once:
+// valid only together, they may not exceed the service's pool together
+// with the others' (ErrOverAllocated: nothing changes), where SetAccount,
+// one at a time, could refuse a step between two settings that fit.
+func (e *Engine) SetAccounts(service string, set []AccountSetting) error {
+	s := e.Service(service)
+	if s == nil {
+		return fmt.Errorf("cannot allocate to accounts: service %q has no licence", service)
+	}
+	for _, x := range set {
+		if !names.Valid([]byte(x.Account)) || x.Tokens < 0 {
+			return fmt.Errorf("cannot allocate %d tokens to account %q: not a valid account name or a count below 0", x.Tokens, x.Account)
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	l := s.lim.Load()
+	sum := s.allocated
+	for _, x := range set {
+		if a := s.accounts[x.Account]; a != nil {
+			sum -= a.alloc
+		}
+		sum = sat.Add(sum, x.Tokens)
+	}
+	if l.Licensed && l.Tokens != Unlimited && sum > l.Tokens {
+		return overAllocated(fmt.Sprintf("cannot allocate %d tokens to accounts of service %q: its pool has %d", sum, service, l.Tokens))
+	}
+	for _, x := range set {
+		e.setAccountLocked(s, l, x.Account, x.Tokens, x.Overage)
+	}
+	return nil
+}
+
+// setAccountLocked allocates tokens to acct, unchecked. Called with s.mu
+// held.
+func (e *Engine) setAccountLocked(s *Service, l *derived, acct string, tokens int64, ov Overage) {
+	a := s.accounts[acct]
+	old := int64(0)
 	if a == nil {
 		a = &account{name: acct}
 		a.durableSet = e.cfg.DurableTokens
 		a.owner = a
 		s.accounts[acct] = a
+	} else {
+		old = a.alloc
 	}
 	a.alloc, a.policy = tokens, ov
 	s.touch(&a.pool) // its size, which its limit may not show (a cluster's budget)
 	s.touch(&s.tokens)
-	s.allocated = sat.Add(others, tokens)
+	s.allocated = sat.Add(s.allocated-old, tokens)
 	s.applyPool(l, false) // the service's pool (what is left unallocated)
 	s.applyAccount(l, a)
-	return nil
 }

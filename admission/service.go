@@ -312,6 +312,15 @@ func (st Stats) Offered() uint64 {
 // Name returns the service name.
 func (s *Service) Name() string { return s.name }
 
+// PoolSize returns the size of the service's token pool as licensed
+// (Unlimited: none), or Unlimited while it is not licensed.
+func (s *Service) PoolSize() int64 {
+	if l := s.lim.Load(); l.Licensed {
+		return l.Tokens
+	}
+	return Unlimited
+}
+
 // Stats returns a snapshot. It takes the service's mutex briefly.
 func (s *Service) Stats() Stats {
 	l := s.lim.Load()

@@ -2,7 +2,6 @@ package meter
 
 import (
 	"cmp"
-	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -109,7 +108,11 @@ type Reserver struct {
 	aheadHead int
 	idleAfter time.Duration   // IdleRelease
 	restored  map[string]bool // services given their saved state
-	writes    int64           // commits to the token log (for the benchmark)
+	// takenBack: services whose allocations the pool did not hold all of
+	// at the last enforceLocked, and pool their pool's size then.
+	takenBack map[string]bool
+	pool      map[string]int64
+	writes    int64 // commits to the token log (for the benchmark)
 	// step counts Steps; lastStep is when the last began.
 	step     uint64
 	lastStep time.Time
@@ -205,7 +208,7 @@ func OpenReserver(eng *admission.Engine, dir string, log *slog.Logger) (*Reserve
 		return nil, fmt.Errorf("cannot keep the token reservations: %w", err)
 	}
 	return &Reserver{eng: eng, dir: dir, log: log, watch: watch, state: state, store: store,
-		rate: map[poolKey]rateSample{}, active: map[poolKey]struct{}{}, restored: map[string]bool{},
+		rate: map[poolKey]rateSample{}, active: map[poolKey]struct{}{}, restored: map[string]bool{}, takenBack: map[string]bool{}, pool: map[string]int64{},
 		idleAfter: IdleRelease}, nil
 }
 
@@ -229,21 +232,7 @@ func (r *Reserver) restoreLocked(s *admission.Service) {
 	if !ok {
 		return
 	}
-	// In the order they were made, as fitLocked keeps them: a pool that
-	// cannot hold them all (a smaller licence since) keeps the same ones
-	// on every member.
-	for _, acct := range slices.SortedFunc(maps.Keys(st.Accounts), func(x, y string) int {
-		return madeOrder(st.Accounts[x].At, x, st.Accounts[y].At, y)
-	}) {
-		a := st.Accounts[acct]
-		ov, err := admission.ParseOverage(a.Overage)
-		if err == nil {
-			err = r.eng.SetAccount(s.Name(), acct, a.Tokens, ov)
-		}
-		if err != nil {
-			r.log.Error("cannot restore an account allocation", "service", s.Name(), "account", acct, "err", err)
-		}
-	}
+	r.enforceLocked(s.Name())
 	for acct, p := range st.Pools {
 		s.Restore(acct, p.Reserved, p.Base, st.PeriodID)
 		s.Reserve(acct, p.Reserved, 0)
@@ -258,6 +247,22 @@ func (r *Reserver) SetAccount(service, account string, a admission.Allocation) e
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if s := r.eng.Service(service); s != nil && r.takenBack[service] {
+		// Some allocations are taken back: this one, the latest, is
+		// given what the pool holds after all those made before it
+		// (which this one's old allocation may have kept out).
+		accounts := maps.Clone(r.service(service).Accounts)
+		accounts[account] = a
+		if _, taken := enforced(s.PoolSize(), accounts); slices.Contains(taken, account) {
+			return fmt.Errorf("cannot allocate %d tokens to account %q: the service's pool does not hold them after the allocations made before: %w",
+				a.Tokens, account, admission.ErrOverAllocated)
+		}
+		if err := r.keepLocked(service, account, a, ov); err != nil {
+			return err
+		}
+		r.enforceLocked(service)
+		return nil
+	}
 	if err := r.eng.SetAccount(service, account, a.Tokens, ov); err != nil {
 		return err
 	}
@@ -300,18 +305,69 @@ func (r *Reserver) Apply(service, account string, a admission.Allocation) error 
 	if cur, ok := r.service(service).Accounts[account]; ok && cur.At >= a.At {
 		return nil
 	}
-	if r.eng.Service(service) != nil {
-		err := r.eng.SetAccount(service, account, a.Tokens, ov)
-		if errors.Is(err, admission.ErrOverAllocated) {
-			a, ov, err = r.fitLocked(service, account, a, ov)
-		}
-		if err != nil {
-			return err
-		}
-	} else {
+	if r.eng.Service(service) == nil {
 		r.restored[service] = false
+		return r.keepLocked(service, account, a, ov)
 	}
-	return r.keepLocked(service, account, a, ov)
+	// Kept as made (the latest of an account wins on every member); what
+	// the engine enforces of them is every member's alike (enforceLocked),
+	// recomputed only when they may not all fit.
+	fits := !r.takenBack[service] && r.eng.SetAccount(service, account, a.Tokens, ov) == nil
+	if err := r.keepLocked(service, account, a, ov); err != nil {
+		return err
+	}
+	if !fits {
+		r.enforceLocked(service)
+	}
+	return nil
+}
+
+// enforceLocked gives the engine a service's allocations as every member
+// does, whichever order it heard of them in: in the order they were made
+// (madeOrder), each whole while the pool holds it, and a first one that
+// does not fit (two allocations made at once on two members, each checked
+// against its own, or a licence that shrank) as nothing: no tokens, no
+// overage. The allocations themselves stay as made; one taken back comes
+// back whole once the pool holds it.
+func (r *Reserver) enforceLocked(service string) {
+	s := r.eng.Service(service)
+	if s == nil {
+		return
+	}
+	pool := s.PoolSize()
+	set, taken := enforced(pool, r.service(service).Accounts)
+	for _, name := range taken {
+		a := r.service(service).Accounts[name]
+		r.log.Warn("an account allocation the service's pool cannot hold beside those made before it is taken back to nothing",
+			"service", service, "account", name, "tokens", a.Tokens, "pool", pool)
+	}
+	r.takenBack[service], r.pool[service] = len(taken) > 0, pool
+	if err := r.eng.SetAccounts(service, set); err != nil {
+		r.log.Error("cannot give the engine a service's account allocations", "service", service, "err", err)
+	}
+}
+
+// enforced returns what a pool of pool tokens gives each of accounts
+// (enforceLocked), and the accounts it takes back.
+func enforced(pool int64, accounts map[string]admission.Allocation) (set []admission.AccountSetting, taken []string) {
+	left := pool
+	set = make([]admission.AccountSetting, 0, len(accounts))
+	for _, name := range slices.SortedFunc(maps.Keys(accounts), func(x, y string) int {
+		return madeOrder(accounts[x].At, x, accounts[y].At, y)
+	}) {
+		a := accounts[name]
+		ov, err := admission.ParseOverage(a.Overage)
+		if err != nil || left != admission.Unlimited && a.Tokens > left {
+			taken = append(taken, name)
+			set = append(set, admission.AccountSetting{Account: name})
+			continue
+		}
+		if left != admission.Unlimited {
+			left -= a.Tokens
+		}
+		set = append(set, admission.AccountSetting{Account: name, Tokens: a.Tokens, Overage: ov})
+	}
+	return set, taken
 }
 
 // madeOrder orders allocations as they were made: by instant, then by
@@ -321,64 +377,6 @@ func madeOrder(atX int64, x string, atY int64, y string) int {
 		return c
 	}
 	return strings.Compare(x, y)
-}
-
-// fitLocked settles an allocation from a member that the service's pool
-// cannot hold beside this node's: two made at once on two members, each
-// checked against its own. Every member keeps them in the order they were
-// made (At, then the account's name) while the pool holds them, and takes
-// back to nothing (no tokens, no overage) the first that does not fit:
-// the allocations made after a are let go, a is given to the engine, and
-// they are given again in their order, each kept if it fits. It returns
-// what to keep of a: itself, or nothing if even alone after the ones
-// before it the pool cannot hold it. So the members agree, whichever
-// heard of which first (an allocation taken back is kept as one of nothing
-// at its instant, which an older one does not replace).
-func (r *Reserver) fitLocked(service, account string, a admission.Allocation, ov admission.Overage) (admission.Allocation, admission.Overage, error) {
-	type held struct {
-		name string
-		a    admission.Allocation
-	}
-	var later []held
-	for name, x := range r.service(service).Accounts {
-		if name != account && madeOrder(x.At, name, a.At, account) > 0 {
-			later = append(later, held{name, x})
-		}
-	}
-	slices.SortFunc(later, func(x, y held) int { return madeOrder(x.a.At, x.name, y.a.At, y.name) })
-	for _, l := range later {
-		if err := r.eng.SetAccount(service, l.name, 0, admission.Overage{}); err != nil {
-			return a, ov, err
-		}
-	}
-	nothing := admission.Allocation{Overage: admission.Overage{}.String(), At: a.At}
-	err := r.eng.SetAccount(service, account, a.Tokens, ov)
-	if errors.Is(err, admission.ErrOverAllocated) {
-		r.log.Warn("an account allocation from a member does not fit beside those made before it: taken back to nothing",
-			"service", service, "account", account, "tokens", a.Tokens, "err", err)
-		a, ov, err = nothing, admission.Overage{}, r.eng.SetAccount(service, account, 0, admission.Overage{})
-	}
-	if err != nil {
-		return a, ov, err
-	}
-	for _, l := range later {
-		lov, perr := admission.ParseOverage(l.a.Overage)
-		if perr == nil {
-			perr = r.eng.SetAccount(service, l.name, l.a.Tokens, lov)
-		}
-		if perr == nil {
-			continue
-		}
-		r.log.Warn("an account allocation does not fit beside one made before it on another member: taken back to nothing",
-			"service", service, "account", l.name, "tokens", l.a.Tokens, "err", perr)
-		if err := r.eng.SetAccount(service, l.name, 0, admission.Overage{}); err != nil {
-			return a, ov, err
-		}
-		if err := r.keepLocked(service, l.name, admission.Allocation{Overage: nothing.Overage, At: l.a.At}, admission.Overage{}); err != nil {
-			return a, ov, err
-		}
-	}
-	return a, ov, nil
 }
 
 // Allocations returns every allocation, by service and account.
@@ -508,6 +506,8 @@ func (r *Reserver) stepLocked(now time.Time) (err error) {
 	for _, s := range r.services {
 		if !r.restored[s.Name()] {
 			r.restoreLocked(s)
+		} else if r.pool[s.Name()] != s.PoolSize() && len(r.service(s.Name()).Accounts) > 0 {
+			r.enforceLocked(s.Name()) // a licence changed the pool's size
 		}
 		r.changed = s.ChangedPools(r.watch, r.changed[:0])
 		for _, p := range r.changed {
