@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -203,4 +204,87 @@ func TestBadConfigStopsStartup(t *testing.T) {
 	f("unreadable", []string{"--config", filepath.Join(dir, "missing.yaml")}, "", "missing.yaml")
 	f("bad flag value", []string{"--dev", "--max-caps", "lots"}, "", "max-caps")
 	f("no token outside dev", []string{"--resp-addr", "127.0.0.1:1", "--gossip-insecure"}, "", "admin.token_file")
+}
+
+// exitLine runs capsgate with args, wants it to exit with code, and
+// returns the last line it wrote.
+func exitLine(t *testing.T, code int, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(binary, args...).CombinedOutput()
+	var ee *exec.ExitError
+	require.ErrorAs(t, err, &ee, "%s", out)
+	require.Equal(t, code, ee.ExitCode(), "%s", out)
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	return lines[len(lines)-1]
+}
+
+// --dev is a node with no config file (SPEC): with --config it would run
+// a production file without its admin token, on its listeners and in its
+// data dir; it is refused in one line, exit 2, before anything is written.
+func TestDevRefusesConfigFile(t *testing.T) {
+	dir := t.TempDir()
+	token := filepath.Join(dir, "admin.token")
+	require.NoError(t, os.WriteFile(token, []byte("s3cret\n"), 0o600))
+	data := filepath.Join(dir, "data")
+	base := filepath.Join(dir, "base.yaml")
+	require.NoError(t, os.WriteFile(base, []byte("data_dir: "+data+"\nresp:\n  addr: "+farm.FreeAddr(t)+
+		"\nadmin:\n  addr: "+farm.FreeAddr(t)+"\n  token_file: "+token+"\ngossip:\n  addr: "+farm.FreeAddr(t)+
+		"\n  insecure: true\n"), 0o600))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second) // were it accepted, it would run
+	defer cancel()
+	out, err := exec.CommandContext(ctx, binary, "--config", base, "--dev").CombinedOutput()
+	var ee *exec.ExitError
+	require.ErrorAs(t, err, &ee, "%s", out)
+	require.Equal(t, 2, ee.ExitCode())
+	require.Equal(t, "capsgate: invalid command line: --dev cannot be combined with --config: --dev runs a node with no config file; give its settings as flags (see capsgate --help)\n", string(out))
+	require.NoDirExists(t, data)
+}
+
+// In --dev the flags still apply (SPEC): --admin-token-file makes the
+// admin API require that token; /metrics, /healthz and /readyz need none.
+func TestDevHonoursAdminTokenFile(t *testing.T) {
+	token := filepath.Join(t.TempDir(), "admin.token")
+	require.NoError(t, os.WriteFile(token, []byte("s3cret\n"), 0o600))
+	p := startDev(t, "--admin-token-file", token)
+	f := func(path, auth string, want int) {
+		t.Helper()
+		req, err := http.NewRequest("GET", "http://"+p.admin+path, nil)
+		require.NoError(t, err)
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		require.Equal(t, want, resp.StatusCode, "%s %q", path, auth)
+	}
+	f("/v1/licenses", "", http.StatusUnauthorized)
+	f("/v1/licenses", "Bearer wrong", http.StatusUnauthorized)
+	f("/v1/licenses", "Bearer s3cret", http.StatusOK)
+	f("/metrics", "", http.StatusOK)
+	f("/healthz", "", http.StatusOK)
+	require.Eventually(t, func() bool { return strings.Contains(p.out.String(), "(bearer token of "+token+")") }, 5*time.Second, 10*time.Millisecond)
+}
+
+// A listener's address in use stops start-up (exit 1) with the cause,
+// for the RESP front end as for the admin API and gossip.
+func TestListenerAddressInUse(t *testing.T) {
+	dir := t.TempDir()
+	token := filepath.Join(dir, "admin.token")
+	require.NoError(t, os.WriteFile(token, []byte("s3cret\n"), 0o600))
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer taken.Close()
+	busy := taken.Addr().String()
+	f := func(flag, want string) {
+		t.Helper()
+		args := map[string]string{"--resp-addr": farm.FreeAddr(t), "--admin-addr": farm.FreeAddr(t), "--gossip-addr": farm.FreeAddr(t)}
+		args[flag] = busy
+		line := exitLine(t, 1, "--resp-addr", args["--resp-addr"], "--admin-addr", args["--admin-addr"], "--gossip-addr", args["--gossip-addr"],
+			"--admin-token-file", token, "--gossip-insecure", "--data-dir", filepath.Join(dir, "data"))
+		require.Equal(t, want, line)
+	}
+	f("--resp-addr", "capsgate: cannot listen for RESP on "+busy+" (resp.addr, --resp-addr): listen tcp "+busy+": bind: address already in use")
+	f("--admin-addr", "capsgate: cannot listen for the admin API on "+busy+" (admin.addr, --admin-addr): listen tcp "+busy+": bind: address already in use")
+	f("--gossip-addr", "capsgate: cannot start gossip on "+busy+" (gossip.addr, --gossip-addr): could not set up network transport: failed to obtain an address: failed to start TCP listener on \"127.0.0.1\" port "+busy[len("127.0.0.1:"):]+": listen tcp "+busy+": bind: address already in use")
 }

@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/http/pprof"
+	"strconv"
 	"strings"
 	"time"
 
@@ -69,9 +71,7 @@ func (n *Node) adminHandler(token string) http.Handler {
 	api.HandleFunc("GET /v1/ledger/key", n.getLedgerKey)
 	api.HandleFunc("GET /v1/usage", n.getUsage)
 	api.HandleFunc("GET /v1/usage/export", n.getUsageExport)
-	api.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, "not_found", "no such endpoint: "+r.Method+" "+r.URL.Path)
-	})
+	api.Handle("/v1/", unrouted(api, "/v1/"))
 	mux.Handle("/v1/", requireToken(token, api))
 	// Go's profiler, for capacity work (capsbench compare fetches a CPU
 	// profile while it measures); behind the token like the API.
@@ -82,21 +82,50 @@ func (n *Node) adminHandler(token string) http.Handler {
 	prof.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	prof.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
 	mux.Handle("/debug/pprof/", requireToken(token, prof))
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, "not_found", "no such endpoint: "+r.Method+" "+r.URL.Path)
-	})
+	mux.Handle("/", unrouted(mux, "/"))
 	return mux
 }
 
-// requireToken checks the bearer token in constant time.
+// routedMethods are the methods unrouted tries a path with: every method
+// the admin API serves (HEAD with each GET).
+var routedMethods = []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodDelete}
+
+// unrouted answers what no other pattern of mux takes, mux's catch-all
+// pattern being fallback: 405 with an Allow header when other methods are
+// served at that path, else 404; both as API errors. (ServeMux's own 405
+// is plain text, and a catch-all pattern hides it.)
+func unrouted(mux *http.ServeMux, fallback string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var allow []string
+		for _, m := range routedMethods {
+			probe := r.WithContext(r.Context())
+			probe.Method = m
+			if _, pattern := mux.Handler(probe); pattern != fallback {
+				allow = append(allow, m)
+			}
+		}
+		if len(allow) == 0 {
+			writeError(w, http.StatusNotFound, "not_found", "no such endpoint: "+r.Method+" "+r.URL.Path)
+			return
+		}
+		list := strings.Join(allow, ", ")
+		w.Header().Set("Allow", list)
+		writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", r.Method+" is not allowed on "+r.URL.Path+"; allowed: "+list)
+	})
+}
+
+// requireToken checks the bearer token in constant time. The scheme is
+// case-insensitive, and spaces may separate it from the token (RFC 9110
+// §11.1, §11.4).
 func requireToken(token string, next http.Handler) http.Handler {
 	if token == "" {
 		return next
 	}
-	want := []byte("Bearer " + token)
+	want := []byte(token)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got := []byte(r.Header.Get("Authorization"))
-		if subtle.ConstantTimeCompare(got, want) != 1 {
+		scheme, got, _ := strings.Cut(r.Header.Get("Authorization"), " ")
+		got = strings.TrimLeft(got, " ")
+		if !strings.EqualFold(scheme, "Bearer") || subtle.ConstantTimeCompare([]byte(got), want) != 1 {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="capsgate"`)
 			writeError(w, http.StatusUnauthorized, "unauthorized", "a valid bearer token is required (admin.token_file)")
 			return
@@ -239,15 +268,36 @@ type ServiceView struct {
 
 // LimitsView shows a service's effective limits; -1 means unlimited.
 type LimitsView struct {
-	CAPS             float64 `json:"caps"`
-	CAPSShare        float64 `json:"caps_share"`
-	Burst            int64   `json:"burst"`
-	Sessions         int64   `json:"sessions"`
-	Subscribers      int64   `json:"subscribers"`
-	Tokens           int64   `json:"tokens"`
-	TokensPerAttempt int64   `json:"tokens_per_attempt"`
-	TokensPerMinute  int64   `json:"tokens_per_minute"`
-	Overage          string  `json:"overage"`
+	CAPS             Rate   `json:"caps"`
+	CAPSShare        Rate   `json:"caps_share"`
+	Burst            int64  `json:"burst"`
+	Sessions         int64  `json:"sessions"`
+	Subscribers      int64  `json:"subscribers"`
+	Tokens           int64  `json:"tokens"`
+	TokensPerAttempt int64  `json:"tokens_per_attempt"`
+	TokensPerMinute  int64  `json:"tokens_per_minute"`
+	Overage          string `json:"overage"`
+}
+
+// Rate is a CAPS limit in the admin API's JSON: a float64 (the engine's
+// CAPS) whose integral values are written as exact integers. A sum of
+// licences past the int64 range saturates at math.MaxInt64
+// (admission.Limits), which as a float64 is 2^63; encoding/json would
+// write it as 9223372036854776000, a number no licence holds and no
+// int64 reader takes, so Rate writes the limit it stands for,
+// 9223372036854775807. Fractions are written as encoding/json does.
+type Rate float64
+
+// MarshalJSON implements json.Marshaler.
+func (r Rate) MarshalJSON() ([]byte, error) {
+	f := float64(r)
+	switch {
+	case f >= math.MaxInt64: // float64(math.MaxInt64) is 2^63
+		return strconv.AppendInt(nil, math.MaxInt64, 10), nil
+	case f == math.Trunc(f) && f >= math.MinInt64:
+		return strconv.AppendInt(nil, int64(f), 10), nil
+	}
+	return json.Marshal(f)
 }
 
 // UsageView is this node's usage of a service.
@@ -296,7 +346,7 @@ func (n *Node) serviceView(st admission.Stats) ServiceView {
 	}
 	v := ServiceView{
 		Service: st.Name, Licensed: l.Licensed, State: state, Licenses: n.reg.ForService(st.Name),
-		Limits: LimitsView{CAPS: licensed, CAPSShare: l.CAPS, Burst: st.Burst, Sessions: l.Sessions,
+		Limits: LimitsView{CAPS: Rate(licensed), CAPSShare: Rate(l.CAPS), Burst: st.Burst, Sessions: l.Sessions,
 			Subscribers: l.Subscribers, Tokens: l.Tokens, TokensPerAttempt: l.TokensPerAttempt,
 			TokensPerMinute: l.TokensPerMinute, Overage: l.Overage.String()},
 		Node: UsageView{UsedCAPS: st.UsedCAPS, Sessions: st.Sessions, EmergencySessions: st.EmergencySessions,

@@ -30,8 +30,10 @@ const (
 // DefaultConfig or Load, change what you need and call Validate.
 type Config struct {
 	// Dev is set by --dev: a single node with no config file, listening on
-	// loopback, with an unauthenticated admin API and a demo licence. It
-	// has no key in the file so a production file can never turn it on.
+	// loopback, with a demo licence and an admin API that needs no token
+	// unless --admin-token-file is given. It has no key in the file, and
+	// --dev cannot be combined with --config, so a production file can
+	// never turn it on.
 	Dev bool `yaml:"-"`
 
 	// NodeName names this node in the cluster, in logs and in metrics. It
@@ -168,7 +170,8 @@ type AdminConfig struct {
 	// line). /healthz, /readyz and /metrics need no token.
 	//
 	// Default: none, and required outside --dev: the admin API must not run
-	// unauthenticated. In --dev the admin API needs no token.
+	// unauthenticated. In --dev it is optional: without it the admin API
+	// needs no token, with it (--admin-token-file) the token is required.
 	TokenFile string `yaml:"token_file"`
 
 	// TLSCertFile and TLSKeyFile name a PEM certificate (chain) and its

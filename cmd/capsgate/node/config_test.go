@@ -394,14 +394,21 @@ func TestDev(t *testing.T) {
 	require.Equal(t, 5000.0, c.Node.MaxCAPS)
 	require.Equal(t, []string{"127.0.0.1:7946"}, c.Join)
 
-	// A file applies over the dev defaults, and flags over the file.
+	// --dev takes no config file: a production file's token, addresses
+	// and data dir would be run with --dev's relaxations.
 	path := writeTestFile(t, data, "dev.yaml", "node_name: \"\"\nresp: {addr: \"127.0.0.1:7100\"}\nadmin: {addr: \"127.0.0.1:7101\"}\n")
-	c, err = Load([]string{"--dev", "--config", path, "--admin-addr", "127.0.0.1:7201", "--data-dir", data}, nil)
+	for _, args := range [][]string{{"--dev", "--config", path}, {"--config", path, "--dev", "--admin-addr", "127.0.0.1:7201"}} {
+		_, err = Load(args, nil)
+		requireOneLine(t, err, "invalid command line: --dev cannot be combined with --config: --dev runs a node with no config file; give its settings as flags (see capsgate --help)")
+	}
+
+	// An explicit --admin-token-file is kept in --dev (Start then
+	// requires the token).
+	token := writeTestFile(t, data, "admin.token", "s3cret\n")
+	c, err = Load([]string{"--dev", "--data-dir", data, "--admin-token-file", token}, nil)
 	require.NoError(t, err)
-	require.Equal(t, "dev", c.NodeName, "empty means the default, which is dev in --dev")
-	require.Equal(t, "127.0.0.1:7100", c.RESP.Addr)
-	require.Equal(t, "127.0.0.1:7201", c.Admin.Addr)
-	require.Equal(t, "127.0.0.1:7946", c.Gossip.Addr)
+	require.True(t, c.Dev)
+	require.Equal(t, token, c.Admin.TokenFile)
 
 	// Files named are still checked in --dev.
 	_, err = Load([]string{"--dev", "--admin-token-file", data + "/missing"}, nil)
@@ -720,11 +727,9 @@ func TestExampleConfig(t *testing.T) {
 	want.Throttle.Allow = []string{}
 	require.Equal(t, want, c, "the example's values are the defaults")
 
-	// The example works for --dev too.
-	c, err = Load([]string{"--dev", "--config", writeTestFile(t, dir, "capsgate.yaml", s)}, nil)
-	require.NoError(t, err)
-	require.Equal(t, "dev", c.NodeName)
-	require.Equal(t, ":6390", c.RESP.Addr, "the file's addresses win over --dev's")
+	// --dev refuses the example like any file.
+	_, err = Load([]string{"--dev", "--config", writeTestFile(t, dir, "capsgate.yaml", s)}, nil)
+	require.ErrorContains(t, err, "--dev cannot be combined with --config")
 }
 
 func TestDuration(t *testing.T) {

@@ -13,15 +13,19 @@ func PrintDevBanner(w io.Writer, cfg Config, n *Node) {
 	if host == "" || host == "0.0.0.0" || host == "::" {
 		host = "127.0.0.1"
 	}
+	auth := "no token needed in --dev"
+	if cfg.Admin.TokenFile != "" {
+		auth = "bearer token of " + cfg.Admin.TokenFile
+	}
 	fmt.Fprintf(w, `capsgate --dev: node %q, data in %s
   service %q licensed for 1000 CAPS, 500 sessions, 10000 subscribers, 1000000 tokens
-  RESP   %s      admin %s (no token needed in --dev)
+  RESP   %s      admin %s (%s)
   licences you issue with %s/%s are trusted here
 try:
   redis-cli -h %s -p %s ADMIT %s
   redis-cli -h %s -p %s QUOTA %s
   curl -s http://%s/metrics | grep capsgate_admissions_total
-`, cfg.NodeName, cfg.DataDir, DevService, n.RESPAddr(), n.AdminAddr(), cfg.DataDir, DevVendorKeyFile,
+`, cfg.NodeName, cfg.DataDir, DevService, n.RESPAddr(), n.AdminAddr(), auth, cfg.DataDir, DevVendorKeyFile,
 		host, port, DevService, host, port, DevService, n.AdminAddr())
 }
 

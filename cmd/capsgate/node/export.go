@@ -8,7 +8,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/capsgate/capsgate/admission/names"
 	"github.com/capsgate/capsgate/licensing/ledger"
 	"github.com/capsgate/capsgate/licensing/usageevents"
 )
@@ -58,9 +57,8 @@ func (n *Node) getUsageExport(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "invalid_range", err.Error())
 		return
 	}
-	service := q.Get("service")
-	if service != "" && !names.Valid([]byte(service)) {
-		writeError(w, http.StatusBadRequest, "invalid_service", fmt.Sprintf("invalid service name %q: want [A-Za-z0-9._:-]{1,64}", service))
+	service, ok := queryName(w, r, "service")
+	if !ok {
 		return
 	}
 	after, err := queryUint(q.Get("after"), 0, 0, ^uint64(0))

@@ -248,11 +248,13 @@ func (f *flagValue) apply(c *Config) {
 
 // Load builds the configuration from the command line: args are the
 // arguments without the program name. It parses the flags (package flag,
-// so -x and --x both work), reads the --config file over the defaults
-// (--dev's defaults with --dev), applies every flag given on the command
-// line over the file, creates --dev's temporary data directory if needed,
-// and validates. Every error is one line naming the key, flag or file at
-// fault. -h or --help writes the usage to usage and returns flag.ErrHelp.
+// so -x and --x both work), starts from the defaults (--dev's with
+// --dev), reads the --config file over them (--dev with --config is
+// refused: a production file must not be run with --dev's relaxations),
+// applies every flag given on the command line, creates --dev's temporary
+// data directory if needed, and validates. Every error is one line naming
+// the key, flag or file at fault. -h or --help writes the usage to usage
+// and returns flag.ErrHelp.
 func Load(args []string, usage io.Writer) (Config, error) {
 	if usage == nil {
 		usage = io.Discard
@@ -292,6 +294,11 @@ func Load(args []string, usage io.Writer) (Config, error) {
 		return Config{}, fmt.Errorf("unexpected argument %q: capsgate takes only flags (see capsgate --help)", fs.Arg(0))
 	}
 
+	if *dev && *configPath != "" {
+		// --dev would turn off what a production file sets up (the admin
+		// token, loopback-only listeners, the data dir's licences).
+		return Config{}, errors.New("invalid command line: --dev cannot be combined with --config: --dev runs a node with no config file; give its settings as flags (see capsgate --help)")
+	}
 	cfg := DefaultConfig()
 	if *dev {
 		cfg = devConfig()
@@ -342,9 +349,10 @@ example). -flag and --flag are the same.
   --config FILE
         YAML config file; without it, every key has its default
   --dev
-        a single loopback node with no config file, a demo licence and an
-        admin API needing no token; data in a temporary directory unless
-        --data-dir is given
+        a single loopback node with no config file (it cannot be combined
+        with --config), a demo licence and an admin API needing no token
+        unless --admin-token-file is given; data in a temporary directory
+        unless --data-dir is given; the other flags apply as usual
 `)
 	def := DefaultConfig()
 	for _, o := range options {

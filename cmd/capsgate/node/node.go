@@ -260,7 +260,7 @@ func (n *Node) AdminAddr() string { return n.adminLn.Addr().String() }
 func (n *Node) Start() error {
 	// Read every secret before opening anything.
 	token := ""
-	if !n.cfg.Dev && n.cfg.Admin.TokenFile != "" {
+	if n.cfg.Admin.TokenFile != "" { // --dev too: its flags apply
 		var err error
 		if token, err = ReadSecretFile("admin.token_file", n.cfg.Admin.TokenFile); err != nil {
 			return err
@@ -316,6 +316,9 @@ func (n *Node) Start() error {
 	n.handler.SetRouter(n.cluster)
 	n.handler.SetThrottleRouter(n.cluster)
 	err = n.resp.Start()
+	if err != nil {
+		err = respListenError(n.cfg.RESP.Addr, err)
+	}
 	if err == nil {
 		err = n.cluster.Start()
 	}
@@ -356,6 +359,20 @@ func (n *Node) Start() error {
 	n.log.Info("capsgate started", "node", n.cfg.NodeName, "cluster", n.cfg.ClusterID,
 		"resp", n.RESPAddr(), "admin", n.AdminAddr(), "data_dir", n.cfg.DataDir, "dev", n.cfg.Dev)
 	return nil
+}
+
+// respListenError explains why the RESP front end did not start. gnet
+// reports an address in use as "setsockopt: bad file descriptor", so the
+// address is bound once with package net, whose error names the cause as
+// the admin API's and gossip's do ("bind: address already in use",
+// "bind: permission denied"); if that bind succeeds, err is the cause.
+func respListenError(addr string, err error) error {
+	ln, lerr := net.Listen("tcp", addr)
+	if lerr != nil {
+		return fmt.Errorf("cannot listen for RESP on %s (resp.addr, --resp-addr): %w", addr, lerr)
+	}
+	_ = ln.Close()
+	return err
 }
 
 // verifyLedgerHistory verifies the ledger's segments before the last,
@@ -434,8 +451,15 @@ func (n *Node) Stop(ctx context.Context) error {
 		close(n.stop)
 		n.wg.Wait()
 		if n.cluster != nil {
+			// Leaving is a courtesy to the members that stay: what the
+			// node owes (ledger, journal, reservations) is flushed below
+			// either way. Its one failure, memberlist's leave notice
+			// finding no member to carry it (every other one stopping at
+			// the same time, or gone), is what the others make of a
+			// silent member anyway, so it is a warning and the drain
+			// still succeeds (SIGTERM exits 0).
 			if err := n.cluster.Stop(); err != nil {
-				errs = append(errs, fmt.Errorf("cannot leave the cluster: %w", err))
+				n.log.Warn("left the cluster without the members hearing of it; they will find this node gone", "err", err)
 			}
 		}
 		if err := n.meter.Flush(time.Now()); err != nil {

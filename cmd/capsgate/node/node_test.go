@@ -116,7 +116,7 @@ func TestDevNodeAdminAPI(t *testing.T) {
 	var v ServiceView
 	require.NoError(t, json.Unmarshal([]byte(body), &v))
 	require.Equal(t, "demo", v.Service)
-	require.Equal(t, 1000.0, v.Limits.CAPS)
+	require.Equal(t, Rate(1000), v.Limits.CAPS)
 	require.Equal(t, int64(100), v.Limits.Burst)
 	require.Equal(t, uint64(ok), v.Node.Admissions["OK"])
 	code, body = get(t, base+"/v1/services/nosuch", "")

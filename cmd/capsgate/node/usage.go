@@ -164,7 +164,22 @@ func decodeAccount(body []byte) (AccountBody, error) {
 // pathName returns the {key} of the request's path if it is a valid name
 // (names.Valid); else it answers 400 and returns false.
 func pathName(w http.ResponseWriter, r *http.Request, key string) (string, bool) {
-	v := r.PathValue(key)
+	return validName(w, key, r.PathValue(key))
+}
+
+// queryName returns the ?key= of the request: "" when absent, else a
+// valid name (names.Valid); else it answers 400 and returns false.
+func queryName(w http.ResponseWriter, r *http.Request, key string) (string, bool) {
+	v := r.URL.Query().Get(key)
+	if v == "" {
+		return "", true
+	}
+	return validName(w, key, v)
+}
+
+// validName returns v if it is a valid name; else it answers 400
+// invalid_<key> and returns false.
+func validName(w http.ResponseWriter, key, v string) (string, bool) {
 	if !names.Valid([]byte(v)) {
 		writeError(w, http.StatusBadRequest, "invalid_"+key, fmt.Sprintf("invalid %s name %q: want [A-Za-z0-9._:-]{1,64}, not . or ..", key, v))
 		return "", false
@@ -216,7 +231,10 @@ func (n *Node) getUsage(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	service := r.URL.Query().Get("service")
+	service, ok := queryName(w, r, "service")
+	if !ok {
+		return
+	}
 	rows := map[[4]string]*UsageRow{}
 	err = n.ledger.Read(from, to, func(_ []byte, rec *ledger.Record) error {
 		u := rec.Usage

@@ -74,7 +74,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprint(stdout, usage)
 			return 0
 		}
-		fmt.Fprintln(stderr, "capsctl:", err)
+		fmt.Fprintln(stderr, "capsctl:", usageError{flagMessage(err)})
 		return 2
 	}
 	c := &client{in: os.Stdin, base: strings.TrimRight(*addr, "/"), http: &http.Client{Timeout: *timeout}, json: *asJSON, out: stdout}
@@ -117,6 +117,50 @@ type usageError struct{ msg string }
 
 func (e usageError) Error() string { return e.msg + " (capsctl --help)" }
 
+// newFlags returns the flag set of a command (name as typed, e.g.
+// "accounts set"); parseFlags reports its errors.
+func newFlags(name string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	return fs
+}
+
+// parseFlags parses a command's flags from args, which must hold nothing
+// else: a flag the command does not have, or a word left over, is a usage
+// error naming it, as capslicense's are.
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		return usageError{fs.Name() + ": " + flagMessage(err)}
+	}
+	return noMore(fs.Name(), fs.Args(), 0)
+}
+
+// noMore refuses args beyond the first n of a command.
+func noMore(command string, args []string, n int) error {
+	if len(args) > n {
+		return usageError{fmt.Sprintf("%s: unexpected argument %q", command, args[n])}
+	}
+	return nil
+}
+
+// flagMessage is package flag's error in capsctl's words: flags written
+// --name, as the usage shows them.
+func flagMessage(err error) string {
+	msg := err.Error()
+	for _, r := range [][2]string{
+		{"flag provided but not defined: -", "unknown flag --"},
+		{"flag needs an argument: -", "a value is missing after --"},
+	} {
+		if rest, ok := strings.CutPrefix(msg, r[0]); ok {
+			return r[1] + strings.TrimPrefix(rest, "-")
+		}
+	}
+	if before, after, ok := strings.Cut(msg, " for flag -"); ok {
+		return before + " for --" + strings.TrimPrefix(after, "-")
+	}
+	return msg
+}
+
 func envOr(k, def string) string {
 	if v := os.Getenv(k); v != "" {
 		return v
@@ -141,34 +185,23 @@ func (c *client) run(args []string) error {
 	}
 	switch args[0] {
 	case "status":
-		switch len(args) {
-		case 1:
+		if err := noMore("status", args[1:], 1); err != nil {
+			return err
+		}
+		if len(args) == 1 {
 			return c.show("GET", "/v1/services", nil)
-		case 2:
-			service, err := pathName("service", args[1])
-			if err != nil {
-				return err
-			}
-			return c.show("GET", "/v1/services/"+service, nil)
 		}
-		return usageError{"status takes at most one service"}
+		service, err := pathName("service", args[1])
+		if err != nil {
+			return err
+		}
+		return c.show("GET", "/v1/services/"+service, nil)
 	case "license":
-		if len(args) >= 2 {
-			switch {
-			case args[1] == "add" && len(args) == 3:
-				body, err := readFileOrStdin(args[2], c.in)
-				if err != nil {
-					return fmt.Errorf("cannot read licence file: %w", err)
-				}
-				return c.addLicense(body)
-			case args[1] == "list" && len(args) == 2:
-				return c.licenseTable()
-			case args[1] == "show" && len(args) == 3:
-				return c.show("GET", "/v1/licenses/"+url.PathEscape(args[2]), nil)
-			}
-		}
-		return usageError{"want: license add FILE | license list | license show ID"}
+		return c.license(args[1:])
 	case "cluster":
+		if err := noMore("cluster", args[1:], 0); err != nil {
+			return err
+		}
 		return c.clusterTable()
 	case "accounts":
 		return c.accounts(args[1:])
@@ -183,8 +216,36 @@ func (c *client) run(args []string) error {
 	return usageError{fmt.Sprintf("unknown command %q", args[0])}
 }
 
+// license adds, lists and shows licences.
+func (c *client) license(args []string) error {
+	const want = "want: license add FILE | license list | license show ID"
+	switch {
+	case len(args) == 1 && args[0] == "list":
+		return c.licenseTable()
+	case len(args) >= 1 && args[0] == "list":
+		return noMore("license list", args[1:], 0)
+	case len(args) >= 2 && (args[0] == "add" || args[0] == "show"):
+		if err := noMore("license "+args[0], args[1:], 1); err != nil {
+			return err
+		}
+		if args[0] == "show" {
+			return c.show("GET", "/v1/licenses/"+url.PathEscape(args[1]), nil)
+		}
+		body, err := readFileOrStdin(args[1], c.in)
+		if err != nil {
+			return fmt.Errorf("cannot read licence file: %w", err)
+		}
+		return c.addLicense(body)
+	}
+	return usageError{want}
+}
+
 func (c *client) accounts(args []string) error {
-	if len(args) == 2 && args[0] == "list" {
+	const want = "want: accounts set SERVICE ACCOUNT --tokens N [--overage P] | accounts list SERVICE"
+	if len(args) >= 2 && args[0] == "list" {
+		if err := noMore("accounts list", args[1:], 1); err != nil {
+			return err
+		}
 		service, err := pathName("service", args[1])
 		if err != nil {
 			return err
@@ -192,13 +253,15 @@ func (c *client) accounts(args []string) error {
 		return c.show("GET", "/v1/services/"+service+"/accounts", nil)
 	}
 	if len(args) < 3 || args[0] != "set" {
-		return usageError{"want: accounts set SERVICE ACCOUNT --tokens N [--overage P] | accounts list SERVICE"}
+		return usageError{want}
 	}
-	fs := flag.NewFlagSet("accounts set", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
+	fs := newFlags("accounts set")
 	tokens := fs.Int64("tokens", -1, "tokens allocated")
 	overage := fs.String("overage", "none", "overage policy")
-	if err := fs.Parse(args[3:]); err != nil || *tokens < 0 {
+	if err := parseFlags(fs, args[3:]); err != nil {
+		return err
+	}
+	if *tokens < 0 {
 		return usageError{"accounts set needs --tokens N (N >= 0)"}
 	}
 	service, err := pathName("service", args[1])
@@ -225,12 +288,11 @@ func (c *client) limits(args []string) error {
 	}
 	base := "/v1/services/" + service + "/limits"
 	if args[0] == "list" {
-		fs := flag.NewFlagSet("limits list", flag.ContinueOnError)
-		fs.SetOutput(io.Discard)
+		fs := newFlags("limits list")
 		after := fs.String("after", "", "")
 		limit := fs.Int("limit", 0, "")
-		if err := fs.Parse(args[2:]); err != nil || fs.NArg() > 0 {
-			return usageError{want}
+		if err := parseFlags(fs, args[2:]); err != nil {
+			return err
 		}
 		q := url.Values{}
 		if *after != "" {
@@ -251,16 +313,20 @@ func (c *client) limits(args []string) error {
 	if err != nil {
 		return err
 	}
-	switch {
-	case args[0] == "get" && len(args) == 3:
-		return c.show("GET", base+"/"+key, nil)
-	case args[0] == "rm" && len(args) == 3:
+	switch args[0] {
+	case "get", "rm":
+		if err := noMore("limits "+args[0], args[1:], 2); err != nil {
+			return err
+		}
+		if args[0] == "get" {
+			return c.show("GET", base+"/"+key, nil)
+		}
 		return c.show("DELETE", base+"/"+key, nil)
-	case args[0] != "set":
+	case "set": // below
+	default:
 		return usageError{want}
 	}
-	fs := flag.NewFlagSet("limits set", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
+	fs := newFlags("limits set")
 	body := map[string]any{}
 	for _, name := range []string{"caps", "burst", "sessions", "tokens"} {
 		fs.Func(name, "", func(v string) error {
@@ -276,10 +342,10 @@ func (c *client) limits(args []string) error {
 		body["overage"] = v
 		return nil
 	})
-	if err := fs.Parse(args[3:]); err != nil {
-		return usageError{"limits set: " + err.Error()}
+	if err := parseFlags(fs, args[3:]); err != nil {
+		return err
 	}
-	if fs.NArg() > 0 || len(body) == 0 || len(body) == 1 && body["overage"] != nil {
+	if len(body) == 0 || len(body) == 1 && body["overage"] != nil {
 		return usageError{"limits set needs at least one of --caps N, --burst N, --sessions N, --tokens N"}
 	}
 	b, _ := json.Marshal(body)
@@ -297,15 +363,14 @@ func pathName(kind, v string) (string, error) {
 
 // usage prints GET /v1/usage as a table, CSV or the JSON itself.
 func (c *client) usage(args []string) error {
-	fs := flag.NewFlagSet("usage", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
+	fs := newFlags("usage")
 	service := fs.String("service", "", "service")
 	from := fs.String("from", "", "start (RFC 3339)")
 	to := fs.String("to", "", "end (RFC 3339)")
 	step := fs.String("step", "", "window")
 	format := fs.String("format", "table", "table|csv|json")
-	if err := fs.Parse(args); err != nil {
-		return usageError{err.Error()}
+	if err := parseFlags(fs, args); err != nil {
+		return err
 	}
 	if *format != "table" && *format != "csv" && *format != "json" {
 		return usageError{"--format must be table, csv or json"}
@@ -473,10 +538,26 @@ func (c *client) decode(method, path string, body []byte, v any) (printed bool, 
 		_, err = c.out.Write(b)
 		return true, err
 	}
-	if err := json.Unmarshal(b, v); err != nil {
+	if err := unmarshal(b, v); err != nil {
 		return false, fmt.Errorf("cannot read the answer of %s %s: %w", method, path, err)
 	}
 	return false, nil
+}
+
+// unmarshal is json.Unmarshal with the numbers of an interface value
+// kept as json.Number: the API's counters and limits are int64 (a sum of
+// licences reaches 9223372036854775807), which a float64 would print as
+// 9.223372036854776e+18 and round past 2^53.
+func unmarshal(b []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return errors.New("data after the JSON value")
+	}
+	return nil
 }
 
 // do sends a request and returns the body of a 2xx answer, or the server's
@@ -525,7 +606,7 @@ func (c *client) show(method, path string, body []byte) error {
 		return err
 	}
 	var v any
-	if err := json.Unmarshal(b, &v); err != nil {
+	if err := unmarshal(b, &v); err != nil {
 		_, err = c.out.Write(b) // not JSON (e.g. CSV): as is
 		return err
 	}
@@ -555,7 +636,7 @@ func printTable(w io.Writer, prefix string, v any) {
 			printTable(w, join(prefix, fmt.Sprint(i)), e)
 		}
 	default:
-		fmt.Fprintf(w, "%s\t%v\n", prefix, formatValue(x))
+		fmt.Fprintf(w, "%s\t%v\n", prefix, x) // a json.Number as the node wrote it
 	}
 }
 
@@ -564,11 +645,4 @@ func join(a, b string) string {
 		return b
 	}
 	return a + "." + b
-}
-
-func formatValue(v any) string {
-	if f, ok := v.(float64); ok && f == float64(int64(f)) {
-		return fmt.Sprint(int64(f))
-	}
-	return fmt.Sprint(v)
 }

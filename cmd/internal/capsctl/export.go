@@ -5,11 +5,11 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -28,8 +28,7 @@ const maxEventLine = 256 << 10
 // writes the events to --out (whole or not at all: a temporary file
 // renamed at the end) or to stdout.
 func (c *client) usageExport(args []string) error {
-	fs := flag.NewFlagSet("usage export", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
+	fs := newFlags("usage export")
 	format := fs.String("format", "", "cloudevents|cloudevents-batch")
 	service := fs.String("service", "", "service")
 	from := fs.String("from", "", "start (RFC 3339)")
@@ -37,15 +36,17 @@ func (c *client) usageExport(args []string) error {
 	after := fs.Uint64("after", 0, "start after this ledger seq")
 	limit := fs.Uint64("limit", 0, "events per request (default: the node's)")
 	out := fs.String("out", "", "file to write (default: stdout)")
-	if err := fs.Parse(args); err != nil {
-		return usageError{"usage export: " + err.Error()}
-	}
-	if fs.NArg() > 0 {
-		return usageError{fmt.Sprintf("usage export takes no argument %q", fs.Arg(0))}
+	if err := parseFlags(fs, args); err != nil {
+		return err
 	}
 	f, err := usageevents.ParseFormat(*format)
 	if err != nil {
 		return usageError{"usage export: --" + err.Error()}
+	}
+	if *out != "" {
+		if err := checkOut(*out); err != nil {
+			return err
+		}
 	}
 	q := url.Values{"format": {usageevents.NameLines}}
 	for k, v := range map[string]string{"service": *service, "from": *from, "to": *to} {
@@ -104,6 +105,23 @@ func (c *client) usageExport(args []string) error {
 		fmt.Fprintf(c.out, ", up to ledger seq %s (--after %s goes on from there)", seq, seq)
 	}
 	fmt.Fprintln(c.out)
+	return nil
+}
+
+// checkOut refuses an --out that cannot become the export: a directory
+// (the temporary file, made beside --out, would be renamed over it, and
+// for /tmp be made in /), or anything else that is not a regular file
+// (renaming over /dev/stdout would replace the device's name). A path
+// that does not exist yet is fine.
+func checkOut(path string) error {
+	info, err := os.Stat(path)
+	switch {
+	case (err == nil && info.IsDir()) || strings.HasSuffix(path, string(filepath.Separator)):
+		return usageError{fmt.Sprintf("usage export: --out %s is a directory: name the file to write, such as %s",
+			path, filepath.Join(path, "usage.jsonl"))}
+	case err == nil && !info.Mode().IsRegular():
+		return usageError{fmt.Sprintf("usage export: --out %s is not a regular file: name a file to write, or leave --out out for standard output", path)}
+	}
 	return nil
 }
 

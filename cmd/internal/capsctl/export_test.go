@@ -165,3 +165,33 @@ func TestUsageExportFails(t *testing.T) {
 		require.Empty(t, fe.asks)
 	}
 }
+
+// An --out that cannot become the export file is refused in one line,
+// exit 2, before any request: a directory (the temporary file would be
+// made beside it, in its parent, and the rename fail at the end), or
+// anything else that is not a regular file.
+func TestUsageExportOutNotAFile(t *testing.T) {
+	dir := t.TempDir()
+	f := func(out, want string) {
+		t.Helper()
+		fe := &fakeExport{n: 3}
+		code, stdout, stderr := runExport(t, fe, "--format", "cloudevents", "--out", out)
+		require.Equal(t, 2, code, stderr)
+		require.Empty(t, stdout)
+		require.Equal(t, "capsctl: usage export: "+want+" (capsctl --help)\n", stderr)
+		require.Empty(t, fe.asks, "refused before any request")
+	}
+	f(dir, "--out "+dir+" is a directory: name the file to write, such as "+filepath.Join(dir, "usage.jsonl"))
+	f(dir+"/", "--out "+dir+"/ is a directory: name the file to write, such as "+filepath.Join(dir, "usage.jsonl"))
+	f(filepath.Join(dir, "new")+"/", "--out "+filepath.Join(dir, "new")+"/ is a directory: name the file to write, such as "+filepath.Join(dir, "new", "usage.jsonl"))
+	f(os.DevNull, "--out "+os.DevNull+" is not a regular file: name a file to write, or leave --out out for standard output")
+
+	// A file in that directory is written, its temporary file beside it.
+	out := filepath.Join(dir, "usage.jsonl")
+	code, stdout, stderr := runExport(t, &fakeExport{n: 3}, "--format", "cloudevents", "--out", out)
+	require.Equal(t, 0, code, stderr)
+	require.Equal(t, "wrote 3 usage events to "+out+", up to ledger seq 3 (--after 3 goes on from there)\n", stdout)
+	entries, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	require.Len(t, entries, 1)
+}
