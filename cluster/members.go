@@ -225,25 +225,28 @@ type FarmUsage struct {
 	TokensUsed int64 `json:"tokens_used"`
 }
 
-// Usage returns service's usage over the live members (FarmUsage), the
-// tokens of the named accounts' pools included.
-func (c *Cluster) Usage(service string, accounts []string) FarmUsage {
+// Usage returns service's usage over the live members (FarmUsage), its
+// accounts' pools included (this node's from its account book, the
+// others' from their reports).
+func (c *Cluster) Usage(service string) FarmUsage {
 	names := c.liveNames()
-	keys := make([]string, 0, 1+len(accounts))
-	keys = append(keys, service)
-	for _, a := range accounts {
-		keys = append(keys, poolKey(service, a))
-	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	p := c.planner
+	accounts := p.book.byService[service]
 	u := FarmUsage{Members: len(names)}
 	for _, name := range names {
-		u.OfferedCAPS += c.planner.Demand(name)[service]
-		held := c.planner.Held(name)
+		u.OfferedCAPS += p.Demand(name)[service]
+		held := p.Held(name)
 		h := held[service]
 		u.Sessions, u.Subscribers = sat.Add(u.Sessions, h.Sessions), sat.Add(u.Subscribers, h.Subscribers)
-		for _, k := range keys {
-			u.TokensUsed = sat.Add(u.TokensUsed, held[k].Tokens)
+		u.TokensUsed = sat.Add(u.TokensUsed, h.Tokens)
+		for e := range accounts {
+			used := held[e.key].Tokens
+			if name == p.self {
+				used = e.used
+			}
+			u.TokensUsed = sat.Add(u.TokensUsed, used)
 		}
 	}
 	return u

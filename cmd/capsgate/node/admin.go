@@ -358,21 +358,7 @@ func (n *Node) serviceView(st admission.Stats) ServiceView {
 	}
 	v.Cluster = cluster.FarmUsage{Members: 1, OfferedCAPS: st.UsedCAPS, Sessions: st.Sessions, Subscribers: st.Subscribers, TokensUsed: st.TokensUsed}
 	if n.cluster != nil {
-		v.Cluster = n.cluster.Usage(st.Name, n.accountNames(st.Name))
+		v.Cluster = n.cluster.Usage(st.Name)
 	}
 	return v
-}
-
-// accountNames returns the accounts service allocates tokens to.
-func (n *Node) accountNames(service string) []string {
-	s := n.eng.Service(service)
-	if s == nil {
-		return nil
-	}
-	pools := s.Pools()
-	out := make([]string, 0, len(pools))
-	for _, p := range pools[1:] {
-		out = append(out, p.Account)
-	}
-	return out
 }
