@@ -70,8 +70,10 @@
 // its bucket has spent half of what it was lent, or when a report makes
 // room it waits for (for its depth part, only while its own bucket owes
 // attempts), moves a member's demand by a tenth while what the members
-// want, with the rise, passes half the licence (below it every part is at
-// least 1.9 times its member's want), or shows a debt this node would
+// want, with the rises heard since the last plan, passes half the licence
+// (below it every part is at least 1.9 times its member's want) or the
+// member wants more than the part it applies (one that joined applies
+// none), or shows a debt this node would
 // lend a token or more to from a bucket that owes a quarter of its depth
 // part; but not while the service's demand takes the whole licence,
 // where planning early gains nothing. A load that arrives gets its part

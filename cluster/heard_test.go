@@ -12,45 +12,65 @@ import (
 
 // TestHeardPlansEarlyNearTheLicence: a member's demand that moves by a
 // tenth calls for an early plan only where what the members want, with
-// the rise, passes half the licence; far below it every part is at least
-// 1.9 times its member's want and the next exchange is soon enough.
+// the rise, passes half the licence (far below it every part is at least
+// 1.9 times its member's want and the next exchange is soon enough), or
+// where the member wants more than the part it applies; rises heard
+// between two plans add up.
 func TestHeardPlansEarlyNearTheLicence(t *testing.T) {
 	const licence = 1000.0 // 3 members: each member's floor 16.67, half 500
 	cases := []struct {
 		from, to float64
+		part     float64 // n1's applied part of the licence
 		early    bool
 	}{
-		{0, 1, false},       // wants 50 + 1
-		{100, 115, false},   // wants 133.3 + 15
-		{100, 109, false},   // not a tenth
-		{400, 450, false},   // wants 433.3 + 50: 483.3
-		{450, 500, true},    // 483.3 + 50 passes 500
-		{460, 520, true},    // 493.3 + 60
-		{440, 390, false},   // a fall within half: 473.3
-		{480, 420, true},    // a fall from past half: 513.3
-		{2000, 1000, false}, // saturated at the last plan: nothing to gain
+		{0, 1, 0.6, false},       // wants 50 + 1
+		{100, 115, 0.6, false},   // wants 133.3 + 15
+		{100, 109, 0.6, false},   // not a tenth
+		{400, 450, 0.6, false},   // wants 433.3 + 50: 483.3
+		{450, 500, 0.6, true},    // 483.3 + 50 passes 500
+		{460, 520, 0.6, true},    // 493.3 + 60
+		{440, 390, 0.6, false},   // a fall within half: 473.3
+		{480, 420, 0.6, true},    // a fall from past half: 513.3
+		{2000, 1000, 0.6, false}, // saturated at the last plan: nothing to gain
+		{100, 180, 0.2, false},   // within its part of 200
+		{100, 250, 0.2, true},    // past its part, wants 283.3 within half
+		{0, 10, 0, true},         // a member that applies nothing (it joined)
 	}
 	for _, c := range cases {
-		t.Run(fmt.Sprintf("%v-%v", c.from, c.to), func(t *testing.T) {
-			assert.Equal(t, c.early, heardAfter(t, licence, c.from, c.to))
+		t.Run(fmt.Sprintf("%v-%v-%v", c.from, c.to, c.part), func(t *testing.T) {
+			p, now := heardAfter(t, licence, c.from, c.part)
+			assert.Equal(t, c.early, p.Heard(now, "n1", n1Report(6, c.to, c.part)))
 		})
 	}
+	// Rises between plans add up: 100 to 300 to 480 passes half (wants
+	// 133.3 + 200 + 180), where the last plan's wants and the last rise
+	// alone would not (133.3 + 180).
+	p, now := heardAfter(t, licence, 100, 0.6)
+	assert.False(t, p.Heard(now, "n1", n1Report(6, 300, 0.6)))
+	assert.True(t, p.Heard(now, "n1", n1Report(7, 480, 0.6)))
 }
 
-// heardAfter returns what n2 of a farm of three (n1 offered from attempts
-// a second, n3 none) says of n1's report that its demand is now to.
-func heardAfter(t *testing.T, caps, from, to float64) bool {
+// heardAfter returns n2 of a farm of three after 5 exchanges in which n1
+// was offered from attempts a second and applied part of the licence
+// (n3 none, a third), and the instant just after the last.
+func heardAfter(t *testing.T, caps, from, part float64) (*Planner, time.Time) {
 	t.Helper()
 	p, names, lim, t0 := heardFarm(caps)
 	third := map[string]Share{"voice": {CAPS: 1.0 / 3, Depth: 1.0 / 3}}
 	var now time.Time
 	for k := 1; k <= 5; k++ {
 		now = t0.Add(time.Duration(k) * ExchangeInterval)
-		p.Heard(now, "n1", Report{Seq: uint64(k), Demand: map[string]float64{"voice": from}, Applied: third})
+		p.Heard(now, "n1", n1Report(uint64(k), from, part))
 		p.Heard(now, "n3", Report{Seq: uint64(k), Demand: map[string]float64{"voice": 0}, Applied: third})
 		p.Plan(now, names, lim, Usage{{Name: "voice"}})
 	}
-	return p.Heard(now.Add(time.Millisecond), "n1", Report{Seq: 6, Demand: map[string]float64{"voice": to}, Applied: third})
+	return p, now.Add(time.Millisecond)
+}
+
+// n1Report is n1's report seq: offered demand attempts a second, applying
+// part of the licence.
+func n1Report(seq uint64, demand, part float64) Report {
+	return Report{Seq: seq, Demand: map[string]float64{"voice": demand}, Applied: map[string]Share{"voice": {CAPS: part, Depth: part}}}
 }
 
 // TestHeardRoomForDepth: a member whose depth part falls makes room for

@@ -115,9 +115,10 @@ type svcState struct {
 	// saturated: its demand took all the side's licence at the last plan
 	// (nothing to gain from planning again early). wants is what the
 	// members wanted of its CAPS at the last plan (Allocate: demand and
-	// debt, at least the floor, summed) and half half the side's licence.
-	saturated   bool
-	wants, half float64
+	// debt, at least the floor, summed) and half half the side's licence;
+	// limit is the licence's CAPS.
+	saturated          bool
+	wants, half, limit float64
 	// weight is this node's part of its CAPS at the last plan, and lent
 	// the attempts its bucket was planned to hold then (lent and its
 	// reserve); watched: they were planned (a CAPS limit, this node live).
@@ -430,17 +431,21 @@ func (p *Planner) Heard(now time.Time, from string, r Report) bool {
 		// the next exchange moves the parts soon enough. A farm far below
 		// its licences, where each of 1,000 busy services moves by a tenth
 		// in some report by chance, so does not plan at every report.
+		// So does a member that wants more than the part it applies (a
+		// member that joined: none), and rises heard since the last plan
+		// add up.
 		d, od := v.report.Demand[service], prev.demand
-		if math.Abs(d-od) >= max(0.1*od, 1) && st.wants+max(d-od, 0) > st.half {
+		owes := v.services[service].Owed
+		if math.Abs(d-od) >= max(0.1*od, 1) && (st.wants+max(d-od, 0) > st.half || d+float64(owes)/RepayIn.Seconds() > a.CAPS*st.limit) {
 			urgent = true
 		}
+		st.wants += max(d-od, 0)
 		// Its bucket owes more: this node would lend it a token or more,
 		// and it owes a quarter of its depth part or more. A bucket that
 		// owes less is far from dry before the next exchange, and plans
 		// early itself once it has spent half of what it was lent
 		// (Starved); a farm far below its licences, where buckets owe a
 		// few attempts at every report, so does not plan at every one.
-		owes := v.services[service].Owed
 		if owed := float64(owes - prev.owed); owed*st.weight >= 1 && float64(owes) >= a.Depth*st.whole/4 {
 			urgent = true
 		}
@@ -794,7 +799,7 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 			offered += d
 		}
 		st.saturated = offered >= side.Fraction*l.CAPS
-		st.wants, st.half = wants(side.Fraction*l.CAPS, caps), side.Fraction*l.CAPS/2
+		st.wants, st.half, st.limit = wants(side.Fraction*l.CAPS, caps), side.Fraction*l.CAPS/2, l.CAPS
 		sh := Share{CAPS: -1, Sessions: -1, Subscribers: -1}
 		// Every member's CAPS and depth parts as computed here: a rise
 		// shares the room with the others' (see roomFor).
