@@ -155,6 +155,14 @@ type clientSnapshot struct {
 	ends []int
 }
 
+// forget drops the snapshot's rendering: a connection's name, library or
+// flags changed.
+func (sn *clientSnapshot) forget() {
+	sn.mu.Lock()
+	sn.text, sn.ends = nil, nil
+	sn.mu.Unlock()
+}
+
 // holds reports whether the snapshot lists cs (a client that connected
 // since sees itself). Called with mu held.
 func (sn *clientSnapshot) holds(cs *ConnState) bool {
@@ -335,6 +343,10 @@ func (h *Handler) client(now int64, cs *ConnState, args [][]byte, out []byte) []
 	var nb [16]byte
 	sub := string(lower(&nb, args[1]))
 	arity := func(n int) bool { return len(args) == n }
+	switch sub {
+	case "setname", "setinfo", "no-evict", "no-touch":
+		h.snapshot.forget() // the listing shows what they change
+	}
 	switch sub {
 	case "setname":
 		if !arity(3) {

@@ -411,3 +411,30 @@ func TestAppendRate(t *testing.T) {
 		require.Equal(t, want, string(appendRate(nil, v)), "%v", v)
 	}
 }
+
+// A listing within the snapshot's 100 ms shows what a client changed of
+// itself since (its name, library, flags), and a client that connected
+// since sees itself.
+func TestClientListShowsChangesAtOnce(t *testing.T) {
+	c := newTestConn(t, "")
+	l := &fakeLister{conns: []*ConnState{c.cs}}
+	c.h.SetClientLister(l)
+	got, _, _ := c.send(cmd("CLIENT", "LIST"))
+	require.Contains(t, got, "id=1 ")
+	require.Contains(t, got, " name= ")
+	for _, step := range []struct{ send, want string }{
+		{cmd("CLIENT", "SETNAME", "proxy-7"), " name=proxy-7 "},
+		{cmd("CLIENT", "SETINFO", "LIB-NAME", "go-redis"), " lib-name=go-redis "},
+		{cmd("CLIENT", "NO-EVICT", "ON"), " flags=e "},
+	} {
+		c.send(step.send)
+		got, _, _ = c.send(cmd("CLIENT", "LIST"))
+		require.Contains(t, got, step.want)
+	}
+	other := NewConnState(2)
+	l.conns = append(l.conns, other)
+	c.cs = other
+	got, _, _ = c.send(cmd("CLIENT", "LIST"))
+	require.Contains(t, got, "id=1 ")
+	require.Contains(t, got, "id=2 ")
+}
