@@ -178,6 +178,9 @@ func (o *orphan) drop() {
 // read as the answers to other commands. It reports whether it did.
 // Called from OnClose.
 func (s *Server) adopt(c gnet.Conn, cs *ConnState) bool {
+	if s.noOrphans.Load() {
+		return false
+	}
 	since := cs.heldSince.Load()
 	if since < s.clk.Now()-int64(MaxHeldWait) || c.OutboundBuffered() > 0 {
 		return false
@@ -193,10 +196,15 @@ func (s *Server) adopt(c gnet.Conn, cs *ConnState) bool {
 		return false
 	}
 	o := &orphan{nc: nc, held: cs.held, since: since, ready: make(chan struct{}), gone: make(chan struct{})}
-	cs.held = nil
 	s.mu.Lock()
+	if s.noOrphans.Load() { // Stop gave up on them meanwhile
+		s.mu.Unlock()
+		_ = nc.Close()
+		return false
+	}
 	s.orphans[o] = struct{}{}
 	s.mu.Unlock()
+	cs.held = nil
 	if !s.h.enlist(&cs.durable, cs.heldTicket, o.durable) {
 		o.durable()
 	}
@@ -262,6 +270,7 @@ func (s *Server) waitOrphans(ctx context.Context) error {
 		case <-done:
 			err, done = ctx.Err(), nil
 			s.mu.Lock()
+			s.noOrphans.Store(true)
 			for o := range s.orphans {
 				o.drop()
 			}

@@ -143,8 +143,11 @@ type Server struct {
 	open    map[*ConnState]gnet.Conn
 	loops   []*loopStats
 	orphans map[*orphan]struct{} // closed connections' held replies (durable.go)
-	// orphanGone tells Stop that an orphan is done.
+	// orphanGone tells Stop that an orphan is done; noOrphans: Stop gave
+	// up waiting for them (its deadline), and a connection closed after
+	// leaves its held replies unsent.
 	orphanGone chan struct{}
+	noOrphans  atomic.Bool
 }
 
 // NewServer returns a server; Start makes it listen.
