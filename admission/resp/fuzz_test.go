@@ -39,7 +39,17 @@ func checkStream(t *testing.T, data []byte) fed {
 	off := 0
 	for {
 		rest, orig := buf[off:], data[off:]
+		// peek (the warm pass's) reads what Parse reads, the same
+		// length or the same refusal, but for an inline line with quotes,
+		// which it leaves to Parse; it never writes its input.
+		_, pn, perr := peek(rest, nil)
+		if !bytes.Equal(rest, orig) {
+			t.Fatalf("peek modified its input: %q became %q", orig, rest)
+		}
 		args, n, err := Parse(rest, dst)
+		if perr != errPeekQuoted && (pn != n || (perr == nil) != (err == nil)) {
+			t.Fatalf("peek read %d bytes (err %v), Parse %d (err %v) of %q", pn, perr, n, err, orig)
+		}
 		if n < 0 || n > len(rest) {
 			t.Fatalf("n = %d outside buf of %d bytes", n, len(rest))
 		}
