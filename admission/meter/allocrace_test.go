@@ -89,6 +89,13 @@ func TestAllocationsMadeAtOnceAgree(t *testing.T) {
 	want = a.Allocations()["pool"]
 	wantLimits = limits(ea)
 
+	// A bad allocation from a member is refused, not kept: kept, it would
+	// stop the engine from taking the service's others.
+	before := b.AllocationsDigest()
+	require.ErrorContains(t, b.Apply("pool", "../x", alloc(1, 12)), "not a valid account name")
+	require.ErrorContains(t, b.Apply("pool", "u", alloc(-1, 12)), "below 0")
+	require.Equal(t, before, b.AllocationsDigest())
+
 	// A restart keeps what b settled on.
 	digest := b.AllocationsDigest()
 	require.NoError(t, b.Close())

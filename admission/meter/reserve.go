@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/capsgate/capsgate/admission"
+	"github.com/capsgate/capsgate/admission/names"
 	"github.com/capsgate/capsgate/admission/sat"
 	"github.com/capsgate/capsgate/admission/setsum"
 )
@@ -299,6 +300,11 @@ func (r *Reserver) Apply(service, account string, a admission.Allocation) error 
 	ov, err := admission.ParseOverage(a.Overage)
 	if err != nil {
 		return err
+	}
+	// Checked before it is kept: one bad allocation kept would stop the
+	// engine from taking the service's others (SetAccounts).
+	if !names.Valid([]byte(account)) || a.Tokens < 0 {
+		return fmt.Errorf("cannot take an allocation of %d tokens to account %q: not a valid account name ([A-Za-z0-9._:-]{1,64}, not . or ..) or a count below 0", a.Tokens, account)
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
