@@ -269,7 +269,7 @@ func TestBill(t *testing.T) {
 
 // A whole node's ledger left out of a farm's: the ledgers given witnessed
 // it, so usage verify says so (exit 1 with --require-proof) and bill
-// refuses, where both used to pass and bill the rest.
+// refuses it: passing, both would bill the rest.
 func TestLedgerLeftOut(t *testing.T) {
 	_, files := farmLedgers(t, "n1", "n2", "n3")
 	sheet := writeFile(t, "sheet.yaml", "currency: EUR\nplans:\n  - {service: voice, model: pay_per_use, unit: admitted, price: \"0.001\"}\n")
