@@ -165,3 +165,19 @@ func TestLargestLimitsExact(t *testing.T) {
 	require.Regexp(t, `(?m)^limits\.caps\s+9223372036854775807$`, out.String())
 	require.Regexp(t, `(?m)^limits\.sessions\s+18014398509481986$`, out.String())
 }
+
+// A --dev node whose admin API listens beyond loopback without a token
+// says so; on loopback, or with a token, it says nothing.
+func TestDevAdminWarning(t *testing.T) {
+	for addr, warns := range map[string]bool{
+		"127.0.0.1:8390": false, "[::1]:8390": false, "localhost:8390": false, "127.0.0.2:8390": false,
+		"0.0.0.0:8390": true, "[::]:8390": true, "10.0.0.1:8390": true, "example.net:8390": true,
+	} {
+		w := devAdminWarning(addr, false)
+		require.Equal(t, warns, w != "", addr)
+		if warns {
+			require.Equal(t, "the admin API listens on "+addr+" without a token: anyone who reaches it may load licences and allocate tokens (give --admin-token-file, or a loopback --admin-addr)", w)
+		}
+		require.Empty(t, devAdminWarning(addr, true), addr)
+	}
+}

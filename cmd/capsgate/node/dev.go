@@ -17,6 +17,10 @@ func PrintDevBanner(w io.Writer, cfg Config, n *Node) {
 	if cfg.Admin.TokenFile != "" {
 		auth = "bearer token of " + cfg.Admin.TokenFile
 	}
+	if warn := devAdminWarning(n.AdminAddr(), cfg.Admin.TokenFile != ""); warn != "" {
+		n.log.Warn(warn)
+		fmt.Fprintf(w, "  WARNING: %s\n", warn)
+	}
 	fmt.Fprintf(w, `capsgate --dev: node %q, data in %s
   service %q licensed for 1000 CAPS, 500 sessions, 10000 subscribers, 1000000 tokens
   RESP   %s      admin %s (%s)
@@ -40,4 +44,19 @@ func (c Config) LogLevel() slog.Level {
 		return slog.LevelError
 	}
 	return slog.LevelInfo
+}
+
+// devAdminWarning is what a --dev node says of an admin API it serves
+// without a token beyond loopback (--admin-addr 0.0.0.0:...): anyone who
+// reaches it may load licences and allocate tokens. "" when there is a
+// token or only loopback listens.
+func devAdminWarning(adminAddr string, token bool) string {
+	host, _, err := net.SplitHostPort(adminAddr)
+	if token || err != nil {
+		return ""
+	}
+	if ip := net.ParseIP(host); host == "localhost" || ip != nil && ip.IsLoopback() {
+		return ""
+	}
+	return "the admin API listens on " + adminAddr + " without a token: anyone who reaches it may load licences and allocate tokens (give --admin-token-file, or a loopback --admin-addr)"
 }
