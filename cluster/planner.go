@@ -707,7 +707,11 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 	// service held the same as before plans the same, and may settle: a
 	// farm's 1,000 services that had charged tokens this period were
 	// planned at every plan, each one's pool held at what it had charged.
+	// Of them, stirred are those whose holding moved: a service only
+	// demanded plans the same as before, and may settle, while every
+	// member's demand stays under its floor (underFloor).
 	active := make(map[string]bool, p.lastActive)
+	stirred := map[string]bool{}
 	for _, m := range []map[string]float64{sent.Demand, older.Demand, demand} {
 		for k := range m {
 			active[k] = true
@@ -717,6 +721,7 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 		for k := range m {
 			if h := held[k]; h != sent.Held[k] || h != older.Held[k] {
 				active[k] = true
+				stirred[k] = true
 			}
 		}
 	}
@@ -729,6 +734,7 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 	// plans the same: it may settle).
 	for k := range p.heldMoved {
 		active[k] = true
+		stirred[k] = true
 	}
 	clear(p.heldMoved)
 	p.activeTrunks = p.activeTrunks[:0]
@@ -758,8 +764,9 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 			st = &svcState{since: now}
 			p.svcs[service] = st
 		}
+		quiet := !active[service] || !stirred[service] && p.underFloor(service, l, names, side.Fraction, sent, older, demand, held)
 		if st.isSettled {
-			if !active[service] && st.settled == settledOf(p.planEpoch, l, p.book.allocated[service]) && !poolMoves(service, l) {
+			if quiet && st.settled == settledOf(p.planEpoch, l, p.book.allocated[service]) && !poolMoves(service, l) {
 				return
 			}
 			st.isSettled = false
@@ -902,7 +909,7 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 		quietPool := !p.budgeted(service, l) ||
 			exchange && computed && !poolMoves(service, l) && len(sh.AccountBudgets) == 0 &&
 				sh.TokensBudget == oldComputed.TokensBudget && applied.TokensBudget == prevApplied.TokensBudget
-		if !active[service] && quietPool && ok && sameApplied(prev, applied) && nearlyApplied(applied, sh) {
+		if quiet && quietPool && ok && sameApplied(prev, applied) && nearlyApplied(applied, sh) {
 			st.settled, st.isSettled = settledOf(p.planEpoch, l, p.book.allocated[service]), true
 		} else {
 			unsettled[service] = true
@@ -972,6 +979,35 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 	}
 	out.Report = p.report()
 	return out
+}
+
+// underFloor reports whether every live member's demand of a CAPS-limited
+// service, its debt to repay within RepayIn added, is at most the floor
+// that Allocate gives each member whatever it demands: this node's as it
+// reported it in its last two reports and as it measures it now, the
+// others' as their reports say. Every CAPS and depth part then comes out
+// as the floor makes it, and a demand that moves under the floor moves no
+// part: a farm's 1,000 busy licences, each far below what it licenses,
+// settle as idle ones do (the demands move by chance at every report, and
+// each member planned all 1,000 at every plan to compute the same parts).
+// What a member holds or owes moving is not under this test (stirred).
+func (p *Planner) underFloor(service string, l admission.Limits, names []string, fraction float64, sent, older Report,
+	demand map[string]float64, held map[string]Held) bool {
+	if l.CAPS <= 0 || len(names) == 0 {
+		return false
+	}
+	floor := fraction * l.CAPS * FloorFraction / float64(len(names))
+	asks := func(d float64, owed int64) bool { return d+float64(owed)/RepayIn.Seconds() > floor }
+	if asks(sent.Demand[service], sent.Held[service].Owed) || asks(older.Demand[service], older.Held[service].Owed) ||
+		asks(demand[service], held[service].Owed) {
+		return false
+	}
+	for _, n := range names {
+		if v := p.peers[n]; n != p.self && v != nil && asks(v.report.Demand[service], v.services[service].Owed) {
+			return false
+		}
+	}
+	return true
 }
 
 // budgeted reports whether a service's tokens are shared as budgets in a
