@@ -18,7 +18,7 @@ import (
 func BenchmarkExchangeWithAccounts(b *testing.B) {
 	for _, n := range []int{100, 10000, 100000} {
 		b.Run(fmt.Sprintf("accounts=%d", n), func(b *testing.B) {
-			benchExchange(b, func(eng *admission.Engine, shares *Shares) error {
+			benchExchange(b, 0, func(eng *admission.Engine, shares *Shares) error {
 				for a := range n {
 					if err := eng.SetAccount("svc", fmt.Sprintf("acct-%06d", a), 1000, admission.Overage{}); err != nil {
 						return err
@@ -41,7 +41,7 @@ func BenchmarkExchangeWithTrunks(b *testing.B) {
 	for _, c := range []struct{ n, busy int }{{100, 1}, {10000, 1}, {100000, 1}, {10000, 1000}} {
 		n, busy := c.n, c.busy
 		b.Run(fmt.Sprintf("keys=%d/busy=%d", n, busy), func(b *testing.B) {
-			benchExchange(b, func(eng *admission.Engine, shares *Shares) error {
+			benchExchange(b, 0, func(eng *admission.Engine, shares *Shares) error {
 				for k := range n {
 					if err := shares.SetLimits(admission.TrunkName("svc", fmt.Sprintf("key-%06d", k)),
 						admission.Limits{Licensed: true, CAPS: 100, Sessions: 100, Subscribers: admission.Unlimited, Tokens: admission.Unlimited}); err != nil {
@@ -64,8 +64,11 @@ func BenchmarkExchangeWithTrunks(b *testing.B) {
 // reports) for one service set up by setup, with change made on the
 // first member before each exchange, once the first warm-up exchanges
 // have settled. The other two members run their own engines and
-// planners, off the clock.
-func benchExchange(b *testing.B, setup func(*admission.Engine, *Shares) error, change func(*admission.Engine, int) error) {
+// planners, off the clock. who is the member timed: 0, the first (every
+// member's taking of the reports is timed), or another, which sees the
+// first's changes in its reports only (its own taking of them is timed).
+// planned/op is what the timed member's plans planned.
+func benchExchange(b *testing.B, who int, setup func(*admission.Engine, *Shares) error, change func(*admission.Engine, int) error) {
 	const warmUp = 50
 	live := []string{"a", "b", "c"}
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
@@ -94,9 +97,13 @@ func benchExchange(b *testing.B, setup func(*admission.Engine, *Shares) error, c
 		}
 		ms = append(ms, m)
 	}
+	planned := 0
 	exchange := func(m *member, now time.Time) {
 		m.p.LimitsChanged(m.shares.SyncLicensed(m.lic)) // as the cluster's exchange does
 		pl := m.p.Plan(now, live, m.lic, m.usage.Read())
+		if m == ms[who] {
+			planned += pl.Planned
+		}
 		for s, part := range pl.Parts {
 			if err := m.shares.SetShare(s, part); err != nil {
 				b.Fatal(err)
@@ -113,8 +120,9 @@ func benchExchange(b *testing.B, setup func(*admission.Engine, *Shares) error, c
 	}
 	step := func(i int, timed bool) {
 		now := t0.Add(time.Duration(i) * ExchangeInterval)
+		off := func(j int) bool { return timed && j != who }
 		for j, m := range ms {
-			if j > 0 && timed {
+			if off(j) {
 				b.StopTimer()
 			}
 			if j == 0 {
@@ -123,12 +131,18 @@ func benchExchange(b *testing.B, setup func(*admission.Engine, *Shares) error, c
 				}
 			}
 			exchange(m, now)
-			if j > 0 && timed {
+			if off(j) {
 				b.StartTimer()
 			}
 		}
-		for _, m := range ms {
+		for j, m := range ms {
+			if who > 0 && off(j) {
+				b.StopTimer()
+			}
 			hear(m, now)
+			if who > 0 && off(j) {
+				b.StartTimer()
+			}
 		}
 	}
 	// The first exchanges plan every account, until their budgets
@@ -137,9 +151,11 @@ func benchExchange(b *testing.B, setup func(*admission.Engine, *Shares) error, c
 		step(i, false)
 	}
 	b.ResetTimer()
+	planned = 0
 	for i := range b.N {
 		step(warmUp+i, true)
 	}
+	b.ReportMetric(float64(planned)/float64(b.N), "planned/op")
 }
 
 // BenchmarkExchangeWithServices is one exchange of a member of three
@@ -147,13 +163,21 @@ func benchExchange(b *testing.B, setup func(*admission.Engine, *Shares) error, c
 // exchanges): what a farm spread over many services pays ten times a
 // second on every member. With accounts, each licence has a pool of
 // tokens allocated to accounts spread evenly over the licences (every
-// member's reports then hold an entry for each account).
+// member's reports then hold an entry for each account). quiet: the
+// member timed is one without traffic, that hears the busy one's reports.
 //
 //	go test ./cluster -run '^$' -bench ExchangeWithServices -benchtime 50x -benchmem
 func BenchmarkExchangeWithServices(b *testing.B) {
-	for _, c := range []struct{ n, busy, accounts int }{{1000, 1, 0}, {1000, 1000, 0}, {1000, 1000, 100000}} {
-		n, busy, accounts := c.n, c.busy, c.accounts
-		b.Run(fmt.Sprintf("services=%d/busy=%d/accounts=%d", n, busy, accounts), func(b *testing.B) {
+	for _, c := range []struct {
+		n, busy, accounts int
+		quiet             bool
+	}{{1000, 1, 0, false}, {1000, 1000, 0, false}, {1000, 1000, 100000, false}, {1000, 1000, 0, true}, {1000, 1000, 100000, true}} {
+		n, busy, accounts, who := c.n, c.busy, c.accounts, 0
+		name := fmt.Sprintf("services=%d/busy=%d/accounts=%d", n, busy, accounts)
+		if c.quiet {
+			name, who = name+"/quiet", 1
+		}
+		b.Run(name, func(b *testing.B) {
 			names := make([][]byte, n)
 			for s := range n {
 				names[s] = fmt.Appendf(nil, "svc-%04d", s)
@@ -162,7 +186,7 @@ func BenchmarkExchangeWithServices(b *testing.B) {
 			if accounts > 0 {
 				tokens = 1 << 40
 			}
-			benchExchange(b, func(eng *admission.Engine, shares *Shares) error {
+			benchExchange(b, who, func(eng *admission.Engine, shares *Shares) error {
 				for _, name := range names {
 					if err := shares.SetLimits(string(name), admission.Limits{Licensed: true, CAPS: 1e6, Sessions: 1000,
 						Subscribers: 1000, Tokens: tokens}); err != nil {

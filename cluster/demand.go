@@ -29,7 +29,30 @@ type demandMeter struct {
 // licence and the tokens charged to its pool here.
 type serviceMeters struct {
 	offered, tokens rateMeter
+	owed            int64 // as last measured (owedOf)
 }
+
+// owedOf is what a bucket of depth with avail attempts left owes, as
+// measured: what it owes when that is nothing, or when it moved by
+// owedStep of the depth or more from what was measured before (was);
+// else what was. A bucket far below its rate owes the few attempts taken
+// since the engine's clock last ticked, a different few at each
+// measure: each was a change of what the member holds, reported to every
+// member, and planned by each (the depth parts lend by debt), at every
+// report of a farm's 1,000 busy licences. A debt that matters moves by
+// more; one measured up to a step low is repaid a little later.
+func owedOf(was, depth, avail int64) int64 {
+	owed := max(depth-avail, 0)
+	step := max(depth/owedStep, 1)
+	if owed == 0 || owed-was >= step || was-owed >= step {
+		return owed
+	}
+	return was
+}
+
+// owedStep: a bucket's debt is measured anew when it moves by a 64th of
+// the bucket's depth.
+const owedStep = 64
 
 type sample struct {
 	t float64 // seconds, on the meter's own scale
@@ -47,14 +70,17 @@ func newDemandMeter() *demandMeter {
 func (m *demandMeter) measure(u Usage, t float64) (demand, tokenRate map[string]float64, held map[string]Held) {
 	demand, tokenRate, held = make(map[string]float64, m.lastDemand), make(map[string]float64, m.lastRates), make(map[string]Held, m.lastHeld)
 	for _, s := range u {
-		if owed := max(s.Depth-s.Avail, 0); s.Sessions > 0 || s.Subscribers > 0 || s.PoolUsed > 0 || owed > 0 {
-			held[s.Name] = Held{Sessions: s.Sessions, Subscribers: s.Subscribers, Tokens: s.PoolUsed, Owed: owed}
-		}
 		sm := m.series[s.Name]
+		resumed := sm != nil && s.Resumed
 		if sm == nil {
 			sm = &serviceMeters{}
 			m.series[s.Name] = sm
-		} else if s.Resumed {
+		}
+		sm.owed = owedOf(sm.owed, s.Depth, s.Avail)
+		if owed := sm.owed; s.Sessions > 0 || s.Subscribers > 0 || s.PoolUsed > 0 || owed > 0 {
+			held[s.Name] = Held{Sessions: s.Sessions, Subscribers: s.Subscribers, Tokens: s.PoolUsed, Owed: owed}
+		}
+		if resumed {
 			// Left out of the reads since its last: its counters did not
 			// move until the last plan. (A series missing for another
 			// reason, a trunk key unread while without limits, may have

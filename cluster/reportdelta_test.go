@@ -759,3 +759,118 @@ func TestReportClearsPromises(t *testing.T) {
 	p.Gone(time.Unix(0, 0), "n2", true)
 	require.Nil(t, v.promised)
 }
+
+// Three members with a farm's busy licences far below what they license
+// (every demand under the floor, every bucket owing the few attempts
+// taken since the engine's clock ticked, a different few at each
+// measure), each planning on the others' latest reports in a seeded
+// order, some of them early, settle: after a warm-up no member's parts
+// move and no plan plans a licence. With the debt measured anew at each
+// measure, every report moved what each holds, and each member planned
+// every licence again at every plan. Then some buckets owe for a while, and the depth parts move to
+// lend them attempts: the CAPS parts, planned again each time, stay.
+func TestBusyFarmFarBelowItsLicencesSettles(t *testing.T) {
+	live := []string{"n1", "n2", "n3"}
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	lic := map[string]admission.Limits{}
+	names := make([]string, 20)
+	for i := range names {
+		names[i] = fmt.Sprintf("svc%02d", i)
+		lic[names[i]] = admission.Limits{Licensed: true, CAPS: 1e6, Sessions: 1000, Subscribers: 1000, Tokens: admission.Unlimited}
+	}
+	ps := make([]*Planner, len(live))
+	offered := make([][]uint64, len(live))
+	last := make([]Report, len(live))
+	for i, n := range live {
+		ps[i] = NewPlanner(n, PolicyConfig{}, 100*time.Millisecond)
+		for _, o := range live {
+			ps[i].Joined(t0.Add(-time.Second), o)
+		}
+		offered[i] = make([]uint64, len(names))
+	}
+	rng := rand.New(rand.NewPCG(7, 0x6661726d))
+	const depth = 100000 // a tenth of a second of the licence
+	now := t0
+	moved, planned, depthMoved, capsMoved := 0, 0, 0, 0
+	owes := make([][]int64, len(live)) // a debt that matters, from step 400
+	for i := range owes {
+		owes[i] = make([]int64, len(names))
+	}
+	for step := range 800 {
+		now = now.Add(time.Duration(20+rng.IntN(40)) * time.Millisecond)
+		i := rng.IntN(len(live))
+		u := Usage{}
+		for s, name := range names {
+			offered[i][s] += uint64(rng.IntN(60)) // about 1,000 a second, each member
+			if step >= 400 && rng.IntN(10) == 0 {
+				owes[i][s] = int64(rng.IntN(3)) * 5000
+			}
+			u = append(u, ServiceUsage{Name: name, Offered: offered[i][s], Depth: depth, Avail: depth - owes[i][s] - int64(rng.IntN(60))})
+		}
+		before := maps.Clone(ps[i].applied)
+		plan := ps[i].Plan
+		if rng.IntN(4) == 0 {
+			plan = ps[i].PlanNow // an early plan
+		}
+		pl := plan(now, live, lic, u)
+		last[i] = pl.Report
+		for j := range live {
+			if j != i {
+				ps[j].Heard(now, live[i], last[i])
+			}
+		}
+		for _, name := range names {
+			b, a := before[name], ps[i].applied[name]
+			switch {
+			case step < 100:
+			case step < 400 && !sameApplied(b, a):
+				moved++
+			case step >= 400 && b.Depth != a.Depth:
+				depthMoved++
+			}
+			if step >= 100 && b.CAPS != a.CAPS {
+				capsMoved++
+			}
+		}
+		if step >= 100 && step < 400 {
+			planned += pl.Planned
+		}
+	}
+	require.Zero(t, moved, "parts that moved after the warm-up")
+	require.Zero(t, planned, "licences planned after the warm-up")
+	require.Greater(t, depthMoved, 100, "depth parts lent to the buckets that owe")
+	require.Zero(t, capsMoved, "CAPS parts that moved after the warm-up")
+	var sum float64
+	for _, p := range ps {
+		sum += p.applied["svc00"].CAPS
+	}
+	require.LessOrEqual(t, sum, 1.0)
+	require.Greater(t, sum, 1-1e-9, "the whole licence is shared out")
+}
+
+// A bucket's debt is measured anew when it is nothing or moves by a 64th
+// of the bucket's depth (at least one attempt); else it stays as it was.
+func TestOwedOf(t *testing.T) {
+	for _, c := range []struct{ was, depth, avail, want int64 }{
+		{0, 64000, 64000, 0},    // full
+		{0, 64000, 63999, 0},    // one attempt: less than a step
+		{0, 64000, 63001, 0},    // 999
+		{0, 64000, 63000, 1000}, // a step
+		{1000, 64000, 63000 + 999, 1000},
+		{1000, 64000, 62001, 1000}, // 1,999: within a step of 1,000
+		{1000, 64000, 62000, 2000},
+		{5000, 64000, 64000, 0},    // repaid: nothing at once
+		{5000, 64000, 63999, 1},    // one attempt, down from 5,000
+		{5000, 64000, 59999, 5000}, // 4,001: within a step
+		{5000, 64000, 60000, 4000}, // a step down
+		{5000, 64000, 60001, 3999},
+		{0, 10, 9, 1}, // a small bucket: every attempt
+		{3, 10, 8, 2},
+		{0, 10, 15, 0}, // more than its depth: owes nothing
+		{0, -1, -1, 0}, // unlimited
+		{7, 0, 0, 0},   // closed
+		{0, math.MaxInt64, 0, math.MaxInt64},
+	} {
+		require.Equal(t, c.want, owedOf(c.was, c.depth, c.avail), "%+v", c)
+	}
+}

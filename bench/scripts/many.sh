@@ -9,7 +9,10 @@
 # -P 16, the same run), what the data directories grew by over a ledger
 # interval, and the RSS of each member; then each member's CPU over 10 s
 # idle and n1's CPU profile of that and of the two runs (KEEP=DIR
-# keeps the profiles, n1's heap profile and the capsgate binary in DIR);
+# keeps the profiles, n1's heap profiles at the start and end of the idle
+# window and the capsgate binary in DIR: go tool pprof -sample_index
+# alloc_space -base heap0.pprof gives what it allocated idle; PROFILE=K
+# profiles member K instead, 0 being n1);
 # then each member's CPU idle after a kill -9 of the farm and a start on
 # its data directories, and the two rates again on that farm once settled.
 # Each rate comes with each member's CPU while it ran. Before the set-up,
@@ -66,7 +69,10 @@ rate_cpu() {
   cpu_read
 }
 profile() { # seconds out
-  curl -s -H "Authorization: Bearer $(cat "$W/keys/admin.token")" "${ADMINS[0]}/debug/pprof/profile?seconds=$1" -o "$2"
+  curl -s -H "Authorization: Bearer $(cat "$W/keys/admin.token")" "${ADMINS[${PROFILE:-0}]}/debug/pprof/profile?seconds=$1" -o "$2"
+}
+heap() { # out
+  curl -s -H "Authorization: Bearer $(cat "$W/keys/admin.token")" "${ADMINS[${PROFILE:-0}]}/debug/pprof/heap" -o "$1"
 }
 # empty_farm WHEN: loads the first licence alone on the farm, waits for
 # every member to hold it, and measures the members' idle CPU (n1 profiled
@@ -95,10 +101,12 @@ empty_farm before
 empty=$EMPTY
 python3 -u bench/scripts/many_setup.py "$W/lic" "$(cat "$W/keys/admin.token")" "$SERVICES" "$ACCOUNTS" \
   "$(IFS=,; echo "${ADMINS[*]}")" "$(IFS=,; echo "${NODEPIDS[*]}")" "$(IFS=,; echo "${DIRS[*]}")"
+[ -z "${KEEP:-}" ] || heap "$KEEP/heap0.pprof"
 profile 10 "$W/idle.pprof" &
 pp=$!
 echo "idle: CPU of each member over 10 s, % of a core: $(idle_cpu 10)"
 wait $pp
+[ -z "${KEEP:-}" ] || heap "$KEEP/heap1.pprof"
 profile 4 "$W/one.pprof" &
 pp=$!
 rate_cpu 1000000 ADMIT s000000000000
@@ -113,11 +121,11 @@ allcpu=${CPU[*]}
 wait $pp
 echo "ADMIT on n1 (redis-benchmark -c 50 -P 16 -n 1000000): one service $one/s; spread over all $SERVICES services $all/s ($(python3 -c "print(round($all/$one,2))")×); each member's CPU meanwhile, % of a core: $onecpu and $allcpu"
 if [ -n "${KEEP:-}" ]; then
-  curl -s -H "Authorization: Bearer $(cat "$W/keys/admin.token")" "${ADMINS[0]}/debug/pprof/heap" -o "$KEEP/heap.pprof"
+  heap "$KEEP/heap.pprof"
   cp "$W"/idle.pprof "$W"/one.pprof "$W"/all.pprof "$KEEP/"; cp "$W/bin/capsgate" "$KEEP/capsgate.bin"
 fi
 for label in idle one all; do
-  echo "n1's CPU profile, $label:"
+  echo "n$((${PROFILE:-0} + 1))'s CPU profile, $label:"
   go tool pprof -top -cum "$W/bin/capsgate" "$W/$label.pprof" 2>/dev/null | sed -n '6,20p'
 done
 # The loaded farm after a kill -9 of every member and a start on the same
