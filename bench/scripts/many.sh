@@ -71,8 +71,8 @@ rate_cpu() {
 profile() { # seconds out
   curl -s -H "Authorization: Bearer $(cat "$W/keys/admin.token")" "${ADMINS[${PROFILE:-0}]}/debug/pprof/profile?seconds=$1" -o "$2"
 }
-heap() { # out
-  curl -s -H "Authorization: Bearer $(cat "$W/keys/admin.token")" "${ADMINS[${PROFILE:-0}]}/debug/pprof/heap" -o "$1"
+heap() { # out (after a collection: a heap profile says what the last one saw)
+  curl -s -H "Authorization: Bearer $(cat "$W/keys/admin.token")" "${ADMINS[${PROFILE:-0}]}/debug/pprof/heap?gc=1" -o "$1"
 }
 # empty_farm WHEN: loads the first licence alone on the farm, waits for
 # every member to hold it, and measures the members' idle CPU (n1 profiled
