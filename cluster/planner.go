@@ -767,6 +767,12 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 		quiet := !active[service] || !stirred[service] && p.underFloor(service, l, names, side.Fraction, sent, older, demand, held)
 		if st.isSettled {
 			if quiet && st.settled == settledOf(p.planEpoch, l, p.book.allocated[service]) && !poolMoves(service, l) {
+				// What the members want is the floors' sum, as a plan
+				// would compute it: Heard adds the rises it hears to it
+				// until the next plan, and rises under the floor that
+				// never end in a plan would pile up past half the
+				// licence and call for an early plan at every report.
+				st.wants = max(side.Fraction*l.CAPS*FloorFraction, 0)
 				return
 			}
 			st.isSettled = false

@@ -765,7 +765,8 @@ func TestReportClearsPromises(t *testing.T) {
 // taken since the engine's clock ticked, a different few at each
 // measure), each planning on the others' latest reports in a seeded
 // order, some of them early, settle: after a warm-up no member's parts
-// move and no plan plans a licence. With the debt measured anew at each
+// move, no plan plans a licence and no report calls for an early plan.
+// With the debt measured anew at each
 // measure, every report moved what each holds, and each member planned
 // every licence again at every plan. Then some buckets owe for a while, and the depth parts move to
 // lend them attempts: the CAPS parts, planned again each time, stay.
@@ -791,7 +792,7 @@ func TestBusyFarmFarBelowItsLicencesSettles(t *testing.T) {
 	rng := rand.New(rand.NewPCG(7, 0x6661726d))
 	const depth = 100000 // a tenth of a second of the licence
 	now := t0
-	moved, planned, depthMoved, capsMoved := 0, 0, 0, 0
+	moved, planned, depthMoved, capsMoved, urgent := 0, 0, 0, 0, 0
 	owes := make([][]int64, len(live)) // a debt that matters, from step 400
 	for i := range owes {
 		owes[i] = make([]int64, len(names))
@@ -801,7 +802,7 @@ func TestBusyFarmFarBelowItsLicencesSettles(t *testing.T) {
 		i := rng.IntN(len(live))
 		u := Usage{}
 		for s, name := range names {
-			offered[i][s] += uint64(rng.IntN(60)) // about 1,000 a second, each member
+			offered[i][s] += uint64(rng.IntN(60)) // about 250 a second, each member
 			if step >= 400 && rng.IntN(10) == 0 {
 				owes[i][s] = int64(rng.IntN(3)) * 5000
 			}
@@ -815,8 +816,8 @@ func TestBusyFarmFarBelowItsLicencesSettles(t *testing.T) {
 		pl := plan(now, live, lic, u)
 		last[i] = pl.Report
 		for j := range live {
-			if j != i {
-				ps[j].Heard(now, live[i], last[i])
+			if j != i && ps[j].Heard(now, live[i], last[i]) && step >= 100 && step < 400 {
+				urgent++
 			}
 		}
 		for _, name := range names {
@@ -838,6 +839,7 @@ func TestBusyFarmFarBelowItsLicencesSettles(t *testing.T) {
 	}
 	require.Zero(t, moved, "parts that moved after the warm-up")
 	require.Zero(t, planned, "licences planned after the warm-up")
+	require.Zero(t, urgent, "reports that called for an early plan after the warm-up")
 	require.Greater(t, depthMoved, 100, "depth parts lent to the buckets that owe")
 	require.Zero(t, capsMoved, "CAPS parts that moved after the warm-up")
 	var sum float64
@@ -873,4 +875,35 @@ func TestOwedOf(t *testing.T) {
 	} {
 		require.Equal(t, c.want, owedOf(c.was, c.depth, c.avail), "%+v", c)
 	}
+}
+
+// The rises of a demand heard between plans are added to what the
+// members want, until the next plan computes it again: a licence settled
+// under its floor, whose demands rise and fall under it at every report,
+// is not planned, and its rises must not pile up past half the licence
+// and call for an early plan at every report.
+func TestRisesUnderTheFloorDoNotPileUp(t *testing.T) {
+	p, t0, live := memberOfThree()
+	lic := map[string]admission.Limits{"voice": {Licensed: true, CAPS: 1e6, Sessions: 1000, Subscribers: 1000, Tokens: admission.Unlimited}}
+	u := Usage{{Name: "voice", Depth: 100000, Avail: 100000}}
+	urgent := 0
+	for step := range 400 {
+		now := t0.Add(time.Duration(step) * ExchangeInterval)
+		for k, n := range []string{"n1", "n3"} {
+			d := 1000.0 // and 5,000 at the next report: a rise of 4,000, under the floor of 16,667
+			if (step+k)%2 == 0 {
+				d = 5000
+			}
+			r := Report{Seq: uint64(step + 1), Demand: map[string]float64{"voice": d},
+				Applied: map[string]Share{"voice": {CAPS: 1.0 / 3, Sessions: 1.0 / 3, Subscribers: 1.0 / 3, Depth: 1.0 / 3}}}
+			if p.Heard(now, n, r) && step >= 20 {
+				urgent++
+			}
+		}
+		pl := p.Plan(now, live, lic, u)
+		if step >= 20 {
+			require.Zero(t, pl.Planned, "step %d", step)
+		}
+	}
+	require.Zero(t, urgent, "reports that called for an early plan")
 }
