@@ -151,7 +151,11 @@ func (g *gcra) available(tat *atomic.Int64, now int64) int64 {
 	case gcraClosed:
 		return 0
 	}
-	base := tat.Load()
+	return g.availableAt(tat.Load(), now)
+}
+
+// availableAt is available for a bucket whose TAT was base.
+func (g *gcra) availableAt(base, now int64) int64 {
 	if base < now {
 		base = now
 	}

@@ -44,6 +44,13 @@ func (c *FakeClock) Advance(d time.Duration) { c.now.Add(int64(d)) }
 // Set moves the clock to the instant t.
 func (c *FakeClock) Set(t int64) { c.now.Store(t) }
 
+// At is a Clock that stands at one instant: a reading taken at an instant
+// of a test's or a simulator's own.
+type At int64
+
+// Now returns the instant.
+func (t At) Now() int64 { return int64(t) }
+
 // Repeat runs fn after initial, then again after each wait fn returns,
 // until stop is closed. It drives the housekeeping goroutines around the
 // engine (expiry, licence states, the cluster's exchange); the decision path

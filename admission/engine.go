@@ -208,6 +208,9 @@ func NewEngine(cfg Config) *Engine {
 // Now returns the instant of the engine's clock.
 func (e *Engine) Now() int64 { return e.clk.Now() }
 
+// Clock returns the engine's clock.
+func (e *Engine) Clock() Clock { return e.clk }
+
 // Config returns the engine's effective configuration.
 func (e *Engine) Config() Config { return e.cfg }
 

@@ -380,10 +380,17 @@ func (s *Service) Fingerprint() uint64 {
 	return h
 }
 
-// Bucket returns the depth of the CAPS bucket and the attempts
-// it would admit at now without waiting (both 0 when the bucket is closed,
-// -1 when it is unlimited). It only reads an atomic: safe at any time.
-func (s *limiter) Bucket(now int64) (depth, avail int64) {
+// Bucket returns the depth of the CAPS bucket and the attempts it would
+// admit without waiting (both 0 when the bucket is closed, -1 when it is
+// unlimited), at the instant clock tells once the bucket is read: what it
+// owes was taken by attempts decided no later than that. An instant read
+// before (one for a walk of 1,000 buckets, while the event loops go on
+// deciding) would count as owed every attempt taken since: on a loaded
+// node whose reader waited a few milliseconds for a processor, a bucket
+// refilled at 333,333 a second and taking 474 owed 1,000 to 1,400
+// attempts, and its debt, reported, moved every member's parts. It only
+// reads atomics: safe at any time.
+func (s *limiter) Bucket(clock Clock) (depth, avail int64) {
 	l := s.lim.Load()
 	switch l.caps.mode {
 	case gcraUnlimited:
@@ -391,7 +398,8 @@ func (s *limiter) Bucket(now int64) (depth, avail int64) {
 	case gcraClosed:
 		return 0, 0
 	}
-	return l.caps.burst, l.caps.available(&s.capsTAT, now)
+	tat := s.capsTAT.Load()
+	return l.caps.burst, l.caps.availableAt(tat, clock.Now())
 }
 
 func spentMark(s *Service) *moveMark[Service] { return &s.spent }

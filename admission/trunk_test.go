@@ -110,7 +110,7 @@ func TestTrunkRefund(t *testing.T) {
 	require.Equal(t, 20, ok, "the licence's bucket (20)")
 	require.Equal(t, 40, reasons[CAPS])
 	tk := e.Trunk("voice", "a")
-	depth, avail := tk.Bucket(now)
+	depth, avail := tk.Bucket(At(now))
 	require.Equal(t, int64(100), depth)
 	require.Equal(t, int64(80), avail, "only the admitted took the key's tokens")
 	require.Equal(t, uint64(40), tk.Stats().Admissions[CAPS])
@@ -120,7 +120,7 @@ func TestTrunkRefund(t *testing.T) {
 	require.Equal(t, uint64(41), tk.Stats().Admissions[CAPS])
 	e.SpilledOut(svc, tr)
 	require.Equal(t, uint64(1), tk.Stats().SpilledOut)
-	_, avail = tk.Bucket(now)
+	_, avail = tk.Bucket(At(now))
 	require.Equal(t, int64(80), avail)
 
 	// The key's own bucket refusing a spillable attempt: not counted
@@ -338,7 +338,7 @@ func TestTrunkTokenPool(t *testing.T) {
 	require.Equal(t, uint64(6), s.Stats().Admissions[TRUNK_TOKENS])
 	// A refusal by the pool gives back the key's CAPS token: 10 of its
 	// 100 were taken.
-	_, avail := e.Trunk("voice", "a").Bucket(now)
+	_, avail := e.Trunk("voice", "a").Bucket(At(now))
 	require.Equal(t, int64(90), avail)
 	ok, _ = admitted(200, func(int) Decision { return e.AdmitTrunk(now, svc, nil, []byte("other"), []byte("a"), Normal) })
 	require.Equal(t, 50, ok, "ACCOUNT other: its pool of 50, not the key's")
@@ -423,4 +423,47 @@ func TestDrainSpent(t *testing.T) {
 	require.Empty(t, drained(), "a repeat of an open call takes nothing from the bucket")
 	e.Admit(now, svc, nil, nil, Normal)
 	require.Equal(t, []string{"voice"}, drained(), "a refusal for CAPS")
+}
+
+// racingClock tells the instant it stands at, and then, as an event loop
+// would while a reader goes on with that instant, moves on by step and
+// decides an attempt on service at the new instant.
+type racingClock struct {
+	at       *FakeClock
+	step     time.Duration
+	decide   func(now int64)
+	readings int
+}
+
+func (c *racingClock) Now() int64 {
+	now := c.at.Now()
+	c.readings++
+	c.at.Advance(c.step)
+	c.decide(c.at.Now())
+	return now
+}
+
+// A bucket's debt counts the attempts decided no later than the instant
+// its reading tells: Bucket reads the bucket, then the clock, so that an
+// attempt decided between the two (on an event loop, while the reader
+// waited for a processor) is not counted as owed. A bucket refilled at
+// 100,000 a second that took one attempt 5 ms after a clock reading it
+// was then read at would owe 501.
+func TestBucketOwesNothingDecidedAfterItsReading(t *testing.T) {
+	e, clk := newTestEngine(t, capsOnly(100_000))
+	s := e.Service("voice")
+	race := &racingClock{at: clk, step: 5 * time.Millisecond, decide: func(now int64) {
+		require.True(t, e.Admit(now, svc, nil, nil, Normal).Admitted())
+	}}
+	depth, avail := s.Bucket(race)
+	require.Equal(t, 1, race.readings)
+	require.Equal(t, Depth(100_000, DefaultConfig().Burst.Seconds()), depth)
+	require.Equal(t, depth, avail, "the attempt decided after the reading is not owed")
+	// The next reading, at the instant it was decided, owes it: its token
+	// is back 10 µs later.
+	_, avail = s.Bucket(race)
+	require.Equal(t, depth-1, avail)
+	// Read at an instant from before it, it would be owed 501 attempts.
+	_, avail = s.Bucket(At(clk.Now() - int64(5*time.Millisecond)))
+	require.Equal(t, depth-501, avail)
 }

@@ -173,7 +173,7 @@ func (r *UsageReader) Read() Usage {
 			continue
 		}
 		r.buf = s.ChangedPools(r.watch, r.buf[:0])
-		su := readService(s, now, r.buf)
+		su := readService(s, r.eng.Clock(), r.buf)
 		su.Resumed, seen.skipped = seen.skipped, false
 		idle := su.Sessions == 0 && su.Subscribers == 0 && su.PoolUsed <= 0 && su.Depth <= su.Avail && len(su.Accounts) == 0
 		if mark != seen.mark || !idle || now < seen.quietAt {
@@ -183,7 +183,7 @@ func (r *UsageReader) Read() Usage {
 		u = append(u, su)
 	}
 	clear(r.buf[:cap(r.buf)]) // no account names held
-	r.u = readTrunks(u, now, r.movingTrunks)
+	r.u = readTrunks(u, r.eng.Clock(), now, r.movingTrunks)
 	return r.u
 }
 
@@ -211,7 +211,7 @@ func (r *UsageReader) follow(svcs []*admission.Service) {
 func (r *UsageReader) movingTrunks(now int64, f func(*admission.Trunk)) {
 	r.eng.DrainMoved(func(t *admission.Trunk) { r.recent[t] = now })
 	for t, at := range r.recent {
-		if depth, avail := t.Bucket(now); now-at > int64(trunkQuiet) && t.OpenSessions() == 0 && avail >= depth {
+		if depth, avail := t.Bucket(r.eng.Clock()); now-at > int64(trunkQuiet) && t.OpenSessions() == 0 && avail >= depth {
 			delete(r.recent, t) // read once more: its meter sees it quiet
 		}
 		if t.Limited() {
@@ -227,9 +227,9 @@ func ReadUsage(eng *admission.Engine) Usage {
 	now := eng.Now()
 	u := make(Usage, 0, len(services))
 	for _, s := range services {
-		u = append(u, readService(s, now, s.Pools()))
+		u = append(u, readService(s, eng.Clock(), s.Pools()))
 	}
-	return readTrunks(u, now, func(_ int64, f func(*admission.Trunk)) {
+	return readTrunks(u, eng.Clock(), now, func(_ int64, f func(*admission.Trunk)) {
 		eng.EachTrunk(func(t *admission.Trunk) {
 			if t.Limited() {
 				f(t)
@@ -238,14 +238,15 @@ func ReadUsage(eng *admission.Engine) Usage {
 	})
 }
 
-// readService reads a service's counters at now, with the accounts' pools
+// readService reads a service's counters, its bucket at the instant clock
+// tells once it is read (see Service.Bucket), with the accounts' pools
 // of pools (the service's own among them is left out).
-func readService(s *admission.Service, now int64, pools []admission.PoolState) ServiceUsage {
+func readService(s *admission.Service, clock admission.Clock, pools []admission.PoolState) ServiceUsage {
 	st := s.Stats()
 	// An attempt spilled to another member counts where it arrived.
 	su := ServiceUsage{Name: s.Name(), Offered: st.Offered() + st.SpilledOut - st.SpilledIn,
 		Sessions: st.Sessions, Subscribers: st.Subscribers, PoolUsed: st.PoolUsed}
-	su.Depth, su.Avail = s.Bucket(now)
+	su.Depth, su.Avail = s.Bucket(clock)
 	for _, p := range pools {
 		if p.Account != "" {
 			su.Accounts = append(su.Accounts, AccountUsage{Account: p.Account, Size: p.Size, Used: p.Used})
@@ -256,11 +257,11 @@ func readService(s *admission.Service, now int64, pools []admission.PoolState) S
 
 // readTrunks appends to u the counters of the trunk keys with limits
 // trunks hands out: they are planned as licences are.
-func readTrunks(u Usage, now int64, trunks func(now int64, f func(*admission.Trunk))) Usage {
+func readTrunks(u Usage, clock admission.Clock, now int64, trunks func(now int64, f func(*admission.Trunk))) Usage {
 	trunks(now, func(t *admission.Trunk) {
 		st := t.Stats()
 		su := ServiceUsage{Name: st.Name, Offered: st.Offered() + st.SpilledOut - st.SpilledIn, Sessions: st.Sessions}
-		su.Depth, su.Avail = t.Bucket(now)
+		su.Depth, su.Avail = t.Bucket(clock)
 		u = append(u, su)
 	})
 	return u

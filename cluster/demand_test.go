@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -329,4 +330,65 @@ func TestUnreadSeriesIsNotResumed(t *testing.T) {
 	n += 5
 	d, _, _ := m.measure(Usage{{Name: "x", Offered: n}}, tm)
 	require.InDelta(t, 50, d["x"], 1, "the gap is one sample of the minute's attempts")
+}
+
+// busyLoops is an engine clock that, after telling each instant, moves on
+// by 5 ms and decides an attempt on each service at the new instant, as
+// a loaded node's event loops do while its exchange walks 1,000 buckets
+// (once on), so that any reading the usage reader takes is stale by the
+// time it reads the next bucket.
+type busyLoops struct {
+	at       *admission.FakeClock
+	eng      *admission.Engine
+	services []string
+	on       bool
+}
+
+func (c *busyLoops) Now() int64 {
+	now := c.at.Now()
+	if c.on {
+		c.at.Advance(5 * time.Millisecond)
+		for _, s := range c.services {
+			if !c.eng.Admit(c.at.Now(), []byte(s), nil, nil, admission.Normal).Admitted() {
+				panic("refused: " + s)
+			}
+		}
+	}
+	return now
+}
+
+// What a member reads of its buckets owes only what was decided no
+// later than it read each: on a node whose event loops go on deciding
+// while the exchange reads every licence's bucket, a bucket refilled at
+// 333,333 a second and taking 474 owed 1,000 to 1,400 attempts when
+// read against the instant the read began, and the debt, reported, made
+// every member plan every busy licence again at every report. Each
+// service here takes an attempt 5 ms after every reading of the clock:
+// against a reading from the read's start, the last would owe 500 and
+// more.
+func TestUsageReadOwesWhatWasDecidedBeforeEachBucket(t *testing.T) {
+	clk := admission.NewFakeClock()
+	loops := &busyLoops{at: clk, services: []string{"a", "b", "c", "d"}}
+	cfg := admission.DefaultConfig()
+	cfg.Clock = loops
+	eng := admission.NewEngine(cfg)
+	loops.eng = eng
+	lim := admission.Limits{Licensed: true, CAPS: 100_000, Sessions: admission.Unlimited, Subscribers: admission.Unlimited,
+		Tokens: admission.Unlimited}
+	for _, s := range loops.services {
+		require.NoError(t, eng.SetLimits(s, lim))
+	}
+	for _, read := range []func() Usage{NewUsageReader(eng).Read, func() Usage { return ReadUsage(eng) }} {
+		loops.on = true
+		u := read()
+		loops.on = false
+		require.Len(t, u, len(loops.services))
+		for _, su := range u {
+			require.Equal(t, admission.Depth(100_000, cfg.Burst.Seconds()), su.Depth)
+			require.LessOrEqual(t, su.Depth-su.Avail, int64(1), "%s owes at most the attempt decided at the instant its bucket was read", su.Name)
+		}
+		m := newDemandMeter()
+		_, _, held := m.measure(u, 0)
+		require.Empty(t, held, "nothing held or owed")
+	}
 }

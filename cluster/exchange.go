@@ -92,7 +92,7 @@ func (c *Cluster) StepExchange(now time.Time) time.Duration {
 // (watchStarved), a list each plan rebuilds in the same loop, never while
 // starved reads it.
 func (c *Cluster) starved() bool {
-	now := c.cfg.Engine.Now()
+	clock := c.cfg.Engine.Clock()
 	c.mu.Lock()
 	plans, watch := c.plans, c.watch
 	c.mu.Unlock()
@@ -127,7 +127,7 @@ func (c *Cluster) starved() bool {
 	}
 	c.stale = stale
 	for s, w := range c.spending {
-		depth, avail := s.Bucket(now)
+		depth, avail := s.Bucket(clock)
 		if depth <= 0 {
 			// Closed (the licence expired or was removed: nothing takes
 			// from it again) or unlimited: nothing to starve.
@@ -142,7 +142,7 @@ func (c *Cluster) starved() bool {
 		}
 	}
 	for _, w := range watch {
-		if _, avail := w.bucket.Bucket(now); float64(2*avail) <= w.lent {
+		if _, avail := w.bucket.Bucket(clock); float64(2*avail) <= w.lent {
 			return true
 		}
 	}
@@ -161,8 +161,10 @@ type spendingWatch struct {
 
 // starvedWatch is a bucket starved watches and what the last plan lent it.
 type starvedWatch struct {
-	bucket interface{ Bucket(int64) (int64, int64) }
-	lent   float64
+	bucket interface {
+		Bucket(admission.Clock) (int64, int64)
+	}
+	lent float64
 }
 
 // watchStarved lists the trunk keys' buckets starved watches until the

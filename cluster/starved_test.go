@@ -40,7 +40,7 @@ func TestStarvedWatchesTheSpentBuckets(t *testing.T) {
 	voice := eng.Service("voice")
 	admitted := 0
 	for {
-		_, avail := voice.Bucket(clk.Now())
+		_, avail := voice.Bucket(clk)
 		require.Equal(t, float64(2*avail) <= lent, c.starved(), "after %d attempts, %d left of %v lent", admitted, avail, lent)
 		if float64(2*avail) <= lent {
 			break
@@ -51,7 +51,7 @@ func TestStarvedWatchesTheSpentBuckets(t *testing.T) {
 	}
 	require.Len(t, c.spending, 1, "only the spent licence is looked at")
 	require.Contains(t, c.spending, voice)
-	_, idle := eng.Service("idle").Bucket(clk.Now())
+	_, idle := eng.Service("idle").Bucket(clk)
 	require.Greater(t, float64(2*idle), lent, "idle untouched")
 
 	// Refilled, it is still looked at until a plan has passed since it
@@ -72,7 +72,7 @@ func TestStarvedWatchesTheSpentBuckets(t *testing.T) {
 	for range 100 {
 		eng.Admit(clk.Now(), []byte("video"), nil, nil, admission.Normal)
 	}
-	_, avail := video.Bucket(clk.Now())
+	_, avail := video.Bucket(clk)
 	require.Zero(t, avail)
 	require.False(t, c.starved(), "not planned yet")
 	c.plan(time.Now(), true)
@@ -81,7 +81,7 @@ func TestStarvedWatchesTheSpentBuckets(t *testing.T) {
 	// The licence removed: its bucket closes and nothing takes from it
 	// again; it is let go, not starved at every check.
 	require.NoError(t, shares.SetLimits("video", admission.Limits{}))
-	depth, _ := video.Bucket(clk.Now())
+	depth, _ := video.Bucket(clk)
 	require.Zero(t, depth)
 	require.False(t, c.starved())
 	require.NotContains(t, c.spending, video)

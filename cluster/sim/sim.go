@@ -597,7 +597,7 @@ func Run(sc Scenario) (Result, error) {
 				continue
 			}
 			for _, s := range svcs {
-				if _, avail := n.engine.Service(s).Bucket(base + stepEnd); n.planner.Starved(s, avail) {
+				if _, avail := n.engine.Service(s).Bucket(admission.At(base + stepEnd)); n.planner.Starved(s, avail) {
 					planEarly(i, stepEnd)
 					break
 				}
