@@ -374,8 +374,11 @@ func (p *Planner) Heard(now time.Time, from string, r Report) bool {
 	old := p.heard
 	defer clear(old)
 	note := func(service string) {
-		if _, ok := p.svcs[service]; ok {
-			old[service] = heardBefore{v.report.Applied[service], v.report.Demand[service], v.services[service].Owed}
+		if _, done := old[service]; done {
+			return // named twice (a demand in this report and the last)
+		}
+		if st := p.svcs[service]; st != nil {
+			old[service] = heardBefore{st, v.report.Applied[service], v.report.Demand[service], v.services[service].Owed}
 		}
 	}
 	for service := range r.Applied {
@@ -408,7 +411,7 @@ func (p *Planner) Heard(now time.Time, from string, r Report) bool {
 	v.heard, v.spilled = now, nil
 	urgent := false
 	for service, prev := range old {
-		st := p.svcs[service]
+		st := prev.st
 		w := st.wanted
 		a, ok := v.report.Applied[service]
 		if !ok {
@@ -456,6 +459,7 @@ func (p *Planner) Heard(now time.Time, from string, r Report) bool {
 // heardBefore is what a member's report said of a service before the
 // next one (Heard).
 type heardBefore struct {
+	st      *svcState
 	applied Share
 	demand  float64
 	owed    int64
