@@ -42,8 +42,10 @@ type Planner struct {
 	budget  map[string]int64
 	// svcs is what a plan keeps of each service it planned, for the next.
 	svcs map[string]*svcState
-	// lastParts and lastActive size the next plan's maps (see plan).
-	lastParts, lastActive int
+	// lastParts sizes the next plan's parts (see plan); active, stirred
+	// and charged are the plan's own, kept for the next (scratchMap).
+	lastParts                int
+	active, stirred, charged map[string]bool
 	// lastPlan is when this node last planned; early counts the early
 	// plans it may still make (refilled at earlyRate) as of earlyAt.
 	lastPlan, earlyAt time.Time
@@ -714,8 +716,8 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 	// Of them, stirred are those whose holding moved: a service only
 	// demanded plans the same as before, and may settle, while every
 	// member's demand stays under its floor (underFloor).
-	active := make(map[string]bool, p.lastActive)
-	stirred := map[string]bool{}
+	p.active, p.stirred, p.charged = scratchMap(p.active), scratchMap(p.stirred), scratchMap(p.charged)
+	active, stirred := p.active, p.stirred
 	for _, m := range []map[string]float64{sent.Demand, older.Demand, demand} {
 		for k := range m {
 			active[k] = true
@@ -749,7 +751,7 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 	}
 	// The services whose pool, or one of whose accounts' pools, some
 	// member charges (a token rate: only what moves is reported).
-	charged := map[string]bool{}
+	charged := p.charged
 	for _, m := range []map[string]float64{sent.TokenRate, older.TokenRate, rate} {
 		markCharged(charged, m)
 	}
@@ -982,7 +984,7 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 		}
 	}
 	p.unsettled = unsettled
-	p.lastParts, p.lastActive = len(out.Parts), len(active)
+	p.lastParts = len(out.Parts)
 	p.changedLimits, p.changedAll = p.changedLimits[:0], false
 	if exchange {
 		p.book.allDirty = false
@@ -990,6 +992,23 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 	out.Report = p.report()
 	return out
 }
+
+// scratchMap returns m cleared for a plan to fill again, or a new map
+// when m is nil or held more than scratchKeep keys: a map made at every
+// plan, a thousand busy services in it, was a twelfth of a quiet member's
+// exchange, and one kept at the size of a plan of every key of a large
+// farm would cost its size to clear at every plan after.
+func scratchMap(m map[string]bool) map[string]bool {
+	if m == nil || len(m) > scratchKeep {
+		return map[string]bool{}
+	}
+	clear(m)
+	return m
+}
+
+// scratchKeep bounds the keys a scratch map of the plan's keeps room for
+// between plans.
+const scratchKeep = heardKeep
 
 // underFloor reports whether every live member's demand of a CAPS-limited
 // service, its debt to repay within RepayIn added, is at most the floor
