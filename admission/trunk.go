@@ -324,10 +324,14 @@ func (t *Trunk) enter(now int64, prio Priority, session, spillable bool) (h trun
 	return h, minRemaining(remaining, left), Decision{}, true
 }
 
-// admitted counts the attempt admitted; the key keeps what it took.
+// admitted counts the attempt admitted; the key keeps what it took. The
+// key is marked moved again after the count (enter marked it before): a
+// reader that drained it between the two would otherwise never read the
+// count (Engine.DrainMoved).
 func (h trunkHold) admitted() {
 	if h.t != nil {
 		h.t.counts[OK].Add(1)
+		h.t.touch()
 	}
 }
 
@@ -352,6 +356,7 @@ func (h trunkHold) refused(now int64, reason Reason, uncounted bool) {
 	if !uncounted {
 		h.t.counts[reason].Add(1)
 	}
+	h.t.touch() // what it gave back and counted, after enter's mark (see admitted)
 }
 
 // dropSession gives back the session the attempt counted (the call was
