@@ -143,18 +143,8 @@ func (g *gcra) refund(tat *atomic.Int64, now int64) {
 	}
 }
 
-// available returns the tokens in the bucket at now without taking any.
-func (g *gcra) available(tat *atomic.Int64, now int64) int64 {
-	switch g.mode {
-	case gcraUnlimited:
-		return -1
-	case gcraClosed:
-		return 0
-	}
-	return g.availableAt(tat.Load(), now)
-}
-
-// availableAt is available for a bucket whose TAT was base.
+// availableAt returns the tokens a limited bucket whose TAT was base
+// holds at now, without taking any.
 func (g *gcra) availableAt(base, now int64) int64 {
 	if base < now {
 		base = now

@@ -45,7 +45,9 @@ func (c *FakeClock) Advance(d time.Duration) { c.now.Add(int64(d)) }
 func (c *FakeClock) Set(t int64) { c.now.Store(t) }
 
 // At is a Clock that stands at one instant: a reading taken at an instant
-// of a test's or a simulator's own.
+// of a test's or a simulator's own. A live engine's readings take its
+// clock instead: an instant read earlier counts as owed what its event
+// loops decided since (see Service.Bucket).
 type At int64
 
 // Now returns the instant.

@@ -387,9 +387,9 @@ func (s *Service) Fingerprint() uint64 {
 // before (one for a walk of 1,000 buckets, while the event loops go on
 // deciding) would count as owed every attempt taken since: on a loaded
 // node whose reader waited a few milliseconds for a processor, a bucket
-// refilled at 333,333 a second and taking 474 owed 1,000 to 1,400
-// attempts, and its debt, reported, moved every member's parts. It only
-// reads atomics: safe at any time.
+// refilled at 333,333 a second and taking 474 a second owed 1,000 to 1,400
+// attempts, and its debt, reported, moved every member's parts. It reads
+// atomics and the clock: safe at any time.
 func (s *limiter) Bucket(clock Clock) (depth, avail int64) {
 	l := s.lim.Load()
 	switch l.caps.mode {

@@ -446,9 +446,9 @@ func (c *racingClock) Now() int64 {
 // A bucket's debt counts the attempts decided no later than the instant
 // its reading tells: Bucket reads the bucket, then the clock, so that an
 // attempt decided between the two (on an event loop, while the reader
-// waited for a processor) is not counted as owed. A bucket refilled at
-// 100,000 a second that took one attempt 5 ms after a clock reading it
-// was then read at would owe 501.
+// waited for a processor) is not counted as owed. Read against an instant
+// taken 5 ms before the one attempt it took, a bucket refilled at 100,000
+// a second would owe 501.
 func TestBucketOwesNothingDecidedAfterItsReading(t *testing.T) {
 	e, clk := newTestEngine(t, capsOnly(100_000))
 	s := e.Service("voice")
@@ -463,7 +463,8 @@ func TestBucketOwesNothingDecidedAfterItsReading(t *testing.T) {
 	// is back 10 µs later.
 	_, avail = s.Bucket(race)
 	require.Equal(t, depth-1, avail)
-	// Read at an instant from before it, it would be owed 501 attempts.
+	// Read against an instant 5 ms before the attempt it took last, a
+	// bucket refilled at 100,000 a second owes 501.
 	_, avail = s.Bucket(At(clk.Now() - int64(5*time.Millisecond)))
 	require.Equal(t, depth-501, avail)
 }

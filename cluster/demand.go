@@ -163,7 +163,7 @@ func (r *UsageReader) Read() Usage {
 		return ReadUsage(r.eng)
 	}
 	clear(r.u) // no account names held until filled again
-	u, now := r.u[:0], r.eng.Now()
+	u, now, clock := r.u[:0], r.eng.Now(), r.eng.Clock()
 	r.follow(r.eng.Services())
 	for i, s := range r.svcs {
 		seen := &r.seen[i]
@@ -173,7 +173,7 @@ func (r *UsageReader) Read() Usage {
 			continue
 		}
 		r.buf = s.ChangedPools(r.watch, r.buf[:0])
-		su := readService(s, r.eng.Clock(), r.buf)
+		su := readService(s, clock, r.buf)
 		su.Resumed, seen.skipped = seen.skipped, false
 		idle := su.Sessions == 0 && su.Subscribers == 0 && su.PoolUsed <= 0 && su.Depth <= su.Avail && len(su.Accounts) == 0
 		if mark != seen.mark || !idle || now < seen.quietAt {
@@ -183,7 +183,7 @@ func (r *UsageReader) Read() Usage {
 		u = append(u, su)
 	}
 	clear(r.buf[:cap(r.buf)]) // no account names held
-	r.u = readTrunks(u, r.eng.Clock(), now, r.movingTrunks)
+	r.u = readTrunks(u, clock, now, r.movingTrunks)
 	return r.u
 }
 

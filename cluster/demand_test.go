@@ -335,8 +335,8 @@ func TestUnreadSeriesIsNotResumed(t *testing.T) {
 // busyLoops is an engine clock that, after telling each instant, moves on
 // by 5 ms and decides an attempt on each service at the new instant, as
 // a loaded node's event loops do while its exchange walks 1,000 buckets
-// (once on), so that any reading the usage reader takes is stale by the
-// time it reads the next bucket.
+// (while on is set), so that any reading the usage reader takes is stale
+// by the time it reads the next bucket.
 type busyLoops struct {
 	at       *admission.FakeClock
 	eng      *admission.Engine
@@ -360,12 +360,11 @@ func (c *busyLoops) Now() int64 {
 // What a member reads of its buckets owes only what was decided no
 // later than it read each: on a node whose event loops go on deciding
 // while the exchange reads every licence's bucket, a bucket refilled at
-// 333,333 a second and taking 474 owed 1,000 to 1,400 attempts when
-// read against the instant the read began, and the debt, reported, made
-// every member plan every busy licence again at every report. Each
+// 333,333 a second and taking 474 a second owed 1,000 to 1,400 attempts
+// when read against the instant the read began, and the debt, reported,
+// made every member plan every busy licence again at every report. Each
 // service here takes an attempt 5 ms after every reading of the clock:
-// against a reading from the read's start, the last would owe 500 and
-// more.
+// against the reading the read began with, each would owe 501.
 func TestUsageReadOwesWhatWasDecidedBeforeEachBucket(t *testing.T) {
 	clk := admission.NewFakeClock()
 	loops := &busyLoops{at: clk, services: []string{"a", "b", "c", "d"}}

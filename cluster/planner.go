@@ -367,14 +367,17 @@ func (p *Planner) Heard(now time.Time, from string, r Report) bool {
 	// Only what the report names (a delta: what changed) or what the
 	// sender named before it (a demand that ended) can have moved: a
 	// farm's 100,000 idle trunk keys are not looked at per report.
-	if len(p.heard) > heardKeep {
-		p.heard = nil // a whole report of a large farm's: not kept at that size
-	}
 	if p.heard == nil {
 		p.heard = make(map[string]heardBefore, len(r.Applied)+len(r.Demand))
 	}
 	old := p.heard
-	defer clear(old)
+	defer func() {
+		if len(old) > heardKeep {
+			p.heard = nil // a whole report of a large farm's: not kept at that size
+		} else {
+			clear(old)
+		}
+	}()
 	note := func(service string) {
 		if _, done := old[service]; done {
 			return // named twice (a demand in this report and the last)
@@ -689,9 +692,9 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 		p.peers[name].reclaimed = true
 		p.book.allDirty = true
 	}
-	// The maps a plan fills are sized as the last plan's were: growing
-	// them from nothing, a thousand busy services at every plan, was a
-	// tenth of a plan's time.
+	// A plan's parts are sized as the last plan's were: growing them from
+	// nothing, a thousand busy services at every plan, was a tenth of a
+	// plan's time.
 	out := Plan{Side: side, SideChanged: side.State != p.side.State, Reclaimed: reclaim, Parts: make(map[string]Share, p.lastParts)}
 	p.side = side
 
@@ -993,14 +996,15 @@ func (p *Planner) plan(now time.Time, live []string, licensed map[string]admissi
 	return out
 }
 
-// scratchMap returns m cleared for a plan to fill again, or a new map
-// when m is nil or held more than scratchKeep keys: a map made at every
-// plan, a thousand busy services in it, was a twelfth of a quiet member's
-// exchange, and one kept at the size of a plan of every key of a large
-// farm would cost its size to clear at every plan after.
+// scratchMap returns m cleared for a plan to fill again, or a new map of
+// m's size when m held more than scratchKeep keys (or none when nil): a
+// map made at every plan, a thousand busy services in it, was a twelfth of
+// a quiet member's plan, and one kept at the size of a plan of every key
+// of a large farm would cost that size to clear at every plan after (a
+// map's clear costs what it has room for).
 func scratchMap(m map[string]bool) map[string]bool {
 	if m == nil || len(m) > scratchKeep {
-		return map[string]bool{}
+		return make(map[string]bool, len(m))
 	}
 	clear(m)
 	return m
