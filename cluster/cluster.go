@@ -191,6 +191,9 @@ func New(cfg Config) (*Cluster, error) {
 	// missed and serves nodes that were down.
 	mc.PushPullInterval = 5 * time.Second
 	mc.SecretKey = cfg.Key
+	// Messages worth deflating are packed here (pack.go), with
+	// compressors kept from one to the next.
+	mc.EnableCompression = false
 	mc.Delegate = (*delegate)(c)
 	mc.Events = (*events)(c)
 	mc.Logger = log.New(newLogWriter(cfg.Log, time.Now), "", 0) // see gossiplog.go

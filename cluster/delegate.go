@@ -46,10 +46,19 @@ var (
 	convergence = metrics.NewPrometheusHistogramExt(`capsgate_license_convergence_seconds`, []float64{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5})
 )
 
-// sent counts a user message sent.
+// sent counts a user message sent (msg as it went: packed or not).
 func sent(c *metrics.Counter, msg []byte) {
 	c.Inc()
+	sentBytes(msg)
+}
+
+// sentBytes counts the bytes of a user message sent, and it as packed if
+// it went so.
+func sentBytes(msg []byte) {
 	bytesSent.Add(len(msg))
+	if len(msg) > 0 && msg[0] == msgPacked {
+		packedSent.Inc()
+	}
 }
 
 // SpreadLicence sends a licence or revocation just loaded here to every
@@ -57,12 +66,13 @@ func sent(c *metrics.Counter, msg []byte) {
 // what this misses and serves members that were down.
 func (c *Cluster) SpreadLicence(armored []byte) {
 	msg := binary.BigEndian.AppendUint64([]byte{msgLicence}, uint64(time.Now().UnixNano()))
-	msg = append(msg, armored...)
+	pk := &packing{plain: append(msg, armored...)}
 	for _, m := range c.ml.Members() {
 		if m.Name == c.cfg.NodeName {
 			continue
 		}
 		go func(m *memberlist.Node) {
+			msg := c.packedFor(m, pk)
 			if err := c.ml.SendReliable(m, msg); err != nil {
 				c.log.Warn("cannot send a licence to a member; state sync will", "member", m.Name, "err", err)
 				return
@@ -124,7 +134,7 @@ func (d *delegate) allocationsDue(node, ours, theirs string, now time.Time) bool
 
 // NodeMeta publishes version, RESP address and max_caps.
 func (d *delegate) NodeMeta(limit int) []byte {
-	b, _ := json.Marshal(meta{Version: Version, RESPAddr: d.cfg.RESPAddr, Admin: d.cfg.AdminAddr, MaxCAPS: d.cfg.MaxCAPS, Stretch: true})
+	b, _ := json.Marshal(meta{Version: Version, RESPAddr: d.cfg.RESPAddr, Admin: d.cfg.AdminAddr, MaxCAPS: d.cfg.MaxCAPS, Stretch: true, Packs: true})
 	if len(b) > limit {
 		return nil
 	}
@@ -138,6 +148,19 @@ func (d *delegate) NotifyMsg(b []byte) {
 	}
 	c := (*Cluster)(d)
 	bytesReceived.Add(len(b))
+	if b[0] == msgPacked {
+		buf, err := unpack(b[1:])
+		if err != nil {
+			packedRefused.Inc()
+			c.log.Debug("refusing a packed message", "err", err)
+			return
+		}
+		defer release(buf)
+		packedReceived.Inc()
+		if b = buf.Bytes(); len(b) < 2 {
+			return
+		}
+	}
 	switch b[0] {
 	case msgDemand:
 		demandReceived.Inc()
@@ -361,7 +384,7 @@ func (c *Cluster) offerState(node, theirs string, allocations bool) {
 				st.Documents = c.cfg.Licences.Documents()
 			}
 			b, _ := json.Marshal(st)
-			msg := append([]byte{msgState}, b...)
+			msg := c.packedFor(m, &packing{plain: append([]byte{msgState}, b...)})
 			if err = c.ml.SendReliable(m, msg); err == nil {
 				sent(stateSent, msg)
 			}
@@ -398,11 +421,11 @@ func (e *events) NotifyJoin(n *memberlist.Node) {
 	}
 	p.met = true
 	back, downSince := c.planner.Joined(c.cfg.Now(), n.Name)
-	p.addr, p.metaRaw = n.Address(), append([]byte(nil), n.Meta...)
+	p.addr = n.Address()
 	if n.Name != c.cfg.NodeName {
 		c.hadPeer.Store(true)
 	}
-	p.resp, p.stretch = respOf(p.metaRaw, p.addr), readsStretch(p.metaRaw)
+	p.noteMeta(n.Meta)
 	p.alive = true
 	c.refreshOwners()
 	c.mu.Unlock()
@@ -444,8 +467,7 @@ func (e *events) NotifyUpdate(n *memberlist.Node) {
 	c := (*Cluster)(e)
 	c.mu.Lock()
 	if p := c.peers[n.Name]; p != nil {
-		p.metaRaw = append([]byte(nil), n.Meta...)
-		p.resp, p.stretch = respOf(p.metaRaw, p.addr), readsStretch(p.metaRaw)
+		p.noteMeta(n.Meta)
 		c.refreshOwners()
 	}
 	c.mu.Unlock()

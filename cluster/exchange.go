@@ -203,13 +203,15 @@ func (c *Cluster) send(r Report) {
 	if c.cfg.LedgerIdentity != nil {
 		dm.HeadKey, dm.Genesis = c.cfg.LedgerIdentity()
 	}
-	msg, _ := json.Marshal(dm)
-	msg = append([]byte{msgDemand}, msg...)
-	reportBytes.Update(float64(len(msg)))
+	plain, _ := json.Marshal(dm)
+	plain = append([]byte{msgDemand}, plain...)
+	reportBytes.Update(float64(len(plain)))
+	pk := &packing{plain: plain}
 	for _, m := range c.ml.Members() {
 		if m.Name == c.cfg.NodeName {
 			continue
 		}
+		msg := c.packedFor(m, pk)
 		if len(msg) <= maxReportPacket {
 			if err := c.ml.SendBestEffort(m, msg); err != nil {
 				reportErrors.Inc()

@@ -222,14 +222,16 @@ func (c *Cluster) sendBatch(batch []op) {
 
 // sendAll sends msg to every other live member over the reliable channel,
 // at once, and returns how many sends failed.
-func (c *Cluster) sendAll(msg []byte) (failed int) {
+func (c *Cluster) sendAll(plain []byte) (failed int) {
 	var wg sync.WaitGroup
 	var mu sync.Mutex
+	pk := &packing{plain: plain}
 	for _, m := range c.ml.Members() {
 		if m.Name == c.cfg.NodeName {
 			continue
 		}
 		wg.Go(func() {
+			msg := c.packedFor(m, pk)
 			if err := c.ml.SendReliable(m, msg); err != nil {
 				c.log.Debug("cannot send to a member", "member", m.Name, "kind", string(msg[:1]), "err", err)
 				mu.Lock()
@@ -237,7 +239,7 @@ func (c *Cluster) sendAll(msg []byte) (failed int) {
 				mu.Unlock()
 				return
 			}
-			bytesSent.Add(len(msg))
+			sentBytes(msg)
 		})
 	}
 	wg.Wait()
@@ -561,12 +563,12 @@ func (c *Cluster) replayTo(member string, since time.Time) {
 		}
 		n := min(len(ops), replayBatch)
 		msg, _ := json.Marshal(opsMsg{Node: c.cfg.NodeName, Ops: ops[:n]})
-		msg = append([]byte{msgOps}, msg...)
+		msg = c.packedFor(to, &packing{plain: append([]byte{msgOps}, msg...)})
 		if err := c.ml.SendReliable(to, msg); err != nil {
 			c.log.Warn("cannot send a member that came back what it missed", "member", member, "err", oneLine(err))
 			return
 		}
-		bytesSent.Add(len(msg))
+		sentBytes(msg)
 		ops = ops[n:]
 	}
 }

@@ -26,6 +26,12 @@ func TestLicenceReachesAMemberThatWasDown(t *testing.T) {
 	c.LoadLicense(1, c.Issue("--service", "fax", "--caps", "20", "--id", "fax-while-down"))
 	require.Eventually(t, func() bool { return c.Service(2, "voice").Limits.CAPS == 1500 }, 2*time.Second, 10*time.Millisecond,
 		"n2 gets it directly")
+	// Packed (a licence is 900 bytes of text, 630 deflated): memberlist
+	// compresses nothing, and every member reads packed messages.
+	body, err := n[1].GetRaw("/metrics")
+	require.NoError(t, err)
+	require.GreaterOrEqual(t, metric(t, body, `capsgate_gossip_packed_total{direction="received"}`), 2.0)
+	require.Zero(t, metric(t, body, `capsgate_gossip_packed_refused_total`))
 	require.NoError(t, n[2].Restart())
 	c.WaitMembers(3, 10*time.Second)
 	c.WaitCAPS("voice", 1500, 10*time.Second)

@@ -58,13 +58,19 @@ type meta struct {
 	// a member of an earlier release does not, and forgets the entries a
 	// stretched refresh names less often than deltaRefresh reports.
 	Stretch bool `json:"stretch,omitempty"`
+	// Packs: the member reads packed messages (msgPacked); one of an
+	// earlier release is sent messages as they are.
+	Packs bool `json:"packs,omitempty"`
 }
 
-// readsStretch reports whether a member with this metadata reads a
-// report's refresh stretch (meta.Stretch).
-func readsStretch(metaRaw []byte) bool {
+// noteMeta keeps a member's metadata and what it says: its RESP address,
+// whether it reads a report's refresh stretch (meta.Stretch) and packed
+// messages (meta.Packs). Metadata that does not parse says neither.
+func (p *peer) noteMeta(raw []byte) {
+	p.metaRaw = append([]byte(nil), raw...)
 	var md meta
-	return json.Unmarshal(metaRaw, &md) == nil && md.Stretch
+	ok := json.Unmarshal(raw, &md) == nil
+	p.resp, p.stretch, p.packs = respOf(p.metaRaw, p.addr), ok && md.Stretch, ok && md.Packs
 }
 
 // refreshBound is the planner's refreshEntries for the members alive:
@@ -93,6 +99,7 @@ type peer struct {
 	metaRaw []byte
 	resp    string // its RESP address (spilled ADMITs go there)
 	stretch bool   // its metadata says it reads a refresh stretch
+	packs   bool   // its metadata says it reads packed messages
 	// head is its ledger head as last reported; witnessed the seq of the
 	// head last handed to Witnesses.
 	head      ledger.Witness

@@ -566,13 +566,26 @@ func TestStretchFromTheWireIsBounded(t *testing.T) {
 	require.Len(t, b.peers["a"].report.Held, len(everything(f.a).Held))
 }
 
-// A member of an earlier release reads no stretch: while one is live, no
-// member stretches its refresh.
+// A member of an earlier release reads no stretch, nor packed messages:
+// while one is live, no member stretches its refresh, and none packs what
+// it sends that member.
 func TestReadsStretch(t *testing.T) {
-	now, _ := json.Marshal(meta{Version: Version, RESPAddr: "127.0.0.1:6380", Stretch: true})
-	require.True(t, readsStretch(now))
-	require.False(t, readsStretch([]byte(`{"v":"0.1.0","resp":"127.0.0.1:6381","max_caps":0}`)))
-	require.False(t, readsStretch([]byte("not json")))
+	now, _ := json.Marshal(meta{Version: Version, RESPAddr: "127.0.0.1:6380", Stretch: true, Packs: true})
+	for _, c := range []struct {
+		meta           []byte
+		stretch, packs bool
+	}{
+		{now, true, true},
+		{[]byte(`{"v":"0.1.0","resp":"127.0.0.1:6381","max_caps":0,"stretch":true}`), true, false},
+		{[]byte(`{"v":"0.1.0","resp":"127.0.0.1:6381","max_caps":0}`), false, false},
+		{[]byte("not json"), false, false},
+	} {
+		var p peer
+		p.noteMeta(c.meta)
+		require.Equal(t, c.stretch, p.stretch, "%s", c.meta)
+		require.Equal(t, c.packs, p.packs, "%s", c.meta)
+		require.Equal(t, c.meta, p.metaRaw)
+	}
 	// With noStretch, a count of any size keeps a stretch of 1.
 	require.Equal(t, uint64(1), refreshStretch(1<<62, noStretch))
 	require.Equal(t, uint64(1), refreshStretch(10_000_000, noStretch))
