@@ -58,13 +58,20 @@ func pack(msg []byte) []byte {
 	out := bytes.NewBuffer(make([]byte, 0, len(msg)/2+64))
 	out.WriteByte(msgPacked)
 	w := deflaters.Get().(*flate.Writer)
-	defer deflaters.Put(w)
+	defer func() {
+		w.Reset(io.Discard) // holds no output while in the pool
+		deflaters.Put(w)
+	}()
 	w.Reset(out)
 	if _, err := w.Write(msg); err != nil || w.Close() != nil || out.Len() >= len(msg) {
 		return nil
 	}
 	return out.Bytes()
 }
+
+// noInput is what a pooled inflater reads from: nothing (a Reset only
+// keeps it).
+var noInput = bytes.NewReader(nil)
 
 var (
 	errUnpackedTooLarge = errors.New("a packed message inflates past its bound")
@@ -87,7 +94,10 @@ func unpack(payload []byte) (*bytes.Buffer, error) {
 	} else {
 		r = flate.NewReader(src)
 	}
-	defer inflaters.Put(r)
+	defer func() {
+		_ = r.(flate.Resetter).Reset(noInput, nil) // holds no payload while in the pool
+		inflaters.Put(r)
+	}()
 	buf := unpacked.Get().(*bytes.Buffer)
 	buf.Reset()
 	n, err := buf.ReadFrom(io.LimitReader(r, maxUnpacked+1))

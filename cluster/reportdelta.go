@@ -83,11 +83,17 @@ func refreshDue(h, seq, stretch uint64) bool {
 	return h%deltaRefresh == seq%deltaRefresh && (h/deltaRefresh)%stretch == (seq/deltaRefresh)%stretch
 }
 
-// wireEntry is what this node last sent of one entry: its value, and the
-// report that first carried that value.
+// wireEntry is what this node last sent of one entry: its value, the
+// report that first carried that value, and its key's refreshHash.
 type wireEntry[T any] struct {
 	v       T
 	changed uint64
+	hash    uint64
+}
+
+// newWireEntry is the entry of key k first sent as v in report seq.
+func newWireEntry[T any](k string, v T, seq uint64) *wireEntry[T] {
+	return &wireEntry[T]{v: v, changed: seq, hash: refreshHash(k)}
 }
 
 // wireState is what this node last sent of one of a report's keyed maps.
@@ -117,8 +123,9 @@ func (w *wireState[T]) record(cur map[string]T, seq uint64) {
 	ring := &w.ring[seq%deltaRepeat]
 	ring.seq = seq
 	for k, v := range cur {
-		w.sent[k] = &wireEntry[T]{v: v, changed: seq}
-		slot := refreshHash(k) % deltaRefresh
+		e := newWireEntry(k, v, seq)
+		w.sent[k] = e
+		slot := e.hash % deltaRefresh
 		w.slots[slot] = append(w.slots[slot], k)
 		// As delta does, the next deltaRepeat-1 reports repeat what a whole
 		// one said, so that losing it loses nothing.
@@ -142,9 +149,9 @@ func (w *wireState[T]) deltaOf(cur map[string]T, moved []string, seq, stretch ui
 		}
 		switch e := w.sent[k]; {
 		case e == nil:
-			w.sent[k] = &wireEntry[T]{v: v, changed: seq}
-			slot := refreshHash(k) % deltaRefresh
-			w.slots[slot] = append(w.slots[slot], k)
+			e = newWireEntry(k, v, seq)
+			w.sent[k] = e
+			w.slots[e.hash%deltaRefresh] = append(w.slots[e.hash%deltaRefresh], k)
 		case !w.eq(e.v, v):
 			e.v, e.changed = v, seq
 		default:
@@ -165,7 +172,7 @@ func (w *wireState[T]) deltaOf(cur map[string]T, moved []string, seq, stretch ui
 		}
 	}
 	for _, k := range w.slots[seq%deltaRefresh] {
-		if e := w.sent[k]; e != nil && refreshDue(refreshHash(k), seq, stretch) {
+		if e := w.sent[k]; e != nil && refreshDue(e.hash, seq, stretch) {
 			out[k] = e.v
 		}
 	}
@@ -181,17 +188,26 @@ func (w *wireState[T]) delta(cur map[string]T, seq, stretch uint64) map[string]T
 		w.sent = map[string]*wireEntry[T]{}
 	}
 	var zero T
+	// Every entry sent before that cur still holds: none to remove, and
+	// the walk of what was sent is not needed.
+	before, held := len(w.sent), 0
 	for k, v := range cur {
 		e := w.sent[k]
+		if e != nil {
+			held++
+		}
 		switch {
 		case e == nil:
-			w.sent[k] = &wireEntry[T]{v: v, changed: seq}
+			w.sent[k] = newWireEntry(k, v, seq)
 		case !w.eq(e.v, v):
 			e.v, e.changed = v, seq
-		case seq-e.changed >= deltaRepeat && !refreshDue(refreshHash(k), seq, stretch):
+		case seq-e.changed >= deltaRepeat && !refreshDue(e.hash, seq, stretch):
 			continue
 		}
 		out[k] = v
+	}
+	if held == before {
+		return out
 	}
 	for k, e := range w.sent {
 		if _, ok := cur[k]; ok {
