@@ -84,6 +84,11 @@ var (
 // deflate, inflates past maxUnpacked or holds another packed message is
 // refused.
 func unpack(payload []byte) (*bytes.Buffer, error) {
+	return unpackAtMost(payload, maxUnpacked)
+}
+
+// unpackAtMost is unpack with a bound of limit bytes.
+func unpackAtMost(payload []byte, limit int64) (*bytes.Buffer, error) {
 	src := bytes.NewReader(payload)
 	var r io.ReadCloser
 	if v := inflaters.Get(); v != nil {
@@ -100,10 +105,10 @@ func unpack(payload []byte) (*bytes.Buffer, error) {
 	}()
 	buf := unpacked.Get().(*bytes.Buffer)
 	buf.Reset()
-	n, err := buf.ReadFrom(io.LimitReader(r, maxUnpacked+1))
+	n, err := buf.ReadFrom(io.LimitReader(r, limit+1))
 	switch {
 	case err != nil:
-	case n > maxUnpacked:
+	case n > limit:
 		err = errUnpackedTooLarge
 	case n > 0 && buf.Bytes()[0] == msgPacked:
 		err = errPackedInPacked
