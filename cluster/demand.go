@@ -76,6 +76,13 @@ func (m *demandMeter) measure(u Usage, t float64) (demand, tokenRate map[string]
 			sm = &serviceMeters{}
 			m.series[s.Name] = sm
 		}
+		if s.Carried {
+			// Left out as quiet but for the tokens it charged this
+			// period: what it holds, as when last read; no sample (its
+			// meters resume as for a service left out).
+			held[s.Name] = Held{Tokens: s.PoolUsed}
+			continue
+		}
 		sm.owed = owedOf(sm.owed, s.Depth, s.Avail)
 		if owed := sm.owed; s.Sessions > 0 || s.Subscribers > 0 || s.PoolUsed > 0 || owed > 0 {
 			held[s.Name] = Held{Sessions: s.Sessions, Subscribers: s.Subscribers, Tokens: s.PoolUsed, Owed: owed}
@@ -106,9 +113,11 @@ func (m *demandMeter) measure(u Usage, t float64) (demand, tokenRate map[string]
 // moved, not the 100,000 accounts a farm may hold. Of the services it
 // leaves out those that have been quiet for serviceQuiet: their counters
 // have not moved since (Service.Fingerprint, no pool pending) and they
-// hold, charge and owe nothing, so that all a measure would make of them
-// is nothing (demandMeter.measure takes the gap as such). A farm's 1,000
-// idle licences cost a read a fingerprint each.
+// hold and owe nothing, so that all a measure would make of them is
+// nothing (demandMeter.measure takes the gap as such) but the tokens one
+// charged this period (a licence with tokens, used once): such a service
+// is carried, its last PoolUsed repeated (ServiceUsage.Carried), not
+// read. A farm's 1,000 idle licences cost a read a fingerprint each.
 type UsageReader struct {
 	eng     *admission.Engine
 	watch   admission.PoolWatch
@@ -137,6 +146,7 @@ type seenService struct {
 	idle    bool
 	quietAt int64
 	skipped bool
+	pool    int64 // its PoolUsed when last read
 }
 
 // trunkQuiet is how long a trunk key that stopped moving is still read:
@@ -170,16 +180,19 @@ func (r *UsageReader) Read() Usage {
 		mark := s.Fingerprint()
 		if mark == seen.mark && seen.idle && now-seen.quietAt >= int64(serviceQuiet) && !s.PoolsPending(r.watch) {
 			seen.skipped = true
+			if seen.pool > 0 {
+				u = append(u, ServiceUsage{Name: s.Name(), PoolUsed: seen.pool, Carried: true})
+			}
 			continue
 		}
 		r.buf = s.ChangedPools(r.watch, r.buf[:0])
 		su := readService(s, clock, r.buf)
 		su.Resumed, seen.skipped = seen.skipped, false
-		idle := su.Sessions == 0 && su.Subscribers == 0 && su.PoolUsed <= 0 && su.Depth <= su.Avail && len(su.Accounts) == 0
+		idle := su.Sessions == 0 && su.Subscribers == 0 && su.Depth <= su.Avail && len(su.Accounts) == 0
 		if mark != seen.mark || !idle || now < seen.quietAt {
 			seen.quietAt = now
 		}
-		seen.mark, seen.idle = mark, idle
+		seen.mark, seen.idle, seen.pool = mark, idle, su.PoolUsed
 		u = append(u, su)
 	}
 	clear(r.buf[:cap(r.buf)]) // no account names held

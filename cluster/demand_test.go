@@ -391,3 +391,58 @@ func TestUsageReadOwesWhatWasDecidedBeforeEachBucket(t *testing.T) {
 		require.Empty(t, held, "nothing held or owed")
 	}
 }
+
+// A service that charged tokens this period and is quiet since is carried,
+// not read: the read repeats what it charged, the measure holds it as it
+// held it when read (and nothing else), and a charge or a new allocation
+// has it read again, its meters resumed. Every licence with tokens used
+// once a period was read at every exchange before (PoolUsed above 0 was
+// not idle): 1,000 of them, ten times a second.
+func TestUsageReaderCarriesTokensCharged(t *testing.T) {
+	clk := admission.NewFakeClock()
+	cfg := admission.DefaultConfig()
+	cfg.Clock = clk
+	eng := admission.NewEngine(cfg)
+	lim := admission.Limits{Licensed: true, CAPS: 100, Sessions: 100, Subscribers: 100, Tokens: 1 << 30}
+	for _, s := range []string{"a", "b"} {
+		require.NoError(t, eng.SetLimits(s, lim))
+	}
+	require.True(t, eng.Consume(clk.Now(), []byte("a"), nil, 550, nil).Admitted())
+	r, m := NewUsageReader(eng), newDemandMeter()
+	quiet := int(serviceQuiet / ExchangeInterval)
+	var u Usage
+	step := func() map[string]Held {
+		clk.Advance(ExchangeInterval)
+		u = r.Read()
+		_, _, held := m.measure(u, float64(clk.Now())/1e9)
+		return held
+	}
+	for range quiet + 1 {
+		require.Equal(t, map[string]Held{"a": {Tokens: 550}}, step())
+	}
+	require.Equal(t, Usage{{Name: "a", PoolUsed: 550, Carried: true}}, u, "a carried, b left out")
+	for range 3 {
+		require.Equal(t, map[string]Held{"a": {Tokens: 550}}, step())
+		require.Equal(t, Usage{{Name: "a", PoolUsed: 550, Carried: true}}, u)
+	}
+
+	// A charge: read at once, resumed.
+	require.True(t, eng.Consume(clk.Now(), []byte("a"), nil, 50, nil).Admitted())
+	require.Equal(t, map[string]Held{"a": {Tokens: 600}}, step())
+	require.Len(t, u, 1)
+	require.False(t, u[0].Carried)
+	require.True(t, u[0].Resumed)
+	require.Equal(t, int64(600), u[0].PoolUsed)
+	for range quiet - 1 {
+		require.Equal(t, map[string]Held{"a": {Tokens: 600}}, step())
+		require.False(t, u[0].Carried, "read while quiet for less than serviceQuiet")
+	}
+	require.Equal(t, map[string]Held{"a": {Tokens: 600}}, step())
+	require.Equal(t, Usage{{Name: "a", PoolUsed: 600, Carried: true}}, u)
+
+	// A new allocation (a pool pending, no counter moved): read.
+	require.NoError(t, eng.SetAccount("a", "acme", 10, admission.Overage{}))
+	require.Equal(t, map[string]Held{"a": {Tokens: 600}}, step())
+	require.False(t, u[0].Carried)
+	require.Equal(t, "acme", u[0].Accounts[0].Account)
+}

@@ -302,6 +302,11 @@ type ServiceUsage struct {
 	// (UsageReader), its counters unmoved until the last of them: its
 	// meters resume as if it had been read at every plan since.
 	Resumed bool
+	// Carried: this read left the service out as quiet but for the tokens
+	// it charged this period, which PoolUsed repeats from its last read
+	// (the other counters are not given): it holds them, and its meters
+	// take no sample, as for a service left out.
+	Carried bool
 }
 
 // AccountUsage is one account's allocation as this node sees it.
