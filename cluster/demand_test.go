@@ -440,9 +440,21 @@ func TestUsageReaderCarriesTokensCharged(t *testing.T) {
 	require.Equal(t, map[string]Held{"a": {Tokens: 600}}, step())
 	require.Equal(t, Usage{{Name: "a", PoolUsed: 600, Carried: true}}, u)
 
+	// A new period: read, nothing charged in it.
+	lim.PeriodID = 1
+	require.NoError(t, eng.SetLimits("a", lim))
+	require.Equal(t, map[string]Held{}, step())
+	require.Len(t, u, 1)
+	require.False(t, u[0].Carried)
+	require.Zero(t, u[0].PoolUsed)
+	for range quiet {
+		step()
+	}
+	require.Empty(t, u, "quiet, nothing charged: left out")
+
 	// A new allocation (a pool pending, no counter moved): read.
 	require.NoError(t, eng.SetAccount("a", "acme", 10, admission.Overage{}))
-	require.Equal(t, map[string]Held{"a": {Tokens: 600}}, step())
+	require.Equal(t, map[string]Held{}, step())
 	require.False(t, u[0].Carried)
 	require.Equal(t, "acme", u[0].Accounts[0].Account)
 }

@@ -233,7 +233,7 @@ func (c *Cluster) sendAll(plain []byte) (failed int) {
 		wg.Go(func() {
 			msg := c.packedFor(m, pk)
 			if err := c.ml.SendReliable(m, msg); err != nil {
-				c.log.Debug("cannot send to a member", "member", m.Name, "kind", string(msg[:1]), "err", err)
+				c.log.Debug("cannot send to a member", "member", m.Name, "kind", string(plain[:1]), "err", err)
 				mu.Lock()
 				failed++
 				mu.Unlock()

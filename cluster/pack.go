@@ -22,15 +22,19 @@ import (
 // packed messages (meta.Packs), goes as msgPacked and the message
 // deflated. A member of an earlier release is sent messages as they are
 // (and reads them: memberlist reads compressed and plain alike).
+// memberlist's own push-pull (LocalState: at a join, every licence and
+// allocation) now goes uncompressed: its receiver is not known to read
+// packed state.
 const (
 	msgPacked = 'z'
 	// packAbove: shorter messages go as they are (a probe's worth of
 	// bytes gains nothing from deflating).
 	packAbove = 512
-	// maxUnpacked bounds what a packed message may inflate to: a whole
-	// report of a farm's 100,000 accounts is about 5 MB of JSON, the
-	// allocations sent to a member that lacks them 7 MB.
-	maxUnpacked = 64 << 20
+	// maxUnpacked bounds what a packed message may inflate to, as
+	// memberlist bounds what its compressed messages may (40 MiB): a
+	// whole report of a farm's 100,000 accounts is about 5 MB of JSON,
+	// the allocations sent to a member that lacks them 7 MB.
+	maxUnpacked = 40 << 20
 	// keepUnpacked bounds the buffers kept for the next message: one
 	// that held a whole report is let go.
 	keepUnpacked = 1 << 20

@@ -127,7 +127,7 @@ func TestPackedForMembers(t *testing.T) {
 	pk := &packing{plain: msg}
 	first := c.packedFor(&memberlist.Node{Name: "new"}, pk)
 	require.Equal(t, msg, unpackedOf(t, first))
-	require.Equal(t, &first[0], &c.packedFor(&memberlist.Node{Name: "new"}, pk)[0], "deflated once")
+	require.Same(t, &first[0], &c.packedFor(&memberlist.Node{Name: "new"}, pk)[0], "deflated once")
 	require.Equal(t, msg, c.packedFor(&memberlist.Node{Name: "old"}, pk))
 	require.Equal(t, msg, c.packedFor(&memberlist.Node{Name: "unknown"}, pk))
 	short := &packing{plain: msg[:100]}
@@ -157,7 +157,7 @@ func TestPackedMessageIsRead(t *testing.T) {
 // FuzzUnpack: whatever a packed message's payload, unpack returns a
 // message within its bound that is not itself packed, or an error; and
 // what pack makes of a message unpacks to it. (Under a bound of 1 MiB:
-// a few bytes of deflate say 64 MiB of output, which would make every
+// a few bytes of deflate say 40 MiB of output, which would make every
 // such input a third of a second.)
 func FuzzUnpack(f *testing.F) {
 	msg := busyReport(f)
