@@ -9,6 +9,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"slices"
+	"sync"
 	"testing"
 
 	"github.com/hashicorp/memberlist"
@@ -228,4 +229,25 @@ func BenchmarkReportWire(b *testing.B) {
 		}
 		b.ReportMetric(float64(size), "wire-B")
 	})
+}
+
+// Members are sent one message from goroutines of their own (sendAll,
+// SpreadLicence): it is deflated once, and each gets the same bytes.
+func TestPackingFromManyGoroutines(t *testing.T) {
+	msg := busyReport(t)
+	pk := &packing{plain: msg}
+	got := make([][]byte, 8)
+	var wg sync.WaitGroup
+	for i := range got {
+		wg.Go(func() { got[i] = pk.to(i%2 == 0) })
+	}
+	wg.Wait()
+	for i, b := range got {
+		if i%2 == 1 {
+			require.Equal(t, msg, b)
+			continue
+		}
+		require.Same(t, &got[0][0], &b[0])
+	}
+	require.Equal(t, msg, unpackedOf(t, got[0]))
 }
