@@ -13,10 +13,10 @@ import (
 
 // Packed messages. memberlist can compress every packet and stream it
 // sends (LZW), but it makes a new compressor, a new decompressor and a
-// new buffer for each: a farm of 1,000 licences and 100,000 accounts
-// allocated 4 MB a second that way on an idle member (its reports, and
-// every probe and acknowledgement), which its collector and the runtime's
-// scavenger then paid for. Its compression is off; this node deflates
+// new buffer for each: on an idle member of a farm of 1,000 licences and
+// 100,000 accounts its LZW writers and readers were 23 MB of the 92.6 MB
+// allocated in 10 s (its reports, and every probe and acknowledgement),
+// which its collector and the runtime's scavenger then paid for. Its compression is off; this node deflates
 // what is worth it itself, with compressors it keeps: a message of
 // packAbove bytes or more, to a member whose metadata says it reads
 // packed messages (meta.Packs), goes as msgPacked and the message
