@@ -21,6 +21,9 @@ import (
 	"github.com/capsgate/capsgate/licensing/registry"
 )
 
+// metricsRenders bounds the /metrics expositions rendered at once.
+const metricsRenders = 2
+
 // adminHandler routes the admin HTTP API. token == "" (--dev) needs none;
 // /metrics, /healthz and /readyz never do.
 func (n *Node) adminHandler(token string) http.Handler {
@@ -45,13 +48,26 @@ func (n *Node) adminHandler(token string) http.Handler {
 		}
 		_, _ = w.Write([]byte("ready\n"))
 	})
-	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, _ *http.Request) {
+	n.renders = make(chan struct{}, metricsRenders)
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
+		// Each exposition is held whole until written (about 2 MB with
+		// 1,000 licences): at most metricsRenders at once, the other
+		// scrapes wait their turn, so that a client opening many
+		// connections makes the node hold no more.
+		select {
+		case n.renders <- struct{}{}:
+		case <-r.Context().Done():
+			return
+		}
+		defer func() { <-n.renders }()
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 		var buf bytes.Buffer
+		buf.Grow(int(n.rendered.Load()) + 4096) // the last one's size: no doubling
 		metrics.WritePrometheus(&buf, true)
 		n.writeServiceMetrics(&buf)
 		n.writeTrunkMetrics(&buf)
 		n.reg.WriteMetrics(&buf)
+		n.rendered.Store(int64(buf.Len()))
 		_ = writeLinted(w, buf.Bytes())
 	})
 	api := http.NewServeMux()

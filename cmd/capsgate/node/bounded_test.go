@@ -1,6 +1,9 @@
 package node
 
 import (
+	"context"
+	"net/http"
+	"net/http/httptest"
 	"path/filepath"
 	"syscall"
 	"testing"
@@ -63,4 +66,41 @@ func TestDataDirFilesBounded(t *testing.T) {
 	require.NoError(t, syscall.Mkfifo(path, 0o600))
 	_, err := devVendorKey(filepath.Dir(path))
 	requireOneLine(t, err, "cannot read the --dev vendor key: "+path+": not a regular file (a FIFO)")
+}
+
+// /metrics renders at most metricsRenders expositions at once (each is
+// held whole until written): a scrape beyond them waits for a slot, and
+// one whose client gives up meanwhile renders nothing. Each rendering
+// starts from the last one's size.
+func TestMetricsRendersBounded(t *testing.T) {
+	n := startNode(t, "--dev")
+	h := n.admin.Handler
+	scrape := func(ctx context.Context) *httptest.ResponseRecorder {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequestWithContext(ctx, http.MethodGet, "/metrics", nil))
+		return rec
+	}
+	first := scrape(context.Background())
+	require.Equal(t, http.StatusOK, first.Code)
+	require.Contains(t, first.Body.String(), "capsgate_resp_connections")
+	require.Positive(t, n.rendered.Load())
+	require.Empty(t, n.renders, "every slot given back")
+
+	for range metricsRenders {
+		n.renders <- struct{}{} // every slot taken by a rendering
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan *httptest.ResponseRecorder)
+	go func() { done <- scrape(ctx) }()
+	cancel()
+	gaveUp := <-done
+	require.Zero(t, gaveUp.Body.Len(), "nothing rendered for a client that gave up waiting")
+	require.Len(t, n.renders, metricsRenders)
+
+	go func() { done <- scrape(context.Background()) }()
+	<-n.renders // a rendering ends: the waiting scrape takes its slot
+	waited := <-done
+	require.Equal(t, http.StatusOK, waited.Code)
+	require.Contains(t, waited.Body.String(), "capsgate_resp_connections")
+	require.Len(t, n.renders, metricsRenders-1)
 }

@@ -39,6 +39,11 @@ type Node struct {
 	clk *admission.SystemClock
 	eng *admission.Engine
 
+	// renders holds a slot for each /metrics exposition being rendered
+	// (metricsRenders), and rendered the last one's size.
+	renders  chan struct{}
+	rendered atomic.Int64
+
 	resp    *resp.Server
 	handler *resp.Handler
 	// cells are CL.THROTTLE's keys (throttle.go); nil: disabled.
