@@ -52,6 +52,10 @@ func TestSoak(t *testing.T) {
 	var ops []soakOp
 	calls := map[string]bool{} // open calls, admitted with CALL
 	subs := map[string]bool{}  // registered
+	// One request at a time for a subscriber: two in flight (a REGISTER
+	// and a DEREGISTER from two workers) are applied in one order and
+	// answered in either, and subs would follow the answers.
+	var subLocks [1000]sync.Mutex
 	var consumed, answered, errs atomic.Int64
 	var killedAt atomic.Int64    // when n3 was killed (ns)
 	var releasedOnN3 []time.Time // RELEASEs n3 acknowledged, guarded by mu
@@ -156,19 +160,25 @@ func TestSoak(t *testing.T) {
 							mu.Unlock()
 						}
 					case k < 85: // REGISTER one of 1000 subscribers through any node
-						sub := fmt.Sprintf("sip:s%d@soak", rng.IntN(1000))
+						s := rng.IntN(len(subLocks))
+						sub := fmt.Sprintf("sip:s%d@soak", s)
+						subLocks[s].Lock()
 						if _, ok := do(rng.IntN(len(nodes)), "REGISTER", "voice", sub, "TTL", "3600"); ok {
 							mu.Lock()
 							subs[sub] = true
 							mu.Unlock()
 						}
+						subLocks[s].Unlock()
 					case k < 90:
-						sub := fmt.Sprintf("sip:s%d@soak", rng.IntN(1000))
+						s := rng.IntN(len(subLocks))
+						sub := fmt.Sprintf("sip:s%d@soak", s)
+						subLocks[s].Lock()
 						if _, ok := do(rng.IntN(len(nodes)), "DEREGISTER", "voice", sub); ok {
 							mu.Lock()
 							delete(subs, sub)
 							mu.Unlock()
 						}
+						subLocks[s].Unlock()
 					default: // CONSUME with a fresh ID
 						v, ok := do(i, "CONSUME", "voice", "acct", "1", "ID", fmt.Sprintf("k-%d-%d", i, n))
 						if a, _ := v.([]any); ok && len(a) == 4 && a[0] == int64(1) {
