@@ -182,6 +182,13 @@ type AdminConfig struct {
 	// that terminates TLS.
 	TLSCertFile string `yaml:"tls_cert_file"`
 	TLSKeyFile  string `yaml:"tls_key_file"`
+
+	// MaxConns bounds the admin API's connections at once (1..100000). At
+	// the bound a new connection closes the one idle longest between
+	// requests, or is closed itself when none is idle.
+	//
+	// Default: DefaultAdminMaxConns (1024).
+	MaxConns int `yaml:"max_conns"`
 }
 
 // GossipConfig is the `gossip` section.
@@ -455,7 +462,7 @@ func DefaultConfig() Config {
 			Addr:     ":" + strconv.Itoa(DefaultRESPPort),
 			MaxConns: resp.DefaultMaxConns,
 		},
-		Admin:  AdminConfig{Addr: ":" + strconv.Itoa(DefaultAdminPort)},
+		Admin:  AdminConfig{Addr: ":" + strconv.Itoa(DefaultAdminPort), MaxConns: DefaultAdminMaxConns},
 		Gossip: GossipConfig{Addr: ":" + strconv.Itoa(DefaultGossipPort)},
 		// A ledger record every 10 s: a bill to the minute from records
 		// that stay a few hundred bytes each, 8,640 a day per service.

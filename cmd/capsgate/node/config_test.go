@@ -102,7 +102,7 @@ func TestDefaultConfig(t *testing.T) {
 		ClusterID: "default",
 		DataDir:   "/var/lib/capsgate",
 		RESP:      RESPConfig{Addr: ":6390", MaxConns: 10000},
-		Admin:     AdminConfig{Addr: ":8390"},
+		Admin:     AdminConfig{Addr: ":8390", MaxConns: 1024},
 		Gossip:    GossipConfig{Addr: ":7946"},
 		Node:      NodeConfig{MaxCAPS: 0},
 		Ledger:    LedgerConfig{Interval: Duration{10 * time.Second}},
@@ -146,6 +146,7 @@ resp:
 admin:
   addr: 127.0.0.1:9000
   token_file: `+dir+`/admin.token
+  max_conns: 64
 gossip:
   addr: "[::1]:7000"
   key_file: `+dir+`/gossip.key
@@ -171,7 +172,7 @@ trunks: {max_keys: 7, limits: ["voice/carrier-a caps=100 burst=20 sessions=300"]
 		DataDir:   dir,
 		RESP: RESPConfig{Addr: "10.0.0.1:6391", PasswordFile: dir + "/resp.password", MaxConns: 500,
 			IdleTimeout: Duration{5 * time.Minute}, EventLoops: 4},
-		Admin:      AdminConfig{Addr: "127.0.0.1:9000", TokenFile: dir + "/admin.token"},
+		Admin:      AdminConfig{Addr: "127.0.0.1:9000", TokenFile: dir + "/admin.token", MaxConns: 64},
 		Gossip:     GossipConfig{Addr: "[::1]:7000", KeyFile: dir + "/gossip.key"},
 		Join:       []string{"a.example:7946", "10.0.0.2:7946"},
 		VendorKeys: []string{dir + "/vendor.pub"},
@@ -289,6 +290,7 @@ func TestEveryFlagSetsItsKey(t *testing.T) {
 		"admin.token_file":                dir + "/admin.token",
 		"admin.tls_cert_file":             dir + "/admin.crt",
 		"admin.tls_key_file":              dir + "/admin.key",
+		"admin.max_conns":                 "9",
 		"gossip.addr":                     "127.0.0.1:17946",
 		"gossip.key_file":                 dir + "/gossip.key",
 		"gossip.insecure":                 "true",
@@ -453,6 +455,8 @@ func TestValidateErrors(t *testing.T) {
 
 	f([]string{"--resp-max-conns", "0"}, "invalid config: resp.max_conns (--resp-max-conns) must be between 1 and 1000000, got 0")
 	f([]string{"--resp-max-conns", "1000001"}, "invalid config: resp.max_conns (--resp-max-conns) must be between 1 and 1000000, got 1000001")
+	f([]string{"--admin-max-conns", "0"}, "invalid config: admin.max_conns (--admin-max-conns) must be between 1 and 100000, got 0")
+	f([]string{"--admin-max-conns", "100001"}, "invalid config: admin.max_conns (--admin-max-conns) must be between 1 and 100000, got 100001")
 	f([]string{"--resp-idle-timeout", "500ms"}, "invalid config: resp.idle_timeout (--resp-idle-timeout) must be 0 (never) or at least 1s, got 500ms")
 	f([]string{"--resp-idle-timeout", "-1s"}, "invalid config: resp.idle_timeout (--resp-idle-timeout) must be 0 (never) or at least 1s, got -1s")
 	f([]string{"--resp-event-loops", "257"}, "invalid config: resp.event_loops (--resp-event-loops) must be between 0 (one per CPU core) and 256, got 257")
@@ -681,7 +685,7 @@ func TestOptionsCoverEveryKey(t *testing.T) {
 		require.NotEmpty(t, o.usage, o.key)
 	}
 	require.Equal(t, configKeys(), keys, "options follow Config, in its order")
-	require.Len(t, configKeys(), 37)
+	require.Len(t, configKeys(), 38)
 	for _, f := range []string{"node-name", "cluster-id", "data-dir", "resp-addr", "admin-addr", "admin-token-file",
 		"gossip-addr", "gossip-key-file", "join", "vendor-key", "max-caps", "ledger-interval"} {
 		require.Contains(t, flags, f, "the product spec's flag")

@@ -37,6 +37,7 @@ var options = []option{
 	{key: "admin.token_file", flag: "admin-token-file", arg: "FILE", usage: "file holding the admin API's bearer token (one line)", def: "none; required outside --dev"},
 	{key: "admin.tls_cert_file", flag: "admin-tls-cert-file", arg: "FILE", usage: "PEM certificate: with admin.tls_key_file, the admin API is served over HTTPS", def: "none: HTTP"},
 	{key: "admin.tls_key_file", flag: "admin-tls-key-file", arg: "FILE", usage: "PEM private key of admin.tls_cert_file", def: "none"},
+	{key: "admin.max_conns", flag: "admin-max-conns", arg: "N", usage: "most admin API connections at once, 1..100000; at the bound a new one closes the longest idle"},
 	{key: "gossip.addr", flag: "gossip-addr", arg: "HOST:PORT", usage: "address gossip binds (TCP and UDP)", def: `":7946"; "127.0.0.1:7946" in --dev`},
 	{key: "gossip.key_file", flag: "gossip-key-file", arg: "FILE", usage: "file holding the base64 16, 24 or 32-byte gossip key (head -c 32 /dev/urandom | base64)", def: "none; required outside --dev unless --gossip-insecure"},
 	{key: "gossip.insecure", flag: "gossip-insecure", usage: "allow gossip without a key (lab networks only)"},

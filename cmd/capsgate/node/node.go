@@ -282,6 +282,8 @@ func (n *Node) Start() error {
 	if err != nil {
 		return fmt.Errorf("cannot listen for the admin API on %s (admin.addr, --admin-addr): %w", n.cfg.Admin.Addr, err)
 	}
+	limit := newConnLimit(ln, n.cfg.Admin.MaxConns)
+	ln = limit
 	scheme := "http"
 	if n.cfg.Admin.TLSCertFile != "" {
 		tc, err := adminTLS(n.cfg.Admin.TLSCertFile, n.cfg.Admin.TLSKeyFile)
@@ -340,6 +342,8 @@ func (n *Node) Start() error {
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    adminMaxHeaderBytes,
+		ConnState:         limit.ConnState,
 		ErrorLog:          slog.NewLogLogger(n.log.Handler(), slog.LevelWarn),
 	}
 	tasks := n.tasks()

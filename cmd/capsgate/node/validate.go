@@ -83,6 +83,9 @@ func (c *Config) validate() error {
 			return bad("admin.tls_cert_file", "cannot load the certificate and key (%s): %v", name("admin.tls_key_file"), err)
 		}
 	}
+	if c.Admin.MaxConns < 1 || c.Admin.MaxConns > 100000 {
+		return bad("admin.max_conns", "must be between 1 and 100000, got %d", c.Admin.MaxConns)
+	}
 
 	if err := checkAddr(c.Gossip.Addr, false); err != nil {
 		return bad("gossip.addr", "%v", err)
