@@ -321,6 +321,9 @@ func (s *Service) registerNew(now int64, sub []byte, ttl int64) (Decision, bool)
 	s.subscribers.put(key, struct{}{}, exp)
 	s.subsN.Add(1)
 	s.logChange(Change{Kind: SubscriberSet, Key: key, Expires: exp})
+	if s.gate.claims.Load() {
+		s.claims.made(key, now)
+	}
 	return Decision{Reason: OK, Remaining: left()}, true
 }
 
@@ -329,6 +332,11 @@ func (s *Service) deregister(now int64, sub []byte) bool {
 	key := KeyOf(sub)
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.deregisterLocked(now, key)
+}
+
+// deregisterLocked removes the subscriber key; s.mu is held.
+func (s *Service) deregisterLocked(now int64, key Key) bool {
 	_, live := s.subscribers.del(key, now)
 	if live {
 		s.subsN.Add(-1)

@@ -17,6 +17,9 @@ type gate struct {
 	nodeSharedTAT atomic.Int64
 	// emergencyOpen counts the open emergency sessions of every service.
 	emergencyOpen atomic.Int64
+	// claims: the services remember the subscribers they newly register
+	// (Engine.TrackClaims).
+	claims atomic.Bool
 }
 
 // overload takes a token of the node's capacity (node.max_caps) for an

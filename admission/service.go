@@ -87,6 +87,9 @@ type Service struct {
 	licensedSessions int64
 	// subscribers by subscriber key.
 	subscribers table[struct{}]
+	// claims are the subscribers newly registered here lately, once the
+	// engine tracks them (a farm).
+	claims claimBook
 	// warmed keeps what Warm read, so that its reads are made.
 	warmed int64
 	// consumed remembers CONSUME ID keys with the decision they got.

@@ -130,7 +130,10 @@ type Cluster struct {
 	wake    chan struct{} // a report calls for an early plan (Woken)
 	ex      exchangeState // StepExchange's, touched by its caller only but heard
 	forward chan op       // RELEASE/DEREGISTER/claims for other members
-	claims  claims
+	// wallOff turns an instant of the engine's clock into wall-clock
+	// nanoseconds, as claims carry them (engine instants are this
+	// process's own).
+	wallOff int64
 	replay  replayLog
 	spill   spillers
 	// owners are the live members that own CONSUME IDs (route.go);
@@ -168,6 +171,9 @@ func New(cfg Config) (*Cluster, error) {
 	c := &Cluster{cfg: cfg, log: cfg.Log, peers: map[string]*peer{}, planner: NewPlanner(cfg.NodeName, cfg.Policy, cfg.Engine.Config().Burst),
 		usage: NewUsageReader(cfg.Engine),
 		stop:  make(chan struct{}), wake: make(chan struct{}, 1), forward: make(chan op, forwardQueue)}
+	if cfg.Clock != nil {
+		c.wallOff = cfg.Now().UnixNano() - cfg.Clock.Now()
+	}
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = cfg.NodeName
 	mc.BindAddr, mc.BindPort = host, port

@@ -424,6 +424,7 @@ func (e *events) NotifyJoin(n *memberlist.Node) {
 	p.addr = n.Address()
 	if n.Name != c.cfg.NodeName {
 		c.hadPeer.Store(true)
+		c.cfg.Engine.TrackClaims()
 	}
 	p.noteMeta(n.Meta)
 	p.alive = true

@@ -209,6 +209,10 @@
 // hold claims it to every member (same channel), and a member holding it
 // from an earlier registration through it lets it go; of two claims the
 // later wins, of two at the same nanosecond the first node name's. The
+// engine writes a claim with its registration and settles another's under
+// the same lock (admission.Engine.YieldSubscriber), so a claim arriving
+// mid-registration cannot let a registration go whose claim is not yet
+// written. The
 // count can be one too high per re-registration for the time a claim takes
 // to arrive (milliseconds).
 //

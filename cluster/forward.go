@@ -95,16 +95,17 @@ func (c *Cluster) ForwardDeregister(service, sub []byte, queued *atomic.Int64) {
 	c.enqueue(op{Kind: opDeregister, Service: string(service), Key: append([]byte(nil), sub...), At: time.Now().UnixNano(), queued: queued})
 }
 
-// ClaimSubscriber tells every member that a subscriber is registered here
-// now: a member still holding it from an earlier registration through it
-// lets it go, so a subscriber counts once in the cluster.
-func (c *Cluster) ClaimSubscriber(service, sub []byte, queued *atomic.Int64) {
+// ClaimSubscriber tells every member that a subscriber was newly
+// registered here at instant at of the engine's clock (the engine
+// remembers the claim, admission.Engine.TrackClaims): a member still
+// holding it from an earlier registration through it lets it go, so a
+// subscriber counts once in the cluster. A claim carries wall-clock
+// nanoseconds.
+func (c *Cluster) ClaimSubscriber(service, sub []byte, at int64, queued *atomic.Int64) {
 	if !c.hadPeer.Load() {
 		return // alone: nobody holds it elsewhere
 	}
-	o := op{Kind: opClaim, Service: string(service), Key: append([]byte(nil), sub...), At: time.Now().UnixNano(), queued: queued}
-	c.claims.made(o)
-	c.enqueue(o)
+	c.enqueue(op{Kind: opClaim, Service: string(service), Key: append([]byte(nil), sub...), At: c.wallOff + at, queued: queued})
 }
 
 // Consumed tells every member about a CONSUME ID charged here, so that a
@@ -280,59 +281,13 @@ func (c *Cluster) apply(b []byte) {
 				c.applyAllocations(map[string]map[string]admission.Allocation{o.Service: {o.Account: *o.Allocation}})
 			}
 		case opClaim:
-			if c.claims.yields(o, m.Node, c.cfg.NodeName) && c.cfg.Engine.Deregister(now, []byte(o.Service), o.Key) {
+			// Of two claims the later keeps the subscriber; of two in
+			// the same instant, the first member name's.
+			if c.cfg.Engine.YieldSubscriber(now, []byte(o.Service), o.Key, o.At-c.wallOff, m.Node > c.cfg.NodeName) {
 				claimsTaken.Inc()
 			}
 		}
 	}
-}
-
-// claims remembers the subscribers this node claimed lately, to settle two
-// members registering the same subscriber at once: the later claim wins,
-// and of two made in the same instant the one from the first member name.
-// Two generations of claimMemory/2 each: a claim is found for at least
-// claimMemory/2 and at most claimMemory, and forgetting a generation drops
-// its map whole, never walking it (a million claims in a few seconds were
-// walked under the lock, on the event loop that registered the next one).
-type claims struct {
-	mu        sync.Mutex // guards the fields below
-	cur, prev map[string]int64
-	curSince  int64 // when cur began (ns)
-}
-
-// claimMemory is how long a claim may be remembered: far longer than a
-// claim takes to reach every member.
-const claimMemory = 10 * time.Second
-
-func claimKey(o op) string { return o.Service + "\x00" + string(o.Key) }
-
-func (cl *claims) made(o op) {
-	cl.mu.Lock()
-	defer cl.mu.Unlock()
-	if cl.cur == nil || o.At-cl.curSince >= int64(claimMemory/2) {
-		cl.prev, cl.cur, cl.curSince = cl.cur, map[string]int64{}, o.At
-	}
-	cl.cur[claimKey(o)] = o.At
-}
-
-// yields reports whether this node (self) lets go of a subscriber that
-// from claimed: yes unless this node's own claim of it is later, or made
-// in the same instant by a node whose name sorts first.
-func (cl *claims) yields(o op, from, self string) bool {
-	cl.mu.Lock()
-	defer cl.mu.Unlock()
-	k := claimKey(o)
-	mine, ok := cl.cur[k]
-	if !ok {
-		mine, ok = cl.prev[k]
-	}
-	switch {
-	case !ok || mine < o.At:
-		return true
-	case mine > o.At:
-		return false
-	}
-	return from < self
 }
 
 // replayLog keeps the operations sent lately, so that a member that was

@@ -83,36 +83,6 @@ func TestSplitNeverOverAdmits(t *testing.T) {
 	}
 }
 
-func TestClaimsSettleTies(t *testing.T) {
-	var cl claims
-	o := op{Kind: opClaim, Service: "voice", Key: []byte("sip:alice"), At: 1000}
-	// No claim of ours: let it go.
-	require.True(t, (&claims{}).yields(o, "b", "a"))
-	cl.made(op{Kind: opClaim, Service: "voice", Key: []byte("sip:alice"), At: 1000})
-	require.True(t, cl.yields(op{Service: "voice", Key: []byte("sip:alice"), At: 1001}, "b", "a"), "a later claim wins")
-	require.False(t, cl.yields(op{Service: "voice", Key: []byte("sip:alice"), At: 999}, "b", "a"), "an earlier claim loses")
-	require.False(t, cl.yields(o, "b", "a"), "same instant: the first name keeps it")
-	require.True(t, cl.yields(o, "a", "b"), "same instant: the first name keeps it")
-	require.True(t, cl.yields(op{Service: "voice", Key: []byte("sip:bob"), At: 1}, "b", "a"), "another subscriber")
-}
-
-// A claim is remembered for claimMemory/2 at least and claimMemory at most,
-// in two generations dropped whole.
-func TestClaimsForgetByGeneration(t *testing.T) {
-	var cl claims
-	s := int64(time.Second)
-	alice := func(at int64) op { return op{Kind: opClaim, Service: "voice", Key: []byte("sip:alice"), At: at} }
-	other := func(at int64) op { return op{Kind: opClaim, Service: "voice", Key: []byte("sip:other"), At: at} }
-	cl.made(alice(0))
-	require.False(t, cl.yields(alice(-1), "b", "a"), "remembered")
-	cl.made(other(5 * s)) // a new generation: alice's claim in the previous one
-	require.False(t, cl.yields(alice(-1), "b", "a"), "still remembered a generation later")
-	cl.made(other(10 * s)) // another: alice's generation is dropped
-	require.True(t, cl.yields(alice(-1), "b", "a"), "forgotten after two generations")
-	require.Len(t, cl.cur, 1)
-	require.Len(t, cl.prev, 1)
-}
-
 // The replay log's ring keeps the last max values in order and finds the
 // first at or after an instant.
 func TestReplayRing(t *testing.T) {

@@ -3,6 +3,7 @@ package cluster_test
 import (
 	"fmt"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -112,6 +113,83 @@ func TestSubscribersCountOnceAndReleaseAnywhere(t *testing.T) {
 	sum, took = total(t, c, "voice", "sessions_used", 0, 2*time.Second)
 	t.Logf("12 calls admitted on n1, released through n2 and n3: %d sessions left after %v", sum, took)
 	require.Zero(t, sum, "RELEASE works on any node")
+}
+
+// TestSimultaneousRegistersCountOnce: one subscriber's REGISTERs reach
+// every node at once (proxies retrying, or a client registering through
+// two SBCs); after the claims settle, it counts once, and DEREGISTERs sent
+// to every node at once leave nothing behind.
+func TestSimultaneousRegistersCountOnce(t *testing.T) {
+	needsProcesses(t, "3 capsgate nodes")
+	c := licensedFarm(t, nil, "voice", 1000, "--subscribers", "2000", "--id", "voice-simultaneous")
+	n := c.Nodes()
+	conns := make([]*farm.Conn, len(n))
+	for k := range n {
+		var err error
+		conns[k], err = n[k].Dial()
+		require.NoError(t, err)
+		defer conns[k].Close()
+	}
+	const subscribers = 600
+	// all sends cmd for each subscriber through the nodes in through at
+	// once, one subscriber at a time, and returns the replies.
+	all := func(cmd string, through []int, extra ...string) [][]any {
+		replies := make([][]any, subscribers)
+		for i := range subscribers {
+			replies[i] = make([]any, len(through))
+			var wg sync.WaitGroup
+			for j, k := range through {
+				wg.Go(func() {
+					v, err := conns[k].Do(append([]string{cmd, "voice", fmt.Sprintf("sip:s%d@example.net", i)}, extra...)...)
+					if err != nil {
+						v = err
+					}
+					replies[i][j] = v
+				})
+			}
+			wg.Wait()
+		}
+		return replies
+	}
+	registered := func(replies [][]any) {
+		t.Helper()
+		for i, r := range replies {
+			for j, v := range r {
+				a, ok := v.([]any)
+				require.True(t, ok && len(a) == 4, "subscriber %d, reply %d: %v", i, j, v)
+				require.Equal(t, int64(1), a[0], "subscriber %d, reply %d: %v", i, j, a)
+			}
+		}
+	}
+
+	registered(all("REGISTER", []int{0, 1, 2}, "TTL", "600"))
+	sum, took := total(t, c, "voice", "subscribers_used", subscribers, 5*time.Second)
+	t.Logf("%d subscribers, each registered through the 3 nodes at once: %d counted after %v (n1 %d, n2 %d, n3 %d)", subscribers, sum, took,
+		quota(t, n[0], "voice", "subscribers_used"), quota(t, n[1], "voice", "subscribers_used"), quota(t, n[2], "voice", "subscribers_used"))
+	require.Equal(t, int64(subscribers), sum, "a subscriber counts once in the cluster")
+
+	// Again through two of them at once: the holder and another.
+	registered(all("REGISTER", []int{1, 2}, "TTL", "600"))
+	sum, took = total(t, c, "voice", "subscribers_used", subscribers, 5*time.Second)
+	t.Logf("re-registered through n2 and n3 at once: %d counted after %v", sum, took)
+	require.Equal(t, int64(subscribers), sum, "a subscriber counts once in the cluster")
+
+	// DEREGISTER through every node at once: at most one node answers that
+	// it let a subscriber go (one forwarded answers :0).
+	released := 0
+	for i, r := range all("DEREGISTER", []int{0, 1, 2}) {
+		once := int64(0)
+		for j, v := range r {
+			x, ok := v.(int64)
+			require.True(t, ok && (x == 0 || x == 1), "subscriber %d, reply %d: %v", i, j, v)
+			once += x
+		}
+		require.LessOrEqual(t, once, int64(1), "subscriber %d: %v", i, r)
+		released += int(once)
+	}
+	sum, took = total(t, c, "voice", "subscribers_used", 0, 5*time.Second)
+	t.Logf("deregistered through the 3 nodes at once: %d answered :1, %d counted after %v", released, sum, took)
+	require.Zero(t, sum, "nothing left behind")
 }
 
 func TestTokenPoolSharedByTheCluster(t *testing.T) {

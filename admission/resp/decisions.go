@@ -152,7 +152,7 @@ func (h *Handler) register(now int64, cs *ConnState, args [][]byte, out []byte) 
 	}
 	d, added := h.eng.RegisterNew(now, args[1], args[2], ttl)
 	if added && h.fwd != nil {
-		h.fwd.ClaimSubscriber(args[1], args[2], &cs.forwarding)
+		h.fwd.ClaimSubscriber(args[1], args[2], now, &cs.forwarding)
 	}
 	return decision(out, d)
 }

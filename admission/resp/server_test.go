@@ -471,7 +471,7 @@ func (f *fakeForwarder) ForwardRelease(_, call []byte, _ int64, q *atomic.Int64)
 func (f *fakeForwarder) ForwardDeregister(_, sub []byte, q *atomic.Int64) {
 	f.hold(q, "deregister "+string(sub))
 }
-func (f *fakeForwarder) ClaimSubscriber(_, sub []byte, q *atomic.Int64) {
+func (f *fakeForwarder) ClaimSubscriber(_, sub []byte, _ int64, q *atomic.Int64) {
 	f.hold(q, "claim "+string(sub))
 }
 func (f *fakeForwarder) Consumed(_, _, id []byte, _ admission.Decision, q *atomic.Int64) {
