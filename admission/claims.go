@@ -1,6 +1,9 @@
 package admission
 
-import "time"
+import (
+	"math"
+	"time"
+)
 
 // ClaimMemory is how long a service remembers that a subscriber was newly
 // registered on this node (a claim): far longer than a claim takes to reach
@@ -50,10 +53,57 @@ func (e *Engine) TrackClaims() { e.gate.claims.Store(true) }
 // YieldSubscriber settles another member's claim of a subscriber, made at
 // instant at of this engine's clock: this node lets go of the subscriber
 // unless its own claim of it is later, or made at the same instant and
-// tieKeeps (the other member's name sorts after this one's). The claim is
+// tieKeeps (the other member's name sorts after this one's). A claim older
+// than ClaimMemory is forgotten; the registration's last instant (a
+// refresh included) stands for it then, so a claim replayed long after it
+// was made (to a member back from a partition) does not end a registration
+// made since; one restored from disk yields to any claim. The claim is
 // settled under the lock that registers: a registration and its claim are
 // one step for it. It reports whether a registration was let go.
 func (e *Engine) YieldSubscriber(now int64, service, sub []byte, at int64, tieKeeps bool) bool {
+	return e.endUnlessLater(now, service, sub, at, tieKeeps, true)
+}
+
+// registered is a subscriber entry's value: how long before its expiry it
+// was last registered (added or refreshed), in milliseconds, so that a
+// DEREGISTER sent through another member before that registration does not
+// end it (Engine.DeregisterBefore). 0: not known (restored from disk),
+// taken as registered before any DEREGISTER. It fills the entry's padding.
+type registered uint32
+
+// registeredFor is the value of a registration at now that expires at exp.
+func registeredFor(now, exp int64) registered {
+	ms := (exp - now) / int64(time.Millisecond)
+	if ms <= 0 || ms > math.MaxUint32 {
+		return 0
+	}
+	return registered(ms)
+}
+
+// at returns when the entry expiring at exp was last registered (to the
+// millisecond, never before it), if known.
+func (r registered) at(exp int64) (int64, bool) {
+	if r == 0 {
+		return 0, false
+	}
+	return exp - int64(r)*int64(time.Millisecond), true
+}
+
+// DeregisterBefore ends a subscriber's registration here unless it was
+// last registered after instant at of this engine's clock: a DEREGISTER
+// passed on by another member, which must not end a registration through
+// this node that came after it (a phone moving between proxies
+// deregisters through one and registers through the next at once). It
+// reports whether a registration was ended.
+func (e *Engine) DeregisterBefore(now int64, service, sub []byte, at int64) bool {
+	return e.endUnlessLater(now, service, sub, at, false, false)
+}
+
+// endUnlessLater ends a subscriber's registration unless this node's
+// instant for it is after at (or equal to it and tieKeeps): its claim,
+// when claimed and one is remembered, else its last registration; a
+// registration whose instant is not known ends.
+func (e *Engine) endUnlessLater(now int64, service, sub []byte, at int64, tieKeeps, claimed bool) bool {
 	s := e.service(service)
 	if s == nil {
 		return false
@@ -61,7 +111,19 @@ func (e *Engine) YieldSubscriber(now int64, service, sub []byte, at int64, tieKe
 	key := KeyOf(sub)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if mine, ok := s.claims.of(key); ok && (mine > at || mine == at && tieKeeps) {
+	var mine int64
+	ok := false
+	if claimed {
+		mine, ok = s.claims.of(key)
+	}
+	if !ok {
+		x, held := s.subscribers.get(key, now)
+		if !held {
+			return false
+		}
+		mine, ok = x.v.at(x.exp)
+	}
+	if ok && (mine > at || mine == at && tieKeeps) {
 		return false
 	}
 	return s.deregisterLocked(now, key)

@@ -309,6 +309,7 @@ func (s *Service) registerNew(now int64, sub []byte, ttl int64) (Decision, bool)
 	}
 	if x, ok := s.subscribers.get(key, now); ok {
 		s.subscribers.refresh(x, exp)
+		x.v = registeredFor(now, exp)
 		s.logChange(Change{Kind: SubscriberSet, Key: key, Expires: exp})
 		return Decision{Reason: OK, Remaining: left()}, false
 	}
@@ -318,7 +319,7 @@ func (s *Service) registerNew(now int64, sub []byte, ttl int64) (Decision, bool)
 			return Decision{Reason: SUBSCRIBERS, RetryAfterMS: retryCountedMS, Remaining: 0}, false
 		}
 	}
-	s.subscribers.put(key, struct{}{}, exp)
+	s.subscribers.put(key, registeredFor(now, exp), exp)
 	s.subsN.Add(1)
 	s.logChange(Change{Kind: SubscriberSet, Key: key, Expires: exp})
 	if s.gate.claims.Load() {

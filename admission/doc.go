@@ -54,7 +54,8 @@
 // a table is a slab of entries in chunks of 4,096 plus an index from key to
 // slot (keyIndex; TestEntrySizes checks the sizes below):
 //
-//	subscriber entry   key 16 + expiry 8 + wheel links 12 (+4 padding)        = 40 B
+//	subscriber entry   key 16 + expiry 8 + wheel links 12 + when it was
+//	                   registered 4 (ms before its expiry)                    = 40 B
 //	session entry      the same 40 + session 24 (account 8, trunk 8,
 //	                   remaining 4, priority 1, licensed 1, 2 padding)        = 64 B
 //	index slot         32 hash bits + slot 4                                  =  8 B

@@ -16,7 +16,7 @@ func TestEntrySizes(t *testing.T) {
 	}{
 		{"a session", unsafe.Sizeof(session{}), 24},
 		{"a session's table entry", unsafe.Sizeof(entry[session]{}), 64},
-		{"a subscriber's table entry", unsafe.Sizeof(entry[struct{}]{}), 40},
+		{"a subscriber's table entry", unsafe.Sizeof(entry[registered]{}), 40},
 		{"a remembered ID's table entry", unsafe.Sizeof(entry[Decision]{}), 64},
 		{"an index slot", unsafe.Sizeof(slot{}), 8},
 	} {

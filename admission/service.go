@@ -86,7 +86,7 @@ type Service struct {
 	// licensedSessions counts the open sessions that count against the licence.
 	licensedSessions int64
 	// subscribers by subscriber key.
-	subscribers table[struct{}]
+	subscribers table[registered]
 	// claims are the subscribers newly registered here lately, once the
 	// engine tracks them (a farm).
 	claims claimBook
@@ -134,7 +134,7 @@ func newService(name string, durable, journal bool, l *derived, watches *poolWat
 	s.tokens.durableSet = durable
 	s.lim.Store(l)
 	s.sessions.init(s.sessionGone)
-	s.subscribers.init(func(struct{}) { s.subsN.Add(-1) })
+	s.subscribers.init(func(registered) { s.subsN.Add(-1) })
 	s.consumed.init(nil)
 	s.ended.init(nil)
 	s.sessions.held, s.subscribers.held, s.consumed.held, s.ended.held = &s.held, &s.held, &s.held, &s.held

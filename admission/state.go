@@ -162,7 +162,7 @@ func (s *Service) WalkTo(now int64, emit func([]Change) bool) {
 	tmp := make([]Change, 0, chunkSize)
 	tmp, ok := walkTable(&s.mu, &s.sessions, now, tmp, emit, func(e *entry[session]) Change { return sessionChange(e.key, e.exp, e.v) })
 	if ok {
-		tmp, ok = walkTable(&s.mu, &s.subscribers, now, tmp, emit, func(e *entry[struct{}]) Change {
+		tmp, ok = walkTable(&s.mu, &s.subscribers, now, tmp, emit, func(e *entry[registered]) Change {
 			return Change{Kind: SubscriberSet, Key: e.key, Expires: e.exp}
 		})
 	}
@@ -299,7 +299,7 @@ func (e *Engine) restore(now int64, service string, changes []Change, unique boo
 			case SubscriberSet:
 				if unique {
 					if c.Expires > now {
-						s.subscribers.put(c.Key, struct{}{}, c.Expires)
+						s.subscribers.put(c.Key, 0, c.Expires)
 						s.subsN.Add(1)
 					}
 					continue
@@ -314,7 +314,7 @@ func (e *Engine) restore(now int64, service string, changes []Change, unique boo
 					continue
 				}
 				if c.Expires > now {
-					s.subscribers.put(c.Key, struct{}{}, c.Expires)
+					s.subscribers.put(c.Key, 0, c.Expires)
 					s.subsN.Add(1)
 				}
 			case SubscriberGone:

@@ -203,7 +203,15 @@
 // others have not yet seen. A RELEASE that finds nothing on
 // the node it reaches, and every DEREGISTER (the subscriber may have just
 // registered again elsewhere), is forwarded to every member, in
-// batches over memberlist's reliable (TCP) channel.
+// batches over memberlist's reliable (TCP) channel. A DEREGISTER passed on
+// ends a registration only if it was made (or last refreshed) before the
+// DEREGISTER (admission.Engine.DeregisterBefore; the subscriber's entry
+// keeps when it was registered, to the millisecond, in its padding):
+// a phone that deregisters through one proxy and registers through the
+// next at once stays registered. Registrations restored from disk are
+// taken as older than any DEREGISTER. Instants cross the farm as
+// wall-clock nanoseconds, so members' clocks should agree (NTP) within
+// the time between two such requests.
 //
 // A subscriber counts once: a node that registers a subscriber it did not
 // hold claims it to every member (same channel), and a member holding it

@@ -90,9 +90,12 @@ func (c *Cluster) ForwardRelease(service, call []byte, seconds int64, queued *at
 		queued: queued})
 }
 
-// ForwardDeregister sends a DEREGISTER this node could not do to every member.
-func (c *Cluster) ForwardDeregister(service, sub []byte, queued *atomic.Int64) {
-	c.enqueue(op{Kind: opDeregister, Service: string(service), Key: append([]byte(nil), sub...), At: time.Now().UnixNano(), queued: queued})
+// ForwardDeregister sends a DEREGISTER made here at instant at of the
+// engine's clock to every member: one holding the subscriber from a
+// registration before it lets it go (admission.Engine.DeregisterBefore).
+// It carries wall-clock nanoseconds.
+func (c *Cluster) ForwardDeregister(service, sub []byte, at int64, queued *atomic.Int64) {
+	c.enqueue(op{Kind: opDeregister, Service: string(service), Key: append([]byte(nil), sub...), At: c.wallOff + at, queued: queued})
 }
 
 // ClaimSubscriber tells every member that a subscriber was newly
@@ -259,7 +262,10 @@ func (c *Cluster) apply(b []byte) {
 		case opRelease:
 			c.cfg.Engine.Release(now, []byte(o.Service), o.Key, o.Seconds)
 		case opDeregister:
-			c.cfg.Engine.Deregister(now, []byte(o.Service), o.Key)
+			// Not a registration here made after it (a phone moving
+			// between proxies deregisters through one, then registers
+			// through the next).
+			c.cfg.Engine.DeregisterBefore(now, []byte(o.Service), o.Key, o.At-c.wallOff)
 		case opConsumed:
 			d := admission.Decision{Reason: admission.OK, Remaining: o.Remaining}
 			if !c.cfg.Engine.RecordConsumed(now, []byte(o.Service), []byte(o.Account), o.Key, d) {

@@ -115,6 +115,19 @@ func TestSubscribersCountOnceAndReleaseAnywhere(t *testing.T) {
 	require.Zero(t, sum, "RELEASE works on any node")
 }
 
+// dialEach opens a connection to each node, closed when the test ends.
+func dialEach(t *testing.T, nodes []*farm.Node) []*farm.Conn {
+	t.Helper()
+	conns := make([]*farm.Conn, len(nodes))
+	for k, node := range nodes {
+		var err error
+		conns[k], err = node.Dial()
+		require.NoError(t, err)
+		t.Cleanup(func() { conns[k].Close() })
+	}
+	return conns
+}
+
 // TestSimultaneousRegistersCountOnce: one subscriber's REGISTERs reach
 // every node at once (proxies retrying, or a client registering through
 // two SBCs); after the claims settle, it counts once, and DEREGISTERs sent
@@ -123,13 +136,7 @@ func TestSimultaneousRegistersCountOnce(t *testing.T) {
 	needsProcesses(t, "3 capsgate nodes")
 	c := licensedFarm(t, nil, "voice", 1000, "--subscribers", "2000", "--id", "voice-simultaneous")
 	n := c.Nodes()
-	conns := make([]*farm.Conn, len(n))
-	for k := range n {
-		var err error
-		conns[k], err = n[k].Dial()
-		require.NoError(t, err)
-		defer conns[k].Close()
-	}
+	conns := dialEach(t, n)
 	const subscribers = 600
 	// all sends cmd for each subscriber through the nodes in through at
 	// once, one subscriber at a time, and returns the replies.
@@ -190,6 +197,67 @@ func TestSimultaneousRegistersCountOnce(t *testing.T) {
 	sum, took = total(t, c, "voice", "subscribers_used", 0, 5*time.Second)
 	t.Logf("deregistered through the 3 nodes at once: %d answered :1, %d counted after %v", released, sum, took)
 	require.Zero(t, sum, "nothing left behind")
+}
+
+// TestRegisterRightAfterDeregisterElsewhere: a subscriber deregistered
+// through one node and registered at once through another (a phone moving
+// between SBCs) stays registered: the DEREGISTER passed on to the other
+// members does not end the later registration.
+func TestRegisterRightAfterDeregisterElsewhere(t *testing.T) {
+	needsProcesses(t, "3 capsgate nodes")
+	c := licensedFarm(t, nil, "voice", 1000, "--subscribers", "2000", "--id", "voice-moving")
+	n := c.Nodes()
+	conns := dialEach(t, n)
+	const subscribers = 300
+	sub := func(i int) string { return fmt.Sprintf("sip:m%d@example.net", i) }
+	decided := func(v any, err error) {
+		t.Helper()
+		require.NoError(t, err)
+		a, ok := v.([]any)
+		require.True(t, ok && len(a) == 4 && a[0] == int64(1), "%v", v)
+	}
+	for i := range subscribers {
+		decided(conns[2].Do("REGISTER", "voice", sub(i), "TTL", "600"))
+	}
+	sum, _ := total(t, c, "voice", "subscribers_used", subscribers, 5*time.Second)
+	require.Equal(t, int64(subscribers), sum)
+	for i := range subscribers {
+		v, err := conns[0].Do("DEREGISTER", "voice", sub(i))
+		require.NoError(t, err)
+		require.Equal(t, int64(0), v, "n1 held none")
+		decided(conns[1].Do("REGISTER", "voice", sub(i), "TTL", "600"))
+	}
+	// Settled: nothing on n3, every subscriber on n2.
+	sum, took := total(t, c, "voice", "subscribers_used", subscribers, 5*time.Second)
+	time.Sleep(500 * time.Millisecond) // the last DEREGISTERs passed on have arrived
+	t.Logf("%d subscribers deregistered through n1 and registered through n2 at once: %d counted after %v (n1 %d, n2 %d, n3 %d)", subscribers, sum, took,
+		quota(t, n[0], "voice", "subscribers_used"), quota(t, n[1], "voice", "subscribers_used"), quota(t, n[2], "voice", "subscribers_used"))
+	require.Equal(t, int64(subscribers), quota(t, n[1], "voice", "subscribers_used"), "n2 holds every one")
+	require.Zero(t, quota(t, n[2], "voice", "subscribers_used"), "n3 let them go")
+	require.Zero(t, quota(t, n[0], "voice", "subscribers_used"))
+
+	// The same through the node that holds them: the REGISTER refreshes a
+	// registration the DEREGISTER passed on has not reached yet.
+	for i := range subscribers {
+		v, err := conns[0].Do("DEREGISTER", "voice", sub(i))
+		require.NoError(t, err)
+		require.Equal(t, int64(0), v, "n1 held none")
+		decided(conns[1].Do("REGISTER", "voice", sub(i), "TTL", "600"))
+	}
+	time.Sleep(500 * time.Millisecond)
+	t.Logf("deregistered through n1 and registered again through n2, which held them: n2 holds %d", quota(t, n[1], "voice", "subscribers_used"))
+	require.Equal(t, int64(subscribers), quota(t, n[1], "voice", "subscribers_used"), "n2 holds every one")
+	sum, _ = total(t, c, "voice", "subscribers_used", subscribers, time.Second)
+	require.Equal(t, int64(subscribers), sum)
+
+	// A DEREGISTER after the REGISTER still ends it, wherever it is sent.
+	for i := range subscribers {
+		_, err := conns[2].Do("DEREGISTER", "voice", sub(i))
+		require.NoError(t, err)
+	}
+	sum, took = total(t, c, "voice", "subscribers_used", 0, 5*time.Second)
+	t.Logf("then deregistered through n3: %d counted after %v", sum, took)
+	require.Zero(t, sum)
 }
 
 func TestTokenPoolSharedByTheCluster(t *testing.T) {

@@ -250,7 +250,7 @@ func NewConnState(id int64) *ConnState {
 type Forwarder interface {
 	ForwardRoom() bool
 	ForwardRelease(service, call []byte, seconds int64, queued *atomic.Int64)
-	ForwardDeregister(service, subscriber []byte, queued *atomic.Int64)
+	ForwardDeregister(service, subscriber []byte, at int64, queued *atomic.Int64)
 	ClaimSubscriber(service, subscriber []byte, at int64, queued *atomic.Int64)
 	// Consumed passes on a CONSUME ID charged here, with its decision, so
 	// that a repeat through another node is not charged again.

@@ -167,7 +167,7 @@ func (h *Handler) deregister(now int64, cs *ConnState, args [][]byte, out []byte
 	// again through another node a moment ago (its claim on the way), and
 	// that registration must end too.
 	if h.fwd != nil {
-		h.fwd.ForwardDeregister(args[1], args[2], &cs.forwarding)
+		h.fwd.ForwardDeregister(args[1], args[2], now, &cs.forwarding)
 	}
 	return AppendInt(out, b2i(gone))
 }

@@ -468,7 +468,7 @@ func (f *fakeForwarder) hold(q *atomic.Int64, what string) {
 func (f *fakeForwarder) ForwardRelease(_, call []byte, _ int64, q *atomic.Int64) {
 	f.hold(q, "release "+string(call))
 }
-func (f *fakeForwarder) ForwardDeregister(_, sub []byte, q *atomic.Int64) {
+func (f *fakeForwarder) ForwardDeregister(_, sub []byte, _ int64, q *atomic.Int64) {
 	f.hold(q, "deregister "+string(sub))
 }
 func (f *fakeForwarder) ClaimSubscriber(_, sub []byte, _ int64, q *atomic.Int64) {
