@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/capsgate/capsgate/admission"
 	"github.com/capsgate/capsgate/bench/openloop"
 	"github.com/capsgate/capsgate/cluster"
 	"github.com/capsgate/capsgate/cluster/farm"
@@ -531,4 +532,90 @@ func since(from, t time.Time) string {
 		return "never"
 	}
 	return t.Sub(from).Round(time.Millisecond).String()
+}
+
+// TestPartitionSubscribersSettle: registrations made on both sides of a
+// partition longer than a claim is remembered (admission.ClaimMemory) settle
+// when it heals to one holder each, the latest registration's, whatever the
+// order the replayed claims and DEREGISTERs arrive in: fail_open, so that
+// the cut-off n3 registers too.
+//
+//   - moved: registered on n3 before the cut, anew on n1 during it: n1 keeps
+//     them, n3 lets them go;
+//   - both: registered anew on n1, then on n3, during the cut: n3 keeps them
+//     (before, each side had forgotten its own claim and let them go);
+//   - stay: registered on n3 before the cut, deregistered through n1 during
+//     it, then registered again on n3: n3 keeps them (before, the DEREGISTER
+//     replayed to n3 ended them).
+func TestPartitionSubscribersSettle(t *testing.T) {
+	nw := needsNetns(t, "3 capsgate nodes in network namespaces, n3's gossip cut for 14 s")
+	c := partitionFarm(t, nw, "--cluster-partition-policy", "fail_open", "--cluster-fail-open-for", "1m")
+	n := c.Nodes()
+	conns := dialEach(t, n)
+	const each = 100
+	group := func(name string) []string {
+		subs := make([]string, each)
+		for i := range subs {
+			subs[i] = fmt.Sprintf("sip:%s-%d@example.net", name, i)
+		}
+		return subs
+	}
+	moved, both, stay := group("moved"), group("both"), group("stay")
+	register := func(node int, subs []string) {
+		t.Helper()
+		for _, s := range subs {
+			v, err := conns[node].Do("REGISTER", "voice", s, "TTL", "600")
+			require.NoError(t, err)
+			a, ok := v.([]any)
+			require.True(t, ok && len(a) == 4 && a[0] == int64(1), "REGISTER %s through n%d: %v", s, node+1, v)
+		}
+	}
+	held := func() [3]int64 {
+		return [3]int64{quota(t, n[0], "voice", "subscribers_used"), quota(t, n[1], "voice", "subscribers_used"),
+			quota(t, n[2], "voice", "subscribers_used")}
+	}
+
+	register(2, moved)
+	register(2, stay)
+	sum, _ := total(t, c, "voice", "subscribers_used", 2*each, 5*time.Second)
+	require.Equal(t, int64(2*each), sum)
+
+	require.NoError(t, nw.Cut(3))
+	cut := time.Now()
+	healed := false
+	defer func() {
+		if !healed {
+			_ = nw.Heal(3)
+		}
+	}()
+	// Past failure detection (about 0.8 s here): what is sent to n3 from
+	// now on waits for it to come back.
+	time.Sleep(3 * time.Second)
+	register(0, moved)
+	register(0, both)
+	register(2, both)
+	for _, s := range stay {
+		v, err := conns[0].Do("DEREGISTER", "voice", s)
+		require.NoError(t, err)
+		require.Equal(t, int64(0), v, "n1 held none")
+	}
+	register(2, stay)
+	t.Logf("during the cut: n1, n2, n3 hold %v", held())
+	// Longer than a claim is remembered.
+	time.Sleep(admission.ClaimMemory + time.Second)
+	require.NoError(t, nw.Heal(3))
+	healed = true
+	t.Logf("cut for %v", time.Since(cut).Round(time.Millisecond))
+
+	start := time.Now()
+	want := [3]int64{each, 0, 2 * each}
+	got := held()
+	for got != want && time.Since(start) < 20*time.Second {
+		time.Sleep(50 * time.Millisecond)
+		got = held()
+	}
+	t.Logf("healed: n1, n2, n3 hold %v after %v", got, time.Since(start).Round(time.Millisecond))
+	require.Equal(t, want, got, "moved on n1; both and stay on n3")
+	time.Sleep(time.Second) // anything replayed late
+	require.Equal(t, want, held(), "and it stays so")
 }
