@@ -22,7 +22,8 @@ const ClaimMemory = 10 * time.Second
 // ClaimMemory/2 and at most ClaimMemory, and forgetting a generation drops
 // its map whole, never walking it (a million registrations in a few
 // seconds would otherwise be walked under the lock of the event loop
-// registering the next one).
+// registering the next one); Engine.Tick drops those of a service that
+// registers nothing new.
 type claimBook struct {
 	cur, prev map[Key]int64
 	curSince  int64 // when cur began (engine instant)
@@ -31,18 +32,31 @@ type claimBook struct {
 // made remembers that the subscriber key was newly registered at at.
 func (b *claimBook) made(key Key, at int64) {
 	if b.cur == nil || at-b.curSince >= int64(ClaimMemory/2) {
-		b.prev, b.cur, b.curSince = b.cur, make(map[Key]int64), at
+		b.forget(at)
+		b.prev, b.cur, b.curSince = b.cur, make(map[Key]int64, len(b.cur)), at
 	}
 	b.cur[key] = at
 }
 
-// of returns when key was claimed here, if it is remembered.
-func (b *claimBook) of(key Key) (int64, bool) {
-	if at, ok := b.cur[key]; ok {
-		return at, true
+// of returns when key was claimed here, if it is remembered at now.
+func (b *claimBook) of(key Key, now int64) (int64, bool) {
+	at, ok := b.cur[key]
+	if !ok {
+		at, ok = b.prev[key]
 	}
-	at, ok := b.prev[key]
-	return at, ok
+	return at, ok && now-at <= int64(ClaimMemory)
+}
+
+// forget drops the generations that hold only claims older than
+// ClaimMemory at now, and reports whether any claim is left.
+func (b *claimBook) forget(now int64) bool {
+	if now-b.curSince >= int64(ClaimMemory) {
+		b.prev = nil // all before curSince
+	}
+	if now-b.curSince >= int64(ClaimMemory+ClaimMemory/2) {
+		b.cur = nil // all before curSince + ClaimMemory/2
+	}
+	return b.cur != nil || b.prev != nil
 }
 
 // TrackClaims has the engine remember, from now on, the subscribers each
@@ -59,8 +73,14 @@ func (e *Engine) TrackClaims() { e.gate.claims.Store(true) }
 // was made (to a member back from a partition) does not end a registration
 // made since; one restored from disk yields to any claim. The claim is
 // settled under the lock that registers: a registration and its claim are
-// one step for it. It reports whether a registration was let go.
-func (e *Engine) YieldSubscriber(now int64, service, sub []byte, at int64, tieKeeps bool) bool {
+// one step for it.
+//
+// It reports whether a registration was let go, and, when one was kept on
+// the strength of its registration's instant alone, that instant
+// (reclaim): the member that claimed it has not heard of that
+// registration (a refresh sends no claim), and the node must claim it
+// again at that instant, or both would hold it until one expired.
+func (e *Engine) YieldSubscriber(now int64, service, sub []byte, at int64, tieKeeps bool) (let bool, reclaimAt int64, reclaim bool) {
 	return e.endUnlessLater(now, service, sub, at, tieKeeps, true)
 }
 
@@ -96,35 +116,37 @@ func (r registered) at(exp int64) (int64, bool) {
 // deregisters through one and registers through the next at once). It
 // reports whether a registration was ended.
 func (e *Engine) DeregisterBefore(now int64, service, sub []byte, at int64) bool {
-	return e.endUnlessLater(now, service, sub, at, false, false)
+	ended, _, _ := e.endUnlessLater(now, service, sub, at, false, false)
+	return ended
 }
 
 // endUnlessLater ends a subscriber's registration unless this node's
 // instant for it is after at (or equal to it and tieKeeps): its claim,
 // when claimed and one is remembered, else its last registration; a
-// registration whose instant is not known ends.
-func (e *Engine) endUnlessLater(now int64, service, sub []byte, at int64, tieKeeps, claimed bool) bool {
+// registration whose instant is not known ends. It reports whether it
+// ended one, and the registration's instant when that kept it.
+func (e *Engine) endUnlessLater(now int64, service, sub []byte, at int64, tieKeeps, claimed bool) (ended bool, regAt int64, byReg bool) {
 	s := e.service(service)
 	if s == nil {
-		return false
+		return false, 0, false
 	}
 	key := KeyOf(sub)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var mine int64
-	ok := false
 	if claimed {
-		mine, ok = s.claims.of(key)
-	}
-	if !ok {
-		x, held := s.subscribers.get(key, now)
-		if !held {
-			return false
+		if mine, ok := s.claims.of(key, now); ok {
+			if mine > at || mine == at && tieKeeps {
+				return false, 0, false
+			}
+			return s.deregisterLocked(now, key), 0, false
 		}
-		mine, ok = x.v.at(x.exp)
 	}
-	if ok && (mine > at || mine == at && tieKeeps) {
-		return false
+	x, held := s.subscribers.get(key, now)
+	if !held {
+		return false, 0, false
 	}
-	return s.deregisterLocked(now, key)
+	if reg, known := x.v.at(x.exp); known && (reg > at || reg == at && tieKeeps) {
+		return false, reg, true
+	}
+	return s.deregisterLocked(now, key), 0, false
 }

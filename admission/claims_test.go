@@ -16,6 +16,26 @@ func subsOnly(n int64) Limits {
 	return Limits{Licensed: true, CAPS: 1, Sessions: Unlimited, Subscribers: n, Tokens: Unlimited}
 }
 
+// settled is what YieldSubscriber reports.
+type settled struct {
+	let       bool
+	reclaimAt int64
+	reclaim   bool
+}
+
+func yield(e *Engine, now int64, sub []byte, at int64, tieKeeps bool) settled {
+	let, reclaimAt, reclaim := e.YieldSubscriber(now, svc, sub, at, tieKeeps)
+	return settled{let, reclaimAt, reclaim}
+}
+
+var (
+	letGo    = settled{let: true}
+	keptHere = settled{} // by this node's own claim (or nothing to let go)
+)
+
+// keptFor is a registration kept for its instant at: claimed again then.
+func keptFor(at int64) settled { return settled{reclaimAt: at, reclaim: true} }
+
 // TestClaimsSettleTies: of two claims of one subscriber the later keeps
 // it; of two in the same instant, the one tieKeeps names.
 func TestClaimsSettleTies(t *testing.T) {
@@ -25,84 +45,100 @@ func TestClaimsSettleTies(t *testing.T) {
 	held := func() int64 { return e.Service("voice").Stats().Subscribers }
 
 	// Until the engine tracks claims, the registration's instant stands
-	// for its claim.
+	// for its claim, and a registration kept for it is claimed again.
 	_, added := e.RegisterNew(now, svc, bob, 60)
 	require.True(t, added)
-	require.False(t, e.YieldSubscriber(now, svc, bob, now-1, true), "an earlier claim loses")
-	require.True(t, e.YieldSubscriber(now, svc, bob, now+1, true), "a later one wins")
+	require.Equal(t, keptFor(now), yield(e, now, bob, now-1, true), "an earlier claim loses")
+	require.Equal(t, keptFor(now), yield(e, now, bob, now, true), "same instant: kept when tieKeeps")
+	require.Equal(t, letGo, yield(e, now, bob, now, false), "same instant: let go otherwise")
 	require.Zero(t, held())
 
 	e.TrackClaims()
 	_, added = e.RegisterNew(now, svc, alice, 60)
 	require.True(t, added)
-	require.False(t, e.YieldSubscriber(now, svc, alice, now-1, false), "an earlier claim loses")
-	require.False(t, e.YieldSubscriber(now, svc, alice, now, true), "same instant: kept when tieKeeps")
+	require.Equal(t, keptHere, yield(e, now, alice, now-1, false), "an earlier claim loses to this node's")
+	require.Equal(t, keptHere, yield(e, now, alice, now, true), "same instant: kept when tieKeeps")
 	require.Equal(t, int64(1), held())
-	require.True(t, e.YieldSubscriber(now, svc, alice, now, false), "same instant: let go otherwise")
+	require.Equal(t, letGo, yield(e, now, alice, now, false), "same instant: let go otherwise")
 	require.Zero(t, held())
-	require.False(t, e.YieldSubscriber(now, svc, alice, now+1, false), "nothing left to let go")
+	require.Equal(t, keptHere, yield(e, now, alice, now+1, false), "nothing left to let go")
 
 	_, added = e.RegisterNew(now+5, svc, alice, 60)
 	require.True(t, added)
 	_, added = e.RegisterNew(now+9, svc, alice, 60)
 	require.False(t, added, "a refresh claims nothing")
-	require.False(t, e.YieldSubscriber(now+9, svc, alice, now+4, false), "the claim is the registration's, at +5")
-	require.True(t, e.YieldSubscriber(now+9, svc, alice, now+6, false), "a later claim wins, though the refresh is later still")
+	require.Equal(t, keptHere, yield(e, now+9, alice, now+4, false), "the claim is the registration's, at +5")
+	require.Equal(t, letGo, yield(e, now+9, alice, now+6, false), "a later claim wins, though the refresh is later still")
 	require.Zero(t, held())
-	require.False(t, e.YieldSubscriber(now, []byte("other"), alice, now, false), "an unknown service")
+	let, _, reclaim := e.YieldSubscriber(now, []byte("other"), alice, now, false)
+	require.False(t, let || reclaim, "an unknown service")
 }
 
-// TestClaimsForgetByGeneration: a claim is remembered for ClaimMemory/2 at
-// least and ClaimMemory at most, in two generations dropped whole; then
-// the registration's last instant stands for it.
-func TestClaimsForgetByGeneration(t *testing.T) {
+// TestClaimsForgetByAge: a claim is remembered for ClaimMemory, in two
+// generations dropped whole (by the next claims, or by Tick); then the
+// registration's last instant stands for it.
+func TestClaimsForgetByAge(t *testing.T) {
 	e, clk := newTestEngine(t, subsOnly(10))
 	e.TrackClaims()
 	t0 := clk.Now()
-	half := int64(ClaimMemory / 2)
+	half, memory := int64(ClaimMemory/2), int64(ClaimMemory)
 	alice, other := []byte("sip:alice"), []byte("sip:other")
+	s := e.Service("voice")
+	remembered := func(now int64) bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		_, ok := s.claims.of(KeyOf(alice), now)
+		return ok
+	}
 	_, added := e.RegisterNew(t0, svc, alice, 3600)
 	require.True(t, added)
 	require.True(t, e.Register(t0+half, svc, alice, 3600).Admitted(), "refreshed")
-	// A claim made between the registration and its refresh.
+	require.True(t, remembered(t0+memory))
+	require.False(t, remembered(t0+memory+1), "older than ClaimMemory")
+	// A claim made between the registration and its refresh: let go while
+	// the claim at t0 is remembered, kept for the refresh after.
 	between := t0 + half/2
-	require.False(t, e.YieldSubscriber(t0, svc, alice, t0-1, false), "remembered")
-	_, added = e.RegisterNew(t0+half, svc, other, 3600) // a new generation: alice's claim in the previous one
+	require.Equal(t, keptFor(t0+half), yield(e, t0+memory+1, alice, between, false))
+	require.Equal(t, letGo, yield(e, t0+memory+1, alice, t0+half+1, false), "a claim after the refresh wins")
+
+	// Generations: the next claims drop them whole.
+	_, added = e.RegisterNew(t0+2*memory, svc, other, 3600)
 	require.True(t, added)
-	c := &e.Service("voice").claims
-	_, remembered := c.of(KeyOf(alice))
-	require.True(t, remembered, "still remembered a generation later")
-	require.True(t, e.Deregister(t0+half, svc, other))
-	_, added = e.RegisterNew(t0+2*half, svc, other, 3600) // another: alice's generation is dropped
-	require.True(t, added)
-	_, remembered = c.of(KeyOf(alice))
-	require.False(t, remembered, "forgotten after two generations")
-	require.Len(t, c.cur, 1)
-	require.Len(t, c.prev, 1)
-	require.False(t, e.YieldSubscriber(t0+2*half, svc, alice, between, false), "forgotten: the refresh, later, stands for it")
-	require.True(t, e.YieldSubscriber(t0+2*half, svc, alice, t0+half+1, false), "a claim after the refresh wins")
+	require.Len(t, s.claims.cur, 1)
+	require.Nil(t, s.claims.prev, "alice's generation is dropped")
+	// Tick drops what a quiet service holds.
+	e.Tick(t0 + 3*memory - 1)
+	require.NotNil(t, s.claims.cur)
+	require.True(t, s.claimsHeld.Load())
+	e.Tick(t0 + 2*memory + memory + half)
+	require.Nil(t, s.claims.cur)
+	require.Nil(t, s.claims.prev)
+	require.False(t, s.claimsHeld.Load())
 }
 
 // TestRestoredSubscriberYields: a registration restored from disk (its
 // instant not known) yields to any claim and any DEREGISTER passed on.
 func TestRestoredSubscriberYields(t *testing.T) {
 	e, clk := newTestEngine(t, subsOnly(10))
+	e.TrackClaims()
 	now := clk.Now()
 	alice, bob := []byte("sip:alice"), []byte("sip:bob")
 	_, subs, err := e.Restore(now, "voice", []Change{
 		{Kind: SubscriberSet, Key: KeyOf(alice), Expires: now + int64(time.Hour)},
 		{Kind: SubscriberSet, Key: KeyOf(bob), Expires: now + int64(time.Hour)},
+		{Kind: SubscriberSet, Key: KeyOf(bob), Expires: now + 2*int64(time.Hour)}, // refreshed in the journal
 	})
 	require.NoError(t, err)
 	require.Equal(t, 2, subs)
-	require.True(t, e.YieldSubscriber(now, svc, alice, 1, false))
+	require.Equal(t, letGo, yield(e, now, alice, 1, false))
 	require.True(t, e.DeregisterBefore(now, svc, bob, 1))
 	require.Zero(t, e.Service("voice").Stats().Subscribers)
 }
 
 // TestClaimSettledWithItsRegistration: another member's earlier claim,
 // settled while a subscriber is being registered here, never lets that
-// registration go: the registration and its claim are one step. Each
+// registration go, and always finds its claim: the registration and its
+// claim are one step. Each
 // registration starts once the claims for it are being settled, over and
 // over until it has returned.
 func TestClaimSettledWithItsRegistration(t *testing.T) {
@@ -127,20 +163,24 @@ func TestClaimSettledWithItsRegistration(t *testing.T) {
 			registered.Store(int64(i) + 1)
 		}
 	})
-	let := 0
+	let, reclaimed := 0, 0
 	wg.Go(func() {
 		for i, s := range subs {
 			settling.Store(int64(i) + 1)
 			for again := true; again; {
 				again = registered.Load() <= int64(i)
-				if e.YieldSubscriber(at, svc, s, at-1, false) {
+				switch yield(e, at, s, at-1, false) {
+				case letGo:
 					let++
+				case keptFor(at):
+					reclaimed++ // kept for the registration's instant: its claim was not written with it
 				}
 			}
 		}
 	})
 	wg.Wait()
 	require.Zero(t, let, "an earlier claim let a registration go")
+	require.Zero(t, reclaimed, "a registration found without its claim")
 	require.Equal(t, int64(n), e.Service("voice").Stats().Subscribers)
 }
 

@@ -324,6 +324,7 @@ func (s *Service) registerNew(now int64, sub []byte, ttl int64) (Decision, bool)
 	s.logChange(Change{Kind: SubscriberSet, Key: key, Expires: exp})
 	if s.gate.claims.Load() {
 		s.claims.made(key, now)
+		s.claimsHeld.Store(true)
 	}
 	return Decision{Reason: OK, Remaining: left()}, true
 }

@@ -612,6 +612,11 @@ func (e *Engine) Tick(now int64) {
 			}
 			s.mu.Unlock()
 		}
+		if s.claimsHeld.Load() {
+			s.mu.Lock()
+			s.claimsHeld.Store(s.claims.forget(now))
+			s.mu.Unlock()
+		}
 		s.tickRate(now, s.counts[OK].Load()+s.emergency.Load()) // its fields are Tick's alone: no lock
 		// The keys' rates are measured over a second: a walk of 100,000
 		// keys at every tick would find nothing to do in nine of ten.

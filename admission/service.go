@@ -88,8 +88,10 @@ type Service struct {
 	// subscribers by subscriber key.
 	subscribers table[registered]
 	// claims are the subscribers newly registered here lately, once the
-	// engine tracks them (a farm).
-	claims claimBook
+	// engine tracks them (a farm); claimsHeld: it may hold some (Tick
+	// forgets them).
+	claims     claimBook
+	claimsHeld atomic.Bool
 	// warmed keeps what Warm read, so that its reads are made.
 	warmed int64
 	// consumed remembers CONSUME ID keys with the decision they got.

@@ -310,6 +310,7 @@ func (e *Engine) restore(now int64, service string, changes []Change, unique boo
 						s.subsN.Add(-1)
 					} else {
 						s.subscribers.refresh(x, c.Expires)
+						x.v = 0 // restored: when it was registered is not known
 					}
 					continue
 				}

@@ -130,10 +130,8 @@ type Cluster struct {
 	wake    chan struct{} // a report calls for an early plan (Woken)
 	ex      exchangeState // StepExchange's, touched by its caller only but heard
 	forward chan op       // RELEASE/DEREGISTER/claims for other members
-	// wallOff turns an instant of the engine's clock into wall-clock
-	// nanoseconds, as claims carry them (engine instants are this
-	// process's own).
-	wallOff int64
+	// wallOff is the wall clock's offset from the engine's (wallOf).
+	wallOff atomic.Int64
 	replay  replayLog
 	spill   spillers
 	// owners are the live members that own CONSUME IDs (route.go);
@@ -172,7 +170,11 @@ func New(cfg Config) (*Cluster, error) {
 		usage: NewUsageReader(cfg.Engine),
 		stop:  make(chan struct{}), wake: make(chan struct{}, 1), forward: make(chan op, forwardQueue)}
 	if cfg.Clock != nil {
-		c.wallOff = cfg.Now().UnixNano() - cfg.Clock.Now()
+		off, ok := c.readWallOff()
+		for try := 0; !ok && try < 100; try++ {
+			off, ok = c.readWallOff()
+		}
+		c.wallOff.Store(off)
 	}
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = cfg.NodeName

@@ -39,6 +39,7 @@ var (
 	forwardReceived = metrics.NewCounter(`capsgate_gossip_messages_total{kind="forward",direction="received"}`)
 	forwardDropped  = metrics.NewCounter(`capsgate_gossip_forward_dropped_total`)
 	claimsTaken     = metrics.NewCounter(`capsgate_subscriber_claims_total{result="released_here"}`)
+	claimsRenewed   = metrics.NewCounter(`capsgate_subscriber_claims_total{result="claimed_again"}`)
 	bytesSent       = metrics.NewCounter(`capsgate_gossip_bytes_total{direction="sent"}`)
 	bytesReceived   = metrics.NewCounter(`capsgate_gossip_bytes_total{direction="received"}`)
 	// convergence is the time from a licence's load on one node to its

@@ -220,7 +220,11 @@
 // engine writes a claim with its registration and settles another's under
 // the same lock (admission.Engine.YieldSubscriber), so a claim arriving
 // mid-registration cannot let a registration go whose claim is not yet
-// written. The
+// written. A claim is remembered for admission.ClaimMemory; after that the
+// registration's last instant stands for it (a claim replayed after a
+// partition does not end a registration made since), and a registration
+// kept for it is claimed again at that instant, so the claimer lets it
+// go. The
 // count can be one too high per re-registration for the time a claim takes
 // to arrive (milliseconds).
 //

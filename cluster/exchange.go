@@ -52,6 +52,7 @@ func (c *Cluster) StepExchange(now time.Time) time.Duration {
 	if c.stopped() {
 		return StarvedCheck
 	}
+	c.noteWall()
 	ex := &c.ex
 	if ex.next.IsZero() {
 		ex.next = now.Add(ExchangeInterval)

@@ -95,7 +95,48 @@ func (c *Cluster) ForwardRelease(service, call []byte, seconds int64, queued *at
 // registration before it lets it go (admission.Engine.DeregisterBefore).
 // It carries wall-clock nanoseconds.
 func (c *Cluster) ForwardDeregister(service, sub []byte, at int64, queued *atomic.Int64) {
-	c.enqueue(op{Kind: opDeregister, Service: string(service), Key: append([]byte(nil), sub...), At: c.wallOff + at, queued: queued})
+	c.enqueue(op{Kind: opDeregister, Service: string(service), Key: append([]byte(nil), sub...), At: c.wallOf(at), queued: queued})
+}
+
+// wallOf turns an instant of the engine's clock (this process's own) into
+// wall-clock nanoseconds, as the operations members exchange carry them;
+// engineOf turns one back. Both add one offset (wallOff), so that they
+// are each other's inverse: a member compares its own instant with
+// another's as that member compares them. Reading both clocks at each
+// use would not be: the reads are apart by a few microseconds, or by
+// milliseconds when the thread is preempted between them, and two members
+// registering one subscriber in the same millisecond could then each find
+// its own claim the later one.
+func (c *Cluster) wallOf(at int64) int64 { return at + c.wallOff.Load() }
+
+func (c *Cluster) engineOf(wall int64) int64 { return wall - c.wallOff.Load() }
+
+// wallStep is how far the wall clock must move against the engine's
+// before the offset follows it: a step (NTP correcting a clock at boot, an
+// operator's date command), not the jitter of reading two clocks.
+const wallStep = 100 * time.Millisecond
+
+// readWallOff reads the wall clock's offset from the engine's, or reports
+// false when the thread was held up between the reads.
+func (c *Cluster) readWallOff() (int64, bool) {
+	e0 := c.cfg.Clock.Now()
+	w := c.cfg.Now().UnixNano()
+	e1 := c.cfg.Clock.Now()
+	return w - e0/2 - e1/2, e1-e0 <= int64(time.Millisecond)
+}
+
+// noteWall follows a wall clock stepped by more than wallStep since the
+// offset was read (the exchange calls it ten times a second).
+func (c *Cluster) noteWall() {
+	if c.cfg.Clock == nil {
+		return
+	}
+	off, ok := c.readWallOff()
+	if d := off - c.wallOff.Load(); ok && (d > int64(wallStep) || d < -int64(wallStep)) {
+		c.wallOff.Store(off)
+		c.log.Warn("the wall clock moved against the monotonic one: claims and DEREGISTERs passed on from now on carry the new time",
+			"by", time.Duration(d).Round(time.Millisecond))
+	}
 }
 
 // ClaimSubscriber tells every member that a subscriber was newly
@@ -108,7 +149,7 @@ func (c *Cluster) ClaimSubscriber(service, sub []byte, at int64, queued *atomic.
 	if !c.hadPeer.Load() {
 		return // alone: nobody holds it elsewhere
 	}
-	c.enqueue(op{Kind: opClaim, Service: string(service), Key: append([]byte(nil), sub...), At: c.wallOff + at, queued: queued})
+	c.enqueue(op{Kind: opClaim, Service: string(service), Key: append([]byte(nil), sub...), At: c.wallOf(at), queued: queued})
 }
 
 // Consumed tells every member about a CONSUME ID charged here, so that a
@@ -264,8 +305,13 @@ func (c *Cluster) apply(b []byte) {
 		case opDeregister:
 			// Not a registration here made after it (a phone moving
 			// between proxies deregisters through one, then registers
-			// through the next).
-			c.cfg.Engine.DeregisterBefore(now, []byte(o.Service), o.Key, o.At-c.wallOff)
+			// through the next). A member of an early release sent no
+			// instant.
+			if o.At == 0 {
+				c.cfg.Engine.Deregister(now, []byte(o.Service), o.Key)
+			} else {
+				c.cfg.Engine.DeregisterBefore(now, []byte(o.Service), o.Key, c.engineOf(o.At))
+			}
 		case opConsumed:
 			d := admission.Decision{Reason: admission.OK, Remaining: o.Remaining}
 			if !c.cfg.Engine.RecordConsumed(now, []byte(o.Service), []byte(o.Account), o.Key, d) {
@@ -289,8 +335,15 @@ func (c *Cluster) apply(b []byte) {
 		case opClaim:
 			// Of two claims the later keeps the subscriber; of two in
 			// the same instant, the first member name's.
-			if c.cfg.Engine.YieldSubscriber(now, []byte(o.Service), o.Key, o.At-c.wallOff, m.Node > c.cfg.NodeName) {
+			let, at, reclaim := c.cfg.Engine.YieldSubscriber(now, []byte(o.Service), o.Key, c.engineOf(o.At), m.Node > c.cfg.NodeName)
+			if let {
 				claimsTaken.Inc()
+			}
+			if reclaim {
+				// Kept for a registration (a refresh) the claimer has not
+				// heard of: claim it again, at that instant.
+				claimsRenewed.Inc()
+				c.enqueue(op{Kind: opClaim, Service: o.Service, Key: o.Key, At: c.wallOf(at)})
 			}
 		}
 	}

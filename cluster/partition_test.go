@@ -618,4 +618,14 @@ func TestPartitionSubscribersSettle(t *testing.T) {
 	require.Equal(t, want, got, "moved on n1; both and stay on n3")
 	time.Sleep(time.Second) // anything replayed late
 	require.Equal(t, want, held(), "and it stays so")
+	// n3 kept both for its registrations' instants, its claims forgotten,
+	// and claimed them again; nothing else was.
+	var again [3]float64
+	for i, node := range n {
+		body, err := node.GetRaw("/metrics")
+		require.NoError(t, err)
+		again[i] = metric(t, body, `capsgate_subscriber_claims_total{result="claimed_again"}`)
+	}
+	t.Logf("claimed again: n1, n2, n3 %v", again)
+	require.Equal(t, [3]float64{0, 0, each}, again)
 }

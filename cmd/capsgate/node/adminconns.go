@@ -12,10 +12,9 @@ import (
 
 // DefaultAdminMaxConns bounds the admin API's connections at once. Its
 // clients are an operator's tools, a Prometheus or two and the farm's other
-// members asking for usage summaries: tens of connections. Each holds about
-// 20 KB idle (two 4 KiB buffers and a goroutine) and at most
-// adminMaxHeaderBytes more while its request's header is read, so 1,024 of
-// them hold at most about 90 MB.
+// members asking for usage summaries: tens of connections. Each holds two
+// 4 KiB buffers and a goroutine idle, and at most adminMaxHeaderBytes more
+// while its request's header is read.
 const DefaultAdminMaxConns = 1024
 
 // adminMaxHeaderBytes bounds a request's header on the admin API: a bearer

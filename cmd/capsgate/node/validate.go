@@ -141,6 +141,9 @@ func (c *Config) validate() error {
 			return bad(d.key, "must be at least 1s, got %s", d.v)
 		}
 	}
+	if c.Admission.SubscriberTTL.Duration > admission.MaxTTL*time.Second {
+		return bad("admission.subscriber_ttl", "must be at most 168h (7 days, as a REGISTER's TTL), got %s", c.Admission.SubscriberTTL)
+	}
 	if w := c.Admission.IdempotencyWindow.Duration; w > idstore.MaxWindow {
 		return bad("admission.idempotency_window", "must be at most 840h (35 days), got %s", c.Admission.IdempotencyWindow)
 	}
