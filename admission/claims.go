@@ -18,12 +18,14 @@ const ClaimMemory = 10 * time.Second
 // yet written: the registration would be let go, then its claim would
 // have the other member let go too, and neither would hold the subscriber.
 //
-// Two generations of ClaimMemory/2 each: a claim is found for at least
-// ClaimMemory/2 and at most ClaimMemory, and forgetting a generation drops
+// Two generations of ClaimMemory/2 or more each: a claim is found while it
+// is younger than ClaimMemory, unless its generation was dropped first (it
+// was then at least ClaimMemory/2 old), and forgetting a generation drops
 // its map whole, never walking it (a million registrations in a few
 // seconds would otherwise be walked under the lock of the event loop
 // registering the next one); Engine.Tick drops those of a service that
-// registers nothing new.
+// registers nothing new. A generation's map is held until its newest
+// claim is ClaimMemory old: at most 2.5 × ClaimMemory after its oldest.
 type claimBook struct {
 	cur, prev map[Key]int64
 	curSince  int64 // when cur began (engine instant)
@@ -33,7 +35,10 @@ type claimBook struct {
 func (b *claimBook) made(key Key, at int64) {
 	if b.cur == nil || at-b.curSince >= int64(ClaimMemory/2) {
 		b.forget(at)
-		b.prev, b.cur, b.curSince = b.cur, make(map[Key]int64, len(b.cur)), at
+		// Not sized from the last generation: a million claims' map made
+		// at once would be made under the lock (a map grows a table at
+		// a time).
+		b.prev, b.cur, b.curSince = b.cur, make(map[Key]int64), at
 	}
 	b.cur[key] = at
 }

@@ -132,8 +132,11 @@ type Cluster struct {
 	forward chan op       // RELEASE/DEREGISTER/claims for other members
 	// wallOff is the wall clock's offset from the engine's (wallOf).
 	wallOff atomic.Int64
-	replay  replayLog
-	spill   spillers
+	// reclaiming holds a token for each batch of claims made again being
+	// sent (reclaim).
+	reclaiming chan struct{}
+	replay     replayLog
+	spill      spillers
 	// owners are the live members that own CONSUME IDs (route.go);
 	// routers the clients routed CONSUMEs go over, routing how many are
 	// in flight.
@@ -168,7 +171,8 @@ func New(cfg Config) (*Cluster, error) {
 	}
 	c := &Cluster{cfg: cfg, log: cfg.Log, peers: map[string]*peer{}, planner: NewPlanner(cfg.NodeName, cfg.Policy, cfg.Engine.Config().Burst),
 		usage: NewUsageReader(cfg.Engine),
-		stop:  make(chan struct{}), wake: make(chan struct{}, 1), forward: make(chan op, forwardQueue)}
+		stop:  make(chan struct{}), wake: make(chan struct{}, 1), forward: make(chan op, forwardQueue),
+		reclaiming: make(chan struct{}, reclaimSends)}
 	if cfg.Clock != nil {
 		off, ok := c.readWallOff()
 		for try := 0; !ok && try < 100; try++ {

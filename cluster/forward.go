@@ -298,6 +298,7 @@ func (c *Cluster) apply(b []byte) {
 		return
 	}
 	now := c.cfg.Clock.Now()
+	var again []op // claims made again (reclaim)
 	for _, o := range m.Ops {
 		switch o.Kind {
 		case opRelease:
@@ -343,11 +344,38 @@ func (c *Cluster) apply(b []byte) {
 				// Kept for a registration (a refresh) the claimer has not
 				// heard of: claim it again, at that instant.
 				claimsRenewed.Inc()
-				c.enqueue(op{Kind: opClaim, Service: o.Service, Key: o.Key, At: c.wallOf(at)})
+				again = append(again, op{Kind: opClaim, Service: o.Service, Key: o.Key, At: c.wallOf(at)})
 			}
 		}
 	}
+	c.reclaim(again)
 }
+
+// reclaim sends every member the claims a message had made again, in one
+// batch, off memberlist's handler. Not through the forward queue, which
+// the event loops' RELEASEs and DEREGISTERs fill, nor into the replay log,
+// kept in the order operations were sent: a claim made again carries its
+// registration's instant, which may be hours old. At most reclaimSends
+// batches go at once; one more is dropped and counted
+// (capsgate_gossip_forward_dropped_total), its subscribers then held on
+// two members until one registration ends or is claimed.
+func (c *Cluster) reclaim(again []op) {
+	if len(again) == 0 {
+		return
+	}
+	select {
+	case c.reclaiming <- struct{}{}:
+		go func() { // not in c.wg: a message may come while Stop waits
+			defer func() { <-c.reclaiming }()
+			c.sendBatch(again)
+		}()
+	default:
+		forwardDropped.Add(len(again))
+	}
+}
+
+// reclaimSends bounds the batches of claims made again sent at once.
+const reclaimSends = 4
 
 // replayLog keeps the operations sent lately, so that a member that was
 // down when they went out gets them when it comes back: it restores its

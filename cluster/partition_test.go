@@ -536,9 +536,9 @@ func since(from, t time.Time) string {
 
 // TestPartitionSubscribersSettle: registrations made on both sides of a
 // partition longer than a claim is remembered (admission.ClaimMemory) settle
-// when it heals to one holder each, the latest registration's, whatever the
-// order the replayed claims and DEREGISTERs arrive in: fail_open, so that
-// the cut-off n3 registers too.
+// when it heals to one holder each, the latest registration's, from the
+// claims and DEREGISTERs replayed each way: fail_open, so that the cut-off
+// n3 registers too.
 //
 //   - moved: registered on n3 before the cut, anew on n1 during it: n1 keeps
 //     them, n3 lets them go;

@@ -194,6 +194,8 @@ func TestAdminPortBounded(t *testing.T) {
 	silent, err := net.Dial("tcp", addr)
 	require.NoError(t, err)
 	defer silent.Close()
+	released := func() bool { return adminConns.Get() == 1 } // the silent one
+	require.Eventually(t, released, 10*time.Second, time.Millisecond)
 	// Accepted in the order dialled: the silent one holds the bound.
 	c, err := net.Dial("tcp", addr)
 	require.NoError(t, err)
@@ -203,7 +205,9 @@ func TestAdminPortBounded(t *testing.T) {
 	silent.Close()
 	require.Eventually(t, healthy, 10*time.Second, 10*time.Millisecond)
 
-	// Idle between requests, a connection is reclaimed for the next.
+	// Idle between requests, a connection is reclaimed for the next (once
+	// the probes' connections are let go).
+	require.Eventually(t, func() bool { return adminConns.Get() == 0 }, 10*time.Second, time.Millisecond)
 	c, err = net.Dial("tcp", addr)
 	require.NoError(t, err)
 	defer c.Close()
