@@ -115,6 +115,15 @@ func TestSubscribersCountOnceAndReleaseAnywhere(t *testing.T) {
 	require.Zero(t, sum, "RELEASE works on any node")
 }
 
+// subscribersFarm starts 3 nodes sharing a licence of 2,000 subscribers,
+// with a connection to each.
+func subscribersFarm(t *testing.T, id string) (*farm.Cluster, []*farm.Node, []*farm.Conn) {
+	t.Helper()
+	needsProcesses(t, "3 capsgate nodes")
+	c := licensedFarm(t, nil, "voice", 1000, "--subscribers", "2000", "--id", id)
+	return c, c.Nodes(), dialEach(t, c.Nodes())
+}
+
 // dialEach opens a connection to each node, closed when the test ends.
 func dialEach(t *testing.T, nodes []*farm.Node) []*farm.Conn {
 	t.Helper()
@@ -133,10 +142,7 @@ func dialEach(t *testing.T, nodes []*farm.Node) []*farm.Conn {
 // two SBCs); after the claims settle, it counts once, and DEREGISTERs sent
 // to every node at once leave nothing behind.
 func TestSimultaneousRegistersCountOnce(t *testing.T) {
-	needsProcesses(t, "3 capsgate nodes")
-	c := licensedFarm(t, nil, "voice", 1000, "--subscribers", "2000", "--id", "voice-simultaneous")
-	n := c.Nodes()
-	conns := dialEach(t, n)
+	c, n, conns := subscribersFarm(t, "voice-simultaneous")
 	const subscribers = 600
 	// all sends cmd for each subscriber through the nodes in through at
 	// once, one subscriber at a time, and returns the replies.
@@ -204,10 +210,7 @@ func TestSimultaneousRegistersCountOnce(t *testing.T) {
 // between SBCs) stays registered: the DEREGISTER passed on to the other
 // members does not end the later registration.
 func TestRegisterRightAfterDeregisterElsewhere(t *testing.T) {
-	needsProcesses(t, "3 capsgate nodes")
-	c := licensedFarm(t, nil, "voice", 1000, "--subscribers", "2000", "--id", "voice-moving")
-	n := c.Nodes()
-	conns := dialEach(t, n)
+	c, n, conns := subscribersFarm(t, "voice-moving")
 	const subscribers = 300
 	sub := func(i int) string { return fmt.Sprintf("sip:m%d@example.net", i) }
 	decided := func(v any, err error) {
