@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"net"
 	"net/http"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -36,21 +37,36 @@ var (
 // and one being answered for WriteTimeout, so the bound cannot be held for
 // longer than those by a client sending nothing.
 //
+// One source address holds at most three quarters of the bound (all of a
+// bound below 4): past that, its new connection closes its own longest idle
+// or is closed, so a quarter stays for the others (the operator, Prometheus)
+// whatever one client opens.
+//
 // It wraps the TCP listener (inside any TLS one), and its ConnState hook
 // must be the server's.
 type connLimit struct {
 	net.Listener
-	max int
+	max, perSource int
 
-	mu    sync.Mutex
-	open  int
-	idle  map[*limitedConn]time.Time // connections between requests, since when
-	count func(open int)             // reports the open count (a gauge)
+	mu       sync.Mutex
+	open     int
+	bySource map[netip.Addr]int
+	idle     map[*limitedConn]time.Time // connections between requests, since when
+	count    func(open int)             // reports the open count (a gauge)
 }
 
 func newConnLimit(ln net.Listener, max int) *connLimit {
-	return &connLimit{Listener: ln, max: max, idle: make(map[*limitedConn]time.Time),
-		count: func(open int) { adminConns.Set(float64(open)) }}
+	return &connLimit{Listener: ln, max: max, perSource: max - max/4, bySource: make(map[netip.Addr]int),
+		idle: make(map[*limitedConn]time.Time), count: func(open int) { adminConns.Set(float64(open)) }}
+}
+
+// sourceOf is the address a connection comes from (the zero Addr when it
+// is not TCP).
+func sourceOf(c net.Conn) netip.Addr {
+	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		return a.AddrPort().Addr().Unmap()
+	}
+	return netip.Addr{}
 }
 
 // Accept returns the next connection the bound admits.
@@ -68,15 +84,17 @@ func (l *connLimit) Accept() (net.Conn, error) {
 	}
 }
 
-// admit counts c in, reclaiming the longest-idle connection at the bound,
-// or returns nil when every connection is busy.
+// admit counts c in, reclaiming the longest-idle connection at the bound
+// (its source's own at the source's bound), or returns nil when every
+// connection it could reclaim is busy.
 func (l *connLimit) admit(c net.Conn) *limitedConn {
+	src := sourceOf(c)
 	l.mu.Lock()
-	if l.open >= l.max {
+	if full, mine := l.open >= l.max, l.bySource[src] >= l.perSource; full || mine {
 		var oldest *limitedConn
 		var since time.Time
 		for ic, t := range l.idle {
-			if oldest == nil || t.Before(since) {
+			if (!mine || ic.src == src) && (oldest == nil || t.Before(since)) {
 				oldest, since = ic, t
 			}
 		}
@@ -91,9 +109,10 @@ func (l *connLimit) admit(c net.Conn) *limitedConn {
 		l.mu.Lock()
 	}
 	l.open++
+	l.bySource[src]++
 	l.count(l.open)
 	l.mu.Unlock()
-	return &limitedConn{Conn: c, l: l}
+	return &limitedConn{Conn: c, l: l, src: src}
 }
 
 // releaseLocked counts lc out, once.
@@ -104,6 +123,9 @@ func (l *connLimit) releaseLocked(lc *limitedConn) {
 	lc.released = true
 	delete(l.idle, lc)
 	l.open--
+	if l.bySource[lc.src]--; l.bySource[lc.src] == 0 {
+		delete(l.bySource, lc.src)
+	}
 	l.count(l.open)
 }
 
@@ -131,6 +153,7 @@ func (l *connLimit) ConnState(c net.Conn, state http.ConnState) {
 type limitedConn struct {
 	net.Conn
 	l        *connLimit
+	src      netip.Addr
 	released bool // guarded by l.mu
 }
 

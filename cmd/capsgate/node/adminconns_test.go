@@ -217,3 +217,67 @@ func TestAdminPortBounded(t *testing.T) {
 	requireClosed(t, c)
 	require.Equal(t, uint64(1), adminConnsClosed.Get()-reclaimed)
 }
+
+// TestAdminConnsPerSource: one source holds at most three quarters of the
+// bound; past that its new connection reclaims its own longest idle, never
+// another source's, or is closed; another source still gets in.
+func TestAdminConnsPerSource(t *testing.T) {
+	addr, l, opened := limitedServer(t, 8, nil) // 6 a source
+	require.Equal(t, 6, l.perSource)
+	from := func(ip string) (net.Conn, error) {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+		return d.Dial("tcp", addr)
+	}
+	reclaimed, refused := adminConnsClosed.Get(), adminConnsRefused.Get()
+
+	// Another source's connection, idle between requests.
+	other, err := from("127.0.0.2")
+	require.NoError(t, err)
+	defer other.Close()
+	getOn(t, other, bufio.NewReader(other))
+	require.Eventually(t, func() bool { return idleConns(l) == 1 }, 10*time.Second, time.Millisecond)
+
+	// Six connections from one source, its bound: five silent, one idle.
+	var mine net.Conn
+	for i := 0; i < 6; i++ {
+		c, err := from("127.0.0.1")
+		require.NoError(t, err)
+		defer c.Close()
+		if i == 0 {
+			mine = c
+		}
+	}
+	getOn(t, mine, bufio.NewReader(mine))
+	require.Eventually(t, func() bool { return idleConns(l) == 2 }, 10*time.Second, time.Millisecond)
+	// Its seventh reclaims its own idle one, not the other source's.
+	seventh, err := from("127.0.0.1")
+	require.NoError(t, err)
+	defer seventh.Close()
+	getOn(t, seventh, bufio.NewReader(seventh))
+	requireClosed(t, mine)
+	require.Equal(t, uint64(1), adminConnsClosed.Get()-reclaimed)
+	reclaimed = adminConnsClosed.Get()
+	// Six silent ones, none of the source's idle: the seventh gives way to
+	// one more that sends nothing.
+	seventh.Close()
+	require.Eventually(t, func() bool { return opened() == 6 }, 10*time.Second, time.Millisecond)
+	silent, err := from("127.0.0.1")
+	require.NoError(t, err)
+	defer silent.Close()
+	require.Eventually(t, func() bool { return opened() == 7 }, 10*time.Second, time.Millisecond)
+	require.Equal(t, 1, idleConns(l), "the other source's")
+	c, err := from("127.0.0.1")
+	require.NoError(t, err)
+	requireClosed(t, c)
+	c.Close()
+	require.Equal(t, uint64(1), adminConnsRefused.Get()-refused, "none of its own idle: closed, though the bound has room")
+	require.Equal(t, uint64(0), adminConnsClosed.Get()-reclaimed, "the other source's idle one is not taken")
+	getOn(t, other, bufio.NewReader(other)) // still served
+
+	// Another source gets in (the eighth connection).
+	third, err := from("127.0.0.3")
+	require.NoError(t, err)
+	defer third.Close()
+	getOn(t, third, bufio.NewReader(third))
+	require.Equal(t, 8, opened())
+}

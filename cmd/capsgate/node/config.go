@@ -185,7 +185,8 @@ type AdminConfig struct {
 
 	// MaxConns bounds the admin API's connections at once (1..100000). At
 	// the bound a new connection closes the one idle longest between
-	// requests, or is closed itself when none is idle.
+	// requests, or is closed itself when none is idle; one source address
+	// holds at most three quarters of them (all of fewer than 4).
 	//
 	// Default: DefaultAdminMaxConns (1024).
 	MaxConns int `yaml:"max_conns"`
