@@ -235,3 +235,23 @@ func TestRegisteredValue(t *testing.T) {
 		}
 	}
 }
+
+// TestClaimAfterOneSettled: a registration made from a batch whose instant
+// is older than a claim settled here just before it (nothing held then)
+// claims at the clock's instant under the lock, later than that claim, so
+// the two members do not both keep the subscriber.
+func TestClaimAfterOneSettled(t *testing.T) {
+	e, clk := newTestEngine(t, subsOnly(10))
+	e.TrackClaims()
+	batch := clk.Now()
+	clk.Advance(10 * time.Millisecond)
+	alice := []byte("sip:alice")
+	other := batch + int64(5*time.Millisecond) // the other member's claim, made after the batch began
+	require.Equal(t, keptHere, yield(e, clk.Now(), alice, other, false), "nothing held yet")
+	_, added, at := e.RegisterClaimed(batch, svc, alice, 60)
+	require.True(t, added)
+	require.Equal(t, clk.Now(), at, "the clock's instant, not the batch's")
+	require.Equal(t, keptHere, yield(e, clk.Now(), alice, other, false), "its claim is the later one")
+	_, _, at = e.RegisterClaimed(batch, []byte("none"), alice, 60)
+	require.Equal(t, batch, at, "an unknown service: the batch's instant")
+}

@@ -289,10 +289,10 @@ func (s *Service) endedAnswer(now int64, key Key) (Decision, bool) {
 }
 
 // registerNew is Engine.RegisterNew on this service.
-func (s *Service) registerNew(now int64, sub []byte, ttl int64) (Decision, bool) {
+func (s *Service) registerNew(now int64, sub []byte, ttl int64, clk Clock) (Decision, bool, int64) {
 	l := s.lim.Load()
 	if !l.Licensed {
-		return Decision{Reason: UNLICENSED, RetryAfterMS: retryUnlicensedMS, Remaining: 0}, false
+		return Decision{Reason: UNLICENSED, RetryAfterMS: retryUnlicensedMS, Remaining: 0}, false, now
 	}
 	exp := now + int64(s.gate.cfg.SubscriberTTL)
 	if ttl > 0 {
@@ -311,22 +311,24 @@ func (s *Service) registerNew(now int64, sub []byte, ttl int64) (Decision, bool)
 		s.subscribers.refresh(x, exp)
 		x.v = registeredFor(now, exp)
 		s.logChange(Change{Kind: SubscriberSet, Key: key, Expires: exp})
-		return Decision{Reason: OK, Remaining: left()}, false
+		return Decision{Reason: OK, Remaining: left()}, false, now
 	}
 	if l.Subscribers != Unlimited && int64(s.subscribers.len()) >= l.Subscribers {
 		s.sweepAtLimit(&s.subscribers.lastFull, now, s.subscribers.expireSome)
 		if int64(s.subscribers.len()) >= l.Subscribers {
-			return Decision{Reason: SUBSCRIBERS, RetryAfterMS: retryCountedMS, Remaining: 0}, false
+			return Decision{Reason: SUBSCRIBERS, RetryAfterMS: retryCountedMS, Remaining: 0}, false, now
 		}
 	}
 	s.subscribers.put(key, registeredFor(now, exp), exp)
 	s.subsN.Add(1)
 	s.logChange(Change{Kind: SubscriberSet, Key: key, Expires: exp})
+	at := now
 	if s.gate.claims.Load() {
-		s.claims.made(key, now)
+		at = max(now, clk.Now())
+		s.claims.made(key, at)
 		s.claimsHeld.Store(true)
 	}
-	return Decision{Reason: OK, Remaining: left()}, true
+	return Decision{Reason: OK, Remaining: left()}, true, at
 }
 
 // deregister is Engine.Deregister on this service.

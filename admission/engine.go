@@ -516,11 +516,23 @@ func (e *Engine) Register(now int64, service, sub []byte, ttl int64) Decision {
 // added rather than refreshed: a cluster tells the other members, so that
 // one holding the subscriber from an earlier registration lets it go.
 func (e *Engine) RegisterNew(now int64, service, sub []byte, ttl int64) (Decision, bool) {
+	d, added, _ := e.RegisterClaimed(now, service, sub, ttl)
+	return d, added
+}
+
+// RegisterClaimed is RegisterNew that also returns the instant of the
+// claim an added subscriber makes (TrackClaims; now when not tracked): the
+// engine clock read under the lock that settles other members' claims, so
+// that a claim settled here before the registration (nothing held then) is
+// earlier than this one, as it was made before it. The batch's now may be
+// older than that claim: the two members would each find their own claim
+// the later one and both keep the subscriber.
+func (e *Engine) RegisterClaimed(now int64, service, sub []byte, ttl int64) (d Decision, added bool, claimAt int64) {
 	s := e.service(service)
 	if s == nil {
-		return Decision{Reason: UNLICENSED, RetryAfterMS: retryUnlicensedMS, Remaining: 0}, false
+		return Decision{Reason: UNLICENSED, RetryAfterMS: retryUnlicensedMS, Remaining: 0}, false, now
 	}
-	return s.registerNew(now, sub, ttl)
+	return s.registerNew(now, sub, ttl, e.clk)
 }
 
 // Deregister removes a subscriber; it reports whether one was registered.

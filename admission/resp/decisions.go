@@ -150,9 +150,9 @@ func (h *Handler) register(now int64, cs *ConnState, args [][]byte, out []byte) 
 	if e != "" {
 		return AppendError(out, e)
 	}
-	d, added := h.eng.RegisterNew(now, args[1], args[2], ttl)
+	d, added, at := h.eng.RegisterClaimed(now, args[1], args[2], ttl)
 	if added && h.fwd != nil {
-		h.fwd.ClaimSubscriber(args[1], args[2], now, &cs.forwarding)
+		h.fwd.ClaimSubscriber(args[1], args[2], at, &cs.forwarding)
 	}
 	return decision(out, d)
 }
