@@ -85,9 +85,13 @@ func newGCRADepth(rate float64, burst int64) gcra {
 	case rate == 0 || math.IsNaN(rate):
 		return gcra{mode: gcraClosed}
 	}
-	interval := int64(math.Round(1e9 / rate))
-	if interval < 1 {
-		interval = 1
+	// The interval saturates too: a rate below one attempt in
+	// maxInterval (a limit of 1e-11 CAPS, or a share's float residue) is
+	// one attempt in maxInterval, not an int64 conversion out of range
+	// (MinInt64 on amd64: a nanosecond, a billion attempts a second).
+	interval := int64(maxInterval)
+	if iv := math.Round(1e9 / rate); iv < maxInterval {
+		interval = max(int64(iv), 1)
 	}
 	burst = max(burst, 1)
 	// The tolerance saturates: a depth of years at a high rate is no bound.
@@ -97,6 +101,11 @@ func newGCRADepth(rate float64, burst int64) gcra {
 	}
 	return gcra{mode: gcraLimited, interval: interval, tolerance: tolerance, burst: burst}
 }
+
+// maxInterval bounds a bucket's interval between attempts (about 73
+// years), so that a TAT (at most now, the tolerance and one interval
+// ahead, each below a quarter of MaxInt64) never overflows.
+const maxInterval = math.MaxInt64 / 4
 
 // take tries to take one token at now from the bucket whose TAT is tat. It
 // returns whether it conformed, the tokens left afterwards (or, when it did

@@ -125,6 +125,33 @@ func TestGCRAMatchesReference(t *testing.T) {
 	require.NoError(t, quick.Check(f, &quick.Config{MaxCount: 2000}))
 }
 
+// A rate too small for its interval to fit in nanoseconds (a limit of
+// 1e-11 CAPS from the admin API or max_caps, a share's float residue, the
+// smallest float) admits its depth, one attempt, and then nothing for
+// maxInterval, however far the clock is: it never turns into a billion
+// attempts a second, nor wraps.
+func TestGCRATinyRates(t *testing.T) {
+	for _, rate := range []float64{1e-9, 1.08e-10, 1e-11, 1e-16, math.SmallestNonzeroFloat64} {
+		g := newGCRA(rate, 1)
+		require.True(t, g.mode == gcraLimited, "rate %g", rate)
+		require.Equal(t, int64(1), g.burst, "rate %g", rate)
+		require.LessOrEqual(t, g.interval, int64(maxInterval), "rate %g", rate)
+		for _, now := range []int64{0, 1e12, 1.8e18, math.MaxInt64 / 4} {
+			var tat atomic.Int64
+			tat.Store(now)
+			ok, _ := g.take(&tat, now)
+			require.True(t, ok, "rate %g: the first attempt", rate)
+			for i := range 1000 {
+				ok, wait := g.take(&tat, now+int64(i)*1e9)
+				require.False(t, ok, "rate %g, attempt %d a second apart", rate, i+2)
+				require.Positive(t, wait, "rate %g: no wrap", rate)
+			}
+		}
+	}
+	// At 1e-9 (one attempt in about 32 years) the interval is exact.
+	require.Equal(t, int64(1e18), newGCRA(1e-9, 1).interval)
+}
+
 func TestConcurrentAdmitsAreExact(t *testing.T) {
 	e, clk := newTestEngine(t, capsOnly(1000))
 	now := clk.Now()

@@ -78,6 +78,14 @@ func TestAllocationsMadeAtOnceAgree(t *testing.T) {
 	// lowered to 100 would let y back in ahead of it, and hold nothing.
 	require.ErrorIs(t, a.SetAccount("pool", "x", alloc(100, 10)), admission.ErrOverAllocated)
 	require.Equal(t, alloc(400, 5), a.Allocations()["pool"]["x"], "nothing changed")
+	// A bad one while some are taken back is refused as at any time, and
+	// changes nothing (kept, it would stop the engine from taking the
+	// service's others, at every restart too).
+	taken := a.AllocationsDigest()
+	require.ErrorContains(t, a.SetAccount("pool", "x", alloc(-5, 10)), "below 0")
+	require.ErrorContains(t, a.SetAccount("pool", "../x", alloc(5, 10)), "not a valid account name")
+	require.Equal(t, taken, a.AllocationsDigest())
+	require.Equal(t, map[string]int64{"base": 360, "x": 400, "y": 0, "z": 100, "w": 0, "v": 40}, limits(ea))
 	// base given up: y comes back whole, x and z stay, w and v do not fit.
 	require.NoError(t, a.SetAccount("pool", "base", alloc(0, 11)))
 	require.Equal(t, map[string]int64{"base": 0, "x": 400, "y": 400, "z": 100, "w": 0, "v": 0}, limits(ea))

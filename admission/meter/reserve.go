@@ -246,6 +246,9 @@ func (r *Reserver) SetAccount(service, account string, a admission.Allocation) e
 	if err != nil {
 		return err
 	}
+	if err := checkAllocation(account, a); err != nil {
+		return err
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if s := r.eng.Service(service); s != nil && r.takenBack[service] {
@@ -268,6 +271,17 @@ func (r *Reserver) SetAccount(service, account string, a admission.Allocation) e
 		return err
 	}
 	return r.keepLocked(service, account, a, ov)
+}
+
+// checkAllocation refuses an allocation to an invalid account name or of
+// fewer than 0 tokens, wherever it comes from (the admin API, a member),
+// before anything is kept: one bad allocation kept would stop the engine
+// from taking the service's others (SetAccounts), at every restart too.
+func checkAllocation(account string, a admission.Allocation) error {
+	if !names.Valid([]byte(account)) || a.Tokens < 0 {
+		return fmt.Errorf("cannot take an allocation of %d tokens to account %q: not a valid account name ([A-Za-z0-9._:-]{1,64}, not . or ..) or a count below 0", a.Tokens, account)
+	}
+	return nil
 }
 
 func (r *Reserver) keepLocked(service, account string, a admission.Allocation, ov admission.Overage) error {
@@ -301,10 +315,8 @@ func (r *Reserver) Apply(service, account string, a admission.Allocation) error 
 	if err != nil {
 		return err
 	}
-	// Checked before it is kept: one bad allocation kept would stop the
-	// engine from taking the service's others (SetAccounts).
-	if !names.Valid([]byte(account)) || a.Tokens < 0 {
-		return fmt.Errorf("cannot take an allocation of %d tokens to account %q: not a valid account name ([A-Za-z0-9._:-]{1,64}, not . or ..) or a count below 0", a.Tokens, account)
+	if err := checkAllocation(account, a); err != nil {
+		return err
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -108,11 +108,13 @@ type Registry struct {
 	now      time.Time       // effective time of the last evaluation
 	period   int64           // the usage period of now (licensing.PeriodOf), as last applied
 	services map[string]bool // services ever given limits
-	// verified maps a licence document's digest to its id once it has
-	// verified: a joining member's state sync, and a member's whose
-	// licences differ, carries every licence, and a farm of 1,000 would
-	// otherwise verify 1,000 signatures again each time (a hint, checked
-	// against lics, never trusted alone).
+	// verified maps the digest of each loaded licence's document, as
+	// loaded, to its id: a joining member's state sync, and a member's
+	// whose licences differ, carries every licence, and a farm of 1,000
+	// would otherwise verify 1,000 signatures again each time (a hint,
+	// checked against lics, never trusted alone). One entry a loaded
+	// licence: a document refused, or another armouring of a loaded one,
+	// adds none.
 	verified map[[sha256.Size]byte]string
 	// digest is Digest's answer until the documents change ("": not
 	// computed since they last did).
@@ -355,7 +357,6 @@ func (b *batch) addLicense(armored []byte) (Result, error) {
 	if err != nil {
 		return Result{}, classify(err)
 	}
-	r.verified[digest] = l.ID
 	res := Result{Kind: "license", ID: l.ID, Service: l.Service}
 	if !l.AppliesTo(r.cfg.ClusterID) {
 		return res, refuse(ReasonWrongCluster, "licence %s is bound to cluster %q; this node's cluster_id is %q", l.ID, l.Cluster, r.cfg.ClusterID)
@@ -463,7 +464,11 @@ func (b *batch) commit() error {
 	r := b.r
 	r.digest = ""
 	for id, e := range b.lics {
+		if old := r.lics[id]; old != nil {
+			delete(r.verified, sha256.Sum256(old.armored))
+		}
 		r.lics[id] = e
+		r.verified[sha256.Sum256(e.armored)] = id
 	}
 	for id, d := range b.revDocs {
 		r.revs[id] = true

@@ -3,6 +3,7 @@ package registry_test
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -370,6 +371,34 @@ func TestSameDocumentAgain(t *testing.T) {
 	_, err = f.reg.Add(doc)
 	reasonIs(t, err, registry.ReasonRevoked)
 	require.Equal(t, 0.0, f.limits("voice").CAPS)
+}
+
+// The digests kept to answer a loaded licence's document again are one a
+// loaded licence: documents refused (another cluster's, expired) and
+// other armourings of a loaded one (CRLF line ends, as mail leaves them)
+// add none, however many are sent.
+func TestVerifiedDigestsBounded(t *testing.T) {
+	f := newFixture(t)
+	doc := f.sign(licensing.License{ID: "a", Service: "voice", CAPS: 500})
+	_, err := f.reg.Add(doc)
+	require.NoError(t, err)
+	require.Equal(t, 1, registry.VerifiedLen(f.reg))
+	crlf := bytes.ReplaceAll(doc, []byte("\n"), []byte("\r\n"))
+	for i := range 50 {
+		again, err := f.reg.Add(append(bytes.Repeat([]byte("\n"), i), crlf...))
+		require.NoError(t, err)
+		require.Equal(t, "a", again.ID)
+		_, err = f.reg.Add(f.sign(licensing.License{ID: fmt.Sprintf("other-%d", i), Service: "voice", CAPS: 1, Cluster: "farm-2"}))
+		reasonIs(t, err, registry.ReasonWrongCluster)
+		_, err = f.reg.Add(f.sign(licensing.License{ID: fmt.Sprintf("old-%d", i), Service: "voice", CAPS: 1, NotAfter: t0.Add(-time.Hour)}))
+		reasonIs(t, err, registry.ReasonExpired)
+	}
+	require.Equal(t, 1, registry.VerifiedLen(f.reg))
+	require.Equal(t, 500.0, f.limits("voice").CAPS)
+	// A second licence loaded: two.
+	_, err = f.reg.Add(f.sign(licensing.License{ID: "b", Service: "voice", CAPS: 100}))
+	require.NoError(t, err)
+	require.Equal(t, 2, registry.VerifiedLen(f.reg))
 }
 
 // Two registries holding the same documents, loaded in any order and
