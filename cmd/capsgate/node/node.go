@@ -129,7 +129,7 @@ func New(cfg Config, log *slog.Logger) (*Node, error) {
 		}
 		password = p
 	}
-	n = &Node{cfg: cfg, log: log, clk: clk, eng: eng, reserveWake: wake, peerHTTP: &http.Client{Timeout: 5 * time.Second}, shares: cluster.NewShares(eng), stop: make(chan struct{})}
+	n = &Node{cfg: cfg, log: log, clk: clk, eng: eng, reserveWake: wake, peerHTTP: &http.Client{Timeout: 5 * time.Second, CheckRedirect: noRedirect}, shares: cluster.NewShares(eng), stop: make(chan struct{})}
 	n.ids = ids
 	n.idsKick = make(chan struct{}, 1)
 	n.respPassword = password
@@ -537,5 +537,10 @@ func peerClient(own *tls.Config) *http.Client {
 			}
 		}
 	}
-	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
+	return &http.Client{Timeout: 5 * time.Second, CheckRedirect: noRedirect,
+		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
 }
+
+// noRedirect: a member's admin API is asked at the address it advertised
+// (checkPeerAdmin), not wherever it redirects, with the token.
+func noRedirect(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"sort"
 	"time"
 
@@ -338,8 +339,8 @@ func (n *Node) getUsage(w http.ResponseWriter, r *http.Request) {
 
 // peerUsage asks a member's admin API for its own usage rows.
 func (n *Node) peerUsage(r *http.Request, addr, query string) ([]*UsageRow, error) {
-	if addr == "" {
-		return nil, errors.New("no admin address in its metadata")
+	if err := n.checkPeerAdmin(addr); err != nil {
+		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
@@ -365,6 +366,27 @@ func (n *Node) peerUsage(r *http.Request, addr, query string) ([]*UsageRow, erro
 		return nil, err
 	}
 	return v.Usage, nil
+}
+
+// checkPeerAdmin vets a member's advertised admin address before this
+// node's admin token is sent to it: a bare scheme://host:port, and https
+// when this node's own admin API is served over TLS, so that a member
+// advertising http:// (or a path, a user, a query) never gets the token
+// in the clear or somewhere else.
+func (n *Node) checkPeerAdmin(addr string) error {
+	if addr == "" {
+		return errors.New("no admin address in its metadata")
+	}
+	u, err := url.Parse(addr)
+	switch {
+	case err != nil:
+		return fmt.Errorf("admin address %q: %w", addr, err)
+	case u.Scheme != "http" && u.Scheme != "https", u.Host == "", u.User != nil, u.Path != "", u.RawQuery != "", u.Fragment != "", u.Opaque != "":
+		return fmt.Errorf("admin address %q is not scheme://host:port", addr)
+	case n.cfg.Admin.TLSCertFile != "" && u.Scheme != "https":
+		return fmt.Errorf("admin address %q is not https, and this node's admin API is: its token is not sent in the clear", addr)
+	}
+	return nil
 }
 
 // Add adds u to sum: counts add (saturating), peaks take the larger.
