@@ -44,11 +44,12 @@
 // One request, a whole multibulk frame or an inline line with its line end,
 // may be at most MaxRequestBytes long, and a command at most MaxArgs
 // arguments. Parse reports a protocol error as soon as the buffered bytes
-// prove the request malformed or too big, whatever bytes might follow, so a
-// peer cannot make the server buffer more than MaxRequestBytes (plus a few
-// header bytes) for one request. The scan goes left to right and the first
-// offending byte decides the error, so parsing a stream whole or in pieces
-// gives the same commands and the same error.
+// prove the request malformed or too big, whatever bytes might follow (an
+// inline line's tokens once the line ends, as Redis does: before that only
+// its length), so a peer cannot make the server buffer more than
+// MaxRequestBytes (plus a few header bytes) for one request. The scan goes
+// left to right and the first offending byte decides the error, so parsing
+// a stream whole or in pieces gives the same commands and the same error.
 //
 // The error texts are Redis's own (networking.c, processMultibulkBuffer and
 // processInlineBuffer) where Redis has one. Where capsgate differs from
@@ -260,12 +261,10 @@ func parseInline(buf []byte, args [][]byte, unescape bool) ([][]byte, int, error
 	}
 	nl := bytes.IndexByte(window, '\n')
 	if nl < 0 {
-		// Not a whole line yet. Report what the bytes already prove: a
-		// quoting error or too many args in the part we have, else a line
-		// that cannot end within MaxRequestBytes.
-		if _, err := splitInline(window, args, false, false); err != nil {
-			return args[:0], 0, err
-		}
+		// Not a whole line yet: an error only once it cannot end within
+		// MaxRequestBytes, as Redis does. (Its tokens are not looked at
+		// before it ends: a line sent a byte at a time would be scanned
+		// whole at each byte, up to 64 KiB each.)
 		if len(buf) >= MaxRequestBytes {
 			return args[:0], 0, errProtoInlineTooBig
 		}
@@ -275,7 +274,7 @@ func parseInline(buf []byte, args [][]byte, unescape bool) ([][]byte, int, error
 	if nl > 0 && line[nl-1] == '\r' {
 		line = line[:nl-1]
 	}
-	args, err := splitInline(line, args, true, unescape)
+	args, err := splitInline(line, args, unescape)
 	if err != nil {
 		return args[:0], 0, err
 	}
@@ -323,15 +322,12 @@ func unhex(c byte) byte {
 //     the end of the line, and a quote must be closed before the end of the
 //     line; otherwise the quotes are unbalanced.
 //
-// With final set, line is a whole line without its line end: the tokens are
-// appended to args, and tokens with quotes are unescaped in place, the
-// output cursor w never passing the input cursor i. Without final, line is
-// only the start of a line still arriving: nothing is written or appended,
-// and only errors that no further byte can undo are reported (a closing
-// quote followed by a non-blank, too many tokens). With final but not
-// unescape, a whole line is split only while it has no quote, and nothing
-// is written: the first quote is errPeekQuoted.
-func splitInline(line []byte, args [][]byte, final, unescape bool) ([][]byte, error) {
+// line is a whole line without its line end: the tokens are appended to
+// args, and tokens with quotes are unescaped in place, the output cursor w
+// never passing the input cursor i. Without unescape, a line is split only
+// while it has no quote, and nothing is written: the first quote is
+// errPeekQuoted.
+func splitInline(line []byte, args [][]byte, unescape bool) ([][]byte, error) {
 	i, tokens := 0, 0
 	for {
 		for i < len(line) && isSpace(line[i]) {
@@ -356,7 +352,7 @@ func splitInline(line []byte, args [][]byte, final, unescape bool) ([][]byte, er
 	token:
 		for {
 			if i == len(line) {
-				if quote != 0 && final {
+				if quote != 0 {
 					return args, errProtoUnbalanced
 				}
 				break token
@@ -369,7 +365,7 @@ func splitInline(line []byte, args [][]byte, final, unescape bool) ([][]byte, er
 				case ' ', '\t', '\r', '\n':
 					break token
 				case '"', '\'':
-					if final && !unescape {
+					if !unescape {
 						return args, errPeekQuoted // it would rewrite the line
 					}
 					quote = c // opens a quoted part: no output
@@ -377,22 +373,15 @@ func splitInline(line []byte, args [][]byte, final, unescape bool) ([][]byte, er
 				}
 			case c == quote:
 				// A closing quote ends the token; a blank or the end must follow.
-				if i < len(line) {
-					if !isSpace(line[i]) {
-						return args, errProtoUnbalanced
-					}
-				} else if !final {
-					return args, nil // the next byte decides
+				if i < len(line) && !isSpace(line[i]) {
+					return args, errProtoUnbalanced
 				}
 				break token
 			case c != '\\':
 				// An ordinary byte in quotes.
 			case i == len(line):
 				// A '\' ending the line is kept, and leaves the quote
-				// unbalanced; if more may come, the next byte decides.
-				if !final {
-					return args, nil
-				}
+				// unbalanced.
 			case quote == '\'':
 				if line[i] == '\'' { // \' is the only escape in single quotes
 					c = '\''
@@ -422,17 +411,13 @@ func splitInline(line []byte, args [][]byte, final, unescape bool) ([][]byte, er
 					c = e
 				}
 			}
-			if final {
-				// Once a quote has been opened the output lags the input, so
-				// this writes only in tokens with quotes.
-				if w != in {
-					line[w] = c
-				}
-				w++
+			// Once a quote has been opened the output lags the input, so
+			// this writes only in tokens with quotes.
+			if w != in {
+				line[w] = c
 			}
+			w++
 		}
-		if final {
-			args = append(args, line[start:w:w])
-		}
+		args = append(args, line[start:w:w])
 	}
 }

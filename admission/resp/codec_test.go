@@ -156,6 +156,9 @@ func TestParseIncomplete(t *testing.T) {
 		`SET "\x4`, `SET "a\"`, `a"b c"`, "\x00\xff",
 		strings.Repeat("a", MaxRequestBytes-1),
 		strings.Repeat("a ", MaxArgs),
+		// Errors once the line ends, not before (Redis's rule: a line
+		// dribbled in is not scanned again at each byte).
+		`SET "foo"bar`, `SET 'foo'"`, strings.Repeat("a ", MaxArgs) + "a", `"a"b ` + strings.Repeat("x", MaxRequestBytes-6),
 	} {
 		buf := []byte(in)
 		args, n, err := Parse(buf, make([][]byte, 3, 8))
@@ -266,17 +269,17 @@ func TestParseErrors(t *testing.T) {
 	f(`SET "foo`+"\r\n", "unbalanced quotes in request")
 	f(`SET 'foo`+"\r\n", "unbalanced quotes in request")
 	f(`SET "foo"bar`+"\r\n", "unbalanced quotes in request")
-	f(`SET "foo"bar`, "unbalanced quotes in request") // certain before the line ends
-	f(`SET 'foo'"`, "unbalanced quotes in request")
+	f(`SET 'foo'"`+"\r\n", "unbalanced quotes in request")
 	f(`SET "a\"`+"\r\n", "unbalanced quotes in request")
 	f(`SET "a\`+"\r\n", "unbalanced quotes in request")
 	f(`SET 'a\'`+"\r\n", "unbalanced quotes in request")
 	f("\"\r\n", "unbalanced quotes in request")
 	f("'\n", "unbalanced quotes in request")
 	f("\"a\"\x00\r\n", "unbalanced quotes in request")
-	f(`"a"b `+strings.Repeat("x", MaxRequestBytes), "unbalanced quotes in request") // the first error wins
+	// A line's tokens are looked at once it ends, as Redis does: before
+	// that, only its length can be an error.
+	f(`"a"b `+strings.Repeat("x", MaxRequestBytes), "too big inline request")
 	f(strings.Repeat("a ", MaxArgs+1)+"\r\n", "too many arguments")
-	f(strings.Repeat("a ", MaxArgs)+"a", "too many arguments")
 }
 
 func TestParseLimits(t *testing.T) {

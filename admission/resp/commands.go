@@ -35,6 +35,9 @@ type ConnState struct {
 	// they reach it, Handle leaves the rest of the input for a later call
 	// and sets more.
 	outBudget int
+	// quoted holds the quoted inline lines of a Handle call, unescaped
+	// there rather than in the connection's bytes (parse).
+	quoted []byte
 	// outLimit is what this client may hold of replies (its part of the
 	// node's reply memory; 0: no bound): one CLIENT LIST reply is cut to
 	// it, so that many clients listing at once hold no more than that.
@@ -352,6 +355,10 @@ func NewNullHandler() *Handler { return &Handler{null: true, noWarm: true, start
 // a little later).
 func (h *Handler) Handle(now int64, cs *ConnState, in, out []byte) (n int, _ []byte, closeConn bool) {
 	cs.more, cs.blocked = false, false
+	if cap(cs.quoted) > MaxRequestBytes {
+		cs.quoted = nil // one long read's; not held for the next
+	}
+	cs.quoted = cs.quoted[:0]
 	start := len(out)
 	if len(in) >= warmFrom && cs.tx == nil && !h.noWarm {
 		h.warm(cs, in)
@@ -361,7 +368,7 @@ func (h *Handler) Handle(now int64, cs *ConnState, in, out []byte) (n int, _ []b
 			cs.more = true
 			break
 		}
-		args, used, err := Parse(in[n:], cs.args)
+		args, used, err := cs.parse(in[n:])
 		if err != nil {
 			mark := len(out)
 			out = append(out, "-ERR Protocol error: "...)
@@ -420,6 +427,27 @@ func (h *Handler) Handle(now int64, cs *ConnState, in, out []byte) (n int, _ []b
 		}
 	}
 	return n, out, false
+}
+
+// parse is Parse for Handle, which may leave a command it parsed
+// unconsumed (waiting for room to forward, or behind held replies) and
+// parse it again at its next call: an inline line with quotes, which
+// Parse unescapes in place, is unescaped in a copy (cs.quoted, kept for
+// the rest of the call: the args point into it), so that the connection's
+// bytes are never rewritten. Clients send multibulk; a quoted inline line
+// is someone typing.
+func (cs *ConnState) parse(in []byte) ([][]byte, int, error) {
+	if len(in) == 0 || in[0] == '*' {
+		return Parse(in, cs.args)
+	}
+	line := in[:min(len(in), MaxRequestBytes)]
+	nl := bytes.IndexByte(line, '\n')
+	if nl < 0 || bytes.IndexAny(line[:nl], `"'`) < 0 {
+		return Parse(in, cs.args) // incomplete (Parse writes nothing) or nothing to unescape
+	}
+	at := len(cs.quoted)
+	cs.quoted = append(cs.quoted, line[:nl+1]...)
+	return Parse(cs.quoted[at:len(cs.quoted):len(cs.quoted)], cs.args)
 }
 
 // lower copies an ASCII command name, lower-cased, into buf. Names longer

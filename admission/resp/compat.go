@@ -8,7 +8,10 @@ package resp
 // COMMAND is here; CLIENT is in clients.go, INFO in info.go and
 // MULTI/EXEC/DISCARD in tx.go.
 
-import "strings"
+import (
+	"fmt"
+	"strings"
+)
 
 // appendLines appends lines as an array of simple strings (Redis's HELP).
 func appendLines(out []byte, lines []string) []byte {
@@ -232,6 +235,11 @@ func (h *Handler) command(args [][]byte, out []byte) []byte {
 		return appendLines(out, commandHelp)
 	case sub == "info" && len(names) == 0:
 		return append(out, commandAll...)
+	case (sub == "info" || sub == "docs") && len(names) > len(commandTable):
+		// Each name's entry is up to ~700 bytes from ~6 of request: a
+		// reply to a thousand names repeated would be far past what a
+		// client may hold of replies. None names them all.
+		return AppendError(out, fmt.Sprintf("ERR COMMAND %s takes at most %d command names (none: all of them)", strings.ToUpper(sub), len(commandTable)))
 	case sub == "info":
 		// One entry per name, nil for a command capsgate does not have.
 		out = AppendArrayHeader(out, len(names))

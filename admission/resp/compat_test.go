@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -66,6 +67,16 @@ func TestCommandReplies(t *testing.T) {
 	f(cmd("COMMAND", "DOCS", "exec"), "*2\r\n$4\r\nexec\r\n*6\r\n$7\r\nsummary\r\n$36\r\nRun the commands queued since MULTI.\r\n"+
 		"$5\r\nsince\r\n$5\r\n0.1.0\r\n$5\r\ngroup\r\n$12\r\ntransactions\r\n")
 	f(cmd("COMMAND", "DOCS", "get"), "*0\r\n")
+	// At most one name a command: a reply to a thousand repeated names
+	// would be past what a client may hold.
+	many := func(sub string, n int) string {
+		return cmd(append([]string{"COMMAND", sub}, slices.Repeat([]string{"admit"}, n)...)...)
+	}
+	for _, sub := range []string{"INFO", "DOCS"} {
+		reply, _, _ := c.send(many(sub, 20))
+		require.Equal(t, 20, strings.Count(reply, "$5\r\nadmit\r\n"), sub)
+		f(many(sub, 21), "-ERR COMMAND "+sub+" takes at most 20 command names (none: all of them)\r\n")
+	}
 	f(cmd("COMMAND", "LIST"), "*20\r\n"+bulk("admit")+bulk("release")+bulk("register")+bulk("deregister")+bulk("consume")+
 		bulk("quota")+bulk("oc")+bulk("cl.throttle")+bulk("ping")+bulk("echo")+bulk("quit")+bulk("auth")+bulk("hello")+bulk("select")+bulk("info")+
 		bulk("command")+bulk("client")+bulk("multi")+bulk("exec")+bulk("discard"))

@@ -279,3 +279,29 @@ func TestNullHandler(t *testing.T) {
 	require.Equal(t, 8, n)
 	require.True(t, strings.HasPrefix(string(out), "-ERR Protocol error"), "%q", out)
 }
+
+// A quoted inline command left unconsumed (waiting for room to forward)
+// and parsed again at the next call is the same command: its bytes were
+// not unescaped in place the first time.
+func TestQuotedInlineParsedAgain(t *testing.T) {
+	c := newTestConn(t, "")
+	f := &fakeForwarder{}
+	c.h.SetForwarder(f)
+	// The same buffer at each call, as the event loop's inbound buffer.
+	in := []byte("RELEASE demo \"c\\x41\" \r\nRELEASE demo 'c-b'\r\nPING\r\n")
+	for range 3 { // no room: nothing runs, nothing is consumed
+		n, out, closed := c.h.Handle(c.clk.Now(), c.cs, in, nil)
+		require.Empty(t, out)
+		require.Zero(t, n)
+		require.False(t, closed)
+		require.True(t, c.cs.blocked)
+	}
+	f.room.Store(true)
+	n, out, closed := c.h.Handle(c.clk.Now(), c.cs, in, nil)
+	require.Equal(t, ":0\r\n:0\r\n+PONG\r\n", string(out))
+	require.Equal(t, len(in), n)
+	require.False(t, closed)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	require.Equal(t, []string{"release cA", "release c-b"}, f.calls)
+}
