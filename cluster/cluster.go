@@ -50,7 +50,8 @@ type Config struct {
 	RESPAddr  string
 	AdminAddr string
 	// RESPPassword is resp.password_file's password, which spilled ADMITs
-	// give the member they go to ("": none).
+	// give the member they go to ("": none) when the farm has no gossip
+	// key; with one they authenticate as resp.MemberUser (MemberSecret).
 	RESPPassword string
 	MaxCAPS      float64
 	Engine       *admission.Engine

@@ -2,6 +2,9 @@ package cluster
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"sort"
 	"sync"
@@ -277,7 +280,7 @@ func (c *Cluster) sendRouted(addr string, batch []routeReq) {
 	defer cancel()
 	start := time.Now()
 	routeBatches.Update(float64(len(batch)))
-	cl, err := c.routers.get(ctx, addr, client.Config{Addr: addr, PoolSize: routeSenders, Timeout: RouteTimeout, Password: c.cfg.RESPPassword})
+	cl, err := c.routers.get(ctx, addr, c.memberClient(addr, routeSenders, RouteTimeout))
 	if err == nil {
 		err = cl.Pipeline(ctx, func(p *client.Pipeline) {
 			for _, r := range batch {
@@ -326,7 +329,7 @@ func decisionOf(r *client.Reply) (admission.Decision, error) {
 // ask sends cmd to the member at addr over the pooled client in pool and
 // returns its decision.
 func (c *Cluster) ask(ctx context.Context, pool *memberClients, addr string, timeout time.Duration, conns int, cmd [][]byte) (admission.Decision, error) {
-	cl, err := pool.get(ctx, addr, client.Config{Addr: addr, PoolSize: conns, Timeout: timeout, Password: c.cfg.RESPPassword})
+	cl, err := pool.get(ctx, addr, c.memberClient(addr, conns, timeout))
 	if err != nil {
 		return admission.Decision{}, err
 	}
@@ -335,4 +338,24 @@ func (c *Cluster) ask(ctx context.Context, pool *memberClients, addr string, tim
 		return admission.Decision{}, err
 	}
 	return decisionOf(&r)
+}
+
+// memberClient is the configuration of this member's client of another's
+// RESP port: authenticated as resp.MemberUser when the farm has a gossip
+// key (the markers members send each other are taken from members only),
+// else with resp.password_file's password.
+func (c *Cluster) memberClient(addr string, conns int, timeout time.Duration) client.Config {
+	cfg := client.Config{Addr: addr, PoolSize: conns, Timeout: timeout, Password: c.cfg.RESPPassword}
+	if len(c.cfg.Key) > 0 {
+		cfg.User, cfg.Password = resp.MemberUser, MemberSecret(c.cfg.Key)
+	}
+	return cfg
+}
+
+// MemberSecret is resp.MemberUser's secret in a farm whose gossip key is
+// key: derived from it, so that every member, and only a member, knows it.
+func MemberSecret(key []byte) string {
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte("capsgate resp member"))
+	return hex.EncodeToString(m.Sum(nil))
 }

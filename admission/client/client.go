@@ -20,8 +20,10 @@ type Config struct {
 	// Timeout bounds a call whose context has no deadline; 0 means
 	// DefaultTimeout.
 	Timeout time.Duration
-	// Password, when set, is sent with AUTH on every new connection.
+	// Password, when set, is sent with AUTH on every new connection, as
+	// User's when User is set (AUTH user password).
 	Password string
+	User     string
 }
 
 // Client is a pool of connections to one server, safe for concurrent use.
@@ -82,7 +84,7 @@ func (c *Client) Get(ctx context.Context) (*Conn, error) {
 			}
 			conn.SetTimeout(c.cfg.Timeout)
 			if c.cfg.Password != "" {
-				if err := conn.auth(ctx, c.cfg.Password); err != nil {
+				if err := conn.auth(ctx, c.cfg.User, c.cfg.Password); err != nil {
 					_ = conn.Close()
 					<-c.slot
 					return nil, err

@@ -59,9 +59,13 @@ func Dial(ctx context.Context, addr string) (*Conn, error) {
 	return c, nil
 }
 
-// auth sends AUTH password and checks that the server took it.
-func (c *Conn) auth(ctx context.Context, password string) error {
-	r, err := c.Do(ctx, []byte("AUTH"), []byte(password))
+// auth sends AUTH [user] password and checks that the server took it.
+func (c *Conn) auth(ctx context.Context, user, password string) error {
+	args := [][]byte{[]byte("AUTH"), []byte(password)}
+	if user != "" {
+		args = [][]byte{[]byte("AUTH"), []byte(user), []byte(password)}
+	}
+	r, err := c.Do(ctx, args...)
 	if err != nil {
 		return fmt.Errorf("cannot authenticate: %w", err)
 	}

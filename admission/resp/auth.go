@@ -5,10 +5,46 @@ import (
 	"crypto/subtle"
 )
 
+// MemberUser is the user a cluster member authenticates as on another
+// member's RESP port (AUTH capsgate-member secret), with a secret derived
+// from the gossip key (SetMemberSecret). Only its connections may send
+// what members send each other: ADMIT ... SPILLED, CONSUME ... ROUTED and
+// CL.THROTTLE ... ROUTED, each decided where it arrives and counted apart
+// (a spilled attempt's refusal is its sender's, its admission not this
+// member's demand). From a client they would let it keep its refusals out
+// of the counts, shrink this member's demand and so its part of the
+// licence, or take a key's limit once per member.
+const MemberUser = "capsgate-member"
+
+// SetMemberSecret sets the secret of MemberUser (empty: the markers are
+// taken from any client, as in a farm without a gossip key, whose members
+// do not authenticate each other). Call it before serving.
+func (h *Handler) SetMemberSecret(secret string) {
+	h.memberSecret = nil
+	if secret != "" {
+		h.memberSecret = []byte(secret)
+	}
+}
+
+// fromMember reports whether cs may send the members' markers.
+func (h *Handler) fromMember(cs *ConnState) bool { return h.memberSecret == nil || cs.member }
+
+// memberOnly is the reply to a member's marker from a client.
+func memberOnly(out []byte, marker string) []byte {
+	return AppendError(out, "ERR "+marker+" is sent by cluster members only (AUTH "+MemberUser+" ...)")
+}
+
 // AUTH [user] password
 func (h *Handler) auth(cs *ConnState, args [][]byte, out []byte) []byte {
 	if len(args) != 2 && len(args) != 3 {
 		return wrongArgs(out, "auth")
+	}
+	if len(args) == 3 && string(args[1]) == MemberUser {
+		if h.memberSecret == nil || subtle.ConstantTimeCompare(args[2], h.memberSecret) != 1 {
+			return AppendError(out, "WRONGPASS invalid username-password pair or user is disabled.")
+		}
+		cs.authed, cs.member = true, true
+		return AppendSimple(out, "OK")
 	}
 	if h.password == nil {
 		return AppendError(out, "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?")

@@ -35,6 +35,8 @@ type ConnState struct {
 	// they reach it, Handle leaves the rest of the input for a later call
 	// and sets more.
 	outBudget int
+	// member: authenticated as MemberUser (a cluster member).
+	member bool
 	// quoted holds the quoted inline lines of a Handle call, unescaped
 	// there rather than in the connection's bytes (parse).
 	quoted []byte
@@ -284,17 +286,19 @@ type Handler struct {
 	null     bool   // decides nothing: every command is answered NullReply (NewNullHandler)
 	noWarm   bool   // the benchmarks' comparison: no warm pass
 	password []byte // nil: AUTH is not required
-	started  time.Time
-	stats    func() (conns int64) // for INFO; may be nil
-	fwd      Forwarder            // may be nil
-	spill    Spiller              // may be nil
-	route    Router               // may be nil
-	cells    *throttle            // CL.THROTTLE (throttle.go); nil: disabled
-	ocSeq    ocSeq                // OC's oc-seq (oc.go)
-	waiters  durableWaiters
-	kick     func()         // asks for a commit now (durable.go); may be nil
-	clients  ClientLister   // for CLIENT LIST; may be nil
-	snapshot clientSnapshot // CLIENT LIST's connections, sorted
+	// memberSecret is MemberUser's secret (nil: none; SetMemberSecret).
+	memberSecret []byte
+	started      time.Time
+	stats        func() (conns int64) // for INFO; may be nil
+	fwd          Forwarder            // may be nil
+	spill        Spiller              // may be nil
+	route        Router               // may be nil
+	cells        *throttle            // CL.THROTTLE (throttle.go); nil: disabled
+	ocSeq        ocSeq                // OC's oc-seq (oc.go)
+	waiters      durableWaiters
+	kick         func()         // asks for a commit now (durable.go); may be nil
+	clients      ClientLister   // for CLIENT LIST; may be nil
+	snapshot     clientSnapshot // CLIENT LIST's connections, sorted
 	// servicesInfo is INFO's Services section as last rendered.
 	servicesInfo atomic.Pointer[servicesSnap]
 }

@@ -60,6 +60,9 @@ func (h *Handler) admit(now int64, cs *ConnState, args [][]byte, out []byte) []b
 		case bytes.EqualFold(opt, []byte("SPILLED")) && !spilled:
 			// A member's ADMIT that its bucket refused: decided here, never
 			// spilled on (v names the member).
+			if !h.fromMember(cs) {
+				return memberOnly(out, "ADMIT ... SPILLED")
+			}
 			spilled = true
 		case bytes.EqualFold(opt, []byte("PRIORITY")) && !seenPrio:
 			seenPrio = true
@@ -178,6 +181,9 @@ func (h *Handler) consume(now int64, cs *ConnState, args [][]byte, out []byte) [
 	if routed {
 		// Sent by the member named by its ID's owner (this node): decided
 		// here, never sent on.
+		if !h.fromMember(cs) {
+			return memberOnly(out, "CONSUME ... ROUTED")
+		}
 		args = args[:6]
 	}
 	if len(args) != 4 && len(args) != 6 {
@@ -247,13 +253,12 @@ func (h *Handler) quota(args [][]byte, out []byte) []byte {
 	if !names.Valid(args[1]) {
 		return AppendError(out, errService)
 	}
-	s := h.eng.Service(string(args[1]))
-	if s == nil {
-		out = AppendArrayHeader(out, 2)
-		out = AppendBulkString(out, "license_state")
-		return AppendBulkString(out, "unlicensed")
+	// A service the node does not know has the same fields as any
+	// other: nothing licensed, nothing used.
+	var st admission.Stats
+	if s := h.eng.Service(string(args[1])); s != nil {
+		st = s.Stats()
 	}
-	st := s.Stats()
 	l := st.Limits
 	state := l.State
 	if !l.Licensed {

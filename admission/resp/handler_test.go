@@ -93,7 +93,18 @@ func TestCommandTable(t *testing.T) {
 	f(cmd("CONSUME", "demo", "acme", "0"), "-ERR units must be a positive integer\r\n")
 	f(cmd("CONSUME", "demo", "acme", "1", "KEY", "x"), "-ERR syntax error\r\n")
 	f(cmd("QUOTA"), "-ERR wrong number of arguments for 'quota' command\r\n")
-	f(cmd("QUOTA", "other"), "*2\r\n$13\r\nlicense_state\r\n$10\r\nunlicensed\r\n")
+	// An unknown service has every field, as any other: nothing licensed.
+	unknown := "*34\r\n"
+	for _, k := range []string{"caps_licensed", "caps_share", "caps_used", "caps_burst", "sessions_licensed", "sessions_used",
+		"sessions_emergency", "subscribers_licensed", "subscribers_used", "tokens_licensed", "tokens_used", "tokens_left",
+		"tokens_overage", "tokens_per_attempt", "tokens_per_minute"} {
+		v := ":0\r\n"
+		if strings.HasPrefix(k, "caps_") && k != "caps_burst" {
+			v = "$1\r\n0\r\n"
+		}
+		unknown += fmt.Sprintf("$%d\r\n%s\r\n%s", len(k), k, v)
+	}
+	f(cmd("QUOTA", "other"), unknown+"$7\r\noverage\r\n$4\r\nnone\r\n$13\r\nlicense_state\r\n$10\r\nunlicensed\r\n")
 }
 
 func TestQuota(t *testing.T) {

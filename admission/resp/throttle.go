@@ -142,6 +142,10 @@ func (h *Handler) clThrottle(now int64, cs *ConnState, args [][]byte, out []byte
 	if routed {
 		// Sent by a member to this node, the key's owner: decided here,
 		// never sent on.
+		if !h.fromMember(cs) {
+			throttleRefused.Inc()
+			return memberOnly(out, "CL.THROTTLE ... ROUTED")
+		}
 		args = args[:6]
 	}
 	t := h.cells

@@ -321,6 +321,9 @@ func (n *Node) Start() error {
 	n.handler.SetForwarder(n.cluster)
 	n.handler.SetSpiller(n.cluster)
 	n.handler.SetRouter(n.cluster)
+	if len(gossipKey) > 0 {
+		n.handler.SetMemberSecret(cluster.MemberSecret(gossipKey))
+	}
 	n.handler.SetThrottleRouter(n.cluster)
 	err = n.resp.Start()
 	if err != nil {
