@@ -144,6 +144,14 @@ func (cs *ConnState) Closed() {
 	}
 }
 
+// drop lets go of what a closed connection's commands used (its
+// arguments, scratch and open transaction), which CLIENT LIST's snapshot
+// would otherwise keep reachable until the next snapshot. Called on its
+// event loop once it is closed and holds no replies.
+func (cs *ConnState) drop() {
+	cs.args, cs.warmArgs, cs.warmKeys, cs.quoted, cs.tx = nil, nil, nil, nil, nil
+}
+
 // SetWake says how the server runs a connection again from another
 // goroutine; a connection without one never spills.
 func (cs *ConnState) SetWake(wake func()) {

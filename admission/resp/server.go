@@ -296,6 +296,7 @@ func (s *Server) OnClose(c gnet.Conn, _ error) gnet.Action {
 	if cs.Holding() && s.adopt(c, cs) {
 		return gnet.None // still counted, until its replies are sent
 	}
+	cs.drop()
 	s.conns.Add(-1)
 	openConns.Add(-1)
 	return gnet.None
