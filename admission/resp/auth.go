@@ -52,7 +52,7 @@ func (h *Handler) auth(cs *ConnState, args [][]byte, out []byte) []byte {
 	if !h.checkAuth(args[1:]) {
 		return AppendError(out, "WRONGPASS invalid username-password pair or user is disabled.")
 	}
-	cs.authed = true
+	cs.authed, cs.member = true, false
 	return AppendSimple(out, "OK")
 }
 

@@ -48,8 +48,10 @@
 // inline line's tokens once the line ends, as Redis does: before that only
 // its length), so a peer cannot make the server buffer more than
 // MaxRequestBytes (plus a few header bytes) for one request. The scan goes
-// left to right and the first offending byte decides the error, so parsing
-// a stream whole or in pieces gives the same commands and the same error.
+// left to right and the first offending byte decides the error (of an
+// inline line: its length, then its first offending token once it ends),
+// so parsing a stream whole or in pieces gives the same commands and the
+// same error.
 //
 // The error texts are Redis's own (networking.c, processMultibulkBuffer and
 // processInlineBuffer) where Redis has one. Where capsgate differs from
@@ -63,8 +65,9 @@
 //     take the frame past MaxRequestBytes is "request too large";
 //   - the "\r\n" after every line and after every bulk payload is checked
 //     (Redis skips two bytes without looking);
-//   - errors are reported on the first byte that proves them rather than
-//     once a whole line is buffered, so Redis's "too big mbulk count string"
+//   - a multibulk frame's errors are reported on the first byte that
+//     proves them rather than once a whole line is buffered, so Redis's
+//     "too big mbulk count string"
 //     and "too big bulk count string" cannot happen here.
 //
 // An inline line of binary garbage is not a protocol error, just as in

@@ -147,7 +147,7 @@ func (cs *ConnState) Closed() {
 // drop lets go of what a closed connection's commands used (its
 // arguments, scratch and open transaction), which CLIENT LIST's snapshot
 // would otherwise keep reachable until the next snapshot. Called on its
-// event loop once it is closed and holds no replies.
+// event loop once it is closed and not adopted to send held replies.
 func (cs *ConnState) drop() {
 	cs.args, cs.warmArgs, cs.warmKeys, cs.quoted, cs.tx = nil, nil, nil, nil, nil
 }
@@ -367,9 +367,6 @@ func NewNullHandler() *Handler { return &Handler{null: true, noWarm: true, start
 // a little later).
 func (h *Handler) Handle(now int64, cs *ConnState, in, out []byte) (n int, _ []byte, closeConn bool) {
 	cs.more, cs.blocked = false, false
-	if cap(cs.quoted) > MaxRequestBytes {
-		cs.quoted = nil // one long read's; not held for the next
-	}
 	cs.quoted = cs.quoted[:0]
 	start := len(out)
 	if len(in) >= warmFrom && cs.tx == nil && !h.noWarm {
@@ -438,8 +435,15 @@ func (h *Handler) Handle(now int64, cs *ConnState, in, out []byte) (n int, _ []b
 			break // its answer comes before the next command's
 		}
 	}
+	if cap(cs.quoted) > quotedKeep {
+		cs.quoted = nil // an idle connection does not keep a long line's copy
+	}
 	return n, out, false
 }
+
+// quotedKeep is what a connection keeps between reads of the copy its
+// quoted inline lines were unescaped in.
+const quotedKeep = 4 << 10
 
 // parse is Parse for Handle, which may leave a command it parsed
 // unconsumed (waiting for room to forward, or behind held replies) and

@@ -37,6 +37,9 @@ func TestMembersOnlyMarkers(t *testing.T) {
 	require.Equal(t, uint64(1), stats().SpilledIn, "a member's spilled attempt, counted apart")
 	f(cmd("CONSUME", "demo", "a", "2", "ID", "r-1", "ROUTED", "n2"), dec(1, "OK", 0, 8))
 	f(cmd("CL.THROTTLE", "user:1", "0", "1", "60", "1", "ROUTED", "n2"), "*5\r\n:1\r\n:1\r\n:0\r\n:60\r\n:60\r\n")
+	// AUTH as the default user again: a client, not a member.
+	f(cmd("AUTH", "default", "client-pw"), "+OK\r\n")
+	f(cmd("ADMIT", "demo", "SPILLED", "n2"), "-ERR ADMIT ... SPILLED is sent by cluster members only (AUTH capsgate-member ...)\r\n")
 
 	// Without a member secret, no one is MemberUser.
 	h.SetMemberSecret("")

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"sort"
@@ -285,7 +286,7 @@ func (n *Node) getUsage(w http.ResponseWriter, r *http.Request) {
 			if m.Name == n.cfg.NodeName || m.State == "left" || (m.State == "dead" && m.Reclaimed) {
 				continue
 			}
-			peer, err := n.peerUsage(r, m.AdminAddr, q.Encode())
+			peer, err := n.peerUsage(r, m.AdminAddr, m.Addr, q.Encode())
 			if err != nil {
 				n.log.Warn("cannot get a member's usage", "member", m.Name, "err", err)
 				missing = append(missing, m.Name)
@@ -337,9 +338,10 @@ func (n *Node) getUsage(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"node": n.cfg.NodeName, "nodes": nodes, "missing": missing, "usage": out})
 }
 
-// peerUsage asks a member's admin API for its own usage rows.
-func (n *Node) peerUsage(r *http.Request, addr, query string) ([]*UsageRow, error) {
-	if err := n.checkPeerAdmin(addr); err != nil {
+// peerUsage asks a member's admin API at addr, advertised by the member
+// whose gossip address is gossip, for its own usage rows.
+func (n *Node) peerUsage(r *http.Request, addr, gossip, query string) ([]*UsageRow, error) {
+	if err := n.checkPeerAdmin(addr, gossip); err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
@@ -369,11 +371,12 @@ func (n *Node) peerUsage(r *http.Request, addr, query string) ([]*UsageRow, erro
 }
 
 // checkPeerAdmin vets a member's advertised admin address before this
-// node's admin token is sent to it: a bare scheme://host:port, and https
-// when this node's own admin API is served over TLS, so that a member
-// advertising http:// (or a path, a user, a query) never gets the token
-// in the clear or somewhere else.
-func (n *Node) checkPeerAdmin(addr string) error {
+// node's admin token is sent to it: a bare scheme://host:port on the
+// member's own gossip host, and https when this node's own admin API is
+// served over TLS, so that a member advertising http://, another host, a
+// path, a user or a query never gets the token in the clear or somewhere
+// else.
+func (n *Node) checkPeerAdmin(addr, gossip string) error {
 	if addr == "" {
 		return errors.New("no admin address in its metadata")
 	}
@@ -381,10 +384,14 @@ func (n *Node) checkPeerAdmin(addr string) error {
 	switch {
 	case err != nil:
 		return fmt.Errorf("admin address %q: %w", addr, err)
-	case u.Scheme != "http" && u.Scheme != "https", u.Host == "", u.User != nil, u.Path != "", u.RawQuery != "", u.Fragment != "", u.Opaque != "":
+	case u.Scheme != "http" && u.Scheme != "https", u.Port() == "", u.User != nil, u.Path != "", u.RawQuery != "", u.Fragment != "", u.Opaque != "":
 		return fmt.Errorf("admin address %q is not scheme://host:port", addr)
 	case n.cfg.Admin.TLSCertFile != "" && u.Scheme != "https":
 		return fmt.Errorf("admin address %q is not https, and this node's admin API is: its token is not sent in the clear", addr)
+	}
+	gh, _, err := net.SplitHostPort(gossip)
+	if ip, gip := net.ParseIP(u.Hostname()), net.ParseIP(gh); err != nil || ip == nil || gip == nil || !ip.Equal(gip) {
+		return fmt.Errorf("admin address %q is not on the member's gossip host (%s)", addr, gossip)
 	}
 	return nil
 }
