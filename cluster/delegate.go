@@ -29,8 +29,11 @@ const (
 // Gossip traffic, by kind of message (user messages; memberlist's own
 // probes and gossip are not counted).
 var (
-	demandSent      = metrics.NewCounter(`capsgate_gossip_messages_total{kind="demand",direction="sent"}`)
-	demandReceived  = metrics.NewCounter(`capsgate_gossip_messages_total{kind="demand",direction="received"}`)
+	demandSent     = metrics.NewCounter(`capsgate_gossip_messages_total{kind="demand",direction="sent"}`)
+	demandReceived = metrics.NewCounter(`capsgate_gossip_messages_total{kind="demand",direction="received"}`)
+	// demandUnknown counts the demand reports dropped for coming from a
+	// name that is no member here.
+	demandUnknown   = metrics.NewCounter(`capsgate_gossip_demand_unknown_total`)
 	licenceSent     = metrics.NewCounter(`capsgate_gossip_messages_total{kind="licence",direction="sent"}`)
 	licenceReceived = metrics.NewCounter(`capsgate_gossip_messages_total{kind="licence",direction="received"}`)
 	stateSent       = metrics.NewCounter(`capsgate_gossip_messages_total{kind="state",direction="sent"}`)
@@ -171,9 +174,14 @@ func (d *delegate) NotifyMsg(b []byte) {
 		}
 		c.mu.Lock()
 		p := c.peers[m.Node]
-		if p == nil {
-			p = &peer{}
-			c.peers[m.Node] = p
+		if p == nil || !p.met {
+			// Not (yet) a member here: a name memberlist never told of
+			// gets no view, no part of a token budget and no place in
+			// the ledger's witnesses; a member's report that comes before
+			// the news of its join is followed by the next one.
+			c.mu.Unlock()
+			demandUnknown.Inc()
+			return
 		}
 		c.spill.room.Store(true)
 		if c.planner.Heard(c.cfg.Now(), m.Node, m.Report) {

@@ -3,6 +3,7 @@ package cluster
 import (
 	"encoding/binary"
 	"encoding/json"
+	"maps"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -391,6 +392,8 @@ type replayLog struct {
 	services map[string]string // service names, interned for ids
 	// asked is the last replay each member asked for (replayAsked).
 	asked map[string]replayAnswer
+	// answering counts the replays being answered (replayAnswering).
+	answering int
 }
 
 // idRecord is a CONSUME ID charged here, as replayed.
@@ -531,12 +534,17 @@ func (c *Cluster) replayAsked(b []byte) {
 	if c.replay.asked == nil {
 		c.replay.asked = map[string]replayAnswer{}
 	}
+	if len(c.replay.asked) >= replayAskedKeep {
+		// Names that asked, members or not: the old answers go.
+		maps.DeleteFunc(c.replay.asked, func(_ string, a replayAnswer) bool { return !a.busy && now.Sub(a.at) >= replayEvery })
+	}
 	last, ok := c.replay.asked[r.Node]
-	if ok && (last.busy || last.since == r.Since && now.Sub(last.at) < replayEvery) {
+	if ok && (last.busy || last.since == r.Since && now.Sub(last.at) < replayEvery) || c.replay.answering >= replayAnswering {
 		c.replay.mu.Unlock()
 		return
 	}
 	c.replay.asked[r.Node] = replayAnswer{since: r.Since, at: now, busy: true}
+	c.replay.answering++
 	c.replay.mu.Unlock()
 	go func() {
 		defer func() {
@@ -544,11 +552,21 @@ func (c *Cluster) replayAsked(b []byte) {
 			a := c.replay.asked[r.Node]
 			a.busy = false
 			c.replay.asked[r.Node] = a
+			c.replay.answering--
 			c.replay.mu.Unlock()
 		}()
 		c.replayTo(r.Node, time.Unix(0, r.Since))
 	}()
 }
+
+// replayAskedKeep bounds the names whose last request is kept before the
+// old ones are let go.
+const replayAskedKeep = 1024
+
+// replayAnswering bounds the replays being answered at once (each waits
+// up to 5 s for its asker to be a member, then sends): a stream of
+// requests under made-up names holds at most this many.
+const replayAnswering = 16
 
 // replayAnswer is the last replay a member asked for.
 type replayAnswer struct {
@@ -572,17 +590,9 @@ func (c *Cluster) member(name string) *memberlist.Node {
 // harmless: every operation is idempotent).
 func (c *Cluster) replayTo(member string, since time.Time) {
 	// IDs older than the idempotency window need not reach it.
-	need := max(since.UnixNano(), time.Now().Add(-c.cfg.Engine.Config().IdempotencyWindow).UnixNano())
-	ops, whole := c.replay.since(since.UnixNano(), need)
-	if !whole {
-		replayIncomplete.Inc()
-		c.log.Warn("a member asked for more CONSUME IDs than the replay log keeps: it gets the newest only",
-			"member", member, "since", since, "ids", replayIDsMax)
-	}
-	if len(ops) == 0 {
-		return
-	}
-	// A new member's request can come before the news of it.
+	// A new member's request can come before the news of it. A name
+	// that is no member by then gets nothing, and costs no copy of the
+	// log.
 	to := c.member(member)
 	for i := 0; to == nil && i < 50; i++ {
 		select {
@@ -594,6 +604,16 @@ func (c *Cluster) replayTo(member string, since time.Time) {
 	}
 	if to == nil {
 		c.log.Warn("a member asked for what it missed but is not a member", "member", member)
+		return
+	}
+	need := max(since.UnixNano(), time.Now().Add(-c.cfg.Engine.Config().IdempotencyWindow).UnixNano())
+	ops, whole := c.replay.since(since.UnixNano(), need)
+	if !whole {
+		replayIncomplete.Inc()
+		c.log.Warn("a member asked for more CONSUME IDs than the replay log keeps: it gets the newest only",
+			"member", member, "since", since, "ids", replayIDsMax)
+	}
+	if len(ops) == 0 {
 		return
 	}
 	c.log.Info("sending a member what it missed", "member", member, "ops", len(ops))

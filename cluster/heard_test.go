@@ -1,7 +1,9 @@
 package cluster
 
 import (
+	"encoding/json"
 	"fmt"
+	"math"
 	"testing"
 	"time"
 
@@ -172,4 +174,39 @@ func heardFarm(caps float64) (*Planner, []string, map[string]admission.Limits, t
 		Sessions: admission.Unlimited, Subscribers: admission.Unlimited, Tokens: admission.Unlimited}}
 	p := NewPlanner("n2", PolicyConfig{ReclaimAfter: 3 * time.Second}, ExchangeInterval)
 	return p, []string{"n1", "n2", "n3"}, lim, time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+}
+
+// TestHeardOutOfBoundsReport: a member's report with figures no member
+// can mean (a demand of 1e306, negative debts, holdings, budgets and
+// parts) leaves every part this node plans finite and within the licence,
+// and its own report sendable, while that member speaks and after it
+// falls silent; a NaN part would fail open (the whole licence here).
+func TestHeardOutOfBoundsReport(t *testing.T) {
+	p, names, lim, t0 := heardFarm(1000)
+	lim["voice"] = admission.Limits{Licensed: true, CAPS: 1000, Sessions: 100, Subscribers: 100, Tokens: 1000}
+	bad := Report{Seq: 1, Demand: map[string]float64{"voice": 1e306}, TokenRate: map[string]float64{"voice": 1e306},
+		Held:    map[string]Held{"voice": {Sessions: -5, Subscribers: -5, Tokens: -1e15, Owed: -9e18, Budget: -1e15}},
+		Applied: map[string]Share{"voice": {CAPS: 0, Sessions: -3, Subscribers: 1e300, Depth: -1e6}}}
+	third := map[string]Share{"voice": {CAPS: 1.0 / 3, Depth: 1.0 / 3}}
+	var offered uint64
+	for k := 1; k <= 60; k++ {
+		now := t0.Add(time.Duration(k) * ExchangeInterval)
+		if k <= 3 {
+			bad.Seq = uint64(k)
+			p.Heard(now, "n1", bad)
+		}
+		p.Heard(now, "n3", Report{Seq: uint64(k), Demand: map[string]float64{"voice": 100}, Applied: third})
+		offered += 30
+		plan := p.Plan(now, names, lim, Usage{{Name: "voice", Offered: offered, Depth: 10, Avail: 5, Sessions: 3, Subscribers: 3}})
+		sh := plan.Parts["voice"]
+		for _, x := range []float64{sh.CAPS, sh.Depth, sh.Sessions, sh.Subscribers} {
+			require.False(t, math.IsNaN(x) || math.IsInf(x, 0), "plan %d: %+v", k, sh)
+			require.LessOrEqual(t, x, 1.0, "plan %d: %+v", k, sh)
+		}
+		_, err := json.Marshal(plan.Report)
+		require.NoError(t, err, "plan %d", k)
+	}
+	d := p.Demand("n1")["voice"]
+	require.Equal(t, maxReportRate, d, "a demand past the bound is the bound")
+	require.Equal(t, Held{}, p.Held("n1")["voice"], "negative holdings and debts are none")
 }

@@ -278,6 +278,61 @@ type Report struct {
 	Stretch uint64 `json:"k,omitempty"`
 }
 
+// Bounds of what a member's report may say (Report.bound): far beyond
+// any real figure, and low enough that no product of them with a licence
+// overflows to an infinity (and from there to NaN).
+const (
+	maxReportRate = 1e12 // attempts or tokens a second
+	maxReportPart = 1e6  // a part of a licence (a fraction, or -1)
+)
+
+// bound keeps a member's report within what a member can say, whatever
+// it sent (a bug, another release): rates and parts finite and not below
+// 0 (a part may be -1, none), holdings and debts not below 0. A demand of
+// 1e306 made a share +Inf and the plans NaN, which fails open; a negative
+// debt lent this node the licence's whole depth; a negative budget
+// inflated the pool left. Only a figure out of bounds is written.
+func (r *Report) bound() {
+	for k, d := range r.Demand {
+		if b := boundRate(d); b != d {
+			r.Demand[k] = b
+		}
+	}
+	for k, d := range r.TokenRate {
+		if b := boundRate(d); b != d {
+			r.TokenRate[k] = b
+		}
+	}
+	for k, h := range r.Held {
+		if h.Sessions < 0 || h.Subscribers < 0 || h.Tokens < 0 || h.Owed < 0 || h.Budget < 0 {
+			h.Sessions, h.Subscribers, h.Tokens, h.Owed, h.Budget = max(h.Sessions, 0), max(h.Subscribers, 0), max(h.Tokens, 0), max(h.Owed, 0), max(h.Budget, 0)
+			r.Held[k] = h
+		}
+	}
+	for k, a := range r.Applied {
+		if b := (Share{CAPS: boundPart(a.CAPS), Sessions: boundPart(a.Sessions), Subscribers: boundPart(a.Subscribers), Depth: boundPart(a.Depth)}); !b.same(a) {
+			r.Applied[k] = b
+		}
+	}
+}
+
+func boundRate(x float64) float64 {
+	if !(x > 0) { // NaN too
+		return 0
+	}
+	return min(x, maxReportRate)
+}
+
+func boundPart(x float64) float64 {
+	if x == -1 {
+		return -1
+	}
+	if !(x > 0) {
+		return 0
+	}
+	return min(x, maxReportPart)
+}
+
 // Usage is this node's counters at one instant, as the engine tells them.
 type Usage []ServiceUsage
 
@@ -363,6 +418,7 @@ func (p *Planner) Heard(now time.Time, from string, r Report) bool {
 	if from == p.self || from == "" {
 		return false
 	}
+	r.bound()
 	v := p.peer(from)
 	if r.Delta && r.Seq <= v.lastSeq {
 		return false // an older report, arrived late

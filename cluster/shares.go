@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"math"
 	"slices"
 	"sync"
 
@@ -251,6 +252,9 @@ func (s *Shares) applyLocked(service string) error {
 		sh, ok = Share{CAPS: even, Sessions: even, Subscribers: even, Depth: even}, true
 	}
 	if ok && l.Licensed {
+		// A part that is not a number (no plan should make one) is no
+		// part, not the whole licence: "not >= 0" would skip it.
+		sh.CAPS, sh.Depth, sh.Sessions, sh.Subscribers = nanToZero(sh.CAPS), nanToZero(sh.Depth), nanToZero(sh.Sessions), nanToZero(sh.Subscribers)
 		if sh.CAPS >= 0 && l.CAPS > 0 {
 			local.CAPS = sh.CAPS * l.CAPS
 			local.DepthShare, local.DepthShared = max(sh.Depth, 0), true
@@ -268,6 +272,13 @@ func (s *Shares) applyLocked(service string) error {
 		}
 	}
 	return s.sink.SetLimits(service, local)
+}
+
+func nanToZero(x float64) float64 {
+	if math.IsNaN(x) {
+		return 0
+	}
+	return x
 }
 
 // same reports whether two shares are equal.

@@ -2,8 +2,11 @@ package meter
 
 import (
 	"log/slog"
+	"math"
 	"math/rand/v2"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -102,10 +105,20 @@ func TestAllocationsMadeAtOnceAgree(t *testing.T) {
 	before := b.AllocationsDigest()
 	require.ErrorContains(t, b.Apply("pool", "../x", alloc(1, 12)), "not a valid account name")
 	require.ErrorContains(t, b.Apply("pool", "u", alloc(-1, 12)), "below 0")
+	require.ErrorContains(t, b.Apply(strings.Repeat("p", 1<<20), "u", alloc(1, 12)), "not a valid service name")
+	require.ErrorContains(t, b.Apply("../pool", "u", alloc(1, 12)), "not a valid service name")
+	require.ErrorContains(t, b.Apply("pool", "u", alloc(1, math.MaxInt64)), "not between 0 and 4611686018427387904")
 	require.Equal(t, before, b.AllocationsDigest())
 
-	// A restart keeps what b settled on.
+	// A restart keeps what b settled on, and skips a bad allocation an
+	// earlier release may have kept in its log.
 	digest := b.AllocationsDigest()
+	b.mu.Lock()
+	b.store.alloc("pool", "u", alloc(-1, 13))
+	b.store.alloc("pool", "../v", alloc(1, 13))
+	b.store.alloc("../pool", "v", alloc(1, 13))
+	require.NoError(t, b.stepLocked(time.Now()))
+	b.mu.Unlock()
 	require.NoError(t, b.Close())
 	eb2, b2 := open(dirB)
 	require.Equal(t, want, b2.Allocations()["pool"])

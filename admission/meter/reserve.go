@@ -246,7 +246,7 @@ func (r *Reserver) SetAccount(service, account string, a admission.Allocation) e
 	if err != nil {
 		return err
 	}
-	if err := checkAllocation(account, a); err != nil {
+	if err := checkAllocation(service, account, a); err != nil {
 		return err
 	}
 	r.mu.Lock()
@@ -273,13 +273,34 @@ func (r *Reserver) SetAccount(service, account string, a admission.Allocation) e
 	return r.keepLocked(service, account, a, ov)
 }
 
-// checkAllocation refuses an allocation to an invalid account name or of
-// fewer than 0 tokens, wherever it comes from (the admin API, a member),
-// before anything is kept: one bad allocation kept would stop the engine
-// from taking the service's others (SetAccounts), at every restart too.
-func checkAllocation(account string, a admission.Allocation) error {
+// maxAllocationAt bounds when an allocation was made (Unix nanoseconds,
+// the year 2116).
+const maxAllocationAt = 1 << 62
+
+// clip cuts a name for an error message: one from a member may be long.
+func clip(s string) string {
+	if len(s) > 80 {
+		return s[:80] + "..."
+	}
+	return s
+}
+
+// checkAllocation refuses an allocation to an invalid service or account
+// name or of fewer than 0 tokens, wherever it comes from (the admin API, a
+// member, the token log), before anything is kept: one bad allocation kept
+// would stop the engine from taking the service's others (SetAccounts), at
+// every restart too, and a member's for a service named by a megabyte
+// would be kept and sent on.
+func checkAllocation(service, account string, a admission.Allocation) error {
+	if !names.Valid([]byte(service)) {
+		return fmt.Errorf("cannot take an allocation to service %q: not a valid service name ([A-Za-z0-9._:-]{1,64}, not . or ..)", clip(service))
+	}
 	if !names.Valid([]byte(account)) || a.Tokens < 0 {
-		return fmt.Errorf("cannot take an allocation of %d tokens to account %q: not a valid account name ([A-Za-z0-9._:-]{1,64}, not . or ..) or a count below 0", a.Tokens, account)
+		return fmt.Errorf("cannot take an allocation of %d tokens to account %q: not a valid account name ([A-Za-z0-9._:-]{1,64}, not . or ..) or a count below 0", a.Tokens, clip(account))
+	}
+	if a.At < 0 || a.At > maxAllocationAt {
+		// One made at MaxInt64 would be later than any other for ever.
+		return fmt.Errorf("cannot take an allocation to account %q made at %d: not between 0 and %d", clip(account), a.At, int64(maxAllocationAt))
 	}
 	return nil
 }
@@ -315,7 +336,7 @@ func (r *Reserver) Apply(service, account string, a admission.Allocation) error 
 	if err != nil {
 		return err
 	}
-	if err := checkAllocation(account, a); err != nil {
+	if err := checkAllocation(service, account, a); err != nil {
 		return err
 	}
 	r.mu.Lock()

@@ -278,7 +278,7 @@ func TestAllocationsDigest(t *testing.T) {
 		{"voice", "acme", admission.Allocation{Tokens: 300, Overage: "none", At: 1}},
 		{"voice", "globex", admission.Allocation{Tokens: 0, Overage: "unlimited", At: 2}},
 		{"sms", "acme", admission.Allocation{Tokens: math.MaxInt64, Overage: "none", At: 3}},
-		{"sms", "initech", admission.Allocation{Tokens: 1, Overage: "none", At: math.MaxInt64}},
+		{"sms", "initech", admission.Allocation{Tokens: 1, Overage: "none", At: maxAllocationAt}},
 	}
 	dirA := t.TempDir()
 	a, b := open(dirA), open(t.TempDir())

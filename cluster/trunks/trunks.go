@@ -63,6 +63,10 @@ const (
 	MaxCAPS = 1e9
 	// MaxBurst bounds a key's burst.
 	MaxBurst = 1e9
+	// MaxAt bounds a setting's instant (Unix nanoseconds, the year 2116):
+	// one at MaxInt64 from a member would make lastSeen+1 wrap, and the
+	// key's limits unchangeable.
+	MaxAt = 1 << 62
 )
 
 // Validate reports the first field out of range.
@@ -74,8 +78,8 @@ func (l Limit) Validate() error {
 		return fmt.Errorf("burst must be between 0 and %d attempts, got %d", int64(MaxBurst), l.Burst)
 	case l.Sessions < -1:
 		return fmt.Errorf("sessions must be 0 or more (or left out for none), got %d", l.Sessions)
-	case l.At < 0:
-		return fmt.Errorf("at must not be negative, got %d", l.At)
+	case l.At < 0 || l.At > MaxAt:
+		return fmt.Errorf("at must be between 0 and %d, got %d", int64(MaxAt), l.At)
 	}
 	return nil
 }

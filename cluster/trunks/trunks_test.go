@@ -77,6 +77,11 @@ func TestBookRefusesBadSettings(t *testing.T) {
 		{set("voice", "a", 1, -2, 1), "sessions must be 0 or more"},
 		{Setting{Service: "voice", Key: "a", Limit: Limit{Burst: -1}}, "burst must be between 0"},
 		{Setting{Service: "voice", Key: "a", Limit: Limit{Burst: 1e9 + 1}}, "burst must be between 0"},
+		// An instant at MaxInt64 from a member would make the key's limits
+		// unchangeable (lastSeen+1 wraps).
+		{Setting{Service: "voice", Key: "a", Limit: Limit{At: math.MaxInt64}}, "at must be between 0 and 4611686018427387904"},
+		{Setting{Service: "voice", Key: "a", Limit: Limit{At: MaxAt + 1}}, "at must be between 0"},
+		{Setting{Service: "voice", Key: "a", Limit: Limit{At: -1}}, "at must be between 0"},
 	} {
 		_, err := b.Set(c.s)
 		require.ErrorContains(t, err, c.want)
