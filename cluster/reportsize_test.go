@@ -78,17 +78,7 @@ func reportSize(services, accounts int) (busy, idle int) {
 // the other member over TCP; a small one as a packet. Before, the big one
 // was refused by the socket and never arrived.
 func TestBigReportsGoOverTCP(t *testing.T) {
-	mk := func(name string) *Cluster {
-		c, err := New(Config{NodeName: name, BindAddr: freeAddr(t), Key: bytes.Repeat([]byte{7}, 32),
-			Engine: admission.NewEngine(admission.DefaultConfig()), Licences: noLicences{}, Log: slog.New(slog.DiscardHandler)})
-		require.NoError(t, err)
-		t.Cleanup(func() { _ = c.ml.Shutdown() })
-		return c
-	}
-	a, b := mk("a"), mk("b")
-	_, err := b.ml.Join([]string{a.cfg.BindAddr})
-	require.NoError(t, err)
-	require.Eventually(t, func() bool { return a.ml.NumMembers() == 2 }, 5*time.Second, 10*time.Millisecond)
+	a, b := joinedPair(t)
 	heard := func(service string) bool {
 		b.mu.Lock()
 		defer b.mu.Unlock()
@@ -124,3 +114,27 @@ func (noLicences) Load([]byte) ([]registry.Result, error)       { return nil, ni
 func (noLicences) LoadShared([]byte) ([]registry.Result, error) { return nil, nil }
 func (noLicences) ClockMark() time.Time                         { return time.Time{} }
 func (noLicences) ObserveMark(time.Time)                        {}
+
+// joinedPair returns two bare members, a and b, on loopback with a gossip
+// key, once each has met the other.
+func joinedPair(t *testing.T) (a, b *Cluster) {
+	t.Helper()
+	mk := func(name string) *Cluster {
+		c, err := New(Config{NodeName: name, BindAddr: freeAddr(t), Key: bytes.Repeat([]byte{7}, 32),
+			Engine: admission.NewEngine(admission.DefaultConfig()), Licences: noLicences{}, Log: slog.New(slog.DiscardHandler)})
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = c.ml.Shutdown() })
+		return c
+	}
+	a, b = mk("a"), mk("b")
+	_, err := b.ml.Join([]string{a.cfg.BindAddr})
+	require.NoError(t, err)
+	met := func(c *Cluster, other string) bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		p := c.peers[other]
+		return p != nil && p.met
+	}
+	require.Eventually(t, func() bool { return met(a, "b") && met(b, "a") }, 5*time.Second, 10*time.Millisecond)
+	return a, b
+}

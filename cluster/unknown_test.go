@@ -1,15 +1,10 @@
 package cluster
 
 import (
-	"bytes"
 	"encoding/json"
-	"log/slog"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/require"
-
-	"github.com/capsgate/capsgate/admission"
 )
 
 // A demand report under a name memberlist never told of (a made-up
@@ -18,22 +13,7 @@ import (
 // ledger's witnesses; a member's is heard. Replay requests under made-up
 // names copy nothing and hold at most replayAnswering goroutines.
 func TestNonMembersNotHeard(t *testing.T) {
-	mk := func(name string) *Cluster {
-		c, err := New(Config{NodeName: name, BindAddr: freeAddr(t), Key: bytes.Repeat([]byte{7}, 32),
-			Engine: admission.NewEngine(admission.DefaultConfig()), Licences: noLicences{}, Log: slog.New(slog.DiscardHandler)})
-		require.NoError(t, err)
-		t.Cleanup(func() { _ = c.ml.Shutdown() })
-		return c
-	}
-	a, b := mk("a"), mk("b")
-	_, err := b.ml.Join([]string{a.cfg.BindAddr})
-	require.NoError(t, err)
-	require.Eventually(t, func() bool {
-		a.mu.Lock()
-		defer a.mu.Unlock()
-		p := a.peers["b"]
-		return p != nil && p.met
-	}, 5*time.Second, 10*time.Millisecond)
+	a, _ := joinedPair(t)
 	report := func(from string, seq uint64) []byte {
 		m, err := json.Marshal(demandMsg{Node: from, Report: Report{Seq: seq, Demand: map[string]float64{"voice": 1e6}}})
 		require.NoError(t, err)
