@@ -101,6 +101,10 @@ type Cluster struct {
 
 	mu    sync.Mutex // guards the fields below
 	peers map[string]*peer
+	// early are the names whose demand reports came before the news of
+	// their join (dropped: see NotifyMsg); at the join each is asked for
+	// a whole report (msgWhole). At most earlyKeep.
+	early map[string]bool
 	// streaming holds the members a report is being sent to over TCP.
 	streaming map[string]bool
 	planner   *Planner

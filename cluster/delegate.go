@@ -24,6 +24,7 @@ const (
 	msgLeaving = 'x' // the sender is about to leave gracefully
 	msgReplay  = 'r' // the sender asks for what it missed (replayRequest)
 	msgState   = 's' // the sender's licences, for a member whose digest differs
+	msgWhole   = 'w' // the sender (named) asks for a whole report: it missed the first
 )
 
 // Gossip traffic, by kind of message (user messages; memberlist's own
@@ -33,7 +34,9 @@ var (
 	demandReceived = metrics.NewCounter(`capsgate_gossip_messages_total{kind="demand",direction="received"}`)
 	// demandUnknown counts the demand reports dropped for coming from a
 	// name that is no member here.
-	demandUnknown   = metrics.NewCounter(`capsgate_gossip_demand_unknown_total`)
+	demandUnknown = metrics.NewCounter(`capsgate_gossip_demand_unknown_total`)
+	// wholeAsked counts the whole reports members asked this node for.
+	wholeAsked      = metrics.NewCounter(`capsgate_gossip_whole_asked_total`)
 	licenceSent     = metrics.NewCounter(`capsgate_gossip_messages_total{kind="licence",direction="sent"}`)
 	licenceReceived = metrics.NewCounter(`capsgate_gossip_messages_total{kind="licence",direction="received"}`)
 	stateSent       = metrics.NewCounter(`capsgate_gossip_messages_total{kind="state",direction="sent"}`)
@@ -177,8 +180,16 @@ func (d *delegate) NotifyMsg(b []byte) {
 		if p == nil || !p.met {
 			// Not (yet) a member here: a name memberlist never told of
 			// gets no view, no part of a token budget and no place in
-			// the ledger's witnesses; a member's report that comes before
-			// the news of its join is followed by the next one.
+			// the ledger's witnesses. A member's reports that come before
+			// the news of its join are dropped too; at the join it is
+			// asked for a whole report, since those dropped may have been
+			// its only whole ones (the rest are deltas on them).
+			if c.early == nil {
+				c.early = map[string]bool{}
+			}
+			if len(c.early) < earlyKeep {
+				c.early[m.Node] = true
+			}
 			c.mu.Unlock()
 			demandUnknown.Inc()
 			return
@@ -201,6 +212,11 @@ func (d *delegate) NotifyMsg(b []byte) {
 		c.apply(b[1:])
 	case msgReplay:
 		c.replayAsked(b[1:])
+	case msgWhole:
+		wholeAsked.Inc()
+		c.mu.Lock()
+		c.planner.SendWhole()
+		c.mu.Unlock()
 	case msgLeaving:
 		c.mu.Lock()
 		if p := c.peers[string(b[1:])]; p != nil {
@@ -416,6 +432,19 @@ func (c *Cluster) offerState(node, theirs string, allocations bool) {
 
 var errNotMember = errors.New("not a member")
 
+// earlyKeep bounds the names kept whose reports came before their join.
+const earlyKeep = 64
+
+// askWhole asks the member named for a whole report: its reports came
+// before the news of its join, and were dropped.
+func (c *Cluster) askWhole(name string) {
+	if to := c.member(name); to != nil {
+		if err := c.ml.SendReliable(to, append([]byte{msgWhole}, c.cfg.NodeName...)); err != nil {
+			c.log.Warn("cannot ask a member for a whole report", "member", name, "err", oneLine(err))
+		}
+	}
+}
+
 // events implements memberlist.EventDelegate.
 type events Cluster
 
@@ -438,7 +467,13 @@ func (e *events) NotifyJoin(n *memberlist.Node) {
 	p.noteMeta(n.Meta)
 	p.alive = true
 	c.refreshOwners()
+	early := c.early[n.Name]
+	delete(c.early, n.Name)
 	c.mu.Unlock()
+	if early {
+		go c.askWhole(n.Name)
+	}
+	c.replayPending(n.Name)
 	if n.Name != c.cfg.NodeName {
 		c.log.Info("member joined", "member", n.Name, "addr", n.Address())
 		if met {

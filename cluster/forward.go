@@ -392,6 +392,8 @@ type replayLog struct {
 	services map[string]string // service names, interned for ids
 	// asked is the last replay each member asked for (replayAsked).
 	asked map[string]replayAnswer
+	// pending are the requests of names not (yet) members, by name.
+	pending map[string]replayRequest
 	// answering counts the replays being answered (replayAnswering).
 	answering int
 }
@@ -508,6 +510,10 @@ const replayEvery = 10 * time.Second
 
 var replayIncomplete = metrics.NewCounter(`capsgate_replay_incomplete_total`)
 
+// replayRefused counts the replay requests not answered: too many sent
+// at once, or too many names not yet members waiting.
+var replayRefused = metrics.NewCounter(`capsgate_replay_refused_total`)
+
 // askReplay asks member for what it sent since.
 func (c *Cluster) askReplay(member string, since time.Time) {
 	var at int64
@@ -529,6 +535,40 @@ func (c *Cluster) replayAsked(b []byte) {
 	if json.Unmarshal(b, &r) != nil || r.Node == "" || r.Node == c.cfg.NodeName {
 		return
 	}
+	if c.member(r.Node) == nil {
+		// A new member's request can come before the news of it: kept
+		// (the latest, for at most replayAskedKeep names) and answered
+		// at its join, not by a goroutine waiting for a name that may
+		// never be a member.
+		c.replay.mu.Lock()
+		if c.replay.pending == nil {
+			c.replay.pending = map[string]replayRequest{}
+		}
+		if _, ok := c.replay.pending[r.Node]; ok || len(c.replay.pending) < replayAskedKeep {
+			c.replay.pending[r.Node] = r
+		} else {
+			replayRefused.Inc()
+		}
+		c.replay.mu.Unlock()
+		return
+	}
+	c.answerReplay(r)
+}
+
+// replayPending answers the request a member sent before the news of
+// its join, if it sent one.
+func (c *Cluster) replayPending(name string) {
+	c.replay.mu.Lock()
+	r, ok := c.replay.pending[name]
+	delete(c.replay.pending, name)
+	c.replay.mu.Unlock()
+	if ok {
+		c.answerReplay(r)
+	}
+}
+
+// answerReplay answers a member's replayRequest.
+func (c *Cluster) answerReplay(r replayRequest) {
 	now := time.Now()
 	c.replay.mu.Lock()
 	if c.replay.asked == nil {
@@ -539,8 +579,15 @@ func (c *Cluster) replayAsked(b []byte) {
 		maps.DeleteFunc(c.replay.asked, func(_ string, a replayAnswer) bool { return !a.busy && now.Sub(a.at) >= replayEvery })
 	}
 	last, ok := c.replay.asked[r.Node]
-	if ok && (last.busy || last.since == r.Since && now.Sub(last.at) < replayEvery) || c.replay.answering >= replayAnswering {
+	if ok && (last.busy || last.since == r.Since && now.Sub(last.at) < replayEvery) {
 		c.replay.mu.Unlock()
+		return
+	}
+	if c.replay.answering >= replayAnswering {
+		c.replay.mu.Unlock()
+		replayRefused.Inc()
+		c.log.Warn("a member asked for what it missed while as many replays as a node sends at once were being sent: it gets none",
+			"member", r.Node, "at_once", replayAnswering)
 		return
 	}
 	c.replay.asked[r.Node] = replayAnswer{since: r.Since, at: now, busy: true}
@@ -563,10 +610,10 @@ func (c *Cluster) replayAsked(b []byte) {
 // old ones are let go.
 const replayAskedKeep = 1024
 
-// replayAnswering bounds the replays being answered at once (each waits
-// up to 5 s for its asker to be a member, then sends): a stream of
-// requests under made-up names holds at most this many.
-const replayAnswering = 16
+// replayAnswering bounds the replays being sent at once, to members
+// (a request from a name that is no member waits for its join, in
+// pending): a farm's rolling restart asks each node for one a member.
+const replayAnswering = 64
 
 // replayAnswer is the last replay a member asked for.
 type replayAnswer struct {

@@ -310,7 +310,9 @@ func (r *Report) bound() {
 		}
 	}
 	for k, a := range r.Applied {
-		if b := (Share{CAPS: boundPart(a.CAPS), Sessions: boundPart(a.Sessions), Subscribers: boundPart(a.Subscribers), Depth: boundPart(a.Depth)}); !b.same(a) {
+		b := a
+		b.CAPS, b.Sessions, b.Subscribers, b.Depth = boundPart(a.CAPS), boundPart(a.Sessions), boundPart(a.Subscribers), boundPart(a.Depth)
+		if b.CAPS != a.CAPS || b.Sessions != a.Sessions || b.Subscribers != a.Subscribers || b.Depth != a.Depth {
 			r.Applied[k] = b
 		}
 	}
@@ -670,6 +672,9 @@ func (p *Planner) Gone(now time.Time, name string, graceful bool) {
 
 // promisedKeep bounds the promises a view keeps its map's room for.
 const promisedKeep = 1024
+
+// SendWhole makes the next report whole: a member missed the whole ones.
+func (p *Planner) SendWhole() { p.sendWhole = true }
 
 // Known reports whether name was ever heard of, and whether it is gone.
 func (p *Planner) Known(name string) (known, gone bool) {

@@ -119,22 +119,28 @@ func (noLicences) ObserveMark(time.Time)                        {}
 // key, once each has met the other.
 func joinedPair(t *testing.T) (a, b *Cluster) {
 	t.Helper()
-	mk := func(name string) *Cluster {
-		c, err := New(Config{NodeName: name, BindAddr: freeAddr(t), Key: bytes.Repeat([]byte{7}, 32),
-			Engine: admission.NewEngine(admission.DefaultConfig()), Licences: noLicences{}, Log: slog.New(slog.DiscardHandler)})
-		require.NoError(t, err)
-		t.Cleanup(func() { _ = c.ml.Shutdown() })
-		return c
-	}
-	a, b = mk("a"), mk("b")
+	a, b = bareMember(t, "a"), bareMember(t, "b")
 	_, err := b.ml.Join([]string{a.cfg.BindAddr})
 	require.NoError(t, err)
-	met := func(c *Cluster, other string) bool {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		p := c.peers[other]
-		return p != nil && p.met
-	}
-	require.Eventually(t, func() bool { return met(a, "b") && met(b, "a") }, 5*time.Second, 10*time.Millisecond)
+	require.Eventually(t, func() bool { return hasMet(a, "b") && hasMet(b, "a") }, 5*time.Second, 10*time.Millisecond)
 	return a, b
+}
+
+// bareMember is a member named name on loopback with a gossip key, no
+// licences, not joined.
+func bareMember(t *testing.T, name string) *Cluster {
+	t.Helper()
+	c, err := New(Config{NodeName: name, BindAddr: freeAddr(t), Key: bytes.Repeat([]byte{7}, 32),
+		Engine: admission.NewEngine(admission.DefaultConfig()), Licences: noLicences{}, Log: slog.New(slog.DiscardHandler)})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = c.ml.Shutdown() })
+	return c
+}
+
+// hasMet reports whether c has met the member named other.
+func hasMet(c *Cluster, other string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p := c.peers[other]
+	return p != nil && p.met
 }

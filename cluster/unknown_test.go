@@ -2,7 +2,9 @@ package cluster
 
 import (
 	"encoding/json"
+	"fmt"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -39,13 +41,48 @@ func TestNonMembersNotHeard(t *testing.T) {
 	require.Equal(t, 2, peers, "a and b")
 	require.Equal(t, unknown+100, demandUnknown.Get())
 
-	for i := range 200 {
-		req, err := json.Marshal(replayRequest{Node: "ghost-" + string(rune('a'+i%26)) + string(rune('a'+i/26)), Since: 0})
+	a.mu.Lock()
+	require.Len(t, a.early, earlyKeep, "the names kept to ask at their join are bounded")
+	a.mu.Unlock()
+
+	// Replay requests under names that are no members start nothing:
+	// they wait, bounded, for a join.
+	refused := replayRefused.Get()
+	for i := range replayAskedKeep + 10 {
+		req, err := json.Marshal(replayRequest{Node: fmt.Sprintf("ghost-%d", i), Since: 0})
 		require.NoError(t, err)
 		a.replayAsked(req)
 	}
 	a.replay.mu.Lock()
-	answering := a.replay.answering
+	answering, pending := a.replay.answering, len(a.replay.pending)
 	a.replay.mu.Unlock()
-	require.Equal(t, replayAnswering, answering, "at most replayAnswering at once")
+	require.Zero(t, answering)
+	require.Equal(t, replayAskedKeep, pending)
+	require.Equal(t, refused+10, replayRefused.Get())
+
+	// A member whose report and replay request come before the news of
+	// its join: at the join it is asked for a whole report, and its
+	// request is answered.
+	c := bareMember(t, "c")
+	a.mu.Lock()
+	delete(a.early, "ghost-aa") // room for c's
+	a.mu.Unlock()
+	a.replay.mu.Lock()
+	delete(a.replay.pending, "ghost-0")
+	a.replay.mu.Unlock()
+	d.NotifyMsg(report("c", 1))
+	req, err := json.Marshal(replayRequest{Node: "c", Since: 0})
+	require.NoError(t, err)
+	a.replayAsked(req)
+	asked := wholeAsked.Get()
+	_, err = c.ml.Join([]string{a.cfg.BindAddr})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return hasMet(a, "c") && wholeAsked.Get() > asked }, 5*time.Second, 10*time.Millisecond)
+	a.mu.Lock()
+	require.False(t, a.early["c"])
+	a.mu.Unlock()
+	a.replay.mu.Lock()
+	_, waiting := a.replay.pending["c"]
+	a.replay.mu.Unlock()
+	require.False(t, waiting, "answered at the join")
 }

@@ -117,6 +117,7 @@ func TestAllocationsMadeAtOnceAgree(t *testing.T) {
 	b.store.alloc("pool", "u", alloc(-1, 13))
 	b.store.alloc("pool", "../v", alloc(1, 13))
 	b.store.alloc("../pool", "v", alloc(1, 13))
+	b.store.alloc("pool", "late", alloc(1, math.MaxInt64))
 	require.NoError(t, b.stepLocked(time.Now()))
 	b.mu.Unlock()
 	require.NoError(t, b.Close())

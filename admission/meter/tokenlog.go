@@ -370,7 +370,7 @@ func (state *fileState) apply(e entry) error {
 	if e.kind == entryEnd {
 		return nil
 	}
-	if e.kind == entryAlloc && checkAllocation(e.service, e.account, admission.Allocation{Tokens: e.n[0]}) != nil {
+	if e.kind == entryAlloc && checkAllocation(e.service, e.account, admission.Allocation{Tokens: e.n[0], At: e.n[1]}) != nil {
 		// Kept by an earlier release, which did not always check: it
 		// would stop the engine from taking the service's others.
 		return nil

@@ -61,7 +61,7 @@ func TestTokenLogValues(t *testing.T) {
 	for acct, a := range map[string]admission.Allocation{
 		"zero": {Overage: "none"},
 		"one":  {Tokens: 1, Overage: "percent:1", At: 1},
-		"max":  {Tokens: math.MaxInt64, Overage: "unlimited", At: math.MaxInt64},
+		"max":  {Tokens: math.MaxInt64, Overage: "unlimited", At: maxAllocationAt},
 	} {
 		if s.Accounts == nil {
 			s.Accounts = map[string]admission.Allocation{}

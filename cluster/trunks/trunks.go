@@ -216,6 +216,12 @@ func (b *Book) read() error {
 		if err := json.Unmarshal(data[:i], &s); err != nil {
 			return fmt.Errorf("%s: line %d: %v", b.path, line, err)
 		}
+		// An earlier release took any instant from a member: one past
+		// MaxAt is read as now, rather than stop the node starting or
+		// leave the key's limits unchangeable.
+		if s.Limit.At > MaxAt {
+			s.Limit.At = time.Now().UnixNano()
+		}
 		if err := s.Check(); err != nil {
 			return fmt.Errorf("%s: line %d: %v", b.path, line, err)
 		}

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -130,6 +131,20 @@ func TestBookFile(t *testing.T) {
 	require.NoError(t, os.WriteFile(path, []byte("{\"service\":\"voice\",\"key\":\"a\",\"limit\":{\"caps\":-5,\"sessions\":1,\"at\":1}}\n"), 0o600))
 	_, err = Open(dir, 0, nil)
 	require.ErrorContains(t, err, "line 1: caps must be")
+	// A setting an earlier release took at MaxInt64 is read as made now:
+	// the node starts, the key keeps it, and a later setting changes it.
+	require.NoError(t, os.WriteFile(path, []byte("{\"service\":\"voice\",\"key\":\"a\",\"limit\":{\"caps\":7,\"sessions\":1,\"at\":9223372036854775807}}\n"), 0o600))
+	b, err = Open(dir, 0, nil)
+	require.NoError(t, err)
+	l, ok = b.Get("voice", "a")
+	require.True(t, ok)
+	require.Equal(t, 7.0, l.CAPS)
+	require.LessOrEqual(t, l.At, time.Now().UnixNano())
+	_, err = b.Set(set("voice", "a", 8, 1, 0))
+	require.NoError(t, err)
+	l, _ = b.Get("voice", "a")
+	require.Equal(t, 8.0, l.CAPS)
+	require.NoError(t, b.Close())
 	// A file past the bound is not read.
 	require.NoError(t, os.Truncate(path, MaxFileBytes+1))
 	_, err = Open(dir, 0, nil)
