@@ -103,8 +103,11 @@ type Cluster struct {
 	peers map[string]*peer
 	// early are the names whose demand reports came before the news of
 	// their join (dropped: see NotifyMsg); at the join each is asked for
-	// a whole report (msgWhole). At most earlyKeep.
-	early map[string]bool
+	// a whole report (msgWhole), by when they were kept: at most
+	// earlyKeep, those older than earlyFor let go for newer ones.
+	early map[string]time.Time
+	// wholeAt is when a member's ask last made the next report whole.
+	wholeAt time.Time
 	// streaming holds the members a report is being sent to over TCP.
 	streaming map[string]bool
 	planner   *Planner

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"maps"
 	"slices"
 	"time"
 
@@ -184,12 +185,8 @@ func (d *delegate) NotifyMsg(b []byte) {
 			// the news of its join are dropped too; at the join it is
 			// asked for a whole report, since those dropped may have been
 			// its only whole ones (the rest are deltas on them).
-			if c.early == nil {
-				c.early = map[string]bool{}
-			}
-			if len(c.early) < earlyKeep {
-				c.early[m.Node] = true
-			}
+			now := time.Now()
+			c.early = keepRecent(c.early, m.Node, now, earlyKeep, earlyFor, func(t time.Time) time.Time { return t }, now)
 			c.mu.Unlock()
 			demandUnknown.Inc()
 			return
@@ -213,9 +210,17 @@ func (d *delegate) NotifyMsg(b []byte) {
 	case msgReplay:
 		c.replayAsked(b[1:])
 	case msgWhole:
-		wholeAsked.Inc()
+		// At most once each wholeEvery, whoever asks (the asker may ask
+		// before this node has met it; a whole report goes to every
+		// member): a whole report of a farm's 100,000 accounts is
+		// megabytes.
+		now := time.Now()
 		c.mu.Lock()
-		c.planner.SendWhole()
+		if now.Sub(c.wholeAt) >= wholeEvery {
+			c.wholeAt = now
+			c.planner.SendWhole()
+			wholeAsked.Inc()
+		}
 		c.mu.Unlock()
 	case msgLeaving:
 		c.mu.Lock()
@@ -432,8 +437,31 @@ func (c *Cluster) offerState(node, theirs string, allocations bool) {
 
 var errNotMember = errors.New("not a member")
 
-// earlyKeep bounds the names kept whose reports came before their join.
-const earlyKeep = 64
+// earlyKeep bounds the names kept whose reports came before their join,
+// and earlyFor how long one is kept while the bound is reached; a node
+// makes a whole report when asked at most once each wholeEvery.
+const (
+	earlyKeep  = 64
+	earlyFor   = 10 * time.Second
+	wholeEvery = time.Second
+)
+
+// keepRecent records name at now in m (made if nil), which holds at most
+// limit names: when it is full, those kept longer than ago are let go
+// first, and if none is, name is not kept.
+func keepRecent[V any](m map[string]V, name string, now time.Time, limit int, ago time.Duration, at func(V) time.Time, v V) map[string]V {
+	if m == nil {
+		m = map[string]V{}
+	}
+	if _, ok := m[name]; !ok && len(m) >= limit {
+		maps.DeleteFunc(m, func(_ string, x V) bool { return now.Sub(at(x)) >= ago })
+		if len(m) >= limit {
+			return m
+		}
+	}
+	m[name] = v
+	return m
+}
 
 // askWhole asks the member named for a whole report: its reports came
 // before the news of its join, and were dropped.
@@ -467,7 +495,7 @@ func (e *events) NotifyJoin(n *memberlist.Node) {
 	p.noteMeta(n.Meta)
 	p.alive = true
 	c.refreshOwners()
-	early := c.early[n.Name]
+	_, early := c.early[n.Name]
 	delete(c.early, n.Name)
 	c.mu.Unlock()
 	if early {

@@ -393,7 +393,7 @@ type replayLog struct {
 	// asked is the last replay each member asked for (replayAsked).
 	asked map[string]replayAnswer
 	// pending are the requests of names not (yet) members, by name.
-	pending map[string]replayRequest
+	pending map[string]pendingReplay
 	// answering counts the replays being answered (replayAnswering).
 	answering int
 }
@@ -537,33 +537,44 @@ func (c *Cluster) replayAsked(b []byte) {
 	}
 	if c.member(r.Node) == nil {
 		// A new member's request can come before the news of it: kept
-		// (the latest, for at most replayAskedKeep names) and answered
-		// at its join, not by a goroutine waiting for a name that may
-		// never be a member.
+		// (the latest, for at most replayAskedKeep names, those kept
+		// longer than replayPendingFor let go first when full) and
+		// answered at its join, not by a goroutine waiting for a name
+		// that may never be a member.
+		now := time.Now()
 		c.replay.mu.Lock()
-		if c.replay.pending == nil {
-			c.replay.pending = map[string]replayRequest{}
-		}
-		if _, ok := c.replay.pending[r.Node]; ok || len(c.replay.pending) < replayAskedKeep {
-			c.replay.pending[r.Node] = r
-		} else {
-			replayRefused.Inc()
-		}
+		c.replay.pending = keepRecent(c.replay.pending, r.Node, now, replayAskedKeep, replayPendingFor,
+			func(p pendingReplay) time.Time { return p.at }, pendingReplay{r, now})
+		_, kept := c.replay.pending[r.Node]
 		c.replay.mu.Unlock()
+		if !kept {
+			replayRefused.Inc()
+			return
+		}
+		// Its join may have come between the look and the keeping.
+		if c.member(r.Node) != nil {
+			c.replayPending(r.Node)
+		}
 		return
 	}
 	c.answerReplay(r)
+}
+
+// pendingReplay is a request kept until its asker joins.
+type pendingReplay struct {
+	r  replayRequest
+	at time.Time
 }
 
 // replayPending answers the request a member sent before the news of
 // its join, if it sent one.
 func (c *Cluster) replayPending(name string) {
 	c.replay.mu.Lock()
-	r, ok := c.replay.pending[name]
+	p, ok := c.replay.pending[name]
 	delete(c.replay.pending, name)
 	c.replay.mu.Unlock()
 	if ok {
-		c.answerReplay(r)
+		c.answerReplay(p.r)
 	}
 }
 
@@ -609,6 +620,10 @@ func (c *Cluster) answerReplay(r replayRequest) {
 // replayAskedKeep bounds the names whose last request is kept before the
 // old ones are let go.
 const replayAskedKeep = 1024
+
+// replayPendingFor is how long a request from a name not yet a member is
+// kept while replayAskedKeep others are.
+const replayPendingFor = 10 * time.Second
 
 // replayAnswering bounds the replays being sent at once, to members
 // (a request from a name that is no member waits for its join, in

@@ -45,6 +45,14 @@ func TestNonMembersNotHeard(t *testing.T) {
 	require.Len(t, a.early, earlyKeep, "the names kept to ask at their join are bounded")
 	a.mu.Unlock()
 
+	// A whole report is made when asked at most once each wholeEvery,
+	// whoever asks.
+	asked := wholeAsked.Get()
+	for _, from := range []string{"b", "ghost-ab", "b", "c"} {
+		d.NotifyMsg(append([]byte{msgWhole}, from...))
+	}
+	require.Equal(t, asked+1, wholeAsked.Get())
+
 	// Replay requests under names that are no members start nothing:
 	// they wait, bounded, for a join.
 	refused := replayRefused.Get()
@@ -74,13 +82,14 @@ func TestNonMembersNotHeard(t *testing.T) {
 	req, err := json.Marshal(replayRequest{Node: "c", Since: 0})
 	require.NoError(t, err)
 	a.replayAsked(req)
-	asked := wholeAsked.Get()
+	asked = wholeAsked.Get()
 	_, err = c.ml.Join([]string{a.cfg.BindAddr})
 	require.NoError(t, err)
 	require.Eventually(t, func() bool { return hasMet(a, "c") && wholeAsked.Get() > asked }, 5*time.Second, 10*time.Millisecond)
 	a.mu.Lock()
-	require.False(t, a.early["c"])
+	_, early := a.early["c"]
 	a.mu.Unlock()
+	require.False(t, early)
 	a.replay.mu.Lock()
 	_, waiting := a.replay.pending["c"]
 	a.replay.mu.Unlock()

@@ -332,9 +332,22 @@ func TestTwoNodes(t *testing.T) {
 		return s != nil && s.Stats().Limits.LicensedCAPS == 1000
 	}, 5*time.Second, time.Millisecond, "the licence reaches b")
 	t.Logf("licence reached the other node in %s", time.Since(start))
+	// Each node has heard the other's part of the licence: until then a
+	// node holds back what a member just joined may hold (its first plan
+	// of the licence may take nothing), which the even parts applied
+	// before the first plan do not show.
+	heard := func(n *Node, other string) bool {
+		for _, m := range n.cluster.Members() {
+			if m.Name == other && m.Shares["voice"] > 0 {
+				return true
+			}
+		}
+		return false
+	}
 	require.Eventually(t, func() bool {
 		sa, sb := a.Engine().Service("voice").Stats().Limits, b.Engine().Service("voice").Stats().Limits
-		return sa.CAPS+sb.CAPS > 999.9 && sa.CAPS+sb.CAPS < 1000.1 && sa.CAPS < 1000 && sb.CAPS < 1000 && sa.Sessions > 0 && sb.Sessions > 0
+		return heard(a, "b") && heard(b, "a") &&
+			sa.CAPS+sb.CAPS > 999.9 && sa.CAPS+sb.CAPS < 1000.1 && sa.CAPS < 1000 && sb.CAPS < 1000 && sa.Sessions > 0 && sb.Sessions > 0
 	}, 5*time.Second, 10*time.Millisecond, "the licence is split, the shares sum to it, each node has sessions")
 	code, body = get(t, "http://"+b.AdminAddr()+"/v1/cluster", "t0k")
 	require.Equal(t, 200, code)
