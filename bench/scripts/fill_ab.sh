@@ -4,8 +4,10 @@
 # 2 M entries first; then, for ROUNDS rounds, a fresh node (E: a new data
 # directory, the same licence) and F each take N REGISTERs with new
 # distinct keys from redis-benchmark (-c 50 -P 16), E first in odd rounds
-# and F first in even ones, the other node stopped (SIGSTOP) meanwhile so
-# that it takes no CPU. F grows by N a round (2 M to 2 M + ROUNDS × N) and
+# and F first in even ones; each node runs only in its own slices (SIGSTOP
+# otherwise), so that it takes no CPU in the other's and what it does
+# behind its requests (F's snapshots, Redis's rehash) is done, and
+# counted, in its own. F grows by N a round (2 M to 2 M + ROUNDS × N) and
 # writes its snapshots as they fall due. The same with SET ... EX for
 # redis-server (no persistence). Prints every round's rates and server CPU
 # a request, and the ratio of F's rate to E's over all rounds (the sums of
@@ -55,17 +57,22 @@ rounds() {
   while [ "$1" != -- ]; do ecmd+=("$1"); shift; done
   shift; fcmd=("$@")
   local r e ec f fc out=""
+  # Each node runs only in its own slices, so that what it does behind
+  # them (F's snapshots, Redis's rehash) runs, and is counted, there.
+  kill -STOP $fpid
   for r in $(seq 1 "$ROUNDS"); do
     $fresh
+    kill -STOP $EPID
     if ((r % 2)); then
-      kill -STOP $fpid; read -r e ec <<<"$(slice $EPID $EPORT "${ecmd[@]}")"; kill -CONT $fpid
-      kill -STOP $EPID; read -r f fc <<<"$(slice $fpid $fport "${fcmd[@]}")"; kill -CONT $EPID
+      kill -CONT $EPID; read -r e ec <<<"$(slice $EPID $EPORT "${ecmd[@]}")"; kill -STOP $EPID
+      kill -CONT $fpid; read -r f fc <<<"$(slice $fpid $fport "${fcmd[@]}")"; kill -STOP $fpid
     else
-      kill -STOP $EPID; read -r f fc <<<"$(slice $fpid $fport "${fcmd[@]}")"; kill -CONT $EPID
-      kill -STOP $fpid; read -r e ec <<<"$(slice $EPID $EPORT "${ecmd[@]}")"; kill -CONT $fpid
+      kill -CONT $fpid; read -r f fc <<<"$(slice $fpid $fport "${fcmd[@]}")"; kill -STOP $fpid
+      kill -CONT $EPID; read -r e ec <<<"$(slice $EPID $EPORT "${ecmd[@]}")"; kill -STOP $EPID
     fi
     out+="$r $e $ec $f $fc"$'\n'
   done
+  kill -CONT $fpid
   python3 - "$name" "$N" <<PY
 import sys
 name, n = sys.argv[1], int(sys.argv[2])
