@@ -12,6 +12,7 @@ import (
 	"github.com/hashicorp/memberlist"
 
 	"github.com/capsgate/capsgate/admission"
+	"github.com/capsgate/capsgate/admission/names"
 	"github.com/capsgate/capsgate/cluster/trunks"
 	"github.com/capsgate/capsgate/licensing/ledger"
 	"github.com/capsgate/capsgate/licensing/registry"
@@ -185,8 +186,10 @@ func (d *delegate) NotifyMsg(b []byte) {
 			// the news of its join are dropped too; at the join it is
 			// asked for a whole report, since those dropped may have been
 			// its only whole ones (the rest are deltas on them).
-			now := time.Now()
-			c.early = keepRecent(c.early, m.Node, now, earlyKeep, earlyFor, func(t time.Time) time.Time { return t }, now)
+			if names.Valid([]byte(m.Node)) { // a member's name (node_name): at most 64 bytes kept
+				now := time.Now()
+				c.early = keepRecent(c.early, m.Node, now, earlyKeep, earlyFor, func(t time.Time) time.Time { return t }, now)
+			}
 			c.mu.Unlock()
 			demandUnknown.Inc()
 			return

@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/memberlist"
 
 	"github.com/capsgate/capsgate/admission"
+	"github.com/capsgate/capsgate/admission/names"
 	"github.com/capsgate/capsgate/cluster/trunks"
 )
 
@@ -534,6 +535,9 @@ func (c *Cluster) replayAsked(b []byte) {
 	var r replayRequest
 	if json.Unmarshal(b, &r) != nil || r.Node == "" || r.Node == c.cfg.NodeName {
 		return
+	}
+	if !names.Valid([]byte(r.Node)) {
+		return // no member's name (node_name): not kept, not looked up
 	}
 	if c.member(r.Node) == nil {
 		// A new member's request can come before the news of it: kept

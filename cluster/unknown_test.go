@@ -3,6 +3,7 @@ package cluster
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -43,7 +44,24 @@ func TestNonMembersNotHeard(t *testing.T) {
 
 	a.mu.Lock()
 	require.Len(t, a.early, earlyKeep, "the names kept to ask at their join are bounded")
+	clear(a.early)
 	a.mu.Unlock()
+	// A name no member can have (past node_name's 64 bytes) is not kept,
+	// nor is its replay request.
+	long := strings.Repeat("n", 1<<20)
+	d.NotifyMsg(report(long, 1))
+	req, err := json.Marshal(replayRequest{Node: long})
+	require.NoError(t, err)
+	a.replayAsked(req)
+	a.mu.Lock()
+	require.Empty(t, a.early)
+	a.mu.Unlock()
+	a.replay.mu.Lock()
+	require.Empty(t, a.replay.pending)
+	a.replay.mu.Unlock()
+	for i := range earlyKeep {
+		d.NotifyMsg(report("ghost-"+string(rune('a'+i%26))+string(rune('a'+i/26)), 1))
+	}
 
 	// A whole report is made when asked at most once each wholeEvery,
 	// whoever asks.
@@ -79,7 +97,7 @@ func TestNonMembersNotHeard(t *testing.T) {
 	delete(a.replay.pending, "ghost-0")
 	a.replay.mu.Unlock()
 	d.NotifyMsg(report("c", 1))
-	req, err := json.Marshal(replayRequest{Node: "c", Since: 0})
+	req, err = json.Marshal(replayRequest{Node: "c", Since: 0})
 	require.NoError(t, err)
 	a.replayAsked(req)
 	asked = wholeAsked.Get()
