@@ -202,3 +202,56 @@ func retryMS(waitNs int64) int64 {
 	}
 	return ms
 }
+
+// hotCAPS is a copy of a limiter's CAPS bucket (lim's caps) and of two of
+// its limits' flags, in the limiter's first cache line, so that a
+// decision on that bucket alone reads no other line: with 1,000 licences
+// spread over the traffic, lim's limits are seldom in the cache. It is
+// written by setLim alone, under the owner's lock, and read with a
+// sequence count: a read that meets a write under way, or overlaps one,
+// reads lim's limits instead (never waits).
+type hotCAPS struct {
+	seq       atomic.Uint32 // odd while a write is under way
+	flags     atomic.Uint32 // the bucket's mode (low byte), hotLicensed, hotRateOnly
+	interval  atomic.Int64
+	tolerance atomic.Int64
+}
+
+// hotCAPS's flags.
+const (
+	hotLicensed = 1 << 8 // Limits.Licensed
+	hotRateOnly = 1 << 9 // licensed, no tokens per attempt, or not licensed: an ADMIT without CALL needs the CAPS bucket alone
+)
+
+// hotFlags are d's flags for hotCAPS.
+func hotFlags(d *derived) uint32 {
+	f := uint32(d.caps.mode)
+	if d.Licensed {
+		f |= hotLicensed
+	}
+	if d.TokensPerAttempt == 0 || !d.Licensed {
+		f |= hotRateOnly
+	}
+	return f
+}
+
+// store writes d's bucket and flags. One writer at a time.
+func (h *hotCAPS) store(d *derived) {
+	h.seq.Add(1)
+	h.flags.Store(hotFlags(d))
+	h.interval.Store(d.caps.interval)
+	h.tolerance.Store(d.caps.tolerance)
+	h.seq.Add(1)
+}
+
+// load returns the bucket (for take: its depth is not kept) and the
+// flags; from lim when a write is under way.
+func (h *hotCAPS) load(lim *atomic.Pointer[derived]) (gcra, uint32) {
+	s := h.seq.Load()
+	f, iv, tol := h.flags.Load(), h.interval.Load(), h.tolerance.Load()
+	if s&1 != 0 || h.seq.Load() != s {
+		d := lim.Load()
+		return d.caps, hotFlags(d)
+	}
+	return gcra{mode: uint8(f), interval: iv, tolerance: tol}, f
+}

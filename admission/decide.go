@@ -11,13 +11,15 @@ import (
 // pool is involved, with the node's capacity from its gate (gate.go).
 
 // admitRate is the lock-free path: an attempt that needs only the CAPS
-// buckets (its key's, t, when it names one with limits, then the licence's).
-func (s *Service) admitRate(now int64, l *derived, prio Priority, spillable bool, t *Trunk) Decision {
-	if !l.Licensed {
+// buckets (its key's, t, when it names one with limits, then the
+// licence's, caps, read from the service's first line: hotCAPS), with
+// the engine's gate g (s.gate, not read from another line of s).
+func (s *Service) admitRate(now int64, g *gate, caps *gcra, licensed bool, prio Priority, spillable bool, t *Trunk) Decision {
+	if !licensed {
 		s.counts[UNLICENSED].Add(1)
 		return Decision{Reason: UNLICENSED, RetryAfterMS: retryUnlicensedMS, Remaining: 0}
 	}
-	if d, ok := s.gate.overload(now, prio); !ok {
+	if d, ok := g.overload(now, prio); !ok {
 		s.counts[OVERLOAD].Add(1)
 		return d
 	}
@@ -31,7 +33,7 @@ func (s *Service) admitRate(now int64, l *derived, prio Priority, spillable bool
 			return d
 		}
 	}
-	left, d, ok := s.takeCAPS(now, l, prio, spillable)
+	left, d, ok := s.takeCAPS(now, caps, nil, prio, spillable)
 	if !ok {
 		h.refused(now, CAPS, spillable)
 		return d
@@ -52,8 +54,8 @@ func (s *Service) countTrunkRefusal(r Reason, spillable bool) {
 // takeCAPS takes a CAPS token (and, for PRIORITY high, a headroom token when
 // the licence is used up). On failure it counts the rejection, unless the
 // attempt is spillable (AdmitSpillable).
-func (s *Service) takeCAPS(now int64, l *derived, prio Priority, spillable bool) (left int64, d Decision, ok bool) {
-	left, _, d, ok = s.limiter.takeCAPS(now, l, prio)
+func (s *Service) takeCAPS(now int64, caps *gcra, l *derived, prio Priority, spillable bool) (left int64, d Decision, ok bool) {
+	left, _, d, ok = s.limiter.takeCAPS(now, caps, l, prio)
 	if !s.spent.marked.Load() && s.spentStack != nil {
 		markMoved(s.spentStack, s, &s.spent)
 	}
@@ -71,13 +73,17 @@ const (
 	tookHeadroom
 )
 
-// takeCAPS takes a token from the CAPS bucket (and, for PRIORITY high, from
-// the headroom bucket when the first is empty); it counts nothing but the
-// PRIORITY high attempts it lets through.
-func (r *limiter) takeCAPS(now int64, l *derived, prio Priority) (left int64, took uint8, d Decision, ok bool) {
-	ok, left = l.caps.take(&r.capsTAT, now)
+// takeCAPS takes a token from the CAPS bucket, caps (and, for PRIORITY
+// high, from the headroom bucket of l, or of lim when l is nil, when the
+// first is empty); it counts nothing but the PRIORITY high attempts it
+// lets through.
+func (r *limiter) takeCAPS(now int64, caps *gcra, l *derived, prio Priority) (left int64, took uint8, d Decision, ok bool) {
+	ok, left = caps.take(&r.capsTAT, now)
 	took = tookCAPS
 	if !ok && prio == High {
+		if l == nil {
+			l = r.lim.Load()
+		}
 		var hl int64
 		if ok, hl = l.headroom.take(&r.headroomTAT, now); ok {
 			left, took = hl, tookHeadroom
@@ -196,7 +202,7 @@ func (s *Service) admitLicensed(now int64, l *derived, call []byte, key Key, acc
 		s.counts[OVERLOAD].Add(1)
 		return Decision{Reason: OVERLOAD, RetryAfterMS: retryReserveMS, Remaining: 0}, false
 	}
-	left, d, ok := s.takeCAPS(now, l, prio, spillable)
+	left, d, ok := s.takeCAPS(now, &l.caps, l, prio, spillable)
 	if !ok {
 		return d, false
 	}

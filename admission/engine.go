@@ -311,7 +311,7 @@ func (e *Engine) SetLimitsAt(now int64, service string, l Limits) error {
 	}
 	d := derive(l, &e.cfg)
 	s.mu.Lock()
-	old := s.lim.Swap(d)
+	old := s.setLim(d)
 	rescale(&s.capsTAT, &old.caps, &d.caps, now)
 	rescale(&s.headroomTAT, &old.headroom, &d.headroom, now)
 	if l.PeriodID > s.periodID {
@@ -401,8 +401,8 @@ func (e *Engine) admit(now int64, service, call, acct, trunk []byte, prio Priori
 		}
 	}
 	if call == nil && prio != Emergency {
-		if l := s.lim.Load(); l.TokensPerAttempt == 0 || !l.Licensed {
-			return s.admitRate(now, l, prio, spillable, t)
+		if caps, f := s.hot.load(&s.lim); f&hotRateOnly != 0 {
+			return s.admitRate(now, &e.gate, &caps, f&hotLicensed != 0, prio, spillable, t)
 		}
 	}
 	return s.admitLocked(now, call, acct, prio, nil, spillable, t, keyPool)

@@ -56,8 +56,11 @@ type table[V any] struct {
 	chunks [][]entry[V]
 	n      int32
 	free   int32
-	heads  [wheelSlots]int32
-	swept  int64 // last whole second swept
+	// heads are the wheel's slots, made at the first entry: a service's
+	// four tables would otherwise put 16 KB between one service's state
+	// and the next's (see Service).
+	heads *[wheelSlots]int32
+	swept int64 // last whole second swept
 	// lastFull is when a full table was last swept before refusing (see
 	// Service.sweepAtLimit).
 	lastFull int64
@@ -79,9 +82,6 @@ func (t *table[V]) init(gone func(V)) {
 	t.gone = gone
 	t.idx.init()
 	t.free = none
-	for i := range t.heads {
-		t.heads[i] = none
-	}
 	t.swept = -1
 }
 
@@ -213,6 +213,9 @@ func (t *table[V]) expireSome(now int64, limit int) bool {
 		from = sec - wheelSlots + 1
 	}
 	removed := 0
+	if t.heads == nil {
+		from = sec + 1 // never held an entry
+	}
 	for s := from; s <= sec; s++ {
 		slot := int32(((s % wheelSlots) + wheelSlots) % wheelSlots)
 		for i := t.heads[slot]; i != none; {
@@ -257,6 +260,12 @@ func (t *table[V]) removeAt(i int32, s *segment, p uint32) {
 
 func (t *table[V]) link(i int32) {
 	e := t.ent(i)
+	if t.heads == nil {
+		t.heads = new([wheelSlots]int32)
+		for j := range t.heads {
+			t.heads[j] = none
+		}
+	}
 	slot := int32(((e.exp / 1e9 % wheelSlots) + wheelSlots) % wheelSlots)
 	e.slot, e.prev, e.next = slot, none, t.heads[slot]
 	if e.next != none {

@@ -29,21 +29,25 @@ func (x session) first() Decision { return Decision{Reason: OK, Remaining: int64
 
 // limiter is what a service and a trunk both have: limits, the CAPS
 // buckets and the counters of what was decided.
+//
+// A decision on the CAPS bucket alone reads hot, capsTAT and counts[OK],
+// first so that they share the service's first cache line (see Service).
 type limiter struct {
-	name string
-	lim  atomic.Pointer[derived]
-
-	// CAPS buckets (GCRA theoretical arrival times); lock-free.
-	capsTAT     atomic.Int64
-	headroomTAT atomic.Int64
-
+	// hot is lim's CAPS bucket and flags, for such a decision (setLim).
+	hot hotCAPS
+	// CAPS bucket (GCRA theoretical arrival time); lock-free.
+	capsTAT atomic.Int64
 	// Counters, read by metrics and the meter without a lock.
-	counts     [NumReasons]atomic.Uint64 // decisions of ADMIT (normal and high) by reason
-	high       atomic.Uint64             // PRIORITY high attempts admitted
-	spilledIn  atomic.Uint64             // other members' spilled attempts admitted here (AdmitSpilled)
-	spilledOut atomic.Uint64             // attempts refused here and admitted by another member (SpilledOut)
-	sessionsN  atomic.Int64              // open licensed sessions
-	usedCAPS   atomic.Uint64             // admitted attempts per second over the last second (float64 bits)
+	counts [NumReasons]atomic.Uint64 // decisions of ADMIT (normal and high) by reason
+
+	lim         atomic.Pointer[derived] // set by setLim only
+	headroomTAT atomic.Int64            // the headroom bucket's
+	name        string
+	high        atomic.Uint64 // PRIORITY high attempts admitted
+	spilledIn   atomic.Uint64 // other members' spilled attempts admitted here (AdmitSpilled)
+	spilledOut  atomic.Uint64 // attempts refused here and admitted by another member (SpilledOut)
+	sessionsN   atomic.Int64  // open licensed sessions
+	usedCAPS    atomic.Uint64 // admitted attempts per second over the last second (float64 bits)
 	// capsRefusedAt is the instant of the CAPS bucket's last counted
 	// refusal (0: none), for the overload feedback (overload.go).
 	capsRefusedAt atomic.Int64
@@ -52,7 +56,14 @@ type limiter struct {
 	rateCount uint64
 }
 
-// Service is the state of one service on this node.
+// Service is the state of one service on this node. A decision on the
+// CAPS bucket alone reads one cache line of it: spent and limiter's first
+// fields, 56 bytes from its start (the allocator puts an object of this
+// size 8 bytes past a line's start, after its header: TestDecisionLine).
+// With 1,000 licences spread over a node's traffic, a decision's service
+// is seldom in the cache, and each line it reads is a miss. The service's
+// tables make their large parts with their first entry, so that services
+// stay a kilobyte or so apart rather than 20 (BenchmarkAdmitSpreadCold).
 type Service struct {
 	// spent: its CAPS bucket was taken from since the engine's stack of
 	// spent services (spentStack) was last drained (DrainSpent). First,
@@ -63,7 +74,8 @@ type Service struct {
 	emergency atomic.Uint64 // emergency attempts admitted
 	emergN    atomic.Int64  // open emergency sessions
 	// gate is the engine's: the node's capacity, the open emergency
-	// sessions of every service, the configuration (gate.go).
+	// sessions of every service, the configuration (gate.go). (A
+	// decision on the CAPS bucket alone is given the engine's.)
 	gate      *gate
 	subsN     atomic.Int64 // registered subscribers
 	tokensUse atomic.Int64 // tokens charged in all
@@ -134,7 +146,7 @@ func newService(name string, durable, journal bool, l *derived, watches *poolWat
 	s := &Service{limiter: limiter{name: name}, accounts: make(map[string]*account), journal: journal}
 	s.watches = watches
 	s.tokens.durableSet = durable
-	s.lim.Store(l)
+	s.setLim(l)
 	s.sessions.init(s.sessionGone)
 	s.subscribers.init(func(registered) { s.subsN.Add(-1) })
 	s.consumed.init(nil)
@@ -415,3 +427,11 @@ func spentMark(s *Service) *moveMark[Service] { return &s.spent }
 // spending. A service taken from while f reads it is handed out again at
 // the next drain. One caller at a time.
 func (e *Engine) DrainSpent(f func(*Service)) { drainMoved(&e.spentServices, spentMark, f) }
+
+// setLim installs d as the limiter's limits, returning the old ones
+// (nil: none yet). Called with the owner's lock held (a service's mu, a
+// trunk table's mu), or before the limiter is shared.
+func (r *limiter) setLim(d *derived) *derived {
+	r.hot.store(d)
+	return r.lim.Swap(d)
+}

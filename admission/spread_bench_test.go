@@ -37,3 +37,45 @@ func BenchmarkAdmitSpread(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkAdmitSpreadCold is ADMIT spread over 16 engines of 1,000
+// services each (16,000 services, far more state than the caches hold):
+// each decision finds its service's state out of the cache, as a node's
+// decisions do between the system calls of a loaded front end, and pays
+// for each dependent miss in turn (the name's place in the index, the
+// service, its limits).
+//
+//	go test ./admission -run '^$' -bench AdmitSpreadCold -benchmem
+func BenchmarkAdmitSpreadCold(b *testing.B) {
+	const engines, n = 16, 1000
+	es := make([]*Engine, engines)
+	names := make([][]byte, n)
+	for i := range n {
+		names[i] = fmt.Appendf(nil, "s%012d", i)
+	}
+	for j := range es {
+		es[j] = NewEngine(DefaultConfig())
+		for i := range n {
+			if err := es[j].SetLimits(string(names[i]), Limits{Licensed: true, CAPS: Unlimited, Sessions: Unlimited, Subscribers: Unlimited, Tokens: Unlimited}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	type pick struct {
+		e    *Engine
+		name []byte
+	}
+	rng := rand.New(rand.NewPCG(1, 1))
+	order := make([]pick, 1<<16)
+	for i := range order {
+		order[i] = pick{es[rng.IntN(engines)], names[rng.IntN(n)]}
+	}
+	now := es[0].Now()
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		p := &order[i&(len(order)-1)]
+		p.e.Admit(now, p.name, nil, nil, Normal)
+		i++
+	}
+}

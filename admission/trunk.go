@@ -137,8 +137,11 @@ const trunkShards = 256
 // keeps its counters and its open sessions' count, for when it gets
 // limits again.
 type trunkTable struct {
-	mu     sync.Mutex // serialises adding keys and setting their limits
-	shards [trunkShards]atomic.Pointer[map[string]*Trunk]
+	mu sync.Mutex // serialises adding keys and setting their limits
+	// shards are made with the first key: most services have none, and
+	// 2 KB of empty shards would stand between one service's state and
+	// the next's (see Service).
+	shards atomic.Pointer[[trunkShards]atomic.Pointer[map[string]*Trunk]]
 }
 
 func trunkShard[K string | []byte](key K) int {
@@ -153,7 +156,11 @@ func trunkShard[K string | []byte](key K) int {
 func (tt *trunkTable) get(key []byte) *Trunk { return getTrunk(tt, key) }
 
 func getTrunk[K string | []byte](tt *trunkTable, key K) *Trunk {
-	m := tt.shards[trunkShard(key)].Load()
+	shards := tt.shards.Load()
+	if shards == nil {
+		return nil
+	}
+	m := shards[trunkShard(key)].Load()
 	if m == nil {
 		return nil
 	}
@@ -162,7 +169,12 @@ func getTrunk[K string | []byte](tt *trunkTable, key K) *Trunk {
 
 // add returns key's trunk, made by mk if it is new. Called with mu held.
 func (tt *trunkTable) add(key string, mk func() (*Trunk, error)) (*Trunk, error) {
-	sh := &tt.shards[trunkShard(key)]
+	shards := tt.shards.Load()
+	if shards == nil {
+		shards = new([trunkShards]atomic.Pointer[map[string]*Trunk])
+		tt.shards.Store(shards)
+	}
+	sh := &shards[trunkShard(key)]
 	var old map[string]*Trunk
 	if p := sh.Load(); p != nil {
 		old = *p
@@ -185,8 +197,12 @@ func (tt *trunkTable) add(key string, mk func() (*Trunk, error)) (*Trunk, error)
 
 // each calls f for every trunk, in no order.
 func (tt *trunkTable) each(f func(*Trunk)) {
-	for i := range tt.shards {
-		if m := tt.shards[i].Load(); m != nil {
+	shards := tt.shards.Load()
+	if shards == nil {
+		return
+	}
+	for i := range shards {
+		if m := shards[i].Load(); m != nil {
 			for _, t := range *m {
 				f(t)
 			}
@@ -216,7 +232,7 @@ func (e *Engine) addTrunk(s *Service, key string) (*Trunk, error) {
 			return nil, fmt.Errorf("cannot add limits for %s: %w (limit %d)", TrunkName(s.name, key), ErrTooManyTrunks, MaxTrunks)
 		}
 		t := &Trunk{limiter: limiter{name: TrunkName(s.name, key)}, key: key, service: s, moved: &e.movedTrunks}
-		t.lim.Store(derive(noTrunkLimits, &e.cfg))
+		t.setLim(derive(noTrunkLimits, &e.cfg))
 		return t, nil
 	})
 }
@@ -237,7 +253,7 @@ func (e *Engine) setTrunkLimits(now int64, service, key string, l Limits) error 
 	if err != nil {
 		return err
 	}
-	old := t.lim.Swap(d)
+	old := t.setLim(d)
 	rescale(&t.capsTAT, &old.caps, &d.caps, now)
 	rescale(&t.headroomTAT, &old.headroom, &d.headroom, now)
 	return nil
@@ -308,7 +324,7 @@ func (t *Trunk) enter(now int64, prio Priority, session, spillable bool) (h trun
 		}
 		h.session = true
 	}
-	left, took, d, ok := t.takeCAPS(now, l, prio)
+	left, took, d, ok := t.takeCAPS(now, &l.caps, l, prio)
 	if !ok {
 		if h.session {
 			t.sessionsN.Add(-1)
