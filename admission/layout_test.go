@@ -38,6 +38,14 @@ func TestDecisionLine(t *testing.T) {
 			require.Equal(t, line, (uintptr(f.p)+f.size-1)/64, "%s ends on the first field's line", f.name)
 		}
 	}
+	// The map's keys are the names in a row, in one string.
+	set := e.services.Load()
+	at := map[string]uintptr{}
+	for k := range set.byName {
+		at[k] = uintptr(unsafe.Pointer(unsafe.StringData(k)))
+	}
+	require.Equal(t, at["a"]+1, at["b"])
+	require.Equal(t, at["b"]+1, at["c"])
 	sv := e.Service("a")
 	for _, tb := range []*table[session]{&sv.sessions} {
 		require.Nil(t, tb.heads, "made with the first entry")
