@@ -270,24 +270,27 @@ func (e *Engine) Services() []*Service {
 	return e.services.Load().sorted
 }
 
-// ensure returns the named service, creating it unlicensed if need be.
-// Only services added for emergency calls (bounded) count against
-// MaxServices.
-func (e *Engine) ensure(name string, forLicence bool) (*Service, error) {
+// ensure returns the named service, creating it if need be, with the
+// limits d (nil: unlicensed), so that a service a licence adds is never
+// seen without it. created: it was made here. Only services added for
+// emergency calls (bounded) count against MaxServices.
+func (e *Engine) ensure(name string, forLicence bool, d *derived) (s *Service, created bool, err error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	old := e.services.Load()
 	if s, ok := old.byName[name]; ok {
-		return s, nil
+		return s, false, nil
 	}
 	if !forLicence {
 		if e.unlicensedServices >= e.cfg.MaxServices {
-			return nil, fmt.Errorf("cannot add service %q: %w (limit %d)", name, ErrTooManyServices, e.cfg.MaxServices)
+			return nil, false, fmt.Errorf("cannot add service %q: %w (limit %d)", name, ErrTooManyServices, e.cfg.MaxServices)
 		}
 		e.unlicensedServices++
 	}
-	s := newService(name, e.cfg.DurableTokens, e.cfg.JournalState, derive(Limits{Sessions: Unlimited, Subscribers: Unlimited, Tokens: 0, State: "unlicensed"}, &e.cfg),
-		&e.watches)
+	if d == nil {
+		d = derive(Limits{Sessions: Unlimited, Subscribers: Unlimited, Tokens: 0, State: "unlicensed"}, &e.cfg)
+	}
+	s = newService(name, e.cfg.DurableTokens, e.cfg.JournalState, d, &e.watches)
 	if s.maxLog = e.cfg.MaxLog; s.maxLog <= 0 {
 		s.maxLog = MaxLog
 	}
@@ -299,7 +302,7 @@ func (e *Engine) ensure(name string, forLicence bool) (*Service, error) {
 	at, _ := slices.BinarySearchFunc(old.sorted, name, func(x *Service, n string) int { return strings.Compare(x.name, n) })
 	sorted := slices.Clip(slices.Insert(slices.Clip(old.sorted), at, s)) // a new array: readers keep the old one
 	e.services.Store(&serviceSet{byName: byName(sorted), sorted: sorted})
-	return s, nil
+	return s, true, nil
 }
 
 // SetLimits is SetLimitsAt at the engine clock's instant (LimitSetter).
@@ -318,11 +321,11 @@ func (e *Engine) SetLimitsAt(now int64, service string, l Limits) error {
 	if svc, key, ok := SplitTrunk(service); ok {
 		return e.setTrunkLimits(now, svc, key, l)
 	}
-	s, err := e.ensure(service, true)
-	if err != nil {
-		return err
-	}
 	d := derive(l, &e.cfg)
+	s, created, err := e.ensure(service, true, d)
+	if err != nil || created {
+		return err // a new service starts with d
+	}
 	s.mu.Lock()
 	old := s.setLim(d)
 	rescale(&s.capsTAT, &old.caps, &d.caps, now)
@@ -437,7 +440,7 @@ func (e *Engine) unlicensedBucket() *Service {
 	if s := e.Service(UnlicensedBucket); s != nil {
 		return s
 	}
-	s, _ := e.ensure(UnlicensedBucket, true) // not counted: one service at most
+	s, _, _ := e.ensure(UnlicensedBucket, true, nil) // not counted: one service at most
 	return s
 }
 

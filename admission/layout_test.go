@@ -1,6 +1,7 @@
 package admission
 
 import (
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -145,4 +146,43 @@ func TestHotCAPSNeverTorn(t *testing.T) {
 	wg.Wait()
 	require.Positive(t, reads.Load())
 	require.Zero(t, torn.Load())
+}
+
+// TestNewServiceNeverSeenUnlicensed: a service a licence adds is made
+// with the licence's limits: whoever finds it decides under them, never
+// under the unlicensed limits it was once made with before they were set.
+func TestNewServiceNeverSeenUnlicensed(t *testing.T) {
+	e := NewEngine(DefaultConfig())
+	const n = 3000
+	names := make([]string, n)
+	for i := range names {
+		names[i] = fmt.Sprintf("svc-%d", i)
+	}
+	var added atomic.Int64
+	var refused, seen atomic.Int64
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for i, name := range names {
+			added.Store(int64(i))
+			if err := e.SetLimits(name, Limits{Licensed: true, CAPS: Unlimited, Sessions: Unlimited, Subscribers: Unlimited, Tokens: Unlimited}); err != nil {
+				panic(err)
+			}
+		}
+		added.Store(n)
+	})
+	wg.Go(func() {
+		for added.Load() < n {
+			name := []byte(names[added.Load()%n])
+			if e.Service(string(name)) == nil {
+				continue
+			}
+			seen.Add(1)
+			if !e.Admit(e.Now(), name, nil, nil, Normal).Admitted() {
+				refused.Add(1)
+			}
+		}
+	})
+	wg.Wait()
+	require.Positive(t, seen.Load())
+	require.Zero(t, refused.Load(), "of %d decisions on services found", seen.Load())
 }

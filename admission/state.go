@@ -231,7 +231,7 @@ func (e *Engine) ReserveRestore(service string, sessions, subscribers int) error
 	s := e.Service(service)
 	if s == nil {
 		var err error
-		if s, err = e.ensure(service, false); err != nil {
+		if s, _, err = e.ensure(service, false, nil); err != nil {
 			return err
 		}
 	}
@@ -245,7 +245,7 @@ func (e *Engine) ReserveRestore(service string, sessions, subscribers int) error
 func (e *Engine) restore(now int64, service string, changes []Change, unique bool) (sessions, subscribers int, err error) {
 	s := e.Service(service)
 	if s == nil {
-		if s, err = e.ensure(service, false); err != nil {
+		if s, _, err = e.ensure(service, false, nil); err != nil {
 			return 0, 0, err
 		}
 	}

@@ -241,7 +241,7 @@ func (e *Engine) addTrunk(s *Service, key string) (*Trunk, error) {
 // has limits; a key given none is decided by its licence alone).
 // Subscribers and tokens are not limited per key.
 func (e *Engine) setTrunkLimits(now int64, service, key string, l Limits) error {
-	s, err := e.ensure(service, true)
+	s, _, err := e.ensure(service, true, nil)
 	if err != nil {
 		return err
 	}
