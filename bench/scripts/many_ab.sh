@@ -10,9 +10,9 @@
 # farm runs only in its own slices (SIGSTOP otherwise), so that it takes
 # no CPU in the other's, and what it does behind its requests (the others'
 # reports, plans, the ledger) is done, and counted, in its own. Prints
-# every slice's rate and n1's CPU a request, then L's rates against E's
-# over all rounds (the sums of requests over the sums of time) and round
-# by round.
+# every slice's rate and n1's CPU a request (SETTLE: see slice), then L's
+# rates against E's over all rounds (the sums of requests over the sums
+# of time) and round by round.
 #
 #   bench/scripts/many_ab.sh [NODES] [SERVICES] [ACCOUNTS] [N] [ROUNDS]
 #
@@ -54,11 +54,15 @@ EPIDS=("${NODEPIDS[@]}"); EPORT=${RESPS[0]##*:}
 W=$W0
 sleep 10 # both farms settle
 # slice PIDS-VAR PORT CMD...: "rate µs-of-n1's-CPU-a-request" for N
-# requests, with the farm in PIDS-VAR running alone.
+# requests, with the farm in PIDS-VAR running alone, SETTLE seconds
+# (default 3) after it was let go on: what a farm does on waking (the
+# timers that fell due while it was stopped, its members' suspicion of
+# each other) is not counted in either farm's slices.
 slice() {
   local -n pids=$1
   local p=$2; shift 2
   kill -CONT "${pids[@]}"
+  sleep "${SETTLE:-3}"
   local c0 r c1; c0=$(cpu_ticks ${pids[0]})
   r=$(rate $p $N "$@")
   c1=$(cpu_ticks ${pids[0]})
