@@ -209,7 +209,8 @@ func retryMS(waitNs int64) int64 {
 // spread over the traffic, lim's limits are seldom in the cache. It is
 // written by setLim alone, under the owner's lock, and read with a
 // sequence count: a read that meets a write under way, or overlaps one,
-// reads lim's limits instead (never waits).
+// reads lim's limits instead (never waits). A trunk key's limiter keeps
+// one too (setLim is shared), which its decisions do not read.
 type hotCAPS struct {
 	seq       atomic.Uint32 // odd while a write is under way
 	flags     atomic.Uint32 // the bucket's mode (low byte), hotLicensed, hotRateOnly

@@ -186,3 +186,43 @@ func TestNewServiceNeverSeenUnlicensed(t *testing.T) {
 	require.Positive(t, seen.Load())
 	require.Zero(t, refused.Load(), "of %d decisions on services found", seen.Load())
 }
+
+// TestNewServicePoolWatched: services licences add while a pool watch
+// drains them concurrently are each reported with their pool at its
+// size; a new service's pool is listed with the watch under its lock
+// (go test -race reported the unlocked listing).
+func TestNewServicePoolWatched(t *testing.T) {
+	e := NewEngine(DefaultConfig())
+	w, err := e.WatchPools()
+	require.NoError(t, err)
+	const n = 500
+	seen := map[string]int64{}
+	var done atomic.Bool
+	var wg sync.WaitGroup
+	drain := func() {
+		var states []PoolState
+		for _, s := range e.ChangedServices(w, nil) {
+			states = s.ChangedPools(w, states[:0])
+			for _, p := range states {
+				if p.Account == "" {
+					seen[s.Name()] = p.Size
+				}
+			}
+		}
+	}
+	wg.Go(func() {
+		for !done.Load() {
+			drain()
+		}
+	})
+	for i := range n {
+		require.NoError(t, e.SetLimits(fmt.Sprintf("svc-%d", i), Limits{Licensed: true, CAPS: 10, Sessions: Unlimited, Subscribers: Unlimited, Tokens: 100 + int64(i)}))
+	}
+	done.Store(true)
+	wg.Wait()
+	drain()
+	require.Len(t, seen, n)
+	for i := range n {
+		require.Equal(t, 100+int64(i), seen[fmt.Sprintf("svc-%d", i)])
+	}
+}

@@ -30,8 +30,9 @@ func (x session) first() Decision { return Decision{Reason: OK, Remaining: int64
 // limiter is what a service and a trunk both have: limits, the CAPS
 // buckets and the counters of what was decided.
 //
-// A decision on the CAPS bucket alone reads hot, capsTAT and counts[OK],
-// first so that they share the service's first cache line (see Service).
+// An admitted decision on the CAPS bucket alone reads hot, capsTAT and
+// counts[OK], first so that they share the service's first cache line
+// (see Service).
 type limiter struct {
 	// hot is lim's CAPS bucket and flags, for such a decision (setLim).
 	hot hotCAPS
@@ -153,8 +154,12 @@ func newService(name string, durable, journal bool, l *derived, watches *poolWat
 	s.ended.init(nil)
 	s.sessions.held, s.subscribers.held, s.consumed.held, s.ended.held = &s.held, &s.held, &s.held, &s.held
 	s.periodID = l.PeriodID
+	// Locked: a pool with limits is listed with the pool watches here,
+	// and a watcher may take it (under mu) before touch is done.
+	s.mu.Lock()
 	s.applyPool(l, true)
 	s.touch(&s.tokens) // a new pool
+	s.mu.Unlock()
 	return s
 }
 

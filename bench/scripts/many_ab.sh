@@ -38,17 +38,22 @@ python3 -u bench/scripts/many_setup.py "$W/lic" "$(cat "$W/keys/admin.token")" "
   grep -v 'allocated,\|loaded,'
 LPIDS=("${NODEPIDS[@]}"); LPORT=${RESPS[0]##*:}
 # The empty farm: new data directories and ports, the first licence.
+# (farm and ctl work under $W: E's under $W/e, and the clean-up, which
+# removes $W, is given the root back whatever fails meanwhile.)
 W0=$W
+trap 'W=$W0; cleanup' EXIT
 W=$W/e
 mkdir -p "$W/bin" "$W/keys"
 cp "$W0"/bin/* "$W/bin/"; cp "$W0"/keys/* "$W/keys/"
 farm $NODES many # the same cluster id (the licence is bound to it), joined to nothing of L
 ctl license add "$W0/lic/s000000000000.lic" >/dev/null
 for r in "${RESPS[@]}"; do
+  held=
   for _ in $(seq 300); do
-    redis-cli -p "${r##*:}" ADMIT s000000000000 | grep -q UNLICENSED || break
+    if ! redis-cli -p "${r##*:}" ADMIT s000000000000 | grep -q UNLICENSED; then held=1; break; fi
     sleep 0.1
   done
+  [ -n "$held" ] || { echo "the empty farm's member at $r did not get the licence within 30 s"; exit 1; }
 done
 EPIDS=("${NODEPIDS[@]}"); EPORT=${RESPS[0]##*:}
 W=$W0
@@ -67,6 +72,7 @@ slice() {
   r=$(rate $p $N "$@")
   c1=$(cpu_ticks ${pids[0]})
   kill -STOP "${pids[@]}"
+  [ -n "$r" ] || { echo "slice on port $p ($*): redis-benchmark gave no rate" >&2; return 1; }
   echo "$r $(python3 -c "print(round(($c1-$c0)/$tick*1e6/$N, 2))")"
 }
 kill -STOP "${LPIDS[@]}" "${EPIDS[@]}"
@@ -84,6 +90,7 @@ for r in $(seq 1 "$ROUNDS"); do
       one) got[one]=$(slice LPIDS $LPORT ADMIT s000000000000) ;;
       all) got[all]=$(RANGE=$SERVICES slice LPIDS $LPORT ADMIT s__rand_int__) ;;
     esac
+    [ -n "${got[$k]}" ] || { echo "round $r: the $k slice failed"; exit 1; }
   done
   out+="$r ${got[e]} ${got[one]} ${got[all]}"$'\n'
   unset got
