@@ -54,6 +54,20 @@ farm() {
   for i in "${RESPS[@]}"; do wait_pong "${i##*:}" 30; done
 }
 
+# holds_licence SERVICE: waits until every member in RESPS decides on
+# SERVICE other than UNLICENSED (at most 30 s each); exits if one does not.
+holds_licence() {
+  local r held
+  for r in "${RESPS[@]}"; do
+    held=
+    for _ in $(seq 300); do
+      if ! redis-cli -p "${r##*:}" ADMIT "$1" | grep -q UNLICENSED; then held=1; break; fi
+      sleep 0.1
+    done
+    [ -n "$held" ] || { echo "the member at $r did not get the licence of $1 within 30 s"; exit 1; }
+  done
+}
+
 # ctl ARGS...: capsctl against n1.
 ctl() { "$W/bin/capsctl" --addr "${ADMINS[0]}" --token-file "$W/keys/admin.token" "$@"; }
 

@@ -79,15 +79,7 @@ heap() { # out (after a collection: a heap profile says what the last one saw)
 # meanwhile, as the loaded farm's is) and the ADMIT rate on n1 (EMPTY).
 empty_farm() {
   ctl license add "$W/lic/s000000000000.lic" >/dev/null
-  local r held
-  for r in "${RESPS[@]}"; do # every member holds it (at most 30 s)
-    held=
-    for _ in $(seq 300); do
-      if ! redis-cli -p "${r##*:}" ADMIT s000000000000 | grep -q UNLICENSED; then held=1; break; fi
-      sleep 0.1
-    done
-    [ -n "$held" ] || { echo "the member at $r did not get the first licence within 30 s"; exit 1; }
-  done
+  holds_licence s000000000000
   sleep 2
   profile 10 "$W/empty-$1.pprof" &
   local pp=$!

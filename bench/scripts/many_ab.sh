@@ -47,14 +47,7 @@ mkdir -p "$W/bin" "$W/keys"
 cp "$W0"/bin/* "$W/bin/"; cp "$W0"/keys/* "$W/keys/"
 farm $NODES many # the same cluster id (the licence is bound to it), joined to nothing of L
 ctl license add "$W0/lic/s000000000000.lic" >/dev/null
-for r in "${RESPS[@]}"; do
-  held=
-  for _ in $(seq 300); do
-    if ! redis-cli -p "${r##*:}" ADMIT s000000000000 | grep -q UNLICENSED; then held=1; break; fi
-    sleep 0.1
-  done
-  [ -n "$held" ] || { echo "the empty farm's member at $r did not get the licence within 30 s"; exit 1; }
-done
+holds_licence s000000000000
 EPIDS=("${NODEPIDS[@]}"); EPORT=${RESPS[0]##*:}
 W=$W0
 sleep 10 # both farms settle
