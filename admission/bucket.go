@@ -203,14 +203,14 @@ func retryMS(waitNs int64) int64 {
 	return ms
 }
 
-// hotCAPS is a copy of a limiter's CAPS bucket (lim's caps) and of two of
-// its limits' flags, in the limiter's first cache line, so that a
+// hotCAPS is a copy of a service's CAPS bucket (lim's caps) and of two
+// of its limits' flags, in the service's first cache line, so that a
 // decision on that bucket alone reads no other line: with 1,000 licences
 // spread over the traffic, lim's limits are seldom in the cache. It is
-// written by setLim alone, under the owner's lock, and read with a
-// sequence count: a read that meets a write under way, or overlaps one,
-// reads lim's limits instead (never waits). A trunk key's limiter keeps
-// one too (setLim is shared), which its decisions do not read.
+// written by Service.setLim alone, under the service's lock, and read
+// with a sequence count: a read that meets a write under way, or
+// overlaps one, reads lim's limits instead (never waits). Trunk keys,
+// decided through their limits, keep none.
 type hotCAPS struct {
 	seq       atomic.Uint32 // odd while a write is under way
 	flags     atomic.Uint32 // the bucket's mode (low byte), hotLicensed, hotRateOnly

@@ -30,18 +30,16 @@ func (x session) first() Decision { return Decision{Reason: OK, Remaining: int64
 // limiter is what a service and a trunk both have: limits, the CAPS
 // buckets and the counters of what was decided.
 //
-// An admitted decision on the CAPS bucket alone reads hot, capsTAT and
-// counts[OK], first so that they share the service's first cache line
-// (see Service).
+// An admitted decision on a service's CAPS bucket alone reads capsTAT
+// and counts[OK], first so that they share the service's first cache
+// line with its hot copy of the bucket (see Service).
 type limiter struct {
-	// hot is lim's CAPS bucket and flags, for such a decision (setLim).
-	hot hotCAPS
 	// CAPS bucket (GCRA theoretical arrival time); lock-free.
 	capsTAT atomic.Int64
 	// Counters, read by metrics and the meter without a lock.
 	counts [NumReasons]atomic.Uint64 // decisions of ADMIT (normal and high) by reason
 
-	lim         atomic.Pointer[derived] // set by setLim only
+	lim         atomic.Pointer[derived] // a service's: set by Service.setLim only
 	headroomTAT atomic.Int64            // the headroom bucket's
 	name        string
 	high        atomic.Uint64 // PRIORITY high attempts admitted
@@ -58,8 +56,8 @@ type limiter struct {
 }
 
 // Service is the state of one service on this node. A decision on the
-// CAPS bucket alone reads one cache line of it: spent and limiter's first
-// fields, 56 bytes from its start (the allocator puts an object of this
+// CAPS bucket alone reads one cache line of it: spent, hot and limiter's
+// first fields, 56 bytes from its start (the allocator puts an object of this
 // size 8 bytes past a line's start, after its header: TestDecisionLine).
 // With 1,000 licences spread over a node's traffic, a decision's service
 // is seldom in the cache, and each line it reads is a miss. The service's
@@ -71,6 +69,8 @@ type Service struct {
 	// so that its flag shares a cache line with the bucket: every
 	// decision reads it.
 	spent moveMark[Service]
+	// hot is lim's CAPS bucket and flags, for such a decision (setLim).
+	hot hotCAPS
 	limiter
 	emergency atomic.Uint64 // emergency attempts admitted
 	emergN    atomic.Int64  // open emergency sessions
@@ -433,10 +433,10 @@ func spentMark(s *Service) *moveMark[Service] { return &s.spent }
 // the next drain. One caller at a time.
 func (e *Engine) DrainSpent(f func(*Service)) { drainMoved(&e.spentServices, spentMark, f) }
 
-// setLim installs d as the limiter's limits, returning the old ones
-// (nil: none yet). Called with the owner's lock held (a service's mu, a
-// trunk table's mu), or before the limiter is shared.
-func (r *limiter) setLim(d *derived) *derived {
-	r.hot.store(d)
-	return r.lim.Swap(d)
+// setLim installs d as the service's limits and their hot copy,
+// returning the old ones (nil: none yet). Called with mu held, or before
+// the service is shared.
+func (s *Service) setLim(d *derived) *derived {
+	s.hot.store(d)
+	return s.lim.Swap(d)
 }

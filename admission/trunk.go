@@ -232,7 +232,7 @@ func (e *Engine) addTrunk(s *Service, key string) (*Trunk, error) {
 			return nil, fmt.Errorf("cannot add limits for %s: %w (limit %d)", TrunkName(s.name, key), ErrTooManyTrunks, MaxTrunks)
 		}
 		t := &Trunk{limiter: limiter{name: TrunkName(s.name, key)}, key: key, service: s, moved: &e.movedTrunks}
-		t.setLim(derive(noTrunkLimits, &e.cfg))
+		t.lim.Store(derive(noTrunkLimits, &e.cfg))
 		return t, nil
 	})
 }
@@ -253,7 +253,7 @@ func (e *Engine) setTrunkLimits(now int64, service, key string, l Limits) error 
 	if err != nil {
 		return err
 	}
-	old := t.setLim(d)
+	old := t.lim.Swap(d)
 	rescale(&t.capsTAT, &old.caps, &d.caps, now)
 	rescale(&t.headroomTAT, &old.headroom, &d.headroom, now)
 	return nil
