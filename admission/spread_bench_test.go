@@ -3,6 +3,8 @@ package admission
 import (
 	"fmt"
 	"math/rand/v2"
+	"runtime"
+	"sync/atomic"
 	"testing"
 )
 
@@ -77,5 +79,35 @@ func BenchmarkAdmitSpreadCold(b *testing.B) {
 		p := &order[i&(len(order)-1)]
 		p.e.Admit(now, p.name, nil, nil, Normal)
 		i++
+	}
+}
+
+// BenchmarkAdmitParallelServices is ADMIT from every P at once, all on
+// one service against each P on a service of its own (services=P): what
+// event loops deciding on one service pay for writing the same bucket
+// line, which loops on different services do not.
+//
+//	go test ./admission -run '^$' -bench AdmitParallelServices -benchmem
+func BenchmarkAdmitParallelServices(b *testing.B) {
+	for _, n := range []int{1, runtime.GOMAXPROCS(0)} {
+		b.Run(fmt.Sprintf("services=%d", n), func(b *testing.B) {
+			e := NewEngine(DefaultConfig())
+			names := make([][]byte, n)
+			for i := range n {
+				names[i] = fmt.Appendf(nil, "s%012d", i)
+				if err := e.SetLimits(string(names[i]), Limits{Licensed: true, CAPS: 1e9, Sessions: Unlimited, Subscribers: Unlimited, Tokens: Unlimited}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			now := e.Now()
+			var procs atomic.Int64
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				name := names[int(procs.Add(1)-1)%n]
+				for i := int64(0); pb.Next(); i++ {
+					e.Admit(now+i, name, nil, nil, Normal)
+				}
+			})
+		})
 	}
 }
