@@ -41,25 +41,38 @@ func (h *Handler) auth(cs *ConnState, args [][]byte, out []byte) []byte {
 	}
 	if len(args) == 3 && string(args[1]) == MemberUser {
 		if h.memberSecret == nil || subtle.ConstantTimeCompare(args[2], h.memberSecret) != 1 {
-			return AppendError(out, "WRONGPASS invalid username-password pair or user is disabled.")
+			return AppendError(out, errWrongPass)
 		}
 		cs.authed, cs.member = true, true
 		return AppendSimple(out, "OK")
 	}
-	if h.password == nil {
-		return AppendError(out, "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?")
+	if h.password == nil && len(args) == 2 {
+		return AppendError(out, errAuthNoPassword)
 	}
 	if !h.checkAuth(args[1:]) {
-		return AppendError(out, "WRONGPASS invalid username-password pair or user is disabled.")
+		return AppendError(out, errWrongPass)
 	}
 	cs.authed, cs.member = true, false
 	return AppendSimple(out, "OK")
 }
 
-// checkAuth checks [user] password in constant time; the only user is "default".
+// The replies Redis gives to AUTH without a password configured (the
+// one-argument form only) and to a wrong user or password.
+const (
+	errAuthNoPassword = "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?"
+	errWrongPass      = "WRONGPASS invalid username-password pair or user is disabled."
+)
+
+// checkAuth checks [user] password in constant time; the only user is
+// "default". Without a password configured the default user takes any
+// password, as Redis's default user does (nopass): a client set up with a
+// user and a password (go-redis, redis-py) connects to such a node.
 func (h *Handler) checkAuth(up [][]byte) bool {
 	pass := up[len(up)-1]
 	userOK := len(up) == 1 || string(up[0]) == "default"
+	if h.password == nil {
+		return userOK
+	}
 	passOK := subtle.ConstantTimeCompare(pass, h.password) == 1
 	return userOK && passOK
 }
@@ -77,28 +90,37 @@ func (h *Handler) hello(cs *ConnState, args [][]byte, out []byte) []byte {
 		}
 		i = 2
 	}
+	// Every option is read before any applies, as Redis does: a syntax
+	// error, a bad name or a failed AUTH changes nothing, and the name is
+	// set only once the connection is authenticated.
+	var auth [][]byte
+	var name []byte
 	for i < len(args) {
 		switch {
 		case bytes.EqualFold(args[i], []byte("AUTH")) && i+2 < len(args):
-			if h.password == nil || !h.checkAuth(args[i+1:i+3]) {
-				if h.password == nil {
-					return AppendError(out, "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?")
-				}
-				return AppendError(out, "WRONGPASS invalid username-password pair or user is disabled.")
-			}
-			cs.authed = true
+			auth = args[i+1 : i+3]
 			i += 3
 		case bytes.EqualFold(args[i], []byte("SETNAME")) && i+1 < len(args):
-			if e := cs.setName(args[i+1]); e != "" {
-				return AppendError(out, e)
+			if !validClientAttr(args[i+1]) {
+				return AppendError(out, errClientName)
 			}
+			name = args[i+1]
 			i += 2
 		default:
 			return AppendError(out, "ERR Syntax error in HELLO option '"+printable(args[i], 32)+"'")
 		}
 	}
+	if auth != nil {
+		if !h.checkAuth(auth) {
+			return AppendError(out, errWrongPass)
+		}
+		cs.authed, cs.member = true, false
+	}
 	if h.password != nil && !cs.authed {
 		return AppendError(out, "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time")
+	}
+	if name != nil {
+		cs.setName(name)
 	}
 	out = AppendArrayHeader(out, 14)
 	out = AppendBulkString(out, "server")

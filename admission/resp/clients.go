@@ -166,9 +166,12 @@ func (sn *clientSnapshot) forget() {
 // holds reports whether the snapshot lists cs (a client that connected
 // since sees itself). Called with mu held.
 func (sn *clientSnapshot) holds(cs *ConnState) bool {
-	_, ok := slices.BinarySearchFunc(sn.cs, cs.id, func(c *ConnState, id int64) int { return cmp.Compare(c.id, id) })
+	_, ok := slices.BinarySearchFunc(sn.cs, cs.id, connByID)
 	return ok
 }
+
+// connByID orders connections by ID, for a binary search of a snapshot.
+func connByID(c *ConnState, id int64) int { return cmp.Compare(c.id, id) }
 
 // clientSnapshotFor is how long a clientSnapshot serves.
 const clientSnapshotFor = 100 * time.Millisecond
@@ -304,11 +307,15 @@ func (h *Handler) clientList(now int64, cs *ConnState, args [][]byte, out []byte
 		all = h.openClients(now, cs)
 	}
 	if ids != nil {
+		// The snapshot is in ID order: each ID is looked up, where a walk
+		// of every connection for each listing let a client pipelining
+		// CLIENT LIST ID (a few bytes of reply each) hold its event loop
+		// for as many walks of the node's connections.
 		slices.Sort(ids)
-		var sel []*ConnState
-		for _, c := range all {
-			if _, ok := slices.BinarySearch(ids, c.id); ok {
-				sel = append(sel, c)
+		sel := make([]*ConnState, 0, min(len(ids), len(all)))
+		for _, id := range slices.Compact(ids) {
+			if i, ok := slices.BinarySearchFunc(all, id, connByID); ok {
+				sel = append(sel, all[i])
 			}
 		}
 		all = sel

@@ -276,15 +276,20 @@ const MaxForwardQueued = 256
 
 // mustWait reports whether a command named name (lower case), which may
 // pass on work to the cluster, must wait for room (see Forwarder).
-func (h *Handler) mustWait(cs *ConnState, name []byte) bool {
+func (h *Handler) mustWait(cs *ConnState, name []byte, args [][]byte) bool {
 	if h.fwd == nil {
 		return false
 	}
 	switch string(name) {
-	case "release", "register", "deregister", "consume", "exec":
-		return cs.forwarding.Load() >= MaxForwardQueued || !h.fwd.ForwardRoom()
+	case "consume":
+		if len(args) != 6 {
+			return false // without an ID nothing is forwarded
+		}
+	case "release", "register", "deregister", "exec":
+	default:
+		return false
 	}
-	return false
+	return cs.forwarding.Load() >= MaxForwardQueued || !h.fwd.ForwardRoom()
 }
 
 // Handler executes commands against an engine. It holds no per-connection
@@ -369,7 +374,10 @@ func (h *Handler) Handle(now int64, cs *ConnState, in, out []byte) (n int, _ []b
 	cs.more, cs.blocked = false, false
 	cs.quoted = cs.quoted[:0]
 	start := len(out)
-	if len(in) >= warmFrom && cs.tx == nil && !h.noWarm {
+	// An unauthenticated client's commands are all refused: their keys
+	// are not warmed (it would have the loop take a service's lock and
+	// probe keys of its choosing).
+	if len(in) >= warmFrom && cs.tx == nil && !h.noWarm && (h.password == nil || cs.authed) {
 		h.warm(cs, in)
 	}
 	for n < len(in) {
@@ -398,7 +406,7 @@ func (h *Handler) Handle(now int64, cs *ConnState, in, out []byte) (n int, _ []b
 		}
 		var nb [16]byte
 		name := lower(&nb, args[0])
-		if h.mustWait(cs, name) {
+		if h.mustWait(cs, name, args) {
 			cs.blocked = true
 			break
 		}

@@ -333,12 +333,7 @@ func TestStopSendsHeldReplies(t *testing.T) {
 	_, err := c.Write([]byte(cmd("CONSUME", "demo", "a", "1", "ID", "s1") + cmd("PING")))
 	require.NoError(t, err)
 	require.Eventually(t, func() bool { return keys.Ticket() == 1 }, 5*time.Second, time.Millisecond)
-	stopped := make(chan error, 1)
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		stopped <- s.Stop(ctx)
-	}()
+	stopped := stopAsync(s)
 	_ = c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
 	_, err = r.ReadByte()
 	require.ErrorIs(t, err, os.ErrDeadlineExceeded, "nothing before the commit, and no close")

@@ -142,6 +142,51 @@ func TestAuth(t *testing.T) {
 	require.True(t, c2.cs.authed)
 }
 
+// TestHelloAppliesAllOrNothing: HELLO reads every option before applying
+// any, as Redis does. A name given without authenticating, beside a
+// failed AUTH or beside a syntax error is not set; a syntax error after a
+// right AUTH does not authenticate.
+func TestHelloAppliesAllOrNothing(t *testing.T) {
+	c := newTestConn(t, "s3cret")
+	name := func() string { return c.cs.info.get().name }
+	f := func(in, want string) {
+		t.Helper()
+		got, _, _ := c.send(in)
+		require.Equal(t, want, got)
+	}
+	noauth := "-NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time\r\n"
+	f(cmd("HELLO", "2", "SETNAME", "x"), noauth)
+	require.Equal(t, "", name())
+	f(cmd("HELLO", "2", "SETNAME", "x", "AUTH", "default", "wrong"), "-"+errWrongPass+"\r\n")
+	require.Equal(t, "", name())
+	require.False(t, c.cs.authed)
+	f(cmd("HELLO", "2", "AUTH", "default", "s3cret", "BOGUS"), "-ERR Syntax error in HELLO option 'BOGUS'\r\n")
+	require.False(t, c.cs.authed)
+	f(cmd("HELLO", "2", "AUTH", "default", "s3cret", "SETNAME", "bad name"), "-"+errClientName+"\r\n")
+	require.False(t, c.cs.authed)
+	got, _, _ := c.send(cmd("HELLO", "2", "SETNAME", "proxy-1", "AUTH", "default", "s3cret"))
+	require.True(t, strings.HasPrefix(got, "*14\r\n"), got)
+	require.True(t, c.cs.authed)
+	require.Equal(t, "proxy-1", name())
+}
+
+// TestAuthWithoutPassword: a node without a password takes AUTH with the
+// default user and any password, as Redis's default user (nopass) does, so
+// that a client set up with a user and a password connects; the one
+// argument form and any other user are refused as Redis refuses them.
+func TestAuthWithoutPassword(t *testing.T) {
+	c := newTestConn(t, "")
+	f := c.expect(t)
+	f(cmd("AUTH", "x"), "-"+errAuthNoPassword+"\r\n")
+	f(cmd("AUTH", "default", "anything"), "+OK\r\n")
+	f(cmd("AUTH", "admin", "anything"), "-"+errWrongPass+"\r\n")
+	f(cmd("AUTH", MemberUser, "anything"), "-"+errWrongPass+"\r\n")
+	got, _, _ := c.send(cmd("HELLO", "2", "AUTH", "default", "anything"))
+	require.True(t, strings.HasPrefix(got, "*14\r\n"), got)
+	f(cmd("HELLO", "2", "AUTH", "admin", "anything"), "-"+errWrongPass+"\r\n")
+	f(cmd("ADMIT", "demo"), dec(1, "OK", 0, 99))
+}
+
 func TestPipelineSplitAndQuit(t *testing.T) {
 	c := newTestConn(t, "")
 	stream := cmd("PING") + cmd("ADMIT", "demo") + "PING\r\n" + cmd("ECHO", "tail")

@@ -27,6 +27,18 @@ type pacer struct {
 	pending []paced
 	waiting []paced
 	kick    chan struct{}
+	// running: a round is being run (set with the round taken, cleared
+	// when the pacer finds no round left to run).
+	running bool
+}
+
+// idle reports whether no connection waits for a round or for a look
+// again, and no round is running: every connection has run what it had
+// received, as far as its client read its replies.
+func (p *pacer) idle() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.pending) == 0 && len(p.waiting) == 0 && !p.running
 }
 
 // paced is a queued connection: its flag says it is queued.
@@ -88,6 +100,7 @@ func (p *pacer) run(stop <-chan struct{}) {
 			return false
 		})
 		round, p.pending = p.pending, round[:0]
+		p.running = len(round) > 0
 		p.mu.Unlock()
 		if len(round) == 0 {
 			if next < 0 {

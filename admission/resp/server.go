@@ -208,13 +208,16 @@ func (s *Server) Addr() string { return s.addr }
 func (s *Server) Conns() int64 { return s.conns.Load() }
 
 // Stop stops accepting, closes every connection after sending the replies
-// to what it had received, and waits for the event loops to end. Replies
-// held for the key store's commit are sent once it is made (the node keeps
-// committing until Stop returns), within MaxHeldWait and ctx. It is safe
-// to call more than once.
+// to what it had received, and waits for the event loops to end. The rest
+// of a long pipeline, run in the pacer's rounds, and the commands of a
+// client paused until it reads are run first, for at most DrainFor and
+// ctx. Replies held for the key store's commit are sent once it is made
+// (the node keeps committing until Stop returns), within MaxHeldWait and
+// ctx. It is safe to call more than once.
 func (s *Server) Stop(ctx context.Context) error {
 	var err error
 	s.once.Do(func() {
+		s.drainRounds(ctx)
 		close(s.stop)
 		s.wg.Wait()
 		if err = s.eng.Stop(ctx); err == nil {
@@ -229,6 +232,34 @@ func (s *Server) Stop(ctx context.Context) error {
 		}
 	})
 	return err
+}
+
+// DrainFor bounds how long Stop runs the rest of what connections had
+// received before it closes them: a client that pipelines without end, or
+// one that never reads its replies, delays a stop by this much at most.
+const DrainFor = 2 * time.Second
+
+// drainRounds waits until the pacer has nothing left to run, for at most
+// DrainFor and ctx. Without it, a pipeline's later rounds were never run:
+// its client saw the connection close without the answers to commands the
+// node had received.
+func (s *Server) drainRounds(ctx context.Context) {
+	if s.pace.idle() {
+		return
+	}
+	limit := time.NewTimer(DrainFor)
+	defer limit.Stop()
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	for !s.pace.idle() {
+		select {
+		case <-ctx.Done():
+			return
+		case <-limit.C:
+			return
+		case <-tick.C:
+		}
+	}
 }
 
 // OnBoot records the engine and the bound address.

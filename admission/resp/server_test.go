@@ -489,7 +489,7 @@ func (f *fakeForwarder) flush() {
 // A connection that forwards work waits, not drops, when the forwarder has
 // no room or when MaxForwardQueued of its own are waiting: its commands
 // run once there is room, in order, and another connection's commands that
-// forward nothing are answered meanwhile.
+// forward nothing (PING, CONSUME without an ID) are answered meanwhile.
 func TestForwardingWaitsForRoom(t *testing.T) {
 	f := &fakeForwarder{}
 	s := startServer(t, Config{}, &admission.SystemClock{}, unlimited(), f)
@@ -513,6 +513,16 @@ func TestForwardingWaitsForRoom(t *testing.T) {
 	require.Equal(t, []string{"+PONG\r\n"}, read(1))
 	other := dialPing(t, s.Addr())
 	require.Equal(t, "+PONG\r\n", other())
+	// A CONSUME without an ID forwards nothing: it does not wait.
+	cc, err := net.Dial("tcp", s.Addr())
+	require.NoError(t, err)
+	defer cc.Close()
+	_, err = cc.Write([]byte("CONSUME demo acme 1\r\n"))
+	require.NoError(t, err)
+	_ = cc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	line, err := bufio.NewReader(cc).ReadString('\n')
+	require.NoError(t, err)
+	require.Equal(t, "*4\r\n", line, "CONSUME without an ID answered while the forwarder has no room")
 	time.Sleep(50 * time.Millisecond)
 	f.mu.Lock()
 	require.Empty(t, f.calls, "nothing forwarded without room")
@@ -574,4 +584,52 @@ func TestServerConfigRanges(t *testing.T) {
 		s := NewServer(*cfg, NewNullHandler(), admission.NewFakeClock())
 		require.EqualError(t, s.Start(), "cannot listen for RESP on 127.0.0.1:0: "+msg)
 	}
+}
+
+// TestStopRunsTheRounds: Stop runs what a connection had received and had
+// not yet run before it closes it. 2,000 COMMAND DOCS (30 bytes each, a
+// reply of kilobytes) and an ECHO sent at once, by a client that reads
+// nothing until Stop has begun: the replies pass the socket's buffers and
+// the client's part of the node's reply memory, so the node pauses it with
+// most of them unrun. Read from then on, every reply arrives, in order,
+// the ECHO's last.
+func TestStopRunsTheRounds(t *testing.T) {
+	e := admission.NewEngine(admission.DefaultConfig())
+	require.NoError(t, e.SetLimits("demo", unlimited()))
+	h := NewHandler(e, "")
+	one := len(handleOut(h, cmd("COMMAND", "DOCS")))
+	require.Greater(t, one, 4<<10)
+	s := NewServer(Config{Addr: "127.0.0.1:0"}, h, admission.NewSystemClock())
+	require.NoError(t, s.Start())
+	c, err := net.Dial("tcp", s.Addr())
+	require.NoError(t, err)
+	defer c.Close()
+	const n = 2000
+	_, err = c.Write([]byte(strings.Repeat(cmd("COMMAND", "DOCS"), n) + cmd("ECHO", "end-marker")))
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return !s.pace.idle() }, 10*time.Second, time.Millisecond, "paused, most of it unrun")
+	stopped := stopAsync(s)
+	_ = c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	got, _ := io.ReadAll(c)
+	require.Equal(t, n*one+len(bulk("end-marker")), len(got), "every reply (%d bytes each) and the ECHO's", one)
+	require.True(t, strings.HasSuffix(string(got), bulk("end-marker")))
+	require.NoError(t, <-stopped)
+}
+
+// stopAsync stops s (within 10 s) on another goroutine, and returns where
+// Stop's result comes.
+func stopAsync(s *Server) <-chan error {
+	stopped := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		stopped <- s.Stop(ctx)
+	}()
+	return stopped
+}
+
+// handleOut is the reply a fresh connection of h gets to in.
+func handleOut(h *Handler, in string) []byte {
+	_, out, _ := h.Handle(0, NewConnState(1), []byte(in), nil)
+	return out
 }

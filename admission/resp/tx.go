@@ -1,12 +1,31 @@
 package resp
 
+import "fmt"
+
 // Bounds of a transaction: what MULTI makes the node hold until EXEC, and
 // so the EXEC reply (QUOTA's, the longest a transaction may queue, is
-// about 700 bytes).
+// about 700 bytes). A transaction may queue the client's part of the
+// node's reply memory (ConnState.outLimit), within [minTxBytes,
+// maxTxBytes], and a command for every txBytesPerCommand of it: 4,096
+// commands for a client of a node with 32 connections or fewer open
+// (redis-py's pipeline() sends MULTI ... EXEC around everything it
+// pipelines), 256 when more than 512 are, so that the node holds at most
+// 32 MiB of transactions, or 64 KiB a connection, however many clients
+// queue one at once.
 const (
-	maxTxCommands = 256
-	maxTxBytes    = 64 << 10
+	minTxBytes        = 64 << 10
+	maxTxBytes        = 1 << 20
+	txBytesPerCommand = 256
 )
+
+// txBounds returns the bytes and the commands cs's transaction may queue.
+func txBounds(cs *ConnState) (bytes, commands int) {
+	bytes = minTxBytes
+	if cs.outLimit > 0 {
+		bytes = min(max(cs.outLimit, minTxBytes), maxTxBytes)
+	}
+	return bytes, bytes / txBytesPerCommand
+}
 
 // txQueue holds the commands queued since MULTI, encoded as RESP.
 type txQueue struct {
@@ -76,8 +95,9 @@ func (h *Handler) queue(cs *ConnState, name []byte, args [][]byte, out []byte) (
 	for _, a := range args {
 		size += len(a) + 16
 	}
-	if tx.n == maxTxCommands || len(tx.buf)+size > maxTxBytes {
-		return refuse(AppendError(out, "ERR transaction too long: at most 256 commands and 64 KiB between MULTI and EXEC"))
+	if maxBytes, maxCommands := txBounds(cs); tx.n >= maxCommands || len(tx.buf)+size > maxBytes {
+		return refuse(AppendError(out, fmt.Sprintf("ERR transaction too long: at most %d commands and %d KiB between MULTI and EXEC",
+			maxCommands, maxBytes>>10)))
 	}
 	tx.buf = AppendArrayHeader(tx.buf, len(args))
 	for _, a := range args {

@@ -36,3 +36,21 @@ func TestWarmLeavesInputAlone(t *testing.T) {
 		require.Equal(t, in, string(buf))
 	}
 }
+
+// TestNoWarmBeforeAuth: a read of a client that has not authenticated to a
+// node with a password is refused command by command, and its keys are
+// not warmed (the warm pass would take a service's lock and probe the
+// index for keys of the client's choosing); once it has, they are.
+func TestNoWarmBeforeAuth(t *testing.T) {
+	c := newTestConn(t, "s3cret")
+	var pipe strings.Builder
+	for i := range 16 {
+		pipe.WriteString(cmd("REGISTER", "demo", "sub-"+strings.Repeat("x", i)))
+	}
+	got, _, _ := c.send(pipe.String())
+	require.Equal(t, strings.Repeat("-NOAUTH Authentication required.\r\n", 16), got)
+	require.Zero(t, cap(c.cs.warmKeys), "nothing warmed")
+	c.expect(t)(cmd("AUTH", "s3cret"), "+OK\r\n")
+	c.send(pipe.String())
+	require.GreaterOrEqual(t, cap(c.cs.warmKeys), 16, "warmed once authenticated")
+}

@@ -56,6 +56,8 @@ func TestClients(t *testing.T) {
 		require.EqualValues(t, -1, ci["multi"])
 		checkPipeline(t, got.Pipeline, `[[1,"OK",0,-1],true,{"loading":0,"async_loading":0}]`)
 		require.JSONEq(t, `[[1,"OK",0,-1],true]`, string(got.Transaction), "pipeline() with MULTI and EXEC")
+		require.JSONEq(t, `[1000,1000]`, string(got.Transaction1000), "pipeline() of 1,000 ADMITs")
+		require.JSONEq(t, `true`, string(got.AuthDefaultUser), "user default and a password, no password set")
 		checkReport(t, p, got, "py-check", "py-1")
 	})
 	t.Run("ioredis", func(t *testing.T) {
@@ -159,6 +161,30 @@ func testGoRedis(t *testing.T) {
 	require.NoError(t, err, "MULTI ... EXEC")
 	require.Equal(t, []any{int64(1), "OK", int64(0), int64(-1)}, txAdmit.Val())
 	require.Equal(t, "PONG", txPing.Val())
+
+	// 1,000 decisions in one MULTI ... EXEC: every one runs.
+	var big []*redis.Cmd
+	_, err = rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		for range 1000 {
+			big = append(big, p.Do(ctx, "ADMIT", "demo", "PRIORITY", "emergency"))
+		}
+		return nil
+	})
+	require.NoError(t, err, "MULTI, 1,000 ADMITs, EXEC")
+	for _, c := range big {
+		require.Equal(t, []any{int64(1), "OK", int64(0), int64(-1)}, c.Val())
+	}
+
+	// A client set up with a user and a password connects to a node
+	// without one, as to Redis's default user without a password.
+	authed := redis.NewClient(&redis.Options{Addr: rdb.Options().Addr, Username: "default", Password: "anything",
+		MaxRetries: -1, DialTimeout: 5 * time.Second})
+	defer authed.Close()
+	require.Equal(t, "PONG", authed.Ping(ctx).Val(), "AUTH default anything")
+	wrong := redis.NewClient(&redis.Options{Addr: rdb.Options().Addr, Username: "admin", Password: "anything",
+		MaxRetries: -1, DialTimeout: 5 * time.Second})
+	defer wrong.Close()
+	require.ErrorContains(t, wrong.Ping(ctx).Err(), "WRONGPASS")
 }
 
 // clientReport is what a check script prints: each reply as its client
@@ -183,6 +209,10 @@ type clientReport struct {
 	ReleaseAgain   int             `json:"release_again"`
 	Pipeline       json.RawMessage `json:"pipeline"`
 	Transaction    json.RawMessage `json:"transaction"`
+	// redis-py only: pipeline() with 1,000 ADMITs (replies, admitted),
+	// and PING from a client set up with user default and a password.
+	Transaction1000 json.RawMessage `json:"transaction_1000"`
+	AuthDefaultUser json.RawMessage `json:"auth_default_user"`
 }
 
 // checkReport checks what every client sees alike.

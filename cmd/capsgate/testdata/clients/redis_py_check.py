@@ -42,6 +42,14 @@ def main():
     tx.execute_command("ADMIT", "demo", "PRIORITY", "emergency")
     tx.ping()
     out["transaction"] = tx.execute()
+    big = r.pipeline()  # 1,000 commands in one MULTI ... EXEC
+    for _ in range(1000):
+        big.execute_command("ADMIT", "demo", "PRIORITY", "emergency")
+    res = big.execute()
+    out["transaction_1000"] = [len(res), sum(1 for d in res if d[0] == 1)]
+    authed = redis.Redis(host=host, port=port, username="default", password="anything",
+                         decode_responses=True, socket_timeout=10)
+    out["auth_default_user"] = authed.ping()
     print(json.dumps(out, sort_keys=True))
 
 
