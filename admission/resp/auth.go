@@ -121,6 +121,7 @@ func (h *Handler) hello(cs *ConnState, args [][]byte, out []byte) []byte {
 	}
 	if name != nil {
 		cs.setName(name)
+		h.snapshot.forget() // the listing shows it, as after CLIENT SETNAME
 	}
 	out = AppendArrayHeader(out, 14)
 	out = AppendBulkString(out, "server")

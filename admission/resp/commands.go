@@ -275,21 +275,27 @@ type Forwarder interface {
 const MaxForwardQueued = 256
 
 // mustWait reports whether a command named name (lower case), which may
-// pass on work to the cluster, must wait for room (see Forwarder).
+// pass on work to the cluster, must wait for room (see Forwarder). An EXEC
+// waits for room once for every command its transaction queued (at most
+// MaxForwardQueued of them forward: see txQueue).
 func (h *Handler) mustWait(cs *ConnState, name []byte, args [][]byte) bool {
-	if h.fwd == nil {
-		return false
-	}
-	switch string(name) {
-	case "consume":
-		if len(args) != 6 {
-			return false // without an ID nothing is forwarded
-		}
-	case "release", "register", "deregister", "exec":
-	default:
+	if h.fwd == nil || string(name) != "exec" && !forwards(string(name), args) {
 		return false
 	}
 	return cs.forwarding.Load() >= MaxForwardQueued || !h.fwd.ForwardRoom()
+}
+
+// forwards reports whether a command may forward work to the cluster:
+// RELEASE (of a call held elsewhere), REGISTER (a claim), DEREGISTER, and
+// CONSUME with an ID (what was charged), a member's routed one included.
+func forwards(name string, args [][]byte) bool {
+	switch name {
+	case "release", "register", "deregister":
+		return true
+	case "consume":
+		return len(args) > 4
+	}
+	return false
 }
 
 // Handler executes commands against an engine. It holds no per-connection

@@ -402,6 +402,24 @@ func TestTransactions(t *testing.T) {
 		require.True(t, strings.HasSuffix(got, fmt.Sprintf("*%d\r\n", b.commands)+strings.Repeat("+PONG\r\n", b.commands)), "outLimit %d", b.outLimit)
 		require.False(t, c.cs.tx != nil)
 	}
+	// QUOTA's replies (up to 1 KiB each counted) and the commands that
+	// may forward work to the cluster have bounds of their own.
+	c.cs.outLimit = 1 << 20
+	got, _, _ := c.send(cmd("MULTI") + strings.Repeat(cmd("QUOTA", "demo"), 1025) + cmd("EXEC"))
+	require.Equal(t, "+OK\r\n"+strings.Repeat("+QUEUED\r\n", 1024)+
+		"-ERR transaction too long: its replies would pass 1024 KiB\r\n"+abort, got)
+	got, _, _ = c.send(cmd("MULTI") + strings.Repeat(cmd("QUOTA", "demo"), 1024) + cmd("EXEC"))
+	require.Equal(t, 1024, strings.Count(got, "$13\r\ncaps_licensed\r\n"), "every QUOTA answered")
+	for _, forwarding := range []string{cmd("RELEASE", "demo", "nobody"), cmd("REGISTER", "demo", "s1"), cmd("DEREGISTER", "demo", "s1"),
+		cmd("CONSUME", "demo", "acme", "1", "ID", "x")} {
+		got, _, _ = c.send(cmd("MULTI") + strings.Repeat(cmd("RELEASE", "demo", "nobody"), MaxForwardQueued) + forwarding + cmd("EXEC"))
+		require.Equal(t, "+OK\r\n"+strings.Repeat("+QUEUED\r\n", MaxForwardQueued)+
+			"-ERR transaction too long: at most 256 RELEASE, REGISTER, DEREGISTER and CONSUME ... ID between MULTI and EXEC\r\n"+abort, got)
+	}
+	got, _, _ = c.send(cmd("MULTI") + strings.Repeat(cmd("RELEASE", "demo", "nobody"), MaxForwardQueued) +
+		strings.Repeat(cmd("CONSUME", "demo", "acme", "1")+cmd("ADMIT", "demo"), 100) + cmd("EXEC"))
+	require.True(t, strings.HasPrefix(got, "+OK\r\n"+strings.Repeat("+QUEUED\r\n", MaxForwardQueued+200)+"*456\r\n"), got[:min(len(got), 300)])
+
 	// What redis-py's pipeline() sends for 1,000 decisions, with one
 	// connection open: every one runs, in order.
 	c.cs.outLimit = 1 << 20
@@ -409,7 +427,7 @@ func TestTransactions(t *testing.T) {
 	for i := range 1000 {
 		batch.WriteString(cmd("ADMIT", "demo", "CALL", fmt.Sprintf("tx-%d", i)))
 	}
-	got, _, _ := c.send(cmd("MULTI") + batch.String() + cmd("EXEC"))
+	got, _, _ = c.send(cmd("MULTI") + batch.String() + cmd("EXEC"))
 	queued := "+OK\r\n" + strings.Repeat("+QUEUED\r\n", 1000) + "*1000\r\n"
 	require.True(t, strings.HasPrefix(got, queued), got[:min(len(got), 200)])
 	require.Equal(t, 1000, strings.Count(got[len(queued):], "*4\r\n"), "a decision for each")
@@ -476,4 +494,17 @@ func TestClientListShowsChangesAtOnce(t *testing.T) {
 	got, _, _ = c.send(cmd("CLIENT", "LIST"))
 	require.Contains(t, got, "id=1 ")
 	require.Contains(t, got, "id=2 ")
+}
+
+// TestHelloSetNameListed: a name set by HELLO shows in the next CLIENT
+// LIST at once, as one set by CLIENT SETNAME does (the listing of the
+// instant is rendered again).
+func TestHelloSetNameListed(t *testing.T) {
+	c := newTestConn(t, "")
+	c.h.SetClientLister(&fakeLister{conns: []*ConnState{c.cs}})
+	list := func() string { got, _, _ := c.send(cmd("CLIENT", "LIST")); return got }
+	require.Contains(t, list(), " name= ")
+	got, _, _ := c.send(cmd("HELLO", "2", "SETNAME", "proxy-7"))
+	require.True(t, strings.HasPrefix(got, "*14\r\n"), got)
+	require.Contains(t, list(), " name=proxy-7 ")
 }

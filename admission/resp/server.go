@@ -113,6 +113,9 @@ var _ = metrics.NewGauge("capsgate_resp_connections", func() float64 { return fl
 // maxClientsReply is what a connection beyond Config.MaxConns gets.
 var maxClientsReply = []byte("-ERR max number of clients reached\r\n")
 
+// stoppingReply refuses a connection opened while the node stops.
+var stoppingReply = []byte("-ERR the node is stopping: connect to another member\r\n")
+
 // loopStats is owned by one event loop: its reply buffer and its decision
 // latency histogram (one per loop, so observing takes no shared lock).
 type loopStats struct {
@@ -136,8 +139,10 @@ type Server struct {
 	conns  atomic.Int64
 	stop   chan struct{}
 	pace   *pacer
-	wg     sync.WaitGroup
-	once   sync.Once
+	// draining: Stop has begun; a connection opened now is refused.
+	draining atomic.Bool
+	wg       sync.WaitGroup
+	once     sync.Once
 
 	mu      sync.Mutex // guards open, loops and orphans
 	open    map[*ConnState]gnet.Conn
@@ -208,10 +213,11 @@ func (s *Server) Addr() string { return s.addr }
 func (s *Server) Conns() int64 { return s.conns.Load() }
 
 // Stop stops accepting, closes every connection after sending the replies
-// to what it had received, and waits for the event loops to end. The rest
-// of a long pipeline, run in the pacer's rounds, and the commands of a
-// client paused until it reads are run first, for at most DrainFor and
-// ctx. Replies held for the key store's commit are sent once it is made
+// to what it had received, and waits for the event loops to end. First it
+// refuses new connections, and runs and sends what the open ones had
+// received (the rest of a long pipeline, run in the pacer's rounds, and
+// the commands of a client paused until it reads), for at most DrainFor
+// and ctx. Replies held for the key store's commit are sent once it is made
 // (the node keeps committing until Stop returns), within MaxHeldWait and
 // ctx. It is safe to call more than once.
 func (s *Server) Stop(ctx context.Context) error {
@@ -234,32 +240,69 @@ func (s *Server) Stop(ctx context.Context) error {
 	return err
 }
 
-// DrainFor bounds how long Stop runs the rest of what connections had
+// DrainFor bounds how long Stop runs and sends what connections had
 // received before it closes them: a client that pipelines without end, or
 // one that never reads its replies, delays a stop by this much at most.
 const DrainFor = 2 * time.Second
 
-// drainRounds waits until the pacer has nothing left to run, for at most
-// DrainFor and ctx. Without it, a pipeline's later rounds were never run:
-// its client saw the connection close without the answers to commands the
-// node had received.
+// drainCheck is how often drainRounds looks at the connections again.
+const drainCheck = 5 * time.Millisecond
+
+// drainRounds refuses new connections, then waits until the pacer has
+// nothing left to run and every open connection has no request left
+// unread and no reply left unsent, for at most DrainFor and ctx. Without
+// it, a pipeline's later rounds were never run, and gnet's close drops
+// what a connection's socket would not take at once: its client saw the
+// connection close without the answers to commands the node had received.
 func (s *Server) drainRounds(ctx context.Context) {
-	if s.pace.idle() {
-		return
-	}
-	limit := time.NewTimer(DrainFor)
-	defer limit.Stop()
-	tick := time.NewTicker(time.Millisecond)
+	s.draining.Store(true)
+	ctx, cancel := context.WithTimeout(ctx, DrainFor)
+	defer cancel()
+	tick := time.NewTicker(drainCheck)
 	defer tick.Stop()
-	for !s.pace.idle() {
+	for !s.pace.idle() || !s.flushed(ctx) {
 		select {
 		case <-ctx.Done():
-			return
-		case <-limit.C:
 			return
 		case <-tick.C:
 		}
 	}
+}
+
+// flushed wakes every open connection (each runs what it has received, on
+// its event loop) and reports whether each then had nothing left to read
+// or send. It gives up, reporting false, when ctx ends first.
+func (s *Server) flushed(ctx context.Context) bool {
+	s.mu.Lock()
+	conns := make([]gnet.Conn, 0, len(s.open))
+	for _, c := range s.open {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	var busy atomic.Int64
+	answered := make(chan struct{}, len(conns))
+	for _, c := range conns {
+		err := c.Wake(func(c gnet.Conn, _ error) error {
+			// Closed since (no context: gnet may have released its
+			// buffers), it has nothing left here.
+			if c.Context() != nil && (c.InboundBuffered() > 0 || c.OutboundBuffered() > 0) {
+				busy.Add(1)
+			}
+			answered <- struct{}{}
+			return nil
+		})
+		if err != nil {
+			answered <- struct{}{}
+		}
+	}
+	for range conns {
+		select {
+		case <-answered:
+		case <-ctx.Done():
+			return false
+		}
+	}
+	return busy.Load() == 0
 }
 
 // OnBoot records the engine and the bound address.
@@ -283,6 +326,9 @@ func (s *Server) OnBoot(eng gnet.Engine) gnet.Action {
 
 // OnOpen admits a connection unless the server is full.
 func (s *Server) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
+	if s.draining.Load() {
+		return stoppingReply, gnet.Close
+	}
 	if s.conns.Add(1) > int64(s.cfg.MaxConns) {
 		s.conns.Add(-1)
 		return maxClientsReply, gnet.Close

@@ -586,13 +586,14 @@ func TestServerConfigRanges(t *testing.T) {
 	}
 }
 
-// TestStopRunsTheRounds: Stop runs what a connection had received and had
-// not yet run before it closes it. 2,000 COMMAND DOCS (30 bytes each, a
-// reply of kilobytes) and an ECHO sent at once, by a client that reads
-// nothing until Stop has begun: the replies pass the socket's buffers and
-// the client's part of the node's reply memory, so the node pauses it with
-// most of them unrun. Read from then on, every reply arrives, in order,
-// the ECHO's last.
+// TestStopRunsTheRounds: Stop runs and sends what a connection had
+// received and had not yet run before it closes it, and refuses new
+// connections meanwhile. 5,000 COMMAND DOCS (30 bytes each, a reply of
+// kilobytes: tens of megabytes in all) and an ECHO sent at once, by a
+// client that reads nothing until Stop has begun: the replies pass the
+// sockets' buffers and the client's part of the node's reply memory, so
+// the node pauses it with most of them unrun. Read from then on, every
+// reply arrives, in order, the ECHO's last.
 func TestStopRunsTheRounds(t *testing.T) {
 	e := admission.NewEngine(admission.DefaultConfig())
 	require.NoError(t, e.SetLimits("demo", unlimited()))
@@ -604,11 +605,18 @@ func TestStopRunsTheRounds(t *testing.T) {
 	c, err := net.Dial("tcp", s.Addr())
 	require.NoError(t, err)
 	defer c.Close()
-	const n = 2000
+	const n = 5000
 	_, err = c.Write([]byte(strings.Repeat(cmd("COMMAND", "DOCS"), n) + cmd("ECHO", "end-marker")))
 	require.NoError(t, err)
 	require.Eventually(t, func() bool { return !s.pace.idle() }, 10*time.Second, time.Millisecond, "paused, most of it unrun")
 	stopped := stopAsync(s)
+	// While it drains, a new connection is refused.
+	late, err := net.Dial("tcp", s.Addr())
+	require.NoError(t, err)
+	defer late.Close()
+	_ = late.SetReadDeadline(time.Now().Add(5 * time.Second))
+	refused, _ := io.ReadAll(late)
+	require.Equal(t, string(stoppingReply), string(refused))
 	_ = c.SetReadDeadline(time.Now().Add(20 * time.Second))
 	got, _ := io.ReadAll(c)
 	require.Equal(t, n*one+len(bulk("end-marker")), len(got), "every reply (%d bytes each) and the ECHO's", one)

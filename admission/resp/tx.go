@@ -3,19 +3,21 @@ package resp
 import "fmt"
 
 // Bounds of a transaction: what MULTI makes the node hold until EXEC, and
-// so the EXEC reply (QUOTA's, the longest a transaction may queue, is
-// about 700 bytes). A transaction may queue the client's part of the
-// node's reply memory (ConnState.outLimit), within [minTxBytes,
-// maxTxBytes], and a command for every txBytesPerCommand of it: 4,096
-// commands for a client of a node with 32 connections or fewer open
-// (redis-py's pipeline() sends MULTI ... EXEC around everything it
-// pipelines), 256 when more than 512 are, so that the node holds at most
-// 32 MiB of transactions, or 64 KiB a connection, however many clients
-// queue one at once.
+// so the EXEC reply, built at once. A transaction may queue the client's
+// part of the node's reply memory (ConnState.outLimit, as it is when each
+// command is queued), within [minTxBytes, maxTxBytes], and a command for
+// every txBytesPerCommand of it: 4,096 commands for a client of a node with
+// 32 connections or fewer open (redis-py's pipeline() sends MULTI ... EXEC
+// around everything it pipelines), 256 when more than 512 are. Its replies
+// (txReply: QUOTA's is the longest, about 700 bytes) may take as much, or
+// minTxReplies; and of its commands at most MaxForwardQueued may forward
+// work to the cluster, as many as a connection may have waiting (EXEC
+// waits for room as they would, once: see Handler.mustWait).
 const (
 	minTxBytes        = 64 << 10
 	maxTxBytes        = 1 << 20
 	txBytesPerCommand = 256
+	minTxReplies      = 256 << 10
 )
 
 // txBounds returns the bytes and the commands cs's transaction may queue.
@@ -27,11 +29,27 @@ func txBounds(cs *ConnState) (bytes, commands int) {
 	return bytes, bytes / txBytesPerCommand
 }
 
+// txReply bounds the reply of a command a transaction may queue.
+func txReply(name string, args [][]byte) int {
+	switch name {
+	case "quota":
+		return 1 << 10
+	case "echo", "ping":
+		if len(args) > 1 {
+			return len(args[1]) + 16
+		}
+	}
+	return 64
+}
+
 // txQueue holds the commands queued since MULTI, encoded as RESP.
 type txQueue struct {
-	buf   []byte
-	n     int
-	dirty bool // a command was refused while queuing: EXEC discards all
+	buf []byte
+	n   int
+	// replies bounds the EXEC reply (txReply summed); forwards counts the
+	// commands that may forward work (forwards).
+	replies, forwards int
+	dirty             bool // a command was refused while queuing: EXEC discards all
 }
 
 // txAllowed says which commands a transaction may queue: those whose
@@ -95,10 +113,23 @@ func (h *Handler) queue(cs *ConnState, name []byte, args [][]byte, out []byte) (
 	for _, a := range args {
 		size += len(a) + 16
 	}
-	if maxBytes, maxCommands := txBounds(cs); tx.n >= maxCommands || len(tx.buf)+size > maxBytes {
+	maxBytes, maxCommands := txBounds(cs)
+	reply, fwd := txReply(c.name, args), 0
+	if forwards(c.name, args) {
+		fwd = 1
+	}
+	switch {
+	case tx.n >= maxCommands || len(tx.buf)+size > maxBytes:
 		return refuse(AppendError(out, fmt.Sprintf("ERR transaction too long: at most %d commands and %d KiB between MULTI and EXEC",
 			maxCommands, maxBytes>>10)))
+	case tx.replies+reply > max(maxBytes, minTxReplies):
+		return refuse(AppendError(out, fmt.Sprintf("ERR transaction too long: its replies would pass %d KiB", max(maxBytes, minTxReplies)>>10)))
+	case tx.forwards+fwd > MaxForwardQueued:
+		return refuse(AppendError(out, fmt.Sprintf("ERR transaction too long: at most %d RELEASE, REGISTER, DEREGISTER and CONSUME ... ID between MULTI and EXEC",
+			MaxForwardQueued)))
 	}
+	tx.replies += reply
+	tx.forwards += fwd
 	tx.buf = AppendArrayHeader(tx.buf, len(args))
 	for _, a := range args {
 		tx.buf = AppendBulk(tx.buf, a)
