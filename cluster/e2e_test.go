@@ -225,7 +225,12 @@ func TestKillDetectedAndShareMoves(t *testing.T) {
 	require.NoError(t, load.Total.Err)
 	require.Equal(t, 10000, load.Total.Sent)
 	assert.GreaterOrEqual(t, load.Total.Admitted, 4950, "the survivors admit the whole licence")
-	assert.LessOrEqual(t, load.Total.Admitted, 5050+100, "and no more")
+	// And no more than the licence over the span of their decisions, as
+	// the load measured it (5 s when the machine keeps pace; longer when
+	// the generator falls behind), and their two buckets' depths.
+	_, span := load.Total.Span()
+	most := 1000*span.Seconds() + cluster.MaxBurst(1000, 2, 100*time.Millisecond)
+	assert.LessOrEqual(t, float64(load.Total.Admitted), most, "and no more (decisions over %v)", span)
 
 	restarted := time.Now()
 	require.NoError(t, c.Node(3).Restart())

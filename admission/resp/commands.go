@@ -275,14 +275,24 @@ type Forwarder interface {
 const MaxForwardQueued = 256
 
 // mustWait reports whether a command named name (lower case), which may
-// pass on work to the cluster, must wait for room (see Forwarder). An EXEC
-// waits for room once for every command its transaction queued (at most
-// MaxForwardQueued of them forward: see txQueue).
+// pass on work to the cluster, must wait for room (see Forwarder): until
+// the connection's own waiting operations leave room for what it may
+// forward (an EXEC: every command of its transaction that may, at most
+// MaxForwardQueued: see txQueue) and the forwarder has room.
 func (h *Handler) mustWait(cs *ConnState, name []byte, args [][]byte) bool {
-	if h.fwd == nil || string(name) != "exec" && !forwards(string(name), args) {
+	if h.fwd == nil {
 		return false
 	}
-	return cs.forwarding.Load() >= MaxForwardQueued || !h.fwd.ForwardRoom()
+	n := int64(1) // what the command may forward
+	if string(name) == "exec" {
+		if cs.tx == nil || cs.tx.forwards == 0 {
+			return false
+		}
+		n = int64(cs.tx.forwards)
+	} else if !forwards(string(name), args) {
+		return false
+	}
+	return cs.forwarding.Load()+n > MaxForwardQueued || !h.fwd.ForwardRoom()
 }
 
 // forwards reports whether a command may forward work to the cluster:

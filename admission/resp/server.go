@@ -140,7 +140,9 @@ type Server struct {
 	stop   chan struct{}
 	pace   *pacer
 	// draining: Stop has begun; a connection opened now is refused.
+	// drainFor is DrainFor.
 	draining atomic.Bool
+	drainFor time.Duration
 	wg       sync.WaitGroup
 	once     sync.Once
 
@@ -167,7 +169,7 @@ func NewServer(cfg Config, h *Handler, clk admission.Clock) *Server {
 		cfg.MaxConns = DefaultMaxConns
 	}
 	s := &Server{cfg: cfg, h: h, clk: clk, booted: make(chan struct{}), done: make(chan error, 1),
-		stop: make(chan struct{}), pace: newPacer(), open: make(map[*ConnState]gnet.Conn),
+		stop: make(chan struct{}), pace: newPacer(), drainFor: DrainFor, open: make(map[*ConnState]gnet.Conn),
 		orphans: make(map[*orphan]struct{}), orphanGone: make(chan struct{}, 1)}
 	h.SetConnCounter(s.conns.Load)
 	return s
@@ -243,20 +245,21 @@ func (s *Server) Stop(ctx context.Context) error {
 // DrainFor bounds how long Stop runs and sends what connections had
 // received before it closes them: a client that pipelines without end, or
 // one that never reads its replies, delays a stop by this much at most.
+// (A test may set Server.drainFor.)
 const DrainFor = 2 * time.Second
 
 // drainCheck is how often drainRounds looks at the connections again.
 const drainCheck = 5 * time.Millisecond
 
 // drainRounds refuses new connections, then waits until the pacer has
-// nothing left to run and every open connection has no request left
-// unread and no reply left unsent, for at most DrainFor and ctx. Without
-// it, a pipeline's later rounds were never run, and gnet's close drops
-// what a connection's socket would not take at once: its client saw the
+// nothing left to run and every open connection has no reply left unsent
+// and no request left to run, for at most s.drainFor and ctx. Without it,
+// a pipeline's later rounds were never run, and gnet's close drops what a
+// connection's socket would not take at once: its client saw the
 // connection close without the answers to commands the node had received.
 func (s *Server) drainRounds(ctx context.Context) {
 	s.draining.Store(true)
-	ctx, cancel := context.WithTimeout(ctx, DrainFor)
+	ctx, cancel := context.WithTimeout(ctx, s.drainFor)
 	defer cancel()
 	tick := time.NewTicker(drainCheck)
 	defer tick.Stop()
@@ -270,8 +273,11 @@ func (s *Server) drainRounds(ctx context.Context) {
 }
 
 // flushed wakes every open connection (each runs what it has received, on
-// its event loop) and reports whether each then had nothing left to read
-// or send. It gives up, reporting false, when ctx ends first.
+// its event loop) and reports whether each then had no reply left unsent
+// and no request waiting for a commit or a spilled answer (what waits for
+// the pacer, idle says; the unfinished last request of a client that is
+// still sending it is not counted). It gives up, reporting false, when
+// ctx ends first.
 func (s *Server) flushed(ctx context.Context) bool {
 	s.mu.Lock()
 	conns := make([]gnet.Conn, 0, len(s.open))
@@ -279,30 +285,42 @@ func (s *Server) flushed(ctx context.Context) bool {
 		conns = append(conns, c)
 	}
 	s.mu.Unlock()
-	var busy atomic.Int64
-	answered := make(chan struct{}, len(conns))
+	if len(conns) == 0 {
+		return true
+	}
+	var busy, left atomic.Int64
+	left.Store(int64(len(conns)))
+	all := make(chan struct{}, 1) // sent once, by the last to answer
 	for _, c := range conns {
+		var once atomic.Bool // a Wake that fails may still run its callback
+		answer := func(b bool) {
+			if !once.CompareAndSwap(false, true) {
+				return
+			}
+			if b {
+				busy.Add(1)
+			}
+			if left.Add(-1) == 0 {
+				all <- struct{}{}
+			}
+		}
 		err := c.Wake(func(c gnet.Conn, _ error) error {
 			// Closed since (no context: gnet may have released its
 			// buffers), it has nothing left here.
-			if c.Context() != nil && (c.InboundBuffered() > 0 || c.OutboundBuffered() > 0) {
-				busy.Add(1)
-			}
-			answered <- struct{}{}
+			cs, open := c.Context().(*ConnState)
+			answer(open && (c.OutboundBuffered() > 0 || c.InboundBuffered() > 0 && (cs.Holding() || cs.spilling)))
 			return nil
 		})
 		if err != nil {
-			answered <- struct{}{}
+			answer(true)
 		}
 	}
-	for range conns {
-		select {
-		case <-answered:
-		case <-ctx.Done():
-			return false
-		}
+	select {
+	case <-all:
+		return busy.Load() == 0
+	case <-ctx.Done():
+		return false
 	}
-	return busy.Load() == 0
 }
 
 // OnBoot records the engine and the bound address.

@@ -550,6 +550,29 @@ func TestForwardingWaitsForRoom(t *testing.T) {
 	require.Equal(t, "release nobody-1", f.calls[0])
 	require.Equal(t, fmt.Sprintf("release nobody-%d", MaxForwardQueued+11), f.calls[len(f.calls)-1])
 	f.mu.Unlock()
+
+	// With those 10 still waiting, an EXEC of 250 RELEASEs waits until
+	// they are sent: a connection never has more than MaxForwardQueued
+	// waiting.
+	b.Reset()
+	b.WriteString("MULTI\r\n")
+	for i := range 250 {
+		fmt.Fprintf(&b, "RELEASE demo tx-%d\r\n", i)
+	}
+	b.WriteString("EXEC\r\n")
+	_, err = c.Write([]byte(b.String()))
+	require.NoError(t, err)
+	require.Len(t, read(251), 251, "+OK and QUEUED")
+	time.Sleep(50 * time.Millisecond)
+	f.mu.Lock()
+	require.Len(t, f.calls, 1+MaxForwardQueued+10, "the EXEC waits")
+	f.mu.Unlock()
+	f.flush()
+	got := read(251)
+	require.Equal(t, "*250\r\n", got[0])
+	f.mu.Lock()
+	require.Len(t, f.calls, 1+MaxForwardQueued+10+250)
+	f.mu.Unlock()
 }
 
 // dialPing returns a function sending PING on a new connection and
@@ -601,6 +624,7 @@ func TestStopRunsTheRounds(t *testing.T) {
 	one := len(handleOut(h, cmd("COMMAND", "DOCS")))
 	require.Greater(t, one, 4<<10)
 	s := NewServer(Config{Addr: "127.0.0.1:0"}, h, admission.NewSystemClock())
+	s.drainFor = 30 * time.Second // tens of megabytes, under -race on a busy machine
 	require.NoError(t, s.Start())
 	c, err := net.Dial("tcp", s.Addr())
 	require.NoError(t, err)
@@ -611,6 +635,7 @@ func TestStopRunsTheRounds(t *testing.T) {
 	require.Eventually(t, func() bool { return !s.pace.idle() }, 10*time.Second, time.Millisecond, "paused, most of it unrun")
 	stopped := stopAsync(s)
 	// While it drains, a new connection is refused.
+	require.Eventually(t, s.draining.Load, 5*time.Second, time.Millisecond)
 	late, err := net.Dial("tcp", s.Addr())
 	require.NoError(t, err)
 	defer late.Close()
